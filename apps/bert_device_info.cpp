@@ -1,0 +1,16 @@
+// bert_device_info: prints the CUDA device this build would train on, or why there is none.
+// Exit code 0 with a device, 3 without (scripts use it to decide whether to run GPU steps).
+#include <cstdio>
+
+#include "kernels/device.h"
+
+int main() {
+  const bert::DeviceInfo d = bert::cuda_device_info();
+  if (!d.available) {
+    std::printf("%s\n", d.reason.c_str());
+    return 3;
+  }
+  std::printf("%s (sm_%d%d, %d SMs, %.1f GiB), %d device(s)\n", d.name.c_str(), d.sm_major, d.sm_minor,
+              d.multiprocessors, static_cast<double>(d.memory_bytes) / (1 << 30), d.count);
+  return 0;
+}

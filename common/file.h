@@ -1,0 +1,41 @@
+// Files: whole-file reads, atomic writes, read-only mappings. Every failure is a bert::Error that
+// names the path and the OS reason.
+#pragma once
+
+#include <cstddef>
+#include <string>
+#include <string_view>
+
+namespace bert {
+
+std::string read_file(const std::string& path);
+// Writes to "<path>.tmp.<pid>", fsyncs, renames over `path`, fsyncs the directory.
+void write_file_atomic(const std::string& path, std::string_view content);
+bool file_exists(const std::string& path);
+bool is_directory(const std::string& path);
+size_t file_size(const std::string& path);
+void make_directories(const std::string& path);
+
+// A read-only memory mapping of a whole file (empty files map to an empty view).
+class MappedFile {
+ public:
+  MappedFile() = default;
+  explicit MappedFile(const std::string& path);
+  ~MappedFile();
+  MappedFile(const MappedFile&) = delete;
+  MappedFile& operator=(const MappedFile&) = delete;
+  MappedFile(MappedFile&& other) noexcept;
+  MappedFile& operator=(MappedFile&& other) noexcept;
+
+  std::string_view view() const { return {static_cast<const char*>(data_), size_}; }
+  const void* data() const { return data_; }
+  size_t size() const { return size_; }
+  const std::string& path() const { return path_; }
+
+ private:
+  void* data_ = nullptr;
+  size_t size_ = 0;
+  std::string path_;
+};
+
+}  // namespace bert

@@ -1,0 +1,288 @@
+#include "common/json.h"
+
+#include <cctype>
+#include <cmath>
+#include <cstdio>
+#include <cstdlib>
+
+#include "common/error.h"
+#include "common/utf8.h"
+
+namespace bert {
+
+bool Json::as_bool() const {
+  if (!is_bool()) throw Error("JSON value is not a boolean");
+  return std::get<bool>(value_);
+}
+double Json::as_number() const {
+  if (!is_number()) throw Error("JSON value is not a number");
+  return std::get<double>(value_);
+}
+int64_t Json::as_int() const {
+  const double v = as_number();
+  if (v != std::floor(v)) throw Error("JSON value is not an integer");
+  return static_cast<int64_t>(v);
+}
+const std::string& Json::as_string() const {
+  if (!is_string()) throw Error("JSON value is not a string");
+  return std::get<std::string>(value_);
+}
+const Json::Array& Json::as_array() const {
+  if (!is_array()) throw Error("JSON value is not an array");
+  return std::get<Array>(value_);
+}
+Json::Array& Json::as_array() {
+  if (!is_array()) throw Error("JSON value is not an array");
+  return std::get<Array>(value_);
+}
+const Json::Object& Json::as_object() const {
+  if (!is_object()) throw Error("JSON value is not an object");
+  return std::get<Object>(value_);
+}
+
+const Json* Json::find(std::string_view key) const {
+  if (!is_object()) return nullptr;
+  for (const auto& [k, v] : std::get<Object>(value_))
+    if (k == key) return &v;
+  return nullptr;
+}
+
+Json& Json::set(std::string key, Json value) {
+  if (!is_object()) value_ = Object{};
+  auto& obj = std::get<Object>(value_);
+  for (auto& [k, v] : obj) {
+    if (k == key) {
+      v = std::move(value);
+      return v;
+    }
+  }
+  obj.emplace_back(std::move(key), std::move(value));
+  return obj.back().second;
+}
+
+Json& Json::push(Json value) {
+  if (!is_array()) value_ = Array{};
+  auto& arr = std::get<Array>(value_);
+  arr.push_back(std::move(value));
+  return arr.back();
+}
+
+void json_escape(std::string& out, std::string_view s) {
+  out.push_back('"');
+  for (unsigned char c : s) {
+    switch (c) {
+      case '"': out += "\\\""; break;
+      case '\\': out += "\\\\"; break;
+      case '\n': out += "\\n"; break;
+      case '\r': out += "\\r"; break;
+      case '\t': out += "\\t"; break;
+      case '\b': out += "\\b"; break;
+      case '\f': out += "\\f"; break;
+      default:
+        if (c < 0x20) {
+          char buf[8];
+          std::snprintf(buf, sizeof buf, "\\u%04x", c);
+          out += buf;
+        } else {
+          out.push_back(static_cast<char>(c));
+        }
+    }
+  }
+  out.push_back('"');
+}
+
+static void newline(std::string& out, int indent, int depth) {
+  if (indent < 0) return;
+  out.push_back('\n');
+  out.append(static_cast<size_t>(indent * depth), ' ');
+}
+
+void Json::dump_to(std::string& out, int indent, int depth) const {
+  if (is_null()) {
+    out += "null";
+  } else if (is_bool()) {
+    out += std::get<bool>(value_) ? "true" : "false";
+  } else if (is_number()) {
+    const double v = std::get<double>(value_);
+    char buf[32];
+    if (std::isfinite(v) && v == std::floor(v) && std::fabs(v) < 9.007199254740992e15) {
+      std::snprintf(buf, sizeof buf, "%lld", static_cast<long long>(v));
+    } else if (std::isfinite(v)) {
+      std::snprintf(buf, sizeof buf, "%.9g", v);
+    } else {
+      std::snprintf(buf, sizeof buf, "null");  // JSON has no NaN/Inf
+    }
+    out += buf;
+  } else if (is_string()) {
+    json_escape(out, std::get<std::string>(value_));
+  } else if (is_array()) {
+    const auto& arr = std::get<Array>(value_);
+    out.push_back('[');
+    for (size_t i = 0; i < arr.size(); ++i) {
+      if (i) out.push_back(',');
+      if (indent >= 0 && !arr[i].is_array() && !arr[i].is_object()) {
+        if (i) out.push_back(' ');
+      } else {
+        newline(out, indent, depth + 1);
+      }
+      arr[i].dump_to(out, indent, depth + 1);
+    }
+    if (!arr.empty() && indent >= 0 && (arr.back().is_array() || arr.back().is_object()))
+      newline(out, indent, depth);
+    out.push_back(']');
+  } else {
+    const auto& obj = std::get<Object>(value_);
+    out.push_back('{');
+    for (size_t i = 0; i < obj.size(); ++i) {
+      if (i) out.push_back(',');
+      if (indent < 0 && i) out.push_back(' ');
+      newline(out, indent, depth + 1);
+      json_escape(out, obj[i].first);
+      out += ": ";
+      obj[i].second.dump_to(out, indent, depth + 1);
+    }
+    if (!obj.empty()) newline(out, indent, depth);
+    out.push_back('}');
+  }
+}
+
+std::string Json::dump(int indent) const {
+  std::string out;
+  dump_to(out, indent, 0);
+  return out;
+}
+
+namespace {
+
+struct Parser {
+  std::string_view s;
+  const std::string& source;
+  size_t i = 0;
+
+  [[noreturn]] void fail(const std::string& what) const {
+    size_t line = 1;
+    for (size_t k = 0; k < i && k < s.size(); ++k) line += s[k] == '\n';
+    throw Error(located(source, line, "invalid JSON: " + what));
+  }
+  void ws() {
+    while (i < s.size() && (s[i] == ' ' || s[i] == '\n' || s[i] == '\r' || s[i] == '\t')) ++i;
+  }
+  bool eat(char c) {
+    ws();
+    if (i < s.size() && s[i] == c) {
+      ++i;
+      return true;
+    }
+    return false;
+  }
+  void expect(char c) {
+    if (!eat(c)) fail(std::string("expected '") + c + "'");
+  }
+  unsigned hex4() {
+    if (i + 4 > s.size()) fail("truncated \\u escape");
+    unsigned v = 0;
+    for (int k = 0; k < 4; ++k) {
+      const char c = s[i++];
+      v <<= 4;
+      if (c >= '0' && c <= '9') v |= c - '0';
+      else if (c >= 'a' && c <= 'f') v |= c - 'a' + 10;
+      else if (c >= 'A' && c <= 'F') v |= c - 'A' + 10;
+      else fail("bad \\u escape");
+    }
+    return v;
+  }
+  std::string str() {
+    expect('"');
+    std::string out;
+    while (true) {
+      if (i >= s.size()) fail("unterminated string");
+      const char c = s[i++];
+      if (c == '"') break;
+      if (c != '\\') {
+        out.push_back(c);
+        continue;
+      }
+      if (i >= s.size()) fail("unterminated escape");
+      const char e = s[i++];
+      switch (e) {
+        case '"': out.push_back('"'); break;
+        case '\\': out.push_back('\\'); break;
+        case '/': out.push_back('/'); break;
+        case 'b': out.push_back('\b'); break;
+        case 'f': out.push_back('\f'); break;
+        case 'n': out.push_back('\n'); break;
+        case 'r': out.push_back('\r'); break;
+        case 't': out.push_back('\t'); break;
+        case 'u': {
+          char32_t cp = hex4();
+          if (cp >= 0xD800 && cp <= 0xDBFF && i + 1 < s.size() && s[i] == '\\' && s[i + 1] == 'u') {
+            i += 2;
+            const unsigned lo = hex4();
+            if (lo >= 0xDC00 && lo <= 0xDFFF) cp = 0x10000 + ((cp - 0xD800) << 10) + (lo - 0xDC00);
+            else fail("unpaired surrogate");
+          }
+          utf8_append(out, cp);
+          break;
+        }
+        default: fail("bad escape");
+      }
+    }
+    return out;
+  }
+  Json value() {
+    ws();
+    if (i >= s.size()) fail("unexpected end");
+    const char c = s[i];
+    if (c == '{') {
+      ++i;
+      Json obj = Json::object();
+      if (eat('}')) return obj;
+      do {
+        ws();
+        std::string key = str();
+        expect(':');
+        obj.set(std::move(key), value());
+      } while (eat(','));
+      expect('}');
+      return obj;
+    }
+    if (c == '[') {
+      ++i;
+      Json arr = Json::array();
+      if (eat(']')) return arr;
+      do arr.push(value());
+      while (eat(','));
+      expect(']');
+      return arr;
+    }
+    if (c == '"') return Json(str());
+    if (s.compare(i, 4, "true") == 0) { i += 4; return Json(true); }
+    if (s.compare(i, 5, "false") == 0) { i += 5; return Json(false); }
+    if (s.compare(i, 4, "null") == 0) { i += 4; return Json(nullptr); }
+    if (c == '-' || (c >= '0' && c <= '9')) {
+      const size_t start = i;
+      ++i;
+      while (i < s.size() && (std::isdigit(static_cast<unsigned char>(s[i])) || s[i] == '.' || s[i] == 'e' ||
+                              s[i] == 'E' || s[i] == '+' || s[i] == '-'))
+        ++i;
+      const std::string num(s.substr(start, i - start));
+      char* end = nullptr;
+      const double v = std::strtod(num.c_str(), &end);
+      if (end != num.c_str() + num.size()) fail("bad number '" + num + "'");
+      return Json(v);
+    }
+    fail(std::string("unexpected character '") + c + "'");
+  }
+};
+
+}  // namespace
+
+Json Json::parse(std::string_view text, const std::string& source) {
+  Parser p{text, source};
+  Json v = p.value();
+  p.ws();
+  if (p.i != text.size()) p.fail("trailing characters");
+  return v;
+}
+
+}  // namespace bert

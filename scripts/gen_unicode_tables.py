@@ -1,0 +1,139 @@
+#!/usr/bin/env python3
+"""Generate tokenizer/unicode_tables.inc: the character classes and per-character mappings that
+Hugging Face's BertNormalizer / BertPreTokenizer apply.
+
+Why probe instead of reading the UCD: `tokenizers` takes its categories from the Rust crate
+`unicode_categories` (an old Unicode version: e.g. U+166D and U+111C9 are still punctuation there,
+and unassigned code points are NOT treated as "other"), its NFD from `unicode-normalization-alignments`,
+and lowercase/whitespace from Rust's std (a newer version). No single UCD version reproduces that mix,
+so we ask the pinned `tokenizers` itself what it does with every code point, one character at a time,
+and record the answer. tests/conformance re-runs this comparison against the installed package.
+
+Usage: python3 scripts/gen_unicode_tables.py > tokenizer/unicode_tables.inc
+"""
+import sys
+import unicodedata
+
+import tokenizers
+from tokenizers.normalizers import BertNormalizer
+from tokenizers.pre_tokenizers import BertPreTokenizer
+
+HANGUL_FIRST, HANGUL_LAST = 0xAC00, 0xD7A3
+
+
+def all_code_points():
+    return [c for c in range(0x110000) if not (0xD800 <= c <= 0xDFFF)]
+
+
+def ranges(cps):
+    out = []
+    for c in sorted(cps):
+        if out and out[-1][1] == c - 1:
+            out[-1][1] = c
+        else:
+            out.append([c, c])
+    return out
+
+
+def hangul_nfd(cp):
+    s = cp - HANGUL_FIRST
+    l, v, t = 0x1100 + s // 588, 0x1161 + (s % 588) // 28, 0x11A7 + s % 28
+    return [l, v] + ([t] if t != 0x11A7 else [])
+
+
+def probe():
+    cps = all_code_points()
+    chars = [chr(c) for c in cps]
+    clean = BertNormalizer(clean_text=True, handle_chinese_chars=False, strip_accents=False, lowercase=False)
+    strip = BertNormalizer(clean_text=False, handle_chinese_chars=False, strip_accents=True, lowercase=False)
+    lower = BertNormalizer(clean_text=False, handle_chinese_chars=False, strip_accents=False, lowercase=True)
+    pre = BertPreTokenizer()
+
+    control, whitespace, punct, split_ws = [], [], [], []
+    strip_map, lower_map = {}, {}
+    for c, ch in zip(cps, chars):
+        o = clean.normalize_str(ch)
+        if o == "":
+            control.append(c)
+        elif o == " " and ch != " ":
+            whitespace.append(c)
+        elif o != ch:
+            raise SystemExit(f"unexpected clean_text output for U+{c:04X}: {o!r}")
+        if ch == " ":
+            whitespace.append(c)
+        pieces = pre.pre_tokenize_str("a" + ch + "b")
+        if len(pieces) == 2 and pieces[0][0] == "a" and pieces[1][0] == "b":
+            split_ws.append(c)
+        elif len(pieces) == 3 and pieces[1][0] == ch:
+            punct.append(c)
+        elif not (len(pieces) == 1 and pieces[0][0] == "a" + ch + "b"):
+            raise SystemExit(f"unexpected pre-tokenizer output for U+{c:04X}: {pieces!r}")
+        s = strip.normalize_str(ch)
+        if s != ch:
+            seq = [ord(x) for x in s]
+            if HANGUL_FIRST <= c <= HANGUL_LAST:
+                if seq != hangul_nfd(c):
+                    raise SystemExit(f"Hangul U+{c:04X} does not decompose algorithmically: {s!r}")
+            else:
+                strip_map[c] = seq
+        lw = lower.normalize_str(ch)
+        if lw != ch:
+            lower_map[c] = [ord(x) for x in lw]
+    # clean_text drops controls before mapping whitespace, so U+000B, U+000C and U+0085 (controls
+    # that Rust also calls whitespace) vanish there but still split words in the pre-tokenizer.
+    if sorted(set(whitespace)) != sorted(set(split_ws) - set(control)):
+        raise SystemExit("clean_text whitespace is not pre-tokenizer whitespace minus controls")
+    # Canonical combining classes of characters that survive strip_accents: NFD reorders runs of
+    # them, and the Mn marks are dropped afterwards, so only the survivors' classes matter.
+    dropped_by_strip = {c for c, seq in strip_map.items() if not seq}
+    ccc = {c: unicodedata.combining(chr(c)) for c in cps
+           if unicodedata.combining(chr(c)) > 0 and c not in dropped_by_strip}
+    return control, sorted(split_ws), punct, strip_map, lower_map, ccc
+
+
+def emit_ranges(name, rs):
+    print(f"inline constexpr CodePointRange {name}[] = {{")
+    for i in range(0, len(rs), 6):
+        print("    " + " ".join(f"{{0x{a:X}, 0x{b:X}}}," for a, b in rs[i:i + 6]))
+    print("};")
+
+
+def emit_map(name, m):
+    pool, entries = [], []
+    for c in sorted(m):
+        entries.append((c, len(pool), len(m[c])))
+        pool.extend(m[c])
+    print(f"inline constexpr char32_t {name}_pool[] = {{")
+    for i in range(0, len(pool), 10):
+        print("    " + " ".join(f"0x{x:X}," for x in pool[i:i + 10]))
+    if not pool:
+        print("    0,")
+    print("};")
+    print(f"inline constexpr CodePointMapping {name}[] = {{")
+    for i in range(0, len(entries), 5):
+        print("    " + " ".join(f"{{0x{c:X}, {o}, {n}}}," for c, o, n in entries[i:i + 5]))
+    print("};")
+
+
+def main():
+    control, whitespace, punct, strip_map, lower_map, ccc = probe()
+    print("// Generated by scripts/gen_unicode_tables.py from tokenizers "
+          f"{tokenizers.__version__} (Python unicodedata {unicodedata.unidata_version} for combining classes).")
+    print("// Do not edit by hand. Included by tokenizer/unicode.cpp only.")
+    print(f'inline constexpr const char* kTablesFromTokenizersVersion = "{tokenizers.__version__}";')
+    emit_ranges("kControlRanges", ranges(control))
+    emit_ranges("kWhitespaceRanges", ranges(whitespace))
+    emit_ranges("kPunctuationRanges", ranges(punct))
+    emit_map("kStripAccentsMap", strip_map)
+    emit_map("kLowercaseMap", lower_map)
+    print("inline constexpr CombiningClass kCombiningClasses[] = {")
+    items = sorted(ccc.items())
+    for i in range(0, len(items), 8):
+        print("    " + " ".join(f"{{0x{c:X}, {k}}}," for c, k in items[i:i + 8]))
+    print("};")
+    print(f"// control {len(control)}, whitespace {len(whitespace)}, punctuation {len(punct)}, "
+          f"strip {len(strip_map)}, lowercase {len(lower_map)}, combining {len(ccc)}", file=sys.stderr)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,191 @@
+#!/usr/bin/env python3
+"""Conformance of bert_tokenizer against the real Hugging Face `tokenizers` / `transformers`.
+
+(a) encode: on a vocab we trained and on one HF trained, our ids equal BertWordPieceTokenizer's on
+    every one of >20,000 lines (Korean corpus lines plus generated Hanja, emoji, control and
+    zero-width characters, long words, punctuation runs, random code points), with several
+    normaliser settings; pairs + truncation + specials equal BertTokenizerFast.from_pretrained(ours).
+(b) train: same corpus and settings -> the same token set as HF up to HF's own tie-order
+    nondeterminism (which we measure here by training HF twice); the deterministic part of the
+    vocabulary (specials, alphabet, ##-forms) must be identical; < 0.5% difference overall.
+"""
+import argparse
+import json
+import os
+import shutil
+import subprocess
+import sys
+
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+from textgen import conformance_lines  # noqa: E402
+
+import tokenizers  # noqa: E402
+from tokenizers import BertWordPieceTokenizer  # noqa: E402
+
+SPECIALS = ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]"]
+FAILURES = []
+
+
+def check(cond, msg):
+    print(("PASS " if cond else "FAIL ") + msg, flush=True)
+    if not cond:
+        FAILURES.append(msg)
+
+
+def default_corpus():
+    cache = os.environ.get("BERT_CACHE", os.path.expanduser("~/.cache/bertforge"))
+    return os.path.join(cache, "demo", "ko_corpus.txt")
+
+
+def read_lines(path):
+    with open(path, encoding="utf-8") as f:
+        return f.read().split("\n")
+
+
+def write_lines(path, lines):
+    with open(path, "w", encoding="utf-8", newline="") as f:
+        f.write("\n".join(lines) + "\n")
+
+
+def tokenizer_dir(work, name, vocab, lowercase, strip_accents, clean_text=True, chinese=True):
+    d = os.path.join(work, name)
+    os.makedirs(d, exist_ok=True)
+    shutil.copy(vocab, os.path.join(d, "vocab.txt"))
+    cfg = {"do_lower_case": lowercase, "strip_accents": strip_accents, "tokenize_chinese_chars": chinese,
+           "clean_text": clean_text, "model_max_length": 512, "unk_token": "[UNK]", "sep_token": "[SEP]",
+           "pad_token": "[PAD]", "cls_token": "[CLS]", "mask_token": "[MASK]"}
+    with open(os.path.join(d, "tokenizer_config.json"), "w") as f:
+        json.dump(cfg, f)
+    return d
+
+
+def our_encode(binary, tok_dir, input_path, extra=()):
+    out = subprocess.run([binary, "encode", "--tokenizer", tok_dir, "--input", input_path, "--threads", "2", *extra],
+                         check=True, capture_output=True, text=True).stdout
+    rows = out.split("\n")
+    assert rows[-1] == ""
+    return rows[:-1]
+
+
+def compare_ids(label, ours_rows, hf_ids, lines):
+    check(len(ours_rows) == len(hf_ids), f"{label}: {len(ours_rows)} output lines for {len(hf_ids)} input lines")
+    bad = []
+    for i, (row, ids) in enumerate(zip(ours_rows, hf_ids)):
+        mine = [int(x) for x in row.split()] if row else []
+        if mine != ids:
+            bad.append((i, mine, ids))
+    for i, mine, ids in bad[:5]:
+        print(f"   line {i + 1}: {lines[i]!r}\n     ours {mine[:40]}\n     hf   {ids[:40]}")
+    check(not bad, f"{label}: ids identical to HF on {len(hf_ids)} lines ({len(bad)} differ)")
+
+
+def hf_train(corpus, out_dir, vocab_size, min_frequency):
+    t = BertWordPieceTokenizer(clean_text=True, handle_chinese_chars=True, strip_accents=False, lowercase=False)
+    t.train([corpus], vocab_size=vocab_size, min_frequency=min_frequency, limit_alphabet=10 ** 9,
+            special_tokens=SPECIALS, show_progress=False)
+    os.makedirs(out_dir, exist_ok=True)
+    t.save_model(out_dir)
+    return os.path.join(out_dir, "vocab.txt")
+
+
+def main():
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--bin", required=True)
+    ap.add_argument("--work", required=True)
+    ap.add_argument("--corpus", default=os.environ.get("BERT_DEMO_CORPUS", default_corpus()))
+    ap.add_argument("--vocab-size", type=int, default=8000)
+    args = ap.parse_args()
+    if not os.path.exists(args.corpus):
+        sys.exit(f"error: demo corpus {args.corpus} not found; build it with scripts/build_demo_corpus.sh")
+    print(f"tokenizers {tokenizers.__version__}; corpus {args.corpus}")
+    shutil.rmtree(args.work, ignore_errors=True)
+    os.makedirs(args.work)
+
+    # ---- (b) training -------------------------------------------------------------------------
+    ours_dir = os.path.join(args.work, "ours")
+    subprocess.run([args.bin, "train", "--input", args.corpus, "--out", ours_dir, "--vocab-size",
+                    str(args.vocab_size), "--min-frequency", "2", "--quiet"], check=True)
+    ours_again = os.path.join(args.work, "ours_again")
+    subprocess.run([args.bin, "train", "--input", args.corpus, "--out", ours_again, "--vocab-size",
+                    str(args.vocab_size), "--min-frequency", "2", "--quiet", "--threads", "1"], check=True)
+    ours_vocab = os.path.join(ours_dir, "vocab.txt")
+    check(open(ours_vocab, "rb").read() == open(os.path.join(ours_again, "vocab.txt"), "rb").read(),
+          "training is deterministic (2 threads vs 1 thread: vocab.txt byte-identical)")
+    hf_vocab = hf_train(args.corpus, os.path.join(args.work, "hf"), args.vocab_size, 2)
+    hf_vocab2 = hf_train(args.corpus, os.path.join(args.work, "hf2"), args.vocab_size, 2)
+    ours_tokens = read_lines(ours_vocab)[:-1]
+    hf_tokens = read_lines(hf_vocab)[:-1]
+    hf2_tokens = read_lines(hf_vocab2)[:-1]
+    check(len(ours_tokens) == len(hf_tokens), f"vocab sizes equal ({len(ours_tokens)} vs HF {len(hf_tokens)})")
+    check(ours_tokens[:5] == SPECIALS, "special tokens first, in order")
+    # The part before any merge is deterministic in HF except for the order of the ##-forms.
+    n_alpha = next(i for i, t in enumerate(hf_tokens) if t.startswith("##"))
+    check(ours_tokens[:n_alpha] == hf_tokens[:n_alpha], f"specials + alphabet identical, same ids ({n_alpha} tokens)")
+    hf_cont = {t for t in hf_tokens if t.startswith("##") and len(t[2:]) == 1}
+    ours_cont = {t for t in ours_tokens if t.startswith("##") and len(t[2:]) == 1}
+    check(ours_cont == hf_cont, f"##-continuation forms identical ({len(ours_cont)})")
+    diff = set(ours_tokens) ^ set(hf_tokens)
+    hf_self = set(hf_tokens) ^ set(hf2_tokens)
+    frac = len(set(ours_tokens) - set(hf_tokens)) / len(hf_tokens)
+    print(f"   token-set difference ours vs HF: {len(diff) // 2} tokens ({100 * frac:.2f}%); "
+          f"HF vs HF (second run, tie order): {len(hf_self) // 2} tokens")
+    check(frac < 0.005, "token set within 0.5% of HF's")
+
+    # ---- (a) encoding -------------------------------------------------------------------------
+    lines = conformance_lines(read_lines(args.corpus))
+    check(len(lines) >= 20000, f"{len(lines)} conformance lines")
+    input_path = os.path.join(args.work, "lines.txt")
+    write_lines(input_path, lines)
+    settings = [  # (name, lowercase, strip_accents, clean_text, chinese)
+        ("cased", False, False, True, True),
+        ("lowercase+strip", True, True, True, True),
+        ("lowercase only", True, False, True, True),
+        ("strip only", False, True, True, True),
+        ("no clean_text, no chinese", False, False, False, False),
+    ]
+    for vocab_name, vocab in (("our vocab", ours_vocab), ("HF vocab", hf_vocab)):
+        for name, lower, strip, clean, chinese in settings:
+            if vocab_name == "HF vocab" and name not in ("cased", "lowercase+strip"):
+                continue
+            d = tokenizer_dir(args.work, f"{vocab_name}-{name}".replace(" ", "_"), vocab, lower, strip, clean, chinese)
+            hf = BertWordPieceTokenizer(vocab, clean_text=clean, handle_chinese_chars=chinese, strip_accents=strip,
+                                        lowercase=lower)
+            hf_ids = [e.ids for e in hf.encode_batch(lines, add_special_tokens=False)]
+            compare_ids(f"{vocab_name}, {name}", our_encode(args.bin, d, input_path), hf_ids, lines)
+
+    # ---- BertTokenizerFast.from_pretrained on the directory we wrote ----------------------------
+    from transformers import BertTokenizerFast
+    fast = BertTokenizerFast.from_pretrained(ours_dir)
+    check(fast.convert_tokens_to_ids("[MASK]") == 4 and not fast.do_lower_case,
+          "BertTokenizerFast.from_pretrained(our dir) loads with our settings")
+    sample = lines[:3000]
+    hf_single = fast(sample, add_special_tokens=True)["input_ids"]
+    single_path = os.path.join(args.work, "single.txt")
+    write_lines(single_path, sample)
+    compare_ids("from_pretrained, single + specials",
+                our_encode(args.bin, ours_dir, single_path, ["--add-special-tokens"]), hf_single, sample)
+    pairs_a, pairs_b = lines[0:4000:2], lines[1:4000:2]
+    pairs_a = [a.replace("\t", " ") for a in pairs_a]
+    pairs_b = [b.replace("\t", " ") for b in pairs_b]
+    pair_path = os.path.join(args.work, "pairs.txt")
+    write_lines(pair_path, [a + "\t" + b for a, b in zip(pairs_a, pairs_b)])
+    for max_len in (16, 64):
+        enc = fast(pairs_a, pairs_b, add_special_tokens=True, truncation="longest_first", max_length=max_len)
+        rows = our_encode(args.bin, ours_dir, pair_path,
+                          ["--pair", "--add-special-tokens", "--max-length", str(max_len), "--format", "jsonl"])
+        mismatch = 0
+        for i, row in enumerate(rows):
+            r = json.loads(row)
+            if r["ids"] != enc["input_ids"][i] or r["type_ids"] != enc["token_type_ids"][i]:
+                if mismatch < 3:
+                    print(f"   pair {i}: ours {r['ids']} hf {enc['input_ids'][i]}")
+                mismatch += 1
+        check(len(rows) == len(pairs_a) and mismatch == 0,
+              f"pairs + specials + longest_first max_length={max_len}: ids and type ids equal ({mismatch} differ)")
+
+    print(f"\n{'FAILED' if FAILURES else 'OK'}: {len(FAILURES)} failure(s)")
+    sys.exit(1 if FAILURES else 0)
+
+
+if __name__ == "__main__":
+    main()

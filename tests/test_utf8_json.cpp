@@ -1,0 +1,49 @@
+#include <catch2/catch.hpp>
+
+#include "common/error.h"
+#include "common/json.h"
+#include "common/utf8.h"
+
+using namespace bert;
+
+TEST_CASE("utf8 round trip over every scalar value") {
+  std::string s;
+  for (char32_t c = 0; c < 0x110000; c += (c < 0x1000 ? 1 : 97))
+    if (c < 0xD800 || c > 0xDFFF) utf8_append(s, c);
+  std::u32string cps;
+  REQUIRE(utf8_decode(s, cps) == 0);
+  CHECK(utf8_encode(cps) == s);
+}
+
+TEST_CASE("invalid utf8 becomes U+FFFD per maximal subsequence") {
+  std::u32string cps;
+  size_t first = 99;
+  // truncated 3-byte sequence, a lone continuation byte, an overlong, a surrogate
+  const std::string bad = std::string("a\xEA\xB0") + "b" + "\x80" + "\xC0\xAF" + "\xED\xA0\x80" + "c";
+  const size_t n = utf8_decode(bad, cps, &first);
+  CHECK(first == 1);
+  CHECK(n == 7);  // E A B0 | 80 | C0 | AF | ED | A0 | 80
+  CHECK(cps.front() == U'a');
+  CHECK(cps.back() == U'c');
+  CHECK_FALSE(utf8_valid(bad));
+  CHECK(utf8_valid("이순신은 조선 중기의 무신이다."));
+}
+
+TEST_CASE("json parse and dump") {
+  const Json j = Json::parse(R"({"a": [1, 2.5, "x\n\u00e9\ud83d\ude00"], "b": {"c": null, "d": true}})");
+  REQUIRE(j.find("a"));
+  CHECK(j.find("a")->as_array().size() == 3);
+  CHECK(j.find("a")->as_array()[2].as_string() == "x\n\xC3\xA9\xF0\x9F\x98\x80");
+  CHECK(j.find("b")->find("d")->as_bool());
+  CHECK(Json::parse(j.dump()).dump() == j.dump());
+  CHECK(Json::parse(j.dump(2)).dump() == j.dump());
+}
+
+TEST_CASE("json errors name the source and line") {
+  try {
+    Json::parse("{\n\"a\": 1,\n\"b\" 2}", "cfg.json");
+    FAIL("no error");
+  } catch (const Error& e) {
+    CHECK(std::string(e.what()).find("cfg.json:3:") == 0);
+  }
+}

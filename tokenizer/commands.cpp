@@ -1,0 +1,361 @@
+#include "tokenizer/commands.h"
+
+#include <algorithm>
+#include <chrono>
+#include <fstream>
+#include <iostream>
+#include <optional>
+#include <thread>
+
+#include "common/args.h"
+#include "common/error.h"
+#include "common/file.h"
+#include "common/json.h"
+#include "common/progress.h"
+#include "tokenizer/tokenizer.h"
+#include "tokenizer/trainer.h"
+
+namespace bert {
+
+static double seconds_since(std::chrono::steady_clock::time_point t0) {
+  return std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
+}
+
+static int resolve_threads(int64_t requested) {
+  if (requested > 0) return static_cast<int>(requested);
+  return std::max(1, static_cast<int>(std::thread::hardware_concurrency()));
+}
+
+int tokenizer_train_command(const std::vector<std::string>& argv, std::ostream& out, std::ostream& err) {
+  Args args("bert_tokenizer train",
+            "bert_tokenizer train --input FILE... --out DIR [--vocab-size N] [--min-frequency N] [options]");
+  args.list("--input", "training text files (one or more; one line = one sequence)")
+      .option("--out", "output directory for vocab.txt, tokenizer_config.json, special_tokens_map.json")
+      .option("--vocab-size", "target vocabulary size, special tokens included", "30000")
+      .option("--min-frequency", "a merge needs at least this pair count", "2")
+      .option("--limit-alphabet", "keep only the N most frequent characters (default: keep every character)")
+      .flag("--lowercase", "lowercase text (off by default: right for Korean)")
+      .flag("--strip-accents", "NFD + drop nonspacing marks (off by default: would split Hangul into jamo)")
+      .flag("--no-clean-text", "keep control characters and non-space whitespace")
+      .flag("--no-chinese-chars", "do not isolate CJK ideographs")
+      .list("--special-tokens", "special tokens, in id order [default: [PAD] [UNK] [CLS] [SEP] [MASK]]")
+      .option("--model-max-length", "model_max_length written to tokenizer_config.json", "512")
+      .option("--threads", "counting threads (0 = all cores)", "0")
+      .flag("--quiet", "no summary");
+  if (!args.parse(argv)) {
+    out << args.help();
+    return 0;
+  }
+  const auto& inputs = args.values("--input");
+  if (inputs.empty()) throw Error("bert_tokenizer train: missing required option '--input' (see --help)");
+  const std::string out_dir = args.str("--out");
+  for (const auto& f : inputs) {
+    if (!file_exists(f)) throw Error(f + ": input file not found");
+    if (is_directory(f)) throw Error(f + ": is a directory, expected a text file");
+  }
+
+  TrainerOptions topt;
+  topt.vocab_size = static_cast<size_t>(args.integer("--vocab-size", 1, 1 << 30));
+  topt.min_frequency = static_cast<uint64_t>(args.integer("--min-frequency", 0));
+  if (args.has("--limit-alphabet")) topt.limit_alphabet = static_cast<size_t>(args.integer("--limit-alphabet", 0));
+  if (args.has("--special-tokens")) topt.special_tokens = args.values("--special-tokens");
+
+  TokenizerConfig config;
+  config.normalizer.lowercase = args.has("--lowercase");
+  config.normalizer.strip_accents = args.has("--strip-accents");
+  config.normalizer.clean_text = !args.has("--no-clean-text");
+  config.normalizer.handle_chinese_chars = !args.has("--no-chinese-chars");
+  config.model_max_length = static_cast<size_t>(args.integer("--model-max-length", 1));
+  {
+    const std::vector<std::string> standard = {config.pad_token, config.unk_token, config.cls_token, config.sep_token,
+                                               config.mask_token};
+    for (const auto& t : topt.special_tokens) {
+      if (t.empty()) throw Error("bert_tokenizer train: empty special token");
+      if (std::find(standard.begin(), standard.end(), t) == standard.end())
+        config.additional_special_tokens.push_back(t);
+    }
+    if (std::find(topt.special_tokens.begin(), topt.special_tokens.end(), config.unk_token) == topt.special_tokens.end())
+      throw Error("bert_tokenizer train: --special-tokens must include " + config.unk_token);
+    for (const auto& t : standard) {
+      if (std::find(topt.special_tokens.begin(), topt.special_tokens.end(), t) == topt.special_tokens.end())
+        err << "warning: special token " << t << " is not in --special-tokens; BERT pretraining needs it\n";
+    }
+  }
+  const bool quiet = args.has("--quiet");
+  const auto t0 = std::chrono::steady_clock::now();
+
+  Progress progress(!quiet);
+  CountOptions copt;
+  copt.normalizer = config.normalizer;
+  copt.threads = resolve_threads(args.integer("--threads", 0));
+  uint64_t total_bytes = 0;
+  for (const auto& f : inputs) total_bytes += file_size(f);
+  copt.progress = [&](uint64_t bytes, uint64_t words) {
+    progress.update("counting words: " + human_bytes(static_cast<double>(bytes)) + " / " +
+                    human_bytes(static_cast<double>(total_bytes)) + " read, " + human_count(static_cast<double>(words)) +
+                    " words");
+  };
+  size_t invalid_reported = 0;
+  copt.on_invalid_utf8 = [&](const std::string& file, size_t line, size_t byte) {
+    if (invalid_reported++ < 10)
+      err << file << ":" << line << ": warning: invalid UTF-8 at byte " << byte
+          << "; bad bytes replaced by U+FFFD, which clean_text removes\n";
+  };
+  CountStats cstats;
+  WordCounts counts = count_words(inputs, copt, &cstats);
+  progress.finish();
+  if (cstats.invalid_utf8_lines > 0)
+    err << "warning: " << cstats.invalid_utf8_lines << " line(s) with invalid UTF-8 in total\n";
+  if (counts.distinct() == 0) {
+    std::string names;
+    for (const auto& f : inputs) names += (names.empty() ? "" : ", ") + f;
+    throw Error(names + ": empty corpus (no words after normalisation)");
+  }
+  const double count_s = seconds_since(t0);
+
+  topt.progress = [&](size_t merges, size_t vocab_now) {
+    progress.update("merging: " + std::to_string(merges) + " merges, vocab " + std::to_string(vocab_now) + " / " +
+                    std::to_string(topt.vocab_size));
+  };
+  TrainStats tstats;
+  const Vocab vocab = train_wordpiece(counts, topt, &tstats);
+  progress.finish();
+
+  make_directories(out_dir);
+  vocab.save(out_dir + "/vocab.txt");
+  config.save(out_dir);
+  if (!quiet) {
+    out << "trained WordPiece vocabulary: " << vocab.size() << " tokens -> " << out_dir << "/vocab.txt\n"
+        << "  corpus      " << human_bytes(static_cast<double>(cstats.bytes)) << ", " << cstats.lines << " lines, "
+        << counts.total() << " words, " << counts.distinct() << " distinct\n"
+        << "  alphabet    " << tstats.alphabet << " characters"
+        << (tstats.dropped_characters ? " (" + std::to_string(tstats.dropped_characters) + " dropped by --limit-alphabet)"
+                                      : std::string())
+        << ", " << tstats.continuation_forms << " ##-continuations\n"
+        << "  merges      " << tstats.merges << " (stopped: " << tstats.stop_reason << ")\n"
+        << "  time        " << count_s << " s counting, " << seconds_since(t0) - count_s << " s merging; peak RSS "
+        << human_bytes(static_cast<double>(peak_rss_bytes())) << "\n";
+  }
+  return 0;
+}
+
+namespace {
+
+enum class Format { kIds, kTokens, kJsonl };
+
+struct EncodeJob {
+  const Tokenizer* tokenizer;
+  bool add_special, pair;
+  std::optional<size_t> max_length;
+  Format format;
+};
+
+void format_line(const EncodeJob& job, std::string_view line, EncodeScratch& scratch, std::vector<int32_t>& a,
+                 std::vector<int32_t>& b, std::string& out, size_t& bad) {
+  if (!line.empty() && line.back() == '\r') line.remove_suffix(1);
+  a.clear();
+  b.clear();
+  std::vector<int32_t> type_ids;
+  std::vector<int32_t>* ids = &a;
+  if (job.pair) {
+    const size_t tab = line.find('\t');
+    const std::string_view first = tab == std::string_view::npos ? line : line.substr(0, tab);
+    bad += job.tokenizer->encode(first, a, scratch);
+    if (tab != std::string_view::npos) bad += job.tokenizer->encode(line.substr(tab + 1), b, scratch);
+  } else {
+    bad += job.tokenizer->encode(line, a, scratch);
+  }
+  Encoding enc;
+  if (job.add_special) {
+    enc = job.tokenizer->post_process(std::move(a), job.pair ? &b : nullptr, job.max_length);
+    ids = &enc.ids;
+    type_ids = enc.type_ids;
+  } else {
+    if (job.max_length) truncate_longest_first(a, job.pair ? &b : nullptr, *job.max_length);
+    if (job.pair) {
+      type_ids.assign(a.size(), 0);
+      type_ids.resize(a.size() + b.size(), 1);
+      a.insert(a.end(), b.begin(), b.end());
+    } else {
+      type_ids.assign(a.size(), 0);
+    }
+  }
+  const Vocab& vocab = job.tokenizer->vocab();
+  switch (job.format) {
+    case Format::kIds:
+      for (size_t i = 0; i < ids->size(); ++i) {
+        if (i) out.push_back(' ');
+        out += std::to_string((*ids)[i]);
+      }
+      break;
+    case Format::kTokens:
+      for (size_t i = 0; i < ids->size(); ++i) {
+        if (i) out.push_back(' ');
+        out += vocab.token((*ids)[i]);
+      }
+      break;
+    case Format::kJsonl: {
+      out += "{\"ids\": [";
+      for (size_t i = 0; i < ids->size(); ++i) {
+        if (i) out += ", ";
+        out += std::to_string((*ids)[i]);
+      }
+      out += "], \"tokens\": [";
+      for (size_t i = 0; i < ids->size(); ++i) {
+        if (i) out += ", ";
+        json_escape(out, vocab.token((*ids)[i]));
+      }
+      out += "], \"type_ids\": [";
+      for (size_t i = 0; i < type_ids.size(); ++i) {
+        if (i) out += ", ";
+        out += std::to_string(type_ids[i]);
+      }
+      out += "]}";
+      break;
+    }
+  }
+  out.push_back('\n');
+}
+
+}  // namespace
+
+int tokenizer_encode_command(const std::vector<std::string>& argv, std::istream& in, std::ostream& out,
+                             std::ostream& err) {
+  Args args("bert_tokenizer encode",
+            "bert_tokenizer encode --tokenizer DIR [--input FILE] [--output FILE] [--threads N] "
+            "[--add-special-tokens] [--pair] [--format ids|tokens|jsonl]");
+  args.option("--tokenizer", "tokenizer directory (vocab.txt + tokenizer_config.json)")
+      .option("--input", "input text, one sequence a line (default: stdin)")
+      .option("--output", "output file (default: stdout)")
+      .option("--threads", "encoding threads (0 = all cores)", "0")
+      .flag("--add-special-tokens", "add [CLS] ... [SEP] (and B [SEP] with --pair)")
+      .flag("--pair", "each line is 'A<TAB>B'")
+      .option("--max-length", "truncate (LongestFirst) to this many tokens, specials included")
+      .option("--format", "ids | tokens | jsonl", "ids");
+  if (!args.parse(argv)) {
+    out << args.help();
+    return 0;
+  }
+  const Tokenizer tokenizer = Tokenizer::from_dir(args.str("--tokenizer"));
+  EncodeJob job{&tokenizer, args.has("--add-special-tokens"), args.has("--pair"), std::nullopt, Format::kIds};
+  if (args.has("--max-length")) job.max_length = static_cast<size_t>(args.integer("--max-length", 1));
+  const std::string format = args.str("--format");
+  if (format == "ids") job.format = Format::kIds;
+  else if (format == "tokens") job.format = Format::kTokens;
+  else if (format == "jsonl") job.format = Format::kJsonl;
+  else throw Error("bert_tokenizer encode: --format must be ids, tokens or jsonl, got '" + format + "'");
+  const int threads = resolve_threads(args.integer("--threads", 0));
+
+  std::ifstream file_in;
+  std::istream* src = &in;
+  const std::string input_name = args.maybe("--input").value_or("<stdin>");
+  if (args.has("--input")) {
+    const std::string path = args.str("--input");
+    if (is_directory(path)) throw Error(path + ": is a directory, expected a text file");
+    file_in.open(path, std::ios::binary);
+    if (!file_in) throw Error(path + ": cannot open input file");
+    src = &file_in;
+  }
+  std::ofstream file_out;
+  std::ostream* dst = &out;
+  std::string output_tmp;
+  if (args.has("--output")) {
+    output_tmp = args.str("--output") + ".tmp";
+    file_out.open(output_tmp, std::ios::binary);
+    if (!file_out) throw Error(args.str("--output") + ": cannot create output file");
+    dst = &file_out;
+  }
+
+  // Blocks of whole lines; each block is split into one contiguous slice per thread, and the
+  // slices are written back in order.
+  constexpr size_t kBlockBytes = 8 << 20;
+  std::string block, carry;
+  std::vector<std::string_view> lines;
+  std::vector<std::string> outputs(static_cast<size_t>(threads));
+  std::vector<EncodeScratch> scratch(static_cast<size_t>(threads));
+  std::vector<size_t> bad_per_line;
+  size_t line_base = 0, bad_lines = 0;
+  std::vector<char> buf(kBlockBytes);
+  bool eof = false;
+  while (!eof) {
+    src->read(buf.data(), static_cast<std::streamsize>(buf.size()));
+    const size_t got = static_cast<size_t>(src->gcount());
+    if (got < buf.size()) eof = true;
+    if (src->bad()) throw Error(input_name + ": read error");
+    block.swap(carry);
+    carry.clear();
+    block.append(buf.data(), got);
+    if (!eof) {
+      const size_t last_nl = block.rfind('\n');
+      if (last_nl == std::string::npos) {  // a line longer than the block: keep accumulating
+        carry.swap(block);
+        continue;
+      }
+      carry.assign(block, last_nl + 1, std::string::npos);
+      block.resize(last_nl + 1);
+    }
+    lines.clear();
+    size_t pos = 0;
+    while (pos < block.size()) {
+      size_t nl = block.find('\n', pos);
+      if (nl == std::string::npos) nl = block.size();
+      lines.emplace_back(block.data() + pos, nl - pos);
+      pos = nl + 1;
+    }
+    bad_per_line.assign(lines.size(), 0);
+    auto work = [&](size_t t) {
+      std::vector<int32_t> a, b;
+      std::string& o = outputs[t];
+      o.clear();
+      const size_t begin = lines.size() * t / static_cast<size_t>(threads);
+      const size_t end = lines.size() * (t + 1) / static_cast<size_t>(threads);
+      for (size_t i = begin; i < end; ++i) format_line(job, lines[i], scratch[t], a, b, o, bad_per_line[i]);
+    };
+    if (threads == 1 || lines.size() < 64) {
+      outputs[0].clear();
+      for (size_t t = 1; t < outputs.size(); ++t) outputs[t].clear();
+      std::vector<int32_t> a, b;
+      for (size_t i = 0; i < lines.size(); ++i) format_line(job, lines[i], scratch[0], a, b, outputs[0], bad_per_line[i]);
+    } else {
+      std::vector<std::thread> pool;
+      for (int t = 1; t < threads; ++t) pool.emplace_back(work, static_cast<size_t>(t));
+      work(0);
+      for (auto& th : pool) th.join();
+    }
+    for (const auto& o : outputs) dst->write(o.data(), static_cast<std::streamsize>(o.size()));
+    for (size_t i = 0; i < lines.size(); ++i) {
+      if (bad_per_line[i] && bad_lines++ < 10)
+        err << input_name << ":" << line_base + i + 1 << ": warning: invalid UTF-8 (" << bad_per_line[i]
+            << " bad sequence(s)) replaced by U+FFFD, which clean_text removes\n";
+    }
+    line_base += lines.size();
+  }
+  if (bad_lines > 10) err << "warning: " << bad_lines << " line(s) with invalid UTF-8 in total\n";
+  dst->flush();
+  if (!*dst) throw Error("bert_tokenizer encode: write error");
+  if (file_out.is_open()) {
+    file_out.close();
+    if (std::rename(output_tmp.c_str(), args.str("--output").c_str()) != 0)
+      throw Error(args.str("--output") + ": cannot rename output into place");
+  }
+  return 0;
+}
+
+int tokenizer_main(const std::vector<std::string>& argv, std::istream& in, std::ostream& out, std::ostream& err) {
+  const std::string usage =
+      "usage: bert_tokenizer <command> [options]\n\n"
+      "commands:\n"
+      "  train    learn a WordPiece vocabulary from text files (HF BertWordPieceTokenizer-compatible)\n"
+      "  encode   turn lines of text into token ids\n\n"
+      "Run 'bert_tokenizer <command> --help' for the options of a command.\n";
+  if (argv.empty() || argv[0] == "-h" || argv[0] == "--help") {
+    (argv.empty() ? err : out) << usage;
+    return argv.empty() ? 2 : 0;
+  }
+  const std::vector<std::string> rest(argv.begin() + 1, argv.end());
+  if (argv[0] == "train") return tokenizer_train_command(rest, out, err);
+  if (argv[0] == "encode") return tokenizer_encode_command(rest, in, out, err);
+  throw Error("bert_tokenizer: unknown command '" + argv[0] + "' (expected train or encode)");
+}
+
+}  // namespace bert

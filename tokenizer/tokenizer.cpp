@@ -1,0 +1,231 @@
+#include "tokenizer/tokenizer.h"
+
+#include <algorithm>
+
+#include "common/error.h"
+#include "common/file.h"
+#include "common/json.h"
+#include "common/utf8.h"
+#include "tokenizer/pretokenizer.h"
+
+namespace bert {
+
+std::vector<std::string> TokenizerConfig::special_tokens() const {
+  std::vector<std::string> out = {pad_token, unk_token, cls_token, sep_token, mask_token};
+  out.insert(out.end(), additional_special_tokens.begin(), additional_special_tokens.end());
+  return out;
+}
+
+TokenizerConfig TokenizerConfig::load(const std::string& dir) {
+  TokenizerConfig c;
+  const std::string path = dir + "/tokenizer_config.json";
+  if (!file_exists(path)) {
+    c.normalizer.lowercase = true;  // HF BertTokenizer default
+    c.normalizer.strip_accents = true;
+    return c;
+  }
+  const Json j = Json::parse(read_file(path), path);
+  if (!j.is_object()) throw Error(path + ": expected a JSON object");
+  auto get_bool = [&](const char* key, bool fallback) {
+    const Json* v = j.find(key);
+    if (!v || v->is_null()) return fallback;
+    if (!v->is_bool()) throw Error(path + ": field '" + key + "' must be true, false or null");
+    return v->as_bool();
+  };
+  auto get_token = [&](const char* key, std::string& dst) {
+    const Json* v = j.find(key);
+    if (!v || v->is_null()) return;
+    if (v->is_string()) {
+      dst = v->as_string();
+    } else if (v->is_object() && v->find("content") && v->find("content")->is_string()) {
+      dst = v->find("content")->as_string();  // AddedToken serialisation
+    } else {
+      throw Error(path + ": field '" + key + "' must be a string");
+    }
+  };
+  c.normalizer.lowercase = get_bool("do_lower_case", true);
+  c.normalizer.strip_accents = get_bool("strip_accents", c.normalizer.lowercase);
+  c.normalizer.handle_chinese_chars = get_bool("tokenize_chinese_chars", true);
+  c.normalizer.clean_text = get_bool("clean_text", true);
+  if (const Json* v = j.find("model_max_length"); v && v->is_number()) {
+    const double m = v->as_number();
+    c.model_max_length = m > 1e15 ? static_cast<size_t>(1) << 50 : static_cast<size_t>(m);
+  }
+  get_token("unk_token", c.unk_token);
+  get_token("sep_token", c.sep_token);
+  get_token("pad_token", c.pad_token);
+  get_token("cls_token", c.cls_token);
+  get_token("mask_token", c.mask_token);
+  if (const Json* v = j.find("additional_special_tokens"); v && v->is_array()) {
+    for (const Json& t : v->as_array()) {
+      if (!t.is_string()) throw Error(path + ": additional_special_tokens must hold strings");
+      c.additional_special_tokens.push_back(t.as_string());
+    }
+  }
+  if (const Json* v = j.find("wordpieces_prefix"); v && v->is_string()) c.continuing_subword_prefix = v->as_string();
+  return c;
+}
+
+void TokenizerConfig::save(const std::string& dir) const {
+  Json specials = Json::object();
+  specials.set("unk_token", unk_token);
+  specials.set("sep_token", sep_token);
+  specials.set("pad_token", pad_token);
+  specials.set("cls_token", cls_token);
+  specials.set("mask_token", mask_token);
+  if (!additional_special_tokens.empty()) {
+    Json extra = Json::array();
+    for (const auto& t : additional_special_tokens) extra.push(t);
+    specials.set("additional_special_tokens", extra);
+  }
+  Json cfg = Json::object();
+  cfg.set("tokenizer_class", "BertTokenizer");
+  cfg.set("do_lower_case", normalizer.lowercase);
+  cfg.set("strip_accents", normalizer.strip_accents);
+  cfg.set("tokenize_chinese_chars", normalizer.handle_chinese_chars);
+  cfg.set("clean_text", normalizer.clean_text);
+  cfg.set("model_max_length", static_cast<uint64_t>(model_max_length));
+  cfg.set("wordpieces_prefix", continuing_subword_prefix);
+  for (const auto& [k, v] : specials.as_object()) cfg.set(k, v);
+  write_file_atomic(dir + "/tokenizer_config.json", cfg.dump(2) + "\n");
+  write_file_atomic(dir + "/special_tokens_map.json", specials.dump(2) + "\n");
+}
+
+Tokenizer::Tokenizer(Vocab vocab, TokenizerConfig config)
+    : vocab_(std::move(vocab)),
+      config_(std::move(config)),
+      normalizer_(config_.normalizer),
+      wordpiece_(vocab_, config_.unk_token, config_.continuing_subword_prefix) {
+  for (const auto& t : config_.special_tokens()) {
+    const int32_t id = vocab_.id(t);
+    if (id < 0) continue;  // HF only registers special tokens the vocabulary has
+    std::u32string cps;
+    utf8_decode(t, cps);
+    if (!cps.empty()) specials_.push_back({cps, id});
+  }
+  std::stable_sort(specials_.begin(), specials_.end(),
+                   [](const Special& x, const Special& y) { return x.text.size() > y.text.size(); });
+  cls_id_ = vocab_.id(config_.cls_token);
+  sep_id_ = vocab_.id(config_.sep_token);
+  pad_id_ = vocab_.id(config_.pad_token);
+  mask_id_ = vocab_.id(config_.mask_token);
+}
+
+Tokenizer Tokenizer::from_dir(const std::string& dir) {
+  if (!is_directory(dir)) throw Error(dir + ": tokenizer directory not found (expected vocab.txt inside)");
+  const std::string vocab_path = dir + "/vocab.txt";
+  if (!file_exists(vocab_path)) throw Error(vocab_path + ": missing (is this a tokenizer directory?)");
+  TokenizerConfig config = TokenizerConfig::load(dir);
+  Vocab vocab = Vocab::load(vocab_path);
+  if (vocab.id(config.unk_token) < 0)
+    throw Error(vocab_path + ": has no unknown token '" + config.unk_token + "'");
+  return Tokenizer(std::move(vocab), std::move(config));
+}
+
+void Tokenizer::encode_plain(std::u32string_view text, std::vector<int32_t>& out, EncodeScratch& scratch) const {
+  normalizer_.normalize(text, scratch.normalized);
+  const std::u32string_view norm = scratch.normalized;
+  bert_pre_tokenize(norm, [&](WordSpan w) { wordpiece_.encode_word(norm.substr(w.begin, w.end - w.begin), out); });
+}
+
+void Tokenizer::encode(std::u32string_view text, std::vector<int32_t>& out, EncodeScratch& scratch) const {
+  if (specials_.empty()) {
+    encode_plain(text, out, scratch);
+    return;
+  }
+  // Leftmost-longest match of the special tokens on the raw text; the pieces between them go
+  // through the normal pipeline separately (HF's AddedVocabulary split).
+  size_t start = 0, i = 0;
+  const size_t n = text.size();
+  while (i < n) {
+    const Special* hit = nullptr;
+    for (const Special& s : specials_) {
+      if (s.text[0] == text[i] && text.compare(i, s.text.size(), s.text) == 0) {
+        hit = &s;
+        break;
+      }
+    }
+    if (!hit) {
+      ++i;
+      continue;
+    }
+    if (i > start) encode_plain(text.substr(start, i - start), out, scratch);
+    out.push_back(hit->id);
+    i += hit->text.size();
+    start = i;
+  }
+  if (n > start) encode_plain(text.substr(start), out, scratch);
+}
+
+size_t Tokenizer::encode(std::string_view text, std::vector<int32_t>& out, EncodeScratch& scratch) const {
+  const size_t bad = utf8_decode(text, scratch.decoded);
+  encode(std::u32string_view(scratch.decoded), out, scratch);
+  return bad;
+}
+
+void truncate_longest_first(std::vector<int32_t>& a, std::vector<int32_t>* b, size_t budget) {
+  if (!b) {
+    if (a.size() > budget) a.resize(budget);
+    return;
+  }
+  if (a.size() + b->size() <= budget) return;
+  size_t n1 = a.size(), n2 = b->size();
+  const bool swap = n1 > n2;
+  if (swap) std::swap(n1, n2);
+  if (n1 > budget) {
+    n2 = n1;
+  } else {
+    n2 = std::max(n1, budget - n1);
+  }
+  if (n1 + n2 > budget) {
+    n1 = budget / 2;
+    n2 = n1 + budget % 2;
+  }
+  if (swap) std::swap(n1, n2);
+  if (a.size() > n1) a.resize(n1);
+  if (b->size() > n2) b->resize(n2);
+}
+
+Encoding Tokenizer::post_process(std::vector<int32_t> a, const std::vector<int32_t>* b,
+                                 std::optional<size_t> max_length) const {
+  if (cls_id_ < 0 || sep_id_ < 0) throw Error("vocabulary lacks [CLS] or [SEP]; cannot add special tokens");
+  std::vector<int32_t> b_copy;
+  if (b) b_copy = *b;
+  if (max_length) {
+    const size_t added = b ? 3 : 2;
+    const size_t budget = *max_length > added ? *max_length - added : 0;
+    truncate_longest_first(a, b ? &b_copy : nullptr, budget);
+  }
+  Encoding e;
+  e.ids.reserve(a.size() + b_copy.size() + 3);
+  e.ids.push_back(cls_id_);
+  e.ids.insert(e.ids.end(), a.begin(), a.end());
+  e.ids.push_back(sep_id_);
+  e.type_ids.assign(e.ids.size(), 0);
+  if (b) {
+    e.ids.insert(e.ids.end(), b_copy.begin(), b_copy.end());
+    e.ids.push_back(sep_id_);
+    e.type_ids.resize(e.ids.size(), 1);
+  }
+  return e;
+}
+
+std::string Tokenizer::decode(const std::vector<int32_t>& ids, bool skip_special) const {
+  // HF's WordPiece decoder: join with spaces, then glue "##" continuations to the previous piece.
+  std::string out;
+  const std::string& prefix = config_.continuing_subword_prefix;
+  for (int32_t id : ids) {
+    if (id < 0 || static_cast<size_t>(id) >= vocab_.size()) continue;
+    if (skip_special && (id == cls_id_ || id == sep_id_ || id == pad_id_)) continue;
+    const std::string& t = vocab_.token(id);
+    if (!prefix.empty() && t.compare(0, prefix.size(), prefix) == 0 && !out.empty()) {
+      out.append(t, prefix.size());
+    } else {
+      if (!out.empty()) out.push_back(' ');
+      out += t;
+    }
+  }
+  return out;
+}
+
+}  // namespace bert

@@ -1,0 +1,92 @@
+// The tokenizer pipeline, explicit as in HF tokenizers:
+//   special-token split -> BertNormalizer -> BertPreTokenizer -> WordPiece -> post-processor.
+// Special tokens are matched in the raw text before normalisation (HF adds them as non-normalised
+// added tokens), so "이순신은 [MASK] 중기의" keeps its [MASK].
+#pragma once
+
+#include <cstdint>
+#include <optional>
+#include <string>
+#include <string_view>
+#include <vector>
+
+#include "tokenizer/normalizer.h"
+#include "tokenizer/vocab.h"
+#include "tokenizer/wordpiece.h"
+
+namespace bert {
+
+// What tokenizer_config.json / special_tokens_map.json hold.
+struct TokenizerConfig {
+  NormalizerOptions normalizer;
+  size_t model_max_length = 512;
+  std::string unk_token = "[UNK]", sep_token = "[SEP]", pad_token = "[PAD]", cls_token = "[CLS]",
+              mask_token = "[MASK]";
+  std::vector<std::string> additional_special_tokens;
+  std::string continuing_subword_prefix = "##";
+
+  std::vector<std::string> special_tokens() const;
+  // Reads DIR/tokenizer_config.json; when it is absent, HF BertTokenizer's defaults apply
+  // (do_lower_case true), exactly what BertTokenizerFast.from_pretrained(DIR) would use.
+  static TokenizerConfig load(const std::string& dir);
+  // Writes tokenizer_config.json and special_tokens_map.json into DIR.
+  void save(const std::string& dir) const;
+};
+
+// Per-thread scratch space so encoding allocates nothing once warmed up.
+struct EncodeScratch {
+  std::u32string decoded, normalized;
+};
+
+struct Encoding {
+  std::vector<int32_t> ids;
+  std::vector<int32_t> type_ids;
+};
+
+class Tokenizer {
+ public:
+  Tokenizer(Vocab vocab, TokenizerConfig config);
+  // Loads vocab.txt + tokenizer_config.json from DIR (errors name the file and line).
+  static Tokenizer from_dir(const std::string& dir);
+
+  const Vocab& vocab() const { return vocab_; }
+  const TokenizerConfig& config() const { return config_; }
+  const BertNormalizer& normalizer() const { return normalizer_; }
+
+  // Appends the ids of `text` (no [CLS]/[SEP]) to `out`. Invalid UTF-8 is decoded lossily (each bad
+  // sequence becomes U+FFFD, which clean_text removes); returns the number of bad sequences.
+  size_t encode(std::string_view text, std::vector<int32_t>& out, EncodeScratch& scratch) const;
+  // Same for text already decoded to code points.
+  void encode(std::u32string_view text, std::vector<int32_t>& out, EncodeScratch& scratch) const;
+
+  // [CLS] A [SEP] (B [SEP]); type ids 0 through the first [SEP], 1 after. When max_length is set,
+  // truncates LongestFirst (HF's default) so the result including specials fits.
+  Encoding post_process(std::vector<int32_t> a, const std::vector<int32_t>* b,
+                        std::optional<size_t> max_length) const;
+
+  int32_t cls_id() const { return cls_id_; }
+  int32_t sep_id() const { return sep_id_; }
+  int32_t pad_id() const { return pad_id_; }
+  int32_t mask_id() const { return mask_id_; }
+  int32_t unk_id() const { return wordpiece_.unk_id(); }
+  std::string decode(const std::vector<int32_t>& ids, bool skip_special = false) const;
+
+ private:
+  Vocab vocab_;
+  TokenizerConfig config_;
+  BertNormalizer normalizer_;
+  WordPiece wordpiece_;
+  struct Special {
+    std::u32string text;
+    int32_t id;
+  };
+  std::vector<Special> specials_;  // longest first, for leftmost-longest matching
+  int32_t cls_id_ = -1, sep_id_ = -1, pad_id_ = -1, mask_id_ = -1;
+
+  void encode_plain(std::u32string_view text, std::vector<int32_t>& out, EncodeScratch& scratch) const;
+};
+
+// LongestFirst truncation of a pair to `budget` tokens (HF tokenizers' rule).
+void truncate_longest_first(std::vector<int32_t>& a, std::vector<int32_t>* b, size_t budget);
+
+}  // namespace bert

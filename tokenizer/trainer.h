@@ -1,0 +1,90 @@
+// WordPiece trainer = HF's WordPieceTrainer (a BpeTrainer with the "##" prefix) made deterministic
+// and scalable. Semantics: ../shared/REFERENCES.md ("Trainer").
+//
+// 1. count words (normalised + pre-tokenised) on all threads into a flat hash table: memory is
+//    O(distinct words), counts are 64-bit (HF's pair counts are i32 and overflow past 2^31);
+// 2. vocabulary = special tokens, alphabet sorted by code point (optionally the limit_alphabet most
+//    frequent), then the "##c" forms sorted by code point (HF adds them in hash-map order: the
+//    nondeterminism REFERENCES.md mentions);
+// 3. merges exactly as BpeTrainer: a max-heap of (count, pair) with smaller pair ids first on ties,
+//    lazy count refresh, "a" + "##b" -> "ab", stop at vocab_size, an empty queue or count <
+//    min_frequency. The heap entries carry the words they came from, as HF's do.
+#pragma once
+
+#include <cstdint>
+#include <functional>
+#include <optional>
+#include <string>
+#include <string_view>
+#include <vector>
+
+#include "tokenizer/normalizer.h"
+#include "tokenizer/vocab.h"
+
+namespace bert {
+
+// Distinct words with 64-bit counts, keys packed in one arena.
+class WordCounts {
+ public:
+  WordCounts();
+  void add(std::string_view word, uint64_t count = 1);
+  void merge_from(const WordCounts& other);
+  size_t distinct() const { return used_; }
+  uint64_t total() const { return total_; }
+  size_t memory_bytes() const { return arena_.capacity() + slots_.capacity() * sizeof(Slot); }
+  // Calls f(word, count) for every word, in no particular order.
+  template <typename F>
+  void for_each(F&& f) const {
+    for (const Slot& s : slots_)
+      if (s.count) f(std::string_view(arena_.data() + s.offset, s.length), s.count);
+  }
+
+ private:
+  struct Slot {
+    uint64_t hash;
+    uint64_t count;  // 0 = empty
+    uint64_t offset;
+    uint32_t length;
+  };
+  std::vector<Slot> slots_;
+  std::string arena_;
+  size_t used_ = 0;
+  uint64_t total_ = 0;
+  void grow();
+};
+
+struct CountOptions {
+  NormalizerOptions normalizer;
+  int threads = 0;  // 0 = all hardware threads
+  // Called now and then from the counting threads' coordinator: bytes read so far, words so far.
+  std::function<void(uint64_t bytes, uint64_t words)> progress;
+  // Called for lines with invalid UTF-8 (file, 1-based line, byte offset in line); they are decoded
+  // lossily (each bad sequence becomes U+FFFD, which clean_text removes).
+  std::function<void(const std::string& file, size_t line, size_t byte)> on_invalid_utf8;
+};
+
+struct CountStats {
+  uint64_t bytes = 0, lines = 0, invalid_utf8_lines = 0;
+};
+
+// Counts the words of every line of `files` (memory-mapped; chunks of lines spread over threads).
+WordCounts count_words(const std::vector<std::string>& files, const CountOptions& options, CountStats* stats = nullptr);
+
+struct TrainerOptions {
+  size_t vocab_size = 30000;
+  uint64_t min_frequency = 2;
+  std::optional<size_t> limit_alphabet;  // unset: every character seen is kept
+  std::vector<std::string> special_tokens = {"[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]"};
+  std::string continuing_subword_prefix = "##";
+  std::function<void(size_t merges_done, size_t vocab_now)> progress;
+};
+
+struct TrainStats {
+  size_t alphabet = 0, continuation_forms = 0, merges = 0, dropped_characters = 0;
+  std::string stop_reason;
+};
+
+// Throws bert::Error when there is nothing to learn from or vocab_size cannot hold the alphabet.
+Vocab train_wordpiece(const WordCounts& counts, const TrainerOptions& options, TrainStats* stats = nullptr);
+
+}  // namespace bert
