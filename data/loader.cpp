@@ -1,0 +1,226 @@
+#include "data/loader.h"
+
+#include <algorithm>
+
+#include "common/error.h"
+#include "common/file.h"
+#include "common/json.h"
+#include "tokenizer/tokenizer.h"
+
+namespace bert {
+
+Dataset::Dataset(const std::string& dir, Split split, uint32_t expected_vocab_size) {
+  const std::string manifest_path = dir + "/manifest.json";
+  if (!file_exists(manifest_path))
+    throw Error(manifest_path + ": not found (is '" + dir + "' a bert_prepare build output?)");
+  const Json manifest = Json::parse(read_file(manifest_path), manifest_path);
+  const Json* list = manifest.find("shards");
+  if (!list || !list->is_array()) throw Error(manifest_path + ": missing 'shards' list");
+  for (const Json& entry : list->as_array()) {
+    const Json* file = entry.find("file");
+    const Json* sp = entry.find("split");
+    if (!file || !file->is_string() || !sp || !sp->is_string()) throw Error(manifest_path + ": malformed shard entry");
+    if (sp->as_string() != split_name(split)) continue;
+    auto shard = std::make_unique<Shard>(dir + "/" + file->as_string(), expected_vocab_size);
+    if (shard->header().split != split) throw Error(shard->path() + ": split in header disagrees with manifest.json");
+    if (vocab_size_ && shard->header().vocab_size != vocab_size_)
+      throw Error(shard->path() + ": vocabulary size differs from the other shards");
+    vocab_size_ = shard->header().vocab_size;
+    max_seq_len_ = std::max(max_seq_len_, shard->header().max_seq_len);
+    starts_.push_back(total_);
+    total_ += shard->size();
+    shards_.push_back(std::move(shard));
+  }
+  if (total_ >= UINT32_MAX) throw Error(dir + ": more than 4G examples in one split is not supported");
+}
+
+const Shard& Dataset::shard_of(size_t i, size_t& local) const {
+  const size_t s = static_cast<size_t>(std::upper_bound(starts_.begin(), starts_.end(), i) - starts_.begin()) - 1;
+  local = i - starts_[s];
+  return *shards_[s];
+}
+
+size_t Batch::real_tokens() const {
+  size_t n = 0;
+  for (int32_t m : attention_mask) n += static_cast<size_t>(m);
+  return n;
+}
+
+MaskingVocab masking_vocab(const Tokenizer& tokenizer) {
+  MaskingVocab v;
+  v.mask_id = tokenizer.mask_id();
+  v.vocab_size = static_cast<int32_t>(tokenizer.vocab().size());
+  v.is_special.assign(tokenizer.vocab().size(), 0);
+  v.is_continuation.assign(tokenizer.vocab().size(), 0);
+  for (int32_t id : {tokenizer.cls_id(), tokenizer.sep_id(), tokenizer.pad_id()})
+    if (id >= 0) v.is_special[static_cast<size_t>(id)] = 1;
+  const std::string& prefix = tokenizer.config().continuing_subword_prefix;
+  for (size_t i = 0; i < tokenizer.vocab().size(); ++i) {
+    const std::string& t = tokenizer.vocab().tokens()[i];
+    if (!prefix.empty() && t.size() > prefix.size() && t.compare(0, prefix.size(), prefix) == 0) v.is_continuation[i] = 1;
+  }
+  return v;
+}
+
+Loader::Loader(const Dataset& dataset, MaskingVocab vocab, int32_t cls_id, int32_t sep_id, int32_t pad_id,
+               LoaderOptions options)
+    : dataset_(dataset), vocab_(std::move(vocab)), cls_id_(cls_id), sep_id_(sep_id), pad_id_(pad_id), options_(options) {
+  if (options_.batch_size <= 0) throw Error("loader: batch size must be positive");
+  if (options_.world_size <= 0 || options_.rank < 0 || options_.rank >= options_.world_size)
+    throw Error("loader: rank must be in [0, world_size)");
+  if (options_.fixed_length && static_cast<uint32_t>(options_.fixed_length) < dataset_.max_seq_len())
+    throw Error("loader: fixed length " + std::to_string(options_.fixed_length) + " is shorter than the shards' max_seq_len " +
+                std::to_string(dataset_.max_seq_len()));
+  if (vocab_.vocab_size != static_cast<int32_t>(dataset_.vocab_size()) && dataset_.size() > 0)
+    throw Error("loader: tokenizer has " + std::to_string(vocab_.vocab_size) + " tokens but the shards were built with " +
+                std::to_string(dataset_.vocab_size()));
+}
+
+Loader::~Loader() { stop_worker(); }
+
+size_t Loader::batches_per_epoch() const {
+  const size_t global = static_cast<size_t>(options_.batch_size) * static_cast<size_t>(options_.world_size);
+  if (options_.drop_last) return dataset_.size() / global;
+  return (dataset_.size() + global - 1) / global;
+}
+
+const std::vector<uint32_t>& Loader::permutation(uint64_t epoch) const {
+  // Called with perm_mutex_ held.
+  if (perm_epoch_ != epoch) {
+    perm_.resize(dataset_.size());
+    for (uint32_t i = 0; i < perm_.size(); ++i) perm_[i] = i;
+    if (options_.shuffle) {
+      Rng rng(mix_seed(options_.seed, 0x5EED5EEDull, epoch));
+      rng.shuffle(perm_.data(), perm_.size());
+    }
+    perm_epoch_ = epoch;
+  }
+  return perm_;
+}
+
+std::vector<uint64_t> Loader::batch_examples(uint64_t epoch, size_t index) const {
+  std::vector<uint64_t> out;
+  const size_t world = static_cast<size_t>(options_.world_size), rank = static_cast<size_t>(options_.rank);
+  std::lock_guard<std::mutex> lock(perm_mutex_);
+  const auto& perm = permutation(epoch);
+  for (size_t i = 0; i < static_cast<size_t>(options_.batch_size); ++i) {
+    const size_t pos = (index * static_cast<size_t>(options_.batch_size) + i) * world + rank;
+    if (pos >= perm.size()) break;
+    out.push_back(perm[pos]);
+  }
+  return out;
+}
+
+void Loader::make_batch(uint64_t epoch, size_t index, Batch& out) const {
+  out.example_ids = batch_examples(epoch, index);
+  const int rows = static_cast<int>(out.example_ids.size());
+  int seq_len = options_.fixed_length;
+  if (!seq_len) {
+    for (uint64_t e : out.example_ids) {
+      size_t local;
+      const Shard& s = dataset_.shard_of(e, local);
+      seq_len = std::max(seq_len, static_cast<int>(s.length(local) + 3));
+    }
+  }
+  out.batch_size = rows;
+  out.seq_len = seq_len;
+  out.epoch = epoch;
+  out.index = index;
+  const size_t cells = static_cast<size_t>(rows) * static_cast<size_t>(seq_len);
+  out.input_ids.assign(cells, pad_id_);
+  out.token_type_ids.assign(cells, 0);
+  out.attention_mask.assign(cells, 0);
+  out.labels.assign(cells, kIgnoreIndex);
+  out.nsp_labels.assign(static_cast<size_t>(rows), 0);
+  out.masked_positions.clear();
+  out.masked_labels.clear();
+  for (int r = 0; r < rows; ++r) {
+    size_t local;
+    const uint64_t example = out.example_ids[static_cast<size_t>(r)];
+    const Shard& s = dataset_.shard_of(example, local);
+    const uint32_t len = s.length(local), a_len = s.a_length(local);
+    int32_t* ids = out.input_ids.data() + static_cast<size_t>(r) * static_cast<size_t>(seq_len);
+    int32_t* types = out.token_type_ids.data() + static_cast<size_t>(r) * static_cast<size_t>(seq_len);
+    int32_t* mask = out.attention_mask.data() + static_cast<size_t>(r) * static_cast<size_t>(seq_len);
+    size_t t = 0;
+    ids[t++] = cls_id_;
+    for (uint32_t j = 0; j < a_len; ++j) ids[t++] = s.token(local, j);
+    ids[t++] = sep_id_;
+    const size_t b_start = t;
+    for (uint32_t j = a_len; j < len; ++j) ids[t++] = s.token(local, j);
+    ids[t++] = sep_id_;
+    for (size_t k = b_start; k < t; ++k) types[k] = 1;
+    for (size_t k = 0; k < t; ++k) mask[k] = 1;
+    out.nsp_labels[static_cast<size_t>(r)] = s.nsp_label(local);
+    Rng rng(mix_seed(options_.seed, epoch, example));
+    apply_mlm_masking(std::span<int32_t>(ids, t),
+                      std::span<int32_t>(out.labels.data() + static_cast<size_t>(r) * static_cast<size_t>(seq_len), t),
+                      vocab_, options_.masking, rng, &out.masked_positions, &out.masked_labels, r * seq_len);
+  }
+}
+
+void Loader::advance(uint64_t& epoch, size_t& index) const {
+  if (++index >= batches_per_epoch()) {
+    index = 0;
+    ++epoch;
+  }
+}
+
+void Loader::stop_worker() {
+  {
+    std::lock_guard<std::mutex> lock(mutex_);
+    stop_ = true;
+  }
+  cv_.notify_all();
+  if (worker_.joinable()) worker_.join();
+  stop_ = false;
+}
+
+void Loader::start(uint64_t epoch, size_t index) {
+  stop_worker();
+  if (batches_per_epoch() == 0) throw Error("loader: fewer examples than one global batch");
+  ready_.clear();
+  next_epoch_ = consume_epoch_ = epoch;
+  next_index_ = consume_index_ = index;
+  if (options_.prefetch <= 0) return;
+  worker_ = std::thread([this] {
+    while (true) {
+      uint64_t e;
+      size_t i;
+      {
+        std::unique_lock<std::mutex> lock(mutex_);
+        cv_.wait(lock, [this] { return stop_ || ready_.size() < static_cast<size_t>(options_.prefetch); });
+        if (stop_) return;
+        e = next_epoch_;
+        i = next_index_;
+        advance(next_epoch_, next_index_);
+      }
+      Batch b;
+      make_batch(e, i, b);
+      {
+        std::lock_guard<std::mutex> lock(mutex_);
+        if (stop_) return;
+        ready_.push_back(std::move(b));
+      }
+      cv_.notify_all();
+    }
+  });
+}
+
+void Loader::next(Batch& out) {
+  if (options_.prefetch <= 0 || !worker_.joinable()) {
+    if (batches_per_epoch() == 0) throw Error("loader: fewer examples than one global batch");
+    make_batch(consume_epoch_, consume_index_, out);
+    advance(consume_epoch_, consume_index_);
+    return;
+  }
+  std::unique_lock<std::mutex> lock(mutex_);
+  cv_.wait(lock, [this] { return !ready_.empty(); });
+  out = std::move(ready_.front());
+  ready_.pop_front();
+  lock.unlock();
+  cv_.notify_all();
+  advance(consume_epoch_, consume_index_);
+}
+
+}  // namespace bert

@@ -1,0 +1,116 @@
+// The training data loader: memory-mapped shards -> padded, masked batches.
+//
+//  - Dataset: every shard of one split of a shard directory (manifest.json), validated on open
+//    (magic, version, size, checksum, vocabulary size), addressed by one global example index.
+//  - Epoch order: a permutation seeded by (seed, epoch). Rank r of R takes positions r, r+R, ...
+//    of it, so the ranks' slices are disjoint and together cover the epoch (less the tail that does
+//    not fill a global batch, when drop_last).
+//  - Batch b of epoch e is a pure function of (seed, e, b, rank): a resumed run sees identical
+//    batches. Masking is seeded by (seed, epoch, example index).
+//  - A background thread prefetches the next batches.
+#pragma once
+
+#include <condition_variable>
+#include <cstdint>
+#include <deque>
+#include <memory>
+#include <mutex>
+#include <optional>
+#include <string>
+#include <thread>
+#include <vector>
+
+#include "data/masking.h"
+#include "data/shard.h"
+
+namespace bert {
+
+class Tokenizer;
+
+class Dataset {
+ public:
+  // `dir`: a bert_prepare build output. expected_vocab_size 0 = do not check.
+  Dataset(const std::string& dir, Split split, uint32_t expected_vocab_size = 0);
+  size_t size() const { return total_; }
+  uint32_t max_seq_len() const { return max_seq_len_; }
+  uint32_t vocab_size() const { return vocab_size_; }
+  // Global example i: its shard and local index.
+  const Shard& shard_of(size_t i, size_t& local) const;
+  size_t shard_count() const { return shards_.size(); }
+
+ private:
+  std::vector<std::unique_ptr<Shard>> shards_;
+  std::vector<size_t> starts_;  // global index of each shard's first example
+  size_t total_ = 0;
+  uint32_t max_seq_len_ = 0, vocab_size_ = 0;
+};
+
+struct Batch {
+  int batch_size = 0, seq_len = 0;
+  uint64_t epoch = 0, index = 0;
+  std::vector<int32_t> input_ids, token_type_ids, attention_mask;  // [batch_size, seq_len]
+  std::vector<int32_t> labels;                                     // [batch_size, seq_len], -100 = ignore
+  std::vector<int32_t> nsp_labels;                                 // [batch_size], 1 = random next
+  std::vector<int32_t> masked_positions;  // flat b*seq_len+t of every selected token, ascending
+  std::vector<int32_t> masked_labels;     // original ids at masked_positions
+  std::vector<uint64_t> example_ids;      // global example index per row
+  size_t real_tokens() const;
+};
+
+struct LoaderOptions {
+  int batch_size = 32;
+  int rank = 0, world_size = 1;
+  uint64_t seed = 42;
+  bool shuffle = true;
+  bool drop_last = true;
+  int fixed_length = 0;  // 0 = pad to the longest example of the batch
+  int prefetch = 2;      // batches prepared ahead by the background thread (0 = none)
+  MaskingOptions masking;
+};
+
+// Specials and "##" flags from a tokenizer, for masking.
+MaskingVocab masking_vocab(const Tokenizer& tokenizer);
+
+class Loader {
+ public:
+  Loader(const Dataset& dataset, MaskingVocab vocab, int32_t cls_id, int32_t sep_id, int32_t pad_id,
+         LoaderOptions options);
+  ~Loader();
+  Loader(const Loader&) = delete;
+  Loader& operator=(const Loader&) = delete;
+
+  size_t batches_per_epoch() const;
+  // Builds batch `index` of `epoch` for this rank (no state; thread-safe).
+  void make_batch(uint64_t epoch, size_t index, Batch& out) const;
+  // Global example indices of this rank's batch.
+  std::vector<uint64_t> batch_examples(uint64_t epoch, size_t index) const;
+
+  // Sequential reading with prefetch, from (epoch, index) on; next() rolls over to the next epoch.
+  void start(uint64_t epoch, size_t index);
+  void next(Batch& out);
+
+ private:
+  const Dataset& dataset_;
+  MaskingVocab vocab_;
+  int32_t cls_id_, sep_id_, pad_id_;
+  LoaderOptions options_;
+  mutable std::mutex perm_mutex_;
+  mutable uint64_t perm_epoch_ = UINT64_MAX;
+  mutable std::vector<uint32_t> perm_;
+
+  // prefetch state
+  std::thread worker_;
+  std::mutex mutex_;
+  std::condition_variable cv_;
+  std::deque<Batch> ready_;
+  bool stop_ = false;
+  uint64_t next_epoch_ = 0;
+  size_t next_index_ = 0;
+  uint64_t consume_epoch_ = 0;
+  size_t consume_index_ = 0;
+  void stop_worker();
+  void advance(uint64_t& epoch, size_t& index) const;
+  const std::vector<uint32_t>& permutation(uint64_t epoch) const;
+};
+
+}  // namespace bert

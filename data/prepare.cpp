@@ -1,0 +1,454 @@
+// bert_prepare build: cleaned text (one sentence a line, blank line between documents) -> shards.
+//
+// Streaming with bounded memory: documents are read in pools of at most --pool-mb of text. Each
+// pool is tokenised on all threads, its documents are shuffled and split into train/validation
+// (by a hash of (seed, document number), so the split does not depend on pool boundaries), and
+// Google's NSP algorithm runs inside the pool: a random-next segment is drawn from another document
+// of the same pool and split. This is what Google's own pipeline does when run once per input
+// shard; a pool of 256 MB holds ~100k documents, plenty to make "random" mean random. Memory is
+// O(pool), not O(corpus). Every random choice comes from Rng(mix(seed, pool, split)), so the same
+// input + seed gives the same shards whatever the thread count.
+#include "data/prepare.h"
+
+#include <algorithm>
+#include <chrono>
+#include <cmath>
+#include <cstring>
+#include <filesystem>
+#include <memory>
+#include <iostream>
+#include <map>
+#include <thread>
+
+#include "common/args.h"
+#include "common/error.h"
+#include "common/file.h"
+#include "common/json.h"
+#include "common/progress.h"
+#if __has_include("data/clean.h")
+#include "data/clean.h"
+#endif
+#include "data/nsp.h"
+#include "data/shard.h"
+#include "tokenizer/tokenizer.h"
+
+namespace bert {
+
+namespace {
+
+// TODO(data): switch to data/text_reader.h (.gz) once it lands.
+template <typename F>
+void for_each_line(const std::string& path, F&& f) {
+  const MappedFile file(path);
+  const std::string_view v = file.view();
+  size_t pos = 0, line_no = 0;
+  while (pos < v.size()) {
+    size_t nl = v.find('\n', pos);
+    if (nl == std::string_view::npos) nl = v.size();
+    f(v.substr(pos, nl - pos), ++line_no);
+    pos = nl + 1;
+  }
+}
+
+struct RawPool {
+  std::vector<std::string> sentences;
+  std::vector<uint32_t> doc_begin{0};  // into sentences
+  std::vector<uint64_t> doc_number;    // global document index, for the split hash
+  size_t bytes = 0;
+  void clear() {
+    sentences.clear();
+    doc_begin.assign(1, 0);
+    doc_number.clear();
+    bytes = 0;
+  }
+};
+
+struct BuildTotals {
+  uint64_t documents = 0, sentences = 0, bytes = 0, examples[2] = {0, 0}, tokens[2] = {0, 0}, random_next[2] = {0, 0},
+           truncated = 0, skipped = 0, empty_sentences = 0, max_length[2] = {0, 0};
+};
+
+// Tokenises a pool's sentences on `threads` threads; sentence i's ids land in slot i.
+void tokenize_pool(const Tokenizer& tok, const RawPool& raw, int threads, std::vector<std::vector<int32_t>>& ids) {
+  ids.resize(raw.sentences.size());
+  auto work = [&](size_t t) {
+    EncodeScratch scratch;
+    const size_t n = raw.sentences.size();
+    for (size_t i = n * t / static_cast<size_t>(threads); i < n * (t + 1) / static_cast<size_t>(threads); ++i) {
+      ids[i].clear();
+      tok.encode(std::string_view(raw.sentences[i]), ids[i], scratch);
+    }
+  };
+  std::vector<std::thread> pool;
+  for (int t = 1; t < threads; ++t) pool.emplace_back(work, static_cast<size_t>(t));
+  work(0);
+  for (auto& th : pool) th.join();
+}
+
+}  // namespace
+
+int prepare_build_command(const std::vector<std::string>& argv, std::ostream& out, std::ostream& err) {
+  Args args("bert_prepare build",
+            "bert_prepare build --tokenizer DIR --input FILE... --out DIR [--max-seq-len 128] [--short-seq-prob 0.1] "
+            "[--nsp-prob 0.5] [--dupe-factor N] [--valid-fraction F] [--seed S] [--threads N]");
+  args.option("--tokenizer", "tokenizer directory (bert_tokenizer train output)")
+      .list("--input", "cleaned text: one sentence a line, a blank line between documents (.txt or .gz)")
+      .option("--out", "output directory for the shards and manifest.json")
+      .option("--max-seq-len", "maximum sequence length, [CLS] and two [SEP] included", "128")
+      .option("--short-seq-prob", "probability of a shorter random target length", "0.1")
+      .option("--nsp-prob", "probability that B is a random next sentence", "0.5")
+      .option("--dupe-factor", "how many times each document is turned into instances", "1")
+      .option("--valid-fraction", "fraction of documents held out for validation", "0.01")
+      .option("--seed", "random seed", "12345")
+      .option("--threads", "tokenisation threads (0 = all cores)", "0")
+      .option("--pool-mb", "documents per NSP pool, in MB of text (bounds memory)", "256")
+      .flag("--quiet", "no report");
+  if (!args.parse(argv)) {
+    out << args.help();
+    return 0;
+  }
+  const auto& inputs = args.values("--input");
+  if (inputs.empty()) throw Error("bert_prepare build: missing required option '--input' (see --help)");
+  const std::string out_dir = args.str("--out");
+  const std::string tok_dir = args.str("--tokenizer");
+  NspOptions nsp;
+  nsp.max_seq_len = static_cast<uint32_t>(args.integer("--max-seq-len", 5, 65535));
+  nsp.short_seq_prob = args.number("--short-seq-prob");
+  nsp.nsp_prob = args.number("--nsp-prob");
+  nsp.dupe_factor = static_cast<uint32_t>(args.integer("--dupe-factor", 1, 1000));
+  const double valid_fraction = args.number("--valid-fraction");
+  const uint64_t seed = static_cast<uint64_t>(args.integer("--seed", 0));
+  int threads = static_cast<int>(args.integer("--threads", 0, 1024));
+  if (threads == 0) threads = std::max(1, static_cast<int>(std::thread::hardware_concurrency()));
+  const size_t pool_bytes = static_cast<size_t>(args.integer("--pool-mb", 1, 1 << 20)) << 20;
+  for (const auto& [name, v] : {std::pair{"--short-seq-prob", nsp.short_seq_prob}, std::pair{"--nsp-prob", nsp.nsp_prob},
+                                std::pair{"--valid-fraction", valid_fraction}})
+    if (!(v >= 0.0 && v <= 1.0)) throw Error(std::string("bert_prepare build: ") + name + " must be in [0, 1]");
+  for (const auto& f : inputs)
+    if (!file_exists(f)) throw Error(f + ": input file not found");
+
+  const Tokenizer tok = Tokenizer::from_dir(tok_dir);
+  if (tok.cls_id() < 0 || tok.sep_id() < 0 || tok.mask_id() < 0 || tok.pad_id() < 0)
+    throw Error(tok_dir + "/vocab.txt: BERT pretraining needs [PAD], [CLS], [SEP] and [MASK] in the vocabulary");
+  make_directories(out_dir);
+  const auto t0 = std::chrono::steady_clock::now();
+  Progress progress(!args.has("--quiet"));
+
+  BuildTotals totals;
+  RawPool raw;
+  std::vector<std::vector<int32_t>> ids;
+  Json shards = Json::array();
+  size_t pool_index = 0;
+  uint64_t doc_counter = 0;
+  bool in_document = false;
+  const uint32_t vocab_size = static_cast<uint32_t>(tok.vocab().size());
+  uint64_t length_histogram[2][16] = {};
+
+  auto flush_pool = [&]() {
+    if (raw.doc_begin.size() <= 1) return;
+    tokenize_pool(tok, raw, threads, ids);
+    DocumentPool pools[2];
+    for (size_t d = 0; d + 1 < raw.doc_begin.size(); ++d) {
+      const double u = static_cast<double>(mix_seed(seed, raw.doc_number[d]) >> 11) * 0x1.0p-53;
+      DocumentPool& p = pools[u < valid_fraction ? 1 : 0];
+      for (uint32_t s = raw.doc_begin[d]; s < raw.doc_begin[d + 1]; ++s) {
+        if (ids[s].empty()) {
+          ++totals.empty_sentences;
+          continue;
+        }
+        p.add_sentence(ids[s]);
+      }
+      p.end_document();
+    }
+    for (int split = 0; split < 2; ++split) {
+      DocumentPool& p = pools[split];
+      if (p.documents() == 0) continue;
+      Rng rng(mix_seed(seed, pool_index, static_cast<uint64_t>(split)));
+      // Google shuffles the documents before creating instances.
+      std::vector<uint32_t> order(p.documents());
+      for (uint32_t i = 0; i < order.size(); ++i) order[i] = i;
+      rng.shuffle(order.data(), order.size());
+      DocumentPool shuffled;
+      for (uint32_t d : order) {
+        for (uint32_t s = p.doc_begin[d]; s < p.doc_begin[d + 1]; ++s) shuffled.add_sentence(p.sentence(s));
+        shuffled.end_document();
+      }
+      ShardWriter writer(vocab_size, nsp.max_seq_len, static_cast<Split>(split));
+      NspStats st;
+      create_nsp_instances(
+          shuffled, nsp, rng,
+          [&](std::span<const int32_t> a, std::span<const int32_t> b, bool random_next) {
+            writer.add(a, b, random_next);
+            const uint64_t len = a.size() + b.size() + 3;
+            totals.max_length[split] = std::max(totals.max_length[split], len);
+            length_histogram[split][std::min<uint64_t>(15, (len - 1) * 16 / nsp.max_seq_len)]++;
+          },
+          st);
+      totals.examples[split] += st.instances;
+      totals.random_next[split] += st.random_next;
+      totals.truncated += st.truncated;
+      totals.skipped += st.skipped_no_other_document;
+      totals.tokens[split] += writer.tokens();
+      if (writer.examples() == 0) continue;
+      char name[64];
+      std::snprintf(name, sizeof name, "%s-%05zu.bin", split_name(static_cast<Split>(split)), pool_index);
+      const ShardHeader h = writer.write(out_dir + "/" + name);
+      Json entry = Json::object();
+      entry.set("file", name);
+      entry.set("split", split_name(static_cast<Split>(split)));
+      entry.set("examples", h.example_count);
+      entry.set("tokens", h.token_count);
+      entry.set("checksum", std::to_string(h.checksum));
+      shards.push(entry);
+    }
+    ++pool_index;
+    raw.clear();
+  };
+
+  for (const auto& path : inputs) {
+    for_each_line(path, [&](std::string_view line, size_t) {
+      size_t b = 0, e = line.size();
+      while (b < e && (line[b] == ' ' || line[b] == '\t' || line[b] == '\r')) ++b;
+      while (e > b && (line[e - 1] == ' ' || line[e - 1] == '\t' || line[e - 1] == '\r')) --e;
+      totals.bytes += line.size() + 1;
+      if (b == e) {
+        if (in_document) {
+          raw.doc_begin.push_back(static_cast<uint32_t>(raw.sentences.size()));
+          in_document = false;
+          if (raw.bytes >= pool_bytes) flush_pool();
+        }
+        return;
+      }
+      if (!in_document) {
+        raw.doc_number.push_back(doc_counter++);
+        in_document = true;
+      }
+      raw.sentences.emplace_back(line.substr(b, e - b));
+      raw.bytes += e - b;
+      ++totals.sentences;
+      progress.update("reading: " + human_bytes(static_cast<double>(totals.bytes)) + ", " +
+                      std::to_string(doc_counter) + " documents, " + std::to_string(totals.examples[0]) + " examples");
+    });
+    // A file's end closes its last document.
+    if (in_document) {
+      raw.doc_begin.push_back(static_cast<uint32_t>(raw.sentences.size()));
+      in_document = false;
+    }
+  }
+  flush_pool();
+  progress.finish();
+  totals.documents = doc_counter;
+  if (totals.examples[0] + totals.examples[1] == 0)
+    throw Error("bert_prepare build: no examples produced (empty input, or every document too short to pair)");
+  if (totals.skipped > 0)
+    err << "warning: " << totals.skipped << " single-sentence chunk(s) skipped: their pool has no other document to "
+        << "draw a random next sentence from (more documents per pool: raise --pool-mb)\n";
+
+  // Tokenizer files travel with the shards so inspect and the trainer can check and decode them.
+  make_directories(out_dir + "/tokenizer");
+  tok.vocab().save(out_dir + "/tokenizer/vocab.txt");
+  tok.config().save(out_dir + "/tokenizer");
+  const std::string vocab_text = read_file(out_dir + "/tokenizer/vocab.txt");
+
+  Json manifest = Json::object();
+  manifest.set("format", "bertforge-shards");
+  manifest.set("version", static_cast<int>(kShardVersion));
+  manifest.set("vocab_size", static_cast<uint64_t>(vocab_size));
+  manifest.set("vocab_hash", std::to_string(hash64(vocab_text.data(), vocab_text.size())));
+  manifest.set("max_seq_len", static_cast<uint64_t>(nsp.max_seq_len));
+  manifest.set("short_seq_prob", nsp.short_seq_prob);
+  manifest.set("nsp_prob", nsp.nsp_prob);
+  manifest.set("dupe_factor", static_cast<uint64_t>(nsp.dupe_factor));
+  manifest.set("valid_fraction", valid_fraction);
+  manifest.set("seed", seed);
+  manifest.set("documents", totals.documents);
+  manifest.set("sentences", totals.sentences);
+  manifest.set("shards", shards);
+  write_file_atomic(out_dir + "/manifest.json", manifest.dump(2) + "\n");
+
+  if (!args.has("--quiet")) {
+    const double secs = std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
+    out << "built NSP shards -> " << out_dir << "\n"
+        << "  input       " << human_bytes(static_cast<double>(totals.bytes)) << ", " << totals.documents
+        << " documents, " << totals.sentences << " sentences (" << totals.empty_sentences << " empty after tokenising)\n";
+    for (int s = 0; s < 2; ++s) {
+      if (!totals.examples[s]) continue;
+      out << "  " << split_name(static_cast<Split>(s)) << "       " << totals.examples[s] << " examples, "
+          << totals.tokens[s] + 3 * totals.examples[s] << " tokens, random-next "
+          << (totals.examples[s] ? 100.0 * static_cast<double>(totals.random_next[s]) / static_cast<double>(totals.examples[s]) : 0.0)
+          << "%, max length " << totals.max_length[s] << " / " << nsp.max_seq_len << "\n";
+    }
+    out << "  truncated   " << totals.truncated << " pairs; " << totals.skipped << " chunks skipped (no other document)\n"
+        << "  time        " << secs << " s (" << static_cast<double>(totals.bytes) / 1e6 / secs << " MB/s), peak RSS "
+        << human_bytes(static_cast<double>(peak_rss_bytes())) << ", " << threads << " thread(s)\n";
+  }
+  return 0;
+}
+
+}  // namespace bert
+
+namespace bert {
+
+namespace {
+
+// Shard files named by a directory (its manifest, else every *.bin in it) or given directly.
+std::vector<std::string> shard_paths(const std::string& target) {
+  std::vector<std::string> paths;
+  if (!is_directory(target)) {
+    if (!file_exists(target)) throw Error(target + ": no such shard file or directory");
+    return {target};
+  }
+  const std::string manifest = target + "/manifest.json";
+  if (file_exists(manifest)) {
+    const Json m = Json::parse(read_file(manifest), manifest);
+    const Json* list = m.find("shards");
+    if (!list || !list->is_array()) throw Error(manifest + ": missing 'shards' list");
+    for (const Json& s : list->as_array()) {
+      const Json* f = s.find("file");
+      if (!f || !f->is_string()) throw Error(manifest + ": shard entry without 'file'");
+      paths.push_back(target + "/" + f->as_string());
+    }
+    return paths;
+  }
+  for (const auto& e : std::filesystem::directory_iterator(target))
+    if (e.path().extension() == ".bin") paths.push_back(e.path().string());
+  std::sort(paths.begin(), paths.end());
+  if (paths.empty()) throw Error(target + ": no manifest.json and no .bin shards");
+  return paths;
+}
+
+}  // namespace
+
+int prepare_inspect_command(const std::vector<std::string>& argv, std::ostream& out, std::ostream& /*err*/) {
+  Args args("bert_prepare inspect", "bert_prepare inspect DIR|SHARD [--json] [--decode N|all] [--tokenizer DIR]");
+  args.flag("--json", "print the statistics as JSON")
+      .option("--decode", "decode the first N examples (or all) back to text")
+      .option("--tokenizer", "tokenizer for --decode (default: DIR/tokenizer)");
+  if (!args.parse(argv)) {
+    out << args.help();
+    return 0;
+  }
+  if (args.positional().size() != 1) throw Error("bert_prepare inspect: expected one shard directory or file (see --help)");
+  const std::string target = args.positional()[0];
+  const std::vector<std::string> paths = shard_paths(target);
+
+  struct SplitStats {
+    uint64_t examples = 0, tokens = 0, random_next = 0, max_length = 0, shards = 0;
+    std::map<uint64_t, uint64_t> histogram;  // bucket start -> count
+  };
+  std::map<std::string, SplitStats> splits;
+  uint32_t vocab_size = 0, max_seq_len = 0;
+  std::vector<std::unique_ptr<Shard>> shards;
+  for (const auto& p : paths) {
+    auto shard = std::make_unique<Shard>(p);
+    const ShardHeader& h = shard->header();
+    if (vocab_size && h.vocab_size != vocab_size) throw Error(p + ": vocabulary size differs from the other shards");
+    vocab_size = h.vocab_size;
+    max_seq_len = std::max(max_seq_len, h.max_seq_len);
+    SplitStats& s = splits[split_name(h.split)];
+    ++s.shards;
+    const uint64_t bucket = std::max<uint64_t>(1, h.max_seq_len / 8);
+    for (size_t i = 0; i < shard->size(); ++i) {
+      const uint64_t len = shard->length(i) + 3;
+      s.examples++;
+      s.tokens += len;
+      s.random_next += shard->nsp_label(i);
+      s.max_length = std::max(s.max_length, len);
+      s.histogram[(len - 1) / bucket * bucket + 1]++;
+    }
+    shards.push_back(std::move(shard));
+  }
+  Json j = Json::object();
+  j.set("shards", static_cast<uint64_t>(paths.size()));
+  j.set("vocab_size", static_cast<uint64_t>(vocab_size));
+  j.set("max_seq_len", static_cast<uint64_t>(max_seq_len));
+  Json js = Json::object();
+  for (const auto& [name, s] : splits) {
+    Json e = Json::object();
+    e.set("split", name);
+    e.set("shards", s.shards);
+    e.set("examples", s.examples);
+    e.set("tokens", s.tokens);
+    e.set("nsp_random_next_fraction", s.examples ? static_cast<double>(s.random_next) / static_cast<double>(s.examples) : 0.0);
+    e.set("max_length", s.max_length);
+    e.set("mean_length", s.examples ? static_cast<double>(s.tokens) / static_cast<double>(s.examples) : 0.0);
+    Json hist = Json::object();
+    const uint64_t bucket = std::max<uint64_t>(1, max_seq_len / 8);
+    for (const auto& [start, count] : s.histogram)
+      hist.set(std::to_string(start) + "-" + std::to_string(start + bucket - 1), count);
+    e.set("length_histogram", hist);
+    js.set(name, e);
+  }
+  j.set("splits", js);
+
+  std::vector<std::string> decoded;
+  if (args.has("--decode")) {
+    const std::string how = args.str("--decode");
+    const size_t limit = how == "all" ? SIZE_MAX : static_cast<size_t>(args.integer("--decode", 0));
+    const std::string tok_dir = args.maybe("--tokenizer").value_or(is_directory(target) ? target + "/tokenizer" : "");
+    if (tok_dir.empty()) throw Error("bert_prepare inspect: --decode on a single shard needs --tokenizer DIR");
+    const Tokenizer tok = Tokenizer::from_dir(tok_dir);
+    if (tok.vocab().size() != vocab_size)
+      throw Error(tok_dir + ": tokenizer has " + std::to_string(tok.vocab().size()) + " tokens, shards were built with " +
+                  std::to_string(vocab_size));
+    std::vector<int32_t> a, b;
+    for (const auto& shard : shards) {
+      for (size_t i = 0; i < shard->size() && decoded.size() < limit; ++i) {
+        shard->example(i, a, b);
+        decoded.push_back("[CLS] A: " + tok.decode(a) + " [SEP] B: " + tok.decode(b) + " [SEP]  (" +
+                          (shard->nsp_label(i) ? "random next" : "actual next") + ", " +
+                          std::to_string(a.size() + b.size() + 3) + " tokens)");
+      }
+    }
+  }
+  if (args.has("--json")) {
+    if (!decoded.empty()) {
+      Json ex = Json::array();
+      for (const auto& d : decoded) ex.push(d);
+      j.set("decoded", ex);
+    }
+    out << j.dump(2) << "\n";
+    return 0;
+  }
+  out << target << ": " << paths.size() << " shard(s), vocab " << vocab_size << ", max_seq_len " << max_seq_len << "\n";
+  for (const auto& [name, s] : splits) {
+    out << "  " << name << ": " << s.examples << " examples, " << s.tokens << " tokens, mean length "
+        << (s.examples ? static_cast<double>(s.tokens) / static_cast<double>(s.examples) : 0.0) << ", max length "
+        << s.max_length << ", nsp_random_next_fraction "
+        << (s.examples ? static_cast<double>(s.random_next) / static_cast<double>(s.examples) : 0.0) << "\n";
+    uint64_t peak = 1;
+    for (const auto& [start, count] : s.histogram) peak = std::max(peak, count);
+    const uint64_t bucket = std::max<uint64_t>(1, max_seq_len / 8);
+    for (const auto& [start, count] : s.histogram) {
+      char label[48];
+      std::snprintf(label, sizeof label, "    %4llu-%-4llu %9llu ", static_cast<unsigned long long>(start),
+                    static_cast<unsigned long long>(start + bucket - 1), static_cast<unsigned long long>(count));
+      out << label << std::string(static_cast<size_t>(40 * count / peak), '#') << "\n";
+    }
+  }
+  for (size_t i = 0; i < decoded.size(); ++i) out << "#" << i << " " << decoded[i] << "\n";
+  return 0;
+}
+
+int prepare_main(const std::vector<std::string>& argv, std::ostream& out, std::ostream& err) {
+  const std::string usage =
+      "usage: bert_prepare <command> [options]\n\n"
+      "commands:\n"
+      "  clean     raw text -> cleaned, PII-scrubbed, one sentence a line, blank line between documents\n"
+      "  build     cleaned text -> tokenised NSP shards (train + validation)\n"
+      "  inspect   statistics and decoded examples of shards\n\n"
+      "Run 'bert_prepare <command> --help' for the options of a command.\n";
+  if (argv.empty() || argv[0] == "-h" || argv[0] == "--help") {
+    (argv.empty() ? err : out) << usage;
+    return argv.empty() ? 2 : 0;
+  }
+  const std::vector<std::string> rest(argv.begin() + 1, argv.end());
+  if (argv[0] == "build") return prepare_build_command(rest, out, err);
+  if (argv[0] == "inspect") return prepare_inspect_command(rest, out, err);
+#if __has_include("data/clean.h")
+  if (argv[0] == "clean") return prepare_clean_command(rest, out, err);
+#endif
+  throw Error("bert_prepare: unknown command '" + argv[0] + "' (expected clean, build or inspect)");
+}
+
+}  // namespace bert

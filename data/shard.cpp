@@ -1,0 +1,145 @@
+#include "data/shard.h"
+
+#include <cstring>
+
+#include "common/error.h"
+
+namespace bert {
+
+const char* split_name(Split s) { return s == Split::kTrain ? "train" : "valid"; }
+
+uint64_t hash64(const void* data, size_t bytes) {
+  const auto* p = static_cast<const unsigned char*>(data);
+  uint64_t h = 0x9E3779B97F4A7C15ull ^ (bytes * 0xFF51AFD7ED558CCDull);
+  size_t i = 0;
+  for (; i + 8 <= bytes; i += 8) {
+    uint64_t w;
+    std::memcpy(&w, p + i, 8);
+    w *= 0x87C37B91114253D5ull;
+    w = (w << 31) | (w >> 33);
+    h ^= w * 0x4CF5AD432745937Full;
+    h = ((h << 27) | (h >> 37)) * 5 + 0x52DCE729;
+  }
+  uint64_t tail = 0;
+  std::memcpy(&tail, p + i, bytes - i);
+  h ^= tail * 0x87C37B91114253D5ull;
+  h ^= h >> 33;
+  h *= 0xFF51AFD7ED558CCDull;
+  h ^= h >> 33;
+  return h;
+}
+
+ShardWriter::ShardWriter(uint32_t vocab_size, uint32_t max_seq_len, Split split)
+    : vocab_size_(vocab_size), max_seq_len_(max_seq_len), split_(split) {}
+
+void ShardWriter::add(std::span<const int32_t> a, std::span<const int32_t> b, bool random_next) {
+  if (a.size() + b.size() + 3 > max_seq_len_) throw Error("internal: example longer than max_seq_len");
+  tokens_.insert(tokens_.end(), a.begin(), a.end());
+  tokens_.insert(tokens_.end(), b.begin(), b.end());
+  offsets_.push_back(tokens_.size());
+  a_lengths_.push_back(static_cast<uint16_t>(a.size()));
+  labels_.push_back(random_next ? 1 : 0);
+}
+
+template <typename T>
+static void append_pod(std::string& out, const T* data, size_t n) {
+  out.append(reinterpret_cast<const char*>(data), n * sizeof(T));
+}
+
+ShardHeader ShardWriter::write(const std::string& path) const {
+  ShardHeader h;
+  h.token_width = vocab_size_ <= 65536 ? 2 : 4;
+  h.vocab_size = vocab_size_;
+  h.max_seq_len = max_seq_len_;
+  h.example_count = a_lengths_.size();
+  h.token_count = tokens_.size();
+  h.split = split_;
+  std::string payload;
+  payload.reserve(tokens_.size() * h.token_width + offsets_.size() * 8 + a_lengths_.size() * 3 + 8);
+  if (h.token_width == 2) {
+    std::vector<uint16_t> narrow(tokens_.begin(), tokens_.end());
+    append_pod(payload, narrow.data(), narrow.size());
+  } else {
+    append_pod(payload, tokens_.data(), tokens_.size());
+  }
+  payload.append((8 - payload.size() % 8) % 8, '\0');
+  append_pod(payload, offsets_.data(), offsets_.size());
+  append_pod(payload, a_lengths_.data(), a_lengths_.size());
+  append_pod(payload, labels_.data(), labels_.size());
+  h.checksum = hash64(payload.data(), payload.size());
+
+  std::string file(kShardHeaderBytes, '\0');
+  char* p = file.data();
+  std::memcpy(p, kShardMagic, 8);
+  std::memcpy(p + 8, &h.version, 4);
+  std::memcpy(p + 12, &h.token_width, 4);
+  std::memcpy(p + 16, &h.vocab_size, 4);
+  std::memcpy(p + 20, &h.max_seq_len, 4);
+  std::memcpy(p + 24, &h.example_count, 8);
+  std::memcpy(p + 32, &h.token_count, 8);
+  std::memcpy(p + 40, &h.checksum, 8);
+  const uint32_t split = static_cast<uint32_t>(h.split);
+  std::memcpy(p + 48, &split, 4);
+  file += payload;
+  write_file_atomic(path, file);
+  return h;
+}
+
+Shard::Shard(const std::string& path, uint32_t expected_vocab_size, bool verify_checksum) : file_(path) {
+  const std::string_view v = file_.view();
+  auto fail = [&](const std::string& what) { throw Error(path + ": not a valid shard: " + what); };
+  if (v.size() < kShardHeaderBytes) fail("file is " + std::to_string(v.size()) + " bytes, shorter than the header");
+  if (std::memcmp(v.data(), kShardMagic, 8) != 0) fail("bad magic (expected BERTSHRD)");
+  std::memcpy(&header_.version, v.data() + 8, 4);
+  std::memcpy(&header_.token_width, v.data() + 12, 4);
+  std::memcpy(&header_.vocab_size, v.data() + 16, 4);
+  std::memcpy(&header_.max_seq_len, v.data() + 20, 4);
+  std::memcpy(&header_.example_count, v.data() + 24, 8);
+  std::memcpy(&header_.token_count, v.data() + 32, 8);
+  std::memcpy(&header_.checksum, v.data() + 40, 8);
+  uint32_t split = 0;
+  std::memcpy(&split, v.data() + 48, 4);
+  if (header_.version != kShardVersion)
+    fail("format version " + std::to_string(header_.version) + ", this build reads version " +
+         std::to_string(kShardVersion));
+  if (header_.token_width != 2 && header_.token_width != 4) fail("token width must be 2 or 4 bytes");
+  if (split > 1) fail("unknown split " + std::to_string(split));
+  header_.split = static_cast<Split>(split);
+  const uint64_t n = header_.example_count;
+  uint64_t token_bytes = header_.token_count * header_.token_width;
+  token_bytes += (8 - token_bytes % 8) % 8;
+  const uint64_t expected = kShardHeaderBytes + token_bytes + (n + 1) * 8 + n * 2 + n;
+  if (v.size() != expected)
+    fail("size " + std::to_string(v.size()) + " bytes, header implies " + std::to_string(expected) +
+         " (truncated or corrupt)");
+  const char* payload = v.data() + kShardHeaderBytes;
+  if (verify_checksum && hash64(payload, v.size() - kShardHeaderBytes) != header_.checksum)
+    fail("checksum mismatch (corrupt payload)");
+  if (expected_vocab_size && header_.vocab_size != expected_vocab_size)
+    throw Error(path + ": shard was built with a vocabulary of " + std::to_string(header_.vocab_size) +
+                " tokens but the tokenizer has " + std::to_string(expected_vocab_size) +
+                " (rebuild the shards with this tokenizer)");
+  if (header_.token_width == 2) tokens16_ = reinterpret_cast<const uint16_t*>(payload);
+  else tokens32_ = reinterpret_cast<const int32_t*>(payload);
+  offsets_ = reinterpret_cast<const uint64_t*>(payload + token_bytes);
+  a_lengths_ = reinterpret_cast<const uint16_t*>(payload + token_bytes + (n + 1) * 8);
+  labels_ = reinterpret_cast<const uint8_t*>(payload + token_bytes + (n + 1) * 8 + n * 2);
+  if (offsets_[0] != 0 || offsets_[n] != header_.token_count) fail("offsets do not cover the tokens");
+  for (uint64_t i = 0; i < n; ++i) {
+    if (offsets_[i + 1] < offsets_[i]) fail("offsets not increasing at example " + std::to_string(i));
+    const uint64_t len = offsets_[i + 1] - offsets_[i];
+    if (a_lengths_[i] == 0 || a_lengths_[i] >= len) fail("segment lengths invalid at example " + std::to_string(i));
+    if (len + 3 > header_.max_seq_len) fail("example " + std::to_string(i) + " longer than max_seq_len");
+    if (labels_[i] > 1) fail("NSP label not 0/1 at example " + std::to_string(i));
+  }
+}
+
+void Shard::example(size_t i, std::vector<int32_t>& a, std::vector<int32_t>& b) const {
+  const uint32_t len = length(i), al = a_length(i);
+  a.resize(al);
+  b.resize(len - al);
+  for (uint32_t j = 0; j < al; ++j) a[j] = token(i, j);
+  for (uint32_t j = al; j < len; ++j) b[j - al] = token(i, j);
+}
+
+}  // namespace bert

@@ -1,0 +1,366 @@
+// Shards, NSP instance creation, MLM masking, the loader and bert_prepare build/inspect.
+#include <catch2/catch.hpp>
+#include <cmath>
+#include <cstring>
+#include <set>
+#include <sstream>
+#include <string>
+#include <vector>
+
+#include "common/error.h"
+#include "common/file.h"
+#include "common/json.h"
+#include "data/loader.h"
+#include "data/masking.h"
+#include "data/nsp.h"
+#include "data/prepare.h"
+#include "data/shard.h"
+#include "tokenizer/commands.h"
+#include "tokenizer/tokenizer.h"
+
+using namespace bert;
+
+namespace {
+
+const std::string kDir = "test_data_tmp";
+
+// Binomial acceptance: |x - n p| <= 5 sigma.
+bool within_binomial(double x, double n, double p) { return std::fabs(x - n * p) <= 5.0 * std::sqrt(n * p * (1 - p)) + 1; }
+
+// Token = doc * 1000 + position in the document: identifies where every token came from.
+DocumentPool synthetic_pool(size_t docs, Rng& rng) {
+  DocumentPool pool;
+  for (size_t d = 0; d < docs; ++d) {
+    const size_t sentences = static_cast<size_t>(rng.randint(1, 12));
+    int32_t pos = 0;
+    for (size_t s = 0; s < sentences; ++s) {
+      std::vector<int32_t> ids(static_cast<size_t>(rng.randint(1, 40)));
+      for (auto& id : ids) id = static_cast<int32_t>(d * 1000) + pos++;
+      pool.add_sentence(ids);
+    }
+    pool.end_document();
+  }
+  return pool;
+}
+
+}  // namespace
+
+TEST_CASE("shard round trip, 16- and 32-bit ids") {
+  make_directories(kDir);
+  for (uint32_t vocab : {30000u, 100000u}) {
+    ShardWriter w(vocab, 16, Split::kValid);
+    w.add(std::vector<int32_t>{5, 6, 7}, std::vector<int32_t>{8, static_cast<int32_t>(vocab - 1)}, true);
+    w.add(std::vector<int32_t>{9}, std::vector<int32_t>{10, 11, 12, 13, 14, 15, 16, 17, 18, 19, 20, 21}, false);
+    const std::string path = kDir + "/rt.bin";
+    const ShardHeader h = w.write(path);
+    CHECK(h.token_width == (vocab <= 65536 ? 2u : 4u));
+    const Shard s(path, vocab);
+    REQUIRE(s.size() == 2);
+    CHECK(s.header().split == Split::kValid);
+    std::vector<int32_t> a, b;
+    s.example(0, a, b);
+    CHECK(a == std::vector<int32_t>{5, 6, 7});
+    CHECK(b == std::vector<int32_t>{8, static_cast<int32_t>(vocab - 1)});
+    CHECK(s.nsp_label(0) == 1);
+    s.example(1, a, b);
+    CHECK(b.size() == 12);
+    CHECK(s.nsp_label(1) == 0);
+  }
+}
+
+TEST_CASE("corrupted shards are rejected with a clear error") {
+  make_directories(kDir);
+  ShardWriter w(30000, 32, Split::kTrain);
+  for (int i = 0; i < 50; ++i) w.add(std::vector<int32_t>{1, 2, i + 3}, std::vector<int32_t>{4, 5}, i % 2);
+  const std::string good = kDir + "/good.bin";
+  w.write(good);
+  const std::string bytes = read_file(good);
+  auto variant = [&](const std::string& name, std::string content) {
+    write_file_atomic(kDir + "/" + name, content);
+    return kDir + "/" + name;
+  };
+  std::string bad_magic = bytes;
+  bad_magic[0] = 'X';
+  CHECK_THROWS_WITH(Shard(variant("magic.bin", bad_magic)), Catch::Contains("magic.bin") && Catch::Contains("bad magic"));
+  CHECK_THROWS_WITH(Shard(variant("trunc.bin", bytes.substr(0, bytes.size() - 7))), Catch::Contains("truncated"));
+  CHECK_THROWS_WITH(Shard(variant("short.bin", bytes.substr(0, 20))), Catch::Contains("shorter than the header"));
+  std::string flipped = bytes;
+  flipped[kShardHeaderBytes + 3] ^= 0x40;
+  CHECK_THROWS_WITH(Shard(variant("flip.bin", flipped)), Catch::Contains("checksum mismatch"));
+  std::string version = bytes;
+  version[8] = 9;
+  CHECK_THROWS_WITH(Shard(variant("ver.bin", version)), Catch::Contains("format version 9"));
+  CHECK_THROWS_WITH(Shard(good, 31999), Catch::Contains("vocabulary of 30000") && Catch::Contains("31999"));
+  CHECK_NOTHROW(Shard(good, 30000));
+}
+
+TEST_CASE("NSP instances: length bound, non-empty segments, random next never from the same document") {
+  Rng data_rng(7);
+  const DocumentPool pool = synthetic_pool(300, data_rng);
+  for (uint32_t max_len : {16u, 64u, 128u}) {
+    NspOptions o;
+    o.max_seq_len = max_len;
+    o.dupe_factor = 2;
+    Rng rng(11);
+    NspStats st;
+    size_t random_next = 0, total = 0;
+    create_nsp_instances(
+        pool, o, rng,
+        [&](std::span<const int32_t> a, std::span<const int32_t> b, bool is_random) {
+          REQUIRE(!a.empty());
+          REQUIRE(!b.empty());
+          REQUIRE(a.size() + b.size() + 3 <= max_len);
+          const int32_t doc_a = a[0] / 1000, doc_b = b[0] / 1000;
+          for (int32_t t : a) REQUIRE(t / 1000 == doc_a);
+          for (int32_t t : b) REQUIRE(t / 1000 == doc_b);
+          if (is_random) {
+            REQUIRE(doc_b != doc_a);
+          } else {
+            REQUIRE(doc_b == doc_a);
+            REQUIRE(b.front() > a.back());  // B continues A within the document
+          }
+          random_next += is_random;
+          ++total;
+        },
+        st);
+    CHECK(st.instances == total);
+    CHECK(st.random_next == random_next);
+    // Single-sentence chunks are always random-next, so the fraction is at least nsp_prob.
+    const double frac = static_cast<double>(random_next) / static_cast<double>(total);
+    CHECK(frac > 0.45);
+  }
+}
+
+TEST_CASE("NSP label balance follows nsp_prob on multi-sentence chunks") {
+  DocumentPool pool;
+  for (int d = 0; d < 400; ++d) {  // 20 short sentences per document: chunks always have >= 2
+    for (int s = 0; s < 20; ++s) pool.add_sentence(std::vector<int32_t>(5, d * 1000 + s));
+    pool.end_document();
+  }
+  for (double p : {0.5, 0.2}) {
+    NspOptions o;
+    o.max_seq_len = 64;
+    o.nsp_prob = p;
+    o.short_seq_prob = 0;
+    Rng rng(3);
+    NspStats st;
+    create_nsp_instances(pool, o, rng, [](auto, auto, bool) {}, st);
+    CHECK(within_binomial(static_cast<double>(st.random_next), static_cast<double>(st.instances), p));
+  }
+}
+
+TEST_CASE("NSP creation is deterministic for a seed and differs across seeds") {
+  Rng data_rng(5);
+  const DocumentPool pool = synthetic_pool(100, data_rng);
+  auto run = [&](uint64_t seed) {
+    std::vector<int32_t> flat;
+    Rng rng(seed);
+    NspStats st;
+    NspOptions o;
+    create_nsp_instances(pool, o, rng, [&](std::span<const int32_t> a, std::span<const int32_t> b, bool r) {
+      flat.insert(flat.end(), a.begin(), a.end());
+      flat.push_back(-1);
+      flat.insert(flat.end(), b.begin(), b.end());
+      flat.push_back(r ? -2 : -3);
+    }, st);
+    return flat;
+  };
+  CHECK(run(1) == run(1));
+  CHECK(run(1) != run(2));
+}
+
+TEST_CASE("MLM masking: 15% selected, 80/10/10, specials never touched") {
+  MaskingVocab v;
+  v.vocab_size = 1000;
+  v.mask_id = 4;
+  v.is_special.assign(1000, 0);
+  v.is_continuation.assign(1000, 0);
+  v.is_special[0] = v.is_special[2] = v.is_special[3] = 1;  // PAD CLS SEP
+  MaskingOptions o;
+  size_t candidates = 0, selected = 0, to_mask = 0, unchanged = 0, other = 0;
+  Rng rng(123);
+  for (int seq = 0; seq < 2000; ++seq) {
+    std::vector<int32_t> ids(128);
+    ids[0] = 2;
+    for (size_t i = 1; i < 127; ++i) ids[i] = static_cast<int32_t>(10 + rng.below(990));
+    ids[127] = 3;
+    const std::vector<int32_t> original = ids;
+    std::vector<int32_t> labels(128);
+    apply_mlm_masking(ids, labels, v, o, rng);
+    CHECK(ids[0] == 2);
+    CHECK(ids[127] == 3);
+    CHECK(labels[0] == kIgnoreIndex);
+    CHECK(labels[127] == kIgnoreIndex);
+    for (size_t i = 1; i < 127; ++i) {
+      ++candidates;
+      if (labels[i] == kIgnoreIndex) {
+        REQUIRE(ids[i] == original[i]);
+        continue;
+      }
+      REQUIRE(labels[i] == original[i]);
+      ++selected;
+      if (ids[i] == 4) ++to_mask;
+      else if (ids[i] == original[i]) ++unchanged;
+      else ++other;
+    }
+  }
+  CHECK(within_binomial(static_cast<double>(selected), static_cast<double>(candidates), 0.15));
+  CHECK(within_binomial(static_cast<double>(to_mask), static_cast<double>(selected), 0.8));
+  // "random" can draw the original id (1/1000): unchanged ~ 0.1 + 0.1/1000
+  CHECK(within_binomial(static_cast<double>(unchanged), static_cast<double>(selected), 0.1 + 0.1 / 1000));
+  CHECK(within_binomial(static_cast<double>(other), static_cast<double>(selected), 0.1 * 999 / 1000));
+}
+
+TEST_CASE("whole-word masking selects ## pieces with their word; fixed count is exact") {
+  MaskingVocab v;
+  v.vocab_size = 100;
+  v.mask_id = 4;
+  v.is_special.assign(100, 0);
+  v.is_continuation.assign(100, 0);
+  v.is_special[2] = v.is_special[3] = 1;
+  for (int i = 50; i < 100; ++i) v.is_continuation[static_cast<size_t>(i)] = 1;  // ids >= 50 are "##x"
+  MaskingOptions o;
+  o.whole_word = true;
+  o.mask_replace_prob = 1.0;  // make selections visible
+  o.random_replace_prob = 0.0;
+  Rng rng(9);
+  for (int seq = 0; seq < 500; ++seq) {
+    // words: [10 ##60 ##61] [11] [12 ##62] ...
+    std::vector<int32_t> ids = {2, 10, 60, 61, 11, 12, 62, 13, 63, 64, 65, 3};
+    std::vector<int32_t> labels(ids.size());
+    apply_mlm_masking(ids, labels, v, o, rng);
+    auto sel = [&](size_t i) { return labels[i] != kIgnoreIndex; };
+    CHECK((sel(1) == sel(2) && sel(2) == sel(3)));
+    CHECK(sel(5) == sel(6));
+    CHECK((sel(7) == sel(8) && sel(8) == sel(9) && sel(9) == sel(10)));
+  }
+  MaskingOptions f;
+  f.fixed_count = true;
+  for (int seq = 0; seq < 200; ++seq) {
+    std::vector<int32_t> ids(102, 20);
+    ids[0] = 2;
+    ids[101] = 3;
+    std::vector<int32_t> labels(ids.size());
+    CHECK(apply_mlm_masking(ids, labels, v, f, rng) == 15);  // round(0.15 * 100)
+  }
+}
+
+TEST_CASE("bert_prepare build + loader: determinism, rank slices, resume, padding") {
+  make_directories(kDir);
+  std::string text;
+  const char* sentences[] = {"이순신은 조선 중기의 무신이다.", "한산도 대첩에서 일본 수군을 크게 물리쳤다.",
+                             "그는 전라좌도 수군절도사로 임명되었다.", "거북선을 만들어 왜군을 막았다.",
+                             "노량 해전에서 전사하였다.", "BERT는 마스크 언어 모델로 학습된다."};
+  for (int d = 0; d < 120; ++d) {
+    for (int s = 0; s < 2 + d % 5; ++s) text += std::string(sentences[(d + s) % 6]) + " 문서 " + std::to_string(d) + "\n";
+    text += "\n";
+  }
+  write_file_atomic(kDir + "/clean.txt", text);
+  std::istringstream in;
+  std::ostringstream out, err;
+  REQUIRE(tokenizer_main({"train", "--input", kDir + "/clean.txt", "--out", kDir + "/tok", "--vocab-size", "400", "--quiet"},
+                         in, out, err) == 0);
+  auto build = [&](const std::string& dir, const std::string& threads) {
+    std::ostringstream o, e;
+    return prepare_main({"build", "--tokenizer", kDir + "/tok", "--input", kDir + "/clean.txt", "--out", dir,
+                         "--max-seq-len", "32", "--dupe-factor", "3", "--valid-fraction", "0.1", "--seed", "7",
+                         "--threads", threads, "--quiet"},
+                        o, e);
+  };
+  REQUIRE(build(kDir + "/s1", "1") == 0);
+  REQUIRE(build(kDir + "/s2", "2") == 0);
+  CHECK(read_file(kDir + "/s1/train-00000.bin") == read_file(kDir + "/s2/train-00000.bin"));
+  CHECK(read_file(kDir + "/s1/valid-00000.bin") == read_file(kDir + "/s2/valid-00000.bin"));
+
+  std::ostringstream inspect_out, inspect_err;
+  REQUIRE(prepare_main({"inspect", kDir + "/s1", "--json", "--decode", "2"}, inspect_out, inspect_err) == 0);
+  const Json stats = Json::parse(inspect_out.str());
+  const Json* train = stats.find("splits")->find("train");
+  REQUIRE(train);
+  CHECK(train->find("max_length")->as_int() <= 32);
+  CHECK(train->find("nsp_random_next_fraction")->as_number() > 0.3);
+  CHECK(stats.find("decoded")->as_array().size() == 2);
+  CHECK(stats.find("decoded")->as_array()[0].as_string().rfind("[CLS] A: ", 0) == 0);
+
+  const Tokenizer tok = Tokenizer::from_dir(kDir + "/tok");
+  const Dataset data(kDir + "/s1", Split::kTrain, static_cast<uint32_t>(tok.vocab().size()));
+  REQUIRE(data.size() > 100);
+  CHECK_THROWS_WITH(Dataset(kDir + "/s1", Split::kTrain, 401), Catch::Contains("rebuild the shards"));
+
+  // Rank slices: disjoint, and together they cover every example of the epoch's full batches.
+  const int world = 3, batch = 4;
+  std::multiset<uint64_t> seen;
+  size_t per_rank_batches = 0;
+  for (int r = 0; r < world; ++r) {
+    LoaderOptions o;
+    o.batch_size = batch;
+    o.rank = r;
+    o.world_size = world;
+    o.prefetch = 0;
+    Loader loader(data, masking_vocab(tok), tok.cls_id(), tok.sep_id(), tok.pad_id(), o);
+    per_rank_batches = loader.batches_per_epoch();
+    for (size_t b = 0; b < loader.batches_per_epoch(); ++b)
+      for (uint64_t e : loader.batch_examples(1, b)) seen.insert(e);
+  }
+  CHECK(seen.size() == per_rank_batches * batch * world);
+  CHECK(std::set<uint64_t>(seen.begin(), seen.end()).size() == seen.size());
+  CHECK(data.size() - seen.size() < static_cast<size_t>(batch * world));
+
+  // Determinism and resume: a prefetching loader started mid-epoch yields exactly make_batch().
+  LoaderOptions o;
+  o.batch_size = 8;
+  o.prefetch = 3;
+  Loader loader(data, masking_vocab(tok), tok.cls_id(), tok.sep_id(), tok.pad_id(), o);
+  const size_t nb = loader.batches_per_epoch();
+  loader.start(0, nb - 2);
+  for (int k = 0; k < 5; ++k) {
+    Batch got, want;
+    loader.next(got);
+    const uint64_t epoch = (nb - 2 + static_cast<size_t>(k)) / nb;
+    const size_t index = (nb - 2 + static_cast<size_t>(k)) % nb;
+    loader.make_batch(epoch, index, want);
+    CHECK(got.input_ids == want.input_ids);
+    CHECK(got.labels == want.labels);
+    CHECK(got.epoch == epoch);
+    CHECK(got.index == index);
+  }
+  Batch b0, b1;
+  loader.make_batch(0, 0, b0);
+  loader.make_batch(1, 0, b1);
+  CHECK(b0.example_ids != b1.example_ids);  // shuffled per epoch
+  // Layout: [CLS] A [SEP] B [SEP] then padding; mask, types and sparse positions consistent.
+  for (int r = 0; r < b0.batch_size; ++r) {
+    const int32_t* ids = b0.input_ids.data() + r * b0.seq_len;
+    const int32_t* mask = b0.attention_mask.data() + r * b0.seq_len;
+    CHECK(ids[0] == tok.cls_id());
+    int len = 0;
+    while (len < b0.seq_len && mask[len]) ++len;
+    for (int t = len; t < b0.seq_len; ++t) {
+      CHECK(ids[t] == tok.pad_id());
+      CHECK(mask[t] == 0);
+      CHECK(b0.labels[static_cast<size_t>(r * b0.seq_len + t)] == kIgnoreIndex);
+    }
+    CHECK(b0.token_type_ids[static_cast<size_t>(r * b0.seq_len + len - 1)] == 1);
+  }
+  size_t dense = 0;
+  for (int32_t l : b0.labels) dense += l != kIgnoreIndex;
+  CHECK(dense == b0.masked_positions.size());
+  for (size_t k = 0; k < b0.masked_positions.size(); ++k)
+    CHECK(b0.labels[static_cast<size_t>(b0.masked_positions[k])] == b0.masked_labels[k]);
+}
+
+TEST_CASE("bert_prepare build: bad input is a clear error") {
+  make_directories(kDir);
+  std::ostringstream o, e;
+  CHECK_THROWS_WITH(prepare_main({"build", "--tokenizer", kDir + "/tok", "--input", kDir + "/none.txt", "--out", kDir + "/x"}, o, e),
+                    Catch::Contains("none.txt: input file not found"));
+  write_file_atomic(kDir + "/blank.txt", "\n\n  \n");
+  std::istringstream in;
+  REQUIRE(tokenizer_main({"train", "--input", kDir + "/clean.txt", "--out", kDir + "/tok", "--vocab-size", "400", "--quiet"}, in, o, e) == 0);
+  CHECK_THROWS_WITH(prepare_main({"build", "--tokenizer", kDir + "/tok", "--input", kDir + "/blank.txt", "--out", kDir + "/x"}, o, e),
+                    Catch::Contains("no examples produced"));
+  CHECK_THROWS_WITH(prepare_main({"build", "--tokenizer", kDir + "/tok", "--input", kDir + "/clean.txt", "--out", kDir + "/x",
+                                  "--nsp-prob", "1.5"}, o, e),
+                    Catch::Contains("--nsp-prob must be in [0, 1]"));
+  CHECK_THROWS_WITH(prepare_main({"inspect", kDir + "/nowhere"}, o, e), Catch::Contains("no such shard"));
+}
