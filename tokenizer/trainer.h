@@ -38,6 +38,12 @@ class WordCounts {
     for (const Slot& s : slots_)
       if (s.count) f(std::string_view(arena_.data() + s.offset, s.length), s.count);
   }
+  // Same, with the word's 64-bit hash (a cheap deterministic sort key).
+  template <typename F>
+  void for_each_hashed(F&& f) const {
+    for (const Slot& s : slots_)
+      if (s.count) f(std::string_view(arena_.data() + s.offset, s.length), s.count, s.hash);
+  }
 
  private:
   struct Slot {
