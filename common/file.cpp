@@ -6,6 +6,7 @@
 #include <unistd.h>
 
 #include <cerrno>
+#include <algorithm>
 #include <cstring>
 #include <filesystem>
 #include <fstream>
@@ -108,6 +109,14 @@ MappedFile::MappedFile(const std::string& path) : path_(path) {
     ::madvise(data_, size_, MADV_SEQUENTIAL);
   }
   ::close(fd);
+}
+
+void MappedFile::release(size_t begin, size_t end) const {
+  if (!data_ || end <= begin) return;
+  const size_t page = static_cast<size_t>(::sysconf(_SC_PAGESIZE));
+  const size_t first = (begin + page - 1) / page * page;  // only whole pages inside the range
+  const size_t last = std::min(end, size_) / page * page;
+  if (last > first) ::madvise(static_cast<char*>(data_) + first, last - first, MADV_DONTNEED);
 }
 
 MappedFile::~MappedFile() {

@@ -31,6 +31,9 @@ class MappedFile {
   const void* data() const { return data_; }
   size_t size() const { return size_; }
   const std::string& path() const { return path_; }
+  // Tells the kernel the pages of [begin, end) are no longer needed (they leave the RSS; a later
+  // read faults them back in from the file).
+  void release(size_t begin, size_t end) const;
 
  private:
   void* data_ = nullptr;

@@ -141,6 +141,7 @@ WordCounts count_words(const std::vector<std::string>& files, const CountOptions
         pos = nl + 1;
       }
       bytes_done += text.size();
+      maps[ch.file].release(ch.begin, ch.end);  // drop counted pages from RSS
       words_done += words;
       lines_done += lines;
     }
@@ -244,6 +245,13 @@ class PairCounts {
     return keys_[i] == kEmpty ? 0 : values_[i];
   }
   size_t size() const { return used_; }
+  std::vector<PairKey> keys() const {
+    std::vector<PairKey> out;
+    out.reserve(used_);
+    for (PairKey k : keys_)
+      if (k != kEmpty) out.push_back(k);
+    return out;
+  }
   void reserve(size_t n) {
     size_t cap = keys_.size();
     while (n * 4 > cap * 3) cap *= 2;
@@ -414,26 +422,47 @@ Vocab train_wordpiece(const WordCounts& counts, const TrainerOptions& options, T
   }
   if (symbols.size() >= UINT32_MAX) throw Error("corpus too large: more than 4G symbols in distinct words");
 
-  // Initial pair counts and where each pair occurs.
+  // Initial pair counts and where each pair occurs, in two passes so the word lists are built at
+  // their exact size (4 bytes per occurrence; no (pair, word) list of the whole corpus).
   PairCounts pair_counts;
-  std::vector<std::pair<PairKey, uint32_t>> occurrences;
-  occurrences.reserve(symbols.size());
   for (uint32_t w = 0; w < words.size(); ++w) {
     const uint32_t* s = symbols.data() + word_begin[w];
-    for (uint32_t i = 0; i + 1 < word_len[w]; ++i) {
-      const PairKey p = pair_key(s[i], s[i + 1]);
-      pair_counts[p] += static_cast<int64_t>(word_count[w]);
-      occurrences.emplace_back(p, w);
+    for (uint32_t i = 0; i + 1 < word_len[w]; ++i) pair_counts[pair_key(s[i], s[i + 1])] += static_cast<int64_t>(word_count[w]);
+  }
+  std::vector<PairKey> keys = pair_counts.keys();
+  std::sort(keys.begin(), keys.end());
+  PairCounts pair_index;  // pair -> its rank in `keys`
+  pair_index.reserve(keys.size());
+  for (size_t k = 0; k < keys.size(); ++k) pair_index[keys[k]] = static_cast<int64_t>(k);
+  std::vector<Merge> heap_storage(keys.size());
+  {
+    std::vector<uint32_t> sizes(keys.size(), 0), last(keys.size(), UINT32_MAX);
+    for (int pass = 0; pass < 2; ++pass) {
+      for (uint32_t w = 0; w < words.size(); ++w) {
+        const uint32_t* s = symbols.data() + word_begin[w];
+        for (uint32_t i = 0; i + 1 < word_len[w]; ++i) {
+          const size_t k = static_cast<size_t>(pair_index.get(pair_key(s[i], s[i + 1])));
+          if (last[k] == w) continue;
+          last[k] = w;
+          if (pass == 0) ++sizes[k];
+          else heap_storage[k].pos.push_back(w);
+        }
+      }
+      if (pass == 0) {
+        for (size_t k = 0; k < keys.size(); ++k) heap_storage[k].pos.reserve(sizes[k]);
+        std::fill(last.begin(), last.end(), UINT32_MAX);
+      }
     }
   }
-  std::vector<Merge> heap_storage;
-  heap_storage.reserve(pair_counts.size());
-  group_occurrences(occurrences, [&](PairKey p, std::vector<uint32_t> pos) {
-    const int64_t c = pair_counts.get(p);
-    if (c > 0) heap_storage.push_back(Merge{p, static_cast<uint64_t>(c), std::move(pos)});
-  });
-  occurrences.shrink_to_fit();
+  for (size_t k = 0; k < keys.size(); ++k) {
+    heap_storage[k].pair = keys[k];
+    heap_storage[k].count = static_cast<uint64_t>(pair_counts.get(keys[k]));
+  }
+  std::erase_if(heap_storage, [](const Merge& m) { return m.count == 0; });
+  keys = {};
+  pair_index = PairCounts();
   std::priority_queue<Merge, std::vector<Merge>, MergeLess> queue(MergeLess{}, std::move(heap_storage));
+  std::vector<std::pair<PairKey, uint32_t>> occurrences;  // new pairs of one merge step
 
   std::vector<Change> changes;
   st.stop_reason = "queue empty";
