@@ -1,6 +1,7 @@
 #include "tokenizer/commands.h"
 
 #include <algorithm>
+#include <charconv>
 #include <chrono>
 #include <fstream>
 #include <iostream>
@@ -150,13 +151,19 @@ struct EncodeJob {
   Format format;
 };
 
+void append_int(std::string& out, int32_t v) {
+  char buf[16];
+  const auto r = std::to_chars(buf, buf + sizeof buf, v);
+  out.append(buf, r.ptr);
+}
+
+// Encodes one input line and appends its output line. `a`, `b`, `type_ids` are per-thread scratch:
+// nothing is allocated per line once they have grown.
 void format_line(const EncodeJob& job, std::string_view line, EncodeScratch& scratch, std::vector<int32_t>& a,
-                 std::vector<int32_t>& b, std::string& out, size_t& bad) {
+                 std::vector<int32_t>& b, std::vector<int32_t>& type_ids, std::string& out, size_t& bad) {
   if (!line.empty() && line.back() == '\r') line.remove_suffix(1);
   a.clear();
   b.clear();
-  std::vector<int32_t> type_ids;
-  std::vector<int32_t>* ids = &a;
   if (job.pair) {
     const size_t tab = line.find('\t');
     const std::string_view first = tab == std::string_view::npos ? line : line.substr(0, tab);
@@ -165,19 +172,18 @@ void format_line(const EncodeJob& job, std::string_view line, EncodeScratch& scr
   } else {
     bad += job.tokenizer->encode(line, a, scratch);
   }
+  const std::vector<int32_t>* ids = &a;
   Encoding enc;
   if (job.add_special) {
     enc = job.tokenizer->post_process(std::move(a), job.pair ? &b : nullptr, job.max_length);
     ids = &enc.ids;
-    type_ids = enc.type_ids;
+    type_ids.swap(enc.type_ids);
   } else {
     if (job.max_length) truncate_longest_first(a, job.pair ? &b : nullptr, *job.max_length);
+    type_ids.assign(a.size(), 0);
     if (job.pair) {
-      type_ids.assign(a.size(), 0);
       type_ids.resize(a.size() + b.size(), 1);
       a.insert(a.end(), b.begin(), b.end());
-    } else {
-      type_ids.assign(a.size(), 0);
     }
   }
   const Vocab& vocab = job.tokenizer->vocab();
@@ -185,7 +191,7 @@ void format_line(const EncodeJob& job, std::string_view line, EncodeScratch& scr
     case Format::kIds:
       for (size_t i = 0; i < ids->size(); ++i) {
         if (i) out.push_back(' ');
-        out += std::to_string((*ids)[i]);
+        append_int(out, (*ids)[i]);
       }
       break;
     case Format::kTokens:
@@ -198,7 +204,7 @@ void format_line(const EncodeJob& job, std::string_view line, EncodeScratch& scr
       out += "{\"ids\": [";
       for (size_t i = 0; i < ids->size(); ++i) {
         if (i) out += ", ";
-        out += std::to_string((*ids)[i]);
+        append_int(out, (*ids)[i]);
       }
       out += "], \"tokens\": [";
       for (size_t i = 0; i < ids->size(); ++i) {
@@ -208,13 +214,14 @@ void format_line(const EncodeJob& job, std::string_view line, EncodeScratch& scr
       out += "], \"type_ids\": [";
       for (size_t i = 0; i < type_ids.size(); ++i) {
         if (i) out += ", ";
-        out += std::to_string(type_ids[i]);
+        append_int(out, type_ids[i]);
       }
       out += "]}";
       break;
     }
   }
   out.push_back('\n');
+  if (job.add_special) a = std::move(enc.ids);  // keep the grown buffer for the next line
 }
 
 }  // namespace
@@ -272,7 +279,11 @@ int tokenizer_encode_command(const std::vector<std::string>& argv, std::istream&
   std::string block, carry;
   std::vector<std::string_view> lines;
   std::vector<std::string> outputs(static_cast<size_t>(threads));
-  std::vector<EncodeScratch> scratch(static_cast<size_t>(threads));
+  struct ThreadScratch {
+    EncodeScratch text;
+    std::vector<int32_t> a, b, types;
+  };
+  std::vector<ThreadScratch> scratch(static_cast<size_t>(threads));
   std::vector<size_t> bad_per_line;
   size_t line_base = 0, bad_lines = 0;
   std::vector<char> buf(kBlockBytes);
@@ -304,18 +315,19 @@ int tokenizer_encode_command(const std::vector<std::string>& argv, std::istream&
     }
     bad_per_line.assign(lines.size(), 0);
     auto work = [&](size_t t) {
-      std::vector<int32_t> a, b;
       std::string& o = outputs[t];
       o.clear();
       const size_t begin = lines.size() * t / static_cast<size_t>(threads);
       const size_t end = lines.size() * (t + 1) / static_cast<size_t>(threads);
-      for (size_t i = begin; i < end; ++i) format_line(job, lines[i], scratch[t], a, b, o, bad_per_line[i]);
+      for (size_t i = begin; i < end; ++i)
+        format_line(job, lines[i], scratch[t].text, scratch[t].a, scratch[t].b, scratch[t].types, o, bad_per_line[i]);
     };
     if (threads == 1 || lines.size() < 64) {
       outputs[0].clear();
       for (size_t t = 1; t < outputs.size(); ++t) outputs[t].clear();
-      std::vector<int32_t> a, b;
-      for (size_t i = 0; i < lines.size(); ++i) format_line(job, lines[i], scratch[0], a, b, outputs[0], bad_per_line[i]);
+      for (size_t i = 0; i < lines.size(); ++i)
+        format_line(job, lines[i], scratch[0].text, scratch[0].a, scratch[0].b, scratch[0].types, outputs[0],
+                    bad_per_line[i]);
     } else {
       std::vector<std::thread> pool;
       for (int t = 1; t < threads; ++t) pool.emplace_back(work, static_cast<size_t>(t));
