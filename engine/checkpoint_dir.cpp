@@ -1,0 +1,95 @@
+#include "engine/checkpoint_dir.h"
+
+#include <fcntl.h>
+#include <unistd.h>
+
+#include <algorithm>
+#include <cerrno>
+#include <cstring>
+#include <filesystem>
+
+#include "common/error.h"
+#include "common/file.h"
+
+namespace bert {
+
+namespace fs = std::filesystem;
+
+static void fsync_path(const std::string& path, bool directory) {
+  const int fd = ::open(path.c_str(), (directory ? O_RDONLY | O_DIRECTORY : O_RDONLY) | O_CLOEXEC);
+  if (fd < 0) throw Error(path + ": cannot open for fsync: " + std::strerror(errno));
+  const int rc = ::fsync(fd);
+  ::close(fd);
+  if (rc != 0) throw Error(path + ": fsync failed: " + std::strerror(errno));
+}
+
+void fsync_directory_tree(const std::string& dir) {
+  for (const auto& e : fs::recursive_directory_iterator(dir))
+    if (e.is_regular_file()) fsync_path(e.path().string(), false);
+  fsync_path(dir, true);
+}
+
+std::vector<CheckpointInfo> list_checkpoints(const std::string& output_dir) {
+  std::vector<CheckpointInfo> out;
+  std::error_code ec;
+  if (!fs::is_directory(output_dir, ec)) return out;
+  for (const auto& e : fs::directory_iterator(output_dir, ec)) {
+    if (!e.is_directory()) continue;
+    const std::string name = e.path().filename().string();
+    if (name.rfind("checkpoint-", 0) != 0) continue;
+    const std::string digits = name.substr(11);
+    if (digits.empty() || !std::all_of(digits.begin(), digits.end(), [](char c) { return c >= '0' && c <= '9'; }))
+      continue;
+    out.push_back({std::stoll(digits), e.path().string()});
+  }
+  std::sort(out.begin(), out.end(), [](const CheckpointInfo& a, const CheckpointInfo& b) { return a.step < b.step; });
+  return out;
+}
+
+std::optional<CheckpointInfo> latest_checkpoint(const std::string& output_dir) {
+  auto all = list_checkpoints(output_dir);
+  if (all.empty()) return std::nullopt;
+  return all.back();
+}
+
+std::string save_checkpoint_dir(const std::string& output_dir, int64_t step, int save_total_limit,
+                                const std::function<void(const std::string& tmp_dir)>& write_files) {
+  make_directories(output_dir);
+  std::error_code ec;
+  // Leftovers of interrupted saves.
+  for (const auto& e : fs::directory_iterator(output_dir, ec)) {
+    const std::string name = e.path().filename().string();
+    if (e.is_directory() && name.rfind(".checkpoint-", 0) == 0 && name.find(".tmp-") != std::string::npos)
+      fs::remove_all(e.path(), ec);
+  }
+  const std::string final_path = output_dir + "/checkpoint-" + std::to_string(step);
+  const std::string tmp = output_dir + "/.checkpoint-" + std::to_string(step) + ".tmp-" + std::to_string(::getpid());
+  fs::remove_all(tmp, ec);
+  make_directories(tmp);
+  write_files(tmp);
+  fsync_directory_tree(tmp);
+  if (fs::exists(final_path, ec)) {
+    // Re-saving the same step (e.g. Ctrl-C right after a scheduled save): replace it atomically
+    // enough: move the old one aside first so a crash leaves one complete copy.
+    const std::string old = final_path + ".old-" + std::to_string(::getpid());
+    fs::rename(final_path, old, ec);
+    if (ec) throw Error(final_path + ": cannot move previous checkpoint aside: " + ec.message());
+    fs::rename(tmp, final_path, ec);
+    if (ec) throw Error(final_path + ": cannot rename checkpoint into place: " + ec.message());
+    fs::remove_all(old, ec);
+  } else {
+    fs::rename(tmp, final_path, ec);
+    if (ec) throw Error(final_path + ": cannot rename checkpoint into place: " + ec.message());
+  }
+  fsync_path(output_dir, true);
+  if (save_total_limit > 0) {
+    auto all = list_checkpoints(output_dir);
+    while (static_cast<int>(all.size()) > save_total_limit && all.front().path != final_path) {
+      fs::remove_all(all.front().path, ec);
+      all.erase(all.begin());
+    }
+  }
+  return final_path;
+}
+
+}  // namespace bert

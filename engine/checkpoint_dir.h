@@ -1,0 +1,35 @@
+// Checkpoint directories: "<output_dir>/checkpoint-<step>", written atomically and rotated.
+//
+// A checkpoint is first written into "<output_dir>/.checkpoint-<step>.tmp-<pid>"; every file is
+// fsync'ed, then the directory is renamed to its final name and the parent fsync'ed. A crash at any
+// point leaves either the previous complete checkpoints or the new one, never a half-written one
+// under a final name (leftover temp dirs are ignored and cleaned on the next save). Rotation keeps
+// the newest `save_total_limit` complete checkpoints and never deletes the newest.
+#pragma once
+
+#include <cstdint>
+#include <functional>
+#include <optional>
+#include <string>
+#include <vector>
+
+namespace bert {
+
+struct CheckpointInfo {
+  int64_t step;
+  std::string path;
+};
+
+// Complete checkpoints in `output_dir`, oldest first.
+std::vector<CheckpointInfo> list_checkpoints(const std::string& output_dir);
+std::optional<CheckpointInfo> latest_checkpoint(const std::string& output_dir);
+
+// Writes a checkpoint: `write_files(tmp_dir)` fills the temporary directory (files written there
+// should be complete when it returns); then fsync + rename + rotation. Returns the final path.
+std::string save_checkpoint_dir(const std::string& output_dir, int64_t step, int save_total_limit,
+                                const std::function<void(const std::string& tmp_dir)>& write_files);
+
+// fsyncs every regular file in `dir` and the directory itself.
+void fsync_directory_tree(const std::string& dir);
+
+}  // namespace bert

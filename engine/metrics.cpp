@@ -1,0 +1,124 @@
+#include "engine/metrics.h"
+
+#include <algorithm>
+#include <cmath>
+#include <map>
+#include <vector>
+
+#include "common/error.h"
+#include "common/file.h"
+
+namespace bert {
+
+MetricsLog::MetricsLog(const std::string& path, int64_t resume_step) : path_(path) {
+  if (resume_step >= 0 && file_exists(path)) {
+    const std::string text = read_file(path);
+    std::string kept;
+    size_t pos = 0;
+    while (pos < text.size()) {
+      size_t nl = text.find('\n', pos);
+      if (nl == std::string::npos) nl = text.size();
+      const std::string_view line(text.data() + pos, nl - pos);
+      pos = nl + 1;
+      if (line.empty()) continue;
+      try {
+        const Json j = Json::parse(line, path);
+        const Json* step = j.find("step");
+        if (step && step->is_number() && step->as_int() > resume_step) continue;
+      } catch (const Error&) {
+        continue;  // a torn last line from a crash
+      }
+      kept.append(line);
+      kept.push_back('\n');
+    }
+    write_file_atomic(path, kept);
+  }
+  file_ = std::fopen(path.c_str(), "a");
+  if (!file_) throw Error(path + ": cannot open metrics log for appending");
+}
+
+MetricsLog::~MetricsLog() {
+  if (file_) std::fclose(file_);
+}
+
+void MetricsLog::write(const Json& record) {
+  const std::string line = record.dump() + "\n";
+  if (std::fwrite(line.data(), 1, line.size(), file_) != line.size() || std::fflush(file_) != 0)
+    throw Error(path_ + ": write failed");
+}
+
+void plot_metrics_svg(const std::string& jsonl_path, const std::string& svg_path) {
+  const std::string text = read_file(jsonl_path);
+  const std::vector<std::string> keys = {"loss", "mlm_loss", "nsp_loss", "eval_loss", "eval_mlm_loss"};
+  const char* colors[] = {"#1f77b4", "#ff7f0e", "#2ca02c", "#d62728", "#9467bd"};
+  std::map<std::string, std::vector<std::pair<double, double>>> series;
+  size_t pos = 0, line_no = 0;
+  while (pos < text.size()) {
+    size_t nl = text.find('\n', pos);
+    if (nl == std::string::npos) nl = text.size();
+    const std::string_view line(text.data() + pos, nl - pos);
+    pos = nl + 1;
+    ++line_no;
+    if (line.empty()) continue;
+    const Json j = Json::parse(line, jsonl_path + ":" + std::to_string(line_no));
+    const Json* step = j.find("step");
+    if (!step || !step->is_number()) throw Error(located(jsonl_path, line_no, "record without a numeric 'step'"));
+    for (const auto& k : keys) {
+      const Json* v = j.find(k);
+      if (v && v->is_number() && std::isfinite(v->as_number())) series[k].emplace_back(step->as_number(), v->as_number());
+    }
+  }
+  if (series.empty()) throw Error(jsonl_path + ": no loss values to plot");
+  double x0 = 1e300, x1 = -1e300, y0 = 1e300, y1 = -1e300;
+  for (const auto& [k, pts] : series)
+    for (const auto& [x, y] : pts) {
+      x0 = std::min(x0, x), x1 = std::max(x1, x), y0 = std::min(y0, y), y1 = std::max(y1, y);
+    }
+  if (x1 <= x0) x1 = x0 + 1;
+  if (y1 <= y0) y1 = y0 + 1;
+  y0 = std::min(0.0, y0);
+  const double W = 800, H = 480, L = 70, R = 170, T = 30, B = 50;
+  auto px = [&](double x) { return L + (x - x0) / (x1 - x0) * (W - L - R); };
+  auto py = [&](double y) { return T + (1 - (y - y0) / (y1 - y0)) * (H - T - B); };
+  std::string svg;
+  char buf[256];
+  std::snprintf(buf, sizeof buf,
+                "<svg xmlns=\"http://www.w3.org/2000/svg\" width=\"%.0f\" height=\"%.0f\" font-family=\"sans-serif\" "
+                "font-size=\"12\">\n<rect width=\"100%%\" height=\"100%%\" fill=\"white\"/>\n",
+                W, H);
+  svg += buf;
+  for (int i = 0; i <= 5; ++i) {
+    const double y = y0 + (y1 - y0) * i / 5, x = x0 + (x1 - x0) * i / 5;
+    std::snprintf(buf, sizeof buf,
+                  "<line x1=\"%.1f\" y1=\"%.1f\" x2=\"%.1f\" y2=\"%.1f\" stroke=\"#ddd\"/><text x=\"%.1f\" y=\"%.1f\" "
+                  "text-anchor=\"end\">%.3g</text>\n",
+                  L, py(y), W - R, py(y), L - 6, py(y) + 4, y);
+    svg += buf;
+    std::snprintf(buf, sizeof buf, "<text x=\"%.1f\" y=\"%.1f\" text-anchor=\"middle\">%.0f</text>\n", px(x), H - B + 18, x);
+    svg += buf;
+  }
+  std::snprintf(buf, sizeof buf, "<text x=\"%.1f\" y=\"%.1f\" text-anchor=\"middle\">step</text>\n", (L + W - R) / 2, H - 12);
+  svg += buf;
+  int legend = 0;
+  for (size_t k = 0; k < keys.size(); ++k) {
+    auto it = series.find(keys[k]);
+    if (it == series.end()) continue;
+    svg += "<polyline fill=\"none\" stroke-width=\"1.8\" stroke=\"" + std::string(colors[k]) + "\" points=\"";
+    for (const auto& [x, y] : it->second) {
+      std::snprintf(buf, sizeof buf, "%.1f,%.1f ", px(x), py(y));
+      svg += buf;
+    }
+    svg += "\"/>\n";
+    std::snprintf(buf, sizeof buf,
+                  "<line x1=\"%.1f\" y1=\"%.1f\" x2=\"%.1f\" y2=\"%.1f\" stroke=\"%s\" stroke-width=\"3\"/><text x=\"%.1f\" "
+                  "y=\"%.1f\">%s</text>\n",
+                  W - R + 15, T + 20.0 * legend, W - R + 40, T + 20.0 * legend, colors[k], W - R + 46, T + 20.0 * legend + 4,
+                  keys[k].c_str());
+    svg += buf;
+    ++legend;
+  }
+  svg += "</svg>\n";
+  write_file_atomic(svg_path, svg);
+}
+
+}  // namespace bert

@@ -1,0 +1,89 @@
+#include <catch2/catch.hpp>
+#include <cmath>
+#include <filesystem>
+#include <stdexcept>
+
+#include "common/error.h"
+#include "common/file.h"
+#include "common/json.h"
+#include "engine/checkpoint_dir.h"
+#include "engine/metrics.h"
+#include "engine/schedule.h"
+
+using namespace bert;
+namespace fs = std::filesystem;
+
+TEST_CASE("LR schedules follow HF get_scheduler") {
+  // linear, warmup 10 of 110: step 0 -> 0, step 5 -> 0.5, step 10 -> 1, step 60 -> 0.5, end -> 0
+  CHECK(lr_factor(LrSchedule::kLinear, 0, 10, 110) == 0.0);
+  CHECK(lr_factor(LrSchedule::kLinear, 5, 10, 110) == Approx(0.5));
+  CHECK(lr_factor(LrSchedule::kLinear, 10, 10, 110) == Approx(1.0));
+  CHECK(lr_factor(LrSchedule::kLinear, 60, 10, 110) == Approx(0.5));
+  CHECK(lr_factor(LrSchedule::kLinear, 110, 10, 110) == 0.0);
+  CHECK(lr_factor(LrSchedule::kLinear, 0, 0, 100) == 1.0);
+  CHECK(lr_factor(LrSchedule::kCosine, 60, 10, 110) == Approx(0.5));
+  CHECK(lr_factor(LrSchedule::kCosine, 35, 10, 110) == Approx(0.5 * (1 + std::cos(M_PI * 0.25))));
+  CHECK(lr_factor(LrSchedule::kConstant, 0, 10, 110) == 1.0);
+  CHECK(lr_factor(LrSchedule::kConstantWithWarmup, 3, 10, 110) == Approx(0.3));
+  CHECK(lr_factor(LrSchedule::kConstantWithWarmup, 50, 10, 110) == 1.0);
+  CHECK_THROWS_WITH(parse_lr_schedule("polynomial"), Catch::Contains("polynomial"));
+}
+
+TEST_CASE("checkpoints: atomic, rotated, newest never deleted, failed writes leave the previous intact") {
+  const std::string out = "test_ckpt_tmp";
+  fs::remove_all(out);
+  auto writer = [](const std::string& content) {
+    return [content](const std::string& dir) { write_file_atomic(dir + "/model.bin", content); };
+  };
+  for (int step : {10, 20, 30}) save_checkpoint_dir(out, step, 2, writer("step" + std::to_string(step)));
+  auto all = list_checkpoints(out);
+  REQUIRE(all.size() == 2);
+  CHECK(all[0].step == 20);
+  CHECK(all[1].step == 30);
+  // A save that dies half-way (exception from the writer, as a kill would) leaves no checkpoint-40.
+  CHECK_THROWS(save_checkpoint_dir(out, 40, 2, [](const std::string& dir) {
+    write_file_atomic(dir + "/model.bin", "partial");
+    throw std::runtime_error("killed");
+  }));
+  all = list_checkpoints(out);
+  REQUIRE(all.size() == 2);
+  CHECK(latest_checkpoint(out)->step == 30);
+  CHECK(read_file(latest_checkpoint(out)->path + "/model.bin") == "step30");
+  // The next save cleans the leftover temp dir.
+  save_checkpoint_dir(out, 50, 1, writer("step50"));
+  size_t entries = 0;
+  for (const auto& e : fs::directory_iterator(out)) entries += e.is_directory();
+  CHECK(entries == 1);
+  CHECK(latest_checkpoint(out)->step == 50);
+  // Re-saving the same step replaces it.
+  save_checkpoint_dir(out, 50, 1, writer("again"));
+  CHECK(read_file(out + "/checkpoint-50/model.bin") == "again");
+}
+
+TEST_CASE("metrics log truncates to the resume step and plots an SVG") {
+  const std::string dir = "test_metrics_tmp";
+  fs::remove_all(dir);
+  make_directories(dir);
+  {
+    MetricsLog log(dir + "/metrics.jsonl");
+    for (int s = 1; s <= 5; ++s) {
+      Json j = Json::object();
+      j.set("step", s);
+      j.set("loss", 10.0 / s);
+      j.set("mlm_loss", 9.0 / s);
+      log.write(j);
+    }
+  }
+  {
+    MetricsLog log(dir + "/metrics.jsonl", 3);  // resumed from step 3: steps 4, 5 are dropped
+  }
+  const std::string text = read_file(dir + "/metrics.jsonl");
+  CHECK(std::count(text.begin(), text.end(), '\n') == 3);
+  plot_metrics_svg(dir + "/metrics.jsonl", dir + "/loss.svg");
+  const std::string svg = read_file(dir + "/loss.svg");
+  CHECK(svg.find("<svg") == 0);
+  CHECK(svg.find("polyline") != std::string::npos);
+  CHECK(svg.find("mlm_loss") != std::string::npos);
+  write_file_atomic(dir + "/bad.jsonl", "{\"step\": 1, \"loss\": 2}\n{oops\n");
+  CHECK_THROWS_WITH(plot_metrics_svg(dir + "/bad.jsonl", dir + "/x.svg"), Catch::Contains("bad.jsonl:2"));
+}
