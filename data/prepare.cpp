@@ -25,30 +25,15 @@
 #include "common/file.h"
 #include "common/json.h"
 #include "common/progress.h"
-#if __has_include("data/clean.h")
 #include "data/clean.h"
-#endif
 #include "data/nsp.h"
 #include "data/shard.h"
+#include "data/text_reader.h"
 #include "tokenizer/tokenizer.h"
 
 namespace bert {
 
 namespace {
-
-// TODO(data): switch to data/text_reader.h (.gz) once it lands.
-template <typename F>
-void for_each_line(const std::string& path, F&& f) {
-  const MappedFile file(path);
-  const std::string_view v = file.view();
-  size_t pos = 0, line_no = 0;
-  while (pos < v.size()) {
-    size_t nl = v.find('\n', pos);
-    if (nl == std::string_view::npos) nl = v.size();
-    f(v.substr(pos, nl - pos), ++line_no);
-    pos = nl + 1;
-  }
-}
 
 struct RawPool {
   std::vector<std::string> sentences;
@@ -124,8 +109,7 @@ int prepare_build_command(const std::vector<std::string>& argv, std::ostream& ou
   for (const auto& [name, v] : {std::pair{"--short-seq-prob", nsp.short_seq_prob}, std::pair{"--nsp-prob", nsp.nsp_prob},
                                 std::pair{"--valid-fraction", valid_fraction}})
     if (!(v >= 0.0 && v <= 1.0)) throw Error(std::string("bert_prepare build: ") + name + " must be in [0, 1]");
-  for (const auto& f : inputs)
-    if (!file_exists(f)) throw Error(f + ": input file not found");
+  const std::vector<std::string> files = expand_inputs(inputs);
 
   const Tokenizer tok = Tokenizer::from_dir(tok_dir);
   if (tok.cls_id() < 0 || tok.sep_id() < 0 || tok.mask_id() < 0 || tok.pad_id() < 0)
@@ -205,8 +189,13 @@ int prepare_build_command(const std::vector<std::string>& argv, std::ostream& ou
     raw.clear();
   };
 
-  for (const auto& path : inputs) {
-    for_each_line(path, [&](std::string_view line, size_t) {
+  uint64_t invalid_utf8_lines = 0;
+  for (const auto& path : files) {
+    LineReader reader(path);
+    std::string_view line;
+    while (reader.next(line)) {
+      if (reader.invalid_in_line() && invalid_utf8_lines++ < 10)
+        err << path << ":" << reader.line_number() << ": warning: invalid UTF-8 replaced by U+FFFD\n";
       size_t b = 0, e = line.size();
       while (b < e && (line[b] == ' ' || line[b] == '\t' || line[b] == '\r')) ++b;
       while (e > b && (line[e - 1] == ' ' || line[e - 1] == '\t' || line[e - 1] == '\r')) --e;
@@ -217,7 +206,7 @@ int prepare_build_command(const std::vector<std::string>& argv, std::ostream& ou
           in_document = false;
           if (raw.bytes >= pool_bytes) flush_pool();
         }
-        return;
+        continue;
       }
       if (!in_document) {
         raw.doc_number.push_back(doc_counter++);
@@ -228,7 +217,7 @@ int prepare_build_command(const std::vector<std::string>& argv, std::ostream& ou
       ++totals.sentences;
       progress.update("reading: " + human_bytes(static_cast<double>(totals.bytes)) + ", " +
                       std::to_string(doc_counter) + " documents, " + std::to_string(totals.examples[0]) + " examples");
-    });
+    }
     // A file's end closes its last document.
     if (in_document) {
       raw.doc_begin.push_back(static_cast<uint32_t>(raw.sentences.size()));
@@ -445,9 +434,7 @@ int prepare_main(const std::vector<std::string>& argv, std::ostream& out, std::o
   const std::vector<std::string> rest(argv.begin() + 1, argv.end());
   if (argv[0] == "build") return prepare_build_command(rest, out, err);
   if (argv[0] == "inspect") return prepare_inspect_command(rest, out, err);
-#if __has_include("data/clean.h")
   if (argv[0] == "clean") return prepare_clean_command(rest, out, err);
-#endif
   throw Error("bert_prepare: unknown command '" + argv[0] + "' (expected clean, build or inspect)");
 }
 

@@ -353,7 +353,7 @@ TEST_CASE("bert_prepare build: bad input is a clear error") {
   make_directories(kDir);
   std::ostringstream o, e;
   CHECK_THROWS_WITH(prepare_main({"build", "--tokenizer", kDir + "/tok", "--input", kDir + "/none.txt", "--out", kDir + "/x"}, o, e),
-                    Catch::Contains("none.txt: input file not found"));
+                    Catch::Contains("none.txt: input not found"));
   write_file_atomic(kDir + "/blank.txt", "\n\n  \n");
   std::istringstream in;
   REQUIRE(tokenizer_main({"train", "--input", kDir + "/clean.txt", "--out", kDir + "/tok", "--vocab-size", "400", "--quiet"}, in, o, e) == 0);

@@ -1,0 +1,486 @@
+#include "data/clean.h"
+
+#include <fcntl.h>
+#include <unistd.h>
+
+#include <algorithm>
+#include <cerrno>
+#include <chrono>
+#include <cstdio>
+#include <cstring>
+#include <filesystem>
+#include <functional>
+#include <ostream>
+#include <thread>
+#include <unordered_set>
+
+#include "common/args.h"
+#include "common/error.h"
+#include "common/file.h"
+#include "common/progress.h"
+#include "data/sentence_splitter.h"
+#include "data/text_reader.h"
+
+namespace bert {
+
+namespace fs = std::filesystem;
+
+namespace {
+
+constexpr size_t kBatchBytes = size_t{4} << 20;
+constexpr size_t kMaxDocumentBytes = size_t{64} << 20;
+constexpr size_t kMaxWarnings = 10;
+
+enum class CharAction { kKeep, kSpace, kDrop };
+
+// What normalisation does with the multi-byte character at s[0, len).
+CharAction classify_multibyte(const unsigned char* s, size_t len) {
+  if (len == 2 && s[0] == 0xC2) {
+    if (s[1] == 0xA0 || s[1] == 0x85) return CharAction::kSpace;  // NBSP, NEL
+    if (s[1] < 0xA0) return CharAction::kDrop;                    // C1 controls
+    return CharAction::kKeep;
+  }
+  if (len != 3) return CharAction::kKeep;
+  if (s[0] == 0xE2 && s[1] == 0x80) {
+    if (s[2] <= 0x8A || s[2] == 0xA8 || s[2] == 0xA9 || s[2] == 0xAF) return CharAction::kSpace;  // U+2000-200A...
+    if (s[2] == 0x8B) return CharAction::kDrop;                                                   // ZWSP
+    return CharAction::kKeep;
+  }
+  if (s[0] == 0xE2 && s[1] == 0x81 && s[2] == 0x9F) return CharAction::kSpace;  // U+205F
+  if (s[0] == 0xE3 && s[1] == 0x80 && s[2] == 0x80) return CharAction::kSpace;  // U+3000
+  if (s[0] == 0xE1 && s[1] == 0x9A && s[2] == 0x80) return CharAction::kSpace;  // U+1680
+  if (s[0] == 0xEF && s[1] == 0xBB && s[2] == 0xBF) return CharAction::kDrop;   // BOM / ZWNBSP
+  return CharAction::kKeep;
+}
+
+size_t utf8_length(unsigned char lead) { return lead >= 0xF0 ? 4 : lead >= 0xE0 ? 3 : lead >= 0xC0 ? 2 : 1; }
+
+struct DocHash {
+  uint64_t a, b;
+  bool operator==(const DocHash& o) const { return a == o.a && b == o.b; }
+};
+struct DocHashHasher {
+  size_t operator()(const DocHash& h) const { return static_cast<size_t>(h.a); }
+};
+
+// Two independent 64-bit hashes (libstdc++'s murmur-based one and a word-at-a-time
+// multiply-xorshift): an accidental collision, which would drop a unique document, is ~2^-128 per
+// pair. Both read 8 bytes a step, so hashing costs little next to cleaning.
+DocHash hash_document(std::string_view text) {
+  uint64_t h = 0x9E3779B97F4A7C15ull ^ (text.size() * 0xC2B2AE3D27D4EB4Full);
+  size_t i = 0;
+  for (; i + 8 <= text.size(); i += 8) {
+    uint64_t w;
+    std::memcpy(&w, text.data() + i, 8);
+    h = (h ^ w) * 0xFF51AFD7ED558CCDull;
+    h ^= h >> 32;
+  }
+  uint64_t tail = 0;
+  std::memcpy(&tail, text.data() + i, text.size() - i);
+  h = (h ^ tail) * 0xC4CEB9FE1A85EC53ull;
+  h ^= h >> 29;
+  return {static_cast<uint64_t>(std::hash<std::string_view>{}(text)), h};
+}
+
+// "<path>.tmp.<pid>" written through a buffer, fsynced and renamed over <path> by commit(); removed
+// if destroyed uncommitted (an error, an exception), so no half-written corpus carries the name.
+class AtomicOutputFile {
+ public:
+  explicit AtomicOutputFile(const std::string& path) : path_(path), tmp_(path + ".tmp." + std::to_string(::getpid())) {
+    fd_ = ::open(tmp_.c_str(), O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC, 0644);
+    if (fd_ < 0) throw Error(tmp_ + ": cannot create: " + std::strerror(errno));
+    buffer_.reserve(kBufferBytes);
+  }
+  ~AtomicOutputFile() {
+    if (fd_ >= 0) ::close(fd_);
+    if (!committed_) ::unlink(tmp_.c_str());
+  }
+  AtomicOutputFile(const AtomicOutputFile&) = delete;
+  AtomicOutputFile& operator=(const AtomicOutputFile&) = delete;
+
+  void write(std::string_view data) {
+    bytes_ += data.size();
+    if (buffer_.size() + data.size() > kBufferBytes) flush();
+    if (data.size() >= kBufferBytes) {
+      write_fully(data);
+    } else {
+      buffer_.append(data);
+    }
+  }
+  uint64_t bytes() const { return bytes_; }
+
+  void commit() {
+    flush();
+    if (::fsync(fd_) != 0) throw Error(tmp_ + ": fsync failed: " + std::strerror(errno));
+    const int fd = fd_;
+    fd_ = -1;
+    if (::close(fd) != 0) throw Error(tmp_ + ": close failed: " + std::strerror(errno));
+    if (::rename(tmp_.c_str(), path_.c_str()) != 0)
+      throw Error(path_ + ": cannot rename " + tmp_ + " into place: " + std::strerror(errno));
+    committed_ = true;
+    std::string dir = fs::path(path_).parent_path().string();
+    if (dir.empty()) dir = ".";
+    const int dfd = ::open(dir.c_str(), O_RDONLY | O_DIRECTORY | O_CLOEXEC);
+    if (dfd >= 0) {
+      ::fsync(dfd);
+      ::close(dfd);
+    }
+  }
+
+ private:
+  static constexpr size_t kBufferBytes = size_t{1} << 20;
+  std::string path_, tmp_;
+  int fd_ = -1;
+  bool committed_ = false;
+  std::string buffer_;
+  uint64_t bytes_ = 0;
+
+  void flush() {
+    write_fully(buffer_);
+    buffer_.clear();
+  }
+  void write_fully(std::string_view data) {
+    while (!data.empty()) {
+      const ssize_t w = ::write(fd_, data.data(), data.size());
+      if (w < 0) {
+        if (errno == EINTR) continue;
+        throw Error(tmp_ + ": write failed: " + std::strerror(errno));
+      }
+      data.remove_prefix(static_cast<size_t>(w));
+    }
+  }
+};
+
+// A batch of raw documents and, after cleaning, their results.
+struct Batch {
+  std::string raw;              // each document's lines, each line followed by '\n'
+  std::vector<size_t> doc_end;  // end offset of each document in `raw`
+  struct Result {
+    uint32_t slice;  // which worker's arena holds the text
+    size_t offset, length;
+    size_t sentences;
+    DocHash hash;
+  };
+  std::vector<Result> results;
+  std::vector<std::string> arenas;  // one per worker slice
+
+  size_t documents() const { return doc_end.size(); }
+  std::string_view document(size_t i) const {
+    const size_t begin = i == 0 ? 0 : doc_end[i - 1];
+    return std::string_view(raw).substr(begin, doc_end[i] - begin);
+  }
+  void clear() {
+    raw.clear();
+    doc_end.clear();
+  }
+};
+
+double seconds_since(std::chrono::steady_clock::time_point t0) {
+  return std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
+}
+
+}  // namespace
+
+void normalize_line(std::string_view line, std::string& out) {
+  const auto* s = reinterpret_cast<const unsigned char*>(line.data());
+  const size_t n = line.size();
+  const size_t base = out.size();
+  out.reserve(base + n);
+  bool pending_space = false;
+  constexpr size_t kNone = std::string_view::npos;
+  size_t run = kNone;  // start of the run of kept bytes not yet copied (copied in one append)
+  auto keep = [&](size_t i) {
+    if (run != kNone) return;
+    if (pending_space && out.size() > base) out.push_back(' ');
+    pending_space = false;
+    run = i;
+  };
+  auto flush = [&](size_t i) {
+    if (run == kNone) return;
+    out.append(line.data() + run, i - run);
+    run = kNone;
+  };
+  size_t i = 0;
+  while (i < n) {
+    const unsigned char c = s[i];
+    if (c < 0x80) {
+      if (c > 0x20 && c != 0x7F) {
+        keep(i);
+      } else {
+        flush(i);
+        if (c == ' ' || (c >= '\t' && c <= '\r')) pending_space = true;  // other C0 and DEL: dropped
+      }
+      ++i;
+      continue;
+    }
+    if (c >= 0xE4 && c <= 0xEE && i + 3 <= n) {  // CJK ideographs, Hangul: nothing to classify
+      keep(i);
+      i += 3;
+      continue;
+    }
+    const size_t len = std::min(utf8_length(c), n - i);
+    switch (classify_multibyte(s + i, len)) {
+      case CharAction::kKeep:
+        keep(i);
+        break;
+      case CharAction::kSpace:
+        flush(i);
+        pending_space = true;
+        break;
+      case CharAction::kDrop:
+        flush(i);
+        break;
+    }
+    i += len;
+  }
+  flush(n);
+}
+
+bool is_blank_line(std::string_view line) {
+  const auto* s = reinterpret_cast<const unsigned char*>(line.data());
+  const size_t n = line.size();
+  for (size_t i = 0; i < n;) {
+    const unsigned char c = s[i];
+    if (c < 0x80) {
+      if (c > 0x20 && c != 0x7F) return false;
+      ++i;
+      continue;
+    }
+    const size_t len = std::min(utf8_length(c), n - i);
+    if (classify_multibyte(s + i, len) == CharAction::kKeep) return false;
+    i += len;
+  }
+  return true;
+}
+
+size_t DocumentCleaner::clean(std::string_view lines, std::string& out) {
+  size_t sentences = 0;
+  const size_t doc_begin = out.size();
+  auto emit = [&](std::string_view sentence) {
+    if (out.size() > doc_begin) out.push_back('\n');
+    out.append(sentence);
+    ++sentences;
+  };
+  while (!lines.empty()) {
+    const size_t nl = lines.find('\n');
+    const std::string_view line = lines.substr(0, nl);
+    lines.remove_prefix(nl == std::string_view::npos ? lines.size() : nl + 1);
+    normalized_.clear();
+    normalize_line(line, normalized_);
+    if (normalized_.empty()) continue;
+    std::string_view text = normalized_;
+    if (options_.scrub_pii) {
+      scrubbed_.clear();
+      if (scrub_pii(text, scrubbed_, pii_) > 0) text = scrubbed_;
+    }
+    if (options_.split_sentences) {
+      sentences_.clear();
+      split_sentences(text, sentences_);
+      for (std::string_view s : sentences_) emit(s);
+    } else {
+      emit(text);
+    }
+  }
+  return sentences;
+}
+
+CleanStats clean_corpus(const std::vector<std::string>& files, const std::string& out_path, const CleanOptions& options,
+                        std::ostream& err) {
+  CleanStats stats;
+  stats.files = files.size();
+  const size_t workers = static_cast<size_t>(std::max(1, options.threads));
+  std::vector<DocumentCleaner> cleaners(workers, DocumentCleaner(options));
+  std::unordered_set<DocHash, DocHashHasher> seen;
+  AtomicOutputFile output(out_path);
+  Progress progress(true);
+  uint64_t bytes_done = 0;  // of finished files
+  size_t warnings = 0;
+
+  Batch batch;
+  batch.arenas.resize(workers);
+  auto process_batch = [&] {
+    const size_t docs = batch.documents();
+    if (docs == 0) return;
+    batch.results.assign(docs, {});
+    // Worker w cleans documents [begin, end) into its own arena.
+    auto work = [&](size_t w, size_t begin, size_t end) {
+      std::string& arena = batch.arenas[w];
+      arena.clear();
+      for (size_t d = begin; d < end; ++d) {
+        Batch::Result& r = batch.results[d];
+        r.slice = static_cast<uint32_t>(w);
+        r.offset = arena.size();
+        r.sentences = cleaners[w].clean(batch.document(d), arena);
+        r.length = arena.size() - r.offset;
+        if (options.dedupe) r.hash = hash_document(std::string_view(arena).substr(r.offset, r.length));
+      }
+    };
+    if (workers == 1 || docs < 2 * workers) {
+      work(0, 0, docs);
+    } else {
+      std::vector<std::thread> pool;
+      pool.reserve(workers - 1);
+      for (size_t w = 1; w < workers; ++w) pool.emplace_back(work, w, docs * w / workers, docs * (w + 1) / workers);
+      work(0, 0, docs / workers);
+      for (auto& t : pool) t.join();
+    }
+    // In input order: dedupe and write.
+    for (const Batch::Result& r : batch.results) {
+      if (r.length == 0) continue;  // cannot happen for a non-blank document; kept as a guard
+      if (options.dedupe && !seen.insert(r.hash).second) {
+        ++stats.duplicates;
+        continue;
+      }
+      if (stats.documents_out > 0) output.write("\n");
+      output.write(std::string_view(batch.arenas[r.slice]).substr(r.offset, r.length));
+      output.write("\n");
+      ++stats.documents_out;
+      stats.sentences += r.sentences;
+    }
+    batch.clear();
+  };
+
+  for (size_t f = 0; f < files.size(); ++f) {
+    LineReader reader(files[f]);
+    size_t doc_begin = batch.raw.size();
+    bool in_doc = false;
+    auto end_document = [&] {
+      batch.doc_end.push_back(batch.raw.size());
+      ++stats.documents_in;
+      in_doc = false;
+      if (batch.raw.size() >= kBatchBytes) {
+        process_batch();
+        progress.update("cleaning: file " + std::to_string(f + 1) + "/" + std::to_string(files.size()) + ", " +
+                        human_bytes(static_cast<double>(bytes_done + reader.bytes_read())) + " read, " +
+                        human_count(static_cast<double>(stats.documents_out)) + " documents written");
+      }
+      doc_begin = batch.raw.size();
+    };
+    std::string_view line;
+    while (reader.next(line)) {
+      if (reader.invalid_in_line() && warnings++ < kMaxWarnings)
+        err << located(files[f], reader.line_number(),
+                       "warning: invalid UTF-8 (" + std::to_string(reader.invalid_in_line()) +
+                           " bad sequence(s)) replaced by U+FFFD")
+            << "\n";
+      if (is_blank_line(line)) {
+        if (in_doc) end_document();
+        continue;
+      }
+      batch.raw.append(line);
+      batch.raw.push_back('\n');
+      in_doc = true;
+      if (batch.raw.size() - doc_begin > kMaxDocumentBytes) {
+        if (stats.long_documents_cut++ == 0)
+          err << located(files[f], reader.line_number(),
+                         "warning: document longer than " + std::to_string(kMaxDocumentBytes >> 20) +
+                             " MiB, cut here (separate documents with blank lines)")
+              << "\n";
+        end_document();
+      }
+    }
+    if (in_doc) end_document();
+    bytes_done += reader.bytes_read();
+    stats.invalid_utf8_lines += reader.invalid_lines();
+  }
+  process_batch();
+  progress.finish();
+  stats.bytes_in = bytes_done;
+  for (const DocumentCleaner& c : cleaners) stats.pii += c.pii();
+  if (stats.invalid_utf8_lines > kMaxWarnings)
+    err << "warning: " << stats.invalid_utf8_lines << " line(s) with invalid UTF-8 in total\n";
+  if (stats.documents_out == 0) {
+    std::string names;
+    for (const auto& f : files) names += (names.empty() ? "" : ", ") + f;
+    throw Error(names + ": no documents (every line is blank); nothing written");
+  }
+  stats.bytes_out = output.bytes();
+  output.commit();
+  return stats;
+}
+
+int prepare_clean_command(const std::vector<std::string>& argv, std::ostream& out, std::ostream& err) {
+  Args args("bert_prepare clean",
+            "bert_prepare clean --input FILE|DIR... --out FILE [--split-sentences] [--scrub-pii | --no-scrub-pii] "
+            "[--dedupe] [--threads N]");
+  args.list("--input", "text files (.txt, .gz) or directories (searched recursively for *.txt, *.gz)")
+      .option("--out", "output file: one sentence a line, a blank line between documents")
+      .flag("--split-sentences", "split each input line (a paragraph) into sentences")
+      .flag("--scrub-pii", "replace personal data with [RRN] [PHONE] [EMAIL] [CARD] [ACCOUNT] [IP] (default)")
+      .flag("--no-scrub-pii", "keep personal data as is")
+      .flag("--dedupe", "drop documents identical to an earlier one (after cleaning)")
+      .option("--threads", "cleaning threads (0 = all cores); the output does not depend on it", "0");
+  if (!args.parse(argv)) {
+    out << args.help();
+    return 0;
+  }
+  const auto& inputs = args.values("--input");
+  if (inputs.empty()) throw Error("bert_prepare clean: missing required option '--input' (see --help)");
+  const std::string out_path = args.str("--out");
+  if (args.has("--scrub-pii") && args.has("--no-scrub-pii"))
+    throw Error("bert_prepare clean: --scrub-pii and --no-scrub-pii contradict each other; give one");
+  CleanOptions options;
+  options.split_sentences = args.has("--split-sentences");
+  options.scrub_pii = !args.has("--no-scrub-pii");
+  options.dedupe = args.has("--dedupe");
+  const int64_t threads = args.integer("--threads", 0, 1024);
+  options.threads =
+      threads > 0 ? static_cast<int>(threads) : std::max(1, static_cast<int>(std::thread::hardware_concurrency()));
+
+  if (is_directory(out_path)) throw Error(out_path + ": is a directory; --out takes a file path");
+  const fs::path out_dir = fs::path(out_path).parent_path();
+  if (!out_dir.empty() && !is_directory(out_dir.string()))
+    throw Error(out_path + ": directory '" + out_dir.string() + "' does not exist (create it first)");
+
+  // The output must not be read as input: an explicitly named one is an error, one found by
+  // expanding a directory (a previous run's output) is skipped.
+  std::vector<std::string> files;
+  {
+    std::error_code ec;
+    auto is_output = [&](const std::string& f) { return fs::exists(out_path, ec) && fs::equivalent(f, out_path, ec); };
+    for (const auto& input : inputs)
+      if (!is_directory(input) && file_exists(input) && is_output(input))
+        throw Error(input + ": is also the --out file; write the output elsewhere");
+    for (auto& f : expand_inputs(inputs)) {
+      if (is_output(f)) {
+        err << f << ": warning: skipping the --out file found in an input directory\n";
+        continue;
+      }
+      files.push_back(std::move(f));
+    }
+    if (files.empty()) throw Error(out_path + ": the only input file is the --out file; nothing to clean");
+  }
+
+  const auto t0 = std::chrono::steady_clock::now();
+  const CleanStats s = clean_corpus(files, out_path, options, err);
+  const double secs = seconds_since(t0);
+
+  out << "bert_prepare clean: " << s.files << " file(s) -> " << out_path << "\n"
+      << "  documents   " << s.documents_in << " in, " << s.documents_out << " out";
+  if (options.dedupe) out << " (" << s.duplicates << " duplicates dropped)";
+  out << "\n  sentences   " << s.sentences
+      << (options.split_sentences ? " (split by the sentence splitter)" : " (one per input line)") << "\n"
+      << "  bytes       " << s.bytes_in << " in, " << s.bytes_out << " out ("
+      << human_bytes(static_cast<double>(s.bytes_in)) << " -> " << human_bytes(static_cast<double>(s.bytes_out))
+      << ")\n";
+  if (options.scrub_pii) {
+    out << "  pii         " << s.pii.total() << " replaced:";
+    for (int t = 0; t < kPiiTypeCount; ++t) {
+      const auto type = static_cast<PiiType>(t);
+      out << (t ? ", " : " ") << pii_name(type) << " " << s.pii[type];
+    }
+    out << "\n";
+  } else {
+    out << "  pii         not scrubbed (--no-scrub-pii)\n";
+  }
+  if (s.invalid_utf8_lines)
+    out << "  utf-8       " << s.invalid_utf8_lines << " line(s) with invalid bytes, replaced by U+FFFD\n";
+  if (s.long_documents_cut) out << "  long docs   " << s.long_documents_cut << " cut at 64 MiB\n";
+  char rate[64];
+  std::snprintf(rate, sizeof rate, "%.2f s, %.1f MB/s", secs,
+                secs > 0 ? static_cast<double>(s.bytes_in) / 1e6 / secs : 0.0);
+  out << "  time        " << rate << ", " << options.threads << " thread(s)\n";
+  return 0;
+}
+
+}  // namespace bert

@@ -1,0 +1,606 @@
+#include "data/pii.h"
+
+#include <algorithm>
+#include <array>
+#include <cstring>
+
+namespace bert {
+
+std::string_view pii_placeholder(PiiType type) {
+  switch (type) {
+    case PiiType::kRrn:
+      return "[RRN]";
+    case PiiType::kPhone:
+      return "[PHONE]";
+    case PiiType::kEmail:
+      return "[EMAIL]";
+    case PiiType::kCard:
+      return "[CARD]";
+    case PiiType::kAccount:
+      return "[ACCOUNT]";
+    case PiiType::kIp:
+      return "[IP]";
+  }
+  return "[PII]";
+}
+
+std::string_view pii_name(PiiType type) {
+  switch (type) {
+    case PiiType::kRrn:
+      return "rrn";
+    case PiiType::kPhone:
+      return "phone";
+    case PiiType::kEmail:
+      return "email";
+    case PiiType::kCard:
+      return "card";
+    case PiiType::kAccount:
+      return "account";
+    case PiiType::kIp:
+      return "ip";
+  }
+  return "pii";
+}
+
+uint64_t& PiiCounts::operator[](PiiType type) {
+  switch (type) {
+    case PiiType::kRrn:
+      return rrn;
+    case PiiType::kPhone:
+      return phone;
+    case PiiType::kEmail:
+      return email;
+    case PiiType::kCard:
+      return card;
+    case PiiType::kAccount:
+      return account;
+    case PiiType::kIp:
+      return ip;
+  }
+  return ip;
+}
+
+uint64_t PiiCounts::operator[](PiiType type) const {
+  switch (type) {
+    case PiiType::kRrn:
+      return rrn;
+    case PiiType::kPhone:
+      return phone;
+    case PiiType::kEmail:
+      return email;
+    case PiiType::kCard:
+      return card;
+    case PiiType::kAccount:
+      return account;
+    case PiiType::kIp:
+      return ip;
+  }
+  return 0;
+}
+
+PiiCounts& PiiCounts::operator+=(const PiiCounts& o) {
+  rrn += o.rrn;
+  phone += o.phone;
+  email += o.email;
+  card += o.card;
+  account += o.account;
+  ip += o.ip;
+  return *this;
+}
+
+namespace {
+
+constexpr size_t npos = std::string_view::npos;
+
+inline bool is_digit(unsigned char c) { return static_cast<unsigned>(c - '0') < 10u; }
+inline bool is_alpha(unsigned char c) { return static_cast<unsigned>((c | 0x20) - 'a') < 26u; }
+inline bool is_alnum(unsigned char c) { return is_digit(c) || is_alpha(c); }
+inline bool is_hex(unsigned char c) { return is_digit(c) || static_cast<unsigned>((c | 0x20) - 'a') < 6u; }
+inline bool is_phone_sep(unsigned char c) { return c == '-' || c == '.' || c == ' '; }
+
+// Bytes that can start a numeric or IP match. Everything else (all of Hangul) is skipped by a
+// single table lookup.
+constexpr std::array<bool, 256> make_trigger_table() {
+  std::array<bool, 256> t{};
+  for (int c = '0'; c <= '9'; ++c) t[c] = true;
+  for (int c = 'a'; c <= 'f'; ++c) t[c] = true;
+  for (int c = 'A'; c <= 'F'; ++c) t[c] = true;
+  t['+'] = true;
+  t['('] = true;
+  t[':'] = true;  // "::ffff:192.0.2.1"
+  return t;
+}
+constexpr std::array<bool, 256> kTrigger = make_trigger_table();
+
+// The text under scan: s[0, n) where n may stop short of the whole line (at the next e-mail), with
+// at() returning 0 past the end so matchers can look ahead without bounds checks.
+struct Text {
+  const unsigned char* s;
+  size_t n;
+
+  unsigned char at(size_t i) const { return i < n ? s[i] : 0; }
+  bool digit(size_t i) const { return i < n && is_digit(s[i]); }
+  size_t digits_end(size_t i) const {
+    while (i < n && is_digit(s[i])) ++i;
+    return i;
+  }
+  unsigned value(size_t b, size_t e) const {
+    unsigned v = 0;
+    for (size_t i = b; i < e; ++i) v = v * 10 + (s[i] - '0');
+    return v;
+  }
+};
+
+// A numeric match may not start inside a word ("v1.2.3", "abc123"), a signed number or country
+// code ("+82" handled by its own matcher), or a numeric token ("2024-01-15" tails, "1,234,000",
+// "12:30:45").
+bool numeric_start_ok(const Text& t, size_t p) {
+  if (p == 0) return true;
+  const unsigned char c = t.s[p - 1];
+  if (is_alnum(c) || c == '_' || c == '+') return false;
+  if ((c == '.' || c == '-' || c == ',' || c == ':') && p >= 2 && is_digit(t.s[p - 2])) return false;
+  return true;
+}
+
+// ... and may not end inside one ("1.2.3.4.5", "010-1234-5678-9", "4111...1111abc").
+bool numeric_end_ok(const Text& t, size_t e) {
+  if (e >= t.n) return true;
+  const unsigned char c = t.s[e];
+  if (is_alnum(c) || c == '_') return false;
+  if ((c == '.' || c == '-' || c == ',') && t.digit(e + 1)) return false;
+  return true;
+}
+
+bool luhn_ok(const Text& t, size_t b, size_t e) {
+  unsigned sum = 0;
+  bool twice = false;
+  for (size_t i = e; i-- > b;) {
+    if (!is_digit(t.s[i])) continue;
+    unsigned d = t.s[i] - '0';
+    if (twice) {
+      d *= 2;
+      if (d > 9) d -= 9;
+    }
+    sum += d;
+    twice = !twice;
+  }
+  return sum % 10 == 0;
+}
+
+// ---- [RRN] --------------------------------------------------------------------------------
+
+// YYMMDD at d[0..6) with the sex/century digit `g` (1,2,5,6: 1900s; 3,4,7,8: 2000s; 5-8 are
+// registered foreigners).
+bool valid_rrn_birth(const unsigned char* d, unsigned char g) {
+  if (g < '1' || g > '8') return false;
+  const unsigned yy = (d[0] - '0') * 10u + (d[1] - '0');
+  const unsigned mm = (d[2] - '0') * 10u + (d[3] - '0');
+  const unsigned dd = (d[4] - '0') * 10u + (d[5] - '0');
+  const bool c1900 = g == '1' || g == '2' || g == '5' || g == '6';
+  const unsigned year = (c1900 ? 1900 : 2000) + yy;
+  const bool leap = (year % 4 == 0 && year % 100 != 0) || year % 400 == 0;
+  static constexpr unsigned kDays[12] = {31, 28, 31, 30, 31, 30, 31, 31, 30, 31, 30, 31};
+  if (mm < 1 || mm > 12 || dd < 1) return false;
+  return dd <= kDays[mm - 1] + (mm == 2 && leap ? 1u : 0u);
+}
+
+// Masking characters people use to hide the last six digits: * x X ● ○.
+size_t mask_char_len(const Text& t, size_t i) {
+  const unsigned char c = t.at(i);
+  if (c == '*' || c == 'x' || c == 'X') return 1;
+  if (c == 0xE2 && t.at(i + 1) == 0x97 && (t.at(i + 2) == 0x8F || t.at(i + 2) == 0x8B)) return 3;
+  return 0;
+}
+
+size_t match_rrn(const Text& t, size_t p) {
+  const size_t r = t.digits_end(p);
+  if (r - p == 13) return valid_rrn_birth(t.s + p, t.s[p + 6]) ? r : npos;
+  if (r - p != 6 || t.at(r) != '-' || !t.digit(r + 1)) return npos;
+  const size_t q = r + 1;
+  const size_t r2 = t.digits_end(q);
+  if (!valid_rrn_birth(t.s + p, t.s[q])) return npos;
+  if (r2 - q == 7) return r2;
+  if (r2 - q != 1) return npos;
+  size_t e = r2;
+  for (int k = 0; k < 6; ++k) {
+    const size_t m = mask_char_len(t, e);
+    if (m == 0) return npos;
+    e += m;
+  }
+  return e;
+}
+
+// ---- [CARD] -------------------------------------------------------------------------------
+
+bool card_layout(const size_t* lens, int groups) {
+  if (groups == 4) return lens[0] == 4 && lens[1] == 4 && lens[2] == 4 && lens[3] == 4;
+  if (groups == 5) return lens[0] == 4 && lens[1] == 4 && lens[2] == 4 && lens[3] == 4 && lens[4] == 3;
+  if (groups == 3) return lens[0] == 4 && lens[1] == 6 && (lens[2] == 5 || lens[2] == 4);  // Amex, Diners
+  return false;
+}
+
+size_t match_card(const Text& t, size_t p) {
+  const size_t r = t.digits_end(p);
+  const size_t len = r - p;
+  if (len >= 13 && len <= 19) {
+    // Contiguous: only network prefixes (2-6 Visa/MC/Amex/JCB/UnionPay, 9 Korean domestic) so that
+    // random long ids, which pass Luhn one time in ten, mostly stay.
+    const unsigned char c = t.s[p];
+    if ((c >= '2' && c <= '6') || c == '9') return luhn_ok(t, p, r) ? r : npos;
+    return npos;
+  }
+  if (len != 4) return npos;
+  const unsigned char sep = t.at(r);
+  if (sep != '-' && sep != ' ') return npos;
+  size_t lens[5], ends[5];
+  int groups = 0;
+  for (size_t q = p; groups < 5;) {
+    const size_t e = t.digits_end(q);
+    lens[groups] = e - q;
+    ends[groups] = e;
+    ++groups;
+    if (t.at(e) != sep || !t.digit(e + 1)) break;
+    q = e + 1;
+  }
+  // Longest layout first; with ' ' a shorter prefix may be the card and the rest other text.
+  for (int k = groups; k >= 3; --k)
+    if (card_layout(lens, k) && luhn_ok(t, p, ends[k - 1])) return ends[k - 1];
+  return npos;
+}
+
+// ---- [PHONE] ------------------------------------------------------------------------------
+
+// A Korean national number at s[p..]: with its trunk '0' (`trunk`), or after +82 without it.
+// `paren`: the code was opened by '(' and must be closed by ')'.
+size_t match_national(const Text& t, size_t p, bool trunk, bool paren) {
+  size_t q = p;
+  if (trunk) {
+    if (t.at(q) != '0') return npos;
+    ++q;
+  }
+  const unsigned char c1 = t.at(q), c2 = t.at(q + 1);
+  bool mobile = false;  // 010, 011, 016-019: may be written without separators
+  bool voip = false;    // 070: likewise
+  size_t code_end;
+  if (c1 == '1' && (c2 == '0' || c2 == '1' || (c2 >= '6' && c2 <= '9'))) {
+    mobile = true;
+    code_end = q + 2;
+  } else if (c1 == '2') {
+    code_end = q + 1;  // Seoul
+  } else if (c1 >= '3' && c1 <= '6' && c2 >= '1' && c2 <= '5') {
+    code_end = q + 2;  // 031-064 area codes
+  } else if (c1 == '7' && c2 == '0') {
+    voip = true;
+    code_end = q + 2;
+  } else if ((c1 == '8' || c1 == '6') && c2 == '0') {
+    code_end = q + 2;  // 080 toll-free, 060
+  } else if (c1 == '5' && c2 == '0' && t.at(q + 2) >= '2' && t.at(q + 2) <= '8') {
+    code_end = q + 3;  // 0502-0508 personal numbers
+  } else {
+    return npos;
+  }
+  for (size_t i = q; i < code_end; ++i)
+    if (!t.digit(i)) return npos;
+
+  bool sep1 = false;
+  q = code_end;
+  if (paren) {
+    if (t.at(q) != ')') return npos;
+    ++q;
+    if (t.at(q) == ' ') ++q;
+    sep1 = true;
+  } else if (t.at(q) == ')' && (t.digit(q + 1) || (t.at(q + 1) == ' ' && t.digit(q + 2)))) {
+    q += t.at(q + 1) == ' ' ? 2 : 1;  // "02)123-4567", common in Korean listings
+    sep1 = true;
+  } else if (is_phone_sep(t.at(q)) && t.digit(q + 1)) {
+    ++q;
+    sep1 = true;
+  }
+  if (!t.digit(q)) return npos;
+  const size_t mid_end = t.digits_end(q);
+  const size_t mid_len = mid_end - q;
+  // Subscriber number in one piece: "01012345678", "010-12345678", "+821012345678". Landlines
+  // need separators: a bare 10-digit number starting 02/031 is more often some other id.
+  const bool one_piece_ok = mobile || voip || !trunk;
+  if (mid_len == 7 || mid_len == 8) return one_piece_ok ? mid_end : npos;
+  if (!sep1 || (mid_len != 3 && mid_len != 4)) return npos;
+  if (!is_phone_sep(t.at(mid_end)) || !t.digit(mid_end + 1)) return npos;
+  const size_t last_end = t.digits_end(mid_end + 1);
+  return last_end - (mid_end + 1) == 4 ? last_end : npos;
+}
+
+// 1588-1234 style representative numbers (15xx, 16xx, 18xx), unless the pair reads as a range of
+// years (1592-1598, 1600-1700).
+size_t match_representative(const Text& t, size_t p) {
+  const size_t r = t.digits_end(p);
+  if (r - p != 4 || t.s[p] != '1') return npos;
+  const unsigned char c2 = t.s[p + 1];
+  if (c2 != '5' && c2 != '6' && c2 != '8') return npos;
+  if (t.at(r) != '-' || !t.digit(r + 1)) return npos;
+  const size_t r2 = t.digits_end(r + 1);
+  if (r2 - (r + 1) != 4) return npos;
+  const unsigned a = t.value(p, r), b = t.value(r + 1, r2);
+  if (b > a && b <= 2100 && b - a <= 300) return npos;
+  return r2;
+}
+
+size_t match_plus82(const Text& t, size_t p) {
+  if (t.at(p + 1) != '8' || t.at(p + 2) != '2') return npos;
+  size_t q = p + 3;
+  if (is_phone_sep(t.at(q))) ++q;
+  if (t.at(q) == '(' && t.at(q + 1) == '0' && t.at(q + 2) == ')') {  // +82 (0)10-...
+    q += 3;
+    if (is_phone_sep(t.at(q))) ++q;
+  }
+  if (t.at(q) == '0') return match_national(t, q, true, false);  // "+82 010-...": the 0 kept
+  return match_national(t, q, false, false);
+}
+
+// ---- [IP] ---------------------------------------------------------------------------------
+
+// Dotted quad at p; `outline_ok` accepts four single digits (inside IPv6 only).
+size_t match_ipv4(const Text& t, size_t p, bool outline_ok) {
+  size_t q = p;
+  bool multi_digit = false;
+  for (int k = 0; k < 4; ++k) {
+    const size_t e = t.digits_end(q);
+    const size_t len = e - q;
+    if (len < 1 || len > 3 || t.value(q, e) > 255) return npos;
+    multi_digit |= len > 1;
+    if (k == 3) return multi_digit || outline_ok ? e : npos;
+    if (t.at(e) != '.' || !t.digit(e + 1)) return npos;
+    q = e + 1;
+  }
+  return npos;
+}
+
+bool hex_run_then_colon(const Text& t, size_t p) {
+  size_t e = p;
+  while (e < t.n && e - p < 5 && is_hex(t.s[e])) ++e;
+  return e - p >= 1 && e - p <= 4 && t.at(e) == ':';
+}
+
+size_t match_ipv6(const Text& t, size_t p) {
+  int groups = 0;
+  bool compressed = false, has_digit = false, has_long_group = false;
+  size_t q = p, end = npos;
+  if (t.at(p) == ':') {  // leading '::'
+    if (t.at(p + 1) != ':') return npos;
+    compressed = true;
+    q = end = p + 2;
+  }
+  while (true) {
+    size_t e = q;
+    while (e < t.n && e - q < 5 && is_hex(t.s[e])) ++e;
+    const size_t len = e - q;
+    if (len == 0) break;  // "2001:db8::" ends with the '::'
+    if (len > 4) return npos;
+    if (t.at(e) == '.') {  // embedded IPv4 tail: ::ffff:192.0.2.1
+      const size_t v4 = match_ipv4(t, q, true);
+      if (v4 == npos) return npos;
+      groups += 2;
+      has_digit = true;
+      end = v4;
+      break;
+    }
+    for (size_t i = q; i < e; ++i) has_digit |= is_digit(t.s[i]);
+    has_long_group |= len >= 3;
+    ++groups;
+    end = e;
+    if (t.at(e) == ':' && t.at(e + 1) == ':') {
+      if (compressed) return npos;
+      compressed = true;
+      q = end = e + 2;
+      continue;
+    }
+    if (t.at(e) == ':' && is_hex(t.at(e + 1))) {
+      q = e + 1;
+      continue;
+    }
+    break;
+  }
+  if (compressed ? (groups < 2 || groups > 7) : groups != 8) return npos;
+  if (!has_digit || !has_long_group) return npos;
+  const unsigned char next = t.at(end);
+  if (end < t.n && (is_alnum(next) || next == '_' || next == ':' || (next == '.' && t.digit(end + 1)))) return npos;
+  return end;
+}
+
+bool ipv6_start_ok(const Text& t, size_t p) {
+  if (p == 0) return true;
+  const unsigned char c = t.s[p - 1];
+  return !(is_alnum(c) || c == '_' || c == ':' || c == '.');
+}
+
+// ---- [ACCOUNT] ----------------------------------------------------------------------------
+
+size_t match_account(const Text& t, size_t p) {
+  constexpr int kMaxGroups = 8;
+  size_t lens[kMaxGroups];
+  int groups = 0;
+  size_t q = p, e;
+  while (true) {
+    e = t.digits_end(q);
+    if (groups == kMaxGroups) return npos;
+    lens[groups++] = e - q;
+    if (t.at(e) != '-' || !t.digit(e + 1)) break;
+    q = e + 1;
+  }
+  if (groups < 3) return npos;
+  size_t total = 0, longest = 0;
+  for (int g = 0; g < groups; ++g) {
+    if (lens[g] < 2 || lens[g] > 7) return npos;
+    total += lens[g];
+    longest = std::max(longest, lens[g]);
+  }
+  if (total < 10 || total > 14) return npos;
+  if (longest < 5 && groups < 4) return npos;                                    // 010-1234-567, 1000-2000-3000
+  if (groups == 3 && lens[0] == 3 && lens[1] == 2 && lens[2] == 5) return npos;  // business reg. no.
+  if (lens[0] == 3 && t.s[p] == '0' && t.s[p + 1] == '1') return npos;           // 010-1234-56789: a mistyped phone
+  if (lens[0] == 4 && lens[1] == 2 && lens[2] == 2) {  // 2024-01-15-...: a date, then something
+    const unsigned y = t.value(p, p + 4), m = t.value(p + 5, p + 7), d = t.value(p + 8, p + 10);
+    if (y >= 1900 && y <= 2099 && m >= 1 && m <= 12 && d >= 1 && d <= 31) return npos;
+  }
+  return e;
+}
+
+// ---- [EMAIL] ------------------------------------------------------------------------------
+
+inline bool is_local_char(unsigned char c) {
+  return is_alnum(c) || c == '.' || c == '_' || c == '%' || c == '+' || c == '-';
+}
+
+struct Span {
+  size_t begin = npos, end = npos;
+};
+
+// The next e-mail address whose '@' is at or after `from` and whose local part starts at or
+// after `floor` (the end of the previous match).
+Span next_email(std::string_view text, size_t from, size_t floor) {
+  const auto* s = reinterpret_cast<const unsigned char*>(text.data());
+  const size_t n = text.size();
+  while (from < n) {
+    const void* hit = std::memchr(s + from, '@', n - from);
+    if (!hit) break;
+    const size_t at = static_cast<size_t>(static_cast<const unsigned char*>(hit) - s);
+    from = at + 1;
+    size_t b = at;
+    while (b > floor && is_local_char(s[b - 1])) --b;
+    while (b < at && s[b] == '.') ++b;
+    if (b == at || at - b > 64 || s[at - 1] == '.') continue;
+    size_t q = at + 1, end = npos, last_label = npos;
+    int labels = 0;
+    while (true) {
+      size_t e = q;
+      while (e < n && (is_alnum(s[e]) || s[e] == '-')) ++e;
+      if (e == q || s[q] == '-' || s[e - 1] == '-') break;
+      ++labels;
+      last_label = q;
+      end = e;
+      if (e + 1 < n && s[e] == '.' && is_alnum(s[e + 1])) {
+        q = e + 1;
+        continue;
+      }
+      break;
+    }
+    if (labels < 2 || end - last_label < 2) continue;
+    bool tld_alpha = true;
+    for (size_t i = last_label; i < end; ++i) tld_alpha &= is_alpha(s[i]);
+    if (!tld_alpha) continue;
+    return {b, end};
+  }
+  return {};
+}
+
+// ---- the scan -----------------------------------------------------------------------------
+
+// Numeric and IPv6 matches in t.s[from, t.n), reported in order through `sink`.
+template <class Sink>
+void scan_segment(const Text& t, size_t from, Sink& sink) {
+  size_t i = from;
+  const size_t n = t.n;
+  while (i < n) {
+    while (i < n && !kTrigger[t.s[i]]) ++i;
+    if (i >= n) break;
+    const unsigned char c = t.s[i];
+    size_t end = npos;
+    PiiType type = PiiType::kPhone;
+    auto accept = [&](size_t e, PiiType ty) {
+      if (e == npos || !numeric_end_ok(t, e)) return false;
+      end = e;
+      type = ty;
+      return true;
+    };
+    if (is_digit(c)) {
+      if (!numeric_start_ok(t, i)) {
+        i = t.digits_end(i);
+        continue;
+      }
+      if (hex_run_then_colon(t, i)) {
+        if (ipv6_start_ok(t, i) && (end = match_ipv6(t, i)) != npos) type = PiiType::kIp;
+      } else {
+        accept(match_rrn(t, i), PiiType::kRrn) || accept(match_card(t, i), PiiType::kCard) ||
+            (c == '0' && accept(match_national(t, i, true, false), PiiType::kPhone)) ||
+            (c == '1' && accept(match_representative(t, i), PiiType::kPhone)) ||
+            accept(match_ipv4(t, i, false), PiiType::kIp) || accept(match_account(t, i), PiiType::kAccount);
+      }
+      if (end == npos) {
+        i = t.digits_end(i);
+        continue;
+      }
+    } else if (c == '+') {
+      const bool word_start = i == 0 || !is_alnum(t.s[i - 1]);
+      if (!(word_start && accept(match_plus82(t, i), PiiType::kPhone))) {
+        ++i;
+        continue;
+      }
+    } else if (c == ':') {
+      const bool starts_address = t.at(i + 1) == ':' && is_hex(t.at(i + 2)) && ipv6_start_ok(t, i);
+      if (!(starts_address && (end = match_ipv6(t, i)) != npos)) {
+        ++i;
+        continue;
+      }
+      type = PiiType::kIp;
+    } else if (c == '(') {
+      if (!(t.at(i + 1) == '0' && accept(match_national(t, i + 1, true, true), PiiType::kPhone))) {
+        ++i;
+        continue;
+      }
+    } else {  // a hex letter: only an IPv6 address at a word start ("fe80::1") is of interest
+      if (!(ipv6_start_ok(t, i) && hex_run_then_colon(t, i) && (end = match_ipv6(t, i)) != npos)) {
+        while (i < n && (is_alnum(t.s[i]) || t.s[i] == '_')) ++i;  // skip the rest of the word
+        continue;
+      }
+      type = PiiType::kIp;
+    }
+    sink(i, end, type);
+    i = end;
+  }
+}
+
+template <class Sink>
+void for_each_pii(std::string_view text, Sink&& sink) {
+  const auto* s = reinterpret_cast<const unsigned char*>(text.data());
+  size_t cursor = 0, search = 0;
+  while (true) {
+    const Span email = next_email(text, search, cursor);
+    const size_t segment_end = email.begin == npos ? text.size() : email.begin;
+    const Text t{s, segment_end};
+    scan_segment(t, cursor, sink);
+    if (email.begin == npos) break;
+    sink(email.begin, email.end, PiiType::kEmail);
+    cursor = search = email.end;
+  }
+}
+
+}  // namespace
+
+std::vector<PiiMatch> find_pii(std::string_view text) {
+  std::vector<PiiMatch> out;
+  auto sink = [&](size_t b, size_t e, PiiType type) { out.push_back({b, e, type}); };
+  for_each_pii(text, sink);
+  return out;
+}
+
+size_t scrub_pii(std::string_view text, std::string& out, PiiCounts& counts) {
+  size_t copied = 0, replaced = 0;
+  auto sink = [&](size_t b, size_t e, PiiType type) {
+    out.append(text.data() + copied, b - copied);
+    out += pii_placeholder(type);
+    copied = e;
+    ++counts[type];
+    ++replaced;
+  };
+  for_each_pii(text, sink);
+  out.append(text.data() + copied, text.size() - copied);
+  return replaced;
+}
+
+std::string scrub_pii(std::string_view text, PiiCounts& counts) {
+  std::string out;
+  out.reserve(text.size());
+  scrub_pii(text, out, counts);
+  return out;
+}
+
+}  // namespace bert

@@ -1,0 +1,81 @@
+// PII scrubber for Korean text: replaces personal identifiers with typed placeholders before the
+// text reaches pretraining (a BERT memorises rare strings; see REFERENCES.md, "Privacy"):
+//
+//   [RRN]      resident registration number YYMMDD-NNNNNNN / 13 digits: valid month, day (leap
+//              years from the century the 7th digit encodes), 7th digit 1-8. The old mod-11
+//              checksum is not required (numbers issued since Oct 2020 do not satisfy it). Masked
+//              forms that still show birth date and sex (900101-1******) count too.
+//   [PHONE]    mobile 010/011/016-019, area codes 02/031-064, 070/080/060/050x, with '-', '.', ' '
+//              or "(02) " / "02)" separators; mobile and 070 also without separators; +82 forms
+//              (+82-10-..., +82 (0)10 ..., +821012345678); representative numbers 15xx/16xx/18xx-xxxx
+//              (not when the pair reads as a year range: 1592-1598).
+//   [EMAIL]    local@domain.tld (ASCII; the TLD is 2+ letters).
+//   [CARD]     13-19 digits passing Luhn: 4-4-4-4(-3), 4-6-5 or 4-6-4 groups ('-' or ' '), or
+//              contiguous with a card-network first digit (2-6, 9).
+//   [ACCOUNT]  bank-account-like: 3+ dash-separated groups of 2-7 digits, 10-14 digits in all, with
+//              a group of 5+ digits or 4+ groups (real layouts: 110-123-456789, 1002-345-678901,
+//              3333-01-1234567, 123-456789-01-001, 301-0123-4567-11). Not a date-led chain
+//              (2024-01-15-...), not 3-2-5 (a business registration number, which is public), and
+//              not led by a mobile prefix (010-1234-56789 is a mistyped phone), and only when
+//              nothing above matched.
+//   [IP]       IPv4 (octets <= 255; not four single digits, which reads as an outline number 1.2.3.4
+//              and otherwise only hits public resolvers like 8.8.8.8) and IPv6 (8 groups, or '::'
+//              compressed with 2+ groups, an IPv4 tail allowed: ::ffff:192.0.2.1; a group of 3+ hex
+//              digits and at least one decimal digit, so "dead::beef", "std::map", MAC addresses
+//              and times stay).
+//
+// Precision rules shared by every numeric type: a match never starts or ends inside a longer run
+// of digits or ASCII letters ("v1.2.3", a 20-digit number), and never continues a numeric token
+// ("1.2.3.4.5", "2024-01-15" tails, "1,234,000"). So dates, times, versions, prices, percentages,
+// ISBNs (their 1-digit group fails the account rule), article numbers and short numbers stay.
+// Full-width digits (０１０) are not recognised.
+//
+// Speed: one pass over the bytes with a 256-entry trigger table; only digits, '+', '(', "::" and
+// word-initial hex letters start a (short, bounded) hand-written matcher; '@' is found with memchr.
+// Every matcher looks at a bounded number of groups and a failed start skips its digit run, so the
+// cost is linear in the input whatever it holds. Measured single-threaded (g++ 12 -O2, shared
+// 2-core VM): ~1 GB/s on the Korean demo corpus line by line, ~500 MB/s on digit-dense synthetic
+// text (dates, prices, phones, e-mails on every line).
+#pragma once
+
+#include <cstddef>
+#include <cstdint>
+#include <string>
+#include <string_view>
+#include <vector>
+
+namespace bert {
+
+enum class PiiType { kRrn, kPhone, kEmail, kCard, kAccount, kIp };
+inline constexpr int kPiiTypeCount = 6;
+
+// "[RRN]", "[PHONE]", ...
+std::string_view pii_placeholder(PiiType type);
+// "rrn", "phone", ...
+std::string_view pii_name(PiiType type);
+
+struct PiiCounts {
+  uint64_t rrn = 0, phone = 0, email = 0, card = 0, account = 0, ip = 0;
+
+  uint64_t& operator[](PiiType type);
+  uint64_t operator[](PiiType type) const;
+  uint64_t total() const { return rrn + phone + email + card + account + ip; }
+  PiiCounts& operator+=(const PiiCounts& other);
+};
+
+struct PiiMatch {
+  size_t begin, end;  // byte offsets into the scanned text
+  PiiType type;
+};
+
+// Every match in `text`, in order, non-overlapping.
+std::vector<PiiMatch> find_pii(std::string_view text);
+
+// Appends `text` with every match replaced by its placeholder to `out`; adds to `counts`.
+// Returns the number of replacements. Idempotent: placeholders contain nothing that matches.
+size_t scrub_pii(std::string_view text, std::string& out, PiiCounts& counts);
+
+// Convenience form for tests and small inputs.
+std::string scrub_pii(std::string_view text, PiiCounts& counts);
+
+}  // namespace bert

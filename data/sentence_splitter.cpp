@@ -1,0 +1,330 @@
+#include "data/sentence_splitter.h"
+
+#include <algorithm>
+#include <array>
+
+namespace bert {
+
+namespace {
+
+// Decodes the code point at s[i] (valid UTF-8 assumed; a stray byte decodes as itself).
+char32_t decode_at(std::string_view s, size_t i, size_t& len) {
+  const auto c = static_cast<unsigned char>(s[i]);
+  auto cont = [&](size_t k) { return i + k < s.size() ? static_cast<unsigned char>(s[i + k]) & 0x3Fu : 0u; };
+  if (c < 0x80) {
+    len = 1;
+    return c;
+  }
+  if (c >= 0xF0) {
+    len = std::min<size_t>(4, s.size() - i);
+    return ((c & 0x07u) << 18) | (cont(1) << 12) | (cont(2) << 6) | cont(3);
+  }
+  if (c >= 0xE0) {
+    len = std::min<size_t>(3, s.size() - i);
+    return ((c & 0x0Fu) << 12) | (cont(1) << 6) | cont(2);
+  }
+  if (c >= 0xC0) {
+    len = std::min<size_t>(2, s.size() - i);
+    return ((c & 0x1Fu) << 6) | cont(1);
+  }
+  len = 1;
+  return c;
+}
+
+char32_t decode_at(std::string_view s, size_t i) {
+  size_t len;
+  return decode_at(s, i, len);
+}
+
+// The code point that ends at byte `end` (0 at the start of the text).
+char32_t decode_before(std::string_view s, size_t end) {
+  if (end == 0) return 0;
+  size_t b = end - 1;
+  while (b > 0 && (static_cast<unsigned char>(s[b]) & 0xC0) == 0x80 && end - b < 4) --b;
+  return decode_at(s, b);
+}
+
+bool is_space(char32_t c) {
+  return c == ' ' || (c >= '\t' && c <= '\r') || c == 0x00A0 || c == 0x1680 || (c >= 0x2000 && c <= 0x200A) ||
+         c == 0x2028 || c == 0x2029 || c == 0x202F || c == 0x205F || c == 0x3000;
+}
+
+bool is_cjk_terminator(char32_t c) { return c == 0x3002 || c == 0xFF1F || c == 0xFF01; }  // 。？！
+bool is_question_or_exclaim(char32_t c) {
+  return c == '?' || c == '!' || c == 0x203C || c == 0x2047 || c == 0x2048 || c == 0x2049;  // ‼ ⁇ ⁈ ⁉
+}
+bool is_terminator(char32_t c) {
+  return c == '.' || c == 0xFF0E || c == 0x2026 || is_question_or_exclaim(c) || is_cjk_terminator(c);
+}
+
+bool is_closer(char32_t c) {
+  switch (c) {
+    case '"':
+    case '\'':
+    case ')':
+    case ']':
+    case '}':
+    case 0x201D:
+    case 0x2019:
+    case 0x00BB:
+    case 0x203A:  // ” ’ » ›
+    case 0x300D:
+    case 0x300F:
+    case 0x300B:
+    case 0x3009:
+    case 0x3011:  // 」 』 》 〉 】
+    case 0xFF09:
+    case 0xFF3D:  // ） ］
+      return true;
+    default:
+      return false;
+  }
+}
+
+bool is_opener(char32_t c) {
+  switch (c) {
+    case '"':
+    case '\'':
+    case '(':
+    case '[':
+    case '{':
+    case 0x201C:
+    case 0x2018:
+    case 0x00AB:
+    case 0x2039:  // “ ‘ « ‹
+    case 0x300C:
+    case 0x300E:
+    case 0x300A:
+    case 0x3008:
+    case 0x3010:  // 「 『 《 〈 【
+    case 0xFF08:
+    case 0xFF3B:  // （ ［
+      return true;
+    default:
+      return false;
+  }
+}
+
+bool is_hangul_syllable(char32_t c) { return c >= 0xAC00 && c <= 0xD7A3; }
+bool is_ascii_upper(char32_t c) { return c >= 'A' && c <= 'Z'; }
+bool is_ascii_lower(char32_t c) { return c >= 'a' && c <= 'z'; }
+bool is_ascii_alpha(char32_t c) { return is_ascii_upper(c) || is_ascii_lower(c); }
+bool is_ascii_digit(char32_t c) { return c >= '0' && c <= '9'; }
+
+// Syllables that close a Korean sentence (했다, 해요, 하죠, 할까, 하네, 하는군).
+bool is_korean_final(char32_t c) {
+  return c == U'다' || c == U'요' || c == U'죠' || c == U'까' || c == U'네' || c == U'군';
+}
+
+size_t skip_spaces(std::string_view s, size_t i) {
+  while (i < s.size()) {
+    size_t len;
+    if (!is_space(decode_at(s, i, len))) break;
+    i += len;
+  }
+  return i;
+}
+
+bool starts_with(std::string_view s, size_t i, std::string_view prefix) { return s.substr(i, prefix.size()) == prefix; }
+
+// After a closing quote: the quote is reported speech and the sentence goes on.
+bool starts_with_quotative(std::string_view s, size_t i) {
+  static constexpr std::string_view kParticles[] = {"라고",   "하고",   "라며",   "하며",   "라는",  "하는",
+                                                    "이라고", "이라며", "이라는", "라면서", "하면서"};
+  for (std::string_view p : kParticles)
+    if (starts_with(s, i, p)) return true;
+  return false;
+}
+
+bool in_list(std::string_view word, std::initializer_list<std::string_view> list) {
+  return std::find(list.begin(), list.end(), word) != list.end();
+}
+
+// Abbreviations after which '.' never ends a sentence (lowercased, without the final dot).
+bool is_title_abbreviation(std::string_view w) {
+  return in_list(w, {"mr",   "mrs", "ms",  "dr",  "prof", "sr",   "st",  "mt",  "vs",  "e.g", "i.e", "cf",  "approx",
+                     "dept", "gen", "gov", "lt",  "col",  "capt", "sgt", "rev", "hon", "viz", "jan", "feb", "mar",
+                     "apr",  "jun", "jul", "aug", "sep",  "sept", "oct", "nov", "dec", "u.s", "u.k", "u.n", "ph.d"});
+}
+// ... only before a number ("No. 5", "Fig. 3", "pp. 10-12").
+bool is_number_abbreviation(std::string_view w) {
+  return in_list(
+      w, {"no", "nos", "vol", "vols", "fig", "figs", "p", "pp", "ch", "chap", "sec", "art", "eq", "tab", "ver", "ed"});
+}
+// ... unless a capitalised or non-ASCII word follows (these often do end a sentence).
+bool is_maybe_final_abbreviation(std::string_view w) {
+  return in_list(w, {"etc", "inc", "ltd", "co", "corp", "llc", "jr", "al", "a.m", "p.m", "esq"});
+}
+
+bool is_list_marker(std::string_view w) {
+  if (w.empty()) return false;
+  // 1.  2.3.  1.1.2.
+  if (std::all_of(w.begin(), w.end(), [](char c) { return (c >= '0' && c <= '9') || c == '.'; }) && w.front() != '.')
+    return true;
+  if (w.size() == 1 && is_ascii_alpha(static_cast<unsigned char>(w[0]))) return true;  // a.  B.
+  static constexpr std::string_view kKorean[] = {"가", "나", "다", "라", "마", "바", "사",
+                                                 "아", "자", "차", "카", "타", "파", "하"};
+  if (std::find(std::begin(kKorean), std::end(kKorean), w) != std::end(kKorean)) return true;
+  std::string lower(w);
+  for (char& c : lower) c = static_cast<char>(c >= 'A' && c <= 'Z' ? c + 32 : c);
+  return in_list(lower, {"i", "ii", "iii", "iv", "v", "vi", "vii", "viii", "ix", "x", "xi", "xii"});
+}
+
+// Segments of 1-2 ASCII letters joined by dots: U.S, J.K, Ph.D, e.g.
+bool is_dotted_acronym(std::string_view w) {
+  size_t segments = 0, run = 0;
+  for (char c : w) {
+    if (c == '.') {
+      if (run == 0 || run > 2) return false;
+      ++segments;
+      run = 0;
+    } else if (is_ascii_alpha(static_cast<unsigned char>(c))) {
+      ++run;
+    } else {
+      return false;
+    }
+  }
+  return segments >= 1 && run >= 1 && run <= 2;
+}
+
+// True if "Y. M. " (Y 1-4 digits, M 1-4 digits, spaces optional) ends at `end`: the token that
+// follows is the day of a Korean dotted date "2024. 1. 15.".
+bool preceded_by_date_parts(std::string_view s, size_t end) {
+  size_t p = end;
+  for (int part = 0; part < 2; ++part) {
+    if (p > 0 && s[p - 1] == ' ') --p;
+    if (p == 0 || s[p - 1] != '.') return false;
+    --p;
+    const size_t e = p;
+    while (p > 0 && s[p - 1] >= '0' && s[p - 1] <= '9') --p;
+    if (e - p < 1 || e - p > 4) return false;
+  }
+  return true;
+}
+
+struct TerminatorRun {
+  size_t begin = 0, end = 0;
+  size_t dots = 0;  // '.' and '．'
+  bool ellipsis_char = false, question_or_exclaim = false, cjk = false;
+  bool ellipsis() const { return dots >= 2 || ellipsis_char; }
+};
+
+// Whether the sentence that began at `start` ends after `run` and the closers up to `after`.
+bool ends_sentence(std::string_view s, size_t start, const TerminatorRun& run, size_t after) {
+  const bool closed = after > run.end;
+  if (after >= s.size() || run.cjk) return true;
+  const char32_t prev = decode_before(s, run.begin);
+  size_t len;
+  if (!is_space(decode_at(s, after, len))) {
+    // No space: only a plain terminator glued between Hangul syllables, and for '.' only after a
+    // sentence-final ending ("했다.그리고", not "주.부.세부").
+    if (closed || run.ellipsis() || !is_hangul_syllable(prev) || !is_hangul_syllable(decode_at(s, after))) return false;
+    return run.question_or_exclaim || is_korean_final(prev);
+  }
+  const size_t next = skip_spaces(s, after);
+  if (next >= s.size()) return true;
+  const char32_t first = decode_at(s, next);
+  if (closed && starts_with_quotative(s, next)) return false;
+  if (run.question_or_exclaim) return !(closed && is_ascii_lower(first));
+  if (run.ellipsis()) return closed || is_ascii_upper(first) || is_korean_final(prev);
+  if (closed) return true;
+
+  // A single '.': look at the word it closes.
+  size_t word_begin = run.begin;
+  while (word_begin > start) {
+    const char32_t c = decode_before(s, word_begin);
+    if (is_space(c)) break;
+    size_t back = 1;
+    while (back < word_begin && (static_cast<unsigned char>(s[word_begin - back]) & 0xC0) == 0x80) ++back;
+    word_begin -= back;
+  }
+  const bool at_sentence_start = word_begin == start;
+  while (word_begin < run.begin) {  // strip opening quotes/brackets: ("Mr. → Mr
+    const char32_t c = decode_at(s, word_begin, len);
+    if (!is_opener(c)) break;
+    word_begin += len;
+  }
+  const std::string_view word = s.substr(word_begin, run.begin - word_begin);
+  if (word.empty()) return true;
+  if (at_sentence_start && is_list_marker(word)) return false;
+  if (std::all_of(word.begin(), word.end(), [](char c) { return c >= '0' && c <= '9'; }))
+    return !(is_ascii_digit(first) || preceded_by_date_parts(s, word_begin));
+  // An initial before a capitalised word (J. K. Rowling); "비타민 C. 다음" still ends there.
+  if (word.size() == 1 && is_ascii_upper(static_cast<unsigned char>(word[0]))) return !is_ascii_upper(first);
+  if (word.size() > 8) return true;  // longer than any abbreviation below
+  std::string lower(word);
+  for (char& c : lower) c = static_cast<char>(c >= 'A' && c <= 'Z' ? c + 32 : c);
+  if (is_title_abbreviation(lower)) return false;
+  if (is_number_abbreviation(lower)) return !is_ascii_digit(first);
+  if (is_maybe_final_abbreviation(lower)) return is_ascii_upper(first) || first >= 0x80;
+  return !is_dotted_acronym(word);
+}
+
+void push_trimmed(std::string_view s, size_t begin, size_t end, std::vector<std::string_view>& out) {
+  begin = skip_spaces(s, begin);
+  while (end > begin) {
+    const char32_t c = decode_before(s, end);
+    if (!is_space(c)) break;
+    size_t back = 1;
+    while (back < end - begin && (static_cast<unsigned char>(s[end - back]) & 0xC0) == 0x80) ++back;
+    end -= back;
+  }
+  if (end > begin) out.push_back(s.substr(begin, end - begin));
+}
+
+}  // namespace
+
+void split_sentences(std::string_view s, std::vector<std::string_view>& out) {
+  const size_t n = s.size();
+  size_t start = skip_spaces(s, 0);
+  size_t i = start;
+  while (i < n) {
+    const auto b = static_cast<unsigned char>(s[i]);
+    // Only these bytes can begin a terminator: . ? ! and the lead bytes of … ‼ 。 ？ ！ ．
+    if (b != '.' && b != '?' && b != '!' && b != 0xE2 && b != 0xE3 && b != 0xEF) {
+      ++i;
+      continue;
+    }
+    size_t len;
+    char32_t c = decode_at(s, i, len);
+    if (!is_terminator(c)) {
+      i += len;
+      continue;
+    }
+    TerminatorRun run;
+    run.begin = i;
+    size_t j = i;
+    while (j < n) {
+      c = decode_at(s, j, len);
+      if (!is_terminator(c)) break;
+      run.dots += c == '.' || c == 0xFF0E;
+      run.ellipsis_char |= c == 0x2026;
+      run.question_or_exclaim |= is_question_or_exclaim(c);
+      run.cjk |= is_cjk_terminator(c);
+      j += len;
+    }
+    run.end = j;
+    size_t after = j;
+    while (after < n) {
+      c = decode_at(s, after, len);
+      if (!is_closer(c)) break;
+      after += len;
+    }
+    if (ends_sentence(s, start, run, after)) {
+      push_trimmed(s, start, after, out);
+      start = skip_spaces(s, after);
+      i = start;
+    } else {
+      i = after;
+    }
+  }
+  push_trimmed(s, start, n, out);
+}
+
+std::vector<std::string> split_sentences(std::string_view paragraph) {
+  std::vector<std::string_view> views;
+  split_sentences(paragraph, views);
+  return {views.begin(), views.end()};
+}
+
+}  // namespace bert

@@ -1,0 +1,197 @@
+#include "data/text_reader.h"
+
+#include <zlib.h>
+
+#include <algorithm>
+#include <cerrno>
+#include <climits>
+#include <cstring>
+#include <filesystem>
+
+#include "common/error.h"
+#include "common/file.h"
+#include "common/utf8.h"
+
+namespace bert {
+
+namespace fs = std::filesystem;
+
+namespace {
+
+// A line longer than this is not text (a binary file, or a dump without newlines); failing beats
+// growing the buffer until the machine runs out of memory.
+constexpr size_t kMaxLineBytes = size_t{256} << 20;
+constexpr size_t kInitialBuffer = size_t{1} << 20;
+
+bool ends_with(std::string_view s, std::string_view suffix) {
+  return s.size() >= suffix.size() && s.compare(s.size() - suffix.size(), suffix.size(), suffix) == 0;
+}
+
+}  // namespace
+
+bool is_corpus_file_name(std::string_view name) { return ends_with(name, ".txt") || ends_with(name, ".gz"); }
+
+std::vector<std::string> expand_inputs(const std::vector<std::string>& inputs) {
+  std::vector<std::string> files;
+  for (const std::string& input : inputs) {
+    std::error_code ec;
+    const fs::file_status st = fs::status(input, ec);
+    if (ec || !fs::exists(st)) throw Error(input + ": input not found");
+    if (!fs::is_directory(st)) {
+      files.push_back(input);
+      continue;
+    }
+    std::vector<std::string> found;
+    fs::recursive_directory_iterator it(input, fs::directory_options::none, ec);
+    if (ec) throw Error(input + ": cannot read directory: " + ec.message());
+    for (; it != fs::recursive_directory_iterator(); it.increment(ec)) {
+      if (ec) throw Error(input + ": cannot read directory: " + ec.message());
+      const std::string name = it->path().filename().string();
+      if (!name.empty() && name[0] == '.') {  // .git, editor swap files, ...
+        if (it->is_directory(ec)) it.disable_recursion_pending();
+        continue;
+      }
+      if (it->is_regular_file(ec) && is_corpus_file_name(name)) found.push_back(it->path().string());
+    }
+    if (ec) throw Error(input + ": cannot read directory: " + ec.message());
+    if (found.empty()) throw Error(input + ": directory has no .txt or .gz files (searched recursively)");
+    std::sort(found.begin(), found.end());
+    files.insert(files.end(), found.begin(), found.end());
+  }
+  return files;
+}
+
+size_t utf8_valid_prefix(std::string_view str) {
+  const auto* s = reinterpret_cast<const unsigned char*>(str.data());
+  const size_t n = str.size();
+  size_t i = 0;
+  while (i < n) {
+    // ASCII runs 8 bytes at a time.
+    while (i + 8 <= n) {
+      uint64_t w;
+      std::memcpy(&w, s + i, 8);
+      if (w & 0x8080808080808080ull) break;
+      i += 8;
+    }
+    if (i >= n) break;
+    const unsigned char c = s[i];
+    if (c < 0x80) {
+      ++i;
+      continue;
+    }
+    size_t need;
+    unsigned char lo = 0x80, hi = 0xBF;  // allowed range of the second byte, as in common/utf8.cpp
+    if (c >= 0xC2 && c <= 0xDF) {
+      need = 1;
+    } else if (c >= 0xE0 && c <= 0xEF) {
+      need = 2;
+      if (c == 0xE0) lo = 0xA0;
+      if (c == 0xED) hi = 0x9F;
+    } else if (c >= 0xF0 && c <= 0xF4) {
+      need = 3;
+      if (c == 0xF0) lo = 0x90;
+      if (c == 0xF4) hi = 0x8F;
+    } else {
+      return i;
+    }
+    if (i + need >= n) return i;  // truncated at the end
+    if (s[i + 1] < lo || s[i + 1] > hi) return i;
+    for (size_t j = 2; j <= need; ++j)
+      if ((s[i + j] & 0xC0) != 0x80) return i;
+    i += need + 1;
+  }
+  return n;
+}
+
+LineReader::LineReader(const std::string& path) : path_(path) {
+  if (is_directory(path)) throw Error(path + ": is a directory, expected a text file");
+  errno = 0;
+  gz_ = gzopen(path.c_str(), "rb");
+  if (!gz_) throw Error(path + ": cannot open: " + (errno ? std::strerror(errno) : "out of memory"));
+  gzbuffer(gz_, 1 << 18);
+  // gzdirect() peeks at the magic bytes: 0 means gzip. Asked before any read, as zlib requires.
+  compressed_ = gzdirect(gz_) == 0;
+  if (!compressed_ && ends_with(path, ".gz")) {
+    gzclose_r(gz_);
+    gz_ = nullptr;
+    throw Error(path + ": not a gzip file (no gzip header); rename it if it is plain text");
+  }
+  buf_.resize(kInitialBuffer);
+}
+
+LineReader::~LineReader() {
+  if (gz_) gzclose_r(gz_);
+}
+
+void LineReader::fail(const std::string& what) const { throw Error(located(path_, line_number_ + 1, what)); }
+
+bool LineReader::fill() {
+  if (eof_) return false;
+  if (begin_ > 0) {
+    std::memmove(buf_.data(), buf_.data() + begin_, end_ - begin_);
+    end_ -= begin_;
+    begin_ = 0;
+  }
+  if (end_ == buf_.size()) {
+    if (buf_.size() >= kMaxLineBytes)
+      fail("line longer than " + std::to_string(kMaxLineBytes >> 20) + " MiB; is this really a text file?");
+    buf_.resize(std::min(buf_.size() * 2, kMaxLineBytes));
+  }
+  const unsigned want = static_cast<unsigned>(std::min<size_t>(buf_.size() - end_, INT_MAX));
+  const int got = gzread(gz_, buf_.data() + end_, want);
+  if (got < 0) {
+    int errnum = 0;
+    const char* msg = gzerror(gz_, &errnum);
+    if (errnum == Z_ERRNO) fail(std::string("read error: ") + std::strerror(errno));
+    fail(std::string(compressed_ ? "corrupt gzip data: " : "read error: ") + (msg ? msg : "unknown zlib error"));
+  }
+  if (got == 0) {
+    // zlib reports a truncated member only through the error state, with a successful 0-byte read.
+    int errnum = 0;
+    const char* msg = gzerror(gz_, &errnum);
+    if (errnum == Z_BUF_ERROR) fail("truncated gzip data (" + std::string(msg ? msg : "unexpected end of file") + ")");
+    if (errnum != Z_OK) fail(std::string("corrupt gzip data: ") + (msg ? msg : "unknown zlib error"));
+    eof_ = true;
+    return false;
+  }
+  end_ += static_cast<size_t>(got);
+  return true;
+}
+
+bool LineReader::next(std::string_view& line) {
+  size_t scanned = 0;  // bytes of the pending line already searched for '\n'
+  const char* nl = nullptr;
+  while (true) {
+    const size_t avail = end_ - begin_;
+    nl = avail > scanned ? static_cast<const char*>(std::memchr(buf_.data() + begin_ + scanned, '\n', avail - scanned))
+                         : nullptr;
+    if (nl) break;
+    scanned = avail;
+    if (!fill()) break;
+  }
+  size_t len;
+  if (nl) {
+    len = static_cast<size_t>(nl - (buf_.data() + begin_));
+    bytes_read_ += len + 1;
+  } else {
+    if (begin_ == end_) return false;  // end of file
+    len = end_ - begin_;
+    bytes_read_ += len;
+  }
+  std::string_view raw(buf_.data() + begin_, len);
+  begin_ += len + (nl ? 1 : 0);
+  if (!raw.empty() && raw.back() == '\r') raw.remove_suffix(1);
+  ++line_number_;
+  invalid_in_line_ = 0;
+  if (utf8_valid_prefix(raw) != raw.size()) {
+    std::u32string cps;
+    invalid_in_line_ = utf8_decode(raw, cps);
+    fixed_ = utf8_encode(cps);
+    ++invalid_lines_;
+    raw = fixed_;
+  }
+  line = raw;
+  return true;
+}
+
+}  // namespace bert

@@ -1,0 +1,646 @@
+// bert_prepare clean and its parts: PII scrubber (positives and negatives in Korean formats),
+// sentence splitter, line reader (.txt, .gz, directories), and the command end to end through
+// prepare_clean_command().
+#include <zlib.h>
+
+#include <catch2/catch.hpp>
+#include <filesystem>
+#include <sstream>
+#include <string>
+#include <vector>
+
+#include "common/error.h"
+#include "common/file.h"
+#include "data/clean.h"
+#include "data/pii.h"
+#include "data/sentence_splitter.h"
+#include "data/text_reader.h"
+
+using namespace bert;
+namespace fs = std::filesystem;
+
+namespace {
+
+// A fresh directory per test case: ctest may run the cases in parallel in one working directory.
+std::string temp_dir(const std::string& name) {
+  const std::string dir = "test_data_clean_tmp/" + name;
+  fs::remove_all(dir);
+  make_directories(dir);
+  return dir;
+}
+
+void write_text(const std::string& path, std::string_view text) { write_file_atomic(path, text); }
+
+void write_gz(const std::string& path, std::string_view text) {
+  gzFile f = gzopen(path.c_str(), "wb");
+  REQUIRE(f != nullptr);
+  if (!text.empty())
+    REQUIRE(gzwrite(f, text.data(), static_cast<unsigned>(text.size())) == static_cast<int>(text.size()));
+  REQUIRE(gzclose(f) == Z_OK);
+}
+
+std::vector<std::string> read_lines(const std::string& path, uint64_t* invalid_lines = nullptr) {
+  LineReader reader(path);
+  std::vector<std::string> lines;
+  std::string_view line;
+  while (reader.next(line)) lines.emplace_back(line);
+  if (invalid_lines) *invalid_lines = reader.invalid_lines();
+  return lines;
+}
+
+struct Run {
+  int code;
+  std::string out, err;
+};
+
+Run clean(std::vector<std::string> args) {
+  std::ostringstream out, err;
+  const int code = prepare_clean_command(args, out, err);
+  return {code, out.str(), err.str()};
+}
+
+bool contains(const std::string& haystack, const std::string& needle) {
+  return haystack.find(needle) != std::string::npos;
+}
+
+std::string scrub(const std::string& text, PiiCounts* counts_out = nullptr) {
+  PiiCounts counts;
+  std::string out = scrub_pii(text, counts);
+  if (counts_out) *counts_out = counts;
+  return out;
+}
+
+}  // namespace
+
+// ---- PII ----------------------------------------------------------------------------------
+
+TEST_CASE("pii: positives in Korean formats are replaced by typed placeholders") {
+  struct Case {
+    const char* in;
+    const char* out;
+    PiiType type;
+  };
+  const Case cases[] = {
+      // resident registration numbers
+      {"주민번호 900101-1234567 입니다", "주민번호 [RRN] 입니다", PiiType::kRrn},
+      {"9001011234567", "[RRN]", PiiType::kRrn},
+      {"000229-3123456(2000년 윤일)", "[RRN](2000년 윤일)", PiiType::kRrn},
+      {"외국인 850315-5123456", "외국인 [RRN]", PiiType::kRrn},
+      {"주민번호: 900101-1******", "주민번호: [RRN]", PiiType::kRrn},
+      {"211231-4123456.", "[RRN].", PiiType::kRrn},
+      // phones
+      {"연락처 010-1234-5678 로", "연락처 [PHONE] 로", PiiType::kPhone},
+      {"01012345678", "[PHONE]", PiiType::kPhone},
+      {"010 1234 5678", "[PHONE]", PiiType::kPhone},
+      {"010.1234.5678", "[PHONE]", PiiType::kPhone},
+      {"전화010-1234-5678번", "전화[PHONE]번", PiiType::kPhone},
+      {"+82-10-1234-5678", "[PHONE]", PiiType::kPhone},
+      {"+82 10 1234 5678", "[PHONE]", PiiType::kPhone},
+      {"+821012345678", "[PHONE]", PiiType::kPhone},
+      {"+82 (0)10-1234-5678", "[PHONE]", PiiType::kPhone},
+      {"+82-2-123-4567", "[PHONE]", PiiType::kPhone},
+      {"서울 02-123-4567", "서울 [PHONE]", PiiType::kPhone},
+      {"02-1234-5678", "[PHONE]", PiiType::kPhone},
+      {"031-123-4567", "[PHONE]", PiiType::kPhone},
+      {"031-1234-5678", "[PHONE]", PiiType::kPhone},
+      {"부산 051-123-4567", "부산 [PHONE]", PiiType::kPhone},
+      {"(02) 123-4567", "[PHONE]", PiiType::kPhone},
+      {"(031)1234-5678", "[PHONE]", PiiType::kPhone},
+      {"대표 02)123-4567", "대표 [PHONE]", PiiType::kPhone},
+      {"고객센터 1588-1234", "고객센터 [PHONE]", PiiType::kPhone},
+      {"1577-1004번", "[PHONE]번", PiiType::kPhone},
+      {"070-1234-5678", "[PHONE]", PiiType::kPhone},
+      {"07012345678", "[PHONE]", PiiType::kPhone},
+      {"0505-123-4567", "[PHONE]", PiiType::kPhone},
+      {"080-123-4567", "[PHONE]", PiiType::kPhone},
+      {"011-123-4567", "[PHONE]", PiiType::kPhone},
+      {"016-1234-5678", "[PHONE]", PiiType::kPhone},
+      {"tel:010-1234-5678", "tel:[PHONE]", PiiType::kPhone},
+      // e-mail
+      {"hong.gildong@gmail.com", "[EMAIL]", PiiType::kEmail},
+      {"kim_01+tag@naver.com 으로", "[EMAIL] 으로", PiiType::kEmail},
+      {"메일: test.user@korea.ac.kr입니다.", "메일: [EMAIL]입니다.", PiiType::kEmail},
+      {"(abc@def.org)", "([EMAIL])", PiiType::kEmail},
+      {"문의 010-1234-5678@hanmail.net", "문의 [EMAIL]", PiiType::kEmail},
+      // cards (all Luhn-valid)
+      {"카드 4111-1111-1111-1111", "카드 [CARD]", PiiType::kCard},
+      {"4111 1111 1111 1111 로 결제", "[CARD] 로 결제", PiiType::kCard},
+      {"4111111111111111", "[CARD]", PiiType::kCard},
+      {"3782-822463-10005", "[CARD]", PiiType::kCard},
+      {"5500 0000 0000 0004", "[CARD]", PiiType::kCard},
+      {"6011111111111117", "[CARD]", PiiType::kCard},
+      {"4222222222222", "[CARD]", PiiType::kCard},
+      {"3056-930902-5904", "[CARD]", PiiType::kCard},
+      // accounts
+      {"계좌 110-123-456789 (신한)", "계좌 [ACCOUNT] (신한)", PiiType::kAccount},
+      {"1002-345-678901", "[ACCOUNT]", PiiType::kAccount},
+      {"123-456789-01-001", "[ACCOUNT]", PiiType::kAccount},
+      {"카카오뱅크 3333-01-1234567", "카카오뱅크 [ACCOUNT]", PiiType::kAccount},
+      {"농협 301-0123-4567-11", "농협 [ACCOUNT]", PiiType::kAccount},
+      // IP addresses
+      {"접속 IP 192.168.0.1 에서", "접속 IP [IP] 에서", PiiType::kIp},
+      {"10.0.0.255 서버", "[IP] 서버", PiiType::kIp},
+      {"172.16.254.1:8080", "[IP]:8080", PiiType::kIp},
+      {"203.0.113.45/24", "[IP]/24", PiiType::kIp},
+      {"IP는 192.168.0.1.", "IP는 [IP].", PiiType::kIp},
+      {"2001:0db8:85a3:0000:0000:8a2e:0370:7334", "[IP]", PiiType::kIp},
+      {"주소 2001:db8::1 입니다", "주소 [IP] 입니다", PiiType::kIp},
+      {"fe80::1ff:fe23:4567:890a", "[IP]", PiiType::kIp},
+      {"::ffff:192.0.2.1", "[IP]", PiiType::kIp},
+  };
+  STATIC_REQUIRE(sizeof(cases) / sizeof(cases[0]) >= 40);
+  for (const Case& c : cases) {
+    INFO(c.in);
+    PiiCounts counts;
+    CHECK(scrub(c.in, &counts) == c.out);
+    CHECK(counts[c.type] == 1);
+    CHECK(counts.total() == 1);
+  }
+}
+
+TEST_CASE("pii: dates, times, versions, prices and other numbers stay untouched") {
+  const char* negatives[] = {
+      // dates and times
+      "2024-01-15",
+      "2024.01.15",
+      "2024. 1. 15.",
+      "2024년 1월 15일",
+      "2024/01/15",
+      "15-01-2024",
+      "02-10-2024",
+      "12:30:45",
+      "오후 3:30에",
+      "2024-01-15-123456",
+      // versions and IP-like strings that are not addresses
+      "v1.2.3",
+      "7.4.7",
+      "버전 10.0.19041.1234",
+      "1.2.3.4.5",
+      "999.1.1.1",
+      "256.256.256.256",
+      "1.2.3.4",
+      "dead::beef",
+      "std::vector<int>",
+      "00:1A:2B:3C:4D:5E",
+      "요한복음 3:16",
+      // prices, percentages, ordinary numbers, article numbers
+      "₩1,234,000",
+      "12,000원",
+      "$3.99",
+      "1,234,567,890원",
+      "1234567890",
+      "3.14159",
+      "100%",
+      "12.5%",
+      "제3조 1항",
+      "2024년",
+      "1592-1598년",
+      "1600-1700년대",
+      "총 3,000,000명",
+      "우편번호 06234",
+      // phone-like but too short / too long / landline without separators
+      "010-123-456",
+      "010-1234-567",
+      "02-12-345",
+      "1588-123",
+      "010-1234-56789",
+      "010-1234-5678-9012",
+      "0212345678",
+      "전화 1234-5678",
+      // long digit runs and Luhn failures
+      "12345678901234567890",
+      "4111111111111111111111",
+      "4111-1111-1111-1112",
+      "1234 5678 9012 3456",
+      "4111111111111112",
+      // ISBNs, business registration numbers, year lists
+      "978-89-12345-67-8",
+      "ISBN 978-89-6626-123-4",
+      "사업자등록번호 123-45-67890",
+      "2019-2020-2021",
+      "1000-2000-3000",
+      // invalid RRNs (month 13, 9th-century digit, 2001 is not a leap year)
+      "901301-1234567",
+      "900101-9234567",
+      "010229-3123456",
+      // inside words, other countries, not e-mails
+      "A1234-5678-9012",
+      "abc010-1234-5678",
+      "+1 415 555 0100",
+      "사람@회사.한국",
+      "a@b",
+      "user@localhost",
+      "[PHONE] [EMAIL] [RRN]",
+  };
+  STATIC_REQUIRE(sizeof(negatives) / sizeof(negatives[0]) >= 40);
+  for (const char* n : negatives) {
+    INFO(n);
+    PiiCounts counts;
+    const std::string in = std::string("값은 ") + n + " 이다";
+    CHECK(scrub(in, &counts) == in);
+    CHECK(counts.total() == 0);
+  }
+}
+
+TEST_CASE("pii: several matches in one line, offsets, counts, idempotence") {
+  const std::string text =
+      "홍길동(900101-1234567)의 연락처는 010-1234-5678, 메일 hong@example.com, 계좌 110-123-456789, "
+      "카드 4111-1111-1111-1111, 접속 IP 192.168.0.1 입니다. 2024-01-15 기준 v1.2.3, 12,000원.";
+  PiiCounts counts;
+  const std::string once = scrub_pii(text, counts);
+  CHECK(once ==
+        "홍길동([RRN])의 연락처는 [PHONE], 메일 [EMAIL], 계좌 [ACCOUNT], 카드 [CARD], 접속 IP [IP] 입니다. "
+        "2024-01-15 기준 v1.2.3, 12,000원.");
+  CHECK(counts.rrn == 1);
+  CHECK(counts.phone == 1);
+  CHECK(counts.email == 1);
+  CHECK(counts.account == 1);
+  CHECK(counts.card == 1);
+  CHECK(counts.ip == 1);
+  CHECK(counts.total() == 6);
+
+  PiiCounts again;
+  CHECK(scrub_pii(once, again) == once);
+  CHECK(again.total() == 0);
+
+  const auto matches = find_pii("tel 010-1234-5678 / a@b.co");
+  REQUIRE(matches.size() == 2);
+  CHECK(matches[0].begin == 4);
+  CHECK(matches[0].end == 17);
+  CHECK(matches[0].type == PiiType::kPhone);
+  CHECK(matches[1].begin == 20);
+  CHECK(matches[1].type == PiiType::kEmail);
+
+  PiiCounts sum;
+  sum += counts;
+  sum += counts;
+  CHECK(sum.total() == 12);
+  CHECK(pii_placeholder(PiiType::kAccount) == "[ACCOUNT]");
+  CHECK(pii_name(PiiType::kIp) == "ip");
+  CHECK(scrub("", &counts).empty());
+}
+
+// ---- sentence splitter -------------------------------------------------------------------
+
+TEST_CASE("sentence splitter: Korean endings, quotes, numbers, abbreviations, URLs, ellipsis") {
+  struct Case {
+    const char* paragraph;
+    std::vector<std::string> sentences;
+  };
+  const Case cases[] = {
+      {"오늘은 날씨가 좋다. 내일은 비가 온다고 한다.", {"오늘은 날씨가 좋다.", "내일은 비가 온다고 한다."}},
+      {"정말 그렇습니까? 네, 그렇습니다! 알겠어요. 그렇죠. 감사합니다.",
+       {"정말 그렇습니까?", "네, 그렇습니다!", "알겠어요.", "그렇죠.", "감사합니다."}},
+      {"정말?! 믿을 수 없어!! 진짜야.", {"정말?!", "믿을 수 없어!!", "진짜야."}},
+      // quotes and brackets stay with their sentence; a quotative particle continues it
+      {"그녀가 말했다. \"정말 좋아요.\" 그리고 웃었다.", {"그녀가 말했다.", "\"정말 좋아요.\"", "그리고 웃었다."}},
+      {"그는 \"왜 그랬어?\" 라고 물었다. 나는 답하지 않았다.",
+       {"그는 \"왜 그랬어?\" 라고 물었다.", "나는 답하지 않았다."}},
+      {"“좋아요.” 그가 답했다.", {"“좋아요.”", "그가 답했다."}},
+      {"「안녕하세요.」 그가 말했다.", {"「안녕하세요.」", "그가 말했다."}},
+      {"(그는 떠났다.) 그녀는 남았다.", {"(그는 떠났다.)", "그녀는 남았다."}},
+      {"\"Why?\" he asked. Nobody knew.", {"\"Why?\" he asked.", "Nobody knew."}},
+      // numbers
+      {"원주율은 3.14이다. 가격은 1,000.5원이다.", {"원주율은 3.14이다.", "가격은 1,000.5원이다."}},
+      {"The price is $3.99. That is cheap.", {"The price is $3.99.", "That is cheap."}},
+      {"작성일 2024. 1. 15. 작성자 홍길동이다. 끝.", {"작성일 2024. 1. 15. 작성자 홍길동이다.", "끝."}},
+      {"1. 서론 부분이다. 2. 본론은 여기에 있다.", {"1. 서론 부분이다.", "2. 본론은 여기에 있다."}},
+      {"2.3. 세부 항목이다.", {"2.3. 세부 항목이다."}},
+      {"가. 첫째 항목이다. 나. 둘째 항목이다.", {"가. 첫째 항목이다.", "나. 둘째 항목이다."}},
+      // abbreviations and initials
+      {"Mr. Kim met Dr. Lee at 5 p.m. Then they left.", {"Mr. Kim met Dr. Lee at 5 p.m.", "Then they left."}},
+      {"J. K. Rowling wrote it. The U.S. Army agreed.", {"J. K. Rowling wrote it.", "The U.S. Army agreed."}},
+      {"비타민 C. 다음 문장이다.", {"비타민 C.", "다음 문장이다."}},
+      {"그는 Ph.D. 학위를 받았다.", {"그는 Ph.D. 학위를 받았다."}},
+      {"Apples, oranges, etc. are fruits. We like them, etc. Then we eat.",
+       {"Apples, oranges, etc. are fruits.", "We like them, etc.", "Then we eat."}},
+      {"See Fig. 3 for details. No. 5 was chosen.", {"See Fig. 3 for details.", "No. 5 was chosen."}},
+      {"i.e. this one. e.g. that one. Kim vs. Lee.", {"i.e. this one.", "e.g. that one.", "Kim vs. Lee."}},
+      {"Samsung Inc. is big. Apple Inc. Then more.", {"Samsung Inc. is big.", "Apple Inc.", "Then more."}},
+      {"사과, 배 등. 다음 문장이다.", {"사과, 배 등.", "다음 문장이다."}},
+      // URLs, e-mails, domains, file names, versions
+      {"자세한 내용은 example.com을 참고하세요. 메일은 a.b@example.com입니다.",
+       {"자세한 내용은 example.com을 참고하세요.", "메일은 a.b@example.com입니다."}},
+      {"Visit https://www.example.com/path?a=1. It is good.",
+       {"Visit https://www.example.com/path?a=1.", "It is good."}},
+      {"파일 a.txt를 열고 v1.2.3을 설치한다. 끝났다.", {"파일 a.txt를 열고 v1.2.3을 설치한다.", "끝났다."}},
+      {"서버는 www.naver.com. 다음은 a@b.co.kr. 끝이다.", {"서버는 www.naver.com.", "다음은 a@b.co.kr.", "끝이다."}},
+      // ellipsis
+      {"그런데... 왜 그랬을까? 모르겠다... 그래도 간다.", {"그런데... 왜 그랬을까?", "모르겠다...", "그래도 간다."}},
+      {"그래서… 결국 했다.", {"그래서… 결국 했다."}},
+      {"I waited... Then it came.", {"I waited...", "Then it came."}},
+      // glued and CJK terminators, whitespace
+      {"했다.그리고 또 했다.", {"했다.", "그리고 또 했다."}},
+      {"정말?그럼 가자.", {"정말?", "그럼 가자."}},
+      {"버전은 주.부.세부 형식이다.", {"버전은 주.부.세부 형식이다."}},
+      {"見た。次の文。", {"見た。", "次の文。"}},
+      {"  앞뒤 공백이 있다.   다음.  ", {"앞뒤 공백이 있다.", "다음."}},
+      {"마침표 없는 문장", {"마침표 없는 문장"}},
+      {"", {}},
+      {"   ", {}},
+  };
+  for (const Case& c : cases) {
+    INFO(c.paragraph);
+    CHECK(split_sentences(c.paragraph) == c.sentences);
+  }
+}
+
+// ---- reader ------------------------------------------------------------------------------
+
+TEST_CASE("reader: plain text lines, CRLF, last line without newline, invalid UTF-8") {
+  const std::string dir = temp_dir("reader_plain");
+  write_text(dir + "/a.txt", "첫 줄\r\n\n둘째 \xff줄\nend");
+  uint64_t invalid = 0;
+  const auto lines = read_lines(dir + "/a.txt", &invalid);
+  REQUIRE(lines.size() == 4);
+  CHECK(lines[0] == "첫 줄");
+  CHECK(lines[1].empty());
+  CHECK(lines[2] == "둘째 \xEF\xBF\xBD줄");  // U+FFFD
+  CHECK(lines[3] == "end");
+  CHECK(invalid == 1);
+
+  LineReader reader(dir + "/a.txt");
+  std::string_view line;
+  size_t bad_line = 0;
+  while (reader.next(line))
+    if (reader.invalid_in_line()) bad_line = reader.line_number();
+  CHECK(bad_line == 3);
+  CHECK(reader.bytes_read() == file_size(dir + "/a.txt"));
+  CHECK_FALSE(reader.compressed());
+
+  CHECK(utf8_valid_prefix("abc\xED\xA0\x80") == 3);  // surrogate
+  CHECK(utf8_valid_prefix("한글") == 6);
+  CHECK(utf8_valid_prefix("한\xEA\xB8") == 3);  // truncated
+}
+
+TEST_CASE("reader: .gz round trip, multi-member, gzip under another name, long lines") {
+  const std::string dir = temp_dir("reader_gz");
+  std::string text;
+  for (int i = 0; i < 3000; ++i) text += "문장 번호 " + std::to_string(i) + "입니다.\n";
+  write_gz(dir + "/one.txt.gz", text);
+  CHECK(read_lines(dir + "/one.txt.gz").size() == 3000);
+  CHECK(read_lines(dir + "/one.txt.gz")[2999] == "문장 번호 2999입니다.");
+  {
+    LineReader r(dir + "/one.txt.gz");
+    CHECK(r.compressed());
+  }
+
+  // Two gzip members back to back (what `cat a.gz b.gz` makes) read as one stream.
+  write_gz(dir + "/m1.gz", "첫째 멤버\n");
+  write_gz(dir + "/m2.gz", "둘째 멤버\n");
+  write_text(dir + "/multi.gz", read_file(dir + "/m1.gz") + read_file(dir + "/m2.gz"));
+  CHECK(read_lines(dir + "/multi.gz") == std::vector<std::string>{"첫째 멤버", "둘째 멤버"});
+
+  // Gzip content is recognised by its magic, whatever the name.
+  write_text(dir + "/disguised.txt", read_file(dir + "/m1.gz"));
+  CHECK(read_lines(dir + "/disguised.txt") == std::vector<std::string>{"첫째 멤버"});
+
+  // A line longer than the initial 1 MiB buffer.
+  const std::string long_line(3 << 20, 'x');
+  write_gz(dir + "/long.gz", "a\n" + long_line + "\nb");
+  const auto lines = read_lines(dir + "/long.gz");
+  REQUIRE(lines.size() == 3);
+  CHECK(lines[1] == long_line);
+  CHECK(lines[2] == "b");
+
+  write_gz(dir + "/empty.gz", "");
+  CHECK(read_lines(dir + "/empty.gz").empty());
+}
+
+TEST_CASE("reader: corrupt, truncated and fake .gz files are errors naming the file") {
+  const std::string dir = temp_dir("reader_bad_gz");
+  std::string text;
+  for (int i = 0; i < 20000; ++i) text += "줄 " + std::to_string(i * 7919 % 10007) + "\n";
+  write_gz(dir + "/good.gz", text);
+  const std::string bytes = read_file(dir + "/good.gz");
+  REQUIRE(bytes.size() > 1000);
+
+  write_text(dir + "/truncated.gz", bytes.substr(0, bytes.size() / 2));
+  REQUIRE_THROWS_WITH(read_lines(dir + "/truncated.gz"),
+                      Catch::Contains(dir + "/truncated.gz:") && Catch::Contains("truncated gzip"));
+
+  std::string corrupt = bytes;
+  for (size_t i = 100; i < 140; ++i) corrupt[i] = static_cast<char>(corrupt[i] ^ 0x5A);
+  write_text(dir + "/corrupt.gz", corrupt);
+  REQUIRE_THROWS_WITH(read_lines(dir + "/corrupt.gz"),
+                      Catch::Contains(dir + "/corrupt.gz:") && Catch::Contains("gzip"));
+
+  write_text(dir + "/fake.gz", "plain text\n");
+  REQUIRE_THROWS_WITH(LineReader(dir + "/fake.gz"), Catch::Contains("fake.gz: not a gzip file"));
+  REQUIRE_THROWS_WITH(LineReader(dir + "/missing.txt"), Catch::Contains("missing.txt: cannot open"));
+  REQUIRE_THROWS_WITH(LineReader(dir), Catch::Contains("is a directory"));
+}
+
+TEST_CASE("reader: directories expand recursively to sorted *.txt and *.gz, hidden entries skipped") {
+  const std::string dir = temp_dir("reader_dir");
+  make_directories(dir + "/corpus/sub");
+  make_directories(dir + "/corpus/.git");
+  write_text(dir + "/corpus/b.txt", "b\n");
+  write_gz(dir + "/corpus/a.txt.gz", "a\n");
+  write_text(dir + "/corpus/sub/c.txt", "c\n");
+  write_text(dir + "/corpus/.hidden.txt", "hidden\n");
+  write_text(dir + "/corpus/.git/x.txt", "git\n");
+  write_text(dir + "/corpus/notes.md", "md\n");
+  write_text(dir + "/single.md", "named explicitly\n");
+
+  const auto files = expand_inputs({dir + "/single.md", dir + "/corpus"});
+  const std::vector<std::string> expected = {dir + "/single.md", dir + "/corpus/a.txt.gz", dir + "/corpus/b.txt",
+                                             dir + "/corpus/sub/c.txt"};
+  CHECK(files == expected);
+
+  make_directories(dir + "/empty");
+  REQUIRE_THROWS_WITH(expand_inputs({dir + "/empty"}), Catch::Contains("empty: directory has no .txt or .gz files"));
+  REQUIRE_THROWS_WITH(expand_inputs({dir + "/nope.txt"}), Catch::Contains("nope.txt: input not found"));
+  CHECK(is_corpus_file_name("x.txt.gz"));
+  CHECK_FALSE(is_corpus_file_name("x.json"));
+}
+
+// ---- normalisation -----------------------------------------------------------------------
+
+TEST_CASE("clean: line normalisation collapses whitespace and drops controls and BOM") {
+  auto norm = [](std::string_view s) {
+    std::string out;
+    normalize_line(s, out);
+    return out;
+  };
+  CHECK(norm("  가\t\t나   다  ") == "가 나 다");
+  CHECK(norm("\xEF\xBB\xBF첫 줄") == "첫 줄");  // BOM
+  CHECK(norm("a\x01\x02"
+             "b\x7F"
+             "c") == "abc");  // C0 controls, DEL
+  CHECK(norm("a\xC2\xA0"
+             "b\xE3\x80\x80"
+             "c") == "a b c");  // NBSP, ideographic space
+  CHECK(norm("a\xE2\x80\x8B"
+             "b\xC2\x85"
+             "c") == "ab c");  // ZWSP dropped, NEL is a space
+  CHECK(norm("\t \xE2\x80\x83 ").empty());
+  CHECK(is_blank_line(" \t\xE3\x80\x80\xEF\xBB\xBF"));
+  CHECK_FALSE(is_blank_line("  .  "));
+  CHECK_FALSE(is_blank_line("한"));
+
+  CleanOptions options;
+  options.split_sentences = true;
+  DocumentCleaner cleaner(options);
+  std::string out;
+  CHECK(cleaner.clean("첫 문장이다.  둘째 문장, 전화 010-1234-5678.\n\x01\n  셋째 줄\n", out) == 3);
+  CHECK(out == "첫 문장이다.\n둘째 문장, 전화 [PHONE].\n셋째 줄");
+  CHECK(cleaner.pii().phone == 1);
+}
+
+// ---- the command end to end --------------------------------------------------------------
+
+TEST_CASE("clean: blank-line documents become the NSP input format") {
+  const std::string dir = temp_dir("cmd_basic");
+  write_text(dir + "/in.txt",
+             "\n\n"
+             "\xEF\xBB\xBF첫 문서의   첫 줄이다.\n"
+             "첫 문서의\t둘째 줄이다.\n"
+             "   \t \n"
+             "\n"
+             "둘째 문서. 연락처 010-1234-5678.\r\n"
+             "\n"
+             "셋째 문서, 메일 kim@example.com\n"
+             "\n\n");
+  const Run r = clean({"--input", dir + "/in.txt", "--out", dir + "/out.txt"});
+  REQUIRE(r.code == 0);
+  CHECK(read_file(dir + "/out.txt") ==
+        "첫 문서의 첫 줄이다.\n첫 문서의 둘째 줄이다.\n"
+        "\n"
+        "둘째 문서. 연락처 [PHONE].\n"
+        "\n"
+        "셋째 문서, 메일 [EMAIL]\n");
+  CHECK(contains(r.out, "documents   3 in, 3 out\n"));
+  CHECK(contains(r.out, "sentences   4 (one per input line)"));
+  CHECK(contains(r.out, "pii         2 replaced: rrn 0, phone 1, email 1, card 0, account 0, ip 0"));
+  CHECK(contains(r.out, "bytes       " + std::to_string(file_size(dir + "/in.txt")) + " in, " +
+                            std::to_string(file_size(dir + "/out.txt")) + " out"));
+  CHECK(r.err.empty());
+
+  const Run keep = clean({"--input", dir + "/in.txt", "--out", dir + "/keep.txt", "--no-scrub-pii"});
+  REQUIRE(keep.code == 0);
+  CHECK(contains(read_file(dir + "/keep.txt"), "연락처 010-1234-5678."));
+  CHECK(contains(keep.out, "pii         not scrubbed"));
+}
+
+TEST_CASE("clean: --split-sentences and --dedupe") {
+  const std::string dir = temp_dir("cmd_split_dedupe");
+  write_text(dir + "/in.txt",
+             "오늘은 맑다. 내일은 비가 온다? 모레는 모른다!\n"
+             "\n"
+             "같은 문서다. 두 번 나온다.\n"
+             "\n"
+             "다른 문서다.\n"
+             "\n"
+             "같은 문서다.   두 번 나온다.\n");  // identical after whitespace normalisation
+  const Run r =
+      clean({"--input", dir + "/in.txt", "--out", dir + "/out.txt", "--split-sentences", "--dedupe", "--threads", "1"});
+  REQUIRE(r.code == 0);
+  CHECK(read_file(dir + "/out.txt") ==
+        "오늘은 맑다.\n내일은 비가 온다?\n모레는 모른다!\n"
+        "\n"
+        "같은 문서다.\n두 번 나온다.\n"
+        "\n"
+        "다른 문서다.\n");
+  CHECK(contains(r.out, "documents   4 in, 3 out (1 duplicates dropped)"));
+  CHECK(contains(r.out, "sentences   6 (split by the sentence splitter)"));
+
+  const Run no_dedupe = clean({"--input", dir + "/in.txt", "--out", dir + "/all.txt", "--split-sentences"});
+  REQUIRE(no_dedupe.code == 0);
+  CHECK(contains(no_dedupe.out, "documents   4 in, 4 out\n"));
+}
+
+TEST_CASE("clean: directories and .gz inputs, output independent of --threads") {
+  const std::string dir = temp_dir("cmd_threads");
+  make_directories(dir + "/corpus/part2");
+  std::string a, b;
+  for (int d = 0; d < 700; ++d) {
+    std::string& text = d % 2 ? a : b;
+    text += "문서 " + std::to_string(d % 450) + "의 첫 문장이다. 전화 010-" + std::to_string(1000 + d % 450) +
+            "-5678 입니다.\n둘째 줄, IP 10.0." + std::to_string(d % 200) + ".1.\n\n";
+  }
+  write_text(dir + "/corpus/a.txt", a);
+  write_gz(dir + "/corpus/part2/b.txt.gz", b);
+  const std::vector<std::string> base = {"--input", dir + "/corpus", "--split-sentences", "--dedupe"};
+  auto with = [&](std::vector<std::string> extra) {
+    std::vector<std::string> args = base;
+    args.insert(args.end(), extra.begin(), extra.end());
+    return clean(args);
+  };
+  const Run one = with({"--out", dir + "/one.txt", "--threads", "1"});
+  const Run three = with({"--out", dir + "/three.txt", "--threads", "3"});
+  REQUIRE(one.code == 0);
+  REQUIRE(three.code == 0);
+  const std::string out1 = read_file(dir + "/one.txt");
+  CHECK(out1 == read_file(dir + "/three.txt"));
+  CHECK(contains(one.out, "2 file(s)"));
+  CHECK(contains(one.out, "documents   700 in, 450 out (250 duplicates dropped)"));
+  CHECK(contains(one.out, "phone 700"));  // counted before dedupe: every input document has one
+  CHECK(contains(one.out, "ip 700"));
+  CHECK(out1.rfind("문서 1의 첫 문장이다.\n전화 [PHONE] 입니다.\n둘째 줄, IP [IP].\n\n", 0) == 0);
+  CHECK(out1.find("\n\n\n") == std::string::npos);
+  CHECK(out1.back() == '\n');
+  CHECK(out1[out1.size() - 2] != '\n');
+
+  // A rerun with the output inside the input directory skips it.
+  const Run rerun = with({"--out", dir + "/corpus/out.txt", "--threads", "2"});
+  REQUIRE(rerun.code == 0);
+  const Run rerun2 = with({"--out", dir + "/corpus/out.txt", "--threads", "2"});
+  REQUIRE(rerun2.code == 0);
+  CHECK(contains(rerun2.err, "skipping the --out file"));
+  CHECK(read_file(dir + "/corpus/out.txt") == out1);
+}
+
+TEST_CASE("clean: invalid UTF-8 is replaced and reported with file:line") {
+  const std::string dir = temp_dir("cmd_utf8");
+  write_text(dir + "/in.txt", "좋은 줄\n나쁜 \xC3\x28 줄\n");
+  const Run r = clean({"--input", dir + "/in.txt", "--out", dir + "/out.txt", "--threads", "1"});
+  REQUIRE(r.code == 0);
+  CHECK(contains(r.err, dir + "/in.txt:2: warning: invalid UTF-8"));
+  CHECK(read_file(dir + "/out.txt") == "좋은 줄\n나쁜 \xEF\xBF\xBD( 줄\n");
+  CHECK(contains(r.out, "utf-8       1 line(s) with invalid bytes"));
+}
+
+TEST_CASE("clean: user mistakes are one-line errors and leave no output behind") {
+  const std::string dir = temp_dir("cmd_errors");
+  write_text(dir + "/ok.txt", "문장이다.\n");
+  write_text(dir + "/blank.txt", "\n   \n\t\n");
+  std::string gz_text;
+  for (int i = 0; i < 5000; ++i) gz_text += "줄 " + std::to_string(i) + "\n";
+  write_gz(dir + "/good.gz", gz_text);
+  const std::string gz = read_file(dir + "/good.gz");
+  write_text(dir + "/broken.gz", gz.substr(0, gz.size() - 20));
+
+  auto error_of = [&](std::vector<std::string> args) -> std::string {
+    try {
+      clean(args);
+    } catch (const Error& e) {
+      return e.what();
+    }
+    return "(no error)";
+  };
+  const std::string out = dir + "/out.txt";
+  CHECK(contains(error_of({"--input", dir + "/missing.txt", "--out", out}), "missing.txt: input not found"));
+  const std::string corrupt = error_of({"--input", dir + "/ok.txt", dir + "/broken.gz", "--out", out});
+  CHECK(contains(corrupt, dir + "/broken.gz:"));
+  CHECK(contains(corrupt, "gzip"));
+  CHECK(contains(error_of({"--input", dir + "/blank.txt", "--out", out}), "blank.txt: no documents"));
+  CHECK(contains(error_of({"--out", out}), "missing required option '--input'"));
+  CHECK(contains(error_of({"--input", dir + "/ok.txt"}), "missing required option '--out'"));
+  CHECK(contains(error_of({"--input", dir + "/ok.txt", "--out", out, "--scrub-pii", "--no-scrub-pii"}), "contradict"));
+  CHECK(contains(error_of({"--input", dir + "/ok.txt", "--out", dir + "/no/such/dir/out.txt"}), "does not exist"));
+  CHECK(contains(error_of({"--input", dir + "/ok.txt", "--out", dir}), "is a directory"));
+  CHECK(contains(error_of({"--input", dir + "/ok.txt", "--out", out, "--threads", "x"}), "--threads"));
+  CHECK(contains(error_of({"--input", dir + "/ok.txt", "--out", out, "--bogus"}), "unknown option '--bogus'"));
+  write_text(out, "old\n");
+  CHECK(contains(error_of({"--input", out, "--out", out}), "is also the --out file"));
+  CHECK(read_file(out) == "old\n");  // a failed run leaves the previous output as it was
+
+  // Nothing half-written is left behind.
+  for (const auto& entry : fs::directory_iterator(dir))
+    CHECK(entry.path().filename().string().find(".tmp.") == std::string::npos);
+
+  const Run help = clean({"--help"});
+  CHECK(help.code == 0);
+  CHECK(contains(help.out, "--split-sentences"));
+}
