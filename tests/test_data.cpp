@@ -1,5 +1,7 @@
 // Shards, NSP instance creation, MLM masking, the loader and bert_prepare build/inspect.
 #include <catch2/catch.hpp>
+
+#include "tests/test_dirs.h"
 #include <cmath>
 #include <cstring>
 #include <set>
@@ -22,7 +24,6 @@ using namespace bert;
 
 namespace {
 
-const std::string kDir = "test_data_tmp";
 
 // Binomial acceptance: |x - n p| <= 5 sigma.
 bool within_binomial(double x, double n, double p) { return std::fabs(x - n * p) <= 5.0 * std::sqrt(n * p * (1 - p)) + 1; }
@@ -46,12 +47,12 @@ DocumentPool synthetic_pool(size_t docs, Rng& rng) {
 }  // namespace
 
 TEST_CASE("shard round trip, 16- and 32-bit ids") {
-  make_directories(kDir);
+  make_directories(test_dir());
   for (uint32_t vocab : {30000u, 100000u}) {
     ShardWriter w(vocab, 16, Split::kValid);
     w.add(std::vector<int32_t>{5, 6, 7}, std::vector<int32_t>{8, static_cast<int32_t>(vocab - 1)}, true);
     w.add(std::vector<int32_t>{9}, std::vector<int32_t>{10, 11, 12, 13, 14, 15, 16, 17, 18, 19, 20, 21}, false);
-    const std::string path = kDir + "/rt.bin";
+    const std::string path = test_dir() + "/rt.bin";
     const ShardHeader h = w.write(path);
     CHECK(h.token_width == (vocab <= 65536 ? 2u : 4u));
     const Shard s(path, vocab);
@@ -69,15 +70,15 @@ TEST_CASE("shard round trip, 16- and 32-bit ids") {
 }
 
 TEST_CASE("corrupted shards are rejected with a clear error") {
-  make_directories(kDir);
+  make_directories(test_dir());
   ShardWriter w(30000, 32, Split::kTrain);
   for (int i = 0; i < 50; ++i) w.add(std::vector<int32_t>{1, 2, i + 3}, std::vector<int32_t>{4, 5}, i % 2);
-  const std::string good = kDir + "/good.bin";
+  const std::string good = test_dir() + "/good.bin";
   w.write(good);
   const std::string bytes = read_file(good);
   auto variant = [&](const std::string& name, std::string content) {
-    write_file_atomic(kDir + "/" + name, content);
-    return kDir + "/" + name;
+    write_file_atomic(test_dir() + "/" + name, content);
+    return test_dir() + "/" + name;
   };
   std::string bad_magic = bytes;
   bad_magic[0] = 'X';
@@ -246,7 +247,7 @@ TEST_CASE("whole-word masking selects ## pieces with their word; fixed count is 
 }
 
 TEST_CASE("bert_prepare build + loader: determinism, rank slices, resume, padding") {
-  make_directories(kDir);
+  make_directories(test_dir());
   std::string text;
   const char* sentences[] = {"이순신은 조선 중기의 무신이다.", "한산도 대첩에서 일본 수군을 크게 물리쳤다.",
                              "그는 전라좌도 수군절도사로 임명되었다.", "거북선을 만들어 왜군을 막았다.",
@@ -255,25 +256,25 @@ TEST_CASE("bert_prepare build + loader: determinism, rank slices, resume, paddin
     for (int s = 0; s < 2 + d % 5; ++s) text += std::string(sentences[(d + s) % 6]) + " 문서 " + std::to_string(d) + "\n";
     text += "\n";
   }
-  write_file_atomic(kDir + "/clean.txt", text);
+  write_file_atomic(test_dir() + "/clean.txt", text);
   std::istringstream in;
   std::ostringstream out, err;
-  REQUIRE(tokenizer_main({"train", "--input", kDir + "/clean.txt", "--out", kDir + "/tok", "--vocab-size", "400", "--quiet"},
+  REQUIRE(tokenizer_main({"train", "--input", test_dir() + "/clean.txt", "--out", test_dir() + "/tok", "--vocab-size", "400", "--quiet"},
                          in, out, err) == 0);
   auto build = [&](const std::string& dir, const std::string& threads) {
     std::ostringstream o, e;
-    return prepare_main({"build", "--tokenizer", kDir + "/tok", "--input", kDir + "/clean.txt", "--out", dir,
+    return prepare_main({"build", "--tokenizer", test_dir() + "/tok", "--input", test_dir() + "/clean.txt", "--out", dir,
                          "--max-seq-len", "32", "--dupe-factor", "3", "--valid-fraction", "0.1", "--seed", "7",
                          "--threads", threads, "--quiet"},
                         o, e);
   };
-  REQUIRE(build(kDir + "/s1", "1") == 0);
-  REQUIRE(build(kDir + "/s2", "2") == 0);
-  CHECK(read_file(kDir + "/s1/train-00000.bin") == read_file(kDir + "/s2/train-00000.bin"));
-  CHECK(read_file(kDir + "/s1/valid-00000.bin") == read_file(kDir + "/s2/valid-00000.bin"));
+  REQUIRE(build(test_dir() + "/s1", "1") == 0);
+  REQUIRE(build(test_dir() + "/s2", "2") == 0);
+  CHECK(read_file(test_dir() + "/s1/train-00000.bin") == read_file(test_dir() + "/s2/train-00000.bin"));
+  CHECK(read_file(test_dir() + "/s1/valid-00000.bin") == read_file(test_dir() + "/s2/valid-00000.bin"));
 
   std::ostringstream inspect_out, inspect_err;
-  REQUIRE(prepare_main({"inspect", kDir + "/s1", "--json", "--decode", "2"}, inspect_out, inspect_err) == 0);
+  REQUIRE(prepare_main({"inspect", test_dir() + "/s1", "--json", "--decode", "2"}, inspect_out, inspect_err) == 0);
   const Json stats = Json::parse(inspect_out.str());
   const Json* train = stats.find("splits")->find("train");
   REQUIRE(train);
@@ -282,10 +283,10 @@ TEST_CASE("bert_prepare build + loader: determinism, rank slices, resume, paddin
   CHECK(stats.find("decoded")->as_array().size() == 2);
   CHECK(stats.find("decoded")->as_array()[0].as_string().rfind("[CLS] A: ", 0) == 0);
 
-  const Tokenizer tok = Tokenizer::from_dir(kDir + "/tok");
-  const Dataset data(kDir + "/s1", Split::kTrain, static_cast<uint32_t>(tok.vocab().size()));
+  const Tokenizer tok = Tokenizer::from_dir(test_dir() + "/tok");
+  const Dataset data(test_dir() + "/s1", Split::kTrain, static_cast<uint32_t>(tok.vocab().size()));
   REQUIRE(data.size() > 100);
-  CHECK_THROWS_WITH(Dataset(kDir + "/s1", Split::kTrain, 401), Catch::Contains("rebuild the shards"));
+  CHECK_THROWS_WITH(Dataset(test_dir() + "/s1", Split::kTrain, 401), Catch::Contains("rebuild the shards"));
 
   // Rank slices: disjoint, and together they cover every example of the epoch's full batches.
   const int world = 3, batch = 4;
@@ -350,17 +351,20 @@ TEST_CASE("bert_prepare build + loader: determinism, rank slices, resume, paddin
 }
 
 TEST_CASE("bert_prepare build: bad input is a clear error") {
-  make_directories(kDir);
+  make_directories(test_dir());
   std::ostringstream o, e;
-  CHECK_THROWS_WITH(prepare_main({"build", "--tokenizer", kDir + "/tok", "--input", kDir + "/none.txt", "--out", kDir + "/x"}, o, e),
+  CHECK_THROWS_WITH(prepare_main({"build", "--tokenizer", test_dir() + "/tok", "--input", test_dir() + "/none.txt", "--out", test_dir() + "/x"}, o, e),
                     Catch::Contains("none.txt: input not found"));
-  write_file_atomic(kDir + "/blank.txt", "\n\n  \n");
+  write_file_atomic(test_dir() + "/blank.txt", "\n\n  \n");
+  std::string text;
+  for (int d = 0; d < 30; ++d) text += "이순신은 조선 중기의 무신이다 " + std::to_string(d) + ".\n한산도 대첩.\n\n";
+  write_file_atomic(test_dir() + "/clean.txt", text);
   std::istringstream in;
-  REQUIRE(tokenizer_main({"train", "--input", kDir + "/clean.txt", "--out", kDir + "/tok", "--vocab-size", "400", "--quiet"}, in, o, e) == 0);
-  CHECK_THROWS_WITH(prepare_main({"build", "--tokenizer", kDir + "/tok", "--input", kDir + "/blank.txt", "--out", kDir + "/x"}, o, e),
+  REQUIRE(tokenizer_main({"train", "--input", test_dir() + "/clean.txt", "--out", test_dir() + "/tok", "--vocab-size", "400", "--quiet"}, in, o, e) == 0);
+  CHECK_THROWS_WITH(prepare_main({"build", "--tokenizer", test_dir() + "/tok", "--input", test_dir() + "/blank.txt", "--out", test_dir() + "/x"}, o, e),
                     Catch::Contains("no examples produced"));
-  CHECK_THROWS_WITH(prepare_main({"build", "--tokenizer", kDir + "/tok", "--input", kDir + "/clean.txt", "--out", kDir + "/x",
+  CHECK_THROWS_WITH(prepare_main({"build", "--tokenizer", test_dir() + "/tok", "--input", test_dir() + "/clean.txt", "--out", test_dir() + "/x",
                                   "--nsp-prob", "1.5"}, o, e),
                     Catch::Contains("--nsp-prob must be in [0, 1]"));
-  CHECK_THROWS_WITH(prepare_main({"inspect", kDir + "/nowhere"}, o, e), Catch::Contains("no such shard"));
+  CHECK_THROWS_WITH(prepare_main({"inspect", test_dir() + "/nowhere"}, o, e), Catch::Contains("no such shard"));
 }

@@ -1,5 +1,7 @@
 // bert_tokenizer train/encode driven through tokenizer_main(), as the binary runs them.
 #include <catch2/catch.hpp>
+
+#include "tests/test_dirs.h"
 #include <sstream>
 #include <string>
 #include <vector>
@@ -25,48 +27,47 @@ Run run(std::vector<std::string> args, const std::string& stdin_text = "") {
   return {code, out.str(), err.str()};
 }
 
-const std::string kDir = "test_cli_tmp";
 
 std::string corpus() {
-  make_directories(kDir);
+  make_directories(test_dir());
   std::string text;
   const char* sentences[] = {"이순신은 조선 중기의 무신이다.", "한산도 대첩에서 일본 수군을 크게 물리쳤다.",
                              "BERT는 마스크 언어 모델로 사전 학습된다.", "漢字와 한글을 함께 쓴 문장도 있다.",
                              "The quick brown fox jumps over the lazy dog."};
   for (int i = 0; i < 400; ++i) text += std::string(sentences[i % 5]) + " " + std::to_string(i % 13) + "\n";
-  write_file_atomic(kDir + "/corpus.txt", text);
-  return kDir + "/corpus.txt";
+  write_file_atomic(test_dir() + "/corpus.txt", text);
+  return test_dir() + "/corpus.txt";
 }
 
 }  // namespace
 
 TEST_CASE("train writes an HF-loadable tokenizer directory") {
   const std::string input = corpus();
-  const Run r = run({"train", "--input", input, "--out", kDir + "/tok", "--vocab-size", "200", "--min-frequency", "2"});
+  const Run r = run({"train", "--input", input, "--out", test_dir() + "/tok", "--vocab-size", "200", "--min-frequency", "2"});
   REQUIRE(r.code == 0);
   CHECK(r.out.find("trained WordPiece vocabulary: 200 tokens") != std::string::npos);
-  const Tokenizer tok = Tokenizer::from_dir(kDir + "/tok");
+  const Tokenizer tok = Tokenizer::from_dir(test_dir() + "/tok");
   CHECK(tok.vocab().size() == 200);
   CHECK(tok.vocab().token(0) == "[PAD]");
   CHECK(tok.mask_id() == 4);
   CHECK_FALSE(tok.config().normalizer.lowercase);
-  CHECK(file_exists(kDir + "/tok/special_tokens_map.json"));
+  CHECK(file_exists(test_dir() + "/tok/special_tokens_map.json"));
   // deterministic: a second run gives the same bytes
-  REQUIRE(run({"train", "--input", input, "--out", kDir + "/tok2", "--vocab-size", "200", "--threads", "1"}).code == 0);
-  CHECK(read_file(kDir + "/tok/vocab.txt") == read_file(kDir + "/tok2/vocab.txt"));
+  REQUIRE(run({"train", "--input", input, "--out", test_dir() + "/tok2", "--vocab-size", "200", "--threads", "1"}).code == 0);
+  CHECK(read_file(test_dir() + "/tok/vocab.txt") == read_file(test_dir() + "/tok2/vocab.txt"));
 }
 
 TEST_CASE("encode: ids, tokens, jsonl, specials, pairs; [MASK] survives normalisation") {
   corpus();
-  REQUIRE(run({"train", "--input", kDir + "/corpus.txt", "--out", kDir + "/tok", "--vocab-size", "300"}).code == 0);
-  const Run tokens = run({"encode", "--tokenizer", kDir + "/tok", "--format", "tokens"}, "이순신은 [MASK] 중기의 무신이다.\n");
+  REQUIRE(run({"train", "--input", test_dir() + "/corpus.txt", "--out", test_dir() + "/tok", "--vocab-size", "300"}).code == 0);
+  const Run tokens = run({"encode", "--tokenizer", test_dir() + "/tok", "--format", "tokens"}, "이순신은 [MASK] 중기의 무신이다.\n");
   REQUIRE(tokens.code == 0);
   CHECK(tokens.out.find("[MASK]") != std::string::npos);
   CHECK(tokens.out.back() == '\n');
-  const Run special = run({"encode", "--tokenizer", kDir + "/tok", "--add-special-tokens"}, "이순신\n");
+  const Run special = run({"encode", "--tokenizer", test_dir() + "/tok", "--add-special-tokens"}, "이순신\n");
   CHECK(special.out.rfind("2 ", 0) == 0);  // [CLS] first
   CHECK(special.out.find(" 3\n") != std::string::npos);
-  const Run pair = run({"encode", "--tokenizer", kDir + "/tok", "--pair", "--add-special-tokens", "--format", "jsonl",
+  const Run pair = run({"encode", "--tokenizer", test_dir() + "/tok", "--pair", "--add-special-tokens", "--format", "jsonl",
                         "--max-length", "8"},
                        "이순신은 조선 중기의 무신이다.\t한산도 대첩에서 일본 수군을 크게 물리쳤다.\n");
   REQUIRE(pair.code == 0);
@@ -75,38 +76,38 @@ TEST_CASE("encode: ids, tokens, jsonl, specials, pairs; [MASK] survives normalis
 
 TEST_CASE("encode keeps line order on many threads and handles blank lines") {
   corpus();
-  REQUIRE(run({"train", "--input", kDir + "/corpus.txt", "--out", kDir + "/tok", "--vocab-size", "300"}).code == 0);
+  REQUIRE(run({"train", "--input", test_dir() + "/corpus.txt", "--out", test_dir() + "/tok", "--vocab-size", "300"}).code == 0);
   std::string input;
   for (int i = 0; i < 5000; ++i) input += (i % 7 == 0 ? std::string() : "문장 " + std::to_string(i)) + "\n";
-  const Run one = run({"encode", "--tokenizer", kDir + "/tok", "--threads", "1"}, input);
-  const Run four = run({"encode", "--tokenizer", kDir + "/tok", "--threads", "4"}, input);
+  const Run one = run({"encode", "--tokenizer", test_dir() + "/tok", "--threads", "1"}, input);
+  const Run four = run({"encode", "--tokenizer", test_dir() + "/tok", "--threads", "4"}, input);
   CHECK(one.out == four.out);
   CHECK(std::count(one.out.begin(), one.out.end(), '\n') == 5000);
 }
 
 TEST_CASE("bad input: one clear error each") {
   corpus();
-  CHECK_THROWS_WITH(run({"train", "--input", kDir + "/nope.txt", "--out", kDir + "/x"}), Catch::Contains("nope.txt: input file not found"));
-  write_file_atomic(kDir + "/empty.txt", "\n \n\u200b\n");
-  CHECK_THROWS_WITH(run({"train", "--input", kDir + "/empty.txt", "--out", kDir + "/x"}), Catch::Contains("empty corpus"));
-  CHECK_THROWS_WITH(run({"train", "--input", kDir + "/corpus.txt", "--out", kDir + "/x", "--vocab-size", "10"}),
+  CHECK_THROWS_WITH(run({"train", "--input", test_dir() + "/nope.txt", "--out", test_dir() + "/x"}), Catch::Contains("nope.txt: input file not found"));
+  write_file_atomic(test_dir() + "/empty.txt", "\n \n\u200b\n");
+  CHECK_THROWS_WITH(run({"train", "--input", test_dir() + "/empty.txt", "--out", test_dir() + "/x"}), Catch::Contains("empty corpus"));
+  CHECK_THROWS_WITH(run({"train", "--input", test_dir() + "/corpus.txt", "--out", test_dir() + "/x", "--vocab-size", "10"}),
                     Catch::Contains("vocab_size 10 is below"));
-  CHECK_THROWS_WITH(run({"train", "--input", kDir + "/corpus.txt", "--out", kDir + "/x", "--vocab-size", "ten"}),
+  CHECK_THROWS_WITH(run({"train", "--input", test_dir() + "/corpus.txt", "--out", test_dir() + "/x", "--vocab-size", "ten"}),
                     Catch::Contains("--vocab-size") && Catch::Contains("integer"));
   CHECK_THROWS_WITH(run({"train", "--bogus"}), Catch::Contains("unknown option '--bogus'"));
-  CHECK_THROWS_WITH(run({"encode", "--tokenizer", kDir + "/missing"}), Catch::Contains("tokenizer directory not found"));
-  make_directories(kDir + "/badtok");
-  write_file_atomic(kDir + "/badtok/vocab.txt", "[UNK]\nab\nab\n");
-  CHECK_THROWS_WITH(run({"encode", "--tokenizer", kDir + "/badtok"}), Catch::Contains("vocab.txt:3:"));
-  REQUIRE(run({"train", "--input", kDir + "/corpus.txt", "--out", kDir + "/tok", "--vocab-size", "300"}).code == 0);
-  CHECK_THROWS_WITH(run({"encode", "--tokenizer", kDir + "/tok", "--format", "xml"}), Catch::Contains("--format"));
+  CHECK_THROWS_WITH(run({"encode", "--tokenizer", test_dir() + "/missing"}), Catch::Contains("tokenizer directory not found"));
+  make_directories(test_dir() + "/badtok");
+  write_file_atomic(test_dir() + "/badtok/vocab.txt", "[UNK]\nab\nab\n");
+  CHECK_THROWS_WITH(run({"encode", "--tokenizer", test_dir() + "/badtok"}), Catch::Contains("vocab.txt:3:"));
+  REQUIRE(run({"train", "--input", test_dir() + "/corpus.txt", "--out", test_dir() + "/tok", "--vocab-size", "300"}).code == 0);
+  CHECK_THROWS_WITH(run({"encode", "--tokenizer", test_dir() + "/tok", "--format", "xml"}), Catch::Contains("--format"));
   CHECK_THROWS_WITH(run({"frobnicate"}), Catch::Contains("unknown command"));
 }
 
 TEST_CASE("invalid UTF-8 is replaced, reported with its line, and does not stop encoding") {
   corpus();
-  REQUIRE(run({"train", "--input", kDir + "/corpus.txt", "--out", kDir + "/tok", "--vocab-size", "300"}).code == 0);
-  const Run r = run({"encode", "--tokenizer", kDir + "/tok"}, "이순신\n조선\xff중기\n");
+  REQUIRE(run({"train", "--input", test_dir() + "/corpus.txt", "--out", test_dir() + "/tok", "--vocab-size", "300"}).code == 0);
+  const Run r = run({"encode", "--tokenizer", test_dir() + "/tok"}, "이순신\n조선\xff중기\n");
   CHECK(r.code == 0);
   CHECK(r.err.find("<stdin>:2: warning: invalid UTF-8") != std::string::npos);
   CHECK(std::count(r.out.begin(), r.out.end(), '\n') == 2);
