@@ -1,0 +1,288 @@
+// BERT for pre-training: Hugging Face `BertForPreTraining`, forward and manual backward, written once
+// against the op set of kernels/ops.h (CPU backend: bert::cpu, T = float for training, double for
+// gradient checks).
+//
+//   input_ids, token_type_ids, attention_mask [B, S]
+//   -> embeddings: LN(word + token_type + position) -> dropout                        [B*S, hidden]
+//   -> L post-LN layers: x = LN(x + dropout(dense(attention(QKV(x)))))                 (attention dropout)
+//                        x = LN(x + dropout(dense(gelu(dense(x)))))
+//   -> MLM head on the labelled rows: LN(gelu(dense(x))) @ word_embeddings^T + cls.predictions.bias
+//   -> NSP head: linear(tanh(dense(x[CLS])), 2)
+//   loss = CE(MLM logits, labels; ignore -100; mean) + CE(NSP logits, nsp_labels; mean)
+//
+// Memory: one arena each for parameters, gradients (same layout), activations saved for backward and
+// backward workspace, planned once for a maximum (batch, seq_len) by reserve(); a step allocates
+// nothing. Parameters are listed in HF order under HF names (params()); Q/K/V keep HF's separate
+// [hidden, hidden] tensors but sit next to each other in the arena, so each layer runs them as one
+// [3*hidden, hidden] GEMM. Saved per token per layer: 8*hidden + 2*intermediate values
+// (BERT-base: 48 KB fp32, so 4096 tokens x 12 layers = 2.4 GB).
+//
+// Napkin math per training step (forward + backward = 3x forward FLOPs), tokens = B*S:
+//   encoder GEMMs   6 * N_layers * tokens,  N_layers = L * (4*hidden^2 + 2*hidden*intermediate)
+//   attention       12 * L * S * hidden * tokens          (QK^T and PV, forward 4*S*hidden per token)
+//   MLM head        6 * (hidden^2 + hidden*vocab) * mlm_rows   (mlm_rows = masked tokens, or all tokens)
+//   BERT-base, B = 32, S = 128 (4096 tokens), 15% masked (614 rows):
+//     encoder 6 * 84.9M * 4096 = 2.09 TFLOP, attention 0.06 TFLOP, MLM head 0.09 TFLOP (dense: 0.59)
+//   = 2.24 TFLOP per step; running the head on the masked rows only saves ~18% of the step.
+//   training_flops() gives the same numbers for MFU.
+#pragma once
+
+#include <cstddef>
+#include <cstdint>
+#include <span>
+#include <string>
+#include <string_view>
+#include <vector>
+
+#include "engine/config.h"
+#include "kernels/cpu/ops_cpu.h"
+
+namespace bert {
+
+// One (micro-)batch, as pointers into the caller's int32 arrays. Only input_ids is required.
+struct BatchView {
+  int64_t batch = 0;
+  int64_t seq_len = 0;
+  const int32_t* input_ids = nullptr;       // [batch, seq_len]
+  const int32_t* token_type_ids = nullptr;  // [batch, seq_len]; nullptr = all segment 0
+  const int32_t* attention_mask = nullptr;  // [batch, seq_len]; nonzero = real token; nullptr = no padding
+  const int32_t* labels = nullptr;          // [batch, seq_len] MLM targets, -100 = ignore; nullptr = none
+  const int32_t* nsp_labels = nullptr;      // [batch], 0 = IsNext, 1 = random, -100 = ignore; nullptr = none
+  // Optional: the labelled tokens as flat b*seq_len+t positions (strictly ascending) and their targets
+  // (masked_labels nullptr = read labels at the positions). Absent: found from labels != -100.
+  const int32_t* masked_positions = nullptr;  // [num_masked]
+  const int32_t* masked_labels = nullptr;     // [num_masked]
+  int64_t num_masked = 0;
+
+  int64_t tokens() const { return batch * seq_len; }
+};
+
+// A view of anything shaped like data/loader.h's Batch (batch_size, seq_len and int32 vectors).
+template <class BatchLike>
+BatchView batch_view(const BatchLike& batch) {
+  BatchView view;
+  view.batch = batch.batch_size;
+  view.seq_len = batch.seq_len;
+  view.input_ids = batch.input_ids.data();
+  view.token_type_ids = batch.token_type_ids.empty() ? nullptr : batch.token_type_ids.data();
+  view.attention_mask = batch.attention_mask.empty() ? nullptr : batch.attention_mask.data();
+  view.labels = batch.labels.empty() ? nullptr : batch.labels.data();
+  view.nsp_labels = batch.nsp_labels.empty() ? nullptr : batch.nsp_labels.data();
+  if (!batch.masked_positions.empty()) {
+    view.masked_positions = batch.masked_positions.data();
+    view.masked_labels =
+        batch.masked_labels.size() == batch.masked_positions.size() ? batch.masked_labels.data() : nullptr;
+    view.num_masked = static_cast<int64_t>(batch.masked_positions.size());
+  }
+  return view;
+}
+
+// One parameter tensor: where it lives in parameters() / grads() and how HF names and shapes it.
+struct ParamInfo {
+  std::string name;            // HF state-dict name, e.g. "bert.encoder.layer.0.attention.self.query.weight"
+  std::vector<int64_t> shape;  // PyTorch shape; Linear weights are [out_features, in_features]
+  size_t offset = 0;           // element offset in parameters() and grads()
+  size_t numel = 0;
+  bool apply_weight_decay = true;  // HF Trainer get_decay_parameter_names: false for biases and LayerNorm
+};
+
+// The losses of one forward. Each loss is the mean over its counted rows (0 when none is counted).
+struct LossStats {
+  double loss = 0;  // mlm_loss + nsp_loss, what HF BertForPreTraining returns as `loss`
+  double mlm_loss = 0;
+  double nsp_loss = 0;
+  int64_t mlm_correct = 0, mlm_count = 0;  // argmax == label among labelled tokens
+  int64_t nsp_correct = 0, nsp_count = 0;
+};
+
+struct ModelOptions {
+  // Run the MLM transform and the vocab-sized decoder only on labelled tokens (gathered before the
+  // transform, gradient scattered back): the same loss and gradients as the dense head, ~7x less work.
+  bool mlm_on_masked_positions_only = true;
+  // MLM logits rows materialised at once ([rows, vocab] workspace); the loss and gradients do not
+  // depend on it beyond rounding.
+  int64_t decoder_chunk_rows = 1024;
+  int num_threads = 0;      // CPU op threads; 0 = OpenMP's default
+  uint64_t init_seed = 42;  // for the HF initialisation done by the constructor
+};
+
+template <class T>
+class BertForPreTraining {
+ public:
+  // Validates the config (bert::Error naming the field) and initialises the weights as HF does.
+  explicit BertForPreTraining(const BertConfig& config, const ModelOptions& options = {});
+  BertForPreTraining(const BertForPreTraining&) = delete;
+  BertForPreTraining& operator=(const BertForPreTraining&) = delete;
+  BertForPreTraining(BertForPreTraining&&) = default;
+  BertForPreTraining& operator=(BertForPreTraining&&) = default;
+
+  const BertConfig& config() const { return config_; }
+  bool mlm_on_masked_positions_only() const { return options_.mlm_on_masked_positions_only; }
+  void set_mlm_on_masked_positions_only(bool sparse) { options_.mlm_on_masked_positions_only = sparse; }
+
+  // ---- parameters and gradients ----
+  // In HF order. Offsets are not monotonic: each layer's query/key/value weights (and biases) are
+  // adjacent in the arena, in that order, to form one fused QKV matrix.
+  const std::vector<ParamInfo>& params() const { return params_; }
+  const ParamInfo& param_info(std::string_view name) const;  // throws bert::Error for an unknown name
+  // The whole arenas (alignment gaps between tensors hold zeros).
+  std::span<T> parameters() { return parameters_; }
+  std::span<const T> parameters() const { return parameters_; }
+  std::span<T> grads() { return grads_; }
+  std::span<const T> grads() const { return grads_; }
+  std::span<T> parameter(const ParamInfo& info) { return {parameters_.data() + info.offset, info.numel}; }
+  std::span<const T> parameter(const ParamInfo& info) const { return {parameters_.data() + info.offset, info.numel}; }
+  std::span<T> grad(const ParamInfo& info) { return {grads_.data() + info.offset, info.numel}; }
+  std::span<const T> grad(const ParamInfo& info) const { return {grads_.data() + info.offset, info.numel}; }
+  int64_t num_parameters() const;  // sum of numel (the word embeddings once: the decoder is tied)
+
+  // HF _init_weights: Linear weights and embeddings ~ normal(0, initializer_range) (our Rng, one
+  // stream per tensor, drawn in double so float and double models agree), biases 0, LayerNorm 1 / 0,
+  // the pad_token_id row of the word embeddings 0.
+  void init_weights(uint64_t seed);
+  void zero_grads();
+
+  // ---- running ----
+  // Plans the activation and workspace arenas for up to max_batch sequences of up to max_seq_len
+  // tokens (any batch * seq_len <= max_batch * max_seq_len with batch <= max_batch fits). A larger
+  // batch later re-plans once (grows, never shrinks); call this up front to allocate exactly once.
+  void reserve(int64_t max_batch, int64_t max_seq_len);
+
+  // Dropout of the following forwards: every dropout site gets DropoutSpec{p, seed, offset} with
+  // offset = step * sites + site (sites = 1 + 3 * layers), so a (seed, step) pair reproduces a forward
+  // bit for bit. Use a step that is unique per micro-batch (and mix the rank into the seed for data
+  // parallelism). training = false: no dropout (HF eval mode). Default: eval mode.
+  void set_dropout(uint64_t seed, uint64_t step, bool training);
+
+  // Forward (and, with compute_grads, backward) of one micro-batch. Gradients of
+  // loss_scale * stats.loss ACCUMULATE into grads(); call zero_grads() before the first micro-batch
+  // of an optimizer step. Each micro-batch's loss is its own mean (HF: gradient accumulation over k
+  // micro-batches = loss_scale 1/k each; that equals one big batch exactly only when the micro-batches
+  // have equal counts of labelled tokens).
+  void forward_backward(const BatchView& batch, LossStats& stats, bool compute_grads, T loss_scale = T(1));
+
+  // Fill-mask: MLM logits at flat positions b*seq_len+t of `batch` (labels ignored), always in eval
+  // mode. logits: [positions.size(), vocab_size].
+  void mlm_logits_at(const BatchView& batch, std::span<const int32_t> positions, std::span<T> logits);
+
+  // FLOPs of one forward_backward (see the top of this file); mlm_rows = rows the MLM head runs on.
+  double training_flops(int64_t batch, int64_t seq_len, int64_t mlm_rows) const;
+
+  // ---- checkpoints ----
+  // HF names, fp32, metadata {"format": "pt"}; only the untied tensors (no cls.predictions.decoder.*),
+  // which is what BertForPreTraining.from_pretrained expects (it re-ties the decoder).
+  void save_safetensors(const std::string& path) const;
+  // Every parameter must be present with its exact shape (F32, BF16 or F16); else a bert::Error naming
+  // the tensor, and the model is left unchanged. Accepted and ignored: the tied aliases
+  // cls.predictions.decoder.weight/.bias and bert.embeddings.position_ids. Old LayerNorm names
+  // (gamma/beta) are accepted. Any other tensor is an error (a checkpoint of a different model).
+  void load_safetensors(const std::string& path);
+
+ private:
+  // Element offsets into parameters_ (and grads_).
+  struct LayerParams {
+    size_t qkv_weight = 0, qkv_bias = 0;  // [3*hidden, hidden], [3*hidden]: query, key, value stacked
+    size_t attention_output_weight = 0, attention_output_bias = 0;
+    size_t attention_layernorm_weight = 0, attention_layernorm_bias = 0;
+    size_t intermediate_weight = 0, intermediate_bias = 0;
+    size_t output_weight = 0, output_bias = 0;
+    size_t output_layernorm_weight = 0, output_layernorm_bias = 0;
+  };
+  struct ParamOffsets {
+    size_t word_embeddings = 0, position_embeddings = 0, token_type_embeddings = 0;
+    size_t embeddings_layernorm_weight = 0, embeddings_layernorm_bias = 0;
+    std::vector<LayerParams> layers;
+    size_t pooler_weight = 0, pooler_bias = 0;
+    size_t mlm_decoder_bias = 0, mlm_transform_weight = 0, mlm_transform_bias = 0;
+    size_t mlm_layernorm_weight = 0, mlm_layernorm_bias = 0;
+    size_t nsp_weight = 0, nsp_bias = 0;
+  };
+  // Element offsets into activations_: what backward reads. [tokens, *] unless noted.
+  struct LayerActivations {
+    size_t qkv = 0;                  // [tokens, 3*hidden] fused projection output (with biases)
+    size_t context = 0;              // attention output before the output dense
+    size_t logsumexp = 0;            // [batch, heads, seq_len]
+    size_t attention_output = 0;     // output dense after dropout: x of the first residual LayerNorm
+    size_t attention_layernorm = 0;  // LN(attention_output + layer input): the FFN input
+    size_t attention_layernorm_mean = 0, attention_layernorm_rstd = 0;  // [tokens]
+    size_t ffn_pre_activation = 0;  // [tokens, intermediate] up-projection without its bias
+    size_t ffn_activation = 0;      // [tokens, intermediate] gelu(pre_activation + bias)
+    size_t ffn_output = 0;          // down-projection after dropout
+    size_t layer_output = 0;        // LN(ffn_output + attention_layernorm): the next layer's input
+    size_t output_layernorm_mean = 0, output_layernorm_rstd = 0;  // [tokens]
+  };
+  struct ActivationOffsets {
+    size_t embeddings_output = 0;  // after LayerNorm and dropout: layer 0's input
+    size_t embeddings_mean = 0, embeddings_rstd = 0;
+    std::vector<LayerActivations> layers;
+    size_t pooled = 0;      // [batch, hidden]
+    size_t nsp_logits = 0;  // [batch, 2]; becomes its own gradient
+    size_t mlm_input = 0;   // [mlm_rows, hidden] gathered encoder rows (sparse head only)
+    size_t mlm_transform_pre_activation = 0, mlm_transform_activation = 0, mlm_transform_output = 0;
+    size_t mlm_layernorm_mean = 0, mlm_layernorm_rstd = 0;
+  };
+  // Element offsets into workspace_: backward's gradients, alive within one step only.
+  struct WorkspaceOffsets {
+    size_t grad_hidden = 0;    // d(layer output), then d(layer input): flows down the encoder
+    size_t grad_residual = 0;  // d(x + residual) of a residual LayerNorm
+    size_t grad_branch = 0;    // a dropout's input gradient
+    size_t grad_context = 0;
+    size_t grad_ffn = 0;  // [tokens, intermediate]
+    size_t grad_qkv = 0;  // [tokens, 3*hidden]
+    size_t grad_mlm_input = 0, grad_mlm_transform_output = 0, grad_mlm_transform_activation = 0;
+    size_t grad_pooled = 0;  // [batch, hidden]
+    size_t mlm_logits = 0;   // [decoder_chunk_rows, vocab]; becomes its own gradient
+  };
+  enum class InitKind { kNormal, kZero, kOne };
+  enum class DropoutSite { kEmbeddings, kAttentionProbs, kAttentionOutput, kFfnOutput };
+  struct MlmRows {                    // the rows the MLM head runs on
+    const T* input = nullptr;         // [rows, hidden]
+    const int32_t* labels = nullptr;  // [rows]
+    int64_t rows = 0;
+  };
+
+  void add_param(std::string name, std::vector<int64_t> shape, size_t offset, bool decay, InitKind init);
+  void check_batch(const BatchView& batch) const;
+  ops::DropoutSpec dropout_spec(DropoutSite site, int layer, bool enabled) const;
+  void forward_encoder(const BatchView& batch, bool dropout_enabled);
+  const T* sequence_output() const;
+  MlmRows select_mlm_rows(const BatchView& batch);
+  // Transform + decoder + cross-entropy on `rows`; with compute_grads, writes d(rows.input) to
+  // workspace grad_mlm_input and accumulates the head's parameter gradients.
+  cpu::CrossEntropyStats mlm_head_forward_backward(const MlmRows& rows, bool compute_grads, T loss_scale);
+  void mlm_transform_forward(const T* input, int64_t rows);
+  void backward_encoder(const BatchView& batch);
+
+  T* param(size_t offset) { return parameters_.data() + offset; }
+  const T* param(size_t offset) const { return parameters_.data() + offset; }
+  T* grad_at(size_t offset) { return grads_.data() + offset; }
+  T* activation(size_t offset) { return activations_.data() + offset; }
+  const T* activation(size_t offset) const { return activations_.data() + offset; }
+  T* workspace(size_t offset) { return workspace_.data() + offset; }
+
+  BertConfig config_;
+  ModelOptions options_;
+  ops::GeluKind gelu_kind_ = ops::GeluKind::kErf;
+  cpu::Context context_;
+
+  std::vector<ParamInfo> params_;
+  std::vector<InitKind> param_init_;  // parallel to params_
+  ParamOffsets param_offsets_;
+  std::vector<T> parameters_;
+  std::vector<T> grads_;
+
+  int64_t capacity_batch_ = 0, capacity_tokens_ = 0;
+  ActivationOffsets activation_offsets_;
+  WorkspaceOffsets workspace_offsets_;
+  std::vector<T> activations_;
+  std::vector<T> workspace_;
+  std::vector<int32_t> mlm_positions_, mlm_labels_;  // [capacity_tokens_] each
+
+  uint64_t dropout_seed_ = 0, dropout_step_ = 0;
+  bool dropout_training_ = false;
+};
+
+extern template class BertForPreTraining<float>;
+extern template class BertForPreTraining<double>;
+
+}  // namespace bert
