@@ -52,8 +52,11 @@
 //   (nonzero = attend, 0 = padding; nullptr = no padding), probs = softmax over keys,
 //   context = dropout(probs) v. Padded keys get probability exactly 0 (HF adds finfo.min, whose
 //   exp underflows to 0). A sequence whose keys are ALL padding attends uniformly (1/seq_len) to all
-//   its keys, with zero gradient to q and k: that is what HF computes (every score + finfo.min
-//   rounds to finfo.min, so the softmax is uniform), and it is NaN-free. Its logsumexp is log(seq_len).
+//   its keys, as HF does (every score + finfo.min rounds to finfo.min, so the softmax is uniform),
+//   NaN-free; its logsumexp is log(seq_len). Its q and k get zero gradient: the exact derivative of
+//   that constant. HF's autograd differs here: it differentiates through the rounded addition and
+//   gives q/k the ordinary softmax gradient with uniform P. Deliberate (our backward stays the true
+//   derivative of our forward, checked by finite differences); the loader never emits such rows.
 //   Attention dropout element index: ((b * heads + h) * seq_len + i) * seq_len + j (query i, key j).
 //   Backward takes q, k, v, the mask, the same DropoutSpec, and the forward's context and
 //   logsumexp (probabilities and the dropout mask are recomputed, never stored).

@@ -1,0 +1,620 @@
+// Fill-mask, LAMA probing and the `bert_infer` command. What each function matches in Hugging Face is
+// documented in engine/infer.h.
+#include "engine/infer.h"
+
+#include <algorithm>
+#include <cmath>
+#include <cstdio>
+#include <fstream>
+#include <istream>
+#include <numeric>
+#include <ostream>
+#include <set>
+#include <sstream>
+#include <utility>
+
+#include "common/args.h"
+#include "common/error.h"
+#include "common/file.h"
+#include "common/utf8.h"
+
+namespace bert {
+
+namespace {
+
+void replace_all(std::string& text, std::string_view from, std::string_view to) {
+  size_t at = 0;
+  while ((at = text.find(from, at)) != std::string::npos) {
+    text.replace(at, from.size(), to);
+    at += to.size();
+  }
+}
+
+// tokenizers' WordPiece decoder cleanup (decoders/wordpiece.rs), applied to each decoded token: the
+// Python list plus " do not" -> " don't" (which can never match inside one token).
+void decoder_cleanup(std::string& token) {
+  static const std::pair<std::string_view, std::string_view> kRules[] = {
+      {" .", "."},   {" ?", "?"},           {" !", "!"},   {" ,", ","},     {" ' ", "'"},   {" n't", "n't"},
+      {" 'm", "'m"}, {" do not", " don't"}, {" 's", "'s"}, {" 've", "'ve"}, {" 're", "'re"}};
+  for (const auto& [from, to] : kRules) replace_all(token, from, to);
+}
+
+// Shortened for messages: at most 60 code points.
+std::string quoted(std::string_view text) {
+  std::u32string cps;
+  utf8_decode(text, cps);
+  if (cps.size() <= 60) return "\"" + std::string(text) + "\"";
+  return "\"" + utf8_encode(std::u32string_view(cps).substr(0, 57)) + "...\"";
+}
+
+std::string join(const std::vector<std::string>& parts, std::string_view separator) {
+  std::string out;
+  for (size_t i = 0; i < parts.size(); ++i) {
+    if (i) out += separator;
+    out += parts[i];
+  }
+  return out;
+}
+
+// Terminal columns of a UTF-8 string: East Asian wide code points (Hangul, CJK, full-width forms)
+// take two.
+size_t display_width(std::string_view text) {
+  std::u32string cps;
+  utf8_decode(text, cps);
+  size_t width = 0;
+  for (char32_t cp : cps) {
+    const bool wide = (cp >= 0x1100 && cp <= 0x115F) || (cp >= 0x2E80 && cp <= 0xA4CF) ||
+                      (cp >= 0xAC00 && cp <= 0xD7A3) || (cp >= 0xF900 && cp <= 0xFAFF) ||
+                      (cp >= 0xFE30 && cp <= 0xFE4F) || (cp >= 0xFF00 && cp <= 0xFF60) ||
+                      (cp >= 0xFFE0 && cp <= 0xFFE6) || (cp >= 0x20000 && cp <= 0x3FFFD);
+    width += wide ? 2 : 1;
+  }
+  return width;
+}
+
+std::string pad_right(std::string text, size_t width) {
+  const size_t have = display_width(text);
+  if (have < width) text.append(width - have, ' ');
+  return text;
+}
+
+std::string format(const char* pattern, double value) {
+  char buffer[64];
+  std::snprintf(buffer, sizeof buffer, pattern, value);
+  return buffer;
+}
+
+std::vector<int32_t> mask_positions_of(const Tokenizer& tokenizer, const std::vector<int32_t>& ids) {
+  std::vector<int32_t> positions;
+  for (size_t i = 0; i < ids.size(); ++i)
+    if (ids[i] == tokenizer.mask_id()) positions.push_back(static_cast<int32_t>(i));
+  return positions;
+}
+
+// MLM logits at `positions` of one sequence: [positions.size(), vocab].
+std::vector<float> logits_at(BertForPreTraining<float>& model, const std::vector<int32_t>& ids,
+                             const std::vector<int32_t>& positions) {
+  BatchView view;
+  view.batch = 1;
+  view.seq_len = static_cast<int64_t>(ids.size());
+  view.input_ids = ids.data();
+  std::vector<float> logits(positions.size() * static_cast<size_t>(model.config().vocab_size));
+  model.mlm_logits_at(view, positions, logits);
+  return logits;
+}
+
+// Softmax denominator of one row, in double: probability(j) = exp(logit_j - max) / sum.
+std::pair<double, double> softmax_max_and_sum(std::span<const float> logits) {
+  const double max_logit = *std::max_element(logits.begin(), logits.end());
+  double sum = 0;
+  for (float logit : logits) sum += std::exp(static_cast<double>(logit) - max_logit);
+  return {max_logit, sum};
+}
+
+}  // namespace
+
+// ---- checkpoint and decoding -----------------------------------------------------------------------
+
+InferenceCheckpoint load_inference_checkpoint(const std::string& dir, int num_threads) {
+  const std::string expected =
+      "a checkpoint dir holds model.safetensors, config.json, vocab.txt, tokenizer_config.json";
+  if (!is_directory(dir))
+    throw Error("model dir '" + dir + "' does not exist or is not a directory (" + expected + ")");
+  std::vector<std::string> missing;
+  for (const char* name : kCheckpointFiles)
+    if (!file_exists(dir + "/" + name)) missing.emplace_back(name);
+  if (!missing.empty())
+    throw Error("model dir '" + dir + "' is incomplete: missing " + join(missing, ", ") + " (" + expected + ")");
+
+  const BertConfig config = BertConfig::load_hf_json(dir + "/config.json");
+  Tokenizer tokenizer = Tokenizer::from_dir(dir);
+  const std::string vocab_path = dir + "/vocab.txt";
+  const TokenizerConfig& tokens = tokenizer.config();
+  if (tokenizer.mask_id() < 0)
+    throw Error(vocab_path + ": has no mask token '" + tokens.mask_token + "' (fill-mask needs one)");
+  if (tokenizer.cls_id() < 0 || tokenizer.sep_id() < 0)
+    throw Error(vocab_path + ": has no '" + tokens.cls_token + "' or '" + tokens.sep_token + "' token");
+  if (tokenizer.vocab().size() > static_cast<size_t>(config.vocab_size))
+    throw Error(vocab_path + ": " + std::to_string(tokenizer.vocab().size()) +
+                " tokens, more than config.json's vocab_size " + std::to_string(config.vocab_size) +
+                " (the tokenizer does not belong to this model)");
+
+  bool clean_up = true;
+  const std::string tokenizer_config_path = dir + "/tokenizer_config.json";
+  const Json tokenizer_json = Json::parse(read_file(tokenizer_config_path), tokenizer_config_path);
+  if (const Json* flag = tokenizer_json.is_object() ? tokenizer_json.find("clean_up_tokenization_spaces") : nullptr;
+      flag && !flag->is_null()) {
+    if (!flag->is_bool()) throw Error(tokenizer_config_path + ": clean_up_tokenization_spaces must be true or false");
+    clean_up = flag->as_bool();
+  }
+
+  ModelOptions options;
+  options.num_threads = num_threads;
+  BertForPreTraining<float> model(config, options);
+  model.load_safetensors(dir + "/model.safetensors");
+  model.set_dropout(0, 0, /*training=*/false);
+  return InferenceCheckpoint{dir, config, std::move(tokenizer), clean_up, std::move(model)};
+}
+
+std::string clean_up_tokenization(std::string_view text) {
+  static const std::pair<std::string_view, std::string_view> kRules[] = {
+      {" .", "."},     {" ?", "?"},   {" !", "!"},   {" ,", ","},     {" ' ", "'"},
+      {" n't", "n't"}, {" 'm", "'m"}, {" 's", "'s"}, {" 've", "'ve"}, {" 're", "'re"}};
+  std::string out(text);
+  for (const auto& [from, to] : kRules) replace_all(out, from, to);
+  return out;
+}
+
+std::string hf_decode(const Tokenizer& tokenizer, std::span<const int32_t> ids, bool skip_special_tokens,
+                      bool clean_up_tokenization_spaces) {
+  const Vocab& vocab = tokenizer.vocab();
+  std::set<int32_t> special_ids;
+  if (skip_special_tokens)
+    for (const std::string& token : tokenizer.config().special_tokens())
+      if (const int32_t id = vocab.id(token); id >= 0) special_ids.insert(id);
+  const std::string& prefix = tokenizer.config().continuing_subword_prefix;
+
+  std::string out, piece;
+  size_t index = 0;  // among the tokens kept
+  for (int32_t id : ids) {
+    if (id < 0 || static_cast<size_t>(id) >= vocab.size() || special_ids.count(id)) continue;
+    piece = vocab.token(id);
+    if (index != 0) {
+      if (!prefix.empty() && piece.compare(0, prefix.size(), prefix) == 0) {
+        piece.erase(0, prefix.size());
+      } else {
+        piece.insert(piece.begin(), ' ');
+      }
+    }
+    decoder_cleanup(piece);
+    out += piece;
+    ++index;
+  }
+  return clean_up_tokenization_spaces ? clean_up_tokenization(out) : out;
+}
+
+std::vector<int32_t> encode_prompt(const Tokenizer& tokenizer, std::string_view prompt, int max_positions) {
+  std::vector<int32_t> ids;
+  EncodeScratch scratch;
+  tokenizer.encode(prompt, ids, scratch);
+  Encoding encoding = tokenizer.post_process(std::move(ids), nullptr, std::nullopt);
+  const std::string& mask = tokenizer.config().mask_token;
+  if (std::count(encoding.ids.begin(), encoding.ids.end(), tokenizer.mask_id()) == 0)
+    throw Error("no " + mask + " in the prompt " + quoted(prompt) + " (write " + mask +
+                " where the model should fill in a token)");
+  if (encoding.ids.size() > static_cast<size_t>(max_positions))
+    throw Error("the prompt is " + std::to_string(encoding.ids.size()) +
+                " tokens with [CLS] and [SEP], more than the model's max_position_embeddings " +
+                std::to_string(max_positions) + " (shorten it: bert_infer does not truncate)");
+  return std::move(encoding.ids);
+}
+
+// ---- fill-mask -------------------------------------------------------------------------------------
+
+FillMaskResult fill_mask(BertForPreTraining<float>& model, const Tokenizer& tokenizer, std::string_view prompt,
+                         int top_k, bool clean_up_tokenization_spaces) {
+  if (top_k < 1) throw Error("fill_mask: top_k must be >= 1, got " + std::to_string(top_k));
+  FillMaskResult result;
+  result.input_ids = encode_prompt(tokenizer, prompt, model.config().max_position_embeddings);
+  const std::vector<int32_t> positions = mask_positions_of(tokenizer, result.input_ids);
+  result.mask_positions.assign(positions.begin(), positions.end());
+  const std::vector<float> logits = logits_at(model, result.input_ids, positions);
+
+  const size_t vocab = static_cast<size_t>(model.config().vocab_size);
+  const size_t k = std::min(static_cast<size_t>(top_k), vocab);
+  const bool single_mask = positions.size() == 1;
+  std::vector<int32_t> order(vocab);
+  std::vector<int32_t> sequence_ids;
+  for (size_t m = 0; m < positions.size(); ++m) {
+    const std::span<const float> row(logits.data() + m * vocab, vocab);
+    const auto [max_logit, sum] = softmax_max_and_sum(row);
+    std::iota(order.begin(), order.end(), 0);
+    std::partial_sort(order.begin(), order.begin() + static_cast<std::ptrdiff_t>(k), order.end(),
+                      [&](int32_t a, int32_t b) { return row[a] > row[b] || (row[a] == row[b] && a < b); });
+    std::vector<FillMaskCandidate>& candidates = result.per_mask.emplace_back();
+    for (size_t rank = 0; rank < k; ++rank) {
+      const int32_t id = order[rank];
+      FillMaskCandidate candidate;
+      candidate.score = std::exp(static_cast<double>(row[id]) - max_logit) / sum;
+      candidate.token = id;
+      const int32_t single[] = {id};
+      candidate.token_str = hf_decode(tokenizer, single, /*skip_special_tokens=*/false, clean_up_tokenization_spaces);
+      // HF: the candidate in place, pads removed; the other [MASK]s stay visible when there are several.
+      sequence_ids.clear();
+      for (size_t i = 0; i < result.input_ids.size(); ++i) {
+        const int32_t token = i == static_cast<size_t>(positions[m]) ? id : result.input_ids[i];
+        if (token != tokenizer.pad_id()) sequence_ids.push_back(token);
+      }
+      candidate.sequence = hf_decode(tokenizer, sequence_ids, single_mask, clean_up_tokenization_spaces);
+      candidates.push_back(std::move(candidate));
+    }
+  }
+  return result;
+}
+
+Json fill_mask_json(const FillMaskResult& result) {
+  Json per_mask = Json::array();
+  for (const std::vector<FillMaskCandidate>& candidates : result.per_mask) {
+    Json list = Json::array();
+    for (const FillMaskCandidate& candidate : candidates) {
+      Json item = Json::object();
+      item.set("score", candidate.score);
+      item.set("token", candidate.token);
+      item.set("token_str", candidate.token_str);
+      item.set("sequence", candidate.sequence);
+      list.push(std::move(item));
+    }
+    per_mask.push(std::move(list));
+  }
+  if (per_mask.as_array().size() == 1) return per_mask.as_array().front();
+  return per_mask;
+}
+
+// ---- probing ---------------------------------------------------------------------------------------
+
+std::vector<ProbeQuery> parse_probe_tsv(std::string_view text, const std::string& path) {
+  std::vector<ProbeQuery> queries;
+  size_t line_number = 0;
+  while (!text.empty()) {
+    const size_t end = text.find('\n');
+    std::string_view line = text.substr(0, end);
+    text = end == std::string_view::npos ? std::string_view() : text.substr(end + 1);
+    ++line_number;
+    if (!line.empty() && line.back() == '\r') line.remove_suffix(1);
+    if (line.find_first_not_of(" \t") == std::string_view::npos) continue;
+    std::vector<std::string> columns;
+    size_t start = 0;
+    while (true) {
+      const size_t tab = line.find('\t', start);
+      columns.emplace_back(line.substr(start, tab == std::string_view::npos ? std::string_view::npos : tab - start));
+      if (tab == std::string_view::npos) break;
+      start = tab + 1;
+    }
+    const std::string hint = " (expected 'prompt with one [MASK]<TAB>gold answer[<TAB>relation]')";
+    if (columns.size() < 2)
+      throw Error(located(path, line_number, "no tab between the prompt and the gold answer" + hint));
+    if (columns.size() > 3)
+      throw Error(
+          located(path, line_number, std::to_string(columns.size()) + " tab-separated columns, at most 3" + hint));
+    auto trimmed = [](const std::string& s) {
+      const size_t first = s.find_first_not_of(' ');
+      if (first == std::string::npos) return std::string();
+      return s.substr(first, s.find_last_not_of(' ') - first + 1);
+    };
+    ProbeQuery query;
+    query.source = located(path, line_number, "");
+    query.source.resize(query.source.size() - 2);  // "path:line"
+    query.line = line_number;
+    query.prompt = columns[0];
+    query.gold = trimmed(columns[1]);
+    query.relation = columns.size() == 3 ? trimmed(columns[2]) : std::string("-");
+    if (trimmed(query.prompt).empty()) throw Error(located(path, line_number, "empty prompt" + hint));
+    if (query.gold.empty()) throw Error(located(path, line_number, "empty gold answer" + hint));
+    if (query.relation.empty()) query.relation = "-";
+    queries.push_back(std::move(query));
+  }
+  return queries;
+}
+
+int32_t single_token_id(const Tokenizer& tokenizer, std::string_view gold, std::string& why) {
+  std::vector<int32_t> ids;
+  EncodeScratch scratch;
+  tokenizer.encode(gold, ids, scratch);
+  if (ids.empty()) {
+    why = "gold answer " + quoted(gold) + " has no tokens";
+    return -1;
+  }
+  if (ids.size() > 1) {
+    std::vector<std::string> pieces;
+    for (int32_t id : ids) pieces.push_back(tokenizer.vocab().token(id));
+    why = "gold answer " + quoted(gold) + " is " + std::to_string(ids.size()) + " tokens (" + join(pieces, " ") +
+          "), not one vocabulary token";
+    return -1;
+  }
+  if (ids[0] == tokenizer.unk_id()) {
+    why = "gold answer " + quoted(gold) + " is not in the vocabulary (" + tokenizer.config().unk_token + ")";
+    return -1;
+  }
+  return ids[0];
+}
+
+int64_t rank_of(std::span<const float> logits, int32_t gold) {
+  const float target = logits[static_cast<size_t>(gold)];
+  int64_t ahead = 0;
+  for (size_t j = 0; j < logits.size(); ++j)
+    if (logits[j] > target || (logits[j] == target && static_cast<int32_t>(j) < gold)) ++ahead;
+  return ahead + 1;
+}
+
+ProbeMetrics summarize_probe(std::vector<ProbeOutcome> outcomes) {
+  ProbeMetrics metrics;
+  metrics.overall.relation = "overall";
+  auto add = [](ProbeRelationMetrics& into, const ProbeOutcome& outcome) {
+    if (outcome.rank <= 0) {
+      ++into.skipped;
+      return;
+    }
+    ++into.count;
+    into.p_at_1 += outcome.rank == 1 ? 1 : 0;
+    into.p_at_10 += outcome.rank <= 10 ? 1 : 0;
+    into.mrr += 1.0 / static_cast<double>(outcome.rank);
+  };
+  for (const ProbeOutcome& outcome : outcomes) {
+    auto it = std::find_if(metrics.relations.begin(), metrics.relations.end(),
+                           [&](const ProbeRelationMetrics& r) { return r.relation == outcome.query.relation; });
+    if (it == metrics.relations.end()) {
+      metrics.relations.push_back({});
+      it = std::prev(metrics.relations.end());
+      it->relation = outcome.query.relation;
+    }
+    add(*it, outcome);
+    add(metrics.overall, outcome);
+  }
+  auto finish = [](ProbeRelationMetrics& m) {
+    if (m.count == 0) return;
+    const double n = static_cast<double>(m.count);
+    m.p_at_1 /= n;
+    m.p_at_10 /= n;
+    m.mrr /= n;
+  };
+  finish(metrics.overall);
+  int64_t scored_relations = 0;
+  for (ProbeRelationMetrics& relation : metrics.relations) {
+    finish(relation);
+    if (relation.count == 0) continue;
+    metrics.mean_p_at_1_by_relation += relation.p_at_1;
+    ++scored_relations;
+  }
+  if (scored_relations > 0) metrics.mean_p_at_1_by_relation /= static_cast<double>(scored_relations);
+  metrics.outcomes = std::move(outcomes);
+  return metrics;
+}
+
+ProbeMetrics probe(BertForPreTraining<float>& model, const Tokenizer& tokenizer,
+                   const std::vector<ProbeQuery>& queries) {
+  std::vector<ProbeOutcome> outcomes;
+  for (const ProbeQuery& query : queries) {
+    ProbeOutcome outcome;
+    outcome.query = query;
+    std::vector<int32_t> ids;
+    try {
+      ids = encode_prompt(tokenizer, query.prompt, model.config().max_position_embeddings);
+    } catch (const Error& e) {
+      throw Error(query.source + ": " + e.what());
+    }
+    const std::vector<int32_t> positions = mask_positions_of(tokenizer, ids);
+    if (positions.size() != 1)
+      throw Error(query.source + ": the prompt has " + std::to_string(positions.size()) + " " +
+                  tokenizer.config().mask_token + " tokens; a probe needs exactly one");
+    outcome.gold_id = single_token_id(tokenizer, query.gold, outcome.skip_reason);
+    if (outcome.gold_id >= 0) {
+      const std::vector<float> logits = logits_at(model, ids, positions);
+      outcome.rank = rank_of(logits, outcome.gold_id);
+      const auto [max_logit, sum] = softmax_max_and_sum(logits);
+      outcome.gold_score =
+          std::exp(static_cast<double>(logits[static_cast<size_t>(outcome.gold_id)]) - max_logit) / sum;
+      const int32_t top[] = {static_cast<int32_t>(std::max_element(logits.begin(), logits.end()) - logits.begin())};
+      outcome.top_token = hf_decode(tokenizer, top, /*skip_special_tokens=*/false);
+    }
+    outcomes.push_back(std::move(outcome));
+  }
+  return summarize_probe(std::move(outcomes));
+}
+
+Json probe_json(const ProbeMetrics& metrics) {
+  auto relation_json = [](const ProbeRelationMetrics& m) {
+    Json j = Json::object();
+    j.set("relation", m.relation);
+    j.set("count", m.count);
+    j.set("skipped", m.skipped);
+    j.set("p_at_1", m.p_at_1);
+    j.set("p_at_10", m.p_at_10);
+    j.set("mrr", m.mrr);
+    return j;
+  };
+  Json j = Json::object();
+  j.set("queries", static_cast<int64_t>(metrics.outcomes.size()));
+  j.set("overall", relation_json(metrics.overall));
+  j.set("mean_p_at_1_by_relation", metrics.mean_p_at_1_by_relation);
+  Json relations = Json::array();
+  for (const ProbeRelationMetrics& m : metrics.relations) relations.push(relation_json(m));
+  j.set("relations", std::move(relations));
+  Json results = Json::array(), skipped = Json::array();
+  for (const ProbeOutcome& outcome : metrics.outcomes) {
+    Json item = Json::object();
+    item.set("line", static_cast<int64_t>(outcome.query.line));
+    item.set("relation", outcome.query.relation);
+    item.set("gold", outcome.query.gold);
+    if (outcome.rank > 0) {
+      item.set("gold_id", outcome.gold_id);
+      item.set("rank", outcome.rank);
+      item.set("gold_score", outcome.gold_score);
+      item.set("top_token", outcome.top_token);
+      results.push(std::move(item));
+    } else {
+      item.set("reason", outcome.skip_reason);
+      skipped.push(std::move(item));
+    }
+  }
+  j.set("results", std::move(results));
+  j.set("skipped", std::move(skipped));
+  return j;
+}
+
+// ---- the command -----------------------------------------------------------------------------------
+
+namespace {
+
+struct Prompt {
+  std::string source;  // "--mask 2", "file:3", "<stdin>:1"
+  std::string text;
+};
+
+void read_prompt_lines(std::istream& in, const std::string& name, std::vector<Prompt>& prompts) {
+  std::string line;
+  size_t line_number = 0;
+  while (std::getline(in, line)) {
+    ++line_number;
+    if (!line.empty() && line.back() == '\r') line.pop_back();
+    if (line.find_first_not_of(" \t") == std::string::npos) continue;
+    prompts.push_back({name + ":" + std::to_string(line_number), line});
+  }
+}
+
+void print_fill_mask_table(const Prompt& prompt, const FillMaskResult& result, const Tokenizer& tokenizer,
+                           std::ostream& out) {
+  out << "> " << prompt.text << "\n";
+  for (size_t m = 0; m < result.per_mask.size(); ++m) {
+    if (result.per_mask.size() > 1)
+      out << "  " << tokenizer.config().mask_token << " " << (m + 1) << " of " << result.per_mask.size() << "\n";
+    size_t token_width = 5;
+    for (const FillMaskCandidate& c : result.per_mask[m])
+      token_width = std::max(token_width, display_width(c.token_str));
+    out << "     #     score       id  " << pad_right("token", token_width) << "  sequence\n";
+    for (size_t i = 0; i < result.per_mask[m].size(); ++i) {
+      const FillMaskCandidate& c = result.per_mask[m][i];
+      char head[64];
+      std::snprintf(head, sizeof head, "  %4zu  %8.4f  %7d  ", i + 1, c.score, c.token);
+      out << head << pad_right(c.token_str, token_width) << "  " << c.sequence << "\n";
+    }
+  }
+}
+
+void print_probe_table(const std::string& path, const ProbeMetrics& metrics, std::ostream& out) {
+  out << "probe " << path << ": " << metrics.outcomes.size() << " queries, " << metrics.overall.count << " scored, "
+      << metrics.overall.skipped << " skipped\n";
+  size_t name_width = 8;
+  for (const ProbeRelationMetrics& m : metrics.relations) name_width = std::max(name_width, display_width(m.relation));
+  out << pad_right("relation", name_width) << "        n     P@1    P@10     MRR\n";
+  auto row = [&](const ProbeRelationMetrics& m) {
+    char numbers[96];
+    std::snprintf(numbers, sizeof numbers, "  %7lld  %6.4f  %6.4f  %6.4f", static_cast<long long>(m.count), m.p_at_1,
+                  m.p_at_10, m.mrr);
+    out << pad_right(m.relation, name_width) << numbers << "\n";
+  };
+  for (const ProbeRelationMetrics& m : metrics.relations) row(m);
+  row(metrics.overall);
+  out << "mean P@1 over relations (LAMA): " << format("%.4f", metrics.mean_p_at_1_by_relation) << "\n";
+  for (const ProbeOutcome& outcome : metrics.outcomes)
+    if (outcome.rank <= 0) out << "skipped " << outcome.query.source << ": " << outcome.skip_reason << "\n";
+}
+
+constexpr const char* kHelpNotes =
+    "\nFill-mask prints, for each [MASK] of each prompt, the top-k tokens by softmax probability: exactly\n"
+    "what transformers' pipeline(\"fill-mask\", model=DIR, top_k=K) returns (--json: the same JSON, one\n"
+    "value per prompt line). Prompts come from --mask, else --input, else stdin (one a line).\n"
+    "\n"
+    "--probe measures what the model memorised (the \"[MASK] attack\", LAMA: Petroni et al. 2019). Each\n"
+    "TSV line is 'prompt with one [MASK]<TAB>gold answer[<TAB>relation]'; the gold answer must be one\n"
+    "vocabulary token (else the line is reported as skipped). The rank of the gold token over the whole\n"
+    "vocabulary gives P@1, P@10 and MRR per relation and overall, and mean P@1 averaged per relation.\n"
+    "Probe with facts that occur only in the training corpus (names with phone numbers, addresses,\n"
+    "registration numbers, canaries): a high P@1 means anyone who can query [MASK] can extract them.\n";
+
+}  // namespace
+
+int infer_main(const std::vector<std::string>& argv, std::istream& in, std::ostream& out, std::ostream& err) {
+  Args args("bert_infer",
+            "bert_infer --model DIR [--mask PROMPT...] [--input FILE] [--probe FILE.tsv] [--top-k K] [--json] "
+            "[--device cpu|cuda] [--threads N]");
+  args.option("--model", "checkpoint dir: model.safetensors, config.json, vocab.txt, tokenizer_config.json")
+      .list("--mask", "prompt(s) with one or more [MASK] tokens (repeatable)")
+      .option("--input", "prompts, one a line (default: stdin when no --mask is given)")
+      .option("--probe", "LAMA probe TSV: 'prompt with one [MASK]<TAB>gold[<TAB>relation]' a line")
+      .option("--top-k", "candidates per [MASK]", "5")
+      .flag("--json", "print HF pipeline-shaped JSON (probe: one metrics object)")
+      .option("--device", "cpu | cuda", "cpu")
+      .option("--threads", "CPU threads (0 = all cores)", "0");
+  if (!args.parse(argv)) {
+    out << args.help() << kHelpNotes;
+    return 0;
+  }
+  if (!args.positional().empty())
+    throw Error("bert_infer: unexpected argument '" + args.positional().front() +
+                "' (prompts go after --mask, quoted; see --help)");
+  const std::string device = args.str("--device");
+  if (device == "cuda")
+    throw Error(
+        "bert_infer: --device cuda: this build has no CUDA inference backend (the model runs on the CPU "
+        "ops only); use --device cpu");
+  if (device != "cpu") throw Error("bert_infer: --device must be cpu or cuda, got '" + device + "'");
+  const int top_k = static_cast<int>(args.integer("--top-k", 1, 1 << 20));
+  const int threads = static_cast<int>(args.integer("--threads", 0, 4096));
+  const bool json = args.has("--json");
+  const std::string model_dir = args.str("--model");
+
+  if (args.has("--probe")) {
+    if (args.has("--mask") || args.has("--input"))
+      throw Error("bert_infer: --probe takes its prompts from the TSV file; drop --mask/--input");
+    const std::string path = args.str("--probe");
+    const std::vector<ProbeQuery> queries = parse_probe_tsv(read_file(path), path);
+    if (queries.empty()) throw Error(path + ": no probe lines");
+    InferenceCheckpoint checkpoint = load_inference_checkpoint(model_dir, threads);
+    const ProbeMetrics metrics = probe(checkpoint.model, checkpoint.tokenizer, queries);
+    if (json) {
+      out << probe_json(metrics).dump() << "\n";
+    } else {
+      print_probe_table(path, metrics, out);
+    }
+    for (const ProbeOutcome& outcome : metrics.outcomes)
+      if (outcome.rank <= 0 && json) err << "skipped " << outcome.query.source << ": " << outcome.skip_reason << "\n";
+    return 0;
+  }
+
+  std::vector<Prompt> prompts;
+  const std::vector<std::string>& masks = args.values("--mask");
+  for (size_t i = 0; i < masks.size(); ++i) prompts.push_back({"--mask " + std::to_string(i + 1), masks[i]});
+  if (args.has("--input")) {
+    const std::string path = args.str("--input");
+    std::ifstream file(path);
+    if (!file) throw Error(path + ": cannot open the --input file");
+    read_prompt_lines(file, path, prompts);
+  } else if (masks.empty()) {
+    read_prompt_lines(in, "<stdin>", prompts);
+  }
+  if (prompts.empty())
+    throw Error("bert_infer: no prompts (give --mask \"text with [MASK]\", --input FILE or stdin lines)");
+
+  InferenceCheckpoint checkpoint = load_inference_checkpoint(model_dir, threads);
+  // Every prompt is checked before any output, so a bad line 7 does not leave 6 answers behind.
+  for (const Prompt& prompt : prompts) {
+    try {
+      (void)encode_prompt(checkpoint.tokenizer, prompt.text, checkpoint.config.max_position_embeddings);
+    } catch (const Error& e) {
+      throw Error(prompt.source + ": " + e.what());
+    }
+  }
+  for (size_t i = 0; i < prompts.size(); ++i) {
+    const FillMaskResult result = fill_mask(checkpoint.model, checkpoint.tokenizer, prompts[i].text, top_k,
+                                            checkpoint.clean_up_tokenization_spaces);
+    if (json) {
+      out << fill_mask_json(result).dump() << "\n";
+    } else {
+      if (i) out << "\n";
+      print_fill_mask_table(prompts[i], result, checkpoint.tokenizer, out);
+    }
+  }
+  return 0;
+}
+
+}  // namespace bert

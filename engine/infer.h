@@ -1,0 +1,144 @@
+// Fill-mask and [MASK] probing on a checkpoint dir: what `bert_infer` runs, as testable functions.
+//
+//   prompt ─▶ Tokenizer (specials matched in raw text) ─▶ [CLS] ids [SEP]           [1, S]
+//          ─▶ BertForPreTraining<float>::mlm_logits_at(mask positions)             [masks, vocab]
+//          ─▶ softmax (double) ─▶ top-k by probability (ties: lower id first)
+//          ─▶ HF-shaped candidates {score, token, token_str, sequence}
+//
+// fill_mask() equals transformers' pipeline("fill-mask", model=DIR, top_k=k) with BertTokenizerFast:
+// token_str = tokenizer.decode([id]) (a lone "##x" keeps its "##", as HF's WordPiece decoder does),
+// sequence = tokenizer.decode(ids with the candidate in place, pads removed, skip_special_tokens only
+// when the prompt has a single [MASK]); the decoder's per-token cleanup always runs and
+// clean_up_tokenization() runs on the whole text when tokenizer_config.json's
+// clean_up_tokenization_spaces is true (BertTokenizer's default).
+//
+// probe() is the LAMA measurement (Petroni et al. 2019) of the "[MASK] attack": cloze prompts with one
+// [MASK] and a gold single-token answer; the rank of the gold token among the whole vocabulary gives
+// P@1, P@10 and MRR, per relation and overall, plus mean P@1 averaged per relation (LAMA's headline).
+// High scores on facts seen only in the training corpus (names, phone numbers, addresses) mean the
+// model memorised them and leaks them to anyone who can query [MASK].
+//
+// Napkin math: one prompt = one encoder forward over S tokens (2 * params * S FLOPs; BERT-base, S = 32:
+// ~7 GFLOP) + the MLM head on the mask rows only (2 * hidden * vocab per mask: 47 MFLOP for 30k vocab).
+#pragma once
+
+#include <cstdint>
+#include <iosfwd>
+#include <span>
+#include <string>
+#include <string_view>
+#include <vector>
+
+#include "common/json.h"
+#include "engine/bert.h"
+#include "engine/config.h"
+#include "tokenizer/tokenizer.h"
+
+namespace bert {
+
+// A checkpoint dir loaded for inference (eval mode: no dropout).
+struct InferenceCheckpoint {
+  std::string dir;
+  BertConfig config;
+  Tokenizer tokenizer;
+  bool clean_up_tokenization_spaces = true;  // tokenizer_config.json; BertTokenizer's default is true
+  BertForPreTraining<float> model;
+};
+
+// The files a checkpoint dir must hold for bert_infer.
+inline constexpr const char* kCheckpointFiles[] = {"model.safetensors", "config.json", "vocab.txt",
+                                                   "tokenizer_config.json"};
+
+// Loads DIR (model.safetensors, config.json, vocab.txt, tokenizer_config.json). One-line bert::Errors:
+// a missing dir, the missing files by name, a tokenizer without [CLS]/[SEP]/[MASK], a vocabulary larger
+// than the model's vocab_size.
+InferenceCheckpoint load_inference_checkpoint(const std::string& dir, int num_threads = 0);
+
+// HF's PreTrainedTokenizerBase.clean_up_tokenization: " ." -> ".", " ?", " !", " ,", " ' " -> "'",
+// " n't", " 'm", " 's", " 've", " 're" lose their leading space (each replaced left to right, in order).
+std::string clean_up_tokenization(std::string_view text);
+
+// BertTokenizerFast.decode(ids): skip_special_tokens drops every special token ([PAD] [UNK] [CLS] [SEP]
+// [MASK] and additional ones) first; then the WordPiece decoder (a "##" piece after the first token is
+// glued to the one before, others get a space; each token cleaned up); then clean_up_tokenization on
+// the whole text when clean_up_tokenization_spaces. Ids outside the vocabulary are dropped.
+std::string hf_decode(const Tokenizer& tokenizer, std::span<const int32_t> ids, bool skip_special_tokens,
+                      bool clean_up_tokenization_spaces = true);
+
+// [CLS] prompt [SEP] as the pipeline tokenizes it. bert::Error (no location; callers prefix one) when the
+// prompt has no mask token or when it is longer than max_positions tokens.
+std::vector<int32_t> encode_prompt(const Tokenizer& tokenizer, std::string_view prompt, int max_positions);
+
+struct FillMaskCandidate {
+  double score = 0;  // softmax probability over the vocabulary
+  int32_t token = 0;
+  std::string token_str;
+  std::string sequence;
+};
+
+struct FillMaskResult {
+  std::vector<int32_t> input_ids;                        // [CLS] ... [SEP]
+  std::vector<int64_t> mask_positions;                   // indices into input_ids, ascending
+  std::vector<std::vector<FillMaskCandidate>> per_mask;  // [masks][top_k], best first
+};
+
+// top_k is capped at the vocabulary size (HF raises instead).
+FillMaskResult fill_mask(BertForPreTraining<float>& model, const Tokenizer& tokenizer, std::string_view prompt,
+                         int top_k, bool clean_up_tokenization_spaces = true);
+// HF's pipeline output: a list of candidates for one [MASK], a list of such lists for several.
+Json fill_mask_json(const FillMaskResult& result);
+
+// ---- probing ----------------------------------------------------------------------------------------
+
+struct ProbeQuery {
+  std::string source;  // "path:line", for messages
+  size_t line = 0;
+  std::string prompt;
+  std::string gold;
+  std::string relation;  // third column; "-" when absent
+};
+
+// "prompt with one [MASK]<TAB>gold[<TAB>relation]" per line; blank lines are skipped. A line without a
+// tab, with an empty prompt or gold, or with more columns is a bert::Error "path:line: ..." (the [MASK]
+// count is checked by probe(), which knows the tokenizer).
+std::vector<ProbeQuery> parse_probe_tsv(std::string_view text, const std::string& path);
+
+struct ProbeOutcome {
+  ProbeQuery query;
+  int32_t gold_id = -1;
+  int64_t rank = 0;         // 1 = the model's top prediction; 0 = skipped
+  std::string skip_reason;  // why the gold answer is not a single vocabulary token
+  std::string top_token;    // the model's top prediction (decoded)
+  double gold_score = 0;    // softmax probability of the gold token
+};
+
+struct ProbeRelationMetrics {
+  std::string relation;  // "overall" for the total
+  int64_t count = 0;     // scored queries
+  int64_t skipped = 0;
+  double p_at_1 = 0, p_at_10 = 0, mrr = 0;
+};
+
+struct ProbeMetrics {
+  ProbeRelationMetrics overall;                 // over all scored queries
+  double mean_p_at_1_by_relation = 0;           // LAMA: P@1 averaged over the relations with a scored query
+  std::vector<ProbeRelationMetrics> relations;  // in order of first appearance
+  std::vector<ProbeOutcome> outcomes;           // one per query, in input order
+};
+
+// The gold answer's id when it tokenizes to exactly one known token; else -1 and `why` says what it is.
+int32_t single_token_id(const Tokenizer& tokenizer, std::string_view gold, std::string& why);
+// Rank (1-based) of `gold` in `logits` in the order fill_mask uses: higher logit first, ties by lower id.
+int64_t rank_of(std::span<const float> logits, int32_t gold);
+// Metrics from outcomes (rank 0 = skipped).
+ProbeMetrics summarize_probe(std::vector<ProbeOutcome> outcomes);
+// Runs every query (each must hold exactly one [MASK], else bert::Error "path:line: ...").
+ProbeMetrics probe(BertForPreTraining<float>& model, const Tokenizer& tokenizer,
+                   const std::vector<ProbeQuery>& queries);
+Json probe_json(const ProbeMetrics& metrics);
+
+// `bert_infer` (see --help). Throws bert::Error for user mistakes (main prints "error: ..."); returns the
+// exit code.
+int infer_main(const std::vector<std::string>& args, std::istream& in, std::ostream& out, std::ostream& err);
+
+}  // namespace bert

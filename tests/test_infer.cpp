@@ -1,0 +1,351 @@
+// engine/infer.* (bert_infer) on a hand-written 33-token vocabulary and a tiny random checkpoint
+// (hidden 16, 2 layers, 2 heads, 24 positions) written with the model's own save:
+//  - fill-mask: top-k sorted by probability, scores equal a softmax computed here from mlm_logits_at,
+//    the whole distribution sums to 1, HF's token_str/sequence (several masks keep [CLS]/[SEP]/[MASK]);
+//  - HF decoding: "##" handling, special-token skipping, clean_up_tokenization;
+//  - errors: no [MASK], prompt too long, incomplete/missing dir, --device cuda, bad probe lines;
+//  - probe metrics where the gold ranks are forced through the decoder bias (rank 1 and rank = vocab).
+#include <algorithm>
+#include <catch2/catch.hpp>
+#include <cmath>
+#include <filesystem>
+#include <fstream>
+#include <numeric>
+#include <sstream>
+#include <string>
+#include <vector>
+
+#include "common/error.h"
+#include "common/file.h"
+#include "common/json.h"
+#include "engine/bert.h"
+#include "engine/infer.h"
+#include "tests/test_dirs.h"
+#include "tokenizer/tokenizer.h"
+
+namespace {
+
+using bert::Json;
+
+const std::vector<std::string> kTokens = {
+    "[PAD]", "[UNK]", "[CLS]",  "[SEP]", "[MASK]", "the",      "cat",      "sat",   "on",    "mat",     ".",
+    "dog",   "##s",   "'",      "s",     ",",      "?",        "!",        "seoul", "is",    "capital", "of",
+    "korea", "paris", "france", "조선",  "중기의", "무신이다", "이순신은", "hello", "world", "n't",     "do"};
+constexpr int32_t kCls = 2, kSep = 3, kMask = 4;
+
+int32_t id_of(const std::string& token) {
+  const auto it = std::find(kTokens.begin(), kTokens.end(), token);
+  REQUIRE(it != kTokens.end());
+  return static_cast<int32_t>(it - kTokens.begin());
+}
+
+bert::BertConfig tiny_config() {
+  bert::BertConfig config;
+  config.vocab_size = static_cast<int>(kTokens.size());
+  config.hidden_size = 16;
+  config.num_hidden_layers = 2;
+  config.num_attention_heads = 2;
+  config.intermediate_size = 32;
+  config.max_position_embeddings = 24;
+  config.initializer_range = 0.3;  // a peaked, not near-uniform, prediction
+  return config;
+}
+
+// A checkpoint dir (model.safetensors, config.json, vocab.txt, tokenizer_config.json). The decoder bias
+// entries in `bias` are set before saving.
+std::string make_checkpoint(const std::string& name, const std::vector<std::pair<int32_t, float>>& bias = {}) {
+  const std::string dir = test_dir() + "/" + name;
+  std::filesystem::create_directories(dir);
+  bert::Vocab(kTokens).save(dir + "/vocab.txt");
+  bert::TokenizerConfig tokenizer_config;  // cased, accents kept: Hangul stays composed
+  tokenizer_config.save(dir);
+  const bert::BertConfig config = tiny_config();
+  bert::ModelOptions options;
+  options.init_seed = 11;
+  bert::BertForPreTraining<float> model(config, options);
+  auto decoder_bias = model.parameter(model.param_info("cls.predictions.bias"));
+  for (const auto& [id, value] : bias) decoder_bias[static_cast<size_t>(id)] = value;
+  model.save_safetensors(dir + "/model.safetensors");
+  bert::write_file_atomic(dir + "/config.json", config.to_hf_json().dump(2) + "\n");
+  return dir;
+}
+
+int run(const std::vector<std::string>& args, const std::string& stdin_text, std::string& out) {
+  std::istringstream in(stdin_text);
+  std::ostringstream out_stream, err_stream;
+  const int code = bert::infer_main(args, in, out_stream, err_stream);
+  out = out_stream.str();
+  return code;
+}
+
+std::vector<std::string> lines_of(const std::string& text) {
+  std::vector<std::string> lines;
+  std::istringstream stream(text);
+  for (std::string line; std::getline(stream, line);) lines.push_back(line);
+  return lines;
+}
+
+}  // namespace
+
+TEST_CASE("fill_mask: top-k by probability, scores = softmax of mlm_logits_at", "[infer]") {
+  const std::string dir = make_checkpoint("ckpt");
+  bert::InferenceCheckpoint checkpoint = bert::load_inference_checkpoint(dir);
+  const bert::FillMaskResult result =
+      bert::fill_mask(checkpoint.model, checkpoint.tokenizer, "the cat [MASK] on the mat.", 5);
+
+  const std::vector<int32_t> expected_ids = {kCls,         id_of("the"), id_of("cat"), kMask, id_of("on"),
+                                             id_of("the"), id_of("mat"), id_of("."),   kSep};
+  REQUIRE(result.input_ids == expected_ids);
+  REQUIRE(result.mask_positions == std::vector<int64_t>{3});
+  REQUIRE(result.per_mask.size() == 1);
+  REQUIRE(result.per_mask[0].size() == 5);
+
+  // An independent model instance, logits via mlm_logits_at, softmax in double here.
+  bert::BertForPreTraining<float> reference(tiny_config());
+  reference.load_safetensors(dir + "/model.safetensors");
+  bert::BatchView view;
+  view.batch = 1;
+  view.seq_len = static_cast<int64_t>(expected_ids.size());
+  view.input_ids = expected_ids.data();
+  const int32_t position[] = {3};
+  std::vector<float> logits(kTokens.size());
+  reference.mlm_logits_at(view, position, logits);
+  const double max_logit = *std::max_element(logits.begin(), logits.end());
+  double sum = 0;
+  for (float l : logits) sum += std::exp(l - max_logit);
+  std::vector<int32_t> order(kTokens.size());
+  std::iota(order.begin(), order.end(), 0);
+  std::stable_sort(order.begin(), order.end(), [&](int32_t a, int32_t b) { return logits[a] > logits[b]; });
+
+  double score_sum = 0;
+  for (size_t i = 0; i < 5; ++i) {
+    const bert::FillMaskCandidate& c = result.per_mask[0][i];
+    INFO("rank " << i + 1 << " token " << c.token);
+    CHECK(c.token == order[i]);
+    CHECK(c.score == Approx(std::exp(logits[static_cast<size_t>(order[i])] - max_logit) / sum).epsilon(1e-9));
+    if (i > 0) CHECK(c.score <= result.per_mask[0][i - 1].score);
+    score_sum += c.score;
+  }
+  CHECK(score_sum <= 1.0);
+
+  // The whole vocabulary: probabilities sum to 1; top_k beyond it is capped.
+  const bert::FillMaskResult all =
+      bert::fill_mask(checkpoint.model, checkpoint.tokenizer, "the cat [MASK] on the mat.", 1000);
+  REQUIRE(all.per_mask[0].size() == kTokens.size());
+  double total = 0;
+  for (const auto& c : all.per_mask[0]) total += c.score;
+  CHECK(total == Approx(1.0).epsilon(1e-9));
+
+  // token_str and sequence as HF decodes them.
+  for (const auto& c : all.per_mask[0]) {
+    const std::string& token = kTokens[static_cast<size_t>(c.token)];
+    CHECK(c.token_str == token);  // a lone "##s" keeps its prefix, as tokenizer.decode([id]) does
+    if (token == "sat") CHECK(c.sequence == "the cat sat on the mat.");
+    if (token == "##s") CHECK(c.sequence == "the cats on the mat.");
+    if (token == ",") CHECK(c.sequence == "the cat, on the mat.");
+    if (token == "[SEP]") CHECK(c.sequence == "the cat on the mat.");  // skip_special_tokens for one mask
+  }
+}
+
+TEST_CASE("fill_mask: several masks give a list per [MASK] with HF's sequences", "[infer]") {
+  bert::InferenceCheckpoint checkpoint = bert::load_inference_checkpoint(make_checkpoint("ckpt"));
+  const bert::FillMaskResult result =
+      bert::fill_mask(checkpoint.model, checkpoint.tokenizer, "the [MASK] sat on the [MASK].", 3);
+  REQUIRE(result.mask_positions == std::vector<int64_t>{2, 6});
+  REQUIRE(result.per_mask.size() == 2);
+  for (size_t m = 0; m < 2; ++m) {
+    REQUIRE(result.per_mask[m].size() == 3);
+    for (const auto& c : result.per_mask[m]) {
+      // HF keeps the special tokens when there are several masks, so the other [MASK] stays visible.
+      INFO(c.sequence);
+      CHECK(c.sequence.rfind("[CLS] the", 0) == 0);
+      CHECK(c.sequence.find("[MASK]") != std::string::npos);
+      CHECK(c.sequence.size() >= 6);
+      CHECK(c.sequence.compare(c.sequence.size() - 6, 6, " [SEP]") == 0);
+    }
+  }
+  const Json json = bert::fill_mask_json(result);
+  REQUIRE(json.is_array());
+  REQUIRE(json.as_array().size() == 2);
+  REQUIRE(json.as_array()[0].is_array());
+  const Json& first = json.as_array()[0].as_array()[0];
+  for (const char* key : {"score", "token", "token_str", "sequence"}) CHECK(first.find(key) != nullptr);
+
+  const Json single = bert::fill_mask_json(
+      bert::fill_mask(checkpoint.model, checkpoint.tokenizer, "이순신은 [MASK] 중기의 무신이다.", 2));
+  REQUIRE(single.is_array());
+  REQUIRE(single.as_array()[0].is_object());  // one mask: a flat list, as HF returns
+}
+
+TEST_CASE("hf_decode and clean_up_tokenization follow BertTokenizerFast", "[infer]") {
+  const bert::Tokenizer tokenizer(bert::Vocab(kTokens), bert::TokenizerConfig{});
+  auto ids = [](std::initializer_list<const char*> tokens) {
+    std::vector<int32_t> out;
+    for (const char* t : tokens) out.push_back(id_of(t));
+    return out;
+  };
+  CHECK(bert::hf_decode(tokenizer, ids({"##s"}), false) == "##s");
+  CHECK(bert::hf_decode(tokenizer, ids({"cat", "##s"}), false) == "cats");
+  CHECK(bert::hf_decode(tokenizer, ids({"[CLS]", "hello", ".", "[SEP]"}), false) == "[CLS] hello. [SEP]");
+  CHECK(bert::hf_decode(tokenizer, ids({"[CLS]", "hello", "[UNK]", "[MASK]", "world", "[SEP]"}), true) ==
+        "hello world");
+  CHECK(bert::hf_decode(tokenizer, ids({"[CLS]", "##s", "[SEP]"}), true) == "##s");  // first kept token
+  CHECK(bert::hf_decode(tokenizer, ids({"[SEP]", "##s"}), false) == "[SEP]s");
+  CHECK(bert::hf_decode(tokenizer, ids({"dog", "'", "s"}), false) == "dog's");
+  CHECK(bert::hf_decode(tokenizer, ids({"dog", "'", "s"}), false, /*clean_up_tokenization_spaces=*/false) == "dog ' s");
+  CHECK(bert::hf_decode(tokenizer, ids({"do", "n't"}), false) == "don't");
+  CHECK(bert::hf_decode(tokenizer, ids({"hello", "?", "!", ",", "world"}), false, false) == "hello?!, world");
+
+  CHECK(bert::clean_up_tokenization("a . b ? c ! d , e") == "a. b? c! d, e");
+  CHECK(bert::clean_up_tokenization("it ' s") == "it's");
+  CHECK(bert::clean_up_tokenization("do n't I 'm he 's we 've they 're") == "don't I'm he's we've they're");
+  CHECK(bert::clean_up_tokenization("do not") == "do not");  // only the tokenizers decoder knows this one
+  CHECK(bert::clean_up_tokenization("") == "");
+}
+
+TEST_CASE("errors are one line and name the prompt, the file or the option", "[infer]") {
+  const std::string dir = make_checkpoint("ckpt");
+  bert::InferenceCheckpoint checkpoint = bert::load_inference_checkpoint(dir);
+  std::string out;
+
+  CHECK_THROWS_WITH(bert::fill_mask(checkpoint.model, checkpoint.tokenizer, "the cat sat.", 5),
+                    Catch::Contains("no [MASK] in the prompt \"the cat sat.\""));
+  CHECK_THROWS_WITH(run({"--model", dir, "--mask", "the [MASK] sat.", "--mask", "no mask here"}, "", out),
+                    Catch::Contains("--mask 2: no [MASK]"));
+  CHECK_THROWS_WITH(run({"--model", dir}, "the [MASK] sat.\n\nthe cat sat.\n", out),
+                    Catch::Contains("<stdin>:3: no [MASK]"));
+  std::string long_prompt = "[MASK]";
+  for (int i = 0; i < 30; ++i) long_prompt += " cat";
+  CHECK_THROWS_WITH(run({"--model", dir, "--mask", long_prompt}, "", out),
+                    Catch::Contains("33 tokens") && Catch::Contains("max_position_embeddings 24"));
+  CHECK_THROWS_WITH(run({"--model", dir, "--mask", "the [MASK]", "--device", "cuda"}, "", out),
+                    Catch::Contains("--device cuda") && Catch::Contains("--device cpu"));
+  CHECK_THROWS_WITH(run({"--model", dir, "--mask", "the [MASK]", "--device", "tpu"}, "", out),
+                    Catch::Contains("cpu or cuda"));
+
+  std::filesystem::remove(dir + "/vocab.txt");
+  std::filesystem::remove(dir + "/config.json");
+  CHECK_THROWS_WITH(bert::load_inference_checkpoint(dir),
+                    Catch::Contains("is incomplete: missing config.json, vocab.txt"));
+  CHECK_THROWS_WITH(bert::load_inference_checkpoint(test_dir() + "/nowhere"), Catch::Contains("does not exist"));
+
+  const std::string probe_path = test_dir() + "/bad.tsv";
+  bert::write_file_atomic(probe_path, "the [MASK] sat.\tcat\nthe [MASK] sat. cat\n");
+  CHECK_THROWS_WITH(bert::parse_probe_tsv(bert::read_file(probe_path), probe_path),
+                    Catch::Contains("bad.tsv:2: no tab"));
+  CHECK_THROWS_WITH(bert::parse_probe_tsv("a [MASK]\tb\tc\td\n", "p.tsv"), Catch::Contains("p.tsv:1: 4 tab-separated"));
+  CHECK_THROWS_WITH(bert::parse_probe_tsv("a [MASK]\t \n", "p.tsv"), Catch::Contains("p.tsv:1: empty gold"));
+  const std::vector<bert::ProbeQuery> two_masks = bert::parse_probe_tsv("\nthe [MASK] sat on [MASK]\tcat\n", "p.tsv");
+  CHECK_THROWS_WITH(bert::probe(checkpoint.model, checkpoint.tokenizer, two_masks),
+                    Catch::Contains("p.tsv:2: the prompt has 2 [MASK] tokens; a probe needs exactly one"));
+}
+
+TEST_CASE("probe: P@1, P@10, MRR per relation with ranks forced by the decoder bias", "[infer]") {
+  const int32_t winner = id_of("paris"), loser = id_of("france");
+  const std::string dir = make_checkpoint("ckpt", {{winner, 100.0f}, {loser, -100.0f}});
+  const std::string tsv = test_dir() + "/probe.tsv";
+  bert::write_file_atomic(tsv,
+                          "the capital of france is [MASK].\tparis\tcapital\n"
+                          "[MASK] is the capital of korea.\tfrance\tcapital\n"
+                          "\n"
+                          "the [MASK] sat.\tsat on\tverbs\n"
+                          "the cat is [MASK].\tparis\n"
+                          "hello [MASK]\tnowhere\tverbs\n");
+  bert::InferenceCheckpoint checkpoint = bert::load_inference_checkpoint(dir);
+  const bert::ProbeMetrics metrics =
+      bert::probe(checkpoint.model, checkpoint.tokenizer, bert::parse_probe_tsv(bert::read_file(tsv), tsv));
+
+  const double vocab = static_cast<double>(kTokens.size());
+  REQUIRE(metrics.outcomes.size() == 5);
+  CHECK(metrics.outcomes[0].rank == 1);
+  CHECK(metrics.outcomes[0].top_token == "paris");
+  CHECK(metrics.outcomes[1].rank == static_cast<int64_t>(kTokens.size()));
+  CHECK(metrics.outcomes[2].rank == 0);
+  CHECK(metrics.outcomes[2].query.line == 4);
+  CHECK_THAT(metrics.outcomes[2].skip_reason, Catch::Contains("is 2 tokens (sat on)"));
+  CHECK(metrics.outcomes[3].rank == 1);
+  CHECK(metrics.outcomes[3].query.relation == "-");
+  CHECK_THAT(metrics.outcomes[4].skip_reason, Catch::Contains("not in the vocabulary"));
+
+  CHECK(metrics.overall.count == 3);
+  CHECK(metrics.overall.skipped == 2);
+  CHECK(metrics.overall.p_at_1 == Approx(2.0 / 3));
+  CHECK(metrics.overall.p_at_10 == Approx(2.0 / 3));
+  CHECK(metrics.overall.mrr == Approx((1 + 1 / vocab + 1) / 3));
+  REQUIRE(metrics.relations.size() == 3);
+  CHECK(metrics.relations[0].relation == "capital");
+  CHECK(metrics.relations[0].p_at_1 == Approx(0.5));
+  CHECK(metrics.relations[0].mrr == Approx((1 + 1 / vocab) / 2));
+  CHECK(metrics.relations[1].relation == "verbs");
+  CHECK(metrics.relations[1].count == 0);
+  CHECK(metrics.relations[1].skipped == 2);
+  CHECK(metrics.relations[2].relation == "-");
+  CHECK(metrics.mean_p_at_1_by_relation == Approx((0.5 + 1.0) / 2));  // relations with a scored query
+
+  // The command: table and JSON.
+  std::string out;
+  REQUIRE(run({"--model", dir, "--probe", tsv}, "", out) == 0);
+  CHECK_THAT(out, Catch::Contains("5 queries, 3 scored, 2 skipped"));
+  CHECK_THAT(out, Catch::Contains("mean P@1 over relations (LAMA): 0.7500"));
+  CHECK_THAT(out, Catch::Contains("probe.tsv:4: gold answer \"sat on\""));
+  REQUIRE(run({"--model", dir, "--probe", tsv, "--json"}, "", out) == 0);
+  const Json json = Json::parse(out);
+  CHECK(json.find("overall")->find("p_at_1")->as_number() == Approx(2.0 / 3));
+  CHECK(json.find("mean_p_at_1_by_relation")->as_number() == Approx(0.75));
+  CHECK(json.find("skipped")->as_array().size() == 2);
+  CHECK(json.find("results")->as_array().size() == 3);
+}
+
+TEST_CASE("rank_of and summarize_probe", "[infer]") {
+  const std::vector<float> logits = {0.5f, 2.0f, 0.5f, -1.0f, 2.0f};
+  CHECK(bert::rank_of(logits, 1) == 1);
+  CHECK(bert::rank_of(logits, 4) == 2);  // a tie goes to the lower id, as fill_mask orders them
+  CHECK(bert::rank_of(logits, 0) == 3);
+  CHECK(bert::rank_of(logits, 3) == 5);
+
+  std::vector<bert::ProbeOutcome> outcomes(4);
+  const int64_t ranks[] = {1, 10, 11, 2};
+  const char* relations[] = {"a", "a", "b", "b"};
+  for (size_t i = 0; i < 4; ++i) {
+    outcomes[i].rank = ranks[i];
+    outcomes[i].query.relation = relations[i];
+  }
+  const bert::ProbeMetrics metrics = bert::summarize_probe(outcomes);
+  CHECK(metrics.overall.p_at_1 == Approx(0.25));
+  CHECK(metrics.overall.p_at_10 == Approx(0.75));  // ranks 1, 10, 2
+  CHECK(metrics.overall.mrr == Approx((1 + 0.1 + 1.0 / 11 + 0.5) / 4));
+  CHECK(metrics.relations[0].p_at_1 == Approx(0.5));
+  CHECK(metrics.relations[1].p_at_1 == Approx(0.0));
+  CHECK(metrics.mean_p_at_1_by_relation == Approx(0.25));
+}
+
+TEST_CASE("bert_infer: prompts from --mask, --input and stdin as a table or JSON lines", "[infer]") {
+  const std::string dir = make_checkpoint("ckpt");
+  std::string out;
+  REQUIRE(run({"--model", dir, "--mask", "이순신은 [MASK] 중기의 무신이다.", "--top-k", "3", "--json"}, "", out) == 0);
+  std::vector<std::string> lines = lines_of(out);
+  REQUIRE(lines.size() == 1);
+  const Json single = Json::parse(lines[0]);
+  REQUIRE(single.as_array().size() == 3);
+  for (const Json& c : single.as_array()) {
+    const std::string& token_str = c.find("token_str")->as_string();
+    if (token_str == "조선") CHECK(c.find("sequence")->as_string() == "이순신은 조선 중기의 무신이다.");
+    CHECK(c.find("token")->as_int() >= 0);
+  }
+
+  const std::string input = test_dir() + "/prompts.txt";
+  bert::write_file_atomic(input, "the cat [MASK] on the mat.\n\nthe [MASK] sat on the [MASK].\r\n");
+  REQUIRE(run({"--model", dir, "--input", input, "--json"}, "", out) == 0);
+  lines = lines_of(out);
+  REQUIRE(lines.size() == 2);
+  CHECK(Json::parse(lines[0]).as_array()[0].is_object());
+  CHECK(Json::parse(lines[1]).as_array()[0].is_array());
+
+  REQUIRE(run({"--model", dir, "--top-k", "2"}, "the cat [MASK] on the mat.\n", out) == 0);
+  CHECK_THAT(out, Catch::Contains("> the cat [MASK] on the mat."));
+  CHECK_THAT(out, Catch::Contains("sequence"));
+  CHECK(lines_of(out).size() == 4);  // prompt, header, 2 candidates
+
+  REQUIRE(run({"--help"}, "", out) == 0);
+  CHECK_THAT(out, Catch::Contains("memorised"));
+}
