@@ -35,16 +35,25 @@ namespace bert {
 
 namespace {
 
+// One pool of raw sentences, packed: sentence i is text[sentence_begin[i], sentence_begin[i+1]).
 struct RawPool {
-  std::vector<std::string> sentences;
+  std::string text;
+  std::vector<size_t> sentence_begin{0};
   std::vector<uint32_t> doc_begin{0};  // into sentences
   std::vector<uint64_t> doc_number;    // global document index, for the split hash
-  size_t bytes = 0;
+  size_t sentences() const { return sentence_begin.size() - 1; }
+  std::string_view sentence(size_t i) const {
+    return std::string_view(text).substr(sentence_begin[i], sentence_begin[i + 1] - sentence_begin[i]);
+  }
+  void add_sentence(std::string_view s) {
+    text.append(s);
+    sentence_begin.push_back(text.size());
+  }
   void clear() {
-    sentences.clear();
+    text.clear();
+    sentence_begin.assign(1, 0);
     doc_begin.assign(1, 0);
     doc_number.clear();
-    bytes = 0;
   }
 };
 
@@ -53,15 +62,33 @@ struct BuildTotals {
            truncated = 0, skipped = 0, empty_sentences = 0, max_length[2] = {0, 0};
 };
 
-// Tokenises a pool's sentences on `threads` threads; sentence i's ids land in slot i.
-void tokenize_pool(const Tokenizer& tok, const RawPool& raw, int threads, std::vector<std::vector<int32_t>>& ids) {
-  ids.resize(raw.sentences.size());
+// Token ids of a pool's sentences, packed per thread: sentence i's ids are
+// ids[thread_of[i]][begin[i], begin[i] + length[i]).
+struct TokenizedPool {
+  std::vector<std::vector<int32_t>> ids;  // one buffer per thread
+  std::vector<uint64_t> begin;
+  std::vector<uint32_t> length;
+  std::vector<uint16_t> thread_of;
+  std::span<const int32_t> sentence(size_t i) const { return {ids[thread_of[i]].data() + begin[i], length[i]}; }
+};
+
+// Tokenises a pool's sentences on `threads` threads, each over a contiguous range.
+void tokenize_pool(const Tokenizer& tok, const RawPool& raw, int threads, TokenizedPool& out) {
+  const size_t n = raw.sentences();
+  out.ids.resize(static_cast<size_t>(threads));
+  out.begin.resize(n);
+  out.length.resize(n);
+  out.thread_of.resize(n);
   auto work = [&](size_t t) {
     EncodeScratch scratch;
-    const size_t n = raw.sentences.size();
+    std::vector<int32_t>& buffer = out.ids[t];
+    buffer.clear();
     for (size_t i = n * t / static_cast<size_t>(threads); i < n * (t + 1) / static_cast<size_t>(threads); ++i) {
-      ids[i].clear();
-      tok.encode(std::string_view(raw.sentences[i]), ids[i], scratch);
+      const size_t before = buffer.size();
+      tok.encode(raw.sentence(i), buffer, scratch);
+      out.begin[i] = before;
+      out.length[i] = static_cast<uint32_t>(buffer.size() - before);
+      out.thread_of[i] = static_cast<uint16_t>(t);
     }
   };
   std::vector<std::thread> pool;
@@ -120,7 +147,7 @@ int prepare_build_command(const std::vector<std::string>& argv, std::ostream& ou
 
   BuildTotals totals;
   RawPool raw;
-  std::vector<std::vector<int32_t>> ids;
+  TokenizedPool ids;
   Json shards = Json::array();
   size_t pool_index = 0;
   uint64_t doc_counter = 0;
@@ -136,11 +163,11 @@ int prepare_build_command(const std::vector<std::string>& argv, std::ostream& ou
       const double u = static_cast<double>(mix_seed(seed, raw.doc_number[d]) >> 11) * 0x1.0p-53;
       DocumentPool& p = pools[u < valid_fraction ? 1 : 0];
       for (uint32_t s = raw.doc_begin[d]; s < raw.doc_begin[d + 1]; ++s) {
-        if (ids[s].empty()) {
+        if (ids.length[s] == 0) {
           ++totals.empty_sentences;
           continue;
         }
-        p.add_sentence(ids[s]);
+        p.add_sentence(ids.sentence(s));
       }
       p.end_document();
     }
@@ -202,9 +229,9 @@ int prepare_build_command(const std::vector<std::string>& argv, std::ostream& ou
       totals.bytes += line.size() + 1;
       if (b == e) {
         if (in_document) {
-          raw.doc_begin.push_back(static_cast<uint32_t>(raw.sentences.size()));
+          raw.doc_begin.push_back(static_cast<uint32_t>(raw.sentences()));
           in_document = false;
-          if (raw.bytes >= pool_bytes) flush_pool();
+          if (raw.text.size() >= pool_bytes) flush_pool();
         }
         continue;
       }
@@ -212,15 +239,15 @@ int prepare_build_command(const std::vector<std::string>& argv, std::ostream& ou
         raw.doc_number.push_back(doc_counter++);
         in_document = true;
       }
-      raw.sentences.emplace_back(line.substr(b, e - b));
-      raw.bytes += e - b;
+      raw.add_sentence(line.substr(b, e - b));
       ++totals.sentences;
-      progress.update("reading: " + human_bytes(static_cast<double>(totals.bytes)) + ", " +
+      if (progress.enabled() && (totals.sentences & 1023) == 0)
+        progress.update("reading: " + human_bytes(static_cast<double>(totals.bytes)) + ", " +
                       std::to_string(doc_counter) + " documents, " + std::to_string(totals.examples[0]) + " examples");
     }
     // A file's end closes its last document.
     if (in_document) {
-      raw.doc_begin.push_back(static_cast<uint32_t>(raw.sentences.size()));
+      raw.doc_begin.push_back(static_cast<uint32_t>(raw.sentences()));
       in_document = false;
     }
   }

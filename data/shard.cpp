@@ -54,21 +54,24 @@ ShardHeader ShardWriter::write(const std::string& path) const {
   h.example_count = a_lengths_.size();
   h.token_count = tokens_.size();
   h.split = split_;
-  std::string payload;
-  payload.reserve(tokens_.size() * h.token_width + offsets_.size() * 8 + a_lengths_.size() * 3 + 8);
-  if (h.token_width == 2) {
-    std::vector<uint16_t> narrow(tokens_.begin(), tokens_.end());
-    append_pod(payload, narrow.data(), narrow.size());
-  } else {
-    append_pod(payload, tokens_.data(), tokens_.size());
-  }
-  payload.append((8 - payload.size() % 8) % 8, '\0');
-  append_pod(payload, offsets_.data(), offsets_.size());
-  append_pod(payload, a_lengths_.data(), a_lengths_.size());
-  append_pod(payload, labels_.data(), labels_.size());
-  h.checksum = hash64(payload.data(), payload.size());
-
+  // Header and payload are built in one buffer (the header is filled in last, once the payload's
+  // checksum is known), so the shard is copied once.
   std::string file(kShardHeaderBytes, '\0');
+  file.reserve(kShardHeaderBytes + tokens_.size() * h.token_width + offsets_.size() * 8 + a_lengths_.size() * 3 + 8);
+  if (h.token_width == 2) {
+    const size_t at = file.size();
+    file.resize(at + tokens_.size() * 2);
+    auto* dst = reinterpret_cast<uint16_t*>(file.data() + at);
+    for (size_t i = 0; i < tokens_.size(); ++i) dst[i] = static_cast<uint16_t>(tokens_[i]);
+  } else {
+    append_pod(file, tokens_.data(), tokens_.size());
+  }
+  file.append((8 - (file.size() - kShardHeaderBytes) % 8) % 8, '\0');
+  append_pod(file, offsets_.data(), offsets_.size());
+  append_pod(file, a_lengths_.data(), a_lengths_.size());
+  append_pod(file, labels_.data(), labels_.size());
+  h.checksum = hash64(file.data() + kShardHeaderBytes, file.size() - kShardHeaderBytes);
+
   char* p = file.data();
   std::memcpy(p, kShardMagic, 8);
   std::memcpy(p + 8, &h.version, 4);
@@ -80,7 +83,6 @@ ShardHeader ShardWriter::write(const std::string& path) const {
   std::memcpy(p + 40, &h.checksum, 8);
   const uint32_t split = static_cast<uint32_t>(h.split);
   std::memcpy(p + 48, &split, 4);
-  file += payload;
   write_file_atomic(path, file);
   return h;
 }
