@@ -5,7 +5,7 @@
 // (by a hash of (seed, document number), so the split does not depend on pool boundaries), and
 // Google's NSP algorithm runs inside the pool: a random-next segment is drawn from another document
 // of the same pool and split. This is what Google's own pipeline does when run once per input
-// shard; a pool of 256 MB holds ~100k documents, plenty to make "random" mean random. Memory is
+// shard; a pool of 64 MB holds ~30k documents, plenty to make "random" mean random. Memory is
 // O(pool), not O(corpus). Every random choice comes from Rng(mix(seed, pool, split)), so the same
 // input + seed gives the same shards whatever the thread count.
 #include "data/prepare.h"
@@ -113,7 +113,7 @@ int prepare_build_command(const std::vector<std::string>& argv, std::ostream& ou
       .option("--valid-fraction", "fraction of documents held out for validation", "0.01")
       .option("--seed", "random seed", "12345")
       .option("--threads", "tokenisation threads (0 = all cores)", "0")
-      .option("--pool-mb", "documents per NSP pool, in MB of text (bounds memory)", "256")
+      .option("--pool-mb", "documents per NSP pool, in MB of text (peak memory is ~7x this)", "64")
       .flag("--quiet", "no report");
   if (!args.parse(argv)) {
     out << args.help();
