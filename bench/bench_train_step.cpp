@@ -1,0 +1,380 @@
+// bench_train_step: CPU training throughput of BertForPreTraining<float> for one shape, plus the
+// sgemm FLOP/s of the same BLAS in the same process (the ceiling our FLOP/s is measured against).
+//
+//   bench_train_step --hidden H --layers L --heads A --intermediate I --vocab V --seq S --batch B
+//                    --steps N --warmup W --threads T [--dropout 0.1] [--dense-mlm]
+//                    [--omp-wait-policy default|passive|active] [--json]
+//
+// One optimizer step, timed as a whole: zero_grads, set_dropout(training), forward_backward, grad_norm,
+// clip to 1.0, adamw_step (lr 1e-4, eps 1e-8, weight decay 0.01 on the decay-flagged tensors) — what
+// bert_train does per step without the data loader. W warm-up steps, then N timed; the median is the
+// step time. tokens/s = B*S / step; model FLOP/s = training_flops(B, S, mlm_rows) / step, where
+// mlm_rows is the rows the MLM head actually ran on (the masked tokens, or all tokens with
+// --dense-mlm). The forward_backward and optimizer parts are also reported separately (medians).
+//
+// The batch: [CLS] A [SEP] B [SEP] with random ids in [5, V), no padding, token types 0 / 1,
+// round(0.15 * (S - 3)) labelled non-special positions per sequence (80% -> [MASK] = 4, 10% random,
+// 10% unchanged), random NSP labels. bench/bench_train_cpu.py builds the same for HF.
+//
+// sgemm: cblas_sgemm row-major NN on [B*S, H] x [H, I] (the FFN up-projection's shape) and on
+// 2048 x 2048 x 2048, each the median of several runs after a warm-up, 2 m n k FLOPs.
+//
+// Threads: omp_set_num_threads(T), openblas_set_num_threads(T) (when the BLAS is OpenBLAS) and
+// ModelOptions::num_threads = T. --omp-wait-policy sets OMP_WAIT_POLICY and re-executes this program
+// (libgomp reads the variable when it loads, before main), so the policy applies to every region.
+#include <cblas.h>
+#include <omp.h>
+#include <unistd.h>
+
+#include <algorithm>
+#include <cerrno>
+#include <chrono>
+#include <cstdint>
+#include <cstdio>
+#include <cstdlib>
+#include <cstring>
+#include <iostream>
+#include <random>
+#include <string>
+#include <vector>
+
+#include "common/args.h"
+#include "common/error.h"
+#include "engine/bert.h"
+#include "kernels/cpu/ops_cpu.h"
+
+// OpenBLAS's own thread pool size (weak: another BLAS simply has no such call).
+extern "C" void openblas_set_num_threads(int) __attribute__((weak));
+extern "C" char* openblas_get_config() __attribute__((weak));
+
+namespace {
+
+using Clock = std::chrono::steady_clock;
+
+double seconds_since(Clock::time_point start) {
+  return std::chrono::duration<double>(Clock::now() - start).count();
+}
+
+double median(std::vector<double> values) {
+  if (values.empty()) return 0;
+  std::sort(values.begin(), values.end());
+  const size_t n = values.size();
+  return n % 2 ? values[n / 2] : 0.5 * (values[n / 2 - 1] + values[n / 2]);
+}
+
+struct Batch {
+  int64_t batch = 0, seq_len = 0;
+  std::vector<int32_t> input_ids, token_type_ids, attention_mask, labels, nsp_labels;
+  int64_t num_masked = 0;
+};
+
+constexpr int32_t kCls = 2, kSep = 3, kMask = 4, kFirstOrdinary = 5;
+
+Batch make_batch(int64_t batch, int64_t seq_len, int32_t vocab, uint64_t seed) {
+  Batch b;
+  b.batch = batch;
+  b.seq_len = seq_len;
+  const size_t n = static_cast<size_t>(batch * seq_len);
+  b.input_ids.resize(n);
+  b.token_type_ids.resize(n);
+  b.attention_mask.assign(n, 1);
+  b.labels.assign(n, bert::ops::kIgnoreIndex);
+  b.nsp_labels.resize(static_cast<size_t>(batch));
+  std::mt19937_64 rng(seed);
+  std::uniform_int_distribution<int32_t> token(kFirstOrdinary, vocab - 1);
+  std::uniform_real_distribution<double> unit(0.0, 1.0);
+  const int64_t len_a = (seq_len - 3) / 2;
+  const int64_t sep_a = 1 + len_a, sep_b = seq_len - 1;
+  const int64_t ordinary = seq_len - 3;
+  const auto masked_per_sequence = static_cast<int64_t>(0.15 * static_cast<double>(ordinary) + 0.5);
+  for (int64_t s = 0; s < batch; ++s) {
+    int32_t* ids = b.input_ids.data() + s * seq_len;
+    int32_t* types = b.token_type_ids.data() + s * seq_len;
+    int32_t* labels = b.labels.data() + s * seq_len;
+    std::vector<int64_t> candidates;
+    for (int64_t t = 0; t < seq_len; ++t) {
+      types[t] = t <= sep_a ? 0 : 1;
+      if (t == 0) {
+        ids[t] = kCls;
+      } else if (t == sep_a || t == sep_b) {
+        ids[t] = kSep;
+      } else {
+        ids[t] = token(rng);
+        candidates.push_back(t);
+      }
+    }
+    std::shuffle(candidates.begin(), candidates.end(), rng);
+    for (int64_t i = 0; i < masked_per_sequence; ++i) {
+      const int64_t t = candidates[static_cast<size_t>(i)];
+      labels[t] = ids[t];
+      const double u = unit(rng);
+      if (u < 0.8) {
+        ids[t] = kMask;
+      } else if (u < 0.9) {
+        ids[t] = token(rng);
+      }
+    }
+    b.nsp_labels[static_cast<size_t>(s)] = static_cast<int32_t>(rng() & 1);
+    b.num_masked += masked_per_sequence;
+  }
+  return b;
+}
+
+struct SgemmResult {
+  int64_t m = 0, n = 0, k = 0;
+  int runs = 0;
+  double median_s = 0;
+  double flops_per_s = 0;
+};
+
+SgemmResult measure_sgemm(int64_t m, int64_t n, int64_t k, int min_runs, double min_seconds) {
+  std::vector<float> a(static_cast<size_t>(m * k)), b(static_cast<size_t>(k * n)), c(static_cast<size_t>(m * n));
+  std::mt19937 rng(7);
+  std::uniform_real_distribution<float> dist(-1.0f, 1.0f);
+  for (float& x : a) x = dist(rng);
+  for (float& x : b) x = dist(rng);
+  const auto run = [&] {
+    cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasNoTrans, static_cast<int>(m), static_cast<int>(n),
+                static_cast<int>(k), 1.0f, a.data(), static_cast<int>(k), b.data(), static_cast<int>(n), 0.0f,
+                c.data(), static_cast<int>(n));
+  };
+  run();  // warm-up: OpenBLAS thread pool, page faults of c
+  std::vector<double> times;
+  const auto start = Clock::now();
+  while (static_cast<int>(times.size()) < min_runs || seconds_since(start) < min_seconds) {
+    const auto t0 = Clock::now();
+    run();
+    times.push_back(seconds_since(t0));
+    if (times.size() >= 200) break;
+  }
+  SgemmResult r;
+  r.m = m;
+  r.n = n;
+  r.k = k;
+  r.runs = static_cast<int>(times.size());
+  r.median_s = median(times);
+  r.flops_per_s = 2.0 * static_cast<double>(m) * static_cast<double>(n) * static_cast<double>(k) / r.median_s;
+  return r;
+}
+
+std::string json_escape(const std::string& s) {
+  std::string out;
+  for (const char c : s) {
+    if (c == '"' || c == '\\') {
+      out += '\\';
+      out += c;
+    } else if (static_cast<unsigned char>(c) < 0x20) {
+      out += ' ';
+    } else {
+      out += c;
+    }
+  }
+  return out;
+}
+
+int bench_main(int argc, char** argv) {
+  bert::Args args("bench_train_step", "bench_train_step --hidden H --layers L ... [--json]");
+  args.option("--hidden", "hidden size", "256")
+      .option("--layers", "encoder layers", "4")
+      .option("--heads", "attention heads", "4")
+      .option("--intermediate", "FFN size", "1024")
+      .option("--vocab", "vocabulary size", "16000")
+      .option("--seq", "sequence length", "128")
+      .option("--batch", "sequences per step", "16")
+      .option("--steps", "timed optimizer steps", "10")
+      .option("--warmup", "untimed warm-up steps", "2")
+      .option("--threads", "CPU threads (0 = all cores)", "0")
+      .option("--dropout", "hidden and attention dropout", "0.1")
+      .option("--omp-wait-policy", "default | passive | active (sets OMP_WAIT_POLICY, re-executes)", "default")
+      .option("--sgemm-seconds", "minimum seconds per sgemm measurement", "1.0")
+      .flag("--dense-mlm", "run the MLM head on every token (HF's way) instead of the masked ones only")
+      .flag("--no-sgemm", "skip the sgemm measurements")
+      .flag("--json", "print one JSON object instead of text");
+  if (!args.parse(std::vector<std::string>(argv + 1, argv + argc))) {
+    std::cout << args.help();
+    return 0;
+  }
+
+  // OMP_WAIT_POLICY is read by libgomp at load time: set it and start over.
+  const std::string policy = args.str("--omp-wait-policy");
+  if (policy != "default" && policy != "passive" && policy != "active")
+    throw bert::Error("bench_train_step: --omp-wait-policy must be default, passive or active");
+  if (policy != "default") {
+    const char* current = std::getenv("OMP_WAIT_POLICY");
+    if (current == nullptr || policy != current) {
+      setenv("OMP_WAIT_POLICY", policy.c_str(), 1);
+      execv("/proc/self/exe", argv);
+      throw bert::Error("bench_train_step: re-executing with OMP_WAIT_POLICY failed: " +
+                        std::string(std::strerror(errno)));
+    }
+  }
+
+  bert::BertConfig config;
+  config.hidden_size = static_cast<int>(args.integer("--hidden", 1, 1 << 16));
+  config.num_hidden_layers = static_cast<int>(args.integer("--layers", 1, 1000));
+  config.num_attention_heads = static_cast<int>(args.integer("--heads", 1, 1024));
+  config.intermediate_size = static_cast<int>(args.integer("--intermediate", 1, 1 << 18));
+  config.vocab_size = static_cast<int>(args.integer("--vocab", kFirstOrdinary + 1, 1 << 24));
+  config.hidden_dropout_prob = args.number("--dropout");
+  config.attention_probs_dropout_prob = args.number("--dropout");
+  const int64_t seq_len = args.integer("--seq", 4, 512);
+  const int64_t batch = args.integer("--batch", 1, 1 << 16);
+  const int steps = static_cast<int>(args.integer("--steps", 1, 1000000));
+  const int warmup = static_cast<int>(args.integer("--warmup", 0, 1000000));
+  int threads = static_cast<int>(args.integer("--threads", 0, 4096));
+  if (threads == 0) threads = std::max(1, omp_get_num_procs());
+  const bool dense_mlm = args.has("--dense-mlm");
+  const bool json = args.has("--json");
+
+  omp_set_num_threads(threads);
+  if (openblas_set_num_threads) openblas_set_num_threads(threads);
+
+  bert::ModelOptions options;
+  options.mlm_on_masked_positions_only = !dense_mlm;
+  options.num_threads = threads;
+  options.init_seed = 42;
+  const auto build_start = Clock::now();
+  bert::BertForPreTraining<float> model(config, options);
+  model.reserve(batch, seq_len);
+  const double build_s = seconds_since(build_start);
+
+  const Batch data = make_batch(batch, seq_len, config.vocab_size, 1234);
+  bert::BatchView view;
+  view.batch = batch;
+  view.seq_len = seq_len;
+  view.input_ids = data.input_ids.data();
+  view.token_type_ids = data.token_type_ids.data();
+  view.attention_mask = data.attention_mask.data();
+  view.labels = data.labels.data();
+  view.nsp_labels = data.nsp_labels.data();
+
+  bert::cpu::Context context(threads);
+  const size_t arena = model.parameters().size();
+  std::vector<float> exp_avg(arena, 0.0f), exp_avg_sq(arena, 0.0f);
+  std::vector<bert::cpu::AdamWTensor<float>> adam_tensors;
+  std::vector<bert::cpu::GradView<float>> grad_views;
+  for (const bert::ParamInfo& info : model.params()) {
+    bert::cpu::AdamWTensor<float> tensor;
+    tensor.param = model.parameters().data() + info.offset;
+    tensor.grad = model.grads().data() + info.offset;
+    tensor.exp_avg = exp_avg.data() + info.offset;
+    tensor.exp_avg_sq = exp_avg_sq.data() + info.offset;
+    tensor.numel = static_cast<int64_t>(info.numel);
+    tensor.apply_weight_decay = info.apply_weight_decay;
+    adam_tensors.push_back(tensor);
+    grad_views.push_back({tensor.grad, tensor.numel});
+  }
+
+  std::vector<double> step_s, fb_s, opt_s, losses;
+  int64_t optimizer_step = 0;
+  for (int i = 0; i < warmup + steps; ++i) {
+    const auto t0 = Clock::now();
+    model.zero_grads();
+    model.set_dropout(99, static_cast<uint64_t>(i), true);
+    bert::LossStats stats;
+    model.forward_backward(view, stats, true, 1.0f);
+    const auto t1 = Clock::now();
+    const double norm = bert::cpu::grad_norm<float>(context, grad_views);
+    bert::cpu::AdamWHyperparams hyper;
+    hyper.learning_rate = 1e-4;
+    hyper.epsilon = 1e-8;
+    hyper.weight_decay = 0.01;
+    hyper.step = ++optimizer_step;
+    hyper.grad_scale = bert::ops::clip_grad_coefficient(norm, 1.0);
+    bert::cpu::adamw_step<float>(context, hyper, adam_tensors);
+    const auto t2 = Clock::now();
+    if (i >= warmup) {
+      step_s.push_back(std::chrono::duration<double>(t2 - t0).count());
+      fb_s.push_back(std::chrono::duration<double>(t1 - t0).count());
+      opt_s.push_back(std::chrono::duration<double>(t2 - t1).count());
+    }
+    losses.push_back(stats.loss);
+  }
+
+  const double step = median(step_s);
+  const double tokens = static_cast<double>(batch * seq_len);
+  const int64_t mlm_rows = dense_mlm ? batch * seq_len : data.num_masked;
+  const double flops = model.training_flops(batch, seq_len, mlm_rows);
+  const double dense_flops = model.training_flops(batch, seq_len, batch * seq_len);
+  const double flops_per_s = flops / step;
+
+  SgemmResult model_shaped, large;
+  const bool sgemm = !args.has("--no-sgemm");
+  if (sgemm) {
+    const double min_seconds = args.number("--sgemm-seconds");
+    model_shaped = measure_sgemm(batch * seq_len, config.intermediate_size, config.hidden_size, 5, min_seconds);
+    large = measure_sgemm(2048, 2048, 2048, 5, min_seconds);
+  }
+  const double peak = std::max(model_shaped.flops_per_s, large.flops_per_s);
+  const char* wait_policy = std::getenv("OMP_WAIT_POLICY");
+  const std::string blas = openblas_get_config ? openblas_get_config() : "unknown BLAS";
+
+  if (json) {
+    std::printf("{\"hidden\": %d, \"layers\": %d, \"heads\": %d, \"intermediate\": %d, \"vocab\": %d, ",
+                config.hidden_size, config.num_hidden_layers, config.num_attention_heads, config.intermediate_size,
+                config.vocab_size);
+    std::printf("\"seq\": %lld, \"batch\": %lld, \"threads\": %d, \"dropout\": %g, \"dense_mlm\": %s, ",
+                static_cast<long long>(seq_len), static_cast<long long>(batch), threads, config.hidden_dropout_prob,
+                dense_mlm ? "true" : "false");
+    std::printf("\"omp_wait_policy\": \"%s\", \"blas\": \"%s\", \"parameters\": %lld, \"build_s\": %.4f, ",
+                wait_policy ? wait_policy : "", json_escape(blas).c_str(),
+                static_cast<long long>(model.num_parameters()), build_s);
+    std::printf("\"warmup\": %d, \"steps\": %d, \"step_ms\": [", warmup, steps);
+    for (size_t i = 0; i < step_s.size(); ++i) std::printf("%s%.3f", i ? ", " : "", 1e3 * step_s[i]);
+    std::printf("], \"median_step_ms\": %.3f, \"median_forward_backward_ms\": %.3f, \"median_optimizer_ms\": %.3f, ",
+                1e3 * step, 1e3 * median(fb_s), 1e3 * median(opt_s));
+    std::printf("\"tokens_per_s\": %.2f, \"mlm_rows\": %lld, \"num_masked\": %lld, ", tokens / step,
+                static_cast<long long>(mlm_rows), static_cast<long long>(data.num_masked));
+    std::printf("\"flops_per_step\": %.6e, \"dense_equivalent_flops_per_step\": %.6e, \"flops_per_s\": %.6e, ", flops,
+                dense_flops, flops_per_s);
+    std::printf("\"first_loss\": %.6f, \"last_loss\": %.6f", losses.front(), losses.back());
+    if (sgemm) {
+      const auto print_sgemm = [](const char* name, const SgemmResult& r) {
+        std::printf(", \"%s\": {\"m\": %lld, \"n\": %lld, \"k\": %lld, \"runs\": %d, \"median_ms\": %.3f, "
+                    "\"flops_per_s\": %.6e}",
+                    name, static_cast<long long>(r.m), static_cast<long long>(r.n), static_cast<long long>(r.k),
+                    r.runs, 1e3 * r.median_s, r.flops_per_s);
+      };
+      print_sgemm("sgemm_model_shaped", model_shaped);
+      print_sgemm("sgemm_2048", large);
+      std::printf(", \"fraction_of_sgemm_model_shaped\": %.4f, \"fraction_of_sgemm_2048\": %.4f, "
+                  "\"fraction_of_sgemm_best\": %.4f",
+                  flops_per_s / model_shaped.flops_per_s, flops_per_s / large.flops_per_s, flops_per_s / peak);
+    }
+    std::printf("}\n");
+  } else {
+    std::printf("shape      hidden %d, layers %d, heads %d, intermediate %d, vocab %d, seq %lld, batch %lld\n",
+                config.hidden_size, config.num_hidden_layers, config.num_attention_heads, config.intermediate_size,
+                config.vocab_size, static_cast<long long>(seq_len), static_cast<long long>(batch));
+    std::printf("setup      %lld parameters, %d threads, dropout %g, MLM head on %s (%lld rows), "
+                "OMP_WAIT_POLICY=%s, %s\n",
+                static_cast<long long>(model.num_parameters()), threads, config.hidden_dropout_prob,
+                dense_mlm ? "every token" : "masked tokens", static_cast<long long>(mlm_rows),
+                wait_policy ? wait_policy : "(unset)", blas.c_str());
+    std::printf("loss       %.4f -> %.4f over %d steps\n", losses.front(), losses.back(), warmup + steps);
+    std::printf("step       %.2f ms median of %d (forward+backward %.2f ms, grad norm + AdamW %.2f ms)\n", 1e3 * step,
+                steps, 1e3 * median(fb_s), 1e3 * median(opt_s));
+    std::printf("throughput %.1f tokens/s, %.2f GFLOP/s (%.3f TFLOP per step)\n", tokens / step, flops_per_s / 1e9,
+                flops / 1e12);
+    if (sgemm) {
+      std::printf("sgemm      [%lld x %lld] x [%lld x %lld]: %.2f GFLOP/s; 2048^3: %.2f GFLOP/s\n",
+                  static_cast<long long>(model_shaped.m), static_cast<long long>(model_shaped.k),
+                  static_cast<long long>(model_shaped.k), static_cast<long long>(model_shaped.n),
+                  model_shaped.flops_per_s / 1e9, large.flops_per_s / 1e9);
+      std::printf("fraction   %.1f%% of the model-shaped sgemm, %.1f%% of 2048^3\n",
+                  100 * flops_per_s / model_shaped.flops_per_s, 100 * flops_per_s / large.flops_per_s);
+    }
+  }
+  return 0;
+}
+
+}  // namespace
+
+int main(int argc, char** argv) {
+  try {
+    return bench_main(argc, argv);
+  } catch (const std::exception& e) {
+    std::cerr << "error: " << e.what() << "\n";
+    return 1;
+  }
+}

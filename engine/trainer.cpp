@@ -1,0 +1,980 @@
+// The CPU training loop behind `bert_train` (see engine/trainer.h for the contract and the
+// checkpoint layout). Order of one optimizer step, as in HF Trainer:
+//   zero grads -> k x (next batch, dropout stream = micro step, forward_backward with 1/k)
+//   -> grad norm -> clip coefficient -> AdamW at lr(step) -> step += 1 -> log / eval / save.
+#include "engine/trainer.h"
+
+#include <omp.h>
+#include <signal.h>
+#include <unistd.h>
+
+#include <algorithm>
+#include <cctype>
+#include <cerrno>
+#include <chrono>
+#include <cmath>
+#include <csignal>
+#include <cstdio>
+#include <cstdlib>
+#include <cstring>
+#include <filesystem>
+#include <memory>
+#include <optional>
+#include <ostream>
+#include <span>
+
+#include "common/args.h"
+#include "common/error.h"
+#include "common/file.h"
+#include "common/progress.h"
+#include "data/loader.h"
+#include "data/shard.h"
+#include "engine/bert.h"
+#include "engine/checkpoint_dir.h"
+#include "engine/metrics.h"
+#include "engine/safetensors.h"
+#include "engine/schedule.h"
+#include "kernels/cpu/ops_cpu.h"
+#include "tokenizer/tokenizer.h"
+
+// OpenBLAS's own thread pool size (weak: another BLAS simply has no such call).
+extern "C" void openblas_set_num_threads(int) __attribute__((weak));
+
+namespace bert {
+
+namespace fs = std::filesystem;
+
+namespace {
+
+// The one global: how many stop signals arrived. Written by the signal handler, read between steps.
+volatile std::sig_atomic_t g_stop_signals = 0;
+
+constexpr size_t kMaxEvalBatches = 200;  // bounds evaluation time; always the same batches
+constexpr const char* kStateFormat = "bertforge-trainer-state";
+constexpr int kStateVersion = 1;
+
+void write_stderr(const char* message) {
+  // write() is async-signal-safe; a short write of a diagnostic is acceptable.
+  const ssize_t ignored = ::write(2, message, std::strlen(message));
+  (void)ignored;
+}
+
+void handle_stop_signal(int) {
+  if (g_stop_signals > 0) {
+    write_stderr("\nbert_train: second interrupt: exiting now without saving\n");
+    ::_exit(130);
+  }
+  request_training_stop();
+}
+
+// Installs the SIGINT/SIGTERM handler for the duration of a run, restoring the previous ones after.
+class StopSignalGuard {
+ public:
+  StopSignalGuard() {
+    g_stop_signals = 0;
+    struct sigaction action {};
+    action.sa_handler = handle_stop_signal;
+    sigemptyset(&action.sa_mask);
+    action.sa_flags = SA_RESTART;
+    ::sigaction(SIGINT, &action, &previous_int_);
+    ::sigaction(SIGTERM, &action, &previous_term_);
+  }
+  ~StopSignalGuard() {
+    ::sigaction(SIGINT, &previous_int_, nullptr);
+    ::sigaction(SIGTERM, &previous_term_, nullptr);
+    g_stop_signals = 0;
+  }
+  StopSignalGuard(const StopSignalGuard&) = delete;
+  StopSignalGuard& operator=(const StopSignalGuard&) = delete;
+
+ private:
+  struct sigaction previous_int_ {};
+  struct sigaction previous_term_ {};
+};
+
+// ---- small formatting helpers -------------------------------------------------------------------
+
+std::string printf_string(const char* fmt, auto... values) {
+  char buf[512];
+  std::snprintf(buf, sizeof buf, fmt, values...);
+  return buf;
+}
+
+// 1234567 -> "1,234,567".
+std::string with_commas(int64_t value) {
+  std::string digits = std::to_string(value < 0 ? -value : value), out;
+  for (size_t i = 0; i < digits.size(); ++i) {
+    if (i > 0 && (digits.size() - i) % 3 == 0) out.push_back(',');
+    out.push_back(digits[i]);
+  }
+  return value < 0 ? "-" + out : out;
+}
+
+std::string human_flops(double flops) {
+  const char* units[] = {"FLOP", "kFLOP", "MFLOP", "GFLOP", "TFLOP", "PFLOP"};
+  int unit = 0;
+  while (flops >= 1000 && unit < 5) {
+    flops /= 1000;
+    ++unit;
+  }
+  return printf_string("%.1f %s", flops, units[unit]);
+}
+
+std::string human_duration(double seconds) {
+  if (!std::isfinite(seconds) || seconds < 0) return "?";
+  const int64_t s = static_cast<int64_t>(std::llround(seconds));
+  if (s < 60) return printf_string("%llds", static_cast<long long>(s));
+  if (s < 3600) return printf_string("%lldm%02llds", static_cast<long long>(s / 60), static_cast<long long>(s % 60));
+  return printf_string("%lldh%02lldm", static_cast<long long>(s / 3600), static_cast<long long>(s / 60 % 60));
+}
+
+std::string shell_quote(const std::string& word) {
+  const bool plain = !word.empty() && std::all_of(word.begin(), word.end(), [](char c) {
+    return std::isalnum(static_cast<unsigned char>(c)) || std::strchr("-_./=:,+@%", c) != nullptr;
+  });
+  if (plain) return word;
+  std::string out = "'";
+  for (char c : word) out += c == '\'' ? std::string("'\\''") : std::string(1, c);
+  return out + "'";
+}
+
+// Doubles that must round-trip exactly through JSON (which we print with 9 digits) go as hex floats.
+std::string exact_double(double value) { return printf_string("%a", value); }
+
+std::string hex64(uint64_t value) { return printf_string("%016llx", static_cast<unsigned long long>(value)); }
+
+// ---- trainer_state.json field access ---------------------------------------------------------------
+
+struct StateReader {
+  const Json& json;
+  const std::string& path;
+
+  const Json& at(const Json& object, std::string_view key) const {
+    const Json* value = object.find(key);
+    if (!value) throw Error(path + ": missing '" + std::string(key) + "' (not a bert_train trainer_state.json?)");
+    return *value;
+  }
+  int64_t integer(const Json& object, std::string_view key) const {
+    const Json& value = at(object, key);
+    if (!value.is_number() || value.as_number() != std::floor(value.as_number()))
+      throw Error(path + ": '" + std::string(key) + "' must be an integer, got " + value.dump());
+    return value.as_int();
+  }
+  double number(const Json& object, std::string_view key) const {
+    const Json& value = at(object, key);
+    if (!value.is_number()) throw Error(path + ": '" + std::string(key) + "' must be a number, got " + value.dump());
+    return value.as_number();
+  }
+  const std::string& string(const Json& object, std::string_view key) const {
+    const Json& value = at(object, key);
+    if (!value.is_string()) throw Error(path + ": '" + std::string(key) + "' must be a string, got " + value.dump());
+    return value.as_string();
+  }
+  double exact(const Json& object, std::string_view key) const {
+    const std::string& text = string(object, key);
+    char* end = nullptr;
+    const double value = std::strtod(text.c_str(), &end);
+    if (text.empty() || *end != '\0') throw Error(path + ": '" + std::string(key) + "' is not a number: " + text);
+    return value;
+  }
+  uint64_t unsigned_text(const Json& object, std::string_view key) const {
+    const std::string& text = string(object, key);
+    char* end = nullptr;
+    errno = 0;
+    const unsigned long long value = std::strtoull(text.c_str(), &end, 10);
+    if (text.empty() || *end != '\0' || errno == ERANGE)
+      throw Error(path + ": '" + std::string(key) + "' is not an unsigned integer: " + text);
+    return value;
+  }
+};
+
+}  // namespace
+
+// ---- public helpers -------------------------------------------------------------------------------
+
+void request_training_stop() {
+  g_stop_signals = 1;
+  write_stderr("\nbert_train: stop requested: finishing this step, then saving a checkpoint (again to quit now)\n");
+}
+
+bool training_stop_requested() { return g_stop_signals > 0; }
+
+int64_t total_train_steps(const TrainingConfig& training, size_t batches_per_epoch) {
+  if (training.max_steps > 0) return training.max_steps;
+  const double micro_batches = training.num_train_epochs * static_cast<double>(batches_per_epoch);
+  const auto steps =
+      static_cast<int64_t>(std::ceil(micro_batches / static_cast<double>(training.gradient_accumulation_steps)));
+  return std::max<int64_t>(steps, 1);
+}
+
+std::string resume_command(const std::string& config_path, const std::string& checkpoint_dir) {
+  return "bert_train --config " + shell_quote(config_path) + " --resume " + shell_quote(checkpoint_dir);
+}
+
+Json TrainerState::to_json() const {
+  Json j = Json::object();
+  j.set("format", kStateFormat);
+  j.set("version", kStateVersion);
+  j.set("global_step", global_step);
+  j.set("optimizer_steps", optimizer_steps);
+  j.set("micro_step", micro_step);
+  j.set("epoch", epoch);
+  Json cursor = Json::object();
+  cursor.set("epoch", data_epoch);
+  cursor.set("batch_index", data_index);
+  j.set("data_cursor", cursor);
+  j.set("total_steps", total_steps);
+  j.set("warmup_steps", warmup_steps);
+  j.set("seed", std::to_string(seed));  // a string: JSON numbers are doubles
+  j.set("elapsed_s", elapsed_s);
+  j.set("config_path", config_path);
+  j.set("config_hash", config_hash);
+  j.set("batches_per_epoch", batches_per_epoch);
+  j.set("per_device_train_batch_size", per_device_train_batch_size);
+  j.set("gradient_accumulation_steps", gradient_accumulation_steps);
+  j.set("model_config", model.to_hf_json());
+  Json w = Json::object();
+  w.set("micro_batches", window.micro_batches);
+  w.set("loss_sum", exact_double(window.loss_sum));
+  w.set("mlm_loss_sum", exact_double(window.mlm_loss_sum));
+  w.set("nsp_loss_sum", exact_double(window.nsp_loss_sum));
+  w.set("mlm_correct", window.mlm_correct);
+  w.set("mlm_count", window.mlm_count);
+  w.set("nsp_correct", window.nsp_correct);
+  w.set("nsp_count", window.nsp_count);
+  w.set("tokens", window.tokens);
+  w.set("train_seconds", window.train_seconds);
+  j.set("log_window", w);
+  return j;
+}
+
+TrainerState TrainerState::from_json(const Json& json, const std::string& path) {
+  if (!json.is_object()) throw Error(path + ": expected a JSON object (a bert_train trainer_state.json)");
+  const StateReader r{json, path};
+  if (r.string(json, "format") != kStateFormat)
+    throw Error(path + ": 'format' is not \"" + std::string(kStateFormat) + "\"");
+  if (r.integer(json, "version") != kStateVersion)
+    throw Error(path + ": trainer state version " + std::to_string(r.integer(json, "version")) + " is not supported (" +
+                std::to_string(kStateVersion) + " is)");
+  TrainerState s;
+  s.global_step = r.integer(json, "global_step");
+  s.optimizer_steps = r.integer(json, "optimizer_steps");
+  s.micro_step = r.integer(json, "micro_step");
+  s.epoch = r.number(json, "epoch");
+  const Json& cursor = r.at(json, "data_cursor");
+  s.data_epoch = static_cast<uint64_t>(r.integer(cursor, "epoch"));
+  s.data_index = static_cast<uint64_t>(r.integer(cursor, "batch_index"));
+  s.total_steps = r.integer(json, "total_steps");
+  s.warmup_steps = r.integer(json, "warmup_steps");
+  s.seed = r.unsigned_text(json, "seed");
+  s.elapsed_s = r.number(json, "elapsed_s");
+  s.config_path = r.string(json, "config_path");
+  s.config_hash = r.string(json, "config_hash");
+  s.batches_per_epoch = r.integer(json, "batches_per_epoch");
+  s.per_device_train_batch_size = static_cast<int>(r.integer(json, "per_device_train_batch_size"));
+  s.gradient_accumulation_steps = static_cast<int>(r.integer(json, "gradient_accumulation_steps"));
+  s.model = BertConfig::from_hf_json(r.at(json, "model_config"), path + ": model_config");
+  const Json& w = r.at(json, "log_window");
+  s.window.micro_batches = r.integer(w, "micro_batches");
+  s.window.loss_sum = r.exact(w, "loss_sum");
+  s.window.mlm_loss_sum = r.exact(w, "mlm_loss_sum");
+  s.window.nsp_loss_sum = r.exact(w, "nsp_loss_sum");
+  s.window.mlm_correct = r.integer(w, "mlm_correct");
+  s.window.mlm_count = r.integer(w, "mlm_count");
+  s.window.nsp_correct = r.integer(w, "nsp_correct");
+  s.window.nsp_count = r.integer(w, "nsp_count");
+  s.window.tokens = r.integer(w, "tokens");
+  s.window.train_seconds = r.number(w, "train_seconds");
+  if (s.global_step < 0 || s.optimizer_steps < 0 || s.optimizer_steps > s.global_step || s.micro_step < 0)
+    throw Error(path + ": inconsistent step counters (global_step " + std::to_string(s.global_step) +
+                ", optimizer_steps " + std::to_string(s.optimizer_steps) + ", micro_step " +
+                std::to_string(s.micro_step) + ")");
+  return s;
+}
+
+TrainerState TrainerState::load(const std::string& path) {
+  if (!file_exists(path)) throw Error(path + ": not found (is this a bert_train checkpoint directory?)");
+  return from_json(Json::parse(read_file(path), path), path);
+}
+
+// ---- the trainer ------------------------------------------------------------------------------------
+
+namespace {
+
+using Clock = std::chrono::steady_clock;
+
+double seconds_since(Clock::time_point start) {
+  return std::chrono::duration<double>(Clock::now() - start).count();
+}
+
+struct EvalResult {
+  double loss = 0, mlm_loss = 0, nsp_loss = 0, mlm_acc = 0, nsp_acc = 0;
+  size_t batches = 0;
+};
+
+class Trainer {
+ public:
+  Trainer(RunConfig config, std::optional<std::string> resume, std::ostream& out, std::ostream& err,
+          const TrainHooks& hooks)
+      : config_(std::move(config)), resume_(std::move(resume)), out_(out), err_(err), hooks_(hooks) {}
+
+  int run();
+
+ private:
+  const TrainingConfig& training() const { return config_.training; }
+  const DataConfig& data() const { return config_.data; }
+
+  void setup_threads();
+  void check_output_dir();
+  std::string resolve_resume_dir() const;
+  void load_tokenizer_and_data();
+  void build_model();
+  void restore(const std::string& checkpoint);
+  void print_run_table() const;
+
+  double learning_rate(int64_t step) const;
+  void train_step();
+  EvalResult evaluate();
+  void write_log_record(bool log_train, const std::optional<EvalResult>& eval);
+  void write_model_files(const std::string& dir) const;
+  std::string save_checkpoint();
+  void update_progress(Progress& progress) const;
+
+  RunConfig config_;
+  std::optional<std::string> resume_;
+  std::ostream& out_;
+  std::ostream& err_;
+  const TrainHooks& hooks_;
+
+  int threads_ = 1;
+  std::unique_ptr<Tokenizer> tokenizer_;
+  std::unique_ptr<Dataset> train_data_, valid_data_;
+  std::string valid_description_;
+  std::unique_ptr<Loader> loader_, eval_loader_;
+  int64_t seq_len_ = 0;  // the longest batch the loader can make
+  std::unique_ptr<BertForPreTraining<float>> model_;
+  std::unique_ptr<cpu::Context> context_;
+  std::vector<float> exp_avg_, exp_avg_sq_;  // laid out like the parameter arena
+  std::vector<cpu::AdamWTensor<float>> adam_tensors_;
+  std::vector<cpu::GradView<float>> grad_views_;
+  LrSchedule schedule_ = LrSchedule::kLinear;
+
+  TrainerState state_;
+  std::string config_text_;
+  std::unique_ptr<MetricsLog> metrics_;
+  Batch batch_, eval_batch_;
+
+  // This session (for speed, ETA and elapsed time).
+  Clock::time_point session_start_ = Clock::now();
+  int64_t session_first_step_ = 0;
+  double elapsed_at_start_ = 0;
+  double last_loss_ = 0, last_grad_norm_ = 0, last_lr_ = 0;
+  int64_t last_saved_step_ = -1;
+  int64_t skipped_steps_ = 0;
+};
+
+void Trainer::setup_threads() {
+  threads_ = training().threads > 0 ? training().threads : std::max(1, omp_get_num_procs());
+  // The ops take their thread count from the Context; OpenMP's default and OpenBLAS's pool follow it
+  // so neither oversubscribes the cores.
+  omp_set_num_threads(threads_);
+  if (openblas_set_num_threads) openblas_set_num_threads(threads_);
+  context_ = std::make_unique<cpu::Context>(threads_);
+}
+
+void Trainer::check_output_dir() {
+  const std::string& dir = training().output_dir;
+  const std::string where = config_.path + ": [training] output_dir '" + dir + "'";
+  if (file_exists(dir) && !is_directory(dir)) throw Error(where + " exists and is not a directory");
+  if (resume_) return;
+  std::error_code ec;
+  const bool non_empty = is_directory(dir) && !fs::is_empty(dir, ec);
+  if (!non_empty) return;
+  if (!training().overwrite_output_dir)
+    throw Error(where + " already exists and is not empty; continue it with --resume, set [training] " +
+                "overwrite_output_dir = true to start over, or choose another output_dir");
+  // overwrite_output_dir: start over. Old checkpoints would otherwise be taken for this run's
+  // (rotation, --resume), and old metrics lines would mix with the new ones.
+  const auto old = list_checkpoints(dir);
+  for (const CheckpointInfo& checkpoint : old) fs::remove_all(checkpoint.path, ec);
+  fs::remove(dir + "/metrics.jsonl", ec);
+  if (!old.empty())
+    out_ << "overwrite_output_dir: removed " << old.size() << " old checkpoint(s) and metrics.jsonl from " << dir
+         << "\n";
+}
+
+std::string Trainer::resolve_resume_dir() const {
+  if (!resume_->empty()) {
+    if (!is_directory(*resume_)) throw Error("--resume " + *resume_ + ": no such checkpoint directory");
+    return *resume_;
+  }
+  const std::string& dir = training().output_dir;
+  const auto latest = latest_checkpoint(dir);
+  if (!latest)
+    throw Error("--resume: no checkpoint-N directory in '" + dir + "' (" + config_.path +
+                " [training] output_dir); start without --resume, or pass --resume CHECKPOINT_DIR");
+  return latest->path;
+}
+
+void Trainer::load_tokenizer_and_data() {
+  tokenizer_ = std::make_unique<Tokenizer>(Tokenizer::from_dir(data().tokenizer));
+  const auto vocab = static_cast<int>(tokenizer_->vocab().size());
+  BertConfig& model = config_.model;
+  if (model.vocab_size == 0) {
+    model.vocab_size = vocab;
+  } else if (model.vocab_size < vocab) {
+    throw Error(config_.path + ": [model] vocab_size = " + std::to_string(model.vocab_size) + " is smaller than the " +
+                std::to_string(vocab) + " tokens of " + data().tokenizer + "; set it to 0 to use the tokenizer's");
+  }
+  if (model.pad_token_id != tokenizer_->pad_id())
+    err_ << "warning: [model] pad_token_id = " << model.pad_token_id << " but the tokenizer's [PAD] is id "
+         << tokenizer_->pad_id() << "\n";
+
+  train_data_ = std::make_unique<Dataset>(data().train_data, Split::kTrain, static_cast<uint32_t>(vocab));
+  if (train_data_->size() == 0)
+    throw Error(data().train_data + ": no training examples (manifest.json lists no train shards)");
+  if (!data().valid_data.empty()) {
+    valid_data_ = std::make_unique<Dataset>(data().valid_data, Split::kValid, static_cast<uint32_t>(vocab));
+    valid_description_ = data().valid_data + " (valid split)";
+    if (valid_data_->size() == 0) {  // a shard dir made only for evaluation keeps it in "train"
+      valid_data_ = std::make_unique<Dataset>(data().valid_data, Split::kTrain, static_cast<uint32_t>(vocab));
+      valid_description_ = data().valid_data + " (train split)";
+    }
+  } else {
+    valid_data_ = std::make_unique<Dataset>(data().train_data, Split::kValid, static_cast<uint32_t>(vocab));
+    valid_description_ = data().train_data + " (valid split)";
+  }
+  if (valid_data_->size() == 0) {
+    valid_data_.reset();
+    valid_description_.clear();
+  }
+
+  const auto shard_len = static_cast<int64_t>(train_data_->max_seq_len());
+  if (data().max_seq_length > 0 && data().max_seq_length < shard_len)
+    throw Error(config_.path + ": [data] max_seq_length = " + std::to_string(data().max_seq_length) +
+                " is shorter than the shards' max length " + std::to_string(shard_len) +
+                "; set it to 0 (pad each batch to its longest example) or >= " + std::to_string(shard_len));
+  seq_len_ = data().max_seq_length > 0 ? data().max_seq_length : shard_len;
+  if (valid_data_) seq_len_ = std::max<int64_t>(seq_len_, valid_data_->max_seq_len());
+  if (seq_len_ > model.max_position_embeddings)
+    throw Error(config_.path + ": [model] max_position_embeddings = " + std::to_string(model.max_position_embeddings) +
+                " is shorter than the " + std::to_string(seq_len_) +
+                "-token sequences of the shards; raise it or rebuild the shards with a smaller --max-seq-len");
+
+  LoaderOptions options;
+  options.batch_size = training().per_device_train_batch_size;
+  options.seed = training().seed;
+  options.shuffle = data().shuffle;
+  options.drop_last = true;
+  options.fixed_length = data().max_seq_length;
+  options.prefetch = data().prefetch;
+  options.masking.mlm_probability = data().mlm_probability;
+  options.masking.mask_replace_prob = data().mask_replace_prob;
+  options.masking.random_replace_prob = data().random_replace_prob;
+  options.masking.whole_word = data().whole_word_mask;
+  options.masking.fixed_count = data().fixed_mask_count;
+  if (train_data_->size() < static_cast<size_t>(options.batch_size))
+    throw Error(config_.path + ": [training] per_device_train_batch_size = " + std::to_string(options.batch_size) +
+                " is more than the " + std::to_string(train_data_->size()) + " training examples");
+  const MaskingVocab masking = masking_vocab(*tokenizer_);
+  loader_ = std::make_unique<Loader>(*train_data_, masking, tokenizer_->cls_id(), tokenizer_->sep_id(),
+                                     tokenizer_->pad_id(), options);
+  if (valid_data_) {
+    // Evaluation: same masking rules, a fixed order and a fixed (seed, epoch 0) mask, every time.
+    LoaderOptions eval_options = options;
+    eval_options.batch_size = training().per_device_eval_batch_size;
+    eval_options.shuffle = false;
+    eval_options.drop_last = false;
+    eval_options.prefetch = 0;
+    eval_loader_ = std::make_unique<Loader>(*valid_data_, masking, tokenizer_->cls_id(), tokenizer_->sep_id(),
+                                            tokenizer_->pad_id(), eval_options);
+  }
+}
+
+void Trainer::build_model() {
+  ModelOptions options;
+  options.mlm_on_masked_positions_only = data().mlm_masked_positions_only;
+  options.num_threads = threads_;
+  options.init_seed = training().seed;
+  model_ = std::make_unique<BertForPreTraining<float>>(config_.model, options);
+  const int64_t max_batch = std::max(training().per_device_train_batch_size,
+                                     valid_data_ ? training().per_device_eval_batch_size : 1);
+  model_->reserve(max_batch, seq_len_);
+  exp_avg_.assign(model_->parameters().size(), 0.0f);
+  exp_avg_sq_.assign(model_->parameters().size(), 0.0f);
+}
+
+void Trainer::restore(const std::string& checkpoint) {
+  const TrainerState saved = TrainerState::load(checkpoint + "/trainer_state.json");
+  // A different model shape cannot continue; other changes can, but the run then differs from an
+  // uninterrupted one, so say so.
+  const BertConfig& a = saved.model;
+  const BertConfig& b = config_.model;
+  std::string shape_diff;
+  const auto compare = [&](const char* key, auto was, auto now) {
+    if (was != now) shape_diff += std::string(shape_diff.empty() ? "" : ", ") + key + " " + std::to_string(was) +
+                                  " -> " + std::to_string(now);
+  };
+  compare("vocab_size", a.vocab_size, b.vocab_size);
+  compare("hidden_size", a.hidden_size, b.hidden_size);
+  compare("num_hidden_layers", a.num_hidden_layers, b.num_hidden_layers);
+  compare("num_attention_heads", a.num_attention_heads, b.num_attention_heads);
+  compare("intermediate_size", a.intermediate_size, b.intermediate_size);
+  compare("max_position_embeddings", a.max_position_embeddings, b.max_position_embeddings);
+  compare("type_vocab_size", a.type_vocab_size, b.type_vocab_size);
+  if (a.hidden_act != b.hidden_act) shape_diff += std::string(shape_diff.empty() ? "" : ", ") + "hidden_act";
+  if (!shape_diff.empty())
+    throw Error("cannot resume from " + checkpoint + ": its model differs from " + config_.path + " [model] (" +
+                shape_diff + "); resume with the config it was trained with, or start a new output_dir");
+
+  std::string changed;
+  const auto note = [&](const char* what, auto was, auto now) {
+    if (was != now) changed += std::string(changed.empty() ? "" : ", ") + what + " " + std::to_string(was) + " -> " +
+                               std::to_string(now);
+  };
+  note("seed", saved.seed, state_.seed);
+  note("per_device_train_batch_size", saved.per_device_train_batch_size, state_.per_device_train_batch_size);
+  note("gradient_accumulation_steps", saved.gradient_accumulation_steps, state_.gradient_accumulation_steps);
+  note("batches_per_epoch", saved.batches_per_epoch, state_.batches_per_epoch);
+  note("total_steps", saved.total_steps, state_.total_steps);
+  note("warmup_steps", saved.warmup_steps, state_.warmup_steps);
+  if (!changed.empty())
+    err_ << "warning: resuming " << checkpoint << " with changed settings (" << changed
+         << "): the run will not repeat an uninterrupted one exactly\n";
+  else if (saved.config_hash != state_.config_hash)
+    err_ << "note: " << config_.path << " differs from the config " << checkpoint << " was trained with ("
+         << saved.config_path << ")\n";
+
+  try {
+    model_->load_safetensors(checkpoint + "/model.safetensors");
+    const std::string optimizer_path = checkpoint + "/trainer_state.safetensors";
+    if (!file_exists(optimizer_path)) throw Error(optimizer_path + ": not found");
+    const SafetensorsFile optimizer(optimizer_path);
+    const std::string* step = optimizer.metadata_value("global_step");
+    if (!step || *step != std::to_string(saved.global_step))
+      throw Error(optimizer_path + ": global_step metadata " + (step ? *step : std::string("(missing)")) +
+                  " does not match trainer_state.json's " + std::to_string(saved.global_step));
+    for (const ParamInfo& info : model_->params()) {
+      optimizer.read_f32("exp_avg." + info.name, info.shape,
+                         std::span<float>(exp_avg_.data() + info.offset, info.numel));
+      optimizer.read_f32("exp_avg_sq." + info.name, info.shape,
+                         std::span<float>(exp_avg_sq_.data() + info.offset, info.numel));
+    }
+  } catch (const Error& e) {
+    throw Error("cannot resume from " + checkpoint + ": " + e.what());
+  }
+
+  state_.global_step = saved.global_step;
+  state_.optimizer_steps = saved.optimizer_steps;
+  state_.micro_step = saved.micro_step;
+  state_.data_epoch = saved.data_epoch;
+  state_.data_index = saved.data_index;
+  if (state_.data_index >= static_cast<uint64_t>(state_.batches_per_epoch)) {  // the data shrank
+    state_.data_epoch += 1;
+    state_.data_index = 0;
+  }
+  state_.epoch = saved.epoch;
+  state_.elapsed_s = saved.elapsed_s;
+  state_.window = saved.window;
+  last_saved_step_ = saved.global_step;
+}
+
+void Trainer::print_run_table() const {
+  const BertConfig& m = config_.model;
+  const TrainingConfig& t = training();
+  const int64_t batch = t.per_device_train_batch_size, accumulation = t.gradient_accumulation_steps;
+  const int64_t sequences = batch * accumulation;
+  const int64_t tokens = sequences * seq_len_;
+  const auto mlm_rows = data().mlm_masked_positions_only
+                            ? static_cast<int64_t>(std::llround(data().mlm_probability * static_cast<double>(batch * seq_len_)))
+                            : batch * seq_len_;
+  const double flops = model_->training_flops(batch, seq_len_, mlm_rows) * static_cast<double>(accumulation);
+  const auto bpe = static_cast<int64_t>(loader_->batches_per_epoch());
+  const double epochs = static_cast<double>(state_.total_steps * accumulation) / static_cast<double>(bpe);
+  const char* padding = data().max_seq_length > 0 ? "fixed length" : "at most; each batch padded to its longest";
+
+  out_ << "bert_train: " << config_.path << "\n";
+  out_ << "  model        BertForPreTraining: " << m.num_hidden_layers << " layers, hidden " << m.hidden_size << ", "
+       << m.num_attention_heads << " heads, intermediate " << m.intermediate_size << ", vocab " << m.vocab_size
+       << ", max positions " << m.max_position_embeddings << ", " << m.hidden_act << ", dropout "
+       << printf_string("%g/%g", m.hidden_dropout_prob, m.attention_probs_dropout_prob) << "\n";
+  out_ << "  parameters   " << human_count(static_cast<double>(model_->num_parameters())) << " ("
+       << with_commas(model_->num_parameters()) << ")\n";
+  out_ << "  batch        " << batch << " sequences x " << accumulation << " accumulation = " << sequences
+       << " sequences/step, " << seq_len_ << " tokens each (" << padding << ")\n";
+  out_ << "  tokens/step  " << with_commas(tokens) << " (padded), MLM " << printf_string("%g", data().mlm_probability)
+       << (data().whole_word_mask ? " whole-word" : "") << ", head on "
+       << (data().mlm_masked_positions_only ? "masked positions only" : "every position") << "\n";
+  out_ << "  FLOPs/step   " << human_flops(flops) << " (forward + backward, full-length batches)\n";
+  out_ << "  device       cpu, " << threads_ << " thread" << (threads_ == 1 ? "" : "s") << " (OpenMP + "
+       << (openblas_set_num_threads ? "OpenBLAS" : "BLAS") << ")\n";
+  out_ << "  precision    fp32 (parameters, activations, AdamW moments)\n";
+  out_ << "  data         train " << with_commas(static_cast<int64_t>(train_data_->size())) << " examples ("
+       << with_commas(bpe) << " batches/epoch), valid "
+       << (valid_data_ ? with_commas(static_cast<int64_t>(valid_data_->size())) + " examples, at most " +
+                             std::to_string(std::min(kMaxEvalBatches, eval_loader_->batches_per_epoch())) +
+                             " batches per evaluation"
+                       : std::string("none"))
+       << "\n";
+  out_ << "  steps        " << with_commas(state_.total_steps) << " total (" << printf_string("%.2f", epochs)
+       << " epochs), warmup " << state_.warmup_steps << ", lr " << printf_string("%g", t.learning_rate) << " "
+       << lr_schedule_name(schedule_) << ", weight decay " << printf_string("%g", t.weight_decay) << ", max grad norm "
+       << printf_string("%g", t.max_grad_norm) << "\n";
+  out_ << "  every        log " << t.logging_steps << ", eval " << (valid_data_ ? std::to_string(t.eval_steps) : "-")
+       << ", save " << t.save_steps << " steps (keep " << (t.save_total_limit > 0 ? std::to_string(t.save_total_limit) : "all")
+       << "), seed " << t.seed << "\n";
+  out_ << "  output       " << t.output_dir << "\n";
+  if (state_.global_step > 0)
+    out_ << "  resumed      at step " << state_.global_step << " (epoch " << printf_string("%.2f", state_.epoch)
+         << ", data cursor " << state_.data_epoch << ":" << state_.data_index << ")\n";
+  out_.flush();
+}
+
+double Trainer::learning_rate(int64_t step) const {
+  return training().learning_rate * lr_factor(schedule_, step, state_.warmup_steps, state_.total_steps);
+}
+
+void Trainer::train_step() {
+  const Clock::time_point start = Clock::now();
+  const int accumulation = training().gradient_accumulation_steps;
+  const float loss_scale = 1.0f / static_cast<float>(accumulation);
+  const auto batches_per_epoch = static_cast<uint64_t>(state_.batches_per_epoch);
+  model_->zero_grads();
+  LogWindow& window = state_.window;
+  double step_loss = 0;
+  for (int micro = 0; micro < accumulation; ++micro) {
+    loader_->next(batch_);
+    model_->set_dropout(state_.seed, static_cast<uint64_t>(state_.micro_step), true);
+    LossStats stats;
+    model_->forward_backward(batch_view(batch_), stats, true, loss_scale);
+    ++state_.micro_step;
+    state_.data_epoch = batch_.epoch;
+    state_.data_index = batch_.index + 1;
+    if (state_.data_index >= batches_per_epoch) {
+      state_.data_epoch += 1;
+      state_.data_index = 0;
+    }
+    ++window.micro_batches;
+    window.loss_sum += stats.loss;
+    window.mlm_loss_sum += stats.mlm_loss;
+    window.nsp_loss_sum += stats.nsp_loss;
+    window.mlm_correct += stats.mlm_correct;
+    window.mlm_count += stats.mlm_count;
+    window.nsp_correct += stats.nsp_correct;
+    window.nsp_count += stats.nsp_count;
+    window.tokens += static_cast<int64_t>(batch_.real_tokens());
+    step_loss += stats.loss / accumulation;
+  }
+
+  const double norm = cpu::grad_norm<float>(*context_, grad_views_);
+  const double lr = learning_rate(state_.global_step);
+  if (std::isfinite(norm)) {
+    cpu::AdamWHyperparams hyper;
+    hyper.learning_rate = lr;
+    hyper.beta1 = training().adam_beta1;
+    hyper.beta2 = training().adam_beta2;
+    hyper.epsilon = training().adam_epsilon;
+    hyper.weight_decay = training().weight_decay;
+    hyper.step = ++state_.optimizer_steps;
+    hyper.grad_scale = training().max_grad_norm > 0 ? ops::clip_grad_coefficient(norm, training().max_grad_norm) : 1.0;
+    cpu::adamw_step<float>(*context_, hyper, adam_tensors_);
+  } else {
+    ++skipped_steps_;
+    err_ << "warning: step " << state_.global_step + 1 << ": gradient norm is " << norm
+         << "; skipping this update (loss " << step_loss << ")\n";
+  }
+  ++state_.global_step;
+  state_.epoch = static_cast<double>(state_.micro_step) / static_cast<double>(state_.batches_per_epoch);
+  last_loss_ = step_loss;
+  last_grad_norm_ = norm;
+  last_lr_ = lr;
+  window.train_seconds += seconds_since(start);
+}
+
+EvalResult Trainer::evaluate() {
+  model_->set_dropout(state_.seed, 0, false);
+  double mlm_sum = 0, nsp_sum = 0;
+  int64_t mlm_correct = 0, mlm_count = 0, nsp_correct = 0, nsp_count = 0;
+  EvalResult result;
+  result.batches = std::min(kMaxEvalBatches, eval_loader_->batches_per_epoch());
+  for (size_t i = 0; i < result.batches; ++i) {
+    eval_loader_->make_batch(0, i, eval_batch_);
+    LossStats stats;
+    model_->forward_backward(batch_view(eval_batch_), stats, false);
+    mlm_sum += stats.mlm_loss * static_cast<double>(stats.mlm_count);
+    nsp_sum += stats.nsp_loss * static_cast<double>(stats.nsp_count);
+    mlm_correct += stats.mlm_correct;
+    mlm_count += stats.mlm_count;
+    nsp_correct += stats.nsp_correct;
+    nsp_count += stats.nsp_count;
+  }
+  // Means over every labelled token / sequence of the evaluation set (not of per-batch means).
+  const auto ratio = [](double a, int64_t b) { return b > 0 ? a / static_cast<double>(b) : 0.0; };
+  result.mlm_loss = ratio(mlm_sum, mlm_count);
+  result.nsp_loss = ratio(nsp_sum, nsp_count);
+  result.loss = result.mlm_loss + result.nsp_loss;
+  result.mlm_acc = ratio(static_cast<double>(mlm_correct), mlm_count);
+  result.nsp_acc = ratio(static_cast<double>(nsp_correct), nsp_count);
+  return result;
+}
+
+void Trainer::write_log_record(bool log_train, const std::optional<EvalResult>& eval) {
+  const double elapsed = elapsed_at_start_ + seconds_since(session_start_);
+  Json record = Json::object();
+  record.set("step", state_.global_step);
+  record.set("epoch", std::round(state_.epoch * 1e4) / 1e4);
+  std::string line = printf_string("step %*lld/%lld", static_cast<int>(std::to_string(state_.total_steps).size()),
+                            static_cast<long long>(state_.global_step), static_cast<long long>(state_.total_steps));
+  line += printf_string(" | epoch %.2f", state_.epoch);
+  if (log_train && state_.window.micro_batches > 0) {
+    const LogWindow& w = state_.window;
+    const auto n = static_cast<double>(w.micro_batches);
+    const auto ratio = [](int64_t a, int64_t b) { return b > 0 ? static_cast<double>(a) / static_cast<double>(b) : 0.0; };
+    const double tokens_per_s = w.train_seconds > 0 ? static_cast<double>(w.tokens) / w.train_seconds : 0.0;
+    record.set("loss", w.loss_sum / n);
+    record.set("mlm_loss", w.mlm_loss_sum / n);
+    record.set("nsp_loss", w.nsp_loss_sum / n);
+    record.set("mlm_acc", ratio(w.mlm_correct, w.mlm_count));
+    record.set("nsp_acc", ratio(w.nsp_correct, w.nsp_count));
+    record.set("lr", last_lr_);
+    record.set("grad_norm", std::isfinite(last_grad_norm_) ? Json(last_grad_norm_) : Json());
+    record.set("tokens_per_s", std::round(tokens_per_s * 10) / 10);
+    line += printf_string(" | loss %.4f (mlm %.4f, nsp %.4f) | acc mlm %.3f nsp %.3f | lr %.3e | grad_norm %.3f | %s tok/s",
+                   w.loss_sum / n, w.mlm_loss_sum / n, w.nsp_loss_sum / n, ratio(w.mlm_correct, w.mlm_count),
+                   ratio(w.nsp_correct, w.nsp_count), last_lr_, last_grad_norm_, human_count(tokens_per_s).c_str());
+    state_.window = LogWindow{};
+  }
+  if (eval) {
+    record.set("eval_loss", eval->loss);
+    record.set("eval_mlm_loss", eval->mlm_loss);
+    record.set("eval_nsp_loss", eval->nsp_loss);
+    record.set("eval_mlm_acc", eval->mlm_acc);
+    record.set("eval_nsp_acc", eval->nsp_acc);
+    line += printf_string(" | eval loss %.4f (mlm %.4f, nsp %.4f) acc mlm %.3f nsp %.3f", eval->loss, eval->mlm_loss,
+                   eval->nsp_loss, eval->mlm_acc, eval->nsp_acc);
+  }
+  record.set("elapsed_s", std::round(elapsed * 100) / 100);
+  const int64_t session_steps = state_.global_step - session_first_step_;
+  const double eta = session_steps > 0 ? seconds_since(session_start_) / static_cast<double>(session_steps) *
+                                             static_cast<double>(state_.total_steps - state_.global_step)
+                                       : NAN;
+  line += " | " + human_duration(elapsed) + (state_.global_step < state_.total_steps ? ", ETA " + human_duration(eta) : "");
+  metrics_->write(record);
+  out_ << line << "\n";
+  out_.flush();
+}
+
+void Trainer::write_model_files(const std::string& dir) const {
+  model_->save_safetensors(dir + "/model.safetensors");
+  write_file_atomic(dir + "/config.json", config_.model.to_hf_json().dump(2) + "\n");
+  tokenizer_->vocab().save(dir + "/vocab.txt");
+  tokenizer_->config().save(dir);
+}
+
+std::string Trainer::save_checkpoint() {
+  state_.elapsed_s = elapsed_at_start_ + seconds_since(session_start_);
+  const std::string path =
+      save_checkpoint_dir(training().output_dir, state_.global_step, training().save_total_limit, [&](const std::string& dir) {
+        write_model_files(dir);
+        SafetensorsWriter optimizer;
+        optimizer.set_metadata("global_step", std::to_string(state_.global_step));
+        optimizer.set_metadata("optimizer", "AdamW");
+        for (const ParamInfo& info : model_->params()) {
+          optimizer.add_f32("exp_avg." + info.name, info.shape,
+                            std::span<const float>(exp_avg_.data() + info.offset, info.numel));
+          optimizer.add_f32("exp_avg_sq." + info.name, info.shape,
+                            std::span<const float>(exp_avg_sq_.data() + info.offset, info.numel));
+        }
+        optimizer.write(dir + "/trainer_state.safetensors");
+        write_file_atomic(dir + "/trainer_state.json", state_.to_json().dump(2) + "\n");
+        write_file_atomic(dir + "/run_config.toml", config_text_);
+      });
+  last_saved_step_ = state_.global_step;
+  return path;
+}
+
+void Trainer::update_progress(Progress& progress) const {
+  if (!progress.enabled()) return;
+  const int64_t done = state_.global_step - session_first_step_;
+  const double seconds = seconds_since(session_start_);
+  const double eta = done > 0 ? seconds / static_cast<double>(done) * static_cast<double>(state_.total_steps - state_.global_step) : NAN;
+  const double tokens_per_s = state_.window.train_seconds > 0 ? static_cast<double>(state_.window.tokens) / state_.window.train_seconds : 0;
+  const int width = 24;
+  const auto filled = static_cast<int>(width * state_.global_step / std::max<int64_t>(1, state_.total_steps));
+  std::string bar(static_cast<size_t>(filled), '#');
+  bar.append(static_cast<size_t>(width - filled), '.');
+  progress.update(printf_string("[%s] %lld/%lld | loss %.4f | lr %.2e | %s tok/s | ETA %s", bar.c_str(),
+                         static_cast<long long>(state_.global_step), static_cast<long long>(state_.total_steps), last_loss_,
+                         last_lr_, state_.window.tokens > 0 ? human_count(tokens_per_s).c_str() : "-",
+                         human_duration(eta).c_str()));
+}
+
+int Trainer::run() {
+  for (const std::string& warning : config_.warnings) err_ << "warning: " << warning << "\n";
+  if (training().device != "cpu")
+    throw Error(config_.path + ": [training] device = \"" + training().device +
+                "\": this bert_train trains on the CPU; set device = \"cpu\"");
+  config_text_ = read_file(config_.path);
+  setup_threads();
+  check_output_dir();
+  const std::optional<std::string> checkpoint = resume_ ? std::optional(resolve_resume_dir()) : std::nullopt;
+  load_tokenizer_and_data();
+  build_model();
+  schedule_ = parse_lr_schedule(training().lr_scheduler_type);
+
+  state_.batches_per_epoch = static_cast<int64_t>(loader_->batches_per_epoch());
+  state_.total_steps = total_train_steps(training(), loader_->batches_per_epoch());
+  state_.warmup_steps = training().warmup_steps_for(state_.total_steps);
+  state_.seed = training().seed;
+  state_.config_path = config_.path;
+  state_.config_hash = hex64(hash64(config_text_.data(), config_text_.size()));
+  state_.per_device_train_batch_size = training().per_device_train_batch_size;
+  state_.gradient_accumulation_steps = training().gradient_accumulation_steps;
+  state_.model = config_.model;
+  if (checkpoint) restore(*checkpoint);
+  for (const ParamInfo& info : model_->params()) {  // after restore: loading replaces the parameter arena
+    cpu::AdamWTensor<float> tensor;
+    tensor.param = model_->parameters().data() + info.offset;
+    tensor.grad = model_->grads().data() + info.offset;
+    tensor.exp_avg = exp_avg_.data() + info.offset;
+    tensor.exp_avg_sq = exp_avg_sq_.data() + info.offset;
+    tensor.numel = static_cast<int64_t>(info.numel);
+    tensor.apply_weight_decay = info.apply_weight_decay;
+    adam_tensors_.push_back(tensor);
+    grad_views_.push_back({tensor.grad, tensor.numel});
+  }
+
+  print_run_table();
+  if (checkpoint) out_ << "resuming from " << *checkpoint << "\n";
+  if (state_.global_step >= state_.total_steps) {
+    out_ << "nothing to do: " << (checkpoint ? *checkpoint : training().output_dir) << " is at step "
+         << state_.global_step << " of " << state_.total_steps
+         << "; raise max_steps or num_train_epochs in the config to train further\n";
+    return 0;
+  }
+  make_directories(training().output_dir);
+  metrics_ = std::make_unique<MetricsLog>(training().output_dir + "/metrics.jsonl",
+                                          checkpoint ? state_.global_step : -1);
+
+  StopSignalGuard signals;
+  session_start_ = Clock::now();
+  session_first_step_ = state_.global_step;
+  elapsed_at_start_ = state_.elapsed_s;
+  Progress progress(true);
+  loader_->start(state_.data_epoch, static_cast<size_t>(state_.data_index));
+  bool stopped = false;
+  while (state_.global_step < state_.total_steps) {
+    train_step();
+    if (hooks_.after_step) hooks_.after_step(state_.global_step);
+    const int64_t step = state_.global_step;
+    const bool last = step == state_.total_steps;
+    stopped = training_stop_requested() && !last;  // a stop at the last step is just the end
+    const bool log_due = step % training().logging_steps == 0 || last;
+    const bool eval_due = eval_loader_ && (step % training().eval_steps == 0 || last);
+    if (log_due || eval_due) {
+      progress.finish();
+      std::optional<EvalResult> eval;
+      if (eval_due) eval = evaluate();
+      write_log_record(log_due, eval);
+    }
+    if (step % training().save_steps == 0 || last || stopped) {
+      progress.finish();
+      const std::string path = save_checkpoint();
+      out_ << "saved " << path << "\n";
+      out_.flush();
+    }
+    if (stopped) break;
+    update_progress(progress);
+  }
+  progress.finish();
+  const double session_seconds = seconds_since(session_start_);
+  const int64_t session_steps = state_.global_step - session_first_step_;
+  if (stopped) {
+    out_ << "stopped at step " << state_.global_step << " of " << state_.total_steps << "; resume with:\n  "
+         << resume_command(config_.path, training().output_dir + "/checkpoint-" + std::to_string(state_.global_step))
+         << "\n";
+    return 0;
+  }
+  // The final model also goes to output_dir itself (HF's trainer.save_model()), loadable as is.
+  write_model_files(training().output_dir);
+  out_ << "done: " << state_.global_step << " steps (" << session_steps << " this run) in "
+       << human_duration(session_seconds) << ", "
+       << printf_string("%.2f", session_steps > 0 ? session_seconds / static_cast<double>(session_steps) : 0.0)
+       << " s/step; last step loss " << printf_string("%.4f", last_loss_);
+  if (skipped_steps_ > 0) out_ << "; " << skipped_steps_ << " update(s) skipped (non-finite gradients)";
+  out_ << "\n  model: " << training().output_dir << " (and checkpoint-" << state_.global_step
+       << "), metrics: " << training().output_dir << "/metrics.jsonl, peak RSS "
+       << human_bytes(static_cast<double>(peak_rss_bytes())) << "\n";
+  out_ << "  plot: bert_train plot " << shell_quote(training().output_dir + "/metrics.jsonl") << " --out "
+       << shell_quote(training().output_dir + "/loss.svg") << "\n";
+  return 0;
+}
+
+int plot_main(const std::vector<std::string>& args, std::ostream& out) {
+  Args parser("bert_train plot", "bert_train plot OUTPUT_DIR/metrics.jsonl [--out loss.svg]");
+  parser.option("--out", "SVG file to write (default: loss.svg next to the metrics file)");
+  if (!parser.parse(args)) {
+    out << parser.help();
+    return 0;
+  }
+  if (parser.positional().size() != 1)
+    throw Error("bert_train plot: expected one metrics.jsonl path (see --help)");
+  const std::string& metrics = parser.positional()[0];
+  const fs::path parent = fs::path(metrics).parent_path();
+  const std::string svg = parser.maybe("--out").value_or((parent.empty() ? fs::path("loss.svg") : parent / "loss.svg").string());
+  plot_metrics_svg(metrics, svg);
+  out << "wrote " << svg << "\n";
+  return 0;
+}
+
+}  // namespace
+
+int train_main(const std::vector<std::string>& args, std::ostream& out, std::ostream& err) {
+  return train_main(args, out, err, TrainHooks{});
+}
+
+int train_main(const std::vector<std::string>& args, std::ostream& out, std::ostream& err, const TrainHooks& hooks) {
+  if (!args.empty() && args[0] == "plot") return plot_main(std::vector<std::string>(args.begin() + 1, args.end()), out);
+  // "--resume" takes an optional value: a bare one means "the latest checkpoint".
+  std::vector<std::string> normalized;
+  for (size_t i = 0; i < args.size(); ++i) {
+    if (args[i] == "--resume" && (i + 1 == args.size() || args[i + 1].rfind("--", 0) == 0))
+      normalized.push_back("--resume=");
+    else
+      normalized.push_back(args[i]);
+  }
+  Args parser("bert_train",
+              "bert_train --config run.toml [--resume [CHECKPOINT_DIR]]\n"
+              "       bert_train plot OUTPUT_DIR/metrics.jsonl [--out loss.svg]");
+  parser.option("--config", "the run config (TOML: [model], [data], [training])")
+      .option("--resume", "continue from CHECKPOINT_DIR (bare --resume: the latest checkpoint in output_dir)");
+  if (!parser.parse(normalized)) {
+    out << parser.help();
+    return 0;
+  }
+  if (!parser.positional().empty())
+    throw Error("bert_train: unexpected argument '" + parser.positional()[0] + "' (see --help)");
+  if (!parser.has("--config")) throw Error("bert_train: --config run.toml is required (see --help)");
+  RunConfig config = load_run_config(parser.str("--config"));
+  Trainer trainer(std::move(config), parser.maybe("--resume"), out, err, hooks);
+  return trainer.run();
+}
+
+void reexec_with_thread_settings(char** argv) {
+  constexpr const char* kMarker = "BERT_TRAIN_THREAD_SETTINGS";
+  if (std::getenv(kMarker) != nullptr) return;
+  bool changed = false;
+  // Threads that wait passively leave the core to the other pool's workers (OpenMP regions and
+  // OpenBLAS GEMMs alternate within every layer).
+  if (std::getenv("OMP_WAIT_POLICY") == nullptr) changed |= ::setenv("OMP_WAIT_POLICY", "PASSIVE", 1) == 0;
+  if (std::getenv("OPENBLAS_THREAD_TIMEOUT") == nullptr) changed |= ::setenv("OPENBLAS_THREAD_TIMEOUT", "4", 1) == 0;
+  if (!changed) return;
+  ::setenv(kMarker, "1", 1);
+  // The resolved path, not /proc/self/exe itself: the process keeps its name ("bert_train" in ps/top).
+  std::error_code ec;
+  const std::string self = fs::read_symlink("/proc/self/exe", ec).string();
+  if (!ec) ::execv(self.c_str(), argv);
+  // No /proc, or execv failed: carry on with the settings as they were.
+}
+
+}  // namespace bert

@@ -1,0 +1,298 @@
+// bert_train end to end on a tiny model (hidden 16, 2 layers, seq 32) and a tiny Korean corpus:
+// the loss falls, a stopped + resumed run equals an uninterrupted one bit for bit, checkpoints are
+// complete and rotated, and user mistakes are one-line errors.
+#include <catch2/catch.hpp>
+
+#include <csignal>
+#include <filesystem>
+#include <functional>
+#include <sstream>
+#include <string>
+#include <vector>
+
+#include "common/error.h"
+#include "common/file.h"
+#include "common/json.h"
+#include "data/prepare.h"
+#include "engine/bert.h"
+#include "engine/checkpoint_dir.h"
+#include "engine/config.h"
+#include "engine/trainer.h"
+#include "tests/test_dirs.h"
+#include "tokenizer/commands.h"
+#include "tokenizer/tokenizer.h"
+
+using namespace bert;
+
+namespace {
+
+// Corpus -> tokenizer -> shards (train + valid) under test_dir().
+void make_tiny_data() {
+  const std::string dir = test_dir();
+  const char* sentences[] = {"이순신은 조선 중기의 무신이다.",          "한산도 대첩에서 일본 수군을 크게 물리쳤다.",
+                             "그는 전라좌도 수군절도사로 임명되었다.", "거북선을 만들어 왜군을 막았다.",
+                             "노량 해전에서 전사하였다.",              "세종은 훈민정음을 창제하였다.",
+                             "집현전 학자들이 한글 연구를 도왔다.",    "BERT는 마스크 언어 모델로 학습된다."};
+  std::string text;
+  for (int d = 0; d < 160; ++d) {
+    for (int s = 0; s < 3 + d % 4; ++s) text += std::string(sentences[(d * 3 + s) % 8]) + "\n";
+    text += "\n";
+  }
+  write_file_atomic(dir + "/clean.txt", text);
+  std::istringstream in;
+  std::ostringstream out, err;
+  REQUIRE(tokenizer_main({"train", "--input", dir + "/clean.txt", "--out", dir + "/tok", "--vocab-size", "300",
+                          "--quiet"},
+                         in, out, err) == 0);
+  REQUIRE(prepare_main({"build", "--tokenizer", dir + "/tok", "--input", dir + "/clean.txt", "--out", dir + "/shards",
+                        "--max-seq-len", "32", "--dupe-factor", "2", "--valid-fraction", "0.1", "--seed", "3",
+                        "--threads", "1", "--quiet"},
+                       out, err) == 0);
+}
+
+// A tiny run config; `training` adds/overrides [training] lines.
+std::string write_config(const std::string& name, const std::string& output_dir, const std::string& training) {
+  const std::string dir = test_dir();
+  const std::string path = dir + "/" + name + ".toml";
+  write_file_atomic(path, "[model]\nhidden_size = 16\nnum_hidden_layers = 2\nnum_attention_heads = 2\n"
+                          "intermediate_size = 64\nmax_position_embeddings = 32\n\n"
+                          "[data]\ntokenizer = \"" + dir + "/tok\"\ntrain_data = \"" + dir + "/shards\"\n\n"
+                          "[training]\noutput_dir = \"" + dir + "/" + output_dir + "\"\nthreads = 2\nseed = 7\n" +
+                              training);
+  return path;
+}
+
+struct RunResult {
+  int code;
+  std::string out, err;
+};
+
+RunResult train(const std::vector<std::string>& args, const TrainHooks& hooks = {}) {
+  std::ostringstream out, err;
+  const int code = train_main(args, out, err, hooks);
+  return {code, out.str(), err.str()};
+}
+
+std::vector<Json> read_metrics(const std::string& path) {
+  std::vector<Json> records;
+  std::istringstream lines(read_file(path));
+  for (std::string line; std::getline(lines, line);)
+    if (!line.empty()) records.push_back(Json::parse(line, path));
+  return records;
+}
+
+// The first line of an exception's message, and whether it had only one.
+std::string error_of(const std::function<void()>& run) {
+  try {
+    run();
+  } catch (const std::exception& e) {
+    return e.what();
+  }
+  return "(no error)";
+}
+
+}  // namespace
+
+TEST_CASE("total steps and trainer state round trip") {
+  TrainingConfig training;
+  training.num_train_epochs = 2.5;
+  training.gradient_accumulation_steps = 4;
+  CHECK(total_train_steps(training, 10) == 7);  // ceil(25 / 4)
+  training.max_steps = 3;
+  CHECK(total_train_steps(training, 10) == 3);
+
+  TrainerState state;
+  state.global_step = 5;
+  state.optimizer_steps = 4;
+  state.micro_step = 10;
+  state.data_epoch = 1;
+  state.data_index = 3;
+  state.seed = 18446744073709551615ull;  // more than a double holds exactly
+  state.model.vocab_size = 100;
+  state.window.micro_batches = 2;
+  state.window.loss_sum = 0.1 + 0.2;  // needs all 17 digits
+  const TrainerState back = TrainerState::from_json(Json::parse(state.to_json().dump(2)), "state.json");
+  CHECK(back.seed == state.seed);
+  CHECK(back.window.loss_sum == state.window.loss_sum);
+  CHECK(back.data_epoch == 1);
+  CHECK(back.data_index == 3);
+  CHECK(back.model.vocab_size == 100);
+  CHECK(resume_command("run.toml", "out dir/checkpoint-5") == "bert_train --config run.toml --resume 'out dir/checkpoint-5'");
+}
+
+TEST_CASE("the loss falls; checkpoints hold an HF model, tokenizer and trainer state; plot") {
+  make_tiny_data();
+  const std::string config = write_config("run", "out",
+                                          "max_steps = 30\nper_device_train_batch_size = 16\nlearning_rate = 5e-3\n"
+                                          "warmup_steps = 3\nlogging_steps = 3\neval_steps = 15\nsave_steps = 15\n");
+  const RunResult run = train({"--config", config});
+  REQUIRE(run.code == 0);
+  INFO(run.out);
+  CHECK(run.out.find("parameters") != std::string::npos);
+  CHECK(run.out.find("FLOPs/step") != std::string::npos);
+  CHECK(run.out.find("cpu, 2 threads") != std::string::npos);
+
+  const std::vector<Json> records = read_metrics(test_dir() + "/out/metrics.jsonl");
+  REQUIRE(records.size() == 10);
+  const double first = records.front().find("loss")->as_number();
+  const double last = (records[8].find("loss")->as_number() + records[9].find("loss")->as_number()) / 2;
+  CHECK(last < first - 0.4);
+  for (const char* key : {"step", "epoch", "loss", "mlm_loss", "nsp_loss", "mlm_acc", "nsp_acc", "lr", "grad_norm",
+                          "tokens_per_s", "elapsed_s"})
+    CHECK(records.back().find(key) != nullptr);
+  CHECK(records.back().find("eval_loss") != nullptr);  // the valid split of the shards
+  CHECK(records.back().find("eval_mlm_acc") != nullptr);
+  CHECK(records[4].find("eval_loss") != nullptr);  // step 15
+  CHECK(records[3].find("eval_loss") == nullptr);
+
+  const std::string checkpoint = test_dir() + "/out/checkpoint-30";
+  for (const char* file : {"model.safetensors", "config.json", "vocab.txt", "tokenizer_config.json",
+                           "special_tokens_map.json", "trainer_state.json", "trainer_state.safetensors"})
+    CHECK(file_exists(checkpoint + "/" + file));
+  CHECK(file_exists(test_dir() + "/out/checkpoint-15/model.safetensors"));
+  const BertConfig saved = BertConfig::load_hf_json(checkpoint + "/config.json");
+  const Tokenizer tokenizer = Tokenizer::from_dir(checkpoint);
+  CHECK(saved.vocab_size == static_cast<int>(tokenizer.vocab().size()));
+  CHECK(saved.hidden_size == 16);
+  BertForPreTraining<float> model(saved);
+  model.load_safetensors(checkpoint + "/model.safetensors");
+  CHECK(read_file(test_dir() + "/out/model.safetensors") == read_file(checkpoint + "/model.safetensors"));
+  const TrainerState state = TrainerState::load(checkpoint + "/trainer_state.json");
+  CHECK(state.global_step == 30);
+  CHECK(state.micro_step == 30);
+
+  std::ostringstream out, err;
+  REQUIRE(train_main({"plot", test_dir() + "/out/metrics.jsonl", "--out", test_dir() + "/loss.svg"}, out, err) == 0);
+  CHECK(read_file(test_dir() + "/loss.svg").find("<polyline") != std::string::npos);
+
+  // Resuming a finished run has nothing to do.
+  const RunResult again = train({"--config", config, "--resume"});
+  CHECK(again.code == 0);
+  CHECK(again.out.find("nothing to do") != std::string::npos);
+}
+
+TEST_CASE("a run stopped by SIGINT and resumed equals an uninterrupted run bit for bit") {
+  make_tiny_data();
+  // Accumulation, dropout (default 0.1), clipping, warmup + linear decay, a logging window cut by the
+  // stop (logging every 3, stop at 5), evaluation.
+  const std::string settings =
+      "max_steps = 12\nper_device_train_batch_size = 8\ngradient_accumulation_steps = 2\nlearning_rate = 3e-3\n"
+      "warmup_steps = 2\nweight_decay = 0.01\nmax_grad_norm = 0.5\nlogging_steps = 3\neval_steps = 4\nsave_steps = 4\n";
+  const std::string straight = write_config("straight", "straight", settings);
+  const std::string stopped = write_config("stopped", "stopped", settings);
+  REQUIRE(train({"--config", straight}).code == 0);
+
+  TrainHooks hooks;
+  hooks.after_step = [](int64_t step) {
+    if (step == 5) std::raise(SIGINT);  // the real handler: finish the step, save, print, exit 0
+  };
+  const RunResult first = train({"--config", stopped}, hooks);
+  REQUIRE(first.code == 0);
+  const std::string checkpoint = test_dir() + "/stopped/checkpoint-5";
+  CHECK(first.out.find("stopped at step 5 of 12") != std::string::npos);
+  CHECK(first.out.find(resume_command(stopped, checkpoint)) != std::string::npos);
+  CHECK(file_exists(checkpoint + "/trainer_state.json"));
+  CHECK(latest_checkpoint(test_dir() + "/stopped")->step == 5);
+  CHECK_FALSE(training_stop_requested());  // cleared when the run ends
+
+  const RunResult second = train({"--config", stopped, "--resume", checkpoint});
+  REQUIRE(second.code == 0);
+  INFO(second.err);
+
+  const auto a = read_metrics(test_dir() + "/straight/metrics.jsonl");
+  const auto b = read_metrics(test_dir() + "/stopped/metrics.jsonl");
+  REQUIRE(a.size() == 6);  // steps 3, 4 (eval), 6, 8 (eval), 9, 12
+  REQUIRE(b.size() == a.size());
+  for (size_t i = 0; i < a.size(); ++i) {
+    CHECK(a[i].find("step")->as_int() == b[i].find("step")->as_int());
+    for (const char* key : {"loss", "mlm_loss", "nsp_loss", "mlm_acc", "nsp_acc", "lr", "grad_norm", "eval_loss",
+                            "eval_mlm_loss", "eval_nsp_acc"}) {
+      const Json* x = a[i].find(key);
+      const Json* y = b[i].find(key);
+      REQUIRE((x == nullptr) == (y == nullptr));
+      if (x) CHECK(x->dump() == y->dump());
+    }
+  }
+  CHECK(read_file(test_dir() + "/straight/checkpoint-12/model.safetensors") ==
+        read_file(test_dir() + "/stopped/checkpoint-12/model.safetensors"));
+  CHECK(read_file(test_dir() + "/straight/checkpoint-12/trainer_state.safetensors") ==
+        read_file(test_dir() + "/stopped/checkpoint-12/trainer_state.safetensors"));
+
+  // Resuming an earlier checkpoint drops the metrics written after it and repeats the same steps.
+  const std::string model_before = read_file(test_dir() + "/straight/checkpoint-12/model.safetensors");
+  REQUIRE(train({"--config", straight, "--resume", test_dir() + "/straight/checkpoint-8"}).code == 0);
+  const auto c = read_metrics(test_dir() + "/straight/metrics.jsonl");
+  REQUIRE(c.size() == a.size());
+  for (size_t i = 0; i < a.size(); ++i)
+    for (const char* key : {"step", "loss", "eval_loss"}) {
+      const Json* x = a[i].find(key);
+      const Json* y = c[i].find(key);
+      REQUIRE((x == nullptr) == (y == nullptr));
+      if (x) CHECK(x->dump() == y->dump());
+    }
+  CHECK(read_file(test_dir() + "/straight/checkpoint-12/model.safetensors") == model_before);
+}
+
+TEST_CASE("save_total_limit keeps the newest checkpoints") {
+  make_tiny_data();
+  const std::string config = write_config("run", "out",
+                                          "max_steps = 7\nper_device_train_batch_size = 8\nlogging_steps = 10\n"
+                                          "save_steps = 2\nsave_total_limit = 2\n");
+  REQUIRE(train({"--config", config}).code == 0);
+  const auto checkpoints = list_checkpoints(test_dir() + "/out");
+  REQUIRE(checkpoints.size() == 2);
+  CHECK(checkpoints[0].step == 6);
+  CHECK(checkpoints[1].step == 7);
+  CHECK(read_metrics(test_dir() + "/out/metrics.jsonl").size() == 1);  // the last step is always logged
+}
+
+TEST_CASE("user mistakes are one-line errors") {
+  make_tiny_data();
+  const auto one_line = [](const std::string& message) { return message.find('\n') == std::string::npos; };
+
+  // An unknown key names the file, the line and a suggestion.
+  const std::string typo = write_config("typo", "out", "max_step = 5\n");
+  std::string message = error_of([&] { train({"--config", typo}); });
+  CHECK_THAT(message, Catch::Contains("typo.toml:") && Catch::Contains("unknown key 'max_step'") &&
+                          Catch::Contains("max_steps"));
+  CHECK(one_line(message));
+
+  // --resume without a checkpoint.
+  const std::string config = write_config("run", "out", "max_steps = 2\nper_device_train_batch_size = 8\n");
+  message = error_of([&] { train({"--config", config, "--resume"}); });
+  CHECK_THAT(message, Catch::Contains("no checkpoint-N"));
+  CHECK(one_line(message));
+
+  // A non-empty output_dir without --resume or overwrite_output_dir (HF's rule).
+  REQUIRE(train({"--config", config}).code == 0);
+  message = error_of([&] { train({"--config", config}); });
+  CHECK_THAT(message, Catch::Contains("output_dir") && Catch::Contains("not empty") && Catch::Contains("--resume") &&
+                          Catch::Contains("overwrite_output_dir"));
+  CHECK(one_line(message));
+  const std::string overwrite =
+      write_config("overwrite", "out", "max_steps = 2\nper_device_train_batch_size = 8\noverwrite_output_dir = true\n");
+  CHECK(train({"--config", overwrite}).code == 0);
+
+  // Resuming with a different model shape.
+  const std::string wider = test_dir() + "/wider.toml";
+  write_file_atomic(wider, std::string(read_file(config)).replace(read_file(config).find("hidden_size = 16"), 16,
+                                                                  "hidden_size = 32"));
+  message = error_of([&] { train({"--config", wider, "--resume"}); });
+  CHECK_THAT(message, Catch::Contains("hidden_size 16 -> 32"));
+  CHECK(one_line(message));
+
+  // A truncated model.safetensors: --resume fails naming the file.
+  const std::string model = test_dir() + "/out/checkpoint-2/model.safetensors";
+  const std::string bytes = read_file(model);
+  write_file_atomic(model, bytes.substr(0, bytes.size() / 2));
+  message = error_of([&] { train({"--config", config, "--resume"}); });
+  CHECK_THAT(message, Catch::Contains("cannot resume from") && Catch::Contains("model.safetensors"));
+  CHECK(one_line(message));
+
+  // Batch larger than the data; unknown command-line option.
+  const std::string huge = write_config("huge", "huge", "max_steps = 2\nper_device_train_batch_size = 100000\n");
+  message = error_of([&] { train({"--config", huge}); });
+  CHECK_THAT(message, Catch::Contains("per_device_train_batch_size"));
+  message = error_of([&] { train({"--config", config, "--resum"}); });
+  CHECK_THAT(message, Catch::Contains("unknown option '--resum'"));
+}
