@@ -1,0 +1,39 @@
+// Error checking for the CUDA backend: every CUDA runtime, cuBLAS(Lt) and kernel-launch error
+// becomes a bert::CudaError carrying file:line and the library's own words. Host code only; usable
+// from .cu and from plain C++ (cuda_runtime.h / cublasLt.h are host headers).
+#pragma once
+
+#include <cublasLt.h>
+#include <cuda_runtime.h>
+
+#include <stdexcept>
+#include <string>
+
+namespace bert::cuda {
+
+class CudaError : public std::runtime_error {
+ public:
+  using std::runtime_error::runtime_error;
+};
+
+[[noreturn]] inline void throw_cuda_error(const char* what, const std::string& detail, const char* file, int line) {
+  throw CudaError(std::string(file) + ":" + std::to_string(line) + ": " + what + " failed: " + detail);
+}
+
+inline void check_cuda(cudaError_t status, const char* what, const char* file, int line) {
+  if (status != cudaSuccess)
+    throw_cuda_error(what, std::string(cudaGetErrorName(status)) + " (" + cudaGetErrorString(status) + ")", file,
+                     line);
+}
+
+inline void check_cublas(cublasStatus_t status, const char* what, const char* file, int line) {
+  if (status != CUBLAS_STATUS_SUCCESS)
+    throw_cuda_error(what, std::string("cuBLAS status ") + std::to_string(static_cast<int>(status)), file, line);
+}
+
+}  // namespace bert::cuda
+
+#define CUDA_CHECK(call) ::bert::cuda::check_cuda((call), #call, __FILE__, __LINE__)
+#define CUBLAS_CHECK(call) ::bert::cuda::check_cublas((call), #call, __FILE__, __LINE__)
+// After every <<<...>>> launch: a bad configuration shows up here, not at the next sync.
+#define CUDA_CHECK_LAUNCH() ::bert::cuda::check_cuda(cudaGetLastError(), "kernel launch", __FILE__, __LINE__)

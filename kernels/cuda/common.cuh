@@ -1,0 +1,372 @@
+// Helpers shared by the CUDA op families (kernels/cuda/<family>.cu; device code, so .cu files only):
+// host argument checks, warp and block sums in a fixed order, 128-bit bf16x8 loads and stores, the
+// deterministic column reduction behind dgamma/dbeta/dbias (per-chunk fp32 partials, then a
+// fixed-order finalize), and the row-wise LayerNorm kernels of layernorm.cu and embeddings.cu (the
+// two differ only in how a row's input z is formed and where its gradient goes).
+// Everything here is inline or a template (the kernels too), so any number of .cu files can include
+// it without clashing at link time. The napkin math stays in the purpose block of each op's file.
+#pragma once
+
+#include <cuda_bf16.h>
+#include <cuda_runtime.h>
+
+#include <cstdint>
+#include <cstring>
+#include <stdexcept>
+#include <string>
+
+#include "kernels/cuda/ops_cuda.h"
+
+namespace bert::cuda::detail {
+
+// ---- host: argument checks and launch arithmetic ---------------------------------------------------
+
+// Throws std::invalid_argument("<op>: <what>") unless ok.
+inline void require(bool ok, const char* op, const std::string& what) {
+  if (!ok) throw std::invalid_argument(std::string(op) + ": " + what);
+}
+
+__host__ __device__ __forceinline__ bool aligned_to(const void* pointer, uintptr_t bytes) {
+  return reinterpret_cast<uintptr_t>(pointer) % bytes == 0;
+}
+
+// 16 bytes: one 128-bit access (8 bf16, 4 floats).
+__host__ __device__ __forceinline__ bool aligned16(const void* pointer) { return aligned_to(pointer, 16); }
+
+inline int64_t ceil_div(int64_t a, int64_t b) { return (a + b - 1) / b; }
+
+// A MatrixShape of rows >= 0 and cols > 0.
+inline void check_matrix_shape(const MatrixShape& shape, const char* op) {
+  require(shape.rows >= 0 && shape.cols > 0, op,
+          "need rows >= 0 and cols > 0, got [" + std::to_string(shape.rows) + ", " + std::to_string(shape.cols) + "]");
+}
+
+// ---- warp and block sums ---------------------------------------------------------------------------
+
+constexpr int kWarpSize = 32;
+
+// Sum over the 32 lanes of a full warp.
+__device__ __forceinline__ float warp_sum(float value) {
+  // Butterfly: IEEE addition is commutative, so every lane ends with the same bits.
+#pragma unroll
+  for (int offset = kWarpSize / 2; offset > 0; offset >>= 1) value += __shfl_xor_sync(0xffffffffu, value, offset);
+  return value;
+}
+
+// Sum over a block of kThreads threads in a fixed tree; valid in thread 0.
+template <int kThreads, class T>
+__device__ T block_sum(T value) {
+  static_assert(kThreads % 32 == 0 && kThreads <= 1024, "whole warps");
+  __shared__ T warp_sums[kThreads / 32];
+  for (int offset = 16; offset > 0; offset /= 2) value += __shfl_down_sync(0xffffffffu, value, offset);
+  const int warp = threadIdx.x / 32, lane = threadIdx.x % 32;
+  if (lane == 0) warp_sums[warp] = value;
+  __syncthreads();
+  if (warp == 0) {
+    value = lane < kThreads / 32 ? warp_sums[lane] : T(0);
+    for (int offset = 16; offset > 0; offset /= 2) value += __shfl_down_sync(0xffffffffu, value, offset);
+  }
+  return value;
+}
+
+// ---- 128-bit bf16 access (the address 16-byte aligned) ---------------------------------------------
+
+constexpr int kVectorWidth = 8;  // bf16 per 128-bit access
+
+// 8 bf16 <-> 8 floats.
+__device__ __forceinline__ void load_bf16x8(const bf16* src, float (&out)[kVectorWidth]) {
+  const uint4 raw = *reinterpret_cast<const uint4*>(src);
+  const __nv_bfloat162* pairs = reinterpret_cast<const __nv_bfloat162*>(&raw);
+#pragma unroll
+  for (int i = 0; i < kVectorWidth / 2; ++i) {
+    const float2 pair = __bfloat1622float2(pairs[i]);
+    out[2 * i] = pair.x;
+    out[2 * i + 1] = pair.y;
+  }
+}
+
+__device__ __forceinline__ void store_bf16x8(bf16* dst, const float (&in)[kVectorWidth]) {
+  uint4 raw;
+  __nv_bfloat162* pairs = reinterpret_cast<__nv_bfloat162*>(&raw);
+#pragma unroll
+  for (int i = 0; i < kVectorWidth / 2; ++i) pairs[i] = __floats2bfloat162_rn(in[2 * i], in[2 * i + 1]);
+  *reinterpret_cast<uint4*>(dst) = raw;
+}
+
+// 8 bf16 kept as bf16.
+struct alignas(16) Bf16x8 {
+  bf16 value[kVectorWidth];
+};
+
+__device__ __forceinline__ Bf16x8 load_bf16_pack(const bf16* source) {
+  const uint4 raw = *reinterpret_cast<const uint4*>(source);
+  Bf16x8 out;
+  memcpy(&out, &raw, sizeof(raw));
+  return out;
+}
+
+__device__ __forceinline__ void store_bf16_pack(bf16* destination, const Bf16x8& values) {
+  uint4 raw;
+  memcpy(&raw, &values, sizeof(raw));
+  *reinterpret_cast<uint4*>(destination) = raw;
+}
+
+// ---- deterministic column sums: per-chunk fp32 partials, then a fixed-order finalize ---------------
+// A column kernel's block is (row chunk = blockIdx.x, column tile = blockIdx.y); each thread owns one
+// column vector (kWidth consecutive columns) and walks its chunk's rows in order, writing
+// partial[chunk, cols] in ctx.scratch; accumulate_partials_kernel then adds the partials to the
+// fp32 gradient in a fixed order. No float atomics, and the chunking depends on the shape alone
+// (never the device's SM count): bitwise the same result every run, on every GPU.
+
+constexpr int kColumnThreads = 64;        // threads (column vectors) per block of a column kernel
+constexpr int64_t kMinRowsPerChunk = 16;  // rows walked by one thread
+constexpr int64_t kMaxChunks = 1024;      // bounds a partial buffer to [1024, cols]
+constexpr int kFinalizeColumns = 32;      // finalize block: 32 columns x 8 groups of chunks
+constexpr int kFinalizeGroups = 8;
+
+// Rows per chunk, fixed for a shape.
+inline int64_t rows_per_chunk(int64_t rows) {
+  const int64_t spread = ceil_div(rows, kMaxChunks);
+  return spread > kMinRowsPerChunk ? spread : kMinRowsPerChunk;
+}
+
+// The column tiles go on grid.y (at most 65535); `name` is what the op calls its columns.
+inline void check_column_tiles(int64_t cols, const char* name, const char* op) {
+  require(ceil_div(cols, kColumnThreads) <= 65535, op,
+          std::string(name) + " " + std::to_string(cols) + " exceeds the supported " +
+              std::to_string(65535 * kColumnThreads));
+}
+
+// Rows [first_row, last_row) of chunk blockIdx.x and the first column of this thread's vector;
+// false when the thread has no column (the tail of the last tile).
+struct ColumnWork {
+  int64_t first_row, last_row, column;
+};
+template <int kWidth>
+__device__ __forceinline__ bool column_work(int64_t rows, int64_t cols, int64_t chunk_rows, ColumnWork& work) {
+  const int64_t vector = static_cast<int64_t>(blockIdx.y) * kColumnThreads + threadIdx.x;
+  if (vector >= cols / kWidth) return false;
+  work.column = vector * kWidth;
+  work.first_row = static_cast<int64_t>(blockIdx.x) * chunk_rows;
+  work.last_row = work.first_row + chunk_rows < rows ? work.first_row + chunk_rows : rows;
+  return true;
+}
+
+// out[j] += sum over chunks of partial[chunk, j] (blockIdx.y picks partial0/out0 or partial1/out1).
+// Thread group g sums chunks g, g + kGroups, ... in order, then group 0 adds the group sums in
+// order: a fixed order.
+template <int kColumns, int kGroups>
+__global__ void __launch_bounds__(kColumns* kGroups)
+    accumulate_partials_kernel(int64_t chunks, int64_t cols, const float* partial0, float* out0, const float* partial1,
+                               float* out1) {
+  __shared__ float group_sums[kGroups][kColumns];
+  const float* partial = blockIdx.y == 0 ? partial0 : partial1;
+  float* out = blockIdx.y == 0 ? out0 : out1;
+  const int64_t j = static_cast<int64_t>(blockIdx.x) * kColumns + threadIdx.x;
+  float sum = 0.0f;
+  if (j < cols) {
+#pragma unroll 4
+    for (int64_t chunk = threadIdx.y; chunk < chunks; chunk += kGroups) sum += partial[chunk * cols + j];
+  }
+  group_sums[threadIdx.y][threadIdx.x] = sum;
+  __syncthreads();
+  if (threadIdx.y == 0 && j < cols) {
+    float total = group_sums[0][threadIdx.x];
+#pragma unroll
+    for (int group = 1; group < kGroups; ++group) total += group_sums[group][threadIdx.x];
+    out[j] += total;
+  }
+}
+
+// Enqueues out0 += the column sums of partial0 [chunks, cols], and the same for partial1/out1 when
+// partial1 is given. The caller checks the launch (CUDA_CHECK_LAUNCH), so an error names its line.
+template <int kColumns = kFinalizeColumns, int kGroups = kFinalizeGroups>
+void launch_accumulate_partials(cudaStream_t stream, int64_t chunks, int64_t cols, const float* partial0, float* out0,
+                                const float* partial1 = nullptr, float* out1 = nullptr) {
+  const dim3 grid(static_cast<unsigned>(ceil_div(cols, kColumns)), partial1 != nullptr ? 2 : 1);
+  accumulate_partials_kernel<kColumns, kGroups>
+      <<<grid, dim3(kColumns, kGroups), 0, stream>>>(chunks, cols, partial0, out0, partial1, out1);
+}
+
+// ---- LayerNorm rows (layernorm.cu, embeddings.cu) --------------------------------------------------
+// y = (z - mean) * rstd * gamma + beta over rows of `cols` elements; all math in fp32. The row kernels
+// run one warp per row; kVectorized: 128-bit accesses (cols % 8 == 0 and every pointer 16-byte
+// aligned), else scalar. Where z comes from is a Rows source: source.row(r, cols) returns an object
+// with
+//   float load(int64_t j) const                            element j of row r of z
+//   void load8(int64_t j, float (&z)[8]) const             elements j .. j + 7 (kVectorized only)
+// and where the input gradient dz goes is an Out sink: dz.row(r, cols) returns an object with
+//   void store(int64_t j, float value) const               element j of row r of dz
+//   void store8(int64_t j, const float (&v)[8]) const      elements j .. j + 7 (kVectorized only)
+//   void pad(int lane) const                               after the scalar path: fill any row padding
+
+constexpr int kRowWarpsPerBlock = 4;  // row kernels: one warp per row
+
+// Two-pass mean / variance (as the CPU; the row is re-read from L1), then y.
+template <bool kVectorized, class Rows>
+__global__ void __launch_bounds__(kRowWarpsPerBlock* kWarpSize)
+    layernorm_rows_forward_kernel(int64_t rows, int64_t cols, Rows source, const bf16* gamma, const bf16* beta,
+                                  float eps, bf16* y, float* mean_out, float* rstd_out) {
+  const int64_t row = static_cast<int64_t>(blockIdx.x) * kRowWarpsPerBlock + threadIdx.x / kWarpSize;
+  const int lane = static_cast<int>(threadIdx.x % kWarpSize);
+  if (row >= rows) return;  // uniform per warp: the shuffles below see full warps
+  const auto z_row = source.row(row, cols);
+  bf16* y_row = y + row * cols;
+  const float count = static_cast<float>(cols);
+
+  float sum = 0.0f;
+  if constexpr (kVectorized) {
+    for (int64_t j = lane * kVectorWidth; j < cols; j += kWarpSize * kVectorWidth) {
+      float z[kVectorWidth];
+      z_row.load8(j, z);
+#pragma unroll
+      for (int i = 0; i < kVectorWidth; ++i) sum += z[i];
+    }
+  } else {
+    for (int64_t j = lane; j < cols; j += kWarpSize) sum += z_row.load(j);
+  }
+  const float mean = warp_sum(sum) / count;
+
+  float squares = 0.0f;
+  if constexpr (kVectorized) {
+    for (int64_t j = lane * kVectorWidth; j < cols; j += kWarpSize * kVectorWidth) {
+      float z[kVectorWidth];
+      z_row.load8(j, z);
+#pragma unroll
+      for (int i = 0; i < kVectorWidth; ++i) squares += (z[i] - mean) * (z[i] - mean);
+    }
+  } else {
+    for (int64_t j = lane; j < cols; j += kWarpSize) {
+      const float centered = z_row.load(j) - mean;
+      squares += centered * centered;
+    }
+  }
+  const float rstd = 1.0f / sqrtf(warp_sum(squares) / count + eps);
+
+  if constexpr (kVectorized) {
+    for (int64_t j = lane * kVectorWidth; j < cols; j += kWarpSize * kVectorWidth) {
+      float z[kVectorWidth], g[kVectorWidth], b[kVectorWidth], out[kVectorWidth];
+      z_row.load8(j, z);
+      load_bf16x8(gamma + j, g);
+      load_bf16x8(beta + j, b);
+#pragma unroll
+      for (int i = 0; i < kVectorWidth; ++i) out[i] = (z[i] - mean) * rstd * g[i] + b[i];
+      store_bf16x8(y_row + j, out);
+    }
+  } else {
+    for (int64_t j = lane; j < cols; j += kWarpSize) {
+      const float z = z_row.load(j);
+      y_row[j] = __float2bfloat16_rn((z - mean) * rstd * __bfloat162float(gamma[j]) + __bfloat162float(beta[j]));
+    }
+  }
+  if (lane == 0) {
+    mean_out[row] = mean;
+    rstd_out[row] = rstd;
+  }
+}
+
+// The input gradient dz = rstd * (g - mean(g) - zhat * mean(g * zhat)), g = dy * gamma, from the
+// saved mean / rstd (dgamma/dbeta come from layernorm_param_partials_kernel).
+template <bool kVectorized, class Rows, class Out>
+__global__ void __launch_bounds__(kRowWarpsPerBlock* kWarpSize)
+    layernorm_rows_backward_kernel(int64_t rows, int64_t cols, Rows source, const bf16* dy, const bf16* gamma,
+                                   const float* mean, const float* rstd, Out dz) {
+  const int64_t row = static_cast<int64_t>(blockIdx.x) * kRowWarpsPerBlock + threadIdx.x / kWarpSize;
+  const int lane = static_cast<int>(threadIdx.x % kWarpSize);
+  if (row >= rows) return;  // uniform per warp
+  const auto z_row = source.row(row, cols);
+  const bf16* dy_row = dy + row * cols;
+  const auto dz_row = dz.row(row, cols);
+  const float row_mean = mean[row], row_rstd = rstd[row];
+  const float count = static_cast<float>(cols);
+
+  float sum_g = 0.0f, sum_g_zhat = 0.0f;
+  if constexpr (kVectorized) {
+    for (int64_t j = lane * kVectorWidth; j < cols; j += kWarpSize * kVectorWidth) {
+      float d[kVectorWidth], z[kVectorWidth], g[kVectorWidth];
+      load_bf16x8(dy_row + j, d);
+      z_row.load8(j, z);
+      load_bf16x8(gamma + j, g);
+#pragma unroll
+      for (int i = 0; i < kVectorWidth; ++i) {
+        const float scaled = d[i] * g[i];
+        sum_g += scaled;
+        sum_g_zhat += scaled * ((z[i] - row_mean) * row_rstd);
+      }
+    }
+  } else {
+    for (int64_t j = lane; j < cols; j += kWarpSize) {
+      const float scaled = __bfloat162float(dy_row[j]) * __bfloat162float(gamma[j]);
+      sum_g += scaled;
+      sum_g_zhat += scaled * ((z_row.load(j) - row_mean) * row_rstd);
+    }
+  }
+  const float mean_g = warp_sum(sum_g) / count;
+  const float mean_g_zhat = warp_sum(sum_g_zhat) / count;
+
+  if constexpr (kVectorized) {
+    for (int64_t j = lane * kVectorWidth; j < cols; j += kWarpSize * kVectorWidth) {
+      float d[kVectorWidth], z[kVectorWidth], g[kVectorWidth], out[kVectorWidth];
+      load_bf16x8(dy_row + j, d);
+      z_row.load8(j, z);
+      load_bf16x8(gamma + j, g);
+#pragma unroll
+      for (int i = 0; i < kVectorWidth; ++i) {
+        const float zhat = (z[i] - row_mean) * row_rstd;
+        out[i] = row_rstd * (d[i] * g[i] - mean_g - zhat * mean_g_zhat);
+      }
+      dz_row.store8(j, out);
+    }
+  } else {
+    for (int64_t j = lane; j < cols; j += kWarpSize) {
+      const float zhat = (z_row.load(j) - row_mean) * row_rstd;
+      const float scaled = __bfloat162float(dy_row[j]) * __bfloat162float(gamma[j]);
+      dz_row.store(j, row_rstd * (scaled - mean_g - zhat * mean_g_zhat));
+    }
+    dz_row.pad(lane);
+  }
+}
+
+// A column kernel (see above): partial[chunk, cols] = the sums of dy * zhat (dgamma) and of dy (dbeta)
+// over the chunk's rows, in row order.
+template <bool kVectorized, class Rows>
+__global__ void __launch_bounds__(kColumnThreads)
+    layernorm_param_partials_kernel(int64_t rows, int64_t cols, int64_t chunk_rows, Rows source, const bf16* dy,
+                                    const float* mean, const float* rstd, float* dgamma_partial, float* dbeta_partial) {
+  constexpr int kWidth = kVectorized ? kVectorWidth : 1;
+  ColumnWork work;
+  if (!column_work<kWidth>(rows, cols, chunk_rows, work)) return;
+  const int64_t j = work.column;
+
+  float dgamma_sum[kWidth], dbeta_sum[kWidth];
+#pragma unroll
+  for (int i = 0; i < kWidth; ++i) dgamma_sum[i] = dbeta_sum[i] = 0.0f;
+#pragma unroll 4
+  for (int64_t r = work.first_row; r < work.last_row; ++r) {
+    const auto z_row = source.row(r, cols);
+    const float row_mean = mean[r], row_rstd = rstd[r];
+    float d[kWidth], z[kWidth];
+    if constexpr (kVectorized) {
+      load_bf16x8(dy + r * cols + j, d);
+      z_row.load8(j, z);
+    } else {
+      d[0] = __bfloat162float(dy[r * cols + j]);
+      z[0] = z_row.load(j);
+    }
+#pragma unroll
+    for (int i = 0; i < kWidth; ++i) {
+      dgamma_sum[i] += d[i] * ((z[i] - row_mean) * row_rstd);
+      dbeta_sum[i] += d[i];
+    }
+  }
+  const int64_t chunk = blockIdx.x;
+  float* dgamma_out = dgamma_partial + chunk * cols + j;
+  float* dbeta_out = dbeta_partial + chunk * cols + j;
+#pragma unroll
+  for (int i = 0; i < kWidth; ++i) {
+    dgamma_out[i] = dgamma_sum[i];
+    dbeta_out[i] = dbeta_sum[i];
+  }
+}
+
+}  // namespace bert::cuda::detail

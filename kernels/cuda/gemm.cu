@@ -1,0 +1,463 @@
+// Linear layers on cuBLASLt: y = x W^T + b (forward), dx = dy W, dW += dy^T x, db += sum_rows dy.
+// Shapes (row-major, PyTorch layout): x [rows, in], W [out, in], b [out], y/dy [rows, out],
+// dx [rows, in]; bf16 operands, fp32 accumulation; dW and db are fp32 and accumulated (+=).
+//
+// Napkin math (BERT-base FFN up-projection at 16k tokens: rows 16384, in 768, out 3072):
+//   forward 2*rows*in*out = 77 GFLOP; backward dx + dW = 155 GFLOP.
+//   bytes (each operand once): (rows*in + in*out + rows*out)*2 = 130 MB forward.
+//   intensity ~600 FLOP/byte, far above H200's ~200 FLOP/byte ridge: compute bound, so every product
+//   is one cuBLASLt GEMM on the tensor cores (~0.1 ms each at ~750 TFLOP/s). The bias gradient is
+//   memory bound: one read of dy (rows*out*2 = 100 MB, ~25 us at ~4 TB/s) in our own two-pass column
+//   sum; the bias add is fused into the forward GEMM's epilogue (CUBLASLT_EPILOGUE_BIAS).
+//
+// Row-major to cuBLASLt's column-major: a row-major [r, c] matrix is a column-major [c, r] one with
+// leading dimension c, i.e. its transpose. So each product is computed transposed:
+//   forward  y^T  [out, rows] = op_T(W: cm [in, out])  * x^T  (cm [in, rows])     m=out n=rows k=in
+//   input    dx^T [in, rows]  = W^T   (cm [in, out])   * dy^T (cm [out, rows])    m=in  n=rows k=out
+//   weight   dW^T [in, out]   = x^T   (cm [in, rows])  * op_T(dy^T: cm [out, rows]) m=in n=out k=rows
+// Types: compute CUBLAS_COMPUTE_32F, scale fp32, A/B bf16; C/D bf16 (y, dx) or fp32 (dW, beta = 1).
+// bf16 A/B with fp32 C/D is one of the combinations the cuBLAS docs list for cublasLtMatmul (the
+// same one Transformer Engine uses for fused weight-gradient accumulation).
+//
+// Shapes and alignment: cuBLASLt takes any m, n, k >= 1 and any leading dimension. Its fast Hopper
+// kernels (TMA + wgmma) want 16-byte aligned pointers and leading dimensions (features a multiple of
+// 8 in bf16); other shapes run on slower kernels. We pass every operand's real pointer alignment to
+// the heuristic (so it never picks a kernel that assumes more) and key the plan cache on it. If no
+// algorithm fits, the call throws std::invalid_argument saying so, with the fix (pad features to a
+// multiple of 8, 16-byte align the buffers). Pointers must be aligned to their element size.
+//
+// Plans: a cuBLASLt heuristic query costs tens of microseconds, so the descriptors and the chosen
+// algorithm are cached per (product, m, n, k, beta, bias, alignments) in the Context
+// (Context::GemmPlans), never in global state.
+#include <cublasLt.h>
+#include <cuda_bf16.h>
+#include <cuda_runtime.h>
+
+#include <array>
+#include <cstdint>
+#include <map>
+#include <stdexcept>
+#include <string>
+
+#include "kernels/cuda/common.cuh"
+#include "kernels/cuda/ops_cuda.h"
+
+namespace bert::cuda {
+
+namespace {
+
+using namespace detail;  // kernels/cuda/common.cuh
+
+// ---- bias gradient: deterministic two-pass column sums of dy ------------------------------------
+// Pass 1: block (x: a strip of 32*kVec columns, y: a chunk of kRowsPerChunk rows); 8 row lanes of
+// 32 threads each sum their rows in order, the lanes are summed in lane order through shared memory,
+// and the chunk's sums go to partial[chunk, column] (or straight into dbias when there is one chunk).
+// Pass 2: one thread per column sums the chunks in order and adds to dbias. The chunking depends on
+// the shape alone, so the result is bitwise the same on every run (and every GPU).
+
+constexpr int kBiasLanes = 8;           // row lanes per block (threadIdx.y)
+constexpr int kBiasThreadsX = 32;       // column threads per block (threadIdx.x)
+constexpr int64_t kRowsPerChunk = 128;  // rows per block of pass 1 (raised only if gridDim.y would overflow)
+
+template <int kVec>
+struct BiasLoad;
+template <>
+struct BiasLoad<1> {
+  __device__ static void add(const bf16* p, float (&acc)[1]) { acc[0] += __bfloat162float(*p); }
+};
+template <>
+struct BiasLoad<2> {
+  __device__ static void add(const bf16* p, float (&acc)[2]) {
+    const float2 v = __bfloat1622float2(*reinterpret_cast<const __nv_bfloat162*>(p));
+    acc[0] += v.x;
+    acc[1] += v.y;
+  }
+};
+template <>
+struct BiasLoad<8> {
+  __device__ static void add(const bf16* p, float (&acc)[8]) {
+    float v[8];
+    load_bf16x8(p, v);  // 16 bytes: 8 bf16
+#pragma unroll
+    for (int i = 0; i < 8; ++i) acc[i] += v[i];
+  }
+};
+
+// kVec consecutive columns per thread; requires cols % kVec == 0 and dy aligned to kVec * 2 bytes.
+template <int kVec>
+__global__ void __launch_bounds__(kBiasThreadsX* kBiasLanes)
+    bias_grad_partial_kernel(const bf16* __restrict__ dy, int64_t rows, int64_t cols, int64_t rows_per_chunk,
+                             float* __restrict__ out, bool accumulate) {
+  constexpr int kStripCols = kBiasThreadsX * kVec;
+  __shared__ float lane_sums[kBiasLanes][kStripCols];
+  const int64_t strip_begin = static_cast<int64_t>(blockIdx.x) * kStripCols;
+  const int64_t col = strip_begin + static_cast<int64_t>(threadIdx.x) * kVec;
+  const int64_t row_begin = static_cast<int64_t>(blockIdx.y) * rows_per_chunk;
+  const int64_t row_end = row_begin + rows_per_chunk < rows ? row_begin + rows_per_chunk : rows;
+
+  float acc[kVec];
+#pragma unroll
+  for (int i = 0; i < kVec; ++i) acc[i] = 0.0f;
+  if (col < cols) {
+    const bf16* p = dy + (row_begin + threadIdx.y) * cols + col;
+    const int64_t step = static_cast<int64_t>(kBiasLanes) * cols;
+#pragma unroll 4
+    for (int64_t r = row_begin + threadIdx.y; r < row_end; r += kBiasLanes, p += step) BiasLoad<kVec>::add(p, acc);
+  }
+#pragma unroll
+  for (int i = 0; i < kVec; ++i) lane_sums[threadIdx.y][threadIdx.x * kVec + i] = acc[i];
+  __syncthreads();
+
+  const int tid = threadIdx.y * kBiasThreadsX + threadIdx.x;
+  for (int c = tid; c < kStripCols; c += kBiasThreadsX * kBiasLanes) {
+    const int64_t column = strip_begin + c;
+    if (column >= cols) continue;
+    float sum = 0.0f;
+#pragma unroll
+    for (int lane = 0; lane < kBiasLanes; ++lane) sum += lane_sums[lane][c];
+    float* target = out + static_cast<int64_t>(blockIdx.y) * cols + column;
+    *target = accumulate ? *target + sum : sum;
+  }
+}
+
+__global__ void bias_grad_finish_kernel(const float* __restrict__ partial, int64_t num_chunks, int64_t cols,
+                                        float* __restrict__ dbias) {
+  const int64_t col = static_cast<int64_t>(blockIdx.x) * blockDim.x + threadIdx.x;
+  if (col >= cols) return;
+  float sum = 0.0f;
+  for (int64_t chunk = 0; chunk < num_chunks; ++chunk) sum += partial[chunk * cols + col];
+  dbias[col] += sum;
+}
+
+// ----------------------------------------------------------------------------------------------------
+
+template <int kVec>
+void launch_bias_grad_partial(Context& ctx, const bf16* dy, int64_t rows, int64_t cols, int64_t rows_per_chunk,
+                              int64_t num_chunks, float* out, bool accumulate) {
+  constexpr int64_t kStripCols = kBiasThreadsX * kVec;
+  const dim3 grid(static_cast<unsigned>(ceil_div(cols, kStripCols)), static_cast<unsigned>(num_chunks));
+  const dim3 block(kBiasThreadsX, kBiasLanes);
+  bias_grad_partial_kernel<kVec><<<grid, block, 0, ctx.stream()>>>(dy, rows, cols, rows_per_chunk, out, accumulate);
+  CUDA_CHECK_LAUNCH();
+}
+
+// dbias[cols] += sum over rows of dy[rows, cols].
+void accumulate_bias_grad(Context& ctx, const bf16* dy, int64_t rows, int64_t cols, float* dbias) {
+  constexpr int64_t kMaxGridY = 65535;
+  int64_t rows_per_chunk = kRowsPerChunk;
+  if (ceil_div(rows, rows_per_chunk) > kMaxGridY)
+    rows_per_chunk = ceil_div(ceil_div(rows, kMaxGridY), kBiasLanes) * kBiasLanes;
+  const int64_t num_chunks = ceil_div(rows, rows_per_chunk);
+  float* out = dbias;
+  if (num_chunks > 1) out = static_cast<float*>(ctx.scratch(static_cast<size_t>(num_chunks * cols) * sizeof(float)));
+  const bool accumulate = num_chunks == 1;  // one chunk: add straight into dbias
+
+  if (cols % 8 == 0 && aligned_to(dy, 16))
+    launch_bias_grad_partial<8>(ctx, dy, rows, cols, rows_per_chunk, num_chunks, out, accumulate);
+  else if (cols % 2 == 0 && aligned_to(dy, 4))
+    launch_bias_grad_partial<2>(ctx, dy, rows, cols, rows_per_chunk, num_chunks, out, accumulate);
+  else
+    launch_bias_grad_partial<1>(ctx, dy, rows, cols, rows_per_chunk, num_chunks, out, accumulate);
+
+  if (num_chunks > 1) {
+    constexpr int kThreads = 256;
+    bias_grad_finish_kernel<<<static_cast<unsigned>(ceil_div(cols, kThreads)), kThreads, 0, ctx.stream()>>>(
+        out, num_chunks, cols, dbias);
+    CUDA_CHECK_LAUNCH();
+  }
+}
+
+// ---- cuBLASLt plumbing -------------------------------------------------------------------------------
+
+// Owning wrappers of the cuBLASLt descriptors (destroy never throws).
+struct MatmulDesc {
+  cublasLtMatmulDesc_t handle = nullptr;
+  MatmulDesc() = default;
+  MatmulDesc(const MatmulDesc&) = delete;
+  MatmulDesc& operator=(const MatmulDesc&) = delete;
+  ~MatmulDesc() {
+    if (handle) cublasLtMatmulDescDestroy(handle);
+  }
+};
+struct MatrixLayout {
+  cublasLtMatrixLayout_t handle = nullptr;
+  MatrixLayout() = default;
+  MatrixLayout(const MatrixLayout&) = delete;
+  MatrixLayout& operator=(const MatrixLayout&) = delete;
+  ~MatrixLayout() {
+    if (handle) cublasLtMatrixLayoutDestroy(handle);
+  }
+};
+struct MatmulPreference {
+  cublasLtMatmulPreference_t handle = nullptr;
+  MatmulPreference() = default;
+  MatmulPreference(const MatmulPreference&) = delete;
+  MatmulPreference& operator=(const MatmulPreference&) = delete;
+  ~MatmulPreference() {
+    if (handle) cublasLtMatmulPreferenceDestroy(handle);
+  }
+};
+
+// The three products of a linear layer.
+enum class Product : int { kForward = 0, kInputGrad = 1, kWeightGrad = 2 };
+
+const char* product_name(Product product) {
+  switch (product) {
+    case Product::kForward:
+      return "linear_forward (y = x W^T + b)";
+    case Product::kInputGrad:
+      return "linear_backward (dx = dy W)";
+    case Product::kWeightGrad:
+      return "linear_backward (dW += dy^T x)";
+  }
+  return "linear";
+}
+
+// Largest power of two (<= 256, cuBLASLt's default assumption) dividing the address.
+uint32_t pointer_alignment(const void* p) {
+  const uintptr_t address = reinterpret_cast<uintptr_t>(p);
+  uint32_t alignment = 256;
+  while (alignment > 1 && address % alignment != 0) alignment /= 2;
+  return alignment;
+}
+
+// One GEMM D = alpha op(A) op(B) + beta C in column-major terms, C == D.
+struct GemmCall {
+  Product product = Product::kForward;
+  cublasOperation_t trans_a = CUBLAS_OP_N, trans_b = CUBLAS_OP_N;
+  int64_t m = 0, n = 0, k = 0;
+  int64_t lda = 0, ldb = 0, ldd = 0;
+  cudaDataType_t d_type = CUDA_R_16BF;
+  const void* a = nullptr;
+  const void* b = nullptr;
+  void* d = nullptr;
+  const void* bias = nullptr;  // bf16 [m], forward only
+  float beta = 0.0f;
+};
+
+using PlanKey = std::array<int64_t, 11>;
+
+PlanKey plan_key(const GemmCall& call) {
+  return {static_cast<int64_t>(call.product),
+          call.m,
+          call.n,
+          call.k,
+          call.beta != 0.0f ? 1 : 0,
+          call.bias != nullptr ? 1 : 0,
+          static_cast<int64_t>(call.d_type),
+          pointer_alignment(call.a),
+          pointer_alignment(call.b),
+          pointer_alignment(call.d),
+          call.bias != nullptr ? pointer_alignment(call.bias) : 0};
+}
+
+struct GemmPlan {
+  MatmulDesc desc;
+  MatrixLayout a, b, d;  // C uses D's layout
+  cublasLtMatmulAlgo_t algo{};
+  bool has_bias = false;
+};
+
+}  // namespace
+
+// Defined here, declared (opaque) in ops_cuda.h: the cache lives in the Context that owns the handle.
+struct Context::GemmPlans {
+  std::map<PlanKey, GemmPlan> plans;
+
+  // Enqueues D = op(A) op(B) (+ bias) + beta D on ctx.stream(), with the cached plan of its key.
+  void run(Context& ctx, const GemmCall& call) {
+    GemmPlan& plan = get(ctx, call);
+    if (plan.has_bias)
+      CUBLAS_CHECK(cublasLtMatmulDescSetAttribute(plan.desc.handle, CUBLASLT_MATMUL_DESC_BIAS_POINTER, &call.bias,
+                                                  sizeof(call.bias)));
+    const float alpha = 1.0f, beta = call.beta;
+    CUBLAS_CHECK(cublasLtMatmul(ctx.cublaslt(), plan.desc.handle, &alpha, call.a, plan.a.handle, call.b, plan.b.handle,
+                                &beta, call.d, plan.d.handle, call.d, plan.d.handle, &plan.algo, ctx.gemm_workspace(),
+                                ctx.gemm_workspace_bytes(), ctx.stream()));
+  }
+
+ private:
+  GemmPlan& get(Context& ctx, const GemmCall& call) {
+    const PlanKey key = plan_key(call);
+    auto found = plans.find(key);
+    if (found != plans.end()) return found->second;
+    GemmPlan& plan = plans.try_emplace(key).first->second;
+    try {
+      build(ctx, call, plan);
+    } catch (...) {
+      plans.erase(key);
+      throw;
+    }
+    return plan;
+  }
+
+  static void build(Context& ctx, const GemmCall& call, GemmPlan& plan) {
+    CUBLAS_CHECK(cublasLtMatmulDescCreate(&plan.desc.handle, CUBLAS_COMPUTE_32F, CUDA_R_32F));
+    const int32_t trans_a = call.trans_a, trans_b = call.trans_b;
+    CUBLAS_CHECK(
+        cublasLtMatmulDescSetAttribute(plan.desc.handle, CUBLASLT_MATMUL_DESC_TRANSA, &trans_a, sizeof(trans_a)));
+    CUBLAS_CHECK(
+        cublasLtMatmulDescSetAttribute(plan.desc.handle, CUBLASLT_MATMUL_DESC_TRANSB, &trans_b, sizeof(trans_b)));
+    plan.has_bias = call.bias != nullptr;
+    if (plan.has_bias) {
+      const uint32_t epilogue = CUBLASLT_EPILOGUE_BIAS;
+      const int32_t bias_type = CUDA_R_16BF;
+      CUBLAS_CHECK(
+          cublasLtMatmulDescSetAttribute(plan.desc.handle, CUBLASLT_MATMUL_DESC_EPILOGUE, &epilogue, sizeof(epilogue)));
+      CUBLAS_CHECK(cublasLtMatmulDescSetAttribute(plan.desc.handle, CUBLASLT_MATMUL_DESC_BIAS_DATA_TYPE, &bias_type,
+                                                  sizeof(bias_type)));
+      // The heuristic reads the pointer's alignment; the real pointer is set again at every call.
+      CUBLAS_CHECK(cublasLtMatmulDescSetAttribute(plan.desc.handle, CUBLASLT_MATMUL_DESC_BIAS_POINTER, &call.bias,
+                                                  sizeof(call.bias)));
+    }
+    // Stored (pre-op) shapes: op(A) is m x k, op(B) is k x n.
+    const bool ta = call.trans_a == CUBLAS_OP_T, tb = call.trans_b == CUBLAS_OP_T;
+    CUBLAS_CHECK(
+        cublasLtMatrixLayoutCreate(&plan.a.handle, CUDA_R_16BF, ta ? call.k : call.m, ta ? call.m : call.k, call.lda));
+    CUBLAS_CHECK(
+        cublasLtMatrixLayoutCreate(&plan.b.handle, CUDA_R_16BF, tb ? call.n : call.k, tb ? call.k : call.n, call.ldb));
+    CUBLAS_CHECK(cublasLtMatrixLayoutCreate(&plan.d.handle, call.d_type, call.m, call.n, call.ldd));
+
+    MatmulPreference preference;
+    CUBLAS_CHECK(cublasLtMatmulPreferenceCreate(&preference.handle));
+    const uint64_t workspace_bytes = ctx.gemm_workspace_bytes();
+    CUBLAS_CHECK(cublasLtMatmulPreferenceSetAttribute(preference.handle, CUBLASLT_MATMUL_PREF_MAX_WORKSPACE_BYTES,
+                                                      &workspace_bytes, sizeof(workspace_bytes)));
+    const uint32_t align_a = pointer_alignment(call.a), align_b = pointer_alignment(call.b),
+                   align_d = pointer_alignment(call.d);
+    CUBLAS_CHECK(cublasLtMatmulPreferenceSetAttribute(preference.handle, CUBLASLT_MATMUL_PREF_MIN_ALIGNMENT_A_BYTES,
+                                                      &align_a, sizeof(align_a)));
+    CUBLAS_CHECK(cublasLtMatmulPreferenceSetAttribute(preference.handle, CUBLASLT_MATMUL_PREF_MIN_ALIGNMENT_B_BYTES,
+                                                      &align_b, sizeof(align_b)));
+    CUBLAS_CHECK(cublasLtMatmulPreferenceSetAttribute(preference.handle, CUBLASLT_MATMUL_PREF_MIN_ALIGNMENT_C_BYTES,
+                                                      &align_d, sizeof(align_d)));
+    CUBLAS_CHECK(cublasLtMatmulPreferenceSetAttribute(preference.handle, CUBLASLT_MATMUL_PREF_MIN_ALIGNMENT_D_BYTES,
+                                                      &align_d, sizeof(align_d)));
+
+    cublasLtMatmulHeuristicResult_t result{};
+    int found = 0;
+    const cublasStatus_t status =
+        cublasLtMatmulAlgoGetHeuristic(ctx.cublaslt(), plan.desc.handle, plan.a.handle, plan.b.handle, plan.d.handle,
+                                       plan.d.handle, preference.handle, 1, &result, &found);
+    if (status == CUBLAS_STATUS_NOT_SUPPORTED || (status == CUBLAS_STATUS_SUCCESS && found == 0)) {
+      throw std::invalid_argument(
+          std::string(product_name(call.product)) + ": cuBLASLt has no algorithm for m=" + std::to_string(call.m) +
+          " n=" + std::to_string(call.n) + " k=" + std::to_string(call.k) + " (pointer alignments " +
+          std::to_string(align_a) + "/" + std::to_string(align_b) + "/" + std::to_string(align_d) +
+          " bytes); hint: pad in/out features to a multiple of 8 and 16-byte align the buffers");
+    }
+    CUBLAS_CHECK(status);
+    CUBLAS_CHECK(result.state);
+    plan.algo = result.algo;
+  }
+};
+
+void Context::GemmPlansDeleter::operator()(GemmPlans* plans) const noexcept { delete plans; }
+
+namespace {
+
+void check_shape(const LinearShape& shape, const char* op) {
+  require(shape.rows >= 0 && shape.in_features > 0 && shape.out_features > 0, op,
+          "need rows >= 0 and in_features, out_features > 0 (got rows=" + std::to_string(shape.rows) +
+              " in=" + std::to_string(shape.in_features) + " out=" + std::to_string(shape.out_features) + ")");
+}
+
+void check_pointer(const void* p, size_t element_bytes, const char* op, const char* name) {
+  require(p != nullptr, op, std::string(name) + " is null");
+  require(aligned_to(p, element_bytes), op,
+          std::string(name) + " is not aligned to its element size (" + std::to_string(element_bytes) +
+              " bytes); hint: allocate with cudaMalloc or an arena that keeps 16-byte alignment");
+}
+
+}  // namespace
+
+void linear_forward(Context& ctx, const LinearShape& shape, const bf16* x, const bf16* weight, const bf16* bias,
+                    bf16* y) {
+  constexpr const char* kOp = "linear_forward";
+  check_shape(shape, kOp);
+  check_pointer(x, sizeof(bf16), kOp, "x");
+  check_pointer(weight, sizeof(bf16), kOp, "weight");
+  check_pointer(y, sizeof(bf16), kOp, "y");
+  if (bias != nullptr) check_pointer(bias, sizeof(bf16), kOp, "bias");
+  if (shape.rows == 0) return;
+  if (!ctx.gemm_plans_) ctx.gemm_plans_.reset(new Context::GemmPlans());  // owned at once by the Context
+
+  GemmCall call;
+  call.product = Product::kForward;
+  call.trans_a = CUBLAS_OP_T;
+  call.trans_b = CUBLAS_OP_N;
+  call.m = shape.out_features;
+  call.n = shape.rows;
+  call.k = shape.in_features;
+  call.lda = shape.in_features;
+  call.ldb = shape.in_features;
+  call.ldd = shape.out_features;
+  call.d_type = CUDA_R_16BF;
+  call.a = weight;
+  call.b = x;
+  call.d = y;
+  call.bias = bias;
+  call.beta = 0.0f;
+  ctx.gemm_plans_->run(ctx, call);
+}
+
+void linear_backward(Context& ctx, const LinearShape& shape, const bf16* dy, const bf16* x, const bf16* weight,
+                     bf16* dx, float* dweight, float* dbias, InputGrad dx_mode) {
+  constexpr const char* kOp = "linear_backward";
+  check_shape(shape, kOp);
+  check_pointer(dy, sizeof(bf16), kOp, "dy");
+  if (dx != nullptr) {
+    check_pointer(dx, sizeof(bf16), kOp, "dx");
+    check_pointer(weight, sizeof(bf16), kOp, "weight (needed for dx)");
+  }
+  if (dweight != nullptr) {
+    check_pointer(dweight, sizeof(float), kOp, "dweight");
+    check_pointer(x, sizeof(bf16), kOp, "x (needed for dweight)");
+  }
+  if (dbias != nullptr) check_pointer(dbias, sizeof(float), kOp, "dbias");
+  require(dx_mode == InputGrad::kOverwrite || dx_mode == InputGrad::kAccumulate, kOp, "unknown InputGrad mode");
+  if (shape.rows == 0) return;                                            // dx is empty; dW and db gain nothing
+  if (!ctx.gemm_plans_) ctx.gemm_plans_.reset(new Context::GemmPlans());  // owned at once by the Context
+
+  if (dbias != nullptr) accumulate_bias_grad(ctx, dy, shape.rows, shape.out_features, dbias);
+
+  if (dweight != nullptr) {
+    GemmCall call;
+    call.product = Product::kWeightGrad;
+    call.trans_a = CUBLAS_OP_N;
+    call.trans_b = CUBLAS_OP_T;
+    call.m = shape.in_features;
+    call.n = shape.out_features;
+    call.k = shape.rows;
+    call.lda = shape.in_features;
+    call.ldb = shape.out_features;
+    call.ldd = shape.in_features;
+    call.d_type = CUDA_R_32F;
+    call.a = x;
+    call.b = dy;
+    call.d = dweight;
+    call.beta = 1.0f;
+    ctx.gemm_plans_->run(ctx, call);
+  }
+
+  if (dx != nullptr) {
+    GemmCall call;
+    call.product = Product::kInputGrad;
+    call.trans_a = CUBLAS_OP_N;
+    call.trans_b = CUBLAS_OP_N;
+    call.m = shape.in_features;
+    call.n = shape.rows;
+    call.k = shape.out_features;
+    call.lda = shape.in_features;
+    call.ldb = shape.out_features;
+    call.ldd = shape.in_features;
+    call.d_type = CUDA_R_16BF;
+    call.a = weight;
+    call.b = dy;
+    call.d = dx;
+    call.beta = dx_mode == InputGrad::kAccumulate ? 1.0f : 0.0f;
+    ctx.gemm_plans_->run(ctx, call);
+  }
+}
+
+}  // namespace bert::cuda

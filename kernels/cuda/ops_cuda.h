@@ -1,0 +1,285 @@
+// CUDA backend of kernels/ops.h: the same ops, bf16 activations with fp32 accumulation, on H100/H200
+// (sm_90a). Semantics, shapes and the overwrite/accumulate conventions are documented once, in
+// kernels/ops.h; this header adds the CUDA types and the precision of every argument.
+//
+// Precision contract (the engine's mixed-precision scheme, as llm.c / Megatron):
+//   activations and their gradients .......... bf16  (x, y, dy, dx, q/k/v, context, logits, dlogits)
+//   parameters read by forward/backward ....... bf16  (the working copy that adamw_step writes)
+//   parameter gradients (dW, db, dgamma, ...) . fp32, ACCUMULATED (+=) as ops.h says
+//   master weights, AdamW moments ............. fp32
+//   saved statistics (mean, rstd, logsumexp) .. fp32
+//   every reduction ........................... fp32 (or double), in a fixed order: deterministic
+// All ops are asynchronous on ctx.stream(); none synchronises with the host. Results that the host
+// may want (loss, counts, gradient norm) go to device memory and are read only when logged.
+// Bad shapes / unsupported configurations throw std::invalid_argument before launching; CUDA and
+// cuBLAS failures throw CudaError with file:line (kernels/cuda/check.h).
+//
+// One op family per file (kernels/cuda/<family>.cu), each opening with a purpose block and the
+// napkin math; its test is tests/gpu/test_cuda_<family>.cpp, its benchmark a case of bench_kernels.
+#pragma once
+
+#include <cublasLt.h>
+#include <cuda_bf16.h>
+#include <cuda_runtime.h>
+
+#include <cstddef>
+#include <cstdint>
+#include <memory>
+#include <span>
+#include <string>
+#include <vector>
+
+#include "kernels/cuda/check.h"
+#include "kernels/ops.h"
+
+namespace bert::cuda {
+
+using bf16 = __nv_bfloat16;
+using ops::AdamWHyperparams;
+using ops::AttentionShape;
+using ops::CrossEntropyStats;
+using ops::DropoutSpec;
+using ops::EmbeddingShape;
+using ops::GeluKind;
+using ops::InputGrad;
+using ops::LinearShape;
+using ops::MatrixShape;
+using ops::PoolerShape;
+
+// ---- memory -----------------------------------------------------------------------------------------
+
+// An owning device array of T (cudaMalloc / cudaFree). Move-only.
+template <class T>
+class DeviceBuffer {
+ public:
+  DeviceBuffer() = default;
+  explicit DeviceBuffer(size_t count) { resize(count); }
+  ~DeviceBuffer() { reset(); }
+  DeviceBuffer(DeviceBuffer&& other) noexcept : data_(other.data_), size_(other.size_) {
+    other.data_ = nullptr;
+    other.size_ = 0;
+  }
+  DeviceBuffer& operator=(DeviceBuffer&& other) noexcept {
+    if (this != &other) {
+      reset();
+      data_ = other.data_;
+      size_ = other.size_;
+      other.data_ = nullptr;
+      other.size_ = 0;
+    }
+    return *this;
+  }
+  DeviceBuffer(const DeviceBuffer&) = delete;
+  DeviceBuffer& operator=(const DeviceBuffer&) = delete;
+
+  // Contents are not preserved.
+  void resize(size_t count) {
+    if (count == size_) return;
+    reset();
+    if (count > 0) CUDA_CHECK(cudaMalloc(reinterpret_cast<void**>(&data_), count * sizeof(T)));
+    size_ = count;
+  }
+  void reset() noexcept {
+    if (data_) cudaFree(data_);
+    data_ = nullptr;
+    size_ = 0;
+  }
+  T* data() { return data_; }
+  const T* data() const { return data_; }
+  size_t size() const { return size_; }
+  size_t bytes() const { return size_ * sizeof(T); }
+
+  // Synchronous copies (tests, setup, checkpoints; never inside a training step). They wait for the
+  // whole device: a cudaMemcpy from pageable memory may return before its DMA lands, and ops run on
+  // non-blocking streams that do not order against the legacy stream the copy used.
+  void upload(std::span<const T> host) {
+    resize(host.size());
+    if (!host.empty()) CUDA_CHECK(cudaMemcpy(data_, host.data(), host.size_bytes(), cudaMemcpyHostToDevice));
+    CUDA_CHECK(cudaDeviceSynchronize());
+  }
+  std::vector<T> download() const {
+    CUDA_CHECK(cudaDeviceSynchronize());
+    std::vector<T> host(size_);
+    if (size_ > 0) CUDA_CHECK(cudaMemcpy(host.data(), data_, bytes(), cudaMemcpyDeviceToHost));
+    return host;
+  }
+
+ private:
+  T* data_ = nullptr;
+  size_t size_ = 0;
+};
+
+// ---- context ----------------------------------------------------------------------------------------
+
+// Per-caller state for CUDA ops: the stream, the cuBLASLt handle and its workspace, and device
+// scratch reused across calls (grown on demand, never shrunk, so a warm training step allocates
+// nothing). Uses the current device. Not shareable between host threads issuing ops concurrently.
+class Context {
+ public:
+  // stream nullptr: the context creates (and owns) a non-blocking stream of its own.
+  explicit Context(cudaStream_t stream = nullptr, size_t gemm_workspace_bytes = size_t{32} << 20);
+  ~Context();
+  Context(const Context&) = delete;
+  Context& operator=(const Context&) = delete;
+
+  cudaStream_t stream() const { return stream_; }
+  cublasLtHandle_t cublaslt() const { return cublaslt_; }
+  void* gemm_workspace() const { return gemm_workspace_.data(); }
+  size_t gemm_workspace_bytes() const { return gemm_workspace_.bytes(); }
+  int multiprocessors() const { return multiprocessors_; }
+  int sm_version() const { return sm_version_; }  // e.g. 90
+
+  // `bytes` of device scratch, 256-byte aligned, valid until the next scratch() call. Growing
+  // synchronises the stream (cudaFree of the old region), so size it once in a warm-up step.
+  void* scratch(size_t bytes);
+
+  void synchronize() const { CUDA_CHECK(cudaStreamSynchronize(stream_)); }
+
+ private:
+  cudaStream_t stream_ = nullptr;
+  bool owns_stream_ = false;
+  cublasLtHandle_t cublaslt_ = nullptr;
+  mutable DeviceBuffer<unsigned char> gemm_workspace_;
+  DeviceBuffer<unsigned char> scratch_;
+  int multiprocessors_ = 0;
+  int sm_version_ = 0;
+
+  // gemm.cu: cuBLASLt plans (matmul/layout descriptors + the heuristic's algorithm) per GEMM shape
+  // and operand alignment, made on first use and reused, so a warm step queries no heuristics.
+  struct GemmPlans;
+  struct GemmPlansDeleter {
+    void operator()(GemmPlans* plans) const noexcept;
+  };
+  std::unique_ptr<GemmPlans, GemmPlansDeleter> gemm_plans_;
+  friend void linear_forward(Context&, const LinearShape&, const bf16*, const bf16*, const bf16*, bf16*);
+  friend void linear_backward(Context&, const LinearShape&, const bf16*, const bf16*, const bf16*, bf16*, float*,
+                              float*, InputGrad);
+};
+
+// ---- linear: cuBLASLt GEMMs (gemm.cu) -----------------------------------------------------------------
+// y = x W^T + b in one cuBLASLt call (bias epilogue). bias may be nullptr.
+void linear_forward(Context& ctx, const LinearShape& shape, const bf16* x, const bf16* weight, const bf16* bias,
+                    bf16* y);
+// dx (bf16, mode as ops.h) = dy W; dweight (fp32) += dy^T x; dbias (fp32) += column sums of dy
+// (deterministic). Each of dx, dweight, dbias may be nullptr.
+void linear_backward(Context& ctx, const LinearShape& shape, const bf16* dy, const bf16* x, const bf16* weight,
+                     bf16* dx, float* dweight, float* dbias, InputGrad dx_mode = InputGrad::kOverwrite);
+
+// ---- embeddings + LayerNorm (embeddings.cu) -------------------------------------------------------------
+// token_type_ids may be nullptr. mean, rstd: [tokens] fp32.
+void embeddings_layernorm_forward(Context& ctx, const EmbeddingShape& shape, const int32_t* input_ids,
+                                  const int32_t* token_type_ids, const bf16* word_embeddings,
+                                  const bf16* position_embeddings, const bf16* token_type_embeddings,
+                                  const bf16* gamma, const bf16* beta, float eps, bf16* out, float* mean, float* rstd);
+// Table gradients are deterministic (no float atomics): rows are grouped by id, each group summed
+// in token order.
+void embeddings_layernorm_backward(Context& ctx, const EmbeddingShape& shape, const bf16* dout,
+                                   const int32_t* input_ids, const int32_t* token_type_ids,
+                                   const bf16* word_embeddings, const bf16* position_embeddings,
+                                   const bf16* token_type_embeddings, const bf16* gamma, const float* mean,
+                                   const float* rstd, float* d_word_embeddings, float* d_position_embeddings,
+                                   float* d_token_type_embeddings, float* dgamma, float* dbeta);
+
+// ---- LayerNorm, residual + LayerNorm (layernorm.cu) -------------------------------------------------------
+void layernorm_forward(Context& ctx, const MatrixShape& shape, const bf16* x, const bf16* gamma, const bf16* beta,
+                       float eps, bf16* y, float* mean, float* rstd);
+void layernorm_backward(Context& ctx, const MatrixShape& shape, const bf16* dy, const bf16* x, const bf16* gamma,
+                        const float* mean, const float* rstd, bf16* dx, float* dgamma, float* dbeta);
+void residual_layernorm_forward(Context& ctx, const MatrixShape& shape, const bf16* x, const bf16* residual,
+                                const bf16* gamma, const bf16* beta, float eps, bf16* y, float* mean, float* rstd);
+void residual_layernorm_backward(Context& ctx, const MatrixShape& shape, const bf16* dy, const bf16* x,
+                                 const bf16* residual, const bf16* gamma, const float* mean, const float* rstd,
+                                 bf16* d_sum, float* dgamma, float* dbeta);
+
+// ---- bias + GELU (gelu.cu) ----------------------------------------------------------------------------
+// bias may be nullptr (then dbias too). y may alias x; dx may alias dy.
+void bias_gelu_forward(Context& ctx, GeluKind kind, const MatrixShape& shape, const bf16* x, const bf16* bias,
+                       bf16* y);
+void bias_gelu_backward(Context& ctx, GeluKind kind, const MatrixShape& shape, const bf16* dy, const bf16* x,
+                        const bf16* bias, bf16* dx, float* dbias);
+
+// ---- fused attention (attention.cu) ---------------------------------------------------------------------
+// Flash-style: tiles of queries x keys with an online softmax on tensor cores; no [B, H, S, S] tensor
+// exists. head_dim 32, 64 or 128; seq_len 1..512; dropout regenerated from the DropoutSpec in the
+// backward (same element index as ops.h). Anything else: std::invalid_argument naming the limit.
+// attention_supported() says beforehand (the engine checks its config before training starts).
+bool attention_supported(const AttentionShape& shape, std::string* why_not = nullptr);
+void attention_forward(Context& ctx, const AttentionShape& shape, const bf16* q, const bf16* k, const bf16* v,
+                       const int32_t* attention_mask, const DropoutSpec& dropout, bf16* context, float* logsumexp);
+void attention_backward(Context& ctx, const AttentionShape& shape, const bf16* dcontext, const bf16* q,
+                        const bf16* k, const bf16* v, const int32_t* attention_mask, const DropoutSpec& dropout,
+                        const bf16* context, const float* logsumexp, bf16* dq, bf16* dk, bf16* dv);
+
+// ---- dropout (dropout.cu) -------------------------------------------------------------------------------
+// In place allowed. Same keep mask as kernels/cpu for the same spec (ops::dropout_keep).
+void dropout_forward(Context& ctx, int64_t numel, const DropoutSpec& dropout, const bf16* x, bf16* y);
+void dropout_backward(Context& ctx, int64_t numel, const DropoutSpec& dropout, const bf16* dy, bf16* dx);
+
+// ---- pooler and row gather/scatter (heads.cu) --------------------------------------------------------------
+void pooler_forward(Context& ctx, const PoolerShape& shape, const bf16* encoder_out, const bf16* weight,
+                    const bf16* bias, bf16* pooled);
+// d_encoder_out's [CLS] rows are ADDED to (bf16), the others untouched.
+void pooler_backward(Context& ctx, const PoolerShape& shape, const bf16* dpooled, const bf16* encoder_out,
+                     const bf16* weight, const bf16* pooled, bf16* d_encoder_out, float* dweight, float* dbias);
+// dst[i] = src[rows[i]] for i < num_rows (rows of `cols` elements): the sparse MLM head's input.
+void gather_rows(Context& ctx, int64_t num_rows, int64_t cols, const int32_t* rows, const bf16* src, bf16* dst);
+// dst[rows[i]] += src[i]; rows must be distinct (masked positions are).
+void scatter_add_rows(Context& ctx, int64_t num_rows, int64_t cols, const int32_t* rows, const bf16* src,
+                      bf16* dst);
+
+// ---- softmax cross-entropy (cross_entropy.cu) ---------------------------------------------------------------
+// Device-side results of one call (read with read_cross_entropy_stats when logging).
+struct CrossEntropyDeviceStats {
+  float loss_sum;       // sum over counted rows of -log p[label] (fixed-order reduction)
+  int32_t num_counted;  // rows with a label != kIgnoreIndex
+  int32_t num_correct;  // counted rows whose argmax (first maximum) equals the label
+};
+// Fused over the vocabulary in one pass per row (online max/sum, never storing probabilities):
+// loss and dlogits = grad_scale * (softmax - onehot) / num_counted (zero on ignored rows; dlogits
+// may alias logits, may be nullptr). stats: device pointer, overwritten.
+void softmax_cross_entropy(Context& ctx, const MatrixShape& shape, const bf16* logits, const int32_t* labels,
+                           float grad_scale, bf16* dlogits, CrossEntropyDeviceStats* stats);
+// Synchronises: the host view (loss = loss_sum / num_counted, 0 when none).
+CrossEntropyStats read_cross_entropy_stats(Context& ctx, const CrossEntropyDeviceStats* stats);
+
+// ---- AdamW and gradient norm, many tensors per launch (adamw.cu) -----------------------------------------------
+struct AdamWTensor {
+  float* param = nullptr;       // fp32 master weights
+  bf16* param_bf16 = nullptr;   // the working copy forward/backward read; written after the update (may be nullptr)
+  const float* grad = nullptr;  // fp32
+  float* exp_avg = nullptr;
+  float* exp_avg_sq = nullptr;
+  int64_t numel = 0;
+  bool apply_weight_decay = true;
+};
+
+// The tensor list on the device, built once (one upload), reused every step.
+class MultiTensorList {
+ public:
+  explicit MultiTensorList(std::span<const AdamWTensor> tensors);
+  size_t size() const { return count_; }
+  int64_t total_numel() const { return total_numel_; }
+  const void* device_table() const { return table_.data(); }
+  const void* device_chunks() const { return chunks_.data(); }
+  size_t num_chunks() const { return num_chunks_; }
+
+ private:
+  DeviceBuffer<unsigned char> table_, chunks_;
+  size_t count_ = 0, num_chunks_ = 0;
+  int64_t total_numel_ = 0;
+};
+
+// Global L2 norm of every tensor's grad: per-chunk partial sums in double, then one fixed-order
+// final sum; deterministic. Writes sqrt(sum) to *norm (device).
+void grad_norm(Context& ctx, const MultiTensorList& tensors, float* norm);
+// One AdamW update of every tensor (ops.h semantics). With clip_norm != nullptr the gradient scale is
+// clip_grad_coefficient(*clip_norm, max_grad_norm) read on the device (no host sync), and a non-finite
+// *clip_norm skips the update entirely (params, moments unchanged); otherwise hyper.grad_scale.
+void adamw_step(Context& ctx, const AdamWHyperparams& hyper, const MultiTensorList& tensors,
+                const float* clip_norm = nullptr, float max_grad_norm = 0.0f);
+
+// ---- conversions (adamw.cu) ------------------------------------------------------------------------------------
+void convert_f32_to_bf16(Context& ctx, int64_t numel, const float* src, bf16* dst);
+void convert_bf16_to_f32(Context& ctx, int64_t numel, const bf16* src, float* dst);
+
+}  // namespace bert::cuda

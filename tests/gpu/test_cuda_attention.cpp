@@ -1,0 +1,463 @@
+// CUDA fused attention (kernels/cuda/attention.cu) against kernels/cpu's fp32 attention on the same
+// bf16-rounded inputs: context and logsumexp of the forward, dq/dk/dv of the backward (fed the CPU's
+// context rounded to bf16 and its logsumexp, so each pass is checked on its own), for head_dim
+// 32/64/128, seq_len 1..512 (also not multiples of the 64-row tile), separate q/k/v, fused QKV rows
+// of 3*hidden and rows with spare columns (NaN inputs there must not leak in, NaN-poisoned outputs
+// there must stay untouched), dropout off and on (same Philox spec both sides), a batch mixing no
+// padding, a padded tail with a hole, a fully padded sequence and a random mask. Also: padded keys do
+// not change anything, a null mask equals an all-ones one, gradients are bitwise deterministic, an
+// empty batch is a no-op, and unsupported shapes throw std::invalid_argument naming the limit.
+#include <cmath>
+#include <cstring>
+#include <limits>
+#include <stdexcept>
+#include <string>
+#include <utility>
+
+#include "kernels/cpu/ops_cpu.h"
+#include "tests/gpu/cuda_test_util.h"
+
+namespace {
+
+using bert::cuda::bf16;
+using bert::cuda::Context;
+using bert::cuda::DeviceBuffer;
+using bert::ops::AttentionShape;
+using bert::ops::DropoutSpec;
+using namespace bert::cuda::test;
+
+constexpr double kBf16Tolerance = 1e-2;       // context, dq, dk, dv
+constexpr double kLogsumexpTolerance = 1e-4;  // fp32 statistic of exact bf16 products, fp32 sums
+
+enum class QkvLayout {
+  kSeparate,              // three [tokens, hidden] blocks, stride hidden
+  kSeparateSpareColumns,  // three blocks, stride hidden + 8: columns beyond hidden belong to no head
+  kFused,                 // one [tokens, 3*hidden] buffer: k = q + hidden, v = q + 2*hidden
+};
+
+const char* layout_name(QkvLayout layout) {
+  switch (layout) {
+    case QkvLayout::kSeparate:
+      return "separate";
+    case QkvLayout::kSeparateSpareColumns:
+      return "separate+spare";
+    case QkvLayout::kFused:
+      return "fused";
+  }
+  return "?";
+}
+
+// Padding patterns by sequence b % 4: none; a tail (the last third) plus a hole; all padding; random.
+std::vector<int32_t> make_mask(int64_t batch, int64_t seq_len, std::mt19937_64& rng) {
+  std::vector<int32_t> mask(static_cast<size_t>(batch * seq_len));
+  std::bernoulli_distribution coin(0.5);
+  for (int64_t b = 0; b < batch; ++b)
+    for (int64_t s = 0; s < seq_len; ++s) {
+      int32_t attend = 0;
+      switch (b % 4) {
+        case 0:
+          attend = 1;
+          break;
+        case 1:
+          attend = s < (2 * seq_len + 2) / 3 && !(seq_len >= 6 && s == seq_len / 3);
+          break;
+        case 2:
+          attend = 0;
+          break;
+        default:
+          attend = coin(rng) ? 1 : 0;
+          break;
+      }
+      mask[static_cast<size_t>(b * seq_len + s)] = attend;
+    }
+  return mask;
+}
+
+// One attention call's inputs, bf16-representable, as the device sees them.
+struct Problem {
+  AttentionShape shape;
+  QkvLayout layout = QkvLayout::kSeparate;
+  DropoutSpec dropout;
+  std::vector<int32_t> mask;  // empty: no padding (nullptr)
+  std::vector<float> qkv;     // the whole q/k/v buffer; NaN in columns that belong to no head
+  std::vector<float> dcontext;
+
+  int64_t hidden() const { return shape.hidden(); }
+  int64_t tokens() const { return shape.tokens(); }
+  int64_t stride() const { return shape.qkv_row_stride; }
+  size_t buffer_size() const {
+    return static_cast<size_t>(layout == QkvLayout::kFused ? tokens() * stride() : 3 * tokens() * stride());
+  }
+  // Offset of q (0), k (1), v (2) inside the buffer.
+  int64_t offset(int which) const {
+    return layout == QkvLayout::kFused ? which * hidden() : which * tokens() * stride();
+  }
+  const int32_t* mask_or_null() const { return mask.empty() ? nullptr : mask.data(); }
+  std::string describe() const {
+    return "batch=" + std::to_string(shape.batch) + " seq_len=" + std::to_string(shape.seq_len) +
+           " heads=" + std::to_string(shape.num_heads) + " head_dim=" + std::to_string(shape.head_dim) +
+           " layout=" + layout_name(layout) + " stride=" + std::to_string(stride()) +
+           " dropout=" + std::to_string(dropout.probability) + (mask.empty() ? " no mask" : " masked");
+  }
+};
+
+Problem make_problem(int64_t batch, int64_t seq_len, int64_t heads, int64_t head_dim, QkvLayout layout,
+                     float dropout_probability, uint64_t seed, bool with_mask = true) {
+  Problem p;
+  p.layout = layout;
+  const int64_t hidden = heads * head_dim;
+  const int64_t stride = layout == QkvLayout::kFused      ? 3 * hidden
+                         : layout == QkvLayout::kSeparate ? hidden
+                                                          : hidden + 8;
+  p.shape = AttentionShape{batch, seq_len, heads, head_dim, stride};
+  // Offset above 2^32: the counter's high word matters too.
+  p.dropout = DropoutSpec{dropout_probability, seed * 7919 + 3, (uint64_t{5} << 32) + seed};
+  std::mt19937_64 rng(seed);
+  if (with_mask) p.mask = make_mask(batch, seq_len, rng);
+  // q and k in [-2, 2] make the softmax peaked (score std ~1.3), v and dcontext in [-1, 1].
+  std::uniform_real_distribution<float> wide(-2.0f, 2.0f), narrow(-1.0f, 1.0f);
+  p.qkv.assign(p.buffer_size(), std::numeric_limits<float>::quiet_NaN());
+  for (int which = 0; which < 3; ++which)
+    for (int64_t t = 0; t < p.tokens(); ++t)
+      for (int64_t c = 0; c < hidden; ++c)
+        p.qkv[static_cast<size_t>(p.offset(which) + t * stride + c)] =
+            bf16_to_float(float_to_bf16(which == 2 ? narrow(rng) : wide(rng)));
+  p.dcontext = random_bf16_values(rng, static_cast<size_t>(p.tokens() * hidden));
+  return p;
+}
+
+// [tokens, hidden] view of q (0), k (1) or v (2) columns of a buffer laid out like p.qkv.
+std::vector<float> head_columns(const Problem& p, const std::vector<float>& buffer, int which) {
+  std::vector<float> out(static_cast<size_t>(p.tokens() * p.hidden()));
+  for (int64_t t = 0; t < p.tokens(); ++t)
+    for (int64_t c = 0; c < p.hidden(); ++c)
+      out[static_cast<size_t>(t * p.hidden() + c)] = buffer[static_cast<size_t>(p.offset(which) + t * p.stride() + c)];
+  return out;
+}
+
+struct ForwardResult {
+  std::vector<float> context, logsumexp;
+};
+struct BackwardResult {
+  std::vector<float> dq, dk, dv;  // [tokens, hidden] each
+  std::vector<bf16> raw;          // GPU only: the whole dq/dk/dv buffer as written
+};
+
+ForwardResult cpu_forward(const Problem& p) {
+  bert::cpu::Context cpu;
+  ForwardResult r;
+  r.context.assign(static_cast<size_t>(p.tokens() * p.hidden()), 0.0f);
+  r.logsumexp.assign(static_cast<size_t>(p.shape.batch * p.shape.num_heads * p.shape.seq_len), 0.0f);
+  bert::cpu::attention_forward<float>(cpu, p.shape, p.qkv.data() + p.offset(0), p.qkv.data() + p.offset(1),
+                                      p.qkv.data() + p.offset(2), p.mask_or_null(), p.dropout, r.context.data(),
+                                      r.logsumexp.data());
+  return r;
+}
+
+// context: bf16-representable (what the GPU forward would have saved).
+BackwardResult cpu_backward(const Problem& p, const std::vector<float>& context, const std::vector<float>& logsumexp) {
+  bert::cpu::Context cpu;
+  std::vector<float> dqkv(p.buffer_size(), 0.0f);
+  bert::cpu::attention_backward<float>(cpu, p.shape, p.dcontext.data(), p.qkv.data() + p.offset(0),
+                                       p.qkv.data() + p.offset(1), p.qkv.data() + p.offset(2), p.mask_or_null(),
+                                       p.dropout, context.data(), logsumexp.data(), dqkv.data() + p.offset(0),
+                                       dqkv.data() + p.offset(1), dqkv.data() + p.offset(2));
+  return BackwardResult{head_columns(p, dqkv, 0), head_columns(p, dqkv, 1), head_columns(p, dqkv, 2), {}};
+}
+
+// The device copies of a problem's inputs.
+struct DeviceProblem {
+  DeviceBuffer<bf16> qkv, dcontext;
+  DeviceBuffer<int32_t> mask;
+  explicit DeviceProblem(const Problem& p) : qkv(upload_bf16(p.qkv)), dcontext(upload_bf16(p.dcontext)) {
+    if (!p.mask.empty()) mask = upload<int32_t>(p.mask);
+  }
+  const bf16* q(const Problem& p) const { return qkv.data() + p.offset(0); }
+  const bf16* k(const Problem& p) const { return qkv.data() + p.offset(1); }
+  const bf16* v(const Problem& p) const { return qkv.data() + p.offset(2); }
+  const int32_t* mask_or_null() const { return mask.size() > 0 ? mask.data() : nullptr; }
+};
+
+ForwardResult gpu_forward(Context& ctx, const Problem& p, const DeviceProblem& d) {
+  DeviceBuffer<bf16> context = poisoned<bf16>(static_cast<size_t>(p.tokens() * p.hidden()));
+  DeviceBuffer<float> logsumexp =
+      poisoned<float>(static_cast<size_t>(p.shape.batch * p.shape.num_heads * p.shape.seq_len));
+  bert::cuda::attention_forward(ctx, p.shape, d.q(p), d.k(p), d.v(p), d.mask_or_null(), p.dropout, context.data(),
+                                logsumexp.data());
+  ctx.synchronize();
+  return ForwardResult{download_float(context), download_float(logsumexp)};
+}
+
+BackwardResult gpu_backward(Context& ctx, const Problem& p, const DeviceProblem& d, const std::vector<float>& context,
+                            const std::vector<float>& logsumexp) {
+  DeviceBuffer<bf16> context_dev = upload_bf16(context);
+  DeviceBuffer<float> logsumexp_dev = upload<float>(logsumexp);
+  DeviceBuffer<bf16> dqkv = poisoned<bf16>(p.buffer_size());
+  bert::cuda::attention_backward(ctx, p.shape, d.dcontext.data(), d.q(p), d.k(p), d.v(p), d.mask_or_null(), p.dropout,
+                                 context_dev.data(), logsumexp_dev.data(), dqkv.data() + p.offset(0),
+                                 dqkv.data() + p.offset(1), dqkv.data() + p.offset(2));
+  ctx.synchronize();
+  BackwardResult r;
+  r.raw = dqkv.download();
+  const std::vector<float> all = to_float(r.raw);
+  r.dq = head_columns(p, all, 0);
+  r.dk = head_columns(p, all, 1);
+  r.dv = head_columns(p, all, 2);
+  return r;
+}
+
+// Whether sequence b has at least one attended key.
+bool sequence_attends(const Problem& p, int64_t b) {
+  for (int64_t s = 0; s < p.shape.seq_len; ++s)
+    if (p.mask[static_cast<size_t>(b * p.shape.seq_len + s)] != 0) return true;
+  return false;
+}
+
+double max_abs(const std::vector<float>& values) {
+  double m = 0;
+  for (float v : values) m = std::max(m, static_cast<double>(std::fabs(v)));
+  return m;
+}
+
+// relative_error with a floor under the scale: dq and dk come from dS = P (dP - Delta), which
+// cancels (to exactly 0 on the CPU for seq_len 1 without dropout), so "relative to the largest
+// expected value" would divide fp32 rounding noise by zero. The floor is a per cent of max |dv|,
+// the same products without the cancellation.
+double gradient_error(const std::vector<float>& actual, const std::vector<float>& expected, double floor) {
+  REQUIRE(actual.size() == expected.size());
+  double diff = 0;
+  for (size_t i = 0; i < actual.size(); ++i) {
+    if (!std::isfinite(actual[i])) return INFINITY;
+    diff = std::max(diff, std::fabs(static_cast<double>(actual[i]) - expected[i]));
+  }
+  return diff / std::max({max_abs(expected), floor, 1e-30});
+}
+
+bool all_finite(const std::vector<float>& values) {
+  return std::all_of(values.begin(), values.end(), [](float v) { return std::isfinite(v); });
+}
+
+bool bitwise_equal(const std::vector<float>& a, const std::vector<float>& b) {
+  return a.size() == b.size() && (a.empty() || std::memcmp(a.data(), b.data(), a.size() * sizeof(float)) == 0);
+}
+
+uint16_t bits(bf16 value) {
+  uint16_t out;
+  std::memcpy(&out, &value, sizeof(out));
+  return out;
+}
+
+// The full comparison of one problem with kernels/cpu, plus the exact properties of padding.
+void check_against_cpu(Context& ctx, const Problem& p) {
+  INFO(p.describe());
+  const DeviceProblem d(p);
+  const int64_t batch = p.shape.batch, seq_len = p.shape.seq_len, heads = p.shape.num_heads, hidden = p.hidden();
+
+  const ForwardResult expected = cpu_forward(p);
+  const ForwardResult actual = gpu_forward(ctx, p, d);
+  CHECK_CLOSE_REL("context", actual.context, expected.context, kBf16Tolerance);
+  CHECK_CLOSE_REL("logsumexp", actual.logsumexp, expected.logsumexp, kLogsumexpTolerance);
+
+  // Backward from the CPU's saved tensors (context rounded to bf16 as the GPU would save it).
+  const std::vector<float> saved_context = round_to_bf16(expected.context);
+  const BackwardResult expected_grad = cpu_backward(p, saved_context, expected.logsumexp);
+  const BackwardResult grad = gpu_backward(ctx, p, d, saved_context, expected.logsumexp);
+  const double floor = 1e-2 * max_abs(expected_grad.dv);
+  const double dq_error = gradient_error(grad.dq, expected_grad.dq, floor);
+  const double dk_error = gradient_error(grad.dk, expected_grad.dk, floor);
+  const double dv_error = gradient_error(grad.dv, expected_grad.dv, 0.0);
+  INFO("dq error " << dq_error << ", dk error " << dk_error << ", dv error " << dv_error << " (tolerance "
+                   << kBf16Tolerance << ")");
+  CHECK(dq_error <= kBf16Tolerance);
+  CHECK(dk_error <= kBf16Tolerance);
+  CHECK(dv_error <= kBf16Tolerance);
+
+  // Columns that belong to no head keep their poison (0xFFFF) bit for bit.
+  if (p.layout == QkvLayout::kSeparateSpareColumns) {
+    size_t touched = 0;
+    for (int which = 0; which < 3; ++which)
+      for (int64_t t = 0; t < p.tokens(); ++t)
+        for (int64_t c = hidden; c < p.stride(); ++c)
+          touched += bits(grad.raw[static_cast<size_t>(p.offset(which) + t * p.stride() + c)]) != 0xFFFFu;
+    CHECK(touched == 0);
+  }
+
+  if (p.mask.empty()) return;
+  // Exact padding properties (ops.h): a fully padded sequence attends uniformly with logsumexp
+  // log(S) and gives q and k exactly zero gradient; padded keys of the others get exactly zero dk, dv.
+  size_t bad_uniform = 0, bad_padded_key = 0, fully_padded = 0;
+  for (int64_t b = 0; b < batch; ++b) {
+    const bool all_padding = !sequence_attends(p, b);
+    fully_padded += all_padding;
+    for (int64_t s = 0; s < seq_len; ++s) {
+      const int64_t token = b * seq_len + s;
+      if (all_padding) {
+        for (int64_t h = 0; h < heads; ++h)
+          bad_uniform += std::fabs(actual.logsumexp[static_cast<size_t>((b * heads + h) * seq_len + s)] -
+                                   std::log(static_cast<float>(seq_len))) > 1e-5f;
+        for (int64_t c = 0; c < hidden; ++c)
+          bad_uniform += grad.dq[static_cast<size_t>(token * hidden + c)] != 0.0f ||
+                         grad.dk[static_cast<size_t>(token * hidden + c)] != 0.0f;
+      } else if (p.mask[static_cast<size_t>(token)] == 0) {
+        for (int64_t c = 0; c < hidden; ++c)
+          bad_padded_key += grad.dk[static_cast<size_t>(token * hidden + c)] != 0.0f ||
+                            grad.dv[static_cast<size_t>(token * hidden + c)] != 0.0f;
+      }
+    }
+  }
+  if (batch >= 3) CHECK(fully_padded > 0);  // make_mask's sequence 2 is all padding
+  CHECK(bad_uniform == 0);
+  CHECK(bad_padded_key == 0);
+}
+
+}  // namespace
+
+TEST_CASE("cuda attention matches kernels/cpu: forward context/logsumexp, backward dq/dk/dv") {
+  Context ctx;
+  const int head_dim = GENERATE(32, 64, 128);
+  const int seq_len = GENERATE(1, 7, 64, 128, 129, 512);
+  const QkvLayout layout = GENERATE(QkvLayout::kSeparate, QkvLayout::kFused, QkvLayout::kSeparateSpareColumns);
+  const float dropout = GENERATE(0.0f, 0.1f);
+  // 4 sequences: one of each padding pattern (make_mask).
+  const uint64_t seed =
+      static_cast<uint64_t>(head_dim * 100003 + seq_len * 17 + static_cast<int>(layout) * 3) + (dropout > 0 ? 1 : 0);
+  const Problem p = make_problem(4, seq_len, 2, head_dim, layout, dropout, seed);
+  check_against_cpu(ctx, p);
+}
+
+TEST_CASE("cuda attention without a mask, more heads, and batches of one") {
+  Context ctx;
+  check_against_cpu(ctx, make_problem(2, 77, 3, 64, QkvLayout::kFused, 0.1f, 901, /*with_mask=*/false));
+  check_against_cpu(ctx, make_problem(1, 200, 4, 32, QkvLayout::kSeparate, 0.0f, 902, /*with_mask=*/false));
+  check_against_cpu(ctx, make_problem(1, 65, 1, 128, QkvLayout::kSeparateSpareColumns, 0.25f, 903));
+  // BERT-base's shape (12 heads of 64, fused QKV), batch 4 with all four padding patterns.
+  check_against_cpu(ctx, make_problem(4, 128, 12, 64, QkvLayout::kFused, 0.1f, 904));
+}
+
+TEST_CASE("cuda attention: padded keys change nothing, a null mask equals all ones, gradients deterministic") {
+  Context ctx;
+  const int head_dim = GENERATE(32, 128);
+  const int seq_len = GENERATE(7, 129);
+  Problem p = make_problem(4, seq_len, 2, head_dim, QkvLayout::kFused, 0.1f, 777 + head_dim + seq_len);
+  INFO(p.describe());
+
+  const auto run = [&ctx](const Problem& problem) {
+    const DeviceProblem d(problem);
+    const ForwardResult forward = gpu_forward(ctx, problem, d);
+    const BackwardResult grad = gpu_backward(ctx, problem, d, forward.context, forward.logsumexp);
+    // Bitwise comparisons alone would pass NaN == NaN.
+    CHECK(all_finite(forward.context));
+    CHECK(all_finite(forward.logsumexp));
+    CHECK(all_finite(grad.dq));
+    CHECK(all_finite(grad.dk));
+    CHECK(all_finite(grad.dv));
+    return std::pair<ForwardResult, BackwardResult>{forward, grad};
+  };
+  const auto [forward, grad] = run(p);
+
+  // Overwrite the k and v rows of every padded key of a partly padded sequence with large values.
+  Problem changed = p;
+  size_t padded_keys = 0;
+  for (int64_t b = 0; b < p.shape.batch; ++b) {
+    if (!sequence_attends(p, b)) continue;  // fully padded: it attends to all its keys, they matter
+    for (int64_t s = 0; s < seq_len; ++s) {
+      const int64_t token = b * seq_len + s;
+      if (p.mask[static_cast<size_t>(token)] != 0) continue;
+      ++padded_keys;
+      for (int which = 1; which <= 2; ++which)
+        for (int64_t c = 0; c < p.hidden(); ++c)
+          changed.qkv[static_cast<size_t>(p.offset(which) + token * p.stride() + c)] = (c % 2 ? 48.0f : -40.0f);
+    }
+  }
+  REQUIRE(padded_keys > 0);
+  const auto [changed_forward, changed_grad] = run(changed);
+  CHECK(bitwise_equal(changed_forward.context, forward.context));
+  CHECK(bitwise_equal(changed_forward.logsumexp, forward.logsumexp));
+  CHECK(bitwise_equal(changed_grad.dq, grad.dq));
+  CHECK(bitwise_equal(changed_grad.dk, grad.dk));
+  CHECK(bitwise_equal(changed_grad.dv, grad.dv));
+
+  // Bitwise deterministic: the same call again.
+  const auto [again_forward, again_grad] = run(p);
+  CHECK(bitwise_equal(again_forward.context, forward.context));
+  CHECK(bitwise_equal(again_grad.dq, grad.dq));
+  CHECK(bitwise_equal(again_grad.dk, grad.dk));
+  CHECK(bitwise_equal(again_grad.dv, grad.dv));
+
+  // No mask and an all-ones mask are the same op.
+  Problem unmasked = p;
+  unmasked.mask.clear();
+  Problem all_ones = p;
+  std::fill(all_ones.mask.begin(), all_ones.mask.end(), 1);
+  const auto [unmasked_forward, unmasked_grad] = run(unmasked);
+  const auto [ones_forward, ones_grad] = run(all_ones);
+  CHECK(bitwise_equal(unmasked_forward.context, ones_forward.context));
+  CHECK(bitwise_equal(unmasked_forward.logsumexp, ones_forward.logsumexp));
+  CHECK(bitwise_equal(unmasked_grad.dq, ones_grad.dq));
+  CHECK(bitwise_equal(unmasked_grad.dk, ones_grad.dk));
+  CHECK(bitwise_equal(unmasked_grad.dv, ones_grad.dv));
+}
+
+TEST_CASE("cuda attention: an empty batch is a no-op") {
+  Context ctx;
+  const AttentionShape empty{0, 128, 12, 64, 3 * 768};
+  CHECK_NOTHROW(
+      bert::cuda::attention_forward(ctx, empty, nullptr, nullptr, nullptr, nullptr, DropoutSpec{}, nullptr, nullptr));
+  CHECK_NOTHROW(bert::cuda::attention_backward(ctx, empty, nullptr, nullptr, nullptr, nullptr, nullptr, DropoutSpec{},
+                                               nullptr, nullptr, nullptr, nullptr, nullptr));
+  ctx.synchronize();
+}
+
+TEST_CASE("cuda attention: unsupported shapes and arguments throw std::invalid_argument naming the limit") {
+  Context ctx;
+  // Buffers large enough for every shape tried below, so nothing runs out of bounds even if a check
+  // were missing (then only the CHECK_THROWS fail).
+  const size_t elements = size_t{2} * 600 * 3 * 512;
+  DeviceBuffer<bf16> qkv = poisoned<bf16>(elements), dqkv = poisoned<bf16>(elements),
+                     context = poisoned<bf16>(elements), dcontext = poisoned<bf16>(elements);
+  DeviceBuffer<float> logsumexp = poisoned<float>(elements);
+
+  const auto rejects = [&](const AttentionShape& shape, float dropout_probability, size_t misalign,
+                           const std::string& words) {
+    INFO("batch=" << shape.batch << " seq_len=" << shape.seq_len << " heads=" << shape.num_heads
+                  << " head_dim=" << shape.head_dim << " stride=" << shape.qkv_row_stride
+                  << " dropout=" << dropout_probability << " misalign=" << misalign << ": expecting '" << words << "'");
+    const DropoutSpec dropout{dropout_probability, 1, 2};
+    const bf16* q = qkv.data() + misalign;
+    CHECK_THROWS_AS(
+        bert::cuda::attention_forward(ctx, shape, q, q, q, nullptr, dropout, context.data(), logsumexp.data()),
+        std::invalid_argument);
+    CHECK_THROWS_WITH(
+        bert::cuda::attention_forward(ctx, shape, q, q, q, nullptr, dropout, context.data(), logsumexp.data()),
+        Catch::Contains(words));
+    CHECK_THROWS_AS(
+        bert::cuda::attention_backward(ctx, shape, dcontext.data(), q, q, q, nullptr, dropout, context.data(),
+                                       logsumexp.data(), dqkv.data(), dqkv.data(), dqkv.data()),
+        std::invalid_argument);
+    CHECK_THROWS_WITH(
+        bert::cuda::attention_backward(ctx, shape, dcontext.data(), q, q, q, nullptr, dropout, context.data(),
+                                       logsumexp.data(), dqkv.data(), dqkv.data(), dqkv.data()),
+        Catch::Contains(words));
+    if (dropout_probability == 0.0f && misalign == 0) {
+      std::string why_not;
+      CHECK_FALSE(bert::cuda::attention_supported(shape, &why_not));
+      CHECK_THAT(why_not, Catch::Contains(words));
+    }
+  };
+
+  const AttentionShape good{2, 128, 4, 64, 256};
+  CHECK(bert::cuda::attention_supported(good));
+  rejects(AttentionShape{2, 128, 4, 48, 192}, 0.0f, 0, "head_dim 48");
+  rejects(AttentionShape{2, 128, 2, 256, 512}, 0.0f, 0, "head_dim 256");
+  rejects(AttentionShape{2, 128, 4, 16, 64}, 0.0f, 0, "head_dim 16");
+  rejects(AttentionShape{1, 513, 2, 64, 128}, 0.0f, 0, "seq_len 513");
+  rejects(AttentionShape{2, 0, 4, 64, 256}, 0.0f, 0, "seq_len 0");
+  rejects(AttentionShape{2, 128, 4, 64, 255}, 0.0f, 0, "qkv_row_stride 255 is below hidden 256");
+  rejects(AttentionShape{2, 128, 4, 64, 260}, 0.0f, 0, "multiple of 8");
+  rejects(AttentionShape{2, 128, 0, 64, 256}, 0.0f, 0, "num_heads");
+  rejects(AttentionShape{-1, 128, 4, 64, 256}, 0.0f, 0, "batch");
+  rejects(good, 1.0f, 0, "dropout probability");
+  rejects(good, -0.5f, 0, "dropout probability");
+  rejects(good, 0.0f, 1, "16-byte aligned");
+  ctx.synchronize();  // nothing was launched, nothing failed asynchronously
+}

@@ -1,0 +1,189 @@
+// CUDA LayerNorm and residual + LayerNorm (kernels/cuda/layernorm.cu) against kernels/cpu in fp32 on
+// the same bf16-rounded inputs: odd shapes (both the 128-bit and the scalar path, the latter also on
+// pointers misaligned by one element), outputs poisoned with NaN and fenced by NaN guards (a missed
+// or stray write fails), dgamma/dbeta accumulated onto nonzero priors, two runs bitwise equal, and
+// in place (y aliasing x, dz aliasing dy) bitwise equal to out of place.
+#include <cstddef>
+#include <random>
+#include <stdexcept>
+#include <vector>
+
+#include "kernels/cpu/ops_cpu.h"
+#include "tests/gpu/cuda_test_util.h"
+
+namespace {
+
+namespace cpu = bert::cpu;
+namespace cuda = bert::cuda;
+using bert::ops::MatrixShape;
+using cuda::bf16;
+using cuda::DeviceBuffer;
+using namespace bert::cuda::test;
+
+constexpr float kEps = 1e-12f;           // BERT's layer_norm_eps
+constexpr double kBf16Tolerance = 1e-2;  // bf16 outputs
+constexpr double kStatTolerance = 1e-5;  // fp32 mean / rstd
+constexpr double kGradTolerance = 5e-5;  // fp32 sums over up to 1000 rows, in another order
+
+void check_layernorm(int64_t rows, int64_t cols, bool with_residual, size_t offset, uint64_t seed) {
+  INFO("rows " << rows << " cols " << cols << (with_residual ? " residual" : "") << " offset " << offset);
+  const MatrixShape shape{rows, cols};
+  const size_t n = static_cast<size_t>(rows * cols);
+  std::mt19937_64 rng(seed);
+  const std::vector<float> x = random_bf16_values(rng, n, -1.0f, 2.0f);  // mean well away from 0
+  const std::vector<float> residual = with_residual ? random_bf16_values(rng, n) : std::vector<float>();
+  const std::vector<float> gamma = random_bf16_values(rng, static_cast<size_t>(cols), 0.5f, 1.5f);
+  const std::vector<float> beta = random_bf16_values(rng, static_cast<size_t>(cols), -0.5f, 0.5f);
+  const std::vector<float> dy = random_bf16_values(rng, n);
+  const std::vector<float> dgamma_prior = random_floats(rng, static_cast<size_t>(cols));
+  const std::vector<float> dbeta_prior = random_floats(rng, static_cast<size_t>(cols));
+
+  cpu::Context cpu_ctx(1);
+  std::vector<float> y_ref(n), mean_ref(static_cast<size_t>(rows)), rstd_ref(static_cast<size_t>(rows)), dz_ref(n);
+  std::vector<float> dgamma_ref(static_cast<size_t>(cols), 0.0f), dbeta_ref(static_cast<size_t>(cols), 0.0f);
+  if (with_residual) {
+    cpu::residual_layernorm_forward<float>(cpu_ctx, shape, x.data(), residual.data(), gamma.data(), beta.data(), kEps,
+                                           y_ref.data(), mean_ref.data(), rstd_ref.data());
+    cpu::residual_layernorm_backward<float>(cpu_ctx, shape, dy.data(), x.data(), residual.data(), gamma.data(),
+                                            mean_ref.data(), rstd_ref.data(), dz_ref.data(), dgamma_ref.data(),
+                                            dbeta_ref.data());
+  } else {
+    cpu::layernorm_forward<float>(cpu_ctx, shape, x.data(), gamma.data(), beta.data(), kEps, y_ref.data(),
+                                  mean_ref.data(), rstd_ref.data());
+    cpu::layernorm_backward<float>(cpu_ctx, shape, dy.data(), x.data(), gamma.data(), mean_ref.data(), rstd_ref.data(),
+                                   dz_ref.data(), dgamma_ref.data(), dbeta_ref.data());
+  }
+
+  cuda::Context ctx;
+  Bf16Tensor d_x = Bf16Tensor::input(x, offset), d_residual = Bf16Tensor::input(residual, offset);
+  Bf16Tensor d_gamma = Bf16Tensor::input(gamma, offset), d_beta = Bf16Tensor::input(beta, offset);
+  Bf16Tensor d_dy = Bf16Tensor::input(dy, offset);
+
+  // Forward, twice.
+  std::vector<std::vector<float>> y_runs, mean_runs, rstd_runs;
+  for (int run = 0; run < 2; ++run) {
+    Bf16Tensor d_y = Bf16Tensor::output(n, offset);
+    DeviceBuffer<float> d_mean = poisoned<float>(static_cast<size_t>(rows));
+    DeviceBuffer<float> d_rstd = poisoned<float>(static_cast<size_t>(rows));
+    if (with_residual)
+      cuda::residual_layernorm_forward(ctx, shape, d_x.data(), d_residual.data(), d_gamma.data(), d_beta.data(), kEps,
+                                       d_y.data(), d_mean.data(), d_rstd.data());
+    else
+      cuda::layernorm_forward(ctx, shape, d_x.data(), d_gamma.data(), d_beta.data(), kEps, d_y.data(), d_mean.data(),
+                              d_rstd.data());
+    ctx.synchronize();
+    CHECK(d_y.guards_intact());
+    y_runs.push_back(d_y.values());
+    mean_runs.push_back(d_mean.download());
+    rstd_runs.push_back(d_rstd.download());
+  }
+  CHECK_CLOSE_REL("y", y_runs[0], y_ref, kBf16Tolerance);
+  CHECK_CLOSE_REL("mean", mean_runs[0], mean_ref, kStatTolerance);
+  CHECK_CLOSE_REL("rstd", rstd_runs[0], rstd_ref, kStatTolerance);
+  CHECK(same_bits(y_runs[0], y_runs[1]));
+  CHECK(same_bits(mean_runs[0], mean_runs[1]));
+  CHECK(same_bits(rstd_runs[0], rstd_runs[1]));
+
+  // Backward, twice, from the reference statistics (so it is tested on its own).
+  DeviceBuffer<float> d_mean_ref = upload<float>(mean_ref), d_rstd_ref = upload<float>(rstd_ref);
+  std::vector<std::vector<float>> dz_runs, dgamma_runs, dbeta_runs;
+  for (int run = 0; run < 2; ++run) {
+    Bf16Tensor d_dz = Bf16Tensor::output(n, offset);
+    DeviceBuffer<float> d_dgamma = upload<float>(dgamma_prior), d_dbeta = upload<float>(dbeta_prior);
+    if (with_residual)
+      cuda::residual_layernorm_backward(ctx, shape, d_dy.data(), d_x.data(), d_residual.data(), d_gamma.data(),
+                                        d_mean_ref.data(), d_rstd_ref.data(), d_dz.data(), d_dgamma.data(),
+                                        d_dbeta.data());
+    else
+      cuda::layernorm_backward(ctx, shape, d_dy.data(), d_x.data(), d_gamma.data(), d_mean_ref.data(),
+                               d_rstd_ref.data(), d_dz.data(), d_dgamma.data(), d_dbeta.data());
+    ctx.synchronize();
+    CHECK(d_dz.guards_intact());
+    dz_runs.push_back(d_dz.values());
+    dgamma_runs.push_back(d_dgamma.download());
+    dbeta_runs.push_back(d_dbeta.download());
+  }
+  CHECK_CLOSE_REL("dz", dz_runs[0], dz_ref, kBf16Tolerance);
+  CHECK_CLOSE_REL("dgamma (added to the prior)", difference(dgamma_runs[0], dgamma_prior), dgamma_ref, kGradTolerance);
+  CHECK_CLOSE_REL("dbeta (added to the prior)", difference(dbeta_runs[0], dbeta_prior), dbeta_ref, kGradTolerance);
+  CHECK(same_bits(dz_runs[0], dz_runs[1]));
+  CHECK(same_bits(dgamma_runs[0], dgamma_runs[1]));
+  CHECK(same_bits(dbeta_runs[0], dbeta_runs[1]));
+
+  // In place: y aliasing x, dz aliasing dy give the same bits.
+  Bf16Tensor d_inplace = Bf16Tensor::input(x, offset);
+  DeviceBuffer<float> d_mean = poisoned<float>(static_cast<size_t>(rows));
+  DeviceBuffer<float> d_rstd = poisoned<float>(static_cast<size_t>(rows));
+  Bf16Tensor d_grad_inplace = Bf16Tensor::input(dy, offset);
+  DeviceBuffer<float> d_dgamma = upload<float>(dgamma_prior), d_dbeta = upload<float>(dbeta_prior);
+  if (with_residual) {
+    cuda::residual_layernorm_forward(ctx, shape, d_inplace.data(), d_residual.data(), d_gamma.data(), d_beta.data(),
+                                     kEps, d_inplace.data(), d_mean.data(), d_rstd.data());
+    cuda::residual_layernorm_backward(ctx, shape, d_grad_inplace.data(), d_x.data(), d_residual.data(), d_gamma.data(),
+                                      d_mean_ref.data(), d_rstd_ref.data(), d_grad_inplace.data(), d_dgamma.data(),
+                                      d_dbeta.data());
+  } else {
+    cuda::layernorm_forward(ctx, shape, d_inplace.data(), d_gamma.data(), d_beta.data(), kEps, d_inplace.data(),
+                            d_mean.data(), d_rstd.data());
+    cuda::layernorm_backward(ctx, shape, d_grad_inplace.data(), d_x.data(), d_gamma.data(), d_mean_ref.data(),
+                             d_rstd_ref.data(), d_grad_inplace.data(), d_dgamma.data(), d_dbeta.data());
+  }
+  ctx.synchronize();
+  CHECK(same_bits(d_inplace.values(), y_runs[0]));
+  CHECK(same_bits(d_grad_inplace.values(), dz_runs[0]));
+  CHECK(same_bits(d_dgamma.download(), dgamma_runs[0]));
+  CHECK(same_bits(d_dbeta.download(), dbeta_runs[0]));
+}
+
+struct Case {
+  int64_t rows, cols;
+  size_t offset;
+};
+// 128-bit path: cols % 8 == 0 at offset 0; scalar path: odd cols, or offset 1.
+const Case kCases[] = {{1, 1, 0},    {3, 7, 0},     {1000, 1, 0},   {1, 768, 0},  {1000, 768, 0}, {3, 1024, 0},
+                       {5, 4099, 0}, {17, 4096, 0}, {1000, 768, 1}, {3, 1024, 1}, {33, 8, 0},     {1000, 1024, 0}};
+
+}  // namespace
+
+TEST_CASE("cuda layernorm matches the CPU reference", "[layernorm]") {
+  uint64_t seed = 100;
+  for (const Case& c : kCases) check_layernorm(c.rows, c.cols, /*with_residual=*/false, c.offset, seed++);
+}
+
+TEST_CASE("cuda residual layernorm matches the CPU reference", "[layernorm]") {
+  uint64_t seed = 200;
+  for (const Case& c : kCases) check_layernorm(c.rows, c.cols, /*with_residual=*/true, c.offset, seed++);
+}
+
+TEST_CASE("cuda layernorm: zero rows is a no-op, bad arguments throw", "[layernorm]") {
+  cuda::Context ctx;
+  Bf16Tensor x = Bf16Tensor::input({1.0f, 2.0f}, 0), gamma = Bf16Tensor::input({1.0f, 1.0f}, 0),
+             beta = Bf16Tensor::input({0.0f, 0.0f}, 0);
+  Bf16Tensor y = Bf16Tensor::output(2, 0);
+  DeviceBuffer<float> mean = poisoned<float>(1), rstd = poisoned<float>(1);
+  const std::vector<float> prior = {0.25f, -0.5f};
+  DeviceBuffer<float> dgamma = upload<float>(prior), dbeta = upload<float>(prior);
+
+  cuda::layernorm_forward(ctx, MatrixShape{0, 2}, x.data(), gamma.data(), beta.data(), kEps, y.data(), mean.data(),
+                          rstd.data());
+  cuda::layernorm_backward(ctx, MatrixShape{0, 2}, x.data(), x.data(), gamma.data(), mean.data(), rstd.data(), y.data(),
+                           dgamma.data(), dbeta.data());
+  ctx.synchronize();
+  CHECK(y.guards_intact());
+  CHECK(y.bits()[0] == 0xFFFF);
+  CHECK(same_bits(dgamma.download(), prior));
+  CHECK(same_bits(dbeta.download(), prior));
+
+  CHECK_THROWS_AS(cuda::layernorm_forward(ctx, MatrixShape{1, 0}, x.data(), gamma.data(), beta.data(), kEps, y.data(),
+                                          mean.data(), rstd.data()),
+                  std::invalid_argument);
+  CHECK_THROWS_AS(cuda::layernorm_forward(ctx, MatrixShape{-1, 2}, x.data(), gamma.data(), beta.data(), kEps, y.data(),
+                                          mean.data(), rstd.data()),
+                  std::invalid_argument);
+  CHECK_THROWS_AS(cuda::residual_layernorm_forward(ctx, MatrixShape{1, 2}, x.data(), nullptr, gamma.data(), beta.data(),
+                                                   kEps, y.data(), mean.data(), rstd.data()),
+                  std::invalid_argument);
+  CHECK_THROWS_AS(cuda::residual_layernorm_backward(ctx, MatrixShape{1, 2}, x.data(), x.data(), nullptr, gamma.data(),
+                                                    mean.data(), rstd.data(), y.data(), dgamma.data(), dbeta.data()),
+                  std::invalid_argument);
+}
