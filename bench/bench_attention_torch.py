@@ -1,0 +1,181 @@
+#!/usr/bin/env python3
+"""Attention reference for bench_kernels: PyTorch's scaled_dot_product_attention on the same shapes.
+
+Same cases as bench_kernels' plain attention cases (no mask, no dropout): BERT-base (12 heads) and
+BERT-large (16 heads), head_dim 64, 16384 tokens per batch, seq 128 and 512, bf16, q/k/v read from
+one fused [batch, seq, 3, heads, head_dim] QKV buffer as HF's BERT lays them out (strided views,
+no copies). Backends: flash, cuDNN and memory-efficient, each forced with sdpa_kernel (a backend
+that refuses a shape is recorded, not fatal). Timing: CUDA events, median of --repeats runs, L2
+flushed (2x its size written) before each, after warm-up; backward is torch.autograd.grad on a
+retained graph (the dq/dk/dv kernels, no forward).
+
+FLOPs (FlashAttention's convention, the same formula as bench_kernels): forward
+4 * batch * heads * seq^2 * head_dim; backward 2.5x forward.
+
+    python3 bench/bench_attention_torch.py [--json FILE] [--ours bench_kernels.json] [--repeats N]
+
+With --ours, prints bench_kernels' attention numbers beside these (side by side, per case).
+"""
+import argparse
+import json
+import statistics
+import sys
+
+MODELS = [("bert-base", 768, 12), ("bert-large", 1024, 16)]
+TOKENS = 16384
+SEQ_LENS = [128, 512]
+
+
+def attention_flops(batch, heads, seq, head_dim):
+    return 4.0 * batch * heads * seq * seq * head_dim
+
+
+def run_reference(repeats):
+    import torch
+    import torch.nn.functional as F
+    from torch.nn.attention import SDPBackend, sdpa_kernel
+
+    if not torch.cuda.is_available():
+        raise SystemExit("no CUDA device: torch.cuda.is_available() is False")
+    device = torch.device("cuda")
+    props = torch.cuda.get_device_properties(0)
+    l2_bytes = getattr(props, "L2_cache_size", 64 << 20)
+    flush = torch.empty(max(2 * l2_bytes, 1 << 20), dtype=torch.uint8, device=device)
+
+    def time_ms(fn, warmup=3):
+        for _ in range(warmup):
+            fn()
+        starts = [torch.cuda.Event(enable_timing=True) for _ in range(repeats)]
+        stops = [torch.cuda.Event(enable_timing=True) for _ in range(repeats)]
+        for i in range(repeats):
+            flush.fill_(i & 0xFF)
+            starts[i].record()
+            fn()
+            stops[i].record()
+        torch.cuda.synchronize()
+        times = sorted(s.elapsed_time(e) for s, e in zip(starts, stops))
+        return statistics.median(times), times[0]
+
+    backends = [
+        ("flash", SDPBackend.FLASH_ATTENTION),
+        ("cudnn", SDPBackend.CUDNN_ATTENTION),
+        ("efficient", SDPBackend.EFFICIENT_ATTENTION),
+    ]
+    results = []
+    for model, hidden, heads in MODELS:
+        head_dim = hidden // heads
+        for seq in SEQ_LENS:
+            batch = TOKENS // seq
+            generator = torch.Generator(device=device).manual_seed(seq * 1000 + heads)
+            qkv = torch.rand(batch, seq, 3, heads, head_dim, device=device, dtype=torch.bfloat16,
+                             generator=generator) * 4 - 2
+            # [batch, heads, seq, head_dim] strided views of the fused buffer, as leaves.
+            q, k, v = (qkv[:, :, i].transpose(1, 2).detach().requires_grad_(True) for i in range(3))
+            dout = (torch.rand(batch, heads, seq, head_dim, device=device, dtype=torch.bfloat16,
+                               generator=generator) - 0.5) * 2e-2
+            flops = attention_flops(batch, heads, seq, head_dim)
+            shape = f"batch {batch}, seq {seq}, heads {heads}, head_dim {head_dim}, fused qkv"
+            for backend_name, backend in backends:
+                base = {"model": model, "seq": seq, "backend": backend_name, "shape": shape}
+                try:
+                    with sdpa_kernel([backend]):
+                        with torch.no_grad():
+                            fwd_ms, fwd_min = time_ms(lambda: F.scaled_dot_product_attention(q, k, v))
+                        out = F.scaled_dot_product_attention(q, k, v)
+                        if not torch.isfinite(out).all():
+                            raise RuntimeError("non-finite forward output")
+                        bwd_ms, bwd_min = time_ms(
+                            lambda: torch.autograd.grad(out, (q, k, v), dout, retain_graph=True))
+                    results.append(dict(base, name=f"attention_fwd/{model}/s{seq}", status="ok",
+                                        median_ms=fwd_ms, min_ms=fwd_min, flops=flops,
+                                        tflop_per_s=flops / (fwd_ms * 1e-3) / 1e12))
+                    results.append(dict(base, name=f"attention_bwd/{model}/s{seq}", status="ok",
+                                        median_ms=bwd_ms, min_ms=bwd_min, flops=2.5 * flops,
+                                        tflop_per_s=2.5 * flops / (bwd_ms * 1e-3) / 1e12))
+                except Exception as error:  # a backend refusing a shape is a result, not a crash
+                    message = str(error).strip().splitlines()[0] if str(error).strip() else repr(error)
+                    for direction in ("fwd", "bwd"):
+                        results.append(dict(base, name=f"attention_{direction}/{model}/s{seq}",
+                                            status="error", error=message))
+            del qkv, q, k, v, dout
+            torch.cuda.empty_cache()
+    return {
+        "device": torch.cuda.get_device_name(0),
+        "torch": torch.__version__,
+        "cudnn": torch.backends.cudnn.version(),
+        "command": " ".join(sys.argv),
+        "repeats": repeats,
+        "cases": results,
+    }
+
+
+def print_reference(reference):
+    print(f"device: {reference['device']}, torch {reference['torch']}, cuDNN {reference['cudnn']}")
+    print(f"{'case':32} {'backend':10} {'median ms':>10} {'TFLOP/s':>9}")
+    for case in reference["cases"]:
+        if case["status"] == "ok":
+            print(f"{case['name']:32} {case['backend']:10} {case['median_ms']:10.4f} {case['tflop_per_s']:9.1f}")
+        else:
+            print(f"{case['name']:32} {case['backend']:10} {'-':>10} {'-':>9}  {case['error'][:80]}")
+
+
+def print_side_by_side(reference, ours):
+    """bench_kernels' attention cases beside the best and each torch backend."""
+    ceiling = ours.get("ceilings", {}).get("gemm_bf16_tflop_per_s")
+    print()
+    print("side by side (TFLOP/s; ms in brackets)" +
+          (f"; GEMM ceiling {ceiling:.0f} TFLOP/s" if ceiling else ""))
+    backends = sorted({c["backend"] for c in reference["cases"]})
+    header = f"{'case':32} {'ours':>18}" + "".join(f" {b:>18}" for b in backends) + f" {'ours/best':>10}"
+    print(header)
+    ours_by_name = {c["name"]: c for c in ours.get("cases", [])}
+    names = []
+    for case in reference["cases"]:
+        if case["name"] not in names:
+            names.append(case["name"])
+
+    def cell(case):
+        if not case or case.get("status") != "ok":
+            return f"{'-':>18}"
+        return f"{case['tflop_per_s']:8.1f} ({case['median_ms']:7.3f})"
+
+    for name in names:
+        mine = ours_by_name.get(name)
+        theirs = {c["backend"]: c for c in reference["cases"] if c["name"] == name}
+        best = min((c["median_ms"] for c in theirs.values() if c["status"] == "ok"), default=None)
+        ratio = "-"
+        if mine and mine.get("status") == "ok" and best:
+            ratio = f"{best / mine['median_ms']:.2f}x"
+        print(f"{name:32} {cell(mine)}" + "".join(f" {cell(theirs.get(b))}" for b in backends) + f" {ratio:>10}")
+    print("ours/best > 1: ours is faster than the fastest torch backend.")
+
+
+def main():
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--json", help="write the reference numbers here")
+    parser.add_argument("--ours", help="bench_kernels --json output to print beside the reference")
+    parser.add_argument("--repeats", type=int, default=30, help="timed runs per case (median reported)")
+    args = parser.parse_args()
+    if args.repeats < 1:
+        parser.error("--repeats must be >= 1")
+
+    reference = run_reference(args.repeats)
+    print_reference(reference)
+    if args.json:
+        with open(args.json, "w") as f:
+            json.dump(reference, f, indent=2)
+        print(f"wrote {args.json}")
+    if args.ours:
+        try:
+            with open(args.ours) as f:
+                ours = json.load(f)
+        except (OSError, ValueError) as error:
+            print(f"cannot read {args.ours}: {error}", file=sys.stderr)
+            return 1
+        print_side_by_side(reference, ours)
+    failed = [c for c in reference["cases"] if c["status"] != "ok" and c["backend"] == "flash"]
+    return 1 if failed else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

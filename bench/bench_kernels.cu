@@ -1,0 +1,977 @@
+// bench_kernels: times every op of kernels/cuda/ops_cuda.h at BERT-base and BERT-large shapes
+// (16k tokens per batch; seq 128 and 512 where the op cares) against ceilings measured in the same
+// run, and prints one table (plus JSON with --json).
+//
+//   bench_kernels [--list] [--filter NAME] [--json FILE] [--repeats N]
+//
+// Ceilings (measured first, same process): a 1 GiB device-to-device copy (bytes read + written per
+// second) and an 8192^3 bf16 GEMM through our own linear_forward (cuBLASLt), on random data.
+// Each case: inputs filled with random values (never zeros), one untimed run whose outputs must all
+// be finite (correctness against kernels/cpu is the job of tests/gpu/test_cuda_*, which
+// scripts/gpu_check.sh runs first), warm-up, then `repeats` timed runs, each after a write of twice
+// the L2 size (so no input is served from L2), timed with CUDA events; the median is reported.
+// Numbers per case: the bytes the op must move (each input read once, each output written once;
+// read-modify-write counts twice) and the FLOPs it must do; GB/s or TFLOP/s, and the percentage of
+// the matching ceiling (memory-bound ops against the copy, matrix ops against the GEMM).
+//
+// FLOP formulas (stated once, as FlashAttention's benchmarks do):
+//   linear forward 2*rows*in*out; backward (dx + dW) 4*rows*in*out.
+//   attention forward 4*batch*heads*seq^2*head_dim (QK^T and PV); backward 2.5x forward (QK^T
+//   recomputed, dV, dP, dQ, dK).
+// The attention reference (PyTorch SDPA, flash and cuDNN backends, same shapes and layout) is
+// bench/bench_attention_torch.py, which prints its numbers beside these from this program's JSON.
+#include <cuda_runtime.h>
+
+#include <algorithm>
+#include <cmath>
+#include <cstdint>
+#include <cstdio>
+#include <cstdlib>
+#include <cstring>
+#include <exception>
+#include <fstream>
+#include <functional>
+#include <memory>
+#include <sstream>
+#include <stdexcept>
+#include <string>
+#include <vector>
+
+#include "kernels/cuda/ops_cuda.h"
+#include "kernels/device.h"
+
+namespace {
+
+using namespace bert::cuda;
+
+// ---- random inputs and the finite check ------------------------------------------------------------
+
+__device__ uint64_t mix64(uint64_t z) {
+  z += 0x9E3779B97F4A7C15ull;
+  z = (z ^ (z >> 30)) * 0xBF58476D1CE4E5B9ull;
+  z = (z ^ (z >> 27)) * 0x94D049BB133111EBull;
+  return z ^ (z >> 31);
+}
+__device__ float uniform01(uint64_t seed, int64_t i) {
+  return static_cast<float>(mix64(seed * 0x100000001B3ull ^ static_cast<uint64_t>(i)) >> 40) * (1.0f / 16777216.0f);
+}
+
+__global__ void fill_uniform_bf16_kernel(bf16* out, int64_t n, uint64_t seed, float lo, float hi) {
+  for (int64_t i = blockIdx.x * static_cast<int64_t>(blockDim.x) + threadIdx.x; i < n;
+       i += static_cast<int64_t>(gridDim.x) * blockDim.x)
+    out[i] = __float2bfloat16(lo + (hi - lo) * uniform01(seed, i));
+}
+__global__ void fill_uniform_f32_kernel(float* out, int64_t n, uint64_t seed, float lo, float hi) {
+  for (int64_t i = blockIdx.x * static_cast<int64_t>(blockDim.x) + threadIdx.x; i < n;
+       i += static_cast<int64_t>(gridDim.x) * blockDim.x)
+    out[i] = lo + (hi - lo) * uniform01(seed, i);
+}
+// Integers uniform in [0, modulo).
+__global__ void fill_ids_kernel(int32_t* out, int64_t n, uint64_t seed, int32_t modulo) {
+  for (int64_t i = blockIdx.x * static_cast<int64_t>(blockDim.x) + threadIdx.x; i < n;
+       i += static_cast<int64_t>(gridDim.x) * blockDim.x)
+    out[i] = static_cast<int32_t>(mix64(seed ^ (static_cast<uint64_t>(i) << 1)) % static_cast<uint64_t>(modulo));
+}
+__global__ void fill_i32_kernel(int32_t* out, int64_t n, int32_t value) {
+  for (int64_t i = blockIdx.x * static_cast<int64_t>(blockDim.x) + threadIdx.x; i < n;
+       i += static_cast<int64_t>(gridDim.x) * blockDim.x)
+    out[i] = value;
+}
+
+__device__ float as_float(bf16 v) { return __bfloat162float(v); }
+__device__ float as_float(float v) { return v; }
+template <class T>
+__global__ void count_nonfinite_kernel(const T* data, int64_t n, unsigned long long* count) {
+  unsigned long long local = 0;
+  for (int64_t i = blockIdx.x * static_cast<int64_t>(blockDim.x) + threadIdx.x; i < n;
+       i += static_cast<int64_t>(gridDim.x) * blockDim.x)
+    local += isfinite(as_float(data[i])) ? 0 : 1;
+  if (local) atomicAdd(count, local);  // a count, not a result: order does not matter
+}
+
+// ----------------------------------------------------------------------------------------------------
+
+constexpr unsigned kFillBlocks = 1024, kFillThreads = 256;
+
+void fill_uniform(Context& ctx, bf16* p, int64_t n, uint64_t seed, float lo = -1.0f, float hi = 1.0f) {
+  fill_uniform_bf16_kernel<<<kFillBlocks, kFillThreads, 0, ctx.stream()>>>(p, n, seed, lo, hi);
+  CUDA_CHECK_LAUNCH();
+}
+void fill_uniform(Context& ctx, float* p, int64_t n, uint64_t seed, float lo = -1.0f, float hi = 1.0f) {
+  fill_uniform_f32_kernel<<<kFillBlocks, kFillThreads, 0, ctx.stream()>>>(p, n, seed, lo, hi);
+  CUDA_CHECK_LAUNCH();
+}
+void fill_ids(Context& ctx, int32_t* p, int64_t n, uint64_t seed, int32_t modulo) {
+  fill_ids_kernel<<<kFillBlocks, kFillThreads, 0, ctx.stream()>>>(p, n, seed, modulo);
+  CUDA_CHECK_LAUNCH();
+}
+void fill_value(Context& ctx, int32_t* p, int64_t n, int32_t value) {
+  fill_i32_kernel<<<kFillBlocks, kFillThreads, 0, ctx.stream()>>>(p, n, value);
+  CUDA_CHECK_LAUNCH();
+}
+
+// Device buffers of one case, freed when the case is done.
+class Arena {
+ public:
+  template <class T>
+  T* make(size_t count) {
+    auto buffer = std::make_shared<DeviceBuffer<T>>(count);
+    T* data = buffer->data();
+    keep_.push_back(std::move(buffer));
+    return data;
+  }
+  template <class T, class... Args>
+  T& own(Args&&... args) {
+    auto object = std::make_shared<T>(std::forward<Args>(args)...);
+    T& ref = *object;
+    keep_.push_back(std::move(object));
+    return ref;
+  }
+
+ private:
+  std::vector<std::shared_ptr<void>> keep_;
+};
+
+struct Output {
+  const void* data;
+  int64_t count;
+  bool is_bf16;
+};
+
+// A case ready to time: run() enqueues one call of the op on ctx.stream().
+struct Prepared {
+  std::shared_ptr<Arena> arena = std::make_shared<Arena>();
+  std::function<void()> run;
+  std::vector<Output> outputs;
+  double bytes = 0;  // what the op must move
+  double flops = 0;  // what it must compute (0: memory-bound op)
+};
+
+struct Case {
+  std::string name;   // op/model[/detail]
+  std::string op;     // the ops_cuda.h function(s)
+  std::string shape;  // human-readable
+  std::function<Prepared(Context&)> prepare;
+};
+
+struct Model {
+  const char* name;
+  int64_t hidden, heads, intermediate, vocab, layers;
+  int64_t head_dim() const { return hidden / heads; }
+};
+constexpr Model kModels[] = {
+    {"bert-base", 768, 12, 3072, 30522, 12},
+    {"bert-large", 1024, 16, 4096, 30522, 24},
+};
+constexpr int64_t kTokens = 16384;  // tokens per batch
+constexpr int64_t kSeqLens[] = {128, 512};
+constexpr int64_t kMaxPositions = 512, kTypeVocab = 2;
+constexpr float kLayerNormEps = 1e-12f;
+// MLM: 15% of tokens are predicted; the decoder and the cross-entropy see only those rows.
+constexpr int64_t kMaskedRows = kTokens * 15 / 100;
+
+std::string str(int64_t v) { return std::to_string(v); }
+
+// ---- cases -----------------------------------------------------------------------------------------
+
+void add_linear_cases(std::vector<Case>& cases, const Model& m) {
+  struct Layer {
+    const char* name;
+    int64_t rows, in, out;
+  };
+  const Layer layers[] = {
+      {"qkv", kTokens, m.hidden, 3 * m.hidden},        {"attn_out", kTokens, m.hidden, m.hidden},
+      {"ffn_up", kTokens, m.hidden, m.intermediate},   {"ffn_down", kTokens, m.intermediate, m.hidden},
+      {"mlm_decoder", kMaskedRows, m.hidden, m.vocab},
+  };
+  for (const Layer& layer : layers) {
+    const LinearShape shape{layer.rows, layer.in, layer.out};
+    const std::string shape_text = "rows " + str(layer.rows) + ", in " + str(layer.in) + ", out " + str(layer.out);
+    const double r = layer.rows, i = layer.in, o = layer.out;
+    cases.push_back({std::string("linear_fwd/") + m.name + "/" + layer.name, "linear_forward", shape_text,
+                     [shape, r, i, o](Context& ctx) {
+                       Prepared p;
+                       bf16* x = p.arena->make<bf16>(shape.rows * shape.in_features);
+                       bf16* w = p.arena->make<bf16>(shape.out_features * shape.in_features);
+                       bf16* b = p.arena->make<bf16>(shape.out_features);
+                       bf16* y = p.arena->make<bf16>(shape.rows * shape.out_features);
+                       fill_uniform(ctx, x, shape.rows * shape.in_features, 1);
+                       fill_uniform(ctx, w, shape.out_features * shape.in_features, 2, -0.05f, 0.05f);
+                       fill_uniform(ctx, b, shape.out_features, 3);
+                       p.run = [&ctx, shape, x, w, b, y] { linear_forward(ctx, shape, x, w, b, y); };
+                       p.outputs = {{y, shape.rows * shape.out_features, true}};
+                       p.flops = 2 * r * i * o;
+                       p.bytes = (r * i + o * i + o + r * o) * 2;
+                       return p;
+                     }});
+    cases.push_back({std::string("linear_bwd/") + m.name + "/" + layer.name, "linear_backward (dx, dW, db)", shape_text,
+                     [shape, r, i, o](Context& ctx) {
+                       Prepared p;
+                       bf16* x = p.arena->make<bf16>(shape.rows * shape.in_features);
+                       bf16* w = p.arena->make<bf16>(shape.out_features * shape.in_features);
+                       bf16* dy = p.arena->make<bf16>(shape.rows * shape.out_features);
+                       bf16* dx = p.arena->make<bf16>(shape.rows * shape.in_features);
+                       float* dw = p.arena->make<float>(shape.out_features * shape.in_features);
+                       float* db = p.arena->make<float>(shape.out_features);
+                       fill_uniform(ctx, x, shape.rows * shape.in_features, 4);
+                       fill_uniform(ctx, w, shape.out_features * shape.in_features, 5, -0.05f, 0.05f);
+                       fill_uniform(ctx, dy, shape.rows * shape.out_features, 6, -1e-3f, 1e-3f);
+                       fill_uniform(ctx, dw, shape.out_features * shape.in_features, 7, -1e-3f, 1e-3f);
+                       fill_uniform(ctx, db, shape.out_features, 8, -1e-3f, 1e-3f);
+                       p.run = [&ctx, shape, x, w, dy, dx, dw, db] {
+                         linear_backward(ctx, shape, dy, x, w, dx, dw, db, InputGrad::kOverwrite);
+                       };
+                       p.outputs = {{dx, shape.rows * shape.in_features, true},
+                                    {dw, shape.out_features * shape.in_features, false},
+                                    {db, shape.out_features, false}};
+                       p.flops = 4 * r * i * o;
+                       // dy, x, W read; dx written; dW and db read-modify-write in fp32.
+                       p.bytes = (r * o + r * i + o * i) * 2 + r * i * 2 + (o * i + o) * 8;
+                       return p;
+                     }});
+  }
+}
+
+void add_layernorm_cases(std::vector<Case>& cases, const Model& m) {
+  const MatrixShape shape{kTokens, m.hidden};
+  const std::string shape_text = "rows " + str(kTokens) + ", cols " + str(m.hidden);
+  const double n = static_cast<double>(kTokens) * m.hidden, h = m.hidden, rows = kTokens;
+  for (const bool residual : {false, true}) {
+    const std::string prefix = residual ? "residual_layernorm" : "layernorm";
+    cases.push_back(
+        {prefix + "_fwd/" + m.name, prefix + "_forward", shape_text, [shape, residual, n, h, rows](Context& ctx) {
+           Prepared p;
+           const int64_t count = shape.rows * shape.cols;
+           bf16* x = p.arena->make<bf16>(count);
+           bf16* res = p.arena->make<bf16>(count);
+           bf16* gamma = p.arena->make<bf16>(shape.cols);
+           bf16* beta = p.arena->make<bf16>(shape.cols);
+           bf16* y = p.arena->make<bf16>(count);
+           float* mean = p.arena->make<float>(shape.rows);
+           float* rstd = p.arena->make<float>(shape.rows);
+           fill_uniform(ctx, x, count, 11);
+           fill_uniform(ctx, res, count, 12);
+           fill_uniform(ctx, gamma, shape.cols, 13, 0.5f, 1.5f);
+           fill_uniform(ctx, beta, shape.cols, 14);
+           p.run = [&ctx, shape, residual, x, res, gamma, beta, y, mean, rstd] {
+             if (residual)
+               residual_layernorm_forward(ctx, shape, x, res, gamma, beta, kLayerNormEps, y, mean, rstd);
+             else
+               layernorm_forward(ctx, shape, x, gamma, beta, kLayerNormEps, y, mean, rstd);
+           };
+           p.outputs = {{y, count, true}, {mean, shape.rows, false}, {rstd, shape.rows, false}};
+           p.bytes = n * 2 * (residual ? 3 : 2) + h * 4 + rows * 8;
+           return p;
+         }});
+    cases.push_back(
+        {prefix + "_bwd/" + m.name, prefix + "_backward", shape_text, [shape, residual, n, h, rows](Context& ctx) {
+           Prepared p;
+           const int64_t count = shape.rows * shape.cols;
+           bf16* x = p.arena->make<bf16>(count);
+           bf16* res = p.arena->make<bf16>(count);
+           bf16* gamma = p.arena->make<bf16>(shape.cols);
+           bf16* beta = p.arena->make<bf16>(shape.cols);
+           bf16* y = p.arena->make<bf16>(count);
+           float* mean = p.arena->make<float>(shape.rows);
+           float* rstd = p.arena->make<float>(shape.rows);
+           bf16* dy = p.arena->make<bf16>(count);
+           bf16* dx = p.arena->make<bf16>(count);
+           float* dgamma = p.arena->make<float>(shape.cols);
+           float* dbeta = p.arena->make<float>(shape.cols);
+           fill_uniform(ctx, x, count, 15);
+           fill_uniform(ctx, res, count, 16);
+           fill_uniform(ctx, gamma, shape.cols, 17, 0.5f, 1.5f);
+           fill_uniform(ctx, beta, shape.cols, 18);
+           fill_uniform(ctx, dy, count, 19, -1e-2f, 1e-2f);
+           fill_uniform(ctx, dgamma, shape.cols, 20, -1e-3f, 1e-3f);
+           fill_uniform(ctx, dbeta, shape.cols, 21, -1e-3f, 1e-3f);
+           // The saved statistics come from a real forward.
+           if (residual)
+             residual_layernorm_forward(ctx, shape, x, res, gamma, beta, kLayerNormEps, y, mean, rstd);
+           else
+             layernorm_forward(ctx, shape, x, gamma, beta, kLayerNormEps, y, mean, rstd);
+           p.run = [&ctx, shape, residual, x, res, gamma, mean, rstd, dy, dx, dgamma, dbeta] {
+             if (residual)
+               residual_layernorm_backward(ctx, shape, dy, x, res, gamma, mean, rstd, dx, dgamma, dbeta);
+             else
+               layernorm_backward(ctx, shape, dy, x, gamma, mean, rstd, dx, dgamma, dbeta);
+           };
+           p.outputs = {{dx, count, true}, {dgamma, shape.cols, false}, {dbeta, shape.cols, false}};
+           // dy, x (+ residual) read, dx written; gamma read; stats read; dgamma/dbeta RMW.
+           p.bytes = n * 2 * (residual ? 4 : 3) + h * 2 + rows * 8 + h * 16;
+           return p;
+         }});
+  }
+}
+
+void add_gelu_cases(std::vector<Case>& cases, const Model& m) {
+  const MatrixShape shape{kTokens, m.intermediate};
+  const std::string shape_text = "rows " + str(kTokens) + ", cols " + str(m.intermediate) + ", erf";
+  const double n = static_cast<double>(kTokens) * m.intermediate, cols = m.intermediate;
+  cases.push_back(
+      {std::string("bias_gelu_fwd/") + m.name, "bias_gelu_forward", shape_text, [shape, n, cols](Context& ctx) {
+         Prepared p;
+         const int64_t count = shape.rows * shape.cols;
+         bf16* x = p.arena->make<bf16>(count);
+         bf16* bias = p.arena->make<bf16>(shape.cols);
+         bf16* y = p.arena->make<bf16>(count);
+         fill_uniform(ctx, x, count, 31, -3.0f, 3.0f);
+         fill_uniform(ctx, bias, shape.cols, 32);
+         p.run = [&ctx, shape, x, bias, y] { bias_gelu_forward(ctx, GeluKind::kErf, shape, x, bias, y); };
+         p.outputs = {{y, count, true}};
+         p.bytes = n * 4 + cols * 2;
+         return p;
+       }});
+  cases.push_back(
+      {std::string("bias_gelu_bwd/") + m.name, "bias_gelu_backward", shape_text, [shape, n, cols](Context& ctx) {
+         Prepared p;
+         const int64_t count = shape.rows * shape.cols;
+         bf16* x = p.arena->make<bf16>(count);
+         bf16* bias = p.arena->make<bf16>(shape.cols);
+         bf16* dy = p.arena->make<bf16>(count);
+         bf16* dx = p.arena->make<bf16>(count);
+         float* dbias = p.arena->make<float>(shape.cols);
+         fill_uniform(ctx, x, count, 33, -3.0f, 3.0f);
+         fill_uniform(ctx, bias, shape.cols, 34);
+         fill_uniform(ctx, dy, count, 35, -1e-3f, 1e-3f);
+         fill_uniform(ctx, dbias, shape.cols, 36, -1e-3f, 1e-3f);
+         p.run = [&ctx, shape, x, bias, dy, dx, dbias] {
+           bias_gelu_backward(ctx, GeluKind::kErf, shape, dy, x, bias, dx, dbias);
+         };
+         p.outputs = {{dx, count, true}, {dbias, shape.cols, false}};
+         p.bytes = n * 6 + cols * 2 + cols * 8;
+         return p;
+       }});
+}
+
+void add_embedding_cases(std::vector<Case>& cases, const Model& m, int64_t seq) {
+  EmbeddingShape shape;
+  shape.batch = kTokens / seq;
+  shape.seq_len = seq;
+  shape.hidden = m.hidden;
+  shape.vocab_size = m.vocab;
+  shape.max_position_embeddings = kMaxPositions;
+  shape.type_vocab_size = kTypeVocab;
+  shape.padding_idx = 0;
+  const std::string shape_text =
+      "batch " + str(shape.batch) + ", seq " + str(seq) + ", hidden " + str(m.hidden) + ", vocab " + str(m.vocab);
+  const double t = kTokens, h = m.hidden, s = seq;
+  struct Tables {
+    int32_t *ids, *types;
+    bf16 *word, *pos, *type, *gamma, *beta, *out;
+    float *mean, *rstd;
+  };
+  auto make_tables = [](Context& ctx, Arena& arena, const EmbeddingShape& e) {
+    Tables tb{};
+    const int64_t tokens = e.tokens();
+    tb.ids = arena.make<int32_t>(tokens);
+    tb.types = arena.make<int32_t>(tokens);
+    tb.word = arena.make<bf16>(e.vocab_size * e.hidden);
+    tb.pos = arena.make<bf16>(e.max_position_embeddings * e.hidden);
+    tb.type = arena.make<bf16>(e.type_vocab_size * e.hidden);
+    tb.gamma = arena.make<bf16>(e.hidden);
+    tb.beta = arena.make<bf16>(e.hidden);
+    tb.out = arena.make<bf16>(tokens * e.hidden);
+    tb.mean = arena.make<float>(tokens);
+    tb.rstd = arena.make<float>(tokens);
+    fill_ids(ctx, tb.ids, tokens, 41, static_cast<int32_t>(e.vocab_size));
+    fill_ids(ctx, tb.types, tokens, 42, static_cast<int32_t>(e.type_vocab_size));
+    fill_uniform(ctx, tb.word, e.vocab_size * e.hidden, 43, -0.05f, 0.05f);
+    fill_uniform(ctx, tb.pos, e.max_position_embeddings * e.hidden, 44, -0.05f, 0.05f);
+    fill_uniform(ctx, tb.type, e.type_vocab_size * e.hidden, 45, -0.05f, 0.05f);
+    fill_uniform(ctx, tb.gamma, e.hidden, 46, 0.5f, 1.5f);
+    fill_uniform(ctx, tb.beta, e.hidden, 47);
+    return tb;
+  };
+  const std::string suffix = std::string(m.name) + "/s" + str(seq);
+  cases.push_back({"embeddings_fwd/" + suffix, "embeddings_layernorm_forward", shape_text,
+                   [shape, make_tables, t, h, s](Context& ctx) {
+                     Prepared p;
+                     const Tables tb = make_tables(ctx, *p.arena, shape);
+                     p.run = [&ctx, shape, tb] {
+                       embeddings_layernorm_forward(ctx, shape, tb.ids, tb.types, tb.word, tb.pos, tb.type, tb.gamma,
+                                                    tb.beta, kLayerNormEps, tb.out, tb.mean, tb.rstd);
+                     };
+                     p.outputs = {{tb.out, shape.tokens() * shape.hidden, true},
+                                  {tb.mean, shape.tokens(), false},
+                                  {tb.rstd, shape.tokens(), false}};
+                     // ids + types; one word row per token; position and type tables once; LN params;
+                     // output and statistics.
+                     p.bytes = t * 8 + t * h * 2 + (s + kTypeVocab) * h * 2 + h * 4 + t * h * 2 + t * 8;
+                     return p;
+                   }});
+  cases.push_back({"embeddings_bwd/" + suffix, "embeddings_layernorm_backward", shape_text,
+                   [shape, make_tables, t, h, s](Context& ctx) {
+                     Prepared p;
+                     const Tables tb = make_tables(ctx, *p.arena, shape);
+                     const int64_t tokens = shape.tokens();
+                     bf16* dout = p.arena->make<bf16>(tokens * shape.hidden);
+                     float* d_word = p.arena->make<float>(shape.vocab_size * shape.hidden);
+                     float* d_pos = p.arena->make<float>(shape.max_position_embeddings * shape.hidden);
+                     float* d_type = p.arena->make<float>(shape.type_vocab_size * shape.hidden);
+                     float* dgamma = p.arena->make<float>(shape.hidden);
+                     float* dbeta = p.arena->make<float>(shape.hidden);
+                     fill_uniform(ctx, dout, tokens * shape.hidden, 48, -1e-3f, 1e-3f);
+                     fill_uniform(ctx, d_word, shape.vocab_size * shape.hidden, 49, -1e-3f, 1e-3f);
+                     fill_uniform(ctx, d_pos, shape.max_position_embeddings * shape.hidden, 50, -1e-3f, 1e-3f);
+                     fill_uniform(ctx, d_type, shape.type_vocab_size * shape.hidden, 51, -1e-3f, 1e-3f);
+                     fill_uniform(ctx, dgamma, shape.hidden, 52, -1e-3f, 1e-3f);
+                     fill_uniform(ctx, dbeta, shape.hidden, 53, -1e-3f, 1e-3f);
+                     embeddings_layernorm_forward(ctx, shape, tb.ids, tb.types, tb.word, tb.pos, tb.type, tb.gamma,
+                                                  tb.beta, kLayerNormEps, tb.out, tb.mean, tb.rstd);
+                     p.run = [&ctx, shape, tb, dout, d_word, d_pos, d_type, dgamma, dbeta] {
+                       embeddings_layernorm_backward(ctx, shape, dout, tb.ids, tb.types, tb.word, tb.pos, tb.type,
+                                                     tb.gamma, tb.mean, tb.rstd, d_word, d_pos, d_type, dgamma, dbeta);
+                     };
+                     p.outputs = {{d_word, shape.vocab_size * shape.hidden, false},
+                                  {d_pos, shape.max_position_embeddings * shape.hidden, false},
+                                  {d_type, shape.type_vocab_size * shape.hidden, false},
+                                  {dgamma, shape.hidden, false},
+                                  {dbeta, shape.hidden, false}};
+                     // dout, ids, types, statistics read; the LN input rebuilt from the tables; one
+                     // word-gradient row per token read-modify-written (fp32; an upper bound: repeated
+                     // ids share a row); position/type gradients and dgamma/dbeta read-modify-written.
+                     p.bytes = t * h * 2 + t * 16 + t * h * 2 + (s + kTypeVocab) * h * 2 + h * 2 + t * h * 8 +
+                               (s + kTypeVocab) * h * 8 + h * 16;
+                     return p;
+                   }});
+}
+
+void add_dropout_cases(std::vector<Case>& cases, const Model& m) {
+  const int64_t numel = kTokens * m.hidden;
+  const std::string shape_text = "numel " + str(numel) + " (tokens x hidden), p 0.1";
+  const DropoutSpec spec{0.1f, 1234, 0};
+  for (const bool backward : {false, true}) {
+    cases.push_back({std::string(backward ? "dropout_bwd/" : "dropout_fwd/") + m.name,
+                     backward ? "dropout_backward" : "dropout_forward", shape_text,
+                     [numel, spec, backward](Context& ctx) {
+                       Prepared p;
+                       bf16* x = p.arena->make<bf16>(numel);
+                       bf16* y = p.arena->make<bf16>(numel);
+                       fill_uniform(ctx, x, numel, 61);
+                       p.run = [&ctx, numel, spec, backward, x, y] {
+                         if (backward)
+                           dropout_backward(ctx, numel, spec, x, y);
+                         else
+                           dropout_forward(ctx, numel, spec, x, y);
+                       };
+                       p.outputs = {{y, numel, true}};
+                       p.bytes = static_cast<double>(numel) * 4;
+                       return p;
+                     }});
+  }
+}
+
+void add_attention_cases(std::vector<Case>& cases, const Model& m, int64_t seq) {
+  AttentionShape shape;
+  shape.batch = kTokens / seq;
+  shape.seq_len = seq;
+  shape.num_heads = m.heads;
+  shape.head_dim = m.head_dim();
+  shape.qkv_row_stride = 3 * m.hidden;  // fused QKV projection output
+  const double forward_flops = 4.0 * shape.batch * shape.num_heads * static_cast<double>(seq) * seq * shape.head_dim;
+  const double t = kTokens, h = m.hidden;
+  const double lse_bytes = 4.0 * shape.batch * shape.num_heads * seq;
+  // "plain": no mask, no dropout (what bench_attention_torch.py measures with SDPA);
+  // "train": key-padding mask (all keys valid) and attention dropout 0.1, as in pretraining.
+  for (const bool train : {false, true}) {
+    const std::string variant = train ? "attention_train" : "attention";
+    const std::string shape_text = "batch " + str(shape.batch) + ", seq " + str(seq) + ", heads " + str(m.heads) +
+                                   ", head_dim " + str(shape.head_dim) + ", fused qkv" +
+                                   (train ? ", mask, dropout 0.1" : "");
+    const DropoutSpec dropout{train ? 0.1f : 0.0f, 99, 7};
+    auto make_inputs = [shape, train](Context& ctx, Arena& arena, bf16*& qkv, int32_t*& mask, bf16*& context,
+                                      float*& lse) {
+      std::string why;
+      if (!attention_supported(shape, &why)) throw std::invalid_argument("attention_supported: " + why);
+      const int64_t tokens = shape.tokens();
+      qkv = arena.make<bf16>(tokens * shape.qkv_row_stride);
+      context = arena.make<bf16>(tokens * shape.hidden());
+      lse = arena.make<float>(shape.batch * shape.num_heads * shape.seq_len);
+      mask = nullptr;
+      if (train) {
+        mask = arena.make<int32_t>(tokens);
+        fill_value(ctx, mask, tokens, 1);
+      }
+      fill_uniform(ctx, qkv, tokens * shape.qkv_row_stride, 71, -2.0f, 2.0f);
+    };
+    cases.push_back({variant + "_fwd/" + m.name + "/s" + str(seq), "attention_forward", shape_text,
+                     [shape, dropout, make_inputs, forward_flops, t, h, lse_bytes](Context& ctx) {
+                       Prepared p;
+                       bf16 *qkv, *context;
+                       int32_t* mask;
+                       float* lse;
+                       make_inputs(ctx, *p.arena, qkv, mask, context, lse);
+                       const int64_t hidden = shape.hidden();
+                       p.run = [&ctx, shape, dropout, qkv, mask, context, lse, hidden] {
+                         attention_forward(ctx, shape, qkv, qkv + hidden, qkv + 2 * hidden, mask, dropout, context,
+                                           lse);
+                       };
+                       p.outputs = {{context, shape.tokens() * hidden, true},
+                                    {lse, shape.batch * shape.num_heads * shape.seq_len, false}};
+                       p.flops = forward_flops;
+                       p.bytes = t * h * 2 * 3 + t * h * 2 + lse_bytes;
+                       return p;
+                     }});
+    cases.push_back({variant + "_bwd/" + m.name + "/s" + str(seq), "attention_backward", shape_text,
+                     [shape, dropout, make_inputs, forward_flops, t, h, lse_bytes](Context& ctx) {
+                       Prepared p;
+                       bf16 *qkv, *context;
+                       int32_t* mask;
+                       float* lse;
+                       make_inputs(ctx, *p.arena, qkv, mask, context, lse);
+                       const int64_t tokens = shape.tokens(), hidden = shape.hidden();
+                       bf16* dcontext = p.arena->make<bf16>(tokens * hidden);
+                       bf16* dqkv = p.arena->make<bf16>(tokens * shape.qkv_row_stride);
+                       fill_uniform(ctx, dcontext, tokens * hidden, 72, -1e-2f, 1e-2f);
+                       attention_forward(ctx, shape, qkv, qkv + hidden, qkv + 2 * hidden, mask, dropout, context, lse);
+                       p.run = [&ctx, shape, dropout, qkv, mask, context, lse, dcontext, dqkv, hidden] {
+                         attention_backward(ctx, shape, dcontext, qkv, qkv + hidden, qkv + 2 * hidden, mask, dropout,
+                                            context, lse, dqkv, dqkv + hidden, dqkv + 2 * hidden);
+                       };
+                       p.outputs = {{dqkv, tokens * shape.qkv_row_stride, true}};
+                       p.flops = 2.5 * forward_flops;
+                       // q, k, v, context, dcontext, logsumexp read; dq, dk, dv written.
+                       p.bytes = t * h * 2 * 3 + t * h * 2 * 2 + lse_bytes + t * h * 2 * 3;
+                       return p;
+                     }});
+  }
+}
+
+void add_cross_entropy_case(std::vector<Case>& cases, const Model& m) {
+  const MatrixShape shape{kMaskedRows, m.vocab};
+  const std::string shape_text =
+      "rows " + str(kMaskedRows) + " (15% of " + str(kTokens) + " tokens), classes " + str(m.vocab);
+  const double n = static_cast<double>(shape.rows) * shape.cols;
+  cases.push_back(
+      {std::string("cross_entropy/") + m.name, "softmax_cross_entropy", shape_text, [shape, n](Context& ctx) {
+         Prepared p;
+         bf16* logits = p.arena->make<bf16>(shape.rows * shape.cols);
+         bf16* dlogits = p.arena->make<bf16>(shape.rows * shape.cols);
+         int32_t* labels = p.arena->make<int32_t>(shape.rows);
+         auto* stats = p.arena->make<CrossEntropyDeviceStats>(1);
+         fill_uniform(ctx, logits, shape.rows * shape.cols, 81, -4.0f, 4.0f);
+         fill_ids(ctx, labels, shape.rows, 82, static_cast<int32_t>(shape.cols));
+         p.run = [&ctx, shape, logits, labels, dlogits, stats] {
+           softmax_cross_entropy(ctx, shape, logits, labels, 1.0f, dlogits, stats);
+         };
+         p.outputs = {{dlogits, shape.rows * shape.cols, true}, {&stats->loss_sum, 1, false}};
+         p.bytes = n * 4 + shape.rows * 4;
+         return p;
+       }});
+}
+
+// Parameter tensors of BertForPreTraining (HF layout, decoder weight tied to the word embeddings),
+// with AdamW's weight-decay flag (none on biases and LayerNorm, as HF's Trainer sets it).
+std::vector<std::pair<int64_t, bool>> bert_parameters(const Model& m) {
+  const int64_t h = m.hidden, in = m.intermediate;
+  std::vector<std::pair<int64_t, bool>> p = {
+      {m.vocab * h, true}, {kMaxPositions * h, true}, {kTypeVocab * h, true}, {h, false}, {h, false}};
+  for (int64_t layer = 0; layer < m.layers; ++layer) {
+    for (int i = 0; i < 4; ++i) p.insert(p.end(), {{h * h, true}, {h, false}});    // q, k, v, attention out
+    p.insert(p.end(), {{h, false}, {h, false}});                                   // attention LayerNorm
+    p.insert(p.end(), {{in * h, true}, {in, false}, {h * in, true}, {h, false}});  // FFN
+    p.insert(p.end(), {{h, false}, {h, false}});                                   // output LayerNorm
+  }
+  p.insert(p.end(), {{h * h, true}, {h, false}});                          // pooler
+  p.insert(p.end(), {{h * h, true}, {h, false}, {h, false}, {h, false}});  // MLM transform + LN
+  p.insert(p.end(), {{m.vocab, false}, {2 * h, true}, {2, false}});        // decoder bias, NSP head
+  return p;
+}
+
+void add_optimizer_cases(std::vector<Case>& cases, const Model& m) {
+  const auto params = bert_parameters(m);
+  int64_t total = 0;
+  for (const auto& tensor : params) total += tensor.first;
+  const std::string shape_text = str(static_cast<int64_t>(params.size())) + " tensors, " + str(total) + " params";
+  // Slices of one allocation per kind, each starting 64-element (256-byte) aligned.
+  struct Optimizer {
+    MultiTensorList* list;
+    float* param;
+    bf16* param_bf16;
+    int64_t padded;
+  };
+  auto make_list = [params](Context& ctx, Arena& arena) {
+    Optimizer o{};
+    o.padded = 0;
+    for (const auto& tensor : params) o.padded += (tensor.first + 63) / 64 * 64;
+    o.param = arena.make<float>(o.padded);
+    o.param_bf16 = arena.make<bf16>(o.padded);
+    float* grad = arena.make<float>(o.padded);
+    float* exp_avg = arena.make<float>(o.padded);
+    float* exp_avg_sq = arena.make<float>(o.padded);
+    fill_uniform(ctx, o.param, o.padded, 91, -0.05f, 0.05f);
+    fill_uniform(ctx, o.param_bf16, o.padded, 95, -0.05f, 0.05f);  // padding slots are never written
+    fill_uniform(ctx, grad, o.padded, 92, -1e-3f, 1e-3f);
+    fill_uniform(ctx, exp_avg, o.padded, 93, -1e-4f, 1e-4f);
+    fill_uniform(ctx, exp_avg_sq, o.padded, 94, 0.0f, 1e-6f);
+    std::vector<AdamWTensor> tensors;
+    int64_t offset = 0;
+    for (const auto& [numel, decay] : params) {
+      AdamWTensor tensor;
+      tensor.param = o.param + offset;
+      tensor.param_bf16 = o.param_bf16 + offset;
+      tensor.grad = grad + offset;
+      tensor.exp_avg = exp_avg + offset;
+      tensor.exp_avg_sq = exp_avg_sq + offset;
+      tensor.numel = numel;
+      tensor.apply_weight_decay = decay;
+      tensors.push_back(tensor);
+      offset += (numel + 63) / 64 * 64;
+    }
+    o.list = &arena.own<MultiTensorList>(std::span<const AdamWTensor>(tensors));
+    return o;
+  };
+  const double p_count = static_cast<double>(total);
+  cases.push_back({std::string("adamw/") + m.name, "adamw_step", shape_text, [make_list, p_count](Context& ctx) {
+                     Prepared p;
+                     const Optimizer o = make_list(ctx, *p.arena);
+                     MultiTensorList& list = *o.list;
+                     AdamWHyperparams hyper;
+                     hyper.learning_rate = 1e-4;
+                     hyper.weight_decay = 0.01;
+                     hyper.step = 10;
+                     p.run = [&ctx, &list, hyper] { adamw_step(ctx, hyper, list); };
+                     p.outputs = {{o.param, o.padded, false}, {o.param_bf16, o.padded, true}};
+                     // param, grad, m, v read (fp32); param, m, v written (fp32); bf16 copy written.
+                     p.bytes = p_count * (16 + 12 + 2);
+                     return p;
+                   }});
+  cases.push_back({std::string("grad_norm/") + m.name, "grad_norm", shape_text, [make_list, p_count](Context& ctx) {
+                     Prepared p;
+                     MultiTensorList& list = *make_list(ctx, *p.arena).list;
+                     float* norm = p.arena->make<float>(1);
+                     p.run = [&ctx, &list, norm] { grad_norm(ctx, list, norm); };
+                     p.outputs = {{norm, 1, false}};
+                     p.bytes = p_count * 4;
+                     return p;
+                   }});
+}
+
+std::vector<Case> make_cases() {
+  std::vector<Case> cases;
+  for (const Model& m : kModels) {
+    add_linear_cases(cases, m);
+    add_layernorm_cases(cases, m);
+    add_gelu_cases(cases, m);
+    for (const int64_t seq : kSeqLens) add_embedding_cases(cases, m, seq);
+    add_dropout_cases(cases, m);
+    for (const int64_t seq : kSeqLens) add_attention_cases(cases, m, seq);
+    add_cross_entropy_case(cases, m);
+    add_optimizer_cases(cases, m);
+  }
+  return cases;
+}
+
+// ---- timing ------------------------------------------------------------------------------------------
+
+class Event {
+ public:
+  Event() { CUDA_CHECK(cudaEventCreate(&event_)); }
+  ~Event() { cudaEventDestroy(event_); }
+  Event(const Event&) = delete;
+  Event& operator=(const Event&) = delete;
+  cudaEvent_t get() const { return event_; }
+
+ private:
+  cudaEvent_t event_ = nullptr;
+};
+
+// Writes twice the L2 size between timed runs, so inputs come from device memory.
+class L2Flusher {
+ public:
+  explicit L2Flusher(size_t l2_bytes) : buffer_(std::max<size_t>(2 * l2_bytes, size_t{1} << 20)) {}
+  void flush(cudaStream_t stream) {
+    CUDA_CHECK(cudaMemsetAsync(buffer_.data(), static_cast<int>(++round_ & 0xFF), buffer_.bytes(), stream));
+  }
+
+ private:
+  DeviceBuffer<unsigned char> buffer_;
+  unsigned round_ = 0;
+};
+
+struct Timing {
+  double median_ms = 0, min_ms = 0;
+};
+
+Timing time_runs(Context& ctx, L2Flusher& flusher, const std::function<void()>& run, int repeats, int warmup) {
+  for (int i = 0; i < warmup; ++i) run();
+  std::vector<Event> start(static_cast<size_t>(repeats)), stop(static_cast<size_t>(repeats));
+  for (int i = 0; i < repeats; ++i) {
+    flusher.flush(ctx.stream());
+    CUDA_CHECK(cudaEventRecord(start[i].get(), ctx.stream()));
+    run();
+    CUDA_CHECK(cudaEventRecord(stop[i].get(), ctx.stream()));
+  }
+  ctx.synchronize();
+  std::vector<double> ms(static_cast<size_t>(repeats));
+  for (int i = 0; i < repeats; ++i) {
+    float elapsed = 0;
+    CUDA_CHECK(cudaEventElapsedTime(&elapsed, start[i].get(), stop[i].get()));
+    ms[i] = elapsed;
+  }
+  std::sort(ms.begin(), ms.end());
+  Timing timing;
+  timing.min_ms = ms.front();
+  timing.median_ms = repeats % 2 ? ms[repeats / 2] : 0.5 * (ms[repeats / 2 - 1] + ms[repeats / 2]);
+  return timing;
+}
+
+uint64_t count_nonfinite(Context& ctx, const std::vector<Output>& outputs) {
+  DeviceBuffer<unsigned long long> count(1);
+  CUDA_CHECK(cudaMemsetAsync(count.data(), 0, sizeof(unsigned long long), ctx.stream()));
+  for (const Output& out : outputs) {
+    if (out.is_bf16)
+      count_nonfinite_kernel<<<kFillBlocks, kFillThreads, 0, ctx.stream()>>>(static_cast<const bf16*>(out.data),
+                                                                             out.count, count.data());
+    else
+      count_nonfinite_kernel<<<kFillBlocks, kFillThreads, 0, ctx.stream()>>>(static_cast<const float*>(out.data),
+                                                                             out.count, count.data());
+    CUDA_CHECK_LAUNCH();
+  }
+  ctx.synchronize();
+  return count.download()[0];
+}
+
+struct Ceilings {
+  double copy_gb_per_s = 0, gemm_tflop_per_s = 0;
+  double copy_ms = 0, gemm_ms = 0;
+};
+
+Ceilings measure_ceilings(Context& ctx, L2Flusher& flusher, int repeats) {
+  Ceilings c;
+  {
+    const size_t bytes = size_t{1} << 30;
+    DeviceBuffer<unsigned char> src(bytes), dst(bytes);
+    fill_uniform(ctx, reinterpret_cast<float*>(src.data()), static_cast<int64_t>(bytes / 4), 1);
+    const Timing t = time_runs(
+        ctx, flusher,
+        [&] { CUDA_CHECK(cudaMemcpyAsync(dst.data(), src.data(), bytes, cudaMemcpyDeviceToDevice, ctx.stream())); },
+        repeats, 3);
+    c.copy_ms = t.median_ms;
+    c.copy_gb_per_s = 2.0 * bytes / (t.median_ms * 1e-3) / 1e9;
+  }
+  {
+    const int64_t n = 8192;
+    const LinearShape shape{n, n, n};
+    DeviceBuffer<bf16> x(static_cast<size_t>(n * n)), w(static_cast<size_t>(n * n)), y(static_cast<size_t>(n * n));
+    fill_uniform(ctx, x.data(), n * n, 2);
+    fill_uniform(ctx, w.data(), n * n, 3);
+    const Timing t = time_runs(
+        ctx, flusher, [&] { linear_forward(ctx, shape, x.data(), w.data(), nullptr, y.data()); }, repeats, 3);
+    c.gemm_ms = t.median_ms;
+    c.gemm_tflop_per_s = 2.0 * n * n * n / (t.median_ms * 1e-3) / 1e12;
+  }
+  return c;
+}
+
+// ---- output ------------------------------------------------------------------------------------------
+
+struct Result {
+  const Case* c = nullptr;
+  std::string status = "ok";  // ok | nonfinite | error
+  std::string error;
+  Timing timing;
+  double bytes = 0, flops = 0;
+  double gb_per_s = 0, tflop_per_s = 0, percent_of_ceiling = 0;
+  std::string bound;  // memory | compute
+};
+
+std::string json_escape(const std::string& s) {
+  std::string out;
+  for (const char ch : s) {
+    switch (ch) {
+      case '"':
+        out += "\\\"";
+        break;
+      case '\\':
+        out += "\\\\";
+        break;
+      case '\n':
+        out += "\\n";
+        break;
+      case '\t':
+        out += "\\t";
+        break;
+      default:
+        if (static_cast<unsigned char>(ch) < 0x20) {
+          char buf[8];
+          std::snprintf(buf, sizeof(buf), "\\u%04x", static_cast<unsigned>(static_cast<unsigned char>(ch)));
+          out += buf;
+        } else {
+          out += ch;
+        }
+    }
+  }
+  return out;
+}
+
+std::string num(double v) {
+  if (!std::isfinite(v)) return "null";
+  char buf[64];
+  std::snprintf(buf, sizeof(buf), "%.6g", v);
+  return buf;
+}
+
+void write_json(const std::string& path, const bert::DeviceInfo& device, const std::string& command,
+                const Ceilings& ceilings, int repeats, size_t l2_bytes, const std::vector<Result>& results) {
+  std::ostringstream o;
+  o << "{\n  \"device\": \"" << json_escape(device.name) << "\",\n  \"sm\": " << device.sm_major * 10 + device.sm_minor
+    << ",\n  \"multiprocessors\": " << device.multiprocessors << ",\n  \"l2_bytes\": " << l2_bytes
+    << ",\n  \"command\": \"" << json_escape(command) << "\",\n  \"repeats\": " << repeats
+    << ",\n  \"tokens_per_batch\": " << kTokens
+    << ",\n  \"ceilings\": {\"copy_gb_per_s\": " << num(ceilings.copy_gb_per_s)
+    << ", \"gemm_bf16_tflop_per_s\": " << num(ceilings.gemm_tflop_per_s)
+    << ", \"copy\": \"1 GiB device-to-device, read + write\", \"gemm\": \"8192^3 bf16 linear_forward (cuBLASLt)\"},\n"
+    << "  \"cases\": [";
+  for (size_t i = 0; i < results.size(); ++i) {
+    const Result& r = results[i];
+    o << (i ? ",\n" : "\n") << "    {\"name\": \"" << json_escape(r.c->name) << "\", \"op\": \"" << json_escape(r.c->op)
+      << "\", \"shape\": \"" << json_escape(r.c->shape) << "\", \"status\": \"" << r.status << "\"";
+    if (!r.error.empty()) o << ", \"error\": \"" << json_escape(r.error) << "\"";
+    if (r.status != "error") {
+      o << ", \"median_ms\": " << num(r.timing.median_ms) << ", \"min_ms\": " << num(r.timing.min_ms)
+        << ", \"bytes\": " << num(r.bytes) << ", \"flops\": " << num(r.flops) << ", \"gb_per_s\": " << num(r.gb_per_s)
+        << ", \"tflop_per_s\": " << num(r.tflop_per_s) << ", \"bound\": \"" << r.bound
+        << "\", \"percent_of_ceiling\": " << num(r.percent_of_ceiling);
+    }
+    o << "}";
+  }
+  o << "\n  ]\n}\n";
+  std::ofstream file(path);
+  if (!file) throw std::runtime_error("cannot write " + path);
+  file << o.str();
+  if (!file) throw std::runtime_error("cannot write " + path);
+}
+
+void print_usage(std::FILE* out) {
+  std::fprintf(out,
+               "usage: bench_kernels [--list] [--filter NAME] [--json FILE] [--repeats N]\n"
+               "  --list         print the case names and exit\n"
+               "  --filter NAME  run only cases whose name contains NAME (e.g. attention, bert-base, linear_bwd)\n"
+               "  --json FILE    also write every number, the device and the command line as JSON\n"
+               "  --repeats N    timed runs per case (median reported; default 50)\n");
+}
+
+int run(int argc, char** argv) {
+  bool list = false;
+  std::string filter, json_path;
+  int repeats = 50;
+  std::string command;
+  for (int i = 0; i < argc; ++i) command += (i ? " " : "") + std::string(argv[i]);
+  for (int i = 1; i < argc; ++i) {
+    const std::string arg = argv[i];
+    auto value = [&](const char* flag) -> std::string {
+      if (i + 1 >= argc) throw std::invalid_argument(std::string(flag) + " needs a value");
+      return argv[++i];
+    };
+    if (arg == "--list") {
+      list = true;
+    } else if (arg == "--filter") {
+      filter = value("--filter");
+    } else if (arg == "--json") {
+      json_path = value("--json");
+    } else if (arg == "--repeats") {
+      const std::string v = value("--repeats");
+      char* end = nullptr;
+      const long parsed = std::strtol(v.c_str(), &end, 10);
+      if (end == v.c_str() || *end != '\0' || parsed < 1 || parsed > 100000)
+        throw std::invalid_argument("--repeats needs an integer in 1..100000, got '" + v + "'");
+      repeats = static_cast<int>(parsed);
+    } else if (arg == "--help" || arg == "-h") {
+      print_usage(stdout);
+      return 0;
+    } else {
+      print_usage(stderr);
+      throw std::invalid_argument("unknown argument '" + arg + "'");
+    }
+  }
+
+  const std::vector<Case> cases = make_cases();
+  std::vector<const Case*> selected;
+  for (const Case& c : cases)
+    if (filter.empty() || c.name.find(filter) != std::string::npos) selected.push_back(&c);
+  if (list) {
+    for (const Case* c : selected) std::printf("%-44s %-32s %s\n", c->name.c_str(), c->op.c_str(), c->shape.c_str());
+    return 0;
+  }
+  if (selected.empty()) throw std::invalid_argument("no case matches --filter '" + filter + "' (see --list)");
+
+  const bert::DeviceInfo device = bert::cuda_device_info();
+  if (!device.available) {
+    std::fprintf(stderr, "bench_kernels: %s\n", device.reason.c_str());
+    return 1;
+  }
+  int device_index = 0, l2_int = 0;
+  CUDA_CHECK(cudaGetDevice(&device_index));
+  CUDA_CHECK(cudaDeviceGetAttribute(&l2_int, cudaDevAttrL2CacheSize, device_index));
+  const size_t l2_bytes = static_cast<size_t>(l2_int);
+
+  Context ctx;
+  L2Flusher flusher(l2_bytes);
+  std::printf("device: %s (sm_%d%d, %d SMs, L2 %.0f MB), %d repeats per case, median with L2 flushed\n",
+              device.name.c_str(), device.sm_major, device.sm_minor, device.multiprocessors, l2_bytes / 1e6, repeats);
+  const Ceilings ceilings = measure_ceilings(ctx, flusher, std::max(10, std::min(repeats, 30)));
+  std::printf("ceilings: copy %.0f GB/s (1 GiB D2D, read + write), GEMM %.1f TFLOP/s (8192^3 bf16, cuBLASLt)\n\n",
+              ceilings.copy_gb_per_s, ceilings.gemm_tflop_per_s);
+  std::printf("%-44s %10s %10s %10s %8s  %s\n", "case", "median ms", "GB/s", "TFLOP/s", "% ceil", "check");
+
+  std::vector<Result> results;
+  int failures = 0;
+  for (const Case* c : selected) {
+    Result r;
+    r.c = c;
+    try {
+      Prepared p = c->prepare(ctx);
+      p.run();
+      const uint64_t bad = count_nonfinite(ctx, p.outputs);
+      if (bad) {
+        r.status = "nonfinite";
+        r.error = std::to_string(bad) + " non-finite output elements after the first run";
+      }
+      r.timing = time_runs(ctx, flusher, p.run, repeats, 3);
+      r.bytes = p.bytes;
+      r.flops = p.flops;
+      const double seconds = r.timing.median_ms * 1e-3;
+      r.gb_per_s = p.bytes / seconds / 1e9;
+      r.tflop_per_s = p.flops / seconds / 1e12;
+      r.bound = p.flops > 0 ? "compute" : "memory";
+      r.percent_of_ceiling =
+          p.flops > 0 ? 100.0 * r.tflop_per_s / ceilings.gemm_tflop_per_s : 100.0 * r.gb_per_s / ceilings.copy_gb_per_s;
+      ctx.synchronize();
+    } catch (const std::exception& e) {
+      r.status = "error";
+      r.error = e.what();
+      cudaDeviceSynchronize();
+      cudaGetLastError();  // a launch failure must not poison the next case's checks
+    }
+    if (r.status != "ok") ++failures;
+    if (r.status == "error") {
+      std::printf("%-44s %10s %10s %10s %8s  ERROR: %s\n", c->name.c_str(), "-", "-", "-", "-", r.error.c_str());
+    } else {
+      char tflops[32] = "-";
+      if (r.flops > 0) std::snprintf(tflops, sizeof(tflops), "%.1f", r.tflop_per_s);
+      std::printf("%-44s %10.4f %10.0f %10s %7.1f%%  %s\n", c->name.c_str(), r.timing.median_ms, r.gb_per_s, tflops,
+                  r.percent_of_ceiling, r.status == "ok" ? "finite" : r.error.c_str());
+    }
+    std::fflush(stdout);
+    results.push_back(r);
+  }
+  if (!json_path.empty()) {
+    write_json(json_path, device, command, ceilings, repeats, l2_bytes, results);
+    std::printf("\nwrote %s\n", json_path.c_str());
+  }
+  if (failures) std::printf("%d case(s) failed (non-finite output or error)\n", failures);
+  return failures ? 2 : 0;
+}
+
+}  // namespace
+
+int main(int argc, char** argv) {
+  try {
+    return run(argc, argv);
+  } catch (const std::exception& e) {
+    std::fprintf(stderr, "bench_kernels: %s\n", e.what());
+    return 1;
+  }
+}

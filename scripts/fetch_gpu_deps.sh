@@ -1,0 +1,81 @@
+#!/usr/bin/env bash
+# Prepares .gpu-deps/ (git-ignored) for scripts/gpu_check.sh, the script run on the lent GPU
+# machine. That machine's image has CUDA 13 (nvcc, cuBLAS), cmake, ninja and python3 with PyTorch,
+# but nothing says it has Catch2, OpenBLAS or the zlib headers, and it cannot download anything.
+# So this script, run HERE (Debian 12, x86-64, network), brings them as Debian packages:
+#
+#   .gpu-deps/debs/*.deb          catch2, OpenBLAS (pthread) + libgfortran5/libquadmath0, libgomp1,
+#                                 zlib1g(-dev): unpacked there with dpkg-deb -x into /tmp, never into /
+#   .gpu-deps/prebuilt/bin.tar.xz (with --prebuilt BUILD_DIR) the GPU test executables and
+#                                 bench_kernels built here; gpu_check.sh runs them if every library
+#                                 they need resolves there, else it builds from source on the device
+#
+# usage: scripts/fetch_gpu_deps.sh [--prebuilt BUILD_DIR]
+#   BUILD_DIR: a CUDA build of this tree, e.g. after
+#     cmake -S . -B build-gpu -G Ninja -DCMAKE_BUILD_TYPE=Release
+#     ninja -C build-gpu test_device bench_kernels $(ninja -C build-gpu -t targets all | grep -oE '^test_cuda_[a-z_]+' | sort -u)
+# Everything lands in .gpu-deps/ (about 10 MB of .debs plus the packed binaries); the device call's
+# carry list names it: carry=[".gpu-deps"] (64 MiB limit for the whole tree that travels).
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+DEPS=.gpu-deps
+PACKAGES=(catch2 libopenblas0-pthread libopenblas-pthread-dev libgfortran5 libquadmath0 libgomp1 zlib1g zlib1g-dev)
+
+prebuilt=""
+while (($#)); do
+  case "$1" in
+    --prebuilt)
+      [[ $# -ge 2 ]] || { echo "fetch_gpu_deps: --prebuilt needs a build directory" >&2; exit 2; }
+      prebuilt="$2"
+      shift 2
+      ;;
+    -h | --help)
+      sed -n '2,21p' "$0"
+      exit 0
+      ;;
+    *)
+      echo "fetch_gpu_deps: unknown argument '$1' (see --help)" >&2
+      exit 2
+      ;;
+  esac
+done
+
+if [[ "$(uname -m)" != x86_64 ]]; then
+  echo "fetch_gpu_deps: this machine is $(uname -m); the GPU machine is x86-64: fetch the amd64 packages" \
+       "with apt-get -o APT::Architecture=amd64 (see the device README) and do not use --prebuilt" >&2
+  exit 1
+fi
+
+mkdir -p "$DEPS/debs"
+missing=()
+for p in "${PACKAGES[@]}"; do
+  compgen -G "$DEPS/debs/${p}_*.deb" >/dev/null || missing+=("$p")
+done
+if ((${#missing[@]})); then
+  echo "fetch_gpu_deps: downloading ${missing[*]}"
+  (cd "$DEPS/debs" && apt-get download "${missing[@]}")
+fi
+ls -1 "$DEPS/debs"
+
+if [[ -n "$prebuilt" ]]; then
+  [[ -d "$prebuilt" ]] || { echo "fetch_gpu_deps: no build directory '$prebuilt'" >&2; exit 1; }
+  staging=$(mktemp -d)
+  trap 'rm -rf "$staging"' EXIT
+  mkdir -p "$staging/bin"
+  found=0
+  for exe in "$prebuilt"/tests/test_device "$prebuilt"/tests/test_cuda_* "$prebuilt"/bench/bench_kernels; do
+    [[ -f "$exe" && -x "$exe" ]] || continue
+    cp "$exe" "$staging/bin/"
+    strip --strip-debug "$staging/bin/$(basename "$exe")"
+    found=$((found + 1))
+  done
+  ((found > 0)) || { echo "fetch_gpu_deps: no GPU executables under $prebuilt/tests or $prebuilt/bench" >&2; exit 1; }
+  mkdir -p "$DEPS/prebuilt"
+  git rev-parse HEAD >"$staging/bin/SOURCE_COMMIT" 2>/dev/null || true
+  git status --short >>"$staging/bin/SOURCE_COMMIT" 2>/dev/null || true
+  tar -C "$staging" -cJf "$DEPS/prebuilt/bin.tar.xz" bin
+  echo "fetch_gpu_deps: packed $found executables into $DEPS/prebuilt/bin.tar.xz" \
+       "($(du -h "$DEPS/prebuilt/bin.tar.xz" | cut -f1))"
+fi
+du -sh "$DEPS"

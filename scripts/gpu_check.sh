@@ -1,0 +1,187 @@
+#!/usr/bin/env bash
+# The one script run on the lent GPU machine (the device tool's `run`, over a copy of this tree):
+# GPU tests (every tests/gpu/test_cuda_* and test_device), then bench_kernels, then the PyTorch SDPA
+# attention reference beside it. Everything it writes goes to $OUT (7 files; the tool brings back 8
+# at most): setup.log, tests.log, bench_kernels.log, bench_kernels.json, bench_attention_torch.log,
+# bench_attention_torch.json, summary.txt. The summary is printed last, so the reply's output tail
+# holds it.
+#
+# Prepare HERE first (no device time):
+#   scripts/fetch_gpu_deps.sh                       # .debs of Catch2, OpenBLAS, zlib -> .gpu-deps/
+#   # optional, saves the device ~3 minutes of compiling: a build made here, packed alongside
+#   cmake -S . -B build-gpu -G Ninja -DCMAKE_BUILD_TYPE=Release
+#   ninja -C build-gpu test_device bench_kernels $(ninja -C build-gpu -t targets all | grep -oE '^test_cuda_[a-z_]+' | sort -u)
+#   scripts/fetch_gpu_deps.sh --prebuilt build-gpu
+# Then the exact device call:
+#   run(command="bash scripts/gpu_check.sh", carry=[".gpu-deps"], timeout_s=590)
+# (.gpu-deps is git-ignored, so only `carry` takes it along.) What to read first in the reply:
+# summary.txt's lines (tests passed/failed, bench cases ok, ceilings), then tests.log for failures.
+#
+# Modes: "prebuilt" when .gpu-deps/prebuilt/bin.tar.xz is there and every library its executables
+# need resolves on the device (ldd); otherwise "build": cmake + ninja on the device (16 cores) with
+# the carried packages' headers and libraries where the image lacks its own, then ctest -L gpu.
+# Time limits per stage keep the whole script inside the call's limit (GPU_CHECK_* variables below):
+# worst case build 240 + tests 120 + bench 120 + torch 70 + setup ~10 = 560 s < timeout_s 590;
+# with the prebuilt binaries a run takes ~3-4 minutes.
+set -uo pipefail
+cd "$(dirname "$0")/.." || exit 1
+ROOT=$PWD
+OUT=${OUT:-$ROOT/gpu-check-out}
+mkdir -p "$OUT"
+DEPS_ROOT=/tmp/bertforge-gpu-deps   # the carried .debs, unpacked (never into /)
+BIN_DIR=/tmp/bertforge-gpu-bin      # prebuilt executables
+BUILD_DIR=/tmp/bertforge-gpu-build  # device build
+BUILD_TIMEOUT=${GPU_CHECK_BUILD_TIMEOUT:-240}
+TEST_TIMEOUT=${GPU_CHECK_TEST_TIMEOUT:-120}
+BENCH_TIMEOUT=${GPU_CHECK_BENCH_TIMEOUT:-120}
+TORCH_TIMEOUT=${GPU_CHECK_TORCH_TIMEOUT:-70}
+BENCH_REPEATS=${GPU_CHECK_BENCH_REPEATS:-30}
+SETUP_LOG=$OUT/setup.log
+SUMMARY=$OUT/summary.txt
+: >"$SUMMARY"
+note() { echo "$*" | tee -a "$SUMMARY"; }
+stamp() { date -u +%H:%M:%S; }
+
+# ---- environment ------------------------------------------------------------------------------------
+{
+  echo "== $(date -u) gpu_check on $(hostname)"
+  grep PRETTY_NAME /etc/os-release 2>/dev/null
+  nvidia-smi --query-gpu=name,driver_version,memory.total,clocks.sm,clocks.mem --format=csv 2>&1
+  command -v nvcc >/dev/null || export PATH=/usr/local/cuda/bin:$PATH
+  nvcc --version 2>&1 | tail -n 2
+  cmake --version 2>&1 | head -n 1
+  ninja --version 2>&1
+  g++ --version 2>&1 | head -n 1
+  python3 -c 'import torch; print("torch", torch.__version__, "cuda", torch.version.cuda)' 2>&1
+  ldd --version 2>&1 | head -n 1
+  ldconfig -p 2>/dev/null | grep -E 'libcublasLt\.so|libopenblas|libblas\.so|libz\.so|libgomp' || true
+} >"$SETUP_LOG" 2>&1
+command -v nvcc >/dev/null || export PATH=/usr/local/cuda/bin:$PATH
+
+# Unpack the carried packages (if any) into DEPS_ROOT.
+rm -rf "$DEPS_ROOT" && mkdir -p "$DEPS_ROOT"
+for deb in "$ROOT"/.gpu-deps/debs/*.deb; do
+  [[ -f "$deb" ]] || continue
+  if command -v dpkg-deb >/dev/null; then
+    dpkg-deb -x "$deb" "$DEPS_ROOT" >>"$SETUP_LOG" 2>&1
+  else  # a .deb is an ar archive holding data.tar.xz (Debian 12)
+    member=$(ar t "$deb" | grep '^data\.tar')
+    ar p "$deb" "$member" | tar -x -J -f - -C "$DEPS_ROOT" >>"$SETUP_LOG" 2>&1
+  fi
+done
+# Absolute links inside the packages (libz.so -> /lib/...) must point into DEPS_ROOT, not at /.
+find "$DEPS_ROOT" -type l | while read -r link; do
+  target=$(readlink "$link")
+  if [[ $target == /* && -e "$DEPS_ROOT$target" ]]; then ln -sfn "$DEPS_ROOT$target" "$link"; fi
+done
+DEPS_LIB=$DEPS_ROOT/usr/lib/x86_64-linux-gnu
+# CUDA libraries: the toolkit's, else the ones PyTorch's wheels bring. The carried libraries go
+# LAST, so the image's own win wherever it has them.
+cuda_dirs=""
+for dir in /usr/local/cuda/lib64 /usr/local/cuda/targets/x86_64-linux/lib \
+           $(python3 -c 'import glob, site; print(" ".join(sorted({p.rsplit("/", 1)[0] for s in site.getsitepackages() for p in glob.glob(s + "/nvidia/**/libcublasLt.so*", recursive=True)})))' 2>/dev/null); do
+  [[ -d "$dir" ]] && ls "$dir"/libcublasLt.so* >/dev/null 2>&1 && cuda_dirs="$cuda_dirs:$dir"
+done
+library_path="${LD_LIBRARY_PATH:-}${cuda_dirs}:$DEPS_LIB:$DEPS_LIB/openblas-pthread:$DEPS_ROOT/lib/x86_64-linux-gnu"
+export LD_LIBRARY_PATH="${library_path#:}"  # an empty entry would mean the current directory
+echo "LD_LIBRARY_PATH=$LD_LIBRARY_PATH" >>"$SETUP_LOG"
+
+# ---- executables: prebuilt or built here -------------------------------------------------------------
+mode=build
+if [[ -f "$ROOT/.gpu-deps/prebuilt/bin.tar.xz" ]]; then
+  rm -rf "$BIN_DIR" && mkdir -p "$BIN_DIR"
+  tar -C "$BIN_DIR" -xJf "$ROOT/.gpu-deps/prebuilt/bin.tar.xz" --strip-components=1
+  mode=prebuilt
+  for exe in "$BIN_DIR"/test_* "$BIN_DIR"/bench_kernels; do
+    if ldd "$exe" 2>&1 | grep -E 'not found' >>"$SETUP_LOG"; then
+      echo "prebuilt $(basename "$exe") lacks a library here (above): building from source" >>"$SETUP_LOG"
+      mode=build
+    fi
+  done
+  [[ -f "$BIN_DIR/SOURCE_COMMIT" ]] && { echo "prebuilt from:"; cat "$BIN_DIR/SOURCE_COMMIT"; } >>"$SETUP_LOG"
+fi
+
+build_ok=1
+if [[ $mode == build ]]; then
+  echo "== $(stamp) building on the device" >>"$SETUP_LOG"
+  export CUDACXX=${CUDACXX:-$(command -v nvcc)}
+  # The linker finds the carried OpenBLAS's own needs (libgfortran) through LD_LIBRARY_PATH (above).
+  export LIBRARY_PATH="$DEPS_LIB:$DEPS_LIB/openblas-pthread${LIBRARY_PATH:+:$LIBRARY_PATH}"
+  # shellcheck disable=SC2016  # expanded by the inner shell, from its arguments
+  timeout "$BUILD_TIMEOUT" bash -c '
+    set -eo pipefail
+    cmake -S "$0" -B "$1" -G Ninja -DCMAKE_BUILD_TYPE=Release -DBERT_CUDA=ON -DBERT_PYTHON="$(command -v python3)" \
+      -DCMAKE_PREFIX_PATH="$2/usr" -DCMAKE_LIBRARY_PATH="$3;$3/openblas-pthread" \
+      -DCMAKE_INCLUDE_PATH="$2/usr/include;$2/usr/include/x86_64-linux-gnu/openblas-pthread" \
+      -DZLIB_ROOT="$2/usr" -DBLA_VENDOR=OpenBLAS
+    targets=$(ninja -C "$1" -t targets all | grep -oE "^(test_device|test_cuda_[a-z_]+|bench_kernels):" | tr -d : | sort -u)
+    echo "targets: $targets"
+    ninja -C "$1" -j "$(nproc)" $targets
+  ' "$ROOT" "$BUILD_DIR" "$DEPS_ROOT" "$DEPS_LIB" >>"$SETUP_LOG" 2>&1 || build_ok=0
+  rm -rf "$BIN_DIR" && mkdir -p "$BIN_DIR"
+  cp "$BUILD_DIR"/tests/test_device "$BUILD_DIR"/tests/test_cuda_* "$BUILD_DIR"/bench/bench_kernels "$BIN_DIR"/ 2>/dev/null
+fi
+note "mode: $mode$([[ $build_ok == 1 ]] || echo ' (BUILD FAILED: see setup.log; running what was built)')"
+
+# ---- tests ------------------------------------------------------------------------------------------------
+echo "== $(stamp) tests" | tee "$OUT/tests.log"
+passed=0 failed=0 skipped=0 failed_names=""
+deadline=$((SECONDS + TEST_TIMEOUT))
+for exe in "$BIN_DIR"/test_device "$BIN_DIR"/test_cuda_*; do
+  [[ -x "$exe" ]] || continue
+  name=$(basename "$exe")
+  left=$((deadline - SECONDS))
+  if ((left < 5)); then
+    echo "-- $name: not run (test time budget spent)" >>"$OUT/tests.log"
+    failed=$((failed + 1)) failed_names="$failed_names $name(not-run)"
+    continue
+  fi
+  echo "-- $name" >>"$OUT/tests.log"
+  timeout "$left" "$exe" >>"$OUT/tests.log" 2>&1
+  rc=$?
+  case $rc in
+    0) passed=$((passed + 1)) ;;
+    4) skipped=$((skipped + 1)) ;;
+    *) failed=$((failed + 1)) failed_names="$failed_names $name(rc=$rc)" ;;
+  esac
+  echo "-- $name: exit $rc" >>"$OUT/tests.log"
+done
+if [[ $mode == build && -d "$BUILD_DIR" ]]; then  # ctest's own view of the same executables
+  timeout 30 ctest --test-dir "$BUILD_DIR" -L gpu -N >>"$OUT/tests.log" 2>&1 || true
+fi
+note "tests: $passed passed, $failed failed, $skipped skipped${failed_names:+ -- failed:$failed_names}"
+
+# ---- bench_kernels ----------------------------------------------------------------------------------------
+echo "== $(stamp) bench_kernels" >>"$SETUP_LOG"
+bench_rc=127
+if [[ -x "$BIN_DIR/bench_kernels" ]]; then
+  timeout "$BENCH_TIMEOUT" "$BIN_DIR/bench_kernels" --repeats "$BENCH_REPEATS" --json "$OUT/bench_kernels.json" \
+    >"$OUT/bench_kernels.log" 2>&1
+  bench_rc=$?
+fi
+bench_ok=$(grep -c ' finite$' "$OUT/bench_kernels.log" 2>/dev/null)
+bench_bad=$(grep -cE 'ERROR|non-finite' "$OUT/bench_kernels.log" 2>/dev/null)
+note "bench_kernels: exit $bench_rc (${bench_ok:-0} cases ok, ${bench_bad:-0} failed)"
+[[ $bench_rc == 0 ]] || grep -m 3 'bench_kernels:' "$OUT/bench_kernels.log" 2>/dev/null | tee -a "$SUMMARY"
+grep -E '^(device|ceilings):' "$OUT/bench_kernels.log" 2>/dev/null | tee -a "$SUMMARY"
+
+# ---- PyTorch SDPA reference, side by side -----------------------------------------------------------------
+ours_arg=()
+[[ -f "$OUT/bench_kernels.json" ]] && ours_arg=(--ours "$OUT/bench_kernels.json")
+PYTHONUNBUFFERED=1 timeout "$TORCH_TIMEOUT" python3 bench/bench_attention_torch.py \
+  --json "$OUT/bench_attention_torch.json" "${ours_arg[@]}" >"$OUT/bench_attention_torch.log" 2>&1
+torch_rc=$?
+note "bench_attention_torch: exit $torch_rc"
+[[ $torch_rc == 0 ]] || tail -n 2 "$OUT/bench_attention_torch.log" 2>/dev/null | tee -a "$SUMMARY"
+
+# ---- what the reply's tail shows -------------------------------------------------------------------------
+echo
+echo "==== bench_kernels (median ms with L2 flushed) ===="
+sed -n '/^case /,$p' "$OUT/bench_kernels.log" 2>/dev/null | cut -c1-110
+echo
+echo "==== attention side by side ===="
+sed -n '/^side by side/,$p' "$OUT/bench_attention_torch.log" 2>/dev/null
+echo
+echo "==== summary ===="
+cat "$SUMMARY"
+[[ $build_ok == 1 && $failed == 0 && $bench_rc == 0 && $torch_rc == 0 ]]
