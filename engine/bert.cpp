@@ -83,65 +83,58 @@ bool is_ignorable_tensor(const std::string& name) {
 
 }  // namespace
 
-// ---- construction and parameters -------------------------------------------------------------------
+// ---- the parameter table (shared with the CUDA model) -----------------------------------------------
 
-template <class T>
-void BertForPreTraining<T>::add_param(std::string name, std::vector<int64_t> shape, size_t offset, bool decay,
-                                      InitKind init) {
-  ParamInfo info;
-  info.name = std::move(name);
-  info.shape = std::move(shape);
-  info.offset = offset;
-  info.numel = shape_numel(info.shape);
-  info.apply_weight_decay = decay;
-  params_.push_back(std::move(info));
-  param_init_.push_back(init);
-}
-
-template <class T>
-BertForPreTraining<T>::BertForPreTraining(const BertConfig& config, const ModelOptions& options)
-    : config_(config), options_(options), context_(options.num_threads) {
-  validate_config(config_);
-  if (options_.decoder_chunk_rows <= 0) throw Error("ModelOptions: decoder_chunk_rows must be > 0");
-  gelu_kind_ = gelu_kind_of(config_.hidden_act);
-
-  const int64_t hidden = config_.hidden_size, intermediate = config_.intermediate_size;
-  const int64_t vocab = config_.vocab_size;
+ParameterTable make_parameter_table(const BertConfig& config) {
+  validate_config(config);
+  ParameterTable table;
+  const int64_t hidden = config.hidden_size, intermediate = config.intermediate_size;
+  const int64_t vocab = config.vocab_size;
   size_t cursor = 0;
   auto allocate = [&](int64_t count) {
     const size_t offset = cursor;
     cursor = align_up(cursor + static_cast<size_t>(count));
     return offset;
   };
+  auto add_param = [&](std::string name, std::vector<int64_t> shape, size_t offset, bool decay, ParamInit init) {
+    ParamInfo info;
+    info.name = std::move(name);
+    info.shape = std::move(shape);
+    info.offset = offset;
+    info.numel = shape_numel(info.shape);
+    info.apply_weight_decay = decay;
+    table.params.push_back(std::move(info));
+    table.init.push_back(init);
+  };
   // HF's nn.Linear(in, out): weight [out, in] decayed, bias [out] not.
   auto add_linear = [&](const std::string& prefix, int64_t in, int64_t out, size_t& weight, size_t& bias) {
     weight = allocate(out * in);
     bias = allocate(out);
-    add_param(prefix + "weight", {out, in}, weight, true, InitKind::kNormal);
-    add_param(prefix + "bias", {out}, bias, false, InitKind::kZero);
+    add_param(prefix + "weight", {out, in}, weight, true, ParamInit::kNormal);
+    add_param(prefix + "bias", {out}, bias, false, ParamInit::kZero);
   };
   auto add_layernorm = [&](const std::string& prefix, size_t& weight, size_t& bias) {
     weight = allocate(hidden);
     bias = allocate(hidden);
-    add_param(prefix + "weight", {hidden}, weight, false, InitKind::kOne);
-    add_param(prefix + "bias", {hidden}, bias, false, InitKind::kZero);
+    add_param(prefix + "weight", {hidden}, weight, false, ParamInit::kOne);
+    add_param(prefix + "bias", {hidden}, bias, false, ParamInit::kZero);
   };
 
-  ParamOffsets& offsets = param_offsets_;
+  BertParamOffsets& offsets = table.offsets;
   offsets.word_embeddings = allocate(vocab * hidden);
   add_param("bert.embeddings.word_embeddings.weight", {vocab, hidden}, offsets.word_embeddings, true,
-            InitKind::kNormal);
-  offsets.position_embeddings = allocate(int64_t{config_.max_position_embeddings} * hidden);
-  add_param("bert.embeddings.position_embeddings.weight", {config_.max_position_embeddings, hidden},
-            offsets.position_embeddings, true, InitKind::kNormal);
-  offsets.token_type_embeddings = allocate(int64_t{config_.type_vocab_size} * hidden);
-  add_param("bert.embeddings.token_type_embeddings.weight", {config_.type_vocab_size, hidden},
-            offsets.token_type_embeddings, true, InitKind::kNormal);
+            ParamInit::kNormal);
+  offsets.position_embeddings = allocate(int64_t{config.max_position_embeddings} * hidden);
+  add_param("bert.embeddings.position_embeddings.weight", {config.max_position_embeddings, hidden},
+            offsets.position_embeddings, true, ParamInit::kNormal);
+  offsets.token_type_embeddings = allocate(int64_t{config.type_vocab_size} * hidden);
+  add_param("bert.embeddings.token_type_embeddings.weight", {config.type_vocab_size, hidden},
+            offsets.token_type_embeddings, true, ParamInit::kNormal);
   add_layernorm("bert.embeddings.LayerNorm.", offsets.embeddings_layernorm_weight, offsets.embeddings_layernorm_bias);
 
-  offsets.layers.resize(static_cast<size_t>(config_.num_hidden_layers));
-  for (int layer = 0; layer < config_.num_hidden_layers; ++layer) {
-    LayerParams& p = offsets.layers[static_cast<size_t>(layer)];
+  offsets.layers.resize(static_cast<size_t>(config.num_hidden_layers));
+  for (int layer = 0; layer < config.num_hidden_layers; ++layer) {
+    BertLayerParamOffsets& p = offsets.layers[static_cast<size_t>(layer)];
     const std::string prefix = layer_prefix(layer);
     // One contiguous [3*hidden, hidden] weight and [3*hidden] bias; HF's three tensors are views of it.
     p.qkv_weight = allocate(3 * hidden * hidden);
@@ -150,8 +143,8 @@ BertForPreTraining<T>::BertForPreTraining(const BertConfig& config, const ModelO
     for (size_t i = 0; i < 3; ++i) {
       const std::string name = prefix + "attention.self." + projections[i] + ".";
       add_param(name + "weight", {hidden, hidden}, p.qkv_weight + i * static_cast<size_t>(hidden * hidden), true,
-                InitKind::kNormal);
-      add_param(name + "bias", {hidden}, p.qkv_bias + i * static_cast<size_t>(hidden), false, InitKind::kZero);
+                ParamInit::kNormal);
+      add_param(name + "bias", {hidden}, p.qkv_bias + i * static_cast<size_t>(hidden), false, ParamInit::kZero);
     }
     add_linear(prefix + "attention.output.dense.", hidden, hidden, p.attention_output_weight, p.attention_output_bias);
     add_layernorm(prefix + "attention.output.LayerNorm.", p.attention_layernorm_weight, p.attention_layernorm_bias);
@@ -161,14 +154,98 @@ BertForPreTraining<T>::BertForPreTraining(const BertConfig& config, const ModelO
   }
   add_linear("bert.pooler.dense.", hidden, hidden, offsets.pooler_weight, offsets.pooler_bias);
   offsets.mlm_decoder_bias = allocate(vocab);
-  add_param("cls.predictions.bias", {vocab}, offsets.mlm_decoder_bias, false, InitKind::kZero);
+  add_param("cls.predictions.bias", {vocab}, offsets.mlm_decoder_bias, false, ParamInit::kZero);
   add_linear("cls.predictions.transform.dense.", hidden, hidden, offsets.mlm_transform_weight,
              offsets.mlm_transform_bias);
   add_layernorm("cls.predictions.transform.LayerNorm.", offsets.mlm_layernorm_weight, offsets.mlm_layernorm_bias);
   add_linear("cls.seq_relationship.", hidden, 2, offsets.nsp_weight, offsets.nsp_bias);
+  table.arena_elements = cursor;
+  return table;
+}
 
-  parameters_.assign(cursor, T(0));
-  grads_.assign(cursor, T(0));
+template <class T>
+void init_parameters(const BertConfig& config, const ParameterTable& table, uint64_t seed, std::span<T> arena) {
+  if (arena.size() != table.arena_elements)
+    throw Error("init_parameters: the arena holds " + std::to_string(arena.size()) + " values, the table needs " +
+                std::to_string(table.arena_elements));
+  std::fill(arena.begin(), arena.end(), T(0));
+  for (size_t i = 0; i < table.params.size(); ++i) {
+    std::span<T> values = arena.subspan(table.params[i].offset, table.params[i].numel);
+    switch (table.init[i]) {
+      case ParamInit::kZero:
+        std::fill(values.begin(), values.end(), T(0));
+        break;
+      case ParamInit::kOne:
+        std::fill(values.begin(), values.end(), T(1));
+        break;
+      case ParamInit::kNormal: {
+        Rng rng(mix_seed(seed, i));
+        for (T& value : values) value = static_cast<T>(config.initializer_range * standard_normal(rng));
+        break;
+      }
+    }
+  }
+  // nn.Embedding(padding_idx) and HF _init_weights zero the padding row.
+  if (config.pad_token_id >= 0) {
+    T* pad_row = arena.data() + table.offsets.word_embeddings + int64_t{config.pad_token_id} * config.hidden_size;
+    std::fill(pad_row, pad_row + config.hidden_size, T(0));
+  }
+}
+
+template void init_parameters<float>(const BertConfig&, const ParameterTable&, uint64_t, std::span<float>);
+template void init_parameters<double>(const BertConfig&, const ParameterTable&, uint64_t, std::span<double>);
+
+std::vector<float> read_parameter_arena(const std::string& path, const BertConfig& config,
+                                        const ParameterTable& table) {
+  const SafetensorsFile file(path);
+  std::vector<float> loaded(table.arena_elements, 0.0f);
+  std::set<std::string, std::less<>> used;
+  for (const ParamInfo& info : table.params) {
+    std::string found = file.contains(info.name) ? info.name : std::string();
+    if (found.empty())
+      for (const std::string& legacy : legacy_names(info.name))
+        if (file.contains(legacy)) found = legacy;
+    if (found.empty())
+      throw Error(path + ": tensor '" + info.name + "' " + shape_string(info.shape) +
+                  " is missing; is this a BertForPreTraining checkpoint of this config (" +
+                  std::to_string(config.num_hidden_layers) + " layers, hidden " + std::to_string(config.hidden_size) +
+                  ", vocab " + std::to_string(config.vocab_size) + ")?");
+    file.read_f32(found, info.shape, std::span<float>(loaded).subspan(info.offset, info.numel));
+    used.insert(found);
+  }
+  std::vector<std::string> unexpected;
+  for (const TensorInfo& tensor : file.tensors())
+    if (!used.contains(tensor.name) && !is_ignorable_tensor(tensor.name)) unexpected.push_back(tensor.name);
+  if (!unexpected.empty()) {
+    std::string list;
+    for (size_t i = 0; i < unexpected.size() && i < 5; ++i) list += (i > 0 ? ", '" : "'") + unexpected[i] + "'";
+    if (unexpected.size() > 5) list += ", ... (" + std::to_string(unexpected.size()) + " in all)";
+    throw Error(path + ": unexpected tensor(s) " + list + ": the checkpoint is not a BertForPreTraining of this " +
+                "config (check num_hidden_layers in config.json)");
+  }
+  return loaded;
+}
+
+void write_parameter_arena(const std::string& path, const std::vector<ParamInfo>& params,
+                           std::span<const float> arena) {
+  SafetensorsWriter writer;
+  for (const ParamInfo& info : params) writer.add_f32(info.name, info.shape, arena.subspan(info.offset, info.numel));
+  writer.write(path);
+}
+
+// ---- construction and parameters -------------------------------------------------------------------
+
+template <class T>
+BertForPreTraining<T>::BertForPreTraining(const BertConfig& config, const ModelOptions& options)
+    : config_(config), options_(options), context_(options.num_threads) {
+  ParameterTable table = make_parameter_table(config_);
+  if (options_.decoder_chunk_rows <= 0) throw Error("ModelOptions: decoder_chunk_rows must be > 0");
+  gelu_kind_ = gelu_kind_of(config_.hidden_act);
+  params_ = std::move(table.params);
+  param_init_ = std::move(table.init);
+  param_offsets_ = std::move(table.offsets);
+  parameters_.assign(table.arena_elements, T(0));
+  grads_.assign(table.arena_elements, T(0));
   init_weights(options_.init_seed);
 }
 
@@ -188,28 +265,13 @@ int64_t BertForPreTraining<T>::num_parameters() const {
 
 template <class T>
 void BertForPreTraining<T>::init_weights(uint64_t seed) {
-  std::fill(parameters_.begin(), parameters_.end(), T(0));
-  for (size_t i = 0; i < params_.size(); ++i) {
-    std::span<T> values = parameter(params_[i]);
-    switch (param_init_[i]) {
-      case InitKind::kZero:
-        std::fill(values.begin(), values.end(), T(0));
-        break;
-      case InitKind::kOne:
-        std::fill(values.begin(), values.end(), T(1));
-        break;
-      case InitKind::kNormal: {
-        Rng rng(mix_seed(seed, i));
-        for (T& value : values) value = static_cast<T>(config_.initializer_range * standard_normal(rng));
-        break;
-      }
-    }
-  }
-  // nn.Embedding(padding_idx) and HF _init_weights zero the padding row.
-  if (config_.pad_token_id >= 0) {
-    T* pad_row = param(param_offsets_.word_embeddings) + int64_t{config_.pad_token_id} * config_.hidden_size;
-    std::fill(pad_row, pad_row + config_.hidden_size, T(0));
-  }
+  // The table's vectors are ours; the offsets and init kinds are all init_parameters reads.
+  ParameterTable table;
+  table.params = params_;
+  table.init = param_init_;
+  table.offsets = param_offsets_;
+  table.arena_elements = parameters_.size();
+  init_parameters<T>(config_, table, seed, parameters_);
 }
 
 template <class T>
@@ -302,19 +364,23 @@ void BertForPreTraining<T>::set_dropout(uint64_t seed, uint64_t step, bool train
   dropout_training_ = training;
 }
 
-template <class T>
-ops::DropoutSpec BertForPreTraining<T>::dropout_spec(DropoutSite site, int layer, bool enabled) const {
+ops::DropoutSpec dropout_spec_for(const BertConfig& config, uint64_t seed, uint64_t step, DropoutSite site, int layer) {
   ops::DropoutSpec spec;
-  if (!enabled) return spec;  // probability 0: identity
-  const uint64_t sites = 1 + kDropoutSitesPerLayer * static_cast<uint64_t>(config_.num_hidden_layers);
+  const uint64_t sites = 1 + kDropoutSitesPerLayer * static_cast<uint64_t>(config.num_hidden_layers);
   uint64_t site_index = 0;
   if (site != DropoutSite::kEmbeddings)
     site_index = 1 + kDropoutSitesPerLayer * static_cast<uint64_t>(layer) + static_cast<uint64_t>(site) - 1;
-  spec.probability = static_cast<float>(site == DropoutSite::kAttentionProbs ? config_.attention_probs_dropout_prob
-                                                                             : config_.hidden_dropout_prob);
-  spec.seed = dropout_seed_;
-  spec.offset = dropout_step_ * sites + site_index;
+  spec.probability = static_cast<float>(site == DropoutSite::kAttentionProbs ? config.attention_probs_dropout_prob
+                                                                             : config.hidden_dropout_prob);
+  spec.seed = seed;
+  spec.offset = step * sites + site_index;
   return spec;
+}
+
+template <class T>
+ops::DropoutSpec BertForPreTraining<T>::dropout_spec(DropoutSite site, int layer, bool enabled) const {
+  if (!enabled) return ops::DropoutSpec{};  // probability 0: identity
+  return dropout_spec_for(config_, dropout_seed_, dropout_step_, site, layer);
 }
 
 template <class T>
@@ -718,51 +784,25 @@ double BertForPreTraining<T>::training_flops(int64_t batch, int64_t seq_len, int
 
 template <class T>
 void BertForPreTraining<T>::save_safetensors(const std::string& path) const {
-  std::vector<float> staging;  // fp32 copy of the arena when T is not float
-  std::span<const float> values;
   if constexpr (std::is_same_v<T, float>) {
-    values = parameters_;
+    write_parameter_arena(path, params_, parameters_);
   } else {
-    staging.assign(parameters_.begin(), parameters_.end());
-    values = staging;
+    const std::vector<float> staging(parameters_.begin(), parameters_.end());  // fp32 copy of the arena
+    write_parameter_arena(path, params_, staging);
   }
-  SafetensorsWriter writer;
-  for (const ParamInfo& info : params_) writer.add_f32(info.name, info.shape, values.subspan(info.offset, info.numel));
-  writer.write(path);
 }
 
 template <class T>
 void BertForPreTraining<T>::load_safetensors(const std::string& path) {
-  const SafetensorsFile file(path);
-  std::vector<T> loaded(parameters_.size(), T(0));  // the model changes only once everything has loaded
-  std::vector<float> values;
-  std::set<std::string, std::less<>> used;
-  for (const ParamInfo& info : params_) {
-    std::string found = file.contains(info.name) ? info.name : std::string();
-    if (found.empty())
-      for (const std::string& legacy : legacy_names(info.name))
-        if (file.contains(legacy)) found = legacy;
-    if (found.empty())
-      throw Error(path + ": tensor '" + info.name + "' " + shape_string(info.shape) +
-                  " is missing; is this a BertForPreTraining checkpoint of this config (" +
-                  std::to_string(config_.num_hidden_layers) + " layers, hidden " + std::to_string(config_.hidden_size) +
-                  ", vocab " + std::to_string(config_.vocab_size) + ")?");
-    values.resize(info.numel);
-    file.read_f32(found, info.shape, values);
-    std::copy(values.begin(), values.end(), loaded.begin() + static_cast<std::ptrdiff_t>(info.offset));
-    used.insert(found);
+  ParameterTable table;  // read_parameter_arena needs the names, shapes, offsets and the arena size
+  table.params = params_;
+  table.arena_elements = parameters_.size();
+  std::vector<float> loaded = read_parameter_arena(path, config_, table);  // the model changes only on success
+  if constexpr (std::is_same_v<T, float>) {
+    parameters_ = std::move(loaded);
+  } else {
+    parameters_.assign(loaded.begin(), loaded.end());
   }
-  std::vector<std::string> unexpected;
-  for (const TensorInfo& tensor : file.tensors())
-    if (!used.contains(tensor.name) && !is_ignorable_tensor(tensor.name)) unexpected.push_back(tensor.name);
-  if (!unexpected.empty()) {
-    std::string list;
-    for (size_t i = 0; i < unexpected.size() && i < 5; ++i) list += (i > 0 ? ", '" : "'") + unexpected[i] + "'";
-    if (unexpected.size() > 5) list += ", ... (" + std::to_string(unexpected.size()) + " in all)";
-    throw Error(path + ": unexpected tensor(s) " + list + ": the checkpoint is not a BertForPreTraining of this " +
-                "config (check num_hidden_layers in config.json)");
-  }
-  parameters_ = std::move(loaded);
 }
 
 template class BertForPreTraining<float>;

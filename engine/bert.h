@@ -86,6 +86,58 @@ struct ParamInfo {
   bool apply_weight_decay = true;  // HF Trainer get_decay_parameter_names: false for biases and LayerNorm
 };
 
+// How HF _init_weights initialises a parameter.
+enum class ParamInit { kNormal, kZero, kOne };
+
+// Element offsets of BertForPreTraining's tensors in its parameter arena. The CPU model's parameters
+// and grads and the CUDA model's master weights, working copy, grads and moments all use this layout.
+struct BertLayerParamOffsets {
+  size_t qkv_weight = 0, qkv_bias = 0;  // [3*hidden, hidden], [3*hidden]: query, key, value stacked
+  size_t attention_output_weight = 0, attention_output_bias = 0;
+  size_t attention_layernorm_weight = 0, attention_layernorm_bias = 0;
+  size_t intermediate_weight = 0, intermediate_bias = 0;
+  size_t output_weight = 0, output_bias = 0;
+  size_t output_layernorm_weight = 0, output_layernorm_bias = 0;
+};
+struct BertParamOffsets {
+  size_t word_embeddings = 0, position_embeddings = 0, token_type_embeddings = 0;
+  size_t embeddings_layernorm_weight = 0, embeddings_layernorm_bias = 0;
+  std::vector<BertLayerParamOffsets> layers;
+  size_t pooler_weight = 0, pooler_bias = 0;
+  size_t mlm_decoder_bias = 0, mlm_transform_weight = 0, mlm_transform_bias = 0;
+  size_t mlm_layernorm_weight = 0, mlm_layernorm_bias = 0;
+  size_t nsp_weight = 0, nsp_bias = 0;
+};
+
+// BertForPreTraining's parameter table, shared by the CPU model and the CUDA model (engine/bert_cuda.h):
+// HF names, shapes and order, decay flags, init kinds and arena offsets. Tensors start on 16-element
+// boundaries (64 B in fp32, 32 B in bf16); each layer's query/key/value weights (and biases) are
+// adjacent, forming one fused [3*hidden, hidden] QKV matrix.
+struct ParameterTable {
+  std::vector<ParamInfo> params;  // HF order
+  std::vector<ParamInit> init;    // parallel to params
+  BertParamOffsets offsets;
+  size_t arena_elements = 0;  // the arena's size, alignment gaps included
+};
+// Validates the config (bert::Error naming the field) and lays out its parameters.
+ParameterTable make_parameter_table(const BertConfig& config);
+// HF _init_weights into `arena` (arena_elements long; gaps zeroed): Linear weights and embeddings ~
+// normal(0, initializer_range) (our Rng, one stream per tensor, drawn in double so float and double
+// arenas agree), biases 0, LayerNorm 1 / 0, the pad_token_id row of the word embeddings 0.
+template <class T>
+void init_parameters(const BertConfig& config, const ParameterTable& table, uint64_t seed, std::span<T> arena);
+// Every parameter of `table` from a safetensors checkpoint into a new fp32 arena (arena_elements
+// long, gaps zero). Errors and accepted aliases: BertForPreTraining::load_safetensors.
+std::vector<float> read_parameter_arena(const std::string& path, const BertConfig& config, const ParameterTable& table);
+// The parameters of `arena` under HF names, fp32, untied tensors only: BertForPreTraining::save_safetensors.
+void write_parameter_arena(const std::string& path, const std::vector<ParamInfo>& params, std::span<const float> arena);
+
+// The dropout sites of one forward, and their DropoutSpec at (seed, step): offset = step * sites + site
+// with sites = 1 + 3 * layers (the embeddings, then per layer the attention probabilities, the
+// attention output and the FFN output). Shared by the CPU and CUDA models, so their masks are equal.
+enum class DropoutSite { kEmbeddings, kAttentionProbs, kAttentionOutput, kFfnOutput };
+ops::DropoutSpec dropout_spec_for(const BertConfig& config, uint64_t seed, uint64_t step, DropoutSite site, int layer);
+
 // The losses of one forward. Each loss is the mean over its counted rows (0 when none is counted).
 struct LossStats {
   double loss = 0;  // mlm_loss + nsp_loss, what HF BertForPreTraining returns as `loss`
@@ -179,24 +231,8 @@ class BertForPreTraining {
   void load_safetensors(const std::string& path);
 
  private:
-  // Element offsets into parameters_ (and grads_).
-  struct LayerParams {
-    size_t qkv_weight = 0, qkv_bias = 0;  // [3*hidden, hidden], [3*hidden]: query, key, value stacked
-    size_t attention_output_weight = 0, attention_output_bias = 0;
-    size_t attention_layernorm_weight = 0, attention_layernorm_bias = 0;
-    size_t intermediate_weight = 0, intermediate_bias = 0;
-    size_t output_weight = 0, output_bias = 0;
-    size_t output_layernorm_weight = 0, output_layernorm_bias = 0;
-  };
-  struct ParamOffsets {
-    size_t word_embeddings = 0, position_embeddings = 0, token_type_embeddings = 0;
-    size_t embeddings_layernorm_weight = 0, embeddings_layernorm_bias = 0;
-    std::vector<LayerParams> layers;
-    size_t pooler_weight = 0, pooler_bias = 0;
-    size_t mlm_decoder_bias = 0, mlm_transform_weight = 0, mlm_transform_bias = 0;
-    size_t mlm_layernorm_weight = 0, mlm_layernorm_bias = 0;
-    size_t nsp_weight = 0, nsp_bias = 0;
-  };
+  using LayerParams = BertLayerParamOffsets;
+  using ParamOffsets = BertParamOffsets;
   // Element offsets into activations_: what backward reads. [tokens, *] unless noted.
   struct LayerActivations {
     size_t qkv = 0;                  // [tokens, 3*hidden] fused projection output (with biases)
@@ -233,15 +269,12 @@ class BertForPreTraining {
     size_t grad_pooled = 0;  // [batch, hidden]
     size_t mlm_logits = 0;   // [decoder_chunk_rows, vocab]; becomes its own gradient
   };
-  enum class InitKind { kNormal, kZero, kOne };
-  enum class DropoutSite { kEmbeddings, kAttentionProbs, kAttentionOutput, kFfnOutput };
   struct MlmRows {                    // the rows the MLM head runs on
     const T* input = nullptr;         // [rows, hidden]
     const int32_t* labels = nullptr;  // [rows]
     int64_t rows = 0;
   };
 
-  void add_param(std::string name, std::vector<int64_t> shape, size_t offset, bool decay, InitKind init);
   void check_batch(const BatchView& batch) const;
   ops::DropoutSpec dropout_spec(DropoutSite site, int layer, bool enabled) const;
   void forward_encoder(const BatchView& batch, bool dropout_enabled);
@@ -266,7 +299,7 @@ class BertForPreTraining {
   cpu::Context context_;
 
   std::vector<ParamInfo> params_;
-  std::vector<InitKind> param_init_;  // parallel to params_
+  std::vector<ParamInit> param_init_;  // parallel to params_
   ParamOffsets param_offsets_;
   std::vector<T> parameters_;
   std::vector<T> grads_;
