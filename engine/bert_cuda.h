@@ -1,0 +1,288 @@
+// BERT for pre-training on one GPU (H100/H200, sm_90a): the model of engine/bert.h (same HF names,
+// parameter table, arena layout, dropout sites and losses) run on the bert::cuda ops of
+// kernels/cuda/ops_cuda.h. Plain C++: the kernels live in bert_ops_cuda, this file only plans memory
+// and issues ops, all asynchronously on one stream; the host waits only when asked for a result
+// (losses, gradient norm, parameters) or when a plan grows.
+//
+// Precision (ops_cuda.h's contract; llm.c / Megatron mixed precision):
+//   master weights fp32, AdamW moments fp32 .... updated by adamw_step, which also writes
+//   working weights bf16 ........................ what forward/backward read
+//   parameter gradients fp32 .................... accumulated over micro-batches (zero_grads between steps)
+//   activations and their gradients bf16 ........ LayerNorm mean/rstd and attention logsumexp fp32
+//   losses, counts, gradient norm ............... device memory; read on request (read_loss_stats, ...)
+// Compared with the fp32 CPU model on the same weights: losses agree to ~1e-2 relative, parameter
+// gradients to a few 1e-2 (max |diff| / max |cpu| per tensor), dropout masks bit for bit.
+//
+// Arenas (one cudaMalloc each; offsets are BertForPreTraining's, so a tensor has the same element
+// offset in every parameter-shaped arena):
+//   parameters   fp32 master, bf16 working, fp32 grads, fp32 exp_avg + exp_avg_sq: 4+2+4+8 = 18 B/param,
+//                allocated by the constructor
+//   activations  bf16, saved for backward: per token embeddings (hidden) + per layer 8*hidden +
+//                2*intermediate; + 4 x [tokens, hidden] for the MLM head rows (capacity: all tokens)
+//   workspace    bf16, backward's gradients: 7*hidden + intermediate per token + 3 x [tokens, hidden]
+//                for the MLM head + the decoder's logits chunk [min(tokens, decoder_chunk_rows), vocab]
+//   statistics   fp32: LayerNorm mean/rstd (2 per LayerNorm per token), logsumexp (heads per token per layer)
+//   inputs       int32: input ids, token types, attention mask, MLM positions and labels [tokens], NSP labels
+//                [batch] (+ a pinned host mirror for the asynchronous upload)
+// reserve(max_batch, max_seq_len) plans and allocates the batch-sized arenas once; memory_plan()
+// returns the same numbers without a device (the trainer prints "needs X GiB, device has Y").
+// Not in the arenas: the ops' Context scratch (grown on first use; largest user the embedding
+// backward, ~tokens * hidden * 4 B) and the 32 MiB cuBLASLt workspace: op_scratch_bytes estimates them.
+//
+// Napkin math (memory_plan's numbers, decoder_chunk_rows 1024; tests/test_cuda_plan.cpp checks them):
+//   BERT-base (110.1M params), batch 32 x 128 (4096 tokens):
+//     parameters 1.98 GB (master 0.44, working 0.22, grads 0.44, moments 0.88)
+//     activations 1.24 GB (12 layers x 4096 tokens x 24.6 KB, + 25 MB for the MLM rows)
+//     workspace 0.15 GB (the logits chunk 62.5 MB), statistics 3.1 MB, inputs 82 KB
+//     total 3.4 GB (3.2 GiB) + ~50 MB of op scratch; at 32 x 512 it is 7.4 GB.
+//   BERT-large (336.2M params), batch 32 x 512 (16384 tokens):
+//     parameters 6.05 GB, activations 13.1 GB (24 layers x 16384 x 32.8 KB), workspace 0.53 GB:
+//     19.8 GB (18.4 GiB); 64 x 512 needs 33 GB, 128 x 512 60 GB (fits an 80 GB H100 and the H200).
+// Time per step is the CPU model's FLOP count (BertForPreTraining::training_flops) at the GEMMs'
+// speed: BERT-base 32 x 128 = 2.24 TFLOP, at best ~4 ms (~550 bf16 TFLOP/s sustained).
+//
+// One optimizer step (as engine/trainer.cpp does it on the CPU), with no host sync until logging:
+//   zero_grads(); per micro-batch k of K: set_dropout(seed, micro_step++, true); forward_backward(batch_k, 1/K);
+//   optimizer_step({lr, ..., step}, max_grad_norm); when logging: take_loss_stats(), read_grad_norm().
+//
+// Differences from the CPU model: the MLM head always runs on the labelled rows only (gather_rows /
+// scatter_add_rows; the loss and gradients equal the dense head's), and seq_len is at most 512 (the
+// fused attention kernel's limit). Unsupported configs throw std::invalid_argument naming the field
+// before anything touches the device.
+#pragma once
+
+#include <cstddef>
+#include <cstdint>
+#include <memory>
+#include <optional>
+#include <span>
+#include <string>
+#include <string_view>
+#include <vector>
+
+#include "engine/bert.h"
+#include "kernels/cuda/ops_cuda.h"
+
+namespace bert {
+
+// Device bytes of one BertForPreTrainingCuda, per arena.
+struct CudaMemoryPlan {
+  int64_t max_batch = 0, max_seq_len = 0;
+  int64_t num_parameters = 0;
+  size_t master_params_bytes = 0;   // fp32 master weights
+  size_t working_params_bytes = 0;  // bf16 copy read by forward/backward
+  size_t grads_bytes = 0;           // fp32 parameter gradients
+  size_t optimizer_bytes = 0;       // fp32 exp_avg + exp_avg_sq
+  size_t activations_bytes = 0;     // bf16 activations saved for backward
+  size_t workspace_bytes = 0;       // bf16 backward workspace and MLM logits chunk
+  size_t statistics_bytes = 0;      // fp32 LayerNorm mean/rstd, attention logsumexp
+  size_t inputs_bytes = 0;          // int32 batch inputs
+  size_t loss_stats_bytes = 0;      // device loss/count slots and the gradient norm
+  size_t op_scratch_bytes = 0;      // ESTIMATE: cuBLASLt workspace + the ops' Context scratch
+
+  size_t parameter_arena_bytes() const {
+    return master_params_bytes + working_params_bytes + grads_bytes + optimizer_bytes;
+  }
+  size_t batch_arena_bytes() const {
+    return activations_bytes + workspace_bytes + statistics_bytes + inputs_bytes + loss_stats_bytes;
+  }
+  size_t total_bytes() const { return parameter_arena_bytes() + batch_arena_bytes() + op_scratch_bytes; }
+  // One line per arena, sizes in MiB / GiB, for the trainer's start-up table.
+  std::string table() const;
+};
+
+class BertForPreTrainingCuda {
+ public:
+  // Throws std::invalid_argument "BertForPreTrainingCuda: <field> ..." when the kernels cannot run
+  // `config` (head_dim = hidden_size / num_attention_heads must be 32, 64 or 128; hidden_size a
+  // multiple of 8), and bert::Error for a config that is invalid on any device (as the CPU model).
+  static void check_supported(const BertConfig& config);
+  // seq_len must be 1..512 (the fused attention kernel); std::invalid_argument otherwise.
+  static void check_supported_seq_len(int64_t seq_len);
+  // The device bytes the constructor plus reserve(max_batch, max_seq_len) allocate. No device needed.
+  static CudaMemoryPlan memory_plan(const BertConfig& config, int64_t max_batch, int64_t max_seq_len,
+                                    const ModelOptions& options = {});
+
+  // Checks the config (above), then allocates the parameter arenas and initialises the weights as
+  // the CPU model does for options.init_seed (identical fp32 master weights), moments and grads 0.
+  explicit BertForPreTrainingCuda(const BertConfig& config, const ModelOptions& options = {});
+  ~BertForPreTrainingCuda();
+  BertForPreTrainingCuda(const BertForPreTrainingCuda&) = delete;
+  BertForPreTrainingCuda& operator=(const BertForPreTrainingCuda&) = delete;
+
+  const BertConfig& config() const { return config_; }
+  cuda::Context& context() { return *context_; }
+
+  // ---- parameters (BertForPreTraining's table: HF names, order, shapes, offsets, decay flags) ----
+  const std::vector<ParamInfo>& params() const { return table_.params; }
+  const ParamInfo& param_info(std::string_view name) const;  // throws bert::Error for an unknown name
+  int64_t num_parameters() const;                            // the word embeddings once (tied decoder)
+  size_t arena_elements() const { return table_.arena_elements; }
+
+  // ---- planning ----
+  CudaMemoryPlan memory_plan(int64_t max_batch, int64_t max_seq_len) const {
+    return memory_plan(config_, max_batch, max_seq_len, options_);
+  }
+  // Allocates the batch-sized arenas for up to max_batch sequences of up to max_seq_len tokens (any
+  // batch * seq_len <= max_batch * max_seq_len with batch <= max_batch fits). A larger batch later
+  // re-plans once (synchronising; grows, never shrinks): call it up front to allocate exactly once.
+  void reserve(int64_t max_batch, int64_t max_seq_len);
+  // The bytes allocated now, in memory_plan's fields (op_scratch_bytes: the Context's scratch + GEMM
+  // workspace as they are now).
+  CudaMemoryPlan allocated() const;
+
+  // ---- running ----
+  // As BertForPreTraining::set_dropout: the same sites, offsets and Philox masks.
+  void set_dropout(uint64_t seed, uint64_t step, bool training);
+  // Validates `batch` on the host (bert::Error as the CPU model), lists its labelled positions, and
+  // copies it to the device through pinned staging, asynchronously (the host waits only for the
+  // previous upload's copy). The BatchView's memory may be reused as soon as this returns.
+  void upload_batch(const BatchView& batch);
+  // Forward (and with compute_grads backward) of the uploaded batch. Gradients of
+  // loss_scale * (mlm_loss + nsp_loss) ACCUMULATE into the fp32 grads. No host sync.
+  void forward_backward(float loss_scale = 1.0f, bool compute_grads = true);
+  void forward_backward(const BatchView& batch, float loss_scale = 1.0f, bool compute_grads = true) {
+    upload_batch(batch);
+    forward_backward(loss_scale, compute_grads);
+  }
+  // The losses of every forward since the last call, in order (synchronises once). Each forward
+  // keeps its stats in a device slot; when all slots are in use a forward drains them first.
+  std::vector<LossStats> take_loss_stats();
+  // The last forward's losses (synchronises; does not consume take_loss_stats()'s list).
+  LossStats read_loss_stats();
+
+  void zero_grads();  // asynchronous
+  // grad_norm, then adamw_step with the clip coefficient formed on the device from that norm
+  // (max_grad_norm <= 0: no clipping). A non-finite norm skips the update (params and moments
+  // unchanged), as the CPU trainer does. hyper.grad_scale is ignored (the clip coefficient replaces
+  // it); hyper.step is the bias-correction step (>= 1). No host sync: the host learns that a step was
+  // skipped only from read_grad_norm() (the CPU trainer does not advance its step count then).
+  void optimizer_step(const ops::AdamWHyperparams& hyper, float max_grad_norm);
+  // The gradient norm of the last optimizer_step (synchronises); NaN before the first.
+  float read_grad_norm();
+
+  // ---- host copies (synchronous; setup, tests, checkpoints) ----
+  std::vector<float> download_parameters() const;          // fp32 master arena
+  std::vector<float> download_working_parameters() const;  // bf16 working arena, as float
+  std::vector<float> download_grads() const;               // fp32 grads arena
+  // Sets the master weights (arena_elements values) and their bf16 working copy; moments untouched.
+  void upload_parameters(std::span<const float> arena);
+  void download_moments(std::vector<float>& exp_avg, std::vector<float>& exp_avg_sq) const;
+  void upload_moments(std::span<const float> exp_avg, std::span<const float> exp_avg_sq);
+  // The CPU model's weights (same config: same table), for parity tests.
+  void copy_parameters_from(const BertForPreTraining<float>& model);
+
+  // ---- checkpoints: the CPU model's format (HF names, fp32, untied tensors), interchangeable ----
+  void save_safetensors(const std::string& path) const;
+  void load_safetensors(const std::string& path);  // errors as BertForPreTraining::load_safetensors
+
+ private:
+  struct LayerActivations {  // element offsets in the bf16 activations arena
+    size_t qkv = 0, context = 0, attention_output = 0, attention_layernorm = 0;
+    size_t ffn_pre_activation = 0, ffn_activation = 0, ffn_output = 0, layer_output = 0;
+  };
+  struct LayerStatistics {  // element offsets in the fp32 statistics arena
+    size_t logsumexp = 0;   // [batch, heads, seq_len]
+    size_t attention_layernorm_mean = 0, attention_layernorm_rstd = 0;
+    size_t output_layernorm_mean = 0, output_layernorm_rstd = 0;
+  };
+  // Every offset of the batch-sized arenas, and their sizes in elements: a pure function of
+  // (config, options, capacity), shared by memory_plan and reserve.
+  struct ArenaPlan {
+    int64_t capacity_batch = 0, capacity_tokens = 0, mlm_chunk_rows = 0, max_mlm_chunks = 0;
+    // activations (bf16)
+    size_t embeddings_output = 0;
+    std::vector<LayerActivations> layers;
+    size_t pooled = 0, nsp_logits = 0;
+    size_t mlm_input = 0, mlm_transform_pre_activation = 0, mlm_transform_activation = 0, mlm_transform_output = 0;
+    size_t activation_elements = 0;
+    // workspace (bf16)
+    size_t grad_hidden = 0, grad_residual = 0, grad_branch = 0, grad_context = 0, grad_ffn = 0, grad_qkv = 0;
+    size_t grad_mlm_input = 0, grad_mlm_transform_output = 0, grad_mlm_transform_activation = 0;
+    size_t grad_pooled = 0, mlm_logits = 0;
+    size_t workspace_elements = 0;
+    // statistics (fp32)
+    size_t embeddings_mean = 0, embeddings_rstd = 0;
+    std::vector<LayerStatistics> layer_statistics;
+    size_t mlm_layernorm_mean = 0, mlm_layernorm_rstd = 0;
+    size_t statistics_elements = 0;
+    // inputs (int32)
+    size_t input_ids = 0, token_type_ids = 0, attention_mask = 0, nsp_labels = 0, mlm_positions = 0, mlm_labels = 0;
+    size_t input_elements = 0;
+    // loss stats slots: kLossSlots forwards x (max_mlm_chunks MLM + 1 NSP) CrossEntropyDeviceStats
+    size_t loss_slot_stride = 0;
+  };
+  // The batch on the device and what the host knows about it (no sync needed to launch).
+  struct DeviceBatch {
+    int64_t batch = 0, seq_len = 0;
+    bool has_token_types = false, has_attention_mask = false, has_nsp_labels = false;
+    int64_t mlm_rows = 0;                    // labelled positions gathered for the MLM head
+    int64_t mlm_counted = 0;                 // of those, labels != -100
+    std::vector<int64_t> mlm_chunk_counted;  // per decoder chunk
+    int64_t nsp_counted = 0;
+    int64_t tokens() const { return batch * seq_len; }
+  };
+  // Host bookkeeping of one device loss slot.
+  struct LossSlot {
+    int64_t mlm_chunks = 0;
+    bool has_nsp = false;
+  };
+  struct PinnedDeleter {
+    void operator()(int32_t* pointer) const noexcept;
+  };
+  struct EventDeleter {
+    void operator()(cudaEvent_t event) const noexcept;
+  };
+  static constexpr size_t kLossSlots = 64;
+
+  static ArenaPlan plan_arenas(const BertConfig& config, const ModelOptions& options, int64_t capacity_batch,
+                               int64_t capacity_tokens);
+  ops::DropoutSpec dropout_spec(DropoutSite site, int layer) const;
+  void forward_encoder();
+  // MLM transform + decoder + cross-entropy on the gathered rows; with compute_grads, writes
+  // d(encoder output) (zeros + the scattered row gradients) to grad_hidden.
+  void mlm_head(float loss_scale, bool compute_grads, cuda::CrossEntropyDeviceStats* stats);
+  void nsp_head(float loss_scale, bool compute_grads, cuda::CrossEntropyDeviceStats* stats);
+  void backward_encoder();
+  void drain_loss_stats();
+  const cuda::bf16* sequence_output() const;
+
+  cuda::bf16* working(size_t offset) { return working_.data() + offset; }
+  float* grad_at(size_t offset) { return grads_.data() + offset; }
+  cuda::bf16* activation(size_t offset) { return activations_.data() + offset; }
+  const cuda::bf16* activation(size_t offset) const { return activations_.data() + offset; }
+  cuda::bf16* workspace(size_t offset) { return workspace_.data() + offset; }
+  float* statistic(size_t offset) { return statistics_.data() + offset; }
+  int32_t* input(size_t offset) { return inputs_.data() + offset; }
+
+  BertConfig config_;
+  ModelOptions options_;
+  ParameterTable table_;  // made (and the config checked) before anything touches the device
+  ops::GeluKind gelu_kind_ = ops::GeluKind::kErf;
+  std::unique_ptr<cuda::Context> context_;
+
+  cuda::DeviceBuffer<float> master_, grads_, moments_;  // moments_: exp_avg then exp_avg_sq
+  cuda::DeviceBuffer<cuda::bf16> working_;
+  std::optional<cuda::MultiTensorList> tensor_list_;  // every parameter, for grad_norm and adamw_step
+  cuda::DeviceBuffer<float> grad_norm_;               // [1]
+
+  ArenaPlan plan_;
+  cuda::DeviceBuffer<cuda::bf16> activations_, workspace_;
+  cuda::DeviceBuffer<float> statistics_;
+  cuda::DeviceBuffer<int32_t> inputs_;
+  cuda::DeviceBuffer<cuda::CrossEntropyDeviceStats> loss_stats_;  // kLossSlots x loss_slot_stride
+  std::unique_ptr<int32_t, PinnedDeleter> staging_;               // pinned mirror of inputs_
+  std::unique_ptr<CUevent_st, EventDeleter> staging_copied_;      // the last upload's copies are done
+
+  DeviceBatch batch_;
+  bool batch_uploaded_ = false;
+  std::vector<LossSlot> loss_slots_;  // slots in use, in forward order
+  std::vector<LossStats> drained_;    // drained, not yet taken
+  std::optional<LossStats> last_loss_;
+  bool optimizer_stepped_ = false;
+
+  uint64_t dropout_seed_ = 0, dropout_step_ = 0;
+  bool dropout_training_ = false;
+};
+
+}  // namespace bert
