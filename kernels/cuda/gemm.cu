@@ -22,9 +22,10 @@
 // Shapes and alignment: cuBLASLt takes any m, n, k >= 1 and any leading dimension. Its fast Hopper
 // kernels (TMA + wgmma) want 16-byte aligned pointers and leading dimensions (features a multiple of
 // 8 in bf16); other shapes run on slower kernels. We pass every operand's real pointer alignment to
-// the heuristic (so it never picks a kernel that assumes more) and key the plan cache on it. If no
-// algorithm fits, the call throws std::invalid_argument saying so, with the fix (pad features to a
-// multiple of 8, 16-byte align the buffers). Pointers must be aligned to their element size.
+// the heuristic (so it never picks a kernel that assumes more; the bias's is folded into C/D's) and
+// key the plan cache on it. If no algorithm fits, the call throws std::invalid_argument saying so,
+// with the fix (pad features to a multiple of 8, 16-byte align the buffers). Pointers must be
+// aligned to their element size.
 //
 // Plans: a cuBLASLt heuristic query costs tens of microseconds, so the descriptors and the chosen
 // algorithm are cached per (product, m, n, k, beta, bias, alignments) in the Context
@@ -33,6 +34,7 @@
 #include <cuda_bf16.h>
 #include <cuda_runtime.h>
 
+#include <algorithm>
 #include <array>
 #include <cstdint>
 #include <map>
@@ -306,7 +308,7 @@ struct Context::GemmPlans {
           cublasLtMatmulDescSetAttribute(plan.desc.handle, CUBLASLT_MATMUL_DESC_EPILOGUE, &epilogue, sizeof(epilogue)));
       CUBLAS_CHECK(cublasLtMatmulDescSetAttribute(plan.desc.handle, CUBLASLT_MATMUL_DESC_BIAS_DATA_TYPE, &bias_type,
                                                   sizeof(bias_type)));
-      // The heuristic reads the pointer's alignment; the real pointer is set again at every call.
+      // The real pointer is set again at every call; its alignment reaches the heuristic through C/D's.
       CUBLAS_CHECK(cublasLtMatmulDescSetAttribute(plan.desc.handle, CUBLASLT_MATMUL_DESC_BIAS_POINTER, &call.bias,
                                                   sizeof(call.bias)));
     }
@@ -323,8 +325,11 @@ struct Context::GemmPlans {
     const uint64_t workspace_bytes = ctx.gemm_workspace_bytes();
     CUBLAS_CHECK(cublasLtMatmulPreferenceSetAttribute(preference.handle, CUBLASLT_MATMUL_PREF_MAX_WORKSPACE_BYTES,
                                                       &workspace_bytes, sizeof(workspace_bytes)));
+    // cuBLASLt has no alignment preference for the bias epilogue's pointer: fold it into C/D's, so a
+    // misaligned bias never gets a kernel that assumes a 16-byte aligned one (PyTorch did the same).
     const uint32_t align_a = pointer_alignment(call.a), align_b = pointer_alignment(call.b),
-                   align_d = pointer_alignment(call.d);
+                   align_d = call.bias != nullptr ? std::min(pointer_alignment(call.d), pointer_alignment(call.bias))
+                                                  : pointer_alignment(call.d);
     CUBLAS_CHECK(cublasLtMatmulPreferenceSetAttribute(preference.handle, CUBLASLT_MATMUL_PREF_MIN_ALIGNMENT_A_BYTES,
                                                       &align_a, sizeof(align_a)));
     CUBLAS_CHECK(cublasLtMatmulPreferenceSetAttribute(preference.handle, CUBLASLT_MATMUL_PREF_MIN_ALIGNMENT_B_BYTES,

@@ -93,6 +93,7 @@ class DeviceBuffer {
   // whole device: a cudaMemcpy from pageable memory may return before its DMA lands, and ops run on
   // non-blocking streams that do not order against the legacy stream the copy used.
   void upload(std::span<const T> host) {
+    CUDA_CHECK(cudaDeviceSynchronize());  // kernels still reading the old contents finish first
     resize(host.size());
     if (!host.empty()) CUDA_CHECK(cudaMemcpy(data_, host.data(), host.size_bytes(), cudaMemcpyHostToDevice));
     CUDA_CHECK(cudaDeviceSynchronize());

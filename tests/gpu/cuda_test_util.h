@@ -1,7 +1,7 @@
 // Shared helpers of the CUDA op tests (tests/gpu/test_cuda_*.cpp): random host data, bf16 round
 // trips, device buffers poisoned with NaN before an op (so an element the op forgets to write
-// fails the comparison), bf16 tensors fenced by NaN guards (and optionally misaligned), and the
-// error measures and bitwise comparisons the tests use.
+// fails the comparison), bf16 and fp32 tensors fenced by NaN guards (and optionally misaligned), and
+// the error measures and bitwise comparisons the tests use.
 //
 // Tolerances (DEVELOPERS.md): compare the CUDA result with kernels/cpu run in fp32 on the SAME
 // bf16-rounded inputs; relative error = max |gpu - cpu| / max(max |cpu|, tiny) over the tensor.
@@ -137,6 +137,51 @@ class Bf16Tensor {
   size_t offset_, count_;
 };
 
+// The fp32 counterpart of Bf16Tensor (fp32 gradients, statistics): `offset` elements into its
+// allocation (offset 1 leaves the pointer 4-byte aligned only), every bit set (a NaN) before and for
+// kGuard elements after it. input() holds the given values (an accumulated output's prior), output()
+// is NaN throughout.
+class Fp32Tensor {
+ public:
+  static constexpr size_t kGuard = 16;  // NaN elements after the tensor
+
+  static Fp32Tensor input(const std::vector<float>& values, size_t offset) {
+    std::vector<float> host(offset + values.size() + kGuard);
+    std::memset(host.data(), 0xFF, host.size() * sizeof(float));  // the guards' bits, exactly
+    if (!values.empty()) std::memcpy(host.data() + offset, values.data(), values.size() * sizeof(float));
+    return Fp32Tensor(upload<float>(host), offset, values.size());
+  }
+  static Fp32Tensor output(size_t count, size_t offset) {
+    return Fp32Tensor(poisoned<float>(offset + count + kGuard), offset, count);
+  }
+  float* data() { return buffer_.data() + offset_; }
+  std::vector<float> values() const {
+    const std::vector<float> all = buffer_.download();
+    return std::vector<float>(all.begin() + static_cast<std::ptrdiff_t>(offset_),
+                              all.begin() + static_cast<std::ptrdiff_t>(offset_ + count_));
+  }
+  // The bits of the whole allocation, guards included.
+  std::vector<uint32_t> bits() const {
+    const std::vector<float> all = buffer_.download();
+    std::vector<uint32_t> out(all.size());
+    if (!all.empty()) std::memcpy(out.data(), all.data(), all.size() * sizeof(float));
+    return out;
+  }
+  // Nothing was written outside [offset, offset + count).
+  bool guards_intact() const {
+    const std::vector<uint32_t> all = bits();
+    for (size_t i = 0; i < all.size(); ++i)
+      if ((i < offset_ || i >= offset_ + count_) && all[i] != 0xFFFFFFFFu) return false;
+    return true;
+  }
+
+ private:
+  Fp32Tensor(DeviceBuffer<float> buffer, size_t offset, size_t count)
+      : buffer_(std::move(buffer)), offset_(offset), count_(count) {}
+  DeviceBuffer<float> buffer_;
+  size_t offset_, count_;
+};
+
 // Same size and the same bytes.
 template <class T>
 bool same_bits(const std::vector<T>& a, const std::vector<T>& b) {
@@ -151,12 +196,13 @@ inline std::vector<float> difference(const std::vector<float>& after, const std:
   return out;
 }
 
-// max |actual - expected| / max(max |expected|, 1e-30); a NaN or Inf anywhere in actual gives +inf.
+// max |actual - expected| / max(max |expected|, 1e-30); a NaN or Inf anywhere in actual (or in the
+// reference: a broken reference must not pass by default) gives +inf.
 inline double relative_error(std::span<const float> actual, std::span<const float> expected) {
   REQUIRE(actual.size() == expected.size());
   double diff = 0, scale = 0;
   for (size_t i = 0; i < actual.size(); ++i) {
-    if (!std::isfinite(actual[i])) return INFINITY;
+    if (!std::isfinite(actual[i]) || !std::isfinite(expected[i])) return INFINITY;
     diff = std::max(diff, std::fabs(static_cast<double>(actual[i]) - expected[i]));
     scale = std::max(scale, std::fabs(static_cast<double>(expected[i])));
   }

@@ -4,9 +4,10 @@
 // 32/64/128, seq_len 1..512 (also not multiples of the 64-row tile), separate q/k/v, fused QKV rows
 // of 3*hidden and rows with spare columns (NaN inputs there must not leak in, NaN-poisoned outputs
 // there must stay untouched), dropout off and on (same Philox spec both sides), a batch mixing no
-// padding, a padded tail with a hole, a fully padded sequence and a random mask. Also: padded keys do
-// not change anything, a null mask equals an all-ones one, gradients are bitwise deterministic, an
-// empty batch is a no-op, and unsupported shapes throw std::invalid_argument naming the limit.
+// padding, a padded tail with a hole, a fully padded sequence and a random mask; each (batch, head)
+// block is compared on its own scale as well as the whole tensor. Also: padded keys do not change
+// anything, a null mask equals an all-ones one, gradients are bitwise deterministic, an empty batch
+// is a no-op, and unsupported shapes throw std::invalid_argument naming the limit.
 #include <cmath>
 #include <cstring>
 #include <limits>
@@ -233,6 +234,76 @@ double gradient_error(const std::vector<float>& actual, const std::vector<float>
   return diff / std::max({max_abs(expected), floor, 1e-30});
 }
 
+// ---- per (batch, head) comparison ----------------------------------------------------------------
+// A relative error over the whole tensor divides by its largest value, so a bug confined to a
+// small-valued part of it passes: the fully padded sequence's context is a mean of seq_len rows of v
+// (~1/sqrt(seq_len) of the others' at seq_len 512), and a head or a sequence may simply have smaller
+// values than another. So each (batch, head) block is also compared on its own scale:
+//   error(b, h) = max |actual - expected| over the block / max(max |expected| over the block, floor(b, h))
+// and every block must be within the tolerance. The floors (documented where they are chosen, in
+// check_against_cpu) only matter where a block's expected values are (close to) zero.
+
+enum class BlockLayout {
+  kTokensHidden,  // [tokens, hidden]: block (b, h) is rows b*seq_len.., columns h*head_dim..
+  kLogsumexp,     // [batch, heads, seq_len]: block (b, h) is seq_len consecutive values
+};
+
+int64_t block_elements(const Problem& p, BlockLayout layout) {
+  return layout == BlockLayout::kLogsumexp ? p.shape.seq_len : p.shape.seq_len * p.shape.head_dim;
+}
+// Index of element i (0 <= i < block_elements) of block (b, h).
+size_t block_index(const Problem& p, BlockLayout layout, int64_t b, int64_t h, int64_t i) {
+  const int64_t seq_len = p.shape.seq_len, head_dim = p.shape.head_dim;
+  if (layout == BlockLayout::kLogsumexp) return static_cast<size_t>((b * p.shape.num_heads + h) * seq_len + i);
+  return static_cast<size_t>((b * seq_len + i / head_dim) * p.hidden() + h * head_dim + i % head_dim);
+}
+
+double block_max_abs(const Problem& p, BlockLayout layout, const std::vector<float>& values, int64_t b, int64_t h) {
+  double m = 0;
+  for (int64_t i = 0; i < block_elements(p, layout); ++i)
+    m = std::max(m, static_cast<double>(std::fabs(values[block_index(p, layout, b, h, i)])));
+  return m;
+}
+
+struct BlockError {
+  double error = 0;  // the worst block's error
+  int64_t batch = -1, head = -1;
+  double scale = 0;  // that block's denominator
+};
+
+// The worst block's error; +inf (for the first block with one) if actual or expected holds a NaN or
+// an Inf. floor(b, h) gives the floor under block (b, h)'s scale.
+template <class Floor>
+BlockError worst_block_error(const Problem& p, BlockLayout layout, const std::vector<float>& actual,
+                             const std::vector<float>& expected, Floor floor) {
+  REQUIRE(actual.size() == expected.size());
+  REQUIRE(expected.size() == static_cast<size_t>(p.shape.batch * p.shape.num_heads * block_elements(p, layout)));
+  BlockError worst;
+  for (int64_t b = 0; b < p.shape.batch; ++b)
+    for (int64_t h = 0; h < p.shape.num_heads; ++h) {
+      double diff = 0, scale = 0;
+      for (int64_t i = 0; i < block_elements(p, layout); ++i) {
+        const size_t at = block_index(p, layout, b, h, i);
+        if (!std::isfinite(actual[at]) || !std::isfinite(expected[at])) {
+          diff = INFINITY;
+          break;
+        }
+        diff = std::max(diff, std::fabs(static_cast<double>(actual[at]) - expected[at]));
+        scale = std::max(scale, std::fabs(static_cast<double>(expected[at])));
+      }
+      scale = std::max({scale, static_cast<double>(floor(b, h)), 1e-30});
+      const double error = diff / scale;
+      if (worst.batch < 0 || error > worst.error) worst = BlockError{error, b, h, scale};
+    }
+  return worst;
+}
+
+void check_blocks(const char* name, const BlockError& worst, double tolerance) {
+  INFO(name << ": worst (batch, head) block (" << worst.batch << ", " << worst.head << "): relative error "
+            << worst.error << " of its scale " << worst.scale << " (tolerance " << tolerance << ")");
+  CHECK(worst.error <= tolerance);
+}
+
 bool all_finite(const std::vector<float>& values) {
   return std::all_of(values.begin(), values.end(), [](float v) { return std::isfinite(v); });
 }
@@ -271,6 +342,41 @@ void check_against_cpu(Context& ctx, const Problem& p) {
   CHECK(dq_error <= kBf16Tolerance);
   CHECK(dk_error <= kBf16Tolerance);
   CHECK(dv_error <= kBf16Tolerance);
+
+  // The same comparisons per (batch, head) block, each block on its own scale, with these floors:
+  //   context: 1e-2 * the block's max |v|. The context is an average of the block's v rows (scaled by
+  //     1/(1 - p) under dropout), so its rounding error is a fraction of |v|; the floor only matters
+  //     where the context is ~0 throughout the block (seq_len 1 whose only key was dropped).
+  //   logsumexp: 1. A logsumexp error e scales the row's probabilities by exp(e) ~ 1 + e, so below
+  //     |lse| = 1 the error that matters is absolute (seq_len 1: lse is one score, which can be ~0).
+  //   dv: 1e-2 * the block's max |dcontext|, dv being P^T dcontext (same reasoning as the context).
+  //   dq, dk: 1e-2 * the block's max |expected dv| (the whole-tensor floor above, per block), and at
+  //     least 1e-4 * the block's max |dcontext| for a block whose dv is exactly zero (seq_len 1 with
+  //     its only key dropped: dq and dk are then exactly zero too).
+  const std::vector<float> v = head_columns(p, p.qkv, 2);  // [tokens, hidden]
+  const auto fraction_of = [&p](const std::vector<float>& reference, double fraction) {
+    return [&p, &reference, fraction](int64_t b, int64_t h) {
+      return fraction * block_max_abs(p, BlockLayout::kTokensHidden, reference, b, h);
+    };
+  };
+  const auto dq_dk_floor = [&](int64_t b, int64_t h) {
+    return std::max(fraction_of(expected_grad.dv, 1e-2)(b, h), fraction_of(p.dcontext, 1e-4)(b, h));
+  };
+  check_blocks("context per block",
+               worst_block_error(p, BlockLayout::kTokensHidden, actual.context, expected.context, fraction_of(v, 1e-2)),
+               kBf16Tolerance);
+  check_blocks("logsumexp per block",
+               worst_block_error(p, BlockLayout::kLogsumexp, actual.logsumexp, expected.logsumexp,
+                                 [](int64_t, int64_t) { return 1.0; }),
+               kLogsumexpTolerance);
+  check_blocks("dq per block", worst_block_error(p, BlockLayout::kTokensHidden, grad.dq, expected_grad.dq, dq_dk_floor),
+               kBf16Tolerance);
+  check_blocks("dk per block", worst_block_error(p, BlockLayout::kTokensHidden, grad.dk, expected_grad.dk, dq_dk_floor),
+               kBf16Tolerance);
+  check_blocks(
+      "dv per block",
+      worst_block_error(p, BlockLayout::kTokensHidden, grad.dv, expected_grad.dv, fraction_of(p.dcontext, 1e-2)),
+      kBf16Tolerance);
 
   // Columns that belong to no head keep their poison (0xFFFF) bit for bit.
   if (p.layout == QkvLayout::kSeparateSpareColumns) {

@@ -2,7 +2,14 @@
 // bf16-rounded inputs: forward with and without bias, dx overwrite (into NaN-poisoned memory) and
 // accumulate, dW and db accumulated onto nonzero values, bitwise-deterministic gradients, shapes
 // that are odd on every axis (rows 1/3/129/1030, features 8..30522, some not multiples of 8), and
-// the one-line errors for bad arguments.
+// the one-line errors for bad arguments. Every operand of the comparisons lives in a NaN-fenced
+// allocation (a write past either end of an output fails), at a 256-byte-aligned address and at
+// addresses aligned to the element only (offset 1: bf16 2-byte, fp32 4-byte; also offsets 2 and 4),
+// one operand at a time and all together, after the aligned plan of the same shape is cached in the
+// same Context (gemm.cu keys its cuBLASLt plans on the pointers' alignment); a pointer not aligned to
+// its element is a clean std::invalid_argument that writes nothing.
+#include <algorithm>
+#include <cstdint>
 #include <stdexcept>
 #include <string>
 
@@ -50,39 +57,111 @@ struct LinearData {
   }
 };
 
-void check_forward(Context& ctx, bert::cpu::Context& cpu, const LinearData& data, bool with_bias) {
+// The CPU's results for one LinearData: y with and without bias, dx overwritten and accumulated onto
+// dx_initial, dW and db accumulated onto their initial values (only the forward or only the backward
+// ones when the other pass is not compared).
+struct Expected {
+  std::vector<float> y_with_bias, y_without_bias, dx_overwrite, dx_accumulate, dweight, dbias;
+};
+
+Expected cpu_reference(bert::cpu::Context& cpu, const LinearData& data, bool forward = true, bool backward = true) {
   const LinearShape& shape = data.shape;
-  INFO(describe(shape) << (with_bias ? " with bias" : " without bias"));
-  std::vector<float> expected(static_cast<size_t>(shape.rows * shape.out_features));
-  bert::cpu::linear_forward<float>(cpu, shape, data.x.data(), data.weight.data(),
-                                   with_bias ? data.bias.data() : nullptr, expected.data());
-  DeviceBuffer<bf16> y = poisoned<bf16>(expected.size());
-  bert::cuda::linear_forward(ctx, shape, data.x_dev.data(), data.weight_dev.data(),
-                             with_bias ? data.bias_dev.data() : nullptr, y.data());
-  ctx.synchronize();
-  CHECK_CLOSE_REL("y", download_float(y), expected, kBf16Tolerance);
+  Expected e;
+  if (forward) {
+    e.y_with_bias.resize(static_cast<size_t>(shape.rows * shape.out_features));
+    e.y_without_bias.resize(e.y_with_bias.size());
+    bert::cpu::linear_forward<float>(cpu, shape, data.x.data(), data.weight.data(), data.bias.data(),
+                                     e.y_with_bias.data());
+    bert::cpu::linear_forward<float>(cpu, shape, data.x.data(), data.weight.data(), nullptr, e.y_without_bias.data());
+  }
+  if (!backward) return e;
+  e.dx_overwrite.resize(static_cast<size_t>(shape.rows * shape.in_features));
+  e.dweight = data.dweight_initial;
+  e.dbias = data.dbias_initial;
+  bert::cpu::linear_backward<float>(cpu, shape, data.dy.data(), data.x.data(), data.weight.data(),
+                                    e.dx_overwrite.data(), e.dweight.data(), e.dbias.data(), InputGrad::kOverwrite);
+  e.dx_accumulate = data.dx_initial;
+  bert::cpu::linear_backward<float>(cpu, shape, data.dy.data(), data.x.data(), data.weight.data(),
+                                    e.dx_accumulate.data(), nullptr, nullptr, InputGrad::kAccumulate);
+  return e;
 }
 
-void check_backward(Context& ctx, bert::cpu::Context& cpu, const LinearData& data, InputGrad mode) {
-  const LinearShape& shape = data.shape;
-  INFO(describe(shape) << (mode == InputGrad::kAccumulate ? " dx accumulate" : " dx overwrite"));
-  std::vector<float> dx_expected = mode == InputGrad::kAccumulate
-                                       ? data.dx_initial
-                                       : std::vector<float>(static_cast<size_t>(shape.rows * shape.in_features));
-  std::vector<float> dweight_expected = data.dweight_initial, dbias_expected = data.dbias_initial;
-  bert::cpu::linear_backward<float>(cpu, shape, data.dy.data(), data.x.data(), data.weight.data(), dx_expected.data(),
-                                    dweight_expected.data(), dbias_expected.data(), mode);
+// Where each operand of a comparison lives: its offset, in elements, into a NaN-fenced allocation
+// (Bf16Tensor / Fp32Tensor; cudaMalloc'd, so offset 0 is 256-byte aligned). Offset 1 leaves a bf16
+// pointer 2-byte and an fp32 pointer 4-byte aligned: aligned to the element only, the least gemm.cu
+// accepts, which it passes to the cuBLASLt heuristic and keys its plan cache on.
+struct Placement {
+  std::string name = "every operand 256-byte aligned";
+  size_t x = 0, weight = 0, bias = 0, y = 0, dy = 0, dx = 0, dweight = 0, dbias = 0;
+};
 
-  DeviceBuffer<bf16> dx =
-      mode == InputGrad::kAccumulate ? upload_bf16(data.dx_initial) : poisoned<bf16>(dx_expected.size());
-  DeviceBuffer<float> dweight = upload<float>(data.dweight_initial);
-  DeviceBuffer<float> dbias = upload<float>(data.dbias_initial);
-  bert::cuda::linear_backward(ctx, shape, data.dy_dev.data(), data.x_dev.data(), data.weight_dev.data(), dx.data(),
-                              dweight.data(), dbias.data(), mode);
+Placement every_operand_at(size_t offset) {
+  Placement at;
+  at.name = "every operand at element offset " + std::to_string(offset);
+  at.x = at.weight = at.bias = at.y = at.dy = at.dx = at.dweight = at.dbias = offset;
+  return at;
+}
+Placement only_at(size_t Placement::*operand, const char* operand_name, size_t offset) {
+  Placement at;
+  at.name = std::string("only ") + operand_name + " at element offset " + std::to_string(offset);
+  at.*operand = offset;
+  return at;
+}
+
+void check_forward(Context& ctx, const LinearData& data, const Expected& expected, bool with_bias,
+                   const Placement& at = Placement()) {
+  const LinearShape& shape = data.shape;
+  INFO(describe(shape) << (with_bias ? " with bias, " : " without bias, ") << at.name);
+  Bf16Tensor x = Bf16Tensor::input(data.x, at.x), weight = Bf16Tensor::input(data.weight, at.weight),
+             bias = Bf16Tensor::input(data.bias, at.bias);
+  Bf16Tensor y = Bf16Tensor::output(expected.y_with_bias.size(), at.y);
+  CHECK_NOTHROW(
+      bert::cuda::linear_forward(ctx, shape, x.data(), weight.data(), with_bias ? bias.data() : nullptr, y.data()));
   ctx.synchronize();
-  CHECK_CLOSE_REL("dx", download_float(dx), dx_expected, kBf16Tolerance);
-  CHECK_CLOSE_REL("dweight", dweight.download(), dweight_expected, kFp32Tolerance);
-  CHECK_CLOSE_REL("dbias", dbias.download(), dbias_expected, kFp32Tolerance);
+  CHECK_CLOSE_REL("y", y.values(), with_bias ? expected.y_with_bias : expected.y_without_bias, kBf16Tolerance);
+  CHECK(y.guards_intact());
+  CHECK(x.guards_intact());
+  CHECK(weight.guards_intact());
+  CHECK(bias.guards_intact());
+}
+
+void check_backward(Context& ctx, const LinearData& data, const Expected& expected, InputGrad mode,
+                    const Placement& at = Placement()) {
+  const LinearShape& shape = data.shape;
+  const bool accumulate = mode == InputGrad::kAccumulate;
+  INFO(describe(shape) << (accumulate ? " dx accumulate, " : " dx overwrite, ") << at.name);
+  Bf16Tensor dy = Bf16Tensor::input(data.dy, at.dy), x = Bf16Tensor::input(data.x, at.x),
+             weight = Bf16Tensor::input(data.weight, at.weight);
+  Bf16Tensor dx = accumulate ? Bf16Tensor::input(data.dx_initial, at.dx)
+                             : Bf16Tensor::output(data.dx_initial.size(), at.dx);  // NaN: every element written
+  Fp32Tensor dweight = Fp32Tensor::input(data.dweight_initial, at.dweight),
+             dbias = Fp32Tensor::input(data.dbias_initial, at.dbias);
+  CHECK_NOTHROW(bert::cuda::linear_backward(ctx, shape, dy.data(), x.data(), weight.data(), dx.data(), dweight.data(),
+                                            dbias.data(), mode));
+  ctx.synchronize();
+  CHECK_CLOSE_REL("dx", dx.values(), accumulate ? expected.dx_accumulate : expected.dx_overwrite, kBf16Tolerance);
+  CHECK_CLOSE_REL("dweight", dweight.values(), expected.dweight, kFp32Tolerance);
+  CHECK_CLOSE_REL("dbias", dbias.values(), expected.dbias, kFp32Tolerance);
+  CHECK(dx.guards_intact());
+  CHECK(dweight.guards_intact());
+  CHECK(dbias.guards_intact());
+  CHECK(dy.guards_intact());
+  CHECK(x.guards_intact());
+  CHECK(weight.guards_intact());
+}
+
+// All four calls of one shape at one placement.
+void check_all(Context& ctx, const LinearData& data, const Expected& expected, const Placement& at) {
+  check_forward(ctx, data, expected, true, at);
+  check_forward(ctx, data, expected, false, at);
+  check_backward(ctx, data, expected, InputGrad::kOverwrite, at);
+  check_backward(ctx, data, expected, InputGrad::kAccumulate, at);
+}
+
+// p moved by half an element: aligned to less than its element size.
+template <class T>
+T* half_element_off(T* p) {
+  return reinterpret_cast<T*>(reinterpret_cast<uintptr_t>(p) + sizeof(T) / 2);
 }
 
 // rows 1/3/129/1030 (1030 spans 9 bias-gradient chunks); features on the fast path (multiples of 8)
@@ -101,8 +180,9 @@ TEST_CASE("cuda linear_forward equals the CPU reference, with and without bias",
   uint64_t seed = 1;
   for (const LinearShape& shape : kShapes) {
     const LinearData data(shape, seed++);
-    check_forward(ctx, cpu, data, true);
-    check_forward(ctx, cpu, data, false);
+    const Expected expected = cpu_reference(cpu, data, /*forward=*/true, /*backward=*/false);
+    check_forward(ctx, data, expected, true);
+    check_forward(ctx, data, expected, false);
   }
 }
 
@@ -113,8 +193,9 @@ TEST_CASE("cuda linear_backward equals the CPU reference: dx overwrite/accumulat
   uint64_t seed = 100;
   for (const LinearShape& shape : kShapes) {
     const LinearData data(shape, seed++);
-    check_backward(ctx, cpu, data, InputGrad::kOverwrite);
-    check_backward(ctx, cpu, data, InputGrad::kAccumulate);
+    const Expected expected = cpu_reference(cpu, data, /*forward=*/false, /*backward=*/true);
+    check_backward(ctx, data, expected, InputGrad::kOverwrite);
+    check_backward(ctx, data, expected, InputGrad::kAccumulate);
   }
 }
 
@@ -211,4 +292,129 @@ TEST_CASE("cuda linear rejects bad arguments with a one-line error before launch
                   std::invalid_argument);  // dx needs weight
   const bf16* misaligned = reinterpret_cast<const bf16*>(reinterpret_cast<const char*>(p) + 1);
   CHECK_THROWS_WITH(bert::cuda::linear_forward(ctx, shape, misaligned, p, nullptr, p), Catch::Contains("not aligned"));
+}
+
+TEST_CASE("cuda linear rejects a pointer not aligned to its element size: std::invalid_argument, nothing written",
+          "[cuda][linear]") {
+  Context ctx;
+  bert::cpu::Context cpu;
+  const LinearShape shape{3, 24, 16};
+  const LinearData data(shape, 21);
+  const Expected expected = cpu_reference(cpu, data);
+  Bf16Tensor x = Bf16Tensor::input(data.x, 0), weight = Bf16Tensor::input(data.weight, 0),
+             bias = Bf16Tensor::input(data.bias, 0), dy = Bf16Tensor::input(data.dy, 0);
+  Bf16Tensor y = Bf16Tensor::output(expected.y_with_bias.size(), 0), dx = Bf16Tensor::output(data.dx_initial.size(), 0);
+  Fp32Tensor dweight = Fp32Tensor::input(data.dweight_initial, 0), dbias = Fp32Tensor::input(data.dbias_initial, 0);
+
+  const auto rejects = [](const auto& call, const std::string& words) {
+    INFO("expecting std::invalid_argument with '" << words << "'");
+    CHECK_THROWS_AS(call(), std::invalid_argument);
+    CHECK_THROWS_WITH(call(), Catch::Contains(words));
+  };
+  // Each pointer alone half an element off (1 byte for bf16, 2 for fp32), all others valid.
+  rejects(
+      [&] { bert::cuda::linear_forward(ctx, shape, half_element_off(x.data()), weight.data(), bias.data(), y.data()); },
+      "linear_forward: x is not aligned");
+  rejects(
+      [&] { bert::cuda::linear_forward(ctx, shape, x.data(), half_element_off(weight.data()), bias.data(), y.data()); },
+      "linear_forward: weight is not aligned");
+  rejects(
+      [&] { bert::cuda::linear_forward(ctx, shape, x.data(), weight.data(), half_element_off(bias.data()), y.data()); },
+      "linear_forward: bias is not aligned");
+  rejects(
+      [&] { bert::cuda::linear_forward(ctx, shape, x.data(), weight.data(), bias.data(), half_element_off(y.data())); },
+      "linear_forward: y is not aligned");
+  rejects(
+      [&] {
+        bert::cuda::linear_backward(ctx, shape, half_element_off(dy.data()), x.data(), weight.data(), dx.data(),
+                                    dweight.data(), dbias.data());
+      },
+      "linear_backward: dy is not aligned");
+  rejects(
+      [&] {
+        bert::cuda::linear_backward(ctx, shape, dy.data(), half_element_off(x.data()), weight.data(), dx.data(),
+                                    dweight.data(), dbias.data());
+      },
+      "linear_backward: x (needed for dweight) is not aligned");
+  rejects(
+      [&] {
+        bert::cuda::linear_backward(ctx, shape, dy.data(), x.data(), half_element_off(weight.data()), dx.data(),
+                                    dweight.data(), dbias.data());
+      },
+      "linear_backward: weight (needed for dx) is not aligned");
+  rejects(
+      [&] {
+        bert::cuda::linear_backward(ctx, shape, dy.data(), x.data(), weight.data(), half_element_off(dx.data()),
+                                    dweight.data(), dbias.data());
+      },
+      "linear_backward: dx is not aligned");
+  rejects(
+      [&] {
+        bert::cuda::linear_backward(ctx, shape, dy.data(), x.data(), weight.data(), dx.data(),
+                                    half_element_off(dweight.data()), dbias.data());
+      },
+      "linear_backward: dweight is not aligned");
+  rejects(
+      [&] {
+        bert::cuda::linear_backward(ctx, shape, dy.data(), x.data(), weight.data(), dx.data(), dweight.data(),
+                                    half_element_off(dbias.data()));
+      },
+      "linear_backward: dbias is not aligned");
+
+  // Rejected before launching: the outputs keep their poison and priors bit for bit, guards included.
+  ctx.synchronize();
+  const std::vector<uint16_t> y_bits = y.bits(), dx_bits = dx.bits();
+  CHECK(std::all_of(y_bits.begin(), y_bits.end(), [](uint16_t b) { return b == 0xFFFFu; }));
+  CHECK(std::all_of(dx_bits.begin(), dx_bits.end(), [](uint16_t b) { return b == 0xFFFFu; }));
+  CHECK(same_bits(dweight.values(), data.dweight_initial));
+  CHECK(same_bits(dbias.values(), data.dbias_initial));
+  CHECK(dweight.guards_intact());
+  CHECK(dbias.guards_intact());
+
+  // The Context is still fine for valid calls.
+  check_all(ctx, data, expected, Placement());
+}
+
+// gemm.cu caches one cuBLASLt plan per (product, shape, alignments). With features multiples of 8
+// the aligned call may get a kernel that assumes 16-byte operands (TMA); each operand alone at a
+// 2-byte (bf16) or 4-byte (fp32) address must then get a plan of its own, not that one. The bias goes
+// last: cuBLASLt's alignment preferences do not cover the epilogue's bias pointer, so if an
+// under-aligned bias faults, the other operands have been reported first.
+TEST_CASE("cuda linear with one operand aligned to its element only, after the aligned plan is cached",
+          "[cuda][linear]") {
+  Context ctx;
+  bert::cpu::Context cpu;
+  const LinearShape shape{129, 768, 3072};
+  const LinearData data(shape, 31);
+  const Expected expected = cpu_reference(cpu, data);
+  check_all(ctx, data, expected, Placement());  // caches the aligned plans
+  check_all(ctx, data, expected, only_at(&Placement::x, "x", 1));
+  check_all(ctx, data, expected, only_at(&Placement::weight, "weight", 1));
+  check_all(ctx, data, expected, only_at(&Placement::y, "y", 1));
+  check_all(ctx, data, expected, only_at(&Placement::dy, "dy", 1));
+  check_all(ctx, data, expected, only_at(&Placement::dx, "dx", 1));
+  check_all(ctx, data, expected, only_at(&Placement::dweight, "dweight", 1));
+  check_all(ctx, data, expected, only_at(&Placement::dbias, "dbias", 1));
+  check_all(ctx, data, expected, only_at(&Placement::bias, "bias", 1));
+  check_all(ctx, data, expected, Placement());  // the aligned plans are still the right ones
+}
+
+// Every operand (x, W, bias, y, dy, dx; fp32 dW, db) at element offset 1, 2 and 4 inside NaN-fenced
+// buffers: bf16 pointers 2-, 4- and 8-byte aligned (the bias gradient's loads: scalar at offset 1,
+// 2-wide at offsets 2 and 4 where out is even; 8-wide only at offset 0), fp32 ones 4-, 8- and 16-byte
+// aligned, on shapes of kShapes' kinds (features multiples of 8 or not, 1030 rows for 9 bias chunks).
+TEST_CASE("cuda linear with every operand at an element offset equals the CPU reference, guards untouched",
+          "[cuda][linear]") {
+  const std::vector<LinearShape> shapes = {{1, 8, 8},        {3, 24, 13},    {129, 8, 24},   {1030, 64, 40},
+                                           {129, 768, 3072}, {3, 13, 30521}, {1, 768, 30522}};
+  Context ctx;
+  bert::cpu::Context cpu;
+  uint64_t seed = 200;
+  for (const LinearShape& shape : shapes) {
+    const LinearData data(shape, seed++);
+    const Expected expected = cpu_reference(cpu, data);
+    check_all(ctx, data, expected, Placement());
+    for (const size_t offset : {size_t{1}, size_t{2}, size_t{4}})
+      check_all(ctx, data, expected, every_operand_at(offset));
+  }
 }
