@@ -767,10 +767,9 @@ void BertForPreTraining<T>::mlm_logits_at(const BatchView& batch, std::span<cons
                       param(param_offsets_.mlm_decoder_bias), logits.data());
 }
 
-template <class T>
-double BertForPreTraining<T>::training_flops(int64_t batch, int64_t seq_len, int64_t mlm_rows) const {
-  const double hidden = config_.hidden_size, intermediate = config_.intermediate_size;
-  const double layers = config_.num_hidden_layers, vocab = config_.vocab_size;
+double bert_training_flops(const BertConfig& config, int64_t batch, int64_t seq_len, int64_t mlm_rows) {
+  const double hidden = config.hidden_size, intermediate = config.intermediate_size;
+  const double layers = config.num_hidden_layers, vocab = config.vocab_size;
   const double tokens = static_cast<double>(batch) * static_cast<double>(seq_len);
   const double encoder_params = layers * (4 * hidden * hidden + 2 * hidden * intermediate);
   const double encoder = 6 * encoder_params * tokens;
@@ -778,6 +777,11 @@ double BertForPreTraining<T>::training_flops(int64_t batch, int64_t seq_len, int
   const double mlm_head = 6 * (hidden * hidden + hidden * vocab) * static_cast<double>(mlm_rows);
   const double heads = 6 * (hidden * hidden + 2 * hidden) * static_cast<double>(batch);  // pooler + NSP
   return encoder + attention + mlm_head + heads;
+}
+
+template <class T>
+double BertForPreTraining<T>::training_flops(int64_t batch, int64_t seq_len, int64_t mlm_rows) const {
+  return bert_training_flops(config_, batch, seq_len, mlm_rows);
 }
 
 // ---- checkpoints -----------------------------------------------------------------------------------

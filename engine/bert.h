@@ -158,6 +158,10 @@ struct ModelOptions {
   uint64_t init_seed = 42;  // for the HF initialisation done by the constructor
 };
 
+// Forward + backward FLOPs of one batch (the napkin math above): the same count for the CPU and CUDA
+// models, for the run table and MFU.
+double bert_training_flops(const BertConfig& config, int64_t batch, int64_t seq_len, int64_t mlm_rows);
+
 template <class T>
 class BertForPreTraining {
  public:

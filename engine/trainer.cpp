@@ -37,6 +37,11 @@
 #include "kernels/cpu/ops_cpu.h"
 #include "tokenizer/tokenizer.h"
 
+#if defined(BERT_TRAINER_CUDA)
+#include "engine/bert_cuda.h"
+#include "kernels/device.h"
+#endif
+
 // OpenBLAS's own thread pool size (weak: another BLAS simply has no such call).
 extern "C" void openblas_set_num_threads(int) __attribute__((weak));
 
@@ -323,8 +328,17 @@ class Trainer {
  private:
   const TrainingConfig& training() const { return config_.training; }
   const DataConfig& data() const { return config_.data; }
+  bool on_cuda() const { return training().device == "cuda"; }
+  const std::vector<ParamInfo>& params() const;
+  int64_t num_parameters() const;
+  // The tokens/s -> MFU factor: model FLOPs per real token over the device's peak (0: unknown peak).
+  double mfu_per_token_per_s() const;
 
   void setup_threads();
+  void check_cuda_device();  // device = "cuda": before anything is loaded
+  void check_cuda_model();   // device = "cuda": the kernels support the config, and it fits in memory
+  void train_step_cuda();
+  EvalResult evaluate_cuda();
   void check_output_dir();
   std::string resolve_resume_dir() const;
   void load_tokenizer_and_data();
@@ -352,7 +366,11 @@ class Trainer {
   std::string valid_description_;
   std::unique_ptr<Loader> loader_, eval_loader_;
   int64_t seq_len_ = 0;  // the longest batch the loader can make
-  std::unique_ptr<BertForPreTraining<float>> model_;
+  std::unique_ptr<BertForPreTraining<float>> model_;  // device = "cpu"
+#if defined(BERT_TRAINER_CUDA)
+  std::unique_ptr<BertForPreTrainingCuda> cuda_model_;  // device = "cuda"
+  DeviceInfo device_;
+#endif
   std::unique_ptr<cpu::Context> context_;
   std::vector<float> exp_avg_, exp_avg_sq_;  // laid out like the parameter arena
   std::vector<cpu::AdamWTensor<float>> adam_tensors_;
@@ -380,6 +398,82 @@ void Trainer::setup_threads() {
   omp_set_num_threads(threads_);
   if (openblas_set_num_threads) openblas_set_num_threads(threads_);
   context_ = std::make_unique<cpu::Context>(threads_);
+}
+
+// device = "cuda": one-line errors before any data or weights are loaded.
+void Trainer::check_cuda_device() {
+  const std::string where = config_.path + ": [training] device = \"cuda\": ";
+#if defined(BERT_TRAINER_CUDA)
+  device_ = cuda_device_info();
+  if (!device_.available) throw Error(where + device_.reason + "; set device = \"cpu\" to train on the CPU");
+#else
+  throw Error(where + "this bert_train was built without CUDA (no nvcc at build time); set device = \"cpu\"");
+#endif
+}
+
+// device = "cuda", once the sequence length is known: the kernels support the shapes, and the model
+// with its batch-sized arenas fits in the device's memory (else the bytes it would need).
+void Trainer::check_cuda_model() {
+#if defined(BERT_TRAINER_CUDA)
+  try {
+    BertForPreTrainingCuda::check_supported(config_.model);
+    BertForPreTrainingCuda::check_supported_seq_len(seq_len_);
+  } catch (const std::invalid_argument& e) {
+    throw Error(config_.path + ": [training] device = \"cuda\": " + e.what());
+  }
+  const int64_t max_batch = std::max(training().per_device_train_batch_size,
+                                     valid_data_ ? training().per_device_eval_batch_size : 1);
+  ModelOptions options;
+  options.init_seed = training().seed;
+  const CudaMemoryPlan plan = BertForPreTrainingCuda::memory_plan(config_.model, max_batch, seq_len_, options);
+  size_t free_bytes = 0, total_bytes = 0;
+  if (cudaMemGetInfo(&free_bytes, &total_bytes) != cudaSuccess) {
+    cudaGetLastError();
+    free_bytes = device_.memory_bytes;
+  }
+  if (plan.total_bytes() > free_bytes)
+    throw Error(config_.path + ": [training] device = \"cuda\": the model and a batch of " + std::to_string(max_batch) +
+                " x " + std::to_string(seq_len_) + " tokens need " + human_bytes(static_cast<double>(plan.total_bytes())) +
+                " of device memory, " + device_.name + " has " + human_bytes(static_cast<double>(free_bytes)) +
+                " free; lower per_device_train_batch_size (use gradient_accumulation_steps for the same batch)");
+#endif
+}
+
+const std::vector<ParamInfo>& Trainer::params() const {
+#if defined(BERT_TRAINER_CUDA)
+  if (cuda_model_) return cuda_model_->params();
+#endif
+  return model_->params();
+}
+
+int64_t Trainer::num_parameters() const {
+#if defined(BERT_TRAINER_CUDA)
+  if (cuda_model_) return cuda_model_->num_parameters();
+#endif
+  return model_->num_parameters();
+}
+
+double Trainer::mfu_per_token_per_s() const {
+#if defined(BERT_TRAINER_CUDA)
+  if (!on_cuda()) return 0;
+  // Dense bf16 tensor-core peaks (NVIDIA datasheets); MFU is left out for other devices.
+  double peak = 0;
+  const std::string& name = device_.name;
+  if (name.find("H100") != std::string::npos)
+    peak = name.find("PCIe") != std::string::npos ? 756e12 : 989.4e12;
+  else if (name.find("H200") != std::string::npos || name.find("GH200") != std::string::npos)
+    peak = 989.4e12;
+  else if (name.find("A100") != std::string::npos)
+    peak = 312e12;
+  if (peak == 0) return 0;
+  const int64_t batch = training().per_device_train_batch_size;
+  const auto mlm_rows = static_cast<int64_t>(std::llround(data().mlm_probability * static_cast<double>(batch * seq_len_)));
+  const double flops_per_token = bert_training_flops(config_.model, batch, seq_len_, mlm_rows) /
+                                 static_cast<double>(batch * seq_len_);
+  return flops_per_token / peak;
+#else
+  return 0;
+#endif
 }
 
 void Trainer::check_output_dir() {
@@ -496,9 +590,16 @@ void Trainer::build_model() {
   options.mlm_on_masked_positions_only = data().mlm_masked_positions_only;
   options.num_threads = threads_;
   options.init_seed = training().seed;
-  model_ = std::make_unique<BertForPreTraining<float>>(config_.model, options);
   const int64_t max_batch = std::max(training().per_device_train_batch_size,
                                      valid_data_ ? training().per_device_eval_batch_size : 1);
+#if defined(BERT_TRAINER_CUDA)
+  if (on_cuda()) {  // AdamW moments live on the device; exp_avg_/exp_avg_sq_ are checkpoint staging
+    cuda_model_ = std::make_unique<BertForPreTrainingCuda>(config_.model, options);
+    cuda_model_->reserve(max_batch, seq_len_);
+    return;
+  }
+#endif
+  model_ = std::make_unique<BertForPreTraining<float>>(config_.model, options);
   model_->reserve(max_batch, seq_len_);
   exp_avg_.assign(model_->parameters().size(), 0.0f);
   exp_avg_sq_.assign(model_->parameters().size(), 0.0f);
@@ -546,7 +647,14 @@ void Trainer::restore(const std::string& checkpoint) {
          << saved.config_path << ")\n";
 
   try {
-    model_->load_safetensors(checkpoint + "/model.safetensors");
+#if defined(BERT_TRAINER_CUDA)
+    if (cuda_model_) {
+      cuda_model_->load_safetensors(checkpoint + "/model.safetensors");
+      exp_avg_.assign(cuda_model_->arena_elements(), 0.0f);
+      exp_avg_sq_.assign(cuda_model_->arena_elements(), 0.0f);
+    } else
+#endif
+      model_->load_safetensors(checkpoint + "/model.safetensors");
     const std::string optimizer_path = checkpoint + "/trainer_state.safetensors";
     if (!file_exists(optimizer_path)) throw Error(optimizer_path + ": not found");
     const SafetensorsFile optimizer(optimizer_path);
@@ -554,12 +662,15 @@ void Trainer::restore(const std::string& checkpoint) {
     if (!step || *step != std::to_string(saved.global_step))
       throw Error(optimizer_path + ": global_step metadata " + (step ? *step : std::string("(missing)")) +
                   " does not match trainer_state.json's " + std::to_string(saved.global_step));
-    for (const ParamInfo& info : model_->params()) {
+    for (const ParamInfo& info : params()) {
       optimizer.read_f32("exp_avg." + info.name, info.shape,
                          std::span<float>(exp_avg_.data() + info.offset, info.numel));
       optimizer.read_f32("exp_avg_sq." + info.name, info.shape,
                          std::span<float>(exp_avg_sq_.data() + info.offset, info.numel));
     }
+#if defined(BERT_TRAINER_CUDA)
+    if (cuda_model_) cuda_model_->upload_moments(exp_avg_, exp_avg_sq_);
+#endif
   } catch (const Error& e) {
     throw Error("cannot resume from " + checkpoint + ": " + e.what());
   }
@@ -588,7 +699,7 @@ void Trainer::print_run_table() const {
   const auto mlm_rows = data().mlm_masked_positions_only
                             ? static_cast<int64_t>(std::llround(data().mlm_probability * static_cast<double>(batch * seq_len_)))
                             : batch * seq_len_;
-  const double flops = model_->training_flops(batch, seq_len_, mlm_rows) * static_cast<double>(accumulation);
+  const double flops = bert_training_flops(m, batch, seq_len_, mlm_rows) * static_cast<double>(accumulation);
   const auto bpe = static_cast<int64_t>(loader_->batches_per_epoch());
   const double epochs = static_cast<double>(state_.total_steps * accumulation) / static_cast<double>(bpe);
   const char* padding = data().max_seq_length > 0 ? "fixed length" : "at most; each batch padded to its longest";
@@ -598,17 +709,29 @@ void Trainer::print_run_table() const {
        << m.num_attention_heads << " heads, intermediate " << m.intermediate_size << ", vocab " << m.vocab_size
        << ", max positions " << m.max_position_embeddings << ", " << m.hidden_act << ", dropout "
        << printf_string("%g/%g", m.hidden_dropout_prob, m.attention_probs_dropout_prob) << "\n";
-  out_ << "  parameters   " << human_count(static_cast<double>(model_->num_parameters())) << " ("
-       << with_commas(model_->num_parameters()) << ")\n";
+  out_ << "  parameters   " << human_count(static_cast<double>(num_parameters())) << " ("
+       << with_commas(num_parameters()) << ")\n";
   out_ << "  batch        " << batch << " sequences x " << accumulation << " accumulation = " << sequences
        << " sequences/step, " << seq_len_ << " tokens each (" << padding << ")\n";
   out_ << "  tokens/step  " << with_commas(tokens) << " (padded), MLM " << printf_string("%g", data().mlm_probability)
        << (data().whole_word_mask ? " whole-word" : "") << ", head on "
        << (data().mlm_masked_positions_only ? "masked positions only" : "every position") << "\n";
   out_ << "  FLOPs/step   " << human_flops(flops) << " (forward + backward, full-length batches)\n";
-  out_ << "  device       cpu, " << threads_ << " thread" << (threads_ == 1 ? "" : "s") << " (OpenMP + "
-       << (openblas_set_num_threads ? "OpenBLAS" : "BLAS") << ")\n";
-  out_ << "  precision    fp32 (parameters, activations, AdamW moments)\n";
+#if defined(BERT_TRAINER_CUDA)
+  if (on_cuda()) {
+    out_ << "  device       cuda: " << device_.name << " (sm_" << device_.sm_major << device_.sm_minor << ", "
+         << human_bytes(static_cast<double>(device_.memory_bytes)) << ")\n";
+    out_ << "  precision    bf16 activations and working weights; fp32 master weights, gradients, AdamW moments, loss\n";
+    const int64_t max_batch = std::max(t.per_device_train_batch_size, valid_data_ ? t.per_device_eval_batch_size : 1);
+    out_ << "  memory       " << human_bytes(static_cast<double>(cuda_model_->memory_plan(max_batch, seq_len_).total_bytes()))
+         << " planned (parameters, moments, activations for " << max_batch << " x " << seq_len_ << ")\n";
+  } else
+#endif
+  {
+    out_ << "  device       cpu, " << threads_ << " thread" << (threads_ == 1 ? "" : "s") << " (OpenMP + "
+         << (openblas_set_num_threads ? "OpenBLAS" : "BLAS") << ")\n";
+    out_ << "  precision    fp32 (parameters, activations, AdamW moments)\n";
+  }
   out_ << "  data         train " << with_commas(static_cast<int64_t>(train_data_->size())) << " examples ("
        << with_commas(bpe) << " batches/epoch), valid "
        << (valid_data_ ? with_commas(static_cast<int64_t>(valid_data_->size())) + " examples, at most " +
@@ -635,6 +758,7 @@ double Trainer::learning_rate(int64_t step) const {
 }
 
 void Trainer::train_step() {
+  if (on_cuda()) return train_step_cuda();
   const Clock::time_point start = Clock::now();
   const int accumulation = training().gradient_accumulation_steps;
   const float loss_scale = 1.0f / static_cast<float>(accumulation);
@@ -692,6 +816,7 @@ void Trainer::train_step() {
 }
 
 EvalResult Trainer::evaluate() {
+  if (on_cuda()) return evaluate_cuda();
   model_->set_dropout(state_.seed, 0, false);
   double mlm_sum = 0, nsp_sum = 0;
   int64_t mlm_correct = 0, mlm_count = 0, nsp_correct = 0, nsp_count = 0;
@@ -718,6 +843,99 @@ EvalResult Trainer::evaluate() {
   return result;
 }
 
+// The CPU step on the CUDA model: the same batches, dropout streams, loss scale, clipping and AdamW
+// step count. The host waits once per step, for the gradient norm (did the update happen: the
+// bias-correction count must match the CPU trainer's for interchangeable checkpoints) and the
+// micro-batches' losses; the kernels of a step are queued without waiting.
+void Trainer::train_step_cuda() {
+#if defined(BERT_TRAINER_CUDA)
+  const Clock::time_point start = Clock::now();
+  const int accumulation = training().gradient_accumulation_steps;
+  const auto batches_per_epoch = static_cast<uint64_t>(state_.batches_per_epoch);
+  LogWindow& window = state_.window;
+  cuda_model_->zero_grads();
+  for (int micro = 0; micro < accumulation; ++micro) {
+    loader_->next(batch_);
+    cuda_model_->set_dropout(state_.seed, static_cast<uint64_t>(state_.micro_step), true);
+    cuda_model_->upload_batch(batch_view(batch_));
+    cuda_model_->forward_backward(1.0f / static_cast<float>(accumulation), true);
+    ++state_.micro_step;
+    state_.data_epoch = batch_.epoch;
+    state_.data_index = batch_.index + 1;
+    if (state_.data_index >= batches_per_epoch) {
+      state_.data_epoch += 1;
+      state_.data_index = 0;
+    }
+    window.tokens += static_cast<int64_t>(batch_.real_tokens());
+  }
+  const double lr = learning_rate(state_.global_step);
+  cpu::AdamWHyperparams hyper;
+  hyper.learning_rate = lr;
+  hyper.beta1 = training().adam_beta1;
+  hyper.beta2 = training().adam_beta2;
+  hyper.epsilon = training().adam_epsilon;
+  hyper.weight_decay = training().weight_decay;
+  hyper.step = state_.optimizer_steps + 1;
+  cuda_model_->optimizer_step(hyper, static_cast<float>(training().max_grad_norm));
+  const double norm = cuda_model_->read_grad_norm();  // the step's one wait
+  double step_loss = 0;
+  for (const LossStats& stats : cuda_model_->take_loss_stats()) {
+    ++window.micro_batches;
+    window.loss_sum += stats.loss;
+    window.mlm_loss_sum += stats.mlm_loss;
+    window.nsp_loss_sum += stats.nsp_loss;
+    window.mlm_correct += stats.mlm_correct;
+    window.mlm_count += stats.mlm_count;
+    window.nsp_correct += stats.nsp_correct;
+    window.nsp_count += stats.nsp_count;
+    step_loss += stats.loss / accumulation;
+  }
+  if (std::isfinite(norm)) {
+    ++state_.optimizer_steps;
+  } else {
+    ++skipped_steps_;
+    err_ << "warning: step " << state_.global_step + 1 << ": gradient norm is " << norm
+         << "; skipping this update (loss " << step_loss << ")\n";
+  }
+  ++state_.global_step;
+  state_.epoch = static_cast<double>(state_.micro_step) / static_cast<double>(state_.batches_per_epoch);
+  last_loss_ = step_loss;
+  last_grad_norm_ = norm;
+  last_lr_ = lr;
+  window.train_seconds += seconds_since(start);
+#endif
+}
+
+EvalResult Trainer::evaluate_cuda() {
+  EvalResult result;
+#if defined(BERT_TRAINER_CUDA)
+  cuda_model_->set_dropout(state_.seed, 0, false);
+  result.batches = std::min(kMaxEvalBatches, eval_loader_->batches_per_epoch());
+  for (size_t i = 0; i < result.batches; ++i) {
+    eval_loader_->make_batch(0, i, eval_batch_);
+    cuda_model_->upload_batch(batch_view(eval_batch_));
+    cuda_model_->forward_backward(1.0f, false);
+  }
+  double mlm_sum = 0, nsp_sum = 0;
+  int64_t mlm_correct = 0, mlm_count = 0, nsp_correct = 0, nsp_count = 0;
+  for (const LossStats& stats : cuda_model_->take_loss_stats()) {
+    mlm_sum += stats.mlm_loss * static_cast<double>(stats.mlm_count);
+    nsp_sum += stats.nsp_loss * static_cast<double>(stats.nsp_count);
+    mlm_correct += stats.mlm_correct;
+    mlm_count += stats.mlm_count;
+    nsp_correct += stats.nsp_correct;
+    nsp_count += stats.nsp_count;
+  }
+  const auto ratio = [](double a, int64_t b) { return b > 0 ? a / static_cast<double>(b) : 0.0; };
+  result.mlm_loss = ratio(mlm_sum, mlm_count);
+  result.nsp_loss = ratio(nsp_sum, nsp_count);
+  result.loss = result.mlm_loss + result.nsp_loss;
+  result.mlm_acc = ratio(static_cast<double>(mlm_correct), mlm_count);
+  result.nsp_acc = ratio(static_cast<double>(nsp_correct), nsp_count);
+#endif
+  return result;
+}
+
 void Trainer::write_log_record(bool log_train, const std::optional<EvalResult>& eval) {
   const double elapsed = elapsed_at_start_ + seconds_since(session_start_);
   Json record = Json::object();
@@ -739,9 +957,12 @@ void Trainer::write_log_record(bool log_train, const std::optional<EvalResult>& 
     record.set("lr", last_lr_);
     record.set("grad_norm", std::isfinite(last_grad_norm_) ? Json(last_grad_norm_) : Json());
     record.set("tokens_per_s", std::round(tokens_per_s * 10) / 10);
+    const double mfu = tokens_per_s * mfu_per_token_per_s();
+    if (mfu > 0) record.set("mfu", std::round(mfu * 1e4) / 1e4);
     line += printf_string(" | loss %.4f (mlm %.4f, nsp %.4f) | acc mlm %.3f nsp %.3f | lr %.3e | grad_norm %.3f | %s tok/s",
                    w.loss_sum / n, w.mlm_loss_sum / n, w.nsp_loss_sum / n, ratio(w.mlm_correct, w.mlm_count),
                    ratio(w.nsp_correct, w.nsp_count), last_lr_, last_grad_norm_, human_count(tokens_per_s).c_str());
+    if (mfu > 0) line += printf_string(" | MFU %.1f%%", 100 * mfu);
     state_.window = LogWindow{};
   }
   if (eval) {
@@ -765,7 +986,12 @@ void Trainer::write_log_record(bool log_train, const std::optional<EvalResult>& 
 }
 
 void Trainer::write_model_files(const std::string& dir) const {
-  model_->save_safetensors(dir + "/model.safetensors");
+#if defined(BERT_TRAINER_CUDA)
+  if (cuda_model_)
+    cuda_model_->save_safetensors(dir + "/model.safetensors");  // fp32 master weights: the CPU format
+  else
+#endif
+    model_->save_safetensors(dir + "/model.safetensors");
   write_file_atomic(dir + "/config.json", config_.model.to_hf_json().dump(2) + "\n");
   tokenizer_->vocab().save(dir + "/vocab.txt");
   tokenizer_->config().save(dir);
@@ -779,7 +1005,10 @@ std::string Trainer::save_checkpoint() {
         SafetensorsWriter optimizer;
         optimizer.set_metadata("global_step", std::to_string(state_.global_step));
         optimizer.set_metadata("optimizer", "AdamW");
-        for (const ParamInfo& info : model_->params()) {
+#if defined(BERT_TRAINER_CUDA)
+        if (cuda_model_) cuda_model_->download_moments(exp_avg_, exp_avg_sq_);
+#endif
+        for (const ParamInfo& info : params()) {
           optimizer.add_f32("exp_avg." + info.name, info.shape,
                             std::span<const float>(exp_avg_.data() + info.offset, info.numel));
           optimizer.add_f32("exp_avg_sq." + info.name, info.shape,
@@ -811,14 +1040,13 @@ void Trainer::update_progress(Progress& progress) const {
 
 int Trainer::run() {
   for (const std::string& warning : config_.warnings) err_ << "warning: " << warning << "\n";
-  if (training().device != "cpu")
-    throw Error(config_.path + ": [training] device = \"" + training().device +
-                "\": this bert_train trains on the CPU; set device = \"cpu\"");
+  if (on_cuda()) check_cuda_device();
   config_text_ = read_file(config_.path);
   setup_threads();
   check_output_dir();
   const std::optional<std::string> checkpoint = resume_ ? std::optional(resolve_resume_dir()) : std::nullopt;
   load_tokenizer_and_data();
+  if (on_cuda()) check_cuda_model();
   build_model();
   schedule_ = parse_lr_schedule(training().lr_scheduler_type);
 
@@ -832,7 +1060,8 @@ int Trainer::run() {
   state_.gradient_accumulation_steps = training().gradient_accumulation_steps;
   state_.model = config_.model;
   if (checkpoint) restore(*checkpoint);
-  for (const ParamInfo& info : model_->params()) {  // after restore: loading replaces the parameter arena
+  // CPU AdamW tensors (the CUDA model keeps its own list on the device).
+  for (const ParamInfo& info : model_ ? model_->params() : std::span<const ParamInfo>{}) {  // after restore: loading replaces the arena
     cpu::AdamWTensor<float> tensor;
     tensor.param = model_->parameters().data() + info.offset;
     tensor.grad = model_->grads().data() + info.offset;

@@ -1,0 +1,97 @@
+// bert_train with device = "cuda" against the same run on the CPU (issue 6's parity): the same
+// initial weights, batches, masks, dropout masks and schedule, so the bf16 GPU run's losses must
+// follow the fp32 CPU run's within bf16 tolerance over 200 steps; and checkpoints move between
+// devices (a GPU checkpoint resumes on the CPU and the other way round, landing where the
+// uninterrupted runs land). Tolerances: each logged window (10 steps) within 5%, the last two
+// windows' mean within 3% (bf16 rounding compounds over steps; 2% is the issue's final-loss bound
+// against HF, checked on the device image by the end-to-end benchmark).
+#include <catch2/catch.hpp>
+
+#include <cmath>
+#include <string>
+#include <vector>
+
+#include "common/file.h"
+#include "common/json.h"
+#include "engine/bert.h"
+#include "engine/config.h"
+#include "tests/test_dirs.h"
+#include "tests/trainer_fixture.h"
+
+using namespace bert;
+using namespace bert::test;
+
+namespace {
+
+// head_dim 32: the smallest the fused attention kernel takes.
+constexpr const char* kGpuModel =
+    "hidden_size = 64\nnum_hidden_layers = 2\nnum_attention_heads = 2\nintermediate_size = 128\n"
+    "max_position_embeddings = 32\n";
+constexpr const char* kSettings =
+    "max_steps = 200\nper_device_train_batch_size = 16\ngradient_accumulation_steps = 2\nlearning_rate = 2e-3\n"
+    "warmup_steps = 10\nlogging_steps = 10\neval_steps = 100\nsave_steps = 100\n";
+
+std::vector<double> values(const std::vector<Json>& records, const char* key) {
+  std::vector<double> out;
+  for (const Json& record : records)
+    if (const Json* value = record.find(key)) out.push_back(value->as_number());
+  return out;
+}
+
+double relative(double a, double b) { return std::fabs(a - b) / std::max(std::fabs(b), 1e-12); }
+
+double mean_of_last_two(const std::vector<double>& v) { return (v[v.size() - 1] + v[v.size() - 2]) / 2; }
+
+}  // namespace
+
+TEST_CASE("bert_train on the GPU follows the CPU run; checkpoints resume across devices") {
+  make_tiny_data();
+  const std::string settings = kSettings;
+  const std::string cpu = write_config("cpu", "cpu", settings + "device = \"cpu\"\n", kGpuModel);
+  const std::string gpu = write_config("gpu", "gpu", settings + "device = \"cuda\"\n", kGpuModel);
+  const RunResult cpu_run = train({"--config", cpu});
+  REQUIRE(cpu_run.code == 0);
+  const RunResult gpu_run = train({"--config", gpu});
+  INFO(gpu_run.out << gpu_run.err);
+  REQUIRE(gpu_run.code == 0);
+  CHECK(gpu_run.out.find("device       cuda: ") != std::string::npos);
+  CHECK(gpu_run.out.find("precision    bf16") != std::string::npos);
+
+  const auto cpu_records = read_metrics(test_dir() + "/cpu/metrics.jsonl");
+  const auto gpu_records = read_metrics(test_dir() + "/gpu/metrics.jsonl");
+  REQUIRE(cpu_records.size() == gpu_records.size());
+  const auto cpu_loss = values(cpu_records, "loss"), gpu_loss = values(gpu_records, "loss");
+  REQUIRE(cpu_loss.size() == 20);
+  REQUIRE(gpu_loss.size() == cpu_loss.size());
+  for (size_t i = 0; i < cpu_loss.size(); ++i) {
+    INFO("window " << i << ": cpu " << cpu_loss[i] << ", gpu " << gpu_loss[i]);
+    CHECK(relative(gpu_loss[i], cpu_loss[i]) < 0.05);
+  }
+  CHECK(relative(mean_of_last_two(gpu_loss), mean_of_last_two(cpu_loss)) < 0.03);
+  CHECK(gpu_loss.back() < gpu_loss.front() - 0.5);  // it learns
+  const auto cpu_eval = values(cpu_records, "eval_loss"), gpu_eval = values(gpu_records, "eval_loss");
+  REQUIRE(cpu_eval.size() == 2);
+  REQUIRE(gpu_eval.size() == 2);
+  CHECK(relative(gpu_eval.back(), cpu_eval.back()) < 0.03);
+  // Same AdamW bias-correction count, so the checkpoints are interchangeable.
+  const TrainerState cpu_state = TrainerState::load(test_dir() + "/cpu/checkpoint-200/trainer_state.json");
+  const TrainerState gpu_state = TrainerState::load(test_dir() + "/gpu/checkpoint-200/trainer_state.json");
+  CHECK(cpu_state.optimizer_steps == gpu_state.optimizer_steps);
+  CHECK(cpu_state.micro_step == gpu_state.micro_step);
+
+  // The GPU's checkpoint is the CPU model's format.
+  BertForPreTraining<float> loaded(BertConfig::load_hf_json(test_dir() + "/gpu/checkpoint-200/config.json"));
+  loaded.load_safetensors(test_dir() + "/gpu/checkpoint-200/model.safetensors");
+
+  // Resume across devices at step 100; both land near the uninterrupted runs' final loss.
+  const std::string cpu_from_gpu = write_config("cpu_from_gpu", "cpu_from_gpu", settings + "device = \"cpu\"\n", kGpuModel);
+  const std::string gpu_from_cpu = write_config("gpu_from_cpu", "gpu_from_cpu", settings + "device = \"cuda\"\n", kGpuModel);
+  REQUIRE(train({"--config", cpu_from_gpu, "--resume", test_dir() + "/gpu/checkpoint-100"}).code == 0);
+  REQUIRE(train({"--config", gpu_from_cpu, "--resume", test_dir() + "/cpu/checkpoint-100"}).code == 0);
+  const auto cpu_from_gpu_loss = values(read_metrics(test_dir() + "/cpu_from_gpu/metrics.jsonl"), "loss");
+  const auto gpu_from_cpu_loss = values(read_metrics(test_dir() + "/gpu_from_cpu/metrics.jsonl"), "loss");
+  REQUIRE(cpu_from_gpu_loss.size() == 10);
+  REQUIRE(gpu_from_cpu_loss.size() == 10);
+  CHECK(relative(mean_of_last_two(cpu_from_gpu_loss), mean_of_last_two(cpu_loss)) < 0.03);
+  CHECK(relative(mean_of_last_two(gpu_from_cpu_loss), mean_of_last_two(gpu_loss)) < 0.03);
+}
