@@ -2,11 +2,15 @@
 // device, so this is a CPU test: it runs wherever the CUDA model is built (the toolkit is present),
 // GPU or not. The plan's arena sizes are checked against the formulas of bert_cuda.h's purpose block.
 #include <catch2/catch.hpp>
+
+#include <algorithm>
+#include <filesystem>
 #include <stdexcept>
 #include <string>
 
 #include "common/error.h"
 #include "engine/bert_cuda.h"
+#include "engine/config.h"
 
 namespace {
 
@@ -142,4 +146,25 @@ TEST_CASE("configs the CUDA kernels cannot run are one-line errors naming the fi
     config.num_attention_heads = heads;
     CHECK_NOTHROW(BertForPreTrainingCuda::check_supported(config));
   }
+}
+
+TEST_CASE("the repository's CUDA presets run on the kernels and fit an 80 GB GPU", "[cuda_plan]") {
+  const std::filesystem::path presets = std::filesystem::path(BERT_SOURCE_DIR) / "configs";
+  int checked = 0;
+  for (const auto& entry : std::filesystem::directory_iterator(presets)) {
+    if (entry.path().extension() != ".toml") continue;
+    const bert::RunConfig run = bert::load_run_config(entry.path().string());
+    if (run.training.device != "cuda") continue;
+    INFO(entry.path().string());
+    bert::BertConfig model = run.model;
+    if (model.vocab_size == 0) model.vocab_size = 32000;  // "the tokenizer's": a typical Korean vocabulary
+    CHECK_NOTHROW(bert::BertForPreTrainingCuda::check_supported(model));
+    CHECK_NOTHROW(bert::BertForPreTrainingCuda::check_supported_seq_len(model.max_position_embeddings));
+    const bert::CudaMemoryPlan plan = bert::BertForPreTrainingCuda::memory_plan(
+        model, std::max(run.training.per_device_train_batch_size, run.training.per_device_eval_batch_size),
+        model.max_position_embeddings);
+    CHECK(plan.total_bytes() < (size_t{80} << 30) * 3 / 4);  // headroom for the CUDA context and fragmentation
+    ++checked;
+  }
+  CHECK(checked == 4);  // BERT-base and BERT-large, seq 128 and 512
 }
