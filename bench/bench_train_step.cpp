@@ -1,9 +1,10 @@
 // bench_train_step: CPU training throughput of BertForPreTraining<float> for one shape, plus the
-// sgemm FLOP/s of the same BLAS in the same process (the ceiling our FLOP/s is measured against).
+// sgemm FLOP/s of the same BLAS in the same process (the ceiling our FLOP/s is measured against);
+// with --device cuda (CUDA builds), the same for BertForPreTrainingCuda on GPU 0.
 //
 //   bench_train_step --hidden H --layers L --heads A --intermediate I --vocab V --seq S --batch B
 //                    --steps N --warmup W --threads T [--dropout 0.1] [--dense-mlm]
-//                    [--omp-wait-policy default|passive|active] [--json]
+//                    [--omp-wait-policy default|passive|active] [--device cpu|cuda] [--json]
 //
 // One optimizer step, timed as a whole: zero_grads, set_dropout(training), forward_backward, grad_norm,
 // clip to 1.0, adamw_step (lr 1e-4, eps 1e-8, weight decay 0.01 on the decay-flagged tensors) — what
@@ -18,6 +19,18 @@
 //
 // sgemm: cblas_sgemm row-major NN on [B*S, H] x [H, I] (the FFN up-projection's shape) and on
 // 2048 x 2048 x 2048, each the median of several runs after a warm-up, 2 m n k FLOPs.
+//
+// --device cuda (bench/bench_train_gpu.py drives it beside HF on the same GPU): one timed step is
+// zero_grads, set_dropout(training), upload_batch (the same synthetic batch), forward_backward,
+// optimizer_step (lr 1e-4, eps 1e-8, weight decay 0.01, clip 1.0 on the device), then read_grad_norm
+// -- the step's one host wait, as bert_train does it. Step time = host wall clock from zero_grads to
+// that wait's return (median of N after W warm-ups); CUDA events on the model's stream split it into
+// forward+backward and optimizer device time. The MLM head always runs on the masked rows
+// (--dense-mlm is refused). MFU = model FLOP/s over the dense bf16 tensor-core peak of the device
+// (H100 SXM / H200 989.4e12, H100 PCIe 756e12, A100 312e12; other devices: none). Memory: the
+// model's memory_plan and allocated() bytes, and cudaMemGetInfo before the model and after the run
+// (the arenas never shrink, so after the run is the peak). A machine without a CUDA device (or a
+// build without CUDA) is a one-line error and exit status 1.
 //
 // Threads: omp_set_num_threads(T), openblas_set_num_threads(T) (when the BLAS is OpenBLAS) and
 // ModelOptions::num_threads = T. --omp-wait-policy sets OMP_WAIT_POLICY and re-executes this program
@@ -36,12 +49,22 @@
 #include <iostream>
 #include <random>
 #include <string>
+#include <utility>
 #include <vector>
 
 #include "common/args.h"
 #include "common/error.h"
 #include "engine/bert.h"
 #include "kernels/cpu/ops_cpu.h"
+
+#if defined(BERT_BENCH_CUDA)
+#include <cuda_runtime.h>
+
+#include <cmath>
+
+#include "engine/bert_cuda.h"
+#include "kernels/device.h"
+#endif
 
 // OpenBLAS's own thread pool size (weak: another BLAS simply has no such call).
 extern "C" void openblas_set_num_threads(int) __attribute__((weak));
@@ -172,6 +195,171 @@ std::string json_escape(const std::string& s) {
   return out;
 }
 
+struct Shape {
+  bert::BertConfig config;
+  int64_t seq_len = 0, batch = 0;
+  int steps = 0, warmup = 0;
+  bool json = false;
+};
+
+#if defined(BERT_BENCH_CUDA)
+void cuda_check(cudaError_t err, const char* what) {
+  if (err != cudaSuccess) throw bert::Error(std::string("bench_train_step: ") + what + ": " + cudaGetErrorString(err));
+}
+
+// Dense bf16 tensor-core peak of a device, by name (NVIDIA datasheets; engine/trainer.cpp's table).
+std::pair<double, const char*> bf16_dense_peak(const std::string& name) {
+  if (name.find("H100") != std::string::npos) {
+    if (name.find("PCIe") != std::string::npos) return {756e12, "H100 PCIe dense bf16 (756 TFLOP/s)"};
+    return {989.4e12, "H100 SXM / H200 dense bf16 (989.4 TFLOP/s)"};
+  }
+  if (name.find("H200") != std::string::npos) return {989.4e12, "H100 SXM / H200 dense bf16 (989.4 TFLOP/s)"};
+  if (name.find("A100") != std::string::npos) return {312e12, "A100 dense bf16 (312 TFLOP/s)"};
+  return {0, ""};
+}
+
+int bench_cuda(const Shape& shape) {
+  const bert::DeviceInfo device = bert::cuda_device_info();
+  if (!device.available) throw bert::Error("bench_train_step: --device cuda: " + device.reason);
+  const bert::BertConfig& config = shape.config;
+  const int64_t batch = shape.batch, seq_len = shape.seq_len;
+  bert::BertForPreTrainingCuda::check_supported(config);
+  bert::BertForPreTrainingCuda::check_supported_seq_len(seq_len);
+
+  bert::ModelOptions options;
+  options.init_seed = 42;
+  const bert::CudaMemoryPlan plan = bert::BertForPreTrainingCuda::memory_plan(config, batch, seq_len, options);
+  size_t free_before = 0, total_bytes = 0;
+  cuda_check(cudaMemGetInfo(&free_before, &total_bytes), "cudaMemGetInfo");
+  if (plan.total_bytes() > free_before)
+    throw bert::Error("bench_train_step: --device cuda: batch " + std::to_string(batch) + " x " +
+                      std::to_string(seq_len) + " needs " + std::to_string(plan.total_bytes() >> 20) + " MiB, " +
+                      device.name + " has " + std::to_string(free_before >> 20) + " MiB free");
+
+  const auto build_start = Clock::now();
+  bert::BertForPreTrainingCuda model(config, options);
+  model.reserve(batch, seq_len);
+  cuda_check(cudaDeviceSynchronize(), "cudaDeviceSynchronize");
+  const double build_s = seconds_since(build_start);
+
+  const Batch data = make_batch(batch, seq_len, config.vocab_size, 1234);
+  bert::BatchView view;
+  view.batch = batch;
+  view.seq_len = seq_len;
+  view.input_ids = data.input_ids.data();
+  view.token_type_ids = data.token_type_ids.data();
+  view.attention_mask = data.attention_mask.data();
+  view.labels = data.labels.data();
+  view.nsp_labels = data.nsp_labels.data();
+
+  const cudaStream_t stream = model.context().stream();
+  cudaEvent_t events[3];
+  for (cudaEvent_t& event : events) cuda_check(cudaEventCreate(&event), "cudaEventCreate");
+
+  std::vector<double> step_s, device_step_s, fb_s, opt_s, losses;
+  double last_norm = 0;
+  int non_finite_norms = 0;
+  for (int i = 0; i < shape.warmup + shape.steps; ++i) {
+    const auto t0 = Clock::now();
+    cuda_check(cudaEventRecord(events[0], stream), "cudaEventRecord");
+    model.zero_grads();
+    model.set_dropout(99, static_cast<uint64_t>(i), true);
+    model.upload_batch(view);
+    model.forward_backward(1.0f, true);
+    cuda_check(cudaEventRecord(events[1], stream), "cudaEventRecord");
+    bert::ops::AdamWHyperparams hyper;
+    hyper.learning_rate = 1e-4;
+    hyper.epsilon = 1e-8;
+    hyper.weight_decay = 0.01;
+    hyper.step = i + 1;
+    model.optimizer_step(hyper, 1.0f);
+    cuda_check(cudaEventRecord(events[2], stream), "cudaEventRecord");
+    const double norm = model.read_grad_norm();  // the step's one host wait
+    const double wall = seconds_since(t0);
+    float fb_ms = 0, opt_ms = 0;
+    cuda_check(cudaEventSynchronize(events[2]), "cudaEventSynchronize");
+    cuda_check(cudaEventElapsedTime(&fb_ms, events[0], events[1]), "cudaEventElapsedTime");
+    cuda_check(cudaEventElapsedTime(&opt_ms, events[1], events[2]), "cudaEventElapsedTime");
+    const std::vector<bert::LossStats> stats = model.take_loss_stats();
+    if (!stats.empty()) losses.push_back(stats.back().loss);
+    last_norm = norm;
+    if (!std::isfinite(norm)) ++non_finite_norms;
+    if (i >= shape.warmup) {
+      step_s.push_back(wall);
+      device_step_s.push_back(1e-3 * (static_cast<double>(fb_ms) + static_cast<double>(opt_ms)));
+      fb_s.push_back(1e-3 * static_cast<double>(fb_ms));
+      opt_s.push_back(1e-3 * static_cast<double>(opt_ms));
+    }
+  }
+  for (cudaEvent_t event : events) cudaEventDestroy(event);
+  cuda_check(cudaDeviceSynchronize(), "cudaDeviceSynchronize");
+  size_t free_after = 0;
+  cuda_check(cudaMemGetInfo(&free_after, &total_bytes), "cudaMemGetInfo");
+  const size_t allocated = model.allocated().total_bytes();
+  const size_t device_delta = free_before > free_after ? free_before - free_after : 0;
+
+  const double step = median(step_s);
+  const double tokens = static_cast<double>(batch * seq_len);
+  const int64_t mlm_rows = data.num_masked;
+  const double flops = bert::bert_training_flops(config, batch, seq_len, mlm_rows);
+  const double dense_flops = bert::bert_training_flops(config, batch, seq_len, batch * seq_len);
+  const double flops_per_s = flops / step;
+  const auto [peak, peak_name] = bf16_dense_peak(device.name);
+  const double mfu = peak > 0 ? flops_per_s / peak : 0;
+  if (losses.empty()) losses.push_back(0);
+
+  if (shape.json) {
+    std::printf("{\"device\": \"cuda\", \"device_name\": \"%s\", \"sm\": \"%d%d\", \"multiprocessors\": %d, ",
+                json_escape(device.name).c_str(), device.sm_major, device.sm_minor, device.multiprocessors);
+    std::printf("\"hidden\": %d, \"layers\": %d, \"heads\": %d, \"intermediate\": %d, \"vocab\": %d, ",
+                config.hidden_size, config.num_hidden_layers, config.num_attention_heads, config.intermediate_size,
+                config.vocab_size);
+    std::printf("\"seq\": %lld, \"batch\": %lld, \"dropout\": %g, \"dense_mlm\": false, \"precision\": "
+                "\"bf16 activations and working weights, fp32 master weights, grads and AdamW moments\", ",
+                static_cast<long long>(seq_len), static_cast<long long>(batch), config.hidden_dropout_prob);
+    std::printf("\"parameters\": %lld, \"build_s\": %.4f, \"warmup\": %d, \"steps\": %d, \"step_ms\": [",
+                static_cast<long long>(model.num_parameters()), build_s, shape.warmup, shape.steps);
+    for (size_t i = 0; i < step_s.size(); ++i) std::printf("%s%.3f", i ? ", " : "", 1e3 * step_s[i]);
+    std::printf("], \"median_step_ms\": %.3f, \"median_device_step_ms\": %.3f, "
+                "\"median_forward_backward_ms\": %.3f, \"median_optimizer_ms\": %.3f, ",
+                1e3 * step, 1e3 * median(device_step_s), 1e3 * median(fb_s), 1e3 * median(opt_s));
+    std::printf("\"tokens_per_s\": %.2f, \"sequences_per_s\": %.3f, \"mlm_rows\": %lld, \"num_masked\": %lld, ",
+                tokens / step, static_cast<double>(batch) / step, static_cast<long long>(mlm_rows),
+                static_cast<long long>(data.num_masked));
+    std::printf("\"flops_per_step\": %.6e, \"dense_equivalent_flops_per_step\": %.6e, \"flops_per_s\": %.6e, ",
+                flops, dense_flops, flops_per_s);
+    if (peak > 0) {
+      std::printf("\"peak_flops_per_s\": %.6e, \"peak_name\": \"%s\", \"mfu\": %.5f, ", peak, peak_name, mfu);
+    } else {
+      std::printf("\"peak_flops_per_s\": null, \"peak_name\": \"unknown device: no MFU\", \"mfu\": null, ");
+    }
+    std::printf("\"memory_plan_bytes\": %zu, \"allocated_bytes\": %zu, \"device_memory_delta_bytes\": %zu, "
+                "\"device_used_bytes\": %zu, \"device_total_bytes\": %zu, ",
+                plan.total_bytes(), allocated, device_delta, total_bytes - free_after, total_bytes);
+    std::printf("\"first_loss\": %.6f, \"last_loss\": %.6f, \"last_grad_norm\": %.6g, \"non_finite_grad_norms\": %d}\n",
+                losses.front(), losses.back(), last_norm, non_finite_norms);
+  } else {
+    std::printf("shape      hidden %d, layers %d, heads %d, intermediate %d, vocab %d, seq %lld, batch %lld\n",
+                config.hidden_size, config.num_hidden_layers, config.num_attention_heads, config.intermediate_size,
+                config.vocab_size, static_cast<long long>(seq_len), static_cast<long long>(batch));
+    std::printf("setup      %lld parameters on %s (sm_%d%d), dropout %g, MLM head on masked tokens (%lld rows)\n",
+                static_cast<long long>(model.num_parameters()), device.name.c_str(), device.sm_major, device.sm_minor,
+                config.hidden_dropout_prob, static_cast<long long>(mlm_rows));
+    std::printf("loss       %.4f -> %.4f over %d steps (last grad norm %.4g)\n", losses.front(), losses.back(),
+                shape.warmup + shape.steps, last_norm);
+    std::printf("step       %.3f ms median of %d (device: forward+backward %.3f ms, grad norm + AdamW %.3f ms)\n",
+                1e3 * step, shape.steps, 1e3 * median(fb_s), 1e3 * median(opt_s));
+    std::printf("throughput %.0f tokens/s, %.1f sequences/s, %.1f TFLOP/s (%.3f TFLOP per step)", tokens / step,
+                static_cast<double>(batch) / step, flops_per_s / 1e12, flops / 1e12);
+    if (peak > 0) std::printf(", MFU %.1f%% of %s", 100 * mfu, peak_name);
+    std::printf("\nmemory     plan %.2f GiB, allocated %.2f GiB, device used %.2f of %.2f GiB\n",
+                static_cast<double>(plan.total_bytes()) / (1 << 30), static_cast<double>(allocated) / (1 << 30),
+                static_cast<double>(total_bytes - free_after) / (1 << 30), static_cast<double>(total_bytes) / (1 << 30));
+  }
+  return 0;
+}
+#endif
+
 int bench_main(int argc, char** argv) {
   bert::Args args("bench_train_step", "bench_train_step --hidden H --layers L ... [--json]");
   args.option("--hidden", "hidden size", "256")
@@ -187,6 +375,7 @@ int bench_main(int argc, char** argv) {
       .option("--dropout", "hidden and attention dropout", "0.1")
       .option("--omp-wait-policy", "default | passive | active (sets OMP_WAIT_POLICY, re-executes)", "default")
       .option("--sgemm-seconds", "minimum seconds per sgemm measurement", "1.0")
+      .option("--device", "cpu | cuda (cuda: CUDA builds, GPU 0; see the header)", "cpu")
       .flag("--dense-mlm", "run the MLM head on every token (HF's way) instead of the masked ones only")
       .flag("--no-sgemm", "skip the sgemm measurements")
       .flag("--json", "print one JSON object instead of text");
@@ -225,6 +414,24 @@ int bench_main(int argc, char** argv) {
   if (threads == 0) threads = std::max(1, omp_get_num_procs());
   const bool dense_mlm = args.has("--dense-mlm");
   const bool json = args.has("--json");
+
+  const std::string device = args.str("--device");
+  if (device != "cpu" && device != "cuda") throw bert::Error("bench_train_step: --device must be cpu or cuda");
+  if (device == "cuda") {
+    if (dense_mlm) throw bert::Error("bench_train_step: --dense-mlm: the CUDA model runs the MLM head on masked rows only");
+#if defined(BERT_BENCH_CUDA)
+    Shape shape;
+    shape.config = config;
+    shape.seq_len = seq_len;
+    shape.batch = batch;
+    shape.steps = steps;
+    shape.warmup = warmup;
+    shape.json = json;
+    return bench_cuda(shape);
+#else
+    throw bert::Error("bench_train_step: --device cuda: this build has no CUDA backend (no nvcc at build time)");
+#endif
+  }
 
   omp_set_num_threads(threads);
   if (openblas_set_num_threads) openblas_set_num_threads(threads);

@@ -6,14 +6,15 @@
 #
 #   .gpu-deps/debs/*.deb          catch2, OpenBLAS (pthread) + libgfortran5/libquadmath0, libgomp1,
 #                                 zlib1g(-dev): unpacked there with dpkg-deb -x into /tmp, never into /
-#   .gpu-deps/prebuilt/bin.tar.xz (with --prebuilt BUILD_DIR) the GPU test executables and
-#                                 bench_kernels built here; gpu_check.sh runs them if every library
-#                                 they need resolves there, else it builds from source on the device
+#   .gpu-deps/prebuilt/bin.tar.xz (with --prebuilt BUILD_DIR) the GPU test executables,
+#                                 bench_kernels and bench_train_step built here; gpu_check.sh runs
+#                                 them if every library they need resolves there, else it builds
+#                                 from source on the device
 #
 # usage: scripts/fetch_gpu_deps.sh [--prebuilt BUILD_DIR]
 #   BUILD_DIR: a CUDA build of this tree, e.g. after
 #     cmake -S . -B build-gpu -G Ninja -DCMAKE_BUILD_TYPE=Release
-#     ninja -C build-gpu test_device bench_kernels $(ninja -C build-gpu -t targets all | grep -oE '^test_cuda_[a-z_]+' | sort -u)
+#     ninja -C build-gpu test_device bench_kernels bench_train_step $(ninja -C build-gpu -t targets all | grep -oE '^test_cuda_[a-z_]+' | sort -u)
 # Everything lands in .gpu-deps/ (about 10 MB of .debs plus the packed binaries); the device call's
 # carry list names it: carry=[".gpu-deps"] (64 MiB limit for the whole tree that travels).
 set -euo pipefail
@@ -64,7 +65,8 @@ if [[ -n "$prebuilt" ]]; then
   trap 'rm -rf "$staging"' EXIT
   mkdir -p "$staging/bin"
   found=0
-  for exe in "$prebuilt"/tests/test_device "$prebuilt"/tests/test_cuda_* "$prebuilt"/bench/bench_kernels; do
+  for exe in "$prebuilt"/tests/test_device "$prebuilt"/tests/test_cuda_* "$prebuilt"/bench/bench_kernels \
+             "$prebuilt"/bench/bench_train_step; do
     [[ -f "$exe" && -x "$exe" ]] || continue
     cp "$exe" "$staging/bin/"
     strip --strip-debug "$staging/bin/$(basename "$exe")"

@@ -1,16 +1,23 @@
 #!/usr/bin/env bash
 # The one script run on the lent GPU machine (the device tool's `run`, over a copy of this tree):
 # GPU tests (every tests/gpu/test_cuda_* and test_device), then bench_kernels, then the PyTorch SDPA
-# attention reference beside it. Everything it writes goes to $OUT (7 files; the tool brings back 8
-# at most): setup.log, tests.log, bench_kernels.log, bench_kernels.json, bench_attention_torch.log,
-# bench_attention_torch.json, summary.txt. The summary is printed last, so the reply's output tail
-# holds it.
+# attention reference beside it, then the training throughput of ours vs HF (bench/bench_train_gpu.py
+# driving bench_train_step --device cuda). Everything it writes goes to $OUT (8 files; the tool brings
+# back 8 at most): setup.log, tests.log, bench_kernels.log, bench_kernels.json, bench_attention_torch.log,
+# bench_attention_torch.json, bench_train_gpu.json, summary.txt (the training bench's progress log is
+# appended to setup.log, for want of a ninth file). The summary is printed last, so the reply's output
+# tail holds it.
+#
+# Stages: GPU_CHECK_STAGES (default "tests kernels attention train") picks which run, e.g.
+#   run(command="GPU_CHECK_STAGES=train bash scripts/gpu_check.sh", carry=[".gpu-deps"], timeout_s=590)
+# spends the whole call on the training bench (its full matrix: 4 shapes x ours + 3 HF variants, ~6-9
+# minutes with torch.compile); in the default run it gets what the other stages leave (below).
 #
 # Prepare HERE first (no device time):
 #   scripts/fetch_gpu_deps.sh                       # .debs of Catch2, OpenBLAS, zlib -> .gpu-deps/
 #   # optional, saves the device ~3 minutes of compiling: a build made here, packed alongside
 #   cmake -S . -B build-gpu -G Ninja -DCMAKE_BUILD_TYPE=Release
-#   ninja -C build-gpu test_device bench_kernels $(ninja -C build-gpu -t targets all | grep -oE '^test_cuda_[a-z_]+' | sort -u)
+#   ninja -C build-gpu test_device bench_kernels bench_train_step $(ninja -C build-gpu -t targets all | grep -oE '^test_cuda_[a-z_]+' | sort -u)
 #   scripts/fetch_gpu_deps.sh --prebuilt build-gpu
 # Then the exact device call:
 #   run(command="bash scripts/gpu_check.sh", carry=[".gpu-deps"], timeout_s=590)
@@ -22,7 +29,11 @@
 # the carried packages' headers and libraries where the image lacks its own, then ctest -L gpu.
 # Time limits per stage keep the whole script inside the call's limit (GPU_CHECK_* variables below):
 # worst case build 240 + tests 120 + bench 120 + torch 70 + setup ~10 = 560 s < timeout_s 590;
-# with the prebuilt binaries a run takes ~3-4 minutes.
+# with the prebuilt binaries those stages take ~3-4 minutes. The training stage runs last and gets
+# min(GPU_CHECK_TRAIN_TIMEOUT, GPU_CHECK_TOTAL - seconds used so far - 10) (default total 575 s, so the
+# script ends before timeout_s 590 whatever the earlier stages took); bench_train_gpu.py spends that
+# budget in priority order (ours on every shape, then HF sdpa, sdpa + torch.compile, eager) and records
+# what it had no time for as skipped. Fewer than 60 s left: the stage is skipped.
 set -uo pipefail
 cd "$(dirname "$0")/.." || exit 1
 ROOT=$PWD
@@ -36,9 +47,14 @@ TEST_TIMEOUT=${GPU_CHECK_TEST_TIMEOUT:-120}
 BENCH_TIMEOUT=${GPU_CHECK_BENCH_TIMEOUT:-120}
 TORCH_TIMEOUT=${GPU_CHECK_TORCH_TIMEOUT:-70}
 BENCH_REPEATS=${GPU_CHECK_BENCH_REPEATS:-30}
+TRAIN_TIMEOUT=${GPU_CHECK_TRAIN_TIMEOUT:-560}
+TOTAL_BUDGET=${GPU_CHECK_TOTAL:-575}
+STAGES=" ${GPU_CHECK_STAGES:-tests kernels attention train} "
+stage() { [[ $STAGES == *" $1 "* ]]; }
 SETUP_LOG=$OUT/setup.log
 SUMMARY=$OUT/summary.txt
 : >"$SUMMARY"
+rm -f /tmp/bertforge-bench-train-gpu.log  # a warm machine keeps /tmp: no table from an earlier call
 note() { echo "$*" | tee -a "$SUMMARY"; }
 stamp() { date -u +%H:%M:%S; }
 
@@ -92,7 +108,8 @@ if [[ -f "$ROOT/.gpu-deps/prebuilt/bin.tar.xz" ]]; then
   rm -rf "$BIN_DIR" && mkdir -p "$BIN_DIR"
   tar -C "$BIN_DIR" -xJf "$ROOT/.gpu-deps/prebuilt/bin.tar.xz" --strip-components=1
   mode=prebuilt
-  for exe in "$BIN_DIR"/test_* "$BIN_DIR"/bench_kernels; do
+  for exe in "$BIN_DIR"/test_* "$BIN_DIR"/bench_kernels "$BIN_DIR"/bench_train_step; do
+    [[ -e "$exe" ]] || continue
     if ldd "$exe" 2>&1 | grep -E 'not found' >>"$SETUP_LOG"; then
       echo "prebuilt $(basename "$exe") lacks a library here (above): building from source" >>"$SETUP_LOG"
       mode=build
@@ -114,65 +131,99 @@ if [[ $mode == build ]]; then
       -DCMAKE_PREFIX_PATH="$2/usr" -DCMAKE_LIBRARY_PATH="$3;$3/openblas-pthread" \
       -DCMAKE_INCLUDE_PATH="$2/usr/include;$2/usr/include/x86_64-linux-gnu/openblas-pthread" \
       -DZLIB_ROOT="$2/usr" -DBLA_VENDOR=OpenBLAS
-    targets=$(ninja -C "$1" -t targets all | grep -oE "^(test_device|test_cuda_[a-z_]+|bench_kernels):" | tr -d : | sort -u)
+    targets=$(ninja -C "$1" -t targets all | grep -oE "^(test_device|test_cuda_[a-z_]+|bench_kernels|bench_train_step):" | tr -d : | sort -u)
     echo "targets: $targets"
     ninja -C "$1" -j "$(nproc)" $targets
   ' "$ROOT" "$BUILD_DIR" "$DEPS_ROOT" "$DEPS_LIB" >>"$SETUP_LOG" 2>&1 || build_ok=0
   rm -rf "$BIN_DIR" && mkdir -p "$BIN_DIR"
-  cp "$BUILD_DIR"/tests/test_device "$BUILD_DIR"/tests/test_cuda_* "$BUILD_DIR"/bench/bench_kernels "$BIN_DIR"/ 2>/dev/null
+  cp "$BUILD_DIR"/tests/test_device "$BUILD_DIR"/tests/test_cuda_* "$BUILD_DIR"/bench/bench_kernels \
+     "$BUILD_DIR"/bench/bench_train_step "$BIN_DIR"/ 2>/dev/null
 fi
-note "mode: $mode$([[ $build_ok == 1 ]] || echo ' (BUILD FAILED: see setup.log; running what was built)')"
+note "mode: $mode$([[ $build_ok == 1 ]] || echo ' (BUILD FAILED: see setup.log; running what was built)'); stages:$STAGES"
 
 # ---- tests ------------------------------------------------------------------------------------------------
-echo "== $(stamp) tests" | tee "$OUT/tests.log"
 passed=0 failed=0 skipped=0 failed_names=""
-deadline=$((SECONDS + TEST_TIMEOUT))
-for exe in "$BIN_DIR"/test_device "$BIN_DIR"/test_cuda_*; do
-  [[ -x "$exe" ]] || continue
-  name=$(basename "$exe")
-  left=$((deadline - SECONDS))
-  if ((left < 5)); then
-    echo "-- $name: not run (test time budget spent)" >>"$OUT/tests.log"
-    failed=$((failed + 1)) failed_names="$failed_names $name(not-run)"
-    continue
+if stage tests; then
+  echo "== $(stamp) tests" | tee "$OUT/tests.log"
+  deadline=$((SECONDS + TEST_TIMEOUT))
+  for exe in "$BIN_DIR"/test_device "$BIN_DIR"/test_cuda_*; do
+    [[ -x "$exe" ]] || continue
+    name=$(basename "$exe")
+    left=$((deadline - SECONDS))
+    if ((left < 5)); then
+      echo "-- $name: not run (test time budget spent)" >>"$OUT/tests.log"
+      failed=$((failed + 1)) failed_names="$failed_names $name(not-run)"
+      continue
+    fi
+    echo "-- $name" >>"$OUT/tests.log"
+    timeout "$left" "$exe" >>"$OUT/tests.log" 2>&1
+    rc=$?
+    case $rc in
+      0) passed=$((passed + 1)) ;;
+      4) skipped=$((skipped + 1)) ;;
+      *) failed=$((failed + 1)) failed_names="$failed_names $name(rc=$rc)" ;;
+    esac
+    echo "-- $name: exit $rc" >>"$OUT/tests.log"
+  done
+  if [[ $mode == build && -d "$BUILD_DIR" ]]; then  # ctest's own view of the same executables
+    timeout 30 ctest --test-dir "$BUILD_DIR" -L gpu -N >>"$OUT/tests.log" 2>&1 || true
   fi
-  echo "-- $name" >>"$OUT/tests.log"
-  timeout "$left" "$exe" >>"$OUT/tests.log" 2>&1
-  rc=$?
-  case $rc in
-    0) passed=$((passed + 1)) ;;
-    4) skipped=$((skipped + 1)) ;;
-    *) failed=$((failed + 1)) failed_names="$failed_names $name(rc=$rc)" ;;
-  esac
-  echo "-- $name: exit $rc" >>"$OUT/tests.log"
-done
-if [[ $mode == build && -d "$BUILD_DIR" ]]; then  # ctest's own view of the same executables
-  timeout 30 ctest --test-dir "$BUILD_DIR" -L gpu -N >>"$OUT/tests.log" 2>&1 || true
+  note "tests: $passed passed, $failed failed, $skipped skipped${failed_names:+ -- failed:$failed_names}"
 fi
-note "tests: $passed passed, $failed failed, $skipped skipped${failed_names:+ -- failed:$failed_names}"
 
 # ---- bench_kernels ----------------------------------------------------------------------------------------
-echo "== $(stamp) bench_kernels" >>"$SETUP_LOG"
-bench_rc=127
-if [[ -x "$BIN_DIR/bench_kernels" ]]; then
-  timeout "$BENCH_TIMEOUT" "$BIN_DIR/bench_kernels" --repeats "$BENCH_REPEATS" --json "$OUT/bench_kernels.json" \
-    >"$OUT/bench_kernels.log" 2>&1
-  bench_rc=$?
+bench_rc=0
+if stage kernels; then
+  echo "== $(stamp) bench_kernels" >>"$SETUP_LOG"
+  bench_rc=127
+  if [[ -x "$BIN_DIR/bench_kernels" ]]; then
+    timeout "$BENCH_TIMEOUT" "$BIN_DIR/bench_kernels" --repeats "$BENCH_REPEATS" --json "$OUT/bench_kernels.json" \
+      >"$OUT/bench_kernels.log" 2>&1
+    bench_rc=$?
+  fi
+  bench_ok=$(grep -c ' finite$' "$OUT/bench_kernels.log" 2>/dev/null)
+  bench_bad=$(grep -cE 'ERROR|non-finite' "$OUT/bench_kernels.log" 2>/dev/null)
+  note "bench_kernels: exit $bench_rc (${bench_ok:-0} cases ok, ${bench_bad:-0} failed)"
+  [[ $bench_rc == 0 ]] || grep -m 3 'bench_kernels:' "$OUT/bench_kernels.log" 2>/dev/null | tee -a "$SUMMARY"
+  grep -E '^(device|ceilings):' "$OUT/bench_kernels.log" 2>/dev/null | tee -a "$SUMMARY"
 fi
-bench_ok=$(grep -c ' finite$' "$OUT/bench_kernels.log" 2>/dev/null)
-bench_bad=$(grep -cE 'ERROR|non-finite' "$OUT/bench_kernels.log" 2>/dev/null)
-note "bench_kernels: exit $bench_rc (${bench_ok:-0} cases ok, ${bench_bad:-0} failed)"
-[[ $bench_rc == 0 ]] || grep -m 3 'bench_kernels:' "$OUT/bench_kernels.log" 2>/dev/null | tee -a "$SUMMARY"
-grep -E '^(device|ceilings):' "$OUT/bench_kernels.log" 2>/dev/null | tee -a "$SUMMARY"
 
 # ---- PyTorch SDPA reference, side by side -----------------------------------------------------------------
-ours_arg=()
-[[ -f "$OUT/bench_kernels.json" ]] && ours_arg=(--ours "$OUT/bench_kernels.json")
-PYTHONUNBUFFERED=1 timeout "$TORCH_TIMEOUT" python3 bench/bench_attention_torch.py \
-  --json "$OUT/bench_attention_torch.json" "${ours_arg[@]}" >"$OUT/bench_attention_torch.log" 2>&1
-torch_rc=$?
-note "bench_attention_torch: exit $torch_rc"
-[[ $torch_rc == 0 ]] || tail -n 2 "$OUT/bench_attention_torch.log" 2>/dev/null | tee -a "$SUMMARY"
+torch_rc=0
+if stage attention; then
+  ours_arg=()
+  [[ -f "$OUT/bench_kernels.json" ]] && ours_arg=(--ours "$OUT/bench_kernels.json")
+  PYTHONUNBUFFERED=1 timeout "$TORCH_TIMEOUT" python3 bench/bench_attention_torch.py \
+    --json "$OUT/bench_attention_torch.json" "${ours_arg[@]}" >"$OUT/bench_attention_torch.log" 2>&1
+  torch_rc=$?
+  note "bench_attention_torch: exit $torch_rc"
+  [[ $torch_rc == 0 ]] || tail -n 2 "$OUT/bench_attention_torch.log" 2>/dev/null | tee -a "$SUMMARY"
+fi
+
+# ---- training throughput: ours (bench_train_step --device cuda) vs HF BertForPreTraining -------------------
+train_rc=0
+if stage train; then
+  train_budget=$((TOTAL_BUDGET - SECONDS - 10))
+  ((train_budget > TRAIN_TIMEOUT)) && train_budget=$TRAIN_TIMEOUT
+  if [[ ! -x "$BIN_DIR/bench_train_step" ]]; then
+    train_rc=127
+    note "bench_train_gpu: not run (no bench_train_step in $BIN_DIR)"
+  elif ((train_budget < 60)); then
+    train_rc=124
+    note "bench_train_gpu: not run (${train_budget} s left of GPU_CHECK_TOTAL=$TOTAL_BUDGET)"
+  else
+    echo "== $(stamp) bench_train_gpu (budget ${train_budget} s)" >>"$SETUP_LOG"
+    # The outer timeout is a backstop: the script keeps to --budget-s itself (each variant's timeout is
+    # what is left), and needs a few seconds after it for the table and the JSON.
+    PYTHONUNBUFFERED=1 timeout $((train_budget + 8)) python3 bench/bench_train_gpu.py --bench "$BIN_DIR/bench_train_step" \
+      --budget-s "$train_budget" --json "$OUT/bench_train_gpu.json" >/tmp/bertforge-bench-train-gpu.log 2>&1
+    train_rc=$?
+    { echo "== bench_train_gpu.py output"; cat /tmp/bertforge-bench-train-gpu.log; } >>"$SETUP_LOG"
+    note "bench_train_gpu: exit $train_rc (budget ${train_budget} s)"
+    # the projection and one line per failed or skipped variant ("[shape] variant: why")
+    grep -E '^(projection|\[[^]]*\] [a-z_]+: )' /tmp/bertforge-bench-train-gpu.log | head -n 20 | tee -a "$SUMMARY"
+  fi
+fi
 
 # ---- what the reply's tail shows -------------------------------------------------------------------------
 echo
@@ -182,6 +233,9 @@ echo
 echo "==== attention side by side ===="
 sed -n '/^side by side/,$p' "$OUT/bench_attention_torch.log" 2>/dev/null
 echo
+echo "==== training throughput: ours vs HF (tokens/s) ===="
+sed -n '/^device: .*MFU against/,/^total /p' /tmp/bertforge-bench-train-gpu.log 2>/dev/null | grep -v '^\[' | cut -c1-200
+echo
 echo "==== summary ===="
 cat "$SUMMARY"
-[[ $build_ok == 1 && $failed == 0 && $bench_rc == 0 && $torch_rc == 0 ]]
+[[ $build_ok == 1 && $failed == 0 && $bench_rc == 0 && $torch_rc == 0 && $train_rc == 0 ]]
