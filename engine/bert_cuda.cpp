@@ -491,6 +491,68 @@ void BertForPreTrainingCuda::forward_backward(float loss_scale, bool compute_gra
   loss_slots_.push_back(LossSlot{static_cast<int64_t>(batch_.mlm_chunk_counted.size()), batch_.has_nsp_labels});
 }
 
+void BertForPreTrainingCuda::mlm_logits_at(const BatchView& batch, std::span<const int32_t> positions,
+                                           std::span<float> logits) {
+  const int64_t rows = static_cast<int64_t>(positions.size()), hidden = config_.hidden_size,
+                vocab = config_.vocab_size;
+  if (logits.size() != static_cast<size_t>(rows * vocab))
+    throw Error("BertForPreTrainingCuda::mlm_logits_at: logits must hold positions x vocab_size = " +
+                std::to_string(rows * vocab) + " values, got " + std::to_string(logits.size()));
+  if (rows == 0) return;
+  // The positions travel as the batch's labelled positions (strictly ascending, as upload_batch
+  // requires) with placeholder labels; rows come back in the caller's order.
+  std::vector<int32_t> order(positions.begin(), positions.end());
+  std::sort(order.begin(), order.end());
+  if (std::adjacent_find(order.begin(), order.end()) != order.end())
+    throw Error("BertForPreTrainingCuda::mlm_logits_at: positions must be distinct");
+  const std::vector<int32_t> placeholder_labels(order.size(), 0);
+  BatchView view = batch;
+  view.labels = nullptr;
+  view.nsp_labels = nullptr;
+  view.masked_positions = order.data();
+  view.masked_labels = placeholder_labels.data();
+  view.num_masked = rows;
+  upload_batch(view);
+
+  const bool was_training = dropout_training_;
+  dropout_training_ = false;
+  forward_encoder();
+  dropout_training_ = was_training;
+
+  cuda::Context& ctx = *context_;
+  const BertParamOffsets& p = table_.offsets;
+  bf16* mlm_input = activation(plan_.mlm_input);
+  bf16* pre_activation = activation(plan_.mlm_transform_pre_activation);
+  bf16* transform_activation = activation(plan_.mlm_transform_activation);
+  bf16* transform_output = activation(plan_.mlm_transform_output);
+  cuda::gather_rows(ctx, rows, hidden, input(plan_.mlm_positions), sequence_output(), mlm_input);
+  cuda::linear_forward(ctx, {rows, hidden, hidden}, mlm_input, working(p.mlm_transform_weight), nullptr,
+                       pre_activation);
+  cuda::bias_gelu_forward(ctx, gelu_kind_, {rows, hidden}, pre_activation, working(p.mlm_transform_bias),
+                          transform_activation);
+  cuda::layernorm_forward(ctx, {rows, hidden}, transform_activation, working(p.mlm_layernorm_weight),
+                          working(p.mlm_layernorm_bias), static_cast<float>(config_.layer_norm_eps), transform_output,
+                          statistic(plan_.mlm_layernorm_mean), statistic(plan_.mlm_layernorm_rstd));
+  bf16* chunk_logits = workspace(plan_.mlm_logits);
+  std::vector<bf16> host(static_cast<size_t>(std::min<int64_t>(rows, options_.decoder_chunk_rows) * vocab));
+  for (int64_t first = 0; first < rows; first += options_.decoder_chunk_rows) {
+    const int64_t chunk = std::min<int64_t>(options_.decoder_chunk_rows, rows - first);
+    cuda::linear_forward(ctx, {chunk, hidden, vocab}, transform_output + first * hidden, working(p.word_embeddings),
+                         working(p.mlm_decoder_bias), chunk_logits);
+    CUDA_CHECK(cudaMemcpyAsync(host.data(), chunk_logits, static_cast<size_t>(chunk * vocab) * sizeof(bf16),
+                               cudaMemcpyDeviceToHost, ctx.stream()));
+    ctx.synchronize();
+    for (int64_t r = 0; r < chunk; ++r) {
+      // Row first + r of the sorted positions goes back to where the caller listed that position.
+      const int32_t position = order[static_cast<size_t>(first + r)];
+      const auto caller_row = static_cast<int64_t>(
+          std::find(positions.begin(), positions.end(), position) - positions.begin());
+      for (int64_t v = 0; v < vocab; ++v)
+        logits[static_cast<size_t>(caller_row * vocab + v)] = __bfloat162float(host[static_cast<size_t>(r * vocab + v)]);
+    }
+  }
+}
+
 void BertForPreTrainingCuda::forward_encoder() {
   cuda::Context& ctx = *context_;
   const int64_t tokens = batch_.tokens(), hidden = config_.hidden_size, intermediate = config_.intermediate_size;

@@ -161,6 +161,11 @@ class BertForPreTrainingCuda {
   // The gradient norm of the last optimizer_step (synchronises); NaN before the first.
   float read_grad_norm();
 
+  // Fill-mask, as BertForPreTraining::mlm_logits_at: MLM logits at flat positions b*seq_len+t of
+  // `batch` (its labels ignored), always in eval mode, into host `logits` [positions.size(), vocab]
+  // (the bf16 decoder output widened to float). Synchronises. Does not touch the loss-stat slots.
+  void mlm_logits_at(const BatchView& batch, std::span<const int32_t> positions, std::span<float> logits);
+
   // ---- host copies (synchronous; setup, tests, checkpoints) ----
   std::vector<float> download_parameters() const;          // fp32 master arena
   std::vector<float> download_working_parameters() const;  // bf16 working arena, as float

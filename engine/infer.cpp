@@ -7,6 +7,7 @@
 #include <cstdio>
 #include <fstream>
 #include <istream>
+#include <memory>
 #include <numeric>
 #include <ostream>
 #include <set>
@@ -17,6 +18,11 @@
 #include "common/error.h"
 #include "common/file.h"
 #include "common/utf8.h"
+
+#if defined(BERT_INFER_CUDA)
+#include "engine/bert_cuda.h"
+#include "kernels/device.h"
+#endif
 
 namespace bert {
 
@@ -91,17 +97,26 @@ std::vector<int32_t> mask_positions_of(const Tokenizer& tokenizer, const std::ve
   return positions;
 }
 
-// MLM logits at `positions` of one sequence: [positions.size(), vocab].
-std::vector<float> logits_at(BertForPreTraining<float>& model, const std::vector<int32_t>& ids,
-                             const std::vector<int32_t>& positions) {
-  BatchView view;
-  view.batch = 1;
-  view.seq_len = static_cast<int64_t>(ids.size());
-  view.input_ids = ids.data();
-  std::vector<float> logits(positions.size() * static_cast<size_t>(model.config().vocab_size));
-  model.mlm_logits_at(view, positions, logits);
-  return logits;
-}
+// MLM logits at `positions` of one sequence, [positions.size(), vocab], from a model of either device
+// (both have config() and mlm_logits_at(BatchView, positions, logits)).
+template <class Model>
+class ModelLogits final : public MlmLogitsSource {
+ public:
+  explicit ModelLogits(Model& model) : model_(model) {}
+  const BertConfig& config() const override { return model_.config(); }
+  std::vector<float> logits_at(const std::vector<int32_t>& ids, const std::vector<int32_t>& positions) override {
+    BatchView view;
+    view.batch = 1;
+    view.seq_len = static_cast<int64_t>(ids.size());
+    view.input_ids = ids.data();
+    std::vector<float> logits(positions.size() * static_cast<size_t>(model_.config().vocab_size));
+    model_.mlm_logits_at(view, positions, logits);
+    return logits;
+  }
+
+ private:
+  Model& model_;
+};
 
 // Softmax denominator of one row, in double: probability(j) = exp(logit_j - max) / sum.
 std::pair<double, double> softmax_max_and_sum(std::span<const float> logits) {
@@ -213,12 +228,18 @@ std::vector<int32_t> encode_prompt(const Tokenizer& tokenizer, std::string_view 
 
 FillMaskResult fill_mask(BertForPreTraining<float>& model, const Tokenizer& tokenizer, std::string_view prompt,
                          int top_k, bool clean_up_tokenization_spaces) {
+  ModelLogits<BertForPreTraining<float>> source(model);
+  return fill_mask(source, tokenizer, prompt, top_k, clean_up_tokenization_spaces);
+}
+
+FillMaskResult fill_mask(MlmLogitsSource& model, const Tokenizer& tokenizer, std::string_view prompt, int top_k,
+                         bool clean_up_tokenization_spaces) {
   if (top_k < 1) throw Error("fill_mask: top_k must be >= 1, got " + std::to_string(top_k));
   FillMaskResult result;
   result.input_ids = encode_prompt(tokenizer, prompt, model.config().max_position_embeddings);
   const std::vector<int32_t> positions = mask_positions_of(tokenizer, result.input_ids);
   result.mask_positions.assign(positions.begin(), positions.end());
-  const std::vector<float> logits = logits_at(model, result.input_ids, positions);
+  const std::vector<float> logits = model.logits_at(result.input_ids, positions);
 
   const size_t vocab = static_cast<size_t>(model.config().vocab_size);
   const size_t k = std::min(static_cast<size_t>(top_k), vocab);
@@ -392,6 +413,11 @@ ProbeMetrics summarize_probe(std::vector<ProbeOutcome> outcomes) {
 
 ProbeMetrics probe(BertForPreTraining<float>& model, const Tokenizer& tokenizer,
                    const std::vector<ProbeQuery>& queries) {
+  ModelLogits<BertForPreTraining<float>> source(model);
+  return probe(source, tokenizer, queries);
+}
+
+ProbeMetrics probe(MlmLogitsSource& model, const Tokenizer& tokenizer, const std::vector<ProbeQuery>& queries) {
   std::vector<ProbeOutcome> outcomes;
   for (const ProbeQuery& query : queries) {
     ProbeOutcome outcome;
@@ -408,7 +434,7 @@ ProbeMetrics probe(BertForPreTraining<float>& model, const Tokenizer& tokenizer,
                   tokenizer.config().mask_token + " tokens; a probe needs exactly one");
     outcome.gold_id = single_token_id(tokenizer, query.gold, outcome.skip_reason);
     if (outcome.gold_id >= 0) {
-      const std::vector<float> logits = logits_at(model, ids, positions);
+      const std::vector<float> logits = model.logits_at(ids, positions);
       outcome.rank = rank_of(logits, outcome.gold_id);
       const auto [max_logit, sum] = softmax_max_and_sum(logits);
       outcome.gold_score =
@@ -533,6 +559,54 @@ constexpr const char* kHelpNotes =
 
 }  // namespace
 
+namespace {
+
+// --device cuda without a usable device or a CUDA build: one line, before anything is loaded.
+void check_cuda_device() {
+#if defined(BERT_INFER_CUDA)
+  const DeviceInfo info = cuda_device_info();
+  if (!info.available) throw Error("bert_infer: --device cuda: " + info.reason + "; use --device cpu");
+#else
+  throw Error("bert_infer: --device cuda: this bert_infer was built without CUDA (no nvcc at build time); "
+              "use --device cpu");
+#endif
+}
+
+#if defined(BERT_INFER_CUDA)
+// The checkpoint's weights on the GPU (bf16 working copy of the fp32 weights).
+class CudaLogits final : public MlmLogitsSource {
+ public:
+  explicit CudaLogits(std::unique_ptr<BertForPreTrainingCuda> model) : model_(std::move(model)), logits_(*model_) {}
+  const BertConfig& config() const override { return logits_.config(); }
+  std::vector<float> logits_at(const std::vector<int32_t>& ids, const std::vector<int32_t>& positions) override {
+    return logits_.logits_at(ids, positions);
+  }
+
+ private:
+  std::unique_ptr<BertForPreTrainingCuda> model_;
+  ModelLogits<BertForPreTrainingCuda> logits_;
+};
+#endif
+
+std::unique_ptr<MlmLogitsSource> logits_source(InferenceCheckpoint& checkpoint, const std::string& device) {
+  if (device != "cuda") return std::make_unique<ModelLogits<BertForPreTraining<float>>>(checkpoint.model);
+#if defined(BERT_INFER_CUDA)
+  try {
+    auto model = std::make_unique<BertForPreTrainingCuda>(checkpoint.config);
+    model->copy_parameters_from(checkpoint.model);
+    model->reserve(1, checkpoint.config.max_position_embeddings);
+    return std::make_unique<CudaLogits>(std::move(model));
+  } catch (const std::invalid_argument& e) {
+    throw Error("bert_infer: --device cuda: " + std::string(e.what()) + "; use --device cpu");
+  }
+#else
+  check_cuda_device();
+  return nullptr;
+#endif
+}
+
+}  // namespace
+
 int infer_main(const std::vector<std::string>& argv, std::istream& in, std::ostream& out, std::ostream& err) {
   Args args("bert_infer",
             "bert_infer --model DIR [--mask PROMPT...] [--input FILE] [--probe FILE.tsv] [--top-k K] [--json] "
@@ -553,11 +627,8 @@ int infer_main(const std::vector<std::string>& argv, std::istream& in, std::ostr
     throw Error("bert_infer: unexpected argument '" + args.positional().front() +
                 "' (prompts go after --mask, quoted; see --help)");
   const std::string device = args.str("--device");
-  if (device == "cuda")
-    throw Error(
-        "bert_infer: --device cuda: this build has no CUDA inference backend (the model runs on the CPU "
-        "ops only); use --device cpu");
-  if (device != "cpu") throw Error("bert_infer: --device must be cpu or cuda, got '" + device + "'");
+  if (device != "cpu" && device != "cuda") throw Error("bert_infer: --device must be cpu or cuda, got '" + device + "'");
+  if (device == "cuda") check_cuda_device();  // before any file is read
   const int top_k = static_cast<int>(args.integer("--top-k", 1, 1 << 20));
   const int threads = static_cast<int>(args.integer("--threads", 0, 4096));
   const bool json = args.has("--json");
@@ -570,7 +641,8 @@ int infer_main(const std::vector<std::string>& argv, std::istream& in, std::ostr
     const std::vector<ProbeQuery> queries = parse_probe_tsv(read_file(path), path);
     if (queries.empty()) throw Error(path + ": no probe lines");
     InferenceCheckpoint checkpoint = load_inference_checkpoint(model_dir, threads);
-    const ProbeMetrics metrics = probe(checkpoint.model, checkpoint.tokenizer, queries);
+    const std::unique_ptr<MlmLogitsSource> model = logits_source(checkpoint, device);
+    const ProbeMetrics metrics = probe(*model, checkpoint.tokenizer, queries);
     if (json) {
       out << probe_json(metrics).dump() << "\n";
     } else {
@@ -596,6 +668,7 @@ int infer_main(const std::vector<std::string>& argv, std::istream& in, std::ostr
     throw Error("bert_infer: no prompts (give --mask \"text with [MASK]\", --input FILE or stdin lines)");
 
   InferenceCheckpoint checkpoint = load_inference_checkpoint(model_dir, threads);
+  const std::unique_ptr<MlmLogitsSource> model = logits_source(checkpoint, device);
   // Every prompt is checked before any output, so a bad line 7 does not leave 6 answers behind.
   for (const Prompt& prompt : prompts) {
     try {
@@ -605,7 +678,7 @@ int infer_main(const std::vector<std::string>& argv, std::istream& in, std::ostr
     }
   }
   for (size_t i = 0; i < prompts.size(); ++i) {
-    const FillMaskResult result = fill_mask(checkpoint.model, checkpoint.tokenizer, prompts[i].text, top_k,
+    const FillMaskResult result = fill_mask(*model, checkpoint.tokenizer, prompts[i].text, top_k,
                                             checkpoint.clean_up_tokenization_spaces);
     if (json) {
       out << fill_mask_json(result).dump() << "\n";

@@ -82,7 +82,18 @@ struct FillMaskResult {
   std::vector<std::vector<FillMaskCandidate>> per_mask;  // [masks][top_k], best first
 };
 
+// What fill-mask and the probe need from a model, whichever device it runs on: its config and the
+// MLM logits at positions of one sequence ([positions, vocab_size], row-major).
+class MlmLogitsSource {
+ public:
+  virtual ~MlmLogitsSource() = default;
+  virtual const BertConfig& config() const = 0;
+  virtual std::vector<float> logits_at(const std::vector<int32_t>& ids, const std::vector<int32_t>& positions) = 0;
+};
+
 // top_k is capped at the vocabulary size (HF raises instead).
+FillMaskResult fill_mask(MlmLogitsSource& model, const Tokenizer& tokenizer, std::string_view prompt, int top_k,
+                         bool clean_up_tokenization_spaces = true);
 FillMaskResult fill_mask(BertForPreTraining<float>& model, const Tokenizer& tokenizer, std::string_view prompt,
                          int top_k, bool clean_up_tokenization_spaces = true);
 // HF's pipeline output: a list of candidates for one [MASK], a list of such lists for several.
@@ -133,6 +144,7 @@ int64_t rank_of(std::span<const float> logits, int32_t gold);
 // Metrics from outcomes (rank 0 = skipped).
 ProbeMetrics summarize_probe(std::vector<ProbeOutcome> outcomes);
 // Runs every query (each must hold exactly one [MASK], else bert::Error "path:line: ...").
+ProbeMetrics probe(MlmLogitsSource& model, const Tokenizer& tokenizer, const std::vector<ProbeQuery>& queries);
 ProbeMetrics probe(BertForPreTraining<float>& model, const Tokenizer& tokenizer,
                    const std::vector<ProbeQuery>& queries);
 Json probe_json(const ProbeMetrics& metrics);

@@ -8,6 +8,7 @@
 #include <catch2/catch.hpp>
 
 #include <cmath>
+#include <sstream>
 #include <string>
 #include <vector>
 
@@ -15,6 +16,7 @@
 #include "common/json.h"
 #include "engine/bert.h"
 #include "engine/config.h"
+#include "engine/infer.h"
 #include "tests/test_dirs.h"
 #include "tests/trainer_fixture.h"
 
@@ -28,7 +30,7 @@ constexpr const char* kGpuModel =
     "hidden_size = 64\nnum_hidden_layers = 2\nnum_attention_heads = 2\nintermediate_size = 128\n"
     "max_position_embeddings = 32\n";
 constexpr const char* kSettings =
-    "max_steps = 200\nper_device_train_batch_size = 16\ngradient_accumulation_steps = 2\nlearning_rate = 2e-3\n"
+    "per_device_train_batch_size = 16\ngradient_accumulation_steps = 2\nlearning_rate = 2e-3\n"
     "warmup_steps = 10\nlogging_steps = 10\neval_steps = 100\nsave_steps = 100\n";
 
 std::vector<double> values(const std::vector<Json>& records, const char* key) {
@@ -46,7 +48,7 @@ double mean_of_last_two(const std::vector<double>& v) { return (v[v.size() - 1] 
 
 TEST_CASE("bert_train on the GPU follows the CPU run; checkpoints resume across devices") {
   make_tiny_data();
-  const std::string settings = kSettings;
+  const std::string settings = std::string(kSettings) + "max_steps = 200\n";
   const std::string cpu = write_config("cpu", "cpu", settings + "device = \"cpu\"\n", kGpuModel);
   const std::string gpu = write_config("gpu", "gpu", settings + "device = \"cuda\"\n", kGpuModel);
   const RunResult cpu_run = train({"--config", cpu});
@@ -94,4 +96,38 @@ TEST_CASE("bert_train on the GPU follows the CPU run; checkpoints resume across 
   REQUIRE(gpu_from_cpu_loss.size() == 10);
   CHECK(relative(mean_of_last_two(cpu_from_gpu_loss), mean_of_last_two(cpu_loss)) < 0.03);
   CHECK(relative(mean_of_last_two(gpu_from_cpu_loss), mean_of_last_two(gpu_loss)) < 0.03);
+}
+
+TEST_CASE("bert_infer --device cuda answers fill-mask as the CPU does, within bf16") {
+  make_tiny_data();
+  const std::string config =
+      write_config("run", "out", std::string(kSettings) + "device = \"cuda\"\nmax_steps = 60\n", kGpuModel);
+  REQUIRE(train({"--config", config}).code == 0);
+  const std::string model = test_dir() + "/out";
+  const auto infer = [&](const char* device) {
+    std::istringstream in;
+    std::ostringstream out, err;
+    REQUIRE(infer_main({"--model", model, "--mask", "이순신은 [MASK] 중기의 무신이다.", "--mask",
+                        "[MASK] 대첩에서 일본 [MASK]을 크게 물리쳤다.", "--json", "--top-k", "3", "--device", device},
+                       in, out, err) == 0);
+    std::vector<Json> answers;
+    std::istringstream lines(out.str());
+    for (std::string line; std::getline(lines, line);)
+      if (!line.empty()) answers.push_back(Json::parse(line, device));
+    return answers;
+  };
+  const std::vector<Json> cpu = infer("cpu"), gpu = infer("cuda");
+  REQUIRE(cpu.size() == 2);
+  REQUIRE(gpu.size() == 2);
+  // One [MASK]: a list of candidates; two: a list per [MASK]. The top candidate and its score agree.
+  const Json& cpu_first = cpu[0].as_array()[0];
+  const Json& gpu_first = gpu[0].as_array()[0];
+  CHECK(cpu_first.find("token")->as_int() == gpu_first.find("token")->as_int());
+  CHECK(relative(gpu_first.find("score")->as_number(), cpu_first.find("score")->as_number()) < 0.05);
+  for (size_t m = 0; m < 2; ++m) {
+    const Json& c = cpu[1].as_array()[m].as_array()[0];
+    const Json& g = gpu[1].as_array()[m].as_array()[0];
+    CHECK(c.find("token")->as_int() == g.find("token")->as_int());
+    CHECK(relative(g.find("score")->as_number(), c.find("score")->as_number()) < 0.05);
+  }
 }
