@@ -418,7 +418,12 @@ void BertForPreTrainingCuda::upload_batch(const BatchView& batch) {
   if (next.has_attention_mask) std::copy_n(batch.attention_mask, token_count, staging + plan_.attention_mask);
   if (next.has_nsp_labels) {
     std::copy_n(batch.nsp_labels, batch_count, staging + plan_.nsp_labels);
-    for (size_t b = 0; b < batch_count; ++b) next.nsp_counted += batch.nsp_labels[b] != ops::kIgnoreIndex;
+    for (size_t b = 0; b < batch_count; ++b) {
+      const int32_t label = batch.nsp_labels[b];
+      require(label == ops::kIgnoreIndex || label == 0 || label == 1,
+              "NSP label " + std::to_string(label) + " of sequence " + std::to_string(b) + " is not 0, 1 or -100");
+      next.nsp_counted += label != ops::kIgnoreIndex;
+    }
   }
 
   // The MLM head's rows: the labelled positions, ascending, and their targets.
@@ -514,10 +519,16 @@ void BertForPreTrainingCuda::mlm_logits_at(const BatchView& batch, std::span<con
   view.num_masked = rows;
   upload_batch(view);
 
-  const bool was_training = dropout_training_;
-  dropout_training_ = false;
-  forward_encoder();
-  dropout_training_ = was_training;
+  {
+    // Eval mode for this forward only, restored even if it throws.
+    struct RestoreDropout {
+      bool& flag;
+      bool saved;
+      ~RestoreDropout() { flag = saved; }
+    } restore{dropout_training_, dropout_training_};
+    dropout_training_ = false;
+    forward_encoder();
+  }
 
   cuda::Context& ctx = *context_;
   const BertParamOffsets& p = table_.offsets;
@@ -551,6 +562,7 @@ void BertForPreTrainingCuda::mlm_logits_at(const BatchView& batch, std::span<con
         logits[static_cast<size_t>(caller_row * vocab + v)] = __bfloat162float(host[static_cast<size_t>(r * vocab + v)]);
     }
   }
+  batch_uploaded_ = false;  // its placeholder labels must never be trained on
 }
 
 void BertForPreTrainingCuda::forward_encoder() {

@@ -594,7 +594,8 @@ std::unique_ptr<MlmLogitsSource> logits_source(InferenceCheckpoint& checkpoint, 
   try {
     auto model = std::make_unique<BertForPreTrainingCuda>(checkpoint.config);
     model->copy_parameters_from(checkpoint.model);
-    model->reserve(1, checkpoint.config.max_position_embeddings);
+    // The fused attention kernel takes up to 512 tokens; longer prompts are refused per prompt.
+    model->reserve(1, std::min<int64_t>(checkpoint.config.max_position_embeddings, 512));
     return std::make_unique<CudaLogits>(std::move(model));
   } catch (const std::invalid_argument& e) {
     throw Error("bert_infer: --device cuda: " + std::string(e.what()) + "; use --device cpu");

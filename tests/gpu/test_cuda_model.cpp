@@ -18,6 +18,7 @@
 #include <random>
 #include <span>
 #include <string>
+#include <string_view>
 #include <vector>
 
 #include "common/error.h"
@@ -101,7 +102,21 @@ struct TestBatch {
 };
 
 // Rounds the CPU model's weights to bf16 values and gives the same values to the GPU model.
+// HF's init makes every bias and LayerNorm beta 0 and every gamma 1, so a forward that read the wrong
+// bias or LayerNorm tensor would match the CPU anyway: give each its own random values first.
 void share_bf16_weights(BertForPreTraining<float>& cpu, BertForPreTrainingCuda& gpu) {
+  std::mt19937_64 rng(20261201);
+  std::uniform_real_distribution<float> offset(-0.1f, 0.1f), scale(0.8f, 1.2f);
+  const auto ends_with = [](const std::string& name, std::string_view suffix) {
+    return name.size() >= suffix.size() && name.compare(name.size() - suffix.size(), suffix.size(), suffix) == 0;
+  };
+  for (const bert::ParamInfo& info : cpu.params()) {
+    float* values = cpu.parameters().data() + info.offset;
+    if (ends_with(info.name, "LayerNorm.weight"))
+      for (size_t i = 0; i < info.numel; ++i) values[i] = scale(rng);
+    else if (ends_with(info.name, "bias"))
+      for (size_t i = 0; i < info.numel; ++i) values[i] = offset(rng);
+  }
   for (float& value : cpu.parameters()) value = bert::cuda::test::bf16_to_float(bert::cuda::test::float_to_bf16(value));
   gpu.copy_parameters_from(cpu);
 }
