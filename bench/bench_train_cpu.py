@@ -41,22 +41,7 @@ SHAPES = {
     "bert-base": dict(hidden=768, layers=12, heads=12, intermediate=3072, vocab=30522, seq=128, batch=8),
 }
 
-CLS, SEP, MASK, FIRST_ORDINARY = 2, 3, 4, 5
-
-
-def training_flops(s, mlm_rows):
-    """engine/bert.h training_flops(batch, seq, mlm_rows) for shape dict s."""
-    h, i, L, v = s["hidden"], s["intermediate"], s["layers"], s["vocab"]
-    tokens = s["batch"] * s["seq"]
-    encoder = 6 * L * (4 * h * h + 2 * h * i) * tokens
-    attention = 12 * L * s["seq"] * h * tokens
-    mlm_head = 6 * (h * h + h * v) * mlm_rows
-    heads = 6 * (h * h + 2 * h) * s["batch"]
-    return float(encoder + attention + mlm_head + heads)
-
-
-def masked_per_sequence(seq):
-    return int(0.15 * (seq - 3) + 0.5)
+from hf_bench_common import hf_decay_groups, make_batch, masked_per_sequence, training_flops  # noqa: E402
 
 
 # ---- the HF side (runs in its own process: `bench_train_cpu.py --hf-worker JSON`) -----------------------
@@ -87,47 +72,18 @@ def hf_worker(spec):
     result["parameters"] = sum(p.numel() for p in model.parameters())
     model.train()
 
-    # HF Trainer.create_optimizer: weight decay on everything but biases and LayerNorm parameters.
-    from transformers.pytorch_utils import ALL_LAYERNORM_LAYERS
-    from transformers.trainer_pt_utils import get_parameter_names
-    decay = [n for n in get_parameter_names(model, ALL_LAYERNORM_LAYERS) if "bias" not in n]
-    groups = [
-        {"params": [p for n, p in model.named_parameters() if n in decay and p.requires_grad],
-         "weight_decay": 0.01},
-        {"params": [p for n, p in model.named_parameters() if n not in decay and p.requires_grad],
-         "weight_decay": 0.0},
-    ]
+    groups = hf_decay_groups(torch, model)  # HF Trainer.create_optimizer
     optimizer = torch.optim.AdamW(groups, lr=1e-4, eps=1e-8, weight_decay=0.01)
 
-    B, S, V = s["batch"], s["seq"], s["vocab"]
-    g = torch.Generator().manual_seed(1234)
-    ids = torch.randint(FIRST_ORDINARY, V, (B, S), generator=g)
-    len_a = (S - 3) // 2
-    sep_a, sep_b = 1 + len_a, S - 1
-    ids[:, 0] = CLS
-    ids[:, sep_a] = SEP
-    ids[:, sep_b] = SEP
-    types = torch.zeros(B, S, dtype=torch.long)
-    types[:, sep_a + 1:] = 1
-    labels = torch.full((B, S), -100, dtype=torch.long)
-    candidates = torch.tensor([t for t in range(S) if t not in (0, sep_a, sep_b)])
-    k = masked_per_sequence(S)
-    for b in range(B):
-        pos = candidates[torch.randperm(len(candidates), generator=g)[:k]]
-        labels[b, pos] = ids[b, pos]
-        u = torch.rand(k, generator=g)
-        ids[b, pos[u < 0.8]] = MASK
-        rnd = pos[(u >= 0.8) & (u < 0.9)]
-        ids[b, rnd] = torch.randint(FIRST_ORDINARY, V, (len(rnd),), generator=g)
-    nsp = torch.randint(0, 2, (B,), generator=g)
-    attention_mask = torch.ones(B, S, dtype=torch.long)
+    B, S = s["batch"], s["seq"]
+    batch = make_batch(torch, s)
+    labels = batch["labels"]
 
     times, losses = [], []
     for step in range(spec["warmup"] + spec["steps"]):
         t0 = time.perf_counter()
         optimizer.zero_grad(set_to_none=True)
-        out = model(input_ids=ids, token_type_ids=types, attention_mask=attention_mask, labels=labels,
-                    next_sentence_label=nsp)
+        out = model(**batch)
         out.loss.backward()
         torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
         optimizer.step()

@@ -23,7 +23,7 @@ Variants, each in its own subprocess with a timeout (a failed or timed-out varia
 Both sides: W warm-up steps, then N timed; step time = host wall clock of one step ending in a device wait;
 the median gives tokens/s = B*S / step and sequences/s = B / step.
 
-FLOPs (engine/bert.h bert_training_flops, ported below; the same formula for everyone):
+FLOPs (engine/bert.h bert_training_flops, ported in hf_bench_common.py; the same formula for everyone):
   model FLOPs     mlm_rows = the masked tokens (round(0.15 * (S - 3)) per sequence): the work the objective
                   needs (the masked-rows head gives the dense head's loss and gradients). MFU = model FLOP/s
                   over the device's dense bf16 peak (H100 SXM / H200: 989.4e12). Same numerator for both
@@ -87,22 +87,7 @@ def bf16_dense_peak(name):
 CORPUS_TOKENS = 1.0e9
 SEED_NOTEBOOK_HOURS = 9.0  # the seed notebook's epoch (HF Trainer), as reported in the issue
 
-CLS, SEP, MASK, FIRST_ORDINARY = 2, 3, 4, 5
-
-
-def training_flops(s, mlm_rows):
-    """engine/bert.h bert_training_flops(config, batch, seq, mlm_rows) for shape dict s."""
-    h, i, L, v = s["hidden"], s["intermediate"], s["layers"], s["vocab"]
-    tokens = s["batch"] * s["seq"]
-    encoder = 6 * L * (4 * h * h + 2 * h * i) * tokens
-    attention = 12 * L * s["seq"] * h * tokens
-    mlm_head = 6 * (h * h + h * v) * mlm_rows
-    heads = 6 * (h * h + 2 * h) * s["batch"]  # pooler + NSP
-    return float(encoder + attention + mlm_head + heads)
-
-
-def masked_per_sequence(seq):
-    return int(0.15 * (seq - 3) + 0.5)
+from hf_bench_common import hf_decay_groups, make_batch, masked_per_sequence, training_flops  # noqa: E402
 
 
 def model_mlm_rows(s):
@@ -110,34 +95,6 @@ def model_mlm_rows(s):
 
 
 # ---- the HF side (its own process: `bench_train_gpu.py --hf-worker JSON`) ----------------------------------
-
-def make_batch(torch, s):
-    """bench_train_cpu.py's batch: [CLS] A [SEP] B [SEP], random ids, no padding, 15% labelled (80/10/10)."""
-    B, S, V = s["batch"], s["seq"], s["vocab"]
-    g = torch.Generator().manual_seed(1234)
-    ids = torch.randint(FIRST_ORDINARY, V, (B, S), generator=g)
-    len_a = (S - 3) // 2
-    sep_a, sep_b = 1 + len_a, S - 1
-    ids[:, 0] = CLS
-    ids[:, sep_a] = SEP
-    ids[:, sep_b] = SEP
-    types = torch.zeros(B, S, dtype=torch.long)
-    types[:, sep_a + 1:] = 1
-    labels = torch.full((B, S), -100, dtype=torch.long)
-    candidates = torch.tensor([t for t in range(S) if t not in (0, sep_a, sep_b)])
-    k = masked_per_sequence(S)
-    for b in range(B):
-        pos = candidates[torch.randperm(len(candidates), generator=g)[:k]]
-        labels[b, pos] = ids[b, pos]
-        u = torch.rand(k, generator=g)
-        ids[b, pos[u < 0.8]] = MASK
-        rnd = pos[(u >= 0.8) & (u < 0.9)]
-        ids[b, rnd] = torch.randint(FIRST_ORDINARY, V, (len(rnd),), generator=g)
-    nsp = torch.randint(0, 2, (B,), generator=g)
-    attention_mask = torch.ones(B, S, dtype=torch.long)
-    return dict(input_ids=ids, token_type_ids=types, attention_mask=attention_mask, labels=labels,
-                next_sentence_label=nsp)
-
 
 def hf_worker(spec):
     import torch
@@ -168,17 +125,7 @@ def hf_worker(spec):
     result["parameters"] = sum(p.numel() for p in model.parameters())
     model.to(device).train()
 
-    # HF Trainer's groups: weight decay on everything but biases and LayerNorm parameters.
-    no_decay = set()
-    for module_name, module in model.named_modules():
-        if isinstance(module, torch.nn.LayerNorm):
-            for n, _ in module.named_parameters(recurse=False):
-                no_decay.add(f"{module_name}.{n}" if module_name else n)
-    named = [(n, p) for n, p in model.named_parameters() if p.requires_grad]
-    groups = [
-        {"params": [p for n, p in named if n not in no_decay and "bias" not in n], "weight_decay": 0.01},
-        {"params": [p for n, p in named if n in no_decay or "bias" in n], "weight_decay": 0.0},
-    ]
+    groups = hf_decay_groups(torch, model)  # HF Trainer.create_optimizer
     optimizer = torch.optim.AdamW(groups, lr=1e-4, eps=1e-8, weight_decay=0.01, fused=True)
     forward = torch.compile(model) if compiled else model
 
