@@ -339,6 +339,12 @@ class Trainer {
   void check_cuda_model();   // device = "cuda": the kernels support the config, and it fits in memory
   void train_step_cuda();
   EvalResult evaluate_cuda();
+  // Shared by both devices' steps.
+  void advance_cursor();
+  double add_to_window(const LossStats& stats);
+  cpu::AdamWHyperparams adamw_hyperparams(double lr) const;
+  void finish_step(double norm, double step_loss, double lr, Clock::time_point start);
+  static EvalResult summarize_eval(const std::vector<LossStats>& batches);
   void check_output_dir();
   std::string resolve_resume_dir() const;
   void load_tokenizer_and_data();
@@ -757,139 +763,45 @@ double Trainer::learning_rate(int64_t step) const {
   return training().learning_rate * lr_factor(schedule_, step, state_.warmup_steps, state_.total_steps);
 }
 
-void Trainer::train_step() {
-  if (on_cuda()) return train_step_cuda();
-  const Clock::time_point start = Clock::now();
-  const int accumulation = training().gradient_accumulation_steps;
-  const float loss_scale = 1.0f / static_cast<float>(accumulation);
-  const auto batches_per_epoch = static_cast<uint64_t>(state_.batches_per_epoch);
-  model_->zero_grads();
-  LogWindow& window = state_.window;
-  double step_loss = 0;
-  for (int micro = 0; micro < accumulation; ++micro) {
-    loader_->next(batch_);
-    model_->set_dropout(state_.seed, static_cast<uint64_t>(state_.micro_step), true);
-    LossStats stats;
-    model_->forward_backward(batch_view(batch_), stats, true, loss_scale);
-    ++state_.micro_step;
-    state_.data_epoch = batch_.epoch;
-    state_.data_index = batch_.index + 1;
-    if (state_.data_index >= batches_per_epoch) {
-      state_.data_epoch += 1;
-      state_.data_index = 0;
-    }
-    ++window.micro_batches;
-    window.loss_sum += stats.loss;
-    window.mlm_loss_sum += stats.mlm_loss;
-    window.nsp_loss_sum += stats.nsp_loss;
-    window.mlm_correct += stats.mlm_correct;
-    window.mlm_count += stats.mlm_count;
-    window.nsp_correct += stats.nsp_correct;
-    window.nsp_count += stats.nsp_count;
-    window.tokens += static_cast<int64_t>(batch_.real_tokens());
-    step_loss += stats.loss / accumulation;
+// The loader cursor after one micro-batch (batch_ holds it): the next batch index, wrapping to the
+// next epoch.
+void Trainer::advance_cursor() {
+  ++state_.micro_step;
+  state_.data_epoch = batch_.epoch;
+  state_.data_index = batch_.index + 1;
+  if (state_.data_index >= static_cast<uint64_t>(state_.batches_per_epoch)) {
+    state_.data_epoch += 1;
+    state_.data_index = 0;
   }
-
-  const double norm = cpu::grad_norm<float>(*context_, grad_views_);
-  const double lr = learning_rate(state_.global_step);
-  if (std::isfinite(norm)) {
-    cpu::AdamWHyperparams hyper;
-    hyper.learning_rate = lr;
-    hyper.beta1 = training().adam_beta1;
-    hyper.beta2 = training().adam_beta2;
-    hyper.epsilon = training().adam_epsilon;
-    hyper.weight_decay = training().weight_decay;
-    hyper.step = ++state_.optimizer_steps;
-    hyper.grad_scale = training().max_grad_norm > 0 ? ops::clip_grad_coefficient(norm, training().max_grad_norm) : 1.0;
-    cpu::adamw_step<float>(*context_, hyper, adam_tensors_);
-  } else {
-    ++skipped_steps_;
-    err_ << "warning: step " << state_.global_step + 1 << ": gradient norm is " << norm
-         << "; skipping this update (loss " << step_loss << ")\n";
-  }
-  ++state_.global_step;
-  state_.epoch = static_cast<double>(state_.micro_step) / static_cast<double>(state_.batches_per_epoch);
-  last_loss_ = step_loss;
-  last_grad_norm_ = norm;
-  last_lr_ = lr;
-  window.train_seconds += seconds_since(start);
 }
 
-EvalResult Trainer::evaluate() {
-  if (on_cuda()) return evaluate_cuda();
-  model_->set_dropout(state_.seed, 0, false);
-  double mlm_sum = 0, nsp_sum = 0;
-  int64_t mlm_correct = 0, mlm_count = 0, nsp_correct = 0, nsp_count = 0;
-  EvalResult result;
-  result.batches = std::min(kMaxEvalBatches, eval_loader_->batches_per_epoch());
-  for (size_t i = 0; i < result.batches; ++i) {
-    eval_loader_->make_batch(0, i, eval_batch_);
-    LossStats stats;
-    model_->forward_backward(batch_view(eval_batch_), stats, false);
-    mlm_sum += stats.mlm_loss * static_cast<double>(stats.mlm_count);
-    nsp_sum += stats.nsp_loss * static_cast<double>(stats.nsp_count);
-    mlm_correct += stats.mlm_correct;
-    mlm_count += stats.mlm_count;
-    nsp_correct += stats.nsp_correct;
-    nsp_count += stats.nsp_count;
-  }
-  // Means over every labelled token / sequence of the evaluation set (not of per-batch means).
-  const auto ratio = [](double a, int64_t b) { return b > 0 ? a / static_cast<double>(b) : 0.0; };
-  result.mlm_loss = ratio(mlm_sum, mlm_count);
-  result.nsp_loss = ratio(nsp_sum, nsp_count);
-  result.loss = result.mlm_loss + result.nsp_loss;
-  result.mlm_acc = ratio(static_cast<double>(mlm_correct), mlm_count);
-  result.nsp_acc = ratio(static_cast<double>(nsp_correct), nsp_count);
-  return result;
+// One micro-batch's losses into the logging window; returns its loss share of the step.
+double Trainer::add_to_window(const LossStats& stats) {
+  LogWindow& window = state_.window;
+  ++window.micro_batches;
+  window.loss_sum += stats.loss;
+  window.mlm_loss_sum += stats.mlm_loss;
+  window.nsp_loss_sum += stats.nsp_loss;
+  window.mlm_correct += stats.mlm_correct;
+  window.mlm_count += stats.mlm_count;
+  window.nsp_correct += stats.nsp_correct;
+  window.nsp_count += stats.nsp_count;
+  return stats.loss / training().gradient_accumulation_steps;
 }
 
-// The CPU step on the CUDA model: the same batches, dropout streams, loss scale, clipping and AdamW
-// step count. The host waits once per step, for the gradient norm (did the update happen: the
-// bias-correction count must match the CPU trainer's for interchangeable checkpoints) and the
-// micro-batches' losses; the kernels of a step are queued without waiting.
-void Trainer::train_step_cuda() {
-#if defined(BERT_TRAINER_CUDA)
-  const Clock::time_point start = Clock::now();
-  const int accumulation = training().gradient_accumulation_steps;
-  const auto batches_per_epoch = static_cast<uint64_t>(state_.batches_per_epoch);
-  LogWindow& window = state_.window;
-  cuda_model_->zero_grads();
-  for (int micro = 0; micro < accumulation; ++micro) {
-    loader_->next(batch_);
-    cuda_model_->set_dropout(state_.seed, static_cast<uint64_t>(state_.micro_step), true);
-    cuda_model_->upload_batch(batch_view(batch_));
-    cuda_model_->forward_backward(1.0f / static_cast<float>(accumulation), true);
-    ++state_.micro_step;
-    state_.data_epoch = batch_.epoch;
-    state_.data_index = batch_.index + 1;
-    if (state_.data_index >= batches_per_epoch) {
-      state_.data_epoch += 1;
-      state_.data_index = 0;
-    }
-    window.tokens += static_cast<int64_t>(batch_.real_tokens());
-  }
-  const double lr = learning_rate(state_.global_step);
+cpu::AdamWHyperparams Trainer::adamw_hyperparams(double lr) const {
   cpu::AdamWHyperparams hyper;
   hyper.learning_rate = lr;
   hyper.beta1 = training().adam_beta1;
   hyper.beta2 = training().adam_beta2;
   hyper.epsilon = training().adam_epsilon;
   hyper.weight_decay = training().weight_decay;
-  hyper.step = state_.optimizer_steps + 1;
-  cuda_model_->optimizer_step(hyper, static_cast<float>(training().max_grad_norm));
-  const double norm = cuda_model_->read_grad_norm();  // the step's one wait
-  double step_loss = 0;
-  for (const LossStats& stats : cuda_model_->take_loss_stats()) {
-    ++window.micro_batches;
-    window.loss_sum += stats.loss;
-    window.mlm_loss_sum += stats.mlm_loss;
-    window.nsp_loss_sum += stats.nsp_loss;
-    window.mlm_correct += stats.mlm_correct;
-    window.mlm_count += stats.mlm_count;
-    window.nsp_correct += stats.nsp_correct;
-    window.nsp_count += stats.nsp_count;
-    step_loss += stats.loss / accumulation;
-  }
+  hyper.step = state_.optimizer_steps + 1;  // counted only when the update is applied
+  return hyper;
+}
+
+// After the update (or its skip, for a non-finite norm): counters, the step's record, its time.
+void Trainer::finish_step(double norm, double step_loss, double lr, Clock::time_point start) {
   if (std::isfinite(norm)) {
     ++state_.optimizer_steps;
   } else {
@@ -902,23 +814,14 @@ void Trainer::train_step_cuda() {
   last_loss_ = step_loss;
   last_grad_norm_ = norm;
   last_lr_ = lr;
-  window.train_seconds += seconds_since(start);
-#endif
+  state_.window.train_seconds += seconds_since(start);
 }
 
-EvalResult Trainer::evaluate_cuda() {
-  EvalResult result;
-#if defined(BERT_TRAINER_CUDA)
-  cuda_model_->set_dropout(state_.seed, 0, false);
-  result.batches = std::min(kMaxEvalBatches, eval_loader_->batches_per_epoch());
-  for (size_t i = 0; i < result.batches; ++i) {
-    eval_loader_->make_batch(0, i, eval_batch_);
-    cuda_model_->upload_batch(batch_view(eval_batch_));
-    cuda_model_->forward_backward(1.0f, false);
-  }
+// Means over every labelled token / sequence of the evaluation set (not of per-batch means).
+EvalResult Trainer::summarize_eval(const std::vector<LossStats>& batches) {
   double mlm_sum = 0, nsp_sum = 0;
   int64_t mlm_correct = 0, mlm_count = 0, nsp_correct = 0, nsp_count = 0;
-  for (const LossStats& stats : cuda_model_->take_loss_stats()) {
+  for (const LossStats& stats : batches) {
     mlm_sum += stats.mlm_loss * static_cast<double>(stats.mlm_count);
     nsp_sum += stats.nsp_loss * static_cast<double>(stats.nsp_count);
     mlm_correct += stats.mlm_correct;
@@ -927,13 +830,93 @@ EvalResult Trainer::evaluate_cuda() {
     nsp_count += stats.nsp_count;
   }
   const auto ratio = [](double a, int64_t b) { return b > 0 ? a / static_cast<double>(b) : 0.0; };
+  EvalResult result;
+  result.batches = batches.size();
   result.mlm_loss = ratio(mlm_sum, mlm_count);
   result.nsp_loss = ratio(nsp_sum, nsp_count);
   result.loss = result.mlm_loss + result.nsp_loss;
   result.mlm_acc = ratio(static_cast<double>(mlm_correct), mlm_count);
   result.nsp_acc = ratio(static_cast<double>(nsp_correct), nsp_count);
-#endif
   return result;
+}
+
+void Trainer::train_step() {
+  if (on_cuda()) return train_step_cuda();
+  const Clock::time_point start = Clock::now();
+  const int accumulation = training().gradient_accumulation_steps;
+  const float loss_scale = 1.0f / static_cast<float>(accumulation);
+  model_->zero_grads();
+  double step_loss = 0;
+  for (int micro = 0; micro < accumulation; ++micro) {
+    loader_->next(batch_);
+    model_->set_dropout(state_.seed, static_cast<uint64_t>(state_.micro_step), true);
+    LossStats stats;
+    model_->forward_backward(batch_view(batch_), stats, true, loss_scale);
+    advance_cursor();
+    step_loss += add_to_window(stats);
+    state_.window.tokens += static_cast<int64_t>(batch_.real_tokens());
+  }
+
+  const double norm = cpu::grad_norm<float>(*context_, grad_views_);
+  const double lr = learning_rate(state_.global_step);
+  if (std::isfinite(norm)) {
+    cpu::AdamWHyperparams hyper = adamw_hyperparams(lr);
+    hyper.grad_scale = training().max_grad_norm > 0 ? ops::clip_grad_coefficient(norm, training().max_grad_norm) : 1.0;
+    cpu::adamw_step<float>(*context_, hyper, adam_tensors_);
+  }
+  finish_step(norm, step_loss, lr, start);
+}
+
+EvalResult Trainer::evaluate() {
+  if (on_cuda()) return evaluate_cuda();
+  model_->set_dropout(state_.seed, 0, false);
+  std::vector<LossStats> batches(std::min(kMaxEvalBatches, eval_loader_->batches_per_epoch()));
+  for (size_t i = 0; i < batches.size(); ++i) {
+    eval_loader_->make_batch(0, i, eval_batch_);
+    model_->forward_backward(batch_view(eval_batch_), batches[i], false);
+  }
+  return summarize_eval(batches);
+}
+
+// The CPU step on the CUDA model: the same batches, dropout streams, loss scale, clipping and AdamW
+// step count. The host waits once per step, for the gradient norm (did the update happen: the
+// bias-correction count must match the CPU trainer's for interchangeable checkpoints) and the
+// micro-batches' losses; the kernels of a step are queued without waiting.
+void Trainer::train_step_cuda() {
+#if defined(BERT_TRAINER_CUDA)
+  const Clock::time_point start = Clock::now();
+  const int accumulation = training().gradient_accumulation_steps;
+  cuda_model_->zero_grads();
+  for (int micro = 0; micro < accumulation; ++micro) {
+    loader_->next(batch_);
+    cuda_model_->set_dropout(state_.seed, static_cast<uint64_t>(state_.micro_step), true);
+    cuda_model_->upload_batch(batch_view(batch_));
+    cuda_model_->forward_backward(1.0f / static_cast<float>(accumulation), true);
+    advance_cursor();
+    state_.window.tokens += static_cast<int64_t>(batch_.real_tokens());
+  }
+  const double lr = learning_rate(state_.global_step);
+  cuda_model_->optimizer_step(adamw_hyperparams(lr), static_cast<float>(training().max_grad_norm));
+  const double norm = cuda_model_->read_grad_norm();  // the step's one wait
+  double step_loss = 0;
+  for (const LossStats& stats : cuda_model_->take_loss_stats()) step_loss += add_to_window(stats);
+  finish_step(norm, step_loss, lr, start);
+#endif
+}
+
+EvalResult Trainer::evaluate_cuda() {
+#if defined(BERT_TRAINER_CUDA)
+  cuda_model_->set_dropout(state_.seed, 0, false);
+  const size_t batches = std::min(kMaxEvalBatches, eval_loader_->batches_per_epoch());
+  for (size_t i = 0; i < batches; ++i) {
+    eval_loader_->make_batch(0, i, eval_batch_);
+    cuda_model_->upload_batch(batch_view(eval_batch_));
+    cuda_model_->forward_backward(1.0f, false);
+  }
+  return summarize_eval(cuda_model_->take_loss_stats());
+#else
+  return EvalResult{};
+#endif
 }
 
 void Trainer::write_log_record(bool log_train, const std::optional<EvalResult>& eval) {
