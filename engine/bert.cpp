@@ -11,25 +11,15 @@
 
 #include "common/error.h"
 #include "data/rng.h"
+#include "engine/bert_graph.h"
 #include "engine/safetensors.h"
 
 namespace bert {
 
 namespace {
 
-// Tensors start on 64-byte boundaries (fp32) inside the arenas; the fused QKV blocks are the exception.
-constexpr size_t kAlignElements = 16;
-size_t align_up(size_t count) { return (count + kAlignElements - 1) / kAlignElements * kAlignElements; }
-
 // Dropout sites per layer: attention probabilities, attention output, FFN output.
 constexpr uint64_t kDropoutSitesPerLayer = 3;
-
-ops::GeluKind gelu_kind_of(const std::string& hidden_act) {
-  if (hidden_act == "gelu") return ops::GeluKind::kErf;
-  if (hidden_act == "gelu_new" || hidden_act == "gelu_pytorch_tanh") return ops::GeluKind::kTanh;
-  throw Error("BertConfig: hidden_act \"" + hidden_act +
-              "\" is not supported: use \"gelu\" (exact erf) or \"gelu_new\" (tanh approximation)");
-}
 
 void validate_config(const BertConfig& config) {
   auto require = [](bool ok, const std::string& message) {
@@ -83,6 +73,13 @@ bool is_ignorable_tensor(const std::string& name) {
 
 }  // namespace
 
+ops::GeluKind gelu_kind_of(const std::string& hidden_act) {
+  if (hidden_act == "gelu") return ops::GeluKind::kErf;
+  if (hidden_act == "gelu_new" || hidden_act == "gelu_pytorch_tanh") return ops::GeluKind::kTanh;
+  throw Error("BertConfig: hidden_act \"" + hidden_act +
+              "\" is not supported: use \"gelu\" (exact erf) or \"gelu_new\" (tanh approximation)");
+}
+
 // ---- the parameter table (shared with the CUDA model) -----------------------------------------------
 
 ParameterTable make_parameter_table(const BertConfig& config) {
@@ -90,12 +87,8 @@ ParameterTable make_parameter_table(const BertConfig& config) {
   ParameterTable table;
   const int64_t hidden = config.hidden_size, intermediate = config.intermediate_size;
   const int64_t vocab = config.vocab_size;
-  size_t cursor = 0;
-  auto allocate = [&](int64_t count) {
-    const size_t offset = cursor;
-    cursor = align_up(cursor + static_cast<size_t>(count));
-    return offset;
-  };
+  ArenaCursor cursor;
+  auto allocate = [&](int64_t count) { return cursor.allocate(count); };
   auto add_param = [&](std::string name, std::vector<int64_t> shape, size_t offset, bool decay, ParamInit init) {
     ParamInfo info;
     info.name = std::move(name);
@@ -159,7 +152,7 @@ ParameterTable make_parameter_table(const BertConfig& config) {
              offsets.mlm_transform_bias);
   add_layernorm("cls.predictions.transform.LayerNorm.", offsets.mlm_layernorm_weight, offsets.mlm_layernorm_bias);
   add_linear("cls.seq_relationship.", hidden, 2, offsets.nsp_weight, offsets.nsp_bias);
-  table.arena_elements = cursor;
+  table.arena_elements = cursor.size();
   return table;
 }
 
@@ -240,7 +233,6 @@ BertForPreTraining<T>::BertForPreTraining(const BertConfig& config, const ModelO
     : config_(config), options_(options), context_(options.num_threads) {
   ParameterTable table = make_parameter_table(config_);
   if (options_.decoder_chunk_rows <= 0) throw Error("ModelOptions: decoder_chunk_rows must be > 0");
-  gelu_kind_ = gelu_kind_of(config_.hidden_act);
   params_ = std::move(table.params);
   param_init_ = std::move(table.init);
   param_offsets_ = std::move(table.offsets);
@@ -279,89 +271,184 @@ void BertForPreTraining<T>::zero_grads() {
   std::fill(grads_.begin(), grads_.end(), T(0));
 }
 
-// ---- planning --------------------------------------------------------------------------------------
+// ---- shared with the CUDA model: planning, batch preparation, losses --------------------------------
 
-template <class T>
-void BertForPreTraining<T>::reserve(int64_t max_batch, int64_t max_seq_len) {
-  if (max_batch <= 0 || max_seq_len <= 0)
-    throw Error("BertForPreTraining::reserve: max_batch and max_seq_len must be > 0");
-  if (max_seq_len > config_.max_position_embeddings)
-    throw Error("BertForPreTraining: seq_len " + std::to_string(max_seq_len) + " exceeds max_position_embeddings " +
-                std::to_string(config_.max_position_embeddings));
-  const int64_t tokens = max_batch * max_seq_len;
-  if (max_batch <= capacity_batch_ && tokens <= capacity_tokens_) return;
-  const int64_t batch = std::max(max_batch, capacity_batch_);
-  const int64_t capacity = std::max(tokens, capacity_tokens_);
-  const int64_t hidden = config_.hidden_size, intermediate = config_.intermediate_size;
-  const int64_t heads = config_.num_attention_heads;
+BatchArenaPlan plan_batch_arenas(const BertConfig& config, const ModelOptions& options, int64_t capacity_batch,
+                                 int64_t capacity_tokens) {
+  if (options.decoder_chunk_rows <= 0) throw Error("ModelOptions: decoder_chunk_rows must be > 0");
+  BatchArenaPlan plan;
+  plan.capacity_batch = capacity_batch;
+  plan.capacity_tokens = capacity_tokens;
+  plan.mlm_chunk_rows = std::min(capacity_tokens, options.decoder_chunk_rows);
+  plan.max_mlm_chunks = (capacity_tokens + options.decoder_chunk_rows - 1) / options.decoder_chunk_rows;
+  const int64_t tokens = capacity_tokens, batch = capacity_batch;
+  const int64_t hidden = config.hidden_size, intermediate = config.intermediate_size;
+  const int64_t heads = config.num_attention_heads, vocab = config.vocab_size;
 
-  size_t cursor = 0;
-  auto allocate = [&](int64_t count) {
-    const size_t offset = cursor;
-    cursor = align_up(cursor + static_cast<size_t>(count));
-    return offset;
-  };
-  ActivationOffsets& a = activation_offsets_;
-  a.embeddings_output = allocate(capacity * hidden);
-  a.embeddings_mean = allocate(capacity);
-  a.embeddings_rstd = allocate(capacity);
-  a.layers.assign(static_cast<size_t>(config_.num_hidden_layers), LayerActivations{});
-  for (LayerActivations& layer : a.layers) {
-    layer.qkv = allocate(capacity * 3 * hidden);
-    layer.context = allocate(capacity * hidden);
-    layer.logsumexp = allocate(capacity * heads);
-    layer.attention_output = allocate(capacity * hidden);
-    layer.attention_layernorm = allocate(capacity * hidden);
-    layer.attention_layernorm_mean = allocate(capacity);
-    layer.attention_layernorm_rstd = allocate(capacity);
-    layer.ffn_pre_activation = allocate(capacity * intermediate);
-    layer.ffn_activation = allocate(capacity * intermediate);
-    layer.ffn_output = allocate(capacity * hidden);
-    layer.layer_output = allocate(capacity * hidden);
-    layer.output_layernorm_mean = allocate(capacity);
-    layer.output_layernorm_rstd = allocate(capacity);
+  ArenaCursor activations, workspace, statistics;
+
+  // Activations. The MLM head's rows: at most one per token.
+  plan.embeddings_output = activations.allocate(tokens * hidden);
+  plan.layers.assign(static_cast<size_t>(config.num_hidden_layers), BertLayerActivationOffsets{});
+  for (BertLayerActivationOffsets& layer : plan.layers) {
+    layer.qkv = activations.allocate(tokens * 3 * hidden);
+    layer.context = activations.allocate(tokens * hidden);
+    layer.attention_output = activations.allocate(tokens * hidden);
+    layer.attention_layernorm = activations.allocate(tokens * hidden);
+    layer.ffn_pre_activation = activations.allocate(tokens * intermediate);
+    layer.ffn_activation = activations.allocate(tokens * intermediate);
+    layer.ffn_output = activations.allocate(tokens * hidden);
+    layer.layer_output = activations.allocate(tokens * hidden);
   }
-  a.pooled = allocate(batch * hidden);
-  a.nsp_logits = allocate(batch * 2);
-  a.mlm_input = allocate(capacity * hidden);
-  a.mlm_transform_pre_activation = allocate(capacity * hidden);
-  a.mlm_transform_activation = allocate(capacity * hidden);
-  a.mlm_transform_output = allocate(capacity * hidden);
-  a.mlm_layernorm_mean = allocate(capacity);
-  a.mlm_layernorm_rstd = allocate(capacity);
-  const size_t activation_count = cursor;
+  plan.pooled = activations.allocate(batch * hidden);
+  plan.nsp_logits = activations.allocate(batch * 2);
+  plan.mlm_input = activations.allocate(tokens * hidden);
+  plan.mlm_transform_pre_activation = activations.allocate(tokens * hidden);
+  plan.mlm_transform_activation = activations.allocate(tokens * hidden);
+  plan.mlm_transform_output = activations.allocate(tokens * hidden);
+  plan.activation_elements = activations.size();
 
-  cursor = 0;
-  WorkspaceOffsets& w = workspace_offsets_;
-  w.grad_hidden = allocate(capacity * hidden);
-  w.grad_residual = allocate(capacity * hidden);
-  w.grad_branch = allocate(capacity * hidden);
-  w.grad_context = allocate(capacity * hidden);
-  w.grad_ffn = allocate(capacity * intermediate);
-  w.grad_qkv = allocate(capacity * 3 * hidden);
-  w.grad_mlm_input = allocate(capacity * hidden);
-  w.grad_mlm_transform_output = allocate(capacity * hidden);
-  w.grad_mlm_transform_activation = allocate(capacity * hidden);
-  w.grad_pooled = allocate(batch * hidden);
-  w.mlm_logits = allocate(std::min(capacity, options_.decoder_chunk_rows) * config_.vocab_size);
-  const size_t workspace_count = cursor;
+  // Backward workspace.
+  plan.grad_hidden = workspace.allocate(tokens * hidden);
+  plan.grad_residual = workspace.allocate(tokens * hidden);
+  plan.grad_branch = workspace.allocate(tokens * hidden);
+  plan.grad_context = workspace.allocate(tokens * hidden);
+  plan.grad_ffn = workspace.allocate(tokens * intermediate);
+  plan.grad_qkv = workspace.allocate(tokens * 3 * hidden);
+  plan.grad_mlm_input = workspace.allocate(tokens * hidden);
+  plan.grad_mlm_transform_output = workspace.allocate(tokens * hidden);
+  plan.grad_mlm_transform_activation = workspace.allocate(tokens * hidden);
+  plan.grad_pooled = workspace.allocate(batch * hidden);
+  plan.mlm_logits = workspace.allocate(plan.mlm_chunk_rows * vocab);
+  plan.workspace_elements = workspace.size();
 
-  // Replace rather than resize: nothing survives between steps, and this frees the old arenas first.
-  activations_ = std::vector<T>();
-  workspace_ = std::vector<T>();
-  activations_.assign(activation_count, T(0));
-  workspace_.assign(workspace_count, T(0));
-  mlm_positions_.assign(static_cast<size_t>(capacity), 0);
-  mlm_labels_.assign(static_cast<size_t>(capacity), 0);
-  capacity_batch_ = batch;
-  capacity_tokens_ = capacity;
+  // Statistics.
+  plan.embeddings_mean = statistics.allocate(tokens);
+  plan.embeddings_rstd = statistics.allocate(tokens);
+  plan.layer_statistics.assign(static_cast<size_t>(config.num_hidden_layers), BertLayerStatisticOffsets{});
+  for (BertLayerStatisticOffsets& layer : plan.layer_statistics) {
+    layer.logsumexp = statistics.allocate(tokens * heads);
+    layer.attention_layernorm_mean = statistics.allocate(tokens);
+    layer.attention_layernorm_rstd = statistics.allocate(tokens);
+    layer.output_layernorm_mean = statistics.allocate(tokens);
+    layer.output_layernorm_rstd = statistics.allocate(tokens);
+  }
+  plan.mlm_layernorm_mean = statistics.allocate(tokens);
+  plan.mlm_layernorm_rstd = statistics.allocate(tokens);
+  plan.statistics_elements = statistics.size();
+  return plan;
 }
 
-template <class T>
-void BertForPreTraining<T>::set_dropout(uint64_t seed, uint64_t step, bool training) {
-  dropout_seed_ = seed;
-  dropout_step_ = step;
-  dropout_training_ = training;
+void prepare_batch(const BatchView& batch, const BertConfig& config, const ModelOptions& options, std::string_view who,
+                   HostBatch& out) {
+  auto require = [&](bool ok, const std::string& message) {
+    if (!ok) throw Error(std::string(who) + ": " + message);
+  };
+  require(batch.batch > 0 && batch.seq_len > 0, "batch and seq_len must be > 0");
+  require(batch.input_ids != nullptr, "input_ids is missing");
+  require(batch.seq_len <= config.max_position_embeddings, "seq_len " + std::to_string(batch.seq_len) +
+                                                               " exceeds max_position_embeddings " +
+                                                               std::to_string(config.max_position_embeddings));
+  const int64_t tokens = batch.tokens();
+  // Ids index tables (on the GPU an out-of-range id is a fatal trap): refuse them here, on any device.
+  for (int64_t t = 0; t < tokens; ++t) {
+    require(batch.input_ids[t] >= 0 && batch.input_ids[t] < config.vocab_size,
+            "input id " + std::to_string(batch.input_ids[t]) + " at position " + std::to_string(t) +
+                " is outside the vocabulary [0, " + std::to_string(config.vocab_size) + ")");
+    if (batch.token_type_ids != nullptr)
+      require(batch.token_type_ids[t] >= 0 && batch.token_type_ids[t] < config.type_vocab_size,
+              "token type id " + std::to_string(batch.token_type_ids[t]) + " at position " + std::to_string(t) +
+                  " is outside [0, type_vocab_size " + std::to_string(config.type_vocab_size) + ")");
+  }
+  if (batch.masked_positions != nullptr) {
+    require(batch.num_masked >= 0 && batch.num_masked <= tokens, "num_masked is out of range");
+    for (int64_t i = 0; i < batch.num_masked; ++i) {
+      const int64_t position = batch.masked_positions[i];
+      require(position >= 0 && position < tokens,
+              "masked position " + std::to_string(position) + " is outside [0, batch * seq_len)");
+      require(i == 0 || position > batch.masked_positions[i - 1], "masked positions must be strictly ascending");
+    }
+    require(batch.masked_labels != nullptr || batch.labels != nullptr, "masked_positions need masked_labels or labels");
+  }
+
+  out.batch = batch.batch;
+  out.seq_len = batch.seq_len;
+  out.has_token_types = batch.token_type_ids != nullptr;
+  out.has_attention_mask = batch.attention_mask != nullptr;
+  out.has_nsp_labels = batch.nsp_labels != nullptr;
+  out.nsp_counted = 0;
+  if (out.has_nsp_labels)
+    for (int64_t b = 0; b < batch.batch; ++b) {
+      const int32_t label = batch.nsp_labels[b];
+      require(label == ops::kIgnoreIndex || label == 0 || label == 1,
+              "NSP label " + std::to_string(label) + " of sequence " + std::to_string(b) + " is not 0, 1 or -100");
+      out.nsp_counted += label != ops::kIgnoreIndex;
+    }
+
+  // The MLM head's rows.
+  std::vector<int32_t>& positions = out.mlm_positions;
+  std::vector<int32_t>& labels = out.mlm_labels;
+  positions.clear();
+  labels.clear();
+  const bool have_positions = batch.masked_positions != nullptr;
+  auto label_at_position = [&](int64_t i) {
+    return batch.masked_labels != nullptr ? batch.masked_labels[i] : batch.labels[batch.masked_positions[i]];
+  };
+  if (!have_positions && batch.labels == nullptr) {
+    // no MLM targets
+  } else if (!options.mlm_on_masked_positions_only) {  // dense head: every token, -100 where unlabelled
+    for (int64_t t = 0; t < tokens; ++t) positions.push_back(static_cast<int32_t>(t));
+    if (!have_positions) {
+      labels.assign(batch.labels, batch.labels + tokens);
+    } else {
+      labels.assign(static_cast<size_t>(tokens), ops::kIgnoreIndex);
+      for (int64_t i = 0; i < batch.num_masked; ++i)
+        labels[static_cast<size_t>(batch.masked_positions[i])] = label_at_position(i);
+    }
+  } else if (have_positions) {
+    for (int64_t i = 0; i < batch.num_masked; ++i) {
+      positions.push_back(batch.masked_positions[i]);
+      labels.push_back(label_at_position(i));
+    }
+  } else {
+    for (int64_t t = 0; t < tokens; ++t)
+      if (batch.labels[t] != ops::kIgnoreIndex) {
+        positions.push_back(static_cast<int32_t>(t));
+        labels.push_back(batch.labels[t]);
+      }
+  }
+  for (size_t i = 0; i < labels.size(); ++i)
+    require(labels[i] == ops::kIgnoreIndex || (labels[i] >= 0 && labels[i] < config.vocab_size),
+            "MLM label " + std::to_string(labels[i]) + " at position " + std::to_string(positions[i]) +
+                " is outside the vocabulary (and not -100)");
+  out.mlm_counted = 0;
+  out.mlm_chunk_counted.clear();
+  const int64_t rows = out.mlm_rows();
+  for (int64_t first = 0; first < rows; first += options.decoder_chunk_rows) {
+    const int64_t chunk = std::min(options.decoder_chunk_rows, rows - first);
+    int64_t counted = 0;
+    for (int64_t r = first; r < first + chunk; ++r) counted += labels[static_cast<size_t>(r)] != ops::kIgnoreIndex;
+    out.mlm_chunk_counted.push_back(counted);
+    out.mlm_counted += counted;
+  }
+}
+
+LossStats combine_loss_stats(std::span<const CrossEntropyTotals> mlm_chunks, const CrossEntropyTotals* nsp) {
+  LossStats stats;
+  double mlm_loss_sum = 0;
+  for (const CrossEntropyTotals& chunk : mlm_chunks) {
+    mlm_loss_sum += chunk.loss_sum;
+    stats.mlm_count += chunk.num_counted;
+    stats.mlm_correct += chunk.num_correct;
+  }
+  stats.mlm_loss = stats.mlm_count > 0 ? mlm_loss_sum / static_cast<double>(stats.mlm_count) : 0.0;
+  if (nsp != nullptr) {
+    stats.nsp_count = nsp->num_counted;
+    stats.nsp_correct = nsp->num_correct;
+    stats.nsp_loss = nsp->num_counted > 0 ? nsp->loss_sum / static_cast<double>(nsp->num_counted) : 0.0;
+  }
+  stats.loss = stats.mlm_loss + stats.nsp_loss;
+  return stats;
 }
 
 ops::DropoutSpec dropout_spec_for(const BertConfig& config, uint64_t seed, uint64_t step, DropoutSite site, int layer) {
@@ -377,362 +464,171 @@ ops::DropoutSpec dropout_spec_for(const BertConfig& config, uint64_t seed, uint6
   return spec;
 }
 
+// ---- the CPU backend of engine/bert_graph.h ----------------------------------------------------------
+
+namespace {
+
+// The bert::cpu ops with the model's Context bound; cross-entropy totals go to the model's slots.
 template <class T>
-ops::DropoutSpec BertForPreTraining<T>::dropout_spec(DropoutSite site, int layer, bool enabled) const {
-  if (!enabled) return ops::DropoutSpec{};  // probability 0: identity
-  return dropout_spec_for(config_, dropout_seed_, dropout_step_, site, layer);
+class CpuGraphBackend {
+ public:
+  using Act = T;
+  using Grad = T;
+  using Stat = T;
+  using Scalar = T;
+
+  CpuGraphBackend(cpu::Context& ctx, std::span<CrossEntropyTotals> totals) : ctx_(ctx), totals_(totals) {}
+
+  void linear_forward(const ops::LinearShape& shape, const T* x, const T* weight, const T* bias, T* y) {
+    cpu::linear_forward<T>(ctx_, shape, x, weight, bias, y);
+  }
+  void linear_backward(const ops::LinearShape& shape, const T* dy, const T* x, const T* weight, T* dx, T* dweight,
+                       T* dbias, ops::InputGrad dx_mode) {
+    cpu::linear_backward<T>(ctx_, shape, dy, x, weight, dx, dweight, dbias, dx_mode);
+  }
+  void embeddings_layernorm_forward(const ops::EmbeddingShape& shape, const int32_t* input_ids,
+                                    const int32_t* token_type_ids, const T* word, const T* position, const T* type,
+                                    const T* gamma, const T* beta, T eps, T* out, T* mean, T* rstd) {
+    cpu::embeddings_layernorm_forward<T>(ctx_, shape, input_ids, token_type_ids, word, position, type, gamma, beta, eps,
+                                         out, mean, rstd);
+  }
+  void embeddings_layernorm_backward(const ops::EmbeddingShape& shape, const T* dout, const int32_t* input_ids,
+                                     const int32_t* token_type_ids, const T* word, const T* position, const T* type,
+                                     const T* gamma, const T* mean, const T* rstd, T* d_word, T* d_position, T* d_type,
+                                     T* dgamma, T* dbeta) {
+    cpu::embeddings_layernorm_backward<T>(ctx_, shape, dout, input_ids, token_type_ids, word, position, type, gamma,
+                                          mean, rstd, d_word, d_position, d_type, dgamma, dbeta);
+  }
+  void layernorm_forward(const ops::MatrixShape& shape, const T* x, const T* gamma, const T* beta, T eps, T* y,
+                         T* mean, T* rstd) {
+    cpu::layernorm_forward<T>(ctx_, shape, x, gamma, beta, eps, y, mean, rstd);
+  }
+  void layernorm_backward(const ops::MatrixShape& shape, const T* dy, const T* x, const T* gamma, const T* mean,
+                          const T* rstd, T* dx, T* dgamma, T* dbeta) {
+    cpu::layernorm_backward<T>(ctx_, shape, dy, x, gamma, mean, rstd, dx, dgamma, dbeta);
+  }
+  void residual_layernorm_forward(const ops::MatrixShape& shape, const T* x, const T* residual, const T* gamma,
+                                  const T* beta, T eps, T* y, T* mean, T* rstd) {
+    cpu::residual_layernorm_forward<T>(ctx_, shape, x, residual, gamma, beta, eps, y, mean, rstd);
+  }
+  void residual_layernorm_backward(const ops::MatrixShape& shape, const T* dy, const T* x, const T* residual,
+                                   const T* gamma, const T* mean, const T* rstd, T* d_sum, T* dgamma, T* dbeta) {
+    cpu::residual_layernorm_backward<T>(ctx_, shape, dy, x, residual, gamma, mean, rstd, d_sum, dgamma, dbeta);
+  }
+  void bias_gelu_forward(ops::GeluKind kind, const ops::MatrixShape& shape, const T* x, const T* bias, T* y) {
+    cpu::bias_gelu_forward<T>(ctx_, kind, shape, x, bias, y);
+  }
+  void bias_gelu_backward(ops::GeluKind kind, const ops::MatrixShape& shape, const T* dy, const T* x, const T* bias,
+                          T* dx, T* dbias) {
+    cpu::bias_gelu_backward<T>(ctx_, kind, shape, dy, x, bias, dx, dbias);
+  }
+  void attention_forward(const ops::AttentionShape& shape, const T* q, const T* k, const T* v,
+                         const int32_t* attention_mask, const ops::DropoutSpec& dropout, T* context, T* logsumexp) {
+    cpu::attention_forward<T>(ctx_, shape, q, k, v, attention_mask, dropout, context, logsumexp);
+  }
+  void attention_backward(const ops::AttentionShape& shape, const T* dcontext, const T* q, const T* k, const T* v,
+                          const int32_t* attention_mask, const ops::DropoutSpec& dropout, const T* context,
+                          const T* logsumexp, T* dq, T* dk, T* dv) {
+    cpu::attention_backward<T>(ctx_, shape, dcontext, q, k, v, attention_mask, dropout, context, logsumexp, dq, dk, dv);
+  }
+  void dropout_forward(int64_t numel, const ops::DropoutSpec& dropout, const T* x, T* y) {
+    cpu::dropout_forward<T>(ctx_, numel, dropout, x, y);
+  }
+  void dropout_backward(int64_t numel, const ops::DropoutSpec& dropout, const T* dy, T* dx) {
+    cpu::dropout_backward<T>(ctx_, numel, dropout, dy, dx);
+  }
+  void pooler_forward(const ops::PoolerShape& shape, const T* encoder_out, const T* weight, const T* bias, T* pooled) {
+    cpu::pooler_forward<T>(ctx_, shape, encoder_out, weight, bias, pooled);
+  }
+  void pooler_backward(const ops::PoolerShape& shape, const T* dpooled, const T* encoder_out, const T* weight,
+                       const T* pooled, T* d_encoder_out, T* dweight, T* dbias) {
+    cpu::pooler_backward<T>(ctx_, shape, dpooled, encoder_out, weight, pooled, d_encoder_out, dweight, dbias);
+  }
+  void gather_rows(int64_t num_rows, int64_t cols, const int32_t* rows, const T* src, T* dst) {
+    cpu::gather_rows<T>(ctx_, num_rows, cols, rows, src, dst);
+  }
+  void scatter_add_rows(int64_t num_rows, int64_t cols, const int32_t* rows, const T* src, T* dst) {
+    cpu::scatter_add_rows<T>(ctx_, num_rows, cols, rows, src, dst);
+  }
+  void softmax_cross_entropy(const ops::MatrixShape& shape, const T* logits, const int32_t* labels, T grad_scale,
+                             T* dlogits, size_t slot) {
+    const ops::CrossEntropyStats stats = cpu::softmax_cross_entropy<T>(ctx_, shape, logits, labels, grad_scale, dlogits);
+    totals_[slot] = CrossEntropyTotals{stats.loss * static_cast<double>(stats.num_counted), stats.num_counted,
+                                       stats.num_correct};
+  }
+  void fill_zero(T* values, int64_t count) { std::fill_n(values, count, T(0)); }
+
+ private:
+  cpu::Context& ctx_;
+  std::span<CrossEntropyTotals> totals_;
+};
+
+}  // namespace
+
+// ---- planning and running ----------------------------------------------------------------------------
+
+template <class T>
+void BertForPreTraining<T>::reserve(int64_t max_batch, int64_t max_seq_len) {
+  if (max_batch <= 0 || max_seq_len <= 0)
+    throw Error("BertForPreTraining::reserve: max_batch and max_seq_len must be > 0");
+  if (max_seq_len > config_.max_position_embeddings)
+    throw Error("BertForPreTraining: seq_len " + std::to_string(max_seq_len) + " exceeds max_position_embeddings " +
+                std::to_string(config_.max_position_embeddings));
+  const int64_t tokens = max_batch * max_seq_len;
+  const BatchArenaPlan& current = arenas_.plan;
+  if (max_batch <= current.capacity_batch && tokens <= current.capacity_tokens) return;
+  BatchArenaPlan plan = plan_batch_arenas(config_, options_, std::max(max_batch, current.capacity_batch),
+                                          std::max(tokens, current.capacity_tokens));
+  // Replace rather than resize: nothing survives between steps, and this frees the old arenas first.
+  arenas_ = Arenas{};
+  arenas_.activations.assign(plan.activation_elements, T(0));
+  arenas_.workspace.assign(plan.workspace_elements, T(0));
+  arenas_.statistics.assign(plan.statistics_elements, T(0));
+  loss_totals_.assign(static_cast<size_t>(plan.max_mlm_chunks) + 1, CrossEntropyTotals{});
+  host_batch_.mlm_positions.reserve(static_cast<size_t>(plan.capacity_tokens));
+  host_batch_.mlm_labels.reserve(static_cast<size_t>(plan.capacity_tokens));
+  arenas_.plan = std::move(plan);
 }
 
 template <class T>
-void BertForPreTraining<T>::check_batch(const BatchView& batch) const {
-  auto require = [](bool ok, const std::string& message) {
-    if (!ok) throw Error("BertForPreTraining: " + message);
-  };
-  require(batch.batch > 0 && batch.seq_len > 0, "batch and seq_len must be > 0");
-  require(batch.input_ids != nullptr, "input_ids is missing");
-  require(batch.seq_len <= config_.max_position_embeddings, "seq_len " + std::to_string(batch.seq_len) +
-                                                                " exceeds max_position_embeddings " +
-                                                                std::to_string(config_.max_position_embeddings));
-  if (batch.masked_positions != nullptr) {
-    require(batch.num_masked >= 0 && batch.num_masked <= batch.tokens(), "num_masked is out of range");
-    for (int64_t i = 0; i < batch.num_masked; ++i) {
-      const int64_t position = batch.masked_positions[i];
-      require(position >= 0 && position < batch.tokens(),
-              "masked position " + std::to_string(position) + " is outside [0, batch * seq_len)");
-      require(i == 0 || position > batch.masked_positions[i - 1], "masked positions must be strictly ascending");
-    }
-    require(batch.masked_labels != nullptr || batch.labels != nullptr, "masked_positions need masked_labels or labels");
-  }
-}
-
-// ---- forward ---------------------------------------------------------------------------------------
-
-template <class T>
-const T* BertForPreTraining<T>::sequence_output() const {
-  if (activation_offsets_.layers.empty()) return activation(activation_offsets_.embeddings_output);
-  return activation(activation_offsets_.layers.back().layer_output);
+void BertForPreTraining<T>::set_dropout(uint64_t seed, uint64_t step, bool training) {
+  dropout_seed_ = seed;
+  dropout_step_ = step;
+  dropout_training_ = training;
 }
 
 template <class T>
-void BertForPreTraining<T>::forward_encoder(const BatchView& batch, bool dropout_enabled) {
-  const int64_t tokens = batch.tokens(), hidden = config_.hidden_size, intermediate = config_.intermediate_size;
-  const T eps = static_cast<T>(config_.layer_norm_eps);
-  const ParamOffsets& p = param_offsets_;
-  const ActivationOffsets& a = activation_offsets_;
-
-  const ops::EmbeddingShape embedding_shape{batch.batch,
-                                            batch.seq_len,
-                                            hidden,
-                                            config_.vocab_size,
-                                            config_.max_position_embeddings,
-                                            config_.type_vocab_size,
-                                            config_.pad_token_id};
-  T* embeddings = activation(a.embeddings_output);
-  cpu::embeddings_layernorm_forward(context_, embedding_shape, batch.input_ids, batch.token_type_ids,
-                                    param(p.word_embeddings), param(p.position_embeddings),
-                                    param(p.token_type_embeddings), param(p.embeddings_layernorm_weight),
-                                    param(p.embeddings_layernorm_bias), eps, embeddings, activation(a.embeddings_mean),
-                                    activation(a.embeddings_rstd));
-  cpu::dropout_forward(context_, tokens * hidden, dropout_spec(DropoutSite::kEmbeddings, 0, dropout_enabled),
-                       embeddings, embeddings);
-
-  const ops::AttentionShape attention_shape{batch.batch, batch.seq_len, config_.num_attention_heads, config_.head_dim(),
-                                            3 * hidden};
-  const T* layer_input = embeddings;
-  for (int layer = 0; layer < config_.num_hidden_layers; ++layer) {
-    const LayerParams& lp = p.layers[static_cast<size_t>(layer)];
-    const LayerActivations& la = a.layers[static_cast<size_t>(layer)];
-    T* qkv = activation(la.qkv);
-    cpu::linear_forward(context_, {tokens, hidden, 3 * hidden}, layer_input, param(lp.qkv_weight), param(lp.qkv_bias),
-                        qkv);
-    cpu::attention_forward(context_, attention_shape, qkv, qkv + hidden, qkv + 2 * hidden, batch.attention_mask,
-                           dropout_spec(DropoutSite::kAttentionProbs, layer, dropout_enabled), activation(la.context),
-                           activation(la.logsumexp));
-    T* attention_output = activation(la.attention_output);
-    cpu::linear_forward(context_, {tokens, hidden, hidden}, activation(la.context), param(lp.attention_output_weight),
-                        param(lp.attention_output_bias), attention_output);
-    cpu::dropout_forward(context_, tokens * hidden, dropout_spec(DropoutSite::kAttentionOutput, layer, dropout_enabled),
-                         attention_output, attention_output);
-    T* attention_layernorm = activation(la.attention_layernorm);
-    cpu::residual_layernorm_forward(context_, {tokens, hidden}, attention_output, layer_input,
-                                    param(lp.attention_layernorm_weight), param(lp.attention_layernorm_bias), eps,
-                                    attention_layernorm, activation(la.attention_layernorm_mean),
-                                    activation(la.attention_layernorm_rstd));
-    cpu::linear_forward<T>(context_, {tokens, hidden, intermediate}, attention_layernorm, param(lp.intermediate_weight),
-                           nullptr, activation(la.ffn_pre_activation));
-    cpu::bias_gelu_forward(context_, gelu_kind_, {tokens, intermediate}, activation(la.ffn_pre_activation),
-                           param(lp.intermediate_bias), activation(la.ffn_activation));
-    T* ffn_output = activation(la.ffn_output);
-    cpu::linear_forward(context_, {tokens, intermediate, hidden}, activation(la.ffn_activation),
-                        param(lp.output_weight), param(lp.output_bias), ffn_output);
-    cpu::dropout_forward(context_, tokens * hidden, dropout_spec(DropoutSite::kFfnOutput, layer, dropout_enabled),
-                         ffn_output, ffn_output);
-    cpu::residual_layernorm_forward(context_, {tokens, hidden}, ffn_output, attention_layernorm,
-                                    param(lp.output_layernorm_weight), param(lp.output_layernorm_bias), eps,
-                                    activation(la.layer_output), activation(la.output_layernorm_mean),
-                                    activation(la.output_layernorm_rstd));
-    layer_input = activation(la.layer_output);
-  }
-}
-
-template <class T>
-typename BertForPreTraining<T>::MlmRows BertForPreTraining<T>::select_mlm_rows(const BatchView& batch) {
-  MlmRows rows;
-  const int64_t tokens = batch.tokens(), hidden = config_.hidden_size;
-  const bool have_positions = batch.masked_positions != nullptr;
-  if (!have_positions && batch.labels == nullptr) return rows;  // no MLM targets
-
-  if (!options_.mlm_on_masked_positions_only) {
-    rows.input = sequence_output();
-    rows.rows = tokens;
-    if (batch.labels != nullptr) {
-      rows.labels = batch.labels;
-    } else {  // dense labels from the positions
-      std::fill(mlm_labels_.begin(), mlm_labels_.begin() + tokens, ops::kIgnoreIndex);
-      for (int64_t i = 0; i < batch.num_masked; ++i)
-        mlm_labels_[static_cast<size_t>(batch.masked_positions[i])] = batch.masked_labels[i];
-      rows.labels = mlm_labels_.data();
-    }
-    return rows;
-  }
-
-  int64_t count = 0;
-  if (have_positions) {
-    for (int64_t i = 0; i < batch.num_masked; ++i) {
-      const int32_t position = batch.masked_positions[i];
-      mlm_positions_[static_cast<size_t>(i)] = position;
-      mlm_labels_[static_cast<size_t>(i)] =
-          batch.masked_labels != nullptr ? batch.masked_labels[i] : batch.labels[position];
-    }
-    count = batch.num_masked;
-  } else {
-    for (int64_t t = 0; t < tokens; ++t) {
-      if (batch.labels[t] == ops::kIgnoreIndex) continue;
-      mlm_positions_[static_cast<size_t>(count)] = static_cast<int32_t>(t);
-      mlm_labels_[static_cast<size_t>(count)] = batch.labels[t];
-      ++count;
-    }
-  }
-  T* gathered = activation(activation_offsets_.mlm_input);
-  const T* encoder_rows = sequence_output();
-  for (int64_t i = 0; i < count; ++i)
-    std::copy_n(encoder_rows + int64_t{mlm_positions_[static_cast<size_t>(i)]} * hidden, hidden, gathered + i * hidden);
-  rows.input = gathered;
-  rows.labels = mlm_labels_.data();
-  rows.rows = count;
-  return rows;
-}
-
-template <class T>
-void BertForPreTraining<T>::mlm_transform_forward(const T* input, int64_t rows) {
-  const int64_t hidden = config_.hidden_size;
-  const ParamOffsets& p = param_offsets_;
-  const ActivationOffsets& a = activation_offsets_;
-  cpu::linear_forward<T>(context_, {rows, hidden, hidden}, input, param(p.mlm_transform_weight), nullptr,
-                         activation(a.mlm_transform_pre_activation));
-  cpu::bias_gelu_forward(context_, gelu_kind_, {rows, hidden}, activation(a.mlm_transform_pre_activation),
-                         param(p.mlm_transform_bias), activation(a.mlm_transform_activation));
-  cpu::layernorm_forward(context_, {rows, hidden}, activation(a.mlm_transform_activation),
-                         param(p.mlm_layernorm_weight), param(p.mlm_layernorm_bias),
-                         static_cast<T>(config_.layer_norm_eps), activation(a.mlm_transform_output),
-                         activation(a.mlm_layernorm_mean), activation(a.mlm_layernorm_rstd));
-}
-
-template <class T>
-cpu::CrossEntropyStats BertForPreTraining<T>::mlm_head_forward_backward(const MlmRows& rows, bool compute_grads,
-                                                                        T loss_scale) {
-  const int64_t hidden = config_.hidden_size, vocab = config_.vocab_size;
-  const ParamOffsets& p = param_offsets_;
-  const ActivationOffsets& a = activation_offsets_;
-  const WorkspaceOffsets& w = workspace_offsets_;
-  cpu::CrossEntropyStats total;
-  for (int64_t r = 0; r < rows.rows; ++r) total.num_counted += rows.labels[r] != ops::kIgnoreIndex;
-  if (total.num_counted == 0) {
-    if (compute_grads) std::fill_n(workspace(w.grad_mlm_input), rows.rows * hidden, T(0));
-    return total;
-  }
-
-  mlm_transform_forward(rows.input, rows.rows);
-  const T* transform_output = activation(a.mlm_transform_output);
-  T* grad_transform_output = workspace(w.grad_mlm_transform_output);
-  T* logits = workspace(w.mlm_logits);
-  double loss_sum = 0;
-  // The decoder (tied to the word embeddings) in row chunks; each chunk's mean-loss gradient is
-  // rescaled by its share of the counted rows, so the sum is the gradient of the mean over all rows.
-  for (int64_t first = 0; first < rows.rows; first += options_.decoder_chunk_rows) {
-    const int64_t chunk = std::min(options_.decoder_chunk_rows, rows.rows - first);
-    int64_t chunk_counted = 0;
-    for (int64_t r = first; r < first + chunk; ++r) chunk_counted += rows.labels[r] != ops::kIgnoreIndex;
-    if (chunk_counted == 0) {
-      if (compute_grads) std::fill_n(grad_transform_output + first * hidden, chunk * hidden, T(0));
-      continue;
-    }
-    const ops::LinearShape decoder_shape{chunk, hidden, vocab};
-    cpu::linear_forward(context_, decoder_shape, transform_output + first * hidden, param(p.word_embeddings),
-                        param(p.mlm_decoder_bias), logits);
-    const T grad_scale = loss_scale * static_cast<T>(chunk_counted) / static_cast<T>(total.num_counted);
-    const cpu::CrossEntropyStats chunk_stats = cpu::softmax_cross_entropy(
-        context_, {chunk, vocab}, logits, rows.labels + first, grad_scale, compute_grads ? logits : nullptr);
-    loss_sum += chunk_stats.loss * static_cast<double>(chunk_stats.num_counted);
-    total.num_correct += chunk_stats.num_correct;
-    if (compute_grads)
-      cpu::linear_backward(context_, decoder_shape, logits, transform_output + first * hidden, param(p.word_embeddings),
-                           grad_transform_output + first * hidden, grad_at(p.word_embeddings),
-                           grad_at(p.mlm_decoder_bias));
-  }
-  total.loss = loss_sum / static_cast<double>(total.num_counted);
-  if (!compute_grads) return total;
-
-  T* grad_activation = workspace(w.grad_mlm_transform_activation);
-  cpu::layernorm_backward(context_, {rows.rows, hidden}, grad_transform_output, activation(a.mlm_transform_activation),
-                          param(p.mlm_layernorm_weight), activation(a.mlm_layernorm_mean),
-                          activation(a.mlm_layernorm_rstd), grad_activation, grad_at(p.mlm_layernorm_weight),
-                          grad_at(p.mlm_layernorm_bias));
-  cpu::bias_gelu_backward(context_, gelu_kind_, {rows.rows, hidden}, grad_activation,
-                          activation(a.mlm_transform_pre_activation), param(p.mlm_transform_bias), grad_activation,
-                          grad_at(p.mlm_transform_bias));
-  cpu::linear_backward<T>(context_, {rows.rows, hidden, hidden}, grad_activation, rows.input,
-                          param(p.mlm_transform_weight), workspace(w.grad_mlm_input), grad_at(p.mlm_transform_weight),
-                          nullptr);
-  return total;
+template <class Run>
+void BertForPreTraining<T>::run_graph(const int32_t* input_ids, const int32_t* token_type_ids,
+                                      const int32_t* attention_mask, const int32_t* nsp_labels, bool dropout_enabled,
+                                      Run&& run) {
+  CpuGraphBackend<T> backend(context_, loss_totals_);
+  const GraphArenas<T, T, T> arenas{parameters_.data(), grads_.data(), arenas_.activations.data(),
+                                    arenas_.workspace.data(), arenas_.statistics.data()};
+  GraphInputs inputs;
+  inputs.input_ids = input_ids;
+  inputs.token_type_ids = token_type_ids;
+  inputs.attention_mask = attention_mask;
+  inputs.nsp_labels = nsp_labels;
+  inputs.mlm_positions = host_batch_.mlm_positions.data();
+  inputs.mlm_labels = host_batch_.mlm_labels.data();
+  const GraphDropout dropout{dropout_seed_, dropout_step_, dropout_enabled};
+  BertGraph<CpuGraphBackend<T>> graph(backend, config_, options_, param_offsets_, arenas_.plan, arenas, host_batch_,
+                                      inputs, dropout);
+  run(graph);
 }
 
 template <class T>
 void BertForPreTraining<T>::forward_backward(const BatchView& batch, LossStats& stats, bool compute_grads,
                                              T loss_scale) {
-  check_batch(batch);
+  prepare_batch(batch, config_, options_, "BertForPreTraining", host_batch_);
   reserve(batch.batch, batch.seq_len);
-  const int64_t tokens = batch.tokens(), hidden = config_.hidden_size;
-  const ParamOffsets& p = param_offsets_;
-  const ActivationOffsets& a = activation_offsets_;
-  const WorkspaceOffsets& w = workspace_offsets_;
-  stats = LossStats{};
-
-  forward_encoder(batch, dropout_training_);
-
-  // MLM head; its input gradient becomes d(sequence output).
-  T* grad_hidden = workspace(w.grad_hidden);
-  const MlmRows mlm_rows = select_mlm_rows(batch);
-  const cpu::CrossEntropyStats mlm = mlm_head_forward_backward(mlm_rows, compute_grads, loss_scale);
-  stats.mlm_loss = mlm.loss;
-  stats.mlm_count = mlm.num_counted;
-  stats.mlm_correct = mlm.num_correct;
-  if (compute_grads) {
-    const T* grad_mlm_input = workspace(w.grad_mlm_input);
-    if (mlm_rows.input == sequence_output()) {  // dense head: one row per token
-      std::copy_n(grad_mlm_input, tokens * hidden, grad_hidden);
-    } else {
-      std::fill_n(grad_hidden, tokens * hidden, T(0));
-      for (int64_t i = 0; i < mlm_rows.rows; ++i)
-        std::copy_n(grad_mlm_input + i * hidden, hidden,
-                    grad_hidden + int64_t{mlm_positions_[static_cast<size_t>(i)]} * hidden);
-    }
-  }
-
-  // NSP head on the pooled [CLS] rows; the pooler adds its gradient into the [CLS] rows.
-  if (batch.nsp_labels != nullptr) {
-    const ops::PoolerShape pooler_shape{batch.batch, batch.seq_len, hidden};
-    T* pooled = activation(a.pooled);
-    T* nsp_logits = activation(a.nsp_logits);
-    cpu::pooler_forward(context_, pooler_shape, sequence_output(), param(p.pooler_weight), param(p.pooler_bias),
-                        pooled);
-    cpu::linear_forward(context_, {batch.batch, hidden, 2}, pooled, param(p.nsp_weight), param(p.nsp_bias), nsp_logits);
-    const cpu::CrossEntropyStats nsp = cpu::softmax_cross_entropy(
-        context_, {batch.batch, 2}, nsp_logits, batch.nsp_labels, loss_scale, compute_grads ? nsp_logits : nullptr);
-    stats.nsp_loss = nsp.loss;
-    stats.nsp_count = nsp.num_counted;
-    stats.nsp_correct = nsp.num_correct;
-    if (compute_grads && nsp.num_counted > 0) {
-      T* grad_pooled = workspace(w.grad_pooled);
-      cpu::linear_backward(context_, {batch.batch, hidden, 2}, nsp_logits, pooled, param(p.nsp_weight), grad_pooled,
-                           grad_at(p.nsp_weight), grad_at(p.nsp_bias));
-      cpu::pooler_backward(context_, pooler_shape, grad_pooled, sequence_output(), param(p.pooler_weight), pooled,
-                           grad_hidden, grad_at(p.pooler_weight), grad_at(p.pooler_bias));
-    }
-  }
-  stats.loss = stats.mlm_loss + stats.nsp_loss;
-
-  if (compute_grads) backward_encoder(batch);
-}
-
-// ---- backward --------------------------------------------------------------------------------------
-
-template <class T>
-void BertForPreTraining<T>::backward_encoder(const BatchView& batch) {
-  const int64_t tokens = batch.tokens(), hidden = config_.hidden_size, intermediate = config_.intermediate_size;
-  const ParamOffsets& p = param_offsets_;
-  const ActivationOffsets& a = activation_offsets_;
-  const WorkspaceOffsets& w = workspace_offsets_;
-  T* grad_hidden = workspace(w.grad_hidden);  // d(layer output) on entry to a layer, d(layer input) on exit
-  T* grad_residual = workspace(w.grad_residual);
-  T* grad_branch = workspace(w.grad_branch);
-  T* grad_context = workspace(w.grad_context);
-  T* grad_ffn = workspace(w.grad_ffn);
-  T* grad_qkv = workspace(w.grad_qkv);
-  // d(dropout input) from d(dropout output); with dropout off that is the same buffer.
-  auto dropout_input_grad = [&](const ops::DropoutSpec& spec, const T* grad_output) -> const T* {
-    if (spec.probability == 0.0f) return grad_output;
-    cpu::dropout_backward(context_, tokens * hidden, spec, grad_output, grad_branch);
-    return grad_branch;
-  };
-  const ops::AttentionShape attention_shape{batch.batch, batch.seq_len, config_.num_attention_heads, config_.head_dim(),
-                                            3 * hidden};
-
-  for (int layer = config_.num_hidden_layers - 1; layer >= 0; --layer) {
-    const LayerParams& lp = p.layers[static_cast<size_t>(layer)];
-    const LayerActivations& la = a.layers[static_cast<size_t>(layer)];
-    const T* layer_input = layer == 0 ? activation(a.embeddings_output)
-                                      : activation(a.layers[static_cast<size_t>(layer - 1)].layer_output);
-    // Output LayerNorm: grad_residual = d(ffn_output) = d(attention_layernorm) through the residual.
-    cpu::residual_layernorm_backward(
-        context_, {tokens, hidden}, grad_hidden, activation(la.ffn_output), activation(la.attention_layernorm),
-        param(lp.output_layernorm_weight), activation(la.output_layernorm_mean), activation(la.output_layernorm_rstd),
-        grad_residual, grad_at(lp.output_layernorm_weight), grad_at(lp.output_layernorm_bias));
-    // FFN: down-projection, bias + GELU, up-projection (adds onto the residual gradient).
-    const T* grad_ffn_output =
-        dropout_input_grad(dropout_spec(DropoutSite::kFfnOutput, layer, dropout_training_), grad_residual);
-    cpu::linear_backward(context_, {tokens, intermediate, hidden}, grad_ffn_output, activation(la.ffn_activation),
-                         param(lp.output_weight), grad_ffn, grad_at(lp.output_weight), grad_at(lp.output_bias));
-    cpu::bias_gelu_backward(context_, gelu_kind_, {tokens, intermediate}, grad_ffn, activation(la.ffn_pre_activation),
-                            param(lp.intermediate_bias), grad_ffn, grad_at(lp.intermediate_bias));
-    cpu::linear_backward<T>(context_, {tokens, hidden, intermediate}, grad_ffn, activation(la.attention_layernorm),
-                            param(lp.intermediate_weight), grad_residual, grad_at(lp.intermediate_weight), nullptr,
-                            ops::InputGrad::kAccumulate);
-    // Attention LayerNorm: grad_hidden = d(attention_output) = d(layer input) through the residual.
-    cpu::residual_layernorm_backward(context_, {tokens, hidden}, grad_residual, activation(la.attention_output),
-                                     layer_input, param(lp.attention_layernorm_weight),
-                                     activation(la.attention_layernorm_mean), activation(la.attention_layernorm_rstd),
-                                     grad_hidden, grad_at(lp.attention_layernorm_weight),
-                                     grad_at(lp.attention_layernorm_bias));
-    const T* grad_attention_output =
-        dropout_input_grad(dropout_spec(DropoutSite::kAttentionOutput, layer, dropout_training_), grad_hidden);
-    cpu::linear_backward(context_, {tokens, hidden, hidden}, grad_attention_output, activation(la.context),
-                         param(lp.attention_output_weight), grad_context, grad_at(lp.attention_output_weight),
-                         grad_at(lp.attention_output_bias));
-    const T* qkv = activation(la.qkv);
-    cpu::attention_backward(context_, attention_shape, grad_context, qkv, qkv + hidden, qkv + 2 * hidden,
-                            batch.attention_mask, dropout_spec(DropoutSite::kAttentionProbs, layer, dropout_training_),
-                            activation(la.context), activation(la.logsumexp), grad_qkv, grad_qkv + hidden,
-                            grad_qkv + 2 * hidden);
-    cpu::linear_backward(context_, {tokens, hidden, 3 * hidden}, grad_qkv, layer_input, param(lp.qkv_weight),
-                         grad_hidden, grad_at(lp.qkv_weight), grad_at(lp.qkv_bias), ops::InputGrad::kAccumulate);
-  }
-
-  const ops::EmbeddingShape embedding_shape{batch.batch,
-                                            batch.seq_len,
-                                            hidden,
-                                            config_.vocab_size,
-                                            config_.max_position_embeddings,
-                                            config_.type_vocab_size,
-                                            config_.pad_token_id};
-  const T* grad_embeddings =
-      dropout_input_grad(dropout_spec(DropoutSite::kEmbeddings, 0, dropout_training_), grad_hidden);
-  cpu::embeddings_layernorm_backward(
-      context_, embedding_shape, grad_embeddings, batch.input_ids, batch.token_type_ids, param(p.word_embeddings),
-      param(p.position_embeddings), param(p.token_type_embeddings), param(p.embeddings_layernorm_weight),
-      activation(a.embeddings_mean), activation(a.embeddings_rstd), grad_at(p.word_embeddings),
-      grad_at(p.position_embeddings), grad_at(p.token_type_embeddings), grad_at(p.embeddings_layernorm_weight),
-      grad_at(p.embeddings_layernorm_bias));
+  std::fill(loss_totals_.begin(), loss_totals_.end(), CrossEntropyTotals{});
+  run_graph(batch.input_ids, batch.token_type_ids, batch.attention_mask, batch.nsp_labels, dropout_training_,
+            [&](auto& graph) { graph.forward_backward(loss_scale, compute_grads); });
+  const size_t chunks = host_batch_.mlm_counted > 0 ? host_batch_.mlm_chunk_counted.size() : 0;
+  stats = combine_loss_stats(std::span<const CrossEntropyTotals>(loss_totals_).first(chunks),
+                             batch.nsp_labels != nullptr ? &loss_totals_.back() : nullptr);
 }
 
 // ---- inference -------------------------------------------------------------------------------------
@@ -740,8 +636,14 @@ void BertForPreTraining<T>::backward_encoder(const BatchView& batch) {
 template <class T>
 void BertForPreTraining<T>::mlm_logits_at(const BatchView& batch, std::span<const int32_t> positions,
                                           std::span<T> logits) {
-  check_batch(batch);
-  const int64_t rows = static_cast<int64_t>(positions.size()), hidden = config_.hidden_size;
+  BatchView view = batch;  // labels ignored: the rows are the caller's positions
+  view.labels = nullptr;
+  view.nsp_labels = nullptr;
+  view.masked_positions = nullptr;
+  view.masked_labels = nullptr;
+  view.num_masked = 0;
+  prepare_batch(view, config_, options_, "BertForPreTraining::mlm_logits_at", host_batch_);
+  const int64_t rows = static_cast<int64_t>(positions.size());
   if (logits.size() != positions.size() * static_cast<size_t>(config_.vocab_size))
     throw Error("BertForPreTraining::mlm_logits_at: logits holds " + std::to_string(logits.size()) +
                 " values, need positions * vocab_size = " +
@@ -749,22 +651,20 @@ void BertForPreTraining<T>::mlm_logits_at(const BatchView& batch, std::span<cons
   if (rows > batch.tokens())
     throw Error("BertForPreTraining::mlm_logits_at: " + std::to_string(rows) + " positions for a batch of only " +
                 std::to_string(batch.tokens()) + " tokens");
-  reserve(batch.batch, batch.seq_len);
-  forward_encoder(batch, /*dropout_enabled=*/false);
-  T* gathered = activation(activation_offsets_.mlm_input);
-  const T* encoder_rows = sequence_output();
-  for (int64_t i = 0; i < rows; ++i) {
-    const int64_t position = positions[static_cast<size_t>(i)];
+  for (const int32_t position : positions)
     if (position < 0 || position >= batch.tokens())
       throw Error("BertForPreTraining::mlm_logits_at: position " + std::to_string(position) +
                   " is outside [0, batch * seq_len)");
-    std::copy_n(encoder_rows + position * hidden, hidden, gathered + i * hidden);
-  }
-  if (rows == 0) return;
-  mlm_transform_forward(gathered, rows);
-  cpu::linear_forward(context_, {rows, hidden, config_.vocab_size},
-                      activation(activation_offsets_.mlm_transform_output), param(param_offsets_.word_embeddings),
-                      param(param_offsets_.mlm_decoder_bias), logits.data());
+  reserve(batch.batch, batch.seq_len);
+  host_batch_.mlm_positions.assign(positions.begin(), positions.end());  // any order, repeats allowed
+  host_batch_.mlm_labels.assign(positions.size(), ops::kIgnoreIndex);
+  run_graph(view.input_ids, view.token_type_ids, view.attention_mask, nullptr, /*dropout_enabled=*/false,
+            [&](auto& graph) {
+              graph.forward_encoder();
+              if (rows == 0) return;
+              graph.mlm_transform_forward();
+              graph.decoder_forward(0, rows, logits.data());
+            });
 }
 
 double bert_training_flops(const BertConfig& config, int64_t batch, int64_t seq_len, int64_t mlm_rows) {

@@ -1,6 +1,8 @@
-// BERT for pre-training: Hugging Face `BertForPreTraining`, forward and manual backward, written once
-// against the op set of kernels/ops.h (CPU backend: bert::cpu, T = float for training, double for
-// gradient checks).
+// BERT for pre-training: Hugging Face `BertForPreTraining` on the CPU (bert::cpu ops, T = float for
+// training, double for gradient checks). The forward and manual backward are written once, in
+// engine/bert_graph.h, against the op set of kernels/ops.h; this model and the CUDA one
+// (engine/bert_cuda.h) both run that sequence. What both share is declared here too: the parameter
+// table, the batch-arena plan, batch validation, dropout sites and loss bookkeeping.
 //
 //   input_ids, token_type_ids, attention_mask [B, S]
 //   -> embeddings: LN(word + token_type + position) -> dropout                        [B*S, hidden]
@@ -10,8 +12,8 @@
 //   -> NSP head: linear(tanh(dense(x[CLS])), 2)
 //   loss = CE(MLM logits, labels; ignore -100; mean) + CE(NSP logits, nsp_labels; mean)
 //
-// Memory: one arena each for parameters, gradients (same layout), activations saved for backward and
-// backward workspace, planned once for a maximum (batch, seq_len) by reserve(); a step allocates
+// Memory: one arena each for parameters, gradients (same layout), activations saved for backward,
+// backward workspace and statistics (LayerNorm mean/rstd, attention logsumexp), planned once for a maximum (batch, seq_len) by reserve(); a step allocates
 // nothing. Parameters are listed in HF order under HF names (params()); Q/K/V keep HF's separate
 // [hidden, hidden] tensors but sit next to each other in the arena, so each layer runs them as one
 // [3*hidden, hidden] GEMM. Saved per token per layer: 8*hidden + 2*intermediate values
@@ -109,6 +111,22 @@ struct BertParamOffsets {
   size_t nsp_weight = 0, nsp_bias = 0;
 };
 
+// Element offsets in an arena under construction: each tensor starts on a 16-element boundary (64 B
+// in fp32, 32 B in bf16, so every pointer an op sees is 16-byte aligned when hidden % 8 == 0).
+class ArenaCursor {
+ public:
+  size_t allocate(int64_t count) {
+    const size_t offset = size_;
+    size_ = (size_ + static_cast<size_t>(count) + kAlign - 1) / kAlign * kAlign;
+    return offset;
+  }
+  size_t size() const { return size_; }
+
+ private:
+  static constexpr size_t kAlign = 16;
+  size_t size_ = 0;
+};
+
 // BertForPreTraining's parameter table, shared by the CPU model and the CUDA model (engine/bert_cuda.h):
 // HF names, shapes and order, decay flags, init kinds and arena offsets. Tensors start on 16-element
 // boundaries (64 B in fp32, 32 B in bf16); each layer's query/key/value weights (and biases) are
@@ -161,6 +179,90 @@ struct ModelOptions {
 // Forward + backward FLOPs of one batch (the napkin math above): the same count for the CPU and CUDA
 // models, for the run table and MFU.
 double bert_training_flops(const BertConfig& config, int64_t batch, int64_t seq_len, int64_t mlm_rows);
+
+// ---- shared by the CPU and CUDA models (engine/bert_graph.h runs the ops on either) ------------------
+
+// HF hidden_act -> our GELU form ("gelu": erf; "gelu_new" / "gelu_pytorch_tanh": tanh); bert::Error
+// for anything else.
+ops::GeluKind gelu_kind_of(const std::string& hidden_act);
+
+// A validated batch and the rows its MLM head runs on, in host memory.
+struct HostBatch {
+  int64_t batch = 0, seq_len = 0;
+  bool has_token_types = false, has_attention_mask = false, has_nsp_labels = false;
+  // The MLM head's rows: flat b*seq_len+t positions and their targets (-100 = ignored). Sparse head:
+  // the labelled positions, ascending. Dense head: every token.
+  std::vector<int32_t> mlm_positions, mlm_labels;
+  int64_t mlm_counted = 0;                 // rows whose label is not -100
+  std::vector<int64_t> mlm_chunk_counted;  // the same per decoder chunk of ModelOptions::decoder_chunk_rows
+  int64_t nsp_counted = 0;                 // NSP labels that are not -100
+
+  int64_t tokens() const { return batch * seq_len; }
+  int64_t mlm_rows() const { return static_cast<int64_t>(mlm_positions.size()); }
+};
+// Checks `batch` against `config` and lists its MLM rows into `out` (reused: no allocation once
+// warm). Errors are bert::Error "<who>: ..." naming the value and its position: batch or seq_len not
+// > 0, seq_len beyond max_position_embeddings, a missing input_ids, an input id outside the vocabulary
+// or a token type outside type_vocab_size, masked positions out of range or not strictly ascending,
+// an MLM label outside the vocabulary (and not -100), an NSP label other than 0, 1 and -100.
+void prepare_batch(const BatchView& batch, const BertConfig& config, const ModelOptions& options, std::string_view who,
+                   HostBatch& out);
+
+// Element offsets of the batch-sized arenas, both backends: activations saved for backward and the
+// backward workspace (the activation type: fp32/fp64 on the CPU, bf16 on the GPU), and the
+// statistics (LayerNorm mean/rstd, attention logsumexp: the activation type on the CPU, fp32 on the
+// GPU). A pure function of (config, options, capacity): the CUDA memory plan uses it without a device.
+struct BertLayerActivationOffsets {  // [tokens, *] unless noted
+  size_t qkv = 0;                    // [tokens, 3*hidden] fused projection output (with biases)
+  size_t context = 0;                // attention output before the output dense
+  size_t attention_output = 0;       // output dense after dropout: x of the first residual LayerNorm
+  size_t attention_layernorm = 0;    // LN(attention_output + layer input): the FFN input
+  size_t ffn_pre_activation = 0;     // [tokens, intermediate] up-projection without its bias
+  size_t ffn_activation = 0;         // [tokens, intermediate] gelu(pre_activation + bias)
+  size_t ffn_output = 0;             // down-projection after dropout
+  size_t layer_output = 0;           // LN(ffn_output + attention_layernorm): the next layer's input
+};
+struct BertLayerStatisticOffsets {
+  size_t logsumexp = 0;  // [batch, heads, seq_len]
+  size_t attention_layernorm_mean = 0, attention_layernorm_rstd = 0;  // [tokens]
+  size_t output_layernorm_mean = 0, output_layernorm_rstd = 0;        // [tokens]
+};
+struct BatchArenaPlan {
+  int64_t capacity_batch = 0, capacity_tokens = 0;
+  int64_t mlm_chunk_rows = 0;  // rows of the decoder's logits chunk: min(capacity_tokens, decoder_chunk_rows)
+  int64_t max_mlm_chunks = 0;  // decoder chunks of a batch whose every token is an MLM row
+  // activations
+  size_t embeddings_output = 0;  // after LayerNorm and dropout: layer 0's input
+  std::vector<BertLayerActivationOffsets> layers;
+  size_t pooled = 0, nsp_logits = 0;  // [batch, hidden], [batch, 2] (the logits become their gradient)
+  size_t mlm_input = 0;               // [mlm rows, hidden] gathered encoder rows
+  size_t mlm_transform_pre_activation = 0, mlm_transform_activation = 0, mlm_transform_output = 0;
+  size_t activation_elements = 0;
+  // backward workspace: alive within one step
+  size_t grad_hidden = 0;    // d(layer output), then d(layer input): flows down the encoder
+  size_t grad_residual = 0;  // d(x + residual) of a residual LayerNorm
+  size_t grad_branch = 0;    // a dropout's input gradient
+  size_t grad_context = 0, grad_ffn = 0, grad_qkv = 0;
+  size_t grad_mlm_input = 0, grad_mlm_transform_output = 0, grad_mlm_transform_activation = 0;
+  size_t grad_pooled = 0;
+  size_t mlm_logits = 0;  // [mlm_chunk_rows, vocab]; becomes its own gradient
+  size_t workspace_elements = 0;
+  // statistics
+  size_t embeddings_mean = 0, embeddings_rstd = 0;
+  std::vector<BertLayerStatisticOffsets> layer_statistics;
+  size_t mlm_layernorm_mean = 0, mlm_layernorm_rstd = 0;
+  size_t statistics_elements = 0;
+};
+BatchArenaPlan plan_batch_arenas(const BertConfig& config, const ModelOptions& options, int64_t capacity_batch,
+                                 int64_t capacity_tokens);
+
+// The totals of one cross-entropy call: a decoder chunk of the MLM head, or the NSP head.
+struct CrossEntropyTotals {
+  double loss_sum = 0;  // sum over counted rows of -log p[label]
+  int64_t num_counted = 0, num_correct = 0;
+};
+// One forward's LossStats from its MLM chunks' totals and the NSP head's (nullptr: no NSP labels).
+LossStats combine_loss_stats(std::span<const CrossEntropyTotals> mlm_chunks, const CrossEntropyTotals* nsp);
 
 template <class T>
 class BertForPreTraining {
@@ -235,85 +337,30 @@ class BertForPreTraining {
   void load_safetensors(const std::string& path);
 
  private:
-  using LayerParams = BertLayerParamOffsets;
-  using ParamOffsets = BertParamOffsets;
-  // Element offsets into activations_: what backward reads. [tokens, *] unless noted.
-  struct LayerActivations {
-    size_t qkv = 0;                  // [tokens, 3*hidden] fused projection output (with biases)
-    size_t context = 0;              // attention output before the output dense
-    size_t logsumexp = 0;            // [batch, heads, seq_len]
-    size_t attention_output = 0;     // output dense after dropout: x of the first residual LayerNorm
-    size_t attention_layernorm = 0;  // LN(attention_output + layer input): the FFN input
-    size_t attention_layernorm_mean = 0, attention_layernorm_rstd = 0;  // [tokens]
-    size_t ffn_pre_activation = 0;  // [tokens, intermediate] up-projection without its bias
-    size_t ffn_activation = 0;      // [tokens, intermediate] gelu(pre_activation + bias)
-    size_t ffn_output = 0;          // down-projection after dropout
-    size_t layer_output = 0;        // LN(ffn_output + attention_layernorm): the next layer's input
-    size_t output_layernorm_mean = 0, output_layernorm_rstd = 0;  // [tokens]
-  };
-  struct ActivationOffsets {
-    size_t embeddings_output = 0;  // after LayerNorm and dropout: layer 0's input
-    size_t embeddings_mean = 0, embeddings_rstd = 0;
-    std::vector<LayerActivations> layers;
-    size_t pooled = 0;      // [batch, hidden]
-    size_t nsp_logits = 0;  // [batch, 2]; becomes its own gradient
-    size_t mlm_input = 0;   // [mlm_rows, hidden] gathered encoder rows (sparse head only)
-    size_t mlm_transform_pre_activation = 0, mlm_transform_activation = 0, mlm_transform_output = 0;
-    size_t mlm_layernorm_mean = 0, mlm_layernorm_rstd = 0;
-  };
-  // Element offsets into workspace_: backward's gradients, alive within one step only.
-  struct WorkspaceOffsets {
-    size_t grad_hidden = 0;    // d(layer output), then d(layer input): flows down the encoder
-    size_t grad_residual = 0;  // d(x + residual) of a residual LayerNorm
-    size_t grad_branch = 0;    // a dropout's input gradient
-    size_t grad_context = 0;
-    size_t grad_ffn = 0;  // [tokens, intermediate]
-    size_t grad_qkv = 0;  // [tokens, 3*hidden]
-    size_t grad_mlm_input = 0, grad_mlm_transform_output = 0, grad_mlm_transform_activation = 0;
-    size_t grad_pooled = 0;  // [batch, hidden]
-    size_t mlm_logits = 0;   // [decoder_chunk_rows, vocab]; becomes its own gradient
-  };
-  struct MlmRows {                    // the rows the MLM head runs on
-    const T* input = nullptr;         // [rows, hidden]
-    const int32_t* labels = nullptr;  // [rows]
-    int64_t rows = 0;
+  // The batch-sized arenas for up to capacity_batch sequences and capacity_tokens tokens.
+  struct Arenas {
+    BatchArenaPlan plan;
+    std::vector<T> activations, workspace, statistics;
   };
 
-  void check_batch(const BatchView& batch) const;
-  ops::DropoutSpec dropout_spec(DropoutSite site, int layer, bool enabled) const;
-  void forward_encoder(const BatchView& batch, bool dropout_enabled);
-  const T* sequence_output() const;
-  MlmRows select_mlm_rows(const BatchView& batch);
-  // Transform + decoder + cross-entropy on `rows`; with compute_grads, writes d(rows.input) to
-  // workspace grad_mlm_input and accumulates the head's parameter gradients.
-  cpu::CrossEntropyStats mlm_head_forward_backward(const MlmRows& rows, bool compute_grads, T loss_scale);
-  void mlm_transform_forward(const T* input, int64_t rows);
-  void backward_encoder(const BatchView& batch);
-
-  T* param(size_t offset) { return parameters_.data() + offset; }
-  const T* param(size_t offset) const { return parameters_.data() + offset; }
-  T* grad_at(size_t offset) { return grads_.data() + offset; }
-  T* activation(size_t offset) { return activations_.data() + offset; }
-  const T* activation(size_t offset) const { return activations_.data() + offset; }
-  T* workspace(size_t offset) { return workspace_.data() + offset; }
+  // Runs BertGraph (engine/bert_graph.h) on the CPU ops over this model's arenas and host_batch_.
+  template <class Run>
+  void run_graph(const int32_t* input_ids, const int32_t* token_type_ids, const int32_t* attention_mask,
+                 const int32_t* nsp_labels, bool dropout_enabled, Run&& run);
 
   BertConfig config_;
   ModelOptions options_;
-  ops::GeluKind gelu_kind_ = ops::GeluKind::kErf;
   cpu::Context context_;
 
   std::vector<ParamInfo> params_;
   std::vector<ParamInit> param_init_;  // parallel to params_
-  ParamOffsets param_offsets_;
+  BertParamOffsets param_offsets_;
   std::vector<T> parameters_;
   std::vector<T> grads_;
 
-  int64_t capacity_batch_ = 0, capacity_tokens_ = 0;
-  ActivationOffsets activation_offsets_;
-  WorkspaceOffsets workspace_offsets_;
-  std::vector<T> activations_;
-  std::vector<T> workspace_;
-  std::vector<int32_t> mlm_positions_, mlm_labels_;  // [capacity_tokens_] each
+  Arenas arenas_;
+  HostBatch host_batch_;                          // the batch being run, validated
+  std::vector<CrossEntropyTotals> loss_totals_;  // one forward's cross-entropy calls: MLM chunks, then NSP
 
   uint64_t dropout_seed_ = 0, dropout_step_ = 0;
   bool dropout_training_ = false;

@@ -45,10 +45,10 @@
 //   zero_grads(); per micro-batch k of K: set_dropout(seed, micro_step++, true); forward_backward(batch_k, 1/K);
 //   optimizer_step({lr, ..., step}, max_grad_norm); when logging: take_loss_stats(), read_grad_norm().
 //
-// Differences from the CPU model: the MLM head always runs on the labelled rows only (gather_rows /
-// scatter_add_rows; the loss and gradients equal the dense head's), and seq_len is at most 512 (the
-// fused attention kernel's limit). Unsupported configs throw std::invalid_argument naming the field
-// before anything touches the device.
+// The forward and backward are the CPU model's, op for op: both run engine/bert_graph.h (here on a
+// backend of bert::cuda ops), so the two cannot drift apart. Differences from the CPU model: seq_len
+// is at most 512 (the fused attention kernel's limit), and unsupported configs throw
+// std::invalid_argument naming the field before anything touches the device.
 #pragma once
 
 #include <cstddef>
@@ -182,50 +182,15 @@ class BertForPreTrainingCuda {
   void load_safetensors(const std::string& path);  // errors as BertForPreTraining::load_safetensors
 
  private:
-  struct LayerActivations {  // element offsets in the bf16 activations arena
-    size_t qkv = 0, context = 0, attention_output = 0, attention_layernorm = 0;
-    size_t ffn_pre_activation = 0, ffn_activation = 0, ffn_output = 0, layer_output = 0;
-  };
-  struct LayerStatistics {  // element offsets in the fp32 statistics arena
-    size_t logsumexp = 0;   // [batch, heads, seq_len]
-    size_t attention_layernorm_mean = 0, attention_layernorm_rstd = 0;
-    size_t output_layernorm_mean = 0, output_layernorm_rstd = 0;
-  };
-  // Every offset of the batch-sized arenas, and their sizes in elements: a pure function of
-  // (config, options, capacity), shared by memory_plan and reserve.
+  // The batch-sized arenas: BatchArenaPlan's (activations, workspace, statistics) plus the batch's
+  // int32 inputs and the device loss slots. A pure function of (config, options, capacity), shared by
+  // memory_plan and reserve.
   struct ArenaPlan {
-    int64_t capacity_batch = 0, capacity_tokens = 0, mlm_chunk_rows = 0, max_mlm_chunks = 0;
-    // activations (bf16)
-    size_t embeddings_output = 0;
-    std::vector<LayerActivations> layers;
-    size_t pooled = 0, nsp_logits = 0;
-    size_t mlm_input = 0, mlm_transform_pre_activation = 0, mlm_transform_activation = 0, mlm_transform_output = 0;
-    size_t activation_elements = 0;
-    // workspace (bf16)
-    size_t grad_hidden = 0, grad_residual = 0, grad_branch = 0, grad_context = 0, grad_ffn = 0, grad_qkv = 0;
-    size_t grad_mlm_input = 0, grad_mlm_transform_output = 0, grad_mlm_transform_activation = 0;
-    size_t grad_pooled = 0, mlm_logits = 0;
-    size_t workspace_elements = 0;
-    // statistics (fp32)
-    size_t embeddings_mean = 0, embeddings_rstd = 0;
-    std::vector<LayerStatistics> layer_statistics;
-    size_t mlm_layernorm_mean = 0, mlm_layernorm_rstd = 0;
-    size_t statistics_elements = 0;
-    // inputs (int32)
+    BatchArenaPlan graph;
     size_t input_ids = 0, token_type_ids = 0, attention_mask = 0, nsp_labels = 0, mlm_positions = 0, mlm_labels = 0;
     size_t input_elements = 0;
     // loss stats slots: kLossSlots forwards x (max_mlm_chunks MLM + 1 NSP) CrossEntropyDeviceStats
     size_t loss_slot_stride = 0;
-  };
-  // The batch on the device and what the host knows about it (no sync needed to launch).
-  struct DeviceBatch {
-    int64_t batch = 0, seq_len = 0;
-    bool has_token_types = false, has_attention_mask = false, has_nsp_labels = false;
-    int64_t mlm_rows = 0;                    // labelled positions gathered for the MLM head
-    int64_t mlm_counted = 0;                 // of those, labels != -100
-    std::vector<int64_t> mlm_chunk_counted;  // per decoder chunk
-    int64_t nsp_counted = 0;
-    int64_t tokens() const { return batch * seq_len; }
   };
   // Host bookkeeping of one device loss slot.
   struct LossSlot {
@@ -242,28 +207,19 @@ class BertForPreTrainingCuda {
 
   static ArenaPlan plan_arenas(const BertConfig& config, const ModelOptions& options, int64_t capacity_batch,
                                int64_t capacity_tokens);
-  ops::DropoutSpec dropout_spec(DropoutSite site, int layer) const;
-  void forward_encoder();
-  // MLM transform + decoder + cross-entropy on the gathered rows; with compute_grads, writes
-  // d(encoder output) (zeros + the scattered row gradients) to grad_hidden.
-  void mlm_head(float loss_scale, bool compute_grads, cuda::CrossEntropyDeviceStats* stats);
-  void nsp_head(float loss_scale, bool compute_grads, cuda::CrossEntropyDeviceStats* stats);
-  void backward_encoder();
+  // Runs BertGraph (engine/bert_graph.h) on the CUDA ops over the uploaded batch; cross-entropy
+  // totals go to the device loss slot `slot` (nullptr: none are computed).
+  // upload_batch with the MLM rows listed as `options` says.
+  void upload(const BatchView& batch, const ModelOptions& options);
+  template <class Run>
+  void run_graph(bool dropout_enabled, cuda::CrossEntropyDeviceStats* slot, Run&& run);
   void drain_loss_stats();
-  const cuda::bf16* sequence_output() const;
 
-  cuda::bf16* working(size_t offset) { return working_.data() + offset; }
-  float* grad_at(size_t offset) { return grads_.data() + offset; }
-  cuda::bf16* activation(size_t offset) { return activations_.data() + offset; }
-  const cuda::bf16* activation(size_t offset) const { return activations_.data() + offset; }
-  cuda::bf16* workspace(size_t offset) { return workspace_.data() + offset; }
-  float* statistic(size_t offset) { return statistics_.data() + offset; }
   int32_t* input(size_t offset) { return inputs_.data() + offset; }
 
   BertConfig config_;
   ModelOptions options_;
   ParameterTable table_;  // made (and the config checked) before anything touches the device
-  ops::GeluKind gelu_kind_ = ops::GeluKind::kErf;
   std::unique_ptr<cuda::Context> context_;
 
   cuda::DeviceBuffer<float> master_, grads_, moments_;  // moments_: exp_avg then exp_avg_sq
@@ -279,7 +235,8 @@ class BertForPreTrainingCuda {
   std::unique_ptr<int32_t, PinnedDeleter> staging_;               // pinned mirror of inputs_
   std::unique_ptr<CUevent_st, EventDeleter> staging_copied_;      // the last upload's copies are done
 
-  DeviceBatch batch_;
+  HostBatch batch_;    // the uploaded batch as the host knows it (no sync needed to launch)
+  HostBatch pending_;  // upload_batch's scratch, swapped with batch_
   bool batch_uploaded_ = false;
   std::vector<LossSlot> loss_slots_;  // slots in use, in forward order
   std::vector<LossStats> drained_;    // drained, not yet taken

@@ -64,6 +64,9 @@
 //   y = x * keep / (1 - p), keep = dropout_keep(spec, i). In place allowed. p = 0 is a copy.
 // pooler_forward / _backward                                  PoolerShape
 //   pooled[b] = tanh(W h[b, 0] + bias) on the [CLS] row of each sequence. W [hidden, hidden].
+// gather_rows / scatter_add_rows                              num_rows, cols, rows[num_rows]
+//   gather: dst[i] = src[rows[i]]; scatter_add: dst[rows[i]] += src[i] (rows distinct). The sparse
+//   MLM head's input rows and the return of their gradient.
 // softmax_cross_entropy                                       MatrixShape {rows, classes}
 //   Fused forward + backward over logits [rows, classes], labels [rows] (kIgnoreIndex = skip).
 //   loss = mean over counted rows of -log softmax(logits)[label] (0 counted rows: loss 0, grad 0);

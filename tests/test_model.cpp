@@ -356,6 +356,75 @@ TEST_CASE("config validation names the field", "[model]") {
   CHECK_THROWS_WITH(model.forward_backward(long_batch.view(), stats, false), Catch::Contains("max_position"));
 }
 
+TEST_CASE("batch validation (shared with the CUDA model) names the value and its position", "[model]") {
+  const BertConfig config = tiny_config();
+  Model<float> model(config);
+  LossStats stats;
+  const TestBatch good = check_batch();
+  auto rejects = [&](const TestBatch& bad, const std::string& what) {
+    CHECK_THROWS_WITH(model.forward_backward(bad.view(), stats, true),
+                      Catch::Contains("BertForPreTraining: ") && Catch::Contains(what));
+  };
+  TestBatch bad = good;
+  bad.input_ids[3] = 23;
+  rejects(bad, "input id 23 at position 3 is outside the vocabulary [0, 23)");
+  bad = good;
+  bad.input_ids[9] = -1;
+  rejects(bad, "input id -1 at position 9");
+  bad = good;
+  bad.token_type_ids[5] = 2;
+  rejects(bad, "token type id 2 at position 5 is outside [0, type_vocab_size 2)");
+  bad = good;
+  bad.nsp_labels[1] = 2;
+  rejects(bad, "NSP label 2 of sequence 1 is not 0, 1 or -100");
+  bad = good;
+  bad.masked_labels[0] = 99;
+  rejects(bad, "MLM label 99 at position " + std::to_string(bad.masked_positions[0]) + " is outside the vocabulary");
+  bad = good;
+  std::swap(bad.masked_positions[0], bad.masked_positions[1]);
+  rejects(bad, "strictly ascending");
+  // A rejected batch leaves the model usable: the good one still runs, with the same loss as before.
+  const LossStats first = run(model, good.view(), false);
+  rejects(bad, "strictly ascending");
+  CHECK(run(model, good.view(), false).loss == first.loss);
+}
+
+TEST_CASE("prepare_batch lists the MLM rows and their per-chunk counts for both heads", "[model]") {
+  const BertConfig config = tiny_config();
+  const TestBatch batch = check_batch();  // 2 x 7 tokens, 4 labelled
+  ModelOptions options;
+  options.decoder_chunk_rows = 3;
+  bert::HostBatch host;
+  for (const bool from_labels : {false, true}) {
+    INFO("from labels: " << from_labels);
+    bert::prepare_batch(from_labels ? batch.view_from_labels() : batch.view(), config, options, "test", host);
+    CHECK(host.mlm_positions == batch.masked_positions);
+    CHECK(host.mlm_labels == batch.masked_labels);
+    CHECK(host.mlm_counted == 4);
+    CHECK(host.mlm_chunk_counted == std::vector<int64_t>{3, 1});
+    CHECK(host.nsp_counted == 2);
+  }
+  options.mlm_on_masked_positions_only = false;  // dense: every token, -100 where unlabelled
+  bert::prepare_batch(batch.view(), config, options, "test", host);
+  REQUIRE(host.mlm_rows() == 14);
+  CHECK(host.mlm_labels == batch.labels);
+  CHECK(host.mlm_counted == 4);
+  int64_t total = 0;
+  for (const int64_t counted : host.mlm_chunk_counted) total += counted;
+  CHECK(host.mlm_chunk_counted.size() == 5);
+  CHECK(total == 4);
+  // No labels at all: no rows; NSP ignored labels are not counted.
+  TestBatch unlabelled = batch;
+  unlabelled.labels.clear();
+  unlabelled.masked_positions.clear();
+  unlabelled.masked_labels.clear();
+  unlabelled.nsp_labels[0] = kIgnore;
+  bert::prepare_batch(unlabelled.view(), config, options, "test", host);
+  CHECK(host.mlm_rows() == 0);
+  CHECK(host.mlm_chunk_counted.empty());
+  CHECK(host.nsp_counted == 1);
+}
+
 TEST_CASE("(a) whole-model gradients match finite differences (double)", "[model][gradcheck]") {
   const TestBatch batch = check_batch();
   SECTION("gelu (erf), sparse MLM head") {

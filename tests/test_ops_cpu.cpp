@@ -845,6 +845,31 @@ TEST_CASE("pooler: tanh(dense) on the CLS row matches naive and gradients match 
   check_float_matches_double(c);
 }
 
+TEST_CASE("gather_rows and scatter_add_rows: exact row copies and adds, any thread count") {
+  const int64_t table_rows = 41, cols = 13;
+  const Vec table = random_vec(static_cast<size_t>(table_rows * cols), 207);
+  const std::vector<int32_t> rows = {40, 0, 17, 3, 29};  // distinct, unordered
+  const int64_t n = static_cast<int64_t>(rows.size());
+  for (const int threads : {1, 3}) {
+    bert::cpu::Context ctx(threads);
+    Vec gathered(static_cast<size_t>(n * cols), std::nan(""));
+    bert::cpu::gather_rows<double>(ctx, n, cols, rows.data(), table.data(), gathered.data());
+    for (int64_t i = 0; i < n; ++i)
+      for (int64_t c = 0; c < cols; ++c) CHECK(gathered[i * cols + c] == table[rows[i] * cols + c]);
+    Vec target = table;
+    bert::cpu::scatter_add_rows<double>(ctx, n, cols, rows.data(), gathered.data(), target.data());
+    for (int64_t r = 0; r < table_rows; ++r) {
+      const bool picked = std::find(rows.begin(), rows.end(), r) != rows.end();
+      for (int64_t c = 0; c < cols; ++c) CHECK(target[r * cols + c] == (picked ? 2 : 1) * table[r * cols + c]);
+    }
+  }
+  bert::cpu::Context ctx(1);
+  bert::cpu::gather_rows<double>(ctx, 0, cols, nullptr, nullptr, nullptr);  // nothing to do
+  Vec out(static_cast<size_t>(2 * cols));
+  CHECK_THROWS_AS(bert::cpu::gather_rows<double>(ctx, 2, cols, nullptr, table.data(), out.data()),
+                  std::invalid_argument);
+}
+
 TEST_CASE("pooler: wide shape: sampled finite differences and deterministic for any thread count") {
   PoolerCase c(37, 3, 70, 205);
   const Outputs<double> out = c.run<double>(3);

@@ -124,7 +124,7 @@ void dropout_forward(Context& ctx, int64_t numel, const DropoutSpec& dropout, co
 template <class T>
 void dropout_backward(Context& ctx, int64_t numel, const DropoutSpec& dropout, const T* dy, T* dx);
 
-// ---- pooler (pooler.cpp) -----------------------------------------------------------------------
+// ---- pooler and row gather/scatter (pooler.cpp) -----------------------------------------------
 // encoder_out: [batch * seq_len, hidden]; pooled: [batch, hidden].
 template <class T>
 void pooler_forward(Context& ctx, const PoolerShape& shape, const T* encoder_out, const T* weight, const T* bias,
@@ -133,6 +133,12 @@ void pooler_forward(Context& ctx, const PoolerShape& shape, const T* encoder_out
 template <class T>
 void pooler_backward(Context& ctx, const PoolerShape& shape, const T* dpooled, const T* encoder_out, const T* weight,
                      const T* pooled, T* d_encoder_out, T* dweight, T* dbias);
+// dst[i] = src[rows[i]] for i < num_rows (rows of `cols` elements): the sparse MLM head's input.
+template <class T>
+void gather_rows(Context& ctx, int64_t num_rows, int64_t cols, const int32_t* rows, const T* src, T* dst);
+// dst[rows[i]] += src[i]; rows must be distinct (masked positions are).
+template <class T>
+void scatter_add_rows(Context& ctx, int64_t num_rows, int64_t cols, const int32_t* rows, const T* src, T* dst);
 
 // ---- softmax cross-entropy (cross_entropy.cpp) -------------------------------------------------------
 // dlogits may be nullptr (loss only) or alias logits.
