@@ -255,3 +255,28 @@ TEST_CASE("user mistakes are one-line errors") {
   message = error_of([&] { train({"--config", config, "--resum"}); });
   CHECK_THAT(message, Catch::Contains("unknown option '--resum'"));
 }
+
+TEST_CASE("a non-finite gradient skips the update with a warning, and the run goes on") {
+  make_tiny_data();
+  // A learning rate of 1e38 sends AdamW's first update (~lr * sign(g)) to weights near the float
+  // limit: the second forward overflows, its gradient norm is not finite, and every update from then
+  // on is skipped. The run must neither crash nor apply them; the log says so.
+  const std::string config =
+      write_config("blowup", "out",
+                   "max_steps = 4\nper_device_train_batch_size = 8\nlearning_rate = 1e38\nwarmup_steps = 0\n"
+                   "lr_scheduler_type = \"constant\"\nlogging_steps = 1\nsave_steps = 4\n");
+  const RunResult run = train({"--config", config});
+  INFO(run.out << run.err);
+  REQUIRE(run.code == 0);
+  CHECK(run.err.find("step 2: gradient norm is") != std::string::npos);
+  CHECK(run.err.find("skipping this update") != std::string::npos);
+  CHECK(run.out.find("3 update(s) skipped (non-finite gradients)") != std::string::npos);
+  const std::vector<Json> records = read_metrics(test_dir() + "/out/metrics.jsonl");
+  REQUIRE(records.size() == 4);
+  CHECK(records[0].find("grad_norm")->is_number());
+  for (size_t i = 1; i < 4; ++i) CHECK(records[i].find("grad_norm")->is_null());
+  // The bias-correction count holds the one update applied; the saved weights are that update's.
+  const TrainerState state = TrainerState::load(test_dir() + "/out/checkpoint-4/trainer_state.json");
+  CHECK(state.global_step == 4);
+  CHECK(state.optimizer_steps == 1);
+}

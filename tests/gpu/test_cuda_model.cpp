@@ -6,6 +6,7 @@
 //     (max |gpu - cpu| / max |cpu| per tensor), accumulated over micro-batches
 //   - dropout on: the same masks, so the same losses and gradients
 //   - a few AdamW steps (clipped) on both: the losses still agree
+//   - the dense MLM head and small decoder chunks give the sparse head's loss and gradients
 //   - checkpoints interchangeable (fp32, bitwise); memory_plan == what reserve allocates
 // The weights are rounded to bf16 first (both models get the same bf16-exact fp32 values), so the
 // differences come from bf16 activations only.
@@ -240,6 +241,20 @@ TEST_CASE("cuda model: losses and gradients match the CPU model (dropout off)", 
     chunked.forward_backward(batch.view(), 1.0f);
     check_losses(chunked.read_loss_stats(), cpu_stats, 2e-2);
     check_grads(cpu, chunked, 3e-2);
+  }
+
+  SECTION("the dense MLM head (every token, HF's way) gives the same loss and gradients") {
+    ModelOptions options;
+    options.mlm_on_masked_positions_only = false;
+    options.decoder_chunk_rows = 48;  // 128 rows: three chunks, the last one partial
+    BertForPreTrainingCuda dense(tiny_config(), options);
+    dense.copy_parameters_from(cpu);
+    dense.set_dropout(1, 0, false);
+    dense.forward_backward(batch.view(), 1.0f);
+    const LossStats dense_stats = dense.read_loss_stats();
+    check_losses(dense_stats, cpu_stats, 2e-2);
+    CHECK(dense_stats.mlm_count == cpu_stats.mlm_count);
+    check_grads(cpu, dense, 3e-2);
   }
 
   SECTION("forward only: losses, no gradients") {
