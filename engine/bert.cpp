@@ -499,8 +499,8 @@ class CpuGraphBackend {
     cpu::embeddings_layernorm_backward<T>(ctx_, shape, dout, input_ids, token_type_ids, word, position, type, gamma,
                                           mean, rstd, d_word, d_position, d_type, dgamma, dbeta);
   }
-  void layernorm_forward(const ops::MatrixShape& shape, const T* x, const T* gamma, const T* beta, T eps, T* y,
-                         T* mean, T* rstd) {
+  void layernorm_forward(const ops::MatrixShape& shape, const T* x, const T* gamma, const T* beta, T eps, T* y, T* mean,
+                         T* rstd) {
     cpu::layernorm_forward<T>(ctx_, shape, x, gamma, beta, eps, y, mean, rstd);
   }
   void layernorm_backward(const ops::MatrixShape& shape, const T* dy, const T* x, const T* gamma, const T* mean,
@@ -552,9 +552,10 @@ class CpuGraphBackend {
   }
   void softmax_cross_entropy(const ops::MatrixShape& shape, const T* logits, const int32_t* labels, T grad_scale,
                              T* dlogits, size_t slot) {
-    const ops::CrossEntropyStats stats = cpu::softmax_cross_entropy<T>(ctx_, shape, logits, labels, grad_scale, dlogits);
-    totals_[slot] = CrossEntropyTotals{stats.loss * static_cast<double>(stats.num_counted), stats.num_counted,
-                                       stats.num_correct};
+    const ops::CrossEntropyStats stats =
+        cpu::softmax_cross_entropy<T>(ctx_, shape, logits, labels, grad_scale, dlogits);
+    totals_[slot] =
+        CrossEntropyTotals{stats.loss * static_cast<double>(stats.num_counted), stats.num_counted, stats.num_correct};
   }
   void fill_zero(T* values, int64_t count) { std::fill_n(values, count, T(0)); }
 

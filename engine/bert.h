@@ -13,9 +13,9 @@
 //   loss = CE(MLM logits, labels; ignore -100; mean) + CE(NSP logits, nsp_labels; mean)
 //
 // Memory: one arena each for parameters, gradients (same layout), activations saved for backward,
-// backward workspace and statistics (LayerNorm mean/rstd, attention logsumexp), planned once for a maximum (batch, seq_len) by reserve(); a step allocates
-// nothing. Parameters are listed in HF order under HF names (params()); Q/K/V keep HF's separate
-// [hidden, hidden] tensors but sit next to each other in the arena, so each layer runs them as one
+// backward workspace and statistics (LayerNorm mean/rstd, attention logsumexp), planned once for a maximum (batch,
+// seq_len) by reserve(); a step allocates nothing. Parameters are listed in HF order under HF names (params()); Q/K/V
+// keep HF's separate [hidden, hidden] tensors but sit next to each other in the arena, so each layer runs them as one
 // [3*hidden, hidden] GEMM. Saved per token per layer: 8*hidden + 2*intermediate values
 // (BERT-base: 48 KB fp32, so 4096 tokens x 12 layers = 2.4 GB).
 //
@@ -223,7 +223,7 @@ struct BertLayerActivationOffsets {  // [tokens, *] unless noted
   size_t layer_output = 0;           // LN(ffn_output + attention_layernorm): the next layer's input
 };
 struct BertLayerStatisticOffsets {
-  size_t logsumexp = 0;  // [batch, heads, seq_len]
+  size_t logsumexp = 0;                                               // [batch, heads, seq_len]
   size_t attention_layernorm_mean = 0, attention_layernorm_rstd = 0;  // [tokens]
   size_t output_layernorm_mean = 0, output_layernorm_rstd = 0;        // [tokens]
 };
@@ -359,7 +359,7 @@ class BertForPreTraining {
   std::vector<T> grads_;
 
   Arenas arenas_;
-  HostBatch host_batch_;                          // the batch being run, validated
+  HostBatch host_batch_;                         // the batch being run, validated
   std::vector<CrossEntropyTotals> loss_totals_;  // one forward's cross-entropy calls: MLM chunks, then NSP
 
   uint64_t dropout_seed_ = 0, dropout_step_ = 0;

@@ -368,8 +368,8 @@ class CudaGraphBackend {
                           const float* mean, const float* rstd, bf16* dx, float* dgamma, float* dbeta) {
     cuda::layernorm_backward(ctx_, shape, dy, x, gamma, mean, rstd, dx, dgamma, dbeta);
   }
-  void residual_layernorm_forward(const ops::MatrixShape& shape, const bf16* x, const bf16* residual,
-                                  const bf16* gamma, const bf16* beta, float eps, bf16* y, float* mean, float* rstd) {
+  void residual_layernorm_forward(const ops::MatrixShape& shape, const bf16* x, const bf16* residual, const bf16* gamma,
+                                  const bf16* beta, float eps, bf16* y, float* mean, float* rstd) {
     cuda::residual_layernorm_forward(ctx_, shape, x, residual, gamma, beta, eps, y, mean, rstd);
   }
   void residual_layernorm_backward(const ops::MatrixShape& shape, const bf16* dy, const bf16* x, const bf16* residual,
@@ -414,8 +414,8 @@ class CudaGraphBackend {
   void scatter_add_rows(int64_t num_rows, int64_t cols, const int32_t* rows, const bf16* src, bf16* dst) {
     cuda::scatter_add_rows(ctx_, num_rows, cols, rows, src, dst);
   }
-  void softmax_cross_entropy(const ops::MatrixShape& shape, const bf16* logits, const int32_t* labels,
-                             float grad_scale, bf16* dlogits, size_t slot) {
+  void softmax_cross_entropy(const ops::MatrixShape& shape, const bf16* logits, const int32_t* labels, float grad_scale,
+                             bf16* dlogits, size_t slot) {
     if (slot_ == nullptr) throw Error("BertForPreTrainingCuda: a loss was computed without a loss slot");
     cuda::softmax_cross_entropy(ctx_, shape, logits, labels, grad_scale, dlogits, slot_ + slot);
   }
@@ -500,8 +500,8 @@ void BertForPreTrainingCuda::mlm_logits_at(const BatchView& batch, std::span<con
       for (int64_t r = 0; r < chunk; ++r) {
         // Row first + r of the sorted positions goes back to where the caller listed that position.
         const int32_t position = order[static_cast<size_t>(first + r)];
-        const auto caller_row = static_cast<int64_t>(std::find(positions.begin(), positions.end(), position) -
-                                                     positions.begin());
+        const auto caller_row =
+            static_cast<int64_t>(std::find(positions.begin(), positions.end(), position) - positions.begin());
         for (int64_t v = 0; v < vocab; ++v)
           logits[static_cast<size_t>(caller_row * vocab + v)] =
               __bfloat162float(host[static_cast<size_t>(r * vocab + v)]);

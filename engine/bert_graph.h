@@ -175,9 +175,8 @@ class BertGraph {
   // logits[rows, vocab] = the decoder (tied to the word embeddings) on transformed MLM rows
   // first .. first + rows - 1.
   void decoder_forward(int64_t first, int64_t rows, Act* logits) {
-    ops_.linear_forward({rows, hidden_, config_.vocab_size},
-                        activation(plan_.mlm_transform_output) + first * hidden_, param(p_.word_embeddings),
-                        param(p_.mlm_decoder_bias), logits);
+    ops_.linear_forward({rows, hidden_, config_.vocab_size}, activation(plan_.mlm_transform_output) + first * hidden_,
+                        param(p_.word_embeddings), param(p_.mlm_decoder_bias), logits);
   }
 
   // The MLM head on the batch's rows, its loss in slots 0 .. chunks-1; with compute_grads it writes
@@ -269,11 +268,10 @@ class BertGraph {
       const Act* layer_input = layer == 0 ? activation(plan_.embeddings_output)
                                           : activation(plan_.layers[static_cast<size_t>(layer - 1)].layer_output);
       // Output LayerNorm: grad_residual = d(ffn_output) = d(attention_layernorm) through the residual.
-      ops_.residual_layernorm_backward({tokens_, hidden_}, grad_hidden, activation(la.ffn_output),
-                                       activation(la.attention_layernorm), param(lp.output_layernorm_weight),
-                                       statistic(ls.output_layernorm_mean), statistic(ls.output_layernorm_rstd),
-                                       grad_residual, grad_at(lp.output_layernorm_weight),
-                                       grad_at(lp.output_layernorm_bias));
+      ops_.residual_layernorm_backward(
+          {tokens_, hidden_}, grad_hidden, activation(la.ffn_output), activation(la.attention_layernorm),
+          param(lp.output_layernorm_weight), statistic(ls.output_layernorm_mean), statistic(ls.output_layernorm_rstd),
+          grad_residual, grad_at(lp.output_layernorm_weight), grad_at(lp.output_layernorm_bias));
       // FFN: down-projection, bias + GELU, up-projection (adds onto the residual gradient).
       const Act* grad_ffn_output = dropout_input_grad(DropoutSite::kFfnOutput, layer, grad_residual);
       ops_.linear_backward({tokens_, intermediate_, hidden_}, grad_ffn_output, activation(la.ffn_activation),

@@ -2,7 +2,6 @@
 // the loss falls, a stopped + resumed run equals an uninterrupted one bit for bit, checkpoints are
 // complete and rotated, and user mistakes are one-line errors.
 #include <catch2/catch.hpp>
-
 #include <csignal>
 #include <filesystem>
 #include <functional>
@@ -66,7 +65,8 @@ TEST_CASE("total steps and trainer state round trip") {
   CHECK(back.data_epoch == 1);
   CHECK(back.data_index == 3);
   CHECK(back.model.vocab_size == 100);
-  CHECK(resume_command("run.toml", "out dir/checkpoint-5") == "bert_train --config run.toml --resume 'out dir/checkpoint-5'");
+  CHECK(resume_command("run.toml", "out dir/checkpoint-5") ==
+        "bert_train --config run.toml --resume 'out dir/checkpoint-5'");
 }
 
 TEST_CASE("the loss falls; checkpoints hold an HF model, tokenizer and trainer state; plot") {
@@ -224,8 +224,9 @@ TEST_CASE("user mistakes are one-line errors") {
 
   // Resuming with a different model shape.
   const std::string wider = test_dir() + "/wider.toml";
-  write_file_atomic(wider, std::string(read_file(config)).replace(read_file(config).find("hidden_size = 16"), 16,
-                                                                  "hidden_size = 32"));
+  write_file_atomic(
+      wider,
+      std::string(read_file(config)).replace(read_file(config).find("hidden_size = 16"), 16, "hidden_size = 32"));
   message = error_of([&] { train({"--config", wider, "--resume"}); });
   CHECK_THAT(message, Catch::Contains("hidden_size 16 -> 32"));
   CHECK(one_line(message));
@@ -240,10 +241,11 @@ TEST_CASE("user mistakes are one-line errors") {
 
   // device = "cuda" without a usable device (every CI machine): a one-line error before anything loads.
   if (!cuda_device_info().available) {
-    const std::string gpu = write_config("gpu", "gpu", "max_steps = 2\nper_device_train_batch_size = 8\ndevice = \"cuda\"\n");
+    const std::string gpu =
+        write_config("gpu", "gpu", "max_steps = 2\nper_device_train_batch_size = 8\ndevice = \"cuda\"\n");
     message = error_of([&] { train({"--config", gpu}); });
-    CHECK_THAT(message, Catch::Contains("gpu.toml: [training] device = \"cuda\": ") &&
-                            Catch::Contains("set device = \"cpu\""));
+    CHECK_THAT(message,
+               Catch::Contains("gpu.toml: [training] device = \"cuda\": ") && Catch::Contains("set device = \"cpu\""));
     CHECK(one_line(message));
     CHECK_FALSE(file_exists(test_dir() + "/gpu"));
   }

@@ -53,7 +53,8 @@ __device__ __forceinline__ float warp_sum(float value) {
   return value;
 }
 
-// Sum over a block of kThreads threads in a fixed tree; valid in thread 0.
+// Sum over a block of kThreads threads in a fixed tree; valid in thread 0. Every thread of the block
+// must call it (it holds two barriers).
 template <int kThreads, class T>
 __device__ T block_sum(T value) {
   static_assert(kThreads % 32 == 0 && kThreads <= 1024, "whole warps");
@@ -66,6 +67,7 @@ __device__ T block_sum(T value) {
     value = lane < kThreads / 32 ? warp_sums[lane] : T(0);
     for (int offset = 16; offset > 0; offset /= 2) value += __shfl_down_sync(0xffffffffu, value, offset);
   }
+  __syncthreads();  // warp_sums is free again: a second block_sum in the same kernel may reuse it
   return value;
 }
 
