@@ -205,6 +205,9 @@ MultiTensorList::MultiTensorList(std::span<const AdamWTensor> tensors) {
     require(
         tensor.param != nullptr && tensor.grad != nullptr && tensor.exp_avg != nullptr && tensor.exp_avg_sq != nullptr,
         op, which + ": param, grad, exp_avg and exp_avg_sq must not be nullptr (param_bf16 may)");
+    require(aligned_to(tensor.param, 4) && aligned_to(tensor.grad, 4) && aligned_to(tensor.exp_avg, 4) &&
+                aligned_to(tensor.exp_avg_sq, 4) && aligned_to(tensor.param_bf16, 2),
+            op, which + ": every pointer must be aligned to its element size");
     for (int64_t start = 0; start < tensor.numel; start += kChunkElements) {
       const int64_t length = tensor.numel - start < kChunkElements ? tensor.numel - start : kChunkElements;
       chunks.push_back(TensorChunk{start, static_cast<int32_t>(t), static_cast<int32_t>(length)});

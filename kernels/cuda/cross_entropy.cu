@@ -191,9 +191,11 @@ __global__ void __launch_bounds__(kThreads)
   const float grad_per_row = grad_scale / static_cast<float>(stats->num_counted);
   const float inv_sum = 1.0f / total.sum;
   const float max_logit = total.max;
+  // Explicitly rounded operations: the aligned (vector) and unaligned (scalar) paths must give the same
+  // bits whatever ptxas decides to fuse (the aliasing test compares them bitwise).
   auto gradient = [&](float x, int64_t c) {
-    float value = grad_per_row * (exp2f((x - max_logit) * kLog2e) * inv_sum);
-    if (c == label) value -= grad_per_row;
+    float value = __fmul_rn(grad_per_row, __fmul_rn(exp2f(__fmul_rn(__fsub_rn(x, max_logit), kLog2e)), inv_sum));
+    if (c == label) value = __fsub_rn(value, grad_per_row);
     return __float2bfloat16_rn(value);
   };
   if (misaligned_head(grad, classes) == head) {
@@ -253,6 +255,9 @@ void softmax_cross_entropy(Context& ctx, const MatrixShape& shape, const bf16* l
   require(shape.rows <= std::numeric_limits<int32_t>::max(), kOp, "rows must fit in int32 (one block per row)");
   require(stats != nullptr, kOp, "stats is nullptr");
   require(shape.rows == 0 || (logits != nullptr && labels != nullptr), kOp, "logits and labels must not be nullptr");
+  // The row kernel's 16-byte accesses start after a misaligned head, counted in whole elements.
+  require(aligned_to(logits, alignof(bf16)) && aligned_to(dlogits, alignof(bf16)) && aligned_to(labels, 4), kOp,
+          "logits, dlogits and labels must be aligned to their element size");
 
   const int64_t rows = shape.rows;
   float* row_loss = nullptr;

@@ -257,8 +257,30 @@ struct GemmPlan {
   MatmulDesc desc;
   MatrixLayout a, b, d;  // C uses D's layout
   cublasLtMatmulAlgo_t algo{};
-  bool has_bias = false;
+  bool has_bias = false;    // the bias epilogue adds it
+  bool bias_after = false;  // no epilogue kernel at these alignments: add_bias_rows after the GEMM
 };
+
+// y[r, c] += bias[c] on a bf16 [rows, cols] y: the fallback when cuBLASLt offers no bias-epilogue
+// kernel for the pointers' alignments (odd offsets only; the engine's 16-byte aligned buffers always
+// get the epilogue). One more rounding to bf16 than the epilogue; memory-bound and rare.
+__global__ void add_bias_rows_kernel(int64_t rows, int64_t cols, const bf16* __restrict__ bias, bf16* __restrict__ y) {
+  const int64_t total = rows * cols;
+  for (int64_t i = blockIdx.x * static_cast<int64_t>(blockDim.x) + threadIdx.x; i < total;
+       i += static_cast<int64_t>(gridDim.x) * blockDim.x)
+    y[i] = __float2bfloat16_rn(__bfloat162float(y[i]) + __bfloat162float(bias[i % cols]));
+}
+
+void add_bias_rows(Context& ctx, int64_t rows, int64_t cols, const bf16* bias, bf16* y) {
+  const int64_t total = rows * cols;
+  if (total == 0) return;
+  constexpr int kThreads = 256;
+  const int64_t wanted = (total + kThreads - 1) / kThreads;
+  const int64_t cap = static_cast<int64_t>(ctx.multiprocessors() > 0 ? ctx.multiprocessors() : 132) * 8;
+  add_bias_rows_kernel<<<static_cast<unsigned>(wanted < cap ? wanted : cap), kThreads, 0, ctx.stream()>>>(rows, cols,
+                                                                                                          bias, y);
+  CUDA_CHECK_LAUNCH();
+}
 
 }  // namespace
 
@@ -276,6 +298,9 @@ struct Context::GemmPlans {
     CUBLAS_CHECK(cublasLtMatmul(ctx.cublaslt(), plan.desc.handle, &alpha, call.a, plan.a.handle, call.b, plan.b.handle,
                                 &beta, call.d, plan.d.handle, call.d, plan.d.handle, &plan.algo, ctx.gemm_workspace(),
                                 ctx.gemm_workspace_bytes(), ctx.stream()));
+    // D is column-major m x n with ldd == m: row-major [n, m], the bias along m.
+    if (plan.bias_after)
+      add_bias_rows(ctx, call.n, call.m, static_cast<const bf16*>(call.bias), static_cast<bf16*>(call.d));
   }
 
  private:
@@ -327,24 +352,44 @@ struct Context::GemmPlans {
                                                       &workspace_bytes, sizeof(workspace_bytes)));
     // cuBLASLt has no alignment preference for the bias epilogue's pointer: fold it into C/D's, so a
     // misaligned bias never gets a kernel that assumes a 16-byte aligned one (PyTorch did the same).
-    const uint32_t align_a = pointer_alignment(call.a), align_b = pointer_alignment(call.b),
-                   align_d = call.bias != nullptr ? std::min(pointer_alignment(call.d), pointer_alignment(call.bias))
-                                                  : pointer_alignment(call.d);
+    const uint32_t align_a = pointer_alignment(call.a), align_b = pointer_alignment(call.b);
+    uint32_t align_d = call.bias != nullptr ? std::min(pointer_alignment(call.d), pointer_alignment(call.bias))
+                                            : pointer_alignment(call.d);
     CUBLAS_CHECK(cublasLtMatmulPreferenceSetAttribute(preference.handle, CUBLASLT_MATMUL_PREF_MIN_ALIGNMENT_A_BYTES,
                                                       &align_a, sizeof(align_a)));
     CUBLAS_CHECK(cublasLtMatmulPreferenceSetAttribute(preference.handle, CUBLASLT_MATMUL_PREF_MIN_ALIGNMENT_B_BYTES,
                                                       &align_b, sizeof(align_b)));
-    CUBLAS_CHECK(cublasLtMatmulPreferenceSetAttribute(preference.handle, CUBLASLT_MATMUL_PREF_MIN_ALIGNMENT_C_BYTES,
-                                                      &align_d, sizeof(align_d)));
-    CUBLAS_CHECK(cublasLtMatmulPreferenceSetAttribute(preference.handle, CUBLASLT_MATMUL_PREF_MIN_ALIGNMENT_D_BYTES,
-                                                      &align_d, sizeof(align_d)));
+    auto set_d_alignment = [&] {
+      CUBLAS_CHECK(cublasLtMatmulPreferenceSetAttribute(preference.handle, CUBLASLT_MATMUL_PREF_MIN_ALIGNMENT_C_BYTES,
+                                                        &align_d, sizeof(align_d)));
+      CUBLAS_CHECK(cublasLtMatmulPreferenceSetAttribute(preference.handle, CUBLASLT_MATMUL_PREF_MIN_ALIGNMENT_D_BYTES,
+                                                        &align_d, sizeof(align_d)));
+    };
+    set_d_alignment();
 
     cublasLtMatmulHeuristicResult_t result{};
     int found = 0;
-    const cublasStatus_t status =
-        cublasLtMatmulAlgoGetHeuristic(ctx.cublaslt(), plan.desc.handle, plan.a.handle, plan.b.handle, plan.d.handle,
-                                       plan.d.handle, preference.handle, 1, &result, &found);
-    if (status == CUBLAS_STATUS_NOT_SUPPORTED || (status == CUBLAS_STATUS_SUCCESS && found == 0)) {
+    auto heuristic = [&] {
+      found = 0;
+      return cublasLtMatmulAlgoGetHeuristic(ctx.cublaslt(), plan.desc.handle, plan.a.handle, plan.b.handle,
+                                            plan.d.handle, plan.d.handle, preference.handle, 1, &result, &found);
+    };
+    auto none_found = [&](cublasStatus_t status) {
+      return status == CUBLAS_STATUS_NOT_SUPPORTED || (status == CUBLAS_STATUS_SUCCESS && found == 0);
+    };
+    cublasStatus_t status = heuristic();
+    if (plan.has_bias && none_found(status)) {
+      // No bias-epilogue kernel at these alignments: the plain GEMM, then add_bias_rows.
+      const uint32_t no_epilogue = CUBLASLT_EPILOGUE_DEFAULT;
+      CUBLAS_CHECK(cublasLtMatmulDescSetAttribute(plan.desc.handle, CUBLASLT_MATMUL_DESC_EPILOGUE, &no_epilogue,
+                                                  sizeof(no_epilogue)));
+      plan.has_bias = false;
+      plan.bias_after = true;
+      align_d = pointer_alignment(call.d);
+      set_d_alignment();
+      status = heuristic();
+    }
+    if (none_found(status)) {
       throw std::invalid_argument(
           std::string(product_name(call.product)) + ": cuBLASLt has no algorithm for m=" + std::to_string(call.m) +
           " n=" + std::to_string(call.n) + " k=" + std::to_string(call.k) + " (pointer alignments " +
