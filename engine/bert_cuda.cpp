@@ -102,8 +102,8 @@ void BertForPreTrainingCuda::check_supported(const BertConfig& config) {
 void BertForPreTrainingCuda::check_supported_seq_len(int64_t seq_len) {
   if (seq_len < 1 || seq_len > kMaxSeqLen)
     unsupported("seq_len " + std::to_string(seq_len) + " is outside 1.." + std::to_string(kMaxSeqLen) +
-                ", the fused attention kernel's limit (set [data] max_seq_length <= " + std::to_string(kMaxSeqLen) +
-                ")");
+                ", the fused attention kernel's limit (use shards built with bert_prepare --max-seq-len <= " +
+                std::to_string(kMaxSeqLen) + " and [data] max_seq_length <= " + std::to_string(kMaxSeqLen) + ")");
   std::string why_not;
   if (!cuda::attention_supported(ops::AttentionShape{1, seq_len, 1, 64, 64}, &why_not))
     unsupported("seq_len: " + why_not);
@@ -292,6 +292,7 @@ void BertForPreTrainingCuda::set_dropout(uint64_t seed, uint64_t step, bool trai
 void BertForPreTrainingCuda::upload_batch(const BatchView& batch) { upload(batch, options_); }
 
 void BertForPreTrainingCuda::upload(const BatchView& batch, const ModelOptions& options) {
+  batch_uploaded_ = false;  // a rejected batch leaves none: the previous one is never re-run by mistake
   prepare_batch(batch, config_, options, "BertForPreTrainingCuda", pending_);
   reserve(batch.batch, batch.seq_len);
 
@@ -467,48 +468,54 @@ void BertForPreTrainingCuda::mlm_logits_at(const BatchView& batch, std::span<con
     throw Error("BertForPreTrainingCuda::mlm_logits_at: logits must hold positions x vocab_size = " +
                 std::to_string(rows * vocab) + " values, got " + std::to_string(logits.size()));
   if (rows == 0) return;
-  // The positions travel as the batch's labelled positions (strictly ascending, as upload_batch
-  // requires) with placeholder labels; rows come back in the caller's order.
+  // The distinct positions travel as the batch's labelled positions (strictly ascending, as
+  // upload_batch requires) with ignored labels; rows come back in the caller's order (repeats included).
   std::vector<int32_t> order(positions.begin(), positions.end());
   std::sort(order.begin(), order.end());
-  if (std::adjacent_find(order.begin(), order.end()) != order.end())
-    throw Error("BertForPreTrainingCuda::mlm_logits_at: positions must be distinct");
-  const std::vector<int32_t> placeholder_labels(order.size(), 0);
+  order.erase(std::unique(order.begin(), order.end()), order.end());
+  const auto distinct = static_cast<int64_t>(order.size());
+  const std::vector<int32_t> ignored_labels(order.size(), ops::kIgnoreIndex);
   BatchView view = batch;
   view.labels = nullptr;
   view.nsp_labels = nullptr;
   view.masked_positions = order.data();
-  view.masked_labels = placeholder_labels.data();
-  view.num_masked = rows;
+  view.masked_labels = ignored_labels.data();
+  view.num_masked = distinct;
   // The sparse head's rows whatever options_ says: the dense head would list every token.
   ModelOptions sparse = options_;
   sparse.mlm_on_masked_positions_only = true;
   upload(view, sparse);
+  // This batch is never trained on, even if what follows throws.
+  struct Forget {
+    bool& uploaded;
+    ~Forget() { uploaded = false; }
+  } forget{batch_uploaded_};
 
   cuda::Context& ctx = *context_;
   bf16* chunk_logits = workspace_.data() + plan_.graph.mlm_logits;
-  std::vector<bf16> host(static_cast<size_t>(std::min<int64_t>(rows, options_.decoder_chunk_rows) * vocab));
+  // Each caller row's index among the distinct sorted positions.
+  std::vector<int64_t> row_of(positions.size());
+  for (size_t i = 0; i < positions.size(); ++i)
+    row_of[i] = std::lower_bound(order.begin(), order.end(), positions[i]) - order.begin();
+  std::vector<bf16> host(static_cast<size_t>(std::min<int64_t>(distinct, options_.decoder_chunk_rows) * vocab));
   run_graph(/*dropout_enabled=*/false, nullptr, [&](auto& graph) {
     graph.forward_encoder();
     graph.mlm_transform_forward();
-    for (int64_t first = 0; first < rows; first += options_.decoder_chunk_rows) {
-      const int64_t chunk = std::min<int64_t>(options_.decoder_chunk_rows, rows - first);
+    for (int64_t first = 0; first < distinct; first += options_.decoder_chunk_rows) {
+      const int64_t chunk = std::min<int64_t>(options_.decoder_chunk_rows, distinct - first);
       graph.decoder_forward(first, chunk, chunk_logits);
       CUDA_CHECK(cudaMemcpyAsync(host.data(), chunk_logits, static_cast<size_t>(chunk * vocab) * sizeof(bf16),
                                  cudaMemcpyDeviceToHost, ctx.stream()));
       ctx.synchronize();
-      for (int64_t r = 0; r < chunk; ++r) {
-        // Row first + r of the sorted positions goes back to where the caller listed that position.
-        const int32_t position = order[static_cast<size_t>(first + r)];
-        const auto caller_row =
-            static_cast<int64_t>(std::find(positions.begin(), positions.end(), position) - positions.begin());
+      for (size_t i = 0; i < positions.size(); ++i) {
+        const int64_t r = row_of[i] - first;
+        if (r < 0 || r >= chunk) continue;
         for (int64_t v = 0; v < vocab; ++v)
-          logits[static_cast<size_t>(caller_row * vocab + v)] =
+          logits[i * static_cast<size_t>(vocab) + static_cast<size_t>(v)] =
               __bfloat162float(host[static_cast<size_t>(r * vocab + v)]);
       }
     }
   });
-  batch_uploaded_ = false;  // its placeholder labels must never be trained on
 }
 
 // ---- losses, optimizer --------------------------------------------------------------------------------

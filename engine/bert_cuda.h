@@ -127,9 +127,11 @@ class BertForPreTrainingCuda {
   // batch * seq_len <= max_batch * max_seq_len with batch <= max_batch fits). A larger batch later
   // re-plans once (synchronising; grows, never shrinks): call it up front to allocate exactly once.
   void reserve(int64_t max_batch, int64_t max_seq_len);
-  // The bytes allocated now, in memory_plan's fields (op_scratch_bytes: the Context's scratch + GEMM
-  // workspace as they are now).
+  // The bytes allocated now, in memory_plan's fields (op_scratch_bytes: the cuBLASLt workspace only;
+  // the Context's scratch is not counted).
   CudaMemoryPlan allocated() const;
+  // The uploaded batch as the host knows it: shapes, the MLM rows and their per-chunk counts.
+  const HostBatch& uploaded_batch() const { return batch_; }
 
   // ---- running ----
   // As BertForPreTraining::set_dropout: the same sites, offsets and Philox masks.
@@ -207,10 +209,10 @@ class BertForPreTrainingCuda {
 
   static ArenaPlan plan_arenas(const BertConfig& config, const ModelOptions& options, int64_t capacity_batch,
                                int64_t capacity_tokens);
-  // Runs BertGraph (engine/bert_graph.h) on the CUDA ops over the uploaded batch; cross-entropy
-  // totals go to the device loss slot `slot` (nullptr: none are computed).
   // upload_batch with the MLM rows listed as `options` says.
   void upload(const BatchView& batch, const ModelOptions& options);
+  // Runs BertGraph (engine/bert_graph.h) on the CUDA ops over the uploaded batch; cross-entropy
+  // totals go to the device loss slot `slot` (nullptr: none are computed).
   template <class Run>
   void run_graph(bool dropout_enabled, cuda::CrossEntropyDeviceStats* slot, Run&& run);
   void drain_loss_stats();

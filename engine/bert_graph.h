@@ -76,7 +76,8 @@ class BertGraph {
   using Scalar = typename Backend::Scalar;
   using Arenas = GraphArenas<Act, Grad, Stat>;
 
-  // Everything is borrowed and must outlive the graph (one graph per forward_backward call).
+  // The config, options, offsets, plan and batch are borrowed and must outlive the graph (one graph per
+  // forward_backward call); the arenas' and inputs' pointers are copied.
   BertGraph(Backend& ops, const BertConfig& config, const ModelOptions& options, const BertParamOffsets& params,
             const BatchArenaPlan& plan, const Arenas& arenas, const HostBatch& batch, const GraphInputs& inputs,
             const GraphDropout& dropout)
@@ -352,9 +353,9 @@ class BertGraph {
   const ModelOptions& options_;
   const BertParamOffsets& p_;
   const BatchArenaPlan& plan_;
-  const Arenas& arenas_;
+  const Arenas arenas_;  // pointers: copied
   const HostBatch& batch_;
-  const GraphInputs& inputs_;
+  const GraphInputs inputs_;
   const GraphDropout dropout_;
   const ops::GeluKind gelu_;
   const int64_t tokens_, hidden_, intermediate_;

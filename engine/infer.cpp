@@ -567,8 +567,9 @@ void check_cuda_device() {
   const DeviceInfo info = cuda_device_info();
   if (!info.available) throw Error("bert_infer: --device cuda: " + info.reason + "; use --device cpu");
 #else
-  throw Error("bert_infer: --device cuda: this bert_infer was built without CUDA (no nvcc at build time); "
-              "use --device cpu");
+  throw Error(
+      "bert_infer: --device cuda: this bert_infer was built without CUDA (no nvcc at build time); "
+      "use --device cpu");
 #endif
 }
 
@@ -576,8 +577,13 @@ void check_cuda_device() {
 // The checkpoint's weights on the GPU (bf16 working copy of the fp32 weights).
 class CudaLogits final : public MlmLogitsSource {
  public:
-  explicit CudaLogits(std::unique_ptr<BertForPreTrainingCuda> model) : model_(std::move(model)), logits_(*model_) {}
-  const BertConfig& config() const override { return logits_.config(); }
+  explicit CudaLogits(std::unique_ptr<BertForPreTrainingCuda> model)
+      : model_(std::move(model)), logits_(*model_), config_(model_->config()) {
+    // The fused attention kernel takes up to 512 tokens: the prompt checks see that limit, so a longer
+    // prompt is refused up front like any prompt beyond max_position_embeddings.
+    config_.max_position_embeddings = std::min<int>(config_.max_position_embeddings, 512);
+  }
+  const BertConfig& config() const override { return config_; }
   std::vector<float> logits_at(const std::vector<int32_t>& ids, const std::vector<int32_t>& positions) override {
     return logits_.logits_at(ids, positions);
   }
@@ -585,6 +591,7 @@ class CudaLogits final : public MlmLogitsSource {
  private:
   std::unique_ptr<BertForPreTrainingCuda> model_;
   ModelLogits<BertForPreTrainingCuda> logits_;
+  BertConfig config_;
 };
 #endif
 
@@ -594,7 +601,7 @@ std::unique_ptr<MlmLogitsSource> logits_source(InferenceCheckpoint& checkpoint, 
   try {
     auto model = std::make_unique<BertForPreTrainingCuda>(checkpoint.config);
     model->copy_parameters_from(checkpoint.model);
-    // The fused attention kernel takes up to 512 tokens; longer prompts are refused per prompt.
+    // The fused attention kernel takes up to 512 tokens; longer prompts are refused up front.
     model->reserve(1, std::min<int64_t>(checkpoint.config.max_position_embeddings, 512));
     return std::make_unique<CudaLogits>(std::move(model));
   } catch (const std::invalid_argument& e) {
@@ -628,7 +635,8 @@ int infer_main(const std::vector<std::string>& argv, std::istream& in, std::ostr
     throw Error("bert_infer: unexpected argument '" + args.positional().front() +
                 "' (prompts go after --mask, quoted; see --help)");
   const std::string device = args.str("--device");
-  if (device != "cpu" && device != "cuda") throw Error("bert_infer: --device must be cpu or cuda, got '" + device + "'");
+  if (device != "cpu" && device != "cuda")
+    throw Error("bert_infer: --device must be cpu or cuda, got '" + device + "'");
   if (device == "cuda") check_cuda_device();  // before any file is read
   const int top_k = static_cast<int>(args.integer("--top-k", 1, 1 << 20));
   const int threads = static_cast<int>(args.integer("--threads", 0, 4096));
@@ -679,8 +687,8 @@ int infer_main(const std::vector<std::string>& argv, std::istream& in, std::ostr
     }
   }
   for (size_t i = 0; i < prompts.size(); ++i) {
-    const FillMaskResult result = fill_mask(*model, checkpoint.tokenizer, prompts[i].text, top_k,
-                                            checkpoint.clean_up_tokenization_spaces);
+    const FillMaskResult result =
+        fill_mask(*model, checkpoint.tokenizer, prompts[i].text, top_k, checkpoint.clean_up_tokenization_spaces);
     if (json) {
       out << fill_mask_json(result).dump() << "\n";
     } else {

@@ -308,9 +308,7 @@ namespace {
 
 using Clock = std::chrono::steady_clock;
 
-double seconds_since(Clock::time_point start) {
-  return std::chrono::duration<double>(Clock::now() - start).count();
-}
+double seconds_since(Clock::time_point start) { return std::chrono::duration<double>(Clock::now() - start).count(); }
 
 struct EvalResult {
   double loss = 0, mlm_loss = 0, nsp_loss = 0, mlm_acc = 0, nsp_acc = 0;
@@ -333,6 +331,9 @@ class Trainer {
   int64_t num_parameters() const;
   // The tokens/s -> MFU factor: model FLOPs per real token over the device's peak (0: unknown peak).
   double mfu_per_token_per_s() const;
+  // Rows the MLM head runs on for a batch of `batch` sequences: the expected masked tokens, or every
+  // token with the dense head. The run table's FLOPs and MFU both count these.
+  int64_t mlm_rows_per_batch(int64_t batch) const;
 
   void setup_threads();
   void check_cuda_device();  // device = "cuda": before anything is loaded
@@ -371,7 +372,7 @@ class Trainer {
   std::unique_ptr<Dataset> train_data_, valid_data_;
   std::string valid_description_;
   std::unique_ptr<Loader> loader_, eval_loader_;
-  int64_t seq_len_ = 0;  // the longest batch the loader can make
+  int64_t seq_len_ = 0;                               // the longest batch the loader can make
   std::unique_ptr<BertForPreTraining<float>> model_;  // device = "cpu"
 #if defined(BERT_TRAINER_CUDA)
   std::unique_ptr<BertForPreTrainingCuda> cuda_model_;  // device = "cuda"
@@ -427,8 +428,8 @@ void Trainer::check_cuda_model() {
   } catch (const std::invalid_argument& e) {
     throw Error(config_.path + ": [training] device = \"cuda\": " + e.what());
   }
-  const int64_t max_batch = std::max(training().per_device_train_batch_size,
-                                     valid_data_ ? training().per_device_eval_batch_size : 1);
+  const int64_t max_batch =
+      std::max(training().per_device_train_batch_size, valid_data_ ? training().per_device_eval_batch_size : 1);
   ModelOptions options;
   options.init_seed = training().seed;
   const CudaMemoryPlan plan = BertForPreTrainingCuda::memory_plan(config_.model, max_batch, seq_len_, options);
@@ -439,9 +440,13 @@ void Trainer::check_cuda_model() {
   }
   if (plan.total_bytes() > free_bytes)
     throw Error(config_.path + ": [training] device = \"cuda\": the model and a batch of " + std::to_string(max_batch) +
-                " x " + std::to_string(seq_len_) + " tokens need " + human_bytes(static_cast<double>(plan.total_bytes())) +
-                " of device memory, " + device_.name + " has " + human_bytes(static_cast<double>(free_bytes)) +
-                " free; lower per_device_train_batch_size (use gradient_accumulation_steps for the same batch)");
+                " x " + std::to_string(seq_len_) + " tokens need " +
+                human_bytes(static_cast<double>(plan.total_bytes())) + " of device memory, " + device_.name + " has " +
+                human_bytes(static_cast<double>(free_bytes)) + " free; " +
+                (max_batch > training().per_device_train_batch_size
+                     ? std::string("lower per_device_eval_batch_size")
+                     : std::string("lower per_device_train_batch_size (use gradient_accumulation_steps for the "
+                                   "same batch)")));
 #endif
 }
 
@@ -459,6 +464,12 @@ int64_t Trainer::num_parameters() const {
   return model_->num_parameters();
 }
 
+int64_t Trainer::mlm_rows_per_batch(int64_t batch) const {
+  const int64_t tokens = batch * seq_len_;
+  if (!data().mlm_masked_positions_only) return tokens;
+  return static_cast<int64_t>(std::llround(data().mlm_probability * static_cast<double>(tokens)));
+}
+
 double Trainer::mfu_per_token_per_s() const {
 #if defined(BERT_TRAINER_CUDA)
   if (!on_cuda()) return 0;
@@ -473,8 +484,7 @@ double Trainer::mfu_per_token_per_s() const {
     peak = 312e12;
   if (peak == 0) return 0;
   const int64_t batch = training().per_device_train_batch_size;
-  const auto mlm_rows = static_cast<int64_t>(std::llround(data().mlm_probability * static_cast<double>(batch * seq_len_)));
-  const double flops_per_token = bert_training_flops(config_.model, batch, seq_len_, mlm_rows) /
+  const double flops_per_token = bert_training_flops(config_.model, batch, seq_len_, mlm_rows_per_batch(batch)) /
                                  static_cast<double>(batch * seq_len_);
   return flops_per_token / peak;
 #else
@@ -596,8 +606,8 @@ void Trainer::build_model() {
   options.mlm_on_masked_positions_only = data().mlm_masked_positions_only;
   options.num_threads = threads_;
   options.init_seed = training().seed;
-  const int64_t max_batch = std::max(training().per_device_train_batch_size,
-                                     valid_data_ ? training().per_device_eval_batch_size : 1);
+  const int64_t max_batch =
+      std::max(training().per_device_train_batch_size, valid_data_ ? training().per_device_eval_batch_size : 1);
 #if defined(BERT_TRAINER_CUDA)
   if (on_cuda()) {  // AdamW moments live on the device; exp_avg_/exp_avg_sq_ are checkpoint staging
     cuda_model_ = std::make_unique<BertForPreTrainingCuda>(config_.model, options);
@@ -619,8 +629,9 @@ void Trainer::restore(const std::string& checkpoint) {
   const BertConfig& b = config_.model;
   std::string shape_diff;
   const auto compare = [&](const char* key, auto was, auto now) {
-    if (was != now) shape_diff += std::string(shape_diff.empty() ? "" : ", ") + key + " " + std::to_string(was) +
-                                  " -> " + std::to_string(now);
+    if (was != now)
+      shape_diff +=
+          std::string(shape_diff.empty() ? "" : ", ") + key + " " + std::to_string(was) + " -> " + std::to_string(now);
   };
   compare("vocab_size", a.vocab_size, b.vocab_size);
   compare("hidden_size", a.hidden_size, b.hidden_size);
@@ -636,8 +647,9 @@ void Trainer::restore(const std::string& checkpoint) {
 
   std::string changed;
   const auto note = [&](const char* what, auto was, auto now) {
-    if (was != now) changed += std::string(changed.empty() ? "" : ", ") + what + " " + std::to_string(was) + " -> " +
-                               std::to_string(now);
+    if (was != now)
+      changed +=
+          std::string(changed.empty() ? "" : ", ") + what + " " + std::to_string(was) + " -> " + std::to_string(now);
   };
   note("seed", saved.seed, state_.seed);
   note("per_device_train_batch_size", saved.per_device_train_batch_size, state_.per_device_train_batch_size);
@@ -702,10 +714,8 @@ void Trainer::print_run_table() const {
   const int64_t batch = t.per_device_train_batch_size, accumulation = t.gradient_accumulation_steps;
   const int64_t sequences = batch * accumulation;
   const int64_t tokens = sequences * seq_len_;
-  const auto mlm_rows = data().mlm_masked_positions_only
-                            ? static_cast<int64_t>(std::llround(data().mlm_probability * static_cast<double>(batch * seq_len_)))
-                            : batch * seq_len_;
-  const double flops = bert_training_flops(m, batch, seq_len_, mlm_rows) * static_cast<double>(accumulation);
+  const double flops =
+      bert_training_flops(m, batch, seq_len_, mlm_rows_per_batch(batch)) * static_cast<double>(accumulation);
   const auto bpe = static_cast<int64_t>(loader_->batches_per_epoch());
   const double epochs = static_cast<double>(state_.total_steps * accumulation) / static_cast<double>(bpe);
   const char* padding = data().max_seq_length > 0 ? "fixed length" : "at most; each batch padded to its longest";
@@ -727,9 +737,11 @@ void Trainer::print_run_table() const {
   if (on_cuda()) {
     out_ << "  device       cuda: " << device_.name << " (sm_" << device_.sm_major << device_.sm_minor << ", "
          << human_bytes(static_cast<double>(device_.memory_bytes)) << ")\n";
-    out_ << "  precision    bf16 activations and working weights; fp32 master weights, gradients, AdamW moments, loss\n";
+    out_
+        << "  precision    bf16 activations and working weights; fp32 master weights, gradients, AdamW moments, loss\n";
     const int64_t max_batch = std::max(t.per_device_train_batch_size, valid_data_ ? t.per_device_eval_batch_size : 1);
-    out_ << "  memory       " << human_bytes(static_cast<double>(cuda_model_->memory_plan(max_batch, seq_len_).total_bytes()))
+    out_ << "  memory       "
+         << human_bytes(static_cast<double>(cuda_model_->memory_plan(max_batch, seq_len_).total_bytes()))
          << " planned (parameters, moments, activations for " << max_batch << " x " << seq_len_ << ")\n";
   } else
 #endif
@@ -750,8 +762,8 @@ void Trainer::print_run_table() const {
        << lr_schedule_name(schedule_) << ", weight decay " << printf_string("%g", t.weight_decay) << ", max grad norm "
        << printf_string("%g", t.max_grad_norm) << "\n";
   out_ << "  every        log " << t.logging_steps << ", eval " << (valid_data_ ? std::to_string(t.eval_steps) : "-")
-       << ", save " << t.save_steps << " steps (keep " << (t.save_total_limit > 0 ? std::to_string(t.save_total_limit) : "all")
-       << "), seed " << t.seed << "\n";
+       << ", save " << t.save_steps << " steps (keep "
+       << (t.save_total_limit > 0 ? std::to_string(t.save_total_limit) : "all") << "), seed " << t.seed << "\n";
   out_ << "  output       " << t.output_dir << "\n";
   if (state_.global_step > 0)
     out_ << "  resumed      at step " << state_.global_step << " (epoch " << printf_string("%.2f", state_.epoch)
@@ -924,13 +936,16 @@ void Trainer::write_log_record(bool log_train, const std::optional<EvalResult>& 
   Json record = Json::object();
   record.set("step", state_.global_step);
   record.set("epoch", std::round(state_.epoch * 1e4) / 1e4);
-  std::string line = printf_string("step %*lld/%lld", static_cast<int>(std::to_string(state_.total_steps).size()),
-                            static_cast<long long>(state_.global_step), static_cast<long long>(state_.total_steps));
+  std::string line =
+      printf_string("step %*lld/%lld", static_cast<int>(std::to_string(state_.total_steps).size()),
+                    static_cast<long long>(state_.global_step), static_cast<long long>(state_.total_steps));
   line += printf_string(" | epoch %.2f", state_.epoch);
   if (log_train && state_.window.micro_batches > 0) {
     const LogWindow& w = state_.window;
     const auto n = static_cast<double>(w.micro_batches);
-    const auto ratio = [](int64_t a, int64_t b) { return b > 0 ? static_cast<double>(a) / static_cast<double>(b) : 0.0; };
+    const auto ratio = [](int64_t a, int64_t b) {
+      return b > 0 ? static_cast<double>(a) / static_cast<double>(b) : 0.0;
+    };
     const double tokens_per_s = w.train_seconds > 0 ? static_cast<double>(w.tokens) / w.train_seconds : 0.0;
     record.set("loss", w.loss_sum / n);
     record.set("mlm_loss", w.mlm_loss_sum / n);
@@ -942,9 +957,10 @@ void Trainer::write_log_record(bool log_train, const std::optional<EvalResult>& 
     record.set("tokens_per_s", std::round(tokens_per_s * 10) / 10);
     const double mfu = tokens_per_s * mfu_per_token_per_s();
     if (mfu > 0) record.set("mfu", std::round(mfu * 1e4) / 1e4);
-    line += printf_string(" | loss %.4f (mlm %.4f, nsp %.4f) | acc mlm %.3f nsp %.3f | lr %.3e | grad_norm %.3f | %s tok/s",
-                   w.loss_sum / n, w.mlm_loss_sum / n, w.nsp_loss_sum / n, ratio(w.mlm_correct, w.mlm_count),
-                   ratio(w.nsp_correct, w.nsp_count), last_lr_, last_grad_norm_, human_count(tokens_per_s).c_str());
+    line +=
+        printf_string(" | loss %.4f (mlm %.4f, nsp %.4f) | acc mlm %.3f nsp %.3f | lr %.3e | grad_norm %.3f | %s tok/s",
+                      w.loss_sum / n, w.mlm_loss_sum / n, w.nsp_loss_sum / n, ratio(w.mlm_correct, w.mlm_count),
+                      ratio(w.nsp_correct, w.nsp_count), last_lr_, last_grad_norm_, human_count(tokens_per_s).c_str());
     if (mfu > 0) line += printf_string(" | MFU %.1f%%", 100 * mfu);
     state_.window = LogWindow{};
   }
@@ -955,14 +971,15 @@ void Trainer::write_log_record(bool log_train, const std::optional<EvalResult>& 
     record.set("eval_mlm_acc", eval->mlm_acc);
     record.set("eval_nsp_acc", eval->nsp_acc);
     line += printf_string(" | eval loss %.4f (mlm %.4f, nsp %.4f) acc mlm %.3f nsp %.3f", eval->loss, eval->mlm_loss,
-                   eval->nsp_loss, eval->mlm_acc, eval->nsp_acc);
+                          eval->nsp_loss, eval->mlm_acc, eval->nsp_acc);
   }
   record.set("elapsed_s", std::round(elapsed * 100) / 100);
   const int64_t session_steps = state_.global_step - session_first_step_;
   const double eta = session_steps > 0 ? seconds_since(session_start_) / static_cast<double>(session_steps) *
                                              static_cast<double>(state_.total_steps - state_.global_step)
                                        : NAN;
-  line += " | " + human_duration(elapsed) + (state_.global_step < state_.total_steps ? ", ETA " + human_duration(eta) : "");
+  line +=
+      " | " + human_duration(elapsed) + (state_.global_step < state_.total_steps ? ", ETA " + human_duration(eta) : "");
   metrics_->write(record);
   out_ << line << "\n";
   out_.flush();
@@ -982,8 +999,8 @@ void Trainer::write_model_files(const std::string& dir) const {
 
 std::string Trainer::save_checkpoint() {
   state_.elapsed_s = elapsed_at_start_ + seconds_since(session_start_);
-  const std::string path =
-      save_checkpoint_dir(training().output_dir, state_.global_step, training().save_total_limit, [&](const std::string& dir) {
+  const std::string path = save_checkpoint_dir(
+      training().output_dir, state_.global_step, training().save_total_limit, [&](const std::string& dir) {
         write_model_files(dir);
         SafetensorsWriter optimizer;
         optimizer.set_metadata("global_step", std::to_string(state_.global_step));
@@ -1009,16 +1026,19 @@ void Trainer::update_progress(Progress& progress) const {
   if (!progress.enabled()) return;
   const int64_t done = state_.global_step - session_first_step_;
   const double seconds = seconds_since(session_start_);
-  const double eta = done > 0 ? seconds / static_cast<double>(done) * static_cast<double>(state_.total_steps - state_.global_step) : NAN;
-  const double tokens_per_s = state_.window.train_seconds > 0 ? static_cast<double>(state_.window.tokens) / state_.window.train_seconds : 0;
+  const double eta =
+      done > 0 ? seconds / static_cast<double>(done) * static_cast<double>(state_.total_steps - state_.global_step)
+               : NAN;
+  const double tokens_per_s =
+      state_.window.train_seconds > 0 ? static_cast<double>(state_.window.tokens) / state_.window.train_seconds : 0;
   const int width = 24;
   const auto filled = static_cast<int>(width * state_.global_step / std::max<int64_t>(1, state_.total_steps));
   std::string bar(static_cast<size_t>(filled), '#');
   bar.append(static_cast<size_t>(width - filled), '.');
-  progress.update(printf_string("[%s] %lld/%lld | loss %.4f | lr %.2e | %s tok/s | ETA %s", bar.c_str(),
-                         static_cast<long long>(state_.global_step), static_cast<long long>(state_.total_steps), last_loss_,
-                         last_lr_, state_.window.tokens > 0 ? human_count(tokens_per_s).c_str() : "-",
-                         human_duration(eta).c_str()));
+  progress.update(printf_string(
+      "[%s] %lld/%lld | loss %.4f | lr %.2e | %s tok/s | ETA %s", bar.c_str(),
+      static_cast<long long>(state_.global_step), static_cast<long long>(state_.total_steps), last_loss_, last_lr_,
+      state_.window.tokens > 0 ? human_count(tokens_per_s).c_str() : "-", human_duration(eta).c_str()));
 }
 
 int Trainer::run() {
@@ -1044,7 +1064,8 @@ int Trainer::run() {
   state_.model = config_.model;
   if (checkpoint) restore(*checkpoint);
   // CPU AdamW tensors (the CUDA model keeps its own list on the device).
-  for (const ParamInfo& info : model_ ? model_->params() : std::span<const ParamInfo>{}) {  // after restore: loading replaces the arena
+  for (const ParamInfo& info :
+       model_ ? model_->params() : std::span<const ParamInfo>{}) {  // after restore: loading replaces the arena
     cpu::AdamWTensor<float> tensor;
     tensor.param = model_->parameters().data() + info.offset;
     tensor.grad = model_->grads().data() + info.offset;
@@ -1065,8 +1086,8 @@ int Trainer::run() {
     return 0;
   }
   make_directories(training().output_dir);
-  metrics_ = std::make_unique<MetricsLog>(training().output_dir + "/metrics.jsonl",
-                                          checkpoint ? state_.global_step : -1);
+  metrics_ =
+      std::make_unique<MetricsLog>(training().output_dir + "/metrics.jsonl", checkpoint ? state_.global_step : -1);
 
   StopSignalGuard signals;
   session_start_ = Clock::now();
@@ -1129,11 +1150,11 @@ int plot_main(const std::vector<std::string>& args, std::ostream& out) {
     out << parser.help();
     return 0;
   }
-  if (parser.positional().size() != 1)
-    throw Error("bert_train plot: expected one metrics.jsonl path (see --help)");
+  if (parser.positional().size() != 1) throw Error("bert_train plot: expected one metrics.jsonl path (see --help)");
   const std::string& metrics = parser.positional()[0];
   const fs::path parent = fs::path(metrics).parent_path();
-  const std::string svg = parser.maybe("--out").value_or((parent.empty() ? fs::path("loss.svg") : parent / "loss.svg").string());
+  const std::string svg =
+      parser.maybe("--out").value_or((parent.empty() ? fs::path("loss.svg") : parent / "loss.svg").string());
   plot_metrics_svg(metrics, svg);
   out << "wrote " << svg << "\n";
   return 0;
