@@ -18,6 +18,7 @@
 #include <cstdlib>
 #include <cstring>
 #include <filesystem>
+#include <fstream>
 #include <memory>
 #include <optional>
 #include <ostream>
@@ -317,9 +318,14 @@ struct EvalResult {
 
 class Trainer {
  public:
-  Trainer(RunConfig config, std::optional<std::string> resume, std::ostream& out, std::ostream& err,
-          const TrainHooks& hooks)
-      : config_(std::move(config)), resume_(std::move(resume)), out_(out), err_(err), hooks_(hooks) {}
+  Trainer(RunConfig config, std::optional<std::string> resume, std::optional<std::string> dump_dir, std::ostream& out,
+          std::ostream& err, const TrainHooks& hooks)
+      : config_(std::move(config)),
+        resume_(std::move(resume)),
+        dump_dir_(std::move(dump_dir)),
+        out_(out),
+        err_(err),
+        hooks_(hooks) {}
 
   int run();
 
@@ -360,9 +366,16 @@ class Trainer {
   void write_model_files(const std::string& dir) const;
   std::string save_checkpoint();
   void update_progress(Progress& progress) const;
+  // --dump-batches DIR: the weights before the first step of this session (DIR/init, an HF model
+  // directory) and every micro-batch as it is trained on (DIR/batches.bin), so another framework can
+  // replay the run exactly (tests/conformance/test_hf_training_curve.py does, with transformers).
+  void start_dump();
+  void dump_batch(const Batch& batch);
 
   RunConfig config_;
   std::optional<std::string> resume_;
+  std::optional<std::string> dump_dir_;
+  std::ofstream dump_;
   std::ostream& out_;
   std::ostream& err_;
   const TrainHooks& hooks_;
@@ -861,6 +874,7 @@ void Trainer::train_step() {
   double step_loss = 0;
   for (int micro = 0; micro < accumulation; ++micro) {
     loader_->next(batch_);
+    dump_batch(batch_);
     model_->set_dropout(state_.seed, static_cast<uint64_t>(state_.micro_step), true);
     LossStats stats;
     model_->forward_backward(batch_view(batch_), stats, true, loss_scale);
@@ -901,6 +915,7 @@ void Trainer::train_step_cuda() {
   cuda_model_->zero_grads();
   for (int micro = 0; micro < accumulation; ++micro) {
     loader_->next(batch_);
+    dump_batch(batch_);
     cuda_model_->set_dropout(state_.seed, static_cast<uint64_t>(state_.micro_step), true);
     cuda_model_->upload_batch(batch_view(batch_));
     cuda_model_->forward_backward(1.0f / static_cast<float>(accumulation), true);
@@ -983,6 +998,36 @@ void Trainer::write_log_record(bool log_train, const std::optional<EvalResult>& 
   metrics_->write(record);
   out_ << line << "\n";
   out_.flush();
+}
+
+void Trainer::start_dump() {
+  make_directories(*dump_dir_ + "/init");
+  write_model_files(*dump_dir_ + "/init");
+  const std::string path = *dump_dir_ + "/batches.bin";
+  dump_.open(path, std::ios::binary | std::ios::trunc);
+  if (!dump_) throw Error("bert_train: --dump-batches: cannot write " + path);
+  dump_.write("BFBATCH1", 8);
+  out_ << "dumping the initial weights to " << *dump_dir_ << "/init and every micro-batch to " << path << "\n";
+}
+
+// One record: int32 batch_size, seq_len, then int32 input_ids, token_type_ids, attention_mask, labels
+// ([batch_size, seq_len] each, -100 = no MLM label) and nsp_labels [batch_size], little-endian.
+void Trainer::dump_batch(const Batch& batch) {
+  if (!dump_.is_open()) return;
+  auto write = [&](const void* data, size_t bytes) {
+    dump_.write(static_cast<const char*>(data), static_cast<std::streamsize>(bytes));
+  };
+  const int32_t shape[2] = {batch.batch_size, batch.seq_len};
+  write(shape, sizeof(shape));
+  const size_t cells = static_cast<size_t>(batch.batch_size) * static_cast<size_t>(batch.seq_len);
+  for (const std::vector<int32_t>* values :
+       {&batch.input_ids, &batch.token_type_ids, &batch.attention_mask, &batch.labels}) {
+    if (values->size() != cells) throw Error("bert_train: --dump-batches: a batch without all of its arrays");
+    write(values->data(), cells * sizeof(int32_t));
+  }
+  write(batch.nsp_labels.data(), static_cast<size_t>(batch.batch_size) * sizeof(int32_t));
+  dump_.flush();
+  if (!dump_) throw Error("bert_train: --dump-batches: writing " + *dump_dir_ + "/batches.bin failed (disk full?)");
 }
 
 void Trainer::write_model_files(const std::string& dir) const {
@@ -1086,6 +1131,7 @@ int Trainer::run() {
     return 0;
   }
   make_directories(training().output_dir);
+  if (dump_dir_) start_dump();
   metrics_ =
       std::make_unique<MetricsLog>(training().output_dir + "/metrics.jsonl", checkpoint ? state_.global_step : -1);
 
@@ -1177,10 +1223,13 @@ int train_main(const std::vector<std::string>& args, std::ostream& out, std::ost
       normalized.push_back(args[i]);
   }
   Args parser("bert_train",
-              "bert_train --config run.toml [--resume [CHECKPOINT_DIR]]\n"
+              "bert_train --config run.toml [--resume [CHECKPOINT_DIR]] [--dump-batches DIR]\n"
               "       bert_train plot OUTPUT_DIR/metrics.jsonl [--out loss.svg]");
   parser.option("--config", "the run config (TOML: [model], [data], [training])")
-      .option("--resume", "continue from CHECKPOINT_DIR (bare --resume: the latest checkpoint in output_dir)");
+      .option("--resume", "continue from CHECKPOINT_DIR (bare --resume: the latest checkpoint in output_dir)")
+      .option("--dump-batches",
+              "also write the starting weights (DIR/init) and every micro-batch trained on (DIR/batches.bin), "
+              "to replay the run elsewhere");
   if (!parser.parse(normalized)) {
     out << parser.help();
     return 0;
@@ -1189,7 +1238,7 @@ int train_main(const std::vector<std::string>& args, std::ostream& out, std::ost
     throw Error("bert_train: unexpected argument '" + parser.positional()[0] + "' (see --help)");
   if (!parser.has("--config")) throw Error("bert_train: --config run.toml is required (see --help)");
   RunConfig config = load_run_config(parser.str("--config"));
-  Trainer trainer(std::move(config), parser.maybe("--resume"), out, err, hooks);
+  Trainer trainer(std::move(config), parser.maybe("--resume"), parser.maybe("--dump-batches"), out, err, hooks);
   return trainer.run();
 }
 

@@ -14,7 +14,7 @@
 # usage: scripts/fetch_gpu_deps.sh [--prebuilt BUILD_DIR]
 #   BUILD_DIR: a CUDA build of this tree, e.g. after
 #     cmake -S . -B build-gpu -G Ninja -DCMAKE_BUILD_TYPE=Release
-#     ninja -C build-gpu test_device bench_kernels bench_train_step $(ninja -C build-gpu -t targets all | grep -oE '^test_cuda_[a-z_]+' | sort -u)
+#     ninja -C build-gpu test_device bench_kernels bench_train_step bert_train bert_prepare bert_tokenizer $(ninja -C build-gpu -t targets all | grep -oE '^test_cuda_[a-z_]+' | sort -u)
 # Everything lands in .gpu-deps/ (about 10 MB of .debs plus the packed binaries); the device call's
 # carry list names it: carry=[".gpu-deps"] (64 MiB limit for the whole tree that travels).
 set -euo pipefail
@@ -66,7 +66,7 @@ if [[ -n "$prebuilt" ]]; then
   mkdir -p "$staging/bin"
   found=0
   for exe in "$prebuilt"/tests/test_device "$prebuilt"/tests/test_cuda_* "$prebuilt"/bench/bench_kernels \
-             "$prebuilt"/bench/bench_train_step; do
+             "$prebuilt"/bench/bench_train_step "$prebuilt"/bert_train "$prebuilt"/bert_prepare "$prebuilt"/bert_tokenizer; do
     [[ -f "$exe" && -x "$exe" ]] || continue
     cp "$exe" "$staging/bin/"
     strip --strip-debug "$staging/bin/$(basename "$exe")"

@@ -1,6 +1,8 @@
 #!/usr/bin/env bash
 # The one script run on the lent GPU machine (the device tool's `run`, over a copy of this tree):
-# GPU tests (every tests/gpu/test_cuda_* and test_device), then bench_kernels, then the PyTorch SDPA
+# GPU tests (every tests/gpu/test_cuda_* and test_device), then the loss curve of bert_train on the GPU
+# against HF's on the same batches (tests/conformance/test_hf_training_curve.py --device cuda; its
+# output goes into tests.log), then bench_kernels, then the PyTorch SDPA
 # attention reference beside it, then the training throughput of ours vs HF (bench/bench_train_gpu.py
 # driving bench_train_step --device cuda). Everything it writes goes to $OUT (8 files; the tool brings
 # back 8 at most): setup.log, tests.log, bench_kernels.log, bench_kernels.json, bench_attention_torch.log,
@@ -8,7 +10,7 @@
 # appended to setup.log, for want of a ninth file). The summary is printed last, so the reply's output
 # tail holds it.
 #
-# Stages: GPU_CHECK_STAGES (default "tests kernels attention train") picks which run, e.g.
+# Stages: GPU_CHECK_STAGES (default "tests curve kernels attention train") picks which run, e.g.
 #   run(command="GPU_CHECK_STAGES=train bash scripts/gpu_check.sh", carry=[".gpu-deps"], timeout_s=590)
 # spends the whole call on the training bench (its full matrix: 4 shapes x ours + 3 HF variants, ~6-9
 # minutes with torch.compile); in the default run it gets what the other stages leave (below).
@@ -17,7 +19,7 @@
 #   scripts/fetch_gpu_deps.sh                       # .debs of Catch2, OpenBLAS, zlib -> .gpu-deps/
 #   # optional, saves the device ~3 minutes of compiling: a build made here, packed alongside
 #   cmake -S . -B build-gpu -G Ninja -DCMAKE_BUILD_TYPE=Release
-#   ninja -C build-gpu test_device bench_kernels bench_train_step $(ninja -C build-gpu -t targets all | grep -oE '^test_cuda_[a-z_]+' | sort -u)
+#   ninja -C build-gpu test_device bench_kernels bench_train_step bert_train bert_prepare bert_tokenizer $(ninja -C build-gpu -t targets all | grep -oE '^test_cuda_[a-z_]+' | sort -u)
 #   scripts/fetch_gpu_deps.sh --prebuilt build-gpu
 # Then the exact device call:
 #   run(command="bash scripts/gpu_check.sh", carry=[".gpu-deps"], timeout_s=590)
@@ -28,8 +30,10 @@
 # need resolves on the device (ldd); otherwise "build": cmake + ninja on the device (16 cores) with
 # the carried packages' headers and libraries where the image lacks its own, then ctest -L gpu.
 # Time limits per stage keep the whole script inside the call's limit (GPU_CHECK_* variables below):
-# worst case build 240 + tests 120 + bench 120 + torch 70 + setup ~10 = 560 s < timeout_s 590;
-# with the prebuilt binaries those stages take ~3-4 minutes. The training stage runs last and gets
+# worst case build 240 + tests 120 + bench 120 + torch 70 + setup ~10 = 560 s < timeout_s 590; the
+# curve stage (up to GPU_CHECK_CURVE_TIMEOUT, ~30-60 s) runs only in what that leaves, so after a
+# device build it is skipped (say so in the summary). With the prebuilt binaries those stages take ~4-5
+# minutes. The training stage runs last and gets
 # min(GPU_CHECK_TRAIN_TIMEOUT, GPU_CHECK_TOTAL - seconds used so far - 10) (default total 575 s, so the
 # script ends before timeout_s 590 whatever the earlier stages took); bench_train_gpu.py spends that
 # budget in priority order (ours on every shape, then HF sdpa, sdpa + torch.compile, eager) and records
@@ -46,10 +50,11 @@ BUILD_TIMEOUT=${GPU_CHECK_BUILD_TIMEOUT:-240}
 TEST_TIMEOUT=${GPU_CHECK_TEST_TIMEOUT:-120}
 BENCH_TIMEOUT=${GPU_CHECK_BENCH_TIMEOUT:-120}
 TORCH_TIMEOUT=${GPU_CHECK_TORCH_TIMEOUT:-70}
+CURVE_TIMEOUT=${GPU_CHECK_CURVE_TIMEOUT:-90}
 BENCH_REPEATS=${GPU_CHECK_BENCH_REPEATS:-30}
 TRAIN_TIMEOUT=${GPU_CHECK_TRAIN_TIMEOUT:-560}
 TOTAL_BUDGET=${GPU_CHECK_TOTAL:-575}
-STAGES=" ${GPU_CHECK_STAGES:-tests kernels attention train} "
+STAGES=" ${GPU_CHECK_STAGES:-tests curve kernels attention train} "
 stage() { [[ $STAGES == *" $1 "* ]]; }
 SETUP_LOG=$OUT/setup.log
 SUMMARY=$OUT/summary.txt
@@ -108,7 +113,7 @@ if [[ -f "$ROOT/.gpu-deps/prebuilt/bin.tar.xz" ]]; then
   rm -rf "$BIN_DIR" && mkdir -p "$BIN_DIR"
   tar -C "$BIN_DIR" -xJf "$ROOT/.gpu-deps/prebuilt/bin.tar.xz" --strip-components=1
   mode=prebuilt
-  for exe in "$BIN_DIR"/test_* "$BIN_DIR"/bench_kernels "$BIN_DIR"/bench_train_step; do
+  for exe in "$BIN_DIR"/test_* "$BIN_DIR"/bench_kernels "$BIN_DIR"/bench_train_step "$BIN_DIR"/bert_train; do
     [[ -e "$exe" ]] || continue
     if ldd "$exe" 2>&1 | grep -E 'not found' >>"$SETUP_LOG"; then
       echo "prebuilt $(basename "$exe") lacks a library here (above): building from source" >>"$SETUP_LOG"
@@ -131,13 +136,14 @@ if [[ $mode == build ]]; then
       -DCMAKE_PREFIX_PATH="$2/usr" -DCMAKE_LIBRARY_PATH="$3;$3/openblas-pthread" \
       -DCMAKE_INCLUDE_PATH="$2/usr/include;$2/usr/include/x86_64-linux-gnu/openblas-pthread" \
       -DZLIB_ROOT="$2/usr" -DBLA_VENDOR=OpenBLAS
-    targets=$(ninja -C "$1" -t targets all | grep -oE "^(test_device|test_cuda_[a-z_]+|bench_kernels|bench_train_step):" | tr -d : | sort -u)
+    targets=$(ninja -C "$1" -t targets all | grep -oE "^(test_device|test_cuda_[a-z_]+|bench_kernels|bench_train_step|bert_train|bert_prepare|bert_tokenizer):" | tr -d : | sort -u)
     echo "targets: $targets"
     ninja -C "$1" -j "$(nproc)" $targets
   ' "$ROOT" "$BUILD_DIR" "$DEPS_ROOT" "$DEPS_LIB" >>"$SETUP_LOG" 2>&1 || build_ok=0
   rm -rf "$BIN_DIR" && mkdir -p "$BIN_DIR"
   cp "$BUILD_DIR"/tests/test_device "$BUILD_DIR"/tests/test_cuda_* "$BUILD_DIR"/bench/bench_kernels \
-     "$BUILD_DIR"/bench/bench_train_step "$BIN_DIR"/ 2>/dev/null
+     "$BUILD_DIR"/bench/bench_train_step "$BUILD_DIR"/bert_train "$BUILD_DIR"/bert_prepare "$BUILD_DIR"/bert_tokenizer \
+     "$BIN_DIR"/ 2>/dev/null
 fi
 note "mode: $mode$([[ $build_ok == 1 ]] || echo ' (BUILD FAILED: see setup.log; running what was built)'); stages:$STAGES"
 
@@ -169,6 +175,30 @@ if stage tests; then
     timeout 30 ctest --test-dir "$BUILD_DIR" -L gpu -N >>"$OUT/tests.log" 2>&1 || true
   fi
   note "tests: $passed passed, $failed failed, $skipped skipped${failed_names:+ -- failed:$failed_names}"
+fi
+
+# ---- loss curve: bert_train on the GPU vs HF BertForPreTraining (fp32, same GPU) on the same batches --------
+# Its budget leaves the kernel and attention stages theirs (a device build can leave it none).
+curve_rc=0
+if stage curve; then
+  curve_budget=$((TOTAL_BUDGET - SECONDS - 10))
+  stage kernels && curve_budget=$((curve_budget - BENCH_TIMEOUT))
+  stage attention && curve_budget=$((curve_budget - TORCH_TIMEOUT))
+  ((curve_budget > CURVE_TIMEOUT)) && curve_budget=$CURVE_TIMEOUT
+  if [[ ! -x "$BIN_DIR/bert_train" ]]; then
+    curve_rc=127
+    note "loss curve vs HF: not run (no bert_train in $BIN_DIR)"
+  elif ((curve_budget < 30)); then
+    curve_rc=124
+    note "loss curve vs HF: not run (${curve_budget} s left; run GPU_CHECK_STAGES=curve alone)"
+  else
+    echo "== $(stamp) loss curve vs HF (tests/conformance/test_hf_training_curve.py --device cuda)" >>"$OUT/tests.log"
+    PYTHONUNBUFFERED=1 timeout "$curve_budget" python3 tests/conformance/test_hf_training_curve.py \
+      --bin-dir "$BIN_DIR" --work /tmp/bertforge-curve --device cuda >>"$OUT/tests.log" 2>&1
+    curve_rc=$?
+    note "loss curve vs HF: exit $curve_rc"
+    grep -E '^(FAIL|ok +(every step|final loss))' "$OUT/tests.log" | tail -n 4 | tee -a "$SUMMARY"
+  fi
 fi
 
 # ---- bench_kernels ----------------------------------------------------------------------------------------
@@ -238,4 +268,4 @@ sed -n '/^device: .*MFU against/,/^total /p' /tmp/bertforge-bench-train-gpu.log 
 echo
 echo "==== summary ===="
 cat "$SUMMARY"
-[[ $build_ok == 1 && $failed == 0 && $bench_rc == 0 && $torch_rc == 0 && $train_rc == 0 ]]
+[[ $build_ok == 1 && $failed == 0 && $curve_rc == 0 && $bench_rc == 0 && $torch_rc == 0 && $train_rc == 0 ]]
