@@ -467,6 +467,18 @@ void BertForPreTrainingCuda::mlm_logits_at(const BatchView& batch, std::span<con
   if (logits.size() != static_cast<size_t>(rows * vocab))
     throw Error("BertForPreTrainingCuda::mlm_logits_at: logits must hold positions x vocab_size = " +
                 std::to_string(rows * vocab) + " values, got " + std::to_string(logits.size()));
+  // The batch and the positions are checked as the CPU model checks them, whatever follows.
+  BatchView unlabelled = batch;
+  unlabelled.labels = nullptr;
+  unlabelled.nsp_labels = nullptr;
+  unlabelled.masked_positions = nullptr;
+  unlabelled.masked_labels = nullptr;
+  unlabelled.num_masked = 0;
+  prepare_batch(unlabelled, config_, options_, "BertForPreTrainingCuda::mlm_logits_at", pending_);
+  for (const int32_t position : positions)
+    if (position < 0 || position >= batch.tokens())
+      throw Error("BertForPreTrainingCuda::mlm_logits_at: position " + std::to_string(position) +
+                  " is outside [0, batch * seq_len)");
   if (rows == 0) return;
   // The distinct positions travel as the batch's labelled positions (strictly ascending, as
   // upload_batch requires) with ignored labels; rows come back in the caller's order (repeats included).
@@ -475,9 +487,7 @@ void BertForPreTrainingCuda::mlm_logits_at(const BatchView& batch, std::span<con
   order.erase(std::unique(order.begin(), order.end()), order.end());
   const auto distinct = static_cast<int64_t>(order.size());
   const std::vector<int32_t> ignored_labels(order.size(), ops::kIgnoreIndex);
-  BatchView view = batch;
-  view.labels = nullptr;
-  view.nsp_labels = nullptr;
+  BatchView view = unlabelled;
   view.masked_positions = order.data();
   view.masked_labels = ignored_labels.data();
   view.num_masked = distinct;

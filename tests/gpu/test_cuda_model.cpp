@@ -27,6 +27,7 @@
 #include "engine/bert_cuda.h"
 #include "kernels/cpu/ops_cpu.h"
 #include "tests/gpu/cuda_test_util.h"
+#include "tests/test_dirs.h"
 
 namespace {
 
@@ -174,9 +175,8 @@ void check_grads(const BertForPreTraining<float>& cpu, const BertForPreTrainingC
   }
 }
 
-std::string temp_path(const std::string& name) {
-  return (std::filesystem::temp_directory_path() / ("bertforge_test_cuda_model_" + name)).string();
-}
+// In the test case's own scratch directory (tests/test_dirs.h): parallel runs never share files.
+std::string temp_path(const std::string& name) { return test_dir() + "/" + name; }
 
 }  // namespace
 

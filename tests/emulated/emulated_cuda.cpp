@@ -1,0 +1,956 @@
+// A host-only emulation of the CUDA runtime calls and the bert::cuda ops (kernels/cuda/ops_cuda.h)
+// that engine/bert_cuda.cpp uses, linked in place of libcudart, cuBLASLt and bert_ops_cuda, so the
+// CUDA model's HOST logic runs in every CI job, none of which has a GPU (test_cuda_model_emulated:
+// tests/gpu/test_cuda_model.cpp unmodified, plus tests/emulated/test_cuda_model_host.cpp).
+//
+// What a test run against it verifies:
+//   - the op sequence and its arguments (shapes, arena offsets, which buffer each op reads and
+//     writes, dropout specs, loss scales), through the results: each op is the bert::cpu fp32 op on
+//     its bf16 inputs widened to float, and its outputs are rounded to bf16 exactly where the real
+//     kernel writes bf16 (fp32 gradients, statistics, moments and master weights stay fp32). So the
+//     CUDA model must match the CPU model within the real kernels' tolerances, and the rounding
+//     points of the mixed-precision scheme are the real ones.
+//   - arena planning: every device pointer an op, copy or memset is given must lie, with the extent
+//     its shape implies, inside one live cudaMalloc allocation; gathered and scattered rows, ids,
+//     token types and labels must be in range when the op executes. A violation is a device fault
+//     (below). cudaMalloc and cudaMallocHost memory comes back poisoned (every byte 0xFF: NaN in
+//     bf16 and fp32, -1 as int32), so a value read before anything wrote it shows up in the results.
+//   - event and stream ordering, uploads through pinned staging: execution is deferred. Every stream
+//     operation (op, cudaMemcpyAsync, cudaMemsetAsync) is queued on its stream and runs only when the
+//     host waits for it: cudaStreamSynchronize, cudaEventSynchronize (up to the point recorded),
+//     cudaDeviceSynchronize, and cudaFree / cudaFreeHost (implicitly synchronising). An async copy
+//     reads its host memory when it executes, not when it is issued, so a staging buffer rewritten
+//     before its copy ran, or a result read before the wait, gives wrong numbers. cudaMemcpy and
+//     cudaMemset run at once on the legacy stream WITHOUT waiting for other streams' queues (the
+//     streams a Context makes are non-blocking: they do not order against the legacy stream).
+//     Stricter than CUDA in one way: an async copy from pageable memory is deferred too (CUDA stages
+//     it before returning); emulated_cuda.h's counters tell pinned from pageable copies.
+//   - loss-slot bookkeeping and host/device handshakes: emulated_cuda.h counts the host's waits,
+//     copies and the work still queued, and injects launch failures.
+//   - the real ops' preconditions that depend on the caller: attention_supported, attention's 16-byte
+//     operand alignment, adamw_step's clipping arguments (std::invalid_argument, as the real ops).
+// What it does NOT verify: the CUDA kernels and cuBLASLt (their numerics beyond the bf16 rounding
+// points, their own bounds and races), concurrency between streams beyond queue order, device memory
+// limits, performance. Those are the gpu-labelled tests (tests/gpu/) on a real device.
+//
+// A device fault (a pointer outside every allocation, an out-of-range index, an op that throws while
+// it executes) prints "emulated CUDA device fault: ..." and aborts the process, as a trap ends a CUDA
+// context: no test can catch it and pass. Single-threaded host use only, like a Context.
+#include "tests/emulated/emulated_cuda.h"
+
+#include <cuda_runtime.h>
+
+#include <algorithm>
+#include <climits>
+#include <cmath>
+#include <cstdint>
+#include <cstdio>
+#include <cstdlib>
+#include <cstring>
+#include <deque>
+#include <functional>
+#include <map>
+#include <memory>
+#include <set>
+#include <stdexcept>
+#include <string>
+#include <utility>
+#include <vector>
+
+#include "kernels/cpu/ops_cpu.h"
+#include "kernels/cuda/ops_cuda.h"
+
+namespace {
+
+using bert::cuda::bf16;
+
+// The real fused attention kernel's sequence limit (kernels/cuda/attention.cu).
+constexpr int64_t kMaxSeqLen = 512;
+// What cudaMalloc'd and cudaMallocHost'd memory holds before anything writes it.
+constexpr int kPoison = 0xFF;
+
+struct QueuedOp {
+  const char* name;
+  std::function<void()> run;
+};
+
+struct Stream {
+  std::deque<QueuedOp> queue;
+  uint64_t issued = 0, executed = 0;
+};
+
+struct Event {
+  Stream* stream = nullptr;  // where it was last recorded; nullptr: never recorded (complete)
+  uint64_t seq = 0;          // complete once stream->executed >= seq
+};
+
+struct State {
+  std::map<uintptr_t, size_t> device;            // live cudaMalloc allocations: start -> bytes
+  std::map<uintptr_t, size_t> pinned;            // live cudaMallocHost allocations
+  Stream legacy;                                 // the legacy default stream (handle 0)
+  std::set<Stream*> live_streams;                // created and not destroyed
+  std::vector<std::unique_ptr<Stream>> streams;  // kept until exit: events may still name them
+  bool deferred = true;
+  bert::emulated::Counters counters;
+  std::string fail_op;  // fail_launch()
+  int fail_skip = 0;
+  bert::cpu::Context cpu{1};  // one thread: ctest runs the cases in parallel
+};
+
+State& state() {
+  static State s;
+  return s;
+}
+
+[[noreturn]] void device_fault(const std::string& what) {
+  std::fprintf(stderr, "emulated CUDA device fault: %s\n", what.c_str());
+  std::fflush(stderr);
+  std::abort();
+}
+
+std::string hex(const void* pointer) {
+  char text[32];
+  std::snprintf(text, sizeof(text), "%p", pointer);
+  return text;
+}
+
+// [p, p + bytes) lies inside one allocation of `allocations`.
+bool inside(const std::map<uintptr_t, size_t>& allocations, const void* p, size_t bytes) {
+  const auto address = reinterpret_cast<uintptr_t>(p);
+  auto it = allocations.upper_bound(address);
+  if (it == allocations.begin()) return false;
+  --it;
+  const size_t offset = address - it->first;
+  return offset <= it->second && bytes <= it->second - offset;
+}
+bool is_device(const void* p) { return inside(state().device, p, 0) && p != nullptr; }
+bool is_pinned(const void* p, size_t bytes) { return inside(state().pinned, p, bytes); }
+
+// Issue-time check of a device argument: `count` elements of T at `p` inside one live allocation.
+template <class T>
+void device_arg(const char* op, const char* name, const T* p, int64_t count) {
+  if (count <= 0) return;
+  const size_t bytes = static_cast<size_t>(count) * sizeof(T);
+  if (p == nullptr) device_fault(std::string(op) + ": " + name + " is null (" + std::to_string(bytes) + " bytes)");
+  if (!inside(state().device, p, bytes))
+    device_fault(std::string(op) + ": " + name + " = " + hex(p) + " + " + std::to_string(bytes) +
+                 " bytes is not inside one device allocation (an arena offset or size is wrong, or it is a host "
+                 "pointer)");
+}
+template <class T>
+void optional_device_arg(const char* op, const char* name, const T* p, int64_t count) {
+  if (p != nullptr) device_arg(op, name, p, count);
+}
+
+Stream& stream_of(cudaStream_t handle) {
+  // 0, cudaStreamLegacy and cudaStreamPerThread all mean the default stream here.
+  if (reinterpret_cast<uintptr_t>(handle) <= 2) return state().legacy;
+  auto* stream = reinterpret_cast<Stream*>(handle);
+  if (state().live_streams.count(stream) == 0) device_fault("use of an unknown or destroyed stream " + hex(handle));
+  return *stream;
+}
+
+void run_one(Stream& stream) {
+  QueuedOp op = std::move(stream.queue.front());
+  stream.queue.pop_front();
+  ++stream.executed;
+  try {
+    op.run();
+  } catch (const std::exception& e) {
+    device_fault(std::string(op.name) + " failed while executing: " + e.what());
+  }
+}
+void wait_for(Stream& stream, uint64_t seq) {
+  while (stream.executed < seq) run_one(stream);
+}
+void flush(Stream& stream) { wait_for(stream, stream.issued); }
+void flush_all() {
+  State& s = state();
+  flush(s.legacy);
+  for (Stream* stream : s.live_streams) flush(*stream);
+}
+
+void enqueue(Stream& stream, const char* name, std::function<void()> run) {
+  ++stream.issued;
+  stream.queue.push_back(QueuedOp{name, std::move(run)});
+  if (!state().deferred) flush(stream);
+}
+
+// fail_launch(): true when this launch of `op` is the one to fail.
+bool injected_failure(const char* op) {
+  State& s = state();
+  if (s.fail_op != op) return false;
+  if (s.fail_skip-- > 0) return false;
+  s.fail_op.clear();
+  return true;
+}
+
+// Queues a bert::cuda op on ctx's stream (after its issue-time checks).
+void launch(bert::cuda::Context& ctx, const char* op, std::function<void()> run) {
+  if (injected_failure(op))
+    throw bert::cuda::CudaError(std::string("emulated CUDA: ") + op + ": injected launch failure");
+  ++state().counters.ops;
+  enqueue(stream_of(ctx.stream()), op, std::move(run));
+}
+
+bert::cpu::Context& cpu_ctx() { return state().cpu; }
+
+std::vector<float> widen(const bf16* p, int64_t count) {
+  std::vector<float> out(static_cast<size_t>(std::max<int64_t>(count, 0)));
+  for (size_t i = 0; i < out.size(); ++i) out[i] = __bfloat162float(p[i]);
+  return out;
+}
+std::vector<float> widen_optional(const bf16* p, int64_t count) { return p ? widen(p, count) : std::vector<float>(); }
+const float* data_or_null(const std::vector<float>& values) { return values.empty() ? nullptr : values.data(); }
+void store(bf16* p, const float* values, int64_t count) {
+  for (int64_t i = 0; i < count; ++i) p[i] = __float2bfloat16_rn(values[i]);
+}
+void store(bf16* p, const std::vector<float>& values) { store(p, values.data(), static_cast<int64_t>(values.size())); }
+
+// Execution-time check of indices the real kernels trap on (or would read out of bounds with).
+void check_indices(const char* op, const char* name, const int32_t* values, int64_t count, int64_t limit) {
+  if (values == nullptr) return;
+  for (int64_t i = 0; i < count; ++i)
+    if (values[i] < 0 || values[i] >= limit)
+      device_fault(std::string(op) + ": " + name + "[" + std::to_string(i) + "] = " + std::to_string(values[i]) +
+                   " is outside [0, " + std::to_string(limit) + ")");
+}
+// Row r of a [*, cols] bf16 matrix at `base` must lie inside base's allocation.
+void check_row(const char* op, const char* name, const bf16* base, int32_t row, int64_t cols) {
+  if (row < 0 || !inside(state().device, base + int64_t{row} * cols, static_cast<size_t>(cols) * sizeof(bf16)))
+    device_fault(std::string(op) + ": row " + std::to_string(row) + " of " + name + " is outside its allocation");
+}
+
+// Extent in elements of a strided q/k/v operand of attention.
+int64_t qkv_extent(const bert::ops::AttentionShape& s) { return (s.tokens() - 1) * s.qkv_row_stride + s.hidden(); }
+
+void check_attention(const char* op, const bert::ops::AttentionShape& shape, const bert::ops::DropoutSpec& dropout) {
+  std::string why_not;
+  if (!bert::cuda::attention_supported(shape, &why_not)) throw std::invalid_argument(std::string(op) + ": " + why_not);
+  if (!(dropout.probability >= 0.0f && dropout.probability < 1.0f))
+    throw std::invalid_argument(std::string(op) + ": dropout probability outside [0, 1)");
+}
+void check_aligned16(const char* op, const char* name, const void* p) {
+  if (p == nullptr || reinterpret_cast<uintptr_t>(p) % 16 != 0)
+    throw std::invalid_argument(std::string(op) + ": " + name + " is null or not 16-byte aligned");
+}
+
+}  // namespace
+
+// ---- the CUDA runtime subset -----------------------------------------------------------------------
+
+extern "C" {
+
+cudaError_t cudaMalloc(void** pointer, size_t size) {
+  void* p = std::malloc(std::max<size_t>(size, 1));
+  if (p == nullptr) return cudaErrorMemoryAllocation;
+  std::memset(p, kPoison, size);
+  state().device[reinterpret_cast<uintptr_t>(p)] = size;
+  ++state().counters.device_allocations;
+  *pointer = p;
+  return cudaSuccess;
+}
+
+cudaError_t cudaFree(void* pointer) {
+  flush_all();  // cudaFree synchronises the device
+  if (pointer == nullptr) return cudaSuccess;
+  const auto it = state().device.find(reinterpret_cast<uintptr_t>(pointer));
+  if (it == state().device.end()) device_fault("cudaFree of " + hex(pointer) + ", which cudaMalloc did not return");
+  std::memset(pointer, kPoison, it->second);
+  state().device.erase(it);
+  std::free(pointer);
+  return cudaSuccess;
+}
+
+cudaError_t cudaMallocHost(void** pointer, size_t size) {
+  void* p = std::malloc(std::max<size_t>(size, 1));
+  if (p == nullptr) return cudaErrorMemoryAllocation;
+  std::memset(p, kPoison, size);
+  state().pinned[reinterpret_cast<uintptr_t>(p)] = size;
+  *pointer = p;
+  return cudaSuccess;
+}
+
+cudaError_t cudaFreeHost(void* pointer) {
+  flush_all();  // as cudaFree
+  if (pointer == nullptr) return cudaSuccess;
+  const auto it = state().pinned.find(reinterpret_cast<uintptr_t>(pointer));
+  if (it == state().pinned.end())
+    device_fault("cudaFreeHost of " + hex(pointer) + ", which cudaMallocHost did not return");
+  std::memset(pointer, kPoison, it->second);
+  state().pinned.erase(it);
+  std::free(pointer);
+  return cudaSuccess;
+}
+
+}  // extern "C"
+
+namespace {
+
+// The direction `kind` names must match where dst and src live.
+void check_copy(const char* call, void* dst, const void* src, size_t count, cudaMemcpyKind kind) {
+  if (count == 0) return;
+  const bool dst_device = is_device(dst), src_device = is_device(src);
+  if (kind == cudaMemcpyDefault)
+    kind = dst_device ? (src_device ? cudaMemcpyDeviceToDevice : cudaMemcpyHostToDevice)
+                      : (src_device ? cudaMemcpyDeviceToHost : cudaMemcpyHostToHost);
+  const bool want_dst_device = kind == cudaMemcpyHostToDevice || kind == cudaMemcpyDeviceToDevice;
+  const bool want_src_device = kind == cudaMemcpyDeviceToHost || kind == cudaMemcpyDeviceToDevice;
+  if (want_dst_device) device_arg(call, "dst", static_cast<const unsigned char*>(dst), static_cast<int64_t>(count));
+  if (want_src_device) device_arg(call, "src", static_cast<const unsigned char*>(src), static_cast<int64_t>(count));
+  if ((!want_dst_device && dst_device) || (!want_src_device && src_device))
+    device_fault(std::string(call) + ": the copy kind does not match where dst / src live");
+}
+
+}  // namespace
+
+extern "C" {
+
+cudaError_t cudaMemcpy(void* dst, const void* src, size_t count, cudaMemcpyKind kind) {
+  check_copy("cudaMemcpy", dst, src, count, kind);
+  flush(state().legacy);  // ordered after the legacy stream's own work, not after other streams'
+  std::memcpy(dst, src, count);
+  return cudaSuccess;
+}
+
+cudaError_t cudaMemcpyAsync(void* dst, const void* src, size_t count, cudaMemcpyKind kind, cudaStream_t stream) {
+  check_copy("cudaMemcpyAsync", dst, src, count, kind);
+  const bool to_device = is_device(dst) && !is_device(src);
+  const char* name = to_device                           ? "cudaMemcpyAsync(HostToDevice)"
+                     : is_device(src) && !is_device(dst) ? "cudaMemcpyAsync(DeviceToHost)"
+                                                         : "cudaMemcpyAsync";
+  if (injected_failure("cudaMemcpyAsync") || injected_failure(name)) return cudaErrorLaunchFailure;
+  if (to_device) {
+    ++state().counters.copies_to_device;
+    if (!is_pinned(src, count)) ++state().counters.copies_to_device_from_pageable;
+  }
+  enqueue(stream_of(stream), name, [=] { std::memcpy(dst, src, count); });
+  return cudaSuccess;
+}
+
+cudaError_t cudaMemset(void* dst, int value, size_t count) {
+  device_arg("cudaMemset", "dst", static_cast<const unsigned char*>(dst), static_cast<int64_t>(count));
+  flush(state().legacy);
+  std::memset(dst, value, count);
+  return cudaSuccess;
+}
+
+cudaError_t cudaMemsetAsync(void* dst, int value, size_t count, cudaStream_t stream) {
+  device_arg("cudaMemsetAsync", "dst", static_cast<const unsigned char*>(dst), static_cast<int64_t>(count));
+  if (injected_failure("cudaMemsetAsync")) return cudaErrorLaunchFailure;
+  enqueue(stream_of(stream), "cudaMemsetAsync", [=] { std::memset(dst, value, count); });
+  return cudaSuccess;
+}
+
+cudaError_t cudaDeviceSynchronize() {
+  ++state().counters.device_syncs;
+  flush_all();
+  return cudaSuccess;
+}
+
+cudaError_t cudaStreamSynchronize(cudaStream_t stream) {
+  ++state().counters.stream_syncs;
+  flush(stream_of(stream));
+  return cudaSuccess;
+}
+
+cudaError_t cudaEventCreateWithFlags(cudaEvent_t* event, unsigned int) {
+  *event = reinterpret_cast<cudaEvent_t>(new Event);
+  return cudaSuccess;
+}
+
+cudaError_t cudaEventDestroy(cudaEvent_t event) {
+  delete reinterpret_cast<Event*>(event);
+  return cudaSuccess;
+}
+
+cudaError_t cudaEventRecord(cudaEvent_t event, cudaStream_t stream) {
+  auto* e = reinterpret_cast<Event*>(event);
+  e->stream = &stream_of(stream);
+  e->seq = e->stream->issued;  // complete once everything issued so far on the stream has run
+  return cudaSuccess;
+}
+
+cudaError_t cudaEventSynchronize(cudaEvent_t event) {
+  ++state().counters.event_syncs;
+  const auto* e = reinterpret_cast<const Event*>(event);
+  if (e->stream != nullptr) wait_for(*e->stream, e->seq);
+  return cudaSuccess;
+}
+
+const char* cudaGetErrorName(cudaError_t error) {
+  switch (error) {
+    case cudaSuccess:
+      return "cudaSuccess";
+    case cudaErrorMemoryAllocation:
+      return "cudaErrorMemoryAllocation";
+    case cudaErrorLaunchFailure:
+      return "cudaErrorLaunchFailure";
+    default:
+      return "cudaErrorUnknown";
+  }
+}
+
+const char* cudaGetErrorString(cudaError_t error) {
+  return error == cudaErrorLaunchFailure ? "emulated CUDA: injected launch failure" : "emulated CUDA error";
+}
+
+cudaError_t cudaGetLastError() { return cudaSuccess; }
+
+}  // extern "C"
+
+// ---- bert::cuda: Context, MultiTensorList and the ops ---------------------------------------------------
+
+namespace bert::cuda {
+
+struct Context::GemmPlans {};
+void Context::GemmPlansDeleter::operator()(GemmPlans* plans) const noexcept { delete plans; }
+
+Context::Context(cudaStream_t stream, size_t gemm_workspace_bytes) : stream_(stream) {
+  multiprocessors_ = 132;  // an H200
+  sm_version_ = 90;
+  if (stream_ == nullptr) {
+    State& s = state();
+    s.streams.push_back(std::make_unique<Stream>());
+    s.live_streams.insert(s.streams.back().get());
+    stream_ = reinterpret_cast<cudaStream_t>(s.streams.back().get());
+    owns_stream_ = true;
+  }
+  gemm_workspace_.resize(gemm_workspace_bytes);
+}
+
+Context::~Context() {
+  // As the real one: wait for the stream (queued ops may read the buffers), then release.
+  if (stream_ != nullptr) flush(stream_of(stream_));
+  if (owns_stream_) state().live_streams.erase(reinterpret_cast<Stream*>(stream_));
+  scratch_.reset();
+  gemm_workspace_.reset();
+}
+
+void* Context::scratch(size_t bytes) {
+  if (bytes > scratch_.size()) {
+    CUDA_CHECK(cudaStreamSynchronize(stream_));
+    scratch_.resize(bytes);
+  }
+  return scratch_.data();
+}
+
+MultiTensorList::MultiTensorList(std::span<const AdamWTensor> tensors) {
+  const char* op = "MultiTensorList";
+  for (const AdamWTensor& t : tensors) {
+    device_arg(op, "param", t.param, t.numel);
+    optional_device_arg(op, "param_bf16", t.param_bf16, t.numel);
+    device_arg(op, "grad", t.grad, t.numel);
+    device_arg(op, "exp_avg", t.exp_avg, t.numel);
+    device_arg(op, "exp_avg_sq", t.exp_avg_sq, t.numel);
+    total_numel_ += t.numel;
+  }
+  count_ = tensors.size();
+  // The table lives in device memory, as on the GPU (emulated device memory is host-readable).
+  table_.upload(
+      std::span<const unsigned char>(reinterpret_cast<const unsigned char*>(tensors.data()), tensors.size_bytes()));
+}
+
+bool attention_supported(const AttentionShape& shape, std::string* why_not) {
+  // The real kernel's limits (kernels/cuda/attention.cu).
+  const auto fail = [why_not](const std::string& reason) {
+    if (why_not != nullptr) *why_not = reason;
+    return false;
+  };
+  if (shape.batch < 0) return fail("batch " + std::to_string(shape.batch) + " is negative");
+  if (shape.num_heads <= 0) return fail("num_heads " + std::to_string(shape.num_heads) + " must be positive");
+  if (shape.head_dim != 32 && shape.head_dim != 64 && shape.head_dim != 128)
+    return fail("head_dim " + std::to_string(shape.head_dim) +
+                " is not supported (the fused kernel has head_dim 32, 64 and 128)");
+  if (shape.seq_len < 1 || shape.seq_len > kMaxSeqLen)
+    return fail("seq_len " + std::to_string(shape.seq_len) + " is outside 1.." + std::to_string(kMaxSeqLen) +
+                " (the fused kernel's limit)");
+  if (shape.num_heads > INT_MAX / shape.seq_len || shape.batch > INT_MAX / (shape.num_heads * shape.seq_len))
+    return fail("batch x num_heads x seq_len exceeds 2^31 - 1");
+  if (shape.qkv_row_stride < shape.hidden())
+    return fail("qkv_row_stride " + std::to_string(shape.qkv_row_stride) + " is below hidden " +
+                std::to_string(shape.hidden()));
+  if (shape.qkv_row_stride % 8 != 0)
+    return fail("qkv_row_stride " + std::to_string(shape.qkv_row_stride) + " is not a multiple of 8");
+  return true;
+}
+
+void linear_forward(Context& ctx, const LinearShape& s, const bf16* x, const bf16* w, const bf16* b, bf16* y) {
+  const char* op = "linear_forward";
+  device_arg(op, "x", x, s.rows * s.in_features);
+  device_arg(op, "weight", w, s.out_features * s.in_features);
+  optional_device_arg(op, "bias", b, s.out_features);
+  device_arg(op, "y", y, s.rows * s.out_features);
+  launch(ctx, op, [=] {
+    const auto xf = widen(x, s.rows * s.in_features), wf = widen(w, s.out_features * s.in_features),
+               bf = widen_optional(b, s.out_features);
+    std::vector<float> yf(static_cast<size_t>(s.rows * s.out_features));
+    cpu::linear_forward<float>(cpu_ctx(), s, xf.data(), wf.data(), data_or_null(bf), yf.data());
+    store(y, yf);
+  });
+}
+
+void linear_backward(Context& ctx, const LinearShape& s, const bf16* dy, const bf16* x, const bf16* w, bf16* dx,
+                     float* dw, float* db, InputGrad mode) {
+  const char* op = "linear_backward";
+  device_arg(op, "dy", dy, s.rows * s.out_features);
+  optional_device_arg(op, "x", x, s.rows * s.in_features);
+  optional_device_arg(op, "weight", w, s.out_features * s.in_features);
+  optional_device_arg(op, "dx", dx, s.rows * s.in_features);
+  optional_device_arg(op, "dweight", dw, s.out_features * s.in_features);
+  optional_device_arg(op, "dbias", db, s.out_features);
+  launch(ctx, op, [=] {
+    const auto dyf = widen(dy, s.rows * s.out_features), xf = widen_optional(x, s.rows * s.in_features),
+               wf = widen_optional(w, s.out_features * s.in_features);
+    std::vector<float> dxf;
+    if (dx != nullptr)
+      dxf = mode == InputGrad::kAccumulate ? widen(dx, s.rows * s.in_features)
+                                           : std::vector<float>(static_cast<size_t>(s.rows * s.in_features));
+    cpu::linear_backward<float>(cpu_ctx(), s, dyf.data(), data_or_null(xf), data_or_null(wf),
+                                dx != nullptr ? dxf.data() : nullptr, dw, db, mode);
+    if (dx != nullptr) store(dx, dxf);
+  });
+}
+
+void embeddings_layernorm_forward(Context& ctx, const EmbeddingShape& s, const int32_t* ids, const int32_t* types,
+                                  const bf16* word, const bf16* pos, const bf16* type, const bf16* gamma,
+                                  const bf16* beta, float eps, bf16* out, float* mean, float* rstd) {
+  const char* op = "embeddings_layernorm_forward";
+  device_arg(op, "input_ids", ids, s.tokens());
+  optional_device_arg(op, "token_type_ids", types, s.tokens());
+  device_arg(op, "word_embeddings", word, s.vocab_size * s.hidden);
+  device_arg(op, "position_embeddings", pos, s.max_position_embeddings * s.hidden);
+  device_arg(op, "token_type_embeddings", type, s.type_vocab_size * s.hidden);
+  device_arg(op, "gamma", gamma, s.hidden);
+  device_arg(op, "beta", beta, s.hidden);
+  device_arg(op, "out", out, s.tokens() * s.hidden);
+  device_arg(op, "mean", mean, s.tokens());
+  device_arg(op, "rstd", rstd, s.tokens());
+  launch(ctx, op, [=] {
+    check_indices(op, "input_ids", ids, s.tokens(), s.vocab_size);
+    check_indices(op, "token_type_ids", types, s.tokens(), s.type_vocab_size);
+    const auto wf = widen(word, s.vocab_size * s.hidden), pf = widen(pos, s.max_position_embeddings * s.hidden),
+               tf = widen(type, s.type_vocab_size * s.hidden), gf = widen(gamma, s.hidden), bf = widen(beta, s.hidden);
+    std::vector<float> of(static_cast<size_t>(s.tokens() * s.hidden));
+    cpu::embeddings_layernorm_forward<float>(cpu_ctx(), s, ids, types, wf.data(), pf.data(), tf.data(), gf.data(),
+                                             bf.data(), eps, of.data(), mean, rstd);
+    store(out, of);
+  });
+}
+
+void embeddings_layernorm_backward(Context& ctx, const EmbeddingShape& s, const bf16* dout, const int32_t* ids,
+                                   const int32_t* types, const bf16* word, const bf16* pos, const bf16* type,
+                                   const bf16* gamma, const float* mean, const float* rstd, float* dword, float* dpos,
+                                   float* dtype, float* dgamma, float* dbeta) {
+  const char* op = "embeddings_layernorm_backward";
+  device_arg(op, "dout", dout, s.tokens() * s.hidden);
+  device_arg(op, "input_ids", ids, s.tokens());
+  optional_device_arg(op, "token_type_ids", types, s.tokens());
+  device_arg(op, "word_embeddings", word, s.vocab_size * s.hidden);
+  device_arg(op, "position_embeddings", pos, s.max_position_embeddings * s.hidden);
+  device_arg(op, "token_type_embeddings", type, s.type_vocab_size * s.hidden);
+  device_arg(op, "gamma", gamma, s.hidden);
+  device_arg(op, "mean", mean, s.tokens());
+  device_arg(op, "rstd", rstd, s.tokens());
+  optional_device_arg(op, "d_word_embeddings", dword, s.vocab_size * s.hidden);
+  optional_device_arg(op, "d_position_embeddings", dpos, s.max_position_embeddings * s.hidden);
+  optional_device_arg(op, "d_token_type_embeddings", dtype, s.type_vocab_size * s.hidden);
+  optional_device_arg(op, "dgamma", dgamma, s.hidden);
+  optional_device_arg(op, "dbeta", dbeta, s.hidden);
+  launch(ctx, op, [=] {
+    check_indices(op, "input_ids", ids, s.tokens(), s.vocab_size);
+    check_indices(op, "token_type_ids", types, s.tokens(), s.type_vocab_size);
+    const auto df = widen(dout, s.tokens() * s.hidden), wf = widen(word, s.vocab_size * s.hidden),
+               pf = widen(pos, s.max_position_embeddings * s.hidden), tf = widen(type, s.type_vocab_size * s.hidden),
+               gf = widen(gamma, s.hidden);
+    cpu::embeddings_layernorm_backward<float>(cpu_ctx(), s, df.data(), ids, types, wf.data(), pf.data(), tf.data(),
+                                              gf.data(), mean, rstd, dword, dpos, dtype, dgamma, dbeta);
+  });
+}
+
+void layernorm_forward(Context& ctx, const MatrixShape& s, const bf16* x, const bf16* gamma, const bf16* beta,
+                       float eps, bf16* y, float* mean, float* rstd) {
+  const char* op = "layernorm_forward";
+  device_arg(op, "x", x, s.rows * s.cols);
+  device_arg(op, "gamma", gamma, s.cols);
+  device_arg(op, "beta", beta, s.cols);
+  device_arg(op, "y", y, s.rows * s.cols);
+  device_arg(op, "mean", mean, s.rows);
+  device_arg(op, "rstd", rstd, s.rows);
+  launch(ctx, op, [=] {
+    const auto xf = widen(x, s.rows * s.cols), gf = widen(gamma, s.cols), bf = widen(beta, s.cols);
+    std::vector<float> yf(static_cast<size_t>(s.rows * s.cols));
+    cpu::layernorm_forward<float>(cpu_ctx(), s, xf.data(), gf.data(), bf.data(), eps, yf.data(), mean, rstd);
+    store(y, yf);
+  });
+}
+
+void layernorm_backward(Context& ctx, const MatrixShape& s, const bf16* dy, const bf16* x, const bf16* gamma,
+                        const float* mean, const float* rstd, bf16* dx, float* dgamma, float* dbeta) {
+  const char* op = "layernorm_backward";
+  device_arg(op, "dy", dy, s.rows * s.cols);
+  device_arg(op, "x", x, s.rows * s.cols);
+  device_arg(op, "gamma", gamma, s.cols);
+  device_arg(op, "mean", mean, s.rows);
+  device_arg(op, "rstd", rstd, s.rows);
+  device_arg(op, "dx", dx, s.rows * s.cols);
+  optional_device_arg(op, "dgamma", dgamma, s.cols);
+  optional_device_arg(op, "dbeta", dbeta, s.cols);
+  launch(ctx, op, [=] {
+    const auto dyf = widen(dy, s.rows * s.cols), xf = widen(x, s.rows * s.cols), gf = widen(gamma, s.cols);
+    std::vector<float> dxf(static_cast<size_t>(s.rows * s.cols));
+    cpu::layernorm_backward<float>(cpu_ctx(), s, dyf.data(), xf.data(), gf.data(), mean, rstd, dxf.data(), dgamma,
+                                   dbeta);
+    store(dx, dxf);
+  });
+}
+
+void residual_layernorm_forward(Context& ctx, const MatrixShape& s, const bf16* x, const bf16* r, const bf16* gamma,
+                                const bf16* beta, float eps, bf16* y, float* mean, float* rstd) {
+  const char* op = "residual_layernorm_forward";
+  device_arg(op, "x", x, s.rows * s.cols);
+  device_arg(op, "residual", r, s.rows * s.cols);
+  device_arg(op, "gamma", gamma, s.cols);
+  device_arg(op, "beta", beta, s.cols);
+  device_arg(op, "y", y, s.rows * s.cols);
+  device_arg(op, "mean", mean, s.rows);
+  device_arg(op, "rstd", rstd, s.rows);
+  launch(ctx, op, [=] {
+    const auto xf = widen(x, s.rows * s.cols), rf = widen(r, s.rows * s.cols), gf = widen(gamma, s.cols),
+               bf = widen(beta, s.cols);
+    std::vector<float> yf(static_cast<size_t>(s.rows * s.cols));
+    cpu::residual_layernorm_forward<float>(cpu_ctx(), s, xf.data(), rf.data(), gf.data(), bf.data(), eps, yf.data(),
+                                           mean, rstd);
+    store(y, yf);
+  });
+}
+
+void residual_layernorm_backward(Context& ctx, const MatrixShape& s, const bf16* dy, const bf16* x, const bf16* r,
+                                 const bf16* gamma, const float* mean, const float* rstd, bf16* dsum, float* dgamma,
+                                 float* dbeta) {
+  const char* op = "residual_layernorm_backward";
+  device_arg(op, "dy", dy, s.rows * s.cols);
+  device_arg(op, "x", x, s.rows * s.cols);
+  device_arg(op, "residual", r, s.rows * s.cols);
+  device_arg(op, "gamma", gamma, s.cols);
+  device_arg(op, "mean", mean, s.rows);
+  device_arg(op, "rstd", rstd, s.rows);
+  device_arg(op, "d_sum", dsum, s.rows * s.cols);
+  optional_device_arg(op, "dgamma", dgamma, s.cols);
+  optional_device_arg(op, "dbeta", dbeta, s.cols);
+  launch(ctx, op, [=] {
+    const auto dyf = widen(dy, s.rows * s.cols), xf = widen(x, s.rows * s.cols), rf = widen(r, s.rows * s.cols),
+               gf = widen(gamma, s.cols);
+    std::vector<float> df(static_cast<size_t>(s.rows * s.cols));
+    cpu::residual_layernorm_backward<float>(cpu_ctx(), s, dyf.data(), xf.data(), rf.data(), gf.data(), mean, rstd,
+                                            df.data(), dgamma, dbeta);
+    store(dsum, df);
+  });
+}
+
+void bias_gelu_forward(Context& ctx, GeluKind kind, const MatrixShape& s, const bf16* x, const bf16* b, bf16* y) {
+  const char* op = "bias_gelu_forward";
+  device_arg(op, "x", x, s.rows * s.cols);
+  optional_device_arg(op, "bias", b, s.cols);
+  device_arg(op, "y", y, s.rows * s.cols);
+  launch(ctx, op, [=] {
+    const auto xf = widen(x, s.rows * s.cols), bf = widen_optional(b, s.cols);
+    std::vector<float> yf(static_cast<size_t>(s.rows * s.cols));
+    cpu::bias_gelu_forward<float>(cpu_ctx(), kind, s, xf.data(), data_or_null(bf), yf.data());
+    store(y, yf);
+  });
+}
+
+void bias_gelu_backward(Context& ctx, GeluKind kind, const MatrixShape& s, const bf16* dy, const bf16* x, const bf16* b,
+                        bf16* dx, float* db) {
+  const char* op = "bias_gelu_backward";
+  device_arg(op, "dy", dy, s.rows * s.cols);
+  device_arg(op, "x", x, s.rows * s.cols);
+  optional_device_arg(op, "bias", b, s.cols);
+  device_arg(op, "dx", dx, s.rows * s.cols);
+  optional_device_arg(op, "dbias", db, s.cols);
+  launch(ctx, op, [=] {
+    const auto dyf = widen(dy, s.rows * s.cols), xf = widen(x, s.rows * s.cols), bf = widen_optional(b, s.cols);
+    std::vector<float> dxf(static_cast<size_t>(s.rows * s.cols));
+    cpu::bias_gelu_backward<float>(cpu_ctx(), kind, s, dyf.data(), xf.data(), data_or_null(bf), dxf.data(), db);
+    store(dx, dxf);
+  });
+}
+
+void attention_forward(Context& ctx, const AttentionShape& s, const bf16* q, const bf16* k, const bf16* v,
+                       const int32_t* mask, const DropoutSpec& dropout, bf16* context, float* lse) {
+  const char* op = "attention_forward";
+  check_attention(op, s, dropout);
+  if (s.batch == 0) return;
+  for (const auto& [name, p] : {std::pair<const char*, const void*>{"q", q}, {"k", k}, {"v", v}, {"context", context}})
+    check_aligned16(op, name, p);
+  const int64_t n = qkv_extent(s);
+  device_arg(op, "q", q, n);
+  device_arg(op, "k", k, n);
+  device_arg(op, "v", v, n);
+  optional_device_arg(op, "attention_mask", mask, s.tokens());
+  device_arg(op, "context", context, s.tokens() * s.hidden());
+  device_arg(op, "logsumexp", lse, s.batch * s.num_heads * s.seq_len);
+  launch(ctx, op, [=] {
+    const auto qf = widen(q, n), kf = widen(k, n), vf = widen(v, n);
+    std::vector<float> cf(static_cast<size_t>(s.tokens() * s.hidden()));
+    cpu::attention_forward<float>(cpu_ctx(), s, qf.data(), kf.data(), vf.data(), mask, dropout, cf.data(), lse);
+    store(context, cf);
+  });
+}
+
+void attention_backward(Context& ctx, const AttentionShape& s, const bf16* dcontext, const bf16* q, const bf16* k,
+                        const bf16* v, const int32_t* mask, const DropoutSpec& dropout, const bf16* context,
+                        const float* lse, bf16* dq, bf16* dk, bf16* dv) {
+  const char* op = "attention_backward";
+  check_attention(op, s, dropout);
+  if (s.batch == 0) return;
+  for (const auto& [name, p] : {std::pair<const char*, const void*>{"dcontext", dcontext},
+                                {"q", q},
+                                {"k", k},
+                                {"v", v},
+                                {"context", context},
+                                {"dq", dq},
+                                {"dk", dk},
+                                {"dv", dv}})
+    check_aligned16(op, name, p);
+  const int64_t n = qkv_extent(s);
+  device_arg(op, "dcontext", dcontext, s.tokens() * s.hidden());
+  device_arg(op, "q", q, n);
+  device_arg(op, "k", k, n);
+  device_arg(op, "v", v, n);
+  optional_device_arg(op, "attention_mask", mask, s.tokens());
+  device_arg(op, "context", context, s.tokens() * s.hidden());
+  device_arg(op, "logsumexp", lse, s.batch * s.num_heads * s.seq_len);
+  device_arg(op, "dq", dq, n);
+  device_arg(op, "dk", dk, n);
+  device_arg(op, "dv", dv, n);
+  launch(ctx, op, [=] {
+    const auto qf = widen(q, n), kf = widen(k, n), vf = widen(v, n);
+    const auto dcf = widen(dcontext, s.tokens() * s.hidden()), cf = widen(context, s.tokens() * s.hidden());
+    std::vector<float> dqf(static_cast<size_t>(n)), dkf(static_cast<size_t>(n)), dvf(static_cast<size_t>(n));
+    cpu::attention_backward<float>(cpu_ctx(), s, dcf.data(), qf.data(), kf.data(), vf.data(), mask, dropout, cf.data(),
+                                   lse, dqf.data(), dkf.data(), dvf.data());
+    // Only each token's hidden elements: dq, dk and dv interleave in one [tokens, 3 * hidden] buffer.
+    for (int64_t t = 0; t < s.tokens(); ++t) {
+      const int64_t o = t * s.qkv_row_stride;
+      store(dq + o, dqf.data() + o, s.hidden());
+      store(dk + o, dkf.data() + o, s.hidden());
+      store(dv + o, dvf.data() + o, s.hidden());
+    }
+  });
+}
+
+void dropout_forward(Context& ctx, int64_t numel, const DropoutSpec& spec, const bf16* x, bf16* y) {
+  const char* op = "dropout_forward";
+  device_arg(op, "x", x, numel);
+  device_arg(op, "y", y, numel);
+  launch(ctx, op, [=] {
+    const auto xf = widen(x, numel);
+    std::vector<float> yf(static_cast<size_t>(numel));
+    cpu::dropout_forward<float>(cpu_ctx(), numel, spec, xf.data(), yf.data());
+    store(y, yf);
+  });
+}
+
+void dropout_backward(Context& ctx, int64_t numel, const DropoutSpec& spec, const bf16* dy, bf16* dx) {
+  const char* op = "dropout_backward";
+  device_arg(op, "dy", dy, numel);
+  device_arg(op, "dx", dx, numel);
+  launch(ctx, op, [=] {
+    const auto dyf = widen(dy, numel);
+    std::vector<float> dxf(static_cast<size_t>(numel));
+    cpu::dropout_backward<float>(cpu_ctx(), numel, spec, dyf.data(), dxf.data());
+    store(dx, dxf);
+  });
+}
+
+void pooler_forward(Context& ctx, const PoolerShape& s, const bf16* enc, const bf16* w, const bf16* b, bf16* pooled) {
+  const char* op = "pooler_forward";
+  if (s.batch == 0) return;
+  device_arg(op, "encoder_out", enc, s.batch * s.seq_len * s.hidden);
+  device_arg(op, "weight", w, s.hidden * s.hidden);
+  optional_device_arg(op, "bias", b, s.hidden);
+  device_arg(op, "pooled", pooled, s.batch * s.hidden);
+  launch(ctx, op, [=] {
+    const auto ef = widen(enc, s.batch * s.seq_len * s.hidden), wf = widen(w, s.hidden * s.hidden),
+               bf = widen_optional(b, s.hidden);
+    std::vector<float> pf(static_cast<size_t>(s.batch * s.hidden));
+    cpu::pooler_forward<float>(cpu_ctx(), s, ef.data(), wf.data(), data_or_null(bf), pf.data());
+    store(pooled, pf);
+  });
+}
+
+void pooler_backward(Context& ctx, const PoolerShape& s, const bf16* dpooled, const bf16* enc, const bf16* w,
+                     const bf16* pooled, bf16* denc, float* dw, float* db) {
+  const char* op = "pooler_backward";
+  if (s.batch == 0) return;
+  const int64_t n = s.batch * s.seq_len * s.hidden;
+  device_arg(op, "dpooled", dpooled, s.batch * s.hidden);
+  device_arg(op, "encoder_out", enc, n);
+  device_arg(op, "weight", w, s.hidden * s.hidden);
+  device_arg(op, "pooled", pooled, s.batch * s.hidden);
+  optional_device_arg(op, "d_encoder_out", denc, n);
+  optional_device_arg(op, "dweight", dw, s.hidden * s.hidden);
+  optional_device_arg(op, "dbias", db, s.hidden);
+  launch(ctx, op, [=] {
+    const auto dpf = widen(dpooled, s.batch * s.hidden), ef = widen(enc, n), wf = widen(w, s.hidden * s.hidden),
+               pf = widen(pooled, s.batch * s.hidden);
+    std::vector<float> def = denc != nullptr ? widen(denc, n) : std::vector<float>();
+    cpu::pooler_backward<float>(cpu_ctx(), s, dpf.data(), ef.data(), wf.data(), pf.data(),
+                                denc != nullptr ? def.data() : nullptr, dw, db);
+    // The real kernel adds into the [CLS] rows only; the other rows are not touched.
+    if (denc != nullptr)
+      for (int64_t b = 0; b < s.batch; ++b) {
+        const int64_t row = b * s.seq_len * s.hidden;
+        store(denc + row, def.data() + row, s.hidden);
+      }
+  });
+}
+
+void gather_rows(Context& ctx, int64_t num_rows, int64_t cols, const int32_t* rows, const bf16* src, bf16* dst) {
+  const char* op = "gather_rows";
+  if (num_rows == 0 || cols == 0) return;
+  device_arg(op, "rows", rows, num_rows);
+  device_arg(op, "src", src, cols);
+  device_arg(op, "dst", dst, num_rows * cols);
+  launch(ctx, op, [=] {
+    for (int64_t i = 0; i < num_rows; ++i) {
+      check_row(op, "src", src, rows[i], cols);
+      std::memcpy(dst + i * cols, src + int64_t{rows[i]} * cols, static_cast<size_t>(cols) * sizeof(bf16));
+    }
+  });
+}
+
+void scatter_add_rows(Context& ctx, int64_t num_rows, int64_t cols, const int32_t* rows, const bf16* src, bf16* dst) {
+  const char* op = "scatter_add_rows";
+  if (num_rows == 0 || cols == 0) return;
+  device_arg(op, "rows", rows, num_rows);
+  device_arg(op, "src", src, num_rows * cols);
+  device_arg(op, "dst", dst, cols);
+  launch(ctx, op, [=] {
+    std::vector<int32_t> sorted(rows, rows + num_rows);
+    std::sort(sorted.begin(), sorted.end());
+    if (std::adjacent_find(sorted.begin(), sorted.end()) != sorted.end())
+      device_fault(std::string(op) + ": rows must be distinct (a repeated row is a data race on the device)");
+    for (int64_t i = 0; i < num_rows; ++i) {
+      check_row(op, "dst", dst, rows[i], cols);
+      bf16* out = dst + int64_t{rows[i]} * cols;
+      for (int64_t c = 0; c < cols; ++c)
+        out[c] = __float2bfloat16_rn(__bfloat162float(out[c]) + __bfloat162float(src[i * cols + c]));
+    }
+  });
+}
+
+void softmax_cross_entropy(Context& ctx, const MatrixShape& s, const bf16* logits, const int32_t* labels,
+                           float grad_scale, bf16* dlogits, CrossEntropyDeviceStats* stats) {
+  const char* op = "softmax_cross_entropy";
+  device_arg(op, "logits", logits, s.rows * s.cols);
+  device_arg(op, "labels", labels, s.rows);
+  optional_device_arg(op, "dlogits", dlogits, s.rows * s.cols);
+  device_arg(op, "stats", stats, 1);
+  launch(ctx, op, [=] {
+    for (int64_t r = 0; r < s.rows; ++r)
+      if (labels[r] != ops::kIgnoreIndex && (labels[r] < 0 || labels[r] >= s.cols))
+        device_fault(std::string(op) + ": label " + std::to_string(labels[r]) + " of row " + std::to_string(r) +
+                     " is outside [0, " + std::to_string(s.cols) + ") (the host validates labels)");
+    const auto lf = widen(logits, s.rows * s.cols);
+    std::vector<float> df(dlogits != nullptr ? lf.size() : 0);
+    const CrossEntropyStats r = cpu::softmax_cross_entropy<float>(cpu_ctx(), s, lf.data(), labels, grad_scale,
+                                                                  dlogits != nullptr ? df.data() : nullptr);
+    stats->loss_sum = static_cast<float>(r.loss * static_cast<double>(r.num_counted));
+    stats->num_counted = static_cast<int32_t>(r.num_counted);
+    stats->num_correct = static_cast<int32_t>(r.num_correct);
+    if (dlogits != nullptr) store(dlogits, df);
+  });
+}
+
+CrossEntropyStats read_cross_entropy_stats(Context& ctx, const CrossEntropyDeviceStats* stats) {
+  device_arg("read_cross_entropy_stats", "stats", stats, 1);
+  ctx.synchronize();
+  CrossEntropyStats r;
+  r.num_counted = stats->num_counted;
+  r.num_correct = stats->num_correct;
+  r.loss = r.num_counted > 0 ? stats->loss_sum / static_cast<double>(r.num_counted) : 0.0;
+  return r;
+}
+
+void grad_norm(Context& ctx, const MultiTensorList& tensors, float* norm) {
+  device_arg("grad_norm", "norm", norm, 1);
+  const auto* table = static_cast<const AdamWTensor*>(tensors.device_table());
+  const size_t count = tensors.size();
+  launch(ctx, "grad_norm", [=] {
+    std::vector<cpu::GradView<float>> views;
+    for (size_t i = 0; i < count; ++i) views.push_back({table[i].grad, table[i].numel});
+    *norm = static_cast<float>(cpu::grad_norm<float>(cpu_ctx(), views));
+  });
+}
+
+void adamw_step(Context& ctx, const AdamWHyperparams& hyper, const MultiTensorList& tensors, const float* clip_norm,
+                float max_grad_norm) {
+  const char* op = "adamw_step";
+  if (hyper.step < 1) throw std::invalid_argument("adamw_step: step must be >= 1");
+  if (clip_norm != nullptr && !(max_grad_norm > 0))
+    throw std::invalid_argument("adamw_step: max_grad_norm must be > 0 when clipping");
+  optional_device_arg(op, "clip_norm", clip_norm, 1);
+  const auto* table = static_cast<const AdamWTensor*>(tensors.device_table());
+  const size_t count = tensors.size();
+  launch(ctx, op, [=] {
+    AdamWHyperparams h = hyper;
+    if (clip_norm != nullptr) {
+      const float norm = *clip_norm;  // read on the device: no host sync
+      if (!std::isfinite(norm)) return;
+      h.grad_scale = ops::clip_grad_coefficient(static_cast<double>(norm), max_grad_norm);
+    }
+    std::vector<cpu::AdamWTensor<float>> list;
+    for (size_t i = 0; i < count; ++i)
+      list.push_back({table[i].param, table[i].grad, table[i].exp_avg, table[i].exp_avg_sq, table[i].numel,
+                      table[i].apply_weight_decay});
+    cpu::adamw_step<float>(cpu_ctx(), h, list);
+    for (size_t i = 0; i < count; ++i)
+      if (table[i].param_bf16 != nullptr) store(table[i].param_bf16, table[i].param, table[i].numel);
+  });
+}
+
+void convert_f32_to_bf16(Context& ctx, int64_t numel, const float* src, bf16* dst) {
+  device_arg("convert_f32_to_bf16", "src", src, numel);
+  device_arg("convert_f32_to_bf16", "dst", dst, numel);
+  launch(ctx, "convert_f32_to_bf16", [=] { store(dst, src, numel); });
+}
+
+void convert_bf16_to_f32(Context& ctx, int64_t numel, const bf16* src, float* dst) {
+  device_arg("convert_bf16_to_f32", "src", src, numel);
+  device_arg("convert_bf16_to_f32", "dst", dst, numel);
+  launch(ctx, "convert_bf16_to_f32", [=] {
+    for (int64_t i = 0; i < numel; ++i) dst[i] = __bfloat162float(src[i]);
+  });
+}
+
+}  // namespace bert::cuda
+
+// ---- emulated_cuda.h --------------------------------------------------------------------------------------
+
+namespace bert::emulated {
+
+Counters counters() { return state().counters; }
+
+int64_t pending_operations() {
+  const State& s = state();
+  int64_t pending = static_cast<int64_t>(s.legacy.queue.size());
+  for (const Stream* stream : s.live_streams) pending += static_cast<int64_t>(stream->queue.size());
+  return pending;
+}
+
+void fail_launch(const std::string& op, int skip) {
+  state().fail_op = op;
+  state().fail_skip = skip;
+}
+
+void clear_injected_failure() { state().fail_op.clear(); }
+
+void set_deferred(bool deferred) {
+  if (!deferred) flush_all();
+  state().deferred = deferred;
+}
+
+}  // namespace bert::emulated

@@ -1,0 +1,462 @@
+// BertForPreTrainingCuda's host logic on the emulated device (tests/emulated/emulated_cuda.cpp: deferred
+// execution, poisoned allocations, bounds-checked op arguments, fault injection), in the scenarios a
+// real-device run rarely reaches. The same tiny BERT as tests/gpu/test_cuda_model.cpp (hidden 64,
+// 2 layers, vocab 300) against the fp32 CPU model on the same bf16 weights:
+//   - a training step queues its work: no stream or device sync, uploads only from pinned staging,
+//     the caller's batch arrays reusable at once, and the step's losses and gradient norm right
+//   - reserve() growing while forwards' losses wait in their device slots keeps every loss
+//   - more forwards than the device's loss slots: every loss, in order, one drain per full set
+//   - mlm_logits_at: repeated positions in the caller's order, several decoder chunks, equal to the
+//     CPU model's logits; it leaves the loss slots and the dropout setting alone and no batch behind
+//   - mlm_logits_at failing midway (a failed launch, a failed copy of the second chunk) and a rejected
+//     upload leave no batch to train on, and the model keeps working
+//   - the dense MLM head: mlm_logits_at still runs on the requested rows; a positions-only batch
+//   - a batch without labels: zero losses and exactly zero gradients
+// Tolerances as test_cuda_model.cpp: losses rel 2e-2, logits and gradients rel 3e-2 of the tensor's
+// (here: the logits row's) largest CPU value.
+#include <cuda_runtime.h>
+
+#include <algorithm>
+#include <catch2/catch.hpp>
+#include <cmath>
+#include <cstdint>
+#include <random>
+#include <span>
+#include <stdexcept>
+#include <string>
+#include <string_view>
+#include <vector>
+
+#include "common/error.h"
+#include "engine/bert.h"
+#include "engine/bert_cuda.h"
+#include "kernels/cpu/ops_cpu.h"
+#include "tests/emulated/emulated_cuda.h"
+#include "tests/gpu/cuda_test_util.h"
+
+namespace {
+
+using bert::BatchView;
+using bert::BertConfig;
+using bert::BertForPreTraining;
+using bert::BertForPreTrainingCuda;
+using bert::LossStats;
+using bert::ModelOptions;
+using bert::cuda::test::relative_error;
+
+constexpr int64_t kVocab = 300;
+
+BertConfig tiny_config(double dropout = 0.0) {
+  BertConfig config;
+  config.vocab_size = kVocab;
+  config.hidden_size = 64;
+  config.num_hidden_layers = 2;
+  config.num_attention_heads = 2;  // head_dim 32
+  config.intermediate_size = 128;
+  config.max_position_embeddings = 64;
+  config.hidden_dropout_prob = dropout;
+  config.attention_probs_dropout_prob = dropout;
+  return config;
+}
+
+// A padded batch: the first sequence full, the others of random lengths; two segments; ~15% MLM
+// labels (at least one per sequence); random NSP labels.
+struct TestBatch {
+  int64_t batch = 0, seq_len = 0;
+  std::vector<int32_t> input_ids, token_type_ids, attention_mask, labels, nsp_labels;
+  std::vector<int32_t> masked_positions;
+
+  TestBatch(uint64_t seed, int64_t batch_size = 4, int64_t sequence_length = 32)
+      : batch(batch_size), seq_len(sequence_length) {
+    std::mt19937_64 rng(seed);
+    std::uniform_int_distribution<int32_t> id(5, kVocab - 1), nsp(0, 1);
+    std::uniform_int_distribution<int64_t> length(seq_len / 4, seq_len);
+    std::uniform_real_distribution<double> unit(0.0, 1.0);
+    const size_t tokens = static_cast<size_t>(batch * seq_len);
+    input_ids.assign(tokens, 0);
+    token_type_ids.assign(tokens, 0);
+    attention_mask.assign(tokens, 0);
+    labels.assign(tokens, bert::ops::kIgnoreIndex);
+    for (int64_t b = 0; b < batch; ++b) {
+      const int64_t used = b == 0 ? seq_len : length(rng);
+      for (int64_t s = 0; s < used; ++s) {
+        const size_t t = static_cast<size_t>(b * seq_len + s);
+        input_ids[t] = s == 0 ? 2 : id(rng);  // 2 plays [CLS]
+        token_type_ids[t] = s >= used / 2 ? 1 : 0;
+        attention_mask[t] = 1;
+        if (s > 0 && (s == 1 || unit(rng) < 0.15)) {
+          labels[t] = id(rng);
+          input_ids[t] = 4;  // plays [MASK]
+          masked_positions.push_back(static_cast<int32_t>(t));
+        }
+      }
+      nsp_labels.push_back(nsp(rng));
+    }
+  }
+
+  BatchView view() const {
+    BatchView v;
+    v.batch = batch;
+    v.seq_len = seq_len;
+    v.input_ids = input_ids.data();
+    v.token_type_ids = token_type_ids.data();
+    v.attention_mask = attention_mask.data();
+    v.labels = labels.data();
+    v.nsp_labels = nsp_labels.data();
+    return v;
+  }
+
+  // Overwrites every array with valid but different values: what a caller reusing its buffers does.
+  void scribble() {
+    std::fill(input_ids.begin(), input_ids.end(), 7);
+    std::fill(token_type_ids.begin(), token_type_ids.end(), 1);
+    std::fill(attention_mask.begin(), attention_mask.end(), 1);
+    std::fill(labels.begin(), labels.end(), 9);
+    std::fill(nsp_labels.begin(), nsp_labels.end(), 1);
+  }
+};
+
+// The CPU model's weights rounded to bf16 (biases and LayerNorm weights random first, so a wrong
+// tensor cannot match by accident), copied to the CUDA model.
+void share_bf16_weights(BertForPreTraining<float>& cpu, BertForPreTrainingCuda& gpu) {
+  std::mt19937_64 rng(20261202);
+  std::uniform_real_distribution<float> offset(-0.1f, 0.1f), scale(0.8f, 1.2f);
+  const auto ends_with = [](const std::string& name, std::string_view suffix) {
+    return name.size() >= suffix.size() && name.compare(name.size() - suffix.size(), suffix.size(), suffix) == 0;
+  };
+  for (const bert::ParamInfo& info : cpu.params()) {
+    float* values = cpu.parameters().data() + info.offset;
+    for (size_t i = 0; i < info.numel; ++i) {
+      if (ends_with(info.name, "LayerNorm.weight")) values[i] = scale(rng);
+      if (ends_with(info.name, "bias")) values[i] = offset(rng);
+    }
+  }
+  for (float& value : cpu.parameters()) value = bert::cuda::test::bf16_to_float(bert::cuda::test::float_to_bf16(value));
+  gpu.copy_parameters_from(cpu);
+}
+
+LossStats cpu_losses(BertForPreTraining<float>& cpu, const BatchView& batch) {
+  LossStats stats;
+  cpu.forward_backward(batch, stats, /*compute_grads=*/false, 1.0f);
+  return stats;
+}
+
+void check_losses(const LossStats& gpu, const LossStats& cpu) {
+  INFO("loss gpu " << gpu.loss << " cpu " << cpu.loss << " (mlm " << gpu.mlm_loss << " / " << cpu.mlm_loss << ", nsp "
+                   << gpu.nsp_loss << " / " << cpu.nsp_loss << ")");
+  CHECK(gpu.mlm_count == cpu.mlm_count);
+  CHECK(gpu.nsp_count == cpu.nsp_count);
+  CHECK(std::fabs(gpu.mlm_loss - cpu.mlm_loss) <= 2e-2 * std::fabs(cpu.mlm_loss));
+  CHECK(std::fabs(gpu.nsp_loss - cpu.nsp_loss) <= 2e-2 * std::fabs(cpu.nsp_loss));
+  CHECK(std::fabs(gpu.loss - cpu.loss) <= 2e-2 * std::fabs(cpu.loss));
+}
+
+std::span<const float> row(const std::vector<float>& logits, size_t i) {
+  return std::span<const float>(logits).subspan(i * kVocab, kVocab);
+}
+
+// Every row of the CUDA logits within 3e-2 of the CPU's, and each row far from the CPU row of the
+// next row's position (so a row mapped to the wrong position cannot pass).
+void check_logits(const std::vector<float>& gpu, const std::vector<float>& cpu, std::span<const int32_t> positions) {
+  REQUIRE(gpu.size() == positions.size() * kVocab);
+  REQUIRE(cpu.size() == gpu.size());
+  for (size_t i = 0; i < positions.size(); ++i) {
+    INFO("row " << i << " (position " << positions[i] << ")");
+    CHECK(relative_error(row(gpu, i), row(cpu, i)) <= 3e-2);
+    const size_t other = (i + 1) % positions.size();
+    if (positions[other] != positions[i]) CHECK(relative_error(row(gpu, i), row(cpu, other)) > 0.1);
+  }
+}
+
+}  // namespace
+
+TEST_CASE("cuda model host: deferred execution shows a copy that is not waited for", "[emulated]") {
+  // The premise of the ordering checks below: an async copy reads its host memory when the host
+  // waits, not when it is issued; fresh device memory is NaN.
+  bert::cuda::Context ctx;
+  bert::cuda::DeviceBuffer<int32_t> device(4);
+  int32_t* pinned = nullptr;
+  REQUIRE(cudaMallocHost(reinterpret_cast<void**>(&pinned), 4 * sizeof(int32_t)) == cudaSuccess);
+  for (int32_t i = 0; i < 4; ++i) pinned[i] = i + 1;
+  const int64_t pending = bert::emulated::pending_operations();
+  CUDA_CHECK(cudaMemcpyAsync(device.data(), pinned, 4 * sizeof(int32_t), cudaMemcpyHostToDevice, ctx.stream()));
+  CHECK(bert::emulated::pending_operations() == pending + 1);
+  pinned[0] = 99;  // rewritten before the copy ran
+  ctx.synchronize();
+  CHECK(bert::emulated::pending_operations() == pending);
+  CHECK(device.download() == std::vector<int32_t>{99, 2, 3, 4});
+  REQUIRE(cudaFreeHost(pinned) == cudaSuccess);
+  for (const float value : bert::cuda::DeviceBuffer<float>(3).download()) CHECK(std::isnan(value));
+}
+
+TEST_CASE("cuda model host: a training step queues its work and waits for no kernel", "[emulated]") {
+  BertForPreTraining<float> cpu(tiny_config(0.1));
+  BertForPreTrainingCuda gpu(tiny_config(0.1));
+  share_bf16_weights(cpu, gpu);
+  gpu.reserve(4, 32);
+  const std::vector<TestBatch> batches = {TestBatch(1), TestBatch(2), TestBatch(3)};
+  const float scale = 1.0f / static_cast<float>(batches.size());
+
+  const bert::emulated::Counters before = bert::emulated::counters();
+  int64_t ops_before_last = 0;
+  gpu.zero_grads();
+  for (size_t k = 0; k < batches.size(); ++k) {
+    ops_before_last = bert::emulated::counters().ops;
+    gpu.set_dropout(7, k, true);
+    TestBatch reused = batches[k];
+    gpu.forward_backward(reused.view(), scale);
+    reused.scribble();  // the caller's arrays may be reused as soon as the upload returns
+  }
+  bert::ops::AdamWHyperparams hyper;
+  hyper.learning_rate = 1e-3;
+  gpu.optimizer_step(hyper, 1.0f);
+  const bert::emulated::Counters after = bert::emulated::counters();
+
+  CHECK(after.stream_syncs == before.stream_syncs);
+  CHECK(after.device_syncs == before.device_syncs);
+  CHECK(after.event_syncs - before.event_syncs <= static_cast<int64_t>(batches.size()));  // one per upload at most
+  CHECK(after.copies_to_device > before.copies_to_device);
+  CHECK(after.copies_to_device_from_pageable == before.copies_to_device_from_pageable);  // pinned staging only
+  CHECK(after.device_allocations == before.device_allocations);  // reserved up front: nothing grows
+  // Nothing of the last micro-batch's forward/backward, nor the update, has run yet.
+  CHECK(bert::emulated::pending_operations() >= after.ops - ops_before_last);
+
+  cpu.zero_grads();
+  std::vector<LossStats> expected;
+  for (size_t k = 0; k < batches.size(); ++k) {
+    cpu.set_dropout(7, k, true);
+    LossStats stats;
+    cpu.forward_backward(batches[k].view(), stats, true, scale);
+    expected.push_back(stats);
+  }
+  const std::vector<LossStats> losses = gpu.take_loss_stats();
+  REQUIRE(losses.size() == expected.size());
+  for (size_t k = 0; k < losses.size(); ++k) {
+    INFO("micro-batch " << k);
+    check_losses(losses[k], expected[k]);
+  }
+  bert::cpu::Context cpu_ctx(1);
+  std::vector<bert::cpu::GradView<float>> grads;
+  for (const bert::ParamInfo& info : cpu.params())
+    grads.push_back({cpu.grads().data() + info.offset, static_cast<int64_t>(info.numel)});
+  const double norm = bert::cpu::grad_norm<float>(cpu_ctx, grads);
+  INFO("grad norm gpu " << gpu.read_grad_norm() << " cpu " << norm);
+  CHECK(std::fabs(gpu.read_grad_norm() - norm) <= 3e-2 * norm);
+}
+
+TEST_CASE("cuda model host: reserve growing while losses wait in their device slots keeps every loss", "[emulated]") {
+  BertForPreTraining<float> cpu(tiny_config());
+  BertForPreTrainingCuda gpu(tiny_config());
+  share_bf16_weights(cpu, gpu);
+  gpu.reserve(2, 16);
+  TestBatch small(31, 2, 16), large(32), other(33);
+  const std::vector<LossStats> expected = {cpu_losses(cpu, small.view()), cpu_losses(cpu, large.view()),
+                                           cpu_losses(cpu, other.view())};
+
+  gpu.forward_backward(small.view(), 1.0f, false);
+  small.scribble();
+  gpu.forward_backward(large.view(), 1.0f, false);  // grows to 4 x 32 with the first loss pending
+  CHECK(gpu.allocated().max_batch == 4);
+  CHECK(gpu.allocated().activations_bytes == gpu.memory_plan(4, 32).activations_bytes);
+  gpu.forward_backward(other.view(), 1.0f, false);
+  std::vector<LossStats> losses = gpu.take_loss_stats();
+  REQUIRE(losses.size() == 3);
+  for (size_t k = 0; k < losses.size(); ++k) {
+    INFO("forward " << k);
+    check_losses(losses[k], expected[k]);
+  }
+
+  // mlm_logits_at growing the arenas (8 x 32) with a forward's loss pending.
+  gpu.forward_backward(other.view(), 1.0f, false);
+  const TestBatch wide(34, 8, 32);
+  const std::vector<int32_t> positions = {200, 3};
+  std::vector<float> logits(positions.size() * kVocab);
+  gpu.mlm_logits_at(wide.view(), positions, logits);
+  CHECK(gpu.allocated().max_batch == 8);
+  losses = gpu.take_loss_stats();
+  REQUIRE(losses.size() == 1);
+  check_losses(losses[0], expected[2]);
+  std::vector<float> cpu_logits(logits.size());
+  cpu.mlm_logits_at(wide.view(), positions, cpu_logits);
+  check_logits(logits, cpu_logits, positions);
+}
+
+TEST_CASE("cuda model host: more forwards than loss slots keep every loss in order", "[emulated]") {
+  BertForPreTraining<float> cpu(tiny_config());
+  BertForPreTrainingCuda gpu(tiny_config());
+  share_bf16_weights(cpu, gpu);
+  const std::vector<TestBatch> batches = {TestBatch(41), TestBatch(42), TestBatch(43)};
+  gpu.reserve(4, 32);
+
+  const int64_t syncs_before = bert::emulated::counters().stream_syncs;
+  for (int i = 0; i < 100; ++i) gpu.forward_backward(batches[i % 3].view(), 1.0f, false);
+  // The 64 device slots filled once: one drain (one stream sync), not one per forward.
+  CHECK(bert::emulated::counters().stream_syncs - syncs_before <= 1);
+  const LossStats last = gpu.read_loss_stats();  // does not consume the list
+  for (int i = 100; i < 150; ++i) gpu.forward_backward(batches[i % 3].view(), 1.0f, false);
+  const std::vector<LossStats> losses = gpu.take_loss_stats();
+  REQUIRE(losses.size() == 150);
+  CHECK(gpu.take_loss_stats().empty());
+  CHECK(last.loss == losses[99].loss);
+
+  for (size_t k = 0; k < batches.size(); ++k) {
+    INFO("batch " << k);
+    check_losses(losses[k], cpu_losses(cpu, batches[k].view()));
+  }
+  REQUIRE(losses[0].loss != losses[1].loss);  // distinct batches: a reordering would show
+  REQUIRE(losses[1].loss != losses[2].loss);
+  REQUIRE(losses[0].loss != losses[2].loss);
+  int64_t misplaced = 0;
+  for (size_t i = 0; i < losses.size(); ++i)
+    if (losses[i].loss != losses[i % 3].loss || losses[i].mlm_count != losses[i % 3].mlm_count) ++misplaced;
+  CHECK(misplaced == 0);
+}
+
+TEST_CASE("cuda model host: mlm_logits_at gives repeated positions in the caller's order", "[emulated]") {
+  ModelOptions options;
+  options.decoder_chunk_rows = 2;  // 6 distinct positions: 3 chunks
+  BertForPreTraining<float> cpu(tiny_config(0.2));
+  BertForPreTrainingCuda gpu(tiny_config(0.2), options);
+  share_bf16_weights(cpu, gpu);
+  cpu.set_dropout(5, 9, true);
+  gpu.set_dropout(5, 9, true);
+  const TestBatch train(51), query(52);
+  gpu.forward_backward(train.view(), 1.0f, false);  // its loss stays in its device slot
+
+  const std::vector<int32_t> positions = {70, 3, 70, 127, 3, 0, 66, 127, 5};
+  std::vector<float> gpu_logits(positions.size() * kVocab), cpu_logits(gpu_logits.size());
+  gpu.mlm_logits_at(query.view(), positions, gpu_logits);
+  cpu.mlm_logits_at(query.view(), positions, cpu_logits);  // eval mode on both, whatever set_dropout said
+  check_logits(gpu_logits, cpu_logits, positions);
+  for (const auto& [a, b] : {std::pair<size_t, size_t>{0, 2}, {1, 4}, {3, 7}}) {
+    INFO("rows " << a << " and " << b << " (the same position)");
+    CHECK(std::equal(row(gpu_logits, a).begin(), row(gpu_logits, a).end(), row(gpu_logits, b).begin()));
+  }
+
+  // No batch is left to train on; the pending loss and the dropout setting are untouched.
+  CHECK_THROWS_AS(gpu.forward_backward(1.0f), bert::Error);
+  std::vector<LossStats> losses = gpu.take_loss_stats();
+  REQUIRE(losses.size() == 1);
+  check_losses(losses[0], cpu_losses(cpu, train.view()));
+  gpu.forward_backward(query.view(), 1.0f, false);
+  check_losses(gpu.read_loss_stats(), cpu_losses(cpu, query.view()));  // dropout (5, 9) on both
+}
+
+TEST_CASE("cuda model host: mlm_logits_at failing midway leaves no batch to train on", "[emulated]") {
+  ModelOptions options;
+  options.decoder_chunk_rows = 2;
+  BertForPreTraining<float> cpu(tiny_config());
+  BertForPreTrainingCuda gpu(tiny_config(), options);
+  share_bf16_weights(cpu, gpu);
+  const TestBatch train(61), query(62);
+  const std::vector<int32_t> positions = {9, 40, 1, 77, 33};
+  std::vector<float> logits(positions.size() * kVocab);
+  gpu.forward_backward(train.view(), 1.0f, false);  // its loss stays in its device slot
+
+  SECTION("a failed launch after the encoder") { bert::emulated::fail_launch("gather_rows"); }
+  SECTION("a failed copy of the second decoder chunk") {
+    bert::emulated::fail_launch("cudaMemcpyAsync(DeviceToHost)", 1);
+  }
+  CHECK_THROWS_AS(gpu.mlm_logits_at(query.view(), positions, logits), bert::cuda::CudaError);
+  bert::emulated::clear_injected_failure();
+
+  CHECK_THROWS_AS(gpu.forward_backward(1.0f), bert::Error);
+  std::vector<LossStats> losses = gpu.take_loss_stats();
+  REQUIRE(losses.size() == 1);
+  check_losses(losses[0], cpu_losses(cpu, train.view()));
+  // The model keeps working.
+  std::vector<float> cpu_logits(logits.size());
+  gpu.mlm_logits_at(query.view(), positions, logits);
+  cpu.mlm_logits_at(query.view(), positions, cpu_logits);
+  check_logits(logits, cpu_logits, positions);
+  gpu.forward_backward(train.view(), 1.0f, false);
+  check_losses(gpu.read_loss_stats(), losses[0]);
+}
+
+TEST_CASE("cuda model host: a rejected upload leaves no batch to train on", "[emulated]") {
+  BertConfig config = tiny_config();
+  config.max_position_embeddings = 640;  // a seq_len the CPU model takes and the attention kernel does not
+  BertForPreTraining<float> cpu(config);
+  BertForPreTrainingCuda gpu(config);
+  share_bf16_weights(cpu, gpu);
+  const TestBatch good(71), other(72);
+  gpu.upload_batch(good.view());
+  gpu.forward_backward(1.0f, false);
+
+  SECTION("an input id outside the vocabulary") {
+    TestBatch bad = other;
+    bad.input_ids[5] = kVocab;
+    CHECK_THROWS_AS(gpu.upload_batch(bad.view()), bert::Error);
+  }
+  SECTION("an MLM label outside the vocabulary") {
+    TestBatch bad = other;
+    bad.labels[static_cast<size_t>(bad.masked_positions[0])] = 1000;
+    CHECK_THROWS_AS(gpu.upload_batch(bad.view()), bert::Error);
+  }
+  SECTION("seq_len beyond the attention kernel's 512") {
+    const TestBatch longer(73, 1, 600);
+    try {
+      gpu.upload_batch(longer.view());
+      FAIL("a 600-token batch was accepted");
+    } catch (const std::invalid_argument& e) {
+      CHECK(std::string(e.what()).find("seq_len 600") != std::string::npos);
+    }
+  }
+  CHECK_THROWS_AS(gpu.forward_backward(1.0f, false), bert::Error);  // not the previous batch again
+  std::vector<LossStats> losses = gpu.take_loss_stats();
+  REQUIRE(losses.size() == 1);  // only the accepted batch's forward
+  check_losses(losses[0], cpu_losses(cpu, good.view()));
+  gpu.upload_batch(other.view());
+  gpu.forward_backward(1.0f, false);
+  check_losses(gpu.read_loss_stats(), cpu_losses(cpu, other.view()));
+}
+
+TEST_CASE("cuda model host: the dense MLM head in mlm_logits_at and on a positions-only batch", "[emulated]") {
+  ModelOptions options;
+  options.mlm_on_masked_positions_only = false;
+  options.decoder_chunk_rows = 7;
+  BertForPreTraining<float> cpu(tiny_config(), options);
+  BertForPreTrainingCuda gpu(tiny_config(), options);
+  share_bf16_weights(cpu, gpu);
+  const TestBatch batch(81);
+
+  const std::vector<int32_t> positions = {100, 5, 17, 9, 10, 11, 12, 13, 14, 15, 99};
+  std::vector<float> gpu_logits(positions.size() * kVocab), cpu_logits(gpu_logits.size());
+  gpu.mlm_logits_at(batch.view(), positions, gpu_logits);
+  cpu.mlm_logits_at(batch.view(), positions, cpu_logits);
+  CHECK(gpu.uploaded_batch().mlm_rows() == static_cast<int64_t>(positions.size()));  // the rows asked for only
+  check_logits(gpu_logits, cpu_logits, positions);
+
+  // Labels given as positions only (no labels array): the dense head still counts those rows.
+  BatchView view = batch.view();
+  view.labels = nullptr;
+  std::vector<int32_t> masked_labels;
+  for (const int32_t p : batch.masked_positions) masked_labels.push_back(batch.labels[static_cast<size_t>(p)]);
+  view.masked_positions = batch.masked_positions.data();
+  view.masked_labels = masked_labels.data();
+  view.num_masked = static_cast<int64_t>(batch.masked_positions.size());
+  gpu.forward_backward(view, 1.0f, false);
+  CHECK(gpu.uploaded_batch().mlm_rows() == batch.batch * batch.seq_len);
+  const LossStats losses = gpu.read_loss_stats();
+  CHECK(losses.mlm_count == static_cast<int64_t>(batch.masked_positions.size()));
+  check_losses(losses, cpu_losses(cpu, view));
+}
+
+TEST_CASE("cuda model host: a batch without labels has zero losses and zero gradients", "[emulated]") {
+  BertForPreTrainingCuda gpu(tiny_config());
+  const TestBatch labelled(91), batch(92);
+  gpu.forward_backward(labelled.view(), 1.0f);  // gradients and workspace hold something first
+  gpu.zero_grads();
+  BatchView view = batch.view();
+  view.labels = nullptr;
+  view.nsp_labels = nullptr;
+  gpu.forward_backward(view, 1.0f);
+  const LossStats losses = gpu.read_loss_stats();
+  CHECK(losses.loss == 0.0);
+  CHECK(losses.mlm_count == 0);
+  CHECK(losses.nsp_count == 0);
+  int64_t nonzero = 0;
+  for (const float g : gpu.download_grads())
+    if (g != 0.0f) ++nonzero;
+  CHECK(nonzero == 0);
+}
