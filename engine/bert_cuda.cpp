@@ -19,8 +19,8 @@ namespace {
 
 using cuda::bf16;
 
-// The fused attention kernel's sequence limit (kernels/cuda/attention.cu, ops_cuda.h).
-constexpr int64_t kMaxSeqLen = 512;
+// The fused attention kernel's sequence limit.
+constexpr int64_t kMaxSeqLen = cuda::kAttentionMaxSeqLen;
 
 // Estimated Context scratch + cuBLASLt workspace (not part of the arenas): the embedding backward's
 // fp32 [tokens, hidden] plus its sort buffers dominate; the column-sum partials are far smaller.

@@ -55,7 +55,7 @@ constexpr int kThreads = 32 * kWarps;
 constexpr int kFrag = 16;                   // wmma tile edge
 constexpr int kBlockRows = kFrag * kWarps;  // rows of one (b, h) a block owns: queries or keys
 constexpr int kStep = 64;                   // the other side's rows per step (4 fragments)
-constexpr int kMaxSeqLen = 512;
+constexpr int kMaxSeqLen = kAttentionMaxSeqLen;
 constexpr int kScoreLd = kStep + 4;  // fp32 [16][kStep] per warp; ldm multiple of 4 floats
 constexpr int kProbLd = kStep + 8;   // bf16 [16][kStep] per warp; ldm multiple of 8 bf16
 constexpr unsigned kFullMask = 0xffffffffu;
@@ -652,32 +652,6 @@ void launch_backward(Context& ctx, const AttentionShape& shape, const AttentionA
 }
 
 }  // namespace
-
-bool attention_supported(const AttentionShape& shape, std::string* why_not) {
-  const auto fail = [why_not](const std::string& reason) {
-    if (why_not != nullptr) *why_not = reason;
-    return false;
-  };
-  if (shape.batch < 0) return fail("batch " + std::to_string(shape.batch) + " is negative");
-  if (shape.num_heads <= 0) return fail("num_heads " + std::to_string(shape.num_heads) + " must be positive");
-  if (shape.head_dim != 32 && shape.head_dim != 64 && shape.head_dim != 128)
-    return fail("head_dim " + std::to_string(shape.head_dim) +
-                " is not supported (the fused kernel has head_dim 32, 64 and 128)");
-  if (shape.seq_len < 1 || shape.seq_len > kMaxSeqLen)
-    return fail("seq_len " + std::to_string(shape.seq_len) + " is outside 1.." + std::to_string(kMaxSeqLen) +
-                " (the fused kernel's limit)");
-  // Blocks, [B, H, S] statistics and the dropout row index are int32 products on the device.
-  if (shape.num_heads > INT_MAX / shape.seq_len || shape.batch > INT_MAX / (shape.num_heads * shape.seq_len))
-    return fail("batch " + std::to_string(shape.batch) + " x num_heads " + std::to_string(shape.num_heads) +
-                " x seq_len " + std::to_string(shape.seq_len) + " exceeds 2^31 - 1");
-  if (shape.qkv_row_stride < shape.hidden())
-    return fail("qkv_row_stride " + std::to_string(shape.qkv_row_stride) + " is below hidden " +
-                std::to_string(shape.hidden()));
-  if (shape.qkv_row_stride % 8 != 0)
-    return fail("qkv_row_stride " + std::to_string(shape.qkv_row_stride) +
-                " is not a multiple of 8 (rows are read as 16-byte vectors)");
-  return true;
-}
 
 void attention_forward(Context& ctx, const AttentionShape& shape, const bf16* q, const bf16* k, const bf16* v,
                        const int32_t* attention_mask, const DropoutSpec& dropout, bf16* context, float* logsumexp) {

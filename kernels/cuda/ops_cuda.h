@@ -170,16 +170,16 @@ void linear_backward(Context& ctx, const LinearShape& shape, const bf16* dy, con
 // token_type_ids may be nullptr. mean, rstd: [tokens] fp32.
 void embeddings_layernorm_forward(Context& ctx, const EmbeddingShape& shape, const int32_t* input_ids,
                                   const int32_t* token_type_ids, const bf16* word_embeddings,
-                                  const bf16* position_embeddings, const bf16* token_type_embeddings,
-                                  const bf16* gamma, const bf16* beta, float eps, bf16* out, float* mean, float* rstd);
+                                  const bf16* position_embeddings, const bf16* token_type_embeddings, const bf16* gamma,
+                                  const bf16* beta, float eps, bf16* out, float* mean, float* rstd);
 // Table gradients are deterministic (no float atomics): rows are grouped by id, each group summed
 // in token order.
 void embeddings_layernorm_backward(Context& ctx, const EmbeddingShape& shape, const bf16* dout,
-                                   const int32_t* input_ids, const int32_t* token_type_ids,
-                                   const bf16* word_embeddings, const bf16* position_embeddings,
-                                   const bf16* token_type_embeddings, const bf16* gamma, const float* mean,
-                                   const float* rstd, float* d_word_embeddings, float* d_position_embeddings,
-                                   float* d_token_type_embeddings, float* dgamma, float* dbeta);
+                                   const int32_t* input_ids, const int32_t* token_type_ids, const bf16* word_embeddings,
+                                   const bf16* position_embeddings, const bf16* token_type_embeddings,
+                                   const bf16* gamma, const float* mean, const float* rstd, float* d_word_embeddings,
+                                   float* d_position_embeddings, float* d_token_type_embeddings, float* dgamma,
+                                   float* dbeta);
 
 // ---- LayerNorm, residual + LayerNorm (layernorm.cu) -------------------------------------------------------
 void layernorm_forward(Context& ctx, const MatrixShape& shape, const bf16* x, const bf16* gamma, const bf16* beta,
@@ -194,8 +194,7 @@ void residual_layernorm_backward(Context& ctx, const MatrixShape& shape, const b
 
 // ---- bias + GELU (gelu.cu) ----------------------------------------------------------------------------
 // bias may be nullptr (then dbias too). y may alias x; dx may alias dy.
-void bias_gelu_forward(Context& ctx, GeluKind kind, const MatrixShape& shape, const bf16* x, const bf16* bias,
-                       bf16* y);
+void bias_gelu_forward(Context& ctx, GeluKind kind, const MatrixShape& shape, const bf16* x, const bf16* bias, bf16* y);
 void bias_gelu_backward(Context& ctx, GeluKind kind, const MatrixShape& shape, const bf16* dy, const bf16* x,
                         const bf16* bias, bf16* dx, float* dbias);
 
@@ -203,13 +202,15 @@ void bias_gelu_backward(Context& ctx, GeluKind kind, const MatrixShape& shape, c
 // Flash-style: tiles of queries x keys with an online softmax on tensor cores; no [B, H, S, S] tensor
 // exists. head_dim 32, 64 or 128; seq_len 1..512; dropout regenerated from the DropoutSpec in the
 // backward (same element index as ops.h). Anything else: std::invalid_argument naming the limit.
-// attention_supported() says beforehand (the engine checks its config before training starts).
+// attention_supported() says beforehand (the engine checks its config before training starts); it is
+// plain host code (attention_limits.cpp), so builds without nvcc (the emulated tests) share it.
+constexpr int kAttentionMaxSeqLen = 512;
 bool attention_supported(const AttentionShape& shape, std::string* why_not = nullptr);
 void attention_forward(Context& ctx, const AttentionShape& shape, const bf16* q, const bf16* k, const bf16* v,
                        const int32_t* attention_mask, const DropoutSpec& dropout, bf16* context, float* logsumexp);
-void attention_backward(Context& ctx, const AttentionShape& shape, const bf16* dcontext, const bf16* q,
-                        const bf16* k, const bf16* v, const int32_t* attention_mask, const DropoutSpec& dropout,
-                        const bf16* context, const float* logsumexp, bf16* dq, bf16* dk, bf16* dv);
+void attention_backward(Context& ctx, const AttentionShape& shape, const bf16* dcontext, const bf16* q, const bf16* k,
+                        const bf16* v, const int32_t* attention_mask, const DropoutSpec& dropout, const bf16* context,
+                        const float* logsumexp, bf16* dq, bf16* dk, bf16* dv);
 
 // ---- dropout (dropout.cu) -------------------------------------------------------------------------------
 // In place allowed. Same keep mask as kernels/cpu for the same spec (ops::dropout_keep).
@@ -225,8 +226,7 @@ void pooler_backward(Context& ctx, const PoolerShape& shape, const bf16* dpooled
 // dst[i] = src[rows[i]] for i < num_rows (rows of `cols` elements): the sparse MLM head's input.
 void gather_rows(Context& ctx, int64_t num_rows, int64_t cols, const int32_t* rows, const bf16* src, bf16* dst);
 // dst[rows[i]] += src[i]; rows must be distinct (masked positions are).
-void scatter_add_rows(Context& ctx, int64_t num_rows, int64_t cols, const int32_t* rows, const bf16* src,
-                      bf16* dst);
+void scatter_add_rows(Context& ctx, int64_t num_rows, int64_t cols, const int32_t* rows, const bf16* src, bf16* dst);
 
 // ---- softmax cross-entropy (cross_entropy.cu) ---------------------------------------------------------------
 // Device-side results of one call (read with read_cross_entropy_stats when logging).

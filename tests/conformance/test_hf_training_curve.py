@@ -22,12 +22,14 @@ Prints ok/FAIL lines; exits non-zero on any failure. torch or transformers missi
 """
 import argparse
 import json
-import math
 import os
 import shutil
 import struct
-import subprocess
 import sys
+
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+import tiny_corpus  # noqa: E402
+from tiny_corpus import run  # noqa: E402
 
 FAILURES = []
 
@@ -37,17 +39,6 @@ def check(ok, message):
     if not ok:
         FAILURES.append(message)
 
-
-def run(cmd):
-    p = subprocess.run(cmd, capture_output=True, text=True)
-    if p.returncode != 0:
-        sys.exit(f"{' '.join(cmd)} failed ({p.returncode}):\n{p.stdout}\n{p.stderr}")
-    return p.stdout
-
-
-SENTENCES = ["이순신은 조선 중기의 무신이다.", "한산도 대첩에서 일본 수군을 크게 물리쳤다.",
-             "그는 전라좌도 수군절도사로 임명되었다.", "거북선을 만들어 왜군을 막았다.", "노량 해전에서 전사하였다.",
-             "세종은 훈민정음을 창제하였다.", "집현전 학자들이 한글 연구를 도왔다.", "BERT는 마스크 언어 모델로 학습된다."]
 
 STEPS, ACCUMULATION, BATCH, LR, WARMUP, WEIGHT_DECAY, MAX_GRAD_NORM = 40, 2, 8, 2e-3, 4, 0.01, 1.0
 
@@ -123,14 +114,7 @@ def main():
         print("FAIL --device cuda: torch sees no CUDA device", flush=True)
         return 1
 
-    with open(w("corpus.txt"), "w") as f:
-        for d in range(160):
-            for s in range(3 + d % 4):
-                f.write(SENTENCES[(d * 3 + s) % 8] + "\n")
-            f.write("\n")
-    run([b("bert_tokenizer"), "train", "--input", w("corpus.txt"), "--out", w("tok"), "--vocab-size", "300", "--quiet"])
-    run([b("bert_prepare"), "build", "--tokenizer", w("tok"), "--input", w("corpus.txt"), "--out", w("shards"),
-         "--max-seq-len", "32", "--dupe-factor", "2", "--valid-fraction", "0", "--seed", "3", "--quiet"])
+    tiny_corpus.build(args.bin_dir, args.work, valid_fraction="0")
     config = w("run.toml")
     with open(config, "w") as f:
         f.write(f"""[model]

@@ -16,8 +16,11 @@ import json
 import math
 import os
 import shutil
-import subprocess
 import sys
+
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+import tiny_corpus  # noqa: E402
+from tiny_corpus import run  # noqa: E402
 
 FAILURES = []
 
@@ -26,18 +29,6 @@ def check(ok, message):
     print(("ok    " if ok else "FAIL  ") + message, flush=True)
     if not ok:
         FAILURES.append(message)
-
-
-def run(cmd, **kwargs):
-    p = subprocess.run(cmd, capture_output=True, text=True, **kwargs)
-    if p.returncode != 0:
-        sys.exit(f"{' '.join(cmd)} failed ({p.returncode}):\n{p.stdout}\n{p.stderr}")
-    return p.stdout
-
-
-SENTENCES = ["이순신은 조선 중기의 무신이다.", "한산도 대첩에서 일본 수군을 크게 물리쳤다.",
-             "그는 전라좌도 수군절도사로 임명되었다.", "거북선을 만들어 왜군을 막았다.", "노량 해전에서 전사하였다.",
-             "세종은 훈민정음을 창제하였다.", "집현전 학자들이 한글 연구를 도왔다.", "BERT는 마스크 언어 모델로 학습된다."]
 
 
 def main():
@@ -50,14 +41,7 @@ def main():
     os.makedirs(args.work)
     w = lambda name: os.path.join(args.work, name)
 
-    with open(w("corpus.txt"), "w") as f:
-        for d in range(160):
-            for s in range(3 + d % 4):
-                f.write(SENTENCES[(d * 3 + s) % 8] + "\n")
-            f.write("\n")
-    run([b("bert_tokenizer"), "train", "--input", w("corpus.txt"), "--out", w("tok"), "--vocab-size", "300", "--quiet"])
-    run([b("bert_prepare"), "build", "--tokenizer", w("tok"), "--input", w("corpus.txt"), "--out", w("shards"),
-         "--max-seq-len", "32", "--dupe-factor", "2", "--valid-fraction", "0.1", "--seed", "3", "--quiet"])
+    tiny_corpus.build(args.bin_dir, args.work)
 
     def config(name, max_steps):
         path = w(name + ".toml")

@@ -64,8 +64,6 @@ namespace {
 
 using bert::cuda::bf16;
 
-// The real fused attention kernel's sequence limit (kernels/cuda/attention.cu).
-constexpr int64_t kMaxSeqLen = 512;
 // What cudaMalloc'd and cudaMallocHost'd memory holds before anything writes it.
 constexpr int kPoison = 0xFF;
 
@@ -451,29 +449,7 @@ MultiTensorList::MultiTensorList(std::span<const AdamWTensor> tensors) {
       std::span<const unsigned char>(reinterpret_cast<const unsigned char*>(tensors.data()), tensors.size_bytes()));
 }
 
-bool attention_supported(const AttentionShape& shape, std::string* why_not) {
-  // The real kernel's limits (kernels/cuda/attention.cu).
-  const auto fail = [why_not](const std::string& reason) {
-    if (why_not != nullptr) *why_not = reason;
-    return false;
-  };
-  if (shape.batch < 0) return fail("batch " + std::to_string(shape.batch) + " is negative");
-  if (shape.num_heads <= 0) return fail("num_heads " + std::to_string(shape.num_heads) + " must be positive");
-  if (shape.head_dim != 32 && shape.head_dim != 64 && shape.head_dim != 128)
-    return fail("head_dim " + std::to_string(shape.head_dim) +
-                " is not supported (the fused kernel has head_dim 32, 64 and 128)");
-  if (shape.seq_len < 1 || shape.seq_len > kMaxSeqLen)
-    return fail("seq_len " + std::to_string(shape.seq_len) + " is outside 1.." + std::to_string(kMaxSeqLen) +
-                " (the fused kernel's limit)");
-  if (shape.num_heads > INT_MAX / shape.seq_len || shape.batch > INT_MAX / (shape.num_heads * shape.seq_len))
-    return fail("batch x num_heads x seq_len exceeds 2^31 - 1");
-  if (shape.qkv_row_stride < shape.hidden())
-    return fail("qkv_row_stride " + std::to_string(shape.qkv_row_stride) + " is below hidden " +
-                std::to_string(shape.hidden()));
-  if (shape.qkv_row_stride % 8 != 0)
-    return fail("qkv_row_stride " + std::to_string(shape.qkv_row_stride) + " is not a multiple of 8");
-  return true;
-}
+// attention_supported: kernels/cuda/attention_limits.cpp, compiled into the test as is.
 
 void linear_forward(Context& ctx, const LinearShape& s, const bf16* x, const bf16* w, const bf16* b, bf16* y) {
   const char* op = "linear_forward";

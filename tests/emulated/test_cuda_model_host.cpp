@@ -32,6 +32,7 @@
 #include "engine/bert_cuda.h"
 #include "kernels/cpu/ops_cpu.h"
 #include "tests/emulated/emulated_cuda.h"
+#include "tests/gpu/cuda_model_fixture.h"
 #include "tests/gpu/cuda_test_util.h"
 
 namespace {
@@ -44,19 +45,11 @@ using bert::LossStats;
 using bert::ModelOptions;
 using bert::cuda::test::relative_error;
 
-constexpr int64_t kVocab = 300;
+constexpr int64_t kVocab = bert::cuda::test::kTinyVocab;
 
-BertConfig tiny_config(double dropout = 0.0) {
-  BertConfig config;
-  config.vocab_size = kVocab;
-  config.hidden_size = 64;
-  config.num_hidden_layers = 2;
-  config.num_attention_heads = 2;  // head_dim 32
-  config.intermediate_size = 128;
-  config.max_position_embeddings = 64;
-  config.hidden_dropout_prob = dropout;
-  config.attention_probs_dropout_prob = dropout;
-  return config;
+BertConfig tiny_config(double dropout = 0.0) { return bert::cuda::test::tiny_bert_config(dropout); }
+void share_bf16_weights(BertForPreTraining<float>& cpu, BertForPreTrainingCuda& gpu) {
+  bert::cuda::test::share_bf16_weights(cpu, gpu, 20261202);
 }
 
 // A padded batch: the first sequence full, the others of random lengths; two segments; ~15% MLM
@@ -115,25 +108,6 @@ struct TestBatch {
     std::fill(nsp_labels.begin(), nsp_labels.end(), 1);
   }
 };
-
-// The CPU model's weights rounded to bf16 (biases and LayerNorm weights random first, so a wrong
-// tensor cannot match by accident), copied to the CUDA model.
-void share_bf16_weights(BertForPreTraining<float>& cpu, BertForPreTrainingCuda& gpu) {
-  std::mt19937_64 rng(20261202);
-  std::uniform_real_distribution<float> offset(-0.1f, 0.1f), scale(0.8f, 1.2f);
-  const auto ends_with = [](const std::string& name, std::string_view suffix) {
-    return name.size() >= suffix.size() && name.compare(name.size() - suffix.size(), suffix.size(), suffix) == 0;
-  };
-  for (const bert::ParamInfo& info : cpu.params()) {
-    float* values = cpu.parameters().data() + info.offset;
-    for (size_t i = 0; i < info.numel; ++i) {
-      if (ends_with(info.name, "LayerNorm.weight")) values[i] = scale(rng);
-      if (ends_with(info.name, "bias")) values[i] = offset(rng);
-    }
-  }
-  for (float& value : cpu.parameters()) value = bert::cuda::test::bf16_to_float(bert::cuda::test::float_to_bf16(value));
-  gpu.copy_parameters_from(cpu);
-}
 
 LossStats cpu_losses(BertForPreTraining<float>& cpu, const BatchView& batch) {
   LossStats stats;

@@ -26,6 +26,7 @@
 #include "engine/bert.h"
 #include "engine/bert_cuda.h"
 #include "kernels/cpu/ops_cpu.h"
+#include "tests/gpu/cuda_model_fixture.h"
 #include "tests/gpu/cuda_test_util.h"
 #include "tests/test_dirs.h"
 
@@ -39,17 +40,9 @@ using bert::LossStats;
 using bert::ModelOptions;
 using bert::cuda::test::relative_error;
 
-BertConfig tiny_config(double dropout = 0.0) {
-  BertConfig config;
-  config.vocab_size = 300;
-  config.hidden_size = 64;
-  config.num_hidden_layers = 2;
-  config.num_attention_heads = 2;  // head_dim 32
-  config.intermediate_size = 128;
-  config.max_position_embeddings = 64;
-  config.hidden_dropout_prob = dropout;
-  config.attention_probs_dropout_prob = dropout;
-  return config;
+BertConfig tiny_config(double dropout = 0.0) { return bert::cuda::test::tiny_bert_config(dropout); }
+void share_bf16_weights(BertForPreTraining<float>& cpu, BertForPreTrainingCuda& gpu) {
+  bert::cuda::test::share_bf16_weights(cpu, gpu, 20261201);
 }
 
 // A padded batch of 4 x 32: lengths 32, 27, 20, 9; two segments; ~15% MLM labels; NSP labels.
@@ -104,26 +97,6 @@ struct TestBatch {
     return v;
   }
 };
-
-// Rounds the CPU model's weights to bf16 values and gives the same values to the GPU model.
-// HF's init makes every bias and LayerNorm beta 0 and every gamma 1, so a forward that read the wrong
-// bias or LayerNorm tensor would match the CPU anyway: give each its own random values first.
-void share_bf16_weights(BertForPreTraining<float>& cpu, BertForPreTrainingCuda& gpu) {
-  std::mt19937_64 rng(20261201);
-  std::uniform_real_distribution<float> offset(-0.1f, 0.1f), scale(0.8f, 1.2f);
-  const auto ends_with = [](const std::string& name, std::string_view suffix) {
-    return name.size() >= suffix.size() && name.compare(name.size() - suffix.size(), suffix.size(), suffix) == 0;
-  };
-  for (const bert::ParamInfo& info : cpu.params()) {
-    float* values = cpu.parameters().data() + info.offset;
-    if (ends_with(info.name, "LayerNorm.weight"))
-      for (size_t i = 0; i < info.numel; ++i) values[i] = scale(rng);
-    else if (ends_with(info.name, "bias"))
-      for (size_t i = 0; i < info.numel; ++i) values[i] = offset(rng);
-  }
-  for (float& value : cpu.parameters()) value = bert::cuda::test::bf16_to_float(bert::cuda::test::float_to_bf16(value));
-  gpu.copy_parameters_from(cpu);
-}
 
 void check_losses(const LossStats& gpu, const LossStats& cpu, double tolerance) {
   INFO("mlm loss gpu " << gpu.mlm_loss << " cpu " << cpu.mlm_loss << "; nsp loss gpu " << gpu.nsp_loss << " cpu "
