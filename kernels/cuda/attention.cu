@@ -255,11 +255,6 @@ __global__ void __launch_bounds__(kThreads)
   for (int index = lane; index < kFrag * acc_ld; index += 32) out_acc[index] = 0.0f;
   __syncthreads();
 
-  FragA q_fragment[D / kFrag];
-#pragma unroll
-  for (int kk = 0; kk < D / kFrag; ++kk)
-    wmma::load_matrix_sync(q_fragment[kk], q_tile + warp * kFrag * ld + kk * kFrag, ld);
-
   const int row = lane >> 1, half = lane & 1;
   // Lanes start their 32 columns at different offsets: score reads hit 32 distinct banks.
   const int rotation = (row >> 3) + 2 * half;
