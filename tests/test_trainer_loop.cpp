@@ -1,8 +1,10 @@
 // bert_train end to end on a tiny model (hidden 16, 2 layers, seq 32) and a tiny Korean corpus:
 // the loss falls, a stopped + resumed run equals an uninterrupted one bit for bit, checkpoints are
 // complete and rotated, and user mistakes are one-line errors.
+#include <algorithm>
 #include <catch2/catch.hpp>
 #include <csignal>
+#include <cstring>
 #include <filesystem>
 #include <functional>
 #include <sstream>
@@ -281,4 +283,50 @@ TEST_CASE("a non-finite gradient skips the update with a warning, and the run go
   const TrainerState state = TrainerState::load(test_dir() + "/out/checkpoint-4/trainer_state.json");
   CHECK(state.global_step == 4);
   CHECK(state.optimizer_steps == 1);
+}
+
+TEST_CASE("bert_train --dump-batches writes the starting weights and every micro-batch trained on") {
+  make_tiny_data();
+  const std::string config =
+      write_config("dump", "out", "max_steps = 3\nper_device_train_batch_size = 4\ngradient_accumulation_steps = 2\n");
+  const std::string dump = test_dir() + "/dump";
+  const RunResult run = train({"--config", config, "--dump-batches", dump});
+  INFO(run.out << run.err);
+  REQUIRE(run.code == 0);
+
+  // The starting weights: the HF initialisation of the run's seed (7), as an HF model directory.
+  const BertConfig saved = BertConfig::load_hf_json(dump + "/init/config.json");
+  BertForPreTraining<float> init(saved);
+  init.load_safetensors(dump + "/init/model.safetensors");
+  ModelOptions options;
+  options.init_seed = 7;  // the fixture config's seed
+  const BertForPreTraining<float> expected(saved, options);
+  CHECK(std::equal(init.parameters().begin(), init.parameters().end(), expected.parameters().begin()));
+  CHECK(file_exists(dump + "/init/vocab.txt"));
+
+  // 3 steps x 2 micro-batches of 4 sequences, each record sized by its own header.
+  const std::string bytes = read_file(dump + "/batches.bin");
+  REQUIRE(bytes.compare(0, 8, "BFBATCH1") == 0);
+  size_t offset = 8, records = 0;
+  while (offset < bytes.size()) {
+    int32_t shape[2];
+    REQUIRE(offset + sizeof(shape) <= bytes.size());
+    std::memcpy(shape, bytes.data() + offset, sizeof(shape));
+    CHECK(shape[0] == 4);
+    CHECK((shape[1] > 0 && shape[1] <= 32));
+    offset += sizeof(shape) + sizeof(int32_t) * (4 * static_cast<size_t>(shape[0]) * shape[1] + shape[0]);
+    ++records;
+  }
+  CHECK(offset == bytes.size());
+  CHECK(records == 6);
+
+  // A dump directory that cannot be made is a one-line error before training starts.
+  write_file_atomic(test_dir() + "/a_file", "x");
+  const std::string blocked = write_config("blocked", "out2", "max_steps = 1\nper_device_train_batch_size = 4\n");
+  const std::string message = error_of([&] {
+    train({"--config", blocked, "--dump-batches", test_dir() + "/a_file/d"});
+  });
+  CHECK_THAT(message, Catch::Contains("a_file/d"));
+  CHECK(message.find('\n') == std::string::npos);
+  CHECK(!file_exists(test_dir() + "/out2/metrics.jsonl"));
 }
