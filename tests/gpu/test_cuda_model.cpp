@@ -7,6 +7,7 @@
 //   - dropout on: the same masks, so the same losses and gradients
 //   - a few AdamW steps (clipped) on both: the losses still agree
 //   - the dense MLM head and small decoder chunks give the sparse head's loss and gradients
+//   - head_dim 64 (BERT-base's) and 128 (with gelu_new) as well as the tiny model's 32
 //   - checkpoints interchangeable (fp32, bitwise); memory_plan == what reserve allocates
 // The weights are rounded to bf16 first (both models get the same bf16-exact fp32 values), so the
 // differences come from bf16 activations only.
@@ -239,6 +240,27 @@ TEST_CASE("cuda model: losses and gradients match the CPU model (dropout off)", 
     gpu.forward_backward(batch.view(), 1.0f, /*compute_grads=*/false);
     check_losses(gpu.read_loss_stats(), cpu_stats, 2e-2);
     for (const float g : gpu.download_grads()) REQUIRE(g == 0.0f);
+  }
+}
+
+TEST_CASE("cuda model: head_dim 64 (BERT-base's) and 128 match the CPU model, with GELU tanh", "[cuda][model]") {
+  for (const int64_t head_dim : {64, 128}) {
+    INFO("head_dim " << head_dim);
+    BertConfig config = tiny_config();
+    config.hidden_size = static_cast<int>(2 * head_dim);  // 2 heads
+    config.intermediate_size = static_cast<int>(4 * head_dim);
+    config.hidden_act = head_dim == 128 ? "gelu_new" : "gelu";
+    BertForPreTraining<float> cpu(config);
+    BertForPreTrainingCuda gpu(config);
+    share_bf16_weights(cpu, gpu);
+    const TestBatch batch(static_cast<uint64_t>(head_dim));
+    LossStats cpu_stats;
+    cpu.zero_grads();
+    cpu.forward_backward(batch.view(), cpu_stats, true, 1.0f);
+    gpu.zero_grads();
+    gpu.forward_backward(batch.view(), 1.0f);
+    check_losses(gpu.read_loss_stats(), cpu_stats, 2e-2);
+    check_grads(cpu, gpu, 3e-2);
   }
 }
 
