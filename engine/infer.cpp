@@ -579,9 +579,9 @@ class CudaLogits final : public MlmLogitsSource {
  public:
   explicit CudaLogits(std::unique_ptr<BertForPreTrainingCuda> model)
       : model_(std::move(model)), logits_(*model_), config_(model_->config()) {
-    // The fused attention kernel takes up to 512 tokens: the prompt checks see that limit, so a longer
-    // prompt is refused up front like any prompt beyond max_position_embeddings.
-    config_.max_position_embeddings = std::min<int>(config_.max_position_embeddings, 512);
+    // The fused attention kernel takes up to kAttentionMaxSeqLen tokens: the prompt checks see that
+    // limit, so a longer prompt is refused up front like any prompt beyond max_position_embeddings.
+    config_.max_position_embeddings = std::min(config_.max_position_embeddings, cuda::kAttentionMaxSeqLen);
   }
   const BertConfig& config() const override { return config_; }
   std::vector<float> logits_at(const std::vector<int32_t>& ids, const std::vector<int32_t>& positions) override {
@@ -601,8 +601,8 @@ std::unique_ptr<MlmLogitsSource> logits_source(InferenceCheckpoint& checkpoint, 
   try {
     auto model = std::make_unique<BertForPreTrainingCuda>(checkpoint.config);
     model->copy_parameters_from(checkpoint.model);
-    // The fused attention kernel takes up to 512 tokens; longer prompts are refused up front.
-    model->reserve(1, std::min<int64_t>(checkpoint.config.max_position_embeddings, 512));
+    // The fused attention kernel's token limit; longer prompts are refused up front (CudaLogits).
+    model->reserve(1, std::min(checkpoint.config.max_position_embeddings, cuda::kAttentionMaxSeqLen));
     return std::make_unique<CudaLogits>(std::move(model));
   } catch (const std::invalid_argument& e) {
     throw Error("bert_infer: --device cuda: " + std::string(e.what()) + "; use --device cpu");

@@ -340,6 +340,10 @@ class Trainer {
   // Rows the MLM head runs on for a batch of `batch` sequences: the expected masked tokens, or every
   // token with the dense head. The run table's FLOPs and MFU both count these.
   int64_t mlm_rows_per_batch(int64_t batch) const;
+  // The largest batch the model runs: the training batch, or the eval batch when there is eval data.
+  int64_t max_batch_size() const {
+    return std::max(training().per_device_train_batch_size, valid_data_ ? training().per_device_eval_batch_size : 1);
+  }
 
   void setup_threads();
   void check_cuda_device();  // device = "cuda": before anything is loaded
@@ -441,8 +445,7 @@ void Trainer::check_cuda_model() {
   } catch (const std::invalid_argument& e) {
     throw Error(config_.path + ": [training] device = \"cuda\": " + e.what());
   }
-  const int64_t max_batch =
-      std::max(training().per_device_train_batch_size, valid_data_ ? training().per_device_eval_batch_size : 1);
+  const int64_t max_batch = max_batch_size();
   ModelOptions options;
   options.init_seed = training().seed;
   const CudaMemoryPlan plan = BertForPreTrainingCuda::memory_plan(config_.model, max_batch, seq_len_, options);
@@ -619,8 +622,7 @@ void Trainer::build_model() {
   options.mlm_on_masked_positions_only = data().mlm_masked_positions_only;
   options.num_threads = threads_;
   options.init_seed = training().seed;
-  const int64_t max_batch =
-      std::max(training().per_device_train_batch_size, valid_data_ ? training().per_device_eval_batch_size : 1);
+  const int64_t max_batch = max_batch_size();
 #if defined(BERT_TRAINER_CUDA)
   if (on_cuda()) {  // AdamW moments live on the device; exp_avg_/exp_avg_sq_ are checkpoint staging
     cuda_model_ = std::make_unique<BertForPreTrainingCuda>(config_.model, options);
@@ -752,7 +754,7 @@ void Trainer::print_run_table() const {
          << human_bytes(static_cast<double>(device_.memory_bytes)) << ")\n";
     out_
         << "  precision    bf16 activations and working weights; fp32 master weights, gradients, AdamW moments, loss\n";
-    const int64_t max_batch = std::max(t.per_device_train_batch_size, valid_data_ ? t.per_device_eval_batch_size : 1);
+    const int64_t max_batch = max_batch_size();
     out_ << "  memory       "
          << human_bytes(static_cast<double>(cuda_model_->memory_plan(max_batch, seq_len_).total_bytes()))
          << " planned (parameters, moments, activations for " << max_batch << " x " << seq_len_ << ")\n";
