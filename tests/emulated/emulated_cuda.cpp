@@ -59,6 +59,7 @@
 
 #include "kernels/cpu/ops_cpu.h"
 #include "kernels/cuda/ops_cuda.h"
+#include "kernels/device.h"
 
 namespace {
 
@@ -281,7 +282,51 @@ cudaError_t cudaFreeHost(void* pointer) {
   return cudaSuccess;
 }
 
+// The emulated device's memory: BERT_EMULATED_DEVICE_MEMORY bytes (default an H200's 141 GiB
+// less what the driver keeps), of which the live cudaMalloc allocations are in use. Lets a test
+// make a model "not fit" without a device.
+static size_t emulated_device_memory() {
+  const char* text = std::getenv("BERT_EMULATED_DEVICE_MEMORY");
+  if (text == nullptr || *text == '\0') return size_t{150} << 30;
+  char* end = nullptr;
+  const unsigned long long bytes = std::strtoull(text, &end, 10);
+  if (end == text || *end != '\0') {
+    std::fprintf(stderr, "BERT_EMULATED_DEVICE_MEMORY=%s is not a byte count\n", text);
+    std::abort();
+  }
+  return static_cast<size_t>(bytes);
+}
+
+cudaError_t cudaMemGetInfo(size_t* free_bytes, size_t* total_bytes) {
+  size_t used = 0;
+  for (const auto& [start, bytes] : state().device) used += bytes;
+  const size_t total = emulated_device_memory();
+  *total_bytes = total;
+  *free_bytes = used < total ? total - used : 0;
+  return cudaSuccess;
+}
+
 }  // extern "C"
+
+// kernels/device.h, in place of kernels/cuda/device_query.cu: one emulated device, an H200 by its
+// numbers (the name keeps "H200", so bert_train's MFU is formed against its peak as on the real one).
+namespace bert {
+
+DeviceInfo cuda_device_info() {
+  DeviceInfo info;
+  info.available = true;
+  info.count = 1;
+  info.name = "NVIDIA H200 (bertforge host emulation)";
+  info.sm_major = 9;
+  info.sm_minor = 0;
+  info.multiprocessors = 132;
+  info.memory_bytes = emulated_device_memory();
+  return info;
+}
+
+bool built_with_cuda() { return true; }
+
+}  // namespace bert
 
 namespace {
 

@@ -45,7 +45,7 @@ double mean_of_last_two(const std::vector<double>& v) { return (v[v.size() - 1] 
 
 }  // namespace
 
-TEST_CASE("bert_train on the GPU follows the CPU run; checkpoints resume across devices") {
+TEST_CASE("bert_train on the GPU follows the CPU run; checkpoints resume across devices", "[cuda][trainer]") {
   make_tiny_data();
   const std::string settings = std::string(kSettings) + "max_steps = 200\n";
   const std::string cpu = write_config("cpu", "cpu", settings + "device = \"cpu\"\n", kGpuModel);
@@ -111,7 +111,7 @@ TEST_CASE("bert_train on the GPU follows the CPU run; checkpoints resume across 
   for (size_t i = 0; i < gpu_again_loss.size(); ++i) CHECK(gpu_again_loss[i] == gpu_loss[10 + i]);
 }
 
-TEST_CASE("bert_infer --device cuda answers fill-mask as the CPU does, within bf16") {
+TEST_CASE("bert_infer --device cuda answers fill-mask as the CPU does, within bf16", "[cuda][trainer]") {
   make_tiny_data();
   const std::string config =
       write_config("run", "out", std::string(kSettings) + "device = \"cuda\"\nmax_steps = 60\n", kGpuModel);
