@@ -13,7 +13,8 @@ Variants, each in its own subprocess with a timeout (a failed or timed-out varia
   ours              bench_train_step --device cuda: bf16 activations/working weights, fp32 master weights,
                     grads and AdamW moments; MLM head on the masked rows only; one step = zero_grads,
                     set_dropout, upload_batch, forward_backward, optimizer_step (clip 1.0 on the device),
-                    then the step's one host wait (read_grad_norm)
+                    then a host wait (read_grad_norm) every step, like HF's synchronize below (bert_train
+                    itself waits only when it logs)
   hf_sdpa           BertForPreTraining (fp32 weights) under torch.autocast(bf16), attn_implementation "sdpa"
   hf_sdpa_compile   the same model wrapped in torch.compile (default mode; compiling happens in the warm-up)
   hf_eager          the same with attn_implementation "eager"

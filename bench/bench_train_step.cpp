@@ -23,7 +23,8 @@
 // --device cuda (bench/bench_train_gpu.py drives it beside HF on the same GPU): one timed step is
 // zero_grads, set_dropout(training), upload_batch (the same synthetic batch), forward_backward,
 // optimizer_step (lr 1e-4, eps 1e-8, weight decay 0.01, clip 1.0 on the device), then read_grad_norm
-// -- the step's one host wait, as bert_train does it. Step time = host wall clock from zero_grads to
+// -- a host wait every step, as the HF loop beside it synchronises every step (bert_train itself
+// waits only when it logs, so it is at least this fast). Step time = host wall clock from zero_grads to
 // that wait's return (median of N after W warm-ups); CUDA events on the model's stream split it into
 // forward+backward and optimizer device time. The MLM head always runs on the masked rows
 // (--dense-mlm is refused). MFU = model FLOP/s over the dense bf16 tensor-core peak of the device
@@ -274,7 +275,7 @@ int bench_cuda(const Shape& shape) {
     hyper.step = i + 1;
     model.optimizer_step(hyper, 1.0f);
     cuda_check(cudaEventRecord(events[2], stream), "cudaEventRecord");
-    const double norm = model.read_grad_norm();  // the step's one host wait
+    const double norm = model.read_grad_norm();  // the per-step host wait (see the top)
     const double wall = seconds_since(t0);
     float fb_ms = 0, opt_ms = 0;
     cuda_check(cudaEventSynchronize(events[2]), "cudaEventSynchronize");

@@ -148,7 +148,8 @@ CudaMemoryPlan BertForPreTrainingCuda::memory_plan(const BertConfig& config, int
   memory.workspace_bytes = plan.graph.workspace_elements * sizeof(bf16);
   memory.statistics_bytes = plan.graph.statistics_elements * sizeof(float);
   memory.inputs_bytes = plan.input_elements * sizeof(int32_t);
-  memory.loss_stats_bytes = kLossSlots * plan.loss_slot_stride * sizeof(cuda::CrossEntropyDeviceStats) + sizeof(float);
+  memory.loss_stats_bytes = kLossSlots * plan.loss_slot_stride * sizeof(cuda::CrossEntropyDeviceStats) +
+                            kNormSlots * sizeof(float) + sizeof(int64_t);
   memory.op_scratch_bytes = op_scratch_estimate(config, max_batch * max_seq_len);
   return memory;
 }
@@ -176,11 +177,13 @@ BertForPreTrainingCuda::BertForPreTrainingCuda(const BertConfig& config, const M
   working_.resize(n);
   grads_.resize(n);
   moments_.resize(2 * n);
-  grad_norm_.resize(1);
+  grad_norms_.resize(kNormSlots);
+  update_count_.resize(1);
   const cudaStream_t stream = context_->stream();
   CUDA_CHECK(cudaMemsetAsync(grads_.data(), 0, grads_.bytes(), stream));
   CUDA_CHECK(cudaMemsetAsync(moments_.data(), 0, moments_.bytes(), stream));
-  CUDA_CHECK(cudaMemsetAsync(grad_norm_.data(), 0, grad_norm_.bytes(), stream));
+  CUDA_CHECK(cudaMemsetAsync(grad_norms_.data(), 0, grad_norms_.bytes(), stream));
+  CUDA_CHECK(cudaMemsetAsync(update_count_.data(), 0, update_count_.bytes(), stream));
 
   std::vector<float> host(n);
   init_parameters<float>(config_, table_, options_.init_seed, host);
@@ -276,7 +279,7 @@ CudaMemoryPlan BertForPreTrainingCuda::allocated() const {
   memory.workspace_bytes = workspace_.bytes();
   memory.statistics_bytes = statistics_.bytes();
   memory.inputs_bytes = inputs_.bytes();
-  memory.loss_stats_bytes = loss_stats_.bytes() + grad_norm_.bytes();
+  memory.loss_stats_bytes = loss_stats_.bytes() + grad_norms_.bytes() + update_count_.bytes();
   memory.op_scratch_bytes = context_->gemm_workspace_bytes();
   return memory;
 }
@@ -567,19 +570,51 @@ void BertForPreTrainingCuda::zero_grads() {
 }
 
 void BertForPreTrainingCuda::optimizer_step(const ops::AdamWHyperparams& hyper, float max_grad_norm) {
-  cuda::grad_norm(*context_, *tensor_list_, grad_norm_.data());
+  if (norm_slots_used_ == kNormSlots) drain_grad_norms();
+  float* norm = grad_norms_.data() + norm_slots_used_;
+  cuda::grad_norm(*context_, *tensor_list_, norm);
   // Without clipping the norm still gates the step: a non-finite norm skips it.
   const float max_norm = max_grad_norm > 0.0f ? max_grad_norm : std::numeric_limits<float>::max();
-  cuda::adamw_step(*context_, hyper, *tensor_list_, grad_norm_.data(), max_norm);
+  cuda::adamw_step(*context_, hyper, *tensor_list_, norm, max_norm, update_count_.data());
+  ++norm_slots_used_;
   optimizer_stepped_ = true;
+}
+
+// One wait for every norm written since the last drain; the slots are free again afterwards.
+void BertForPreTrainingCuda::drain_grad_norms() {
+  if (norm_slots_used_ == 0) return;
+  context_->synchronize();
+  const size_t first = drained_norms_.size();
+  drained_norms_.resize(first + norm_slots_used_);
+  CUDA_CHECK(cudaMemcpy(drained_norms_.data() + first, grad_norms_.data(), norm_slots_used_ * sizeof(float),
+                        cudaMemcpyDeviceToHost));
+  last_norm_ = drained_norms_.back();
+  norm_slots_used_ = 0;
+}
+
+std::vector<float> BertForPreTrainingCuda::take_grad_norms() {
+  drain_grad_norms();
+  return std::exchange(drained_norms_, {});
 }
 
 float BertForPreTrainingCuda::read_grad_norm() {
   if (!optimizer_stepped_) return std::numeric_limits<float>::quiet_NaN();
+  drain_grad_norms();
+  return last_norm_;
+}
+
+int64_t BertForPreTrainingCuda::read_optimizer_steps() {
   context_->synchronize();
-  float norm = 0;
-  CUDA_CHECK(cudaMemcpy(&norm, grad_norm_.data(), sizeof(float), cudaMemcpyDeviceToHost));
-  return norm;
+  int64_t steps = 0;
+  CUDA_CHECK(cudaMemcpy(&steps, update_count_.data(), sizeof(steps), cudaMemcpyDeviceToHost));
+  return steps;
+}
+
+void BertForPreTrainingCuda::set_optimizer_steps(int64_t steps) {
+  if (steps < 0) throw Error("BertForPreTrainingCuda::set_optimizer_steps: " + std::to_string(steps) + " < 0");
+  context_->synchronize();  // a queued update may still advance the old count
+  const int64_t value[1] = {steps};
+  update_count_.upload(value);
 }
 
 // ---- host copies and checkpoints ----------------------------------------------------------------------

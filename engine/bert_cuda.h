@@ -9,7 +9,7 @@
 //   working weights bf16 ........................ what forward/backward read
 //   parameter gradients fp32 .................... accumulated over micro-batches (zero_grads between steps)
 //   activations and their gradients bf16 ........ LayerNorm mean/rstd and attention logsumexp fp32
-//   losses, counts, gradient norm ............... device memory; read on request (read_loss_stats, ...)
+//   losses, counts, gradient norms, the AdamW update count .. device memory; read on request
 // Compared with the fp32 CPU model on the same weights: losses agree to ~1e-2 relative, parameter
 // gradients to a few 1e-2 (max |diff| / max |cpu| per tensor), dropout masks bit for bit.
 //
@@ -43,7 +43,10 @@
 //
 // One optimizer step (as engine/trainer.cpp does it on the CPU), with no host sync until logging:
 //   zero_grads(); per micro-batch k of K: set_dropout(seed, micro_step++, true); forward_backward(batch_k, 1/K);
-//   optimizer_step({lr, ..., step}, max_grad_norm); when logging: take_loss_stats(), read_grad_norm().
+//   optimizer_step({lr, ...}, max_grad_norm); when logging: take_loss_stats(), take_grad_norms().
+// Whether a step's update was applied (a finite norm) is decided on the device, which also counts
+// the applied updates for AdamW's bias correction, so the host never waits to know it; the count is
+// the trainer's optimizer_steps (set_optimizer_steps on resume).
 //
 // The forward and backward are the CPU model's, op for op: both run engine/bert_graph.h (here on a
 // backend of bert::cuda ops), so the two cannot drift apart. Differences from the CPU model: seq_len
@@ -77,7 +80,7 @@ struct CudaMemoryPlan {
   size_t workspace_bytes = 0;       // bf16 backward workspace and MLM logits chunk
   size_t statistics_bytes = 0;      // fp32 LayerNorm mean/rstd, attention logsumexp
   size_t inputs_bytes = 0;          // int32 batch inputs
-  size_t loss_stats_bytes = 0;      // device loss/count slots and the gradient norm
+  size_t loss_stats_bytes = 0;      // device loss/count slots, gradient-norm slots, the update count
   size_t op_scratch_bytes = 0;      // ESTIMATE: cuBLASLt workspace + the ops' Context scratch
 
   size_t parameter_arena_bytes() const {
@@ -154,14 +157,21 @@ class BertForPreTrainingCuda {
   LossStats read_loss_stats();
 
   void zero_grads();  // asynchronous
-  // grad_norm, then adamw_step with the clip coefficient formed on the device from that norm
-  // (max_grad_norm <= 0: no clipping). A non-finite norm skips the update (params and moments
-  // unchanged), as the CPU trainer does. hyper.grad_scale is ignored (the clip coefficient replaces
-  // it); hyper.step is the bias-correction step (>= 1). No host sync: the host learns that a step was
-  // skipped only from read_grad_norm() (the CPU trainer does not advance its step count then).
+  // grad_norm into the next device norm slot, then adamw_step with the clip coefficient formed on
+  // the device from that norm (max_grad_norm <= 0: no clipping) and the bias-correction step from the
+  // device's count of applied updates (count + 1). A non-finite norm skips the update (params,
+  // moments and the count unchanged), as the CPU trainer does. hyper.grad_scale and hyper.step are
+  // ignored. No host sync (when every norm slot is in use they are drained first: one wait); the host
+  // learns of a skipped step from the norms (take_grad_norms, read_grad_norm).
   void optimizer_step(const ops::AdamWHyperparams& hyper, float max_grad_norm);
-  // The gradient norm of the last optimizer_step (synchronises); NaN before the first.
+  // The gradient norms of every optimizer_step since the last call, in order (synchronises once).
+  std::vector<float> take_grad_norms();
+  // The gradient norm of the last optimizer_step (synchronises; does not consume take_grad_norms()'s
+  // list); NaN before the first.
   float read_grad_norm();
+  // The device's count of applied updates (synchronises). 0 for a new model; set on resume.
+  int64_t read_optimizer_steps();
+  void set_optimizer_steps(int64_t steps);
 
   // Fill-mask, as BertForPreTraining::mlm_logits_at: MLM logits at flat positions b*seq_len+t of
   // `batch` (its labels ignored), always in eval mode, into host `logits` [positions.size(), vocab]
@@ -206,6 +216,7 @@ class BertForPreTrainingCuda {
     void operator()(cudaEvent_t event) const noexcept;
   };
   static constexpr size_t kLossSlots = 64;
+  static constexpr size_t kNormSlots = 1024;
 
   static ArenaPlan plan_arenas(const BertConfig& config, const ModelOptions& options, int64_t capacity_batch,
                                int64_t capacity_tokens);
@@ -216,6 +227,7 @@ class BertForPreTrainingCuda {
   template <class Run>
   void run_graph(bool dropout_enabled, cuda::CrossEntropyDeviceStats* slot, Run&& run);
   void drain_loss_stats();
+  void drain_grad_norms();
 
   int32_t* input(size_t offset) { return inputs_.data() + offset; }
 
@@ -227,7 +239,8 @@ class BertForPreTrainingCuda {
   cuda::DeviceBuffer<float> master_, grads_, moments_;  // moments_: exp_avg then exp_avg_sq
   cuda::DeviceBuffer<cuda::bf16> working_;
   std::optional<cuda::MultiTensorList> tensor_list_;  // every parameter, for grad_norm and adamw_step
-  cuda::DeviceBuffer<float> grad_norm_;               // [1]
+  cuda::DeviceBuffer<float> grad_norms_;              // [kNormSlots], one per optimizer_step until drained
+  cuda::DeviceBuffer<int64_t> update_count_;          // [1]: AdamW updates applied (bias-correction step - 1)
 
   ArenaPlan plan_;
   cuda::DeviceBuffer<cuda::bf16> activations_, workspace_;
@@ -243,6 +256,9 @@ class BertForPreTrainingCuda {
   std::vector<LossSlot> loss_slots_;  // slots in use, in forward order
   std::vector<LossStats> drained_;    // drained, not yet taken
   std::optional<LossStats> last_loss_;
+  size_t norm_slots_used_ = 0;        // grad_norms_ slots written since the last drain
+  std::vector<float> drained_norms_;  // drained, not yet taken
+  float last_norm_ = 0;
   bool optimizer_stepped_ = false;
 
   uint64_t dropout_seed_ = 0, dropout_step_ = 0;

@@ -349,12 +349,18 @@ class Trainer {
   void check_cuda_device();  // device = "cuda": before anything is loaded
   void check_cuda_model();   // device = "cuda": the kernels support the config, and it fits in memory
   void train_step_cuda();
+  // The CUDA steps queued since the last call: their losses and gradient norms (one wait), and with
+  // them the window's losses, the update count and the skipped-step warnings. A no-op on the CPU.
+  void settle_steps();
   EvalResult evaluate_cuda();
   // Shared by both devices' steps.
   void advance_cursor();
   double add_to_window(const LossStats& stats);
   cpu::AdamWHyperparams adamw_hyperparams(double lr) const;
-  void finish_step(double norm, double step_loss, double lr, Clock::time_point start);
+  // A step's outcome (step: its 1-based number): the update count or a skipped-step warning.
+  void count_update(int64_t step, double norm, double step_loss);
+  // The step counter, epoch, learning rate and step time, once a step is done (CPU) or queued (CUDA).
+  void advance_step(double lr, Clock::time_point start);
   static EvalResult summarize_eval(const std::vector<LossStats>& batches);
   void check_output_dir();
   std::string resolve_resume_dir() const;
@@ -413,6 +419,7 @@ class Trainer {
   double last_loss_ = 0, last_grad_norm_ = 0, last_lr_ = 0;
   int64_t last_saved_step_ = -1;
   int64_t skipped_steps_ = 0;
+  std::vector<int64_t> unsettled_steps_;  // CUDA: queued steps whose outcome the host has not read
 };
 
 void Trainer::setup_threads() {
@@ -702,7 +709,10 @@ void Trainer::restore(const std::string& checkpoint) {
                          std::span<float>(exp_avg_sq_.data() + info.offset, info.numel));
     }
 #if defined(BERT_TRAINER_CUDA)
-    if (cuda_model_) cuda_model_->upload_moments(exp_avg_, exp_avg_sq_);
+    if (cuda_model_) {
+      cuda_model_->upload_moments(exp_avg_, exp_avg_sq_);
+      cuda_model_->set_optimizer_steps(saved.optimizer_steps);  // AdamW's bias-correction count
+    }
 #endif
   } catch (const Error& e) {
     throw Error("cannot resume from " + checkpoint + ": " + e.what());
@@ -827,19 +837,22 @@ cpu::AdamWHyperparams Trainer::adamw_hyperparams(double lr) const {
   return hyper;
 }
 
-// After the update (or its skip, for a non-finite norm): counters, the step's record, its time.
-void Trainer::finish_step(double norm, double step_loss, double lr, Clock::time_point start) {
+// The update was applied (a finite norm) or skipped (the optimizer state is unchanged).
+void Trainer::count_update(int64_t step, double norm, double step_loss) {
   if (std::isfinite(norm)) {
     ++state_.optimizer_steps;
   } else {
     ++skipped_steps_;
-    err_ << "warning: step " << state_.global_step + 1 << ": gradient norm is " << norm
-         << "; skipping this update (loss " << step_loss << ")\n";
+    err_ << "warning: step " << step << ": gradient norm is " << norm << "; skipping this update (loss " << step_loss
+         << ")\n";
   }
-  ++state_.global_step;
-  state_.epoch = static_cast<double>(state_.micro_step) / static_cast<double>(state_.batches_per_epoch);
   last_loss_ = step_loss;
   last_grad_norm_ = norm;
+}
+
+void Trainer::advance_step(double lr, Clock::time_point start) {
+  ++state_.global_step;
+  state_.epoch = static_cast<double>(state_.micro_step) / static_cast<double>(state_.batches_per_epoch);
   last_lr_ = lr;
   state_.window.train_seconds += seconds_since(start);
 }
@@ -892,7 +905,8 @@ void Trainer::train_step() {
     hyper.grad_scale = training().max_grad_norm > 0 ? ops::clip_grad_coefficient(norm, training().max_grad_norm) : 1.0;
     cpu::adamw_step<float>(*context_, hyper, adam_tensors_);
   }
-  finish_step(norm, step_loss, lr, start);
+  count_update(state_.global_step + 1, norm, step_loss);
+  advance_step(lr, start);
 }
 
 EvalResult Trainer::evaluate() {
@@ -907,9 +921,11 @@ EvalResult Trainer::evaluate() {
 }
 
 // The CPU step on the CUDA model: the same batches, dropout streams, loss scale, clipping and AdamW
-// step count. The host waits once per step, for the gradient norm (did the update happen: the
-// bias-correction count must match the CPU trainer's for interchangeable checkpoints) and the
-// micro-batches' losses; the kernels of a step are queued without waiting.
+// step count. Nothing here waits for the device: whether the update is applied (a finite norm) and
+// its bias-correction step are decided on the device, which counts the applied updates as the CPU
+// trainer does. The host only stays within one micro-batch of the device (upload_batch waits for the
+// previous batch's copy), and reads the outcome of the queued steps when it logs, evaluates or saves
+// (settle_steps).
 void Trainer::train_step_cuda() {
 #if defined(BERT_TRAINER_CUDA)
   const Clock::time_point start = Clock::now();
@@ -926,15 +942,34 @@ void Trainer::train_step_cuda() {
   }
   const double lr = learning_rate(state_.global_step);
   cuda_model_->optimizer_step(adamw_hyperparams(lr), static_cast<float>(training().max_grad_norm));
-  const double norm = cuda_model_->read_grad_norm();  // the step's one wait
-  double step_loss = 0;
-  for (const LossStats& stats : cuda_model_->take_loss_stats()) step_loss += add_to_window(stats);
-  finish_step(norm, step_loss, lr, start);
+  unsettled_steps_.push_back(state_.global_step + 1);
+  advance_step(lr, start);
+#endif
+}
+
+void Trainer::settle_steps() {
+#if defined(BERT_TRAINER_CUDA)
+  if (!cuda_model_ || unsettled_steps_.empty()) return;
+  const Clock::time_point start = Clock::now();
+  const std::vector<float> norms = cuda_model_->take_grad_norms();  // the wait
+  const std::vector<LossStats> losses = cuda_model_->take_loss_stats();
+  const auto accumulation = static_cast<size_t>(training().gradient_accumulation_steps);
+  if (norms.size() != unsettled_steps_.size() || losses.size() != unsettled_steps_.size() * accumulation)
+    throw Error("internal: " + std::to_string(unsettled_steps_.size()) + " queued steps, but the device has " +
+                std::to_string(norms.size()) + " gradient norms and " + std::to_string(losses.size()) + " losses");
+  for (size_t i = 0; i < unsettled_steps_.size(); ++i) {
+    double step_loss = 0;
+    for (size_t m = 0; m < accumulation; ++m) step_loss += add_to_window(losses[i * accumulation + m]);
+    count_update(unsettled_steps_[i], norms[i], step_loss);
+  }
+  unsettled_steps_.clear();
+  state_.window.train_seconds += seconds_since(start);  // the queued steps' device time, as seen by the host
 #endif
 }
 
 EvalResult Trainer::evaluate_cuda() {
 #if defined(BERT_TRAINER_CUDA)
+  settle_steps();  // their losses are taken first
   cuda_model_->set_dropout(state_.seed, 0, false);
   const size_t batches = std::min(kMaxEvalBatches, eval_loader_->batches_per_epoch());
   for (size_t i = 0; i < batches; ++i) {
@@ -1045,6 +1080,13 @@ void Trainer::write_model_files(const std::string& dir) const {
 }
 
 std::string Trainer::save_checkpoint() {
+  settle_steps();
+#if defined(BERT_TRAINER_CUDA)
+  // The device counted the updates it applied; the host counted the finite norms it read back.
+  if (cuda_model_ && cuda_model_->read_optimizer_steps() != state_.optimizer_steps)
+    throw Error("internal: the device applied " + std::to_string(cuda_model_->read_optimizer_steps()) +
+                " AdamW updates, the trainer counted " + std::to_string(state_.optimizer_steps));
+#endif
   state_.elapsed_s = elapsed_at_start_ + seconds_since(session_start_);
   const std::string path = save_checkpoint_dir(
       training().output_dir, state_.global_step, training().save_total_limit, [&](const std::string& dir) {
@@ -1152,13 +1194,15 @@ int Trainer::run() {
     stopped = training_stop_requested() && !last;  // a stop at the last step is just the end
     const bool log_due = step % training().logging_steps == 0 || last;
     const bool eval_due = eval_loader_ && (step % training().eval_steps == 0 || last);
+    const bool save_due = step % training().save_steps == 0 || last || stopped;
+    if (log_due || eval_due || save_due) settle_steps();  // CUDA: the one wait since the last log
     if (log_due || eval_due) {
       progress.finish();
       std::optional<EvalResult> eval;
       if (eval_due) eval = evaluate();
       write_log_record(log_due, eval);
     }
-    if (step % training().save_steps == 0 || last || stopped) {
+    if (save_due) {
       progress.finish();
       const std::string path = save_checkpoint();
       out_ << "saved " << path << "\n";

@@ -10,11 +10,14 @@
 //
 // grad_norm: block per chunk sums grad^2 in double (fixed thread-stride + shuffle tree) into scratch,
 // then one block sums the chunk partials in a fixed order and writes sqrt as float. Deterministic.
-// adamw_step: bias corrections and the step size are formed on the host in double and rounded to
-// float, exactly as the CPU reference; the element update uses explicitly rounded fp32 operations
-// (__fmul_rn, __fdiv_rn, __fsqrt_rn, ...: no FMA contraction), so it reproduces the CPU fp32
-// reference bit for bit when both see the same grad_scale. With a device clip_norm every block reads
-// it, forms ops::clip_grad_coefficient in double, and returns at once when it is not finite.
+// adamw_step: a one-thread prologue forms the step's scalars on the device, so nothing waits for
+// the host: the clip coefficient (ops::clip_grad_coefficient in double from a device clip_norm; a
+// non-finite norm marks the step skipped), and, with a device step counter, the bias corrections and
+// step size for step = count + 1 in double, rounded to float (the counter advances only when the
+// update is applied). Without a counter they come from the host, formed the same way from
+// hyper.step. The element update uses explicitly rounded fp32 operations (__fmul_rn, __fdiv_rn,
+// __fsqrt_rn, ...: no FMA contraction), so it reproduces the CPU fp32 reference bit for bit when both
+// see the same scalars; every block of a skipped step returns at once.
 //
 // Napkin math (BERT-base, 110M params): AdamW reads param, grad, m, v (16 B) and writes param, m, v
 // (12 B) + the bf16 copy (2 B): 30 B/param = 3.3 GB per step, ~0.8 ms at ~4 TB/s (H200). The norm
@@ -55,12 +58,24 @@ struct AdamWScalars {
   float beta2;
   float one_minus_beta1;
   float one_minus_beta2;
-  float step_size;              // lr / (1 - beta1^t)
-  float bias_correction2_sqrt;  // sqrt(1 - beta2^t)
   float epsilon;
-  float grad_scale;    // used when there is no device clip norm
   float decay_factor;  // 1 - lr * weight_decay
   int decay_enabled;   // weight_decay != 0
+};
+
+// The host's view of the per-step scalars, and what adamw_prologue_kernel makes of them on the device.
+struct AdamWStepInput {
+  double learning_rate, beta1, beta2;
+  float step_size;              // lr / (1 - beta1^t) for the host's step t (no step counter)
+  float bias_correction2_sqrt;  // sqrt(1 - beta2^t)
+  float grad_scale;             // without a device clip norm
+  float max_grad_norm;
+};
+struct AdamWStepScalars {
+  float step_size;
+  float bias_correction2_sqrt;
+  float grad_scale;
+  int skip;  // the clip norm is not finite: no update at all
 };
 
 // ------------------------------------------------------------------------------------------------
@@ -100,10 +115,30 @@ __global__ void __launch_bounds__(kFinalThreads)
 
 // ------------------------------------------------------------------------------------------------
 
+// One thread: the step's scalars (see the file comment), into *out for adamw_kernel.
+__global__ void adamw_prologue_kernel(AdamWStepInput in, const float* clip_norm, int64_t* step_count,
+                                      AdamWStepScalars* out) {
+  AdamWStepScalars s{in.step_size, in.bias_correction2_sqrt, in.grad_scale, 0};
+  if (clip_norm != nullptr) {
+    const float norm = *clip_norm;
+    if (isfinite(norm))
+      s.grad_scale = static_cast<float>(ops::clip_grad_coefficient(static_cast<double>(norm), in.max_grad_norm));
+    else
+      s.skip = 1;  // params, moments, the bf16 copy and the step count stay as they are
+  }
+  if (step_count != nullptr && s.skip == 0) {
+    const int64_t step = *step_count + 1;
+    s.step_size = static_cast<float>(in.learning_rate / (1.0 - pow(in.beta1, static_cast<double>(step))));
+    s.bias_correction2_sqrt = static_cast<float>(sqrt(1.0 - pow(in.beta2, static_cast<double>(step))));
+    *step_count = step;
+  }
+  *out = s;
+}
+
 // One element of the update; the CPU reference's operations in its order, each rounded once.
-__device__ __forceinline__ void adamw_element(const AdamWScalars& s, float grad_scale, bool decay, float raw_grad,
-                                              float& param, float& exp_avg, float& exp_avg_sq) {
-  const float grad = __fmul_rn(raw_grad, grad_scale);
+__device__ __forceinline__ void adamw_element(const AdamWScalars& s, const AdamWStepScalars& t, bool decay,
+                                              float raw_grad, float& param, float& exp_avg, float& exp_avg_sq) {
+  const float grad = __fmul_rn(raw_grad, t.grad_scale);
   float p = param;
   if (decay) p = __fmul_rn(p, s.decay_factor);
   // torch lerp_(end, weight): weight < 0.5 ? self + weight * (end - self) : end - (end - self) * (1 - weight).
@@ -111,21 +146,17 @@ __device__ __forceinline__ void adamw_element(const AdamWScalars& s, float grad_
                       ? __fadd_rn(exp_avg, __fmul_rn(s.one_minus_beta1, __fsub_rn(grad, exp_avg)))
                       : __fsub_rn(grad, __fmul_rn(__fsub_rn(grad, exp_avg), __fsub_rn(1.0f, s.one_minus_beta1)));
   const float v = __fadd_rn(__fmul_rn(exp_avg_sq, s.beta2), __fmul_rn(__fmul_rn(s.one_minus_beta2, grad), grad));
-  const float denom = __fadd_rn(__fdiv_rn(__fsqrt_rn(v), s.bias_correction2_sqrt), s.epsilon);
-  param = __fsub_rn(p, __fmul_rn(s.step_size, __fdiv_rn(m, denom)));
+  const float denom = __fadd_rn(__fdiv_rn(__fsqrt_rn(v), t.bias_correction2_sqrt), s.epsilon);
+  param = __fsub_rn(p, __fmul_rn(t.step_size, __fdiv_rn(m, denom)));
   exp_avg = m;
   exp_avg_sq = v;
 }
 
 __global__ void __launch_bounds__(kChunkThreads)
-    adamw_kernel(const AdamWTensor* tensors, const TensorChunk* chunks, AdamWScalars scalars, const float* clip_norm,
-                 float max_grad_norm) {
-  float grad_scale = scalars.grad_scale;
-  if (clip_norm != nullptr) {
-    const float norm = *clip_norm;
-    if (!isfinite(norm)) return;  // the step is skipped: params, moments and the bf16 copy unchanged
-    grad_scale = static_cast<float>(ops::clip_grad_coefficient(static_cast<double>(norm), max_grad_norm));
-  }
+    adamw_kernel(const AdamWTensor* tensors, const TensorChunk* chunks, AdamWScalars scalars,
+                 const AdamWStepScalars* step_scalars) {
+  const AdamWStepScalars step = *step_scalars;
+  if (step.skip != 0) return;  // the step is skipped: params, moments and the bf16 copy unchanged
   const TensorChunk chunk = chunks[blockIdx.x];
   const AdamWTensor tensor = tensors[chunk.tensor];
   const bool decay = tensor.apply_weight_decay && scalars.decay_enabled != 0;
@@ -145,10 +176,10 @@ __global__ void __launch_bounds__(kChunkThreads)
       float4 m = reinterpret_cast<float4*>(exp_avg)[v];
       float4 s = reinterpret_cast<float4*>(exp_avg_sq)[v];
       const float4 g = reinterpret_cast<const float4*>(grad)[v];
-      adamw_element(scalars, grad_scale, decay, g.x, p.x, m.x, s.x);
-      adamw_element(scalars, grad_scale, decay, g.y, p.y, m.y, s.y);
-      adamw_element(scalars, grad_scale, decay, g.z, p.z, m.z, s.z);
-      adamw_element(scalars, grad_scale, decay, g.w, p.w, m.w, s.w);
+      adamw_element(scalars, step, decay, g.x, p.x, m.x, s.x);
+      adamw_element(scalars, step, decay, g.y, p.y, m.y, s.y);
+      adamw_element(scalars, step, decay, g.z, p.z, m.z, s.z);
+      adamw_element(scalars, step, decay, g.w, p.w, m.w, s.w);
       reinterpret_cast<float4*>(param)[v] = p;
       reinterpret_cast<float4*>(exp_avg)[v] = m;
       reinterpret_cast<float4*>(exp_avg_sq)[v] = s;
@@ -163,7 +194,7 @@ __global__ void __launch_bounds__(kChunkThreads)
   }
   for (int32_t i = vector_end + static_cast<int32_t>(threadIdx.x); i < length; i += kChunkThreads) {
     float p = param[i], m = exp_avg[i], s = exp_avg_sq[i];
-    adamw_element(scalars, grad_scale, decay, grad[i], p, m, s);
+    adamw_element(scalars, step, decay, grad[i], p, m, s);
     param[i] = p;
     exp_avg[i] = m;
     exp_avg_sq[i] = s;
@@ -240,28 +271,35 @@ void grad_norm(Context& ctx, const MultiTensorList& tensors, float* norm) {
 }
 
 void adamw_step(Context& ctx, const AdamWHyperparams& hyper, const MultiTensorList& tensors, const float* clip_norm,
-                float max_grad_norm) {
+                float max_grad_norm, int64_t* step_count) {
   const char* op = "adamw_step";
-  require(hyper.step >= 1, op, "step must be >= 1 (the first update is step 1)");
+  require(step_count != nullptr || hyper.step >= 1, op, "step must be >= 1 (the first update is step 1)");
   require(hyper.beta1 >= 0 && hyper.beta1 < 1 && hyper.beta2 >= 0 && hyper.beta2 < 1, op, "betas must be in [0, 1)");
   require(clip_norm == nullptr || max_grad_norm > 0, op, "max_grad_norm must be > 0 when clipping");
-  if (tensors.num_chunks() == 0) return;
-
-  const double step = static_cast<double>(hyper.step);
   AdamWScalars scalars;
   scalars.beta2 = static_cast<float>(hyper.beta2);
   scalars.one_minus_beta1 = static_cast<float>(1.0 - hyper.beta1);
   scalars.one_minus_beta2 = static_cast<float>(1.0 - hyper.beta2);
-  scalars.step_size = static_cast<float>(hyper.learning_rate / (1.0 - std::pow(hyper.beta1, step)));
-  scalars.bias_correction2_sqrt = static_cast<float>(std::sqrt(1.0 - std::pow(hyper.beta2, step)));
   scalars.epsilon = static_cast<float>(hyper.epsilon);
-  scalars.grad_scale = static_cast<float>(hyper.grad_scale);
   scalars.decay_factor = static_cast<float>(1.0 - hyper.learning_rate * hyper.weight_decay);
   scalars.decay_enabled = hyper.weight_decay != 0.0 ? 1 : 0;
 
+  AdamWStepInput input{hyper.learning_rate, hyper.beta1, hyper.beta2, 0.0f, 0.0f, 0.0f, max_grad_norm};
+  if (step_count == nullptr) {
+    const double step = static_cast<double>(hyper.step);
+    input.step_size = static_cast<float>(hyper.learning_rate / (1.0 - std::pow(hyper.beta1, step)));
+    input.bias_correction2_sqrt = static_cast<float>(std::sqrt(1.0 - std::pow(hyper.beta2, step)));
+  }
+  input.grad_scale = static_cast<float>(hyper.grad_scale);
+  // The stream orders the prologue's write after every earlier reader of the scratch (grad_norm's
+  // partial sums) and before adamw_kernel's read.
+  auto* step_scalars = static_cast<AdamWStepScalars*>(ctx.scratch(sizeof(AdamWStepScalars)));
+  adamw_prologue_kernel<<<1, 1, 0, ctx.stream()>>>(input, clip_norm, step_count, step_scalars);
+  CUDA_CHECK_LAUNCH();
+  if (tensors.num_chunks() == 0) return;  // the step still counts
   adamw_kernel<<<static_cast<unsigned>(tensors.num_chunks()), kChunkThreads, 0, ctx.stream()>>>(
       static_cast<const AdamWTensor*>(tensors.device_table()), static_cast<const TensorChunk*>(tensors.device_chunks()),
-      scalars, clip_norm, max_grad_norm);
+      scalars, step_scalars);
   CUDA_CHECK_LAUNCH();
 }
 

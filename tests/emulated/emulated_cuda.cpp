@@ -908,12 +908,13 @@ void grad_norm(Context& ctx, const MultiTensorList& tensors, float* norm) {
 }
 
 void adamw_step(Context& ctx, const AdamWHyperparams& hyper, const MultiTensorList& tensors, const float* clip_norm,
-                float max_grad_norm) {
+                float max_grad_norm, int64_t* step_count) {
   const char* op = "adamw_step";
-  if (hyper.step < 1) throw std::invalid_argument("adamw_step: step must be >= 1");
+  if (step_count == nullptr && hyper.step < 1) throw std::invalid_argument("adamw_step: step must be >= 1");
   if (clip_norm != nullptr && !(max_grad_norm > 0))
     throw std::invalid_argument("adamw_step: max_grad_norm must be > 0 when clipping");
   optional_device_arg(op, "clip_norm", clip_norm, 1);
+  optional_device_arg(op, "step_count", step_count, 1);
   const auto* table = static_cast<const AdamWTensor*>(tensors.device_table());
   const size_t count = tensors.size();
   launch(ctx, op, [=] {
@@ -922,6 +923,10 @@ void adamw_step(Context& ctx, const AdamWHyperparams& hyper, const MultiTensorLi
       const float norm = *clip_norm;  // read on the device: no host sync
       if (!std::isfinite(norm)) return;
       h.grad_scale = ops::clip_grad_coefficient(static_cast<double>(norm), max_grad_norm);
+    }
+    if (step_count != nullptr) {  // the device's count of applied updates
+      if (*step_count < 0) device_fault("adamw_step: the step count is " + std::to_string(*step_count));
+      h.step = ++*step_count;
     }
     std::vector<cpu::AdamWTensor<float>> list;
     for (size_t i = 0; i < count; ++i)

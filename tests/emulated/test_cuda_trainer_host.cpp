@@ -3,8 +3,14 @@
 //   - a model that does not fit the device's free memory, and a config the kernels do not support:
 //     one-line errors naming the cause (the bytes needed and free), before any output is written
 //   - MFU in the log line and in metrics.jsonl, formed from the model's FLOPs and the device's peak
+//   - no host wait inside a step: the host waits for the device (stream or device synchronisation)
+//     only at steps that log, evaluate or save; between them only for the previous upload's copy
+//   - non-finite gradients found on the device: the updates are skipped there, and the trainer,
+//     learning of it only when it logs, still names each skipped step and counts the applied ones
 // The same tiny data and configs as tests/gpu/test_cuda_trainer.cpp (tests/trainer_fixture.h).
 #include <catch2/catch.hpp>
+#include <cmath>
+#include <cstdint>
 #include <cstdlib>
 #include <functional>
 #include <string>
@@ -12,6 +18,8 @@
 
 #include "common/file.h"
 #include "common/json.h"
+#include "engine/trainer.h"
+#include "tests/emulated/emulated_cuda.h"
 #include "tests/test_dirs.h"
 #include "tests/trainer_fixture.h"
 
@@ -112,4 +120,81 @@ TEST_CASE("cuda trainer host: MFU in the log and in metrics.jsonl, from the mode
     CHECK(mfu->as_number() < 1e-3);
   }
   CHECK(with_mfu == 2);
+}
+
+TEST_CASE("cuda trainer host: the host waits for the device only where it logs, evaluates or saves", "[emulated]") {
+  make_tiny_data();
+  const std::string config =
+      write_config("waits", "waits",
+                   std::string(kSettings) +
+                       "max_steps = 24\ngradient_accumulation_steps = 2\nlogging_steps = 8\neval_steps = 12\n"
+                       "save_steps = 24\n",
+                   kGpuModel);
+  // Host waits that drain the device's queue, per step: counted at the end of each step (after its
+  // kernels are queued, before its logging), so step s's count covers step s - 1's logging and step
+  // s's own work.
+  std::vector<int64_t> waits_at{0}, staging_waits_at{0};
+  const auto waits = [] {
+    const emulated::Counters c = emulated::counters();
+    return c.stream_syncs + c.device_syncs;
+  };
+  const int64_t waits_before = waits(), staging_before = emulated::counters().event_syncs;
+  TrainHooks hooks;
+  hooks.after_step = [&](int64_t) {
+    waits_at.push_back(waits() - waits_before);
+    staging_waits_at.push_back(emulated::counters().event_syncs - staging_before);
+  };
+  const RunResult run = train({"--config", config}, hooks);
+  INFO(run.out << run.err);
+  REQUIRE(run.code == 0);
+  REQUIRE(waits_at.size() == 25);
+  const auto reports = [](int64_t step) { return step % 8 == 0 || step % 12 == 0; };
+  int quiet_steps = 0;
+  for (int64_t step = 2; step <= 24; ++step) {
+    INFO("step " << step);
+    const int64_t step_waits = waits_at[step] - waits_at[step - 1];
+    if (reports(step - 1)) continue;
+    CHECK(step_waits == 0);
+    // Each micro-batch's upload waits for the previous one's copy, which leaves the device the
+    // previous batch's kernels queued: at most one such wait per micro-batch.
+    CHECK(staging_waits_at[step] - staging_waits_at[step - 1] <= 2);
+    ++quiet_steps;
+  }
+  CHECK(quiet_steps == 20);
+  // What was logged is still every step's: the windows' losses are finite and the counts add up.
+  const TrainerState state = TrainerState::load(test_dir() + "/waits/checkpoint-24/trainer_state.json");
+  CHECK(state.optimizer_steps == 24);
+  int train_records = 0;
+  for (const Json& record : read_metrics(test_dir() + "/waits/metrics.jsonl"))
+    if (const Json* loss = record.find("loss")) {
+      CHECK(std::isfinite(loss->as_number()));
+      ++train_records;
+    }
+  CHECK(train_records == 3);
+}
+
+TEST_CASE("cuda trainer host: non-finite gradients skip updates on the device; the log names each step", "[emulated]") {
+  make_tiny_data();
+  // As the CPU trainer's test (tests/test_trainer_loop.cpp): a learning rate of 1e38 sends the
+  // first update's weights near the float limit, so every later gradient norm is non-finite. Here
+  // the device decides each skip; the host learns of them when it logs, every 4 steps.
+  const std::string config = write_config(
+      "blowup", "blowup",
+      "device = \"cuda\"\nmax_steps = 8\nper_device_train_batch_size = 8\nlearning_rate = 1e38\nwarmup_steps = 0\n"
+      "lr_scheduler_type = \"constant\"\nlogging_steps = 4\nsave_steps = 8\n",
+      kGpuModel);
+  const RunResult run = train({"--config", config});
+  INFO(run.out << run.err);
+  REQUIRE(run.code == 0);
+  for (int step = 2; step <= 8; ++step)
+    CHECK_THAT(run.err, Catch::Contains("warning: step " + std::to_string(step) + ": gradient norm is"));
+  CHECK_THAT(run.err, !Catch::Contains("warning: step 1:"));
+  CHECK_THAT(run.out, Catch::Contains("7 update(s) skipped (non-finite gradients)"));
+  const std::vector<Json> records = read_metrics(test_dir() + "/blowup/metrics.jsonl");
+  REQUIRE(records.size() == 2);
+  CHECK(records[1].find("grad_norm")->is_null());  // the last step's norm
+  // The device counted the one applied update (save_checkpoint checks the host agrees).
+  const TrainerState state = TrainerState::load(test_dir() + "/blowup/checkpoint-8/trainer_state.json");
+  CHECK(state.global_step == 8);
+  CHECK(state.optimizer_steps == 1);
 }

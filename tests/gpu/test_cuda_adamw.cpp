@@ -1,7 +1,7 @@
 // CUDA AdamW, grad_norm and the fp32 <-> bf16 conversions (kernels/cuda/adamw.cu) against
 // kernels/cpu/adamw.cpp in fp32: several steps with and without weight decay, both lerp branches,
 // tensors that span several chunks and tensors at misaligned offsets (scalar path), the bf16 copy,
-// device clipping (finite, and non-finite = no-op) and bitwise repeatability.
+// device clipping (finite, and non-finite = no-op), the device step counter and bitwise repeatability.
 // The ops run on the legacy default stream (Context(cudaStreamLegacy)): DeviceBuffer's copies and
 // poisoned()'s cudaMemset use that stream too, so all are ordered without explicit syncs (a
 // Context's own stream is non-blocking and would race with them).
@@ -305,6 +305,60 @@ TEST_CASE("cuda adamw_step with a device clip norm", "[cuda][adamw]") {
     CHECK(std::isnan(norm.download().at(0)));
     bert::cuda::adamw_step(ctx, hyper, list, norm.data(), 1.0f);
     CHECK(same_bits(model.param_device.download(), model.param));
+  }
+}
+
+// The model's optimizer_step: the bias-correction step comes from a device counter of applied updates
+// (no host sync), a skipped step leaves the counter alone.
+TEST_CASE("cuda adamw_step with a device step counter", "[cuda][adamw]") {
+  Context ctx(cudaStreamLegacy);
+  std::mt19937_64 rng(23);
+  Model model(rng);
+  const std::vector<AdamWTensor> tensors = model.device_tensors();
+  const MultiTensorList list(tensors);
+  const std::vector<int64_t> two{2};
+  DeviceBuffer<int64_t> count = upload<int64_t>(two);
+  bert::cpu::Context cpu_ctx(1);
+  const float max_grad_norm = 1.0f;
+  // Steps: counted 3, skipped (NaN norm), counted 4.
+  const std::vector<float> nan_norm{std::numeric_limits<float>::quiet_NaN()};
+  DeviceBuffer<float> bad_norm = upload<float>(nan_norm);
+  for (const int64_t expected_step : {3, 0, 4}) {
+    INFO("expected step " << expected_step);
+    model.new_gradients(rng);
+    AdamWHyperparams hyper;
+    hyper.learning_rate = 0.05;
+    hyper.weight_decay = 0.1;
+    hyper.step = 99;  // unused with a counter
+    if (expected_step == 0) {
+      bert::cuda::adamw_step(ctx, hyper, list, bad_norm.data(), max_grad_norm, count.data());
+      CHECK(same_bits(model.param_device.download(), model.param));
+      CHECK(same_bits(model.exp_avg_device.download(), model.exp_avg));
+      CHECK(count.download().at(0) == 3);
+      continue;
+    }
+    DeviceBuffer<float> norm = poisoned<float>(1);
+    bert::cuda::grad_norm(ctx, list, norm.data());
+    const float gpu_norm = norm.download().at(0);
+    bert::cuda::adamw_step(ctx, hyper, list, norm.data(), max_grad_norm, count.data());
+    CHECK(count.download().at(0) == expected_step);
+
+    AdamWHyperparams cpu_hyper = hyper;
+    cpu_hyper.step = expected_step;
+    cpu_hyper.grad_scale = bert::ops::clip_grad_coefficient(gpu_norm, max_grad_norm);
+    const std::vector<float> before = model.param;
+    const auto cpu_tensors = model.cpu_tensors();
+    bert::cpu::adamw_step<float>(cpu_ctx, cpu_hyper, cpu_tensors);
+    // The bias corrections are formed by the device's double pow here (the host's otherwise): the same
+    // floats but for a last-bit tie, so this compares at fp32 tolerance rather than bitwise.
+    const std::vector<float> gpu_param = model.param_device.download();
+    CHECK_CLOSE_REL("param update", difference(gpu_param, before), difference(model.param, before), 1e-5);
+    CHECK_CLOSE_REL("exp_avg", model.exp_avg_device.download(), model.exp_avg, 1e-5);
+    CHECK_CLOSE_REL("exp_avg_sq", model.exp_avg_sq_device.download(), model.exp_avg_sq, 1e-5);
+    model.check_bf16_copy(gpu_param);
+    model.param_device.upload(model.param);
+    model.exp_avg_device.upload(model.exp_avg);
+    model.exp_avg_sq_device.upload(model.exp_avg_sq);
   }
 }
 
