@@ -123,65 +123,7 @@ TEST_CASE("the loss falls; checkpoints hold an HF model, tokenizer and trainer s
 }
 
 TEST_CASE("a run stopped by SIGINT and resumed equals an uninterrupted run bit for bit") {
-  make_tiny_data();
-  // Accumulation, dropout (default 0.1), clipping, warmup + linear decay, a logging window cut by the
-  // stop (logging every 3, stop at 5), evaluation.
-  const std::string settings =
-      "max_steps = 12\nper_device_train_batch_size = 8\ngradient_accumulation_steps = 2\nlearning_rate = 3e-3\n"
-      "warmup_steps = 2\nweight_decay = 0.01\nmax_grad_norm = 0.5\nlogging_steps = 3\neval_steps = 4\nsave_steps = 4\n";
-  const std::string straight = write_config("straight", "straight", settings);
-  const std::string stopped = write_config("stopped", "stopped", settings);
-  REQUIRE(train({"--config", straight}).code == 0);
-
-  TrainHooks hooks;
-  hooks.after_step = [](int64_t step) {
-    if (step == 5) std::raise(SIGINT);  // the real handler: finish the step, save, print, exit 0
-  };
-  const RunResult first = train({"--config", stopped}, hooks);
-  REQUIRE(first.code == 0);
-  const std::string checkpoint = test_dir() + "/stopped/checkpoint-5";
-  CHECK(first.out.find("stopped at step 5 of 12") != std::string::npos);
-  CHECK(first.out.find(resume_command(stopped, checkpoint)) != std::string::npos);
-  CHECK(file_exists(checkpoint + "/trainer_state.json"));
-  CHECK(latest_checkpoint(test_dir() + "/stopped")->step == 5);
-  CHECK_FALSE(training_stop_requested());  // cleared when the run ends
-
-  const RunResult second = train({"--config", stopped, "--resume", checkpoint});
-  REQUIRE(second.code == 0);
-  INFO(second.err);
-
-  const auto a = read_metrics(test_dir() + "/straight/metrics.jsonl");
-  const auto b = read_metrics(test_dir() + "/stopped/metrics.jsonl");
-  REQUIRE(a.size() == 6);  // steps 3, 4 (eval), 6, 8 (eval), 9, 12
-  REQUIRE(b.size() == a.size());
-  for (size_t i = 0; i < a.size(); ++i) {
-    CHECK(a[i].find("step")->as_int() == b[i].find("step")->as_int());
-    for (const char* key : {"loss", "mlm_loss", "nsp_loss", "mlm_acc", "nsp_acc", "lr", "grad_norm", "eval_loss",
-                            "eval_mlm_loss", "eval_nsp_acc"}) {
-      const Json* x = a[i].find(key);
-      const Json* y = b[i].find(key);
-      REQUIRE((x == nullptr) == (y == nullptr));
-      if (x) CHECK(x->dump() == y->dump());
-    }
-  }
-  CHECK(read_file(test_dir() + "/straight/checkpoint-12/model.safetensors") ==
-        read_file(test_dir() + "/stopped/checkpoint-12/model.safetensors"));
-  CHECK(read_file(test_dir() + "/straight/checkpoint-12/trainer_state.safetensors") ==
-        read_file(test_dir() + "/stopped/checkpoint-12/trainer_state.safetensors"));
-
-  // Resuming an earlier checkpoint drops the metrics written after it and repeats the same steps.
-  const std::string model_before = read_file(test_dir() + "/straight/checkpoint-12/model.safetensors");
-  REQUIRE(train({"--config", straight, "--resume", test_dir() + "/straight/checkpoint-8"}).code == 0);
-  const auto c = read_metrics(test_dir() + "/straight/metrics.jsonl");
-  REQUIRE(c.size() == a.size());
-  for (size_t i = 0; i < a.size(); ++i)
-    for (const char* key : {"step", "loss", "eval_loss"}) {
-      const Json* x = a[i].find(key);
-      const Json* y = c[i].find(key);
-      REQUIRE((x == nullptr) == (y == nullptr));
-      if (x) CHECK(x->dump() == y->dump());
-    }
-  CHECK(read_file(test_dir() + "/straight/checkpoint-12/model.safetensors") == model_before);
+  check_stop_and_resume_bitwise("device = \"cpu\"\n", kTinyModel);
 }
 
 TEST_CASE("save_total_limit keeps the newest checkpoints") {

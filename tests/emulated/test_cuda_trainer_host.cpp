@@ -7,6 +7,7 @@
 //     only at steps that log, evaluate or save; between them only for the previous upload's copy
 //   - non-finite gradients found on the device: the updates are skipped there, and the trainer,
 //     learning of it only when it logs, still names each skipped step and counts the applied ones
+//   - Ctrl-C: a stopped and resumed run equals an uninterrupted one bit for bit (tests/trainer_fixture.h)
 // The same tiny data and configs as tests/gpu/test_cuda_trainer.cpp (tests/trainer_fixture.h).
 #include <catch2/catch.hpp>
 #include <cmath>
@@ -197,4 +198,11 @@ TEST_CASE("cuda trainer host: non-finite gradients skip updates on the device; t
   const TrainerState state = TrainerState::load(test_dir() + "/blowup/checkpoint-8/trainer_state.json");
   CHECK(state.global_step == 8);
   CHECK(state.optimizer_steps == 1);
+}
+
+TEST_CASE("cuda trainer host: a run stopped by SIGINT and resumed equals an uninterrupted run bit for bit",
+          "[emulated]") {
+  // The queued steps' losses and norms are read before the stop's checkpoint, so the logging window
+  // cut by the stop carries on after the resume exactly as in the CPU trainer's test.
+  check_stop_and_resume_bitwise("device = \"cuda\"\n", kGpuModel);
 }
