@@ -237,7 +237,7 @@ BertForPreTraining<T>::BertForPreTraining(const BertConfig& config, const ModelO
   param_init_ = std::move(table.init);
   param_offsets_ = std::move(table.offsets);
   parameters_.assign(table.arena_elements, T(0));
-  grads_.assign(table.arena_elements, T(0));
+  if (!options_.inference_only) grads_.assign(table.arena_elements, T(0));
   init_weights(options_.init_seed);
 }
 
@@ -622,6 +622,8 @@ void BertForPreTraining<T>::run_graph(const int32_t* input_ids, const int32_t* t
 template <class T>
 void BertForPreTraining<T>::forward_backward(const BatchView& batch, LossStats& stats, bool compute_grads,
                                              T loss_scale) {
+  if (compute_grads && options_.inference_only)
+    throw Error("BertForPreTraining::forward_backward: gradients of an inference-only model (ModelOptions)");
   prepare_batch(batch, config_, options_, "BertForPreTraining", host_batch_);
   reserve(batch.batch, batch.seq_len);
   std::fill(loss_totals_.begin(), loss_totals_.end(), CrossEntropyTotals{});

@@ -174,6 +174,10 @@ struct ModelOptions {
   int64_t decoder_chunk_rows = 1024;
   int num_threads = 0;      // CPU op threads; 0 = OpenMP's default
   uint64_t init_seed = 42;  // for the HF initialisation done by the constructor
+  // Forward only (fill-mask, evaluation: mlm_logits_at, forward_backward without gradients): no
+  // gradient arena, and on the GPU no fp32 master weights or optimizer state either (the bf16
+  // working copy is all it keeps: 2 instead of 18 bytes per parameter). Training calls throw.
+  bool inference_only = false;
 };
 
 // Forward + backward FLOPs of one batch (the napkin math above): the same count for the CPU and CUDA

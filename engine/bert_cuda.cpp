@@ -140,16 +140,17 @@ CudaMemoryPlan BertForPreTrainingCuda::memory_plan(const BertConfig& config, int
   memory.max_seq_len = max_seq_len;
   for (const ParamInfo& info : table.params) memory.num_parameters += static_cast<int64_t>(info.numel);
   const size_t n = table.arena_elements;
-  memory.master_params_bytes = n * sizeof(float);
+  const bool training = !options.inference_only;
+  memory.master_params_bytes = training ? n * sizeof(float) : 0;
   memory.working_params_bytes = n * sizeof(bf16);
-  memory.grads_bytes = n * sizeof(float);
-  memory.optimizer_bytes = 2 * n * sizeof(float);
+  memory.grads_bytes = training ? n * sizeof(float) : 0;
+  memory.optimizer_bytes = training ? 2 * n * sizeof(float) : 0;
   memory.activations_bytes = plan.graph.activation_elements * sizeof(bf16);
   memory.workspace_bytes = plan.graph.workspace_elements * sizeof(bf16);
   memory.statistics_bytes = plan.graph.statistics_elements * sizeof(float);
   memory.inputs_bytes = plan.input_elements * sizeof(int32_t);
   memory.loss_stats_bytes = kLossSlots * plan.loss_slot_stride * sizeof(cuda::CrossEntropyDeviceStats) +
-                            kNormSlots * sizeof(float) + sizeof(int64_t);
+                            (training ? kNormSlots * sizeof(float) + sizeof(int64_t) : 0);
   memory.op_scratch_bytes = op_scratch_estimate(config, max_batch * max_seq_len);
   return memory;
 }
@@ -173,8 +174,14 @@ BertForPreTrainingCuda::BertForPreTrainingCuda(const BertConfig& config, const M
   staging_copied_.reset(event);
 
   const size_t n = table_.arena_elements;
-  master_.resize(n);
   working_.resize(n);
+  if (options_.inference_only) {  // the bf16 working copy only
+    std::vector<float> host(n);
+    init_parameters<float>(config_, table_, options_.init_seed, host);
+    upload_parameters(host);
+    return;
+  }
+  master_.resize(n);
   grads_.resize(n);
   moments_.resize(2 * n);
   grad_norms_.resize(kNormSlots);
@@ -455,6 +462,7 @@ void BertForPreTrainingCuda::run_graph(bool dropout_enabled, cuda::CrossEntropyD
 }
 
 void BertForPreTrainingCuda::forward_backward(float loss_scale, bool compute_grads) {
+  if (compute_grads) require_training("forward_backward with gradients");
   if (!batch_uploaded_) throw Error("BertForPreTrainingCuda::forward_backward: no batch; call upload_batch first");
   if (loss_slots_.size() == kLossSlots) drain_loss_stats();
   cuda::CrossEntropyDeviceStats* slot = loss_stats_.data() + loss_slots_.size() * plan_.loss_slot_stride;
@@ -565,11 +573,20 @@ LossStats BertForPreTrainingCuda::read_loss_stats() {
   return *last_loss_;
 }
 
+void BertForPreTrainingCuda::require_training(const char* what) const {
+  if (options_.inference_only)
+    throw Error(std::string("BertForPreTrainingCuda: ") + what +
+                " on an inference-only model (ModelOptions::inference_only: no gradients, master weights or "
+                "optimizer state)");
+}
+
 void BertForPreTrainingCuda::zero_grads() {
+  require_training("zero_grads");
   CUDA_CHECK(cudaMemsetAsync(grads_.data(), 0, grads_.bytes(), context_->stream()));
 }
 
 void BertForPreTrainingCuda::optimizer_step(const ops::AdamWHyperparams& hyper, float max_grad_norm) {
+  require_training("optimizer_step");
   if (norm_slots_used_ == kNormSlots) drain_grad_norms();
   float* norm = grad_norms_.data() + norm_slots_used_;
   cuda::grad_norm(*context_, *tensor_list_, norm);
@@ -604,6 +621,7 @@ float BertForPreTrainingCuda::read_grad_norm() {
 }
 
 int64_t BertForPreTrainingCuda::read_optimizer_steps() {
+  require_training("read_optimizer_steps");
   context_->synchronize();
   int64_t steps = 0;
   CUDA_CHECK(cudaMemcpy(&steps, update_count_.data(), sizeof(steps), cudaMemcpyDeviceToHost));
@@ -611,6 +629,7 @@ int64_t BertForPreTrainingCuda::read_optimizer_steps() {
 }
 
 void BertForPreTrainingCuda::set_optimizer_steps(int64_t steps) {
+  require_training("set_optimizer_steps");
   if (steps < 0) throw Error("BertForPreTrainingCuda::set_optimizer_steps: " + std::to_string(steps) + " < 0");
   context_->synchronize();  // a queued update may still advance the old count
   const int64_t value[1] = {steps};
@@ -619,7 +638,9 @@ void BertForPreTrainingCuda::set_optimizer_steps(int64_t steps) {
 
 // ---- host copies and checkpoints ----------------------------------------------------------------------
 
-std::vector<float> BertForPreTrainingCuda::download_parameters() const { return master_.download(); }
+std::vector<float> BertForPreTrainingCuda::download_parameters() const {
+  return options_.inference_only ? download_working_parameters() : master_.download();
+}
 
 std::vector<float> BertForPreTrainingCuda::download_working_parameters() const {
   const std::vector<bf16> values = working_.download();
@@ -628,19 +649,29 @@ std::vector<float> BertForPreTrainingCuda::download_working_parameters() const {
   return out;
 }
 
-std::vector<float> BertForPreTrainingCuda::download_grads() const { return grads_.download(); }
+std::vector<float> BertForPreTrainingCuda::download_grads() const {
+  require_training("download_grads");
+  return grads_.download();
+}
 
 void BertForPreTrainingCuda::upload_parameters(std::span<const float> arena) {
   if (arena.size() != table_.arena_elements)
     throw Error("BertForPreTrainingCuda::upload_parameters: " + std::to_string(arena.size()) +
                 " values for an arena of " + std::to_string(table_.arena_elements));
-  context_->synchronize();  // queued kernels may still read the master weights
+  context_->synchronize();        // queued kernels may still read the master weights
+  if (options_.inference_only) {  // no master copy: round on the host, as convert_f32_to_bf16 does
+    std::vector<bf16> working(arena.size());
+    for (size_t i = 0; i < arena.size(); ++i) working[i] = __float2bfloat16_rn(arena[i]);
+    working_.upload(working);
+    return;
+  }
   master_.upload(arena);
   cuda::convert_f32_to_bf16(*context_, static_cast<int64_t>(arena.size()), master_.data(), working_.data());
   context_->synchronize();
 }
 
 void BertForPreTrainingCuda::download_moments(std::vector<float>& exp_avg, std::vector<float>& exp_avg_sq) const {
+  require_training("download_moments");
   const std::vector<float> moments = moments_.download();
   const auto n = static_cast<std::ptrdiff_t>(table_.arena_elements);
   exp_avg.assign(moments.begin(), moments.begin() + n);
@@ -648,6 +679,7 @@ void BertForPreTrainingCuda::download_moments(std::vector<float>& exp_avg, std::
 }
 
 void BertForPreTrainingCuda::upload_moments(std::span<const float> exp_avg, std::span<const float> exp_avg_sq) {
+  require_training("upload_moments");
   if (exp_avg.size() != table_.arena_elements || exp_avg_sq.size() != table_.arena_elements)
     throw Error("BertForPreTrainingCuda::upload_moments: the moments must have " +
                 std::to_string(table_.arena_elements) + " values each");

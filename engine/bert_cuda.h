@@ -108,6 +108,7 @@ class BertForPreTrainingCuda {
 
   // Checks the config (above), then allocates the parameter arenas and initialises the weights as
   // the CPU model does for options.init_seed (identical fp32 master weights), moments and grads 0.
+  // options.inference_only: the bf16 working copy only (no master weights, grads, moments, norms).
   explicit BertForPreTrainingCuda(const BertConfig& config, const ModelOptions& options = {});
   ~BertForPreTrainingCuda();
   BertForPreTrainingCuda(const BertForPreTrainingCuda&) = delete;
@@ -179,7 +180,7 @@ class BertForPreTrainingCuda {
   void mlm_logits_at(const BatchView& batch, std::span<const int32_t> positions, std::span<float> logits);
 
   // ---- host copies (synchronous; setup, tests, checkpoints) ----
-  std::vector<float> download_parameters() const;          // fp32 master arena
+  std::vector<float> download_parameters() const;          // fp32 master arena (inference-only: the bf16 copy)
   std::vector<float> download_working_parameters() const;  // bf16 working arena, as float
   std::vector<float> download_grads() const;               // fp32 grads arena
   // Sets the master weights (arena_elements values) and their bf16 working copy; moments untouched.
@@ -228,6 +229,7 @@ class BertForPreTrainingCuda {
   void run_graph(bool dropout_enabled, cuda::CrossEntropyDeviceStats* slot, Run&& run);
   void drain_loss_stats();
   void drain_grad_norms();
+  void require_training(const char* what) const;  // bert::Error on an inference-only model
 
   int32_t* input(size_t offset) { return inputs_.data() + offset; }
 

@@ -165,6 +165,7 @@ InferenceCheckpoint load_inference_checkpoint(const std::string& dir, int num_th
 
   ModelOptions options;
   options.num_threads = num_threads;
+  options.inference_only = true;  // no gradient arena
   BertForPreTraining<float> model(config, options);
   model.load_safetensors(dir + "/model.safetensors");
   model.set_dropout(0, 0, /*training=*/false);
@@ -599,7 +600,9 @@ std::unique_ptr<MlmLogitsSource> logits_source(InferenceCheckpoint& checkpoint, 
   if (device != "cuda") return std::make_unique<ModelLogits<BertForPreTraining<float>>>(checkpoint.model);
 #if defined(BERT_INFER_CUDA)
   try {
-    auto model = std::make_unique<BertForPreTrainingCuda>(checkpoint.config);
+    ModelOptions options;
+    options.inference_only = true;  // the bf16 weights only: 2 bytes per parameter on the device
+    auto model = std::make_unique<BertForPreTrainingCuda>(checkpoint.config, options);
     model->copy_parameters_from(checkpoint.model);
     // The fused attention kernel's token limit; longer prompts are refused up front (CudaLogits).
     model->reserve(1, std::min(checkpoint.config.max_position_embeddings, cuda::kAttentionMaxSeqLen));

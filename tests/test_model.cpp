@@ -548,6 +548,28 @@ TEST_CASE("mlm_logits_at gives the logits behind the MLM loss", "[model]") {
   CHECK_THROWS_AS(model.mlm_logits_at(batch.view(), batch.masked_positions, wrong_size), bert::Error);
 }
 
+TEST_CASE("an inference-only model has no gradient arena and answers as the training model", "[model]") {
+  const TestBatch batch = check_batch();
+  Model<float> trained(tiny_config());
+  randomize(trained, 8);
+  bert::ModelOptions options;
+  options.inference_only = true;
+  Model<float> inference(tiny_config(), options);
+  copy_parameters(trained, inference);
+  CHECK(inference.grads().empty());
+  CHECK(trained.grads().size() == trained.parameters().size());
+  const LossStats a = run(trained, batch.view(), false), b = run(inference, batch.view(), false);
+  CHECK(a.loss == b.loss);
+  CHECK(a.mlm_correct == b.mlm_correct);
+  std::vector<float> logits_a(batch.masked_positions.size() * 23), logits_b(logits_a.size());
+  trained.mlm_logits_at(batch.view(), batch.masked_positions, logits_a);
+  inference.mlm_logits_at(batch.view(), batch.masked_positions, logits_b);
+  CHECK(logits_a == logits_b);
+  LossStats stats;
+  CHECK_THROWS_WITH(inference.forward_backward(batch.view(), stats, true),
+                    Catch::Contains("gradients of an inference-only model"));
+}
+
 TEST_CASE("(d) gradient accumulation: two half batches == one full batch", "[model]") {
   // Each half has 3 labelled tokens and 2 sequences, so the mean of the halves' means (HF's
   // per-micro-batch averaging with loss_scale 1/2) equals the full batch's mean.

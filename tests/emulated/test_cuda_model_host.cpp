@@ -12,6 +12,7 @@
 //     upload leave no batch to train on, and the model keeps working
 //   - the dense MLM head: mlm_logits_at still runs on the requested rows; a positions-only batch
 //   - a batch without labels: zero losses and exactly zero gradients
+//   - an inference-only model: the bf16 weights alone on the device, the training model's answers
 // Tolerances as test_cuda_model.cpp: losses rel 2e-2, logits and gradients rel 3e-2 of the tensor's
 // (here: the logits row's) largest CPU value.
 #include <cuda_runtime.h>
@@ -314,6 +315,51 @@ TEST_CASE("cuda model host: mlm_logits_at gives repeated positions in the caller
   check_losses(losses[0], cpu_losses(cpu, train.view()));
   gpu.forward_backward(query.view(), 1.0f, false);
   check_losses(gpu.read_loss_stats(), cpu_losses(cpu, query.view()));  // dropout (5, 9) on both
+}
+
+TEST_CASE("cuda model host: an inference-only model keeps the bf16 weights only and answers as the training one",
+          "[emulated]") {
+  BertForPreTraining<float> cpu(tiny_config());
+  BertForPreTrainingCuda trained(tiny_config());
+  share_bf16_weights(cpu, trained);
+  ModelOptions options;
+  options.inference_only = true;
+  BertForPreTrainingCuda inference(tiny_config(), options);
+  inference.upload_parameters(trained.download_parameters());  // bf16 values: the same working copy
+  inference.reserve(4, 32);
+  trained.reserve(4, 32);
+
+  // Memory: the working copy alone, as memory_plan says; 1/9 of a training model's parameter bytes.
+  const bert::CudaMemoryPlan plan = inference.memory_plan(4, 32), got = inference.allocated();
+  CHECK(got.master_params_bytes == 0);
+  CHECK(got.grads_bytes == 0);
+  CHECK(got.optimizer_bytes == 0);
+  CHECK(got.working_params_bytes == inference.arena_elements() * sizeof(bert::cuda::bf16));
+  CHECK(got.parameter_arena_bytes() == plan.parameter_arena_bytes());
+  CHECK(got.batch_arena_bytes() == plan.batch_arena_bytes());
+  CHECK(trained.allocated().parameter_arena_bytes() == 9 * got.parameter_arena_bytes());
+  CHECK(bert::cuda::test::same_bits(inference.download_parameters(), trained.download_working_parameters()));
+
+  // The same ops on the same bf16 weights: the same logits and losses, bit for bit.
+  const TestBatch batch(71);
+  const std::vector<int32_t> positions = {3, 40, 77, 127};
+  std::vector<float> a(positions.size() * kVocab), b(a.size());
+  trained.mlm_logits_at(batch.view(), positions, a);
+  inference.mlm_logits_at(batch.view(), positions, b);
+  CHECK(bert::cuda::test::same_bits(a, b));
+  trained.forward_backward(batch.view(), 1.0f, false);
+  inference.forward_backward(batch.view(), 1.0f, false);
+  const LossStats trained_loss = trained.read_loss_stats(), inference_loss = inference.read_loss_stats();
+  CHECK(trained_loss.loss == inference_loss.loss);
+  CHECK(trained_loss.nsp_correct == inference_loss.nsp_correct);
+
+  // Training calls are errors that say why.
+  CHECK_THROWS_WITH(inference.forward_backward(batch.view(), 1.0f, true), Catch::Contains("inference-only model"));
+  CHECK_THROWS_WITH(inference.zero_grads(), Catch::Contains("inference-only model"));
+  CHECK_THROWS_WITH(inference.optimizer_step(bert::ops::AdamWHyperparams{}, 1.0f),
+                    Catch::Contains("inference-only model"));
+  CHECK_THROWS_WITH(inference.download_grads(), Catch::Contains("inference-only model"));
+  CHECK_THROWS_WITH(inference.set_optimizer_steps(3), Catch::Contains("inference-only model"));
 }
 
 TEST_CASE("cuda model host: mlm_logits_at failing midway leaves no batch to train on", "[emulated]") {
