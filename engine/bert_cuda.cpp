@@ -592,7 +592,9 @@ void BertForPreTrainingCuda::optimizer_step(const ops::AdamWHyperparams& hyper, 
   cuda::grad_norm(*context_, *tensor_list_, norm);
   // Without clipping the norm still gates the step: a non-finite norm skips it.
   const float max_norm = max_grad_norm > 0.0f ? max_grad_norm : std::numeric_limits<float>::max();
-  cuda::adamw_step(*context_, hyper, *tensor_list_, norm, max_norm, update_count_.data());
+  ops::AdamWHyperparams expected = hyper;  // the step if every queued one is applied (the device decides)
+  expected.step = drained_update_count_ + static_cast<int64_t>(norm_slots_used_) + 1;
+  cuda::adamw_step(*context_, expected, *tensor_list_, norm, max_norm, update_count_.data());
   ++norm_slots_used_;
   optimizer_stepped_ = true;
 }
@@ -605,6 +607,8 @@ void BertForPreTrainingCuda::drain_grad_norms() {
   drained_norms_.resize(first + norm_slots_used_);
   CUDA_CHECK(cudaMemcpy(drained_norms_.data() + first, grad_norms_.data(), norm_slots_used_ * sizeof(float),
                         cudaMemcpyDeviceToHost));
+  for (size_t i = first; i < drained_norms_.size(); ++i)  // as adamw_step decided on the device
+    if (std::isfinite(drained_norms_[i])) ++drained_update_count_;
   last_norm_ = drained_norms_.back();
   norm_slots_used_ = 0;
 }
@@ -631,9 +635,10 @@ int64_t BertForPreTrainingCuda::read_optimizer_steps() {
 void BertForPreTrainingCuda::set_optimizer_steps(int64_t steps) {
   require_training("set_optimizer_steps");
   if (steps < 0) throw Error("BertForPreTrainingCuda::set_optimizer_steps: " + std::to_string(steps) + " < 0");
-  context_->synchronize();  // a queued update may still advance the old count
+  drain_grad_norms();  // queued updates advance the old count first
   const int64_t value[1] = {steps};
   update_count_.upload(value);
+  drained_update_count_ = steps;
 }
 
 // ---- host copies and checkpoints ----------------------------------------------------------------------

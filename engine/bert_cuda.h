@@ -96,6 +96,12 @@ struct CudaMemoryPlan {
 
 class BertForPreTrainingCuda {
  public:
+  // Device slots for results not yet read back: one forward's losses each, one optimizer step's
+  // gradient norm each. When all are in use the next forward / step drains them first (one wait);
+  // a trainer logging every N steps of K micro-batches waits once per window while N*K <= kLossSlots.
+  static constexpr size_t kLossSlots = 1024;
+  static constexpr size_t kNormSlots = 1024;
+
   // Throws std::invalid_argument "BertForPreTrainingCuda: <field> ..." when the kernels cannot run
   // `config` (head_dim = hidden_size / num_attention_heads must be 32, 64 or 128; hidden_size a
   // multiple of 8), and bert::Error for a config that is invalid on any device (as the CPU model).
@@ -162,13 +168,15 @@ class BertForPreTrainingCuda {
   // the device from that norm (max_grad_norm <= 0: no clipping) and the bias-correction step from the
   // device's count of applied updates (count + 1). A non-finite norm skips the update (params,
   // moments and the count unchanged), as the CPU trainer does. hyper.grad_scale and hyper.step are
-  // ignored. No host sync (when every norm slot is in use they are drained first: one wait); the host
-  // learns of a skipped step from the norms (take_grad_norms, read_grad_norm).
+  // ignored (the model passes adamw_step the step it expects: the count at the last drain plus the
+  // steps queued since, so the update is the CPU reference's bit for bit unless a skip it has not
+  // read back yet intervened). No host sync (when every norm slot is in use they are drained first:
+  // one wait); the host learns of a skipped step from the norms (take_grad_norms, read_grad_norm).
   void optimizer_step(const ops::AdamWHyperparams& hyper, float max_grad_norm);
   // The gradient norms of every optimizer_step since the last call, in order (synchronises once).
   std::vector<float> take_grad_norms();
   // The gradient norm of the last optimizer_step (synchronises; does not consume take_grad_norms()'s
-  // list); NaN before the first.
+  // list, which keeps 4 bytes per step until taken); NaN before the first.
   float read_grad_norm();
   // The device's count of applied updates (synchronises). 0 for a new model; set on resume.
   int64_t read_optimizer_steps();
@@ -216,8 +224,6 @@ class BertForPreTrainingCuda {
   struct EventDeleter {
     void operator()(cudaEvent_t event) const noexcept;
   };
-  static constexpr size_t kLossSlots = 64;
-  static constexpr size_t kNormSlots = 1024;
 
   static ArenaPlan plan_arenas(const BertConfig& config, const ModelOptions& options, int64_t capacity_batch,
                                int64_t capacity_tokens);
@@ -259,6 +265,7 @@ class BertForPreTrainingCuda {
   std::vector<LossStats> drained_;    // drained, not yet taken
   std::optional<LossStats> last_loss_;
   size_t norm_slots_used_ = 0;        // grad_norms_ slots written since the last drain
+  int64_t drained_update_count_ = 0;  // the device's update count as of the last drain (or set)
   std::vector<float> drained_norms_;  // drained, not yet taken
   float last_norm_ = 0;
   bool optimizer_stepped_ = false;

@@ -925,7 +925,7 @@ EvalResult Trainer::evaluate() {
 // its bias-correction step are decided on the device, which counts the applied updates as the CPU
 // trainer does. The host only stays within one micro-batch of the device (upload_batch waits for the
 // previous batch's copy), and reads the outcome of the queued steps when it logs, evaluates or saves
-// (settle_steps).
+// (settle_steps); a device error in a step also surfaces there (or at the next upload), not at once.
 void Trainer::train_step_cuda() {
 #if defined(BERT_TRAINER_CUDA)
   const Clock::time_point start = Clock::now();
@@ -1083,9 +1083,12 @@ std::string Trainer::save_checkpoint() {
   settle_steps();
 #if defined(BERT_TRAINER_CUDA)
   // The device counted the updates it applied; the host counted the finite norms it read back.
-  if (cuda_model_ && cuda_model_->read_optimizer_steps() != state_.optimizer_steps)
-    throw Error("internal: the device applied " + std::to_string(cuda_model_->read_optimizer_steps()) +
-                " AdamW updates, the trainer counted " + std::to_string(state_.optimizer_steps));
+  if (cuda_model_) {
+    const int64_t device_steps = cuda_model_->read_optimizer_steps();
+    if (device_steps != state_.optimizer_steps)
+      throw Error("internal: the device applied " + std::to_string(device_steps) +
+                  " AdamW updates, the trainer counted " + std::to_string(state_.optimizer_steps));
+  }
 #endif
   state_.elapsed_s = elapsed_at_start_ + seconds_since(session_start_);
   const std::string path = save_checkpoint_dir(

@@ -12,10 +12,13 @@
 // then one block sums the chunk partials in a fixed order and writes sqrt as float. Deterministic.
 // adamw_step: a one-thread prologue forms the step's scalars on the device, so nothing waits for
 // the host: the clip coefficient (ops::clip_grad_coefficient in double from a device clip_norm; a
-// non-finite norm marks the step skipped), and, with a device step counter, the bias corrections and
-// step size for step = count + 1 in double, rounded to float (the counter advances only when the
-// update is applied). Without a counter they come from the host, formed the same way from
-// hyper.step. The element update uses explicitly rounded fp32 operations (__fmul_rn, __fdiv_rn,
+// non-finite norm marks the step skipped) and, with a device step counter, which step this is
+// (count + 1; the counter advances only when the update is applied). The bias corrections and step
+// size come from the host, formed in double from hyper.step and rounded to float as the CPU
+// reference does; with a counter they are used when count + 1 == hyper.step (the caller's
+// expectation: always, unless a skip it has not seen yet intervened), else the prologue forms them
+// with the device's double pow (within 2 ulp of glibc's: the float result can differ in the last
+// bit). The element update uses explicitly rounded fp32 operations (__fmul_rn, __fdiv_rn,
 // __fsqrt_rn, ...: no FMA contraction), so it reproduces the CPU fp32 reference bit for bit when both
 // see the same scalars; every block of a skipped step returns at once.
 //
@@ -66,7 +69,8 @@ struct AdamWScalars {
 // The host's view of the per-step scalars, and what adamw_prologue_kernel makes of them on the device.
 struct AdamWStepInput {
   double learning_rate, beta1, beta2;
-  float step_size;              // lr / (1 - beta1^t) for the host's step t (no step counter)
+  int64_t step;                 // hyper.step: the host's t (with a counter: the step it expects)
+  float step_size;              // lr / (1 - beta1^t)
   float bias_correction2_sqrt;  // sqrt(1 - beta2^t)
   float grad_scale;             // without a device clip norm
   float max_grad_norm;
@@ -128,8 +132,10 @@ __global__ void adamw_prologue_kernel(AdamWStepInput in, const float* clip_norm,
   }
   if (step_count != nullptr && s.skip == 0) {
     const int64_t step = *step_count + 1;
-    s.step_size = static_cast<float>(in.learning_rate / (1.0 - pow(in.beta1, static_cast<double>(step))));
-    s.bias_correction2_sqrt = static_cast<float>(sqrt(1.0 - pow(in.beta2, static_cast<double>(step))));
+    if (step != in.step) {  // not the step the host formed the scalars for
+      s.step_size = static_cast<float>(in.learning_rate / (1.0 - pow(in.beta1, static_cast<double>(step))));
+      s.bias_correction2_sqrt = static_cast<float>(sqrt(1.0 - pow(in.beta2, static_cast<double>(step))));
+    }
     *step_count = step;
   }
   *out = s;
@@ -273,7 +279,7 @@ void grad_norm(Context& ctx, const MultiTensorList& tensors, float* norm) {
 void adamw_step(Context& ctx, const AdamWHyperparams& hyper, const MultiTensorList& tensors, const float* clip_norm,
                 float max_grad_norm, int64_t* step_count) {
   const char* op = "adamw_step";
-  require(step_count != nullptr || hyper.step >= 1, op, "step must be >= 1 (the first update is step 1)");
+  require(hyper.step >= 1, op, "step must be >= 1 (the first update is step 1)");
   require(hyper.beta1 >= 0 && hyper.beta1 < 1 && hyper.beta2 >= 0 && hyper.beta2 < 1, op, "betas must be in [0, 1)");
   require(clip_norm == nullptr || max_grad_norm > 0, op, "max_grad_norm must be > 0 when clipping");
   AdamWScalars scalars;
@@ -284,12 +290,10 @@ void adamw_step(Context& ctx, const AdamWHyperparams& hyper, const MultiTensorLi
   scalars.decay_factor = static_cast<float>(1.0 - hyper.learning_rate * hyper.weight_decay);
   scalars.decay_enabled = hyper.weight_decay != 0.0 ? 1 : 0;
 
-  AdamWStepInput input{hyper.learning_rate, hyper.beta1, hyper.beta2, 0.0f, 0.0f, 0.0f, max_grad_norm};
-  if (step_count == nullptr) {
-    const double step = static_cast<double>(hyper.step);
-    input.step_size = static_cast<float>(hyper.learning_rate / (1.0 - std::pow(hyper.beta1, step)));
-    input.bias_correction2_sqrt = static_cast<float>(std::sqrt(1.0 - std::pow(hyper.beta2, step)));
-  }
+  const double step = static_cast<double>(hyper.step);
+  AdamWStepInput input{hyper.learning_rate, hyper.beta1, hyper.beta2, hyper.step, 0.0f, 0.0f, 0.0f, max_grad_norm};
+  input.step_size = static_cast<float>(hyper.learning_rate / (1.0 - std::pow(hyper.beta1, step)));
+  input.bias_correction2_sqrt = static_cast<float>(std::sqrt(1.0 - std::pow(hyper.beta2, step)));
   input.grad_scale = static_cast<float>(hyper.grad_scale);
   // The stream orders the prologue's write after every earlier reader of the scratch (grad_norm's
   // partial sums) and before adamw_kernel's read.

@@ -276,9 +276,11 @@ void grad_norm(Context& ctx, const MultiTensorList& tensors, float* norm);
 // One AdamW update of every tensor (ops.h semantics). With clip_norm != nullptr the gradient scale is
 // clip_grad_coefficient(*clip_norm, max_grad_norm) read on the device (no host sync), and a non-finite
 // *clip_norm skips the update entirely (params, moments unchanged); otherwise hyper.grad_scale.
-// With step_count != nullptr (device memory: the number of updates applied so far) the
-// bias-correction step is *step_count + 1, read on the device (hyper.step is unused), and an applied
-// update increments *step_count; a skipped one leaves it. Otherwise the step is hyper.step (>= 1).
+// The bias-correction step is hyper.step (>= 1), or with step_count != nullptr (device memory: the
+// number of updates applied so far) *step_count + 1, read on the device; an applied update then
+// increments *step_count, a skipped one leaves it. hyper.step is the step the caller expects: when
+// they agree the update is the CPU reference's bit for bit, otherwise (a skip the caller has not
+// seen) the bias corrections are formed on the device, possibly an ulp apart.
 void adamw_step(Context& ctx, const AdamWHyperparams& hyper, const MultiTensorList& tensors,
                 const float* clip_norm = nullptr, float max_grad_norm = 0.0f, int64_t* step_count = nullptr);
 

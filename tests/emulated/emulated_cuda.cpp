@@ -910,7 +910,7 @@ void grad_norm(Context& ctx, const MultiTensorList& tensors, float* norm) {
 void adamw_step(Context& ctx, const AdamWHyperparams& hyper, const MultiTensorList& tensors, const float* clip_norm,
                 float max_grad_norm, int64_t* step_count) {
   const char* op = "adamw_step";
-  if (step_count == nullptr && hyper.step < 1) throw std::invalid_argument("adamw_step: step must be >= 1");
+  if (hyper.step < 1) throw std::invalid_argument("adamw_step: step must be >= 1");
   if (clip_norm != nullptr && !(max_grad_norm > 0))
     throw std::invalid_argument("adamw_step: max_grad_norm must be > 0 when clipping");
   optional_device_arg(op, "clip_norm", clip_norm, 1);

@@ -5,7 +5,8 @@
 //   - a training step queues its work: no stream or device sync, uploads only from pinned staging,
 //     the caller's batch arrays reusable at once, and the step's losses and gradient norm right
 //   - reserve() growing while forwards' losses wait in their device slots keeps every loss
-//   - more forwards than the device's loss slots: every loss, in order, one drain per full set
+//   - more forwards than the device's loss slots: every loss, in order, one drain per full set; the
+//     same for optimizer steps and their gradient-norm slots, with the device's update count
 //   - mlm_logits_at: repeated positions in the caller's order, several decoder chunks, equal to the
 //     CPU model's logits; it leaves the loss slots and the dropout setting alone and no batch behind
 //   - mlm_logits_at failing midway (a failed launch, a failed copy of the second chunk) and a rejected
@@ -264,15 +265,16 @@ TEST_CASE("cuda model host: more forwards than loss slots keep every loss in ord
   gpu.reserve(4, 32);
 
   const int64_t syncs_before = bert::emulated::counters().stream_syncs;
-  for (int i = 0; i < 100; ++i) gpu.forward_backward(batches[i % 3].view(), 1.0f, false);
-  // The 64 device slots filled once: one drain (one stream sync), not one per forward.
-  CHECK(bert::emulated::counters().stream_syncs - syncs_before <= 1);
+  const int slots = static_cast<int>(BertForPreTrainingCuda::kLossSlots);
+  for (int i = 0; i < slots + 36; ++i) gpu.forward_backward(batches[i % 3].view(), 1.0f, false);
+  // The device slots filled once: one drain (one stream sync), not one per forward.
+  CHECK(bert::emulated::counters().stream_syncs - syncs_before == 1);
   const LossStats last = gpu.read_loss_stats();  // does not consume the list
-  for (int i = 100; i < 150; ++i) gpu.forward_backward(batches[i % 3].view(), 1.0f, false);
+  for (int i = slots + 36; i < slots + 86; ++i) gpu.forward_backward(batches[i % 3].view(), 1.0f, false);
   const std::vector<LossStats> losses = gpu.take_loss_stats();
-  REQUIRE(losses.size() == 150);
+  REQUIRE(losses.size() == static_cast<size_t>(slots + 86));
   CHECK(gpu.take_loss_stats().empty());
-  CHECK(last.loss == losses[99].loss);
+  CHECK(last.loss == losses[static_cast<size_t>(slots + 35)].loss);
 
   for (size_t k = 0; k < batches.size(); ++k) {
     INFO("batch " << k);
@@ -285,6 +287,28 @@ TEST_CASE("cuda model host: more forwards than loss slots keep every loss in ord
   for (size_t i = 0; i < losses.size(); ++i)
     if (losses[i].loss != losses[i % 3].loss || losses[i].mlm_count != losses[i % 3].mlm_count) ++misplaced;
   CHECK(misplaced == 0);
+}
+
+TEST_CASE("cuda model host: more optimizer steps than norm slots keep every norm and the update count", "[emulated]") {
+  BertForPreTrainingCuda gpu(tiny_config());
+  gpu.reserve(4, 32);
+  const TestBatch batch(44);
+  gpu.forward_backward(batch.view(), 1.0f);  // one set of gradients, kept: every step sees them
+  bert::ops::AdamWHyperparams hyper;
+  hyper.learning_rate = 1e-6;
+  const int steps = static_cast<int>(BertForPreTrainingCuda::kNormSlots) + 10;
+  const int64_t syncs_before = bert::emulated::counters().stream_syncs;
+  for (int i = 0; i < steps; ++i) gpu.optimizer_step(hyper, 1.0f);
+  CHECK(bert::emulated::counters().stream_syncs - syncs_before == 1);  // the one full set drained
+  const std::vector<float> norms = gpu.take_grad_norms();
+  REQUIRE(norms.size() == static_cast<size_t>(steps));
+  for (const float norm : norms) REQUIRE(std::isfinite(norm));
+  CHECK(norms.front() > 0);
+  CHECK(gpu.read_optimizer_steps() == steps);
+  CHECK(gpu.take_grad_norms().empty());
+  CHECK(gpu.read_grad_norm() == norms.back());
+  gpu.set_optimizer_steps(7);  // resume
+  CHECK(gpu.read_optimizer_steps() == 7);
 }
 
 TEST_CASE("cuda model host: mlm_logits_at gives repeated positions in the caller's order", "[emulated]") {

@@ -309,7 +309,7 @@ TEST_CASE("cuda adamw_step with a device clip norm", "[cuda][adamw]") {
 }
 
 // The model's optimizer_step: the bias-correction step comes from a device counter of applied updates
-// (no host sync), a skipped step leaves the counter alone.
+// (no host sync), a skipped step leaves the counter alone; hyper.step is the caller's expectation.
 TEST_CASE("cuda adamw_step with a device step counter", "[cuda][adamw]") {
   Context ctx(cudaStreamLegacy);
   std::mt19937_64 rng(23);
@@ -320,20 +320,29 @@ TEST_CASE("cuda adamw_step with a device step counter", "[cuda][adamw]") {
   DeviceBuffer<int64_t> count = upload<int64_t>(two);
   bert::cpu::Context cpu_ctx(1);
   const float max_grad_norm = 1.0f;
-  // Steps: counted 3, skipped (NaN norm), counted 4.
   const std::vector<float> nan_norm{std::numeric_limits<float>::quiet_NaN()};
   DeviceBuffer<float> bad_norm = upload<float>(nan_norm);
-  for (const int64_t expected_step : {3, 0, 4}) {
-    INFO("expected step " << expected_step);
+  struct Call {
+    int64_t expected;  // hyper.step: what the caller thinks the step is
+    int64_t step;      // what it is (0: skipped by a NaN norm)
+  };
+  // Counted 3 as expected; skipped; counted 4 where the caller, not having seen the skip, expected 5
+  // (the bias corrections formed on the device: within an ulp); counted 5 as expected.
+  for (const Call call : {Call{3, 3}, Call{4, 0}, Call{5, 4}, Call{5, 5}}) {
+    INFO("expected step " << call.expected << ", actual " << call.step);
     model.new_gradients(rng);
     AdamWHyperparams hyper;
     hyper.learning_rate = 0.05;
     hyper.weight_decay = 0.1;
-    hyper.step = 99;  // unused with a counter
-    if (expected_step == 0) {
+    hyper.step = call.expected;
+    if (call.step == 0) {
+      const std::vector<bf16> bf16_before = model.param_bf16_device.download();
       bert::cuda::adamw_step(ctx, hyper, list, bad_norm.data(), max_grad_norm, count.data());
       CHECK(same_bits(model.param_device.download(), model.param));
       CHECK(same_bits(model.exp_avg_device.download(), model.exp_avg));
+      CHECK(same_bits(model.exp_avg_sq_device.download(), model.exp_avg_sq));
+      const std::vector<bf16> bf16_after = model.param_bf16_device.download();
+      CHECK(std::memcmp(bf16_after.data(), bf16_before.data(), bf16_after.size() * sizeof(bf16)) == 0);
       CHECK(count.download().at(0) == 3);
       continue;
     }
@@ -341,20 +350,25 @@ TEST_CASE("cuda adamw_step with a device step counter", "[cuda][adamw]") {
     bert::cuda::grad_norm(ctx, list, norm.data());
     const float gpu_norm = norm.download().at(0);
     bert::cuda::adamw_step(ctx, hyper, list, norm.data(), max_grad_norm, count.data());
-    CHECK(count.download().at(0) == expected_step);
+    CHECK(count.download().at(0) == call.step);
 
     AdamWHyperparams cpu_hyper = hyper;
-    cpu_hyper.step = expected_step;
+    cpu_hyper.step = call.step;
     cpu_hyper.grad_scale = bert::ops::clip_grad_coefficient(gpu_norm, max_grad_norm);
     const std::vector<float> before = model.param;
     const auto cpu_tensors = model.cpu_tensors();
     bert::cpu::adamw_step<float>(cpu_ctx, cpu_hyper, cpu_tensors);
-    // The bias corrections are formed by the device's double pow here (the host's otherwise): the same
-    // floats but for a last-bit tie, so this compares at fp32 tolerance rather than bitwise.
     const std::vector<float> gpu_param = model.param_device.download();
+    const std::vector<float> gpu_exp_avg = model.exp_avg_device.download();
+    const std::vector<float> gpu_exp_avg_sq = model.exp_avg_sq_device.download();
     CHECK_CLOSE_REL("param update", difference(gpu_param, before), difference(model.param, before), 1e-5);
-    CHECK_CLOSE_REL("exp_avg", model.exp_avg_device.download(), model.exp_avg, 1e-5);
-    CHECK_CLOSE_REL("exp_avg_sq", model.exp_avg_sq_device.download(), model.exp_avg_sq, 1e-5);
+    CHECK_CLOSE_REL("exp_avg", gpu_exp_avg, model.exp_avg, 1e-5);
+    CHECK_CLOSE_REL("exp_avg_sq", gpu_exp_avg_sq, model.exp_avg_sq, 1e-5);
+    if (call.step == call.expected) {  // the host's scalars: the CPU reference's bits
+      CHECK(same_bits(gpu_param, model.param));
+      CHECK(same_bits(gpu_exp_avg, model.exp_avg));
+      CHECK(same_bits(gpu_exp_avg_sq, model.exp_avg_sq));
+    }
     model.check_bf16_copy(gpu_param);
     model.param_device.upload(model.param);
     model.exp_avg_device.upload(model.exp_avg);
