@@ -4,7 +4,8 @@
 # but nothing says it has Catch2, OpenBLAS or the zlib headers, and it cannot download anything.
 # So this script, run HERE (Debian 12, x86-64, network), brings them as Debian packages:
 #
-#   .gpu-deps/debs/*.deb          catch2, OpenBLAS (pthread) + libgfortran5/libquadmath0, libgomp1,
+#   .gpu-deps/debs/*.deb          catch2, OpenBLAS (OpenMP build: what the prebuilt binaries link;
+#                                 pthread build + headers: a device build's) + libgfortran5/libquadmath0, libgomp1,
 #                                 zlib1g(-dev): unpacked there with dpkg-deb -x into /tmp, never into /
 #   .gpu-deps/prebuilt/bin.tar.xz (with --prebuilt BUILD_DIR) the GPU test executables,
 #                                 bench_kernels and bench_train_step built here; gpu_check.sh runs
@@ -21,7 +22,7 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 
 DEPS=.gpu-deps
-PACKAGES=(catch2 libopenblas0-pthread libopenblas-pthread-dev libgfortran5 libquadmath0 libgomp1 zlib1g zlib1g-dev)
+PACKAGES=(catch2 libopenblas0-openmp libopenblas0-pthread libopenblas-pthread-dev libgfortran5 libquadmath0 libgomp1 zlib1g zlib1g-dev)
 
 prebuilt=""
 while (($#)); do

@@ -103,7 +103,9 @@ for dir in /usr/local/cuda/lib64 /usr/local/cuda/targets/x86_64-linux/lib \
            $(python3 -c 'import glob, site; print(" ".join(sorted({p.rsplit("/", 1)[0] for s in site.getsitepackages() for p in glob.glob(s + "/nvidia/**/libcublasLt.so*", recursive=True)})))' 2>/dev/null); do
   [[ -d "$dir" ]] && ls "$dir"/libcublasLt.so* >/dev/null 2>&1 && cuda_dirs="$cuda_dirs:$dir"
 done
-library_path="${LD_LIBRARY_PATH:-}${cuda_dirs}:$DEPS_LIB:$DEPS_LIB/openblas-pthread:$DEPS_ROOT/lib/x86_64-linux-gnu"
+# OpenBLAS: the OpenMP build first (the one CMakeLists.txt prefers and the prebuilt binaries link).
+library_path="${LD_LIBRARY_PATH:-}${cuda_dirs}:$DEPS_LIB:$DEPS_LIB/openblas-openmp:$DEPS_LIB/openblas-pthread"
+library_path="$library_path:$DEPS_ROOT/lib/x86_64-linux-gnu"
 export LD_LIBRARY_PATH="${library_path#:}"  # an empty entry would mean the current directory
 echo "LD_LIBRARY_PATH=$LD_LIBRARY_PATH" >>"$SETUP_LOG"
 
