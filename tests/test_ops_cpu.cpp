@@ -21,6 +21,7 @@
 #include <vector>
 
 #include "kernels/cpu/ops_cpu.h"
+#include "kernels/cpu/ops_cpu_detail.h"
 
 namespace {
 
@@ -652,48 +653,84 @@ void check_attention_case(AttentionCase& c) {
   check_float_matches_double(c);
 }
 
-TEST_CASE("attention: separate q/k/v with padding and a fully padded sequence and no dropout") {
-  AttentionCase c(3, 5, 2, 3, false, 0.0f, 131);
-  check_attention_case(c);
+// Attention's two implementations (kernels/cpu/attention.cpp): per-head loops, and per-head BLAS
+// GEMMs (the default with OpenBLAS's OpenMP build). Each test runs on both; `run(uses_blas)`.
+void for_both_attention_paths(const std::function<void(bool)>& run) {
+  for (const bool blas : {false, true}) {
+    INFO((blas ? "BLAS GEMM" : "loop") << " attention");
+    cpu::detail::set_attention_blas(blas ? 1 : 0);
+    run(blas);
+  }
+  cpu::detail::set_attention_blas(-1);
+}
 
-  // The fully padded sequence (b = 2) attends uniformly: context = mean of its V rows, and the
-  // scores get no gradient. Its logsumexp is log(seq_len).
-  const Outputs<double> out = c.run<double>(1);
-  for (int64_t i = 0; i < 5; ++i)
-    for (int64_t column = 0; column < 6; ++column) {
-      double mean = 0;
-      for (int64_t j = 0; j < 5; ++j) mean += c.q_at(2, 10 + j, column) / 5;
-      CHECK(out.at("context")[(10 + i) * 6 + column] == Approx(mean).epsilon(1e-14));
-      CHECK(out.at("dqkv")[c.offset(0) + (10 + i) * 6 + column] == 0.0);
-      CHECK(out.at("dqkv")[c.offset(1) + (10 + i) * 6 + column] == 0.0);
-    }
-  for (int64_t h = 0; h < 2; ++h)
-    for (int64_t i = 0; i < 5; ++i) CHECK(out.at("logsumexp")[(2 * 2 + h) * 5 + i] == Approx(std::log(5.0)));
-  // Padded keys of sequence 1 get no gradient through k or v.
-  for (int64_t j = 3; j < 5; ++j)
-    for (int64_t column = 0; column < 6; ++column) {
-      CHECK(out.at("dqkv")[c.offset(1) + (5 + j) * 6 + column] == 0.0);
-      CHECK(out.at("dqkv")[c.offset(2) + (5 + j) * 6 + column] == 0.0);
-    }
+TEST_CASE("attention: both implementations give the same results, and the BLAS one is the default where it runs") {
+  AttentionCase c(3, 33, 2, 8, true, 0.2f, 191);
+  cpu::detail::set_attention_blas(0);
+  const Outputs<double> loops = c.run<double>(2);
+  const Outputs<float> loops_float = c.run<float>(2);
+  cpu::detail::set_attention_blas(1);
+  const Outputs<double> gemms = c.run<double>(2);
+  const Outputs<float> gemms_float = c.run<float>(2);
+  cpu::detail::set_attention_blas(-1);
+  for (const char* name : {"context", "logsumexp", "dqkv"}) {
+    INFO(name);
+    CHECK(max_relative_difference(gemms.at(name), loops.at(name)) < 1e-12);
+    const std::vector<float>&a = gemms_float.at(name), &b = loops_float.at(name);
+    CHECK(max_relative_difference(Vec(a.begin(), a.end()), Vec(b.begin(), b.end())) < 1e-4);
+  }
+  // Installed by scripts/setup.sh (CMakeLists.txt prefers it): then attention uses BLAS by default.
+  if (!cpu::detail::attention_uses_blas()) WARN("this build's BLAS is not OpenBLAS for OpenMP: attention uses loops");
+}
+
+TEST_CASE("attention: separate q/k/v with padding and a fully padded sequence and no dropout") {
+  for_both_attention_paths([](bool) {
+    AttentionCase c(3, 5, 2, 3, false, 0.0f, 131);
+    check_attention_case(c);
+
+    // The fully padded sequence (b = 2) attends uniformly: context = mean of its V rows, and the
+    // scores get no gradient. Its logsumexp is log(seq_len).
+    const Outputs<double> out = c.run<double>(1);
+    for (int64_t i = 0; i < 5; ++i)
+      for (int64_t column = 0; column < 6; ++column) {
+        double mean = 0;
+        for (int64_t j = 0; j < 5; ++j) mean += c.q_at(2, 10 + j, column) / 5;
+        CHECK(out.at("context")[(10 + i) * 6 + column] == Approx(mean).epsilon(1e-14));
+        CHECK(out.at("dqkv")[c.offset(0) + (10 + i) * 6 + column] == 0.0);
+        CHECK(out.at("dqkv")[c.offset(1) + (10 + i) * 6 + column] == 0.0);
+      }
+    for (int64_t h = 0; h < 2; ++h)
+      for (int64_t i = 0; i < 5; ++i) CHECK(out.at("logsumexp")[(2 * 2 + h) * 5 + i] == Approx(std::log(5.0)));
+    // Padded keys of sequence 1 get no gradient through k or v.
+    for (int64_t j = 3; j < 5; ++j)
+      for (int64_t column = 0; column < 6; ++column) {
+        CHECK(out.at("dqkv")[c.offset(1) + (5 + j) * 6 + column] == 0.0);
+        CHECK(out.at("dqkv")[c.offset(2) + (5 + j) * 6 + column] == 0.0);
+      }
+  });
 }
 
 TEST_CASE("attention: fused q/k/v rows of 3*hidden with dropout regenerated in backward") {
   // With a fixed DropoutSpec the op is a smooth function of q/k/v, so finite differences only
   // agree if backward applies exactly the forward's mask; the naive forward uses the documented
   // element index ((b*H + h)*S + i)*S + j.
-  AttentionCase c(3, 5, 2, 3, true, 0.3f, 141);
-  check_attention_case(c);
-  AttentionCase no_mask_rows(2, 4, 3, 2, true, 0.0f, 151);
-  check_attention_case(no_mask_rows);
+  for_both_attention_paths([](bool) {
+    AttentionCase c(3, 5, 2, 3, true, 0.3f, 141);
+    check_attention_case(c);
+    AttentionCase no_mask_rows(2, 4, 3, 2, true, 0.0f, 151);
+    check_attention_case(no_mask_rows);
+  });
 }
 
 TEST_CASE("attention: wide shape: sampled finite differences and deterministic for any thread count") {
-  AttentionCase c(3, 17, 4, 8, true, 0.1f, 161);
-  const Outputs<double> out = c.run<double>(3);
-  check_all_finite(out);
-  CHECK(max_relative_difference(out.at("context"), c.naive_context()) < 1e-13);
-  check_gradient_sampled("wide attention dqkv", c.qkv, out.at("dqkv"), c.probe(), 48, 1);
-  check_deterministic(c);
+  for_both_attention_paths([](bool) {
+    AttentionCase c(3, 17, 4, 8, true, 0.1f, 161);
+    const Outputs<double> out = c.run<double>(3);
+    check_all_finite(out);
+    CHECK(max_relative_difference(out.at("context"), c.naive_context()) < 1e-13);
+    check_gradient_sampled("wide attention dqkv", c.qkv, out.at("dqkv"), c.probe(), 48, 1);
+    check_deterministic(c);
+  });
 }
 
 TEST_CASE("attention: a row stride below hidden is rejected") {

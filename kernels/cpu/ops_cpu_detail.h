@@ -23,6 +23,12 @@ template <class T>
 void gemm(bool transpose_a, bool transpose_b, int64_t m, int64_t n, int64_t k, T alpha, const T* a, int64_t lda,
           const T* b, int64_t ldb, T beta, T* c, int64_t ldc);
 
+// Whether attention runs its per-head products as BLAS GEMMs (kernels/cpu/attention.cpp): yes with
+// OpenBLAS's OpenMP build, else plain loops. set_attention_blas(1 / 0) forces either (tests),
+// -1 restores the automatic choice.
+bool attention_uses_blas();
+void set_attention_blas(int setting);
+
 // Rows per partial sum in deterministic column reductions. Fixed, so the summation order (and the
 // bits of the result) never depend on the thread count.
 constexpr int64_t kRowsPerChunk = 32;
