@@ -191,7 +191,8 @@ class BertForPreTrainingCuda {
   std::vector<float> download_parameters() const;          // fp32 master arena (inference-only: the bf16 copy)
   std::vector<float> download_working_parameters() const;  // bf16 working arena, as float
   std::vector<float> download_grads() const;               // fp32 grads arena
-  // Sets the master weights (arena_elements values) and their bf16 working copy; moments untouched.
+  // Sets the master weights (arena_elements values) and their bf16 working copy (inference-only: the
+  // bf16 copy alone, rounded on the host); moments untouched.
   void upload_parameters(std::span<const float> arena);
   void download_moments(std::vector<float>& exp_avg, std::vector<float>& exp_avg_sq) const;
   void upload_moments(std::span<const float> exp_avg, std::span<const float> exp_avg_sq);

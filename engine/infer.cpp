@@ -2,6 +2,8 @@
 // documented in engine/infer.h.
 #include "engine/infer.h"
 
+#include <omp.h>
+
 #include <algorithm>
 #include <cmath>
 #include <cstdio>
@@ -643,6 +645,7 @@ int infer_main(const std::vector<std::string>& argv, std::istream& in, std::ostr
   if (device == "cuda") check_cuda_device();  // before any file is read
   const int top_k = static_cast<int>(args.integer("--top-k", 1, 1 << 20));
   const int threads = static_cast<int>(args.integer("--threads", 0, 4096));
+  if (threads > 0) omp_set_num_threads(threads);  // the GEMMs' pool too (OpenBLAS's OpenMP build)
   const bool json = args.has("--json");
   const std::string model_dir = args.str("--model");
 

@@ -1295,8 +1295,9 @@ void reexec_with_thread_settings(char** argv) {
   constexpr const char* kMarker = "BERT_TRAIN_THREAD_SETTINGS";
   if (std::getenv(kMarker) != nullptr) return;
   bool changed = false;
-  // Threads that wait passively leave the core to the other pool's workers (OpenMP regions and
-  // OpenBLAS GEMMs alternate within every layer).
+  // Threads that wait passively leave the core to whoever runs next: OpenMP regions and OpenBLAS
+  // GEMMs alternate within every layer (with the pthread OpenBLAS, two pools; measured faster with
+  // the OpenMP build too, bench/RESULTS.md). OPENBLAS_THREAD_TIMEOUT is the pthread build's.
   if (std::getenv("OMP_WAIT_POLICY") == nullptr) changed |= ::setenv("OMP_WAIT_POLICY", "PASSIVE", 1) == 0;
   if (std::getenv("OPENBLAS_THREAD_TIMEOUT") == nullptr) changed |= ::setenv("OPENBLAS_THREAD_TIMEOUT", "4", 1) == 0;
   if (!changed) return;

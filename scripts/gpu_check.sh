@@ -131,13 +131,20 @@ if [[ $mode == build ]]; then
   export CUDACXX=${CUDACXX:-$(command -v nvcc)}
   # The linker finds the carried OpenBLAS's own needs (libgfortran) through LD_LIBRARY_PATH (above).
   export LIBRARY_PATH="$DEPS_LIB:$DEPS_LIB/openblas-pthread${LIBRARY_PATH:+:$LIBRARY_PATH}"
+  # cblas.h (libopenblas-pthread-dev's; no find_path in CMakeLists.txt looks for it): the compiler's
+  # own search path. The image has no cblas.h of its own.
+  export CPATH="$DEPS_ROOT/usr/include/x86_64-linux-gnu/openblas-pthread${CPATH:+:$CPATH}"
   # shellcheck disable=SC2016  # expanded by the inner shell, from its arguments
   timeout "$BUILD_TIMEOUT" bash -c '
     set -eo pipefail
+    blas_openmp=()  # the carried OpenMP OpenBLAS, as CMakeLists.txt prefers it (else FindBLAS: pthread)
+    if [[ -f "$3/openblas-openmp/libopenblas.so.0" ]]; then
+      blas_openmp=(-DBERT_OPENBLAS_OPENMP="$3/openblas-openmp/libopenblas.so.0")
+    fi
     cmake -S "$0" -B "$1" -G Ninja -DCMAKE_BUILD_TYPE=Release -DBERT_CUDA=ON -DBERT_PYTHON="$(command -v python3)" \
       -DCMAKE_PREFIX_PATH="$2/usr" -DCMAKE_LIBRARY_PATH="$3;$3/openblas-pthread" \
       -DCMAKE_INCLUDE_PATH="$2/usr/include;$2/usr/include/x86_64-linux-gnu/openblas-pthread" \
-      -DZLIB_ROOT="$2/usr" -DBLA_VENDOR=OpenBLAS
+      -DZLIB_ROOT="$2/usr" -DBLA_VENDOR=OpenBLAS "${blas_openmp[@]}"
     targets=$(ninja -C "$1" -t targets all | grep -oE "^(test_device|test_cuda_[a-z_]+|bench_kernels|bench_train_step|bert_train|bert_prepare|bert_tokenizer):" | tr -d : | sort -u)
     echo "targets: $targets"
     ninja -C "$1" -j "$(nproc)" $targets

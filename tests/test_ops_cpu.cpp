@@ -679,6 +679,20 @@ TEST_CASE("attention: both implementations give the same results, and the BLAS o
     const std::vector<float>&a = gemms_float.at(name), &b = loops_float.at(name);
     CHECK(max_relative_difference(Vec(a.begin(), a.end()), Vec(b.begin(), b.end())) < 1e-4);
   }
+  // BERT's head shape (S 128, D 64: OpenBLAS's packed GEMM path rather than its small-matrix
+  // kernels), and the same bits for any thread count.
+  AttentionCase bert(2, 128, 2, 64, true, 0.1f, 193);
+  cpu::detail::set_attention_blas(0);
+  const Outputs<float> bert_loops = bert.run<float>(2);
+  cpu::detail::set_attention_blas(1);
+  const Outputs<float> bert_one = bert.run<float>(1), bert_three = bert.run<float>(3);
+  cpu::detail::set_attention_blas(-1);
+  for (const char* name : {"context", "logsumexp", "dqkv"}) {
+    INFO("BERT shape: " << name);
+    CHECK(bert_one.at(name) == bert_three.at(name));
+    const std::vector<float>&a = bert_one.at(name), &b = bert_loops.at(name);
+    CHECK(max_relative_difference(Vec(a.begin(), a.end()), Vec(b.begin(), b.end())) < 1e-4);
+  }
   // Installed by scripts/setup.sh (CMakeLists.txt prefers it): then attention uses BLAS by default.
   if (!cpu::detail::attention_uses_blas()) WARN("this build's BLAS is not OpenBLAS for OpenMP: attention uses loops");
 }

@@ -19,7 +19,9 @@
 // dO V^T, dS K, dS^T Q): that build runs a GEMM called inside our parallel loop on the calling thread
 // alone, with its vector kernels, ~2x faster than the loops above on AVX-512. Per thread 3 S^2
 // scratch values (backward; 192 KB at S = 128). Another BLAS (whose own threads a call from inside a
-// parallel region would contend for) keeps the loops. Same semantics; the sums' order differs.
+// parallel region would contend for) keeps the loops. Same semantics, but the sums' order differs and
+// the GEMMs multiply the zero weights of padded or dropped keys too, so a non-finite K or V row
+// there reaches the outputs (as in the CUDA kernel's tiles); the loops skip such keys.
 #include "kernels/cpu/ops_cpu_detail.h"
 
 extern "C" int openblas_get_parallel() __attribute__((weak));  // OpenBLAS: 0 serial, 1 pthreads, 2 OpenMP
