@@ -27,21 +27,7 @@
 
 using namespace bert;
 
-namespace {
-
 using namespace bert::test;
-
-// The first line of an exception's message, and whether it had only one.
-std::string error_of(const std::function<void()>& run) {
-  try {
-    run();
-  } catch (const std::exception& e) {
-    return e.what();
-  }
-  return "(no error)";
-}
-
-}  // namespace
 
 TEST_CASE("total steps and trainer state round trip") {
   TrainingConfig training;

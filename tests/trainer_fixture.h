@@ -4,6 +4,8 @@
 
 #include <catch2/catch.hpp>
 #include <csignal>
+#include <exception>
+#include <functional>
 #include <sstream>
 #include <string>
 #include <vector>
@@ -44,6 +46,22 @@ inline void make_tiny_data() {
                         "--max-seq-len", "32", "--dupe-factor", "2", "--valid-fraction", "0.1", "--seed", "3",
                         "--threads", "1", "--quiet"},
                        out, err) == 0);
+}
+
+// The smallest model the CUDA kernels take (head_dim 32), for the GPU trainer tests and their
+// emulated runs.
+constexpr const char* kCudaTinyModel =
+    "hidden_size = 64\nnum_hidden_layers = 2\nnum_attention_heads = 2\nintermediate_size = 128\n"
+    "max_position_embeddings = 32\n";
+
+// The message of what `run` throws ("(no error)" when nothing is thrown).
+inline std::string error_of(const std::function<void()>& run) {
+  try {
+    run();
+  } catch (const std::exception& e) {
+    return e.what();
+  }
+  return "(no error)";
 }
 
 constexpr const char* kTinyModel =

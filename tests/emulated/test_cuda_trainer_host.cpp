@@ -29,20 +29,9 @@ using namespace bert::test;
 
 namespace {
 
-constexpr const char* kGpuModel =
-    "hidden_size = 64\nnum_hidden_layers = 2\nnum_attention_heads = 2\nintermediate_size = 128\n"
-    "max_position_embeddings = 32\n";
+constexpr const char* kGpuModel = kCudaTinyModel;
 constexpr const char* kSettings =
     "device = \"cuda\"\nper_device_train_batch_size = 16\nlearning_rate = 2e-3\nwarmup_steps = 2\n";
-
-std::string error_of(const std::function<void()>& run) {
-  try {
-    run();
-  } catch (const std::exception& e) {
-    return e.what();
-  }
-  return "(no error)";
-}
 
 bool one_line(const std::string& message) { return message.find('\n') == std::string::npos; }
 

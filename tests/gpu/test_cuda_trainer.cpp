@@ -24,10 +24,7 @@ using namespace bert::test;
 
 namespace {
 
-// head_dim 32: the smallest the fused attention kernel takes.
-constexpr const char* kGpuModel =
-    "hidden_size = 64\nnum_hidden_layers = 2\nnum_attention_heads = 2\nintermediate_size = 128\n"
-    "max_position_embeddings = 32\n";
+constexpr const char* kGpuModel = kCudaTinyModel;
 constexpr const char* kSettings =
     "per_device_train_batch_size = 16\ngradient_accumulation_steps = 2\nlearning_rate = 2e-3\n"
     "warmup_steps = 10\nlogging_steps = 10\neval_steps = 100\nsave_steps = 100\n";
