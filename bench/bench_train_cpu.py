@@ -41,7 +41,7 @@ SHAPES = {
     "bert-base": dict(hidden=768, layers=12, heads=12, intermediate=3072, vocab=30522, seq=128, batch=8),
 }
 
-from hf_bench_common import hf_decay_groups, make_batch, masked_per_sequence, training_flops  # noqa: E402
+from hf_bench_common import hf_decay_groups, make_batch, masked_per_sequence, training_flops, write_json  # noqa: E402
 
 
 # ---- the HF side (runs in its own process: `bench_train_cpu.py --hf-worker JSON`) -----------------------
@@ -302,11 +302,7 @@ def main():
                   f"HF eager {w['hf_eager']['tokens_per_s']:.0f} tok/s")
     print(f"\nload before {record['load_before']}, total {record['wall_s']} s")
     if args.json:
-        os.makedirs(os.path.dirname(os.path.abspath(args.json)), exist_ok=True)
-        with open(args.json, "w") as f:
-            json.dump(record, f, indent=1)
-            f.write("\n")
-        print(f"wrote {args.json}")
+        write_json(record, args.json)
 
 
 if __name__ == "__main__":

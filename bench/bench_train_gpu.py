@@ -88,7 +88,7 @@ def bf16_dense_peak(name):
 CORPUS_TOKENS = 1.0e9
 SEED_NOTEBOOK_HOURS = 9.0  # the seed notebook's epoch (HF Trainer), as reported in the issue
 
-from hf_bench_common import hf_decay_groups, make_batch, masked_per_sequence, training_flops  # noqa: E402
+from hf_bench_common import hf_decay_groups, make_batch, masked_per_sequence, training_flops, write_json  # noqa: E402
 
 
 def model_mlm_rows(s):
@@ -371,11 +371,7 @@ def main():
     record["wall_s"] = round(time.time() - started, 1)
     print(f"total {record['wall_s']} s")
     if args.json:
-        os.makedirs(os.path.dirname(os.path.abspath(args.json)), exist_ok=True)
-        with open(args.json, "w") as f:
-            json.dump(record, f, indent=1)
-            f.write("\n")
-        print(f"wrote {args.json}")
+        write_json(record, args.json)
     # Exit status 0: ours ran on every shape (when asked) and at least one HF variant ran (when any was asked).
     ours_ok = "ours" not in variants or all("error" not in e["ours"] for e in record["shapes"].values())
     hf_asked = [v for v in variants if v != "ours"]

@@ -90,6 +90,18 @@ struct Batch {
   int64_t batch = 0, seq_len = 0;
   std::vector<int32_t> input_ids, token_type_ids, attention_mask, labels, nsp_labels;
   int64_t num_masked = 0;
+
+  bert::BatchView view() const {
+    bert::BatchView v;
+    v.batch = batch;
+    v.seq_len = seq_len;
+    v.input_ids = input_ids.data();
+    v.token_type_ids = token_type_ids.data();
+    v.attention_mask = attention_mask.data();
+    v.labels = labels.data();
+    v.nsp_labels = nsp_labels.data();
+    return v;
+  }
 };
 
 constexpr int32_t kCls = 2, kSep = 3, kMask = 4, kFirstOrdinary = 5;
@@ -244,14 +256,7 @@ int bench_cuda(const Shape& shape) {
   const double build_s = seconds_since(build_start);
 
   const Batch data = make_batch(batch, seq_len, config.vocab_size, 1234);
-  bert::BatchView view;
-  view.batch = batch;
-  view.seq_len = seq_len;
-  view.input_ids = data.input_ids.data();
-  view.token_type_ids = data.token_type_ids.data();
-  view.attention_mask = data.attention_mask.data();
-  view.labels = data.labels.data();
-  view.nsp_labels = data.nsp_labels.data();
+  const bert::BatchView view = data.view();
 
   const cudaStream_t stream = model.context().stream();
   cudaEvent_t events[3];
@@ -447,14 +452,7 @@ int bench_main(int argc, char** argv) {
   const double build_s = seconds_since(build_start);
 
   const Batch data = make_batch(batch, seq_len, config.vocab_size, 1234);
-  bert::BatchView view;
-  view.batch = batch;
-  view.seq_len = seq_len;
-  view.input_ids = data.input_ids.data();
-  view.token_type_ids = data.token_type_ids.data();
-  view.attention_mask = data.attention_mask.data();
-  view.labels = data.labels.data();
-  view.nsp_labels = data.nsp_labels.data();
+  const bert::BatchView view = data.view();
 
   bert::cpu::Context context(threads);
   const size_t arena = model.parameters().size();

@@ -62,3 +62,14 @@ def hf_decay_groups(torch, model, weight_decay=0.01):
         {"params": [p for n, p in named if n not in no_decay and "bias" not in n], "weight_decay": weight_decay},
         {"params": [p for n, p in named if n in no_decay or "bias" in n], "weight_decay": 0.0},
     ]
+
+
+def write_json(record, path):
+    """The benchmark's record as indented JSON at `path` (directories made), and a line saying so."""
+    import json
+    import os
+    os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
+    with open(path, "w") as f:
+        json.dump(record, f, indent=1)
+        f.write("\n")
+    print(f"wrote {path}")

@@ -29,15 +29,7 @@ import sys
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 import tiny_corpus  # noqa: E402
-from tiny_corpus import run  # noqa: E402
-
-FAILURES = []
-
-
-def check(ok, message):
-    print(("ok    " if ok else "FAIL  ") + message, flush=True)
-    if not ok:
-        FAILURES.append(message)
+from tiny_corpus import FAILURES, check, run  # noqa: E402
 
 
 STEPS, ACCUMULATION, BATCH, LR, WARMUP, WEIGHT_DECAY, MAX_GRAD_NORM = 40, 2, 8, 2e-3, 4, 0.01, 1.0

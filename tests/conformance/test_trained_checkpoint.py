@@ -20,15 +20,7 @@ import sys
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 import tiny_corpus  # noqa: E402
-from tiny_corpus import run  # noqa: E402
-
-FAILURES = []
-
-
-def check(ok, message):
-    print(("ok    " if ok else "FAIL  ") + message, flush=True)
-    if not ok:
-        FAILURES.append(message)
+from tiny_corpus import FAILURES, check, run  # noqa: E402
 
 
 def main():

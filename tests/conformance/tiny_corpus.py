@@ -10,6 +10,16 @@ SENTENCES = ["이순신은 조선 중기의 무신이다.", "한산도 대첩에
              "세종은 훈민정음을 창제하였다.", "집현전 학자들이 한글 연구를 도왔다.", "BERT는 마스크 언어 모델로 학습된다."]
 
 
+FAILURES = []  # the messages of the checks that failed, in order
+
+
+def check(ok, message):
+    """Prints an ok / FAIL line; a failure is also kept in FAILURES (the test exits non-zero on any)."""
+    print(("ok    " if ok else "FAIL  ") + message, flush=True)
+    if not ok:
+        FAILURES.append(message)
+
+
 def run(cmd):
     """Runs a command; exits with its output if it fails."""
     p = subprocess.run(cmd, capture_output=True, text=True)
