@@ -1,7 +1,7 @@
-// Test-side controls of the host-only CUDA emulation (tests/emulated/emulated_cuda.cpp): what the host
-// has asked of the emulated device so far (syncs, copies, queued work), fault injection, and the
-// execution mode. Only for executables linked with emulated_cuda.cpp instead of the CUDA runtime and
-// bert_ops_cuda (test_cuda_model_emulated).
+// Test-side controls of the host-only CUDA emulation (tests/emulated/emulated_runtime.cpp): what the
+// host has asked of the emulated device so far (syncs, copies, queued work), fault injection, and the
+// execution mode. Only for executables linked with emulated_runtime.cpp instead of the CUDA runtime
+// (test_cuda_model_emulated, test_cuda_trainer_emulated, test_cuda_kernels_emulated).
 #pragma once
 
 #include <cstdint>

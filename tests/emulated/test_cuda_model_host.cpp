@@ -1,4 +1,4 @@
-// BertForPreTrainingCuda's host logic on the emulated device (tests/emulated/emulated_cuda.cpp: deferred
+// BertForPreTrainingCuda's host logic on the emulated device (tests/emulated/emulated_runtime.cpp: deferred
 // execution, poisoned allocations, bounds-checked op arguments, fault injection), in the scenarios a
 // real-device run rarely reaches. The same tiny BERT as tests/gpu/test_cuda_model.cpp (hidden 64,
 // 2 layers, vocab 300) against the fp32 CPU model on the same bf16 weights:

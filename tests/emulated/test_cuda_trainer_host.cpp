@@ -1,5 +1,5 @@
-// bert_train with device = "cuda" on the emulated device (tests/emulated/emulated_cuda.cpp), in the
-// cases a real-device run rarely reaches or cannot show:
+// bert_train with device = "cuda" on the emulated device (tests/emulated/emulated_runtime.cpp, emulated_ops.cpp), in
+// the cases a real-device run rarely reaches or cannot show:
 //   - a model that does not fit the device's free memory, and a config the kernels do not support:
 //     one-line errors naming the cause (the bytes needed and free), before any output is written
 //   - MFU in the log line and in metrics.jsonl, formed from the model's FLOPs and the device's peak

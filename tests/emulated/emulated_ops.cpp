@@ -1,57 +1,28 @@
-// A host-only emulation of the CUDA runtime calls and the bert::cuda ops (kernels/cuda/ops_cuda.h)
-// that engine/bert_cuda.cpp uses, linked in place of libcudart, cuBLASLt and bert_ops_cuda, so the
-// CUDA model's HOST logic runs in every CI job, none of which has a GPU (test_cuda_model_emulated:
-// tests/gpu/test_cuda_model.cpp unmodified, plus tests/emulated/test_cuda_model_host.cpp).
+// The bert::cuda ops (kernels/cuda/ops_cuda.h) that engine/bert_cuda.cpp uses, emulated on the host
+// through kernels/cpu, in place of bert_ops_cuda and cuBLASLt; with the runtime emulation
+// (emulated_runtime.cpp) the CUDA model's HOST logic runs in every CI job, none of which has a GPU
+// (test_cuda_model_emulated: tests/gpu/test_cuda_model.cpp unmodified plus
+// tests/emulated/test_cuda_model_host.cpp; test_cuda_trainer_emulated).
 //
-// What a test run against it verifies:
+// What a test run against it verifies, beyond the runtime's checks (memory, ordering, handshakes):
 //   - the op sequence and its arguments (shapes, arena offsets, which buffer each op reads and
 //     writes, dropout specs, loss scales), through the results: each op is the bert::cpu fp32 op on
 //     its bf16 inputs widened to float, and its outputs are rounded to bf16 exactly where the real
 //     kernel writes bf16 (fp32 gradients, statistics, moments and master weights stay fp32). So the
 //     CUDA model must match the CPU model within the real kernels' tolerances, and the rounding
 //     points of the mixed-precision scheme are the real ones.
-//   - arena planning: every device pointer an op, copy or memset is given must lie, with the extent
-//     its shape implies, inside one live cudaMalloc allocation; gathered and scattered rows, ids,
-//     token types and labels must be in range when the op executes. A violation is a device fault
-//     (below). cudaMalloc and cudaMallocHost memory comes back poisoned (every byte 0xFF: NaN in
-//     bf16 and fp32, -1 as int32), so a value read before anything wrote it shows up in the results.
-//   - event and stream ordering, uploads through pinned staging: execution is deferred. Every stream
-//     operation (op, cudaMemcpyAsync, cudaMemsetAsync) is queued on its stream and runs only when the
-//     host waits for it: cudaStreamSynchronize, cudaEventSynchronize (up to the point recorded),
-//     cudaDeviceSynchronize, and cudaFree / cudaFreeHost (implicitly synchronising). An async copy
-//     reads its host memory when it executes, not when it is issued, so a staging buffer rewritten
-//     before its copy ran, or a result read before the wait, gives wrong numbers. cudaMemcpy and
-//     cudaMemset run at once on the legacy stream WITHOUT waiting for other streams' queues (the
-//     streams a Context makes are non-blocking: they do not order against the legacy stream).
-//     Stricter than CUDA in one way: an async copy from pageable memory is deferred too (CUDA stages
-//     it before returning); emulated_cuda.h's counters tell pinned from pageable copies.
-//   - loss-slot bookkeeping and host/device handshakes: emulated_cuda.h counts the host's waits,
-//     copies and the work still queued, and injects launch failures.
+//   - gathered and scattered rows, ids, token types and labels must be in range when the op
+//     executes (a device fault otherwise, as the real kernels trap or would read out of bounds).
 //   - the real ops' preconditions that depend on the caller: attention_supported, attention's 16-byte
 //     operand alignment, adamw_step's clipping arguments (std::invalid_argument, as the real ops).
-// What it does NOT verify: the CUDA kernels and cuBLASLt (their numerics beyond the bf16 rounding
-// points, their own bounds and races), concurrency between streams beyond queue order, device memory
-// limits, performance. Those are the gpu-labelled tests (tests/gpu/) on a real device.
-//
-// A device fault (a pointer outside every allocation, an out-of-range index, an op that throws while
-// it executes) prints "emulated CUDA device fault: ..." and aborts the process, as a trap ends a CUDA
-// context: no test can catch it and pass. Single-threaded host use only, like a Context.
-#include "tests/emulated/emulated_cuda.h"
-
+// What it does NOT verify: the CUDA kernels and cuBLASLt. The kernels run on the host, thread by
+// thread, in test_cuda_kernels_emulated (tests/kernel_emu/); on a device in the gpu-labelled tests.
 #include <cuda_runtime.h>
 
 #include <algorithm>
-#include <climits>
 #include <cmath>
 #include <cstdint>
-#include <cstdio>
-#include <cstdlib>
-#include <cstring>
-#include <deque>
 #include <functional>
-#include <map>
-#include <memory>
-#include <set>
 #include <stdexcept>
 #include <string>
 #include <utility>
@@ -59,140 +30,28 @@
 
 #include "kernels/cpu/ops_cpu.h"
 #include "kernels/cuda/ops_cuda.h"
-#include "kernels/device.h"
+#include "tests/emulated/emulated_runtime.h"
 
 namespace {
 
 using bert::cuda::bf16;
-
-// What cudaMalloc'd and cudaMallocHost'd memory holds before anything writes it.
-constexpr int kPoison = 0xFF;
-
-struct QueuedOp {
-  const char* name;
-  std::function<void()> run;
-};
-
-struct Stream {
-  std::deque<QueuedOp> queue;
-  uint64_t issued = 0, executed = 0;
-};
-
-struct Event {
-  Stream* stream = nullptr;  // where it was last recorded; nullptr: never recorded (complete)
-  uint64_t seq = 0;          // complete once stream->executed >= seq
-};
-
-struct State {
-  std::map<uintptr_t, size_t> device;            // live cudaMalloc allocations: start -> bytes
-  std::map<uintptr_t, size_t> pinned;            // live cudaMallocHost allocations
-  Stream legacy;                                 // the legacy default stream (handle 0)
-  std::set<Stream*> live_streams;                // created and not destroyed
-  std::vector<std::unique_ptr<Stream>> streams;  // kept until exit: events may still name them
-  bool deferred = true;
-  bert::emulated::Counters counters;
-  std::string fail_op;  // fail_launch()
-  int fail_skip = 0;
-  bert::cpu::Context cpu{1};  // one thread: ctest runs the cases in parallel
-};
-
-State& state() {
-  static State s;
-  return s;
-}
-
-[[noreturn]] void device_fault(const std::string& what) {
-  std::fprintf(stderr, "emulated CUDA device fault: %s\n", what.c_str());
-  std::fflush(stderr);
-  std::abort();
-}
-
-std::string hex(const void* pointer) {
-  char text[32];
-  std::snprintf(text, sizeof(text), "%p", pointer);
-  return text;
-}
-
-// [p, p + bytes) lies inside one allocation of `allocations`.
-bool inside(const std::map<uintptr_t, size_t>& allocations, const void* p, size_t bytes) {
-  const auto address = reinterpret_cast<uintptr_t>(p);
-  auto it = allocations.upper_bound(address);
-  if (it == allocations.begin()) return false;
-  --it;
-  const size_t offset = address - it->first;
-  return offset <= it->second && bytes <= it->second - offset;
-}
-bool is_device(const void* p) { return inside(state().device, p, 0) && p != nullptr; }
-bool is_pinned(const void* p, size_t bytes) { return inside(state().pinned, p, bytes); }
-
-// Issue-time check of a device argument: `count` elements of T at `p` inside one live allocation.
-template <class T>
-void device_arg(const char* op, const char* name, const T* p, int64_t count) {
-  if (count <= 0) return;
-  const size_t bytes = static_cast<size_t>(count) * sizeof(T);
-  if (p == nullptr) device_fault(std::string(op) + ": " + name + " is null (" + std::to_string(bytes) + " bytes)");
-  if (!inside(state().device, p, bytes))
-    device_fault(std::string(op) + ": " + name + " = " + hex(p) + " + " + std::to_string(bytes) +
-                 " bytes is not inside one device allocation (an arena offset or size is wrong, or it is a host "
-                 "pointer)");
-}
-template <class T>
-void optional_device_arg(const char* op, const char* name, const T* p, int64_t count) {
-  if (p != nullptr) device_arg(op, name, p, count);
-}
-
-Stream& stream_of(cudaStream_t handle) {
-  // 0, cudaStreamLegacy and cudaStreamPerThread all mean the default stream here.
-  if (reinterpret_cast<uintptr_t>(handle) <= 2) return state().legacy;
-  auto* stream = reinterpret_cast<Stream*>(handle);
-  if (state().live_streams.count(stream) == 0) device_fault("use of an unknown or destroyed stream " + hex(handle));
-  return *stream;
-}
-
-void run_one(Stream& stream) {
-  QueuedOp op = std::move(stream.queue.front());
-  stream.queue.pop_front();
-  ++stream.executed;
-  try {
-    op.run();
-  } catch (const std::exception& e) {
-    device_fault(std::string(op.name) + " failed while executing: " + e.what());
-  }
-}
-void wait_for(Stream& stream, uint64_t seq) {
-  while (stream.executed < seq) run_one(stream);
-}
-void flush(Stream& stream) { wait_for(stream, stream.issued); }
-void flush_all() {
-  State& s = state();
-  flush(s.legacy);
-  for (Stream* stream : s.live_streams) flush(*stream);
-}
-
-void enqueue(Stream& stream, const char* name, std::function<void()> run) {
-  ++stream.issued;
-  stream.queue.push_back(QueuedOp{name, std::move(run)});
-  if (!state().deferred) flush(stream);
-}
-
-// fail_launch(): true when this launch of `op` is the one to fail.
-bool injected_failure(const char* op) {
-  State& s = state();
-  if (s.fail_op != op) return false;
-  if (s.fail_skip-- > 0) return false;
-  s.fail_op.clear();
-  return true;
-}
+using bert::emulated::detail::device_arg;
+using bert::emulated::detail::device_fault;
+using bert::emulated::detail::inside_device_allocation;
+using bert::emulated::detail::optional_device_arg;
 
 // Queues a bert::cuda op on ctx's stream (after its issue-time checks).
 void launch(bert::cuda::Context& ctx, const char* op, std::function<void()> run) {
-  if (injected_failure(op))
+  if (bert::emulated::detail::injected_failure(op))
     throw bert::cuda::CudaError(std::string("emulated CUDA: ") + op + ": injected launch failure");
-  ++state().counters.ops;
-  enqueue(stream_of(ctx.stream()), op, std::move(run));
+  bert::emulated::detail::count_op();
+  bert::emulated::detail::enqueue(ctx.stream(), op, std::move(run));
 }
 
-bert::cpu::Context& cpu_ctx() { return state().cpu; }
+bert::cpu::Context& cpu_ctx() {
+  static bert::cpu::Context context(1);  // one thread: ctest runs the cases in parallel
+  return context;
+}
 
 std::vector<float> widen(const bf16* p, int64_t count) {
   std::vector<float> out(static_cast<size_t>(std::max<int64_t>(count, 0)));
@@ -216,7 +75,7 @@ void check_indices(const char* op, const char* name, const int32_t* values, int6
 }
 // Row r of a [*, cols] bf16 matrix at `base` must lie inside base's allocation.
 void check_row(const char* op, const char* name, const bf16* base, int32_t row, int64_t cols) {
-  if (row < 0 || !inside(state().device, base + int64_t{row} * cols, static_cast<size_t>(cols) * sizeof(bf16)))
+  if (row < 0 || !inside_device_allocation(base + int64_t{row} * cols, static_cast<size_t>(cols) * sizeof(bf16)))
     device_fault(std::string(op) + ": row " + std::to_string(row) + " of " + name + " is outside its allocation");
 }
 
@@ -236,247 +95,13 @@ void check_aligned16(const char* op, const char* name, const void* p) {
 
 }  // namespace
 
-// ---- the CUDA runtime subset -----------------------------------------------------------------------
-
-extern "C" {
-
-cudaError_t cudaMalloc(void** pointer, size_t size) {
-  void* p = std::malloc(std::max<size_t>(size, 1));
-  if (p == nullptr) return cudaErrorMemoryAllocation;
-  std::memset(p, kPoison, size);
-  state().device[reinterpret_cast<uintptr_t>(p)] = size;
-  ++state().counters.device_allocations;
-  *pointer = p;
-  return cudaSuccess;
-}
-
-cudaError_t cudaFree(void* pointer) {
-  flush_all();  // cudaFree synchronises the device
-  if (pointer == nullptr) return cudaSuccess;
-  const auto it = state().device.find(reinterpret_cast<uintptr_t>(pointer));
-  if (it == state().device.end()) device_fault("cudaFree of " + hex(pointer) + ", which cudaMalloc did not return");
-  std::memset(pointer, kPoison, it->second);
-  state().device.erase(it);
-  std::free(pointer);
-  return cudaSuccess;
-}
-
-cudaError_t cudaMallocHost(void** pointer, size_t size) {
-  void* p = std::malloc(std::max<size_t>(size, 1));
-  if (p == nullptr) return cudaErrorMemoryAllocation;
-  std::memset(p, kPoison, size);
-  state().pinned[reinterpret_cast<uintptr_t>(p)] = size;
-  *pointer = p;
-  return cudaSuccess;
-}
-
-cudaError_t cudaFreeHost(void* pointer) {
-  flush_all();  // as cudaFree
-  if (pointer == nullptr) return cudaSuccess;
-  const auto it = state().pinned.find(reinterpret_cast<uintptr_t>(pointer));
-  if (it == state().pinned.end())
-    device_fault("cudaFreeHost of " + hex(pointer) + ", which cudaMallocHost did not return");
-  std::memset(pointer, kPoison, it->second);
-  state().pinned.erase(it);
-  std::free(pointer);
-  return cudaSuccess;
-}
-
-// The emulated device's memory: BERT_EMULATED_DEVICE_MEMORY bytes (default an H200's 141 GiB
-// less what the driver keeps), of which the live cudaMalloc allocations are in use. Lets a test
-// make a model "not fit" without a device.
-static size_t emulated_device_memory() {
-  const char* text = std::getenv("BERT_EMULATED_DEVICE_MEMORY");
-  if (text == nullptr || *text == '\0') return size_t{150} << 30;
-  char* end = nullptr;
-  const unsigned long long bytes = std::strtoull(text, &end, 10);
-  if (end == text || *end != '\0') {
-    std::fprintf(stderr, "BERT_EMULATED_DEVICE_MEMORY=%s is not a byte count\n", text);
-    std::abort();
-  }
-  return static_cast<size_t>(bytes);
-}
-
-cudaError_t cudaMemGetInfo(size_t* free_bytes, size_t* total_bytes) {
-  size_t used = 0;
-  for (const auto& [start, bytes] : state().device) used += bytes;
-  const size_t total = emulated_device_memory();
-  *total_bytes = total;
-  *free_bytes = used < total ? total - used : 0;
-  return cudaSuccess;
-}
-
-}  // extern "C"
-
-// kernels/device.h, in place of kernels/cuda/device_query.cu: one emulated device, an H200 by its
-// numbers (the name keeps "H200", so bert_train's MFU is formed against its peak as on the real one).
-namespace bert {
-
-DeviceInfo cuda_device_info() {
-  DeviceInfo info;
-  info.available = true;
-  info.count = 1;
-  info.name = "NVIDIA H200 (bertforge host emulation)";
-  info.sm_major = 9;
-  info.sm_minor = 0;
-  info.multiprocessors = 132;
-  info.memory_bytes = emulated_device_memory();
-  return info;
-}
-
-bool built_with_cuda() { return true; }
-
-}  // namespace bert
-
-namespace {
-
-// The direction `kind` names must match where dst and src live.
-void check_copy(const char* call, void* dst, const void* src, size_t count, cudaMemcpyKind kind) {
-  if (count == 0) return;
-  const bool dst_device = is_device(dst), src_device = is_device(src);
-  if (kind == cudaMemcpyDefault)
-    kind = dst_device ? (src_device ? cudaMemcpyDeviceToDevice : cudaMemcpyHostToDevice)
-                      : (src_device ? cudaMemcpyDeviceToHost : cudaMemcpyHostToHost);
-  const bool want_dst_device = kind == cudaMemcpyHostToDevice || kind == cudaMemcpyDeviceToDevice;
-  const bool want_src_device = kind == cudaMemcpyDeviceToHost || kind == cudaMemcpyDeviceToDevice;
-  if (want_dst_device) device_arg(call, "dst", static_cast<const unsigned char*>(dst), static_cast<int64_t>(count));
-  if (want_src_device) device_arg(call, "src", static_cast<const unsigned char*>(src), static_cast<int64_t>(count));
-  if ((!want_dst_device && dst_device) || (!want_src_device && src_device))
-    device_fault(std::string(call) + ": the copy kind does not match where dst / src live");
-}
-
-}  // namespace
-
-extern "C" {
-
-cudaError_t cudaMemcpy(void* dst, const void* src, size_t count, cudaMemcpyKind kind) {
-  check_copy("cudaMemcpy", dst, src, count, kind);
-  flush(state().legacy);  // ordered after the legacy stream's own work, not after other streams'
-  std::memcpy(dst, src, count);
-  return cudaSuccess;
-}
-
-cudaError_t cudaMemcpyAsync(void* dst, const void* src, size_t count, cudaMemcpyKind kind, cudaStream_t stream) {
-  check_copy("cudaMemcpyAsync", dst, src, count, kind);
-  const bool to_device = is_device(dst) && !is_device(src);
-  const char* name = to_device                           ? "cudaMemcpyAsync(HostToDevice)"
-                     : is_device(src) && !is_device(dst) ? "cudaMemcpyAsync(DeviceToHost)"
-                                                         : "cudaMemcpyAsync";
-  if (injected_failure("cudaMemcpyAsync") || injected_failure(name)) return cudaErrorLaunchFailure;
-  if (to_device) {
-    ++state().counters.copies_to_device;
-    if (!is_pinned(src, count)) ++state().counters.copies_to_device_from_pageable;
-  }
-  enqueue(stream_of(stream), name, [=] { std::memcpy(dst, src, count); });
-  return cudaSuccess;
-}
-
-cudaError_t cudaMemset(void* dst, int value, size_t count) {
-  device_arg("cudaMemset", "dst", static_cast<const unsigned char*>(dst), static_cast<int64_t>(count));
-  flush(state().legacy);
-  std::memset(dst, value, count);
-  return cudaSuccess;
-}
-
-cudaError_t cudaMemsetAsync(void* dst, int value, size_t count, cudaStream_t stream) {
-  device_arg("cudaMemsetAsync", "dst", static_cast<const unsigned char*>(dst), static_cast<int64_t>(count));
-  if (injected_failure("cudaMemsetAsync")) return cudaErrorLaunchFailure;
-  enqueue(stream_of(stream), "cudaMemsetAsync", [=] { std::memset(dst, value, count); });
-  return cudaSuccess;
-}
-
-cudaError_t cudaDeviceSynchronize() {
-  ++state().counters.device_syncs;
-  flush_all();
-  return cudaSuccess;
-}
-
-cudaError_t cudaStreamSynchronize(cudaStream_t stream) {
-  ++state().counters.stream_syncs;
-  flush(stream_of(stream));
-  return cudaSuccess;
-}
-
-cudaError_t cudaEventCreateWithFlags(cudaEvent_t* event, unsigned int) {
-  *event = reinterpret_cast<cudaEvent_t>(new Event);
-  return cudaSuccess;
-}
-
-cudaError_t cudaEventDestroy(cudaEvent_t event) {
-  delete reinterpret_cast<Event*>(event);
-  return cudaSuccess;
-}
-
-cudaError_t cudaEventRecord(cudaEvent_t event, cudaStream_t stream) {
-  auto* e = reinterpret_cast<Event*>(event);
-  e->stream = &stream_of(stream);
-  e->seq = e->stream->issued;  // complete once everything issued so far on the stream has run
-  return cudaSuccess;
-}
-
-cudaError_t cudaEventSynchronize(cudaEvent_t event) {
-  ++state().counters.event_syncs;
-  const auto* e = reinterpret_cast<const Event*>(event);
-  if (e->stream != nullptr) wait_for(*e->stream, e->seq);
-  return cudaSuccess;
-}
-
-const char* cudaGetErrorName(cudaError_t error) {
-  switch (error) {
-    case cudaSuccess:
-      return "cudaSuccess";
-    case cudaErrorMemoryAllocation:
-      return "cudaErrorMemoryAllocation";
-    case cudaErrorLaunchFailure:
-      return "cudaErrorLaunchFailure";
-    default:
-      return "cudaErrorUnknown";
-  }
-}
-
-const char* cudaGetErrorString(cudaError_t error) {
-  return error == cudaErrorLaunchFailure ? "emulated CUDA: injected launch failure" : "emulated CUDA error";
-}
-
-cudaError_t cudaGetLastError() { return cudaSuccess; }
-
-}  // extern "C"
-
-// ---- bert::cuda: Context, MultiTensorList and the ops ---------------------------------------------------
+// ---- bert::cuda: MultiTensorList and the ops ------------------------------------------------------------
 
 namespace bert::cuda {
 
+// No cuBLASLt plans: linear_forward / linear_backward below are kernels/cpu products.
 struct Context::GemmPlans {};
 void Context::GemmPlansDeleter::operator()(GemmPlans* plans) const noexcept { delete plans; }
-
-Context::Context(cudaStream_t stream, size_t gemm_workspace_bytes) : stream_(stream) {
-  multiprocessors_ = 132;  // an H200
-  sm_version_ = 90;
-  if (stream_ == nullptr) {
-    State& s = state();
-    s.streams.push_back(std::make_unique<Stream>());
-    s.live_streams.insert(s.streams.back().get());
-    stream_ = reinterpret_cast<cudaStream_t>(s.streams.back().get());
-    owns_stream_ = true;
-  }
-  gemm_workspace_.resize(gemm_workspace_bytes);
-}
-
-Context::~Context() {
-  // As the real one: wait for the stream (queued ops may read the buffers), then release.
-  if (stream_ != nullptr) flush(stream_of(stream_));
-  if (owns_stream_) state().live_streams.erase(reinterpret_cast<Stream*>(stream_));
-  scratch_.reset();
-  gemm_workspace_.reset();
-}
-
-void* Context::scratch(size_t bytes) {
-  if (bytes > scratch_.size()) {
-    CUDA_CHECK(cudaStreamSynchronize(stream_));
-    scratch_.resize(bytes);
-  }
-  return scratch_.data();
-}
 
 MultiTensorList::MultiTensorList(std::span<const AdamWTensor> tensors) {
   const char* op = "MultiTensorList";
@@ -953,30 +578,3 @@ void convert_bf16_to_f32(Context& ctx, int64_t numel, const bf16* src, float* ds
 }
 
 }  // namespace bert::cuda
-
-// ---- emulated_cuda.h --------------------------------------------------------------------------------------
-
-namespace bert::emulated {
-
-Counters counters() { return state().counters; }
-
-int64_t pending_operations() {
-  const State& s = state();
-  int64_t pending = static_cast<int64_t>(s.legacy.queue.size());
-  for (const Stream* stream : s.live_streams) pending += static_cast<int64_t>(stream->queue.size());
-  return pending;
-}
-
-void fail_launch(const std::string& op, int skip) {
-  state().fail_op = op;
-  state().fail_skip = skip;
-}
-
-void clear_injected_failure() { state().fail_op.clear(); }
-
-void set_deferred(bool deferred) {
-  if (!deferred) flush_all();
-  state().deferred = deferred;
-}
-
-}  // namespace bert::emulated

@@ -1,0 +1,413 @@
+// The block scheduler behind cuda_emu.h: one fiber per CUDA thread, switched cooperatively at the
+// synchronisation points, on the host thread that runs the stream's work (tests/emulated/
+// emulated_runtime.cpp). See cuda_emu.h for the model and what it checks, and mutants.py for the
+// barrier bugs it is known to catch.
+//
+// Fibers: on x86-64 a 10-instruction stack switch (callee-saved registers, MXCSR and the x87 control
+// word; no signal mask, so no system call per switch); elsewhere ucontext. Each fiber stack is 256 KiB
+// of lazily committed memory with a guard page below it: an overflow is a segfault, never silent
+// corruption. Stacks are kept for the next block.
+#include "tests/kernel_emu/cuda_emu.h"
+
+#include <sys/mman.h>
+#include <unistd.h>
+
+#include <cstdio>
+#include <cstdlib>
+#include <map>
+#include <string>
+#include <vector>
+
+#include "tests/emulated/emulated_runtime.h"
+
+#if !defined(__x86_64__)
+#include <ucontext.h>
+#endif
+
+namespace emu {
+
+thread_local ThreadCoords coords;
+
+namespace {
+
+using bert::emulated::detail::device_fault;
+
+constexpr size_t kStackBytes = size_t{256} << 10;
+constexpr size_t kDefaultDynamicShared = 48 << 10;  // without the opt-in attribute
+constexpr size_t kMaxShared = 227 << 10;            // per block on sm_90 with it (232,448 bytes)
+constexpr unsigned kMaxThreads = 1024;
+
+// 128-byte aligned bytes (shared memory: wmma needs 32, __align__(128) declarations 128).
+struct FreeBytes {
+  void operator()(unsigned char* p) const noexcept { std::free(p); }
+};
+using SharedBytes = std::unique_ptr<unsigned char, FreeBytes>;
+SharedBytes shared_bytes(size_t bytes) {
+  auto* p = static_cast<unsigned char*>(std::aligned_alloc(128, (bytes + 127) / 128 * 128));
+  if (p == nullptr) bert::emulated::detail::device_fault("kernel emulation: out of memory for shared memory");
+  std::memset(p, 0xFF, bytes);  // poison: NaN in bf16 and fp32
+  return SharedBytes(p);
+}
+
+enum class Wait { kNone, kBlock, kWarp, kDone };
+
+struct Fiber {
+  void* sp = nullptr;  // saved stack pointer while switched out (x86-64)
+#if !defined(__x86_64__)
+  ucontext_t context;
+#endif
+  unsigned char* stack = nullptr;  // guard page + kStackBytes
+  Wait wait = Wait::kNone;
+};
+
+struct Block {
+  const char* kernel = nullptr;
+  const std::function<void()>* body = nullptr;
+  dim3 grid, block, index;
+  unsigned threads = 0;
+  std::vector<Fiber> fibers;
+  unsigned current = 0;
+  void* scheduler_sp = nullptr;
+#if !defined(__x86_64__)
+  ucontext_t scheduler_context;
+#endif
+  // Shared memory: the launch's dynamic bytes, then the static __shared__ objects by key.
+  SharedBytes dynamic;
+  size_t dynamic_bytes = 0;
+  std::map<const void*, SharedBytes> statics;
+  size_t static_bytes = 0;
+  // Warp collectives and __syncthreads_or: two buffers per warp (or block), alternating by barrier
+  // generation, so a slot is never rewritten before every lane has read it.
+  std::vector<uint64_t> warp_slots;  // [warps][2][32]
+  std::vector<unsigned> warp_generation;
+  std::vector<int> block_flags;  // [2][threads]
+  unsigned block_generation = 0;
+};
+
+thread_local Block* current_block = nullptr;
+thread_local std::vector<unsigned char*> stack_pool;
+
+std::map<const void*, size_t>& dynamic_shared_limits() {
+  static std::map<const void*, size_t> limits;  // cudaFuncSetAttribute, per kernel
+  return limits;
+}
+
+std::string where(const Block& b) {
+  const auto& c = coords;
+  char text[160];
+  std::snprintf(text, sizeof(text), "%s: block (%u, %u, %u) thread (%u, %u, %u)", b.kernel, c.block_idx.x,
+                c.block_idx.y, c.block_idx.z, c.thread_idx.x, c.thread_idx.y, c.thread_idx.z);
+  return text;
+}
+
+unsigned char* take_stack() {
+  if (!stack_pool.empty()) {
+    unsigned char* stack = stack_pool.back();
+    stack_pool.pop_back();
+    return stack;
+  }
+  const size_t page = static_cast<size_t>(sysconf(_SC_PAGESIZE));
+  void* memory =
+      mmap(nullptr, page + kStackBytes, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS | MAP_NORESERVE, -1, 0);
+  if (memory == MAP_FAILED) device_fault("kernel emulation: out of memory for fiber stacks");
+  mprotect(memory, page, PROT_NONE);  // the guard page: stacks grow down into it
+  return static_cast<unsigned char*>(memory);
+}
+
+void set_coords(const Block& b, unsigned t) {
+  coords.thread_idx = uint3{t % b.block.x, (t / b.block.x) % b.block.y, t / (b.block.x * b.block.y)};
+  coords.block_idx = uint3{b.index.x, b.index.y, b.index.z};
+  coords.block_dim = b.block;
+  coords.grid_dim = b.grid;
+}
+
+// ---- context switch ------------------------------------------------------------------------------------
+
+#if defined(__x86_64__)
+extern "C" void emu_switch_stack(void** save_sp, void* load_sp);
+asm(R"(
+  .text
+  .p2align 4
+  .type emu_switch_stack, @function
+emu_switch_stack:
+  pushq %rbp
+  pushq %rbx
+  pushq %r12
+  pushq %r13
+  pushq %r14
+  pushq %r15
+  subq $8, %rsp
+  stmxcsr (%rsp)
+  fnstcw 4(%rsp)
+  movq %rsp, (%rdi)
+  movq %rsi, %rsp
+  ldmxcsr (%rsp)
+  fldcw 4(%rsp)
+  addq $8, %rsp
+  popq %r15
+  popq %r14
+  popq %r13
+  popq %r12
+  popq %rbx
+  popq %rbp
+  ret
+  .size emu_switch_stack, .-emu_switch_stack
+)");
+#endif
+
+[[noreturn]] void fiber_main();
+
+void switch_to_scheduler() {
+  Block& b = *current_block;
+#if defined(__x86_64__)
+  emu_switch_stack(&b.fibers[b.current].sp, b.scheduler_sp);
+#else
+  swapcontext(&b.fibers[b.current].context, &b.scheduler_context);
+#endif
+  set_coords(b, b.current);  // resumed: this host thread's coordinates are ours again
+}
+
+void resume(Block& b, unsigned t) {
+  b.current = t;
+  set_coords(b, t);
+#if defined(__x86_64__)
+  emu_switch_stack(&b.scheduler_sp, b.fibers[t].sp);
+#else
+  swapcontext(&b.scheduler_context, &b.fibers[t].context);
+#endif
+}
+
+void start_fiber(Block& b, unsigned t) {
+  Fiber& f = b.fibers[t];
+  f.stack = take_stack();
+  f.wait = Wait::kNone;
+  const size_t page = static_cast<size_t>(sysconf(_SC_PAGESIZE));
+  unsigned char* top = f.stack + page + kStackBytes;
+#if defined(__x86_64__)
+  // The frame emu_switch_stack pops: MXCSR and control word, six registers, then the return address
+  // (fiber_main), with the stack 16-byte aligned + 8 at fiber_main's entry, as after a call.
+  auto* sp = reinterpret_cast<uint64_t*>(top) - 1;  // after `ret`: rsp = top - 8, as after a call
+  *sp = 0;
+  *--sp = reinterpret_cast<uint64_t>(&fiber_main);
+  for (int i = 0; i < 6; ++i) *--sp = 0;
+  --sp;
+  uint32_t control[2] = {0x1F80, 0x037F};  // default MXCSR, x87 control word
+  std::memcpy(sp, control, sizeof(control));
+  f.sp = sp;
+#else
+  getcontext(&f.context);
+  f.context.uc_stack.ss_sp = f.stack + page;
+  f.context.uc_stack.ss_size = kStackBytes;
+  f.context.uc_link = nullptr;
+  makecontext(&f.context, &fiber_main, 0);
+#endif
+}
+
+void fiber_main() {
+  Block& b = *current_block;
+  (*b.body)();
+  b.fibers[b.current].wait = Wait::kDone;
+  switch_to_scheduler();
+  __builtin_unreachable();  // a finished fiber is never resumed
+}
+
+// ---- the block scheduler ---------------------------------------------------------------------------------
+
+unsigned warps_of(const Block& b) { return (b.threads + 31) / 32; }
+
+// Lanes of warp w that exist (the last warp of a block may be partial).
+unsigned lanes_of(const Block& b, unsigned w) { return std::min(32u, b.threads - w * 32); }
+
+[[noreturn]] void deadlock(Block& b) {
+  std::string states;
+  for (unsigned t = 0; t < b.threads; ++t) {
+    const Wait w = b.fibers[t].wait;
+    if (t < 64 || w != b.fibers[t - 1].wait)
+      states += " " + std::to_string(t) +
+                (w == Wait::kBlock  ? ":__syncthreads"
+                 : w == Wait::kWarp ? ":warp"
+                                    : ":exited");
+  }
+  set_coords(b, 0);
+  device_fault(std::string(b.kernel) + ": block (" + std::to_string(b.index.x) + ", " + std::to_string(b.index.y) +
+               ", " + std::to_string(b.index.z) + ") deadlocks: threads wait at different barriers or for lanes that " +
+               "exited (thread:state" + states + ")");
+}
+
+// Runs warp w until its lanes wait at the block barrier or have exited. A warp barrier is released
+// as soon as the warp's last lane reaches it, and the warp runs on: warps get ahead of each other up
+// to the next __syncthreads, as they may on the device. The lane order flips at every warp barrier.
+void run_warp(Block& b, unsigned w, bool forward) {
+  const unsigned lanes = lanes_of(b, w);
+  Fiber* lane = b.fibers.data() + size_t{w} * 32;
+  for (;;) {
+    for (unsigned i = 0; i < lanes; ++i) {
+      const unsigned l = forward ? i : lanes - 1 - i;
+      if (lane[l].wait == Wait::kNone) resume(b, w * 32 + l);
+    }
+    unsigned at_warp = 0, done = 0;
+    for (unsigned l = 0; l < lanes; ++l) {
+      at_warp += lane[l].wait == Wait::kWarp;
+      done += lane[l].wait == Wait::kDone;
+    }
+    if (at_warp == 0 || at_warp + done < lanes) return;  // at the block barrier (or diverged: the caller faults)
+    if (done > 0) {
+      set_coords(b, w * 32);
+      device_fault(where(b) + ": a warp collective waits for lanes of warp " + std::to_string(w) + " that have exited");
+    }
+    for (unsigned l = 0; l < lanes; ++l) lane[l].wait = Wait::kNone;
+    ++b.warp_generation[w];
+    forward = !forward;
+  }
+}
+
+void run_block(Block& b) {
+  b.fibers.assign(b.threads, Fiber{});
+  if (b.dynamic_bytes > 0) std::memset(b.dynamic.get(), 0xFF, b.dynamic_bytes);
+  b.statics.clear();
+  b.static_bytes = 0;
+  b.warp_slots.assign(size_t{warps_of(b)} * 64, ~uint64_t{0});
+  b.warp_generation.assign(warps_of(b), 0);
+  b.block_flags.assign(size_t{2} * b.threads, 0);
+  b.block_generation = 0;
+  for (unsigned t = 0; t < b.threads; ++t) start_fiber(b, t);
+  // The order of warps (and of lanes) flips at every block barrier, and from one block to the next.
+  static thread_local uint64_t blocks_run = 0;
+  bool forward = blocks_run++ % 2 == 0;
+  const unsigned warps = warps_of(b);
+  for (;;) {
+    for (unsigned i = 0; i < warps; ++i) run_warp(b, forward ? i : warps - 1 - i, forward);
+    forward = !forward;
+    // Every thread now waits at the block barrier or has exited, unless threads diverged between
+    // barriers (some at a warp barrier that can never complete).
+    bool all_done = true;
+    for (const Fiber& f : b.fibers) {
+      if (f.wait == Wait::kWarp) deadlock(b);
+      all_done &= f.wait == Wait::kDone;
+    }
+    if (all_done) break;
+    for (Fiber& f : b.fibers)
+      if (f.wait == Wait::kBlock) f.wait = Wait::kNone;
+    ++b.block_generation;
+  }
+  for (Fiber& f : b.fibers) stack_pool.push_back(f.stack);
+}
+
+void wait_here(Wait kind) {
+  Block& b = *current_block;
+  b.fibers[b.current].wait = kind;
+  switch_to_scheduler();
+}
+
+}  // namespace
+
+// ---- cuda_emu.h -------------------------------------------------------------------------------------------
+
+void sync_block() { wait_here(Wait::kBlock); }
+
+int sync_block_or(int predicate) {
+  Block& b = *current_block;
+  int* flags = b.block_flags.data() + size_t{b.block_generation % 2} * b.threads;
+  const unsigned me = b.current;
+  flags[me] = predicate != 0;
+  wait_here(Wait::kBlock);
+  int any = 0;
+  for (unsigned t = 0; t < b.threads; ++t) any |= flags[t];
+  return any;
+}
+
+unsigned lane() { return current_block->current % 32; }
+
+void sync_warp(unsigned mask) {
+  Block& b = *current_block;
+  const unsigned w = b.current / 32, lanes = lanes_of(b, w);
+  const unsigned full = lanes == 32 ? 0xFFFFFFFFu : (1u << lanes) - 1;
+  if (mask != full)
+    device_fault(where(b) + ": a warp collective with mask " +
+                 bert::emulated::detail::hex(reinterpret_cast<void*>(static_cast<uintptr_t>(mask))) +
+                 ", not the warp's full set of lanes (partial-warp collectives are not emulated)");
+  for (unsigned l = 0; l < lanes; ++l)
+    if (b.fibers[w * 32 + l].wait == Wait::kDone)
+      device_fault(where(b) + ": a warp collective names lane " + std::to_string(l) + ", which has exited");
+  wait_here(Wait::kWarp);
+}
+
+uint64_t* warp_exchange(unsigned) {
+  Block& b = *current_block;
+  const unsigned w = b.current / 32;
+  return b.warp_slots.data() + (size_t{w} * 2 + b.warp_generation[w] % 2) * 32;
+}
+
+void trap() { device_fault(where(*current_block) + ": __trap()"); }
+
+void* block_shared(const void* key, size_t bytes, size_t alignment) {
+  Block& b = *current_block;
+  auto it = b.statics.find(key);
+  if (it == b.statics.end()) {
+    b.static_bytes += bytes;
+    if (b.static_bytes + b.dynamic_bytes > kMaxShared)
+      device_fault(where(b) + ": " + std::to_string(b.static_bytes + b.dynamic_bytes) +
+                   " bytes of shared memory, above the 227 KiB of a block");
+    if (alignment > 128) device_fault(where(b) + ": a __shared__ object aligned to more than 128 bytes");
+    it = b.statics.emplace(key, shared_bytes(bytes)).first;
+  }
+  return it->second.get();
+}
+
+void* dynamic_shared() {
+  Block& b = *current_block;
+  return b.dynamic.get();
+}
+
+bool accept_launch(const char* name, const void* kernel, dim3 grid, dim3 block, size_t dynamic_shared_bytes) {
+  cudaError_t error = cudaSuccess;
+  const uint64_t threads = uint64_t{block.x} * block.y * block.z;
+  if (grid.x == 0 || grid.y == 0 || grid.z == 0 || threads == 0 || threads > kMaxThreads || block.z > 64 ||
+      grid.y > 65535 || grid.z > 65535 || grid.x > 0x7FFFFFFFu)
+    error = cudaErrorInvalidConfiguration;
+  const auto limit = dynamic_shared_limits().find(kernel);
+  const size_t allowed = limit == dynamic_shared_limits().end() ? kDefaultDynamicShared : limit->second;
+  if (dynamic_shared_bytes > allowed) error = cudaErrorInvalidValue;
+  if (error != cudaSuccess) {
+    std::fprintf(stderr,
+                 "kernel emulation: launch of %s rejected: grid (%u, %u, %u), block (%u, %u, %u), %zu bytes "
+                 "of dynamic shared memory (allowed %zu)\n",
+                 name, grid.x, grid.y, grid.z, block.x, block.y, block.z, dynamic_shared_bytes, allowed);
+    bert::emulated::detail::set_last_error(error);
+    return false;
+  }
+  return true;
+}
+
+void queue_grid(const char* name, dim3 grid, dim3 block, size_t dynamic_shared_bytes, cudaStream_t stream,
+                std::function<void()> body) {
+  bert::emulated::detail::enqueue(stream, name, [=, body = std::move(body)] {
+    Block b;
+    b.kernel = name;
+    b.body = &body;
+    b.grid = grid;
+    b.block = block;
+    b.threads = block.x * block.y * block.z;
+    b.dynamic_bytes = dynamic_shared_bytes;
+    if (dynamic_shared_bytes > 0) b.dynamic = shared_bytes(dynamic_shared_bytes);
+    Block* const outer = current_block;
+    current_block = &b;
+    for (unsigned z = 0; z < grid.z; ++z)
+      for (unsigned y = 0; y < grid.y; ++y)
+        for (unsigned x = 0; x < grid.x; ++x) {
+          b.index = dim3(x, y, z);
+          run_block(b);
+        }
+    current_block = outer;
+  });
+}
+
+}  // namespace emu
+
+// The runtime calls only kernel code makes (emulated_runtime.cpp has the rest).
+extern "C" cudaError_t cudaFuncSetAttribute(const void* func, cudaFuncAttribute attribute, int value) {
+  if (attribute != cudaFuncAttributeMaxDynamicSharedMemorySize) return cudaSuccess;
+  if (value < 0 || static_cast<size_t>(value) > emu::kMaxShared) return cudaErrorInvalidValue;
+  emu::dynamic_shared_limits()[func] = static_cast<size_t>(value);
+  return cudaSuccess;
+}
