@@ -3,8 +3,9 @@
 // emulated_runtime.cpp). See cuda_emu.h for the model and what it checks, and mutants.py for the
 // barrier bugs it is known to catch.
 //
-// Fibers: on x86-64 a 10-instruction stack switch (callee-saved registers, MXCSR and the x87 control
-// word; no signal mask, so no system call per switch); elsewhere ucontext. Each fiber stack is 256 KiB
+// Fibers: on x86-64 a 15-instruction stack switch (the callee-saved registers; not MXCSR or the x87
+// control word, which no kernel changes; no signal mask, so no system call per switch); elsewhere
+// ucontext. Each fiber stack is 256 KiB
 // of lazily committed memory with a guard page below it: an overflow is a segfault, never silent
 // corruption. Stacks are kept for the next block.
 #include "tests/kernel_emu/cuda_emu.h"
@@ -66,6 +67,8 @@ struct Block {
   dim3 grid, block, index;
   unsigned threads = 0;
   std::vector<Fiber> fibers;
+  std::vector<ThreadCoords> coords;    // of each thread, for the switch
+  std::vector<unsigned> exited_lanes;  // per warp
   unsigned current = 0;
   void* scheduler_sp = nullptr;
 #if !defined(__x86_64__)
@@ -100,13 +103,18 @@ std::string where(const Block& b) {
   return text;
 }
 
+size_t page_bytes() {
+  static const size_t bytes = static_cast<size_t>(sysconf(_SC_PAGESIZE));
+  return bytes;
+}
+
 unsigned char* take_stack() {
   if (!stack_pool.empty()) {
     unsigned char* stack = stack_pool.back();
     stack_pool.pop_back();
     return stack;
   }
-  const size_t page = static_cast<size_t>(sysconf(_SC_PAGESIZE));
+  const size_t page = page_bytes();
   void* memory =
       mmap(nullptr, page + kStackBytes, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS | MAP_NORESERVE, -1, 0);
   if (memory == MAP_FAILED) device_fault("kernel emulation: out of memory for fiber stacks");
@@ -114,12 +122,7 @@ unsigned char* take_stack() {
   return static_cast<unsigned char*>(memory);
 }
 
-void set_coords(const Block& b, unsigned t) {
-  coords.thread_idx = uint3{t % b.block.x, (t / b.block.x) % b.block.y, t / (b.block.x * b.block.y)};
-  coords.block_idx = uint3{b.index.x, b.index.y, b.index.z};
-  coords.block_dim = b.block;
-  coords.grid_dim = b.grid;
-}
+void set_coords(const Block& b, unsigned t) { coords = b.coords[t]; }
 
 // ---- context switch ------------------------------------------------------------------------------------
 
@@ -136,14 +139,8 @@ emu_switch_stack:
   pushq %r13
   pushq %r14
   pushq %r15
-  subq $8, %rsp
-  stmxcsr (%rsp)
-  fnstcw 4(%rsp)
   movq %rsp, (%rdi)
   movq %rsi, %rsp
-  ldmxcsr (%rsp)
-  fldcw 4(%rsp)
-  addq $8, %rsp
   popq %r15
   popq %r14
   popq %r13
@@ -164,7 +161,6 @@ void switch_to_scheduler() {
 #else
   swapcontext(&b.fibers[b.current].context, &b.scheduler_context);
 #endif
-  set_coords(b, b.current);  // resumed: this host thread's coordinates are ours again
 }
 
 void resume(Block& b, unsigned t) {
@@ -181,18 +177,15 @@ void start_fiber(Block& b, unsigned t) {
   Fiber& f = b.fibers[t];
   f.stack = take_stack();
   f.wait = Wait::kNone;
-  const size_t page = static_cast<size_t>(sysconf(_SC_PAGESIZE));
+  const size_t page = page_bytes();
   unsigned char* top = f.stack + page + kStackBytes;
 #if defined(__x86_64__)
-  // The frame emu_switch_stack pops: MXCSR and control word, six registers, then the return address
-  // (fiber_main), with the stack 16-byte aligned + 8 at fiber_main's entry, as after a call.
+  // The frame emu_switch_stack pops: six registers, then the return address (fiber_main), with the
+  // stack 16-byte aligned + 8 at fiber_main's entry, as after a call.
   auto* sp = reinterpret_cast<uint64_t*>(top) - 1;  // after `ret`: rsp = top - 8, as after a call
   *sp = 0;
   *--sp = reinterpret_cast<uint64_t>(&fiber_main);
   for (int i = 0; i < 6; ++i) *--sp = 0;
-  --sp;
-  uint32_t control[2] = {0x1F80, 0x037F};  // default MXCSR, x87 control word
-  std::memcpy(sp, control, sizeof(control));
   f.sp = sp;
 #else
   getcontext(&f.context);
@@ -207,6 +200,7 @@ void fiber_main() {
   Block& b = *current_block;
   (*b.body)();
   b.fibers[b.current].wait = Wait::kDone;
+  ++b.exited_lanes[b.current / 32];
   switch_to_scheduler();
   __builtin_unreachable();  // a finished fiber is never resumed
 }
@@ -268,6 +262,11 @@ void run_block(Block& b) {
   b.static_bytes = 0;
   b.warp_slots.assign(size_t{warps_of(b)} * 64, ~uint64_t{0});
   b.warp_generation.assign(warps_of(b), 0);
+  b.exited_lanes.assign(warps_of(b), 0);
+  b.coords.resize(b.threads);
+  for (unsigned t = 0; t < b.threads; ++t)
+    b.coords[t] = ThreadCoords{uint3{t % b.block.x, (t / b.block.x) % b.block.y, t / (b.block.x * b.block.y)},
+                               uint3{b.index.x, b.index.y, b.index.z}, b.block, b.grid};
   b.block_flags.assign(size_t{2} * b.threads, 0);
   b.block_generation = 0;
   for (unsigned t = 0; t < b.threads; ++t) start_fiber(b, t);
@@ -326,9 +325,10 @@ void sync_warp(unsigned mask) {
     device_fault(where(b) + ": a warp collective with mask " +
                  bert::emulated::detail::hex(reinterpret_cast<void*>(static_cast<uintptr_t>(mask))) +
                  ", not the warp's full set of lanes (partial-warp collectives are not emulated)");
-  for (unsigned l = 0; l < lanes; ++l)
-    if (b.fibers[w * 32 + l].wait == Wait::kDone)
-      device_fault(where(b) + ": a warp collective names lane " + std::to_string(l) + ", which has exited");
+  if (b.exited_lanes[w] > 0)
+    for (unsigned l = 0; l < lanes; ++l)
+      if (b.fibers[w * 32 + l].wait == Wait::kDone)
+        device_fault(where(b) + ": a warp collective names lane " + std::to_string(l) + ", which has exited");
   wait_here(Wait::kWarp);
 }
 
