@@ -4,8 +4,8 @@
 // barrier bugs it is known to catch.
 //
 // Fibers: on x86-64 a 15-instruction stack switch (the callee-saved registers; not MXCSR or the x87
-// control word, which no kernel changes; no signal mask, so no system call per switch); elsewhere
-// ucontext. Each fiber stack is 256 KiB
+// control word, which no kernel changes; no signal mask, so no system call per switch); elsewhere,
+// and under AddressSanitizer, ucontext. Each fiber stack is 256 KiB
 // of lazily committed memory with a guard page below it: an overflow is a segfault, never silent
 // corruption. Stacks are kept for the next block.
 #include "tests/kernel_emu/cuda_emu.h"
@@ -16,12 +16,20 @@
 #include <cstdio>
 #include <cstdlib>
 #include <map>
+#include <new>
 #include <string>
 #include <vector>
 
 #include "tests/emulated/emulated_runtime.h"
 
-#if !defined(__x86_64__)
+// AddressSanitizer follows ucontext's stack switches (it intercepts swapcontext), not ours.
+#if defined(__x86_64__) && !defined(__SANITIZE_ADDRESS__)
+#define EMU_ASM_SWITCH 1
+#else
+#define EMU_ASM_SWITCH 0
+#endif
+
+#if !EMU_ASM_SWITCH
 #include <ucontext.h>
 #endif
 
@@ -38,14 +46,14 @@ constexpr size_t kDefaultDynamicShared = 48 << 10;  // without the opt-in attrib
 constexpr size_t kMaxShared = 227 << 10;            // per block on sm_90 with it (232,448 bytes)
 constexpr unsigned kMaxThreads = 1024;
 
-// 128-byte aligned bytes (shared memory: wmma needs 32, __align__(128) declarations 128).
+// 128-byte aligned bytes (shared memory: wmma needs 32, __align__(128) declarations 128), exactly as
+// many as asked for, so an AddressSanitizer build reports an access past the end.
 struct FreeBytes {
-  void operator()(unsigned char* p) const noexcept { std::free(p); }
+  void operator()(unsigned char* p) const noexcept { ::operator delete(p, std::align_val_t(128)); }
 };
 using SharedBytes = std::unique_ptr<unsigned char, FreeBytes>;
 SharedBytes shared_bytes(size_t bytes) {
-  auto* p = static_cast<unsigned char*>(std::aligned_alloc(128, (bytes + 127) / 128 * 128));
-  if (p == nullptr) bert::emulated::detail::device_fault("kernel emulation: out of memory for shared memory");
+  auto* p = static_cast<unsigned char*>(::operator new(bytes, std::align_val_t(128)));
   std::memset(p, 0xFF, bytes);  // poison: NaN in bf16 and fp32
   return SharedBytes(p);
 }
@@ -54,7 +62,7 @@ enum class Wait { kNone, kBlock, kWarp, kDone };
 
 struct Fiber {
   void* sp = nullptr;  // saved stack pointer while switched out (x86-64)
-#if !defined(__x86_64__)
+#if !EMU_ASM_SWITCH
   ucontext_t context;
 #endif
   unsigned char* stack = nullptr;  // guard page + kStackBytes
@@ -71,7 +79,7 @@ struct Block {
   std::vector<unsigned> exited_lanes;  // per warp
   unsigned current = 0;
   void* scheduler_sp = nullptr;
-#if !defined(__x86_64__)
+#if !EMU_ASM_SWITCH
   ucontext_t scheduler_context;
 #endif
   // Shared memory: the launch's dynamic bytes, then the static __shared__ objects by key.
@@ -126,7 +134,7 @@ void set_coords(const Block& b, unsigned t) { coords = b.coords[t]; }
 
 // ---- context switch ------------------------------------------------------------------------------------
 
-#if defined(__x86_64__)
+#if EMU_ASM_SWITCH
 extern "C" void emu_switch_stack(void** save_sp, void* load_sp);
 asm(R"(
   .text
@@ -156,7 +164,7 @@ emu_switch_stack:
 
 void switch_to_scheduler() {
   Block& b = *current_block;
-#if defined(__x86_64__)
+#if EMU_ASM_SWITCH
   emu_switch_stack(&b.fibers[b.current].sp, b.scheduler_sp);
 #else
   swapcontext(&b.fibers[b.current].context, &b.scheduler_context);
@@ -166,7 +174,7 @@ void switch_to_scheduler() {
 void resume(Block& b, unsigned t) {
   b.current = t;
   set_coords(b, t);
-#if defined(__x86_64__)
+#if EMU_ASM_SWITCH
   emu_switch_stack(&b.scheduler_sp, b.fibers[t].sp);
 #else
   swapcontext(&b.scheduler_context, &b.fibers[t].context);
@@ -178,8 +186,8 @@ void start_fiber(Block& b, unsigned t) {
   f.stack = take_stack();
   f.wait = Wait::kNone;
   const size_t page = page_bytes();
+#if EMU_ASM_SWITCH
   unsigned char* top = f.stack + page + kStackBytes;
-#if defined(__x86_64__)
   // The frame emu_switch_stack pops: six registers, then the return address (fiber_main), with the
   // stack 16-byte aligned + 8 at fiber_main's entry, as after a call.
   auto* sp = reinterpret_cast<uint64_t*>(top) - 1;  // after `ret`: rsp = top - 8, as after a call
