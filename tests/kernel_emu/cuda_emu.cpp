@@ -4,8 +4,8 @@
 // barrier bugs it is known to catch.
 //
 // Fibers: on x86-64 a 15-instruction stack switch (the callee-saved registers; not MXCSR or the x87
-// control word, which no kernel changes; no signal mask, so no system call per switch); elsewhere,
-// and under AddressSanitizer, ucontext. Each fiber stack is 256 KiB
+// control word, which no kernel changes; no signal mask, so no system call per switch); elsewhere
+// ucontext. Under AddressSanitizer each switch is announced through its fiber interface. Each fiber stack is 256 KiB
 // of lazily committed memory with a guard page below it: an overflow is a segfault, never silent
 // corruption. Stacks are kept for the next block.
 #include "tests/kernel_emu/cuda_emu.h"
@@ -22,15 +22,20 @@
 
 #include "tests/emulated/emulated_runtime.h"
 
-// AddressSanitizer follows ucontext's stack switches (it intercepts swapcontext), not ours.
-#if defined(__x86_64__) && !defined(__SANITIZE_ADDRESS__)
+#if defined(__x86_64__)
 #define EMU_ASM_SWITCH 1
 #else
 #define EMU_ASM_SWITCH 0
+#include <ucontext.h>
 #endif
 
-#if !EMU_ASM_SWITCH
-#include <ucontext.h>
+// Under AddressSanitizer every switch is announced (its fiber API), so it tracks which stack is live.
+#if defined(__SANITIZE_ADDRESS__)
+#include <sanitizer/asan_interface.h>
+#include <sanitizer/common_interface_defs.h>
+#define EMU_ASAN_FIBERS 1
+#else
+#define EMU_ASAN_FIBERS 0
 #endif
 
 namespace emu {
@@ -79,6 +84,8 @@ struct Block {
   std::vector<unsigned> exited_lanes;  // per warp
   unsigned current = 0;
   void* scheduler_sp = nullptr;
+  const void* scheduler_stack_bottom = nullptr;  // AddressSanitizer's record of the host thread's stack
+  size_t scheduler_stack_bytes = 0;
 #if !EMU_ASM_SWITCH
   ucontext_t scheduler_context;
 #endif
@@ -120,6 +127,10 @@ unsigned char* take_stack() {
   if (!stack_pool.empty()) {
     unsigned char* stack = stack_pool.back();
     stack_pool.pop_back();
+#if EMU_ASAN_FIBERS
+    // A finished fiber never returns from fiber_main: its frame's redzones are still poisoned.
+    ASAN_UNPOISON_MEMORY_REGION(stack + page_bytes(), kStackBytes);
+#endif
     return stack;
   }
   const size_t page = page_bytes();
@@ -162,23 +173,46 @@ emu_switch_stack:
 
 [[noreturn]] void fiber_main();
 
-void switch_to_scheduler() {
+// AddressSanitizer's view of a switch: announced before it with the destination stack (nullptr
+// save slot: the fiber leaving is finished for good), completed on the other side.
+void before_switch(void** fake_stack, const void* bottom, size_t bytes) {
+#if EMU_ASAN_FIBERS
+  __sanitizer_start_switch_fiber(fake_stack, bottom, bytes);
+#else
+  (void)fake_stack, (void)bottom, (void)bytes;
+#endif
+}
+void after_switch(void* fake_stack, const void** old_bottom, size_t* old_bytes) {
+#if EMU_ASAN_FIBERS
+  __sanitizer_finish_switch_fiber(fake_stack, old_bottom, old_bytes);
+#else
+  (void)fake_stack, (void)old_bottom, (void)old_bytes;
+#endif
+}
+
+void switch_to_scheduler(bool finished = false) {
   Block& b = *current_block;
+  void* fake_stack = nullptr;
+  before_switch(finished ? nullptr : &fake_stack, b.scheduler_stack_bottom, b.scheduler_stack_bytes);
 #if EMU_ASM_SWITCH
   emu_switch_stack(&b.fibers[b.current].sp, b.scheduler_sp);
 #else
   swapcontext(&b.fibers[b.current].context, &b.scheduler_context);
 #endif
+  after_switch(fake_stack, nullptr, nullptr);
 }
 
 void resume(Block& b, unsigned t) {
   b.current = t;
   set_coords(b, t);
+  void* fake_stack = nullptr;
+  before_switch(&fake_stack, b.fibers[t].stack + page_bytes(), kStackBytes);
 #if EMU_ASM_SWITCH
   emu_switch_stack(&b.scheduler_sp, b.fibers[t].sp);
 #else
   swapcontext(&b.scheduler_context, &b.fibers[t].context);
 #endif
+  after_switch(fake_stack, nullptr, nullptr);
 }
 
 void start_fiber(Block& b, unsigned t) {
@@ -206,10 +240,12 @@ void start_fiber(Block& b, unsigned t) {
 
 void fiber_main() {
   Block& b = *current_block;
+  // First entry: complete the switch, learning the scheduler's stack (for the switches back).
+  after_switch(nullptr, &b.scheduler_stack_bottom, &b.scheduler_stack_bytes);
   (*b.body)();
   b.fibers[b.current].wait = Wait::kDone;
   ++b.exited_lanes[b.current / 32];
-  switch_to_scheduler();
+  switch_to_scheduler(/*finished=*/true);
   __builtin_unreachable();  // a finished fiber is never resumed
 }
 
