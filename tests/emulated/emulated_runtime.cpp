@@ -161,6 +161,7 @@ std::string hex(const void* pointer) {
 }
 
 bool inside_device_allocation(const void* p, size_t bytes) { return inside(state().device, p, bytes); }
+bool inside_pinned_allocation(const void* p, size_t bytes) { return inside(state().pinned, p, bytes); }
 
 void enqueue(cudaStream_t stream, const char* name, std::function<void()> run) {
   enqueue(stream_of(stream), name, std::move(run));

@@ -22,6 +22,9 @@ std::string hex(const void* pointer);
 // [p, p + bytes) lies inside one live cudaMalloc allocation.
 bool inside_device_allocation(const void* p, size_t bytes);
 
+// [p, p + bytes) lies inside one live cudaMallocHost allocation (device-readable host memory).
+bool inside_pinned_allocation(const void* p, size_t bytes);
+
 // Issue-time check of a device argument: `count` elements of T at `p` inside one live allocation;
 // a device fault otherwise.
 template <class T>

@@ -72,6 +72,7 @@ struct Fiber {
 #endif
   unsigned char* stack = nullptr;  // guard page + kStackBytes
   Wait wait = Wait::kNone;
+  const char* point = nullptr;  // the collective it waits in (__syncthreads, __syncwarp, a shuffle, ...)
 };
 
 struct Block {
@@ -92,6 +93,7 @@ struct Block {
   // Shared memory: the launch's dynamic bytes, then the static __shared__ objects by key.
   SharedBytes dynamic;
   size_t dynamic_bytes = 0;
+  size_t shared_limit = 0;  // static + dynamic bytes a block may have (48 KiB without the opt-in)
   std::map<const void*, SharedBytes> statics;
   size_t static_bytes = 0;
   // Warp collectives and __syncthreads_or: two buffers per warp (or block), alternating by barrier
@@ -103,6 +105,18 @@ struct Block {
 };
 
 thread_local Block* current_block = nullptr;
+
+// The first block's warp order and the first launch's block order: forward, reversed by
+// BERT_KERNEL_EMU_ORDER=reverse and in the AddressSanitizer build (kernel_emu_asan/*), so the two
+// suites see both orders even where a launch has one block and a test one launch.
+unsigned start_parity() {
+  static const unsigned parity = [] {
+    const char* order = std::getenv("BERT_KERNEL_EMU_ORDER");
+    const unsigned reverse = order != nullptr && std::string(order) == "reverse" ? 1u : 0u;
+    return reverse ^ (EMU_ASAN_FIBERS ? 1u : 0u);
+  }();
+  return parity;
+}
 thread_local std::vector<unsigned char*> stack_pool;
 
 std::map<const void*, size_t>& dynamic_shared_limits() {
@@ -293,6 +307,12 @@ void run_warp(Block& b, unsigned w, bool forward) {
       set_coords(b, w * 32);
       device_fault(where(b) + ": a warp collective waits for lanes of warp " + std::to_string(w) + " that have exited");
     }
+    for (unsigned l = 0; l < lanes; ++l)
+      if (lane[l].point != lane[0].point) {
+        set_coords(b, w * 32 + l);
+        device_fault(where(b) + ": lanes of warp " + std::to_string(w) + " meet at different collectives (" +
+                     lane[0].point + " and " + lane[l].point + ")");
+      }
     for (unsigned l = 0; l < lanes; ++l) lane[l].wait = Wait::kNone;
     ++b.warp_generation[w];
     forward = !forward;
@@ -316,7 +336,7 @@ void run_block(Block& b) {
   for (unsigned t = 0; t < b.threads; ++t) start_fiber(b, t);
   // The order of warps (and of lanes) flips at every block barrier, and from one block to the next.
   static thread_local uint64_t blocks_run = 0;
-  bool forward = blocks_run++ % 2 == 0;
+  bool forward = (blocks_run++ + start_parity()) % 2 == 0;
   const unsigned warps = warps_of(b);
   for (;;) {
     for (unsigned i = 0; i < warps; ++i) run_warp(b, forward ? i : warps - 1 - i, forward);
@@ -329,16 +349,30 @@ void run_block(Block& b) {
       all_done &= f.wait == Wait::kDone;
     }
     if (all_done) break;
-    for (Fiber& f : b.fibers)
-      if (f.wait == Wait::kBlock) f.wait = Wait::kNone;
+    const char* point = nullptr;
+    for (unsigned t = 0; t < b.threads; ++t) {
+      Fiber& f = b.fibers[t];
+      if (f.wait != Wait::kBlock) continue;
+      if (point != nullptr && f.point != point) {
+        set_coords(b, t);
+        device_fault(where(b) + ": threads meet at different block barriers (" + point + " and " + f.point + ")");
+      }
+      point = f.point;
+      f.wait = Wait::kNone;
+    }
     ++b.block_generation;
+    // __syncthreads_or's buffer for the next barrier: cleared, so a thread that has exited since it
+    // last wrote there counts as false, as on the device.
+    std::fill_n(b.block_flags.begin() + static_cast<std::ptrdiff_t>((b.block_generation % 2) * b.threads), b.threads,
+                0);
   }
   for (Fiber& f : b.fibers) stack_pool.push_back(f.stack);
 }
 
-void wait_here(Wait kind) {
+void wait_here(Wait kind, const char* point) {
   Block& b = *current_block;
   b.fibers[b.current].wait = kind;
+  b.fibers[b.current].point = point;
   switch_to_scheduler();
 }
 
@@ -346,14 +380,14 @@ void wait_here(Wait kind) {
 
 // ---- cuda_emu.h -------------------------------------------------------------------------------------------
 
-void sync_block() { wait_here(Wait::kBlock); }
+void sync_block() { wait_here(Wait::kBlock, "__syncthreads"); }
 
 int sync_block_or(int predicate) {
   Block& b = *current_block;
   int* flags = b.block_flags.data() + size_t{b.block_generation % 2} * b.threads;
   const unsigned me = b.current;
   flags[me] = predicate != 0;
-  wait_here(Wait::kBlock);
+  wait_here(Wait::kBlock, "__syncthreads_or");
   int any = 0;
   for (unsigned t = 0; t < b.threads; ++t) any |= flags[t];
   return any;
@@ -361,7 +395,7 @@ int sync_block_or(int predicate) {
 
 unsigned lane() { return current_block->current % 32; }
 
-void sync_warp(unsigned mask) {
+void sync_warp(unsigned mask, const char* point) {
   Block& b = *current_block;
   const unsigned w = b.current / 32, lanes = lanes_of(b, w);
   const unsigned full = lanes == 32 ? 0xFFFFFFFFu : (1u << lanes) - 1;
@@ -373,7 +407,7 @@ void sync_warp(unsigned mask) {
     for (unsigned l = 0; l < lanes; ++l)
       if (b.fibers[w * 32 + l].wait == Wait::kDone)
         device_fault(where(b) + ": a warp collective names lane " + std::to_string(l) + ", which has exited");
-  wait_here(Wait::kWarp);
+  wait_here(Wait::kWarp, point);
 }
 
 uint64_t* warp_exchange(unsigned) {
@@ -384,14 +418,36 @@ uint64_t* warp_exchange(unsigned) {
 
 void trap() { device_fault(where(*current_block) + ": __trap()"); }
 
+void launch_bounds_exceeded(unsigned max_threads) {
+  const dim3 d = current_block->block;
+  device_fault(where(*current_block) + ": launched with " + std::to_string(d.x * d.y * d.z) +
+               " threads per block, above its __launch_bounds__(" + std::to_string(max_threads) +
+               ") (the device refuses the launch)");
+}
+
+bool device_accessible(const void* pointer) {
+  return bert::emulated::detail::inside_device_allocation(pointer, 0) ||
+         bert::emulated::detail::inside_pinned_allocation(pointer, 0);
+}
+
+void host_pointer_argument(const char* kernel, size_t index, const void* pointer) {
+  device_fault(std::string(kernel) + ": argument " + std::to_string(index) + " = " +
+               bert::emulated::detail::hex(pointer) +
+               " is neither device memory nor cudaMallocHost memory (a host pointer the device cannot read)");
+}
+
 void* block_shared(const void* key, size_t bytes, size_t alignment) {
   Block& b = *current_block;
   auto it = b.statics.find(key);
   if (it == b.statics.end()) {
     b.static_bytes += bytes;
-    if (b.static_bytes + b.dynamic_bytes > kMaxShared)
-      device_fault(where(b) + ": " + std::to_string(b.static_bytes + b.dynamic_bytes) +
-                   " bytes of shared memory, above the 227 KiB of a block");
+    if (b.static_bytes > kDefaultDynamicShared)
+      device_fault(where(b) + ": " + std::to_string(b.static_bytes) +
+                   " bytes of static __shared__ memory, above the 48 KiB a kernel may declare");
+    if (b.static_bytes + b.dynamic_bytes > b.shared_limit)
+      device_fault(where(b) + ": " + std::to_string(b.static_bytes) + " static + " + std::to_string(b.dynamic_bytes) +
+                   " dynamic bytes of shared memory, above the " + std::to_string(b.shared_limit) +
+                   " a block of this kernel may have (48 KiB without cudaFuncAttributeMaxDynamicSharedMemorySize)");
     if (alignment > 128) device_fault(where(b) + ": a __shared__ object aligned to more than 128 bytes");
     it = b.statics.emplace(key, shared_bytes(bytes)).first;
   }
@@ -403,14 +459,17 @@ void* dynamic_shared() {
   return b.dynamic.get();
 }
 
-bool accept_launch(const char* name, const void* kernel, dim3 grid, dim3 block, size_t dynamic_shared_bytes) {
+bool accept_launch(const char* name, const void* kernel, dim3 grid, dim3 block, size_t dynamic_shared_bytes,
+                   size_t* shared_limit) {
   cudaError_t error = cudaSuccess;
   const uint64_t threads = uint64_t{block.x} * block.y * block.z;
   if (grid.x == 0 || grid.y == 0 || grid.z == 0 || threads == 0 || threads > kMaxThreads || block.z > 64 ||
       grid.y > 65535 || grid.z > 65535 || grid.x > 0x7FFFFFFFu)
     error = cudaErrorInvalidConfiguration;
   const auto limit = dynamic_shared_limits().find(kernel);
-  const size_t allowed = limit == dynamic_shared_limits().end() ? kDefaultDynamicShared : limit->second;
+  const bool opted_in = limit != dynamic_shared_limits().end();
+  const size_t allowed = opted_in ? limit->second : kDefaultDynamicShared;
+  *shared_limit = opted_in ? kMaxShared : kDefaultDynamicShared;
   if (dynamic_shared_bytes > allowed) error = cudaErrorInvalidValue;
   if (error != cudaSuccess) {
     std::fprintf(stderr,
@@ -423,8 +482,8 @@ bool accept_launch(const char* name, const void* kernel, dim3 grid, dim3 block, 
   return true;
 }
 
-void queue_grid(const char* name, dim3 grid, dim3 block, size_t dynamic_shared_bytes, cudaStream_t stream,
-                std::function<void()> body) {
+void queue_grid(const char* name, dim3 grid, dim3 block, size_t dynamic_shared_bytes, size_t shared_limit,
+                cudaStream_t stream, std::function<void()> body) {
   bert::emulated::detail::enqueue(stream, name, [=, body = std::move(body)] {
     Block b;
     b.kernel = name;
@@ -433,15 +492,21 @@ void queue_grid(const char* name, dim3 grid, dim3 block, size_t dynamic_shared_b
     b.block = block;
     b.threads = block.x * block.y * block.z;
     b.dynamic_bytes = dynamic_shared_bytes;
+    b.shared_limit = shared_limit;
     if (dynamic_shared_bytes > 0) b.dynamic = shared_bytes(dynamic_shared_bytes);
     Block* const outer = current_block;
     current_block = &b;
-    for (unsigned z = 0; z < grid.z; ++z)
-      for (unsigned y = 0; y < grid.y; ++y)
-        for (unsigned x = 0; x < grid.x; ++x) {
-          b.index = dim3(x, y, z);
-          run_block(b);
-        }
+    // Blocks in increasing order in one launch and decreasing in the next: a block that reads what
+    // another block of the same launch writes sees it stale in one of the two.
+    static thread_local uint64_t launches = 0;
+    const bool forward = (launches++ + start_parity()) % 2 == 0;
+    const uint64_t count = uint64_t{grid.x} * grid.y * grid.z;
+    for (uint64_t i = 0; i < count; ++i) {
+      const uint64_t linear = forward ? i : count - 1 - i;
+      b.index = dim3(static_cast<unsigned>(linear % grid.x), static_cast<unsigned>(linear / grid.x % grid.y),
+                     static_cast<unsigned>(linear / (uint64_t{grid.x} * grid.y)));
+      run_block(b);
+    }
     current_block = outer;
   });
 }

@@ -18,9 +18,16 @@
 // the device does (threads per block, grid limits, dynamic shared memory above 48 KiB without
 // cudaFuncSetAttribute(cudaFuncAttributeMaxDynamicSharedMemorySize), above the H100/H200 227 KiB
 // with it), and a rejected launch is what the next cudaGetLastError returns; __trap is a device fault.
+// Also: lanes (threads) meeting at different collectives (a __syncwarp and a shuffle, __syncthreads
+// and __syncthreads_or) are a device fault; a launch above the kernel's __launch_bounds__ is one; a
+// pointer argument that is not device or cudaMallocHost memory is one; static __shared__ above 48 KiB
+// and static + dynamic above the kernel's limit are. Blocks run in increasing order in one launch and
+// decreasing in the next.
 // What it does not model: warp-synchronous execution without __syncwarp (each lane runs alone between
-// sync points, as Volta+ allows), memory-model subtleties beyond barrier order, tensor-core rounding
-// (wmma is an fp32 reference GEMM), occupancy, performance, global atomics (the kernels have none).
+// sync points, as Volta+ allows); a shuffle orders memory here (a warp rendezvous), which CUDA does
+// not promise; memory-model subtleties beyond barrier order; FMA contraction (nvcc contracts a*b + c by
+// default, the emulation is built with -ffp-contract=off); tensor-core rounding (wmma is an fp32
+// reference GEMM); occupancy; performance; global atomics (the kernels have none).
 #pragma once
 
 #include <cuda_bf16.h>
@@ -48,12 +55,20 @@ struct ThreadCoords {
 extern thread_local ThreadCoords coords;  // of the fiber now running on this host thread
 
 // ---- synchronisation points (cuda_emu.cpp) -------------------------------------------------------------
-void sync_block();                       // __syncthreads
-int sync_block_or(int predicate);        // __syncthreads_or
-void sync_warp(unsigned mask);           // __syncwarp; also the start of every warp collective
-uint64_t* warp_exchange(unsigned mask);  // this warp's 32-slot exchange for the collective now
-[[noreturn]] void trap();                // __trap: a device fault naming the kernel and thread
-unsigned lane();                         // threadIdx linearised % 32
+void sync_block();                                 // __syncthreads
+int sync_block_or(int predicate);                  // __syncthreads_or
+void sync_warp(unsigned mask, const char* point);  // __syncwarp and the rendezvous of every shuffle
+uint64_t* warp_exchange(unsigned mask);            // this warp's 32-slot exchange for the collective now
+[[noreturn]] void trap();                          // __trap: a device fault naming the kernel and thread
+[[noreturn]] void launch_bounds_exceeded(unsigned max_threads);
+[[noreturn]] void host_pointer_argument(const char* kernel, size_t index, const void* pointer);
+bool device_accessible(const void* pointer);  // in a live cudaMalloc or cudaMallocHost allocation
+
+// transform_cu.py puts this at the top of every kernel declared with __launch_bounds__(N).
+inline void check_launch_bounds(unsigned max_threads) {
+  if (coords.block_dim.x * coords.block_dim.y * coords.block_dim.z > max_threads) launch_bounds_exceeded(max_threads);
+}
+unsigned lane();                                                      // threadIdx linearised % 32
 void* block_shared(const void* key, size_t bytes, size_t alignment);  // one object per block and key
 void* dynamic_shared();                                               // extern __shared__: this block's launch bytes
 
@@ -66,13 +81,13 @@ T& block_shared(Key) {
 // A value of up to 64 bits exchanged within the warp: every lane publishes its own, then reads lane
 // `source` (its own value when source is outside the warp).
 template <class T>
-T shuffle(unsigned mask, T value, int source) {
+T shuffle(unsigned mask, T value, int source, const char* point) {
   static_assert(sizeof(T) <= sizeof(uint64_t) && std::is_trivially_copyable_v<T>, "shuffles of up to 64 bits");
   uint64_t* slots = warp_exchange(mask);
   uint64_t bits = 0;
   std::memcpy(&bits, &value, sizeof(T));
   slots[lane()] = bits;
-  sync_warp(mask);
+  sync_warp(mask, point);
   if (source < 0 || source >= 32) return value;
   T out;
   std::memcpy(&out, &slots[source], sizeof(T));
@@ -86,10 +101,12 @@ requires std::is_integral_v<I> dim3 to_dim3(I n) { return dim3(static_cast<unsig
 
 // Checks the configuration as the device would; false (and the error recorded for cudaGetLastError)
 // when the launch is rejected.
-bool accept_launch(const char* name, const void* kernel, dim3 grid, dim3 block, size_t dynamic_shared_bytes);
+// *shared_limit: the static + dynamic shared bytes a block of this kernel may have.
+bool accept_launch(const char* name, const void* kernel, dim3 grid, dim3 block, size_t dynamic_shared_bytes,
+                   size_t* shared_limit);
 // Queues the grid on `stream`: body() runs once per CUDA thread.
-void queue_grid(const char* name, dim3 grid, dim3 block, size_t dynamic_shared_bytes, cudaStream_t stream,
-                std::function<void()> body);
+void queue_grid(const char* name, dim3 grid, dim3 block, size_t dynamic_shared_bytes, size_t shared_limit,
+                cudaStream_t stream, std::function<void()> body);
 
 // `call(args...)` is the kernel with these arguments (transform_cu.py: a generic lambda, so template
 // arguments are deduced as the launch syntax deduces them); `key` is the kernel's address for its
@@ -98,11 +115,22 @@ template <class Call, class Grid, class Block, class... Args>
 void launch(const char* name, const void* key, Call call, Grid grid, Block block, size_t dynamic_shared_bytes,
             cudaStream_t stream, Args&&... args) {
   const dim3 g = to_dim3(grid), b = to_dim3(block);
-  if (!accept_launch(name, key, g, b, dynamic_shared_bytes)) return;
+  size_t shared_limit = 0;
+  if (!accept_launch(name, key, g, b, dynamic_shared_bytes, &shared_limit)) return;
+  // Pointer arguments must be memory the device can reach (pointers inside argument structs are not
+  // seen here; their accesses still fault under AddressSanitizer when they leave an allocation).
+  size_t index = 0;
+  auto check_pointer = [&](const auto& arg) {
+    using A = std::decay_t<decltype(arg)>;
+    if constexpr (std::is_pointer_v<A>)
+      if (arg != nullptr && !device_accessible(arg)) host_pointer_argument(name, index, arg);
+    ++index;
+  };
+  (check_pointer(args), ...);
   // The arguments are copied now, as a launch does; each thread's call converts them to the
   // parameter types.
   auto bound = std::make_shared<std::tuple<std::decay_t<Args>...>>(std::forward<Args>(args)...);
-  queue_grid(name, g, b, dynamic_shared_bytes, stream, [call, bound] { std::apply(call, *bound); });
+  queue_grid(name, g, b, dynamic_shared_bytes, shared_limit, stream, [call, bound] { std::apply(call, *bound); });
 }
 
 }  // namespace emu
@@ -135,27 +163,34 @@ cudaError_t cudaFuncSetAttribute(void (*kernel)(Params...), cudaFuncAttribute at
 
 inline void __syncthreads() { ::emu::sync_block(); }
 inline int __syncthreads_or(int predicate) { return ::emu::sync_block_or(predicate); }
-inline void __syncwarp(unsigned mask = 0xffffffffu) { ::emu::sync_warp(mask); }
+inline void __syncwarp(unsigned mask = 0xffffffffu) { ::emu::sync_warp(mask, "__syncwarp"); }
 [[noreturn]] inline void __trap() { ::emu::trap(); }
 
+// The source lanes of the PTX shfl.sync modes, for a power-of-two width <= 32 (width - 1 selects the
+// segment): bfly reads lane ^ mask, which may lie in an earlier segment but not a later one; down reads
+// lane + delta within the segment; idx reads (source % width) of the segment. Out of range: the lane's
+// own value.
+inline int shuffle_width_check(int width) {
+  if (width < 1 || width > 32 || (width & (width - 1)) != 0) ::emu::trap();
+  return width;
+}
 template <class T>
 T __shfl_xor_sync(unsigned mask, T value, int lane_mask, int width = 32) {
-  const int me = static_cast<int>(::emu::lane());
-  const int base = me & ~(width - 1);
-  return ::emu::shuffle(mask, value, base + ((me - base) ^ lane_mask) % width);
+  const int me = static_cast<int>(::emu::lane()), last = me | (shuffle_width_check(width) - 1);
+  const int source = me ^ (lane_mask & 31);
+  return ::emu::shuffle(mask, value, source <= last ? source : me, "__shfl_xor_sync");
 }
 template <class T>
 T __shfl_down_sync(unsigned mask, T value, unsigned delta, int width = 32) {
-  const int me = static_cast<int>(::emu::lane());
-  const int base = me & ~(width - 1);
-  const int source = me + static_cast<int>(delta);
-  return ::emu::shuffle(mask, value, source < base + width ? source : -1);
+  const int me = static_cast<int>(::emu::lane()), last = me | (shuffle_width_check(width) - 1);
+  const int source = me + static_cast<int>(delta & 31u);
+  return ::emu::shuffle(mask, value, source <= last ? source : me, "__shfl_down_sync");
 }
 template <class T>
 T __shfl_sync(unsigned mask, T value, int source_lane, int width = 32) {
   const int me = static_cast<int>(::emu::lane());
-  const int base = me & ~(width - 1);
-  return ::emu::shuffle(mask, value, base + (source_lane % width + width) % width);
+  const int base = me & ~(shuffle_width_check(width) - 1);
+  return ::emu::shuffle(mask, value, base + (source_lane & (width - 1)), "__shfl_sync");
 }
 
 // IEEE round-to-nearest arithmetic that the device compiler must not contract into FMAs; the

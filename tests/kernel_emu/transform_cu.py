@@ -1,6 +1,6 @@
 #!/usr/bin/env python3
 """Rewrites a kernels/cuda/*.cu file into C++ the host compiler takes with tests/kernel_emu/cuda_emu.h
-force-included (the kernel emulation; tests/kernel_emu/README.md). Only the two constructs that are
+force-included (the kernel emulation; tests/kernel_emu/README.md). Only the constructs that are
 CUDA syntax rather than functions change; every line keeps its number (a #line directive names the
 original file, so compiler messages and __FILE__ point at the .cu):
 
@@ -11,6 +11,8 @@ original file, so compiler messages and __FILE__ point at the .cu):
       -> TYPE* name = static_cast<TYPE*>(::emu::dynamic_shared());
   __shared__ TYPE name[A][B];
       -> auto& name = ::emu::block_shared<TYPE[A][B]>([] {});   (one object per block and declaration)
+  __global__ void __launch_bounds__(N) kernel(params) {
+      -> __global__ void kernel(params) { ::emu::check_launch_bounds(N);   (a launch above N faults)
 
 Usage: transform_cu.py INPUT.cu OUTPUT.cpp [DISPLAY_PATH]. Fails (non-zero, naming the line) on a
 launch or __shared__ declaration it cannot parse, so nothing is silently left per-thread.
@@ -31,7 +33,8 @@ def fail(path, text, pos, what):
 
 
 def split_top_level(text):
-    """Splits at commas outside (), [], {} and <> nesting of template arguments."""
+    """Splits at commas outside (), [] and {} nesting (template arguments in a launch configuration
+    need parentheses around them)."""
     parts, depth, current = [], 0, []
     for ch in text:
         if ch in "([{":
@@ -105,6 +108,32 @@ def rewrite_launches(path, text):
     return "".join(out), count
 
 
+def rewrite_launch_bounds(path, text):
+    """__launch_bounds__(N) kernel(params) { -> kernel(params) { ::emu::check_launch_bounds(N);"""
+    out, pos, count = [], 0, 0
+    while True:
+        start = text.find("__launch_bounds__(", pos)
+        if start < 0:
+            break
+        open_paren = start + len("__launch_bounds__")
+        close = matching(text, open_paren, "(", ")")
+        params = text.find("(", close + 1)
+        params_end = matching(text, params, "(", ")") if params >= 0 else -1
+        body = params_end + 1
+        while 0 < body < len(text) and text[body].isspace():
+            body += 1
+        if close < 0 or params_end < 0 or body >= len(text) or text[body] != "{" or ";" in text[close:params]:
+            fail(path, text, start, "cannot find the kernel body after __launch_bounds__")
+        bound = " ".join(text[open_paren + 1:close].split()).split(",")[0]
+        out.append(text[pos:start])
+        out.append(keep_lines(text[start:close + 1], ""))
+        out.append(text[close + 1:body + 1] + f" ::emu::check_launch_bounds({bound});")
+        pos = body + 1
+        count += 1
+    out.append(text[pos:])
+    return "".join(out), count
+
+
 def rewrite_shared(path, text):
     text, dynamic = DYNAMIC_SHARED.subn(
         lambda m: f"{m.group(1)}* {m.group(2)} = static_cast<{m.group(1)}*>(::emu::dynamic_shared());", text)
@@ -128,7 +157,9 @@ def main():
     text = open(source, encoding="utf-8").read()
     text, launches = rewrite_launches(source, text)
     text, shared = rewrite_shared(source, text)
-    header = f"// Generated from {display} by tests/kernel_emu/transform_cu.py ({launches} launches, {shared} shared).\n"
+    text, bounds = rewrite_launch_bounds(source, text)
+    header = (f"// Generated from {display} by tests/kernel_emu/transform_cu.py ({launches} launches, {shared} shared, "
+              f"{bounds} launch bounds).\n")
     with open(target, "w", encoding="utf-8") as f:
         f.write(header + f'#line 1 "{display}"\n' + text)
 

@@ -41,6 +41,13 @@ struct DeviceRadixSort {
     d::device_arg("cub::DeviceRadixSort::SortPairs", "keys_out", keys_out, n);
     d::device_arg("cub::DeviceRadixSort::SortPairs", "values_in", values_in, n);
     d::device_arg("cub::DeviceRadixSort::SortPairs", "values_out", values_out, n);
+    auto overlap = [n](const void* a, const void* b, size_t element) {
+      const auto x = reinterpret_cast<uintptr_t>(a), y = reinterpret_cast<uintptr_t>(b);
+      const auto bytes = static_cast<uintptr_t>(n) * element;
+      return x < y + bytes && y < x + bytes;
+    };
+    if (overlap(keys_in, keys_out, sizeof(Key)) || overlap(values_in, values_out, sizeof(Value)))
+      d::device_fault("cub::DeviceRadixSort::SortPairs: input and output ranges overlap (CUB requires disjoint ones)");
     d::enqueue(stream, "cub::DeviceRadixSort::SortPairs", [=] {
       std::memset(temp_storage, 0xFF, needed);
       const int bits = end_bit - begin_bit;

@@ -1,0 +1,171 @@
+// The kernel emulation's own semantics (tests/kernel_emu/cuda_emu.h), on small kernels
+// (selftest_kernels.cu): the PTX shuffle modes with widths, __syncthreads_or ignoring exited threads,
+// races between blocks and within a block made visible, and the device faults (deadlock, launch
+// bounds, host pointers) and rejected launches. A fault aborts the process, so those cases run in a
+// forked child whose exit and stderr are checked.
+#include <sys/wait.h>
+#include <unistd.h>
+
+#include <catch2/catch.hpp>
+#include <cmath>
+#include <csignal>
+#include <cstdio>
+#include <functional>
+#include <string>
+#include <vector>
+
+#include "kernels/cuda/ops_cuda.h"
+#include "tests/kernel_emu/selftest_kernels.h"
+
+namespace {
+
+namespace k = bert::kernel_emu_selftest;
+using bert::cuda::DeviceBuffer;
+
+template <class T>
+std::vector<T> download(const DeviceBuffer<T>& buffer) {
+  std::vector<T> host(buffer.size());
+  CUDA_CHECK(cudaDeviceSynchronize());
+  CUDA_CHECK(cudaMemcpy(host.data(), buffer.data(), buffer.bytes(), cudaMemcpyDeviceToHost));
+  return host;
+}
+
+std::vector<int> shuffled(int mode, int operand, int width) {
+  DeviceBuffer<int> out(32);
+  k::shuffle(mode, operand, width, out.data());
+  return download(out);
+}
+
+// Runs `body` in a child process; returns its stderr, and whether it died of SIGABRT.
+std::string run_child(const std::function<void()>& body, bool* aborted) {
+  int pipe_fds[2];
+  REQUIRE(pipe(pipe_fds) == 0);
+  std::fflush(nullptr);
+  const pid_t pid = fork();
+  REQUIRE(pid >= 0);
+  if (pid == 0) {
+    close(pipe_fds[0]);
+    dup2(pipe_fds[1], 1);
+    dup2(pipe_fds[1], 2);
+    std::signal(SIGABRT, SIG_DFL);  // not Catch's handler: the child just dies of it
+    body();
+    std::_Exit(0);
+  }
+  close(pipe_fds[1]);
+  std::string err;
+  char chunk[512];
+  for (ssize_t n; (n = read(pipe_fds[0], chunk, sizeof(chunk))) > 0;) err.append(chunk, static_cast<size_t>(n));
+  close(pipe_fds[0]);
+  int status = 0;
+  waitpid(pid, &status, 0);
+  *aborted = WIFSIGNALED(status) && WTERMSIG(status) == SIGABRT;
+  return err;
+}
+
+}  // namespace
+
+TEST_CASE("kernel emulation: shuffles follow the PTX modes, widths included", "[kernel_emu]") {
+  const auto xor1 = shuffled(0, 1, 32);
+  for (int lane = 0; lane < 32; ++lane) CHECK(xor1[lane] == (lane ^ 1) + 100);
+  // width 16, lane mask 16: the source is in the previous segment for the upper half (allowed), in the
+  // next one for the lower half (own value).
+  const auto xor16 = shuffled(0, 16, 16);
+  CHECK(xor16[20] == 4 + 100);
+  CHECK(xor16[4] == 4 + 100);
+  const auto down = shuffled(1, 4, 32);
+  CHECK(down[3] == 7 + 100);
+  CHECK(down[30] == 30 + 100);
+  const auto down8 = shuffled(1, 4, 8);
+  CHECK(down8[2] == 6 + 100);
+  CHECK(down8[5] == 5 + 100);
+  const auto idx16 = shuffled(2, 3, 16);
+  CHECK(idx16[20] == 19 + 100);
+  CHECK(idx16[7] == 3 + 100);
+}
+
+TEST_CASE("kernel emulation: __syncthreads_or counts only the threads still running", "[kernel_emu]") {
+  DeviceBuffer<int> out(1);
+  k::syncthreads_or_after_exit(32, 64, out.data());
+  CHECK(download(out)[0] == 0);
+}
+
+TEST_CASE("kernel emulation: blocks run in both orders, a race between blocks shows", "[kernel_emu]") {
+  constexpr int kBlocks = 6;
+  int in_order = 0, stale = 0;
+  for (int launch = 0; launch < 2; ++launch) {
+    DeviceBuffer<int> out(kBlocks), seen(kBlocks);
+    CUDA_CHECK(cudaMemset(out.data(), 0xFF, out.bytes()));
+    CUDA_CHECK(cudaMemset(seen.data(), 0, seen.bytes()));
+    k::block_order(kBlocks, out.data(), seen.data());
+    const auto s = download(seen);
+    bool all_new = true, all_stale = true;
+    for (int b = 1; b < kBlocks; ++b) {
+      all_new &= s[b] == b;
+      all_stale &= s[b] == -1;
+    }
+    in_order += all_new;
+    stale += all_stale;
+  }
+  CHECK(in_order == 1);
+  CHECK(stale == 1);
+}
+
+TEST_CASE("kernel emulation: a missing __syncthreads reads poisoned shared memory", "[kernel_emu]") {
+  constexpr int kThreads = 64;
+  DeviceBuffer<float> with(kThreads), without(kThreads);
+  k::shared_race(true, kThreads, with.data());
+  k::shared_race(false, kThreads, without.data());
+  const auto a = download(with), b = download(without);
+  int stale = 0;
+  for (int t = 0; t < kThreads; ++t) {
+    CHECK(a[t] == static_cast<float>((t + 1) % kThreads));
+    stale += std::isnan(b[t]) ? 1 : 0;
+  }
+  CHECK(stale > 0);
+}
+
+TEST_CASE("kernel emulation: device faults abort with the kernel named", "[kernel_emu]") {
+  bool aborted = false;
+  std::string err = run_child(
+      [] {
+        DeviceBuffer<int> out(32);
+        k::divergent_barrier(out.data());
+        cudaDeviceSynchronize();
+      },
+      &aborted);
+  CHECK(aborted);
+  CHECK(err.find("divergent_barrier_kernel") != std::string::npos);
+  CHECK(err.find("deadlocks") != std::string::npos);
+
+  err = run_child(
+      [] {
+        DeviceBuffer<float> out(128);
+        k::shared_race(true, 128, out.data());
+        cudaDeviceSynchronize();
+      },
+      &aborted);
+  CHECK(aborted);
+  CHECK(err.find("__launch_bounds__(64)") != std::string::npos);
+
+  err = run_child(
+      [] {
+        std::vector<int> host(32);
+        k::shuffle(0, 1, 32, host.data());
+      },
+      &aborted);
+  CHECK(aborted);
+  CHECK(err.find("neither device memory nor cudaMallocHost memory") != std::string::npos);
+}
+
+TEST_CASE("kernel emulation: launches the device refuses are refused, and reported once", "[kernel_emu]") {
+  DeviceBuffer<int> out(32);
+  CUDA_CHECK(cudaMemset(out.data(), 0, out.bytes()));
+  k::dynamic_shared(48 << 10, out.data());  // the default limit: accepted
+  CHECK(cudaGetLastError() == cudaSuccess);
+  CHECK(download(out)[5] == 1);
+  CUDA_CHECK(cudaMemset(out.data(), 0, out.bytes()));
+  k::dynamic_shared((48 << 10) + 1, out.data());  // above it without the opt-in attribute
+  CHECK(cudaGetLastError() == cudaErrorInvalidValue);
+  CHECK(cudaGetLastError() == cudaSuccess);
+  CHECK(download(out)[5] == 0);  // nothing ran
+}
