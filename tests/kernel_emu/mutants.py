@@ -91,6 +91,8 @@ def main():
                                  text=True, timeout=900)
             caught = run.returncode != 0
             how = "test failed" if caught else "SURVIVED"
+            if run.returncode < 0:
+                how = f"killed by signal {-run.returncode}"  # e.g. an out-of-range index from a stale read
             if caught and "device fault" in run.stdout:
                 how = "device fault: " + run.stdout.split("device fault:", 1)[1].split("\n", 1)[0].strip()[:100]
             print(f"{'caught  ' if caught else 'SURVIVED'} {time.time() - start:6.1f} s  {name}  ({how})", flush=True)
