@@ -87,28 +87,19 @@ double median(std::vector<double> values) {
 }
 
 struct Batch {
-  int64_t batch = 0, seq_len = 0;
+  int64_t batch_size = 0, seq_len = 0;
   std::vector<int32_t> input_ids, token_type_ids, attention_mask, labels, nsp_labels;
+  std::vector<int32_t> masked_positions, masked_labels;  // empty: the labels are the MLM rows
   int64_t num_masked = 0;
 
-  bert::BatchView view() const {
-    bert::BatchView v;
-    v.batch = batch;
-    v.seq_len = seq_len;
-    v.input_ids = input_ids.data();
-    v.token_type_ids = token_type_ids.data();
-    v.attention_mask = attention_mask.data();
-    v.labels = labels.data();
-    v.nsp_labels = nsp_labels.data();
-    return v;
-  }
+  bert::BatchView view() const { return bert::batch_view(*this); }
 };
 
 constexpr int32_t kCls = 2, kSep = 3, kMask = 4, kFirstOrdinary = 5;
 
 Batch make_batch(int64_t batch, int64_t seq_len, int32_t vocab, uint64_t seed) {
   Batch b;
-  b.batch = batch;
+  b.batch_size = batch;
   b.seq_len = seq_len;
   const size_t n = static_cast<size_t>(batch * seq_len);
   b.input_ids.resize(n);

@@ -57,22 +57,22 @@ void share_bf16_weights(BertForPreTraining<float>& cpu, BertForPreTrainingCuda& 
 // A padded batch: the first sequence full, the others of random lengths; two segments; ~15% MLM
 // labels (at least one per sequence); random NSP labels.
 struct TestBatch {
-  int64_t batch = 0, seq_len = 0;
+  int64_t batch_size = 0, seq_len = 0;
   std::vector<int32_t> input_ids, token_type_ids, attention_mask, labels, nsp_labels;
-  std::vector<int32_t> masked_positions;
+  std::vector<int32_t> masked_positions, masked_labels;  // masked_labels empty: targets from labels
 
-  TestBatch(uint64_t seed, int64_t batch_size = 4, int64_t sequence_length = 32)
-      : batch(batch_size), seq_len(sequence_length) {
+  TestBatch(uint64_t seed, int64_t rows = 4, int64_t sequence_length = 32)
+      : batch_size(rows), seq_len(sequence_length) {
     std::mt19937_64 rng(seed);
     std::uniform_int_distribution<int32_t> id(5, kVocab - 1), nsp(0, 1);
     std::uniform_int_distribution<int64_t> length(seq_len / 4, seq_len);
     std::uniform_real_distribution<double> unit(0.0, 1.0);
-    const size_t tokens = static_cast<size_t>(batch * seq_len);
+    const size_t tokens = static_cast<size_t>(batch_size * seq_len);
     input_ids.assign(tokens, 0);
     token_type_ids.assign(tokens, 0);
     attention_mask.assign(tokens, 0);
     labels.assign(tokens, bert::ops::kIgnoreIndex);
-    for (int64_t b = 0; b < batch; ++b) {
+    for (int64_t b = 0; b < batch_size; ++b) {
       const int64_t used = b == 0 ? seq_len : length(rng);
       for (int64_t s = 0; s < used; ++s) {
         const size_t t = static_cast<size_t>(b * seq_len + s);
@@ -90,14 +90,10 @@ struct TestBatch {
   }
 
   BatchView view() const {
-    BatchView v;
-    v.batch = batch;
-    v.seq_len = seq_len;
-    v.input_ids = input_ids.data();
-    v.token_type_ids = token_type_ids.data();
-    v.attention_mask = attention_mask.data();
-    v.labels = labels.data();
-    v.nsp_labels = nsp_labels.data();
+    BatchView v = bert::batch_view(*this);
+    v.masked_positions = nullptr;  // the labels are the MLM rows (the loader's path)
+    v.masked_labels = nullptr;
+    v.num_masked = 0;
     return v;
   }
 
@@ -480,7 +476,7 @@ TEST_CASE("cuda model host: the dense MLM head in mlm_logits_at and on a positio
   view.masked_labels = masked_labels.data();
   view.num_masked = static_cast<int64_t>(batch.masked_positions.size());
   gpu.forward_backward(view, 1.0f, false);
-  CHECK(gpu.uploaded_batch().mlm_rows() == batch.batch * batch.seq_len);
+  CHECK(gpu.uploaded_batch().mlm_rows() == batch.batch_size * batch.seq_len);
   const LossStats losses = gpu.read_loss_stats();
   CHECK(losses.mlm_count == static_cast<int64_t>(batch.masked_positions.size()));
   check_losses(losses, cpu_losses(cpu, view));

@@ -48,21 +48,21 @@ void share_bf16_weights(BertForPreTraining<float>& cpu, BertForPreTrainingCuda& 
 
 // A padded batch of 4 x 32: lengths 32, 27, 20, 9; two segments; ~15% MLM labels; NSP labels.
 struct TestBatch {
-  int64_t batch = 4, seq_len = 32;
+  int64_t batch_size = 4, seq_len = 32;
   std::vector<int32_t> input_ids, token_type_ids, attention_mask, labels, nsp_labels;
   std::vector<int32_t> masked_positions, masked_labels;
 
   explicit TestBatch(uint64_t seed) {
     std::mt19937_64 rng(seed);
     const int64_t lengths[] = {32, 27, 20, 9};
-    const size_t tokens = static_cast<size_t>(batch * seq_len);
+    const size_t tokens = static_cast<size_t>(batch_size * seq_len);
     input_ids.assign(tokens, 0);
     token_type_ids.assign(tokens, 0);
     attention_mask.assign(tokens, 0);
     labels.assign(tokens, bert::ops::kIgnoreIndex);
     std::uniform_int_distribution<int32_t> id(5, 299);
     std::uniform_real_distribution<double> unit(0.0, 1.0);
-    for (int64_t b = 0; b < batch; ++b) {
+    for (int64_t b = 0; b < batch_size; ++b) {
       for (int64_t s = 0; s < lengths[b]; ++s) {
         const size_t t = static_cast<size_t>(b * seq_len + s);
         input_ids[t] = s == 0 ? 2 : id(rng);  // 2 plays [CLS]
@@ -82,18 +82,11 @@ struct TestBatch {
   }
 
   BatchView view(bool with_positions = false) const {
-    BatchView v;
-    v.batch = batch;
-    v.seq_len = seq_len;
-    v.input_ids = input_ids.data();
-    v.token_type_ids = token_type_ids.data();
-    v.attention_mask = attention_mask.data();
-    v.labels = labels.data();
-    v.nsp_labels = nsp_labels.data();
-    if (with_positions) {
-      v.masked_positions = masked_positions.data();
-      v.masked_labels = masked_labels.data();
-      v.num_masked = static_cast<int64_t>(masked_positions.size());
+    BatchView v = bert::batch_view(*this);
+    if (!with_positions) {
+      v.masked_positions = nullptr;  // the labels are the MLM rows (the loader's path)
+      v.masked_labels = nullptr;
+      v.num_masked = 0;
     }
     return v;
   }
