@@ -378,13 +378,25 @@ const char* cudaGetErrorName(cudaError_t error) {
       return "cudaErrorMemoryAllocation";
     case cudaErrorLaunchFailure:
       return "cudaErrorLaunchFailure";
+    case cudaErrorInvalidValue:
+      return "cudaErrorInvalidValue";
+    case cudaErrorInvalidConfiguration:
+      return "cudaErrorInvalidConfiguration";
     default:
       return "cudaErrorUnknown";
   }
 }
 
 const char* cudaGetErrorString(cudaError_t error) {
-  return error == cudaErrorLaunchFailure ? "emulated CUDA: injected launch failure" : "emulated CUDA error";
+  switch (error) {
+    case cudaErrorLaunchFailure:
+      return "emulated CUDA: injected launch failure";
+    case cudaErrorInvalidValue:
+    case cudaErrorInvalidConfiguration:
+      return "emulated CUDA: launch refused (configuration or shared memory; the details are on stderr)";
+    default:
+      return "emulated CUDA error";
+  }
 }
 
 cudaError_t cudaGetLastError() {

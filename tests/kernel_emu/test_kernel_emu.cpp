@@ -165,7 +165,9 @@ TEST_CASE("kernel emulation: launches the device refuses are refused, and report
   CHECK(download(out)[5] == 1);
   CUDA_CHECK(cudaMemset(out.data(), 0, out.bytes()));
   k::dynamic_shared((48 << 10) + 1, out.data());  // above it without the opt-in attribute
-  CHECK(cudaGetLastError() == cudaErrorInvalidValue);
+  const cudaError_t refused = cudaGetLastError();
+  CHECK(refused == cudaErrorInvalidValue);
+  CHECK(std::string(cudaGetErrorName(refused)) == "cudaErrorInvalidValue");
   CHECK(cudaGetLastError() == cudaSuccess);
   CHECK(download(out)[5] == 0);  // nothing ran
 }
