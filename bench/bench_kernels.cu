@@ -495,24 +495,29 @@ void add_attention_cases(std::vector<Case>& cases, const Model& m, int64_t seq) 
       }
       fill_uniform(ctx, qkv, tokens * shape.qkv_row_stride, 71, -2.0f, 2.0f);
     };
-    cases.push_back({variant + "_fwd/" + m.name + "/s" + str(seq), "attention_forward", shape_text,
-                     [shape, dropout, make_inputs, forward_flops, t, h, lse_bytes](Context& ctx) {
-                       Prepared p;
-                       bf16 *qkv, *context;
-                       int32_t* mask;
-                       float* lse;
-                       make_inputs(ctx, *p.arena, qkv, mask, context, lse);
-                       const int64_t hidden = shape.hidden();
-                       p.run = [&ctx, shape, dropout, qkv, mask, context, lse, hidden] {
-                         attention_forward(ctx, shape, qkv, qkv + hidden, qkv + 2 * hidden, mask, dropout, context,
-                                           lse);
-                       };
-                       p.outputs = {{context, shape.tokens() * hidden, true},
-                                    {lse, shape.batch * shape.num_heads * shape.seq_len, false}};
-                       p.flops = forward_flops;
-                       p.bytes = t * h * 2 * 3 + t * h * 2 + lse_bytes;
-                       return p;
-                     }});
+    // The forward's two kernels (ops_cuda.h): "_fwd" the default (wmma), "_fwd_mma" the mma.sync one.
+    for (const AttentionForwardKernel kernel : {AttentionForwardKernel::kWmma, AttentionForwardKernel::kMma}) {
+      const bool mma = kernel == AttentionForwardKernel::kMma;
+      cases.push_back({variant + (mma ? "_fwd_mma/" : "_fwd/") + m.name + "/s" + str(seq),
+                       mma ? "attention_forward (kMma)" : "attention_forward", shape_text,
+                       [shape, dropout, kernel, make_inputs, forward_flops, t, h, lse_bytes](Context& ctx) {
+                         Prepared p;
+                         bf16 *qkv, *context;
+                         int32_t* mask;
+                         float* lse;
+                         make_inputs(ctx, *p.arena, qkv, mask, context, lse);
+                         const int64_t hidden = shape.hidden();
+                         p.run = [&ctx, shape, dropout, kernel, qkv, mask, context, lse, hidden] {
+                           attention_forward(ctx, shape, qkv, qkv + hidden, qkv + 2 * hidden, mask, dropout, context,
+                                             lse, kernel);
+                         };
+                         p.outputs = {{context, shape.tokens() * hidden, true},
+                                      {lse, shape.batch * shape.num_heads * shape.seq_len, false}};
+                         p.flops = forward_flops;
+                         p.bytes = t * h * 2 * 3 + t * h * 2 + lse_bytes;
+                         return p;
+                       }});
+    }
     cases.push_back({variant + "_bwd/" + m.name + "/s" + str(seq), "attention_backward", shape_text,
                      [shape, dropout, make_inputs, forward_flops, t, h, lse_bytes](Context& ctx) {
                        Prepared p;

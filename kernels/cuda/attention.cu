@@ -27,6 +27,18 @@
 // Shared memory (D = 128): forward 111 KB, dK/dV 121 KB, dQ 112 KB (D = 64: 71, 89, 80 KB): 2 blocks
 // (8 warps) per SM, 1 for dK/dV at D = 128. Registers <= 255 per thread, no spills (ptxas -v, sm_90a).
 //
+// The forward has a second kernel, AttentionForwardKernel::kMma (FlashAttention-2's register scheme):
+// mma.sync m16n8k16 fragments (kernels/cuda/mma_sync.cuh), whose accumulator layout is documented, so
+// the scores, the online softmax and P~ stay in registers (the accumulators of S are repacked as P~'s
+// A operands) and so does O; shared memory holds only the Q/K/V tiles and the key flags (D = 64:
+// 28 KB, D = 128: 53 KB); 128 / 171 / 237 registers for D = 32 / 64 / 128, no spills (ptxas, sm_90a).
+// Why: per warp and 64-key step at D = 64 the wmma kernel moves ~28 KB through shared memory besides
+// the 16 KB of K and V fragments both kernels read (scores out and in, probabilities out and in, O
+// loaded, rescaled and stored): ~44 KB at 128 B/clk/SM is ~340 clocks against ~130 of mma.sync work
+// (2 x 16 x 64 x 64 MACs at ~1k bf16 MACs/clk/SM), so it is bound by shared memory near 2.5x the tensor
+// time, the mma kernel near 1x. An expectation, not a measurement: bench_kernels times both
+// (attention_fwd, attention_fwd_mma) beside PyTorch's SDPA, and the default stays wmma until it has.
+//
 // Napkin math (BERT-base layer: B = 32, S = 128, H = 12, D = 64). Forward 4*B*H*S^2*D = 1.6 GFLOP;
 // backward executes 7 of those S x S x D matmuls = 3.5x forward (2.5x is the minimum; the extra S
 // and dP recompute in the dQ pass is the price of no atomics). Bytes: forward reads q, k, v
@@ -42,6 +54,7 @@
 #include <stdexcept>
 #include <string>
 
+#include "kernels/cuda/mma_sync.cuh"
 #include "kernels/cuda/ops_cuda.h"
 
 namespace bert::cuda {
@@ -79,6 +92,7 @@ struct Tiles {
   static_assert(2 * kTileBytes >= kAccBytes, "staging must fit in two tiles");
 
   static constexpr size_t kForwardBytes = 3 * kTileBytes + kScoreBytes + kProbBytes + kAccBytes + kKeyFlagBytes;
+  static constexpr size_t kForwardMmaBytes = 3 * kTileBytes + kKeyFlagBytes;
   static constexpr size_t kDkDvBytes =
       4 * kTileBytes + 2 * kScoreBytes + 2 * kProbBytes + 2 * kRowStatBytes + kKeyFlagBytes;
   static constexpr size_t kDqBytes = 4 * kTileBytes + 2 * kScoreBytes + kProbBytes + kKeyFlagBytes;
@@ -336,6 +350,197 @@ __global__ void __launch_bounds__(kThreads)
   __syncwarp();
   store_warp_rows<D>(out_acc, coords.first_row + warp * kFrag, seq_len, context + coords.hidden_offset, args.hidden,
                      lane);
+}
+
+// ---- forward kernel on mma.sync fragments (AttentionForwardKernel::kMma) -----------------------------------
+
+// This lane's dropout multipliers for key tile n of a step (keys first_key + 8n + 2q + {0, 1}) of its
+// rows g (m[0], m[1]) and g + 8 (m[2], m[3]). When every row's element index is a multiple of 4 at
+// key 0 (seq_len % 4 == 0: then so is (b*H + h)*S*S + query*S), the two lanes q and q^1 cover one Philox
+// group of each row between them: each draws the group of one row and hands the other lane the two
+// words it needs (one 64-bit shuffle), so the warp draws every group once. Otherwise each lane walks
+// its own elements with two DropoutCursors. Warp-uniform (every lane calls it with the same n).
+struct MmaDropout {
+  DropoutCursor cursor[2];
+
+  __device__ void multipliers(const DropoutSite& site, bool group_aligned, const uint64_t (&row_index)[2],
+                              int first_key, int q, float (&m)[4]) {
+    if (!site.enabled) {
+      m[0] = m[1] = m[2] = m[3] = 1.0f;
+      return;
+    }
+    if (!group_aligned) {
+      for (int e = 0; e < 4; ++e)
+        m[e] = cursor[e / 2].multiplier(site, row_index[e / 2] + static_cast<uint64_t>(first_key + 2 * q + e % 2));
+      return;
+    }
+    const int drawn = q & 1;  // the row this lane draws: g (even q) or g + 8 (odd q)
+    const uint64_t drawn_row = drawn ? row_index[1] : row_index[0];  // no dynamic register-array index
+    const uint64_t group = (drawn_row + static_cast<uint64_t>(first_key + 4 * (q >> 1))) >> 2;
+    const ops::Philox4x32Result random = ops::dropout_random_group(site.spec, group);
+    // Even q needs words 0, 1 of both rows' groups, odd q words 2, 3.
+    const uint32_t keep0 = drawn ? random.word[2] : random.word[0], keep1 = drawn ? random.word[3] : random.word[1];
+    const uint32_t give0 = drawn ? random.word[0] : random.word[2], give1 = drawn ? random.word[1] : random.word[3];
+    const uint64_t got = __shfl_xor_sync(kFullMask, (static_cast<uint64_t>(give1) << 32) | give0, 1);
+    const uint32_t got0 = static_cast<uint32_t>(got), got1 = static_cast<uint32_t>(got >> 32);
+    const uint32_t words[4] = {drawn ? got0 : keep0, drawn ? got1 : keep1, drawn ? keep0 : got0, drawn ? keep1 : got1};
+    for (int e = 0; e < 4; ++e) m[e] = words[e] >= site.drop_below ? site.keep_scale : 0.0f;
+  }
+};
+
+// Block: 64 queries of one (b, h), as the wmma kernel; warp w owns queries first_row + 16w .. +15 and
+// keeps everything per query in registers, in the mma fragment layouts (kernels/cuda/mma_sync.cuh):
+// Q as A operands (loaded once), the scores of a 64-key step as 8 accumulator tiles of 8 keys, P~
+// repacked from those accumulators straight into A operands (the accumulator of keys 16j..16j+15 is
+// the A layout of k-step j), and O as D/8 accumulator tiles. Lane (g, q) holds rows g and g + 8 and,
+// per 8-key tile, keys 2q and 2q + 1: row max and sum are reduced over the 4 lanes of a row with two
+// shuffles, and l is kept per lane (its own keys) until the end. Shared memory holds only the Q, K and
+// V tiles and the key flags; O is staged through the warp's own Q rows for 16-byte stores.
+template <int D>
+__global__ void __launch_bounds__(kThreads)
+    attention_forward_mma_kernel(const AttentionArgs args, bf16* __restrict__ context, float* __restrict__ logsumexp) {
+  using T = Tiles<D>;
+  constexpr int ld = T::kLd;
+  constexpr int kKeyTiles = kStep / 8;  // accumulator tiles of 8 keys per step
+  extern __shared__ __align__(128) unsigned char shared[];
+  bf16* q_tile = reinterpret_cast<bf16*>(shared);
+  bf16* k_tile = reinterpret_cast<bf16*>(shared + T::kTileBytes);
+  bf16* v_tile = reinterpret_cast<bf16*>(shared + 2 * T::kTileBytes);
+  unsigned char* key_flags = shared + 3 * T::kTileBytes;
+  const int warp = threadIdx.x / 32, lane = threadIdx.x % 32;
+  const int g = lane >> 2, q = lane & 3;  // the fragments' groupID and threadID_in_group
+
+  const int seq_len = args.seq_len;
+  const BlockCoords coords = block_coords<D>(args);
+  const KeyFlags keys = load_key_flags(args, coords.batch_head, key_flags);
+  load_tile<D>(q_tile, args.q + coords.qkv_offset, args.qkv_stride, coords.first_row, seq_len);
+  __syncthreads();
+
+  bf16* warp_rows = q_tile + warp * kFrag * ld;
+  uint32_t q_fragment[D / 16][4];
+#pragma unroll
+  for (int kk = 0; kk < D / 16; ++kk)
+    detail::ldmatrix_x4(q_fragment[kk], warp_rows + (lane % 16) * ld + kk * 16 + (lane / 16) * 8);
+
+  float out[D / 8][4];
+#pragma unroll
+  for (int n = 0; n < D / 8; ++n) out[n][0] = out[n][1] = out[n][2] = out[n][3] = 0.0f;
+  float row_max[2] = {-INFINITY, -INFINITY};  // rows g and g + 8: running max of attended scaled scores
+  float row_sum[2] = {0.0f, 0.0f};            // this lane's keys only: sum of exp(s - row_max), undropped
+  const int first_query = coords.first_row + warp * kFrag;
+  uint64_t dropout_row[2];  // element index of (query, key 0); meaningless past seq_len (never stored)
+  for (int r = 0; r < 2; ++r)
+    dropout_row[r] = (static_cast<uint64_t>(coords.batch_head) * seq_len + first_query + g + 8 * r) * seq_len;
+  const bool group_aligned = (seq_len & 3) == 0;
+  MmaDropout dropout;
+
+  for (int key0 = 0; key0 < seq_len; key0 += kStep) {
+    __syncthreads();  // every warp is done with the previous K/V tile
+    load_tile<D>(k_tile, args.k + coords.qkv_offset, args.qkv_stride, key0, seq_len);
+    load_tile<D>(v_tile, args.v + coords.qkv_offset, args.qkv_stride, key0, seq_len);
+    __syncthreads();
+
+    // S = Q K^T for keys key0 .. key0 + 63. One ldmatrix_x4 gives the B operands of two key tiles:
+    // matrix j = lane / 8 is keys 16p + 8 (j / 2) .. +7, dims 16kk + 8 (j % 2) .. +7.
+    float s[kKeyTiles][4];
+#pragma unroll
+    for (int n = 0; n < kKeyTiles; ++n) s[n][0] = s[n][1] = s[n][2] = s[n][3] = 0.0f;
+#pragma unroll
+    for (int kk = 0; kk < D / 16; ++kk)
+#pragma unroll
+      for (int p = 0; p < kKeyTiles / 2; ++p) {
+        uint32_t b[4];
+        const int j = lane / 8;
+        detail::ldmatrix_x4(b, k_tile + (16 * p + 8 * (j / 2) + lane % 8) * ld + 16 * kk + 8 * (j % 2));
+        detail::mma_bf16_16816(s[2 * p], q_fragment[kk], b[0], b[1]);
+        detail::mma_bf16_16816(s[2 * p + 1], q_fragment[kk], b[2], b[3]);
+      }
+
+    // Online softmax. All-padding sequences score every key 0: uniform. Unattended keys: -inf.
+    float step_max[2] = {-INFINITY, -INFINITY};
+#pragma unroll
+    for (int n = 0; n < kKeyTiles; ++n)
+#pragma unroll
+      for (int e = 0; e < 4; ++e) {
+        const int key = key0 + 8 * n + 2 * q + (e & 1);
+        s[n][e] = keys.attended(key) ? (keys.all_padding ? 0.0f : s[n][e] * args.scale) : -INFINITY;
+        step_max[e / 2] = fmaxf(step_max[e / 2], s[n][e]);
+      }
+    float rescale[2], new_max[2];
+#pragma unroll
+    for (int r = 0; r < 2; ++r) {
+      step_max[r] = fmaxf(step_max[r], __shfl_xor_sync(kFullMask, step_max[r], 1));
+      step_max[r] = fmaxf(step_max[r], __shfl_xor_sync(kFullMask, step_max[r], 2));
+      new_max[r] = fmaxf(row_max[r], step_max[r]);
+      // new_max = -inf: no attended key yet, nothing accumulated; row_max = -inf: exp(-inf) = 0.
+      rescale[r] = new_max[r] == -INFINITY ? 1.0f : expf(row_max[r] - new_max[r]);
+      row_max[r] = new_max[r];
+      row_sum[r] *= rescale[r];
+    }
+#pragma unroll
+    for (int n = 0; n < D / 8; ++n)
+#pragma unroll
+      for (int e = 0; e < 4; ++e) out[n][e] *= rescale[e / 2];
+
+    // P~ = exp(s - max) * dropout, packed into the A operands of the 4 k-steps of P~ V.
+    uint32_t p_fragment[kKeyTiles / 2][4];
+#pragma unroll
+    for (int n = 0; n < kKeyTiles; ++n) {
+      float multiplier[4];
+      dropout.multipliers(args.dropout, group_aligned, dropout_row, key0 + 8 * n, q, multiplier);
+      float kept[4];
+#pragma unroll
+      for (int e = 0; e < 4; ++e) {
+        const float prob = s[n][e] == -INFINITY ? 0.0f : expf(s[n][e] - new_max[e / 2]);
+        row_sum[e / 2] += prob;
+        kept[e] = prob * multiplier[e];
+      }
+      // Key tile n is k-step n / 2, columns 8 (n % 2) ..: registers n % 2 * 2 + {0 (row g), 1 (row g + 8)}.
+      p_fragment[n / 2][2 * (n % 2)] = detail::pack_bf16x2(kept[0], kept[1]);
+      p_fragment[n / 2][2 * (n % 2) + 1] = detail::pack_bf16x2(kept[2], kept[3]);
+    }
+
+    // O += P~ V. One ldmatrix_x4_trans gives the B operands of two dim tiles: matrix j = lane / 8 is
+    // keys 16kk + 8 (j % 2) .. +7, dims 16p + 8 (j / 2) .. +7, transposed.
+#pragma unroll
+    for (int kk = 0; kk < kKeyTiles / 2; ++kk)
+#pragma unroll
+      for (int p = 0; p < D / 16; ++p) {
+        uint32_t b[4];
+        const int j = lane / 8;
+        detail::ldmatrix_x4_trans(b, v_tile + (16 * kk + 8 * (j % 2) + lane % 8) * ld + 16 * p + 8 * (j / 2));
+        detail::mma_bf16_16816(out[2 * p], p_fragment[kk], b[0], b[1]);
+        detail::mma_bf16_16816(out[2 * p + 1], p_fragment[kk], b[2], b[3]);
+      }
+  }
+
+  // Every row has an attended key (or all keys, all-padding), so its sum is >= 1 for rows < seq_len.
+  float inverse_sum[2];
+#pragma unroll
+  for (int r = 0; r < 2; ++r) {
+    row_sum[r] += __shfl_xor_sync(kFullMask, row_sum[r], 1);
+    row_sum[r] += __shfl_xor_sync(kFullMask, row_sum[r], 2);
+    inverse_sum[r] = row_sum[r] > 0.0f ? 1.0f / row_sum[r] : 0.0f;
+    const int query = first_query + g + 8 * r;
+    if (q == 0 && query < seq_len)
+      logsumexp[static_cast<int64_t>(coords.batch_head) * seq_len + query] = row_max[r] + logf(row_sum[r]);
+  }
+  // Stage O (bf16) in the warp's own Q rows (read into q_fragment before the loop's first barrier),
+  // then store whole 16-byte row chunks.
+#pragma unroll
+  for (int n = 0; n < D / 8; ++n)
+#pragma unroll
+    for (int r = 0; r < 2; ++r)
+      *reinterpret_cast<uint32_t*>(warp_rows + (g + 8 * r) * ld + 8 * n + 2 * q) =
+          detail::pack_bf16x2(out[n][2 * r] * inverse_sum[r], out[n][2 * r + 1] * inverse_sum[r]);
+  __syncwarp();
+  constexpr int kChunks = D / 8;
+  for (int index = lane; index < kFrag * kChunks; index += 32) {
+    const int row = index / kChunks, chunk = index % kChunks;
+    if (first_query + row >= seq_len) continue;
+    *reinterpret_cast<uint4*>(context + coords.hidden_offset + static_cast<int64_t>(first_query + row) * args.hidden +
+                              chunk * 8) = *reinterpret_cast<const uint4*>(warp_rows + row * ld + chunk * 8);
+  }
 }
 
 // ---- backward kernels ---------------------------------------------------------------------------------------
@@ -621,12 +826,20 @@ unsigned grid_blocks(const AttentionShape& shape, const AttentionArgs& args) {
 }
 
 template <int D>
-void launch_forward(Context& ctx, const AttentionShape& shape, const AttentionArgs& args, bf16* context,
-                    float* logsumexp) {
-  constexpr size_t bytes = Tiles<D>::kForwardBytes;
-  CUDA_CHECK(cudaFuncSetAttribute(attention_forward_kernel<D>, cudaFuncAttributeMaxDynamicSharedMemorySize,
-                                  static_cast<int>(bytes)));
-  attention_forward_kernel<D><<<grid_blocks(shape, args), kThreads, bytes, ctx.stream()>>>(args, context, logsumexp);
+void launch_forward(Context& ctx, const AttentionShape& shape, const AttentionArgs& args, AttentionForwardKernel kernel,
+                    bf16* context, float* logsumexp) {
+  if (kernel == AttentionForwardKernel::kMma) {
+    constexpr size_t bytes = Tiles<D>::kForwardMmaBytes;
+    CUDA_CHECK(cudaFuncSetAttribute(attention_forward_mma_kernel<D>, cudaFuncAttributeMaxDynamicSharedMemorySize,
+                                    static_cast<int>(bytes)));
+    attention_forward_mma_kernel<D>
+        <<<grid_blocks(shape, args), kThreads, bytes, ctx.stream()>>>(args, context, logsumexp);
+  } else {
+    constexpr size_t bytes = Tiles<D>::kForwardBytes;
+    CUDA_CHECK(cudaFuncSetAttribute(attention_forward_kernel<D>, cudaFuncAttributeMaxDynamicSharedMemorySize,
+                                    static_cast<int>(bytes)));
+    attention_forward_kernel<D><<<grid_blocks(shape, args), kThreads, bytes, ctx.stream()>>>(args, context, logsumexp);
+  }
   CUDA_CHECK_LAUNCH();
 }
 
@@ -649,7 +862,8 @@ void launch_backward(Context& ctx, const AttentionShape& shape, const AttentionA
 }  // namespace
 
 void attention_forward(Context& ctx, const AttentionShape& shape, const bf16* q, const bf16* k, const bf16* v,
-                       const int32_t* attention_mask, const DropoutSpec& dropout, bf16* context, float* logsumexp) {
+                       const int32_t* attention_mask, const DropoutSpec& dropout, bf16* context, float* logsumexp,
+                       AttentionForwardKernel kernel) {
   constexpr const char* kOp = "attention_forward";
   check_call(kOp, shape, dropout);
   if (shape.batch == 0) return;
@@ -661,13 +875,13 @@ void attention_forward(Context& ctx, const AttentionShape& shape, const bf16* q,
   const AttentionArgs args = make_args(shape, q, k, v, attention_mask, dropout);
   switch (shape.head_dim) {
     case 32:
-      launch_forward<32>(ctx, shape, args, context, logsumexp);
+      launch_forward<32>(ctx, shape, args, kernel, context, logsumexp);
       break;
     case 64:
-      launch_forward<64>(ctx, shape, args, context, logsumexp);
+      launch_forward<64>(ctx, shape, args, kernel, context, logsumexp);
       break;
     default:
-      launch_forward<128>(ctx, shape, args, context, logsumexp);
+      launch_forward<128>(ctx, shape, args, kernel, context, logsumexp);
       break;
   }
 }

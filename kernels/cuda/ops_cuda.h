@@ -206,11 +206,30 @@ void bias_gelu_backward(Context& ctx, GeluKind kind, const MatrixShape& shape, c
 // plain host code (attention_limits.cpp), so builds without nvcc (the emulated tests) share it.
 constexpr int kAttentionMaxSeqLen = 512;
 bool attention_supported(const AttentionShape& shape, std::string* why_not = nullptr);
+// The forward's two kernels (attention.cu's purpose block), equal up to fp32 summation order:
+//   kWmma  nvcuda::wmma tiles, the softmax on an fp32 score tile in shared memory (the default)
+//   kMma   mma.sync fragments, the online softmax and P~ in registers (FlashAttention-2's scheme)
+// bench_kernels times both; the tests hold both to kernels/cpu.
+enum class AttentionForwardKernel { kWmma, kMma };
 void attention_forward(Context& ctx, const AttentionShape& shape, const bf16* q, const bf16* k, const bf16* v,
-                       const int32_t* attention_mask, const DropoutSpec& dropout, bf16* context, float* logsumexp);
+                       const int32_t* attention_mask, const DropoutSpec& dropout, bf16* context, float* logsumexp,
+                       AttentionForwardKernel kernel = AttentionForwardKernel::kWmma);
 void attention_backward(Context& ctx, const AttentionShape& shape, const bf16* dcontext, const bf16* q, const bf16* k,
                         const bf16* v, const int32_t* attention_mask, const DropoutSpec& dropout, const bf16* context,
                         const float* logsumexp, bf16* dq, bf16* dk, bf16* dv);
+
+// ---- tensor-core layout probe (mma_sync.cu) --------------------------------------------------------------
+// One warp runs kernels/cuda/mma_sync.cuh's ldmatrix and mma.sync on A [16][16] (row-major), B given
+// as b_nk [n][k] and as b_kn [k][n] (16 x 16 each, bf16), and writes every lane's registers and the
+// products D = A B from both B loads (tests/gpu/test_cuda_mma_sync.cpp checks the documented layouts).
+struct MmaSyncProbe {
+  uint32_t a[32][4];     // ldmatrix_x4 of A, per lane
+  uint32_t b_nk[32][4];  // ldmatrix_x4 of b_nk: the B operands of n tiles 0 (registers 0, 1) and 1 (2, 3)
+  uint32_t b_kn[32][4];  // ldmatrix_x4_trans of b_kn: the same operands
+  float d_nk[16][16];    // A B with the b_nk operands
+  float d_kn[16][16];    // A B with the b_kn operands
+};
+void mma_sync_probe(Context& ctx, const bf16* a, const bf16* b_nk, const bf16* b_kn, MmaSyncProbe* out);
 
 // ---- dropout (dropout.cu) -------------------------------------------------------------------------------
 // In place allowed. Same keep mask as kernels/cpu for the same spec (ops::dropout_keep).

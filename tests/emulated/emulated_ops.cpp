@@ -323,8 +323,10 @@ void bias_gelu_backward(Context& ctx, GeluKind kind, const MatrixShape& s, const
   });
 }
 
+// Both forward kernels are the same op here (kernels/cpu's).
 void attention_forward(Context& ctx, const AttentionShape& s, const bf16* q, const bf16* k, const bf16* v,
-                       const int32_t* mask, const DropoutSpec& dropout, bf16* context, float* lse) {
+                       const int32_t* mask, const DropoutSpec& dropout, bf16* context, float* lse,
+                       AttentionForwardKernel) {
   const char* op = "attention_forward";
   check_attention(op, s, dropout);
   if (s.batch == 0) return;

@@ -20,6 +20,7 @@
 
 namespace {
 
+using bert::cuda::AttentionForwardKernel;
 using bert::cuda::bf16;
 using bert::cuda::Context;
 using bert::cuda::DeviceBuffer;
@@ -179,12 +180,19 @@ struct DeviceProblem {
   const int32_t* mask_or_null() const { return mask.size() > 0 ? mask.data() : nullptr; }
 };
 
-ForwardResult gpu_forward(Context& ctx, const Problem& p, const DeviceProblem& d) {
+// Both forward kernels are held to the same checks.
+constexpr AttentionForwardKernel kForwardKernels[] = {AttentionForwardKernel::kWmma, AttentionForwardKernel::kMma};
+const char* kernel_name(AttentionForwardKernel kernel) {
+  return kernel == AttentionForwardKernel::kMma ? "mma.sync" : "wmma";
+}
+
+ForwardResult gpu_forward(Context& ctx, const Problem& p, const DeviceProblem& d,
+                          AttentionForwardKernel kernel = AttentionForwardKernel::kWmma) {
   DeviceBuffer<bf16> context = poisoned<bf16>(static_cast<size_t>(p.tokens() * p.hidden()));
   DeviceBuffer<float> logsumexp =
       poisoned<float>(static_cast<size_t>(p.shape.batch * p.shape.num_heads * p.shape.seq_len));
   bert::cuda::attention_forward(ctx, p.shape, d.q(p), d.k(p), d.v(p), d.mask_or_null(), p.dropout, context.data(),
-                                logsumexp.data());
+                                logsumexp.data(), kernel);
   ctx.synchronize();
   return ForwardResult{download_float(context), download_float(logsumexp)};
 }
@@ -318,16 +326,61 @@ uint16_t bits(bf16 value) {
   return out;
 }
 
-// The full comparison of one problem with kernels/cpu, plus the exact properties of padding.
+// The block floors of the per-(batch, head) comparisons (worst_block_error):
+//   context: 1e-2 * the block's max |v|. The context is an average of the block's v rows (scaled by
+//     1/(1 - p) under dropout), so its rounding error is a fraction of |v|; the floor only matters
+//     where the context is ~0 throughout the block (seq_len 1 whose only key was dropped).
+//   logsumexp: 1. A logsumexp error e scales the row's probabilities by exp(e) ~ 1 + e, so below
+//     |lse| = 1 the error that matters is absolute (seq_len 1: lse is one score, which can be ~0).
+//   dv: 1e-2 * the block's max |dcontext|, dv being P^T dcontext (same reasoning as the context).
+//   dq, dk: 1e-2 * the block's max |expected dv| (the whole-tensor floor in check_against_cpu, per
+//     block), and at least 1e-4 * the block's max |dcontext| for a block whose dv is exactly zero
+//     (seq_len 1 with its only key dropped: dq and dk are then exactly zero too).
+auto fraction_of(const Problem& p, const std::vector<float>& reference, double fraction) {
+  return [&p, &reference, fraction](int64_t b, int64_t h) {
+    return fraction * block_max_abs(p, BlockLayout::kTokensHidden, reference, b, h);
+  };
+}
+
+// One forward kernel's context and logsumexp against kernels/cpu's, whole and per block, and the
+// all-padding rule: a fully padded sequence attends uniformly, logsumexp log(S).
+void check_forward(const Problem& p, const ForwardResult& actual, const ForwardResult& expected) {
+  CHECK_CLOSE_REL("context", actual.context, expected.context, kBf16Tolerance);
+  CHECK_CLOSE_REL("logsumexp", actual.logsumexp, expected.logsumexp, kLogsumexpTolerance);
+  const std::vector<float> v = head_columns(p, p.qkv, 2);  // [tokens, hidden]
+  check_blocks(
+      "context per block",
+      worst_block_error(p, BlockLayout::kTokensHidden, actual.context, expected.context, fraction_of(p, v, 1e-2)),
+      kBf16Tolerance);
+  check_blocks("logsumexp per block",
+               worst_block_error(p, BlockLayout::kLogsumexp, actual.logsumexp, expected.logsumexp,
+                                 [](int64_t, int64_t) { return 1.0; }),
+               kLogsumexpTolerance);
+  if (p.mask.empty()) return;
+  const int64_t seq_len = p.shape.seq_len, heads = p.shape.num_heads;
+  size_t bad_uniform = 0;
+  for (int64_t b = 0; b < p.shape.batch; ++b) {
+    if (sequence_attends(p, b)) continue;
+    for (int64_t s = 0; s < seq_len; ++s)
+      for (int64_t h = 0; h < heads; ++h)
+        bad_uniform += std::fabs(actual.logsumexp[static_cast<size_t>((b * heads + h) * seq_len + s)] -
+                                 std::log(static_cast<float>(seq_len))) > 1e-5f;
+  }
+  CHECK(bad_uniform == 0);
+}
+
+// The full comparison of one problem with kernels/cpu (both forward kernels), plus the exact
+// properties of padding.
 void check_against_cpu(Context& ctx, const Problem& p) {
   INFO(p.describe());
   const DeviceProblem d(p);
-  const int64_t batch = p.shape.batch, seq_len = p.shape.seq_len, heads = p.shape.num_heads, hidden = p.hidden();
+  const int64_t batch = p.shape.batch, seq_len = p.shape.seq_len, hidden = p.hidden();
 
   const ForwardResult expected = cpu_forward(p);
-  const ForwardResult actual = gpu_forward(ctx, p, d);
-  CHECK_CLOSE_REL("context", actual.context, expected.context, kBf16Tolerance);
-  CHECK_CLOSE_REL("logsumexp", actual.logsumexp, expected.logsumexp, kLogsumexpTolerance);
+  for (const AttentionForwardKernel kernel : kForwardKernels) {
+    INFO("forward kernel " << kernel_name(kernel));
+    check_forward(p, gpu_forward(ctx, p, d, kernel), expected);
+  }
 
   // Backward from the CPU's saved tensors (context rounded to bf16 as the GPU would save it).
   const std::vector<float> saved_context = round_to_bf16(expected.context);
@@ -343,39 +396,17 @@ void check_against_cpu(Context& ctx, const Problem& p) {
   CHECK(dk_error <= kBf16Tolerance);
   CHECK(dv_error <= kBf16Tolerance);
 
-  // The same comparisons per (batch, head) block, each block on its own scale, with these floors:
-  //   context: 1e-2 * the block's max |v|. The context is an average of the block's v rows (scaled by
-  //     1/(1 - p) under dropout), so its rounding error is a fraction of |v|; the floor only matters
-  //     where the context is ~0 throughout the block (seq_len 1 whose only key was dropped).
-  //   logsumexp: 1. A logsumexp error e scales the row's probabilities by exp(e) ~ 1 + e, so below
-  //     |lse| = 1 the error that matters is absolute (seq_len 1: lse is one score, which can be ~0).
-  //   dv: 1e-2 * the block's max |dcontext|, dv being P^T dcontext (same reasoning as the context).
-  //   dq, dk: 1e-2 * the block's max |expected dv| (the whole-tensor floor above, per block), and at
-  //     least 1e-4 * the block's max |dcontext| for a block whose dv is exactly zero (seq_len 1 with
-  //     its only key dropped: dq and dk are then exactly zero too).
-  const std::vector<float> v = head_columns(p, p.qkv, 2);  // [tokens, hidden]
-  const auto fraction_of = [&p](const std::vector<float>& reference, double fraction) {
-    return [&p, &reference, fraction](int64_t b, int64_t h) {
-      return fraction * block_max_abs(p, BlockLayout::kTokensHidden, reference, b, h);
-    };
-  };
+  // The same comparisons per (batch, head) block, each on its own scale (floors: fraction_of above).
   const auto dq_dk_floor = [&](int64_t b, int64_t h) {
-    return std::max(fraction_of(expected_grad.dv, 1e-2)(b, h), fraction_of(p.dcontext, 1e-4)(b, h));
+    return std::max(fraction_of(p, expected_grad.dv, 1e-2)(b, h), fraction_of(p, p.dcontext, 1e-4)(b, h));
   };
-  check_blocks("context per block",
-               worst_block_error(p, BlockLayout::kTokensHidden, actual.context, expected.context, fraction_of(v, 1e-2)),
-               kBf16Tolerance);
-  check_blocks("logsumexp per block",
-               worst_block_error(p, BlockLayout::kLogsumexp, actual.logsumexp, expected.logsumexp,
-                                 [](int64_t, int64_t) { return 1.0; }),
-               kLogsumexpTolerance);
   check_blocks("dq per block", worst_block_error(p, BlockLayout::kTokensHidden, grad.dq, expected_grad.dq, dq_dk_floor),
                kBf16Tolerance);
   check_blocks("dk per block", worst_block_error(p, BlockLayout::kTokensHidden, grad.dk, expected_grad.dk, dq_dk_floor),
                kBf16Tolerance);
   check_blocks(
       "dv per block",
-      worst_block_error(p, BlockLayout::kTokensHidden, grad.dv, expected_grad.dv, fraction_of(p.dcontext, 1e-2)),
+      worst_block_error(p, BlockLayout::kTokensHidden, grad.dv, expected_grad.dv, fraction_of(p, p.dcontext, 1e-2)),
       kBf16Tolerance);
 
   // Columns that belong to no head keep their poison (0xFFFF) bit for bit.
@@ -389,8 +420,8 @@ void check_against_cpu(Context& ctx, const Problem& p) {
   }
 
   if (p.mask.empty()) return;
-  // Exact padding properties (ops.h): a fully padded sequence attends uniformly with logsumexp
-  // log(S) and gives q and k exactly zero gradient; padded keys of the others get exactly zero dk, dv.
+  // Exact padding properties (ops.h): a fully padded sequence (its uniform logsumexp: check_forward)
+  // gives q and k exactly zero gradient; padded keys of the others get exactly zero dk, dv.
   size_t bad_uniform = 0, bad_padded_key = 0, fully_padded = 0;
   for (int64_t b = 0; b < batch; ++b) {
     const bool all_padding = !sequence_attends(p, b);
@@ -398,9 +429,6 @@ void check_against_cpu(Context& ctx, const Problem& p) {
     for (int64_t s = 0; s < seq_len; ++s) {
       const int64_t token = b * seq_len + s;
       if (all_padding) {
-        for (int64_t h = 0; h < heads; ++h)
-          bad_uniform += std::fabs(actual.logsumexp[static_cast<size_t>((b * heads + h) * seq_len + s)] -
-                                   std::log(static_cast<float>(seq_len))) > 1e-5f;
         for (int64_t c = 0; c < hidden; ++c)
           bad_uniform += grad.dq[static_cast<size_t>(token * hidden + c)] != 0.0f ||
                          grad.dk[static_cast<size_t>(token * hidden + c)] != 0.0f;
@@ -444,12 +472,13 @@ TEST_CASE("cuda attention: padded keys change nothing, a null mask equals all on
   Context ctx;
   const int head_dim = GENERATE(32, 128);
   const int seq_len = GENERATE(7, 129);
+  const AttentionForwardKernel kernel = GENERATE(AttentionForwardKernel::kWmma, AttentionForwardKernel::kMma);
   Problem p = make_problem(4, seq_len, 2, head_dim, QkvLayout::kFused, 0.1f, 777 + head_dim + seq_len);
-  INFO(p.describe());
+  INFO(p.describe() << ", forward kernel " << kernel_name(kernel));
 
-  const auto run = [&ctx](const Problem& problem) {
+  const auto run = [&ctx, kernel](const Problem& problem) {
     const DeviceProblem d(problem);
-    const ForwardResult forward = gpu_forward(ctx, problem, d);
+    const ForwardResult forward = gpu_forward(ctx, problem, d, kernel);
     const BackwardResult grad = gpu_backward(ctx, problem, d, forward.context, forward.logsumexp);
     // Bitwise comparisons alone would pass NaN == NaN.
     CHECK(all_finite(forward.context));

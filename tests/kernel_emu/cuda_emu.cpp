@@ -98,7 +98,7 @@ struct Block {
   size_t static_bytes = 0;
   // Warp collectives and __syncthreads_or: two buffers per warp (or block), alternating by barrier
   // generation, so a slot is never rewritten before every lane has read it.
-  std::vector<uint64_t> warp_slots;  // [warps][2][32]
+  std::vector<uint64_t> warp_slots;  // [warps][2][32][kWarpExchangeWords]
   std::vector<unsigned> warp_generation;
   std::vector<int> block_flags;  // [2][threads]
   unsigned block_generation = 0;
@@ -324,7 +324,7 @@ void run_block(Block& b) {
   if (b.dynamic_bytes > 0) std::memset(b.dynamic.get(), 0xFF, b.dynamic_bytes);
   b.statics.clear();
   b.static_bytes = 0;
-  b.warp_slots.assign(size_t{warps_of(b)} * 64, ~uint64_t{0});
+  b.warp_slots.assign(size_t{warps_of(b)} * 64 * kWarpExchangeWords, ~uint64_t{0});
   b.warp_generation.assign(warps_of(b), 0);
   b.exited_lanes.assign(warps_of(b), 0);
   b.coords.resize(b.threads);
@@ -413,7 +413,7 @@ void sync_warp(unsigned mask, const char* point) {
 uint64_t* warp_exchange(unsigned) {
   Block& b = *current_block;
   const unsigned w = b.current / 32;
-  return b.warp_slots.data() + (size_t{w} * 2 + b.warp_generation[w] % 2) * 32;
+  return b.warp_slots.data() + (size_t{w} * 2 + b.warp_generation[w] % 2) * 32 * kWarpExchangeWords;
 }
 
 void trap() { device_fault(where(*current_block) + ": __trap()"); }

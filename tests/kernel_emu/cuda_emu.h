@@ -58,8 +58,12 @@ extern thread_local ThreadCoords coords;  // of the fiber now running on this ho
 void sync_block();                                 // __syncthreads
 int sync_block_or(int predicate);                  // __syncthreads_or
 void sync_warp(unsigned mask, const char* point);  // __syncwarp and the rendezvous of every shuffle
-uint64_t* warp_exchange(unsigned mask);            // this warp's 32-slot exchange for the collective now
-[[noreturn]] void trap();                          // __trap: a device fault naming the kernel and thread
+// This warp's exchange for the collective now: kWarpExchangeWords words per lane, lane l's at
+// [l * kWarpExchangeWords] (two buffers alternate, so a lane already at the next collective cannot
+// overwrite what the others still read of this one).
+constexpr size_t kWarpExchangeWords = 4;
+uint64_t* warp_exchange(unsigned mask);
+[[noreturn]] void trap();  // __trap: a device fault naming the kernel and thread
 [[noreturn]] void launch_bounds_exceeded(unsigned max_threads);
 [[noreturn]] void host_pointer_argument(const char* kernel, size_t index, const void* pointer);
 bool device_accessible(const void* pointer);  // in a live cudaMalloc or cudaMallocHost allocation
@@ -86,11 +90,11 @@ T shuffle(unsigned mask, T value, int source, const char* point) {
   uint64_t* slots = warp_exchange(mask);
   uint64_t bits = 0;
   std::memcpy(&bits, &value, sizeof(T));
-  slots[lane()] = bits;
+  slots[lane() * kWarpExchangeWords] = bits;
   sync_warp(mask, point);
   if (source < 0 || source >= 32) return value;
   T out;
-  std::memcpy(&out, &slots[source], sizeof(T));
+  std::memcpy(&out, &slots[source * kWarpExchangeWords], sizeof(T));
   return out;
 }
 
