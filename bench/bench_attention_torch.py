@@ -139,15 +139,14 @@ def print_side_by_side(reference, ours):
             return f"{'-':>18}"
         return f"{case['tflop_per_s']:8.1f} ({case['median_ms']:7.3f})"
 
-    # Our forward has two kernels (bench_kernels' attention_fwd = wmma, attention_fwd_mma = mma.sync):
-    # each gets a row against the same torch numbers.
+    # Our attention has two kernels per direction (bench_kernels' attention_fwd / _bwd = wmma,
+    # attention_fwd_mma / _bwd_mma = mma.sync): each gets a row against the same torch numbers.
     rows = []
     for name in names:
         rows.append((name, name))
-        if name.startswith("attention_fwd/"):
-            mma_name = name.replace("attention_fwd/", "attention_fwd_mma/", 1)
-            if mma_name in ours_by_name:
-                rows.append((mma_name, name))
+        family, _, rest = name.partition("/")
+        if family + "_mma/" + rest in ours_by_name:
+            rows.append((family + "_mma/" + rest, name))
     for ours_name, name in rows:
         mine = ours_by_name.get(ours_name)
         theirs = {c["backend"]: c for c in reference["cases"] if c["name"] == name}

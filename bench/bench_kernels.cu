@@ -495,9 +495,9 @@ void add_attention_cases(std::vector<Case>& cases, const Model& m, int64_t seq) 
       }
       fill_uniform(ctx, qkv, tokens * shape.qkv_row_stride, 71, -2.0f, 2.0f);
     };
-    // The forward's two kernels (ops_cuda.h): "_fwd" the default (wmma), "_fwd_mma" the mma.sync one.
-    for (const AttentionForwardKernel kernel : {AttentionForwardKernel::kWmma, AttentionForwardKernel::kMma}) {
-      const bool mma = kernel == AttentionForwardKernel::kMma;
+    // Two kernels per direction (ops_cuda.h): "_fwd"/"_bwd" the default (wmma), "_fwd_mma"/"_bwd_mma" mma.sync.
+    for (const AttentionKernel kernel : {AttentionKernel::kWmma, AttentionKernel::kMma}) {
+      const bool mma = kernel == AttentionKernel::kMma;
       cases.push_back({variant + (mma ? "_fwd_mma/" : "_fwd/") + m.name + "/s" + str(seq),
                        mma ? "attention_forward (kMma)" : "attention_forward", shape_text,
                        [shape, dropout, kernel, make_inputs, forward_flops, t, h, lse_bytes](Context& ctx) {
@@ -518,28 +518,33 @@ void add_attention_cases(std::vector<Case>& cases, const Model& m, int64_t seq) 
                          return p;
                        }});
     }
-    cases.push_back({variant + "_bwd/" + m.name + "/s" + str(seq), "attention_backward", shape_text,
-                     [shape, dropout, make_inputs, forward_flops, t, h, lse_bytes](Context& ctx) {
-                       Prepared p;
-                       bf16 *qkv, *context;
-                       int32_t* mask;
-                       float* lse;
-                       make_inputs(ctx, *p.arena, qkv, mask, context, lse);
-                       const int64_t tokens = shape.tokens(), hidden = shape.hidden();
-                       bf16* dcontext = p.arena->make<bf16>(tokens * hidden);
-                       bf16* dqkv = p.arena->make<bf16>(tokens * shape.qkv_row_stride);
-                       fill_uniform(ctx, dcontext, tokens * hidden, 72, -1e-2f, 1e-2f);
-                       attention_forward(ctx, shape, qkv, qkv + hidden, qkv + 2 * hidden, mask, dropout, context, lse);
-                       p.run = [&ctx, shape, dropout, qkv, mask, context, lse, dcontext, dqkv, hidden] {
-                         attention_backward(ctx, shape, dcontext, qkv, qkv + hidden, qkv + 2 * hidden, mask, dropout,
-                                            context, lse, dqkv, dqkv + hidden, dqkv + 2 * hidden);
-                       };
-                       p.outputs = {{dqkv, tokens * shape.qkv_row_stride, true}};
-                       p.flops = 2.5 * forward_flops;
-                       // q, k, v, context, dcontext, logsumexp read; dq, dk, dv written.
-                       p.bytes = t * h * 2 * 3 + t * h * 2 * 2 + lse_bytes + t * h * 2 * 3;
-                       return p;
-                     }});
+    for (const AttentionKernel kernel : {AttentionKernel::kWmma, AttentionKernel::kMma}) {
+      const bool mma = kernel == AttentionKernel::kMma;
+      cases.push_back({variant + (mma ? "_bwd_mma/" : "_bwd/") + m.name + "/s" + str(seq),
+                       mma ? "attention_backward (kMma)" : "attention_backward", shape_text,
+                       [shape, dropout, kernel, make_inputs, forward_flops, t, h, lse_bytes](Context& ctx) {
+                         Prepared p;
+                         bf16 *qkv, *context;
+                         int32_t* mask;
+                         float* lse;
+                         make_inputs(ctx, *p.arena, qkv, mask, context, lse);
+                         const int64_t tokens = shape.tokens(), hidden = shape.hidden();
+                         bf16* dcontext = p.arena->make<bf16>(tokens * hidden);
+                         bf16* dqkv = p.arena->make<bf16>(tokens * shape.qkv_row_stride);
+                         fill_uniform(ctx, dcontext, tokens * hidden, 72, -1e-2f, 1e-2f);
+                         attention_forward(ctx, shape, qkv, qkv + hidden, qkv + 2 * hidden, mask, dropout, context,
+                                           lse);
+                         p.run = [&ctx, shape, dropout, kernel, qkv, mask, context, lse, dcontext, dqkv, hidden] {
+                           attention_backward(ctx, shape, dcontext, qkv, qkv + hidden, qkv + 2 * hidden, mask,
+                                              dropout, context, lse, dqkv, dqkv + hidden, dqkv + 2 * hidden, kernel);
+                         };
+                         p.outputs = {{dqkv, tokens * shape.qkv_row_stride, true}};
+                         p.flops = 2.5 * forward_flops;
+                         // q, k, v, context, dcontext, logsumexp read; dq, dk, dv written.
+                         p.bytes = t * h * 2 * 3 + t * h * 2 * 2 + lse_bytes + t * h * 2 * 3;
+                         return p;
+                       }});
+    }
   }
 }
 

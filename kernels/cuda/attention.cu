@@ -27,7 +27,7 @@
 // Shared memory (D = 128): forward 111 KB, dK/dV 121 KB, dQ 112 KB (D = 64: 71, 89, 80 KB): 2 blocks
 // (8 warps) per SM, 1 for dK/dV at D = 128. Registers <= 255 per thread, no spills (ptxas -v, sm_90a).
 //
-// The forward has a second kernel, AttentionForwardKernel::kMma (FlashAttention-2's register scheme):
+// The forward has a second kernel, AttentionKernel::kMma (FlashAttention-2's register scheme):
 // mma.sync m16n8k16 fragments (kernels/cuda/mma_sync.cuh), whose accumulator layout is documented, so
 // the scores, the online softmax and P~ stay in registers (the accumulators of S are repacked as P~'s
 // A operands) and so does O; shared memory holds only the Q/K/V tiles and the key flags (D = 64:
@@ -93,6 +93,8 @@ struct Tiles {
 
   static constexpr size_t kForwardBytes = 3 * kTileBytes + kScoreBytes + kProbBytes + kAccBytes + kKeyFlagBytes;
   static constexpr size_t kForwardMmaBytes = 3 * kTileBytes + kKeyFlagBytes;
+  static constexpr size_t kDkDvMmaBytes = 4 * kTileBytes + 2 * kRowStatBytes + kKeyFlagBytes;
+  static constexpr size_t kDqMmaBytes = 4 * kTileBytes + kKeyFlagBytes;
   static constexpr size_t kDkDvBytes =
       4 * kTileBytes + 2 * kScoreBytes + 2 * kProbBytes + 2 * kRowStatBytes + kKeyFlagBytes;
   static constexpr size_t kDqBytes = 4 * kTileBytes + 2 * kScoreBytes + kProbBytes + kKeyFlagBytes;
@@ -352,7 +354,32 @@ __global__ void __launch_bounds__(kThreads)
                      lane);
 }
 
-// ---- forward kernel on mma.sync fragments (AttentionForwardKernel::kMma) -----------------------------------
+// ---- forward kernel on mma.sync fragments (AttentionKernel::kMma) -----------------------------------
+
+// One warp: its 16 x D mma accumulators (acc[n]: columns 8n..8n+7, rows g and g + 8), times
+// row_scale[0] (row g) / row_scale[1] (row g + 8), rounded to bf16 into `rows` (the warp's own 16
+// rows of a shared tile, row stride kLd, which no other warp reads), then rows first .. first + 15
+// below seq_len stored to `dest` (row stride `stride`, 16-byte aligned rows) as 16-byte vectors.
+template <int D>
+__device__ void store_warp_accumulators(const float (&acc)[D / 8][4], const float (&row_scale)[2], bf16* rows,
+                                        bf16* dest, int64_t stride, int first, int seq_len, int lane) {
+  constexpr int ld = Tiles<D>::kLd, kChunks = D / 8;
+  const int g = lane >> 2, q = lane & 3;
+  __syncwarp();  // the warp's last reads of `rows` (its own ldmatrix loads) are done
+#pragma unroll
+  for (int n = 0; n < D / 8; ++n)
+#pragma unroll
+    for (int r = 0; r < 2; ++r)
+      *reinterpret_cast<uint32_t*>(rows + (g + 8 * r) * ld + 8 * n + 2 * q) =
+          detail::pack_bf16x2(acc[n][2 * r] * row_scale[r], acc[n][2 * r + 1] * row_scale[r]);
+  __syncwarp();
+  for (int index = lane; index < kFrag * kChunks; index += 32) {
+    const int row = index / kChunks, chunk = index % kChunks;
+    if (first + row >= seq_len) continue;
+    *reinterpret_cast<uint4*>(dest + static_cast<int64_t>(first + row) * stride + chunk * 8) =
+        *reinterpret_cast<const uint4*>(rows + row * ld + chunk * 8);
+  }
+}
 
 // This lane's dropout multipliers for key tile n of a step (keys first_key + 8n + 2q + {0, 1}) of its
 // rows g (m[0], m[1]) and g + 8 (m[2], m[3]). When every row's element index is a multiple of 4 at
@@ -525,22 +552,9 @@ __global__ void __launch_bounds__(kThreads)
     if (q == 0 && query < seq_len)
       logsumexp[static_cast<int64_t>(coords.batch_head) * seq_len + query] = row_max[r] + logf(row_sum[r]);
   }
-  // Stage O (bf16) in the warp's own Q rows (read into q_fragment before the loop's first barrier),
-  // then store whole 16-byte row chunks.
-#pragma unroll
-  for (int n = 0; n < D / 8; ++n)
-#pragma unroll
-    for (int r = 0; r < 2; ++r)
-      *reinterpret_cast<uint32_t*>(warp_rows + (g + 8 * r) * ld + 8 * n + 2 * q) =
-          detail::pack_bf16x2(out[n][2 * r] * inverse_sum[r], out[n][2 * r + 1] * inverse_sum[r]);
-  __syncwarp();
-  constexpr int kChunks = D / 8;
-  for (int index = lane; index < kFrag * kChunks; index += 32) {
-    const int row = index / kChunks, chunk = index % kChunks;
-    if (first_query + row >= seq_len) continue;
-    *reinterpret_cast<uint4*>(context + coords.hidden_offset + static_cast<int64_t>(first_query + row) * args.hidden +
-                              chunk * 8) = *reinterpret_cast<const uint4*>(warp_rows + row * ld + chunk * 8);
-  }
+  // O (bf16) staged in the warp's own Q rows (read into q_fragment before the loop), then stored.
+  store_warp_accumulators<D>(out, inverse_sum, warp_rows, context + coords.hidden_offset, args.hidden, first_query,
+                             seq_len, lane);
 }
 
 // ---- backward kernels ---------------------------------------------------------------------------------------
@@ -780,6 +794,304 @@ __global__ void __launch_bounds__(kThreads)
   store_warp_rows<D>(staging, coords.first_row + warp * kFrag, seq_len, dq + coords.qkv_offset, args.qkv_stride, lane);
 }
 
+// ---- backward kernels on mma.sync fragments (AttentionKernel::kMma) ----------------------------------------
+
+// dK/dV: this lane's dropout multipliers for query tile n of a half step: m[2r + e] is the element of
+// key key_row + 8r (key_row = the warp's first key + g) and query first_query + 2q + e. An element's
+// index is (b*H + h)*S*S + query*S + key, so for a fixed query 4 consecutive keys share a Philox group.
+// When seq_len % 4 == 0 (then every such group starts at a key that is a multiple of 4), the lanes
+// i = g % 4 = 0..3 of equal q and g / 4 hold keys 4(g / 4) + i of the same queries: lane i draws the
+// group of (row r = i / 2, query e = i % 2) and three shuffles hand each lane its word of the other
+// three groups, so the warp draws every group once. Otherwise one Philox call per element.
+// Warp-uniform (every lane calls it with the same arguments but its own lane).
+__device__ uint32_t word_of(const uint32_t (&words)[4], int index) {  // no dynamic register-array index
+  return index == 0 ? words[0] : index == 1 ? words[1] : index == 2 ? words[2] : words[3];
+}
+
+__device__ void dkdv_dropout_multipliers(const DropoutSite& site, bool group_aligned, uint64_t batch_head_row,
+                                         int seq_len, int first_query, int key_row, int lane, float (&m)[4]) {
+  if (!site.enabled) {
+    m[0] = m[1] = m[2] = m[3] = 1.0f;
+    return;
+  }
+  const int q = lane & 3;
+  const auto element = [&](int r, int e) {  // (b*H + h)*S*S + query*S + key
+    return (batch_head_row + static_cast<uint64_t>(first_query + 2 * q + e)) * static_cast<uint64_t>(seq_len) +
+           static_cast<uint64_t>(key_row + 8 * r);
+  };
+  uint32_t word[4];
+  if (!group_aligned) {
+    for (int k = 0; k < 4; ++k) {
+      const uint64_t index = element(k / 2, k % 2);
+      const ops::Philox4x32Result random = ops::dropout_random_group(site.spec, index >> 2);
+      word[k] = word_of(random.word, static_cast<int>(index & 3));
+    }
+  } else {
+    const int i = (lane >> 2) & 3;  // = g % 4: this lane's key within its group, and the group it draws
+    const ops::Philox4x32Result drawn = ops::dropout_random_group(site.spec, (element(i / 2, i % 2) - i) >> 2);
+    uint32_t got[4];
+    got[0] = word_of(drawn.word, i);
+#pragma unroll
+    for (int t = 1; t < 4; ++t)  // from lane i ^ t: word i of the group of (row (i ^ t) / 2, query (i ^ t) % 2)
+      got[t] = __shfl_xor_sync(kFullMask, word_of(drawn.word, i ^ t), t << 2);
+#pragma unroll
+    for (int k = 0; k < 4; ++k) word[k] = word_of(got, i ^ k);
+  }
+  for (int k = 0; k < 4; ++k) m[k] = word[k] >= site.drop_below ? site.keep_scale : 0.0f;
+}
+
+// dK and dV: block and warps own 64 and 16 keys as the wmma kernel's. Per query step the Q/dO tiles
+// and their logsumexp/Delta go to shared memory; each half step of 32 queries computes S^T = K Q^T and
+// dP~^T = V dO^T into accumulators (keys as rows: K and V A operands by ldmatrix_x4 of the warp's own
+// rows, Q and dO B operands as the forward's K), forms (P keep)^T and dS^T in registers, repacks them
+// as A operands and accumulates dV += (P keep)^T dO and dK += dS^T Q (dO and Q B operands by
+// ldmatrix_x4_trans). Half steps keep S^T and dP~^T at 16 registers each beside dK and dV (D registers).
+template <int D>
+__global__ void __launch_bounds__(kThreads)
+    attention_backward_dkdv_mma_kernel(const AttentionArgs args, const bf16* __restrict__ dcontext,
+                                       const float* __restrict__ logsumexp, const float* __restrict__ delta,
+                                       bf16* __restrict__ dk, bf16* __restrict__ dv) {
+  using T = Tiles<D>;
+  constexpr int ld = T::kLd;
+  constexpr int kHalf = kStep / 2;        // queries per half step
+  constexpr int kQueryTiles = kHalf / 8;  // accumulator tiles of 8 queries per half step
+  extern __shared__ __align__(128) unsigned char shared[];
+  bf16* k_tile = reinterpret_cast<bf16*>(shared);
+  bf16* v_tile = reinterpret_cast<bf16*>(shared + T::kTileBytes);
+  bf16* q_tile = reinterpret_cast<bf16*>(shared + 2 * T::kTileBytes);
+  bf16* dout_tile = reinterpret_cast<bf16*>(shared + 3 * T::kTileBytes);
+  float* step_lse = reinterpret_cast<float*>(shared + 4 * T::kTileBytes);
+  float* step_delta = reinterpret_cast<float*>(shared + 4 * T::kTileBytes + kRowStatBytes);
+  unsigned char* key_flags = shared + 4 * T::kTileBytes + 2 * kRowStatBytes;
+  const int warp = threadIdx.x / 32, lane = threadIdx.x % 32;
+  const int g = lane >> 2, q = lane & 3, j = lane / 8;
+
+  const int seq_len = args.seq_len;
+  const BlockCoords coords = block_coords<D>(args);
+  const KeyFlags keys = load_key_flags(args, coords.batch_head, key_flags);
+  load_tile<D>(k_tile, args.k + coords.qkv_offset, args.qkv_stride, coords.first_row, seq_len);
+  load_tile<D>(v_tile, args.v + coords.qkv_offset, args.qkv_stride, coords.first_row, seq_len);
+  const int warp_first_key = coords.first_row + warp * kFrag;
+  bf16* warp_k = k_tile + warp * kFrag * ld;
+  bf16* warp_v = v_tile + warp * kFrag * ld;
+  const float* lse_row = logsumexp + static_cast<int64_t>(coords.batch_head) * seq_len;
+  const float* delta_row = delta + static_cast<int64_t>(coords.batch_head) * seq_len;
+  const float uniform_prob = 1.0f / static_cast<float>(seq_len);
+  const bool key_attended[2] = {keys.attended(warp_first_key + g), keys.attended(warp_first_key + g + 8)};
+  const uint64_t batch_head_row = static_cast<uint64_t>(coords.batch_head) * static_cast<uint64_t>(seq_len);
+  const bool group_aligned = (seq_len & 3) == 0;
+
+  float dk_acc[D / 8][4], dv_acc[D / 8][4];
+#pragma unroll
+  for (int n = 0; n < D / 8; ++n)
+#pragma unroll
+    for (int e = 0; e < 4; ++e) dk_acc[n][e] = dv_acc[n][e] = 0.0f;
+
+  for (int query0 = 0; query0 < seq_len; query0 += kStep) {
+    __syncthreads();  // every warp is done with the previous Q/dO tiles and row statistics
+    load_tile<D>(q_tile, args.q + coords.qkv_offset, args.qkv_stride, query0, seq_len);
+    load_tile<D>(dout_tile, dcontext + coords.hidden_offset, args.hidden, query0, seq_len);
+    for (int c = threadIdx.x; c < kStep; c += kThreads) {
+      const bool in_range = query0 + c < seq_len;
+      step_lse[c] = in_range ? lse_row[query0 + c] : 0.0f;
+      step_delta[c] = in_range ? delta_row[query0 + c] : 0.0f;
+    }
+    __syncthreads();  // (the first time, also publishes the K/V tiles)
+
+#pragma unroll 1
+    for (int half = 0; half < 2; ++half) {
+      const int first_column = half * kHalf;  // of the step's 64 queries
+      float st[kQueryTiles][4], dpt[kQueryTiles][4];
+#pragma unroll
+      for (int n = 0; n < kQueryTiles; ++n)
+#pragma unroll
+        for (int e = 0; e < 4; ++e) st[n][e] = dpt[n][e] = 0.0f;
+#pragma unroll
+      for (int kk = 0; kk < D / 16; ++kk) {
+        uint32_t k_fragment[4], v_fragment[4];
+        detail::ldmatrix_x4(k_fragment, warp_k + (lane % 16) * ld + kk * 16 + (lane / 16) * 8);
+        detail::ldmatrix_x4(v_fragment, warp_v + (lane % 16) * ld + kk * 16 + (lane / 16) * 8);
+#pragma unroll
+        for (int p = 0; p < kQueryTiles / 2; ++p) {
+          // matrix j: queries first_column + 16p + 8 (j / 2) .., dims 16kk + 8 (j % 2) ..
+          const int offset = (first_column + 16 * p + 8 * (j / 2) + lane % 8) * ld + 16 * kk + 8 * (j % 2);
+          uint32_t b[4];
+          detail::ldmatrix_x4(b, q_tile + offset);
+          detail::mma_bf16_16816(st[2 * p], k_fragment, b[0], b[1]);
+          detail::mma_bf16_16816(st[2 * p + 1], k_fragment, b[2], b[3]);
+          detail::ldmatrix_x4(b, dout_tile + offset);
+          detail::mma_bf16_16816(dpt[2 * p], v_fragment, b[0], b[1]);
+          detail::mma_bf16_16816(dpt[2 * p + 1], v_fragment, b[2], b[3]);
+        }
+      }
+
+      // (P keep)^T and dS^T (ops.h: all-padding rows are uniform and pass no gradient to q or k).
+      uint32_t kept_fragment[kQueryTiles / 2][4], dscore_fragment[kQueryTiles / 2][4];
+#pragma unroll
+      for (int n = 0; n < kQueryTiles; ++n) {
+        float multiplier[4];
+        dkdv_dropout_multipliers(args.dropout, group_aligned, batch_head_row, seq_len, query0 + first_column + 8 * n,
+                                 warp_first_key + g, lane, multiplier);
+        float kept[4], dscore[4];
+#pragma unroll
+        for (int e = 0; e < 4; ++e) {
+          const int c = first_column + 8 * n + 2 * q + (e & 1);
+          kept[e] = dscore[e] = 0.0f;
+          if (query0 + c < seq_len && key_attended[e / 2]) {
+            const float prob = keys.all_padding ? uniform_prob : expf(st[n][e] * args.scale - step_lse[c]);
+            if (prob != 0.0f) {
+              kept[e] = prob * multiplier[e];
+              if (!keys.all_padding) dscore[e] = args.scale * prob * (dpt[n][e] * multiplier[e] - step_delta[c]);
+            }
+          }
+        }
+        kept_fragment[n / 2][2 * (n % 2)] = detail::pack_bf16x2(kept[0], kept[1]);
+        kept_fragment[n / 2][2 * (n % 2) + 1] = detail::pack_bf16x2(kept[2], kept[3]);
+        dscore_fragment[n / 2][2 * (n % 2)] = detail::pack_bf16x2(dscore[0], dscore[1]);
+        dscore_fragment[n / 2][2 * (n % 2) + 1] = detail::pack_bf16x2(dscore[2], dscore[3]);
+      }
+
+      // dV += (P keep)^T dO, dK += dS^T Q: matrix j of the trans loads is queries first_column + 16kk +
+      // 8 (j % 2) .., dims 16p + 8 (j / 2) ..
+#pragma unroll
+      for (int kk = 0; kk < kQueryTiles / 2; ++kk)
+#pragma unroll
+        for (int p = 0; p < D / 16; ++p) {
+          const int offset = (first_column + 16 * kk + 8 * (j % 2) + lane % 8) * ld + 16 * p + 8 * (j / 2);
+          uint32_t b[4];
+          detail::ldmatrix_x4_trans(b, dout_tile + offset);
+          detail::mma_bf16_16816(dv_acc[2 * p], kept_fragment[kk], b[0], b[1]);
+          detail::mma_bf16_16816(dv_acc[2 * p + 1], kept_fragment[kk], b[2], b[3]);
+          detail::ldmatrix_x4_trans(b, q_tile + offset);
+          detail::mma_bf16_16816(dk_acc[2 * p], dscore_fragment[kk], b[0], b[1]);
+          detail::mma_bf16_16816(dk_acc[2 * p + 1], dscore_fragment[kk], b[2], b[3]);
+        }
+    }
+  }
+
+  // dK and dV staged in the warp's own K and V rows (only it reads them), then stored.
+  const float one[2] = {1.0f, 1.0f};
+  store_warp_accumulators<D>(dk_acc, one, warp_k, dk + coords.qkv_offset, args.qkv_stride, warp_first_key, seq_len,
+                             lane);
+  store_warp_accumulators<D>(dv_acc, one, warp_v, dv + coords.qkv_offset, args.qkv_stride, warp_first_key, seq_len,
+                             lane);
+}
+
+// dQ: block and warps own 64 and 16 queries as the forward's. Per 64-key step: S = Q K^T and
+// dP~ = dO V^T into accumulators (Q and dO A operands reloaded by ldmatrix each step, K and V B
+// operands as the forward's K), dS in registers (dropout as the forward's), repacked as A operands,
+// and dQ += dS K (K's B operands by ldmatrix_x4_trans). All-padding sequences: dQ = 0 exactly.
+template <int D>
+__global__ void __launch_bounds__(kThreads)
+    attention_backward_dq_mma_kernel(const AttentionArgs args, const bf16* __restrict__ dcontext,
+                                     const float* __restrict__ logsumexp, const float* __restrict__ delta,
+                                     bf16* __restrict__ dq) {
+  using T = Tiles<D>;
+  constexpr int ld = T::kLd;
+  constexpr int kKeyTiles = kStep / 8;
+  extern __shared__ __align__(128) unsigned char shared[];
+  bf16* q_tile = reinterpret_cast<bf16*>(shared);
+  bf16* dout_tile = reinterpret_cast<bf16*>(shared + T::kTileBytes);
+  bf16* k_tile = reinterpret_cast<bf16*>(shared + 2 * T::kTileBytes);
+  bf16* v_tile = reinterpret_cast<bf16*>(shared + 3 * T::kTileBytes);
+  unsigned char* key_flags = shared + 4 * T::kTileBytes;
+  const int warp = threadIdx.x / 32, lane = threadIdx.x % 32;
+  const int g = lane >> 2, q = lane & 3, j = lane / 8;
+
+  const int seq_len = args.seq_len;
+  const BlockCoords coords = block_coords<D>(args);
+  const KeyFlags keys = load_key_flags(args, coords.batch_head, key_flags);
+  const int first_query = coords.first_row + warp * kFrag;
+  bf16* warp_q = q_tile + warp * kFrag * ld;
+  bf16* warp_dout = dout_tile + warp * kFrag * ld;
+
+  float dq_acc[D / 8][4];
+#pragma unroll
+  for (int n = 0; n < D / 8; ++n) dq_acc[n][0] = dq_acc[n][1] = dq_acc[n][2] = dq_acc[n][3] = 0.0f;
+
+  // keys.all_padding is uniform over the block.
+  if (!keys.all_padding) {
+    load_tile<D>(q_tile, args.q + coords.qkv_offset, args.qkv_stride, coords.first_row, seq_len);
+    load_tile<D>(dout_tile, dcontext + coords.hidden_offset, args.hidden, coords.first_row, seq_len);
+    bool in_range[2];
+    float lse[2], dout_dot_out[2];
+    uint64_t dropout_row[2];
+    for (int r = 0; r < 2; ++r) {
+      const int query = first_query + g + 8 * r;
+      in_range[r] = query < seq_len;
+      const int64_t stat_index = static_cast<int64_t>(coords.batch_head) * seq_len + query;
+      lse[r] = in_range[r] ? logsumexp[stat_index] : 0.0f;
+      dout_dot_out[r] = in_range[r] ? delta[stat_index] : 0.0f;
+      dropout_row[r] = static_cast<uint64_t>(stat_index) * seq_len;
+    }
+    const bool group_aligned = (seq_len & 3) == 0;
+    MmaDropout dropout;
+
+    for (int key0 = 0; key0 < seq_len; key0 += kStep) {
+      __syncthreads();  // every warp is done with the previous K/V tile
+      load_tile<D>(k_tile, args.k + coords.qkv_offset, args.qkv_stride, key0, seq_len);
+      load_tile<D>(v_tile, args.v + coords.qkv_offset, args.qkv_stride, key0, seq_len);
+      __syncthreads();  // (the first time, also publishes the Q/dO tiles)
+
+      float s[kKeyTiles][4], dp[kKeyTiles][4];
+#pragma unroll
+      for (int n = 0; n < kKeyTiles; ++n)
+#pragma unroll
+        for (int e = 0; e < 4; ++e) s[n][e] = dp[n][e] = 0.0f;
+#pragma unroll
+      for (int kk = 0; kk < D / 16; ++kk) {
+        uint32_t q_fragment[4], dout_fragment[4];
+        detail::ldmatrix_x4(q_fragment, warp_q + (lane % 16) * ld + kk * 16 + (lane / 16) * 8);
+        detail::ldmatrix_x4(dout_fragment, warp_dout + (lane % 16) * ld + kk * 16 + (lane / 16) * 8);
+#pragma unroll
+        for (int p = 0; p < kKeyTiles / 2; ++p) {
+          const int offset = (16 * p + 8 * (j / 2) + lane % 8) * ld + 16 * kk + 8 * (j % 2);
+          uint32_t b[4];
+          detail::ldmatrix_x4(b, k_tile + offset);
+          detail::mma_bf16_16816(s[2 * p], q_fragment, b[0], b[1]);
+          detail::mma_bf16_16816(s[2 * p + 1], q_fragment, b[2], b[3]);
+          detail::ldmatrix_x4(b, v_tile + offset);
+          detail::mma_bf16_16816(dp[2 * p], dout_fragment, b[0], b[1]);
+          detail::mma_bf16_16816(dp[2 * p + 1], dout_fragment, b[2], b[3]);
+        }
+      }
+
+      uint32_t dscore_fragment[kKeyTiles / 2][4];
+#pragma unroll
+      for (int n = 0; n < kKeyTiles; ++n) {
+        float multiplier[4];
+        dropout.multipliers(args.dropout, group_aligned, dropout_row, key0 + 8 * n, q, multiplier);
+        float dscore[4];
+#pragma unroll
+        for (int e = 0; e < 4; ++e) {
+          dscore[e] = 0.0f;
+          if (in_range[e / 2] && keys.attended(key0 + 8 * n + 2 * q + (e & 1))) {
+            const float prob = expf(s[n][e] * args.scale - lse[e / 2]);
+            if (prob != 0.0f) dscore[e] = args.scale * prob * (dp[n][e] * multiplier[e] - dout_dot_out[e / 2]);
+          }
+        }
+        dscore_fragment[n / 2][2 * (n % 2)] = detail::pack_bf16x2(dscore[0], dscore[1]);
+        dscore_fragment[n / 2][2 * (n % 2) + 1] = detail::pack_bf16x2(dscore[2], dscore[3]);
+      }
+
+      // dQ += dS K: matrix j of the trans load is keys 16kk + 8 (j % 2) .., dims 16p + 8 (j / 2) ..
+#pragma unroll
+      for (int kk = 0; kk < kKeyTiles / 2; ++kk)
+#pragma unroll
+        for (int p = 0; p < D / 16; ++p) {
+          uint32_t b[4];
+          detail::ldmatrix_x4_trans(b, k_tile + (16 * kk + 8 * (j % 2) + lane % 8) * ld + 16 * p + 8 * (j / 2));
+          detail::mma_bf16_16816(dq_acc[2 * p], dscore_fragment[kk], b[0], b[1]);
+          detail::mma_bf16_16816(dq_acc[2 * p + 1], dscore_fragment[kk], b[2], b[3]);
+        }
+    }
+  }
+
+  // dQ staged in the warp's own Q rows (only it reads them), then stored.
+  const float one[2] = {1.0f, 1.0f};
+  store_warp_accumulators<D>(dq_acc, one, warp_q, dq + coords.qkv_offset, args.qkv_stride, first_query, seq_len, lane);
+}
+
 // ---------------------------------------------------------------------------------------------------------
 
 [[noreturn]] void throw_invalid(const char* op, const std::string& what) {
@@ -826,9 +1138,9 @@ unsigned grid_blocks(const AttentionShape& shape, const AttentionArgs& args) {
 }
 
 template <int D>
-void launch_forward(Context& ctx, const AttentionShape& shape, const AttentionArgs& args, AttentionForwardKernel kernel,
+void launch_forward(Context& ctx, const AttentionShape& shape, const AttentionArgs& args, AttentionKernel kernel,
                     bf16* context, float* logsumexp) {
-  if (kernel == AttentionForwardKernel::kMma) {
+  if (kernel == AttentionKernel::kMma) {
     constexpr size_t bytes = Tiles<D>::kForwardMmaBytes;
     CUDA_CHECK(cudaFuncSetAttribute(attention_forward_mma_kernel<D>, cudaFuncAttributeMaxDynamicSharedMemorySize,
                                     static_cast<int>(bytes)));
@@ -844,18 +1156,30 @@ void launch_forward(Context& ctx, const AttentionShape& shape, const AttentionAr
 }
 
 template <int D>
-void launch_backward(Context& ctx, const AttentionShape& shape, const AttentionArgs& args, const bf16* dcontext,
-                     const float* logsumexp, const float* delta, bf16* dq, bf16* dk, bf16* dv) {
-  constexpr size_t dkdv_bytes = Tiles<D>::kDkDvBytes, dq_bytes = Tiles<D>::kDqBytes;
-  CUDA_CHECK(cudaFuncSetAttribute(attention_backward_dkdv_kernel<D>, cudaFuncAttributeMaxDynamicSharedMemorySize,
-                                  static_cast<int>(dkdv_bytes)));
-  CUDA_CHECK(cudaFuncSetAttribute(attention_backward_dq_kernel<D>, cudaFuncAttributeMaxDynamicSharedMemorySize,
-                                  static_cast<int>(dq_bytes)));
-  attention_backward_dkdv_kernel<D>
-      <<<grid_blocks(shape, args), kThreads, dkdv_bytes, ctx.stream()>>>(args, dcontext, logsumexp, delta, dk, dv);
-  CUDA_CHECK_LAUNCH();
-  attention_backward_dq_kernel<D>
-      <<<grid_blocks(shape, args), kThreads, dq_bytes, ctx.stream()>>>(args, dcontext, logsumexp, delta, dq);
+void launch_backward(Context& ctx, const AttentionShape& shape, const AttentionArgs& args, AttentionKernel kernel,
+                     const bf16* dcontext, const float* logsumexp, const float* delta, bf16* dq, bf16* dk, bf16* dv) {
+  using T = Tiles<D>;
+  const unsigned blocks = grid_blocks(shape, args);
+  const auto allow = [](const void* function, size_t bytes) {
+    CUDA_CHECK(cudaFuncSetAttribute(function, cudaFuncAttributeMaxDynamicSharedMemorySize, static_cast<int>(bytes)));
+  };
+  if (kernel == AttentionKernel::kMma) {
+    allow(reinterpret_cast<const void*>(&attention_backward_dkdv_mma_kernel<D>), T::kDkDvMmaBytes);
+    allow(reinterpret_cast<const void*>(&attention_backward_dq_mma_kernel<D>), T::kDqMmaBytes);
+    attention_backward_dkdv_mma_kernel<D>
+        <<<blocks, kThreads, T::kDkDvMmaBytes, ctx.stream()>>>(args, dcontext, logsumexp, delta, dk, dv);
+    CUDA_CHECK_LAUNCH();
+    attention_backward_dq_mma_kernel<D>
+        <<<blocks, kThreads, T::kDqMmaBytes, ctx.stream()>>>(args, dcontext, logsumexp, delta, dq);
+  } else {
+    allow(reinterpret_cast<const void*>(&attention_backward_dkdv_kernel<D>), T::kDkDvBytes);
+    allow(reinterpret_cast<const void*>(&attention_backward_dq_kernel<D>), T::kDqBytes);
+    attention_backward_dkdv_kernel<D>
+        <<<blocks, kThreads, T::kDkDvBytes, ctx.stream()>>>(args, dcontext, logsumexp, delta, dk, dv);
+    CUDA_CHECK_LAUNCH();
+    attention_backward_dq_kernel<D>
+        <<<blocks, kThreads, T::kDqBytes, ctx.stream()>>>(args, dcontext, logsumexp, delta, dq);
+  }
   CUDA_CHECK_LAUNCH();
 }
 
@@ -863,7 +1187,7 @@ void launch_backward(Context& ctx, const AttentionShape& shape, const AttentionA
 
 void attention_forward(Context& ctx, const AttentionShape& shape, const bf16* q, const bf16* k, const bf16* v,
                        const int32_t* attention_mask, const DropoutSpec& dropout, bf16* context, float* logsumexp,
-                       AttentionForwardKernel kernel) {
+                       AttentionKernel kernel) {
   constexpr const char* kOp = "attention_forward";
   check_call(kOp, shape, dropout);
   if (shape.batch == 0) return;
@@ -888,7 +1212,7 @@ void attention_forward(Context& ctx, const AttentionShape& shape, const bf16* q,
 
 void attention_backward(Context& ctx, const AttentionShape& shape, const bf16* dcontext, const bf16* q, const bf16* k,
                         const bf16* v, const int32_t* attention_mask, const DropoutSpec& dropout, const bf16* context,
-                        const float* logsumexp, bf16* dq, bf16* dk, bf16* dv) {
+                        const float* logsumexp, bf16* dq, bf16* dk, bf16* dv, AttentionKernel kernel) {
   constexpr const char* kOp = "attention_backward";
   check_call(kOp, shape, dropout);
   if (shape.batch == 0) return;
@@ -914,13 +1238,13 @@ void attention_backward(Context& ctx, const AttentionShape& shape, const bf16* d
 
   switch (shape.head_dim) {
     case 32:
-      launch_backward<32>(ctx, shape, args, dcontext, logsumexp, delta, dq, dk, dv);
+      launch_backward<32>(ctx, shape, args, kernel, dcontext, logsumexp, delta, dq, dk, dv);
       break;
     case 64:
-      launch_backward<64>(ctx, shape, args, dcontext, logsumexp, delta, dq, dk, dv);
+      launch_backward<64>(ctx, shape, args, kernel, dcontext, logsumexp, delta, dq, dk, dv);
       break;
     default:
-      launch_backward<128>(ctx, shape, args, dcontext, logsumexp, delta, dq, dk, dv);
+      launch_backward<128>(ctx, shape, args, kernel, dcontext, logsumexp, delta, dq, dk, dv);
       break;
   }
 }

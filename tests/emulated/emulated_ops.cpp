@@ -323,10 +323,9 @@ void bias_gelu_backward(Context& ctx, GeluKind kind, const MatrixShape& s, const
   });
 }
 
-// Both forward kernels are the same op here (kernels/cpu's).
+// Both kernels are the same op here (kernels/cpu's).
 void attention_forward(Context& ctx, const AttentionShape& s, const bf16* q, const bf16* k, const bf16* v,
-                       const int32_t* mask, const DropoutSpec& dropout, bf16* context, float* lse,
-                       AttentionForwardKernel) {
+                       const int32_t* mask, const DropoutSpec& dropout, bf16* context, float* lse, AttentionKernel) {
   const char* op = "attention_forward";
   check_attention(op, s, dropout);
   if (s.batch == 0) return;
@@ -349,7 +348,7 @@ void attention_forward(Context& ctx, const AttentionShape& s, const bf16* q, con
 
 void attention_backward(Context& ctx, const AttentionShape& s, const bf16* dcontext, const bf16* q, const bf16* k,
                         const bf16* v, const int32_t* mask, const DropoutSpec& dropout, const bf16* context,
-                        const float* lse, bf16* dq, bf16* dk, bf16* dv) {
+                        const float* lse, bf16* dq, bf16* dk, bf16* dv, AttentionKernel) {
   const char* op = "attention_backward";
   check_attention(op, s, dropout);
   if (s.batch == 0) return;

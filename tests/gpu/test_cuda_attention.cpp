@@ -20,7 +20,7 @@
 
 namespace {
 
-using bert::cuda::AttentionForwardKernel;
+using bert::cuda::AttentionKernel;
 using bert::cuda::bf16;
 using bert::cuda::Context;
 using bert::cuda::DeviceBuffer;
@@ -180,14 +180,12 @@ struct DeviceProblem {
   const int32_t* mask_or_null() const { return mask.size() > 0 ? mask.data() : nullptr; }
 };
 
-// Both forward kernels are held to the same checks.
-constexpr AttentionForwardKernel kForwardKernels[] = {AttentionForwardKernel::kWmma, AttentionForwardKernel::kMma};
-const char* kernel_name(AttentionForwardKernel kernel) {
-  return kernel == AttentionForwardKernel::kMma ? "mma.sync" : "wmma";
-}
+// Both kernels of each direction are held to the same checks.
+constexpr AttentionKernel kKernels[] = {AttentionKernel::kWmma, AttentionKernel::kMma};
+const char* kernel_name(AttentionKernel kernel) { return kernel == AttentionKernel::kMma ? "mma.sync" : "wmma"; }
 
 ForwardResult gpu_forward(Context& ctx, const Problem& p, const DeviceProblem& d,
-                          AttentionForwardKernel kernel = AttentionForwardKernel::kWmma) {
+                          AttentionKernel kernel = AttentionKernel::kWmma) {
   DeviceBuffer<bf16> context = poisoned<bf16>(static_cast<size_t>(p.tokens() * p.hidden()));
   DeviceBuffer<float> logsumexp =
       poisoned<float>(static_cast<size_t>(p.shape.batch * p.shape.num_heads * p.shape.seq_len));
@@ -198,13 +196,13 @@ ForwardResult gpu_forward(Context& ctx, const Problem& p, const DeviceProblem& d
 }
 
 BackwardResult gpu_backward(Context& ctx, const Problem& p, const DeviceProblem& d, const std::vector<float>& context,
-                            const std::vector<float>& logsumexp) {
+                            const std::vector<float>& logsumexp, AttentionKernel kernel = AttentionKernel::kWmma) {
   DeviceBuffer<bf16> context_dev = upload_bf16(context);
   DeviceBuffer<float> logsumexp_dev = upload<float>(logsumexp);
   DeviceBuffer<bf16> dqkv = poisoned<bf16>(p.buffer_size());
   bert::cuda::attention_backward(ctx, p.shape, d.dcontext.data(), d.q(p), d.k(p), d.v(p), d.mask_or_null(), p.dropout,
                                  context_dev.data(), logsumexp_dev.data(), dqkv.data() + p.offset(0),
-                                 dqkv.data() + p.offset(1), dqkv.data() + p.offset(2));
+                                 dqkv.data() + p.offset(1), dqkv.data() + p.offset(2), kernel);
   ctx.synchronize();
   BackwardResult r;
   r.raw = dqkv.download();
@@ -369,23 +367,10 @@ void check_forward(const Problem& p, const ForwardResult& actual, const ForwardR
   CHECK(bad_uniform == 0);
 }
 
-// The full comparison of one problem with kernels/cpu (both forward kernels), plus the exact
-// properties of padding.
-void check_against_cpu(Context& ctx, const Problem& p) {
-  INFO(p.describe());
-  const DeviceProblem d(p);
+// One backward kernel's dq, dk, dv against kernels/cpu's, whole and per block, plus the exact
+// properties of padding and of columns outside every head.
+void check_backward(const Problem& p, const BackwardResult& grad, const BackwardResult& expected_grad) {
   const int64_t batch = p.shape.batch, seq_len = p.shape.seq_len, hidden = p.hidden();
-
-  const ForwardResult expected = cpu_forward(p);
-  for (const AttentionForwardKernel kernel : kForwardKernels) {
-    INFO("forward kernel " << kernel_name(kernel));
-    check_forward(p, gpu_forward(ctx, p, d, kernel), expected);
-  }
-
-  // Backward from the CPU's saved tensors (context rounded to bf16 as the GPU would save it).
-  const std::vector<float> saved_context = round_to_bf16(expected.context);
-  const BackwardResult expected_grad = cpu_backward(p, saved_context, expected.logsumexp);
-  const BackwardResult grad = gpu_backward(ctx, p, d, saved_context, expected.logsumexp);
   const double floor = 1e-2 * max_abs(expected_grad.dv);
   const double dq_error = gradient_error(grad.dq, expected_grad.dq, floor);
   const double dk_error = gradient_error(grad.dk, expected_grad.dk, floor);
@@ -444,6 +429,21 @@ void check_against_cpu(Context& ctx, const Problem& p) {
   CHECK(bad_padded_key == 0);
 }
 
+// The full comparison of one problem with kernels/cpu, every kernel of each direction.
+void check_against_cpu(Context& ctx, const Problem& p) {
+  INFO(p.describe());
+  const DeviceProblem d(p);
+  const ForwardResult expected = cpu_forward(p);
+  // Backward from the CPU's saved tensors (context rounded to bf16 as the GPU would save it).
+  const std::vector<float> saved_context = round_to_bf16(expected.context);
+  const BackwardResult expected_grad = cpu_backward(p, saved_context, expected.logsumexp);
+  for (const AttentionKernel kernel : kKernels) {
+    INFO("kernel " << kernel_name(kernel));
+    check_forward(p, gpu_forward(ctx, p, d, kernel), expected);
+    check_backward(p, gpu_backward(ctx, p, d, saved_context, expected.logsumexp, kernel), expected_grad);
+  }
+}
+
 }  // namespace
 
 TEST_CASE("cuda attention matches kernels/cpu: forward context/logsumexp, backward dq/dk/dv") {
@@ -472,14 +472,14 @@ TEST_CASE("cuda attention: padded keys change nothing, a null mask equals all on
   Context ctx;
   const int head_dim = GENERATE(32, 128);
   const int seq_len = GENERATE(7, 129);
-  const AttentionForwardKernel kernel = GENERATE(AttentionForwardKernel::kWmma, AttentionForwardKernel::kMma);
+  const AttentionKernel kernel = GENERATE(AttentionKernel::kWmma, AttentionKernel::kMma);
   Problem p = make_problem(4, seq_len, 2, head_dim, QkvLayout::kFused, 0.1f, 777 + head_dim + seq_len);
-  INFO(p.describe() << ", forward kernel " << kernel_name(kernel));
+  INFO(p.describe() << ", kernel " << kernel_name(kernel));
 
   const auto run = [&ctx, kernel](const Problem& problem) {
     const DeviceProblem d(problem);
     const ForwardResult forward = gpu_forward(ctx, problem, d, kernel);
-    const BackwardResult grad = gpu_backward(ctx, problem, d, forward.context, forward.logsumexp);
+    const BackwardResult grad = gpu_backward(ctx, problem, d, forward.context, forward.logsumexp, kernel);
     // Bitwise comparisons alone would pass NaN == NaN.
     CHECK(all_finite(forward.context));
     CHECK(all_finite(forward.logsumexp));
