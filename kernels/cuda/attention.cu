@@ -27,17 +27,22 @@
 // Shared memory (D = 128): forward 111 KB, dK/dV 121 KB, dQ 112 KB (D = 64: 71, 89, 80 KB): 2 blocks
 // (8 warps) per SM, 1 for dK/dV at D = 128. Registers <= 255 per thread, no spills (ptxas -v, sm_90a).
 //
-// The forward has a second kernel, AttentionKernel::kMma (FlashAttention-2's register scheme):
-// mma.sync m16n8k16 fragments (kernels/cuda/mma_sync.cuh), whose accumulator layout is documented, so
-// the scores, the online softmax and P~ stay in registers (the accumulators of S are repacked as P~'s
-// A operands) and so does O; shared memory holds only the Q/K/V tiles and the key flags (D = 64:
-// 28 KB, D = 128: 53 KB); 128 / 171 / 237 registers for D = 32 / 64 / 128, no spills (ptxas, sm_90a).
-// Why: per warp and 64-key step at D = 64 the wmma kernel moves ~28 KB through shared memory besides
+// Each direction has a second set of kernels, AttentionKernel::kMma (FlashAttention-2's register
+// scheme): mma.sync m16n8k16 fragments (kernels/cuda/mma_sync.cuh), whose accumulator layout is
+// documented, so the elementwise steps never leave registers: the accumulators of S (forward, dQ) or
+// S^T (dK/dV) are repacked as the A operands of the next product (P~, dS, (P keep)^T, dS^T), and O, dQ,
+// dK, dV accumulate in registers. Same blocks, warps, dropout indices and all-padding rules as above;
+// dK/dV walks each 64-query step in two halves of 32 to keep S^T and dP~^T at 16 registers each.
+// Shared memory holds only the tiles, the key flags and (dK/dV) the step's logsumexp/Delta: D = 64:
+// 28 / 38 / 37 KB, D = 128: 53 / 71 / 70 KB (forward / dK/dV / dQ); registers for D = 32 / 64 / 128:
+// forward 128 / 171 / 237, dK/dV 144 / 164 / 246, dQ 166 / 166 / 248, no spills (ptxas, sm_90a).
+// Why: per warp and 64-key step at D = 64 the wmma forward moves ~28 KB through shared memory besides
 // the 16 KB of K and V fragments both kernels read (scores out and in, probabilities out and in, O
 // loaded, rescaled and stored): ~44 KB at 128 B/clk/SM is ~340 clocks against ~130 of mma.sync work
 // (2 x 16 x 64 x 64 MACs at ~1k bf16 MACs/clk/SM), so it is bound by shared memory near 2.5x the tensor
-// time, the mma kernel near 1x. An expectation, not a measurement: bench_kernels times both
-// (attention_fwd, attention_fwd_mma) beside PyTorch's SDPA, and the default stays wmma until it has.
+// time, the mma kernel near 1x; the wmma backward kernels round-trip two score tiles per step alike.
+// An expectation, not a measurement: bench_kernels times both (attention_fwd / _bwd and _fwd_mma /
+// _bwd_mma) beside PyTorch's SDPA, and the default stays wmma until it has.
 //
 // Napkin math (BERT-base layer: B = 32, S = 128, H = 12, D = 64). Forward 4*B*H*S^2*D = 1.6 GFLOP;
 // backward executes 7 of those S x S x D matmuls = 3.5x forward (2.5x is the minimum; the extra S

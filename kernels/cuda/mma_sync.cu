@@ -1,5 +1,5 @@
 // A probe of the tensor-core register layouts that kernels/cuda/mma_sync.cuh documents and the mma.sync
-// attention forward relies on (attention.cu). One warp loads a 16x16 A and two 16x8 B tiles with
+// attention kernels rely on (attention.cu). One warp loads a 16x16 A and two 16x8 B tiles with
 // ldmatrix (B from a [n][k] array with ldmatrix_x4 and from a [k][n] array with ldmatrix_x4_trans),
 // multiplies them with mma_bf16_16816 and writes back every lane's registers and both products.
 // tests/gpu/test_cuda_mma_sync.cpp compares them with the layouts of the header's purpose block: on a

@@ -1,4 +1,4 @@
-// The tensor-core register layouts of kernels/cuda/mma_sync.cuh (the mma.sync attention forward's
+// The tensor-core register layouts of kernels/cuda/mma_sync.cuh (the mma.sync attention kernels'
 // foundation) through its probe kernel (kernels/cuda/mma_sync.cu): every lane's ldmatrix registers
 // against the formulas of the header's purpose block (PTX ISA), and the mma.sync products against a
 // host GEMM, exactly: the inputs are small integers, so every product and sum is exact in fp32 whatever
