@@ -35,7 +35,7 @@
 // dK/dV walks each 64-query step in two halves of 32 to keep S^T and dP~^T at 16 registers each.
 // Shared memory holds only the tiles, the key flags and (dK/dV) the step's logsumexp/Delta: D = 64:
 // 28 / 38 / 37 KB, D = 128: 53 / 71 / 70 KB (forward / dK/dV / dQ); registers for D = 32 / 64 / 128:
-// forward 128 / 171 / 237, dK/dV 144 / 164 / 246, dQ 166 / 166 / 248, no spills (ptxas, sm_90a).
+// forward 128 / 166 / 167, dK/dV 145 / 164 / 248, dQ 166 / 166 / 248, no spills (ptxas, sm_90a).
 // Why: per warp and 64-key step at D = 64 the wmma forward moves ~28 KB through shared memory besides
 // the 16 KB of K and V fragments both kernels read (scores out and in, probabilities out and in, O
 // loaded, rescaled and stored): ~44 KB at 128 B/clk/SM is ~340 clocks against ~130 of mma.sync work
@@ -361,6 +361,62 @@ __global__ void __launch_bounds__(kThreads)
 
 // ---- forward kernel on mma.sync fragments (AttentionKernel::kMma) -----------------------------------
 
+// ---- warp products on mma.sync fragments (kernels/cuda/mma_sync.cuh) -------------------------------------
+
+// One warp: c[n] (n < kTiles, columns 8n .. 8n + 7) += A B^T, with A = the 16 rows a[0 .. 16)[0 .. D)
+// and B^T's columns = the rows b[0 .. 8 kTiles)[0 .. D) (bf16 in shared memory, row stride kLd). Per
+// k-step one ldmatrix_x4 for A and one per two column tiles of B: matrix j = lane / 8 of the latter is
+// rows 16p + 8 (j / 2) .., columns 16kk + 8 (j % 2) ..
+template <int D, int kTiles>
+__device__ void warp_mma_abt(float (&c)[kTiles][4], const bf16* a, const bf16* b, int lane) {
+  constexpr int ld = Tiles<D>::kLd;
+  const int j = lane / 8;
+#pragma unroll
+  for (int kk = 0; kk < D / 16; ++kk) {
+    uint32_t a_fragment[4];
+    detail::ldmatrix_x4(a_fragment, a + (lane % 16) * ld + kk * 16 + (lane / 16) * 8);
+#pragma unroll
+    for (int p = 0; p < kTiles / 2; ++p) {
+      uint32_t b_fragment[4];
+      detail::ldmatrix_x4(b_fragment, b + (16 * p + 8 * (j / 2) + lane % 8) * ld + 16 * kk + 8 * (j % 2));
+      detail::mma_bf16_16816(c[2 * p], a_fragment, b_fragment[0], b_fragment[1]);
+      detail::mma_bf16_16816(c[2 * p + 1], a_fragment, b_fragment[2], b_fragment[3]);
+    }
+  }
+}
+
+// One warp: c[n] (n < D / 8) += A B, with A in registers as the A operands of kSteps k-steps and B =
+// the rows b[0 .. 16 kSteps)[0 .. D) (shared memory, row stride kLd), read transposed: matrix j of
+// each ldmatrix_x4_trans is rows 16kk + 8 (j % 2) .., columns 16p + 8 (j / 2) ..
+template <int D, int kSteps>
+__device__ void warp_mma_ab(float (&c)[D / 8][4], const uint32_t (&a)[kSteps][4], const bf16* b, int lane) {
+  constexpr int ld = Tiles<D>::kLd;
+  const int j = lane / 8;
+#pragma unroll
+  for (int kk = 0; kk < kSteps; ++kk)
+#pragma unroll
+    for (int p = 0; p < D / 16; ++p) {
+      uint32_t b_fragment[4];
+      detail::ldmatrix_x4_trans(b_fragment, b + (16 * kk + 8 * (j % 2) + lane % 8) * ld + 16 * p + 8 * (j / 2));
+      detail::mma_bf16_16816(c[2 * p], a[kk], b_fragment[0], b_fragment[1]);
+      detail::mma_bf16_16816(c[2 * p + 1], a[kk], b_fragment[2], b_fragment[3]);
+    }
+}
+
+template <int kTiles>
+__device__ void zero_accumulators(float (&c)[kTiles][4]) {
+#pragma unroll
+  for (int n = 0; n < kTiles; ++n) c[n][0] = c[n][1] = c[n][2] = c[n][3] = 0.0f;
+}
+
+// Accumulator tile n (rows g, g + 8; columns 2q, 2q + 1 of 8n ..) rounded to bf16 into the A operand
+// of k-step n / 2: the accumulator of columns 16k .. 16k + 15 is the A layout of k-step k.
+template <int kSteps>
+__device__ void pack_a_operand(uint32_t (&a)[kSteps][4], int n, const float (&tile)[4]) {
+  a[n / 2][2 * (n % 2)] = detail::pack_bf16x2(tile[0], tile[1]);
+  a[n / 2][2 * (n % 2) + 1] = detail::pack_bf16x2(tile[2], tile[3]);
+}
+
 // One warp: its 16 x D mma accumulators (acc[n]: columns 8n..8n+7, rows g and g + 8), times
 // row_scale[0] (row g) / row_scale[1] (row g + 8), rounded to bf16 into `rows` (the warp's own 16
 // rows of a shared tile, row stride kLd, which no other warp reads), then rows first .. first + 15
@@ -422,7 +478,8 @@ struct MmaDropout {
 
 // Block: 64 queries of one (b, h), as the wmma kernel; warp w owns queries first_row + 16w .. +15 and
 // keeps everything per query in registers, in the mma fragment layouts (kernels/cuda/mma_sync.cuh):
-// Q as A operands (loaded once), the scores of a 64-key step as 8 accumulator tiles of 8 keys, P~
+// the scores of a 64-key step as 8 accumulator tiles of 8 keys (warp_mma_abt: Q's A operands are
+// reloaded from the warp's Q rows each step, 16 registers fewer than holding them), P~
 // repacked from those accumulators straight into A operands (the accumulator of keys 16j..16j+15 is
 // the A layout of k-step j), and O as D/8 accumulator tiles. Lane (g, q) holds rows g and g + 8 and,
 // per 8-key tile, keys 2q and 2q + 1: row max and sum are reduced over the 4 lanes of a row with two
@@ -449,14 +506,8 @@ __global__ void __launch_bounds__(kThreads)
   __syncthreads();
 
   bf16* warp_rows = q_tile + warp * kFrag * ld;
-  uint32_t q_fragment[D / 16][4];
-#pragma unroll
-  for (int kk = 0; kk < D / 16; ++kk)
-    detail::ldmatrix_x4(q_fragment[kk], warp_rows + (lane % 16) * ld + kk * 16 + (lane / 16) * 8);
-
   float out[D / 8][4];
-#pragma unroll
-  for (int n = 0; n < D / 8; ++n) out[n][0] = out[n][1] = out[n][2] = out[n][3] = 0.0f;
+  zero_accumulators(out);
   float row_max[2] = {-INFINITY, -INFINITY};  // rows g and g + 8: running max of attended scaled scores
   float row_sum[2] = {0.0f, 0.0f};            // this lane's keys only: sum of exp(s - row_max), undropped
   const int first_query = coords.first_row + warp * kFrag;
@@ -472,21 +523,10 @@ __global__ void __launch_bounds__(kThreads)
     load_tile<D>(v_tile, args.v + coords.qkv_offset, args.qkv_stride, key0, seq_len);
     __syncthreads();
 
-    // S = Q K^T for keys key0 .. key0 + 63. One ldmatrix_x4 gives the B operands of two key tiles:
-    // matrix j = lane / 8 is keys 16p + 8 (j / 2) .. +7, dims 16kk + 8 (j % 2) .. +7.
+    // S = Q K^T for keys key0 .. key0 + 63.
     float s[kKeyTiles][4];
-#pragma unroll
-    for (int n = 0; n < kKeyTiles; ++n) s[n][0] = s[n][1] = s[n][2] = s[n][3] = 0.0f;
-#pragma unroll
-    for (int kk = 0; kk < D / 16; ++kk)
-#pragma unroll
-      for (int p = 0; p < kKeyTiles / 2; ++p) {
-        uint32_t b[4];
-        const int j = lane / 8;
-        detail::ldmatrix_x4(b, k_tile + (16 * p + 8 * (j / 2) + lane % 8) * ld + 16 * kk + 8 * (j % 2));
-        detail::mma_bf16_16816(s[2 * p], q_fragment[kk], b[0], b[1]);
-        detail::mma_bf16_16816(s[2 * p + 1], q_fragment[kk], b[2], b[3]);
-      }
+    zero_accumulators(s);
+    warp_mma_abt<D>(s, warp_rows, k_tile, lane);
 
     // Online softmax. All-padding sequences score every key 0: uniform. Unattended keys: -inf.
     float step_max[2] = {-INFINITY, -INFINITY};
@@ -527,23 +567,11 @@ __global__ void __launch_bounds__(kThreads)
         row_sum[e / 2] += prob;
         kept[e] = prob * multiplier[e];
       }
-      // Key tile n is k-step n / 2, columns 8 (n % 2) ..: registers n % 2 * 2 + {0 (row g), 1 (row g + 8)}.
-      p_fragment[n / 2][2 * (n % 2)] = detail::pack_bf16x2(kept[0], kept[1]);
-      p_fragment[n / 2][2 * (n % 2) + 1] = detail::pack_bf16x2(kept[2], kept[3]);
+      pack_a_operand(p_fragment, n, kept);
     }
 
-    // O += P~ V. One ldmatrix_x4_trans gives the B operands of two dim tiles: matrix j = lane / 8 is
-    // keys 16kk + 8 (j % 2) .. +7, dims 16p + 8 (j / 2) .. +7, transposed.
-#pragma unroll
-    for (int kk = 0; kk < kKeyTiles / 2; ++kk)
-#pragma unroll
-      for (int p = 0; p < D / 16; ++p) {
-        uint32_t b[4];
-        const int j = lane / 8;
-        detail::ldmatrix_x4_trans(b, v_tile + (16 * kk + 8 * (j % 2) + lane % 8) * ld + 16 * p + 8 * (j / 2));
-        detail::mma_bf16_16816(out[2 * p], p_fragment[kk], b[0], b[1]);
-        detail::mma_bf16_16816(out[2 * p + 1], p_fragment[kk], b[2], b[3]);
-      }
+    // O += P~ V
+    warp_mma_ab<D>(out, p_fragment, v_tile, lane);
   }
 
   // Every row has an attended key (or all keys, all-padding), so its sum is >= 1 for rows < seq_len.
@@ -557,7 +585,7 @@ __global__ void __launch_bounds__(kThreads)
     if (q == 0 && query < seq_len)
       logsumexp[static_cast<int64_t>(coords.batch_head) * seq_len + query] = row_max[r] + logf(row_sum[r]);
   }
-  // O (bf16) staged in the warp's own Q rows (read into q_fragment before the loop), then stored.
+  // O (bf16) staged in the warp's own Q rows (only it reads them), then stored.
   store_warp_accumulators<D>(out, inverse_sum, warp_rows, context + coords.hidden_offset, args.hidden, first_query,
                              seq_len, lane);
 }
@@ -869,7 +897,7 @@ __global__ void __launch_bounds__(kThreads)
   float* step_delta = reinterpret_cast<float*>(shared + 4 * T::kTileBytes + kRowStatBytes);
   unsigned char* key_flags = shared + 4 * T::kTileBytes + 2 * kRowStatBytes;
   const int warp = threadIdx.x / 32, lane = threadIdx.x % 32;
-  const int g = lane >> 2, q = lane & 3, j = lane / 8;
+  const int g = lane >> 2, q = lane & 3;
 
   const int seq_len = args.seq_len;
   const BlockCoords coords = block_coords<D>(args);
@@ -887,10 +915,8 @@ __global__ void __launch_bounds__(kThreads)
   const bool group_aligned = (seq_len & 3) == 0;
 
   float dk_acc[D / 8][4], dv_acc[D / 8][4];
-#pragma unroll
-  for (int n = 0; n < D / 8; ++n)
-#pragma unroll
-    for (int e = 0; e < 4; ++e) dk_acc[n][e] = dv_acc[n][e] = 0.0f;
+  zero_accumulators(dk_acc);
+  zero_accumulators(dv_acc);
 
   for (int query0 = 0; query0 < seq_len; query0 += kStep) {
     __syncthreads();  // every warp is done with the previous Q/dO tiles and row statistics
@@ -906,29 +932,12 @@ __global__ void __launch_bounds__(kThreads)
 #pragma unroll 1
     for (int half = 0; half < 2; ++half) {
       const int first_column = half * kHalf;  // of the step's 64 queries
+      // S^T = K Q^T and dP~^T = V dO^T over the half step's queries.
       float st[kQueryTiles][4], dpt[kQueryTiles][4];
-#pragma unroll
-      for (int n = 0; n < kQueryTiles; ++n)
-#pragma unroll
-        for (int e = 0; e < 4; ++e) st[n][e] = dpt[n][e] = 0.0f;
-#pragma unroll
-      for (int kk = 0; kk < D / 16; ++kk) {
-        uint32_t k_fragment[4], v_fragment[4];
-        detail::ldmatrix_x4(k_fragment, warp_k + (lane % 16) * ld + kk * 16 + (lane / 16) * 8);
-        detail::ldmatrix_x4(v_fragment, warp_v + (lane % 16) * ld + kk * 16 + (lane / 16) * 8);
-#pragma unroll
-        for (int p = 0; p < kQueryTiles / 2; ++p) {
-          // matrix j: queries first_column + 16p + 8 (j / 2) .., dims 16kk + 8 (j % 2) ..
-          const int offset = (first_column + 16 * p + 8 * (j / 2) + lane % 8) * ld + 16 * kk + 8 * (j % 2);
-          uint32_t b[4];
-          detail::ldmatrix_x4(b, q_tile + offset);
-          detail::mma_bf16_16816(st[2 * p], k_fragment, b[0], b[1]);
-          detail::mma_bf16_16816(st[2 * p + 1], k_fragment, b[2], b[3]);
-          detail::ldmatrix_x4(b, dout_tile + offset);
-          detail::mma_bf16_16816(dpt[2 * p], v_fragment, b[0], b[1]);
-          detail::mma_bf16_16816(dpt[2 * p + 1], v_fragment, b[2], b[3]);
-        }
-      }
+      zero_accumulators(st);
+      zero_accumulators(dpt);
+      warp_mma_abt<D>(st, warp_k, q_tile + first_column * ld, lane);
+      warp_mma_abt<D>(dpt, warp_v, dout_tile + first_column * ld, lane);
 
       // (P keep)^T and dS^T (ops.h: all-padding rows are uniform and pass no gradient to q or k).
       uint32_t kept_fragment[kQueryTiles / 2][4], dscore_fragment[kQueryTiles / 2][4];
@@ -950,27 +959,13 @@ __global__ void __launch_bounds__(kThreads)
             }
           }
         }
-        kept_fragment[n / 2][2 * (n % 2)] = detail::pack_bf16x2(kept[0], kept[1]);
-        kept_fragment[n / 2][2 * (n % 2) + 1] = detail::pack_bf16x2(kept[2], kept[3]);
-        dscore_fragment[n / 2][2 * (n % 2)] = detail::pack_bf16x2(dscore[0], dscore[1]);
-        dscore_fragment[n / 2][2 * (n % 2) + 1] = detail::pack_bf16x2(dscore[2], dscore[3]);
+        pack_a_operand(kept_fragment, n, kept);
+        pack_a_operand(dscore_fragment, n, dscore);
       }
 
-      // dV += (P keep)^T dO, dK += dS^T Q: matrix j of the trans loads is queries first_column + 16kk +
-      // 8 (j % 2) .., dims 16p + 8 (j / 2) ..
-#pragma unroll
-      for (int kk = 0; kk < kQueryTiles / 2; ++kk)
-#pragma unroll
-        for (int p = 0; p < D / 16; ++p) {
-          const int offset = (first_column + 16 * kk + 8 * (j % 2) + lane % 8) * ld + 16 * p + 8 * (j / 2);
-          uint32_t b[4];
-          detail::ldmatrix_x4_trans(b, dout_tile + offset);
-          detail::mma_bf16_16816(dv_acc[2 * p], kept_fragment[kk], b[0], b[1]);
-          detail::mma_bf16_16816(dv_acc[2 * p + 1], kept_fragment[kk], b[2], b[3]);
-          detail::ldmatrix_x4_trans(b, q_tile + offset);
-          detail::mma_bf16_16816(dk_acc[2 * p], dscore_fragment[kk], b[0], b[1]);
-          detail::mma_bf16_16816(dk_acc[2 * p + 1], dscore_fragment[kk], b[2], b[3]);
-        }
+      // dV += (P keep)^T dO, dK += dS^T Q
+      warp_mma_ab<D>(dv_acc, kept_fragment, dout_tile + first_column * ld, lane);
+      warp_mma_ab<D>(dk_acc, dscore_fragment, q_tile + first_column * ld, lane);
     }
   }
 
@@ -1001,7 +996,7 @@ __global__ void __launch_bounds__(kThreads)
   bf16* v_tile = reinterpret_cast<bf16*>(shared + 3 * T::kTileBytes);
   unsigned char* key_flags = shared + 4 * T::kTileBytes;
   const int warp = threadIdx.x / 32, lane = threadIdx.x % 32;
-  const int g = lane >> 2, q = lane & 3, j = lane / 8;
+  const int g = lane >> 2, q = lane & 3;
 
   const int seq_len = args.seq_len;
   const BlockCoords coords = block_coords<D>(args);
@@ -1011,8 +1006,7 @@ __global__ void __launch_bounds__(kThreads)
   bf16* warp_dout = dout_tile + warp * kFrag * ld;
 
   float dq_acc[D / 8][4];
-#pragma unroll
-  for (int n = 0; n < D / 8; ++n) dq_acc[n][0] = dq_acc[n][1] = dq_acc[n][2] = dq_acc[n][3] = 0.0f;
+  zero_accumulators(dq_acc);
 
   // keys.all_padding is uniform over the block.
   if (!keys.all_padding) {
@@ -1038,28 +1032,12 @@ __global__ void __launch_bounds__(kThreads)
       load_tile<D>(v_tile, args.v + coords.qkv_offset, args.qkv_stride, key0, seq_len);
       __syncthreads();  // (the first time, also publishes the Q/dO tiles)
 
+      // S = Q K^T and dP~ = dO V^T over the step's keys.
       float s[kKeyTiles][4], dp[kKeyTiles][4];
-#pragma unroll
-      for (int n = 0; n < kKeyTiles; ++n)
-#pragma unroll
-        for (int e = 0; e < 4; ++e) s[n][e] = dp[n][e] = 0.0f;
-#pragma unroll
-      for (int kk = 0; kk < D / 16; ++kk) {
-        uint32_t q_fragment[4], dout_fragment[4];
-        detail::ldmatrix_x4(q_fragment, warp_q + (lane % 16) * ld + kk * 16 + (lane / 16) * 8);
-        detail::ldmatrix_x4(dout_fragment, warp_dout + (lane % 16) * ld + kk * 16 + (lane / 16) * 8);
-#pragma unroll
-        for (int p = 0; p < kKeyTiles / 2; ++p) {
-          const int offset = (16 * p + 8 * (j / 2) + lane % 8) * ld + 16 * kk + 8 * (j % 2);
-          uint32_t b[4];
-          detail::ldmatrix_x4(b, k_tile + offset);
-          detail::mma_bf16_16816(s[2 * p], q_fragment, b[0], b[1]);
-          detail::mma_bf16_16816(s[2 * p + 1], q_fragment, b[2], b[3]);
-          detail::ldmatrix_x4(b, v_tile + offset);
-          detail::mma_bf16_16816(dp[2 * p], dout_fragment, b[0], b[1]);
-          detail::mma_bf16_16816(dp[2 * p + 1], dout_fragment, b[2], b[3]);
-        }
-      }
+      zero_accumulators(s);
+      zero_accumulators(dp);
+      warp_mma_abt<D>(s, warp_q, k_tile, lane);
+      warp_mma_abt<D>(dp, warp_dout, v_tile, lane);
 
       uint32_t dscore_fragment[kKeyTiles / 2][4];
 #pragma unroll
@@ -1075,20 +1053,11 @@ __global__ void __launch_bounds__(kThreads)
             if (prob != 0.0f) dscore[e] = args.scale * prob * (dp[n][e] * multiplier[e] - dout_dot_out[e / 2]);
           }
         }
-        dscore_fragment[n / 2][2 * (n % 2)] = detail::pack_bf16x2(dscore[0], dscore[1]);
-        dscore_fragment[n / 2][2 * (n % 2) + 1] = detail::pack_bf16x2(dscore[2], dscore[3]);
+        pack_a_operand(dscore_fragment, n, dscore);
       }
 
-      // dQ += dS K: matrix j of the trans load is keys 16kk + 8 (j % 2) .., dims 16p + 8 (j / 2) ..
-#pragma unroll
-      for (int kk = 0; kk < kKeyTiles / 2; ++kk)
-#pragma unroll
-        for (int p = 0; p < D / 16; ++p) {
-          uint32_t b[4];
-          detail::ldmatrix_x4_trans(b, k_tile + (16 * kk + 8 * (j % 2) + lane % 8) * ld + 16 * p + 8 * (j / 2));
-          detail::mma_bf16_16816(dq_acc[2 * p], dscore_fragment[kk], b[0], b[1]);
-          detail::mma_bf16_16816(dq_acc[2 * p + 1], dscore_fragment[kk], b[2], b[3]);
-        }
+      // dQ += dS K
+      warp_mma_ab<D>(dq_acc, dscore_fragment, k_tile, lane);
     }
   }
 
