@@ -200,6 +200,23 @@ __device__ void store_warp_rows(const float* rows, int first, int seq_len, bf16*
   }
 }
 
+// Block-wide, for the dK/dV kernels: the Q and dO tiles of queries query0 .. query0 + 63 and their
+// logsumexp and Delta (zeros past seq_len).
+template <int D>
+__device__ void load_query_step(const AttentionArgs& args, const BlockCoords& coords, const bf16* dcontext,
+                                const float* logsumexp, const float* delta, int query0, bf16* q_tile, bf16* dout_tile,
+                                float* step_lse, float* step_delta) {
+  const int seq_len = args.seq_len;
+  load_tile<D>(q_tile, args.q + coords.qkv_offset, args.qkv_stride, query0, seq_len);
+  load_tile<D>(dout_tile, dcontext + coords.hidden_offset, args.hidden, query0, seq_len);
+  const int64_t first = static_cast<int64_t>(coords.batch_head) * seq_len + query0;
+  for (int c = threadIdx.x; c < kStep; c += kThreads) {
+    const bool in_range = query0 + c < seq_len;
+    step_lse[c] = in_range ? logsumexp[first + c] : 0.0f;
+    step_delta[c] = in_range ? delta[first + c] : 0.0f;
+  }
+}
+
 // The dropout multiplier of consecutive element indices; one Philox call serves 4 of them.
 class DropoutCursor {
  public:
@@ -503,7 +520,7 @@ __global__ void __launch_bounds__(kThreads)
   const BlockCoords coords = block_coords<D>(args);
   const KeyFlags keys = load_key_flags(args, coords.batch_head, key_flags);
   load_tile<D>(q_tile, args.q + coords.qkv_offset, args.qkv_stride, coords.first_row, seq_len);
-  __syncthreads();
+  // (No barrier here: Q is first read after the loop's first barrier, which publishes it.)
 
   bf16* warp_rows = q_tile + warp * kFrag * ld;
   float out[D / 8][4];
@@ -646,8 +663,6 @@ __global__ void __launch_bounds__(kThreads)
   load_tile<D>(k_tile, args.k + coords.qkv_offset, args.qkv_stride, coords.first_row, seq_len);
   load_tile<D>(v_tile, args.v + coords.qkv_offset, args.qkv_stride, coords.first_row, seq_len);
   const int warp_first_key = coords.first_row + warp * kFrag;
-  const float* lse_row = logsumexp + static_cast<int64_t>(coords.batch_head) * seq_len;
-  const float* delta_row = delta + static_cast<int64_t>(coords.batch_head) * seq_len;
   const float uniform_prob = 1.0f / static_cast<float>(seq_len);
 
   FragAcc dk_acc[D / kFrag], dv_acc[D / kFrag];
@@ -659,13 +674,7 @@ __global__ void __launch_bounds__(kThreads)
 
   for (int query0 = 0; query0 < seq_len; query0 += kStep) {
     __syncthreads();  // every warp is done with the previous Q/dO tiles and row statistics
-    load_tile<D>(q_tile, args.q + coords.qkv_offset, args.qkv_stride, query0, seq_len);
-    load_tile<D>(dout_tile, dcontext + coords.hidden_offset, args.hidden, query0, seq_len);
-    for (int c = threadIdx.x; c < kStep; c += kThreads) {
-      const bool in_range = query0 + c < seq_len;
-      step_lse[c] = in_range ? lse_row[query0 + c] : 0.0f;
-      step_delta[c] = in_range ? delta_row[query0 + c] : 0.0f;
-    }
+    load_query_step<D>(args, coords, dcontext, logsumexp, delta, query0, q_tile, dout_tile, step_lse, step_delta);
     __syncthreads();  // (the first time, also publishes the K/V tiles)
 
     warp_matmul_abt<D>(k_tile + warp * kFrag * ld, q_tile, scores_t);
@@ -907,8 +916,6 @@ __global__ void __launch_bounds__(kThreads)
   const int warp_first_key = coords.first_row + warp * kFrag;
   bf16* warp_k = k_tile + warp * kFrag * ld;
   bf16* warp_v = v_tile + warp * kFrag * ld;
-  const float* lse_row = logsumexp + static_cast<int64_t>(coords.batch_head) * seq_len;
-  const float* delta_row = delta + static_cast<int64_t>(coords.batch_head) * seq_len;
   const float uniform_prob = 1.0f / static_cast<float>(seq_len);
   const bool key_attended[2] = {keys.attended(warp_first_key + g), keys.attended(warp_first_key + g + 8)};
   const uint64_t batch_head_row = static_cast<uint64_t>(coords.batch_head) * static_cast<uint64_t>(seq_len);
@@ -920,13 +927,7 @@ __global__ void __launch_bounds__(kThreads)
 
   for (int query0 = 0; query0 < seq_len; query0 += kStep) {
     __syncthreads();  // every warp is done with the previous Q/dO tiles and row statistics
-    load_tile<D>(q_tile, args.q + coords.qkv_offset, args.qkv_stride, query0, seq_len);
-    load_tile<D>(dout_tile, dcontext + coords.hidden_offset, args.hidden, query0, seq_len);
-    for (int c = threadIdx.x; c < kStep; c += kThreads) {
-      const bool in_range = query0 + c < seq_len;
-      step_lse[c] = in_range ? lse_row[query0 + c] : 0.0f;
-      step_delta[c] = in_range ? delta_row[query0 + c] : 0.0f;
-    }
+    load_query_step<D>(args, coords, dcontext, logsumexp, delta, query0, q_tile, dout_tile, step_lse, step_delta);
     __syncthreads();  // (the first time, also publishes the K/V tiles)
 
 #pragma unroll 1
