@@ -35,7 +35,7 @@
 // dK/dV walks each 64-query step in two halves of 32 to keep S^T and dP~^T at 16 registers each.
 // Shared memory holds only the tiles, the key flags and (dK/dV) the step's logsumexp/Delta: D = 64:
 // 28 / 38 / 37 KB, D = 128: 53 / 71 / 70 KB (forward / dK/dV / dQ); registers for D = 32 / 64 / 128:
-// forward 128 / 166 / 167, dK/dV 145 / 164 / 248, dQ 166 / 166 / 248, no spills (ptxas, sm_90a).
+// forward 128 / 166 / 167, dK/dV 127 / 162 / 248, dQ 166 / 166 / 248, no spills (ptxas, sm_90a).
 // Why: per warp and 64-key step at D = 64 the wmma forward moves ~28 KB through shared memory besides
 // the 16 KB of K and V fragments both kernels read (scores out and in, probabilities out and in, O
 // loaded, rescaled and stored): ~44 KB at 128 B/clk/SM is ~340 clocks against ~130 of mma.sync work
