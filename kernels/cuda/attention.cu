@@ -496,7 +496,7 @@ struct MmaDropout {
 // Block: 64 queries of one (b, h), as the wmma kernel; warp w owns queries first_row + 16w .. +15 and
 // keeps everything per query in registers, in the mma fragment layouts (kernels/cuda/mma_sync.cuh):
 // the scores of a 64-key step as 8 accumulator tiles of 8 keys (warp_mma_abt: Q's A operands are
-// reloaded from the warp's Q rows each step, 16 registers fewer than holding them), P~
+// reloaded from the warp's Q rows each step, D / 4 registers fewer than holding them), P~
 // repacked from those accumulators straight into A operands (the accumulator of keys 16j..16j+15 is
 // the A layout of k-step j), and O as D/8 accumulator tiles. Lane (g, q) holds rows g and g + 8 and,
 // per 8-key tile, keys 2q and 2q + 1: row max and sum are reduced over the 4 lanes of a row with two
