@@ -124,6 +124,14 @@ if [[ -f "$ROOT/.gpu-deps/prebuilt/bin.tar.xz" ]]; then
   done
   [[ -f "$BIN_DIR/SOURCE_COMMIT" ]] && { echo "prebuilt from:"; cat "$BIN_DIR/SOURCE_COMMIT"; } >>"$SETUP_LOG"
 fi
+# cuBLASLt is dlopened by the first CUDA context (kernels/cuda/cublaslt_library.h), so ldd does not
+# list it: say here whether the soname of the toolkit the executables were built with loads (same
+# search as the executables: LD_LIBRARY_PATH and the loader cache; they also try libcudart's directory).
+cudart_major=$(ldd "$BIN_DIR/bert_train" 2>/dev/null | grep -oE 'libcudart\.so\.[0-9]+' | head -n 1 | sed 's/.*\.//')
+if [[ -n $cudart_major ]]; then
+  python3 -c "import ctypes, sys; ctypes.CDLL(sys.argv[1]); print(sys.argv[1], 'loads')" "libcublasLt.so.$cudart_major" \
+    >>"$SETUP_LOG" 2>&1 || echo "libcublasLt.so.$cudart_major does not load from LD_LIBRARY_PATH (see above)" >>"$SETUP_LOG"
+fi
 
 build_ok=1
 if [[ $mode == build ]]; then

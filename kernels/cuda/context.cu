@@ -8,6 +8,7 @@
 // ignores errors (a destructor during unwinding has nobody to report to).
 #include <cuda_runtime.h>
 
+#include "kernels/cuda/cublaslt_library.h"
 #include "kernels/cuda/ops_cuda.h"
 
 namespace bert::cuda {
@@ -21,7 +22,7 @@ constexpr size_t kScratchGranularityBytes = size_t{1} << 20;
 // Releases what the constructor made so far (also on its failure path). Never throws.
 void release_handles(cudaStream_t stream, bool owns_stream, cublasLtHandle_t cublaslt) noexcept {
   if (stream != nullptr) cudaStreamSynchronize(stream);
-  if (cublaslt != nullptr) cublasLtDestroy(cublaslt);
+  if (cublaslt != nullptr) cublaslt_api().cublasLtDestroy(cublaslt);
   if (owns_stream && stream != nullptr) cudaStreamDestroy(stream);
   cudaGetLastError();  // leave no sticky error behind for the next caller
 }
@@ -42,7 +43,7 @@ Context::Context(cudaStream_t stream, size_t gemm_workspace_bytes) : stream_(str
       CUDA_CHECK(cudaStreamCreateWithFlags(&stream_, cudaStreamNonBlocking));
       owns_stream_ = true;
     }
-    CUBLAS_CHECK(cublasLtCreate(&cublaslt_));
+    CUBLAS_CHECK(cublaslt_api().cublasLtCreate(&cublaslt_));
     gemm_workspace_.resize(gemm_workspace_bytes);
   } catch (...) {
     gemm_workspace_.reset();

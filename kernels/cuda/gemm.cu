@@ -42,6 +42,7 @@
 #include <string>
 
 #include "kernels/cuda/common.cuh"
+#include "kernels/cuda/cublaslt_library.h"
 #include "kernels/cuda/ops_cuda.h"
 
 namespace bert::cuda {
@@ -178,7 +179,7 @@ struct MatmulDesc {
   MatmulDesc(const MatmulDesc&) = delete;
   MatmulDesc& operator=(const MatmulDesc&) = delete;
   ~MatmulDesc() {
-    if (handle) cublasLtMatmulDescDestroy(handle);
+    if (handle) cublaslt_api().cublasLtMatmulDescDestroy(handle);
   }
 };
 struct MatrixLayout {
@@ -187,7 +188,7 @@ struct MatrixLayout {
   MatrixLayout(const MatrixLayout&) = delete;
   MatrixLayout& operator=(const MatrixLayout&) = delete;
   ~MatrixLayout() {
-    if (handle) cublasLtMatrixLayoutDestroy(handle);
+    if (handle) cublaslt_api().cublasLtMatrixLayoutDestroy(handle);
   }
 };
 struct MatmulPreference {
@@ -196,7 +197,7 @@ struct MatmulPreference {
   MatmulPreference(const MatmulPreference&) = delete;
   MatmulPreference& operator=(const MatmulPreference&) = delete;
   ~MatmulPreference() {
-    if (handle) cublasLtMatmulPreferenceDestroy(handle);
+    if (handle) cublaslt_api().cublasLtMatmulPreferenceDestroy(handle);
   }
 };
 
@@ -292,12 +293,13 @@ struct Context::GemmPlans {
   void run(Context& ctx, const GemmCall& call) {
     GemmPlan& plan = get(ctx, call);
     if (plan.has_bias)
-      CUBLAS_CHECK(cublasLtMatmulDescSetAttribute(plan.desc.handle, CUBLASLT_MATMUL_DESC_BIAS_POINTER, &call.bias,
-                                                  sizeof(call.bias)));
+      CUBLAS_CHECK(cublaslt_api().cublasLtMatmulDescSetAttribute(plan.desc.handle, CUBLASLT_MATMUL_DESC_BIAS_POINTER,
+                                                                 &call.bias, sizeof(call.bias)));
     const float alpha = 1.0f, beta = call.beta;
-    CUBLAS_CHECK(cublasLtMatmul(ctx.cublaslt(), plan.desc.handle, &alpha, call.a, plan.a.handle, call.b, plan.b.handle,
-                                &beta, call.d, plan.d.handle, call.d, plan.d.handle, &plan.algo, ctx.gemm_workspace(),
-                                ctx.gemm_workspace_bytes(), ctx.stream()));
+    CUBLAS_CHECK(cublaslt_api().cublasLtMatmul(ctx.cublaslt(), plan.desc.handle, &alpha, call.a, plan.a.handle, call.b,
+                                               plan.b.handle, &beta, call.d, plan.d.handle, call.d, plan.d.handle,
+                                               &plan.algo, ctx.gemm_workspace(), ctx.gemm_workspace_bytes(),
+                                               ctx.stream()));
     // D is column-major m x n with ldd == m: row-major [n, m], the bias along m.
     if (plan.bias_after)
       add_bias_rows(ctx, call.n, call.m, static_cast<const bf16*>(call.bias), static_cast<bf16*>(call.d));
@@ -319,51 +321,51 @@ struct Context::GemmPlans {
   }
 
   static void build(Context& ctx, const GemmCall& call, GemmPlan& plan) {
-    CUBLAS_CHECK(cublasLtMatmulDescCreate(&plan.desc.handle, CUBLAS_COMPUTE_32F, CUDA_R_32F));
+    CUBLAS_CHECK(cublaslt_api().cublasLtMatmulDescCreate(&plan.desc.handle, CUBLAS_COMPUTE_32F, CUDA_R_32F));
     const int32_t trans_a = call.trans_a, trans_b = call.trans_b;
-    CUBLAS_CHECK(
-        cublasLtMatmulDescSetAttribute(plan.desc.handle, CUBLASLT_MATMUL_DESC_TRANSA, &trans_a, sizeof(trans_a)));
-    CUBLAS_CHECK(
-        cublasLtMatmulDescSetAttribute(plan.desc.handle, CUBLASLT_MATMUL_DESC_TRANSB, &trans_b, sizeof(trans_b)));
+    CUBLAS_CHECK(cublaslt_api().cublasLtMatmulDescSetAttribute(plan.desc.handle, CUBLASLT_MATMUL_DESC_TRANSA, &trans_a,
+                                                               sizeof(trans_a)));
+    CUBLAS_CHECK(cublaslt_api().cublasLtMatmulDescSetAttribute(plan.desc.handle, CUBLASLT_MATMUL_DESC_TRANSB, &trans_b,
+                                                               sizeof(trans_b)));
     plan.has_bias = call.bias != nullptr;
     if (plan.has_bias) {
       const uint32_t epilogue = CUBLASLT_EPILOGUE_BIAS;
       const int32_t bias_type = CUDA_R_16BF;
-      CUBLAS_CHECK(
-          cublasLtMatmulDescSetAttribute(plan.desc.handle, CUBLASLT_MATMUL_DESC_EPILOGUE, &epilogue, sizeof(epilogue)));
-      CUBLAS_CHECK(cublasLtMatmulDescSetAttribute(plan.desc.handle, CUBLASLT_MATMUL_DESC_BIAS_DATA_TYPE, &bias_type,
-                                                  sizeof(bias_type)));
+      CUBLAS_CHECK(cublaslt_api().cublasLtMatmulDescSetAttribute(plan.desc.handle, CUBLASLT_MATMUL_DESC_EPILOGUE,
+                                                                 &epilogue, sizeof(epilogue)));
+      CUBLAS_CHECK(cublaslt_api().cublasLtMatmulDescSetAttribute(plan.desc.handle, CUBLASLT_MATMUL_DESC_BIAS_DATA_TYPE,
+                                                                 &bias_type, sizeof(bias_type)));
       // The real pointer is set again at every call; its alignment reaches the heuristic through C/D's.
-      CUBLAS_CHECK(cublasLtMatmulDescSetAttribute(plan.desc.handle, CUBLASLT_MATMUL_DESC_BIAS_POINTER, &call.bias,
-                                                  sizeof(call.bias)));
+      CUBLAS_CHECK(cublaslt_api().cublasLtMatmulDescSetAttribute(plan.desc.handle, CUBLASLT_MATMUL_DESC_BIAS_POINTER,
+                                                                 &call.bias, sizeof(call.bias)));
     }
     // Stored (pre-op) shapes: op(A) is m x k, op(B) is k x n.
     const bool ta = call.trans_a == CUBLAS_OP_T, tb = call.trans_b == CUBLAS_OP_T;
-    CUBLAS_CHECK(
-        cublasLtMatrixLayoutCreate(&plan.a.handle, CUDA_R_16BF, ta ? call.k : call.m, ta ? call.m : call.k, call.lda));
-    CUBLAS_CHECK(
-        cublasLtMatrixLayoutCreate(&plan.b.handle, CUDA_R_16BF, tb ? call.n : call.k, tb ? call.k : call.n, call.ldb));
-    CUBLAS_CHECK(cublasLtMatrixLayoutCreate(&plan.d.handle, call.d_type, call.m, call.n, call.ldd));
+    CUBLAS_CHECK(cublaslt_api().cublasLtMatrixLayoutCreate(&plan.a.handle, CUDA_R_16BF, ta ? call.k : call.m,
+                                                           ta ? call.m : call.k, call.lda));
+    CUBLAS_CHECK(cublaslt_api().cublasLtMatrixLayoutCreate(&plan.b.handle, CUDA_R_16BF, tb ? call.n : call.k,
+                                                           tb ? call.k : call.n, call.ldb));
+    CUBLAS_CHECK(cublaslt_api().cublasLtMatrixLayoutCreate(&plan.d.handle, call.d_type, call.m, call.n, call.ldd));
 
     MatmulPreference preference;
-    CUBLAS_CHECK(cublasLtMatmulPreferenceCreate(&preference.handle));
+    CUBLAS_CHECK(cublaslt_api().cublasLtMatmulPreferenceCreate(&preference.handle));
     const uint64_t workspace_bytes = ctx.gemm_workspace_bytes();
-    CUBLAS_CHECK(cublasLtMatmulPreferenceSetAttribute(preference.handle, CUBLASLT_MATMUL_PREF_MAX_WORKSPACE_BYTES,
-                                                      &workspace_bytes, sizeof(workspace_bytes)));
+    CUBLAS_CHECK(cublaslt_api().cublasLtMatmulPreferenceSetAttribute(
+        preference.handle, CUBLASLT_MATMUL_PREF_MAX_WORKSPACE_BYTES, &workspace_bytes, sizeof(workspace_bytes)));
     // cuBLASLt has no alignment preference for the bias epilogue's pointer: fold it into C/D's, so a
     // misaligned bias never gets a kernel that assumes a 16-byte aligned one (PyTorch did the same).
     const uint32_t align_a = pointer_alignment(call.a), align_b = pointer_alignment(call.b);
     uint32_t align_d = call.bias != nullptr ? std::min(pointer_alignment(call.d), pointer_alignment(call.bias))
                                             : pointer_alignment(call.d);
-    CUBLAS_CHECK(cublasLtMatmulPreferenceSetAttribute(preference.handle, CUBLASLT_MATMUL_PREF_MIN_ALIGNMENT_A_BYTES,
-                                                      &align_a, sizeof(align_a)));
-    CUBLAS_CHECK(cublasLtMatmulPreferenceSetAttribute(preference.handle, CUBLASLT_MATMUL_PREF_MIN_ALIGNMENT_B_BYTES,
-                                                      &align_b, sizeof(align_b)));
+    CUBLAS_CHECK(cublaslt_api().cublasLtMatmulPreferenceSetAttribute(
+        preference.handle, CUBLASLT_MATMUL_PREF_MIN_ALIGNMENT_A_BYTES, &align_a, sizeof(align_a)));
+    CUBLAS_CHECK(cublaslt_api().cublasLtMatmulPreferenceSetAttribute(
+        preference.handle, CUBLASLT_MATMUL_PREF_MIN_ALIGNMENT_B_BYTES, &align_b, sizeof(align_b)));
     auto set_d_alignment = [&] {
-      CUBLAS_CHECK(cublasLtMatmulPreferenceSetAttribute(preference.handle, CUBLASLT_MATMUL_PREF_MIN_ALIGNMENT_C_BYTES,
-                                                        &align_d, sizeof(align_d)));
-      CUBLAS_CHECK(cublasLtMatmulPreferenceSetAttribute(preference.handle, CUBLASLT_MATMUL_PREF_MIN_ALIGNMENT_D_BYTES,
-                                                        &align_d, sizeof(align_d)));
+      CUBLAS_CHECK(cublaslt_api().cublasLtMatmulPreferenceSetAttribute(
+          preference.handle, CUBLASLT_MATMUL_PREF_MIN_ALIGNMENT_C_BYTES, &align_d, sizeof(align_d)));
+      CUBLAS_CHECK(cublaslt_api().cublasLtMatmulPreferenceSetAttribute(
+          preference.handle, CUBLASLT_MATMUL_PREF_MIN_ALIGNMENT_D_BYTES, &align_d, sizeof(align_d)));
     };
     set_d_alignment();
 
@@ -371,8 +373,9 @@ struct Context::GemmPlans {
     int found = 0;
     auto heuristic = [&] {
       found = 0;
-      return cublasLtMatmulAlgoGetHeuristic(ctx.cublaslt(), plan.desc.handle, plan.a.handle, plan.b.handle,
-                                            plan.d.handle, plan.d.handle, preference.handle, 1, &result, &found);
+      return cublaslt_api().cublasLtMatmulAlgoGetHeuristic(ctx.cublaslt(), plan.desc.handle, plan.a.handle,
+                                                           plan.b.handle, plan.d.handle, plan.d.handle,
+                                                           preference.handle, 1, &result, &found);
     };
     auto none_found = [&](cublasStatus_t status) {
       return status == CUBLAS_STATUS_NOT_SUPPORTED || (status == CUBLAS_STATUS_SUCCESS && found == 0);
@@ -381,8 +384,8 @@ struct Context::GemmPlans {
     if (plan.has_bias && none_found(status)) {
       // No bias-epilogue kernel at these alignments: the plain GEMM, then add_bias_rows.
       const uint32_t no_epilogue = CUBLASLT_EPILOGUE_DEFAULT;
-      CUBLAS_CHECK(cublasLtMatmulDescSetAttribute(plan.desc.handle, CUBLASLT_MATMUL_DESC_EPILOGUE, &no_epilogue,
-                                                  sizeof(no_epilogue)));
+      CUBLAS_CHECK(cublaslt_api().cublasLtMatmulDescSetAttribute(plan.desc.handle, CUBLASLT_MATMUL_DESC_EPILOGUE,
+                                                                 &no_epilogue, sizeof(no_epilogue)));
       plan.has_bias = false;
       plan.bias_after = true;
       align_d = pointer_alignment(call.d);

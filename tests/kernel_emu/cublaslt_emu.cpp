@@ -122,6 +122,9 @@ bool consistent(const Desc& d, const Layout& a, const Layout& b, const Layout& c
 
 extern "C" {
 
+// The headers' version: the emulation stands in for the library they describe.
+size_t cublasLtGetVersion() { return CUBLAS_VERSION; }
+
 cublasStatus_t cublasLtCreate(cublasLtHandle_t* handle) {
   static char the_library = 0;
   *handle = reinterpret_cast<cublasLtHandle_t>(&the_library);

@@ -34,7 +34,7 @@ MUTANTS = [
      "[cross_entropy]"),
     ("embeddings scatter: no barrier after the chunk's keys load", "embeddings.cu", 165, "__syncthreads();", "",
      "[embeddings]"),
-    ("bias gradient: no barrier before the lane sums are combined", "gemm.cu", 111, "__syncthreads();", "",
+    ("bias gradient: no barrier before the lane sums are combined", "gemm.cu", 112, "__syncthreads();", "",
      "cuda linear_backward equals*"),
     ("pooler GEMM: no barrier after the tile loads", "heads.cu", 119, "__syncthreads();", "", "[heads]"),
     ("pooler GEMM: no barrier before the next tile overwrites", "heads.cu", 126, "__syncthreads();", "", "[heads]"),
