@@ -23,6 +23,7 @@
 // the GEMMs multiply the zero weights of padded or dropped keys too, so a non-finite K or V row
 // there reaches the outputs (as in the CUDA kernel's tiles); the loops skip such keys.
 #include "kernels/cpu/ops_cpu_detail.h"
+#include "kernels/cpu/vector_math.h"
 
 extern "C" int openblas_get_parallel() __attribute__((weak));  // OpenBLAS: 0 serial, 1 pthreads, 2 OpenMP
 
@@ -92,11 +93,11 @@ T softmax_row(int64_t seq_len, const int32_t* key_mask, int64_t valid_keys, T sc
     probs[j] *= scale;
     if (key_mask == nullptr || key_mask[j] != 0) max_score = std::max(max_score, probs[j]);
   }
+  detail::exp_affine(probs, T(1), max_score, probs, seq_len);
+  if (key_mask != nullptr)
+    for (int64_t j = 0; j < seq_len; ++j) probs[j] = key_mask[j] == 0 ? T(0) : probs[j];
   T sum = 0;
-  for (int64_t j = 0; j < seq_len; ++j) {
-    probs[j] = key_mask != nullptr && key_mask[j] == 0 ? T(0) : std::exp(probs[j] - max_score);
-    sum += probs[j];
-  }
+  for (int64_t j = 0; j < seq_len; ++j) sum += probs[j];
   for (int64_t j = 0; j < seq_len; ++j) probs[j] /= sum;
   return max_score + std::log(sum);
 }
@@ -105,14 +106,13 @@ T softmax_row(int64_t seq_len, const int32_t* key_mask, int64_t valid_keys, T sc
 template <class T>
 void softmax_row_recompute(int64_t seq_len, const int32_t* key_mask, int64_t valid_keys, T scale, T logsumexp,
                            T* probs) {
-  for (int64_t j = 0; j < seq_len; ++j) {
-    if (valid_keys == 0)
-      probs[j] = T(1) / static_cast<T>(seq_len);
-    else if (key_mask != nullptr && key_mask[j] == 0)
-      probs[j] = T(0);
-    else
-      probs[j] = std::exp(scale * probs[j] - logsumexp);
+  if (valid_keys == 0) {
+    for (int64_t j = 0; j < seq_len; ++j) probs[j] = T(1) / static_cast<T>(seq_len);
+    return;
   }
+  detail::exp_affine(probs, scale, logsumexp, probs, seq_len);
+  if (key_mask != nullptr)
+    for (int64_t j = 0; j < seq_len; ++j) probs[j] = key_mask[j] == 0 ? T(0) : probs[j];
 }
 
 // attention_backward's GEMM form (see the top): per (b, h), P [S, S] recomputed from the scores and

@@ -5,11 +5,31 @@
 // Napkin math (4096 x 768 fp32 = 12.6 MB): one read + one write, plus one Philox4x32-10 call
 // (~10 rounds of 2 32x32->64 multiplies and xors) per 4 elements: ~15 integer ops per element,
 // ~2-5 ms on 2 cores, about the cost of the memory traffic.
+#include <type_traits>
+
 #include "kernels/cpu/ops_cpu_detail.h"
+#include "kernels/cpu/vector_math.h"
 
 namespace bert::cpu {
 
 namespace detail {
+
+namespace {
+
+// One Philox call per aligned group of 4 indices, scalar.
+template <class T>
+void multipliers_scalar(const DropoutSpec& dropout, uint64_t first_index, int64_t count, T scale, uint64_t threshold,
+                        T* multiplier) {
+  int64_t j = 0;
+  while (j < count) {
+    const uint64_t index = first_index + static_cast<uint64_t>(j);
+    const ops::Philox4x32Result random = ops::dropout_random_group(dropout, index / 4);
+    for (uint64_t lane = index % 4; lane < 4 && j < count; ++lane, ++j)
+      multiplier[j] = random.word[lane] >= threshold ? scale : T(0);
+  }
+}
+
+}  // namespace
 
 template <class T>
 void dropout_multipliers(const DropoutSpec& dropout, uint64_t first_index, int64_t count, T* multiplier) {
@@ -19,13 +39,18 @@ void dropout_multipliers(const DropoutSpec& dropout, uint64_t first_index, int64
   }
   const T scale = T(1) / (T(1) - static_cast<T>(dropout.probability));
   const uint64_t threshold = ops::dropout_drop_threshold(dropout.probability);
-  // One Philox call per aligned group of 4 indices.
-  int64_t j = 0;
-  while (j < count) {
-    const uint64_t index = first_index + static_cast<uint64_t>(j);
-    const ops::Philox4x32Result random = ops::dropout_random_group(dropout, index / 4);
-    for (uint64_t lane = index % 4; lane < 4 && j < count; ++lane, ++j)
-      multiplier[j] = random.word[lane] >= threshold ? scale : T(0);
+  if constexpr (std::is_same_v<T, float>) {
+    // The whole groups vectorised (kernels/cpu/vector_math.h); the head before the first whole group
+    // and the tail after the last, scalar.
+    const int64_t head = std::min<int64_t>(count, static_cast<int64_t>((4 - first_index % 4) % 4));
+    const int64_t groups = (count - head) / 4, tail_start = head + 4 * groups;
+    multipliers_scalar(dropout, first_index, head, scale, threshold, multiplier);
+    dropout_group_multipliers(dropout, (first_index + static_cast<uint64_t>(head)) / 4, groups, scale,
+                              multiplier + head);
+    multipliers_scalar(dropout, first_index + static_cast<uint64_t>(tail_start), count - tail_start, scale, threshold,
+                       multiplier + tail_start);
+  } else {
+    multipliers_scalar(dropout, first_index, count, scale, threshold, multiplier);
   }
 }
 
