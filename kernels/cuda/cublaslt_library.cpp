@@ -90,10 +90,14 @@ CublasLtApi load_from(const std::string& requested) {
   if (handle == nullptr) fail(tried);
   // A library that loaded stays loaded for the life of the process (its functions are in use).
   CublasLtApi api;
-#define BERT_CUBLASLT_RESOLVE(name)                                      \
-  dlerror();                                                             \
-  api.name = reinterpret_cast<decltype(api.name)>(dlsym(handle, #name)); \
-  if (api.name == nullptr) fail(path + " has no " #name " (" + last_dl_error() + ")");
+#define BERT_CUBLASLT_RESOLVE(name)                                                   \
+  dlerror();                                                                          \
+  api.name = reinterpret_cast<decltype(api.name)>(dlsym(handle, #name));              \
+  if (api.name == nullptr) {                                                          \
+    const std::string message = path + " has no " #name " (" + last_dl_error() + ")"; \
+    dlclose(handle);                                                                  \
+    fail(message);                                                                    \
+  }
   BERT_CUBLASLT_FUNCTIONS(BERT_CUBLASLT_RESOLVE)
 #undef BERT_CUBLASLT_RESOLVE
   // The file the search found (a soname names none).
