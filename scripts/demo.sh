@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # The main job on the built-in default, the whole pipeline on the CPU: build, Korean demo corpus,
-# tokenizer, cleaned text and NSP shards, a small BERT pre-trained for ~7 minutes on 2 cores
+# tokenizer, cleaned text and NSP shards, a small BERT pre-trained for ~4 minutes on 2 cores
 # (configs/demo_cpu.toml), its loss curve, then fill-mask and a [MASK] probe on in-domain sentences.
 # Outputs go to ${DEMO_DIR:-runs/demo}.
 set -euo pipefail

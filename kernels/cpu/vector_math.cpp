@@ -12,7 +12,9 @@
 
 namespace bert::cpu::detail {
 
-#if defined(__x86_64__) && defined(__GNUC__) && !defined(__clang__) && !defined(__SANITIZE_ADDRESS__)
+// GCC 12+ on x86-64 (the x86-64-vN names in target_clones), not under AddressSanitizer; else one
+// baseline build.
+#if defined(__x86_64__) && defined(__GNUC__) && !defined(__clang__) && __GNUC__ >= 12 && !defined(__SANITIZE_ADDRESS__)
 #define BERT_VECTOR_CLONES __attribute__((target_clones("arch=x86-64-v4", "arch=x86-64-v3", "default")))
 #else
 #define BERT_VECTOR_CLONES
