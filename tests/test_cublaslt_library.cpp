@@ -48,19 +48,9 @@ std::string error_of(Call call) {
 }
 
 void require_complete(const CublasLtApi& api) {
-  CHECK(api.cublasLtGetVersion != nullptr);
-  CHECK(api.cublasLtCreate != nullptr);
-  CHECK(api.cublasLtDestroy != nullptr);
-  CHECK(api.cublasLtMatmul != nullptr);
-  CHECK(api.cublasLtMatmulAlgoGetHeuristic != nullptr);
-  CHECK(api.cublasLtMatmulDescCreate != nullptr);
-  CHECK(api.cublasLtMatmulDescDestroy != nullptr);
-  CHECK(api.cublasLtMatmulDescSetAttribute != nullptr);
-  CHECK(api.cublasLtMatmulPreferenceCreate != nullptr);
-  CHECK(api.cublasLtMatmulPreferenceDestroy != nullptr);
-  CHECK(api.cublasLtMatmulPreferenceSetAttribute != nullptr);
-  CHECK(api.cublasLtMatrixLayoutCreate != nullptr);
-  CHECK(api.cublasLtMatrixLayoutDestroy != nullptr);
+#define BERT_CHECK_RESOLVED(name) CHECK(api.name != nullptr);
+  BERT_CUBLASLT_FUNCTIONS(BERT_CHECK_RESOLVED)
+#undef BERT_CHECK_RESOLVED
 }
 
 }  // namespace

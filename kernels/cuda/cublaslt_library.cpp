@@ -16,22 +16,6 @@ namespace bert::cuda {
 
 namespace {
 
-// The table's entries, once: F(name) for each function.
-#define BERT_CUBLASLT_FUNCTIONS(F)        \
-  F(cublasLtGetVersion)                   \
-  F(cublasLtCreate)                       \
-  F(cublasLtDestroy)                      \
-  F(cublasLtMatmul)                       \
-  F(cublasLtMatmulAlgoGetHeuristic)       \
-  F(cublasLtMatmulDescCreate)             \
-  F(cublasLtMatmulDescDestroy)            \
-  F(cublasLtMatmulDescSetAttribute)       \
-  F(cublasLtMatmulPreferenceCreate)       \
-  F(cublasLtMatmulPreferenceDestroy)      \
-  F(cublasLtMatmulPreferenceSetAttribute) \
-  F(cublasLtMatrixLayoutCreate)           \
-  F(cublasLtMatrixLayoutDestroy)
-
 [[noreturn]] void fail(const std::string& detail) {
   throw CudaError("cannot load cuBLASLt: " + detail +
                   " (the CUDA backend's GEMM library, from the CUDA toolkit or the libcublas package: put its "

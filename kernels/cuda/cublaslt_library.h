@@ -22,23 +22,29 @@
 
 namespace bert::cuda {
 
-// One pointer per cuBLASLt function the backend calls, named as the function.
+// The cuBLASLt functions the backend calls: F(name) for each.
+#define BERT_CUBLASLT_FUNCTIONS(F)        \
+  F(cublasLtGetVersion)                   \
+  F(cublasLtCreate)                       \
+  F(cublasLtDestroy)                      \
+  F(cublasLtMatmul)                       \
+  F(cublasLtMatmulAlgoGetHeuristic)       \
+  F(cublasLtMatmulDescCreate)             \
+  F(cublasLtMatmulDescDestroy)            \
+  F(cublasLtMatmulDescSetAttribute)       \
+  F(cublasLtMatmulPreferenceCreate)       \
+  F(cublasLtMatmulPreferenceDestroy)      \
+  F(cublasLtMatmulPreferenceSetAttribute) \
+  F(cublasLtMatrixLayoutCreate)           \
+  F(cublasLtMatrixLayoutDestroy)
+
+// One pointer per function above, named as the function: cublaslt_api().cublasLtMatmul(...).
 struct CublasLtApi {
   std::string path;    // the file the functions came from (the emulation: "emulated")
   size_t version = 0;  // cublasLtGetVersion(): major * 10000 + minor * 100 + patch
-  decltype(&::cublasLtGetVersion) cublasLtGetVersion = nullptr;
-  decltype(&::cublasLtCreate) cublasLtCreate = nullptr;
-  decltype(&::cublasLtDestroy) cublasLtDestroy = nullptr;
-  decltype(&::cublasLtMatmul) cublasLtMatmul = nullptr;
-  decltype(&::cublasLtMatmulAlgoGetHeuristic) cublasLtMatmulAlgoGetHeuristic = nullptr;
-  decltype(&::cublasLtMatmulDescCreate) cublasLtMatmulDescCreate = nullptr;
-  decltype(&::cublasLtMatmulDescDestroy) cublasLtMatmulDescDestroy = nullptr;
-  decltype(&::cublasLtMatmulDescSetAttribute) cublasLtMatmulDescSetAttribute = nullptr;
-  decltype(&::cublasLtMatmulPreferenceCreate) cublasLtMatmulPreferenceCreate = nullptr;
-  decltype(&::cublasLtMatmulPreferenceDestroy) cublasLtMatmulPreferenceDestroy = nullptr;
-  decltype(&::cublasLtMatmulPreferenceSetAttribute) cublasLtMatmulPreferenceSetAttribute = nullptr;
-  decltype(&::cublasLtMatrixLayoutCreate) cublasLtMatrixLayoutCreate = nullptr;
-  decltype(&::cublasLtMatrixLayoutDestroy) cublasLtMatrixLayoutDestroy = nullptr;
+#define BERT_CUBLASLT_FIELD(name) decltype(&::name) name = nullptr;
+  BERT_CUBLASLT_FUNCTIONS(BERT_CUBLASLT_FIELD)
+#undef BERT_CUBLASLT_FIELD
 };
 
 // The process's table: loaded on the first call (thread-safe), the same object afterwards. Throws
