@@ -125,6 +125,9 @@ TEST_CASE("array kernels equal the scalar functions bit for bit", "[vector_math]
         ((lanes[0] + lanes[1]) + (lanes[2] + lanes[3])) + ((lanes[4] + lanes[5]) + (lanes[6] + lanes[7]));
     const float sum = d::sum_exp_shifted(x.data(), 3.0f, n);
     CHECK(same_bits(sum, expected_sum));
+    std::vector<float> stored = x;  // in place: the exps replace x
+    CHECK(same_bits(d::sum_exp_shifted(stored.data(), 3.0f, n, stored.data()), expected_sum));
+    for (int64_t i = 0; i < n; ++i) REQUIRE(same_bits(stored[i], exp_float(x[i] - 3.0f)));
     double exact = 0;
     for (int64_t i = 0; i < n; ++i) exact += std::exp(static_cast<double>(x[i]) - 3.0);
     CHECK(sum == Approx(exact).epsilon(1e-5).margin(1e-30));

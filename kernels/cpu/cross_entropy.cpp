@@ -44,15 +44,16 @@ CrossEntropyStats softmax_cross_entropy(Context& ctx, const MatrixShape& shape, 
     int64_t argmax = 0;
     for (int64_t c = 1; c < classes; ++c)
       if (row[c] > row[argmax]) argmax = c;
-    const T max_logit = row[argmax];
-    const T sum = detail::sum_exp_shifted(row, max_logit, classes);
+    const T max_logit = row[argmax], label_logit = row[label];
+    // With a gradient, its row receives exp(row - max) in the same pass as the sum (it may be `row`
+    // itself: the label's logit and the max are read already), so exp runs once per logit.
+    T* grad = dlogits != nullptr ? dlogits + r * classes : nullptr;
+    const T sum = detail::sum_exp_shifted(row, max_logit, classes, grad);
     const T log_sum = std::log(sum);
-    per_row[r] = static_cast<double>(log_sum + max_logit - row[label]);
+    per_row[r] = static_cast<double>(log_sum + max_logit - label_logit);
     per_row[rows + r] = argmax == label ? 1.0 : 0.0;
-    if (dlogits != nullptr) {
-      T* grad = dlogits + r * classes;  // may be `row` itself: row[label] and max_logit are read already
+    if (grad != nullptr) {
       const T inv_sum = T(1) / sum;
-      detail::exp_affine(row, T(1), max_logit, grad, classes);  // exp(row - max); row may be grad
       for (int64_t c = 0; c < classes; ++c) grad[c] = grad_per_row * (grad[c] * inv_sum);
       grad[label] -= grad_per_row;
     }

@@ -31,12 +31,25 @@ BERT_VECTOR_CLONES void exp_affine(const float* x, float a, float b, float* y, i
   for (int64_t i = 0; i < n; ++i) y[i] = exp_float(a * x[i] - b);
 }
 
-BERT_VECTOR_CLONES float sum_exp_shifted(const float* x, float shift, int64_t n) {
+BERT_VECTOR_CLONES float sum_exp_shifted(const float* x, float shift, int64_t n, float* out) {
   float lanes[kLanes] = {};
   int64_t i = 0;
-  for (; i + kLanes <= n; i += kLanes)
-    for (int lane = 0; lane < kLanes; ++lane) lanes[lane] += exp_float(x[i + lane] - shift);
-  for (int lane = 0; i < n; ++i, ++lane) lanes[lane] += exp_float(x[i] - shift);
+  if (out == nullptr) {
+    for (; i + kLanes <= n; i += kLanes)
+      for (int lane = 0; lane < kLanes; ++lane) lanes[lane] += exp_float(x[i + lane] - shift);
+  } else {
+    for (; i + kLanes <= n; i += kLanes)
+      for (int lane = 0; lane < kLanes; ++lane) {
+        const float e = exp_float(x[i + lane] - shift);
+        out[i + lane] = e;
+        lanes[lane] += e;
+      }
+  }
+  for (int lane = 0; i < n; ++i, ++lane) {
+    const float e = exp_float(x[i] - shift);
+    if (out != nullptr) out[i] = e;
+    lanes[lane] += e;
+  }
   return ((lanes[0] + lanes[1]) + (lanes[2] + lanes[3])) + ((lanes[4] + lanes[5]) + (lanes[6] + lanes[7]));
 }
 

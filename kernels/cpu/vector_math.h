@@ -86,8 +86,8 @@ inline float normal_cdf_float(float z) {
 // y[i] = exp(a * x[i] - b).
 void exp_affine(const float* x, float a, float b, float* y, int64_t n);
 // sum of exp(x[i] - shift), as 8 interleaved partial sums (element i into sum i % 8) added in a
-// fixed tree.
-float sum_exp_shifted(const float* x, float shift, int64_t n);
+// fixed tree; each exp(x[i] - shift) also stored to out[i] when out is not null (out == x allowed).
+float sum_exp_shifted(const float* x, float shift, int64_t n, float* out = nullptr);
 // GELU (erf form) on one row: z = x[i] + (bias ? bias[i] : 0); forward y[i] = z Phi(z); backward
 // dx[i] = dy[i] (Phi(z) + z phi(z)).
 void gelu_erf_forward(const float* x, const float* bias, float* y, int64_t n);
@@ -102,9 +102,13 @@ void dropout_group_multipliers(const ops::DropoutSpec& spec, uint64_t first_grou
 inline void exp_affine(const double* x, double a, double b, double* y, int64_t n) {
   for (int64_t i = 0; i < n; ++i) y[i] = std::exp(a * x[i] - b);
 }
-inline double sum_exp_shifted(const double* x, double shift, int64_t n) {
+inline double sum_exp_shifted(const double* x, double shift, int64_t n, double* out = nullptr) {
   double sum = 0;
-  for (int64_t i = 0; i < n; ++i) sum += std::exp(x[i] - shift);
+  for (int64_t i = 0; i < n; ++i) {
+    const double e = std::exp(x[i] - shift);
+    if (out != nullptr) out[i] = e;
+    sum += e;
+  }
   return sum;
 }
 
