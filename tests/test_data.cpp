@@ -212,7 +212,7 @@ TEST_CASE("MLM masking: 15% selected, 80/10/10, specials never touched") {
   CHECK(within_binomial(static_cast<double>(other), static_cast<double>(selected), 0.1 * 999 / 1000));
 }
 
-TEST_CASE("whole-word masking selects ## pieces with their word; fixed count is exact") {
+TEST_CASE("whole-word masking selects ## pieces with their word, fixed count is exact") {
   MaskingVocab v;
   v.vocab_size = 100;
   v.mask_id = 4;

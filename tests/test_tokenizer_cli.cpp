@@ -57,7 +57,7 @@ TEST_CASE("train writes an HF-loadable tokenizer directory") {
   CHECK(read_file(test_dir() + "/tok/vocab.txt") == read_file(test_dir() + "/tok2/vocab.txt"));
 }
 
-TEST_CASE("encode: ids, tokens, jsonl, specials, pairs; [MASK] survives normalisation") {
+TEST_CASE("encode: ids, tokens, jsonl, specials, pairs, [MASK] survives normalisation") {
   corpus();
   REQUIRE(run({"train", "--input", test_dir() + "/corpus.txt", "--out", test_dir() + "/tok", "--vocab-size", "300"}).code == 0);
   const Run tokens = run({"encode", "--tokenizer", test_dir() + "/tok", "--format", "tokens"}, "이순신은 [MASK] 중기의 무신이다.\n");

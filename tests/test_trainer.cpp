@@ -59,7 +59,7 @@ TEST_CASE("counts beyond 32 bits order merges correctly") {
   CHECK(wc.total() == 7'500'000'000ull);
 }
 
-TEST_CASE("limit_alphabet keeps the most frequent characters; the rest vanish from words") {
+TEST_CASE("limit_alphabet keeps the most frequent characters, the rest vanish from words") {
   WordCounts wc;
   wc.add("aab", 10);
   wc.add("z", 1);

@@ -57,7 +57,7 @@ TEST_CASE("total steps and trainer state round trip") {
         "bert_train --config run.toml --resume 'out dir/checkpoint-5'");
 }
 
-TEST_CASE("the loss falls; checkpoints hold an HF model, tokenizer and trainer state; plot") {
+TEST_CASE("the loss falls, checkpoints hold an HF model, tokenizer and trainer state, plot") {
   make_tiny_data();
   const std::string config = write_config("run", "out",
                                           "max_steps = 30\nper_device_train_batch_size = 16\nlearning_rate = 5e-3\n"

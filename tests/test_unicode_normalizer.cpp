@@ -64,7 +64,7 @@ TEST_CASE("CJK ideographs are padded, Hangul and kana are not") {
   CHECK(norm("漢字", o) == "漢字");
 }
 
-TEST_CASE("strip_accents decomposes and drops Mn; lowercase is per character") {
+TEST_CASE("strip_accents decomposes and drops Mn, lowercase is per character") {
   NormalizerOptions strip;
   strip.strip_accents = true;
   CHECK(norm("Café naïve", strip) == "Cafe naive");

@@ -164,7 +164,7 @@ TEST_CASE("cuda trainer host: the host waits for the device only where it logs, 
   CHECK(train_records == 2);
 }
 
-TEST_CASE("cuda trainer host: non-finite gradients skip updates on the device; the log names each step", "[emulated]") {
+TEST_CASE("cuda trainer host: non-finite gradients skip updates on the device, the log names each step", "[emulated]") {
   make_tiny_data();
   // As the CPU trainer's test (tests/test_trainer_loop.cpp): a learning rate of 1e38 sends the
   // first update's weights near the float limit, so every later gradient norm is non-finite. Here

@@ -416,7 +416,7 @@ TEST_CASE("cuda model: reserve allocates what memory_plan says", "[cuda][model]"
   CHECK_THROWS_AS(gpu.reserve(1, 128), bert::Error);  // beyond max_position_embeddings (64)
 }
 
-TEST_CASE("cuda model: loss stats survive many forwards; bad inputs are errors, not device traps", "[cuda][model]") {
+TEST_CASE("cuda model: loss stats survive many forwards, bad inputs are errors, not device traps", "[cuda][model]") {
   BertForPreTrainingCuda gpu(tiny_config());
   const TestBatch batch(16);
   gpu.upload_batch(batch.view());

@@ -42,7 +42,7 @@ double mean_of_last_two(const std::vector<double>& v) { return (v[v.size() - 1] 
 
 }  // namespace
 
-TEST_CASE("bert_train on the GPU follows the CPU run; checkpoints resume across devices", "[cuda][trainer]") {
+TEST_CASE("bert_train on the GPU follows the CPU run, checkpoints resume across devices", "[cuda][trainer]") {
   make_tiny_data();
   const std::string settings = std::string(kSettings) + "max_steps = 200\n";
   const std::string cpu = write_config("cpu", "cpu", settings + "device = \"cpu\"\n", kGpuModel);
