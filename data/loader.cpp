@@ -104,7 +104,7 @@ std::vector<uint64_t> Loader::batch_examples(uint64_t epoch, size_t index) const
   std::lock_guard<std::mutex> lock(perm_mutex_);
   const auto& perm = permutation(epoch);
   for (size_t i = 0; i < static_cast<size_t>(options_.batch_size); ++i) {
-    const size_t pos = (index * static_cast<size_t>(options_.batch_size) + i) * world + rank;
+    const size_t pos = (index * world + rank) * static_cast<size_t>(options_.batch_size) + i;
     if (pos >= perm.size()) break;
     out.push_back(perm[pos]);
   }

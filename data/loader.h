@@ -2,9 +2,11 @@
 //
 //  - Dataset: every shard of one split of a shard directory (manifest.json), validated on open
 //    (magic, version, size, checksum, vocabulary size), addressed by one global example index.
-//  - Epoch order: a permutation seeded by (seed, epoch). Rank r of R takes positions r, r+R, ...
-//    of it, so the ranks' slices are disjoint and together cover the epoch (less the tail that does
-//    not fill a global batch, when drop_last).
+//  - Epoch order: a permutation seeded by (seed, epoch), cut into global batches of R x batch_size
+//    positions. Rank r of R takes the r-th block of batch_size positions of each: batch b of rank r
+//    is batch b * R + r of a single rank with the same batch_size, so R ranks together see what one
+//    rank sees over R micro-batches (gradient accumulation), and the ranks' slices are disjoint and
+//    cover the epoch (less the tail that does not fill a global batch, when drop_last).
 //  - Batch b of epoch e is a pure function of (seed, e, b, rank): a resumed run sees identical
 //    batches. Masking is seeded by (seed, epoch, example index).
 //  - A background thread prefetches the next batches.

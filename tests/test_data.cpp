@@ -288,20 +288,34 @@ TEST_CASE("bert_prepare build + loader: determinism, rank slices, resume, paddin
   REQUIRE(data.size() > 100);
   CHECK_THROWS_WITH(Dataset(test_dir() + "/s1", Split::kTrain, 401), Catch::Contains("rebuild the shards"));
 
-  // Rank slices: disjoint, and together they cover every example of the epoch's full batches.
+  // Rank slices: disjoint, and together they cover every example of the epoch's full batches. Batch b
+  // of rank r is batch b * world + r of one rank (what gradient accumulation over `world` micro-batches
+  // sees), masks and padding included.
   const int world = 3, batch = 4;
   std::multiset<uint64_t> seen;
   size_t per_rank_batches = 0;
+  LoaderOptions single_options;
+  single_options.batch_size = batch;
+  single_options.prefetch = 0;
+  const Loader single(data, masking_vocab(tok), tok.cls_id(), tok.sep_id(), tok.pad_id(), single_options);
   for (int r = 0; r < world; ++r) {
-    LoaderOptions o;
-    o.batch_size = batch;
+    LoaderOptions o = single_options;
     o.rank = r;
     o.world_size = world;
-    o.prefetch = 0;
     Loader loader(data, masking_vocab(tok), tok.cls_id(), tok.sep_id(), tok.pad_id(), o);
     per_rank_batches = loader.batches_per_epoch();
-    for (size_t b = 0; b < loader.batches_per_epoch(); ++b)
-      for (uint64_t e : loader.batch_examples(1, b)) seen.insert(e);
+    CHECK(per_rank_batches == single.batches_per_epoch() / world);
+    for (size_t b = 0; b < loader.batches_per_epoch(); ++b) {
+      const std::vector<uint64_t> examples = loader.batch_examples(1, b);
+      CHECK(examples == single.batch_examples(1, b * world + static_cast<size_t>(r)));
+      for (uint64_t e : examples) seen.insert(e);
+    }
+    Batch ours, theirs;
+    loader.make_batch(2, 1, ours);
+    single.make_batch(2, world + static_cast<size_t>(r), theirs);
+    CHECK(ours.input_ids == theirs.input_ids);
+    CHECK(ours.labels == theirs.labels);
+    CHECK(ours.seq_len == theirs.seq_len);
   }
   CHECK(seen.size() == per_rank_batches * batch * world);
   CHECK(std::set<uint64_t>(seen.begin(), seen.end()).size() == seen.size());
