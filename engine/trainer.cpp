@@ -9,6 +9,7 @@
 #include <unistd.h>
 
 #include <algorithm>
+#include <array>
 #include <cctype>
 #include <cerrno>
 #include <chrono>
@@ -23,6 +24,7 @@
 #include <optional>
 #include <ostream>
 #include <span>
+#include <sstream>
 
 #include "common/args.h"
 #include "common/error.h"
@@ -32,6 +34,7 @@
 #include "data/shard.h"
 #include "engine/bert.h"
 #include "engine/checkpoint_dir.h"
+#include "engine/communicator.h"
 #include "engine/metrics.h"
 #include "engine/safetensors.h"
 #include "engine/schedule.h"
@@ -73,7 +76,9 @@ void handle_stop_signal(int) {
   request_training_stop();
 }
 
-// Installs the SIGINT/SIGTERM handler for the duration of a run, restoring the previous ones after.
+// Installs the SIGINT/SIGTERM/SIGUSR1 handler for the duration of a run, restoring the previous ones
+// after. SIGUSR1 is how a run under mpirun is stopped cleanly: mpirun forwards it to every rank, while
+// its own Ctrl-C (SIGINT) handling kills the ranks a second after sending them SIGTERM.
 class StopSignalGuard {
  public:
   StopSignalGuard() {
@@ -84,10 +89,12 @@ class StopSignalGuard {
     action.sa_flags = SA_RESTART;
     ::sigaction(SIGINT, &action, &previous_int_);
     ::sigaction(SIGTERM, &action, &previous_term_);
+    ::sigaction(SIGUSR1, &action, &previous_usr1_);
   }
   ~StopSignalGuard() {
     ::sigaction(SIGINT, &previous_int_, nullptr);
     ::sigaction(SIGTERM, &previous_term_, nullptr);
+    ::sigaction(SIGUSR1, &previous_usr1_, nullptr);
     g_stop_signals = 0;
   }
   StopSignalGuard(const StopSignalGuard&) = delete;
@@ -96,6 +103,7 @@ class StopSignalGuard {
  private:
   struct sigaction previous_int_ {};
   struct sigaction previous_term_ {};
+  struct sigaction previous_usr1_ {};
 };
 
 // ---- small formatting helpers -------------------------------------------------------------------
@@ -238,6 +246,7 @@ Json TrainerState::to_json() const {
   j.set("batches_per_epoch", batches_per_epoch);
   j.set("per_device_train_batch_size", per_device_train_batch_size);
   j.set("gradient_accumulation_steps", gradient_accumulation_steps);
+  j.set("world_size", world_size);
   j.set("model_config", model.to_hf_json());
   Json w = Json::object();
   w.set("micro_batches", window.micro_batches);
@@ -279,6 +288,8 @@ TrainerState TrainerState::from_json(const Json& json, const std::string& path) 
   s.batches_per_epoch = r.integer(json, "batches_per_epoch");
   s.per_device_train_batch_size = static_cast<int>(r.integer(json, "per_device_train_batch_size"));
   s.gradient_accumulation_steps = static_cast<int>(r.integer(json, "gradient_accumulation_steps"));
+  s.world_size = json.find("world_size") ? static_cast<int>(r.integer(json, "world_size")) : 1;
+  if (s.world_size < 1) throw Error(path + ": 'world_size' must be at least 1");
   s.model = BertConfig::from_hf_json(r.at(json, "model_config"), path + ": model_config");
   const Json& w = r.at(json, "log_window");
   s.window.micro_batches = r.integer(w, "micro_batches");
@@ -318,21 +329,31 @@ struct EvalResult {
 
 class Trainer {
  public:
+  // With several ranks, `out` and `err` are rank 0's streams there and discarded elsewhere.
   Trainer(RunConfig config, std::optional<std::string> resume, std::optional<std::string> dump_dir, std::ostream& out,
-          std::ostream& err, const TrainHooks& hooks)
+          std::ostream& err, const TrainHooks& hooks, Communicator& comm)
       : config_(std::move(config)),
         resume_(std::move(resume)),
         dump_dir_(std::move(dump_dir)),
         out_(out),
         err_(err),
-        hooks_(hooks) {}
+        hooks_(hooks),
+        comm_(comm) {}
 
-  int run();
+  // Everything before the first step: checks, data, model, resume. Returns false when there is
+  // nothing to train (already said why).
+  bool setup();
+  // The training loop; returns the exit code.
+  int train();
 
  private:
   const TrainingConfig& training() const { return config_.training; }
   const DataConfig& data() const { return config_.data; }
   bool on_cuda() const { return training().device == "cuda"; }
+  bool lead() const { return comm_.rank() == 0; }  // the rank that logs and writes files
+  int world() const { return comm_.size(); }
+  // With several ranks: every rank holds the same weights (a hash of them agrees), else an error.
+  void check_replicas(const char* when);
   const std::vector<ParamInfo>& params() const;
   int64_t num_parameters() const;
   // The tokens/s -> MFU factor: model FLOPs per real token over the device's peak (0: unknown peak).
@@ -355,13 +376,14 @@ class Trainer {
   EvalResult evaluate_cuda();
   // Shared by both devices' steps.
   void advance_cursor();
-  double add_to_window(const LossStats& stats);
+  [[maybe_unused]] double add_to_window(const LossStats& stats);  // the CUDA steps' (the CPU step sums over ranks)
   cpu::AdamWHyperparams adamw_hyperparams(double lr) const;
   // A step's outcome (step: its 1-based number): the update count or a skipped-step warning.
   void count_update(int64_t step, double norm, double step_loss);
   // The step counter, epoch, learning rate and step time, once a step is done (CPU) or queued (CUDA).
   void advance_step(double lr, Clock::time_point start);
-  static EvalResult summarize_eval(const std::vector<LossStats>& batches);
+  // Means over every labelled token / sequence of the batches every rank evaluated.
+  EvalResult summarize_eval(const std::vector<LossStats>& batches);
   void check_output_dir();
   std::string resolve_resume_dir() const;
   void load_tokenizer_and_data();
@@ -389,6 +411,7 @@ class Trainer {
   std::ostream& out_;
   std::ostream& err_;
   const TrainHooks& hooks_;
+  Communicator& comm_;
 
   int threads_ = 1;
   std::unique_ptr<Tokenizer> tokenizer_;
@@ -419,6 +442,7 @@ class Trainer {
   double last_loss_ = 0, last_grad_norm_ = 0, last_lr_ = 0;
   int64_t last_saved_step_ = -1;
   int64_t skipped_steps_ = 0;
+  bool resumed_ = false;
   std::vector<int64_t> unsettled_steps_;  // CUDA: queued steps whose outcome the host has not read
 };
 
@@ -527,7 +551,8 @@ void Trainer::check_output_dir() {
     throw Error(where + " already exists and is not empty; continue it with --resume, set [training] " +
                 "overwrite_output_dir = true to start over, or choose another output_dir");
   // overwrite_output_dir: start over. Old checkpoints would otherwise be taken for this run's
-  // (rotation, --resume), and old metrics lines would mix with the new ones.
+  // (rotation, --resume), and old metrics lines would mix with the new ones. (Rank 0's job.)
+  if (!lead()) return;
   const auto old = list_checkpoints(dir);
   for (const CheckpointInfo& checkpoint : old) fs::remove_all(checkpoint.path, ec);
   fs::remove(dir + "/metrics.jsonl", ec);
@@ -596,6 +621,8 @@ void Trainer::load_tokenizer_and_data() {
 
   LoaderOptions options;
   options.batch_size = training().per_device_train_batch_size;
+  options.rank = comm_.rank();
+  options.world_size = world();
   options.seed = training().seed;
   options.shuffle = data().shuffle;
   options.drop_last = true;
@@ -606,15 +633,19 @@ void Trainer::load_tokenizer_and_data() {
   options.masking.random_replace_prob = data().random_replace_prob;
   options.masking.whole_word = data().whole_word_mask;
   options.masking.fixed_count = data().fixed_mask_count;
-  if (train_data_->size() < static_cast<size_t>(options.batch_size))
+  if (train_data_->size() < static_cast<size_t>(options.batch_size) * static_cast<size_t>(world()))
     throw Error(config_.path + ": [training] per_device_train_batch_size = " + std::to_string(options.batch_size) +
+                (world() > 1 ? " on each of " + std::to_string(world()) + " ranks" : std::string()) +
                 " is more than the " + std::to_string(train_data_->size()) + " training examples");
   const MaskingVocab masking = masking_vocab(*tokenizer_);
   loader_ = std::make_unique<Loader>(*train_data_, masking, tokenizer_->cls_id(), tokenizer_->sep_id(),
                                      tokenizer_->pad_id(), options);
   if (valid_data_) {
-    // Evaluation: same masking rules, a fixed order and a fixed (seed, epoch 0) mask, every time.
+    // Evaluation: same masking rules, a fixed order and a fixed (seed, epoch 0) mask, every time; the
+    // single-rank batches, shared out among the ranks (evaluate()).
     LoaderOptions eval_options = options;
+    eval_options.rank = 0;
+    eval_options.world_size = 1;
     eval_options.batch_size = training().per_device_eval_batch_size;
     eval_options.shuffle = false;
     eval_options.drop_last = false;
@@ -676,6 +707,7 @@ void Trainer::restore(const std::string& checkpoint) {
   note("seed", saved.seed, state_.seed);
   note("per_device_train_batch_size", saved.per_device_train_batch_size, state_.per_device_train_batch_size);
   note("gradient_accumulation_steps", saved.gradient_accumulation_steps, state_.gradient_accumulation_steps);
+  note("world_size (ranks)", saved.world_size, state_.world_size);
   note("batches_per_epoch", saved.batches_per_epoch, state_.batches_per_epoch);
   note("total_steps", saved.total_steps, state_.total_steps);
   note("warmup_steps", saved.warmup_steps, state_.warmup_steps);
@@ -723,6 +755,9 @@ void Trainer::restore(const std::string& checkpoint) {
   state_.micro_step = saved.micro_step;
   state_.data_epoch = saved.data_epoch;
   state_.data_index = saved.data_index;
+  // Fewer or more ranks: rank 0 starts at a multiple of the new world size (skipping < R batches).
+  const auto ranks = static_cast<uint64_t>(world());
+  if (state_.data_index % ranks != 0) state_.data_index += ranks - state_.data_index % ranks;
   if (state_.data_index >= static_cast<uint64_t>(state_.batches_per_epoch)) {  // the data shrank
     state_.data_epoch += 1;
     state_.data_index = 0;
@@ -738,9 +773,9 @@ void Trainer::print_run_table() const {
   const TrainingConfig& t = training();
   const int64_t batch = t.per_device_train_batch_size, accumulation = t.gradient_accumulation_steps;
   const int64_t sequences = batch * accumulation;
-  const int64_t tokens = sequences * seq_len_;
+  const int64_t tokens = sequences * world() * seq_len_;
   const double flops =
-      bert_training_flops(m, batch, seq_len_, mlm_rows_per_batch(batch)) * static_cast<double>(accumulation);
+      bert_training_flops(m, batch, seq_len_, mlm_rows_per_batch(batch)) * static_cast<double>(accumulation * world());
   const auto bpe = static_cast<int64_t>(loader_->batches_per_epoch());
   const double epochs = static_cast<double>(state_.total_steps * accumulation) / static_cast<double>(bpe);
   const char* padding = data().max_seq_length > 0 ? "fixed length" : "at most; each batch padded to its longest";
@@ -752,7 +787,8 @@ void Trainer::print_run_table() const {
        << printf_string("%g/%g", m.hidden_dropout_prob, m.attention_probs_dropout_prob) << "\n";
   out_ << "  parameters   " << human_count(static_cast<double>(num_parameters())) << " ("
        << with_commas(num_parameters()) << ")\n";
-  out_ << "  batch        " << batch << " sequences x " << accumulation << " accumulation = " << sequences
+  out_ << "  batch        " << batch << " sequences x " << accumulation << " accumulation"
+       << (world() > 1 ? " x " + std::to_string(world()) + " ranks" : std::string()) << " = " << sequences * world()
        << " sequences/step, " << seq_len_ << " tokens each (" << padding << ")\n";
   out_ << "  tokens/step  " << with_commas(tokens) << " (padded), MLM " << printf_string("%g", data().mlm_probability)
        << (data().whole_word_mask ? " whole-word" : "") << ", head on "
@@ -772,11 +808,15 @@ void Trainer::print_run_table() const {
 #endif
   {
     out_ << "  device       cpu, " << threads_ << " thread" << (threads_ == 1 ? "" : "s") << " (OpenMP + "
-         << (openblas_set_num_threads ? "OpenBLAS" : "BLAS") << ")\n";
+         << (openblas_set_num_threads ? "OpenBLAS" : "BLAS") << ")"
+         << (world() > 1
+                 ? " on each of " + std::to_string(world()) + " ranks, gradients summed by " + comm_.description()
+                 : std::string())
+         << "\n";
     out_ << "  precision    fp32 (parameters, activations, AdamW moments)\n";
   }
   out_ << "  data         train " << with_commas(static_cast<int64_t>(train_data_->size())) << " examples ("
-       << with_commas(bpe) << " batches/epoch), valid "
+       << with_commas(bpe) << " batches/epoch" << (world() > 1 ? " per rank" : "") << "), valid "
        << (valid_data_ ? with_commas(static_cast<int64_t>(valid_data_->size())) + " examples, at most " +
                              std::to_string(std::min(kMaxEvalBatches, eval_loader_->batches_per_epoch())) +
                              " batches per evaluation"
@@ -801,11 +841,12 @@ double Trainer::learning_rate(int64_t step) const {
 }
 
 // The loader cursor after one micro-batch (batch_ holds it): the next batch index, wrapping to the
-// next epoch.
+// next epoch. Both counters are in single-rank units (TrainerState): R per micro-batch.
 void Trainer::advance_cursor() {
-  ++state_.micro_step;
+  const auto ranks = static_cast<uint64_t>(world());
+  state_.micro_step += world();
   state_.data_epoch = batch_.epoch;
-  state_.data_index = batch_.index + 1;
+  state_.data_index = (batch_.index + 1) * ranks;
   if (state_.data_index >= static_cast<uint64_t>(state_.batches_per_epoch)) {
     state_.data_epoch += 1;
     state_.data_index = 0;
@@ -857,46 +898,91 @@ void Trainer::advance_step(double lr, Clock::time_point start) {
   state_.window.train_seconds += seconds_since(start);
 }
 
-// Means over every labelled token / sequence of the evaluation set (not of per-batch means).
+// Means over every labelled token / sequence of the evaluation set (not of per-batch means), summed
+// over the ranks' shares (counts are exact in doubles up to 2^53).
 EvalResult Trainer::summarize_eval(const std::vector<LossStats>& batches) {
-  double mlm_sum = 0, nsp_sum = 0;
-  int64_t mlm_correct = 0, mlm_count = 0, nsp_correct = 0, nsp_count = 0;
+  enum { kMlmSum, kNspSum, kMlmCorrect, kMlmCount, kNspCorrect, kNspCount, kBatches, kFields };
+  std::array<double, kFields> sums{};
   for (const LossStats& stats : batches) {
-    mlm_sum += stats.mlm_loss * static_cast<double>(stats.mlm_count);
-    nsp_sum += stats.nsp_loss * static_cast<double>(stats.nsp_count);
-    mlm_correct += stats.mlm_correct;
-    mlm_count += stats.mlm_count;
-    nsp_correct += stats.nsp_correct;
-    nsp_count += stats.nsp_count;
+    sums[kMlmSum] += stats.mlm_loss * static_cast<double>(stats.mlm_count);
+    sums[kNspSum] += stats.nsp_loss * static_cast<double>(stats.nsp_count);
+    sums[kMlmCorrect] += static_cast<double>(stats.mlm_correct);
+    sums[kMlmCount] += static_cast<double>(stats.mlm_count);
+    sums[kNspCorrect] += static_cast<double>(stats.nsp_correct);
+    sums[kNspCount] += static_cast<double>(stats.nsp_count);
   }
-  const auto ratio = [](double a, int64_t b) { return b > 0 ? a / static_cast<double>(b) : 0.0; };
+  sums[kBatches] = static_cast<double>(batches.size());
+  comm_.allreduce_sum(sums);
+  const auto ratio = [](double a, double b) { return b > 0 ? a / b : 0.0; };
   EvalResult result;
-  result.batches = batches.size();
-  result.mlm_loss = ratio(mlm_sum, mlm_count);
-  result.nsp_loss = ratio(nsp_sum, nsp_count);
+  result.batches = static_cast<size_t>(sums[kBatches]);
+  result.mlm_loss = ratio(sums[kMlmSum], sums[kMlmCount]);
+  result.nsp_loss = ratio(sums[kNspSum], sums[kNspCount]);
   result.loss = result.mlm_loss + result.nsp_loss;
-  result.mlm_acc = ratio(static_cast<double>(mlm_correct), mlm_count);
-  result.nsp_acc = ratio(static_cast<double>(nsp_correct), nsp_count);
+  result.mlm_acc = ratio(sums[kMlmCorrect], sums[kMlmCount]);
+  result.nsp_acc = ratio(sums[kNspCorrect], sums[kNspCount]);
   return result;
 }
 
+// With R ranks, each runs its share of the step's micro-batches and the gradients (and the window's
+// sums) are summed over the ranks before the norm, so every rank applies the same update.
 void Trainer::train_step() {
   if (on_cuda()) return train_step_cuda();
   const Clock::time_point start = Clock::now();
   const int accumulation = training().gradient_accumulation_steps;
-  const float loss_scale = 1.0f / static_cast<float>(accumulation);
+  const float loss_scale = 1.0f / static_cast<float>(accumulation * world());
   model_->zero_grads();
-  double step_loss = 0;
+  LogWindow step;  // this rank's micro-batches
   for (int micro = 0; micro < accumulation; ++micro) {
     loader_->next(batch_);
     dump_batch(batch_);
-    model_->set_dropout(state_.seed, static_cast<uint64_t>(state_.micro_step), true);
+    model_->set_dropout(state_.seed, static_cast<uint64_t>(state_.micro_step + comm_.rank()), true);
     LossStats stats;
     model_->forward_backward(batch_view(batch_), stats, true, loss_scale);
     advance_cursor();
-    step_loss += add_to_window(stats);
-    state_.window.tokens += static_cast<int64_t>(batch_.real_tokens());
+    ++step.micro_batches;
+    step.loss_sum += stats.loss;
+    step.mlm_loss_sum += stats.mlm_loss;
+    step.nsp_loss_sum += stats.nsp_loss;
+    step.mlm_correct += stats.mlm_correct;
+    step.mlm_count += stats.mlm_count;
+    step.nsp_correct += stats.nsp_correct;
+    step.nsp_count += stats.nsp_count;
+    step.tokens += static_cast<int64_t>(batch_.real_tokens());
   }
+  if (world() > 1) {
+    comm_.allreduce_sum(model_->grads());
+    std::array<double, 9> sums = {static_cast<double>(step.micro_batches),
+                                  step.loss_sum,
+                                  step.mlm_loss_sum,
+                                  step.nsp_loss_sum,
+                                  static_cast<double>(step.mlm_correct),
+                                  static_cast<double>(step.mlm_count),
+                                  static_cast<double>(step.nsp_correct),
+                                  static_cast<double>(step.nsp_count),
+                                  static_cast<double>(step.tokens)};
+    comm_.allreduce_sum(sums);
+    step.micro_batches = std::llround(sums[0]);
+    step.loss_sum = sums[1];
+    step.mlm_loss_sum = sums[2];
+    step.nsp_loss_sum = sums[3];
+    step.mlm_correct = std::llround(sums[4]);
+    step.mlm_count = std::llround(sums[5]);
+    step.nsp_correct = std::llround(sums[6]);
+    step.nsp_count = std::llround(sums[7]);
+    step.tokens = std::llround(sums[8]);
+  }
+  LogWindow& window = state_.window;
+  window.micro_batches += step.micro_batches;
+  window.loss_sum += step.loss_sum;
+  window.mlm_loss_sum += step.mlm_loss_sum;
+  window.nsp_loss_sum += step.nsp_loss_sum;
+  window.mlm_correct += step.mlm_correct;
+  window.mlm_count += step.mlm_count;
+  window.nsp_correct += step.nsp_correct;
+  window.nsp_count += step.nsp_count;
+  window.tokens += step.tokens;
+  const double step_loss = step.loss_sum / static_cast<double>(step.micro_batches);
 
   const double norm = cpu::grad_norm<float>(*context_, grad_views_);
   const double lr = learning_rate(state_.global_step);
@@ -909,13 +995,15 @@ void Trainer::train_step() {
   advance_step(lr, start);
 }
 
+// Rank r of R evaluates batches r, r + R, ... of the single-rank evaluation set.
 EvalResult Trainer::evaluate() {
   if (on_cuda()) return evaluate_cuda();
   model_->set_dropout(state_.seed, 0, false);
-  std::vector<LossStats> batches(std::min(kMaxEvalBatches, eval_loader_->batches_per_epoch()));
-  for (size_t i = 0; i < batches.size(); ++i) {
+  const size_t total = std::min(kMaxEvalBatches, eval_loader_->batches_per_epoch());
+  std::vector<LossStats> batches;
+  for (size_t i = static_cast<size_t>(comm_.rank()); i < total; i += static_cast<size_t>(world())) {
     eval_loader_->make_batch(0, i, eval_batch_);
-    model_->forward_backward(batch_view(eval_batch_), batches[i], false);
+    model_->forward_backward(batch_view(eval_batch_), batches.emplace_back(), false);
   }
   return summarize_eval(batches);
 }
@@ -1032,7 +1120,7 @@ void Trainer::write_log_record(bool log_train, const std::optional<EvalResult>& 
                                        : NAN;
   line +=
       " | " + human_duration(elapsed) + (state_.global_step < state_.total_steps ? ", ETA " + human_duration(eta) : "");
-  metrics_->write(record);
+  if (metrics_) metrics_->write(record);  // rank 0's
   out_ << line << "\n";
   out_.flush();
 }
@@ -1090,7 +1178,10 @@ std::string Trainer::save_checkpoint() {
                   " AdamW updates, the trainer counted " + std::to_string(state_.optimizer_steps));
   }
 #endif
+  check_replicas("at the checkpoint");
   state_.elapsed_s = elapsed_at_start_ + seconds_since(session_start_);
+  last_saved_step_ = state_.global_step;
+  if (!lead()) return {};  // rank 0 writes it (every rank holds the same state)
   const std::string path = save_checkpoint_dir(
       training().output_dir, state_.global_step, training().save_total_limit, [&](const std::string& dir) {
         write_model_files(dir);
@@ -1110,8 +1201,15 @@ std::string Trainer::save_checkpoint() {
         write_file_atomic(dir + "/trainer_state.json", state_.to_json().dump(2) + "\n");
         write_file_atomic(dir + "/run_config.toml", config_text_);
       });
-  last_saved_step_ = state_.global_step;
   return path;
+}
+
+void Trainer::check_replicas(const char* when) {
+  if (world() == 1 || !model_) return;
+  const std::span<const float> weights = model_->parameters();
+  if (!comm_.all_equal(hash64(weights.data(), weights.size_bytes())))
+    throw Error("internal: the " + std::to_string(world()) + " ranks' weights differ " + when + " (step " +
+                std::to_string(state_.global_step) + "): the replicas went apart; the last checkpoint is intact");
 }
 
 void Trainer::update_progress(Progress& progress) const {
@@ -1133,8 +1231,15 @@ void Trainer::update_progress(Progress& progress) const {
       state_.window.tokens > 0 ? human_count(tokens_per_s).c_str() : "-", human_duration(eta).c_str()));
 }
 
-int Trainer::run() {
+bool Trainer::setup() {
   for (const std::string& warning : config_.warnings) err_ << "warning: " << warning << "\n";
+  if (world() > 1 && on_cuda())
+    throw Error(config_.path + ": [training] device = \"cuda\" with " + std::to_string(world()) +
+                " MPI ranks: data parallelism over GPUs (NCCL) is not built yet; run one process on one GPU, or "
+                "several ranks with device = \"cpu\"");
+  if (world() > 1 && dump_dir_)
+    throw Error("bert_train: --dump-batches records one process's batches; run it without mpirun (" +
+                std::to_string(world()) + " ranks here)");
   if (on_cuda()) check_cuda_device();
   config_text_ = read_file(config_.path);
   setup_threads();
@@ -1145,7 +1250,7 @@ int Trainer::run() {
   build_model();
   schedule_ = parse_lr_schedule(training().lr_scheduler_type);
 
-  state_.batches_per_epoch = static_cast<int64_t>(loader_->batches_per_epoch());
+  state_.batches_per_epoch = static_cast<int64_t>(loader_->batches_per_epoch()) * world();
   state_.total_steps = total_train_steps(training(), loader_->batches_per_epoch());
   state_.warmup_steps = training().warmup_steps_for(state_.total_steps);
   state_.seed = training().seed;
@@ -1153,6 +1258,7 @@ int Trainer::run() {
   state_.config_hash = hex64(hash64(config_text_.data(), config_text_.size()));
   state_.per_device_train_batch_size = training().per_device_train_batch_size;
   state_.gradient_accumulation_steps = training().gradient_accumulation_steps;
+  state_.world_size = world();
   state_.model = config_.model;
   if (checkpoint) restore(*checkpoint);
   // CPU AdamW tensors (the CUDA model keeps its own list on the device).
@@ -1171,30 +1277,39 @@ int Trainer::run() {
 
   print_run_table();
   if (checkpoint) out_ << "resuming from " << *checkpoint << "\n";
+  resumed_ = checkpoint.has_value();
   if (state_.global_step >= state_.total_steps) {
     out_ << "nothing to do: " << (checkpoint ? *checkpoint : training().output_dir) << " is at step "
          << state_.global_step << " of " << state_.total_steps
          << "; raise max_steps or num_train_epochs in the config to train further\n";
-    return 0;
+    return false;
   }
-  make_directories(training().output_dir);
-  if (dump_dir_) start_dump();
-  metrics_ =
-      std::make_unique<MetricsLog>(training().output_dir + "/metrics.jsonl", checkpoint ? state_.global_step : -1);
+  return true;
+}
+
+int Trainer::train() {
+  check_replicas("at the start");
+  if (lead()) {
+    make_directories(training().output_dir);
+    if (dump_dir_) start_dump();
+    metrics_ =
+        std::make_unique<MetricsLog>(training().output_dir + "/metrics.jsonl", resumed_ ? state_.global_step : -1);
+  }
 
   StopSignalGuard signals;
   session_start_ = Clock::now();
   session_first_step_ = state_.global_step;
   elapsed_at_start_ = state_.elapsed_s;
-  Progress progress(true);
-  loader_->start(state_.data_epoch, static_cast<size_t>(state_.data_index));
+  Progress progress(lead());
+  loader_->start(state_.data_epoch, static_cast<size_t>(state_.data_index) / static_cast<size_t>(world()));
   bool stopped = false;
   while (state_.global_step < state_.total_steps) {
     train_step();
     if (hooks_.after_step) hooks_.after_step(state_.global_step);
     const int64_t step = state_.global_step;
     const bool last = step == state_.total_steps;
-    stopped = training_stop_requested() && !last;  // a stop at the last step is just the end
+    // A stop at the last step is just the end. Any rank's signal stops every rank after this step.
+    stopped = comm_.any(training_stop_requested()) && !last;
     const bool log_due = step % training().logging_steps == 0 || last;
     const bool eval_due = eval_loader_ && (step % training().eval_steps == 0 || last);
     const bool save_due = step % training().save_steps == 0 || last || stopped;
@@ -1224,7 +1339,7 @@ int Trainer::run() {
     return 0;
   }
   // The final model also goes to output_dir itself (HF's trainer.save_model()), loadable as is.
-  write_model_files(training().output_dir);
+  if (lead()) write_model_files(training().output_dir);
   out_ << "done: " << state_.global_step << " steps (" << session_steps << " this run) in "
        << human_duration(session_seconds) << ", "
        << printf_string("%.2f", session_steps > 0 ? session_seconds / static_cast<double>(session_steps) : 0.0)
@@ -1286,9 +1401,51 @@ int train_main(const std::vector<std::string>& args, std::ostream& out, std::ost
   if (!parser.positional().empty())
     throw Error("bert_train: unexpected argument '" + parser.positional()[0] + "' (see --help)");
   if (!parser.has("--config")) throw Error("bert_train: --config run.toml is required (see --help)");
-  RunConfig config = load_run_config(parser.str("--config"));
-  Trainer trainer(std::move(config), parser.maybe("--resume"), parser.maybe("--dump-batches"), out, err, hooks);
-  return trainer.run();
+
+  // Several ranks (mpirun): rank 0 speaks and writes; a failure before training is reported once (by
+  // rank 0 when it failed too, as every rank usually fails alike) and every rank exits 1; a failure
+  // during training ends the whole job (the other ranks would wait for it forever).
+  const std::unique_ptr<Communicator> comm = make_communicator();
+  const bool lead = comm->rank() == 0;
+  std::ostringstream discarded;
+  std::ostream& rank_out = lead ? out : discarded;
+  std::ostream& rank_err = lead ? err : discarded;
+  std::optional<Trainer> trainer;
+  std::string failure;
+  bool ready = false;
+  try {
+    trainer.emplace(load_run_config(parser.str("--config")), parser.maybe("--resume"), parser.maybe("--dump-batches"),
+                    rank_out, rank_err, hooks, *comm);
+    ready = trainer->setup();
+  } catch (const std::exception& e) {
+    if (comm->size() == 1) throw;
+    failure = e.what();
+  }
+  if (comm->size() > 1) {
+    std::array<double, 3> outcome = {failure.empty() ? 0.0 : 1.0, lead && !failure.empty() ? 1.0 : 0.0,
+                                     ready ? 1.0 : 0.0};
+    comm->allreduce_sum(outcome);
+    if (outcome[0] > 0) {
+      if (failure.empty() || (!lead && outcome[1] > 0)) return 1;  // another rank says why
+      throw Error(lead ? failure
+                       : "rank " + std::to_string(comm->rank()) + " of " + std::to_string(comm->size()) + ": " +
+                             failure);
+    }
+    if (outcome[2] != comm->size() && outcome[2] != 0)
+      throw Error("internal: the ranks disagree on whether there is anything to train");
+  }
+  if (!ready) return 0;
+  try {
+    return trainer->train();
+  } catch (const std::exception& e) {
+    if (comm->size() == 1) throw;
+    // One write, so that two ranks' lines do not interleave.
+    err << "error: rank " + std::to_string(comm->rank()) + " of " + std::to_string(comm->size()) + ": " + e.what() +
+               "\n";
+    err.flush();
+    comm->abort(1);
+  }
+  return 1;  // (abort does not return)
 }
 
 void reexec_with_thread_settings(char** argv) {

@@ -1,13 +1,16 @@
 // `bert_train`: the pre-training loop on the CPU (fp32), Hugging Face Trainer semantics.
 //
 //   bert_train --config run.toml [--resume [CHECKPOINT_DIR]]     train (resume: default the latest checkpoint)
+//   mpirun -np N bert_train --config run.toml ...                 data parallel: N ranks (CPU)
 //   bert_train plot OUTPUT_DIR/metrics.jsonl [--out loss.svg]     draw the loss curves
 //
 // One optimizer step = gradient_accumulation_steps micro-batches of per_device_train_batch_size
-// sequences, each forward_backward'ed with loss_scale 1/accumulation (HF), then the global gradient
-// norm (clipped to max_grad_norm; a non-finite norm skips the update), then AdamW (decay flags from
-// params()) at base_lr * lr_factor(step). Logging, evaluation and checkpoints every logging_steps,
-// eval_steps and save_steps optimizer steps.
+// sequences on each of the R data-parallel ranks (1 without mpirun; engine/communicator.h), each
+// forward_backward'ed with loss_scale 1/(accumulation x R) (HF), the gradients summed over the ranks,
+// then the global gradient norm (clipped to max_grad_norm; a non-finite norm skips the update), then
+// AdamW (decay flags from params()) at base_lr * lr_factor(step). Logging, evaluation and checkpoints
+// every logging_steps, eval_steps and save_steps optimizer steps. With R > 1, rank 0 alone prints and
+// writes files; evaluation shares the single-rank batches out among the ranks.
 //
 // Exact resume: everything a step depends on is a pure function of state saved in the checkpoint:
 // batches of (seed, epoch, index), masks of (seed, epoch, example), dropout of (seed, micro step),
@@ -52,8 +55,11 @@ struct LogWindow {
 struct TrainerState {
   int64_t global_step = 0;      // optimizer steps done, skipped ones included
   int64_t optimizer_steps = 0;  // AdamW updates applied: the bias-correction step count
-  int64_t micro_step = 0;       // micro-batches consumed: the dropout stream index of the next one
-  uint64_t data_epoch = 0;      // loader cursor of the next micro-batch
+  // Counted in single-rank units, so they mean the same for any number of ranks: with R ranks, rank r's
+  // micro-batch is batch data_index + r of the epoch (data/loader.h) with dropout stream micro_step + r,
+  // and both advance by R per micro-batch.
+  int64_t micro_step = 0;   // micro-batches consumed: the dropout stream index of the next one
+  uint64_t data_epoch = 0;  // loader cursor of the next micro-batch
   uint64_t data_index = 0;
   double epoch = 0;  // fractional epochs done, for logs
   int64_t total_steps = 0;
@@ -61,11 +67,12 @@ struct TrainerState {
   uint64_t seed = 0;
   double elapsed_s = 0;  // training wall time so far, across resumes
   std::string config_path;
-  std::string config_hash;  // hash64 of the run config's text, hex
-  int64_t batches_per_epoch = 0;
+  std::string config_hash;        // hash64 of the run config's text, hex
+  int64_t batches_per_epoch = 0;  // single-rank batches: R x each rank's
   int per_device_train_batch_size = 0;
   int gradient_accumulation_steps = 0;
-  BertConfig model;  // vocab_size resolved
+  int world_size = 1;  // data-parallel ranks (engine/communicator.h); absent in older states: 1
+  BertConfig model;    // vocab_size resolved
   LogWindow window;
 
   Json to_json() const;
@@ -81,9 +88,10 @@ int64_t total_train_steps(const TrainingConfig& training, size_t batches_per_epo
 // "bert_train --config CONFIG --resume CHECKPOINT", shell-quoted where needed.
 std::string resume_command(const std::string& config_path, const std::string& checkpoint_dir);
 
-// What the SIGINT/SIGTERM handler does on the first signal: the running loop finishes its current
-// optimizer step, saves a checkpoint, prints the resume command and returns 0. (A second signal
-// exits at once.) train_main clears the request when it starts.
+// What the SIGINT/SIGTERM/SIGUSR1 handler does on the first signal: the running loop finishes its
+// current optimizer step, saves a checkpoint, prints the resume command and returns 0 (with several
+// ranks: all of them, after the same step, when any one is signalled). A second signal exits at once.
+// train_main clears the request when it starts.
 void request_training_stop();
 bool training_stop_requested();
 

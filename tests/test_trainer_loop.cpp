@@ -17,6 +17,7 @@
 #include "data/prepare.h"
 #include "engine/bert.h"
 #include "engine/checkpoint_dir.h"
+#include "engine/communicator.h"
 #include "engine/config.h"
 #include "engine/trainer.h"
 #include "kernels/device.h"
@@ -53,8 +54,54 @@ TEST_CASE("total steps and trainer state round trip") {
   CHECK(back.data_epoch == 1);
   CHECK(back.data_index == 3);
   CHECK(back.model.vocab_size == 100);
+  CHECK(back.world_size == 1);
+  state.world_size = 4;
+  Json json = state.to_json();
+  CHECK(TrainerState::from_json(json, "state.json").world_size == 4);
+  json.set("world_size", 0);
+  CHECK_THROWS_WITH(TrainerState::from_json(json, "state.json"), Catch::Contains("'world_size' must be at least 1"));
+  // A state written before data parallelism (no world_size) is a single rank's.
+  const Json current = state.to_json();
+  Json older = Json::object();
+  for (const auto& [key, value] : current.as_object())
+    if (key != "world_size") older.set(key, value);
+  CHECK(TrainerState::from_json(older, "state.json").world_size == 1);
   CHECK(resume_command("run.toml", "out dir/checkpoint-5") ==
         "bert_train --config run.toml --resume 'out dir/checkpoint-5'");
+}
+
+TEST_CASE("the MPI launcher's world size comes from its environment") {
+  const char* names[] = {"OMPI_COMM_WORLD_SIZE", "PMI_SIZE", "PMIX_RANK", "SLURM_STEP_NUM_TASKS", "SLURM_NTASKS"};
+  for (const char* name : names) ::unsetenv(name);
+  CHECK_FALSE(launcher_world_size().has_value());
+  CHECK(make_communicator()->size() == 1);  // not launched by MPI: one process, no MPI_Init
+  ::setenv("SLURM_NTASKS", "4", 1);         // Slurm without PMIx: not an MPI launch by itself
+  CHECK_FALSE(launcher_world_size().has_value());
+  ::setenv("PMIX_RANK", "0", 1);
+  std::string variable;
+  CHECK(launcher_world_size(&variable) == 4);
+  CHECK(variable == "SLURM_NTASKS");
+  ::setenv("PMI_SIZE", "3", 1);
+  CHECK(launcher_world_size(&variable) == 3);
+  CHECK(variable == "PMI_SIZE");
+  ::setenv("OMPI_COMM_WORLD_SIZE", "1", 1);
+  CHECK(launcher_world_size(&variable) == 1);
+  CHECK(make_communicator()->description() == "single process");  // a world of one needs no MPI
+  ::setenv("OMPI_COMM_WORLD_SIZE", "2x", 1);
+  CHECK_THROWS_WITH(launcher_world_size(), Catch::Contains("OMPI_COMM_WORLD_SIZE='2x' is not a process count"));
+  if (!communicator_has_mpi()) {
+    ::setenv("OMPI_COMM_WORLD_SIZE", "2", 1);
+    CHECK_THROWS_WITH(make_communicator(), Catch::Contains("this build has no MPI"));
+  }
+  for (const char* name : names) ::unsetenv(name);
+
+  const std::unique_ptr<Communicator> single = make_single_communicator();
+  std::vector<float> values = {1.5f, -2.0f};
+  single->allreduce_sum(values);
+  CHECK(values == std::vector<float>{1.5f, -2.0f});
+  CHECK(single->any(true));
+  CHECK_FALSE(single->any(false));
+  CHECK(single->all_equal(42));
 }
 
 TEST_CASE("the loss falls, checkpoints hold an HF model, tokenizer and trainer state, plot") {

@@ -1,0 +1,94 @@
+// The single-process communicator, the launcher's environment, and the choice between them and MPI
+// (engine/communicator.h).
+#include "engine/communicator.h"
+
+#include <cstdlib>
+#include <cstring>
+#include <string>
+#include <vector>
+
+#include "common/error.h"
+
+namespace bert {
+
+#if defined(BERT_HAVE_MPI)
+std::unique_ptr<Communicator> make_mpi_communicator();  // engine/communicator_mpi.cpp
+#endif
+
+namespace {
+
+class SingleCommunicator final : public Communicator {
+ public:
+  int rank() const override { return 0; }
+  int size() const override { return 1; }
+  std::string description() const override { return "single process"; }
+  void allreduce_sum(std::span<float>) override {}
+  void allreduce_sum(std::span<double>) override {}
+  void broadcast(std::span<std::byte>, int) override {}
+  [[noreturn]] void abort(int exit_code) override { std::_Exit(exit_code); }
+};
+
+std::optional<int> positive_env(const char* name) {
+  const char* value = std::getenv(name);
+  if (value == nullptr || *value == '\0') return std::nullopt;
+  char* end = nullptr;
+  const long n = std::strtol(value, &end, 10);
+  if (*end != '\0' || n < 1 || n > 1 << 24)
+    throw Error(std::string("the MPI launcher's ") + name + "='" + value + "' is not a process count");
+  return static_cast<int>(n);
+}
+
+}  // namespace
+
+bool Communicator::any(bool flag) {
+  double value = flag ? 1.0 : 0.0;
+  allreduce_sum(std::span<double>(&value, 1));
+  return value > 0;
+}
+
+bool Communicator::all_equal(uint64_t value) {
+  // Rank 0's value to everyone; each rank says whether it differs.
+  uint64_t root = value;
+  broadcast(std::as_writable_bytes(std::span<uint64_t>(&root, 1)), 0);
+  return !any(root != value);
+}
+
+std::optional<int> launcher_world_size(std::string* variable) {
+  std::vector<const char*> names = {"OMPI_COMM_WORLD_SIZE", "PMI_SIZE"};
+  if (std::getenv("PMIX_RANK") != nullptr) {  // srun --mpi=pmix: Slurm's own count of this step's tasks
+    names.push_back("SLURM_STEP_NUM_TASKS");
+    names.push_back("SLURM_NTASKS");
+  }
+  for (const char* name : names) {
+    if (const std::optional<int> n = positive_env(name)) {
+      if (variable != nullptr) *variable = name;
+      return n;
+    }
+  }
+  return std::nullopt;
+}
+
+std::unique_ptr<Communicator> make_single_communicator() { return std::make_unique<SingleCommunicator>(); }
+
+bool communicator_has_mpi() {
+#if defined(BERT_HAVE_MPI)
+  return true;
+#else
+  return false;
+#endif
+}
+
+std::unique_ptr<Communicator> make_communicator() {
+  std::string variable;
+  const std::optional<int> world = launcher_world_size(&variable);
+  if (!world || *world == 1) return make_single_communicator();
+#if defined(BERT_HAVE_MPI)
+  return make_mpi_communicator();
+#else
+  throw Error("started as one of " + std::to_string(*world) + " processes (" + variable + "=" + std::to_string(*world) +
+              "), but this build has no MPI (CMake found none): install libopenmpi-dev and rebuild, or run one "
+              "process");
+#endif
+}
+
+}  // namespace bert

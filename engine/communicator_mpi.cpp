@@ -1,0 +1,95 @@
+// The MPI communicator (engine/communicator.h); built only when CMake finds MPI (BERT_HAVE_MPI).
+// MPI_Init_thread with MPI_THREAD_FUNNELED: only the training thread calls MPI (the loader's prefetch
+// thread and OpenMP's workers never do). MPI_Finalize runs when the communicator is destroyed.
+#include <mpi.h>
+
+#include <algorithm>
+#include <climits>
+#include <cstdlib>
+#include <string>
+
+#include "common/error.h"
+#include "engine/communicator.h"
+
+namespace bert {
+
+namespace {
+
+std::string mpi_error_string(int code) {
+  char text[MPI_MAX_ERROR_STRING];
+  int length = 0;
+  if (MPI_Error_string(code, text, &length) != MPI_SUCCESS) return "MPI error " + std::to_string(code);
+  return std::string(text, static_cast<size_t>(length));
+}
+
+void check(int code, const char* what) {
+  if (code != MPI_SUCCESS) throw Error(std::string("MPI: ") + what + " failed: " + mpi_error_string(code));
+}
+
+class MpiCommunicator final : public Communicator {
+ public:
+  MpiCommunicator() {
+    int initialized = 0;
+    MPI_Initialized(&initialized);
+    if (!initialized) {
+      int provided = 0;
+      check(MPI_Init_thread(nullptr, nullptr, MPI_THREAD_FUNNELED, &provided), "MPI_Init_thread");
+      owns_mpi_ = true;
+    }
+    // Errors come back as codes (checked here) instead of ending the job inside the library.
+    MPI_Comm_set_errhandler(MPI_COMM_WORLD, MPI_ERRORS_RETURN);
+    check(MPI_Comm_rank(MPI_COMM_WORLD, &rank_), "MPI_Comm_rank");
+    check(MPI_Comm_size(MPI_COMM_WORLD, &size_), "MPI_Comm_size");
+    char version[MPI_MAX_LIBRARY_VERSION_STRING];
+    int length = 0;
+    if (MPI_Get_library_version(version, &length) == MPI_SUCCESS) {
+      library_.assign(version, static_cast<size_t>(length));
+      library_ = library_.substr(0, library_.find_first_of(",\n"));  // "Open MPI v4.1.4, package: ..."
+    }
+  }
+  ~MpiCommunicator() override {
+    int finalized = 0;
+    MPI_Finalized(&finalized);
+    if (owns_mpi_ && !finalized) MPI_Finalize();
+  }
+  int rank() const override { return rank_; }
+  int size() const override { return size_; }
+  std::string description() const override {
+    return "MPI (" + (library_.empty() ? std::string("unknown library") : library_) + ")";
+  }
+  void allreduce_sum(std::span<float> data) override { allreduce(data.data(), data.size(), MPI_FLOAT); }
+  void allreduce_sum(std::span<double> data) override { allreduce(data.data(), data.size(), MPI_DOUBLE); }
+  void broadcast(std::span<std::byte> data, int root) override {
+    for (size_t done = 0; done < data.size();) {
+      const int count = chunk(data.size() - done);
+      check(MPI_Bcast(data.data() + done, count, MPI_BYTE, root, MPI_COMM_WORLD), "MPI_Bcast");
+      done += static_cast<size_t>(count);
+    }
+  }
+  [[noreturn]] void abort(int exit_code) override {
+    MPI_Abort(MPI_COMM_WORLD, exit_code);
+    std::_Exit(exit_code);
+  }
+
+ private:
+  // MPI counts are int: large buffers go in pieces of at most 2^30 elements.
+  static int chunk(size_t left) { return static_cast<int>(std::min<size_t>(left, size_t{1} << 30)); }
+  template <typename T>
+  void allreduce(T* data, size_t n, MPI_Datatype type) {
+    for (size_t done = 0; done < n;) {
+      const int count = chunk(n - done);
+      check(MPI_Allreduce(MPI_IN_PLACE, data + done, count, type, MPI_SUM, MPI_COMM_WORLD), "MPI_Allreduce");
+      done += static_cast<size_t>(count);
+    }
+  }
+
+  int rank_ = 0, size_ = 1;
+  bool owns_mpi_ = false;
+  std::string library_;
+};
+
+}  // namespace
+
+std::unique_ptr<Communicator> make_mpi_communicator() { return std::make_unique<MpiCommunicator>(); }
+
+}  // namespace bert

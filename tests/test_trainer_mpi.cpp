@@ -1,0 +1,237 @@
+// Data parallelism over MPI (engine/communicator.h): `mpirun -np 2 bert_train` against bert_train in
+// one process, on the tiny corpus of tests/trainer_fixture.h.
+//   - 2 ranks x batch 4 train the model 1 rank trains with batch 4 x accumulation 2: the same losses,
+//     accuracies, gradient norms and evaluations in metrics.jsonl, and the same weights (to fp32 sums'
+//     order); rank 0 alone prints and writes
+//   - a 2-rank checkpoint resumes on 1 rank (accumulation 2) and ends where the 1-rank run ends
+//   - SIGUSR1 to mpirun (forwarded to every rank) stops both ranks after the same step with one
+//     checkpoint, and resuming it on 2 ranks ends bit for bit where an uninterrupted 2-rank run ends
+//   - a rank's error before training is one line, once, and every rank exits 1
+// Needs a build with MPI and its launcher (CMake passes BERT_MPIEXEC); bert_train's path is BERT_TRAIN.
+#include <fcntl.h>
+#include <signal.h>
+#include <spawn.h>
+#include <sys/wait.h>
+#include <unistd.h>
+
+#include <algorithm>
+#include <chrono>
+#include <cmath>
+#include <cstdlib>
+#include <string>
+#include <thread>
+#include <vector>
+
+#include "engine/communicator.h"
+#include "engine/safetensors.h"
+#include "tests/trainer_fixture.h"
+
+extern char** environ;
+
+namespace bert::test {
+namespace {
+
+// Output of a finished process: exit code, stdout, stderr.
+struct Process {
+  pid_t pid = -1;
+  std::string out_path, err_path;
+};
+
+Process spawn(const std::vector<std::string>& args, const std::string& log_prefix) {
+  Process p{-1, log_prefix + ".out", log_prefix + ".err"};
+  posix_spawn_file_actions_t actions;
+  posix_spawn_file_actions_init(&actions);
+  posix_spawn_file_actions_addopen(&actions, 1, p.out_path.c_str(), O_WRONLY | O_CREAT | O_TRUNC, 0644);
+  posix_spawn_file_actions_addopen(&actions, 2, p.err_path.c_str(), O_WRONLY | O_CREAT | O_TRUNC, 0644);
+  std::vector<char*> argv;
+  for (const std::string& a : args) argv.push_back(const_cast<char*>(a.c_str()));
+  argv.push_back(nullptr);
+  const int rc = posix_spawn(&p.pid, argv[0], &actions, nullptr, argv.data(), environ);
+  posix_spawn_file_actions_destroy(&actions);
+  REQUIRE(rc == 0);
+  return p;
+}
+
+RunResult finish(const Process& p) {
+  int status = 0;
+  REQUIRE(::waitpid(p.pid, &status, 0) == p.pid);
+  const int code = WIFEXITED(status) ? WEXITSTATUS(status) : 128 + WTERMSIG(status);
+  return {code, read_file(p.out_path), read_file(p.err_path)};
+}
+
+// mpirun -np `ranks` bert_train ARGS (root may run it: the test VM's and CI's user).
+std::vector<std::string> mpirun_args(int ranks, const std::vector<std::string>& args) {
+  ::setenv("OMPI_ALLOW_RUN_AS_ROOT", "1", 1);
+  ::setenv("OMPI_ALLOW_RUN_AS_ROOT_CONFIRM", "1", 1);
+  ::setenv("OMPI_MCA_rmaps_base_oversubscribe", "1", 1);  // more ranks than cores is fine here
+  // Containers often forbid the cross-memory attach of Open MPI's shared-memory transport ("Read -1,
+  // errno = 1"); plain copies through the shared segment work everywhere.
+  ::setenv("OMPI_MCA_btl_vader_single_copy_mechanism", "none", 1);
+  std::vector<std::string> all = {BERT_MPIEXEC, "-np", std::to_string(ranks), BERT_TRAIN};
+  all.insert(all.end(), args.begin(), args.end());
+  return all;
+}
+
+RunResult mpirun(int ranks, const std::vector<std::string>& args, const std::string& name) {
+  return finish(spawn(mpirun_args(ranks, args), test_dir() + "/" + name));
+}
+
+size_t count(const std::string& text, const std::string& what) {
+  size_t n = 0;
+  for (size_t at = text.find(what); at != std::string::npos; at = text.find(what, at + 1)) ++n;
+  return n;
+}
+
+std::vector<float> weights(const std::string& dir) {
+  const SafetensorsFile file(dir + "/model.safetensors");
+  std::vector<float> all;
+  for (const TensorInfo& tensor : file.tensors()) {
+    const std::vector<float> values = file.read_f32(tensor.name);
+    all.insert(all.end(), values.begin(), values.end());
+  }
+  return all;
+}
+
+// Largest |a - b| over the largest |b|.
+double relative_difference(const std::vector<float>& a, const std::vector<float>& b) {
+  REQUIRE(a.size() == b.size());
+  double diff = 0, scale = 0;
+  for (size_t i = 0; i < a.size(); ++i) {
+    diff = std::max(diff, std::abs(static_cast<double>(a[i]) - b[i]));
+    scale = std::max(scale, std::abs(static_cast<double>(b[i])));
+  }
+  return diff / scale;
+}
+
+void check_same_metrics(const std::vector<Json>& a, const std::vector<Json>& b, double tolerance) {
+  REQUIRE(a.size() == b.size());
+  for (size_t i = 0; i < a.size(); ++i) {
+    INFO("record " << i << ": " << a[i].dump() << " vs " << b[i].dump());
+    CHECK(a[i].find("step")->as_int() == b[i].find("step")->as_int());
+    for (const char* key : {"loss", "mlm_loss", "nsp_loss", "mlm_acc", "nsp_acc", "grad_norm", "lr", "eval_loss",
+                            "eval_mlm_loss", "eval_mlm_acc", "eval_nsp_acc"}) {
+      const Json* x = a[i].find(key);
+      const Json* y = b[i].find(key);
+      REQUIRE((x == nullptr) == (y == nullptr));
+      if (x == nullptr) continue;
+      INFO(key);
+      CHECK(std::abs(x->as_number() - y->as_number()) <= tolerance * std::max(1.0, std::abs(y->as_number())));
+    }
+  }
+}
+
+// Dropout on (the default 0.1), clipping, warmup + decay, evaluation, checkpoints at 5 and 10.
+std::string settings(int batch, int accumulation, int steps = 10) {
+  return "max_steps = " + std::to_string(steps) + "\nper_device_train_batch_size = " + std::to_string(batch) +
+         "\ngradient_accumulation_steps = " + std::to_string(accumulation) +
+         "\nlearning_rate = 3e-3\nwarmup_steps = 2\nweight_decay = 0.01\nmax_grad_norm = 0.5\nlogging_steps = 2\n"
+         "eval_steps = 5\nsave_steps = 5\nper_device_eval_batch_size = 8\n";
+}
+
+}  // namespace
+
+TEST_CASE("2 MPI ranks train the model 1 rank trains with twice the accumulation", "[mpi]") {
+  make_tiny_data();
+  const std::string ranks = write_config("ranks", "ranks", settings(4, 1));
+  const std::string single = write_config("single", "single", settings(4, 2));
+  const RunResult two = mpirun(2, {"--config", ranks}, "ranks");
+  INFO(two.out << two.err);
+  REQUIRE(two.code == 0);
+  REQUIRE(train({"--config", single}).code == 0);
+
+  // Rank 0 alone speaks: one run table, one summary, and it names the ranks.
+  CHECK(count(two.out, "bert_train: ") == 1);
+  CHECK(count(two.out, "done: 10 steps") == 1);
+  CHECK(two.out.find("4 sequences x 1 accumulation x 2 ranks = 8 sequences/step") != std::string::npos);
+  CHECK(two.out.find("gradients summed by MPI (") != std::string::npos);
+  CHECK(two.err.find("warning") == std::string::npos);
+
+  const auto a = read_metrics(test_dir() + "/ranks/metrics.jsonl");
+  const auto b = read_metrics(test_dir() + "/single/metrics.jsonl");
+  REQUIRE(a.size() == 6);  // steps 2, 4, 5 (eval), 6, 8, 10 (eval)
+  check_same_metrics(a, b, 1e-5);
+  CHECK(relative_difference(weights(test_dir() + "/ranks"), weights(test_dir() + "/single")) < 1e-5);
+  const TrainerState state = TrainerState::load(test_dir() + "/ranks/checkpoint-10/trainer_state.json");
+  CHECK(state.world_size == 2);
+  CHECK(state.micro_step == 20);  // single-rank units: 2 per step
+
+  // The 2-rank checkpoint at step 5 resumes on 1 rank with accumulation 2 and ends as the 1-rank run.
+  const std::string resumed = write_config("resumed", "resumed", settings(4, 2));
+  const RunResult cross = train({"--config", resumed, "--resume", test_dir() + "/ranks/checkpoint-5"});
+  INFO(cross.err);
+  REQUIRE(cross.code == 0);
+  CHECK(cross.err.find("world_size (ranks) 2 -> 1") != std::string::npos);
+  CHECK(relative_difference(weights(test_dir() + "/resumed"), weights(test_dir() + "/single")) < 1e-5);
+}
+
+TEST_CASE("SIGUSR1 to mpirun stops every rank after the same step and the checkpoint resumes bit for bit", "[mpi]") {
+  make_tiny_data();
+  // Long enough to be signalled midway (a step takes about a millisecond); no checkpoint but the stop's.
+  const std::string run =
+      "max_steps = 1000\nper_device_train_batch_size = 4\nlearning_rate = 1e-3\nlogging_steps = 1\n"
+      "save_steps = 5000\neval_steps = 5000\n";
+  const std::string straight = write_config("straight", "straight", run);
+  const std::string stopped = write_config("stopped", "stopped", run);
+  REQUIRE(mpirun(2, {"--config", straight}, "straight").code == 0);
+
+  const Process p = spawn(mpirun_args(2, {"--config", stopped}), test_dir() + "/stopped");
+  const std::string metrics = test_dir() + "/stopped/metrics.jsonl";
+  const auto deadline = std::chrono::steady_clock::now() + std::chrono::seconds(60);
+  const auto records = [&] {
+    if (!file_exists(metrics)) return 0L;
+    const std::string text = read_file(metrics);
+    return static_cast<long>(std::count(text.begin(), text.end(), '\n'));
+  };
+  while (std::chrono::steady_clock::now() < deadline && records() < 3)
+    std::this_thread::sleep_for(std::chrono::milliseconds(2));
+  REQUIRE(::kill(p.pid, SIGUSR1) == 0);
+  const RunResult first = finish(p);
+  INFO(first.out << first.err);
+  REQUIRE(first.code == 0);
+  REQUIRE(count(first.out, "stopped at step ") == 1);
+  const auto checkpoints = list_checkpoints(test_dir() + "/stopped");
+  REQUIRE(checkpoints.size() == 1);
+  const int64_t step = checkpoints[0].step;
+  CHECK(step < 1000);
+  CHECK(first.out.find("stopped at step " + std::to_string(step) + " of 1000") != std::string::npos);
+  CHECK(count(first.err, "stop requested") >= 1);  // each rank's handler says so; rank 0's is not discarded
+
+  const RunResult second = mpirun(2, {"--config", stopped, "--resume"}, "resumed");
+  INFO(second.out << second.err);
+  REQUIRE(second.code == 0);
+  CHECK(weights(test_dir() + "/stopped") == weights(test_dir() + "/straight"));
+  const auto a = read_metrics(test_dir() + "/straight/metrics.jsonl");
+  const auto b = read_metrics(metrics);
+  REQUIRE(a.size() == b.size());
+  for (size_t i = 0; i < a.size(); ++i)
+    for (const char* key : {"step", "loss", "mlm_loss", "nsp_loss", "mlm_acc", "nsp_acc", "grad_norm", "lr"}) {
+      INFO("record " << i << " " << key);
+      CHECK(a[i].find(key)->dump() == b[i].find(key)->dump());
+    }
+}
+
+TEST_CASE("under mpirun a failure before training is one line from rank 0 and every rank exits 1", "[mpi]") {
+  make_tiny_data();
+  const std::string bad = write_config("bad", "bad", "max_steps = 3\nper_device_train_batch_size = 0\n");
+  const RunResult config = mpirun(2, {"--config", bad}, "bad");
+  CHECK(config.code != 0);
+  CHECK(count(config.err, "error: ") == 1);
+  CHECK(config.err.find("per_device_train_batch_size") != std::string::npos);
+  CHECK(config.out.empty());
+
+  const std::string ok = write_config("ok", "ok", "max_steps = 3\nper_device_train_batch_size = 4\n");
+  const RunResult dump = mpirun(2, {"--config", ok, "--dump-batches", test_dir() + "/dump"}, "dump");
+  CHECK(dump.code != 0);
+  CHECK(count(dump.err, "error: ") == 1);
+  CHECK(dump.err.find("--dump-batches records one process's batches; run it without mpirun") != std::string::npos);
+
+  const std::string cuda =
+      write_config("cuda", "cuda", "max_steps = 3\nper_device_train_batch_size = 4\ndevice = \"cuda\"\n");
+  const RunResult gpu = mpirun(2, {"--config", cuda}, "cuda");
+  CHECK(gpu.code != 0);
+  CHECK(count(gpu.err, "error: ") == 1);
+  CHECK(gpu.err.find("data parallelism over GPUs (NCCL) is not built yet") != std::string::npos);
+  CHECK_FALSE(file_exists(test_dir() + "/ok/metrics.jsonl"));
+}
+
+}  // namespace bert::test
