@@ -70,6 +70,11 @@ if [[ -n "$prebuilt" ]]; then
              "$prebuilt"/bench/bench_train_step "$prebuilt"/bert_train "$prebuilt"/bert_prepare "$prebuilt"/bert_tokenizer; do
     [[ -f "$exe" && -x "$exe" ]] || continue
     case "$(basename "$exe")" in test_cuda_plan | *_emulated | *_emulated_*) continue ;; esac  # CPU tests: CI runs them
+    # The device image has no Open MPI: a prebuilt bert_train linking it would not start there.
+    if readelf -d "$exe" | grep -q 'NEEDED.*libmpi'; then
+      echo "fetch_gpu_deps: $exe links MPI, which the device lacks; configure $prebuilt with -DBERT_MPI=OFF" >&2
+      exit 1
+    fi
     cp "$exe" "$staging/bin/"
     strip --strip-debug "$staging/bin/$(basename "$exe")"
     found=$((found + 1))

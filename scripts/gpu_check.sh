@@ -18,7 +18,7 @@
 # Prepare HERE first (no device time):
 #   scripts/fetch_gpu_deps.sh                       # .debs of Catch2, OpenBLAS, zlib -> .gpu-deps/
 #   # optional, saves the device ~3 minutes of compiling: a build made here, packed alongside
-#   cmake -S . -B build-gpu -G Ninja -DCMAKE_BUILD_TYPE=Release
+#   cmake -S . -B build-gpu -G Ninja -DCMAKE_BUILD_TYPE=Release -DBERT_MPI=OFF   # (no Open MPI on the device)
 #   ninja -C build-gpu test_device bench_kernels bench_train_step bert_train bert_prepare bert_tokenizer $(ninja -C build-gpu -t targets all | grep -oE '^test_cuda_[a-z_]+' | grep -v _emulated | sort -u)
 #   scripts/fetch_gpu_deps.sh --prebuilt build-gpu
 # Then the exact device call:
