@@ -24,7 +24,6 @@
 #include <optional>
 #include <ostream>
 #include <span>
-#include <sstream>
 
 #include "common/args.h"
 #include "common/error.h"
@@ -321,6 +320,53 @@ namespace {
 using Clock = std::chrono::steady_clock;
 
 double seconds_since(Clock::time_point start) { return std::chrono::duration<double>(Clock::now() - start).count(); }
+
+void add_micro_batch(LogWindow& window, const LossStats& stats) {
+  ++window.micro_batches;
+  window.loss_sum += stats.loss;
+  window.mlm_loss_sum += stats.mlm_loss;
+  window.nsp_loss_sum += stats.nsp_loss;
+  window.mlm_correct += stats.mlm_correct;
+  window.mlm_count += stats.mlm_count;
+  window.nsp_correct += stats.nsp_correct;
+  window.nsp_count += stats.nsp_count;
+}
+
+// The window's sums and counts (not its time) added up over the ranks; counts travel as doubles, exact
+// up to 2^53.
+void sum_over_ranks(LogWindow& w, Communicator& comm) {
+  std::array<double, 9> sums = {static_cast<double>(w.micro_batches),
+                                w.loss_sum,
+                                w.mlm_loss_sum,
+                                w.nsp_loss_sum,
+                                static_cast<double>(w.mlm_correct),
+                                static_cast<double>(w.mlm_count),
+                                static_cast<double>(w.nsp_correct),
+                                static_cast<double>(w.nsp_count),
+                                static_cast<double>(w.tokens)};
+  comm.allreduce_sum(sums);
+  w.micro_batches = std::llround(sums[0]);
+  w.loss_sum = sums[1];
+  w.mlm_loss_sum = sums[2];
+  w.nsp_loss_sum = sums[3];
+  w.mlm_correct = std::llround(sums[4]);
+  w.mlm_count = std::llround(sums[5]);
+  w.nsp_correct = std::llround(sums[6]);
+  w.nsp_count = std::llround(sums[7]);
+  w.tokens = std::llround(sums[8]);
+}
+
+void merge_window(LogWindow& into, const LogWindow& w) {
+  into.micro_batches += w.micro_batches;
+  into.loss_sum += w.loss_sum;
+  into.mlm_loss_sum += w.mlm_loss_sum;
+  into.nsp_loss_sum += w.nsp_loss_sum;
+  into.mlm_correct += w.mlm_correct;
+  into.mlm_count += w.mlm_count;
+  into.nsp_correct += w.nsp_correct;
+  into.nsp_count += w.nsp_count;
+  into.tokens += w.tokens;
+}
 
 struct EvalResult {
   double loss = 0, mlm_loss = 0, nsp_loss = 0, mlm_acc = 0, nsp_acc = 0;
@@ -855,15 +901,7 @@ void Trainer::advance_cursor() {
 
 // One micro-batch's losses into the logging window; returns its loss share of the step.
 double Trainer::add_to_window(const LossStats& stats) {
-  LogWindow& window = state_.window;
-  ++window.micro_batches;
-  window.loss_sum += stats.loss;
-  window.mlm_loss_sum += stats.mlm_loss;
-  window.nsp_loss_sum += stats.nsp_loss;
-  window.mlm_correct += stats.mlm_correct;
-  window.mlm_count += stats.mlm_count;
-  window.nsp_correct += stats.nsp_correct;
-  window.nsp_count += stats.nsp_count;
+  add_micro_batch(state_.window, stats);
   return stats.loss / training().gradient_accumulation_steps;
 }
 
@@ -940,48 +978,14 @@ void Trainer::train_step() {
     LossStats stats;
     model_->forward_backward(batch_view(batch_), stats, true, loss_scale);
     advance_cursor();
-    ++step.micro_batches;
-    step.loss_sum += stats.loss;
-    step.mlm_loss_sum += stats.mlm_loss;
-    step.nsp_loss_sum += stats.nsp_loss;
-    step.mlm_correct += stats.mlm_correct;
-    step.mlm_count += stats.mlm_count;
-    step.nsp_correct += stats.nsp_correct;
-    step.nsp_count += stats.nsp_count;
+    add_micro_batch(step, stats);
     step.tokens += static_cast<int64_t>(batch_.real_tokens());
   }
   if (world() > 1) {
     comm_.allreduce_sum(model_->grads());
-    std::array<double, 9> sums = {static_cast<double>(step.micro_batches),
-                                  step.loss_sum,
-                                  step.mlm_loss_sum,
-                                  step.nsp_loss_sum,
-                                  static_cast<double>(step.mlm_correct),
-                                  static_cast<double>(step.mlm_count),
-                                  static_cast<double>(step.nsp_correct),
-                                  static_cast<double>(step.nsp_count),
-                                  static_cast<double>(step.tokens)};
-    comm_.allreduce_sum(sums);
-    step.micro_batches = std::llround(sums[0]);
-    step.loss_sum = sums[1];
-    step.mlm_loss_sum = sums[2];
-    step.nsp_loss_sum = sums[3];
-    step.mlm_correct = std::llround(sums[4]);
-    step.mlm_count = std::llround(sums[5]);
-    step.nsp_correct = std::llround(sums[6]);
-    step.nsp_count = std::llround(sums[7]);
-    step.tokens = std::llround(sums[8]);
+    sum_over_ranks(step, comm_);
   }
-  LogWindow& window = state_.window;
-  window.micro_batches += step.micro_batches;
-  window.loss_sum += step.loss_sum;
-  window.mlm_loss_sum += step.mlm_loss_sum;
-  window.nsp_loss_sum += step.nsp_loss_sum;
-  window.mlm_correct += step.mlm_correct;
-  window.mlm_count += step.mlm_count;
-  window.nsp_correct += step.nsp_correct;
-  window.nsp_count += step.nsp_count;
-  window.tokens += step.tokens;
+  merge_window(state_.window, step);
   const double step_loss = step.loss_sum / static_cast<double>(step.micro_batches);
 
   const double norm = cpu::grad_norm<float>(*context_, grad_views_);
@@ -1407,7 +1411,7 @@ int train_main(const std::vector<std::string>& args, std::ostream& out, std::ost
   // during training ends the whole job (the other ranks would wait for it forever).
   const std::unique_ptr<Communicator> comm = make_communicator();
   const bool lead = comm->rank() == 0;
-  std::ostringstream discarded;
+  std::ostream discarded(nullptr);  // no buffer: every write is dropped
   std::ostream& rank_out = lead ? out : discarded;
   std::ostream& rank_err = lead ? err : discarded;
   std::optional<Trainer> trainer;
@@ -1426,10 +1430,17 @@ int train_main(const std::vector<std::string>& args, std::ostream& out, std::ost
                                      ready ? 1.0 : 0.0};
     comm->allreduce_sum(outcome);
     if (outcome[0] > 0) {
-      if (failure.empty() || (!lead && outcome[1] > 0)) return 1;  // another rank says why
-      throw Error(lead ? failure
-                       : "rank " + std::to_string(comm->rank()) + " of " + std::to_string(comm->size()) + ": " +
-                             failure);
+      // Said here, before every rank exits: mpirun kills the ranks still running once one exits non-zero.
+      if (!failure.empty() && (lead || outcome[1] == 0)) {
+        err << "error: " +
+                   (lead ? failure
+                         : "rank " + std::to_string(comm->rank()) + " of " + std::to_string(comm->size()) + ": " +
+                               failure) +
+                   "\n";
+        err.flush();
+      }
+      comm->any(false);  // every rank waits until the message is out
+      return 1;
     }
     if (outcome[2] != comm->size() && outcome[2] != 0)
       throw Error("internal: the ranks disagree on whether there is anything to train");
