@@ -2,8 +2,13 @@
 // (engine/communicator.h).
 #include "engine/communicator.h"
 
+#include <sched.h>
+#include <unistd.h>
+
+#include <algorithm>
 #include <cstdlib>
 #include <cstring>
+#include <functional>
 #include <string>
 #include <vector>
 
@@ -25,6 +30,7 @@ class SingleCommunicator final : public Communicator {
   void allreduce_sum(std::span<float>) override {}
   void allreduce_sum(std::span<double>) override {}
   void broadcast(std::span<std::byte>, int) override {}
+  std::vector<uint64_t> allgather(uint64_t value) override { return {value}; }
   [[noreturn]] void abort(int exit_code) override { std::_Exit(exit_code); }
 };
 
@@ -66,6 +72,19 @@ std::optional<int> launcher_world_size(std::string* variable) {
     }
   }
   return std::nullopt;
+}
+
+int ranks_sharing_cpus(Communicator& comm) {
+  // Host name and affinity mask, hashed: ranks with equal keys compete for the same cores.
+  char host[256] = {};
+  ::gethostname(host, sizeof host - 1);
+  cpu_set_t cpus;
+  CPU_ZERO(&cpus);
+  if (::sched_getaffinity(0, sizeof cpus, &cpus) != 0) CPU_ZERO(&cpus);
+  const std::string place = std::string(host) + '\0' + std::string(reinterpret_cast<const char*>(&cpus), sizeof cpus);
+  const uint64_t key = std::hash<std::string>{}(place);
+  const std::vector<uint64_t> keys = comm.allgather(key);
+  return static_cast<int>(std::count(keys.begin(), keys.end(), key));
 }
 
 std::unique_ptr<Communicator> make_single_communicator() { return std::make_unique<SingleCommunicator>(); }

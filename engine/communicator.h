@@ -26,6 +26,7 @@
 #include <optional>
 #include <span>
 #include <string>
+#include <vector>
 
 namespace bert {
 
@@ -42,6 +43,8 @@ class Communicator {
   virtual void allreduce_sum(std::span<double> data) = 0;
   // Rank `root`'s bytes to every rank.
   virtual void broadcast(std::span<std::byte> data, int root) = 0;
+  // Every rank's value, in rank order.
+  virtual std::vector<uint64_t> allgather(uint64_t value) = 0;
   // Ends the whole job at once (after an error on one rank, which the others would wait for forever).
   [[noreturn]] virtual void abort(int exit_code) = 0;
 
@@ -64,5 +67,11 @@ std::unique_ptr<Communicator> make_communicator();
 
 // Whether this build has the MPI communicator.
 bool communicator_has_mpi();
+
+// How many ranks (this one included) run on this host with the same CPU affinity as this one: an
+// unbound `mpirun -np 4` on one machine gives 4, `--bind-to core` gives 1. bert_train's default
+// thread count (threads = 0) divides the cores it may use by this, so ranks do not oversubscribe
+// them. A collective.
+int ranks_sharing_cpus(Communicator& comm);
 
 }  // namespace bert

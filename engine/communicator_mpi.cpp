@@ -66,6 +66,11 @@ class MpiCommunicator final : public Communicator {
       done += static_cast<size_t>(count);
     }
   }
+  std::vector<uint64_t> allgather(uint64_t value) override {
+    std::vector<uint64_t> all(static_cast<size_t>(size_));
+    check(MPI_Allgather(&value, 1, MPI_UINT64_T, all.data(), 1, MPI_UINT64_T, MPI_COMM_WORLD), "MPI_Allgather");
+    return all;
+  }
   [[noreturn]] void abort(int exit_code) override {
     MPI_Abort(MPI_COMM_WORLD, exit_code);
     std::_Exit(exit_code);

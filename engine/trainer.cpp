@@ -377,14 +377,15 @@ class Trainer {
  public:
   // With several ranks, `out` and `err` are rank 0's streams there and discarded elsewhere.
   Trainer(RunConfig config, std::optional<std::string> resume, std::optional<std::string> dump_dir, std::ostream& out,
-          std::ostream& err, const TrainHooks& hooks, Communicator& comm)
+          std::ostream& err, const TrainHooks& hooks, Communicator& comm, int cpu_sharers)
       : config_(std::move(config)),
         resume_(std::move(resume)),
         dump_dir_(std::move(dump_dir)),
         out_(out),
         err_(err),
         hooks_(hooks),
-        comm_(comm) {}
+        comm_(comm),
+        cpu_sharers_(cpu_sharers) {}
 
   // Everything before the first step: checks, data, model, resume. Returns false when there is
   // nothing to train (already said why).
@@ -458,6 +459,7 @@ class Trainer {
   std::ostream& err_;
   const TrainHooks& hooks_;
   Communicator& comm_;
+  int cpu_sharers_;  // ranks on this host with this rank's cores (ranks_sharing_cpus)
 
   int threads_ = 1;
   std::unique_ptr<Tokenizer> tokenizer_;
@@ -493,7 +495,8 @@ class Trainer {
 };
 
 void Trainer::setup_threads() {
-  threads_ = training().threads > 0 ? training().threads : std::max(1, omp_get_num_procs());
+  // threads = 0: the cores this process may run on, shared with the ranks that may run on the same ones.
+  threads_ = training().threads > 0 ? training().threads : std::max(1, omp_get_num_procs() / cpu_sharers_);
   // The ops take their thread count from the Context; OpenMP's default and OpenBLAS's pool follow it
   // so neither oversubscribes the cores.
   omp_set_num_threads(threads_);
@@ -858,6 +861,9 @@ void Trainer::print_run_table() const {
          << (world() > 1
                  ? " on each of " + std::to_string(world()) + " ranks, gradients summed by " + comm_.description()
                  : std::string())
+         << (cpu_sharers_ > 1 ? "; " + std::to_string(cpu_sharers_) + " ranks share this rank's " +
+                                    std::to_string(omp_get_num_procs()) + " cores"
+                              : std::string())
          << "\n";
     out_ << "  precision    fp32 (parameters, activations, AdamW moments)\n";
   }
@@ -1411,6 +1417,7 @@ int train_main(const std::vector<std::string>& args, std::ostream& out, std::ost
   // during training ends the whole job (the other ranks would wait for it forever).
   const std::unique_ptr<Communicator> comm = make_communicator();
   const bool lead = comm->rank() == 0;
+  const int cpu_sharers = comm->size() > 1 ? ranks_sharing_cpus(*comm) : 1;
   std::ostream discarded(nullptr);  // no buffer: every write is dropped
   std::ostream& rank_out = lead ? out : discarded;
   std::ostream& rank_err = lead ? err : discarded;
@@ -1419,7 +1426,7 @@ int train_main(const std::vector<std::string>& args, std::ostream& out, std::ost
   bool ready = false;
   try {
     trainer.emplace(load_run_config(parser.str("--config")), parser.maybe("--resume"), parser.maybe("--dump-batches"),
-                    rank_out, rank_err, hooks, *comm);
+                    rank_out, rank_err, hooks, *comm, cpu_sharers);
     ready = trainer->setup();
   } catch (const std::exception& e) {
     if (comm->size() == 1) throw;

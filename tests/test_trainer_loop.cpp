@@ -102,6 +102,8 @@ TEST_CASE("the MPI launcher's world size comes from its environment") {
   CHECK(single->any(true));
   CHECK_FALSE(single->any(false));
   CHECK(single->all_equal(42));
+  CHECK(single->allgather(7) == std::vector<uint64_t>{7});
+  CHECK(ranks_sharing_cpus(*single) == 1);
 }
 
 TEST_CASE("the loss falls, checkpoints hold an HF model, tokenizer and trainer state, plot") {

@@ -6,9 +6,11 @@
 //   - a 2-rank checkpoint resumes on 1 rank (accumulation 2) and ends where the 1-rank run ends
 //   - SIGUSR1 to mpirun (forwarded to every rank) stops both ranks after the same step with one
 //     checkpoint, and resuming it on 2 ranks ends bit for bit where an uninterrupted 2-rank run ends
+//   - unbound ranks on one host divide its cores (threads = 0) instead of each taking all of them
 //   - a rank's error before training is one line, once, and every rank exits 1
 // Needs a build with MPI and its launcher (CMake passes BERT_MPIEXEC); bert_train's path is BERT_TRAIN.
 #include <fcntl.h>
+#include <sched.h>
 #include <signal.h>
 #include <spawn.h>
 #include <sys/wait.h>
@@ -208,6 +210,26 @@ TEST_CASE("SIGUSR1 to mpirun stops every rank after the same step and the checkp
       INFO("record " << i << " " << key);
       CHECK(a[i].find(key)->dump() == b[i].find(key)->dump());
     }
+}
+
+TEST_CASE("ranks left unbound on one host split its cores between them (threads = 0)", "[mpi]") {
+  make_tiny_data();
+  // The fixture's config without its `threads = 2`.
+  std::string text = read_file(write_config("run", "run", "max_steps = 2\nper_device_train_batch_size = 4\n"));
+  text.erase(text.find("threads = 2\n"), 12);
+  const std::string config = test_dir() + "/unbound.toml";
+  write_file_atomic(config, text);
+  cpu_set_t cpus;
+  REQUIRE(::sched_getaffinity(0, sizeof cpus, &cpus) == 0);
+  const int cores = CPU_COUNT(&cpus);  // what the unbound ranks inherit
+  std::vector<std::string> args = mpirun_args(2, {"--config", config});
+  args.insert(args.begin() + 1, {"--bind-to", "none"});
+  const RunResult run = finish(spawn(args, test_dir() + "/unbound"));
+  INFO(run.out << run.err);
+  REQUIRE(run.code == 0);
+  const int threads = std::max(1, cores / 2);
+  CHECK(run.out.find("cpu, " + std::to_string(threads) + " thread") != std::string::npos);
+  CHECK(run.out.find("2 ranks share this rank's " + std::to_string(cores) + " cores") != std::string::npos);
 }
 
 TEST_CASE("under mpirun a failure before training is one line from rank 0 and every rank exits 1", "[mpi]") {
