@@ -321,17 +321,6 @@ using Clock = std::chrono::steady_clock;
 
 double seconds_since(Clock::time_point start) { return std::chrono::duration<double>(Clock::now() - start).count(); }
 
-void add_micro_batch(LogWindow& window, const LossStats& stats) {
-  ++window.micro_batches;
-  window.loss_sum += stats.loss;
-  window.mlm_loss_sum += stats.mlm_loss;
-  window.nsp_loss_sum += stats.nsp_loss;
-  window.mlm_correct += stats.mlm_correct;
-  window.mlm_count += stats.mlm_count;
-  window.nsp_correct += stats.nsp_correct;
-  window.nsp_count += stats.nsp_count;
-}
-
 // The window's sums and counts (not its time) added up over the ranks; counts travel as doubles, exact
 // up to 2^53.
 void sum_over_ranks(LogWindow& w, Communicator& comm) {
@@ -366,6 +355,20 @@ void merge_window(LogWindow& into, const LogWindow& w) {
   into.nsp_correct += w.nsp_correct;
   into.nsp_count += w.nsp_count;
   into.tokens += w.tokens;
+}
+
+// One micro-batch's losses into a window (its tokens are the caller's to add).
+void add_micro_batch(LogWindow& window, const LossStats& stats) {
+  LogWindow one;
+  one.micro_batches = 1;
+  one.loss_sum = stats.loss;
+  one.mlm_loss_sum = stats.mlm_loss;
+  one.nsp_loss_sum = stats.nsp_loss;
+  one.mlm_correct = stats.mlm_correct;
+  one.mlm_count = stats.mlm_count;
+  one.nsp_correct = stats.nsp_correct;
+  one.nsp_count = stats.nsp_count;
+  merge_window(window, one);
 }
 
 struct EvalResult {
