@@ -9,7 +9,9 @@
 #include "kernels/cuda/check.h"
 
 #if !defined(BERT_CUBLASLT_EMULATED)
-#include <dlfcn.h>
+#include <vector>
+
+#include "common/shared_library.h"
 #endif
 
 namespace bert::cuda {
@@ -35,59 +37,25 @@ CublasLtApi load_from(const std::string&) {
 
 #else
 
-std::string last_dl_error() {
-  const char* error = dlerror();
-  return error != nullptr ? error : "unknown dlopen error";
-}
-
-// The directory libcudart was loaded from, with a trailing '/'; empty if unknown.
-std::string cudart_directory() {
-  Dl_info info{};
-  if (dladdr(reinterpret_cast<void*>(&cudaGetDeviceCount), &info) == 0 || info.dli_fname == nullptr) return "";
-  const std::string file = info.dli_fname;
-  const size_t slash = file.rfind('/');
-  return slash == std::string::npos ? "" : file.substr(0, slash + 1);
-}
-
 CublasLtApi load_from(const std::string& requested) {
-  // The soname of the headers' major version, as `-lcublasLt` would have recorded it.
+  // The soname of the headers' major version, as `-lcublasLt` would have recorded it, then the same
+  // file beside libcudart.
   const std::string soname = "libcublasLt.so." + std::to_string(CUBLAS_VER_MAJOR);
-  std::string tried;
-  void* handle = nullptr;
-  std::string path;
-  auto attempt = [&](const std::string& candidate) {
-    if (handle != nullptr || candidate.empty()) return;
-    handle = dlopen(candidate.c_str(), RTLD_NOW | RTLD_LOCAL);
-    if (handle != nullptr) {
-      path = candidate;
-    } else {
-      tried += (tried.empty() ? "" : "; ") + last_dl_error();
-    }
-  };
-  if (!requested.empty()) {
-    attempt(requested);
-  } else {
-    attempt(soname);
-    const std::string beside_cudart = cudart_directory();
-    if (!beside_cudart.empty()) attempt(beside_cudart + soname);
-  }
-  if (handle == nullptr) fail(tried);
-  // A library that loaded stays loaded for the life of the process (its functions are in use).
+  const std::string beside_cudart = directory_of(file_of_address(reinterpret_cast<void*>(&cudaGetDeviceCount)));
+  const SharedLibrary library = open_first_library(
+      !requested.empty() ? std::vector<std::string>{requested}
+                         : std::vector<std::string>{soname, beside_cudart.empty() ? "" : beside_cudart + soname});
+  if (library.handle == nullptr) fail(library.errors);
   CublasLtApi api;
-#define BERT_CUBLASLT_RESOLVE(name)                                                   \
-  dlerror();                                                                          \
-  api.name = reinterpret_cast<decltype(api.name)>(dlsym(handle, #name));              \
-  if (api.name == nullptr) {                                                          \
-    const std::string message = path + " has no " #name " (" + last_dl_error() + ")"; \
-    dlclose(handle);                                                                  \
-    fail(message);                                                                    \
-  }
+  std::string error;
+#define BERT_CUBLASLT_RESOLVE(name)                                                        \
+  api.name = reinterpret_cast<decltype(api.name)>(library_symbol(library, #name, &error)); \
+  if (api.name == nullptr) fail(library.opened + " has no " #name " (" + error + ")");
   BERT_CUBLASLT_FUNCTIONS(BERT_CUBLASLT_RESOLVE)
 #undef BERT_CUBLASLT_RESOLVE
   // The file the search found (a soname names none).
-  Dl_info info{};
-  const bool found = dladdr(reinterpret_cast<void*>(api.cublasLtCreate), &info) != 0 && info.dli_fname != nullptr;
-  api.path = found ? info.dli_fname : path;
+  const std::string file = file_of_address(reinterpret_cast<void*>(api.cublasLtCreate));
+  api.path = file.empty() ? library.opened : file;
   return api;
 }
 
