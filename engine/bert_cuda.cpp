@@ -585,6 +585,11 @@ void BertForPreTrainingCuda::zero_grads() {
   CUDA_CHECK(cudaMemsetAsync(grads_.data(), 0, grads_.bytes(), context_->stream()));
 }
 
+std::span<float> BertForPreTrainingCuda::device_grads() {
+  require_training("device_grads");
+  return {grads_.data(), grads_.size()};
+}
+
 void BertForPreTrainingCuda::optimizer_step(const ops::AdamWHyperparams& hyper, float max_grad_norm) {
   require_training("optimizer_step");
   if (norm_slots_used_ == kNormSlots) drain_grad_norms();

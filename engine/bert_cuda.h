@@ -164,6 +164,10 @@ class BertForPreTrainingCuda {
   LossStats read_loss_stats();
 
   void zero_grads();  // asynchronous
+  // The fp32 gradient arena on the device (arena_elements() values, as params() lays them out), for
+  // summing it over ranks (engine/communicator_nccl.h) on context().stream() between the last
+  // forward_backward and optimizer_step. bert::Error on an inference-only model.
+  std::span<float> device_grads();
   // grad_norm into the next device norm slot, then adamw_step with the clip coefficient formed on
   // the device from that norm (max_grad_norm <= 0: no clipping) and the bias-correction step from the
   // device's count of applied updates (count + 1). A non-finite norm skips the update (params,

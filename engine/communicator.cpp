@@ -74,17 +74,23 @@ std::optional<int> launcher_world_size(std::string* variable) {
   return std::nullopt;
 }
 
-int ranks_sharing_cpus(Communicator& comm) {
-  // Host name and affinity mask, hashed: ranks with equal keys compete for the same cores.
+RankPlacement place_ranks(Communicator& comm) {
   char host[256] = {};
   ::gethostname(host, sizeof host - 1);
   cpu_set_t cpus;
   CPU_ZERO(&cpus);
   if (::sched_getaffinity(0, sizeof cpus, &cpus) != 0) CPU_ZERO(&cpus);
-  const std::string place = std::string(host) + '\0' + std::string(reinterpret_cast<const char*>(&cpus), sizeof cpus);
-  const uint64_t key = std::hash<std::string>{}(place);
-  const std::vector<uint64_t> keys = comm.allgather(key);
-  return static_cast<int>(std::count(keys.begin(), keys.end(), key));
+  // Ranks with equal host keys share a machine; with equal CPU keys they compete for the same cores.
+  const uint64_t host_key = std::hash<std::string>{}(host);
+  const uint64_t cpu_key = std::hash<std::string>{}(std::string(host) + '\0' +
+                                                    std::string(reinterpret_cast<const char*>(&cpus), sizeof cpus));
+  const std::vector<uint64_t> hosts = comm.allgather(host_key);
+  const std::vector<uint64_t> places = comm.allgather(cpu_key);
+  RankPlacement placement;
+  placement.cpu_sharers = static_cast<int>(std::count(places.begin(), places.end(), cpu_key));
+  placement.host_rank = static_cast<int>(std::count(hosts.begin(), hosts.begin() + comm.rank(), host_key));
+  placement.host_ranks = static_cast<int>(std::count(hosts.begin(), hosts.end(), host_key));
+  return placement;
 }
 
 std::unique_ptr<Communicator> make_single_communicator() { return std::make_unique<SingleCommunicator>(); }

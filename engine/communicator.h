@@ -68,10 +68,19 @@ std::unique_ptr<Communicator> make_communicator();
 // Whether this build has the MPI communicator.
 bool communicator_has_mpi();
 
-// How many ranks (this one included) run on this host with the same CPU affinity as this one: an
-// unbound `mpirun -np 4` on one machine gives 4, `--bind-to core` gives 1. bert_train's default
-// thread count (threads = 0) divides the cores it may use by this, so ranks do not oversubscribe
-// them. A collective.
-int ranks_sharing_cpus(Communicator& comm);
+// Where this rank runs relative to the others. A collective (two allgathers of hashed host names
+// and CPU affinity masks).
+struct RankPlacement {
+  // How many ranks (this one included) run on this host with the same CPU affinity as this one: an
+  // unbound `mpirun -np 4` on one machine gives 4, `--bind-to core` gives 1. bert_train's default
+  // thread count (threads = 0) divides the cores it may use by this, so ranks do not oversubscribe
+  // them.
+  int cpu_sharers = 1;
+  // This rank's index among the ranks on its host (in rank order), and their number: rank r's GPU is
+  // its host's visible device `host_rank` (bert_train device = "cuda").
+  int host_rank = 0;
+  int host_ranks = 1;
+};
+RankPlacement place_ranks(Communicator& comm);
 
 }  // namespace bert

@@ -20,6 +20,7 @@
 #include <cstring>
 #include <filesystem>
 #include <fstream>
+#include <functional>
 #include <memory>
 #include <optional>
 #include <ostream>
@@ -42,6 +43,9 @@
 
 #if defined(BERT_TRAINER_CUDA)
 #include "engine/bert_cuda.h"
+#if defined(BERT_TRAINER_NCCL)
+#include "engine/communicator_nccl.h"
+#endif
 #include "kernels/device.h"
 #endif
 
@@ -380,7 +384,7 @@ class Trainer {
  public:
   // With several ranks, `out` and `err` are rank 0's streams there and discarded elsewhere.
   Trainer(RunConfig config, std::optional<std::string> resume, std::optional<std::string> dump_dir, std::ostream& out,
-          std::ostream& err, const TrainHooks& hooks, Communicator& comm, int cpu_sharers)
+          std::ostream& err, const TrainHooks& hooks, Communicator& comm, const RankPlacement& placement)
       : config_(std::move(config)),
         resume_(std::move(resume)),
         dump_dir_(std::move(dump_dir)),
@@ -388,11 +392,14 @@ class Trainer {
         err_(err),
         hooks_(hooks),
         comm_(comm),
-        cpu_sharers_(cpu_sharers) {}
+        placement_(placement) {}
 
   // Everything before the first step: checks, data, model, resume. Returns false when there is
   // nothing to train (already said why).
   bool setup();
+  // With several ranks on GPUs, once every rank's setup succeeded: checks that no two ranks share a GPU
+  // and starts NCCL (engine/communicator_nccl.h). A collective; a no-op otherwise.
+  void connect_ranks();
   // The training loop; returns the exit code.
   int train();
 
@@ -426,7 +433,6 @@ class Trainer {
   EvalResult evaluate_cuda();
   // Shared by both devices' steps.
   void advance_cursor();
-  [[maybe_unused]] double add_to_window(const LossStats& stats);  // the CUDA steps' (the CPU step sums over ranks)
   cpu::AdamWHyperparams adamw_hyperparams(double lr) const;
   // A step's outcome (step: its 1-based number): the update count or a skipped-step warning.
   void count_update(int64_t step, double norm, double step_loss);
@@ -462,7 +468,7 @@ class Trainer {
   std::ostream& err_;
   const TrainHooks& hooks_;
   Communicator& comm_;
-  int cpu_sharers_;  // ranks on this host with this rank's cores (ranks_sharing_cpus)
+  RankPlacement placement_;  // this rank's host and cores, shared with which other ranks
 
   int threads_ = 1;
   std::unique_ptr<Tokenizer> tokenizer_;
@@ -473,7 +479,10 @@ class Trainer {
   std::unique_ptr<BertForPreTraining<float>> model_;  // device = "cpu"
 #if defined(BERT_TRAINER_CUDA)
   std::unique_ptr<BertForPreTrainingCuda> cuda_model_;  // device = "cuda"
-  DeviceInfo device_;
+  DeviceInfo device_;                                   // this rank's GPU
+#endif
+#if defined(BERT_TRAINER_NCCL)
+  std::unique_ptr<DeviceCommunicator> device_comm_;  // several ranks on GPUs
 #endif
   std::unique_ptr<cpu::Context> context_;
   std::vector<float> exp_avg_, exp_avg_sq_;  // laid out like the parameter arena
@@ -495,11 +504,12 @@ class Trainer {
   int64_t skipped_steps_ = 0;
   bool resumed_ = false;
   std::vector<int64_t> unsettled_steps_;  // CUDA: queued steps whose outcome the host has not read
+  int64_t unsettled_tokens_ = 0;          // CUDA: this rank's real tokens in those steps
 };
 
 void Trainer::setup_threads() {
   // threads = 0: the cores this process may run on, shared with the ranks that may run on the same ones.
-  threads_ = training().threads > 0 ? training().threads : std::max(1, omp_get_num_procs() / cpu_sharers_);
+  threads_ = training().threads > 0 ? training().threads : std::max(1, omp_get_num_procs() / placement_.cpu_sharers);
   // The ops take their thread count from the Context; OpenMP's default and OpenBLAS's pool follow it
   // so neither oversubscribes the cores.
   omp_set_num_threads(threads_);
@@ -513,6 +523,27 @@ void Trainer::check_cuda_device() {
 #if defined(BERT_TRAINER_CUDA)
   device_ = cuda_device_info();
   if (!device_.available) throw Error(where + device_.reason + "; set device = \"cpu\" to train on the CPU");
+  if (world() > 1) {
+#if !defined(BERT_TRAINER_NCCL)
+    throw Error(where + std::to_string(world()) +
+                " MPI ranks, but this bert_train was built without NCCL (CMake found no nccl.h): run one process "
+                "on one GPU, or install NCCL's headers (libnccl-dev) and rebuild");
+#endif
+    // Rank r of a host's ranks takes its visible device r; a launcher that shows each rank one device
+    // (CUDA_VISIBLE_DEVICES per rank, Slurm's --gpus-per-task) leaves that one. connect_ranks() refuses
+    // two ranks on one GPU.
+    int ordinal = 0;
+    if (device_.count >= placement_.host_ranks) {
+      ordinal = placement_.host_rank;
+    } else if (device_.count != 1) {
+      throw Error(where + std::to_string(placement_.host_ranks) + " ranks run on this host, which has " +
+                  std::to_string(device_.count) +
+                  " visible GPUs: data parallelism runs one rank per GPU (mpirun -np <GPUs>)");
+    }
+    if (const std::string why = cuda_select_device(ordinal); !why.empty()) throw Error(where + why);
+    device_ = cuda_device_info(ordinal);
+    if (!device_.available) throw Error(where + device_.reason);
+  }
 #else
   throw Error(where + "this bert_train was built without CUDA (no nvcc at build time); set device = \"cpu\"");
 #endif
@@ -585,7 +616,7 @@ double Trainer::mfu_per_token_per_s() const {
   const int64_t batch = training().per_device_train_batch_size;
   const double flops_per_token = bert_training_flops(config_.model, batch, seq_len_, mlm_rows_per_batch(batch)) /
                                  static_cast<double>(batch * seq_len_);
-  return flops_per_token / peak;
+  return flops_per_token / (peak * world());  // the logged tokens/s are every rank's, each on its own GPU
 #else
   return 0;
 #endif
@@ -849,7 +880,8 @@ void Trainer::print_run_table() const {
 #if defined(BERT_TRAINER_CUDA)
   if (on_cuda()) {
     out_ << "  device       cuda: " << device_.name << " (sm_" << device_.sm_major << device_.sm_minor << ", "
-         << human_bytes(static_cast<double>(device_.memory_bytes)) << ")\n";
+         << human_bytes(static_cast<double>(device_.memory_bytes)) << ")"
+         << (world() > 1 ? ", one on each of " + std::to_string(world()) + " ranks" : std::string()) << "\n";
     out_
         << "  precision    bf16 activations and working weights; fp32 master weights, gradients, AdamW moments, loss\n";
     const int64_t max_batch = max_batch_size();
@@ -864,9 +896,9 @@ void Trainer::print_run_table() const {
          << (world() > 1
                  ? " on each of " + std::to_string(world()) + " ranks, gradients summed by " + comm_.description()
                  : std::string())
-         << (cpu_sharers_ > 1 ? "; " + std::to_string(cpu_sharers_) + " ranks share this rank's " +
-                                    std::to_string(omp_get_num_procs()) + " cores"
-                              : std::string())
+         << (placement_.cpu_sharers > 1 ? "; " + std::to_string(placement_.cpu_sharers) + " ranks share this rank's " +
+                                              std::to_string(omp_get_num_procs()) + " cores"
+                                        : std::string())
          << "\n";
     out_ << "  precision    fp32 (parameters, activations, AdamW moments)\n";
   }
@@ -906,12 +938,6 @@ void Trainer::advance_cursor() {
     state_.data_epoch += 1;
     state_.data_index = 0;
   }
-}
-
-// One micro-batch's losses into the logging window; returns its loss share of the step.
-double Trainer::add_to_window(const LossStats& stats) {
-  add_micro_batch(state_.window, stats);
-  return stats.loss / training().gradient_accumulation_steps;
 }
 
 cpu::AdamWHyperparams Trainer::adamw_hyperparams(double lr) const {
@@ -1035,12 +1061,19 @@ void Trainer::train_step_cuda() {
   for (int micro = 0; micro < accumulation; ++micro) {
     loader_->next(batch_);
     dump_batch(batch_);
-    cuda_model_->set_dropout(state_.seed, static_cast<uint64_t>(state_.micro_step), true);
+    cuda_model_->set_dropout(state_.seed, static_cast<uint64_t>(state_.micro_step + comm_.rank()), true);
     cuda_model_->upload_batch(batch_view(batch_));
-    cuda_model_->forward_backward(1.0f / static_cast<float>(accumulation), true);
+    cuda_model_->forward_backward(1.0f / static_cast<float>(accumulation * world()), true);
     advance_cursor();
-    state_.window.tokens += static_cast<int64_t>(batch_.real_tokens());
+    state_.window.tokens += static_cast<int64_t>(batch_.real_tokens());  // this rank's, until settle_steps
+    unsettled_tokens_ += static_cast<int64_t>(batch_.real_tokens());
   }
+#if defined(BERT_TRAINER_NCCL)
+  if (device_comm_) {  // the ranks' gradients summed on the devices, before the norm and the update
+    const std::span<float> grads = cuda_model_->device_grads();
+    device_comm_->allreduce_sum(grads.data(), grads.size(), cuda_model_->context().stream());
+  }
+#endif
   const double lr = learning_rate(state_.global_step);
   cuda_model_->optimizer_step(adamw_hyperparams(lr), static_cast<float>(training().max_grad_norm));
   unsettled_steps_.push_back(state_.global_step + 1);
@@ -1058,12 +1091,27 @@ void Trainer::settle_steps() {
   if (norms.size() != unsettled_steps_.size() || losses.size() != unsettled_steps_.size() * accumulation)
     throw Error("internal: " + std::to_string(unsettled_steps_.size()) + " queued steps, but the device has " +
                 std::to_string(norms.size()) + " gradient norms and " + std::to_string(losses.size()) + " losses");
-  for (size_t i = 0; i < unsettled_steps_.size(); ++i) {
-    double step_loss = 0;
-    for (size_t m = 0; m < accumulation; ++m) step_loss += add_to_window(losses[i * accumulation + m]);
-    count_update(unsettled_steps_[i], norms[i], step_loss);
+  // This rank's micro-batches, and each step's loss sum; with several ranks, summed over them (every
+  // rank settles the same steps: logging, evaluation and saving are at the same steps on all).
+  LogWindow settled;
+  std::vector<double> step_loss_sums(unsettled_steps_.size(), 0.0);
+  for (size_t i = 0; i < unsettled_steps_.size(); ++i)
+    for (size_t m = 0; m < accumulation; ++m) {
+      add_micro_batch(settled, losses[i * accumulation + m]);
+      step_loss_sums[i] += losses[i * accumulation + m].loss;
+    }
+  settled.tokens = unsettled_tokens_;
+  if (world() > 1) {
+    sum_over_ranks(settled, comm_);
+    comm_.allreduce_sum(step_loss_sums);
   }
+  settled.tokens -= unsettled_tokens_;  // this rank's were counted as its steps were queued
+  merge_window(state_.window, settled);
+  const double micro_batches_per_step = static_cast<double>(accumulation) * world();
+  for (size_t i = 0; i < unsettled_steps_.size(); ++i)
+    count_update(unsettled_steps_[i], norms[i], step_loss_sums[i] / micro_batches_per_step);
   unsettled_steps_.clear();
+  unsettled_tokens_ = 0;
   state_.window.train_seconds += seconds_since(start);  // the queued steps' device time, as seen by the host
 #endif
 }
@@ -1072,8 +1120,8 @@ EvalResult Trainer::evaluate_cuda() {
 #if defined(BERT_TRAINER_CUDA)
   settle_steps();  // their losses are taken first
   cuda_model_->set_dropout(state_.seed, 0, false);
-  const size_t batches = std::min(kMaxEvalBatches, eval_loader_->batches_per_epoch());
-  for (size_t i = 0; i < batches; ++i) {
+  const size_t total = std::min(kMaxEvalBatches, eval_loader_->batches_per_epoch());
+  for (size_t i = static_cast<size_t>(comm_.rank()); i < total; i += static_cast<size_t>(world())) {
     eval_loader_->make_batch(0, i, eval_batch_);
     cuda_model_->upload_batch(batch_view(eval_batch_));
     cuda_model_->forward_backward(1.0f, false);
@@ -1218,9 +1266,16 @@ std::string Trainer::save_checkpoint() {
 }
 
 void Trainer::check_replicas(const char* when) {
-  if (world() == 1 || !model_) return;
-  const std::span<const float> weights = model_->parameters();
-  if (!comm_.all_equal(hash64(weights.data(), weights.size_bytes())))
+  if (world() == 1) return;
+  uint64_t hash = 0;
+  if (model_) hash = hash64(model_->parameters().data(), model_->parameters().size_bytes());
+#if defined(BERT_TRAINER_CUDA)
+  if (cuda_model_) {  // the fp32 master weights (a synchronous copy: at the start and at checkpoints)
+    const std::vector<float> weights = cuda_model_->download_parameters();
+    hash = hash64(weights.data(), weights.size() * sizeof(float));
+  }
+#endif
+  if (!comm_.all_equal(hash))
     throw Error("internal: the " + std::to_string(world()) + " ranks' weights differ " + when + " (step " +
                 std::to_string(state_.global_step) + "): the replicas went apart; the last checkpoint is intact");
 }
@@ -1246,10 +1301,6 @@ void Trainer::update_progress(Progress& progress) const {
 
 bool Trainer::setup() {
   for (const std::string& warning : config_.warnings) err_ << "warning: " << warning << "\n";
-  if (world() > 1 && on_cuda())
-    throw Error(config_.path + ": [training] device = \"cuda\" with " + std::to_string(world()) +
-                " MPI ranks: data parallelism over GPUs (NCCL) is not built yet; run one process on one GPU, or "
-                "several ranks with device = \"cpu\"");
   if (world() > 1 && dump_dir_)
     throw Error("bert_train: --dump-batches records one process's batches; run it without mpirun (" +
                 std::to_string(world()) + " ranks here)");
@@ -1298,6 +1349,22 @@ bool Trainer::setup() {
     return false;
   }
   return true;
+}
+
+void Trainer::connect_ranks() {
+#if defined(BERT_TRAINER_NCCL)
+  if (world() == 1 || !cuda_model_) return;
+  const std::vector<uint64_t> gpus = comm_.allgather(hash64(device_.uuid.data(), device_.uuid.size()));
+  for (size_t a = 0; a < gpus.size(); ++a)
+    for (size_t b = a + 1; b < gpus.size(); ++b)
+      if (gpus[a] == gpus[b])
+        throw Error(config_.path + ": [training] device = \"cuda\": ranks " + std::to_string(a) + " and " +
+                    std::to_string(b) + " would share one GPU (" + device_.name +
+                    "): data parallelism runs one rank per GPU; start at most as many ranks per host as it has "
+                    "GPUs, or give each rank its own CUDA_VISIBLE_DEVICES");
+  device_comm_ = make_nccl_communicator(comm_);
+  out_ << "gradients summed over " << world() << " GPUs by " << device_comm_->description() << "\n";
+#endif
 }
 
 int Trainer::train() {
@@ -1420,42 +1487,48 @@ int train_main(const std::vector<std::string>& args, std::ostream& out, std::ost
   // during training ends the whole job (the other ranks would wait for it forever).
   const std::unique_ptr<Communicator> comm = make_communicator();
   const bool lead = comm->rank() == 0;
-  const int cpu_sharers = comm->size() > 1 ? ranks_sharing_cpus(*comm) : 1;
+  const RankPlacement placement = comm->size() > 1 ? place_ranks(*comm) : RankPlacement{};
   std::ostream discarded(nullptr);  // no buffer: every write is dropped
   std::ostream& rank_out = lead ? out : discarded;
   std::ostream& rank_err = lead ? err : discarded;
-  std::optional<Trainer> trainer;
-  std::string failure;
-  bool ready = false;
-  try {
-    trainer.emplace(load_run_config(parser.str("--config")), parser.maybe("--resume"), parser.maybe("--dump-batches"),
-                    rank_out, rank_err, hooks, *comm, cpu_sharers);
-    ready = trainer->setup();
-  } catch (const std::exception& e) {
-    if (comm->size() == 1) throw;
-    failure = e.what();
-  }
-  if (comm->size() > 1) {
-    std::array<double, 3> outcome = {failure.empty() ? 0.0 : 1.0, lead && !failure.empty() ? 1.0 : 0.0,
-                                     ready ? 1.0 : 0.0};
-    comm->allreduce_sum(outcome);
-    if (outcome[0] > 0) {
-      // Said here, before every rank exits: mpirun kills the ranks still running once one exits non-zero.
-      if (!failure.empty() && (lead || outcome[1] == 0)) {
-        err << "error: " +
-                   (lead ? failure
-                         : "rank " + std::to_string(comm->rank()) + " of " + std::to_string(comm->size()) + ": " +
-                               failure) +
-                   "\n";
-        err.flush();
-      }
-      comm->any(false);  // every rank waits until the message is out
-      return 1;
+  // Runs `phase` on every rank. With several ranks every rank learns whether all succeeded, and a
+  // failure is said once (by rank 0 when it failed too, as every rank usually fails alike) before any
+  // rank returns false (mpirun kills the ranks still running once one exits non-zero).
+  const auto all_succeed = [&](const std::function<void()>& phase) {
+    std::string failure;
+    try {
+      phase();
+    } catch (const std::exception& e) {
+      if (comm->size() == 1) throw;
+      failure = e.what();
     }
-    if (outcome[2] != comm->size() && outcome[2] != 0)
-      throw Error("internal: the ranks disagree on whether there is anything to train");
-  }
+    if (comm->size() == 1) return true;
+    std::array<double, 2> outcome = {failure.empty() ? 0.0 : 1.0, lead && !failure.empty() ? 1.0 : 0.0};
+    comm->allreduce_sum(outcome);
+    if (outcome[0] == 0) return true;
+    if (!failure.empty() && (lead || outcome[1] == 0)) {
+      err << "error: " +
+                 (lead ? failure
+                       : "rank " + std::to_string(comm->rank()) + " of " + std::to_string(comm->size()) + ": " +
+                             failure) +
+                 "\n";
+      err.flush();
+    }
+    comm->any(false);  // every rank waits until the message is out
+    return false;
+  };
+  std::optional<Trainer> trainer;
+  bool ready = false;
+  if (!all_succeed([&] {
+        trainer.emplace(load_run_config(parser.str("--config")), parser.maybe("--resume"),
+                        parser.maybe("--dump-batches"), rank_out, rank_err, hooks, *comm, placement);
+        ready = trainer->setup();
+      }))
+    return 1;
+  if (comm->size() > 1 && !comm->all_equal(ready ? 1 : 0))
+    throw Error("internal: the ranks disagree on whether there is anything to train");
   if (!ready) return 0;
+  if (!all_succeed([&] { trainer->connect_ranks(); })) return 1;
   try {
     return trainer->train();
   } catch (const std::exception& e) {

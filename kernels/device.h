@@ -13,10 +13,15 @@ struct DeviceInfo {
   int count = 0;
   int sm_major = 0, sm_minor = 0, multiprocessors = 0;
   size_t memory_bytes = 0;
+  int ordinal = 0;   // which of the `count` visible devices this describes
+  std::string uuid;  // the device's UUID (cudaDeviceProp::uuid) in hex: tells two ranks' GPUs apart
 };
 
-// Describes CUDA device 0. Never throws.
-DeviceInfo cuda_device_info();
+// Describes visible CUDA device `ordinal` (0 .. count - 1). Never throws.
+DeviceInfo cuda_device_info(int ordinal = 0);
+// Makes visible device `ordinal` the calling thread's current device (cudaSetDevice), where the CUDA
+// backend then allocates and runs. Returns the runtime's words on failure, "" on success.
+std::string cuda_select_device(int ordinal);
 // True when the build includes the CUDA backend.
 bool built_with_cuda();
 

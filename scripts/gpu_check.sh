@@ -75,7 +75,7 @@ stamp() { date -u +%H:%M:%S; }
   g++ --version 2>&1 | head -n 1
   python3 -c 'import torch; print("torch", torch.__version__, "cuda", torch.version.cuda)' 2>&1
   ldd --version 2>&1 | head -n 1
-  ldconfig -p 2>/dev/null | grep -E 'libcublasLt\.so|libopenblas|libblas\.so|libz\.so|libgomp' || true
+  ldconfig -p 2>/dev/null | grep -E 'libcublasLt\.so|libnccl\.so|libopenblas|libblas\.so|libz\.so|libgomp' || true
 } >"$SETUP_LOG" 2>&1
 command -v nvcc >/dev/null || export PATH=/usr/local/cuda/bin:$PATH
 
@@ -102,6 +102,11 @@ cuda_dirs=""
 for dir in /usr/local/cuda/lib64 /usr/local/cuda/targets/x86_64-linux/lib \
            $(python3 -c 'import glob, site; print(" ".join(sorted({p.rsplit("/", 1)[0] for s in site.getsitepackages() for p in glob.glob(s + "/nvidia/**/libcublasLt.so*", recursive=True)})))' 2>/dev/null); do
   [[ -d "$dir" ]] && ls "$dir"/libcublasLt.so* >/dev/null 2>&1 && cuda_dirs="$cuda_dirs:$dir"
+done
+# NCCL (tests/gpu/test_cuda_nccl.cpp; dlopened as libnccl.so.2): the toolkit's, else PyTorch's wheel's.
+for dir in /usr/local/cuda/lib /usr/local/cuda/lib64 \
+           $(python3 -c 'import glob, site; print(" ".join(sorted({p.rsplit("/", 1)[0] for s in site.getsitepackages() for p in glob.glob(s + "/nvidia/**/libnccl.so*", recursive=True)})))' 2>/dev/null); do
+  [[ -d "$dir" ]] && ls "$dir"/libnccl.so* >/dev/null 2>&1 && [[ ":$cuda_dirs:" != *":$dir:"* ]] && cuda_dirs="$cuda_dirs:$dir"
 done
 # OpenBLAS: the OpenMP build first (the one CMakeLists.txt prefers and the prebuilt binaries link).
 library_path="${LD_LIBRARY_PATH:-}${cuda_dirs}:$DEPS_LIB:$DEPS_LIB/openblas-openmp:$DEPS_LIB/openblas-pthread"
@@ -132,6 +137,8 @@ if [[ -n $cudart_major ]]; then
   python3 -c "import ctypes, sys; ctypes.CDLL(sys.argv[1]); print(sys.argv[1], 'loads')" "libcublasLt.so.$cudart_major" \
     >>"$SETUP_LOG" 2>&1 || echo "libcublasLt.so.$cudart_major does not load from LD_LIBRARY_PATH (see above)" >>"$SETUP_LOG"
 fi
+python3 -c "import ctypes; ctypes.CDLL('libnccl.so.2'); print('libnccl.so.2 loads')" >>"$SETUP_LOG" 2>&1 ||
+  echo "libnccl.so.2 does not load from LD_LIBRARY_PATH (test_cuda_nccl will say so)" >>"$SETUP_LOG"
 
 build_ok=1
 if [[ $mode == build ]]; then

@@ -103,7 +103,10 @@ TEST_CASE("the MPI launcher's world size comes from its environment") {
   CHECK_FALSE(single->any(false));
   CHECK(single->all_equal(42));
   CHECK(single->allgather(7) == std::vector<uint64_t>{7});
-  CHECK(ranks_sharing_cpus(*single) == 1);
+  const RankPlacement placement = place_ranks(*single);
+  CHECK(placement.cpu_sharers == 1);
+  CHECK(placement.host_rank == 0);
+  CHECK(placement.host_ranks == 1);
 }
 
 TEST_CASE("the loss falls, checkpoints hold an HF model, tokenizer and trainer state, plot") {

@@ -8,6 +8,10 @@
 //     checkpoint, and resuming it on 2 ranks ends bit for bit where an uninterrupted 2-rank run ends
 //   - unbound ranks on one host divide its cores (threads = 0) instead of each taking all of them
 //   - a rank's error before training is one line, once, and every rank exits 1
+//   - [emulated] device = "cuda": 2 ranks on 2 GPUs (the CUDA emulation, NCCL emulated over MPI:
+//     bert_train_emulated) train the model 1 GPU trains with twice the accumulation, and their
+//     checkpoint resumes on the CPU; ranks that would share a GPU, or outnumber a host's GPUs, are
+//     refused before training in one line
 // Needs a build with MPI and its launcher (CMake passes BERT_MPIEXEC); bert_train's path is BERT_TRAIN.
 #include <fcntl.h>
 #include <sched.h>
@@ -26,6 +30,7 @@
 
 #include "engine/communicator.h"
 #include "engine/safetensors.h"
+#include "kernels/device.h"
 #include "tests/trainer_fixture.h"
 
 extern char** environ;
@@ -62,20 +67,22 @@ RunResult finish(const Process& p) {
 }
 
 // mpirun -np `ranks` bert_train ARGS (root may run it: the test VM's and CI's user).
-std::vector<std::string> mpirun_args(int ranks, const std::vector<std::string>& args) {
+std::vector<std::string> mpirun_args(int ranks, const std::vector<std::string>& args,
+                                     const std::string& program = BERT_TRAIN) {
   ::setenv("OMPI_ALLOW_RUN_AS_ROOT", "1", 1);
   ::setenv("OMPI_ALLOW_RUN_AS_ROOT_CONFIRM", "1", 1);
   ::setenv("OMPI_MCA_rmaps_base_oversubscribe", "1", 1);  // more ranks than cores is fine here
   // Containers often forbid the cross-memory attach of Open MPI's shared-memory transport ("Read -1,
   // errno = 1"); plain copies through the shared segment work everywhere.
   ::setenv("OMPI_MCA_btl_vader_single_copy_mechanism", "none", 1);
-  std::vector<std::string> all = {BERT_MPIEXEC, "-np", std::to_string(ranks), BERT_TRAIN};
+  std::vector<std::string> all = {BERT_MPIEXEC, "-np", std::to_string(ranks), program};
   all.insert(all.end(), args.begin(), args.end());
   return all;
 }
 
-RunResult mpirun(int ranks, const std::vector<std::string>& args, const std::string& name) {
-  return finish(spawn(mpirun_args(ranks, args), test_dir() + "/" + name));
+RunResult mpirun(int ranks, const std::vector<std::string>& args, const std::string& name,
+                 const std::string& program = BERT_TRAIN) {
+  return finish(spawn(mpirun_args(ranks, args, program), test_dir() + "/" + name));
 }
 
 size_t count(const std::string& text, const std::string& what) {
@@ -247,13 +254,87 @@ TEST_CASE("under mpirun a failure before training is one line from rank 0 and ev
   CHECK(count(dump.err, "error: ") == 1);
   CHECK(dump.err.find("--dump-batches records one process's batches; run it without mpirun") != std::string::npos);
 
-  const std::string cuda =
-      write_config("cuda", "cuda", "max_steps = 3\nper_device_train_batch_size = 4\ndevice = \"cuda\"\n");
-  const RunResult gpu = mpirun(2, {"--config", cuda}, "cuda");
-  CHECK(gpu.code != 0);
-  CHECK(count(gpu.err, "error: ") == 1);
-  CHECK(gpu.err.find("data parallelism over GPUs (NCCL) is not built yet") != std::string::npos);
+  if (!cuda_device_info().available) {  // (with GPUs the ranks would train)
+    const std::string cuda =
+        write_config("cuda", "cuda", "max_steps = 3\nper_device_train_batch_size = 4\ndevice = \"cuda\"\n");
+    const RunResult gpu = mpirun(2, {"--config", cuda}, "cuda");
+    CHECK(gpu.code != 0);
+    CHECK(count(gpu.err, "error: ") == 1);
+    CHECK(gpu.err.find("device = \"cuda\": ") != std::string::npos);
+  }
   CHECK_FALSE(file_exists(test_dir() + "/ok/metrics.jsonl"));
 }
+
+#if defined(BERT_TRAIN_EMULATED)
+
+// device = "cuda" as several ranks, one GPU each, on the CUDA emulation with NCCL emulated over MPI
+// (bert_train_emulated: tests/emulated/emulated_nccl.cpp). BERT_EMULATED_DEVICE_COUNT sets how many
+// GPUs each rank sees.
+TEST_CASE("2 ranks on 2 GPUs train the model 1 GPU trains with twice the accumulation, NCCL emulated",
+          "[mpi][emulated]") {
+  make_tiny_data();
+  ::setenv("BERT_EMULATED_DEVICE_COUNT", "2", 1);
+  const std::string gpu = "device = \"cuda\"\n";
+  const std::string ranks = write_config("gpu_ranks", "gpu_ranks", settings(4, 1) + gpu, kCudaTinyModel);
+  const std::string single = write_config("gpu_single", "gpu_single", settings(4, 2) + gpu, kCudaTinyModel);
+  const RunResult two = mpirun(2, {"--config", ranks}, "gpu_ranks", BERT_TRAIN_EMULATED);
+  INFO(two.out << two.err);
+  REQUIRE(two.code == 0);
+  const RunResult one = finish(spawn({BERT_TRAIN_EMULATED, "--config", single}, test_dir() + "/gpu_single"));
+  INFO(one.out << one.err);
+  REQUIRE(one.code == 0);
+
+  CHECK(count(two.out, "bert_train: ") == 1);
+  CHECK(two.out.find("4 sequences x 1 accumulation x 2 ranks = 8 sequences/step") != std::string::npos);
+  CHECK(two.out.find("), one on each of 2 ranks\n") != std::string::npos);
+  CHECK(count(two.out, "gradients summed over 2 GPUs by NCCL ") == 1);
+  CHECK(two.out.find("(emulated)") != std::string::npos);
+  CHECK(one.out.find("NCCL") == std::string::npos);
+
+  // The same fp32 gradient sums (here even in the same order: the emulated ops accumulate a
+  // micro-batch's gradient as one addition, as the all-reduce adds the ranks'), so the same bf16
+  // weights: as close as the CPU ranks (the bound is theirs; observed equal).
+  const auto a = read_metrics(test_dir() + "/gpu_ranks/metrics.jsonl");
+  const auto b = read_metrics(test_dir() + "/gpu_single/metrics.jsonl");
+  REQUIRE(a.size() == 6);  // steps 2, 4, 5 (eval), 6, 8, 10 (eval)
+  check_same_metrics(a, b, 1e-5);
+  CHECK(relative_difference(weights(test_dir() + "/gpu_ranks"), weights(test_dir() + "/gpu_single")) < 1e-5);
+  const TrainerState state = TrainerState::load(test_dir() + "/gpu_ranks/checkpoint-10/trainer_state.json");
+  CHECK(state.world_size == 2);
+  CHECK(state.micro_step == 20);
+
+  // The 2-GPU checkpoint at step 5 resumes on the CPU (accumulation 2) and ends as the 1-GPU run does.
+  const std::string resumed = write_config("gpu_to_cpu", "gpu_to_cpu", settings(4, 2), kCudaTinyModel);
+  const RunResult cross = train({"--config", resumed, "--resume", test_dir() + "/gpu_ranks/checkpoint-5"});
+  INFO(cross.err);
+  REQUIRE(cross.code == 0);
+  CHECK(cross.err.find("world_size (ranks) 2 -> 1") != std::string::npos);
+  CHECK(relative_difference(weights(test_dir() + "/gpu_to_cpu"), weights(test_dir() + "/gpu_single")) < 2e-2);
+  ::unsetenv("BERT_EMULATED_DEVICE_COUNT");
+}
+
+TEST_CASE("ranks that would share a GPU are refused before training, in one line", "[mpi][emulated]") {
+  make_tiny_data();
+  const std::string config =
+      write_config("gpu_shared", "gpu_shared", "max_steps = 3\nper_device_train_batch_size = 4\ndevice = \"cuda\"\n",
+                   kCudaTinyModel);
+  // Each rank sees one GPU, the same one.
+  ::setenv("BERT_EMULATED_DEVICE_COUNT", "1", 1);
+  const RunResult shared = mpirun(2, {"--config", config}, "gpu_shared", BERT_TRAIN_EMULATED);
+  CHECK(shared.code != 0);
+  CHECK(count(shared.err, "error: ") == 1);
+  CHECK(shared.err.find("ranks 0 and 1 would share one GPU") != std::string::npos);
+  CHECK(shared.out.find("NCCL") == std::string::npos);
+  CHECK_FALSE(file_exists(test_dir() + "/gpu_shared/metrics.jsonl"));
+  // Three ranks on a host with two.
+  ::setenv("BERT_EMULATED_DEVICE_COUNT", "2", 1);
+  const RunResult three = mpirun(3, {"--config", config}, "gpu_three", BERT_TRAIN_EMULATED);
+  CHECK(three.code != 0);
+  CHECK(count(three.err, "error: ") == 1);
+  CHECK(three.err.find("3 ranks run on this host, which has 2 visible GPUs") != std::string::npos);
+  ::unsetenv("BERT_EMULATED_DEVICE_COUNT");
+}
+
+#endif
 
 }  // namespace bert::test

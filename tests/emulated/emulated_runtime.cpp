@@ -175,6 +175,8 @@ bool injected_failure(const char* op) {
   return true;
 }
 
+void run_queued(cudaStream_t stream) { flush(stream_of(stream)); }
+
 void count_op() { ++state().counters.ops; }
 
 void set_last_error(cudaError_t error) { state().last_error = error; }
@@ -257,20 +259,58 @@ cudaError_t cudaMemGetInfo(size_t* free_bytes, size_t* total_bytes) {
 
 }  // extern "C"
 
-// kernels/device.h, in place of kernels/cuda/device_query.cu: one emulated device, an H200 by its
-// numbers (the name keeps "H200", so bert_train's MFU is formed against its peak as on the real one).
+// kernels/device.h, in place of kernels/cuda/device_query.cu: BERT_EMULATED_DEVICE_COUNT emulated
+// devices (default 1), each an H200 by its numbers (the name keeps "H200", so bert_train's MFU is
+// formed against its peak as on the real one), told apart by their UUIDs. They share one memory and
+// one set of streams: selecting one changes nothing but what the trainer reports. Each process is its
+// own machine's view: two processes with the same ordinal report the same UUID, as two ranks given
+// the same GPU would.
+namespace {
+
+int emulated_device_count() {
+  const char* text = std::getenv("BERT_EMULATED_DEVICE_COUNT");
+  if (text == nullptr || *text == '\0') return 1;
+  char* end = nullptr;
+  const long count = std::strtol(text, &end, 10);
+  if (end == text || *end != '\0' || count < 0 || count > 64) {
+    std::fprintf(stderr, "BERT_EMULATED_DEVICE_COUNT=%s is not a device count (0-64)\n", text);
+    std::abort();
+  }
+  return static_cast<int>(count);
+}
+
+}  // namespace
+
 namespace bert {
 
-DeviceInfo cuda_device_info() {
+DeviceInfo cuda_device_info(int ordinal) {
   DeviceInfo info;
+  info.ordinal = ordinal;
+  info.count = emulated_device_count();
+  if (info.count == 0) {
+    info.reason = "no CUDA device: none found (BERT_EMULATED_DEVICE_COUNT=0)";
+    return info;
+  }
+  if (ordinal < 0 || ordinal >= info.count) {
+    info.reason = "no CUDA device " + std::to_string(ordinal) + ": " + std::to_string(info.count) + " visible";
+    return info;
+  }
   info.available = true;
-  info.count = 1;
   info.name = "NVIDIA H200 (bertforge host emulation)";
   info.sm_major = 9;
   info.sm_minor = 0;
   info.multiprocessors = 132;
   info.memory_bytes = emulated_device_memory();
+  char uuid[40];
+  std::snprintf(uuid, sizeof uuid, "e1a7ed00000000000000000000%06d", ordinal);
+  info.uuid = uuid;
   return info;
+}
+
+std::string cuda_select_device(int ordinal) {
+  if (ordinal < 0 || ordinal >= emulated_device_count())
+    return "cudaSetDevice(" + std::to_string(ordinal) + "): invalid device ordinal";
+  return "";  // one shared memory and set of streams: nothing else changes
 }
 
 bool built_with_cuda() { return true; }

@@ -47,6 +47,10 @@ void optional_device_arg(const char* op, const char* name, const T* p, int64_t c
 // device fault naming `name`.
 void enqueue(cudaStream_t stream, const char* name, std::function<void()> run);
 
+// Runs the work queued on `stream` so far (not counted as a host wait): for an operation that must
+// act at issue time on the results of the work before it (emulated_nccl.cpp's all-reduce).
+void run_queued(cudaStream_t stream);
+
 // emulated_cuda.h's fail_launch(): true when this launch of `op` is the one to fail.
 bool injected_failure(const char* op);
 
