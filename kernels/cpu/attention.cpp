@@ -55,6 +55,14 @@ void check_shape(const AttentionShape& shape, const char* op) {
       "qkv_row_stride " + std::to_string(shape.qkv_row_stride) + " is below hidden " + std::to_string(shape.hidden()));
 }
 
+// The BLAS path's GEMMs run on the calling thread alone, whatever the thread count: with several
+// threads OpenBLAS sees an active parallel region and stays serial, but with num_threads(1) the region
+// is inactive and OpenBLAS would fork omp_get_max_threads() threads of its own, partitioning each GEMM
+// differently, which changes the bits on some CPUs (AMD EPYC with OpenBLAS's Zen kernels did). This
+// sets nthreads-var of the calling implicit task only (OpenMP's rule for omp_set_num_threads inside a
+// region): the threads after the region are as they were.
+void serial_blas_in_this_task() { omp_set_num_threads(1); }
+
 int64_t count_valid_keys(const int32_t* key_mask, int64_t seq_len) {
   if (key_mask == nullptr) return seq_len;
   int64_t valid = 0;
@@ -130,6 +138,7 @@ void attention_backward_blas(Context& ctx, const AttentionShape& shape, const T*
   T* scratch = ctx.scratch<T>(static_cast<size_t>(threads * per_thread));
 #pragma omp parallel for schedule(static) num_threads(threads)
   for (int64_t batch_head = 0; batch_head < shape.batch * heads; ++batch_head) {
+    serial_blas_in_this_task();
     T* probs = scratch + omp_get_thread_num() * per_thread;
     T* multipliers = probs + square;
     T* work = multipliers + square;  // P~, then dP~, then dS
@@ -187,6 +196,7 @@ void attention_forward(Context& ctx, const AttentionShape& shape, const T* q, co
     T* scratch = ctx.scratch<T>(static_cast<size_t>(threads * per_thread));
 #pragma omp parallel for schedule(static) num_threads(threads)
     for (int64_t batch_head = 0; batch_head < shape.batch * heads; ++batch_head) {
+      serial_blas_in_this_task();
       T* scores = scratch + omp_get_thread_num() * per_thread;
       T* dropout_scale = scores + seq_len * seq_len;
       const int64_t b = batch_head / heads, h = batch_head % heads;
