@@ -41,9 +41,16 @@ std::string file_of_address(const void* address) {
   return info.dli_fname;
 }
 
-std::string directory_of(const std::string& file) {
+SharedLibrary open_library_like(const std::string& requested, const std::string& soname, const void* beside) {
+  if (!requested.empty()) return open_first_library({requested});
+  const std::string file = file_of_address(beside);
   const size_t slash = file.rfind('/');
-  return slash == std::string::npos ? "" : file.substr(0, slash + 1);
+  return open_first_library({soname, slash == std::string::npos ? "" : file.substr(0, slash + 1) + soname});
+}
+
+std::string library_file(const SharedLibrary& library, const void* symbol) {
+  const std::string file = file_of_address(symbol);
+  return file.empty() ? library.opened : file;
 }
 
 }  // namespace bert

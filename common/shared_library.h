@@ -21,10 +21,26 @@ SharedLibrary open_first_library(const std::vector<std::string>& candidates);
 // The address of `name` in `library`, or nullptr with the loader's message in *error.
 void* library_symbol(const SharedLibrary& library, const char* name, std::string* error);
 
+// A library searched for as the dynamic linker would look for a linked one, then beside another:
+// `requested` alone when not empty (the user's choice, e.g. BERT_CUBLASLT_LIBRARY), else `soname` on
+// LD_LIBRARY_PATH / the loader cache, else `soname` in the directory of the file that holds
+// `beside` (e.g. libcudart's cudaGetDeviceCount: the toolkit keeps its libraries together).
+SharedLibrary open_library_like(const std::string& requested, const std::string& soname, const void* beside);
+
+// Sets `function` to the symbol `name` in `library`. Returns "" on success, else
+// "<library.opened> has no <name> (<the loader's words>)".
+template <class Function>
+std::string resolve_symbol(const SharedLibrary& library, const char* name, Function*& function) {
+  std::string error;
+  function = reinterpret_cast<Function*>(library_symbol(library, name, &error));
+  return function != nullptr ? std::string() : library.opened + " has no " + name + " (" + error + ")";
+}
+
+// The file `library` was loaded from, found through the address of one of its symbols (a soname
+// names no file); library.opened when unknown.
+std::string library_file(const SharedLibrary& library, const void* symbol);
+
 // The file the code or data at `address` was loaded from (dladdr); empty when unknown.
 std::string file_of_address(const void* address);
-
-// `file`'s directory with a trailing '/'; empty when it has none.
-std::string directory_of(const std::string& file);
 
 }  // namespace bert

@@ -7,7 +7,7 @@
 #include <cstdlib>
 #include <span>
 #include <string>
-#include <vector>
+#include <utility>
 
 #include "common/error.h"
 
@@ -57,21 +57,15 @@ NcclApi load_from(const std::string&) {
 #else
 
 NcclApi load_from(const std::string& requested) {
-  const std::string soname = "libnccl.so." + std::to_string(NCCL_MAJOR);
-  const std::string beside_cudart = directory_of(file_of_address(reinterpret_cast<void*>(&cudaGetDeviceCount)));
-  const SharedLibrary library = open_first_library(
-      !requested.empty() ? std::vector<std::string>{requested}
-                         : std::vector<std::string>{soname, beside_cudart.empty() ? "" : beside_cudart + soname});
+  const SharedLibrary library = open_library_like(requested, "libnccl.so." + std::to_string(NCCL_MAJOR),
+                                                  reinterpret_cast<const void*>(&cudaGetDeviceCount));
   if (library.handle == nullptr) fail(library.errors);
   NcclApi api;
-  std::string error;
-#define BERT_NCCL_RESOLVE(name)                                                            \
-  api.name = reinterpret_cast<decltype(api.name)>(library_symbol(library, #name, &error)); \
-  if (api.name == nullptr) fail(library.opened + " has no " #name " (" + error + ")");
+#define BERT_NCCL_RESOLVE(name) \
+  if (const std::string missing = resolve_symbol(library, #name, api.name); !missing.empty()) fail(missing);
   BERT_NCCL_FUNCTIONS(BERT_NCCL_RESOLVE)
 #undef BERT_NCCL_RESOLVE
-  const std::string file = file_of_address(reinterpret_cast<void*>(api.ncclCommInitRank));
-  api.path = file.empty() ? library.opened : file;
+  api.path = library_file(library, reinterpret_cast<const void*>(api.ncclCommInitRank));
   return api;
 }
 

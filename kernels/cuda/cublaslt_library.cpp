@@ -9,8 +9,6 @@
 #include "kernels/cuda/check.h"
 
 #if !defined(BERT_CUBLASLT_EMULATED)
-#include <vector>
-
 #include "common/shared_library.h"
 #endif
 
@@ -38,24 +36,16 @@ CublasLtApi load_from(const std::string&) {
 #else
 
 CublasLtApi load_from(const std::string& requested) {
-  // The soname of the headers' major version, as `-lcublasLt` would have recorded it, then the same
-  // file beside libcudart.
-  const std::string soname = "libcublasLt.so." + std::to_string(CUBLAS_VER_MAJOR);
-  const std::string beside_cudart = directory_of(file_of_address(reinterpret_cast<void*>(&cudaGetDeviceCount)));
-  const SharedLibrary library = open_first_library(
-      !requested.empty() ? std::vector<std::string>{requested}
-                         : std::vector<std::string>{soname, beside_cudart.empty() ? "" : beside_cudart + soname});
+  // The soname of the headers' major version, as `-lcublasLt` would have recorded it.
+  const SharedLibrary library = open_library_like(requested, "libcublasLt.so." + std::to_string(CUBLAS_VER_MAJOR),
+                                                  reinterpret_cast<const void*>(&cudaGetDeviceCount));
   if (library.handle == nullptr) fail(library.errors);
   CublasLtApi api;
-  std::string error;
-#define BERT_CUBLASLT_RESOLVE(name)                                                        \
-  api.name = reinterpret_cast<decltype(api.name)>(library_symbol(library, #name, &error)); \
-  if (api.name == nullptr) fail(library.opened + " has no " #name " (" + error + ")");
+#define BERT_CUBLASLT_RESOLVE(name) \
+  if (const std::string missing = resolve_symbol(library, #name, api.name); !missing.empty()) fail(missing);
   BERT_CUBLASLT_FUNCTIONS(BERT_CUBLASLT_RESOLVE)
 #undef BERT_CUBLASLT_RESOLVE
-  // The file the search found (a soname names none).
-  const std::string file = file_of_address(reinterpret_cast<void*>(api.cublasLtCreate));
-  api.path = file.empty() ? library.opened : file;
+  api.path = library_file(library, reinterpret_cast<const void*>(api.cublasLtCreate));
   return api;
 }
 
