@@ -558,6 +558,7 @@ class CpuGraphBackend {
         CrossEntropyTotals{stats.loss * static_cast<double>(stats.num_counted), stats.num_counted, stats.num_correct};
   }
   void fill_zero(T* values, int64_t count) { std::fill_n(values, count, T(0)); }
+  void gradients_final(size_t) {}  // one process: nothing to sum while the backward runs
 
  private:
   cpu::Context& ctx_;

@@ -165,6 +165,10 @@ void BertForPreTrainingCuda::EventDeleter::operator()(cudaEvent_t event) const n
   if (event != nullptr) cudaEventDestroy(event);
 }
 
+void BertForPreTrainingCuda::StreamDeleter::operator()(cudaStream_t stream) const noexcept {
+  if (stream != nullptr) cudaStreamDestroy(stream);
+}
+
 BertForPreTrainingCuda::BertForPreTrainingCuda(const BertConfig& config, const ModelOptions& options)
     : config_(config), options_(options), table_(checked_table(config)) {
   if (options_.decoder_chunk_rows <= 0) throw Error("ModelOptions: decoder_chunk_rows must be > 0");
@@ -214,7 +218,8 @@ BertForPreTrainingCuda::BertForPreTrainingCuda(const BertConfig& config, const M
 }
 
 BertForPreTrainingCuda::~BertForPreTrainingCuda() {
-  // Queued kernels may still read the arenas and the pinned staging: wait before they are freed.
+  // Queued kernels and sums may still use the arenas and the pinned staging: wait before they are freed.
+  if (sum_stream_) cudaStreamSynchronize(sum_stream_.get());
   if (context_) cudaStreamSynchronize(context_->stream());
 }
 
@@ -338,6 +343,39 @@ void BertForPreTrainingCuda::upload(const BatchView& batch, const ModelOptions& 
 
 // ---- the CUDA backend of engine/bert_graph.h -----------------------------------------------------------
 
+// forward_backward_summed's buckets. The graph reports finished gradients top down
+// (gradients_final(offset): everything at >= offset is final); [offset, end_) is what is finished and
+// not yet handed over. Once it holds bucket_elements values, or reaches the arena's start, the model's
+// stream records `ready`, the sum stream waits for it and the sum is queued there. One event serves
+// every bucket: a stream waits for the work an event had captured when cudaStreamWaitEvent was called.
+class GradientBuckets {
+ public:
+  GradientBuckets(const GradientSum& sum, float* grads, size_t elements, cudaStream_t compute, cudaStream_t summing,
+                  cudaEvent_t ready)
+      : sum_(sum), grads_(grads), end_(elements), compute_(compute), summing_(summing), ready_(ready) {}
+
+  void finished(size_t offset) {
+    if (offset > end_)
+      throw Error("internal: gradients_final(" + std::to_string(offset) + ") after gradients_final(" +
+                  std::to_string(end_) + "): the backward must finish the arena top down");
+    if (offset != 0 && end_ - offset < sum_.bucket_elements) return;  // wait for more
+    if (offset == end_) return;
+    CUDA_CHECK(cudaEventRecord(ready_, compute_));
+    CUDA_CHECK(cudaStreamWaitEvent(summing_, ready_, 0));
+    sum_.sum(grads_ + offset, end_ - offset, summing_);
+    end_ = offset;
+  }
+  // Every gradient was handed over (the backward reached the embeddings).
+  bool complete() const { return end_ == 0; }
+
+ private:
+  const GradientSum& sum_;
+  float* const grads_;
+  size_t end_;
+  const cudaStream_t compute_, summing_;
+  const cudaEvent_t ready_;
+};
+
 namespace {
 
 // The bert::cuda ops with the model's Context bound; cross-entropy totals go to a device loss slot.
@@ -348,7 +386,8 @@ class CudaGraphBackend {
   using Stat = float;
   using Scalar = float;
 
-  CudaGraphBackend(cuda::Context& ctx, cuda::CrossEntropyDeviceStats* slot) : ctx_(ctx), slot_(slot) {}
+  CudaGraphBackend(cuda::Context& ctx, cuda::CrossEntropyDeviceStats* slot, GradientBuckets* buckets)
+      : ctx_(ctx), slot_(slot), buckets_(buckets) {}
 
   void linear_forward(const ops::LinearShape& shape, const bf16* x, const bf16* weight, const bf16* bias, bf16* y) {
     cuda::linear_forward(ctx_, shape, x, weight, bias, y);
@@ -433,10 +472,14 @@ class CudaGraphBackend {
   void fill_zero(bf16* values, int64_t count) {
     CUDA_CHECK(cudaMemsetAsync(values, 0, static_cast<size_t>(count) * sizeof(bf16), ctx_.stream()));
   }
+  void gradients_final(size_t offset) {
+    if (buckets_ != nullptr) buckets_->finished(offset);
+  }
 
  private:
   cuda::Context& ctx_;
   cuda::CrossEntropyDeviceStats* slot_;
+  GradientBuckets* buckets_;
 };
 
 }  // namespace
@@ -444,8 +487,9 @@ class CudaGraphBackend {
 // ---- forward and backward -----------------------------------------------------------------------------
 
 template <class Run>
-void BertForPreTrainingCuda::run_graph(bool dropout_enabled, cuda::CrossEntropyDeviceStats* slot, Run&& run) {
-  CudaGraphBackend backend(*context_, slot);
+void BertForPreTrainingCuda::run_graph(bool dropout_enabled, cuda::CrossEntropyDeviceStats* slot,
+                                       GradientBuckets* buckets, Run&& run) {
+  CudaGraphBackend backend(*context_, slot, buckets);
   const GraphArenas<bf16, float, float> arenas{working_.data(), grads_.data(), activations_.data(), workspace_.data(),
                                                statistics_.data()};
   GraphInputs inputs;
@@ -463,12 +507,40 @@ void BertForPreTrainingCuda::run_graph(bool dropout_enabled, cuda::CrossEntropyD
 
 void BertForPreTrainingCuda::forward_backward(float loss_scale, bool compute_grads) {
   if (compute_grads) require_training("forward_backward with gradients");
-  if (!batch_uploaded_) throw Error("BertForPreTrainingCuda::forward_backward: no batch; call upload_batch first");
+  run_forward_backward("forward_backward", loss_scale, compute_grads, nullptr);
+}
+
+void BertForPreTrainingCuda::forward_backward_summed(float loss_scale, const GradientSum& sum) {
+  require_training("forward_backward_summed");
+  if (!sum.sum) throw Error("BertForPreTrainingCuda::forward_backward_summed: no sum function");
+  if (!sum_stream_) {
+    cudaStream_t stream = nullptr;
+    CUDA_CHECK(cudaStreamCreateWithFlags(&stream, cudaStreamNonBlocking));
+    sum_stream_.reset(stream);
+    for (auto* event : {&grads_ready_, &grads_summed_}) {
+      cudaEvent_t created = nullptr;
+      CUDA_CHECK(cudaEventCreateWithFlags(&created, cudaEventDisableTiming));
+      event->reset(created);
+    }
+  }
+  const cudaStream_t stream = context_->stream();
+  GradientBuckets buckets(sum, grads_.data(), grads_.size(), stream, sum_stream_.get(), grads_ready_.get());
+  run_forward_backward("forward_backward_summed", loss_scale, true, &buckets);
+  if (!buckets.complete())
+    throw Error("internal: the backward pass did not finish every gradient (no gradients_final(0))");
+  CUDA_CHECK(cudaEventRecord(grads_summed_.get(), sum_stream_.get()));
+  CUDA_CHECK(cudaStreamWaitEvent(stream, grads_summed_.get(), 0));
+}
+
+void BertForPreTrainingCuda::run_forward_backward(const char* caller, float loss_scale, bool compute_grads,
+                                                  GradientBuckets* buckets) {
+  if (!batch_uploaded_)
+    throw Error(std::string("BertForPreTrainingCuda::") + caller + ": no batch; call upload_batch first");
   if (loss_slots_.size() == kLossSlots) drain_loss_stats();
   cuda::CrossEntropyDeviceStats* slot = loss_stats_.data() + loss_slots_.size() * plan_.loss_slot_stride;
   CUDA_CHECK(
       cudaMemsetAsync(slot, 0, plan_.loss_slot_stride * sizeof(cuda::CrossEntropyDeviceStats), context_->stream()));
-  run_graph(dropout_training_, slot, [&](auto& graph) { graph.forward_backward(loss_scale, compute_grads); });
+  run_graph(dropout_training_, slot, buckets, [&](auto& graph) { graph.forward_backward(loss_scale, compute_grads); });
   loss_slots_.push_back(LossSlot{static_cast<int64_t>(batch_.mlm_chunk_counted.size()), batch_.has_nsp_labels});
 }
 
@@ -519,7 +591,7 @@ void BertForPreTrainingCuda::mlm_logits_at(const BatchView& batch, std::span<con
   for (size_t i = 0; i < positions.size(); ++i)
     row_of[i] = std::lower_bound(order.begin(), order.end(), positions[i]) - order.begin();
   std::vector<bf16> host(static_cast<size_t>(std::min<int64_t>(distinct, options_.decoder_chunk_rows) * vocab));
-  run_graph(/*dropout_enabled=*/false, nullptr, [&](auto& graph) {
+  run_graph(/*dropout_enabled=*/false, nullptr, nullptr, [&](auto& graph) {
     graph.forward_encoder();
     graph.mlm_transform_forward();
     for (int64_t first = 0; first < distinct; first += options_.decoder_chunk_rows) {
@@ -583,11 +655,6 @@ void BertForPreTrainingCuda::require_training(const char* what) const {
 void BertForPreTrainingCuda::zero_grads() {
   require_training("zero_grads");
   CUDA_CHECK(cudaMemsetAsync(grads_.data(), 0, grads_.bytes(), context_->stream()));
-}
-
-std::span<float> BertForPreTrainingCuda::device_grads() {
-  require_training("device_grads");
-  return {grads_.data(), grads_.size()};
 }
 
 void BertForPreTrainingCuda::optimizer_step(const ops::AdamWHyperparams& hyper, float max_grad_norm) {

@@ -56,6 +56,7 @@
 
 #include <cstddef>
 #include <cstdint>
+#include <functional>
 #include <memory>
 #include <optional>
 #include <span>
@@ -93,6 +94,19 @@ struct CudaMemoryPlan {
   // One line per arena, sizes in MiB / GiB, for the trainer's start-up table.
   std::string table() const;
 };
+
+// How BertForPreTrainingCuda::forward_backward_summed sums the parameter gradients over the ranks of
+// a data-parallel run (the trainer: NCCL's all-reduce, engine/communicator_nccl.h).
+struct GradientSum {
+  // Queues on `stream` the in-place sum over the ranks of the device range [data, data + count).
+  std::function<void(float* data, size_t count, cudaStream_t stream)> sum;
+  // Finished gradients are handed over once at least this many are waiting (the last range, ending
+  // at the embeddings, whatever its size); 0: each range as soon as it is finished (the heads', then
+  // one per layer, then the embeddings').
+  size_t bucket_elements = 0;
+};
+
+class GradientBuckets;  // forward_backward_summed's bookkeeping (bert_cuda.cpp)
 
 class BertForPreTrainingCuda {
  public:
@@ -157,6 +171,15 @@ class BertForPreTrainingCuda {
     upload_batch(batch);
     forward_backward(loss_scale, compute_grads);
   }
+  // forward_backward(loss_scale) that also sums the gradient arena over the ranks: the call for a
+  // step's last micro-batch. As the backward pass finishes a range of the gradients (bert_graph.h's
+  // gradients_final: the heads', each layer's from the last, the embeddings'), whole buckets of them
+  // are handed to sum.sum on a stream of the model's own, behind an event on the model's stream, so
+  // the sums run while the backward pass goes on; the model's stream then waits for the last sum, so
+  // optimizer_step and every download see the summed gradients. The buckets cover the arena once, top
+  // down, and depend only on the config and sum.bucket_elements: every rank makes the same calls in
+  // the same order, as NCCL requires. No host sync.
+  void forward_backward_summed(float loss_scale, const GradientSum& sum);
   // The losses of every forward since the last call, in order (synchronises once). Each forward
   // keeps its stats in a device slot; when all slots are in use a forward drains them first.
   std::vector<LossStats> take_loss_stats();
@@ -164,10 +187,6 @@ class BertForPreTrainingCuda {
   LossStats read_loss_stats();
 
   void zero_grads();  // asynchronous
-  // The fp32 gradient arena on the device (arena_elements() values, as params() lays them out), for
-  // summing it over ranks (engine/communicator_nccl.h) on context().stream() between the last
-  // forward_backward and optimizer_step. bert::Error on an inference-only model.
-  std::span<float> device_grads();
   // grad_norm into the next device norm slot, then adamw_step with the clip coefficient formed on
   // the device from that norm (max_grad_norm <= 0: no clipping) and the bias-correction step from the
   // device's count of applied updates (count + 1). A non-finite norm skips the update (params,
@@ -229,6 +248,9 @@ class BertForPreTrainingCuda {
   struct EventDeleter {
     void operator()(cudaEvent_t event) const noexcept;
   };
+  struct StreamDeleter {
+    void operator()(cudaStream_t stream) const noexcept;
+  };
 
   static ArenaPlan plan_arenas(const BertConfig& config, const ModelOptions& options, int64_t capacity_batch,
                                int64_t capacity_tokens);
@@ -236,8 +258,11 @@ class BertForPreTrainingCuda {
   void upload(const BatchView& batch, const ModelOptions& options);
   // Runs BertGraph (engine/bert_graph.h) on the CUDA ops over the uploaded batch; cross-entropy
   // totals go to the device loss slot `slot` (nullptr: none are computed).
+  // `buckets` (nullptr: none) receives the graph's gradients_final calls.
   template <class Run>
-  void run_graph(bool dropout_enabled, cuda::CrossEntropyDeviceStats* slot, Run&& run);
+  void run_graph(bool dropout_enabled, cuda::CrossEntropyDeviceStats* slot, GradientBuckets* buckets, Run&& run);
+  // forward_backward's work into the next loss slot; `caller` names it in errors.
+  void run_forward_backward(const char* caller, float loss_scale, bool compute_grads, GradientBuckets* buckets);
   void drain_loss_stats();
   void drain_grad_norms();
   void require_training(const char* what) const;  // bert::Error on an inference-only model
@@ -262,6 +287,10 @@ class BertForPreTrainingCuda {
   cuda::DeviceBuffer<cuda::CrossEntropyDeviceStats> loss_stats_;  // kLossSlots x loss_slot_stride
   std::unique_ptr<int32_t, PinnedDeleter> staging_;               // pinned mirror of inputs_
   std::unique_ptr<CUevent_st, EventDeleter> staging_copied_;      // the last upload's copies are done
+  // forward_backward_summed's stream for the sums, and its events (made by its first call):
+  std::unique_ptr<CUstream_st, StreamDeleter> sum_stream_;
+  std::unique_ptr<CUevent_st, EventDeleter> grads_ready_;   // a bucket's gradients are finished
+  std::unique_ptr<CUevent_st, EventDeleter> grads_summed_;  // the last bucket's sum is done
 
   HostBatch batch_;    // the uploaded batch as the host knows it (no sync needed to launch)
   HostBatch pending_;  // upload_batch's scratch, swapped with batch_

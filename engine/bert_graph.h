@@ -16,6 +16,11 @@
 //           BatchArenaPlan::max_mlm_chunks); the model turns them into LossStats (combine_loss_stats)
 //           now (CPU) or when they are read (CUDA: device memory, no host sync in a step)
 //   fill_zero(Act*, count)
+//   gradients_final(offset)
+//           called during the backward pass, with decreasing offsets ending at 0: every parameter
+//           gradient at an arena offset >= `offset` is complete for this backward (nothing issued
+//           later writes it). The CUDA model sums finished ranges over the ranks while the backward
+//           goes on (BertForPreTrainingCuda::forward_backward_summed); the CPU model ignores it.
 // The host-side batch (HostBatch: shapes, the MLM rows' counts per decoder chunk) is known before any
 // op is issued, so the sequence never waits on the backend.
 //
@@ -28,6 +33,10 @@
 //   NSP head: pooler -> linear -> cross-entropy -> linear backward -> pooler backward (adds into the
 //             [CLS] rows of d(encoder out))
 //   encoder backward, last layer first, then the embeddings (table gradients scattered).
+// The parameter table (make_parameter_table) lays out the embeddings, the layers in order, then the
+// heads, so the gradients finish from the top of the arena down: the heads' (pooler, MLM transform and
+// decoder bias, NSP) after the heads, each layer's after its backward, the embeddings' (the word
+// embeddings also get the tied decoder's gradient) last.
 #pragma once
 
 #include <algorithm>
@@ -102,7 +111,9 @@ class BertGraph {
     forward_encoder();
     mlm_head(loss_scale, compute_grads);
     nsp_head(loss_scale, compute_grads);
-    if (compute_grads) backward_encoder();
+    if (!compute_grads) return;
+    ops_.gradients_final(heads_begin());
+    backward_encoder();
   }
 
   // Embeddings and every layer: the sequence output and what backward reads.
@@ -299,6 +310,7 @@ class BertGraph {
                               grad_qkv + 2 * hidden_);
       ops_.linear_backward({tokens_, hidden_, 3 * hidden_}, grad_qkv, layer_input, param(lp.qkv_weight), grad_hidden,
                            grad_at(lp.qkv_weight), grad_at(lp.qkv_bias), ops::InputGrad::kAccumulate);
+      ops_.gradients_final(layer_begin(lp));
     }
 
     const Act* grad_embeddings = dropout_input_grad(DropoutSite::kEmbeddings, 0, grad_hidden);
@@ -308,9 +320,23 @@ class BertGraph {
         statistic(plan_.embeddings_mean), statistic(plan_.embeddings_rstd), grad_at(p_.word_embeddings),
         grad_at(p_.position_embeddings), grad_at(p_.token_type_embeddings), grad_at(p_.embeddings_layernorm_weight),
         grad_at(p_.embeddings_layernorm_bias));
+    ops_.gradients_final(0);
   }
 
  private:
+  // The lowest arena offset of the heads' parameters, and of one layer's (see the layout above).
+  size_t heads_begin() const {
+    return std::min({p_.pooler_weight, p_.pooler_bias, p_.mlm_decoder_bias, p_.mlm_transform_weight,
+                     p_.mlm_transform_bias, p_.mlm_layernorm_weight, p_.mlm_layernorm_bias, p_.nsp_weight,
+                     p_.nsp_bias});
+  }
+  static size_t layer_begin(const BertLayerParamOffsets& lp) {
+    return std::min({lp.qkv_weight, lp.qkv_bias, lp.attention_output_weight, lp.attention_output_bias,
+                     lp.attention_layernorm_weight, lp.attention_layernorm_bias, lp.intermediate_weight,
+                     lp.intermediate_bias, lp.output_weight, lp.output_bias, lp.output_layernorm_weight,
+                     lp.output_layernorm_bias});
+  }
+
   ops::DropoutSpec dropout_spec(DropoutSite site, int layer) const {
     if (!dropout_.enabled) return ops::DropoutSpec{};  // probability 0: identity
     return dropout_spec_for(config_, dropout_.seed, dropout_.step, site, layer);

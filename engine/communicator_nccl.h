@@ -1,6 +1,7 @@
 // Data parallelism over GPUs: bert_train with device = "cuda" under mpirun sums the ranks' gradients
-// with NCCL, on the device, in the stream the step runs on (ARCHITECTURE.md, "Distributed": MPI
-// starts the processes and carries NCCL's unique id from rank 0 to the others).
+// with NCCL, on the device, on a stream beside the step's while the last backward pass runs
+// (BertForPreTrainingCuda::forward_backward_summed; ARCHITECTURE.md, "Distributed": MPI starts the
+// processes and carries NCCL's unique id from rank 0 to the others).
 //
 //   mpirun -np 8 bert_train --config configs/bert_base_seq128.toml    (8 GPUs: rank r uses its host's GPU r)
 //
@@ -15,10 +16,13 @@
 //
 // Napkin math: BERT-base's fp32 gradients are 440 MB; a ring all-reduce moves 2 (R - 1) / R of that
 // through each rank, ~1.7 ms at NVLink's ~450 GB/s bus bandwidth (8 x H100), against ~4 ms of compute
-// per 32 x 128 micro-batch: ~30% more per step with one micro-batch per step, ~5% with eight. The sum
-// runs once per optimizer step, after the last backward pass; bucketing it and overlapping it with the
-// backward pass (what would win back most of that 30%) is not built: it wants a multi-GPU machine to
-// be measured on. Between hosts over 400 Gb/s InfiniBand the sum takes ~15 ms.
+// per 32 x 128 micro-batch: ~30% more per step with one micro-batch per step if it ran after the
+// backward pass. It runs during it instead, in buckets of ddp_bucket_cap_mb (default 25 MiB: one
+// BERT-base layer, 28 MB, each; the heads join layer 11's): a layer's sum (~0.11 ms) is shorter than
+// the next layer's backward (~0.2 ms), so what stays exposed is the last bucket, the embeddings' 98 MB
+// (the word embeddings are tied to the MLM decoder, so their gradient is complete only at the very
+// end): ~0.4 ms, ~10% of such a step, ~1% with eight micro-batches. Not measured: the lent machine has
+// one GPU. Between hosts over 400 Gb/s InfiniBand the whole sum takes ~15 ms.
 //
 // tests/emulated builds this file against an emulation of the NCCL calls (over MPI, on the emulated
 // device's memory) with BERT_NCCL_EMULATED: the table then holds the emulated functions.

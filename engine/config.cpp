@@ -270,6 +270,7 @@ const std::vector<Field<TrainingConfig>>& training_fields() {
       {"seed", &C::seed, kAtLeast0},
       {"device", &C::device, Range(), {"cpu", "cuda"}},
       {"threads", &C::threads, Range{0, 4096}},
+      {"ddp_bucket_cap_mb", &C::ddp_bucket_cap_mb, Range{0, 65536}},
   };
   return fields;
 }

@@ -90,6 +90,10 @@ struct TrainingConfig {
   uint64_t seed = 42;
   std::string device = "cpu";  // cpu | cuda
   int threads = 0;             // 0 = all cores
+  // Data parallel on GPUs: gradients are summed over the ranks in buckets of at least this many MiB
+  // of finished gradients while the backward pass goes on (0: each layer's on its own). HF's name;
+  // torch DDP's default size.
+  int ddp_bucket_cap_mb = 25;
 
   // HF's TrainingArguments.get_warmup_steps: warmup_steps if > 0, else ceil(total * warmup_ratio).
   int64_t warmup_steps_for(int64_t total_steps) const;

@@ -483,6 +483,7 @@ class Trainer {
 #endif
 #if defined(BERT_TRAINER_NCCL)
   std::unique_ptr<DeviceCommunicator> device_comm_;  // several ranks on GPUs
+  GradientSum gradient_sum_;                         // device_comm_'s all-reduce, in ddp_bucket_cap_mb buckets
 #endif
   std::unique_ptr<cpu::Context> context_;
   std::vector<float> exp_avg_, exp_avg_sq_;  // laid out like the parameter arena
@@ -1063,17 +1064,19 @@ void Trainer::train_step_cuda() {
     dump_batch(batch_);
     cuda_model_->set_dropout(state_.seed, static_cast<uint64_t>(state_.micro_step + comm_.rank()), true);
     cuda_model_->upload_batch(batch_view(batch_));
-    cuda_model_->forward_backward(1.0f / static_cast<float>(accumulation * world()), true);
+    const float loss_scale = 1.0f / static_cast<float>(accumulation * world());
+#if defined(BERT_TRAINER_NCCL)
+    // The ranks' gradients summed on the devices as the last backward pass finishes them, before the
+    // norm and the update.
+    if (device_comm_ && micro + 1 == accumulation)
+      cuda_model_->forward_backward_summed(loss_scale, gradient_sum_);
+    else
+#endif
+      cuda_model_->forward_backward(loss_scale, true);
     advance_cursor();
     state_.window.tokens += static_cast<int64_t>(batch_.real_tokens());  // this rank's, until settle_steps
     unsettled_tokens_ += static_cast<int64_t>(batch_.real_tokens());
   }
-#if defined(BERT_TRAINER_NCCL)
-  if (device_comm_) {  // the ranks' gradients summed on the devices, before the norm and the update
-    const std::span<float> grads = cuda_model_->device_grads();
-    device_comm_->allreduce_sum(grads.data(), grads.size(), cuda_model_->context().stream());
-  }
-#endif
   const double lr = learning_rate(state_.global_step);
   cuda_model_->optimizer_step(adamw_hyperparams(lr), static_cast<float>(training().max_grad_norm));
   unsettled_steps_.push_back(state_.global_step + 1);
@@ -1363,7 +1366,15 @@ void Trainer::connect_ranks() {
                     "): data parallelism runs one rank per GPU; start at most as many ranks per host as it has "
                     "GPUs, or give each rank its own CUDA_VISIBLE_DEVICES");
   device_comm_ = make_nccl_communicator(comm_);
-  out_ << "gradients summed over " << world() << " GPUs by " << device_comm_->description() << "\n";
+  DeviceCommunicator* summing = device_comm_.get();
+  gradient_sum_.sum = [summing](float* data, size_t count, cudaStream_t stream) {
+    summing->allreduce_sum(data, count, stream);
+  };
+  gradient_sum_.bucket_elements = (size_t{1} << 20) / sizeof(float) * static_cast<size_t>(training().ddp_bucket_cap_mb);
+  out_ << "gradients summed over " << world() << " GPUs by " << device_comm_->description() << ", in buckets of "
+       << (training().ddp_bucket_cap_mb == 0 ? std::string("one layer")
+                                             : std::to_string(training().ddp_bucket_cap_mb) + " MiB")
+       << " during the backward pass\n";
 #endif
 }
 

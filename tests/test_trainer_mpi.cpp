@@ -275,7 +275,9 @@ TEST_CASE("2 ranks on 2 GPUs train the model 1 GPU trains with twice the accumul
   make_tiny_data();
   ::setenv("BERT_EMULATED_DEVICE_COUNT", "2", 1);
   const std::string gpu = "device = \"cuda\"\n";
-  const std::string ranks = write_config("gpu_ranks", "gpu_ranks", settings(4, 1) + gpu, kCudaTinyModel);
+  // One bucket per layer: the sums are issued as the backward pass finishes each (every rank the same).
+  const std::string ranks =
+      write_config("gpu_ranks", "gpu_ranks", settings(4, 1) + gpu + "ddp_bucket_cap_mb = 0\n", kCudaTinyModel);
   const std::string single = write_config("gpu_single", "gpu_single", settings(4, 2) + gpu, kCudaTinyModel);
   const RunResult two = mpirun(2, {"--config", ranks}, "gpu_ranks", BERT_TRAIN_EMULATED);
   INFO(two.out << two.err);
@@ -288,6 +290,7 @@ TEST_CASE("2 ranks on 2 GPUs train the model 1 GPU trains with twice the accumul
   CHECK(two.out.find("4 sequences x 1 accumulation x 2 ranks = 8 sequences/step") != std::string::npos);
   CHECK(two.out.find("), one on each of 2 ranks\n") != std::string::npos);
   CHECK(count(two.out, "gradients summed over 2 GPUs by NCCL ") == 1);
+  CHECK(two.out.find(", in buckets of one layer during the backward pass\n") != std::string::npos);
   CHECK(two.out.find("(emulated)") != std::string::npos);
   CHECK(one.out.find("NCCL") == std::string::npos);
 

@@ -24,6 +24,9 @@
 //     it before returning); emulated_cuda.h's counters tell pinned from pageable copies.
 //   - host/device handshakes: emulated_cuda.h counts the host's waits, copies and the work still
 //     queued, and injects launch failures.
+//   - cross-stream waits: cudaStreamWaitEvent queues a wait that runs the recorded stream up to the
+//     event when the waiting stream reaches it (a wait captures only work issued before it, so two
+//     streams cannot wait for each other: an op counts as executed once it starts).
 // What it does NOT model: concurrency between streams beyond queue order, device memory limits
 // beyond BERT_EMULATED_DEVICE_MEMORY, performance.
 //
@@ -386,6 +389,34 @@ cudaError_t cudaStreamSynchronize(cudaStream_t stream) {
   return cudaSuccess;
 }
 
+cudaError_t cudaStreamCreateWithFlags(cudaStream_t* stream, unsigned int) {
+  State& s = state();
+  s.streams.push_back(std::make_unique<Stream>());
+  s.live_streams.insert(s.streams.back().get());
+  *stream = reinterpret_cast<cudaStream_t>(s.streams.back().get());
+  return cudaSuccess;
+}
+
+// As CUDA: returns at once, the stream's queued work still runs (here: now, before it is dropped).
+cudaError_t cudaStreamDestroy(cudaStream_t stream) {
+  Stream& target = stream_of(stream);
+  if (&target == &state().legacy) device_fault("cudaStreamDestroy of the default stream");
+  flush(target);
+  state().live_streams.erase(&target);
+  return cudaSuccess;
+}
+
+// The stream's later work waits for what the event had captured when this was called (recording the
+// event again afterwards does not change it): a queued op that runs the recorded stream that far.
+cudaError_t cudaStreamWaitEvent(cudaStream_t stream, cudaEvent_t event, unsigned int) {
+  const auto* e = reinterpret_cast<const Event*>(event);
+  if (e->stream == nullptr) return cudaSuccess;  // never recorded: nothing to wait for
+  Stream* recorded = e->stream;
+  const uint64_t seq = e->seq;
+  enqueue(stream_of(stream), "cudaStreamWaitEvent", [recorded, seq] { wait_for(*recorded, seq); });
+  return cudaSuccess;
+}
+
 cudaError_t cudaEventCreateWithFlags(cudaEvent_t* event, unsigned int) {
   *event = reinterpret_cast<cudaEvent_t>(new Event);
   return cudaSuccess;
@@ -460,10 +491,7 @@ Context::Context(cudaStream_t stream, size_t gemm_workspace_bytes) : stream_(str
   multiprocessors_ = 132;  // an H200
   sm_version_ = 90;
   if (stream_ == nullptr) {
-    State& s = state();
-    s.streams.push_back(std::make_unique<Stream>());
-    s.live_streams.insert(s.streams.back().get());
-    stream_ = reinterpret_cast<cudaStream_t>(s.streams.back().get());
+    cudaStreamCreateWithFlags(&stream_, cudaStreamNonBlocking);
     owns_stream_ = true;
   }
   gemm_workspace_.resize(gemm_workspace_bytes);

@@ -14,6 +14,9 @@
 //   - the dense MLM head: mlm_logits_at still runs on the requested rows; a positions-only batch
 //   - a batch without labels: zero losses and exactly zero gradients
 //   - an inference-only model: the bf16 weights alone on the device, the training model's answers
+//   - forward_backward_summed (a stand-in for NCCL that doubles): the buckets cover the gradient arena
+//     once, top down, cut as bucket_elements says; each range is handed over final (equal to an
+//     unsummed step's, bit for bit), with no host wait; the update's norm includes the last sum
 // Tolerances as test_cuda_model.cpp: losses rel 2e-2, logits and gradients rel 3e-2 of the tensor's
 // (here: the logits row's) largest CPU value.
 #include <cuda_runtime.h>
@@ -21,6 +24,7 @@
 #include <algorithm>
 #include <catch2/catch.hpp>
 #include <cmath>
+#include <cstddef>
 #include <cstdint>
 #include <random>
 #include <span>
@@ -34,6 +38,7 @@
 #include "engine/bert_cuda.h"
 #include "kernels/cpu/ops_cpu.h"
 #include "tests/emulated/emulated_cuda.h"
+#include "tests/emulated/emulated_runtime.h"  // run_queued, enqueue: DoublingSum plays NCCL
 #include "tests/gpu/cuda_model_fixture.h"
 #include "tests/gpu/cuda_test_util.h"
 
@@ -499,4 +504,125 @@ TEST_CASE("cuda model host: a batch without labels has zero losses and zero grad
   for (const float g : gpu.download_grads())
     if (g != 0.0f) ++nonzero;
   CHECK(nonzero == 0);
+}
+
+namespace {
+
+// A stand-in for NCCL's all-reduce over two ranks with the same gradients, for forward_backward_summed:
+// at issue time it runs the sum stream's queue (as emulated_nccl.cpp does: the work the stream waits
+// for has run), keeps the range as it is then, and queues a doubling of it on the sum stream.
+struct DoublingSum {
+  struct Range {
+    size_t begin = 0, count = 0;  // arena offsets
+    std::vector<float> at_issue;
+  };
+  size_t arena_elements = 0;
+  const float* arena = nullptr;  // the device arena: the first range ends where it ends
+  std::vector<Range> ranges;
+
+  bert::GradientSum make(size_t bucket_elements) {
+    bert::GradientSum sum;
+    sum.bucket_elements = bucket_elements;
+    sum.sum = [this](float* data, size_t count, cudaStream_t stream) {
+      if (ranges.empty()) arena = data + count - arena_elements;
+      bert::emulated::detail::run_queued(stream);
+      ranges.push_back({static_cast<size_t>(data - arena), count, std::vector<float>(data, data + count)});
+      bert::emulated::detail::enqueue(stream, "doubling sum", [data, count] {
+        for (size_t i = 0; i < count; ++i) data[i] *= 2.0f;
+      });
+    };
+    return sum;
+  }
+};
+
+}  // namespace
+
+TEST_CASE("cuda model host: forward_backward_summed sums each range of gradients once final, top down, in buckets",
+          "[emulated]") {
+  const std::vector<TestBatch> batches = {TestBatch(101), TestBatch(102)};
+  BertForPreTrainingCuda gpu(tiny_config(0.1));
+  gpu.reserve(4, 32);
+  const size_t arena = gpu.arena_elements();
+  const auto offset_of = [&](const std::string& name) { return gpu.param_info(name).offset; };
+  // Where the backward finishes gradients, top down: the heads, layer 1, layer 0, the embeddings.
+  const std::vector<size_t> finished = {offset_of("bert.pooler.dense.weight"),
+                                        offset_of("bert.encoder.layer.1.attention.self.query.weight"),
+                                        offset_of("bert.encoder.layer.0.attention.self.query.weight"), 0};
+  // One step of two micro-batches; the last one's backward sums when `sum` is given.
+  const auto step = [&](const bert::GradientSum* sum) {
+    gpu.zero_grads();
+    for (size_t k = 0; k < batches.size(); ++k) {
+      gpu.set_dropout(7, k, true);
+      gpu.upload_batch(batches[k].view());
+      if (sum != nullptr && k + 1 == batches.size())
+        gpu.forward_backward_summed(0.5f, *sum);
+      else
+        gpu.forward_backward(0.5f);
+    }
+  };
+
+  // Every range on its own; the heads merged into layer 1's bucket; one bucket.
+  for (const size_t bucket : {size_t{0}, arena - finished[1] + 1, arena}) {
+    INFO("bucket_elements " << bucket);
+    step(nullptr);  // (each round's optimizer step changes the weights: the reference is per round)
+    const std::vector<float> plain = gpu.download_grads();
+    double plain_squares = 0;
+    for (const float g : plain) plain_squares += static_cast<double>(g) * g;
+
+    DoublingSum doubling;
+    doubling.arena_elements = arena;
+    const bert::GradientSum sum = doubling.make(bucket);
+    const bert::emulated::Counters before = bert::emulated::counters();
+    step(&sum);
+    bert::ops::AdamWHyperparams hyper;
+    hyper.learning_rate = 1e-3;
+    gpu.optimizer_step(hyper, 0.0f);
+    const bert::emulated::Counters after = bert::emulated::counters();
+    CHECK(after.stream_syncs == before.stream_syncs);  // no host wait in the step
+    CHECK(after.device_syncs == before.device_syncs);
+
+    // The buckets: the finish points cut greedily, covering the arena once, top down.
+    std::vector<size_t> cuts;
+    size_t end = arena;
+    for (const size_t at : finished)
+      if (at == 0 || end - at >= bucket) {
+        cuts.push_back(at);
+        end = at;
+      }
+    REQUIRE(doubling.ranges.size() == cuts.size());
+    end = arena;
+    for (size_t i = 0; i < cuts.size(); ++i) {
+      const DoublingSum::Range& range = doubling.ranges[i];
+      INFO("range " << i << ": [" << range.begin << ", " << range.begin + range.count << ")");
+      CHECK(range.begin == cuts[i]);
+      CHECK(range.begin + range.count == end);
+      end = range.begin;
+      // Handed over final: as the plain step left it, bit for bit.
+      CHECK(std::equal(range.at_issue.begin(), range.at_issue.end(),
+                       plain.begin() + static_cast<std::ptrdiff_t>(range.begin)));
+    }
+    // The update's norm saw every sum, the last one included: the model's stream waited for it.
+    const double expected_norm = 2.0 * std::sqrt(plain_squares);
+    INFO("norm " << gpu.read_grad_norm() << ", expected " << expected_norm);
+    CHECK(std::fabs(gpu.read_grad_norm() - expected_norm) <= 1e-5 * expected_norm);
+    const std::vector<float> summed = gpu.download_grads();
+    size_t doubled = 0;
+    for (size_t i = 0; i < arena; ++i)
+      if (summed[i] == 2.0f * plain[i]) ++doubled;
+    CHECK(doubled == arena);
+  }
+}
+
+TEST_CASE("cuda model host: forward_backward_summed refuses an inference-only model and a missing sum", "[emulated]") {
+  ModelOptions inference;
+  inference.inference_only = true;
+  BertForPreTrainingCuda serving(tiny_config(), inference);
+  const TestBatch batch(103);
+  serving.upload_batch(batch.view());
+  bert::GradientSum sum;
+  sum.sum = [](float*, size_t, cudaStream_t) {};
+  CHECK_THROWS_WITH(serving.forward_backward_summed(1.0f, sum), Catch::Contains("inference-only"));
+  BertForPreTrainingCuda gpu(tiny_config());
+  gpu.upload_batch(batch.view());
+  CHECK_THROWS_WITH(gpu.forward_backward_summed(1.0f, bert::GradientSum{}), Catch::Contains("no sum function"));
 }

@@ -1,8 +1,8 @@
 // The kernel emulation's own semantics (tests/kernel_emu/cuda_emu.h), on small kernels
 // (selftest_kernels.cu): the PTX shuffle modes with widths, __syncthreads_or ignoring exited threads,
-// races between blocks and within a block made visible, and the device faults (deadlock, launch
-// bounds, host pointers) and rejected launches. A fault aborts the process, so those cases run in a
-// forked child whose exit and stderr are checked.
+// races between blocks and within a block made visible, the device faults (deadlock, launch bounds,
+// host pointers), rejected launches, and waits across streams (cudaStreamWaitEvent). A fault aborts
+// the process, so those cases run in a forked child whose exit and stderr are checked.
 #include <sys/wait.h>
 #include <unistd.h>
 
@@ -170,4 +170,39 @@ TEST_CASE("kernel emulation: launches the device refuses are refused, and report
   CHECK(std::string(cudaGetErrorName(refused)) == "cudaErrorInvalidValue");
   CHECK(cudaGetLastError() == cudaSuccess);
   CHECK(download(out)[5] == 0);  // nothing ran
+}
+
+TEST_CASE("kernel emulation: a stream waits for the work an event captured when the wait was issued", "[kernel_emu]") {
+  cudaStream_t first = nullptr, second = nullptr;
+  cudaEvent_t event = nullptr;
+  CUDA_CHECK(cudaStreamCreateWithFlags(&first, cudaStreamNonBlocking));
+  CUDA_CHECK(cudaStreamCreateWithFlags(&second, cudaStreamNonBlocking));
+  CUDA_CHECK(cudaEventCreateWithFlags(&event, cudaEventDisableTiming));
+  DeviceBuffer<int> a(8), b(8), c(8);
+  std::vector<int> host(8, -7);
+  CUDA_CHECK(cudaMemsetAsync(a.data(), 0, a.bytes(), first));
+  CUDA_CHECK(cudaEventRecord(event, first));
+  CUDA_CHECK(cudaStreamWaitEvent(second, event, 0));
+  CUDA_CHECK(cudaEventRecord(event, first));                   // recorded again later: the wait above is unaffected
+  CUDA_CHECK(cudaMemsetAsync(a.data(), 1, a.bytes(), first));  // after the event: not waited for
+  CUDA_CHECK(cudaMemcpyAsync(b.data(), a.data(), a.bytes(), cudaMemcpyDeviceToDevice, second));
+  // Without a wait the second stream copies whatever a holds when it runs: poison, here.
+  CUDA_CHECK(cudaMemcpyAsync(c.data(), b.data(), b.bytes(), cudaMemcpyDeviceToDevice, second));
+  CUDA_CHECK(cudaStreamSynchronize(second));
+  CUDA_CHECK(cudaMemcpy(host.data(), c.data(), c.bytes(), cudaMemcpyDeviceToHost));
+  CHECK(host == std::vector<int>(8, 0));  // the first memset ran, the second had not
+  CUDA_CHECK(cudaStreamSynchronize(first));
+  CUDA_CHECK(cudaMemcpy(host.data(), a.data(), a.bytes(), cudaMemcpyDeviceToHost));
+  CHECK(host == std::vector<int>(8, 0x01010101));
+
+  // A stream that waits for nothing it was not given: no event wait, the copy sees poison.
+  DeviceBuffer<int> d(8), e(8);
+  CUDA_CHECK(cudaMemsetAsync(d.data(), 0, d.bytes(), first));
+  CUDA_CHECK(cudaMemcpyAsync(e.data(), d.data(), d.bytes(), cudaMemcpyDeviceToDevice, second));
+  CUDA_CHECK(cudaStreamSynchronize(second));
+  CUDA_CHECK(cudaMemcpy(host.data(), e.data(), e.bytes(), cudaMemcpyDeviceToHost));
+  CHECK(host == std::vector<int>(8, -1));
+  CUDA_CHECK(cudaEventDestroy(event));
+  CUDA_CHECK(cudaStreamDestroy(first));
+  CUDA_CHECK(cudaStreamDestroy(second));
 }
