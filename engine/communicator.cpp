@@ -34,13 +34,14 @@ class SingleCommunicator final : public Communicator {
   [[noreturn]] void abort(int exit_code) override { std::_Exit(exit_code); }
 };
 
-std::optional<int> positive_env(const char* name) {
+// A launcher variable holding a number >= minimum (a process count: 1, a rank: 0).
+std::optional<int> launcher_number(const char* name, long minimum, const char* what) {
   const char* value = std::getenv(name);
   if (value == nullptr || *value == '\0') return std::nullopt;
   char* end = nullptr;
   const long n = std::strtol(value, &end, 10);
-  if (*end != '\0' || n < 1 || n > 1 << 24)
-    throw Error(std::string("the MPI launcher's ") + name + "='" + value + "' is not a process count");
+  if (*end != '\0' || n < minimum || n > 1 << 24)
+    throw Error(std::string("the MPI launcher's ") + name + "='" + value + "' is not " + what);
   return static_cast<int>(n);
 }
 
@@ -66,11 +67,17 @@ std::optional<int> launcher_world_size(std::string* variable) {
     names.push_back("SLURM_NTASKS");
   }
   for (const char* name : names) {
-    if (const std::optional<int> n = positive_env(name)) {
+    if (const std::optional<int> n = launcher_number(name, 1, "a process count")) {
       if (variable != nullptr) *variable = name;
       return n;
     }
   }
+  return std::nullopt;
+}
+
+std::optional<int> launcher_world_rank() {
+  for (const char* name : {"OMPI_COMM_WORLD_RANK", "PMI_RANK", "PMIX_RANK"})
+    if (const std::optional<int> rank = launcher_number(name, 0, "a rank")) return rank;
   return std::nullopt;
 }
 

@@ -58,6 +58,9 @@ class Communicator {
 // OMPI_COMM_WORLD_SIZE, MPICH/Slurm PMI's PMI_SIZE, or Slurm's task count under PMIx); nullopt when it was not
 // started by one. `variable` receives the name of the variable it came from.
 std::optional<int> launcher_world_size(std::string* variable = nullptr);
+// This process's rank in that world (OMPI_COMM_WORLD_RANK, PMI_RANK, PMIX_RANK), known before MPI
+// starts; nullopt when not started by a launcher.
+std::optional<int> launcher_world_rank();
 
 std::unique_ptr<Communicator> make_single_communicator();
 // MPI when launched by an MPI launcher with more than one process, else the single process. Throws

@@ -1485,13 +1485,23 @@ int train_main(const std::vector<std::string>& args, std::ostream& out, std::ost
       .option("--dump-batches",
               "also write the starting weights (DIR/init) and every micro-batch trained on (DIR/batches.bin), "
               "to replay the run elsewhere");
-  if (!parser.parse(normalized)) {
-    out << parser.help();
+  // Under an MPI launcher every rank parses the same arguments: the help, or an error in them, is
+  // said by rank 0 alone (before MPI starts), and every rank exits as it does.
+  const bool speaks = launcher_world_rank().value_or(0) == 0;
+  bool help = false;
+  try {
+    help = !parser.parse(normalized);
+    if (!help && !parser.positional().empty())
+      throw Error("bert_train: unexpected argument '" + parser.positional()[0] + "' (see --help)");
+    if (!help && !parser.has("--config")) throw Error("bert_train: --config run.toml is required (see --help)");
+  } catch (const std::exception&) {
+    if (speaks) throw;
+    return 1;
+  }
+  if (help) {
+    if (speaks) out << parser.help();
     return 0;
   }
-  if (!parser.positional().empty())
-    throw Error("bert_train: unexpected argument '" + parser.positional()[0] + "' (see --help)");
-  if (!parser.has("--config")) throw Error("bert_train: --config run.toml is required (see --help)");
 
   // Several ranks (mpirun): rank 0 speaks and writes; a failure before training is reported once (by
   // rank 0 when it failed too, as every rank usually fails alike) and every rank exits 1; a failure

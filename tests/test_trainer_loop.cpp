@@ -70,6 +70,21 @@ TEST_CASE("total steps and trainer state round trip") {
         "bert_train --config run.toml --resume 'out dir/checkpoint-5'");
 }
 
+TEST_CASE("the MPI launcher's rank comes from its environment") {
+  const char* names[] = {"OMPI_COMM_WORLD_RANK", "PMI_RANK", "PMIX_RANK"};
+  for (const char* name : names) ::unsetenv(name);
+  CHECK_FALSE(launcher_world_rank().has_value());
+  ::setenv("PMIX_RANK", "2", 1);
+  CHECK(launcher_world_rank() == 2);
+  ::setenv("PMI_RANK", "0", 1);
+  CHECK(launcher_world_rank() == 0);
+  ::setenv("OMPI_COMM_WORLD_RANK", "5", 1);
+  CHECK(launcher_world_rank() == 5);
+  ::setenv("OMPI_COMM_WORLD_RANK", "-1", 1);
+  CHECK_THROWS_WITH(launcher_world_rank(), Catch::Contains("OMPI_COMM_WORLD_RANK='-1' is not a rank"));
+  for (const char* name : names) ::unsetenv(name);
+}
+
 TEST_CASE("the MPI launcher's world size comes from its environment") {
   const char* names[] = {"OMPI_COMM_WORLD_SIZE", "PMI_SIZE", "PMIX_RANK", "SLURM_STEP_NUM_TASKS", "SLURM_NTASKS"};
   for (const char* name : names) ::unsetenv(name);

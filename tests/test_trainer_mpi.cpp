@@ -7,7 +7,8 @@
 //   - SIGUSR1 to mpirun (forwarded to every rank) stops both ranks after the same step with one
 //     checkpoint, and resuming it on 2 ranks ends bit for bit where an uninterrupted 2-rank run ends
 //   - unbound ranks on one host divide its cores (threads = 0) instead of each taking all of them
-//   - a rank's error before training is one line, once, and every rank exits 1
+//   - a rank's error before training is one line, once, and every rank exits 1; so is an error in the
+//     arguments, and --help prints once
 //   - [emulated] device = "cuda": 2 ranks on 2 GPUs (the CUDA emulation, NCCL emulated over MPI:
 //     bert_train_emulated) train the model 1 GPU trains with twice the accumulation, and their
 //     checkpoint resumes on the CPU; ranks that would share a GPU, or outnumber a host's GPUs, are
@@ -263,6 +264,15 @@ TEST_CASE("under mpirun a failure before training is one line from rank 0 and ev
     CHECK(gpu.err.find("device = \"cuda\": ") != std::string::npos);
   }
   CHECK_FALSE(file_exists(test_dir() + "/ok/metrics.jsonl"));
+
+  // The arguments: the help once, an error in them once (every rank parses them, before MPI starts).
+  const RunResult help = mpirun(2, {"--help"}, "help");
+  CHECK(help.code == 0);
+  CHECK(count(help.out, "bert_train plot OUTPUT_DIR/metrics.jsonl") == 1);
+  const RunResult usage = mpirun(2, {"--config", ok, "stray"}, "usage");
+  CHECK(usage.code != 0);
+  CHECK(count(usage.err, "error: ") == 1);
+  CHECK(usage.err.find("unexpected argument 'stray'") != std::string::npos);
 }
 
 #if defined(BERT_TRAIN_EMULATED)
