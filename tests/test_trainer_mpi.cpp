@@ -12,7 +12,8 @@
 //   - [emulated] device = "cuda": 2 ranks on 2 GPUs (the CUDA emulation, NCCL emulated over MPI:
 //     bert_train_emulated) train the model 1 GPU trains with twice the accumulation, and their
 //     checkpoint resumes on the CPU; ranks that would share a GPU, or outnumber a host's GPUs, are
-//     refused before training in one line
+//     refused before training in one line; a rank whose NCCL communicator fails ends the job with its
+//     reason
 // Needs a build with MPI and its launcher (CMake passes BERT_MPIEXEC); bert_train's path is BERT_TRAIN.
 #include <fcntl.h>
 #include <sched.h>
@@ -324,6 +325,25 @@ TEST_CASE("2 ranks on 2 GPUs train the model 1 GPU trains with twice the accumul
   CHECK(cross.err.find("world_size (ranks) 2 -> 1") != std::string::npos);
   CHECK(relative_difference(weights(test_dir() + "/gpu_to_cpu"), weights(test_dir() + "/gpu_single")) < 2e-2);
   ::unsetenv("BERT_EMULATED_DEVICE_COUNT");
+}
+
+TEST_CASE("a rank whose NCCL communicator fails to start ends the job with its reason, before training",
+          "[mpi][emulated]") {
+  make_tiny_data();
+  ::setenv("BERT_EMULATED_DEVICE_COUNT", "2", 1);
+  ::setenv("BERT_EMULATED_NCCL_INIT_FAILS", "1", 1);  // rank 1's; rank 0 waits inside its own
+  const std::string config =
+      write_config("nccl_init", "nccl_init", settings(4, 1) + "device = \"cuda\"\n", kCudaTinyModel);
+  const RunResult run = mpirun(2, {"--config", config}, "nccl_init", BERT_TRAIN_EMULATED);
+  ::unsetenv("BERT_EMULATED_NCCL_INIT_FAILS");
+  ::unsetenv("BERT_EMULATED_DEVICE_COUNT");
+  INFO(run.out << run.err);
+  CHECK(run.code != 0);
+  CHECK(count(run.err,
+              "error: rank 1 of 2: NCCL: ncclCommInitRank: remote process exited or there was a network "
+              "error") == 1);
+  CHECK(count(run.err, "error: ") == 1);
+  CHECK_FALSE(file_exists(test_dir() + "/nccl_init/metrics.jsonl"));
 }
 
 TEST_CASE("ranks that would share a GPU are refused before training, in one line", "[mpi][emulated]") {

@@ -9,11 +9,15 @@
 // at once: performed when the host issues it rather than when the stream reaches it, so that the
 // ranks' deferred queues (emulated_runtime.cpp) never meet the host's own collectives in a different
 // order on different ranks. Only what the trainer uses is supported: fp32 sums.
+//
+// BERT_EMULATED_NCCL_INIT_FAILS=<rank>: that rank's ncclCommInitRank fails (ncclRemoteError) before it
+// joins the others, which wait inside theirs, as NCCL's ranks wait for one that never arrives.
 #include <mpi.h>
 #include <nccl.h>
 
 #include <algorithm>
 #include <cstdint>
+#include <cstdlib>
 #include <cstring>
 #include <random>
 
@@ -59,6 +63,8 @@ const char* ncclGetErrorString(ncclResult_t result) {
       return "invalid argument (emulated)";
     case ncclInvalidUsage:
       return "invalid usage (emulated)";
+    case ncclRemoteError:
+      return "remote process exited or there was a network error (emulated: BERT_EMULATED_NCCL_INIT_FAILS)";
     default:
       return "unknown result code (emulated)";
   }
@@ -84,6 +90,9 @@ ncclResult_t ncclCommInitRank(ncclComm_t* comm, int nranks, ncclUniqueId id, int
   MPI_Comm_size(MPI_COMM_WORLD, &world_size);
   if (nranks != world_size || rank != world_rank || std::memcmp(id.internal, kMagic, sizeof kMagic) != 0)
     return ncclInvalidArgument;
+  if (const char* failing = std::getenv("BERT_EMULATED_NCCL_INIT_FAILS");
+      failing != nullptr && *failing != '\0' && std::atoi(failing) == rank)
+    return ncclRemoteError;
   auto* created = new ncclComm;
   MPI_Comm_dup(MPI_COMM_WORLD, &created->comm);
   created->rank = rank;
