@@ -4,10 +4,12 @@
 #include "engine/bert_cuda.h"
 
 #include <algorithm>
+#include <chrono>
 #include <cmath>
 #include <cstdio>
 #include <limits>
 #include <stdexcept>
+#include <thread>
 #include <utility>
 
 #include "common/error.h"
@@ -173,9 +175,11 @@ BertForPreTrainingCuda::BertForPreTrainingCuda(const BertConfig& config, const M
     : config_(config), options_(options), table_(checked_table(config)) {
   if (options_.decoder_chunk_rows <= 0) throw Error("ModelOptions: decoder_chunk_rows must be > 0");
   context_ = std::make_unique<cuda::Context>();
-  cudaEvent_t event = nullptr;
-  CUDA_CHECK(cudaEventCreateWithFlags(&event, cudaEventDisableTiming));
-  staging_copied_.reset(event);
+  for (auto* event : {&staging_copied_, &stream_done_}) {
+    cudaEvent_t created = nullptr;
+    CUDA_CHECK(cudaEventCreateWithFlags(&created, cudaEventDisableTiming));
+    event->reset(created);
+  }
 
   const size_t n = table_.arena_elements;
   working_.resize(n);
@@ -312,7 +316,7 @@ void BertForPreTrainingCuda::upload(const BatchView& batch, const ModelOptions& 
   reserve(batch.batch, batch.seq_len);
 
   // The previous upload's copies read the staging buffer: wait for them (not for the kernels).
-  CUDA_CHECK(cudaEventSynchronize(staging_copied_.get()));
+  wait_for_event(staging_copied_.get());
   int32_t* staging = staging_.get();
   const HostBatch& next = pending_;
   const size_t token_count = static_cast<size_t>(next.tokens()), batch_count = static_cast<size_t>(next.batch);
@@ -613,9 +617,33 @@ void BertForPreTrainingCuda::mlm_logits_at(const BatchView& batch, std::span<con
 
 // ---- losses, optimizer --------------------------------------------------------------------------------
 
+void BertForPreTrainingCuda::wait_for_event(cudaEvent_t event) {
+  if (!wait_watch_) {
+    CUDA_CHECK(cudaEventSynchronize(event));
+    return;
+  }
+  const auto start = std::chrono::steady_clock::now();
+  for (;;) {
+    wait_watch_(std::chrono::duration<double>(std::chrono::steady_clock::now() - start).count());
+    const cudaError_t state = cudaEventQuery(event);
+    if (state == cudaSuccess) return;
+    if (state != cudaErrorNotReady) CUDA_CHECK(state);
+    std::this_thread::sleep_for(std::chrono::microseconds(100));
+  }
+}
+
+void BertForPreTrainingCuda::wait_for_stream() {
+  if (!wait_watch_) {
+    context_->synchronize();
+    return;
+  }
+  CUDA_CHECK(cudaEventRecord(stream_done_.get(), context_->stream()));
+  wait_for_event(stream_done_.get());
+}
+
 void BertForPreTrainingCuda::drain_loss_stats() {
   if (loss_slots_.empty()) return;
-  context_->synchronize();
+  wait_for_stream();
   std::vector<cuda::CrossEntropyDeviceStats> host(loss_slots_.size() * plan_.loss_slot_stride);
   CUDA_CHECK(cudaMemcpy(host.data(), loss_stats_.data(), host.size() * sizeof(cuda::CrossEntropyDeviceStats),
                         cudaMemcpyDeviceToHost));
@@ -674,7 +702,7 @@ void BertForPreTrainingCuda::optimizer_step(const ops::AdamWHyperparams& hyper, 
 // One wait for every norm written since the last drain; the slots are free again afterwards.
 void BertForPreTrainingCuda::drain_grad_norms() {
   if (norm_slots_used_ == 0) return;
-  context_->synchronize();
+  wait_for_stream();
   const size_t first = drained_norms_.size();
   drained_norms_.resize(first + norm_slots_used_);
   CUDA_CHECK(cudaMemcpy(drained_norms_.data() + first, grad_norms_.data(), norm_slots_used_ * sizeof(float),

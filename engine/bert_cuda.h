@@ -62,6 +62,7 @@
 #include <span>
 #include <string>
 #include <string_view>
+#include <utility>
 #include <vector>
 
 #include "engine/bert.h"
@@ -180,6 +181,14 @@ class BertForPreTrainingCuda {
   // down, and depend only on the config and sum.bucket_elements: every rank makes the same calls in
   // the same order, as NCCL requires. No host sync.
   void forward_backward_summed(float loss_scale, const GradientSum& sum);
+  // How the host waits for the device while training (an upload waiting for the previous upload's
+  // copies; draining the loss and norm slots, which take_loss_stats and take_grad_norms do). Empty
+  // (the default): blocking waits. Set: the waits poll the device, calling watch(seconds waited so
+  // far) first and then about every 0.1 ms until the work is done; an exception from watch ends the
+  // wait and leaves the model unusable. For data-parallel runs, whose device work includes sums that
+  // wait for the other ranks: the trainer's watch reports NCCL's errors and ddp_timeout.
+  using WaitWatch = std::function<void(double seconds_waited)>;
+  void set_wait_watch(WaitWatch watch) { wait_watch_ = std::move(watch); }
   // The losses of every forward since the last call, in order (synchronises once). Each forward
   // keeps its stats in a device slot; when all slots are in use a forward drains them first.
   std::vector<LossStats> take_loss_stats();
@@ -265,6 +274,9 @@ class BertForPreTrainingCuda {
   void run_forward_backward(const char* caller, float loss_scale, bool compute_grads, GradientBuckets* buckets);
   void drain_loss_stats();
   void drain_grad_norms();
+  // Until `event` (wait_for_stream: all the model's stream has queued) is done, as set_wait_watch says.
+  void wait_for_event(cudaEvent_t event);
+  void wait_for_stream();
   void require_training(const char* what) const;  // bert::Error on an inference-only model
 
   int32_t* input(size_t offset) { return inputs_.data() + offset; }
@@ -287,6 +299,8 @@ class BertForPreTrainingCuda {
   cuda::DeviceBuffer<cuda::CrossEntropyDeviceStats> loss_stats_;  // kLossSlots x loss_slot_stride
   std::unique_ptr<int32_t, PinnedDeleter> staging_;               // pinned mirror of inputs_
   std::unique_ptr<CUevent_st, EventDeleter> staging_copied_;      // the last upload's copies are done
+  std::unique_ptr<CUevent_st, EventDeleter> stream_done_;         // wait_for_stream's
+  WaitWatch wait_watch_;
   // forward_backward_summed's stream for the sums, and its events (made by its first call):
   std::unique_ptr<CUstream_st, StreamDeleter> sum_stream_;
   std::unique_ptr<CUevent_st, EventDeleter> grads_ready_;   // a bucket's gradients are finished

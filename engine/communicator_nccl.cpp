@@ -26,6 +26,7 @@ namespace {
   F(ncclGetUniqueId)           \
   F(ncclCommInitRank)          \
   F(ncclAllReduce)             \
+  F(ncclCommGetAsyncError)     \
   F(ncclCommDestroy)
 
 struct NcclApi {
@@ -95,6 +96,15 @@ class NcclCommunicator final : public DeviceCommunicator {
 
   void allreduce_sum(float* data, size_t count, cudaStream_t stream) override {
     check(api_.ncclAllReduce(data, data, count, ncclFloat32, ncclSum, comm_, stream), "ncclAllReduce");
+  }
+
+  std::string async_error() override {
+    ncclResult_t state = ncclSuccess;
+    const ncclResult_t result = api_.ncclCommGetAsyncError(comm_, &state);
+    if (result != ncclSuccess) return std::string("ncclCommGetAsyncError: ") + api_.ncclGetErrorString(result);
+    // ncclInProgress: a non-blocking communicator still working, not an error (this one is blocking).
+    if (state == ncclSuccess || state == ncclInProgress) return "";
+    return api_.ncclGetErrorString(state);
   }
 
  private:

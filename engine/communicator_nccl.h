@@ -24,6 +24,11 @@
 // end): ~0.4 ms, ~10% of such a step, ~1% with eight micro-batches. Not measured: the lent machine has
 // one GPU. Between hosts over 400 Gb/s InfiniBand the whole sum takes ~15 ms.
 //
+// Failures: a rank whose ncclCommInitRank fails ends the job with its reason; during training the
+// host's waits for the device poll (BertForPreTrainingCuda::set_wait_watch) and a rank ends the job
+// when NCCL reports an error (ncclCommGetAsyncError) or it has waited ddp_timeout seconds: a sum
+// that waits for a rank that cannot be reached would otherwise hang every rank for ever.
+//
 // tests/emulated builds this file against an emulation of the NCCL calls (over MPI, on the emulated
 // device's memory) with BERT_NCCL_EMULATED: the table then holds the emulated functions.
 #pragma once
@@ -47,6 +52,9 @@ class DeviceCommunicator {
   // the work already queued on `stream` and before what is queued after it. The host does not wait.
   // Every rank calls it in the same order with the same count.
   virtual void allreduce_sum(float* data, size_t count, cudaStream_t stream) = 0;
+  // An error NCCL found while its kernels ran (a peer gone, a network failure): its words, or "" when
+  // there is none. Cheap (no device wait): the trainer asks while it waits for the device.
+  virtual std::string async_error() = 0;
 };
 
 // Loads NCCL (as the first device communicator does; each call loads it again, which the dynamic

@@ -271,6 +271,7 @@ const std::vector<Field<TrainingConfig>>& training_fields() {
       {"device", &C::device, Range(), {"cpu", "cuda"}},
       {"threads", &C::threads, Range{0, 4096}},
       {"ddp_bucket_cap_mb", &C::ddp_bucket_cap_mb, Range{0, 65536}},
+      {"ddp_timeout", &C::ddp_timeout, kAtLeast1},
   };
   return fields;
 }

@@ -1371,6 +1371,17 @@ void Trainer::connect_ranks() {
     summing->allreduce_sum(data, count, stream);
   };
   gradient_sum_.bucket_elements = (size_t{1} << 20) / sizeof(float) * static_cast<size_t>(training().ddp_bucket_cap_mb);
+  // The host's waits for the device poll: a sum waiting for a rank that stopped would otherwise hang
+  // this rank for ever in a blocking wait. The error ends the job (train_main: every rank).
+  const int timeout = training().ddp_timeout;
+  cuda_model_->set_wait_watch([summing, timeout](double waited) {
+    if (const std::string error = summing->async_error(); !error.empty())
+      throw Error("NCCL: " + error + " (reported while this rank waited for its GPU; NCCL_DEBUG=WARN says more)");
+    if (waited > timeout)
+      throw Error("this rank's GPU has not finished its step after " + std::to_string(timeout) +
+                  " s (ddp_timeout): its gradient sums wait for a rank that stopped or cannot be reached "
+                  "(NCCL_DEBUG=WARN says more)");
+  });
   out_ << "gradients summed over " << world() << " GPUs by " << device_comm_->description() << ", in buckets of "
        << (training().ddp_bucket_cap_mb == 0 ? std::string("one layer")
                                              : std::to_string(training().ddp_bucket_cap_mb) + " MiB")

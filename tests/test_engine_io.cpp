@@ -623,6 +623,7 @@ TEST_CASE("config: defaults equal Hugging Face's") {
   CHECK(t.device == "cpu");
   CHECK(t.threads == 0);
   CHECK(t.ddp_bucket_cap_mb == 25);  // HF's None: torch DDP's bucket_cap_mb
+  CHECK(t.ddp_timeout == 1800);
 
   // eval_steps follows logging_steps unless set.
   CHECK(parse_run_config(kMinimal + "logging_steps = 100\n", "r").training.eval_steps == 100);
@@ -685,7 +686,8 @@ TEST_CASE("config: every key can be set") {
       "seed = 1234\n"
       "device = \"cuda\"\n"
       "threads = 2\n"
-      "ddp_bucket_cap_mb = 50\n";
+      "ddp_bucket_cap_mb = 50\n"
+      "ddp_timeout = 600\n";
   const RunConfig c = parse_run_config(text, "small.toml");
   CHECK(c.model.vocab_size == 32000);
   CHECK(c.model.hidden_size == 256);
@@ -719,6 +721,7 @@ TEST_CASE("config: every key can be set") {
   CHECK(c.training.device == "cuda");
   CHECK(c.training.threads == 2);
   CHECK(c.training.ddp_bucket_cap_mb == 50);
+  CHECK(c.training.ddp_timeout == 600);
   CHECK(c.warnings.empty());
 }
 
@@ -819,6 +822,7 @@ TEST_CASE("config: wrong types and out-of-range values name the key and the line
   CHECK_THAT(training("threads = -1\n"), Contains("[training] threads = -1: must be in [0, 4096]"));
   CHECK_THAT(training("ddp_bucket_cap_mb = -1\n"),
              Contains("[training] ddp_bucket_cap_mb = -1: must be in [0, 65536]"));
+  CHECK_THAT(training("ddp_timeout = 0\n"), Contains("[training] ddp_timeout = 0: must be >= 1"));
   CHECK_THAT(data("mlm_probability = 0\n"), Contains("run.toml:4: [data] mlm_probability = 0: must be in (0, 1]"));
   CHECK_THAT(data("mlm_probability = 1.5\n"), Contains("[data] mlm_probability = 1.5: must be in (0, 1]"));
   CHECK_THAT(data("max_seq_length = -1\n"), Contains("[data] max_seq_length = -1: must be >= 0"));

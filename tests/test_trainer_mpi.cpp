@@ -12,8 +12,8 @@
 //   - [emulated] device = "cuda": 2 ranks on 2 GPUs (the CUDA emulation, NCCL emulated over MPI:
 //     bert_train_emulated) train the model 1 GPU trains with twice the accumulation, and their
 //     checkpoint resumes on the CPU; ranks that would share a GPU, or outnumber a host's GPUs, are
-//     refused before training in one line; a rank whose NCCL communicator fails ends the job with its
-//     reason
+//     refused before training in one line; a rank whose NCCL communicator fails to start, whose sums
+//     never finish (ddp_timeout) or whose NCCL reports an error ends the job with its reason
 // Needs a build with MPI and its launcher (CMake passes BERT_MPIEXEC); bert_train's path is BERT_TRAIN.
 #include <fcntl.h>
 #include <sched.h>
@@ -344,6 +344,45 @@ TEST_CASE("a rank whose NCCL communicator fails to start ends the job with its r
               "error") == 1);
   CHECK(count(run.err, "error: ") == 1);
   CHECK_FALSE(file_exists(test_dir() + "/nccl_init/metrics.jsonl"));
+}
+
+TEST_CASE("ranks whose GPUs wait past ddp_timeout, or whose NCCL reports an error, end the job with the reason",
+          "[mpi][emulated]") {
+  make_tiny_data();
+  ::setenv("BERT_EMULATED_DEVICE_COUNT", "2", 1);
+  const std::string gpu = "device = \"cuda\"\nddp_timeout = 2\n";
+  const std::string config = write_config("nccl_hang", "nccl_hang", settings(4, 1) + gpu, kCudaTinyModel);
+  // No sum finishes (the GPUs' network failed; the hosts still talk): each rank waits for its GPU 2 s.
+  // Every rank times out alike; the first to end the job may stop the other before it says so.
+  ::setenv("BERT_EMULATED_NCCL_STALLS", "1", 1);
+  const auto start = std::chrono::steady_clock::now();
+  const RunResult hung = mpirun(2, {"--config", config}, "nccl_hang", BERT_TRAIN_EMULATED);
+  const double seconds = std::chrono::duration<double>(std::chrono::steady_clock::now() - start).count();
+  ::unsetenv("BERT_EMULATED_NCCL_STALLS");
+  {
+    INFO(hung.out << hung.err);
+    CHECK(hung.code != 0);
+    const size_t errors = count(hung.err, "error: ");
+    CHECK(errors >= 1);
+    CHECK(count(hung.err,
+                " of 2: this rank's GPU has not finished its step after 2 s (ddp_timeout): its gradient "
+                "sums wait for a rank that stopped or cannot be reached") == errors);
+    CHECK(seconds >= 2.0);
+    CHECK_FALSE(file_exists(test_dir() + "/nccl_hang/checkpoint-5"));
+  }
+
+  // Rank 0's NCCL reports an error once it has issued a sum: rank 0 stops at its next wait for the GPU.
+  ::setenv("BERT_EMULATED_NCCL_ASYNC_ERROR", "0", 1);
+  const std::string second = write_config("nccl_async", "nccl_async", settings(4, 1) + gpu, kCudaTinyModel);
+  const RunResult failed = mpirun(2, {"--config", second}, "nccl_async", BERT_TRAIN_EMULATED);
+  ::unsetenv("BERT_EMULATED_NCCL_ASYNC_ERROR");
+  ::unsetenv("BERT_EMULATED_DEVICE_COUNT");
+  INFO(failed.out << failed.err);
+  CHECK(failed.code != 0);
+  CHECK(count(failed.err,
+              "error: rank 0 of 2: NCCL: remote process exited or there was a network error (emulated) "
+              "(reported while this rank waited for its GPU") == 1);
+  CHECK(count(failed.err, "error: ") == 1);
 }
 
 TEST_CASE("ranks that would share a GPU are refused before training, in one line", "[mpi][emulated]") {

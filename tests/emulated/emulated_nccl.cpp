@@ -10,8 +10,16 @@
 // ranks' deferred queues (emulated_runtime.cpp) never meet the host's own collectives in a different
 // order on different ranks. Only what the trainer uses is supported: fp32 sums.
 //
-// BERT_EMULATED_NCCL_INIT_FAILS=<rank>: that rank's ncclCommInitRank fails (ncclRemoteError) before it
-// joins the others, which wait inside theirs, as NCCL's ranks wait for one that never arrives.
+// Failures, each on the rank an environment variable names:
+//   BERT_EMULATED_NCCL_INIT_FAILS=<rank>    its ncclCommInitRank fails (ncclRemoteError) before it joins
+//                                          the others, which wait inside theirs, as NCCL's ranks wait
+//                                          for one that never arrives
+//   BERT_EMULATED_NCCL_ASYNC_ERROR=<rank>  once it has issued an all-reduce, ncclCommGetAsyncError
+//                                          reports ncclRemoteError (its sums still complete)
+// and on every rank:
+//   BERT_EMULATED_NCCL_STALLS=1            no all-reduce finishes (its stream work is a stall,
+//                                          emulated_runtime.h), as when the network between the GPUs
+//                                          fails while the hosts still reach each other
 #include <mpi.h>
 #include <nccl.h>
 
@@ -26,11 +34,18 @@
 struct ncclComm {
   MPI_Comm comm = MPI_COMM_NULL;
   int rank = 0, size = 0;
+  int64_t allreduces = 0;  // issued
 };
 
 namespace {
 
 constexpr char kMagic[] = "bertforge emulated NCCL id";
+
+// Whether the failure `variable` names is this rank's.
+bool fails_here(const char* variable, int rank) {
+  const char* value = std::getenv(variable);
+  return value != nullptr && *value != '\0' && std::atoi(value) == rank;
+}
 
 bool mpi_running() {
   int initialized = 0, finalized = 0;
@@ -64,7 +79,7 @@ const char* ncclGetErrorString(ncclResult_t result) {
     case ncclInvalidUsage:
       return "invalid usage (emulated)";
     case ncclRemoteError:
-      return "remote process exited or there was a network error (emulated: BERT_EMULATED_NCCL_INIT_FAILS)";
+      return "remote process exited or there was a network error (emulated)";
     default:
       return "unknown result code (emulated)";
   }
@@ -90,9 +105,7 @@ ncclResult_t ncclCommInitRank(ncclComm_t* comm, int nranks, ncclUniqueId id, int
   MPI_Comm_size(MPI_COMM_WORLD, &world_size);
   if (nranks != world_size || rank != world_rank || std::memcmp(id.internal, kMagic, sizeof kMagic) != 0)
     return ncclInvalidArgument;
-  if (const char* failing = std::getenv("BERT_EMULATED_NCCL_INIT_FAILS");
-      failing != nullptr && *failing != '\0' && std::atoi(failing) == rank)
-    return ncclRemoteError;
+  if (fails_here("BERT_EMULATED_NCCL_INIT_FAILS", rank)) return ncclRemoteError;
   auto* created = new ncclComm;
   MPI_Comm_dup(MPI_COMM_WORLD, &created->comm);
   created->rank = rank;
@@ -117,6 +130,11 @@ ncclResult_t ncclAllReduce(const void* sendbuff, void* recvbuff, size_t count, n
   if (comm == nullptr || datatype != ncclFloat32 || op != ncclSum) return ncclInvalidArgument;
   device_arg("ncclAllReduce", "sendbuff", static_cast<const float*>(sendbuff), static_cast<int64_t>(count));
   device_arg("ncclAllReduce", "recvbuff", static_cast<const float*>(recvbuff), static_cast<int64_t>(count));
+  ++comm->allreduces;
+  if (const char* stalls = std::getenv("BERT_EMULATED_NCCL_STALLS"); stalls != nullptr && *stalls != '\0') {
+    bert::emulated::detail::enqueue_stall(stream, "ncclAllReduce (BERT_EMULATED_NCCL_STALLS)");
+    return ncclSuccess;
+  }
   bert::emulated::detail::run_queued(stream);
   // MPI counts are ints: sum in chunks.
   constexpr size_t kChunk = size_t{1} << 28;
@@ -127,6 +145,13 @@ ncclResult_t ncclAllReduce(const void* sendbuff, void* recvbuff, size_t count, n
     const void* source = in == out ? MPI_IN_PLACE : static_cast<const void*>(in + at);
     MPI_Allreduce(source, out + at, n, MPI_FLOAT, MPI_SUM, comm->comm);
   }
+  return ncclSuccess;
+}
+
+ncclResult_t ncclCommGetAsyncError(ncclComm_t comm, ncclResult_t* async_error) {
+  if (comm == nullptr || async_error == nullptr) return ncclInvalidArgument;
+  *async_error =
+      comm->allreduces > 0 && fails_here("BERT_EMULATED_NCCL_ASYNC_ERROR", comm->rank) ? ncclRemoteError : ncclSuccess;
   return ncclSuccess;
 }
 

@@ -24,6 +24,9 @@
 //     it before returning); emulated_cuda.h's counters tell pinned from pageable copies.
 //   - host/device handshakes: emulated_cuda.h counts the host's waits, copies and the work still
 //     queued, and injects launch failures.
+//   - hangs: detail::enqueue_stall queues work that never finishes (an emulated hung NCCL sum):
+//     cudaEventQuery behind it says cudaErrorNotReady for ever, and a blocking wait behind it is a
+//     device fault instead of a hung test.
 //   - cross-stream waits: cudaStreamWaitEvent queues a wait that runs the recorded stream up to the
 //     event when the waiting stream reaches it (a wait captures only work issued before it, so two
 //     streams cannot wait for each other: an op counts as executed once it starts).
@@ -67,6 +70,12 @@ constexpr int kPoison = 0xFF;
 struct QueuedOp {
   const char* name;
   std::function<void()> run;
+  bool stall = false;  // detail::enqueue_stall: never finishes
+};
+
+// Thrown (not a std::exception) when running a stream reaches a stall; carries its name.
+struct Stalled {
+  const char* name;
 };
 
 struct Stream {
@@ -121,18 +130,35 @@ Stream& stream_of(cudaStream_t handle) {
   return *stream;
 }
 
+// Runs the stream's next op. A stall, or an op that waits for one on another stream, throws Stalled
+// and stays queued.
 void run_one(Stream& stream) {
+  if (stream.queue.front().stall) throw Stalled{stream.queue.front().name};
   QueuedOp op = std::move(stream.queue.front());
   stream.queue.pop_front();
   ++stream.executed;
   try {
     op.run();
+  } catch (const Stalled&) {
+    --stream.executed;
+    stream.queue.push_front(std::move(op));
+    throw;
   } catch (const std::exception& e) {
     device_fault(std::string(op.name) + " failed while executing: " + e.what());
   }
 }
-void wait_for(Stream& stream, uint64_t seq) {
+// Runs the stream up to `seq`; Stalled if that needs a stall to finish.
+void advance(Stream& stream, uint64_t seq) {
   while (stream.executed < seq) run_one(stream);
+}
+// The host waiting for the stream up to `seq`: behind a stall it would wait for ever.
+void wait_for(Stream& stream, uint64_t seq) {
+  try {
+    advance(stream, seq);
+  } catch (const Stalled& stall) {
+    device_fault(std::string("the host waits for work queued behind ") + stall.name +
+                 ", which never finishes: on a GPU the wait would never return");
+  }
 }
 void flush(Stream& stream) { wait_for(stream, stream.issued); }
 void flush_all() {
@@ -179,6 +205,19 @@ bool injected_failure(const char* op) {
 }
 
 void run_queued(cudaStream_t stream) { flush(stream_of(stream)); }
+
+void enqueue_stall(cudaStream_t stream, const char* name) {
+  Stream& target = stream_of(stream);
+  ++target.issued;
+  target.queue.push_back(QueuedOp{name, [] {}, true});
+}
+
+void release_stalls() {
+  State& s = state();
+  for (const auto& stream : s.streams)
+    for (QueuedOp& op : stream->queue) op.stall = false;
+  for (QueuedOp& op : s.legacy.queue) op.stall = false;
+}
 
 void count_op() { ++state().counters.ops; }
 
@@ -413,7 +452,7 @@ cudaError_t cudaStreamWaitEvent(cudaStream_t stream, cudaEvent_t event, unsigned
   if (e->stream == nullptr) return cudaSuccess;  // never recorded: nothing to wait for
   Stream* recorded = e->stream;
   const uint64_t seq = e->seq;
-  enqueue(stream_of(stream), "cudaStreamWaitEvent", [recorded, seq] { wait_for(*recorded, seq); });
+  enqueue(stream_of(stream), "cudaStreamWaitEvent", [recorded, seq] { advance(*recorded, seq); });
   return cudaSuccess;
 }
 
@@ -431,6 +470,18 @@ cudaError_t cudaEventRecord(cudaEvent_t event, cudaStream_t stream) {
   auto* e = reinterpret_cast<Event*>(event);
   e->stream = &stream_of(stream);
   e->seq = e->stream->issued;  // complete once everything issued so far on the stream has run
+  return cudaSuccess;
+}
+
+// The device finishes what the event captured now, unless that is behind a stall.
+cudaError_t cudaEventQuery(cudaEvent_t event) {
+  const auto* e = reinterpret_cast<const Event*>(event);
+  if (e->stream == nullptr) return cudaSuccess;
+  try {
+    advance(*e->stream, e->seq);
+  } catch (const Stalled&) {
+    return cudaErrorNotReady;
+  }
   return cudaSuccess;
 }
 

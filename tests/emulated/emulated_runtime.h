@@ -51,6 +51,13 @@ void enqueue(cudaStream_t stream, const char* name, std::function<void()> run);
 // act at issue time on the results of the work before it (emulated_nccl.cpp's all-reduce).
 void run_queued(cudaStream_t stream);
 
+// Queues on `stream` work that never finishes (emulated_nccl.cpp: a sum whose peer is gone): the
+// stream's later work, and work on other streams that waits for it, never runs; cudaEventQuery says
+// cudaErrorNotReady; a blocking host wait for it is a device fault naming `name`.
+void enqueue_stall(cudaStream_t stream, const char* name);
+// Every queued stall finishes after all (doing nothing), e.g. before a test's model is destroyed.
+void release_stalls();
+
 // emulated_cuda.h's fail_launch(): true when this launch of `op` is the one to fail.
 bool injected_failure(const char* op);
 

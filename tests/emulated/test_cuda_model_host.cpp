@@ -17,6 +17,8 @@
 //   - forward_backward_summed (a stand-in for NCCL that doubles): the buckets cover the gradient arena
 //     once, top down, cut as bucket_elements says; each range is handed over final (equal to an
 //     unsummed step's, bit for bit), with no host wait; the update's norm includes the last sum
+//   - set_wait_watch: the waits poll (no blocking wait), asking the watch each time; behind a sum that
+//     never finishes the watch is asked with growing times until it throws
 // Tolerances as test_cuda_model.cpp: losses rel 2e-2, logits and gradients rel 3e-2 of the tensor's
 // (here: the logits row's) largest CPU value.
 #include <cuda_runtime.h>
@@ -625,4 +627,41 @@ TEST_CASE("cuda model host: forward_backward_summed refuses an inference-only mo
   BertForPreTrainingCuda gpu(tiny_config());
   gpu.upload_batch(batch.view());
   CHECK_THROWS_WITH(gpu.forward_backward_summed(1.0f, bert::GradientSum{}), Catch::Contains("no sum function"));
+}
+
+TEST_CASE("cuda model host: with a wait watch the host polls, and the watch ends a wait for work that never finishes",
+          "[emulated]") {
+  BertForPreTrainingCuda gpu(tiny_config());
+  gpu.reserve(4, 32);
+  const TestBatch batch(104);
+  std::vector<double> waits;
+  gpu.set_wait_watch([&](double waited) {
+    waits.push_back(waited);
+    if (waited > 0.05) throw bert::Error("the watch gave up after " + std::to_string(waited) + " s");
+  });
+  // Work that finishes: each wait asks the watch once at least, and nothing blocks.
+  const bert::emulated::Counters before = bert::emulated::counters();
+  gpu.forward_backward(batch.view(), 1.0f);
+  gpu.optimizer_step(bert::ops::AdamWHyperparams{}, 1.0f);
+  CHECK(gpu.take_grad_norms().size() == 1);
+  CHECK(gpu.take_loss_stats().size() == 1);
+  CHECK(bert::emulated::counters().stream_syncs == before.stream_syncs);
+  CHECK(bert::emulated::counters().event_syncs == before.event_syncs);
+  CHECK(waits.size() >= 2);  // the upload's wait and the drains'
+
+  // A sum that never finishes (a stall on the sum stream): the next wait polls until the watch throws.
+  bert::GradientSum stalled;
+  stalled.sum = [](float*, size_t, cudaStream_t stream) {
+    bert::emulated::detail::enqueue_stall(stream, "a stalled sum");
+  };
+  gpu.upload_batch(batch.view());
+  gpu.forward_backward_summed(1.0f, stalled);
+  gpu.optimizer_step(bert::ops::AdamWHyperparams{}, 1.0f);
+  waits.clear();
+  CHECK_THROWS_WITH(gpu.take_grad_norms(), Catch::Contains("the watch gave up after"));
+  REQUIRE(waits.size() >= 2);
+  CHECK(waits.front() < 0.05);
+  CHECK(std::is_sorted(waits.begin(), waits.end()));
+  CHECK(waits.back() > 0.05);
+  bert::emulated::detail::release_stalls();  // (destroying the model waits for its streams)
 }

@@ -1,7 +1,8 @@
 // engine/communicator_nccl.cpp on a real GPU, as far as one GPU allows: the real NCCL loads beside the
 // toolkit the executables were built with, a one-rank communicator starts on the device
 // (ncclGetUniqueId, ncclCommInitRank), and its all-reduce runs on the given stream in order with the
-// work around it (a copy in, the sum, a copy out: the sum of one rank is its own values, bit for bit).
+// work around it (a copy in, the sum, a copy out: the sum of one rank is its own values, bit for bit),
+// with no asynchronous error after it.
 // forward_backward_summed with that communicator, as the trainer runs the last micro-batch of a step
 // on several GPUs: the buckets' sums on their own stream see each range of gradients final (a copy
 // queued before each sum equals the unsummed step's gradients) and leave the step's gradients as
@@ -54,6 +55,7 @@ TEST_CASE("NCCL on one GPU: the communicator starts and its all-reduce keeps str
   CUDA_CHECK(cudaMemcpyAsync(out, device, count * sizeof(float), cudaMemcpyDeviceToHost, stream));
   CUDA_CHECK(cudaStreamSynchronize(stream));
   CHECK(std::memcmp(out, expected.data(), count * sizeof(float)) == 0);
+  CHECK(nccl->async_error().empty());
   CUDA_CHECK(cudaStreamDestroy(stream));
   CUDA_CHECK(cudaFree(device));
   CUDA_CHECK(cudaFreeHost(pinned));
