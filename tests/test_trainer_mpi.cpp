@@ -327,16 +327,24 @@ TEST_CASE("2 ranks on 2 GPUs train the model 1 GPU trains with twice the accumul
   ::unsetenv("BERT_EMULATED_DEVICE_COUNT");
 }
 
-TEST_CASE("a rank whose NCCL communicator fails to start ends the job with its reason, before training",
-          "[mpi][emulated]") {
+// 2 ranks of bert_train_emulated on 2 GPUs (ddp_timeout 2 s) with the emulated NCCL failure
+// `variable` = `value` (tests/emulated/emulated_nccl.cpp), in test_dir()/name.
+RunResult run_with_nccl_failure(const std::string& name, const char* variable, const char* value) {
   make_tiny_data();
   ::setenv("BERT_EMULATED_DEVICE_COUNT", "2", 1);
-  ::setenv("BERT_EMULATED_NCCL_INIT_FAILS", "1", 1);  // rank 1's; rank 0 waits inside its own
+  ::setenv(variable, value, 1);
   const std::string config =
-      write_config("nccl_init", "nccl_init", settings(4, 1) + "device = \"cuda\"\n", kCudaTinyModel);
-  const RunResult run = mpirun(2, {"--config", config}, "nccl_init", BERT_TRAIN_EMULATED);
-  ::unsetenv("BERT_EMULATED_NCCL_INIT_FAILS");
+      write_config(name, name, settings(4, 1) + "device = \"cuda\"\nddp_timeout = 2\n", kCudaTinyModel);
+  RunResult run = mpirun(2, {"--config", config}, name, BERT_TRAIN_EMULATED);
+  ::unsetenv(variable);
   ::unsetenv("BERT_EMULATED_DEVICE_COUNT");
+  return run;
+}
+
+TEST_CASE("a rank whose NCCL communicator fails to start ends the job with its reason, before training",
+          "[mpi][emulated]") {
+  // Rank 1's fails; rank 0 waits inside its own.
+  const RunResult run = run_with_nccl_failure("nccl_init", "BERT_EMULATED_NCCL_INIT_FAILS", "1");
   INFO(run.out << run.err);
   CHECK(run.code != 0);
   CHECK(count(run.err,
@@ -348,17 +356,11 @@ TEST_CASE("a rank whose NCCL communicator fails to start ends the job with its r
 
 TEST_CASE("ranks whose GPUs wait past ddp_timeout, or whose NCCL reports an error, end the job with the reason",
           "[mpi][emulated]") {
-  make_tiny_data();
-  ::setenv("BERT_EMULATED_DEVICE_COUNT", "2", 1);
-  const std::string gpu = "device = \"cuda\"\nddp_timeout = 2\n";
-  const std::string config = write_config("nccl_hang", "nccl_hang", settings(4, 1) + gpu, kCudaTinyModel);
   // No sum finishes (the GPUs' network failed; the hosts still talk): each rank waits for its GPU 2 s.
   // Every rank times out alike; the first to end the job may stop the other before it says so.
-  ::setenv("BERT_EMULATED_NCCL_STALLS", "1", 1);
   const auto start = std::chrono::steady_clock::now();
-  const RunResult hung = mpirun(2, {"--config", config}, "nccl_hang", BERT_TRAIN_EMULATED);
+  const RunResult hung = run_with_nccl_failure("nccl_hang", "BERT_EMULATED_NCCL_STALLS", "1");
   const double seconds = std::chrono::duration<double>(std::chrono::steady_clock::now() - start).count();
-  ::unsetenv("BERT_EMULATED_NCCL_STALLS");
   {
     INFO(hung.out << hung.err);
     CHECK(hung.code != 0);
@@ -372,11 +374,7 @@ TEST_CASE("ranks whose GPUs wait past ddp_timeout, or whose NCCL reports an erro
   }
 
   // Rank 0's NCCL reports an error once it has issued a sum: rank 0 stops at its next wait for the GPU.
-  ::setenv("BERT_EMULATED_NCCL_ASYNC_ERROR", "0", 1);
-  const std::string second = write_config("nccl_async", "nccl_async", settings(4, 1) + gpu, kCudaTinyModel);
-  const RunResult failed = mpirun(2, {"--config", second}, "nccl_async", BERT_TRAIN_EMULATED);
-  ::unsetenv("BERT_EMULATED_NCCL_ASYNC_ERROR");
-  ::unsetenv("BERT_EMULATED_DEVICE_COUNT");
+  const RunResult failed = run_with_nccl_failure("nccl_async", "BERT_EMULATED_NCCL_ASYNC_ERROR", "0");
   INFO(failed.out << failed.err);
   CHECK(failed.code != 0);
   CHECK(count(failed.err,
