@@ -1,8 +1,9 @@
 // BERT for pre-training on one GPU (H100/H200, sm_90a): the model of engine/bert.h (same HF names,
 // parameter table, arena layout, dropout sites and losses) run on the bert::cuda ops of
 // kernels/cuda/ops_cuda.h. Plain C++: the kernels live in bert_ops_cuda, this file only plans memory
-// and issues ops, all asynchronously on one stream; the host waits only when asked for a result
-// (losses, gradient norm, parameters) or when a plan grows.
+// and issues ops, all asynchronously on one stream (a data-parallel step's gradient sums on a second:
+// forward_backward_summed); the host waits only when asked for a result (losses, gradient norm,
+// parameters) or when a plan grows.
 //
 // Precision (ops_cuda.h's contract; llm.c / Megatron mixed precision):
 //   master weights fp32, AdamW moments fp32 .... updated by adamw_step, which also writes
