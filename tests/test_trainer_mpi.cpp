@@ -132,6 +132,20 @@ void check_same_metrics(const std::vector<Json>& a, const std::vector<Json>& b, 
 }
 
 // Dropout on (the default 0.1), clipping, warmup + decay, evaluation, checkpoints at 5 and 10.
+// A 2-rank run (batch 4, accumulation 1) in test_dir()/ranks against a 1-rank one (accumulation 2)
+// in test_dir()/single, 10 steps each: the same metrics and weights within the CPU ranks' bound, and
+// the 2-rank checkpoint in single-rank units.
+void check_same_run(const std::string& ranks, const std::string& single) {
+  const auto a = read_metrics(test_dir() + "/" + ranks + "/metrics.jsonl");
+  const auto b = read_metrics(test_dir() + "/" + single + "/metrics.jsonl");
+  REQUIRE(a.size() == 6);  // steps 2, 4, 5 (eval), 6, 8, 10 (eval)
+  check_same_metrics(a, b, 1e-5);
+  CHECK(relative_difference(weights(test_dir() + "/" + ranks), weights(test_dir() + "/" + single)) < 1e-5);
+  const TrainerState state = TrainerState::load(test_dir() + "/" + ranks + "/checkpoint-10/trainer_state.json");
+  CHECK(state.world_size == 2);
+  CHECK(state.micro_step == 20);  // single-rank units: 2 per step
+}
+
 std::string settings(int batch, int accumulation, int steps = 10) {
   return "max_steps = " + std::to_string(steps) + "\nper_device_train_batch_size = " + std::to_string(batch) +
          "\ngradient_accumulation_steps = " + std::to_string(accumulation) +
@@ -157,14 +171,7 @@ TEST_CASE("2 MPI ranks train the model 1 rank trains with twice the accumulation
   CHECK(two.out.find("gradients summed by MPI (") != std::string::npos);
   CHECK(two.err.find("warning") == std::string::npos);
 
-  const auto a = read_metrics(test_dir() + "/ranks/metrics.jsonl");
-  const auto b = read_metrics(test_dir() + "/single/metrics.jsonl");
-  REQUIRE(a.size() == 6);  // steps 2, 4, 5 (eval), 6, 8, 10 (eval)
-  check_same_metrics(a, b, 1e-5);
-  CHECK(relative_difference(weights(test_dir() + "/ranks"), weights(test_dir() + "/single")) < 1e-5);
-  const TrainerState state = TrainerState::load(test_dir() + "/ranks/checkpoint-10/trainer_state.json");
-  CHECK(state.world_size == 2);
-  CHECK(state.micro_step == 20);  // single-rank units: 2 per step
+  check_same_run("ranks", "single");
 
   // The 2-rank checkpoint at step 5 resumes on 1 rank with accumulation 2 and ends as the 1-rank run.
   const std::string resumed = write_config("resumed", "resumed", settings(4, 2));
@@ -308,14 +315,7 @@ TEST_CASE("2 ranks on 2 GPUs train the model 1 GPU trains with twice the accumul
   // The same fp32 gradient sums (here even in the same order: the emulated ops accumulate a
   // micro-batch's gradient as one addition, as the all-reduce adds the ranks'), so the same bf16
   // weights: as close as the CPU ranks (the bound is theirs; observed equal).
-  const auto a = read_metrics(test_dir() + "/gpu_ranks/metrics.jsonl");
-  const auto b = read_metrics(test_dir() + "/gpu_single/metrics.jsonl");
-  REQUIRE(a.size() == 6);  // steps 2, 4, 5 (eval), 6, 8, 10 (eval)
-  check_same_metrics(a, b, 1e-5);
-  CHECK(relative_difference(weights(test_dir() + "/gpu_ranks"), weights(test_dir() + "/gpu_single")) < 1e-5);
-  const TrainerState state = TrainerState::load(test_dir() + "/gpu_ranks/checkpoint-10/trainer_state.json");
-  CHECK(state.world_size == 2);
-  CHECK(state.micro_step == 20);
+  check_same_run("gpu_ranks", "gpu_single");
 
   // The 2-GPU checkpoint at step 5 resumes on the CPU (accumulation 2) and ends as the 1-GPU run does.
   const std::string resumed = write_config("gpu_to_cpu", "gpu_to_cpu", settings(4, 2), kCudaTinyModel);
