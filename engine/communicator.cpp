@@ -10,6 +10,7 @@
 #include <cstring>
 #include <functional>
 #include <string>
+#include <utility>
 #include <vector>
 
 #include "common/error.h"
@@ -46,6 +47,60 @@ std::optional<int> launcher_number(const char* name, long minimum, const char* w
 }
 
 }  // namespace
+
+Watchdog::Watchdog(std::chrono::milliseconds limit, Expired expired)
+    : limit_(limit), expired_(std::move(expired)), thread_([this] { run(); }) {}
+
+Watchdog::~Watchdog() {
+  {
+    std::lock_guard<std::mutex> lock(mutex_);
+    stopping_ = true;
+  }
+  wake_.notify_one();
+  thread_.join();
+}
+
+Watchdog::Guard Watchdog::watch(const char* name) {
+  bool wake = false;
+  {
+    std::lock_guard<std::mutex> lock(mutex_);
+    active_ = true;
+    ++operation_;
+    name_ = name;
+    started_ = std::chrono::steady_clock::now();
+    wake = idle_;
+  }
+  if (wake) wake_.notify_one();
+  return Guard(this);
+}
+
+void Watchdog::end() {
+  std::lock_guard<std::mutex> lock(mutex_);
+  active_ = false;  // no wake: the thread finds out at the deadline it sleeps towards
+}
+
+void Watchdog::run() {
+  std::unique_lock<std::mutex> lock(mutex_);
+  while (!stopping_) {
+    if (!active_ || reported_ == operation_) {
+      idle_ = true;
+      const uint64_t seen = operation_;
+      wake_.wait(lock, [&] { return stopping_ || (active_ && operation_ != seen); });  // a new operation
+      idle_ = false;
+      continue;
+    }
+    const auto deadline = started_ + limit_;
+    if (std::chrono::steady_clock::now() < deadline) {
+      wake_.wait_until(lock, deadline, [&] { return stopping_; });
+      continue;  // the same operation, a later one, or none: look again
+    }
+    reported_ = operation_;
+    const char* name = name_;
+    lock.unlock();
+    expired_(name);
+    lock.lock();
+  }
+}
 
 bool Communicator::any(bool flag) {
   double value = flag ? 1.0 : 0.0;

@@ -14,18 +14,24 @@
 // started by an MPI launcher (its environment says so); a build without MPI started as one of several
 // processes is an error, not N independent runs writing the same output_dir.
 //
-// Collectives are blocking and must be called by every rank in the same order with the same sizes.
+// Collectives are blocking and must be called by every rank in the same order with the same sizes;
+// set_timeout bounds how long one may wait (a frozen rank ends the job instead of hanging it).
 // Napkin math: the CPU trainer sums BERT-base's 110M fp32 gradients (440 MB) once per optimizer step;
 // over shared memory on one machine that is ~0.1-0.3 s against a ~3 s step, and over a network it is
 // bandwidth-bound (2 x 440 MB per rank for a ring).
 #pragma once
 
+#include <chrono>
+#include <condition_variable>
 #include <cstddef>
 #include <cstdint>
+#include <functional>
 #include <memory>
+#include <mutex>
 #include <optional>
 #include <span>
 #include <string>
+#include <thread>
 #include <vector>
 
 namespace bert {
@@ -47,11 +53,60 @@ class Communicator {
   virtual std::vector<uint64_t> allgather(uint64_t value) = 0;
   // Ends the whole job at once (after an error on one rank, which the others would wait for forever).
   [[noreturn]] virtual void abort(int exit_code) = 0;
+  // From now on, a collective that waits more than `seconds` for the other ranks ends this process
+  // with one line on stderr naming `setting` (the config key, "ddp_timeout") and exit code 1: a rank
+  // that froze or vanished would otherwise hold the others in it for ever. The launcher then ends the
+  // rest of the job (mpirun does, the frozen rank included); each other rank's own limit ends it
+  // otherwise. The single process has nobody to wait for.
+  virtual void set_timeout([[maybe_unused]] int seconds, [[maybe_unused]] const std::string& setting) {}
 
   // Whether any rank passes true.
   bool any(bool flag);
   // Whether every rank passes the same 64-bit value (e.g. a hash of its weights).
   bool all_equal(uint64_t value);
+};
+
+// A thread that watches one operation at a time (a blocking collective) and calls `expired` with its
+// name, on the watchdog's thread, when it has lasted longer than `limit`: at most once per operation,
+// and never after it ended. watch() costs an uncontended lock and, when the thread is idle, a wake;
+// the thread sleeps until the deadline of the operation it knows, so it wakes about once per `limit`
+// however many operations start and end in between.
+class Watchdog {
+ public:
+  using Expired = std::function<void(const char* operation)>;
+  Watchdog(std::chrono::milliseconds limit, Expired expired);
+  ~Watchdog();
+  Watchdog(const Watchdog&) = delete;
+  Watchdog& operator=(const Watchdog&) = delete;
+
+  // The operation `name` (a string literal) lasts as long as the guard.
+  class Guard {
+   public:
+    explicit Guard(Watchdog* dog) : dog_(dog) {}
+    Guard(const Guard&) = delete;
+    Guard& operator=(const Guard&) = delete;
+    ~Guard() {
+      if (dog_ != nullptr) dog_->end();
+    }
+
+   private:
+    Watchdog* dog_;
+  };
+  [[nodiscard]] Guard watch(const char* name);
+
+ private:
+  void end();
+  void run();
+
+  const std::chrono::milliseconds limit_;
+  const Expired expired_;
+  std::mutex mutex_;
+  std::condition_variable wake_;
+  bool stopping_ = false, active_ = false, idle_ = false;
+  uint64_t operation_ = 0, reported_ = 0;  // operations started; the last one reported
+  const char* name_ = "";
+  std::chrono::steady_clock::time_point started_;
+  std::thread thread_;
 };
 
 // The world size an MPI launcher gave this process, read from its environment (Open MPI's

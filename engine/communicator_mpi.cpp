@@ -1,11 +1,14 @@
 // The MPI communicator (engine/communicator.h); built only when CMake finds MPI (BERT_HAVE_MPI).
 // MPI_Init_thread with MPI_THREAD_FUNNELED: only the training thread calls MPI (the loader's prefetch
-// thread and OpenMP's workers never do). MPI_Finalize runs when the communicator is destroyed.
+// thread and OpenMP's workers never do; set_timeout's watchdog thread never calls MPI: it ends the
+// process, and the launcher the job). MPI_Finalize runs when the communicator is destroyed.
 #include <mpi.h>
+#include <unistd.h>
 
 #include <algorithm>
 #include <climits>
 #include <cstdlib>
+#include <memory>
 #include <string>
 
 #include "common/error.h"
@@ -50,7 +53,10 @@ class MpiCommunicator final : public Communicator {
   ~MpiCommunicator() override {
     int finalized = 0;
     MPI_Finalized(&finalized);
-    if (owns_mpi_ && !finalized) MPI_Finalize();
+    if (owns_mpi_ && !finalized) {
+      const Watchdog::Guard guard = watch("MPI_Finalize");  // waits for every rank
+      MPI_Finalize();
+    }
   }
   int rank() const override { return rank_; }
   int size() const override { return size_; }
@@ -60,6 +66,7 @@ class MpiCommunicator final : public Communicator {
   void allreduce_sum(std::span<float> data) override { allreduce(data.data(), data.size(), MPI_FLOAT); }
   void allreduce_sum(std::span<double> data) override { allreduce(data.data(), data.size(), MPI_DOUBLE); }
   void broadcast(std::span<std::byte> data, int root) override {
+    const Watchdog::Guard guard = watch("MPI_Bcast");
     for (size_t done = 0; done < data.size();) {
       const int count = chunk(data.size() - done);
       check(MPI_Bcast(data.data() + done, count, MPI_BYTE, root, MPI_COMM_WORLD), "MPI_Bcast");
@@ -68,6 +75,7 @@ class MpiCommunicator final : public Communicator {
   }
   std::vector<uint64_t> allgather(uint64_t value) override {
     std::vector<uint64_t> all(static_cast<size_t>(size_));
+    const Watchdog::Guard guard = watch("MPI_Allgather");
     check(MPI_Allgather(&value, 1, MPI_UINT64_T, all.data(), 1, MPI_UINT64_T, MPI_COMM_WORLD), "MPI_Allgather");
     return all;
   }
@@ -75,12 +83,30 @@ class MpiCommunicator final : public Communicator {
     MPI_Abort(MPI_COMM_WORLD, exit_code);
     std::_Exit(exit_code);
   }
+  void set_timeout(int seconds, const std::string& setting) override {
+    watchdog_.reset();
+    if (seconds <= 0) return;
+    const std::string prefix = "error: rank " + std::to_string(rank_) + " of " + std::to_string(size_) + ": ";
+    const std::string reason = " has waited " + std::to_string(seconds) + " s (" + setting +
+                               ") for the other ranks: one of them stopped, froze or cannot be reached; "
+                               "ending the job\n";
+    watchdog_ = std::make_unique<Watchdog>(std::chrono::seconds(seconds), [prefix, reason](const char* operation) {
+      const std::string line = prefix + operation + reason;  // one write: ranks' lines do not interleave
+      [[maybe_unused]] const ssize_t written = ::write(STDERR_FILENO, line.data(), line.size());
+      std::_Exit(1);  // not MPI_Abort: MPI is the training thread's (MPI_THREAD_FUNNELED)
+    });
+  }
 
  private:
   // MPI counts are int: large buffers go in pieces of at most 2^30 elements.
   static int chunk(size_t left) { return static_cast<int>(std::min<size_t>(left, size_t{1} << 30)); }
+  Watchdog::Guard watch(const char* operation) {
+    if (watchdog_) return watchdog_->watch(operation);
+    return Watchdog::Guard(nullptr);
+  }
   template <typename T>
   void allreduce(T* data, size_t n, MPI_Datatype type) {
+    const Watchdog::Guard guard = watch("MPI_Allreduce");
     for (size_t done = 0; done < n;) {
       const int count = chunk(n - done);
       check(MPI_Allreduce(MPI_IN_PLACE, data + done, count, type, MPI_SUM, MPI_COMM_WORLD), "MPI_Allreduce");
@@ -91,6 +117,7 @@ class MpiCommunicator final : public Communicator {
   int rank_ = 0, size_ = 1;
   bool owns_mpi_ = false;
   std::string library_;
+  std::unique_ptr<Watchdog> watchdog_;  // set_timeout's
 };
 
 }  // namespace

@@ -94,8 +94,9 @@ struct TrainingConfig {
   // of finished gradients while the backward pass goes on (0: each layer's on its own). HF's name;
   // torch DDP's default size.
   int ddp_bucket_cap_mb = 25;
-  // Data parallel on GPUs: a rank that has waited this long for its GPU's step (whose gradient sums
-  // wait for every rank) ends the job, as does an error NCCL reports. HF's name and default.
+  // Data parallel: a rank that has waited this many seconds for the other ranks ends the job, in a
+  // host collective (MPI) or, on GPUs, for its GPU's step (whose gradient sums wait for every rank; an
+  // error NCCL reports ends it too). HF's name and default.
   int ddp_timeout = 1800;
 
   // HF's TrainingArguments.get_warmup_steps: warmup_steps if > 0, else ceil(total * warmup_ratio).

@@ -1304,6 +1304,7 @@ void Trainer::update_progress(Progress& progress) const {
 
 bool Trainer::setup() {
   for (const std::string& warning : config_.warnings) err_ << "warning: " << warning << "\n";
+  comm_.set_timeout(training().ddp_timeout, "ddp_timeout");  // a frozen rank ends the job, not hangs it
   if (world() > 1 && dump_dir_)
     throw Error("bert_train: --dump-batches records one process's batches; run it without mpirun (" +
                 std::to_string(world()) + " ranks here)");

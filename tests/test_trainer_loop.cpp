@@ -3,12 +3,15 @@
 // complete and rotated, and user mistakes are one-line errors.
 #include <algorithm>
 #include <catch2/catch.hpp>
+#include <chrono>
 #include <csignal>
 #include <cstring>
 #include <filesystem>
 #include <functional>
+#include <mutex>
 #include <sstream>
 #include <string>
+#include <thread>
 #include <vector>
 
 #include "common/error.h"
@@ -122,6 +125,51 @@ TEST_CASE("the MPI launcher's world size comes from its environment") {
   CHECK(placement.cpu_sharers == 1);
   CHECK(placement.host_rank == 0);
   CHECK(placement.host_ranks == 1);
+}
+
+TEST_CASE("the collectives' watchdog reports an operation that outlasts its limit, once, and no other") {
+  using namespace std::chrono_literals;
+  std::mutex mutex;
+  std::vector<std::string> expired;
+  const auto reported = [&] {
+    std::lock_guard<std::mutex> lock(mutex);
+    return expired;
+  };
+  const auto wait_for_reports = [&](size_t n) {
+    for (int i = 0; i < 500 && reported().size() < n; ++i) std::this_thread::sleep_for(10ms);
+  };
+  Watchdog dog(300ms, [&](const char* operation) {
+    std::lock_guard<std::mutex> lock(mutex);
+    expired.emplace_back(operation);
+  });
+  // Operations that each end in time, together lasting well over the limit.
+  for (int i = 0; i < 100; ++i) {
+    const Watchdog::Guard guard = dog.watch("short");
+    std::this_thread::sleep_for(5ms);
+  }
+  CHECK(reported().empty());
+  {
+    const Watchdog::Guard guard = dog.watch("long");
+    wait_for_reports(1);
+    std::this_thread::sleep_for(700ms);  // over two more limits: still one report
+  }
+  CHECK(reported() == std::vector<std::string>{"long"});
+  { const Watchdog::Guard guard = dog.watch("ended"); }
+  std::this_thread::sleep_for(700ms);  // an operation that ended is not reported later
+  CHECK(reported() == std::vector<std::string>{"long"});
+  {
+    const Watchdog::Guard guard = dog.watch("again");  // the next one is watched as the first was
+    wait_for_reports(2);
+  }
+  CHECK(reported() == std::vector<std::string>{"long", "again"});
+
+  // Destroying a watchdog whose thread sleeps towards a far deadline returns at once.
+  const auto start = std::chrono::steady_clock::now();
+  {
+    Watchdog patient(std::chrono::hours(1), [](const char*) { FAIL("reported"); });
+    const Watchdog::Guard guard = patient.watch("pending");
+  }
+  CHECK(std::chrono::steady_clock::now() - start < 10s);
 }
 
 TEST_CASE("the loss falls, checkpoints hold an HF model, tokenizer and trainer state, plot") {

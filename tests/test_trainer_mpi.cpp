@@ -9,6 +9,7 @@
 //   - unbound ranks on one host divide its cores (threads = 0) instead of each taking all of them
 //   - a rank's error before training is one line, once, and every rank exits 1; so is an error in the
 //     arguments, and --help prints once
+//   - a rank that freezes (SIGSTOP) mid-run: the other ends the job after ddp_timeout with the reason
 //   - [emulated] device = "cuda": 2 ranks on 2 GPUs (the CUDA emulation, NCCL emulated over MPI:
 //     bert_train_emulated) train the model 1 GPU trains with twice the accumulation, and their
 //     checkpoint resumes on the CPU; ranks that would share a GPU, or outnumber a host's GPUs, are
@@ -26,6 +27,7 @@
 #include <chrono>
 #include <cmath>
 #include <cstdlib>
+#include <fstream>
 #include <string>
 #include <thread>
 #include <vector>
@@ -61,11 +63,16 @@ Process spawn(const std::vector<std::string>& args, const std::string& log_prefi
   return p;
 }
 
+// What a process that ended with wait status `status` did.
+RunResult result(const Process& p, int status) {
+  const int code = WIFEXITED(status) ? WEXITSTATUS(status) : 128 + WTERMSIG(status);
+  return {code, read_file(p.out_path), read_file(p.err_path)};
+}
+
 RunResult finish(const Process& p) {
   int status = 0;
   REQUIRE(::waitpid(p.pid, &status, 0) == p.pid);
-  const int code = WIFEXITED(status) ? WEXITSTATUS(status) : 128 + WTERMSIG(status);
-  return {code, read_file(p.out_path), read_file(p.err_path)};
+  return result(p, status);
 }
 
 // mpirun -np `ranks` bert_train ARGS (root may run it: the test VM's and CI's user).
@@ -281,6 +288,61 @@ TEST_CASE("under mpirun a failure before training is one line from rank 0 and ev
   CHECK(usage.code != 0);
   CHECK(count(usage.err, "error: ") == 1);
   CHECK(usage.err.find("unexpected argument 'stray'") != std::string::npos);
+}
+
+TEST_CASE("a rank that freezes mid-run ends the job after ddp_timeout instead of hanging it", "[mpi]") {
+  make_tiny_data();
+  const std::string config = write_config("frozen", "frozen",
+                                          "max_steps = 1000000\nper_device_train_batch_size = 4\nlogging_steps = 1\n"
+                                          "save_steps = 2000000\neval_steps = 2000000\nddp_timeout = 2\n");
+  // Rank 1 writes its pid and becomes bert_train (exec keeps the pid), for the test to freeze it.
+  const std::string pid_file = test_dir() + "/rank1.pid";
+  const std::string script = "if [ \"$OMPI_COMM_WORLD_RANK\" = 1 ]; then echo $$ > " + pid_file + "; fi; exec " +
+                             std::string(BERT_TRAIN) + " --config " + config;
+  const Process p = spawn(mpirun_args(2, {"-c", script}, "/bin/sh"), test_dir() + "/frozen");
+  const std::string metrics = test_dir() + "/frozen/metrics.jsonl";
+  const auto records = [&] {
+    if (!file_exists(metrics)) return 0L;
+    const std::string text = read_file(metrics);
+    return static_cast<long>(std::count(text.begin(), text.end(), '\n'));
+  };
+  const auto deadline = std::chrono::steady_clock::now() + std::chrono::seconds(60);
+  while (std::chrono::steady_clock::now() < deadline && records() < 3)  // both ranks are training
+    std::this_thread::sleep_for(std::chrono::milliseconds(2));
+  REQUIRE(records() >= 3);
+  const pid_t rank1 = static_cast<pid_t>(std::stol(read_file(pid_file)));
+  REQUIRE(::kill(rank1, SIGSTOP) == 0);  // alive, but never at its next collective
+  const auto frozen = std::chrono::steady_clock::now();
+  int status = 0;
+  pid_t ended = 0;
+  while ((ended = ::waitpid(p.pid, &status, WNOHANG)) == 0 &&
+         std::chrono::steady_clock::now() - frozen < std::chrono::seconds(90))
+    std::this_thread::sleep_for(std::chrono::milliseconds(20));
+  const double waited = std::chrono::duration<double>(std::chrono::steady_clock::now() - frozen).count();
+  if (ended == 0) {  // the job hangs: end it, then fail below
+    ::kill(rank1, SIGKILL);
+    ended = ::waitpid(p.pid, &status, 0);
+  }
+  REQUIRE(ended == p.pid);
+  const RunResult run = result(p, status);
+  // mpirun ends every rank once one has failed (a zombie has ended: orphans wait for init to reap them).
+  bool left = true;
+  for (int i = 0; i < 100 && left; ++i) {
+    std::ifstream stat("/proc/" + std::to_string(rank1) + "/stat");
+    std::string text;
+    std::getline(stat, text);
+    const size_t name_end = text.rfind(") ");
+    left = name_end != std::string::npos && text.compare(name_end + 2, 1, "Z") != 0;
+    if (left) std::this_thread::sleep_for(std::chrono::milliseconds(100));
+  }
+  if (left) ::kill(rank1, SIGKILL);
+  INFO(run.out << run.err);
+  CHECK_FALSE(left);
+  CHECK(run.code != 0);
+  CHECK(count(run.err, "error: rank 0 of 2: MPI_") == 1);
+  CHECK(run.err.find(" has waited 2 s (ddp_timeout) for the other ranks: one of them stopped, froze or cannot be "
+                     "reached; ending the job") != std::string::npos);
+  CHECK(waited < 90);
 }
 
 #if defined(BERT_TRAIN_EMULATED)
