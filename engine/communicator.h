@@ -53,11 +53,12 @@ class Communicator {
   virtual std::vector<uint64_t> allgather(uint64_t value) = 0;
   // Ends the whole job at once (after an error on one rank, which the others would wait for forever).
   [[noreturn]] virtual void abort(int exit_code) = 0;
-  // From now on, a collective that waits more than `seconds` for the other ranks ends this process
-  // with one line on stderr naming `setting` (the config key, "ddp_timeout") and exit code 1: a rank
-  // that froze or vanished would otherwise hold the others in it for ever. The launcher then ends the
-  // rest of the job (mpirun does, the frozen rank included); each other rank's own limit ends it
-  // otherwise. The single process has nobody to wait for.
+  // From now on, a collective that waits more than `seconds` for the other ranks ends the job with
+  // one line on stderr naming `setting` (the config key, "ddp_timeout") and exit code 1: a rank that
+  // froze or vanished would otherwise hold the others in it for ever. MPI_Abort from the watchdog's
+  // thread has the launcher end every rank, the frozen one too (a library without
+  // MPI_THREAD_MULTIPLE: this process exits, and mpirun ends the rest). The single process has
+  // nobody to wait for.
   virtual void set_timeout([[maybe_unused]] int seconds, [[maybe_unused]] const std::string& setting) {}
 
   // Whether any rank passes true.

@@ -9,7 +9,7 @@
 //   - unbound ranks on one host divide its cores (threads = 0) instead of each taking all of them
 //   - a rank's error before training is one line, once, and every rank exits 1; so is an error in the
 //     arguments, and --help prints once
-//   - a rank that freezes (SIGSTOP) mid-run: the other ends the job after ddp_timeout with the reason
+//   - a rank that freezes (SIGSTOP) mid-run: the other aborts the job after ddp_timeout with the reason
 //   - [emulated] device = "cuda": 2 ranks on 2 GPUs (the CUDA emulation, NCCL emulated over MPI:
 //     bert_train_emulated) train the model 1 GPU trains with twice the accumulation, and their
 //     checkpoint resumes on the CPU; ranks that would share a GPU, or outnumber a host's GPUs, are
@@ -325,7 +325,7 @@ TEST_CASE("a rank that freezes mid-run ends the job after ddp_timeout instead of
   }
   REQUIRE(ended == p.pid);
   const RunResult run = result(p, status);
-  // mpirun ends every rank once one has failed (a zombie has ended: orphans wait for init to reap them).
+  // MPI_Abort has mpirun end every rank (a zombie has ended: orphans wait for init to reap them).
   bool left = true;
   for (int i = 0; i < 100 && left; ++i) {
     std::ifstream stat("/proc/" + std::to_string(rank1) + "/stat");
