@@ -1,5 +1,6 @@
 #include "common/json.h"
 
+#include <algorithm>
 #include <cctype>
 #include <cmath>
 #include <cstdio>
@@ -21,6 +22,7 @@ double Json::as_number() const {
 int64_t Json::as_int() const {
   const double v = as_number();
   if (v != std::floor(v)) throw Error("JSON value is not an integer");
+  if (!(std::fabs(v) < 9.2e18)) throw Error("JSON value is outside the 64-bit integer range");
   return static_cast<int64_t>(v);
 }
 const std::string& Json::as_string() const {
@@ -154,10 +156,16 @@ std::string Json::dump(int indent) const {
 
 namespace {
 
+// Arrays and objects nested deeper than this are refused: the parser recurses once per level, so a
+// header of a million '[' (a safetensors file's header may be 100 MB) would otherwise overflow the
+// stack. serde_json, which Hugging Face's safetensors and tokenizers parse with, stops at 128 too.
+constexpr int kMaxJsonDepth = 128;
+
 struct Parser {
   std::string_view s;
   const std::string& source;
   size_t i = 0;
+  int depth = 0;
 
   [[noreturn]] void fail(const std::string& what) const {
     size_t line = 1;
@@ -214,12 +222,16 @@ struct Parser {
         case 'r': out.push_back('\r'); break;
         case 't': out.push_back('\t'); break;
         case 'u': {
+          // A surrogate is valid only as a high-low pair; a lone one has no UTF-8 form (serde_json refuses
+          // it too), and writing its 3-byte CESU-8 form would put invalid UTF-8 into our strings.
           char32_t cp = hex4();
-          if (cp >= 0xD800 && cp <= 0xDBFF && i + 1 < s.size() && s[i] == '\\' && s[i + 1] == 'u') {
+          if (cp >= 0xDC00 && cp <= 0xDFFF) fail("unpaired low surrogate in a \\u escape");
+          if (cp >= 0xD800 && cp <= 0xDBFF) {
+            if (!(i + 1 < s.size() && s[i] == '\\' && s[i + 1] == 'u')) fail("unpaired high surrogate in a \\u escape");
             i += 2;
             const unsigned lo = hex4();
-            if (lo >= 0xDC00 && lo <= 0xDFFF) cp = 0x10000 + ((cp - 0xD800) << 10) + (lo - 0xDC00);
-            else fail("unpaired surrogate");
+            if (lo < 0xDC00 || lo > 0xDFFF) fail("unpaired high surrogate in a \\u escape");
+            cp = 0x10000 + ((cp - 0xD800) << 10) + (lo - 0xDC00);
           }
           utf8_append(out, cp);
           break;
@@ -229,30 +241,69 @@ struct Parser {
     }
     return out;
   }
+  // A repeated key keeps its first position and its last value, as set() does (and as Python's json
+  // does); sorting instead of set()'s linear search keeps a wide object (a safetensors header names
+  // every tensor) O(n log n) rather than quadratic.
+  static void merge_duplicate_keys(Json::Object& obj) {
+    if (obj.size() < 2) return;
+    std::vector<uint32_t> order(obj.size());
+    for (size_t k = 0; k < order.size(); ++k) order[k] = static_cast<uint32_t>(k);
+    std::stable_sort(order.begin(), order.end(), [&](uint32_t a, uint32_t b) { return obj[a].first < obj[b].first; });
+    std::vector<bool> dropped(obj.size(), false);
+    bool any = false;
+    for (size_t run = 0; run < order.size();) {
+      size_t end = run + 1;
+      while (end < order.size() && obj[order[end]].first == obj[order[run]].first) ++end;
+      if (end - run > 1) {
+        obj[order[run]].second = std::move(obj[order[end - 1]].second);
+        for (size_t k = run + 1; k < end; ++k) dropped[order[k]] = true;
+        any = true;
+      }
+      run = end;
+    }
+    if (!any) return;
+    size_t kept = 0;
+    for (size_t k = 0; k < obj.size(); ++k)
+      if (!dropped[k]) {
+        if (kept != k) obj[kept] = std::move(obj[k]);  // never a self-move: it would empty the key
+        ++kept;
+      }
+    obj.resize(kept);
+  }
+  void enter() {
+    if (++depth > kMaxJsonDepth) fail("arrays and objects nested more than " + std::to_string(kMaxJsonDepth) + " deep");
+  }
   Json value() {
     ws();
     if (i >= s.size()) fail("unexpected end");
     const char c = s[i];
     if (c == '{') {
       ++i;
-      Json obj = Json::object();
-      if (eat('}')) return obj;
-      do {
-        ws();
-        std::string key = str();
-        expect(':');
-        obj.set(std::move(key), value());
-      } while (eat(','));
-      expect('}');
-      return obj;
+      enter();
+      Json::Object obj;
+      if (!eat('}')) {
+        do {
+          ws();
+          std::string key = str();
+          expect(':');
+          obj.emplace_back(std::move(key), value());
+        } while (eat(','));
+        expect('}');
+      }
+      --depth;
+      merge_duplicate_keys(obj);
+      return Json(std::move(obj));
     }
     if (c == '[') {
       ++i;
+      enter();
       Json arr = Json::array();
-      if (eat(']')) return arr;
-      do arr.push(value());
-      while (eat(','));
-      expect(']');
+      if (!eat(']')) {
+        do arr.push(value());
+        while (eat(','));
+        expect(']');
+      }
+      --depth;
       return arr;
     }
     if (c == '"') return Json(str());

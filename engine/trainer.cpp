@@ -173,8 +173,9 @@ struct StateReader {
   }
   int64_t integer(const Json& object, std::string_view key) const {
     const Json& value = at(object, key);
-    if (!value.is_number() || value.as_number() != std::floor(value.as_number()))
-      throw Error(path + ": '" + std::string(key) + "' must be an integer, got " + value.dump());
+    if (!value.is_number() || value.as_number() != std::floor(value.as_number()) ||
+        !(std::fabs(value.as_number()) < 9.2e18))
+      throw Error(path + ": '" + std::string(key) + "' must be a 64-bit integer, got " + value.dump());
     return value.as_int();
   }
   double number(const Json& object, std::string_view key) const {
