@@ -142,6 +142,8 @@ class Parser {
   const std::string& path_;
   size_t pos_ = 0;
   size_t line_ = 1;
+  int array_depth_ = 0;  // value() recurses once per nested array; run configs use one level
+  static constexpr int kMaxArrayDepth = 32;
 
   bool eof() const { return pos_ >= s_.size(); }
   char peek(size_t ahead = 0) const { return pos_ + ahead < s_.size() ? s_[pos_ + ahead] : '\0'; }
@@ -306,6 +308,7 @@ class Parser {
       v.string = literal_string();
     } else if (c == '[') {
       v.kind = TomlValue::Kind::kArray;
+      if (++array_depth_ > kMaxArrayDepth) fail("arrays nested more than " + std::to_string(kMaxArrayDepth) + " deep");
       ++pos_;
       while (true) {
         skip_blank_lines();
@@ -323,6 +326,7 @@ class Parser {
              "'");
       }
       ++pos_;
+      --array_depth_;
     } else if (c == '{') {
       fail("inline tables ({...}) are not supported; use a [section]");
     } else {
