@@ -1,5 +1,7 @@
 #include "data/shard.h"
 
+#include <algorithm>
+#include <cstdint>
 #include <cstring>
 
 #include "common/error.h"
@@ -34,6 +36,14 @@ ShardWriter::ShardWriter(uint32_t vocab_size, uint32_t max_seq_len, Split split)
 
 void ShardWriter::add(std::span<const int32_t> a, std::span<const int32_t> b, bool random_next) {
   if (a.size() + b.size() + 3 > max_seq_len_) throw Error("internal: example longer than max_seq_len");
+  // What Shard's open checks, so a shard that was written can be read.
+  if (a.empty() || b.empty()) throw Error("internal: an NSP example needs non-empty segments A and B");
+  if (a.size() > UINT16_MAX) throw Error("internal: segment A longer than 65535 tokens");
+  for (const auto segment : {a, b})
+    for (const int32_t id : segment)
+      if (id < 0 || static_cast<uint32_t>(id) >= vocab_size_)
+        throw Error("internal: token id " + std::to_string(id) + " outside the vocabulary of " +
+                    std::to_string(vocab_size_));
   tokens_.insert(tokens_.end(), a.begin(), a.end());
   tokens_.insert(tokens_.end(), b.begin(), b.end());
   offsets_.push_back(tokens_.size());
@@ -108,9 +118,17 @@ Shard::Shard(const std::string& path, uint32_t expected_vocab_size, bool verify_
   if (split > 1) fail("unknown split " + std::to_string(split));
   header_.split = static_cast<Split>(split);
   const uint64_t n = header_.example_count;
-  uint64_t token_bytes = header_.token_count * header_.token_width;
+  // The header is outside the checksum: counts so large that the size arithmetic would wrap get their
+  // own message rather than a size mismatch against a wrapped number.
+  uint64_t token_bytes = 0, expected = 0;
+  const bool overflow = __builtin_mul_overflow(header_.token_count, header_.token_width, &token_bytes) ||
+                        token_bytes > UINT64_MAX - 8 || n > (UINT64_MAX - kShardHeaderBytes - 8) / 11 ||
+                        __builtin_add_overflow(kShardHeaderBytes + (n + 1) * 8 + n * 2 + n,
+                                               token_bytes + (8 - token_bytes % 8) % 8, &expected);
+  if (overflow)
+    fail(std::to_string(n) + " examples of " + std::to_string(header_.token_count) +
+         " tokens in the header cannot fit in a file (corrupt header)");
   token_bytes += (8 - token_bytes % 8) % 8;
-  const uint64_t expected = kShardHeaderBytes + token_bytes + (n + 1) * 8 + n * 2 + n;
   if (v.size() != expected)
     fail("size " + std::to_string(v.size()) + " bytes, header implies " + std::to_string(expected) +
          " (truncated or corrupt)");
@@ -133,6 +151,17 @@ Shard::Shard(const std::string& path, uint32_t expected_vocab_size, bool verify_
     if (a_lengths_[i] == 0 || a_lengths_[i] >= len) fail("segment lengths invalid at example " + std::to_string(i));
     if (len + 3 > header_.max_seq_len) fail("example " + std::to_string(i) + " longer than max_seq_len");
     if (labels_[i] > 1) fail("NSP label not 0/1 at example " + std::to_string(i));
+  }
+  // An id outside the vocabulary fails the CPU embedding op mid-run and traps the GPU gather (the CUDA
+  // context is lost, with no message): refuse it here, with the file and the example named.
+  const uint64_t vocab = header_.vocab_size;
+  for (uint64_t k = 0; k < header_.token_count; ++k) {
+    const int64_t id = header_.token_width == 2 ? tokens16_[k] : tokens32_[k];
+    if (id < 0 || static_cast<uint64_t>(id) >= vocab) {
+      const uint64_t example = static_cast<uint64_t>(std::upper_bound(offsets_, offsets_ + n + 1, k) - offsets_) - 1;
+      fail("token id " + std::to_string(id) + " of example " + std::to_string(example) + " is outside the " +
+           std::to_string(vocab) + "-token vocabulary");
+    }
   }
 }
 
