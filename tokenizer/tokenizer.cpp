@@ -49,6 +49,7 @@ TokenizerConfig TokenizerConfig::load(const std::string& dir) {
   c.normalizer.clean_text = get_bool("clean_text", true);
   if (const Json* v = j.find("model_max_length"); v && v->is_number()) {
     const double m = v->as_number();
+    if (!(m >= 1)) throw Error(path + ": field 'model_max_length' must be a positive number");
     c.model_max_length = m > 1e15 ? static_cast<size_t>(1) << 50 : static_cast<size_t>(m);
   }
   get_token("unk_token", c.unk_token);
@@ -118,7 +119,8 @@ Tokenizer Tokenizer::from_dir(const std::string& dir) {
   TokenizerConfig config = TokenizerConfig::load(dir);
   Vocab vocab = Vocab::load(vocab_path);
   if (vocab.id(config.unk_token) < 0)
-    throw Error(vocab_path + ": has no unknown token '" + config.unk_token + "'");
+    throw Error(vocab_path + ": has no unknown token '" + config.unk_token + "' (unk_token, set by " + dir +
+                "/tokenizer_config.json or [UNK] when that file is absent)");
   return Tokenizer(std::move(vocab), std::move(config));
 }
 
