@@ -49,8 +49,9 @@ inline float exp_float(float x) {
   p = p * r + 1.6666665459e-1f;
   p = p * r + 5.0000001201e-1f;
   p = p * r2 + r + 1.0f;
-  // 2^n from the exponent bits; n = 128 (x >= 127.5 ln 2 = 88.38) as 2 * 2^127.
-  const float n_scale = n > 127.0f ? 127.0f : n;
+  // 2^n from the exponent bits; n = 128 (x >= 127.5 ln 2 = 88.38) as 2 * 2^127. A NaN x makes n NaN:
+  // it is clamped too (to 127; the last line returns NaN), since converting NaN to int is undefined.
+  const float n_scale = n < 127.0f ? n : 127.0f;
   const float result =
       (p * (n > 127.0f ? 2.0f : 1.0f)) * std::bit_cast<float>((static_cast<int32_t>(n_scale) + 127) << 23);
   const float edges = x > kMax ? std::numeric_limits<float>::infinity() : 0.0f;
