@@ -263,25 +263,21 @@ TEST_CASE("mutated tokenizer files load or fail with one line naming the file") 
   REQUIRE_NOTHROW(Tokenizer::from_dir(dir));
 
   Tally vocab_tally, config_tally;
-  const auto with_vocab = [&](const std::string& text) {
-    put(dir + "/vocab.txt", text);
-    const Tokenizer tok = Tokenizer::from_dir(dir);
-    std::vector<int32_t> ids;
-    EncodeScratch scratch;
-    tok.encode(std::string_view("이순신은 ab [MASK]"), ids, scratch);
+  // Writes `name` into the tokenizer directory, then loads the tokenizer and encodes with it.
+  const auto writing = [&dir](const std::string& name) {
+    return [&dir, name](const std::string& text) {
+      put(dir + "/" + name, text);
+      const Tokenizer tok = Tokenizer::from_dir(dir);
+      std::vector<int32_t> ids;
+      EncodeScratch scratch;
+      tok.encode(std::string_view("이순신은 ab [MASK]"), ids, scratch);
+    };
   };
-  sweep(truncations(vocab_text), "vocab.txt", with_vocab, vocab_tally);
-  sweep(rng.mutants(vocab_text, 1000), "vocab.txt", with_vocab, vocab_tally);
+  sweep(truncations(vocab_text), "vocab.txt", writing("vocab.txt"), vocab_tally);
+  sweep(rng.mutants(vocab_text, 1000), "vocab.txt", writing("vocab.txt"), vocab_tally);
   put(dir + "/vocab.txt", vocab_text);
-  const auto with_config = [&](const std::string& text) {
-    put(dir + "/tokenizer_config.json", text);
-    const Tokenizer tok = Tokenizer::from_dir(dir);
-    std::vector<int32_t> ids;
-    EncodeScratch scratch;
-    tok.encode(std::string_view("이순신은 ab [MASK]"), ids, scratch);
-  };
-  sweep(truncations(config_text), "tokenizer_config.json", with_config, config_tally);
-  sweep(rng.mutants(config_text, 2000), "tokenizer_config.json", with_config, config_tally);
+  sweep(truncations(config_text), "tokenizer_config.json", writing("tokenizer_config.json"), config_tally);
+  sweep(rng.mutants(config_text, 2000), "tokenizer_config.json", writing("tokenizer_config.json"), config_tally);
   CHECK(vocab_tally.accepted > 50);
   CHECK(vocab_tally.rejected > 20);
   CHECK(config_tally.accepted > 50);
