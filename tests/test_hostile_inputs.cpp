@@ -110,7 +110,7 @@ void sweep(const std::vector<std::string>& variants, const std::string& must_nam
     } catch (const Error& e) {
       ++tally.rejected;
       const std::string what = e.what();
-      if (what.find('\n') != std::string::npos || what.find(must_name) == std::string::npos) {
+      if (what.find_first_of("\n\r") != std::string::npos || what.find(must_name) == std::string::npos) {
         INFO("variant " << k << " of " << variants.size());
         FAIL("error is not one line naming " << must_name << ": " << what);
       }
@@ -133,6 +133,13 @@ BertConfig tiny_config() {
 }
 
 }  // namespace
+
+TEST_CASE("an Error is one line: control characters become escapes and UTF-8 is kept") {
+  CHECK(std::string(Error("a.toml:3: got '\r\n'").what()) == "a.toml:3: got '\\r\\n'");
+  CHECK(std::string(Error(std::string("x\ty\x01z\x7f") + '\0' + "이순신\xFF").what()) ==
+        "x\\ty\\x01z\\x7f\\x00이순신\xFF");
+  CHECK(std::string(Error(located("f.json", 2, "plain")).what()) == "f.json:2: plain");
+}
 
 TEST_CASE("JSON nested deeper than 128 levels is an error not a stack overflow") {
   // A safetensors header may be 100 MB: a million '[' used to recurse a million frames deep.
