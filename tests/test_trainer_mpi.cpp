@@ -100,14 +100,30 @@ size_t count(const std::string& text, const std::string& what) {
   return n;
 }
 
-std::vector<float> weights(const std::string& dir) {
+// The attention key biases get a zero gradient in exact arithmetic: adding b to every key adds q.b to
+// each row of scores, which the softmax ignores. What reaches AdamW for them is rounding noise, which
+// it normalises to steps of about lr, so two runs whose gradient sums round differently anywhere (one
+// fp32 ulp is enough) agree on them only to about lr x steps, whatever else agrees.
+bool is_key_bias(const std::string& name) { return name.ends_with(".attention.self.key.bias"); }
+
+enum class Params { kAll, kAllButKeyBiases, kKeyBiases };
+
+std::vector<float> weights(const std::string& dir, Params which = Params::kAll) {
   const SafetensorsFile file(dir + "/model.safetensors");
   std::vector<float> all;
   for (const TensorInfo& tensor : file.tensors()) {
+    if (which != Params::kAll && is_key_bias(tensor.name) != (which == Params::kKeyBiases)) continue;
     const std::vector<float> values = file.read_f32(tensor.name);
     all.insert(all.end(), values.begin(), values.end());
   }
   return all;
+}
+
+double max_abs_difference(const std::vector<float>& a, const std::vector<float>& b) {
+  REQUIRE(a.size() == b.size());
+  double diff = 0;
+  for (size_t i = 0; i < a.size(); ++i) diff = std::max(diff, std::abs(static_cast<double>(a[i]) - b[i]));
+  return diff;
 }
 
 // Largest |a - b| over the largest |b|.
@@ -140,14 +156,19 @@ void check_same_metrics(const std::vector<Json>& a, const std::vector<Json>& b, 
 
 // Dropout on (the default 0.1), clipping, warmup + decay, evaluation, checkpoints at 5 and 10.
 // A 2-rank run (batch 4, accumulation 1) in test_dir()/ranks against a 1-rank one (accumulation 2)
-// in test_dir()/single, 10 steps each: the same metrics and weights within the CPU ranks' bound, and
-// the 2-rank checkpoint in single-rank units.
+// in test_dir()/single, 10 steps each: the same metrics and weights within the CPU ranks' bound
+// (the key biases within lr x steps, see is_key_bias), and the 2-rank checkpoint in single-rank units.
 void check_same_run(const std::string& ranks, const std::string& single) {
   const auto a = read_metrics(test_dir() + "/" + ranks + "/metrics.jsonl");
   const auto b = read_metrics(test_dir() + "/" + single + "/metrics.jsonl");
   REQUIRE(a.size() == 6);  // steps 2, 4, 5 (eval), 6, 8, 10 (eval)
   check_same_metrics(a, b, 1e-5);
-  CHECK(relative_difference(weights(test_dir() + "/" + ranks), weights(test_dir() + "/" + single)) < 1e-5);
+  const std::string x = test_dir() + "/" + ranks, y = test_dir() + "/" + single;
+  CHECK(relative_difference(weights(x, Params::kAllButKeyBiases), weights(y, Params::kAllButKeyBiases)) < 1e-5);
+  // Each run moves a key bias by at most about lr per step (lr 3e-3, 10 steps: settings()).
+  const std::vector<float> x_key_biases = weights(x, Params::kKeyBiases);
+  REQUIRE(!x_key_biases.empty());
+  CHECK(max_abs_difference(x_key_biases, weights(y, Params::kKeyBiases)) < 2 * 10 * 3e-3);
   const TrainerState state = TrainerState::load(test_dir() + "/" + ranks + "/checkpoint-10/trainer_state.json");
   CHECK(state.world_size == 2);
   CHECK(state.micro_step == 20);  // single-rank units: 2 per step
@@ -374,9 +395,11 @@ TEST_CASE("2 ranks on 2 GPUs train the model 1 GPU trains with twice the accumul
   CHECK(two.out.find("(emulated)") != std::string::npos);
   CHECK(one.out.find("NCCL") == std::string::npos);
 
-  // The same fp32 gradient sums (here even in the same order: the emulated ops accumulate a
-  // micro-batch's gradient as one addition, as the all-reduce adds the ranks'), so the same bf16
-  // weights: as close as the CPU ranks (the bound is theirs; observed equal).
+  // The same fp32 gradient sums up to rounding: most kernels add a micro-batch's gradient to the
+  // accumulated one in one addition, as the all-reduce adds the ranks', but the embedding tables'
+  // scatter adds its partial sums one by one, so the 1-GPU run's accumulation can round differently
+  // there (seen on one host, an AMD EPYC: word, position and type embeddings one fp32 ulp apart at
+  // step 5, the key biases then ~4e-5 apart at step 10; equal on others). Within the CPU ranks' bound.
   check_same_run("gpu_ranks", "gpu_single");
 
   // The 2-GPU checkpoint at step 5 resumes on the CPU (accumulation 2) and ends as the 1-GPU run does.
