@@ -154,21 +154,26 @@ void check_same_metrics(const std::vector<Json>& a, const std::vector<Json>& b, 
   }
 }
 
+// The final weights of two 10-step runs of settings() whose gradient sums were added in different
+// orders: within the CPU ranks' bound, the key biases within lr x steps (see is_key_bias).
+void check_same_weights(const std::string& x, const std::string& y) {
+  CHECK(relative_difference(weights(x, Params::kAllButKeyBiases), weights(y, Params::kAllButKeyBiases)) < 1e-5);
+  // Each run moves a key bias by at most about lr per step (lr 3e-3, 10 steps).
+  const std::vector<float> x_key_biases = weights(x, Params::kKeyBiases);
+  REQUIRE(!x_key_biases.empty());
+  CHECK(max_abs_difference(x_key_biases, weights(y, Params::kKeyBiases)) < 2 * 10 * 3e-3);
+}
+
 // Dropout on (the default 0.1), clipping, warmup + decay, evaluation, checkpoints at 5 and 10.
 // A 2-rank run (batch 4, accumulation 1) in test_dir()/ranks against a 1-rank one (accumulation 2)
-// in test_dir()/single, 10 steps each: the same metrics and weights within the CPU ranks' bound
-// (the key biases within lr x steps, see is_key_bias), and the 2-rank checkpoint in single-rank units.
+// in test_dir()/single, 10 steps each: the same metrics, the same weights (check_same_weights), and
+// the 2-rank checkpoint in single-rank units.
 void check_same_run(const std::string& ranks, const std::string& single) {
   const auto a = read_metrics(test_dir() + "/" + ranks + "/metrics.jsonl");
   const auto b = read_metrics(test_dir() + "/" + single + "/metrics.jsonl");
   REQUIRE(a.size() == 6);  // steps 2, 4, 5 (eval), 6, 8, 10 (eval)
   check_same_metrics(a, b, 1e-5);
-  const std::string x = test_dir() + "/" + ranks, y = test_dir() + "/" + single;
-  CHECK(relative_difference(weights(x, Params::kAllButKeyBiases), weights(y, Params::kAllButKeyBiases)) < 1e-5);
-  // Each run moves a key bias by at most about lr per step (lr 3e-3, 10 steps: settings()).
-  const std::vector<float> x_key_biases = weights(x, Params::kKeyBiases);
-  REQUIRE(!x_key_biases.empty());
-  CHECK(max_abs_difference(x_key_biases, weights(y, Params::kKeyBiases)) < 2 * 10 * 3e-3);
+  check_same_weights(test_dir() + "/" + ranks, test_dir() + "/" + single);
   const TrainerState state = TrainerState::load(test_dir() + "/" + ranks + "/checkpoint-10/trainer_state.json");
   CHECK(state.world_size == 2);
   CHECK(state.micro_step == 20);  // single-rank units: 2 per step
@@ -207,7 +212,7 @@ TEST_CASE("2 MPI ranks train the model 1 rank trains with twice the accumulation
   INFO(cross.err);
   REQUIRE(cross.code == 0);
   CHECK(cross.err.find("world_size (ranks) 2 -> 1") != std::string::npos);
-  CHECK(relative_difference(weights(test_dir() + "/resumed"), weights(test_dir() + "/single")) < 1e-5);
+  check_same_weights(test_dir() + "/resumed", test_dir() + "/single");
 }
 
 TEST_CASE("SIGUSR1 to mpirun stops every rank after the same step and the checkpoint resumes bit for bit", "[mpi]") {
