@@ -1,6 +1,8 @@
 #include "data/loader.h"
 
 #include <algorithm>
+#include <charconv>
+#include <filesystem>
 
 #include "common/error.h"
 #include "common/file.h"
@@ -9,11 +11,41 @@
 
 namespace bert {
 
-Dataset::Dataset(const std::string& dir, Split split, uint32_t expected_vocab_size) {
-  const std::string manifest_path = dir + "/manifest.json";
+uint64_t vocabulary_hash(const Vocab& vocab) {
+  const std::string text = vocab.text();
+  return hash64(text.data(), text.size());
+}
+
+std::optional<uint64_t> manifest_vocab_hash(const Json& manifest, const std::string& manifest_path) {
+  const Json* field = manifest.find("vocab_hash");
+  if (!field) return std::nullopt;
+  uint64_t value = 0;
+  const std::string* s = field->is_string() ? &field->as_string() : nullptr;
+  const auto parsed = s ? std::from_chars(s->data(), s->data() + s->size(), value) : std::from_chars_result{};
+  if (!s || s->empty() || parsed.ec != std::errc() || parsed.ptr != s->data() + s->size())
+    throw Error(manifest_path + ": \"vocab_hash\" must be a string of decimal digits (the hash of vocab.txt)");
+  return value;
+}
+
+void check_vocab_hash(std::optional<uint64_t> recorded, const std::string& manifest_path, const Vocab& vocab,
+                      const std::string& tokenizer_dir) {
+  if (!recorded) return;
+  const uint64_t actual = vocabulary_hash(vocab);
+  if (*recorded == actual) return;
+  const std::string dir = std::filesystem::path(manifest_path).parent_path().string();
+  throw Error(manifest_path + ": the shards were built with another vocabulary than " + tokenizer_dir +
+              "/vocab.txt (vocab_hash " + std::to_string(*recorded) + ", the tokenizer's " + std::to_string(actual) +
+              "; " + std::to_string(vocab.size()) + " tokens in it): use the tokenizer they were built with (" +
+              (dir.empty() ? std::string(".") : dir) + "/tokenizer) or rebuild them with this one");
+}
+
+Dataset::Dataset(const std::string& dir, Split split, uint32_t expected_vocab_size)
+    : manifest_path_(dir + "/manifest.json") {
+  const std::string& manifest_path = manifest_path_;
   if (!file_exists(manifest_path))
     throw Error(manifest_path + ": not found (is '" + dir + "' a bert_prepare build output?)");
   const Json manifest = Json::parse(read_file(manifest_path), manifest_path);
+  vocab_hash_ = manifest_vocab_hash(manifest, manifest_path);
   const Json* list = manifest.find("shards");
   if (!list || !list->is_array()) throw Error(manifest_path + ": missing 'shards' list");
   for (const Json& entry : list->as_array()) {
@@ -32,6 +64,10 @@ Dataset::Dataset(const std::string& dir, Split split, uint32_t expected_vocab_si
     shards_.push_back(std::move(shard));
   }
   if (total_ >= UINT32_MAX) throw Error(dir + ": more than 4G examples in one split is not supported");
+}
+
+void Dataset::check_vocabulary(const Vocab& vocab, const std::string& tokenizer_dir) const {
+  check_vocab_hash(vocab_hash_, manifest_path_, vocab, tokenizer_dir);
 }
 
 const Shard& Dataset::shard_of(size_t i, size_t& local) const {

@@ -28,11 +28,27 @@
 namespace bert {
 
 class Tokenizer;
+class Json;
+class Vocab;
+
+// What bert_prepare records in manifest.json as "vocab_hash": hash64 of the vocabulary's vocab.txt bytes.
+uint64_t vocabulary_hash(const Vocab& vocab);
+
+// The "vocab_hash" of a manifest.json read from manifest_path: none when absent (older manifests),
+// an error naming the file when it is not a decimal string.
+std::optional<uint64_t> manifest_vocab_hash(const Json& manifest, const std::string& manifest_path);
+
+// Throws unless `recorded` (manifest_vocab_hash) is none or the hash of `vocab`, the vocabulary of the
+// tokenizer in tokenizer_dir: token ids mean nothing under another vocabulary, even one of the same size.
+void check_vocab_hash(std::optional<uint64_t> recorded, const std::string& manifest_path, const Vocab& vocab,
+                      const std::string& tokenizer_dir);
 
 class Dataset {
  public:
   // `dir`: a bert_prepare build output. expected_vocab_size 0 = do not check.
   Dataset(const std::string& dir, Split split, uint32_t expected_vocab_size = 0);
+  // check_vocab_hash on this dataset's manifest.json.
+  void check_vocabulary(const Vocab& vocab, const std::string& tokenizer_dir) const;
   size_t size() const { return total_; }
   uint32_t max_seq_len() const { return max_seq_len_; }
   uint32_t vocab_size() const { return vocab_size_; }
@@ -41,6 +57,8 @@ class Dataset {
   size_t shard_count() const { return shards_.size(); }
 
  private:
+  std::string manifest_path_;
+  std::optional<uint64_t> vocab_hash_;
   std::vector<std::unique_ptr<Shard>> shards_;
   std::vector<size_t> starts_;  // global index of each shard's first example
   size_t total_ = 0;

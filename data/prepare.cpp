@@ -18,6 +18,7 @@
 #include <memory>
 #include <iostream>
 #include <map>
+#include <optional>
 #include <thread>
 
 #include "common/args.h"
@@ -26,6 +27,7 @@
 #include "common/json.h"
 #include "common/progress.h"
 #include "data/clean.h"
+#include "data/loader.h"
 #include "data/nsp.h"
 #include "data/shard.h"
 #include "data/text_reader.h"
@@ -264,13 +266,12 @@ int prepare_build_command(const std::vector<std::string>& argv, std::ostream& ou
   make_directories(out_dir + "/tokenizer");
   tok.vocab().save(out_dir + "/tokenizer/vocab.txt");
   tok.config().save(out_dir + "/tokenizer");
-  const std::string vocab_text = read_file(out_dir + "/tokenizer/vocab.txt");
 
   Json manifest = Json::object();
   manifest.set("format", "bertforge-shards");
   manifest.set("version", static_cast<int>(kShardVersion));
   manifest.set("vocab_size", static_cast<uint64_t>(vocab_size));
-  manifest.set("vocab_hash", std::to_string(hash64(vocab_text.data(), vocab_text.size())));
+  manifest.set("vocab_hash", std::to_string(vocabulary_hash(tok.vocab())));
   manifest.set("max_seq_len", static_cast<uint64_t>(nsp.max_seq_len));
   manifest.set("short_seq_prob", nsp.short_seq_prob);
   manifest.set("nsp_prob", nsp.nsp_prob);
@@ -307,30 +308,40 @@ namespace bert {
 
 namespace {
 
-// Shard files named by a directory (its manifest, else every *.bin in it) or given directly.
-std::vector<std::string> shard_paths(const std::string& target) {
+// Shard files named by a directory (its manifest, else every *.bin in it) or given directly, and the
+// vocabulary hash the manifest records.
+struct ShardList {
   std::vector<std::string> paths;
+  std::string manifest_path;
+  std::optional<uint64_t> vocab_hash;
+};
+
+ShardList shard_paths(const std::string& target) {
+  ShardList list;
   if (!is_directory(target)) {
     if (!file_exists(target)) throw Error(target + ": no such shard file or directory");
-    return {target};
+    list.paths.push_back(target);
+    return list;
   }
   const std::string manifest = target + "/manifest.json";
   if (file_exists(manifest)) {
     const Json m = Json::parse(read_file(manifest), manifest);
-    const Json* list = m.find("shards");
-    if (!list || !list->is_array()) throw Error(manifest + ": missing 'shards' list");
-    for (const Json& s : list->as_array()) {
+    const Json* shards = m.find("shards");
+    if (!shards || !shards->is_array()) throw Error(manifest + ": missing 'shards' list");
+    for (const Json& s : shards->as_array()) {
       const Json* f = s.find("file");
       if (!f || !f->is_string()) throw Error(manifest + ": shard entry without 'file'");
-      paths.push_back(target + "/" + f->as_string());
+      list.paths.push_back(target + "/" + f->as_string());
     }
-    return paths;
+    list.manifest_path = manifest;
+    list.vocab_hash = manifest_vocab_hash(m, manifest);
+    return list;
   }
   for (const auto& e : std::filesystem::directory_iterator(target))
-    if (e.path().extension() == ".bin") paths.push_back(e.path().string());
-  std::sort(paths.begin(), paths.end());
-  if (paths.empty()) throw Error(target + ": no manifest.json and no .bin shards");
-  return paths;
+    if (e.path().extension() == ".bin") list.paths.push_back(e.path().string());
+  std::sort(list.paths.begin(), list.paths.end());
+  if (list.paths.empty()) throw Error(target + ": no manifest.json and no .bin shards");
+  return list;
 }
 
 }  // namespace
@@ -346,7 +357,8 @@ int prepare_inspect_command(const std::vector<std::string>& argv, std::ostream& 
   }
   if (args.positional().size() != 1) throw Error("bert_prepare inspect: expected one shard directory or file (see --help)");
   const std::string target = args.positional()[0];
-  const std::vector<std::string> paths = shard_paths(target);
+  const ShardList listed = shard_paths(target);
+  const std::vector<std::string>& paths = listed.paths;
 
   struct SplitStats {
     uint64_t examples = 0, tokens = 0, random_next = 0, max_length = 0, shards = 0;
@@ -407,6 +419,7 @@ int prepare_inspect_command(const std::vector<std::string>& argv, std::ostream& 
     if (tok.vocab().size() != vocab_size)
       throw Error(tok_dir + ": tokenizer has " + std::to_string(tok.vocab().size()) + " tokens, shards were built with " +
                   std::to_string(vocab_size));
+    check_vocab_hash(listed.vocab_hash, listed.manifest_path, tok.vocab(), tok_dir);
     std::vector<int32_t> a, b;
     for (const auto& shard : shards) {
       for (size_t i = 0; i < shard->size() && decoded.size() < limit; ++i) {

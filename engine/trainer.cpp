@@ -691,6 +691,8 @@ void Trainer::load_tokenizer_and_data() {
     valid_data_.reset();
     valid_description_.clear();
   }
+  train_data_->check_vocabulary(tokenizer_->vocab(), data().tokenizer);
+  if (valid_data_) valid_data_->check_vocabulary(tokenizer_->vocab(), data().tokenizer);
 
   const auto shard_len = static_cast<int64_t>(train_data_->max_seq_len());
   if (data().max_seq_length > 0 && data().max_seq_length < shard_len)

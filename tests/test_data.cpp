@@ -288,6 +288,43 @@ TEST_CASE("bert_prepare build + loader: determinism, rank slices, resume, paddin
   REQUIRE(data.size() > 100);
   CHECK_THROWS_WITH(Dataset(test_dir() + "/s1", Split::kTrain, 401), Catch::Contains("rebuild the shards"));
 
+  // The manifest records the vocabulary: the tokenizer it was built with passes, one of the same size
+  // with two tokens swapped does not, in the trainer's check and in inspect --decode.
+  CHECK(Json::parse(read_file(test_dir() + "/s1/manifest.json")).find("vocab_hash")->as_string() ==
+        std::to_string(vocabulary_hash(tok.vocab())));
+  CHECK_NOTHROW(data.check_vocabulary(tok.vocab(), test_dir() + "/tok"));
+  std::vector<std::string> swapped_tokens = tok.vocab().tokens();
+  std::swap(swapped_tokens[300], swapped_tokens[301]);
+  const Vocab swapped(swapped_tokens);
+  CHECK(vocabulary_hash(swapped) != vocabulary_hash(tok.vocab()));
+  CHECK_THROWS_WITH(data.check_vocabulary(swapped, "other"),
+                    Catch::Contains("s1/manifest.json: the shards were built with another vocabulary than "
+                                    "other/vocab.txt") &&
+                        Catch::Contains("s1/tokenizer"));
+  make_directories(test_dir() + "/tok_swapped");
+  swapped.save(test_dir() + "/tok_swapped/vocab.txt");
+  tok.config().save(test_dir() + "/tok_swapped");
+  std::ostringstream swapped_out, swapped_err;
+  CHECK_THROWS_WITH(prepare_main({"inspect", test_dir() + "/s1", "--decode", "2", "--tokenizer",
+                                  test_dir() + "/tok_swapped"},
+                                 swapped_out, swapped_err),
+                    Catch::Contains("another vocabulary"));
+  // A manifest without vocab_hash (older builds) is not checked; a malformed one is an error.
+  const std::string manifest_text = read_file(test_dir() + "/s1/manifest.json");
+  for (const char* value : {"12", "\"\"", "\"12x\"", "\"-1\"", "\"99999999999999999999\""}) {
+    Json edited = Json::parse(manifest_text);
+    edited.set("vocab_hash", Json::parse(value));
+    write_file_atomic(test_dir() + "/s1/manifest.json", edited.dump());
+    CHECK_THROWS_WITH(Dataset(test_dir() + "/s1", Split::kTrain),
+                      Catch::Contains("s1/manifest.json: \"vocab_hash\" must be a string of decimal digits"));
+  }
+  std::string without = manifest_text;
+  without.erase(without.find("\"vocab_hash\""), without.find('\n', without.find("\"vocab_hash\"")) -
+                                                    without.find("\"vocab_hash\"") + 1);
+  write_file_atomic(test_dir() + "/s1/manifest.json", without);
+  CHECK_NOTHROW(Dataset(test_dir() + "/s1", Split::kTrain).check_vocabulary(swapped, "other"));
+  write_file_atomic(test_dir() + "/s1/manifest.json", manifest_text);
+
   // Rank slices: disjoint, and together they cover every example of the epoch's full batches. Batch b
   // of rank r is batch b * world + r of one rank (what gradient accumulation over `world` micro-batches
   // sees), masks and padding included.

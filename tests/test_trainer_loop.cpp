@@ -295,6 +295,23 @@ TEST_CASE("user mistakes are one-line errors") {
     CHECK_FALSE(file_exists(test_dir() + "/gpu"));
   }
 
+  // A tokenizer of the same size as the shards' but another vocabulary (two tokens swapped).
+  const std::string swapped_tok = test_dir() + "/tok_swapped";
+  std::filesystem::create_directories(swapped_tok);
+  std::filesystem::copy_file(test_dir() + "/tok/tokenizer_config.json", swapped_tok + "/tokenizer_config.json");
+  std::vector<std::string> tokens = Tokenizer::from_dir(test_dir() + "/tok").vocab().tokens();
+  std::swap(tokens[tokens.size() - 1], tokens[tokens.size() - 2]);
+  Vocab(tokens).save(swapped_tok + "/vocab.txt");
+  const std::string swapped = write_config("swapped", "swapped", "max_steps = 2\nper_device_train_batch_size = 8\n");
+  write_file_atomic(swapped,
+                    std::string(read_file(swapped))
+                        .replace(read_file(swapped).find(test_dir() + "/tok\""), test_dir().size() + 4, swapped_tok));
+  message = error_of([&] { train({"--config", swapped}); });
+  CHECK_THAT(message, Catch::Contains("shards/manifest.json: the shards were built with another vocabulary than " +
+                                      swapped_tok + "/vocab.txt") &&
+                          Catch::Contains("shards/tokenizer"));
+  CHECK(one_line(message));
+
   // Batch larger than the data; unknown command-line option.
   const std::string huge = write_config("huge", "huge", "max_steps = 2\nper_device_train_batch_size = 100000\n");
   message = error_of([&] { train({"--config", huge}); });

@@ -42,14 +42,16 @@ Vocab Vocab::load(const std::string& path) {
   return v;
 }
 
-void Vocab::save(const std::string& path) const {
+std::string Vocab::text() const {
   std::string out;
   for (const auto& t : tokens_) {
     out += t;
     out.push_back('\n');
   }
-  write_file_atomic(path, out);
+  return out;
 }
+
+void Vocab::save(const std::string& path) const { write_file_atomic(path, text()); }
 
 int32_t Vocab::id(std::string_view token) const {
   auto it = ids_.find(std::string(token));

@@ -17,8 +17,10 @@ class Vocab {
   // Throws bert::Error with the path and line for: missing/unreadable file, invalid UTF-8, an empty
   // line, a duplicate token, an empty vocabulary.
   static Vocab load(const std::string& path);
-  // Atomic write (temp file + rename).
+  // Atomic write (temp file + rename) of text().
   void save(const std::string& path) const;
+  // vocab.txt's bytes: every token followed by a newline.
+  std::string text() const;
 
   size_t size() const { return tokens_.size(); }
   const std::string& token(int32_t id) const { return tokens_.at(static_cast<size_t>(id)); }
