@@ -311,6 +311,21 @@ TEST_CASE("user mistakes are one-line errors") {
                                       swapped_tok + "/vocab.txt") &&
                           Catch::Contains("shards/tokenizer"));
   CHECK(one_line(message));
+  // Shards rebuilt with that tokenizer pass, but a checkpoint trained with the first one cannot resume.
+  std::ostringstream prepare_out, prepare_err;
+  REQUIRE(prepare_main({"build", "--tokenizer", swapped_tok, "--input", test_dir() + "/clean.txt", "--out",
+                        test_dir() + "/shards_swapped", "--max-seq-len", "32", "--seed", "3", "--quiet"},
+                       prepare_out, prepare_err) == 0);
+  std::string resumed = read_file(swapped);
+  resumed.replace(resumed.find("/swapped\""), 9, "/out\"");
+  resumed.replace(resumed.find("/shards\""), 8, "/shards_swapped\"");
+  write_file_atomic(swapped, resumed);
+  message = error_of([&] { train({"--config", swapped, "--resume"}); });
+  CHECK_THAT(message, Catch::Contains("cannot resume from " + test_dir() +
+                                      "/out/checkpoint-2: its vocab.txt differs "
+                                      "from " +
+                                      swapped_tok + "/vocab.txt"));
+  CHECK(one_line(message));
 
   // Batch larger than the data; unknown command-line option.
   const std::string huge = write_config("huge", "huge", "max_steps = 2\nper_device_train_batch_size = 100000\n");
