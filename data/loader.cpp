@@ -48,10 +48,15 @@ Dataset::Dataset(const std::string& dir, Split split, uint32_t expected_vocab_si
   vocab_hash_ = manifest_vocab_hash(manifest, manifest_path);
   const Json* list = manifest.find("shards");
   if (!list || !list->is_array()) throw Error(manifest_path + ": missing 'shards' list");
-  for (const Json& entry : list->as_array()) {
+  for (size_t k = 0; k < list->as_array().size(); ++k) {
+    const Json& entry = list->as_array()[k];
     const Json* file = entry.find("file");
     const Json* sp = entry.find("split");
-    if (!file || !file->is_string() || !sp || !sp->is_string()) throw Error(manifest_path + ": malformed shard entry");
+    if (!file || !file->is_string() || !sp || !sp->is_string())
+      throw Error(manifest_path + ": shard entry " + std::to_string(k) + " needs string fields 'file' and 'split'");
+    if (sp->as_string() != split_name(Split::kTrain) && sp->as_string() != split_name(Split::kValid))
+      throw Error(manifest_path + ": shard entry " + std::to_string(k) + " has split '" + sp->as_string() +
+                  "'; expected 'train' or 'valid'");
     if (sp->as_string() != split_name(split)) continue;
     auto shard = std::make_unique<Shard>(dir + "/" + file->as_string(), expected_vocab_size);
     if (shard->header().split != split) throw Error(shard->path() + ": split in header disagrees with manifest.json");

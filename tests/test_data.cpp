@@ -323,6 +323,14 @@ TEST_CASE("bert_prepare build + loader: determinism, rank slices, resume, paddin
                                                     without.find("\"vocab_hash\"") + 1);
   write_file_atomic(test_dir() + "/s1/manifest.json", without);
   CHECK_NOTHROW(Dataset(test_dir() + "/s1", Split::kTrain).check_vocabulary(swapped, "other"));
+  // A split name other than train or valid would drop its shard from both splits without a word.
+  Json misnamed = Json::parse(manifest_text);
+  Json::Array entries = misnamed.find("shards")->as_array();
+  entries[0].set("split", "Train");
+  misnamed.set("shards", entries);
+  write_file_atomic(test_dir() + "/s1/manifest.json", misnamed.dump());
+  CHECK_THROWS_WITH(Dataset(test_dir() + "/s1", Split::kValid),
+                    Catch::Contains("s1/manifest.json: shard entry 0 has split 'Train'; expected 'train' or 'valid'"));
   write_file_atomic(test_dir() + "/s1/manifest.json", manifest_text);
 
   // Rank slices: disjoint, and together they cover every example of the epoch's full batches. Batch b

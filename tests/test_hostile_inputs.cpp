@@ -4,7 +4,7 @@
 // file; never another exception type, a crash, or (under scripts/sanitize.sh: ASan and UBSan) an
 // out-of-bounds read. The loaders covered: JSON (config.json, trainer_state.json,
 // tokenizer_config.json, metrics.jsonl), the run TOML, safetensors through the model's parameter
-// reader, shards, vocab.txt, gzip corpora.
+// reader, shards and their manifest.json, vocab.txt, gzip corpora.
 #include <zlib.h>
 
 #include <catch2/catch.hpp>
@@ -19,6 +19,7 @@
 #include "common/error.h"
 #include "common/file.h"
 #include "common/json.h"
+#include "data/loader.h"
 #include "data/shard.h"
 #include "data/text_reader.h"
 #include "engine/bert.h"
@@ -406,6 +407,59 @@ TEST_CASE("a shard with an id outside its vocabulary and a valid checksum is ref
     put(path, wrapped);
     CHECK_THROWS_WITH(Shard(path), Catch::Contains("bad-id.bin") && Catch::Contains("cannot fit in a file"));
   }
+}
+
+TEST_CASE("mutated shard manifests load or fail with one line naming the shard directory") {
+  Mutator rng{8};
+  const std::string dir = test_dir() + "/shards";
+  make_directories(dir);
+  std::vector<std::string> tokens;
+  for (int i = 0; i < 500; ++i) tokens.push_back("t" + std::to_string(i));
+  const Vocab vocab(tokens);
+  Json shards = Json::array();
+  for (const char* name : {"train-00000.bin", "train-00001.bin", "valid-00000.bin"}) {
+    const Split split = name[0] == 't' ? Split::kTrain : Split::kValid;
+    ShardWriter writer(500, 32, split);
+    for (int i = 0; i < 10; ++i) writer.add(std::vector<int32_t>{1 + i, 2}, std::vector<int32_t>{3, 4 + i}, i % 2);
+    const ShardHeader h = writer.write(dir + "/" + name);
+    Json entry = Json::object();
+    entry.set("file", name);
+    entry.set("split", split_name(split));
+    entry.set("examples", h.example_count);
+    entry.set("checksum", std::to_string(h.checksum));
+    shards.push(entry);
+  }
+  Json manifest = Json::object();
+  manifest.set("format", "bertforge-shards");
+  manifest.set("vocab_size", 500);
+  manifest.set("vocab_hash", std::to_string(vocabulary_hash(vocab)));
+  manifest.set("shards", shards);
+  const std::string valid = manifest.dump(2);
+  put(dir + "/manifest.json", valid);
+  const Dataset whole(dir, Split::kTrain, 500);
+  REQUIRE(whole.size() == 20);
+  REQUIRE_NOTHROW(whole.check_vocabulary(vocab, "tok"));
+
+  std::vector<std::string> variants = truncations(valid);
+  for (auto& m : rng.mutants(valid, 3000)) variants.push_back(std::move(m));
+  Tally tally;
+  sweep(
+      variants, dir,
+      [&](const std::string& text) {
+        put(dir + "/manifest.json", text);
+        for (const Split split : {Split::kTrain, Split::kValid}) {
+          const Dataset data(dir, split, 500);
+          data.check_vocabulary(vocab, "tok");
+          std::vector<int32_t> a, b;
+          for (size_t i = 0; i < data.size(); ++i) {
+            size_t local = 0;
+            data.shard_of(i, local).example(local, a, b);
+          }
+        }
+      },
+      tally);
+  CHECK(tally.accepted > 50);
+  CHECK(tally.rejected > 1000);
 }
 
 TEST_CASE("mutated metrics.jsonl resumes or fails with one line naming the file") {
