@@ -366,8 +366,10 @@ TEST_CASE("mutated shards load or fail with one line naming the file") {
             std::vector<int32_t> a, b;
             for (size_t i = 0; i < shard.size(); ++i) {
               shard.example(i, a, b);
-              for (const int32_t id : a)
-                if (id < 0 || static_cast<uint32_t>(id) >= shard.header().vocab_size) FAIL("id " << id << " accepted");
+              for (const auto* segment : {&a, &b})
+                for (const int32_t id : *segment)
+                  if (id < 0 || static_cast<uint32_t>(id) >= shard.header().vocab_size)
+                    FAIL("id " << id << " accepted");
             }
           },
           tally);
