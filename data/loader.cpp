@@ -16,15 +16,37 @@ uint64_t vocabulary_hash(const Vocab& vocab) {
   return hash64(text.data(), text.size());
 }
 
-std::optional<uint64_t> manifest_vocab_hash(const Json& manifest, const std::string& manifest_path) {
-  const Json* field = manifest.find("vocab_hash");
+namespace {
+
+// A 64-bit hash the manifest writes as a decimal string (JSON numbers are doubles): none when absent.
+std::optional<uint64_t> decimal_field(const Json& object, const char* key, const std::string& where) {
+  const Json* field = object.find(key);
   if (!field) return std::nullopt;
   uint64_t value = 0;
   const std::string* s = field->is_string() ? &field->as_string() : nullptr;
   const auto parsed = s ? std::from_chars(s->data(), s->data() + s->size(), value) : std::from_chars_result{};
   if (!s || s->empty() || parsed.ec != std::errc() || parsed.ptr != s->data() + s->size())
-    throw Error(manifest_path + ": \"vocab_hash\" must be a string of decimal digits (the hash of vocab.txt)");
+    throw Error(where + ": \"" + key + "\" must be a string of decimal digits (a 64-bit hash)");
   return value;
+}
+
+}  // namespace
+
+std::optional<uint64_t> manifest_vocab_hash(const Json& manifest, const std::string& manifest_path) {
+  return decimal_field(manifest, "vocab_hash", manifest_path);
+}
+
+void check_manifest_entry(const Json& entry, size_t index, const Shard& shard, const std::string& manifest_path) {
+  const std::string where = manifest_path + " shard entry " + std::to_string(index);
+  const std::optional<uint64_t> checksum = decimal_field(entry, "checksum", where);
+  const Json* examples = entry.find("examples");
+  if (examples && !(examples->is_number() && examples->as_number() >= 0))
+    throw Error(where + ": \"examples\" must be a count");
+  const bool checksum_differs = checksum && *checksum != shard.header().checksum;
+  if (checksum_differs || (examples && examples->as_number() != static_cast<double>(shard.size())))
+    throw Error(shard.path() + ": " + (checksum_differs ? "checksum" : "example count") + " differs from " + where +
+                "'s: the shard was rewritten after the manifest (an interrupted bert_prepare build into the same "
+                "directory?); rebuild the shards");
 }
 
 void check_vocab_hash(std::optional<uint64_t> recorded, const std::string& manifest_path, const Vocab& vocab,
@@ -60,6 +82,7 @@ Dataset::Dataset(const std::string& dir, Split split, uint32_t expected_vocab_si
     if (sp->as_string() != split_name(split)) continue;
     auto shard = std::make_unique<Shard>(dir + "/" + file->as_string(), expected_vocab_size);
     if (shard->header().split != split) throw Error(shard->path() + ": split in header disagrees with manifest.json");
+    check_manifest_entry(entry, k, *shard, manifest_path);
     if (vocab_size_ && shard->header().vocab_size != vocab_size_)
       throw Error(shard->path() + ": vocabulary size differs from the other shards");
     vocab_size_ = shard->header().vocab_size;

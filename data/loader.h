@@ -38,6 +38,11 @@ uint64_t vocabulary_hash(const Vocab& vocab);
 // an error naming the file when it is not a decimal string.
 std::optional<uint64_t> manifest_vocab_hash(const Json& manifest, const std::string& manifest_path);
 
+// Throws unless the manifest's entry `index` for `shard` records its checksum and example count (each
+// checked when present): a shard rewritten after its manifest (an interrupted build into the same
+// directory) would otherwise mix two builds.
+void check_manifest_entry(const Json& entry, size_t index, const Shard& shard, const std::string& manifest_path);
+
 // Throws unless `recorded` (manifest_vocab_hash) is none or the hash of `vocab`, the vocabulary of the
 // tokenizer in tokenizer_dir: token ids mean nothing under another vocabulary, even one of the same size.
 void check_vocab_hash(std::optional<uint64_t> recorded, const std::string& manifest_path, const Vocab& vocab,

@@ -313,6 +313,7 @@ namespace {
 struct ShardList {
   std::vector<std::string> paths;
   std::string manifest_path;
+  std::vector<Json> entries;  // the manifest's entry for each path, when there is a manifest
   std::optional<uint64_t> vocab_hash;
 };
 
@@ -332,6 +333,7 @@ ShardList shard_paths(const std::string& target) {
       const Json* f = s.find("file");
       if (!f || !f->is_string()) throw Error(manifest + ": shard entry without 'file'");
       list.paths.push_back(target + "/" + f->as_string());
+      list.entries.push_back(s);
     }
     list.manifest_path = manifest;
     list.vocab_hash = manifest_vocab_hash(m, manifest);
@@ -367,8 +369,10 @@ int prepare_inspect_command(const std::vector<std::string>& argv, std::ostream& 
   std::map<std::string, SplitStats> splits;
   uint32_t vocab_size = 0, max_seq_len = 0;
   std::vector<std::unique_ptr<Shard>> shards;
-  for (const auto& p : paths) {
+  for (size_t k = 0; k < paths.size(); ++k) {
+    const std::string& p = paths[k];
     auto shard = std::make_unique<Shard>(p);
+    if (!listed.entries.empty()) check_manifest_entry(listed.entries[k], k, *shard, listed.manifest_path);
     const ShardHeader& h = shard->header();
     if (vocab_size && h.vocab_size != vocab_size) throw Error(p + ": vocabulary size differs from the other shards");
     vocab_size = h.vocab_size;

@@ -331,7 +331,40 @@ TEST_CASE("bert_prepare build + loader: determinism, rank slices, resume, paddin
   write_file_atomic(test_dir() + "/s1/manifest.json", misnamed.dump());
   CHECK_THROWS_WITH(Dataset(test_dir() + "/s1", Split::kValid),
                     Catch::Contains("s1/manifest.json: shard entry 0 has split 'Train'; expected 'train' or 'valid'"));
+  // Each entry records its shard's checksum and example count: a shard from another build (what an
+  // interrupted rebuild into the same directory leaves) is refused, and so are malformed records.
+  std::ostringstream other_out, other_err;
+  REQUIRE(prepare_main({"build", "--tokenizer", test_dir() + "/tok", "--input", test_dir() + "/clean.txt", "--out",
+                        test_dir() + "/s3", "--max-seq-len", "32", "--dupe-factor", "3", "--valid-fraction", "0.1",
+                        "--seed", "8", "--quiet"},
+                       other_out, other_err) == 0);
   write_file_atomic(test_dir() + "/s1/manifest.json", manifest_text);
+  const std::string own_shard = read_file(test_dir() + "/s1/train-00000.bin");
+  write_file_atomic(test_dir() + "/s1/train-00000.bin", read_file(test_dir() + "/s3/train-00000.bin"));
+  CHECK_THROWS_WITH(Dataset(test_dir() + "/s1", Split::kTrain),
+                    Catch::Contains("s1/train-00000.bin: checksum differs from ") &&
+                        Catch::Contains("s1/manifest.json shard entry 0's: the shard was rewritten after the "
+                                        "manifest"));
+  CHECK_THROWS_WITH(prepare_main({"inspect", test_dir() + "/s1"}, other_out, other_err),
+                    Catch::Contains("s1/train-00000.bin: checksum differs from "));
+  write_file_atomic(test_dir() + "/s1/train-00000.bin", own_shard);
+  const auto with_entry_field = [&](const char* key, const Json& value) {
+    Json edited = Json::parse(manifest_text);
+    Json::Array list = edited.find("shards")->as_array();
+    list[0].set(key, value);
+    edited.set("shards", list);
+    write_file_atomic(test_dir() + "/s1/manifest.json", edited.dump());
+  };
+  with_entry_field("examples", Json(1));
+  CHECK_THROWS_WITH(Dataset(test_dir() + "/s1", Split::kTrain), Catch::Contains("example count differs from"));
+  with_entry_field("examples", Json("12"));
+  CHECK_THROWS_WITH(Dataset(test_dir() + "/s1", Split::kTrain),
+                    Catch::Contains("s1/manifest.json shard entry 0: \"examples\" must be a count"));
+  with_entry_field("checksum", Json(12));
+  CHECK_THROWS_WITH(Dataset(test_dir() + "/s1", Split::kTrain),
+                    Catch::Contains("s1/manifest.json shard entry 0: \"checksum\" must be a string of decimal digits"));
+  write_file_atomic(test_dir() + "/s1/manifest.json", manifest_text);
+  CHECK_NOTHROW(Dataset(test_dir() + "/s1", Split::kTrain));
 
   // Rank slices: disjoint, and together they cover every example of the epoch's full batches. Batch b
   // of rank r is batch b * world + r of one rank (what gradient accumulation over `world` micro-batches
