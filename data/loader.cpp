@@ -2,6 +2,7 @@
 
 #include <algorithm>
 #include <charconv>
+#include <cmath>
 #include <filesystem>
 
 #include "common/error.h"
@@ -40,7 +41,8 @@ void check_manifest_entry(const Json& entry, size_t index, const Shard& shard, c
   const std::string where = manifest_path + " shard entry " + std::to_string(index);
   const std::optional<uint64_t> checksum = decimal_field(entry, "checksum", where);
   const Json* examples = entry.find("examples");
-  if (examples && !(examples->is_number() && examples->as_number() >= 0))
+  if (examples && !(examples->is_number() && examples->as_number() >= 0 &&
+                    examples->as_number() == std::floor(examples->as_number())))
     throw Error(where + ": \"examples\" must be a count");
   const bool checksum_differs = checksum && *checksum != shard.header().checksum;
   if (checksum_differs || (examples && examples->as_number() != static_cast<double>(shard.size())))
@@ -54,11 +56,12 @@ void check_vocab_hash(std::optional<uint64_t> recorded, const std::string& manif
   if (!recorded) return;
   const uint64_t actual = vocabulary_hash(vocab);
   if (*recorded == actual) return;
-  const std::string dir = std::filesystem::path(manifest_path).parent_path().string();
+  const std::filesystem::path dir = std::filesystem::path(manifest_path).parent_path();
+  const std::string copy = (dir.empty() ? std::filesystem::path(".") : dir).string() + "/tokenizer";
   throw Error(manifest_path + ": the shards were built with another vocabulary than " + tokenizer_dir +
               "/vocab.txt (vocab_hash " + std::to_string(*recorded) + ", the tokenizer's " + std::to_string(actual) +
-              "; " + std::to_string(vocab.size()) + " tokens in it): use the tokenizer they were built with (" +
-              (dir.empty() ? std::string(".") : dir) + "/tokenizer) or rebuild them with this one");
+              "; " + std::to_string(vocab.size()) + " tokens in it): use the tokenizer they were built with" +
+              (is_directory(copy) ? " (" + copy + ")" : std::string()) + " or rebuild them with this one");
 }
 
 Dataset::Dataset(const std::string& dir, Split split, uint32_t expected_vocab_size)

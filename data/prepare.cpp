@@ -348,7 +348,7 @@ ShardList shard_paths(const std::string& target) {
 
 }  // namespace
 
-int prepare_inspect_command(const std::vector<std::string>& argv, std::ostream& out, std::ostream& /*err*/) {
+int prepare_inspect_command(const std::vector<std::string>& argv, std::ostream& out, std::ostream& err) {
   Args args("bert_prepare inspect", "bert_prepare inspect DIR|SHARD [--json] [--decode N|all] [--tokenizer DIR]");
   args.flag("--json", "print the statistics as JSON")
       .option("--decode", "decode the first N examples (or all) back to text")
@@ -369,10 +369,20 @@ int prepare_inspect_command(const std::vector<std::string>& argv, std::ostream& 
   std::map<std::string, SplitStats> splits;
   uint32_t vocab_size = 0, max_seq_len = 0;
   std::vector<std::unique_ptr<Shard>> shards;
+  size_t stale = 0;  // shards that disagree with their manifest entry
   for (size_t k = 0; k < paths.size(); ++k) {
     const std::string& p = paths[k];
     auto shard = std::make_unique<Shard>(p);
-    if (!listed.entries.empty()) check_manifest_entry(listed.entries[k], k, *shard, listed.manifest_path);
+    // A shard that is not the one its manifest lists is reported, and inspected all the same: this
+    // is the tool for looking into a half-rebuilt directory. The exit status says so.
+    if (!listed.entries.empty()) {
+      try {
+        check_manifest_entry(listed.entries[k], k, *shard, listed.manifest_path);
+      } catch (const Error& e) {
+        err << "error: " << e.what() << "\n";
+        ++stale;
+      }
+    }
     const ShardHeader& h = shard->header();
     if (vocab_size && h.vocab_size != vocab_size) throw Error(p + ": vocabulary size differs from the other shards");
     vocab_size = h.vocab_size;
@@ -441,7 +451,7 @@ int prepare_inspect_command(const std::vector<std::string>& argv, std::ostream& 
       j.set("decoded", ex);
     }
     out << j.dump(2) << "\n";
-    return 0;
+    return stale ? 1 : 0;
   }
   out << target << ": " << paths.size() << " shard(s), vocab " << vocab_size << ", max_seq_len " << max_seq_len << "\n";
   for (const auto& [name, s] : splits) {
@@ -460,7 +470,7 @@ int prepare_inspect_command(const std::vector<std::string>& argv, std::ostream& 
     }
   }
   for (size_t i = 0; i < decoded.size(); ++i) out << "#" << i << " " << decoded[i] << "\n";
-  return 0;
+  return stale ? 1 : 0;
 }
 
 int prepare_main(const std::vector<std::string>& argv, std::ostream& out, std::ostream& err) {

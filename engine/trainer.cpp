@@ -784,12 +784,22 @@ void Trainer::restore(const std::string& checkpoint) {
   if (!shape_diff.empty())
     throw Error("cannot resume from " + checkpoint + ": its model differs from " + config_.path + " [model] (" +
                 shape_diff + "); resume with the config it was trained with, or start a new output_dir");
-  // Same size, other tokens: the embeddings would go on under ids that now mean other pieces.
+  // Other tokens under the ids it was trained with: the embeddings would go on under ids that now mean
+  // other pieces. Tokens appended after them (into vocab_size's padding) keep every trained id.
   const std::string checkpoint_vocab = checkpoint + "/vocab.txt";
-  if (file_exists(checkpoint_vocab) && Vocab::load(checkpoint_vocab).text() != tokenizer_->vocab().text())
-    throw Error("cannot resume from " + checkpoint + ": its vocab.txt differs from " + data().tokenizer +
-                "/vocab.txt ([data] tokenizer of " + config_.path +
-                "); resume with the tokenizer it was trained with, or start a new output_dir");
+  if (file_exists(checkpoint_vocab)) {
+    std::vector<std::string> trained;
+    try {
+      trained = Vocab::load(checkpoint_vocab).tokens();
+    } catch (const Error& e) {
+      throw Error("cannot resume from " + checkpoint + ": " + e.what());
+    }
+    const std::vector<std::string>& now = tokenizer_->vocab().tokens();
+    if (trained.size() > now.size() || !std::equal(trained.begin(), trained.end(), now.begin()))
+      throw Error("cannot resume from " + checkpoint + ": its vocab.txt differs from " + data().tokenizer +
+                  "/vocab.txt ([data] tokenizer of " + config_.path +
+                  "); resume with the tokenizer it was trained with, or start a new output_dir");
+  }
 
   std::string changed;
   const auto note = [&](const char* what, auto was, auto now) {

@@ -326,6 +326,37 @@ TEST_CASE("user mistakes are one-line errors") {
                                       "from " +
                                       swapped_tok + "/vocab.txt"));
   CHECK(one_line(message));
+  // Tokens appended to the vocabulary (into a fixed vocab_size) keep every trained id: that resumes. A
+  // checkpoint's unreadable vocab.txt is an error about the checkpoint.
+  const std::vector<std::string> trained_tokens = Tokenizer::from_dir(test_dir() + "/tok").vocab().tokens();
+  const std::string fixed_vocab =
+      std::string(kTinyModel) + "vocab_size = " + std::to_string(trained_tokens.size() + 8) + "\n";
+  const std::string grown =
+      write_config("grown", "grown", "max_steps = 2\nper_device_train_batch_size = 8\n", fixed_vocab);
+  REQUIRE(train({"--config", grown}).code == 0);
+  const std::string grown_tok = test_dir() + "/tok_grown";
+  std::filesystem::create_directories(grown_tok);
+  std::filesystem::copy_file(test_dir() + "/tok/tokenizer_config.json", grown_tok + "/tokenizer_config.json");
+  std::vector<std::string> grown_tokens = trained_tokens;
+  grown_tokens.push_back("appended1");
+  grown_tokens.push_back("appended2");
+  Vocab(grown_tokens).save(grown_tok + "/vocab.txt");
+  REQUIRE(prepare_main({"build", "--tokenizer", grown_tok, "--input", test_dir() + "/clean.txt", "--out",
+                        test_dir() + "/shards_grown", "--max-seq-len", "32", "--seed", "3", "--quiet"},
+                       prepare_out, prepare_err) == 0);
+  std::string grown_text = read_file(grown);
+  grown_text.replace(grown_text.find(test_dir() + "/tok\""), test_dir().size() + 4, grown_tok);
+  grown_text.replace(grown_text.find("/shards\""), 8, "/shards_grown\"");
+  write_file_atomic(grown, grown_text);
+  const RunResult grown_run = train({"--config", grown, "--resume"});
+  INFO(grown_run.err);
+  CHECK(grown_run.code == 0);
+  const std::string grown_checkpoint = latest_checkpoint(test_dir() + "/grown")->path;
+  write_file_atomic(grown_checkpoint + "/vocab.txt", "[PAD]\n\n[UNK]\n");
+  message = error_of([&] { train({"--config", grown, "--resume"}); });
+  CHECK_THAT(message,
+             Catch::Contains("cannot resume from " + grown_checkpoint + ": " + grown_checkpoint + "/vocab.txt:2"));
+  CHECK(one_line(message));
 
   // Batch larger than the data; unknown command-line option.
   const std::string huge = write_config("huge", "huge", "max_steps = 2\nper_device_train_batch_size = 100000\n");
