@@ -444,6 +444,7 @@ class Trainer {
   void check_output_dir();
   std::string resolve_resume_dir() const;
   void load_tokenizer_and_data();
+  void warn_if_normalizer_differs();
   void build_model();
   void restore(const std::string& checkpoint);
   void print_run_table() const;
@@ -659,6 +660,35 @@ std::string Trainer::resolve_resume_dir() const {
   return latest->path;
 }
 
+// The shards were encoded by the tokenizer copy bert_prepare stored beside them. With the same
+// vocabulary but another normaliser, training is unaffected, but the checkpoints would carry a
+// tokenizer that reads text otherwise than the model learnt it.
+void Trainer::warn_if_normalizer_differs() {
+  const std::string copy = data().train_data + "/tokenizer";
+  if (!file_exists(copy + "/tokenizer_config.json")) return;
+  NormalizerOptions encoded;
+  try {
+    encoded = TokenizerConfig::load(copy).normalizer;
+  } catch (const Error& e) {
+    err_ << "warning: cannot compare the tokenizers: " << e.what() << "\n";
+    return;
+  }
+  const NormalizerOptions& used = tokenizer_->config().normalizer;
+  std::string diff;
+  const auto compare = [&](const char* key, bool was, bool now) {
+    if (was != now)
+      diff += std::string(diff.empty() ? "" : ", ") + key + " " + (was ? "true" : "false") + " -> " +
+              (now ? "true" : "false");
+  };
+  compare("do_lower_case", encoded.lowercase, used.lowercase);
+  compare("strip_accents", encoded.strip_accents, used.strip_accents);
+  compare("tokenize_chinese_chars", encoded.handle_chinese_chars, used.handle_chinese_chars);
+  compare("clean_text", encoded.clean_text, used.clean_text);
+  if (!diff.empty())
+    err_ << "warning: " << data().tokenizer << " normalises text otherwise than " << copy
+         << ", which encoded the shards (" << diff << "); the checkpoints carry " << data().tokenizer << "'s\n";
+}
+
 void Trainer::load_tokenizer_and_data() {
   tokenizer_ = std::make_unique<Tokenizer>(Tokenizer::from_dir(data().tokenizer));
   const auto vocab = static_cast<int>(tokenizer_->vocab().size());
@@ -693,6 +723,7 @@ void Trainer::load_tokenizer_and_data() {
   }
   train_data_->check_vocabulary(tokenizer_->vocab(), data().tokenizer);
   if (valid_data_) valid_data_->check_vocabulary(tokenizer_->vocab(), data().tokenizer);
+  warn_if_normalizer_differs();
 
   const auto shard_len = static_cast<int64_t>(train_data_->max_seq_len());
   if (data().max_seq_length > 0 && data().max_seq_length < shard_len)

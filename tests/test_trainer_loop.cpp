@@ -358,6 +358,26 @@ TEST_CASE("user mistakes are one-line errors") {
              Catch::Contains("cannot resume from " + grown_checkpoint + ": " + grown_checkpoint + "/vocab.txt:2"));
   CHECK(one_line(message));
 
+  // The same vocabulary with another normaliser than the one that encoded the shards: a warning.
+  const std::string recased_tok = test_dir() + "/tok_recased";
+  std::filesystem::create_directories(recased_tok);
+  std::filesystem::copy_file(test_dir() + "/tok/vocab.txt", recased_tok + "/vocab.txt");
+  TokenizerConfig recased = TokenizerConfig::load(test_dir() + "/tok");
+  recased.normalizer.lowercase = !recased.normalizer.lowercase;
+  recased.save(recased_tok);
+  const std::string recased_config =
+      write_config("recased", "recased", "max_steps = 1\nper_device_train_batch_size = 8\n");
+  std::string recased_text = read_file(recased_config);
+  recased_text.replace(recased_text.find(test_dir() + "/tok\""), test_dir().size() + 4, recased_tok);
+  write_file_atomic(recased_config, recased_text);
+  const RunResult recased_run = train({"--config", recased_config});
+  CHECK(recased_run.code == 0);
+  CHECK_THAT(recased_run.err,
+             Catch::Contains("warning: " + recased_tok + " normalises text otherwise than " + test_dir() +
+                             "/shards/tokenizer, which encoded the shards (do_lower_case"));
+  CHECK(train({"--config", write_config("plain", "plain", "max_steps = 1\nper_device_train_batch_size = 8\n")})
+            .err.find("normalises text otherwise") == std::string::npos);
+
   // Batch larger than the data; unknown command-line option.
   const std::string huge = write_config("huge", "huge", "max_steps = 2\nper_device_train_batch_size = 100000\n");
   message = error_of([&] { train({"--config", huge}); });
