@@ -2,6 +2,7 @@
 
 #include <algorithm>
 #include <cctype>
+#include <charconv>
 #include <cmath>
 #include <cstdio>
 #include <cstdlib>
@@ -91,6 +92,14 @@ void json_escape(std::string& out, std::string_view s) {
     }
   }
   out.push_back('"');
+}
+
+std::optional<uint64_t> parse_decimal_u64(std::string_view text) {
+  uint64_t value = 0;
+  const char* end = text.data() + text.size();
+  const std::from_chars_result parsed = std::from_chars(text.data(), end, value);
+  if (text.empty() || parsed.ec != std::errc() || parsed.ptr != end) return std::nullopt;
+  return value;
 }
 
 static void newline(std::string& out, int indent, int depth) {

@@ -5,6 +5,7 @@
 #include <cstdint>
 #include <map>
 #include <memory>
+#include <optional>
 #include <string>
 #include <string_view>
 #include <utility>
@@ -67,5 +68,10 @@ class Json {
 
 // Appends `s` as a JSON string literal (with quotes).
 void json_escape(std::string& out, std::string_view s);
+
+// A 64-bit unsigned integer that the JSON files we write keep as a decimal string (JSON numbers are
+// doubles, exact only to 2^53): seeds, hashes, checksums. Digits only: no sign, no spaces, no empty
+// string, nothing past 2^64 - 1; none otherwise.
+std::optional<uint64_t> parse_decimal_u64(std::string_view text);
 
 }  // namespace bert

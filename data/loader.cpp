@@ -1,7 +1,6 @@
 #include "data/loader.h"
 
 #include <algorithm>
-#include <charconv>
 #include <cmath>
 #include <filesystem>
 
@@ -23,11 +22,8 @@ namespace {
 std::optional<uint64_t> decimal_field(const Json& object, const char* key, const std::string& where) {
   const Json* field = object.find(key);
   if (!field) return std::nullopt;
-  uint64_t value = 0;
-  const std::string* s = field->is_string() ? &field->as_string() : nullptr;
-  const auto parsed = s ? std::from_chars(s->data(), s->data() + s->size(), value) : std::from_chars_result{};
-  if (!s || s->empty() || parsed.ec != std::errc() || parsed.ptr != s->data() + s->size())
-    throw Error(where + ": \"" + key + "\" must be a string of decimal digits (a 64-bit hash)");
+  const std::optional<uint64_t> value = field->is_string() ? parse_decimal_u64(field->as_string()) : std::nullopt;
+  if (!value) throw Error(where + ": \"" + key + "\" must be a string of decimal digits (a 64-bit hash)");
   return value;
 }
 

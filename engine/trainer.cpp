@@ -11,7 +11,6 @@
 #include <algorithm>
 #include <array>
 #include <cctype>
-#include <cerrno>
 #include <chrono>
 #include <cmath>
 #include <csignal>
@@ -197,12 +196,9 @@ struct StateReader {
   }
   uint64_t unsigned_text(const Json& object, std::string_view key) const {
     const std::string& text = string(object, key);
-    char* end = nullptr;
-    errno = 0;
-    const unsigned long long value = std::strtoull(text.c_str(), &end, 10);
-    if (text.empty() || *end != '\0' || errno == ERANGE)
-      throw Error(path + ": '" + std::string(key) + "' is not an unsigned integer: " + text);
-    return value;
+    const std::optional<uint64_t> value = parse_decimal_u64(text);
+    if (!value) throw Error(path + ": '" + std::string(key) + "' is not an unsigned integer: " + text);
+    return *value;
   }
 };
 

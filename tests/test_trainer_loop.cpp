@@ -61,6 +61,12 @@ TEST_CASE("total steps and trainer state round trip") {
   state.world_size = 4;
   Json json = state.to_json();
   CHECK(TrainerState::from_json(json, "state.json").world_size == 4);
+  json.set("seed", "-1");  // not 2^64 - 1
+  CHECK_THROWS_WITH(TrainerState::from_json(json, "state.json"),
+                    Catch::Contains("state.json: 'seed' is not an unsigned integer: -1"));
+  json.set("seed", " 7");
+  CHECK_THROWS_WITH(TrainerState::from_json(json, "state.json"), Catch::Contains("'seed' is not an unsigned integer"));
+  json.set("seed", std::to_string(state.seed));
   json.set("world_size", 0);
   CHECK_THROWS_WITH(TrainerState::from_json(json, "state.json"), Catch::Contains("'world_size' must be at least 1"));
   // A state written before data parallelism (no world_size) is a single rank's.

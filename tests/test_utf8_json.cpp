@@ -39,6 +39,15 @@ TEST_CASE("json parse and dump") {
   CHECK(Json::parse(j.dump(2)).dump() == j.dump());
 }
 
+TEST_CASE("64-bit integers kept as decimal strings parse strictly") {
+  CHECK(parse_decimal_u64("0") == uint64_t{0});
+  CHECK(parse_decimal_u64("18446744073709551615") == UINT64_MAX);
+  CHECK(parse_decimal_u64("007") == uint64_t{7});
+  // strtoull would take each of these (-1 as 2^64 - 1, leading spaces and '+').
+  for (const char* bad : {"", "-1", "+1", " 1", "1 ", "1.0", "1e3", "0x10", "18446744073709551616", "abc"})
+    CHECK_FALSE(parse_decimal_u64(bad).has_value());
+}
+
 TEST_CASE("json errors name the source and line") {
   try {
     Json::parse("{\n\"a\": 1,\n\"b\" 2}", "cfg.json");
