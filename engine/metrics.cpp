@@ -14,19 +14,22 @@ MetricsLog::MetricsLog(const std::string& path, int64_t resume_step) : path_(pat
   if (resume_step >= 0 && file_exists(path)) {
     const std::string text = read_file(path);
     std::string kept;
-    size_t pos = 0;
+    size_t pos = 0, line_no = 0;
     while (pos < text.size()) {
       size_t nl = text.find('\n', pos);
-      if (nl == std::string::npos) nl = text.size();
+      const bool torn = nl == std::string::npos;  // a crash cut the last write short
+      if (torn) nl = text.size();
       const std::string_view line(text.data() + pos, nl - pos);
       pos = nl + 1;
+      ++line_no;
       if (line.empty()) continue;
       try {
         const Json j = Json::parse(line, path);
         const Json* step = j.find("step");
         if (step && step->is_number() && step->as_int() > resume_step) continue;
       } catch (const Error&) {
-        continue;  // a torn last line from a crash
+        if (!torn) dropped_lines_.push_back(line_no);
+        continue;
       }
       kept.append(line);
       kept.push_back('\n');

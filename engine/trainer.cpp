@@ -1443,6 +1443,12 @@ int Trainer::train() {
     if (dump_dir_) start_dump();
     metrics_ =
         std::make_unique<MetricsLog>(training().output_dir + "/metrics.jsonl", resumed_ ? state_.global_step : -1);
+    if (const std::vector<size_t>& dropped = metrics_->dropped_lines(); !dropped.empty()) {
+      err_ << "warning: " << training().output_dir << "/metrics.jsonl: dropped " << dropped.size() << " unreadable line"
+           << (dropped.size() == 1 ? "" : "s") << " while resuming (line";
+      for (size_t i = 0; i < dropped.size() && i < 5; ++i) err_ << (i ? ", " : " ") << dropped[i];
+      err_ << (dropped.size() > 5 ? ", ...)" : ")") << "; the loss curve has a gap there\n";
+    }
   }
 
   StopSignalGuard signals;

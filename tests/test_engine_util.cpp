@@ -84,6 +84,17 @@ TEST_CASE("metrics log truncates to the resume step and plots an SVG") {
   CHECK(svg.find("<svg") == 0);
   CHECK(svg.find("polyline") != std::string::npos);
   CHECK(svg.find("mlm_loss") != std::string::npos);
+  // On resume an unreadable line is dropped: listed when it is whole, not when a crash tore the last one.
+  write_file_atomic(dir + "/torn.jsonl", "{\"step\": 1}\n{oops\n{\"step\": 2}\n\n{\"step\": 9}\n{\"st");
+  {
+    MetricsLog log(dir + "/torn.jsonl", 5);
+    CHECK(log.dropped_lines() == std::vector<size_t>{2});
+  }
+  CHECK(read_file(dir + "/torn.jsonl") == "{\"step\": 1}\n{\"step\": 2}\n");
+  {
+    MetricsLog log(dir + "/torn.jsonl", 5);
+    CHECK(log.dropped_lines().empty());
+  }
   write_file_atomic(dir + "/bad.jsonl", "{\"step\": 1, \"loss\": 2}\n{oops\n");
   CHECK_THROWS_WITH(plot_metrics_svg(dir + "/bad.jsonl", dir + "/x.svg"), Catch::Contains("bad.jsonl:2"));
 }

@@ -153,9 +153,18 @@ inline void check_stop_and_resume_bitwise(const std::string& device, const std::
   CHECK(read_file(test_dir() + "/straight/checkpoint-12/trainer_state.safetensors") ==
         read_file(test_dir() + "/stopped/checkpoint-12/trainer_state.safetensors"));
 
-  // Resuming an earlier checkpoint drops the metrics written after it and repeats the same steps.
+  // Resuming an earlier checkpoint drops the metrics written after it and repeats the same steps; a
+  // damaged line goes too, with a warning.
   const std::string model_before = read_file(test_dir() + "/straight/checkpoint-12/model.safetensors");
-  REQUIRE(train({"--config", straight, "--resume", test_dir() + "/straight/checkpoint-8"}).code == 0);
+  const std::string metrics = test_dir() + "/straight/metrics.jsonl";
+  const std::string log = read_file(metrics);
+  write_file_atomic(metrics,
+                    log.substr(0, log.find('\n') + 1) + "{\"step\": 3, \"lo\n" + log.substr(log.find('\n') + 1));
+  const RunResult again = train({"--config", straight, "--resume", test_dir() + "/straight/checkpoint-8"});
+  REQUIRE(again.code == 0);
+  CHECK_THAT(again.err, Catch::Contains("warning: " + test_dir() +
+                                        "/straight/metrics.jsonl: dropped 1 unreadable line while resuming (line 2); "
+                                        "the loss curve has a gap there"));
   const auto c = read_metrics(test_dir() + "/straight/metrics.jsonl");
   REQUIRE(c.size() == a.size());
   for (size_t i = 0; i < a.size(); ++i)
