@@ -15,6 +15,9 @@ bool file_exists(const std::string& path);
 bool is_directory(const std::string& path);
 size_t file_size(const std::string& path);
 void make_directories(const std::string& path);
+// "runs/demo/" -> "runs/demo" ("/" stays "/"), so that the paths we build from a user's directory and
+// print ("runs/demo/checkpoint-5") carry no "//".
+std::string without_trailing_slashes(std::string path);
 
 // A read-only memory mapping of a whole file (empty files map to an empty view).
 class MappedFile {

@@ -60,8 +60,9 @@ void check_vocab_hash(std::optional<uint64_t> recorded, const std::string& manif
               (is_directory(copy) ? " (" + copy + ")" : std::string()) + " or rebuild them with this one");
 }
 
-Dataset::Dataset(const std::string& dir, Split split, uint32_t expected_vocab_size)
-    : manifest_path_(dir + "/manifest.json") {
+Dataset::Dataset(const std::string& dir_arg, Split split, uint32_t expected_vocab_size)
+    : manifest_path_(without_trailing_slashes(dir_arg) + "/manifest.json") {
+  const std::string dir = without_trailing_slashes(dir_arg);
   const std::string& manifest_path = manifest_path_;
   if (!file_exists(manifest_path))
     throw Error(manifest_path + ": not found (is '" + dir + "' a bert_prepare build output?)");

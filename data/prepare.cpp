@@ -123,8 +123,8 @@ int prepare_build_command(const std::vector<std::string>& argv, std::ostream& ou
   }
   const auto& inputs = args.values("--input");
   if (inputs.empty()) throw Error("bert_prepare build: missing required option '--input' (see --help)");
-  const std::string out_dir = args.str("--out");
-  const std::string tok_dir = args.str("--tokenizer");
+  const std::string out_dir = without_trailing_slashes(args.str("--out"));
+  const std::string tok_dir = without_trailing_slashes(args.str("--tokenizer"));
   NspOptions nsp;
   nsp.max_seq_len = static_cast<uint32_t>(args.integer("--max-seq-len", 5, 65535));
   nsp.short_seq_prob = args.number("--short-seq-prob");
@@ -358,7 +358,7 @@ int prepare_inspect_command(const std::vector<std::string>& argv, std::ostream& 
     return 0;
   }
   if (args.positional().size() != 1) throw Error("bert_prepare inspect: expected one shard directory or file (see --help)");
-  const std::string target = args.positional()[0];
+  const std::string target = without_trailing_slashes(args.positional()[0]);
   const ShardList listed = shard_paths(target);
   const std::vector<std::string>& paths = listed.paths;
 

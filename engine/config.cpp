@@ -66,7 +66,7 @@ struct Field {
   Member member;
   Range range;
   std::vector<std::string> choices;  // allowed strings (empty = any)
-  bool is_path;                      // "~/" expands to $HOME
+  bool is_path;                      // "~/" expands to $HOME, trailing slashes go
 };
 
 // A value from TOML or JSON, reduced to what the fields need.
@@ -185,7 +185,7 @@ void assign(const Field<S>& field, S& target, const Value& value, const std::str
                           (guess.empty() ? std::string() : "; did you mean \"" + guess + "\"?"));
             }
           }
-          target.*member = field.is_path ? expand_home(value.string) : value.string;
+          target.*member = field.is_path ? without_trailing_slashes(expand_home(value.string)) : value.string;
         }
       },
       field.member);

@@ -132,7 +132,8 @@ std::pair<double, double> softmax_max_and_sum(std::span<const float> logits) {
 
 // ---- checkpoint and decoding -----------------------------------------------------------------------
 
-InferenceCheckpoint load_inference_checkpoint(const std::string& dir, int num_threads) {
+InferenceCheckpoint load_inference_checkpoint(const std::string& dir_arg, int num_threads) {
+  const std::string dir = without_trailing_slashes(dir_arg);
   const std::string expected =
       "a checkpoint dir holds model.safetensors, config.json, vocab.txt, tokenizer_config.json";
   if (!is_directory(dir))

@@ -383,7 +383,7 @@ class Trainer {
   Trainer(RunConfig config, std::optional<std::string> resume, std::optional<std::string> dump_dir, std::ostream& out,
           std::ostream& err, const TrainHooks& hooks, Communicator& comm, const RankPlacement& placement)
       : config_(std::move(config)),
-        resume_(std::move(resume)),
+        resume_(resume ? std::optional(without_trailing_slashes(*resume)) : std::nullopt),
         dump_dir_(std::move(dump_dir)),
         out_(out),
         err_(err),

@@ -651,7 +651,7 @@ TEST_CASE("config: every key can be set") {
       "[data]\n"
       "tokenizer = '~/tok'\n"
       "train_data = \"data/train\"\n"
-      "valid_data = \"data/valid\"\n"
+      "valid_data = \"data/valid/\"\n"  // a directory's trailing slash goes
       "mlm_probability = 0.2\n"
       "mask_replace_prob = 1.0\n"
       "random_replace_prob = 0.0\n"

@@ -60,6 +60,15 @@ TEST_CASE("checkpoints: atomic, rotated, newest never deleted, failed writes lea
   CHECK(read_file(out + "/checkpoint-50/model.bin") == "again");
 }
 
+TEST_CASE("directories lose their trailing slashes, the root keeps its own") {
+  CHECK(without_trailing_slashes("runs/demo/") == "runs/demo");
+  CHECK(without_trailing_slashes("runs/demo//") == "runs/demo");
+  CHECK(without_trailing_slashes("runs/demo") == "runs/demo");
+  CHECK(without_trailing_slashes("/") == "/");
+  CHECK(without_trailing_slashes("//") == "/");
+  CHECK(without_trailing_slashes("") == "");
+}
+
 TEST_CASE("metrics log truncates to the resume step and plots an SVG") {
   const std::string dir = "test_metrics_tmp";
   fs::remove_all(dir);

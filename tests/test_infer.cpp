@@ -227,6 +227,10 @@ TEST_CASE("errors are one line and name the prompt, the file or the option", "[i
   std::filesystem::remove(dir + "/config.json");
   CHECK_THROWS_WITH(bert::load_inference_checkpoint(dir),
                     Catch::Contains("is incomplete: missing config.json, vocab.txt"));
+  // A directory given with a trailing slash is named without it, and the files in it without "//".
+  CHECK_THROWS_WITH(run({"--model", dir + "//", "--mask", "the [MASK]"}, "", out),
+                    Catch::StartsWith("model dir '" + dir + "' is incomplete"));
+  CHECK_THROWS_WITH(bert::Tokenizer::from_dir(dir + "/"), Catch::StartsWith(dir + "/vocab.txt: missing"));
   CHECK_THROWS_WITH(bert::load_inference_checkpoint(test_dir() + "/nowhere"), Catch::Contains("does not exist"));
 
   const std::string probe_path = test_dir() + "/bad.tsv";

@@ -49,7 +49,7 @@ int tokenizer_train_command(const std::vector<std::string>& argv, std::ostream& 
   }
   const auto& inputs = args.values("--input");
   if (inputs.empty()) throw Error("bert_tokenizer train: missing required option '--input' (see --help)");
-  const std::string out_dir = args.str("--out");
+  const std::string out_dir = without_trailing_slashes(args.str("--out"));
   for (const auto& f : inputs) {
     if (!file_exists(f)) throw Error(f + ": input file not found");
     if (is_directory(f)) throw Error(f + ": is a directory, expected a text file");

@@ -112,7 +112,8 @@ Tokenizer::Tokenizer(Vocab vocab, TokenizerConfig config)
   mask_id_ = vocab_.id(config_.mask_token);
 }
 
-Tokenizer Tokenizer::from_dir(const std::string& dir) {
+Tokenizer Tokenizer::from_dir(const std::string& dir_arg) {
+  const std::string dir = without_trailing_slashes(dir_arg);
   if (!is_directory(dir)) throw Error(dir + ": tokenizer directory not found (expected vocab.txt inside)");
   const std::string vocab_path = dir + "/vocab.txt";
   if (!file_exists(vocab_path)) throw Error(vocab_path + ": missing (is this a tokenizer directory?)");
