@@ -628,6 +628,10 @@ void BertForPreTrainingCuda::wait_for_event(cudaEvent_t event) {
     const cudaError_t state = cudaEventQuery(event);
     if (state == cudaSuccess) return;
     if (state != cudaErrorNotReady) CUDA_CHECK(state);
+    // "Not ready" may stay behind as the last error, which the next launch's check would report as its
+    // own failure (PyTorch clears it the same way). Every launch is checked at once, so nothing else is
+    // pending here.
+    (void)cudaGetLastError();
     std::this_thread::sleep_for(std::chrono::microseconds(100));
   }
 }

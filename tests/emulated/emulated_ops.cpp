@@ -46,6 +46,7 @@ void launch(bert::cuda::Context& ctx, const char* op, std::function<void()> run)
     throw bert::cuda::CudaError(std::string("emulated CUDA: ") + op + ": injected launch failure");
   bert::emulated::detail::count_op();
   bert::emulated::detail::enqueue(ctx.stream(), op, std::move(run));
+  CUDA_CHECK_LAUNCH();  // as every real op checks its launch: an error left behind counts as its own
 }
 
 bert::cpu::Context& cpu_ctx() {

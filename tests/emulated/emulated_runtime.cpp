@@ -24,6 +24,8 @@
 //     it before returning); emulated_cuda.h's counters tell pinned from pageable copies.
 //   - host/device handshakes: emulated_cuda.h counts the host's waits, copies and the work still
 //     queued, and injects launch failures.
+//   - polls: cudaEventQuery says cudaErrorNotReady once for work still queued (and leaves it as the
+//     last error, see there), then runs it.
 //   - hangs: detail::enqueue_stall queues work that never finishes (an emulated hung NCCL sum):
 //     cudaEventQuery behind it says cudaErrorNotReady for ever, and a blocking wait behind it is a
 //     device fault instead of a hung test.
@@ -98,7 +100,7 @@ struct State {
   bert::emulated::Counters counters;
   std::string fail_op;  // fail_launch()
   int fail_skip = 0;
-  cudaError_t last_error = cudaSuccess;  // a rejected kernel launch, until cudaGetLastError
+  cudaError_t last_error = cudaSuccess;  // a rejected launch or a "not ready", until cudaGetLastError
 };
 
 State& state() {
@@ -473,16 +475,19 @@ cudaError_t cudaEventRecord(cudaEvent_t event, cudaStream_t stream) {
   return cudaSuccess;
 }
 
-// The device finishes what the event captured now, unless that is behind a stall.
+// Work still queued when the event is asked about is "not ready" this time and runs then, so the
+// next query finds it done (a poll sees the device busy at least once); work behind a stall is never
+// done. cudaErrorNotReady is also left as the last error, as HIP does and as some CUDA versions may
+// (PyTorch clears it after every such query): code that launches after a poll must clear it.
 cudaError_t cudaEventQuery(cudaEvent_t event) {
   const auto* e = reinterpret_cast<const Event*>(event);
-  if (e->stream == nullptr) return cudaSuccess;
+  if (e->stream == nullptr || e->stream->executed >= e->seq) return cudaSuccess;
   try {
     advance(*e->stream, e->seq);
   } catch (const Stalled&) {
-    return cudaErrorNotReady;
   }
-  return cudaSuccess;
+  state().last_error = cudaErrorNotReady;
+  return cudaErrorNotReady;
 }
 
 cudaError_t cudaEventSynchronize(cudaEvent_t event) {
@@ -504,6 +509,8 @@ const char* cudaGetErrorName(cudaError_t error) {
       return "cudaErrorInvalidValue";
     case cudaErrorInvalidConfiguration:
       return "cudaErrorInvalidConfiguration";
+    case cudaErrorNotReady:
+      return "cudaErrorNotReady";
     default:
       return "cudaErrorUnknown";
   }
