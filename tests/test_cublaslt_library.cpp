@@ -110,3 +110,12 @@ TEST_CASE("BERT_CUBLASLT_LIBRARY picks the file and a failed load is tried again
   require_complete(api);
   CHECK(cublaslt_mapped());
 }
+
+TEST_CASE("a cuBLAS failure names its status", "[cublaslt]") {
+  using bert::cuda::check_cublas;
+  CHECK(error_of([] { check_cublas(CUBLAS_STATUS_NOT_SUPPORTED, "cublasLtMatmul", "gemm.cu", 7); }) ==
+        "gemm.cu:7: cublasLtMatmul failed: CUBLAS_STATUS_NOT_SUPPORTED (15)");
+  CHECK(error_of([] { check_cublas(static_cast<cublasStatus_t>(99), "cublasLtCreate", "context.cu", 9); }) ==
+        "context.cu:9: cublasLtCreate failed: an unknown cuBLAS status (99)");
+  CHECK_NOTHROW(CUBLAS_CHECK(CUBLAS_STATUS_SUCCESS));
+}
