@@ -201,6 +201,11 @@ if stage tests; then
     timeout 30 ctest --test-dir "$BUILD_DIR" -L gpu -N >>"$OUT/tests.log" 2>&1 || true
   fi
   note "tests: $passed passed, $failed failed, $skipped skipped${failed_names:+ -- failed:$failed_names}"
+  # A GPU the tests cannot use (a driver older than the CUDA 13 runtime needs, for one) makes every test
+  # skip, which is no failure to ctest: say so where it is read first.
+  if ((skipped > 0 && passed == 0)) && nvidia-smi -L >/dev/null 2>&1; then
+    note "WARNING: nvidia-smi sees a GPU but every test skipped: $(grep -m1 'skipped: no CUDA device' "$OUT/tests.log")"
+  fi
 fi
 
 # ---- loss curve: bert_train on the GPU vs HF BertForPreTraining (fp32, same GPU) on the same batches --------
