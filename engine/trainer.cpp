@@ -24,6 +24,7 @@
 #include <optional>
 #include <ostream>
 #include <span>
+#include <type_traits>
 
 #include "common/args.h"
 #include "common/error.h"
@@ -114,6 +115,18 @@ std::string printf_string(const char* fmt, auto... values) {
   char buf[512];
   std::snprintf(buf, sizeof buf, fmt, values...);
   return buf;
+}
+
+// Appends "key was -> now" to a comma-separated list of differences when the two differ.
+void note_difference(std::string& list, const char* key, auto was, auto now) {
+  if (was == now) return;
+  const auto text = [](auto value) {
+    if constexpr (std::is_same_v<decltype(value), bool>)
+      return std::string(value ? "true" : "false");
+    else
+      return std::to_string(value);
+  };
+  list += std::string(list.empty() ? "" : ", ") + key + " " + text(was) + " -> " + text(now);
 }
 
 // 1234567 -> "1,234,567".
@@ -671,15 +684,10 @@ void Trainer::warn_if_normalizer_differs() {
   }
   const NormalizerOptions& used = tokenizer_->config().normalizer;
   std::string diff;
-  const auto compare = [&](const char* key, bool was, bool now) {
-    if (was != now)
-      diff += std::string(diff.empty() ? "" : ", ") + key + " " + (was ? "true" : "false") + " -> " +
-              (now ? "true" : "false");
-  };
-  compare("do_lower_case", encoded.lowercase, used.lowercase);
-  compare("strip_accents", encoded.strip_accents, used.strip_accents);
-  compare("tokenize_chinese_chars", encoded.handle_chinese_chars, used.handle_chinese_chars);
-  compare("clean_text", encoded.clean_text, used.clean_text);
+  note_difference(diff, "do_lower_case", encoded.lowercase, used.lowercase);
+  note_difference(diff, "strip_accents", encoded.strip_accents, used.strip_accents);
+  note_difference(diff, "tokenize_chinese_chars", encoded.handle_chinese_chars, used.handle_chinese_chars);
+  note_difference(diff, "clean_text", encoded.clean_text, used.clean_text);
   if (!diff.empty())
     err_ << "warning: " << data().tokenizer << " normalises text otherwise than " << copy
          << ", which encoded the shards (" << diff << "); the checkpoints carry " << data().tokenizer << "'s\n";
@@ -795,11 +803,7 @@ void Trainer::restore(const std::string& checkpoint) {
   const BertConfig& a = saved.model;
   const BertConfig& b = config_.model;
   std::string shape_diff;
-  const auto compare = [&](const char* key, auto was, auto now) {
-    if (was != now)
-      shape_diff +=
-          std::string(shape_diff.empty() ? "" : ", ") + key + " " + std::to_string(was) + " -> " + std::to_string(now);
-  };
+  const auto compare = [&](const char* key, auto was, auto now) { note_difference(shape_diff, key, was, now); };
   compare("vocab_size", a.vocab_size, b.vocab_size);
   compare("hidden_size", a.hidden_size, b.hidden_size);
   compare("num_hidden_layers", a.num_hidden_layers, b.num_hidden_layers);
@@ -829,11 +833,7 @@ void Trainer::restore(const std::string& checkpoint) {
   }
 
   std::string changed;
-  const auto note = [&](const char* what, auto was, auto now) {
-    if (was != now)
-      changed +=
-          std::string(changed.empty() ? "" : ", ") + what + " " + std::to_string(was) + " -> " + std::to_string(now);
-  };
+  const auto note = [&](const char* what, auto was, auto now) { note_difference(changed, what, was, now); };
   note("seed", saved.seed, state_.seed);
   note("per_device_train_batch_size", saved.per_device_train_batch_size, state_.per_device_train_batch_size);
   note("gradient_accumulation_steps", saved.gradient_accumulation_steps, state_.gradient_accumulation_steps);

@@ -281,6 +281,13 @@ TEST_CASE("user mistakes are one-line errors") {
   message = error_of([&] { train({"--config", wider, "--resume"}); });
   CHECK_THAT(message, Catch::Contains("hidden_size 16 -> 32"));
   CHECK(one_line(message));
+  // Resuming with another seed: a warning, and the run goes on.
+  const std::string reseeded = test_dir() + "/reseeded.toml";
+  write_file_atomic(reseeded,
+                    std::string(read_file(config)).replace(read_file(config).find("seed = 7"), 8, "seed = 8"));
+  const RunResult reseeded_run = train({"--config", reseeded, "--resume"});
+  CHECK(reseeded_run.code == 0);
+  CHECK_THAT(reseeded_run.err, Catch::Contains("with changed settings (seed 7 -> 8): the run will not repeat"));
 
   // A truncated model.safetensors: --resume fails naming the file.
   const std::string model = test_dir() + "/out/checkpoint-2/model.safetensors";
@@ -380,7 +387,7 @@ TEST_CASE("user mistakes are one-line errors") {
   CHECK(recased_run.code == 0);
   CHECK_THAT(recased_run.err,
              Catch::Contains("warning: " + recased_tok + " normalises text otherwise than " + test_dir() +
-                             "/shards/tokenizer, which encoded the shards (do_lower_case"));
+                             "/shards/tokenizer, which encoded the shards (do_lower_case false -> true)"));
   CHECK(train({"--config", write_config("plain", "plain", "max_steps = 1\nper_device_train_batch_size = 8\n")})
             .err.find("normalises text otherwise") == std::string::npos);
 
