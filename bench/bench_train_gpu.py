@@ -7,7 +7,8 @@ Shapes (batch sizes that fit an 80 GB H100 for every variant; the same batch for
   base-512   BERT-base                                                seq 512, batch 32
   large-128  BERT-large (1024 hidden, 24 layers, 16 heads, 4096 FFN)  seq 128, batch 64
   large-512  BERT-large                                               seq 512, batch 16
-vocab 30522 (BERT's), dropout 0.1 everywhere.
+vocab 30522 (BERT's), dropout 0.1 everywhere. Also, only when asked for: tiny (hidden 64, 2 layers, vocab 300,
+seq 32, batch 4), the suite's shape for its run of this driver (below).
 
 Variants, each in its own subprocess with a timeout (a failed or timed-out variant is recorded, not fatal):
   ours              bench_train_step --device cuda: bf16 activations/working weights, fp32 master weights,
@@ -40,6 +41,10 @@ order within each); a variant is started only if the budget left covers its usua
 what is left; the rest are recorded as skipped. Prints a table (ours / best HF) and writes JSON.
 
     python3 bench/bench_train_gpu.py --bench build/bench/bench_train_step --json bench/results/train_gpu.json
+
+The suite runs this driver without a GPU (tests/emulated/test_bench_train_gpu_driver.py): ours is
+bench_train_step built on the emulated CUDA runtime, the HF side runs eager on torch's CPU (--hf-device cpu:
+fp32, no autocast, fused AdamW, SDPA or compile there), shape tiny. That proves the plumbing, never the numbers.
 """
 import argparse
 import json
@@ -61,6 +66,8 @@ SHAPES = {
     "large-128": dict(LARGE, seq=128, batch=64),
     "large-512": dict(LARGE, seq=512, batch=16),
 }
+DEFAULT_SHAPES = list(SHAPES)
+SHAPES["tiny"] = dict(hidden=64, layers=2, heads=2, intermediate=256, vocab=300, seq=32, batch=4)
 VARIANTS = ["ours", "hf_sdpa", "hf_sdpa_compile", "hf_eager"]
 # Seconds a variant usually needs (process start, imports, model init, compile, steps): one is started only
 # when at least this much budget is left.
@@ -105,13 +112,17 @@ def hf_worker(spec):
     s, variant = spec["shape"], spec["variant"]
     attn = "eager" if variant == "hf_eager" else "sdpa"
     compiled = variant == "hf_sdpa_compile"
+    on_gpu = spec.get("device", "cuda") == "cuda"  # cpu: the suite's run of this driver (see the top)
     torch.manual_seed(0)
     torch.backends.cuda.matmul.allow_tf32 = True
     torch.backends.cudnn.allow_tf32 = True
-    device = torch.device("cuda")
+    device = torch.device("cuda" if on_gpu else "cpu")
+    synchronize = torch.cuda.synchronize if on_gpu else (lambda: None)
     result = {"variant": variant, "torch": torch.__version__, "transformers": transformers.__version__,
-              "cuda": torch.version.cuda, "device_name": torch.cuda.get_device_name(0),
-              "attn_implementation_requested": attn, "compiled": compiled, "autocast": "bfloat16"}
+              "cuda": torch.version.cuda,
+              "device_name": torch.cuda.get_device_name(0) if on_gpu else f"cpu ({platform.machine()})",
+              "attn_implementation_requested": attn, "compiled": compiled,
+              "autocast": "bfloat16" if on_gpu else None}
     config = BertConfig(vocab_size=s["vocab"], hidden_size=s["hidden"], num_hidden_layers=s["layers"],
                         num_attention_heads=s["heads"], intermediate_size=s["intermediate"],
                         hidden_dropout_prob=spec["dropout"], attention_probs_dropout_prob=spec["dropout"],
@@ -127,25 +138,27 @@ def hf_worker(spec):
     model.to(device).train()
 
     groups = hf_decay_groups(torch, model)  # HF Trainer.create_optimizer
-    optimizer = torch.optim.AdamW(groups, lr=1e-4, eps=1e-8, weight_decay=0.01, fused=True)
+    optimizer = torch.optim.AdamW(groups, lr=1e-4, eps=1e-8, weight_decay=0.01, **({"fused": True} if on_gpu else {}))
+    result["fused_adamw"] = on_gpu
     forward = torch.compile(model) if compiled else model
 
     batch = {k: v.to(device) for k, v in make_batch(torch, s).items()}
-    torch.cuda.synchronize()
+    synchronize()
     result["build_s"] = round(time.perf_counter() - t_build, 3)
-    torch.cuda.reset_peak_memory_stats()
+    if on_gpu:
+        torch.cuda.reset_peak_memory_stats()
 
     times, losses = [], []
     first_step_s = None
     for step in range(spec["warmup"] + spec["steps"]):
         t0 = time.perf_counter()
         optimizer.zero_grad(set_to_none=True)
-        with torch.autocast("cuda", dtype=torch.bfloat16):
+        with torch.autocast(device.type, dtype=torch.bfloat16, enabled=on_gpu):
             out = forward(**batch)
         out.loss.backward()
         norm = torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
         optimizer.step()
-        torch.cuda.synchronize()
+        synchronize()
         dt = time.perf_counter() - t0
         if first_step_s is None:
             first_step_s = dt
@@ -153,7 +166,7 @@ def hf_worker(spec):
         if step >= spec["warmup"]:
             times.append(dt)
     step_s = statistics.median(times)
-    free, total = torch.cuda.mem_get_info()
+    free, total = torch.cuda.mem_get_info() if on_gpu else (None, None)
     B, S = s["batch"], s["seq"]
     model_flops = training_flops(s, model_mlm_rows(s))
     executed_flops = training_flops(s, B * S)  # HF runs the MLM decoder on every token
@@ -162,9 +175,10 @@ def hf_worker(spec):
                   num_masked=int((batch["labels"] != -100).sum()), model_flops_per_step=model_flops,
                   executed_flops_per_step=executed_flops, model_flops_per_s=model_flops / step_s,
                   executed_flops_per_s=executed_flops / step_s,
-                  peak_allocated_bytes=torch.cuda.max_memory_allocated(),
-                  peak_reserved_bytes=torch.cuda.max_memory_reserved(), device_used_bytes=total - free,
-                  device_total_bytes=total, first_loss=losses[0], last_loss=losses[-1], last_grad_norm=float(norm))
+                  peak_allocated_bytes=torch.cuda.max_memory_allocated() if on_gpu else None,
+                  peak_reserved_bytes=torch.cuda.max_memory_reserved() if on_gpu else None,
+                  device_used_bytes=total - free if on_gpu else None, device_total_bytes=total,
+                  first_loss=losses[0], last_loss=losses[-1], last_grad_norm=float(norm))
     return result
 
 
@@ -173,8 +187,11 @@ def hf_worker(spec):
 def run_job(cmd, timeout, env):
     """Runs cmd in its own process group; returns (parsed last JSON line | None, error | None, wall, stderr tail)."""
     t0 = time.perf_counter()
-    p = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env,
-                         start_new_session=True)
+    try:
+        p = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env,
+                             start_new_session=True)
+    except OSError as e:  # a missing or non-executable binary: that variant's error, not the run's end
+        return None, f"cannot start {cmd[0]}: {e.strerror or e}", time.perf_counter() - t0, ""
     try:
         out, err = p.communicate(timeout=timeout)
     except subprocess.TimeoutExpired:
@@ -214,7 +231,7 @@ def main():
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--hf-worker", help=argparse.SUPPRESS)
     ap.add_argument("--bench", default="build/bench/bench_train_step", help="bench_train_step binary (CUDA build)")
-    ap.add_argument("--shapes", default=",".join(SHAPES), help="comma-separated: " + ",".join(SHAPES))
+    ap.add_argument("--shapes", default=",".join(DEFAULT_SHAPES), help="comma-separated: " + ",".join(SHAPES))
     ap.add_argument("--variants", default=",".join(VARIANTS), help="comma-separated: " + ",".join(VARIANTS))
     ap.add_argument("--steps", type=int, default=10)
     ap.add_argument("--warmup", type=int, default=3)
@@ -224,6 +241,8 @@ def main():
     ap.add_argument("--corpus-tokens", type=float, default=CORPUS_TOKENS,
                     help="token positions per epoch for the projection (see CORPUS_TOKENS)")
     ap.add_argument("--json", default="bench/results/train_gpu.json", help="output JSON ('' = none)")
+    ap.add_argument("--hf-device", choices=["cuda", "cpu"], default="cuda",
+                    help="where the HF variants run; cpu only for the suite's run of this driver (see the top)")
     args = ap.parse_args()
 
     if args.hf_worker:
@@ -252,6 +271,7 @@ def main():
         "nvidia_smi": nvidia_smi(),
         "host": {"platform": platform.platform(), "cpus": os.cpu_count(), "python": platform.python_version()},
         "steps": args.steps, "warmup": args.warmup, "dropout": args.dropout, "budget_s": args.budget_s,
+        "hf_device": args.hf_device,
         "flops_note": "model FLOPs: bert_training_flops with mlm_rows = masked tokens (both sides; MFU); "
                       "executed FLOPs: HF's with mlm_rows = all tokens (dense MLM decoder; HFU)",
         "shapes": {n: {"shape": SHAPES[n]} for n in shapes},
@@ -273,7 +293,8 @@ def main():
                 f"--steps={args.steps}", f"--warmup={args.warmup}", f"--dropout={args.dropout}", "--device=cuda",
                 "--json"]
         else:
-            spec = dict(shape=s, variant=variant, steps=args.steps, warmup=args.warmup, dropout=args.dropout)
+            spec = dict(shape=s, variant=variant, steps=args.steps, warmup=args.warmup, dropout=args.dropout,
+                        device=args.hf_device)
             cmd = [sys.executable, os.path.abspath(__file__), "--hf-worker", json.dumps(spec)]
         print(f"[{name}] {variant} (timeout {timeout:.0f} s) ...", end=" ", flush=True)
         result, error, wall, tail = run_job(cmd, timeout, env)
@@ -319,7 +340,8 @@ def main():
                 summary[f"{tag}_model_tflops"] = r["model_flops_per_s"] / 1e12
                 summary[f"{tag}_mfu"] = r["model_flops_per_s"] / peak if peak else None
                 summary[f"{tag}_hfu"] = r["executed_flops_per_s"] / peak if peak else None
-                summary[f"{tag}_peak_allocated_gib"] = r["peak_allocated_bytes"] / 2**30
+                if r.get("peak_allocated_bytes") is not None:
+                    summary[f"{tag}_peak_allocated_gib"] = r["peak_allocated_bytes"] / 2**30
         if ours_ok and best:
             summary["ours_over_best_hf"] = ours_ok["tokens_per_s"] / best["tokens_per_s"]
         e["summary"] = summary

@@ -32,6 +32,8 @@
 //   - cross-stream waits: cudaStreamWaitEvent queues a wait that runs the recorded stream up to the
 //     event when the waiting stream reaches it (a wait captures only work issued before it, so two
 //     streams cannot wait for each other: an op counts as executed once it starts).
+//   - timing events (cudaEventCreate): a record queues a stamp of the host's clock, and
+//     cudaEventElapsedTime is the host time between two stamps, i.e. when the deferred work ran.
 // What it does NOT model: concurrency between streams beyond queue order, device memory limits
 // beyond BERT_EMULATED_DEVICE_MEMORY, performance.
 //
@@ -44,6 +46,7 @@
 #include <cuda_runtime.h>
 
 #include <algorithm>
+#include <chrono>
 #include <climits>
 #include <cmath>
 #include <cstdint>
@@ -54,6 +57,7 @@
 #include <functional>
 #include <map>
 #include <memory>
+#include <optional>
 #include <set>
 #include <stdexcept>
 #include <string>
@@ -88,6 +92,10 @@ struct Stream {
 struct Event {
   Stream* stream = nullptr;  // where it was last recorded; nullptr: never recorded (complete)
   uint64_t seq = 0;          // complete once stream->executed >= seq
+  bool timing = false;       // cudaEventCreate (no cudaEventDisableTiming): its record is stamped
+  // A timing event's last record: the host clock when the stream reached it (shared with the queued
+  // stamp, which may run after the event is destroyed); empty until then.
+  std::shared_ptr<std::optional<std::chrono::steady_clock::time_point>> stamp;
 };
 
 struct State {
@@ -458,10 +466,14 @@ cudaError_t cudaStreamWaitEvent(cudaStream_t stream, cudaEvent_t event, unsigned
   return cudaSuccess;
 }
 
-cudaError_t cudaEventCreateWithFlags(cudaEvent_t* event, unsigned int) {
-  *event = reinterpret_cast<cudaEvent_t>(new Event);
+cudaError_t cudaEventCreateWithFlags(cudaEvent_t* event, unsigned int flags) {
+  auto* created = new Event;
+  created->timing = (flags & cudaEventDisableTiming) == 0;
+  *event = reinterpret_cast<cudaEvent_t>(created);
   return cudaSuccess;
 }
+
+cudaError_t cudaEventCreate(cudaEvent_t* event) { return cudaEventCreateWithFlags(event, cudaEventDefault); }
 
 cudaError_t cudaEventDestroy(cudaEvent_t event) {
   delete reinterpret_cast<Event*>(event);
@@ -471,7 +483,25 @@ cudaError_t cudaEventDestroy(cudaEvent_t event) {
 cudaError_t cudaEventRecord(cudaEvent_t event, cudaStream_t stream) {
   auto* e = reinterpret_cast<Event*>(event);
   e->stream = &stream_of(stream);
+  if (e->timing) {  // a queued stamp: the host's clock when the stream gets there (no device clock)
+    e->stamp = std::make_shared<std::optional<std::chrono::steady_clock::time_point>>();
+    enqueue(*e->stream, "cudaEventRecord (timing)", [stamp = e->stamp] { *stamp = std::chrono::steady_clock::now(); });
+  }
   e->seq = e->stream->issued;  // complete once everything issued so far on the stream has run
+  return cudaSuccess;
+}
+
+// As CUDA: both events made with timing and recorded, else cudaErrorInvalidResourceHandle; either one
+// not complete yet, cudaErrorNotReady. The time is the host's between the two stamps (above), which
+// measures when the deferred work ran, not how fast a GPU would run it.
+cudaError_t cudaEventElapsedTime(float* ms, cudaEvent_t start, cudaEvent_t end) {
+  const auto* first = reinterpret_cast<const Event*>(start);
+  const auto* last = reinterpret_cast<const Event*>(end);
+  if (ms == nullptr) return state().last_error = cudaErrorInvalidValue;
+  if (!first->timing || !last->timing || !first->stamp || !last->stamp)
+    return state().last_error = cudaErrorInvalidResourceHandle;
+  if (!first->stamp->has_value() || !last->stamp->has_value()) return state().last_error = cudaErrorNotReady;
+  *ms = std::chrono::duration<float, std::milli>(**last->stamp - **first->stamp).count();
   return cudaSuccess;
 }
 

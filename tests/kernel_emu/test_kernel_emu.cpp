@@ -206,3 +206,43 @@ TEST_CASE("kernel emulation: a stream waits for the work an event captured when 
   CUDA_CHECK(cudaStreamDestroy(first));
   CUDA_CHECK(cudaStreamDestroy(second));
 }
+
+TEST_CASE("kernel emulation: timing events time the deferred work, as cudaEventElapsedTime's rules say",
+          "[kernel_emu]") {
+  cudaStream_t stream = nullptr;
+  cudaEvent_t start = nullptr, stop = nullptr, untimed = nullptr, unrecorded = nullptr;
+  CUDA_CHECK(cudaStreamCreateWithFlags(&stream, cudaStreamNonBlocking));
+  CUDA_CHECK(cudaEventCreate(&start));
+  CUDA_CHECK(cudaEventCreate(&stop));
+  CUDA_CHECK(cudaEventCreateWithFlags(&untimed, cudaEventDisableTiming));
+  CUDA_CHECK(cudaEventCreate(&unrecorded));
+  DeviceBuffer<int> a(1 << 16);
+  CUDA_CHECK(cudaEventRecord(start, stream));
+  CUDA_CHECK(cudaMemsetAsync(a.data(), 0, a.bytes(), stream));
+  CUDA_CHECK(cudaEventRecord(stop, stream));
+  CUDA_CHECK(cudaEventRecord(untimed, stream));
+  float ms = -1;
+  CHECK(cudaEventElapsedTime(&ms, start, stop) == cudaErrorNotReady);  // nothing has run yet
+  CHECK(ms == -1);
+  CHECK(cudaGetLastError() == cudaErrorNotReady);
+  CUDA_CHECK(cudaEventSynchronize(stop));
+  CUDA_CHECK(cudaEventElapsedTime(&ms, start, stop));
+  CHECK(ms >= 0);
+  CHECK(ms < 60e3);
+  float back = 1;
+  CUDA_CHECK(cudaEventElapsedTime(&back, stop, start));
+  CHECK(back == -ms);
+  CHECK(cudaEventElapsedTime(&ms, start, untimed) == cudaErrorInvalidResourceHandle);
+  CHECK(cudaEventElapsedTime(&ms, unrecorded, stop) == cudaErrorInvalidResourceHandle);
+  CHECK(cudaGetLastError() == cudaErrorInvalidResourceHandle);
+  // Recorded again: "not ready" until the stream gets there, then the new stamp.
+  CUDA_CHECK(cudaMemsetAsync(a.data(), 1, a.bytes(), stream));
+  CUDA_CHECK(cudaEventRecord(stop, stream));
+  CHECK(cudaEventElapsedTime(&ms, start, stop) == cudaErrorNotReady);
+  (void)cudaGetLastError();
+  CUDA_CHECK(cudaStreamSynchronize(stream));
+  CUDA_CHECK(cudaEventElapsedTime(&ms, start, stop));
+  CHECK(ms >= 0);
+  for (cudaEvent_t event : {start, stop, untimed, unrecorded}) CUDA_CHECK(cudaEventDestroy(event));
+  CUDA_CHECK(cudaStreamDestroy(stream));
+}

@@ -1,0 +1,125 @@
+#!/usr/bin/env python3
+"""bench/bench_train_gpu.py, the GPU training benchmark's driver, run without a GPU: ours is
+bench_train_step --device cuda built on the emulated CUDA runtime (bench_train_step_emulated), the HF side
+runs eager in fp32 on torch's CPU (--hf-device cpu), shape tiny. What a GPU run would otherwise be the first to
+find: the binary's JSON, the driver's parsing of it, the HF worker, the summary, table and exit status.
+
+Checked:
+  - ours and HF both run; the record has their throughput, losses and step times, and the summary the
+    ratio, the best HF variant and MFU against the (emulated) H200's peak
+  - the FLOPs: the C++ bench_training_flops of ours equals the driver's Python port for the same shape
+    and the HF side's masked-row count, so MFU is formed alike on both sides
+  - the table row and the error lines; the JSON written where --json says
+  - failures are recorded, not fatal, and set the exit status: a missing binary, an unknown shape
+The numbers themselves mean nothing here (an emulation, torch's CPU).
+
+    test_bench_train_gpu_driver.py --bench build/tests/bench_train_step_emulated --work DIR
+"""
+import argparse
+import json
+import math
+import os
+import shutil
+import subprocess
+import sys
+
+ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+DRIVER = os.path.join(ROOT, "bench", "bench_train_gpu.py")
+
+failures = []
+
+
+def check(condition, what):
+    print(("ok      " if condition else "FAILED  ") + what, flush=True)
+    if not condition:
+        failures.append(what)
+
+
+def run_driver(work, name, *args):
+    out = os.path.join(work, name + ".json")
+    cmd = [sys.executable, DRIVER, "--json", out, *args]
+    env = dict(os.environ, OMP_NUM_THREADS="1")
+    p = subprocess.run(cmd, capture_output=True, text=True, env=env, timeout=600)
+    print(f"--- {name}: exit {p.returncode}\n{p.stdout}{p.stderr}", flush=True)
+    record = None
+    if os.path.exists(out):
+        with open(out) as f:
+            record = json.load(f)
+    return p, record
+
+
+def main():
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--bench", required=True, help="bench_train_step_emulated")
+    ap.add_argument("--work", required=True)
+    args = ap.parse_args()
+    shutil.rmtree(args.work, ignore_errors=True)
+    os.makedirs(args.work)
+    sys.path.insert(0, os.path.join(ROOT, "bench"))
+    from hf_bench_common import masked_per_sequence, training_flops
+
+    # Ours and HF eager on the tiny shape.
+    p, record = run_driver(args.work, "both", "--bench", args.bench, "--shapes", "tiny", "--variants",
+                           "ours,hf_eager", "--hf-device", "cpu", "--steps", "2", "--warmup", "1",
+                           "--budget-s", "500")
+    check(p.returncode == 0, "ours + hf_eager: exit status 0")
+    check(record is not None, "the JSON is written where --json says")
+    if record is None:
+        sys.exit("FAILED: no record to check")
+    check(record.get("hf_device") == "cpu", "the record names the HF side's device")
+    shape = record["shapes"]["tiny"]["shape"]
+    ours = record["shapes"]["tiny"].get("ours", {})
+    hf = record["shapes"]["tiny"].get("hf_eager", {})
+    summary = record["shapes"]["tiny"].get("summary", {})
+    check("error" not in ours and "error" not in hf, "neither variant failed: " + str(ours.get("error")) + ", " +
+          str(hf.get("error")))
+    check("emulation" in ours.get("device_name", ""), "ours ran on the emulated device")
+    check(hf.get("device_name", "").startswith("cpu") and hf.get("fused_adamw") is False and
+          hf.get("autocast") is None, "the HF side ran on torch's CPU in fp32 without fused AdamW")
+    for side, r in (("ours", ours), ("hf_eager", hf)):
+        check(r.get("tokens_per_s", 0) > 0 and r.get("sequences_per_s", 0) > 0, side + ": throughput")
+        check(len(r.get("step_ms", [])) == 2 and r.get("median_step_ms", 0) > 0, side + ": two timed steps")
+        check(all(math.isfinite(r.get(k, math.nan)) and r[k] > 0 for k in ("first_loss", "last_loss")),
+              side + ": finite losses")
+        check(math.isclose(r.get("tokens_per_s", 0), shape["batch"] * shape["seq"] / (r.get("median_step_ms", 1) / 1e3),
+                            rel_tol=1e-3), side + ": tokens/s = batch x seq / median step")
+    # The same FLOP formula on both sides: the C++ count of ours, the Python port, the HF side's.
+    masked = shape["batch"] * masked_per_sequence(shape["seq"])
+    expected = training_flops(shape, masked)
+    check(ours.get("num_masked") == masked and hf.get("num_masked") == masked,
+          f"both sides label {masked} positions")
+    check(math.isclose(ours.get("model_flops_per_step", 0), expected, rel_tol=1e-6),
+          f"ours' FLOPs (engine/bert.h) {ours.get('model_flops_per_step')} = the Python port's {expected}")
+    check(math.isclose(hf.get("model_flops_per_step", 0), expected, rel_tol=1e-12) and
+          math.isclose(hf.get("executed_flops_per_step", 0), training_flops(shape, shape["batch"] * shape["seq"]),
+                       rel_tol=1e-12), "HF's model and executed FLOPs")
+    check(summary.get("best_hf_variant") == "hf_eager", "the summary's best HF variant")
+    check(math.isclose(summary.get("ours_over_best_hf", 0), ours["tokens_per_s"] / hf["tokens_per_s"], rel_tol=1e-9),
+          "the summary's ratio ours / best HF")
+    check(record["device"]["peak_flops_per_s"] == 989.4e12 and
+          math.isclose(summary.get("ours_mfu", 0), ours["model_flops_per_s"] / 989.4e12, rel_tol=1e-9),
+          "MFU against the (emulated) H200's dense bf16 peak")
+    check("ours_peak_allocated_gib" in summary and "best_hf_peak_allocated_gib" not in summary,
+          "peak memory: ours' arenas; none for torch's CPU")
+    check("| tiny | 4 |" in p.stdout and "x (hf_eager)" in p.stdout, "the table's row")
+    check("projection: no base-128 result of ours" in p.stdout, "no projection without base-128")
+
+    # A missing binary: recorded as ours' error, the run goes on, the exit status says so.
+    p, record = run_driver(args.work, "missing", "--bench", os.path.join(args.work, "no_such_bench"), "--shapes",
+                           "tiny", "--variants", "ours", "--budget-s", "60")
+    check(p.returncode == 1, "a missing bench_train_step: exit status 1")
+    error = (record or {}).get("shapes", {}).get("tiny", {}).get("ours", {}).get("error", "")
+    check(error != "", "its error is in the record: " + error)
+    check("[tiny] ours: " in p.stdout, "and in the error lines under the table")
+
+    p, record = run_driver(args.work, "unknown", "--bench", args.bench, "--shapes", "base-1024")
+    check(p.returncode != 0 and "unknown shape 'base-1024'" in p.stderr and record is None,
+          "an unknown shape: a one-line error, nothing run or written")
+
+    if failures:
+        sys.exit(f"{len(failures)} check(s) failed: " + "; ".join(failures))
+    print("all checks passed")
+
+
+if __name__ == "__main__":
+    main()
