@@ -16,6 +16,11 @@ Checked, per optimizer step, against metrics.jsonl's "loss" (the mean of the ste
                 its warmup one step longer drifts from itself by ~5e-3).
   --device cuda (the GPU machine, scripts/gpu_check.sh): ours bf16 vs HF fp32 on the GPU: every step
                 within rel 5%, the mean of the last 5 steps within 2% (issue: "final loss within 2%").
+  --device cuda --train-bin build/tests/bert_train_emulated --hf-device cpu  (the suite, emulated/
+                hf_training_curve_cuda): the same checks on bert_train built on the CUDA emulation (its ops
+                round to bf16 where the real kernels write bf16) against HF fp32 on torch's CPU, so the
+                GPU run's path through this script, and its tolerances against bf16 rounding, are
+                proven before a GPU runs it.
 Prints ok/FAIL lines; exits non-zero on any failure. torch or transformers missing is a FAIL.
 
     python test_hf_training_curve.py --bin-dir build --work /tmp/curve [--device cuda]
@@ -87,8 +92,11 @@ def main():
     ap = argparse.ArgumentParser()
     ap.add_argument("--bin-dir", required=True)
     ap.add_argument("--work", required=True)
-    ap.add_argument("--device", default="cpu", choices=["cpu", "cuda"])
+    ap.add_argument("--device", default="cpu", choices=["cpu", "cuda"], help="bert_train's [training] device")
+    ap.add_argument("--train-bin", help="the bert_train to run (default: BIN_DIR/bert_train)")
+    ap.add_argument("--hf-device", choices=["cpu", "cuda"], help="where HF trains (default: --device)")
     args = ap.parse_args()
+    hf_device = args.hf_device or args.device
     b = lambda name: os.path.join(args.bin_dir, name)
     shutil.rmtree(args.work, ignore_errors=True)
     os.makedirs(args.work)
@@ -102,18 +110,19 @@ def main():
               "installs them into the test virtualenv", flush=True)
         return 1
     torch.set_num_threads(2)
-    if args.device == "cuda" and not torch.cuda.is_available():
+    if hf_device == "cuda" and not torch.cuda.is_available():
         print("FAIL --device cuda: torch sees no CUDA device", flush=True)
         return 1
 
     tiny_corpus.build(args.bin_dir, args.work, valid_fraction="0")
     config = w("run.toml")
     with open(config, "w") as f:
+        # head_dim 32: the smallest the CUDA attention kernel takes (32, 64, 128)
         f.write(f"""[model]
-hidden_size = 32
+hidden_size = 64
 num_hidden_layers = 2
 num_attention_heads = 2
-intermediate_size = 64
+intermediate_size = 128
 max_position_embeddings = 32
 hidden_dropout_prob = 0.0
 attention_probs_dropout_prob = 0.0
@@ -138,7 +147,7 @@ save_steps = {STEPS}
 threads = 2
 seed = 5
 """)
-    run([b("bert_train"), "--config", config, "--dump-batches", w("dump")])
+    run([args.train_bin or b("bert_train"), "--config", config, "--dump-batches", w("dump")])
     with open(w("model/metrics.jsonl")) as f:
         ours = [json.loads(line)["loss"] for line in f if line.strip() and "loss" in json.loads(line)]
     batches = read_batches(w("dump/batches.bin"))
@@ -147,7 +156,7 @@ seed = 5
     if FAILURES:
         return 1
 
-    theirs = hf_losses(torch, transformers, w("dump/init"), batches, args.device)
+    theirs = hf_losses(torch, transformers, w("dump/init"), batches, hf_device)
     relative = [abs(a - b) / abs(b) for a, b in zip(ours, theirs)]
     worst = max(range(STEPS), key=lambda i: relative[i])
     print(f"step  ours       hf         rel", flush=True)
@@ -164,7 +173,7 @@ seed = 5
     # On the CPU the comparison can tell a wrong recipe apart: HF with the warmup one step longer
     # drifts beyond the per-step tolerance. (bf16's tolerance on the GPU is looser by design.)
     if args.device == "cpu":
-        shifted = hf_losses(torch, transformers, w("dump/init"), batches, args.device, schedule_shift=1)
+        shifted = hf_losses(torch, transformers, w("dump/init"), batches, hf_device, schedule_shift=1)
         drift = max(abs(a - b) / abs(b) for a, b in zip(shifted, theirs))
         check(drift > 10 * per_step, f"a one-step warmup shift moves HF's own curve by rel {drift:.2e} "
               f"(> 10 x {per_step:g}): the tolerance catches a schedule off by one")
