@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # The CPU tests and the HF conformance tests under AddressSanitizer and UndefinedBehaviorSanitizer
-# (build-san/, CPU only: the CUDA kernels get their own ASan run on the host in the main suite,
+# (build-san/, CPU only: the CUDA kernels get their own ASan + UBSan run on the host in the main suite,
 # test_cuda_kernels_emulated_asan). Any sanitizer report fails the test it came from.
 #   scripts/sanitize.sh [extra ctest arguments for both passes, e.g. -R hostile]
 # About 8 minutes on 2 cores, nearly all of it the build; CI runs it after scripts/test.sh. On a fresh

@@ -40,7 +40,7 @@
 
 namespace emu {
 
-thread_local ThreadCoords coords;
+constinit thread_local ThreadCoords coords{};
 
 namespace {
 

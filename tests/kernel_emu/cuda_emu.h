@@ -52,7 +52,7 @@ struct ThreadCoords {
   dim3 block_dim;
   dim3 grid_dim;
 };
-extern thread_local ThreadCoords coords;  // of the fiber now running on this host thread
+extern constinit thread_local ThreadCoords coords;  // of the fiber now running on this host thread
 
 // ---- synchronisation points (cuda_emu.cpp) -------------------------------------------------------------
 void sync_block();                                 // __syncthreads
