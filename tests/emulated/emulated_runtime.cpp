@@ -12,6 +12,10 @@
 //     implies, inside one live cudaMalloc allocation. A violation is a device fault (below).
 //     cudaMalloc and cudaMallocHost memory comes back poisoned (every byte 0xFF: NaN in bf16 and
 //     fp32, -1 as int32), so a value read before anything wrote it shows up in the results.
+//     cudaMalloc memory is 256-byte aligned, as on the device, between two 256-byte guard bands: a
+//     kernel (which no extent check sees) writing past either end of its allocation is a device fault
+//     when the allocation is freed or the device synchronised; under AddressSanitizer the bands are
+//     poisoned instead, so the access itself is reported, reads included.
 //   - event and stream ordering, uploads through pinned staging: execution is deferred. Every stream
 //     operation (op or kernel, cudaMemcpyAsync, cudaMemsetAsync) is queued on its stream and runs only
 //     when the host waits for it: cudaStreamSynchronize, cudaEventSynchronize (up to the point
@@ -49,6 +53,7 @@
 #include <chrono>
 #include <climits>
 #include <cmath>
+#include <cstddef>
 #include <cstdint>
 #include <cstdio>
 #include <cstdlib>
@@ -72,6 +77,35 @@ namespace {
 
 // What cudaMalloc'd and cudaMallocHost'd memory holds before anything writes it.
 constexpr int kPoison = 0xFF;
+
+// The guard bands around each cudaMalloc allocation (cudaMalloc's alignment, so one band before keeps
+// the allocation aligned) and what they hold.
+constexpr size_t kGuardBytes = 256;
+constexpr unsigned char kGuardByte = 0xA5;
+#if defined(__SANITIZE_ADDRESS__)
+#define BERT_EMULATED_ASAN 1
+#elif defined(__has_feature)
+#if __has_feature(address_sanitizer)
+#define BERT_EMULATED_ASAN 1
+#endif
+#endif
+#ifdef BERT_EMULATED_ASAN
+constexpr bool kAddressSanitizer = true;
+extern "C" void __asan_poison_memory_region(void const volatile* address, size_t size);
+extern "C" void __asan_unpoison_memory_region(void const volatile* address, size_t size);
+void poison_guards(unsigned char* p, size_t bytes) {
+  __asan_poison_memory_region(p - kGuardBytes, kGuardBytes);
+  __asan_poison_memory_region(p + bytes, kGuardBytes);
+}
+void unpoison_guards(unsigned char* p, size_t bytes) {
+  __asan_unpoison_memory_region(p - kGuardBytes, kGuardBytes);
+  __asan_unpoison_memory_region(p + bytes, kGuardBytes);
+}
+#else
+constexpr bool kAddressSanitizer = false;
+void poison_guards(unsigned char*, size_t) {}
+void unpoison_guards(unsigned char*, size_t) {}
+#endif
 
 struct QueuedOp {
   const char* name;
@@ -106,7 +140,8 @@ struct State {
   std::vector<std::unique_ptr<Stream>> streams;  // kept until exit: events may still name them
   bool deferred = true;
   bert::emulated::Counters counters;
-  std::string fail_op;  // fail_launch()
+  int current_device = 0;  // cuda_select_device (cudaSetDevice); what cudaGetDevice returns
+  std::string fail_op;     // fail_launch()
   int fail_skip = 0;
   cudaError_t last_error = cudaSuccess;  // a rejected launch or a "not ready", until cudaGetLastError
 };
@@ -130,6 +165,25 @@ bool inside(const std::map<uintptr_t, size_t>& allocations, const void* p, size_
   return offset <= it->second && bytes <= it->second - offset;
 }
 bool is_device(const void* p) { return inside(state().device, p, 0) && p != nullptr; }
+
+// The guard bands of the allocation [p, p + bytes) as cudaMalloc left them; `when` names the check.
+// (Under ASan the bands are poisoned and an access there has already been reported.)
+void check_guards(const void* allocation, size_t bytes, const char* when) {
+  if (kAddressSanitizer) return;
+  const auto* p = static_cast<const unsigned char*>(allocation);
+  for (size_t i = 0; i < kGuardBytes; ++i) {
+    if (p[bytes + i] != kGuardByte)
+      device_fault("a write past the end of the " + std::to_string(bytes) + "-byte cudaMalloc allocation at " + hex(p) +
+                   " (its guard band changed " + std::to_string(i) + " bytes after the end; found at " + when + ")");
+    if (p[-1 - static_cast<std::ptrdiff_t>(i)] != kGuardByte)
+      device_fault("a write before the start of the " + std::to_string(bytes) + "-byte cudaMalloc allocation at " +
+                   hex(p) + " (its guard band changed " + std::to_string(i + 1) + " bytes before the start; found at " +
+                   when + ")");
+  }
+}
+void check_all_guards(const char* when) {
+  for (const auto& [start, bytes] : state().device) check_guards(reinterpret_cast<const void*>(start), bytes, when);
+}
 bool is_pinned(const void* p, size_t bytes) { return inside(state().pinned, p, bytes); }
 
 Stream& stream_of(cudaStream_t handle) {
@@ -244,9 +298,14 @@ using bert::emulated::detail::injected_failure;
 extern "C" {
 
 cudaError_t cudaMalloc(void** pointer, size_t size) {
-  void* p = std::malloc(std::max<size_t>(size, 1));
-  if (p == nullptr) return cudaErrorMemoryAllocation;
+  const size_t rounded = (std::max<size_t>(size, 1) + kGuardBytes - 1) / kGuardBytes * kGuardBytes;
+  auto* base = static_cast<unsigned char*>(std::aligned_alloc(kGuardBytes, kGuardBytes + rounded + kGuardBytes));
+  if (base == nullptr) return cudaErrorMemoryAllocation;
+  unsigned char* p = base + kGuardBytes;
+  std::memset(base, kGuardByte, kGuardBytes);
   std::memset(p, kPoison, size);
+  std::memset(p + size, kGuardByte, kGuardBytes);
+  poison_guards(p, size);
   state().device[reinterpret_cast<uintptr_t>(p)] = size;
   ++state().counters.device_allocations;
   *pointer = p;
@@ -258,9 +317,11 @@ cudaError_t cudaFree(void* pointer) {
   if (pointer == nullptr) return cudaSuccess;
   const auto it = state().device.find(reinterpret_cast<uintptr_t>(pointer));
   if (it == state().device.end()) device_fault("cudaFree of " + hex(pointer) + ", which cudaMalloc did not return");
+  check_guards(pointer, it->second, "cudaFree");
   std::memset(pointer, kPoison, it->second);
+  unpoison_guards(static_cast<unsigned char*>(pointer), it->second);
   state().device.erase(it);
-  std::free(pointer);
+  std::free(static_cast<unsigned char*>(pointer) - kGuardBytes);
   return cudaSuccess;
 }
 
@@ -333,6 +394,39 @@ int emulated_device_count() {
 
 }  // namespace
 
+extern "C" {
+
+cudaError_t cudaGetDevice(int* device) {
+  if (device == nullptr) return state().last_error = cudaErrorInvalidValue;
+  *device = state().current_device;
+  return cudaSuccess;
+}
+
+// The attributes the callers ask for, an H200's (as Context and cuda_device_info report); any other
+// is an error, so a new caller finds out here rather than reading a made-up number.
+cudaError_t cudaDeviceGetAttribute(int* value, cudaDeviceAttr attribute, int device) {
+  if (value == nullptr || device < 0 || device >= emulated_device_count())
+    return state().last_error = cudaErrorInvalidValue;
+  switch (attribute) {
+    case cudaDevAttrL2CacheSize:
+      *value = 50 << 20;
+      return cudaSuccess;
+    case cudaDevAttrMultiProcessorCount:
+      *value = 132;
+      return cudaSuccess;
+    case cudaDevAttrComputeCapabilityMajor:
+      *value = 9;
+      return cudaSuccess;
+    case cudaDevAttrComputeCapabilityMinor:
+      *value = 0;
+      return cudaSuccess;
+    default:
+      return state().last_error = cudaErrorNotSupported;
+  }
+}
+
+}  // extern "C"
+
 namespace bert {
 
 DeviceInfo cuda_device_info(int ordinal) {
@@ -362,6 +456,7 @@ DeviceInfo cuda_device_info(int ordinal) {
 std::string cuda_select_device(int ordinal) {
   if (ordinal < 0 || ordinal >= emulated_device_count())
     return "cudaSetDevice(" + std::to_string(ordinal) + "): invalid device ordinal";
+  state().current_device = ordinal;
   return "";  // one shared memory and set of streams: nothing else changes
 }
 
@@ -429,6 +524,7 @@ cudaError_t cudaMemsetAsync(void* dst, int value, size_t count, cudaStream_t str
 cudaError_t cudaDeviceSynchronize() {
   ++state().counters.device_syncs;
   flush_all();
+  check_all_guards("cudaDeviceSynchronize");
   return cudaSuccess;
 }
 

@@ -27,7 +27,7 @@
 // sync points, as Volta+ allows); a shuffle orders memory here (a warp rendezvous), which CUDA does
 // not promise; memory-model subtleties beyond barrier order; FMA contraction (nvcc contracts a*b + c by
 // default, the emulation is built with -ffp-contract=off); tensor-core rounding (wmma is an fp32
-// reference GEMM); occupancy; performance; global atomics (the kernels have none).
+// reference GEMM); occupancy; performance; float atomics (integer atomicAdd is provided).
 #pragma once
 
 #include <cuda_bf16.h>
@@ -208,3 +208,11 @@ inline float rsqrtf(float a) { return 1.0f / std::sqrt(a); }
 using std::isfinite;
 using std::max;
 using std::min;
+
+// Integer global atomics (bench/bench_kernels.cu's non-finite count; the kernels of kernels/cuda have
+// none). Threads switch only at barriers and shuffles, so a read-modify-write is never interleaved
+// with another thread's; the builtin keeps it atomic if launches ever run on several host threads.
+template <class T, class = std::enable_if_t<std::is_integral_v<T>>>
+T atomicAdd(T* address, T value) {
+  return __atomic_fetch_add(address, value, __ATOMIC_RELAXED);
+}

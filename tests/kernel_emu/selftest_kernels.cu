@@ -59,6 +59,9 @@ __global__ void divergent_barrier_kernel(int* out) {
   out[threadIdx.x] = 1;
 }
 
+// One thread writes out[index], in bounds or not.
+__global__ void write_at_kernel(int* out, int index) { out[index] = 1; }
+
 __global__ void dynamic_shared_kernel(int* out) {
   extern __shared__ __align__(16) unsigned char bytes[];
   bytes[threadIdx.x] = 1;
@@ -85,6 +88,8 @@ void shared_race(bool barrier, int threads, float* out) {
 }
 
 void divergent_barrier(int* out) { divergent_barrier_kernel<<<1, 32>>>(out); }
+
+void write_at(int* out, int index) { write_at_kernel<<<1, 1>>>(out, index); }
 
 void dynamic_shared(size_t bytes, int* out) { dynamic_shared_kernel<<<1, 32, bytes>>>(out); }
 

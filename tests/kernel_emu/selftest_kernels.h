@@ -16,5 +16,7 @@ void block_order(int blocks, int* out, int* seen);
 void shared_race(bool barrier, int threads, float* out);
 void divergent_barrier(int* out);
 void dynamic_shared(size_t bytes, int* out);
+// out[index] = 1 by one thread (index may lie outside out's allocation).
+void write_at(int* out, int index);
 
 }  // namespace bert::kernel_emu_selftest

@@ -9,6 +9,7 @@
 #include <catch2/catch.hpp>
 #include <cmath>
 #include <csignal>
+#include <cstdint>
 #include <cstdio>
 #include <functional>
 #include <string>
@@ -155,6 +156,37 @@ TEST_CASE("kernel emulation: device faults abort with the kernel named", "[kerne
       &aborted);
   CHECK(aborted);
   CHECK(err.find("neither device memory nor cudaMallocHost memory") != std::string::npos);
+}
+
+TEST_CASE("kernel emulation: a kernel writing outside its cudaMalloc allocation is a device fault", "[kernel_emu]") {
+  // In bounds, up to the last element: no fault, and the allocation is 256-byte aligned like cudaMalloc's.
+  {
+    DeviceBuffer<int> out(7);
+    CHECK(reinterpret_cast<uintptr_t>(out.data()) % 256 == 0);
+    k::write_at(out.data(), 6);
+    CHECK(download(out)[6] == 1);
+  }
+  bool aborted = false;
+  std::string err = run_child(
+      [] {
+        DeviceBuffer<int> out(7);
+        k::write_at(out.data(), 7);  // the int just past the end
+        cudaDeviceSynchronize();
+      },
+      &aborted);
+  CHECK(aborted);
+  CHECK(err.find("a write past the end of the 28-byte cudaMalloc allocation") != std::string::npos);
+  CHECK(err.find("found at cudaDeviceSynchronize") != std::string::npos);
+  err = run_child(
+      [] {
+        DeviceBuffer<int> out(7);
+        k::write_at(out.data(), -1);
+        CUDA_CHECK(cudaStreamSynchronize(nullptr));  // no check here: the next cudaFree finds it
+      },
+      &aborted);
+  CHECK(aborted);
+  CHECK(err.find("a write before the start of the 28-byte cudaMalloc allocation") != std::string::npos);
+  CHECK(err.find("found at cudaFree") != std::string::npos);
 }
 
 TEST_CASE("kernel emulation: launches the device refuses are refused, and reported once", "[kernel_emu]") {
