@@ -13,8 +13,12 @@ FLOPs (FlashAttention's convention, the same formula as bench_kernels): forward
 4 * batch * heads * seq^2 * head_dim; backward 2.5x forward.
 
     python3 bench/bench_attention_torch.py [--json FILE] [--ours bench_kernels.json] [--repeats N]
+    python3 bench/bench_attention_torch.py --reference FILE --ours bench_kernels.json
 
-With --ours, prints bench_kernels' attention numbers beside these (side by side, per case).
+With --ours, prints bench_kernels' attention numbers beside these (side by side, per case). With
+--reference, the torch numbers are read from an earlier --json instead of measured (no torch needed):
+the side-by-side of a device run's two JSON files, re-printed anywhere. tests/emulated/
+test_bench_kernels_smoke.py runs that path on the JSON of bench_kernels --smoke in every suite.
 """
 import argparse
 import json
@@ -109,6 +113,29 @@ def run_reference(repeats):
     }
 
 
+def load_reference(path):
+    """An earlier --json of this script, checked enough that the printers cannot fail on it."""
+    try:
+        with open(path) as f:
+            reference = json.load(f)
+    except (OSError, ValueError) as error:
+        raise SystemExit(f"bench_attention_torch: cannot read --reference {path}: {error}")
+    cases = reference.get("cases") if isinstance(reference, dict) else None
+    if not isinstance(cases, list):
+        raise SystemExit(f"bench_attention_torch: {path}: no 'cases' list (not a --json of this script)")
+    for index, case in enumerate(cases):
+        if not isinstance(case, dict):
+            raise SystemExit(f"bench_attention_torch: {path}: cases[{index}] is not an object")
+        required = ("name", "backend", "status") + (("median_ms", "tflop_per_s") if case.get("status") == "ok"
+                                                    else ("error",))
+        missing = [key for key in required if key not in case]
+        if missing:
+            raise SystemExit(f"bench_attention_torch: {path}: cases[{index}] lacks {', '.join(missing)}")
+    for key in ("device", "torch", "cudnn"):
+        reference.setdefault(key, "?")
+    return reference
+
+
 def print_reference(reference):
     print(f"device: {reference['device']}, torch {reference['torch']}, cuDNN {reference['cudnn']}")
     print(f"{'case':32} {'backend':10} {'median ms':>10} {'TFLOP/s':>9}")
@@ -124,7 +151,8 @@ def print_side_by_side(reference, ours):
     ceiling = ours.get("ceilings", {}).get("gemm_bf16_tflop_per_s")
     print()
     print("side by side (TFLOP/s; ms in brackets)" +
-          (f"; GEMM ceiling {ceiling:.0f} TFLOP/s" if ceiling else ""))
+          (f"; GEMM ceiling {ceiling:.0f} TFLOP/s" if ceiling else "") +
+          ("; ours from bench_kernels --smoke: not measurements" if ours.get("smoke") else ""))
     backends = sorted({c["backend"] for c in reference["cases"]})
     header = f"{'case':32} {'ours':>18}" + "".join(f" {b:>18}" for b in backends) + f" {'ours/best':>10}"
     print(header)
@@ -164,11 +192,14 @@ def main():
     parser.add_argument("--json", help="write the reference numbers here")
     parser.add_argument("--ours", help="bench_kernels --json output to print beside the reference")
     parser.add_argument("--repeats", type=int, default=30, help="timed runs per case (median reported)")
+    parser.add_argument("--reference", help="read the torch numbers from this earlier --json instead of measuring")
     args = parser.parse_args()
     if args.repeats < 1:
         parser.error("--repeats must be >= 1")
+    if args.reference and args.json:
+        parser.error("--reference reads the numbers --json would write; give one of them")
 
-    reference = run_reference(args.repeats)
+    reference = load_reference(args.reference) if args.reference else run_reference(args.repeats)
     print_reference(reference)
     if args.json:
         with open(args.json, "w") as f:

@@ -2,7 +2,12 @@
 // (16k tokens per batch; seq 128 and 512 where the op cares) against ceilings measured in the same
 // run, and prints one table (plus JSON with --json).
 //
-//   bench_kernels [--list] [--filter NAME] [--json FILE] [--repeats N]
+//   bench_kernels [--list] [--filter NAME] [--json FILE] [--repeats N] [--tokens N] [--smoke]
+//
+// --smoke checks the program rather than the device: 512 tokens per batch, one repeat and one warm-up,
+// small ceilings, one encoder layer in the optimizer cases. tests/kernel_emu runs it on the host
+// emulation of the kernels in every suite (kernel_emu/bench_kernels_smoke), with
+// bench_attention_torch.py's side-by-side reading its JSON, so the one device run is not the first.
 //
 // Ceilings (measured first, same process): a 1 GiB device-to-device copy (bytes read + written per
 // second) and an 8192^3 bf16 GEMM through our own linear_forward (cuBLASLt), on random data.
@@ -23,6 +28,7 @@
 #include <cuda_runtime.h>
 
 #include <algorithm>
+#include <cerrno>
 #include <cmath>
 #include <cstdint>
 #include <cstdio>
@@ -163,26 +169,33 @@ constexpr Model kModels[] = {
     {"bert-base", 768, 12, 3072, 30522, 12},
     {"bert-large", 1024, 16, 4096, 30522, 24},
 };
-constexpr int64_t kTokens = 16384;  // tokens per batch
+constexpr int64_t kDefaultTokens = 16384;  // tokens per batch
 constexpr int64_t kSeqLens[] = {128, 512};
 constexpr int64_t kMaxPositions = 512, kTypeVocab = 2;
 constexpr float kLayerNormEps = 1e-12f;
-// MLM: 15% of tokens are predicted; the decoder and the cross-entropy see only those rows.
-constexpr int64_t kMaskedRows = kTokens * 15 / 100;
+
+// What the cases are sized by: the tokens per batch (a multiple of every sequence length) and, for
+// the optimizer cases, the encoder layers (0: the model's own; --smoke lists one).
+struct Sizes {
+  int64_t tokens = kDefaultTokens;
+  int64_t optimizer_layers = 0;
+  // MLM: 15% of tokens are predicted; the decoder and the cross-entropy see only those rows.
+  int64_t masked_rows() const { return tokens * 15 / 100; }
+};
 
 std::string str(int64_t v) { return std::to_string(v); }
 
 // ---- cases -----------------------------------------------------------------------------------------
 
-void add_linear_cases(std::vector<Case>& cases, const Model& m) {
+void add_linear_cases(std::vector<Case>& cases, const Model& m, const Sizes& sizes) {
   struct Layer {
     const char* name;
     int64_t rows, in, out;
   };
   const Layer layers[] = {
-      {"qkv", kTokens, m.hidden, 3 * m.hidden},        {"attn_out", kTokens, m.hidden, m.hidden},
-      {"ffn_up", kTokens, m.hidden, m.intermediate},   {"ffn_down", kTokens, m.intermediate, m.hidden},
-      {"mlm_decoder", kMaskedRows, m.hidden, m.vocab},
+      {"qkv", sizes.tokens, m.hidden, 3 * m.hidden},           {"attn_out", sizes.tokens, m.hidden, m.hidden},
+      {"ffn_up", sizes.tokens, m.hidden, m.intermediate},      {"ffn_down", sizes.tokens, m.intermediate, m.hidden},
+      {"mlm_decoder", sizes.masked_rows(), m.hidden, m.vocab},
   };
   for (const Layer& layer : layers) {
     const LinearShape shape{layer.rows, layer.in, layer.out};
@@ -232,10 +245,10 @@ void add_linear_cases(std::vector<Case>& cases, const Model& m) {
   }
 }
 
-void add_layernorm_cases(std::vector<Case>& cases, const Model& m) {
-  const MatrixShape shape{kTokens, m.hidden};
-  const std::string shape_text = "rows " + str(kTokens) + ", cols " + str(m.hidden);
-  const double n = static_cast<double>(kTokens) * m.hidden, h = m.hidden, rows = kTokens;
+void add_layernorm_cases(std::vector<Case>& cases, const Model& m, const Sizes& sizes) {
+  const MatrixShape shape{sizes.tokens, m.hidden};
+  const std::string shape_text = "rows " + str(sizes.tokens) + ", cols " + str(m.hidden);
+  const double n = static_cast<double>(sizes.tokens) * m.hidden, h = m.hidden, rows = sizes.tokens;
   for (const bool residual : {false, true}) {
     const std::string prefix = residual ? "residual_layernorm" : "layernorm";
     cases.push_back(
@@ -304,10 +317,10 @@ void add_layernorm_cases(std::vector<Case>& cases, const Model& m) {
   }
 }
 
-void add_gelu_cases(std::vector<Case>& cases, const Model& m) {
-  const MatrixShape shape{kTokens, m.intermediate};
-  const std::string shape_text = "rows " + str(kTokens) + ", cols " + str(m.intermediate) + ", erf";
-  const double n = static_cast<double>(kTokens) * m.intermediate, cols = m.intermediate;
+void add_gelu_cases(std::vector<Case>& cases, const Model& m, const Sizes& sizes) {
+  const MatrixShape shape{sizes.tokens, m.intermediate};
+  const std::string shape_text = "rows " + str(sizes.tokens) + ", cols " + str(m.intermediate) + ", erf";
+  const double n = static_cast<double>(sizes.tokens) * m.intermediate, cols = m.intermediate;
   cases.push_back(
       {std::string("bias_gelu_fwd/") + m.name, "bias_gelu_forward", shape_text, [shape, n, cols](Context& ctx) {
          Prepared p;
@@ -344,9 +357,9 @@ void add_gelu_cases(std::vector<Case>& cases, const Model& m) {
        }});
 }
 
-void add_embedding_cases(std::vector<Case>& cases, const Model& m, int64_t seq) {
+void add_embedding_cases(std::vector<Case>& cases, const Model& m, const Sizes& sizes, int64_t seq) {
   EmbeddingShape shape;
-  shape.batch = kTokens / seq;
+  shape.batch = sizes.tokens / seq;
   shape.seq_len = seq;
   shape.hidden = m.hidden;
   shape.vocab_size = m.vocab;
@@ -355,7 +368,7 @@ void add_embedding_cases(std::vector<Case>& cases, const Model& m, int64_t seq) 
   shape.padding_idx = 0;
   const std::string shape_text =
       "batch " + str(shape.batch) + ", seq " + str(seq) + ", hidden " + str(m.hidden) + ", vocab " + str(m.vocab);
-  const double t = kTokens, h = m.hidden, s = seq;
+  const double t = sizes.tokens, h = m.hidden, s = seq;
   struct Tables {
     int32_t *ids, *types;
     bf16 *word, *pos, *type, *gamma, *beta, *out;
@@ -437,8 +450,8 @@ void add_embedding_cases(std::vector<Case>& cases, const Model& m, int64_t seq) 
                    }});
 }
 
-void add_dropout_cases(std::vector<Case>& cases, const Model& m) {
-  const int64_t numel = kTokens * m.hidden;
+void add_dropout_cases(std::vector<Case>& cases, const Model& m, const Sizes& sizes) {
+  const int64_t numel = sizes.tokens * m.hidden;
   const std::string shape_text = "numel " + str(numel) + " (tokens x hidden), p 0.1";
   const DropoutSpec spec{0.1f, 1234, 0};
   for (const bool backward : {false, true}) {
@@ -462,15 +475,15 @@ void add_dropout_cases(std::vector<Case>& cases, const Model& m) {
   }
 }
 
-void add_attention_cases(std::vector<Case>& cases, const Model& m, int64_t seq) {
+void add_attention_cases(std::vector<Case>& cases, const Model& m, const Sizes& sizes, int64_t seq) {
   AttentionShape shape;
-  shape.batch = kTokens / seq;
+  shape.batch = sizes.tokens / seq;
   shape.seq_len = seq;
   shape.num_heads = m.heads;
   shape.head_dim = m.head_dim();
   shape.qkv_row_stride = 3 * m.hidden;  // fused QKV projection output
   const double forward_flops = 4.0 * shape.batch * shape.num_heads * static_cast<double>(seq) * seq * shape.head_dim;
-  const double t = kTokens, h = m.hidden;
+  const double t = sizes.tokens, h = m.hidden;
   const double lse_bytes = 4.0 * shape.batch * shape.num_heads * seq;
   // "plain": no mask, no dropout (what bench_attention_torch.py measures with SDPA);
   // "train": key-padding mask (all keys valid) and attention dropout 0.1, as in pretraining.
@@ -535,8 +548,8 @@ void add_attention_cases(std::vector<Case>& cases, const Model& m, int64_t seq) 
                          attention_forward(ctx, shape, qkv, qkv + hidden, qkv + 2 * hidden, mask, dropout, context,
                                            lse);
                          p.run = [&ctx, shape, dropout, kernel, qkv, mask, context, lse, dcontext, dqkv, hidden] {
-                           attention_backward(ctx, shape, dcontext, qkv, qkv + hidden, qkv + 2 * hidden, mask,
-                                              dropout, context, lse, dqkv, dqkv + hidden, dqkv + 2 * hidden, kernel);
+                           attention_backward(ctx, shape, dcontext, qkv, qkv + hidden, qkv + 2 * hidden, mask, dropout,
+                                              context, lse, dqkv, dqkv + hidden, dqkv + 2 * hidden, kernel);
                          };
                          p.outputs = {{dqkv, tokens * shape.qkv_row_stride, true}};
                          p.flops = 2.5 * forward_flops;
@@ -548,10 +561,10 @@ void add_attention_cases(std::vector<Case>& cases, const Model& m, int64_t seq) 
   }
 }
 
-void add_cross_entropy_case(std::vector<Case>& cases, const Model& m) {
-  const MatrixShape shape{kMaskedRows, m.vocab};
+void add_cross_entropy_case(std::vector<Case>& cases, const Model& m, const Sizes& sizes) {
+  const MatrixShape shape{sizes.masked_rows(), m.vocab};
   const std::string shape_text =
-      "rows " + str(kMaskedRows) + " (15% of " + str(kTokens) + " tokens), classes " + str(m.vocab);
+      "rows " + str(sizes.masked_rows()) + " (15% of " + str(sizes.tokens) + " tokens), classes " + str(m.vocab);
   const double n = static_cast<double>(shape.rows) * shape.cols;
   cases.push_back(
       {std::string("cross_entropy/") + m.name, "softmax_cross_entropy", shape_text, [shape, n](Context& ctx) {
@@ -573,11 +586,11 @@ void add_cross_entropy_case(std::vector<Case>& cases, const Model& m) {
 
 // Parameter tensors of BertForPreTraining (HF layout, decoder weight tied to the word embeddings),
 // with AdamW's weight-decay flag (none on biases and LayerNorm, as HF's Trainer sets it).
-std::vector<std::pair<int64_t, bool>> bert_parameters(const Model& m) {
+std::vector<std::pair<int64_t, bool>> bert_parameters(const Model& m, int64_t layers) {
   const int64_t h = m.hidden, in = m.intermediate;
   std::vector<std::pair<int64_t, bool>> p = {
       {m.vocab * h, true}, {kMaxPositions * h, true}, {kTypeVocab * h, true}, {h, false}, {h, false}};
-  for (int64_t layer = 0; layer < m.layers; ++layer) {
+  for (int64_t layer = 0; layer < layers; ++layer) {
     for (int i = 0; i < 4; ++i) p.insert(p.end(), {{h * h, true}, {h, false}});    // q, k, v, attention out
     p.insert(p.end(), {{h, false}, {h, false}});                                   // attention LayerNorm
     p.insert(p.end(), {{in * h, true}, {in, false}, {h * in, true}, {h, false}});  // FFN
@@ -589,8 +602,8 @@ std::vector<std::pair<int64_t, bool>> bert_parameters(const Model& m) {
   return p;
 }
 
-void add_optimizer_cases(std::vector<Case>& cases, const Model& m) {
-  const auto params = bert_parameters(m);
+void add_optimizer_cases(std::vector<Case>& cases, const Model& m, const Sizes& sizes) {
+  const auto params = bert_parameters(m, sizes.optimizer_layers > 0 ? sizes.optimizer_layers : m.layers);
   int64_t total = 0;
   for (const auto& tensor : params) total += tensor.first;
   const std::string shape_text = str(static_cast<int64_t>(params.size())) + " tensors, " + str(total) + " params";
@@ -658,17 +671,17 @@ void add_optimizer_cases(std::vector<Case>& cases, const Model& m) {
                    }});
 }
 
-std::vector<Case> make_cases() {
+std::vector<Case> make_cases(const Sizes& sizes) {
   std::vector<Case> cases;
   for (const Model& m : kModels) {
-    add_linear_cases(cases, m);
-    add_layernorm_cases(cases, m);
-    add_gelu_cases(cases, m);
-    for (const int64_t seq : kSeqLens) add_embedding_cases(cases, m, seq);
-    add_dropout_cases(cases, m);
-    for (const int64_t seq : kSeqLens) add_attention_cases(cases, m, seq);
-    add_cross_entropy_case(cases, m);
-    add_optimizer_cases(cases, m);
+    add_linear_cases(cases, m, sizes);
+    add_layernorm_cases(cases, m, sizes);
+    add_gelu_cases(cases, m, sizes);
+    for (const int64_t seq : kSeqLens) add_embedding_cases(cases, m, sizes, seq);
+    add_dropout_cases(cases, m, sizes);
+    for (const int64_t seq : kSeqLens) add_attention_cases(cases, m, sizes, seq);
+    add_cross_entropy_case(cases, m, sizes);
+    add_optimizer_cases(cases, m, sizes);
   }
   return cases;
 }
@@ -743,32 +756,49 @@ uint64_t count_nonfinite(Context& ctx, const std::vector<Output>& outputs) {
   return count.download()[0];
 }
 
+// How a run is done: the full measurement by default; --smoke shrinks everything so that a slow
+// machine (the host emulation of tests/kernel_emu) can check that every case runs.
+struct Settings {
+  Sizes sizes;
+  int repeats = 50;  // timed runs per case
+  int warmup = 3;    // untimed runs before them
+  int ceiling_repeats = 30;
+  size_t copy_bytes = size_t{1} << 30;  // the copy ceiling's buffer
+  int64_t gemm_n = 8192;                // the GEMM ceiling's n^3
+  bool smoke = false;
+  std::string copy_text() const {
+    return copy_bytes % (size_t{1} << 30) == 0 ? str(static_cast<int64_t>(copy_bytes >> 30)) + " GiB"
+                                               : str(static_cast<int64_t>(copy_bytes >> 20)) + " MiB";
+  }
+};
+
 struct Ceilings {
   double copy_gb_per_s = 0, gemm_tflop_per_s = 0;
   double copy_ms = 0, gemm_ms = 0;
 };
 
-Ceilings measure_ceilings(Context& ctx, L2Flusher& flusher, int repeats) {
+Ceilings measure_ceilings(Context& ctx, L2Flusher& flusher, const Settings& settings) {
   Ceilings c;
+  const int repeats = settings.ceiling_repeats, warmup = settings.warmup;
   {
-    const size_t bytes = size_t{1} << 30;
+    const size_t bytes = settings.copy_bytes;
     DeviceBuffer<unsigned char> src(bytes), dst(bytes);
     fill_uniform(ctx, reinterpret_cast<float*>(src.data()), static_cast<int64_t>(bytes / 4), 1);
     const Timing t = time_runs(
         ctx, flusher,
         [&] { CUDA_CHECK(cudaMemcpyAsync(dst.data(), src.data(), bytes, cudaMemcpyDeviceToDevice, ctx.stream())); },
-        repeats, 3);
+        repeats, warmup);
     c.copy_ms = t.median_ms;
     c.copy_gb_per_s = 2.0 * bytes / (t.median_ms * 1e-3) / 1e9;
   }
   {
-    const int64_t n = 8192;
+    const int64_t n = settings.gemm_n;
     const LinearShape shape{n, n, n};
     DeviceBuffer<bf16> x(static_cast<size_t>(n * n)), w(static_cast<size_t>(n * n)), y(static_cast<size_t>(n * n));
     fill_uniform(ctx, x.data(), n * n, 2);
     fill_uniform(ctx, w.data(), n * n, 3);
     const Timing t = time_runs(
-        ctx, flusher, [&] { linear_forward(ctx, shape, x.data(), w.data(), nullptr, y.data()); }, repeats, 3);
+        ctx, flusher, [&] { linear_forward(ctx, shape, x.data(), w.data(), nullptr, y.data()); }, repeats, warmup);
     c.gemm_ms = t.median_ms;
     c.gemm_tflop_per_s = 2.0 * n * n * n / (t.median_ms * 1e-3) / 1e12;
   }
@@ -824,15 +854,17 @@ std::string num(double v) {
 }
 
 void write_json(const std::string& path, const bert::DeviceInfo& device, const std::string& command,
-                const Ceilings& ceilings, int repeats, size_t l2_bytes, const std::vector<Result>& results) {
+                const Ceilings& ceilings, const Settings& settings, size_t l2_bytes,
+                const std::vector<Result>& results) {
   std::ostringstream o;
   o << "{\n  \"device\": \"" << json_escape(device.name) << "\",\n  \"sm\": " << device.sm_major * 10 + device.sm_minor
     << ",\n  \"multiprocessors\": " << device.multiprocessors << ",\n  \"l2_bytes\": " << l2_bytes
-    << ",\n  \"command\": \"" << json_escape(command) << "\",\n  \"repeats\": " << repeats
-    << ",\n  \"tokens_per_batch\": " << kTokens
+    << ",\n  \"command\": \"" << json_escape(command) << "\",\n  \"repeats\": " << settings.repeats
+    << ",\n  \"smoke\": " << (settings.smoke ? "true" : "false")
+    << ",\n  \"tokens_per_batch\": " << settings.sizes.tokens
     << ",\n  \"ceilings\": {\"copy_gb_per_s\": " << num(ceilings.copy_gb_per_s)
-    << ", \"gemm_bf16_tflop_per_s\": " << num(ceilings.gemm_tflop_per_s)
-    << ", \"copy\": \"1 GiB device-to-device, read + write\", \"gemm\": \"8192^3 bf16 linear_forward (cuBLASLt)\"},\n"
+    << ", \"gemm_bf16_tflop_per_s\": " << num(ceilings.gemm_tflop_per_s) << ", \"copy\": \"" << settings.copy_text()
+    << " device-to-device, read + write\", \"gemm\": \"" << settings.gemm_n << "^3 bf16 linear_forward (cuBLASLt)\"},\n"
     << "  \"cases\": [";
   for (size_t i = 0; i < results.size(); ++i) {
     const Result& r = results[i];
@@ -856,17 +888,31 @@ void write_json(const std::string& path, const bert::DeviceInfo& device, const s
 
 void print_usage(std::FILE* out) {
   std::fprintf(out,
-               "usage: bench_kernels [--list] [--filter NAME] [--json FILE] [--repeats N]\n"
+               "usage: bench_kernels [--list] [--filter NAME] [--json FILE] [--repeats N] [--tokens N] [--smoke]\n"
                "  --list         print the case names and exit\n"
                "  --filter NAME  run only cases whose name contains NAME (e.g. attention, bert-base, linear_bwd)\n"
                "  --json FILE    also write every number, the device and the command line as JSON\n"
-               "  --repeats N    timed runs per case (median reported; default 50)\n");
+               "  --repeats N    timed runs per case (median reported; default 50)\n"
+               "  --tokens N     tokens per batch, a multiple of 512 (default %lld)\n"
+               "  --smoke        check that every case runs, not a measurement: 512 tokens, 1 repeat, 1 warm-up,\n"
+               "                 16 MiB copy and 512^3 GEMM ceilings, one encoder layer in the optimizer cases\n",
+               static_cast<long long>(kDefaultTokens));
+}
+
+long parse_integer(const std::string& flag, const std::string& text, long lo, long hi, const std::string& what) {
+  char* end = nullptr;
+  errno = 0;
+  const long parsed = std::strtol(text.c_str(), &end, 10);
+  if (end == text.c_str() || *end != '\0' || errno != 0 || parsed < lo || parsed > hi)
+    throw std::invalid_argument(flag + " needs " + what + ", got '" + text + "'");
+  return parsed;
 }
 
 int run(int argc, char** argv) {
   bool list = false;
   std::string filter, json_path;
-  int repeats = 50;
+  Settings settings;
+  bool repeats_given = false, tokens_given = false;
   std::string command;
   for (int i = 0; i < argc; ++i) command += (i ? " " : "") + std::string(argv[i]);
   for (int i = 1; i < argc; ++i) {
@@ -882,12 +928,17 @@ int run(int argc, char** argv) {
     } else if (arg == "--json") {
       json_path = value("--json");
     } else if (arg == "--repeats") {
-      const std::string v = value("--repeats");
-      char* end = nullptr;
-      const long parsed = std::strtol(v.c_str(), &end, 10);
-      if (end == v.c_str() || *end != '\0' || parsed < 1 || parsed > 100000)
-        throw std::invalid_argument("--repeats needs an integer in 1..100000, got '" + v + "'");
-      repeats = static_cast<int>(parsed);
+      settings.repeats = static_cast<int>(parse_integer(arg, value("--repeats"), 1, 100000, "an integer in 1..100000"));
+      repeats_given = true;
+    } else if (arg == "--tokens") {
+      const long tokens = parse_integer(arg, value("--tokens"), 512, 1L << 22, "a multiple of 512 in 512..4194304");
+      if (tokens % 512 != 0)
+        throw std::invalid_argument("--tokens needs a multiple of 512 in 512..4194304, got '" + std::to_string(tokens) +
+                                    "'");
+      settings.sizes.tokens = tokens;
+      tokens_given = true;
+    } else if (arg == "--smoke") {
+      settings.smoke = true;
     } else if (arg == "--help" || arg == "-h") {
       print_usage(stdout);
       return 0;
@@ -896,8 +947,19 @@ int run(int argc, char** argv) {
       throw std::invalid_argument("unknown argument '" + arg + "'");
     }
   }
+  if (settings.smoke) {
+    if (!tokens_given) settings.sizes.tokens = 512;
+    if (!repeats_given) settings.repeats = 1;
+    settings.sizes.optimizer_layers = 1;
+    settings.warmup = 1;
+    settings.ceiling_repeats = settings.repeats;
+    settings.copy_bytes = size_t{16} << 20;
+    settings.gemm_n = 512;
+  } else {
+    settings.ceiling_repeats = std::max(10, std::min(settings.repeats, 30));
+  }
 
-  const std::vector<Case> cases = make_cases();
+  const std::vector<Case> cases = make_cases(settings.sizes);
   std::vector<const Case*> selected;
   for (const Case& c : cases)
     if (filter.empty() || c.name.find(filter) != std::string::npos) selected.push_back(&c);
@@ -919,11 +981,17 @@ int run(int argc, char** argv) {
 
   Context ctx;
   L2Flusher flusher(l2_bytes);
-  std::printf("device: %s (sm_%d%d, %d SMs, L2 %.0f MB), %d repeats per case, median with L2 flushed\n",
-              device.name.c_str(), device.sm_major, device.sm_minor, device.multiprocessors, l2_bytes / 1e6, repeats);
-  const Ceilings ceilings = measure_ceilings(ctx, flusher, std::max(10, std::min(repeats, 30)));
-  std::printf("ceilings: copy %.0f GB/s (1 GiB D2D, read + write), GEMM %.1f TFLOP/s (8192^3 bf16, cuBLASLt)\n\n",
-              ceilings.copy_gb_per_s, ceilings.gemm_tflop_per_s);
+  std::printf(
+      "device: %s (sm_%d%d, %d SMs, L2 %.0f MB), %lld tokens per batch, %d repeats per case, median with "
+      "L2 flushed\n",
+      device.name.c_str(), device.sm_major, device.sm_minor, device.multiprocessors, l2_bytes / 1e6,
+      static_cast<long long>(settings.sizes.tokens), settings.repeats);
+  if (settings.smoke)
+    std::printf("--smoke: a check that every case runs and writes finite outputs; its numbers are not measurements\n");
+  const Ceilings ceilings = measure_ceilings(ctx, flusher, settings);
+  std::printf("ceilings: copy %.0f GB/s (%s D2D, read + write), GEMM %.1f TFLOP/s (%lld^3 bf16, cuBLASLt)\n\n",
+              ceilings.copy_gb_per_s, settings.copy_text().c_str(), ceilings.gemm_tflop_per_s,
+              static_cast<long long>(settings.gemm_n));
   std::printf("%-44s %10s %10s %10s %8s  %s\n", "case", "median ms", "GB/s", "TFLOP/s", "% ceil", "check");
 
   std::vector<Result> results;
@@ -939,7 +1007,7 @@ int run(int argc, char** argv) {
         r.status = "nonfinite";
         r.error = std::to_string(bad) + " non-finite output elements after the first run";
       }
-      r.timing = time_runs(ctx, flusher, p.run, repeats, 3);
+      r.timing = time_runs(ctx, flusher, p.run, settings.repeats, settings.warmup);
       r.bytes = p.bytes;
       r.flops = p.flops;
       const double seconds = r.timing.median_ms * 1e-3;
@@ -968,7 +1036,7 @@ int run(int argc, char** argv) {
     results.push_back(r);
   }
   if (!json_path.empty()) {
-    write_json(json_path, device, command, ceilings, repeats, l2_bytes, results);
+    write_json(json_path, device, command, ceilings, settings, l2_bytes, results);
     std::printf("\nwrote %s\n", json_path.c_str());
   }
   if (failures) std::printf("%d case(s) failed (non-finite output or error)\n", failures);
