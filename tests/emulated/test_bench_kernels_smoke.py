@@ -1,0 +1,222 @@
+#!/usr/bin/env python3
+"""bench_kernels and bench_attention_torch.py's side-by-side, run without a GPU: bench_kernels.cu
+compiled on the host emulation of the kernels (bench_kernels_emulated, tests/kernel_emu/README.md) runs
+every case with --smoke (512 tokens per batch, one repeat), and bench_attention_torch.py prints its JSON
+beside a reference read with --reference. What the one device run of scripts/gpu_check.sh would
+otherwise be the first to find: a case whose output buffer is too small for its op (the emulated
+cudaMalloc's guard bands catch the write past its end), a launch the device would refuse, a case that
+throws, the JSON's fields, the lines gpu_check.sh greps, and the side-by-side's pairing of names.
+
+Checked:
+  - --help, --list (82 cases, unique names, both models, every op family, both attention kernels)
+  - bad arguments and no device: exit status 1 and one line naming the problem
+  - --smoke --json: exit 0, every case "ok" with finite outputs, the JSON's fields and the table's
+    lines as gpu_check.sh reads them, and the FLOPs: linear 2 (4) * rows * in * out, attention the
+    formula of bench_attention_torch.py (the side-by-side compares TFLOP/s of the two)
+  - bench_attention_torch.py --reference REF --ours JSON: a row for each plain attention case and
+    its mma.sync twin, the ratio best torch time / ours; exit 1 when flash failed; bad --reference
+    and --reference with --json rejected
+The times themselves mean nothing here (an emulation).
+
+    test_bench_kernels_smoke.py --bench build/tests/bench_kernels_emulated --work DIR
+"""
+import argparse
+import json
+import math
+import os
+import re
+import shutil
+import subprocess
+import sys
+
+ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+TORCH_BENCH = os.path.join(ROOT, "bench", "bench_attention_torch.py")
+MODELS = {"bert-base": (768, 12, 3072, 30522), "bert-large": (1024, 16, 4096, 30522)}
+FAMILIES = ["linear_fwd", "linear_bwd", "layernorm_fwd", "layernorm_bwd", "residual_layernorm_fwd",
+            "residual_layernorm_bwd", "bias_gelu_fwd", "bias_gelu_bwd", "embeddings_fwd", "embeddings_bwd",
+            "dropout_fwd", "dropout_bwd", "attention_fwd", "attention_fwd_mma", "attention_bwd",
+            "attention_bwd_mma", "attention_train_fwd", "attention_train_fwd_mma", "attention_train_bwd",
+            "attention_train_bwd_mma", "cross_entropy", "adamw", "grad_norm"]
+
+failures = []
+
+
+def check(condition, what):
+    print(("ok      " if condition else "FAILED  ") + what, flush=True)
+    if not condition:
+        failures.append(what)
+
+
+def run(cmd, env=None, timeout=120):
+    p = subprocess.run(cmd, capture_output=True, text=True, timeout=timeout,
+                       env=dict(os.environ, OMP_NUM_THREADS="1", **(env or {})))
+    return p
+
+
+def check_rejected(bench, args, needle, env=None):
+    p = run([bench, *args], env)
+    lines = [line for line in p.stderr.splitlines() if line.startswith("bench_kernels:")]
+    check(p.returncode == 1 and len(lines) == 1 and needle in lines[0],
+          f"{' '.join(args) or '(no args)'}{' with ' + str(env) if env else ''}: exit 1 with one line naming "
+          f"'{needle}' (exit {p.returncode}, {lines})")
+
+
+def relative(a, b):
+    return abs(a - b) / max(abs(b), 1e-30)
+
+
+def main():
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--bench", required=True, help="bench_kernels_emulated")
+    ap.add_argument("--work", required=True)
+    args = ap.parse_args()
+    shutil.rmtree(args.work, ignore_errors=True)
+    os.makedirs(args.work)
+    sys.path.insert(0, os.path.join(ROOT, "bench"))
+    from bench_attention_torch import attention_flops
+
+    # ---- help and list -------------------------------------------------------------------------------
+    p = run([args.bench, "--help"])
+    check(p.returncode == 0 and "--smoke" in p.stdout and "--tokens" in p.stdout, "--help: exit 0, names --smoke and --tokens")
+    p = run([args.bench, "--list"])
+    names = [line.split()[0] for line in p.stdout.splitlines() if line.strip()]
+    check(p.returncode == 0 and len(names) == 82, f"--list: exit 0, 82 cases (exit {p.returncode}, {len(names)})")
+    check(len(set(names)) == len(names), "--list: names are unique")
+    for model in MODELS:
+        families = {name.split("/")[0] for name in names if name.split("/")[1] == model}
+        check(families == set(FAMILIES), f"--list: {model} has every op family ({sorted(set(FAMILIES) ^ families)})")
+    full_shapes = p.stdout
+    p = run([args.bench, "--smoke", "--list"])
+    check(p.returncode == 0 and "rows 512, cols 768" in p.stdout and "rows 16384, cols 768" in full_shapes,
+          "--smoke --list: 512 tokens per batch (16384 without)")
+    check("30 tensors" in p.stdout and "206 tensors" in full_shapes and "398 tensors" in full_shapes,
+          "--smoke --list: one encoder layer in the optimizer cases (12 / 24 without)")
+
+    # ---- rejected ------------------------------------------------------------------------------------
+    check_rejected(args.bench, ["--tokens", "1000"], "--tokens needs a multiple of 512")
+    check_rejected(args.bench, ["--tokens", "256"], "--tokens needs a multiple of 512")
+    check_rejected(args.bench, ["--repeats", "0"], "--repeats needs an integer in 1..100000")
+    check_rejected(args.bench, ["--repeats", "3x"], "--repeats needs an integer in 1..100000")
+    check_rejected(args.bench, ["--filter", "no_such_op"], "no case matches --filter 'no_such_op'")
+    check_rejected(args.bench, ["--bogus"], "unknown argument '--bogus'")
+    check_rejected(args.bench, ["--json"], "--json needs a value")
+    check_rejected(args.bench, ["--smoke"], "no CUDA device", env={"BERT_EMULATED_DEVICE_COUNT": "0"})
+
+    # ---- every case, small -----------------------------------------------------------------------------
+    ours_path = os.path.join(args.work, "bench_kernels.json")
+    p = run([args.bench, "--smoke", "--json", ours_path], timeout=800)
+    print(p.stdout + p.stderr, flush=True)
+    check(p.returncode == 0, f"--smoke: exit 0 (exit {p.returncode})")
+    lines = p.stdout.splitlines()
+    # What scripts/gpu_check.sh reads from the log.
+    finite = [line for line in lines if line.endswith(" finite")]
+    check(len(finite) == len(names), f"log: one line ending ' finite' per case ({len(finite)} of {len(names)})")
+    check(not [line for line in lines if re.search("ERROR|non-finite", line)], "log: no ERROR or non-finite line")
+    check(len([line for line in lines if re.match("^(device|ceilings):", line)]) == 2, "log: the device and ceilings lines")
+    check(any(line.startswith("case ") for line in lines), "log: the table header")
+    check(any("--smoke" in line and "not measurements" in line for line in lines), "log: says the numbers are not measurements")
+    try:
+        with open(ours_path) as f:
+            ours = json.load(f)
+    except (OSError, ValueError) as error:
+        check(False, f"--json: readable JSON ({error})")
+        return finish()
+    check(ours.get("smoke") is True and ours.get("tokens_per_batch") == 512 and ours.get("repeats") == 1,
+          "JSON: smoke, 512 tokens per batch, 1 repeat")
+    check("H200" in ours.get("device", "") and ours.get("sm") == 90 and ours.get("l2_bytes", 0) > 0,
+          "JSON: the device, sm and L2 size")
+    ceilings = ours.get("ceilings", {})
+    check(all(isinstance(ceilings.get(k), (int, float)) and ceilings[k] > 0
+              for k in ("copy_gb_per_s", "gemm_bf16_tflop_per_s")) and
+          ceilings.get("copy", "").startswith("16 MiB") and ceilings.get("gemm", "").startswith("512^3"),
+          f"JSON: both ceilings measured, sizes named ({ceilings})")
+    cases = ours.get("cases", [])
+    check([c.get("name") for c in cases] == names, "JSON: the cases of --list, in order")
+    bad = [(c.get("name"), c.get("status"), c.get("error")) for c in cases if c.get("status") != "ok"]
+    check(not bad, f"JSON: every case ok ({bad[:3]})")
+    numbers = ("median_ms", "min_ms", "bytes", "gb_per_s", "percent_of_ceiling")
+    incomplete = [c["name"] for c in cases if c.get("status") == "ok" and not all(
+        isinstance(c.get(k), (int, float)) and math.isfinite(c[k]) and c[k] > 0 for k in numbers)]
+    check(not incomplete, f"JSON: every case has positive finite {', '.join(numbers)} ({incomplete[:3]})")
+    bound = [c["name"] for c in cases if c.get("bound") != ("compute" if c.get("flops", 0) > 0 else "memory")]
+    check(not bound, f"JSON: compute-bound exactly where flops > 0 ({bound[:3]})")
+
+    # FLOPs: the formulas of the header, and attention's as bench_attention_torch.py counts it.
+    by_name = {c["name"]: c for c in cases}
+    tokens, masked = 512, 512 * 15 // 100
+    flop_errors = []
+    for model, (hidden, heads, inter, vocab) in MODELS.items():
+        for layer, (rows, fan_in, fan_out) in {"qkv": (tokens, hidden, 3 * hidden), "attn_out": (tokens, hidden, hidden),
+                                              "ffn_up": (tokens, hidden, inter), "ffn_down": (tokens, inter, hidden),
+                                              "mlm_decoder": (masked, hidden, vocab)}.items():
+            for direction, factor in (("fwd", 2), ("bwd", 4)):
+                case = by_name.get(f"linear_{direction}/{model}/{layer}", {})
+                if relative(case.get("flops", 0), factor * rows * fan_in * fan_out) > 1e-5:
+                    flop_errors.append(case.get("name"))
+        for seq in (128, 512):
+            forward = attention_flops(tokens // seq, heads, seq, hidden // heads)
+            for variant in ("attention", "attention_train"):
+                for kernel in ("", "_mma"):
+                    for direction, factor in (("fwd", 1.0), ("bwd", 2.5)):
+                        name = f"{variant}_{direction}{kernel}/{model}/s{seq}"
+                        if relative(by_name.get(name, {}).get("flops", 0), factor * forward) > 1e-5:
+                            flop_errors.append(name)
+    check(not flop_errors, f"JSON: linear and attention FLOPs as the formulas say ({flop_errors[:3]})")
+
+    # ---- bench_attention_torch.py's side-by-side on this JSON ----------------------------------------------
+    plain = [c for c in cases if re.match(r"^attention_(fwd|bwd)/", c["name"])]
+    check(len(plain) == 8, f"the plain attention cases SDPA is compared with: 8 ({len(plain)})")
+    reference = {"device": "test", "torch": "test", "cudnn": 0, "command": "synthetic", "repeats": 1, "cases": []}
+    for index, case in enumerate(plain):
+        for backend, scale in (("flash", 0.5), ("cudnn", 2.0), ("efficient", None)):
+            entry = {"name": case["name"], "backend": backend, "model": case["name"].split("/")[1]}
+            if scale is None and index % 2:  # a backend refusing a shape is a result
+                reference["cases"].append(dict(entry, status="error", error="No available kernel. Aborting."))
+                continue
+            ms = case["median_ms"] * (scale or 3.0)
+            reference["cases"].append(dict(entry, status="ok", median_ms=ms, min_ms=ms,
+                                           tflop_per_s=case["flops"] / (ms * 1e-3) / 1e12))
+    reference_path = os.path.join(args.work, "reference.json")
+    with open(reference_path, "w") as f:
+        json.dump(reference, f)
+    p = run([sys.executable, TORCH_BENCH, "--reference", reference_path, "--ours", ours_path])
+    print(p.stdout + p.stderr, flush=True)
+    check(p.returncode == 0, f"side by side: exit 0 (exit {p.returncode})")
+    rows = {line.split()[0]: line for line in p.stdout.split("side by side", 1)[-1].splitlines()[2:] if line.strip()}
+    for case in plain:
+        family, _, rest = case["name"].partition("/")
+        for ours_name in (case["name"], family + "_mma/" + rest):
+            mine = by_name.get(ours_name, {})
+            theirs = [c["median_ms"] for c in reference["cases"] if c["name"] == case["name"] and c["status"] == "ok"]
+            expected = f"{min(theirs) / mine.get('median_ms', float('nan')):.2f}x"
+            row = rows.get(ours_name, "")
+            check(row.endswith(" " + expected), f"side by side: {ours_name} ratio {expected} ({row.strip()[-12:]!r})")
+    check(len(rows) == 16 + 1, f"side by side: 16 rows and the footnote ({len(rows)})")
+
+    # The exit contract gpu_check.sh relies on: a failed flash backend fails the script.
+    for entry in reference["cases"]:
+        if entry["backend"] == "flash" and entry["name"] == plain[0]["name"]:
+            entry.clear()
+            entry.update(name=plain[0]["name"], backend="flash", status="error", error="CUDA out of memory")
+    with open(reference_path, "w") as f:
+        json.dump(reference, f)
+    p = run([sys.executable, TORCH_BENCH, "--reference", reference_path, "--ours", ours_path])
+    check(p.returncode == 1, f"side by side: exit 1 when a flash case failed (exit {p.returncode})")
+    broken = os.path.join(args.work, "broken.json")
+    with open(broken, "w") as f:
+        json.dump({"cases": [{"name": "attention_fwd/bert-base/s128", "backend": "flash", "status": "ok"}]}, f)
+    p = run([sys.executable, TORCH_BENCH, "--reference", broken])
+    check(p.returncode == 1 and "cases[0] lacks median_ms, tflop_per_s" in p.stderr,
+          f"--reference with a case missing numbers: exit 1 naming them ({p.stderr.strip()[-80:]})")
+    p = run([sys.executable, TORCH_BENCH, "--reference", reference_path, "--json", broken])
+    check(p.returncode == 2 and "give one of them" in p.stderr, "--reference with --json: a usage error")
+    return finish()
+
+
+def finish():
+    print(f"{len(failures)} failed" if failures else "all passed")
+    return 1 if failures else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
