@@ -77,7 +77,8 @@ def main():
 
     # ---- help and list -------------------------------------------------------------------------------
     p = run([args.bench, "--help"])
-    check(p.returncode == 0 and "--smoke" in p.stdout and "--tokens" in p.stdout, "--help: exit 0, names --smoke and --tokens")
+    check(p.returncode == 0 and "--smoke" in p.stdout and "--tokens" in p.stdout,
+          "--help: exit 0, names --smoke and --tokens")
     p = run([args.bench, "--list"])
     names = [line.split()[0] for line in p.stdout.splitlines() if line.strip()]
     check(p.returncode == 0 and len(names) == 82, f"--list: exit 0, 82 cases (exit {p.returncode}, {len(names)})")
@@ -112,9 +113,11 @@ def main():
     finite = [line for line in lines if line.endswith(" finite")]
     check(len(finite) == len(names), f"log: one line ending ' finite' per case ({len(finite)} of {len(names)})")
     check(not [line for line in lines if re.search("ERROR|non-finite", line)], "log: no ERROR or non-finite line")
-    check(len([line for line in lines if re.match("^(device|ceilings):", line)]) == 2, "log: the device and ceilings lines")
+    check(len([line for line in lines if re.match("^(device|ceilings):", line)]) == 2,
+          "log: the device and ceilings lines")
     check(any(line.startswith("case ") for line in lines), "log: the table header")
-    check(any("--smoke" in line and "not measurements" in line for line in lines), "log: says the numbers are not measurements")
+    check(any("--smoke" in line and "not measurements" in line for line in lines),
+          "log: says the numbers are not measurements")
     try:
         with open(ours_path) as f:
             ours = json.load(f)
@@ -146,9 +149,10 @@ def main():
     tokens, masked = 512, 512 * 15 // 100
     flop_errors = []
     for model, (hidden, heads, inter, vocab) in MODELS.items():
-        for layer, (rows, fan_in, fan_out) in {"qkv": (tokens, hidden, 3 * hidden), "attn_out": (tokens, hidden, hidden),
-                                              "ffn_up": (tokens, hidden, inter), "ffn_down": (tokens, inter, hidden),
-                                              "mlm_decoder": (masked, hidden, vocab)}.items():
+        layers = {"qkv": (tokens, hidden, 3 * hidden), "attn_out": (tokens, hidden, hidden),
+                  "ffn_up": (tokens, hidden, inter), "ffn_down": (tokens, inter, hidden),
+                  "mlm_decoder": (masked, hidden, vocab)}
+        for layer, (rows, fan_in, fan_out) in layers.items():
             for direction, factor in (("fwd", 2), ("bwd", 4)):
                 case = by_name.get(f"linear_{direction}/{model}/{layer}", {})
                 if relative(case.get("flops", 0), factor * rows * fan_in * fan_out) > 1e-5:
