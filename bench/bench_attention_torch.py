@@ -175,16 +175,26 @@ def print_side_by_side(reference, ours):
         family, _, rest = name.partition("/")
         if family + "_mma/" + rest in ours_by_name:
             rows.append((family + "_mma/" + rest, name))
+    mismatched = []
     for ours_name, name in rows:
         mine = ours_by_name.get(ours_name)
         theirs = {c["backend"]: c for c in reference["cases"] if c["name"] == name}
         best = min((c["median_ms"] for c in theirs.values() if c["status"] == "ok"), default=None)
+        # Both sides name their shape alike ("batch B, seq S, heads H, head_dim D, fused qkv"); a ratio
+        # only where they are the same (bench_kernels --tokens / --smoke change the batch).
+        our_shape = (mine or {}).get("shape")
+        their_shapes = {c.get("shape") for c in theirs.values()} - {None}
+        same_shape = len(their_shapes | ({our_shape} - {None})) <= 1
+        if not same_shape:
+            mismatched.append(f"{ours_name}: ours {our_shape!r}, torch {' / '.join(sorted(their_shapes))!r}")
         ratio = "-"
-        if mine and mine.get("status") == "ok" and best:
+        if mine and mine.get("status") == "ok" and best and same_shape:
             ratio = f"{best / mine['median_ms']:.2f}x"
         print(f"{ours_name:32} {cell(mine)}" + "".join(f" {cell(theirs.get(b))}" for b in backends) +
               f" {ratio:>10}")
     print("ours/best > 1: ours is faster than the fastest torch backend.")
+    for line in mismatched:
+        print(f"no ratio, the shapes differ: {line}")
 
 
 def main():

@@ -14,8 +14,9 @@ Checked:
     lines as gpu_check.sh reads them, and the FLOPs: linear 2 (4) * rows * in * out, attention the
     formula of bench_attention_torch.py (the side-by-side compares TFLOP/s of the two)
   - bench_attention_torch.py --reference REF --ours JSON: a row for each plain attention case and
-    its mma.sync twin, the ratio best torch time / ours; exit 1 when flash failed; bad --reference
-    and --reference with --json rejected
+    its mma.sync twin, the ratio best torch time / ours where both measured the same shape (none, and
+    a line saying why, where they did not); exit 1 when flash failed; bad --reference and
+    --reference with --json rejected
 The times themselves mean nothing here (an emulation).
 
     test_bench_kernels_smoke.py --bench build/tests/bench_kernels_emulated --work DIR
@@ -170,10 +171,15 @@ def main():
     # ---- bench_attention_torch.py's side-by-side on this JSON ----------------------------------------------
     plain = [c for c in cases if re.match(r"^attention_(fwd|bwd)/", c["name"])]
     check(len(plain) == 8, f"the plain attention cases SDPA is compared with: 8 ({len(plain)})")
+    # Torch's numbers on ours' shapes (so ratios are formed), but the last case measured on the full-size
+    # batch, as a real torch run next to a --smoke JSON would be: no ratio there, and a line saying why.
     reference = {"device": "test", "torch": "test", "cudnn": 0, "command": "synthetic", "repeats": 1, "cases": []}
+    full_size = plain[-1]["shape"].replace("batch 1,", "batch 32,")
+    check(full_size != plain[-1]["shape"], f"the last plain case has batch 1 at 512 tokens ({plain[-1]['shape']})")
     for index, case in enumerate(plain):
         for backend, scale in (("flash", 0.5), ("cudnn", 2.0), ("efficient", None)):
-            entry = {"name": case["name"], "backend": backend, "model": case["name"].split("/")[1]}
+            entry = {"name": case["name"], "backend": backend, "model": case["name"].split("/")[1],
+                     "shape": full_size if index == len(plain) - 1 else case["shape"]}
             if scale is None and index % 2:  # a backend refusing a shape is a result
                 reference["cases"].append(dict(entry, status="error", error="No available kernel. Aborting."))
                 continue
@@ -186,16 +192,21 @@ def main():
     p = run([sys.executable, TORCH_BENCH, "--reference", reference_path, "--ours", ours_path])
     print(p.stdout + p.stderr, flush=True)
     check(p.returncode == 0, f"side by side: exit 0 (exit {p.returncode})")
-    rows = {line.split()[0]: line for line in p.stdout.split("side by side", 1)[-1].splitlines()[2:] if line.strip()}
-    for case in plain:
+    body = p.stdout.split("side by side", 1)[-1].splitlines()[2:]
+    footnote = next((i for i, line in enumerate(body) if line.startswith("ours/best > 1")), len(body))
+    rows = {line.split()[0]: line for line in body[:footnote] if line.strip()}
+    for index, case in enumerate(plain):
         family, _, rest = case["name"].partition("/")
         for ours_name in (case["name"], family + "_mma/" + rest):
             mine = by_name.get(ours_name, {})
             theirs = [c["median_ms"] for c in reference["cases"] if c["name"] == case["name"] and c["status"] == "ok"]
-            expected = f"{min(theirs) / mine.get('median_ms', float('nan')):.2f}x"
+            expected = "-" if index == len(plain) - 1 else f"{min(theirs) / mine.get('median_ms', float('nan')):.2f}x"
             row = rows.get(ours_name, "")
             check(row.endswith(" " + expected), f"side by side: {ours_name} ratio {expected} ({row.strip()[-12:]!r})")
-    check(len(rows) == 16 + 1, f"side by side: 16 rows and the footnote ({len(rows)})")
+    check(len(rows) == 16, f"side by side: 16 rows before the footnote ({len(rows)})")
+    why = [line for line in body[footnote + 1:] if line.startswith("no ratio, the shapes differ: ")]
+    check(len(why) == 2 and all(full_size in line and plain[-1]["shape"] in line for line in why),
+          f"side by side: the two rows of different shapes say so, naming both ({why})")
 
     # The exit contract gpu_check.sh relies on: a failed flash backend fails the script.
     for entry in reference["cases"]:
