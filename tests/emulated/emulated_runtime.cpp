@@ -78,6 +78,10 @@ namespace {
 // What cudaMalloc'd and cudaMallocHost'd memory holds before anything writes it.
 constexpr int kPoison = 0xFF;
 
+// The emulated device, an H200 by its numbers: what cuda_device_info, cudaDeviceGetAttribute and
+// Context report alike.
+constexpr int kMultiprocessors = 132, kSmMajor = 9, kSmMinor = 0, kL2Bytes = 50 << 20;
+
 // The guard bands around each cudaMalloc allocation (cudaMalloc's alignment, so one band before keeps
 // the allocation aligned) and what they hold.
 constexpr size_t kGuardBytes = 256;
@@ -409,16 +413,16 @@ cudaError_t cudaDeviceGetAttribute(int* value, cudaDeviceAttr attribute, int dev
     return state().last_error = cudaErrorInvalidValue;
   switch (attribute) {
     case cudaDevAttrL2CacheSize:
-      *value = 50 << 20;
+      *value = kL2Bytes;
       return cudaSuccess;
     case cudaDevAttrMultiProcessorCount:
-      *value = 132;
+      *value = kMultiprocessors;
       return cudaSuccess;
     case cudaDevAttrComputeCapabilityMajor:
-      *value = 9;
+      *value = kSmMajor;
       return cudaSuccess;
     case cudaDevAttrComputeCapabilityMinor:
-      *value = 0;
+      *value = kSmMinor;
       return cudaSuccess;
     default:
       return state().last_error = cudaErrorNotSupported;
@@ -443,9 +447,9 @@ DeviceInfo cuda_device_info(int ordinal) {
   }
   info.available = true;
   info.name = "NVIDIA H200 (bertforge host emulation)";
-  info.sm_major = 9;
-  info.sm_minor = 0;
-  info.multiprocessors = 132;
+  info.sm_major = kSmMajor;
+  info.sm_minor = kSmMinor;
+  info.multiprocessors = kMultiprocessors;
   info.memory_bytes = emulated_device_memory();
   char uuid[40];
   std::snprintf(uuid, sizeof uuid, "e1a7ed00000000000000000000%06d", ordinal);
@@ -672,8 +676,8 @@ namespace bert::cuda {
 // emulated ops (emulated_ops.cpp), or gemm.cu itself on the kernel emulation.
 
 Context::Context(cudaStream_t stream, size_t gemm_workspace_bytes) : stream_(stream) {
-  multiprocessors_ = 132;  // an H200
-  sm_version_ = 90;
+  multiprocessors_ = kMultiprocessors;
+  sm_version_ = kSmMajor * 10 + kSmMinor;
   if (stream_ == nullptr) {
     cudaStreamCreateWithFlags(&stream_, cudaStreamNonBlocking);
     owns_stream_ = true;
