@@ -146,6 +146,13 @@ def print_reference(reference):
             print(f"{case['name']:32} {case['backend']:10} {'-':>10} {'-':>9}  {case['error'][:80]}")
 
 
+def fixed(value, width, decimals):
+    """value in width characters, giving up decimals before the column grows (1234.5 ms as 1234.50)."""
+    digits = len(f"{value:.0f}")
+    decimals = max(0, min(decimals, width - digits - 1))
+    return f"{value:{width}.{decimals}f}"
+
+
 def print_side_by_side(reference, ours):
     """bench_kernels' attention cases beside the best and each torch backend."""
     ceiling = ours.get("ceilings", {}).get("gemm_bf16_tflop_per_s")
@@ -154,8 +161,6 @@ def print_side_by_side(reference, ours):
           (f"; GEMM ceiling {ceiling:.0f} TFLOP/s" if ceiling else "") +
           ("; ours from bench_kernels --smoke: not measurements" if ours.get("smoke") else ""))
     backends = sorted({c["backend"] for c in reference["cases"]})
-    header = f"{'case':32} {'ours':>18}" + "".join(f" {b:>18}" for b in backends) + f" {'ours/best':>10}"
-    print(header)
     ours_by_name = {c["name"]: c for c in ours.get("cases", [])}
     names = []
     for case in reference["cases"]:
@@ -165,7 +170,7 @@ def print_side_by_side(reference, ours):
     def cell(case):
         if not case or case.get("status") != "ok":
             return f"{'-':>18}"
-        return f"{case['tflop_per_s']:8.1f} ({case['median_ms']:7.3f})"
+        return f"{fixed(case['tflop_per_s'], 8, 1)} ({fixed(case['median_ms'], 7, 3)})"
 
     # Our attention has two kernels per direction (bench_kernels' attention_fwd / _bwd = wmma,
     # attention_fwd_mma / _bwd_mma = mma.sync): each gets a row against the same torch numbers.
@@ -175,6 +180,8 @@ def print_side_by_side(reference, ours):
         family, _, rest = name.partition("/")
         if family + "_mma/" + rest in ours_by_name:
             rows.append((family + "_mma/" + rest, name))
+    width = max([32] + [len(ours_name) for ours_name, _ in rows])
+    print(f"{'case':{width}} {'ours':>18}" + "".join(f" {b:>18}" for b in backends) + f" {'ours/best':>10}")
     mismatched = []
     for ours_name, name in rows:
         mine = ours_by_name.get(ours_name)
@@ -190,7 +197,7 @@ def print_side_by_side(reference, ours):
         ratio = "-"
         if mine and mine.get("status") == "ok" and best and same_shape:
             ratio = f"{best / mine['median_ms']:.2f}x"
-        print(f"{ours_name:32} {cell(mine)}" + "".join(f" {cell(theirs.get(b))}" for b in backends) +
+        print(f"{ours_name:{width}} {cell(mine)}" + "".join(f" {cell(theirs.get(b))}" for b in backends) +
               f" {ratio:>10}")
     print("ours/best > 1: ours is faster than the fastest torch backend.")
     for line in mismatched:
