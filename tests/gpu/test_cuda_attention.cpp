@@ -457,7 +457,12 @@ TEST_CASE("cuda attention matches kernels/cpu: forward context/logsumexp, backwa
   // dropout does not change: each shape runs once, with dropout. Without dropout this case took half of
   // the sanitized run's ~870 s, 40% of the suite's time on a 2-core runner; the unsanitized emulation
   // (kernel_emu/) and the GPU run every section.
+  // Seq 512 (the longest supported, 88% of the work) runs with the layout the model uses, kFused: the
+  // other layouts' strides are checked at every shorter length, which crosses the same tile boundaries
+  // (129: a partial tile). That took the sanitized case from 505 s to 232 s on a 2-core runner,
+  // and the suite back under 20 minutes.
   if (dropout == 0.0f) return;
+  if (seq_len == 512 && layout != QkvLayout::kFused) return;
 #endif
   // 4 sequences: one of each padding pattern (make_mask).
   const uint64_t seed =
