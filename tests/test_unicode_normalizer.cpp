@@ -83,6 +83,18 @@ TEST_CASE("strip_accents reorders surviving combining marks by class") {
   // U+302E (ccc 224) then U+1D165 (ccc 216): NFD puts 216 first; U+0301 (Mn) is dropped.
   const std::string in = "a\u302E\u0301\U0001D165";
   CHECK(norm(in, strip) == "a\U0001D165\u302E");
+  // A dropped Mn starter (U+034F, class 0) still ends the run: nothing moves across it.
+  CHECK(norm("a\u302E\u034F\U0001D165", strip) == "a\u302E\U0001D165");
+  // Also one inside a decomposition: U+0B48 = U+0B47 U+0B56 (Mn, class 0).
+  CHECK(norm("\u0B48", strip) == "\u0B47");
+  // Classes as HF's older Unicode has them: U+0C3C (class 7 since Unicode 14) is a starter there and
+  // not Mn, so it stays, and U+1D16D (class 226) does not move past it.
+  CHECK(norm("a\U0001D16D\u0C3C", strip) == "a\U0001D16D\u0C3C");
+  CHECK(unicode::combining_class(0x0C3C) == 0);
+  CHECK(unicode::combining_class(0x1D16D) == 226);
+  CHECK(unicode::is_nonspacing_mark(0x0301));
+  CHECK(!unicode::is_nonspacing_mark(0x0C3C));
+  CHECK(!unicode::is_nonspacing_mark(0x1D165));
 }
 
 TEST_CASE("pre-tokeniser splits whitespace and isolates punctuation") {

@@ -1,5 +1,6 @@
 // BertNormalizer: clean_text -> handle_chinese_chars -> strip_accents -> lowercase, character by
-// character, with the canonical reordering NFD would do among the marks strip_accents keeps.
+// character, with the canonical reordering NFD would do among the marks strip_accents keeps (and
+// the starters it drops still blocking it).
 // Semantics: ../shared/REFERENCES.md ("Normaliser"). Works on code points; no allocation once
 // `out` has grown to the longest line.
 #pragma once
@@ -26,7 +27,7 @@ class BertNormalizer {
 
  private:
   NormalizerOptions options_;
-  void emit(char32_t c, std::u32string& out) const;
+  void emit(char32_t c, std::u32string& out, size_t& run_start) const;
 };
 
 }  // namespace bert

@@ -28,9 +28,10 @@ enum Flag : uint8_t {
   kWhitespace = 2,
   kPunctuation = 4,
   kChinese = 8,
-  kHasStrip = 16,
+  kHasDecomposition = 16,
   kHasLower = 32,
   kCombining = 64,
+  kNonspacing = 128,
 };
 
 template <size_t N>
@@ -65,9 +66,10 @@ struct BmpFlags {
     mark(kPunctuationRanges, kPunctuation);
     for (char32_t c = 0; c < 0x10000; ++c)
       if (chinese_block(c)) flags[c] |= kChinese;
-    for (const auto& m : kStripAccentsMap)
-      if (m.code_point < 0x10000) flags[m.code_point] |= kHasStrip;
-    for (char32_t c = kHangulFirst; c <= kHangulLast; ++c) flags[c] |= kHasStrip;
+    mark(kNonspacingRanges, kNonspacing);
+    for (const auto& m : kDecompositionMap)
+      if (m.code_point < 0x10000) flags[m.code_point] |= kHasDecomposition;
+    for (char32_t c = kHangulFirst; c <= kHangulLast; ++c) flags[c] |= kHasDecomposition;
     for (const auto& m : kLowercaseMap)
       if (m.code_point < 0x10000) flags[m.code_point] |= kHasLower;
     for (const auto& m : kCombiningClasses)
@@ -93,8 +95,8 @@ bool is_punctuation(char32_t c) {
 }
 bool is_chinese_char(char32_t c) { return c < 0x10000 ? (bmp().flags[c] & kChinese) != 0 : chinese_block(c); }
 
-bool strip_accents(char32_t c, std::span<const char32_t>& out, char32_t (&hangul)[3]) {
-  if (c < 0x10000 && !(bmp().flags[c] & kHasStrip)) return false;
+bool decompose(char32_t c, std::span<const char32_t>& out, char32_t (&hangul)[3]) {
+  if (c < 0x10000 && !(bmp().flags[c] & kHasDecomposition)) return false;
   if (c >= kHangulFirst && c <= kHangulLast) {
     const char32_t s = c - kHangulFirst;
     hangul[0] = 0x1100 + s / 588;
@@ -103,10 +105,14 @@ bool strip_accents(char32_t c, std::span<const char32_t>& out, char32_t (&hangul
     out = std::span<const char32_t>(hangul, hangul[2] == 0x11A7 ? 2 : 3);
     return true;
   }
-  const CodePointMapping* m = find_mapping(kStripAccentsMap, c);
+  const CodePointMapping* m = find_mapping(kDecompositionMap, c);
   if (!m) return false;
-  out = std::span<const char32_t>(kStripAccentsMap_pool + m->offset, m->length);
+  out = std::span<const char32_t>(kDecompositionMap_pool + m->offset, m->length);
   return true;
+}
+
+bool is_nonspacing_mark(char32_t c) {
+  return c < 0x10000 ? (bmp().flags[c] & kNonspacing) != 0 : in_ranges(kNonspacingRanges, c);
 }
 
 uint8_t combining_class(char32_t c) {

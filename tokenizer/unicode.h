@@ -19,10 +19,14 @@ bool is_punctuation(char32_t c);
 // Padded with spaces by handle_chinese_chars (the CJK ideograph blocks; Hangul is not among them).
 bool is_chinese_char(char32_t c);
 
-// NFD of `c` with nonspacing marks (Mn) removed; empty span when `c` is itself dropped. Returns
-// false (and leaves `out` untouched) when `c` maps to itself.
-bool strip_accents(char32_t c, std::span<const char32_t>& out, char32_t (&hangul)[3]);
-// Canonical combining class of a character that can survive strip_accents (0 for most).
+// strip_accents is NFD of the whole string, then every Mn dropped; these three are its parts.
+// Full canonical decomposition of `c` (Hangul syllables into jamo). Returns false (and leaves `out`
+// untouched) when `c` is its own NFD.
+bool decompose(char32_t c, std::span<const char32_t>& out, char32_t (&hangul)[3]);
+// Nonspacing mark (Mn), dropped by strip_accents after the reordering.
+bool is_nonspacing_mark(char32_t c);
+// Canonical combining class as HF's NFD knows it: 0 for starters, which stop NFD's reordering of
+// the marks around them (a dropped Mn starter too), above 0 for the marks it sorts by class.
 uint8_t combining_class(char32_t c);
 // Full per-character lowercase (Rust char::to_lowercase). False when `c` maps to itself.
 bool to_lowercase(char32_t c, std::span<const char32_t>& out);

@@ -1,10 +1,11 @@
 #!/usr/bin/env python3
 """Conformance of bert_tokenizer against the real Hugging Face `tokenizers` / `transformers`.
 
-(a) encode: on a vocab we trained and on one HF trained, our ids equal BertWordPieceTokenizer's on
-    every one of >20,000 lines (Korean corpus lines plus generated Hanja, emoji, control and
-    zero-width characters, long words, punctuation runs, random code points), with several
-    normaliser settings; pairs + truncation + specials equal BertTokenizerFast.from_pretrained(ours).
+(a) encode: on a vocab we trained, on one HF trained and on one of every character (its ids spell
+    out the normalised text), our ids equal BertWordPieceTokenizer's on every one of >20,000 lines
+    (Korean corpus lines plus generated Hanja, emoji, control and zero-width characters, long words,
+    punctuation runs, runs of combining marks, random code points), with several normaliser
+    settings; pairs + truncation + specials equal BertTokenizerFast.from_pretrained(ours).
 (b) train: same corpus and settings -> the same token set as HF up to HF's own tie-order
     nondeterminism (which we measure here by training HF twice); the deterministic part of the
     vocabulary (specials, alphabet, ##-forms) must be identical; < 0.5% difference overall.
@@ -143,7 +144,20 @@ def main():
         ("strip only", False, True, True, True),
         ("no clean_text, no chinese", False, False, False, False),
     ]
-    for vocab_name, vocab in (("our vocab", ours_vocab), ("HF vocab", hf_vocab)):
+    # A vocabulary of every character the normaliser can produce on these lines (and its ##-form):
+    # words become one id per character, so the ids show the normalised text itself, e.g. the order
+    # strip_accents leaves combining marks in (a trained vocabulary has few marks and the words
+    # holding them are [UNK] whatever their order).
+    from tokenizers.normalizers import BertNormalizer
+    chars = set()
+    for _, lower, strip, clean, chinese in settings:
+        normalizer = BertNormalizer(clean_text=clean, handle_chinese_chars=chinese, strip_accents=strip,
+                                    lowercase=lower)
+        chars.update(c for line in lines for c in normalizer.normalize_str(line) if not c.isspace())
+    chars = sorted(chars - set("\n\r\x0b\x0c\x1c\x1d\x1e\x85\u2028\u2029"))
+    char_vocab = os.path.join(args.work, "char_vocab.txt")
+    write_lines(char_vocab, SPECIALS + chars + ["##" + c for c in chars])
+    for vocab_name, vocab in (("our vocab", ours_vocab), ("HF vocab", hf_vocab), ("character vocab", char_vocab)):
         for name, lower, strip, clean, chinese in settings:
             if vocab_name == "HF vocab" and name not in ("cased", "lowercase+strip"):
                 continue

@@ -2,6 +2,7 @@
 must agree with Hugging Face on. Lines never contain '\n' (callers join with '\n' and split on it;
 never use str.splitlines, which also splits on U+0085 and U+2028)."""
 import random
+import unicodedata
 
 HANGUL = (0xAC00, 0xD7A3)
 CJK = (0x4E00, 0x9FFF)
@@ -106,6 +107,22 @@ def generated_lines(rng, corpus_lines):
             s.append(w)
         if rng.random() < 0.3:
             s.append(hangul_word(rng, 2) + rng.choice(["\u302e", "\u302f"]) + rng.choice(COMBINING))
+        out.append(" ".join(s))
+    # Runs of marks of every kind for strip_accents (NFD's reordering, then Mn dropped): marks that
+    # survive it with a combining class, Mn starters (U+034F and the like, which stop the reordering
+    # even though they are dropped), and any mark or combining character, marks newer than HF's
+    # Unicode among them.
+    marks = [c for c in range(0x300, 0x110000) if unicodedata.category(chr(c)) in ("Mn", "Mc", "Me")
+             or unicodedata.combining(chr(c))]
+    kept_classed = [c for c in marks if unicodedata.combining(chr(c)) and unicodedata.category(chr(c)) != "Mn"]
+    mn_starters = [c for c in marks if unicodedata.category(chr(c)) == "Mn" and not unicodedata.combining(chr(c))]
+    for _ in range(1500):
+        s = []
+        for _ in range(rng.randint(1, 5)):
+            w = rng.choice(["a", "E", "가", "ก", "क", "α", rng.choice(LATIN_ACCENTED)])
+            for _ in range(rng.randint(2, 6)):
+                w += chr(rng.choice(rng.choice([kept_classed, mn_starters, marks])))
+            s.append(w)
         out.append(" ".join(s))
     for _ in range(1500):  # special tokens inside and around text
         s = ko_sentence(4).split(" ")
