@@ -101,6 +101,18 @@ TEST_CASE("bad input: one clear error each") {
   CHECK_THROWS_WITH(run({"encode", "--tokenizer", test_dir() + "/badtok"}), Catch::Contains("vocab.txt:3:"));
   REQUIRE(run({"train", "--input", test_dir() + "/corpus.txt", "--out", test_dir() + "/tok", "--vocab-size", "300"}).code == 0);
   CHECK_THROWS_WITH(run({"encode", "--tokenizer", test_dir() + "/tok", "--format", "xml"}), Catch::Contains("--format"));
+  CHECK_THROWS_WITH(run({"encode", "--tokenizer", test_dir() + "/tok", "--add-special-tokens", "--max-length", "1"}),
+                    Catch::Contains("--max-length 1 leaves no room for the 2 special tokens"));
+  CHECK_THROWS_WITH(run({"encode", "--tokenizer", test_dir() + "/tok", "--add-special-tokens", "--pair", "--max-length",
+                         "2"}),
+                    Catch::Contains("--max-length 2 leaves no room for the 3 special tokens"));
+  const Run no_clean = run({"train", "--input", test_dir() + "/corpus.txt", "--out", test_dir() + "/noclean",
+                            "--vocab-size", "300", "--no-clean-text", "--quiet"});
+  CHECK(no_clean.code == 0);
+  CHECK(no_clean.err.find("--no-clean-text: transformers' BertTokenizerFast.from_pretrained ignores") !=
+        std::string::npos);
+  CHECK(run({"encode", "--tokenizer", test_dir() + "/tok", "--add-special-tokens", "--max-length", "2"}, "조선\n").out ==
+        "2 3\n");
   CHECK_THROWS_WITH(run({"frobnicate"}), Catch::Contains("unknown command"));
 }
 

@@ -75,6 +75,24 @@ TEST_CASE("limit_alphabet keeps the most frequent characters, the rest vanish fr
   CHECK(v.id("a") == 1);
 }
 
+TEST_CASE("limit_alphabet keeps a character that is a special token in the words, as HF does") {
+  WordCounts wc;
+  wc.add("aab", 10);
+  wc.add("bz", 1);
+  TrainerOptions o;
+  o.vocab_size = 100;
+  o.min_frequency = 1;
+  o.special_tokens = {"[UNK]", "z"};
+  o.limit_alphabet = 2;
+  TrainStats st;
+  const Vocab v = train_wordpiece(wc, o, &st);
+  CHECK(st.dropped_characters == 1);
+  // "z" is only its special token, but "##z" and the merge (b, ##z) exist as in HF's vocabulary.
+  CHECK(v.id("z") == 1);
+  CHECK(v.id("##z") != -1);
+  CHECK(v.id("bz") != -1);
+}
+
 TEST_CASE("vocab_size below the alphabet and an empty corpus are clear errors") {
   WordCounts wc;
   wc.add("가나다", 3);

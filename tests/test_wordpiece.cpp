@@ -28,6 +28,13 @@ TEST_CASE("greedy longest match first with ## continuations") {
   CHECK(enc(wp, "이순") == std::vector<int32_t>{6, 8});
 }
 
+TEST_CASE("an empty continuation prefix looks continuations up as whole tokens") {
+  const Vocab v({"[UNK]", "un", "aff", "able", "##able"});
+  const WordPiece wp(v, "[UNK]", "");
+  CHECK(enc(wp, "unaffable") == std::vector<int32_t>{1, 2, 3});
+  CHECK(enc(wp, "unx") == std::vector<int32_t>{0});
+}
+
 TEST_CASE("any unmatched position makes the whole word [UNK]") {
   const Vocab v({"[UNK]", "ab", "##c"});
   const WordPiece wp(v);

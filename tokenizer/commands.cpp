@@ -82,6 +82,10 @@ int tokenizer_train_command(const std::vector<std::string>& argv, std::ostream& 
         err << "warning: special token " << t << " is not in --special-tokens; BERT pretraining needs it\n";
     }
   }
+  if (!config.normalizer.clean_text)
+    err << "warning: --no-clean-text: transformers' BertTokenizerFast.from_pretrained ignores clean_text and "
+           "always cleans; only bert_tokenizer and tokenizers' BertWordPieceTokenizer(clean_text=False) keep "
+           "control characters\n";
   const bool quiet = args.has("--quiet");
   const auto t0 = std::chrono::steady_clock::now();
 
@@ -246,6 +250,14 @@ int tokenizer_encode_command(const std::vector<std::string>& argv, std::istream&
   const Tokenizer tokenizer = Tokenizer::from_dir(args.str("--tokenizer"));
   EncodeJob job{&tokenizer, args.has("--add-special-tokens"), args.has("--pair"), std::nullopt, Format::kIds};
   if (args.has("--max-length")) job.max_length = static_cast<size_t>(args.integer("--max-length", 1));
+  // HF's tokenizers subtracts the specials from max_length in an unsigned integer: below their count
+  // it wraps around and does not truncate at all. Say so rather than silently differ.
+  const size_t specials = job.pair ? 3 : 2;
+  if (job.max_length && job.add_special && *job.max_length < specials) {
+    throw Error("bert_tokenizer encode: --max-length " + std::to_string(*job.max_length) + " leaves no room for the " +
+                std::to_string(specials) + " special tokens --add-special-tokens adds" +
+                (job.pair ? " with --pair" : "") + "; use at least " + std::to_string(specials));
+  }
   const std::string format = args.str("--format");
   if (format == "ids") job.format = Format::kIds;
   else if (format == "tokens") job.format = Format::kTokens;

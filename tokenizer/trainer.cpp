@@ -378,6 +378,13 @@ Vocab train_wordpiece(const WordCounts& counts, const TrainerOptions& options, T
   std::sort(alphabet.begin(), alphabet.end());
   std::vector<bool> in_alphabet_small(0x110000, false);
   for (const auto& [c, n] : alphabet) in_alphabet_small[c] = true;
+  // HF keeps a character whenever it is already a token, so a one-character special token stays
+  // in the words even where --limit-alphabet dropped it from the alphabet.
+  for (const auto& t : options.special_tokens) {
+    std::u32string special;
+    utf8_decode(t, special);
+    if (special.size() == 1) in_alphabet_small[special[0]] = true;
+  }
   for (const auto& [c, n] : alphabet) add_token(utf8_encode(std::u32string(1, c)));
   st.alphabet = alphabet.size();
 

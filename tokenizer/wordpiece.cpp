@@ -18,6 +18,8 @@ WordPiece::WordPiece(const Vocab& vocab, std::string unk_token, std::string pref
   edges_.assign(cap, Edge{0, 0});
   mask_ = cap - 1;
   node_token_ = {-1, -1};
+  // With no prefix a continuation is looked up as a token of its own, as HF's WordPiece does.
+  if (prefix.empty()) continuation_root_ = root_;
   std::u32string cps;
   for (size_t id = 0; id < vocab.size(); ++id) {
     const std::string& t = vocab.tokens()[id];
