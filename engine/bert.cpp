@@ -203,7 +203,14 @@ std::vector<float> read_parameter_arena(const std::string& path, const BertConfi
                   " is missing; is this a BertForPreTraining checkpoint of this config (" +
                   std::to_string(config.num_hidden_layers) + " layers, hidden " + std::to_string(config.hidden_size) +
                   ", vocab " + std::to_string(config.vocab_size) + ")?");
-    file.read_f32(found, info.shape, std::span<float>(loaded).subspan(info.offset, info.numel));
+    const std::span<float> values = std::span<float>(loaded).subspan(info.offset, info.numel);
+    file.read_f32(found, info.shape, values);
+    // Training never writes one (a non-finite step is skipped), so it is damage: refuse it by name
+    // rather than resume into NaN losses or serve NaN scores.
+    const auto bad = std::find_if(values.begin(), values.end(), [](float v) { return !std::isfinite(v); });
+    if (bad != values.end())
+      throw Error(path + ": tensor '" + found + "' holds " + std::to_string(*bad) + " at element " +
+                  std::to_string(bad - values.begin()) + "; the file is damaged");
     used.insert(found);
   }
   std::vector<std::string> unexpected;

@@ -185,6 +185,8 @@ void assign(const Field<S>& field, S& target, const Value& value, const std::str
                           (guess.empty() ? std::string() : "; did you mean \"" + guess + "\"?"));
             }
           }
+          if (field.is_path && value.string.find('\0') != std::string::npos)
+            throw Error(prefix + "a path cannot contain a NUL character");
           target.*member = field.is_path ? without_trailing_slashes(expand_home(value.string)) : value.string;
         }
       },

@@ -674,6 +674,7 @@ int infer_main(const std::vector<std::string>& argv, std::istream& in, std::ostr
   for (size_t i = 0; i < masks.size(); ++i) prompts.push_back({"--mask " + std::to_string(i + 1), masks[i]});
   if (args.has("--input")) {
     const std::string path = args.str("--input");
+    if (is_directory(path)) throw Error(path + ": is a directory, expected the --input file");
     std::ifstream file(path);
     if (!file) throw Error(path + ": cannot open the --input file");
     read_prompt_lines(file, path, prompts);

@@ -21,9 +21,11 @@
 #include <fstream>
 #include <functional>
 #include <memory>
+#include <new>
 #include <optional>
 #include <ostream>
 #include <span>
+#include <stdexcept>
 #include <type_traits>
 
 #include "common/args.h"
@@ -430,12 +432,18 @@ class Trainer {
   int64_t mlm_rows_per_batch(int64_t batch) const;
   // The largest batch the model runs: the training batch, or the eval batch when there is eval data.
   int64_t max_batch_size() const {
-    return std::max(training().per_device_train_batch_size, valid_data_ ? training().per_device_eval_batch_size : 1);
+    return std::max<int64_t>(training().per_device_train_batch_size, valid_data_ ? eval_batch_size() : 1);
+  }
+  // per_device_eval_batch_size, or all the validation examples when there are fewer (the same
+  // batches: evaluation keeps the last, short one); buffers are sized for this, not the setting.
+  int eval_batch_size() const {
+    return static_cast<int>(std::min<uint64_t>(training().per_device_eval_batch_size, valid_data_->size()));
   }
 
   void setup_threads();
   void check_cuda_device();  // device = "cuda": before anything is loaded
   void check_cuda_model();   // device = "cuda": the kernels support the config, and it fits in memory
+  void check_cpu_memory() const;  // device = "cpu": the model and its buffers fit in the memory available
   void train_step_cuda();
   // The CUDA steps queued since the last call: their losses and gradient norms (one wait), and with
   // them the window's losses, the update count and the skipped-step warnings. A no-op on the CPU.
@@ -592,6 +600,42 @@ void Trainer::check_cuda_model() {
 #endif
 }
 
+// MemAvailable of /proc/meminfo in bytes; 0 where it cannot be read.
+static double available_memory_bytes() {
+  std::ifstream meminfo("/proc/meminfo");
+  std::string key;
+  double kib = 0;
+  std::string unit;
+  while (meminfo >> key >> kib >> unit)
+    if (key == "MemAvailable:") return kib * 1024;
+  return 0;
+}
+
+// device = "cpu", before anything model-sized is allocated: a lower bound on the bytes the model
+// takes (fp32 weights, gradients and both AdamW moments; per token and layer at least four
+// hidden-sized and one intermediate-sized activation kept for backward) against MemAvailable. A
+// model far beyond the machine is a clear error here instead of std::bad_alloc or the OOM killer.
+void Trainer::check_cpu_memory() const {
+  const BertConfig& m = config_.model;
+  const double h = m.hidden_size, inter = m.intermediate_size, vocab = m.vocab_size, layers = m.num_hidden_layers;
+  const double params = (vocab + m.max_position_embeddings + m.type_vocab_size) * h + 2 * h +  // embeddings
+                        layers * (4 * h * h + 2 * h * inter + 9 * h + inter) +               // encoder
+                        (h * h + h) + (h * h + 3 * h + vocab) + (2 * h + 2);                  // pooler, heads
+  const double tokens = static_cast<double>(max_batch_size()) * static_cast<double>(seq_len_);
+  const double activations = tokens * layers * (4 * h + inter) * sizeof(float);
+  const double needed = params * 4 * sizeof(float) + activations;
+  const double available = available_memory_bytes();
+  if (available > 0 && needed > available)
+    throw Error(config_.path + ": [model] the model (" + human_count(params) + " parameters) and a batch of " +
+                std::to_string(max_batch_size()) + " x " + std::to_string(seq_len_) + " tokens need at least " +
+                human_bytes(needed) + " of memory (" + human_bytes(params * 4 * sizeof(float)) +
+                " for the fp32 weights, gradients and AdamW moments), this machine has " + human_bytes(available) +
+                " available; make the model or " +
+                (max_batch_size() > training().per_device_train_batch_size ? "per_device_eval_batch_size"
+                                                                             : "per_device_train_batch_size") +
+                " smaller");
+}
+
 const std::vector<ParamInfo>& Trainer::params() const {
 #if defined(BERT_TRAINER_CUDA)
   if (cuda_model_) return cuda_model_->params();
@@ -703,6 +747,13 @@ void Trainer::load_tokenizer_and_data() {
     throw Error(config_.path + ": [model] vocab_size = " + std::to_string(model.vocab_size) + " is smaller than the " +
                 std::to_string(vocab) + " tokens of " + data().tokenizer + "; set it to 0 to use the tokenizer's");
   }
+  if (model.pad_token_id >= model.vocab_size)
+    throw Error(config_.path + ": [model] pad_token_id = " + std::to_string(model.pad_token_id) +
+                " is outside the vocabulary of " + std::to_string(model.vocab_size) + " tokens (" + data().tokenizer +
+                "'s [PAD] is id " + std::to_string(tokenizer_->pad_id()) + ")");
+  if (model.type_vocab_size < 2)
+    throw Error(config_.path + ": [model] type_vocab_size = " + std::to_string(model.type_vocab_size) +
+                ": the NSP pairs BERT pretrains on use token types 0 and 1; set it to 2");
   if (model.pad_token_id != tokenizer_->pad_id())
     err_ << "warning: [model] pad_token_id = " << model.pad_token_id << " but the tokenizer's [PAD] is id "
          << tokenizer_->pad_id() << "\n";
@@ -768,7 +819,7 @@ void Trainer::load_tokenizer_and_data() {
     LoaderOptions eval_options = options;
     eval_options.rank = 0;
     eval_options.world_size = 1;
-    eval_options.batch_size = training().per_device_eval_batch_size;
+    eval_options.batch_size = eval_batch_size();
     eval_options.shuffle = false;
     eval_options.drop_last = false;
     eval_options.prefetch = 0;
@@ -818,7 +869,10 @@ void Trainer::restore(const std::string& checkpoint) {
   // Other tokens under the ids it was trained with: the embeddings would go on under ids that now mean
   // other pieces. Tokens appended after them (into vocab_size's padding) keep every trained id.
   const std::string checkpoint_vocab = checkpoint + "/vocab.txt";
-  if (file_exists(checkpoint_vocab)) {
+  if (!file_exists(checkpoint_vocab))
+    throw Error("cannot resume from " + checkpoint + ": it has no vocab.txt, so nothing shows it was trained with " +
+                data().tokenizer + "'s vocabulary; copy the vocab.txt it was trained with into it");
+  {
     std::vector<std::string> trained;
     try {
       trained = Vocab::load(checkpoint_vocab).tokens();
@@ -1361,7 +1415,17 @@ bool Trainer::setup() {
   const std::optional<std::string> checkpoint = resume_ ? std::optional(resolve_resume_dir()) : std::nullopt;
   load_tokenizer_and_data();
   if (on_cuda()) check_cuda_model();
-  build_model();
+  else check_cpu_memory();
+  try {
+    build_model();
+  } catch (const std::bad_alloc&) {  // the estimate above is a lower bound
+    throw Error(config_.path + ": [model] out of memory allocating the model and its buffers for a batch of " +
+                std::to_string(max_batch_size()) + " x " + std::to_string(seq_len_) + " tokens");
+  } catch (const std::length_error&) {
+    throw Error(config_.path + ": [model] the model and its buffers for a batch of " +
+                std::to_string(max_batch_size()) + " x " + std::to_string(seq_len_) +
+                " tokens are too large to allocate");
+  }
   schedule_ = parse_lr_schedule(training().lr_scheduler_type);
 
   state_.batches_per_epoch = static_cast<int64_t>(loader_->batches_per_epoch()) * world();

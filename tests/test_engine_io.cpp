@@ -779,6 +779,8 @@ TEST_CASE("config: wrong types and out-of-range values name the key and the line
              Contains("[model] hidden_dropout_prob") && Contains("expected a number"));
   CHECK_THAT(model("hidden_act = 1\n"), Contains("[model] hidden_act = 1: expected a string, got an integer"));
   CHECK_THAT(data("whole_word_mask = 1\n"), Contains("run.toml:4: [data] whole_word_mask = 1: expected true or false"));
+  CHECK_THAT(data("valid_data = \"v\\u0000x\"\n"),
+             Contains("run.toml:4: [data] valid_data = ") && Contains(": a path cannot contain a NUL character"));
   CHECK_THAT(data("train_data2 = [\"a\"]\n"),
              Contains("run.toml:4: unknown key 'train_data2' in [data]; did you mean 'train_data'?"));
   CHECK_THAT(training("seed = [1, 2]\n"),

@@ -8,6 +8,7 @@
 #include <zlib.h>
 
 #include <catch2/catch.hpp>
+#include <cmath>
 #include <cstdint>
 #include <cstdio>
 #include <cstring>
@@ -314,7 +315,18 @@ TEST_CASE("mutated safetensors checkpoints load or fail with one line naming the
     std::memcpy(m.data(), &len, 8);
     variants.push_back(std::move(m));
   }
-  // Bytes of the data buffer replaced: any bit pattern is a float, so these load.
+  // A NaN or an infinity in a weight: refused, naming the tensor.
+  for (const float poison : {std::nanf(""), -INFINITY}) {
+    std::vector<float> damaged = arena;
+    const ParamInfo& info = table.params[3];
+    damaged[info.offset + 5] = poison;
+    write_parameter_arena(path, table.params, damaged);
+    CHECK_THROWS_WITH(read_parameter_arena(path, config, table),
+                      Catch::StartsWith(path + ": tensor '" + info.name + "' holds ") &&
+                          Catch::Contains(" at element 5; the file is damaged"));
+  }
+  // Bytes of the data buffer replaced: any bit pattern is a float, so these load (bar the rare
+  // NaN or infinity they make).
   for (int k = 0; k < 200; ++k) {
     std::string m = valid;
     m[8 + header_len + rng.below(valid.size() - 8 - header_len)] = static_cast<char>(rng.next());

@@ -222,6 +222,8 @@ TEST_CASE("errors are one line and name the prompt, the file or the option", "[i
                     Catch::Contains("--device cuda") && Catch::Contains("--device cpu"));
   CHECK_THROWS_WITH(run({"--model", dir, "--mask", "the [MASK]", "--device", "tpu"}, "", out),
                     Catch::Contains("cpu or cuda"));
+  CHECK_THROWS_WITH(run({"--model", dir, "--input", test_dir()}, "", out),
+                    Catch::Contains(test_dir() + ": is a directory, expected the --input file"));
 
   std::filesystem::remove(dir + "/vocab.txt");
   std::filesystem::remove(dir + "/config.json");

@@ -391,6 +391,46 @@ TEST_CASE("user mistakes are one-line errors") {
   CHECK(train({"--config", write_config("plain", "plain", "max_steps = 1\nper_device_train_batch_size = 8\n")})
             .err.find("normalises text otherwise") == std::string::npos);
 
+  // A checkpoint without vocab.txt: nothing shows which vocabulary it was trained with.
+  std::filesystem::remove(grown_checkpoint + "/vocab.txt");
+  message = error_of([&] { train({"--config", grown, "--resume"}); });
+  CHECK_THAT(message, Catch::Contains("cannot resume from " + grown_checkpoint + ": it has no vocab.txt"));
+  CHECK(one_line(message));
+
+  // Model settings the data or the tokenizer rule out, before anything is built.
+  const std::string one_step = "max_steps = 1\n";
+  message = error_of([&] {
+    train({"--config", write_config("types", "types", one_step, std::string(kTinyModel) + "type_vocab_size = 1\n")});
+  });
+  CHECK_THAT(message, Catch::Contains("types.toml: [model] type_vocab_size = 1: the NSP pairs"));
+  CHECK(one_line(message));
+  message = error_of([&] {
+    train({"--config", write_config("pad", "pad", one_step, std::string(kTinyModel) + "pad_token_id = 5000\n")});
+  });
+  CHECK_THAT(message, Catch::Contains("pad.toml: [model] pad_token_id = 5000 is outside the vocabulary of"));
+  CHECK(one_line(message));
+  CHECK_FALSE(file_exists(test_dir() + "/pad"));
+
+  // A model far beyond the machine's memory: the bytes it needs, not std::bad_alloc or the OOM killer.
+  std::string giant_model = kTinyModel;
+  giant_model.replace(giant_model.find("max_position_embeddings = 32"), 28, "max_position_embeddings = 2000000000");
+  message = error_of([&] { train({"--config", write_config("giant", "giant", one_step, giant_model)}); });
+  CHECK_THAT(message, Catch::Contains("giant.toml: [model] the model (") &&
+                          Catch::Contains("parameters) and a batch") &&
+                          Catch::Contains("available; make the model or per_device_train_batch_size smaller"));
+  CHECK(one_line(message));
+
+  // An eval batch larger than the validation data takes the memory of the data it has, not of the setting.
+  std::string eval_text = read_file(write_config("eval_batch", "eval_batch",
+                                                 one_step + "per_device_train_batch_size = 8\n"
+                                                            "per_device_eval_batch_size = 2000000000\n"));
+  eval_text.replace(eval_text.find("[training]"), 10, "valid_data = \"" + test_dir() + "/shards\"\n[training]");
+  write_file_atomic(test_dir() + "/eval_batch.toml", eval_text);
+  const RunResult eval_run = train({"--config", test_dir() + "/eval_batch.toml"});
+  INFO(eval_run.err);
+  CHECK(eval_run.code == 0);
+  CHECK_THAT(eval_run.out, Catch::Contains("| eval loss "));
+
   // Batch larger than the data; unknown command-line option.
   const std::string huge = write_config("huge", "huge", "max_steps = 2\nper_device_train_batch_size = 100000\n");
   message = error_of([&] { train({"--config", huge}); });
