@@ -10,27 +10,6 @@ namespace bert {
 
 const char* split_name(Split s) { return s == Split::kTrain ? "train" : "valid"; }
 
-uint64_t hash64(const void* data, size_t bytes) {
-  const auto* p = static_cast<const unsigned char*>(data);
-  uint64_t h = 0x9E3779B97F4A7C15ull ^ (bytes * 0xFF51AFD7ED558CCDull);
-  size_t i = 0;
-  for (; i + 8 <= bytes; i += 8) {
-    uint64_t w;
-    std::memcpy(&w, p + i, 8);
-    w *= 0x87C37B91114253D5ull;
-    w = (w << 31) | (w >> 33);
-    h ^= w * 0x4CF5AD432745937Full;
-    h = ((h << 27) | (h >> 37)) * 5 + 0x52DCE729;
-  }
-  uint64_t tail = 0;
-  std::memcpy(&tail, p + i, bytes - i);
-  h ^= tail * 0x87C37B91114253D5ull;
-  h ^= h >> 33;
-  h *= 0xFF51AFD7ED558CCDull;
-  h ^= h >> 33;
-  return h;
-}
-
 ShardWriter::ShardWriter(uint32_t vocab_size, uint32_t max_seq_len, Split split)
     : vocab_size_(vocab_size), max_seq_len_(max_seq_len), split_(split) {}
 

@@ -27,6 +27,7 @@
 #include <vector>
 
 #include "common/file.h"
+#include "common/hash.h"
 
 namespace bert {
 
@@ -47,9 +48,6 @@ struct ShardHeader {
   uint64_t checksum = 0;
   Split split = Split::kTrain;
 };
-
-// A fast 64-bit hash of a byte range (8 bytes at a time); the shard checksum.
-uint64_t hash64(const void* data, size_t bytes);
 
 // Accumulates examples in memory, then writes one shard atomically.
 class ShardWriter {

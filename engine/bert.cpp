@@ -191,6 +191,7 @@ template void init_parameters<double>(const BertConfig&, const ParameterTable&, 
 std::vector<float> read_parameter_arena(const std::string& path, const BertConfig& config,
                                         const ParameterTable& table) {
   const SafetensorsFile file(path);
+  file.verify_data_hash();
   std::vector<float> loaded(table.arena_elements, 0.0f);
   std::set<std::string, std::less<>> used;
   for (const ParamInfo& info : table.params) {
@@ -229,6 +230,7 @@ std::vector<float> read_parameter_arena(const std::string& path, const BertConfi
 void write_parameter_arena(const std::string& path, const std::vector<ParamInfo>& params,
                            std::span<const float> arena) {
   SafetensorsWriter writer;
+  writer.add_data_hash();
   for (const ParamInfo& info : params) writer.add_f32(info.name, info.shape, arena.subspan(info.offset, info.numel));
   writer.write(path);
 }

@@ -8,6 +8,7 @@
 #include <limits>
 
 #include "common/error.h"
+#include "common/hash.h"
 #include "common/json.h"
 
 namespace bert {
@@ -160,16 +161,24 @@ void SafetensorsWriter::set_metadata(std::string key, std::string value) {
 }
 
 std::string SafetensorsWriter::serialize() const {
-  // Compact JSON exactly as serde_json writes it (no spaces), then space padding to 8 bytes.
+  // Compact JSON exactly as serde_json writes it (no spaces), then space padding to 8 bytes. The data
+  // hash goes in as 16 zeros, replaced once the buffer is in place.
+  std::vector<std::pair<std::string, std::string>> metadata = metadata_;
+  if (data_hash_) {
+    std::erase_if(metadata, [](const auto& entry) { return entry.first == kDataHashKey; });
+    metadata.emplace_back(std::string(kDataHashKey), hex64(0));
+  }
   std::string header = "{";
-  if (!metadata_.empty()) {
+  size_t hash_at = std::string::npos;
+  if (!metadata.empty()) {
     json_escape(header, kMetadataKey);
     header += ":{";
-    for (size_t i = 0; i < metadata_.size(); ++i) {
+    for (size_t i = 0; i < metadata.size(); ++i) {
       if (i) header += ',';
-      json_escape(header, metadata_[i].first);
+      json_escape(header, metadata[i].first);
       header += ':';
-      json_escape(header, metadata_[i].second);
+      if (data_hash_ && i + 1 == metadata.size()) hash_at = 8 + header.size() + 1;  // past the opening quote
+      json_escape(header, metadata[i].second);
     }
     header += '}';
   }
@@ -191,6 +200,8 @@ std::string SafetensorsWriter::serialize() const {
   out.append(reinterpret_cast<const char*>(&header_len), 8);
   out += header;
   for (const auto& t : tensors_) out.append(reinterpret_cast<const char*>(t.bytes.data()), t.bytes.size());
+  if (hash_at != std::string::npos)
+    out.replace(hash_at, 16, hex64(hash64(out.data() + 8 + header.size(), out.size() - 8 - header.size())));
   return out;
 }
 
@@ -333,6 +344,21 @@ const std::string* SafetensorsFile::metadata_value(std::string_view key) const {
   for (const auto& [k, v] : metadata_)
     if (k == key) return &v;
   return nullptr;
+}
+
+bool SafetensorsFile::verify_data_hash() const {
+  const std::string* recorded = metadata_value(kDataHashKey);
+  if (!recorded) return false;
+  const std::optional<uint64_t> expected = parse_hex64(*recorded);
+  if (!expected)
+    throw Error(path() + ": __metadata__ value of '" + std::string(kDataHashKey) + "' must be 16 hex digits, got '" +
+                *recorded + "'; the header is damaged");
+  const uint64_t actual = hash64(static_cast<const std::byte*>(file_.data()) + data_start_, file_.size() - data_start_);
+  if (actual != *expected)
+    throw Error(path() + ": the tensor data hash to " + hex64(actual) + ", the header records " + *recorded + " (" +
+                std::string(kDataHashKey) + "): the file was damaged after it was written; restore a copy, or " +
+                "delete that __metadata__ entry if the tensors were edited on purpose");
+  return true;
 }
 
 const TensorInfo* SafetensorsFile::find(std::string_view name) const {

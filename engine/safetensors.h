@@ -7,6 +7,11 @@
 //   data buffer          every tensor's bytes, row-major little-endian; offsets are relative to the buffer
 //                        start, and the tensors tile it exactly (no gap, no overlap, nothing left over)
 //
+// bertforge's checkpoints also record hash64 of the data buffer in the metadata (kDataHashKey, 16 hex
+// digits), checked when they are loaded: a flipped bit in a weight is still a valid float, so without it
+// a damaged checkpoint would load. Other readers (transformers) ignore the entry; files without it
+// (Hugging Face's) are not checked.
+//
 // Writing is one atomic file replace (temp + fsync + rename); reading memory-maps the file and validates
 // the whole header up front, so every later access is a bounds-checked view. BERT-base is ~440 MB of
 // fp32: reading it is one page-cache copy per tensor (the fp32 conversion), writing one extra copy.
@@ -27,6 +32,8 @@ namespace bert {
 
 // The reference implementation's dtypes. Only F32, F16 and BF16 convert to fp32; the others can be
 // listed and read raw.
+inline constexpr std::string_view kDataHashKey = "bertforge_data_hash64";
+
 enum class Dtype { kBool, kU8, kI8, kF8E5M2, kF8E4M3, kI16, kU16, kF16, kBF16, kI32, kU32, kF32, kF64, kI64, kU64 };
 
 std::string_view dtype_name(Dtype dtype);  // "F32", "BF16", ...
@@ -68,6 +75,9 @@ class SafetensorsWriter {
   void add_f16(std::string name, std::vector<int64_t> shape, std::span<const uint16_t> bits);
   // Sets (or replaces) one metadata entry.
   void set_metadata(std::string key, std::string value);
+  // Records the data buffer's hash64 as metadata kDataHashKey when the file is written (not by default:
+  // without it the bytes equal the reference writer's).
+  void add_data_hash() { data_hash_ = true; }
 
   size_t tensor_count() const { return tensors_.size(); }
   // The whole file image: length, padded header, buffer.
@@ -84,6 +94,7 @@ class SafetensorsWriter {
   };
   std::vector<Entry> tensors_;
   std::vector<std::pair<std::string, std::string>> metadata_;
+  bool data_hash_ = false;
 };
 
 // A validated, memory-mapped safetensors file. Errors are one-line bert::Errors naming the file, the
@@ -100,6 +111,9 @@ class SafetensorsFile {
   const std::string* metadata_value(std::string_view key) const;
   bool contains(std::string_view name) const { return find(name) != nullptr; }
   const TensorInfo* find(std::string_view name) const;
+  // When the metadata holds kDataHashKey: hashes the data buffer (one pass, ~0.2 s for BERT-base) and
+  // throws a one-line error if it differs or the entry is malformed. Returns whether there was one.
+  bool verify_data_hash() const;
   // Throws "tensor 'name' not found".
   const TensorInfo& info(std::string_view name) const;
   std::span<const std::byte> raw(const TensorInfo& tensor) const;

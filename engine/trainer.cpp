@@ -31,6 +31,7 @@
 #include "common/args.h"
 #include "common/error.h"
 #include "common/file.h"
+#include "common/hash.h"
 #include "common/progress.h"
 #include "data/loader.h"
 #include "data/shard.h"
@@ -171,8 +172,6 @@ std::string shell_quote(const std::string& word) {
 
 // Doubles that must round-trip exactly through JSON (which we print with 9 digits) go as hex floats.
 std::string exact_double(double value) { return printf_string("%a", value); }
-
-std::string hex64(uint64_t value) { return printf_string("%016llx", static_cast<unsigned long long>(value)); }
 
 // ---- trainer_state.json field access ---------------------------------------------------------------
 
@@ -914,6 +913,7 @@ void Trainer::restore(const std::string& checkpoint) {
     const std::string optimizer_path = checkpoint + "/trainer_state.safetensors";
     if (!file_exists(optimizer_path)) throw Error(optimizer_path + ": not found");
     const SafetensorsFile optimizer(optimizer_path);
+    optimizer.verify_data_hash();
     const std::string* step = optimizer.metadata_value("global_step");
     if (!step || *step != std::to_string(saved.global_step))
       throw Error(optimizer_path + ": global_step metadata " + (step ? *step : std::string("(missing)")) +
@@ -1350,6 +1350,7 @@ std::string Trainer::save_checkpoint() {
       training().output_dir, state_.global_step, training().save_total_limit, [&](const std::string& dir) {
         write_model_files(dir);
         SafetensorsWriter optimizer;
+        optimizer.add_data_hash();
         optimizer.set_metadata("global_step", std::to_string(state_.global_step));
         optimizer.set_metadata("optimizer", "AdamW");
 #if defined(BERT_TRAINER_CUDA)

@@ -18,6 +18,7 @@
 
 #include "common/error.h"
 #include "common/file.h"
+#include "common/hash.h"
 #include "common/json.h"
 #include "engine/config.h"
 #include "engine/safetensors.h"
@@ -173,6 +174,61 @@ TEST_CASE("safetensors: writer rejects bad tensors") {
   CHECK_THAT(error_of([&] { w.add_f32("c", {-3}, three); }), Contains("negative dimension"));
   CHECK_THAT(error_of([&] { w.add_f32("__metadata__", {3}, three); }), Contains("reserved"));
   CHECK(w.tensor_count() == 1);
+}
+
+TEST_CASE("safetensors: the data hash catches any changed byte of the buffer and a damaged entry") {
+  const std::string dir = temp_dir("data_hash");
+  const std::vector<float> a = {1, 2, 3}, b = {-0.5f, 0.25f};
+  const std::vector<uint16_t> c = {f32_to_bf16(7.0f)};
+  SafetensorsWriter w;
+  w.add_f32("a", {3}, a);
+  w.add_bf16("c", {1}, c);
+  w.add_f32("b", {2}, b);
+  w.set_metadata(std::string(kDataHashKey), "stale, replaced when written");
+  w.add_data_hash();
+  const std::string path = dir + "/m.safetensors";
+  w.write(path);
+  const std::string valid = read_file(path);
+  uint64_t header_len = 0;
+  std::memcpy(&header_len, valid.data(), 8);
+  const size_t data_start = 8 + header_len;
+  REQUIRE(valid.size() == data_start + 3 * 4 + 2 + 2 * 4);
+  {
+    const SafetensorsFile f(path);
+    REQUIRE(f.metadata_value(kDataHashKey) != nullptr);
+    CHECK(*f.metadata_value(kDataHashKey) == hex64(hash64(valid.data() + data_start, valid.size() - data_start)));
+    CHECK(f.metadata().size() == 2);  // "format" and the hash: set_metadata's value was replaced, not doubled
+    CHECK(f.verify_data_hash());
+    CHECK(f.read_f32("b", {2}) == b);
+  }
+  // Every byte of the buffer, each with one bit flipped: the file still parses (any bits are a float)
+  // but the hash refuses it.
+  for (size_t at = data_start; at < valid.size(); ++at) {
+    std::string damaged = valid;
+    damaged[at] = static_cast<char>(damaged[at] ^ (1 << (at % 8)));
+    write_bytes(path, damaged);
+    const SafetensorsFile f(path);
+    CHECK_THAT(error_of([&] { (void)f.verify_data_hash(); }), Contains(path + ": the tensor data hash to ") &&
+                                                                  Contains("damaged after it was written") &&
+                                                                  Contains(std::string(kDataHashKey)));
+  }
+  // The recorded value itself damaged: one line naming the entry.
+  std::string bad_digit = valid;
+  const size_t value_at = bad_digit.find(std::string(kDataHashKey)) + kDataHashKey.size() + 3;
+  REQUIRE(bad_digit[value_at - 1] == '"');
+  bad_digit[value_at] = 'g';
+  write_bytes(path, bad_digit);
+  CHECK_THAT(error_of([&] { (void)SafetensorsFile(path).verify_data_hash(); }),
+             Contains("'" + std::string(kDataHashKey) + "' must be 16 hex digits, got 'g"));
+  // Without the entry (the reference writer's files, Hugging Face's checkpoints): nothing to check.
+  SafetensorsWriter plain;
+  plain.add_f32("a", {3}, a);
+  plain.write(path);
+  CHECK_FALSE(SafetensorsFile(path).verify_data_hash());
+  CHECK(hex64(0x0123456789abcdefull) == "0123456789abcdef");
+  CHECK(parse_hex64("0123456789ABCDEF") == 0x0123456789abcdefull);
+  CHECK_FALSE(parse_hex64("0123456789abcde").has_value());
+  CHECK_FALSE(parse_hex64("0123456789abcdeg").has_value());
 }
 
 TEST_CASE("safetensors: bf16 and f16 conversions") {
@@ -1132,6 +1188,7 @@ TEST_CASE("safetensors: files written by Python read back, ours for Python", "[.
     SafetensorsWriter wb;
     wb.add_f32("tricky.f32", {static_cast<int64_t>(tricky.size())}, tricky);
     wb.add_bf16("tricky.bf16", {static_cast<int64_t>(tricky.size())}, tricky_bf16);
+    wb.add_data_hash();
     wb.write(out_bf16);
   }
 

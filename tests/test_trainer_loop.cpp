@@ -289,6 +289,18 @@ TEST_CASE("user mistakes are one-line errors") {
   CHECK(reseeded_run.code == 0);
   CHECK_THAT(reseeded_run.err, Catch::Contains("with changed settings (seed 7 -> 8): the run will not repeat"));
 
+  // One flipped bit in the optimizer state is still a float: the data hash refuses it, naming the file.
+  const std::string moments = test_dir() + "/out/checkpoint-2/trainer_state.safetensors";
+  const std::string moment_bytes = read_file(moments);
+  std::string flipped = moment_bytes;
+  flipped[flipped.size() - 5] ^= 0x10;
+  write_file_atomic(moments, flipped);
+  message = error_of([&] { train({"--config", config, "--resume"}); });
+  CHECK_THAT(message, Catch::Contains("cannot resume from") &&
+                          Catch::Contains(moments + ": the tensor data hash to ") && Catch::Contains("damaged"));
+  CHECK(one_line(message));
+  write_file_atomic(moments, moment_bytes);
+
   // A truncated model.safetensors: --resume fails naming the file.
   const std::string model = test_dir() + "/out/checkpoint-2/model.safetensors";
   const std::string bytes = read_file(model);

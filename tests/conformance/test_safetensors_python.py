@@ -51,6 +51,27 @@ def bf16_rne(values):
     return ((bits + 0x7FFF + ((bits >> 16) & 1)) >> 16).astype(np.uint16)
 
 
+def hash64(data):
+    """common/hash.cpp's hash64 (a multiply-rotate over 8-byte little-endian words, then the tail)."""
+    m = (1 << 64) - 1
+
+    def rotl(x, r):
+        return ((x << r) | (x >> (64 - r))) & m
+
+    n = len(data)
+    h = 0x9E3779B97F4A7C15 ^ ((n * 0xFF51AFD7ED558CCD) & m)
+    full = n // 8 * 8
+    for (w,) in struct.iter_unpack("<Q", data[:full]):
+        w = rotl((w * 0x87C37B91114253D5) & m, 31)
+        h ^= (w * 0x4CF5AD432745937F) & m
+        h = (rotl(h, 27) * 5 + 0x52DCE729) & m
+    tail = int.from_bytes(data[full:], "little")
+    h ^= (tail * 0x87C37B91114253D5) & m
+    h ^= h >> 33
+    h = (h * 0xFF51AFD7ED558CCD) & m
+    return h ^ (h >> 33)
+
+
 def sidecar(path, tensors, metadata):
     entries = {}
     for name, (dtype, array) in tensors.items():
@@ -160,7 +181,13 @@ def check_our_safetensors(out_path, out_bf16_path):
     with safe_open(out_bf16_path, framework="numpy") as f:
         check(set(f.keys()) == {"tricky.f32", "tricky.bf16"}, "safe_open (bf16 file): keys")
         check(f.get_slice("tricky.bf16").get_dtype() == "BF16", "safe_open: get_slice dtype BF16")
-        check(f.metadata() == {"format": "pt"}, "safe_open (bf16 file): metadata")
+        meta = f.metadata()
+    # That file also carries our checkpoints' data hash: an extra metadata string safetensors passes
+    # through, over exactly the data buffer (common/hash.cpp's hash64, written out again here).
+    data_bf16, n_bf16, _ = header_of(out_bf16_path)
+    want_hash = f"{hash64(data_bf16[8 + n_bf16:]):016x}"
+    check(meta == {"format": "pt", "bertforge_data_hash64": want_hash},
+          f"safe_open (bf16 file): metadata {meta}, want the data hash {want_hash}")
     with open(out_bf16_path, "rb") as fh:
         raw = dict(deserialize(fh.read()))
     ref = np.frombuffer(bytes(raw["tricky.f32"]["data"]), dtype=np.float32)
