@@ -116,28 +116,39 @@ MaskingVocab masking_vocab(const Tokenizer& tokenizer) {
   v.vocab_size = static_cast<int32_t>(tokenizer.vocab().size());
   v.is_special.assign(tokenizer.vocab().size(), 0);
   v.is_continuation.assign(tokenizer.vocab().size(), 0);
-  for (int32_t id : {tokenizer.cls_id(), tokenizer.sep_id(), tokenizer.pad_id()})
+  // HF's collator skips tokenizer.all_special_ids: [UNK] and [MASK] (a literal "[MASK]" in the text) and
+  // the additional special tokens too, not only the [CLS] [SEP] [PAD] around and after the text.
+  for (const std::string& token : tokenizer.config().special_tokens())
+    if (const int32_t id = tokenizer.vocab().id(token); id >= 0) v.is_special[static_cast<size_t>(id)] = 1;
+  for (int32_t id :
+       {tokenizer.cls_id(), tokenizer.sep_id(), tokenizer.pad_id(), tokenizer.unk_id(), tokenizer.mask_id()})
     if (id >= 0) v.is_special[static_cast<size_t>(id)] = 1;
   const std::string& prefix = tokenizer.config().continuing_subword_prefix;
   for (size_t i = 0; i < tokenizer.vocab().size(); ++i) {
     const std::string& t = tokenizer.vocab().tokens()[i];
-    if (!prefix.empty() && t.size() > prefix.size() && t.compare(0, prefix.size(), prefix) == 0) v.is_continuation[i] = 1;
+    if (!prefix.empty() && t.size() > prefix.size() && t.compare(0, prefix.size(), prefix) == 0)
+      v.is_continuation[i] = 1;
   }
   return v;
 }
 
 Loader::Loader(const Dataset& dataset, MaskingVocab vocab, int32_t cls_id, int32_t sep_id, int32_t pad_id,
                LoaderOptions options)
-    : dataset_(dataset), vocab_(std::move(vocab)), cls_id_(cls_id), sep_id_(sep_id), pad_id_(pad_id), options_(options) {
+    : dataset_(dataset),
+      vocab_(std::move(vocab)),
+      cls_id_(cls_id),
+      sep_id_(sep_id),
+      pad_id_(pad_id),
+      options_(options) {
   if (options_.batch_size <= 0) throw Error("loader: batch size must be positive");
   if (options_.world_size <= 0 || options_.rank < 0 || options_.rank >= options_.world_size)
     throw Error("loader: rank must be in [0, world_size)");
   if (options_.fixed_length && static_cast<uint32_t>(options_.fixed_length) < dataset_.max_seq_len())
-    throw Error("loader: fixed length " + std::to_string(options_.fixed_length) + " is shorter than the shards' max_seq_len " +
-                std::to_string(dataset_.max_seq_len()));
+    throw Error("loader: fixed length " + std::to_string(options_.fixed_length) +
+                " is shorter than the shards' max_seq_len " + std::to_string(dataset_.max_seq_len()));
   if (vocab_.vocab_size != static_cast<int32_t>(dataset_.vocab_size()) && dataset_.size() > 0)
-    throw Error("loader: tokenizer has " + std::to_string(vocab_.vocab_size) + " tokens but the shards were built with " +
-                std::to_string(dataset_.vocab_size()));
+    throw Error("loader: tokenizer has " + std::to_string(vocab_.vocab_size) +
+                " tokens but the shards were built with " + std::to_string(dataset_.vocab_size()));
 }
 
 Loader::~Loader() { stop_worker(); }

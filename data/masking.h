@@ -1,5 +1,6 @@
 // Dynamic MLM masking, Hugging Face DataCollatorForLanguageModeling semantics by default:
-// each token that is not special ([CLS], [SEP], [PAD]) is selected with probability p = 0.15; a
+// each token that is not special (masking_vocab: the tokenizer's special tokens, as HF's
+// all_special_ids: [CLS] [SEP] [PAD] [UNK] [MASK] and any additional ones) is selected with p = 0.15; a
 // selected token becomes [MASK] with probability 0.8, a uniformly random id from the whole
 // vocabulary with 0.1 (HF draws from len(tokenizer), specials included), and stays itself with 0.1.
 // Labels are the original id at selected positions and -100 elsewhere.

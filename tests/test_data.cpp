@@ -1,7 +1,5 @@
 // Shards, NSP instance creation, MLM masking, the loader and bert_prepare build/inspect.
 #include <catch2/catch.hpp>
-
-#include "tests/test_dirs.h"
 #include <cmath>
 #include <cstring>
 #include <set>
@@ -17,6 +15,7 @@
 #include "data/nsp.h"
 #include "data/prepare.h"
 #include "data/shard.h"
+#include "tests/test_dirs.h"
 #include "tokenizer/commands.h"
 #include "tokenizer/tokenizer.h"
 
@@ -24,9 +23,10 @@ using namespace bert;
 
 namespace {
 
-
 // Binomial acceptance: |x - n p| <= 5 sigma.
-bool within_binomial(double x, double n, double p) { return std::fabs(x - n * p) <= 5.0 * std::sqrt(n * p * (1 - p)) + 1; }
+bool within_binomial(double x, double n, double p) {
+  return std::fabs(x - n * p) <= 5.0 * std::sqrt(n * p * (1 - p)) + 1;
+}
 
 // Token = doc * 1000 + position in the document: identifies where every token came from.
 DocumentPool synthetic_pool(size_t docs, Rng& rng) {
@@ -82,7 +82,8 @@ TEST_CASE("corrupted shards are rejected with a clear error") {
   };
   std::string bad_magic = bytes;
   bad_magic[0] = 'X';
-  CHECK_THROWS_WITH(Shard(variant("magic.bin", bad_magic)), Catch::Contains("magic.bin") && Catch::Contains("bad magic"));
+  CHECK_THROWS_WITH(Shard(variant("magic.bin", bad_magic)),
+                    Catch::Contains("magic.bin") && Catch::Contains("bad magic"));
   CHECK_THROWS_WITH(Shard(variant("trunc.bin", bytes.substr(0, bytes.size() - 7))), Catch::Contains("truncated"));
   CHECK_THROWS_WITH(Shard(variant("short.bin", bytes.substr(0, 20))), Catch::Contains("shorter than the header"));
   std::string flipped = bytes;
@@ -145,7 +146,8 @@ TEST_CASE("NSP label balance follows nsp_prob on multi-sentence chunks") {
     o.short_seq_prob = 0;
     Rng rng(3);
     NspStats st;
-    create_nsp_instances(pool, o, rng, [](auto, auto, bool) {}, st);
+    create_nsp_instances(
+        pool, o, rng, [](auto, auto, bool) {}, st);
     CHECK(within_binomial(static_cast<double>(st.random_next), static_cast<double>(st.instances), p));
   }
 }
@@ -158,12 +160,15 @@ TEST_CASE("NSP creation is deterministic for a seed and differs across seeds") {
     Rng rng(seed);
     NspStats st;
     NspOptions o;
-    create_nsp_instances(pool, o, rng, [&](std::span<const int32_t> a, std::span<const int32_t> b, bool r) {
-      flat.insert(flat.end(), a.begin(), a.end());
-      flat.push_back(-1);
-      flat.insert(flat.end(), b.begin(), b.end());
-      flat.push_back(r ? -2 : -3);
-    }, st);
+    create_nsp_instances(
+        pool, o, rng,
+        [&](std::span<const int32_t> a, std::span<const int32_t> b, bool r) {
+          flat.insert(flat.end(), a.begin(), a.end());
+          flat.push_back(-1);
+          flat.insert(flat.end(), b.begin(), b.end());
+          flat.push_back(r ? -2 : -3);
+        },
+        st);
     return flat;
   };
   CHECK(run(1) == run(1));
@@ -200,9 +205,12 @@ TEST_CASE("MLM masking: 15% selected, 80/10/10, specials never touched") {
       }
       REQUIRE(labels[i] == original[i]);
       ++selected;
-      if (ids[i] == 4) ++to_mask;
-      else if (ids[i] == original[i]) ++unchanged;
-      else ++other;
+      if (ids[i] == 4)
+        ++to_mask;
+      else if (ids[i] == original[i])
+        ++unchanged;
+      else
+        ++other;
     }
   }
   CHECK(within_binomial(static_cast<double>(selected), static_cast<double>(candidates), 0.15));
@@ -210,6 +218,30 @@ TEST_CASE("MLM masking: 15% selected, 80/10/10, specials never touched") {
   // "random" can draw the original id (1/1000): unchanged ~ 0.1 + 0.1/1000
   CHECK(within_binomial(static_cast<double>(unchanged), static_cast<double>(selected), 0.1 + 0.1 / 1000));
   CHECK(within_binomial(static_cast<double>(other), static_cast<double>(selected), 0.1 * 999 / 1000));
+}
+
+TEST_CASE("masking_vocab never selects a special token of the tokenizer, as HF's all_special_ids") {
+  TokenizerConfig config;
+  config.additional_special_tokens = {"<PHONE>", "<absent>"};
+  const Tokenizer tok(Vocab({"[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]", "<PHONE>", "a", "##b", "[unused0]"}),
+                      config);
+  const MaskingVocab v = masking_vocab(tok);
+  CHECK(v.mask_id == 4);
+  CHECK(v.vocab_size == 9);
+  CHECK(v.is_special == std::vector<uint8_t>{1, 1, 1, 1, 1, 1, 0, 0, 0});
+  CHECK(v.is_continuation == std::vector<uint8_t>{0, 0, 0, 0, 0, 0, 0, 1, 0});
+  // A sequence of nothing but specials and one word: only the word's tokens are ever selected.
+  MaskingOptions o;
+  o.mlm_probability = 0.9;
+  Rng rng(5);
+  size_t selected = 0;
+  for (int seq = 0; seq < 200; ++seq) {
+    std::vector<int32_t> ids = {2, 1, 4, 5, 6, 7, 1, 3, 0};
+    std::vector<int32_t> labels(ids.size());
+    selected += apply_mlm_masking(ids, labels, v, o, rng);
+    for (const size_t i : {0, 1, 2, 3, 6, 7, 8}) CHECK(labels[i] == kIgnoreIndex);
+  }
+  CHECK(selected > 300);  // ~0.9 * 2 * 200
 }
 
 TEST_CASE("whole-word masking selects ## pieces with their word, fixed count is exact") {
@@ -249,22 +281,27 @@ TEST_CASE("whole-word masking selects ## pieces with their word, fixed count is 
 TEST_CASE("bert_prepare build + loader: determinism, rank slices, resume, padding") {
   make_directories(test_dir());
   std::string text;
-  const char* sentences[] = {"이순신은 조선 중기의 무신이다.", "한산도 대첩에서 일본 수군을 크게 물리쳤다.",
-                             "그는 전라좌도 수군절도사로 임명되었다.", "거북선을 만들어 왜군을 막았다.",
-                             "노량 해전에서 전사하였다.", "BERT는 마스크 언어 모델로 학습된다."};
+  const char* sentences[] = {"이순신은 조선 중기의 무신이다.",
+                             "한산도 대첩에서 일본 수군을 크게 물리쳤다.",
+                             "그는 전라좌도 수군절도사로 임명되었다.",
+                             "거북선을 만들어 왜군을 막았다.",
+                             "노량 해전에서 전사하였다.",
+                             "BERT는 마스크 언어 모델로 학습된다."};
   for (int d = 0; d < 120; ++d) {
-    for (int s = 0; s < 2 + d % 5; ++s) text += std::string(sentences[(d + s) % 6]) + " 문서 " + std::to_string(d) + "\n";
+    for (int s = 0; s < 2 + d % 5; ++s)
+      text += std::string(sentences[(d + s) % 6]) + " 문서 " + std::to_string(d) + "\n";
     text += "\n";
   }
   write_file_atomic(test_dir() + "/clean.txt", text);
   std::istringstream in;
   std::ostringstream out, err;
-  REQUIRE(tokenizer_main({"train", "--input", test_dir() + "/clean.txt", "--out", test_dir() + "/tok", "--vocab-size", "400", "--quiet"},
+  REQUIRE(tokenizer_main({"train", "--input", test_dir() + "/clean.txt", "--out", test_dir() + "/tok", "--vocab-size",
+                          "400", "--quiet"},
                          in, out, err) == 0);
   auto build = [&](const std::string& dir, const std::string& threads) {
     std::ostringstream o, e;
-    return prepare_main({"build", "--tokenizer", test_dir() + "/tok", "--input", test_dir() + "/clean.txt", "--out", dir,
-                         "--max-seq-len", "32", "--dupe-factor", "3", "--valid-fraction", "0.1", "--seed", "7",
+    return prepare_main({"build", "--tokenizer", test_dir() + "/tok", "--input", test_dir() + "/clean.txt", "--out",
+                         dir, "--max-seq-len", "32", "--dupe-factor", "3", "--valid-fraction", "0.1", "--seed", "7",
                          "--threads", threads, "--quiet"},
                         o, e);
   };
@@ -313,10 +350,10 @@ TEST_CASE("bert_prepare build + loader: determinism, rank slices, resume, paddin
   swapped.save(test_dir() + "/tok_swapped/vocab.txt");
   tok.config().save(test_dir() + "/tok_swapped");
   std::ostringstream swapped_out, swapped_err;
-  CHECK_THROWS_WITH(prepare_main({"inspect", test_dir() + "/s1", "--decode", "2", "--tokenizer",
-                                  test_dir() + "/tok_swapped"},
-                                 swapped_out, swapped_err),
-                    Catch::Contains("another vocabulary"));
+  CHECK_THROWS_WITH(
+      prepare_main({"inspect", test_dir() + "/s1", "--decode", "2", "--tokenizer", test_dir() + "/tok_swapped"},
+                   swapped_out, swapped_err),
+      Catch::Contains("another vocabulary"));
   // A manifest without vocab_hash (older builds) is not checked; a malformed one is an error.
   const std::string manifest_text = read_file(test_dir() + "/s1/manifest.json");
   for (const char* value : {"12", "\"\"", "\"12x\"", "\"-1\"", "\"99999999999999999999\""}) {
@@ -327,8 +364,8 @@ TEST_CASE("bert_prepare build + loader: determinism, rank slices, resume, paddin
                       Catch::Contains("s1/manifest.json: \"vocab_hash\" must be a string of decimal digits"));
   }
   std::string without = manifest_text;
-  without.erase(without.find("\"vocab_hash\""), without.find('\n', without.find("\"vocab_hash\"")) -
-                                                    without.find("\"vocab_hash\"") + 1);
+  without.erase(without.find("\"vocab_hash\""),
+                without.find('\n', without.find("\"vocab_hash\"")) - without.find("\"vocab_hash\"") + 1);
   write_file_atomic(test_dir() + "/s1/manifest.json", without);
   CHECK_NOTHROW(Dataset(test_dir() + "/s1", Split::kTrain).check_vocabulary(swapped, "other"));
   // A split name other than train or valid would drop its shard from both splits without a word.
@@ -458,18 +495,25 @@ TEST_CASE("bert_prepare build + loader: determinism, rank slices, resume, paddin
 TEST_CASE("bert_prepare build: bad input is a clear error") {
   make_directories(test_dir());
   std::ostringstream o, e;
-  CHECK_THROWS_WITH(prepare_main({"build", "--tokenizer", test_dir() + "/tok", "--input", test_dir() + "/none.txt", "--out", test_dir() + "/x"}, o, e),
+  CHECK_THROWS_WITH(prepare_main({"build", "--tokenizer", test_dir() + "/tok", "--input", test_dir() + "/none.txt",
+                                  "--out", test_dir() + "/x"},
+                                 o, e),
                     Catch::Contains("none.txt: input not found"));
   write_file_atomic(test_dir() + "/blank.txt", "\n\n  \n");
   std::string text;
   for (int d = 0; d < 30; ++d) text += "이순신은 조선 중기의 무신이다 " + std::to_string(d) + ".\n한산도 대첩.\n\n";
   write_file_atomic(test_dir() + "/clean.txt", text);
   std::istringstream in;
-  REQUIRE(tokenizer_main({"train", "--input", test_dir() + "/clean.txt", "--out", test_dir() + "/tok", "--vocab-size", "400", "--quiet"}, in, o, e) == 0);
-  CHECK_THROWS_WITH(prepare_main({"build", "--tokenizer", test_dir() + "/tok", "--input", test_dir() + "/blank.txt", "--out", test_dir() + "/x"}, o, e),
+  REQUIRE(tokenizer_main({"train", "--input", test_dir() + "/clean.txt", "--out", test_dir() + "/tok", "--vocab-size",
+                          "400", "--quiet"},
+                         in, o, e) == 0);
+  CHECK_THROWS_WITH(prepare_main({"build", "--tokenizer", test_dir() + "/tok", "--input", test_dir() + "/blank.txt",
+                                  "--out", test_dir() + "/x"},
+                                 o, e),
                     Catch::Contains("no examples produced"));
-  CHECK_THROWS_WITH(prepare_main({"build", "--tokenizer", test_dir() + "/tok", "--input", test_dir() + "/clean.txt", "--out", test_dir() + "/x",
-                                  "--nsp-prob", "1.5"}, o, e),
+  CHECK_THROWS_WITH(prepare_main({"build", "--tokenizer", test_dir() + "/tok", "--input", test_dir() + "/clean.txt",
+                                  "--out", test_dir() + "/x", "--nsp-prob", "1.5"},
+                                 o, e),
                     Catch::Contains("--nsp-prob must be in [0, 1]"));
   CHECK_THROWS_WITH(prepare_main({"inspect", test_dir() + "/nowhere"}, o, e), Catch::Contains("no such shard"));
 }
