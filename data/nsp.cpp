@@ -70,6 +70,7 @@ void create_nsp_instances(const DocumentPool& pool, const NspOptions& options, R
               continue;
             }
             // No other document to draw from: keep the actual continuation.
+            ++stats.kept_next_no_other_document;
             for (size_t j = a_end; j < chunk_count; ++j) {
               const auto s = pool.sentence(s_begin + chunk_first + j);
               b.insert(b.end(), s.begin(), s.end());

@@ -10,7 +10,8 @@
 // Differences, all deliberate: Google retries 10 times to avoid picking the same document and then
 // gives up; we draw uniformly among the other documents, so a random-next B never comes from the
 // same document. A pool with a single document has no other document: its single-sentence chunks
-// are skipped and counted (they cannot form a pair).
+// are skipped (they cannot form a pair) and its longer chunks keep their actual next segment (label 0)
+// where Google would draw a random one, both counted, so all its labels are 0 (bert_prepare warns).
 #pragma once
 
 #include <cstdint>
@@ -56,7 +57,8 @@ struct DocumentPool {
 };
 
 struct NspStats {
-  uint64_t instances = 0, random_next = 0, truncated = 0, skipped_no_other_document = 0;
+  uint64_t instances = 0, random_next = 0, truncated = 0, skipped_no_other_document = 0,
+           kept_next_no_other_document = 0;
 };
 
 // Receives each instance after the final shuffle.

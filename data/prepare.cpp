@@ -61,7 +61,8 @@ struct RawPool {
 
 struct BuildTotals {
   uint64_t documents = 0, sentences = 0, bytes = 0, examples[2] = {0, 0}, tokens[2] = {0, 0}, random_next[2] = {0, 0},
-           truncated = 0, skipped = 0, empty_sentences = 0, max_length[2] = {0, 0};
+           truncated = 0, skipped = 0, kept_next = 0, empty_sentences = 0, max_length[2] = {0, 0},
+           single_document_pools[2] = {0, 0};
 };
 
 // Token ids of a pool's sentences, packed per thread: sentence i's ids are
@@ -155,7 +156,6 @@ int prepare_build_command(const std::vector<std::string>& argv, std::ostream& ou
   uint64_t doc_counter = 0;
   bool in_document = false;
   const uint32_t vocab_size = static_cast<uint32_t>(tok.vocab().size());
-  uint64_t length_histogram[2][16] = {};
 
   auto flush_pool = [&]() {
     if (raw.doc_begin.size() <= 1) return;
@@ -194,13 +194,14 @@ int prepare_build_command(const std::vector<std::string>& argv, std::ostream& ou
             writer.add(a, b, random_next);
             const uint64_t len = a.size() + b.size() + 3;
             totals.max_length[split] = std::max(totals.max_length[split], len);
-            length_histogram[split][std::min<uint64_t>(15, (len - 1) * 16 / nsp.max_seq_len)]++;
           },
           st);
       totals.examples[split] += st.instances;
       totals.random_next[split] += st.random_next;
       totals.truncated += st.truncated;
       totals.skipped += st.skipped_no_other_document;
+      totals.kept_next += st.kept_next_no_other_document;
+      totals.single_document_pools[split] += p.documents() == 1;
       totals.tokens[split] += writer.tokens();
       if (writer.examples() == 0) continue;
       char name[64];
@@ -258,9 +259,12 @@ int prepare_build_command(const std::vector<std::string>& argv, std::ostream& ou
   totals.documents = doc_counter;
   if (totals.examples[0] + totals.examples[1] == 0)
     throw Error("bert_prepare build: no examples produced (empty input, or every document too short to pair)");
-  if (totals.skipped > 0)
-    err << "warning: " << totals.skipped << " single-sentence chunk(s) skipped: their pool has no other document to "
-        << "draw a random next sentence from (more documents per pool: raise --pool-mb)\n";
+  if (const uint64_t single = totals.single_document_pools[0] + totals.single_document_pools[1]; single > 0)
+    err << "warning: " << single << " pool(s) held a single document (train " << totals.single_document_pools[0]
+        << ", valid " << totals.single_document_pools[1] << "): with no other document to draw a random next "
+        << "sentence from, " << totals.kept_next << " pair(s) kept their actual next segment and " << totals.skipped
+        << " single-sentence chunk(s) were skipped, so every NSP label there is 0 (more documents per pool: "
+        << (totals.single_document_pools[1] ? "a larger --valid-fraction, " : "") << "a larger --pool-mb or input)\n";
 
   // Tokenizer files travel with the shards so inspect and the trainer can check and decode them.
   make_directories(out_dir + "/tokenizer");
@@ -295,7 +299,8 @@ int prepare_build_command(const std::vector<std::string>& argv, std::ostream& ou
           << (totals.examples[s] ? 100.0 * static_cast<double>(totals.random_next[s]) / static_cast<double>(totals.examples[s]) : 0.0)
           << "%, max length " << totals.max_length[s] << " / " << nsp.max_seq_len << "\n";
     }
-    out << "  truncated   " << totals.truncated << " pairs; " << totals.skipped << " chunks skipped (no other document)\n"
+    out << "  truncated   " << totals.truncated << " pairs; no other document: " << totals.skipped
+        << " chunks skipped, " << totals.kept_next << " kept their actual next\n"
         << "  time        " << secs << " s (" << static_cast<double>(totals.bytes) / 1e6 / secs << " MB/s), peak RSS "
         << human_bytes(static_cast<double>(peak_rss_bytes())) << ", " << threads << " thread(s)\n";
   }

@@ -152,6 +152,29 @@ TEST_CASE("NSP label balance follows nsp_prob on multi-sentence chunks") {
   }
 }
 
+TEST_CASE("NSP in a pool of one document: actual next kept and counted, single-sentence chunks skipped") {
+  DocumentPool pool;
+  // Sentences of 14, 5, 5, 14, 5, 5, ... tokens: the first chunk is the 14-token sentence alone.
+  for (int s = 0; s < 40; ++s) pool.add_sentence(std::vector<int32_t>(s % 3 == 0 ? 14u : 5u, s));
+  pool.end_document();
+  NspOptions o;
+  o.max_seq_len = 16;
+  o.nsp_prob = 1.0;  // every pair would be random-next with a second document
+  Rng rng(4);
+  NspStats st;
+  create_nsp_instances(
+      pool, o, rng,
+      [&](std::span<const int32_t> a, std::span<const int32_t> b, bool is_random) {
+        CHECK_FALSE(is_random);
+        CHECK(b.front() > a.back());  // the actual continuation
+      },
+      st);
+  CHECK(st.random_next == 0);
+  CHECK(st.instances > 0);
+  CHECK(st.kept_next_no_other_document == st.instances);
+  CHECK(st.skipped_no_other_document == 1);
+}
+
 TEST_CASE("NSP creation is deterministic for a seed and differs across seeds") {
   Rng data_rng(5);
   const DocumentPool pool = synthetic_pool(100, data_rng);
@@ -490,6 +513,34 @@ TEST_CASE("bert_prepare build + loader: determinism, rank slices, resume, paddin
   CHECK(dense == b0.masked_positions.size());
   for (size_t k = 0; k < b0.masked_positions.size(); ++k)
     CHECK(b0.labels[static_cast<size_t>(b0.masked_positions[k])] == b0.masked_labels[k]);
+}
+
+TEST_CASE("bert_prepare build warns when a pool holds a single document, all its NSP labels 0") {
+  const std::string dir = test_dir() + "/single_doc";
+  make_directories(dir);
+  std::string one_document;
+  for (int s = 0; s < 60; ++s) one_document += "조선 중기의 무신 이순신 " + std::to_string(s) + ".\n";
+  write_file_atomic(dir + "/one.txt", one_document);
+  std::ostringstream o, e;
+  std::istringstream in;
+  REQUIRE(tokenizer_main({"train", "--input", dir + "/one.txt", "--out", dir + "/tok", "--vocab-size", "300", "--quiet"},
+                         in, o, e) == 0);
+  std::ostringstream out, err;
+  REQUIRE(prepare_main({"build", "--tokenizer", dir + "/tok", "--input", dir + "/one.txt", "--out", dir + "/shards",
+                        "--max-seq-len", "32", "--valid-fraction", "0"},
+                       out, err) == 0);
+  CHECK_THAT(err.str(), Catch::Contains("warning: 1 pool(s) held a single document (train 1, valid 0)") &&
+                            Catch::Contains(" pair(s) kept their actual next segment and ") &&
+                            Catch::Contains("every NSP label there is 0") && !Catch::Contains("--valid-fraction"));
+  CHECK_THAT(out.str(), Catch::Contains("random-next 0%"));
+  // Two documents: no warning.
+  write_file_atomic(dir + "/two.txt", one_document + "\n" + one_document);
+  std::ostringstream out2, err2;
+  REQUIRE(prepare_main({"build", "--tokenizer", dir + "/tok", "--input", dir + "/two.txt", "--out", dir + "/shards2",
+                        "--max-seq-len", "32", "--valid-fraction", "0"},
+                       out2, err2) == 0);
+  CHECK_THAT(err2.str(), !Catch::Contains("single document"));
+  CHECK_THAT(out2.str(), !Catch::Contains("random-next 0%"));
 }
 
 TEST_CASE("bert_prepare build: bad input is a clear error") {
