@@ -523,8 +523,9 @@ TEST_CASE("bert_prepare build warns when a pool holds a single document, all its
   write_file_atomic(dir + "/one.txt", one_document);
   std::ostringstream o, e;
   std::istringstream in;
-  REQUIRE(tokenizer_main({"train", "--input", dir + "/one.txt", "--out", dir + "/tok", "--vocab-size", "300", "--quiet"},
-                         in, o, e) == 0);
+  REQUIRE(
+      tokenizer_main({"train", "--input", dir + "/one.txt", "--out", dir + "/tok", "--vocab-size", "300", "--quiet"},
+                     in, o, e) == 0);
   std::ostringstream out, err;
   REQUIRE(prepare_main({"build", "--tokenizer", dir + "/tok", "--input", dir + "/one.txt", "--out", dir + "/shards",
                         "--max-seq-len", "32", "--valid-fraction", "0"},
