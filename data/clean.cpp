@@ -20,6 +20,7 @@
 #include "common/progress.h"
 #include "data/sentence_splitter.h"
 #include "data/text_reader.h"
+#include "tokenizer/unicode.h"
 
 namespace bert {
 
@@ -33,23 +34,26 @@ constexpr size_t kMaxWarnings = 10;
 
 enum class CharAction { kKeep, kSpace, kDrop };
 
-// What normalisation does with the multi-byte character at s[0, len).
+// What normalisation does with the multi-byte character at s[0, len): exactly what the tokenizer's
+// clean_text does (tokenizer/unicode.h, HF's tables), so the PII scrubber reads the text the model
+// will: a soft hyphen, a zero-width joiner, a direction mark or an invalid byte (U+FFFD, from the
+// reader) between the digits of a phone number is dropped here, as the tokenizer would drop it,
+// instead of hiding the number from the scrubber. Whitespace (NBSP, U+2000-200A, U+3000, ...) is a
+// space; controls, format characters (Cf), private use (Co) and U+FFFD are dropped.
 CharAction classify_multibyte(const unsigned char* s, size_t len) {
-  if (len == 2 && s[0] == 0xC2) {
-    if (s[1] == 0xA0 || s[1] == 0x85) return CharAction::kSpace;  // NBSP, NEL
-    if (s[1] < 0xA0) return CharAction::kDrop;                    // C1 controls
-    return CharAction::kKeep;
+  char32_t c;
+  if (len == 2 && (s[1] & 0xC0) == 0x80) {
+    c = static_cast<char32_t>(s[0] & 0x1F) << 6 | (s[1] & 0x3F);
+  } else if (len == 3 && (s[1] & 0xC0) == 0x80 && (s[2] & 0xC0) == 0x80) {
+    c = static_cast<char32_t>(s[0] & 0x0F) << 12 | static_cast<char32_t>(s[1] & 0x3F) << 6 | (s[2] & 0x3F);
+  } else if (len == 4 && (s[1] & 0xC0) == 0x80 && (s[2] & 0xC0) == 0x80 && (s[3] & 0xC0) == 0x80) {
+    c = static_cast<char32_t>(s[0] & 0x07) << 18 | static_cast<char32_t>(s[1] & 0x3F) << 12 |
+        static_cast<char32_t>(s[2] & 0x3F) << 6 | (s[3] & 0x3F);
+  } else {
+    return CharAction::kKeep;  // not reached: the reader hands over valid UTF-8 only
   }
-  if (len != 3) return CharAction::kKeep;
-  if (s[0] == 0xE2 && s[1] == 0x80) {
-    if (s[2] <= 0x8A || s[2] == 0xA8 || s[2] == 0xA9 || s[2] == 0xAF) return CharAction::kSpace;  // U+2000-200A...
-    if (s[2] == 0x8B) return CharAction::kDrop;                                                   // ZWSP
-    return CharAction::kKeep;
-  }
-  if (s[0] == 0xE2 && s[1] == 0x81 && s[2] == 0x9F) return CharAction::kSpace;  // U+205F
-  if (s[0] == 0xE3 && s[1] == 0x80 && s[2] == 0x80) return CharAction::kSpace;  // U+3000
-  if (s[0] == 0xE1 && s[1] == 0x9A && s[2] == 0x80) return CharAction::kSpace;  // U+1680
-  if (s[0] == 0xEF && s[1] == 0xBB && s[2] == 0xBF) return CharAction::kDrop;   // BOM / ZWNBSP
+  if (unicode::is_whitespace(c)) return CharAction::kSpace;
+  if (c == 0xFFFD || unicode::is_control(c)) return CharAction::kDrop;
   return CharAction::kKeep;
 }
 
@@ -213,7 +217,7 @@ void normalize_line(std::string_view line, std::string& out) {
       ++i;
       continue;
     }
-    if (c >= 0xE4 && c <= 0xEE && i + 3 <= n) {  // CJK ideographs, Hangul: nothing to classify
+    if (c >= 0xE4 && c <= 0xED && i + 3 <= n) {  // U+4000-DFFF (CJK, Hangul): no space, control or Cf
       keep(i);
       i += 3;
       continue;
@@ -361,7 +365,7 @@ CleanStats clean_corpus(const std::vector<std::string>& files, const std::string
       if (reader.invalid_in_line() && warnings++ < kMaxWarnings)
         err << located(files[f], reader.line_number(),
                        "warning: invalid UTF-8 (" + std::to_string(reader.invalid_in_line()) +
-                           " bad sequence(s)) replaced by U+FFFD")
+                           " bad sequence(s)) dropped")
             << "\n";
       if (is_blank_line(line)) {
         if (in_doc) end_document();
@@ -474,7 +478,7 @@ int prepare_clean_command(const std::vector<std::string>& argv, std::ostream& ou
     out << "  pii         not scrubbed (--no-scrub-pii)\n";
   }
   if (s.invalid_utf8_lines)
-    out << "  utf-8       " << s.invalid_utf8_lines << " line(s) with invalid bytes, replaced by U+FFFD\n";
+    out << "  utf-8       " << s.invalid_utf8_lines << " line(s) with invalid bytes, dropped\n";
   if (s.long_documents_cut) out << "  long docs   " << s.long_documents_cut << " cut at 64 MiB\n";
   char rate[64];
   std::snprintf(rate, sizeof rate, "%.2f s, %.1f MB/s", secs,

@@ -5,8 +5,11 @@
 //            line normalisation below); a file's end also ends a document. A document over 64 MiB
 //            is cut there with a warning (an input with no blank lines would otherwise be held in
 //            memory whole).
-//   per line normalise (drop C0/C1 controls, DEL, U+FEFF and U+200B; tabs and Unicode spaces
-//            become ' '; collapse runs; trim) -> scrub PII (data/pii.h; on by default) -> split
+//   per line normalise as the tokenizer's clean_text (HF's tables): drop controls, format characters
+//            (U+00AD, U+200B-200F, U+2060, U+FEFF, ...), private use and U+FFFD (invalid bytes), so
+//            no invisible character hides PII from the scrubber and then vanishes in the tokenizer;
+//            tabs and Unicode spaces become ' '; collapse runs; trim)
+//            -> scrub PII (data/pii.h; on by default) -> split
 //            into sentences (data/sentence_splitter.h) with --split-sentences, else keep the line
 //   per doc  --dedupe drops a document whose cleaned text equals an earlier one (128-bit hash of
 //            the text; the first copy stays)

@@ -11,10 +11,12 @@
 
 #include "common/error.h"
 #include "common/file.h"
+#include "common/utf8.h"
 #include "data/clean.h"
 #include "data/pii.h"
 #include "data/sentence_splitter.h"
 #include "data/text_reader.h"
+#include "tokenizer/unicode.h"
 
 using namespace bert;
 namespace fs = std::filesystem;
@@ -479,10 +481,41 @@ TEST_CASE("clean: line normalisation collapses whitespace and drops controls and
   CHECK_FALSE(is_blank_line("  .  "));
   CHECK_FALSE(is_blank_line("한"));
 
+  // Every code point: a space, dropped or kept exactly as the tokenizer's clean_text (HF's tables).
+  size_t spaces = 0, dropped = 0;
+  for (char32_t c = 0x80; c <= 0x10FFFF; ++c) {
+    if (c >= 0xD800 && c <= 0xDFFF) continue;
+    std::string ch;
+    utf8_append(ch, c);
+    const std::string got = norm("a" + ch + "b");
+    if (unicode::is_whitespace(c)) {
+      ++spaces;
+      if (got != "a b") FAIL_CHECK("U+" << std::hex << static_cast<uint32_t>(c) << " is whitespace: " << got);
+    } else if (c == 0xFFFD || unicode::is_control(c)) {
+      ++dropped;
+      if (got != "ab") FAIL_CHECK("U+" << std::hex << static_cast<uint32_t>(c) << " is dropped: " << got);
+    } else if (got != "a" + ch + "b") {
+      FAIL_CHECK("U+" << std::hex << static_cast<uint32_t>(c) << " is kept: " << got);
+    }
+  }
+  CHECK(spaces >= 17);      // U+0085, U+00A0, U+1680, U+2000-200A, U+2028/9, U+202F, U+205F, U+3000
+  CHECK(dropped > 130000);  // C1, Cf, and the private use planes
+
   CleanOptions options;
   options.split_sentences = true;
   DocumentCleaner cleaner(options);
   std::string out;
+  // An invisible character or an invalid byte inside a number is dropped before the scrub, so the
+  // number the tokenizer would rebuild is scrubbed: soft hyphen, word joiner, ZWJ, LRM, U+FFFD.
+  DocumentCleaner scrubber(options);
+  for (const char* hidden : {"\xC2\xAD", "\xE2\x81\xA0", "\xE2\x80\x8D", "\xE2\x80\x8E", "\xEF\xBF\xBD"}) {
+    out.clear();
+    INFO(hidden);
+    CHECK(scrubber.clean(std::string("연락처 010-1234-") + hidden + "5678, 주민번호 900101-1234" + hidden + "567\n",
+                        out) == 1);
+    CHECK(out == "연락처 [PHONE], 주민번호 [RRN]");
+  }
+  out.clear();
   CHECK(cleaner.clean("첫 문장이다.  둘째 문장, 전화 010-1234-5678.\n\x01\n  셋째 줄\n", out) == 3);
   CHECK(out == "첫 문장이다.\n둘째 문장, 전화 [PHONE].\n셋째 줄");
   CHECK(cleaner.pii().phone == 1);
@@ -591,13 +624,13 @@ TEST_CASE("clean: directories and .gz inputs, output independent of --threads") 
   CHECK(read_file(dir + "/corpus/out.txt") == out1);
 }
 
-TEST_CASE("clean: invalid UTF-8 is replaced and reported with file:line") {
+TEST_CASE("clean: invalid UTF-8 is dropped and reported with file:line") {
   const std::string dir = temp_dir("cmd_utf8");
   write_text(dir + "/in.txt", "좋은 줄\n나쁜 \xC3\x28 줄\n");
   const Run r = clean({"--input", dir + "/in.txt", "--out", dir + "/out.txt", "--threads", "1"});
   REQUIRE(r.code == 0);
   CHECK(contains(r.err, dir + "/in.txt:2: warning: invalid UTF-8"));
-  CHECK(read_file(dir + "/out.txt") == "좋은 줄\n나쁜 \xEF\xBF\xBD( 줄\n");
+  CHECK(read_file(dir + "/out.txt") == "좋은 줄\n나쁜 ( 줄\n");  // U+FFFD dropped, as the tokenizer drops it
   CHECK(contains(r.out, "utf-8       1 line(s) with invalid bytes"));
 }
 
