@@ -3,6 +3,8 @@
 #include <algorithm>
 #include <array>
 #include <cstring>
+#include <initializer_list>
+#include <string_view>
 
 namespace bert {
 
@@ -132,13 +134,14 @@ struct Text {
 };
 
 // A numeric match may not start inside a word ("v1.2.3", "abc123"), a signed number or country
-// code ("+82" handled by its own matcher), or a numeric token ("2024-01-15" tails, "1,234,000",
-// "12:30:45").
+// code ("+82" handled by its own matcher), or a numeric token ("2024-01-15" tails, "12:30:45").
+// A comma is a list separator here ("010-1234-5678,010-2345-6789"): no matcher takes a comma, and a
+// thousands group (",234") is too short for any of them, so "1,234,000" cannot match anyway.
 bool numeric_start_ok(const Text& t, size_t p) {
   if (p == 0) return true;
   const unsigned char c = t.s[p - 1];
   if (is_alnum(c) || c == '_' || c == '+') return false;
-  if ((c == '.' || c == '-' || c == ',' || c == ':') && p >= 2 && is_digit(t.s[p - 2])) return false;
+  if ((c == '.' || c == '-' || c == ':') && p >= 2 && is_digit(t.s[p - 2])) return false;
   return true;
 }
 
@@ -147,7 +150,7 @@ bool numeric_end_ok(const Text& t, size_t e) {
   if (e >= t.n) return true;
   const unsigned char c = t.s[e];
   if (is_alnum(c) || c == '_') return false;
-  if ((c == '.' || c == '-' || c == ',') && t.digit(e + 1)) return false;
+  if ((c == '.' || c == '-') && t.digit(e + 1)) return false;
   return true;
 }
 
@@ -165,6 +168,21 @@ bool luhn_ok(const Text& t, size_t b, size_t e) {
     twice = !twice;
   }
   return sum % 10 == 0;
+}
+
+// Does the text before p (one optional space skipped) end with `word`, itself at a word start?
+bool preceded_by(const Text& t, size_t p, std::string_view word) {
+  if (p > 0 && t.s[p - 1] == ' ') --p;
+  if (p < word.size() || std::memcmp(t.s + p - word.size(), word.data(), word.size()) != 0) return false;
+  const size_t b = p - word.size();
+  return b == 0 || !(is_alnum(t.s[b - 1]) || t.s[b - 1] >= 0x80);
+}
+
+// Does the text at e start with one of `words`?
+bool followed_by(const Text& t, size_t e, std::initializer_list<std::string_view> words) {
+  for (const std::string_view w : words)
+    if (e + w.size() <= t.n && std::memcmp(t.s + e, w.data(), w.size()) == 0) return true;
+  return false;
 }
 
 // ---- [RRN] --------------------------------------------------------------------------------
@@ -321,6 +339,8 @@ size_t match_representative(const Text& t, size_t p) {
   if (r2 - (r + 1) != 4) return npos;
   const unsigned a = t.value(p, r), b = t.value(r + 1, r2);
   if (b > a && b <= 2100 && b - a <= 300) return npos;
+  // A range with a unit or counter glued on ("1500-3000원", "1800-2500회") is a quantity.
+  if (b > a && followed_by(t, r2, {"원", "회", "명", "개", "건", "세", "배", "만", "억", "천", "%"})) return npos;
   return r2;
 }
 
@@ -352,6 +372,17 @@ size_t match_ipv4(const Text& t, size_t p, bool outline_ok) {
     q = e + 1;
   }
   return npos;
+}
+
+// A dotted quad named as a section, clause, table or figure number ("제3.2.10.1항", "5.2.11.1절",
+// "표 4.12.1.3", "Fig. 2.10.3.1") is an outline number, not an address.
+bool outline_number(const Text& t, size_t p, size_t e) {
+  if (p >= 3 && followed_by(t, p - 3, {"제"})) return true;  // glued: 제3.2.10.1
+  if (followed_by(t, e, {"항", "절", "조", "장", "편", "관", "목", "호"})) return true;
+  for (const std::string_view label : {"표", "그림", "도면", "식", "조항", "항목", "단락", "Table", "table",
+                                       "Figure", "figure", "Fig.", "fig.", "Section", "section", "Sec.", "§"})
+    if (preceded_by(t, p, label)) return true;
+  return false;
 }
 
 bool hex_run_then_colon(const Text& t, size_t p) {
@@ -412,6 +443,11 @@ bool ipv6_start_ok(const Text& t, size_t p) {
   return !(is_alnum(c) || c == '_' || c == ':' || c == '.');
 }
 
+size_t outline_ipv4(const Text& t, size_t p) {
+  const size_t e = match_ipv4(t, p, false);
+  return e != npos && outline_number(t, p, e) ? npos : e;
+}
+
 // ---- [ACCOUNT] ----------------------------------------------------------------------------
 
 size_t match_account(const Text& t, size_t p) {
@@ -436,6 +472,10 @@ size_t match_account(const Text& t, size_t p) {
   if (total < 10 || total > 14) return npos;
   if (longest < 5 && groups < 4) return npos;                                    // 010-1234-567, 1000-2000-3000
   if (groups == 3 && lens[0] == 3 && lens[1] == 2 && lens[2] == 5) return npos;  // business reg. no.
+  if (groups == 3 && lens[0] == 2 && lens[1] == 4 && lens[2] == 7) {  // KIPO 10-2020-0123456: public
+    const unsigned year = t.value(p + 3, p + 7);
+    if (year >= 1940 && year <= 2099) return npos;
+  }
   if (lens[0] == 3 && t.s[p] == '0' && t.s[p + 1] == '1') return npos;           // 010-1234-56789: a mistyped phone
   if (lens[0] == 4 && lens[1] == 2 && lens[2] == 2) {  // 2024-01-15-...: a date, then something
     const unsigned y = t.value(p, p + 4), m = t.value(p + 5, p + 7), d = t.value(p + 8, p + 10);
@@ -522,7 +562,7 @@ void scan_segment(const Text& t, size_t from, Sink& sink) {
         accept(match_rrn(t, i), PiiType::kRrn) || accept(match_card(t, i), PiiType::kCard) ||
             (c == '0' && accept(match_national(t, i, true, false), PiiType::kPhone)) ||
             (c == '1' && accept(match_representative(t, i), PiiType::kPhone)) ||
-            accept(match_ipv4(t, i, false), PiiType::kIp) || accept(match_account(t, i), PiiType::kAccount);
+            accept(outline_ipv4(t, i), PiiType::kIp) || accept(match_account(t, i), PiiType::kAccount);
       }
       if (end == npos) {
         i = t.digits_end(i);

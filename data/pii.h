@@ -26,8 +26,10 @@
 //
 // Precision rules shared by every numeric type: a match never starts or ends inside a longer run
 // of digits or ASCII letters ("v1.2.3", a 20-digit number), and never continues a numeric token
-// ("1.2.3.4.5", "2024-01-15" tails, "1,234,000"). So dates, times, versions, prices, percentages,
-// ISBNs (their 1-digit group fails the account rule), article numbers and short numbers stay.
+// ("1.2.3.4.5", "2024-01-15" tails); a comma separates ("010-1234-5678,010-2345-6789" is two
+// matches; no matcher takes a comma, so "1,234,000" stays). So dates, times, versions, prices,
+// percentages, ISBNs (their 1-digit group fails the account rule), article numbers and short numbers
+// stay.
 // Full-width digits (０１０) are not recognised.
 //
 // Speed: one pass over the bytes with a 256-entry trigger table; only digits, '+', '(', "::" and

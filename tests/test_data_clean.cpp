@@ -233,6 +233,20 @@ TEST_CASE("pii: dates, times, versions, prices and other numbers stay untouched"
       "a@b",
       "user@localhost",
       "[PHONE] [EMAIL] [RRN]",
+      // public patent, trademark and design application numbers (KIPO: type-year-serial)
+      "특허출원 제10-2020-0123456호",
+      "상표 40-2020-0012345",
+      "디자인 30-2019-0012345",
+      "10-2019-7012345",
+      // outline numbers named as such, quantities written as ranges
+      "제3.2.10.1항",
+      "5.2.11.1절",
+      "표 4.12.1.3 참조",
+      "그림 2.10.3.1",
+      "Fig. 2.10.3.1",
+      "Section 10.1.2.3",
+      "1500-3000원",
+      "분당 1800-2500회",
   };
   STATIC_REQUIRE(sizeof(negatives) / sizeof(negatives[0]) >= 40);
   for (const char* n : negatives) {
@@ -260,6 +274,16 @@ TEST_CASE("pii: several matches in one line, offsets, counts, idempotence") {
   CHECK(counts.card == 1);
   CHECK(counts.ip == 1);
   CHECK(counts.total() == 6);
+
+  // Lists joined by a bare comma: each item is one match (a comma is not part of any PII).
+  PiiCounts listed;
+  CHECK(scrub_pii("010-1234-5678,010-2345-6789 / 02-123-4567,4568 / 10.0.0.1,10.0.0.2 / "
+                  "900101-1234567,900202-2345678 / 4111111111111111,5500000000000004 / 110-123-456789,12,000원",
+                  listed) ==
+        "[PHONE],[PHONE] / [PHONE],4568 / [IP],[IP] / [RRN],[RRN] / [CARD],[CARD] / [ACCOUNT],12,000원");
+  CHECK(listed.total() == 10);
+  // Labelled as an address, a dotted quad is one, and a range that is not a quantity stays a number.
+  CHECK(scrub_pii("IP 10.1.2.3, 대표번호 1588-1234로", listed) == "IP [IP], 대표번호 [PHONE]로");
 
   PiiCounts again;
   CHECK(scrub_pii(once, again) == once);
