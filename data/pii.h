@@ -8,18 +8,20 @@
 //   [PHONE]    mobile 010/011/016-019, area codes 02/031-064, 070/080/060/050x, with '-', '.', ' '
 //              or "(02) " / "02)" separators; mobile and 070 also without separators; +82 forms
 //              (+82-10-..., +82 (0)10 ..., +821012345678); representative numbers 15xx/16xx/18xx-xxxx
-//              (not when the pair reads as a year range: 1592-1598).
+//              (not when the pair reads as a year range, 1592-1598, or a quantity, 1500-3000원).
 //   [EMAIL]    local@domain.tld (ASCII; the TLD is 2+ letters).
 //   [CARD]     13-19 digits passing Luhn: 4-4-4-4(-3), 4-6-5 or 4-6-4 groups ('-' or ' '), or
 //              contiguous with a card-network first digit (2-6, 9).
 //   [ACCOUNT]  bank-account-like: 3+ dash-separated groups of 2-7 digits, 10-14 digits in all, with
 //              a group of 5+ digits or 4+ groups (real layouts: 110-123-456789, 1002-345-678901,
 //              3333-01-1234567, 123-456789-01-001, 301-0123-4567-11). Not a date-led chain
-//              (2024-01-15-...), not 3-2-5 (a business registration number, which is public), and
+//              (2024-01-15-...), not 3-2-5 (a business registration number, which is public), not a
+//              KIPO application number (10-2020-0123456: 2-4-7 with a year in the middle), and
 //              not led by a mobile prefix (010-1234-56789 is a mistyped phone), and only when
 //              nothing above matched.
 //   [IP]       IPv4 (octets <= 255; not four single digits, which reads as an outline number 1.2.3.4
-//              and otherwise only hits public resolvers like 8.8.8.8) and IPv6 (8 groups, or '::'
+//              and otherwise only hits public resolvers like 8.8.8.8; not when named as a section,
+//              clause, table or figure: 제3.2.10.1항, 5.2.11.1절, 표 4.12.1.3, Fig. 2.10.3.1) and IPv6 (8 groups, or '::'
 //              compressed with 2+ groups, an IPv4 tail allowed: ::ffff:192.0.2.1; a group of 3+ hex
 //              digits and at least one decimal digit, so "dead::beef", "std::map", MAC addresses
 //              and times stay).
