@@ -156,18 +156,53 @@ bool is_maybe_final_abbreviation(std::string_view w) {
   return in_list(w, {"etc", "inc", "ltd", "co", "corp", "llc", "jr", "al", "a.m", "p.m", "esq"});
 }
 
+constexpr std::string_view kKoreanMarkers[] = {"가", "나", "다", "라", "마", "바", "사",
+                                               "아", "자", "차", "카", "타", "파", "하"};
+constexpr std::string_view kRomanMarkers[] = {"i", "ii", "iii", "iv", "v", "vi", "vii", "viii", "ix", "x", "xi", "xii"};
+
+// Roman numeral characters Ⅰ-Ⅻ (U+2160-216B) and ⅰ-ⅻ (U+2170-217B): 0-11, else -1.
+int roman_numeral_char(std::string_view w) {
+  if (w.size() != 3 || static_cast<unsigned char>(w[0]) != 0xE2 || static_cast<unsigned char>(w[1]) != 0x85) return -1;
+  const int low = static_cast<unsigned char>(w[2]);
+  if (low >= 0xA0 && low <= 0xAB) return low - 0xA0;
+  if (low >= 0xB0 && low <= 0xBB) return low - 0xB0;
+  return -1;
+}
+
+// Whether `next` is the marker after `w` in a list (1 -> 2, a -> b, 가 -> 나, i -> ii, Ⅱ -> Ⅲ; "i"
+// is a letter and a Roman numeral: j and ii both follow it).
+bool is_next_list_marker(std::string_view w, std::string_view next) {
+  if (!w.empty() && w.size() <= 3 && std::all_of(w.begin(), w.end(), [](char c) { return c >= '0' && c <= '9'; }))
+    return next == std::to_string(std::stoi(std::string(w)) + 1);
+  if (w.size() == 1 && next.size() == 1 && is_ascii_alpha(static_cast<unsigned char>(w[0])) && next[0] == w[0] + 1 &&
+      (w[0] | 0x20) != 'z')
+    return true;
+  for (size_t k = 0; k + 1 < std::size(kKoreanMarkers); ++k)
+    if (w == kKoreanMarkers[k]) return next == kKoreanMarkers[k + 1];
+  if (const int r = roman_numeral_char(w); r >= 0) return r < 11 && roman_numeral_char(next) == r + 1 && next[2] - w[2] == 1;
+  const auto lower = [](std::string_view x) {
+    std::string out(x);
+    for (char& c : out) c = static_cast<char>(c >= 'A' && c <= 'Z' ? c + 32 : c);
+    return out;
+  };
+  const std::string lw = lower(w), ln = lower(next);
+  const bool upper_w = w[0] >= 'A' && w[0] <= 'Z', upper_next = next[0] >= 'A' && next[0] <= 'Z';
+  for (size_t k = 0; k + 1 < std::size(kRomanMarkers); ++k)
+    if (lw == kRomanMarkers[k] && ln == kRomanMarkers[k + 1] && upper_w == upper_next) return true;
+  return false;
+}
+
 bool is_list_marker(std::string_view w) {
   if (w.empty()) return false;
   // 1.  2.3.  1.1.2.
   if (std::all_of(w.begin(), w.end(), [](char c) { return (c >= '0' && c <= '9') || c == '.'; }) && w.front() != '.')
     return true;
   if (w.size() == 1 && is_ascii_alpha(static_cast<unsigned char>(w[0]))) return true;  // a.  B.
-  static constexpr std::string_view kKorean[] = {"가", "나", "다", "라", "마", "바", "사",
-                                                 "아", "자", "차", "카", "타", "파", "하"};
-  if (std::find(std::begin(kKorean), std::end(kKorean), w) != std::end(kKorean)) return true;
+  if (std::find(std::begin(kKoreanMarkers), std::end(kKoreanMarkers), w) != std::end(kKoreanMarkers)) return true;
+  if (roman_numeral_char(w) >= 0) return true;
   std::string lower(w);
   for (char& c : lower) c = static_cast<char>(c >= 'A' && c <= 'Z' ? c + 32 : c);
-  return in_list(lower, {"i", "ii", "iii", "iv", "v", "vi", "vii", "viii", "ix", "x", "xi", "xii"});
+  return std::find(std::begin(kRomanMarkers), std::end(kRomanMarkers), lower) != std::end(kRomanMarkers);
 }
 
 // Segments of 1-2 ASCII letters joined by dots: U.S, J.K, Ph.D, e.g.
@@ -209,8 +244,19 @@ struct TerminatorRun {
   bool ellipsis() const { return dots >= 2 || ellipsis_char; }
 };
 
-// Whether the sentence that began at `start` ends after `run` and the closers up to `after`.
-bool ends_sentence(std::string_view s, size_t start, const TerminatorRun& run, size_t after) {
+// The list marker the sentence at `start` opens with ("1" of "1. 미성년자"), or "".
+std::string_view leading_marker(std::string_view s, size_t start) {
+  size_t e = start;
+  while (e < s.size() && s[e] != ' ' && s[e] != '.') ++e;
+  if (e + 1 >= s.size() || s[e] != '.' || s[e + 1] != ' ') return {};
+  const std::string_view word = s.substr(start, e - start);
+  return is_list_marker(word) ? word : std::string_view();
+}
+
+// Whether the sentence that began at `start` ends after `run` and the closers up to `after`. When
+// it does not but a new list item begins at the word `run` closes (the sentence opened with item
+// "1." and this is "2."), sets `*item_begin` to that word: the sentence ends before it.
+bool ends_sentence(std::string_view s, size_t start, const TerminatorRun& run, size_t after, size_t* item_begin) {
   const bool closed = after > run.end;
   if (after >= s.size() || run.cjk) return true;
   const char32_t prev = decode_before(s, run.begin);
@@ -239,6 +285,7 @@ bool ends_sentence(std::string_view s, size_t start, const TerminatorRun& run, s
     word_begin -= back;
   }
   const bool at_sentence_start = word_begin == start;
+  const size_t unstripped_begin = word_begin;
   while (word_begin < run.begin) {  // strip opening quotes/brackets: ("Mr. → Mr
     const char32_t c = decode_at(s, word_begin, len);
     if (!is_opener(c)) break;
@@ -247,6 +294,16 @@ bool ends_sentence(std::string_view s, size_t start, const TerminatorRun& run, s
   const std::string_view word = s.substr(word_begin, run.begin - word_begin);
   if (word.empty()) return true;
   if (at_sentence_start && is_list_marker(word)) return false;
+  // An enumeration flattened into one line ("1. 미성년자 2. 피성년후견인 3. ..."): each item is a
+  // sentence, split before its marker rather than after it.
+  if (unstripped_begin == word_begin && is_list_marker(word)) {
+    // The first item must hold something: "J. K. Rowling" is initials, not items J and K.
+    const std::string_view first = leading_marker(s, start);
+    if (!first.empty() && skip_spaces(s, start + first.size() + 1) < word_begin && is_next_list_marker(first, word)) {
+      *item_begin = word_begin;
+      return false;
+    }
+  }
   if (std::all_of(word.begin(), word.end(), [](char c) { return c >= '0' && c <= '9'; }))
     return !(is_ascii_digit(first) || preceded_by_date_parts(s, word_begin));
   // An initial before a capitalised word (J. K. Rowling); "비타민 C. 다음" still ends there.
@@ -310,11 +367,16 @@ void split_sentences(std::string_view s, std::vector<std::string_view>& out) {
       if (!is_closer(c)) break;
       after += len;
     }
-    if (ends_sentence(s, start, run, after)) {
+    size_t item_begin = std::string_view::npos;
+    if (ends_sentence(s, start, run, after, &item_begin)) {
       push_trimmed(s, start, after, out);
       start = skip_spaces(s, after);
       i = start;
     } else {
+      if (item_begin != std::string_view::npos) {
+        push_trimmed(s, start, item_begin, out);
+        start = item_begin;
+      }
       i = after;
     }
   }

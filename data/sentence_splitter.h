@@ -11,8 +11,11 @@
 //     so does a lowercase word after ?/! in quotes ("Why?" he asked);
 //   - an ellipsis ends a sentence only before an uppercase letter, after a Korean final ending
 //     (다 요 죠 까 네 군) or a closing quote ("그런데... 왜" continues);
+//   - a list flattened into one line splits before each next marker: a sentence that opens with
+//     "1. " (or "가. ", "a. ", "iv. ", "Ⅰ. ") ends before " 2. " ("나. ", "b. ", "v. ", "Ⅱ. "), so
+//     "1. 미성년자 2. 피성년후견인" is two sentences, each with its marker;
 //   - a single '.' does not end a sentence after: a list number or marker at the sentence start
-//     ("1. ", "2.3. ", "가. ", "iv. "), a number followed by a number or a dotted date
+//     ("1. ", "2.3. ", "가. ", "iv. ", "Ⅱ. "), a number followed by a number or a dotted date
 //     ("2024. 1. 15."), an abbreviation (Mr. Dr. e.g. i.e. vs. U.S. Ph.D. ...; No. Fig. p. only
 //     before a number; etc. Inc. Ltd. Co. a.m. only before a lowercase word), a single capital
 //     initial before a capitalised word ("J. K. Rowling"), or a dotted acronym (segments of 1-2

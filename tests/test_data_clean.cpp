@@ -333,6 +333,16 @@ TEST_CASE("sentence splitter: Korean endings, quotes, numbers, abbreviations, UR
       {"1. 서론 부분이다. 2. 본론은 여기에 있다.", {"1. 서론 부분이다.", "2. 본론은 여기에 있다."}},
       {"2.3. 세부 항목이다.", {"2.3. 세부 항목이다."}},
       {"가. 첫째 항목이다. 나. 둘째 항목이다.", {"가. 첫째 항목이다.", "나. 둘째 항목이다."}},
+      // enumerations flattened into one line: split before each next marker
+      {"다음 각 호의 자는 될 수 없다. 1. 미성년자 2. 피성년후견인 3. 파산선고를 받은 자",
+       {"다음 각 호의 자는 될 수 없다.", "1. 미성년자", "2. 피성년후견인", "3. 파산선고를 받은 자"}},
+      {"가. 주거지역 나. 상업지역 다. 공업지역", {"가. 주거지역", "나. 상업지역", "다. 공업지역"}},
+      {"i. 첫째 ii. 둘째", {"i. 첫째", "ii. 둘째"}},
+      {"Ⅰ. 서론 Ⅱ. 본론 Ⅲ. 결론", {"Ⅰ. 서론", "Ⅱ. 본론", "Ⅲ. 결론"}},
+      {"9. 아홉째 10. 열째", {"9. 아홉째", "10. 열째"}},
+      // not the next marker: no split ("3." after "1." is a sentence end as before)
+      {"1. 점수는 3. 그리고 끝", {"1. 점수는 3.", "그리고 끝"}},
+      {"이게 다. 나. 둘째", {"이게 다.", "나. 둘째"}},
       // abbreviations and initials
       {"Mr. Kim met Dr. Lee at 5 p.m. Then they left.", {"Mr. Kim met Dr. Lee at 5 p.m.", "Then they left."}},
       {"J. K. Rowling wrote it. The U.S. Army agreed.", {"J. K. Rowling wrote it.", "The U.S. Army agreed."}},
