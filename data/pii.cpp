@@ -185,6 +185,18 @@ bool followed_by(const Text& t, size_t e, std::initializer_list<std::string_view
   return false;
 }
 
+// A phone label ending at p, itself a whole ASCII word: TEL, Tel, HP, H.P, FAX, Phone, Mobile, Cell.
+bool phone_label_before(const Text& t, size_t p) {
+  size_t b = p;
+  while (b > 0 && (is_alpha(t.s[b - 1]) || t.s[b - 1] == '.') && p - b < 8) --b;
+  if (b > 0 && (is_alnum(t.s[b - 1]) || t.s[b - 1] == '_' || t.s[b - 1] == '.')) return false;
+  std::string word;
+  for (size_t k = b; k < p; ++k) word += static_cast<char>(t.s[k] | 0x20);
+  for (const std::string_view label : {"tel", "hp", "h.p", "fax", "phone", "mobile", "mob", "cell"})
+    if (word == label) return true;
+  return false;
+}
+
 // ---- [RRN] --------------------------------------------------------------------------------
 
 // YYMMDD at d[0..6) with the sex/century digit `g` (1,2,5,6: 1900s; 3,4,7,8: 2000s; 5-8 are
@@ -553,6 +565,12 @@ void scan_segment(const Text& t, size_t from, Sink& sink) {
     };
     if (is_digit(c)) {
       if (!numeric_start_ok(t, i)) {
+        // "TEL02-123-4567", "HP010-1234-5678": a phone label glued to the number, as listings write it.
+        if (c == '0' && phone_label_before(t, i) && accept(match_national(t, i, true, false), PiiType::kPhone)) {
+          sink(i, end, type);
+          i = end;
+          continue;
+        }
         i = t.digits_end(i);
         continue;
       }
@@ -588,7 +606,9 @@ void scan_segment(const Text& t, size_t from, Sink& sink) {
       }
     } else {  // a hex letter: only an IPv6 address at a word start ("fe80::1") is of interest
       if (!(ipv6_start_ok(t, i) && hex_run_then_colon(t, i) && (end = match_ipv6(t, i)) != npos)) {
-        while (i < n && (is_alnum(t.s[i]) || t.s[i] == '_')) ++i;  // skip the rest of the word
+        // Skip the word's letters; a digit run inside it stops the skip only to be refused by
+        // numeric_start_ok, unless the letters are a phone label ("Fax031-123-4567").
+        while (i < n && (is_alpha(t.s[i]) || t.s[i] == '_')) ++i;
         continue;
       }
       type = PiiType::kIp;

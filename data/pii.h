@@ -7,7 +7,8 @@
 //              forms that still show birth date and sex (900101-1******) count too.
 //   [PHONE]    mobile 010/011/016-019, area codes 02/031-064, 070/080/060/050x, with '-', '.', ' '
 //              or "(02) " / "02)" separators; mobile and 070 also without separators; +82 forms
-//              (+82-10-..., +82 (0)10 ..., +821012345678); representative numbers 15xx/16xx/18xx-xxxx
+//              (+82-10-..., +82 (0)10 ..., +821012345678), also behind a glued label (TEL02-...,
+//              HP010-..., Fax031-...); representative numbers 15xx/16xx/18xx-xxxx
 //              (not when the pair reads as a year range, 1592-1598, or a quantity, 1500-3000원).
 //   [EMAIL]    local@domain.tld (ASCII; the TLD is 2+ letters).
 //   [CARD]     13-19 digits passing Luhn: 4-4-4-4(-3), 4-6-5 or 4-6-4 groups ('-' or ' '), or

@@ -125,6 +125,11 @@ TEST_CASE("pii: positives in Korean formats are replaced by typed placeholders")
       {"(abc@def.org)", "([EMAIL])", PiiType::kEmail},
       {"문의 010-1234-5678@hanmail.net", "문의 [EMAIL]", PiiType::kEmail},
       // cards (all Luhn-valid)
+      // a phone label glued to the number, as listings write it
+      {"HP010-1234-5678", "HP[PHONE]", PiiType::kPhone},
+      {"문의 TEL02-123-4567", "문의 TEL[PHONE]", PiiType::kPhone},
+      {"H.P01012345678", "H.P[PHONE]", PiiType::kPhone},
+      {"Fax031-123-4567", "Fax[PHONE]", PiiType::kPhone},
       {"카드 4111-1111-1111-1111", "카드 [CARD]", PiiType::kCard},
       {"4111 1111 1111 1111 로 결제", "[CARD] 로 결제", PiiType::kCard},
       {"4111111111111111", "[CARD]", PiiType::kCard},
@@ -228,6 +233,8 @@ TEST_CASE("pii: dates, times, versions, prices and other numbers stay untouched"
       // inside words, other countries, not e-mails
       "A1234-5678-9012",
       "abc010-1234-5678",
+      "XTEL010-1234-5678",
+      "model HP010-1234-5678-9",
       "+1 415 555 0100",
       "사람@회사.한국",
       "a@b",
