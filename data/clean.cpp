@@ -57,6 +57,27 @@ CharAction classify_multibyte(const unsigned char* s, size_t len) {
   return CharAction::kKeep;
 }
 
+bool is_fullwidth_digit(const unsigned char* c, size_t len) {
+  return len >= 3 && c[0] == 0xEF && c[1] == 0xBC && c[2] >= 0x90 && c[2] <= 0x99;
+}
+
+// The ASCII character the multi-byte character c[0, len) is folded to, or 0. Fullwidth digits and
+// the fullwidth - + . @ ( ) that numbers and addresses are written with become ASCII (their NFKC
+// mapping; the tokenizer keeps them as they are, so ０１０－１２３４－５６７８ would otherwise reach the
+// model unscrubbed); a dash between two digits (U+2010-2013 hyphens, figure and en dash, U+2212
+// minus: 900101–1234567, 1990–2000) becomes '-'.
+char ascii_fold(const unsigned char* c, size_t len, unsigned char before, std::string_view next) {
+  if (len != 3) return 0;
+  if (c[0] == 0xEF && c[1] == 0xBC && c[2] >= 0x80) {  // U+FF00-FF3F: fullwidth forms of U+0020-005F
+    const char ascii = static_cast<char>(c[2] - 0x60);
+    return std::string_view("0123456789-+.@()").find(ascii) != std::string_view::npos ? ascii : 0;
+  }
+  const bool dash = c[0] == 0xE2 && ((c[1] == 0x80 && c[2] >= 0x90 && c[2] <= 0x93) || (c[1] == 0x88 && c[2] == 0x92));
+  if (!dash || before < '0' || before > '9' || next.empty()) return 0;
+  const auto* after = reinterpret_cast<const unsigned char*>(next.data());
+  return (after[0] >= '0' && after[0] <= '9') || is_fullwidth_digit(after, next.size()) ? '-' : 0;
+}
+
 size_t utf8_length(unsigned char lead) { return lead >= 0xF0 ? 4 : lead >= 0xE0 ? 3 : lead >= 0xC0 ? 2 : 1; }
 
 struct DocHash {
@@ -223,6 +244,15 @@ void normalize_line(std::string_view line, std::string& out) {
       continue;
     }
     const size_t len = std::min(utf8_length(c), n - i);
+    const unsigned char before = run != kNone ? s[i - 1] : !pending_space && out.size() > base ? out.back() : 0;
+    if (const char ascii = ascii_fold(s + i, len, before, std::string_view(line).substr(i + len))) {
+      flush(i);
+      if (pending_space && out.size() > base) out.push_back(' ');
+      pending_space = false;
+      out.push_back(ascii);
+      i += len;
+      continue;
+    }
     switch (classify_multibyte(s + i, len)) {
       case CharAction::kKeep:
         keep(i);

@@ -8,6 +8,8 @@
 //   per line normalise as the tokenizer's clean_text (HF's tables): drop controls, format characters
 //            (U+00AD, U+200B-200F, U+2060, U+FEFF, ...), private use and U+FFFD (invalid bytes), so
 //            no invisible character hides PII from the scrubber and then vanishes in the tokenizer;
+//            fullwidth digits and － ＋ ． ＠ （ ） become ASCII (NFKC's mapping) and a dash between
+//            two digits (‐ ‑ ‒ – −) '-', so ０１０－１２３４－５６７８ and 900101–1234567 are scrubbed;
 //            tabs and Unicode spaces become ' '; collapse runs; trim)
 //            -> scrub PII (data/pii.h; on by default) -> split
 //            into sentences (data/sentence_splitter.h) with --split-sentences, else keep the line

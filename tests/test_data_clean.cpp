@@ -535,10 +535,21 @@ TEST_CASE("clean: line normalisation collapses whitespace and drops controls and
     } else if (c == 0xFFFD || unicode::is_control(c)) {
       ++dropped;
       if (got != "ab") FAIL_CHECK("U+" << std::hex << static_cast<uint32_t>(c) << " is dropped: " << got);
+    } else if (c >= 0xFF10 && c <= 0xFF19) {  // fullwidth digits: folded to ASCII
+      if (got != "a" + std::string(1, static_cast<char>('0' + (c - 0xFF10))) + "b") FAIL_CHECK("fullwidth digit");
+    } else if (c == 0xFF0D || c == 0xFF0B || c == 0xFF0E || c == 0xFF20 || c == 0xFF08 || c == 0xFF09) {
+      if (got != "a" + std::string(1, static_cast<char>(c - 0xFEE0)) + "b") FAIL_CHECK("fullwidth - + . @ ( )");
     } else if (got != "a" + ch + "b") {
       FAIL_CHECK("U+" << std::hex << static_cast<uint32_t>(c) << " is kept: " << got);
     }
   }
+  // Fullwidth numbers and the dashes between digits become the ASCII the scrubber reads.
+  CHECK(norm("\xEF\xBC\x90\xEF\xBC\x91\xEF\xBC\x90\xEF\xBC\x8D\xEF\xBC\x91\xEF\xBC\x92") == "010-12");
+  CHECK(norm("900101\xE2\x80\x93\x31\x32 1990\xE2\x88\x92\xEF\xBC\x92") == "900101-12 1990-2");
+  CHECK(norm("서울\xE2\x80\x93부산 1990 \xE2\x80\x93 2000 a\xE2\x80\x90"
+             "1") ==
+        "서울\xE2\x80\x93부산 1990 \xE2\x80\x93 2000 a\xE2\x80\x90"
+        "1");               // not between two digits
   CHECK(spaces >= 17);      // U+0085, U+00A0, U+1680, U+2000-200A, U+2028/9, U+202F, U+205F, U+3000
   CHECK(dropped > 130000);  // C1, Cf, and the private use planes
 
@@ -556,6 +567,9 @@ TEST_CASE("clean: line normalisation collapses whitespace and drops controls and
                         out) == 1);
     CHECK(out == "연락처 [PHONE], 주민번호 [RRN]");
   }
+  out.clear();
+  CHECK(scrubber.clean("전화 ０１０－１２３４－５６７８, 주민 900101–1234567, ｈｏｎｇ＠example.com\n", out) == 1);
+  CHECK(out == "전화 [PHONE], 주민 [RRN], ｈｏｎｇ@example.com");  // fullwidth letters stay
   out.clear();
   CHECK(cleaner.clean("첫 문장이다.  둘째 문장, 전화 010-1234-5678.\n\x01\n  셋째 줄\n", out) == 3);
   CHECK(out == "첫 문장이다.\n둘째 문장, 전화 [PHONE].\n셋째 줄");
