@@ -34,7 +34,8 @@
 // matches; no matcher takes a comma, so "1,234,000" stays). So dates, times, versions, prices,
 // percentages, ISBNs (their 1-digit group fails the account rule), article numbers and short numbers
 // stay.
-// Full-width digits (０１０) are not recognised.
+// scrub_pii reads ASCII digits only: `bert_prepare clean` folds full-width digits (０１０) and dashes
+// between digits to ASCII first (data/clean.h).
 //
 // Speed: one pass over the bytes with a 256-entry trigger table; only digits, '+', '(', "::" and
 // word-initial hex letters start a (short, bounded) hand-written matcher; '@' is found with memchr.
