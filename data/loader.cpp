@@ -40,6 +40,10 @@ void check_manifest_entry(const Json& entry, size_t index, const Shard& shard, c
   if (examples && !(examples->is_number() && examples->as_number() >= 0 &&
                     examples->as_number() == std::floor(examples->as_number())))
     throw Error(where + ": \"examples\" must be a count");
+  if (const Json* split = entry.find("split");
+      split && split->is_string() && split->as_string() != split_name(shard.header().split))
+    throw Error(shard.path() + ": its header says split '" + split_name(shard.header().split) + "', " + where +
+                " says '" + split->as_string() + "'");
   const bool checksum_differs = checksum && *checksum != shard.header().checksum;
   if (checksum_differs || (examples && examples->as_number() != static_cast<double>(shard.size())))
     throw Error(shard.path() + ": " + (checksum_differs ? "checksum" : "example count") + " differs from " + where +
@@ -81,7 +85,6 @@ Dataset::Dataset(const std::string& dir_arg, Split split, uint32_t expected_voca
                   "'; expected 'train' or 'valid'");
     if (sp->as_string() != split_name(split)) continue;
     auto shard = std::make_unique<Shard>(dir + "/" + file->as_string(), expected_vocab_size);
-    if (shard->header().split != split) throw Error(shard->path() + ": split in header disagrees with manifest.json");
     check_manifest_entry(entry, k, *shard, manifest_path);
     if (vocab_size_ && shard->header().vocab_size != vocab_size_)
       throw Error(shard->path() + ": vocabulary size differs from the other shards");

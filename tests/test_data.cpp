@@ -426,6 +426,14 @@ TEST_CASE("bert_prepare build + loader: determinism, rank slices, resume, paddin
     edited.set("shards", list);
     write_file_atomic(test_dir() + "/s1/manifest.json", edited.dump());
   };
+  // A train shard listed as valid: the loader and inspect both refuse it.
+  with_entry_field("split", Json("valid"));
+  CHECK_THROWS_WITH(Dataset(test_dir() + "/s1", Split::kValid),
+                    Catch::Contains("s1/train-00000.bin: its header says split 'train', ") &&
+                        Catch::Contains("s1/manifest.json shard entry 0 says 'valid'"));
+  std::ostringstream split_out, split_err;
+  CHECK(prepare_main({"inspect", test_dir() + "/s1"}, split_out, split_err) == 1);
+  CHECK_THAT(split_err.str(), Catch::Contains("its header says split 'train'"));
   with_entry_field("examples", Json(1));
   CHECK_THROWS_WITH(Dataset(test_dir() + "/s1", Split::kTrain), Catch::Contains("example count differs from"));
   for (const Json& count : {Json("12"), Json(3.5), Json(-1)}) {
