@@ -520,6 +520,12 @@ Span next_email(std::string_view text, size_t from, size_t floor) {
     while (b > floor && is_local_char(s[b - 1])) --b;
     while (b < at && s[b] == '.') ++b;
     if (b == at || at - b > 64 || s[at - 1] == '.') continue;
+    // A URL's user:password@ is one secret: "https://user:pw@host" -> "https://[EMAIL]".
+    if (b > floor + 1 && s[b - 1] == ':') {
+      size_t u = b - 1;
+      while (u > floor && is_local_char(s[u - 1])) --u;
+      if (u < b - 1 && u >= 3 && text.compare(u - 3, 3, "://") == 0) b = u;
+    }
     size_t q = at + 1, end = npos, last_label = npos;
     int labels = 0;
     while (true) {
@@ -535,7 +541,14 @@ Span next_email(std::string_view text, size_t from, size_t floor) {
       }
       break;
     }
-    if (labels < 2 || end - last_label < 2) continue;
+    if (labels < 2) continue;
+    // user@192.0.2.1: an address literal (octets <= 255) instead of a domain, the user's part kept.
+    if (labels == 4 && std::all_of(s + at + 1, s + end, [](unsigned char c) { return is_digit(c) || c == '.'; })) {
+      const Text t{s, end};
+      if (match_ipv4(t, at + 1, true) == end) return {b, end};
+      continue;
+    }
+    if (end - last_label < 2) continue;
     bool tld_alpha = true;
     for (size_t i = last_label; i < end; ++i) tld_alpha &= is_alpha(s[i]);
     if (!tld_alpha) continue;

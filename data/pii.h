@@ -10,7 +10,8 @@
 //              (+82-10-..., +82 (0)10 ..., +821012345678), also behind a glued label (TEL02-...,
 //              HP010-..., Fax031-...); representative numbers 15xx/16xx/18xx-xxxx
 //              (not when the pair reads as a year range, 1592-1598, or a quantity, 1500-3000원).
-//   [EMAIL]    local@domain.tld (ASCII; the TLD is 2+ letters).
+//   [EMAIL]    local@domain.tld (ASCII; the TLD is 2+ letters) or local@192.0.2.1; a URL's
+//              user:password@host whole ("https://[EMAIL]").
 //   [CARD]     13-19 digits passing Luhn: 4-4-4-4(-3), 4-6-5 or 4-6-4 groups ('-' or ' '), or
 //              contiguous with a card-network first digit (2-6, 9).
 //   [ACCOUNT]  bank-account-like: 3+ dash-separated groups of 2-7 digits, 10-14 digits in all, with

@@ -124,6 +124,9 @@ TEST_CASE("pii: positives in Korean formats are replaced by typed placeholders")
       {"메일: test.user@korea.ac.kr입니다.", "메일: [EMAIL]입니다.", PiiType::kEmail},
       {"(abc@def.org)", "([EMAIL])", PiiType::kEmail},
       {"문의 010-1234-5678@hanmail.net", "문의 [EMAIL]", PiiType::kEmail},
+      {"메일 hong@123.45.67.89 로", "메일 [EMAIL] 로", PiiType::kEmail},
+      {"https://hong:pa55@example.com/x", "https://[EMAIL]/x", PiiType::kEmail},
+      {"mailto:hong@example.com", "mailto:[EMAIL]", PiiType::kEmail},
       // cards (all Luhn-valid)
       // a phone label glued to the number, as listings write it
       {"HP010-1234-5678", "HP[PHONE]", PiiType::kPhone},
@@ -239,6 +242,8 @@ TEST_CASE("pii: dates, times, versions, prices and other numbers stay untouched"
       "사람@회사.한국",
       "a@b",
       "user@localhost",
+      "user@1.2.3",
+      "user@300.1.2.3",
       "[PHONE] [EMAIL] [RRN]",
       // public patent, trademark and design application numbers (KIPO: type-year-serial)
       "특허출원 제10-2020-0123456호",
