@@ -225,8 +225,18 @@ size_t mask_char_len(const Text& t, size_t i) {
 size_t match_rrn(const Text& t, size_t p) {
   const size_t r = t.digits_end(p);
   if (r - p == 13) return valid_rrn_birth(t.s + p, t.s[p + 6]) ? r : npos;
-  if (r - p != 6 || t.at(r) != '-' || !t.digit(r + 1)) return npos;
+  if (r - p != 6 || t.at(r) != '-') return npos;
   const size_t q = r + 1;
+  if (!t.digit(q)) {  // 900101-*******: the birth date is still there (either century's calendar)
+    if (!valid_rrn_birth(t.s + p, '1') && !valid_rrn_birth(t.s + p, '3')) return npos;
+    size_t e = q;
+    for (int k = 0; k < 7; ++k) {
+      const size_t m = mask_char_len(t, e);
+      if (m == 0) return npos;
+      e += m;
+    }
+    return e;
+  }
   const size_t r2 = t.digits_end(q);
   if (!valid_rrn_birth(t.s + p, t.s[q])) return npos;
   if (r2 - q == 7) return r2;

@@ -4,7 +4,8 @@
 //   [RRN]      resident registration number YYMMDD-NNNNNNN / 13 digits: valid month, day (leap
 //              years from the century the 7th digit encodes), 7th digit 1-8. The old mod-11
 //              checksum is not required (numbers issued since Oct 2020 do not satisfy it). Masked
-//              forms that still show birth date and sex (900101-1******) count too.
+//              forms that still show birth date and sex (900101-1******) or the birth date alone
+//              (900101-*******) count too.
 //   [PHONE]    mobile 010/011/016-019, area codes 02/031-064, 070/080/060/050x, with '-', '.', ' '
 //              or "(02) " / "02)" separators; mobile and 070 also without separators; +82 forms
 //              (+82-10-..., +82 (0)10 ..., +821012345678), also behind a glued label (TEL02-...,

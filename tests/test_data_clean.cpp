@@ -89,6 +89,8 @@ TEST_CASE("pii: positives in Korean formats are replaced by typed placeholders")
       {"000229-3123456(2000년 윤일)", "[RRN](2000년 윤일)", PiiType::kRrn},
       {"외국인 850315-5123456", "외국인 [RRN]", PiiType::kRrn},
       {"주민번호: 900101-1******", "주민번호: [RRN]", PiiType::kRrn},
+      {"주민번호: 900101-*******", "주민번호: [RRN]", PiiType::kRrn},
+      {"000229-xxxxxxx", "[RRN]", PiiType::kRrn},  // a leap day in 2000 (a 3/4 century digit)
       {"211231-4123456.", "[RRN].", PiiType::kRrn},
       // phones
       {"연락처 010-1234-5678 로", "연락처 [PHONE] 로", PiiType::kPhone},
@@ -233,6 +235,8 @@ TEST_CASE("pii: dates, times, versions, prices and other numbers stay untouched"
       "901301-1234567",
       "900101-9234567",
       "010229-3123456",
+      "901301-*******",
+      "900101-******",
       // inside words, other countries, not e-mails
       "A1234-5678-9012",
       "abc010-1234-5678",
