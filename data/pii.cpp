@@ -222,6 +222,16 @@ size_t mask_char_len(const Text& t, size_t i) {
   return 0;
 }
 
+// The end of exactly `count` mask characters from i, or npos.
+size_t mask_run_end(const Text& t, size_t i, int count) {
+  for (int k = 0; k < count; ++k) {
+    const size_t m = mask_char_len(t, i);
+    if (m == 0) return npos;
+    i += m;
+  }
+  return i;
+}
+
 size_t match_rrn(const Text& t, size_t p) {
   const size_t r = t.digits_end(p);
   if (r - p == 13) return valid_rrn_birth(t.s + p, t.s[p + 6]) ? r : npos;
@@ -229,25 +239,13 @@ size_t match_rrn(const Text& t, size_t p) {
   const size_t q = r + 1;
   if (!t.digit(q)) {  // 900101-*******: the birth date is still there (either century's calendar)
     if (!valid_rrn_birth(t.s + p, '1') && !valid_rrn_birth(t.s + p, '3')) return npos;
-    size_t e = q;
-    for (int k = 0; k < 7; ++k) {
-      const size_t m = mask_char_len(t, e);
-      if (m == 0) return npos;
-      e += m;
-    }
-    return e;
+    return mask_run_end(t, q, 7);
   }
   const size_t r2 = t.digits_end(q);
   if (!valid_rrn_birth(t.s + p, t.s[q])) return npos;
   if (r2 - q == 7) return r2;
   if (r2 - q != 1) return npos;
-  size_t e = r2;
-  for (int k = 0; k < 6; ++k) {
-    const size_t m = mask_char_len(t, e);
-    if (m == 0) return npos;
-    e += m;
-  }
-  return e;
+  return mask_run_end(t, r2, 6);
 }
 
 // ---- [CARD] -------------------------------------------------------------------------------
