@@ -393,9 +393,9 @@ CleanStats clean_corpus(const std::vector<std::string>& files, const std::string
     std::string_view line;
     while (reader.next(line)) {
       if (reader.invalid_in_line() && warnings++ < kMaxWarnings)
-        err << located(files[f], reader.line_number(),
-                       "warning: invalid UTF-8 (" + std::to_string(reader.invalid_in_line()) +
-                           " bad sequence(s)) dropped")
+        err << located(
+                   files[f], reader.line_number(),
+                   "warning: invalid UTF-8 (" + std::to_string(reader.invalid_in_line()) + " bad sequence(s)) dropped")
             << "\n";
       if (is_blank_line(line)) {
         if (in_doc) end_document();
@@ -507,8 +507,7 @@ int prepare_clean_command(const std::vector<std::string>& argv, std::ostream& ou
   } else {
     out << "  pii         not scrubbed (--no-scrub-pii)\n";
   }
-  if (s.invalid_utf8_lines)
-    out << "  utf-8       " << s.invalid_utf8_lines << " line(s) with invalid bytes, dropped\n";
+  if (s.invalid_utf8_lines) out << "  utf-8       " << s.invalid_utf8_lines << " line(s) with invalid bytes, dropped\n";
   if (s.long_documents_cut) out << "  long docs   " << s.long_documents_cut << " cut at 64 MiB\n";
   char rate[64];
   std::snprintf(rate, sizeof rate, "%.2f s, %.1f MB/s", secs,

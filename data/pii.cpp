@@ -399,8 +399,8 @@ size_t match_ipv4(const Text& t, size_t p, bool outline_ok) {
 bool outline_number(const Text& t, size_t p, size_t e) {
   if (p >= 3 && followed_by(t, p - 3, {"제"})) return true;  // glued: 제3.2.10.1
   if (followed_by(t, e, {"항", "절", "조", "장", "편", "관", "목", "호"})) return true;
-  for (const std::string_view label : {"표", "그림", "도면", "식", "조항", "항목", "단락", "Table", "table",
-                                       "Figure", "figure", "Fig.", "fig.", "Section", "section", "Sec.", "§"})
+  for (const std::string_view label : {"표", "그림", "도면", "식", "조항", "항목", "단락", "Table", "table", "Figure",
+                                       "figure", "Fig.", "fig.", "Section", "section", "Sec.", "§"})
     if (preceded_by(t, p, label)) return true;
   return false;
 }
@@ -492,12 +492,12 @@ size_t match_account(const Text& t, size_t p) {
   if (total < 10 || total > 14) return npos;
   if (longest < 5 && groups < 4) return npos;                                    // 010-1234-567, 1000-2000-3000
   if (groups == 3 && lens[0] == 3 && lens[1] == 2 && lens[2] == 5) return npos;  // business reg. no.
-  if (groups == 3 && lens[0] == 2 && lens[1] == 4 && lens[2] == 7) {  // KIPO 10-2020-0123456: public
+  if (groups == 3 && lens[0] == 2 && lens[1] == 4 && lens[2] == 7) {             // KIPO 10-2020-0123456: public
     const unsigned year = t.value(p + 3, p + 7);
     if (year >= 1940 && year <= 2099) return npos;
   }
-  if (lens[0] == 3 && t.s[p] == '0' && t.s[p + 1] == '1') return npos;           // 010-1234-56789: a mistyped phone
-  if (lens[0] == 4 && lens[1] == 2 && lens[2] == 2) {  // 2024-01-15-...: a date, then something
+  if (lens[0] == 3 && t.s[p] == '0' && t.s[p + 1] == '1') return npos;  // 010-1234-56789: a mistyped phone
+  if (lens[0] == 4 && lens[1] == 2 && lens[2] == 2) {                   // 2024-01-15-...: a date, then something
     const unsigned y = t.value(p, p + 4), m = t.value(p + 5, p + 7), d = t.value(p + 8, p + 10);
     if (y >= 1900 && y <= 2099 && m >= 1 && m <= 12 && d >= 1 && d <= 31) return npos;
   }

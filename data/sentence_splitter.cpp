@@ -179,7 +179,8 @@ bool is_next_list_marker(std::string_view w, std::string_view next) {
     return true;
   for (size_t k = 0; k + 1 < std::size(kKoreanMarkers); ++k)
     if (w == kKoreanMarkers[k]) return next == kKoreanMarkers[k + 1];
-  if (const int r = roman_numeral_char(w); r >= 0) return r < 11 && roman_numeral_char(next) == r + 1 && next[2] - w[2] == 1;
+  if (const int r = roman_numeral_char(w); r >= 0)
+    return r < 11 && roman_numeral_char(next) == r + 1 && next[2] - w[2] == 1;
   const auto lower = [](std::string_view x) {
     std::string out(x);
     for (char& c : out) c = static_cast<char>(c >= 'A' && c <= 'Z' ? c + 32 : c);
@@ -298,8 +299,9 @@ bool ends_sentence(std::string_view s, size_t start, const TerminatorRun& run, s
   // sentence, split before its marker rather than after it.
   if (unstripped_begin == word_begin && is_list_marker(word)) {
     // The first item must hold something: "J. K. Rowling" is initials, not items J and K.
-    const std::string_view first = leading_marker(s, start);
-    if (!first.empty() && skip_spaces(s, start + first.size() + 1) < word_begin && is_next_list_marker(first, word)) {
+    const std::string_view opening = leading_marker(s, start);
+    if (!opening.empty() && skip_spaces(s, start + opening.size() + 1) < word_begin &&
+        is_next_list_marker(opening, word)) {
       *item_begin = word_begin;
       return false;
     }
