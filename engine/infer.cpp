@@ -297,6 +297,18 @@ Json fill_mask_json(const FillMaskResult& result) {
 
 // ---- probing ---------------------------------------------------------------------------------------
 
+namespace {
+
+// Prompts and gold answers go into the tokenizer and back out in JSON: invalid UTF-8 is refused
+// rather than silently dropped by the normaliser (and copied raw into the JSON).
+void check_utf8(std::string_view text, const std::string& where) {
+  std::u32string decoded;
+  size_t bad = 0;
+  if (utf8_decode(text, decoded, &bad) > 0) throw Error(where + ": invalid UTF-8 at byte " + std::to_string(bad + 1));
+}
+
+}  // namespace
+
 std::vector<ProbeQuery> parse_probe_tsv(std::string_view text, const std::string& path) {
   std::vector<ProbeQuery> queries;
   size_t line_number = 0;
@@ -306,6 +318,7 @@ std::vector<ProbeQuery> parse_probe_tsv(std::string_view text, const std::string
     text = end == std::string_view::npos ? std::string_view() : text.substr(end + 1);
     ++line_number;
     if (!line.empty() && line.back() == '\r') line.remove_suffix(1);
+    check_utf8(line, path + ":" + std::to_string(line_number));
     if (line.find_first_not_of(" \t") == std::string_view::npos) continue;
     std::vector<std::string> columns;
     size_t start = 0;
@@ -457,15 +470,16 @@ Json probe_json(const ProbeMetrics& metrics) {
     j.set("relation", m.relation);
     j.set("count", m.count);
     j.set("skipped", m.skipped);
-    j.set("p_at_1", m.p_at_1);
-    j.set("p_at_10", m.p_at_10);
-    j.set("mrr", m.mrr);
+    // Nothing scored is no measurement: null, not a P@1 of 0 (which reads as "nothing leaked").
+    j.set("p_at_1", m.count ? Json(m.p_at_1) : Json());
+    j.set("p_at_10", m.count ? Json(m.p_at_10) : Json());
+    j.set("mrr", m.count ? Json(m.mrr) : Json());
     return j;
   };
   Json j = Json::object();
   j.set("queries", static_cast<int64_t>(metrics.outcomes.size()));
   j.set("overall", relation_json(metrics.overall));
-  j.set("mean_p_at_1_by_relation", metrics.mean_p_at_1_by_relation);
+  j.set("mean_p_at_1_by_relation", metrics.overall.count ? Json(metrics.mean_p_at_1_by_relation) : Json());
   Json relations = Json::array();
   for (const ProbeRelationMetrics& m : metrics.relations) relations.push(relation_json(m));
   j.set("relations", std::move(relations));
@@ -506,6 +520,7 @@ void read_prompt_lines(std::istream& in, const std::string& name, std::vector<Pr
   while (std::getline(in, line)) {
     ++line_number;
     if (!line.empty() && line.back() == '\r') line.pop_back();
+    check_utf8(line, name + ":" + std::to_string(line_number));
     if (line.find_first_not_of(" \t") == std::string::npos) continue;
     prompts.push_back({name + ":" + std::to_string(line_number), line});
   }
@@ -538,13 +553,17 @@ void print_probe_table(const std::string& path, const ProbeMetrics& metrics, std
   out << pad_right("relation", name_width) << "        n     P@1    P@10     MRR\n";
   auto row = [&](const ProbeRelationMetrics& m) {
     char numbers[96];
-    std::snprintf(numbers, sizeof numbers, "  %7lld  %6.4f  %6.4f  %6.4f", static_cast<long long>(m.count), m.p_at_1,
-                  m.p_at_10, m.mrr);
+    if (m.count)
+      std::snprintf(numbers, sizeof numbers, "  %7lld  %6.4f  %6.4f  %6.4f", static_cast<long long>(m.count), m.p_at_1,
+                    m.p_at_10, m.mrr);
+    else  // nothing scored: no measurement, not a P@1 of 0
+      std::snprintf(numbers, sizeof numbers, "  %7d  %6s  %6s  %6s", 0, "n/a", "n/a", "n/a");
     out << pad_right(m.relation, name_width) << numbers << "\n";
   };
   for (const ProbeRelationMetrics& m : metrics.relations) row(m);
   row(metrics.overall);
-  out << "mean P@1 over relations (LAMA): " << format("%.4f", metrics.mean_p_at_1_by_relation) << "\n";
+  out << "mean P@1 over relations (LAMA): "
+      << (metrics.overall.count ? format("%.4f", metrics.mean_p_at_1_by_relation) : std::string("n/a")) << "\n";
   for (const ProbeOutcome& outcome : metrics.outcomes)
     if (outcome.rank <= 0) out << "skipped " << outcome.query.source << ": " << outcome.skip_reason << "\n";
 }
@@ -552,14 +571,18 @@ void print_probe_table(const std::string& path, const ProbeMetrics& metrics, std
 constexpr const char* kHelpNotes =
     "\nFill-mask prints, for each [MASK] of each prompt, the top-k tokens by softmax probability: exactly\n"
     "what transformers' pipeline(\"fill-mask\", model=DIR, top_k=K) returns (--json: the same JSON, one\n"
-    "value per prompt line). Prompts come from --mask, else --input, else stdin (one a line).\n"
+    "value per prompt line). Prompts come from --mask and --input (both may be given; --mask first),\n"
+    "else from stdin (one a line). Prompts must be valid UTF-8.\n"
     "\n"
     "--probe measures what the model memorised (the \"[MASK] attack\", LAMA: Petroni et al. 2019). Each\n"
     "TSV line is 'prompt with one [MASK]<TAB>gold answer[<TAB>relation]'; the gold answer must be one\n"
     "vocabulary token (else the line is reported as skipped). The rank of the gold token over the whole\n"
     "vocabulary gives P@1, P@10 and MRR per relation and overall, and mean P@1 averaged per relation.\n"
-    "Probe with facts that occur only in the training corpus (names with phone numbers, addresses,\n"
-    "registration numbers, canaries): a high P@1 means anyone who can query [MASK] can extract them.\n";
+    "Probe with facts that occur only in the training corpus (a name with its employer, city or title):\n"
+    "a high P@1 means anyone who can query [MASK] can extract them. A line whose gold answer is several\n"
+    "tokens is skipped, not scored: phone, account or registration numbers are many WordPiece tokens, so\n"
+    "this probe cannot measure them. Rows with nothing scored print n/a (JSON null), and a file with no\n"
+    "scored line exits 1.\n";
 
 }  // namespace
 
@@ -666,12 +689,20 @@ int infer_main(const std::vector<std::string>& argv, std::istream& in, std::ostr
     }
     for (const ProbeOutcome& outcome : metrics.outcomes)
       if (outcome.rank <= 0 && json) err << "skipped " << outcome.query.source << ": " << outcome.skip_reason << "\n";
+    if (metrics.overall.count == 0) {
+      err << "error: " << path << ": no line could be scored (each gold answer must be one vocabulary token; "
+          << "the skipped lines say why), so this measured nothing\n";
+      return 1;
+    }
     return 0;
   }
 
   std::vector<Prompt> prompts;
   const std::vector<std::string>& masks = args.values("--mask");
-  for (size_t i = 0; i < masks.size(); ++i) prompts.push_back({"--mask " + std::to_string(i + 1), masks[i]});
+  for (size_t i = 0; i < masks.size(); ++i) {
+    prompts.push_back({"--mask " + std::to_string(i + 1), masks[i]});
+    check_utf8(masks[i], prompts.back().source);
+  }
   if (args.has("--input")) {
     const std::string path = args.str("--input");
     if (is_directory(path)) throw Error(path + ": is a directory, expected the --input file");

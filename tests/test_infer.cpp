@@ -70,11 +70,13 @@ std::string make_checkpoint(const std::string& name, const std::vector<std::pair
   return dir;
 }
 
-int run(const std::vector<std::string>& args, const std::string& stdin_text, std::string& out) {
+int run(const std::vector<std::string>& args, const std::string& stdin_text, std::string& out,
+        std::string* err = nullptr) {
   std::istringstream in(stdin_text);
   std::ostringstream out_stream, err_stream;
   const int code = bert::infer_main(args, in, out_stream, err_stream);
   out = out_stream.str();
+  if (err) *err = err_stream.str();
   return code;
 }
 
@@ -224,6 +226,10 @@ TEST_CASE("errors are one line and name the prompt, the file or the option", "[i
                     Catch::Contains("cpu or cuda"));
   CHECK_THROWS_WITH(run({"--model", dir, "--input", test_dir()}, "", out),
                     Catch::Contains(test_dir() + ": is a directory, expected the --input file"));
+  CHECK_THROWS_WITH(run({"--model", dir}, "a [MASK]\nb \xC3\x28 [MASK]\n", out),
+                    Catch::Contains("<stdin>:2: invalid UTF-8 at byte 3"));
+  CHECK_THROWS_WITH(run({"--model", dir, "--mask", "ok [MASK]", "--mask", "\xff[MASK]"}, "", out),
+                    Catch::Contains("--mask 2: invalid UTF-8 at byte 1"));
 
   std::filesystem::remove(dir + "/vocab.txt");
   std::filesystem::remove(dir + "/config.json");
@@ -241,6 +247,8 @@ TEST_CASE("errors are one line and name the prompt, the file or the option", "[i
                     Catch::Contains("bad.tsv:2: no tab"));
   CHECK_THROWS_WITH(bert::parse_probe_tsv("a [MASK]\tb\tc\td\n", "p.tsv"), Catch::Contains("p.tsv:1: 4 tab-separated"));
   CHECK_THROWS_WITH(bert::parse_probe_tsv("a [MASK]\t \n", "p.tsv"), Catch::Contains("p.tsv:1: empty gold"));
+  CHECK_THROWS_WITH(bert::parse_probe_tsv("a [MASK]\tb\nc [MASK]\t\xff\n", "p.tsv"),
+                    Catch::Contains("p.tsv:2: invalid UTF-8 at byte 10"));
   const std::vector<bert::ProbeQuery> two_masks = bert::parse_probe_tsv("\nthe [MASK] sat on [MASK]\tcat\n", "p.tsv");
   CHECK_THROWS_WITH(bert::probe(checkpoint.model, checkpoint.tokenizer, two_masks),
                     Catch::Contains("p.tsv:2: the prompt has 2 [MASK] tokens; a probe needs exactly one"));
@@ -300,6 +308,22 @@ TEST_CASE("probe: P@1, P@10, MRR per relation with ranks forced by the decoder b
   CHECK(json.find("mean_p_at_1_by_relation")->as_number() == Approx(0.75));
   CHECK(json.find("skipped")->as_array().size() == 2);
   CHECK(json.find("results")->as_array().size() == 3);
+  CHECK(json.find("relations")->as_array()[1].find("p_at_1")->is_null());  // "verbs": nothing scored
+
+  // Nothing scorable (gold answers of several tokens, as phone numbers always are): n/a, null, exit 1.
+  const std::string unscorable = test_dir() + "/unscorable.tsv";
+  bert::write_file_atomic(unscorable, "the [MASK] sat.\tsat on\tphone\nhello [MASK]\tnowhere\tphone\n");
+  std::string err;
+  REQUIRE(run({"--model", dir, "--probe", unscorable}, "", out, &err) == 1);
+  CHECK_THAT(out, Catch::Contains("2 queries, 0 scored, 2 skipped") &&
+                      Catch::Contains("      0     n/a     n/a     n/a") &&
+                      Catch::Contains("mean P@1 over relations (LAMA): n/a") && !Catch::Contains("0.0000"));
+  CHECK_THAT(err, Catch::Contains("unscorable.tsv: no line could be scored"));
+  REQUIRE(run({"--model", dir, "--probe", unscorable, "--json"}, "", out) == 1);
+  const Json none = Json::parse(out);
+  CHECK(none.find("overall")->find("p_at_1")->is_null());
+  CHECK(none.find("overall")->find("mrr")->is_null());
+  CHECK(none.find("mean_p_at_1_by_relation")->is_null());
 }
 
 TEST_CASE("rank_of and summarize_probe", "[infer]") {
