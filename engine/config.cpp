@@ -149,8 +149,10 @@ void assign(const Field<S>& field, S& target, const Value& value, const std::str
   const std::string prefix = where + " = " + value.text + ": ";
   const auto integer = [&](int64_t lo, int64_t hi) -> int64_t {
     if (value.kind != Value::Kind::kInteger) throw Error(prefix + "expected an integer, got " + value.kind_name);
-    if (!field.range.contains(value.number) || value.integer < lo || value.integer > hi)
-      throw Error(prefix + (field.range.contains(value.number) ? "out of range" : field.range.describe()));
+    if (!field.range.contains(value.number)) throw Error(prefix + field.range.describe());
+    if (value.integer < lo || value.integer > hi)
+      throw Error(prefix + "out of range (" +
+                  (value.integer < lo ? "at least " + std::to_string(lo) : "at most " + std::to_string(hi)) + ")");
     return value.integer;
   };
   std::visit(
@@ -165,6 +167,7 @@ void assign(const Field<S>& field, S& target, const Value& value, const std::str
         } else if constexpr (std::is_same_v<T, double>) {
           if (value.kind != Value::Kind::kInteger && value.kind != Value::Kind::kFloat)
             throw Error(prefix + "expected a number, got " + value.kind_name);
+          if (!std::isfinite(value.number)) throw Error(prefix + "must be finite");
           if (!field.range.contains(value.number)) throw Error(prefix + field.range.describe());
           target.*member = value.number;
         } else if constexpr (std::is_same_v<T, bool>) {

@@ -7,6 +7,7 @@
 #include <cmath>
 #include <cstdio>
 #include <cstdlib>
+#include <unordered_map>
 
 #include "common/error.h"
 #include "common/file.h"
@@ -53,7 +54,11 @@ std::string TomlValue::to_string() const {
           break;
         }
       }
-      return buf;
+      // 768.0, not 768 (which reads as an integer) or 1e+03: a whole float the way TOML writes one.
+      if (floating == std::floor(floating) && std::fabs(floating) < 1e16)
+        std::snprintf(buf, sizeof buf, "%.1f", floating);
+      std::string text = buf;
+      return text;
     }
     case Kind::kBool:
       return boolean ? "true" : "false";
@@ -93,6 +98,9 @@ class Parser {
     doc.path = path_;
     doc.tables.push_back(TomlTable{});
     TomlTable* table = &doc.tables.back();
+    // Hash lookups for the duplicate checks, so a file of 100,000 keys parses in linear time.
+    std::unordered_map<std::string, size_t> table_index = {{"", 0}};
+    std::vector<std::unordered_map<std::string, size_t>> key_lines(1);  // per table: key -> line
     if (s_.substr(0, 3) == "\xEF\xBB\xBF") pos_ = 3;  // UTF-8 byte order mark
     while (true) {
       skip_blank();
@@ -107,10 +115,21 @@ class Parser {
         if (peek(1) == '[') fail("arrays of tables ([[...]]) are not supported");
         ++pos_;
         std::string name = table_name();
-        for (const auto& t : doc.tables)
-          if (t.name == name && t.line != 0)
-            fail(line, "table [" + name + "] defined twice (first at line " + std::to_string(t.line) + ")");
+        if (name.empty()) fail(line, "table [\"\"]: an empty table name is not supported");
+        if (const auto it = table_index.find(name); it != table_index.end())
+          fail(line, "table [" + name + "] defined twice (first at line " +
+                         std::to_string(doc.tables[it->second].line) + ")");
+        // [a.b] after a key b in [a] (or [a] after a key a at the top): one name, two meanings.
+        const size_t dot = name.rfind('.');
+        const std::string parent = dot == std::string::npos ? std::string() : name.substr(0, dot);
+        const std::string leaf = dot == std::string::npos ? name : name.substr(dot + 1);
+        if (const auto p = table_index.find(parent); p != table_index.end())
+          if (const auto k = key_lines[p->second].find(leaf); k != key_lines[p->second].end())
+            fail(line, "table [" + name + "] redefines the key '" + leaf + "'" + in_table(doc.tables[p->second]) +
+                           " (line " + std::to_string(k->second) + ")");
+        table_index.emplace(name, doc.tables.size());
         doc.tables.push_back(TomlTable{name, line, {}});
+        key_lines.emplace_back();
         table = &doc.tables.back();
       } else {
         TomlEntry entry;
@@ -124,9 +143,15 @@ class Parser {
         if (eof() || peek() == '\n' || peek() == '\r' || peek() == '#')
           fail("missing value for key '" + entry.key + "'");
         entry.value = value();
-        if (const TomlEntry* first = table->find(entry.key))
+        auto& keys = key_lines[static_cast<size_t>(table - doc.tables.data())];
+        if (const auto first = keys.find(entry.key); first != keys.end())
           fail(entry.line, "duplicate key '" + entry.key + "'" + in_table(*table) + " (first at line " +
-                               std::to_string(first->line) + ")");
+                               std::to_string(first->second) + ")");
+        const std::string as_table = table->name.empty() ? entry.key : table->name + "." + entry.key;
+        if (const auto t = table_index.find(as_table); t != table_index.end())
+          fail(entry.line, "key '" + entry.key + "'" + in_table(*table) + " has the name of the table [" + as_table +
+                               "] (line " + std::to_string(doc.tables[t->second].line) + ")");
+        keys.emplace(entry.key, entry.line);
         table->entries.push_back(std::move(entry));
       }
       skip_blank();
@@ -167,8 +192,13 @@ class Parser {
 
   // At '#', '\r', '\n' or the end: consumes the comment and the newline.
   void end_of_line() {
-    if (peek() == '#')
-      while (!eof() && peek() != '\n') ++pos_;
+    if (peek() == '#') {
+      for (; !eof() && peek() != '\n'; ++pos_) {
+        const auto c = static_cast<unsigned char>(peek());
+        if (c == '\r' && peek(1) == '\n') continue;
+        if ((c < 0x20 && c != '\t') || c == 0x7f) fail("control character in a comment");
+      }
+    }
     if (peek() == '\r') {
       if (peek(1) != '\n') fail("bare carriage return (use \\n or \\r\\n line endings)");
       ++pos_;
@@ -197,6 +227,12 @@ class Parser {
     if (peek() == '\'') return literal_string();
     const size_t start = pos_;
     while (!eof() && is_bare_key_char(peek())) ++pos_;
+    if (static_cast<unsigned char>(peek()) >= 0x80) {  // "café = 1": name the whole key, and the fix
+      size_t end = pos_;
+      while (end < s_.size() && std::string_view(" \t=.\r\n").find(s_[end]) == std::string_view::npos) ++end;
+      fail("bare keys are ASCII letters, digits, '_' and '-'; quote this one: \"" +
+           std::string(s_.substr(start, end - start)) + "\"");
+    }
     if (pos_ == start) fail(std::string("expected a key, got '") + peek() + "'");
     return std::string(s_.substr(start, pos_ - start));
   }
@@ -293,7 +329,11 @@ class Parser {
     if (s_.substr(pos_, 3) == "'''") fail("multi-line strings (''') are not supported");
     ++pos_;
     const size_t start = pos_;
-    while (!eof() && peek() != '\'' && peek() != '\n' && peek() != '\r') ++pos_;
+    while (!eof() && peek() != '\'' && peek() != '\n' && peek() != '\r') {
+      const auto c = static_cast<unsigned char>(peek());
+      if ((c < 0x20 && c != '\t') || c == 0x7f) fail("control character in a string");
+      ++pos_;
+    }
     if (eof() || peek() != '\'') fail("unterminated string (a ' is missing on this line)");
     return std::string(s_.substr(start, pos_++ - start));
   }
@@ -440,7 +480,16 @@ class Parser {
 
 }  // namespace
 
-TomlDocument parse_toml(std::string_view text, const std::string& path) { return Parser(text, path).parse(); }
+TomlDocument parse_toml(std::string_view text, const std::string& path) {
+  std::u32string decoded;
+  size_t bad = 0;
+  if (utf8_decode(text, decoded, &bad) > 0) {  // TOML is UTF-8: name the line with the bad byte
+    const size_t line =
+        1 + static_cast<size_t>(std::count(text.begin(), text.begin() + static_cast<std::ptrdiff_t>(bad), '\n'));
+    throw Error(located(path, line, "invalid UTF-8 (a TOML file is UTF-8 text)"));
+  }
+  return Parser(text, path).parse();
+}
 
 TomlDocument load_toml(const std::string& path) { return parse_toml(read_file(path), path); }
 
