@@ -242,7 +242,11 @@ class Parser {
     while (true) {
       skip_blank();
       if (peek() == ']') fail(name.empty() ? "empty table name []" : "table name ends with '.'");
-      name += key();
+      const bool quoted = peek() == '"' || peek() == '\'';
+      const std::string part = key();
+      if (quoted && part.find('.') != std::string::npos)
+        fail("a quoted table name with a '.' inside (\"" + part + "\") is not supported");
+      name += part;
       skip_blank();
       if (peek() == '.') {
         ++pos_;

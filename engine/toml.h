@@ -4,7 +4,9 @@
 //   integers (+-, 1_000, 0x/0o/0b), floats (3.0, 5e-5, 1_000.5, inf, nan), true/false;
 //   arrays of values, possibly spanning lines, with comments and a trailing comma.
 // Not supported (an error that says so): dates/times, inline tables, arrays of tables, dotted keys,
-// multi-line strings. Every table, key and value keeps its line for error messages.
+// multi-line strings, a quoted table name with a '.' inside. Otherwise it reads what Python's tomllib
+// reads and refuses what it refuses (control characters, invalid UTF-8, a key and a table of one name). Every table,
+// key and value keeps its line for error messages.
 #pragma once
 
 #include <cstddef>

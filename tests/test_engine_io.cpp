@@ -598,6 +598,7 @@ TEST_CASE("toml: errors are path:line: message") {
   CHECK_THAT(err("[a.b]\nc = 1\n[a]\nb = 2\n"),
              Contains("run.toml:4: key 'b' in [a] has the name of the table [a.b] (line 1)"));
   CHECK_THAT(err("[\"\"]\n"), Contains("empty table name"));
+  CHECK_THAT(err("[\"a.b\"]\nx = 1\n"), Contains("run.toml:1: a quoted table name with a '.' inside"));
   CHECK_THAT(err("café = 1\n"), Contains("run.toml:1: bare keys are ASCII") && Contains("quote this one: \"café\""));
   CHECK_NOTHROW(parse_toml("# tab\tand CRLF\r\nk = 'tab\there' # ok\r\n", "run.toml"));
   CHECK_THAT(error_of([] { load_toml("test_engine_io_tmp/absent.toml"); }),
