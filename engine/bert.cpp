@@ -188,8 +188,8 @@ void init_parameters(const BertConfig& config, const ParameterTable& table, uint
 template void init_parameters<float>(const BertConfig&, const ParameterTable&, uint64_t, std::span<float>);
 template void init_parameters<double>(const BertConfig&, const ParameterTable&, uint64_t, std::span<double>);
 
-std::vector<float> read_parameter_arena(const std::string& path, const BertConfig& config,
-                                        const ParameterTable& table) {
+std::vector<float> read_parameter_arena(const std::string& path, const BertConfig& config, const ParameterTable& table,
+                                        std::vector<std::string>* zero_filled) {
   const SafetensorsFile file(path);
   file.verify_data_hash();
   std::vector<float> loaded(table.arena_elements, 0.0f);
@@ -199,6 +199,11 @@ std::vector<float> read_parameter_arena(const std::string& path, const BertConfi
     if (found.empty())
       for (const std::string& legacy : legacy_names(info.name))
         if (file.contains(legacy)) found = legacy;
+    if (found.empty() && zero_filled &&
+        (info.name.starts_with("bert.pooler.") || info.name.starts_with("cls.seq_relationship."))) {
+      zero_filled->push_back(info.name);  // the arena is zero already
+      continue;
+    }
     if (found.empty())
       throw Error(path + ": tensor '" + info.name + "' " + shape_string(info.shape) +
                   " is missing; is this a BertForPreTraining checkpoint of this config (" +
@@ -710,11 +715,12 @@ void BertForPreTraining<T>::save_safetensors(const std::string& path) const {
 }
 
 template <class T>
-void BertForPreTraining<T>::load_safetensors(const std::string& path) {
+void BertForPreTraining<T>::load_safetensors(const std::string& path, std::vector<std::string>* zero_filled) {
   ParameterTable table;  // read_parameter_arena needs the names, shapes, offsets and the arena size
   table.params = params_;
   table.arena_elements = parameters_.size();
-  std::vector<float> loaded = read_parameter_arena(path, config_, table);  // the model changes only on success
+  // The model changes only on success.
+  std::vector<float> loaded = read_parameter_arena(path, config_, table, zero_filled);
   if constexpr (std::is_same_v<T, float>) {
     parameters_ = std::move(loaded);
   } else {

@@ -145,8 +145,11 @@ ParameterTable make_parameter_table(const BertConfig& config);
 template <class T>
 void init_parameters(const BertConfig& config, const ParameterTable& table, uint64_t seed, std::span<T> arena);
 // Every parameter of `table` from a safetensors checkpoint into a new fp32 arena (arena_elements
-// long, gaps zero). Errors and accepted aliases: BertForPreTraining::load_safetensors.
-std::vector<float> read_parameter_arena(const std::string& path, const BertConfig& config, const ParameterTable& table);
+// long, gaps zero). Errors and accepted aliases: BertForPreTraining::load_safetensors. With
+// `zero_filled`, the pooler and the NSP head may be absent (a BertForMaskedLM checkpoint, which has
+// neither; fill-mask uses neither): they are left zero and their names appended there.
+std::vector<float> read_parameter_arena(const std::string& path, const BertConfig& config, const ParameterTable& table,
+                                        std::vector<std::string>* zero_filled = nullptr);
 // The parameters of `arena` under HF names, fp32, untied tensors only: BertForPreTraining::save_safetensors.
 void write_parameter_arena(const std::string& path, const std::vector<ParamInfo>& params, std::span<const float> arena);
 
@@ -338,7 +341,8 @@ class BertForPreTraining {
   // the tensor, and the model is left unchanged. Accepted and ignored: the tied aliases
   // cls.predictions.decoder.weight/.bias and bert.embeddings.position_ids. Old LayerNorm names
   // (gamma/beta) are accepted. Any other tensor is an error (a checkpoint of a different model).
-  void load_safetensors(const std::string& path);
+  // `zero_filled`: as read_parameter_arena's (for inference from a BertForMaskedLM checkpoint).
+  void load_safetensors(const std::string& path, std::vector<std::string>* zero_filled = nullptr);
 
  private:
   // The batch-sized arenas for up to capacity_batch sequences and capacity_tokens tokens.

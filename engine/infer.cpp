@@ -170,7 +170,10 @@ InferenceCheckpoint load_inference_checkpoint(const std::string& dir_arg, int nu
   options.num_threads = num_threads;
   options.inference_only = true;  // no gradient arena
   BertForPreTraining<float> model(config, options);
-  model.load_safetensors(dir + "/model.safetensors");
+  // A BertForMaskedLM checkpoint (transformers' save_pretrained) has no pooler and no NSP head; fill-mask
+  // and the probes use neither, so those are zero here instead of an error.
+  std::vector<std::string> absent_heads;
+  model.load_safetensors(dir + "/model.safetensors", &absent_heads);
   model.set_dropout(0, 0, /*training=*/false);
   return InferenceCheckpoint{dir, config, std::move(tokenizer), clean_up, std::move(model)};
 }

@@ -20,6 +20,7 @@
 #include "common/json.h"
 #include "engine/bert.h"
 #include "engine/infer.h"
+#include "engine/safetensors.h"
 #include "tests/test_dirs.h"
 #include "tokenizer/tokenizer.h"
 
@@ -252,6 +253,37 @@ TEST_CASE("errors are one line and name the prompt, the file or the option", "[i
   const std::vector<bert::ProbeQuery> two_masks = bert::parse_probe_tsv("\nthe [MASK] sat on [MASK]\tcat\n", "p.tsv");
   CHECK_THROWS_WITH(bert::probe(checkpoint.model, checkpoint.tokenizer, two_masks),
                     Catch::Contains("p.tsv:2: the prompt has 2 [MASK] tokens; a probe needs exactly one"));
+}
+
+TEST_CASE("a BertForMaskedLM checkpoint (no pooler, no NSP head) serves fill-mask, and does not resume", "[infer]") {
+  const std::string full = make_checkpoint("ckpt_full");
+  const std::string mlm = make_checkpoint("ckpt_mlm");
+  {  // model.safetensors as transformers' BertForMaskedLM.save_pretrained writes it: without those four
+    const bert::SafetensorsFile file(full + "/model.safetensors");
+    bert::SafetensorsWriter writer;
+    std::vector<std::vector<float>> kept;
+    kept.reserve(file.tensors().size());
+    for (const bert::TensorInfo& t : file.tensors()) {
+      if (t.name.starts_with("bert.pooler.") || t.name.starts_with("cls.seq_relationship.")) continue;
+      kept.push_back(file.read_f32(t.name));
+      writer.add_f32(t.name, t.shape, kept.back());
+    }
+    REQUIRE(writer.tensor_count() + 4 == file.tensors().size());
+    writer.write(mlm + "/model.safetensors");
+  }
+  std::string want, got;
+  REQUIRE(run({"--model", full, "--mask", "the cat [MASK] on the mat.", "--json"}, "", want) == 0);
+  REQUIRE(run({"--model", mlm, "--mask", "the cat [MASK] on the mat.", "--json"}, "", got) == 0);
+  CHECK(got == want);
+  // Training needs both heads: a resume from it stays an error naming the tensor.
+  const bert::BertConfig config = tiny_config();
+  CHECK_THROWS_WITH(bert::read_parameter_arena(mlm + "/model.safetensors", config, bert::make_parameter_table(config)),
+                    Catch::Contains("tensor 'bert.pooler.dense.weight' [16, 16] is missing"));
+  std::vector<std::string> zero_filled;
+  (void)bert::read_parameter_arena(mlm + "/model.safetensors", config, bert::make_parameter_table(config),
+                                   &zero_filled);
+  CHECK(zero_filled == std::vector<std::string>{"bert.pooler.dense.weight", "bert.pooler.dense.bias",
+                                                "cls.seq_relationship.weight", "cls.seq_relationship.bias"});
 }
 
 TEST_CASE("probe: P@1, P@10, MRR per relation with ranks forced by the decoder bias", "[infer]") {

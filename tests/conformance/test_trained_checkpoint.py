@@ -103,6 +103,17 @@ seed = 11
         check(same and worst < 1e-4, f"(2) fill-mask {prompt!r}: tokens/strings/sequences equal HF pipeline, "
               f"worst score rel diff {worst:.1e}")
 
+    # (2b) The other way: transformers' own BertForMaskedLM.save_pretrained (no pooler, no NSP head, the
+    # tied decoder dropped) with the tokenizer's save_pretrained; bert_infer serves the pipeline's answers.
+    hf_dir = w("hf_mlm")
+    mlm.save_pretrained(hf_dir, safe_serialization=True)
+    tokenizer.save_pretrained(hf_dir)
+    theirs = [json.loads(line) for line in
+              run([b("bert_infer"), "--model", hf_dir, "--input", w("prompts.txt"), "--json", "--top-k", "5"])
+              .splitlines() if line.strip()]
+    check(theirs == ours, "(2b) bert_infer on transformers' BertForMaskedLM.save_pretrained dir: the same answers "
+          "as on our checkpoint")
+
     # (3) resume for 10 more steps (a new max_steps): still an HF model, and it moved.
     run([b("bert_train"), "--config", config("longer", 40), "--resume", checkpoint])
     later = BertForPreTraining.from_pretrained(w("model/checkpoint-40"))
