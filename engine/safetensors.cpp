@@ -350,9 +350,12 @@ bool SafetensorsFile::verify_data_hash() const {
   const std::string* recorded = metadata_value(kDataHashKey);
   if (!recorded) return false;
   const std::optional<uint64_t> expected = parse_hex64(*recorded);
-  if (!expected)
-    throw Error(path() + ": __metadata__ value of '" + std::string(kDataHashKey) + "' must be 16 hex digits, got '" +
-                *recorded + "'; the header is damaged");
+  if (!expected) {
+    std::string shown;
+    json_escape(shown, *recorded);  // quoted and escaped: the message stays one line whatever it holds
+    throw Error(path() + ": __metadata__ value of '" + std::string(kDataHashKey) + "' must be 16 hex digits, got " +
+                shown + "; the header is damaged");
+  }
   const uint64_t actual = hash64(static_cast<const std::byte*>(file_.data()) + data_start_, file_.size() - data_start_);
   if (actual != *expected)
     throw Error(path() + ": the tensor data hash to " + hex64(actual) + ", the header records " + *recorded + " (" +

@@ -57,8 +57,7 @@ std::string TomlValue::to_string() const {
       // 768.0, not 768 (which reads as an integer) or 1e+03: a whole float the way TOML writes one.
       if (floating == std::floor(floating) && std::fabs(floating) < 1e16)
         std::snprintf(buf, sizeof buf, "%.1f", floating);
-      std::string text = buf;
-      return text;
+      return buf;
     }
     case Kind::kBool:
       return boolean ? "true" : "false";

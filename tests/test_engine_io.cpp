@@ -219,7 +219,15 @@ TEST_CASE("safetensors: the data hash catches any changed byte of the buffer and
   bad_digit[value_at] = 'g';
   write_bytes(path, bad_digit);
   CHECK_THAT(error_of([&] { (void)SafetensorsFile(path).verify_data_hash(); }),
-             Contains("'" + std::string(kDataHashKey) + "' must be 16 hex digits, got 'g"));
+             Contains("'" + std::string(kDataHashKey) + "' must be 16 hex digits, got \"g"));
+  // A value holding a newline (a JSON \n) still makes a one-line message.
+  SafetensorsWriter odd;
+  odd.add_f32("a", {3}, a);
+  odd.set_metadata(std::string(kDataHashKey), "0123\n456789abcdef");
+  odd.write(path);
+  const std::string odd_message = error_of([&] { (void)SafetensorsFile(path).verify_data_hash(); });
+  CHECK_THAT(odd_message, Contains("got \"0123\\n456789abcdef\""));
+  CHECK(odd_message.find('\n') == std::string::npos);
   // Without the entry (the reference writer's files, Hugging Face's checkpoints): nothing to check.
   SafetensorsWriter plain;
   plain.add_f32("a", {3}, a);
