@@ -72,4 +72,11 @@ bool utf8_valid(std::string_view in) {
   return utf8_decode(in, tmp) == 0;
 }
 
+std::optional<size_t> utf8_first_invalid(std::string_view in) {
+  std::u32string tmp;
+  size_t first = 0;
+  if (utf8_decode(in, tmp, &first) == 0) return std::nullopt;
+  return first;
+}
+
 }  // namespace bert

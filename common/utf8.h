@@ -4,6 +4,7 @@
 
 #include <cstddef>
 #include <cstdint>
+#include <optional>
 #include <string>
 #include <string_view>
 
@@ -39,5 +40,7 @@ std::string utf8_encode(std::u32string_view cps);
 
 // True if `in` is entirely valid UTF-8.
 bool utf8_valid(std::string_view in);
+// The byte offset of the first invalid sequence in `in`, or nullopt when it is all valid UTF-8.
+std::optional<size_t> utf8_first_invalid(std::string_view in);
 
 }  // namespace bert

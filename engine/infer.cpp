@@ -305,9 +305,8 @@ namespace {
 // Prompts and gold answers go into the tokenizer and back out in JSON: invalid UTF-8 is refused
 // rather than silently dropped by the normaliser (and copied raw into the JSON).
 void check_utf8(std::string_view text, const std::string& where) {
-  std::u32string decoded;
-  size_t bad = 0;
-  if (utf8_decode(text, decoded, &bad) > 0) throw Error(where + ": invalid UTF-8 at byte " + std::to_string(bad + 1));
+  if (const auto bad = utf8_first_invalid(text))
+    throw Error(where + ": invalid UTF-8 at byte " + std::to_string(*bad + 1));
 }
 
 }  // namespace

@@ -484,11 +484,9 @@ class Parser {
 }  // namespace
 
 TomlDocument parse_toml(std::string_view text, const std::string& path) {
-  std::u32string decoded;
-  size_t bad = 0;
-  if (utf8_decode(text, decoded, &bad) > 0) {  // TOML is UTF-8: name the line with the bad byte
+  if (const auto bad = utf8_first_invalid(text)) {  // TOML is UTF-8: name the line with the bad byte
     const size_t line =
-        1 + static_cast<size_t>(std::count(text.begin(), text.begin() + static_cast<std::ptrdiff_t>(bad), '\n'));
+        1 + static_cast<size_t>(std::count(text.begin(), text.begin() + static_cast<std::ptrdiff_t>(*bad), '\n'));
     throw Error(located(path, line, "invalid UTF-8 (a TOML file is UTF-8 text)"));
   }
   return Parser(text, path).parse();

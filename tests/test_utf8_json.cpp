@@ -27,6 +27,9 @@ TEST_CASE("invalid utf8 becomes U+FFFD per maximal subsequence") {
   CHECK(cps.back() == U'c');
   CHECK_FALSE(utf8_valid(bad));
   CHECK(utf8_valid("이순신은 조선 중기의 무신이다."));
+  CHECK(utf8_first_invalid(bad) == size_t{1});
+  CHECK(utf8_first_invalid("조선\xff") == size_t{6});
+  CHECK_FALSE(utf8_first_invalid("이순신은 조선 중기의 무신이다.").has_value());
 }
 
 TEST_CASE("json parse and dump") {
