@@ -19,7 +19,9 @@
 #include "common/args.h"
 #include "common/error.h"
 #include "common/file.h"
+#include "common/progress.h"
 #include "common/utf8.h"
+#include "engine/exposure.h"
 
 #if defined(BERT_INFER_CUDA)
 #include "engine/bert_cuda.h"
@@ -115,6 +117,19 @@ class ModelLogits final : public MlmLogitsSource {
     model_.mlm_logits_at(view, positions, logits);
     return logits;
   }
+  std::vector<float> batch_logits_at(const std::vector<int32_t>& ids, int64_t batch,
+                                     const std::vector<int32_t>& positions) override {
+    if (batch <= 0 || ids.size() % static_cast<size_t>(batch) != 0)
+      throw Error("batch_logits_at: " + std::to_string(ids.size()) + " ids are not " + std::to_string(batch) +
+                  " sequences of equal length");
+    BatchView view;
+    view.batch = batch;
+    view.seq_len = static_cast<int64_t>(ids.size()) / batch;
+    view.input_ids = ids.data();
+    std::vector<float> logits(positions.size() * static_cast<size_t>(model_.config().vocab_size));
+    model_.mlm_logits_at(view, positions, logits);
+    return logits;
+  }
 
  private:
   Model& model_;
@@ -129,6 +144,10 @@ std::pair<double, double> softmax_max_and_sum(std::span<const float> logits) {
 }
 
 }  // namespace
+
+std::unique_ptr<MlmLogitsSource> logits_source(BertForPreTraining<float>& model) {
+  return std::make_unique<ModelLogits<BertForPreTraining<float>>>(model);
+}
 
 // ---- checkpoint and decoding -----------------------------------------------------------------------
 
@@ -311,9 +330,10 @@ void check_utf8(std::string_view text, const std::string& where) {
 
 }  // namespace
 
-std::vector<ProbeQuery> parse_probe_tsv(std::string_view text, const std::string& path) {
-  std::vector<ProbeQuery> queries;
+void for_each_tsv_line(std::string_view text, const std::string& path,
+                       const std::function<void(size_t, const std::vector<std::string>&)>& fn) {
   size_t line_number = 0;
+  std::vector<std::string> columns;
   while (!text.empty()) {
     const size_t end = text.find('\n');
     std::string_view line = text.substr(0, end);
@@ -322,7 +342,7 @@ std::vector<ProbeQuery> parse_probe_tsv(std::string_view text, const std::string
     if (!line.empty() && line.back() == '\r') line.remove_suffix(1);
     check_utf8(line, path + ":" + std::to_string(line_number));
     if (line.find_first_not_of(" \t") == std::string_view::npos) continue;
-    std::vector<std::string> columns;
+    columns.clear();
     size_t start = 0;
     while (true) {
       const size_t tab = line.find('\t', start);
@@ -330,6 +350,13 @@ std::vector<ProbeQuery> parse_probe_tsv(std::string_view text, const std::string
       if (tab == std::string_view::npos) break;
       start = tab + 1;
     }
+    fn(line_number, columns);
+  }
+}
+
+std::vector<ProbeQuery> parse_probe_tsv(std::string_view text, const std::string& path) {
+  std::vector<ProbeQuery> queries;
+  for_each_tsv_line(text, path, [&](size_t line_number, const std::vector<std::string>& columns) {
     const std::string hint = " (expected 'prompt with one [MASK]<TAB>gold answer[<TAB>relation]')";
     if (columns.size() < 2)
       throw Error(located(path, line_number, "no tab between the prompt and the gold answer" + hint));
@@ -352,7 +379,7 @@ std::vector<ProbeQuery> parse_probe_tsv(std::string_view text, const std::string
     if (query.gold.empty()) throw Error(located(path, line_number, "empty gold answer" + hint));
     if (query.relation.empty()) query.relation = "-";
     queries.push_back(std::move(query));
-  }
+  });
   return queries;
 }
 
@@ -590,7 +617,15 @@ constexpr const char* kHelpNotes =
     "a high P@1 means anyone who can query [MASK] can extract them. A line whose gold answer is several\n"
     "tokens is skipped, not scored: phone, account or registration numbers are many WordPiece tokens, so\n"
     "this probe cannot measure them. Rows with nothing scored print n/a (JSON null), and a file with no\n"
-    "scored line exits 1.\n";
+    "scored line exits 1.\n"
+    "\n"
+    "--exposure measures those many-token secrets instead (canary exposure: Carlini et al. 2019). Each TSV\n"
+    "line is 'text as it appears in the corpus<TAB>the secret in it[<TAB>label]'; the secret must hold\n"
+    "ASCII digits. The text is scored by its pseudo-log-likelihood (every token masked in turn), then again\n"
+    "with the secret's digits replaced, for --candidates other secrets (all of them when there are fewer).\n"
+    "Rank 1 of N+1 (exposure log2(N+1) bits) means the model prefers the real secret to every other: it\n"
+    "memorised it. The gaussian column extrapolates to secret spaces too large to score. Cost: one forward\n"
+    "per token per candidate (--device cuda helps). --scores FILE keeps every score for your own analysis.\n";
 
 }  // namespace
 
@@ -631,7 +666,7 @@ class CudaLogits final : public MlmLogitsSource {
 #endif
 
 std::unique_ptr<MlmLogitsSource> logits_source(InferenceCheckpoint& checkpoint, const std::string& device) {
-  if (device != "cuda") return std::make_unique<ModelLogits<BertForPreTraining<float>>>(checkpoint.model);
+  if (device != "cuda") return bert::logits_source(checkpoint.model);
 #if defined(BERT_INFER_CUDA)
   try {
     ModelOptions options;
@@ -650,16 +685,100 @@ std::unique_ptr<MlmLogitsSource> logits_source(InferenceCheckpoint& checkpoint, 
 #endif
 }
 
+void print_exposure_table(const std::string& path, const std::vector<ExposureResult>& results,
+                          const ExposureOptions& options, std::ostream& out) {
+  out << "exposure " << path << ": " << results.size() << " canar" << (results.size() == 1 ? "y" : "ies")
+      << ", each ranked by pseudo-log-likelihood among up to " << options.candidates
+      << " secrets with other digits (seed " << options.seed << ")\n";
+  size_t label_width = 5, secret_width = 6;
+  for (const ExposureResult& r : results) {
+    label_width = std::max(label_width, display_width(r.canary.label));
+    secret_width = std::max(secret_width, display_width(r.canary.secret));
+  }
+  out << pad_right("line", 6) << "  " << pad_right("label", label_width) << "  " << pad_right("secret", secret_width)
+      << "     score          rank   exposure (bits)  gaussian  best other secret (score)\n";
+  for (const ExposureResult& r : results) {
+    char numbers[160];
+    std::snprintf(numbers, sizeof numbers, "  %8.3f  %12s  %6.2f of %6.2f  %8s  ", r.score,
+                  (std::to_string(r.stats.rank) + "/" + std::to_string(r.stats.population)).c_str(), r.stats.exposure,
+                  r.stats.max_exposure,
+                  r.stats.has_gaussian ? format("%.2f", r.stats.gaussian_exposure).c_str() : "n/a");
+    out << pad_right(std::to_string(r.canary.line), 6) << "  " << pad_right(r.canary.label, label_width) << "  "
+        << pad_right(r.canary.secret, secret_width) << numbers;
+    if (r.candidates.empty())
+      out << "-";
+    else
+      out << r.candidates[r.best_candidate] << " (" << format("%.3f", r.candidate_scores[r.best_candidate]) << ")";
+    out << (r.exhaustive ? "  [all " + std::to_string(r.candidates.size()) + " others scored: exact]" : "") << "\n";
+  }
+  out << "score: pseudo-log-likelihood of the text (nats); rank 1 = the model prefers the real secret to every "
+         "other;\nexposure = log2(population / rank), at most log2(population) (Carlini et al. 2019); gaussian: "
+         "-log2 P(X >= score)\nfor X normal with the candidates' mean and spread, which extrapolates past that "
+         "maximum. A secret's\nfull space holds log2(10^digits) bits: an exposure near it means the model gives "
+         "the secret away.\n";
+}
+
+int run_exposure(const Args& args, const std::string& model_dir, const std::string& device, int threads, bool json,
+                 std::ostream& out) {
+  const std::string path = args.str("--exposure");
+  ExposureOptions options;
+  options.candidates = static_cast<size_t>(args.integer("--candidates", 1, 10'000'000));
+  options.seed = static_cast<uint64_t>(args.integer("--seed", 0, int64_t{1} << 53));
+  const std::vector<ExposureCanary> canaries = parse_exposure_tsv(read_file(path), path);
+  if (canaries.empty()) throw Error(path + ": no canary lines");
+  InferenceCheckpoint checkpoint = load_inference_checkpoint(model_dir, threads);
+  const std::unique_ptr<MlmLogitsSource> model = logits_source(checkpoint, device);
+  // Every text is checked before any scoring, so a bad line 7 fails in a second, not after 6 canaries.
+  for (const ExposureCanary& canary : canaries) {
+    try {
+      (void)encode_scored_text(checkpoint.tokenizer, canary.text, model->config().max_position_embeddings);
+    } catch (const Error& e) {
+      throw Error(canary.source + ": " + e.what());
+    }
+  }
+  std::vector<ExposureResult> results;
+  Progress progress(stderr_is_tty());
+  for (const ExposureCanary& canary : canaries) {
+    progress.update("exposure: scoring " + canary.source + " (" + std::to_string(results.size() + 1) + " of " +
+                        std::to_string(canaries.size()) + ")",
+                    true);
+    results.push_back(measure_exposure(*model, checkpoint.tokenizer, canary, options));
+  }
+  progress.finish();
+  if (args.has("--scores")) {
+    std::string tsv = "line\tsecret\tscore\tcanary\n";
+    char score[64];
+    for (const ExposureResult& r : results) {
+      std::snprintf(score, sizeof score, "%.17g", r.score);
+      tsv += std::to_string(r.canary.line) + "\t" + r.canary.secret + "\t" + score + "\t1\n";
+      for (size_t i = 0; i < r.candidates.size(); ++i) {
+        std::snprintf(score, sizeof score, "%.17g", r.candidate_scores[i]);
+        tsv += std::to_string(r.canary.line) + "\t" + r.candidates[i] + "\t" + score + "\t0\n";
+      }
+    }
+    write_file_atomic(args.str("--scores"), tsv);
+  }
+  if (json)
+    out << exposure_json(results, options).dump() << "\n";
+  else
+    print_exposure_table(path, results, options, out);
+  return 0;
+}
+
 }  // namespace
 
 int infer_main(const std::vector<std::string>& argv, std::istream& in, std::ostream& out, std::ostream& err) {
   Args args("bert_infer",
-            "bert_infer --model DIR [--mask PROMPT...] [--input FILE] [--probe FILE.tsv] [--top-k K] [--json] "
-            "[--device cpu|cuda] [--threads N]");
+            "bert_infer --model DIR [--mask PROMPT...] [--input FILE] [--probe FILE.tsv] [--exposure FILE.tsv] "
+            "[--top-k K] [--json] [--device cpu|cuda] [--threads N]");
   args.option("--model", "checkpoint dir: model.safetensors, config.json, vocab.txt, tokenizer_config.json")
       .list("--mask", "prompt(s) with one or more [MASK] tokens (repeatable)")
       .option("--input", "prompts, one a line (default: stdin when no --mask is given)")
       .option("--probe", "LAMA probe TSV: 'prompt with one [MASK]<TAB>gold[<TAB>relation]' a line")
+      .option("--exposure", "canary TSV: 'text as in the corpus<TAB>secret in it[<TAB>label]' a line")
+      .option("--candidates", "--exposure: secrets of the same shape each canary is ranked among", "1000")
+      .option("--seed", "--exposure: seed of the candidate draw", "1")
+      .option("--scores", "--exposure: write every scored secret to this TSV (line, secret, score)")
       .option("--top-k", "candidates per [MASK]", "5")
       .flag("--json", "print HF pipeline-shaped JSON (probe: one metrics object)")
       .option("--device", "cpu | cuda", "cpu")
@@ -680,6 +799,15 @@ int infer_main(const std::vector<std::string>& argv, std::istream& in, std::ostr
   if (threads > 0) omp_set_num_threads(threads);  // the GEMMs' pool too (OpenBLAS's OpenMP build)
   const bool json = args.has("--json");
   const std::string model_dir = args.str("--model");
+
+  for (const char* option : {"--candidates", "--seed", "--scores"})
+    if (args.has(option) && !args.has("--exposure"))
+      throw Error(std::string("bert_infer: ") + option + " goes with --exposure");
+  if (args.has("--exposure")) {
+    if (args.has("--probe") || args.has("--mask") || args.has("--input"))
+      throw Error("bert_infer: --exposure takes its texts from the TSV file; drop --probe/--mask/--input");
+    return run_exposure(args, model_dir, device, threads, json, out);
+  }
 
   if (args.has("--probe")) {
     if (args.has("--mask") || args.has("--input"))

@@ -22,13 +22,18 @@
 // ~7 GFLOP) + the MLM head on the mask rows only (2 * hidden * vocab per mask: 47 MFLOP for 30k vocab).
 #pragma once
 
+#include <algorithm>
+#include <cstddef>
 #include <cstdint>
+#include <functional>
 #include <iosfwd>
+#include <memory>
 #include <span>
 #include <string>
 #include <string_view>
 #include <vector>
 
+#include "common/error.h"
 #include "common/json.h"
 #include "engine/bert.h"
 #include "engine/config.h"
@@ -89,7 +94,38 @@ class MlmLogitsSource {
   virtual ~MlmLogitsSource() = default;
   virtual const BertConfig& config() const = 0;
   virtual std::vector<float> logits_at(const std::vector<int32_t>& ids, const std::vector<int32_t>& positions) = 0;
+  // `batch` sequences of equal length in `ids` ([batch, seq_len] row-major), positions flat
+  // (b * seq_len + t, any order): [positions, vocab_size]. This default runs one sequence at a time.
+  virtual std::vector<float> batch_logits_at(const std::vector<int32_t>& ids, int64_t batch,
+                                             const std::vector<int32_t>& positions) {
+    if (batch <= 0 || ids.size() % static_cast<size_t>(batch) != 0)
+      throw Error("batch_logits_at: " + std::to_string(ids.size()) + " ids are not " + std::to_string(batch) +
+                  " sequences of equal length");
+    const size_t seq_len = ids.size() / static_cast<size_t>(batch);
+    const size_t vocab = static_cast<size_t>(config().vocab_size);
+    std::vector<float> logits(positions.size() * vocab);
+    for (size_t b = 0; b < static_cast<size_t>(batch); ++b) {
+      std::vector<int32_t> local;
+      std::vector<size_t> rows;
+      for (size_t i = 0; i < positions.size(); ++i)
+        if (positions[i] >= 0 && static_cast<size_t>(positions[i]) / seq_len == b) {
+          local.push_back(static_cast<int32_t>(static_cast<size_t>(positions[i]) - b * seq_len));
+          rows.push_back(i);
+        }
+      if (local.empty()) continue;
+      const std::vector<int32_t> one(ids.begin() + static_cast<std::ptrdiff_t>(b * seq_len),
+                                     ids.begin() + static_cast<std::ptrdiff_t>((b + 1) * seq_len));
+      const std::vector<float> part = logits_at(one, local);
+      for (size_t r = 0; r < rows.size(); ++r)
+        std::copy_n(part.begin() + static_cast<std::ptrdiff_t>(r * vocab), vocab,
+                    logits.begin() + static_cast<std::ptrdiff_t>(rows[r] * vocab));
+    }
+    return logits;
+  }
 };
+
+// The CPU model as a logits source (batch_logits_at runs the whole batch in one forward).
+std::unique_ptr<MlmLogitsSource> logits_source(BertForPreTraining<float>& model);
 
 // top_k is capped at the vocabulary size (HF raises instead).
 FillMaskResult fill_mask(MlmLogitsSource& model, const Tokenizer& tokenizer, std::string_view prompt, int top_k,
@@ -98,6 +134,11 @@ FillMaskResult fill_mask(BertForPreTraining<float>& model, const Tokenizer& toke
                          int top_k, bool clean_up_tokenization_spaces = true);
 // HF's pipeline output: a list of candidates for one [MASK], a list of such lists for several.
 Json fill_mask_json(const FillMaskResult& result);
+
+// The non-blank lines of a TSV text (CR stripped), each split at every tab: fn(line_number, columns).
+// A line of invalid UTF-8 is a bert::Error "path:line: invalid UTF-8 at byte B".
+void for_each_tsv_line(std::string_view text, const std::string& path,
+                       const std::function<void(size_t, const std::vector<std::string>&)>& fn);
 
 // ---- probing ----------------------------------------------------------------------------------------
 

@@ -7,7 +7,9 @@
   (2) pipeline("fill-mask", model=dir, top_k=5) gives the same tokens, strings and sequences as
       `bert_infer --json`, scores within rel 1e-4 (fp32 on both sides), for prompts with one and two
       [MASK]s;
-  (3) a checkpoint resumed for 10 more steps is still loadable and its weights differ from the first.
+  (3) a checkpoint resumed for 10 more steps is still loadable and its weights differ from the first;
+  (4) `bert_infer --exposure` scores texts by the pseudo-log-likelihood transformers computes (abs 2e-4
+      nats), and its rank, exposure and gaussian exposure follow from those scores.
 
     python test_trained_checkpoint.py --bin-dir build --work /tmp/x
 """
@@ -119,6 +121,71 @@ seed = 11
     later = BertForPreTraining.from_pretrained(w("model/checkpoint-40"))
     moved = max(float((a - b_).abs().max()) for a, b_ in zip(later.parameters(), model.parameters()))
     check(math.isfinite(moved) and moved > 0, f"(3) resumed to step 40: loads, weights moved by {moved:.2e}")
+
+    # (4) bert_infer --exposure scores a text by its pseudo-log-likelihood as transformers computes it
+    # (each token masked in turn, log-softmax, summed), and ranks it as the candidates' scores say. The
+    # tiny corpus has no digits, so the model is transformers' own: a random BertForMaskedLM (peaked
+    # predictions) over the trained vocabulary plus digits, saved with save_pretrained.
+    from transformers import BertConfig
+    digits_dir = w("hf_digits")
+    os.makedirs(digits_dir)
+    with open(os.path.join(checkpoint, "vocab.txt"), encoding="utf-8") as f:
+        vocab = [t for t in f.read().split("\n") if t]
+    vocab += list("0123456789") + ["##" + d for d in "0123456789"]
+    with open(os.path.join(digits_dir, "vocab.txt"), "w", encoding="utf-8") as f:
+        f.write("\n".join(vocab) + "\n")
+    for name in ("tokenizer_config.json", "special_tokens_map.json"):
+        if os.path.exists(os.path.join(checkpoint, name)):
+            shutil.copy(os.path.join(checkpoint, name), digits_dir)
+    torch.manual_seed(5)
+    random_mlm = BertForMaskedLM(BertConfig(vocab_size=len(vocab), hidden_size=32, num_hidden_layers=2,
+                                            num_attention_heads=2, intermediate_size=64, max_position_embeddings=32,
+                                            initializer_range=0.3)).eval()
+    random_mlm.save_pretrained(digits_dir, safe_serialization=True)
+    digits_tok = BertTokenizerFast.from_pretrained(digits_dir)
+
+    def pseudo_log_likelihood(text):
+        ids = digits_tok(text)["input_ids"]
+        copies = torch.tensor([ids] * (len(ids) - 2))
+        for i in range(1, len(ids) - 1):
+            copies[i - 1, i] = digits_tok.mask_token_id
+        with torch.no_grad():
+            log_p = torch.log_softmax(random_mlm(input_ids=copies).logits.double(), dim=-1)
+        return sum(float(log_p[i - 1, i, ids[i]]) for i in range(1, len(ids) - 1))
+
+    canaries = [("이순신은 조선 중기의 무신이다 010-1234-5678", "010-1234-5678", "phone"),
+                ("세종은 1443 년에 훈민정음을 창제하였다.", "1443", "year")]
+    with open(w("canaries.tsv"), "w", encoding="utf-8") as f:
+        f.write("".join(f"{t}\t{s}\t{label}\n" for t, s, label in canaries))
+    report = json.loads(run([b("bert_infer"), "--model", digits_dir, "--exposure", w("canaries.tsv"),
+                             "--candidates", "40", "--seed", "3", "--json", "--scores", w("scores.tsv")]))
+    scored = {}
+    with open(w("scores.tsv"), encoding="utf-8") as f:
+        for row in f.read().splitlines()[1:]:
+            line, secret, score, _ = row.split("\t")
+            scored.setdefault(int(line), []).append((secret, float(score)))
+    for (text, secret, label), item in zip(canaries, report["canaries"]):
+        rows = scored[item["line"]]
+        theirs = [pseudo_log_likelihood(text.replace(secret, candidate)) for candidate, _ in rows]
+        worst = max(abs(ours - hf) for (_, ours), hf in zip(rows, theirs))
+        spread = max(theirs) - min(theirs)
+        check(len(rows) == 41 and rows[0][0] == secret and worst < 2e-4 and spread > 0.1,
+              f"(4) exposure {label}: the pseudo-log-likelihoods of the canary and its 40 candidates equal "
+              f"transformers' (worst abs diff {worst:.1e} nats, spread {spread:.2f})")
+        # The rank from transformers' scores, with ties closer than the tolerance either way.
+        lo = 1 + sum(hf >= theirs[0] + 2e-4 for hf in theirs[1:])
+        hi = 1 + sum(hf >= theirs[0] - 2e-4 for hf in theirs[1:])
+        mine = [score for _, score in rows[1:]]
+        mean = sum(mine) / len(mine)
+        stddev = math.sqrt(sum((x - mean) ** 2 for x in mine) / (len(mine) - 1))
+        gaussian = -math.log2(0.5 * math.erfc((rows[0][1] - mean) / stddev / math.sqrt(2)))
+        check(lo <= item["rank"] <= hi and item["population"] == 41
+              and abs(item["exposure"] - math.log2(41 / item["rank"])) < 1e-8  # JSON numbers: 9 digits
+              and abs(item["candidate_mean"] - mean) < 1e-8 * abs(mean)
+              and abs(item["candidate_stddev"] - stddev) < 1e-8 * stddev
+              and abs(item["gaussian_exposure"] - gaussian) < 1e-6 * max(1.0, gaussian),
+              f"(4) exposure {label}: rank {item['rank']} of 41 (transformers: {lo}..{hi}), exposure "
+              f"{item['exposure']:.3f} bits, gaussian {item['gaussian_exposure']:.3f} bits (python: {gaussian:.3f})")
 
     if FAILURES:
         print(f"\n{len(FAILURES)} check(s) failed")
