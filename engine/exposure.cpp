@@ -92,7 +92,7 @@ std::vector<int32_t> encode_scored_text(const Tokenizer& tokenizer, std::string_
 
 std::vector<double> pseudo_log_likelihoods(MlmLogitsSource& model, const Tokenizer& tokenizer,
                                            const std::vector<std::vector<int32_t>>& sequences,
-                                           std::vector<std::vector<double>>* per_token, int64_t max_batch_tokens) {
+                                           std::vector<std::vector<double>>* per_token, const PllOptions& options) {
   const size_t vocab = static_cast<size_t>(model.config().vocab_size);
   std::vector<double> totals(sequences.size(), 0.0);
   if (per_token) {
@@ -111,7 +111,8 @@ std::vector<double> pseudo_log_likelihoods(MlmLogitsSource& model, const Tokeniz
   };
   std::vector<Row> rows;
   std::vector<int32_t> ids, positions;
-  size_t length = 0;
+  size_t length = 0, done = 0, total = 0;
+  for (const std::vector<int32_t>& sequence : sequences) total += sequence.size() >= 2 ? sequence.size() - 2 : 0;
   auto flush = [&] {
     if (rows.empty()) return;
     const std::vector<float> logits = model.batch_logits_at(ids, static_cast<int64_t>(rows.size()), positions);
@@ -125,9 +126,11 @@ std::vector<double> pseudo_log_likelihoods(MlmLogitsSource& model, const Tokeniz
       totals[rows[r].sequence] += log_p;
       if (per_token) (*per_token)[rows[r].sequence][rows[r].token - 1] = log_p;
     }
+    done += rows.size();
     rows.clear();
     ids.clear();
     positions.clear();
+    if (options.progress) options.progress(done, total);
   };
   for (const size_t s : order) {
     const std::vector<int32_t>& sequence = sequences[s];
@@ -140,7 +143,10 @@ std::vector<double> pseudo_log_likelihoods(MlmLogitsSource& model, const Tokeniz
     if (sequence.size() != length) flush();
     length = sequence.size();
     for (size_t t = 1; t + 1 < length; ++t) {
-      if (!rows.empty() && static_cast<int64_t>((rows.size() + 1) * length) > max_batch_tokens) flush();
+      const auto copies = static_cast<int64_t>(rows.size() + 1);
+      if (!rows.empty() &&
+          (copies * static_cast<int64_t>(length) > options.max_batch_tokens || copies > options.max_batch_rows))
+        flush();
       positions.push_back(static_cast<int32_t>(rows.size() * length + t));
       rows.push_back({s, t});
       ids.insert(ids.end(), sequence.begin(), sequence.end());
@@ -245,7 +251,7 @@ ExposureResult measure_exposure(MlmLogitsSource& model, const Tokenizer& tokeniz
       throw Error(canary.source + ": with the candidate secret '" + candidate + "': " + e.what());
     }
   }
-  std::vector<double> scores = pseudo_log_likelihoods(model, tokenizer, sequences);
+  std::vector<double> scores = pseudo_log_likelihoods(model, tokenizer, sequences, nullptr, options.scoring);
   result.score = scores.front();
   result.candidate_scores.assign(scores.begin() + 1, scores.end());
   result.stats = exposure_stats(result.score, result.candidate_scores);

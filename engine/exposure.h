@@ -22,6 +22,7 @@
 #pragma once
 
 #include <cstdint>
+#include <functional>
 #include <span>
 #include <string>
 #include <string_view>
@@ -51,14 +52,21 @@ std::vector<ExposureCanary> parse_exposure_tsv(std::string_view text, const std:
 // sentence), has no token, or is longer than max_positions tokens with [CLS] and [SEP].
 std::vector<int32_t> encode_scored_text(const Tokenizer& tokenizer, std::string_view text, int max_positions);
 
+struct PllOptions {
+  // A model call takes the masked copies of equal-length sequences up to this many tokens and copies
+  // (the logits it returns are copies x vocab floats: 31 MB for 256 x 30,522).
+  int64_t max_batch_tokens = 8192;
+  int64_t max_batch_rows = 256;
+  std::function<void(size_t done, size_t total)> progress;  // masked copies scored so far, after each call
+};
+
 // The pseudo-log-likelihood (nats) of each sequence ([CLS] ... [SEP], as encode_scored_text returns):
 // every token between [CLS] and [SEP] is masked in a copy of its own and its log-probability read from
-// the MLM softmax (in double). Copies of sequences of equal length run together, up to
-// max_batch_tokens tokens a model call. per_token (optional) gets the terms, [sequences][tokens - 2].
+// the MLM softmax (in double). per_token (optional) gets the terms, [sequences][tokens - 2].
 std::vector<double> pseudo_log_likelihoods(MlmLogitsSource& model, const Tokenizer& tokenizer,
                                            const std::vector<std::vector<int32_t>>& sequences,
                                            std::vector<std::vector<double>>* per_token = nullptr,
-                                           int64_t max_batch_tokens = 8192);
+                                           const PllOptions& options = {});
 
 // Secrets of the same shape: `secret` with each ASCII digit replaced, never `secret` itself, no
 // repeats. When 10^digits - 1 <= count, all of them in increasing order (exhaustive = true); else
@@ -83,6 +91,7 @@ ExposureStats exposure_stats(double canary_score, std::span<const double> candid
 struct ExposureOptions {
   size_t candidates = 1000;
   uint64_t seed = 1;
+  PllOptions scoring;
 };
 
 struct ExposureResult {

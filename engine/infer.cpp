@@ -722,7 +722,7 @@ int run_exposure(const Args& args, const std::string& model_dir, const std::stri
                  std::ostream& out) {
   const std::string path = args.str("--exposure");
   ExposureOptions options;
-  options.candidates = static_cast<size_t>(args.integer("--candidates", 1, 10'000'000));
+  options.candidates = static_cast<size_t>(args.integer("--candidates", 1, 1'000'000));
   options.seed = static_cast<uint64_t>(args.integer("--seed", 0, int64_t{1} << 53));
   const std::vector<ExposureCanary> canaries = parse_exposure_tsv(read_file(path), path);
   if (canaries.empty()) throw Error(path + ": no canary lines");
@@ -739,9 +739,13 @@ int run_exposure(const Args& args, const std::string& model_dir, const std::stri
   std::vector<ExposureResult> results;
   Progress progress(stderr_is_tty());
   for (const ExposureCanary& canary : canaries) {
-    progress.update("exposure: scoring " + canary.source + " (" + std::to_string(results.size() + 1) + " of " +
-                        std::to_string(canaries.size()) + ")",
-                    true);
+    const std::string what = "exposure: " + canary.source + " (" + std::to_string(results.size() + 1) + " of " +
+                             std::to_string(canaries.size()) + "): ";
+    progress.update(what + "drawing candidates", true);
+    options.scoring.progress = [&](size_t done, size_t total) {
+      progress.update(what + human_count(static_cast<double>(done)) + " of " + human_count(static_cast<double>(total)) +
+                      " masked copies scored");
+    };
     results.push_back(measure_exposure(*model, checkpoint.tokenizer, canary, options));
   }
   progress.finish();

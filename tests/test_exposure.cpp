@@ -301,7 +301,22 @@ TEST_CASE("pseudo_log_likelihoods equal masking each token in turn through mlm_l
   CHECK(one_by_one.calls ==
         static_cast<int>(std::accumulate(sequences.begin(), sequences.end(), size_t{0},
                                          [](size_t n, const std::vector<int32_t>& s) { return n + s.size() - 2; })));
-  const std::vector<double> small_batches = bert::pseudo_log_likelihoods(*source, tok, sequences, nullptr, 10);
+  bert::PllOptions small;
+  small.max_batch_tokens = 10;  // 1-2 copies a call
+  std::vector<size_t> reported;
+  small.progress = [&](size_t done, size_t total) {
+    CHECK(total == static_cast<size_t>(one_by_one.calls));  // every masked copy
+    reported.push_back(done);
+  };
+  const std::vector<double> small_batches = bert::pseudo_log_likelihoods(*source, tok, sequences, nullptr, small);
+  CHECK(std::is_sorted(reported.begin(), reported.end()));
+  CHECK(reported.back() == static_cast<size_t>(one_by_one.calls));
+  bert::PllOptions few_rows;
+  few_rows.max_batch_rows = 3;
+  std::vector<size_t> steps;
+  few_rows.progress = [&](size_t done, size_t) { steps.push_back(done); };
+  const std::vector<double> three_rows = bert::pseudo_log_likelihoods(*source, tok, sequences, nullptr, few_rows);
+  for (size_t i = 1; i < steps.size(); ++i) CHECK(steps[i] - steps[i - 1] <= 3);
   REQUIRE(batched.size() == texts.size());
   for (size_t i = 0; i < texts.size(); ++i) {
     INFO(texts[i]);
@@ -310,6 +325,7 @@ TEST_CASE("pseudo_log_likelihoods equal masking each token in turn through mlm_l
     CHECK(batched[i] == Approx(want).epsilon(1e-5));
     CHECK(unbatched[i] == Approx(want).epsilon(1e-5));
     CHECK(small_batches[i] == Approx(want).epsilon(1e-5));
+    CHECK(three_rows[i] == Approx(want).epsilon(1e-5));
     REQUIRE(terms[i].size() == sequences[i].size() - 2);
     CHECK(std::accumulate(terms[i].begin(), terms[i].end(), 0.0) == Approx(batched[i]).epsilon(1e-12));
     for (const double term : terms[i]) CHECK(term <= 0);
