@@ -111,20 +111,28 @@ std::vector<double> pseudo_log_likelihoods(MlmLogitsSource& model, const Tokeniz
   };
   std::vector<Row> rows;
   std::vector<int32_t> ids, positions;
+  std::vector<double> log_p;
   size_t length = 0, done = 0, total = 0;
   for (const std::vector<int32_t>& sequence : sequences) total += sequence.size() >= 2 ? sequence.size() - 2 : 0;
   auto flush = [&] {
     if (rows.empty()) return;
     const std::vector<float> logits = model.batch_logits_at(ids, static_cast<int64_t>(rows.size()), positions);
-    for (size_t r = 0; r < rows.size(); ++r) {
-      const std::span<const float> row(logits.data() + r * vocab, vocab);
+    // The log-softmax rows in parallel (vocab exps each: as much work as the small models' forward),
+    // then summed in row order, so the totals do not depend on the thread count.
+    log_p.resize(rows.size());
+#pragma omp parallel for schedule(static)
+    for (int64_t r = 0; r < static_cast<int64_t>(rows.size()); ++r) {
+      const std::span<const float> row(logits.data() + static_cast<size_t>(r) * vocab, vocab);
       const double max_logit = *std::max_element(row.begin(), row.end());
       double sum = 0;
       for (const float logit : row) sum += std::exp(static_cast<double>(logit) - max_logit);
-      const int32_t target = sequences[rows[r].sequence][rows[r].token];
-      const double log_p = static_cast<double>(row[static_cast<size_t>(target)]) - max_logit - std::log(sum);
-      totals[rows[r].sequence] += log_p;
-      if (per_token) (*per_token)[rows[r].sequence][rows[r].token - 1] = log_p;
+      const Row& at = rows[static_cast<size_t>(r)];
+      const int32_t target = sequences[at.sequence][at.token];
+      log_p[static_cast<size_t>(r)] = static_cast<double>(row[static_cast<size_t>(target)]) - max_logit - std::log(sum);
+    }
+    for (size_t r = 0; r < rows.size(); ++r) {
+      totals[rows[r].sequence] += log_p[r];
+      if (per_token) (*per_token)[rows[r].sequence][rows[r].token - 1] = log_p[r];
     }
     done += rows.size();
     rows.clear();

@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # The main job on the built-in default, the whole pipeline on the CPU: build, Korean demo corpus,
 # tokenizer, cleaned text and NSP shards, a small BERT pre-trained for 4-10 minutes on 2 cores
-# (configs/demo_cpu.toml), its loss curve, then fill-mask and a [MASK] probe on in-domain sentences.
+# (configs/demo_cpu.toml), its loss curve, then fill-mask, a [MASK] probe on in-domain sentences and the
+# canary exposure of a number from the corpus.
 # Outputs go to ${DEMO_DIR:-runs/demo}. DEMO_STEPS=N trains N optimizer steps instead of the config's
 # 1,200, which teach the model the corpus's word frequencies, not yet its contexts (see configs/demo_cpu.toml;
 # 9 min 38 s at 6.3k tokens/s on a 2-core 2 GHz EPYC on 2026-12-03); DEMO_STEPS=10000 (8x as long) gets the
@@ -70,4 +71,10 @@ printf '%s\t%s\n' \
   "파일 [MASK] 선택합니다." "형식을" \
   "Ctrl 키를 누른 [MASK] 클릭합니다." "상태에서" > "$DEMO_DIR/probe.tsv"
 "$BIN/bert_infer" --model "$DEMO_DIR/model" --probe "$DEMO_DIR/probe.tsv"
+
+echo "== 8. canary exposure: does the model prefer a number from its corpus to the 999 others of its shape?"
+printf '%s\t%s\t%s\n' \
+  "인치 당 1440개의 트윕 또는 센티미터 당 567개의 트윕이 존재합니다." "567" "in the corpus" \
+  "인치 당 1440개의 트윕 또는 센티미터 당 813개의 트윕이 존재합니다." "813" "not in it" > "$DEMO_DIR/canaries.tsv"
+"$BIN/bert_infer" --model "$DEMO_DIR/model" --exposure "$DEMO_DIR/canaries.tsv" --candidates 999
 echo "demo outputs in $DEMO_DIR (loss curve: $DEMO_DIR/model/loss.svg, metrics: $DEMO_DIR/model/metrics.jsonl)"
