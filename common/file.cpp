@@ -30,21 +30,54 @@ std::string read_file(const std::string& path) {
   return std::move(ss).str();
 }
 
-void write_file_atomic(const std::string& path, std::string_view content) {
-  const std::string tmp = path + ".tmp." + std::to_string(::getpid());
-  const int fd = ::open(tmp.c_str(), O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC, 0644);
-  if (fd < 0) throw Error(tmp + ": cannot create: " + os_error());
+namespace {
+
+// Writes all of `content` to fd; false (errno set) on failure.
+bool write_all(int fd, std::string_view content) {
   size_t done = 0;
   while (done < content.size()) {
     const ssize_t w = ::write(fd, content.data() + done, content.size() - done);
     if (w < 0) {
       if (errno == EINTR) continue;
-      const std::string reason = os_error();
-      ::close(fd);
-      ::unlink(tmp.c_str());
-      throw Error(tmp + ": write failed: " + reason);
+      return false;
     }
     done += static_cast<size_t>(w);
+  }
+  return true;
+}
+
+}  // namespace
+
+void write_file_atomic(const std::string& path_arg, std::string_view content) {
+  std::string path = path_arg;
+  struct stat link_st {};
+  if (::lstat(path.c_str(), &link_st) == 0 && S_ISLNK(link_st.st_mode)) {
+    // A symlink: the file it points to is replaced, not the link.
+    std::error_code ec;
+    const std::filesystem::path target = std::filesystem::canonical(path, ec);
+    if (!ec) path = target.string();
+  }
+  struct stat st {};
+  if (::stat(path.c_str(), &st) == 0 && !S_ISREG(st.st_mode)) {
+    if (S_ISDIR(st.st_mode)) throw Error(path_arg + ": is a directory, expected a file to write");
+    // A device, FIFO or socket (/dev/stdout, /dev/null, a pipe): written in place, as a rename would
+    // replace the special file itself with a regular one.
+    const int fd = ::open(path.c_str(), O_WRONLY | O_CLOEXEC);
+    if (fd < 0) throw Error(path_arg + ": cannot open for writing: " + os_error());
+    const bool written = write_all(fd, content);
+    const std::string reason = written ? std::string() : os_error();
+    ::close(fd);
+    if (!written) throw Error(path_arg + ": write failed: " + reason);
+    return;
+  }
+  const std::string tmp = path + ".tmp." + std::to_string(::getpid());
+  const int fd = ::open(tmp.c_str(), O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC, 0644);
+  if (fd < 0) throw Error(tmp + ": cannot create: " + os_error());
+  if (!write_all(fd, content)) {
+    const std::string reason = os_error();
+    ::close(fd);
+    ::unlink(tmp.c_str());
+    throw Error(tmp + ": write failed: " + reason);
   }
   if (::fsync(fd) != 0 || ::close(fd) != 0) {
     const std::string reason = os_error();

@@ -9,7 +9,9 @@
 namespace bert {
 
 std::string read_file(const std::string& path);
-// Writes to "<path>.tmp.<pid>", fsyncs, renames over `path`, fsyncs the directory.
+// Writes to "<path>.tmp.<pid>", fsyncs, renames over `path`, fsyncs the directory. A symlink's target is
+// replaced (not the link); a device, FIFO or socket (/dev/stdout) is written in place; a directory
+// is a bert::Error.
 void write_file_atomic(const std::string& path, std::string_view content);
 bool file_exists(const std::string& path);
 bool is_directory(const std::string& path);

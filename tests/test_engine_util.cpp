@@ -1,3 +1,8 @@
+#include <fcntl.h>
+#include <sys/stat.h>
+#include <unistd.h>
+
+#include <algorithm>
 #include <catch2/catch.hpp>
 #include <cmath>
 #include <filesystem>
@@ -9,6 +14,7 @@
 #include "engine/checkpoint_dir.h"
 #include "engine/metrics.h"
 #include "engine/schedule.h"
+#include "tests/test_dirs.h"
 
 using namespace bert;
 namespace fs = std::filesystem;
@@ -67,6 +73,40 @@ TEST_CASE("directories lose their trailing slashes, the root keeps its own") {
   CHECK(without_trailing_slashes("/") == "/");
   CHECK(without_trailing_slashes("//") == "/");
   CHECK(without_trailing_slashes("") == "");
+}
+
+TEST_CASE("write_file_atomic follows a symlink, writes a FIFO in place and refuses a directory") {
+  const std::string dir = test_dir();
+  write_file_atomic(dir + "/target.txt", "old");
+  fs::create_symlink("target.txt", dir + "/link.txt");
+  write_file_atomic(dir + "/link.txt", "new");
+  CHECK(fs::is_symlink(dir + "/link.txt"));  // the link stays a link; its file has the new content
+  CHECK(read_file(dir + "/target.txt") == "new");
+
+  // A FIFO (as /dev/stdout or /dev/null would be): written through, not replaced by a regular file.
+  // Opened read-write and non-blocking here first, so neither side waits for the other.
+  const std::string fifo = dir + "/fifo";
+  REQUIRE(::mkfifo(fifo.c_str(), 0600) == 0);
+  const int fd = ::open(fifo.c_str(), O_RDWR | O_NONBLOCK);
+  REQUIRE(fd >= 0);
+  write_file_atomic(fifo, "through the pipe");
+  char buffer[64] = {};
+  const ssize_t got = ::read(fd, buffer, sizeof buffer);
+  ::close(fd);
+  CHECK(std::string(buffer, got > 0 ? static_cast<size_t>(got) : 0) == "through the pipe");
+  CHECK(fs::is_fifo(fifo));
+
+  fs::create_directories(dir + "/sub");
+  try {
+    write_file_atomic(dir + "/sub", "x");
+    FAIL("no error");
+  } catch (const Error& e) {
+    CHECK(std::string(e.what()) == dir + "/sub: is a directory, expected a file to write");
+  }
+  std::vector<std::string> names;
+  for (const auto& entry : fs::directory_iterator(dir)) names.push_back(entry.path().filename().string());
+  std::sort(names.begin(), names.end());
+  CHECK(names == std::vector<std::string>{"fifo", "link.txt", "sub", "target.txt"});  // no temporary left behind
 }
 
 TEST_CASE("metrics log truncates to the resume step and plots an SVG") {
