@@ -5,6 +5,7 @@
 #include <algorithm>
 #include <cmath>
 #include <limits>
+#include <map>
 #include <numbers>
 #include <numeric>
 #include <random>
@@ -86,7 +87,7 @@ std::vector<int32_t> encode_scored_text(const Tokenizer& tokenizer, std::string_
   if (encoding.ids.size() > static_cast<size_t>(max_positions))
     throw Error("the text is " + std::to_string(encoding.ids.size()) +
                 " tokens with [CLS] and [SEP], more than the model's max_position_embeddings " +
-                std::to_string(max_positions) + " (shorten it)");
+                std::to_string(max_positions));
   return std::move(encoding.ids);
 }
 
@@ -207,7 +208,7 @@ std::vector<std::string> exposure_candidates(std::string_view secret, size_t cou
 double normal_tail_bits(double z) {
   // P(Z >= z) = erfc(z / sqrt 2) / 2, while erfc has not underflowed (z < ~37); past that the
   // asymptotic series of log erfc: ln P = -z^2/2 - ln(z sqrt(2 pi)) + ln(1 - 1/z^2 + 3/z^4 - 15/z^6).
-  if (z < 30) return -std::log2(0.5 * std::erfc(z / std::sqrt(2.0)));
+  if (z < 30) return 0.0 - std::log2(0.5 * std::erfc(z / std::sqrt(2.0)));  // 0 - 0 is +0: no "-0.00"
   const double inv = 1 / (z * z);
   const double ln_p = -0.5 * z * z - std::log(z * std::sqrt(2 * std::numbers::pi)) +
                       std::log1p(-inv + 3 * inv * inv - 15 * inv * inv * inv);
@@ -234,39 +235,83 @@ ExposureStats exposure_stats(double canary_score, std::span<const double> candid
   return stats;
 }
 
-ExposureResult measure_exposure(MlmLogitsSource& model, const Tokenizer& tokenizer, const ExposureCanary& canary,
-                                const ExposureOptions& options) {
-  ExposureResult result;
-  result.canary = canary;
-  result.space_bits = static_cast<double>(count_digits(canary.secret)) * std::log2(10.0);
+ExposureJob prepare_exposure(const Tokenizer& tokenizer, const ExposureCanary& canary, const ExposureOptions& options,
+                             int max_positions) {
+  ExposureJob job;
+  job.canary = canary;
   const size_t at = canary.text.find(canary.secret);
   if (at == std::string::npos) throw Error(canary.source + ": the secret is not in the text");
-  const int max_positions = model.config().max_position_embeddings;
-  std::vector<std::vector<int32_t>> sequences;
+  // The length is checked here, with advice that depends on whose text it is.
+  auto too_long = [&](const std::vector<int32_t>& ids) {
+    return ids.size() > static_cast<size_t>(max_positions)
+               ? "the text is " + std::to_string(ids.size()) +
+                     " tokens with [CLS] and [SEP], more than the model's max_position_embeddings " +
+                     std::to_string(max_positions)
+               : std::string();
+  };
   try {
-    sequences.push_back(encode_scored_text(tokenizer, canary.text, max_positions));
+    job.sequences.push_back(encode_scored_text(tokenizer, canary.text, std::numeric_limits<int>::max()));
   } catch (const Error& e) {
     throw Error(canary.source + ": " + e.what());
   }
-  result.candidates = exposure_candidates(canary.secret, options.candidates, options.seed, result.exhaustive);
-  sequences.reserve(result.candidates.size() + 1);
+  if (const std::string why = too_long(job.sequences.front()); !why.empty())
+    throw Error(canary.source + ": " + why + " (shorten it)");
+  job.candidates = exposure_candidates(canary.secret, options.candidates, options.seed, job.exhaustive);
+  job.sequences.reserve(job.candidates.size() + 1);
   std::string text = canary.text;
-  for (const std::string& candidate : result.candidates) {
+  for (const std::string& candidate : job.candidates) {
     text.replace(at, canary.secret.size(), candidate);  // same length: the digits are replaced one for one
     try {
-      sequences.push_back(encode_scored_text(tokenizer, text, max_positions));
+      job.sequences.push_back(encode_scored_text(tokenizer, text, std::numeric_limits<int>::max()));
     } catch (const Error& e) {
-      throw Error(canary.source + ": with the candidate secret '" + candidate + "': " + e.what());
+      throw Error(canary.source + ": with the candidate secret '" + candidate + "' " + e.what());
     }
+    if (const std::string why = too_long(job.sequences.back()); !why.empty())
+      throw Error(canary.source + ": with the candidate secret '" + candidate + "' " + why +
+                  " (its digits split into more WordPieces than the secret's; shorten the text)");
+    job.same_tokens += job.sequences.back() == job.sequences.front();
   }
-  std::vector<double> scores = pseudo_log_likelihoods(model, tokenizer, sequences, nullptr, options.scoring);
-  result.score = scores.front();
-  result.candidate_scores.assign(scores.begin() + 1, scores.end());
+  if (!job.candidates.empty() && job.same_tokens == job.candidates.size())
+    throw Error(canary.source + ": the tokenizer does not see the secret '" + canary.secret +
+                "': the text encodes to the same tokens with any digits in its place (the secret is inside a word "
+                "that becomes " +
+                tokenizer.config().unk_token + "?), so there is nothing to rank");
+  return job;
+}
+
+ExposureResult score_exposure(MlmLogitsSource& model, const Tokenizer& tokenizer, const ExposureJob& job,
+                              const PllOptions& scoring) {
+  ExposureResult result;
+  result.canary = job.canary;
+  result.space_bits = static_cast<double>(count_digits(job.canary.secret)) * std::log2(10.0);
+  result.exhaustive = job.exhaustive;
+  result.same_tokens = job.same_tokens;
+  result.candidates = job.candidates;
+  // Each distinct token sequence once: equal texts get bit-equal scores.
+  std::map<std::vector<int32_t>, size_t> index_of;
+  std::vector<std::vector<int32_t>> distinct;
+  std::vector<size_t> slot(job.sequences.size());
+  for (size_t i = 0; i < job.sequences.size(); ++i) {
+    const auto [it, inserted] = index_of.emplace(job.sequences[i], distinct.size());
+    if (inserted) distinct.push_back(job.sequences[i]);
+    slot[i] = it->second;
+  }
+  const std::vector<double> scores = pseudo_log_likelihoods(model, tokenizer, distinct, nullptr, scoring);
+  result.score = scores[slot.front()];
+  result.candidate_scores.reserve(job.candidates.size());
+  for (size_t i = 1; i < slot.size(); ++i) result.candidate_scores.push_back(scores[slot[i]]);
   result.stats = exposure_stats(result.score, result.candidate_scores);
   result.best_candidate =
       static_cast<size_t>(std::max_element(result.candidate_scores.begin(), result.candidate_scores.end()) -
                           result.candidate_scores.begin());
   return result;
+}
+
+ExposureResult measure_exposure(MlmLogitsSource& model, const Tokenizer& tokenizer, const ExposureCanary& canary,
+                                const ExposureOptions& options) {
+  return score_exposure(model, tokenizer,
+                        prepare_exposure(tokenizer, canary, options, model.config().max_position_embeddings),
+                        options.scoring);
 }
 
 Json exposure_json(const std::vector<ExposureResult>& results, const ExposureOptions& options) {
@@ -287,6 +332,7 @@ Json exposure_json(const std::vector<ExposureResult>& results, const ExposureOpt
     item.set("max_exposure", r.stats.max_exposure);
     item.set("space_bits", r.space_bits);
     item.set("exhaustive", r.exhaustive);
+    item.set("same_tokens", static_cast<int64_t>(r.same_tokens));
     item.set("candidate_mean", r.stats.mean);
     item.set("candidate_stddev", r.stats.stddev);
     item.set("gaussian_exposure", r.stats.has_gaussian ? Json(r.stats.gaussian_exposure) : Json());

@@ -49,7 +49,8 @@ std::vector<ExposureCanary> parse_exposure_tsv(std::string_view text, const std:
 
 // [CLS] text [SEP], checked for scoring: bert::Error (no location; callers prefix one) when the text
 // holds a special token other than [UNK] ([MASK], [CLS], ...: the score would be of a different
-// sentence), has no token, or is longer than max_positions tokens with [CLS] and [SEP].
+// sentence), has no token, or is longer than max_positions tokens with [CLS] and [SEP] ("the text is N
+// tokens with [CLS] and [SEP], more than the model's max_position_embeddings M").
 std::vector<int32_t> encode_scored_text(const Tokenizer& tokenizer, std::string_view text, int max_positions);
 
 struct PllOptions {
@@ -94,25 +95,45 @@ struct ExposureOptions {
   PllOptions scoring;
 };
 
+// A canary with its candidates drawn and every text encoded: all that can go wrong before scoring.
+struct ExposureJob {
+  ExposureCanary canary;
+  std::vector<std::string> candidates;
+  bool exhaustive = false;
+  std::vector<std::vector<int32_t>> sequences;  // the canary's text, then one per candidate
+  size_t same_tokens = 0;                       // candidates whose text encodes to the canary's tokens
+};
+
+// bert::Error "path:line: ..." when the canary's text or a candidate's cannot be scored (see
+// encode_scored_text; a candidate's digits can split into more WordPieces than the secret's), and when
+// every candidate encodes to the canary's own tokens: the tokenizer never sees the digits (the secret
+// sits in a word that becomes [UNK]), so there is nothing to rank.
+ExposureJob prepare_exposure(const Tokenizer& tokenizer, const ExposureCanary& canary, const ExposureOptions& options,
+                             int max_positions);
+
 struct ExposureResult {
   ExposureCanary canary;
   double score = 0;         // the canary's pseudo-log-likelihood
   double space_bits = 0;    // log2(10^digits): the exposure of a secret the model gives away outright
   bool exhaustive = false;  // every other secret of the shape was scored: the exposure is exact
+  size_t same_tokens = 0;   // candidates the tokenizer cannot tell from the secret: they tie with it
   ExposureStats stats;
   std::vector<std::string> candidates;  // the secrets
   std::vector<double> candidate_scores;
   size_t best_candidate = 0;  // index of the highest-scoring candidate (the first of equals)
 };
 
-// The canary text with its secret replaced by each candidate, all scored. bert::Error "path:line: ..."
-// when the canary (or a candidate) cannot be scored (see encode_scored_text).
+// Scores the job's texts. Equal token sequences are scored once, so they tie exactly (a model call's
+// float rounding depends on its batch: the same text in another batch can differ by ~1e-6 nats).
+ExposureResult score_exposure(MlmLogitsSource& model, const Tokenizer& tokenizer, const ExposureJob& job,
+                              const PllOptions& scoring = {});
+// prepare_exposure, then score_exposure.
 ExposureResult measure_exposure(MlmLogitsSource& model, const Tokenizer& tokenizer, const ExposureCanary& canary,
                                 const ExposureOptions& options);
 
 // {"candidates": N, "seed": S, "canaries": [{line, label, secret, text, score, rank, population,
-// exposure, max_exposure, space_bits, exhaustive, candidate_mean, candidate_stddev, gaussian_exposure
-// (null without spread), best_candidate, best_candidate_score}, ...]}
+// exposure, max_exposure, space_bits, exhaustive, same_tokens, candidate_mean, candidate_stddev,
+// gaussian_exposure (null without spread), best_candidate, best_candidate_score}, ...]}
 Json exposure_json(const std::vector<ExposureResult>& results, const ExposureOptions& options);
 
 }  // namespace bert

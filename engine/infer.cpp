@@ -7,6 +7,7 @@
 #include <algorithm>
 #include <cmath>
 #include <cstdio>
+#include <filesystem>
 #include <fstream>
 #include <istream>
 #include <memory>
@@ -696,13 +697,13 @@ void print_exposure_table(const std::string& path, const std::vector<ExposureRes
     secret_width = std::max(secret_width, display_width(r.canary.secret));
   }
   out << pad_right("line", 6) << "  " << pad_right("label", label_width) << "  " << pad_right("secret", secret_width)
-      << "     score          rank   exposure (bits)  gaussian  best other secret (score)\n";
+      << "     score          rank   exposure (bits)  gaussian   space  best other secret (score)\n";
   for (const ExposureResult& r : results) {
     char numbers[160];
-    std::snprintf(numbers, sizeof numbers, "  %8.3f  %12s  %6.2f of %6.2f  %8s  ", r.score,
+    std::snprintf(numbers, sizeof numbers, "  %8.3f  %12s  %6.2f of %6.2f  %8s  %6.2f  ", r.score,
                   (std::to_string(r.stats.rank) + "/" + std::to_string(r.stats.population)).c_str(), r.stats.exposure,
                   r.stats.max_exposure,
-                  r.stats.has_gaussian ? format("%.2f", r.stats.gaussian_exposure).c_str() : "n/a");
+                  r.stats.has_gaussian ? format("%.2f", r.stats.gaussian_exposure).c_str() : "n/a", r.space_bits);
     out << pad_right(std::to_string(r.canary.line), 6) << "  " << pad_right(r.canary.label, label_width) << "  "
         << pad_right(r.canary.secret, secret_width) << numbers;
     if (r.candidates.empty())
@@ -714,28 +715,45 @@ void print_exposure_table(const std::string& path, const std::vector<ExposureRes
   out << "score: pseudo-log-likelihood of the text (nats); rank 1 = the model prefers the real secret to every "
          "other;\nexposure = log2(population / rank), at most log2(population) (Carlini et al. 2019); gaussian: "
          "-log2 P(X >= score)\nfor X normal with the candidates' mean and spread, which extrapolates past that "
-         "maximum. A secret's\nfull space holds log2(10^digits) bits: an exposure near it means the model gives "
-         "the secret away.\n";
+         "maximum; space: log2(10^digits),\nthe exposure of a secret the model gives away outright. Scores fall "
+         "with the number of tokens, so a\nsecret that splits into fewer WordPieces than its candidates tends to "
+         "rank high, memorised or not.\n";
+}
+
+// --scores: checked before the model loads, so a typo does not cost the whole scoring run.
+void check_scores_path(const std::string& scores, const std::string& exposure) {
+  if (scores.empty()) throw Error("bert_infer: --scores: empty path");
+  if (is_directory(scores)) throw Error("bert_infer: --scores " + scores + ": is a directory, expected a file");
+  std::string parent = std::filesystem::path(scores).parent_path().string();
+  if (parent.empty()) parent = ".";
+  if (!is_directory(parent))
+    throw Error("bert_infer: --scores " + scores + ": the directory " + parent + " does not exist");
+  std::error_code ec;
+  if (std::filesystem::equivalent(scores, exposure, ec))
+    throw Error("bert_infer: --scores " + scores + " is the --exposure file; write the scores elsewhere");
 }
 
 int run_exposure(const Args& args, const std::string& model_dir, const std::string& device, int threads, bool json,
-                 std::ostream& out) {
+                 std::ostream& out, std::ostream& err) {
   const std::string path = args.str("--exposure");
+  if (path.empty()) throw Error("bert_infer: --exposure: empty path");
+  if (is_directory(path)) throw Error(path + ": is a directory, expected the --exposure TSV file");
+  if (args.has("--top-k"))
+    throw Error("bert_infer: --top-k is for fill-mask; --exposure ranks whole secrets (see --candidates)");
   ExposureOptions options;
   options.candidates = static_cast<size_t>(args.integer("--candidates", 1, 1'000'000));
-  options.seed = static_cast<uint64_t>(args.integer("--seed", 0, int64_t{1} << 53));
+  // JSON writes integers exactly below 2^53.
+  options.seed = static_cast<uint64_t>(args.integer("--seed", 0, (int64_t{1} << 53) - 1));
+  if (args.has("--scores")) check_scores_path(args.str("--scores"), path);
   const std::vector<ExposureCanary> canaries = parse_exposure_tsv(read_file(path), path);
   if (canaries.empty()) throw Error(path + ": no canary lines");
   InferenceCheckpoint checkpoint = load_inference_checkpoint(model_dir, threads);
   const std::unique_ptr<MlmLogitsSource> model = logits_source(checkpoint, device);
-  // Every text is checked before any scoring, so a bad line 7 fails in a second, not after 6 canaries.
-  for (const ExposureCanary& canary : canaries) {
-    try {
-      (void)encode_scored_text(checkpoint.tokenizer, canary.text, model->config().max_position_embeddings);
-    } catch (const Error& e) {
-      throw Error(canary.source + ": " + e.what());
-    }
-  }
+  // Every text, the candidates' too, is checked before any scoring, so a bad line 7 fails in seconds,
+  // not after 6 canaries (encoding is cheap next to scoring; the texts are encoded again below rather
+  // than held for every canary at once).
+  for (const ExposureCanary& canary : canaries)
+    (void)prepare_exposure(checkpoint.tokenizer, canary, options, model->config().max_position_embeddings);
   std::vector<ExposureResult> results;
   Progress progress(stderr_is_tty());
   for (const ExposureCanary& canary : canaries) {
@@ -746,9 +764,16 @@ int run_exposure(const Args& args, const std::string& model_dir, const std::stri
       progress.update(what + human_count(static_cast<double>(done)) + " of " + human_count(static_cast<double>(total)) +
                       " masked copies scored");
     };
-    results.push_back(measure_exposure(*model, checkpoint.tokenizer, canary, options));
+    const ExposureJob job =
+        prepare_exposure(checkpoint.tokenizer, canary, options, model->config().max_position_embeddings);
+    results.push_back(score_exposure(*model, checkpoint.tokenizer, job, options.scoring));
   }
   progress.finish();
+  for (const ExposureResult& r : results)
+    if (r.same_tokens)
+      err << "warning: " << r.canary.source << ": " << r.same_tokens << " of the " << r.candidates.size()
+          << " candidate secrets encode to the same tokens as '" << r.canary.secret << "' (a word that becomes "
+          << checkpoint.tokenizer.config().unk_token << "?): they tie with it, which lowers its exposure\n";
   if (args.has("--scores")) {
     std::string tsv = "line\tsecret\tscore\tcanary\n";
     char score[64];
@@ -810,7 +835,7 @@ int infer_main(const std::vector<std::string>& argv, std::istream& in, std::ostr
   if (args.has("--exposure")) {
     if (args.has("--probe") || args.has("--mask") || args.has("--input"))
       throw Error("bert_infer: --exposure takes its texts from the TSV file; drop --probe/--mask/--input");
-    return run_exposure(args, model_dir, device, threads, json, out);
+    return run_exposure(args, model_dir, device, threads, json, out, err);
   }
 
   if (args.has("--probe")) {

@@ -39,6 +39,7 @@ std::vector<std::string> tokens() {
     t.push_back(std::string(1, d));
     t.push_back(std::string("##") + d);
   }
+  t.push_back("42");  // a number that is one token: its candidates are longer
   return t;
 }
 
@@ -342,7 +343,7 @@ TEST_CASE("pseudo_log_likelihoods equal masking each token in turn through mlm_l
         "the text holds the special token [MASK] (a pseudo-log-likelihood scores plain text)");
   CHECK(error_of([&] { (void)bert::encode_scored_text(tok, "  ", 24); }) == "the text has no token");
   CHECK(error_of([&] { (void)bert::encode_scored_text(tok, "1 2 3 4 5 6 7 8 9 0 1 2 3", 14); }) ==
-        "the text is 15 tokens with [CLS] and [SEP], more than the model's max_position_embeddings 14 (shorten it)");
+        "the text is 15 tokens with [CLS] and [SEP], more than the model's max_position_embeddings 14");
   CHECK(bert::encode_scored_text(tok, "번호 ☃ 7", 24) == std::vector<int32_t>{2, 9, 1, 24, 3});  // [UNK] is scored
 }
 
@@ -408,9 +409,63 @@ TEST_CASE("measure_exposure: a model that memorised the canary ranks it first, o
   CHECK(first.find("best_candidate")->as_string() == best);
   CHECK(j.find("canaries")->as_array()[1].find("gaussian_exposure")->is_null());
 
-  canary.text = "연락처는 010-12-34 입니다 [MASK]";
-  CHECK(error_of([&] { (void)bert::measure_exposure(memorised, tok, canary, options); }) ==
+  bert::ExposureCanary bad = canary;
+  bad.text = "연락처는 010-12-34 입니다 [MASK]";
+  CHECK(error_of([&] { (void)bert::measure_exposure(memorised, tok, bad, options); }) ==
         "c.tsv:3: the text holds the special token [MASK] (a pseudo-log-likelihood scores plain text)");
+  CHECK(error_of([&] { (void)bert::prepare_exposure(tok, canary, options, 12); }) ==
+        "c.tsv:3: the text is 13 tokens with [CLS] and [SEP], more than the model's max_position_embeddings 12 "
+        "(shorten it)");
+  // "7" is one token; "12" two ("1" "##2"): a candidate can be longer than the secret.
+  bad.text = "번호 7 입니다";
+  bad.secret = "7";
+  bert::ExposureOptions one_digit;
+  one_digit.candidates = 3;
+  CHECK(bert::prepare_exposure(tok, bad, one_digit, 5).sequences.size() == 4);
+  bad.text = "번호 7";
+  bad.secret = "번호 7";
+  CHECK(bert::prepare_exposure(tok, bad, one_digit, 4).candidates.size() == 3);
+  bad.text = "번호 42 입니다";  // "42" is one token, "00" two
+  bad.secret = "42";
+  one_digit.candidates = 1000;
+  CHECK(bert::prepare_exposure(tok, bad, one_digit, 6).candidates.size() == 99);
+  CHECK(error_of([&] { (void)bert::prepare_exposure(tok, bad, one_digit, 5); }) ==
+        "c.tsv:3: with the candidate secret '00' the text is 6 tokens with [CLS] and [SEP], more than the model's "
+        "max_position_embeddings 5 (its digits split into more WordPieces than the secret's; shorten the text)");
+}
+
+TEST_CASE("prepare_exposure: a secret the tokenizer cannot see is refused, equal texts tie exactly", "[exposure]") {
+  const bert::Tokenizer tok = tokenizer();
+  bert::ExposureCanary canary;
+  canary.source = "c.tsv:1";
+  canary.line = 1;
+  canary.text = "번호 x12 입니다";  // "x12" is not spelled by the vocabulary: one [UNK] whatever its digits
+  canary.secret = "12";
+  bert::ExposureOptions options;
+  options.candidates = 20;
+  CHECK(error_of([&] { (void)bert::prepare_exposure(tok, canary, options, 24); }) ==
+        "c.tsv:1: the tokenizer does not see the secret '12': the text encodes to the same tokens with any digits "
+        "in its place (the secret is inside a word that becomes [UNK]?), so there is nothing to rank");
+
+  // Half visible: the first digit is a word of its own, the second is inside an unknown word ("2x" ->
+  // [UNK]), so the candidates that keep the first digit encode as the canary does and tie with it.
+  canary.text = "번호 1 2x 입니다";
+  canary.secret = "1 2";
+  options.candidates = 1000;
+  const bert::ExposureJob job = bert::prepare_exposure(tok, canary, options, 24);
+  REQUIRE(job.exhaustive);
+  CHECK(job.candidates.size() == 99);
+  CHECK(job.same_tokens == 9);  // "1 0" .. "1 9" but "1 2"
+  auto model = tiny_model();
+  const auto source = bert::logits_source(model);
+  bert::PllOptions small;
+  small.max_batch_rows = 7;  // equal texts in different batches would round differently
+  const bert::ExposureResult r = bert::score_exposure(*source, tok, job, small);
+  CHECK(r.same_tokens == 9);
+  size_t ties = 0;
+  for (size_t i = 0; i < r.candidates.size(); ++i) ties += r.candidate_scores[i] == r.score;
+  CHECK(ties == 9);  // bit-equal: scored once
+  CHECK(r.stats.rank >= 10);
 }
 
 TEST_CASE("bert_infer --exposure: the table, JSON and --scores agree, and misuse is one line", "[exposure]") {
@@ -480,4 +535,27 @@ TEST_CASE("bert_infer --exposure: the table, JSON and --scores agree, and misuse
         bad + ":2: the text holds the special token [MASK] (a pseudo-log-likelihood scores plain text)");
   bert::write_file_atomic(bad, "\n\n");
   CHECK(error({"--model", dir, "--exposure", bad}) == bad + ": no canary lines");
+  // Checked before the model loads (a missing model dir would otherwise be the error).
+  const std::string none = test_dir() + "/no_model";
+  CHECK(error({"--model", none, "--exposure", tsv, "--top-k", "3"}) ==
+        "bert_infer: --top-k is for fill-mask; --exposure ranks whole secrets (see --candidates)");
+  CHECK(error({"--model", none, "--exposure", ""}) == "bert_infer: --exposure: empty path");
+  CHECK(error({"--model", none, "--exposure", test_dir()}) ==
+        test_dir() + ": is a directory, expected the --exposure TSV file");
+  CHECK(error({"--model", none, "--exposure", tsv, "--scores", ""}) == "bert_infer: --scores: empty path");
+  CHECK(error({"--model", none, "--exposure", tsv, "--scores", test_dir()}) ==
+        "bert_infer: --scores " + test_dir() + ": is a directory, expected a file");
+  CHECK(error({"--model", none, "--exposure", tsv, "--scores", none + "/s.tsv"}) ==
+        "bert_infer: --scores " + none + "/s.tsv: the directory " + none + " does not exist");
+  CHECK(error({"--model", none, "--exposure", tsv, "--scores", "./" + tsv}) ==
+        "bert_infer: --scores ./" + tsv + " is the --exposure file; write the scores elsewhere");
+  CHECK(error({"--model", none, "--exposure", tsv, "--seed", "9007199254740992"}).find("--seed") != std::string::npos);
+
+  // Candidates the tokenizer cannot tell from the secret: a warning on stderr, and they tie.
+  bert::write_file_atomic(bad, "번호 1 2x 입니다\t1 2\n");
+  REQUIRE(run({"--model", dir, "--exposure", bad, "--json"}, out, &err) == 0);
+  CHECK(err == "warning: " + bad +
+                   ":1: 9 of the 99 candidate secrets encode to the same tokens as '1 2' (a word that becomes "
+                   "[UNK]?): they tie with it, which lowers its exposure\n");
+  CHECK(Json::parse(out).find("canaries")->as_array()[0].find("same_tokens")->as_int() == 9);
 }
