@@ -841,6 +841,8 @@ int infer_main(const std::vector<std::string>& argv, std::istream& in, std::ostr
   if (args.has("--probe")) {
     if (args.has("--mask") || args.has("--input"))
       throw Error("bert_infer: --probe takes its prompts from the TSV file; drop --mask/--input");
+    if (args.has("--top-k"))
+      throw Error("bert_infer: --top-k is for fill-mask; --probe ranks the gold answer over the whole vocabulary");
     const std::string path = args.str("--probe");
     const std::vector<ProbeQuery> queries = parse_probe_tsv(read_file(path), path);
     if (queries.empty()) throw Error(path + ": no probe lines");

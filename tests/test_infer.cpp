@@ -363,6 +363,13 @@ TEST_CASE("probe: P@1, P@10, MRR per relation with ranks forced by the decoder b
   CHECK(none.find("overall")->find("p_at_1")->is_null());
   CHECK(none.find("overall")->find("mrr")->is_null());
   CHECK(none.find("mean_p_at_1_by_relation")->is_null());
+  try {
+    (void)run({"--model", dir, "--probe", tsv, "--top-k", "3"}, "", out);
+    FAIL("no error");
+  } catch (const bert::Error& e) {
+    CHECK(std::string(e.what()) ==
+          "bert_infer: --top-k is for fill-mask; --probe ranks the gold answer over the whole vocabulary");
+  }
 }
 
 TEST_CASE("rank_of and summarize_probe", "[infer]") {
