@@ -809,7 +809,7 @@ int infer_main(const std::vector<std::string>& argv, std::istream& in, std::ostr
       .option("--seed", "--exposure: seed of the candidate draw", "1")
       .option("--scores", "--exposure: write every scored secret to this TSV (line, secret, score)")
       .option("--top-k", "candidates per [MASK]", "5")
-      .flag("--json", "print HF pipeline-shaped JSON (probe: one metrics object)")
+      .flag("--json", "print HF pipeline-shaped JSON (--probe: one metrics object; --exposure: one object)")
       .option("--device", "cpu | cuda", "cpu")
       .option("--threads", "CPU threads (0 = all cores)", "0");
   if (!args.parse(argv)) {
