@@ -21,12 +21,6 @@ size_t count_digits(std::string_view text) {
   return static_cast<size_t>(std::count_if(text.begin(), text.end(), [](char c) { return c >= '0' && c <= '9'; }));
 }
 
-std::string trimmed(const std::string& s) {
-  const size_t first = s.find_first_not_of(' ');
-  if (first == std::string::npos) return std::string();
-  return s.substr(first, s.find_last_not_of(' ') - first + 1);
-}
-
 // A uniform digit from a 64-bit generator (rejection: no modulo bias).
 char random_digit(std::mt19937_64& rng) {
   constexpr uint64_t kLimit = std::numeric_limits<uint64_t>::max() - std::numeric_limits<uint64_t>::max() % 10;
@@ -50,10 +44,10 @@ std::vector<ExposureCanary> parse_exposure_tsv(std::string_view text, const std:
     canary.source = path + ":" + std::to_string(line_number);
     canary.line = line_number;
     canary.text = columns[0];
-    canary.secret = trimmed(columns[1]);
-    canary.label = columns.size() == 3 ? trimmed(columns[2]) : std::string("-");
+    canary.secret = trim_spaces(columns[1]);
+    canary.label = columns.size() == 3 ? trim_spaces(columns[2]) : std::string("-");
     if (canary.label.empty()) canary.label = "-";
-    if (trimmed(canary.text).empty()) throw Error(located(path, line_number, "empty text" + hint));
+    if (trim_spaces(canary.text).empty()) throw Error(located(path, line_number, "empty text" + hint));
     if (canary.secret.empty()) throw Error(located(path, line_number, "empty secret" + hint));
     const size_t at = canary.text.find(canary.secret);
     if (at == std::string::npos)
@@ -124,9 +118,7 @@ std::vector<double> pseudo_log_likelihoods(MlmLogitsSource& model, const Tokeniz
 #pragma omp parallel for schedule(static)
     for (int64_t r = 0; r < static_cast<int64_t>(rows.size()); ++r) {
       const std::span<const float> row(logits.data() + static_cast<size_t>(r) * vocab, vocab);
-      const double max_logit = *std::max_element(row.begin(), row.end());
-      double sum = 0;
-      for (const float logit : row) sum += std::exp(static_cast<double>(logit) - max_logit);
+      const auto [max_logit, sum] = softmax_max_and_sum(row);
       const Row& at = rows[static_cast<size_t>(r)];
       const int32_t target = sequences[at.sequence][at.token];
       log_p[static_cast<size_t>(r)] = static_cast<double>(row[static_cast<size_t>(target)]) - max_logit - std::log(sum);

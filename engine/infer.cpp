@@ -120,12 +120,9 @@ class ModelLogits final : public MlmLogitsSource {
   }
   std::vector<float> batch_logits_at(const std::vector<int32_t>& ids, int64_t batch,
                                      const std::vector<int32_t>& positions) override {
-    if (batch <= 0 || ids.size() % static_cast<size_t>(batch) != 0)
-      throw Error("batch_logits_at: " + std::to_string(ids.size()) + " ids are not " + std::to_string(batch) +
-                  " sequences of equal length");
     BatchView view;
     view.batch = batch;
-    view.seq_len = static_cast<int64_t>(ids.size()) / batch;
+    view.seq_len = static_cast<int64_t>(batch_seq_len(ids, batch));
     view.input_ids = ids.data();
     std::vector<float> logits(positions.size() * static_cast<size_t>(model_.config().vocab_size));
     model_.mlm_logits_at(view, positions, logits);
@@ -136,7 +133,8 @@ class ModelLogits final : public MlmLogitsSource {
   Model& model_;
 };
 
-// Softmax denominator of one row, in double: probability(j) = exp(logit_j - max) / sum.
+}  // namespace
+
 std::pair<double, double> softmax_max_and_sum(std::span<const float> logits) {
   const double max_logit = *std::max_element(logits.begin(), logits.end());
   double sum = 0;
@@ -144,7 +142,11 @@ std::pair<double, double> softmax_max_and_sum(std::span<const float> logits) {
   return {max_logit, sum};
 }
 
-}  // namespace
+std::string trim_spaces(std::string_view text) {
+  const size_t first = text.find_first_not_of(' ');
+  if (first == std::string_view::npos) return std::string();
+  return std::string(text.substr(first, text.find_last_not_of(' ') - first + 1));
+}
 
 std::unique_ptr<MlmLogitsSource> logits_source(BertForPreTraining<float>& model) {
   return std::make_unique<ModelLogits<BertForPreTraining<float>>>(model);
@@ -364,19 +366,14 @@ std::vector<ProbeQuery> parse_probe_tsv(std::string_view text, const std::string
     if (columns.size() > 3)
       throw Error(
           located(path, line_number, std::to_string(columns.size()) + " tab-separated columns, at most 3" + hint));
-    auto trimmed = [](const std::string& s) {
-      const size_t first = s.find_first_not_of(' ');
-      if (first == std::string::npos) return std::string();
-      return s.substr(first, s.find_last_not_of(' ') - first + 1);
-    };
     ProbeQuery query;
     query.source = located(path, line_number, "");
     query.source.resize(query.source.size() - 2);  // "path:line"
     query.line = line_number;
     query.prompt = columns[0];
-    query.gold = trimmed(columns[1]);
-    query.relation = columns.size() == 3 ? trimmed(columns[2]) : std::string("-");
-    if (trimmed(query.prompt).empty()) throw Error(located(path, line_number, "empty prompt" + hint));
+    query.gold = trim_spaces(columns[1]);
+    query.relation = columns.size() == 3 ? trim_spaces(columns[2]) : std::string("-");
+    if (trim_spaces(query.prompt).empty()) throw Error(located(path, line_number, "empty prompt" + hint));
     if (query.gold.empty()) throw Error(located(path, line_number, "empty gold answer" + hint));
     if (query.relation.empty()) query.relation = "-";
     queries.push_back(std::move(query));

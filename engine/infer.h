@@ -31,6 +31,7 @@
 #include <span>
 #include <string>
 #include <string_view>
+#include <utility>
 #include <vector>
 
 #include "common/error.h"
@@ -87,6 +88,17 @@ struct FillMaskResult {
   std::vector<std::vector<FillMaskCandidate>> per_mask;  // [masks][top_k], best first
 };
 
+// The length of each of `batch` equal-length sequences in `ids`; bert::Error when they cannot be.
+inline size_t batch_seq_len(const std::vector<int32_t>& ids, int64_t batch) {
+  if (batch <= 0 || ids.size() % static_cast<size_t>(batch) != 0)
+    throw Error("batch_logits_at: " + std::to_string(ids.size()) + " ids are not " + std::to_string(batch) +
+                " sequences of equal length");
+  return ids.size() / static_cast<size_t>(batch);
+}
+
+// Softmax of one row of logits in double: probability(j) = exp(logit_j - max) / sum; returns {max, sum}.
+std::pair<double, double> softmax_max_and_sum(std::span<const float> logits);
+
 // What fill-mask and the probe need from a model, whichever device it runs on: its config and the
 // MLM logits at positions of one sequence ([positions, vocab_size], row-major).
 class MlmLogitsSource {
@@ -98,10 +110,7 @@ class MlmLogitsSource {
   // (b * seq_len + t, any order): [positions, vocab_size]. This default runs one sequence at a time.
   virtual std::vector<float> batch_logits_at(const std::vector<int32_t>& ids, int64_t batch,
                                              const std::vector<int32_t>& positions) {
-    if (batch <= 0 || ids.size() % static_cast<size_t>(batch) != 0)
-      throw Error("batch_logits_at: " + std::to_string(ids.size()) + " ids are not " + std::to_string(batch) +
-                  " sequences of equal length");
-    const size_t seq_len = ids.size() / static_cast<size_t>(batch);
+    const size_t seq_len = batch_seq_len(ids, batch);
     const size_t vocab = static_cast<size_t>(config().vocab_size);
     std::vector<float> logits(positions.size() * vocab);
     for (size_t b = 0; b < static_cast<size_t>(batch); ++b) {
@@ -134,6 +143,9 @@ FillMaskResult fill_mask(BertForPreTraining<float>& model, const Tokenizer& toke
                          int top_k, bool clean_up_tokenization_spaces = true);
 // HF's pipeline output: a list of candidates for one [MASK], a list of such lists for several.
 Json fill_mask_json(const FillMaskResult& result);
+
+// `text` without leading and trailing ' '.
+std::string trim_spaces(std::string_view text);
 
 // The non-blank lines of a TSV text (CR stripped), each split at every tab: fn(line_number, columns).
 // A line of invalid UTF-8 is a bert::Error "path:line: invalid UTF-8 at byte B".
