@@ -337,6 +337,7 @@ void for_each_tsv_line(std::string_view text, const std::string& path,
                        const std::function<void(size_t, const std::vector<std::string>&)>& fn) {
   size_t line_number = 0;
   std::vector<std::string> columns;
+  if (text.substr(0, 3) == "\xEF\xBB\xBF") text.remove_prefix(3);  // a UTF-8 byte order mark (Windows editors)
   while (!text.empty()) {
     const size_t end = text.find('\n');
     std::string_view line = text.substr(0, end);

@@ -147,8 +147,8 @@ Json fill_mask_json(const FillMaskResult& result);
 // `text` without leading and trailing ' '.
 std::string trim_spaces(std::string_view text);
 
-// The non-blank lines of a TSV text (CR stripped), each split at every tab: fn(line_number, columns).
-// A line of invalid UTF-8 is a bert::Error "path:line: invalid UTF-8 at byte B".
+// The non-blank lines of a TSV text (CR and a leading UTF-8 byte order mark stripped), each split at every tab:
+// fn(line_number, columns). A line of invalid UTF-8 is a bert::Error "path:line: invalid UTF-8 at byte B".
 void for_each_tsv_line(std::string_view text, const std::string& path,
                        const std::function<void(size_t, const std::vector<std::string>&)>& fn);
 

@@ -250,6 +250,10 @@ TEST_CASE("errors are one line and name the prompt, the file or the option", "[i
   CHECK_THROWS_WITH(bert::parse_probe_tsv("a [MASK]\t \n", "p.tsv"), Catch::Contains("p.tsv:1: empty gold"));
   CHECK_THROWS_WITH(bert::parse_probe_tsv("a [MASK]\tb\nc [MASK]\t\xff\n", "p.tsv"),
                     Catch::Contains("p.tsv:2: invalid UTF-8 at byte 10"));
+  const std::vector<bert::ProbeQuery> bom = bert::parse_probe_tsv("\xEF\xBB\xBFthe [MASK] sat.\tcat\r\n", "p.tsv");
+  REQUIRE(bom.size() == 1);
+  CHECK(bom[0].prompt == "the [MASK] sat.");
+  CHECK(bom[0].gold == "cat");
   const std::vector<bert::ProbeQuery> two_masks = bert::parse_probe_tsv("\nthe [MASK] sat on [MASK]\tcat\n", "p.tsv");
   CHECK_THROWS_WITH(bert::probe(checkpoint.model, checkpoint.tokenizer, two_masks),
                     Catch::Contains("p.tsv:2: the prompt has 2 [MASK] tokens; a probe needs exactly one"));
