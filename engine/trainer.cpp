@@ -61,8 +61,10 @@ namespace fs = std::filesystem;
 
 namespace {
 
-// The one global: how many stop signals arrived. Written by the signal handler, read between steps.
+// The globals: how many stop signals arrived and the first one's number. Written by the signal handler,
+// read between steps.
 volatile std::sig_atomic_t g_stop_signals = 0;
+volatile std::sig_atomic_t g_stop_signal_number = 0;
 
 constexpr size_t kMaxEvalBatches = 200;  // bounds evaluation time; always the same batches
 constexpr const char* kStateFormat = "bertforge-trainer-state";
@@ -74,11 +76,12 @@ void write_stderr(const char* message) {
   (void)ignored;
 }
 
-void handle_stop_signal(int) {
+void handle_stop_signal(int signal_number) {
   if (g_stop_signals > 0) {
     write_stderr("\nbert_train: second interrupt: exiting now without saving\n");
-    ::_exit(130);
+    ::_exit(128 + signal_number);
   }
+  g_stop_signal_number = signal_number;
   request_training_stop();
 }
 
@@ -89,6 +92,7 @@ class StopSignalGuard {
  public:
   StopSignalGuard() {
     g_stop_signals = 0;
+    g_stop_signal_number = 0;
     struct sigaction action {};
     action.sa_handler = handle_stop_signal;
     sigemptyset(&action.sa_mask);
@@ -102,6 +106,7 @@ class StopSignalGuard {
     ::sigaction(SIGTERM, &previous_term_, nullptr);
     ::sigaction(SIGUSR1, &previous_usr1_, nullptr);
     g_stop_signals = 0;
+    g_stop_signal_number = 0;
   }
   StopSignalGuard(const StopSignalGuard&) = delete;
   StopSignalGuard& operator=(const StopSignalGuard&) = delete;
@@ -226,6 +231,8 @@ void request_training_stop() {
 }
 
 bool training_stop_requested() { return g_stop_signals > 0; }
+
+int stopped_run_exit_code() { return 128 + (g_stop_signal_number > 0 ? g_stop_signal_number : SIGINT); }
 
 int64_t total_train_steps(const TrainingConfig& training, size_t batches_per_epoch) {
   if (training.max_steps > 0) return training.max_steps;
@@ -1556,7 +1563,8 @@ int Trainer::train() {
     out_ << "stopped at step " << state_.global_step << " of " << state_.total_steps << "; resume with:\n  "
          << resume_command(config_.path, training().output_dir + "/checkpoint-" + std::to_string(state_.global_step))
          << "\n";
-    return 0;
+    out_.flush();
+    return stopped_run_exit_code();
   }
   // The final model also goes to output_dir itself (HF's trainer.save_model()), loadable as is.
   if (lead()) write_model_files(training().output_dir);
@@ -1608,7 +1616,9 @@ int train_main(const std::vector<std::string>& args, std::ostream& out, std::ost
   }
   Args parser("bert_train",
               "bert_train --config run.toml [--resume [CHECKPOINT_DIR]] [--dump-batches DIR]\n"
-              "       bert_train plot OUTPUT_DIR/metrics.jsonl [--out loss.svg]");
+              "       bert_train plot OUTPUT_DIR/metrics.jsonl [--out loss.svg]\n"
+              "Ctrl-C, SIGTERM or SIGUSR1: finish the step, save a checkpoint, print the resume command and exit\n"
+              "with 128 + the signal's number (130, 143, 138); a second one exits at once without saving.");
   parser.option("--config", "the run config (TOML: [model], [data], [training])")
       .option("--resume", "continue from CHECKPOINT_DIR (bare --resume: the latest checkpoint in output_dir)")
       .option("--dump-batches",

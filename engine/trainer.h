@@ -89,11 +89,17 @@ int64_t total_train_steps(const TrainingConfig& training, size_t batches_per_epo
 std::string resume_command(const std::string& config_path, const std::string& checkpoint_dir);
 
 // What the SIGINT/SIGTERM/SIGUSR1 handler does on the first signal: the running loop finishes its
-// current optimizer step, saves a checkpoint, prints the resume command and returns 0 (with several
-// ranks: all of them, after the same step, when any one is signalled). A second signal exits at once.
-// train_main clears the request when it starts.
+// current optimizer step, saves a checkpoint, prints the resume command and returns
+// stopped_run_exit_code() (with several ranks: all of them, after the same step, when any one is
+// signalled). A second signal exits at once, with 128 + its number. train_main clears the request when
+// it starts.
 void request_training_stop();
 bool training_stop_requested();
+// 128 + the number of the signal that stopped the run (130 for Ctrl-C, 143 for SIGTERM, 138 for
+// SIGUSR1; 130 when the stop was requested without one): non-zero, as the run did not finish (a
+// `bert_train ... && next` chain or a scheduler's afterok dependency must not go on with an unfinished
+// model), and the shell's code for a program ended by that signal. A stop at the last step is no stop.
+int stopped_run_exit_code();
 
 // Test seams.
 struct TrainHooks {
