@@ -3,6 +3,7 @@
 #include <algorithm>
 #include <cmath>
 #include <filesystem>
+#include <tuple>
 
 #include "common/error.h"
 #include "common/file.h"
@@ -27,6 +28,16 @@ std::optional<uint64_t> decimal_field(const Json& object, const char* key, const
   return value;
 }
 
+// A count (a non-negative integer): none when absent.
+std::optional<uint64_t> count_field(const Json& object, const char* key, const std::string& where) {
+  const Json* field = object.find(key);
+  if (!field) return std::nullopt;
+  if (!(field->is_number() && field->as_number() >= 0 && field->as_number() < 0x1p53 &&
+        field->as_number() == std::floor(field->as_number())))
+    throw Error(where + ": \"" + key + "\" must be a count");
+  return static_cast<uint64_t>(field->as_number());
+}
+
 }  // namespace
 
 std::optional<uint64_t> manifest_vocab_hash(const Json& manifest, const std::string& manifest_path) {
@@ -36,16 +47,13 @@ std::optional<uint64_t> manifest_vocab_hash(const Json& manifest, const std::str
 void check_manifest_entry(const Json& entry, size_t index, const Shard& shard, const std::string& manifest_path) {
   const std::string where = manifest_path + " shard entry " + std::to_string(index);
   const std::optional<uint64_t> checksum = decimal_field(entry, "checksum", where);
-  const Json* examples = entry.find("examples");
-  if (examples && !(examples->is_number() && examples->as_number() >= 0 &&
-                    examples->as_number() == std::floor(examples->as_number())))
-    throw Error(where + ": \"examples\" must be a count");
+  const std::optional<uint64_t> examples = count_field(entry, "examples", where);
   if (const Json* split = entry.find("split");
       split && split->is_string() && split->as_string() != split_name(shard.header().split))
     throw Error(shard.path() + ": its header says split '" + split_name(shard.header().split) + "', " + where +
                 " says '" + split->as_string() + "'");
   const bool checksum_differs = checksum && *checksum != shard.header().checksum;
-  if (checksum_differs || (examples && examples->as_number() != static_cast<double>(shard.size())))
+  if (checksum_differs || (examples && *examples != shard.size()))
     throw Error(shard.path() + ": " + (checksum_differs ? "checksum" : "example count") + " differs from " + where +
                 "'s: the shard was rewritten after the manifest (an interrupted bert_prepare build into the same "
                 "directory?); rebuild the shards");
@@ -72,6 +80,10 @@ Dataset::Dataset(const std::string& dir_arg, Split split, uint32_t expected_voca
     throw Error(manifest_path + ": not found (is '" + dir + "' a bert_prepare build output?)");
   const Json manifest = Json::parse(read_file(manifest_path), manifest_path);
   vocab_hash_ = manifest_vocab_hash(manifest, manifest_path);
+  // What bert_prepare build records for the whole set; each shard's header must agree (an absent field
+  // is not checked).
+  const std::optional<uint64_t> manifest_vocab_size = count_field(manifest, "vocab_size", manifest_path);
+  const std::optional<uint64_t> manifest_max_seq_len = count_field(manifest, "max_seq_len", manifest_path);
   const Json* list = manifest.find("shards");
   if (!list || !list->is_array()) throw Error(manifest_path + ": missing 'shards' list");
   for (size_t k = 0; k < list->as_array().size(); ++k) {
@@ -86,6 +98,12 @@ Dataset::Dataset(const std::string& dir_arg, Split split, uint32_t expected_voca
     if (sp->as_string() != split_name(split)) continue;
     auto shard = std::make_unique<Shard>(dir + "/" + file->as_string(), expected_vocab_size);
     check_manifest_entry(entry, k, *shard, manifest_path);
+    for (const auto& [key, recorded, header] :
+         {std::tuple{"vocab_size", manifest_vocab_size, shard->header().vocab_size},
+          std::tuple{"max_seq_len", manifest_max_seq_len, shard->header().max_seq_len}})
+      if (recorded && *recorded != header)
+        throw Error(shard->path() + ": its header says " + key + " " + std::to_string(header) + ", " + manifest_path +
+                    " says " + std::to_string(*recorded) + ": the shard is not from this build; rebuild the shards");
     if (vocab_size_ && shard->header().vocab_size != vocab_size_)
       throw Error(shard->path() + ": vocabulary size differs from the other shards");
     vocab_size_ = shard->header().vocab_size;

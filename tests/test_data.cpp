@@ -444,6 +444,24 @@ TEST_CASE("bert_prepare build + loader: determinism, rank slices, resume, paddin
   with_entry_field("checksum", Json(12));
   CHECK_THROWS_WITH(Dataset(test_dir() + "/s1", Split::kTrain),
                     Catch::Contains("s1/manifest.json shard entry 0: \"checksum\" must be a string of decimal digits"));
+  // The set's vocab_size and max_seq_len must be each shard header's (a shard copied in from another
+  // build whose checksum entry was copied along).
+  for (const char* key : {"vocab_size", "max_seq_len"}) {
+    Json edited = Json::parse(manifest_text);
+    REQUIRE(edited.find(key) != nullptr);
+    const uint64_t recorded = static_cast<uint64_t>(edited.find(key)->as_number());
+    edited.set(key, recorded + 1);
+    write_file_atomic(test_dir() + "/s1/manifest.json", edited.dump());
+    CHECK_THROWS_WITH(Dataset(test_dir() + "/s1", Split::kTrain),
+                      Catch::Contains("s1/train-00000.bin: its header says " + std::string(key) + " " +
+                                      std::to_string(recorded) + ", ") &&
+                          Catch::Contains("s1/manifest.json says " + std::to_string(recorded + 1) +
+                                          ": the shard is not from this build"));
+    edited.set(key, Json("128"));
+    write_file_atomic(test_dir() + "/s1/manifest.json", edited.dump());
+    CHECK_THROWS_WITH(Dataset(test_dir() + "/s1", Split::kTrain),
+                      Catch::Contains("s1/manifest.json: \"" + std::string(key) + "\" must be a count"));
+  }
   write_file_atomic(test_dir() + "/s1/manifest.json", manifest_text);
   CHECK_NOTHROW(Dataset(test_dir() + "/s1", Split::kTrain));
 
