@@ -72,22 +72,24 @@ void write_file_atomic(const std::string& path_arg, std::string_view content) {
   }
   const std::string tmp = path + ".tmp." + std::to_string(::getpid());
   const int fd = ::open(tmp.c_str(), O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC, 0644);
-  if (fd < 0) throw Error(tmp + ": cannot create: " + os_error());
+  // Errors name the file asked for; the temporary one only in parentheses.
+  const std::string via = " (via " + tmp + ")";
+  if (fd < 0) throw Error(path_arg + ": cannot write: " + os_error() + via);
   if (!write_all(fd, content)) {
     const std::string reason = os_error();
     ::close(fd);
     ::unlink(tmp.c_str());
-    throw Error(tmp + ": write failed: " + reason);
+    throw Error(path_arg + ": write failed: " + reason + via);
   }
   if (::fsync(fd) != 0 || ::close(fd) != 0) {
     const std::string reason = os_error();
     ::unlink(tmp.c_str());
-    throw Error(tmp + ": fsync/close failed: " + reason);
+    throw Error(path_arg + ": fsync/close failed: " + reason + via);
   }
   if (::rename(tmp.c_str(), path.c_str()) != 0) {
     const std::string reason = os_error();
     ::unlink(tmp.c_str());
-    throw Error(path + ": rename failed: " + reason);
+    throw Error(path_arg + ": rename failed: " + reason + via);
   }
   std::string dir = std::filesystem::path(path).parent_path().string();
   if (dir.empty()) dir = ".";

@@ -58,12 +58,20 @@ void plot_metrics_svg(const std::string& jsonl_path, const std::string& svg_path
   size_t pos = 0, line_no = 0;
   while (pos < text.size()) {
     size_t nl = text.find('\n', pos);
-    if (nl == std::string::npos) nl = text.size();
+    // A last line without its newline: a write cut short (a crash, or the trainer writing it right now).
+    const bool torn = nl == std::string::npos;
+    if (torn) nl = text.size();
     const std::string_view line(text.data() + pos, nl - pos);
     pos = nl + 1;
     ++line_no;
     if (line.empty()) continue;
-    const Json j = Json::parse(line, jsonl_path + ":" + std::to_string(line_no));
+    Json j;
+    try {
+      j = Json::parse(line, jsonl_path + ":" + std::to_string(line_no));
+    } catch (const Error&) {
+      if (torn) break;  // plotted without it, as the trainer's resume drops it
+      throw;
+    }
     const Json* step = j.find("step");
     if (!step || !step->is_number()) throw Error(located(jsonl_path, line_no, "record without a numeric 'step'"));
     for (const auto& k : keys) {
@@ -91,12 +99,17 @@ void plot_metrics_svg(const std::string& jsonl_path, const std::string& svg_path
                 W, H);
   svg += buf;
   for (int i = 0; i <= 5; ++i) {
-    const double y = y0 + (y1 - y0) * i / 5, x = x0 + (x1 - x0) * i / 5;
+    const double y = y0 + (y1 - y0) * i / 5;
     std::snprintf(buf, sizeof buf,
                   "<line x1=\"%.1f\" y1=\"%.1f\" x2=\"%.1f\" y2=\"%.1f\" stroke=\"#ddd\"/><text x=\"%.1f\" y=\"%.1f\" "
                   "text-anchor=\"end\">%.3g</text>\n",
                   L, py(y), W - R, py(y), L - 6, py(y) + 4, y);
     svg += buf;
+  }
+  // Step labels: at most 5 intervals, on whole steps (a 3-step run gets 1, 2, 3, not 1, 1, 2, 2, 3, 3).
+  const int x_intervals = static_cast<int>(std::clamp(std::floor(x1 - x0), 1.0, 5.0));
+  for (int i = 0; i <= x_intervals; ++i) {
+    const double x = std::round(x0 + (x1 - x0) * i / x_intervals);
     std::snprintf(buf, sizeof buf, "<text x=\"%.1f\" y=\"%.1f\" text-anchor=\"middle\">%.0f</text>\n", px(x), H - B + 18, x);
     svg += buf;
   }

@@ -146,4 +146,30 @@ TEST_CASE("metrics log truncates to the resume step and plots an SVG") {
   }
   write_file_atomic(dir + "/bad.jsonl", "{\"step\": 1, \"loss\": 2}\n{oops\n");
   CHECK_THROWS_WITH(plot_metrics_svg(dir + "/bad.jsonl", dir + "/x.svg"), Catch::Contains("bad.jsonl:2"));
+  // The plot, too, leaves out a torn last line (a crash, or a run writing it now); a whole last line
+  // without its newline is plotted.
+  write_file_atomic(dir + "/live.jsonl",
+                    "{\"step\": 1, \"loss\": 2}\n{\"step\": 2, \"loss\": 1.5}\n{\"step\": 3, \"lo");
+  plot_metrics_svg(dir + "/live.jsonl", dir + "/live.svg");
+  const std::string live = read_file(dir + "/live.svg");
+  const auto labels = [](const std::string& svg) {  // the step axis's labels, in order
+    std::vector<std::string> found;
+    const std::string anchor = "text-anchor=\"middle\">";
+    for (size_t at = svg.find(anchor); at != std::string::npos; at = svg.find(anchor, at + 1)) {
+      const size_t from = at + anchor.size();
+      found.push_back(svg.substr(from, svg.find('<', from) - from));
+    }
+    return found;
+  };
+  CHECK(labels(live) == std::vector<std::string>{"1", "2", "step"});  // whole steps, none twice
+  write_file_atomic(dir + "/live.jsonl", "{\"step\": 1, \"loss\": 2}\n{\"step\": 3, \"loss\": 1}");
+  plot_metrics_svg(dir + "/live.jsonl", dir + "/live.svg");
+  CHECK(labels(read_file(dir + "/live.svg")) == std::vector<std::string>{"1", "2", "3", "step"});
+  write_file_atomic(dir + "/long.jsonl", "{\"step\": 10, \"loss\": 2}\n{\"step\": 1010, \"loss\": 1}\n");
+  plot_metrics_svg(dir + "/long.jsonl", dir + "/long.svg");
+  CHECK(labels(read_file(dir + "/long.svg")) ==
+        std::vector<std::string>{"10", "210", "410", "610", "810", "1010", "step"});
+  // An error names the file asked for, not the temporary one written first.
+  CHECK_THROWS_WITH(plot_metrics_svg(dir + "/long.jsonl", dir + "/no_such_dir/x.svg"),
+                    Catch::StartsWith(dir + "/no_such_dir/x.svg: cannot write: ") && Catch::Contains("(via "));
 }
