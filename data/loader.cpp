@@ -119,6 +119,15 @@ void Dataset::check_vocabulary(const Vocab& vocab, const std::string& tokenizer_
   check_vocab_hash(vocab_hash_, manifest_path_, vocab, tokenizer_dir);
 }
 
+uint64_t Dataset::fingerprint() const {
+  std::vector<uint64_t> words;
+  for (const auto& shard : shards_) {
+    words.push_back(shard->header().checksum);
+    words.push_back(static_cast<uint64_t>(shard->size()));
+  }
+  return hash64(words.data(), words.size() * sizeof(uint64_t));
+}
+
 const Shard& Dataset::shard_of(size_t i, size_t& local) const {
   const size_t s = static_cast<size_t>(std::upper_bound(starts_.begin(), starts_.end(), i) - starts_.begin()) - 1;
   local = i - starts_[s];

@@ -60,6 +60,9 @@ class Dataset {
   // Global example i: its shard and local index.
   const Shard& shard_of(size_t i, size_t& local) const;
   size_t shard_count() const { return shards_.size(); }
+  // What the examples are: a hash of every shard's checksum and example count, in order. Equal for the
+  // same build wherever it lies; another build (other seed, corpus or settings) differs.
+  uint64_t fingerprint() const;
 
  private:
   std::string manifest_path_;

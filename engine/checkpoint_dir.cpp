@@ -52,6 +52,21 @@ std::optional<CheckpointInfo> latest_checkpoint(const std::string& output_dir) {
   return all.back();
 }
 
+std::vector<std::string> set_aside_checkpoints_after(const std::string& output_dir, int64_t step) {
+  std::vector<std::string> renamed;
+  for (const CheckpointInfo& later : list_checkpoints(output_dir)) {
+    if (later.step <= step) continue;
+    std::string name = later.path + ".superseded";
+    for (int k = 2; fs::exists(name); ++k) name = later.path + ".superseded-" + std::to_string(k);
+    std::error_code ec;
+    fs::rename(later.path, name, ec);
+    if (ec) throw Error(later.path + ": cannot set it aside as " + name + ": " + ec.message());
+    renamed.push_back(name);
+  }
+  if (!renamed.empty()) fsync_path(output_dir, true);
+  return renamed;
+}
+
 std::string save_checkpoint_dir(const std::string& output_dir, int64_t step, int save_total_limit,
                                 const std::function<void(const std::string& tmp_dir)>& write_files) {
   make_directories(output_dir);

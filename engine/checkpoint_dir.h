@@ -29,6 +29,12 @@ std::optional<CheckpointInfo> latest_checkpoint(const std::string& output_dir);
 std::string save_checkpoint_dir(const std::string& output_dir, int64_t step, int save_total_limit,
                                 const std::function<void(const std::string& tmp_dir)>& write_files);
 
+// A run resumed from step K that goes on into `output_dir` branches off the run that wrote its
+// checkpoints after K: those are renamed "checkpoint-N.superseded" ("...superseded-2", ... if taken), so
+// that neither the rotation nor a bare --resume takes them for the new run's, and nothing is deleted.
+// Returns the new names, oldest step first.
+std::vector<std::string> set_aside_checkpoints_after(const std::string& output_dir, int64_t step);
+
 // fsyncs every regular file in `dir` and the directory itself.
 void fsync_directory_tree(const std::string& dir);
 

@@ -268,6 +268,7 @@ Json TrainerState::to_json() const {
   j.set("per_device_train_batch_size", per_device_train_batch_size);
   j.set("gradient_accumulation_steps", gradient_accumulation_steps);
   j.set("world_size", world_size);
+  if (!train_data_fingerprint.empty()) j.set("train_data_fingerprint", train_data_fingerprint);
   j.set("model_config", model.to_hf_json());
   Json w = Json::object();
   w.set("micro_batches", window.micro_batches);
@@ -311,6 +312,7 @@ TrainerState TrainerState::from_json(const Json& json, const std::string& path) 
   s.gradient_accumulation_steps = static_cast<int>(r.integer(json, "gradient_accumulation_steps"));
   s.world_size = json.find("world_size") ? static_cast<int>(r.integer(json, "world_size")) : 1;
   if (s.world_size < 1) throw Error(path + ": 'world_size' must be at least 1");
+  if (json.find("train_data_fingerprint")) s.train_data_fingerprint = r.string(json, "train_data_fingerprint");
   s.model = BertConfig::from_hf_json(r.at(json, "model_config"), path + ": model_config");
   const Json& w = r.at(json, "log_window");
   s.window.micro_batches = r.integer(w, "micro_batches");
@@ -697,13 +699,19 @@ void Trainer::check_output_dir() {
                 "overwrite_output_dir = true to start over, or choose another output_dir");
   // overwrite_output_dir: start over. Old checkpoints would otherwise be taken for this run's
   // (rotation, --resume), and old metrics lines would mix with the new ones. (Rank 0's job.)
+  // The last run's final model goes too: bert_infer --model output_dir would answer with it, all
+  // through this run and after it if it stops early.
   if (!lead()) return;
   const auto old = list_checkpoints(dir);
   for (const CheckpointInfo& checkpoint : old) fs::remove_all(checkpoint.path, ec);
-  fs::remove(dir + "/metrics.jsonl", ec);
-  if (!old.empty())
-    out_ << "overwrite_output_dir: removed " << old.size() << " old checkpoint(s) and metrics.jsonl from " << dir
-         << "\n";
+  std::vector<std::string> removed;
+  for (const char* name : {"metrics.jsonl", "model.safetensors", "config.json", "vocab.txt", "tokenizer_config.json",
+                           "special_tokens_map.json"})
+    if (fs::remove(dir + "/" + name, ec)) removed.emplace_back(name);
+  if (old.empty() && removed.empty()) return;
+  out_ << "overwrite_output_dir: removed from " << dir << ": " << old.size() << " old checkpoint(s)";
+  for (const std::string& name : removed) out_ << ", " << name;
+  out_ << "\n";
 }
 
 std::string Trainer::resolve_resume_dir() const {
@@ -901,6 +909,10 @@ void Trainer::restore(const std::string& checkpoint) {
   note("batches_per_epoch", saved.batches_per_epoch, state_.batches_per_epoch);
   note("total_steps", saved.total_steps, state_.total_steps);
   note("warmup_steps", saved.warmup_steps, state_.warmup_steps);
+  // Shards rebuilt in place (another seed or corpus) can keep every count above: other examples all the same.
+  if (!saved.train_data_fingerprint.empty() && saved.train_data_fingerprint != state_.train_data_fingerprint)
+    changed += std::string(changed.empty() ? "" : ", ") + "training data (" + data().train_data +
+               ": other shards than the checkpoint's)";
   if (!changed.empty())
     err_ << "warning: resuming " << checkpoint << " with changed settings (" << changed
          << "): the run will not repeat an uninterrupted one exactly\n";
@@ -1445,6 +1457,7 @@ bool Trainer::setup() {
   state_.per_device_train_batch_size = training().per_device_train_batch_size;
   state_.gradient_accumulation_steps = training().gradient_accumulation_steps;
   state_.world_size = world();
+  state_.train_data_fingerprint = hex64(train_data_->fingerprint());
   state_.model = config_.model;
   if (checkpoint) restore(*checkpoint);
   // CPU AdamW tensors (the CUDA model keeps its own list on the device).
@@ -1470,6 +1483,11 @@ bool Trainer::setup() {
          << "; raise max_steps or num_train_epochs in the config to train further\n";
     return false;
   }
+  if (checkpoint && lead())
+    for (const std::string& name : set_aside_checkpoints_after(training().output_dir, state_.global_step))
+      out_ << "set aside " << name << ": a later checkpoint than step " << state_.global_step
+           << ", of the run this one branches off (kept, but no longer taken for this run's by the rotation or a "
+              "bare --resume)\n";
   return true;
 }
 

@@ -72,6 +72,7 @@ struct TrainerState {
   int per_device_train_batch_size = 0;
   int gradient_accumulation_steps = 0;
   int world_size = 1;  // data-parallel ranks (engine/communicator.h); absent in older states: 1
+  std::string train_data_fingerprint;  // Dataset::fingerprint of the training shards, hex; absent in older states
   BertConfig model;    // vocab_size resolved
   LogWindow window;
 

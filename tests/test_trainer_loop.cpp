@@ -271,7 +271,13 @@ TEST_CASE("user mistakes are one-line errors") {
   CHECK(one_line(message));
   const std::string overwrite =
       write_config("overwrite", "out", "max_steps = 2\nper_device_train_batch_size = 8\noverwrite_output_dir = true\n");
-  CHECK(train({"--config", overwrite}).code == 0);
+  REQUIRE(file_exists(test_dir() + "/out/model.safetensors"));
+  const RunResult overwritten = train({"--config", overwrite});
+  CHECK(overwritten.code == 0);
+  // The last run's final model goes with its checkpoints: nothing of it answers for this run's.
+  CHECK_THAT(overwritten.out, Catch::Contains("overwrite_output_dir: removed from " + test_dir() +
+                                              "/out: 1 old checkpoint(s), metrics.jsonl, model.safetensors, "
+                                              "config.json, vocab.txt, tokenizer_config.json"));
 
   // Resuming with a different model shape.
   const std::string wider = test_dir() + "/wider.toml";
@@ -288,6 +294,22 @@ TEST_CASE("user mistakes are one-line errors") {
   const RunResult reseeded_run = train({"--config", reseeded, "--resume"});
   CHECK(reseeded_run.code == 0);
   CHECK_THAT(reseeded_run.err, Catch::Contains("with changed settings (seed 7 -> 8): the run will not repeat"));
+  // Shards rebuilt in place keep the counts, not the examples: the state's fingerprint of them says so.
+  {
+    const std::string state_path = test_dir() + "/out/checkpoint-2/trainer_state.json";
+    const std::string state_text = read_file(state_path);
+    Json state = Json::parse(state_text);
+    REQUIRE(state.find("train_data_fingerprint") != nullptr);
+    CHECK(state.find("train_data_fingerprint")->as_string().size() == 16);
+    const RunResult same = train({"--config", config, "--resume"});  // nothing to do, no warning
+    CHECK(same.err.find("training data") == std::string::npos);
+    state.set("train_data_fingerprint", "0123456789abcdef");
+    write_file_atomic(state_path, state.dump(2));
+    const RunResult rebuilt = train({"--config", config, "--resume"});
+    CHECK_THAT(rebuilt.err, Catch::Contains("with changed settings (training data (") &&
+                                Catch::Contains(": other shards than the checkpoint's)): the run will not repeat"));
+    write_file_atomic(state_path, state_text);
+  }
 
   // One flipped bit in the optimizer state is still a float: the data hash refuses it, naming the file.
   const std::string moments = test_dir() + "/out/checkpoint-2/trainer_state.safetensors";

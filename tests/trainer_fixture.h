@@ -162,6 +162,11 @@ inline void check_stop_and_resume_bitwise(const std::string& device, const std::
                     log.substr(0, log.find('\n') + 1) + "{\"step\": 3, \"lo\n" + log.substr(log.find('\n') + 1));
   const RunResult again = train({"--config", straight, "--resume", test_dir() + "/straight/checkpoint-8"});
   REQUIRE(again.code == 0);
+  // The checkpoint after step 8 is the branched-off run's: set aside whole, not taken for this run's.
+  CHECK_THAT(again.out, Catch::Contains("set aside " + test_dir() +
+                                        "/straight/checkpoint-12.superseded: a later "
+                                        "checkpoint than step 8"));
+  CHECK(read_file(test_dir() + "/straight/checkpoint-12.superseded/model.safetensors") == model_before);
   CHECK_THAT(again.err, Catch::Contains("warning: " + test_dir() +
                                         "/straight/metrics.jsonl: dropped 1 unreadable line while resuming (line 2); "
                                         "the loss curve has a gap there"));
