@@ -431,6 +431,7 @@ class Trainer {
   int world() const { return comm_.size(); }
   // With several ranks: every rank holds the same weights (a hash of them agrees), else an error.
   void check_replicas(const char* when);
+  void check_finite_weights() const;
   const std::vector<ParamInfo>& params() const;
   int64_t num_parameters() const;
   // The tokens/s -> MFU factor: model FLOPs per real token over the device's peak (0: unknown peak).
@@ -1362,6 +1363,7 @@ std::string Trainer::save_checkpoint() {
   }
 #endif
   check_replicas("at the checkpoint");
+  check_finite_weights();
   state_.elapsed_s = elapsed_at_start_ + seconds_since(session_start_);
   last_saved_step_ = state_.global_step;
   if (!lead()) return {};  // rank 0 writes it (every rank holds the same state)
@@ -1386,6 +1388,34 @@ std::string Trainer::save_checkpoint() {
         write_file_atomic(dir + "/run_config.toml", config_text_);
       });
   return path;
+}
+
+// Non-finite gradients skip their update, but a finite update can still overflow the weights (an
+// absurd learning rate): such weights are not saved over the last good checkpoint. Every rank checks
+// (they hold the same weights), so all stop alike.
+void Trainer::check_finite_weights() const {
+  std::vector<float> downloaded;
+  std::span<const float> weights;
+  if (model_) weights = model_->parameters();
+#if defined(BERT_TRAINER_CUDA)
+  if (cuda_model_) {
+    downloaded = cuda_model_->download_parameters();
+    weights = downloaded;
+  }
+#endif
+  const auto bad = std::find_if(weights.begin(), weights.end(), [](float v) { return !std::isfinite(v); });
+  if (bad == weights.end()) return;
+  const auto offset = static_cast<size_t>(bad - weights.begin());
+  std::string name = "?";
+  for (const ParamInfo& info : params())
+    if (offset >= info.offset && offset < info.offset + info.numel) name = info.name;
+  const int64_t count = std::count_if(bad, weights.end(), [](float v) { return !std::isfinite(v); });
+  throw Error("step " + std::to_string(state_.global_step) + " left " + std::to_string(count) +
+              " non-finite weight(s) (the first in " + name + ": " + printf_string("%g", static_cast<double>(*bad)) +
+              "): an update overflowed (" + config_.path + " [training] learning_rate = " +
+              printf_string("%g", training().learning_rate) + " too large?); not saved, " +
+              (last_saved_step_ > 0 ? "checkpoint-" + std::to_string(last_saved_step_) + " is the last good one"
+                                    : std::string("no checkpoint was written")));
 }
 
 void Trainer::check_replicas(const char* when) {

@@ -279,6 +279,20 @@ TEST_CASE("user mistakes are one-line errors") {
                                               "/out: 1 old checkpoint(s), metrics.jsonl, model.safetensors, "
                                               "config.json, vocab.txt, tokenizer_config.json"));
 
+  // An update that overflows the weights (non-finite gradients skip theirs; finite ones can still
+  // overflow): nothing is saved over the last good checkpoint.
+  const std::string absurd = write_config("absurd", "absurd",
+                                          "max_steps = 4\nper_device_train_batch_size = 8\nlearning_rate = 1e38\n"
+                                          "warmup_steps = 1\nsave_steps = 1\n");  // step 1's rate is 0
+  message = error_of([&] { train({"--config", absurd}); });
+  CHECK_THAT(message, Catch::StartsWith("step 2 left ") && Catch::Contains(" non-finite weight(s) (the first in ") &&
+                          Catch::Contains("absurd.toml [training] learning_rate = 1e+38 too large?); not saved, "
+                                          "checkpoint-1 is the last good one"));
+  CHECK(one_line(message));
+  const std::optional<CheckpointInfo> last_good = latest_checkpoint(test_dir() + "/absurd");
+  REQUIRE(last_good.has_value());
+  CHECK(last_good->step == 1);
+
   // Resuming with a different model shape.
   const std::string wider = test_dir() + "/wider.toml";
   write_file_atomic(
