@@ -48,56 +48,86 @@ bool write_all(int fd, std::string_view content) {
 
 }  // namespace
 
-void write_file_atomic(const std::string& path_arg, std::string_view content) {
-  std::string path = path_arg;
+AtomicOutputFile::AtomicOutputFile(const std::string& path) : requested_(path), target_(path) {
   struct stat link_st {};
-  if (::lstat(path.c_str(), &link_st) == 0 && S_ISLNK(link_st.st_mode)) {
+  if (::lstat(target_.c_str(), &link_st) == 0 && S_ISLNK(link_st.st_mode)) {
     // A symlink: the file it points to is replaced, not the link.
     std::error_code ec;
-    const std::filesystem::path target = std::filesystem::canonical(path, ec);
-    if (!ec) path = target.string();
+    const std::filesystem::path resolved = std::filesystem::canonical(target_, ec);
+    if (!ec) target_ = resolved.string();
   }
   struct stat st {};
-  if (::stat(path.c_str(), &st) == 0 && !S_ISREG(st.st_mode)) {
-    if (S_ISDIR(st.st_mode)) throw Error(path_arg + ": is a directory, expected a file to write");
+  if (::stat(target_.c_str(), &st) == 0 && !S_ISREG(st.st_mode)) {
+    if (S_ISDIR(st.st_mode)) throw Error(requested_ + ": is a directory, expected a file to write");
     // A device, FIFO or socket (/dev/stdout, /dev/null, a pipe): written in place, as a rename would
     // replace the special file itself with a regular one.
-    const int fd = ::open(path.c_str(), O_WRONLY | O_CLOEXEC);
-    if (fd < 0) throw Error(path_arg + ": cannot open for writing: " + os_error());
-    const bool written = write_all(fd, content);
-    const std::string reason = written ? std::string() : os_error();
-    ::close(fd);
-    if (!written) throw Error(path_arg + ": write failed: " + reason);
+    fd_ = ::open(target_.c_str(), O_WRONLY | O_CLOEXEC);
+    if (fd_ < 0) throw Error(requested_ + ": cannot open for writing: " + os_error());
     return;
   }
-  const std::string tmp = path + ".tmp." + std::to_string(::getpid());
-  const int fd = ::open(tmp.c_str(), O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC, 0644);
-  // Errors name the file asked for; the temporary one only in parentheses.
-  const std::string via = " (via " + tmp + ")";
-  if (fd < 0) throw Error(path_arg + ": cannot write: " + os_error() + via);
-  if (!write_all(fd, content)) {
-    const std::string reason = os_error();
-    ::close(fd);
-    ::unlink(tmp.c_str());
-    throw Error(path_arg + ": write failed: " + reason + via);
+  tmp_ = target_ + ".tmp." + std::to_string(::getpid());
+  fd_ = ::open(tmp_.c_str(), O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC, 0644);
+  if (fd_ < 0) throw Error(requested_ + ": cannot write: " + os_error() + via());
+}
+
+AtomicOutputFile::~AtomicOutputFile() {
+  if (fd_ >= 0) ::close(fd_);
+  if (!committed_ && !tmp_.empty()) ::unlink(tmp_.c_str());
+}
+
+std::string AtomicOutputFile::via() const { return tmp_.empty() ? std::string() : " (via " + tmp_ + ")"; }
+
+void AtomicOutputFile::fail(const char* what) {
+  const std::string reason = os_error();
+  if (fd_ >= 0) ::close(fd_);
+  fd_ = -1;
+  throw Error(requested_ + ": " + what + ": " + reason + via());
+}
+
+void AtomicOutputFile::write(std::string_view content) {
+  if (fd_ < 0) throw Error(requested_ + ": internal: written after commit or a failure");
+  bytes_ += content.size();
+  if (buffer_.size() + content.size() > kBufferBytes) flush();
+  if (content.size() >= kBufferBytes) {
+    if (!write_all(fd_, content)) fail("write failed");
+  } else {
+    buffer_.append(content);
   }
-  if (::fsync(fd) != 0 || ::close(fd) != 0) {
-    const std::string reason = os_error();
-    ::unlink(tmp.c_str());
-    throw Error(path_arg + ": fsync/close failed: " + reason + via);
+}
+
+void AtomicOutputFile::flush() {
+  if (!write_all(fd_, buffer_)) fail("write failed");
+  buffer_.clear();
+}
+
+void AtomicOutputFile::commit() {
+  if (fd_ < 0) throw Error(requested_ + ": internal: committed twice or after a failure");
+  flush();
+  if (tmp_.empty()) {  // in place
+    if (::close(fd_) != 0) fail("close failed");
+    fd_ = -1;
+    committed_ = true;
+    return;
   }
-  if (::rename(tmp.c_str(), path.c_str()) != 0) {
-    const std::string reason = os_error();
-    ::unlink(tmp.c_str());
-    throw Error(path_arg + ": rename failed: " + reason + via);
-  }
-  std::string dir = std::filesystem::path(path).parent_path().string();
+  if (::fsync(fd_) != 0) fail("fsync failed");
+  const int closing = fd_;
+  fd_ = -1;
+  if (::close(closing) != 0) fail("close failed");
+  if (::rename(tmp_.c_str(), target_.c_str()) != 0) fail("rename failed");
+  committed_ = true;
+  std::string dir = std::filesystem::path(target_).parent_path().string();
   if (dir.empty()) dir = ".";
   const int dfd = ::open(dir.c_str(), O_RDONLY | O_DIRECTORY | O_CLOEXEC);
   if (dfd >= 0) {
     ::fsync(dfd);
     ::close(dfd);
   }
+}
+
+void write_file_atomic(const std::string& path, std::string_view content) {
+  AtomicOutputFile file(path);
+  file.write(content);
+  file.commit();
 }
 
 bool file_exists(const std::string& path) {

@@ -3,6 +3,7 @@
 #pragma once
 
 #include <cstddef>
+#include <cstdint>
 #include <string>
 #include <string_view>
 
@@ -13,6 +14,31 @@ std::string read_file(const std::string& path);
 // replaced (not the link); a device, FIFO or socket (/dev/stdout) is written in place; a directory
 // is a bert::Error.
 void write_file_atomic(const std::string& path, std::string_view content);
+
+// write_file_atomic for output written piece by piece: commit() makes it the file at `path`; without
+// a commit (an error on the way) the temporary file is removed and `path` is untouched. Errors name
+// `path` (the temporary file in parentheses).
+class AtomicOutputFile {
+ public:
+  explicit AtomicOutputFile(const std::string& path);
+  ~AtomicOutputFile();
+  AtomicOutputFile(const AtomicOutputFile&) = delete;
+  AtomicOutputFile& operator=(const AtomicOutputFile&) = delete;
+  void write(std::string_view content);      // buffered
+  uint64_t bytes() const { return bytes_; }  // written so far
+  void commit();
+
+ private:
+  static constexpr size_t kBufferBytes = size_t{1} << 20;
+  std::string via() const;
+  void flush();
+  [[noreturn]] void fail(const char* what);
+  std::string requested_, target_, tmp_;  // tmp_ empty: a special file, written in place
+  int fd_ = -1;
+  bool committed_ = false;
+  std::string buffer_;
+  uint64_t bytes_ = 0;
+};
 bool file_exists(const std::string& path);
 bool is_directory(const std::string& path);
 size_t file_size(const std::string& path);

@@ -17,6 +17,7 @@
 #include "common/args.h"
 #include "common/error.h"
 #include "common/file.h"
+#include "common/parallel.h"
 #include "common/progress.h"
 #include "data/sentence_splitter.h"
 #include "data/text_reader.h"
@@ -106,75 +107,6 @@ DocHash hash_document(std::string_view text) {
   h ^= h >> 29;
   return {static_cast<uint64_t>(std::hash<std::string_view>{}(text)), h};
 }
-
-// "<path>.tmp.<pid>" written through a buffer, fsynced and renamed over <path> by commit(); removed
-// if destroyed uncommitted (an error, an exception), so no half-written corpus carries the name.
-class AtomicOutputFile {
- public:
-  explicit AtomicOutputFile(const std::string& path) : path_(path), tmp_(path + ".tmp." + std::to_string(::getpid())) {
-    fd_ = ::open(tmp_.c_str(), O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC, 0644);
-    if (fd_ < 0) throw Error(tmp_ + ": cannot create: " + std::strerror(errno));
-    buffer_.reserve(kBufferBytes);
-  }
-  ~AtomicOutputFile() {
-    if (fd_ >= 0) ::close(fd_);
-    if (!committed_) ::unlink(tmp_.c_str());
-  }
-  AtomicOutputFile(const AtomicOutputFile&) = delete;
-  AtomicOutputFile& operator=(const AtomicOutputFile&) = delete;
-
-  void write(std::string_view data) {
-    bytes_ += data.size();
-    if (buffer_.size() + data.size() > kBufferBytes) flush();
-    if (data.size() >= kBufferBytes) {
-      write_fully(data);
-    } else {
-      buffer_.append(data);
-    }
-  }
-  uint64_t bytes() const { return bytes_; }
-
-  void commit() {
-    flush();
-    if (::fsync(fd_) != 0) throw Error(tmp_ + ": fsync failed: " + std::strerror(errno));
-    const int fd = fd_;
-    fd_ = -1;
-    if (::close(fd) != 0) throw Error(tmp_ + ": close failed: " + std::strerror(errno));
-    if (::rename(tmp_.c_str(), path_.c_str()) != 0)
-      throw Error(path_ + ": cannot rename " + tmp_ + " into place: " + std::strerror(errno));
-    committed_ = true;
-    std::string dir = fs::path(path_).parent_path().string();
-    if (dir.empty()) dir = ".";
-    const int dfd = ::open(dir.c_str(), O_RDONLY | O_DIRECTORY | O_CLOEXEC);
-    if (dfd >= 0) {
-      ::fsync(dfd);
-      ::close(dfd);
-    }
-  }
-
- private:
-  static constexpr size_t kBufferBytes = size_t{1} << 20;
-  std::string path_, tmp_;
-  int fd_ = -1;
-  bool committed_ = false;
-  std::string buffer_;
-  uint64_t bytes_ = 0;
-
-  void flush() {
-    write_fully(buffer_);
-    buffer_.clear();
-  }
-  void write_fully(std::string_view data) {
-    while (!data.empty()) {
-      const ssize_t w = ::write(fd_, data.data(), data.size());
-      if (w < 0) {
-        if (errno == EINTR) continue;
-        throw Error(tmp_ + ": write failed: " + std::strerror(errno));
-      }
-      data.remove_prefix(static_cast<size_t>(w));
-    }
-  }
-};
 
 // A batch of raw documents and, after cleaning, their results.
 struct Batch {
@@ -352,11 +284,7 @@ CleanStats clean_corpus(const std::vector<std::string>& files, const std::string
     if (workers == 1 || docs < 2 * workers) {
       work(0, 0, docs);
     } else {
-      std::vector<std::thread> pool;
-      pool.reserve(workers - 1);
-      for (size_t w = 1; w < workers; ++w) pool.emplace_back(work, w, docs * w / workers, docs * (w + 1) / workers);
-      work(0, 0, docs / workers);
-      for (auto& t : pool) t.join();
+      run_parallel(workers, [&](size_t w) { work(w, docs * w / workers, docs * (w + 1) / workers); });
     }
     // In input order: dedupe and write.
     for (const Batch::Result& r : batch.results) {

@@ -15,9 +15,9 @@
 #include <cmath>
 #include <cstring>
 #include <filesystem>
-#include <memory>
 #include <iostream>
 #include <map>
+#include <memory>
 #include <optional>
 #include <thread>
 
@@ -25,6 +25,7 @@
 #include "common/error.h"
 #include "common/file.h"
 #include "common/json.h"
+#include "common/parallel.h"
 #include "common/progress.h"
 #include "data/clean.h"
 #include "data/loader.h"
@@ -94,10 +95,7 @@ void tokenize_pool(const Tokenizer& tok, const RawPool& raw, int threads, Tokeni
       out.thread_of[i] = static_cast<uint16_t>(t);
     }
   };
-  std::vector<std::thread> pool;
-  for (int t = 1; t < threads; ++t) pool.emplace_back(work, static_cast<size_t>(t));
-  work(0);
-  for (auto& th : pool) th.join();
+  run_parallel(static_cast<size_t>(threads), work);
 }
 
 }  // namespace

@@ -1,13 +1,13 @@
 // bert_tokenizer train/encode driven through tokenizer_main(), as the binary runs them.
 #include <catch2/catch.hpp>
-
-#include "tests/test_dirs.h"
+#include <filesystem>
 #include <sstream>
 #include <string>
 #include <vector>
 
 #include "common/error.h"
 #include "common/file.h"
+#include "tests/test_dirs.h"
 #include "tokenizer/commands.h"
 #include "tokenizer/tokenizer.h"
 
@@ -114,6 +114,67 @@ TEST_CASE("bad input: one clear error each") {
   CHECK(run({"encode", "--tokenizer", test_dir() + "/tok", "--add-special-tokens", "--max-length", "2"}, "조선\n").out ==
         "2 3\n");
   CHECK_THROWS_WITH(run({"frobnicate"}), Catch::Contains("unknown command"));
+  // A stray argument is not taken for nothing (reading stdin instead); '-' is stdin.
+  CHECK_THROWS_WITH(run({"encode", "--tokenizer", test_dir() + "/tok", "lines.txt"}),
+                    Catch::Contains("unexpected argument 'lines.txt' (the input file goes after --input)"));
+  CHECK(run({"encode", "--tokenizer", test_dir() + "/tok", "--input", "-"}, "조선\n").out ==
+        run({"encode", "--tokenizer", test_dir() + "/tok"}, "조선\n").out);
+  CHECK_THROWS_WITH(run({"encode", "--tokenizer", test_dir() + "/tok", "--threads", "100000"}),
+                    Catch::Contains("--threads") && Catch::Contains("1024"));
+  // BertTokenizerFast would add a missing [MASK] as a new id past vocab.txt: refused, not warned about.
+  CHECK_THROWS_WITH(run({"train", "--input", test_dir() + "/corpus.txt", "--out", test_dir() + "/nomask",
+                         "--vocab-size", "300", "--special-tokens", "[PAD]", "[UNK]", "[CLS]", "[SEP]"}),
+                    Catch::Contains("--special-tokens lacks [MASK]"));
+  CHECK_FALSE(file_exists(test_dir() + "/nomask/vocab.txt"));
+  // A vocabulary without [CLS]: one error before encoding, on one thread or many (an exception in a
+  // worker thread must not end in std::terminate).
+  make_directories(test_dir() + "/nocls");
+  std::string vocab = read_file(test_dir() + "/tok/vocab.txt");
+  vocab.replace(vocab.find("[CLS]\n"), 6, "");
+  write_file_atomic(test_dir() + "/nocls/vocab.txt", vocab);
+  std::string many;
+  for (int i = 0; i < 500; ++i) many += "조선 " + std::to_string(i) + "\n";
+  for (const char* threads : {"1", "3"})
+    CHECK_THROWS_WITH(
+        run({"encode", "--tokenizer", test_dir() + "/nocls", "--add-special-tokens", "--threads", threads}, many),
+        Catch::Contains("nocls/vocab.txt: has no [CLS], which --add-special-tokens adds"));
+}
+
+TEST_CASE("encode --output: a file appears whole or not at all, a special file is written in place") {
+  corpus();
+  REQUIRE(
+      run({"train", "--input", test_dir() + "/corpus.txt", "--out", test_dir() + "/tok", "--vocab-size", "300"}).code ==
+      0);
+  const std::string expected = run({"encode", "--tokenizer", test_dir() + "/tok"}, "조선\n무신\n").out;
+  REQUIRE(!expected.empty());
+  const std::string output = test_dir() + "/ids.txt";
+  REQUIRE(run({"encode", "--tokenizer", test_dir() + "/tok", "--output", output}, "조선\n무신\n").code == 0);
+  CHECK(read_file(output) == expected);
+  // Through a symlink: its target is written, the link stays.
+  std::filesystem::remove(test_dir() + "/link.txt");
+  std::filesystem::create_symlink("ids.txt", test_dir() + "/link.txt");
+  REQUIRE(run({"encode", "--tokenizer", test_dir() + "/tok", "--output", test_dir() + "/link.txt"}, "조선\n").code ==
+          0);
+  CHECK(std::filesystem::is_symlink(test_dir() + "/link.txt"));
+  CHECK(read_file(output) == run({"encode", "--tokenizer", test_dir() + "/tok"}, "조선\n").out);
+  // /dev/null stays a device.
+  REQUIRE(run({"encode", "--tokenizer", test_dir() + "/tok", "--output", "/dev/null"}, "조선\n").code == 0);
+  CHECK(std::filesystem::is_character_file("/dev/null"));
+  // An error leaves neither the output nor a temporary file (AtomicOutputFile removes its own).
+  std::filesystem::remove(output);
+  make_directories(test_dir() + "/nocls2");
+  std::string vocab = read_file(test_dir() + "/tok/vocab.txt");
+  vocab.replace(vocab.find("[SEP]\n"), 6, "");
+  write_file_atomic(test_dir() + "/nocls2/vocab.txt", vocab);
+  CHECK_THROWS(
+      run({"encode", "--tokenizer", test_dir() + "/nocls2", "--add-special-tokens", "--output", output}, "a\n"));
+  CHECK_THROWS_WITH(run({"encode", "--tokenizer", test_dir() + "/tok", "--output", test_dir() + "/tok"}, "a\n"),
+                    Catch::Contains("/tok: is a directory, expected a file to write"));
+  for (const auto& entry : std::filesystem::directory_iterator(test_dir())) {
+    INFO(entry.path());
+    CHECK(entry.path().filename().string().find(".tmp") == std::string::npos);
+  }
+  CHECK_FALSE(file_exists(output));
 }
 
 TEST_CASE("invalid UTF-8 is replaced, reported with its line, and does not stop encoding") {

@@ -12,6 +12,7 @@
 #include "common/error.h"
 #include "common/file.h"
 #include "common/json.h"
+#include "common/parallel.h"
 #include "common/progress.h"
 #include "tokenizer/tokenizer.h"
 #include "tokenizer/trainer.h"
@@ -77,9 +78,14 @@ int tokenizer_train_command(const std::vector<std::string>& argv, std::ostream& 
     }
     if (std::find(topt.special_tokens.begin(), topt.special_tokens.end(), config.unk_token) == topt.special_tokens.end())
       throw Error("bert_tokenizer train: --special-tokens must include " + config.unk_token);
+    // tokenizer_config.json names all five; transformers' BertTokenizerFast adds one vocab.txt lacks as a
+    // new id past the vocabulary (bert_tokenizer and tokenizers' BertWordPieceTokenizer split it into
+    // pieces), so the ids would no longer match. BERT pretraining needs all five anyway.
     for (const auto& t : standard) {
       if (std::find(topt.special_tokens.begin(), topt.special_tokens.end(), t) == topt.special_tokens.end())
-        err << "warning: special token " << t << " is not in --special-tokens; BERT pretraining needs it\n";
+        throw Error("bert_tokenizer train: --special-tokens lacks " + t +
+                    ": BERT needs [PAD] [UNK] [CLS] [SEP] [MASK] (transformers' BertTokenizerFast would add a "
+                    "missing one as a new id past vocab.txt, so its ids would differ from bert_tokenizer's)");
     }
   }
   if (!config.normalizer.clean_text)
@@ -92,7 +98,7 @@ int tokenizer_train_command(const std::vector<std::string>& argv, std::ostream& 
   Progress progress(!quiet);
   CountOptions copt;
   copt.normalizer = config.normalizer;
-  copt.threads = resolve_threads(args.integer("--threads", 0));
+  copt.threads = resolve_threads(args.integer("--threads", 0, 1024));
   uint64_t total_bytes = 0;
   for (const auto& f : inputs) total_bytes += file_size(f);
   copt.progress = [&](uint64_t bytes, uint64_t words) {
@@ -103,8 +109,8 @@ int tokenizer_train_command(const std::vector<std::string>& argv, std::ostream& 
   size_t invalid_reported = 0;
   copt.on_invalid_utf8 = [&](const std::string& file, size_t line, size_t byte) {
     if (invalid_reported++ < 10)
-      err << file << ":" << line << ": warning: invalid UTF-8 at byte " << byte
-          << "; bad bytes replaced by U+FFFD, which clean_text removes\n";
+      err << file << ":" << line << ": warning: invalid UTF-8 at byte " << byte << "; bad bytes replaced by U+FFFD"
+          << (config.normalizer.clean_text ? ", which clean_text removes" : " (--no-clean-text: kept)") << "\n";
   };
   CountStats cstats;
   WordCounts counts = count_words(inputs, copt, &cstats);
@@ -233,21 +239,31 @@ void format_line(const EncodeJob& job, std::string_view line, EncodeScratch& scr
 int tokenizer_encode_command(const std::vector<std::string>& argv, std::istream& in, std::ostream& out,
                              std::ostream& err) {
   Args args("bert_tokenizer encode",
-            "bert_tokenizer encode --tokenizer DIR [--input FILE] [--output FILE] [--threads N] "
-            "[--add-special-tokens] [--pair] [--format ids|tokens|jsonl]");
+            "bert_tokenizer encode --tokenizer DIR [--input FILE|-] [--output FILE] [--threads N] "
+            "[--add-special-tokens] [--pair] [--max-length N] [--format ids|tokens|jsonl]");
   args.option("--tokenizer", "tokenizer directory (vocab.txt + tokenizer_config.json)")
-      .option("--input", "input text, one sequence a line (default: stdin)")
+      .option("--input", "input text, one sequence a line (default or '-': stdin)")
       .option("--output", "output file (default: stdout)")
       .option("--threads", "encoding threads (0 = all cores)", "0")
       .flag("--add-special-tokens", "add [CLS] ... [SEP] (and B [SEP] with --pair)")
-      .flag("--pair", "each line is 'A<TAB>B'")
+      .flag("--pair",
+            "each line is 'A<TAB>B' (split at the first tab; a line without one is A with an empty B, as "
+            "tokenizers' encode(A, \"\") gives)")
       .option("--max-length", "truncate (LongestFirst) to this many tokens, specials included")
       .option("--format", "ids | tokens | jsonl", "ids");
   if (!args.parse(argv)) {
     out << args.help();
     return 0;
   }
+  if (!args.positional().empty())
+    throw Error("bert_tokenizer encode: unexpected argument '" + args.positional()[0] +
+                "' (the input file goes after --input)");
   const Tokenizer tokenizer = Tokenizer::from_dir(args.str("--tokenizer"));
+  if (args.has("--add-special-tokens"))
+    for (const std::string& token : {tokenizer.config().cls_token, tokenizer.config().sep_token})
+      if (tokenizer.vocab().id(token) < 0)
+        throw Error(without_trailing_slashes(args.str("--tokenizer")) + "/vocab.txt: has no " + token +
+                    ", which --add-special-tokens adds");
   EncodeJob job{&tokenizer, args.has("--add-special-tokens"), args.has("--pair"), std::nullopt, Format::kIds};
   if (args.has("--max-length")) job.max_length = static_cast<size_t>(args.integer("--max-length", 1));
   // HF's tokenizers subtracts the specials from max_length in an unsigned integer: below their count
@@ -263,27 +279,29 @@ int tokenizer_encode_command(const std::vector<std::string>& argv, std::istream&
   else if (format == "tokens") job.format = Format::kTokens;
   else if (format == "jsonl") job.format = Format::kJsonl;
   else throw Error("bert_tokenizer encode: --format must be ids, tokens or jsonl, got '" + format + "'");
-  const int threads = resolve_threads(args.integer("--threads", 0));
+  const int threads = resolve_threads(args.integer("--threads", 0, 1024));
 
   std::ifstream file_in;
   std::istream* src = &in;
-  const std::string input_name = args.maybe("--input").value_or("<stdin>");
-  if (args.has("--input")) {
+  const bool from_stdin = !args.has("--input") || args.str("--input") == "-";
+  const std::string input_name = from_stdin ? "<stdin>" : args.str("--input");
+  if (!from_stdin) {
     const std::string path = args.str("--input");
     if (is_directory(path)) throw Error(path + ": is a directory, expected a text file");
     file_in.open(path, std::ios::binary);
     if (!file_in) throw Error(path + ": cannot open input file");
     src = &file_in;
   }
-  std::ofstream file_out;
-  std::ostream* dst = &out;
-  std::string output_tmp;
-  if (args.has("--output")) {
-    output_tmp = args.str("--output") + ".tmp";
-    file_out.open(output_tmp, std::ios::binary);
-    if (!file_out) throw Error(args.str("--output") + ": cannot create output file");
-    dst = &file_out;
-  }
+  // A regular file appears whole or not at all (an error leaves none); /dev/stdout or a FIFO is written
+  // in place.
+  std::optional<AtomicOutputFile> file_out;
+  if (args.has("--output")) file_out.emplace(args.str("--output"));
+  const auto emit = [&](std::string_view text) {
+    if (file_out)
+      file_out->write(text);
+    else
+      out.write(text.data(), static_cast<std::streamsize>(text.size()));
+  };
 
   // Blocks of whole lines; each block is split into one contiguous slice per thread, and the
   // slices are written back in order.
@@ -341,26 +359,24 @@ int tokenizer_encode_command(const std::vector<std::string>& argv, std::istream&
         format_line(job, lines[i], scratch[0].text, scratch[0].a, scratch[0].b, scratch[0].types, outputs[0],
                     bad_per_line[i]);
     } else {
-      std::vector<std::thread> pool;
-      for (int t = 1; t < threads; ++t) pool.emplace_back(work, static_cast<size_t>(t));
-      work(0);
-      for (auto& th : pool) th.join();
+      run_parallel(static_cast<size_t>(threads), work);
     }
-    for (const auto& o : outputs) dst->write(o.data(), static_cast<std::streamsize>(o.size()));
+    for (const auto& o : outputs) emit(o);
     for (size_t i = 0; i < lines.size(); ++i) {
       if (bad_per_line[i] && bad_lines++ < 10)
         err << input_name << ":" << line_base + i + 1 << ": warning: invalid UTF-8 (" << bad_per_line[i]
-            << " bad sequence(s)) replaced by U+FFFD, which clean_text removes\n";
+            << " bad sequence(s)) replaced by U+FFFD"
+            << (tokenizer.config().normalizer.clean_text ? ", which clean_text removes" : " (clean_text is off: kept)")
+            << "\n";
     }
     line_base += lines.size();
   }
   if (bad_lines > 10) err << "warning: " << bad_lines << " line(s) with invalid UTF-8 in total\n";
-  dst->flush();
-  if (!*dst) throw Error("bert_tokenizer encode: write error");
-  if (file_out.is_open()) {
-    file_out.close();
-    if (std::rename(output_tmp.c_str(), args.str("--output").c_str()) != 0)
-      throw Error(args.str("--output") + ": cannot rename output into place");
+  if (file_out) {
+    file_out->commit();
+  } else {
+    out.flush();
+    if (!out) throw Error("bert_tokenizer encode: write error on the standard output");
   }
   return 0;
 }

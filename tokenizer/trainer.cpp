@@ -11,6 +11,7 @@
 
 #include "common/error.h"
 #include "common/file.h"
+#include "common/parallel.h"
 #include "common/utf8.h"
 #include "tokenizer/pretokenizer.h"
 
@@ -147,26 +148,27 @@ WordCounts count_words(const std::vector<std::string>& files, const CountOptions
     }
   };
 
-  std::vector<std::thread> pool;
-  for (int t = 1; t < threads; ++t) pool.emplace_back(worker, static_cast<size_t>(t));
   if (options.progress) {
-    // The calling thread reports while the others count, then joins in.
-    std::thread reporter;
+    // A thread of its own reports while the others count.
     std::atomic<bool> done{false};
-    reporter = std::thread([&] {
+    std::thread reporter([&] {
       while (!done) {
         options.progress(bytes_done.load(), words_done.load());
         std::this_thread::sleep_for(std::chrono::milliseconds(200));
       }
     });
-    worker(0);
-    for (auto& th : pool) th.join();
+    try {
+      run_parallel(static_cast<size_t>(threads), worker);
+    } catch (...) {
+      done = true;
+      reporter.join();
+      throw;
+    }
     done = true;
     reporter.join();
     options.progress(bytes_done.load(), words_done.load());
   } else {
-    worker(0);
-    for (auto& th : pool) th.join();
+    run_parallel(static_cast<size_t>(threads), worker);
   }
 
   // Merge the smaller tables into the largest.
