@@ -46,14 +46,14 @@ bool Args::parse(const std::vector<std::string>& argv) {
         if (inline_value) fail("option '" + a + "' takes no value");
         dst.push_back("1");
         break;
-      case Kind::kOption:
-        if (inline_value) {
-          dst = {*inline_value};
-        } else {
-          if (i + 1 >= argv.size()) fail("option '" + a + "' needs a value");
-          dst = {argv[++i]};
-        }
+      case Kind::kOption: {
+        if (!inline_value && i + 1 >= argv.size()) fail("option '" + a + "' needs a value");
+        const std::string value = inline_value ? *inline_value : argv[++i];
+        // Which one was meant is a guess (a script's default and an override?): say so.
+        if (!dst.empty()) fail("option '" + a + "' given twice ('" + dst[0] + "' and '" + value + "')");
+        dst = {value};
         break;
+      }
       case Kind::kList:
         if (inline_value) dst.push_back(*inline_value);
         while (i + 1 < argv.size() && argv[i + 1].compare(0, 2, "--") != 0) dst.push_back(argv[++i]);

@@ -95,6 +95,8 @@ TEST_CASE("bad input: one clear error each") {
   CHECK_THROWS_WITH(run({"train", "--input", test_dir() + "/corpus.txt", "--out", test_dir() + "/x", "--vocab-size", "ten"}),
                     Catch::Contains("--vocab-size") && Catch::Contains("integer"));
   CHECK_THROWS_WITH(run({"train", "--bogus"}), Catch::Contains("unknown option '--bogus'"));
+  CHECK_THROWS_WITH(run({"encode", "--tokenizer", "a", "--format", "ids", "--format=tokens"}),
+                    Catch::Contains("option '--format' given twice ('ids' and 'tokens')"));
   CHECK_THROWS_WITH(run({"encode", "--tokenizer", test_dir() + "/missing"}), Catch::Contains("tokenizer directory not found"));
   make_directories(test_dir() + "/badtok");
   write_file_atomic(test_dir() + "/badtok/vocab.txt", "[UNK]\nab\nab\n");
