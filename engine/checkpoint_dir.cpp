@@ -1,6 +1,7 @@
 #include "engine/checkpoint_dir.h"
 
 #include <fcntl.h>
+#include <sys/file.h>
 #include <unistd.h>
 
 #include <algorithm>
@@ -52,6 +53,63 @@ std::optional<CheckpointInfo> latest_checkpoint(const std::string& output_dir) {
   return all.back();
 }
 
+void recover_interrupted_saves(const std::string& output_dir) {
+  std::error_code ec;
+  if (!fs::is_directory(output_dir, ec)) return;
+  std::vector<fs::path> entries;
+  for (const auto& e : fs::directory_iterator(output_dir, ec))
+    if (e.is_directory()) entries.push_back(e.path());
+  bool changed = false;
+  for (const fs::path& path : entries) {
+    const std::string name = path.filename().string();
+    if (name.rfind(".checkpoint-", 0) == 0 && name.find(".tmp-") != std::string::npos) {
+      fs::remove_all(path, ec);
+      changed = true;
+      continue;
+    }
+    const size_t old = name.find(".old-");
+    if (name.rfind("checkpoint-", 0) != 0 || old == std::string::npos) continue;
+    const fs::path final_path = path.parent_path() / name.substr(0, old);
+    if (fs::exists(final_path, ec)) {
+      fs::remove_all(path, ec);  // the re-save completed; only the removal of the old copy was cut short
+    } else {
+      fs::rename(path, final_path, ec);  // the crash came between the two renames: the old copy is the one
+      if (ec) throw Error(path.string() + ": cannot put it back as " + final_path.string() + ": " + ec.message());
+    }
+    changed = true;
+  }
+  if (changed) fsync_path(output_dir, true);
+}
+
+OutputDirLock::OutputDirLock(const std::string& output_dir) {
+  make_directories(output_dir);
+  const std::string path = output_dir + "/" + kFileName;
+  fd_ = ::open(path.c_str(), O_RDWR | O_CREAT | O_CLOEXEC, 0644);
+  if (fd_ < 0) throw Error(path + ": cannot open the output_dir's lock file: " + std::strerror(errno));
+  if (::flock(fd_, LOCK_EX | LOCK_NB) != 0) {
+    const int error = errno;
+    char holder[32] = {};
+    const ssize_t got = ::pread(fd_, holder, sizeof holder - 1, 0);
+    ::close(fd_);
+    fd_ = -1;
+    if (error != EWOULDBLOCK) throw Error(path + ": cannot lock the output_dir's lock file: " + std::strerror(error));
+    std::string pid = got > 0 ? std::string(holder, static_cast<size_t>(got)) : std::string();
+    while (!pid.empty() && (pid.back() == '\n' || pid.back() == ' ')) pid.pop_back();
+    throw Error(output_dir + ": another bert_train is writing to this output_dir (" +
+                (pid.empty() ? std::string("pid unknown") : "pid " + pid) + ", holding " + path +
+                "); wait for it to end, or choose another output_dir");
+  }
+  const std::string pid = std::to_string(::getpid()) + "\n";
+  if (::ftruncate(fd_, 0) == 0) {
+    const ssize_t written = ::pwrite(fd_, pid.data(), pid.size(), 0);
+    (void)written;  // the pid is a courtesy for the message above
+  }
+}
+
+OutputDirLock::~OutputDirLock() {
+  if (fd_ >= 0) ::close(fd_);  // releases the lock
+}
+
 std::vector<std::string> set_aside_checkpoints_after(const std::string& output_dir, int64_t step) {
   std::vector<std::string> renamed;
   for (const CheckpointInfo& later : list_checkpoints(output_dir)) {
@@ -71,12 +129,7 @@ std::string save_checkpoint_dir(const std::string& output_dir, int64_t step, int
                                 const std::function<void(const std::string& tmp_dir)>& write_files) {
   make_directories(output_dir);
   std::error_code ec;
-  // Leftovers of interrupted saves.
-  for (const auto& e : fs::directory_iterator(output_dir, ec)) {
-    const std::string name = e.path().filename().string();
-    if (e.is_directory() && name.rfind(".checkpoint-", 0) == 0 && name.find(".tmp-") != std::string::npos)
-      fs::remove_all(e.path(), ec);
-  }
+  recover_interrupted_saves(output_dir);
   const std::string final_path = output_dir + "/checkpoint-" + std::to_string(step);
   const std::string tmp = output_dir + "/.checkpoint-" + std::to_string(step) + ".tmp-" + std::to_string(::getpid());
   fs::remove_all(tmp, ec);

@@ -29,6 +29,28 @@ std::optional<CheckpointInfo> latest_checkpoint(const std::string& output_dir);
 std::string save_checkpoint_dir(const std::string& output_dir, int64_t step, int save_total_limit,
                                 const std::function<void(const std::string& tmp_dir)>& write_files);
 
+// Finishes what a crash interrupted: a re-save of checkpoint-N moves the old copy aside as
+// "checkpoint-N.old-<pid>" first, so when checkpoint-N is missing that copy is put back; when both are
+// there the old one is removed. Also removes temporary ".checkpoint-*.tmp-*" directories. Called
+// before listing checkpoints to resume and before each save (save_checkpoint_dir does).
+void recover_interrupted_saves(const std::string& output_dir);
+
+// Holds an exclusive lock on "<output_dir>/.bert_train.lock" (the directory is created if need be)
+// for its lifetime: a second run into the same output_dir (its checkpoint saves would remove this
+// run's temporary directories, its rotation this run's checkpoints) is refused with a one-line error
+// naming the holder's pid.
+class OutputDirLock {
+ public:
+  static constexpr const char* kFileName = ".bert_train.lock";
+  explicit OutputDirLock(const std::string& output_dir);
+  ~OutputDirLock();
+  OutputDirLock(const OutputDirLock&) = delete;
+  OutputDirLock& operator=(const OutputDirLock&) = delete;
+
+ private:
+  int fd_ = -1;
+};
+
 // A run resumed from step K that goes on into `output_dir` branches off the run that wrote its
 // checkpoints after K: those are renamed "checkpoint-N.superseded" ("...superseded-2", ... if taken), so
 // that neither the rotation nor a bare --resume takes them for the new run's, and nothing is deleted.

@@ -501,6 +501,7 @@ class Trainer {
   int threads_ = 1;
   std::unique_ptr<Tokenizer> tokenizer_;
   std::unique_ptr<Dataset> train_data_, valid_data_;
+  std::optional<OutputDirLock> output_lock_;  // rank 0's, for the whole run
   std::string valid_description_;
   std::unique_ptr<Loader> loader_, eval_loader_;
   int64_t seq_len_ = 0;                               // the longest batch the loader can make
@@ -541,6 +542,9 @@ void Trainer::setup_threads() {
   threads_ = training().threads > 0 ? training().threads : std::max(1, omp_get_num_procs() / placement_.cpu_sharers);
   // The ops take their thread count from the Context; OpenMP's default and OpenBLAS's pool follow it
   // so neither oversubscribes the cores.
+  if (training().threads > omp_get_num_procs())
+    err_ << "warning: " << config_.path << ": [training] threads = " << training().threads << " on "
+         << omp_get_num_procs() << " core(s): more threads than cores slows every step down\n";
   omp_set_num_threads(threads_);
   if (openblas_set_num_threads) openblas_set_num_threads(threads_);
   context_ = std::make_unique<cpu::Context>(threads_);
@@ -691,9 +695,18 @@ void Trainer::check_output_dir() {
   const std::string& dir = training().output_dir;
   const std::string where = config_.path + ": [training] output_dir '" + dir + "'";
   if (file_exists(dir) && !is_directory(dir)) throw Error(where + " exists and is not a directory");
+  // Locked now when it exists (before anything in it is read or removed), else when training starts:
+  // a config error leaves no directory behind.
+  if (lead() && is_directory(dir)) {
+    output_lock_.emplace(dir);
+    recover_interrupted_saves(dir);
+  }
   if (resume_) return;
   std::error_code ec;
-  const bool non_empty = is_directory(dir) && !fs::is_empty(dir, ec);
+  bool non_empty = false;
+  if (is_directory(dir))
+    for (const auto& entry : fs::directory_iterator(dir, ec))
+      non_empty = non_empty || entry.path().filename() != OutputDirLock::kFileName;
   if (!non_empty) return;
   if (!training().overwrite_output_dir)
     throw Error(where + " already exists and is not empty; continue it with --resume, set [training] " +
@@ -1481,6 +1494,10 @@ bool Trainer::setup() {
   state_.batches_per_epoch = static_cast<int64_t>(loader_->batches_per_epoch()) * world();
   state_.total_steps = total_train_steps(training(), loader_->batches_per_epoch());
   state_.warmup_steps = training().warmup_steps_for(state_.total_steps);
+  if (state_.warmup_steps > state_.total_steps && lead())
+    err_ << "warning: " << config_.path << ": [training] warmup_steps = " << state_.warmup_steps << " is more than the "
+         << state_.total_steps << " steps of the run: the learning rate never reaches learning_rate (HF accepts "
+         << "this too)\n";
   state_.seed = training().seed;
   state_.config_path = config_.path;
   state_.config_hash = hex64(hash64(config_text_.data(), config_text_.size()));
@@ -1560,6 +1577,7 @@ int Trainer::train() {
   check_replicas("at the start");
   if (lead()) {
     make_directories(training().output_dir);
+    if (!output_lock_) output_lock_.emplace(training().output_dir);
     if (dump_dir_) start_dump();
     metrics_ =
         std::make_unique<MetricsLog>(training().output_dir + "/metrics.jsonl", resumed_ ? state_.global_step : -1);

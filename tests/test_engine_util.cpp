@@ -64,6 +64,28 @@ TEST_CASE("checkpoints: atomic, rotated, newest never deleted, failed writes lea
   // Re-saving the same step replaces it.
   save_checkpoint_dir(out, 50, 1, writer("again"));
   CHECK(read_file(out + "/checkpoint-50/model.bin") == "again");
+  // A crash between a re-save's two renames leaves only checkpoint-50.old-PID: it is put back. One after
+  // both renames leaves both: the old copy goes.
+  fs::rename(out + "/checkpoint-50", out + "/checkpoint-50.old-77");
+  REQUIRE(list_checkpoints(out).empty());
+  recover_interrupted_saves(out);
+  REQUIRE(latest_checkpoint(out).has_value());
+  CHECK(read_file(latest_checkpoint(out)->path + "/model.bin") == "again");
+  fs::copy(out + "/checkpoint-50", out + "/checkpoint-50.old-78");
+  make_directories(out + "/.checkpoint-60.tmp-79");
+  recover_interrupted_saves(out);
+  size_t left = 0;
+  for (const auto& e : fs::directory_iterator(out)) left += e.is_directory();
+  CHECK(left == 1);
+  CHECK(read_file(out + "/checkpoint-50/model.bin") == "again");
+  // Resuming step 20 of a run that went on to 50: the later checkpoint is renamed, not deleted.
+  save_checkpoint_dir(out, 20, 0, writer("step20"));
+  CHECK(set_aside_checkpoints_after(out, 20) == std::vector<std::string>{out + "/checkpoint-50.superseded"});
+  CHECK(latest_checkpoint(out)->step == 20);
+  save_checkpoint_dir(out, 50, 0, writer("branch"));
+  CHECK(set_aside_checkpoints_after(out, 20) == std::vector<std::string>{out + "/checkpoint-50.superseded-2"});
+  CHECK(read_file(out + "/checkpoint-50.superseded/model.bin") == "again");
+  CHECK(read_file(out + "/checkpoint-50.superseded-2/model.bin") == "branch");
 }
 
 TEST_CASE("directories lose their trailing slashes, the root keeps its own") {

@@ -1,6 +1,8 @@
 // bert_train end to end on a tiny model (hidden 16, 2 layers, seq 32) and a tiny Korean corpus:
 // the loss falls, a stopped + resumed run equals an uninterrupted one bit for bit, checkpoints are
 // complete and rotated, and user mistakes are one-line errors.
+#include <unistd.h>
+
 #include <algorithm>
 #include <catch2/catch.hpp>
 #include <chrono>
@@ -279,6 +281,29 @@ TEST_CASE("user mistakes are one-line errors") {
                                               "/out: 1 old checkpoint(s), metrics.jsonl, model.safetensors, "
                                               "config.json, vocab.txt, tokenizer_config.json"));
 
+  // A second run into an output_dir a run is writing to (its saves would delete the first's temporary
+  // checkpoint, its rotation the first's checkpoints) is refused; the lock goes with the run.
+  {
+    const OutputDirLock held(test_dir() + "/out");
+    message = error_of([&] { train({"--config", config, "--resume"}); });
+    CHECK_THAT(message, Catch::Contains(test_dir() + "/out: another bert_train is writing to this output_dir (pid " +
+                                        std::to_string(::getpid()) + ", holding "));
+    CHECK(one_line(message));
+  }
+  // More threads than cores, and a warm-up longer than the run: warnings.
+  const std::string oversubscribed = write_config("oversubscribed", "oversubscribed",
+                                                  "max_steps = 1\nper_device_train_batch_size = 8\nwarmup_steps = 5\n");
+  {
+    std::string text = read_file(oversubscribed);
+    text.replace(text.find("threads = 2\n"), 12,
+                 "threads = " + std::to_string(2 * std::thread::hardware_concurrency() + 1) + "\n");
+    write_file_atomic(oversubscribed, text);
+  }
+  const RunResult crowded = train({"--config", oversubscribed});
+  CHECK(crowded.code == 0);
+  CHECK_THAT(crowded.err, Catch::Contains("core(s): more threads than cores slows every step down") &&
+                              Catch::Contains("[training] warmup_steps = 5 is more than the 1 steps of the run"));
+
   // An update that overflows the weights (non-finite gradients skip theirs; finite ones can still
   // overflow): nothing is saved over the last good checkpoint.
   const std::string absurd = write_config("absurd", "absurd",
@@ -489,12 +514,13 @@ TEST_CASE("user mistakes are one-line errors") {
 
 TEST_CASE("a non-finite gradient skips the update with a warning, and the run goes on") {
   make_tiny_data();
-  // A learning rate of 1e38 sends AdamW's first update (~lr * sign(g)) to weights near the float
-  // limit: the second forward overflows, its gradient norm is not finite, and every update from then
-  // on is skipped. The run must neither crash nor apply them; the log says so.
+  // A learning rate of 1e30 sends AdamW's first update (~lr * sign(g)) to weights of ~1e30, still
+  // finite: the second forward's products (~1e60) overflow, its gradient norm is not finite, and every
+  // update from then on is skipped. The run must neither crash nor apply them; the log says so, and
+  // the (finite) weights are saved. (At 1e38 the update itself overflows: "user mistakes" above.)
   const std::string config =
       write_config("blowup", "out",
-                   "max_steps = 4\nper_device_train_batch_size = 8\nlearning_rate = 1e38\nwarmup_steps = 0\n"
+                   "max_steps = 4\nper_device_train_batch_size = 8\nlearning_rate = 1e30\nwarmup_steps = 0\n"
                    "lr_scheduler_type = \"constant\"\nlogging_steps = 1\nsave_steps = 4\n");
   const RunResult run = train({"--config", config});
   INFO(run.out << run.err);

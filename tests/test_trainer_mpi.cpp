@@ -28,6 +28,7 @@
 #include <cmath>
 #include <cstdlib>
 #include <fstream>
+#include <sstream>
 #include <string>
 #include <thread>
 #include <vector>
@@ -202,7 +203,11 @@ TEST_CASE("2 MPI ranks train the model 1 rank trains with twice the accumulation
   CHECK(count(two.out, "done: 10 steps") == 1);
   CHECK(two.out.find("4 sequences x 1 accumulation x 2 ranks = 8 sequences/step") != std::string::npos);
   CHECK(two.out.find("gradients summed by MPI (") != std::string::npos);
-  CHECK(two.err.find("warning") == std::string::npos);
+  {  // none but, where mpirun binds each rank to one core, that the fixture's 2 threads share it
+    std::istringstream lines(two.err);
+    for (std::string line; std::getline(lines, line);)
+      if (line.find("more threads than cores") == std::string::npos) CHECK(line.find("warning") == std::string::npos);
+  }
 
   check_same_run("ranks", "single");
 
