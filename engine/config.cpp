@@ -406,6 +406,13 @@ void read_section(const TomlTable& table, const std::vector<Field<S>>& fields, S
 
 }  // namespace
 
+std::string RunConfig::where(std::string_view section, std::string_view key) const {
+  const std::string name(section);
+  auto it = lines.find(name + "." + std::string(key));
+  if (it == lines.end()) it = lines.find(name);
+  return located(path, it == lines.end() ? 0 : it->second, "[" + name + "] " + std::string(key));
+}
+
 RunConfig parse_run_config(std::string_view text, const std::string& path) {
   const TomlDocument doc = parse_toml(text, path);
   RunConfig config;
@@ -433,6 +440,12 @@ RunConfig parse_run_config(std::string_view text, const std::string& path) {
                               (guess.empty() ? "; the sections are [model], [data] and [training]"
                                              : "; did you mean [" + guess + "]?")));
     }
+  }
+
+  for (const TomlTable& table : doc.tables) {
+    if (table.name.empty()) continue;
+    config.lines[table.name] = table.line;
+    for (const TomlEntry& entry : table.entries) config.lines[table.name + "." + entry.key] = entry.line;
   }
 
   // Locations for checks that involve defaults: the key's line when written, else its section's.

@@ -14,6 +14,7 @@
 #pragma once
 
 #include <cstdint>
+#include <map>
 #include <string>
 #include <string_view>
 #include <vector>
@@ -109,6 +110,12 @@ struct RunConfig {
   DataConfig data;
   TrainingConfig training;
   std::vector<std::string> warnings;  // valid but suspicious settings, "path:line: ..." each
+  // Lines for messages: "section" is its [header]'s, "section.key" the key's, where written.
+  std::map<std::string, size_t> lines;
+
+  // "path:line: [section] key" for checks made after parsing: the key's line when written, else its
+  // section's, else "path: [section] key".
+  std::string where(std::string_view section, std::string_view key) const;
 };
 
 RunConfig load_run_config(const std::string& path);

@@ -543,7 +543,7 @@ void Trainer::setup_threads() {
   // The ops take their thread count from the Context; OpenMP's default and OpenBLAS's pool follow it
   // so neither oversubscribes the cores.
   if (training().threads > omp_get_num_procs())
-    err_ << "warning: " << config_.path << ": [training] threads = " << training().threads << " on "
+    err_ << "warning: " << config_.where("training", "threads") << " = " << training().threads << " on "
          << omp_get_num_procs() << " core(s): more threads than cores slows every step down\n";
   omp_set_num_threads(threads_);
   if (openblas_set_num_threads) openblas_set_num_threads(threads_);
@@ -552,7 +552,7 @@ void Trainer::setup_threads() {
 
 // device = "cuda": one-line errors before any data or weights are loaded.
 void Trainer::check_cuda_device() {
-  const std::string where = config_.path + ": [training] device = \"cuda\": ";
+  const std::string where = config_.where("training", "device") + " = \"cuda\": ";
 #if defined(BERT_TRAINER_CUDA)
   device_ = cuda_device_info();
   if (!device_.available) throw Error(where + device_.reason + "; set device = \"cpu\" to train on the CPU");
@@ -590,7 +590,7 @@ void Trainer::check_cuda_model() {
     BertForPreTrainingCuda::check_supported(config_.model);
     BertForPreTrainingCuda::check_supported_seq_len(seq_len_);
   } catch (const std::invalid_argument& e) {
-    throw Error(config_.path + ": [training] device = \"cuda\": " + e.what());
+    throw Error(config_.where("training", "device") + " = \"cuda\": " + e.what());
   }
   const int64_t max_batch = max_batch_size();
   ModelOptions options;
@@ -602,8 +602,8 @@ void Trainer::check_cuda_model() {
     free_bytes = device_.memory_bytes;
   }
   if (plan.total_bytes() > free_bytes)
-    throw Error(config_.path + ": [training] device = \"cuda\": the model and a batch of " + std::to_string(max_batch) +
-                " x " + std::to_string(seq_len_) + " tokens need " +
+    throw Error(config_.where("training", "device") + " = \"cuda\": the model and a batch of " +
+                std::to_string(max_batch) + " x " + std::to_string(seq_len_) + " tokens need " +
                 human_bytes(static_cast<double>(plan.total_bytes())) + " of device memory, " + device_.name + " has " +
                 human_bytes(static_cast<double>(free_bytes)) + " free; " +
                 (max_batch > training().per_device_train_batch_size
@@ -693,7 +693,7 @@ double Trainer::mfu_per_token_per_s() const {
 
 void Trainer::check_output_dir() {
   const std::string& dir = training().output_dir;
-  const std::string where = config_.path + ": [training] output_dir '" + dir + "'";
+  const std::string where = config_.where("training", "output_dir") + " '" + dir + "'";
   if (file_exists(dir) && !is_directory(dir)) throw Error(where + " exists and is not a directory");
   // Locked now when it exists (before anything in it is read or removed), else when training starts:
   // a config error leaves no directory behind.
@@ -766,21 +766,26 @@ void Trainer::warn_if_normalizer_differs() {
 }
 
 void Trainer::load_tokenizer_and_data() {
-  tokenizer_ = std::make_unique<Tokenizer>(Tokenizer::from_dir(data().tokenizer));
+  try {
+    tokenizer_ = std::make_unique<Tokenizer>(Tokenizer::from_dir(data().tokenizer));
+  } catch (const Error& e) {
+    throw Error(config_.where("data", "tokenizer") + ": " + e.what());
+  }
   const auto vocab = static_cast<int>(tokenizer_->vocab().size());
   BertConfig& model = config_.model;
   if (model.vocab_size == 0) {
     model.vocab_size = vocab;
   } else if (model.vocab_size < vocab) {
-    throw Error(config_.path + ": [model] vocab_size = " + std::to_string(model.vocab_size) + " is smaller than the " +
-                std::to_string(vocab) + " tokens of " + data().tokenizer + "; set it to 0 to use the tokenizer's");
+    throw Error(config_.where("model", "vocab_size") + " = " + std::to_string(model.vocab_size) +
+                " is smaller than the " + std::to_string(vocab) + " tokens of " + data().tokenizer +
+                "; set it to 0 to use the tokenizer's");
   }
   if (model.pad_token_id >= model.vocab_size)
-    throw Error(config_.path + ": [model] pad_token_id = " + std::to_string(model.pad_token_id) +
+    throw Error(config_.where("model", "pad_token_id") + " = " + std::to_string(model.pad_token_id) +
                 " is outside the vocabulary of " + std::to_string(model.vocab_size) + " tokens (" + data().tokenizer +
                 "'s [PAD] is id " + std::to_string(tokenizer_->pad_id()) + ")");
   if (model.type_vocab_size < 2)
-    throw Error(config_.path + ": [model] type_vocab_size = " + std::to_string(model.type_vocab_size) +
+    throw Error(config_.where("model", "type_vocab_size") + " = " + std::to_string(model.type_vocab_size) +
                 ": the NSP pairs BERT pretrains on use token types 0 and 1; set it to 2");
   if (model.pad_token_id != tokenizer_->pad_id())
     err_ << "warning: [model] pad_token_id = " << model.pad_token_id << " but the tokenizer's [PAD] is id "
@@ -810,14 +815,14 @@ void Trainer::load_tokenizer_and_data() {
 
   const auto shard_len = static_cast<int64_t>(train_data_->max_seq_len());
   if (data().max_seq_length > 0 && data().max_seq_length < shard_len)
-    throw Error(config_.path + ": [data] max_seq_length = " + std::to_string(data().max_seq_length) +
+    throw Error(config_.where("data", "max_seq_length") + " = " + std::to_string(data().max_seq_length) +
                 " is shorter than the shards' max length " + std::to_string(shard_len) +
                 "; set it to 0 (pad each batch to its longest example) or >= " + std::to_string(shard_len));
   seq_len_ = data().max_seq_length > 0 ? data().max_seq_length : shard_len;
   if (valid_data_) seq_len_ = std::max<int64_t>(seq_len_, valid_data_->max_seq_len());
   if (seq_len_ > model.max_position_embeddings)
-    throw Error(config_.path + ": [model] max_position_embeddings = " + std::to_string(model.max_position_embeddings) +
-                " is shorter than the " + std::to_string(seq_len_) +
+    throw Error(config_.where("model", "max_position_embeddings") + " = " +
+                std::to_string(model.max_position_embeddings) + " is shorter than the " + std::to_string(seq_len_) +
                 "-token sequences of the shards; raise it or rebuild the shards with a smaller --max-seq-len");
 
   LoaderOptions options;
@@ -835,7 +840,7 @@ void Trainer::load_tokenizer_and_data() {
   options.masking.whole_word = data().whole_word_mask;
   options.masking.fixed_count = data().fixed_mask_count;
   if (train_data_->size() < static_cast<size_t>(options.batch_size) * static_cast<size_t>(world()))
-    throw Error(config_.path + ": [training] per_device_train_batch_size = " + std::to_string(options.batch_size) +
+    throw Error(config_.where("training", "per_device_train_batch_size") + " = " + std::to_string(options.batch_size) +
                 (world() > 1 ? " on each of " + std::to_string(world()) + " ranks" : std::string()) +
                 " is more than the " + std::to_string(train_data_->size()) + " training examples");
   const MaskingVocab masking = masking_vocab(*tokenizer_);
@@ -1495,8 +1500,9 @@ bool Trainer::setup() {
   state_.total_steps = total_train_steps(training(), loader_->batches_per_epoch());
   state_.warmup_steps = training().warmup_steps_for(state_.total_steps);
   if (state_.warmup_steps > state_.total_steps && lead())
-    err_ << "warning: " << config_.path << ": [training] warmup_steps = " << state_.warmup_steps << " is more than the "
-         << state_.total_steps << " steps of the run: the learning rate never reaches learning_rate (HF accepts "
+    err_ << "warning: " << config_.where("training", "warmup_steps") << " = " << state_.warmup_steps
+         << " is more than the " << state_.total_steps
+         << " steps of the run: the learning rate never reaches learning_rate (HF accepts "
          << "this too)\n";
   state_.seed = training().seed;
   state_.config_path = config_.path;
@@ -1545,7 +1551,7 @@ void Trainer::connect_ranks() {
   for (size_t a = 0; a < gpus.size(); ++a)
     for (size_t b = a + 1; b < gpus.size(); ++b)
       if (gpus[a] == gpus[b])
-        throw Error(config_.path + ": [training] device = \"cuda\": ranks " + std::to_string(a) + " and " +
+        throw Error(config_.where("training", "device") + " = \"cuda\": ranks " + std::to_string(a) + " and " +
                     std::to_string(b) + " would share one GPU (" + device_.name +
                     "): data parallelism runs one rank per GPU; start at most as many ranks per host as it has "
                     "GPUs, or give each rank its own CUDA_VISIBLE_DEVICES");
