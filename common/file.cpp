@@ -5,11 +5,12 @@
 #include <sys/stat.h>
 #include <unistd.h>
 
-#include <cerrno>
 #include <algorithm>
+#include <cerrno>
 #include <cstring>
 #include <filesystem>
 #include <fstream>
+#include <optional>
 #include <sstream>
 #include <utility>
 
@@ -48,7 +49,33 @@ bool write_all(int fd, std::string_view content) {
 
 }  // namespace
 
+namespace {
+
+// The descriptor a /dev/stdout-like path names: /dev/stdout, /dev/stderr, /dev/fd/N, /proc/self/fd/N.
+std::optional<int> descriptor_path(const std::string& path) {
+  if (path == "/dev/stdout") return 1;
+  if (path == "/dev/stderr") return 2;
+  for (const char* prefix : {"/dev/fd/", "/proc/self/fd/"}) {
+    const std::string_view p(prefix);
+    if (path.compare(0, p.size(), p) != 0 || path.size() == p.size() || path.size() > p.size() + 6) continue;
+    const std::string number = path.substr(p.size());
+    if (std::all_of(number.begin(), number.end(), [](char c) { return c >= '0' && c <= '9'; }))
+      return std::stoi(number);
+  }
+  return std::nullopt;
+}
+
+}  // namespace
+
 AtomicOutputFile::AtomicOutputFile(const std::string& path) : requested_(path), target_(path) {
+  // An inherited descriptor (the shell's `> file` or `>> file` behind /dev/stdout) is written through a
+  // copy of it, at its offset and with its append mode: opening the path anew would start at offset 0
+  // of the file, and a rename would replace it.
+  if (const std::optional<int> fd = descriptor_path(path)) {
+    fd_ = ::fcntl(*fd, F_DUPFD_CLOEXEC, 0);
+    if (fd_ < 0) throw Error(requested_ + ": cannot write: " + os_error());
+    return;
+  }
   struct stat link_st {};
   if (::lstat(target_.c_str(), &link_st) == 0 && S_ISLNK(link_st.st_mode)) {
     // A symlink: the file it points to is replaced, not the link.
@@ -104,8 +131,9 @@ void AtomicOutputFile::commit() {
   if (fd_ < 0) throw Error(requested_ + ": internal: committed twice or after a failure");
   flush();
   if (tmp_.empty()) {  // in place
-    if (::close(fd_) != 0) fail("close failed");
+    const int closing = fd_;
     fd_ = -1;
+    if (::close(closing) != 0) fail("close failed");
     committed_ = true;
     return;
   }

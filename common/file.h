@@ -11,13 +11,15 @@ namespace bert {
 
 std::string read_file(const std::string& path);
 // Writes to "<path>.tmp.<pid>", fsyncs, renames over `path`, fsyncs the directory. A symlink's target is
-// replaced (not the link); a device, FIFO or socket (/dev/stdout) is written in place; a directory
+// replaced (not the link; a dangling link is replaced by the file); a device, FIFO or socket is written
+// in place, /dev/stdout and the like through the descriptor they name (AtomicOutputFile); a directory
 // is a bert::Error.
 void write_file_atomic(const std::string& path, std::string_view content);
 
 // write_file_atomic for output written piece by piece: commit() makes it the file at `path`; without
 // a commit (an error on the way) the temporary file is removed and `path` is untouched. Errors name
-// `path` (the temporary file in parentheses).
+// `path` (the temporary file in parentheses). /dev/stdout, /dev/stderr, /dev/fd/N and
+// /proc/self/fd/N write to a copy of that descriptor (whatever the shell opened there, at its offset).
 class AtomicOutputFile {
  public:
   explicit AtomicOutputFile(const std::string& path);

@@ -1,6 +1,7 @@
 #include "engine/checkpoint_dir.h"
 
 #include <fcntl.h>
+#include <signal.h>
 #include <sys/file.h>
 #include <unistd.h>
 
@@ -8,6 +9,8 @@
 #include <cerrno>
 #include <cstring>
 #include <filesystem>
+#include <optional>
+#include <string_view>
 
 #include "common/error.h"
 #include "common/file.h"
@@ -53,6 +56,30 @@ std::optional<CheckpointInfo> latest_checkpoint(const std::string& output_dir) {
   return all.back();
 }
 
+namespace {
+
+bool all_digits(std::string_view text) {
+  return !text.empty() && std::all_of(text.begin(), text.end(), [](char c) { return c >= '0' && c <= '9'; });
+}
+
+// "<prefix><digits><middle><digits>" (e.g. "checkpoint-40.old-1234"): the second number, the pid of
+// the process that wrote it, when that process is gone (another live one may still be saving) or is
+// this one (whose saves run one after another: none is under way now).
+std::optional<long> dead_writer(std::string_view name, std::string_view prefix, std::string_view middle) {
+  if (name.substr(0, prefix.size()) != prefix) return std::nullopt;
+  name.remove_prefix(prefix.size());
+  const size_t at = name.find(middle);
+  if (at == std::string_view::npos || !all_digits(name.substr(0, at))) return std::nullopt;
+  const std::string_view pid_text = name.substr(at + middle.size());
+  if (!all_digits(pid_text) || pid_text.size() > 9) return std::nullopt;
+  const long pid = std::stol(std::string(pid_text));
+  if (pid == ::getpid()) return pid;
+  if (::kill(static_cast<pid_t>(pid), 0) == 0 || errno != ESRCH) return std::nullopt;
+  return pid;
+}
+
+}  // namespace
+
 void recover_interrupted_saves(const std::string& output_dir) {
   std::error_code ec;
   if (!fs::is_directory(output_dir, ec)) return;
@@ -61,15 +88,16 @@ void recover_interrupted_saves(const std::string& output_dir) {
     if (e.is_directory()) entries.push_back(e.path());
   bool changed = false;
   for (const fs::path& path : entries) {
+    // Only names this code writes, "checkpoint-<step>.old-<pid>" and ".checkpoint-<step>.tmp-<pid>", of a
+    // process that has ended: a user's "checkpoint-4.old-backup" is left alone.
     const std::string name = path.filename().string();
-    if (name.rfind(".checkpoint-", 0) == 0 && name.find(".tmp-") != std::string::npos) {
+    if (dead_writer(name, ".checkpoint-", ".tmp-")) {
       fs::remove_all(path, ec);
       changed = true;
       continue;
     }
-    const size_t old = name.find(".old-");
-    if (name.rfind("checkpoint-", 0) != 0 || old == std::string::npos) continue;
-    const fs::path final_path = path.parent_path() / name.substr(0, old);
+    if (!dead_writer(name, "checkpoint-", ".old-")) continue;
+    const fs::path final_path = path.parent_path() / name.substr(0, name.find(".old-"));
     if (fs::exists(final_path, ec)) {
       fs::remove_all(path, ec);  // the re-save completed; only the removal of the old copy was cut short
     } else {
@@ -85,9 +113,20 @@ OutputDirLock::OutputDirLock(const std::string& output_dir) {
   make_directories(output_dir);
   const std::string path = output_dir + "/" + kFileName;
   fd_ = ::open(path.c_str(), O_RDWR | O_CREAT | O_CLOEXEC, 0644);
-  if (fd_ < 0) throw Error(path + ": cannot open the output_dir's lock file: " + std::strerror(errno));
+  if (fd_ < 0) {
+    if (errno != EROFS && errno != EACCES && errno != EPERM)
+      throw Error(path + ": cannot open the output_dir's lock file: " + std::strerror(errno));
+    unsupported_ = path + ": " + std::strerror(errno);
+    return;
+  }
   if (::flock(fd_, LOCK_EX | LOCK_NB) != 0) {
     const int error = errno;
+    if (error == ENOLCK || error == ENOSYS || error == EOPNOTSUPP || error == EINVAL) {
+      unsupported_ = path + ": flock: " + std::strerror(error);
+      ::close(fd_);
+      fd_ = -1;
+      return;
+    }
     char holder[32] = {};
     const ssize_t got = ::pread(fd_, holder, sizeof holder - 1, 0);
     ::close(fd_);

@@ -46,9 +46,13 @@ class OutputDirLock {
   ~OutputDirLock();
   OutputDirLock(const OutputDirLock&) = delete;
   OutputDirLock& operator=(const OutputDirLock&) = delete;
+  // Why there is no lock, where the file system cannot hold one (Lustre without flock, some NFS
+  // mounts, a read-only directory): the run goes on unlocked, and says so. Empty when locked.
+  const std::string& unsupported() const { return unsupported_; }
 
  private:
   int fd_ = -1;
+  std::string unsupported_;
 };
 
 // A run resumed from step K that goes on into `output_dir` branches off the run that wrote its

@@ -432,6 +432,7 @@ class Trainer {
   // With several ranks: every rank holds the same weights (a hash of them agrees), else an error.
   void check_replicas(const char* when);
   void check_finite_weights() const;
+  void lock_output_dir();
   const std::vector<ParamInfo>& params() const;
   int64_t num_parameters() const;
   // The tokens/s -> MFU factor: model FLOPs per real token over the device's peak (0: unknown peak).
@@ -691,17 +692,24 @@ double Trainer::mfu_per_token_per_s() const {
 #endif
 }
 
+void Trainer::lock_output_dir() {
+  output_lock_.emplace(training().output_dir);
+  if (!output_lock_->unsupported().empty())
+    err_ << "warning: " << training().output_dir << ": not locked (" << output_lock_->unsupported()
+         << "): nothing stops a second bert_train from writing to it at the same time\n";
+}
+
 void Trainer::check_output_dir() {
   const std::string& dir = training().output_dir;
   const std::string where = config_.where("training", "output_dir") + " '" + dir + "'";
   if (file_exists(dir) && !is_directory(dir)) throw Error(where + " exists and is not a directory");
   // Locked now when it exists (before anything in it is read or removed), else when training starts:
   // a config error leaves no directory behind.
-  if (lead() && is_directory(dir)) {
-    output_lock_.emplace(dir);
-    recover_interrupted_saves(dir);
+  if (lead() && is_directory(dir)) lock_output_dir();
+  if (resume_) {
+    if (lead()) recover_interrupted_saves(dir);  // before the checkpoints are listed
+    return;
   }
-  if (resume_) return;
   std::error_code ec;
   bool non_empty = false;
   if (is_directory(dir))
@@ -713,15 +721,28 @@ void Trainer::check_output_dir() {
                 "overwrite_output_dir = true to start over, or choose another output_dir");
   // overwrite_output_dir: start over. Old checkpoints would otherwise be taken for this run's
   // (rotation, --resume), and old metrics lines would mix with the new ones. (Rank 0's job.)
-  // The last run's final model goes too: bert_infer --model output_dir would answer with it, all
-  // through this run and after it if it stops early.
+  // The last run's final model goes too (bert_infer --model output_dir would answer with it, all
+  // through this run and after it if it stops early), when the directory shows a bert_train run
+  // (checkpoints or metrics), and never the tokenizer this run reads from it.
   if (!lead()) return;
   const auto old = list_checkpoints(dir);
+  const bool trained_here = !old.empty() || file_exists(dir + "/metrics.jsonl");
   for (const CheckpointInfo& checkpoint : old) fs::remove_all(checkpoint.path, ec);
+  for (const auto& entry : fs::directory_iterator(dir, ec)) {  // set aside by a resume: start over means them too
+    const std::string name = entry.path().filename().string();
+    if (entry.is_directory() && name.rfind("checkpoint-", 0) == 0 && name.find(".superseded") != std::string::npos)
+      fs::remove_all(entry.path(), ec);
+  }
   std::vector<std::string> removed;
-  for (const char* name : {"metrics.jsonl", "model.safetensors", "config.json", "vocab.txt", "tokenizer_config.json",
-                           "special_tokens_map.json"})
-    if (fs::remove(dir + "/" + name, ec)) removed.emplace_back(name);
+  if (fs::remove(dir + "/metrics.jsonl", ec)) removed.emplace_back("metrics.jsonl");
+  const bool tokenizer_here = fs::equivalent(dir, data().tokenizer, ec);
+  if (trained_here)
+    for (const char* name :
+         {"model.safetensors", "config.json", "vocab.txt", "tokenizer_config.json", "special_tokens_map.json"}) {
+      const bool tokenizer_file =
+          std::string_view(name) != "model.safetensors" && std::string_view(name) != "config.json";
+      if (!(tokenizer_here && tokenizer_file) && fs::remove(dir + "/" + name, ec)) removed.emplace_back(name);
+    }
   if (old.empty() && removed.empty()) return;
   out_ << "overwrite_output_dir: removed from " << dir << ": " << old.size() << " old checkpoint(s)";
   for (const std::string& name : removed) out_ << ", " << name;
@@ -1583,7 +1604,7 @@ int Trainer::train() {
   check_replicas("at the start");
   if (lead()) {
     make_directories(training().output_dir);
-    if (!output_lock_) output_lock_.emplace(training().output_dir);
+    if (!output_lock_) lock_output_dir();
     if (dump_dir_) start_dump();
     metrics_ =
         std::make_unique<MetricsLog>(training().output_dir + "/metrics.jsonl", resumed_ ? state_.global_step : -1);

@@ -65,18 +65,25 @@ TEST_CASE("checkpoints: atomic, rotated, newest never deleted, failed writes lea
   save_checkpoint_dir(out, 50, 1, writer("again"));
   CHECK(read_file(out + "/checkpoint-50/model.bin") == "again");
   // A crash between a re-save's two renames leaves only checkpoint-50.old-PID: it is put back. One after
-  // both renames leaves both: the old copy goes.
-  fs::rename(out + "/checkpoint-50", out + "/checkpoint-50.old-77");
+  // both renames leaves both: the old copy goes. (999999999: above any pid_max, a process that is gone.)
+  fs::rename(out + "/checkpoint-50", out + "/checkpoint-50.old-999999999");
   REQUIRE(list_checkpoints(out).empty());
   recover_interrupted_saves(out);
   REQUIRE(latest_checkpoint(out).has_value());
   CHECK(read_file(latest_checkpoint(out)->path + "/model.bin") == "again");
-  fs::copy(out + "/checkpoint-50", out + "/checkpoint-50.old-78");
-  make_directories(out + "/.checkpoint-60.tmp-79");
+  fs::copy(out + "/checkpoint-50", out + "/checkpoint-50.old-999999998");
+  make_directories(out + "/.checkpoint-60.tmp-999999997");
+  // Not this code's names, or a live writer's (pid 1): left alone.
+  const std::vector<std::string> not_ours = {"checkpoint-50.old-backup", "checkpoint-5x.old-999999999",
+                                             "checkpoint-50.old-1", ".checkpoint-60.tmp-1"};
+  for (const std::string& kept : not_ours) make_directories(out + "/" + kept);
   recover_interrupted_saves(out);
-  size_t left = 0;
-  for (const auto& e : fs::directory_iterator(out)) left += e.is_directory();
-  CHECK(left == 1);
+  std::vector<std::string> left;
+  for (const auto& e : fs::directory_iterator(out)) left.push_back(e.path().filename().string());
+  std::sort(left.begin(), left.end());
+  CHECK(left == std::vector<std::string>{".checkpoint-60.tmp-1", "checkpoint-50", "checkpoint-50.old-1",
+                                         "checkpoint-50.old-backup", "checkpoint-5x.old-999999999"});
+  for (const std::string& kept : not_ours) fs::remove_all(out + "/" + kept);
   CHECK(read_file(out + "/checkpoint-50/model.bin") == "again");
   // Resuming step 20 of a run that went on to 50: the later checkpoint is renamed, not deleted.
   save_checkpoint_dir(out, 20, 0, writer("step20"));
@@ -129,6 +136,28 @@ TEST_CASE("write_file_atomic follows a symlink, writes a FIFO in place and refus
   for (const auto& entry : fs::directory_iterator(dir)) names.push_back(entry.path().filename().string());
   std::sort(names.begin(), names.end());
   CHECK(names == std::vector<std::string>{"fifo", "link.txt", "sub", "target.txt"});  // no temporary left behind
+
+  // /dev/fd/N (as /dev/stdout behind a shell's `>> log`): written through the descriptor, at its end in
+  // append mode, not by opening the file anew at offset 0 or renaming over it.
+  const std::string log = dir + "/log.txt";
+  write_file_atomic(log, "PREVIOUS\n");
+  const int append = ::open(log.c_str(), O_WRONLY | O_APPEND);
+  REQUIRE(append >= 0);
+  struct stat before {};
+  REQUIRE(::stat(log.c_str(), &before) == 0);
+  write_file_atomic("/dev/fd/" + std::to_string(append), "one\n");
+  {
+    AtomicOutputFile piecewise("/proc/self/fd/" + std::to_string(append));
+    piecewise.write("two\n");
+    piecewise.commit();
+  }
+  CHECK(::write(append, "three\n", 6) == 6);  // the descriptor itself stays open and usable
+  ::close(append);
+  struct stat after {};
+  REQUIRE(::stat(log.c_str(), &after) == 0);
+  CHECK(after.st_ino == before.st_ino);
+  CHECK(read_file(log) == "PREVIOUS\none\ntwo\nthree\n");
+  CHECK_THROWS_WITH(write_file_atomic("/dev/fd/999", "x"), Catch::StartsWith("/dev/fd/999: cannot write: "));
 }
 
 TEST_CASE("metrics log truncates to the resume step and plots an SVG") {

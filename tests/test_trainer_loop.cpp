@@ -280,6 +280,30 @@ TEST_CASE("user mistakes are one-line errors") {
   CHECK_THAT(overwritten.out, Catch::Contains("overwrite_output_dir: removed from " + test_dir() +
                                               "/out: 1 old checkpoint(s), metrics.jsonl, model.safetensors, "
                                               "config.json, vocab.txt, tokenizer_config.json"));
+  // An output_dir that holds the run's own tokenizer: overwriting never removes it. (And a directory
+  // without checkpoints or metrics shows no bert_train run: its files stay.)
+  {
+    const std::string same = test_dir() + "/same";
+    make_directories(same);
+    for (const char* name : {"vocab.txt", "tokenizer_config.json", "special_tokens_map.json"})
+      write_file_atomic(same + "/" + name, read_file(test_dir() + "/tok/" + name));
+    write_file_atomic(same + "/config.json", "{}");
+    const std::string in_place = write_config(
+        "in_place", "same", "max_steps = 2\nper_device_train_batch_size = 8\noverwrite_output_dir = true\n");
+    std::string text = read_file(in_place);
+    text.replace(text.find("/tok\""), 5, "/same\"");
+    write_file_atomic(in_place, text);
+    const RunResult first_in_place = train({"--config", in_place});
+    REQUIRE(first_in_place.code == 0);
+    CHECK(first_in_place.out.find("overwrite_output_dir: removed") == std::string::npos);
+    const RunResult again_in_place = train({"--config", in_place});
+    INFO(again_in_place.out << again_in_place.err);
+    REQUIRE(again_in_place.code == 0);
+    CHECK_THAT(again_in_place.out, Catch::Contains("overwrite_output_dir: removed from " + same +
+                                                   ": 1 old checkpoint(s), metrics.jsonl, model.safetensors, "
+                                                   "config.json\n"));
+    CHECK(read_file(same + "/vocab.txt") == read_file(test_dir() + "/tok/vocab.txt"));
+  }
 
   // A second run into an output_dir a run is writing to (its saves would delete the first's temporary
   // checkpoint, its rotation the first's checkpoints) is refused; the lock goes with the run.

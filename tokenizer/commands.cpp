@@ -243,7 +243,7 @@ int tokenizer_encode_command(const std::vector<std::string>& argv, std::istream&
             "[--add-special-tokens] [--pair] [--max-length N] [--format ids|tokens|jsonl]");
   args.option("--tokenizer", "tokenizer directory (vocab.txt + tokenizer_config.json)")
       .option("--input", "input text, one sequence a line (default or '-': stdin)")
-      .option("--output", "output file (default: stdout)")
+      .option("--output", "output file (default or '-': stdout)")
       .option("--threads", "encoding threads (0 = all cores)", "0")
       .flag("--add-special-tokens", "add [CLS] ... [SEP] (and B [SEP] with --pair)")
       .flag("--pair",
@@ -295,7 +295,7 @@ int tokenizer_encode_command(const std::vector<std::string>& argv, std::istream&
   // A regular file appears whole or not at all (an error leaves none); /dev/stdout or a FIFO is written
   // in place.
   std::optional<AtomicOutputFile> file_out;
-  if (args.has("--output")) file_out.emplace(args.str("--output"));
+  if (args.has("--output") && args.str("--output") != "-") file_out.emplace(args.str("--output"));
   const auto emit = [&](std::string_view text) {
     if (file_out)
       file_out->write(text);
