@@ -20,6 +20,7 @@
 #include <filesystem>
 #include <fstream>
 #include <functional>
+#include <map>
 #include <memory>
 #include <new>
 #include <optional>
@@ -41,6 +42,7 @@
 #include "engine/metrics.h"
 #include "engine/safetensors.h"
 #include "engine/schedule.h"
+#include "engine/toml.h"
 #include "kernels/cpu/ops_cpu.h"
 #include "tokenizer/tokenizer.h"
 
@@ -135,6 +137,35 @@ void note_difference(std::string& list, const char* key, auto was, auto now) {
       return std::to_string(value);
   };
   list += std::string(list.empty() ? "" : ", ") + key + " " + text(was) + " -> " + text(now);
+}
+
+// The keys whose values differ between two run configs' texts: ": [training] learning_rate 0.0001 ->
+// 5e-05, [data] shuffle (removed)"; empty when either does not parse or only comments and layout
+// differ.
+std::string config_key_changes(std::string_view before, std::string_view after) {
+  std::map<std::string, std::string> a, b;
+  try {
+    for (auto [text, values] : {std::pair{before, &a}, std::pair{after, &b}})
+      for (const TomlTable& table : parse_toml(text, "run_config.toml").tables)
+        for (const TomlEntry& entry : table.entries)
+          (*values)["[" + table.name + "] " + entry.key] = entry.value.to_string();
+  } catch (const Error&) {
+    return {};
+  }
+  std::vector<std::string> changes;
+  for (const auto& [key, value] : a) {
+    const auto it = b.find(key);
+    if (it == b.end())
+      changes.push_back(key + " " + value + " (now unset)");
+    else if (it->second != value)
+      changes.push_back(key + " " + value + " -> " + it->second);
+  }
+  for (const auto& [key, value] : b)
+    if (!a.count(key)) changes.push_back(key + " = " + value + " (newly set)");
+  std::string list;
+  for (size_t i = 0; i < changes.size() && i < 8; ++i) list += (i ? ", " : ": ") + changes[i];
+  if (changes.size() > 8) list += ", and " + std::to_string(changes.size() - 8) + " more";
+  return list;
 }
 
 // 1234567 -> "1,234,567".
@@ -432,6 +463,11 @@ class Trainer {
   // With several ranks: every rank holds the same weights (a hash of them agrees), else an error.
   void check_replicas(const char* when);
   void check_finite_weights() const;
+  // config_key_changes from the run_config.toml a checkpoint holds to this run's config ("" if absent).
+  std::string config_changes(const std::string& saved_config_path) const {
+    return file_exists(saved_config_path) ? config_key_changes(read_file(saved_config_path), config_text_)
+                                          : std::string();
+  }
   void lock_output_dir();
   const std::vector<ParamInfo>& params() const;
   int64_t num_parameters() const;
@@ -958,7 +994,7 @@ void Trainer::restore(const std::string& checkpoint) {
          << "): the run will not repeat an uninterrupted one exactly\n";
   else if (saved.config_hash != state_.config_hash)
     err_ << "note: " << config_.path << " differs from the config " << checkpoint << " was trained with ("
-         << saved.config_path << ")\n";
+         << saved.config_path << ")" << config_changes(checkpoint + "/run_config.toml") << "\n";
 
   try {
 #if defined(BERT_TRAINER_CUDA)

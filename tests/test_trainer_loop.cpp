@@ -357,6 +357,26 @@ TEST_CASE("user mistakes are one-line errors") {
   const RunResult reseeded_run = train({"--config", reseeded, "--resume"});
   CHECK(reseeded_run.code == 0);
   CHECK_THAT(reseeded_run.err, Catch::Contains("with changed settings (seed 7 -> 8): the run will not repeat"));
+  // Other settings (a learning rate, a new key): a note that names each change.
+  {
+    const std::string retuned = test_dir() + "/retuned.toml";
+    std::string text = read_file(config);
+    text += "learning_rate = 7e-4\n";
+    text.replace(text.find("max_steps = 2"), 13, "max_steps = 3");
+    write_file_atomic(retuned, text);
+    const RunResult retuned_run = train({"--config", retuned, "--resume", test_dir() + "/out/checkpoint-2"});
+    CHECK(retuned_run.code == 0);
+    CHECK_THAT(retuned_run.err, Catch::Contains("with changed settings (total_steps 2 -> 3)"));
+    std::filesystem::remove_all(test_dir() + "/out/checkpoint-3");
+    text.replace(text.find("max_steps = 3"), 13, "max_steps = 2");
+    write_file_atomic(retuned, "# retuned\n" + text);
+    const RunResult noted = train({"--config", retuned, "--resume", test_dir() + "/out/checkpoint-2"});
+    CHECK(noted.code == 0);
+    CHECK_THAT(noted.err,
+               Catch::Contains("differs from the config " + test_dir() + "/out/checkpoint-2 was trained with (" +
+                               overwrite + "): [training] overwrite_output_dir true (now unset), " +
+                               "[training] learning_rate = 0.0007 (newly set)\n"));
+  }
   // Shards rebuilt in place keep the counts, not the examples: the state's fingerprint of them says so.
   {
     const std::string state_path = test_dir() + "/out/checkpoint-2/trainer_state.json";
