@@ -149,6 +149,16 @@ OutputDirLock::~OutputDirLock() {
   if (fd_ >= 0) ::close(fd_);  // releases the lock
 }
 
+bool is_superseded_checkpoint_name(std::string_view name) {
+  constexpr std::string_view prefix = "checkpoint-", middle = ".superseded";
+  if (name.substr(0, prefix.size()) != prefix) return false;
+  name.remove_prefix(prefix.size());
+  const size_t at = name.find(middle);
+  if (at == std::string_view::npos || !all_digits(name.substr(0, at))) return false;
+  const std::string_view rest = name.substr(at + middle.size());
+  return rest.empty() || (rest[0] == '-' && all_digits(rest.substr(1)));
+}
+
 std::vector<std::string> set_aside_checkpoints_after(const std::string& output_dir, int64_t step) {
   std::vector<std::string> renamed;
   for (const CheckpointInfo& later : list_checkpoints(output_dir)) {

@@ -11,6 +11,7 @@
 #include <functional>
 #include <optional>
 #include <string>
+#include <string_view>
 #include <vector>
 
 namespace bert {
@@ -60,6 +61,8 @@ class OutputDirLock {
 // that neither the rotation nor a bare --resume takes them for the new run's, and nothing is deleted.
 // Returns the new names, oldest step first.
 std::vector<std::string> set_aside_checkpoints_after(const std::string& output_dir, int64_t step);
+// "checkpoint-<step>.superseded" or "checkpoint-<step>.superseded-<k>": a name the above gives.
+bool is_superseded_checkpoint_name(std::string_view name);
 
 // fsyncs every regular file in `dir` and the directory itself.
 void fsync_directory_tree(const std::string& dir);

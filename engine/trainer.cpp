@@ -761,13 +761,13 @@ void Trainer::check_output_dir() {
   // through this run and after it if it stops early), when the directory shows a bert_train run
   // (checkpoints or metrics), and never the tokenizer this run reads from it.
   if (!lead()) return;
+  recover_interrupted_saves(dir);  // an old run's half-done re-save is one of its checkpoints, removed below
   const auto old = list_checkpoints(dir);
   const bool trained_here = !old.empty() || file_exists(dir + "/metrics.jsonl");
   for (const CheckpointInfo& checkpoint : old) fs::remove_all(checkpoint.path, ec);
   for (const auto& entry : fs::directory_iterator(dir, ec)) {  // set aside by a resume: start over means them too
     const std::string name = entry.path().filename().string();
-    if (entry.is_directory() && name.rfind("checkpoint-", 0) == 0 && name.find(".superseded") != std::string::npos)
-      fs::remove_all(entry.path(), ec);
+    if (entry.is_directory() && is_superseded_checkpoint_name(name)) fs::remove_all(entry.path(), ec);
   }
   std::vector<std::string> removed;
   if (fs::remove(dir + "/metrics.jsonl", ec)) removed.emplace_back("metrics.jsonl");

@@ -93,6 +93,11 @@ TEST_CASE("checkpoints: atomic, rotated, newest never deleted, failed writes lea
   CHECK(set_aside_checkpoints_after(out, 20) == std::vector<std::string>{out + "/checkpoint-50.superseded-2"});
   CHECK(read_file(out + "/checkpoint-50.superseded/model.bin") == "again");
   CHECK(read_file(out + "/checkpoint-50.superseded-2/model.bin") == "branch");
+  CHECK(is_superseded_checkpoint_name("checkpoint-50.superseded"));
+  CHECK(is_superseded_checkpoint_name("checkpoint-50.superseded-2"));
+  CHECK_FALSE(is_superseded_checkpoint_name("checkpoint-50.superseded-notes"));
+  CHECK_FALSE(is_superseded_checkpoint_name("checkpoint-x.superseded"));
+  CHECK_FALSE(is_superseded_checkpoint_name("checkpoint-50"));
 }
 
 TEST_CASE("directories lose their trailing slashes, the root keeps its own") {
