@@ -62,17 +62,22 @@ bool all_digits(std::string_view text) {
   return !text.empty() && std::all_of(text.begin(), text.end(), [](char c) { return c >= '0' && c <= '9'; });
 }
 
-// "<prefix><digits><middle><digits>" (e.g. "checkpoint-40.old-1234"): the second number, the pid of
-// the process that wrote it, when that process is gone (another live one may still be saving) or is
-// this one (whose saves run one after another: none is under way now).
-std::optional<long> dead_writer(std::string_view name, std::string_view prefix, std::string_view middle) {
+// "<prefix><step digits><middle><rest>": the rest, or none when `name` is not of that form.
+std::optional<std::string_view> after_step(std::string_view name, std::string_view prefix, std::string_view middle) {
   if (name.substr(0, prefix.size()) != prefix) return std::nullopt;
   name.remove_prefix(prefix.size());
   const size_t at = name.find(middle);
   if (at == std::string_view::npos || !all_digits(name.substr(0, at))) return std::nullopt;
-  const std::string_view pid_text = name.substr(at + middle.size());
-  if (!all_digits(pid_text) || pid_text.size() > 9) return std::nullopt;
-  const long pid = std::stol(std::string(pid_text));
+  return name.substr(at + middle.size());
+}
+
+// "<prefix><digits><middle><digits>" (e.g. "checkpoint-40.old-1234"): the second number, the pid of
+// the process that wrote it, when that process is gone (another live one may still be saving) or is
+// this one (whose saves run one after another: none is under way now).
+std::optional<long> dead_writer(std::string_view name, std::string_view prefix, std::string_view middle) {
+  const std::optional<std::string_view> pid_text = after_step(name, prefix, middle);
+  if (!pid_text || !all_digits(*pid_text) || pid_text->size() > 9) return std::nullopt;
+  const long pid = std::stol(std::string(*pid_text));
   if (pid == ::getpid()) return pid;
   if (::kill(static_cast<pid_t>(pid), 0) == 0 || errno != ESRCH) return std::nullopt;
   return pid;
@@ -150,13 +155,8 @@ OutputDirLock::~OutputDirLock() {
 }
 
 bool is_superseded_checkpoint_name(std::string_view name) {
-  constexpr std::string_view prefix = "checkpoint-", middle = ".superseded";
-  if (name.substr(0, prefix.size()) != prefix) return false;
-  name.remove_prefix(prefix.size());
-  const size_t at = name.find(middle);
-  if (at == std::string_view::npos || !all_digits(name.substr(0, at))) return false;
-  const std::string_view rest = name.substr(at + middle.size());
-  return rest.empty() || (rest[0] == '-' && all_digits(rest.substr(1)));
+  const std::optional<std::string_view> rest = after_step(name, "checkpoint-", ".superseded");
+  return rest && (rest->empty() || ((*rest)[0] == '-' && all_digits(rest->substr(1))));
 }
 
 std::vector<std::string> set_aside_checkpoints_after(const std::string& output_dir, int64_t step) {

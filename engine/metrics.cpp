@@ -10,30 +10,42 @@
 
 namespace bert {
 
+namespace {
+
+// The non-empty lines of a JSON-lines text: fn(line number, line, torn). `torn`: the last line lacks
+// its newline, a write cut short (a crash, or the trainer writing it right now).
+template <class Fn>
+void for_each_jsonl_line(std::string_view text, Fn&& fn) {
+  size_t pos = 0, line_no = 0;
+  while (pos < text.size()) {
+    size_t nl = text.find('\n', pos);
+    const bool torn = nl == std::string_view::npos;
+    if (torn) nl = text.size();
+    const std::string_view line = text.substr(pos, nl - pos);
+    pos = nl + 1;
+    ++line_no;
+    if (!line.empty()) fn(line_no, line, torn);
+  }
+}
+
+}  // namespace
+
 MetricsLog::MetricsLog(const std::string& path, int64_t resume_step) : path_(path) {
   if (resume_step >= 0 && file_exists(path)) {
     const std::string text = read_file(path);
     std::string kept;
-    size_t pos = 0, line_no = 0;
-    while (pos < text.size()) {
-      size_t nl = text.find('\n', pos);
-      const bool torn = nl == std::string::npos;  // a crash cut the last write short
-      if (torn) nl = text.size();
-      const std::string_view line(text.data() + pos, nl - pos);
-      pos = nl + 1;
-      ++line_no;
-      if (line.empty()) continue;
+    for_each_jsonl_line(text, [&](size_t line_no, std::string_view line, bool torn) {
       try {
         const Json j = Json::parse(line, path);
         const Json* step = j.find("step");
-        if (step && step->is_number() && step->as_int() > resume_step) continue;
+        if (step && step->is_number() && step->as_int() > resume_step) return;
       } catch (const Error&) {
         if (!torn) dropped_lines_.push_back(line_no);
-        continue;
+        return;
       }
       kept.append(line);
       kept.push_back('\n');
-    }
+    });
     write_file_atomic(path, kept);
   }
   file_ = std::fopen(path.c_str(), "a");
@@ -55,30 +67,22 @@ void plot_metrics_svg(const std::string& jsonl_path, const std::string& svg_path
   const std::vector<std::string> keys = {"loss", "mlm_loss", "nsp_loss", "eval_loss", "eval_mlm_loss"};
   const char* colors[] = {"#1f77b4", "#ff7f0e", "#2ca02c", "#d62728", "#9467bd"};
   std::map<std::string, std::vector<std::pair<double, double>>> series;
-  size_t pos = 0, line_no = 0;
-  while (pos < text.size()) {
-    size_t nl = text.find('\n', pos);
-    // A last line without its newline: a write cut short (a crash, or the trainer writing it right now).
-    const bool torn = nl == std::string::npos;
-    if (torn) nl = text.size();
-    const std::string_view line(text.data() + pos, nl - pos);
-    pos = nl + 1;
-    ++line_no;
-    if (line.empty()) continue;
+  for_each_jsonl_line(text, [&](size_t line_no, std::string_view line, bool torn) {
     Json j;
     try {
       j = Json::parse(line, jsonl_path + ":" + std::to_string(line_no));
     } catch (const Error&) {
-      if (torn) break;  // plotted without it, as the trainer's resume drops it
+      if (torn) return;  // plotted without it, as the trainer's resume drops it
       throw;
     }
     const Json* step = j.find("step");
     if (!step || !step->is_number()) throw Error(located(jsonl_path, line_no, "record without a numeric 'step'"));
     for (const auto& k : keys) {
       const Json* v = j.find(k);
-      if (v && v->is_number() && std::isfinite(v->as_number())) series[k].emplace_back(step->as_number(), v->as_number());
+      if (v && v->is_number() && std::isfinite(v->as_number()))
+        series[k].emplace_back(step->as_number(), v->as_number());
     }
-  }
+  });
   if (series.empty()) throw Error(jsonl_path + ": no loss values to plot");
   double x0 = 1e300, x1 = -1e300, y0 = 1e300, y1 = -1e300;
   for (const auto& [k, pts] : series)

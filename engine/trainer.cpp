@@ -461,8 +461,11 @@ class Trainer {
   bool lead() const { return comm_.rank() == 0; }  // the rank that logs and writes files
   int world() const { return comm_.size(); }
   // With several ranks: every rank holds the same weights (a hash of them agrees), else an error.
-  void check_replicas(const char* when);
-  void check_finite_weights() const;
+  // The fp32 weights on the host: the CPU model's own, or the CUDA model's master weights copied into
+  // `scratch` (a synchronous copy: at the start and at checkpoints).
+  std::span<const float> host_weights(std::vector<float>& scratch) const;
+  void check_replicas(const char* when, std::span<const float> weights);
+  void check_finite_weights(std::span<const float> weights) const;
   // config_key_changes from the run_config.toml a checkpoint holds to this run's config ("" if absent).
   std::string config_changes(const std::string& saved_config_path) const {
     return file_exists(saved_config_path) ? config_key_changes(read_file(saved_config_path), config_text_)
@@ -771,14 +774,12 @@ void Trainer::check_output_dir() {
   }
   std::vector<std::string> removed;
   if (fs::remove(dir + "/metrics.jsonl", ec)) removed.emplace_back("metrics.jsonl");
-  const bool tokenizer_here = fs::equivalent(dir, data().tokenizer, ec);
-  if (trained_here)
-    for (const char* name :
-         {"model.safetensors", "config.json", "vocab.txt", "tokenizer_config.json", "special_tokens_map.json"}) {
-      const bool tokenizer_file =
-          std::string_view(name) != "model.safetensors" && std::string_view(name) != "config.json";
-      if (!(tokenizer_here && tokenizer_file) && fs::remove(dir + "/" + name, ec)) removed.emplace_back(name);
-    }
+  std::vector<const char*> model_files;
+  if (trained_here) model_files = {"model.safetensors", "config.json"};
+  if (trained_here && !fs::equivalent(dir, data().tokenizer, ec))
+    model_files.insert(model_files.end(), {"vocab.txt", "tokenizer_config.json", "special_tokens_map.json"});
+  for (const char* name : model_files)
+    if (fs::remove(dir + "/" + name, ec)) removed.emplace_back(name);
   if (old.empty() && removed.empty()) return;
   out_ << "overwrite_output_dir: removed from " << dir << ": " << old.size() << " old checkpoint(s)";
   for (const std::string& name : removed) out_ << ", " << name;
@@ -1437,8 +1438,12 @@ std::string Trainer::save_checkpoint() {
                   " AdamW updates, the trainer counted " + std::to_string(state_.optimizer_steps));
   }
 #endif
-  check_replicas("at the checkpoint");
-  check_finite_weights();
+  {
+    std::vector<float> scratch;
+    const std::span<const float> weights = host_weights(scratch);
+    check_replicas("at the checkpoint", weights);
+    check_finite_weights(weights);
+  }
   state_.elapsed_s = elapsed_at_start_ + seconds_since(session_start_);
   last_saved_step_ = state_.global_step;
   if (!lead()) return {};  // rank 0 writes it (every rank holds the same state)
@@ -1468,16 +1473,7 @@ std::string Trainer::save_checkpoint() {
 // Non-finite gradients skip their update, but a finite update can still overflow the weights (an
 // absurd learning rate): such weights are not saved over the last good checkpoint. Every rank checks
 // (they hold the same weights), so all stop alike.
-void Trainer::check_finite_weights() const {
-  std::vector<float> downloaded;
-  std::span<const float> weights;
-  if (model_) weights = model_->parameters();
-#if defined(BERT_TRAINER_CUDA)
-  if (cuda_model_) {
-    downloaded = cuda_model_->download_parameters();
-    weights = downloaded;
-  }
-#endif
+void Trainer::check_finite_weights(std::span<const float> weights) const {
   const auto bad = std::find_if(weights.begin(), weights.end(), [](float v) { return !std::isfinite(v); });
   if (bad == weights.end()) return;
   const auto offset = static_cast<size_t>(bad - weights.begin());
@@ -1493,17 +1489,20 @@ void Trainer::check_finite_weights() const {
                                     : std::string("no checkpoint was written")));
 }
 
-void Trainer::check_replicas(const char* when) {
-  if (world() == 1) return;
-  uint64_t hash = 0;
-  if (model_) hash = hash64(model_->parameters().data(), model_->parameters().size_bytes());
+std::span<const float> Trainer::host_weights(std::vector<float>& scratch) const {
 #if defined(BERT_TRAINER_CUDA)
-  if (cuda_model_) {  // the fp32 master weights (a synchronous copy: at the start and at checkpoints)
-    const std::vector<float> weights = cuda_model_->download_parameters();
-    hash = hash64(weights.data(), weights.size() * sizeof(float));
+  if (cuda_model_) {
+    scratch = cuda_model_->download_parameters();
+    return scratch;
   }
 #endif
-  if (!comm_.all_equal(hash))
+  (void)scratch;
+  return model_->parameters();
+}
+
+void Trainer::check_replicas(const char* when, std::span<const float> weights) {
+  if (world() == 1) return;
+  if (!comm_.all_equal(hash64(weights.data(), weights.size_bytes())))
     throw Error("internal: the " + std::to_string(world()) + " ranks' weights differ " + when + " (step " +
                 std::to_string(state_.global_step) + "): the replicas went apart; the last checkpoint is intact");
 }
@@ -1637,7 +1636,10 @@ void Trainer::connect_ranks() {
 }
 
 int Trainer::train() {
-  check_replicas("at the start");
+  if (world() > 1) {
+    std::vector<float> scratch;
+    check_replicas("at the start", host_weights(scratch));
+  }
   if (lead()) {
     make_directories(training().output_dir);
     if (!output_lock_) lock_output_dir();
