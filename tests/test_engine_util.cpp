@@ -130,6 +130,15 @@ TEST_CASE("write_file_atomic follows a symlink, writes a FIFO in place and refus
   CHECK(std::string(buffer, got > 0 ? static_cast<size_t>(got) : 0) == "through the pipe");
   CHECK(fs::is_fifo(fifo));
 
+  // Written piece by piece and abandoned (an error on the way): the file is untouched and the temporary
+  // one gone (the listing below).
+  {
+    AtomicOutputFile abandoned(dir + "/target.txt");
+    abandoned.write("partial");
+    abandoned.write(std::string(2 << 20, 'x'));  // past the buffer: really written to the temporary file
+  }
+  CHECK(read_file(dir + "/target.txt") == "new");
+
   fs::create_directories(dir + "/sub");
   try {
     write_file_atomic(dir + "/sub", "x");
