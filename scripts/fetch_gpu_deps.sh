@@ -7,16 +7,19 @@
 #   .gpu-deps/debs/*.deb          catch2, OpenBLAS (OpenMP build: what the prebuilt binaries link;
 #                                 pthread build + headers: a device build's) + libgfortran5/libquadmath0, libgomp1,
 #                                 zlib1g(-dev): unpacked there with dpkg-deb -x into /tmp, never into /
+#   .gpu-deps/demo/ko_corpus.txt  the Korean demo corpus (scripts/build_demo_corpus.sh's, when it is
+#                                 cached here): gpu_check.sh's demo stage runs the README's pipeline
+#                                 on it with bert_train and bert_infer --device cuda
 #   .gpu-deps/prebuilt/bin.tar.xz (with --prebuilt BUILD_DIR) the GPU test executables,
-#                                 bench_kernels and bench_train_step built here; gpu_check.sh runs
+#                                 bench_kernels, bench_train_step and the four tools built here; gpu_check.sh runs
 #                                 them if every library they need resolves there, else it builds
 #                                 from source on the device
 #
 # usage: scripts/fetch_gpu_deps.sh [--prebuilt BUILD_DIR]
 #   BUILD_DIR: a CUDA build of this tree, e.g. after
 #     cmake -S . -B build-gpu -G Ninja -DCMAKE_BUILD_TYPE=Release
-#     ninja -C build-gpu test_device bench_kernels bench_train_step bert_train bert_prepare bert_tokenizer $(ninja -C build-gpu -t targets all | grep -oE '^test_cuda_[a-z_]+' | sort -u)
-# Everything lands in .gpu-deps/ (about 10 MB of .debs plus the packed binaries); the device call's
+#     ninja -C build-gpu test_device bench_kernels bench_train_step bert_train bert_prepare bert_tokenizer bert_infer $(ninja -C build-gpu -t targets all | grep -oE '^test_cuda_[a-z_]+' | sort -u)
+# Everything lands in .gpu-deps/ (about 10 MB of .debs, the 4 MB corpus and the packed binaries); the device call's
 # carry list names it: carry=[".gpu-deps"] (64 MiB limit for the whole tree that travels).
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -33,7 +36,7 @@ while (($#)); do
       shift 2
       ;;
     -h | --help)
-      sed -n '2,21p' "$0"
+      sed -n '2,26p' "$0"
       exit 0
       ;;
     *)
@@ -60,6 +63,13 @@ if ((${#missing[@]})); then
 fi
 ls -1 "$DEPS/debs"
 
+corpus="${BERT_CACHE:-$HOME/.cache/bertforge}/demo/ko_corpus.txt"
+if [[ -s "$corpus" ]]; then
+  mkdir -p "$DEPS/demo" && cp "$corpus" "$DEPS/demo/ko_corpus.txt"
+else
+  echo "fetch_gpu_deps: no demo corpus at $corpus (scripts/build_demo_corpus.sh makes it): gpu_check.sh's demo stage will be skipped"
+fi
+
 if [[ -n "$prebuilt" ]]; then
   [[ -d "$prebuilt" ]] || { echo "fetch_gpu_deps: no build directory '$prebuilt'" >&2; exit 1; }
   staging=$(mktemp -d)
@@ -67,7 +77,7 @@ if [[ -n "$prebuilt" ]]; then
   mkdir -p "$staging/bin"
   found=0
   for exe in "$prebuilt"/tests/test_device "$prebuilt"/tests/test_cuda_* "$prebuilt"/bench/bench_kernels \
-             "$prebuilt"/bench/bench_train_step "$prebuilt"/bert_train "$prebuilt"/bert_prepare "$prebuilt"/bert_tokenizer; do
+             "$prebuilt"/bench/bench_train_step "$prebuilt"/bert_train "$prebuilt"/bert_prepare "$prebuilt"/bert_tokenizer "$prebuilt"/bert_infer; do
     [[ -f "$exe" && -x "$exe" ]] || continue
     case "$(basename "$exe")" in test_cuda_plan | *_emulated | *_emulated_*) continue ;; esac  # CPU tests: CI runs them
     # The device image has no Open MPI: a prebuilt bert_train linking it would not start there.

@@ -10,7 +10,16 @@
 # appended to setup.log, for want of a ninth file). The summary is printed last, so the reply's output
 # tail holds it.
 #
-# Stages: GPU_CHECK_STAGES (default "tests curve kernels attention train") picks which run, e.g.
+# Two more stages, before the training bench: "sanitize" runs GPU tests under compute-sanitizer
+# (memcheck on each kernel family's test, racecheck and synccheck on the attention test, within
+# GPU_CHECK_SANITIZE_TIMEOUT s; a test cut short by the budget is reported as incomplete, not clean), and
+# "demo" runs the README's pipeline on the carried demo corpus (.gpu-deps/demo/ko_corpus.txt) with
+# bert_train --device cuda (configs/demo_cpu.toml's model, GPU_CHECK_DEMO_STEPS steps, default 10,000: 8x the
+# CPU demo's 1,200), then fill-mask, the probe and the canary exposure with bert_infer --device cuda and
+# --device cpu on the same model; a run cut short by GPU_CHECK_DEMO_TIMEOUT is stopped with SIGTERM
+# (it saves) and its last checkpoint is used. Both log into tests.log.
+#
+# Stages: GPU_CHECK_STAGES (default "tests curve kernels attention sanitize demo train") picks which run, e.g.
 #   run(command="GPU_CHECK_STAGES=train bash scripts/gpu_check.sh", carry=[".gpu-deps"], timeout_s=590)
 # spends the whole call on the training bench (its full matrix: 4 shapes x ours + 3 HF variants, ~6-9
 # minutes with torch.compile); in the default run it gets what the other stages leave (below).
@@ -19,7 +28,7 @@
 #   scripts/fetch_gpu_deps.sh                       # .debs of Catch2, OpenBLAS, zlib -> .gpu-deps/
 #   # optional, saves the device ~3 minutes of compiling: a build made here, packed alongside
 #   cmake -S . -B build-gpu -G Ninja -DCMAKE_BUILD_TYPE=Release -DBERT_MPI=OFF   # (no Open MPI on the device)
-#   ninja -C build-gpu test_device bench_kernels bench_train_step bert_train bert_prepare bert_tokenizer $(ninja -C build-gpu -t targets all | grep -oE '^test_cuda_[a-z_]+' | grep -v _emulated | sort -u)
+#   ninja -C build-gpu test_device bench_kernels bench_train_step bert_train bert_prepare bert_tokenizer bert_infer $(ninja -C build-gpu -t targets all | grep -oE '^test_cuda_[a-z_]+' | grep -v _emulated | sort -u)
 #   scripts/fetch_gpu_deps.sh --prebuilt build-gpu
 # Then the exact device call:
 #   run(command="bash scripts/gpu_check.sh", carry=[".gpu-deps"], timeout_s=590)
@@ -54,7 +63,10 @@ CURVE_TIMEOUT=${GPU_CHECK_CURVE_TIMEOUT:-90}
 BENCH_REPEATS=${GPU_CHECK_BENCH_REPEATS:-30}
 TRAIN_TIMEOUT=${GPU_CHECK_TRAIN_TIMEOUT:-560}
 TOTAL_BUDGET=${GPU_CHECK_TOTAL:-575}
-STAGES=" ${GPU_CHECK_STAGES:-tests curve kernels attention train} "
+SANITIZE_TIMEOUT=${GPU_CHECK_SANITIZE_TIMEOUT:-90}
+DEMO_TIMEOUT=${GPU_CHECK_DEMO_TIMEOUT:-90}
+DEMO_STEPS=${GPU_CHECK_DEMO_STEPS:-10000}
+STAGES=" ${GPU_CHECK_STAGES:-tests curve kernels attention sanitize demo train} "
 stage() { [[ $STAGES == *" $1 "* ]]; }
 SETUP_LOG=$OUT/setup.log
 SUMMARY=$OUT/summary.txt
@@ -161,13 +173,13 @@ if [[ $mode == build ]]; then
       -DCMAKE_INCLUDE_PATH="$2/usr/include;$2/usr/include/x86_64-linux-gnu/openblas-pthread" \
       -DZLIB_ROOT="$2/usr" -DBLA_VENDOR=OpenBLAS "${blas_openmp[@]}"
     # (not the *_emulated* tests: CPU tests that CI runs)
-    targets=$(ninja -C "$1" -t targets all | grep -oE "^(test_device|test_cuda_[a-z_]+|bench_kernels|bench_train_step|bert_train|bert_prepare|bert_tokenizer):" | tr -d : | grep -v "_emulated" | sort -u)
+    targets=$(ninja -C "$1" -t targets all | grep -oE "^(test_device|test_cuda_[a-z_]+|bench_kernels|bench_train_step|bert_train|bert_prepare|bert_tokenizer|bert_infer):" | tr -d : | grep -v "_emulated" | sort -u)
     echo "targets: $targets"
     ninja -C "$1" -j "$(nproc)" $targets
   ' "$ROOT" "$BUILD_DIR" "$DEPS_ROOT" "$DEPS_LIB" >>"$SETUP_LOG" 2>&1 || build_ok=0
   rm -rf "$BIN_DIR" && mkdir -p "$BIN_DIR"
   cp "$BUILD_DIR"/tests/test_device "$BUILD_DIR"/tests/test_cuda_* "$BUILD_DIR"/bench/bench_kernels \
-     "$BUILD_DIR"/bench/bench_train_step "$BUILD_DIR"/bert_train "$BUILD_DIR"/bert_prepare "$BUILD_DIR"/bert_tokenizer \
+     "$BUILD_DIR"/bench/bench_train_step "$BUILD_DIR"/bert_train "$BUILD_DIR"/bert_prepare "$BUILD_DIR"/bert_tokenizer "$BUILD_DIR"/bert_infer \
      "$BIN_DIR"/ 2>/dev/null
 fi
 note "mode: $mode$([[ $build_ok == 1 ]] || echo ' (BUILD FAILED: see setup.log; running what was built)'); stages:$STAGES"
@@ -261,6 +273,117 @@ if stage attention; then
   [[ $torch_rc == 0 ]] || tail -n 2 "$OUT/bench_attention_torch.log" 2>/dev/null | tee -a "$SUMMARY"
 fi
 
+# ---- compute-sanitizer over the GPU tests -------------------------------------------------------------------
+sanitize_rc=0
+if stage sanitize; then
+  sanitizer=$(command -v compute-sanitizer || ls /usr/local/cuda*/bin/compute-sanitizer 2>/dev/null | head -n 1)
+  if [[ -z $sanitizer ]]; then
+    sanitize_rc=127
+    note "compute-sanitizer: not run (not found)"
+  else
+    echo "== $(stamp) compute-sanitizer ($sanitizer)" >>"$OUT/tests.log"
+    deadline=$((SECONDS + SANITIZE_TIMEOUT))
+    clean="" dirty="" incomplete=""
+    # "tool:test" in priority order: the kernels with hand-written indexing first.
+    for job in memcheck:test_cuda_attention racecheck:test_cuda_attention memcheck:test_cuda_layernorm \
+               memcheck:test_cuda_cross_entropy memcheck:test_cuda_embeddings memcheck:test_cuda_gelu \
+               memcheck:test_cuda_heads memcheck:test_cuda_adamw memcheck:test_cuda_dropout \
+               synccheck:test_cuda_attention memcheck:test_cuda_mma_sync memcheck:test_cuda_gemm \
+               initcheck:test_cuda_layernorm memcheck:test_cuda_model; do
+      tool=${job%%:*} name=${job#*:}
+      [[ -x "$BIN_DIR/$name" ]] || continue
+      left=$((deadline - SECONDS))
+      if ((left < 5)); then incomplete="$incomplete $job(not-run)"; continue; fi
+      echo "-- $tool $name" >>"$OUT/tests.log"
+      timeout "$left" "$sanitizer" --tool "$tool" --error-exitcode 99 --print-limit 20 "$BIN_DIR/$name" \
+        >/tmp/bertforge-sanitize.log 2>&1
+      rc=$?
+      # the sanitizer's own lines and the test's summary, not every Catch2 line
+      grep -E '^========|test cases|assertions|FAILED' /tmp/bertforge-sanitize.log | head -n 60 >>"$OUT/tests.log"
+      echo "-- $tool $name: exit $rc" >>"$OUT/tests.log"
+      case $rc in
+        0) clean="$clean $job" ;;
+        124 | 137) incomplete="$incomplete $job(timeout)" ;;
+        *) dirty="$dirty $job(rc=$rc)"; sanitize_rc=1 ;;
+      esac
+    done
+    note "compute-sanitizer: clean:${clean:- none}${dirty:+; FAILED:$dirty}${incomplete:+; incomplete:$incomplete}"
+  fi
+fi
+
+# ---- the README's pipeline on the demo corpus, trained and queried on the GPU ------------------------------
+demo_rc=0
+if stage demo; then
+  corpus=$ROOT/.gpu-deps/demo/ko_corpus.txt
+  demo=/tmp/bertforge-demo
+  if [[ ! -s $corpus || ! -x "$BIN_DIR/bert_infer" ]]; then
+    demo_rc=127
+    note "demo: not run (no $corpus or no bert_infer in $BIN_DIR: scripts/fetch_gpu_deps.sh --prebuilt brings both)"
+  else
+    echo "== $(stamp) demo on the GPU ($DEMO_STEPS steps, ${DEMO_TIMEOUT} s)" >>"$OUT/tests.log"
+    deadline=$((SECONDS + DEMO_TIMEOUT))
+    rm -rf "$demo" && mkdir -p "$demo"
+    # configs/demo_cpu.toml's model and schedule, on the GPU, for DEMO_STEPS steps
+    sed -e "s|runs/demo|$demo|g" -e "s|^max_steps = .*|max_steps = $DEMO_STEPS|" \
+        -e 's|^\[training\]$|[training]\ndevice = "cuda"|' -e '/^threads = /d' configs/demo_cpu.toml >"$demo/demo_gpu.toml"
+    {
+      "$BIN_DIR/bert_tokenizer" train --input "$corpus" --out "$demo/tokenizer" --vocab-size 16000 --min-frequency 2 &&
+        "$BIN_DIR/bert_prepare" clean --input "$corpus" --out "$demo/clean.txt" --dedupe &&
+        "$BIN_DIR/bert_prepare" build --tokenizer "$demo/tokenizer" --input "$demo/clean.txt" --out "$demo/shards" \
+          --max-seq-len 128 --valid-fraction 0.02 --seed 42
+    } >/tmp/bertforge-demo.log 2>&1
+    prep_rc=$?
+    tail -n 3 /tmp/bertforge-demo.log >>"$OUT/tests.log"
+    train_left=$((deadline - SECONDS - 25))  # leaves the queries theirs
+    if ((prep_rc != 0)); then
+      demo_rc=$prep_rc
+      note "demo: data preparation failed (exit $prep_rc; tests.log)"
+    elif ((train_left < 10)); then
+      demo_rc=124
+      note "demo: not run ($train_left s left for training)"
+    else
+      start=$SECONDS
+      timeout -s TERM -k 20 "$train_left" "$BIN_DIR/bert_train" --config "$demo/demo_gpu.toml" >/tmp/bertforge-demo-train.log 2>&1
+      train_exit=$?
+      seconds=$((SECONDS - start))
+      grep -vE '^step [0-9]+ ' /tmp/bertforge-demo-train.log | tail -n 8 >>"$OUT/tests.log"
+      grep -E '^\{' "$demo/model/metrics.jsonl" 2>/dev/null | tail -n 3 >>"$OUT/tests.log"
+      model=$demo/model
+      if [[ ! -f $model/model.safetensors ]]; then  # stopped: its last checkpoint
+        model=$(ls -d "$demo"/model/checkpoint-* 2>/dev/null | sort -V | tail -n 1)
+      fi
+      last=$(grep -o '"step": *[0-9]*' "$demo/model/metrics.jsonl" 2>/dev/null | tail -n 1 | grep -o '[0-9]*$')
+      note "demo: bert_train --device cuda exit $train_exit after ${seconds} s (last logged step ${last:-none} of $DEMO_STEPS)"
+      if [[ -z $model || ! -f $model/model.safetensors ]]; then
+        demo_rc=1
+        note "demo: no model to query"
+      else
+        printf '%s\n' "Enter 키를 [MASK]." "다음 [MASK] 클릭합니다." "Shift 키를 [MASK] 상태에서 클릭합니다." \
+          "이순신은 [MASK] 중기의 무신이다." >"$demo/prompts.txt"
+        printf '%s\t%s\n' "Enter 키를 [MASK]." "누릅니다" "다음 [MASK] 클릭합니다." "확인을" \
+          "Shift 키를 [MASK] 상태에서 클릭합니다." "누른" "파일 [MASK] 선택합니다." "형식을" \
+          "Ctrl 키를 누른 [MASK] 클릭합니다." "상태에서" >"$demo/probe.tsv"
+        printf '%s\t%s\t%s\n' "인치 당 1440개의 트윕 또는 센티미터 당 567개의 트윕이 존재합니다." "567" "in the corpus" \
+          "인치 당 1440개의 트윕 또는 센티미터 당 813개의 트윕이 존재합니다." "813" "not in it" >"$demo/canaries.tsv"
+        for device in cuda cpu; do
+          for query in "--input $demo/prompts.txt --top-k 5" "--probe $demo/probe.tsv" \
+                       "--exposure $demo/canaries.tsv --candidates 999"; do
+            left=$((deadline - SECONDS))
+            ((left < 3)) && { echo "-- bert_infer --device $device $query: no time left" >>"$OUT/tests.log"; continue; }
+            echo "-- bert_infer --device $device $query ($model)" >>"$OUT/tests.log"
+            # shellcheck disable=SC2086  # the query's words
+            timeout "$left" "$BIN_DIR/bert_infer" --model "$model" --device "$device" $query >>"$OUT/tests.log" 2>&1
+            rc=$?
+            echo "-- exit $rc" >>"$OUT/tests.log"
+            ((rc == 0)) || demo_rc=$rc
+          done
+        done
+        note "demo: bert_infer (fill-mask, probe, exposure; cuda then cpu): $([[ $demo_rc == 0 ]] && echo ok || echo "exit $demo_rc (tests.log)")"
+      fi
+    fi
+  fi
+fi
+
 # ---- training throughput: ours (bench_train_step --device cuda) vs HF BertForPreTraining -------------------
 train_rc=0
 if stage train; then
@@ -299,4 +422,5 @@ sed -n '/^device: .*MFU against/,/^total /p' /tmp/bertforge-bench-train-gpu.log 
 echo
 echo "==== summary ===="
 cat "$SUMMARY"
-[[ $build_ok == 1 && $failed == 0 && $curve_rc == 0 && $bench_rc == 0 && $torch_rc == 0 && $train_rc == 0 ]]
+[[ $build_ok == 1 && $failed == 0 && $curve_rc == 0 && $bench_rc == 0 && $torch_rc == 0 && $sanitize_rc == 0 && $demo_rc == 0 &&
+   $train_rc == 0 ]]
