@@ -19,6 +19,9 @@
 # --device cpu on the same model; a run cut short by GPU_CHECK_DEMO_TIMEOUT is stopped with SIGTERM
 # (it saves) and its last checkpoint is used. Both log into tests.log.
 #
+# GPU_CHECK_SANITIZE_JOBS replaces the sanitizer's job list (see the stage); GPU_CHECK_TRAIN_VARIANTS
+# (e.g. "ours,hf_sdpa") limits the training bench's variants.
+#
 # Stages: GPU_CHECK_STAGES (default "tests curve kernels attention sanitize demo train") picks which run, e.g.
 #   run(command="GPU_CHECK_STAGES=train bash scripts/gpu_check.sh", carry=[".gpu-deps"], timeout_s=590)
 # spends the whole call on the training bench (its full matrix: 4 shapes x ours + 3 HF variants, ~6-9
@@ -284,22 +287,25 @@ if stage sanitize; then
     echo "== $(stamp) compute-sanitizer ($sanitizer)" >>"$OUT/tests.log"
     deadline=$((SECONDS + SANITIZE_TIMEOUT))
     clean="" dirty="" incomplete=""
-    # "tool:test" in priority order: the kernels with hand-written indexing first.
-    for job in memcheck:test_cuda_attention racecheck:test_cuda_attention memcheck:test_cuda_layernorm \
-               memcheck:test_cuda_cross_entropy memcheck:test_cuda_embeddings memcheck:test_cuda_gelu \
-               memcheck:test_cuda_heads memcheck:test_cuda_adamw memcheck:test_cuda_dropout \
-               synccheck:test_cuda_attention memcheck:test_cuda_mma_sync memcheck:test_cuda_gemm \
-               initcheck:test_cuda_layernorm memcheck:test_cuda_model; do
-      tool=${job%%:*} name=${job#*:}
+    # "tool:test[:Catch2 test spec, '+' for a space]" in priority order: the kernels with hand-written
+    # indexing first. racecheck runs the attention test's smaller case: the whole test outlasts any budget.
+    jobs=${GPU_CHECK_SANITIZE_JOBS:-memcheck:test_cuda_attention memcheck:test_cuda_layernorm \
+      memcheck:test_cuda_cross_entropy memcheck:test_cuda_embeddings memcheck:test_cuda_gelu memcheck:test_cuda_heads \
+      memcheck:test_cuda_adamw memcheck:test_cuda_dropout memcheck:test_cuda_mma_sync memcheck:test_cuda_gemm \
+      racecheck:test_cuda_attention:cuda+attention+without+a+mask* \
+      synccheck:test_cuda_attention initcheck:test_cuda_layernorm memcheck:test_cuda_model}
+    for job in $jobs; do
+      tool=${job%%:*} name=${job#*:} spec=()
+      if [[ $name == *:* ]]; then spec=("${name#*:}") name=${name%%:*} spec[0]=${spec[0]//+/ }; fi
       [[ -x "$BIN_DIR/$name" ]] || continue
       left=$((deadline - SECONDS))
       if ((left < 5)); then incomplete="$incomplete $job(not-run)"; continue; fi
       echo "-- $tool $name" >>"$OUT/tests.log"
-      timeout "$left" "$sanitizer" --tool "$tool" --error-exitcode 99 --print-limit 20 "$BIN_DIR/$name" \
+      timeout "$left" "$sanitizer" --tool "$tool" --error-exitcode 99 --print-limit 20 "$BIN_DIR/$name" "${spec[@]}" \
         >/tmp/bertforge-sanitize.log 2>&1
       rc=$?
       # the sanitizer's own lines and the test's summary, not every Catch2 line
-      grep -E '^========|test cases|assertions|FAILED' /tmp/bertforge-sanitize.log | head -n 60 >>"$OUT/tests.log"
+      grep -E '^========|test cases|assertions|FAILED|fatal error' /tmp/bertforge-sanitize.log | head -n 60 >>"$OUT/tests.log"
       echo "-- $tool $name: exit $rc" >>"$OUT/tests.log"
       case $rc in
         0) clean="$clean $job" ;;
@@ -400,7 +406,7 @@ if stage train; then
     # The outer timeout is a backstop: the script keeps to --budget-s itself (each variant's timeout is
     # what is left), and needs a few seconds after it for the table and the JSON.
     PYTHONUNBUFFERED=1 timeout $((train_budget + 8)) python3 bench/bench_train_gpu.py --bench "$BIN_DIR/bench_train_step" \
-      --budget-s "$train_budget" --json "$OUT/bench_train_gpu.json" >/tmp/bertforge-bench-train-gpu.log 2>&1
+      ${GPU_CHECK_TRAIN_VARIANTS:+--variants "$GPU_CHECK_TRAIN_VARIANTS"} --budget-s "$train_budget" --json "$OUT/bench_train_gpu.json" >/tmp/bertforge-bench-train-gpu.log 2>&1
     train_rc=$?
     { echo "== bench_train_gpu.py output"; cat /tmp/bertforge-bench-train-gpu.log; } >>"$SETUP_LOG"
     note "bench_train_gpu: exit $train_rc (budget ${train_budget} s)"

@@ -208,17 +208,18 @@ constexpr int kAttentionMaxSeqLen = 512;
 bool attention_supported(const AttentionShape& shape, std::string* why_not = nullptr);
 // Two implementations of each direction (attention.cu's purpose block), equal up to fp32 summation
 // order and bf16 rounding of intermediate P~ / dS:
-//   kWmma  nvcuda::wmma tiles, the elementwise steps on fp32 score tiles in shared memory (the default)
-//   kMma   mma.sync fragments, the elementwise steps in registers (FlashAttention-2's scheme)
+//   kMma   mma.sync fragments, the elementwise steps in registers (FlashAttention-2's scheme): the default,
+//          2.1-2.9x the wmma kernels' speed on an H200 (bench/RESULTS.md, 2026-12-04)
+//   kWmma  nvcuda::wmma tiles, the elementwise steps on fp32 score tiles in shared memory
 // bench_kernels times both; the tests hold both to kernels/cpu.
 enum class AttentionKernel { kWmma, kMma };
 void attention_forward(Context& ctx, const AttentionShape& shape, const bf16* q, const bf16* k, const bf16* v,
                        const int32_t* attention_mask, const DropoutSpec& dropout, bf16* context, float* logsumexp,
-                       AttentionKernel kernel = AttentionKernel::kWmma);
+                       AttentionKernel kernel = AttentionKernel::kMma);
 void attention_backward(Context& ctx, const AttentionShape& shape, const bf16* dcontext, const bf16* q, const bf16* k,
                         const bf16* v, const int32_t* attention_mask, const DropoutSpec& dropout, const bf16* context,
                         const float* logsumexp, bf16* dq, bf16* dk, bf16* dv,
-                        AttentionKernel kernel = AttentionKernel::kWmma);
+                        AttentionKernel kernel = AttentionKernel::kMma);
 
 // ---- tensor-core layout probe (mma_sync.cu) --------------------------------------------------------------
 // One warp runs kernels/cuda/mma_sync.cuh's ldmatrix and mma.sync on A [16][16] (row-major), B given
