@@ -41,8 +41,8 @@
 // loaded, rescaled and stored): ~44 KB at 128 B/clk/SM is ~340 clocks against ~130 of mma.sync work
 // (2 x 16 x 64 x 64 MACs at ~1k bf16 MACs/clk/SM), so it is bound by shared memory near 2.5x the tensor
 // time, the mma kernel near 1x; the wmma backward kernels round-trip two score tiles per step alike.
-// Measured on an H200 (bench/RESULTS.md, 2026-12-04): the mma kernels run at 2.1-2.9x the wmma ones
-// (forward 58-79 TFLOP/s against 28-34 at D = 64), so kMma is the default.
+// Measured on an H200 (bench/RESULTS.md, 2026-12-04): the mma kernels run at 1.9-2.4x the wmma ones
+// (2.0-3.0x with dropout; forward 58-79 TFLOP/s against 28-34 at D = 64), so kMma is the default.
 //
 // Napkin math (BERT-base layer: B = 32, S = 128, H = 12, D = 64). Forward 4*B*H*S^2*D = 1.6 GFLOP;
 // backward executes 7 of those S x S x D matmuls = 3.5x forward (2.5x is the minimum; the extra S

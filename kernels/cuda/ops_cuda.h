@@ -209,7 +209,7 @@ bool attention_supported(const AttentionShape& shape, std::string* why_not = nul
 // Two implementations of each direction (attention.cu's purpose block), equal up to fp32 summation
 // order and bf16 rounding of intermediate P~ / dS:
 //   kMma   mma.sync fragments, the elementwise steps in registers (FlashAttention-2's scheme): the default,
-//          2.1-2.9x the wmma kernels' speed on an H200 (bench/RESULTS.md, 2026-12-04)
+//          1.9-3.0x the wmma kernels' speed on an H200 (bench/RESULTS.md, 2026-12-04)
 //   kWmma  nvcuda::wmma tiles, the elementwise steps on fp32 score tiles in shared memory
 // bench_kernels times both; the tests hold both to kernels/cpu.
 enum class AttentionKernel { kWmma, kMma };
