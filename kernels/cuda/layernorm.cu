@@ -10,20 +10,27 @@
 // cols works):
 //   forward          two-pass mean / variance (as the CPU), then y. The row is re-read from L1.
 //   backward, dz     dz = rstd * (g - mean(g) - zhat * mean(g * zhat)), g = dy * gamma.
-//   backward, params dgamma/dbeta need only mean/rstd, not the row reductions, so they are a separate
-//                    column reduction, run before the dz pass: block (row chunk, column tile), each
-//                    thread owns a column vector and sums its chunk's rows in order into an fp32
-//                    partial [chunks, cols] in ctx.scratch; a last kernel sums the partials in a
-//                    fixed order and adds.
-//                    No float atomics: bitwise the same result every run for a given shape.
+//   backward, fused  (128-bit path, cols <= 1024: BERT-base and -large) one pass over the rows: a block
+//                    of 8 warps owns 8 x rows_per_warp consecutive rows; each warp walks its rows in
+//                    order, holds its row slice in registers (<= 4 vectors of 8 per lane), writes dz
+//                    and adds d * zhat and d to per-lane dgamma/dbeta sums; the block then adds its 8
+//                    warps' sums in warp order into an fp32 partial [blocks, cols] (ctx.scratch), and
+//                    a last kernel sums the partials in a fixed order and adds.
+//   backward, params otherwise (the scalar path, or cols > 1024) dgamma/dbeta are a separate column
+//                    reduction, run before the dz pass: block (row chunk, column tile), each thread
+//                    owns a column vector and sums its chunk's rows in order into an fp32 partial
+//                    [chunks, cols] in ctx.scratch; a last kernel sums the partials in a fixed order.
+//                    No float atomics on either path: bitwise the same result every run for a shape.
 //
 // Napkin math (BERT-base, 4096 tokens x 768, bf16 = 6.3 MB per matrix; H100 HBM3 ~3.3 TB/s):
 //   forward: reads x (+ residual), writes y: 4 (6) B/element, 12.6 (18.9) MB, ~4 (6) us; ~10 FLOPs
 //   per element, far below the ~500 FLOP/B ridge: bandwidth bound.
-//   backward: dz pass reads dy, x (+ residual), writes dz: 6 (8) B/element; the parameter pass
-//   re-reads dy, x (+ residual): 4 (6) B/element plus a [<= 1024, cols] fp32 partial, so ~10 (14)
-//   B/element, ~19 (26) us: ~1.6x the fused minimum, traded for a simple deterministic reduction
-//   that works for any cols. 24 LayerNorms per BERT-base step make this ~0.2 ms of extra traffic.
+//   backward: reads dy, x (+ residual), writes dz: 6 (8) B/element, the minimum, plus a [blocks, cols]
+//   fp32 partial (blocks <= 1024; 256 at 16k rows: 1.6 MB at cols 768). The separate parameter pass
+//   (the fallback) re-reads dy, x (+ residual): ~10 (14) B/element. Measured on an H200 (2026-12-04,
+//   16k x 768, before the fused kernel): backward 72 us (85 with residual), 25% of the copy
+//   bandwidth, 4x its traffic minimum: the parameter pass's 2,048 blocks of 2 warps and the
+//   finalize's 1,024 chunks (48 blocks, 128 dependent loads a thread) cost more than the bytes.
 #include <cstdint>
 
 #include "kernels/cuda/common.cuh"
@@ -113,6 +120,140 @@ void launch_forward(Context& ctx, const MatrixShape& shape, const bf16* x, const
   CUDA_CHECK_LAUNCH();
 }
 
+// ---- fused backward (see the purpose block) ---------------------------------------------------------
+
+constexpr int kFusedWarps = 8;
+constexpr int kFusedMaxVectors = 4;  // 128-bit vectors per lane and row
+constexpr int64_t kFusedMaxCols = int64_t{kFusedMaxVectors} * kWarpSize * kVectorWidth;  // 1024
+constexpr int64_t kFusedMinRowsPerWarp = 8;
+constexpr int64_t kFusedMaxBlocks = 1024;  // bounds the partials to [1024, cols]
+// Blocks an SM must hold: 2 (<= 128 registers a thread, 16 warps an SM) up to 768 columns; at 4
+// vectors a lane 128 registers spill, so BERT-large's 1024 gets 1 block (8 warps) without spills.
+constexpr int fused_blocks_per_sm(int vectors) { return vectors <= 3 ? 2 : 1; }
+
+// Rows per warp, fixed for a shape (never the device's): the partials' order depends on it.
+int64_t fused_rows_per_warp(int64_t rows) {
+  const int64_t spread = ceil_div(rows, kFusedMaxBlocks * kFusedWarps);
+  return spread > kFusedMinRowsPerWarp ? spread : kFusedMinRowsPerWarp;
+}
+
+// kVectors = ceil(cols / 256): lane l owns columns (v * 32 + l) * 8 .. + 7 for v < kVectors (those
+// below cols). Each row is read once, by one warp, before that warp writes its dz: dz may alias dy,
+// x or residual.
+template <int kVectors, class Rows>
+__global__ void __launch_bounds__(kFusedWarps* kWarpSize, fused_blocks_per_sm(kVectors))
+    layernorm_backward_fused_kernel(int64_t rows, int64_t cols, int64_t rows_per_warp, Rows source, const bf16* dy,
+                                    const bf16* gamma, const float* mean, const float* rstd, bf16* dz,
+                                    float* dgamma_partial, float* dbeta_partial) {
+  __shared__ float warp_sums[kFusedWarps][kFusedMaxCols];
+  const int warp = static_cast<int>(threadIdx.x / kWarpSize);
+  const int lane = static_cast<int>(threadIdx.x % kWarpSize);
+  const int64_t first = (static_cast<int64_t>(blockIdx.x) * kFusedWarps + warp) * rows_per_warp;
+  const int64_t last = first + rows_per_warp < rows ? first + rows_per_warp : rows;
+  const float count = static_cast<float>(cols);
+
+  float dgamma_sum[kVectors][kVectorWidth], dbeta_sum[kVectors][kVectorWidth];
+#pragma unroll
+  for (int v = 0; v < kVectors; ++v)
+#pragma unroll
+    for (int i = 0; i < kVectorWidth; ++i) dgamma_sum[v][i] = dbeta_sum[v][i] = 0.0f;
+
+  for (int64_t r = first; r < last; ++r) {  // uniform per warp
+    const auto z_row = source.row(r, cols);
+    const bf16* dy_row = dy + r * cols;
+    const float row_mean = mean[r], row_rstd = rstd[r];
+    // Kept between the two loops: g = dy * gamma and zhat (the parameter sums need no row sum, so
+    // they are added in the first loop and dy is not kept). = {}: GCC cannot see j < cols.
+    float scaled[kVectors][kVectorWidth] = {}, zhat[kVectors][kVectorWidth] = {};
+    float sum_g = 0.0f, sum_g_zhat = 0.0f;
+#pragma unroll
+    for (int v = 0; v < kVectors; ++v) {
+      const int64_t j = (int64_t{v} * kWarpSize + lane) * kVectorWidth;
+      if (j >= cols) continue;
+      float d[kVectorWidth], z[kVectorWidth], g[kVectorWidth];
+      load_bf16x8(dy_row + j, d);
+      z_row.load8(j, z);
+      load_bf16x8(gamma + j, g);  // from L1 after the first row
+#pragma unroll
+      for (int i = 0; i < kVectorWidth; ++i) {
+        zhat[v][i] = (z[i] - row_mean) * row_rstd;
+        scaled[v][i] = d[i] * g[i];
+        sum_g += scaled[v][i];
+        sum_g_zhat += scaled[v][i] * zhat[v][i];
+        dgamma_sum[v][i] += d[i] * zhat[v][i];
+        dbeta_sum[v][i] += d[i];
+      }
+    }
+    const float mean_g = warp_sum(sum_g) / count;
+    const float mean_g_zhat = warp_sum(sum_g_zhat) / count;
+    bf16* dz_row = dz + r * cols;
+#pragma unroll
+    for (int v = 0; v < kVectors; ++v) {
+      const int64_t j = (int64_t{v} * kWarpSize + lane) * kVectorWidth;
+      if (j >= cols) continue;
+      float out[kVectorWidth];
+#pragma unroll
+      for (int i = 0; i < kVectorWidth; ++i) out[i] = row_rstd * (scaled[v][i] - mean_g - zhat[v][i] * mean_g_zhat);
+      store_bf16x8(dz_row + j, out);
+    }
+  }
+
+  // The block's partial row: its warps' sums added in warp order, dgamma then dbeta.
+  for (int pass = 0; pass < 2; ++pass) {
+#pragma unroll
+    for (int v = 0; v < kVectors; ++v) {
+      const int64_t j = (int64_t{v} * kWarpSize + lane) * kVectorWidth;
+      if (j >= cols) continue;
+#pragma unroll
+      for (int i = 0; i < kVectorWidth; ++i) warp_sums[warp][j + i] = pass == 0 ? dgamma_sum[v][i] : dbeta_sum[v][i];
+    }
+    __syncthreads();
+    float* out = (pass == 0 ? dgamma_partial : dbeta_partial) + static_cast<int64_t>(blockIdx.x) * cols;
+    for (int64_t c = threadIdx.x; c < cols; c += blockDim.x) {
+      float total = warp_sums[0][c];
+#pragma unroll
+      for (int w = 1; w < kFusedWarps; ++w) total += warp_sums[w][c];
+      out[c] = total;
+    }
+    __syncthreads();  // warp_sums is free for the second pass
+  }
+}
+
+template <int kVectors, bool kResidual>
+void launch_backward_fused(Context& ctx, const MatrixShape& shape, const bf16* dy, const bf16* x, const bf16* residual,
+                           const bf16* gamma, const float* mean, const float* rstd, bf16* dz, float* dgamma,
+                           float* dbeta) {
+  const int64_t rows = shape.rows, cols = shape.cols;
+  const int64_t rows_per_warp = fused_rows_per_warp(rows);
+  const int64_t blocks = ceil_div(rows, rows_per_warp * kFusedWarps);
+  // Taken before the first launch: growing the scratch synchronises the stream.
+  float* partials = static_cast<float*>(ctx.scratch(2 * static_cast<size_t>(blocks * cols) * sizeof(float)));
+  layernorm_backward_fused_kernel<kVectors>
+      <<<static_cast<unsigned>(blocks), kFusedWarps * kWarpSize, 0, ctx.stream()>>>(
+          rows, cols, rows_per_warp, SumRows<kResidual>{x, residual}, dy, gamma, mean, rstd, dz, partials,
+          partials + blocks * cols);
+  CUDA_CHECK_LAUNCH();
+  // 32 columns x 32 chunk groups a block: at 256 chunks, 8 loads a thread.
+  launch_accumulate_partials<32, 32>(ctx.stream(), blocks, cols, partials, dgamma, partials + blocks * cols, dbeta);
+  CUDA_CHECK_LAUNCH();
+}
+
+template <bool kResidual>
+void launch_backward_fused(Context& ctx, const MatrixShape& shape, const bf16* dy, const bf16* x, const bf16* residual,
+                           const bf16* gamma, const float* mean, const float* rstd, bf16* dz, float* dgamma,
+                           float* dbeta) {
+  switch (ceil_div(shape.cols, int64_t{kWarpSize} * kVectorWidth)) {
+    case 1:
+      return launch_backward_fused<1, kResidual>(ctx, shape, dy, x, residual, gamma, mean, rstd, dz, dgamma, dbeta);
+    case 2:
+      return launch_backward_fused<2, kResidual>(ctx, shape, dy, x, residual, gamma, mean, rstd, dz, dgamma, dbeta);
+    case 3:
+      return launch_backward_fused<3, kResidual>(ctx, shape, dy, x, residual, gamma, mean, rstd, dz, dgamma, dbeta);
+    default:
+      return launch_backward_fused<4, kResidual>(ctx, shape, dy, x, residual, gamma, mean, rstd, dz, dgamma, dbeta);
+  }
+}
+
 template <bool kVectorized, bool kResidual>
 void launch_backward_kernels(Context& ctx, const MatrixShape& shape, const bf16* dy, const bf16* x,
                              const bf16* residual, const bf16* gamma, const float* mean, const float* rstd, bf16* dz,
@@ -151,7 +292,12 @@ void launch_backward(Context& ctx, const MatrixShape& shape, const bf16* dy, con
   require(dy && x && gamma && mean && rstd && dz && dgamma && dbeta, op, "a required pointer is null");
   const bool vectorized = shape.cols % kVectorWidth == 0 && aligned16(dy) && aligned16(x) && aligned16(residual) &&
                           aligned16(gamma) && aligned16(dz);
-  if (vectorized && residual != nullptr)
+  if (vectorized && shape.cols <= kFusedMaxCols) {
+    if (residual != nullptr)
+      launch_backward_fused<true>(ctx, shape, dy, x, residual, gamma, mean, rstd, dz, dgamma, dbeta);
+    else
+      launch_backward_fused<false>(ctx, shape, dy, x, nullptr, gamma, mean, rstd, dz, dgamma, dbeta);
+  } else if (vectorized && residual != nullptr)
     launch_backward_kernels<true, true>(ctx, shape, dy, x, residual, gamma, mean, rstd, dz, dgamma, dbeta);
   else if (vectorized)
     launch_backward_kernels<true, false>(ctx, shape, dy, x, nullptr, gamma, mean, rstd, dz, dgamma, dbeta);
