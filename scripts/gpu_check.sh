@@ -73,6 +73,13 @@ DEMO_TIMEOUT=${GPU_CHECK_DEMO_TIMEOUT:-90}
 DEMO_STEPS=${GPU_CHECK_DEMO_STEPS:-10000}
 STAGES=" ${GPU_CHECK_STAGES:-tests curve kernels attention sanitize demo train} "
 stage() { [[ $STAGES == *" $1 "* ]]; }
+# Sets `budget`: the seconds a stage may take, its own limit $1 or what GPU_CHECK_TOTAL leaves (10 s
+# kept for the end), whichever is less.
+stage_budget() {
+  budget=$((TOTAL_BUDGET - SECONDS - 10))
+  ((budget > $1)) && budget=$1
+  return 0
+}
 SETUP_LOG=$OUT/setup.log
 SUMMARY=$OUT/summary.txt
 : >"$SUMMARY"
@@ -282,17 +289,16 @@ fi
 sanitize_rc=0
 if stage sanitize; then
   sanitizer=$(command -v compute-sanitizer || ls /usr/local/cuda*/bin/compute-sanitizer 2>/dev/null | head -n 1)
+  stage_budget "$SANITIZE_TIMEOUT"
   if [[ -z $sanitizer ]]; then
     sanitize_rc=127
     note "compute-sanitizer: not run (not found)"
-  elif ((TOTAL_BUDGET - SECONDS - 10 < 20)); then
+  elif ((budget < 20)); then
     sanitize_rc=124
-    note "compute-sanitizer: not run ($((TOTAL_BUDGET - SECONDS - 10)) s left of GPU_CHECK_TOTAL=$TOTAL_BUDGET)"
+    note "compute-sanitizer: not run ($budget s left of GPU_CHECK_TOTAL=$TOTAL_BUDGET)"
   else
-    sanitize_budget=$((TOTAL_BUDGET - SECONDS - 10))
-    ((sanitize_budget > SANITIZE_TIMEOUT)) && sanitize_budget=$SANITIZE_TIMEOUT
-    echo "== $(stamp) compute-sanitizer ($sanitizer, ${sanitize_budget} s)" >>"$OUT/tests.log"
-    deadline=$((SECONDS + sanitize_budget))
+    echo "== $(stamp) compute-sanitizer ($sanitizer, $budget s)" >>"$OUT/tests.log"
+    deadline=$((SECONDS + budget))
     clean="" dirty="" incomplete=""
     # "tool:test[:Catch2 test spec, '+' for a space]" in priority order: the kernels with hand-written
     # indexing first. racecheck runs the attention test's smaller case: the whole test outlasts any budget.
@@ -329,17 +335,16 @@ demo_rc=0
 if stage demo; then
   corpus=$ROOT/.gpu-deps/demo/ko_corpus.txt
   demo=/tmp/bertforge-demo
+  stage_budget "$DEMO_TIMEOUT"
   if [[ ! -s $corpus || ! -x "$BIN_DIR/bert_infer" ]]; then
     demo_rc=127
     note "demo: not run (no $corpus or no bert_infer in $BIN_DIR: scripts/fetch_gpu_deps.sh --prebuilt brings both)"
-  elif ((TOTAL_BUDGET - SECONDS - 10 < 40)); then
+  elif ((budget < 40)); then
     demo_rc=124
-    note "demo: not run ($((TOTAL_BUDGET - SECONDS - 10)) s left of GPU_CHECK_TOTAL=$TOTAL_BUDGET)"
+    note "demo: not run ($budget s left of GPU_CHECK_TOTAL=$TOTAL_BUDGET)"
   else
-    demo_budget=$((TOTAL_BUDGET - SECONDS - 10))
-    ((demo_budget > DEMO_TIMEOUT)) && demo_budget=$DEMO_TIMEOUT
-    echo "== $(stamp) demo on the GPU ($DEMO_STEPS steps, ${demo_budget} s)" >>"$OUT/tests.log"
-    deadline=$((SECONDS + demo_budget))
+    echo "== $(stamp) demo on the GPU ($DEMO_STEPS steps, $budget s)" >>"$OUT/tests.log"
+    deadline=$((SECONDS + budget))
     rm -rf "$demo" && mkdir -p "$demo"
     # configs/demo_cpu.toml's model and schedule, on the GPU, for DEMO_STEPS steps
     sed -e "s|runs/demo|$demo|g" -e "s|^max_steps = .*|max_steps = $DEMO_STEPS|" \
@@ -405,8 +410,8 @@ fi
 # ---- training throughput: ours (bench_train_step --device cuda) vs HF BertForPreTraining -------------------
 train_rc=0
 if stage train; then
-  train_budget=$((TOTAL_BUDGET - SECONDS - 10))
-  ((train_budget > TRAIN_TIMEOUT)) && train_budget=$TRAIN_TIMEOUT
+  stage_budget "$TRAIN_TIMEOUT"
+  train_budget=$budget
   if [[ ! -x "$BIN_DIR/bench_train_step" ]]; then
     train_rc=127
     note "bench_train_gpu: not run (no bench_train_step in $BIN_DIR)"
