@@ -20,13 +20,15 @@
 //                    reduction, run before the dz pass: block (row chunk, column tile), each thread
 //                    owns a column vector and sums its chunk's rows in order into an fp32 partial
 //                    [chunks, cols] in ctx.scratch; a last kernel sums the partials in a fixed order.
-//                    No float atomics on either path: bitwise the same result every run for a shape.
+//                    No float atomics on either path: bitwise the same result every run for a shape
+//                    and path (the two paths add dgamma/dbeta in different orders, so 16-byte aligned
+//                    and element-aligned buffers of one shape may differ in the last bits).
 //
 // Napkin math (BERT-base, 4096 tokens x 768, bf16 = 6.3 MB per matrix; H100 HBM3 ~3.3 TB/s):
 //   forward: reads x (+ residual), writes y: 4 (6) B/element, 12.6 (18.9) MB, ~4 (6) us; ~10 FLOPs
 //   per element, far below the ~500 FLOP/B ridge: bandwidth bound.
 //   backward: reads dy, x (+ residual), writes dz: 6 (8) B/element, the minimum, plus a [blocks, cols]
-//   fp32 partial (blocks <= 1024; 256 at 16k rows: 1.6 MB at cols 768). The separate parameter pass
+//   fp32 partial (blocks <= 1024; 512 at 16k rows: 3.1 MB at cols 768). The separate parameter pass
 //   (the fallback) re-reads dy, x (+ residual): ~10 (14) B/element. Measured on an H200 (2026-12-04,
 //   16k x 768, before the fused kernel): backward 72 us (85 with residual), 25% of the copy
 //   bandwidth, 4x its traffic minimum: the parameter pass's 2,048 blocks of 2 warps and the
@@ -125,7 +127,9 @@ void launch_forward(Context& ctx, const MatrixShape& shape, const bf16* x, const
 constexpr int kFusedWarps = 8;
 constexpr int kFusedMaxVectors = 4;  // 128-bit vectors per lane and row
 constexpr int64_t kFusedMaxCols = int64_t{kFusedMaxVectors} * kWarpSize * kVectorWidth;  // 1024
-constexpr int64_t kFusedMinRowsPerWarp = 8;
+// 4 rows a warp, 32 a block: 512 blocks at 16k rows (~2 waves of 2 blocks an SM on 132 SMs), 128 at
+// 4k; more rows a warp only past 32k rows, to keep the partials at <= 1024 rows.
+constexpr int64_t kFusedMinRowsPerWarp = 4;
 constexpr int64_t kFusedMaxBlocks = 1024;  // bounds the partials to [1024, cols]
 // Blocks an SM must hold: 2 (<= 128 registers a thread, 16 warps an SM) up to 768 columns; at 4
 // vectors a lane 128 registers spill, so BERT-large's 1024 gets 1 block (8 warps) without spills.
@@ -233,7 +237,7 @@ void launch_backward_fused(Context& ctx, const MatrixShape& shape, const bf16* d
           rows, cols, rows_per_warp, SumRows<kResidual>{x, residual}, dy, gamma, mean, rstd, dz, partials,
           partials + blocks * cols);
   CUDA_CHECK_LAUNCH();
-  // 32 columns x 32 chunk groups a block: at 256 chunks, 8 loads a thread.
+  // 32 columns x 32 chunk groups a block: at 512 chunks, 16 loads a thread.
   launch_accumulate_partials<32, 32>(ctx.stream(), blocks, cols, partials, dgamma, partials + blocks * cols, dbeta);
   CUDA_CHECK_LAUNCH();
 }

@@ -135,6 +135,31 @@ void check_layernorm(int64_t rows, int64_t cols, bool with_residual, size_t offs
   CHECK(same_bits(d_grad_inplace.values(), dz_runs[0]));
   CHECK(same_bits(d_dgamma.download(), dgamma_runs[0]));
   CHECK(same_bits(d_dbeta.download(), dbeta_runs[0]));
+
+  // dz aliasing x, and (residual) dz aliasing residual: the same bits again.
+  Bf16Tensor d_x_alias = Bf16Tensor::input(x, offset), d_residual_alias = Bf16Tensor::input(residual, offset);
+  DeviceBuffer<float> dgamma_x = upload<float>(dgamma_prior), dbeta_x = upload<float>(dbeta_prior);
+  DeviceBuffer<float> dgamma_r = upload<float>(dgamma_prior), dbeta_r = upload<float>(dbeta_prior);
+  if (with_residual) {
+    cuda::residual_layernorm_backward(ctx, shape, d_dy.data(), d_x_alias.data(), d_residual.data(), d_gamma.data(),
+                                      d_mean_ref.data(), d_rstd_ref.data(), d_x_alias.data(), dgamma_x.data(),
+                                      dbeta_x.data());
+    cuda::residual_layernorm_backward(ctx, shape, d_dy.data(), d_x.data(), d_residual_alias.data(), d_gamma.data(),
+                                      d_mean_ref.data(), d_rstd_ref.data(), d_residual_alias.data(), dgamma_r.data(),
+                                      dbeta_r.data());
+  } else {
+    cuda::layernorm_backward(ctx, shape, d_dy.data(), d_x_alias.data(), d_gamma.data(), d_mean_ref.data(),
+                             d_rstd_ref.data(), d_x_alias.data(), dgamma_x.data(), dbeta_x.data());
+  }
+  ctx.synchronize();
+  CHECK(same_bits(d_x_alias.values(), dz_runs[0]));
+  CHECK(same_bits(dgamma_x.download(), dgamma_runs[0]));
+  CHECK(same_bits(dbeta_x.download(), dbeta_runs[0]));
+  if (with_residual) {
+    CHECK(same_bits(d_residual_alias.values(), dz_runs[0]));
+    CHECK(same_bits(dgamma_r.download(), dgamma_runs[0]));
+    CHECK(same_bits(dbeta_r.download(), dbeta_runs[0]));
+  }
 }
 
 struct Case {
@@ -142,11 +167,13 @@ struct Case {
   size_t offset;
 };
 // 128-bit path: cols % 8 == 0 at offset 0; scalar path: odd cols, or offset 1. The 128-bit backward is
-// the fused kernel up to cols 1024 (one to four 256-column vectors per lane, the last one partly
-// used at 264 and 776; more than 8 rows a warp past 65,536 rows), the two-pass one beyond (4096).
-const Case kCases[] = {{1, 1, 0},    {3, 7, 0},       {1000, 1, 0},  {1, 768, 0},    {1000, 768, 0},
-                       {3, 1024, 0}, {5, 4099, 0},    {17, 4096, 0}, {1000, 768, 1}, {3, 1024, 1},
-                       {33, 8, 0},   {1000, 1024, 0}, {513, 264, 0}, {5, 776, 0},    {70001, 8, 0}};
+// the fused kernel up to cols 1024 (one to four 256-column vectors per lane, the last one used by one
+// lane at 264 and 776, by some at 520 and 1016; more than 4 rows a warp past 32,768 rows), the
+// two-pass one beyond (1032, 4096).
+const Case kCases[] = {{1, 1, 0},     {3, 7, 0},       {1000, 1, 0},   {1, 768, 0},    {1000, 768, 0},
+                       {3, 1024, 0},  {5, 4099, 0},    {17, 4096, 0},  {1000, 768, 1}, {3, 1024, 1},
+                       {33, 8, 0},    {1000, 1024, 0}, {513, 264, 0},  {5, 776, 0},    {70001, 8, 0},
+                       {130, 520, 0}, {77, 1016, 0},   {40001, 24, 0}, {8, 1032, 0}};
 
 }  // namespace
 
