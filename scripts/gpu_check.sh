@@ -307,6 +307,7 @@ if stage sanitize; then
       memcheck:test_cuda_adamw memcheck:test_cuda_dropout memcheck:test_cuda_mma_sync memcheck:test_cuda_gemm \
       racecheck:test_cuda_attention:cuda+attention+without+a+mask* \
       synccheck:test_cuda_attention initcheck:test_cuda_layernorm memcheck:test_cuda_model}
+    set -f  # a job's test spec may hold '*': split the list, never glob it
     for job in $jobs; do
       tool=${job%%:*} name=${job#*:} spec=()
       if [[ $name == *:* ]]; then spec=("${name#*:}") name=${name%%:*} spec[0]=${spec[0]//+/ }; fi
@@ -326,6 +327,7 @@ if stage sanitize; then
         *) dirty="$dirty $job(rc=$rc)"; sanitize_rc=1 ;;
       esac
     done
+    set +f
     note "compute-sanitizer: clean:${clean:- none}${dirty:+; FAILED:$dirty}${incomplete:+; incomplete:$incomplete}"
   fi
 fi
