@@ -190,45 +190,55 @@ std::string str(int64_t v) { return std::to_string(v); }
 void add_linear_cases(std::vector<Case>& cases, const Model& m, const Sizes& sizes) {
   struct Layer {
     const char* name;
-    int64_t rows, in, out;
+    int64_t rows, in, out, stride;
   };
+  // The decoder as the engine runs it (logits rows padded to a multiple of 64, engine/bert.cpp) and
+  // dense (vocab 30522 apart: an odd leading dimension), to show what the padding buys in one run.
+  const int64_t padded_vocab = (m.vocab + 63) / 64 * 64;
   const Layer layers[] = {
-      {"qkv", sizes.tokens, m.hidden, 3 * m.hidden},           {"attn_out", sizes.tokens, m.hidden, m.hidden},
-      {"ffn_up", sizes.tokens, m.hidden, m.intermediate},      {"ffn_down", sizes.tokens, m.intermediate, m.hidden},
-      {"mlm_decoder", sizes.masked_rows(), m.hidden, m.vocab},
+      {"qkv", sizes.tokens, m.hidden, 3 * m.hidden, 0},
+      {"attn_out", sizes.tokens, m.hidden, m.hidden, 0},
+      {"ffn_up", sizes.tokens, m.hidden, m.intermediate, 0},
+      {"ffn_down", sizes.tokens, m.intermediate, m.hidden, 0},
+      {"mlm_decoder", sizes.masked_rows(), m.hidden, m.vocab, padded_vocab},
+      {"mlm_decoder_dense", sizes.masked_rows(), m.hidden, m.vocab, 0},
   };
   for (const Layer& layer : layers) {
-    const LinearShape shape{layer.rows, layer.in, layer.out};
-    const std::string shape_text = "rows " + str(layer.rows) + ", in " + str(layer.in) + ", out " + str(layer.out);
+    const LinearShape shape{layer.rows, layer.in, layer.out, layer.stride};
+    const std::string shape_text = "rows " + str(layer.rows) + ", in " + str(layer.in) + ", out " + str(layer.out) +
+                                   (layer.stride != 0 ? ", rows of y " + str(layer.stride) + " apart" : "");
     const double r = layer.rows, i = layer.in, o = layer.out;
+    // y / dy span this many elements; the padding between rows gets finite values (never written).
+    const int64_t y_extent = shape.rows * shape.y_stride();
     cases.push_back({std::string("linear_fwd/") + m.name + "/" + layer.name, "linear_forward", shape_text,
-                     [shape, r, i, o](Context& ctx) {
+                     [shape, r, i, o, y_extent](Context& ctx) {
                        Prepared p;
                        bf16* x = p.arena->make<bf16>(shape.rows * shape.in_features);
                        bf16* w = p.arena->make<bf16>(shape.out_features * shape.in_features);
                        bf16* b = p.arena->make<bf16>(shape.out_features);
-                       bf16* y = p.arena->make<bf16>(shape.rows * shape.out_features);
+                       bf16* y = p.arena->make<bf16>(y_extent);
+                       fill_uniform(ctx, y, y_extent, 9);
                        fill_uniform(ctx, x, shape.rows * shape.in_features, 1);
                        fill_uniform(ctx, w, shape.out_features * shape.in_features, 2, -0.05f, 0.05f);
                        fill_uniform(ctx, b, shape.out_features, 3);
                        p.run = [&ctx, shape, x, w, b, y] { linear_forward(ctx, shape, x, w, b, y); };
-                       p.outputs = {{y, shape.rows * shape.out_features, true}};
+                       p.outputs = {{y, y_extent, true}};
                        p.flops = 2 * r * i * o;
                        p.bytes = (r * i + o * i + o + r * o) * 2;
                        return p;
                      }});
     cases.push_back({std::string("linear_bwd/") + m.name + "/" + layer.name, "linear_backward (dx, dW, db)", shape_text,
-                     [shape, r, i, o](Context& ctx) {
+                     [shape, r, i, o, y_extent](Context& ctx) {
                        Prepared p;
                        bf16* x = p.arena->make<bf16>(shape.rows * shape.in_features);
                        bf16* w = p.arena->make<bf16>(shape.out_features * shape.in_features);
-                       bf16* dy = p.arena->make<bf16>(shape.rows * shape.out_features);
+                       bf16* dy = p.arena->make<bf16>(y_extent);
                        bf16* dx = p.arena->make<bf16>(shape.rows * shape.in_features);
                        float* dw = p.arena->make<float>(shape.out_features * shape.in_features);
                        float* db = p.arena->make<float>(shape.out_features);
                        fill_uniform(ctx, x, shape.rows * shape.in_features, 4);
                        fill_uniform(ctx, w, shape.out_features * shape.in_features, 5, -0.05f, 0.05f);
-                       fill_uniform(ctx, dy, shape.rows * shape.out_features, 6, -1e-3f, 1e-3f);
+                       fill_uniform(ctx, dy, y_extent, 6, -1e-3f, 1e-3f);
                        fill_uniform(ctx, dw, shape.out_features * shape.in_features, 7, -1e-3f, 1e-3f);
                        fill_uniform(ctx, db, shape.out_features, 8, -1e-3f, 1e-3f);
                        p.run = [&ctx, shape, x, w, dy, dx, dw, db] {
@@ -562,23 +572,26 @@ void add_attention_cases(std::vector<Case>& cases, const Model& m, const Sizes& 
 }
 
 void add_cross_entropy_case(std::vector<Case>& cases, const Model& m, const Sizes& sizes) {
-  const MatrixShape shape{sizes.masked_rows(), m.vocab};
-  const std::string shape_text =
-      "rows " + str(sizes.masked_rows()) + " (15% of " + str(sizes.tokens) + " tokens), classes " + str(m.vocab);
-  const double n = static_cast<double>(shape.rows) * shape.cols;
+  // Rows padded as the engine's decoder writes them (engine/bert.cpp: vocab rounded up to 64).
+  const LogitsShape shape{sizes.masked_rows(), m.vocab, (m.vocab + 63) / 64 * 64};
+  const std::string shape_text = "rows " + str(sizes.masked_rows()) + " (15% of " + str(sizes.tokens) +
+                                 " tokens), classes " + str(m.vocab) + ", rows " + str(shape.stride()) + " apart";
+  const double n = static_cast<double>(shape.rows) * shape.classes;
+  const int64_t extent = shape.rows * shape.stride();
   cases.push_back(
-      {std::string("cross_entropy/") + m.name, "softmax_cross_entropy", shape_text, [shape, n](Context& ctx) {
+      {std::string("cross_entropy/") + m.name, "softmax_cross_entropy", shape_text, [shape, n, extent](Context& ctx) {
          Prepared p;
-         bf16* logits = p.arena->make<bf16>(shape.rows * shape.cols);
-         bf16* dlogits = p.arena->make<bf16>(shape.rows * shape.cols);
+         bf16* logits = p.arena->make<bf16>(extent);
+         bf16* dlogits = p.arena->make<bf16>(extent);
          int32_t* labels = p.arena->make<int32_t>(shape.rows);
          auto* stats = p.arena->make<CrossEntropyDeviceStats>(1);
-         fill_uniform(ctx, logits, shape.rows * shape.cols, 81, -4.0f, 4.0f);
-         fill_ids(ctx, labels, shape.rows, 82, static_cast<int32_t>(shape.cols));
+         fill_uniform(ctx, logits, extent, 81, -4.0f, 4.0f);
+         fill_uniform(ctx, dlogits, extent, 83);  // the padding between rows is never written
+         fill_ids(ctx, labels, shape.rows, 82, static_cast<int32_t>(shape.classes));
          p.run = [&ctx, shape, logits, labels, dlogits, stats] {
            softmax_cross_entropy(ctx, shape, logits, labels, 1.0f, dlogits, stats);
          };
-         p.outputs = {{dlogits, shape.rows * shape.cols, true}, {&stats->loss_sum, 1, false}};
+         p.outputs = {{dlogits, extent, true}, {&stats->loss_sum, 1, false}};
          p.bytes = n * 4 + shape.rows * 4;
          return p;
        }});

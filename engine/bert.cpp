@@ -333,7 +333,8 @@ BatchArenaPlan plan_batch_arenas(const BertConfig& config, const ModelOptions& o
   plan.grad_mlm_transform_output = workspace.allocate(tokens * hidden);
   plan.grad_mlm_transform_activation = workspace.allocate(tokens * hidden);
   plan.grad_pooled = workspace.allocate(batch * hidden);
-  plan.mlm_logits = workspace.allocate(plan.mlm_chunk_rows * vocab);
+  plan.mlm_logits_stride = (vocab + 63) / 64 * 64;
+  plan.mlm_logits = workspace.allocate(plan.mlm_chunk_rows * plan.mlm_logits_stride);
   plan.workspace_elements = workspace.size();
 
   // Statistics.
@@ -564,7 +565,7 @@ class CpuGraphBackend {
   void scatter_add_rows(int64_t num_rows, int64_t cols, const int32_t* rows, const T* src, T* dst) {
     cpu::scatter_add_rows<T>(ctx_, num_rows, cols, rows, src, dst);
   }
-  void softmax_cross_entropy(const ops::MatrixShape& shape, const T* logits, const int32_t* labels, T grad_scale,
+  void softmax_cross_entropy(const ops::LogitsShape& shape, const T* logits, const int32_t* labels, T grad_scale,
                              T* dlogits, size_t slot) {
     const ops::CrossEntropyStats stats =
         cpu::softmax_cross_entropy<T>(ctx_, shape, logits, labels, grad_scale, dlogits);
@@ -681,7 +682,7 @@ void BertForPreTraining<T>::mlm_logits_at(const BatchView& batch, std::span<cons
               graph.forward_encoder();
               if (rows == 0) return;
               graph.mlm_transform_forward();
-              graph.decoder_forward(0, rows, logits.data());
+              graph.decoder_forward(0, rows, logits.data(), config_.vocab_size);
             });
 }
 

@@ -252,7 +252,10 @@ struct BatchArenaPlan {
   size_t grad_context = 0, grad_ffn = 0, grad_qkv = 0;
   size_t grad_mlm_input = 0, grad_mlm_transform_output = 0, grad_mlm_transform_activation = 0;
   size_t grad_pooled = 0;
-  size_t mlm_logits = 0;  // [mlm_chunk_rows, vocab]; becomes its own gradient
+  size_t mlm_logits = 0;  // [mlm_chunk_rows, vocab] rows mlm_logits_stride apart; becomes its own gradient
+  // vocab rounded up to 64 (30522 -> 30528): each logits row starts 128-byte aligned, which cuBLASLt's
+  // fast kernels need of the decoder GEMMs' leading dimension (kernels/ops.h, LinearShape).
+  int64_t mlm_logits_stride = 0;
   size_t workspace_elements = 0;
   // statistics
   size_t embeddings_mean = 0, embeddings_rstd = 0;

@@ -468,7 +468,7 @@ class CudaGraphBackend {
   void scatter_add_rows(int64_t num_rows, int64_t cols, const int32_t* rows, const bf16* src, bf16* dst) {
     cuda::scatter_add_rows(ctx_, num_rows, cols, rows, src, dst);
   }
-  void softmax_cross_entropy(const ops::MatrixShape& shape, const bf16* logits, const int32_t* labels, float grad_scale,
+  void softmax_cross_entropy(const ops::LogitsShape& shape, const bf16* logits, const int32_t* labels, float grad_scale,
                              bf16* dlogits, size_t slot) {
     if (slot_ == nullptr) throw Error("BertForPreTrainingCuda: a loss was computed without a loss slot");
     cuda::softmax_cross_entropy(ctx_, shape, logits, labels, grad_scale, dlogits, slot_ + slot);
@@ -600,9 +600,12 @@ void BertForPreTrainingCuda::mlm_logits_at(const BatchView& batch, std::span<con
     graph.mlm_transform_forward();
     for (int64_t first = 0; first < distinct; first += options_.decoder_chunk_rows) {
       const int64_t chunk = std::min<int64_t>(options_.decoder_chunk_rows, distinct - first);
-      graph.decoder_forward(first, chunk, chunk_logits);
-      CUDA_CHECK(cudaMemcpyAsync(host.data(), chunk_logits, static_cast<size_t>(chunk * vocab) * sizeof(bf16),
-                                 cudaMemcpyDeviceToHost, ctx.stream()));
+      graph.decoder_forward(first, chunk, chunk_logits, plan_.graph.mlm_logits_stride);
+      // The chunk's rows are mlm_logits_stride apart on the device (the padding is never written).
+      CUDA_CHECK(cudaMemcpy2DAsync(host.data(), static_cast<size_t>(vocab) * sizeof(bf16), chunk_logits,
+                                   static_cast<size_t>(plan_.graph.mlm_logits_stride) * sizeof(bf16),
+                                   static_cast<size_t>(vocab) * sizeof(bf16), static_cast<size_t>(chunk),
+                                   cudaMemcpyDeviceToHost, ctx.stream()));
       ctx.synchronize();
       for (size_t i = 0; i < positions.size(); ++i) {
         const int64_t r = row_of[i] - first;

@@ -184,11 +184,12 @@ class BertGraph {
                            statistic(plan_.mlm_layernorm_mean), statistic(plan_.mlm_layernorm_rstd));
   }
 
-  // logits[rows, vocab] = the decoder (tied to the word embeddings) on transformed MLM rows
-  // first .. first + rows - 1.
-  void decoder_forward(int64_t first, int64_t rows, Act* logits) {
-    ops_.linear_forward({rows, hidden_, config_.vocab_size}, activation(plan_.mlm_transform_output) + first * hidden_,
-                        param(p_.word_embeddings), param(p_.mlm_decoder_bias), logits);
+  // logits[rows, vocab] (rows logits_stride apart) = the decoder (tied to the word embeddings) on
+  // transformed MLM rows first .. first + rows - 1.
+  void decoder_forward(int64_t first, int64_t rows, Act* logits, int64_t logits_stride) {
+    ops_.linear_forward({rows, hidden_, config_.vocab_size, logits_stride},
+                        activation(plan_.mlm_transform_output) + first * hidden_, param(p_.word_embeddings),
+                        param(p_.mlm_decoder_bias), logits);
   }
 
   // The MLM head on the batch's rows, its loss in slots 0 .. chunks-1; with compute_grads it writes
@@ -216,12 +217,12 @@ class BertGraph {
         if (compute_grads) ops_.fill_zero(grad_transform_output + first * hidden_, chunk * hidden_);
         continue;
       }
-      const ops::LinearShape decoder_shape{chunk, hidden_, config_.vocab_size};
-      decoder_forward(first, chunk, logits);
+      const ops::LinearShape decoder_shape{chunk, hidden_, config_.vocab_size, plan_.mlm_logits_stride};
+      decoder_forward(first, chunk, logits, plan_.mlm_logits_stride);
       const Scalar grad_scale =
           loss_scale * static_cast<Scalar>(chunk_counted) / static_cast<Scalar>(batch_.mlm_counted);
-      ops_.softmax_cross_entropy({chunk, config_.vocab_size}, logits, inputs_.mlm_labels + first, grad_scale,
-                                 compute_grads ? logits : nullptr, c);
+      ops_.softmax_cross_entropy({chunk, config_.vocab_size, plan_.mlm_logits_stride}, logits,
+                                 inputs_.mlm_labels + first, grad_scale, compute_grads ? logits : nullptr, c);
       if (compute_grads)
         ops_.linear_backward(decoder_shape, logits, transform_output + first * hidden_, param(p_.word_embeddings),
                              grad_transform_output + first * hidden_, grad_at(p_.word_embeddings),

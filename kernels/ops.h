@@ -28,7 +28,7 @@
 //   gradient norm) are deterministic: bitwise the same for any thread count.
 //
 // ---- The ops (shapes; T = the backend's scalar) ---------------------------------------------------
-// linear_forward / linear_backward                          LinearShape {rows, in, out}
+// linear_forward / linear_backward                          LinearShape {rows, in, out, out_stride}
 //   y[rows,out] = x[rows,in] W[out,in]^T + b[out] (b optional)
 //   dx = dy W (mode), dW += dy^T x, db += sum_rows dy. Used for Q/K/V (or fused QKV [3*hidden,
 //   hidden]), attention output, FFN, MLM transform, the decoder tied to word embeddings, NSP head.
@@ -67,8 +67,9 @@
 // gather_rows / scatter_add_rows                              num_rows, cols, rows[num_rows]
 //   gather: dst[i] = src[rows[i]]; scatter_add: dst[rows[i]] += src[i] (rows distinct). The sparse
 //   MLM head's input rows and the return of their gradient.
-// softmax_cross_entropy                                       MatrixShape {rows, classes}
-//   Fused forward + backward over logits [rows, classes], labels [rows] (kIgnoreIndex = skip).
+// softmax_cross_entropy                                       LogitsShape {rows, classes, row_stride}
+//   Fused forward + backward over logits [rows, classes], labels [rows] (kIgnoreIndex = skip); rows
+//   are row_stride elements apart in logits and dlogits (the elements between are never touched).
 //   loss = mean over counted rows of -log softmax(logits)[label] (0 counted rows: loss 0, grad 0);
 //   dlogits = grad_scale * (softmax - onehot) / counted, zero on ignored rows; dlogits may alias
 //   logits. Also counts correct argmax (first maximum wins). Used for MLM (C = vocab) and NSP (C = 2).
@@ -103,10 +104,23 @@ struct MatrixShape {
 };
 
 // y[rows, out_features] = x[rows, in_features] W[out_features, in_features]^T + b.
+// y and dy may be rows of a wider matrix: out_stride elements apart (0: out_features, dense). The MLM
+// decoder pads its logits' rows (vocab 30522 -> 30528) so that every row starts 16-byte aligned: an
+// odd leading dimension keeps cuBLASLt off its fast kernels (26-28% of the GEMM ceiling on an H200).
 struct LinearShape {
   int64_t rows = 0;
   int64_t in_features = 0;
   int64_t out_features = 0;
+  int64_t out_stride = 0;
+  BERT_HOST_DEVICE int64_t y_stride() const { return out_stride != 0 ? out_stride : out_features; }
+};
+
+// Logits [rows, classes] whose rows are row_stride elements apart (0: classes, dense).
+struct LogitsShape {
+  int64_t rows = 0;
+  int64_t classes = 0;
+  int64_t row_stride = 0;
+  BERT_HOST_DEVICE int64_t stride() const { return row_stride != 0 ? row_stride : classes; }
 };
 
 // Word + position + token-type embedding tables, all [*, hidden].

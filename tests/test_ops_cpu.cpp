@@ -257,6 +257,39 @@ TEST_CASE("linear: wide shape: sampled finite differences and deterministic for 
   check_deterministic(c);
 }
 
+// y and dy rows `stride` apart (the MLM decoder's padded logits): the same values as dense, and the
+// padding between rows neither read (it holds NaN in dy) nor written (a sentinel in y survives).
+TEST_CASE("linear: rows of y and dy out_stride apart give the dense results and leave the padding") {
+  const int64_t rows = 13, in = 6, out = 11, stride = 16;
+  LinearCase c(rows, in, out, 41);
+  const Outputs<double> dense = c.run<double>(2);
+  ops::LinearShape strided = c.shape;
+  strided.out_stride = stride;
+  constexpr double kSentinel = 12345.0;
+  Vec y(static_cast<size_t>(rows * stride), kSentinel), dy(static_cast<size_t>(rows * stride), kNaN);
+  for (int64_t r = 0; r < rows; ++r) std::copy_n(c.dy.begin() + r * out, out, dy.begin() + r * stride);
+  Context ctx(2);
+  cpu::linear_forward<double>(ctx, strided, c.x.data(), c.weight.data(), c.bias.data(), y.data());
+  Vec dx(c.x.size(), kNaN), dweight = c.dweight_prior, dbias = c.dbias_prior;
+  cpu::linear_backward<double>(ctx, strided, dy.data(), c.x.data(), c.weight.data(), dx.data(), dweight.data(),
+                               dbias.data());
+  for (int64_t r = 0; r < rows; ++r)
+    for (int64_t j = 0; j < stride; ++j) {
+      const double got = y[static_cast<size_t>(r * stride + j)];
+      INFO("y row " << r << " column " << j);
+      if (j < out)
+        CHECK(got == Approx(dense.at("y")[static_cast<size_t>(r * out + j)]).epsilon(1e-14));
+      else
+        CHECK(got == kSentinel);
+    }
+  CHECK(max_relative_difference(dx, dense.at("dx")) < 1e-14);
+  CHECK(max_relative_difference(minus_prior(dweight, c.dweight_prior), dense.at("dweight")) < 1e-14);
+  CHECK(max_relative_difference(minus_prior(dbias, c.dbias_prior), dense.at("dbias")) < 1e-14);
+  strided.out_stride = out - 1;  // below out_features: refused
+  CHECK_THROWS_AS(cpu::linear_forward<double>(ctx, strided, c.x.data(), c.weight.data(), nullptr, y.data()),
+                  std::invalid_argument);
+}
+
 // ---- LayerNorm and residual + LayerNorm --------------------------------------------------------------
 
 struct LayerNormCase {
@@ -935,7 +968,7 @@ TEST_CASE("pooler: wide shape: sampled finite differences and deterministic for 
 // ---- cross-entropy -------------------------------------------------------------------------------------
 
 struct CrossEntropyCase {
-  ops::MatrixShape shape;
+  ops::LogitsShape shape;
   std::vector<int32_t> labels;
   Vec logits;
   double grad_scale = 0.75;
@@ -1000,6 +1033,30 @@ TEST_CASE("softmax_cross_entropy: loss and accuracy match naive and dlogits matc
     CHECK(stats.loss == out.at("loss")[0]);
     CHECK(bitwise_equal(in_place, out.at("dlogits")));
   }
+}
+
+TEST_CASE("softmax_cross_entropy: rows row_stride apart give the dense results and leave the padding") {
+  const int64_t rows = 9, classes = 7, stride = 12;
+  CrossEntropyCase c(rows, classes, 231);
+  const Outputs<double> dense = c.run<double>(1);
+  constexpr double kPadding = 1e6;  // were it read, it would be every row's max
+  Vec logits(static_cast<size_t>(rows * stride), kPadding);
+  for (int64_t r = 0; r < rows; ++r) std::copy_n(c.logits.begin() + r * classes, classes, logits.begin() + r * stride);
+  Context ctx(2);
+  const ops::CrossEntropyStats stats = cpu::softmax_cross_entropy<double>(
+      ctx, ops::LogitsShape{rows, classes, stride}, logits.data(), c.labels.data(), c.grad_scale, logits.data());
+  CHECK(stats.loss == dense.at("loss")[0]);
+  CHECK(stats.num_counted == dense.at("counts")[0]);
+  CHECK(stats.num_correct == dense.at("counts")[1]);
+  for (int64_t r = 0; r < rows; ++r)
+    for (int64_t k = 0; k < stride; ++k) {
+      INFO("row " << r << " column " << k);
+      const double got = logits[static_cast<size_t>(r * stride + k)];
+      CHECK(got == (k < classes ? dense.at("dlogits")[static_cast<size_t>(r * classes + k)] : kPadding));
+    }
+  CHECK_THROWS_AS(cpu::softmax_cross_entropy<double>(ctx, ops::LogitsShape{rows, classes, classes - 1}, logits.data(),
+                                                     c.labels.data(), 1.0, nullptr),
+                  std::invalid_argument);
 }
 
 TEST_CASE("softmax_cross_entropy: all rows ignored gives loss 0 and zero gradient") {

@@ -1,8 +1,8 @@
 // Softmax cross-entropy with ignore_index, forward and backward fused (no probabilities stored):
-// logits [rows, classes], labels [rows] (ops::kIgnoreIndex skips a row). Returns the mean loss over
-// counted rows, the counts, and writes dlogits = grad_scale * (softmax - onehot) / counted (zeros
-// on ignored rows). dlogits may alias logits: each row is read fully before it is overwritten.
-// Used for MLM (classes = vocab) and NSP (classes = 2).
+// logits [rows, classes] (rows row_stride apart), labels [rows] (ops::kIgnoreIndex skips a row). Returns the mean loss
+// over counted rows, the counts, and writes dlogits = grad_scale * (softmax - onehot) / counted (zeros on ignored
+// rows). dlogits may alias logits: each row is read fully before it is overwritten. Used for MLM (classes = vocab) and
+// NSP (classes = 2).
 //
 // Napkin math (MLM over all 4096 tokens, vocab 30522, fp32): logits are 500 MB; one pass for the
 // max and argmax, one for the sum of exponentials, one to write dlogits: ~1.5 GB of traffic and
@@ -14,11 +14,14 @@
 namespace bert::cpu {
 
 template <class T>
-CrossEntropyStats softmax_cross_entropy(Context& ctx, const MatrixShape& shape, const T* logits, const int32_t* labels,
+CrossEntropyStats softmax_cross_entropy(Context& ctx, const LogitsShape& shape, const T* logits, const int32_t* labels,
                                         T grad_scale, T* dlogits) {
   const char* op = "softmax_cross_entropy";
-  detail::require(shape.rows >= 0 && shape.cols > 0, op, "need rows >= 0 and classes > 0");
-  const int64_t rows = shape.rows, classes = shape.cols;
+  detail::require(shape.rows >= 0 && shape.classes > 0, op, "need rows >= 0 and classes > 0");
+  detail::require(shape.row_stride == 0 || shape.row_stride >= shape.classes, op,
+                  "row_stride " + std::to_string(shape.row_stride) + " is below classes " +
+                      std::to_string(shape.classes) + " (0 means dense)");
+  const int64_t rows = shape.rows, classes = shape.classes, stride = shape.stride();
   CrossEntropyStats stats;
   for (int64_t r = 0; r < rows; ++r) {
     if (labels[r] == ops::kIgnoreIndex) continue;
@@ -33,12 +36,12 @@ CrossEntropyStats softmax_cross_entropy(Context& ctx, const MatrixShape& shape, 
 
 #pragma omp parallel for schedule(static) num_threads(ctx.num_threads())
   for (int64_t r = 0; r < rows; ++r) {
-    const T* row = logits + r * classes;
+    const T* row = logits + r * stride;
     const int32_t label = labels[r];
     if (label == ops::kIgnoreIndex) {
       per_row[r] = per_row[rows + r] = 0;
       if (dlogits != nullptr)
-        for (int64_t c = 0; c < classes; ++c) dlogits[r * classes + c] = T(0);
+        for (int64_t c = 0; c < classes; ++c) dlogits[r * stride + c] = T(0);
       continue;
     }
     int64_t argmax = 0;
@@ -47,7 +50,7 @@ CrossEntropyStats softmax_cross_entropy(Context& ctx, const MatrixShape& shape, 
     const T max_logit = row[argmax], label_logit = row[label];
     // With a gradient, its row receives exp(row - max) in the same pass as the sum (it may be `row`
     // itself: the label's logit and the max are read already), so exp runs once per logit.
-    T* grad = dlogits != nullptr ? dlogits + r * classes : nullptr;
+    T* grad = dlogits != nullptr ? dlogits + r * stride : nullptr;
     const T sum = detail::sum_exp_shifted(row, max_logit, classes, grad);
     const T log_sum = std::log(sum);
     per_row[r] = static_cast<double>(log_sum + max_logit - label_logit);
@@ -69,9 +72,9 @@ CrossEntropyStats softmax_cross_entropy(Context& ctx, const MatrixShape& shape, 
   return stats;
 }
 
-template CrossEntropyStats softmax_cross_entropy<float>(Context&, const MatrixShape&, const float*, const int32_t*,
+template CrossEntropyStats softmax_cross_entropy<float>(Context&, const LogitsShape&, const float*, const int32_t*,
                                                         float, float*);
-template CrossEntropyStats softmax_cross_entropy<double>(Context&, const MatrixShape&, const double*, const int32_t*,
+template CrossEntropyStats softmax_cross_entropy<double>(Context&, const LogitsShape&, const double*, const int32_t*,
                                                          double, double*);
 
 }  // namespace bert::cpu

@@ -14,6 +14,9 @@ namespace {
 void check_shape(const LinearShape& shape, const char* op) {
   detail::require(shape.rows >= 0 && shape.in_features > 0 && shape.out_features > 0, op,
                   "need rows >= 0 and in_features, out_features > 0");
+  detail::require(shape.out_stride == 0 || shape.out_stride >= shape.out_features, op,
+                  "out_stride " + std::to_string(shape.out_stride) + " is below out_features " +
+                      std::to_string(shape.out_features) + " (0 means dense)");
 }
 
 }  // namespace
@@ -21,12 +24,12 @@ void check_shape(const LinearShape& shape, const char* op) {
 template <class T>
 void linear_forward(Context& ctx, const LinearShape& shape, const T* x, const T* weight, const T* bias, T* y) {
   check_shape(shape, "linear_forward");
-  const int64_t rows = shape.rows, in = shape.in_features, out = shape.out_features;
-  detail::gemm<T>(false, true, rows, out, in, T(1), x, in, weight, in, T(0), y, out);
+  const int64_t rows = shape.rows, in = shape.in_features, out = shape.out_features, ldy = shape.y_stride();
+  detail::gemm<T>(false, true, rows, out, in, T(1), x, in, weight, in, T(0), y, ldy);
   if (bias == nullptr) return;
 #pragma omp parallel for schedule(static) num_threads(ctx.num_threads())
   for (int64_t r = 0; r < rows; ++r) {
-    T* y_row = y + r * out;
+    T* y_row = y + r * ldy;
     for (int64_t j = 0; j < out; ++j) y_row[j] += bias[j];
   }
 }
@@ -35,13 +38,13 @@ template <class T>
 void linear_backward(Context& ctx, const LinearShape& shape, const T* dy, const T* x, const T* weight, T* dx,
                      T* dweight, T* dbias, InputGrad dx_mode) {
   check_shape(shape, "linear_backward");
-  const int64_t rows = shape.rows, in = shape.in_features, out = shape.out_features;
+  const int64_t rows = shape.rows, in = shape.in_features, out = shape.out_features, ldy = shape.y_stride();
   if (dx != nullptr) {
     const T beta = dx_mode == InputGrad::kAccumulate ? T(1) : T(0);
-    detail::gemm<T>(false, false, rows, in, out, T(1), dy, out, weight, in, beta, dx, in);
+    detail::gemm<T>(false, false, rows, in, out, T(1), dy, ldy, weight, in, beta, dx, in);
   }
-  if (dweight != nullptr) detail::gemm<T>(true, false, out, in, rows, T(1), dy, out, x, in, T(1), dweight, in);
-  if (dbias != nullptr) detail::accumulate_column_sums(ctx, rows, out, dy, dbias);
+  if (dweight != nullptr) detail::gemm<T>(true, false, out, in, rows, T(1), dy, ldy, x, in, T(1), dweight, in);
+  if (dbias != nullptr) detail::accumulate_column_sums(ctx, rows, out, dy, dbias, ldy);
 }
 
 template void linear_forward<float>(Context&, const LinearShape&, const float*, const float*, const float*, float*);

@@ -61,15 +61,16 @@ void gemm(bool transpose_a, bool transpose_b, int64_t m, int64_t n, int64_t k, T
 }
 
 template <class T>
-void accumulate_column_sums(Context& ctx, int64_t rows, int64_t cols, const T* matrix, T* out) {
+void accumulate_column_sums(Context& ctx, int64_t rows, int64_t cols, const T* matrix, T* out, int64_t ld) {
   constexpr int64_t kColumnsPerBlock = 64;
+  if (ld == 0) ld = cols;
   const int64_t blocks = (cols + kColumnsPerBlock - 1) / kColumnsPerBlock;
 #pragma omp parallel for schedule(static) num_threads(ctx.num_threads())
   for (int64_t block = 0; block < blocks; ++block) {
     const int64_t first = block * kColumnsPerBlock, width = std::min(kColumnsPerBlock, cols - first);
     T sums[kColumnsPerBlock] = {};
     for (int64_t r = 0; r < rows; ++r) {
-      const T* row = matrix + r * cols + first;
+      const T* row = matrix + r * ld + first;
       for (int64_t j = 0; j < width; ++j) sums[j] += row[j];
     }
     for (int64_t j = 0; j < width; ++j) out[first + j] += sums[j];
@@ -80,8 +81,8 @@ template void gemm<float>(bool, bool, int64_t, int64_t, int64_t, float, const fl
                           float, float*, int64_t);
 template void gemm<double>(bool, bool, int64_t, int64_t, int64_t, double, const double*, int64_t, const double*,
                            int64_t, double, double*, int64_t);
-template void accumulate_column_sums<float>(Context&, int64_t, int64_t, const float*, float*);
-template void accumulate_column_sums<double>(Context&, int64_t, int64_t, const double*, double*);
+template void accumulate_column_sums<float>(Context&, int64_t, int64_t, const float*, float*, int64_t);
+template void accumulate_column_sums<double>(Context&, int64_t, int64_t, const double*, double*, int64_t);
 
 }  // namespace detail
 }  // namespace bert::cpu

@@ -22,6 +22,7 @@ using ops::EmbeddingShape;
 using ops::GeluKind;
 using ops::InputGrad;
 using ops::LinearShape;
+using ops::LogitsShape;
 using ops::MatrixShape;
 using ops::PoolerShape;
 
@@ -143,7 +144,7 @@ void scatter_add_rows(Context& ctx, int64_t num_rows, int64_t cols, const int32_
 // ---- softmax cross-entropy (cross_entropy.cpp) -------------------------------------------------------
 // dlogits may be nullptr (loss only) or alias logits.
 template <class T>
-CrossEntropyStats softmax_cross_entropy(Context& ctx, const MatrixShape& shape, const T* logits, const int32_t* labels,
+CrossEntropyStats softmax_cross_entropy(Context& ctx, const LogitsShape& shape, const T* logits, const int32_t* labels,
                                         T grad_scale, T* dlogits);
 
 // ---- AdamW and gradient norm (adamw.cpp) ------------------------------------------------------------

@@ -34,9 +34,9 @@ void set_attention_blas(int setting);
 constexpr int64_t kRowsPerChunk = 32;
 inline int64_t chunk_count(int64_t rows) { return (rows + kRowsPerChunk - 1) / kRowsPerChunk; }
 
-// out[j] += sum over r in order of matrix[r * cols + j]; parallel over fixed column blocks.
+// out[j] += sum over r in order of matrix[r * ld + j] (ld 0: cols); parallel over fixed column blocks.
 template <class T>
-void accumulate_column_sums(Context& ctx, int64_t rows, int64_t cols, const T* matrix, T* out);
+void accumulate_column_sums(Context& ctx, int64_t rows, int64_t cols, const T* matrix, T* out, int64_t ld = 0);
 
 // multiplier[j] = keep(first_index + j) ? 1 / (1 - p) : 0 for j < count (all 1 when p == 0).
 template <class T>

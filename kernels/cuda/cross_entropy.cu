@@ -1,6 +1,7 @@
 // Softmax cross-entropy, forward and backward fused (kernels/ops.h; CPU reference:
 // kernels/cpu/cross_entropy.cpp). logits bf16 [rows, classes], labels int32 [rows]
-// (ops::kIgnoreIndex skips a row), dlogits bf16 [rows, classes] (may alias logits, may be nullptr),
+// (ops::kIgnoreIndex skips a row), dlogits bf16 [rows, classes] (may alias logits, may be nullptr);
+// rows are shape.stride() elements apart in both (the padding between is never read or written),
 // stats: one CrossEntropyDeviceStats in device memory, overwritten.
 //
 // Three launches on ctx.stream(), no host sync:
@@ -143,13 +144,13 @@ __global__ void __launch_bounds__(kReduceThreads)
 
 template <int kThreads>
 __global__ void __launch_bounds__(kThreads)
-    cross_entropy_rows_kernel(int64_t classes, const bf16* logits, const int32_t* labels, float grad_scale,
-                              const CrossEntropyDeviceStats* stats, bf16* dlogits, float* row_loss,
+    cross_entropy_rows_kernel(int64_t classes, int64_t stride, const bf16* logits, const int32_t* labels,
+                              float grad_scale, const CrossEntropyDeviceStats* stats, bf16* dlogits, float* row_loss,
                               int32_t* row_correct) {
   const int64_t r = blockIdx.x;
   const int32_t label = labels[r];
-  const bf16* row = logits + r * classes;
-  bf16* grad = dlogits != nullptr ? dlogits + r * classes : nullptr;
+  const bf16* row = logits + r * stride;
+  bf16* grad = dlogits != nullptr ? dlogits + r * stride : nullptr;
 
   if (label == ops::kIgnoreIndex || label < 0 || label >= classes) {
     const bool ignored = label == ops::kIgnoreIndex;
@@ -236,22 +237,25 @@ __global__ void __launch_bounds__(kReduceThreads)
 }
 
 template <int kThreads>
-void launch_rows(Context& ctx, const MatrixShape& shape, const bf16* logits, const int32_t* labels, float grad_scale,
+void launch_rows(Context& ctx, const LogitsShape& shape, const bf16* logits, const int32_t* labels, float grad_scale,
                  const CrossEntropyDeviceStats* stats, bf16* dlogits, float* row_loss, int32_t* row_correct) {
   cross_entropy_rows_kernel<kThreads><<<static_cast<unsigned>(shape.rows), kThreads, 0, ctx.stream()>>>(
-      shape.cols, logits, labels, grad_scale, stats, dlogits, row_loss, row_correct);
+      shape.classes, shape.stride(), logits, labels, grad_scale, stats, dlogits, row_loss, row_correct);
   CUDA_CHECK_LAUNCH();
 }
 
 }  // namespace
 
-void softmax_cross_entropy(Context& ctx, const MatrixShape& shape, const bf16* logits, const int32_t* labels,
+void softmax_cross_entropy(Context& ctx, const LogitsShape& shape, const bf16* logits, const int32_t* labels,
                            float grad_scale, bf16* dlogits, CrossEntropyDeviceStats* stats) {
   constexpr const char* kOp = "softmax_cross_entropy";
-  require(shape.rows >= 0 && shape.cols > 0, kOp,
+  require(shape.rows >= 0 && shape.classes > 0, kOp,
           "need rows >= 0 and classes > 0 (got rows " + std::to_string(shape.rows) + ", classes " +
-              std::to_string(shape.cols) + ")");
-  require(shape.cols <= std::numeric_limits<int32_t>::max(), kOp, "classes must fit in int32");
+              std::to_string(shape.classes) + ")");
+  require(shape.row_stride == 0 || shape.row_stride >= shape.classes, kOp,
+          "row_stride " + std::to_string(shape.row_stride) + " is below classes " + std::to_string(shape.classes) +
+              " (0 means dense)");
+  require(shape.classes <= std::numeric_limits<int32_t>::max(), kOp, "classes must fit in int32");
   require(shape.rows <= std::numeric_limits<int32_t>::max(), kOp, "rows must fit in int32 (one block per row)");
   require(stats != nullptr, kOp, "stats is nullptr");
   require(shape.rows == 0 || (logits != nullptr && labels != nullptr), kOp, "logits and labels must not be nullptr");
@@ -273,9 +277,9 @@ void softmax_cross_entropy(Context& ctx, const MatrixShape& shape, const bf16* l
   CUDA_CHECK_LAUNCH();
   if (rows > 0) {
     // Fixed by the shape alone, so the reduction order (and the bits) never depend on the device.
-    if (shape.cols >= 4096)
+    if (shape.classes >= 4096)
       launch_rows<512>(ctx, shape, logits, labels, grad_scale, stats, dlogits, row_loss, row_correct);
-    else if (shape.cols >= 256)
+    else if (shape.classes >= 256)
       launch_rows<128>(ctx, shape, logits, labels, grad_scale, stats, dlogits, row_loss, row_correct);
     else
       launch_rows<32>(ctx, shape, logits, labels, grad_scale, stats, dlogits, row_loss, row_correct);

@@ -28,7 +28,7 @@
 // aligned to their element size.
 //
 // Plans: a cuBLASLt heuristic query costs tens of microseconds, so the descriptors and the chosen
-// algorithm are cached per (product, m, n, k, beta, bias, alignments) in the Context
+// algorithm are cached per (product, m, n, k, leading dimensions, beta, bias, alignments) in the Context
 // (Context::GemmPlans), never in global state.
 #include <cublasLt.h>
 #include <cuda_bf16.h>
@@ -86,11 +86,12 @@ struct BiasLoad<8> {
   }
 };
 
-// kVec consecutive columns per thread; requires cols % kVec == 0 and dy aligned to kVec * 2 bytes.
+// kVec consecutive columns per thread; requires cols and ld (dy's row stride) % kVec == 0 and dy aligned
+// to kVec * 2 bytes.
 template <int kVec>
 __global__ void __launch_bounds__(kBiasThreadsX* kBiasLanes)
-    bias_grad_partial_kernel(const bf16* __restrict__ dy, int64_t rows, int64_t cols, int64_t rows_per_chunk,
-                             float* __restrict__ out, bool accumulate) {
+    bias_grad_partial_kernel(const bf16* __restrict__ dy, int64_t rows, int64_t cols, int64_t ld,
+                             int64_t rows_per_chunk, float* __restrict__ out, bool accumulate) {
   constexpr int kStripCols = kBiasThreadsX * kVec;
   __shared__ float lane_sums[kBiasLanes][kStripCols];
   const int64_t strip_begin = static_cast<int64_t>(blockIdx.x) * kStripCols;
@@ -102,8 +103,8 @@ __global__ void __launch_bounds__(kBiasThreadsX* kBiasLanes)
 #pragma unroll
   for (int i = 0; i < kVec; ++i) acc[i] = 0.0f;
   if (col < cols) {
-    const bf16* p = dy + (row_begin + threadIdx.y) * cols + col;
-    const int64_t step = static_cast<int64_t>(kBiasLanes) * cols;
+    const bf16* p = dy + (row_begin + threadIdx.y) * ld + col;
+    const int64_t step = static_cast<int64_t>(kBiasLanes) * ld;
 #pragma unroll 4
     for (int64_t r = row_begin + threadIdx.y; r < row_end; r += kBiasLanes, p += step) BiasLoad<kVec>::add(p, acc);
   }
@@ -135,17 +136,17 @@ __global__ void bias_grad_finish_kernel(const float* __restrict__ partial, int64
 // ----------------------------------------------------------------------------------------------------
 
 template <int kVec>
-void launch_bias_grad_partial(Context& ctx, const bf16* dy, int64_t rows, int64_t cols, int64_t rows_per_chunk,
-                              int64_t num_chunks, float* out, bool accumulate) {
+void launch_bias_grad_partial(Context& ctx, const bf16* dy, int64_t rows, int64_t cols, int64_t ld,
+                              int64_t rows_per_chunk, int64_t num_chunks, float* out, bool accumulate) {
   constexpr int64_t kStripCols = kBiasThreadsX * kVec;
   const dim3 grid(static_cast<unsigned>(ceil_div(cols, kStripCols)), static_cast<unsigned>(num_chunks));
   const dim3 block(kBiasThreadsX, kBiasLanes);
-  bias_grad_partial_kernel<kVec><<<grid, block, 0, ctx.stream()>>>(dy, rows, cols, rows_per_chunk, out, accumulate);
+  bias_grad_partial_kernel<kVec><<<grid, block, 0, ctx.stream()>>>(dy, rows, cols, ld, rows_per_chunk, out, accumulate);
   CUDA_CHECK_LAUNCH();
 }
 
-// dbias[cols] += sum over rows of dy[rows, cols].
-void accumulate_bias_grad(Context& ctx, const bf16* dy, int64_t rows, int64_t cols, float* dbias) {
+// dbias[cols] += sum over rows of dy[rows, cols] (rows ld elements apart).
+void accumulate_bias_grad(Context& ctx, const bf16* dy, int64_t rows, int64_t cols, int64_t ld, float* dbias) {
   constexpr int64_t kMaxGridY = 65535;
   int64_t rows_per_chunk = kRowsPerChunk;
   if (ceil_div(rows, rows_per_chunk) > kMaxGridY)
@@ -155,12 +156,12 @@ void accumulate_bias_grad(Context& ctx, const bf16* dy, int64_t rows, int64_t co
   if (num_chunks > 1) out = static_cast<float*>(ctx.scratch(static_cast<size_t>(num_chunks * cols) * sizeof(float)));
   const bool accumulate = num_chunks == 1;  // one chunk: add straight into dbias
 
-  if (cols % 8 == 0 && aligned_to(dy, 16))
-    launch_bias_grad_partial<8>(ctx, dy, rows, cols, rows_per_chunk, num_chunks, out, accumulate);
-  else if (cols % 2 == 0 && aligned_to(dy, 4))
-    launch_bias_grad_partial<2>(ctx, dy, rows, cols, rows_per_chunk, num_chunks, out, accumulate);
+  if (cols % 8 == 0 && ld % 8 == 0 && aligned_to(dy, 16))
+    launch_bias_grad_partial<8>(ctx, dy, rows, cols, ld, rows_per_chunk, num_chunks, out, accumulate);
+  else if (cols % 2 == 0 && ld % 2 == 0 && aligned_to(dy, 4))
+    launch_bias_grad_partial<2>(ctx, dy, rows, cols, ld, rows_per_chunk, num_chunks, out, accumulate);
   else
-    launch_bias_grad_partial<1>(ctx, dy, rows, cols, rows_per_chunk, num_chunks, out, accumulate);
+    launch_bias_grad_partial<1>(ctx, dy, rows, cols, ld, rows_per_chunk, num_chunks, out, accumulate);
 
   if (num_chunks > 1) {
     constexpr int kThreads = 256;
@@ -238,13 +239,16 @@ struct GemmCall {
   float beta = 0.0f;
 };
 
-using PlanKey = std::array<int64_t, 11>;
+using PlanKey = std::array<int64_t, 14>;
 
 PlanKey plan_key(const GemmCall& call) {
   return {static_cast<int64_t>(call.product),
           call.m,
           call.n,
           call.k,
+          call.lda,
+          call.ldb,
+          call.ldd,
           call.beta != 0.0f ? 1 : 0,
           call.bias != nullptr ? 1 : 0,
           static_cast<int64_t>(call.d_type),
@@ -262,24 +266,27 @@ struct GemmPlan {
   bool bias_after = false;  // no epilogue kernel at these alignments: add_bias_rows after the GEMM
 };
 
-// y[r, c] += bias[c] on a bf16 [rows, cols] y: the fallback when cuBLASLt offers no bias-epilogue
+// y[r, c] += bias[c] on a bf16 [rows, cols] y (rows ld apart): the fallback when cuBLASLt offers no bias-epilogue
 // kernel for the pointers' alignments (odd offsets only; the engine's 16-byte aligned buffers always
 // get the epilogue). One more rounding to bf16 than the epilogue; memory-bound and rare.
-__global__ void add_bias_rows_kernel(int64_t rows, int64_t cols, const bf16* __restrict__ bias, bf16* __restrict__ y) {
+__global__ void add_bias_rows_kernel(int64_t rows, int64_t cols, int64_t ld, const bf16* __restrict__ bias,
+                                     bf16* __restrict__ y) {
   const int64_t total = rows * cols;
   for (int64_t i = blockIdx.x * static_cast<int64_t>(blockDim.x) + threadIdx.x; i < total;
-       i += static_cast<int64_t>(gridDim.x) * blockDim.x)
-    y[i] = __float2bfloat16_rn(__bfloat162float(y[i]) + __bfloat162float(bias[i % cols]));
+       i += static_cast<int64_t>(gridDim.x) * blockDim.x) {
+    bf16& out = y[(i / cols) * ld + i % cols];
+    out = __float2bfloat16_rn(__bfloat162float(out) + __bfloat162float(bias[i % cols]));
+  }
 }
 
-void add_bias_rows(Context& ctx, int64_t rows, int64_t cols, const bf16* bias, bf16* y) {
+void add_bias_rows(Context& ctx, int64_t rows, int64_t cols, int64_t ld, const bf16* bias, bf16* y) {
   const int64_t total = rows * cols;
   if (total == 0) return;
   constexpr int kThreads = 256;
   const int64_t wanted = (total + kThreads - 1) / kThreads;
   const int64_t cap = static_cast<int64_t>(ctx.multiprocessors() > 0 ? ctx.multiprocessors() : 132) * 8;
   add_bias_rows_kernel<<<static_cast<unsigned>(wanted < cap ? wanted : cap), kThreads, 0, ctx.stream()>>>(rows, cols,
-                                                                                                          bias, y);
+                                                                                                          ld, bias, y);
   CUDA_CHECK_LAUNCH();
 }
 
@@ -300,9 +307,9 @@ struct Context::GemmPlans {
                                                plan.b.handle, &beta, call.d, plan.d.handle, call.d, plan.d.handle,
                                                &plan.algo, ctx.gemm_workspace(), ctx.gemm_workspace_bytes(),
                                                ctx.stream()));
-    // D is column-major m x n with ldd == m: row-major [n, m], the bias along m.
+    // D is column-major m x n (leading dimension ldd): row-major [n, m] with rows ldd apart, the bias along m.
     if (plan.bias_after)
-      add_bias_rows(ctx, call.n, call.m, static_cast<const bf16*>(call.bias), static_cast<bf16*>(call.d));
+      add_bias_rows(ctx, call.n, call.m, call.ldd, static_cast<const bf16*>(call.bias), static_cast<bf16*>(call.d));
   }
 
  private:
@@ -413,6 +420,9 @@ void check_shape(const LinearShape& shape, const char* op) {
   require(shape.rows >= 0 && shape.in_features > 0 && shape.out_features > 0, op,
           "need rows >= 0 and in_features, out_features > 0 (got rows=" + std::to_string(shape.rows) +
               " in=" + std::to_string(shape.in_features) + " out=" + std::to_string(shape.out_features) + ")");
+  require(shape.out_stride == 0 || shape.out_stride >= shape.out_features, op,
+          "out_stride " + std::to_string(shape.out_stride) + " is below out_features " +
+              std::to_string(shape.out_features) + " (0 means dense)");
 }
 
 void check_pointer(const void* p, size_t element_bytes, const char* op, const char* name) {
@@ -444,7 +454,7 @@ void linear_forward(Context& ctx, const LinearShape& shape, const bf16* x, const
   call.k = shape.in_features;
   call.lda = shape.in_features;
   call.ldb = shape.in_features;
-  call.ldd = shape.out_features;
+  call.ldd = shape.y_stride();
   call.d_type = CUDA_R_16BF;
   call.a = weight;
   call.b = x;
@@ -472,7 +482,7 @@ void linear_backward(Context& ctx, const LinearShape& shape, const bf16* dy, con
   if (shape.rows == 0) return;                                            // dx is empty; dW and db gain nothing
   if (!ctx.gemm_plans_) ctx.gemm_plans_.reset(new Context::GemmPlans());  // owned at once by the Context
 
-  if (dbias != nullptr) accumulate_bias_grad(ctx, dy, shape.rows, shape.out_features, dbias);
+  if (dbias != nullptr) accumulate_bias_grad(ctx, dy, shape.rows, shape.out_features, shape.y_stride(), dbias);
 
   if (dweight != nullptr) {
     GemmCall call;
@@ -483,7 +493,7 @@ void linear_backward(Context& ctx, const LinearShape& shape, const bf16* dy, con
     call.n = shape.out_features;
     call.k = shape.rows;
     call.lda = shape.in_features;
-    call.ldb = shape.out_features;
+    call.ldb = shape.y_stride();
     call.ldd = shape.in_features;
     call.d_type = CUDA_R_32F;
     call.a = x;
@@ -502,7 +512,7 @@ void linear_backward(Context& ctx, const LinearShape& shape, const bf16* dy, con
     call.n = shape.rows;
     call.k = shape.out_features;
     call.lda = shape.in_features;
-    call.ldb = shape.out_features;
+    call.ldb = shape.y_stride();
     call.ldd = shape.in_features;
     call.d_type = CUDA_R_16BF;
     call.a = weight;

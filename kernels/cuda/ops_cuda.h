@@ -43,6 +43,7 @@ using ops::EmbeddingShape;
 using ops::GeluKind;
 using ops::InputGrad;
 using ops::LinearShape;
+using ops::LogitsShape;
 using ops::MatrixShape;
 using ops::PoolerShape;
 
@@ -260,7 +261,7 @@ struct CrossEntropyDeviceStats {
 // Fused over the vocabulary in one pass per row (online max/sum, never storing probabilities):
 // loss and dlogits = grad_scale * (softmax - onehot) / num_counted (zero on ignored rows; dlogits
 // may alias logits, may be nullptr). stats: device pointer, overwritten.
-void softmax_cross_entropy(Context& ctx, const MatrixShape& shape, const bf16* logits, const int32_t* labels,
+void softmax_cross_entropy(Context& ctx, const LogitsShape& shape, const bf16* logits, const int32_t* labels,
                            float grad_scale, bf16* dlogits, CrossEntropyDeviceStats* stats);
 // Synchronises: the host view (loss = loss_sum / num_counted, 0 when none).
 CrossEntropyStats read_cross_entropy_stats(Context& ctx, const CrossEntropyDeviceStats* stats);

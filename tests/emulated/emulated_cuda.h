@@ -27,7 +27,8 @@ int64_t pending_operations();
 // The (skip + 1)-th launch of `op` from now fails as a rejected launch does: the call queues nothing
 // and throws bert::cuda::CudaError (a bert::cuda op, e.g. "gather_rows"), or returns
 // cudaErrorLaunchFailure, which CUDA_CHECK turns into a CudaError ("cudaMemsetAsync",
-// "cudaMemcpyAsync": any direction, "cudaMemcpyAsync(HostToDevice)", "cudaMemcpyAsync(DeviceToHost)").
+// "cudaMemcpyAsync": any direction, "cudaMemcpyAsync(HostToDevice)", "cudaMemcpyAsync(DeviceToHost)",
+// "cudaMemcpy2DAsync").
 // Cleared when it fires, or by clear_injected_failure(). One injection at a time.
 void fail_launch(const std::string& op, int skip = 0);
 void clear_injected_failure();

@@ -65,6 +65,12 @@ void store(bf16* p, const float* values, int64_t count) {
   for (int64_t i = 0; i < count; ++i) p[i] = __float2bfloat16_rn(values[i]);
 }
 void store(bf16* p, const std::vector<float>& values) { store(p, values.data(), static_cast<int64_t>(values.size())); }
+// Elements spanned by `rows` rows of `cols` values, `ld` apart; only those rows' values are stored (the
+// padding between rows is never written, as by the real kernels and cuBLASLt).
+int64_t strided_extent(int64_t rows, int64_t cols, int64_t ld) { return rows > 0 ? (rows - 1) * ld + cols : 0; }
+void store_rows(bf16* p, const std::vector<float>& values, int64_t rows, int64_t cols, int64_t ld) {
+  for (int64_t r = 0; r < rows; ++r) store(p + r * ld, values.data() + r * ld, cols);
+}
 
 // Execution-time check of indices the real kernels trap on (or would read out of bounds with).
 void check_indices(const char* op, const char* name, const int32_t* values, int64_t count, int64_t limit) {
@@ -127,27 +133,29 @@ void linear_forward(Context& ctx, const LinearShape& s, const bf16* x, const bf1
   device_arg(op, "x", x, s.rows * s.in_features);
   device_arg(op, "weight", w, s.out_features * s.in_features);
   optional_device_arg(op, "bias", b, s.out_features);
-  device_arg(op, "y", y, s.rows * s.out_features);
+  const int64_t y_extent = strided_extent(s.rows, s.out_features, s.y_stride());
+  device_arg(op, "y", y, y_extent);
   launch(ctx, op, [=] {
     const auto xf = widen(x, s.rows * s.in_features), wf = widen(w, s.out_features * s.in_features),
                bf = widen_optional(b, s.out_features);
-    std::vector<float> yf(static_cast<size_t>(s.rows * s.out_features));
+    std::vector<float> yf(static_cast<size_t>(y_extent));
     cpu::linear_forward<float>(cpu_ctx(), s, xf.data(), wf.data(), data_or_null(bf), yf.data());
-    store(y, yf);
+    store_rows(y, yf, s.rows, s.out_features, s.y_stride());
   });
 }
 
 void linear_backward(Context& ctx, const LinearShape& s, const bf16* dy, const bf16* x, const bf16* w, bf16* dx,
                      float* dw, float* db, InputGrad mode) {
   const char* op = "linear_backward";
-  device_arg(op, "dy", dy, s.rows * s.out_features);
+  const int64_t dy_extent = strided_extent(s.rows, s.out_features, s.y_stride());
+  device_arg(op, "dy", dy, dy_extent);
   optional_device_arg(op, "x", x, s.rows * s.in_features);
   optional_device_arg(op, "weight", w, s.out_features * s.in_features);
   optional_device_arg(op, "dx", dx, s.rows * s.in_features);
   optional_device_arg(op, "dweight", dw, s.out_features * s.in_features);
   optional_device_arg(op, "dbias", db, s.out_features);
   launch(ctx, op, [=] {
-    const auto dyf = widen(dy, s.rows * s.out_features), xf = widen_optional(x, s.rows * s.in_features),
+    const auto dyf = widen(dy, dy_extent), xf = widen_optional(x, s.rows * s.in_features),
                wf = widen_optional(w, s.out_features * s.in_features);
     std::vector<float> dxf;
     if (dx != nullptr)
@@ -490,26 +498,27 @@ void scatter_add_rows(Context& ctx, int64_t num_rows, int64_t cols, const int32_
   });
 }
 
-void softmax_cross_entropy(Context& ctx, const MatrixShape& s, const bf16* logits, const int32_t* labels,
+void softmax_cross_entropy(Context& ctx, const LogitsShape& s, const bf16* logits, const int32_t* labels,
                            float grad_scale, bf16* dlogits, CrossEntropyDeviceStats* stats) {
   const char* op = "softmax_cross_entropy";
-  device_arg(op, "logits", logits, s.rows * s.cols);
+  const int64_t extent = strided_extent(s.rows, s.classes, s.stride());
+  device_arg(op, "logits", logits, extent);
   device_arg(op, "labels", labels, s.rows);
-  optional_device_arg(op, "dlogits", dlogits, s.rows * s.cols);
+  optional_device_arg(op, "dlogits", dlogits, extent);
   device_arg(op, "stats", stats, 1);
   launch(ctx, op, [=] {
     for (int64_t r = 0; r < s.rows; ++r)
-      if (labels[r] != ops::kIgnoreIndex && (labels[r] < 0 || labels[r] >= s.cols))
+      if (labels[r] != ops::kIgnoreIndex && (labels[r] < 0 || labels[r] >= s.classes))
         device_fault(std::string(op) + ": label " + std::to_string(labels[r]) + " of row " + std::to_string(r) +
-                     " is outside [0, " + std::to_string(s.cols) + ") (the host validates labels)");
-    const auto lf = widen(logits, s.rows * s.cols);
+                     " is outside [0, " + std::to_string(s.classes) + ") (the host validates labels)");
+    const auto lf = widen(logits, extent);
     std::vector<float> df(dlogits != nullptr ? lf.size() : 0);
     const CrossEntropyStats r = cpu::softmax_cross_entropy<float>(cpu_ctx(), s, lf.data(), labels, grad_scale,
                                                                   dlogits != nullptr ? df.data() : nullptr);
     stats->loss_sum = static_cast<float>(r.loss * static_cast<double>(r.num_counted));
     stats->num_counted = static_cast<int32_t>(r.num_counted);
     stats->num_correct = static_cast<int32_t>(r.num_correct);
-    if (dlogits != nullptr) store(dlogits, df);
+    if (dlogits != nullptr) store_rows(dlogits, df, s.rows, s.classes, s.stride());
   });
 }
 

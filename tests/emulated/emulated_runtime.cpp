@@ -511,6 +511,25 @@ cudaError_t cudaMemcpyAsync(void* dst, const void* src, size_t count, cudaMemcpy
   return cudaSuccess;
 }
 
+// Row by row: each row's extent is checked as one copy's; the pitches' padding is never read or written.
+cudaError_t cudaMemcpy2DAsync(void* dst, size_t dpitch, const void* src, size_t spitch, size_t width, size_t height,
+                              cudaMemcpyKind kind, cudaStream_t stream) {
+  if (width > dpitch || width > spitch) return cudaErrorInvalidPitchValue;
+  auto* d = static_cast<unsigned char*>(dst);
+  const auto* s = static_cast<const unsigned char*>(src);
+  for (size_t row = 0; row < height; ++row)
+    check_copy("cudaMemcpy2DAsync", d + row * dpitch, s + row * spitch, width, kind);
+  if (injected_failure("cudaMemcpy2DAsync")) return cudaErrorLaunchFailure;
+  if (height > 0 && is_device(dst) && !is_device(src)) {
+    ++state().counters.copies_to_device;
+    if (!is_pinned(src, (height - 1) * spitch + width)) ++state().counters.copies_to_device_from_pageable;
+  }
+  enqueue(stream_of(stream), "cudaMemcpy2DAsync", [=] {
+    for (size_t row = 0; row < height; ++row) std::memcpy(d + row * dpitch, s + row * spitch, width);
+  });
+  return cudaSuccess;
+}
+
 cudaError_t cudaMemset(void* dst, int value, size_t count) {
   device_arg("cudaMemset", "dst", static_cast<const unsigned char*>(dst), static_cast<int64_t>(count));
   flush(state().legacy);

@@ -8,7 +8,7 @@ cudaMalloc's guard bands catch the write past its end), a launch the device woul
 throws, the JSON's fields, the lines gpu_check.sh greps, and the side-by-side's pairing of names.
 
 Checked:
-  - --help, --list (82 cases, unique names, both models, every op family, both attention kernels)
+  - --help, --list (86 cases, unique names, both models, every op family, both attention kernels)
   - bad arguments and no device: exit status 1 and one line naming the problem
   - --smoke --json: exit 0, every case "ok" with finite outputs, the JSON's fields and the table's
     lines as gpu_check.sh reads them, and the FLOPs: linear 2 (4) * rows * in * out, attention the
@@ -82,7 +82,7 @@ def main():
           "--help: exit 0, names --smoke and --tokens")
     p = run([args.bench, "--list"])
     names = [line.split()[0] for line in p.stdout.splitlines() if line.strip()]
-    check(p.returncode == 0 and len(names) == 82, f"--list: exit 0, 82 cases (exit {p.returncode}, {len(names)})")
+    check(p.returncode == 0 and len(names) == 86, f"--list: exit 0, 86 cases (exit {p.returncode}, {len(names)})")
     check(len(set(names)) == len(names), "--list: names are unique")
     for model in MODELS:
         families = {name.split("/")[0] for name in names if name.split("/")[1] == model}
@@ -152,7 +152,7 @@ def main():
     for model, (hidden, heads, inter, vocab) in MODELS.items():
         layers = {"qkv": (tokens, hidden, 3 * hidden), "attn_out": (tokens, hidden, hidden),
                   "ffn_up": (tokens, hidden, inter), "ffn_down": (tokens, inter, hidden),
-                  "mlm_decoder": (masked, hidden, vocab)}
+                  "mlm_decoder": (masked, hidden, vocab), "mlm_decoder_dense": (masked, hidden, vocab)}
         for layer, (rows, fan_in, fan_out) in layers.items():
             for direction, factor in (("fwd", 2), ("bwd", 4)):
                 case = by_name.get(f"linear_{direction}/{model}/{layer}", {})

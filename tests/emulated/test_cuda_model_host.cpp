@@ -402,7 +402,7 @@ TEST_CASE("cuda model host: mlm_logits_at failing midway leaves no batch to trai
 
   SECTION("a failed launch after the encoder") { bert::emulated::fail_launch("gather_rows"); }
   SECTION("a failed copy of the second decoder chunk") {
-    bert::emulated::fail_launch("cudaMemcpyAsync(DeviceToHost)", 1);
+    bert::emulated::fail_launch("cudaMemcpy2DAsync", 1);  // the chunk's strided rows to the host
   }
   CHECK_THROWS_AS(gpu.mlm_logits_at(query.view(), positions, logits), bert::cuda::CudaError);
   bert::emulated::clear_injected_failure();

@@ -1,6 +1,6 @@
 // CUDA softmax_cross_entropy (kernels/cuda/cross_entropy.cu) against kernels/cpu in fp32 on the same
 // bf16 logits: stats, dlogits (element by element, so the tiny probabilities count too), ignored
-// rows, ties (first maximum wins), aliasing, nullptr dlogits, misaligned rows, the bad-label policy
+// rows, ties (first maximum wins), aliasing, nullptr dlogits, misaligned and strided rows, the bad-label policy
 // and bitwise repeatability.
 // The ops run on the legacy default stream (Context(cudaStreamLegacy)): DeviceBuffer's copies and
 // poisoned()'s cudaMemset use that stream too, so all are ordered without explicit syncs (a
@@ -23,7 +23,7 @@ using bert::cuda::Context;
 using bert::cuda::CrossEntropyDeviceStats;
 using bert::cuda::CrossEntropyStats;
 using bert::cuda::DeviceBuffer;
-using bert::cuda::MatrixShape;
+using bert::cuda::LogitsShape;
 using namespace bert::cuda::test;
 
 constexpr int32_t kIgnore = bert::ops::kIgnoreIndex;
@@ -89,29 +89,47 @@ bool same_bits(const CrossEntropyDeviceStats& a, const CrossEntropyDeviceStats& 
 }
 
 // Runs one case on both backends and compares; `offset` shifts the logits by that many elements
-// inside their allocation (misaligned rows, and a dlogits buffer with different alignment).
+// inside their allocation (misaligned rows, and a dlogits buffer with different alignment); with
+// `stride` (> classes) the device rows are that many elements apart, the padding between them a
+// finite value far above every logit (read by mistake, it would be the max) in logits and NaN in
+// dlogits, and both must come back untouched.
 void run_case(Context& ctx, std::mt19937_64& rng, int64_t rows, int64_t classes, Ignored pattern, float grad_scale,
-              int64_t offset = 0) {
+              int64_t offset = 0, int64_t stride = 0) {
   INFO("rows " << rows << ", classes " << classes << ", " << to_string(pattern) << ", grad_scale " << grad_scale
-               << ", offset " << offset);
+               << ", offset " << offset << ", row stride " << stride);
   std::vector<float> logits;
   std::vector<int32_t> labels;
   make_case(rng, rows, classes, pattern, logits, labels);
-  const MatrixShape shape{rows, classes};
-  const size_t numel = static_cast<size_t>(rows * classes);
+  const LogitsShape shape{rows, classes, stride};
+  const int64_t ld = shape.stride();
+  const size_t numel = static_cast<size_t>(rows * classes), extent = static_cast<size_t>(rows * ld);
 
   bert::cpu::Context cpu_ctx(1);
   std::vector<float> cpu_dlogits(numel);
-  const CrossEntropyStats cpu = bert::cpu::softmax_cross_entropy<float>(cpu_ctx, shape, logits.data(), labels.data(),
-                                                                        grad_scale, cpu_dlogits.data());
+  const CrossEntropyStats cpu = bert::cpu::softmax_cross_entropy<float>(
+      cpu_ctx, LogitsShape{rows, classes}, logits.data(), labels.data(), grad_scale, cpu_dlogits.data());
 
-  std::vector<float> padded(static_cast<size_t>(offset), 0.0f);
-  padded.insert(padded.end(), logits.begin(), logits.end());
+  constexpr float kPadding = 1000.0f;
+  std::vector<float> padded(static_cast<size_t>(offset) + extent, kPadding);
+  for (int64_t r = 0; r < rows; ++r)
+    std::copy_n(logits.begin() + r * classes, classes, padded.begin() + offset + r * ld);
   DeviceBuffer<bf16> logits_device = upload_bf16(padded);
   const bf16* logits_view = logits_device.data() + offset;
   DeviceBuffer<int32_t> labels_device = upload<int32_t>(labels);
-  DeviceBuffer<bf16> dlogits_device = poisoned<bf16>(numel);
+  DeviceBuffer<bf16> dlogits_device = poisoned<bf16>(extent);
   DeviceBuffer<CrossEntropyDeviceStats> stats_device = poisoned<CrossEntropyDeviceStats>(1);
+  // The rows of a [rows, ld] download, and whether its padding still holds `value`'s bits.
+  auto rows_of = [&](const std::vector<bf16>& all) {
+    std::vector<bf16> out(numel);
+    for (int64_t r = 0; r < rows; ++r) std::copy_n(all.begin() + r * ld, classes, out.begin() + r * classes);
+    return out;
+  };
+  auto padding_is = [&](const std::vector<bf16>& all, bf16 value) {
+    for (int64_t r = 0; r < rows; ++r)
+      for (int64_t c = classes; c < ld; ++c)
+        if (bits_of(all[static_cast<size_t>(r * ld + c)]) != bits_of(value)) return false;
+    return true;
+  };
 
   bert::cuda::softmax_cross_entropy(ctx, shape, logits_view, labels_device.data(), grad_scale, dlogits_device.data(),
                                     stats_device.data());
@@ -124,7 +142,9 @@ void run_case(Context& ctx, std::mt19937_64& rng, int64_t rows, int64_t classes,
   CHECK(std::fabs(gpu.loss - cpu.loss) <= 1e-5 * std::fabs(cpu.loss));
   if (cpu.num_counted == 0) CHECK(gpu_raw.loss_sum == 0.0f);
 
-  const std::vector<bf16> gpu_dlogits_bits = dlogits_device.download();
+  const std::vector<bf16> gpu_dlogits_all = dlogits_device.download();
+  CHECK(padding_is(gpu_dlogits_all, nan_bf16()));
+  const std::vector<bf16> gpu_dlogits_bits = rows_of(gpu_dlogits_all);
   const std::vector<float> gpu_dlogits = to_float(gpu_dlogits_bits);
   // bf16 rounding is <= 2^-8 relative; the absolute slack covers g * (p - 1) when p_label ~ 1.
   const double per_row_grad = cpu.num_counted > 0 ? grad_scale / static_cast<double>(cpu.num_counted) : 0.0;
@@ -138,23 +158,25 @@ void run_case(Context& ctx, std::mt19937_64& rng, int64_t rows, int64_t classes,
   }
 
   // Repeat: bitwise the same stats and dlogits.
-  DeviceBuffer<bf16> repeat_dlogits = poisoned<bf16>(numel);
+  DeviceBuffer<bf16> repeat_dlogits = poisoned<bf16>(extent);
   bert::cuda::softmax_cross_entropy(ctx, shape, logits_view, labels_device.data(), grad_scale, repeat_dlogits.data(),
                                     stats_device.data());
   CHECK(same_bits(download_stats(stats_device), gpu_raw));
-  CHECK(same_bits(repeat_dlogits.download(), gpu_dlogits_bits));
+  CHECK(same_bits(rows_of(repeat_dlogits.download()), gpu_dlogits_bits));
 
   // dlogits = nullptr: the same stats.
   bert::cuda::softmax_cross_entropy(ctx, shape, logits_view, labels_device.data(), grad_scale, nullptr,
                                     stats_device.data());
   CHECK(same_bits(download_stats(stats_device), gpu_raw));
 
-  // dlogits aliasing logits: the same stats and gradient, written over the logits.
+  // dlogits aliasing logits: the same stats and gradient, written over the logits (not the padding).
   bert::cuda::softmax_cross_entropy(ctx, shape, logits_device.data() + offset, labels_device.data(), grad_scale,
                                     logits_device.data() + offset, stats_device.data());
   CHECK(same_bits(download_stats(stats_device), gpu_raw));
   const std::vector<bf16> aliased = logits_device.download();
-  CHECK(same_bits(std::vector<bf16>(aliased.begin() + offset, aliased.end()), gpu_dlogits_bits));
+  const std::vector<bf16> aliased_view(aliased.begin() + offset, aliased.end());
+  CHECK(same_bits(rows_of(aliased_view), gpu_dlogits_bits));
+  CHECK(padding_is(aliased_view, float_to_bf16(kPadding)));
 }
 
 }  // namespace
@@ -182,10 +204,26 @@ TEST_CASE("cuda softmax_cross_entropy handles misaligned rows and a differently 
   run_case(ctx, rng, 33, 5, Ignored::kSome, 1.0f, 1);
 }
 
+TEST_CASE("cuda softmax_cross_entropy reads and writes only the rows of strided logits", "[cuda][cross_entropy]") {
+  Context ctx(cudaStreamLegacy);
+  std::mt19937_64 rng(2718);
+  run_case(ctx, rng, 24, 30522, Ignored::kSome, 1.0f, 0, 30528);  // the MLM decoder's padded rows
+  run_case(ctx, rng, 24, 30522, Ignored::kNone, 1.0f, 1, 30528);  // rows misaligned by one element
+  run_case(ctx, rng, 17, 300, Ignored::kSome, 0.5f, 0, 333);      // odd stride: each row aligned differently
+  run_case(ctx, rng, 40, 7, Ignored::kNone, 1.0f, 0, 8);
+  // A stride below the classes is refused before launching.
+  DeviceBuffer<CrossEntropyDeviceStats> stats(1);
+  DeviceBuffer<bf16> logits(64);
+  DeviceBuffer<int32_t> labels(4);
+  CHECK_THROWS_AS(bert::cuda::softmax_cross_entropy(ctx, LogitsShape{4, 16, 15}, logits.data(), labels.data(), 1.0f,
+                                                    nullptr, stats.data()),
+                  std::invalid_argument);
+}
+
 TEST_CASE("cuda softmax_cross_entropy with no rows writes zero stats", "[cuda][cross_entropy]") {
   Context ctx(cudaStreamLegacy);
   DeviceBuffer<CrossEntropyDeviceStats> stats = poisoned<CrossEntropyDeviceStats>(1);
-  bert::cuda::softmax_cross_entropy(ctx, MatrixShape{0, 30522}, nullptr, nullptr, 1.0f, nullptr, stats.data());
+  bert::cuda::softmax_cross_entropy(ctx, LogitsShape{0, 30522}, nullptr, nullptr, 1.0f, nullptr, stats.data());
   const CrossEntropyStats host = bert::cuda::read_cross_entropy_stats(ctx, stats.data());
   CHECK(host.loss == 0.0);
   CHECK(host.num_counted == 0);
@@ -204,7 +242,7 @@ TEST_CASE("cuda softmax_cross_entropy: an out-of-range label gives NaN loss and 
   DeviceBuffer<int32_t> labels_device = upload<int32_t>(labels);
   DeviceBuffer<bf16> dlogits = poisoned<bf16>(static_cast<size_t>(rows * classes));
   DeviceBuffer<CrossEntropyDeviceStats> stats = poisoned<CrossEntropyDeviceStats>(1);
-  bert::cuda::softmax_cross_entropy(ctx, MatrixShape{rows, classes}, logits_device.data(), labels_device.data(), 1.0f,
+  bert::cuda::softmax_cross_entropy(ctx, LogitsShape{rows, classes}, logits_device.data(), labels_device.data(), 1.0f,
                                     dlogits.data(), stats.data());
   const CrossEntropyStats host = bert::cuda::read_cross_entropy_stats(ctx, stats.data());
   CHECK(host.num_counted == 5);  // every label but the ignore index counts
@@ -223,7 +261,7 @@ TEST_CASE("cuda softmax_cross_entropy: an out-of-range label gives NaN loss and 
   }
   // The CPU reference throws instead.
   bert::cpu::Context cpu_ctx(1);
-  CHECK_THROWS_AS(bert::cpu::softmax_cross_entropy<float>(cpu_ctx, MatrixShape{rows, classes}, logits.data(),
+  CHECK_THROWS_AS(bert::cpu::softmax_cross_entropy<float>(cpu_ctx, LogitsShape{rows, classes}, logits.data(),
                                                           labels.data(), 1.0f, nullptr),
                   std::invalid_argument);
 }
@@ -232,12 +270,12 @@ TEST_CASE("cuda softmax_cross_entropy rejects bad shapes before launching", "[cu
   Context ctx(cudaStreamLegacy);
   DeviceBuffer<CrossEntropyDeviceStats> stats(1);
   CHECK_THROWS_AS(
-      bert::cuda::softmax_cross_entropy(ctx, MatrixShape{4, 0}, nullptr, nullptr, 1.0f, nullptr, stats.data()),
+      bert::cuda::softmax_cross_entropy(ctx, LogitsShape{4, 0}, nullptr, nullptr, 1.0f, nullptr, stats.data()),
       std::invalid_argument);
   CHECK_THROWS_AS(
-      bert::cuda::softmax_cross_entropy(ctx, MatrixShape{-1, 5}, nullptr, nullptr, 1.0f, nullptr, stats.data()),
+      bert::cuda::softmax_cross_entropy(ctx, LogitsShape{-1, 5}, nullptr, nullptr, 1.0f, nullptr, stats.data()),
       std::invalid_argument);
-  CHECK_THROWS_AS(bert::cuda::softmax_cross_entropy(ctx, MatrixShape{4, 5}, nullptr, nullptr, 1.0f, nullptr, nullptr),
+  CHECK_THROWS_AS(bert::cuda::softmax_cross_entropy(ctx, LogitsShape{4, 5}, nullptr, nullptr, 1.0f, nullptr, nullptr),
                   std::invalid_argument);
   CHECK_THROWS_AS(bert::cuda::read_cross_entropy_stats(ctx, nullptr), std::invalid_argument);
 }

@@ -1,15 +1,18 @@
 // CUDA linear layer (kernels/cuda/gemm.cu, cuBLASLt) against kernels/cpu's fp32 linear on the same
 // bf16-rounded inputs: forward with and without bias, dx overwrite (into NaN-poisoned memory) and
 // accumulate, dW and db accumulated onto nonzero values, bitwise-deterministic gradients, shapes
-// that are odd on every axis (rows 1/3/129/1030, features 8..30522, some not multiples of 8), and
-// the one-line errors for bad arguments. Every operand of the comparisons lives in a NaN-fenced
-// allocation (a write past either end of an output fails), at a 256-byte-aligned address and at
+// that are odd on every axis (rows 1/3/129/1030, features 8..30522, some not multiples of 8), rows of
+// y and dy out_stride apart (the padding neither read nor written), and the one-line errors for bad
+// arguments. Every operand of the comparisons lives in a NaN-fenced allocation (a write past either
+// end of an output fails), at a 256-byte-aligned address and at
 // addresses aligned to the element only (offset 1: bf16 2-byte, fp32 4-byte; also offsets 2 and 4),
 // one operand at a time and all together, after the aligned plan of the same shape is cached in the
 // same Context (gemm.cu keys its cuBLASLt plans on the pointers' alignment); a pointer not aligned to
 // its element is a clean std::invalid_argument that writes nothing.
 #include <algorithm>
+#include <cmath>
 #include <cstdint>
+#include <limits>
 #include <stdexcept>
 #include <string>
 
@@ -171,6 +174,61 @@ const std::vector<LinearShape> kShapes = {
     {1, 8, 8},      {3, 768, 3072}, {129, 3072, 768}, {129, 768, 30522}, {1, 768, 30522},
     {3, 13, 30521}, {129, 8, 24},   {1030, 64, 40},   {3, 24, 13},
 };
+
+// y and dy with rows out_stride apart (the MLM decoder's padded logits, engine/bert.cpp): the dense
+// CPU results, y's padding never written (it stays NaN) and dy's never read (it is NaN, and would
+// reach dx, dW and db). y and dy at element offset `offset` (1: aligned to the element only).
+void check_strided(Context& ctx, bert::cpu::Context& cpu, const LinearShape& dense, int64_t stride, size_t offset,
+                   uint64_t seed) {
+  INFO(describe(dense) << ", rows of y and dy " << stride << " apart, at element offset " << offset);
+  const LinearData data(dense, seed);
+  const Expected expected = cpu_reference(cpu, data);
+  LinearShape shape = dense;
+  shape.out_stride = stride;
+  const int64_t rows = dense.rows, out = dense.out_features;
+  const size_t extent = static_cast<size_t>(rows * stride);
+  std::vector<float> dy_rows(extent, std::numeric_limits<float>::quiet_NaN());
+  for (int64_t r = 0; r < rows; ++r) std::copy_n(data.dy.begin() + r * out, out, dy_rows.begin() + r * stride);
+  // The [rows, out] values of a [rows, stride] tensor; every padding element must be NaN.
+  auto dense_rows = [&](const std::vector<float>& all) {
+    std::vector<float> values(static_cast<size_t>(rows * out));
+    bool padding_nan = true;
+    for (int64_t r = 0; r < rows; ++r)
+      for (int64_t c = 0; c < stride; ++c) {
+        const float v = all[static_cast<size_t>(r * stride + c)];
+        if (c < out)
+          values[static_cast<size_t>(r * out + c)] = v;
+        else
+          padding_nan = padding_nan && std::isnan(v);
+      }
+    CHECK(padding_nan);
+    return values;
+  };
+  Bf16Tensor x = Bf16Tensor::input(data.x, 0), weight = Bf16Tensor::input(data.weight, 0),
+             bias = Bf16Tensor::input(data.bias, 0);
+  for (const bool with_bias : {true, false}) {
+    INFO((with_bias ? "with bias" : "without bias"));
+    Bf16Tensor y = Bf16Tensor::output(extent, offset);
+    CHECK_NOTHROW(
+        bert::cuda::linear_forward(ctx, shape, x.data(), weight.data(), with_bias ? bias.data() : nullptr, y.data()));
+    ctx.synchronize();
+    CHECK_CLOSE_REL("y", dense_rows(y.values()), with_bias ? expected.y_with_bias : expected.y_without_bias,
+                    kBf16Tolerance);
+    CHECK(y.guards_intact());
+  }
+  Bf16Tensor dy = Bf16Tensor::input(dy_rows, offset);
+  Bf16Tensor dx = Bf16Tensor::output(data.dx_initial.size(), 0);
+  Fp32Tensor dweight = Fp32Tensor::input(data.dweight_initial, 0), dbias = Fp32Tensor::input(data.dbias_initial, 0);
+  CHECK_NOTHROW(bert::cuda::linear_backward(ctx, shape, dy.data(), x.data(), weight.data(), dx.data(), dweight.data(),
+                                            dbias.data(), InputGrad::kOverwrite));
+  ctx.synchronize();
+  CHECK_CLOSE_REL("dx", dx.values(), expected.dx_overwrite, kBf16Tolerance);
+  CHECK_CLOSE_REL("dweight", dweight.values(), expected.dweight, kFp32Tolerance);
+  CHECK_CLOSE_REL("dbias", dbias.values(), expected.dbias, kFp32Tolerance);
+  CHECK(dx.guards_intact());
+  CHECK(dweight.guards_intact());
+  CHECK(dbias.guards_intact());
+}
 
 }  // namespace
 
@@ -417,4 +475,18 @@ TEST_CASE("cuda linear with every operand at an element offset equals the CPU re
     for (const size_t offset : {size_t{1}, size_t{2}, size_t{4}})
       check_all(ctx, data, expected, every_operand_at(offset));
   }
+}
+
+TEST_CASE("cuda linear with rows of y and dy out_stride apart equals the dense CPU reference", "[cuda][linear]") {
+  Context ctx;
+  bert::cpu::Context cpu;
+  check_strided(ctx, cpu, {37, 64, 30522}, 30528, 0, 501);  // the MLM decoder's padded logits
+  check_strided(ctx, cpu, {37, 64, 30522}, 30528, 1, 502);  // y and dy aligned to the element only
+  check_strided(ctx, cpu, {129, 24, 40}, 48, 0, 503);       // 8-wide bias-gradient loads
+  check_strided(ctx, cpu, {9, 16, 13}, 21, 0, 504);         // odd stride: every row aligned differently
+  check_strided(ctx, cpu, {1030, 8, 6}, 10, 0, 505);        // 9 bias-gradient chunks, 2-wide loads
+  LinearShape too_narrow{4, 8, 16, 15};
+  DeviceBuffer<bf16> buffer(256);
+  CHECK_THROWS_AS(bert::cuda::linear_forward(ctx, too_narrow, buffer.data(), buffer.data(), nullptr, buffer.data()),
+                  std::invalid_argument);
 }
