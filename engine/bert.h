@@ -253,8 +253,9 @@ struct BatchArenaPlan {
   size_t grad_mlm_input = 0, grad_mlm_transform_output = 0, grad_mlm_transform_activation = 0;
   size_t grad_pooled = 0;
   size_t mlm_logits = 0;  // [mlm_chunk_rows, vocab] rows mlm_logits_stride apart; becomes its own gradient
-  // vocab rounded up to 64 (30522 -> 30528): each logits row starts 128-byte aligned, which cuBLASLt's
-  // fast kernels need of the decoder GEMMs' leading dimension (kernels/ops.h, LinearShape).
+  // vocab rounded up to 64 (30522 -> 30528): every logits row starts 16-byte aligned (the arena aligns
+  // each buffer to 16 elements), which cuBLASLt's fast kernels need of the decoder GEMMs' leading
+  // dimension (kernels/ops.h, LinearShape).
   int64_t mlm_logits_stride = 0;
   size_t workspace_elements = 0;
   // statistics

@@ -237,8 +237,8 @@ void launch_backward_fused(Context& ctx, const MatrixShape& shape, const bf16* d
           rows, cols, rows_per_warp, SumRows<kResidual>{x, residual}, dy, gamma, mean, rstd, dz, partials,
           partials + blocks * cols);
   CUDA_CHECK_LAUNCH();
-  // 32 columns x 32 chunk groups a block: at 512 chunks, 16 loads a thread.
-  launch_accumulate_partials<32, 32>(ctx.stream(), blocks, cols, partials, dgamma, partials + blocks * cols, dbeta);
+  // 32 columns x 32 chunk groups a block (common.cuh): at 512 chunks, 16 loads a thread.
+  launch_accumulate_partials(ctx.stream(), blocks, cols, partials, dgamma, partials + blocks * cols, dbeta);
   CUDA_CHECK_LAUNCH();
 }
 

@@ -485,6 +485,21 @@ TEST_CASE("cuda linear with rows of y and dy out_stride apart equals the dense C
   check_strided(ctx, cpu, {129, 24, 40}, 48, 0, 503);       // 8-wide bias-gradient loads
   check_strided(ctx, cpu, {9, 16, 13}, 21, 0, 504);         // odd stride: every row aligned differently
   check_strided(ctx, cpu, {1030, 8, 6}, 10, 0, 505);        // 9 bias-gradient chunks, 2-wide loads
+  // The same m, n, k dense and strided in one Context, both orders: a plan cached for one leading
+  // dimension must never serve the other (gemm.cu keys its plans on them).
+  for (const int64_t first_stride : {int64_t{0}, int64_t{30528}}) {
+    Context shared;
+    const LinearShape dense{37, 64, 30522};
+    const LinearData data(dense, 506);
+    const Expected expected = cpu_reference(cpu, data);
+    if (first_stride == 0) {
+      check_all(shared, data, expected, Placement());
+      check_strided(shared, cpu, dense, 30528, 0, 506);
+    } else {
+      check_strided(shared, cpu, dense, 30528, 0, 506);
+      check_all(shared, data, expected, Placement());
+    }
+  }
   LinearShape too_narrow{4, 8, 16, 15};
   DeviceBuffer<bf16> buffer(256);
   CHECK_THROWS_AS(bert::cuda::linear_forward(ctx, too_narrow, buffer.data(), buffer.data(), nullptr, buffer.data()),
