@@ -33,9 +33,12 @@
 // S^T (dK/dV) are repacked as the A operands of the next product (P~, dS, (P keep)^T, dS^T), and O, dQ,
 // dK, dV accumulate in registers. Same blocks, warps, dropout indices and all-padding rules as above;
 // dK/dV walks each 64-query step in two halves of 32 to keep S^T and dP~^T at 16 registers each.
-// Shared memory holds only the tiles, the key flags and (dK/dV) the step's logsumexp/Delta: D = 64:
-// 28 / 38 / 37 KB, D = 128: 53 / 71 / 70 KB (forward / dK/dV / dQ); registers for D = 32 / 64 / 128:
-// forward 128 / 166 / 167, dK/dV 127 / 162 / 248, dQ 166 / 166 / 248, no spills (ptxas, sm_90a).
+// Shared memory holds only the tiles, the key flags (forward: also the keys' additive bias) and
+// (dK/dV) the step's logsumexp/Delta: D = 64: 30 / 38 / 37 KB, D = 128: 55 / 71 / 70 KB (forward /
+// dK/dV / dQ); registers for D = 32 / 64 / 128: forward 128 / 167 / 168, dK/dV 127 / 162 / 246, dQ
+// 168 / 166 / 248, no spills (ptxas, sm_90a). Their exponentials are exp2f of one FMA (scores scaled
+// by scale * log2(e), the logsumexp by log2(e)): FlashAttention-2's base-2 softmax, which took 6-11%
+// of the kernels' PTX instructions away (not measured on a device yet).
 // Why: per warp and 64-key step at D = 64 the wmma forward moves ~28 KB through shared memory besides
 // the 16 KB of K and V fragments both kernels read (scores out and in, probabilities out and in, O
 // loaded, rescaled and stored): ~44 KB at 128 B/clk/SM is ~340 clocks against ~130 of mma.sync work
@@ -82,6 +85,10 @@ constexpr size_t align_up(size_t bytes) { return (bytes + 127) / 128 * 128; }
 constexpr size_t kScoreBytes = align_up(size_t{kWarps} * kFrag * kScoreLd * sizeof(float));
 constexpr size_t kProbBytes = align_up(size_t{kWarps} * kFrag * kProbLd * sizeof(bf16));
 constexpr size_t kKeyFlagBytes = align_up(kMaxSeqLen);
+constexpr size_t kKeyBiasBytes = align_up(size_t{kMaxSeqLen} * sizeof(float));  // kMaxSeqLen % kStep == 0
+static_assert(kMaxSeqLen % kStep == 0, "the key bias covers every step's keys");
+constexpr float kLog2e = 1.4426950408889634f;
+constexpr float kLn2 = 0.6931471805599453f;
 constexpr size_t kRowStatBytes = align_up(size_t{kStep} * sizeof(float));
 
 template <int D>
@@ -97,7 +104,7 @@ struct Tiles {
   static_assert(2 * kTileBytes >= kAccBytes, "staging must fit in two tiles");
 
   static constexpr size_t kForwardBytes = 3 * kTileBytes + kScoreBytes + kProbBytes + kAccBytes + kKeyFlagBytes;
-  static constexpr size_t kForwardMmaBytes = 3 * kTileBytes + kKeyFlagBytes;
+  static constexpr size_t kForwardMmaBytes = 3 * kTileBytes + kKeyFlagBytes + kKeyBiasBytes;
   static constexpr size_t kDkDvMmaBytes = 4 * kTileBytes + 2 * kRowStatBytes + kKeyFlagBytes;
   static constexpr size_t kDqMmaBytes = 4 * kTileBytes + kKeyFlagBytes;
   static constexpr size_t kDkDvBytes =
@@ -501,7 +508,13 @@ struct MmaDropout {
 // the A layout of k-step j), and O as D/8 accumulator tiles. Lane (g, q) holds rows g and g + 8 and,
 // per 8-key tile, keys 2q and 2q + 1: row max and sum are reduced over the 4 lanes of a row with two
 // shuffles, and l is kept per lane (its own keys) until the end. Shared memory holds only the Q, K and
-// V tiles and the key flags; O is staged through the warp's own Q rows for 16-byte stores.
+// V tiles, the key flags and the keys' additive bias; O is staged through the warp's own Q rows for
+// 16-byte stores.
+// The softmax runs in base 2 (FlashAttention-2's trick): each score becomes s * scale * log2(e) +
+// bias[key] in one FMA, bias 0 for an attended key and -inf for a padded one or one past seq_len
+// (all-padding sequences: scale 0 and bias 0 below seq_len, i.e. uniform), and every exponential is
+// one exp2f of a difference; the per-element mask tests and expf's range reduction are gone.
+// logsumexp is stored in natural-log units, as the reference's: (m2 + log2(l)) * ln(2).
 template <int D>
 __global__ void __launch_bounds__(kThreads)
     attention_forward_mma_kernel(const AttentionArgs args, bf16* __restrict__ context, float* __restrict__ logsumexp) {
@@ -513,19 +526,24 @@ __global__ void __launch_bounds__(kThreads)
   bf16* k_tile = reinterpret_cast<bf16*>(shared + T::kTileBytes);
   bf16* v_tile = reinterpret_cast<bf16*>(shared + 2 * T::kTileBytes);
   unsigned char* key_flags = shared + 3 * T::kTileBytes;
+  float* key_bias = reinterpret_cast<float*>(shared + 3 * T::kTileBytes + kKeyFlagBytes);
   const int warp = threadIdx.x / 32, lane = threadIdx.x % 32;
   const int g = lane >> 2, q = lane & 3;  // the fragments' groupID and threadID_in_group
 
   const int seq_len = args.seq_len;
   const BlockCoords coords = block_coords<D>(args);
   const KeyFlags keys = load_key_flags(args, coords.batch_head, key_flags);
+  const int padded_keys = (seq_len + kStep - 1) / kStep * kStep;
+  for (int key = threadIdx.x; key < padded_keys; key += kThreads) key_bias[key] = keys.attended(key) ? 0.0f : -INFINITY;
+  const float scale_log2 = keys.all_padding ? 0.0f : args.scale * kLog2e;
   load_tile<D>(q_tile, args.q + coords.qkv_offset, args.qkv_stride, coords.first_row, seq_len);
-  // (No barrier here: Q is first read after the loop's first barrier, which publishes it.)
+  // (No barrier here: Q and the key bias are first read after the loop's first barrier, which
+  // publishes them.)
 
   bf16* warp_rows = q_tile + warp * kFrag * ld;
   float out[D / 8][4];
   zero_accumulators(out);
-  float row_max[2] = {-INFINITY, -INFINITY};  // rows g and g + 8: running max of attended scaled scores
+  float row_max[2] = {-INFINITY, -INFINITY};  // rows g and g + 8: running max of the base-2 scores
   float row_sum[2] = {0.0f, 0.0f};            // this lane's keys only: sum of exp(s - row_max), undropped
   const int first_query = coords.first_row + warp * kFrag;
   uint64_t dropout_row[2];  // element index of (query, key 0); meaningless past seq_len (never stored)
@@ -545,25 +563,28 @@ __global__ void __launch_bounds__(kThreads)
     zero_accumulators(s);
     warp_mma_abt<D>(s, warp_rows, k_tile, lane);
 
-    // Online softmax. All-padding sequences score every key 0: uniform. Unattended keys: -inf.
+    // Online softmax in base 2: s * scale * log2(e) + bias (0 attended, -inf padded or past seq_len).
     float step_max[2] = {-INFINITY, -INFINITY};
 #pragma unroll
-    for (int n = 0; n < kKeyTiles; ++n)
+    for (int n = 0; n < kKeyTiles; ++n) {
+      const float2 bias = *reinterpret_cast<const float2*>(key_bias + key0 + 8 * n + 2 * q);
 #pragma unroll
       for (int e = 0; e < 4; ++e) {
-        const int key = key0 + 8 * n + 2 * q + (e & 1);
-        s[n][e] = keys.attended(key) ? (keys.all_padding ? 0.0f : s[n][e] * args.scale) : -INFINITY;
+        s[n][e] = fmaf(s[n][e], scale_log2, (e & 1) ? bias.y : bias.x);
         step_max[e / 2] = fmaxf(step_max[e / 2], s[n][e]);
       }
+    }
     float rescale[2], new_max[2];
 #pragma unroll
     for (int r = 0; r < 2; ++r) {
       step_max[r] = fmaxf(step_max[r], __shfl_xor_sync(kFullMask, step_max[r], 1));
       step_max[r] = fmaxf(step_max[r], __shfl_xor_sync(kFullMask, step_max[r], 2));
+      // new_max = -inf (no attended key yet): subtract 0 instead, so exp2(-inf - 0) = 0 and nothing
+      // is accumulated (never exp2(-inf + inf) = NaN); row_max = -inf: exp2(-inf) = 0, as wanted.
       new_max[r] = fmaxf(row_max[r], step_max[r]);
-      // new_max = -inf: no attended key yet, nothing accumulated; row_max = -inf: exp(-inf) = 0.
-      rescale[r] = new_max[r] == -INFINITY ? 1.0f : expf(row_max[r] - new_max[r]);
-      row_max[r] = new_max[r];
+      if (new_max[r] == -INFINITY) new_max[r] = 0.0f;
+      rescale[r] = exp2f(row_max[r] - new_max[r]);
+      row_max[r] = fmaxf(row_max[r], step_max[r]);
       row_sum[r] *= rescale[r];
     }
 #pragma unroll
@@ -580,7 +601,7 @@ __global__ void __launch_bounds__(kThreads)
       float kept[4];
 #pragma unroll
       for (int e = 0; e < 4; ++e) {
-        const float prob = s[n][e] == -INFINITY ? 0.0f : expf(s[n][e] - new_max[e / 2]);
+        const float prob = exp2f(s[n][e] - new_max[e / 2]);  // 0 for a padded key
         row_sum[e / 2] += prob;
         kept[e] = prob * multiplier[e];
       }
@@ -600,7 +621,7 @@ __global__ void __launch_bounds__(kThreads)
     inverse_sum[r] = row_sum[r] > 0.0f ? 1.0f / row_sum[r] : 0.0f;
     const int query = first_query + g + 8 * r;
     if (q == 0 && query < seq_len)
-      logsumexp[static_cast<int64_t>(coords.batch_head) * seq_len + query] = row_max[r] + logf(row_sum[r]);
+      logsumexp[static_cast<int64_t>(coords.batch_head) * seq_len + query] = (row_max[r] + log2f(row_sum[r])) * kLn2;
   }
   // O (bf16) staged in the warp's own Q rows (only it reads them), then stored.
   store_warp_accumulators<D>(out, inverse_sum, warp_rows, context + coords.hidden_offset, args.hidden, first_query,
@@ -917,6 +938,7 @@ __global__ void __launch_bounds__(kThreads)
   bf16* warp_k = k_tile + warp * kFrag * ld;
   bf16* warp_v = v_tile + warp * kFrag * ld;
   const float uniform_prob = 1.0f / static_cast<float>(seq_len);
+  const float scale_log2 = args.scale * kLog2e;  // P = exp2(s * scale * log2(e) - lse * log2(e))
   const bool key_attended[2] = {keys.attended(warp_first_key + g), keys.attended(warp_first_key + g + 8)};
   const uint64_t batch_head_row = static_cast<uint64_t>(coords.batch_head) * static_cast<uint64_t>(seq_len);
   const bool group_aligned = (seq_len & 3) == 0;
@@ -953,7 +975,8 @@ __global__ void __launch_bounds__(kThreads)
           const int c = first_column + 8 * n + 2 * q + (e & 1);
           kept[e] = dscore[e] = 0.0f;
           if (query0 + c < seq_len && key_attended[e / 2]) {
-            const float prob = keys.all_padding ? uniform_prob : expf(st[n][e] * args.scale - step_lse[c]);
+            const float prob =
+                keys.all_padding ? uniform_prob : exp2f(fmaf(st[n][e], scale_log2, -step_lse[c] * kLog2e));
             if (prob != 0.0f) {
               kept[e] = prob * multiplier[e];
               if (!keys.all_padding) dscore[e] = args.scale * prob * (dpt[n][e] * multiplier[e] - step_delta[c]);
@@ -1020,11 +1043,12 @@ __global__ void __launch_bounds__(kThreads)
       const int query = first_query + g + 8 * r;
       in_range[r] = query < seq_len;
       const int64_t stat_index = static_cast<int64_t>(coords.batch_head) * seq_len + query;
-      lse[r] = in_range[r] ? logsumexp[stat_index] : 0.0f;
+      lse[r] = in_range[r] ? logsumexp[stat_index] * kLog2e : 0.0f;  // base 2, as the scores below
       dout_dot_out[r] = in_range[r] ? delta[stat_index] : 0.0f;
       dropout_row[r] = static_cast<uint64_t>(stat_index) * seq_len;
     }
     const bool group_aligned = (seq_len & 3) == 0;
+    const float scale_log2 = args.scale * kLog2e;  // P = exp2(s * scale * log2(e) - lse * log2(e))
     MmaDropout dropout;
 
     for (int key0 = 0; key0 < seq_len; key0 += kStep) {
@@ -1050,7 +1074,7 @@ __global__ void __launch_bounds__(kThreads)
         for (int e = 0; e < 4; ++e) {
           dscore[e] = 0.0f;
           if (in_range[e / 2] && keys.attended(key0 + 8 * n + 2 * q + (e & 1))) {
-            const float prob = expf(s[n][e] * args.scale - lse[e / 2]);
+            const float prob = exp2f(fmaf(s[n][e], scale_log2, -lse[e / 2]));
             if (prob != 0.0f) dscore[e] = args.scale * prob * (dp[n][e] * multiplier[e] - dout_dot_out[e / 2]);
           }
         }
