@@ -1,7 +1,8 @@
 // Softmax cross-entropy with ignore_index, forward and backward fused (no probabilities stored):
-// logits [rows, classes] (rows row_stride apart), labels [rows] (ops::kIgnoreIndex skips a row). Returns the mean loss
-// over counted rows, the counts, and writes dlogits = grad_scale * (softmax - onehot) / counted (zeros on ignored
-// rows). dlogits may alias logits: each row is read fully before it is overwritten. Used for MLM (classes = vocab) and
+// logits [rows, classes] with rows row_stride apart (the elements between are never touched), labels
+// [rows] (ops::kIgnoreIndex skips a row). Returns the mean loss over counted rows, the counts, and
+// writes dlogits = grad_scale * (softmax - onehot) / counted (zeros on ignored rows). dlogits may
+// alias logits: each row is read fully before it is overwritten. Used for MLM (classes = vocab) and
 // NSP (classes = 2).
 //
 // Napkin math (MLM over all 4096 tokens, vocab 30522, fp32): logits are 500 MB; one pass for the
