@@ -7,8 +7,9 @@
 # driving bench_train_step --device cuda). Everything it writes goes to $OUT (8 files; the tool brings
 # back 8 at most): setup.log, tests.log, bench_kernels.log, bench_kernels.json, bench_attention_torch.log,
 # bench_attention_torch.json, bench_train_gpu.json, summary.txt (the training bench's progress log is
-# appended to setup.log, for want of a ninth file). The summary is printed last, so the reply's output
-# tail holds it.
+# appended to setup.log, for want of a ninth file; bench_kernels.log ends with bench/compare_kernels.py's
+# table against the newest run of the same GPU kept in bench/results/). The summary is printed last, so
+# the reply's output tail holds it.
 #
 # Two more stages, before the training bench: "sanitize" runs GPU tests under compute-sanitizer
 # (memcheck on each kernel family's test and test_cuda_model, racecheck on one attention case, within
@@ -271,6 +272,25 @@ if stage kernels; then
   note "bench_kernels: exit $bench_rc (${bench_ok:-0} cases ok, ${bench_bad:-0} failed)"
   [[ $bench_rc == 0 ]] || grep -m 3 'bench_kernels:' "$OUT/bench_kernels.log" 2>/dev/null | tee -a "$SUMMARY"
   grep -E '^(device|ceilings):' "$OUT/bench_kernels.log" 2>/dev/null | tee -a "$SUMMARY"
+  # Against the newest earlier device run of the same GPU kept in bench/results/ (bench/compare_kernels.py;
+  # appended to bench_kernels.log, for want of a ninth file): what the changes since then bought. The
+  # summary gets the kernels the last sessions changed without a device.
+  if [[ -f "$OUT/bench_kernels.json" ]]; then
+    baselines=(bench/results/*/kernels.json)  # named by device and date: newest last
+    for ((i = ${#baselines[@]} - 1; i >= 0; i--)); do
+      baseline=${baselines[i]}
+      [[ -f $baseline ]] || continue
+      { echo; echo "== against $baseline (bench/compare_kernels.py)"; } >>"$OUT/bench_kernels.log"
+      python3 bench/compare_kernels.py "$baseline" "$OUT/bench_kernels.json" >>"$OUT/bench_kernels.log" 2>&1
+      compare_rc=$?
+      [[ $compare_rc == 2 ]] && continue  # another device: try an older run
+      note "bench_kernels against $baseline (exit $compare_rc), speedup before/after:"
+      sed -n '/^== against/,$p' "$OUT/bench_kernels.log" |
+        grep -E '^(same run:|(attention|attention_train)_(fwd|bwd)_mma/bert-base|(residual_)?layernorm_bwd/bert-base|bias_gelu_bwd/bert-base|cross_entropy/bert-base|linear_(fwd|bwd)/bert-base/mlm_decoder )' |
+        tee -a "$SUMMARY"
+      break
+    done
+  fi
 fi
 
 # ---- PyTorch SDPA reference, side by side -----------------------------------------------------------------

@@ -17,6 +17,9 @@ Checked:
     its mma.sync twin, the ratio best torch time / ours where both measured the same shape (none, and
     a line saying why, where they did not); exit 1 when flash failed; bad --reference and
     --reference with --json rejected
+  - bench/compare_kernels.py on that JSON and a copy with one case twice as fast and one case dropped:
+    2.00x for it, 1.00x for every other, the dropped case named, the padded MLM decoder beside the
+    dense one of the same run, and files of different devices refused
 The times themselves mean nothing here (an emulation).
 
     test_bench_kernels_smoke.py --bench build/tests/bench_kernels_emulated --work DIR
@@ -32,6 +35,7 @@ import sys
 
 ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 TORCH_BENCH = os.path.join(ROOT, "bench", "bench_attention_torch.py")
+COMPARE = os.path.join(ROOT, "bench", "compare_kernels.py")
 MODELS = {"bert-base": (768, 12, 3072, 30522), "bert-large": (1024, 16, 4096, 30522)}
 FAMILIES = ["linear_fwd", "linear_bwd", "layernorm_fwd", "layernorm_bwd", "residual_layernorm_fwd",
             "residual_layernorm_bwd", "bias_gelu_fwd", "bias_gelu_bwd", "embeddings_fwd", "embeddings_bwd",
@@ -231,6 +235,33 @@ def main():
           f"--reference with a case missing numbers: exit 1 naming them ({p.stderr.strip()[-80:]})")
     p = run([sys.executable, TORCH_BENCH, "--reference", reference_path, "--json", broken])
     check(p.returncode == 2 and "give one of them" in p.stderr, "--reference with --json: a usage error")
+
+    # ---- compare_kernels.py: this JSON against a copy with one case twice as fast ---------------------------
+    faster = json.loads(json.dumps(ours))
+    target = "linear_fwd/bert-base/mlm_decoder"
+    for case in faster["cases"]:
+        if case["name"] == target:
+            case["median_ms"] /= 2
+    faster["cases"] = [c for c in faster["cases"] if c["name"] != "dropout_fwd/bert-base"]
+    faster_path = os.path.join(args.work, "faster.json")
+    with open(faster_path, "w") as f:
+        json.dump(faster, f)
+    p = run([sys.executable, COMPARE, ours_path, faster_path])
+    print(p.stdout + p.stderr, flush=True)
+    table = {line.split()[0]: line.split() for line in p.stdout.splitlines()[3:] if "/" in line.split()[0]}
+    check(p.returncode == 0, f"compare_kernels: exit 0 (exit {p.returncode})")
+    check(table.get(target, [""] * 4)[3] == "2.00x", f"compare_kernels: {target} 2.00x ({table.get(target)})")
+    check(all(row[3] == "1.00x" for name, row in table.items() if name != target),
+          "compare_kernels: every other case 1.00x")
+    check("only in baseline: dropout_fwd/bert-base" in p.stdout, "compare_kernels: the case only the baseline has")
+    dense = by_name.get(target + "_dense", {}).get("median_ms", float("nan")) / (by_name[target]["median_ms"] / 2)
+    check(f"same run: {target} " in p.stdout and f"_dense {by_name[target + '_dense']['median_ms']:.4f} ms: "
+          f"{dense:.2f}x" in p.stdout, "compare_kernels: the padded decoder beside the dense one, same run")
+    faster["device"] = "another GPU"
+    with open(faster_path, "w") as f:
+        json.dump(faster, f)
+    p = run([sys.executable, COMPARE, ours_path, faster_path])
+    check(p.returncode == 2 and "do not compare" in p.stderr, "compare_kernels: different devices refused (exit 2)")
     return finish()
 
 
