@@ -33,12 +33,20 @@
 // S^T (dK/dV) are repacked as the A operands of the next product (P~, dS, (P keep)^T, dS^T), and O, dQ,
 // dK, dV accumulate in registers. Same blocks, warps, dropout indices and all-padding rules as above;
 // dK/dV walks each 64-query step in two halves of 32 to keep S^T and dP~^T at 16 registers each.
+// The tiles a block walks (forward and dQ: K/V; dK/dV: Q/dO and their logsumexp/Delta) are double-
+// buffered with cp.async (kernels/cuda/async_copy.cuh), FlashAttention-2's pipeline: the copies of
+// step i + 1 are issued right after the barrier that opens step i and land while step i computes;
+// one wait + barrier per step publishes them and frees the other buffer. The block's own tiles and
+// the first step are issued before the mask is read. (Before, each step's tiles went through
+// registers with the loads of a thread serialised behind its shared stores, and the whole block
+// waited for them: at 58-79 TFLOP/s the kernels used ~8% of the tensor cores.)
 // Shared memory holds only the tiles, the key flags (forward: also the keys' additive bias) and
-// (dK/dV) the step's logsumexp/Delta: D = 64: 30 / 38 / 37 KB, D = 128: 55 / 71 / 70 KB (forward /
-// dK/dV / dQ); registers for D = 32 / 64 / 128: forward 128 / 167 / 168, dK/dV 127 / 162 / 246, dQ
-// 168 / 166 / 248, no spills (ptxas, sm_90a). Their exponentials are exp2f of one FMA (scores scaled
-// by scale * log2(e), the logsumexp by log2(e)): FlashAttention-2's base-2 softmax, which took 6-11%
-// of the kernels' PTX instructions away (not measured on a device yet).
+// (dK/dV) the steps' logsumexp/Delta: D = 64: 47.5 / 55.5 / 54.5 KB, D = 128: 87.5 / 103.5 / 102.5 KB
+// (forward / dK/dV / dQ); registers for D = 32 / 64 / 128: forward 127 / 159 / 172, dK/dV
+// 128 / 166 / 243, dQ 166 / 166 / 242, no spills (ptxas, sm_90a): at D = 64, 3 blocks (12 warps) an
+// SM, as before the double buffering. Their exponentials are exp2f of one FMA (scores scaled by
+// scale * log2(e), the logsumexp by log2(e)): FlashAttention-2's base-2 softmax, which took 6-11% of
+// the kernels' PTX instructions away. Neither change is measured on a device yet.
 // Why: per warp and 64-key step at D = 64 the wmma forward moves ~28 KB through shared memory besides
 // the 16 KB of K and V fragments both kernels read (scores out and in, probabilities out and in, O
 // loaded, rescaled and stored): ~44 KB at 128 B/clk/SM is ~340 clocks against ~130 of mma.sync work
@@ -62,6 +70,7 @@
 #include <stdexcept>
 #include <string>
 
+#include "kernels/cuda/async_copy.cuh"
 #include "kernels/cuda/mma_sync.cuh"
 #include "kernels/cuda/ops_cuda.h"
 
@@ -104,9 +113,12 @@ struct Tiles {
   static_assert(2 * kTileBytes >= kAccBytes, "staging must fit in two tiles");
 
   static constexpr size_t kForwardBytes = 3 * kTileBytes + kScoreBytes + kProbBytes + kAccBytes + kKeyFlagBytes;
-  static constexpr size_t kForwardMmaBytes = 3 * kTileBytes + kKeyFlagBytes + kKeyBiasBytes;
-  static constexpr size_t kDkDvMmaBytes = 4 * kTileBytes + 2 * kRowStatBytes + kKeyFlagBytes;
-  static constexpr size_t kDqMmaBytes = 4 * kTileBytes + kKeyFlagBytes;
+  // The mma kernels double-buffer the tiles they walk (cp.async): Q + 2 x (K, V); K, V + 2 x (Q, dO,
+  // logsumexp, Delta); Q, dO + 2 x (K, V).
+  static constexpr size_t kTileElements = kTileBytes / sizeof(bf16);
+  static constexpr size_t kForwardMmaBytes = 5 * kTileBytes + kKeyFlagBytes + kKeyBiasBytes;
+  static constexpr size_t kDkDvMmaBytes = 6 * kTileBytes + 4 * kRowStatBytes + kKeyFlagBytes;
+  static constexpr size_t kDqMmaBytes = 6 * kTileBytes + kKeyFlagBytes;
   static constexpr size_t kDkDvBytes =
       4 * kTileBytes + 2 * kScoreBytes + 2 * kProbBytes + 2 * kRowStatBytes + kKeyFlagBytes;
   static constexpr size_t kDqBytes = 4 * kTileBytes + 2 * kScoreBytes + kProbBytes + kKeyFlagBytes;
@@ -195,6 +207,23 @@ __device__ void load_tile(bf16* tile, const bf16* rows, int64_t row_stride, int 
   }
 }
 
+// Block-wide, asynchronous (cp.async, kernels/cuda/async_copy.cuh): issues the copies of load_tile's
+// tile (zeros where first + r >= seq_len), neither committed nor waited for. Each thread copies D / 16
+// chunks of 16 bytes, all in flight at once.
+template <int D>
+__device__ void load_tile_async(bf16* tile, const bf16* rows, int64_t row_stride, int first, int seq_len) {
+  constexpr int kChunks = D / 8;
+  static_assert(kBlockRows * kChunks % kThreads == 0, "every thread copies the same number of chunks");
+#pragma unroll 1  // unrolled, the compiler keeps every copy's addresses live across the step: +74 registers
+  for (int i = 0; i < kBlockRows * kChunks / kThreads; ++i) {
+    const int index = static_cast<int>(threadIdx.x) + i * kThreads;
+    const int row = index / kChunks, chunk = index % kChunks;
+    const bool in_range = first + row < seq_len;
+    const bf16* source = in_range ? rows + static_cast<int64_t>(first + row) * row_stride + chunk * 8 : rows;
+    detail::async_copy_16(tile + row * Tiles<D>::kLd + chunk * 8, source, in_range);
+  }
+}
+
 // One warp: rows[r][0, D) (fp32 staging, row stride kAccLd) -> out row (first + r) as bf16, r < 16,
 // rows at or beyond seq_len skipped.
 template <int D>
@@ -205,6 +234,23 @@ __device__ void store_warp_rows(const float* rows, int first, int seq_len, bf16*
     for (int column = 2 * lane; column < D; column += 64)
       *reinterpret_cast<__nv_bfloat162*>(target + column) = __floats2bfloat162_rn(source[column], source[column + 1]);
   }
+}
+
+// Block-wide, asynchronous as load_tile_async, for the mma dK/dV kernel: load_query_step's tiles and
+// row statistics (one 4-byte copy a thread: kThreads == 2 * kStep).
+template <int D>
+__device__ void load_query_step_async(const AttentionArgs& args, const BlockCoords& coords, const bf16* dcontext,
+                                      const float* logsumexp, const float* delta, int query0, bf16* q_tile,
+                                      bf16* dout_tile, float* step_lse, float* step_delta) {
+  static_assert(kThreads == 2 * kStep, "one row statistic a thread");
+  const int seq_len = args.seq_len;
+  load_tile_async<D>(q_tile, args.q + coords.qkv_offset, args.qkv_stride, query0, seq_len);
+  load_tile_async<D>(dout_tile, dcontext + coords.hidden_offset, args.hidden, query0, seq_len);
+  const int column = static_cast<int>(threadIdx.x) % kStep;
+  const bool is_lse = static_cast<int>(threadIdx.x) < kStep, in_range = query0 + column < seq_len;
+  const float* source = is_lse ? logsumexp : delta;
+  if (in_range) source += static_cast<int64_t>(coords.batch_head) * seq_len + query0 + column;
+  detail::async_copy_4((is_lse ? step_lse : step_delta) + column, source, in_range);
 }
 
 // Block-wide, for the dK/dV kernels: the Q and dO tiles of queries query0 .. query0 + 63 and their
@@ -523,20 +569,26 @@ __global__ void __launch_bounds__(kThreads)
   constexpr int kKeyTiles = kStep / 8;  // accumulator tiles of 8 keys per step
   extern __shared__ __align__(128) unsigned char shared[];
   bf16* q_tile = reinterpret_cast<bf16*>(shared);
-  bf16* k_tile = reinterpret_cast<bf16*>(shared + T::kTileBytes);
-  bf16* v_tile = reinterpret_cast<bf16*>(shared + 2 * T::kTileBytes);
-  unsigned char* key_flags = shared + 3 * T::kTileBytes;
-  float* key_bias = reinterpret_cast<float*>(shared + 3 * T::kTileBytes + kKeyFlagBytes);
+  bf16* k_tiles = reinterpret_cast<bf16*>(shared + T::kTileBytes);      // [2]: key steps alternate
+  bf16* v_tiles = reinterpret_cast<bf16*>(shared + 3 * T::kTileBytes);  // [2]
+  unsigned char* key_flags = shared + 5 * T::kTileBytes;
+  float* key_bias = reinterpret_cast<float*>(shared + 5 * T::kTileBytes + kKeyFlagBytes);
   const int warp = threadIdx.x / 32, lane = threadIdx.x % 32;
   const int g = lane >> 2, q = lane & 3;  // the fragments' groupID and threadID_in_group
 
   const int seq_len = args.seq_len;
   const BlockCoords coords = block_coords<D>(args);
+  const bf16* k_rows = args.k + coords.qkv_offset;
+  const bf16* v_rows = args.v + coords.qkv_offset;
+  // Q and the first K/V step in flight while the mask is read.
+  load_tile_async<D>(q_tile, args.q + coords.qkv_offset, args.qkv_stride, coords.first_row, seq_len);
+  load_tile_async<D>(k_tiles, k_rows, args.qkv_stride, 0, seq_len);
+  load_tile_async<D>(v_tiles, v_rows, args.qkv_stride, 0, seq_len);
+  detail::async_copy_commit();
   const KeyFlags keys = load_key_flags(args, coords.batch_head, key_flags);
   const int padded_keys = (seq_len + kStep - 1) / kStep * kStep;
   for (int key = threadIdx.x; key < padded_keys; key += kThreads) key_bias[key] = keys.attended(key) ? 0.0f : -INFINITY;
   const float scale_log2 = keys.all_padding ? 0.0f : args.scale * kLog2e;
-  load_tile<D>(q_tile, args.q + coords.qkv_offset, args.qkv_stride, coords.first_row, seq_len);
   // (No barrier here: Q and the key bias are first read after the loop's first barrier, which
   // publishes them.)
 
@@ -552,11 +604,18 @@ __global__ void __launch_bounds__(kThreads)
   const bool group_aligned = (seq_len & 3) == 0;
   MmaDropout dropout;
 
-  for (int key0 = 0; key0 < seq_len; key0 += kStep) {
-    __syncthreads();  // every warp is done with the previous K/V tile
-    load_tile<D>(k_tile, args.k + coords.qkv_offset, args.qkv_stride, key0, seq_len);
-    load_tile<D>(v_tile, args.v + coords.qkv_offset, args.qkv_stride, key0, seq_len);
+  for (int key0 = 0, step = 0; key0 < seq_len; key0 += kStep, ++step) {
+    // This thread's copies of the step's K/V have landed; the barrier publishes everyone's (the
+    // first time also Q and the key bias) and frees the other buffers, which every warp is done with.
+    detail::async_copy_wait<0>();
     __syncthreads();
+    const bf16* k_tile = k_tiles + (step & 1) * T::kTileElements;
+    const bf16* v_tile = v_tiles + (step & 1) * T::kTileElements;
+    if (key0 + kStep < seq_len) {  // the next step's K/V in flight while this one computes
+      load_tile_async<D>(k_tiles + ((step + 1) & 1) * T::kTileElements, k_rows, args.qkv_stride, key0 + kStep, seq_len);
+      load_tile_async<D>(v_tiles + ((step + 1) & 1) * T::kTileElements, v_rows, args.qkv_stride, key0 + kStep, seq_len);
+      detail::async_copy_commit();
+    }
 
     // S = Q K^T for keys key0 .. key0 + 63.
     float s[kKeyTiles][4];
@@ -921,19 +980,23 @@ __global__ void __launch_bounds__(kThreads)
   extern __shared__ __align__(128) unsigned char shared[];
   bf16* k_tile = reinterpret_cast<bf16*>(shared);
   bf16* v_tile = reinterpret_cast<bf16*>(shared + T::kTileBytes);
-  bf16* q_tile = reinterpret_cast<bf16*>(shared + 2 * T::kTileBytes);
-  bf16* dout_tile = reinterpret_cast<bf16*>(shared + 3 * T::kTileBytes);
-  float* step_lse = reinterpret_cast<float*>(shared + 4 * T::kTileBytes);
-  float* step_delta = reinterpret_cast<float*>(shared + 4 * T::kTileBytes + kRowStatBytes);
-  unsigned char* key_flags = shared + 4 * T::kTileBytes + 2 * kRowStatBytes;
+  bf16* q_tiles = reinterpret_cast<bf16*>(shared + 2 * T::kTileBytes);      // [2]: query steps alternate
+  bf16* dout_tiles = reinterpret_cast<bf16*>(shared + 4 * T::kTileBytes);   // [2]
+  float* step_lses = reinterpret_cast<float*>(shared + 6 * T::kTileBytes);  // [2][kStep]
+  float* step_deltas = reinterpret_cast<float*>(shared + 6 * T::kTileBytes + 2 * kRowStatBytes);  // [2][kStep]
+  unsigned char* key_flags = shared + 6 * T::kTileBytes + 4 * kRowStatBytes;
+  constexpr int kRowStatFloats = kRowStatBytes / sizeof(float);
   const int warp = threadIdx.x / 32, lane = threadIdx.x % 32;
   const int g = lane >> 2, q = lane & 3;
 
   const int seq_len = args.seq_len;
   const BlockCoords coords = block_coords<D>(args);
+  // K, V and the first query step in flight while the mask is read.
+  load_tile_async<D>(k_tile, args.k + coords.qkv_offset, args.qkv_stride, coords.first_row, seq_len);
+  load_tile_async<D>(v_tile, args.v + coords.qkv_offset, args.qkv_stride, coords.first_row, seq_len);
+  load_query_step_async<D>(args, coords, dcontext, logsumexp, delta, 0, q_tiles, dout_tiles, step_lses, step_deltas);
+  detail::async_copy_commit();
   const KeyFlags keys = load_key_flags(args, coords.batch_head, key_flags);
-  load_tile<D>(k_tile, args.k + coords.qkv_offset, args.qkv_stride, coords.first_row, seq_len);
-  load_tile<D>(v_tile, args.v + coords.qkv_offset, args.qkv_stride, coords.first_row, seq_len);
   const int warp_first_key = coords.first_row + warp * kFrag;
   bf16* warp_k = k_tile + warp * kFrag * ld;
   bf16* warp_v = v_tile + warp * kFrag * ld;
@@ -947,10 +1010,22 @@ __global__ void __launch_bounds__(kThreads)
   zero_accumulators(dk_acc);
   zero_accumulators(dv_acc);
 
-  for (int query0 = 0; query0 < seq_len; query0 += kStep) {
-    __syncthreads();  // every warp is done with the previous Q/dO tiles and row statistics
-    load_query_step<D>(args, coords, dcontext, logsumexp, delta, query0, q_tile, dout_tile, step_lse, step_delta);
-    __syncthreads();  // (the first time, also publishes the K/V tiles)
+  for (int query0 = 0, step = 0; query0 < seq_len; query0 += kStep, ++step) {
+    // This thread's copies of the step have landed; the barrier publishes everyone's (the first time
+    // also K and V) and frees the other buffers, which every warp is done with.
+    detail::async_copy_wait<0>();
+    __syncthreads();
+    const int buffer = step & 1, next = buffer ^ 1;
+    const bf16* q_tile = q_tiles + buffer * T::kTileElements;
+    const bf16* dout_tile = dout_tiles + buffer * T::kTileElements;
+    const float* step_lse = step_lses + buffer * kRowStatFloats;
+    const float* step_delta = step_deltas + buffer * kRowStatFloats;
+    if (query0 + kStep < seq_len) {  // the next step in flight while this one computes
+      load_query_step_async<D>(args, coords, dcontext, logsumexp, delta, query0 + kStep,
+                               q_tiles + next * T::kTileElements, dout_tiles + next * T::kTileElements,
+                               step_lses + next * kRowStatFloats, step_deltas + next * kRowStatFloats);
+      detail::async_copy_commit();
+    }
 
 #pragma unroll 1
     for (int half = 0; half < 2; ++half) {
@@ -1016,14 +1091,22 @@ __global__ void __launch_bounds__(kThreads)
   extern __shared__ __align__(128) unsigned char shared[];
   bf16* q_tile = reinterpret_cast<bf16*>(shared);
   bf16* dout_tile = reinterpret_cast<bf16*>(shared + T::kTileBytes);
-  bf16* k_tile = reinterpret_cast<bf16*>(shared + 2 * T::kTileBytes);
-  bf16* v_tile = reinterpret_cast<bf16*>(shared + 3 * T::kTileBytes);
-  unsigned char* key_flags = shared + 4 * T::kTileBytes;
+  bf16* k_tiles = reinterpret_cast<bf16*>(shared + 2 * T::kTileBytes);  // [2]: key steps alternate
+  bf16* v_tiles = reinterpret_cast<bf16*>(shared + 4 * T::kTileBytes);  // [2]
+  unsigned char* key_flags = shared + 6 * T::kTileBytes;
   const int warp = threadIdx.x / 32, lane = threadIdx.x % 32;
   const int g = lane >> 2, q = lane & 3;
 
   const int seq_len = args.seq_len;
   const BlockCoords coords = block_coords<D>(args);
+  const bf16* k_rows = args.k + coords.qkv_offset;
+  const bf16* v_rows = args.v + coords.qkv_offset;
+  // Q, dO and the first K/V step in flight while the mask is read.
+  load_tile_async<D>(q_tile, args.q + coords.qkv_offset, args.qkv_stride, coords.first_row, seq_len);
+  load_tile_async<D>(dout_tile, dcontext + coords.hidden_offset, args.hidden, coords.first_row, seq_len);
+  load_tile_async<D>(k_tiles, k_rows, args.qkv_stride, 0, seq_len);
+  load_tile_async<D>(v_tiles, v_rows, args.qkv_stride, 0, seq_len);
+  detail::async_copy_commit();
   const KeyFlags keys = load_key_flags(args, coords.batch_head, key_flags);
   const int first_query = coords.first_row + warp * kFrag;
   bf16* warp_q = q_tile + warp * kFrag * ld;
@@ -1033,9 +1116,12 @@ __global__ void __launch_bounds__(kThreads)
   zero_accumulators(dq_acc);
 
   // keys.all_padding is uniform over the block.
-  if (!keys.all_padding) {
-    load_tile<D>(q_tile, args.q + coords.qkv_offset, args.qkv_stride, coords.first_row, seq_len);
-    load_tile<D>(dout_tile, dcontext + coords.hidden_offset, args.hidden, coords.first_row, seq_len);
+  if (keys.all_padding) {
+    // Nothing to compute, but the copies must land before the warps stage dQ in the Q tile's rows,
+    // which other threads' copies target: every thread's wait, then the barrier.
+    detail::async_copy_wait<0>();
+    __syncthreads();
+  } else {
     bool in_range[2];
     float lse[2], dout_dot_out[2];
     uint64_t dropout_row[2];
@@ -1051,11 +1137,20 @@ __global__ void __launch_bounds__(kThreads)
     const float scale_log2 = args.scale * kLog2e;  // P = exp2(s * scale * log2(e) - lse * log2(e))
     MmaDropout dropout;
 
-    for (int key0 = 0; key0 < seq_len; key0 += kStep) {
-      __syncthreads();  // every warp is done with the previous K/V tile
-      load_tile<D>(k_tile, args.k + coords.qkv_offset, args.qkv_stride, key0, seq_len);
-      load_tile<D>(v_tile, args.v + coords.qkv_offset, args.qkv_stride, key0, seq_len);
-      __syncthreads();  // (the first time, also publishes the Q/dO tiles)
+    for (int key0 = 0, step = 0; key0 < seq_len; key0 += kStep, ++step) {
+      // This thread's copies of the step's K/V have landed; the barrier publishes everyone's (the
+      // first time also Q and dO) and frees the other buffers, which every warp is done with.
+      detail::async_copy_wait<0>();
+      __syncthreads();
+      const bf16* k_tile = k_tiles + (step & 1) * T::kTileElements;
+      const bf16* v_tile = v_tiles + (step & 1) * T::kTileElements;
+      if (key0 + kStep < seq_len) {  // the next step's K/V in flight while this one computes
+        load_tile_async<D>(k_tiles + ((step + 1) & 1) * T::kTileElements, k_rows, args.qkv_stride, key0 + kStep,
+                           seq_len);
+        load_tile_async<D>(v_tiles + ((step + 1) & 1) * T::kTileElements, v_rows, args.qkv_stride, key0 + kStep,
+                           seq_len);
+        detail::async_copy_commit();
+      }
 
       // S = Q K^T and dP~ = dO V^T over the step's keys.
       float s[kKeyTiles][4], dp[kKeyTiles][4];

@@ -65,6 +65,14 @@ SharedBytes shared_bytes(size_t bytes) {
 
 enum class Wait { kNone, kBlock, kWarp, kDone };
 
+// One cp.async: the bytes it will write, read from global memory when it was issued.
+struct AsyncCopy {
+  unsigned char* destination = nullptr;
+  unsigned bytes = 0;
+  bool landed = false;
+  unsigned char data[16] = {};
+};
+
 struct Fiber {
   void* sp = nullptr;  // saved stack pointer while switched out (x86-64)
 #if !EMU_ASM_SWITCH
@@ -73,6 +81,8 @@ struct Fiber {
   unsigned char* stack = nullptr;  // guard page + kStackBytes
   Wait wait = Wait::kNone;
   const char* point = nullptr;  // the collective it waits in (__syncthreads, __syncwarp, a shuffle, ...)
+  std::vector<AsyncCopy> open_copies;               // issued since the last commit
+  std::vector<std::vector<AsyncCopy>> copy_groups;  // committed, oldest first, not yet waited for
 };
 
 struct Block {
@@ -102,6 +112,7 @@ struct Block {
   std::vector<unsigned> warp_generation;
   std::vector<int> block_flags;  // [2][threads]
   unsigned block_generation = 0;
+  bool copies_land_early = false;  // cp.async: written when issued (or only at the wait)
 };
 
 thread_local Block* current_block = nullptr;
@@ -257,7 +268,13 @@ void fiber_main() {
   // First entry: complete the switch, learning the scheduler's stack (for the switches back).
   after_switch(nullptr, &b.scheduler_stack_bottom, &b.scheduler_stack_bytes);
   (*b.body)();
-  b.fibers[b.current].wait = Wait::kDone;
+  Fiber& self = b.fibers[b.current];
+  size_t unwaited = self.open_copies.size();
+  for (const auto& group : self.copy_groups) unwaited += group.size();
+  if (unwaited > 0)
+    device_fault(where(b) + ": exits with " + std::to_string(unwaited) +
+                 " cp.async copies it never waited for (cp.async.wait_group)");
+  self.wait = Wait::kDone;
   ++b.exited_lanes[b.current / 32];
   switch_to_scheduler(/*finished=*/true);
   __builtin_unreachable();  // a finished fiber is never resumed
@@ -336,6 +353,8 @@ void run_block(Block& b) {
   for (unsigned t = 0; t < b.threads; ++t) start_fiber(b, t);
   // The order of warps (and of lanes) flips at every block barrier, and from one block to the next.
   static thread_local uint64_t blocks_run = 0;
+  // cp.async landing flips every second block, so the two warp orders meet both landing times.
+  b.copies_land_early = (blocks_run / 2 + start_parity()) % 2 == 0;
   bool forward = (blocks_run++ + start_parity()) % 2 == 0;
   const unsigned warps = warps_of(b);
   for (;;) {
@@ -417,6 +436,61 @@ uint64_t* warp_exchange(unsigned) {
 }
 
 void trap() { device_fault(where(*current_block) + ": __trap()"); }
+
+namespace {
+
+bool inside_shared(const Block& b, const void* pointer, size_t bytes) {
+  const auto* p = static_cast<const unsigned char*>(pointer);
+  const auto inside = [&](const unsigned char* base, size_t size) { return p >= base && p + bytes <= base + size; };
+  if (b.dynamic_bytes > 0 && inside(b.dynamic.get(), b.dynamic_bytes)) return true;
+  // Static objects: their sizes are not kept, so any address from the start of one to the end of the
+  // block's static bytes is accepted (AddressSanitizer bounds them exactly).
+  for (const auto& [key, object] : b.statics)
+    if (inside(object.get(), b.static_bytes)) return true;
+  return false;
+}
+
+void land(AsyncCopy& copy) {
+  if (!copy.landed) std::memcpy(copy.destination, copy.data, copy.bytes);
+  copy.landed = true;
+}
+
+}  // namespace
+
+void async_copy(void* shared, const void* global, unsigned copy_bytes, unsigned src_bytes, const char* point) {
+  Block& b = *current_block;
+  const auto fault = [&](const std::string& what) { device_fault(where(b) + ": " + point + ": " + what); };
+  if (copy_bytes != 4 && copy_bytes != 8 && copy_bytes != 16) fault("copy size must be 4, 8 or 16 bytes");
+  if (src_bytes > copy_bytes) fault("src-size above the copy size");
+  if (reinterpret_cast<uintptr_t>(shared) % copy_bytes != 0 || reinterpret_cast<uintptr_t>(global) % copy_bytes != 0)
+    fault("addresses " + bert::emulated::detail::hex(shared) + " (shared) and " + bert::emulated::detail::hex(global) +
+          " (global) must be aligned to the copy size " + std::to_string(copy_bytes));
+  if (!inside_shared(b, shared, copy_bytes))
+    fault("destination " + bert::emulated::detail::hex(shared) + " is not in the block's shared memory");
+  if (src_bytes > 0 && !bert::emulated::detail::inside_device_allocation(global, src_bytes))
+    fault("source " + bert::emulated::detail::hex(global) + " + " + std::to_string(src_bytes) +
+          " bytes is not inside a cudaMalloc allocation");
+  AsyncCopy copy;
+  copy.destination = static_cast<unsigned char*>(shared);
+  copy.bytes = copy_bytes;
+  if (src_bytes > 0) std::memcpy(copy.data, global, src_bytes);
+  if (b.copies_land_early) land(copy);
+  b.fibers[b.current].open_copies.push_back(copy);
+}
+
+void async_copy_commit() {
+  Fiber& f = current_block->fibers[current_block->current];
+  f.copy_groups.push_back(std::move(f.open_copies));
+  f.open_copies.clear();
+}
+
+void async_copy_wait(unsigned newest_in_flight) {
+  Fiber& f = current_block->fibers[current_block->current];
+  while (f.copy_groups.size() > newest_in_flight) {
+    for (AsyncCopy& copy : f.copy_groups.front()) land(copy);
+    f.copy_groups.erase(f.copy_groups.begin());
+  }
+}
 
 void launch_bounds_exceeded(unsigned max_threads) {
   const dim3 d = current_block->block;

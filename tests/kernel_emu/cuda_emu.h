@@ -64,6 +64,15 @@ void sync_warp(unsigned mask, const char* point);  // __syncwarp and the rendezv
 constexpr size_t kWarpExchangeWords = 4;
 uint64_t* warp_exchange(unsigned mask);
 [[noreturn]] void trap();  // __trap: a device fault naming the kernel and thread
+// cp.async (include/kernels/cuda/async_copy.cuh): one copy of copy_bytes (4, 8 or 16) into this
+// block's shared memory, src_bytes of them read from global memory now and the rest zeros; it lands
+// at once in "early" blocks and only at the wait that completes its group in "late" ones (alternating
+// in pairs of blocks). commit closes this thread's open copies into a group; wait completes all of
+// this thread's committed groups but the newest `newest_in_flight`. A thread that exits with copies
+// not waited for is a device fault.
+void async_copy(void* shared, const void* global, unsigned copy_bytes, unsigned src_bytes, const char* point);
+void async_copy_commit();
+void async_copy_wait(unsigned newest_in_flight);
 [[noreturn]] void launch_bounds_exceeded(unsigned max_threads);
 [[noreturn]] void host_pointer_argument(const char* kernel, size_t index, const void* pointer);
 bool device_accessible(const void* pointer);  // in a live cudaMalloc or cudaMallocHost allocation

@@ -5,7 +5,7 @@ rebuilds test_cuda_kernels_emulated, and runs the unmodified device test of that
 the emulation; the mutant must make it fail ("caught"). The generated files are restored at the end.
 
 Usage: tests/kernel_emu/mutants.py [BUILD_DIR] [NAME_FILTER]   (a developer check, not in ctest: each
-mutant is a rebuild; all 29 take ~30 minutes on 2 cores). Exit 1 if any mutant survives.
+mutant is a rebuild; all 30 take ~30 minutes on 2 cores). Exit 1 if any mutant survives.
 """
 import os
 import subprocess
@@ -14,76 +14,117 @@ import time
 
 ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
-# (name, source file, 1-based line in the source, text that line must contain, replacement line,
-#  Catch2 test filter). Line numbers are the source's: the generated copy keeps them (plus the two
-# header lines transform_cu.py writes). Not every barrier can be a mutant: the wmma forward's barrier
-# after the Q tile load (attention.cu:294) is followed at once by the loop's first barrier (the mma
-# forward has none there for that reason), and the __syncwarp that opens store_warp_accumulators
-# (attention.cu:446) follows mma.sync collectives that already ordered the warp's last ldmatrix reads
-# of the rows it overwrites, so removing either changes nothing.
+# (name, source file, anchor(s), text, replacement line, Catch2 test filter): the mutated line is the
+# first line that contains `text` after the one line of the source that contains the first anchor (an
+# anchor found on no line, or on two, stops the run) and, in turn, after the first line below it that
+# contains each further anchor; so the table survives edits elsewhere in the file. The
+# generated copy keeps the source's line numbers (after the two header lines transform_cu.py writes).
+# Not every barrier can be a mutant: the wmma forward's barrier after the Q tile load is followed at
+# once by the loop's first barrier (the mma forward has none there for that reason); the __syncwarp
+# that opens store_warp_accumulators follows mma.sync collectives that already ordered the warp's last
+# ldmatrix reads of the rows it overwrites; and the barrier of the mma dQ kernel's all-padding branch
+# orders other warps' late cp.async copies before a warp stages its rows, which the emulation runs warp
+# after warp (a warp stages and stores before the next one waits for its copies), so removing any of
+# them changes nothing here.
 MUTANTS = [
-    ("block_sum: no barrier after the warp sums", "common.cuh", 65, "__syncthreads();", "", "[adamw]"),
-    ("warp_sum: one butterfly step missing", "common.cuh", 52, "offset = kWarpSize / 2",
+    ("block_sum: no barrier after the warp sums", "common.cuh", "if (lane == 0) warp_sums[warp] = value;",
+     "__syncthreads();", "", "[adamw]"),
+    ("warp_sum: one butterfly step missing", "common.cuh", "__device__ __forceinline__ float warp_sum(float value)",
+     "offset = kWarpSize / 2",
      "  for (int offset = kWarpSize / 4; offset > 0; offset >>= 1) value += __shfl_xor_sync(0xffffffffu, value, offset);",
      "[layernorm]"),
-    ("column partials: no barrier before the group sums are read", "common.cuh", 179, "__syncthreads();", "",
-     "[layernorm]"),
-    ("cross-entropy: no barrier after the per-warp softmax states", "cross_entropy.cu", 112, "__syncthreads();", "",
-     "[cross_entropy]"),
-    ("cross-entropy: no barrier after the block result", "cross_entropy.cu", 117, "__syncthreads();", "",
-     "[cross_entropy]"),
-    ("embeddings scatter: no barrier after the chunk's keys load", "embeddings.cu", 165, "__syncthreads();", "",
-     "[embeddings]"),
-    ("bias gradient: no barrier before the lane sums are combined", "gemm.cu", 113, "__syncthreads();", "",
+    ("column partials: no barrier before the group sums are read", "common.cuh",
+     "group_sums[threadIdx.y][threadIdx.x] = sum;", "__syncthreads();", "", "[layernorm]"),
+    ("cross-entropy: no barrier after the per-warp softmax states", "cross_entropy.cu",
+     "if (lane == 0) warp_states[warp] = state;", "__syncthreads();", "", "[cross_entropy]"),
+    ("cross-entropy: no barrier after the block result", "cross_entropy.cu", "if (lane == 0) result = state;",
+     "__syncthreads();", "", "[cross_entropy]"),
+    ("embeddings scatter: no barrier after the chunk's keys load", "embeddings.cu",
+     "token_of[threadIdx.x] = sorted_tokens[begin + threadIdx.x];", "__syncthreads();", "", "[embeddings]"),
+    ("bias gradient: no barrier before the lane sums are combined", "gemm.cu",
+     "lane_sums[threadIdx.y][threadIdx.x * kVec + i] = acc[i];", "__syncthreads();", "",
      "cuda linear_backward equals*"),
-    ("pooler GEMM: no barrier after the tile loads", "heads.cu", 119, "__syncthreads();", "", "[heads]"),
-    ("pooler GEMM: no barrier before the next tile overwrites", "heads.cu", 126, "__syncthreads();", "", "[heads]"),
-    ("attention forward: K/V tile overwritten while in use", "attention.cu", 307, "__syncthreads();", "",
+    ("pooler GEMM: no barrier after the tile loads", "heads.cu", "? load_b(k, n) : 0.0f;", "__syncthreads();", "",
+     "[heads]"),
+    ("pooler GEMM: no barrier before the next tile overwrites", "heads.cu",
+     "acc[r] += a_tile[ty + r * kTileRows][kk] * b;", "__syncthreads();", "", "[heads]"),
+    ("attention forward: K/V tile overwritten while in use", "attention.cu",
+     "attention_forward_kernel(const AttentionArgs args", "__syncthreads();  // every warp is done", "",
      "cuda attention matches*"),
-    ("attention forward: no barrier after the K/V tile load", "attention.cu", 310, "__syncthreads();", "",
-     "cuda attention matches*"),
-    ("attention forward: no __syncwarp before the probabilities are reloaded", "attention.cu", 347, "__syncwarp();", "",
-     "cuda attention matches*"),
-    ("attention mma forward: K/V tile overwritten while in use", "attention.cu", 538, "__syncthreads();", "",
-     "cuda attention matches*"),
-    ("attention mma forward: no barrier after the K/V tile load", "attention.cu", 541, "__syncthreads();", "",
-     "cuda attention matches*"),
-    ("attention mma forward: row max over 2 of a row's 4 lanes", "attention.cu", 562, "step_max[r], 2));", "",
-     "cuda attention matches*"),
-    ("attention mma forward: row sum over 2 of a row's 4 lanes", "attention.cu", 599, "row_sum[r], 2);", "",
-     "cuda attention matches*"),
-    ("attention mma forward: dropout words not exchanged between the lane pair", "attention.cu", 489, "__shfl_xor_sync",
+    ("attention forward: no barrier after the K/V tile load", "attention.cu",
+     ("attention_forward_kernel(const AttentionArgs args", "__syncthreads();  // every warp is done"),
+     "__syncthreads();", "", "cuda attention matches*"),
+    ("attention forward: no __syncwarp before the probabilities are reloaded", "attention.cu",
+     "row_sum = row_sum * rescale + step_sum;", "__syncwarp();", "", "cuda attention matches*"),
+    ("attention mma forward: no barrier after the step's copies (read before they land, and the other buffers "
+     "refilled while in use)", "attention.cu", "attention_forward_mma_kernel(const AttentionArgs args",
+     "__syncthreads();", "", "cuda attention matches*"),
+    ("attention mma forward: waits for all but the newest copies (the step's own)", "attention.cu",
+     "attention_forward_mma_kernel(const AttentionArgs args", "detail::async_copy_wait<0>();",
+     "    detail::async_copy_wait<1>();", "cuda attention matches*"),
+    ("attention mma forward: row max over 2 of a row's 4 lanes", "attention.cu",
+     "attention_forward_mma_kernel(const AttentionArgs args", "step_max[r], 2));", "", "cuda attention matches*"),
+    ("attention mma forward: row sum over 2 of a row's 4 lanes", "attention.cu",
+     "attention_forward_mma_kernel(const AttentionArgs args", "row_sum[r], 2);", "", "cuda attention matches*"),
+    ("attention mma forward: dropout words not exchanged between the lane pair", "attention.cu",
+     "const int drawn = q & 1;", "__shfl_xor_sync",
      "    const uint64_t got = (static_cast<uint64_t>(give1) << 32) | give0;", "cuda attention matches*"),
-    ("attention mma stores: no __syncwarp before the staged rows are stored", "attention.cu", 453, "__syncwarp();", "",
+    ("attention mma stores: no __syncwarp before the staged rows are stored", "attention.cu",
+     "detail::pack_bf16x2(acc[n][2 * r] * row_scale[r]", "__syncwarp();", "", "cuda attention matches*"),
+    ("attention dK/dV: Q/dO tiles overwritten while in use", "attention.cu",
+     "attention_backward_dkdv_kernel(const AttentionArgs args", "__syncthreads();  // every warp is done", "",
      "cuda attention matches*"),
-    ("attention dK/dV: no barrier after the Q/dO tile load", "attention.cu", 678, "__syncthreads();", "",
+    ("attention dK/dV: no barrier after the Q/dO tile load", "attention.cu",
+     "attention_backward_dkdv_kernel(const AttentionArgs args", "__syncthreads();  // (the first time", "",
      "cuda attention matches*"),
-    ("attention dK/dV: staging reuses tiles still in use", "attention.cu", 728, "__syncthreads();", "",
+    ("attention dK/dV: staging reuses tiles still in use", "attention.cu",
+     "attention_backward_dkdv_kernel(const AttentionArgs args", "__syncthreads();  // the Q/dO tiles become", "",
      "cuda attention matches*"),
-    ("attention dQ: K/V tile overwritten while in use", "attention.cu", 787, "__syncthreads();", "",
+    ("attention dQ: K/V tile overwritten while in use", "attention.cu",
+     "attention_backward_dq_kernel(const AttentionArgs args", "__syncthreads();  // every warp is done", "",
      "cuda attention matches*"),
-    ("attention dQ: no barrier after the K/V tile load", "attention.cu", 790, "__syncthreads();", "",
+    ("attention dQ: no barrier after the K/V tile load", "attention.cu",
+     "attention_backward_dq_kernel(const AttentionArgs args", "__syncthreads();  // (the first time", "",
      "cuda attention matches*"),
-    ("attention dQ: staging reuses the K/V tiles still in use", "attention.cu", 830, "__syncthreads();", "",
+    ("attention dQ: staging reuses the K/V tiles still in use", "attention.cu",
+     "attention_backward_dq_kernel(const AttentionArgs args", "__syncthreads();  // the K/V tiles become", "",
      "cuda attention matches*"),
-    ("attention dQ: no __syncwarp before the staged rows are stored", "attention.cu", 835, "__syncwarp();", "",
+    ("attention dQ: no __syncwarp before the staged rows are stored", "attention.cu",
+     "__syncthreads();  // the K/V tiles become", "__syncwarp();", "", "cuda attention matches*"),
+    ("attention mma dK/dV: no barrier after the step's copies (read before they land, and the other buffers "
+     "refilled while in use)", "attention.cu", "attention_backward_dkdv_mma_kernel(const AttentionArgs args",
+     "__syncthreads();", "", "cuda attention matches*"),
+    ("attention mma dK/dV: waits for all but the newest copies (the step's own)", "attention.cu",
+     "attention_backward_dkdv_mma_kernel(const AttentionArgs args", "detail::async_copy_wait<0>();",
+     "    detail::async_copy_wait<1>();", "cuda attention matches*"),
+    ("attention mma dK/dV: dropout words not exchanged within the key group", "attention.cu",
+     "const int i = (lane >> 2) & 3;", "__shfl_xor_sync", "      got[t] = word_of(drawn.word, i ^ t);",
      "cuda attention matches*"),
-    ("attention mma dK/dV: Q/dO tiles overwritten while in use", "attention.cu", 929, "__syncthreads();", "",
-     "cuda attention matches*"),
-    ("attention mma dK/dV: no barrier after the Q/dO tile load", "attention.cu", 931, "__syncthreads();", "",
-     "cuda attention matches*"),
-    ("attention mma dK/dV: dropout words not exchanged within the key group", "attention.cu", 878, "__shfl_xor_sync",
-     "      got[t] = word_of(drawn.word, i ^ t);", "cuda attention matches*"),
-    ("attention mma dQ: K/V tile overwritten while in use", "attention.cu", 1031, "__syncthreads();", "",
-     "cuda attention matches*"),
-    ("attention mma dQ: no barrier after the K/V tile load", "attention.cu", 1034, "__syncthreads();", "",
-     "cuda attention matches*"),
+    ("attention mma dQ: no barrier after the step's copies (read before they land, and the other buffers "
+     "refilled while in use)", "attention.cu", ("attention_backward_dq_mma_kernel(const AttentionArgs args", "++step) {"),
+     "__syncthreads();", "", "cuda attention matches*"),
+    ("attention mma dQ: waits for all but the newest copies (the step's own)", "attention.cu",
+     ("attention_backward_dq_mma_kernel(const AttentionArgs args", "++step) {"), "detail::async_copy_wait<0>();", "      detail::async_copy_wait<1>();", "cuda attention matches*"),
 ]
 
 
 def generated_path(build, source):
     name = source if source.endswith(".cuh") else source.replace(".cu", ".cpp")
     return os.path.join(build, "tests", "kernel_emu", "kernels", "cuda", name)
+
+
+def mutated_line(source, lines, anchors, text, name):
+    """The index in `lines` of the line MUTANTS' entry `name` replaces (see MUTANTS)."""
+    anchors = (anchors,) if isinstance(anchors, str) else anchors
+    first = [i for i, line in enumerate(lines) if anchors[0] in line]
+    if len(first) != 1:
+        sys.exit(f"{source}: anchor {anchors[0]!r} of mutant {name!r} is on {len(first)} lines, not one: update it")
+    index = first[0]
+    for wanted in anchors[1:] + (text,):
+        index = next((i for i in range(index + 1, len(lines)) if wanted in lines[i]), None)
+        if index is None:
+            sys.exit(f"{source}: no {wanted!r} below the anchors of mutant {name!r}: update it")
+    return index
 
 
 def main():
@@ -95,16 +136,13 @@ def main():
     work = os.path.join(build, "tests", "emulated_tmp")
     os.makedirs(work, exist_ok=True)
     survivors = []
-    for name, source, line, must_contain, replacement, test_filter in MUTANTS:
+    for name, source, anchors, text, replacement, test_filter in MUTANTS:
         if wanted not in name:
             continue
         path = generated_path(build, source)
         original = open(path, encoding="utf-8").read()
         lines = original.split("\n")
-        index = line - 1 + 2  # the generated header's two lines
-        if must_contain not in lines[index]:
-            sys.exit(f"{source}:{line} no longer holds {must_contain!r} (it holds {lines[index].strip()!r}): "
-                     "update the mutant")
+        index = mutated_line(source, lines, anchors, text, name)
         lines[index] = replacement
         try:
             with open(path, "w", encoding="utf-8") as f:

@@ -4,6 +4,7 @@
 
 #include <cstdint>
 
+#include "kernels/cuda/async_copy.cuh"
 #include "tests/kernel_emu/selftest_kernels.h"
 
 namespace {
@@ -68,6 +69,39 @@ __global__ void dynamic_shared_kernel(int* out) {
   out[threadIdx.x] = bytes[threadIdx.x];
 }
 
+// Block b, thread t (of 64): cp.async of in[t] (16 bytes) into group A and of in[64 + t] into group B
+// (or zeros where t >= filled), then per mode:
+//   0: wait for both, __syncthreads, out = the neighbour's A and B (t + 1 mod 64): correct everywhere;
+//   1: __syncthreads, then wait for both, neighbour's A: its copy may not have landed (late blocks);
+//   2: wait<1> (A complete, B maybe not), own A and B: B not yet there in late blocks;
+//   3: no wait at all (a device fault at exit); 4: a global destination (a device fault at issue).
+// out[b][t] = {A's word 0, B's word 0}.
+__global__ void __launch_bounds__(64)
+    async_copy_kernel(int mode, int filled, const float4* in, float4* scratch, float2* out) {
+  __shared__ float4 a[64];
+  __shared__ float4 b[64];
+  const int t = static_cast<int>(threadIdx.x), next = (t + 1) % 64;
+  float4* a_target = mode == 4 ? scratch + t : a + t;
+  bert::cuda::detail::async_copy_16(a_target, t < filled ? in + t : in, t < filled);
+  bert::cuda::detail::async_copy_commit();
+  bert::cuda::detail::async_copy_16(b + t, t < filled ? in + 64 + t : in, t < filled);
+  bert::cuda::detail::async_copy_commit();
+  float2* row = out + static_cast<int64_t>(blockIdx.x) * 64;
+  if (mode == 0) {
+    bert::cuda::detail::async_copy_wait<0>();
+    __syncthreads();
+    row[t] = make_float2(a[next].x, b[next].x);
+  } else if (mode == 1) {
+    __syncthreads();
+    bert::cuda::detail::async_copy_wait<0>();
+    row[t] = make_float2(a[next].x, 0.0f);
+  } else if (mode == 2) {
+    bert::cuda::detail::async_copy_wait<1>();
+    row[t] = make_float2(a[t].x, b[t].x);
+    bert::cuda::detail::async_copy_wait<0>();
+  }
+}
+
 }  // namespace
 
 namespace bert::kernel_emu_selftest {
@@ -92,5 +126,10 @@ void divergent_barrier(int* out) { divergent_barrier_kernel<<<1, 32>>>(out); }
 void write_at(int* out, int index) { write_at_kernel<<<1, 1>>>(out, index); }
 
 void dynamic_shared(size_t bytes, int* out) { dynamic_shared_kernel<<<1, 32, bytes>>>(out); }
+
+void async_copy(int mode, int blocks, int filled, const void* in, void* scratch, float* out) {
+  async_copy_kernel<<<blocks, 64>>>(mode, filled, static_cast<const float4*>(in), static_cast<float4*>(scratch),
+                                    reinterpret_cast<float2*>(out));
+}
 
 }  // namespace bert::kernel_emu_selftest

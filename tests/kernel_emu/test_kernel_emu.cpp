@@ -278,3 +278,76 @@ TEST_CASE("kernel emulation: timing events time the deferred work, as cudaEventE
   for (cudaEvent_t event : {start, stop, untimed, unrecorded}) CUDA_CHECK(cudaEventDestroy(event));
   CUDA_CHECK(cudaStreamDestroy(stream));
 }
+
+TEST_CASE("kernel emulation: cp.async lands at its issue or only at its wait, and faults when never waited for",
+          "[kernel_emu]") {
+  constexpr int kBlocks = 4;
+  std::vector<float> input(128 * 4);
+  for (size_t i = 0; i < input.size(); ++i) input[i] = static_cast<float>(i);
+  DeviceBuffer<float> in(input.size()), scratch(64 * 4), out(size_t{kBlocks} * 64 * 2);
+  CUDA_CHECK(cudaMemcpy(in.data(), input.data(), in.bytes(), cudaMemcpyHostToDevice));
+  // A's word 0 of thread t is input[4t], B's input[4 (64 + t)].
+  const auto a_of = [](int t) { return static_cast<float>(4 * t); };
+  const auto b_of = [](int t) { return static_cast<float>(4 * (64 + t)); };
+
+  // Waited for and published: the neighbour's copies, zeros where the source size was 0.
+  k::async_copy(0, kBlocks, 32, in.data(), scratch.data(), out.data());
+  auto o = download(out);
+  for (int block = 0; block < kBlocks; ++block)
+    for (int t = 0; t < 64; ++t) {
+      const int next = (t + 1) % 64;
+      CHECK(o[(block * 64 + t) * 2] == (next < 32 ? a_of(next) : 0.0f));
+      CHECK(o[(block * 64 + t) * 2 + 1] == (next < 32 ? b_of(next) : 0.0f));
+    }
+
+  // Waited for only after the barrier: another thread's copy is stale in some blocks, fine in others.
+  k::async_copy(1, kBlocks, 64, in.data(), scratch.data(), out.data());
+  o = download(out);
+  int stale = 0, fresh = 0;
+  for (int block = 0; block < kBlocks; ++block)
+    for (int t = 0; t < 64; ++t) {
+      const float a = o[(block * 64 + t) * 2];
+      stale += std::isnan(a) ? 1 : 0;
+      fresh += a == a_of((t + 1) % 64) ? 1 : 0;
+    }
+  CHECK(stale > 0);
+  CHECK(fresh > 0);
+  CHECK(stale + fresh == kBlocks * 64);
+
+  // wait_group 1: the older group is there; the newer one only in the blocks where copies land early.
+  k::async_copy(2, kBlocks, 64, in.data(), scratch.data(), out.data());
+  o = download(out);
+  int early_blocks = 0, late_blocks = 0;
+  for (int block = 0; block < kBlocks; ++block) {
+    int b_there = 0, b_poison = 0;
+    for (int t = 0; t < 64; ++t) {
+      CHECK(o[(block * 64 + t) * 2] == a_of(t));
+      const float b = o[(block * 64 + t) * 2 + 1];
+      b_there += b == b_of(t) ? 1 : 0;
+      b_poison += std::isnan(b) ? 1 : 0;
+    }
+    early_blocks += b_there == 64 ? 1 : 0;
+    late_blocks += b_poison == 64 ? 1 : 0;
+  }
+  CHECK(early_blocks == 2);
+  CHECK(late_blocks == 2);
+
+  bool aborted = false;
+  std::string err = run_child(
+      [&] {
+        k::async_copy(3, 1, 64, in.data(), scratch.data(), out.data());
+        cudaDeviceSynchronize();
+      },
+      &aborted);
+  CHECK(aborted);
+  CHECK(err.find("async_copy_kernel") != std::string::npos);
+  CHECK(err.find("exits with 2 cp.async copies it never waited for") != std::string::npos);
+  err = run_child(
+      [&] {
+        k::async_copy(4, 1, 64, in.data(), scratch.data(), out.data());
+        cudaDeviceSynchronize();
+      },
+      &aborted);
+  CHECK(aborted);
+  CHECK(err.find("is not in the block's shared memory") != std::string::npos);
+}
