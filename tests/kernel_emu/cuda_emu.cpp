@@ -104,7 +104,11 @@ struct Block {
   SharedBytes dynamic;
   size_t dynamic_bytes = 0;
   size_t shared_limit = 0;  // static + dynamic bytes a block may have (48 KiB without the opt-in)
-  std::map<const void*, SharedBytes> statics;
+  struct StaticObject {
+    SharedBytes bytes;
+    size_t size = 0;
+  };
+  std::map<const void*, StaticObject> statics;
   size_t static_bytes = 0;
   // Warp collectives and __syncthreads_or: two buffers per warp (or block), alternating by barrier
   // generation, so a slot is never rewritten before every lane has read it.
@@ -439,19 +443,30 @@ void trap() { device_fault(where(*current_block) + ": __trap()"); }
 
 namespace {
 
+// [pointer, pointer + bytes) lies in the block's dynamic shared memory or in one static object.
 bool inside_shared(const Block& b, const void* pointer, size_t bytes) {
-  const auto* p = static_cast<const unsigned char*>(pointer);
-  const auto inside = [&](const unsigned char* base, size_t size) { return p >= base && p + bytes <= base + size; };
+  const auto p = reinterpret_cast<uintptr_t>(pointer);
+  const auto inside = [&](const unsigned char* base, size_t size) {
+    const auto start = reinterpret_cast<uintptr_t>(base);
+    return p >= start && bytes <= size && p - start <= size - bytes;
+  };
   if (b.dynamic_bytes > 0 && inside(b.dynamic.get(), b.dynamic_bytes)) return true;
-  // Static objects: their sizes are not kept, so any address from the start of one to the end of the
-  // block's static bytes is accepted (AddressSanitizer bounds them exactly).
   for (const auto& [key, object] : b.statics)
-    if (inside(object.get(), b.static_bytes)) return true;
+    if (inside(object.bytes.get(), object.size)) return true;
   return false;
 }
 
-void land(AsyncCopy& copy) {
-  if (!copy.landed) std::memcpy(copy.destination, copy.data, copy.bytes);
+constexpr unsigned char kInFlight = 0xFF;  // a late copy's destination until it lands (NaN, as the poison)
+
+// Writes the copy's bytes. A late copy's destination must still hold the kInFlight bytes written at its
+// issue: anything else is a store (or another copy) that raced with it on the device.
+void land(const Block& b, AsyncCopy& copy) {
+  if (copy.landed) return;
+  for (unsigned i = 0; i < copy.bytes; ++i)
+    if (copy.destination[i] != kInFlight)
+      device_fault(where(b) + ": shared bytes at " + bert::emulated::detail::hex(copy.destination) +
+                   " were written while a cp.async into them was in flight (a store or another copy raced with it)");
+  std::memcpy(copy.destination, copy.data, copy.bytes);
   copy.landed = true;
 }
 
@@ -467,14 +482,20 @@ void async_copy(void* shared, const void* global, unsigned copy_bytes, unsigned 
           " (global) must be aligned to the copy size " + std::to_string(copy_bytes));
   if (!inside_shared(b, shared, copy_bytes))
     fault("destination " + bert::emulated::detail::hex(shared) + " is not in the block's shared memory");
-  if (src_bytes > 0 && !bert::emulated::detail::inside_device_allocation(global, src_bytes))
+  // (A zero-fill copy reads nothing, but its address must still be a global one.)
+  if (!bert::emulated::detail::inside_device_allocation(global, src_bytes))
     fault("source " + bert::emulated::detail::hex(global) + " + " + std::to_string(src_bytes) +
           " bytes is not inside a cudaMalloc allocation");
   AsyncCopy copy;
   copy.destination = static_cast<unsigned char*>(shared);
   copy.bytes = copy_bytes;
   if (src_bytes > 0) std::memcpy(copy.data, global, src_bytes);
-  if (b.copies_land_early) land(copy);
+  if (b.copies_land_early) {
+    std::memcpy(copy.destination, copy.data, copy.bytes);
+    copy.landed = true;
+  } else {
+    std::memset(copy.destination, kInFlight, copy.bytes);
+  }
   b.fibers[b.current].open_copies.push_back(copy);
 }
 
@@ -487,7 +508,7 @@ void async_copy_commit() {
 void async_copy_wait(unsigned newest_in_flight) {
   Fiber& f = current_block->fibers[current_block->current];
   while (f.copy_groups.size() > newest_in_flight) {
-    for (AsyncCopy& copy : f.copy_groups.front()) land(copy);
+    for (AsyncCopy& copy : f.copy_groups.front()) land(*current_block, copy);
     f.copy_groups.erase(f.copy_groups.begin());
   }
 }
@@ -523,9 +544,9 @@ void* block_shared(const void* key, size_t bytes, size_t alignment) {
                    " dynamic bytes of shared memory, above the " + std::to_string(b.shared_limit) +
                    " a block of this kernel may have (48 KiB without cudaFuncAttributeMaxDynamicSharedMemorySize)");
     if (alignment > 128) device_fault(where(b) + ": a __shared__ object aligned to more than 128 bytes");
-    it = b.statics.emplace(key, shared_bytes(bytes)).first;
+    it = b.statics.emplace(key, Block::StaticObject{shared_bytes(bytes), bytes}).first;
   }
-  return it->second.get();
+  return it->second.bytes.get();
 }
 
 void* dynamic_shared() {

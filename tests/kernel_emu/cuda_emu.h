@@ -67,9 +67,10 @@ uint64_t* warp_exchange(unsigned mask);
 // cp.async (include/kernels/cuda/async_copy.cuh): one copy of copy_bytes (4, 8 or 16) into this
 // block's shared memory, src_bytes of them read from global memory now and the rest zeros; it lands
 // at once in "early" blocks and only at the wait that completes its group in "late" ones (alternating
-// in pairs of blocks). commit closes this thread's open copies into a group; wait completes all of
-// this thread's committed groups but the newest `newest_in_flight`. A thread that exits with copies
-// not waited for is a device fault.
+// in pairs of blocks), its destination 0xFF bytes (NaN) until then. commit closes this thread's open
+// copies into a group; wait completes all of this thread's committed groups but the newest
+// `newest_in_flight`. Device faults: a late copy whose destination was written before it landed, and
+// a thread that exits with copies not waited for.
 void async_copy(void* shared, const void* global, unsigned copy_bytes, unsigned src_bytes, const char* point);
 void async_copy_commit();
 void async_copy_wait(unsigned newest_in_flight);

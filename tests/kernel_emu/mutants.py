@@ -5,7 +5,7 @@ rebuilds test_cuda_kernels_emulated, and runs the unmodified device test of that
 the emulation; the mutant must make it fail ("caught"). The generated files are restored at the end.
 
 Usage: tests/kernel_emu/mutants.py [BUILD_DIR] [NAME_FILTER]   (a developer check, not in ctest: each
-mutant is a rebuild; all 30 take ~30 minutes on 2 cores). Exit 1 if any mutant survives.
+mutant is a rebuild; all 31 take ~30 minutes on 2 cores). Exit 1 if any mutant survives.
 """
 import os
 import subprocess
@@ -17,15 +17,14 @@ ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__)
 # (name, source file, anchor(s), text, replacement line, Catch2 test filter): the mutated line is the
 # first line that contains `text` after the one line of the source that contains the first anchor (an
 # anchor found on no line, or on two, stops the run) and, in turn, after the first line below it that
-# contains each further anchor; so the table survives edits elsewhere in the file. The
+# contains each further anchor; comment lines are skipped, and the search stops at the next kernel
+# (`__global__`), so a mutant never wanders into another kernel when its own text moves. The table
+# thereby survives edits elsewhere in the file. The
 # generated copy keeps the source's line numbers (after the two header lines transform_cu.py writes).
 # Not every barrier can be a mutant: the wmma forward's barrier after the Q tile load is followed at
 # once by the loop's first barrier (the mma forward has none there for that reason); the __syncwarp
 # that opens store_warp_accumulators follows mma.sync collectives that already ordered the warp's last
-# ldmatrix reads of the rows it overwrites; and the barrier of the mma dQ kernel's all-padding branch
-# orders other warps' late cp.async copies before a warp stages its rows, which the emulation runs warp
-# after warp (a warp stages and stores before the next one waits for its copies), so removing any of
-# them changes nothing here.
+# ldmatrix reads of the rows it overwrites, so removing either changes nothing.
 MUTANTS = [
     ("block_sum: no barrier after the warp sums", "common.cuh", "if (lane == 0) warp_sums[warp] = value;",
      "__syncthreads();", "", "[adamw]"),
@@ -103,6 +102,9 @@ MUTANTS = [
     ("attention mma dQ: no barrier after the step's copies (read before they land, and the other buffers "
      "refilled while in use)", "attention.cu", ("attention_backward_dq_mma_kernel(const AttentionArgs args", "++step) {"),
      "__syncthreads();", "", "cuda attention matches*"),
+    ("attention mma dQ: all-padding blocks stage dQ before other warps' copies into those rows land", "attention.cu",
+     ("attention_backward_dq_mma_kernel(const AttentionArgs args", "if (keys.all_padding) {"), "__syncthreads();", "",
+     "cuda attention matches*"),
     ("attention mma dQ: waits for all but the newest copies (the step's own)", "attention.cu",
      ("attention_backward_dq_mma_kernel(const AttentionArgs args", "++step) {"), "detail::async_copy_wait<0>();", "      detail::async_copy_wait<1>();", "cuda attention matches*"),
 ]
@@ -121,9 +123,16 @@ def mutated_line(source, lines, anchors, text, name):
         sys.exit(f"{source}: anchor {anchors[0]!r} of mutant {name!r} is on {len(first)} lines, not one: update it")
     index = first[0]
     for wanted in anchors[1:] + (text,):
-        index = next((i for i in range(index + 1, len(lines)) if wanted in lines[i]), None)
-        if index is None:
-            sys.exit(f"{source}: no {wanted!r} below the anchors of mutant {name!r}: update it")
+        found = None
+        for i in range(index + 1, len(lines)):
+            if "__global__" in lines[i]:
+                break  # the next kernel
+            if wanted in lines[i] and not lines[i].lstrip().startswith("//"):
+                found = i
+                break
+        if found is None:
+            sys.exit(f"{source}: no {wanted!r} below the anchors of mutant {name!r} in the same kernel: update it")
+        index = found
     return index
 
 

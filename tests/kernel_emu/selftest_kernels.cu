@@ -74,7 +74,9 @@ __global__ void dynamic_shared_kernel(int* out) {
 //   0: wait for both, __syncthreads, out = the neighbour's A and B (t + 1 mod 64): correct everywhere;
 //   1: __syncthreads, then wait for both, neighbour's A: its copy may not have landed (late blocks);
 //   2: wait<1> (A complete, B maybe not), own A and B: B not yet there in late blocks;
-//   3: no wait at all (a device fault at exit); 4: a global destination (a device fault at issue).
+//   3: no wait at all (a device fault at exit); 4: a global destination, 5: a misaligned one, 6: a source
+//   past the end of `in` (device faults at issue); 7: a store into A before its wait (a device fault at
+//   the wait, in the blocks where copies land late).
 // out[b][t] = {A's word 0, B's word 0}.
 __global__ void __launch_bounds__(64)
     async_copy_kernel(int mode, int filled, const float4* in, float4* scratch, float2* out) {
@@ -82,7 +84,9 @@ __global__ void __launch_bounds__(64)
   __shared__ float4 b[64];
   const int t = static_cast<int>(threadIdx.x), next = (t + 1) % 64;
   float4* a_target = mode == 4 ? scratch + t : a + t;
-  bert::cuda::detail::async_copy_16(a_target, t < filled ? in + t : in, t < filled);
+  if (mode == 5) a_target = reinterpret_cast<float4*>(reinterpret_cast<char*>(a_target) + 4);
+  const float4* a_source = mode == 6 ? in + 128 + t : t < filled ? in + t : in;
+  bert::cuda::detail::async_copy_16(a_target, a_source, t < filled);
   bert::cuda::detail::async_copy_commit();
   bert::cuda::detail::async_copy_16(b + t, t < filled ? in + 64 + t : in, t < filled);
   bert::cuda::detail::async_copy_commit();
@@ -98,6 +102,9 @@ __global__ void __launch_bounds__(64)
   } else if (mode == 2) {
     bert::cuda::detail::async_copy_wait<1>();
     row[t] = make_float2(a[t].x, b[t].x);
+    bert::cuda::detail::async_copy_wait<0>();
+  } else if (mode == 7) {
+    a[t].x = 1.0f;
     bert::cuda::detail::async_copy_wait<0>();
   }
 }

@@ -18,7 +18,7 @@ void divergent_barrier(int* out);
 void dynamic_shared(size_t bytes, int* out);
 // out[index] = 1 by one thread (index may lie outside out's allocation).
 void write_at(int* out, int index);
-// cp.async in `blocks` blocks of 64 threads (selftest_kernels.cu's async_copy_kernel: modes 0-4): in is
+// cp.async in `blocks` blocks of 64 threads (selftest_kernels.cu's async_copy_kernel: modes 0-7): in is
 // 128 float4, scratch 64 float4, out [blocks][64][2] floats.
 void async_copy(int mode, int blocks, int filled, const void* in, void* scratch, float* out);
 

@@ -350,4 +350,29 @@ TEST_CASE("kernel emulation: cp.async lands at its issue or only at its wait, an
       &aborted);
   CHECK(aborted);
   CHECK(err.find("is not in the block's shared memory") != std::string::npos);
+  err = run_child(
+      [&] {
+        k::async_copy(5, 1, 64, in.data(), scratch.data(), out.data());
+        cudaDeviceSynchronize();
+      },
+      &aborted);
+  CHECK(aborted);
+  CHECK(err.find("must be aligned to the copy size 16") != std::string::npos);
+  err = run_child(
+      [&] {
+        k::async_copy(6, 1, 64, in.data(), scratch.data(), out.data());
+        cudaDeviceSynchronize();
+      },
+      &aborted);
+  CHECK(aborted);
+  CHECK(err.find("bytes is not inside a cudaMalloc allocation") != std::string::npos);
+  // A store into a copy's destination before it landed: found in the blocks where copies land late.
+  err = run_child(
+      [&] {
+        k::async_copy(7, kBlocks, 64, in.data(), scratch.data(), out.data());
+        cudaDeviceSynchronize();
+      },
+      &aborted);
+  CHECK(aborted);
+  CHECK(err.find("were written while a cp.async into them was in flight") != std::string::npos);
 }
