@@ -4,7 +4,7 @@
 //
 //   bench_train_step --hidden H --layers L --heads A --intermediate I --vocab V --seq S --batch B
 //                    --steps N --warmup W --threads T [--dropout 0.1] [--dense-mlm]
-//                    [--omp-wait-policy default|passive|active] [--device cpu|cuda] [--json]
+//                    [--omp-wait-policy default|passive|active] [--device cpu|cuda] [--profile] [--json]
 //
 // One optimizer step, timed as a whole: zero_grads, set_dropout(training), forward_backward, grad_norm,
 // clip to 1.0, adamw_step (lr 1e-4, eps 1e-8, weight decay 0.01 on the decay-flagged tensors) — what
@@ -32,6 +32,10 @@
 // model's memory_plan and allocated() bytes, and cudaMemGetInfo before the model and after the run
 // (the arenas never shrink, so after the run is the peak). A machine without a CUDA device (or a
 // build without CUDA) is a one-line error and exit status 1.
+// --profile (cuda only): after the timed steps, one more forward+backward with an OpProfiler attached
+// (engine/bert_cuda.h: two CUDA events around every op of the graph), reported per op name and shape
+// (calls, device ms, share of that forward+backward), beside the time between ops (the launch gaps
+// and host work no op accounts for): where a step's time goes, without a profiler on the machine.
 //
 // Threads: omp_set_num_threads(T), openblas_set_num_threads(T) (when the BLAS is OpenBLAS) and
 // ModelOptions::num_threads = T. --omp-wait-policy sets OMP_WAIT_POLICY and re-executes this program
@@ -204,6 +208,7 @@ struct Shape {
   int64_t seq_len = 0, batch = 0;
   int steps = 0, warmup = 0;
   bool json = false;
+  bool profile = false;
 };
 
 #if defined(BERT_BENCH_CUDA)
@@ -288,6 +293,27 @@ int bench_cuda(const Shape& shape) {
       opt_s.push_back(1e-3 * static_cast<double>(opt_ms));
     }
   }
+  // --profile: one more forward+backward, every op timed (not part of the numbers above).
+  std::vector<bert::OpProfiler::Entry> profile;
+  float profile_fb_ms = 0;
+  double profile_ops_ms = 0;
+  if (shape.profile) {
+    bert::OpProfiler profiler;
+    model.zero_grads();
+    model.set_dropout(99, static_cast<uint64_t>(shape.warmup + shape.steps), true);
+    model.upload_batch(view);
+    model.set_profiler(&profiler);
+    cuda_check(cudaEventRecord(events[0], stream), "cudaEventRecord");
+    model.forward_backward(1.0f, true);
+    cuda_check(cudaEventRecord(events[1], stream), "cudaEventRecord");
+    model.set_profiler(nullptr);
+    cuda_check(cudaEventSynchronize(events[1]), "cudaEventSynchronize");
+    cuda_check(cudaEventElapsedTime(&profile_fb_ms, events[0], events[1]), "cudaEventElapsedTime");
+    profile = profiler.collect();
+    std::stable_sort(profile.begin(), profile.end(), [](const auto& a, const auto& b) { return a.ms > b.ms; });
+    for (const auto& entry : profile) profile_ops_ms += entry.ms;
+    (void)model.take_loss_stats();
+  }
   for (cudaEvent_t event : events) cudaEventDestroy(event);
   cuda_check(cudaDeviceSynchronize(), "cudaDeviceSynchronize");
   size_t free_after = 0;
@@ -333,8 +359,17 @@ int bench_cuda(const Shape& shape) {
     std::printf("\"memory_plan_bytes\": %zu, \"allocated_bytes\": %zu, \"device_memory_delta_bytes\": %zu, "
                 "\"device_used_bytes\": %zu, \"device_total_bytes\": %zu, ",
                 plan.total_bytes(), allocated, device_delta, total_bytes - free_after, total_bytes);
-    std::printf("\"first_loss\": %.6f, \"last_loss\": %.6f, \"last_grad_norm\": %.6g, \"non_finite_grad_norms\": %d}\n",
+    std::printf("\"first_loss\": %.6f, \"last_loss\": %.6f, \"last_grad_norm\": %.6g, \"non_finite_grad_norms\": %d",
                 losses.front(), losses.back(), last_norm, non_finite_norms);
+    if (shape.profile) {
+      std::printf(", \"profile_forward_backward_ms\": %.4f, \"profile_ops_ms\": %.4f, \"profile\": [",
+                  static_cast<double>(profile_fb_ms), profile_ops_ms);
+      for (size_t i = 0; i < profile.size(); ++i)
+        std::printf("%s{\"op\": \"%s\", \"calls\": %lld, \"ms\": %.4f}", i ? ", " : "",
+                    json_escape(profile[i].name).c_str(), static_cast<long long>(profile[i].calls), profile[i].ms);
+      std::printf("]");
+    }
+    std::printf("}\n");
   } else {
     std::printf("shape      hidden %d, layers %d, heads %d, intermediate %d, vocab %d, seq %lld, batch %lld\n",
                 config.hidden_size, config.num_hidden_layers, config.num_attention_heads, config.intermediate_size,
@@ -352,6 +387,18 @@ int bench_cuda(const Shape& shape) {
     std::printf("\nmemory     plan %.2f GiB, allocated %.2f GiB, device used %.2f of %.2f GiB\n",
                 static_cast<double>(plan.total_bytes()) / (1 << 30), static_cast<double>(allocated) / (1 << 30),
                 static_cast<double>(total_bytes - free_after) / (1 << 30), static_cast<double>(total_bytes) / (1 << 30));
+    if (shape.profile) {
+      const double fb = static_cast<double>(profile_fb_ms);
+      const auto share = [fb](double ms) { return fb > 0 ? 100 * ms / fb : 0.0; };
+      std::printf("profile    one forward+backward, %.3f ms of device time, by op (CUDA events around each):\n", fb);
+      std::printf("  %-44s %6s %10s %7s %10s\n", "op", "calls", "ms", "share", "ms/call");
+      for (const auto& entry : profile)
+        std::printf("  %-44s %6lld %10.3f %6.1f%% %10.4f\n", entry.name.c_str(), static_cast<long long>(entry.calls),
+                    entry.ms, share(entry.ms), entry.ms / static_cast<double>(entry.calls));
+      std::printf("  %-44s %6s %10.3f %6.1f%%\n", "sum of the ops", "", profile_ops_ms, share(profile_ops_ms));
+      std::printf("  %-44s %6s %10.3f %6.1f%%\n", "between ops (launch gaps, host work)", "", fb - profile_ops_ms,
+                  share(fb - profile_ops_ms));
+    }
   }
   return 0;
 }
@@ -375,6 +422,7 @@ int bench_main(int argc, char** argv) {
       .option("--device", "cpu | cuda (cuda: CUDA builds, GPU 0; see the header)", "cpu")
       .flag("--dense-mlm", "run the MLM head on every token (HF's way) instead of the masked ones only")
       .flag("--no-sgemm", "skip the sgemm measurements")
+      .flag("--profile", "cuda: also time every op of one forward+backward (see the header)")
       .flag("--json", "print one JSON object instead of text");
   if (!args.parse(std::vector<std::string>(argv + 1, argv + argc))) {
     std::cout << args.help();
@@ -424,12 +472,14 @@ int bench_main(int argc, char** argv) {
     shape.steps = steps;
     shape.warmup = warmup;
     shape.json = json;
+    shape.profile = args.has("--profile");
     return bench_cuda(shape);
 #else
     throw bert::Error("bench_train_step: --device cuda: this build has no CUDA backend (no nvcc at build time)");
 #endif
   }
 
+  if (args.has("--profile")) throw bert::Error("bench_train_step: --profile needs --device cuda");
   omp_set_num_threads(threads);
   if (openblas_set_num_threads) openblas_set_num_threads(threads);
 

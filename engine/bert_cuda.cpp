@@ -380,9 +380,58 @@ class GradientBuckets {
   const cudaEvent_t ready_;
 };
 
+// ---- OpProfiler -------------------------------------------------------------------------------------------
+
+OpProfiler::~OpProfiler() {
+  for (const Record& record : records_) {
+    cudaEventDestroy(record.start);
+    cudaEventDestroy(record.stop);
+  }
+}
+
+void OpProfiler::begin(cudaStream_t stream, std::string name) {
+  if (open_) --used_;  // the last op threw before its end: its record is reused
+  if (used_ == records_.size()) {
+    Record record;
+    CUDA_CHECK(cudaEventCreate(&record.start));
+    const cudaError_t made = cudaEventCreate(&record.stop);
+    if (made != cudaSuccess) cudaEventDestroy(record.start);
+    CUDA_CHECK(made);
+    records_.push_back(std::move(record));
+  }
+  Record& record = records_[used_++];
+  record.name = std::move(name);
+  CUDA_CHECK(cudaEventRecord(record.start, stream));
+  open_ = true;
+}
+
+void OpProfiler::end(cudaStream_t stream) {
+  if (!open_) throw Error("OpProfiler::end without a begin");
+  CUDA_CHECK(cudaEventRecord(records_[used_ - 1].stop, stream));
+  open_ = false;
+}
+
+std::vector<OpProfiler::Entry> OpProfiler::collect() {
+  if (open_) --used_;
+  open_ = false;
+  std::vector<Entry> entries;
+  if (used_ > 0) CUDA_CHECK(cudaEventSynchronize(records_[used_ - 1].stop));
+  for (size_t i = 0; i < used_; ++i) {
+    float ms = 0;
+    CUDA_CHECK(cudaEventElapsedTime(&ms, records_[i].start, records_[i].stop));
+    auto it = std::find_if(entries.begin(), entries.end(), [&](const Entry& e) { return e.name == records_[i].name; });
+    if (it == entries.end()) it = entries.insert(entries.end(), Entry{records_[i].name, 0, 0.0});
+    ++it->calls;
+    it->ms += static_cast<double>(ms);
+  }
+  used_ = 0;
+  return entries;
+}
+
 namespace {
 
 // The bert::cuda ops with the model's Context bound; cross-entropy totals go to a device loss slot.
+// With a profiler, each op is timed under its name and, where the cost depends on it, its shape.
 class CudaGraphBackend {
  public:
   using Act = bf16;
@@ -390,100 +439,143 @@ class CudaGraphBackend {
   using Stat = float;
   using Scalar = float;
 
-  CudaGraphBackend(cuda::Context& ctx, cuda::CrossEntropyDeviceStats* slot, GradientBuckets* buckets)
-      : ctx_(ctx), slot_(slot), buckets_(buckets) {}
+  CudaGraphBackend(cuda::Context& ctx, cuda::CrossEntropyDeviceStats* slot, GradientBuckets* buckets,
+                   OpProfiler* profiler)
+      : ctx_(ctx), slot_(slot), buckets_(buckets), profiler_(profiler) {}
 
   void linear_forward(const ops::LinearShape& shape, const bf16* x, const bf16* weight, const bf16* bias, bf16* y) {
-    cuda::linear_forward(ctx_, shape, x, weight, bias, y);
+    timed(
+        __func__, [&] { return dims(shape); }, [&] { cuda::linear_forward(ctx_, shape, x, weight, bias, y); });
   }
   void linear_backward(const ops::LinearShape& shape, const bf16* dy, const bf16* x, const bf16* weight, bf16* dx,
                        float* dweight, float* dbias, ops::InputGrad dx_mode) {
-    cuda::linear_backward(ctx_, shape, dy, x, weight, dx, dweight, dbias, dx_mode);
+    timed(
+        __func__, [&] { return dims(shape); },
+        [&] { cuda::linear_backward(ctx_, shape, dy, x, weight, dx, dweight, dbias, dx_mode); });
   }
   void embeddings_layernorm_forward(const ops::EmbeddingShape& shape, const int32_t* input_ids,
                                     const int32_t* token_type_ids, const bf16* word, const bf16* position,
                                     const bf16* type, const bf16* gamma, const bf16* beta, float eps, bf16* out,
                                     float* mean, float* rstd) {
-    cuda::embeddings_layernorm_forward(ctx_, shape, input_ids, token_type_ids, word, position, type, gamma, beta, eps,
-                                       out, mean, rstd);
+    timed(__func__, [&] {
+      cuda::embeddings_layernorm_forward(ctx_, shape, input_ids, token_type_ids, word, position, type, gamma, beta, eps,
+                                         out, mean, rstd);
+    });
   }
   void embeddings_layernorm_backward(const ops::EmbeddingShape& shape, const bf16* dout, const int32_t* input_ids,
                                      const int32_t* token_type_ids, const bf16* word, const bf16* position,
                                      const bf16* type, const bf16* gamma, const float* mean, const float* rstd,
                                      float* d_word, float* d_position, float* d_type, float* dgamma, float* dbeta) {
-    cuda::embeddings_layernorm_backward(ctx_, shape, dout, input_ids, token_type_ids, word, position, type, gamma, mean,
-                                        rstd, d_word, d_position, d_type, dgamma, dbeta);
+    timed(__func__, [&] {
+      cuda::embeddings_layernorm_backward(ctx_, shape, dout, input_ids, token_type_ids, word, position, type, gamma,
+                                          mean, rstd, d_word, d_position, d_type, dgamma, dbeta);
+    });
   }
   void layernorm_forward(const ops::MatrixShape& shape, const bf16* x, const bf16* gamma, const bf16* beta, float eps,
                          bf16* y, float* mean, float* rstd) {
-    cuda::layernorm_forward(ctx_, shape, x, gamma, beta, eps, y, mean, rstd);
+    timed(__func__, [&] { cuda::layernorm_forward(ctx_, shape, x, gamma, beta, eps, y, mean, rstd); });
   }
   void layernorm_backward(const ops::MatrixShape& shape, const bf16* dy, const bf16* x, const bf16* gamma,
                           const float* mean, const float* rstd, bf16* dx, float* dgamma, float* dbeta) {
-    cuda::layernorm_backward(ctx_, shape, dy, x, gamma, mean, rstd, dx, dgamma, dbeta);
+    timed(__func__, [&] { cuda::layernorm_backward(ctx_, shape, dy, x, gamma, mean, rstd, dx, dgamma, dbeta); });
   }
   void residual_layernorm_forward(const ops::MatrixShape& shape, const bf16* x, const bf16* residual, const bf16* gamma,
                                   const bf16* beta, float eps, bf16* y, float* mean, float* rstd) {
-    cuda::residual_layernorm_forward(ctx_, shape, x, residual, gamma, beta, eps, y, mean, rstd);
+    timed(__func__,
+          [&] { cuda::residual_layernorm_forward(ctx_, shape, x, residual, gamma, beta, eps, y, mean, rstd); });
   }
   void residual_layernorm_backward(const ops::MatrixShape& shape, const bf16* dy, const bf16* x, const bf16* residual,
                                    const bf16* gamma, const float* mean, const float* rstd, bf16* d_sum, float* dgamma,
                                    float* dbeta) {
-    cuda::residual_layernorm_backward(ctx_, shape, dy, x, residual, gamma, mean, rstd, d_sum, dgamma, dbeta);
+    timed(__func__, [&] {
+      cuda::residual_layernorm_backward(ctx_, shape, dy, x, residual, gamma, mean, rstd, d_sum, dgamma, dbeta);
+    });
   }
   void bias_gelu_forward(ops::GeluKind kind, const ops::MatrixShape& shape, const bf16* x, const bf16* bias, bf16* y) {
-    cuda::bias_gelu_forward(ctx_, kind, shape, x, bias, y);
+    timed(
+        __func__, [&] { return std::to_string(shape.cols); },
+        [&] { cuda::bias_gelu_forward(ctx_, kind, shape, x, bias, y); });
   }
   void bias_gelu_backward(ops::GeluKind kind, const ops::MatrixShape& shape, const bf16* dy, const bf16* x,
                           const bf16* bias, bf16* dx, float* dbias) {
-    cuda::bias_gelu_backward(ctx_, kind, shape, dy, x, bias, dx, dbias);
+    timed(
+        __func__, [&] { return std::to_string(shape.cols); },
+        [&] { cuda::bias_gelu_backward(ctx_, kind, shape, dy, x, bias, dx, dbias); });
   }
   void attention_forward(const ops::AttentionShape& shape, const bf16* q, const bf16* k, const bf16* v,
                          const int32_t* attention_mask, const ops::DropoutSpec& dropout, bf16* context,
                          float* logsumexp) {
-    cuda::attention_forward(ctx_, shape, q, k, v, attention_mask, dropout, context, logsumexp);
+    timed(__func__,
+          [&] { cuda::attention_forward(ctx_, shape, q, k, v, attention_mask, dropout, context, logsumexp); });
   }
   void attention_backward(const ops::AttentionShape& shape, const bf16* dcontext, const bf16* q, const bf16* k,
                           const bf16* v, const int32_t* attention_mask, const ops::DropoutSpec& dropout,
                           const bf16* context, const float* logsumexp, bf16* dq, bf16* dk, bf16* dv) {
-    cuda::attention_backward(ctx_, shape, dcontext, q, k, v, attention_mask, dropout, context, logsumexp, dq, dk, dv);
+    timed(__func__, [&] {
+      cuda::attention_backward(ctx_, shape, dcontext, q, k, v, attention_mask, dropout, context, logsumexp, dq, dk, dv);
+    });
   }
   void dropout_forward(int64_t numel, const ops::DropoutSpec& dropout, const bf16* x, bf16* y) {
-    cuda::dropout_forward(ctx_, numel, dropout, x, y);
+    timed(__func__, [&] { cuda::dropout_forward(ctx_, numel, dropout, x, y); });
   }
   void dropout_backward(int64_t numel, const ops::DropoutSpec& dropout, const bf16* dy, bf16* dx) {
-    cuda::dropout_backward(ctx_, numel, dropout, dy, dx);
+    timed(__func__, [&] { cuda::dropout_backward(ctx_, numel, dropout, dy, dx); });
   }
   void pooler_forward(const ops::PoolerShape& shape, const bf16* encoder_out, const bf16* weight, const bf16* bias,
                       bf16* pooled) {
-    cuda::pooler_forward(ctx_, shape, encoder_out, weight, bias, pooled);
+    timed(__func__, [&] { cuda::pooler_forward(ctx_, shape, encoder_out, weight, bias, pooled); });
   }
   void pooler_backward(const ops::PoolerShape& shape, const bf16* dpooled, const bf16* encoder_out, const bf16* weight,
                        const bf16* pooled, bf16* d_encoder_out, float* dweight, float* dbias) {
-    cuda::pooler_backward(ctx_, shape, dpooled, encoder_out, weight, pooled, d_encoder_out, dweight, dbias);
+    timed(__func__, [&] {
+      cuda::pooler_backward(ctx_, shape, dpooled, encoder_out, weight, pooled, d_encoder_out, dweight, dbias);
+    });
   }
   void gather_rows(int64_t num_rows, int64_t cols, const int32_t* rows, const bf16* src, bf16* dst) {
-    cuda::gather_rows(ctx_, num_rows, cols, rows, src, dst);
+    timed(__func__, [&] { cuda::gather_rows(ctx_, num_rows, cols, rows, src, dst); });
   }
   void scatter_add_rows(int64_t num_rows, int64_t cols, const int32_t* rows, const bf16* src, bf16* dst) {
-    cuda::scatter_add_rows(ctx_, num_rows, cols, rows, src, dst);
+    timed(__func__, [&] { cuda::scatter_add_rows(ctx_, num_rows, cols, rows, src, dst); });
   }
   void softmax_cross_entropy(const ops::LogitsShape& shape, const bf16* logits, const int32_t* labels, float grad_scale,
                              bf16* dlogits, size_t slot) {
     if (slot_ == nullptr) throw Error("BertForPreTrainingCuda: a loss was computed without a loss slot");
-    cuda::softmax_cross_entropy(ctx_, shape, logits, labels, grad_scale, dlogits, slot_ + slot);
+    timed(
+        __func__, [&] { return std::to_string(shape.classes); },
+        [&] { cuda::softmax_cross_entropy(ctx_, shape, logits, labels, grad_scale, dlogits, slot_ + slot); });
   }
   void fill_zero(bf16* values, int64_t count) {
-    CUDA_CHECK(cudaMemsetAsync(values, 0, static_cast<size_t>(count) * sizeof(bf16), ctx_.stream()));
+    timed(__func__,
+          [&] { CUDA_CHECK(cudaMemsetAsync(values, 0, static_cast<size_t>(count) * sizeof(bf16), ctx_.stream())); });
   }
   void gradients_final(size_t offset) {
     if (buckets_ != nullptr) buckets_->finished(offset);
   }
 
  private:
+  static std::string dims(const ops::LinearShape& shape) {  // rows x in x out
+    return std::to_string(shape.rows) + "x" + std::to_string(shape.in_features) + "x" +
+           std::to_string(shape.out_features);
+  }
+  // call(), bracketed by the profiler's events when one is attached: named `op`, or "op detail()".
+  template <class Call>
+  void timed(const char* op, const Call& call) {
+    timed(
+        op, [] { return std::string(); }, call);
+  }
+  template <class Detail, class Call>
+  void timed(const char* op, const Detail& detail, const Call& call) {
+    if (profiler_ == nullptr) return call();
+    const std::string suffix = detail();
+    profiler_->begin(ctx_.stream(), suffix.empty() ? std::string(op) : std::string(op) + " " + suffix);
+    call();
+    profiler_->end(ctx_.stream());
+  }
+
   cuda::Context& ctx_;
   cuda::CrossEntropyDeviceStats* slot_;
   GradientBuckets* buckets_;
+  OpProfiler* profiler_;
 };
 
 }  // namespace
@@ -493,7 +585,7 @@ class CudaGraphBackend {
 template <class Run>
 void BertForPreTrainingCuda::run_graph(bool dropout_enabled, cuda::CrossEntropyDeviceStats* slot,
                                        GradientBuckets* buckets, Run&& run) {
-  CudaGraphBackend backend(*context_, slot, buckets);
+  CudaGraphBackend backend(*context_, slot, buckets, profiler_);
   const GraphArenas<bf16, float, float> arenas{working_.data(), grads_.data(), activations_.data(), workspace_.data(),
                                                statistics_.data()};
   GraphInputs inputs;

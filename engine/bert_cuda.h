@@ -110,6 +110,40 @@ struct GradientSum {
 
 class GradientBuckets;  // forward_backward_summed's bookkeeping (bert_cuda.cpp)
 
+// Device time per op of the model's graph (bench_train_step --profile): while attached
+// (BertForPreTrainingCuda::set_profiler), every op the graph issues is bracketed by two CUDA events
+// on the model's stream, named by the op and, for the ops whose cost depends on it, its shape
+// ("linear_forward 768x2304": in x out features). Costs two event records per op (a few us of host
+// time each, next to nothing on the device): for a breakdown, not for the timed steps.
+class OpProfiler {
+ public:
+  struct Entry {
+    std::string name;
+    int64_t calls = 0;
+    double ms = 0;  // device time between the op's two events, summed over its calls
+  };
+
+  OpProfiler() = default;
+  OpProfiler(const OpProfiler&) = delete;
+  OpProfiler& operator=(const OpProfiler&) = delete;
+  ~OpProfiler();
+
+  void begin(cudaStream_t stream, std::string name);
+  void end(cudaStream_t stream);
+  // Totals by name in the order the names were first issued, over every op since the last collect
+  // (waits for the last one); then starts over.
+  std::vector<Entry> collect();
+
+ private:
+  struct Record {
+    cudaEvent_t start = nullptr, stop = nullptr;
+    std::string name;
+  };
+  std::vector<Record> records_;  // events are kept for reuse: [0, used_) are this round's
+  size_t used_ = 0;
+  bool open_ = false;
+};
+
 class BertForPreTrainingCuda {
  public:
   // Device slots for results not yet read back: one forward's losses each, one optimizer step's
@@ -138,6 +172,9 @@ class BertForPreTrainingCuda {
 
   const BertConfig& config() const { return config_; }
   cuda::Context& context() { return *context_; }
+  // Every op of later forward_backward calls is timed into `profiler` (nullptr: none, the default).
+  // The caller keeps it alive while attached.
+  void set_profiler(OpProfiler* profiler) { profiler_ = profiler; }
 
   // ---- parameters (BertForPreTraining's table: HF names, order, shapes, offsets, decay flags) ----
   const std::vector<ParamInfo>& params() const { return table_.params; }
@@ -321,6 +358,7 @@ class BertForPreTrainingCuda {
 
   uint64_t dropout_seed_ = 0, dropout_step_ = 0;
   bool dropout_training_ = false;
+  OpProfiler* profiler_ = nullptr;
 };
 
 }  // namespace bert

@@ -8,8 +8,9 @@
 # back 8 at most): setup.log, tests.log, bench_kernels.log, bench_kernels.json, bench_attention_torch.log,
 # bench_attention_torch.json, bench_train_gpu.json, summary.txt (the training bench's progress log is
 # appended to setup.log, for want of a ninth file; bench_kernels.log ends with bench/compare_kernels.py's
-# table against the newest run of the same GPU kept in bench/results/). The summary is printed last, so
-# the reply's output tail holds it.
+# table against the newest run of the same GPU kept in bench/results/, then the "profile" stage's
+# per-op breakdown of one BERT-base seq-128 training step: bench_train_step --profile). The summary is
+# printed last, so the reply's output tail holds it.
 #
 # Two more stages, before the training bench: "sanitize" runs GPU tests under compute-sanitizer
 # (memcheck on each kernel family's test and test_cuda_model, racecheck on one attention case, within
@@ -23,7 +24,7 @@
 # GPU_CHECK_SANITIZE_JOBS replaces the sanitizer's job list (see the stage); GPU_CHECK_TRAIN_VARIANTS
 # (e.g. "ours,hf_sdpa") limits the training bench's variants.
 #
-# Stages: GPU_CHECK_STAGES (default "tests curve kernels attention sanitize demo train") picks which run, e.g.
+# Stages: GPU_CHECK_STAGES (default "tests curve kernels attention profile sanitize demo train") picks which run, e.g.
 #   run(command="GPU_CHECK_STAGES=train bash scripts/gpu_check.sh", carry=[".gpu-deps"], timeout_s=590)
 # spends the whole call on the training bench (its full matrix: 4 shapes x ours + 3 HF variants, ~6-9
 # minutes with torch.compile); in the default run it gets what the other stages leave (below).
@@ -72,7 +73,8 @@ TOTAL_BUDGET=${GPU_CHECK_TOTAL:-575}
 SANITIZE_TIMEOUT=${GPU_CHECK_SANITIZE_TIMEOUT:-90}
 DEMO_TIMEOUT=${GPU_CHECK_DEMO_TIMEOUT:-90}
 DEMO_STEPS=${GPU_CHECK_DEMO_STEPS:-10000}
-STAGES=" ${GPU_CHECK_STAGES:-tests curve kernels attention sanitize demo train} "
+PROFILE_TIMEOUT=${GPU_CHECK_PROFILE_TIMEOUT:-60}
+STAGES=" ${GPU_CHECK_STAGES:-tests curve kernels attention profile sanitize demo train} "
 stage() { [[ $STAGES == *" $1 "* ]]; }
 # Sets `budget`: the seconds a stage may take, its own limit $1 or what GPU_CHECK_TOTAL leaves (10 s
 # kept for the end), whichever is less.
@@ -305,6 +307,31 @@ if stage attention; then
   [[ $torch_rc == 0 ]] || tail -n 2 "$OUT/bench_attention_torch.log" 2>/dev/null | tee -a "$SUMMARY"
 fi
 
+# ---- where a training step's time goes: every op of one BERT-base seq-128 forward+backward timed ---------
+# (bench_train_step --profile; batch 128 as the training bench's base-128). Appended to bench_kernels.log;
+# the summary gets the ops over 1% of the step and the time between ops.
+profile_rc=0
+if stage profile; then
+  stage_budget "$PROFILE_TIMEOUT"
+  if [[ ! -x "$BIN_DIR/bench_train_step" ]]; then
+    note "profile: not run (no bench_train_step in $BIN_DIR)"
+  elif ((budget < 20)); then
+    note "profile: not run (${budget} s left of GPU_CHECK_TOTAL=$TOTAL_BUDGET)"
+  else
+    { echo; echo "== $(stamp) bench_train_step --profile (base-128, batch 128)"; } >>"$OUT/bench_kernels.log"
+    timeout "$budget" "$BIN_DIR/bench_train_step" --device cuda --hidden 768 --layers 12 --heads 12 \
+      --intermediate 3072 --vocab 30522 --seq 128 --batch 128 --steps 3 --warmup 2 --profile \
+      >/tmp/bertforge-profile.log 2>&1
+    profile_rc=$?
+    cat /tmp/bertforge-profile.log >>"$OUT/bench_kernels.log"
+    note "profile (bench_train_step --profile, base-128): exit $profile_rc"
+    grep -E '^(step |profile )' /tmp/bertforge-profile.log | tee -a "$SUMMARY"
+    awk '/^profile /{on=1; next} on && /between ops/ {print; next}
+         on && /%/ { for (i = 1; i <= NF; ++i) if ($i ~ /%$/ && $i + 0 >= 1) { print; break } }' \
+      /tmp/bertforge-profile.log | tee -a "$SUMMARY"
+  fi
+fi
+
 # ---- compute-sanitizer over the GPU tests -------------------------------------------------------------------
 sanitize_rc=0
 if stage sanitize; then
@@ -467,5 +494,5 @@ sed -n '/^device: .*MFU against/,/^total /p' /tmp/bertforge-bench-train-gpu.log 
 echo
 echo "==== summary ===="
 cat "$SUMMARY"
-[[ $build_ok == 1 && $failed == 0 && $curve_rc == 0 && $bench_rc == 0 && $torch_rc == 0 && $sanitize_rc == 0 && $demo_rc == 0 &&
-   $train_rc == 0 ]]
+[[ $build_ok == 1 && $failed == 0 && $curve_rc == 0 && $bench_rc == 0 && $torch_rc == 0 && $profile_rc == 0 &&
+   $sanitize_rc == 0 && $demo_rc == 0 && $train_rc == 0 ]]

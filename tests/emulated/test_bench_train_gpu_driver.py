@@ -11,6 +11,7 @@ Checked:
     and the HF side's masked-row count, so MFU is formed alike on both sides
   - the table row and the error lines; the JSON written where --json says
   - failures are recorded, not fatal, and set the exit status: a missing binary, an unknown shape
+  - bench_train_step --profile: every op of the graph timed, with the calls the graph makes per layer
 The numbers themselves mean nothing here (an emulation, torch's CPU).
 
     test_bench_train_gpu_driver.py --bench build/tests/bench_train_step_emulated --work DIR
@@ -115,6 +116,34 @@ def main():
     p, record = run_driver(args.work, "unknown", "--bench", args.bench, "--shapes", "base-1024")
     check(p.returncode != 0 and "unknown shape 'base-1024'" in p.stderr and record is None,
           "an unknown shape: a one-line error, nothing run or written")
+
+    # --profile: one more forward+backward with every op timed (bench_train_step's header).
+    layers = 3
+    cmd = [args.bench, "--device", "cuda", "--hidden", "64", "--layers", str(layers), "--heads", "2", "--intermediate",
+           "128", "--vocab", "300", "--seq", "32", "--batch", "2", "--steps", "1", "--warmup", "0", "--profile", "--json"]
+    p = subprocess.run(cmd, capture_output=True, text=True, env=dict(os.environ, OMP_NUM_THREADS="1"), timeout=300)
+    check(p.returncode == 0, f"bench_train_step --profile: exit status 0 ({p.stderr.strip()[-200:]})")
+    profiled = json.loads(p.stdout) if p.returncode == 0 else {}
+    calls = {entry["op"]: entry["calls"] for entry in profiled.get("profile", [])}
+    per_layer = {"attention_forward": 1, "attention_backward": 1, "residual_layernorm_forward": 2,
+                 "residual_layernorm_backward": 2, "linear_forward 64x64x192": 1, "linear_backward 64x64x192": 1,
+                 "linear_forward 64x64x128": 1, "linear_forward 64x128x64": 1, "bias_gelu_forward 128": 1}
+    check(all(calls.get(op) == n * layers for op, n in per_layer.items()),
+          "--profile: the per-layer ops, each called once per layer per use: " +
+          str({op: calls.get(op) for op in per_layer}))
+    check(calls.get("embeddings_layernorm_forward") == 1 and calls.get("softmax_cross_entropy 2") == 1 and
+          calls.get("softmax_cross_entropy 300") == 1 and calls.get("scatter_add_rows") == 1,
+          "--profile: the embeddings, both losses and the MLM rows' scatter, once each")
+    ops_ms, fb_ms = profiled.get("profile_ops_ms", -1), profiled.get("profile_forward_backward_ms", -1)
+    check(0 < ops_ms <= fb_ms * 1.001 + 1e-3 and
+          math.isclose(ops_ms, sum(entry["ms"] for entry in profiled.get("profile", [])), rel_tol=1e-3, abs_tol=1e-3),
+          f"--profile: the ops' {ops_ms} ms sum to their total, within the forward+backward's {fb_ms} ms")
+    text = subprocess.run(cmd[:-1], capture_output=True, text=True, env=dict(os.environ, OMP_NUM_THREADS="1"),
+                          timeout=300).stdout
+    check("by op (CUDA events around each)" in text and "between ops (launch gaps, host work)" in text,
+          "--profile: the text table")
+    p = subprocess.run([args.bench, "--device", "cpu", "--profile"], capture_output=True, text=True, timeout=60)
+    check(p.returncode != 0 and "--profile needs --device cuda" in p.stderr, "--profile on the CPU: a one-line error")
 
     if failures:
         sys.exit(f"{len(failures)} check(s) failed: " + "; ".join(failures))
