@@ -778,6 +778,8 @@ void Trainer::check_output_dir() {
   if (trained_here) model_files = {"model.safetensors", "config.json"};
   if (trained_here && !fs::equivalent(dir, data().tokenizer, ec))
     model_files.insert(model_files.end(), {"vocab.txt", "tokenizer_config.json", "special_tokens_map.json"});
+  // And the old run's loss plot at bert_train plot's default place: it would pass for this run's.
+  if (trained_here) model_files.push_back("loss.svg");
   for (const char* name : model_files)
     if (fs::remove(dir + "/" + name, ec)) removed.emplace_back(name);
   if (old.empty() && removed.empty()) return;

@@ -274,12 +274,15 @@ TEST_CASE("user mistakes are one-line errors") {
   const std::string overwrite =
       write_config("overwrite", "out", "max_steps = 2\nper_device_train_batch_size = 8\noverwrite_output_dir = true\n");
   REQUIRE(file_exists(test_dir() + "/out/model.safetensors"));
+  write_file_atomic(test_dir() + "/out/loss.svg", "<svg/>");  // as `bert_train plot` leaves it
   const RunResult overwritten = train({"--config", overwrite});
   CHECK(overwritten.code == 0);
-  // The last run's final model goes with its checkpoints: nothing of it answers for this run's.
+  // The last run's final model and loss plot go with its checkpoints: nothing of it answers for this run's.
   CHECK_THAT(overwritten.out, Catch::Contains("overwrite_output_dir: removed from " + test_dir() +
                                               "/out: 1 old checkpoint(s), metrics.jsonl, model.safetensors, "
                                               "config.json, vocab.txt, tokenizer_config.json"));
+  CHECK_THAT(overwritten.out, Catch::Contains(", loss.svg\n"));
+  CHECK(!file_exists(test_dir() + "/out/loss.svg"));
   // An output_dir that holds the run's own tokenizer: overwriting never removes it. (And a directory
   // without checkpoints or metrics shows no bert_train run: its files stay.)
   {
