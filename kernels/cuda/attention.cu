@@ -236,6 +236,31 @@ __device__ void store_warp_rows(const float* rows, int first, int seq_len, bf16*
   }
 }
 
+// Block-wide, at the top of key step `step` (keys key0 .. key0 + 63) of the mma forward and dQ kernels,
+// whose K/V tiles alternate between two buffers (k_tiles, v_tiles: two tiles each): waits for this
+// thread's copies of the step's K/V; the barrier publishes everyone's and frees the other buffers,
+// which every warp is done with; then the next step's copies go into those, in flight while this
+// step computes. Returns the step's tiles.
+struct KeyValueTiles {
+  const bf16* k;
+  const bf16* v;
+};
+
+template <int D>
+__device__ KeyValueTiles begin_key_step(bf16* k_tiles, bf16* v_tiles, const bf16* k_rows, const bf16* v_rows,
+                                        int64_t row_stride, int key0, int step, int seq_len) {
+  constexpr size_t kTile = Tiles<D>::kTileElements;
+  detail::async_copy_wait<0>();
+  __syncthreads();
+  if (key0 + kStep < seq_len) {
+    const int next = (step + 1) & 1;
+    load_tile_async<D>(k_tiles + next * kTile, k_rows, row_stride, key0 + kStep, seq_len);
+    load_tile_async<D>(v_tiles + next * kTile, v_rows, row_stride, key0 + kStep, seq_len);
+    detail::async_copy_commit();
+  }
+  return KeyValueTiles{k_tiles + (step & 1) * kTile, v_tiles + (step & 1) * kTile};
+}
+
 // Block-wide, asynchronous as load_tile_async, for the mma dK/dV kernel: load_query_step's tiles and
 // row statistics (one 4-byte copy a thread: kThreads == 2 * kStep).
 template <int D>
@@ -605,17 +630,11 @@ __global__ void __launch_bounds__(kThreads)
   MmaDropout dropout;
 
   for (int key0 = 0, step = 0; key0 < seq_len; key0 += kStep, ++step) {
-    // This thread's copies of the step's K/V have landed; the barrier publishes everyone's (the
-    // first time also Q and the key bias) and frees the other buffers, which every warp is done with.
-    detail::async_copy_wait<0>();
-    __syncthreads();
-    const bf16* k_tile = k_tiles + (step & 1) * T::kTileElements;
-    const bf16* v_tile = v_tiles + (step & 1) * T::kTileElements;
-    if (key0 + kStep < seq_len) {  // the next step's K/V in flight while this one computes
-      load_tile_async<D>(k_tiles + ((step + 1) & 1) * T::kTileElements, k_rows, args.qkv_stride, key0 + kStep, seq_len);
-      load_tile_async<D>(v_tiles + ((step + 1) & 1) * T::kTileElements, v_rows, args.qkv_stride, key0 + kStep, seq_len);
-      detail::async_copy_commit();
-    }
+    // (The first step's barrier also publishes Q and the key bias.)
+    const KeyValueTiles tiles =
+        begin_key_step<D>(k_tiles, v_tiles, k_rows, v_rows, args.qkv_stride, key0, step, seq_len);
+    const bf16* k_tile = tiles.k;
+    const bf16* v_tile = tiles.v;
 
     // S = Q K^T for keys key0 .. key0 + 63.
     float s[kKeyTiles][4];
@@ -1138,19 +1157,11 @@ __global__ void __launch_bounds__(kThreads)
     MmaDropout dropout;
 
     for (int key0 = 0, step = 0; key0 < seq_len; key0 += kStep, ++step) {
-      // This thread's copies of the step's K/V have landed; the barrier publishes everyone's (the
-      // first time also Q and dO) and frees the other buffers, which every warp is done with.
-      detail::async_copy_wait<0>();
-      __syncthreads();
-      const bf16* k_tile = k_tiles + (step & 1) * T::kTileElements;
-      const bf16* v_tile = v_tiles + (step & 1) * T::kTileElements;
-      if (key0 + kStep < seq_len) {  // the next step's K/V in flight while this one computes
-        load_tile_async<D>(k_tiles + ((step + 1) & 1) * T::kTileElements, k_rows, args.qkv_stride, key0 + kStep,
-                           seq_len);
-        load_tile_async<D>(v_tiles + ((step + 1) & 1) * T::kTileElements, v_rows, args.qkv_stride, key0 + kStep,
-                           seq_len);
-        detail::async_copy_commit();
-      }
+      // (The first step's barrier also publishes Q and dO.)
+      const KeyValueTiles tiles =
+          begin_key_step<D>(k_tiles, v_tiles, k_rows, v_rows, args.qkv_stride, key0, step, seq_len);
+      const bf16* k_tile = tiles.k;
+      const bf16* v_tile = tiles.v;
 
       // S = Q K^T and dP~ = dO V^T over the step's keys.
       float s[kKeyTiles][4], dp[kKeyTiles][4];

@@ -5,7 +5,7 @@ rebuilds test_cuda_kernels_emulated, and runs the unmodified device test of that
 the emulation; the mutant must make it fail ("caught"). The generated files are restored at the end.
 
 Usage: tests/kernel_emu/mutants.py [BUILD_DIR] [NAME_FILTER]   (a developer check, not in ctest: each
-mutant is a rebuild; all 31 take ~30 minutes on 2 cores). Exit 1 if any mutant survives.
+mutant is a rebuild; all 29 take ~30 minutes on 2 cores). Exit 1 if any mutant survives.
 """
 import os
 import subprocess
@@ -55,12 +55,12 @@ MUTANTS = [
      "__syncthreads();", "", "cuda attention matches*"),
     ("attention forward: no __syncwarp before the probabilities are reloaded", "attention.cu",
      "row_sum = row_sum * rescale + step_sum;", "__syncwarp();", "", "cuda attention matches*"),
-    ("attention mma forward: no barrier after the step's copies (read before they land, and the other buffers "
-     "refilled while in use)", "attention.cu", "attention_forward_mma_kernel(const AttentionArgs args",
+    ("attention mma K/V steps (forward, dQ): no barrier after the step's copies (read before they land, and the "
+     "other buffers refilled while in use)", "attention.cu", "__device__ KeyValueTiles begin_key_step(",
      "__syncthreads();", "", "cuda attention matches*"),
-    ("attention mma forward: waits for all but the newest copies (the step's own)", "attention.cu",
-     "attention_forward_mma_kernel(const AttentionArgs args", "detail::async_copy_wait<0>();",
-     "    detail::async_copy_wait<1>();", "cuda attention matches*"),
+    ("attention mma K/V steps (forward, dQ): waits for all but the newest copies (the step's own)", "attention.cu",
+     "__device__ KeyValueTiles begin_key_step(", "detail::async_copy_wait<0>();", "  detail::async_copy_wait<1>();",
+     "cuda attention matches*"),
     ("attention mma forward: row max over 2 of a row's 4 lanes", "attention.cu",
      "attention_forward_mma_kernel(const AttentionArgs args", "step_max[r], 2));", "", "cuda attention matches*"),
     ("attention mma forward: row sum over 2 of a row's 4 lanes", "attention.cu",
@@ -99,14 +99,9 @@ MUTANTS = [
     ("attention mma dK/dV: dropout words not exchanged within the key group", "attention.cu",
      "const int i = (lane >> 2) & 3;", "__shfl_xor_sync", "      got[t] = word_of(drawn.word, i ^ t);",
      "cuda attention matches*"),
-    ("attention mma dQ: no barrier after the step's copies (read before they land, and the other buffers "
-     "refilled while in use)", "attention.cu", ("attention_backward_dq_mma_kernel(const AttentionArgs args", "++step) {"),
-     "__syncthreads();", "", "cuda attention matches*"),
     ("attention mma dQ: all-padding blocks stage dQ before other warps' copies into those rows land", "attention.cu",
      ("attention_backward_dq_mma_kernel(const AttentionArgs args", "if (keys.all_padding) {"), "__syncthreads();", "",
      "cuda attention matches*"),
-    ("attention mma dQ: waits for all but the newest copies (the step's own)", "attention.cu",
-     ("attention_backward_dq_mma_kernel(const AttentionArgs args", "++step) {"), "detail::async_copy_wait<0>();", "      detail::async_copy_wait<1>();", "cuda attention matches*"),
 ]
 
 
