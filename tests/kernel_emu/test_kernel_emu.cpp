@@ -13,6 +13,7 @@
 #include <cstdio>
 #include <functional>
 #include <string>
+#include <utility>
 #include <vector>
 
 #include "kernels/cuda/ops_cuda.h"
@@ -332,47 +333,26 @@ TEST_CASE("kernel emulation: cp.async lands at its issue or only at its wait, an
   CHECK(early_blocks == 2);
   CHECK(late_blocks == 2);
 
-  bool aborted = false;
-  std::string err = run_child(
-      [&] {
-        k::async_copy(3, 1, 64, in.data(), scratch.data(), out.data());
-        cudaDeviceSynchronize();
-      },
-      &aborted);
-  CHECK(aborted);
-  CHECK(err.find("async_copy_kernel") != std::string::npos);
-  CHECK(err.find("exits with 2 cp.async copies it never waited for") != std::string::npos);
-  err = run_child(
-      [&] {
-        k::async_copy(4, 1, 64, in.data(), scratch.data(), out.data());
-        cudaDeviceSynchronize();
-      },
-      &aborted);
-  CHECK(aborted);
-  CHECK(err.find("is not in the block's shared memory") != std::string::npos);
-  err = run_child(
-      [&] {
-        k::async_copy(5, 1, 64, in.data(), scratch.data(), out.data());
-        cudaDeviceSynchronize();
-      },
-      &aborted);
-  CHECK(aborted);
-  CHECK(err.find("must be aligned to the copy size 16") != std::string::npos);
-  err = run_child(
-      [&] {
-        k::async_copy(6, 1, 64, in.data(), scratch.data(), out.data());
-        cudaDeviceSynchronize();
-      },
-      &aborted);
-  CHECK(aborted);
-  CHECK(err.find("bytes is not inside a cudaMalloc allocation") != std::string::npos);
-  // A store into a copy's destination before it landed: found in the blocks where copies land late.
-  err = run_child(
-      [&] {
-        k::async_copy(7, kBlocks, 64, in.data(), scratch.data(), out.data());
-        cudaDeviceSynchronize();
-      },
-      &aborted);
-  CHECK(aborted);
-  CHECK(err.find("were written while a cp.async into them was in flight") != std::string::npos);
+  // The faulting modes, each in a child: it must die naming the fault (mode 7 in the blocks where
+  // copies land late, so over kBlocks blocks).
+  const std::pair<int, const char*> faults[] = {
+      {3, "async_copy_kernel"},
+      {3, "exits with 2 cp.async copies it never waited for"},
+      {4, "is not in the block's shared memory"},
+      {5, "must be aligned to the copy size 16"},
+      {6, "bytes is not inside a cudaMalloc allocation"},
+      {7, "were written while a cp.async into them was in flight"},
+  };
+  for (const auto& [mode, message] : faults) {
+    bool aborted = false;
+    const std::string err = run_child(
+        [&, mode = mode] {
+          k::async_copy(mode, mode == 7 ? kBlocks : 1, 64, in.data(), scratch.data(), out.data());
+          cudaDeviceSynchronize();
+        },
+        &aborted);
+    INFO("mode " << mode << ": " << err);
+    CHECK(aborted);
+    CHECK(err.find(message) != std::string::npos);
+  }
 }
