@@ -20,9 +20,13 @@
 //   (132 SMs x 4 schedulers x 32 lanes x 1.98 GHz), so at copy bandwidth the forward may spend ~31
 //   instructions an element and the backward ~47, and issue never runs at 100%. erff alone is ~25
 //   (two selected polynomials, an ex2 on one side); expf another ~15. The first device run measured
-//   62% / 47% of copy bandwidth (0.077 / 0.151 ms): ALU bound, not memory bound. Hence phi(z) through
-//   one exp2f (~4 instructions, 2 ulp): the 128-bit backward kernel's static PTX count drops from
-//   1,940 to 1,492 instructions (23%; its body handles 4 rows x 8 columns). Not timed yet.
+//   62% / 47% of copy bandwidth (0.077 / 0.151 ms), and the static PTX counts of the 128-bit kernels
+//   (1,204 / 1,940 instructions for a body of 4 rows x 8 columns, ~38 / ~61 an element) against
+//   those budgets put both at ~73% / ~60% of peak issue: ALU bound, not memory bound. Hence Phi(z)
+//   through an erfc approximation (normal_cdf below: ~15 instructions, 2 of them MUFU) instead of
+//   erff, and phi(z) through one exp2f instead of expf: 902 / 1,127 instructions (-25% / -42%),
+//   ~28 / ~35 an element, under the budgets. MUFU load: 2 / 3 per element, 4.2 T/s on the H200 (16
+//   an SM a clock): 24 / 36 us, below the memory floors. Not timed yet.
 
 #include <cstdint>
 
@@ -37,17 +41,43 @@ using namespace detail;  // kernels/cuda/common.cuh
 
 constexpr int kRowBatch = 4;  // rows in flight per thread
 
-constexpr float kSqrtHalf = 0.70710678118654752440f;
-constexpr float kInvSqrt2Pi = 0.39894228040143267794f;  // 1 / sqrt(2 pi)
-constexpr float kHalfLog2e = 0.72134752044448170368f;   // log2(e) / 2: exp(-z^2 / 2) = exp2(-kHalfLog2e z^2)
+constexpr double kLog2eD = 1.44269504088896340736;
+constexpr float kHalfLog2e = static_cast<float>(kLog2eD / 2);  // exp(-z^2 / 2) = exp2(-kHalfLog2e z^2)
+constexpr float kLog2InvSqrt2Pi = -1.32574806473616503912f;    // log2(1 / sqrt(2 pi))
+constexpr float kHalfSqrtHalf = 0.35355339059327376220f;       // 1 / (2 sqrt 2)
 constexpr float kSqrt2OverPi = 0.79788456080286535588f;
 constexpr float kTanhCubic = 0.044715f;
 constexpr float kTanhCubic3 = static_cast<float>(3 * 0.044715);  // as the CPU's T(3 * kTanhCubic)
 
+// Numerical Recipes' erfcc (2nd ed., 6.2): erfc(x) = t exp(-x^2 + P(t)), t = 1 / (1 + x / 2) for
+// x >= 0, relative error below 1.2e-7 everywhere (1.04e-7 measured in double on [0, 10]). P's
+// coefficients here are pre-multiplied by log2(e) for exp2, and the constant one is lowered by 1 to
+// fold in the 1/2 of Phi = erfc / 2.
+constexpr float erfc_poly(int k) {
+  constexpr double kCoefficients[10] = {-1.26551223, 1.00002368,  0.37409196, 0.09678418,  -0.18628806,
+                                        0.27886807,  -1.13520398, 1.48851587, -0.82215223, 0.17087277};
+  return static_cast<float>(kCoefficients[k] * kLog2eD - (k == 0 ? 1.0 : 0.0));
+}
+
+// Phi(z), the standard normal CDF = erfc(-z / sqrt 2) / 2, for the kErf form. CUDA's erff costs ~25
+// instructions (both of its polynomials evaluated through selects, then an ex2 on one side); this is
+// ~15: one approximate reciprocal, 9 FMAs, one ex2, a select. Relative error ~5e-6 in fp32 over
+// |z| <= 9 (rounding in the exponent argument at large |z|), against bf16's 4e-3. Unlike
+// 0.5 (1 + erf(z / sqrt 2)) the tail z < 0 keeps its relative precision: nothing cancels.
+// z = +-inf gives 1 / 0 (then gelu(-inf) = -inf * 0 = NaN, as the CPU's 0.5 z (1 + erf)); NaN stays NaN.
+__device__ __forceinline__ float normal_cdf(float z) {
+  const float t = __fdividef(1.0f, fmaf(kHalfSqrtHalf, fabsf(z), 1.0f));
+  float p = erfc_poly(9);
+#pragma unroll
+  for (int k = 8; k >= 0; --k) p = fmaf(p, t, erfc_poly(k));
+  const float half_erfc = t * exp2f(fmaf(-kHalfLog2e, z * z, p));  // erfc(|z| / sqrt 2) / 2
+  return z > 0.0f ? 1.0f - half_erfc : half_erfc;
+}
+
 template <GeluKind kKind>
 __device__ __forceinline__ float gelu(float z) {
   if constexpr (kKind == GeluKind::kErf) {
-    return 0.5f * z * (1.0f + erff(z * kSqrtHalf));
+    return z * normal_cdf(z);
   } else {
     const float u = kSqrt2OverPi * (z + kTanhCubic * z * z * z);
     return 0.5f * z * (1.0f + tanhf(u));
@@ -57,11 +87,10 @@ __device__ __forceinline__ float gelu(float z) {
 template <GeluKind kKind>
 __device__ __forceinline__ float gelu_derivative(float z) {
   if constexpr (kKind == GeluKind::kErf) {
-    const float cdf = 0.5f * (1.0f + erff(z * kSqrtHalf));
-    // exp2f is one ex2.approx (2 ulp) where expf's exact range reduction costs ~12 more instructions
-    // an element; the backward is ALU bound (see the napkin math above), and 2 ulp is far below bf16's.
-    const float pdf = kInvSqrt2Pi * exp2f(-kHalfLog2e * z * z);
-    return cdf + z * pdf;
+    // phi(z) = exp2(log2(1 / sqrt(2 pi)) - kHalfLog2e z^2): one FMA and one ex2 (2 ulp), where expf's
+    // exact range reduction costs ~12 more instructions an element.
+    const float pdf = exp2f(fmaf(-kHalfLog2e, z * z, kLog2InvSqrt2Pi));
+    return fmaf(z, pdf, normal_cdf(z));
   } else {
     const float u = kSqrt2OverPi * (z + kTanhCubic * z * z * z);
     const float tanh_u = tanhf(u);

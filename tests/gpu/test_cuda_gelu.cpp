@@ -2,6 +2,7 @@
 // inputs: both GeluKinds, with and without a bias, odd shapes (the 128-bit path and the scalar path,
 // the latter also on pointers misaligned by one element), outputs poisoned with NaN and fenced by NaN
 // guards, db accumulated onto a nonzero prior, two runs bitwise equal, y aliasing x and dx aliasing dy.
+#include <cmath>
 #include <cstddef>
 #include <random>
 #include <stdexcept>
@@ -103,6 +104,43 @@ TEST_CASE("cuda bias_gelu matches the CPU reference", "[gelu]") {
   for (const GeluKind kind : {GeluKind::kErf, GeluKind::kTanh})
     for (const bool with_bias : {true, false})
       for (const Case& c : kCases) check_gelu(kind, c.rows, c.cols, with_bias, c.offset, seed++);
+}
+
+// The kErf kernels' own Phi (an erfc approximation, not erff) at fp32 precision: one row with dy = 1 and
+// a zero bias makes db exactly the fp32 gelu'(z) the backward computed (a one-row partial added to
+// db = 0), so its error against double precision is visible below bf16's resolution. The forward's
+// bf16 y must hold its relative precision in the far negative tail too, where 0.5 z (1 + erf) cancels.
+TEST_CASE("cuda bias_gelu (erf): gelu' within 2e-6 of double precision, y within bf16 rounding on [-12, 12]",
+          "[gelu]") {
+  for (const int64_t cols : {int64_t{4096}, int64_t{4095}}) {  // the 128-bit and the scalar path
+    INFO("cols " << cols);
+    std::vector<float> z(static_cast<size_t>(cols));
+    for (int64_t c = 0; c < cols; ++c) z[static_cast<size_t>(c)] = -12.0f + 24.0f * static_cast<float>(c) / (cols - 1);
+    z = round_to_bf16(z);
+    const std::vector<float> zeros(z.size(), 0.0f), ones(z.size(), 1.0f);
+    cuda::Context ctx;
+    Bf16Tensor d_x = Bf16Tensor::input(z, 0), d_bias = Bf16Tensor::input(zeros, 0), d_dy = Bf16Tensor::input(ones, 0);
+    Bf16Tensor d_y = Bf16Tensor::output(z.size(), 0), d_dx = Bf16Tensor::output(z.size(), 0);
+    DeviceBuffer<float> d_dbias = upload<float>(zeros);
+    const MatrixShape shape{1, cols};
+    cuda::bias_gelu_forward(ctx, GeluKind::kErf, shape, d_x.data(), d_bias.data(), d_y.data());
+    cuda::bias_gelu_backward(ctx, GeluKind::kErf, shape, d_dy.data(), d_x.data(), d_bias.data(), d_dx.data(),
+                             d_dbias.data());
+    ctx.synchronize();
+    const std::vector<float> y = d_y.values(), derivative = d_dbias.download();
+    double worst_derivative = 0, worst_y = 0;
+    for (size_t i = 0; i < z.size(); ++i) {
+      const double v = z[i];
+      const double cdf = 0.5 * std::erfc(-v / std::sqrt(2.0));
+      const double pdf = std::exp(-0.5 * v * v) / std::sqrt(2.0 * M_PI);
+      worst_derivative = std::max(worst_derivative, std::abs(derivative[i] - (cdf + v * pdf)));
+      const double gelu = v * cdf;
+      worst_y =
+          std::max(worst_y, gelu == 0 ? std::abs(static_cast<double>(y[i])) : std::abs(y[i] - gelu) / std::abs(gelu));
+    }
+    CHECK_ERROR_AT_MOST("gelu' (fp32, absolute)", worst_derivative, 2e-6);
+    CHECK_ERROR_AT_MOST("y (bf16, relative to itself)", worst_y, 1.0 / 256 + 1e-4);  // half a bf16 ulp + 1e-4
+  }
 }
 
 TEST_CASE("cuda bias_gelu: zero rows is a no-op, bad arguments throw", "[gelu]") {

@@ -215,6 +215,7 @@ inline float __fmul_rn(float a, float b) { return a * b; }
 inline float __fdiv_rn(float a, float b) { return a / b; }
 inline float __fsqrt_rn(float a) { return std::sqrt(a); }
 inline float rsqrtf(float a) { return 1.0f / std::sqrt(a); }
+inline float __fdividef(float a, float b) { return a / b; }  // the device's is approximate (2 ulp)
 using std::isfinite;
 using std::max;
 using std::min;
