@@ -272,6 +272,103 @@ __global__ void __launch_bounds__(kRowWarpsPerBlock* kWarpSize)
   }
 }
 
+// The forward for the 128-bit path up to kResidentMaxCols columns (BERT-base and -large): each lane
+// issues all its loads of the row (<= 4 vectors) before the first reduction, then runs the two passes
+// and y from registers: one DRAM round trip a row, where layernorm_rows_forward_kernel waits for three
+// dependent passes (the row re-read from L1 twice). gamma / beta are read at the end (L1 hits after
+// the first rows): loaded up front they cost 88 registers a thread at 768 columns instead of 46, and
+// half the warps an SM (ptxas sm_90a).
+// Lane l owns columns (v * 32 + l) * 8 .. + 7 for v < kVectors and adds them in the general kernel's
+// order (its loop visits the same j), so the two give the same bits.
+constexpr int kResidentMaxVectors = 4;  // 128-bit vectors per lane and row
+constexpr int64_t kResidentMaxCols = int64_t{kResidentMaxVectors} * kWarpSize * kVectorWidth;  // 1024
+
+template <int kVectors, class Rows>
+__global__ void __launch_bounds__(kRowWarpsPerBlock* kWarpSize)
+    layernorm_rows_forward_resident_kernel(int64_t rows, int64_t cols, Rows source, const bf16* gamma, const bf16* beta,
+                                           float eps, bf16* y, float* mean_out, float* rstd_out) {
+  const int64_t row = static_cast<int64_t>(blockIdx.x) * kRowWarpsPerBlock + threadIdx.x / kWarpSize;
+  const int lane = static_cast<int>(threadIdx.x % kWarpSize);
+  if (row >= rows) return;  // uniform per warp: the shuffles below see full warps
+  const auto z_row = source.row(row, cols);
+  const float count = static_cast<float>(cols);
+
+  // = {}: the compiler cannot see that a skipped vector (j >= cols) is never read.
+  float z[kVectors][kVectorWidth] = {};
+#pragma unroll
+  for (int v = 0; v < kVectors; ++v) {
+    const int64_t j = (int64_t{v} * kWarpSize + lane) * kVectorWidth;
+    if (j >= cols) continue;
+    z_row.load8(j, z[v]);
+  }
+  float sum = 0.0f;
+#pragma unroll
+  for (int v = 0; v < kVectors; ++v)
+    if ((int64_t{v} * kWarpSize + lane) * kVectorWidth < cols)
+#pragma unroll
+      for (int i = 0; i < kVectorWidth; ++i) sum += z[v][i];
+  const float mean = warp_sum(sum) / count;
+  float squares = 0.0f;
+#pragma unroll
+  for (int v = 0; v < kVectors; ++v)
+    if ((int64_t{v} * kWarpSize + lane) * kVectorWidth < cols)
+#pragma unroll
+      for (int i = 0; i < kVectorWidth; ++i) squares += (z[v][i] - mean) * (z[v][i] - mean);
+  const float rstd = 1.0f / sqrtf(warp_sum(squares) / count + eps);
+
+  bf16* y_row = y + row * cols;
+#pragma unroll
+  for (int v = 0; v < kVectors; ++v) {
+    const int64_t j = (int64_t{v} * kWarpSize + lane) * kVectorWidth;
+    if (j >= cols) continue;
+    float g[kVectorWidth], b[kVectorWidth], out[kVectorWidth];
+    load_bf16x8(gamma + j, g);
+    load_bf16x8(beta + j, b);
+#pragma unroll
+    for (int i = 0; i < kVectorWidth; ++i) out[i] = (z[v][i] - mean) * rstd * g[i] + b[i];
+    store_bf16x8(y_row + j, out);
+  }
+  if (lane == 0) {
+    mean_out[row] = mean;
+    rstd_out[row] = rstd;
+  }
+}
+
+// Launches the LayerNorm forward over `rows` rows of `source` on `stream`: the resident kernel where
+// it applies (kVectorized and cols <= kResidentMaxCols), else layernorm_rows_forward_kernel.
+template <class Rows>
+void launch_layernorm_rows_forward(cudaStream_t stream, bool vectorized, int64_t rows, int64_t cols, Rows source,
+                                   const bf16* gamma, const bf16* beta, float eps, bf16* y, float* mean, float* rstd) {
+  const dim3 grid(static_cast<unsigned>(ceil_div(rows, kRowWarpsPerBlock)));
+  const dim3 block(kRowWarpsPerBlock * kWarpSize);
+  if (vectorized && cols <= kResidentMaxCols) {
+    switch (ceil_div(cols, int64_t{kWarpSize} * kVectorWidth)) {
+      case 1:
+        layernorm_rows_forward_resident_kernel<1>
+            <<<grid, block, 0, stream>>>(rows, cols, source, gamma, beta, eps, y, mean, rstd);
+        return;
+      case 2:
+        layernorm_rows_forward_resident_kernel<2>
+            <<<grid, block, 0, stream>>>(rows, cols, source, gamma, beta, eps, y, mean, rstd);
+        return;
+      case 3:
+        layernorm_rows_forward_resident_kernel<3>
+            <<<grid, block, 0, stream>>>(rows, cols, source, gamma, beta, eps, y, mean, rstd);
+        return;
+      default:
+        layernorm_rows_forward_resident_kernel<4>
+            <<<grid, block, 0, stream>>>(rows, cols, source, gamma, beta, eps, y, mean, rstd);
+        return;
+    }
+  }
+  if (vectorized)
+    layernorm_rows_forward_kernel<true>
+        <<<grid, block, 0, stream>>>(rows, cols, source, gamma, beta, eps, y, mean, rstd);
+  else
+    layernorm_rows_forward_kernel<false>
+        <<<grid, block, 0, stream>>>(rows, cols, source, gamma, beta, eps, y, mean, rstd);
+}
+
 // The input gradient dz = rstd * (g - mean(g) - zhat * mean(g * zhat)), g = dy * gamma, from the
 // saved mean / rstd (dgamma/dbeta come from layernorm_param_partials_kernel).
 template <bool kVectorized, class Rows, class Out>

@@ -305,13 +305,7 @@ void embeddings_layernorm_forward(Context& ctx, const EmbeddingShape& shape, con
   const bool vectorized = shape.hidden % kVectorWidth == 0 && aligned16(word_embeddings) &&
                           aligned16(position_embeddings) && aligned16(token_type_embeddings) && aligned16(gamma) &&
                           aligned16(beta) && aligned16(out);
-  const unsigned blocks = static_cast<unsigned>(ceil_div(tokens, kRowWarpsPerBlock));
-  if (vectorized)
-    layernorm_rows_forward_kernel<true><<<blocks, kRowWarpsPerBlock * kWarpSize, 0, ctx.stream()>>>(
-        tokens, shape.hidden, in, gamma, beta, eps, out, mean, rstd);
-  else
-    layernorm_rows_forward_kernel<false><<<blocks, kRowWarpsPerBlock * kWarpSize, 0, ctx.stream()>>>(
-        tokens, shape.hidden, in, gamma, beta, eps, out, mean, rstd);
+  launch_layernorm_rows_forward(ctx.stream(), vectorized, tokens, shape.hidden, in, gamma, beta, eps, out, mean, rstd);
   CUDA_CHECK_LAUNCH();
 }
 

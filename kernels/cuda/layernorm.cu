@@ -8,7 +8,9 @@
 // Kernels (common.cuh, shared with embeddings.cu; one warp per row for the row-wise parts; 128-bit
 // loads when cols % 8 == 0 and every pointer is 16-byte aligned, a scalar path otherwise, so any
 // cols works):
-//   forward          two-pass mean / variance (as the CPU), then y. The row is re-read from L1.
+//   forward          two-pass mean / variance (as the CPU), then y. 128-bit path up to 1,024 columns:
+//                    the row stays in registers (all its loads issued at once, one DRAM round trip);
+//                    otherwise the row is re-read from L1 for each pass. The same bits either way.
 //   backward, dz     dz = rstd * (g - mean(g) - zhat * mean(g * zhat)), g = dy * gamma.
 //   backward, fused  (128-bit path, cols <= 1024: BERT-base and -large) one pass over the rows: a block
 //                    of 8 warps owns 8 x rows_per_warp consecutive rows; each warp walks its rows in
@@ -33,6 +35,11 @@
 //   16k x 768, before the fused kernel): backward 72 us (85 with residual), 25% of the copy
 //   bandwidth, 4x its traffic minimum: the parameter pass's 2,048 blocks of 2 warps and the
 //   finalize's 1,024 chunks (48 blocks, 128 dependent loads a thread) cost more than the bytes.
+//   Forward, same run: 22 us (31 with residual), 53% (57%) of copy bandwidth: each warp waited for
+//   its row's DRAM loads, then twice for L1 re-reads and their shuffle reductions, with 1.5 (3) KB of
+//   its row in flight at a time. Now all of a lane's loads go out at once (row-resident kernel,
+//   common.cuh; 45-54 registers, so 10 blocks of 4 warps an SM): ~60 KB in flight an SM against the
+//   ~32 KB that 4.25 TB/s x ~1 us of latency needs across 132 SMs. Not timed yet.
 #include <cstdint>
 
 #include "kernels/cuda/common.cuh"
@@ -102,23 +109,12 @@ void launch_forward(Context& ctx, const MatrixShape& shape, const bf16* x, const
   require(x && gamma && beta && y && mean && rstd, op, "a required pointer is null");
   const bool vectorized = shape.cols % kVectorWidth == 0 && aligned16(x) && aligned16(residual) && aligned16(gamma) &&
                           aligned16(beta) && aligned16(y);
-  const dim3 grid(static_cast<unsigned>(ceil_div(shape.rows, kRowWarpsPerBlock)));
-  const dim3 block(kRowWarpsPerBlock * kWarpSize);
-  const bool has_residual = residual != nullptr;
-  const SumRows<true> with_residual{x, residual};
-  const SumRows<false> x_only{x, nullptr};
-  if (vectorized && has_residual)
-    layernorm_rows_forward_kernel<true>
-        <<<grid, block, 0, ctx.stream()>>>(shape.rows, shape.cols, with_residual, gamma, beta, eps, y, mean, rstd);
-  else if (vectorized)
-    layernorm_rows_forward_kernel<true>
-        <<<grid, block, 0, ctx.stream()>>>(shape.rows, shape.cols, x_only, gamma, beta, eps, y, mean, rstd);
-  else if (has_residual)
-    layernorm_rows_forward_kernel<false>
-        <<<grid, block, 0, ctx.stream()>>>(shape.rows, shape.cols, with_residual, gamma, beta, eps, y, mean, rstd);
+  if (residual != nullptr)
+    launch_layernorm_rows_forward(ctx.stream(), vectorized, shape.rows, shape.cols, SumRows<true>{x, residual}, gamma,
+                                  beta, eps, y, mean, rstd);
   else
-    layernorm_rows_forward_kernel<false>
-        <<<grid, block, 0, ctx.stream()>>>(shape.rows, shape.cols, x_only, gamma, beta, eps, y, mean, rstd);
+    launch_layernorm_rows_forward(ctx.stream(), vectorized, shape.rows, shape.cols, SumRows<false>{x, nullptr}, gamma,
+                                  beta, eps, y, mean, rstd);
   CUDA_CHECK_LAUNCH();
 }
 

@@ -166,10 +166,11 @@ struct Case {
   int64_t rows, cols;
   size_t offset;
 };
-// 128-bit path: cols % 8 == 0 at offset 0; scalar path: odd cols, or offset 1. The 128-bit backward is
-// the fused kernel up to cols 1024 (one to four 256-column vectors per lane, the last one used by one
-// lane at 264 and 776, by some at 520 and 1016; more than 4 rows a warp past 32,768 rows), the
-// two-pass one beyond (1032, 4096).
+// 128-bit path: cols % 8 == 0 at offset 0; scalar path: odd cols, or offset 1. The 128-bit forward is
+// the row-resident kernel up to cols 1024 (the same vectors per lane as below), the general one
+// beyond. The 128-bit backward is the fused kernel up to cols 1024 (one to four 256-column vectors per lane, the last
+// one used by one lane at 264 and 776, by some at 520 and 1016; more than 4 rows a warp past 32,768 rows), the two-pass
+// one beyond (1032, 4096).
 const Case kCases[] = {{1, 1, 0},     {3, 7, 0},       {1000, 1, 0},   {1, 768, 0},    {1000, 768, 0},
                        {3, 1024, 0},  {5, 4099, 0},    {17, 4096, 0},  {1000, 768, 1}, {3, 1024, 1},
                        {33, 8, 0},    {1000, 1024, 0}, {513, 264, 0},  {5, 776, 0},    {70001, 8, 0},
