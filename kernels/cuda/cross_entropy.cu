@@ -7,12 +7,14 @@
 // Three launches on ctx.stream(), no host sync:
 //   1. count_labels: one block counts the rows whose label != kIgnoreIndex -> stats->num_counted
 //      (the gradient divides by it, so it must exist before any gradient is written).
-//   2. cross_entropy_rows: one block per row. Pass 1 reads the row once with 16-byte loads and keeps
+//   2. the row kernel: one block per row. Pass 1 reads the row once with 16-byte loads and keeps
 //      an online (max, sum of exp, first argmax) per thread, merged by a fixed shuffle tree; the
 //      row's loss log(sum) + max - logit[label] and its correct flag go to fp32/int32 scratch.
-//      Pass 2 (dlogits only) re-reads the row (L2-hot) and writes
-//      grad_scale * (softmax - onehot) / num_counted in bf16. Each element is read before it is
-//      written by the same thread, and logit[label] is read before pass 1, so aliasing is safe.
+//      Pass 2 (dlogits only) writes grad_scale * (softmax - onehot) / num_counted in bf16. Up to
+//      32,768 classes the row stays in registers between the passes (cross_entropy_resident_rows,
+//      all of a thread's loads issued at once); beyond, pass 2 re-reads it (L2-hot). Each element is
+//      read before it is written by the same thread, and logit[label] is read before pass 1, so
+//      aliasing is safe.
 //   3. finalize: one block sums the per-row losses (double) and correct flags in a fixed order
 //      -> stats->loss_sum, stats->num_correct. Bitwise repeatable for a given shape.
 //
@@ -23,10 +25,13 @@
 // Argmax: the first maximum wins (like the CPU). A row whose logits are all -inf/NaN has no argmax
 // (never correct); its loss is NaN/inf as on the CPU.
 //
-// Napkin math (MLM on the ~15% masked rows: 600 rows x 30522 classes, bf16): logits 37 MB read
-// twice (the second read mostly from the 50 MB L2) + 37 MB of dlogits written: ~75-110 MB of DRAM
-// traffic, ~25 us at 4 TB/s; 2 exp2 per element (18M each way) are far below the SFU limit. With
-// every row (4096 x 30522) it is 250 MB in, 250 MB out: ~0.15 ms. NSP (classes 2) is launch bound.
+// Napkin math (MLM on the ~15% masked rows: 2,458 rows x 30,522 classes at 16k tokens, bf16): 150 MB
+// of logits read + 150 MB of dlogits written, ~71 us at the H200's 4.25 TB/s copy bandwidth; 2 exp2
+// per element (150M) ~36 us of the SFUs, overlapped. Measured (2026-12-04, H200): 0.142 ms, 50% of
+// copy bandwidth, with the streaming kernel: 512 threads a row, 7-8 dependent 16-byte loads a
+// thread in pass 1, and the row re-read in pass 2 from an L2 that 528 rows in flight (32 MB) mostly
+// overflow. The resident kernel (1,024 threads, <= 4 vectors each, 59 registers, so one row an SM
+// with 64 KB in flight) reads each logit once. Not timed yet. NSP (classes 2) is launch bound.
 #include <cuda_bf16.h>
 #include <cuda_runtime.h>
 
@@ -142,6 +147,116 @@ __global__ void __launch_bounds__(kReduceThreads)
 
 // ------------------------------------------------------------------------------------------------
 
+// A row whose label is kIgnoreIndex or out of range: its loss (0 or NaN), flag and gradient row (0 or
+// NaN) are written and the row kernel returns.
+template <int kThreads>
+__device__ bool finish_unlabelled_row(int64_t r, int32_t label, int64_t classes, bf16* grad, float* row_loss,
+                                      int32_t* row_correct) {
+  if (label != ops::kIgnoreIndex && label >= 0 && label < classes) return false;
+  const bool ignored = label == ops::kIgnoreIndex;
+  if (threadIdx.x == 0) {
+    row_loss[r] = ignored ? 0.0f : NAN;
+    row_correct[r] = 0;
+  }
+  if (grad != nullptr) fill_row<kThreads>(grad, classes, __float2bfloat16_rn(ignored ? 0.0f : NAN));
+  return true;
+}
+
+// The row's loss log(sum) + max - logit[label] and correct flag, from the merged state (thread 0).
+__device__ __forceinline__ void write_row_loss(int64_t r, int32_t label, float label_logit, const SoftmaxState& total,
+                                               float* row_loss, int32_t* row_correct) {
+  if (threadIdx.x == 0) {
+    row_loss[r] = logf(total.sum) + total.max - label_logit;
+    row_correct[r] = total.argmax == label ? 1 : 0;
+  }
+}
+
+// grad = g * softmax, minus g at the label (the CPU's order of operations), g = grad_scale / counted.
+// Explicitly rounded operations: the aligned (vector) and unaligned (scalar) paths must give the same
+// bits whatever ptxas decides to fuse (the aliasing test compares them bitwise).
+struct RowGradient {
+  float grad_per_row, max_logit, inv_sum;
+  int64_t label;
+  __device__ __forceinline__ bf16 operator()(float x, int64_t c) const {
+    float value = __fmul_rn(grad_per_row, __fmul_rn(exp2f(__fmul_rn(__fsub_rn(x, max_logit), kLog2e)), inv_sum));
+    if (c == label) value = __fsub_rn(value, grad_per_row);
+    return __float2bfloat16_rn(value);
+  }
+};
+
+__device__ __forceinline__ RowGradient row_gradient(float grad_scale, const CrossEntropyDeviceStats* stats,
+                                                    const SoftmaxState& total, int32_t label) {
+  return RowGradient{grad_scale / static_cast<float>(stats->num_counted), total.max, 1.0f / total.sum, label};
+}
+
+// The row, held in registers: the body's 16-byte vectors v = threadIdx.x + k * kThreads (k < kVectors)
+// and at most one head and one tail element a thread (both fewer than 8 a row), all loaded before
+// the first is absorbed: one DRAM round trip a row, and pass 2 writes from registers instead of
+// re-reading the row. The absorption order is cross_entropy_rows_kernel's (head, body in v order,
+// tail), so the two give the same bits. Needs vectors <= kThreads * kVectors.
+template <int kThreads, int kVectors>
+__global__ void __launch_bounds__(kThreads)
+    cross_entropy_resident_rows_kernel(int64_t classes, int64_t stride, const bf16* logits, const int32_t* labels,
+                                       float grad_scale, const CrossEntropyDeviceStats* stats, bf16* dlogits,
+                                       float* row_loss, int32_t* row_correct) {
+  const int64_t r = blockIdx.x;
+  const int32_t label = labels[r];
+  const bf16* row = logits + r * stride;
+  bf16* grad = dlogits != nullptr ? dlogits + r * stride : nullptr;
+  if (finish_unlabelled_row<kThreads>(r, label, classes, grad, row_loss, row_correct)) return;
+
+  // Read before pass 2 may overwrite it (dlogits aliasing logits); the merge's barriers order it.
+  const float label_logit = threadIdx.x == 0 ? __bfloat162float(row[label]) : 0.0f;
+  const int64_t head = misaligned_head(row, classes);
+  const int64_t vectors = (classes - head) / 8;
+  const int64_t tail = head + vectors * 8 + threadIdx.x;  // this thread's tail element, if < classes
+  Bf16x8 body[kVectors] = {};
+#pragma unroll
+  for (int k = 0; k < kVectors; ++k) {
+    const int64_t v = threadIdx.x + int64_t{k} * kThreads;
+    if (v < vectors) body[k] = load_bf16_pack(row + head + v * 8);
+  }
+  const float head_x = threadIdx.x < head ? __bfloat162float(row[threadIdx.x]) : 0.0f;
+  const float tail_x = tail < classes ? __bfloat162float(row[tail]) : 0.0f;
+
+  SoftmaxState state{-INFINITY, 0.0f, kNoIndex};
+  if (threadIdx.x < head) absorb(state, head_x, static_cast<int32_t>(threadIdx.x));
+#pragma unroll
+  for (int k = 0; k < kVectors; ++k) {
+    const int64_t v = threadIdx.x + int64_t{k} * kThreads;
+    if (v >= vectors) break;
+    const int32_t first = static_cast<int32_t>(head + v * 8);
+#pragma unroll
+    for (int j = 0; j < 8; ++j) absorb(state, __bfloat162float(body[k].value[j]), first + j);
+  }
+  if (tail < classes) absorb(state, tail_x, static_cast<int32_t>(tail));
+  const SoftmaxState total = block_merge<kThreads>(state);
+  write_row_loss(r, label, label_logit, total, row_loss, row_correct);
+  if (grad == nullptr) return;
+
+  const RowGradient gradient = row_gradient(grad_scale, stats, total, label);
+  const bool vector_stores = misaligned_head(grad, classes) == head;
+  if (threadIdx.x < head) grad[threadIdx.x] = gradient(head_x, threadIdx.x);
+#pragma unroll
+  for (int k = 0; k < kVectors; ++k) {
+    const int64_t v = threadIdx.x + int64_t{k} * kThreads;
+    if (v >= vectors) break;
+    const int64_t first = head + v * 8;
+    Bf16x8 out;
+#pragma unroll
+    for (int j = 0; j < 8; ++j) out.value[j] = gradient(__bfloat162float(body[k].value[j]), first + j);
+    if (vector_stores) {
+      store_bf16_pack(grad + first, out);
+    } else {  // dlogits is a distinct buffer with a different alignment
+#pragma unroll
+      for (int j = 0; j < 8; ++j) grad[first + j] = out.value[j];
+    }
+  }
+  if (tail < classes) grad[tail] = gradient(tail_x, tail);
+}
+
+// Rows longer than the resident kernels hold (over 32,768 classes): pass 1 streams the row, pass 2
+// re-reads it (L2-hot).
 template <int kThreads>
 __global__ void __launch_bounds__(kThreads)
     cross_entropy_rows_kernel(int64_t classes, int64_t stride, const bf16* logits, const int32_t* labels,
@@ -151,16 +266,7 @@ __global__ void __launch_bounds__(kThreads)
   const int32_t label = labels[r];
   const bf16* row = logits + r * stride;
   bf16* grad = dlogits != nullptr ? dlogits + r * stride : nullptr;
-
-  if (label == ops::kIgnoreIndex || label < 0 || label >= classes) {
-    const bool ignored = label == ops::kIgnoreIndex;
-    if (threadIdx.x == 0) {
-      row_loss[r] = ignored ? 0.0f : NAN;
-      row_correct[r] = 0;
-    }
-    if (grad != nullptr) fill_row<kThreads>(grad, classes, __float2bfloat16_rn(ignored ? 0.0f : NAN));
-    return;
-  }
+  if (finish_unlabelled_row<kThreads>(r, label, classes, grad, row_loss, row_correct)) return;
 
   // Read before pass 2 may overwrite it (dlogits aliasing logits); the merge's barriers order it.
   const float label_logit = threadIdx.x == 0 ? __bfloat162float(row[label]) : 0.0f;
@@ -181,24 +287,11 @@ __global__ void __launch_bounds__(kThreads)
   for (int64_t c = tail_begin + threadIdx.x; c < classes; c += kThreads)
     absorb(state, __bfloat162float(row[c]), static_cast<int32_t>(c));
   const SoftmaxState total = block_merge<kThreads>(state);
-
-  if (threadIdx.x == 0) {
-    row_loss[r] = logf(total.sum) + total.max - label_logit;
-    row_correct[r] = total.argmax == label ? 1 : 0;
-  }
+  write_row_loss(r, label, label_logit, total, row_loss, row_correct);
   if (grad == nullptr) return;
 
-  // Pass 2: grad = g * softmax, minus g at the label (the CPU's order of operations).
-  const float grad_per_row = grad_scale / static_cast<float>(stats->num_counted);
-  const float inv_sum = 1.0f / total.sum;
-  const float max_logit = total.max;
-  // Explicitly rounded operations: the aligned (vector) and unaligned (scalar) paths must give the same
-  // bits whatever ptxas decides to fuse (the aliasing test compares them bitwise).
-  auto gradient = [&](float x, int64_t c) {
-    float value = __fmul_rn(grad_per_row, __fmul_rn(exp2f(__fmul_rn(__fsub_rn(x, max_logit), kLog2e)), inv_sum));
-    if (c == label) value = __fsub_rn(value, grad_per_row);
-    return __float2bfloat16_rn(value);
-  };
+  // Pass 2.
+  const RowGradient gradient = row_gradient(grad_scale, stats, total, label);
   if (misaligned_head(grad, classes) == head) {
     if (threadIdx.x < head) grad[threadIdx.x] = gradient(__bfloat162float(row[threadIdx.x]), threadIdx.x);
     for (int64_t v = threadIdx.x; v < vectors; v += kThreads) {
@@ -236,11 +329,16 @@ __global__ void __launch_bounds__(kReduceThreads)
   }
 }
 
-template <int kThreads>
+template <int kThreads, int kVectors>
 void launch_rows(Context& ctx, const LogitsShape& shape, const bf16* logits, const int32_t* labels, float grad_scale,
                  const CrossEntropyDeviceStats* stats, bf16* dlogits, float* row_loss, int32_t* row_correct) {
-  cross_entropy_rows_kernel<kThreads><<<static_cast<unsigned>(shape.rows), kThreads, 0, ctx.stream()>>>(
-      shape.classes, shape.stride(), logits, labels, grad_scale, stats, dlogits, row_loss, row_correct);
+  const unsigned grid = static_cast<unsigned>(shape.rows);
+  if constexpr (kVectors == 0)
+    cross_entropy_rows_kernel<kThreads><<<grid, kThreads, 0, ctx.stream()>>>(
+        shape.classes, shape.stride(), logits, labels, grad_scale, stats, dlogits, row_loss, row_correct);
+  else
+    cross_entropy_resident_rows_kernel<kThreads, kVectors><<<grid, kThreads, 0, ctx.stream()>>>(
+        shape.classes, shape.stride(), logits, labels, grad_scale, stats, dlogits, row_loss, row_correct);
   CUDA_CHECK_LAUNCH();
 }
 
@@ -277,12 +375,14 @@ void softmax_cross_entropy(Context& ctx, const LogitsShape& shape, const bf16* l
   CUDA_CHECK_LAUNCH();
   if (rows > 0) {
     // Fixed by the shape alone, so the reduction order (and the bits) never depend on the device.
-    if (shape.classes >= 4096)
-      launch_rows<512>(ctx, shape, logits, labels, grad_scale, stats, dlogits, row_loss, row_correct);
-    else if (shape.classes >= 256)
-      launch_rows<128>(ctx, shape, logits, labels, grad_scale, stats, dlogits, row_loss, row_correct);
-    else
-      launch_rows<32>(ctx, shape, logits, labels, grad_scale, stats, dlogits, row_loss, row_correct);
+    // Resident kernels hold kThreads * kVectors * 8 >= classes elements (a row's body has at most
+    // classes / 8 vectors); kVectors = 0 is the streaming kernel.
+    const int64_t classes = shape.classes;
+    const auto launch = classes < 256             ? launch_rows<32, 1>
+                        : classes < 4096          ? launch_rows<128, 4>
+                        : classes <= 1024 * 4 * 8 ? launch_rows<1024, 4>
+                                                  : launch_rows<512, 0>;
+    launch(ctx, shape, logits, labels, grad_scale, stats, dlogits, row_loss, row_correct);
   }
   finalize_kernel<<<1, kReduceThreads, 0, ctx.stream()>>>(rows, row_loss, row_correct, stats);
   CUDA_CHECK_LAUNCH();

@@ -204,6 +204,18 @@ TEST_CASE("cuda softmax_cross_entropy handles misaligned rows and a differently 
   run_case(ctx, rng, 33, 5, Ignored::kSome, 1.0f, 1);
 }
 
+// Up to 32,768 classes the row kernel keeps the row in registers (1,024 threads x 4 vectors); beyond,
+// the streaming kernel reads it twice. Both sides of the boundary, aligned and not.
+TEST_CASE("cuda softmax_cross_entropy: the register-resident and the streaming row kernels", "[cuda][cross_entropy]") {
+  Context ctx(cudaStreamLegacy);
+  std::mt19937_64 rng(4242);
+  run_case(ctx, rng, 5, 32768, Ignored::kSome, 1.0f, 0);         // resident, every vector slot used
+  run_case(ctx, rng, 5, 32768, Ignored::kNone, 1.0f, 1);         // resident, head 7 + tail 1
+  run_case(ctx, rng, 4, 32769, Ignored::kSome, 1.0f, 0);         // streaming
+  run_case(ctx, rng, 3, 70001, Ignored::kNone, 0.5f, 3);         // streaming, misaligned
+  run_case(ctx, rng, 4, 40000, Ignored::kSome, 1.0f, 0, 40005);  // streaming, strided
+}
+
 TEST_CASE("cuda softmax_cross_entropy reads and writes only the rows of strided logits", "[cuda][cross_entropy]") {
   Context ctx(cudaStreamLegacy);
   std::mt19937_64 rng(2718);
