@@ -5,8 +5,9 @@
 // gamma/beta bf16; out bf16 [tokens, hidden]; mean/rstd fp32 [tokens]; table, gamma and beta
 // gradients fp32, accumulated (+=). All math in fp32, in the CPU's order ((word + type) + position).
 //
-// Forward: one warp per token gathers the three rows and normalises them (two-pass statistics, the
-// rows re-read from L1), 128-bit loads when hidden % 8 == 0 and every pointer is 16-byte aligned.
+// Forward: one warp per token gathers the three rows and normalises them (two-pass statistics; the
+// rows held in registers up to hidden 1,024, else re-read from L1), 128-bit loads when hidden % 8 == 0
+// and every pointer is 16-byte aligned.
 // Backward, all deterministic (no float atomics; the same bits every run for a given input):
 //   1. one warp per token: dz = the LayerNorm input gradient, fp32 [tokens, ld] in ctx.scratch
 //      (ld = hidden rounded up to 4, padding zeroed, so later passes use float4 loads).
