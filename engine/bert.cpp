@@ -526,6 +526,13 @@ class CpuGraphBackend {
                                   const T* beta, T eps, T* y, T* mean, T* rstd) {
     cpu::residual_layernorm_forward<T>(ctx_, shape, x, residual, gamma, beta, eps, y, mean, rstd);
   }
+  // x <- dropout(x) in place, then y = LN(x + residual): the CUDA backend fuses the two.
+  void dropout_residual_layernorm_forward(const ops::MatrixShape& shape, const ops::DropoutSpec& dropout, T* x,
+                                          const T* residual, const T* gamma, const T* beta, T eps, T* y, T* mean,
+                                          T* rstd) {
+    cpu::dropout_forward<T>(ctx_, shape.rows * shape.cols, dropout, x, x);
+    cpu::residual_layernorm_forward<T>(ctx_, shape, x, residual, gamma, beta, eps, y, mean, rstd);
+  }
   void residual_layernorm_backward(const ops::MatrixShape& shape, const T* dy, const T* x, const T* residual,
                                    const T* gamma, const T* mean, const T* rstd, T* d_sum, T* dgamma, T* dbeta) {
     cpu::residual_layernorm_backward<T>(ctx_, shape, dy, x, residual, gamma, mean, rstd, d_sum, dgamma, dbeta);

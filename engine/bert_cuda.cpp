@@ -484,6 +484,13 @@ class CudaGraphBackend {
     timed(__func__,
           [&] { cuda::residual_layernorm_forward(ctx_, shape, x, residual, gamma, beta, eps, y, mean, rstd); });
   }
+  void dropout_residual_layernorm_forward(const ops::MatrixShape& shape, const ops::DropoutSpec& dropout, bf16* x,
+                                          const bf16* residual, const bf16* gamma, const bf16* beta, float eps,
+                                          bf16* y, float* mean, float* rstd) {
+    timed(__func__, [&] {
+      cuda::dropout_residual_layernorm_forward(ctx_, shape, dropout, x, residual, gamma, beta, eps, y, mean, rstd);
+    });
+  }
   void residual_layernorm_backward(const ops::MatrixShape& shape, const bf16* dy, const bf16* x, const bf16* residual,
                                    const bf16* gamma, const float* mean, const float* rstd, bf16* d_sum, float* dgamma,
                                    float* dbeta) {

@@ -141,12 +141,11 @@ class BertGraph {
       Act* attention_output = activation(la.attention_output);
       ops_.linear_forward({tokens_, hidden_, hidden_}, activation(la.context), param(lp.attention_output_weight),
                           param(lp.attention_output_bias), attention_output);
-      dropout_in_place(DropoutSite::kAttentionOutput, layer, attention_output);
       Act* attention_layernorm = activation(la.attention_layernorm);
-      ops_.residual_layernorm_forward({tokens_, hidden_}, attention_output, layer_input,
-                                      param(lp.attention_layernorm_weight), param(lp.attention_layernorm_bias), eps_,
-                                      attention_layernorm, statistic(ls.attention_layernorm_mean),
-                                      statistic(ls.attention_layernorm_rstd));
+      dropout_residual_layernorm(DropoutSite::kAttentionOutput, layer, attention_output, layer_input,
+                                 param(lp.attention_layernorm_weight), param(lp.attention_layernorm_bias),
+                                 attention_layernorm, statistic(ls.attention_layernorm_mean),
+                                 statistic(ls.attention_layernorm_rstd));
       ops_.linear_forward({tokens_, hidden_, intermediate_}, attention_layernorm, param(lp.intermediate_weight),
                           nullptr, activation(la.ffn_pre_activation));
       ops_.bias_gelu_forward(gelu_, {tokens_, intermediate_}, activation(la.ffn_pre_activation),
@@ -154,11 +153,10 @@ class BertGraph {
       Act* ffn_output = activation(la.ffn_output);
       ops_.linear_forward({tokens_, intermediate_, hidden_}, activation(la.ffn_activation), param(lp.output_weight),
                           param(lp.output_bias), ffn_output);
-      dropout_in_place(DropoutSite::kFfnOutput, layer, ffn_output);
-      ops_.residual_layernorm_forward({tokens_, hidden_}, ffn_output, attention_layernorm,
-                                      param(lp.output_layernorm_weight), param(lp.output_layernorm_bias), eps_,
-                                      activation(la.layer_output), statistic(ls.output_layernorm_mean),
-                                      statistic(ls.output_layernorm_rstd));
+      dropout_residual_layernorm(DropoutSite::kFfnOutput, layer, ffn_output, attention_layernorm,
+                                 param(lp.output_layernorm_weight), param(lp.output_layernorm_bias),
+                                 activation(la.layer_output), statistic(ls.output_layernorm_mean),
+                                 statistic(ls.output_layernorm_rstd));
       layer_input = activation(la.layer_output);
     }
   }
@@ -345,6 +343,17 @@ class BertGraph {
   void dropout_in_place(DropoutSite site, int layer, Act* values) {
     const ops::DropoutSpec spec = dropout_spec(site, layer);
     if (spec.probability != 0.0f) ops_.dropout_forward(tokens_ * hidden_, spec, values, values);
+  }
+  // branch <- dropout(branch) in place (what the backward reads), then y = LN(branch + residual): one
+  // fused op where the backend has it.
+  void dropout_residual_layernorm(DropoutSite site, int layer, Act* branch, const Act* residual, const Act* gamma,
+                                  const Act* beta, Act* y, Stat* mean, Stat* rstd) {
+    const ops::DropoutSpec spec = dropout_spec(site, layer);
+    if (spec.probability == 0.0f)
+      ops_.residual_layernorm_forward({tokens_, hidden_}, branch, residual, gamma, beta, eps_, y, mean, rstd);
+    else
+      ops_.dropout_residual_layernorm_forward({tokens_, hidden_}, spec, branch, residual, gamma, beta, eps_, y, mean,
+                                              rstd);
   }
   // d(dropout input) from d(dropout output), in workspace grad_branch; with dropout off that is the
   // same buffer.

@@ -107,10 +107,45 @@ __device__ __forceinline__ Bf16x8 load_bf16_pack(const bf16* source) {
   return out;
 }
 
+// 8 floats rounded to bf16 (store_bf16x8's rounding), kept in registers.
+__device__ __forceinline__ Bf16x8 pack_bf16x8(const float (&in)[kVectorWidth]) {
+  Bf16x8 out;
+#pragma unroll
+  for (int i = 0; i < kVectorWidth; ++i) out.value[i] = __float2bfloat16_rn(in[i]);
+  return out;
+}
+
 __device__ __forceinline__ void store_bf16_pack(bf16* destination, const Bf16x8& values) {
   uint4 raw;
   memcpy(&raw, &values, sizeof(raw));
   *reinterpret_cast<uint4*>(destination) = raw;
+}
+
+// ---- dropout multipliers (dropout.cu, layernorm.cu) ------------------------------------------------
+// A dropout site as the kernels apply it: keep iff the element's Philox word >= threshold
+// (ops::dropout_keep), kept elements times scale = 1 / (1 - p) in fp32 (the CPU's IEEE division).
+struct DropoutMask {
+  ops::DropoutSpec spec;
+  uint64_t threshold;
+  float scale;
+};
+inline DropoutMask make_dropout_mask(const ops::DropoutSpec& spec) {
+  return DropoutMask{spec, ops::dropout_drop_threshold(spec.probability), 1.0f / (1.0f - spec.probability)};
+}
+
+// The multipliers (0 or scale) of the site's elements first .. first + 7; first % 4 == 0, so two
+// Philox groups serve them. Applied as value * multiplier, as on the CPU (a dropped negative value
+// gives -0, a dropped NaN stays NaN).
+__device__ __forceinline__ void dropout_multipliers8(const DropoutMask& mask, int64_t first,
+                                                     float (&multiplier)[kVectorWidth]) {
+  const uint64_t group = static_cast<uint64_t>(first) / 4;
+  const ops::Philox4x32Result low = ops::dropout_random_group(mask.spec, group);
+  const ops::Philox4x32Result high = ops::dropout_random_group(mask.spec, group + 1);
+#pragma unroll
+  for (int i = 0; i < 4; ++i) {
+    multiplier[i] = low.word[i] >= mask.threshold ? mask.scale : 0.0f;
+    multiplier[4 + i] = high.word[i] >= mask.threshold ? mask.scale : 0.0f;
+  }
 }
 
 // ---- deterministic column sums: per-chunk fp32 partials, then a fixed-order finalize ---------------
@@ -295,11 +330,30 @@ __global__ void __launch_bounds__(kRowWarpsPerBlock* kWarpSize)
 
   // = {}: the compiler cannot see that a skipped vector (j >= cols) is never read.
   float z[kVectors][kVectorWidth] = {};
+  // A source whose rows write back (dropout's kept branch) hands the values over from load8 and
+  // writes them after every load is issued: a store between them would keep the compiler from
+  // issuing the next vector's loads before it (they might alias).
+  using SourceRow = decltype(z_row);
+  constexpr bool kWritesBack = requires(const SourceRow& row, float (&values)[kVectorWidth], Bf16x8& pending) {
+    row.load8(int64_t{0}, values, pending);
+    row.write_back(int64_t{0}, pending);
+  };
+  Bf16x8 pending[kWritesBack ? kVectors : 1] = {};
 #pragma unroll
   for (int v = 0; v < kVectors; ++v) {
     const int64_t j = (int64_t{v} * kWarpSize + lane) * kVectorWidth;
     if (j >= cols) continue;
-    z_row.load8(j, z[v]);
+    if constexpr (kWritesBack)
+      z_row.load8(j, z[v], pending[v]);
+    else
+      z_row.load8(j, z[v]);
+  }
+  if constexpr (kWritesBack) {
+#pragma unroll
+    for (int v = 0; v < kVectors; ++v) {
+      const int64_t j = (int64_t{v} * kWarpSize + lane) * kVectorWidth;
+      if (j < cols) z_row.write_back(j, pending[v]);
+    }
   }
   float sum = 0.0f;
 #pragma unroll
@@ -334,39 +388,50 @@ __global__ void __launch_bounds__(kRowWarpsPerBlock* kWarpSize)
   }
 }
 
-// Launches the LayerNorm forward over `rows` rows of `source` on `stream`: the resident kernel where
-// it applies (kVectorized and cols <= kResidentMaxCols), else layernorm_rows_forward_kernel.
+// Launches the row-resident forward (needs the 128-bit path and cols <= kResidentMaxCols). The only
+// launcher for Rows sources that may be read once per element only (load8 with side effects).
 template <class Rows>
-void launch_layernorm_rows_forward(cudaStream_t stream, bool vectorized, int64_t rows, int64_t cols, Rows source,
-                                   const bf16* gamma, const bf16* beta, float eps, bf16* y, float* mean, float* rstd) {
+void launch_layernorm_rows_forward_resident(cudaStream_t stream, int64_t rows, int64_t cols, Rows source,
+                                            const bf16* gamma, const bf16* beta, float eps, bf16* y, float* mean,
+                                            float* rstd) {
+  require(cols % kVectorWidth == 0 && cols <= kResidentMaxCols, "launch_layernorm_rows_forward_resident",
+          "internal: cols " + std::to_string(cols) + " is not a multiple of 8 up to 1024");
   const dim3 grid(static_cast<unsigned>(ceil_div(rows, kRowWarpsPerBlock)));
   const dim3 block(kRowWarpsPerBlock * kWarpSize);
-  if (vectorized && cols <= kResidentMaxCols) {
-    switch (ceil_div(cols, int64_t{kWarpSize} * kVectorWidth)) {
-      case 1:
-        layernorm_rows_forward_resident_kernel<1>
-            <<<grid, block, 0, stream>>>(rows, cols, source, gamma, beta, eps, y, mean, rstd);
-        return;
-      case 2:
-        layernorm_rows_forward_resident_kernel<2>
-            <<<grid, block, 0, stream>>>(rows, cols, source, gamma, beta, eps, y, mean, rstd);
-        return;
-      case 3:
-        layernorm_rows_forward_resident_kernel<3>
-            <<<grid, block, 0, stream>>>(rows, cols, source, gamma, beta, eps, y, mean, rstd);
-        return;
-      default:
-        layernorm_rows_forward_resident_kernel<4>
-            <<<grid, block, 0, stream>>>(rows, cols, source, gamma, beta, eps, y, mean, rstd);
-        return;
-    }
+  switch (ceil_div(cols, int64_t{kWarpSize} * kVectorWidth)) {
+    case 1:
+      layernorm_rows_forward_resident_kernel<1>
+          <<<grid, block, 0, stream>>>(rows, cols, source, gamma, beta, eps, y, mean, rstd);
+      return;
+    case 2:
+      layernorm_rows_forward_resident_kernel<2>
+          <<<grid, block, 0, stream>>>(rows, cols, source, gamma, beta, eps, y, mean, rstd);
+      return;
+    case 3:
+      layernorm_rows_forward_resident_kernel<3>
+          <<<grid, block, 0, stream>>>(rows, cols, source, gamma, beta, eps, y, mean, rstd);
+      return;
+    default:
+      layernorm_rows_forward_resident_kernel<4>
+          <<<grid, block, 0, stream>>>(rows, cols, source, gamma, beta, eps, y, mean, rstd);
+      return;
   }
+}
+
+// Launches the LayerNorm forward over `rows` rows of `source` on `stream`: the resident kernel where
+// it applies (vectorized and cols <= kResidentMaxCols), else layernorm_rows_forward_kernel.
+template <class Rows>
+void launch_layernorm_rows_forward(cudaStream_t stream, bool vectorized, int64_t rows, int64_t cols, Rows source,
+                                   const bf16* gamma, const bf16* beta, float eps, bf16* y, float* mean,
+                                   float* rstd) {
+  if (vectorized && cols <= kResidentMaxCols)
+    return launch_layernorm_rows_forward_resident(stream, rows, cols, source, gamma, beta, eps, y, mean, rstd);
+  const dim3 grid(static_cast<unsigned>(ceil_div(rows, kRowWarpsPerBlock)));
+  const dim3 block(kRowWarpsPerBlock * kWarpSize);
   if (vectorized)
-    layernorm_rows_forward_kernel<true>
-        <<<grid, block, 0, stream>>>(rows, cols, source, gamma, beta, eps, y, mean, rstd);
+    layernorm_rows_forward_kernel<true><<<grid, block, 0, stream>>>(rows, cols, source, gamma, beta, eps, y, mean, rstd);
   else
-    layernorm_rows_forward_kernel<false>
-        <<<grid, block, 0, stream>>>(rows, cols, source, gamma, beta, eps, y, mean, rstd);
+    layernorm_rows_forward_kernel<false><<<grid, block, 0, stream>>>(rows, cols, source, gamma, beta, eps, y, mean, rstd);
 }
 
 // The input gradient dz = rstd * (g - mean(g) - zhat * mean(g * zhat)), g = dy * gamma, from the

@@ -193,7 +193,8 @@ __device__ __forceinline__ RowGradient row_gradient(float grad_scale, const Cros
 // and at most one head and one tail element a thread (both fewer than 8 a row), all loaded before
 // the first is absorbed: one DRAM round trip a row, and pass 2 writes from registers instead of
 // re-reading the row. The absorption order is cross_entropy_rows_kernel's (head, body in v order,
-// tail), so the two give the same bits. Needs vectors <= kThreads * kVectors.
+// tail): at the same kThreads the two give the same bits (the launcher's choice of kernel and
+// kThreads is fixed by the shape). Needs vectors <= kThreads * kVectors.
 template <int kThreads, int kVectors>
 __global__ void __launch_bounds__(kThreads)
     cross_entropy_resident_rows_kernel(int64_t classes, int64_t stride, const bf16* logits, const int32_t* labels,

@@ -29,22 +29,13 @@ constexpr int64_t kOctet = 8;            // elements per thread per step: 2 Phil
 constexpr int64_t kMaxBlocks = 1 << 20;  // grid-stride beyond this
 
 template <bool kVectorized>
-__global__ void __launch_bounds__(kThreads)
-    dropout_kernel(int64_t numel, ops::DropoutSpec spec, uint64_t drop_threshold, float scale, const bf16* in,
-                   bf16* out) {
+__global__ void __launch_bounds__(kThreads) dropout_kernel(int64_t numel, DropoutMask mask, const bf16* in, bf16* out) {
   const int64_t stride = static_cast<int64_t>(gridDim.x) * blockDim.x;
   for (int64_t octet = static_cast<int64_t>(blockIdx.x) * blockDim.x + threadIdx.x; octet * kOctet < numel;
        octet += stride) {
     const int64_t first = octet * kOctet;
-    const uint64_t group = static_cast<uint64_t>(first) / 4;
-    const ops::Philox4x32Result low = ops::dropout_random_group(spec, group);
-    const ops::Philox4x32Result high = ops::dropout_random_group(spec, group + 1);
     float multiplier[kOctet];
-#pragma unroll
-    for (int i = 0; i < 4; ++i) {
-      multiplier[i] = low.word[i] >= drop_threshold ? scale : 0.0f;
-      multiplier[4 + i] = high.word[i] >= drop_threshold ? scale : 0.0f;
-    }
+    dropout_multipliers8(mask, first, multiplier);
     if (kVectorized && first + kOctet <= numel) {
       float values[kOctet];
       load_bf16x8(in + first, values);
@@ -73,17 +64,15 @@ void apply_dropout(Context& ctx, int64_t numel, const DropoutSpec& dropout, cons
           cudaMemcpyAsync(out, in, static_cast<size_t>(numel) * sizeof(bf16), cudaMemcpyDeviceToDevice, ctx.stream()));
     return;
   }
-  // The CPU's float arithmetic: scale = 1 / (1 - p) in fp32 (IEEE division on both sides).
-  const float scale = 1.0f / (1.0f - dropout.probability);
-  const uint64_t threshold = ops::dropout_drop_threshold(dropout.probability);
+  const DropoutMask mask = make_dropout_mask(dropout);
   const int64_t octets = ceil_div(numel, kOctet);
   const int64_t wanted_blocks = ceil_div(octets, kThreads);
   const unsigned blocks = static_cast<unsigned>(wanted_blocks < kMaxBlocks ? wanted_blocks : kMaxBlocks);
   const bool vectorized = aligned16(in) && aligned16(out);
   if (vectorized)
-    dropout_kernel<true><<<blocks, kThreads, 0, ctx.stream()>>>(numel, dropout, threshold, scale, in, out);
+    dropout_kernel<true><<<blocks, kThreads, 0, ctx.stream()>>>(numel, mask, in, out);
   else
-    dropout_kernel<false><<<blocks, kThreads, 0, ctx.stream()>>>(numel, dropout, threshold, scale, in, out);
+    dropout_kernel<false><<<blocks, kThreads, 0, ctx.stream()>>>(numel, mask, in, out);
   CUDA_CHECK_LAUNCH();
 }
 

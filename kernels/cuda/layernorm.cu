@@ -11,6 +11,13 @@
 //   forward          two-pass mean / variance (as the CPU), then y. 128-bit path up to 1,024 columns:
 //                    the row stays in registers (all its loads issued at once, one DRAM round trip);
 //                    otherwise the row is re-read from L1 for each pass. The same bits either way.
+//   dropout + residual forward (dropout_residual_layernorm_forward, the engine's hidden dropout): the
+//                    row-resident kernel with a source that drops x as it loads it (the Philox mask of
+//                    dropout.cu), writes the dropped x back for the backward and adds the bf16-rounded
+//                    value: x read once and written once, where dropout_forward and then the forward
+//                    read it twice and write it once, with one launch fewer. The backward stays
+//                    residual_layernorm_backward then dropout_backward: drawing the mask inside the
+//                    fused backward spilled (56-112 bytes) at 768 columns under its 128 registers.
 //   backward, dz     dz = rstd * (g - mean(g) - zhat * mean(g * zhat)), g = dy * gamma.
 //   backward, fused  (128-bit path, cols <= 1024: BERT-base and -large) one pass over the rows: a block
 //                    of 8 warps owns 8 x rows_per_warp consecutive rows; each warp walks its rows in
@@ -41,6 +48,8 @@
 //   common.cuh; 45-54 registers, so 10 blocks of 4 warps an SM): ~60 KB in flight an SM against the
 //   ~32 KB that 4.25 TB/s x ~1 us of latency needs across 132 SMs. Not timed yet.
 #include <cstdint>
+#include <initializer_list>
+#include <string>
 
 #include "kernels/cuda/common.cuh"
 #include "kernels/cuda/ops_cuda.h"
@@ -90,8 +99,43 @@ struct Bf16Rows {
       store_bf16x8(data + j, values);
     }
     __device__ __forceinline__ void pad(int) const {}  // no padding
+
   };
   __device__ __forceinline__ Row row(int64_t r, int64_t cols) const { return Row{data + r * cols}; }
+};
+
+// Row r of z = dropout(x) + residual for the dropout-fused forward, which also writes dropout(x) back
+// over x (the branch the backward reads), rounded to bf16 as dropout_forward stores it, and adds that
+// rounded value: the bits of dropout_forward then residual_layernorm_forward. load8 hands the dropped
+// vector over and write_back stores it once the row's loads are issued (the row-resident kernel's
+// write-back protocol); no single-argument load8, so no other kernel can read it twice.
+struct DroppedSumRows {
+  bf16* x;
+  const bf16* residual;
+  DropoutMask mask;
+  struct Row {
+    bf16* x;
+    const bf16* residual;
+    DropoutMask mask;
+    int64_t first;  // the site's element index of the row's column 0
+    __device__ __forceinline__ void load8(int64_t j, float (&z)[kVectorWidth], Bf16x8& dropped) const {
+      float multiplier[kVectorWidth], r[kVectorWidth];
+      load_bf16x8(x + j, z);
+      load_bf16x8(residual + j, r);
+      dropout_multipliers8(mask, first + j, multiplier);
+#pragma unroll
+      for (int i = 0; i < kVectorWidth; ++i) z[i] *= multiplier[i];
+      dropped = pack_bf16x8(z);
+#pragma unroll
+      for (int i = 0; i < kVectorWidth; ++i) z[i] = __bfloat162float(dropped.value[i]) + r[i];
+    }
+    __device__ __forceinline__ void write_back(int64_t j, const Bf16x8& dropped) const {
+      store_bf16_pack(x + j, dropped);
+    }
+  };
+  __device__ __forceinline__ Row row(int64_t r, int64_t cols) const {
+    return Row{x + r * cols, residual + r * cols, mask, r * cols};
+  }
 };
 
 // ----------------------------------------------------------------------------------------------------
@@ -140,10 +184,10 @@ int64_t fused_rows_per_warp(int64_t rows) {
 // kVectors = ceil(cols / 256): lane l owns columns (v * 32 + l) * 8 .. + 7 for v < kVectors (those
 // below cols). Each row is read once, by one warp, before that warp writes its dz: dz may alias dy,
 // x or residual.
-template <int kVectors, class Rows>
+template <int kVectors, class Rows, class Out>
 __global__ void __launch_bounds__(kFusedWarps* kWarpSize, fused_blocks_per_sm(kVectors))
     layernorm_backward_fused_kernel(int64_t rows, int64_t cols, int64_t rows_per_warp, Rows source, const bf16* dy,
-                                    const bf16* gamma, const float* mean, const float* rstd, bf16* dz,
+                                    const bf16* gamma, const float* mean, const float* rstd, Out dz,
                                     float* dgamma_partial, float* dbeta_partial) {
   __shared__ float warp_sums[kFusedWarps][kFusedMaxCols];
   const int warp = static_cast<int>(threadIdx.x / kWarpSize);
@@ -160,6 +204,7 @@ __global__ void __launch_bounds__(kFusedWarps* kWarpSize, fused_blocks_per_sm(kV
 
   for (int64_t r = first; r < last; ++r) {  // uniform per warp
     const auto z_row = source.row(r, cols);
+
     const bf16* dy_row = dy + r * cols;
     const float row_mean = mean[r], row_rstd = rstd[r];
     // Kept between the two loops: g = dy * gamma and zhat (the parameter sums need no row sum, so
@@ -186,7 +231,7 @@ __global__ void __launch_bounds__(kFusedWarps* kWarpSize, fused_blocks_per_sm(kV
     }
     const float mean_g = warp_sum(sum_g) / count;
     const float mean_g_zhat = warp_sum(sum_g_zhat) / count;
-    bf16* dz_row = dz + r * cols;
+    const auto dz_row = dz.row(r, cols);
 #pragma unroll
     for (int v = 0; v < kVectors; ++v) {
       const int64_t j = (int64_t{v} * kWarpSize + lane) * kVectorWidth;
@@ -194,7 +239,7 @@ __global__ void __launch_bounds__(kFusedWarps* kWarpSize, fused_blocks_per_sm(kV
       float out[kVectorWidth];
 #pragma unroll
       for (int i = 0; i < kVectorWidth; ++i) out[i] = row_rstd * (scaled[v][i] - mean_g - zhat[v][i] * mean_g_zhat);
-      store_bf16x8(dz_row + j, out);
+      dz_row.store8(j, out);
     }
   }
 
@@ -219,38 +264,35 @@ __global__ void __launch_bounds__(kFusedWarps* kWarpSize, fused_blocks_per_sm(kV
   }
 }
 
-template <int kVectors, bool kResidual>
-void launch_backward_fused(Context& ctx, const MatrixShape& shape, const bf16* dy, const bf16* x, const bf16* residual,
-                           const bf16* gamma, const float* mean, const float* rstd, bf16* dz, float* dgamma,
-                           float* dbeta) {
+template <int kVectors, class Rows, class Out>
+void launch_backward_fused(Context& ctx, const MatrixShape& shape, const bf16* dy, Rows source, const bf16* gamma,
+                           const float* mean, const float* rstd, Out dz, float* dgamma, float* dbeta) {
   const int64_t rows = shape.rows, cols = shape.cols;
   const int64_t rows_per_warp = fused_rows_per_warp(rows);
   const int64_t blocks = ceil_div(rows, rows_per_warp * kFusedWarps);
   // Taken before the first launch: growing the scratch synchronises the stream.
   float* partials = static_cast<float*>(ctx.scratch(2 * static_cast<size_t>(blocks * cols) * sizeof(float)));
-  layernorm_backward_fused_kernel<kVectors>
-      <<<static_cast<unsigned>(blocks), kFusedWarps * kWarpSize, 0, ctx.stream()>>>(
-          rows, cols, rows_per_warp, SumRows<kResidual>{x, residual}, dy, gamma, mean, rstd, dz, partials,
-          partials + blocks * cols);
+  layernorm_backward_fused_kernel<kVectors><<<static_cast<unsigned>(blocks), kFusedWarps * kWarpSize, 0, ctx.stream()>>>(
+      rows, cols, rows_per_warp, source, dy, gamma, mean, rstd, dz, partials, partials + blocks * cols);
   CUDA_CHECK_LAUNCH();
   // 32 columns x 32 chunk groups a block (common.cuh): at 512 chunks, 16 loads a thread.
   launch_accumulate_partials(ctx.stream(), blocks, cols, partials, dgamma, partials + blocks * cols, dbeta);
   CUDA_CHECK_LAUNCH();
 }
 
-template <bool kResidual>
-void launch_backward_fused(Context& ctx, const MatrixShape& shape, const bf16* dy, const bf16* x, const bf16* residual,
-                           const bf16* gamma, const float* mean, const float* rstd, bf16* dz, float* dgamma,
-                           float* dbeta) {
+// The fused backward (128-bit path, cols <= kFusedMaxCols) with z's source and dz's sink.
+template <class Rows, class Out>
+void launch_backward_fused(Context& ctx, const MatrixShape& shape, const bf16* dy, Rows source, const bf16* gamma,
+                           const float* mean, const float* rstd, Out dz, float* dgamma, float* dbeta) {
   switch (ceil_div(shape.cols, int64_t{kWarpSize} * kVectorWidth)) {
     case 1:
-      return launch_backward_fused<1, kResidual>(ctx, shape, dy, x, residual, gamma, mean, rstd, dz, dgamma, dbeta);
+      return launch_backward_fused<1>(ctx, shape, dy, source, gamma, mean, rstd, dz, dgamma, dbeta);
     case 2:
-      return launch_backward_fused<2, kResidual>(ctx, shape, dy, x, residual, gamma, mean, rstd, dz, dgamma, dbeta);
+      return launch_backward_fused<2>(ctx, shape, dy, source, gamma, mean, rstd, dz, dgamma, dbeta);
     case 3:
-      return launch_backward_fused<3, kResidual>(ctx, shape, dy, x, residual, gamma, mean, rstd, dz, dgamma, dbeta);
+      return launch_backward_fused<3>(ctx, shape, dy, source, gamma, mean, rstd, dz, dgamma, dbeta);
     default:
-      return launch_backward_fused<4, kResidual>(ctx, shape, dy, x, residual, gamma, mean, rstd, dz, dgamma, dbeta);
+      return launch_backward_fused<4>(ctx, shape, dy, source, gamma, mean, rstd, dz, dgamma, dbeta);
   }
 }
 
@@ -294,9 +336,10 @@ void launch_backward(Context& ctx, const MatrixShape& shape, const bf16* dy, con
                           aligned16(gamma) && aligned16(dz);
   if (vectorized && shape.cols <= kFusedMaxCols) {
     if (residual != nullptr)
-      launch_backward_fused<true>(ctx, shape, dy, x, residual, gamma, mean, rstd, dz, dgamma, dbeta);
+      launch_backward_fused(ctx, shape, dy, SumRows<true>{x, residual}, gamma, mean, rstd, Bf16Rows{dz}, dgamma, dbeta);
     else
-      launch_backward_fused<false>(ctx, shape, dy, x, nullptr, gamma, mean, rstd, dz, dgamma, dbeta);
+      launch_backward_fused(ctx, shape, dy, SumRows<false>{x, nullptr}, gamma, mean, rstd, Bf16Rows{dz}, dgamma,
+                            dbeta);
   } else if (vectorized && residual != nullptr)
     launch_backward_kernels<true, true>(ctx, shape, dy, x, residual, gamma, mean, rstd, dz, dgamma, dbeta);
   else if (vectorized)
@@ -330,6 +373,44 @@ void residual_layernorm_backward(Context& ctx, const MatrixShape& shape, const b
                                  bf16* d_sum, float* dgamma, float* dbeta) {
   require(residual != nullptr, "residual_layernorm_backward", "residual is null");
   launch_backward(ctx, shape, dy, x, residual, gamma, mean, rstd, d_sum, dgamma, dbeta, "residual_layernorm_backward");
+}
+
+namespace {
+
+// The dropout-fused forward needs the 128-bit path up to 1,024 columns, every pointer 16-byte
+// aligned; otherwise the two ops run one after the other (the same bits).
+bool dropout_fusable(const MatrixShape& shape, std::initializer_list<const void*> pointers) {
+  if (shape.cols % kVectorWidth != 0 || shape.cols > kResidentMaxCols) return false;
+  for (const void* pointer : pointers)
+    if (!aligned16(pointer)) return false;
+  return true;
+}
+
+void check_dropout(const DropoutSpec& dropout, const char* op) {
+  require(dropout.probability >= 0.0f && dropout.probability < 1.0f, op,  // false for NaN too
+          "probability must be in [0, 1), got " + std::to_string(dropout.probability));
+}
+
+}  // namespace
+
+void dropout_residual_layernorm_forward(Context& ctx, const MatrixShape& shape, const DropoutSpec& dropout, bf16* x,
+                                        const bf16* residual, const bf16* gamma, const bf16* beta, float eps,
+                                        bf16* y, float* mean, float* rstd) {
+  constexpr const char* kOp = "dropout_residual_layernorm_forward";
+  check_shape(shape, kOp);
+  check_dropout(dropout, kOp);
+  if (shape.rows == 0) return;
+  require(x && residual && gamma && beta && y && mean && rstd, kOp, "a required pointer is null");
+  require(x != y && x != residual, kOp, "x (the dropped branch, kept for the backward) must not alias y or residual");
+  if (dropout.probability != 0.0f && dropout_fusable(shape, {x, residual, gamma, beta, y})) {
+    launch_layernorm_rows_forward_resident(ctx.stream(), shape.rows, shape.cols,
+                                           DroppedSumRows{x, residual, make_dropout_mask(dropout)}, gamma, beta, eps,
+                                           y, mean, rstd);
+    CUDA_CHECK_LAUNCH();
+    return;
+  }
+  dropout_forward(ctx, shape.rows * shape.cols, dropout, x, x);
+  residual_layernorm_forward(ctx, shape, x, residual, gamma, beta, eps, y, mean, rstd);
 }
 
 }  // namespace bert::cuda

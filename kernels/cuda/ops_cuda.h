@@ -192,6 +192,12 @@ void residual_layernorm_forward(Context& ctx, const MatrixShape& shape, const bf
 void residual_layernorm_backward(Context& ctx, const MatrixShape& shape, const bf16* dy, const bf16* x,
                                  const bf16* residual, const bf16* gamma, const float* mean, const float* rstd,
                                  bf16* d_sum, float* dgamma, float* dbeta);
+// Dropout on the branch fused into the residual LayerNorm (BERT's hidden dropout, post-LN): x <-
+// dropout(x) in place (kept: the backward reads it), then y = LN(x + residual). x must not alias y or
+// residual. Bitwise dropout_forward(x, x) followed by residual_layernorm_forward.
+void dropout_residual_layernorm_forward(Context& ctx, const MatrixShape& shape, const DropoutSpec& dropout, bf16* x,
+                                        const bf16* residual, const bf16* gamma, const bf16* beta, float eps,
+                                        bf16* y, float* mean, float* rstd);
 
 // ---- bias + GELU (gelu.cu) ----------------------------------------------------------------------------
 // bias may be nullptr (then dbias too). y may alias x; dx may alias dy.

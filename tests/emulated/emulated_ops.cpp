@@ -280,6 +280,16 @@ void residual_layernorm_forward(Context& ctx, const MatrixShape& s, const bf16* 
   });
 }
 
+// The composition the fused kernel must equal (kernels/cuda/layernorm.cu).
+void dropout_residual_layernorm_forward(Context& ctx, const MatrixShape& s, const DropoutSpec& spec, bf16* x,
+                                        const bf16* r, const bf16* gamma, const bf16* beta, float eps, bf16* y,
+                                        float* mean, float* rstd) {
+  if (x == y || x == r)
+    throw std::invalid_argument("dropout_residual_layernorm_forward: x must not alias y or residual");
+  dropout_forward(ctx, s.rows * s.cols, spec, x, x);
+  residual_layernorm_forward(ctx, s, x, r, gamma, beta, eps, y, mean, rstd);
+}
+
 void residual_layernorm_backward(Context& ctx, const MatrixShape& s, const bf16* dy, const bf16* x, const bf16* r,
                                  const bf16* gamma, const float* mean, const float* rstd, bf16* dsum, float* dgamma,
                                  float* dbeta) {

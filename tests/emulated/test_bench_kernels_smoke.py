@@ -8,7 +8,7 @@ cudaMalloc's guard bands catch the write past its end), a launch the device woul
 throws, the JSON's fields, the lines gpu_check.sh greps, and the side-by-side's pairing of names.
 
 Checked:
-  - --help, --list (86 cases, unique names, both models, every op family, both attention kernels)
+  - --help, --list (88 cases, unique names, both models, every op family, both attention kernels)
   - bad arguments and no device: exit status 1 and one line naming the problem
   - --smoke --json: exit 0, every case "ok" with finite outputs, the JSON's fields and the table's
     lines as gpu_check.sh reads them, and the FLOPs: linear 2 (4) * rows * in * out, attention the
@@ -38,7 +38,7 @@ TORCH_BENCH = os.path.join(ROOT, "bench", "bench_attention_torch.py")
 COMPARE = os.path.join(ROOT, "bench", "compare_kernels.py")
 MODELS = {"bert-base": (768, 12, 3072, 30522), "bert-large": (1024, 16, 4096, 30522)}
 FAMILIES = ["linear_fwd", "linear_bwd", "layernorm_fwd", "layernorm_bwd", "residual_layernorm_fwd",
-            "residual_layernorm_bwd", "bias_gelu_fwd", "bias_gelu_bwd", "embeddings_fwd", "embeddings_bwd",
+            "dropout_residual_layernorm_fwd", "residual_layernorm_bwd", "bias_gelu_fwd", "bias_gelu_bwd", "embeddings_fwd", "embeddings_bwd",
             "dropout_fwd", "dropout_bwd", "attention_fwd", "attention_fwd_mma", "attention_bwd",
             "attention_bwd_mma", "attention_train_fwd", "attention_train_fwd_mma", "attention_train_bwd",
             "attention_train_bwd_mma", "cross_entropy", "adamw", "grad_norm"]
@@ -86,7 +86,7 @@ def main():
           "--help: exit 0, names --smoke and --tokens")
     p = run([args.bench, "--list"])
     names = [line.split()[0] for line in p.stdout.splitlines() if line.strip()]
-    check(p.returncode == 0 and len(names) == 86, f"--list: exit 0, 86 cases (exit {p.returncode}, {len(names)})")
+    check(p.returncode == 0 and len(names) == 88, f"--list: exit 0, 88 cases (exit {p.returncode}, {len(names)})")
     check(len(set(names)) == len(names), "--list: names are unique")
     for model in MODELS:
         families = {name.split("/")[0] for name in names if name.split("/")[1] == model}

@@ -125,12 +125,17 @@ def main():
     check(p.returncode == 0, f"bench_train_step --profile: exit status 0 ({p.stderr.strip()[-200:]})")
     profiled = json.loads(p.stdout) if p.returncode == 0 else {}
     calls = {entry["op"]: entry["calls"] for entry in profiled.get("profile", [])}
-    per_layer = {"attention_forward": 1, "attention_backward": 1, "residual_layernorm_forward": 2,
+    # Dropout is on: the hidden dropout runs fused into the residual LayerNorms, dropout_forward only
+    # after the embeddings.
+    per_layer = {"attention_forward": 1, "attention_backward": 1, "dropout_residual_layernorm_forward": 2,
                  "residual_layernorm_backward": 2, "linear_forward 64x64x192": 1, "linear_backward 64x64x192": 1,
                  "linear_forward 64x64x128": 1, "linear_forward 64x128x64": 1, "bias_gelu_forward 128": 1}
     check(all(calls.get(op) == n * layers for op, n in per_layer.items()),
           "--profile: the per-layer ops, each called once per layer per use: " +
           str({op: calls.get(op) for op in per_layer}))
+    check("residual_layernorm_forward" not in calls and calls.get("dropout_forward") == 1,
+          "--profile: no unfused residual LayerNorm forward; dropout_forward once (the embeddings): " +
+          str({op: calls.get(op) for op in ("residual_layernorm_forward", "dropout_forward")}))
     check(calls.get("embeddings_layernorm_forward") == 1 and calls.get("softmax_cross_entropy 2") == 1 and
           calls.get("softmax_cross_entropy 300") == 1 and calls.get("scatter_add_rows") == 1,
           "--profile: the embeddings, both losses and the MLM rows' scatter, once each")

@@ -2,7 +2,9 @@
 // the same bf16-rounded inputs: odd shapes (both the 128-bit and the scalar path, the latter also on
 // pointers misaligned by one element), outputs poisoned with NaN and fenced by NaN guards (a missed
 // or stray write fails), dgamma/dbeta accumulated onto nonzero priors, two runs bitwise equal, and
-// in place (y aliasing x, dz aliasing dy) bitwise equal to out of place.
+// in place (y aliasing x, dz aliasing dy) bitwise equal to out of place; the dropout-fused residual
+// forward bitwise equal to dropout_forward followed by residual_layernorm_forward.
+#include <cmath>
 #include <cstddef>
 #include <random>
 #include <stdexcept>
@@ -15,6 +17,7 @@ namespace {
 
 namespace cpu = bert::cpu;
 namespace cuda = bert::cuda;
+using bert::ops::DropoutSpec;
 using bert::ops::MatrixShape;
 using cuda::bf16;
 using cuda::DeviceBuffer;
@@ -186,6 +189,87 @@ TEST_CASE("cuda layernorm matches the CPU reference", "[layernorm]") {
 TEST_CASE("cuda residual layernorm matches the CPU reference", "[layernorm]") {
   uint64_t seed = 200;
   for (const Case& c : kCases) check_layernorm(c.rows, c.cols, /*with_residual=*/true, c.offset, seed++);
+}
+
+// Fused (128-bit path up to 1,024 columns) and composed (the rest: odd, wide or misaligned) both
+// must give dropout_forward's bits in x and residual_layernorm_forward's in y, mean and rstd; x holds
+// exact zeros where ops::dropout_keep drops (so the dropout really ran) and nowhere else for nonzero x.
+TEST_CASE("cuda dropout_residual_layernorm_forward is dropout_forward then residual_layernorm_forward, bit for bit",
+          "[layernorm]") {
+  const Case cases[] = {{1000, 768, 0}, {513, 264, 0}, {3, 1024, 0}, {77, 1016, 0}, {40, 8, 0},
+                        {5, 4099, 0},   {8, 1032, 0},  {100, 768, 1}, {3, 7, 0}};
+  uint64_t seed = 700;
+  for (const float probability : {0.1f, 0.5f, 0.0f}) {
+    for (const Case& c : cases) {
+      INFO("rows " << c.rows << " cols " << c.cols << " offset " << c.offset << " p " << probability);
+      const MatrixShape shape{c.rows, c.cols};
+      const size_t n = static_cast<size_t>(c.rows * c.cols), cols = static_cast<size_t>(c.cols);
+      std::mt19937_64 rng(seed++);
+      const std::vector<float> x = random_bf16_values(rng, n, -2.0f, 2.0f);
+      const std::vector<float> residual = random_bf16_values(rng, n, -2.0f, 2.0f);
+      const std::vector<float> gamma = random_bf16_values(rng, cols, 0.5f, 1.5f);
+      const std::vector<float> beta = random_bf16_values(rng, cols, -0.5f, 0.5f);
+      const DropoutSpec spec{probability, 1234 + seed, 77 * seed};
+
+      cuda::Context ctx;
+      Bf16Tensor d_residual = Bf16Tensor::input(residual, c.offset), d_gamma = Bf16Tensor::input(gamma, c.offset),
+                 d_beta = Bf16Tensor::input(beta, c.offset);
+      Bf16Tensor x_composed = Bf16Tensor::input(x, c.offset), x_fused = Bf16Tensor::input(x, c.offset);
+      Bf16Tensor y_composed = Bf16Tensor::output(n, c.offset), y_fused = Bf16Tensor::output(n, c.offset);
+      DeviceBuffer<float> mean_composed = poisoned<float>(shape.rows), rstd_composed = poisoned<float>(shape.rows);
+      DeviceBuffer<float> mean_fused = poisoned<float>(shape.rows), rstd_fused = poisoned<float>(shape.rows);
+      cuda::dropout_forward(ctx, shape.rows * shape.cols, spec, x_composed.data(), x_composed.data());
+      cuda::residual_layernorm_forward(ctx, shape, x_composed.data(), d_residual.data(), d_gamma.data(), d_beta.data(),
+                                       kEps, y_composed.data(), mean_composed.data(), rstd_composed.data());
+      cuda::dropout_residual_layernorm_forward(ctx, shape, spec, x_fused.data(), d_residual.data(), d_gamma.data(),
+                                               d_beta.data(), kEps, y_fused.data(), mean_fused.data(),
+                                               rstd_fused.data());
+      ctx.synchronize();
+      CHECK(x_fused.guards_intact());
+      CHECK(y_fused.guards_intact());
+      const bool same_x = x_fused.bits() == x_composed.bits(), same_y = y_fused.bits() == y_composed.bits();
+      CHECK(same_x);
+      CHECK(same_y);
+      CHECK(same_bits(mean_fused.download(), mean_composed.download()));
+      CHECK(same_bits(rstd_fused.download(), rstd_composed.download()));
+
+      const std::vector<float> dropped = x_fused.values();
+      size_t wrong = 0, zeros = 0;
+      for (size_t i = 0; i < n; ++i) {
+        const bool keep = probability == 0.0f || bert::ops::dropout_keep(spec, i);
+        zeros += dropped[i] == 0.0f ? 1 : 0;
+        if (x[i] != 0.0f && (dropped[i] == 0.0f) == keep) ++wrong;
+      }
+      CHECK(wrong == 0);
+      if (probability != 0.0f && n >= 1000) {
+        INFO("zeros " << zeros << " of " << n);
+        CHECK(std::abs(static_cast<double>(zeros) / static_cast<double>(n) - probability) < 0.05);
+      }
+    }
+  }
+}
+
+TEST_CASE("cuda dropout_residual_layernorm_forward refuses aliasing and bad probabilities", "[layernorm]") {
+  cuda::Context ctx;
+  const std::vector<float> ones(16, 1.0f);
+  Bf16Tensor x = Bf16Tensor::input(ones, 0), residual = Bf16Tensor::input(ones, 0), gamma = Bf16Tensor::input(ones, 0),
+             beta = Bf16Tensor::input(ones, 0), y = Bf16Tensor::output(16, 0);
+  DeviceBuffer<float> mean = poisoned<float>(2), rstd = poisoned<float>(2);
+  const MatrixShape shape{2, 8};
+  const DropoutSpec spec{0.1f, 1, 2};
+  CHECK_THROWS_AS(cuda::dropout_residual_layernorm_forward(ctx, shape, spec, x.data(), residual.data(), gamma.data(),
+                                                           beta.data(), kEps, x.data(), mean.data(), rstd.data()),
+                  std::invalid_argument);
+  CHECK_THROWS_AS(cuda::dropout_residual_layernorm_forward(ctx, shape, spec, x.data(), x.data(), gamma.data(),
+                                                           beta.data(), kEps, y.data(), mean.data(), rstd.data()),
+                  std::invalid_argument);
+  CHECK_THROWS_AS(cuda::dropout_residual_layernorm_forward(ctx, shape, DropoutSpec{1.0f, 1, 2}, x.data(),
+                                                           residual.data(), gamma.data(), beta.data(), kEps, y.data(),
+                                                           mean.data(), rstd.data()),
+                  std::invalid_argument);
+  ctx.synchronize();
+  CHECK(y.guards_intact());
+  CHECK(same_bits(x.values(), ones));  // nothing ran
 }
 
 TEST_CASE("cuda layernorm: zero rows is a no-op, bad arguments throw", "[layernorm]") {
