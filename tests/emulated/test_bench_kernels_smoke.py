@@ -38,10 +38,10 @@ TORCH_BENCH = os.path.join(ROOT, "bench", "bench_attention_torch.py")
 COMPARE = os.path.join(ROOT, "bench", "compare_kernels.py")
 MODELS = {"bert-base": (768, 12, 3072, 30522), "bert-large": (1024, 16, 4096, 30522)}
 FAMILIES = ["linear_fwd", "linear_bwd", "layernorm_fwd", "layernorm_bwd", "residual_layernorm_fwd",
-            "dropout_residual_layernorm_fwd", "residual_layernorm_bwd", "bias_gelu_fwd", "bias_gelu_bwd", "embeddings_fwd", "embeddings_bwd",
-            "dropout_fwd", "dropout_bwd", "attention_fwd", "attention_fwd_mma", "attention_bwd",
-            "attention_bwd_mma", "attention_train_fwd", "attention_train_fwd_mma", "attention_train_bwd",
-            "attention_train_bwd_mma", "cross_entropy", "adamw", "grad_norm"]
+            "dropout_residual_layernorm_fwd", "residual_layernorm_bwd", "bias_gelu_fwd", "bias_gelu_bwd",
+            "embeddings_fwd", "embeddings_bwd", "dropout_fwd", "dropout_bwd", "attention_fwd", "attention_fwd_mma",
+            "attention_bwd", "attention_bwd_mma", "attention_train_fwd", "attention_train_fwd_mma",
+            "attention_train_bwd", "attention_train_bwd_mma", "cross_entropy", "adamw", "grad_norm"]
 
 failures = []
 
