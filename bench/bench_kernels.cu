@@ -255,6 +255,24 @@ void add_linear_cases(std::vector<Case>& cases, const Model& m, const Sizes& siz
   }
 }
 
+// A LayerNorm forward's buffers in the case's arena: x, residual, gamma, beta filled from seeds
+// seed .. seed + 3 (gamma in [0.5, 1.5]); y, mean, rstd for the outputs.
+struct LayerNormBuffers {
+  bf16 *x, *res, *gamma, *beta, *y;
+  float *mean, *rstd;
+  static LayerNormBuffers make(Prepared& p, Context& ctx, const MatrixShape& shape, uint64_t seed) {
+    const int64_t count = shape.rows * shape.cols;
+    LayerNormBuffers b{p.arena->make<bf16>(count),      p.arena->make<bf16>(count), p.arena->make<bf16>(shape.cols),
+                       p.arena->make<bf16>(shape.cols), p.arena->make<bf16>(count), p.arena->make<float>(shape.rows),
+                       p.arena->make<float>(shape.rows)};
+    fill_uniform(ctx, b.x, count, seed);
+    fill_uniform(ctx, b.res, count, seed + 1);
+    fill_uniform(ctx, b.gamma, shape.cols, seed + 2, 0.5f, 1.5f);
+    fill_uniform(ctx, b.beta, shape.cols, seed + 3);
+    return b;
+  }
+};
+
 void add_layernorm_cases(std::vector<Case>& cases, const Model& m, const Sizes& sizes) {
   const MatrixShape shape{sizes.tokens, m.hidden};
   const std::string shape_text = "rows " + str(sizes.tokens) + ", cols " + str(m.hidden);
@@ -265,17 +283,7 @@ void add_layernorm_cases(std::vector<Case>& cases, const Model& m, const Sizes& 
         {prefix + "_fwd/" + m.name, prefix + "_forward", shape_text, [shape, residual, n, h, rows](Context& ctx) {
            Prepared p;
            const int64_t count = shape.rows * shape.cols;
-           bf16* x = p.arena->make<bf16>(count);
-           bf16* res = p.arena->make<bf16>(count);
-           bf16* gamma = p.arena->make<bf16>(shape.cols);
-           bf16* beta = p.arena->make<bf16>(shape.cols);
-           bf16* y = p.arena->make<bf16>(count);
-           float* mean = p.arena->make<float>(shape.rows);
-           float* rstd = p.arena->make<float>(shape.rows);
-           fill_uniform(ctx, x, count, 11);
-           fill_uniform(ctx, res, count, 12);
-           fill_uniform(ctx, gamma, shape.cols, 13, 0.5f, 1.5f);
-           fill_uniform(ctx, beta, shape.cols, 14);
+           const auto [x, res, gamma, beta, y, mean, rstd] = LayerNormBuffers::make(p, ctx, shape, 11);
            p.run = [&ctx, shape, residual, x, res, gamma, beta, y, mean, rstd] {
              if (residual)
                residual_layernorm_forward(ctx, shape, x, res, gamma, beta, kLayerNormEps, y, mean, rstd);
@@ -290,21 +298,11 @@ void add_layernorm_cases(std::vector<Case>& cases, const Model& m, const Sizes& 
         {prefix + "_bwd/" + m.name, prefix + "_backward", shape_text, [shape, residual, n, h, rows](Context& ctx) {
            Prepared p;
            const int64_t count = shape.rows * shape.cols;
-           bf16* x = p.arena->make<bf16>(count);
-           bf16* res = p.arena->make<bf16>(count);
-           bf16* gamma = p.arena->make<bf16>(shape.cols);
-           bf16* beta = p.arena->make<bf16>(shape.cols);
-           bf16* y = p.arena->make<bf16>(count);
-           float* mean = p.arena->make<float>(shape.rows);
-           float* rstd = p.arena->make<float>(shape.rows);
+           const auto [x, res, gamma, beta, y, mean, rstd] = LayerNormBuffers::make(p, ctx, shape, 15);
            bf16* dy = p.arena->make<bf16>(count);
            bf16* dx = p.arena->make<bf16>(count);
            float* dgamma = p.arena->make<float>(shape.cols);
            float* dbeta = p.arena->make<float>(shape.cols);
-           fill_uniform(ctx, x, count, 15);
-           fill_uniform(ctx, res, count, 16);
-           fill_uniform(ctx, gamma, shape.cols, 17, 0.5f, 1.5f);
-           fill_uniform(ctx, beta, shape.cols, 18);
            fill_uniform(ctx, dy, count, 19, -1e-2f, 1e-2f);
            fill_uniform(ctx, dgamma, shape.cols, 20, -1e-3f, 1e-3f);
            fill_uniform(ctx, dbeta, shape.cols, 21, -1e-3f, 1e-3f);
@@ -331,17 +329,7 @@ void add_layernorm_cases(std::vector<Case>& cases, const Model& m, const Sizes& 
                    shape_text + ", p 0.1", [shape, n, h, rows](Context& ctx) {
                      Prepared p;
                      const int64_t count = shape.rows * shape.cols;
-                     bf16* x = p.arena->make<bf16>(count);
-                     bf16* res = p.arena->make<bf16>(count);
-                     bf16* gamma = p.arena->make<bf16>(shape.cols);
-                     bf16* beta = p.arena->make<bf16>(shape.cols);
-                     bf16* y = p.arena->make<bf16>(count);
-                     float* mean = p.arena->make<float>(shape.rows);
-                     float* rstd = p.arena->make<float>(shape.rows);
-                     fill_uniform(ctx, x, count, 22);
-                     fill_uniform(ctx, res, count, 23);
-                     fill_uniform(ctx, gamma, shape.cols, 24, 0.5f, 1.5f);
-                     fill_uniform(ctx, beta, shape.cols, 25);
+                     const auto [x, res, gamma, beta, y, mean, rstd] = LayerNormBuffers::make(p, ctx, shape, 22);
                      // x is dropped in place on every repeat: a kept value grows by 1/0.9, and each is
                      // zeroed with p 0.1 a run, so after a few hundred runs x is zeros (1.11^n never
                      // reaches bf16's range first: 0.9^n of 16M elements survive n runs). The work
