@@ -172,14 +172,16 @@ def print_side_by_side(reference, ours):
             return f"{'-':>18}"
         return f"{fixed(case['tflop_per_s'], 8, 1)} ({fixed(case['median_ms'], 7, 3)})"
 
-    # Our attention has two kernels per direction (bench_kernels' attention_fwd / _bwd = wmma,
-    # attention_fwd_mma / _bwd_mma = mma.sync): each gets a row against the same torch numbers.
+    # Our attention has several kernels per direction (bench_kernels' attention_fwd / _bwd = wmma,
+    # attention_fwd_mma / _bwd_mma = mma.sync, attention_bwd_mma_recompute_dq = mma.sync's kernel pair
+    # where _bwd_mma is the fused kernel): each gets a row against the same torch numbers.
     rows = []
     for name in names:
         rows.append((name, name))
         family, _, rest = name.partition("/")
-        if family + "_mma/" + rest in ours_by_name:
-            rows.append((family + "_mma/" + rest, name))
+        for twin in ("_mma", "_mma_recompute_dq"):
+            if family + twin + "/" + rest in ours_by_name:
+                rows.append((family + twin + "/" + rest, name))
     width = max([32] + [len(ours_name) for ours_name, _ in rows])
     print(f"{'case':{width}} {'ours':>18}" + "".join(f" {b:>18}" for b in backends) + f" {'ours/best':>10}")
     mismatched = []

@@ -561,10 +561,18 @@ void add_attention_cases(std::vector<Case>& cases, const Model& m, const Sizes& 
                          return p;
                        }});
     }
-    for (const AttentionKernel kernel : {AttentionKernel::kWmma, AttentionKernel::kMma}) {
-      const bool mma = kernel == AttentionKernel::kMma;
-      cases.push_back({variant + (mma ? "_bwd_mma/" : "_bwd/") + m.name + "/s" + str(seq),
-                       mma ? "attention_backward (kMma)" : "attention_backward", shape_text,
+    // Backward: also "_bwd_mma_recompute_dq" (kMmaRecomputeDq) where it differs from kMma's (up to 128
+    // keys, where kMma's is the fused kernel): the kernel pair against it in the same run.
+    for (const AttentionKernel kernel :
+         {AttentionKernel::kWmma, AttentionKernel::kMma, AttentionKernel::kMmaRecomputeDq}) {
+      if (kernel == AttentionKernel::kMmaRecomputeDq && seq > 128) continue;
+      const char* suffix = kernel == AttentionKernel::kMma              ? "_bwd_mma/"
+                           : kernel == AttentionKernel::kMmaRecomputeDq ? "_bwd_mma_recompute_dq/"
+                                                                        : "_bwd/";
+      const char* op = kernel == AttentionKernel::kMma              ? "attention_backward (kMma)"
+                       : kernel == AttentionKernel::kMmaRecomputeDq ? "attention_backward (kMmaRecomputeDq)"
+                                                                    : "attention_backward";
+      cases.push_back({variant + suffix + m.name + "/s" + str(seq), op, shape_text,
                        [shape, dropout, kernel, make_inputs, forward_flops, t, h, lse_bytes](Context& ctx) {
                          Prepared p;
                          bf16 *qkv, *context;

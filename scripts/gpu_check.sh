@@ -274,8 +274,9 @@ if stage kernels; then
   note "bench_kernels: exit $bench_rc (${bench_ok:-0} cases ok, ${bench_bad:-0} failed)"
   [[ $bench_rc == 0 ]] || grep -m 3 'bench_kernels:' "$OUT/bench_kernels.log" 2>/dev/null | tee -a "$SUMMARY"
   grep -E '^(device|ceilings):' "$OUT/bench_kernels.log" 2>/dev/null | tee -a "$SUMMARY"
-  # Cases new since the last device run (no baseline to compare with): their own lines.
-  grep -E '^dropout_residual_layernorm_fwd/bert-base ' "$OUT/bench_kernels.log" 2>/dev/null | cut -c1-160 |
+  # Cases new since the last device run (no baseline to compare with), and the s128 attention
+  # backward of both mma paths (fused kernel vs the kernel pair, the same run): their own lines.
+  grep -E '^(dropout_residual_layernorm_fwd|attention(_train)?_bwd_mma(_recompute_dq)?)/bert-base(/s128)? ' "$OUT/bench_kernels.log" 2>/dev/null | cut -c1-160 |
     tee -a "$SUMMARY"
   # Against the newest earlier device run of the same GPU kept in bench/results/ (bench/compare_kernels.py;
   # appended to bench_kernels.log, for want of a ninth file): what the changes since then bought. The
@@ -291,7 +292,7 @@ if stage kernels; then
       [[ $compare_rc == 2 ]] && continue  # another device: try an older run
       note "bench_kernels against $baseline (exit $compare_rc), speedup before/after:"
       sed -n '/^== against/,$p' "$OUT/bench_kernels.log" |
-        grep -E '^(same run:|(attention|attention_train)_(fwd|bwd)_mma/bert-base|(dropout_)?(residual_)?layernorm_(fwd|bwd)/bert-base|dropout_fwd/bert-base|bias_gelu_(fwd|bwd)/bert-base|cross_entropy/bert-base|linear_(fwd|bwd)/bert-base/mlm_decoder )' |
+        grep -E '^(same run:|(attention|attention_train)_(fwd|bwd)_mma(_recompute_dq)?/bert-base|(dropout_)?(residual_)?layernorm_(fwd|bwd)/bert-base|dropout_fwd/bert-base|bias_gelu_(fwd|bwd)/bert-base|cross_entropy/bert-base|linear_(fwd|bwd)/bert-base/mlm_decoder )' |
         tee -a "$SUMMARY"
       break
     done

@@ -55,9 +55,20 @@
 // Measured on an H200 (bench/RESULTS.md, 2026-12-04): the mma kernels run at 1.9-2.4x the wmma ones
 // (2.0-3.0x with dropout; forward 58-79 TFLOP/s against 28-34 at D = 64), so kMma is the default.
 //
+// kMma's backward up to 128 keys (BERT at seq 128) is one fused kernel a (b, h) instead of the pair:
+// its 4 or 8 warps own all the keys (K and V stay in shared memory), walk the query steps as the dK/dV
+// kernel does and also write each step's bf16 dS^T to a shared [keys][64] tile; after a barrier they
+// form dQ = dS K for the step's 64 queries from it, every row summed over all keys by one warp. No
+// atomics, no (B, H, S, S) tensor, no recomputation: 5 S x S x D products instead of 7, the dropout mask
+// drawn once instead of twice, Q, K, V and dO loaded once per (b, h) instead of twice, one launch
+// instead of two. Its cost: at D = 64, 8 warps of 163 registers are one block an SM (the pair ran 3
+// blocks of 4 warps), with a second barrier per step. Not measured on a device yet: bench_kernels
+// times kMmaRecomputeDq (the pair) beside it (attention*_bwd_mma_recompute_dq, seq 128).
+//
 // Napkin math (BERT-base layer: B = 32, S = 128, H = 12, D = 64). Forward 4*B*H*S^2*D = 1.6 GFLOP;
-// backward executes 7 of those S x S x D matmuls = 3.5x forward (2.5x is the minimum; the extra S
-// and dP recompute in the dQ pass is the price of no atomics). Bytes: forward reads q, k, v
+// the kernel pair's backward executes 7 of those S x S x D matmuls = 3.5x forward (2.5x is the
+// minimum, the fused kernel's; the extra S and dP recompute in the dQ pass is the pair's price of no
+// atomics). Bytes: forward reads q, k, v
 // (3 * 6.3 MB) and writes context (6.3 MB); backward reads q, k, v, O, dO, writes dq, dk, dv
 // (~50 MB). At ~4.8 TB/s and a few hundred bf16 TFLOP/s both are ~5-15 us per layer: a few per cent
 // of the layer's GEMM time, so clarity wins over the last 2x of a hand-scheduled mma.sync kernel.
@@ -69,6 +80,7 @@
 #include <cstdint>
 #include <stdexcept>
 #include <string>
+#include <type_traits>
 
 #include "kernels/cuda/async_copy.cuh"
 #include "kernels/cuda/mma_sync.cuh"
@@ -99,6 +111,8 @@ static_assert(kMaxSeqLen % kStep == 0, "the key bias covers every step's keys");
 constexpr float kLog2e = 1.4426950408889634f;
 constexpr float kLn2 = 0.6931471805599453f;
 constexpr size_t kRowStatBytes = align_up(size_t{kStep} * sizeof(float));
+// Up to this many keys the mma backward is one fused kernel (attention_backward_fused_mma_kernel).
+constexpr int kFusedMaxKeys = 2 * kBlockRows;
 
 template <int D>
 struct Tiles {
@@ -178,12 +192,14 @@ struct KeyFlags {
   __device__ bool attended(int key) const { return key < seq_len && (all_padding || valid[key] != 0); }
 };
 
-// Block-wide (every thread must call it): loads the mask row of batch b into shared memory.
+// Block-wide (every thread of a block of kBlockThreads must call it): loads the mask row of batch b
+// into shared memory.
+template <int kBlockThreads = kThreads>
 __device__ KeyFlags load_key_flags(const AttentionArgs& args, int batch_head, unsigned char* flags) {
   const int32_t* mask_row =
       args.mask != nullptr ? args.mask + static_cast<int64_t>(batch_head / args.num_heads) * args.seq_len : nullptr;
   int any_attended = 0;
-  for (int key = threadIdx.x; key < args.seq_len; key += kThreads) {
+  for (int key = threadIdx.x; key < args.seq_len; key += kBlockThreads) {
     const bool attended = mask_row == nullptr || mask_row[key] != 0;
     flags[key] = attended ? 1 : 0;
     any_attended |= attended ? 1 : 0;
@@ -208,15 +224,15 @@ __device__ void load_tile(bf16* tile, const bf16* rows, int64_t row_stride, int 
 }
 
 // Block-wide, asynchronous (cp.async, kernels/cuda/async_copy.cuh): issues the copies of load_tile's
-// tile (zeros where first + r >= seq_len), neither committed nor waited for. Each thread copies D / 16
-// chunks of 16 bytes, all in flight at once.
-template <int D>
+// tile (zeros where first + r >= seq_len), neither committed nor waited for. Each thread of a block of
+// kBlockThreads copies 64 * D / 8 / kBlockThreads chunks of 16 bytes, all in flight at once.
+template <int D, int kBlockThreads = kThreads>
 __device__ void load_tile_async(bf16* tile, const bf16* rows, int64_t row_stride, int first, int seq_len) {
   constexpr int kChunks = D / 8;
-  static_assert(kBlockRows * kChunks % kThreads == 0, "every thread copies the same number of chunks");
+  static_assert(kBlockRows * kChunks % kBlockThreads == 0, "every thread copies the same number of chunks");
 #pragma unroll 1  // unrolled, the compiler keeps every copy's addresses live across the step: +74 registers
-  for (int i = 0; i < kBlockRows * kChunks / kThreads; ++i) {
-    const int index = static_cast<int>(threadIdx.x) + i * kThreads;
+  for (int i = 0; i < kBlockRows * kChunks / kBlockThreads; ++i) {
+    const int index = static_cast<int>(threadIdx.x) + i * kBlockThreads;
     const int row = index / kChunks, chunk = index % kChunks;
     const bool in_range = first + row < seq_len;
     const bf16* source = in_range ? rows + static_cast<int64_t>(first + row) * row_stride + chunk * 8 : rows;
@@ -261,16 +277,17 @@ __device__ KeyValueTiles begin_key_step(bf16* k_tiles, bf16* v_tiles, const bf16
   return KeyValueTiles{k_tiles + (step & 1) * kTile, v_tiles + (step & 1) * kTile};
 }
 
-// Block-wide, asynchronous as load_tile_async, for the mma dK/dV kernel: load_query_step's tiles and
-// row statistics (one 4-byte copy a thread: kThreads == 2 * kStep).
-template <int D>
+// Block-wide, asynchronous as load_tile_async, for the mma dK/dV kernels: load_query_step's tiles and
+// row statistics (one 4-byte copy by each of the first 2 * kStep threads).
+template <int D, int kBlockThreads = kThreads>
 __device__ void load_query_step_async(const AttentionArgs& args, const BlockCoords& coords, const bf16* dcontext,
                                       const float* logsumexp, const float* delta, int query0, bf16* q_tile,
                                       bf16* dout_tile, float* step_lse, float* step_delta) {
-  static_assert(kThreads == 2 * kStep, "one row statistic a thread");
+  static_assert(kBlockThreads >= 2 * kStep, "one row statistic a thread");
   const int seq_len = args.seq_len;
-  load_tile_async<D>(q_tile, args.q + coords.qkv_offset, args.qkv_stride, query0, seq_len);
-  load_tile_async<D>(dout_tile, dcontext + coords.hidden_offset, args.hidden, query0, seq_len);
+  load_tile_async<D, kBlockThreads>(q_tile, args.q + coords.qkv_offset, args.qkv_stride, query0, seq_len);
+  load_tile_async<D, kBlockThreads>(dout_tile, dcontext + coords.hidden_offset, args.hidden, query0, seq_len);
+  if (kBlockThreads > 2 * kStep && static_cast<int>(threadIdx.x) >= 2 * kStep) return;
   const int column = static_cast<int>(threadIdx.x) % kStep;
   const bool is_lse = static_cast<int>(threadIdx.x) < kStep, in_range = query0 + column < seq_len;
   const float* source = is_lse ? logsumexp : delta;
@@ -981,71 +998,49 @@ __device__ void dkdv_dropout_multipliers(const DropoutSite& site, bool group_ali
   for (int k = 0; k < 4; ++k) m[k] = word[k] >= site.drop_below ? site.keep_scale : 0.0f;
 }
 
-// dK and dV: block and warps own 64 and 16 keys as the wmma kernel's. Per query step the Q/dO tiles
-// and their logsumexp/Delta go to shared memory; each half step of 32 queries computes S^T = K Q^T and
+// The dK/dV work of one warp of the mma backward kernels: the warp's 16 keys (K and V rows in shared
+// memory), their dK and dV accumulators, and one query step at a time. Per step (Q/dO tiles and their
+// logsumexp/Delta in shared memory) each half step of 32 queries computes S^T = K Q^T and
 // dP~^T = V dO^T into accumulators (keys as rows: K and V A operands by ldmatrix_x4 of the warp's own
 // rows, Q and dO B operands as the forward's K), forms (P keep)^T and dS^T in registers, repacks them
 // as A operands and accumulates dV += (P keep)^T dO and dK += dS^T Q (dO and Q B operands by
 // ldmatrix_x4_trans). Half steps keep S^T and dP~^T at 16 registers each beside dK and dV (D registers).
+// With a dS^T sink (the fused kernel) the bf16 dS^T of the step also goes to shared memory, as the A
+// operands hold it: row key, column query - first query of the step.
 template <int D>
-__global__ void __launch_bounds__(kThreads)
-    attention_backward_dkdv_mma_kernel(const AttentionArgs args, const bf16* __restrict__ dcontext,
-                                       const float* __restrict__ logsumexp, const float* __restrict__ delta,
-                                       bf16* __restrict__ dk, bf16* __restrict__ dv) {
-  using T = Tiles<D>;
-  constexpr int ld = T::kLd;
-  constexpr int kHalf = kStep / 2;        // queries per half step
-  constexpr int kQueryTiles = kHalf / 8;  // accumulator tiles of 8 queries per half step
-  extern __shared__ __align__(128) unsigned char shared[];
-  bf16* k_tile = reinterpret_cast<bf16*>(shared);
-  bf16* v_tile = reinterpret_cast<bf16*>(shared + T::kTileBytes);
-  bf16* q_tiles = reinterpret_cast<bf16*>(shared + 2 * T::kTileBytes);      // [2]: query steps alternate
-  bf16* dout_tiles = reinterpret_cast<bf16*>(shared + 4 * T::kTileBytes);   // [2]
-  float* step_lses = reinterpret_cast<float*>(shared + 6 * T::kTileBytes);  // [2][kStep]
-  float* step_deltas = reinterpret_cast<float*>(shared + 6 * T::kTileBytes + 2 * kRowStatBytes);  // [2][kStep]
-  unsigned char* key_flags = shared + 6 * T::kTileBytes + 4 * kRowStatBytes;
-  constexpr int kRowStatFloats = kRowStatBytes / sizeof(float);
-  const int warp = threadIdx.x / 32, lane = threadIdx.x % 32;
-  const int g = lane >> 2, q = lane & 3;
+struct DkDvWarp {
+  static constexpr int kHalf = kStep / 2;        // queries per half step
+  static constexpr int kQueryTiles = kHalf / 8;  // accumulator tiles of 8 queries per half step
+  const bf16* k_rows;                            // the warp's 16 K rows (shared memory, row stride Tiles<D>::kLd)
+  const bf16* v_rows;                            // the same of V
+  int first_key;                                 // of the warp's 16
+  int lane;
+  bool key_attended[2];  // keys first_key + g and first_key + g + 8
+  float dk[D / 8][4];
+  float dv[D / 8][4];
 
-  const int seq_len = args.seq_len;
-  const BlockCoords coords = block_coords<D>(args);
-  // K, V and the first query step in flight while the mask is read.
-  load_tile_async<D>(k_tile, args.k + coords.qkv_offset, args.qkv_stride, coords.first_row, seq_len);
-  load_tile_async<D>(v_tile, args.v + coords.qkv_offset, args.qkv_stride, coords.first_row, seq_len);
-  load_query_step_async<D>(args, coords, dcontext, logsumexp, delta, 0, q_tiles, dout_tiles, step_lses, step_deltas);
-  detail::async_copy_commit();
-  const KeyFlags keys = load_key_flags(args, coords.batch_head, key_flags);
-  const int warp_first_key = coords.first_row + warp * kFrag;
-  bf16* warp_k = k_tile + warp * kFrag * ld;
-  bf16* warp_v = v_tile + warp * kFrag * ld;
-  const float uniform_prob = 1.0f / static_cast<float>(seq_len);
-  const float scale_log2 = args.scale * kLog2e;  // P = exp2(s * scale * log2(e) - lse * log2(e))
-  const bool key_attended[2] = {keys.attended(warp_first_key + g), keys.attended(warp_first_key + g + 8)};
-  const uint64_t batch_head_row = static_cast<uint64_t>(coords.batch_head) * static_cast<uint64_t>(seq_len);
-  const bool group_aligned = (seq_len & 3) == 0;
+  __device__ DkDvWarp(const bf16* k, const bf16* v, int first, const KeyFlags& keys, int lane_index)
+      : k_rows(k), v_rows(v), first_key(first), lane(lane_index) {
+    const int g = lane >> 2;
+    key_attended[0] = keys.attended(first_key + g);
+    key_attended[1] = keys.attended(first_key + g + 8);
+    zero_accumulators(dk);
+    zero_accumulators(dv);
+  }
 
-  float dk_acc[D / 8][4], dv_acc[D / 8][4];
-  zero_accumulators(dk_acc);
-  zero_accumulators(dv_acc);
-
-  for (int query0 = 0, step = 0; query0 < seq_len; query0 += kStep, ++step) {
-    // This thread's copies of the step have landed; the barrier publishes everyone's (the first time
-    // also K and V) and frees the other buffers, which every warp is done with.
-    detail::async_copy_wait<0>();
-    __syncthreads();
-    const int buffer = step & 1, next = buffer ^ 1;
-    const bf16* q_tile = q_tiles + buffer * T::kTileElements;
-    const bf16* dout_tile = dout_tiles + buffer * T::kTileElements;
-    const float* step_lse = step_lses + buffer * kRowStatFloats;
-    const float* step_delta = step_deltas + buffer * kRowStatFloats;
-    if (query0 + kStep < seq_len) {  // the next step in flight while this one computes
-      load_query_step_async<D>(args, coords, dcontext, logsumexp, delta, query0 + kStep,
-                               q_tiles + next * T::kTileElements, dout_tiles + next * T::kTileElements,
-                               step_lses + next * kRowStatFloats, step_deltas + next * kRowStatFloats);
-      detail::async_copy_commit();
-    }
-
+  // Queries query0 .. query0 + 63 (q_tile, dout_tile: [64][kLd]; step_lse, step_delta: [64], zeros
+  // past seq_len). dscores_t: nullptr, or the warp's 16 rows of a bf16 [keys][kStep] dS^T tile with
+  // row stride ds_ld.
+  __device__ void query_step(const AttentionArgs& args, const KeyFlags& keys, int batch_head, int query0,
+                             const bf16* q_tile, const bf16* dout_tile, const float* step_lse, const float* step_delta,
+                             bf16* dscores_t, int ds_ld) {
+    constexpr int ld = Tiles<D>::kLd;
+    const int g = lane >> 2, q = lane & 3;
+    const int seq_len = args.seq_len;
+    const float uniform_prob = 1.0f / static_cast<float>(seq_len);
+    const float scale_log2 = args.scale * kLog2e;  // P = exp2(s * scale * log2(e) - lse * log2(e))
+    const uint64_t batch_head_row = static_cast<uint64_t>(batch_head) * static_cast<uint64_t>(seq_len);
+    const bool group_aligned = (seq_len & 3) == 0;
 #pragma unroll 1
     for (int half = 0; half < 2; ++half) {
       const int first_column = half * kHalf;  // of the step's 64 queries
@@ -1053,8 +1048,8 @@ __global__ void __launch_bounds__(kThreads)
       float st[kQueryTiles][4], dpt[kQueryTiles][4];
       zero_accumulators(st);
       zero_accumulators(dpt);
-      warp_mma_abt<D>(st, warp_k, q_tile + first_column * ld, lane);
-      warp_mma_abt<D>(dpt, warp_v, dout_tile + first_column * ld, lane);
+      warp_mma_abt<D>(st, k_rows, q_tile + first_column * ld, lane);
+      warp_mma_abt<D>(dpt, v_rows, dout_tile + first_column * ld, lane);
 
       // (P keep)^T and dS^T (ops.h: all-padding rows are uniform and pass no gradient to q or k).
       uint32_t kept_fragment[kQueryTiles / 2][4], dscore_fragment[kQueryTiles / 2][4];
@@ -1062,7 +1057,7 @@ __global__ void __launch_bounds__(kThreads)
       for (int n = 0; n < kQueryTiles; ++n) {
         float multiplier[4];
         dkdv_dropout_multipliers(args.dropout, group_aligned, batch_head_row, seq_len, query0 + first_column + 8 * n,
-                                 warp_first_key + g, lane, multiplier);
+                                 first_key + g, lane, multiplier);
         float kept[4], dscore[4];
 #pragma unroll
         for (int e = 0; e < 4; ++e) {
@@ -1080,19 +1075,219 @@ __global__ void __launch_bounds__(kThreads)
         pack_a_operand(kept_fragment, n, kept);
         pack_a_operand(dscore_fragment, n, dscore);
       }
+      if (dscores_t != nullptr) {
+        // Tile n's registers: rows g and g + 8, queries 8n + 2q, +1 of the half step (pack_a_operand).
+#pragma unroll
+        for (int n = 0; n < kQueryTiles; ++n)
+#pragma unroll
+          for (int r = 0; r < 2; ++r)
+            *reinterpret_cast<uint32_t*>(dscores_t + (g + 8 * r) * ds_ld + first_column + 8 * n + 2 * q) =
+                dscore_fragment[n / 2][2 * (n % 2) + r];
+      }
 
       // dV += (P keep)^T dO, dK += dS^T Q
-      warp_mma_ab<D>(dv_acc, kept_fragment, dout_tile + first_column * ld, lane);
-      warp_mma_ab<D>(dk_acc, dscore_fragment, q_tile + first_column * ld, lane);
+      warp_mma_ab<D>(dv, kept_fragment, dout_tile + first_column * ld, lane);
+      warp_mma_ab<D>(dk, dscore_fragment, q_tile + first_column * ld, lane);
     }
   }
 
-  // dK and dV staged in the warp's own K and V rows (only it reads them), then stored.
-  const float one[2] = {1.0f, 1.0f};
-  store_warp_accumulators<D>(dk_acc, one, warp_k, dk + coords.qkv_offset, args.qkv_stride, warp_first_key, seq_len,
-                             lane);
-  store_warp_accumulators<D>(dv_acc, one, warp_v, dv + coords.qkv_offset, args.qkv_stride, warp_first_key, seq_len,
-                             lane);
+  // dK and dV staged in the warp's K and V rows (which no other warp may read any more), then stored to
+  // rows first_key .. first_key + 15 below seq_len of dk_rows / dv_rows (row stride `stride`).
+  __device__ void store(bf16* k_staging, bf16* v_staging, bf16* dk_rows, bf16* dv_rows, int64_t stride,
+                        int seq_len) const {
+    const float one[2] = {1.0f, 1.0f};
+    store_warp_accumulators<D>(dk, one, k_staging, dk_rows, stride, first_key, seq_len, lane);
+    store_warp_accumulators<D>(dv, one, v_staging, dv_rows, stride, first_key, seq_len, lane);
+  }
+};
+
+// dK and dV: block and warps own 64 and 16 keys as the wmma kernel's; each warp walks the query steps
+// with DkDvWarp, the steps' Q/dO tiles and row statistics double-buffered with cp.async.
+template <int D>
+__global__ void __launch_bounds__(kThreads)
+    attention_backward_dkdv_mma_kernel(const AttentionArgs args, const bf16* __restrict__ dcontext,
+                                       const float* __restrict__ logsumexp, const float* __restrict__ delta,
+                                       bf16* __restrict__ dk, bf16* __restrict__ dv) {
+  using T = Tiles<D>;
+  constexpr int ld = T::kLd;
+  extern __shared__ __align__(128) unsigned char shared[];
+  bf16* k_tile = reinterpret_cast<bf16*>(shared);
+  bf16* v_tile = reinterpret_cast<bf16*>(shared + T::kTileBytes);
+  bf16* q_tiles = reinterpret_cast<bf16*>(shared + 2 * T::kTileBytes);      // [2]: query steps alternate
+  bf16* dout_tiles = reinterpret_cast<bf16*>(shared + 4 * T::kTileBytes);   // [2]
+  float* step_lses = reinterpret_cast<float*>(shared + 6 * T::kTileBytes);  // [2][kStep]
+  float* step_deltas = reinterpret_cast<float*>(shared + 6 * T::kTileBytes + 2 * kRowStatBytes);  // [2][kStep]
+  unsigned char* key_flags = shared + 6 * T::kTileBytes + 4 * kRowStatBytes;
+  constexpr int kRowStatFloats = kRowStatBytes / sizeof(float);
+  const int warp = threadIdx.x / 32, lane = threadIdx.x % 32;
+
+  const int seq_len = args.seq_len;
+  const BlockCoords coords = block_coords<D>(args);
+  // K, V and the first query step in flight while the mask is read.
+  load_tile_async<D>(k_tile, args.k + coords.qkv_offset, args.qkv_stride, coords.first_row, seq_len);
+  load_tile_async<D>(v_tile, args.v + coords.qkv_offset, args.qkv_stride, coords.first_row, seq_len);
+  load_query_step_async<D>(args, coords, dcontext, logsumexp, delta, 0, q_tiles, dout_tiles, step_lses, step_deltas);
+  detail::async_copy_commit();
+  const KeyFlags keys = load_key_flags(args, coords.batch_head, key_flags);
+  bf16* warp_k = k_tile + warp * kFrag * ld;
+  bf16* warp_v = v_tile + warp * kFrag * ld;
+  DkDvWarp<D> work(warp_k, warp_v, coords.first_row + warp * kFrag, keys, lane);
+
+  for (int query0 = 0, step = 0; query0 < seq_len; query0 += kStep, ++step) {
+    // This thread's copies of the step have landed; the barrier publishes everyone's (the first time
+    // also K and V) and frees the other buffers, which every warp is done with.
+    detail::async_copy_wait<0>();
+    __syncthreads();
+    const int buffer = step & 1, next = buffer ^ 1;
+    if (query0 + kStep < seq_len) {  // the next step in flight while this one computes
+      load_query_step_async<D>(args, coords, dcontext, logsumexp, delta, query0 + kStep,
+                               q_tiles + next * T::kTileElements, dout_tiles + next * T::kTileElements,
+                               step_lses + next * kRowStatFloats, step_deltas + next * kRowStatFloats);
+      detail::async_copy_commit();
+    }
+    work.query_step(args, keys, coords.batch_head, query0, q_tiles + buffer * T::kTileElements,
+                    dout_tiles + buffer * T::kTileElements, step_lses + buffer * kRowStatFloats,
+                    step_deltas + buffer * kRowStatFloats, nullptr, 0);
+  }
+
+  // Only this warp reads its K and V rows: they stage dK and dV.
+  work.store(warp_k, warp_v, dk + coords.qkv_offset, dv + coords.qkv_offset, args.qkv_stride, seq_len);
+}
+
+// The whole backward of one (b, h) with seq_len <= kFusedMaxKeys in one block: dK, dV and dQ in one
+// pass over the queries, no atomics and no recomputation. The block's kKeyWarps warps own 16 keys
+// each, all of the sequence's keys (K and V resident in shared memory), and walk the 64-query steps
+// with DkDvWarp (as the dK/dV kernel), which also writes the step's dS^T into a shared [keys][64] tile.
+// After a barrier every dS of the step's queries is there, summed over no warp yet: the warps then
+// share dQ[64 queries][D] = dS K (A operands from the dS^T tile by ldmatrix_x4_trans, K's B operands as
+// the dQ kernel's), warp w computing queries 16 (w % 4) .. +15 and a 1 / (kKeyWarps / 4) share of D,
+// and store it (staged in the step's Q tile, free by then). Each dQ row is one warp's sum over the
+// keys in order: deterministic, as the two-kernel path.
+// Why: the two-kernel path's dQ kernel recomputes S and dP~ (and the dropout mask) to avoid atomics,
+// 7 S x S x D products instead of 5, and each kernel loads Q, K, V and dO once per 64-row block of its
+// side (twice per (b, h) at S = 128). Here each is loaded once and the products are FlashAttention-2's
+// 5, at the cost of one more barrier per query step and one block (kKeyWarps warps) per (b, h).
+template <int D, int kKeyWarps>
+struct FusedBackwardLayout {
+  using T = Tiles<D>;
+  static constexpr int kKeys = kFrag * kKeyWarps;  // keys (and K/V rows) a block holds
+  static constexpr int kKeyTiles = kKeys / kBlockRows;
+  static constexpr int kDsLd = kStep + 8;  // bf16 dS^T [kKeys][kStep]: 16-byte padded rows for ldmatrix
+  static constexpr size_t kKeyValueBytes = 2 * kKeyTiles * T::kTileBytes;
+  static constexpr size_t kQueryBytes = 4 * T::kTileBytes;  // Q and dO, two buffers each
+  static constexpr size_t kDsBytes = align_up(size_t{kKeys} * kDsLd * sizeof(bf16));
+  static constexpr size_t kBytes = kKeyValueBytes + kQueryBytes + 4 * kRowStatBytes + kDsBytes + kKeyFlagBytes;
+};
+
+template <int D, int kKeyWarps>
+__global__ void __launch_bounds__(32 * kKeyWarps)
+    attention_backward_fused_mma_kernel(const AttentionArgs args, const bf16* __restrict__ dcontext,
+                                        const float* __restrict__ logsumexp, const float* __restrict__ delta,
+                                        bf16* __restrict__ dq, bf16* __restrict__ dk, bf16* __restrict__ dv) {
+  using T = Tiles<D>;
+  using L = FusedBackwardLayout<D, kKeyWarps>;
+  static_assert(kKeyWarps == 4 || kKeyWarps == 8, "64 or 128 keys a block");
+  constexpr int kBlockThreads = 32 * kKeyWarps;
+  constexpr int ld = T::kLd, ds_ld = L::kDsLd;
+  constexpr int kWarpsPerQueryTile = kKeyWarps / 4;  // warps sharing one 16-query tile of dQ
+  constexpr int kColumns = D / kWarpsPerQueryTile;   // dQ columns a warp computes
+  static_assert(kColumns % 16 == 0, "whole ldmatrix_x4_trans loads of K");
+  extern __shared__ __align__(128) unsigned char shared[];
+  bf16* k_tile = reinterpret_cast<bf16*>(shared);  // [kKeys][ld]
+  bf16* v_tile = reinterpret_cast<bf16*>(shared + L::kKeyValueBytes / 2);
+  bf16* q_tiles = reinterpret_cast<bf16*>(shared + L::kKeyValueBytes);                         // [2]
+  bf16* dout_tiles = reinterpret_cast<bf16*>(shared + L::kKeyValueBytes + 2 * T::kTileBytes);  // [2]
+  float* step_lses = reinterpret_cast<float*>(shared + L::kKeyValueBytes + L::kQueryBytes);    // [2][kStep]
+  float* step_deltas = step_lses + 2 * (kRowStatBytes / sizeof(float));                        // [2][kStep]
+  bf16* dscores_t = reinterpret_cast<bf16*>(shared + L::kKeyValueBytes + L::kQueryBytes + 4 * kRowStatBytes);
+  unsigned char* key_flags = shared + L::kKeyValueBytes + L::kQueryBytes + 4 * kRowStatBytes + L::kDsBytes;
+  constexpr int kRowStatFloats = kRowStatBytes / sizeof(float);
+  const int warp = threadIdx.x / 32, lane = threadIdx.x % 32;
+  const int g = lane >> 2, q = lane & 3;
+
+  const int seq_len = args.seq_len;                  // <= kKeys (the launcher's choice)
+  const BlockCoords coords = block_coords<D>(args);  // row_blocks == 1: first_row 0
+  // K and V (all the block's keys) and the first query step in flight while the mask is read.
+#pragma unroll 1
+  for (int t = 0; t < L::kKeyTiles; ++t) {
+    load_tile_async<D, kBlockThreads>(k_tile + t * T::kTileElements, args.k + coords.qkv_offset, args.qkv_stride,
+                                      t * kBlockRows, seq_len);
+    load_tile_async<D, kBlockThreads>(v_tile + t * T::kTileElements, args.v + coords.qkv_offset, args.qkv_stride,
+                                      t * kBlockRows, seq_len);
+  }
+  load_query_step_async<D, kBlockThreads>(args, coords, dcontext, logsumexp, delta, 0, q_tiles, dout_tiles, step_lses,
+                                          step_deltas);
+  detail::async_copy_commit();
+  const KeyFlags keys = load_key_flags<kBlockThreads>(args, coords.batch_head, key_flags);
+  // (Tile t's 64 rows follow tile t - 1's: kTileBytes is exactly 64 padded rows.)
+  static_assert(T::kTileBytes == size_t{kBlockRows} * ld * sizeof(bf16), "K and V rows are contiguous");
+  bf16* warp_k = k_tile + warp * kFrag * ld;
+  bf16* warp_v = v_tile + warp * kFrag * ld;
+  DkDvWarp<D> work(warp_k, warp_v, warp * kFrag, keys, lane);
+  // This warp's share of dQ: queries 16 * query_tile .. +15 of each step, columns first_column ..
+  const int query_tile = warp % 4, first_column = (warp / 4) * kColumns;
+
+  for (int query0 = 0, step = 0; query0 < seq_len; query0 += kStep, ++step) {
+    // This thread's copies of the step have landed; the barrier publishes everyone's (the first time
+    // also K and V) and frees the other buffers and the dS^T tile, which every warp is done with.
+    detail::async_copy_wait<0>();
+    __syncthreads();
+    const int buffer = step & 1, next = buffer ^ 1;
+    bf16* q_tile = q_tiles + buffer * T::kTileElements;
+    if (query0 + kStep < seq_len) {  // the next step in flight while this one computes
+      load_query_step_async<D, kBlockThreads>(args, coords, dcontext, logsumexp, delta, query0 + kStep,
+                                              q_tiles + next * T::kTileElements, dout_tiles + next * T::kTileElements,
+                                              step_lses + next * kRowStatFloats, step_deltas + next * kRowStatFloats);
+      detail::async_copy_commit();
+    }
+    work.query_step(args, keys, coords.batch_head, query0, q_tile, dout_tiles + buffer * T::kTileElements,
+                    step_lses + buffer * kRowStatFloats, step_deltas + buffer * kRowStatFloats,
+                    dscores_t + warp * kFrag * ds_ld, ds_ld);
+    __syncthreads();  // every key's dS^T of the step is in the tile; nobody reads the step's Q any more
+
+    // dQ[16 queries][kColumns] = dS K over all the block's keys, 16 a k-step. A operand of k-step kk:
+    // dS[query][key] = dS^T[key][query], the transposed 8x8 matrices j of the tile's rows
+    // 16kk + 8 (j / 2) .., columns 16 query_tile + 8 (j % 2) ..
+    const int j = lane / 8;
+    float acc[kColumns / 8][4];
+    zero_accumulators(acc);
+#pragma unroll
+    for (int kk = 0; kk < L::kKeys / 16; ++kk) {
+      uint32_t a[4];
+      detail::ldmatrix_x4_trans(a,
+                                dscores_t + (16 * kk + 8 * (j / 2) + lane % 8) * ds_ld + 16 * query_tile + 8 * (j % 2));
+#pragma unroll
+      for (int p = 0; p < kColumns / 16; ++p) {
+        uint32_t b[4];
+        detail::ldmatrix_x4_trans(
+            b, k_tile + (16 * kk + 8 * (j % 2) + lane % 8) * ld + first_column + 16 * p + 8 * (j / 2));
+        detail::mma_bf16_16816(acc[2 * p], a, b[0], b[1]);
+        detail::mma_bf16_16816(acc[2 * p + 1], a, b[2], b[3]);
+      }
+    }
+    // Staged as bf16 in the step's Q tile (rows 16 query_tile.., this warp's columns), then stored as
+    // 16-byte vectors, rows below seq_len.
+    bf16* staging = q_tile + 16 * query_tile * ld + first_column;
+#pragma unroll
+    for (int n = 0; n < kColumns / 8; ++n)
+#pragma unroll
+      for (int r = 0; r < 2; ++r)
+        *reinterpret_cast<uint32_t*>(staging + (g + 8 * r) * ld + 8 * n + 2 * q) =
+            detail::pack_bf16x2(acc[n][2 * r], acc[n][2 * r + 1]);
+    __syncwarp();
+    constexpr int kChunks = kColumns / 8;
+    const int first_query = query0 + 16 * query_tile;
+    bf16* dq_rows = dq + coords.qkv_offset + first_column;
+    for (int index = lane; index < kFrag * kChunks; index += 32) {
+      const int row = index / kChunks, chunk = index % kChunks;
+      if (first_query + row >= seq_len) continue;
+      *reinterpret_cast<uint4*>(dq_rows + static_cast<int64_t>(first_query + row) * args.qkv_stride + chunk * 8) =
+          *reinterpret_cast<const uint4*>(staging + row * ld + chunk * 8);
+    }
+  }
+
+  __syncthreads();  // every warp's last dQ product is done reading K: the warps' K rows stage dK
+  work.store(warp_k, warp_v, dk + coords.qkv_offset, dv + coords.qkv_offset, args.qkv_stride, seq_len);
 }
 
 // dQ: block and warps own 64 and 16 queries as the forward's. Per 64-key step: S = Q K^T and
@@ -1245,7 +1440,7 @@ unsigned grid_blocks(const AttentionShape& shape, const AttentionArgs& args) {
 template <int D>
 void launch_forward(Context& ctx, const AttentionShape& shape, const AttentionArgs& args, AttentionKernel kernel,
                     bf16* context, float* logsumexp) {
-  if (kernel == AttentionKernel::kMma) {
+  if (kernel == AttentionKernel::kMma || kernel == AttentionKernel::kMmaRecomputeDq) {
     constexpr size_t bytes = Tiles<D>::kForwardMmaBytes;
     CUDA_CHECK(cudaFuncSetAttribute(attention_forward_mma_kernel<D>, cudaFuncAttributeMaxDynamicSharedMemorySize,
                                     static_cast<int>(bytes)));
@@ -1268,7 +1463,23 @@ void launch_backward(Context& ctx, const AttentionShape& shape, const AttentionA
   const auto allow = [](const void* function, size_t bytes) {
     CUDA_CHECK(cudaFuncSetAttribute(function, cudaFuncAttributeMaxDynamicSharedMemorySize, static_cast<int>(bytes)));
   };
-  if (kernel == AttentionKernel::kMma) {
+  if (kernel == AttentionKernel::kMma && args.seq_len <= kFusedMaxKeys) {
+    // One block (b, h) with all its keys: 4 warps up to 64 keys, 8 up to 128.
+    AttentionArgs fused = args;
+    fused.row_blocks = 1;
+    const auto launch = [&](auto key_warps) {
+      constexpr int kKeyWarps = decltype(key_warps)::value;
+      constexpr size_t bytes = FusedBackwardLayout<D, kKeyWarps>::kBytes;
+      allow(reinterpret_cast<const void*>(&attention_backward_fused_mma_kernel<D, kKeyWarps>), bytes);
+      attention_backward_fused_mma_kernel<D, kKeyWarps>
+          <<<static_cast<unsigned>(shape.batch * shape.num_heads), 32 * kKeyWarps, bytes, ctx.stream()>>>(
+              fused, dcontext, logsumexp, delta, dq, dk, dv);
+    };
+    if (args.seq_len <= kBlockRows)
+      launch(std::integral_constant<int, 4>{});
+    else
+      launch(std::integral_constant<int, 8>{});
+  } else if (kernel == AttentionKernel::kMma || kernel == AttentionKernel::kMmaRecomputeDq) {
     allow(reinterpret_cast<const void*>(&attention_backward_dkdv_mma_kernel<D>), T::kDkDvMmaBytes);
     allow(reinterpret_cast<const void*>(&attention_backward_dq_mma_kernel<D>), T::kDqMmaBytes);
     attention_backward_dkdv_mma_kernel<D>

@@ -213,13 +213,17 @@ void bias_gelu_backward(Context& ctx, GeluKind kind, const MatrixShape& shape, c
 // plain host code (attention_limits.cpp), so builds without nvcc (the emulated tests) share it.
 constexpr int kAttentionMaxSeqLen = 512;
 bool attention_supported(const AttentionShape& shape, std::string* why_not = nullptr);
-// Two implementations of each direction (attention.cu's purpose block), equal up to fp32 summation
-// order and bf16 rounding of intermediate P~ / dS:
-//   kMma   mma.sync fragments, the elementwise steps in registers (FlashAttention-2's scheme): the default,
-//          1.9-3.0x the wmma kernels' speed on an H200 (bench/RESULTS.md, 2026-12-04)
-//   kWmma  nvcuda::wmma tiles, the elementwise steps on fp32 score tiles in shared memory
-// bench_kernels times both; the tests hold both to kernels/cpu.
-enum class AttentionKernel { kWmma, kMma };
+// Implementations (attention.cu's purpose block), equal up to fp32 summation order and bf16 rounding
+// of intermediate P~ / dS:
+//   kMma             mma.sync fragments, the elementwise steps in registers (FlashAttention-2's scheme):
+//                    the default, 1.9-3.0x the wmma kernels' speed on an H200 (bench/RESULTS.md,
+//                    2026-12-04). Backward: up to 128 keys one fused kernel a (b, h) (dK, dV and dQ
+//                    from one dS), longer sequences the dK/dV + dQ kernel pair.
+//   kMmaRecomputeDq  kMma's forward; backward always the kernel pair, whose dQ kernel recomputes S
+//                    and dP~ (kMma's backward before the fused kernel, kept to time against it)
+//   kWmma            nvcuda::wmma tiles, the elementwise steps on fp32 score tiles in shared memory
+// bench_kernels times them; the tests hold each to kernels/cpu.
+enum class AttentionKernel { kWmma, kMma, kMmaRecomputeDq };
 void attention_forward(Context& ctx, const AttentionShape& shape, const bf16* q, const bf16* k, const bf16* v,
                        const int32_t* attention_mask, const DropoutSpec& dropout, bf16* context, float* logsumexp,
                        AttentionKernel kernel = AttentionKernel::kMma);

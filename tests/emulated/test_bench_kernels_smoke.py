@@ -8,15 +8,15 @@ cudaMalloc's guard bands catch the write past its end), a launch the device woul
 throws, the JSON's fields, the lines gpu_check.sh greps, and the side-by-side's pairing of names.
 
 Checked:
-  - --help, --list (88 cases, unique names, both models, every op family, both attention kernels)
+  - --help, --list (92 cases, unique names, both models, every op family, every attention kernel)
   - bad arguments and no device: exit status 1 and one line naming the problem
   - --smoke --json: exit 0, every case "ok" with finite outputs, the JSON's fields and the table's
     lines as gpu_check.sh reads them, and the FLOPs: linear 2 (4) * rows * in * out, attention the
     formula of bench_attention_torch.py (the side-by-side compares TFLOP/s of the two)
   - bench_attention_torch.py --reference REF --ours JSON: a row for each plain attention case and
-    its mma.sync twin, the ratio best torch time / ours where both measured the same shape (none, and
-    a line saying why, where they did not); exit 1 when flash failed; bad --reference and
-    --reference with --json rejected
+    its mma.sync twins (the backward's two at s128), the ratio best torch time / ours where both
+    measured the same shape (none, and a line saying why, where they did not); exit 1 when flash
+    failed; bad --reference and --reference with --json rejected
   - bench/compare_kernels.py on that JSON and a copy with one case twice as fast and one case dropped:
     2.00x for it, 1.00x for every other, the dropped case named, the padded MLM decoder beside the
     dense one of the same run, and files of different devices refused
@@ -41,7 +41,8 @@ FAMILIES = ["linear_fwd", "linear_bwd", "layernorm_fwd", "layernorm_bwd", "resid
             "dropout_residual_layernorm_fwd", "residual_layernorm_bwd", "bias_gelu_fwd", "bias_gelu_bwd",
             "embeddings_fwd", "embeddings_bwd", "dropout_fwd", "dropout_bwd", "attention_fwd", "attention_fwd_mma",
             "attention_bwd", "attention_bwd_mma", "attention_train_fwd", "attention_train_fwd_mma",
-            "attention_train_bwd", "attention_train_bwd_mma", "cross_entropy", "adamw", "grad_norm"]
+            "attention_train_bwd", "attention_train_bwd_mma", "attention_bwd_mma_recompute_dq",
+            "attention_train_bwd_mma_recompute_dq", "cross_entropy", "adamw", "grad_norm"]
 
 failures = []
 
@@ -86,7 +87,7 @@ def main():
           "--help: exit 0, names --smoke and --tokens")
     p = run([args.bench, "--list"])
     names = [line.split()[0] for line in p.stdout.splitlines() if line.strip()]
-    check(p.returncode == 0 and len(names) == 88, f"--list: exit 0, 88 cases (exit {p.returncode}, {len(names)})")
+    check(p.returncode == 0 and len(names) == 92, f"--list: exit 0, 92 cases (exit {p.returncode}, {len(names)})")
     check(len(set(names)) == len(names), "--list: names are unique")
     for model in MODELS:
         families = {name.split("/")[0] for name in names if name.split("/")[1] == model}
@@ -165,8 +166,10 @@ def main():
         for seq in (128, 512):
             forward = attention_flops(tokens // seq, heads, seq, hidden // heads)
             for variant in ("attention", "attention_train"):
-                for kernel in ("", "_mma"):
+                for kernel in ("", "_mma", "_mma_recompute_dq"):
                     for direction, factor in (("fwd", 1.0), ("bwd", 2.5)):
+                        if kernel == "_mma_recompute_dq" and (direction == "fwd" or seq > 128):
+                            continue  # (only where its backward differs from kMma's)
                         name = f"{variant}_{direction}{kernel}/{model}/s{seq}"
                         if relative(by_name.get(name, {}).get("flops", 0), factor * forward) > 1e-5:
                             flop_errors.append(name)
@@ -201,13 +204,15 @@ def main():
     rows = {line.split()[0]: line for line in body[:footnote] if line.strip()}
     for index, case in enumerate(plain):
         family, _, rest = case["name"].partition("/")
-        for ours_name in (case["name"], family + "_mma/" + rest):
+        twins = [family + "_mma/" + rest] + ([family + "_mma_recompute_dq/" + rest] if
+                                               family == "attention_bwd" and rest.endswith("/s128") else [])
+        for ours_name in [case["name"]] + twins:
             mine = by_name.get(ours_name, {})
             theirs = [c["median_ms"] for c in reference["cases"] if c["name"] == case["name"] and c["status"] == "ok"]
             expected = "-" if index == len(plain) - 1 else f"{min(theirs) / mine.get('median_ms', float('nan')):.2f}x"
             row = rows.get(ours_name, "")
             check(row.endswith(" " + expected), f"side by side: {ours_name} ratio {expected} ({row.strip()[-12:]!r})")
-    check(len(rows) == 16, f"side by side: 16 rows before the footnote ({len(rows)})")
+    check(len(rows) == 18, f"side by side: 18 rows before the footnote ({len(rows)})")
     # The emulated kernels take seconds, and torch's 'efficient' numbers here are 3x ours: the columns
     # must stay aligned under the header whatever the magnitudes.
     header = p.stdout.split("side by side", 1)[-1].splitlines()[1]

@@ -5,7 +5,7 @@ rebuilds test_cuda_kernels_emulated, and runs the unmodified device test of that
 the emulation; the mutant must make it fail ("caught"). The generated files are restored at the end.
 
 Usage: tests/kernel_emu/mutants.py [BUILD_DIR] [NAME_FILTER]   (a developer check, not in ctest: each
-mutant is a rebuild; all 29 take ~30 minutes on 2 cores). Exit 1 if any mutant survives.
+mutant is a rebuild; all 34 take ~35 minutes on 2 cores). Exit 1 if any mutant survives.
 """
 import os
 import subprocess
@@ -102,6 +102,22 @@ MUTANTS = [
     ("attention mma dQ: all-padding blocks stage dQ before other warps' copies into those rows land", "attention.cu",
      ("attention_backward_dq_mma_kernel(const AttentionArgs args", "if (keys.all_padding) {"), "__syncthreads();", "",
      "cuda attention matches*"),
+    # The fused mma backward (up to 128 keys): the test case with seq 65, 77 and 128 (8 warps) is enough.
+    ("attention fused backward: no barrier after the step's copies (read before they land, and the other "
+     "buffers refilled while in use)", "attention.cu", "attention_backward_fused_mma_kernel(const AttentionArgs args",
+     "__syncthreads();", "", "cuda attention without a mask*"),
+    ("attention fused backward: waits for all but the newest copies (the step's own)", "attention.cu",
+     "attention_backward_fused_mma_kernel(const AttentionArgs args", "detail::async_copy_wait<0>();",
+     "    detail::async_copy_wait<1>();", "cuda attention without a mask*"),
+    ("attention fused backward: dQ reads the dS^T tile before every warp wrote its keys", "attention.cu",
+     "attention_backward_fused_mma_kernel(const AttentionArgs args", "__syncthreads();  // every key's dS^T", "",
+     "cuda attention without a mask*"),
+    ("attention fused backward: no __syncwarp before the staged dQ rows are stored", "attention.cu",
+     "attention_backward_fused_mma_kernel(const AttentionArgs args", "__syncwarp();", "",
+     "cuda attention without a mask*"),
+    ("attention fused backward: dK staged in K rows other warps' dQ products still read", "attention.cu",
+     "attention_backward_fused_mma_kernel(const AttentionArgs args", "__syncthreads();  // every warp's last dQ", "",
+     "cuda attention without a mask*"),
 ]
 
 
