@@ -61,9 +61,9 @@
 // form dQ = dS K for the step's 64 queries from it, every row summed over all keys by one warp. No
 // atomics, no (B, H, S, S) tensor, no recomputation: 5 S x S x D products instead of 7, the dropout mask
 // drawn once instead of twice, Q, K, V and dO loaded once per (b, h) instead of twice, one launch
-// instead of two. Its cost: at D = 64, 8 warps of 163 registers are one block an SM (the pair ran 3
-// blocks of 4 warps), with a second barrier per step. Not measured on a device yet: bench_kernels
-// times kMmaRecomputeDq (the pair) beside it (attention*_bwd_mma_recompute_dq, seq 128).
+// instead of two. Its cost: a second barrier per step; registers are bounded to 128 at D <= 64 (no
+// spills) so that 2 blocks of 8 warps share an SM (the pair ran 3 blocks of 4 warps). Not measured on a device yet:
+// bench_kernels times kMmaRecomputeDq (the pair) beside it (attention*_bwd_mma_recompute_dq, seq 128).
 //
 // Napkin math (BERT-base layer: B = 32, S = 128, H = 12, D = 64). Forward 4*B*H*S^2*D = 1.6 GFLOP;
 // the kernel pair's backward executes 7 of those S x S x D matmuls = 3.5x forward (2.5x is the
@@ -1177,10 +1177,15 @@ struct FusedBackwardLayout {
   static constexpr size_t kQueryBytes = 4 * T::kTileBytes;  // Q and dO, two buffers each
   static constexpr size_t kDsBytes = align_up(size_t{kKeys} * kDsLd * sizeof(bf16));
   static constexpr size_t kBytes = kKeyValueBytes + kQueryBytes + 4 * kRowStatBytes + kDsBytes + kKeyFlagBytes;
+  // Blocks an SM the registers are bounded for (0: no bound, ptxas's choice): 8 warps at D <= 64 in 128
+  // registers (ptxas sm_90a: 163 unbounded at D = 64, no spills bounded), so 2 blocks (16 warps; 94 KB
+  // of shared memory each at D = 64) where the kernel pair ran 12 warps; at D = 128 that bound spilled
+  // ~900 bytes, and 4 warps fit 3 blocks unbounded (an explicit 1 cost D = 128 36 bytes of spills).
+  static constexpr int kMinBlocks = D <= 64 && kKeyWarps == 8 ? 2 : 0;
 };
 
 template <int D, int kKeyWarps>
-__global__ void __launch_bounds__(32 * kKeyWarps)
+__global__ void __launch_bounds__(32 * kKeyWarps, FusedBackwardLayout<D, kKeyWarps>::kMinBlocks)
     attention_backward_fused_mma_kernel(const AttentionArgs args, const bf16* __restrict__ dcontext,
                                         const float* __restrict__ logsumexp, const float* __restrict__ delta,
                                         bf16* __restrict__ dq, bf16* __restrict__ dk, bf16* __restrict__ dv) {
