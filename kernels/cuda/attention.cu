@@ -62,16 +62,17 @@
 // atomics, no (B, H, S, S) tensor, no recomputation: 5 S x S x D products instead of 7, the dropout mask
 // drawn once instead of twice, Q, K, V and dO loaded once per (b, h) instead of twice, one launch
 // instead of two. Its cost: a second barrier per step; registers are bounded to 128 at D <= 64 (no
-// spills) so that 2 blocks of 8 warps share an SM (the pair ran 3 blocks of 4 warps). Not measured on a device yet:
-// bench_kernels times kMmaRecomputeDq (the pair) beside it (attention*_bwd_mma_recompute_dq, seq 128).
+// spills) so that 2 blocks of 8 warps share an SM (the pair ran 3 blocks of 4 warps). Not measured on
+// a device yet: bench_kernels times kMmaRecomputeDq (the pair) beside it (attention*_bwd_mma_recompute_dq,
+// seq 128).
 //
 // Napkin math (BERT-base layer: B = 32, S = 128, H = 12, D = 64). Forward 4*B*H*S^2*D = 1.6 GFLOP;
 // the kernel pair's backward executes 7 of those S x S x D matmuls = 3.5x forward (2.5x is the
 // minimum, the fused kernel's; the extra S and dP recompute in the dQ pass is the pair's price of no
-// atomics). Bytes: forward reads q, k, v
-// (3 * 6.3 MB) and writes context (6.3 MB); backward reads q, k, v, O, dO, writes dq, dk, dv
-// (~50 MB). At ~4.8 TB/s and a few hundred bf16 TFLOP/s both are ~5-15 us per layer: a few per cent
-// of the layer's GEMM time, so clarity wins over the last 2x of a hand-scheduled mma.sync kernel.
+// atomics). Bytes: forward reads q, k, v (3 * 6.3 MB) and writes context (6.3 MB); backward reads q,
+// k, v, O, dO, writes dq, dk, dv (~50 MB). At ~4.8 TB/s and a few hundred bf16 TFLOP/s both are
+// ~5-15 us per layer: a few per cent of the layer's GEMM time, so clarity wins over the last 2x of a
+// hand-scheduled mma.sync kernel.
 #include <cuda_bf16.h>
 #include <mma.h>
 
@@ -1158,8 +1159,8 @@ __global__ void __launch_bounds__(kThreads)
 // pass over the queries, no atomics and no recomputation. The block's kKeyWarps warps own 16 keys
 // each, all of the sequence's keys (K and V resident in shared memory), and walk the 64-query steps
 // with DkDvWarp (as the dK/dV kernel), which also writes the step's dS^T into a shared [keys][64] tile.
-// After a barrier every dS of the step's queries is there, summed over no warp yet: the warps then
-// share dQ[64 queries][D] = dS K (A operands from the dS^T tile by ldmatrix_x4_trans, K's B operands as
+// After a barrier the tile holds the step's dS for every key: the warps then share
+// dQ[64 queries][D] = dS K (A operands from the dS^T tile by ldmatrix_x4_trans, K's B operands as
 // the dQ kernel's), warp w computing queries 16 (w % 4) .. +15 and a 1 / (kKeyWarps / 4) share of D,
 // and store it (staged in the step's Q tile, free by then). Each dQ row is one warp's sum over the
 // keys in order: deterministic, as the two-kernel path.
