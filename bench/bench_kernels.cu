@@ -538,7 +538,7 @@ void add_attention_cases(std::vector<Case>& cases, const Model& m, const Sizes& 
       }
       fill_uniform(ctx, qkv, tokens * shape.qkv_row_stride, 71, -2.0f, 2.0f);
     };
-    // Two kernels per direction (ops_cuda.h): "_fwd"/"_bwd" wmma, "_fwd_mma"/"_bwd_mma" mma.sync (the default).
+    // Kernels (ops_cuda.h): "_fwd"/"_bwd" wmma, "_fwd_mma"/"_bwd_mma" mma.sync (the default), and below.
     for (const AttentionKernel kernel : {AttentionKernel::kWmma, AttentionKernel::kMma}) {
       const bool mma = kernel == AttentionKernel::kMma;
       cases.push_back({variant + (mma ? "_fwd_mma/" : "_fwd/") + m.name + "/s" + str(seq),

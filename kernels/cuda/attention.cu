@@ -31,8 +31,9 @@
 // scheme): mma.sync m16n8k16 fragments (kernels/cuda/mma_sync.cuh), whose accumulator layout is
 // documented, so the elementwise steps never leave registers: the accumulators of S (forward, dQ) or
 // S^T (dK/dV) are repacked as the A operands of the next product (P~, dS, (P keep)^T, dS^T), and O, dQ,
-// dK, dV accumulate in registers. Same blocks, warps, dropout indices and all-padding rules as above;
-// dK/dV walks each 64-query step in two halves of 32 to keep S^T and dP~^T at 16 registers each.
+// dK, dV accumulate in registers. Same blocks, warps, dropout indices and all-padding rules as above
+// (but for the fused backward up to 128 keys, below); dK/dV walks each 64-query step in two halves of
+// 32 to keep S^T and dP~^T at 16 registers each.
 // The tiles a block walks (forward and dQ: K/V; dK/dV: Q/dO and their logsumexp/Delta) are double-
 // buffered with cp.async (kernels/cuda/async_copy.cuh), FlashAttention-2's pipeline: the copies of
 // step i + 1 are issued right after the barrier that opens step i and land while step i computes;
@@ -58,11 +59,13 @@
 // kMma's backward up to 128 keys (BERT at seq 128) is one fused kernel a (b, h) instead of the pair:
 // its 4 or 8 warps own all the keys (K and V stay in shared memory), walk the query steps as the dK/dV
 // kernel does and also write each step's bf16 dS^T to a shared [keys][64] tile; after a barrier they
-// form dQ = dS K for the step's 64 queries from it, every row summed over all keys by one warp. No
+// form dQ = dS K for the step's 64 queries from it, every element one warp's sum over the keys. No
 // atomics, no (B, H, S, S) tensor, no recomputation: 5 S x S x D products instead of 7, the dropout mask
-// drawn once instead of twice, Q, K, V and dO loaded once per (b, h) instead of twice, one launch
-// instead of two. Its cost: a second barrier per step; registers are bounded to 128 at D <= 64 (no
-// spills) so that 2 blocks of 8 warps share an SM (the pair ran 3 blocks of 4 warps). Not measured on
+// drawn once instead of twice, Q, K, V and dO loaded once per (b, h) instead of three times (at 128
+// keys), one launch instead of two. Its cost: a second barrier per step and the dS^T tile in shared
+// memory: 40.5 / 64.5 / 112.5 KB with 4 warps, 59.5 / 91.5 / 155.5 KB with 8 (D = 32 / 64 / 128);
+// registers are bounded to 128 at D <= 64 with 8 warps (no spills), so that 2 blocks share an SM
+// (16 warps; the pair ran 3 blocks of 4 warps), 241 at D = 128 (one block). Not measured on
 // a device yet: bench_kernels times kMmaRecomputeDq (the pair) beside it (attention*_bwd_mma_recompute_dq,
 // seq 128).
 //
@@ -72,8 +75,8 @@
 // atomics). Bytes: forward reads q, k, v (3 * 6.3 MB) and writes context (6.3 MB); backward reads q,
 // k, v, O, dO, writes dq, dk, dv (~50 MB). At ~4.8 TB/s and a few hundred bf16 TFLOP/s both are
 // ~5-15 us per layer, a few per cent of the layer's GEMM time; measured (H200, 2026-12-04, 16k tokens a
-// batch) the mma kernels took ~0.58 ms a layer with dropout against the GEMMs' 1.16 ms, 4x cuDNN's
-// time: latency, not bytes or FLOPs, is what the changes above go after.
+// batch) the mma kernels took ~0.58 ms a layer with dropout against the GEMMs' 1.16 ms, 2.4x (seq 128)
+// to 4x (seq 512) cuDNN's time: latency, not bytes or FLOPs, is what the changes above go after.
 #include <cuda_bf16.h>
 #include <mma.h>
 
@@ -1163,12 +1166,12 @@ __global__ void __launch_bounds__(kThreads)
 // After a barrier the tile holds the step's dS for every key: the warps then share
 // dQ[64 queries][D] = dS K (A operands from the dS^T tile by ldmatrix_x4_trans, K's B operands as
 // the dQ kernel's), warp w computing queries 16 (w % 4) .. +15 and a 1 / (kKeyWarps / 4) share of D,
-// and store it (staged in the step's Q tile, free by then). Each dQ row is one warp's sum over the
-// keys in order: deterministic, as the two-kernel path.
+// and store it (staged in the step's Q tile, free by then). Each dQ element is one warp's sum over
+// the keys in order: deterministic, as the two-kernel path.
 // Why: the two-kernel path's dQ kernel recomputes S and dP~ (and the dropout mask) to avoid atomics,
-// 7 S x S x D products instead of 5, and each kernel loads Q, K, V and dO once per 64-row block of its
-// side (twice per (b, h) at S = 128). Here each is loaded once and the products are FlashAttention-2's
-// 5, at the cost of one more barrier per query step and one block (kKeyWarps warps) per (b, h).
+// 7 S x S x D products instead of 5, and each kernel loads the other side's tiles once per 64-row
+// block of its own side (Q, K, V and dO three times per (b, h) at S = 128). Here each is loaded once and the products
+// are FlashAttention-2's 5, at the cost of one more barrier per query step and one block (kKeyWarps warps) per (b, h).
 template <int D, int kKeyWarps>
 struct FusedBackwardLayout {
   using T = Tiles<D>;
@@ -1180,9 +1183,10 @@ struct FusedBackwardLayout {
   static constexpr size_t kDsBytes = align_up(size_t{kKeys} * kDsLd * sizeof(bf16));
   static constexpr size_t kBytes = kKeyValueBytes + kQueryBytes + 4 * kRowStatBytes + kDsBytes + kKeyFlagBytes;
   // Blocks an SM the registers are bounded for (0: no bound, ptxas's choice): 8 warps at D <= 64 in 128
-  // registers (ptxas sm_90a: 163 unbounded at D = 64, no spills bounded), so 2 blocks (16 warps; 94 KB
-  // of shared memory each at D = 64) where the kernel pair ran 12 warps; at D = 128 that bound spilled
-  // ~900 bytes, and 4 warps fit 3 blocks unbounded (an explicit 1 cost D = 128 36 bytes of spills).
+  // registers (ptxas sm_90a, D = 32 / 64: 127 / 163 unbounded, no spills bounded), so 2 blocks (16
+  // warps; 91.5 KB of shared memory each at D = 64) where the kernel pair ran 12 warps. At D = 128 that
+  // bound spilled ~900 bytes. 4 warps are unbounded (164 registers at D = 64: 3 blocks an SM; with an
+  // explicit 1 ptxas chose differently and spilled 36 bytes at D = 128).
   static constexpr int kMinBlocks = D <= 64 && kKeyWarps == 8 ? 2 : 0;
 };
 
