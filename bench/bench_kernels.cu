@@ -3,6 +3,12 @@
 // run, and prints one table (plus JSON with --json).
 //
 //   bench_kernels [--list] [--filter NAME] [--json FILE] [--repeats N] [--tokens N] [--smoke]
+//                 [--gemm-autotune N]
+//
+// After the cases it prints the cuBLASLt algorithm each GEMM shape ran (Context::gemm_plans: id, tile,
+// stages, split-k); --gemm-autotune N has each shape's first call time up to N of the heuristic's
+// algorithms and keep the fastest (the times of all of them are printed), so one run shows what the
+// heuristic's first choice leaves on the table. The ceilings keep the heuristic's first either way.
 //
 // --smoke checks the program rather than the device: 512 tokens per batch, one repeat and one warm-up,
 // small ceilings, one encoder layer in the optimizer cases. tests/kernel_emu runs it on the host
@@ -20,7 +26,8 @@
 // the matching ceiling (memory-bound ops against the copy, matrix ops against the GEMM).
 //
 // FLOP formulas (stated once, as FlashAttention's benchmarks do):
-//   linear forward 2*rows*in*out; backward (dx + dW) 4*rows*in*out.
+//   linear forward 2*rows*in*out; backward (dx + dW) 4*rows*in*out; its parts (linear_bwd_dx,
+//   linear_bwd_dw: 2*rows*in*out each; linear_bwd_db: memory bound, dy read once).
 //   attention forward 4*batch*heads*seq^2*head_dim (QK^T and PV); backward 2.5x forward (QK^T
 //   recomputed, dV, dP, dQ, dK).
 // The attention reference (PyTorch SDPA, flash and cuDNN backends, same shapes and layout) is
@@ -252,6 +259,54 @@ void add_linear_cases(std::vector<Case>& cases, const Model& m, const Sizes& siz
                        p.bytes = (r * o + r * i + o * i) * 2 + r * i * 2 + (o * i + o) * 8;
                        return p;
                      }});
+    if (layer.stride != 0 || std::string(layer.name) == "mlm_decoder_dense") continue;
+    // The backward's three parts alone (linear_backward with the other two outputs null), so a run
+    // shows which of them falls short: dx = dy W, dW += dy^T x (a long-k product with a small output),
+    // db += column sums of dy (memory bound).
+    enum class Part { kDx, kDw, kDb };
+    for (const Part part : {Part::kDx, Part::kDw, Part::kDb}) {
+      const char* suffix = part == Part::kDx ? "_dx" : part == Part::kDw ? "_dw" : "_db";
+      const char* op = part == Part::kDx   ? "linear_backward (dx only)"
+                       : part == Part::kDw ? "linear_backward (dW only)"
+                                           : "linear_backward (db only)";
+      cases.push_back({std::string("linear_bwd") + suffix + "/" + m.name + "/" + layer.name, op, shape_text,
+                       [shape, r, i, o, part](Context& ctx) {
+                         Prepared p;
+                         bf16* dy = p.arena->make<bf16>(shape.rows * shape.out_features);
+                         fill_uniform(ctx, dy, shape.rows * shape.out_features, 6, -1e-3f, 1e-3f);
+                         if (part == Part::kDx) {
+                           bf16* w = p.arena->make<bf16>(shape.out_features * shape.in_features);
+                           bf16* dx = p.arena->make<bf16>(shape.rows * shape.in_features);
+                           fill_uniform(ctx, w, shape.out_features * shape.in_features, 5, -0.05f, 0.05f);
+                           p.run = [&ctx, shape, dy, w, dx] {
+                             linear_backward(ctx, shape, dy, nullptr, w, dx, nullptr, nullptr, InputGrad::kOverwrite);
+                           };
+                           p.outputs = {{dx, shape.rows * shape.in_features, true}};
+                           p.flops = 2 * r * i * o;
+                           p.bytes = (r * o + o * i + r * i) * 2;  // dy, W read; dx written
+                         } else if (part == Part::kDw) {
+                           bf16* x = p.arena->make<bf16>(shape.rows * shape.in_features);
+                           float* dw = p.arena->make<float>(shape.out_features * shape.in_features);
+                           fill_uniform(ctx, x, shape.rows * shape.in_features, 4);
+                           fill_uniform(ctx, dw, shape.out_features * shape.in_features, 7, -1e-3f, 1e-3f);
+                           p.run = [&ctx, shape, dy, x, dw] {
+                             linear_backward(ctx, shape, dy, x, nullptr, nullptr, dw, nullptr);
+                           };
+                           p.outputs = {{dw, shape.out_features * shape.in_features, false}};
+                           p.flops = 2 * r * i * o;
+                           p.bytes = (r * o + r * i) * 2 + o * i * 8;  // dy, x read; dW read-modify-write
+                         } else {
+                           float* db = p.arena->make<float>(shape.out_features);
+                           fill_uniform(ctx, db, shape.out_features, 8, -1e-3f, 1e-3f);
+                           p.run = [&ctx, shape, dy, db] {
+                             linear_backward(ctx, shape, dy, nullptr, nullptr, nullptr, nullptr, db);
+                           };
+                           p.outputs = {{db, shape.out_features, false}};
+                           p.bytes = r * o * 2 + o * 8;  // dy read; db read-modify-write
+                         }
+                         return p;
+                       }});
+    }
   }
 }
 
@@ -807,6 +862,7 @@ struct Settings {
   size_t copy_bytes = size_t{1} << 30;  // the copy ceiling's buffer
   int64_t gemm_n = 8192;                // the GEMM ceiling's n^3
   bool smoke = false;
+  int gemm_autotune = 0;  // Context::set_gemm_autotune for the cases (the ceilings keep the heuristic's first)
   std::string copy_text() const {
     return copy_bytes % (size_t{1} << 30) == 0 ? str(static_cast<int64_t>(copy_bytes >> 30)) + " GiB"
                                                : str(static_cast<int64_t>(copy_bytes >> 20)) + " MiB";
@@ -894,9 +950,32 @@ std::string num(double v) {
   return buf;
 }
 
+// The cuBLASLt algorithm of every GEMM shape the cases ran (with --gemm-autotune, each candidate's time).
+void print_gemm_plans(const std::vector<GemmPlanInfo>& plans) {
+  if (plans.empty()) return;
+  std::printf("\nGEMM plans (cuBLASLt column-major m x n x k; the algorithm each shape ran):\n");
+  for (const GemmPlanInfo& plan : plans) {
+    std::printf("  %-32s %6lld x %6lld x %6lld%s: %s", plan.product.c_str(), static_cast<long long>(plan.m),
+                static_cast<long long>(plan.n), static_cast<long long>(plan.k), plan.bias_epilogue ? " +bias" : "",
+                plan.algorithm.c_str());
+    if (!plan.candidate_ms.empty()) {
+      std::printf("; rank %d of %d, ms by rank:", plan.chosen, plan.offered);
+      for (const double ms : plan.candidate_ms) {
+        if (ms < 0)
+          std::printf(" -");
+        else
+          std::printf(" %.4f", ms);
+      }
+      const double first = plan.candidate_ms[0], chosen = plan.candidate_ms[static_cast<size_t>(plan.chosen)];
+      if (first > 0 && chosen > 0) std::printf(" (rank 0 / chosen %.2fx)", first / chosen);
+    }
+    std::printf("\n");
+  }
+}
+
 void write_json(const std::string& path, const bert::DeviceInfo& device, const std::string& command,
-                const Ceilings& ceilings, const Settings& settings, size_t l2_bytes,
-                const std::vector<Result>& results) {
+                const Ceilings& ceilings, const Settings& settings, size_t l2_bytes, const std::vector<Result>& results,
+                const std::vector<GemmPlanInfo>& plans) {
   std::ostringstream o;
   o << "{\n  \"device\": \"" << json_escape(device.name) << "\",\n  \"sm\": " << device.sm_major * 10 + device.sm_minor
     << ",\n  \"multiprocessors\": " << device.multiprocessors << ",\n  \"l2_bytes\": " << l2_bytes
@@ -920,6 +999,18 @@ void write_json(const std::string& path, const bert::DeviceInfo& device, const s
     }
     o << "}";
   }
+  o << "\n  ],\n  \"gemm_autotune\": " << settings.gemm_autotune << ",\n  \"gemm_plans\": [";
+  for (size_t i = 0; i < plans.size(); ++i) {
+    const GemmPlanInfo& plan = plans[i];
+    o << (i ? ",\n" : "\n") << "    {\"product\": \"" << json_escape(plan.product) << "\", \"m\": " << plan.m
+      << ", \"n\": " << plan.n << ", \"k\": " << plan.k
+      << ", \"bias_epilogue\": " << (plan.bias_epilogue ? "true" : "false") << ", \"algorithm\": \""
+      << json_escape(plan.algorithm) << "\", \"offered\": " << plan.offered << ", \"chosen\": " << plan.chosen
+      << ", \"candidate_ms\": [";
+    for (size_t j = 0; j < plan.candidate_ms.size(); ++j)
+      o << (j ? ", " : "") << (plan.candidate_ms[j] < 0 ? std::string("null") : num(plan.candidate_ms[j]));
+    o << "]}";
+  }
   o << "\n  ]\n}\n";
   std::ofstream file(path);
   if (!file) throw std::runtime_error("cannot write " + path);
@@ -930,13 +1021,16 @@ void write_json(const std::string& path, const bert::DeviceInfo& device, const s
 void print_usage(std::FILE* out) {
   std::fprintf(out,
                "usage: bench_kernels [--list] [--filter NAME] [--json FILE] [--repeats N] [--tokens N] [--smoke]\n"
+               "                     [--gemm-autotune N]\n"
                "  --list         print the case names and exit\n"
                "  --filter NAME  run only cases whose name contains NAME (e.g. attention, bert-base, linear_bwd)\n"
                "  --json FILE    also write every number, the device and the command line as JSON\n"
                "  --repeats N    timed runs per case (median reported; default 50)\n"
                "  --tokens N     tokens per batch, a multiple of 512 (default %lld)\n"
                "  --smoke        check that every case runs, not a measurement: 512 tokens, 1 repeat, 1 warm-up,\n"
-               "                 16 MiB copy and 512^3 GEMM ceilings, one encoder layer in the optimizer cases\n",
+               "                 16 MiB copy and 512^3 GEMM ceilings, one encoder layer in the optimizer cases\n"
+               "  --gemm-autotune N  time up to N cuBLASLt algorithms per GEMM shape and keep the fastest\n"
+               "                 (default 0: the heuristic's first); the GEMM plans are printed at the end\n",
                static_cast<long long>(kDefaultTokens));
 }
 
@@ -980,6 +1074,10 @@ int run(int argc, char** argv) {
       tokens_given = true;
     } else if (arg == "--smoke") {
       settings.smoke = true;
+    } else if (arg == "--gemm-autotune") {
+      settings.gemm_autotune =
+          static_cast<int>(parse_integer(arg, value("--gemm-autotune"), 0, Context::kMaxGemmAutotune,
+                                         "an integer in 0.." + str(Context::kMaxGemmAutotune)));
     } else if (arg == "--help" || arg == "-h") {
       print_usage(stdout);
       return 0;
@@ -1033,6 +1131,14 @@ int run(int argc, char** argv) {
   std::printf("ceilings: copy %.0f GB/s (%s D2D, read + write), GEMM %.1f TFLOP/s (%lld^3 bf16, cuBLASLt)\n\n",
               ceilings.copy_gb_per_s, settings.copy_text().c_str(), ceilings.gemm_tflop_per_s,
               static_cast<long long>(settings.gemm_n));
+  // The ceilings' GEMM ran on the heuristic's first algorithm; the cases on what --gemm-autotune says.
+  const size_t ceiling_plans = ctx.gemm_plans().size();
+  ctx.set_gemm_autotune(settings.gemm_autotune);
+  if (settings.gemm_autotune > 1)
+    std::printf(
+        "--gemm-autotune %d: each GEMM shape's first call times up to %d cuBLASLt algorithms and keeps the "
+        "fastest\n\n",
+        settings.gemm_autotune, settings.gemm_autotune);
   std::printf("%-44s %10s %10s %10s %8s  %s\n", "case", "median ms", "GB/s", "TFLOP/s", "% ceil", "check");
 
   std::vector<Result> results;
@@ -1076,8 +1182,11 @@ int run(int argc, char** argv) {
     std::fflush(stdout);
     results.push_back(r);
   }
+  std::vector<GemmPlanInfo> plans = ctx.gemm_plans();
+  plans.erase(plans.begin(), plans.begin() + static_cast<std::ptrdiff_t>(std::min(ceiling_plans, plans.size())));
+  print_gemm_plans(plans);
   if (!json_path.empty()) {
-    write_json(json_path, device, command, ceilings, settings, l2_bytes, results);
+    write_json(json_path, device, command, ceilings, settings, l2_bytes, results, plans);
     std::printf("\nwrote %s\n", json_path.c_str());
   }
   if (failures) std::printf("%d case(s) failed (non-finite output or error)\n", failures);

@@ -4,7 +4,8 @@
 //
 //   bench_train_step --hidden H --layers L --heads A --intermediate I --vocab V --seq S --batch B
 //                    --steps N --warmup W --threads T [--dropout 0.1] [--dense-mlm]
-//                    [--omp-wait-policy default|passive|active] [--device cpu|cuda] [--profile] [--json]
+//                    [--omp-wait-policy default|passive|active] [--device cpu|cuda] [--profile]
+//                    [--gemm-autotune N] [--json]
 //
 // One optimizer step, timed as a whole: zero_grads, set_dropout(training), forward_backward, grad_norm,
 // clip to 1.0, adamw_step (lr 1e-4, eps 1e-8, weight decay 0.01 on the decay-flagged tensors) — what
@@ -36,6 +37,10 @@
 // (engine/bert_cuda.h: two CUDA events around every op of the graph), reported per op name and shape
 // (calls, device ms, share of that forward+backward), beside the time between ops (the launch gaps
 // and host work no op accounts for): where a step's time goes, without a profiler on the machine.
+// --gemm-autotune N (cuda only): the model's Context times up to N cuBLASLt algorithms for each GEMM
+// shape on its first call (in the warm-up steps, so give at least one) and keeps the fastest
+// (kernels/cuda/ops_cuda.h, Context::set_gemm_autotune); the run then lists every GEMM plan with its
+// algorithm and the candidates' times. Run it beside a plain run to see what autotuning buys a step.
 //
 // Threads: omp_set_num_threads(T), openblas_set_num_threads(T) (when the BLAS is OpenBLAS) and
 // ModelOptions::num_threads = T. --omp-wait-policy sets OMP_WAIT_POLICY and re-executes this program
@@ -209,6 +214,7 @@ struct Shape {
   int steps = 0, warmup = 0;
   bool json = false;
   bool profile = false;
+  int gemm_autotune = 0;
 };
 
 #if defined(BERT_BENCH_CUDA)
@@ -248,6 +254,7 @@ int bench_cuda(const Shape& shape) {
   const auto build_start = Clock::now();
   bert::BertForPreTrainingCuda model(config, options);
   model.reserve(batch, seq_len);
+  model.context().set_gemm_autotune(shape.gemm_autotune);
   cuda_check(cudaDeviceSynchronize(), "cudaDeviceSynchronize");
   const double build_s = seconds_since(build_start);
 
@@ -330,6 +337,7 @@ int bench_cuda(const Shape& shape) {
   const auto [peak, peak_name] = bf16_dense_peak(device.name);
   const double mfu = peak > 0 ? flops_per_s / peak : 0;
   if (losses.empty()) losses.push_back(0);
+  const std::vector<bert::cuda::GemmPlanInfo> plans = model.context().gemm_plans();
 
   if (shape.json) {
     std::printf("{\"device\": \"cuda\", \"device_name\": \"%s\", \"sm\": \"%d%d\", \"multiprocessors\": %d, ",
@@ -369,7 +377,24 @@ int bench_cuda(const Shape& shape) {
                     json_escape(profile[i].name).c_str(), static_cast<long long>(profile[i].calls), profile[i].ms);
       std::printf("]");
     }
-    std::printf("}\n");
+    std::printf(", \"gemm_autotune\": %d, \"gemm_plans\": [", shape.gemm_autotune);
+    for (size_t i = 0; i < plans.size(); ++i) {
+      const bert::cuda::GemmPlanInfo& plan = plans[i];
+      std::printf(
+          "%s{\"product\": \"%s\", \"m\": %lld, \"n\": %lld, \"k\": %lld, \"algorithm\": \"%s\", "
+          "\"offered\": %d, \"chosen\": %d, \"candidate_ms\": [",
+          i ? ", " : "", json_escape(plan.product).c_str(), static_cast<long long>(plan.m),
+          static_cast<long long>(plan.n), static_cast<long long>(plan.k), json_escape(plan.algorithm).c_str(),
+          plan.offered, plan.chosen);
+      for (size_t j = 0; j < plan.candidate_ms.size(); ++j) {
+        if (plan.candidate_ms[j] < 0)
+          std::printf("%snull", j ? ", " : "");
+        else
+          std::printf("%s%.4f", j ? ", " : "", plan.candidate_ms[j]);
+      }
+      std::printf("]}");
+    }
+    std::printf("]}\n");
   } else {
     std::printf("shape      hidden %d, layers %d, heads %d, intermediate %d, vocab %d, seq %lld, batch %lld\n",
                 config.hidden_size, config.num_hidden_layers, config.num_attention_heads, config.intermediate_size,
@@ -399,6 +424,22 @@ int bench_cuda(const Shape& shape) {
       std::printf("  %-44s %6s %10.3f %6.1f%%\n", "between ops (launch gaps, host work)", "", fb - profile_ops_ms,
                   share(fb - profile_ops_ms));
     }
+    std::printf("gemm plans %zu (cuBLASLt, m x n x k column-major; %s):\n", plans.size(),
+                shape.gemm_autotune > 1 ? "autotuned, ms of each candidate by rank" : "the heuristic's first");
+    for (const bert::cuda::GemmPlanInfo& plan : plans) {
+      std::printf("  %-32s %6lld x %6lld x %6lld: %s", plan.product.c_str(), static_cast<long long>(plan.m),
+                  static_cast<long long>(plan.n), static_cast<long long>(plan.k), plan.algorithm.c_str());
+      if (!plan.candidate_ms.empty()) {
+        std::printf("; rank %d of %d:", plan.chosen, plan.offered);
+        for (const double ms : plan.candidate_ms) {
+          if (ms < 0)
+            std::printf(" -");
+          else
+            std::printf(" %.4f", ms);
+        }
+      }
+      std::printf("\n");
+    }
   }
   return 0;
 }
@@ -423,6 +464,8 @@ int bench_main(int argc, char** argv) {
       .flag("--dense-mlm", "run the MLM head on every token (HF's way) instead of the masked ones only")
       .flag("--no-sgemm", "skip the sgemm measurements")
       .flag("--profile", "cuda: also time every op of one forward+backward (see the header)")
+      .option("--gemm-autotune", "cuda: time up to N cuBLASLt algorithms per GEMM shape, keep the fastest (0: off)",
+              "0")
       .flag("--json", "print one JSON object instead of text");
   if (!args.parse(std::vector<std::string>(argv + 1, argv + argc))) {
     std::cout << args.help();
@@ -462,6 +505,7 @@ int bench_main(int argc, char** argv) {
 
   const std::string device = args.str("--device");
   if (device != "cpu" && device != "cuda") throw bert::Error("bench_train_step: --device must be cpu or cuda");
+  const int gemm_autotune = static_cast<int>(args.integer("--gemm-autotune", 0, 32));
   if (device == "cuda") {
     if (dense_mlm) throw bert::Error("bench_train_step: --dense-mlm: the CUDA model runs the MLM head on masked rows only");
 #if defined(BERT_BENCH_CUDA)
@@ -473,6 +517,10 @@ int bench_main(int argc, char** argv) {
     shape.warmup = warmup;
     shape.json = json;
     shape.profile = args.has("--profile");
+    shape.gemm_autotune = gemm_autotune;
+    if (gemm_autotune > 1 && warmup < 1)
+      throw bert::Error(
+          "bench_train_step: --gemm-autotune needs --warmup 1 or more (the tuning runs in the first step)");
     return bench_cuda(shape);
 #else
     throw bert::Error("bench_train_step: --device cuda: this build has no CUDA backend (no nvcc at build time)");
@@ -480,6 +528,7 @@ int bench_main(int argc, char** argv) {
   }
 
   if (args.has("--profile")) throw bert::Error("bench_train_step: --profile needs --device cuda");
+  if (gemm_autotune != 0) throw bert::Error("bench_train_step: --gemm-autotune needs --device cuda");
   omp_set_num_threads(threads);
   if (openblas_set_num_threads) openblas_set_num_threads(threads);
 

@@ -24,7 +24,8 @@
 # GPU_CHECK_SANITIZE_JOBS replaces the sanitizer's job list (see the stage); GPU_CHECK_TRAIN_VARIANTS
 # (e.g. "ours,hf_sdpa") limits the training bench's variants.
 #
-# Stages: GPU_CHECK_STAGES (default "tests curve kernels attention profile sanitize demo train") picks which run, e.g.
+# Stages: GPU_CHECK_STAGES (default "tests curve kernels attention profile autotune sanitize demo train") picks
+# which run, e.g.
 #   run(command="GPU_CHECK_STAGES=train bash scripts/gpu_check.sh", carry=[".gpu-deps"], timeout_s=590)
 # spends the whole call on the training bench (its full matrix: 4 shapes x ours + 3 HF variants, ~6-9
 # minutes with torch.compile); in the default run it gets what the other stages leave (below).
@@ -74,7 +75,8 @@ SANITIZE_TIMEOUT=${GPU_CHECK_SANITIZE_TIMEOUT:-90}
 DEMO_TIMEOUT=${GPU_CHECK_DEMO_TIMEOUT:-90}
 DEMO_STEPS=${GPU_CHECK_DEMO_STEPS:-10000}
 PROFILE_TIMEOUT=${GPU_CHECK_PROFILE_TIMEOUT:-60}
-STAGES=" ${GPU_CHECK_STAGES:-tests curve kernels attention profile sanitize demo train} "
+AUTOTUNE_TIMEOUT=${GPU_CHECK_AUTOTUNE_TIMEOUT:-90}
+STAGES=" ${GPU_CHECK_STAGES:-tests curve kernels attention profile autotune sanitize demo train} "
 stage() { [[ $STAGES == *" $1 "* ]]; }
 # Sets `budget`: the seconds a stage may take, its own limit $1 or what GPU_CHECK_TOTAL leaves (10 s
 # kept for the end), whichever is less.
@@ -276,7 +278,7 @@ if stage kernels; then
   grep -E '^(device|ceilings):' "$OUT/bench_kernels.log" 2>/dev/null | tee -a "$SUMMARY"
   # Cases new since the last device run (no baseline to compare with), and the s128 attention
   # backward of both mma paths (fused kernel vs the kernel pair, the same run): their own lines.
-  grep -E '^(dropout_residual_layernorm_fwd|attention(_train)?_bwd_mma(_recompute_dq)?)/bert-base(/s128)? ' "$OUT/bench_kernels.log" 2>/dev/null | cut -c1-160 |
+  grep -E '^(dropout_residual_layernorm_fwd|attention(_train)?_bwd_mma(_recompute_dq)?|linear_bwd_d[xwb])/bert-base(/s128)? ' "$OUT/bench_kernels.log" 2>/dev/null | cut -c1-160 |
     tee -a "$SUMMARY"
   # Against the newest earlier device run of the same GPU kept in bench/results/ (bench/compare_kernels.py;
   # appended to bench_kernels.log, for want of a ninth file): what the changes since then bought. The
@@ -333,6 +335,49 @@ if stage profile; then
     awk '/^profile /{on=1; next} on && /between ops/ {print; next}
          on && /%/ { for (i = 1; i <= NF; ++i) if ($i ~ /%$/ && $i + 0 >= 1) { print; break } }' \
       /tmp/bertforge-profile.log | tee -a "$SUMMARY"
+  fi
+fi
+
+# ---- what autotuning the cuBLASLt algorithms buys (Context::set_gemm_autotune) ------------------------------
+# bench_kernels' linear cases with --gemm-autotune 8 (each GEMM shape's candidates timed, the plan lines
+# say which rank won and by how much), then base-128 training steps without and with it, one after
+# the other in this call. Appended to bench_kernels.log; the summary gets both steps' throughput and
+# the plans whose winner was not the heuristic's first. If autotuning pays, it becomes the trainer's.
+autotune_rc=0
+if stage autotune; then
+  stage_budget "$AUTOTUNE_TIMEOUT"
+  if [[ ! -x "$BIN_DIR/bench_kernels" || ! -x "$BIN_DIR/bench_train_step" ]]; then
+    note "autotune: not run (no bench_kernels or bench_train_step in $BIN_DIR)"
+  elif ((budget < 30)); then
+    note "autotune: not run (${budget} s left of GPU_CHECK_TOTAL=$TOTAL_BUDGET)"
+  else
+    autotune_end=$((SECONDS + budget))
+    { echo; echo "== $(stamp) bench_kernels --filter linear_ --gemm-autotune 8"; } >>"$OUT/bench_kernels.log"
+    timeout "$budget" "$BIN_DIR/bench_kernels" --filter linear_ --gemm-autotune 8 --repeats "$BENCH_REPEATS" \
+      >/tmp/bertforge-autotune.log 2>&1
+    autotune_rc=$?
+    cat /tmp/bertforge-autotune.log >>"$OUT/bench_kernels.log"
+    note "autotune: bench_kernels --filter linear_ --gemm-autotune 8: exit $autotune_rc; plans not on rank 0:"
+    grep -E '; rank [1-9]' /tmp/bertforge-autotune.log | sed 's/^ *//' | cut -c1-200 | tee -a "$SUMMARY"
+    grep -E '^linear_bwd(_d[xwb])?/bert-base/' /tmp/bertforge-autotune.log | cut -c1-100 | tee -a "$SUMMARY"
+    for tune in 0 8; do
+      left=$((autotune_end - SECONDS))
+      if ((left < 15)); then
+        note "autotune: base-128 step with --gemm-autotune $tune not run (${left} s left)"
+        continue
+      fi
+      { echo; echo "== $(stamp) bench_train_step base-128 --gemm-autotune $tune"; } >>"$OUT/bench_kernels.log"
+      timeout "$left" "$BIN_DIR/bench_train_step" --device cuda --hidden 768 --layers 12 --heads 12 \
+        --intermediate 3072 --vocab 30522 --seq 128 --batch 128 --steps 10 --warmup 3 --gemm-autotune "$tune" \
+        >/tmp/bertforge-autotune.log 2>&1
+      rc=$?
+      ((rc != 0)) && autotune_rc=$rc
+      cat /tmp/bertforge-autotune.log >>"$OUT/bench_kernels.log"
+      note "autotune: base-128 step, --gemm-autotune $tune: exit $rc"
+      grep -E '^(step |throughput )' /tmp/bertforge-autotune.log | tee -a "$SUMMARY"
+      ((tune > 1)) && grep -E 'rank [1-9][0-9]* of' /tmp/bertforge-autotune.log | sed 's/^ *//' | cut -c1-200 |
+        tee -a "$SUMMARY"
+    done
   fi
 fi
 
@@ -499,4 +544,5 @@ echo
 echo "==== summary ===="
 cat "$SUMMARY"
 [[ $build_ok == 1 && $failed == 0 && $curve_rc == 0 && $bench_rc == 0 && $torch_rc == 0 && $profile_rc == 0 &&
+   $autotune_rc == 0 &&
    $sanitize_rc == 0 && $demo_rc == 0 && $train_rc == 0 ]]

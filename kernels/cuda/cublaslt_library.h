@@ -28,6 +28,7 @@ namespace bert::cuda {
   F(cublasLtCreate)                       \
   F(cublasLtDestroy)                      \
   F(cublasLtMatmul)                       \
+  F(cublasLtMatmulAlgoConfigGetAttribute) \
   F(cublasLtMatmulAlgoGetHeuristic)       \
   F(cublasLtMatmulDescCreate)             \
   F(cublasLtMatmulDescDestroy)            \

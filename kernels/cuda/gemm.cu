@@ -28,8 +28,14 @@
 // aligned to their element size.
 //
 // Plans: a cuBLASLt heuristic query costs tens of microseconds, so the descriptors and the chosen
-// algorithm are cached per (product, m, n, k, leading dimensions, beta, bias, alignments) in the Context
-// (Context::GemmPlans), never in global state.
+// algorithm are cached per (product, m, n, k, leading dimensions, beta, bias, alignments, autotune
+// setting) in the Context (Context::GemmPlans), never in global state. The algorithm is the heuristic's
+// first unless Context::set_gemm_autotune(N) asked for up to N candidates to be timed on the first
+// call's operands (D redirected to a scratch buffer of the same layout, so an accumulating dW or dx is
+// not added to more than once) and the fastest kept. Context::gemm_plans() reports each plan's
+// algorithm (id, tile, stages, split-k) and, autotuned, every candidate's median time: the BERT shapes
+// include long-k weight gradients with small outputs (dW of attn_out: 768 x 768 x 16384, 36 tiles of
+// 128 x 128 for 132 SMs), where the choice of split-k and tile decides more than the kernel does.
 #include <cublasLt.h>
 #include <cuda_bf16.h>
 #include <cuda_runtime.h>
@@ -37,9 +43,12 @@
 #include <algorithm>
 #include <array>
 #include <cstdint>
+#include <iterator>
 #include <map>
+#include <span>
 #include <stdexcept>
 #include <string>
+#include <vector>
 
 #include "kernels/cuda/common.cuh"
 #include "kernels/cuda/cublaslt_library.h"
@@ -239,9 +248,9 @@ struct GemmCall {
   float beta = 0.0f;
 };
 
-using PlanKey = std::array<int64_t, 14>;
+using PlanKey = std::array<int64_t, 15>;
 
-PlanKey plan_key(const GemmCall& call) {
+PlanKey plan_key(const GemmCall& call, int autotune) {
   return {static_cast<int64_t>(call.product),
           call.m,
           call.n,
@@ -255,7 +264,8 @@ PlanKey plan_key(const GemmCall& call) {
           pointer_alignment(call.a),
           pointer_alignment(call.b),
           pointer_alignment(call.d),
-          call.bias != nullptr ? pointer_alignment(call.bias) : 0};
+          call.bias != nullptr ? pointer_alignment(call.bias) : 0,
+          autotune};
 }
 
 struct GemmPlan {
@@ -264,6 +274,64 @@ struct GemmPlan {
   cublasLtMatmulAlgo_t algo{};
   bool has_bias = false;    // the bias epilogue adds it
   bool bias_after = false;  // no epilogue kernel at these alignments: add_bias_rows after the GEMM
+  GemmPlanInfo info;        // what Context::gemm_plans reports
+  int64_t sequence = 0;     // the order plans were made in
+};
+
+// "algo 66, tile 128x256, stages #19, split-k 1, reduction 0, swizzle 0, cluster #0": the chosen
+// algorithm's configuration, for the plan report (attributes the library does not report are left out).
+template <class Value>
+bool algorithm_attribute(const cublasLtMatmulAlgo_t& algo, cublasLtMatmulAlgoConfigAttributes_t attribute,
+                         Value& value) {
+  size_t written = 0;
+  return cublaslt_api().cublasLtMatmulAlgoConfigGetAttribute(&algo, attribute, &value, sizeof(value), &written) ==
+             CUBLAS_STATUS_SUCCESS &&
+         written == sizeof(value);
+}
+
+std::string describe_algorithm(const cublasLtMatmulAlgo_t& algo) {
+  // cublasLtMatmulTile_t's first ids, rows x columns of D (cublasLt.h); later ids by number.
+  static constexpr const char* kTiles[] = {
+      "undefined", "8x8",    "8x16",    "16x8",    "8x32",    "16x16",   "32x8",    "8x64",   "16x32",
+      "32x16",     "64x8",   "32x32",   "32x64",   "64x32",   "32x128",  "64x64",   "128x32", "64x128",
+      "128x64",    "64x256", "128x128", "256x64",  "64x512",  "128x256", "256x128", "512x64", "64x96",
+      "96x64",     "96x128", "128x160", "160x128", "192x128", "128x192", "128x96",  "32x256", "256x32"};
+  std::string text;
+  auto add = [&](const std::string& part) { text += (text.empty() ? "" : ", ") + part; };
+  int32_t id = 0, splitk = 0;
+  uint32_t tile = 0, stages = 0, reduction = 0, swizzle = 0;
+  uint16_t cluster = 0;
+  if (algorithm_attribute(algo, CUBLASLT_ALGO_CONFIG_ID, id)) add("algo " + std::to_string(id));
+  if (algorithm_attribute(algo, CUBLASLT_ALGO_CONFIG_TILE_ID, tile))
+    add(std::string("tile ") + (tile < std::size(kTiles) ? std::string(kTiles[tile]) : "#" + std::to_string(tile)));
+  if (algorithm_attribute(algo, CUBLASLT_ALGO_CONFIG_STAGES_ID, stages)) add("stages #" + std::to_string(stages));
+  if (algorithm_attribute(algo, CUBLASLT_ALGO_CONFIG_SPLITK_NUM, splitk)) add("split-k " + std::to_string(splitk));
+  if (algorithm_attribute(algo, CUBLASLT_ALGO_CONFIG_REDUCTION_SCHEME, reduction))
+    add("reduction " + std::to_string(reduction));
+  if (algorithm_attribute(algo, CUBLASLT_ALGO_CONFIG_CTA_SWIZZLING, swizzle)) add("swizzle " + std::to_string(swizzle));
+  if (algorithm_attribute(algo, CUBLASLT_ALGO_CONFIG_CLUSTER_SHAPE_ID, cluster))
+    add("cluster #" + std::to_string(cluster));
+  return text.empty() ? "(not reported)" : text;
+}
+
+// A CUDA event pair, destroyed on every path.
+struct EventPair {
+  cudaEvent_t start = nullptr, stop = nullptr;
+  EventPair() {
+    CUDA_CHECK(cudaEventCreate(&start));
+    try {
+      CUDA_CHECK(cudaEventCreate(&stop));
+    } catch (...) {
+      cudaEventDestroy(start);
+      throw;
+    }
+  }
+  ~EventPair() {
+    cudaEventDestroy(start);
+    cudaEventDestroy(stop);
+  }
+  EventPair(const EventPair&) = delete;
+  EventPair& operator=(const EventPair&) = delete;
 };
 
 // y[r, c] += bias[c] on a bf16 [rows, cols] y (rows ld apart): the fallback when cuBLASLt offers no bias-epilogue
@@ -295,6 +363,7 @@ void add_bias_rows(Context& ctx, int64_t rows, int64_t cols, int64_t ld, const b
 // Defined here, declared (opaque) in ops_cuda.h: the cache lives in the Context that owns the handle.
 struct Context::GemmPlans {
   std::map<PlanKey, GemmPlan> plans;
+  int64_t made = 0;  // plans made so far (GemmPlan::sequence)
 
   // Enqueues D = op(A) op(B) (+ bias) + beta D on ctx.stream(), with the cached plan of its key.
   void run(Context& ctx, const GemmCall& call) {
@@ -314,7 +383,7 @@ struct Context::GemmPlans {
 
  private:
   GemmPlan& get(Context& ctx, const GemmCall& call) {
-    const PlanKey key = plan_key(call);
+    const PlanKey key = plan_key(call, ctx.gemm_autotune());
     auto found = plans.find(key);
     if (found != plans.end()) return found->second;
     GemmPlan& plan = plans.try_emplace(key).first->second;
@@ -324,7 +393,62 @@ struct Context::GemmPlans {
       plans.erase(key);
       throw;
     }
+    plan.sequence = made++;
     return plan;
+  }
+
+  // The median ms of `runs` timed calls of `algo` on the call's A, B (and bias) with D in `d_scratch`
+  // (beta as the call's), after one untimed call; -1 when the algorithm refuses to run.
+  static double time_algorithm(Context& ctx, const GemmCall& call, const GemmPlan& plan,
+                               const cublasLtMatmulAlgo_t& algo, void* d_scratch, EventPair& events) {
+    constexpr int kRuns = 5;
+    const float alpha = 1.0f, beta = call.beta;
+    auto matmul = [&] {
+      return cublaslt_api().cublasLtMatmul(ctx.cublaslt(), plan.desc.handle, &alpha, call.a, plan.a.handle, call.b,
+                                           plan.b.handle, &beta, d_scratch, plan.d.handle, d_scratch, plan.d.handle,
+                                           &algo, ctx.gemm_workspace(), ctx.gemm_workspace_bytes(), ctx.stream());
+    };
+    if (matmul() != CUBLAS_STATUS_SUCCESS) return -1.0;
+    std::vector<double> ms;
+    for (int run = 0; run < kRuns; ++run) {
+      CUDA_CHECK(cudaEventRecord(events.start, ctx.stream()));
+      CUBLAS_CHECK(matmul());
+      CUDA_CHECK(cudaEventRecord(events.stop, ctx.stream()));
+      CUDA_CHECK(cudaEventSynchronize(events.stop));
+      float elapsed = 0.0f;
+      CUDA_CHECK(cudaEventElapsedTime(&elapsed, events.start, events.stop));
+      ms.push_back(elapsed);
+    }
+    std::sort(ms.begin(), ms.end());
+    return ms[kRuns / 2];
+  }
+
+  // Times each of the heuristic's algorithms (Context::set_gemm_autotune) and keeps the fastest in plan.algo.
+  static void autotune(Context& ctx, const GemmCall& call, GemmPlan& plan,
+                       std::span<const cublasLtMatmulHeuristicResult_t> offered) {
+    const size_t element_bytes = call.d_type == CUDA_R_32F ? sizeof(float) : sizeof(bf16);
+    const size_t d_elements = static_cast<size_t>(call.ldd * (call.n - 1) + call.m);
+    DeviceBuffer<unsigned char> d_scratch(d_elements * element_bytes);  // cudaMalloc: 256-byte aligned
+    CUDA_CHECK(cudaMemsetAsync(d_scratch.data(), 0, d_scratch.bytes(), ctx.stream()));
+    EventPair events;
+    int best = -1;
+    for (size_t i = 0; i < offered.size(); ++i) {
+      const double ms = offered[i].state == CUBLAS_STATUS_SUCCESS
+                            ? time_algorithm(ctx, call, plan, offered[i].algo, d_scratch.data(), events)
+                            : -1.0;
+      plan.info.candidate_ms.push_back(ms);
+      if (ms >= 0 && (best < 0 || ms < plan.info.candidate_ms[static_cast<size_t>(best)])) best = static_cast<int>(i);
+    }
+    // A refused launch leaves no error behind; anything else reached CUDA_CHECK above.
+    ctx.synchronize();
+    if (best < 0) {
+      throw std::runtime_error(std::string(product_name(call.product)) + ": none of the " +
+                               std::to_string(offered.size()) +
+                               " cuBLASLt algorithms offered for m=" + std::to_string(call.m) +
+                               " n=" + std::to_string(call.n) + " k=" + std::to_string(call.k) + " ran (autotuning)");
+    }
+    plan.info.chosen = best;
+    plan.algo = offered[static_cast<size_t>(best)].algo;
   }
 
   static void build(Context& ctx, const GemmCall& call, GemmPlan& plan) {
@@ -376,13 +500,15 @@ struct Context::GemmPlans {
     };
     set_d_alignment();
 
-    cublasLtMatmulHeuristicResult_t result{};
+    const int requested = std::max(1, ctx.gemm_autotune());
+    // (A std::array: nvcc 13.0's front end fails an internal assertion on std::vector of this struct.)
+    std::array<cublasLtMatmulHeuristicResult_t, Context::kMaxGemmAutotune> results{};
     int found = 0;
     auto heuristic = [&] {
       found = 0;
       return cublaslt_api().cublasLtMatmulAlgoGetHeuristic(ctx.cublaslt(), plan.desc.handle, plan.a.handle,
                                                            plan.b.handle, plan.d.handle, plan.d.handle,
-                                                           preference.handle, 1, &result, &found);
+                                                           preference.handle, requested, results.data(), &found);
     };
     auto none_found = [&](cublasStatus_t status) {
       return status == CUBLAS_STATUS_NOT_SUPPORTED || (status == CUBLAS_STATUS_SUCCESS && found == 0);
@@ -407,10 +533,33 @@ struct Context::GemmPlans {
           " bytes); hint: pad in/out features to a multiple of 8 and 16-byte align the buffers");
     }
     CUBLAS_CHECK(status);
-    CUBLAS_CHECK(result.state);
-    plan.algo = result.algo;
+    plan.info.product = product_name(call.product);
+    plan.info.m = call.m;
+    plan.info.n = call.n;
+    plan.info.k = call.k;
+    plan.info.bias_epilogue = plan.has_bias;
+    plan.info.offered = found;
+    if (requested > 1 && found > 1) {
+      autotune(ctx, call, plan,
+               std::span<const cublasLtMatmulHeuristicResult_t>(results.data(), static_cast<size_t>(found)));
+    } else {
+      CUBLAS_CHECK(results[0].state);
+      plan.algo = results[0].algo;
+    }
+    plan.info.algorithm = describe_algorithm(plan.algo);
   }
 };
+
+std::vector<GemmPlanInfo> Context::gemm_plans() const {
+  if (!gemm_plans_) return {};
+  std::vector<const GemmPlan*> ordered;
+  for (const auto& entry : gemm_plans_->plans) ordered.push_back(&entry.second);
+  std::sort(ordered.begin(), ordered.end(),
+            [](const GemmPlan* a, const GemmPlan* b) { return a->sequence < b->sequence; });
+  std::vector<GemmPlanInfo> infos;
+  for (const GemmPlan* plan : ordered) infos.push_back(plan->info);
+  return infos;
+}
 
 void Context::GemmPlansDeleter::operator()(GemmPlans* plans) const noexcept { delete plans; }
 

@@ -26,6 +26,7 @@
 #include <cstdint>
 #include <memory>
 #include <span>
+#include <stdexcept>
 #include <string>
 #include <vector>
 
@@ -116,6 +117,21 @@ class DeviceBuffer {
 // Per-caller state for CUDA ops: the stream, the cuBLASLt handle and its workspace, and device
 // scratch reused across calls (grown on demand, never shrunk, so a warm training step allocates
 // nothing). Uses the current device. Not shareable between host threads issuing ops concurrently.
+// One cuBLASLt plan of a Context (Context::gemm_plans): a GEMM shape and the algorithm it runs.
+struct GemmPlanInfo {
+  std::string product;          // "linear_forward (y = x W^T + b)", "linear_backward (dx = dy W)", ...
+  int64_t m = 0, n = 0, k = 0;  // cuBLASLt's column-major sizes (gemm.cu's table)
+  bool bias_epilogue = false;
+  // cublasLtMatmulAlgoConfigGetAttribute of the chosen algorithm, e.g. "algo 66, tile 128x256,
+  // stages #19, split-k 1, reduction 0, swizzle 0, cluster #0".
+  std::string algorithm;
+  int offered = 1;  // algorithms the heuristic returned (autotuning asks for more than one)
+  int chosen = 0;   // the chosen one's rank in the heuristic's order
+  // Autotuned: the median ms of each offered algorithm in the heuristic's order (negative: it
+  // failed to run); empty otherwise.
+  std::vector<double> candidate_ms;
+};
+
 class Context {
  public:
   // stream nullptr: the context creates (and owns) a non-blocking stream of its own.
@@ -137,6 +153,28 @@ class Context {
 
   void synchronize() const { CUDA_CHECK(cudaStreamSynchronize(stream_)); }
 
+  // Which cuBLASLt algorithm each GEMM shape runs (gemm.cu). candidates 0 or 1 (the default): the
+  // heuristic's first, the same on every run of the same library and GPU. candidates N >= 2: the
+  // first call of each GEMM shape asks the heuristic for up to N algorithms, times each on the call's
+  // own operands (the result into a scratch copy, so nothing the caller owns is written twice;
+  // synchronises the stream once per shape) and keeps the fastest for this Context's life. Bitwise
+  // deterministic within the process; across processes the choice follows the timings, and two
+  // algorithms may sum in different orders: not for runs that must resume bit for bit. Plans made
+  // before the change are kept (the setting is part of a plan's key). Throws std::invalid_argument
+  // outside 0..kMaxGemmAutotune.
+  static constexpr int kMaxGemmAutotune = 32;
+  void set_gemm_autotune(int candidates) {
+    if (candidates < 0 || candidates > kMaxGemmAutotune)
+      throw std::invalid_argument("Context::set_gemm_autotune: candidates must be 0.." +
+                                  std::to_string(kMaxGemmAutotune) + " (0 or 1: the heuristic's first), got " +
+                                  std::to_string(candidates));
+    gemm_autotune_ = candidates;
+  }
+  int gemm_autotune() const { return gemm_autotune_; }
+  // Every GEMM plan made so far, in the order they were made (the algorithm, and with autotuning the
+  // time of each candidate): what bench_kernels and bench_train_step print.
+  std::vector<GemmPlanInfo> gemm_plans() const;
+
  private:
   cudaStream_t stream_ = nullptr;
   bool owns_stream_ = false;
@@ -145,6 +183,7 @@ class Context {
   DeviceBuffer<unsigned char> scratch_;
   int multiprocessors_ = 0;
   int sm_version_ = 0;
+  int gemm_autotune_ = 0;
 
   // gemm.cu: cuBLASLt plans (matmul/layout descriptors + the heuristic's algorithm) per GEMM shape
   // and operand alignment, made on first use and reused, so a warm step queries no heuristics.

@@ -109,6 +109,7 @@ namespace bert::cuda {
 // No cuBLASLt plans: linear_forward / linear_backward below are kernels/cpu products.
 struct Context::GemmPlans {};
 void Context::GemmPlansDeleter::operator()(GemmPlans* plans) const noexcept { delete plans; }
+std::vector<GemmPlanInfo> Context::gemm_plans() const { return {}; }
 
 MultiTensorList::MultiTensorList(std::span<const AdamWTensor> tensors) {
   const char* op = "MultiTensorList";

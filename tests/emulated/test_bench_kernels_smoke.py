@@ -8,11 +8,14 @@ cudaMalloc's guard bands catch the write past its end), a launch the device woul
 throws, the JSON's fields, the lines gpu_check.sh greps, and the side-by-side's pairing of names.
 
 Checked:
-  - --help, --list (92 cases, unique names, both models, every op family, every attention kernel)
+  - --help, --list (116 cases, unique names, both models, every op family, every attention kernel)
   - bad arguments and no device: exit status 1 and one line naming the problem
   - --smoke --json: exit 0, every case "ok" with finite outputs, the JSON's fields and the table's
-    lines as gpu_check.sh reads them, and the FLOPs: linear 2 (4) * rows * in * out, attention the
-    formula of bench_attention_torch.py (the side-by-side compares TFLOP/s of the two)
+    lines as gpu_check.sh reads them, and the FLOPs: linear 2 (4) * rows * in * out (the backward's
+    dx and dW parts 2 each, db none), attention the formula of bench_attention_torch.py (the
+    side-by-side compares TFLOP/s of the two); the GEMM plans, printed and in the JSON
+  - --gemm-autotune: every plan the cases made timed the emulation's three algorithms (the refusing
+    third one null), the chosen one the fastest, its rank printed; 33 rejected
   - bench_attention_torch.py --reference REF --ours JSON: a row for each plain attention case and
     its mma.sync twins (the backward's two at s128), the ratio best torch time / ours where both
     measured the same shape (none, and a line saying why, where they did not); exit 1 when flash
@@ -37,7 +40,7 @@ ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__)
 TORCH_BENCH = os.path.join(ROOT, "bench", "bench_attention_torch.py")
 COMPARE = os.path.join(ROOT, "bench", "compare_kernels.py")
 MODELS = {"bert-base": (768, 12, 3072, 30522), "bert-large": (1024, 16, 4096, 30522)}
-FAMILIES = ["linear_fwd", "linear_bwd", "layernorm_fwd", "layernorm_bwd", "residual_layernorm_fwd",
+FAMILIES = ["linear_fwd", "linear_bwd", "linear_bwd_dx", "linear_bwd_dw", "linear_bwd_db", "layernorm_fwd", "layernorm_bwd", "residual_layernorm_fwd",
             "dropout_residual_layernorm_fwd", "residual_layernorm_bwd", "bias_gelu_fwd", "bias_gelu_bwd",
             "embeddings_fwd", "embeddings_bwd", "dropout_fwd", "dropout_bwd", "attention_fwd", "attention_fwd_mma",
             "attention_bwd", "attention_bwd_mma", "attention_train_fwd", "attention_train_fwd_mma",
@@ -87,7 +90,7 @@ def main():
           "--help: exit 0, names --smoke and --tokens")
     p = run([args.bench, "--list"])
     names = [line.split()[0] for line in p.stdout.splitlines() if line.strip()]
-    check(p.returncode == 0 and len(names) == 92, f"--list: exit 0, 92 cases (exit {p.returncode}, {len(names)})")
+    check(p.returncode == 0 and len(names) == 116, f"--list: exit 0, 116 cases (exit {p.returncode}, {len(names)})")
     check(len(set(names)) == len(names), "--list: names are unique")
     for model in MODELS:
         families = {name.split("/")[0] for name in names if name.split("/")[1] == model}
@@ -107,6 +110,7 @@ def main():
     check_rejected(args.bench, ["--filter", "no_such_op"], "no case matches --filter 'no_such_op'")
     check_rejected(args.bench, ["--bogus"], "unknown argument '--bogus'")
     check_rejected(args.bench, ["--json"], "--json needs a value")
+    check_rejected(args.bench, ["--gemm-autotune", "33"], "--gemm-autotune needs an integer in 0..32")
     check_rejected(args.bench, ["--smoke"], "no CUDA device", env={"BERT_EMULATED_DEVICE_COUNT": "0"})
 
     # ---- every case, small -----------------------------------------------------------------------------
@@ -159,10 +163,13 @@ def main():
                   "ffn_up": (tokens, hidden, inter), "ffn_down": (tokens, inter, hidden),
                   "mlm_decoder": (masked, hidden, vocab), "mlm_decoder_dense": (masked, hidden, vocab)}
         for layer, (rows, fan_in, fan_out) in layers.items():
-            for direction, factor in (("fwd", 2), ("bwd", 4)):
-                case = by_name.get(f"linear_{direction}/{model}/{layer}", {})
-                if relative(case.get("flops", 0), factor * rows * fan_in * fan_out) > 1e-5:
-                    flop_errors.append(case.get("name"))
+            parts = (("fwd", 2), ("bwd", 4)) + ((("bwd_dx", 2), ("bwd_dw", 2), ("bwd_db", 0))
+                                                 if layer not in ("mlm_decoder", "mlm_decoder_dense") else ())
+            for direction, factor in parts:
+                name = f"linear_{direction}/{model}/{layer}"
+                if name not in by_name or relative(by_name[name].get("flops", 0), factor * rows * fan_in * fan_out) > 1e-5:
+                    if not (factor == 0 and by_name.get(name, {}).get("flops", 1) == 0):
+                        flop_errors.append(name)
         for seq in (128, 512):
             forward = attention_flops(tokens // seq, heads, seq, hidden // heads)
             for variant in ("attention", "attention_train"):
@@ -174,6 +181,37 @@ def main():
                         if relative(by_name.get(name, {}).get("flops", 0), factor * forward) > 1e-5:
                             flop_errors.append(name)
     check(not flop_errors, f"JSON: linear and attention FLOPs as the formulas say ({flop_errors[:3]})")
+
+    # The GEMM plans: one per shape the linear cases ran (beyond the ceiling's), untuned.
+    plans = ours.get("gemm_plans")
+    check(ours.get("gemm_autotune") == 0 and isinstance(plans, list) and len(plans) >= 8 and
+          all(pl.get("offered") == 1 and pl.get("chosen") == 0 and pl.get("candidate_ms") == [] and
+              pl.get("algorithm", "").startswith("algo 0") and pl.get("m", 0) > 0 for pl in plans),
+          f"JSON: the GEMM plans, each the heuristic's first ({len(plans or [])})")
+    printed = [line for line in lines if line.startswith("  linear_")]
+    check("GEMM plans (cuBLASLt column-major m x n x k; the algorithm each shape ran):" in lines and
+          len(printed) == len(plans or []), f"log: one line per GEMM plan ({len(printed)})")
+
+    tuned_path = os.path.join(args.work, "tuned.json")
+    p = run([args.bench, "--smoke", "--filter", "bert-base/attn_out", "--gemm-autotune", "4", "--json", tuned_path])
+    print(p.stdout + p.stderr, flush=True)
+    try:
+        with open(tuned_path) as f:
+            tuned = json.load(f)
+    except (OSError, ValueError):
+        tuned = {}
+    tuned_plans = tuned.get("gemm_plans", [])
+    products = {pl.get("product") for pl in tuned_plans}
+    check(p.returncode == 0 and tuned.get("gemm_autotune") == 4 and len(tuned_plans) == 3 and len(products) == 3,
+          f"--gemm-autotune 4: exit 0, one plan for each of attn_out's three GEMMs ({p.returncode}, {products})")
+    for pl in tuned_plans:
+        ms = pl.get("candidate_ms", [])
+        chosen = pl.get("chosen", -1)
+        check(pl.get("offered") == 3 and len(ms) == 3 and ms[2] is None and chosen in (0, 1) and
+              ms[chosen] == min(ms[:2]) and pl.get("algorithm", "").startswith(f"algo {chosen},"),
+              f"--gemm-autotune 4: {pl.get('product')} timed two algorithms, the third refused, the faster kept ({pl})")
+    check(len([line for line in p.stdout.splitlines() if "ms by rank:" in line and line.endswith("x)")]) == 3,
+          "--gemm-autotune 4: each plan's line gives the time of every rank and rank 0 against the chosen")
 
     # ---- bench_attention_torch.py's side-by-side on this JSON ----------------------------------------------
     plain = [c for c in cases if re.match(r"^attention_(fwd|bwd)/", c["name"])]

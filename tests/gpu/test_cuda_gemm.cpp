@@ -15,8 +15,10 @@
 #include <limits>
 #include <stdexcept>
 #include <string>
+#include <vector>
 
 #include "kernels/cpu/ops_cpu.h"
+#include "kernels/cuda/cublaslt_library.h"
 #include "tests/gpu/cuda_test_util.h"
 
 namespace {
@@ -317,6 +319,67 @@ TEST_CASE("cuda linear gradients are bitwise deterministic and accumulate over r
                                       dweight_expected.data(), dbias_expected.data(), InputGrad::kOverwrite);
   CHECK_CLOSE_REL("dweight (2 calls)", dweight_a, dweight_expected, kFp32Tolerance);
   CHECK_CLOSE_REL("dbias (2 calls)", dbias_a, dbias_expected, kFp32Tolerance);
+}
+
+TEST_CASE("cuda linear with autotuned algorithms equals the CPU reference and reports every plan", "[cuda][linear]") {
+  Context ctx;
+  CHECK(ctx.gemm_autotune() == 0);
+  CHECK_THROWS_AS(ctx.set_gemm_autotune(-1), std::invalid_argument);
+  CHECK_THROWS_WITH(ctx.set_gemm_autotune(Context::kMaxGemmAutotune + 1), Catch::Contains("0..32"));
+  bert::cpu::Context cpu;
+  // One shape on the fast path and one off it; the untuned plan of the first is made first, so the
+  // report shows both kinds and the autotuned plan is a new one (the setting is part of the key).
+  const LinearData fast(LinearShape{129, 768, 3072}, 31), odd(LinearShape{3, 24, 13}, 32);
+  const Expected fast_expected = cpu_reference(cpu, fast), odd_expected = cpu_reference(cpu, odd);
+  check_forward(ctx, fast, fast_expected, true);
+  REQUIRE(ctx.gemm_plans().size() == 1);
+  ctx.set_gemm_autotune(4);
+  for (const LinearData* data : {&fast, &odd}) {
+    const Expected& expected = data == &fast ? fast_expected : odd_expected;
+    // Accumulating dx, dW and db onto nonzero values: a candidate timed on the caller's own D would
+    // add its product several times.
+    check_all(ctx, *data, expected, Placement());
+    check_all(ctx, *data, expected, every_operand_at(1));
+  }
+  const std::vector<bert::cuda::GemmPlanInfo> plans = ctx.gemm_plans();
+  REQUIRE(plans.size() > 1);
+  CHECK(plans[0].candidate_ms.empty());  // made before autotuning was set
+  CHECK(plans[0].offered == 1);
+  CHECK(plans[0].product.find("linear_forward") == 0);
+  CHECK(plans[0].bias_epilogue);
+  const bool emulated = bert::cuda::cublaslt_api().path == "emulated";
+  int tuned = 0;
+  for (const bert::cuda::GemmPlanInfo& plan : plans) {
+    INFO(plan.product << " m=" << plan.m << " n=" << plan.n << " k=" << plan.k << ": " << plan.algorithm);
+    CHECK(!plan.algorithm.empty());
+    CHECK(plan.m > 0);
+    CHECK(plan.n > 0);
+    CHECK(plan.k > 0);
+    CHECK(plan.offered >= 1);
+    CHECK(plan.offered <= 4);
+    CHECK(plan.chosen >= 0);
+    CHECK(plan.chosen < plan.offered);
+    if (plan.candidate_ms.empty()) continue;
+    ++tuned;
+    REQUIRE(plan.candidate_ms.size() == static_cast<size_t>(plan.offered));
+    const double chosen_ms = plan.candidate_ms[static_cast<size_t>(plan.chosen)];
+    CHECK(chosen_ms >= 0);
+    for (const double ms : plan.candidate_ms) CHECK((ms < 0 || ms >= chosen_ms));
+    if (emulated) {
+      // Three offered, the last refusing to run (tests/kernel_emu/cublaslt_emu.cpp).
+      CHECK(plan.offered == 3);
+      CHECK(plan.candidate_ms[2] < 0);
+      CHECK(plan.chosen < 2);
+      CHECK(plan.algorithm == "algo " + std::to_string(plan.chosen) + ", tile 128x128, split-k 1");
+    }
+  }
+  if (emulated) CHECK(tuned == static_cast<int>(plans.size()) - 1);
+  // The three products of both shapes, autotuned: forward (with and without bias), dx, dW.
+  for (const char* product : {"linear_forward", "linear_backward (dx", "linear_backward (dW"}) {
+    INFO(product);
+    CHECK(std::count_if(plans.begin() + 1, plans.end(),
+                        [&](const bert::cuda::GemmPlanInfo& plan) { return plan.product.find(product) == 0; }) >= 2);
+  }
 }
 
 TEST_CASE("cuda linear with zero rows writes nothing", "[cuda][linear]") {

@@ -14,11 +14,14 @@
 //     alignment and the bias pointer's are 16 bytes or more (NOT_SUPPORTED otherwise): a stricter
 //     library than the real one may be, so gemm.cu's fallback (plain GEMM, then add_bias_rows) runs
 //     in the misaligned test cases.
+//   - autotuning (Context::set_gemm_autotune): the heuristic offers up to three algorithms, the
+//     last of which refuses to run, and reports each one's id, tile and split-k count;
 // Not modelled: the library's own rounding (results are exact products summed in fp64, rounded once
 // to D's type), workspace use, performance.
 #include <cublasLt.h>
 #include <cuda_bf16.h>
 
+#include <algorithm>
 #include <cstdint>
 #include <cstring>
 #include <string>
@@ -55,7 +58,12 @@ struct Algo {
   uint64_t magic;
   uint32_t align_a, align_b, align_c, align_d;
   uint32_t epilogue;
+  int32_t variant;  // its rank in the heuristic's answer
 };
+// The heuristic offers up to this many algorithms; they compute the same D, except that the last
+// refuses to run (CUBLAS_STATUS_NOT_SUPPORTED from cublasLtMatmul), as a real candidate may.
+constexpr int kEmulatedAlgorithms = 3;
+constexpr int32_t kRefusingVariant = kEmulatedAlgorithms - 1;
 constexpr uint64_t kAlgoMagic = 0x62657274656D756CULL;  // "bertemul"
 static_assert(sizeof(Algo) <= sizeof(cublasLtMatmulAlgo_t));
 
@@ -236,15 +244,45 @@ cublasStatus_t cublasLtMatmulAlgoGetHeuristic(cublasLtHandle_t, cublasLtMatmulDe
   if (!supported(d, a, b, c, dl)) return CUBLAS_STATUS_NOT_SUPPORTED;
   if (d.epilogue == CUBLASLT_EPILOGUE_BIAS && (std::min(p.align_c, p.align_d) < 16 || alignment_of(d.bias) < 16))
     return CUBLAS_STATUS_NOT_SUPPORTED;
-  cublasLtMatmulHeuristicResult_t result{};
-  const Algo algo{kAlgoMagic, p.align_a, p.align_b, p.align_c, p.align_d, d.epilogue};
-  std::memcpy(&result.algo, &algo, sizeof(algo));
-  result.workspaceSize = 0;
-  result.state = CUBLAS_STATUS_SUCCESS;
-  result.wavesCount = 1.0f;
-  results[0] = result;
-  *returned = 1;
+  const int offered = std::min(requested, kEmulatedAlgorithms);
+  for (int variant = 0; variant < offered; ++variant) {
+    cublasLtMatmulHeuristicResult_t result{};
+    const Algo algo{kAlgoMagic, p.align_a, p.align_b, p.align_c, p.align_d, d.epilogue, variant};
+    std::memcpy(&result.algo, &algo, sizeof(algo));
+    result.workspaceSize = 0;
+    result.state = CUBLAS_STATUS_SUCCESS;
+    result.wavesCount = 1.0f;
+    results[variant] = result;
+  }
+  *returned = offered;
   return CUBLAS_STATUS_SUCCESS;
+}
+
+// The configuration attributes gemm.cu reports: the id (the variant), the tile (128x128) and the
+// split-k count (1); the others are NOT_SUPPORTED, as a library may answer for some.
+cublasStatus_t cublasLtMatmulAlgoConfigGetAttribute(const cublasLtMatmulAlgo_t* algo_ptr,
+                                                    cublasLtMatmulAlgoConfigAttributes_t attribute, void* buf,
+                                                    size_t bytes, size_t* written) {
+  if (algo_ptr == nullptr || written == nullptr) return CUBLAS_STATUS_INVALID_VALUE;
+  Algo algo;
+  std::memcpy(&algo, algo_ptr, sizeof(algo));
+  if (algo.magic != kAlgoMagic) return CUBLAS_STATUS_INVALID_VALUE;
+  auto answer = [&](auto value) {
+    *written = sizeof(value);
+    if (buf == nullptr || bytes < sizeof(value)) return CUBLAS_STATUS_INVALID_VALUE;
+    std::memcpy(buf, &value, sizeof(value));
+    return CUBLAS_STATUS_SUCCESS;
+  };
+  switch (attribute) {
+    case CUBLASLT_ALGO_CONFIG_ID:
+      return answer(int32_t{algo.variant});
+    case CUBLASLT_ALGO_CONFIG_TILE_ID:
+      return answer(uint32_t{CUBLASLT_MATMUL_TILE_128x128});
+    case CUBLASLT_ALGO_CONFIG_SPLITK_NUM:
+      return answer(int32_t{1});
+    default:
+      return CUBLAS_STATUS_NOT_SUPPORTED;
+  }
 }
 
 cublasStatus_t cublasLtMatmul(cublasLtHandle_t, cublasLtMatmulDesc_t operation, const void* alpha_ptr,
@@ -259,6 +297,7 @@ cublasStatus_t cublasLtMatmul(cublasLtHandle_t, cublasLtMatmulDesc_t operation, 
   Algo algo;
   std::memcpy(&algo, algo_ptr, sizeof(algo));
   if (algo.magic != kAlgoMagic || algo.epilogue != d.epilogue) return CUBLAS_STATUS_INVALID_VALUE;
+  if (algo.variant == kRefusingVariant) return CUBLAS_STATUS_NOT_SUPPORTED;
   if (!consistent(d, a, b, c, dl) || !supported(d, a, b, c, dl)) return CUBLAS_STATUS_INVALID_VALUE;
   if (alignment_of(a_ptr) < algo.align_a || alignment_of(b_ptr) < algo.align_b || alignment_of(c_ptr) < algo.align_c ||
       alignment_of(d_ptr) < algo.align_d)
