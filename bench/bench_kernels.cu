@@ -954,23 +954,7 @@ std::string num(double v) {
 void print_gemm_plans(const std::vector<GemmPlanInfo>& plans) {
   if (plans.empty()) return;
   std::printf("\nGEMM plans (cuBLASLt column-major m x n x k; the algorithm each shape ran):\n");
-  for (const GemmPlanInfo& plan : plans) {
-    std::printf("  %-32s %6lld x %6lld x %6lld%s: %s", plan.product.c_str(), static_cast<long long>(plan.m),
-                static_cast<long long>(plan.n), static_cast<long long>(plan.k), plan.bias_epilogue ? " +bias" : "",
-                plan.algorithm.c_str());
-    if (!plan.candidate_ms.empty()) {
-      std::printf("; rank %d of %d, ms by rank:", plan.chosen, plan.offered);
-      for (const double ms : plan.candidate_ms) {
-        if (ms < 0)
-          std::printf(" -");
-        else
-          std::printf(" %.4f", ms);
-      }
-      const double first = plan.candidate_ms[0], chosen = plan.candidate_ms[static_cast<size_t>(plan.chosen)];
-      if (first > 0 && chosen > 0) std::printf(" (rank 0 / chosen %.2fx)", first / chosen);
-    }
-    std::printf("\n");
-  }
+  for (const GemmPlanInfo& plan : plans) std::printf("  %s\n", describe_gemm_plan(plan).c_str());
 }
 
 void write_json(const std::string& path, const bert::DeviceInfo& device, const std::string& command,

@@ -426,20 +426,8 @@ int bench_cuda(const Shape& shape) {
     }
     std::printf("gemm plans %zu (cuBLASLt, m x n x k column-major; %s):\n", plans.size(),
                 shape.gemm_autotune > 1 ? "autotuned, ms of each candidate by rank" : "the heuristic's first");
-    for (const bert::cuda::GemmPlanInfo& plan : plans) {
-      std::printf("  %-32s %6lld x %6lld x %6lld: %s", plan.product.c_str(), static_cast<long long>(plan.m),
-                  static_cast<long long>(plan.n), static_cast<long long>(plan.k), plan.algorithm.c_str());
-      if (!plan.candidate_ms.empty()) {
-        std::printf("; rank %d of %d:", plan.chosen, plan.offered);
-        for (const double ms : plan.candidate_ms) {
-          if (ms < 0)
-            std::printf(" -");
-          else
-            std::printf(" %.4f", ms);
-        }
-      }
-      std::printf("\n");
-    }
+    for (const bert::cuda::GemmPlanInfo& plan : plans)
+      std::printf("  %s\n", bert::cuda::describe_gemm_plan(plan).c_str());
   }
   return 0;
 }

@@ -24,6 +24,7 @@
 
 #include <cstddef>
 #include <cstdint>
+#include <cstdio>
 #include <memory>
 #include <span>
 #include <stdexcept>
@@ -131,6 +132,29 @@ struct GemmPlanInfo {
   // failed to run); empty otherwise.
   std::vector<double> candidate_ms;
 };
+
+// One line for a plan, as the benches print it: "linear_backward (dW += dy^T x)    768 x    768 x  16384:
+// algo 21, tile 128x128, ...; rank 1 of 8, ms by rank: 0.0412 0.0398 - ... (rank 0 / chosen 1.04x)".
+inline std::string describe_gemm_plan(const GemmPlanInfo& plan) {
+  char head[160];
+  std::snprintf(head, sizeof(head), "%-32s %6lld x %6lld x %6lld%s: ", plan.product.c_str(),
+                static_cast<long long>(plan.m), static_cast<long long>(plan.n), static_cast<long long>(plan.k),
+                plan.bias_epilogue ? " +bias" : "");
+  std::string line = head + plan.algorithm;
+  if (plan.candidate_ms.empty()) return line;
+  line += "; rank " + std::to_string(plan.chosen) + " of " + std::to_string(plan.offered) + ", ms by rank:";
+  char number[32];
+  for (const double ms : plan.candidate_ms) {
+    std::snprintf(number, sizeof(number), " %.4f", ms);
+    line += ms < 0 ? " -" : number;
+  }
+  const double first = plan.candidate_ms[0], chosen = plan.candidate_ms[static_cast<size_t>(plan.chosen)];
+  if (first > 0 && chosen > 0) {
+    std::snprintf(number, sizeof(number), " (rank 0 / chosen %.2fx)", first / chosen);
+    line += number;
+  }
+  return line;
+}
 
 class Context {
  public:
