@@ -277,6 +277,7 @@ const std::vector<Field<TrainingConfig>>& training_fields() {
       {"threads", &C::threads, Range{0, 4096}},
       {"ddp_bucket_cap_mb", &C::ddp_bucket_cap_mb, Range{0, 65536}},
       {"ddp_timeout", &C::ddp_timeout, kAtLeast1},
+      {"gemm_autotune", &C::gemm_autotune, Range{0, 32}},
   };
   return fields;
 }
@@ -492,6 +493,9 @@ RunConfig parse_run_config(std::string_view text, const std::string& path) {
     config.warnings.push_back(training_at("warmup_ratio") +
                               ": both warmup_steps and warmup_ratio are set; warmup_steps " +
                               std::to_string(training.warmup_steps) + " wins (as in Hugging Face)");
+  if (training.gemm_autotune > 1 && training.device != "cuda")
+    config.warnings.push_back(training_at("gemm_autotune") + ": has no effect with device = \"" + training.device +
+                              "\" (it tunes the cuBLASLt GEMMs of the CUDA backend)");
   return config;
 }
 

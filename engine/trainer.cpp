@@ -931,6 +931,7 @@ void Trainer::build_model() {
   if (on_cuda()) {  // AdamW moments live on the device; exp_avg_/exp_avg_sq_ are checkpoint staging
     cuda_model_ = std::make_unique<BertForPreTrainingCuda>(config_.model, options);
     cuda_model_->reserve(max_batch, seq_len_);
+    cuda_model_->context().set_gemm_autotune(training().gemm_autotune);
     return;
   }
 #endif
@@ -1087,6 +1088,9 @@ void Trainer::print_run_table() const {
     out_ << "  memory       "
          << human_bytes(static_cast<double>(cuda_model_->memory_plan(max_batch, seq_len_).total_bytes()))
          << " planned (parameters, moments, activations for " << max_batch << " x " << seq_len_ << ")\n";
+    if (training().gemm_autotune > 1)
+      out_ << "  GEMMs        cuBLASLt, up to " << training().gemm_autotune
+           << " algorithms timed per shape at the first step, the fastest kept (a resume is not bit-exact)\n";
   } else
 #endif
   {

@@ -705,6 +705,7 @@ TEST_CASE("config: defaults equal Hugging Face's") {
   CHECK(t.threads == 0);
   CHECK(t.ddp_bucket_cap_mb == 25);  // HF's None: torch DDP's bucket_cap_mb
   CHECK(t.ddp_timeout == 1800);
+  CHECK(t.gemm_autotune == 0);
 
   // eval_steps follows logging_steps unless set.
   CHECK(parse_run_config(kMinimal + "logging_steps = 100\n", "r").training.eval_steps == 100);
@@ -768,7 +769,8 @@ TEST_CASE("config: every key can be set") {
       "device = \"cuda\"\n"
       "threads = 2\n"
       "ddp_bucket_cap_mb = 50\n"
-      "ddp_timeout = 600\n";
+      "ddp_timeout = 600\n"
+      "gemm_autotune = 8\n";
   const RunConfig c = parse_run_config(text, "small.toml");
   CHECK(c.model.vocab_size == 32000);
   CHECK(c.model.hidden_size == 256);
@@ -803,6 +805,7 @@ TEST_CASE("config: every key can be set") {
   CHECK(c.training.threads == 2);
   CHECK(c.training.ddp_bucket_cap_mb == 50);
   CHECK(c.training.ddp_timeout == 600);
+  CHECK(c.training.gemm_autotune == 8);
   CHECK(c.warnings.empty());
 }
 
@@ -820,6 +823,12 @@ TEST_CASE("config: warmup_steps wins over warmup_ratio, as in Hugging Face") {
   REQUIRE(both.warnings.size() == 1);
   CHECK_THAT(both.warnings[0], Contains("run.toml:8: [training] warmup_ratio") && Contains("warmup_steps 50 wins"));
   CHECK(parse_run_config(kMinimal + "warmup_ratio = 0.1\n", "r").warnings.empty());
+  // gemm_autotune tunes the CUDA backend's GEMMs: on the CPU it is said to do nothing.
+  const RunConfig tuned_cpu = parse_run_config(kMinimal + "gemm_autotune = 8\n", "run.toml");
+  REQUIRE(tuned_cpu.warnings.size() == 1);
+  CHECK_THAT(tuned_cpu.warnings[0],
+             Contains("[training] gemm_autotune") && Contains("no effect with device = \"cpu\""));
+  CHECK(parse_run_config(kMinimal + "device = \"cuda\"\ngemm_autotune = 8\n", "r").warnings.empty());
 }
 
 TEST_CASE("config: unknown sections and keys name the line and suggest a fix") {
@@ -907,6 +916,7 @@ TEST_CASE("config: wrong types and out-of-range values name the key and the line
   CHECK_THAT(training("ddp_bucket_cap_mb = -1\n"),
              Contains("[training] ddp_bucket_cap_mb = -1: must be in [0, 65536]"));
   CHECK_THAT(training("ddp_timeout = 0\n"), Contains("[training] ddp_timeout = 0: must be >= 1"));
+  CHECK_THAT(training("gemm_autotune = 33\n"), Contains("[training] gemm_autotune = 33: must be in [0, 32]"));
   CHECK_THAT(data("mlm_probability = 0\n"), Contains("run.toml:4: [data] mlm_probability = 0: must be in (0, 1]"));
   CHECK_THAT(data("mlm_probability = 1.5\n"), Contains("[data] mlm_probability = 1.5: must be in (0, 1]"));
   CHECK_THAT(data("max_seq_length = -1\n"), Contains("[data] max_seq_length = -1: must be >= 0"));

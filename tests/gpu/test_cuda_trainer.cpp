@@ -84,10 +84,15 @@ TEST_CASE("bert_train on the GPU follows the CPU run, checkpoints resume across 
   // Resume across devices at step 100; both land near the uninterrupted runs' final loss.
   const std::string cpu_from_gpu =
       write_config("cpu_from_gpu", "cpu_from_gpu", settings + "device = \"cpu\"\n", kGpuModel);
+  // (This one also autotunes the GEMMs: other algorithms, the same losses within the tolerances.)
   const std::string gpu_from_cpu =
-      write_config("gpu_from_cpu", "gpu_from_cpu", settings + "device = \"cuda\"\n", kGpuModel);
+      write_config("gpu_from_cpu", "gpu_from_cpu", settings + "device = \"cuda\"\ngemm_autotune = 4\n", kGpuModel);
   REQUIRE(train({"--config", cpu_from_gpu, "--resume", test_dir() + "/gpu/checkpoint-100"}).code == 0);
-  REQUIRE(train({"--config", gpu_from_cpu, "--resume", test_dir() + "/cpu/checkpoint-100"}).code == 0);
+  const RunResult tuned_run = train({"--config", gpu_from_cpu, "--resume", test_dir() + "/cpu/checkpoint-100"});
+  INFO(tuned_run.out << tuned_run.err);
+  REQUIRE(tuned_run.code == 0);
+  CHECK(tuned_run.out.find("GEMMs        cuBLASLt, up to 4 algorithms timed per shape") != std::string::npos);
+  CHECK(gpu_run.out.find("GEMMs        ") == std::string::npos);  // not without gemm_autotune
   const auto cpu_from_gpu_loss = values(read_metrics(test_dir() + "/cpu_from_gpu/metrics.jsonl"), "loss");
   const auto gpu_from_cpu_loss = values(read_metrics(test_dir() + "/gpu_from_cpu/metrics.jsonl"), "loss");
   REQUIRE(cpu_from_gpu_loss.size() == 10);
