@@ -88,6 +88,7 @@
 #include <type_traits>
 
 #include "kernels/cuda/async_copy.cuh"
+#include "kernels/cuda/common.cuh"
 #include "kernels/cuda/mma_sync.cuh"
 #include "kernels/cuda/ops_cuda.h"
 
@@ -730,25 +731,33 @@ __global__ void __launch_bounds__(kThreads)
 
 // ---- backward kernels ---------------------------------------------------------------------------------------
 
-// delta[(b*H + h)*S + i] = sum_d dO[t, h*D + d] * O[t, h*D + d], t = b*S + i: one warp per (t, h).
+// delta[(b*H + h)*S + i] = sum_d dO[t, h*D + d] * O[t, h*D + d], t = b*S + i. D / 8 threads per
+// (t, h), each one 16-byte load of dO and one of O (every thread's loads in flight at once: ~64 KB an
+// SM, where a warp per (t, h) with 4-byte loads had ~16 KB and waited on DRAM latency), the eight
+// products summed in order, then the group's sums by shuffles (a fixed order: the same bits every run).
+template <int D>
 __global__ void attention_delta_kernel(const bf16* __restrict__ dcontext, const bf16* __restrict__ context,
-                                       int64_t tokens, int seq_len, int num_heads, int head_dim,
-                                       float* __restrict__ delta) {
-  const int64_t warp_index = (static_cast<int64_t>(blockIdx.x) * blockDim.x + threadIdx.x) / 32;
-  const int lane = threadIdx.x % 32;
-  if (warp_index >= tokens * num_heads) return;  // whole warps leave together
-  const int64_t token = warp_index / num_heads;
-  const int head = static_cast<int>(warp_index % num_heads);
-  const int64_t offset = token * num_heads * head_dim + static_cast<int64_t>(head) * head_dim;
+                                       int64_t rows, int seq_len, int num_heads, float* __restrict__ delta) {
+  constexpr int kLanes = D / detail::kVectorWidth;  // 4 / 8 / 16 threads per row: groups never straddle a warp
+  static_assert(kLanes <= 32 && 32 % kLanes == 0, "a row's threads lie in one warp");
+  const int64_t thread = static_cast<int64_t>(blockIdx.x) * blockDim.x + threadIdx.x;
+  const int64_t row = thread / kLanes;  // token * H + head: the row of [tokens * H, D]
+  const int part = static_cast<int>(thread % kLanes);
   float sum = 0.0f;
-  for (int d = 2 * lane; d < head_dim; d += 64) {
-    const float2 g = __bfloat1622float2(*reinterpret_cast<const __nv_bfloat162*>(dcontext + offset + d));
-    const float2 o = __bfloat1622float2(*reinterpret_cast<const __nv_bfloat162*>(context + offset + d));
-    sum += g.x * o.x + g.y * o.y;
+  if (row < rows) {
+    float g[detail::kVectorWidth], o[detail::kVectorWidth];
+    const int64_t offset = row * D + part * detail::kVectorWidth;
+    detail::load_bf16x8(dcontext + offset, g);
+    detail::load_bf16x8(context + offset, o);
+#pragma unroll
+    for (int e = 0; e < detail::kVectorWidth; ++e) sum += g[e] * o[e];
   }
-  for (int width = 16; width > 0; width /= 2) sum += __shfl_xor_sync(kFullMask, sum, width);
-  if (lane == 0) {
-    const int64_t batch = token / seq_len, position = token % seq_len;
+  // Every lane of the warp takes part (rows past the end add zeros), so the full mask is exact.
+#pragma unroll
+  for (int width = kLanes / 2; width > 0; width /= 2) sum += __shfl_xor_sync(kFullMask, sum, width);
+  if (row < rows && part == 0) {
+    const int64_t token = row / num_heads, batch = token / seq_len, position = token % seq_len;
+    const int head = static_cast<int>(row % num_heads);
     delta[(batch * num_heads + head) * seq_len + position] = sum;
   }
 }
@@ -1558,10 +1567,20 @@ void attention_backward(Context& ctx, const AttentionShape& shape, const bf16* d
   const int64_t rows = shape.tokens() * shape.num_heads;
   float* delta = static_cast<float*>(ctx.scratch(static_cast<size_t>(rows) * sizeof(float)));
   constexpr int kDeltaThreads = 256;
-  const int64_t delta_blocks = (rows * 32 + kDeltaThreads - 1) / kDeltaThreads;
-  attention_delta_kernel<<<static_cast<unsigned>(delta_blocks), kDeltaThreads, 0, ctx.stream()>>>(
-      dcontext, context, shape.tokens(), args.seq_len, args.num_heads, static_cast<int>(shape.head_dim), delta);
-  CUDA_CHECK_LAUNCH();
+  auto launch_delta = [&](auto head_dim) {
+    constexpr int kHeadDim = decltype(head_dim)::value;
+    const int64_t threads = rows * (kHeadDim / detail::kVectorWidth);
+    attention_delta_kernel<kHeadDim>
+        <<<static_cast<unsigned>((threads + kDeltaThreads - 1) / kDeltaThreads), kDeltaThreads, 0, ctx.stream()>>>(
+            dcontext, context, rows, args.seq_len, args.num_heads, delta);
+    CUDA_CHECK_LAUNCH();
+  };
+  if (shape.head_dim == 32)
+    launch_delta(std::integral_constant<int, 32>());
+  else if (shape.head_dim == 64)
+    launch_delta(std::integral_constant<int, 64>());
+  else
+    launch_delta(std::integral_constant<int, 128>());
 
   switch (shape.head_dim) {
     case 32:
