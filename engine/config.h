@@ -99,7 +99,7 @@ struct TrainingConfig {
   // host collective (MPI) or, on GPUs, for its GPU's step (whose gradient sums wait for every rank; an
   // error NCCL reports ends it too). HF's name and default.
   int ddp_timeout = 1800;
-  // device = "cuda": cuBLASLt algorithms timed per GEMM shape at the first step, the fastest kept
+  // device = "cuda": cuBLASLt algorithms timed per class of GEMM shapes in the first steps, the fastest kept
   // (kernels/cuda/ops_cuda.h, Context::set_gemm_autotune; PyTorch's TunableOp does the same). 0 (the
   // default): the library heuristic's first, the same every run, so a resumed run continues bit for
   // bit; with N >= 2 the choice follows the timings, and a resumed run may differ in the last bits.

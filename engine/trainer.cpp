@@ -1090,7 +1090,8 @@ void Trainer::print_run_table() const {
          << " planned (parameters, moments, activations for " << max_batch << " x " << seq_len_ << ")\n";
     if (training().gemm_autotune > 1)
       out_ << "  GEMMs        cuBLASLt, up to " << training().gemm_autotune
-           << " algorithms timed per shape at the first step, the fastest kept (a resume is not bit-exact)\n";
+           << " algorithms timed per GEMM shape class in the first steps, the fastest kept (a resume is not "
+              "bit-exact)\n";
   } else
 #endif
   {

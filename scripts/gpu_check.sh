@@ -278,7 +278,7 @@ if stage kernels; then
   grep -E '^(device|ceilings):' "$OUT/bench_kernels.log" 2>/dev/null | tee -a "$SUMMARY"
   # Cases new since the last device run (no baseline to compare with), and the s128 attention
   # backward of both mma paths (fused kernel vs the kernel pair, the same run): their own lines.
-  grep -E '^(dropout_residual_layernorm_fwd|attention(_train)?_bwd_mma(_recompute_dq)?|linear_bwd_d[xwb])/bert-base(/s128)? ' "$OUT/bench_kernels.log" 2>/dev/null | cut -c1-160 |
+  grep -E '^((dropout_residual_layernorm_fwd|attention(_train)?_bwd_mma(_recompute_dq)?)/bert-base(/s128)? |linear_bwd_d[xwb]/bert-base/)' "$OUT/bench_kernels.log" 2>/dev/null | cut -c1-160 |
     tee -a "$SUMMARY"
   # Against the newest earlier device run of the same GPU kept in bench/results/ (bench/compare_kernels.py;
   # appended to bench_kernels.log, for want of a ninth file): what the changes since then bought. The
@@ -362,8 +362,10 @@ if stage autotune; then
     grep -E '^linear_bwd(_d[xwb])?/bert-base/' /tmp/bertforge-autotune.log | cut -c1-100 | tee -a "$SUMMARY"
     for tune in 0 8; do
       left=$((autotune_end - SECONDS))
+      ((tune == 0)) && left=$((left / 2))  # the tuned run, the point of the pair, must get its half
       if ((left < 15)); then
         note "autotune: base-128 step with --gemm-autotune $tune not run (${left} s left)"
+        autotune_rc=124
         continue
       fi
       { echo; echo "== $(stamp) bench_train_step base-128 --gemm-autotune $tune"; } >>"$OUT/bench_kernels.log"

@@ -31,11 +31,12 @@
 // algorithm are cached per (product, m, n, k, leading dimensions, beta, bias, alignments, autotune
 // setting) in the Context (Context::GemmPlans), never in global state. The algorithm is the heuristic's
 // first unless Context::set_gemm_autotune(N) asked for up to N candidates to be timed on the first
-// call's operands (D redirected to a scratch buffer of the same layout, so an accumulating dW or dx is
-// not added to more than once) and the fastest kept. Context::gemm_plans() reports each plan's
-// algorithm (id, tile, stages, split-k) and, autotuned, every candidate's median time: the BERT shapes
-// include long-k weight gradients with small outputs (dW of attn_out: 768 x 768 x 16384, 36 tiles of
-// 128 x 128 for 132 SMs), where the choice of split-k and tile decides more than the kernel does.
+// call's operands (D redirected to a temporary buffer of the same layout, so an accumulating dW or dx
+// is not added to more than once) and the fastest kept; once per class of shapes (sizes rounded up to
+// powers of two), later shapes of the class taking the same rank of their own heuristic answer. Context::gemm_plans()
+// reports each plan's algorithm (id, tile, stages, split-k) and, autotuned, every candidate's median time: the BERT
+// shapes include long-k weight gradients with small outputs (dW of attn_out: 768 x 768 x 16384, 36 tiles of 128 x 128
+// for 132 SMs), where the choice of split-k and tile decides more than the kernel does.
 #include <cublasLt.h>
 #include <cuda_bf16.h>
 #include <cuda_runtime.h>
@@ -265,7 +266,18 @@ PlanKey plan_key(const GemmCall& call, int autotune) {
           pointer_alignment(call.b),
           pointer_alignment(call.d),
           call.bias != nullptr ? pointer_alignment(call.bias) : 0,
-          autotune};
+          std::max(1, autotune)};  // 0 and 1 both mean the heuristic's first
+}
+
+// The class of shapes an autotuned rank is shared by (Context::set_gemm_autotune): the plan key with
+// m, n and k rounded up to powers of two.
+PlanKey tuning_class(PlanKey key) {
+  for (size_t i : {size_t{1}, size_t{2}, size_t{3}}) {
+    int64_t rounded = 1;
+    while (rounded < key[i]) rounded *= 2;
+    key[i] = rounded;
+  }
+  return key;
 }
 
 struct GemmPlan {
@@ -363,7 +375,8 @@ void add_bias_rows(Context& ctx, int64_t rows, int64_t cols, int64_t ld, const b
 // Defined here, declared (opaque) in ops_cuda.h: the cache lives in the Context that owns the handle.
 struct Context::GemmPlans {
   std::map<PlanKey, GemmPlan> plans;
-  int64_t made = 0;  // plans made so far (GemmPlan::sequence)
+  int64_t made = 0;                    // plans made so far (GemmPlan::sequence)
+  std::map<PlanKey, int> tuned_ranks;  // tuning_class -> the rank autotuning chose for it
 
   // Enqueues D = op(A) op(B) (+ bias) + beta D on ctx.stream(), with the cached plan of its key.
   void run(Context& ctx, const GemmCall& call) {
@@ -408,7 +421,10 @@ struct Context::GemmPlans {
                                            plan.b.handle, &beta, d_scratch, plan.d.handle, d_scratch, plan.d.handle,
                                            &algo, ctx.gemm_workspace(), ctx.gemm_workspace_bytes(), ctx.stream());
     };
-    if (matmul() != CUBLAS_STATUS_SUCCESS) return -1.0;
+    // The library declining this algorithm for these operands is a result; any other failure is not.
+    const cublasStatus_t first = matmul();
+    if (first == CUBLAS_STATUS_NOT_SUPPORTED || first == CUBLAS_STATUS_INVALID_VALUE) return -1.0;
+    CUBLAS_CHECK(first);
     std::vector<double> ms;
     for (int run = 0; run < kRuns; ++run) {
       CUDA_CHECK(cudaEventRecord(events.start, ctx.stream()));
@@ -439,7 +455,6 @@ struct Context::GemmPlans {
       plan.info.candidate_ms.push_back(ms);
       if (ms >= 0 && (best < 0 || ms < plan.info.candidate_ms[static_cast<size_t>(best)])) best = static_cast<int>(i);
     }
-    // A refused launch leaves no error behind; anything else reached CUDA_CHECK above.
     ctx.synchronize();
     if (best < 0) {
       throw std::runtime_error(std::string(product_name(call.product)) + ": none of the " +
@@ -451,7 +466,7 @@ struct Context::GemmPlans {
     plan.algo = offered[static_cast<size_t>(best)].algo;
   }
 
-  static void build(Context& ctx, const GemmCall& call, GemmPlan& plan) {
+  void build(Context& ctx, const GemmCall& call, GemmPlan& plan) {
     CUBLAS_CHECK(cublaslt_api().cublasLtMatmulDescCreate(&plan.desc.handle, CUBLAS_COMPUTE_32F, CUDA_R_32F));
     const int32_t trans_a = call.trans_a, trans_b = call.trans_b;
     CUBLAS_CHECK(cublaslt_api().cublasLtMatmulDescSetAttribute(plan.desc.handle, CUBLASLT_MATMUL_DESC_TRANSA, &trans_a,
@@ -538,10 +553,20 @@ struct Context::GemmPlans {
     plan.info.n = call.n;
     plan.info.k = call.k;
     plan.info.bias_epilogue = plan.has_bias;
+    plan.info.accumulate = call.beta != 0.0f;
     plan.info.offered = found;
-    if (requested > 1 && found > 1) {
+    const PlanKey tuning = tuning_class(plan_key(call, requested));
+    const auto tuned = tuned_ranks.find(tuning);
+    if (requested > 1 && found > 1 && tuned != tuned_ranks.end() && tuned->second < found &&
+        results[static_cast<size_t>(tuned->second)].state == CUBLAS_STATUS_SUCCESS) {
+      // A shape of a class already timed (the MLM head's rows change with every batch): its rank.
+      plan.info.chosen = tuned->second;
+      plan.info.rank_reused = true;
+      plan.algo = results[static_cast<size_t>(tuned->second)].algo;
+    } else if (requested > 1 && found > 1 && tuned == tuned_ranks.end()) {
       autotune(ctx, call, plan,
                std::span<const cublasLtMatmulHeuristicResult_t>(results.data(), static_cast<size_t>(found)));
+      tuned_ranks.emplace(tuning, plan.info.chosen);
     } else {
       CUBLAS_CHECK(results[0].state);
       plan.algo = results[0].algo;

@@ -115,22 +115,24 @@ class DeviceBuffer {
 
 // ---- context ----------------------------------------------------------------------------------------
 
-// Per-caller state for CUDA ops: the stream, the cuBLASLt handle and its workspace, and device
-// scratch reused across calls (grown on demand, never shrunk, so a warm training step allocates
-// nothing). Uses the current device. Not shareable between host threads issuing ops concurrently.
 // One cuBLASLt plan of a Context (Context::gemm_plans): a GEMM shape and the algorithm it runs.
 struct GemmPlanInfo {
   std::string product;          // "linear_forward (y = x W^T + b)", "linear_backward (dx = dy W)", ...
   int64_t m = 0, n = 0, k = 0;  // cuBLASLt's column-major sizes (gemm.cu's table)
   bool bias_epilogue = false;
+  bool accumulate = false;  // beta = 1: D += the product
   // cublasLtMatmulAlgoConfigGetAttribute of the chosen algorithm, e.g. "algo 66, tile 128x256,
   // stages #19, split-k 1, reduction 0, swizzle 0, cluster #0".
   std::string algorithm;
   int offered = 1;  // algorithms the heuristic returned (autotuning asks for more than one)
   int chosen = 0;   // the chosen one's rank in the heuristic's order
+  // Autotuned without timing: the rank timed for an earlier shape of the same class (every size
+  // rounded up to a power of two, same operands' alignments and epilogue), e.g. the MLM head's GEMMs,
+  // whose rows are the batch's masked tokens.
   // Autotuned: the median ms of each offered algorithm in the heuristic's order (negative: it
   // failed to run); empty otherwise.
   std::vector<double> candidate_ms;
+  bool rank_reused = false;
 };
 
 // One line for a plan, as the benches print it: "linear_backward (dW += dy^T x)    768 x    768 x  16384:
@@ -139,8 +141,13 @@ inline std::string describe_gemm_plan(const GemmPlanInfo& plan) {
   char head[160];
   std::snprintf(head, sizeof(head), "%-32s %6lld x %6lld x %6lld%s: ", plan.product.c_str(),
                 static_cast<long long>(plan.m), static_cast<long long>(plan.n), static_cast<long long>(plan.k),
-                plan.bias_epilogue ? " +bias" : "");
+                plan.bias_epilogue ? " +bias"
+                : plan.accumulate  ? " +="
+                                   : "");
   std::string line = head + plan.algorithm;
+  if (plan.rank_reused)
+    return line + "; rank " + std::to_string(plan.chosen) + " of " + std::to_string(plan.offered) +
+           " (timed for a shape of its class)";
   if (plan.candidate_ms.empty()) return line;
   line += "; rank " + std::to_string(plan.chosen) + " of " + std::to_string(plan.offered) + ", ms by rank:";
   char number[32];
@@ -156,6 +163,9 @@ inline std::string describe_gemm_plan(const GemmPlanInfo& plan) {
   return line;
 }
 
+// Per-caller state for CUDA ops: the stream, the cuBLASLt handle and its workspace, and device
+// scratch reused across calls (grown on demand, never shrunk, so a warm training step allocates
+// nothing). Uses the current device. Not shareable between host threads issuing ops concurrently.
 class Context {
  public:
   // stream nullptr: the context creates (and owns) a non-blocking stream of its own.
@@ -179,13 +189,15 @@ class Context {
 
   // Which cuBLASLt algorithm each GEMM shape runs (gemm.cu). candidates 0 or 1 (the default): the
   // heuristic's first, the same on every run of the same library and GPU. candidates N >= 2: the
-  // first call of each GEMM shape asks the heuristic for up to N algorithms, times each on the call's
-  // own operands (the result into a scratch copy, so nothing the caller owns is written twice;
-  // synchronises the stream once per shape) and keeps the fastest for this Context's life. Bitwise
-  // deterministic within the process; across processes the choice follows the timings, and two
-  // algorithms may sum in different orders: not for runs that must resume bit for bit. Plans made
-  // before the change are kept (the setting is part of a plan's key). Throws std::invalid_argument
-  // outside 0..kMaxGemmAutotune.
+  // first call of each class of GEMM shapes (sizes rounded up to powers of two; same alignments and
+  // epilogue) asks the heuristic for up to N algorithms, times each on the call's own operands (5 runs
+  // each, D in a temporary buffer of D's size, so nothing the caller owns is written twice; the host
+  // waits for each run) and keeps the fastest; later shapes of the class take the heuristic's
+  // algorithm of the same rank without timing. So tuning happens in the first steps, not whenever the
+  // MLM head's row count (the batch's masked tokens) is new. Bitwise deterministic within the process;
+  // across processes the choice follows the timings, and two algorithms may sum in different orders:
+  // not for runs that must resume bit for bit. Plans made before the change are kept (the setting is
+  // part of a plan's key). Throws std::invalid_argument outside 0..kMaxGemmAutotune.
   static constexpr int kMaxGemmAutotune = 32;
   void set_gemm_autotune(int candidates) {
     if (candidates < 0 || candidates > kMaxGemmAutotune)

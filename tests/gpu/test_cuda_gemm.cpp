@@ -373,7 +373,32 @@ TEST_CASE("cuda linear with autotuned algorithms equals the CPU reference and re
       CHECK(plan.algorithm == "algo " + std::to_string(plan.chosen) + ", tile 128x128, split-k 1");
     }
   }
+  CHECK(tuned > 0);  // 129 x 768 x 3072 gets several algorithms from any cuBLASLt
   if (emulated) CHECK(tuned == static_cast<int>(plans.size()) - 1);
+  // A shape of a class already timed (rows 200 and 129 both round up to 256) takes the rank timed
+  // for it, untimed: the MLM head's GEMMs, whose rows change with every batch, are tuned once.
+  const LinearData similar(LinearShape{200, 768, 3072}, 33);
+  const Expected similar_expected = cpu_reference(cpu, similar);
+  check_all(ctx, similar, similar_expected, Placement());
+  const std::vector<bert::cuda::GemmPlanInfo> after = ctx.gemm_plans();
+  REQUIRE(after.size() == plans.size() + 5);  // forward with and without bias, dW, dx overwrite and accumulate
+  for (size_t i = plans.size(); i < after.size(); ++i) {
+    const bert::cuda::GemmPlanInfo& plan = after[i];
+    INFO(plan.product << " m=" << plan.m << " n=" << plan.n << " k=" << plan.k << ": " << plan.algorithm);
+    CHECK(plan.candidate_ms.empty());
+    // Its class's rank: the tuned plan of the same product and epilogue at rows 129, placement 0.
+    const auto twin = std::find_if(plans.begin() + 1, plans.end(), [&](const bert::cuda::GemmPlanInfo& p) {
+      return p.product == plan.product && p.bias_epilogue == plan.bias_epilogue && p.accumulate == plan.accumulate &&
+             p.m == plan.m && (p.n == 129 || p.k == 129) && !p.candidate_ms.empty();
+    });
+    REQUIRE(twin != plans.end());
+    if (twin->chosen < plan.offered) {
+      CHECK(plan.rank_reused);
+      CHECK(plan.chosen == twin->chosen);
+    }
+  }
+  CHECK(bert::cuda::describe_gemm_plan(after.back()).find("(timed for a shape of its class)") != std::string::npos);
+
   // The three products of both shapes, autotuned: forward (with and without bias), dx, dW.
   for (const char* product : {"linear_forward", "linear_backward (dx", "linear_backward (dW"}) {
     INFO(product);
