@@ -12,6 +12,9 @@ Checked:
   - the table row and the error lines; the JSON written where --json says
   - failures are recorded, not fatal, and set the exit status: a missing binary, an unknown shape
   - bench_train_step --profile: every op of the graph timed, with the calls the graph makes per layer
+  - bench_train_step --gemm-autotune: the setting and the GEMM plans in the JSON (none here: the
+    emulated ops have no cuBLASLt), the plans' heading in the text; on the CPU, or with no warm-up
+    step to tune in, a one-line error
 The numbers themselves mean nothing here (an emulation, torch's CPU).
 
     test_bench_train_gpu_driver.py --bench build/tests/bench_train_step_emulated --work DIR
@@ -149,6 +152,23 @@ def main():
           "--profile: the text table")
     p = subprocess.run([args.bench, "--device", "cpu", "--profile"], capture_output=True, text=True, timeout=60)
     check(p.returncode != 0 and "--profile needs --device cuda" in p.stderr, "--profile on the CPU: a one-line error")
+
+    # --gemm-autotune (bench_train_step's header): reported in the JSON and the text, refused where it means nothing.
+    check(profiled.get("gemm_autotune") == 0 and profiled.get("gemm_plans") == [],
+          f"JSON: gemm_autotune 0 and the GEMM plans (none on the emulated ops) ({profiled.get('gemm_plans')})")
+    tuned = [arg for arg in cmd if arg not in ("--profile", "--json")]
+    tuned[tuned.index("--warmup") + 1] = "1"
+    p = subprocess.run(tuned + ["--gemm-autotune", "4"], capture_output=True, text=True,
+                       env=dict(os.environ, OMP_NUM_THREADS="1"), timeout=300)
+    check(p.returncode == 0 and "gemm plans 0 (cuBLASLt, m x n x k column-major; autotuned" in p.stdout,
+          f"--gemm-autotune 4: exit 0, the plans' heading says autotuned ({p.stderr.strip()[-200:]})")
+    no_warmup = tuned[1:]
+    no_warmup[no_warmup.index("--warmup") + 1] = "0"
+    for extra, needle in ((["--device", "cpu", "--gemm-autotune", "4"], "--gemm-autotune needs --device cuda"),
+                          (no_warmup + ["--gemm-autotune", "4"], "--gemm-autotune needs --warmup 1"),
+                          (["--device", "cuda", "--gemm-autotune", "33"], "'--gemm-autotune' must be between 0 and 32")):
+        p = subprocess.run([args.bench] + extra, capture_output=True, text=True, timeout=60)
+        check(p.returncode != 0 and needle in p.stderr, f"{' '.join(extra[-4:])}: a one-line error naming '{needle}'")
 
     if failures:
         sys.exit(f"{len(failures)} check(s) failed: " + "; ".join(failures))
