@@ -353,7 +353,7 @@ if stage autotune; then
   else
     autotune_end=$((SECONDS + budget))
     { echo; echo "== $(stamp) bench_kernels --filter linear_ --gemm-autotune 8"; } >>"$OUT/bench_kernels.log"
-    timeout "$budget" "$BIN_DIR/bench_kernels" --filter linear_ --gemm-autotune 8 --repeats "$BENCH_REPEATS" \
+    timeout $((budget / 2)) "$BIN_DIR/bench_kernels" --filter linear_ --gemm-autotune 8 --repeats "$BENCH_REPEATS" \
       >/tmp/bertforge-autotune.log 2>&1
     autotune_rc=$?
     cat /tmp/bertforge-autotune.log >>"$OUT/bench_kernels.log"
