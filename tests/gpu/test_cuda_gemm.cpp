@@ -391,13 +391,16 @@ TEST_CASE("cuda linear with autotuned algorithms equals the CPU reference and re
       return p.product == plan.product && p.bias_epilogue == plan.bias_epilogue && p.accumulate == plan.accumulate &&
              p.m == plan.m && (p.n == 129 || p.k == 129) && !p.candidate_ms.empty();
     });
-    REQUIRE(twin != plans.end());
-    if (twin->chosen < plan.offered) {
+    if (emulated) REQUIRE(twin != plans.end());  // every emulated plan was offered three algorithms
+    if (twin != plans.end() && twin->chosen < plan.offered) {
       CHECK(plan.rank_reused);
       CHECK(plan.chosen == twin->chosen);
+    } else {
+      CHECK_FALSE(plan.rank_reused);  // a class never timed (one algorithm offered), or its rank not offered here
     }
   }
-  CHECK(bert::cuda::describe_gemm_plan(after.back()).find("(timed for a shape of its class)") != std::string::npos);
+  if (emulated)
+    CHECK(bert::cuda::describe_gemm_plan(after.back()).find("(timed for a shape of its class)") != std::string::npos);
 
   // The three products of both shapes, autotuned: forward (with and without bias), dx, dW.
   for (const char* product : {"linear_forward", "linear_backward (dx", "linear_backward (dW"}) {
