@@ -6,8 +6,8 @@
 //                 [--gemm-autotune N]
 //
 // After the cases it prints the cuBLASLt algorithm each GEMM shape ran (Context::gemm_plans: id, tile,
-// stages, split-k); --gemm-autotune N has each shape's first call time up to N of the heuristic's
-// algorithms and keep the fastest (the times of all of them are printed), so one run shows what the
+// stages, split-k); --gemm-autotune N has the first call of each class of shapes time up to N of the
+// heuristic's algorithms and keep the fastest (the times of all of them are printed), so one run shows what the
 // heuristic's first choice leaves on the table. The ceilings keep the heuristic's first either way.
 //
 // --smoke checks the program rather than the device: 512 tokens per batch, one repeat and one warm-up,
@@ -988,7 +988,9 @@ void write_json(const std::string& path, const bert::DeviceInfo& device, const s
     const GemmPlanInfo& plan = plans[i];
     o << (i ? ",\n" : "\n") << "    {\"product\": \"" << json_escape(plan.product) << "\", \"m\": " << plan.m
       << ", \"n\": " << plan.n << ", \"k\": " << plan.k
-      << ", \"bias_epilogue\": " << (plan.bias_epilogue ? "true" : "false") << ", \"algorithm\": \""
+      << ", \"bias_epilogue\": " << (plan.bias_epilogue ? "true" : "false")
+      << ", \"accumulate\": " << (plan.accumulate ? "true" : "false")
+      << ", \"rank_reused\": " << (plan.rank_reused ? "true" : "false") << ", \"algorithm\": \""
       << json_escape(plan.algorithm) << "\", \"offered\": " << plan.offered << ", \"chosen\": " << plan.chosen
       << ", \"candidate_ms\": [";
     for (size_t j = 0; j < plan.candidate_ms.size(); ++j)

@@ -37,8 +37,8 @@
 // (engine/bert_cuda.h: two CUDA events around every op of the graph), reported per op name and shape
 // (calls, device ms, share of that forward+backward), beside the time between ops (the launch gaps
 // and host work no op accounts for): where a step's time goes, without a profiler on the machine.
-// --gemm-autotune N (cuda only): the model's Context times up to N cuBLASLt algorithms for each GEMM
-// shape on its first call (in the warm-up steps, so give at least one) and keeps the fastest
+// --gemm-autotune N (cuda only): the model's Context times up to N cuBLASLt algorithms for each class
+// of GEMM shapes on its first call (in the warm-up steps, so give at least one) and keeps the fastest
 // (kernels/cuda/ops_cuda.h, Context::set_gemm_autotune); the run then lists every GEMM plan with its
 // algorithm and the candidates' times. Run it beside a plain run to see what autotuning buys a step.
 //
@@ -382,10 +382,10 @@ int bench_cuda(const Shape& shape) {
       const bert::cuda::GemmPlanInfo& plan = plans[i];
       std::printf(
           "%s{\"product\": \"%s\", \"m\": %lld, \"n\": %lld, \"k\": %lld, \"algorithm\": \"%s\", "
-          "\"offered\": %d, \"chosen\": %d, \"candidate_ms\": [",
+          "\"accumulate\": %s, \"rank_reused\": %s, \"offered\": %d, \"chosen\": %d, \"candidate_ms\": [",
           i ? ", " : "", json_escape(plan.product).c_str(), static_cast<long long>(plan.m),
           static_cast<long long>(plan.n), static_cast<long long>(plan.k), json_escape(plan.algorithm).c_str(),
-          plan.offered, plan.chosen);
+          plan.accumulate ? "true" : "false", plan.rank_reused ? "true" : "false", plan.offered, plan.chosen);
       for (size_t j = 0; j < plan.candidate_ms.size(); ++j) {
         if (plan.candidate_ms[j] < 0)
           std::printf("%snull", j ? ", " : "");

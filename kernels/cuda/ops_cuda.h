@@ -126,12 +126,12 @@ struct GemmPlanInfo {
   std::string algorithm;
   int offered = 1;  // algorithms the heuristic returned (autotuning asks for more than one)
   int chosen = 0;   // the chosen one's rank in the heuristic's order
-  // Autotuned without timing: the rank timed for an earlier shape of the same class (every size
-  // rounded up to a power of two, same operands' alignments and epilogue), e.g. the MLM head's GEMMs,
-  // whose rows are the batch's masked tokens.
   // Autotuned: the median ms of each offered algorithm in the heuristic's order (negative: it
   // failed to run); empty otherwise.
   std::vector<double> candidate_ms;
+  // Autotuned without timing: the rank timed for an earlier shape of the same class (every size
+  // rounded up to a power of two, same operands' alignments and epilogue), e.g. the MLM head's GEMMs,
+  // whose rows are the batch's masked tokens.
   bool rank_reused = false;
 };
 
@@ -165,7 +165,8 @@ inline std::string describe_gemm_plan(const GemmPlanInfo& plan) {
 
 // Per-caller state for CUDA ops: the stream, the cuBLASLt handle and its workspace, and device
 // scratch reused across calls (grown on demand, never shrunk, so a warm training step allocates
-// nothing). Uses the current device. Not shareable between host threads issuing ops concurrently.
+// nothing; with GEMM autotuning, a class of GEMM shapes first met later allocates its timing buffer
+// then). Uses the current device. Not shareable between host threads issuing ops concurrently.
 class Context {
  public:
   // stream nullptr: the context creates (and owns) a non-blocking stream of its own.
