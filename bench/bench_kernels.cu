@@ -10,6 +10,10 @@
 // heuristic's algorithms and keep the fastest (the times of all of them are printed), so one run shows what the
 // heuristic's first choice leaves on the table. The ceilings keep the heuristic's first either way.
 //
+// Cases named "<op>_baseline/..." run the same op on the same buffers with KernelPaths::baseline()
+// (ops_cuda.h): the general kernels that the specialised ones replaced, timed beside them in the
+// same run, so whether each replacement pays is read off one table on whatever card ran it.
+//
 // --smoke checks the program rather than the device: 512 tokens per batch, one repeat and one warm-up,
 // small ceilings, one encoder layer in the optimizer cases. tests/kernel_emu runs it on the host
 // emulation of the kernels in every suite (kernel_emu/bench_kernels_smoke), with
@@ -767,6 +771,49 @@ void add_optimizer_cases(std::vector<Case>& cases, const Model& m, const Sizes& 
                    }});
 }
 
+// The ops whose specialised kernels replaced general ones (ops_cuda.h: KernelPaths) get a second
+// case right after their own, "<op>_baseline/...": the same shape and buffers, run with
+// KernelPaths::baseline(), so the replacement and what it replaced are timed in the same run on the
+// same device. (The attention backward's pair is attention*_bwd_mma_recompute_dq.)
+std::vector<Case> with_baseline_cases(const std::vector<Case>& cases) {
+  static const char* const kReplaced[] = {"layernorm_fwd/",
+                                          "residual_layernorm_fwd/",
+                                          "layernorm_bwd/",
+                                          "residual_layernorm_bwd/",
+                                          "dropout_residual_layernorm_fwd/",
+                                          "bias_gelu_fwd/",
+                                          "bias_gelu_bwd/",
+                                          "cross_entropy/",
+                                          "embeddings_fwd/"};
+  std::vector<Case> out;
+  for (const Case& c : cases) {
+    out.push_back(c);
+    for (const char* prefix : kReplaced) {
+      const std::string head(prefix);
+      if (c.name.compare(0, head.size(), head) != 0) continue;
+      Case baseline = c;
+      baseline.name = head.substr(0, head.size() - 1) + "_baseline/" + c.name.substr(head.size());
+      baseline.op = c.op + " (KernelPaths::baseline)";
+      baseline.prepare = [prepare = c.prepare](Context& ctx) {
+        Prepared p = prepare(ctx);
+        p.run = [&ctx, run = std::move(p.run)] {
+          // Restored however run() ends: a throwing case must not leave the later ones on the baseline.
+          struct Restore {
+            Context& ctx;
+            const KernelPaths saved;
+            ~Restore() { ctx.set_kernel_paths(saved); }
+          } restore{ctx, ctx.kernel_paths()};
+          ctx.set_kernel_paths(KernelPaths::baseline());
+          run();
+        };
+        return p;
+      };
+      out.push_back(std::move(baseline));
+    }
+  }
+  return out;
+}
+
 std::vector<Case> make_cases(const Sizes& sizes) {
   std::vector<Case> cases;
   for (const Model& m : kModels) {
@@ -779,7 +826,7 @@ std::vector<Case> make_cases(const Sizes& sizes) {
     add_cross_entropy_case(cases, m, sizes);
     add_optimizer_cases(cases, m, sizes);
   }
-  return cases;
+  return with_baseline_cases(cases);
 }
 
 // ---- timing ------------------------------------------------------------------------------------------

@@ -5,7 +5,7 @@
 //   bench_train_step --hidden H --layers L --heads A --intermediate I --vocab V --seq S --batch B
 //                    --steps N --warmup W --threads T [--dropout 0.1] [--dense-mlm]
 //                    [--omp-wait-policy default|passive|active] [--device cpu|cuda] [--profile]
-//                    [--gemm-autotune N] [--json]
+//                    [--gemm-autotune N] [--kernel-paths default|baseline] [--json]
 //
 // One optimizer step, timed as a whole: zero_grads, set_dropout(training), forward_backward, grad_norm,
 // clip to 1.0, adamw_step (lr 1e-4, eps 1e-8, weight decay 0.01 on the decay-flagged tensors) — what
@@ -41,6 +41,12 @@
 // of GEMM shapes on its first call (in the warm-up steps, so give at least one) and keeps the fastest
 // (kernels/cuda/ops_cuda.h, Context::set_gemm_autotune); the run then lists every GEMM plan with its
 // algorithm and the candidates' times. Run it beside a plain run to see what autotuning buys a step.
+//
+// --kernel-paths baseline (cuda only): the model's Context runs the general kernels that the
+// specialised ones replaced wherever both apply (kernels/cuda/ops_cuda.h, KernelPaths::baseline():
+// the LayerNorm, cross-entropy and GELU rewrites, the dropout fused into the LayerNorm forward, the
+// fused attention backward). Run it beside a default run: the difference is what those kernels buy a
+// whole step on this device.
 //
 // Threads: omp_set_num_threads(T), openblas_set_num_threads(T) (when the BLAS is OpenBLAS) and
 // ModelOptions::num_threads = T. --omp-wait-policy sets OMP_WAIT_POLICY and re-executes this program
@@ -215,6 +221,7 @@ struct Shape {
   bool json = false;
   bool profile = false;
   int gemm_autotune = 0;
+  bool baseline_paths = false;
 };
 
 #if defined(BERT_BENCH_CUDA)
@@ -255,6 +262,8 @@ int bench_cuda(const Shape& shape) {
   bert::BertForPreTrainingCuda model(config, options);
   model.reserve(batch, seq_len);
   model.context().set_gemm_autotune(shape.gemm_autotune);
+  if (shape.baseline_paths) model.context().set_kernel_paths(bert::cuda::KernelPaths::baseline());
+  const std::string kernel_paths = model.context().kernel_paths().describe();
   cuda_check(cudaDeviceSynchronize(), "cudaDeviceSynchronize");
   const double build_s = seconds_since(build_start);
 
@@ -377,6 +386,7 @@ int bench_cuda(const Shape& shape) {
                     json_escape(profile[i].name).c_str(), static_cast<long long>(profile[i].calls), profile[i].ms);
       std::printf("]");
     }
+    std::printf(", \"kernel_paths\": \"%s\"", kernel_paths.c_str());
     std::printf(", \"gemm_autotune\": %d, \"gemm_plans\": [", shape.gemm_autotune);
     for (size_t i = 0; i < plans.size(); ++i) {
       const bert::cuda::GemmPlanInfo& plan = plans[i];
@@ -402,6 +412,7 @@ int bench_cuda(const Shape& shape) {
     std::printf("setup      %lld parameters on %s (sm_%d%d), dropout %g, MLM head on masked tokens (%lld rows)\n",
                 static_cast<long long>(model.num_parameters()), device.name.c_str(), device.sm_major, device.sm_minor,
                 config.hidden_dropout_prob, static_cast<long long>(mlm_rows));
+    std::printf("kernels    %s paths (kernels/cuda/ops_cuda.h: KernelPaths)\n", kernel_paths.c_str());
     std::printf("loss       %.4f -> %.4f over %d steps (last grad norm %.4g)\n", losses.front(), losses.back(),
                 shape.warmup + shape.steps, last_norm);
     std::printf("step       %.3f ms median of %d (device: forward+backward %.3f ms, grad norm + AdamW %.3f ms)\n",
@@ -454,6 +465,8 @@ int bench_main(int argc, char** argv) {
       .flag("--profile", "cuda: also time every op of one forward+backward (see the header)")
       .option("--gemm-autotune", "cuda: time up to N cuBLASLt algorithms per GEMM shape, keep the fastest (0: off)",
               "0")
+      .option("--kernel-paths",
+              "cuda: default | baseline (the general kernels the specialised ones replaced, to time both)", "default")
       .flag("--json", "print one JSON object instead of text");
   if (!args.parse(std::vector<std::string>(argv + 1, argv + argc))) {
     std::cout << args.help();
@@ -494,6 +507,9 @@ int bench_main(int argc, char** argv) {
   const std::string device = args.str("--device");
   if (device != "cpu" && device != "cuda") throw bert::Error("bench_train_step: --device must be cpu or cuda");
   const int gemm_autotune = static_cast<int>(args.integer("--gemm-autotune", 0, 32));
+  const std::string kernel_paths = args.str("--kernel-paths");
+  if (kernel_paths != "default" && kernel_paths != "baseline")
+    throw bert::Error("bench_train_step: --kernel-paths must be default or baseline, got '" + kernel_paths + "'");
   if (device == "cuda") {
     if (dense_mlm) throw bert::Error("bench_train_step: --dense-mlm: the CUDA model runs the MLM head on masked rows only");
 #if defined(BERT_BENCH_CUDA)
@@ -506,6 +522,7 @@ int bench_main(int argc, char** argv) {
     shape.json = json;
     shape.profile = args.has("--profile");
     shape.gemm_autotune = gemm_autotune;
+    shape.baseline_paths = kernel_paths == "baseline";
     if (gemm_autotune > 1 && warmup < 1)
       throw bert::Error(
           "bench_train_step: --gemm-autotune needs --warmup 1 or more (the tuning runs in the first step)");
@@ -517,6 +534,7 @@ int bench_main(int argc, char** argv) {
 
   if (args.has("--profile")) throw bert::Error("bench_train_step: --profile needs --device cuda");
   if (gemm_autotune != 0) throw bert::Error("bench_train_step: --gemm-autotune needs --device cuda");
+  if (kernel_paths != "default") throw bert::Error("bench_train_step: --kernel-paths needs --device cuda");
   omp_set_num_threads(threads);
   if (openblas_set_num_threads) openblas_set_num_threads(threads);
 

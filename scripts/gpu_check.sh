@@ -24,7 +24,7 @@
 # GPU_CHECK_SANITIZE_JOBS replaces the sanitizer's job list (see the stage); GPU_CHECK_TRAIN_VARIANTS
 # (e.g. "ours,hf_sdpa") limits the training bench's variants.
 #
-# Stages: GPU_CHECK_STAGES (default "tests curve kernels attention profile autotune sanitize demo train") picks
+# Stages: GPU_CHECK_STAGES (default "tests curve kernels attention profile paths autotune sanitize demo train") picks
 # which run, e.g.
 #   run(command="GPU_CHECK_STAGES=train bash scripts/gpu_check.sh", carry=[".gpu-deps"], timeout_s=590)
 # spends the whole call on the training bench (its full matrix: 4 shapes x ours + 3 HF variants, ~6-9
@@ -76,7 +76,8 @@ DEMO_TIMEOUT=${GPU_CHECK_DEMO_TIMEOUT:-90}
 DEMO_STEPS=${GPU_CHECK_DEMO_STEPS:-10000}
 PROFILE_TIMEOUT=${GPU_CHECK_PROFILE_TIMEOUT:-60}
 AUTOTUNE_TIMEOUT=${GPU_CHECK_AUTOTUNE_TIMEOUT:-90}
-STAGES=" ${GPU_CHECK_STAGES:-tests curve kernels attention profile autotune sanitize demo train} "
+PATHS_TIMEOUT=${GPU_CHECK_PATHS_TIMEOUT:-60}
+STAGES=" ${GPU_CHECK_STAGES:-tests curve kernels attention profile paths autotune sanitize demo train} "
 stage() { [[ $STAGES == *" $1 "* ]]; }
 # Sets `budget`: the seconds a stage may take, its own limit $1 or what GPU_CHECK_TOTAL leaves (10 s
 # kept for the end), whichever is less.
@@ -280,6 +281,16 @@ if stage kernels; then
   # backward of both mma paths (fused kernel vs the kernel pair, the same run): their own lines.
   grep -E '^((dropout_residual_layernorm_fwd|attention(_train)?_bwd_mma(_recompute_dq)?)/bert-base(/s128)? |linear_bwd_d[xwb]/bert-base/)' "$OUT/bench_kernels.log" 2>/dev/null | cut -c1-160 |
     tee -a "$SUMMARY"
+  # The specialised kernels against the general ones they replaced, same run (the "_baseline" twins,
+  # KernelPaths::baseline()): above 1.00x the replacement pays on this device; below, it loses its default.
+  note "bench_kernels: specialised kernel vs KernelPaths::baseline(), same run (baseline ms / default ms):"
+  # (A failed case's line has "-" for its time: such a pair is listed as not measured, never as 0.00x.)
+  awk '$1 ~ /_baseline\// { base[$1] = $2 } { ms[$1] = $2 }
+       END { for (name in base) { twin = name; sub(/_baseline\//, "/", twin);
+               if (base[name] ~ /^[0-9.]+$/ && ms[twin] ~ /^[0-9.]+$/ && ms[twin] > 0)
+                 printf "  %-44s %9.4f ms vs %9.4f ms baseline: %.2fx\n", twin, ms[twin], base[name], base[name] / ms[twin]
+               else printf "  %-44s not measured (a case of the pair failed)\n", twin } }' \
+    "$OUT/bench_kernels.log" 2>/dev/null | sort | tee -a "$SUMMARY"
   # Against the newest earlier device run of the same GPU kept in bench/results/ (bench/compare_kernels.py;
   # appended to bench_kernels.log, for want of a ninth file): what the changes since then bought. The
   # summary gets the kernels the last sessions changed without a device.
@@ -338,6 +349,49 @@ if stage profile; then
   fi
 fi
 
+# One BERT-base seq-128 training step benchmark (batch 128 as the training bench's base-128, 10 timed
+# steps after 3 warm-up) for stage $1 within $2 seconds, the rest of the arguments added: its output
+# appended to bench_kernels.log (and left in /tmp/bertforge-step.log), its step and throughput lines
+# in the summary, its exit status in step_rc.
+base128_step() {
+  local label=$1 seconds=$2
+  shift 2
+  { echo; echo "== $(stamp) bench_train_step base-128 $*"; } >>"$OUT/bench_kernels.log"
+  timeout "$seconds" "$BIN_DIR/bench_train_step" --device cuda --hidden 768 --layers 12 --heads 12 \
+    --intermediate 3072 --vocab 30522 --seq 128 --batch 128 --steps 10 --warmup 3 "$@" >/tmp/bertforge-step.log 2>&1
+  step_rc=$?
+  cat /tmp/bertforge-step.log >>"$OUT/bench_kernels.log"
+  note "$label: base-128 step, $*: exit $step_rc"
+  grep -E '^(step |throughput )' /tmp/bertforge-step.log | tee -a "$SUMMARY"
+}
+
+# ---- what the specialised kernels buy a whole step (KernelPaths, kernels/cuda/ops_cuda.h) -----------------
+# base-128 training steps with --kernel-paths baseline (the general kernels the LayerNorm, cross-entropy,
+# GELU and attention-backward rewrites replaced) and with the default, one after the other in this call.
+# Appended to bench_kernels.log; the summary gets both steps' time and throughput.
+paths_rc=0
+if stage paths; then
+  stage_budget "$PATHS_TIMEOUT"
+  if [[ ! -x "$BIN_DIR/bench_train_step" ]]; then
+    note "paths: not run (no bench_train_step in $BIN_DIR)"
+  elif ((budget < 30)); then
+    note "paths: not run (${budget} s left of GPU_CHECK_TOTAL=$TOTAL_BUDGET)"
+  else
+    paths_end=$((SECONDS + budget))
+    for paths in baseline default; do
+      left=$((paths_end - SECONDS))
+      [[ $paths == baseline ]] && left=$((left / 2))
+      if ((left < 15)); then
+        note "paths: base-128 step with --kernel-paths $paths not run (${left} s left)"
+        paths_rc=124
+        continue
+      fi
+      base128_step paths "$left" --kernel-paths "$paths"
+      ((step_rc != 0)) && paths_rc=$step_rc
+    done
+  fi
+fi
+
 # ---- what autotuning the cuBLASLt algorithms buys (Context::set_gemm_autotune) ------------------------------
 # bench_kernels' linear cases with --gemm-autotune 8 (each GEMM shape's candidates timed, the plan lines
 # say which rank won and by how much), then base-128 training steps without and with it, one after
@@ -368,16 +422,9 @@ if stage autotune; then
         autotune_rc=124
         continue
       fi
-      { echo; echo "== $(stamp) bench_train_step base-128 --gemm-autotune $tune"; } >>"$OUT/bench_kernels.log"
-      timeout "$left" "$BIN_DIR/bench_train_step" --device cuda --hidden 768 --layers 12 --heads 12 \
-        --intermediate 3072 --vocab 30522 --seq 128 --batch 128 --steps 10 --warmup 3 --gemm-autotune "$tune" \
-        >/tmp/bertforge-autotune.log 2>&1
-      rc=$?
-      ((rc != 0)) && autotune_rc=$rc
-      cat /tmp/bertforge-autotune.log >>"$OUT/bench_kernels.log"
-      note "autotune: base-128 step, --gemm-autotune $tune: exit $rc"
-      grep -E '^(step |throughput )' /tmp/bertforge-autotune.log | tee -a "$SUMMARY"
-      ((tune > 1)) && grep -E 'rank [1-9][0-9]* of' /tmp/bertforge-autotune.log | sed 's/^ *//' | cut -c1-200 |
+      base128_step autotune "$left" --gemm-autotune "$tune"
+      ((step_rc != 0)) && autotune_rc=$step_rc
+      ((tune > 1)) && grep -E 'rank [1-9][0-9]* of' /tmp/bertforge-step.log | sed 's/^ *//' | cut -c1-200 |
         tee -a "$SUMMARY"
     done
   fi
@@ -546,5 +593,5 @@ echo
 echo "==== summary ===="
 cat "$SUMMARY"
 [[ $build_ok == 1 && $failed == 0 && $curve_rc == 0 && $bench_rc == 0 && $torch_rc == 0 && $profile_rc == 0 &&
-   $autotune_rc == 0 &&
+   $paths_rc == 0 && $autotune_rc == 0 &&
    $sanitize_rc == 0 && $demo_rc == 0 && $train_rc == 0 ]]

@@ -1483,7 +1483,7 @@ void launch_backward(Context& ctx, const AttentionShape& shape, const AttentionA
   const auto allow = [](const void* function, size_t bytes) {
     CUDA_CHECK(cudaFuncSetAttribute(function, cudaFuncAttributeMaxDynamicSharedMemorySize, static_cast<int>(bytes)));
   };
-  if (kernel == AttentionKernel::kMma && args.seq_len <= kFusedMaxKeys) {
+  if (kernel == AttentionKernel::kMma && args.seq_len <= kFusedMaxKeys && ctx.kernel_paths().attention_fused_backward) {
     // One block (b, h) with all its keys: 4 warps up to 64 keys, 8 up to 128.
     AttentionArgs fused = args;
     fused.row_blocks = 1;

@@ -419,12 +419,13 @@ void launch_layernorm_rows_forward_resident(cudaStream_t stream, int64_t rows, i
 }
 
 // Launches the LayerNorm forward over `rows` rows of `source` on `stream`: the resident kernel where
-// it applies (vectorized and cols <= kResidentMaxCols), else layernorm_rows_forward_kernel.
+// it applies (vectorized and cols <= kResidentMaxCols) and `resident` allows it (the caller's
+// KernelPaths::layernorm_resident_forward), else layernorm_rows_forward_kernel.
 template <class Rows>
-void launch_layernorm_rows_forward(cudaStream_t stream, bool vectorized, int64_t rows, int64_t cols, Rows source,
-                                   const bf16* gamma, const bf16* beta, float eps, bf16* y, float* mean,
+void launch_layernorm_rows_forward(cudaStream_t stream, bool vectorized, bool resident, int64_t rows, int64_t cols,
+                                   Rows source, const bf16* gamma, const bf16* beta, float eps, bf16* y, float* mean,
                                    float* rstd) {
-  if (vectorized && cols <= kResidentMaxCols)
+  if (vectorized && resident && cols <= kResidentMaxCols)
     return launch_layernorm_rows_forward_resident(stream, rows, cols, source, gamma, beta, eps, y, mean, rstd);
   const dim3 grid(static_cast<unsigned>(ceil_div(rows, kRowWarpsPerBlock)));
   const dim3 block(kRowWarpsPerBlock * kWarpSize);

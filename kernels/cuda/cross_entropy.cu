@@ -31,7 +31,9 @@
 // copy bandwidth, with the streaming kernel: 512 threads a row, 7-8 dependent 16-byte loads a
 // thread in pass 1, and the row re-read in pass 2 from an L2 that 528 rows in flight (32 MB) mostly
 // overflow. The resident kernel (1,024 threads, <= 4 vectors each, 59 registers, so one row an SM
-// with 64 KB in flight) reads each logit once. Not timed yet. NSP (classes 2) is launch bound.
+// with 64 KB in flight) reads each logit once. Not timed yet: KernelPaths::cross_entropy_resident =
+// false keeps the streaming kernels at every size, so bench_kernels times both in one run
+// (cross_entropy_baseline). NSP (classes 2) is launch bound.
 #include <cuda_bf16.h>
 #include <cuda_runtime.h>
 
@@ -256,8 +258,8 @@ __global__ void __launch_bounds__(kThreads)
   if (tail < classes) grad[tail] = gradient(tail_x, tail);
 }
 
-// Rows longer than the resident kernels hold (over 32,768 classes): pass 1 streams the row, pass 2
-// re-reads it (L2-hot).
+// Rows longer than the resident kernels hold (over 32,768 classes), and every row with
+// KernelPaths::cross_entropy_resident off: pass 1 streams the row, pass 2 re-reads it (L2-hot).
 template <int kThreads>
 __global__ void __launch_bounds__(kThreads)
     cross_entropy_rows_kernel(int64_t classes, int64_t stride, const bf16* logits, const int32_t* labels,
@@ -375,11 +377,17 @@ void softmax_cross_entropy(Context& ctx, const LogitsShape& shape, const bf16* l
   count_labels_kernel<<<1, kReduceThreads, 0, ctx.stream()>>>(rows, labels, stats);
   CUDA_CHECK_LAUNCH();
   if (rows > 0) {
-    // Fixed by the shape alone, so the reduction order (and the bits) never depend on the device.
-    // Resident kernels hold kThreads * kVectors * 8 >= classes elements (a row's body has at most
-    // classes / 8 vectors); kVectors = 0 is the streaming kernel.
+    // Fixed by the shape (and ctx's KernelPaths) alone, so the reduction order (and the bits) never
+    // depend on the device. Resident kernels hold kThreads * kVectors * 8 >= classes elements (a
+    // row's body has at most classes / 8 vectors); kVectors = 0 is the streaming kernel, at every size
+    // without KernelPaths::cross_entropy_resident (the kernels before the resident ones, kept to time
+    // against them).
     const int64_t classes = shape.classes;
-    const auto launch = classes < 256             ? launch_rows<32, 1>
+    const bool resident = ctx.kernel_paths().cross_entropy_resident;
+    const auto launch = !resident                 ? (classes < 256    ? launch_rows<32, 0>
+                                                     : classes < 4096 ? launch_rows<128, 0>
+                                                                      : launch_rows<512, 0>)
+                        : classes < 256           ? launch_rows<32, 1>
                         : classes < 4096          ? launch_rows<128, 4>
                         : classes <= 1024 * 4 * 8 ? launch_rows<1024, 4>
                                                   : launch_rows<512, 0>;

@@ -306,7 +306,8 @@ void embeddings_layernorm_forward(Context& ctx, const EmbeddingShape& shape, con
   const bool vectorized = shape.hidden % kVectorWidth == 0 && aligned16(word_embeddings) &&
                           aligned16(position_embeddings) && aligned16(token_type_embeddings) && aligned16(gamma) &&
                           aligned16(beta) && aligned16(out);
-  launch_layernorm_rows_forward(ctx.stream(), vectorized, tokens, shape.hidden, in, gamma, beta, eps, out, mean, rstd);
+  launch_layernorm_rows_forward(ctx.stream(), vectorized, ctx.kernel_paths().layernorm_resident_forward, tokens,
+                                shape.hidden, in, gamma, beta, eps, out, mean, rstd);
   CUDA_CHECK_LAUNCH();
 }
 

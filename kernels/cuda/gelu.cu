@@ -26,9 +26,12 @@
 //   through an erfc approximation (normal_cdf below: ~15 instructions, 2 of them MUFU) instead of
 //   erff, and phi(z) through one exp2f instead of expf: 902 / 1,127 instructions (-25% / -42%),
 //   ~28 / ~35 an element, under the budgets. MUFU load: 2 / 3 per element, 4.2 T/s on the H200 (16
-//   an SM a clock): 24 / 36 us, below the memory floors. Not timed yet.
+//   an SM a clock): 24 / 36 us, below the memory floors. Not timed yet: the erff / expf forms stay
+//   selectable (KernelPaths::gelu_fast_math = false) so that bench_kernels times both in one run
+//   (bias_gelu_*_baseline).
 
 #include <cstdint>
+#include <type_traits>
 
 #include "kernels/cuda/common.cuh"
 #include "kernels/cuda/ops_cuda.h"
@@ -75,23 +78,37 @@ __device__ __forceinline__ float normal_cdf(float z) {
   return z > 0.0f ? 1.0f - half_erfc : half_erfc;
 }
 
-template <GeluKind kKind>
+// The three ways the kernels compute GELU: ops.h's two kinds, the erf one with fast math (the
+// default) or through erff / expf (KernelPaths::gelu_fast_math = false, the kernels before the fast
+// math, kept to time against it).
+enum class GeluForm { kErf, kErfLibm, kTanh };
+
+constexpr float kSqrtHalf = 0.70710678118654752440f;
+constexpr float kInvSqrt2Pi = 0.39894228040143267794f;
+
+template <GeluForm kForm>
 __device__ __forceinline__ float gelu(float z) {
-  if constexpr (kKind == GeluKind::kErf) {
+  if constexpr (kForm == GeluForm::kErf) {
     return z * normal_cdf(z);
+  } else if constexpr (kForm == GeluForm::kErfLibm) {
+    return 0.5f * z * (1.0f + erff(z * kSqrtHalf));
   } else {
     const float u = kSqrt2OverPi * (z + kTanhCubic * z * z * z);
     return 0.5f * z * (1.0f + tanhf(u));
   }
 }
 
-template <GeluKind kKind>
+template <GeluForm kForm>
 __device__ __forceinline__ float gelu_derivative(float z) {
-  if constexpr (kKind == GeluKind::kErf) {
+  if constexpr (kForm == GeluForm::kErf) {
     // phi(z) = exp2(log2(1 / sqrt(2 pi)) - kHalfLog2e z^2): one FMA and one ex2 (2 ulp), where expf's
     // exact range reduction costs ~12 more instructions an element.
     const float pdf = exp2f(fmaf(-kHalfLog2e, z * z, kLog2InvSqrt2Pi));
     return fmaf(z, pdf, normal_cdf(z));
+  } else if constexpr (kForm == GeluForm::kErfLibm) {
+    const float cdf = 0.5f * (1.0f + erff(z * kSqrtHalf));
+    const float pdf = kInvSqrt2Pi * expf(-0.5f * z * z);
+    return cdf + z * pdf;
   } else {
     const float u = kSqrt2OverPi * (z + kTanhCubic * z * z * z);
     const float tanh_u = tanhf(u);
@@ -121,7 +138,7 @@ __device__ __forceinline__ void store_bf16(bf16* dst, const float (&in)[kWidth])
   }
 }
 
-template <int kWidth, GeluKind kKind>
+template <int kWidth, GeluForm kForm>
 __global__ void __launch_bounds__(kColumnThreads)
     bias_gelu_forward_kernel(int64_t rows, int64_t cols, int64_t rows_per_chunk, const bf16* x, const bf16* bias,
                              bf16* y) {
@@ -145,14 +162,14 @@ __global__ void __launch_bounds__(kColumnThreads)
     for (int k = 0; k < kRowBatch; ++k) {
       if (r0 + k >= work.last_row) break;
 #pragma unroll
-      for (int i = 0; i < kWidth; ++i) v[k][i] = gelu<kKind>(v[k][i] + b[i]);
+      for (int i = 0; i < kWidth; ++i) v[k][i] = gelu<kForm>(v[k][i] + b[i]);
       store_bf16<kWidth>(y + (r0 + k) * cols + work.column, v[k]);
     }
   }
 }
 
 // dx = dy * gelu'(x + b); with dbias_partial, partial[chunk, column] = sum of the chunk's dx (fp32).
-template <int kWidth, GeluKind kKind>
+template <int kWidth, GeluForm kForm>
 __global__ void __launch_bounds__(kColumnThreads)
     bias_gelu_backward_kernel(int64_t rows, int64_t cols, int64_t rows_per_chunk, const bf16* dy, const bf16* x,
                               const bf16* bias, bf16* dx, float* dbias_partial) {
@@ -182,7 +199,7 @@ __global__ void __launch_bounds__(kColumnThreads)
       if (r0 + k >= work.last_row) break;
 #pragma unroll
       for (int i = 0; i < kWidth; ++i) {
-        v[k][i] = d[k][i] * gelu_derivative<kKind>(v[k][i] + b[i]);
+        v[k][i] = d[k][i] * gelu_derivative<kForm>(v[k][i] + b[i]);
         dbias_sum[i] += v[k][i];
       }
       store_bf16<kWidth>(dx + (r0 + k) * cols + work.column, v[k]);
@@ -207,16 +224,28 @@ dim3 column_grid(const MatrixShape& shape, int width) {
               static_cast<unsigned>(ceil_div(shape.cols / width, kColumnThreads)));
 }
 
+// Calls launch(std::integral_constant<GeluForm, form>{}) with the form the kind and
+// ctx.kernel_paths() ask for.
+template <class Launch>
+void with_form(const Context& ctx, GeluKind kind, const Launch& launch) {
+  if (kind == GeluKind::kTanh)
+    launch(std::integral_constant<GeluForm, GeluForm::kTanh>{});
+  else if (ctx.kernel_paths().gelu_fast_math)
+    launch(std::integral_constant<GeluForm, GeluForm::kErf>{});
+  else
+    launch(std::integral_constant<GeluForm, GeluForm::kErfLibm>{});
+}
+
 template <int kWidth>
 void launch_forward(Context& ctx, GeluKind kind, const MatrixShape& shape, const bf16* x, const bf16* bias, bf16* y) {
   const dim3 grid = column_grid(shape, kWidth);
   const int64_t chunk_rows = rows_per_chunk(shape.rows);
-  if (kind == GeluKind::kErf)
-    bias_gelu_forward_kernel<kWidth, GeluKind::kErf>
+  with_form(ctx, kind, [&](auto form) {
+    // [[maybe_unused]]: the host emulation's launch puts the kernel call in a lambda of its own.
+    [[maybe_unused]] constexpr GeluForm kForm = decltype(form)::value;
+    bias_gelu_forward_kernel<kWidth, kForm>
         <<<grid, kColumnThreads, 0, ctx.stream()>>>(shape.rows, shape.cols, chunk_rows, x, bias, y);
-  else
-    bias_gelu_forward_kernel<kWidth, GeluKind::kTanh>
-        <<<grid, kColumnThreads, 0, ctx.stream()>>>(shape.rows, shape.cols, chunk_rows, x, bias, y);
+  });
   CUDA_CHECK_LAUNCH();
 }
 
@@ -225,12 +254,12 @@ void launch_backward(Context& ctx, GeluKind kind, const MatrixShape& shape, cons
                      const bf16* bias, bf16* dx, float* dbias_partial) {
   const dim3 grid = column_grid(shape, kWidth);
   const int64_t chunk_rows = rows_per_chunk(shape.rows);
-  if (kind == GeluKind::kErf)
-    bias_gelu_backward_kernel<kWidth, GeluKind::kErf>
+  with_form(ctx, kind, [&](auto form) {
+    // [[maybe_unused]]: the host emulation's launch puts the kernel call in a lambda of its own.
+    [[maybe_unused]] constexpr GeluForm kForm = decltype(form)::value;
+    bias_gelu_backward_kernel<kWidth, kForm>
         <<<grid, kColumnThreads, 0, ctx.stream()>>>(shape.rows, shape.cols, chunk_rows, dy, x, bias, dx, dbias_partial);
-  else
-    bias_gelu_backward_kernel<kWidth, GeluKind::kTanh>
-        <<<grid, kColumnThreads, 0, ctx.stream()>>>(shape.rows, shape.cols, chunk_rows, dy, x, bias, dx, dbias_partial);
+  });
   CUDA_CHECK_LAUNCH();
 }
 

@@ -32,6 +32,9 @@
 //                    No float atomics on either path: bitwise the same result every run for a shape
 //                    and path (the two paths add dgamma/dbeta in different orders, so 16-byte aligned
 //                    and element-aligned buffers of one shape may differ in the last bits).
+// ctx.kernel_paths() (ops_cuda.h: KernelPaths) can send the shapes the row-resident forward, the
+// fused backward and the dropout-fused forward take to the general kernels instead, the ones they
+// replaced: bench_kernels times both in one run ("_baseline" cases).
 //
 // Napkin math (BERT-base, 4096 tokens x 768, bf16 = 6.3 MB per matrix; H100 HBM3 ~3.3 TB/s):
 //   forward: reads x (+ residual), writes y: 4 (6) B/element, 12.6 (18.9) MB, ~4 (6) us; ~10 FLOPs
@@ -153,12 +156,13 @@ void launch_forward(Context& ctx, const MatrixShape& shape, const bf16* x, const
   require(x && gamma && beta && y && mean && rstd, op, "a required pointer is null");
   const bool vectorized = shape.cols % kVectorWidth == 0 && aligned16(x) && aligned16(residual) && aligned16(gamma) &&
                           aligned16(beta) && aligned16(y);
+  const bool resident = ctx.kernel_paths().layernorm_resident_forward;
   if (residual != nullptr)
-    launch_layernorm_rows_forward(ctx.stream(), vectorized, shape.rows, shape.cols, SumRows<true>{x, residual}, gamma,
-                                  beta, eps, y, mean, rstd);
+    launch_layernorm_rows_forward(ctx.stream(), vectorized, resident, shape.rows, shape.cols,
+                                  SumRows<true>{x, residual}, gamma, beta, eps, y, mean, rstd);
   else
-    launch_layernorm_rows_forward(ctx.stream(), vectorized, shape.rows, shape.cols, SumRows<false>{x, nullptr}, gamma,
-                                  beta, eps, y, mean, rstd);
+    launch_layernorm_rows_forward(ctx.stream(), vectorized, resident, shape.rows, shape.cols,
+                                  SumRows<false>{x, nullptr}, gamma, beta, eps, y, mean, rstd);
   CUDA_CHECK_LAUNCH();
 }
 
@@ -334,7 +338,7 @@ void launch_backward(Context& ctx, const MatrixShape& shape, const bf16* dy, con
   require(dy && x && gamma && mean && rstd && dz && dgamma && dbeta, op, "a required pointer is null");
   const bool vectorized = shape.cols % kVectorWidth == 0 && aligned16(dy) && aligned16(x) && aligned16(residual) &&
                           aligned16(gamma) && aligned16(dz);
-  if (vectorized && shape.cols <= kFusedMaxCols) {
+  if (vectorized && shape.cols <= kFusedMaxCols && ctx.kernel_paths().layernorm_fused_backward) {
     if (residual != nullptr)
       launch_backward_fused(ctx, shape, dy, SumRows<true>{x, residual}, gamma, mean, rstd, Bf16Rows{dz}, dgamma, dbeta);
     else
@@ -402,7 +406,8 @@ void dropout_residual_layernorm_forward(Context& ctx, const MatrixShape& shape, 
   if (shape.rows == 0) return;
   require(x && residual && gamma && beta && y && mean && rstd, kOp, "a required pointer is null");
   require(x != y && x != residual, kOp, "x (the dropped branch, kept for the backward) must not alias y or residual");
-  if (dropout.probability != 0.0f && dropout_fusable(shape, {x, residual, gamma, beta, y})) {
+  if (dropout.probability != 0.0f && ctx.kernel_paths().dropout_fused_layernorm &&
+      dropout_fusable(shape, {x, residual, gamma, beta, y})) {
     launch_layernorm_rows_forward_resident(ctx.stream(), shape.rows, shape.cols,
                                            DroppedSumRows{x, residual, make_dropout_mask(dropout)}, gamma, beta, eps,
                                            y, mean, rstd);

@@ -22,6 +22,7 @@
 #include <cuda_bf16.h>
 #include <cuda_runtime.h>
 
+#include <array>
 #include <cstddef>
 #include <cstdint>
 #include <cstdio>
@@ -29,6 +30,7 @@
 #include <span>
 #include <stdexcept>
 #include <string>
+#include <utility>
 #include <vector>
 
 #include "kernels/cuda/check.h"
@@ -163,6 +165,66 @@ inline std::string describe_gemm_plan(const GemmPlanInfo& plan) {
   return line;
 }
 
+// Which kernel runs where an op has both a specialised kernel and the general one it replaced
+// (Context::set_kernel_paths). The defaults are the specialised kernels. The general ones still run
+// every shape the specialised ones do not take (over 1,024 columns, unaligned pointers, more than
+// 32,768 classes, sequences over 128 keys; the erff GELU alone has no such shapes) and are held to
+// kernels/cpu by the same tests. Selecting them for the BERT shapes serves one purpose: timing both
+// in one run on one device (bench_kernels' "_baseline" cases, bench_train_step --kernel-paths
+// baseline), so a device session can tell whether each replacement pays, on whichever card it gets.
+// The two agree within the tests' tolerances, not bitwise in general (the LayerNorm backward adds
+// dgamma/dbeta in another order, cross-entropy merges its row sums over another thread count, the
+// attention pair sums dQ in another order, GELU's Phi comes from another approximation).
+struct KernelPaths {
+  // kMma's attention backward up to 128 keys: one fused kernel a (b, h), or the dK/dV + dQ pair.
+  bool attention_fused_backward = true;
+  // LayerNorm forwards (alone, with the residual, of the embeddings): the row held in registers, or
+  // re-read from L1 for each pass. (The dropout-fused forward below is always row-resident.)
+  bool layernorm_resident_forward = true;
+  // (Residual) LayerNorm backward: one pass writing dz and dgamma/dbeta partials, or a dz pass and a
+  // column pass.
+  bool layernorm_fused_backward = true;
+  // dropout_residual_layernorm_forward: the dropout inside the (row-resident) LayerNorm forward, or
+  // dropout_forward and then residual_layernorm_forward.
+  bool dropout_fused_layernorm = true;
+  // softmax_cross_entropy up to 32,768 classes: the row held in registers, or two streaming passes.
+  bool cross_entropy_resident = true;
+  // Bias + GELU (erf): Phi through an erfc approximation and phi through exp2f, or erff and expf.
+  bool gelu_fast_math = true;
+
+  // Every field with its name (baseline() and describe() go through it).
+  using Field = bool KernelPaths::*;
+  static const std::array<std::pair<const char*, Field>, 6>& fields() {
+    static const std::array<std::pair<const char*, Field>, 6> table = {{
+        {"attention_fused_backward", &KernelPaths::attention_fused_backward},
+        {"layernorm_resident_forward", &KernelPaths::layernorm_resident_forward},
+        {"layernorm_fused_backward", &KernelPaths::layernorm_fused_backward},
+        {"dropout_fused_layernorm", &KernelPaths::dropout_fused_layernorm},
+        {"cross_entropy_resident", &KernelPaths::cross_entropy_resident},
+        {"gelu_fast_math", &KernelPaths::gelu_fast_math},
+    }};
+    return table;
+  }
+  // Every field false: the kernels each specialised one replaced.
+  static KernelPaths baseline() {
+    KernelPaths paths;
+    for (const auto& [name, field] : fields()) paths.*field = false;
+    return paths;
+  }
+  bool operator==(const KernelPaths&) const = default;
+  // "default", "baseline", or the fields that differ from the default, e.g. "gelu_fast_math=false".
+  std::string describe() const {
+    if (*this == KernelPaths{}) return "default";
+    if (*this == baseline()) return "baseline";
+    std::string out;
+    for (const auto& [name, field] : fields())
+      if (!(this->*field)) out += std::string(out.empty() ? "" : ",") + name + "=false";
+    return out;
+  }
+};
+// A field added without its entry in fields() would be missing from baseline() and describe().
+static_assert(sizeof(KernelPaths) == 6 * sizeof(bool), "every KernelPaths field is listed in fields()");
+
 // Per-caller state for CUDA ops: the stream, the cuBLASLt handle and its workspace, and device
 // scratch reused across calls (grown on demand, never shrunk, so a warm training step allocates
 // nothing; with GEMM autotuning, a class of GEMM shapes first met later allocates its timing buffer
@@ -208,6 +270,10 @@ class Context {
     gemm_autotune_ = candidates;
   }
   int gemm_autotune() const { return gemm_autotune_; }
+  // The kernels the ops launch where a specialised kernel and a general one both apply (KernelPaths
+  // above; the default: the specialised ones). Takes effect at the next op.
+  void set_kernel_paths(const KernelPaths& paths) { kernel_paths_ = paths; }
+  const KernelPaths& kernel_paths() const { return kernel_paths_; }
   // Every GEMM plan made so far, in the order they were made (the algorithm, and with autotuning the
   // time of each candidate): what bench_kernels and bench_train_step print.
   std::vector<GemmPlanInfo> gemm_plans() const;
@@ -221,6 +287,7 @@ class Context {
   int multiprocessors_ = 0;
   int sm_version_ = 0;
   int gemm_autotune_ = 0;
+  KernelPaths kernel_paths_;
 
   // gemm.cu: cuBLASLt plans (matmul/layout descriptors + the heuristic's algorithm) per GEMM shape
   // and operand alignment, made on first use and reused, so a warm step queries no heuristics.
@@ -294,7 +361,8 @@ bool attention_supported(const AttentionShape& shape, std::string* why_not = nul
 //   kMma             mma.sync fragments, the elementwise steps in registers (FlashAttention-2's scheme):
 //                    the default, 1.9-3.0x the wmma kernels' speed on an H200 (bench/RESULTS.md,
 //                    2026-12-04). Backward: up to 128 keys one fused kernel a (b, h) (dK, dV and dQ
-//                    from one dS), longer sequences the dK/dV + dQ kernel pair.
+//                    from one dS; the pair instead when ctx.kernel_paths().attention_fused_backward
+//                    is false), longer sequences the dK/dV + dQ kernel pair.
 //   kMmaRecomputeDq  kMma's forward; backward always the kernel pair, whose dQ kernel recomputes S
 //                    and dP~ (kMma's backward before the fused kernel, kept to time against it)
 //   kWmma            nvcuda::wmma tiles, the elementwise steps on fp32 score tiles in shared memory

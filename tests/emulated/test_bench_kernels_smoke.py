@@ -8,7 +8,8 @@ cudaMalloc's guard bands catch the write past its end), a launch the device woul
 throws, the JSON's fields, the lines gpu_check.sh greps, and the side-by-side's pairing of names.
 
 Checked:
-  - --help, --list (116 cases, unique names, both models, every op family, every attention kernel)
+  - --help, --list (136 cases, unique names, both models, every op family, every attention kernel; each
+    "_baseline" case right after its twin, with the same bytes in the JSON)
   - bad arguments and no device: exit status 1 and one line naming the problem
   - --smoke --json: exit 0, every case "ok" with finite outputs, the JSON's fields and the table's
     lines as gpu_check.sh reads them, and the FLOPs: linear 2 (4) * rows * in * out (the backward's
@@ -46,6 +47,10 @@ FAMILIES = ["linear_fwd", "linear_bwd", "linear_bwd_dx", "linear_bwd_dw", "linea
             "attention_bwd", "attention_bwd_mma", "attention_train_fwd", "attention_train_fwd_mma",
             "attention_train_bwd", "attention_train_bwd_mma", "attention_bwd_mma_recompute_dq",
             "attention_train_bwd_mma_recompute_dq", "cross_entropy", "adamw", "grad_norm"]
+# The cases with a KernelPaths::baseline() twin (bench_kernels.cu: with_baseline_cases).
+BASELINED = ["layernorm_fwd", "residual_layernorm_fwd", "layernorm_bwd", "residual_layernorm_bwd",
+             "dropout_residual_layernorm_fwd", "bias_gelu_fwd", "bias_gelu_bwd", "cross_entropy", "embeddings_fwd"]
+FAMILIES += [family + "_baseline" for family in BASELINED]
 
 failures = []
 
@@ -90,8 +95,12 @@ def main():
           "--help: exit 0, names --smoke and --tokens")
     p = run([args.bench, "--list"])
     names = [line.split()[0] for line in p.stdout.splitlines() if line.strip()]
-    check(p.returncode == 0 and len(names) == 116, f"--list: exit 0, 116 cases (exit {p.returncode}, {len(names)})")
+    check(p.returncode == 0 and len(names) == 136, f"--list: exit 0, 136 cases (exit {p.returncode}, {len(names)})")
     check(len(set(names)) == len(names), "--list: names are unique")
+    twins = [(names[i - 1], name) for i, name in enumerate(names) if "_baseline/" in name]
+    check(len(twins) == 20 and all(i > 0 and before == name.replace("_baseline/", "/", 1) for before, name in twins
+                                   for i in [names.index(name)]),
+          f"--list: 20 '_baseline' cases, each right after its twin ({[t for t in twins if t[0] != t[1].replace('_baseline/', '/', 1)]})")
     for model in MODELS:
         families = {name.split("/")[0] for name in names if name.split("/")[1] == model}
         check(families == set(FAMILIES), f"--list: {model} has every op family ({sorted(set(FAMILIES) ^ families)})")
@@ -123,6 +132,11 @@ def main():
     finite = [line for line in lines if line.endswith(" finite")]
     check(len(finite) == len(names), f"log: one line ending ' finite' per case ({len(finite)} of {len(names)})")
     check(not [line for line in lines if re.search("ERROR|non-finite", line)], "log: no ERROR or non-finite line")
+    # gpu_check.sh's awk pairs each "_baseline" case with its twin by the first field, the median ms the second.
+    pairs = {line.split()[0]: line.split()[1] for line in finite}
+    unpaired = [name for name in pairs if "_baseline/" in name and not (
+        re.fullmatch(r"[0-9.]+", pairs[name]) and re.fullmatch(r"[0-9.]+", pairs.get(name.replace("_baseline/", "/", 1), "")))]
+    check(not unpaired, f"log: every '_baseline' line and its twin's give the median ms as the second field ({unpaired[:3]})")
     check(len([line for line in lines if re.match("^(device|ceilings):", line)]) == 2,
           "log: the device and ceilings lines")
     check(any(line.startswith("case ") for line in lines), "log: the table header")
@@ -156,6 +170,9 @@ def main():
 
     # FLOPs: the formulas of the header, and attention's as bench_attention_torch.py counts it.
     by_name = {c["name"]: c for c in cases}
+    unequal = [name for name in by_name if "_baseline/" in name and
+               by_name[name].get("bytes") != by_name.get(name.replace("_baseline/", "/", 1), {}).get("bytes")]
+    check(not unequal, f"JSON: each '_baseline' case moves its twin's bytes ({unequal[:3]})")
     tokens, masked = 512, 512 * 15 // 100
     flop_errors = []
     for model, (hidden, heads, inter, vocab) in MODELS.items():

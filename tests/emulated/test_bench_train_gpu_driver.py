@@ -15,6 +15,8 @@ Checked:
   - bench_train_step --gemm-autotune: the setting and the GEMM plans in the JSON (none here: the
     emulated ops have no cuBLASLt), the plans' heading in the text; on the CPU, or with no warm-up
     step to tune in, a one-line error
+  - bench_train_step --kernel-paths: the setting in the JSON and the text; on the CPU, or an unknown value,
+    a one-line error
 The numbers themselves mean nothing here (an emulation, torch's CPU).
 
     test_bench_train_gpu_driver.py --bench build/tests/bench_train_step_emulated --work DIR
@@ -167,6 +169,19 @@ def main():
     for extra, needle in ((["--device", "cpu", "--gemm-autotune", "4"], "--gemm-autotune needs --device cuda"),
                           (no_warmup + ["--gemm-autotune", "4"], "--gemm-autotune needs --warmup 1"),
                           (["--device", "cuda", "--gemm-autotune", "33"], "'--gemm-autotune' must be between 0 and 32")):
+        p = subprocess.run([args.bench] + extra, capture_output=True, text=True, timeout=60)
+        check(p.returncode != 0 and needle in p.stderr, f"{' '.join(extra[-4:])}: a one-line error naming '{needle}'")
+
+    # --kernel-paths (bench_train_step's header): reported in the JSON and the text, refused on the CPU and for
+    # an unknown value.
+    check(profiled.get("kernel_paths") == "default", f"JSON: kernel_paths default ({profiled.get('kernel_paths')})")
+    p = subprocess.run(tuned + ["--kernel-paths", "baseline"], capture_output=True, text=True,
+                       env=dict(os.environ, OMP_NUM_THREADS="1"), timeout=300)
+    check(p.returncode == 0 and "kernels    baseline paths" in p.stdout,
+          f"--kernel-paths baseline: exit 0, the text names the paths ({p.stderr.strip()[-200:]})")
+    for extra, needle in ((["--device", "cpu", "--kernel-paths", "baseline"], "--kernel-paths needs --device cuda"),
+                          (["--device", "cuda", "--kernel-paths", "fast"],
+                           "--kernel-paths must be default or baseline, got 'fast'")):
         p = subprocess.run([args.bench] + extra, capture_output=True, text=True, timeout=60)
         check(p.returncode != 0 and needle in p.stderr, f"{' '.join(extra[-4:])}: a one-line error naming '{needle}'")
 

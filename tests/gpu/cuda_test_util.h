@@ -17,15 +17,40 @@
 #include <cstddef>
 #include <cstdint>
 #include <cstring>
+#include <optional>
 #include <random>
 #include <span>
 #include <sstream>
+#include <string>
 #include <utility>
 #include <vector>
 
 #include "kernels/cuda/ops_cuda.h"
 
+#if defined(BERT_KERNEL_EMULATION)
+namespace emu {
+std::vector<std::string> take_launched_kernels();  // tests/kernel_emu/cuda_emu.h
+}
+#endif
+
 namespace bert::cuda::test {
+
+// The names of the kernels launched since the last call ("kernel<T>", in issue order) under the
+// kernel emulation, which records them (the first call starts the record); std::nullopt on a
+// device, where nothing does: tests of which kernel an op chose check it where they can.
+inline std::optional<std::vector<std::string>> launched_kernels() {
+#if defined(BERT_KERNEL_EMULATION)
+  return ::emu::take_launched_kernels();
+#else
+  return std::nullopt;
+#endif
+}
+
+// Whether any of `names` contains `kernel` (a kernel's name without its template arguments).
+inline bool launched(const std::vector<std::string>& names, const std::string& kernel) {
+  return std::any_of(names.begin(), names.end(),
+                     [&](const std::string& name) { return name.rfind(kernel + "<", 0) == 0 || name == kernel; });
+}
 
 inline float bf16_to_float(bf16 value) { return __bfloat162float(value); }
 inline bf16 float_to_bf16(float value) { return __float2bfloat16(value); }  // round to nearest even

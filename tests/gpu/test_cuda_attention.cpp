@@ -567,6 +567,39 @@ TEST_CASE("cuda attention: padded keys change nothing, a null mask equals all on
   CHECK(bitwise_equal(unmasked_grad.dv, ones_grad.dv));
 }
 
+// KernelPaths::attention_fused_backward = false makes kMma's backward up to 128 keys the kernel pair:
+// kMmaRecomputeDq's bits exactly (and, under the kernel emulation, its kernels).
+TEST_CASE("cuda attention: KernelPaths without the fused backward runs kMma's backward as the kernel pair") {
+  const Problem p = make_problem(2, 100, 2, 64, QkvLayout::kFused, 0.1f, 4711);
+  INFO(p.describe());
+  const DeviceProblem d(p);
+  Context ctx;
+  const ForwardResult forward = gpu_forward(ctx, p, d, AttentionKernel::kMma);
+  const BackwardResult pair =
+      gpu_backward(ctx, p, d, forward.context, forward.logsumexp, AttentionKernel::kMmaRecomputeDq);
+  bert::cuda::KernelPaths paths;
+  paths.attention_fused_backward = false;
+  ctx.set_kernel_paths(paths);
+  (void)launched_kernels();  // from here on: the unfused kMma backward's launches only
+  const BackwardResult unfused = gpu_backward(ctx, p, d, forward.context, forward.logsumexp, AttentionKernel::kMma);
+  const auto names = launched_kernels();
+  ctx.set_kernel_paths({});
+  const BackwardResult fused = gpu_backward(ctx, p, d, forward.context, forward.logsumexp, AttentionKernel::kMma);
+  const auto fused_names = launched_kernels();
+  CHECK(all_finite(unfused.dq));
+  CHECK(bitwise_equal(unfused.dq, pair.dq));
+  CHECK(bitwise_equal(unfused.dk, pair.dk));
+  CHECK(bitwise_equal(unfused.dv, pair.dv));
+  CHECK_CLOSE_REL("dq, fused against the pair", fused.dq, pair.dq, kBf16Tolerance);
+  if (names) {
+    CHECK_FALSE(launched(*names, "attention_backward_fused_mma_kernel"));
+    CHECK(launched(*names, "attention_backward_dq_mma_kernel"));
+    CHECK(launched(*fused_names, "attention_backward_fused_mma_kernel"));
+  } else {
+    WARN("which kernel ran is not checked on a device: only the kernel emulation records it");
+  }
+}
+
 TEST_CASE("cuda attention: an empty batch is a no-op") {
   Context ctx;
   const AttentionShape empty{0, 128, 12, 64, 3 * 768};

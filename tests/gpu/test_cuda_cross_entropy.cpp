@@ -216,6 +216,32 @@ TEST_CASE("cuda softmax_cross_entropy: the register-resident and the streaming r
   run_case(ctx, rng, 4, 40000, Ignored::kSome, 1.0f, 0, 40005);  // streaming, strided
 }
 
+// KernelPaths::cross_entropy_resident = false: the streaming kernels at every size (the kernels
+// before the resident ones, kept to time against them), held to the CPU like the default; under the
+// kernel emulation, which records launches, each setting is seen to choose its kernel.
+TEST_CASE("cuda softmax_cross_entropy with KernelPaths::baseline() streams every row and matches the CPU",
+          "[cuda][cross_entropy]") {
+  Context ctx(cudaStreamLegacy);
+  ctx.set_kernel_paths(bert::cuda::KernelPaths::baseline());
+  std::mt19937_64 rng(4343);
+  (void)launched_kernels();
+  run_case(ctx, rng, 300, 2, Ignored::kSome, 1.0f);
+  run_case(ctx, rng, 31, 300, Ignored::kNone, 1.0f);
+  run_case(ctx, rng, 8, 30522, Ignored::kSome, 1.0f, 0, 30528);  // the MLM decoder's padded rows
+  run_case(ctx, rng, 5, 32768, Ignored::kNone, 1.0f, 1);
+  if (const auto names = launched_kernels()) {
+    CHECK(launched(*names, "cross_entropy_rows_kernel"));
+    CHECK_FALSE(launched(*names, "cross_entropy_resident_rows_kernel"));
+    ctx.set_kernel_paths({});
+    run_case(ctx, rng, 8, 30522, Ignored::kSome, 1.0f, 0, 30528);
+    const auto resident = launched_kernels();
+    CHECK(launched(*resident, "cross_entropy_resident_rows_kernel"));
+    CHECK_FALSE(launched(*resident, "cross_entropy_rows_kernel"));
+  } else {
+    WARN("which kernel ran is not checked on a device: only the kernel emulation records it");
+  }
+}
+
 TEST_CASE("cuda softmax_cross_entropy reads and writes only the rows of strided logits", "[cuda][cross_entropy]") {
   Context ctx(cudaStreamLegacy);
   std::mt19937_64 rng(2718);

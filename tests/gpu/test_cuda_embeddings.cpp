@@ -88,7 +88,7 @@ bool untouched_rows_equal(const std::vector<float>& table, const std::vector<flo
   return true;
 }
 
-void check_embeddings(const EmbeddingCase& c, uint64_t seed) {
+void check_embeddings(const EmbeddingCase& c, uint64_t seed, const cuda::KernelPaths& paths = {}) {
   const EmbeddingShape& shape = c.shape;
   INFO("batch " << shape.batch << " seq_len " << shape.seq_len << " hidden " << shape.hidden << " vocab "
                 << shape.vocab_size << " types " << shape.type_vocab_size << " padding_idx " << shape.padding_idx
@@ -128,6 +128,7 @@ void check_embeddings(const EmbeddingCase& c, uint64_t seed) {
                                             d_type_ref.data(), dgamma_ref.data(), dbeta_ref.data());
 
   cuda::Context ctx;
+  ctx.set_kernel_paths(paths);
   DeviceBuffer<int32_t> d_ids = upload<int32_t>(ids);
   DeviceBuffer<int32_t> d_types = upload<int32_t>(types);
   const int32_t* types_device = c.with_types ? d_types.data() : nullptr;
@@ -235,6 +236,24 @@ TEST_CASE("cuda embeddings_layernorm matches the CPU reference", "[embeddings]")
   };
   uint64_t seed = 400;
   for (const EmbeddingCase& c : cases) check_embeddings(c, seed++);
+}
+
+// KernelPaths::baseline(): the forward's general LayerNorm kernel (L1 re-reads) at BERT's widths,
+// held to the CPU like the default, and (under the kernel emulation, which records launches) seen to run.
+TEST_CASE("cuda embeddings_layernorm with KernelPaths::baseline() matches the CPU reference", "[embeddings]") {
+  const EmbeddingCase cases[] = {
+      {make_shape(16, 128, 768, 1000, 512, 2, 0), true, 0, Ids::kSequences},
+      {make_shape(40, 50, 1024, 5, 64, 2, 3), true, 0, Ids::kRandom},
+  };
+  uint64_t seed = 450;
+  (void)launched_kernels();
+  for (const EmbeddingCase& c : cases) check_embeddings(c, seed++, cuda::KernelPaths::baseline());
+  if (const auto names = launched_kernels()) {
+    CHECK(launched(*names, "layernorm_rows_forward_kernel"));
+    CHECK_FALSE(launched(*names, "layernorm_rows_forward_resident_kernel"));
+  } else {
+    WARN("which kernel ran is not checked on a device: only the kernel emulation records it");
+  }
 }
 
 TEST_CASE("cuda embeddings_layernorm: zero tokens is a no-op, bad shapes throw", "[embeddings]") {

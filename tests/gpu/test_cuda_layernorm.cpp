@@ -8,6 +8,7 @@
 #include <cstddef>
 #include <random>
 #include <stdexcept>
+#include <string>
 #include <vector>
 
 #include "kernels/cpu/ops_cpu.h"
@@ -28,8 +29,10 @@ constexpr double kBf16Tolerance = 1e-2;  // bf16 outputs
 constexpr double kStatTolerance = 1e-5;  // fp32 mean / rstd
 constexpr double kGradTolerance = 5e-5;  // fp32 sums over up to 1000 rows, in another order
 
-void check_layernorm(int64_t rows, int64_t cols, bool with_residual, size_t offset, uint64_t seed) {
-  INFO("rows " << rows << " cols " << cols << (with_residual ? " residual" : "") << " offset " << offset);
+void check_layernorm(int64_t rows, int64_t cols, bool with_residual, size_t offset, uint64_t seed,
+                     const cuda::KernelPaths& paths = {}) {
+  INFO("rows " << rows << " cols " << cols << (with_residual ? " residual" : "") << " offset " << offset
+               << " kernel paths " << paths.describe());
   const MatrixShape shape{rows, cols};
   const size_t n = static_cast<size_t>(rows * cols);
   std::mt19937_64 rng(seed);
@@ -58,6 +61,7 @@ void check_layernorm(int64_t rows, int64_t cols, bool with_residual, size_t offs
   }
 
   cuda::Context ctx;
+  ctx.set_kernel_paths(paths);
   Bf16Tensor d_x = Bf16Tensor::input(x, offset), d_residual = Bf16Tensor::input(residual, offset);
   Bf16Tensor d_gamma = Bf16Tensor::input(gamma, offset), d_beta = Bf16Tensor::input(beta, offset);
   Bf16Tensor d_dy = Bf16Tensor::input(dy, offset);
@@ -189,6 +193,78 @@ TEST_CASE("cuda layernorm matches the CPU reference", "[layernorm]") {
 TEST_CASE("cuda residual layernorm matches the CPU reference", "[layernorm]") {
   uint64_t seed = 200;
   for (const Case& c : kCases) check_layernorm(c.rows, c.cols, /*with_residual=*/true, c.offset, seed++);
+}
+
+// KernelPaths::baseline(): the general kernels (L1 re-reads forward, dz pass + column pass backward)
+// at the shapes the specialised ones take, held to the CPU like every path.
+TEST_CASE("cuda layernorm with KernelPaths::baseline() matches the CPU reference", "[layernorm]") {
+  const Case cases[] = {{1000, 768, 0}, {3, 1024, 0}, {77, 1016, 0}, {513, 264, 0}};
+  uint64_t seed = 900;
+  for (const bool with_residual : {false, true})
+    for (const Case& c : cases)
+      check_layernorm(c.rows, c.cols, with_residual, c.offset, seed++, cuda::KernelPaths::baseline());
+}
+
+TEST_CASE("KernelPaths: the default, the baseline (every field off) and describe()", "[layernorm]") {
+  const cuda::KernelPaths defaults, baseline = cuda::KernelPaths::baseline();
+  CHECK(defaults.describe() == "default");
+  CHECK(baseline.describe() == "baseline");
+  for (const auto& [name, field] : cuda::KernelPaths::fields()) {
+    CHECK(defaults.*field);
+    CHECK_FALSE(baseline.*field);
+    cuda::KernelPaths one;
+    one.*field = false;
+    CHECK(one.describe() == std::string(name) + "=false");
+  }
+  cuda::KernelPaths two;
+  two.gelu_fast_math = false;
+  two.attention_fused_backward = false;
+  CHECK(two.describe() == "attention_fused_backward=false,gelu_fast_math=false");
+  cuda::Context ctx;
+  CHECK(ctx.kernel_paths() == defaults);
+  ctx.set_kernel_paths(baseline);
+  CHECK(ctx.kernel_paths() == baseline);
+}
+
+// Which kernels each KernelPaths setting launches; only the kernel emulation records launches.
+TEST_CASE("cuda layernorm: KernelPaths chooses the kernels it names", "[layernorm]") {
+  if (!launched_kernels()) {
+    WARN("not checked on a device: only the kernel emulation records which kernels ran");
+    return;
+  }
+  const MatrixShape shape{64, 768};
+  const size_t n = 64 * 768;
+  std::mt19937_64 rng(31);
+  const std::vector<float> x = random_bf16_values(rng, n), ones(768, 1.0f);
+  Bf16Tensor d_x = Bf16Tensor::input(x, 0), d_residual = Bf16Tensor::input(x, 0), d_branch = Bf16Tensor::input(x, 0);
+  Bf16Tensor d_gamma = Bf16Tensor::input(ones, 0), d_beta = Bf16Tensor::input(ones, 0);
+  Bf16Tensor d_y = Bf16Tensor::output(n, 0), d_dz = Bf16Tensor::output(n, 0);
+  DeviceBuffer<float> mean = poisoned<float>(64), rstd = poisoned<float>(64);
+  DeviceBuffer<float> dgamma = upload<float>(std::vector<float>(768, 0.0f)),
+                      dbeta = upload<float>(std::vector<float>(768, 0.0f));
+  const DropoutSpec spec{0.1f, 5, 6};
+  for (const bool fast : {true, false}) {
+    INFO((fast ? "default paths" : "baseline paths"));
+    cuda::Context ctx;
+    ctx.set_kernel_paths(fast ? cuda::KernelPaths{} : cuda::KernelPaths::baseline());
+    (void)launched_kernels();
+    cuda::residual_layernorm_forward(ctx, shape, d_x.data(), d_residual.data(), d_gamma.data(), d_beta.data(), kEps,
+                                     d_y.data(), mean.data(), rstd.data());
+    const std::vector<std::string> forward = *launched_kernels();
+    cuda::residual_layernorm_backward(ctx, shape, d_y.data(), d_x.data(), d_residual.data(), d_gamma.data(),
+                                      mean.data(), rstd.data(), d_dz.data(), dgamma.data(), dbeta.data());
+    const std::vector<std::string> backward = *launched_kernels();
+    cuda::dropout_residual_layernorm_forward(ctx, shape, spec, d_branch.data(), d_residual.data(), d_gamma.data(),
+                                             d_beta.data(), kEps, d_y.data(), mean.data(), rstd.data());
+    const std::vector<std::string> dropout = *launched_kernels();
+    ctx.synchronize();
+    CHECK(launched(forward, "layernorm_rows_forward_resident_kernel") == fast);
+    CHECK(launched(forward, "layernorm_rows_forward_kernel") == !fast);
+    CHECK(launched(backward, "layernorm_backward_fused_kernel") == fast);
+    CHECK(launched(backward, "layernorm_param_partials_kernel") == !fast);
+    CHECK(launched(dropout, "layernorm_rows_forward_resident_kernel") == fast);
+    CHECK(launched(dropout, "dropout_kernel") == !fast);
+  }
 }
 
 // Fused (128-bit path up to 1,024 columns) and composed (the rest: odd, wide or misaligned) both

@@ -16,8 +16,10 @@
 #include <cstdio>
 #include <cstdlib>
 #include <map>
+#include <mutex>
 #include <new>
 #include <string>
+#include <utility>
 #include <vector>
 
 #include "tests/emulated/emulated_runtime.h"
@@ -577,8 +579,32 @@ bool accept_launch(const char* name, const void* kernel, dim3 grid, dim3 block, 
   return true;
 }
 
+namespace {
+struct LaunchRecord {
+  std::mutex mutex;
+  bool recording = false;
+  std::vector<std::string> names;
+};
+LaunchRecord& launch_record() {
+  static LaunchRecord record;
+  return record;
+}
+}  // namespace
+
+std::vector<std::string> take_launched_kernels() {
+  LaunchRecord& record = launch_record();
+  const std::lock_guard<std::mutex> lock(record.mutex);
+  record.recording = true;
+  return std::exchange(record.names, {});
+}
+
 void queue_grid(const char* name, dim3 grid, dim3 block, size_t dynamic_shared_bytes, size_t shared_limit,
                 cudaStream_t stream, std::function<void()> body) {
+  {
+    LaunchRecord& record = launch_record();
+    const std::lock_guard<std::mutex> lock(record.mutex);
+    if (record.recording) record.names.emplace_back(name);
+  }
   bert::emulated::detail::enqueue(stream, name, [=, body = std::move(body)] {
     Block b;
     b.kernel = name;

@@ -39,9 +39,11 @@
 #include <cstring>
 #include <functional>
 #include <memory>
+#include <string>
 #include <tuple>
 #include <type_traits>
 #include <utility>
+#include <vector>
 
 namespace emu {
 
@@ -118,6 +120,11 @@ requires std::is_integral_v<I> dim3 to_dim3(I n) { return dim3(static_cast<unsig
 // *shared_limit: the static + dynamic shared bytes a block of this kernel may have.
 bool accept_launch(const char* name, const void* kernel, dim3 grid, dim3 block, size_t dynamic_shared_bytes,
                    size_t* shared_limit);
+// The kernels launched (accepted launches, in issue order, named as in the source: "kernel<T>")
+// since the last call; the first call starts the record and returns nothing. For tests of which
+// kernel an op chose (tests/gpu/cuda_test_util.h: launched_kernels).
+std::vector<std::string> take_launched_kernels();
+
 // Queues the grid on `stream`: body() runs once per CUDA thread.
 void queue_grid(const char* name, dim3 grid, dim3 block, size_t dynamic_shared_bytes, size_t shared_limit,
                 cudaStream_t stream, std::function<void()> body);
