@@ -7,7 +7,9 @@ Per case in both files (status ok in both): median ms before and after, the spee
 > 1 is faster), and the percentage of the ceiling before and after (each file's own ceilings, measured
 in its own run). Then the cases only one file has, and, from NEW alone, the pairs that time one op
 two ways in the same run (`<case>` beside `<case>_dense`: the MLM decoder with its logits rows padded
-as the engine runs it, and dense). Medians of different runs: differences of a few per cent are noise
+as the engine runs it, and dense; `<op>/...` beside `<op>_baseline/...`: a specialised kernel and the
+general one it replaced, KernelPaths::baseline(); the ratio is the second's time over the first's,
+above 1 where the first is faster). Medians of different runs: differences of a few per cent are noise
 (the same case moved by up to ~3% between two calls on one H200).
 
 The files must come from the same device (the JSON's `device`), else it exits 2 saying so
@@ -74,11 +76,12 @@ def main(argv=None):
         print("only in baseline: " + ", ".join(only_base))
 
     pairs = [(name[: -len("_dense")], name) for name in new if name.endswith("_dense") and args.filter in name]
-    for plain, dense in sorted(pairs):
+    pairs += [(name.replace("_baseline/", "/", 1), name) for name in new if "_baseline/" in name and args.filter in name]
+    for plain, other in sorted(pairs):
         if plain in new and new[plain]["median_ms"] > 0:
-            ratio = new[dense]["median_ms"] / new[plain]["median_ms"]
-            print(f"same run: {plain} {new[plain]['median_ms']:.4f} ms vs {dense} {new[dense]['median_ms']:.4f} ms: "
-                  f"{ratio:.2f}x ({percent(new[plain]).strip()} vs {percent(new[dense]).strip()} of the ceiling)")
+            ratio = new[other]["median_ms"] / new[plain]["median_ms"]
+            print(f"same run: {plain} {new[plain]['median_ms']:.4f} ms vs {other} {new[other]['median_ms']:.4f} ms: "
+                  f"{ratio:.2f}x ({percent(new[plain]).strip()} vs {percent(new[other]).strip()} of the ceiling)")
     return 0
 
 

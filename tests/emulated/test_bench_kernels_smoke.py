@@ -317,6 +317,12 @@ def main():
     dense = by_name.get(target + "_dense", {}).get("median_ms", float("nan")) / (by_name[target]["median_ms"] / 2)
     check(f"same run: {target} " in p.stdout and f"_dense {by_name[target + '_dense']['median_ms']:.4f} ms: "
           f"{dense:.2f}x" in p.stdout, "compare_kernels: the padded decoder beside the dense one, same run")
+    twin = "cross_entropy_baseline/bert-base"
+    ratio = by_name[twin]["median_ms"] / by_name["cross_entropy/bert-base"]["median_ms"]
+    check("same run: cross_entropy/bert-base " in p.stdout and f"{twin} {by_name[twin]['median_ms']:.4f} ms: "
+          f"{ratio:.2f}x" in p.stdout and p.stdout.count("same run: ") == len(
+              [name for name in names if name.endswith("_dense") or "_baseline/" in name]),
+          "compare_kernels: each specialised kernel beside its KernelPaths::baseline() twin, same run")
     faster["device"] = "another GPU"
     with open(faster_path, "w") as f:
         json.dump(faster, f)
