@@ -784,7 +784,8 @@ std::vector<Case> with_baseline_cases(const std::vector<Case>& cases) {
                                           "bias_gelu_fwd/",
                                           "bias_gelu_bwd/",
                                           "cross_entropy/",
-                                          "embeddings_fwd/"};
+                                          "embeddings_fwd/",
+                                          "embeddings_bwd/"};
   std::vector<Case> out;
   for (const Case& c : cases) {
     out.push_back(c);

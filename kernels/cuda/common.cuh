@@ -539,4 +539,149 @@ __global__ void __launch_bounds__(kColumnThreads)
   }
 }
 
+// ---- LayerNorm backward, fused (layernorm.cu's purpose block; embeddings.cu) -------------------------
+// The 128-bit path up to kFusedMaxCols columns: one pass over the rows writes dz and per-block
+// dgamma/dbeta partials [blocks, cols], then accumulate_partials_kernel adds them in block order.
+
+constexpr int kFusedWarps = 8;
+constexpr int kFusedMaxVectors = 4;  // 128-bit vectors per lane and row
+constexpr int64_t kFusedMaxCols = int64_t{kFusedMaxVectors} * kWarpSize * kVectorWidth;  // 1024
+// 4 rows a warp, 32 a block: 512 blocks at 16k rows (~2 waves of 2 blocks an SM on 132 SMs), 128 at
+// 4k; more rows a warp only past 32k rows, to keep the partials at <= 1024 rows.
+constexpr int64_t kFusedMinRowsPerWarp = 4;
+constexpr int64_t kFusedMaxBlocks = 1024;  // bounds the partials to [1024, cols]
+// Blocks an SM must hold: 2 (<= 128 registers a thread, 16 warps an SM) up to 768 columns; at 4
+// vectors a lane 128 registers spill, so BERT-large's 1024 gets 1 block (8 warps) without spills.
+constexpr int fused_blocks_per_sm(int vectors) { return vectors <= 3 ? 2 : 1; }
+
+// Rows per warp, fixed for a shape (never the device's): the partials' order depends on it.
+inline int64_t fused_rows_per_warp(int64_t rows) {
+  const int64_t spread = ceil_div(rows, kFusedMaxBlocks * kFusedWarps);
+  return spread > kFusedMinRowsPerWarp ? spread : kFusedMinRowsPerWarp;
+}
+
+// kVectors = ceil(cols / 256): lane l owns columns (v * 32 + l) * 8 .. + 7 for v < kVectors (those
+// below cols). Each row is read once, by one warp, before that warp writes its dz: dz may alias dy,
+// x or residual.
+template <int kVectors, class Rows, class Out>
+__global__ void __launch_bounds__(kFusedWarps* kWarpSize, fused_blocks_per_sm(kVectors))
+    layernorm_backward_fused_kernel(int64_t rows, int64_t cols, int64_t rows_per_warp, Rows source, const bf16* dy,
+                                    const bf16* gamma, const float* mean, const float* rstd, Out dz,
+                                    float* dgamma_partial, float* dbeta_partial) {
+  __shared__ float warp_sums[kFusedWarps][kFusedMaxCols];
+  const int warp = static_cast<int>(threadIdx.x / kWarpSize);
+  const int lane = static_cast<int>(threadIdx.x % kWarpSize);
+  const int64_t first = (static_cast<int64_t>(blockIdx.x) * kFusedWarps + warp) * rows_per_warp;
+  const int64_t last = first + rows_per_warp < rows ? first + rows_per_warp : rows;
+  const float count = static_cast<float>(cols);
+
+  float dgamma_sum[kVectors][kVectorWidth], dbeta_sum[kVectors][kVectorWidth];
+#pragma unroll
+  for (int v = 0; v < kVectors; ++v)
+#pragma unroll
+    for (int i = 0; i < kVectorWidth; ++i) dgamma_sum[v][i] = dbeta_sum[v][i] = 0.0f;
+
+  for (int64_t r = first; r < last; ++r) {  // uniform per warp
+    const auto z_row = source.row(r, cols);
+
+    const bf16* dy_row = dy + r * cols;
+    const float row_mean = mean[r], row_rstd = rstd[r];
+    // Kept between the two loops: g = dy * gamma and zhat (the parameter sums need no row sum, so
+    // they are added in the first loop and dy is not kept). = {}: GCC cannot see j < cols.
+    float scaled[kVectors][kVectorWidth] = {}, zhat[kVectors][kVectorWidth] = {};
+    float sum_g = 0.0f, sum_g_zhat = 0.0f;
+#pragma unroll
+    for (int v = 0; v < kVectors; ++v) {
+      const int64_t j = (int64_t{v} * kWarpSize + lane) * kVectorWidth;
+      if (j >= cols) continue;
+      float d[kVectorWidth], z[kVectorWidth], g[kVectorWidth];
+      load_bf16x8(dy_row + j, d);
+      z_row.load8(j, z);
+      load_bf16x8(gamma + j, g);  // from L1 after the first row
+#pragma unroll
+      for (int i = 0; i < kVectorWidth; ++i) {
+        zhat[v][i] = (z[i] - row_mean) * row_rstd;
+        scaled[v][i] = d[i] * g[i];
+        sum_g += scaled[v][i];
+        sum_g_zhat += scaled[v][i] * zhat[v][i];
+        dgamma_sum[v][i] += d[i] * zhat[v][i];
+        dbeta_sum[v][i] += d[i];
+      }
+    }
+    const float mean_g = warp_sum(sum_g) / count;
+    const float mean_g_zhat = warp_sum(sum_g_zhat) / count;
+    const auto dz_row = dz.row(r, cols);
+#pragma unroll
+    for (int v = 0; v < kVectors; ++v) {
+      const int64_t j = (int64_t{v} * kWarpSize + lane) * kVectorWidth;
+      if (j >= cols) continue;
+      float out[kVectorWidth];
+#pragma unroll
+      for (int i = 0; i < kVectorWidth; ++i) out[i] = row_rstd * (scaled[v][i] - mean_g - zhat[v][i] * mean_g_zhat);
+      dz_row.store8(j, out);
+    }
+  }
+
+  // The block's partial row: its warps' sums added in warp order, dgamma then dbeta.
+  for (int pass = 0; pass < 2; ++pass) {
+#pragma unroll
+    for (int v = 0; v < kVectors; ++v) {
+      const int64_t j = (int64_t{v} * kWarpSize + lane) * kVectorWidth;
+      if (j >= cols) continue;
+#pragma unroll
+      for (int i = 0; i < kVectorWidth; ++i) warp_sums[warp][j + i] = pass == 0 ? dgamma_sum[v][i] : dbeta_sum[v][i];
+    }
+    __syncthreads();
+    float* out = (pass == 0 ? dgamma_partial : dbeta_partial) + static_cast<int64_t>(blockIdx.x) * cols;
+    for (int64_t c = threadIdx.x; c < cols; c += blockDim.x) {
+      float total = warp_sums[0][c];
+#pragma unroll
+      for (int w = 1; w < kFusedWarps; ++w) total += warp_sums[w][c];
+      out[c] = total;
+    }
+    __syncthreads();  // warp_sums is free for the second pass
+  }
+}
+
+// Blocks of the fused backward over `rows` rows: each of its two partials is [blocks, cols] floats.
+inline int64_t layernorm_backward_fused_blocks(int64_t rows) {
+  return ceil_div(rows, fused_rows_per_warp(rows) * kFusedWarps);
+}
+
+template <int kVectors, class Rows, class Out>
+void launch_layernorm_backward_fused(cudaStream_t stream, int64_t rows, int64_t cols, const bf16* dy, Rows source,
+                                     const bf16* gamma, const float* mean, const float* rstd, Out dz, float* partials,
+                                     float* dgamma, float* dbeta) {
+  const int64_t blocks = layernorm_backward_fused_blocks(rows);
+  layernorm_backward_fused_kernel<kVectors><<<static_cast<unsigned>(blocks), kFusedWarps * kWarpSize, 0, stream>>>(
+      rows, cols, fused_rows_per_warp(rows), source, dy, gamma, mean, rstd, dz, partials, partials + blocks * cols);
+  CUDA_CHECK_LAUNCH();
+  // 32 columns x 32 chunk groups a block: at 512 chunks, 16 loads a thread.
+  launch_accumulate_partials(stream, blocks, cols, partials, dgamma, partials + blocks * cols, dbeta);
+  CUDA_CHECK_LAUNCH();
+}
+
+// The fused backward (the caller checked cols % 8 == 0, cols <= kFusedMaxCols and 16-byte alignment)
+// with z's source and dz's sink; partials: 2 * layernorm_backward_fused_blocks(rows) * cols floats of
+// the caller's scratch, taken before this call (growing ctx.scratch synchronises the stream).
+template <class Rows, class Out>
+void launch_layernorm_backward_fused(cudaStream_t stream, int64_t rows, int64_t cols, const bf16* dy, Rows source,
+                                     const bf16* gamma, const float* mean, const float* rstd, Out dz, float* partials,
+                                     float* dgamma, float* dbeta) {
+  switch (ceil_div(cols, int64_t{kWarpSize} * kVectorWidth)) {
+    case 1:
+      return launch_layernorm_backward_fused<1>(stream, rows, cols, dy, source, gamma, mean, rstd, dz, partials, dgamma,
+                                                dbeta);
+    case 2:
+      return launch_layernorm_backward_fused<2>(stream, rows, cols, dy, source, gamma, mean, rstd, dz, partials, dgamma,
+                                                dbeta);
+    case 3:
+      return launch_layernorm_backward_fused<3>(stream, rows, cols, dy, source, gamma, mean, rstd, dz, partials, dgamma,
+                                                dbeta);
+    default:
+      return launch_layernorm_backward_fused<4>(stream, rows, cols, dy, source, gamma, mean, rstd, dz, partials, dgamma,
+                                                dbeta);
+  }
+}
+
 }  // namespace bert::cuda::detail

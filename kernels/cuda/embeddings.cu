@@ -9,19 +9,24 @@
 // rows held in registers up to hidden 1,024, else re-read from L1), 128-bit loads when hidden % 8 == 0
 // and every pointer is 16-byte aligned.
 // Backward, all deterministic (no float atomics; the same bits every run for a given input):
-//   1. one warp per token: dz = the LayerNorm input gradient, fp32 [tokens, ld] in ctx.scratch
-//      (ld = hidden rounded up to 4, padding zeroed, so later passes use float4 loads).
-//   2. dgamma/dbeta: per-chunk column partials (each thread walks its chunk's tokens in order),
-//      then a fixed-order sum of the partials, as layernorm.cu (steps 1 and 2 and the forward are
-//      the LayerNorm kernels of common.cuh, fed the gathered rows).
-//   3. d_position[s] += sum over b = 0..batch-1 in order of dz[b * seq_len + s].
-//   4. d_word: cub::DeviceRadixSort (stable) sorts (id, token) pairs, which groups the tokens by id
+//   1. dz = the LayerNorm input gradient, fp32 [tokens, ld] in ctx.scratch (ld = hidden rounded up
+//      to 4, padding zeroed, so later passes use float4 loads), and dgamma/dbeta: on the 128-bit path
+//      up to hidden 1,024 the fused LayerNorm backward of common.cuh (one pass over the rows writing
+//      dz and per-block partials), otherwise one warp per token for dz and a column pass for the
+//      partials; then a fixed-order sum of the partials, as layernorm.cu.
+//   2. d_position[s] += sum over b = 0..batch-1 in order of dz[b * seq_len + s]. With at most 4 token
+//      types (BERT has 2) the same pass sums each type's rows of position s into a partial
+//      [type, seq_len, hidden], and a fixed-order sum over s adds them to d_token_type: no sort.
+//   3. d_word: cub::DeviceRadixSort (stable) sorts (id, token) pairs, which groups the tokens by id
 //      in token order. Blocks take 32 sorted positions each: a run of one id that lies wholly inside
 //      a block is summed in order and added to its table row directly (no other block touches that
 //      row); a run cut by a block boundary leaves its in-order partial sum in a slot of the block,
 //      and the block where the id's run starts adds those slots in block order. Row padding_idx is
-//      skipped. d_token_type: the same over the sorted type ids (or all 0 without type ids).
-//
+//      skipped. A larger type table: the same over the sorted type ids (or all 0 without type ids).
+// ctx.kernel_paths() can send the embeddings to the kernels the fused ones replaced
+// (layernorm_fused_backward: the dz and column passes; embeddings_direct_type_gradient: the sorted
+// scatter for the type table too), which bench_kernels times beside them ("_baseline" cases). The
+// two paths add in different orders, so their last bits may differ.
 // Id range policy: the CPU throws on an out-of-range id; a device-side check cannot throw, and the
 // ops_cuda.h contract has no error output. The loader produces ids from the tokenizer's vocabulary
 // and the engine validates its config (vocab_size, type_vocab_size) on the host, so range is the
@@ -33,10 +38,16 @@
 // Napkin math (BERT-base, 4096 tokens x 768; bf16 rows 1.5 KB; H100 ~3.3 TB/s):
 //   forward: gathers 3 rows (6 B/element, the tables mostly L2-resident for repeated ids: word
 //   table 47 MB, position and type tables tiny) and writes 2 B/element: ~25 MB, ~8 us.
-//   backward: step 1 reads dout + 3 gathered rows, writes fp32 dz: ~12 B/element (38 MB); step 2
-//   re-reads dout + rows: 8 B/element; steps 3 and 4 read dz three times (37 MB) plus the radix
-//   sorts of 4096 keys (~10 us each, launch bound): ~100 MB moved, ~40-60 us in all.
-//   Scratch: tokens x ld x 4 B (12.6 MB here) plus small partials and the sort buffers.
+//   backward: step 1 reads dout + 3 gathered rows, writes fp32 dz: ~12 B/element (38 MB); steps 2
+//   and 3 read dz twice (25 MB) plus a radix sort of 4096 keys (~10 us, launch bound): ~65 MB moved,
+//   ~25-40 us in all. Scratch: tokens x ld x 4 B (12.6 MB here) plus small partials and the sort's
+//   buffers.
+//   Measured on an H200 (2026-12-04, 16k tokens, before the fused dz pass and the direct type
+//   gradient): 0.356 ms, 10% of copy bandwidth. Napkin for why: the type table's two keys made two
+//   runs of ~8k sorted tokens, each cut by ~256 blocks of 32, and one block per run and column tile
+//   walked all ~256 slots in a loop whose every step waited on the next key's load (~0.3 us of L2
+//   latency a step: ~80 us); on top, a second radix sort and scatter, and dgamma/dbeta re-reading
+//   dout and the gathered rows in a column pass (~50 MB). Not timed yet.
 #include <algorithm>
 #include <cstdint>
 #include <cub/device/device_radix_sort.cuh>
@@ -129,16 +140,58 @@ __device__ __forceinline__ void add_to_row(float* row, int64_t column, int64_t h
     if (column + i < hidden) row[column + i] += parts[i];
 }
 
-// d_position[s] += sum over b in order of dz[b * seq_len + s]; block (s, column tile of float4s).
-__global__ void __launch_bounds__(kColumnThreads) position_grad_kernel(int64_t batch, int64_t seq_len, int64_t hidden,
-                                                                       int64_t ld, const float* dz, float* d_position) {
+// Token-type tables up to this size get their gradient from the position kernel's pass over dz (no
+// sort); larger ones go through the sorted scatter as the word table does.
+constexpr int64_t kDirectTypes = 4;
+
+// row[column .. column + 3] = value, the columns past `hidden` dropped (row 16-byte aligned when
+// hidden % 4 == 0).
+__device__ __forceinline__ void store_to_row(float* row, int64_t column, int64_t hidden, const float4& value) {
+  if (hidden % 4 == 0) {
+    *reinterpret_cast<float4*>(row + column) = value;
+    return;
+  }
+  const float parts[4] = {value.x, value.y, value.z, value.w};
+#pragma unroll
+  for (int i = 0; i < 4; ++i)
+    if (column + i < hidden) row[column + i] = parts[i];
+}
+
+// Block (position s, column tile of float4s): d_position[s] += the sum over b = 0..batch-1 in order
+// of dz[b * seq_len + s]. kTypePartials: the same pass also sums, for each type k below
+// type_vocab_size (<= kDirectTypes), the rows whose token has type k (type 0 without type ids) into
+// type_partial[k, s, 0..hidden), for accumulate_partials_kernel to add over s in order.
+template <bool kTypePartials>
+__global__ void __launch_bounds__(kColumnThreads)
+    position_grad_kernel(int64_t batch, int64_t seq_len, int64_t hidden, int64_t ld, const float* dz,
+                         const int32_t* token_type_ids, int64_t type_vocab_size, float* d_position,
+                         float* type_partial) {
   const int64_t s = blockIdx.x;
   const int64_t column = (static_cast<int64_t>(blockIdx.y) * kColumnThreads + threadIdx.x) * 4;
   if (column >= ld) return;
   float4 sum = make_float4(0.0f, 0.0f, 0.0f, 0.0f);
-#pragma unroll 4
-  for (int64_t b = 0; b < batch; ++b) add4(sum, *reinterpret_cast<const float4*>(dz + (b * seq_len + s) * ld + column));
+  float4 type_sums[kTypePartials ? kDirectTypes : 1];
+#pragma unroll
+  for (auto& type_sum : type_sums) type_sum = make_float4(0.0f, 0.0f, 0.0f, 0.0f);
+    // 8 rows' loads in flight a thread: the grid is only seq_len x column tiles blocks of 2 warps.
+#pragma unroll 8
+  for (int64_t b = 0; b < batch; ++b) {
+    const int64_t t = b * seq_len + s;
+    const float4 value = *reinterpret_cast<const float4*>(dz + t * ld + column);
+    add4(sum, value);
+    if constexpr (kTypePartials) {
+      const int32_t type = token_type_ids != nullptr ? token_type_ids[t] : 0;
+#pragma unroll
+      for (int k = 0; k < kDirectTypes; ++k)
+        if (type == k) add4(type_sums[k], value);
+    }
+  }
   add_to_row(d_position + s * hidden, column, hidden, sum);
+  if constexpr (kTypePartials) {
+#pragma unroll
+    for (int k = 0; k < kDirectTypes; ++k)
+      if (k < type_vocab_size) store_to_row(type_partial + (k * seq_len + s) * hidden, column, hidden, type_sums[k]);
+  }
 }
 
 __global__ void iota_kernel(int64_t count, uint32_t* values) {
@@ -328,21 +381,27 @@ void embeddings_layernorm_backward(Context& ctx, const EmbeddingShape& shape, co
       make_inputs(shape, input_ids, token_type_ids, word_embeddings, position_embeddings, token_type_embeddings);
   const bool vectorized = hidden % kVectorWidth == 0 && aligned16(dout) && aligned16(word_embeddings) &&
                           aligned16(position_embeddings) && aligned16(token_type_embeddings) && aligned16(gamma);
+  const KernelPaths& paths = ctx.kernel_paths();
+  const bool fused = vectorized && hidden <= kFusedMaxCols && paths.layernorm_fused_backward;
+  const bool direct_types = shape.type_vocab_size <= kDirectTypes && paths.embeddings_direct_type_gradient;
   const int64_t ld = (hidden + 3) / 4 * 4;  // dz row stride: float4 passes
   const int num_items = static_cast<int>(tokens);
   const int word_bits = key_bits(shape.vocab_size), type_bits = key_bits(shape.type_vocab_size);
   const int64_t chunk_rows = rows_per_chunk(tokens);
-  const int64_t param_chunks = ceil_div(tokens, chunk_rows);
+  // dgamma/dbeta partial rows: the fused backward's blocks, or the column pass's chunks.
+  const int64_t param_chunks = fused ? layernorm_backward_fused_blocks(tokens) : ceil_div(tokens, chunk_rows);
   const int64_t scatter_chunks = ceil_div(tokens, kScatterChunk);
+  const bool sort_types = token_type_ids != nullptr && !direct_types;
   const size_t sort_bytes = std::max(radix_sort_bytes(ctx, num_items, word_bits),
-                                     token_type_ids != nullptr ? radix_sort_bytes(ctx, num_items, type_bits) : 0);
+                                     sort_types ? radix_sort_bytes(ctx, num_items, type_bits) : 0);
 
   // One scratch region (valid until the next scratch() call), taken before any launch: growing it
   // synchronises the stream.
   ScratchLayout layout;
   const size_t dz_at = layout.take(static_cast<size_t>(tokens * ld) * sizeof(float));
-  const size_t dgamma_partial_at = layout.take(static_cast<size_t>(param_chunks * hidden) * sizeof(float));
-  const size_t dbeta_partial_at = layout.take(static_cast<size_t>(param_chunks * hidden) * sizeof(float));
+  const size_t param_partials_at = layout.take(2 * static_cast<size_t>(param_chunks * hidden) * sizeof(float));
+  const size_t type_partial_at = layout.take(
+      direct_types ? static_cast<size_t>(shape.type_vocab_size * shape.seq_len * hidden) * sizeof(float) : 0);
   const size_t slot_first_at = layout.take(static_cast<size_t>(scatter_chunks * ld) * sizeof(float));
   const size_t slot_last_at = layout.take(static_cast<size_t>(scatter_chunks * ld) * sizeof(float));
   const size_t iota_at = layout.take(static_cast<size_t>(tokens) * sizeof(uint32_t));
@@ -351,8 +410,9 @@ void embeddings_layernorm_backward(Context& ctx, const EmbeddingShape& shape, co
   const size_t sort_temp_at = layout.take(sort_bytes);
   unsigned char* base = static_cast<unsigned char*>(ctx.scratch(layout.total()));
   float* dz = reinterpret_cast<float*>(base + dz_at);
-  float* dgamma_partial = reinterpret_cast<float*>(base + dgamma_partial_at);
-  float* dbeta_partial = reinterpret_cast<float*>(base + dbeta_partial_at);
+  float* dgamma_partial = reinterpret_cast<float*>(base + param_partials_at);
+  float* dbeta_partial = dgamma_partial + param_chunks * hidden;  // contiguous, as the fused backward needs
+  float* type_partial = reinterpret_cast<float*>(base + type_partial_at);
   float* slot_first = reinterpret_cast<float*>(base + slot_first_at);
   float* slot_last = reinterpret_cast<float*>(base + slot_last_at);
   uint32_t* iota = reinterpret_cast<uint32_t*>(base + iota_at);
@@ -360,37 +420,60 @@ void embeddings_layernorm_backward(Context& ctx, const EmbeddingShape& shape, co
   uint32_t* sorted_tokens = reinterpret_cast<uint32_t*>(base + sorted_tokens_at);
   void* sort_temp = base + sort_temp_at;
   const cudaStream_t stream = ctx.stream();
-
-  // 1. dz.
-  const unsigned row_blocks = static_cast<unsigned>(ceil_div(tokens, kRowWarpsPerBlock));
   const PaddedFloatRows dz_rows{dz, ld};
-  if (vectorized)
-    layernorm_rows_backward_kernel<true><<<row_blocks, kRowWarpsPerBlock * kWarpSize, 0, stream>>>(
-        tokens, hidden, in, dout, gamma, mean, rstd, dz_rows);
-  else
-    layernorm_rows_backward_kernel<false><<<row_blocks, kRowWarpsPerBlock * kWarpSize, 0, stream>>>(
-        tokens, hidden, in, dout, gamma, mean, rstd, dz_rows);
-  CUDA_CHECK_LAUNCH();
 
-  // 2. dgamma, dbeta.
-  const int64_t column_vectors = hidden / (vectorized ? kVectorWidth : 1);
-  const dim3 partial_grid(static_cast<unsigned>(param_chunks),
-                          static_cast<unsigned>(ceil_div(column_vectors, kColumnThreads)));
-  if (vectorized)
-    layernorm_param_partials_kernel<true><<<partial_grid, kColumnThreads, 0, stream>>>(
-        tokens, hidden, chunk_rows, in, dout, mean, rstd, dgamma_partial, dbeta_partial);
-  else
-    layernorm_param_partials_kernel<false><<<partial_grid, kColumnThreads, 0, stream>>>(
-        tokens, hidden, chunk_rows, in, dout, mean, rstd, dgamma_partial, dbeta_partial);
-  CUDA_CHECK_LAUNCH();
-  launch_accumulate_partials(stream, param_chunks, hidden, dgamma_partial, dgamma, dbeta_partial, dbeta);
-  CUDA_CHECK_LAUNCH();
+  if (fused) {
+    // 1-2. dz and dgamma/dbeta in one pass over the rows (ld == hidden here: no row padding).
+    launch_layernorm_backward_fused(stream, tokens, hidden, dout, in, gamma, mean, rstd, dz_rows, dgamma_partial,
+                                    dgamma, dbeta);
+  } else {
+    // 1. dz.
+    const unsigned row_blocks = static_cast<unsigned>(ceil_div(tokens, kRowWarpsPerBlock));
+    if (vectorized)
+      layernorm_rows_backward_kernel<true><<<row_blocks, kRowWarpsPerBlock * kWarpSize, 0, stream>>>(
+          tokens, hidden, in, dout, gamma, mean, rstd, dz_rows);
+    else
+      layernorm_rows_backward_kernel<false><<<row_blocks, kRowWarpsPerBlock * kWarpSize, 0, stream>>>(
+          tokens, hidden, in, dout, gamma, mean, rstd, dz_rows);
+    CUDA_CHECK_LAUNCH();
 
-  // 3. d_position.
-  const unsigned column_tiles = static_cast<unsigned>(ceil_div(ld / 4, kColumnThreads));
-  position_grad_kernel<<<dim3(static_cast<unsigned>(shape.seq_len), column_tiles), kColumnThreads, 0, stream>>>(
-      shape.batch, shape.seq_len, hidden, ld, dz, d_position_embeddings);
-  CUDA_CHECK_LAUNCH();
+    // 2. dgamma, dbeta.
+    const int64_t column_vectors = hidden / (vectorized ? kVectorWidth : 1);
+    const dim3 partial_grid(static_cast<unsigned>(param_chunks),
+                            static_cast<unsigned>(ceil_div(column_vectors, kColumnThreads)));
+    if (vectorized)
+      layernorm_param_partials_kernel<true><<<partial_grid, kColumnThreads, 0, stream>>>(
+          tokens, hidden, chunk_rows, in, dout, mean, rstd, dgamma_partial, dbeta_partial);
+    else
+      layernorm_param_partials_kernel<false><<<partial_grid, kColumnThreads, 0, stream>>>(
+          tokens, hidden, chunk_rows, in, dout, mean, rstd, dgamma_partial, dbeta_partial);
+    CUDA_CHECK_LAUNCH();
+    launch_accumulate_partials(stream, param_chunks, hidden, dgamma_partial, dgamma, dbeta_partial, dbeta);
+    CUDA_CHECK_LAUNCH();
+  }
+
+  // 3. d_position (and with a small type table, d_token_type's partials over the positions).
+  const dim3 position_grid(static_cast<unsigned>(shape.seq_len),
+                           static_cast<unsigned>(ceil_div(ld / 4, kColumnThreads)));
+  if (direct_types) {
+    position_grad_kernel<true><<<position_grid, kColumnThreads, 0, stream>>>(shape.batch, shape.seq_len, hidden, ld, dz,
+                                                                             token_type_ids, shape.type_vocab_size,
+                                                                             d_position_embeddings, type_partial);
+    CUDA_CHECK_LAUNCH();
+    for (int64_t k = 0; k < shape.type_vocab_size; k += 2) {  // two table rows a finalize launch
+      const int64_t partial_rows = shape.seq_len * hidden;
+      const bool pair = k + 1 < shape.type_vocab_size;
+      launch_accumulate_partials(stream, shape.seq_len, hidden, type_partial + k * partial_rows,
+                                 d_token_type_embeddings + k * hidden,
+                                 pair ? type_partial + (k + 1) * partial_rows : nullptr,
+                                 pair ? d_token_type_embeddings + (k + 1) * hidden : nullptr);
+      CUDA_CHECK_LAUNCH();
+    }
+  } else {
+    position_grad_kernel<false><<<position_grid, kColumnThreads, 0, stream>>>(
+        shape.batch, shape.seq_len, hidden, ld, dz, nullptr, 0, d_position_embeddings, nullptr);
+    CUDA_CHECK_LAUNCH();
+  }
 
   // 4. d_word: sort (id, token) pairs (stable: tokens stay in order within an id), then scatter.
   constexpr int kIotaThreads = 256;
@@ -403,9 +486,10 @@ void embeddings_layernorm_backward(Context& ctx, const EmbeddingShape& shape, co
                                              0, word_bits, stream));
   scatter_sorted(ctx, tokens, hidden, ld, sorted_keys, sorted_tokens, dz, shape.padding_idx, d_word_embeddings,
                  slot_first, slot_last);
+  if (direct_types) return;
 
   // 5. d_token_type: the same over the type ids (no type ids: every token is type 0, already sorted).
-  if (token_type_ids != nullptr) {
+  if (sort_types) {
     temp_bytes = sort_bytes;
     CUDA_CHECK(cub::DeviceRadixSort::SortPairs(sort_temp, temp_bytes, reinterpret_cast<const uint32_t*>(token_type_ids),
                                                sorted_keys, static_cast<const uint32_t*>(iota), sorted_tokens,

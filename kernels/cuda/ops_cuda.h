@@ -181,8 +181,8 @@ struct KernelPaths {
   // LayerNorm forwards (alone, with the residual, of the embeddings): the row held in registers, or
   // re-read from L1 for each pass. (The dropout-fused forward below is always row-resident.)
   bool layernorm_resident_forward = true;
-  // (Residual) LayerNorm backward: one pass writing dz and dgamma/dbeta partials, or a dz pass and a
-  // column pass.
+  // (Residual) LayerNorm backward, and the embeddings' LayerNorm backward: one pass writing dz and
+  // dgamma/dbeta partials, or a dz pass and a column pass.
   bool layernorm_fused_backward = true;
   // dropout_residual_layernorm_forward: the dropout inside the (row-resident) LayerNorm forward, or
   // dropout_forward and then residual_layernorm_forward.
@@ -191,17 +191,21 @@ struct KernelPaths {
   bool cross_entropy_resident = true;
   // Bias + GELU (erf): Phi through an erfc approximation and phi through exp2f, or erff and expf.
   bool gelu_fast_math = true;
+  // Embeddings backward with <= 4 token types: the type gradient summed in the position gradient's
+  // pass over dz, or radix-sorted and scattered as the word gradient.
+  bool embeddings_direct_type_gradient = true;
 
   // Every field with its name (baseline() and describe() go through it).
   using Field = bool KernelPaths::*;
-  static const std::array<std::pair<const char*, Field>, 6>& fields() {
-    static const std::array<std::pair<const char*, Field>, 6> table = {{
+  static const std::array<std::pair<const char*, Field>, 7>& fields() {
+    static const std::array<std::pair<const char*, Field>, 7> table = {{
         {"attention_fused_backward", &KernelPaths::attention_fused_backward},
         {"layernorm_resident_forward", &KernelPaths::layernorm_resident_forward},
         {"layernorm_fused_backward", &KernelPaths::layernorm_fused_backward},
         {"dropout_fused_layernorm", &KernelPaths::dropout_fused_layernorm},
         {"cross_entropy_resident", &KernelPaths::cross_entropy_resident},
         {"gelu_fast_math", &KernelPaths::gelu_fast_math},
+        {"embeddings_direct_type_gradient", &KernelPaths::embeddings_direct_type_gradient},
     }};
     return table;
   }
@@ -223,7 +227,7 @@ struct KernelPaths {
   }
 };
 // A field added without its entry in fields() would be missing from baseline() and describe().
-static_assert(sizeof(KernelPaths) == 6 * sizeof(bool), "every KernelPaths field is listed in fields()");
+static_assert(sizeof(KernelPaths) == 7 * sizeof(bool), "every KernelPaths field is listed in fields()");
 
 // Per-caller state for CUDA ops: the stream, the cuBLASLt handle and its workspace, and device
 // scratch reused across calls (grown on demand, never shrunk, so a warm training step allocates

@@ -8,7 +8,7 @@ cudaMalloc's guard bands catch the write past its end), a launch the device woul
 throws, the JSON's fields, the lines gpu_check.sh greps, and the side-by-side's pairing of names.
 
 Checked:
-  - --help, --list (136 cases, unique names, both models, every op family, every attention kernel; each
+  - --help, --list (140 cases, unique names, both models, every op family, every attention kernel; each
     "_baseline" case right after its twin, with the same bytes in the JSON)
   - bad arguments and no device: exit status 1 and one line naming the problem
   - --smoke --json: exit 0, every case "ok" with finite outputs, the JSON's fields and the table's
@@ -49,7 +49,8 @@ FAMILIES = ["linear_fwd", "linear_bwd", "linear_bwd_dx", "linear_bwd_dw", "linea
             "attention_train_bwd_mma_recompute_dq", "cross_entropy", "adamw", "grad_norm"]
 # The cases with a KernelPaths::baseline() twin (bench_kernels.cu: with_baseline_cases).
 BASELINED = ["layernorm_fwd", "residual_layernorm_fwd", "layernorm_bwd", "residual_layernorm_bwd",
-             "dropout_residual_layernorm_fwd", "bias_gelu_fwd", "bias_gelu_bwd", "cross_entropy", "embeddings_fwd"]
+             "dropout_residual_layernorm_fwd", "bias_gelu_fwd", "bias_gelu_bwd", "cross_entropy", "embeddings_fwd",
+             "embeddings_bwd"]
 FAMILIES += [family + "_baseline" for family in BASELINED]
 
 failures = []
@@ -95,12 +96,12 @@ def main():
           "--help: exit 0, names --smoke and --tokens")
     p = run([args.bench, "--list"])
     names = [line.split()[0] for line in p.stdout.splitlines() if line.strip()]
-    check(p.returncode == 0 and len(names) == 136, f"--list: exit 0, 136 cases (exit {p.returncode}, {len(names)})")
+    check(p.returncode == 0 and len(names) == 140, f"--list: exit 0, 140 cases (exit {p.returncode}, {len(names)})")
     check(len(set(names)) == len(names), "--list: names are unique")
     twins = [(names[i - 1], name) for i, name in enumerate(names) if "_baseline/" in name]
-    check(len(twins) == 20 and all(i > 0 and before == name.replace("_baseline/", "/", 1) for before, name in twins
+    check(len(twins) == 24 and all(i > 0 and before == name.replace("_baseline/", "/", 1) for before, name in twins
                                    for i in [names.index(name)]),
-          f"--list: 20 '_baseline' cases, each right after its twin ({[t for t in twins if t[0] != t[1].replace('_baseline/', '/', 1)]})")
+          f"--list: 24 '_baseline' cases, each right after its twin ({[t for t in twins if t[0] != t[1].replace('_baseline/', '/', 1)]})")
     for model in MODELS:
         families = {name.split("/")[0] for name in names if name.split("/")[1] == model}
         check(families == set(FAMILIES), f"--list: {model} has every op family ({sorted(set(FAMILIES) ^ families)})")

@@ -233,6 +233,9 @@ TEST_CASE("cuda embeddings_layernorm matches the CPU reference", "[embeddings]")
       {make_shape(3, 7, 768, 50, 16, 2, 0), true, 1, Ids::kRandom},  // misaligned: scalar path
       {make_shape(16, 128, 768, 1000, 512, 2, 0), true, 0, Ids::kSequences},
       {make_shape(16, 128, 768, 1000, 512, 2, 0), false, 0, Ids::kSequences},
+      {make_shape(9, 20, 256, 300, 24, 4, 0), true, 0, Ids::kRandom},  // the most types summed without a sort
+      {make_shape(9, 20, 256, 300, 24, 6, 0), true, 0, Ids::kRandom},  // more: sorted as the word ids
+      {make_shape(9, 20, 10, 300, 24, 4, 0), true, 0, Ids::kRandom},   // hidden % 4 != 0: scalar partial stores
   };
   uint64_t seed = 400;
   for (const EmbeddingCase& c : cases) check_embeddings(c, seed++);
@@ -244,6 +247,7 @@ TEST_CASE("cuda embeddings_layernorm with KernelPaths::baseline() matches the CP
   const EmbeddingCase cases[] = {
       {make_shape(16, 128, 768, 1000, 512, 2, 0), true, 0, Ids::kSequences},
       {make_shape(40, 50, 1024, 5, 64, 2, 3), true, 0, Ids::kRandom},
+      {make_shape(16, 128, 768, 1000, 512, 2, 0), false, 0, Ids::kSequences},
   };
   uint64_t seed = 450;
   (void)launched_kernels();
@@ -285,4 +289,44 @@ TEST_CASE("cuda embeddings_layernorm: zero tokens is a no-op, bad shapes throw",
       cuda::embeddings_layernorm_forward(ctx, no_hidden, ids.data(), nullptr, table.data(), table.data(), table.data(),
                                          table.data(), table.data(), kEps, out.data(), stats.data(), stats.data()),
       std::invalid_argument);
+}
+
+// The backward's kernels under each setting of the two KernelPaths fields it reads (under the kernel
+// emulation, which records launches; the results are held to the CPU by check_embeddings):
+// layernorm_fused_backward picks the one-pass dz + dgamma/dbeta kernel over the dz and column passes,
+// embeddings_direct_type_gradient the type gradient from the position pass over the sorted scatter
+// (which then runs twice a backward: word ids and type ids), the latter only up to 4 types.
+TEST_CASE("cuda embeddings_layernorm_backward launches the kernels its KernelPaths name", "[embeddings]") {
+  struct Setting {
+    bool fused_backward, direct_types;
+  };
+  const Setting settings[] = {{true, true}, {false, true}, {true, false}, {false, false}};
+  const EmbeddingCase cases[] = {
+      {make_shape(8, 64, 256, 500, 64, 2, 0), true, 0, Ids::kSequences},
+      {make_shape(8, 64, 256, 500, 64, 5, 0), true, 0, Ids::kRandom},  // 5 types: always sorted
+  };
+  uint64_t seed = 470;
+  for (const Setting& setting : settings) {
+    for (const EmbeddingCase& c : cases) {
+      cuda::KernelPaths paths;
+      paths.layernorm_fused_backward = setting.fused_backward;
+      paths.embeddings_direct_type_gradient = setting.direct_types;
+      INFO(paths.describe() << ", " << c.shape.type_vocab_size << " types");
+      (void)launched_kernels();
+      check_embeddings(c, seed++, paths);  // two backward calls
+      const auto names = launched_kernels();
+      if (!names) {
+        WARN("which kernel ran is not checked on a device: only the kernel emulation records it");
+        continue;
+      }
+      const bool direct = setting.direct_types && c.shape.type_vocab_size <= 4;
+      const auto count = [&](const std::string& name) { return std::count(names->begin(), names->end(), name); };
+      CHECK(launched(*names, "layernorm_backward_fused_kernel") == setting.fused_backward);
+      CHECK(launched(*names, "layernorm_param_partials_kernel") == !setting.fused_backward);
+      CHECK(launched(*names, "layernorm_rows_backward_kernel") == !setting.fused_backward);
+      CHECK(count("position_grad_kernel<true>") == (direct ? 2 : 0));
+      CHECK(count("position_grad_kernel<false>") == (direct ? 0 : 2));
+      CHECK(count("segment_partial_sums_kernel") == (direct ? 2 : 4));
+    }
+  }
 }
