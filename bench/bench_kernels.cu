@@ -404,6 +404,34 @@ void add_layernorm_cases(std::vector<Case>& cases, const Model& m, const Sizes& 
                      p.bytes = n * 2 * 4 + h * 4 + rows * 8;
                      return p;
                    }});
+  // Its backward: residual_layernorm_bwd's work plus the dropout's output in the same pass; unfused
+  // (the baseline twin) dropout_bwd re-reads d_sum.
+  cases.push_back(
+      {std::string("residual_layernorm_dropout_bwd/") + m.name, "residual_layernorm_dropout_backward",
+       shape_text + ", p 0.1", [shape, n, h, rows](Context& ctx) {
+         Prepared p;
+         const int64_t count = shape.rows * shape.cols;
+         const auto [x, res, gamma, beta, y, mean, rstd] = LayerNormBuffers::make(p, ctx, shape, 23);
+         bf16* dy = p.arena->make<bf16>(count);
+         bf16* d_sum = p.arena->make<bf16>(count);
+         bf16* d_x = p.arena->make<bf16>(count);
+         float* dgamma = p.arena->make<float>(shape.cols);
+         float* dbeta = p.arena->make<float>(shape.cols);
+         fill_uniform(ctx, dy, count, 24, -1e-2f, 1e-2f);
+         fill_uniform(ctx, dgamma, shape.cols, 25, -1e-3f, 1e-3f);
+         fill_uniform(ctx, dbeta, shape.cols, 26, -1e-3f, 1e-3f);
+         residual_layernorm_forward(ctx, shape, x, res, gamma, beta, kLayerNormEps, y, mean, rstd);
+         const DropoutSpec spec{0.1f, 1234, 0};
+         p.run = [&ctx, shape, spec, dy, x, res, gamma, mean, rstd, d_sum, d_x, dgamma, dbeta] {
+           residual_layernorm_dropout_backward(ctx, shape, spec, dy, x, res, gamma, mean, rstd, d_sum, d_x, dgamma,
+                                               dbeta);
+         };
+         p.outputs = {
+             {d_sum, count, true}, {d_x, count, true}, {dgamma, shape.cols, false}, {dbeta, shape.cols, false}};
+         // dy, x, residual read, d_sum and d_x written; gamma; stats read; dgamma/dbeta RMW.
+         p.bytes = n * 2 * 5 + h * 2 + rows * 8 + h * 16;
+         return p;
+       }});
 }
 
 void add_gelu_cases(std::vector<Case>& cases, const Model& m, const Sizes& sizes) {
@@ -781,6 +809,7 @@ std::vector<Case> with_baseline_cases(const std::vector<Case>& cases) {
                                           "layernorm_bwd/",
                                           "residual_layernorm_bwd/",
                                           "dropout_residual_layernorm_fwd/",
+                                          "residual_layernorm_dropout_bwd/",
                                           "bias_gelu_fwd/",
                                           "bias_gelu_bwd/",
                                           "cross_entropy/",

@@ -5,7 +5,7 @@
 //   bench_train_step --hidden H --layers L --heads A --intermediate I --vocab V --seq S --batch B
 //                    --steps N --warmup W --threads T [--dropout 0.1] [--dense-mlm]
 //                    [--omp-wait-policy default|passive|active] [--device cpu|cuda] [--profile]
-//                    [--gemm-autotune N] [--kernel-paths default|baseline] [--json]
+//                    [--gemm-autotune N] [--kernel-paths default|baseline|<field>=false,...] [--json]
 //
 // One optimizer step, timed as a whole: zero_grads, set_dropout(training), forward_backward, grad_norm,
 // clip to 1.0, adamw_step (lr 1e-4, eps 1e-8, weight decay 0.01 on the decay-flagged tensors) — what
@@ -46,7 +46,9 @@
 // specialised ones replaced wherever both apply (kernels/cuda/ops_cuda.h, KernelPaths::baseline():
 // the LayerNorm, cross-entropy and GELU rewrites, the dropout fused into the LayerNorm forward, the
 // fused attention backward). Run it beside a default run: the difference is what those kernels buy a
-// whole step on this device.
+// whole step on this device. --kernel-paths <field>=false[,<field>=false...] turns off only the
+// fields named (KernelPaths::parse: describe()'s format, e.g. "gelu_fast_math=false"), to see what one
+// rewrite buys a step.
 //
 // Threads: omp_set_num_threads(T), openblas_set_num_threads(T) (when the BLAS is OpenBLAS) and
 // ModelOptions::num_threads = T. --omp-wait-policy sets OMP_WAIT_POLICY and re-executes this program
@@ -221,7 +223,9 @@ struct Shape {
   bool json = false;
   bool profile = false;
   int gemm_autotune = 0;
-  bool baseline_paths = false;
+#if defined(BERT_BENCH_CUDA)
+  bert::cuda::KernelPaths kernel_paths;
+#endif
 };
 
 #if defined(BERT_BENCH_CUDA)
@@ -262,7 +266,7 @@ int bench_cuda(const Shape& shape) {
   bert::BertForPreTrainingCuda model(config, options);
   model.reserve(batch, seq_len);
   model.context().set_gemm_autotune(shape.gemm_autotune);
-  if (shape.baseline_paths) model.context().set_kernel_paths(bert::cuda::KernelPaths::baseline());
+  model.context().set_kernel_paths(shape.kernel_paths);
   const std::string kernel_paths = model.context().kernel_paths().describe();
   cuda_check(cudaDeviceSynchronize(), "cudaDeviceSynchronize");
   const double build_s = seconds_since(build_start);
@@ -466,7 +470,9 @@ int bench_main(int argc, char** argv) {
       .option("--gemm-autotune", "cuda: time up to N cuBLASLt algorithms per GEMM shape, keep the fastest (0: off)",
               "0")
       .option("--kernel-paths",
-              "cuda: default | baseline (the general kernels the specialised ones replaced, to time both)", "default")
+              "cuda: default | baseline (the general kernels the specialised ones replaced, to time both) | "
+              "<field>=false,... (KernelPaths fields)",
+              "default")
       .flag("--json", "print one JSON object instead of text");
   if (!args.parse(std::vector<std::string>(argv + 1, argv + argc))) {
     std::cout << args.help();
@@ -508,8 +514,6 @@ int bench_main(int argc, char** argv) {
   if (device != "cpu" && device != "cuda") throw bert::Error("bench_train_step: --device must be cpu or cuda");
   const int gemm_autotune = static_cast<int>(args.integer("--gemm-autotune", 0, 32));
   const std::string kernel_paths = args.str("--kernel-paths");
-  if (kernel_paths != "default" && kernel_paths != "baseline")
-    throw bert::Error("bench_train_step: --kernel-paths must be default or baseline, got '" + kernel_paths + "'");
   if (device == "cuda") {
     if (dense_mlm) throw bert::Error("bench_train_step: --dense-mlm: the CUDA model runs the MLM head on masked rows only");
 #if defined(BERT_BENCH_CUDA)
@@ -522,7 +526,11 @@ int bench_main(int argc, char** argv) {
     shape.json = json;
     shape.profile = args.has("--profile");
     shape.gemm_autotune = gemm_autotune;
-    shape.baseline_paths = kernel_paths == "baseline";
+    try {
+      shape.kernel_paths = bert::cuda::KernelPaths::parse(kernel_paths);
+    } catch (const std::invalid_argument& e) {
+      throw bert::Error("bench_train_step: --kernel-paths: " + std::string(e.what()));
+    }
     if (gemm_autotune > 1 && warmup < 1)
       throw bert::Error(
           "bench_train_step: --gemm-autotune needs --warmup 1 or more (the tuning runs in the first step)");

@@ -537,6 +537,14 @@ class CpuGraphBackend {
                                    const T* gamma, const T* mean, const T* rstd, T* d_sum, T* dgamma, T* dbeta) {
     cpu::residual_layernorm_backward<T>(ctx_, shape, dy, x, residual, gamma, mean, rstd, d_sum, dgamma, dbeta);
   }
+  // d_sum = the residual LayerNorm backward, then d_x = dropout_backward(d_sum): the CUDA backend fuses
+  // the two.
+  void residual_layernorm_dropout_backward(const ops::MatrixShape& shape, const ops::DropoutSpec& dropout, const T* dy,
+                                           const T* x, const T* residual, const T* gamma, const T* mean, const T* rstd,
+                                           T* d_sum, T* d_x, T* dgamma, T* dbeta) {
+    cpu::residual_layernorm_backward<T>(ctx_, shape, dy, x, residual, gamma, mean, rstd, d_sum, dgamma, dbeta);
+    cpu::dropout_backward<T>(ctx_, shape.rows * shape.cols, dropout, d_sum, d_x);
+  }
   void bias_gelu_forward(ops::GeluKind kind, const ops::MatrixShape& shape, const T* x, const T* bias, T* y) {
     cpu::bias_gelu_forward<T>(ctx_, kind, shape, x, bias, y);
   }

@@ -498,6 +498,15 @@ class CudaGraphBackend {
       cuda::residual_layernorm_backward(ctx_, shape, dy, x, residual, gamma, mean, rstd, d_sum, dgamma, dbeta);
     });
   }
+  void residual_layernorm_dropout_backward(const ops::MatrixShape& shape, const ops::DropoutSpec& dropout,
+                                           const bf16* dy, const bf16* x, const bf16* residual, const bf16* gamma,
+                                           const float* mean, const float* rstd, bf16* d_sum, bf16* d_x, float* dgamma,
+                                           float* dbeta) {
+    timed(__func__, [&] {
+      cuda::residual_layernorm_dropout_backward(ctx_, shape, dropout, dy, x, residual, gamma, mean, rstd, d_sum, d_x,
+                                                dgamma, dbeta);
+    });
+  }
   void bias_gelu_forward(ops::GeluKind kind, const ops::MatrixShape& shape, const bf16* x, const bf16* bias, bf16* y) {
     timed(
         __func__, [&] { return std::to_string(shape.cols); },

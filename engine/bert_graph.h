@@ -279,12 +279,12 @@ class BertGraph {
       const Act* layer_input = layer == 0 ? activation(plan_.embeddings_output)
                                           : activation(plan_.layers[static_cast<size_t>(layer - 1)].layer_output);
       // Output LayerNorm: grad_residual = d(ffn_output) = d(attention_layernorm) through the residual.
-      ops_.residual_layernorm_backward(
-          {tokens_, hidden_}, grad_hidden, activation(la.ffn_output), activation(la.attention_layernorm),
+      // grad_ffn_output: through the output dropout as well.
+      const Act* grad_ffn_output = residual_layernorm_dropout_backward(
+          DropoutSite::kFfnOutput, layer, grad_hidden, activation(la.ffn_output), activation(la.attention_layernorm),
           param(lp.output_layernorm_weight), statistic(ls.output_layernorm_mean), statistic(ls.output_layernorm_rstd),
           grad_residual, grad_at(lp.output_layernorm_weight), grad_at(lp.output_layernorm_bias));
       // FFN: down-projection, bias + GELU, up-projection (adds onto the residual gradient).
-      const Act* grad_ffn_output = dropout_input_grad(DropoutSite::kFfnOutput, layer, grad_residual);
       ops_.linear_backward({tokens_, intermediate_, hidden_}, grad_ffn_output, activation(la.ffn_activation),
                            param(lp.output_weight), grad_ffn, grad_at(lp.output_weight), grad_at(lp.output_bias),
                            ops::InputGrad::kOverwrite);
@@ -294,11 +294,11 @@ class BertGraph {
                            param(lp.intermediate_weight), grad_residual, grad_at(lp.intermediate_weight), nullptr,
                            ops::InputGrad::kAccumulate);
       // Attention LayerNorm: grad_hidden = d(attention_output) = d(layer input) through the residual.
-      ops_.residual_layernorm_backward({tokens_, hidden_}, grad_residual, activation(la.attention_output), layer_input,
-                                       param(lp.attention_layernorm_weight), statistic(ls.attention_layernorm_mean),
-                                       statistic(ls.attention_layernorm_rstd), grad_hidden,
-                                       grad_at(lp.attention_layernorm_weight), grad_at(lp.attention_layernorm_bias));
-      const Act* grad_attention_output = dropout_input_grad(DropoutSite::kAttentionOutput, layer, grad_hidden);
+      const Act* grad_attention_output = residual_layernorm_dropout_backward(
+          DropoutSite::kAttentionOutput, layer, grad_residual, activation(la.attention_output), layer_input,
+          param(lp.attention_layernorm_weight), statistic(ls.attention_layernorm_mean),
+          statistic(ls.attention_layernorm_rstd), grad_hidden, grad_at(lp.attention_layernorm_weight),
+          grad_at(lp.attention_layernorm_bias));
       ops_.linear_backward({tokens_, hidden_, hidden_}, grad_attention_output, activation(la.context),
                            param(lp.attention_output_weight), grad_context, grad_at(lp.attention_output_weight),
                            grad_at(lp.attention_output_bias), ops::InputGrad::kOverwrite);
@@ -355,6 +355,24 @@ class BertGraph {
       ops_.dropout_residual_layernorm_forward({tokens_, hidden_}, spec, branch, residual, gamma, beta, eps_, y, mean,
                                               rstd);
   }
+  // The backward of dropout_residual_layernorm: grad_sum = d(branch + residual) from dy, and the
+  // returned d(branch before its dropout), in workspace grad_branch (grad_sum itself with dropout
+  // off); one fused op where the backend has it.
+  const Act* residual_layernorm_dropout_backward(DropoutSite site, int layer, const Act* dy, const Act* branch,
+                                                 const Act* residual, const Act* gamma, const Stat* mean,
+                                                 const Stat* rstd, Act* grad_sum, Grad* dgamma, Grad* dbeta) {
+    const ops::DropoutSpec spec = dropout_spec(site, layer);
+    if (spec.probability == 0.0f) {
+      ops_.residual_layernorm_backward({tokens_, hidden_}, dy, branch, residual, gamma, mean, rstd, grad_sum, dgamma,
+                                       dbeta);
+      return grad_sum;
+    }
+    Act* grad_branch = workspace(plan_.grad_branch);
+    ops_.residual_layernorm_dropout_backward({tokens_, hidden_}, spec, dy, branch, residual, gamma, mean, rstd,
+                                             grad_sum, grad_branch, dgamma, dbeta);
+    return grad_branch;
+  }
+
   // d(dropout input) from d(dropout output), in workspace grad_branch; with dropout off that is the
   // same buffer.
   const Act* dropout_input_grad(DropoutSite site, int layer, const Act* grad_output) {

@@ -24,8 +24,8 @@
 # GPU_CHECK_SANITIZE_JOBS replaces the sanitizer's job list (see the stage); GPU_CHECK_TRAIN_VARIANTS
 # (e.g. "ours,hf_sdpa") limits the training bench's variants.
 #
-# Stages: GPU_CHECK_STAGES (default "tests curve kernels attention profile paths autotune sanitize demo train") picks
-# which run, e.g.
+# Stages: GPU_CHECK_STAGES (default "tests curve kernels attention profile paths autotune sanitize demo train";
+# "fields", one base-128 step per KernelPaths field turned off, only when named) picks which run, e.g.
 #   run(command="GPU_CHECK_STAGES=train bash scripts/gpu_check.sh", carry=[".gpu-deps"], timeout_s=590)
 # spends the whole call on the training bench (its full matrix: 4 shapes x ours + 3 HF variants, ~6-9
 # minutes with torch.compile); in the default run it gets what the other stages leave (below).
@@ -77,6 +77,9 @@ DEMO_STEPS=${GPU_CHECK_DEMO_STEPS:-10000}
 PROFILE_TIMEOUT=${GPU_CHECK_PROFILE_TIMEOUT:-60}
 AUTOTUNE_TIMEOUT=${GPU_CHECK_AUTOTUNE_TIMEOUT:-90}
 PATHS_TIMEOUT=${GPU_CHECK_PATHS_TIMEOUT:-60}
+FIELDS_TIMEOUT=${GPU_CHECK_FIELDS_TIMEOUT:-240}
+# KernelPaths' fields (kernels/cuda/ops_cuda.h, KernelPaths::fields(); a suite test keeps the two equal).
+KERNEL_PATH_FIELDS="attention_fused_backward layernorm_resident_forward layernorm_fused_backward dropout_fused_layernorm dropout_fused_layernorm_backward cross_entropy_resident gelu_fast_math embeddings_direct_type_gradient"
 STAGES=" ${GPU_CHECK_STAGES:-tests curve kernels attention profile paths autotune sanitize demo train} "
 stage() { [[ $STAGES == *" $1 "* ]]; }
 # Sets `budget`: the seconds a stage may take, its own limit $1 or what GPU_CHECK_TOTAL leaves (10 s
@@ -392,6 +395,33 @@ if stage paths; then
   fi
 fi
 
+# ---- what each specialised kernel buys a whole step, one KernelPaths field at a time ------------------------
+# Not in the default stages (8 runs of ~10-15 s): GPU_CHECK_STAGES="paths fields" in a call of its own.
+# A base-128 step with the default paths, then one with each field alone set to false, within
+# GPU_CHECK_FIELDS_TIMEOUT s; appended to bench_kernels.log, each step's time and throughput in the
+# summary. A field whose step is faster when false should lose its default.
+fields_rc=0
+if stage fields; then
+  stage_budget "$FIELDS_TIMEOUT"
+  if [[ ! -x "$BIN_DIR/bench_train_step" ]]; then
+    note "fields: not run (no bench_train_step in $BIN_DIR)"
+  else
+    fields_end=$((SECONDS + budget))
+    for field in default $KERNEL_PATH_FIELDS; do
+      left=$((fields_end - SECONDS))
+      if ((left < 20)); then
+        note "fields: base-128 step with $field not run (${left} s left)"
+        fields_rc=124
+        continue
+      fi
+      paths=$field
+      [[ $field != default ]] && paths="$field=false"
+      base128_step fields "$((left < 40 ? left : 40))" --kernel-paths "$paths"
+      ((step_rc != 0)) && fields_rc=$step_rc
+    done
+  fi
+fi
+
 # ---- what autotuning the cuBLASLt algorithms buys (Context::set_gemm_autotune) ------------------------------
 # bench_kernels' linear cases with --gemm-autotune 8 (each GEMM shape's candidates timed, the plan lines
 # say which rank won and by how much), then base-128 training steps without and with it, one after
@@ -593,5 +623,5 @@ echo
 echo "==== summary ===="
 cat "$SUMMARY"
 [[ $build_ok == 1 && $failed == 0 && $curve_rc == 0 && $bench_rc == 0 && $torch_rc == 0 && $profile_rc == 0 &&
-   $paths_rc == 0 && $autotune_rc == 0 &&
+   $paths_rc == 0 && $fields_rc == 0 && $autotune_rc == 0 &&
    $sanitize_rc == 0 && $demo_rc == 0 && $train_rc == 0 ]]

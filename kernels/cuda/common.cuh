@@ -14,6 +14,7 @@
 #include <cstring>
 #include <stdexcept>
 #include <string>
+#include <type_traits>
 
 #include "kernels/cuda/ops_cuda.h"
 
@@ -147,6 +148,41 @@ __device__ __forceinline__ void dropout_multipliers8(const DropoutMask& mask, in
     multiplier[4 + i] = high.word[i] >= mask.threshold ? mask.scale : 0.0f;
   }
 }
+
+// A (fused LayerNorm backward) sink writing the bf16 input gradient d_sum [rows, cols] and d_x =
+// dropout_backward(d_sum) (each element the bf16 d_sum times its multiplier, rounded to bf16): the
+// two ops in sequence, bit for bit. cols % 8 == 0 and 16-byte aligned pointers (the 128-bit path).
+struct DroppedBf16Rows {
+  static constexpr bool kWritesDropped = true;
+  bf16* d_sum;
+  bf16* d_x;
+  DropoutMask mask;
+  struct Row {
+    bf16* d_sum;
+    bf16* d_x;
+    const DropoutMask* mask;
+    int64_t first;  // the row's first element in the dropout site
+    __device__ __forceinline__ void store_pack(int64_t j, const Bf16x8& values) const {
+      store_bf16_pack(d_sum + j, values);
+    }
+    __device__ __forceinline__ void store_dropped8(int64_t j, const Bf16x8& values) const {
+      float multiplier[kVectorWidth], out[kVectorWidth];
+      dropout_multipliers8(*mask, first + j, multiplier);
+#pragma unroll
+      for (int i = 0; i < kVectorWidth; ++i) out[i] = __bfloat162float(values.value[i]) * multiplier[i];
+      store_bf16x8(d_x + j, out);
+    }
+  };
+  __device__ __forceinline__ Row row(int64_t r, int64_t cols) const {
+    return Row{d_sum + r * cols, d_x + r * cols, &mask, r * cols};
+  }
+};
+
+// Whether a sink is a DroppedBf16Rows-like one (has kWritesDropped).
+template <class Out, class = void>
+struct WritesDropped : std::false_type {};
+template <class Out>
+struct WritesDropped<Out, std::void_t<decltype(Out::kWritesDropped)>> : std::bool_constant<Out::kWritesDropped> {};
 
 // ---- deterministic column sums: per-chunk fp32 partials, then a fixed-order finalize ---------------
 // A column kernel's block is (row chunk = blockIdx.x, column tile = blockIdx.y); each thread owns one
@@ -552,7 +588,11 @@ constexpr int64_t kFusedMinRowsPerWarp = 4;
 constexpr int64_t kFusedMaxBlocks = 1024;  // bounds the partials to [1024, cols]
 // Blocks an SM must hold: 2 (<= 128 registers a thread, 16 warps an SM) up to 768 columns; at 4
 // vectors a lane 128 registers spill, so BERT-large's 1024 gets 1 block (8 warps) without spills.
-constexpr int fused_blocks_per_sm(int vectors) { return vectors <= 3 ? 2 : 1; }
+// With a dropped second output (DroppedBf16Rows) the 128-register bound spilled 140 bytes at 768
+// columns (the plain kernel sits at exactly 128), so that variant asks for 2 blocks only up to 512
+// columns: 8 warps an SM at 768, whose ~36 KB of row loads in flight still cover the ~32 KB that
+// copy bandwidth needs (layernorm.cu's napkin math), if the warps issue them back to back.
+constexpr int fused_blocks_per_sm(int vectors, bool dropped = false) { return vectors <= (dropped ? 2 : 3) ? 2 : 1; }
 
 // Rows per warp, fixed for a shape (never the device's): the partials' order depends on it.
 inline int64_t fused_rows_per_warp(int64_t rows) {
@@ -564,7 +604,7 @@ inline int64_t fused_rows_per_warp(int64_t rows) {
 // below cols). Each row is read once, by one warp, before that warp writes its dz: dz may alias dy,
 // x or residual.
 template <int kVectors, class Rows, class Out>
-__global__ void __launch_bounds__(kFusedWarps* kWarpSize, fused_blocks_per_sm(kVectors))
+__global__ void __launch_bounds__(kFusedWarps* kWarpSize, fused_blocks_per_sm(kVectors, WritesDropped<Out>::value))
     layernorm_backward_fused_kernel(int64_t rows, int64_t cols, int64_t rows_per_warp, Rows source, const bf16* dy,
                                     const bf16* gamma, const float* mean, const float* rstd, Out dz,
                                     float* dgamma_partial, float* dbeta_partial) {
@@ -611,6 +651,11 @@ __global__ void __launch_bounds__(kFusedWarps* kWarpSize, fused_blocks_per_sm(kV
     const float mean_g = warp_sum(sum_g) / count;
     const float mean_g_zhat = warp_sum(sum_g_zhat) / count;
     const auto dz_row = dz.row(r, cols);
+    // A sink with a second, dropped output (DroppedBf16Rows) gets the row's bf16 dz again once the
+    // row's dz is stored: by then scaled and zhat are dead, so the Philox draws do not compete with
+    // them for registers (drawn inside the store loop, they spilled at 768 columns).
+    constexpr bool kDropped = WritesDropped<Out>::value;
+    [[maybe_unused]] Bf16x8 packed[kDropped ? kVectors : 1];
 #pragma unroll
     for (int v = 0; v < kVectors; ++v) {
       const int64_t j = (int64_t{v} * kWarpSize + lane) * kVectorWidth;
@@ -618,7 +663,19 @@ __global__ void __launch_bounds__(kFusedWarps* kWarpSize, fused_blocks_per_sm(kV
       float out[kVectorWidth];
 #pragma unroll
       for (int i = 0; i < kVectorWidth; ++i) out[i] = row_rstd * (scaled[v][i] - mean_g - zhat[v][i] * mean_g_zhat);
-      dz_row.store8(j, out);
+      if constexpr (kDropped) {
+        packed[v] = pack_bf16x8(out);
+        dz_row.store_pack(j, packed[v]);
+      } else {
+        dz_row.store8(j, out);
+      }
+    }
+    if constexpr (kDropped) {
+#pragma unroll
+      for (int v = 0; v < kVectors; ++v) {
+        const int64_t j = (int64_t{v} * kWarpSize + lane) * kVectorWidth;
+        if (j < cols) dz_row.store_dropped8(j, packed[v]);
+      }
     }
   }
 

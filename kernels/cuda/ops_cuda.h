@@ -187,6 +187,9 @@ struct KernelPaths {
   // dropout_residual_layernorm_forward: the dropout inside the (row-resident) LayerNorm forward, or
   // dropout_forward and then residual_layernorm_forward.
   bool dropout_fused_layernorm = true;
+  // residual_layernorm_dropout_backward: the dropout's backward as a second output of the fused
+  // LayerNorm backward, or residual_layernorm_backward and then dropout_backward.
+  bool dropout_fused_layernorm_backward = true;
   // softmax_cross_entropy up to 32,768 classes: the row held in registers, or two streaming passes.
   bool cross_entropy_resident = true;
   // Bias + GELU (erf): Phi through an erfc approximation and phi through exp2f, or erff and expf.
@@ -197,12 +200,13 @@ struct KernelPaths {
 
   // Every field with its name (baseline() and describe() go through it).
   using Field = bool KernelPaths::*;
-  static const std::array<std::pair<const char*, Field>, 7>& fields() {
-    static const std::array<std::pair<const char*, Field>, 7> table = {{
+  static const std::array<std::pair<const char*, Field>, 8>& fields() {
+    static const std::array<std::pair<const char*, Field>, 8> table = {{
         {"attention_fused_backward", &KernelPaths::attention_fused_backward},
         {"layernorm_resident_forward", &KernelPaths::layernorm_resident_forward},
         {"layernorm_fused_backward", &KernelPaths::layernorm_fused_backward},
         {"dropout_fused_layernorm", &KernelPaths::dropout_fused_layernorm},
+        {"dropout_fused_layernorm_backward", &KernelPaths::dropout_fused_layernorm_backward},
         {"cross_entropy_resident", &KernelPaths::cross_entropy_resident},
         {"gelu_fast_math", &KernelPaths::gelu_fast_math},
         {"embeddings_direct_type_gradient", &KernelPaths::embeddings_direct_type_gradient},
@@ -213,6 +217,34 @@ struct KernelPaths {
   static KernelPaths baseline() {
     KernelPaths paths;
     for (const auto& [name, field] : fields()) paths.*field = false;
+    return paths;
+  }
+  // describe()'s inverse: "default", "baseline", or comma-separated "<field>=false" / "<field>=true"
+  // over the default, e.g. "gelu_fast_math=false,attention_fused_backward=false". Throws
+  // std::invalid_argument naming the first item it cannot read.
+  static KernelPaths parse(const std::string& text) {
+    if (text == "default") return KernelPaths{};
+    if (text == "baseline") return baseline();
+    KernelPaths paths;
+    for (size_t begin = 0; begin <= text.size();) {
+      const size_t comma = text.find(',', begin);
+      const size_t end = comma == std::string::npos ? text.size() : comma;
+      const std::string item = text.substr(begin, end - begin);
+      const size_t equals = item.find('=');
+      const std::string name = item.substr(0, equals);
+      const std::string value = equals == std::string::npos ? "" : item.substr(equals + 1);
+      bool* target = nullptr;
+      std::string known;
+      for (const auto& [field_name, field] : fields()) {
+        if (name == field_name) target = &(paths.*field);
+        known += std::string(known.empty() ? "" : ", ") + field_name;
+      }
+      if (target == nullptr || (value != "true" && value != "false"))
+        throw std::invalid_argument("KernelPaths: '" + item + "' is not <field>=true|false (default, baseline, or " +
+                                    "fields among " + known + ")");
+      *target = value == "true";
+      begin = end + 1;
+    }
     return paths;
   }
   bool operator==(const KernelPaths&) const = default;
@@ -227,7 +259,7 @@ struct KernelPaths {
   }
 };
 // A field added without its entry in fields() would be missing from baseline() and describe().
-static_assert(sizeof(KernelPaths) == 7 * sizeof(bool), "every KernelPaths field is listed in fields()");
+static_assert(sizeof(KernelPaths) == 8 * sizeof(bool), "every KernelPaths field is listed in fields()");
 
 // Per-caller state for CUDA ops: the stream, the cuBLASLt handle and its workspace, and device
 // scratch reused across calls (grown on demand, never shrunk, so a warm training step allocates
@@ -345,6 +377,15 @@ void residual_layernorm_backward(Context& ctx, const MatrixShape& shape, const b
 void dropout_residual_layernorm_forward(Context& ctx, const MatrixShape& shape, const DropoutSpec& dropout, bf16* x,
                                         const bf16* residual, const bf16* gamma, const bf16* beta, float eps,
                                         bf16* y, float* mean, float* rstd);
+// Its backward: d_sum = residual_layernorm_backward(dy, x, residual, ...) and d_x =
+// dropout_backward(d_sum), the gradient of the branch before its dropout, in one pass (the fused
+// LayerNorm backward's path: cols % 8 == 0 and <= 1,024, 16-byte aligned pointers; otherwise the two
+// ops in sequence). Bitwise the two ops in sequence. d_x must not alias d_sum; either may alias dy,
+// x or residual.
+void residual_layernorm_dropout_backward(Context& ctx, const MatrixShape& shape, const DropoutSpec& dropout,
+                                         const bf16* dy, const bf16* x, const bf16* residual, const bf16* gamma,
+                                         const float* mean, const float* rstd, bf16* d_sum, bf16* d_x, float* dgamma,
+                                         float* dbeta);
 
 // ---- bias + GELU (gelu.cu) ----------------------------------------------------------------------------
 // bias may be nullptr (then dbias too). y may alias x; dx may alias dy.

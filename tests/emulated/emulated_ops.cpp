@@ -314,6 +314,14 @@ void residual_layernorm_backward(Context& ctx, const MatrixShape& s, const bf16*
   });
 }
 
+void residual_layernorm_dropout_backward(Context& ctx, const MatrixShape& s, const DropoutSpec& spec, const bf16* dy,
+                                         const bf16* x, const bf16* r, const bf16* gamma, const float* mean,
+                                         const float* rstd, bf16* dsum, bf16* dx, float* dgamma, float* dbeta) {
+  if (dx == dsum) throw std::invalid_argument("residual_layernorm_dropout_backward: d_x must not alias d_sum");
+  residual_layernorm_backward(ctx, s, dy, x, r, gamma, mean, rstd, dsum, dgamma, dbeta);
+  dropout_backward(ctx, s.rows * s.cols, spec, dsum, dx);
+}
+
 void bias_gelu_forward(Context& ctx, GeluKind kind, const MatrixShape& s, const bf16* x, const bf16* b, bf16* y) {
   const char* op = "bias_gelu_forward";
   device_arg(op, "x", x, s.rows * s.cols);

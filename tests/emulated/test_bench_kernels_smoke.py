@@ -8,7 +8,8 @@ cudaMalloc's guard bands catch the write past its end), a launch the device woul
 throws, the JSON's fields, the lines gpu_check.sh greps, and the side-by-side's pairing of names.
 
 Checked:
-  - --help, --list (140 cases, unique names, both models, every op family, every attention kernel; each
+  - scripts/gpu_check.sh's KERNEL_PATH_FIELDS list KernelPaths::fields() (kernels/cuda/ops_cuda.h)
+  - --help, --list (144 cases, unique names, both models, every op family, every attention kernel; each
     "_baseline" case right after its twin, with the same bytes in the JSON)
   - bad arguments and no device: exit status 1 and one line naming the problem
   - --smoke --json: exit 0, every case "ok" with finite outputs, the JSON's fields and the table's
@@ -42,15 +43,16 @@ TORCH_BENCH = os.path.join(ROOT, "bench", "bench_attention_torch.py")
 COMPARE = os.path.join(ROOT, "bench", "compare_kernels.py")
 MODELS = {"bert-base": (768, 12, 3072, 30522), "bert-large": (1024, 16, 4096, 30522)}
 FAMILIES = ["linear_fwd", "linear_bwd", "linear_bwd_dx", "linear_bwd_dw", "linear_bwd_db", "layernorm_fwd", "layernorm_bwd", "residual_layernorm_fwd",
-            "dropout_residual_layernorm_fwd", "residual_layernorm_bwd", "bias_gelu_fwd", "bias_gelu_bwd",
+            "dropout_residual_layernorm_fwd", "residual_layernorm_dropout_bwd", "residual_layernorm_bwd",
+            "bias_gelu_fwd", "bias_gelu_bwd",
             "embeddings_fwd", "embeddings_bwd", "dropout_fwd", "dropout_bwd", "attention_fwd", "attention_fwd_mma",
             "attention_bwd", "attention_bwd_mma", "attention_train_fwd", "attention_train_fwd_mma",
             "attention_train_bwd", "attention_train_bwd_mma", "attention_bwd_mma_recompute_dq",
             "attention_train_bwd_mma_recompute_dq", "cross_entropy", "adamw", "grad_norm"]
 # The cases with a KernelPaths::baseline() twin (bench_kernels.cu: with_baseline_cases).
 BASELINED = ["layernorm_fwd", "residual_layernorm_fwd", "layernorm_bwd", "residual_layernorm_bwd",
-             "dropout_residual_layernorm_fwd", "bias_gelu_fwd", "bias_gelu_bwd", "cross_entropy", "embeddings_fwd",
-             "embeddings_bwd"]
+             "dropout_residual_layernorm_fwd", "residual_layernorm_dropout_bwd", "bias_gelu_fwd", "bias_gelu_bwd",
+             "cross_entropy", "embeddings_fwd", "embeddings_bwd"]
 FAMILIES += [family + "_baseline" for family in BASELINED]
 
 failures = []
@@ -90,18 +92,27 @@ def main():
     sys.path.insert(0, os.path.join(ROOT, "bench"))
     from bench_attention_torch import attention_flops
 
+    # ---- gpu_check.sh's "fields" stage names every KernelPaths field, and only those ----------------
+    with open(os.path.join(ROOT, "kernels", "cuda", "ops_cuda.h")) as f:
+        declared = re.findall(r'\{"([a-z_]+)", &KernelPaths::\1\}', f.read())
+    with open(os.path.join(ROOT, "scripts", "gpu_check.sh")) as f:
+        listed = re.search(r'^KERNEL_PATH_FIELDS="([^"]*)"', f.read(), re.M)
+    check(len(declared) >= 8 and listed is not None and sorted(listed.group(1).split()) == sorted(declared),
+          f"gpu_check.sh's KERNEL_PATH_FIELDS are KernelPaths::fields() ({declared} vs "
+          f"{listed.group(1).split() if listed else None})")
+
     # ---- help and list -------------------------------------------------------------------------------
     p = run([args.bench, "--help"])
     check(p.returncode == 0 and "--smoke" in p.stdout and "--tokens" in p.stdout,
           "--help: exit 0, names --smoke and --tokens")
     p = run([args.bench, "--list"])
     names = [line.split()[0] for line in p.stdout.splitlines() if line.strip()]
-    check(p.returncode == 0 and len(names) == 140, f"--list: exit 0, 140 cases (exit {p.returncode}, {len(names)})")
+    check(p.returncode == 0 and len(names) == 144, f"--list: exit 0, 144 cases (exit {p.returncode}, {len(names)})")
     check(len(set(names)) == len(names), "--list: names are unique")
     twins = [(names[i - 1], name) for i, name in enumerate(names) if "_baseline/" in name]
-    check(len(twins) == 24 and all(i > 0 and before == name.replace("_baseline/", "/", 1) for before, name in twins
+    check(len(twins) == 26 and all(i > 0 and before == name.replace("_baseline/", "/", 1) for before, name in twins
                                    for i in [names.index(name)]),
-          f"--list: 24 '_baseline' cases, each right after its twin ({[t for t in twins if t[0] != t[1].replace('_baseline/', '/', 1)]})")
+          f"--list: 26 '_baseline' cases, each right after its twin ({[t for t in twins if t[0] != t[1].replace('_baseline/', '/', 1)]})")
     for model in MODELS:
         families = {name.split("/")[0] for name in names if name.split("/")[1] == model}
         check(families == set(FAMILIES), f"--list: {model} has every op family ({sorted(set(FAMILIES) ^ families)})")

@@ -130,17 +130,19 @@ def main():
     check(p.returncode == 0, f"bench_train_step --profile: exit status 0 ({p.stderr.strip()[-200:]})")
     profiled = json.loads(p.stdout) if p.returncode == 0 else {}
     calls = {entry["op"]: entry["calls"] for entry in profiled.get("profile", [])}
-    # Dropout is on: the hidden dropout runs fused into the residual LayerNorms, dropout_forward only
-    # after the embeddings.
+    # Dropout is on: the hidden dropout runs fused into the residual LayerNorms (forward and backward),
+    # dropout_forward and dropout_backward only at the embeddings.
     per_layer = {"attention_forward": 1, "attention_backward": 1, "dropout_residual_layernorm_forward": 2,
-                 "residual_layernorm_backward": 2, "linear_forward 64x64x192": 1, "linear_backward 64x64x192": 1,
+                 "residual_layernorm_dropout_backward": 2, "linear_forward 64x64x192": 1, "linear_backward 64x64x192": 1,
                  "linear_forward 64x64x128": 1, "linear_forward 64x128x64": 1, "bias_gelu_forward 128": 1}
     check(all(calls.get(op) == n * layers for op, n in per_layer.items()),
           "--profile: the per-layer ops, each called once per layer per use: " +
           str({op: calls.get(op) for op in per_layer}))
-    check("residual_layernorm_forward" not in calls and calls.get("dropout_forward") == 1,
-          "--profile: no unfused residual LayerNorm forward; dropout_forward once (the embeddings): " +
-          str({op: calls.get(op) for op in ("residual_layernorm_forward", "dropout_forward")}))
+    unfused = ("residual_layernorm_forward", "residual_layernorm_backward", "dropout_forward", "dropout_backward")
+    check(all(op not in calls for op in unfused[:2]) and calls.get("dropout_forward") == 1 and
+          calls.get("dropout_backward") == 1,
+          "--profile: no unfused residual LayerNorm; dropout_forward and dropout_backward once (the embeddings): " +
+          str({op: calls.get(op) for op in unfused}))
     check(calls.get("embeddings_layernorm_forward") == 1 and calls.get("softmax_cross_entropy 2") == 1 and
           calls.get("softmax_cross_entropy 300") == 1 and calls.get("scatter_add_rows") == 1,
           "--profile: the embeddings, both losses and the MLM rows' scatter, once each")
@@ -173,15 +175,24 @@ def main():
         check(p.returncode != 0 and needle in p.stderr, f"{' '.join(extra[-4:])}: a one-line error naming '{needle}'")
 
     # --kernel-paths (bench_train_step's header): reported in the JSON and the text, refused on the CPU and for
-    # an unknown value.
+    # an unknown value or field.
     check(profiled.get("kernel_paths") == "default", f"JSON: kernel_paths default ({profiled.get('kernel_paths')})")
     p = subprocess.run(tuned + ["--kernel-paths", "baseline"], capture_output=True, text=True,
                        env=dict(os.environ, OMP_NUM_THREADS="1"), timeout=300)
     check(p.returncode == 0 and "kernels    baseline paths" in p.stdout,
           f"--kernel-paths baseline: exit 0, the text names the paths ({p.stderr.strip()[-200:]})")
+    # One field off (describe()'s format read back), as the JSON reports it.
+    one = "gelu_fast_math=false,dropout_fused_layernorm_backward=false"
+    p = subprocess.run(tuned + ["--kernel-paths", one, "--json"], capture_output=True, text=True,
+                       env=dict(os.environ, OMP_NUM_THREADS="1"), timeout=300)
+    reported = json.loads(p.stdout).get("kernel_paths") if p.returncode == 0 else None
+    check(reported == "dropout_fused_layernorm_backward=false,gelu_fast_math=false",
+          f"--kernel-paths {one}: exit 0, the JSON names those fields ({reported}; {p.stderr.strip()[-200:]})")
     for extra, needle in ((["--device", "cpu", "--kernel-paths", "baseline"], "--kernel-paths needs --device cuda"),
                           (["--device", "cuda", "--kernel-paths", "fast"],
-                           "--kernel-paths must be default or baseline, got 'fast'")):
+                           "--kernel-paths: KernelPaths: 'fast' is not <field>=true|false"),
+                          (["--device", "cuda", "--kernel-paths", "gelu_fast_math=no"],
+                           "'gelu_fast_math=no' is not <field>=true|false")):
         p = subprocess.run([args.bench] + extra, capture_output=True, text=True, timeout=60)
         check(p.returncode != 0 and needle in p.stderr, f"{' '.join(extra[-4:])}: a one-line error naming '{needle}'")
 

@@ -205,7 +205,7 @@ TEST_CASE("cuda layernorm with KernelPaths::baseline() matches the CPU reference
       check_layernorm(c.rows, c.cols, with_residual, c.offset, seed++, cuda::KernelPaths::baseline());
 }
 
-TEST_CASE("KernelPaths: the default, the baseline (every field off) and describe()", "[layernorm]") {
+TEST_CASE("KernelPaths: the default, the baseline (every field off), describe() and parse()", "[layernorm]") {
   const cuda::KernelPaths defaults, baseline = cuda::KernelPaths::baseline();
   CHECK(defaults.describe() == "default");
   CHECK(baseline.describe() == "baseline");
@@ -215,11 +215,25 @@ TEST_CASE("KernelPaths: the default, the baseline (every field off) and describe
     cuda::KernelPaths one;
     one.*field = false;
     CHECK(one.describe() == std::string(name) + "=false");
+    CHECK(cuda::KernelPaths::parse(one.describe()) == one);
+    CHECK(cuda::KernelPaths::parse(std::string(name) + "=true") == defaults);
   }
   cuda::KernelPaths two;
   two.gelu_fast_math = false;
   two.attention_fused_backward = false;
   CHECK(two.describe() == "attention_fused_backward=false,gelu_fast_math=false");
+  CHECK(cuda::KernelPaths::parse("gelu_fast_math=false,attention_fused_backward=false") == two);
+  CHECK(cuda::KernelPaths::parse("default") == defaults);
+  CHECK(cuda::KernelPaths::parse("baseline") == baseline);
+  for (const char* bad : {"", "fast", "gelu_fast_math", "gelu_fast_math=no", "gelu_fast_math=false,", "nope=false"})
+    CHECK_THROWS_AS(cuda::KernelPaths::parse(bad), std::invalid_argument);
+  try {
+    cuda::KernelPaths::parse("gelu_fast_math=false,nope=false");
+    FAIL("no throw");
+  } catch (const std::invalid_argument& e) {
+    CHECK(std::string(e.what()).find("'nope=false' is not <field>=true|false") != std::string::npos);
+    CHECK(std::string(e.what()).find("embeddings_direct_type_gradient") != std::string::npos);
+  }
   cuda::Context ctx;
   CHECK(ctx.kernel_paths() == defaults);
   ctx.set_kernel_paths(baseline);
@@ -257,6 +271,10 @@ TEST_CASE("cuda layernorm: KernelPaths chooses the kernels it names", "[layernor
     cuda::dropout_residual_layernorm_forward(ctx, shape, spec, d_branch.data(), d_residual.data(), d_gamma.data(),
                                              d_beta.data(), kEps, d_y.data(), mean.data(), rstd.data());
     const std::vector<std::string> dropout = *launched_kernels();
+    cuda::residual_layernorm_dropout_backward(ctx, shape, spec, d_y.data(), d_branch.data(), d_residual.data(),
+                                              d_gamma.data(), mean.data(), rstd.data(), d_dz.data(), d_x.data(),
+                                              dgamma.data(), dbeta.data());
+    const std::vector<std::string> dropout_backward = *launched_kernels();
     ctx.synchronize();
     CHECK(launched(forward, "layernorm_rows_forward_resident_kernel") == fast);
     CHECK(launched(forward, "layernorm_rows_forward_kernel") == !fast);
@@ -264,6 +282,8 @@ TEST_CASE("cuda layernorm: KernelPaths chooses the kernels it names", "[layernor
     CHECK(launched(backward, "layernorm_param_partials_kernel") == !fast);
     CHECK(launched(dropout, "layernorm_rows_forward_resident_kernel") == fast);
     CHECK(launched(dropout, "dropout_kernel") == !fast);
+    CHECK(launched(dropout_backward, "layernorm_backward_fused_kernel") == fast);
+    CHECK(launched(dropout_backward, "dropout_kernel") == !fast);
   }
 }
 
@@ -325,7 +345,80 @@ TEST_CASE("cuda dropout_residual_layernorm_forward is dropout_forward then resid
   }
 }
 
-TEST_CASE("cuda dropout_residual_layernorm_forward refuses aliasing and bad probabilities", "[layernorm]") {
+// The backward: d_sum of residual_layernorm_backward and d_x of dropout_backward(d_sum), the fused
+// kernel (128-bit path up to 1,024 columns: 2 blocks an SM up to 512, 1 at 768 and 1,024) or the
+// two ops (the rest), bit for bit the two ops in sequence, dgamma/dbeta included (onto a prior);
+// also with d_sum in dy's buffer and d_x in x's (aliasing the ops.h contract allows).
+TEST_CASE("cuda residual_layernorm_dropout_backward is residual_layernorm_backward then dropout_backward, bit for bit",
+          "[layernorm]") {
+  const Case cases[] = {{1000, 768, 0}, {513, 264, 0}, {3, 1024, 0},  {77, 1016, 0}, {40, 8, 0},
+                        {5, 4099, 0},   {8, 1032, 0},  {100, 768, 1}, {3, 7, 0},     {300, 512, 0}};
+  uint64_t seed = 750;
+  for (const float probability : {0.1f, 0.5f, 0.0f}) {
+    for (const Case& c : cases) {
+      for (const bool in_place : {false, true}) {
+        if (in_place && (probability != 0.1f || c.offset != 0)) continue;
+        INFO("rows " << c.rows << " cols " << c.cols << " offset " << c.offset << " p " << probability
+                     << (in_place ? " in place" : ""));
+        const MatrixShape shape{c.rows, c.cols};
+        const size_t n = static_cast<size_t>(c.rows * c.cols), cols = static_cast<size_t>(c.cols);
+        std::mt19937_64 rng(seed++);
+        const std::vector<float> dy = random_bf16_values(rng, n, -1.0f, 1.0f);
+        const std::vector<float> x = random_bf16_values(rng, n, -2.0f, 2.0f);
+        const std::vector<float> residual = random_bf16_values(rng, n, -2.0f, 2.0f);
+        const std::vector<float> gamma = random_bf16_values(rng, cols, 0.5f, 1.5f);
+        const std::vector<float> beta = random_bf16_values(rng, cols, -0.5f, 0.5f);
+        const std::vector<float> dgamma_prior = random_floats(rng, cols), dbeta_prior = random_floats(rng, cols);
+        const DropoutSpec spec{probability, 4321 + seed, 33 * seed};
+
+        cuda::Context ctx;
+        Bf16Tensor d_residual = Bf16Tensor::input(residual, c.offset), d_gamma = Bf16Tensor::input(gamma, c.offset),
+                   d_beta = Bf16Tensor::input(beta, c.offset), d_x_in = Bf16Tensor::input(x, c.offset);
+        Bf16Tensor y = Bf16Tensor::output(n, c.offset);
+        DeviceBuffer<float> mean = poisoned<float>(shape.rows), rstd = poisoned<float>(shape.rows);
+        cuda::residual_layernorm_forward(ctx, shape, d_x_in.data(), d_residual.data(), d_gamma.data(), d_beta.data(),
+                                         kEps, y.data(), mean.data(), rstd.data());
+
+        Bf16Tensor dy_composed = Bf16Tensor::input(dy, c.offset), sum_composed = Bf16Tensor::output(n, c.offset),
+                   dx_composed = Bf16Tensor::output(n, c.offset);
+        DeviceBuffer<float> dgamma_composed = upload<float>(dgamma_prior), dbeta_composed = upload<float>(dbeta_prior);
+        cuda::residual_layernorm_backward(ctx, shape, dy_composed.data(), d_x_in.data(), d_residual.data(),
+                                          d_gamma.data(), mean.data(), rstd.data(), sum_composed.data(),
+                                          dgamma_composed.data(), dbeta_composed.data());
+        cuda::dropout_backward(ctx, shape.rows * shape.cols, spec, sum_composed.data(), dx_composed.data());
+
+        Bf16Tensor dy_fused = Bf16Tensor::input(dy, c.offset), x_fused = Bf16Tensor::input(x, c.offset);
+        Bf16Tensor sum_fused = Bf16Tensor::output(n, c.offset), dx_fused = Bf16Tensor::output(n, c.offset);
+        DeviceBuffer<float> dgamma_fused = upload<float>(dgamma_prior), dbeta_fused = upload<float>(dbeta_prior);
+        Bf16Tensor& sum_out = in_place ? dy_fused : sum_fused;
+        Bf16Tensor& dx_out = in_place ? x_fused : dx_fused;
+        cuda::residual_layernorm_dropout_backward(ctx, shape, spec, dy_fused.data(), x_fused.data(), d_residual.data(),
+                                                  d_gamma.data(), mean.data(), rstd.data(), sum_out.data(),
+                                                  dx_out.data(), dgamma_fused.data(), dbeta_fused.data());
+        ctx.synchronize();
+        CHECK(sum_out.guards_intact());
+        CHECK(dx_out.guards_intact());
+        const bool same_sum = sum_out.bits() == sum_composed.bits(), same_dx = dx_out.bits() == dx_composed.bits();
+        CHECK(same_sum);
+        CHECK(same_dx);
+        CHECK(same_bits(dgamma_fused.download(), dgamma_composed.download()));
+        CHECK(same_bits(dbeta_fused.download(), dbeta_composed.download()));
+
+        // The dropout really ran: exact zeros in d_x where ops::dropout_keep drops, for nonzero d_sum.
+        const std::vector<float> sums = sum_out.values(), dropped = dx_out.values();
+        size_t wrong = 0;
+        for (size_t i = 0; i < n; ++i) {
+          const bool keep = probability == 0.0f || bert::ops::dropout_keep(spec, i);
+          if (sums[i] != 0.0f && (dropped[i] == 0.0f) == keep) ++wrong;
+        }
+        CHECK(wrong == 0);
+      }
+    }
+  }
+}
+
+TEST_CASE("cuda dropout_residual_layernorm_forward and its backward refuse aliasing and bad probabilities",
+          "[layernorm]") {
   cuda::Context ctx;
   const std::vector<float> ones(16, 1.0f);
   Bf16Tensor x = Bf16Tensor::input(ones, 0), residual = Bf16Tensor::input(ones, 0), gamma = Bf16Tensor::input(ones, 0),
@@ -342,6 +435,16 @@ TEST_CASE("cuda dropout_residual_layernorm_forward refuses aliasing and bad prob
   CHECK_THROWS_AS(cuda::dropout_residual_layernorm_forward(ctx, shape, DropoutSpec{1.0f, 1, 2}, x.data(),
                                                            residual.data(), gamma.data(), beta.data(), kEps, y.data(),
                                                            mean.data(), rstd.data()),
+                  std::invalid_argument);
+  DeviceBuffer<float> dgamma = upload<float>(std::vector<float>(8, 0.0f)),
+                      dbeta = upload<float>(std::vector<float>(8, 0.0f));
+  CHECK_THROWS_AS(cuda::residual_layernorm_dropout_backward(ctx, shape, spec, x.data(), x.data(), residual.data(),
+                                                            gamma.data(), mean.data(), rstd.data(), y.data(), y.data(),
+                                                            dgamma.data(), dbeta.data()),
+                  std::invalid_argument);
+  CHECK_THROWS_AS(cuda::residual_layernorm_dropout_backward(ctx, shape, DropoutSpec{1.0f, 1, 2}, x.data(), x.data(),
+                                                            residual.data(), gamma.data(), mean.data(), rstd.data(),
+                                                            y.data(), beta.data(), dgamma.data(), dbeta.data()),
                   std::invalid_argument);
   ctx.synchronize();
   CHECK(y.guards_intact());
