@@ -174,12 +174,13 @@ def print_side_by_side(reference, ours):
 
     # Our attention has several kernels per direction (bench_kernels' attention_fwd / _bwd = wmma,
     # attention_fwd_mma / _bwd_mma = mma.sync, attention_bwd_mma_recompute_dq = mma.sync's kernel pair
-    # where _bwd_mma is the fused kernel): each gets a row against the same torch numbers.
+    # where _bwd_mma is the fused kernel, attention_fwd_mma_baseline = mma.sync's forward one block an
+    # item where _fwd_mma is the persistent kernel): each gets a row against the same torch numbers.
     rows = []
     for name in names:
         rows.append((name, name))
         family, _, rest = name.partition("/")
-        for twin in ("_mma", "_mma_recompute_dq"):
+        for twin in ("_mma", "_mma_baseline", "_mma_recompute_dq"):
             if family + twin + "/" + rest in ours_by_name:
                 rows.append((family + twin + "/" + rest, name))
     width = max([32] + [len(ours_name) for ours_name, _ in rows])

@@ -9,6 +9,8 @@
 // stages, split-k); --gemm-autotune N has the first call of each class of shapes time up to N of the
 // heuristic's algorithms and keep the fastest (the times of all of them are printed), so one run shows what the
 // heuristic's first choice leaves on the table. The ceilings keep the heuristic's first either way.
+// Then the attention kernels' registers, shared and local bytes and blocks an SM on this device
+// (attention_kernel_resources; also in the JSON), the numbers attention.cu's napkin math assumes.
 //
 // Cases named "<op>_baseline/..." run the same op on the same buffers with KernelPaths::baseline()
 // (ops_cuda.h): the general kernels that the specialised ones replaced, timed beside them in the
@@ -814,7 +816,9 @@ std::vector<Case> with_baseline_cases(const std::vector<Case>& cases) {
                                           "bias_gelu_bwd/",
                                           "cross_entropy/",
                                           "embeddings_fwd/",
-                                          "embeddings_bwd/"};
+                                          "embeddings_bwd/",
+                                          "attention_fwd_mma/",
+                                          "attention_train_fwd_mma/"};
   std::vector<Case> out;
   for (const Case& c : cases) {
     out.push_back(c);
@@ -1034,9 +1038,19 @@ void print_gemm_plans(const std::vector<GemmPlanInfo>& plans) {
   for (const GemmPlanInfo& plan : plans) std::printf("  %s\n", describe_gemm_plan(plan).c_str());
 }
 
+// The attention kernels' registers, shared and local memory and blocks an SM on this device.
+void print_kernel_resources(const std::vector<KernelResources>& kernels) {
+  std::printf(
+      "\nKernel resources (cudaFuncGetAttributes; blocks an SM from the occupancy calculator at the launch's block "
+      "and dynamic shared memory):\n");
+  for (const KernelResources& k : kernels)
+    std::printf("  %-48s %4d threads %4d registers %7zu + %6zu B shared %5zu B local %3d blocks/SM\n", k.name.c_str(),
+                k.threads, k.registers, k.static_shared_bytes, k.dynamic_shared_bytes, k.local_bytes, k.blocks_per_sm);
+}
+
 void write_json(const std::string& path, const bert::DeviceInfo& device, const std::string& command,
                 const Ceilings& ceilings, const Settings& settings, size_t l2_bytes, const std::vector<Result>& results,
-                const std::vector<GemmPlanInfo>& plans) {
+                const std::vector<GemmPlanInfo>& plans, const std::vector<KernelResources>& kernels) {
   std::ostringstream o;
   o << "{\n  \"device\": \"" << json_escape(device.name) << "\",\n  \"sm\": " << device.sm_major * 10 + device.sm_minor
     << ",\n  \"multiprocessors\": " << device.multiprocessors << ",\n  \"l2_bytes\": " << l2_bytes
@@ -1073,6 +1087,14 @@ void write_json(const std::string& path, const bert::DeviceInfo& device, const s
     for (size_t j = 0; j < plan.candidate_ms.size(); ++j)
       o << (j ? ", " : "") << (plan.candidate_ms[j] < 0 ? std::string("null") : num(plan.candidate_ms[j]));
     o << "]}";
+  }
+  o << "\n  ],\n  \"kernel_resources\": [";
+  for (size_t i = 0; i < kernels.size(); ++i) {
+    const KernelResources& k = kernels[i];
+    o << (i ? ",\n" : "\n") << "    {\"kernel\": \"" << json_escape(k.name) << "\", \"threads\": " << k.threads
+      << ", \"registers\": " << k.registers << ", \"static_shared_bytes\": " << k.static_shared_bytes
+      << ", \"dynamic_shared_bytes\": " << k.dynamic_shared_bytes << ", \"local_bytes\": " << k.local_bytes
+      << ", \"blocks_per_sm\": " << k.blocks_per_sm << "}";
   }
   o << "\n  ]\n}\n";
   std::ofstream file(path);
@@ -1248,8 +1270,10 @@ int run(int argc, char** argv) {
   std::vector<GemmPlanInfo> plans = ctx.gemm_plans();
   plans.erase(plans.begin(), plans.begin() + static_cast<std::ptrdiff_t>(std::min(ceiling_plans, plans.size())));
   print_gemm_plans(plans);
+  const std::vector<KernelResources> kernels = bert::cuda::attention_kernel_resources();
+  print_kernel_resources(kernels);
   if (!json_path.empty()) {
-    write_json(json_path, device, command, ceilings, settings, l2_bytes, results, plans);
+    write_json(json_path, device, command, ceilings, settings, l2_bytes, results, plans, kernels);
     std::printf("\nwrote %s\n", json_path.c_str());
   }
   if (failures) std::printf("%d case(s) failed (non-finite output or error)\n", failures);

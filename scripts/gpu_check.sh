@@ -79,7 +79,7 @@ AUTOTUNE_TIMEOUT=${GPU_CHECK_AUTOTUNE_TIMEOUT:-90}
 PATHS_TIMEOUT=${GPU_CHECK_PATHS_TIMEOUT:-60}
 FIELDS_TIMEOUT=${GPU_CHECK_FIELDS_TIMEOUT:-240}
 # KernelPaths' fields (kernels/cuda/ops_cuda.h, KernelPaths::fields(); a suite test keeps the two equal).
-KERNEL_PATH_FIELDS="attention_fused_backward layernorm_resident_forward layernorm_fused_backward dropout_fused_layernorm dropout_fused_layernorm_backward cross_entropy_resident gelu_fast_math embeddings_direct_type_gradient"
+KERNEL_PATH_FIELDS="attention_fused_backward layernorm_resident_forward layernorm_fused_backward dropout_fused_layernorm dropout_fused_layernorm_backward cross_entropy_resident gelu_fast_math embeddings_direct_type_gradient attention_persistent_forward"
 STAGES=" ${GPU_CHECK_STAGES:-tests curve kernels attention profile paths autotune sanitize demo train} "
 stage() { [[ $STAGES == *" $1 "* ]]; }
 # Sets `budget`: the seconds a stage may take, its own limit $1 or what GPU_CHECK_TOTAL leaves (10 s
@@ -284,6 +284,9 @@ if stage kernels; then
   # backward of both mma paths (fused kernel vs the kernel pair, the same run): their own lines.
   grep -E '^((dropout_residual_layernorm_fwd|attention(_train)?_bwd_mma(_recompute_dq)?)/bert-base(/s128)? |linear_bwd_d[xwb]/bert-base/)' "$OUT/bench_kernels.log" 2>/dev/null | cut -c1-160 |
     tee -a "$SUMMARY"
+  # The attention kernels at head_dim 64 (BERT's): registers, shared/local bytes and blocks an SM as
+  # the device loaded them, against what attention.cu's napkin math assumes (3 blocks an SM, no spills).
+  grep -E '^  attention_[a-z_]+<64(, [48])?> ' "$OUT/bench_kernels.log" 2>/dev/null | tee -a "$SUMMARY"
   # The specialised kernels against the general ones they replaced, same run (the "_baseline" twins,
   # KernelPaths::baseline()): above 1.00x the replacement pays on this device; below, it loses its default.
   note "bench_kernels: specialised kernel vs KernelPaths::baseline(), same run (baseline ms / default ms):"

@@ -43,18 +43,17 @@
 // waited for them: at 58-79 TFLOP/s the kernels used ~8% of the tensor cores.)
 // Shared memory holds only the tiles, the key flags (forward: also the keys' additive bias) and
 // (dK/dV) the steps' logsumexp/Delta: D = 64: 47.5 / 55.5 / 54.5 KB, D = 128: 87.5 / 103.5 / 102.5 KB
-// (forward / dK/dV / dQ); registers for D = 32 / 64 / 128: forward 127 / 159 / 172, dK/dV
-// 128 / 166 / 243, dQ 166 / 166 / 242, no spills (ptxas, sm_90a): at D = 64, 3 blocks (12 warps) an
-// SM, as before the double buffering. Their exponentials are exp2f of one FMA (scores scaled by
-// scale * log2(e), the logsumexp by log2(e)): FlashAttention-2's base-2 softmax, which took 6-11% of
-// the kernels' PTX instructions away. Neither change is measured on a device yet.
-// Why: per warp and 64-key step at D = 64 the wmma forward moves ~28 KB through shared memory besides
-// the 16 KB of K and V fragments both kernels read (scores out and in, probabilities out and in, O
-// loaded, rescaled and stored): ~44 KB at 128 B/clk/SM is ~340 clocks against ~130 of mma.sync work
-// (2 x 16 x 64 x 64 MACs at ~1k bf16 MACs/clk/SM), so it is bound by shared memory near 2.5x the tensor
-// time, the mma kernel near 1x; the wmma backward kernels round-trip two score tiles per step alike.
-// Measured on an H200 (bench/RESULTS.md, 2026-12-04): the mma kernels run at 1.9-2.4x the wmma ones
-// (2.0-3.0x with dropout; forward 58-79 TFLOP/s against 28-34 at D = 64), so kMma is the default.
+// (forward / dK/dV / dQ); registers for D = 32 / 64 / 128: forward 126 / 167 / 173 (its persistent
+// form below 128 / 158 / 172), dK/dV 128 / 166 / 246, dQ 166 / 166 / 242, no spills (ptxas, sm_90a):
+// at D = 64, 3 blocks (12 warps) an SM, as before the double buffering. Their exponentials are exp2f of one FMA (scores
+// scaled by scale * log2(e), the logsumexp by log2(e)): FlashAttention-2's base-2 softmax, which took 6-11% of the
+// kernels' PTX instructions away. Neither change is measured on a device yet. Why: per warp and 64-key step at D = 64
+// the wmma forward moves ~28 KB through shared memory besides the 16 KB of K and V fragments both kernels read (scores
+// out and in, probabilities out and in, O loaded, rescaled and stored): ~44 KB at 128 B/clk/SM is ~340 clocks against
+// ~130 of mma.sync work (2 x 16 x 64 x 64 MACs at ~1k bf16 MACs/clk/SM), so it is bound by shared memory near 2.5x the
+// tensor time, the mma kernel near 1x; the wmma backward kernels round-trip two score tiles per step alike. Measured on
+// an H200 (bench/RESULTS.md, 2026-12-04): the mma kernels run at 1.9-2.4x the wmma ones (2.0-3.0x with dropout; forward
+// 58-79 TFLOP/s against 28-34 at D = 64), so kMma is the default.
 //
 // kMma's backward up to 128 keys (BERT at seq 128) is one fused kernel a (b, h) instead of the pair:
 // its 4 or 8 warps own all the keys (K and V stay in shared memory), walk the query steps as the dK/dV
@@ -80,12 +79,16 @@
 #include <cuda_bf16.h>
 #include <mma.h>
 
+#include <algorithm>
 #include <climits>
 #include <cmath>
 #include <cstdint>
+#include <cstdio>
 #include <stdexcept>
 #include <string>
 #include <type_traits>
+#include <utility>
+#include <vector>
 
 #include "kernels/cuda/async_copy.cuh"
 #include "kernels/cuda/common.cuh"
@@ -137,6 +140,8 @@ struct Tiles {
   // logsumexp, Delta); Q, dO + 2 x (K, V).
   static constexpr size_t kTileElements = kTileBytes / sizeof(bf16);
   static constexpr size_t kForwardMmaBytes = 5 * kTileBytes + kKeyFlagBytes + kKeyBiasBytes;
+  // The persistent forward: Q, K, V double-buffered and two key-bias rows.
+  static constexpr size_t kForwardPersistentBytes = 6 * kTileBytes + 2 * kKeyBiasBytes;
   static constexpr size_t kDkDvMmaBytes = 6 * kTileBytes + 4 * kRowStatBytes + kKeyFlagBytes;
   static constexpr size_t kDqMmaBytes = 6 * kTileBytes + kKeyFlagBytes;
   static constexpr size_t kDkDvBytes =
@@ -179,15 +184,21 @@ struct BlockCoords {
   int64_t hidden_offset;  // the same in context / dcontext
 };
 
+// The coordinates of item `item` (item = (b * H + h) * row_blocks + row block).
 template <int D>
-__device__ BlockCoords block_coords(const AttentionArgs& args) {
+__device__ BlockCoords item_coords(const AttentionArgs& args, unsigned item) {
   BlockCoords coords;
-  coords.first_row = static_cast<int>(blockIdx.x % args.row_blocks) * kBlockRows;
-  coords.batch_head = static_cast<int>(blockIdx.x / args.row_blocks);
+  coords.first_row = static_cast<int>(item % args.row_blocks) * kBlockRows;
+  coords.batch_head = static_cast<int>(item / args.row_blocks);
   const int64_t batch = coords.batch_head / args.num_heads, head = coords.batch_head % args.num_heads;
   coords.qkv_offset = batch * args.seq_len * args.qkv_stride + head * D;
   coords.hidden_offset = batch * args.seq_len * args.hidden + head * D;
   return coords;
+}
+
+template <int D>
+__device__ BlockCoords block_coords(const AttentionArgs& args) {
+  return item_coords<D>(args, blockIdx.x);
 }
 
 // Which keys of the block's sequence are attended. A sequence with no attended key attends to all.
@@ -609,56 +620,34 @@ struct MmaDropout {
 // (all-padding sequences: scale 0 and bias 0 below seq_len, i.e. uniform), and every exponential is
 // one exp2f of a difference; the per-element mask tests and expf's range reduction are gone.
 // logsumexp is stored in natural-log units, as the reference's: (m2 + log2(l)) * ln(2).
+// ForwardMmaWarp is one warp's part of that, shared by the kernel and its persistent form below.
 template <int D>
-__global__ void __launch_bounds__(kThreads)
-    attention_forward_mma_kernel(const AttentionArgs args, bf16* __restrict__ context, float* __restrict__ logsumexp) {
-  using T = Tiles<D>;
-  constexpr int ld = T::kLd;
-  constexpr int kKeyTiles = kStep / 8;  // accumulator tiles of 8 keys per step
-  extern __shared__ __align__(128) unsigned char shared[];
-  bf16* q_tile = reinterpret_cast<bf16*>(shared);
-  bf16* k_tiles = reinterpret_cast<bf16*>(shared + T::kTileBytes);      // [2]: key steps alternate
-  bf16* v_tiles = reinterpret_cast<bf16*>(shared + 3 * T::kTileBytes);  // [2]
-  unsigned char* key_flags = shared + 5 * T::kTileBytes;
-  float* key_bias = reinterpret_cast<float*>(shared + 5 * T::kTileBytes + kKeyFlagBytes);
-  const int warp = threadIdx.x / 32, lane = threadIdx.x % 32;
-  const int g = lane >> 2, q = lane & 3;  // the fragments' groupID and threadID_in_group
+struct ForwardMmaWarp {
+  static constexpr int kKeyTiles = kStep / 8;  // accumulator tiles of 8 keys per step
 
-  const int seq_len = args.seq_len;
-  const BlockCoords coords = block_coords<D>(args);
-  const bf16* k_rows = args.k + coords.qkv_offset;
-  const bf16* v_rows = args.v + coords.qkv_offset;
-  // Q and the first K/V step in flight while the mask is read.
-  load_tile_async<D>(q_tile, args.q + coords.qkv_offset, args.qkv_stride, coords.first_row, seq_len);
-  load_tile_async<D>(k_tiles, k_rows, args.qkv_stride, 0, seq_len);
-  load_tile_async<D>(v_tiles, v_rows, args.qkv_stride, 0, seq_len);
-  detail::async_copy_commit();
-  const KeyFlags keys = load_key_flags(args, coords.batch_head, key_flags);
-  const int padded_keys = (seq_len + kStep - 1) / kStep * kStep;
-  for (int key = threadIdx.x; key < padded_keys; key += kThreads) key_bias[key] = keys.attended(key) ? 0.0f : -INFINITY;
-  const float scale_log2 = keys.all_padding ? 0.0f : args.scale * kLog2e;
-  // (No barrier here: Q and the key bias are first read after the loop's first barrier, which
-  // publishes them.)
-
-  bf16* warp_rows = q_tile + warp * kFrag * ld;
   float out[D / 8][4];
-  zero_accumulators(out);
-  float row_max[2] = {-INFINITY, -INFINITY};  // rows g and g + 8: running max of the base-2 scores
-  float row_sum[2] = {0.0f, 0.0f};            // this lane's keys only: sum of exp(s - row_max), undropped
-  const int first_query = coords.first_row + warp * kFrag;
+  float row_max[2];         // rows g and g + 8: running max of the base-2 scores
+  float row_sum[2];         // this lane's keys only: sum of exp(s - row_max), undropped
   uint64_t dropout_row[2];  // element index of (query, key 0); meaningless past seq_len (never stored)
-  for (int r = 0; r < 2; ++r)
-    dropout_row[r] = (static_cast<uint64_t>(coords.batch_head) * seq_len + first_query + g + 8 * r) * seq_len;
-  const bool group_aligned = (seq_len & 3) == 0;
   MmaDropout dropout;
+  int first_query;
 
-  for (int key0 = 0, step = 0; key0 < seq_len; key0 += kStep, ++step) {
-    // (The first step's barrier also publishes Q and the key bias.)
-    const KeyValueTiles tiles =
-        begin_key_step<D>(k_tiles, v_tiles, k_rows, v_rows, args.qkv_stride, key0, step, seq_len);
-    const bf16* k_tile = tiles.k;
-    const bf16* v_tile = tiles.v;
+  // The warp's queries first_row + 16 warp .. + 15 of (b, h) = batch_head.
+  __device__ __forceinline__ void begin(int batch_head, int first_row, int seq_len, int warp, int g) {
+    zero_accumulators(out);
+    row_max[0] = row_max[1] = -INFINITY;
+    row_sum[0] = row_sum[1] = 0.0f;
+    first_query = first_row + warp * kFrag;
+    for (int r = 0; r < 2; ++r)
+      dropout_row[r] = (static_cast<uint64_t>(batch_head) * seq_len + first_query + g + 8 * r) * seq_len;
+  }
 
+  // Keys key0 .. key0 + 63: warp_rows the warp's 16 Q rows, k_tile / v_tile the step's K and V tiles,
+  // key_bias the sequence's additive bias (every key of the step's 64).
+  __device__ __forceinline__ void key_step(const DropoutSite& site, bool group_aligned, const bf16* warp_rows,
+                                           const bf16* k_tile, const bf16* v_tile, const float* key_bias,
+                                           float scale_log2, int key0, int lane) {
+    const int q = lane & 3;
     // S = Q K^T for keys key0 .. key0 + 63.
     float s[kKeyTiles][4];
     zero_accumulators(s);
@@ -698,7 +687,7 @@ __global__ void __launch_bounds__(kThreads)
 #pragma unroll
     for (int n = 0; n < kKeyTiles; ++n) {
       float multiplier[4];
-      dropout.multipliers(args.dropout, group_aligned, dropout_row, key0 + 8 * n, q, multiplier);
+      dropout.multipliers(site, group_aligned, dropout_row, key0 + 8 * n, q, multiplier);
       float kept[4];
 #pragma unroll
       for (int e = 0; e < 4; ++e) {
@@ -713,20 +702,200 @@ __global__ void __launch_bounds__(kThreads)
     warp_mma_ab<D>(out, p_fragment, v_tile, lane);
   }
 
-  // Every row has an attended key (or all keys, all-padding), so its sum is >= 1 for rows < seq_len.
-  float inverse_sum[2];
+  // After the last key step: the rows' logsumexp, and O / l (bf16) staged in the warp's own Q rows
+  // (only it reads them) and stored to context (the (b, h)'s token 0, column h * D).
+  __device__ __forceinline__ void finish(int batch_head, int seq_len, bf16* warp_rows, bf16* context, int64_t hidden,
+                                         float* logsumexp, int lane) {
+    const int g = lane >> 2, q = lane & 3;
+    // Every row has an attended key (or all keys, all-padding), so its sum is >= 1 for rows < seq_len.
+    float inverse_sum[2];
 #pragma unroll
-  for (int r = 0; r < 2; ++r) {
-    row_sum[r] += __shfl_xor_sync(kFullMask, row_sum[r], 1);
-    row_sum[r] += __shfl_xor_sync(kFullMask, row_sum[r], 2);
-    inverse_sum[r] = row_sum[r] > 0.0f ? 1.0f / row_sum[r] : 0.0f;
-    const int query = first_query + g + 8 * r;
-    if (q == 0 && query < seq_len)
-      logsumexp[static_cast<int64_t>(coords.batch_head) * seq_len + query] = (row_max[r] + log2f(row_sum[r])) * kLn2;
+    for (int r = 0; r < 2; ++r) {
+      row_sum[r] += __shfl_xor_sync(kFullMask, row_sum[r], 1);
+      row_sum[r] += __shfl_xor_sync(kFullMask, row_sum[r], 2);
+      inverse_sum[r] = row_sum[r] > 0.0f ? 1.0f / row_sum[r] : 0.0f;
+      const int query = first_query + g + 8 * r;
+      if (q == 0 && query < seq_len)
+        logsumexp[static_cast<int64_t>(batch_head) * seq_len + query] = (row_max[r] + log2f(row_sum[r])) * kLn2;
+    }
+    store_warp_accumulators<D>(out, inverse_sum, warp_rows, context, hidden, first_query, seq_len, lane);
   }
-  // O (bf16) staged in the warp's own Q rows (only it reads them), then stored.
-  store_warp_accumulators<D>(out, inverse_sum, warp_rows, context + coords.hidden_offset, args.hidden, first_query,
-                             seq_len, lane);
+};
+
+template <int D>
+__global__ void __launch_bounds__(kThreads)
+    attention_forward_mma_kernel(const AttentionArgs args, bf16* __restrict__ context, float* __restrict__ logsumexp) {
+  using T = Tiles<D>;
+  constexpr int ld = T::kLd;
+  extern __shared__ __align__(128) unsigned char shared[];
+  bf16* q_tile = reinterpret_cast<bf16*>(shared);
+  bf16* k_tiles = reinterpret_cast<bf16*>(shared + T::kTileBytes);      // [2]: key steps alternate
+  bf16* v_tiles = reinterpret_cast<bf16*>(shared + 3 * T::kTileBytes);  // [2]
+  unsigned char* key_flags = shared + 5 * T::kTileBytes;
+  float* key_bias = reinterpret_cast<float*>(shared + 5 * T::kTileBytes + kKeyFlagBytes);
+  const int warp = threadIdx.x / 32, lane = threadIdx.x % 32;
+
+  const int seq_len = args.seq_len;
+  const BlockCoords coords = block_coords<D>(args);
+  const bf16* k_rows = args.k + coords.qkv_offset;
+  const bf16* v_rows = args.v + coords.qkv_offset;
+  // Q and the first K/V step in flight while the mask is read.
+  load_tile_async<D>(q_tile, args.q + coords.qkv_offset, args.qkv_stride, coords.first_row, seq_len);
+  load_tile_async<D>(k_tiles, k_rows, args.qkv_stride, 0, seq_len);
+  load_tile_async<D>(v_tiles, v_rows, args.qkv_stride, 0, seq_len);
+  detail::async_copy_commit();
+  const KeyFlags keys = load_key_flags(args, coords.batch_head, key_flags);
+  const int padded_keys = (seq_len + kStep - 1) / kStep * kStep;
+  for (int key = threadIdx.x; key < padded_keys; key += kThreads) key_bias[key] = keys.attended(key) ? 0.0f : -INFINITY;
+  const float scale_log2 = keys.all_padding ? 0.0f : args.scale * kLog2e;
+  // (No barrier here: Q and the key bias are first read after the loop's first barrier, which
+  // publishes them.)
+
+  bf16* warp_rows = q_tile + warp * kFrag * ld;
+  ForwardMmaWarp<D> rows;
+  rows.begin(coords.batch_head, coords.first_row, seq_len, warp, lane >> 2);
+  const bool group_aligned = (seq_len & 3) == 0;
+  for (int key0 = 0, step = 0; key0 < seq_len; key0 += kStep, ++step) {
+    // (The first step's barrier also publishes Q and the key bias.)
+    const KeyValueTiles tiles =
+        begin_key_step<D>(k_tiles, v_tiles, k_rows, v_rows, args.qkv_stride, key0, step, seq_len);
+    rows.key_step(args.dropout, group_aligned, warp_rows, tiles.k, tiles.v, key_bias, scale_log2, key0, lane);
+  }
+  rows.finish(coords.batch_head, seq_len, warp_rows, context + coords.hidden_offset, args.hidden, logsumexp, lane);
+}
+
+// The same forward as a persistent kernel (KernelPaths::attention_persistent_forward): a grid of as
+// many blocks as the device holds at once, block i walking items [items * i / grid, items * (i + 1) /
+// grid) (an item is one block of attention_forward_mma_kernel: 64 queries of one (b, h)), and the
+// K/V steps one double-buffered stream across its items: the next item's Q, first K/V step and mask
+// row are in flight while the current item's last step computes, so no block starts on a cold load
+// and none ends on an idle wait. At two steps a (b, h) (65..128 keys) the two K/V buffers hold all of
+// the (b, h)'s keys, so its second item of queries finds them in place and copies none.
+// Why: at BERT-base seq 128 (H200, 2026-12-04) the one-item blocks took 0.111 ms for 3,072 items,
+// ~14 us per round of 396 blocks (3 an SM) against ~4 us of DRAM time and ~1 us of tensor-core work:
+// each block's first step waits on its own Q/K/V loads and its last ends with the context stores,
+// the two steps between them too few to hide either.
+// Shared memory: Q, K and V double-buffered and two key-bias rows (items alternate): D = 32 / 64 /
+// 128: 34 / 58 / 106 KB, 3 / 3 / 2 blocks an SM as the one-item kernel. The bits are the one-item
+// kernel's: the same ForwardMmaWarp steps in the same order on the same tiles.
+constexpr int kMaskValuesPerThread = kMaxSeqLen / kThreads;
+
+// This thread's keys threadIdx.x + kThreads i of batch_head's sequence: its mask value (1 without a
+// mask), 0 at or past seq_len. Only loads: whoever waits for them is write_key_bias.
+__device__ void load_mask_values(const AttentionArgs& args, int batch_head, int (&values)[kMaskValuesPerThread]) {
+  const int32_t* mask_row =
+      args.mask != nullptr ? args.mask + static_cast<int64_t>(batch_head / args.num_heads) * args.seq_len : nullptr;
+#pragma unroll
+  for (int i = 0; i < kMaskValuesPerThread; ++i) {
+    const int key = static_cast<int>(threadIdx.x) + kThreads * i;
+    values[i] = key < args.seq_len ? 1 : 0;
+    if (key < args.seq_len && mask_row != nullptr) values[i] = mask_row[key];
+  }
+}
+
+// bias[key] for this thread's keys below padded_keys: 0 attended, -inf not. Returns whether any of
+// them is attended (the all-padding rule is applied by the caller, after a block-wide __syncthreads_or).
+__device__ int write_key_bias(float* bias, const int (&values)[kMaskValuesPerThread], int padded_keys) {
+  int any_attended = 0;
+#pragma unroll
+  for (int i = 0; i < kMaskValuesPerThread; ++i) {
+    const int key = static_cast<int>(threadIdx.x) + kThreads * i;
+    if (key >= padded_keys) break;
+    const bool attended = values[i] != 0;
+    bias[key] = attended ? 0.0f : -INFINITY;
+    any_attended |= attended ? 1 : 0;
+  }
+  return any_attended;
+}
+
+template <int D>
+__global__ void __launch_bounds__(kThreads)
+    attention_forward_persistent_mma_kernel(const AttentionArgs args, int items, bf16* __restrict__ context,
+                                            float* __restrict__ logsumexp) {
+  using T = Tiles<D>;
+  constexpr int ld = T::kLd;
+  constexpr size_t kTile = T::kTileElements;
+  constexpr int kBiasFloats = kKeyBiasBytes / sizeof(float);
+  extern __shared__ __align__(128) unsigned char shared[];
+  bf16* q_tiles = reinterpret_cast<bf16*>(shared);                           // [2]: items alternate
+  bf16* k_tiles = reinterpret_cast<bf16*>(shared + 2 * T::kTileBytes);       // [2]: key steps alternate
+  bf16* v_tiles = reinterpret_cast<bf16*>(shared + 4 * T::kTileBytes);       // [2]
+  float* key_biases = reinterpret_cast<float*>(shared + 6 * T::kTileBytes);  // [2]: items alternate
+  const int warp = threadIdx.x / 32, lane = threadIdx.x % 32;
+
+  const int seq_len = args.seq_len;
+  const int steps = (seq_len + kStep - 1) / kStep, padded_keys = steps * kStep;
+  const bool group_aligned = (seq_len & 3) == 0;
+  const int first_item = static_cast<int>(static_cast<int64_t>(items) * blockIdx.x / gridDim.x);
+  const int end_item = static_cast<int>(static_cast<int64_t>(items) * (blockIdx.x + 1) / gridDim.x);
+  if (first_item >= end_item) return;  // (the launcher's grid is at most `items`)
+
+  BlockCoords coords = item_coords<D>(args, first_item);
+  // The first item's Q and first K/V step in flight while its mask is read.
+  load_tile_async<D>(q_tiles, args.q + coords.qkv_offset, args.qkv_stride, coords.first_row, seq_len);
+  load_tile_async<D>(k_tiles, args.k + coords.qkv_offset, args.qkv_stride, 0, seq_len);
+  load_tile_async<D>(v_tiles, args.v + coords.qkv_offset, args.qkv_stride, 0, seq_len);
+  detail::async_copy_commit();
+  int mask_values[kMaskValuesPerThread];
+  load_mask_values(args, coords.batch_head, mask_values);
+  int any_attended = write_key_bias(key_biases, mask_values, padded_keys);
+
+  int buffer = 0;         // the K/V buffers of the current step (steps alternate across items too)
+  bool resident = false;  // this item's K/V steps are all in their buffers already (two steps, same (b, h))
+  for (int item = first_item; item < end_item; ++item) {
+    const int slot = (item - first_item) & 1;
+    bf16* warp_rows = q_tiles + slot * kTile + warp * kFrag * ld;
+    float* key_bias = key_biases + slot * kBiasFloats;
+    const bool has_next = item + 1 < end_item;
+    const BlockCoords next = item_coords<D>(args, has_next ? item + 1 : item);
+    const bool next_resident = has_next && steps == 2 && next.batch_head == coords.batch_head;
+    ForwardMmaWarp<D> rows;
+    rows.begin(coords.batch_head, coords.first_row, seq_len, warp, lane >> 2);
+    float scale_log2 = 0.0f;
+    for (int step = 0; step < steps; ++step, buffer ^= 1) {
+      detail::async_copy_wait<0>();
+      if (step == 0) {
+        // The barrier that publishes the item's Q, first K/V step and key bias also says whether its
+        // sequence attends to any key; if not, to every key below seq_len alike (a second barrier).
+        const bool all_padding = __syncthreads_or(any_attended) == 0;
+        if (all_padding) {
+          for (int key = threadIdx.x; key < seq_len; key += kThreads) key_bias[key] = 0.0f;
+          __syncthreads();
+        }
+        scale_log2 = all_padding ? 0.0f : args.scale * kLog2e;
+      } else {
+        __syncthreads();
+      }
+      // Every warp is done with the other buffers (the previous step's K/V; the previous item's Q
+      // and key bias): the next step's copies go there, this item's next K/V step or the next item's
+      // first, in flight while this step computes.
+      const int other = buffer ^ 1;
+      if (step + 1 < steps) {
+        if (!resident) {
+          load_tile_async<D>(k_tiles + other * kTile, args.k + coords.qkv_offset, args.qkv_stride, (step + 1) * kStep,
+                             seq_len);
+          load_tile_async<D>(v_tiles + other * kTile, args.v + coords.qkv_offset, args.qkv_stride, (step + 1) * kStep,
+                             seq_len);
+          detail::async_copy_commit();
+        }
+      } else if (has_next) {
+        load_tile_async<D>(q_tiles + (slot ^ 1) * kTile, args.q + next.qkv_offset, args.qkv_stride, next.first_row,
+                           seq_len);
+        if (!next_resident) {
+          load_tile_async<D>(k_tiles + other * kTile, args.k + next.qkv_offset, args.qkv_stride, 0, seq_len);
+          load_tile_async<D>(v_tiles + other * kTile, args.v + next.qkv_offset, args.qkv_stride, 0, seq_len);
+        }
+        detail::async_copy_commit();
+        load_mask_values(args, next.batch_head, mask_values);
+      }
+      rows.key_step(args.dropout, group_aligned, warp_rows, k_tiles + buffer * kTile, v_tiles + buffer * kTile,
+                    key_bias, scale_log2, step * kStep, lane);
+    }
+    if (has_next) any_attended = write_key_bias(key_biases + (slot ^ 1) * kBiasFloats, mask_values, padded_keys);
+    rows.finish(coords.batch_head, seq_len, warp_rows, context + coords.hidden_offset, args.hidden, logsumexp, lane);
+    coords = next;
+    resident = next_resident;
+  }
 }
 
 // ---- backward kernels ---------------------------------------------------------------------------------------
@@ -1460,7 +1629,24 @@ unsigned grid_blocks(const AttentionShape& shape, const AttentionArgs& args) {
 template <int D>
 void launch_forward(Context& ctx, const AttentionShape& shape, const AttentionArgs& args, AttentionKernel kernel,
                     bf16* context, float* logsumexp) {
-  if (kernel == AttentionKernel::kMma || kernel == AttentionKernel::kMmaRecomputeDq) {
+  const bool mma = kernel == AttentionKernel::kMma || kernel == AttentionKernel::kMmaRecomputeDq;
+  if (mma && ctx.kernel_paths().attention_persistent_forward) {
+    constexpr size_t bytes = Tiles<D>::kForwardPersistentBytes;
+    const void* function = reinterpret_cast<const void*>(&attention_forward_persistent_mma_kernel<D>);
+    CUDA_CHECK(cudaFuncSetAttribute(function, cudaFuncAttributeMaxDynamicSharedMemorySize, static_cast<int>(bytes)));
+    // Blocks an SM: a property of the kernel and the architecture, asked once.
+    static const int blocks_per_sm = [function] {
+      int blocks = 0;
+      CUDA_CHECK(cudaOccupancyMaxActiveBlocksPerMultiprocessor(&blocks, function, kThreads, bytes));
+      return blocks;
+    }();
+    const unsigned items = grid_blocks(shape, args);
+    int64_t blocks = int64_t{std::max(blocks_per_sm, 1)} * std::max(ctx.multiprocessors(), 1);
+    if (ctx.persistent_grid_limit() > 0) blocks = std::min<int64_t>(blocks, ctx.persistent_grid_limit());
+    blocks = std::min<int64_t>(blocks, items);
+    attention_forward_persistent_mma_kernel<D><<<static_cast<unsigned>(blocks), kThreads, bytes, ctx.stream()>>>(
+        args, static_cast<int>(items), context, logsumexp);
+  } else if (mma) {
     constexpr size_t bytes = Tiles<D>::kForwardMmaBytes;
     CUDA_CHECK(cudaFuncSetAttribute(attention_forward_mma_kernel<D>, cudaFuncAttributeMaxDynamicSharedMemorySize,
                                     static_cast<int>(bytes)));
@@ -1520,6 +1706,57 @@ void launch_backward(Context& ctx, const AttentionShape& shape, const AttentionA
 }
 
 }  // namespace
+
+KernelResources kernel_resources(const void* function, std::string name, int threads, size_t dynamic_shared_bytes) {
+  KernelResources resources;
+  resources.name = std::move(name);
+  resources.threads = threads;
+  resources.dynamic_shared_bytes = dynamic_shared_bytes;
+  CUDA_CHECK(cudaFuncSetAttribute(function, cudaFuncAttributeMaxDynamicSharedMemorySize,
+                                  static_cast<int>(dynamic_shared_bytes)));
+  cudaFuncAttributes attributes{};
+  CUDA_CHECK(cudaFuncGetAttributes(&attributes, function));
+  resources.registers = attributes.numRegs;
+  resources.static_shared_bytes = attributes.sharedSizeBytes;
+  resources.local_bytes = attributes.localSizeBytes;
+  CUDA_CHECK(
+      cudaOccupancyMaxActiveBlocksPerMultiprocessor(&resources.blocks_per_sm, function, threads, dynamic_shared_bytes));
+  return resources;
+}
+
+std::vector<KernelResources> attention_kernel_resources() {
+  std::vector<KernelResources> all;
+  const auto add = [&all](auto head_dim) {
+    constexpr int D = decltype(head_dim)::value;
+    using T = Tiles<D>;
+    // "name<D>" or "name<D, warps>" (snprintf: GCC 12's -Wrestrict misfires on chains of string +).
+    const auto kernel = [&all](auto function, const char* name, int warps, size_t bytes) {
+      char text[96];
+      if (warps > 0)
+        std::snprintf(text, sizeof(text), "%s<%d, %d>", name, D, warps);
+      else
+        std::snprintf(text, sizeof(text), "%s<%d>", name, D);
+      all.push_back(
+          kernel_resources(reinterpret_cast<const void*>(function), text, 32 * (warps > 0 ? warps : kWarps), bytes));
+    };
+    kernel(&attention_forward_kernel<D>, "attention_forward_kernel", 0, T::kForwardBytes);
+    kernel(&attention_forward_mma_kernel<D>, "attention_forward_mma_kernel", 0, T::kForwardMmaBytes);
+    kernel(&attention_forward_persistent_mma_kernel<D>, "attention_forward_persistent_mma_kernel", 0,
+           T::kForwardPersistentBytes);
+    kernel(&attention_backward_dkdv_kernel<D>, "attention_backward_dkdv_kernel", 0, T::kDkDvBytes);
+    kernel(&attention_backward_dq_kernel<D>, "attention_backward_dq_kernel", 0, T::kDqBytes);
+    kernel(&attention_backward_dkdv_mma_kernel<D>, "attention_backward_dkdv_mma_kernel", 0, T::kDkDvMmaBytes);
+    kernel(&attention_backward_dq_mma_kernel<D>, "attention_backward_dq_mma_kernel", 0, T::kDqMmaBytes);
+    kernel(&attention_backward_fused_mma_kernel<D, 4>, "attention_backward_fused_mma_kernel", 4,
+           FusedBackwardLayout<D, 4>::kBytes);
+    kernel(&attention_backward_fused_mma_kernel<D, 8>, "attention_backward_fused_mma_kernel", 8,
+           FusedBackwardLayout<D, 8>::kBytes);
+  };
+  add(std::integral_constant<int, 32>{});
+  add(std::integral_constant<int, 64>{});
+  add(std::integral_constant<int, 128>{});
+  return all;
+}
 
 void attention_forward(Context& ctx, const AttentionShape& shape, const bf16* q, const bf16* k, const bf16* v,
                        const int32_t* attention_mask, const DropoutSpec& dropout, bf16* context, float* logsumexp,

@@ -197,11 +197,14 @@ struct KernelPaths {
   // Embeddings backward with <= 4 token types: the type gradient summed in the position gradient's
   // pass over dz, or radix-sorted and scattered as the word gradient.
   bool embeddings_direct_type_gradient = true;
+  // kMma's attention forward: a persistent grid (as many blocks as run at once, each walking its run
+  // of 64-query items with the next item's loads in flight), or one block an item.
+  bool attention_persistent_forward = true;
 
   // Every field with its name (baseline() and describe() go through it).
   using Field = bool KernelPaths::*;
-  static const std::array<std::pair<const char*, Field>, 8>& fields() {
-    static const std::array<std::pair<const char*, Field>, 8> table = {{
+  static const std::array<std::pair<const char*, Field>, 9>& fields() {
+    static const std::array<std::pair<const char*, Field>, 9> table = {{
         {"attention_fused_backward", &KernelPaths::attention_fused_backward},
         {"layernorm_resident_forward", &KernelPaths::layernorm_resident_forward},
         {"layernorm_fused_backward", &KernelPaths::layernorm_fused_backward},
@@ -210,6 +213,7 @@ struct KernelPaths {
         {"cross_entropy_resident", &KernelPaths::cross_entropy_resident},
         {"gelu_fast_math", &KernelPaths::gelu_fast_math},
         {"embeddings_direct_type_gradient", &KernelPaths::embeddings_direct_type_gradient},
+        {"attention_persistent_forward", &KernelPaths::attention_persistent_forward},
     }};
     return table;
   }
@@ -259,7 +263,7 @@ struct KernelPaths {
   }
 };
 // A field added without its entry in fields() would be missing from baseline() and describe().
-static_assert(sizeof(KernelPaths) == 8 * sizeof(bool), "every KernelPaths field is listed in fields()");
+static_assert(sizeof(KernelPaths) == 9 * sizeof(bool), "every KernelPaths field is listed in fields()");
 
 // Per-caller state for CUDA ops: the stream, the cuBLASLt handle and its workspace, and device
 // scratch reused across calls (grown on demand, never shrunk, so a warm training step allocates
@@ -310,6 +314,16 @@ class Context {
   // above; the default: the specialised ones). Takes effect at the next op.
   void set_kernel_paths(const KernelPaths& paths) { kernel_paths_ = paths; }
   const KernelPaths& kernel_paths() const { return kernel_paths_; }
+  // The persistent kernels' grid (KernelPaths::attention_persistent_forward): at most this many blocks;
+  // 0 (the default): as many as the device runs at once. Tests set a few, so that every block walks
+  // several items. Throws std::invalid_argument below 0.
+  void set_persistent_grid_limit(int blocks) {
+    if (blocks < 0)
+      throw std::invalid_argument("Context::set_persistent_grid_limit: blocks must be >= 0 (0: no limit), got " +
+                                  std::to_string(blocks));
+    persistent_grid_limit_ = blocks;
+  }
+  int persistent_grid_limit() const { return persistent_grid_limit_; }
   // Every GEMM plan made so far, in the order they were made (the algorithm, and with autotuning the
   // time of each candidate): what bench_kernels and bench_train_step print.
   std::vector<GemmPlanInfo> gemm_plans() const;
@@ -324,6 +338,7 @@ class Context {
   int sm_version_ = 0;
   int gemm_autotune_ = 0;
   KernelPaths kernel_paths_;
+  int persistent_grid_limit_ = 0;
 
   // gemm.cu: cuBLASLt plans (matmul/layout descriptors + the heuristic's algorithm) per GEMM shape
   // and operand alignment, made on first use and reused, so a warm step queries no heuristics.
@@ -413,6 +428,19 @@ bool attention_supported(const AttentionShape& shape, std::string* why_not = nul
 //   kWmma            nvcuda::wmma tiles, the elementwise steps on fp32 score tiles in shared memory
 // bench_kernels times them; the tests hold each to kernels/cpu.
 enum class AttentionKernel { kWmma, kMma, kMmaRecomputeDq };
+
+// A kernel's resources as the device loaded it (kernel_resources; attention.cu, its one user so far).
+struct KernelResources {
+  std::string name;  // "<kernel><template arguments>", e.g. "attention_forward_mma_kernel<64>"
+  int threads = 0;   // the block the op launches
+  size_t dynamic_shared_bytes = 0;
+  int registers = 0;  // a thread
+  size_t static_shared_bytes = 0;
+  size_t local_bytes = 0;  // a thread: spills and stack
+  int blocks_per_sm = 0;   // at `threads` and `dynamic_shared_bytes`
+};
+// cudaFuncGetAttributes and the occupancy of `function` (opted in to `dynamic_shared_bytes`).
+KernelResources kernel_resources(const void* function, std::string name, int threads, size_t dynamic_shared_bytes);
 void attention_forward(Context& ctx, const AttentionShape& shape, const bf16* q, const bf16* k, const bf16* v,
                        const int32_t* attention_mask, const DropoutSpec& dropout, bf16* context, float* logsumexp,
                        AttentionKernel kernel = AttentionKernel::kMma);
@@ -420,6 +448,13 @@ void attention_backward(Context& ctx, const AttentionShape& shape, const bf16* d
                         const bf16* v, const int32_t* attention_mask, const DropoutSpec& dropout, const bf16* context,
                         const float* logsumexp, bf16* dq, bf16* dk, bf16* dv,
                         AttentionKernel kernel = AttentionKernel::kMma);
+
+// What the compiler and the occupancy calculator gave each attention kernel on this device: registers
+// a thread, static shared and local (spill) bytes (cudaFuncGetAttributes), and blocks an SM at the
+// block size and dynamic shared memory the op launches it with
+// (cudaOccupancyMaxActiveBlocksPerMultiprocessor). attention.cu's napkin math assumes these (e.g. 3
+// blocks an SM at head_dim 64); bench_kernels prints them, so a device run checks them.
+std::vector<KernelResources> attention_kernel_resources();
 
 // ---- tensor-core layout probe (mma_sync.cu) --------------------------------------------------------------
 // One warp runs kernels/cuda/mma_sync.cuh's ldmatrix and mma.sync on A [16][16] (row-major), B given

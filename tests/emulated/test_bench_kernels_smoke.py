@@ -9,18 +9,19 @@ throws, the JSON's fields, the lines gpu_check.sh greps, and the side-by-side's 
 
 Checked:
   - scripts/gpu_check.sh's KERNEL_PATH_FIELDS list KernelPaths::fields() (kernels/cuda/ops_cuda.h)
-  - --help, --list (144 cases, unique names, both models, every op family, every attention kernel; each
+  - --help, --list (152 cases, unique names, both models, every op family, every attention kernel; each
     "_baseline" case right after its twin, with the same bytes in the JSON)
   - bad arguments and no device: exit status 1 and one line naming the problem
   - --smoke --json: exit 0, every case "ok" with finite outputs, the JSON's fields and the table's
     lines as gpu_check.sh reads them, and the FLOPs: linear 2 (4) * rows * in * out (the backward's
     dx and dW parts 2 each, db none), attention the formula of bench_attention_torch.py (the
-    side-by-side compares TFLOP/s of the two); the GEMM plans, printed and in the JSON
+    side-by-side compares TFLOP/s of the two); the GEMM plans and the attention kernels' resources,
+    printed and in the JSON
   - --gemm-autotune: every plan the cases made timed the emulation's three algorithms (the refusing
     third one null), the chosen one the fastest, its rank printed; 33 rejected
   - bench_attention_torch.py --reference REF --ours JSON: a row for each plain attention case and
-    its mma.sync twins (the backward's two at s128), the ratio best torch time / ours where both
-    measured the same shape (none, and a line saying why, where they did not); exit 1 when flash
+    its mma.sync twins (the backward's two at s128, the forward's two), the ratio best torch time /
+    ours where both measured the same shape (none, and a line saying why, where they did not); exit 1 when flash
     failed; bad --reference and --reference with --json rejected
   - bench/compare_kernels.py on that JSON and a copy with one case twice as fast and one case dropped:
     2.00x for it, 1.00x for every other, the dropped case named, the padded MLM decoder beside the
@@ -52,7 +53,7 @@ FAMILIES = ["linear_fwd", "linear_bwd", "linear_bwd_dx", "linear_bwd_dw", "linea
 # The cases with a KernelPaths::baseline() twin (bench_kernels.cu: with_baseline_cases).
 BASELINED = ["layernorm_fwd", "residual_layernorm_fwd", "layernorm_bwd", "residual_layernorm_bwd",
              "dropout_residual_layernorm_fwd", "residual_layernorm_dropout_bwd", "bias_gelu_fwd", "bias_gelu_bwd",
-             "cross_entropy", "embeddings_fwd", "embeddings_bwd"]
+             "cross_entropy", "embeddings_fwd", "embeddings_bwd", "attention_fwd_mma", "attention_train_fwd_mma"]
 FAMILIES += [family + "_baseline" for family in BASELINED]
 
 failures = []
@@ -107,12 +108,12 @@ def main():
           "--help: exit 0, names --smoke and --tokens")
     p = run([args.bench, "--list"])
     names = [line.split()[0] for line in p.stdout.splitlines() if line.strip()]
-    check(p.returncode == 0 and len(names) == 144, f"--list: exit 0, 144 cases (exit {p.returncode}, {len(names)})")
+    check(p.returncode == 0 and len(names) == 152, f"--list: exit 0, 152 cases (exit {p.returncode}, {len(names)})")
     check(len(set(names)) == len(names), "--list: names are unique")
     twins = [(names[i - 1], name) for i, name in enumerate(names) if "_baseline/" in name]
-    check(len(twins) == 26 and all(i > 0 and before == name.replace("_baseline/", "/", 1) for before, name in twins
+    check(len(twins) == 34 and all(i > 0 and before == name.replace("_baseline/", "/", 1) for before, name in twins
                                    for i in [names.index(name)]),
-          f"--list: 26 '_baseline' cases, each right after its twin ({[t for t in twins if t[0] != t[1].replace('_baseline/', '/', 1)]})")
+          f"--list: 34 '_baseline' cases, each right after its twin ({[t for t in twins if t[0] != t[1].replace('_baseline/', '/', 1)]})")
     for model in MODELS:
         families = {name.split("/")[0] for name in names if name.split("/")[1] == model}
         check(families == set(FAMILIES), f"--list: {model} has every op family ({sorted(set(FAMILIES) ^ families)})")
@@ -221,6 +222,21 @@ def main():
     check("GEMM plans (cuBLASLt column-major m x n x k; the algorithm each shape ran):" in lines and
           len(printed) == len(plans or []), f"log: one line per GEMM plan ({len(printed)})")
 
+    # The attention kernels' resources: 9 kernels at each of 3 head dims, printed and in the JSON. The
+    # emulation has no registers to report (0); its blocks an SM follow threads and shared memory alone,
+    # so the persistent forward at head_dim 64 (58 KB) gets the 3 its purpose block counts on.
+    kernels = ours.get("kernel_resources") or []
+    check(len(kernels) == 27 and all(k.get("kernel", "").startswith("attention_") and k.get("threads") in (128, 256)
+                                     and k.get("dynamic_shared_bytes", 0) > 0 and k.get("blocks_per_sm", 0) >= 1
+                                     for k in kernels),
+          f"JSON: the attention kernels' resources, 27 with blocks an SM ({len(kernels)})")
+    persistent = [k for k in kernels if k.get("kernel") == "attention_forward_persistent_mma_kernel<64>"]
+    check(len(persistent) == 1 and persistent[0]["blocks_per_sm"] == 3,
+          f"JSON: the persistent forward at head_dim 64 fits 3 blocks an SM by shared memory ({persistent})")
+    resource_lines = [line for line in lines if line.startswith("  attention_") and "blocks/SM" in line]
+    check(any(line.startswith("Kernel resources (") for line in lines) and len(resource_lines) == len(kernels),
+          f"log: one line per attention kernel's resources ({len(resource_lines)})")
+
     tuned_path = os.path.join(args.work, "tuned.json")
     p = run([args.bench, "--smoke", "--filter", "bert-base/attn_out", "--gemm-autotune", "4", "--json", tuned_path])
     print(p.stdout + p.stderr, flush=True)
@@ -273,13 +289,14 @@ def main():
         family, _, rest = case["name"].partition("/")
         twins = [family + "_mma/" + rest] + ([family + "_mma_recompute_dq/" + rest] if
                                                family == "attention_bwd" and rest.endswith("/s128") else [])
+        twins += [family + "_mma_baseline/" + rest] if family == "attention_fwd" else []
         for ours_name in [case["name"]] + twins:
             mine = by_name.get(ours_name, {})
             theirs = [c["median_ms"] for c in reference["cases"] if c["name"] == case["name"] and c["status"] == "ok"]
             expected = "-" if index == len(plain) - 1 else f"{min(theirs) / mine.get('median_ms', float('nan')):.2f}x"
             row = rows.get(ours_name, "")
             check(row.endswith(" " + expected), f"side by side: {ours_name} ratio {expected} ({row.strip()[-12:]!r})")
-    check(len(rows) == 18, f"side by side: 18 rows before the footnote ({len(rows)})")
+    check(len(rows) == 22, f"side by side: 22 rows before the footnote ({len(rows)})")
     # The emulated kernels take seconds, and torch's 'efficient' numbers here are 3x ours: the columns
     # must stay aligned under the header whatever the magnitudes.
     header = p.stdout.split("side by side", 1)[-1].splitlines()[1]

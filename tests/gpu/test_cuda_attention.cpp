@@ -600,6 +600,54 @@ TEST_CASE("cuda attention: KernelPaths without the fused backward runs kMma's ba
   }
 }
 
+// KernelPaths::attention_persistent_forward: kMma's forward as a persistent grid, each block walking a
+// run of 64-query items with the next item's Q, K/V and mask in flight, is the one-block-an-item kernel
+// bit for bit, whatever the grid: one block walking every item (each (b, h)'s second item reusing the
+// K/V in place at 65..128 keys, the all-padding sequence between padded ones), a few blocks splitting
+// runs mid-(b, h), and the device's full grid.
+TEST_CASE("cuda attention: the persistent forward is one block an item's, bit for bit, on any grid") {
+  struct Shape {
+    int64_t batch, seq_len, heads, head_dim;
+    float dropout;
+    bool with_mask;
+  };
+  const Shape shape =
+      GENERATE(Shape{5, 1, 3, 64, 0.1f, true}, Shape{5, 7, 3, 64, 0.0f, true}, Shape{5, 64, 3, 64, 0.1f, true},
+               Shape{5, 100, 3, 64, 0.1f, true}, Shape{5, 128, 3, 64, 0.0f, true}, Shape{5, 128, 3, 64, 0.1f, false},
+               Shape{5, 129, 3, 64, 0.1f, true}, Shape{3, 300, 2, 64, 0.1f, true}, Shape{5, 100, 2, 32, 0.1f, true},
+               Shape{5, 129, 2, 128, 0.0f, true});
+  const Problem p = make_problem(shape.batch, shape.seq_len, shape.heads, shape.head_dim, QkvLayout::kFused,
+                                 shape.dropout, 5150 + shape.seq_len + shape.head_dim, shape.with_mask);
+  INFO(p.describe());
+  const DeviceProblem d(p);
+  Context ctx;
+  bert::cuda::KernelPaths one_item;
+  one_item.attention_persistent_forward = false;
+  ctx.set_kernel_paths(one_item);
+  (void)launched_kernels();
+  const ForwardResult expected = gpu_forward(ctx, p, d, AttentionKernel::kMma);
+  const auto expected_names = launched_kernels();
+  CHECK(all_finite(expected.context));
+  CHECK(all_finite(expected.logsumexp));
+  ctx.set_kernel_paths({});
+  for (const int limit : {1, 3, 7, 0}) {
+    INFO("grid limit " << limit << " (0: the device's)");
+    ctx.set_persistent_grid_limit(limit);
+    const ForwardResult persistent = gpu_forward(ctx, p, d, AttentionKernel::kMma);
+    const auto names = launched_kernels();
+    CHECK(bitwise_equal(persistent.context, expected.context));
+    CHECK(bitwise_equal(persistent.logsumexp, expected.logsumexp));
+    if (names) {
+      CHECK(launched(*names, "attention_forward_persistent_mma_kernel"));
+      CHECK_FALSE(launched(*names, "attention_forward_mma_kernel"));
+      CHECK(launched(*expected_names, "attention_forward_mma_kernel"));
+      CHECK_FALSE(launched(*expected_names, "attention_forward_persistent_mma_kernel"));
+    }
+  }
+  CHECK_THROWS_WITH(ctx.set_persistent_grid_limit(-1),
+                    Catch::Contains("blocks must be >= 0") && Catch::Contains("got -1"));
+}
+
 TEST_CASE("cuda attention: an empty batch is a no-op") {
   Context ctx;
   const AttentionShape empty{0, 128, 12, 64, 3 * 768};

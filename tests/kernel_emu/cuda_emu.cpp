@@ -13,6 +13,7 @@
 #include <sys/mman.h>
 #include <unistd.h>
 
+#include <algorithm>
 #include <cstdio>
 #include <cstdlib>
 #include <map>
@@ -639,5 +640,34 @@ extern "C" cudaError_t cudaFuncSetAttribute(const void* func, cudaFuncAttribute 
   if (attribute != cudaFuncAttributeMaxDynamicSharedMemorySize) return cudaSuccess;
   if (value < 0 || static_cast<size_t>(value) > emu::kMaxShared) return cudaErrorInvalidValue;
   emu::dynamic_shared_limits()[func] = static_cast<size_t>(value);
+  return cudaSuccess;
+}
+
+// The emulation compiles no device code: no registers, static shared or local bytes to report (0),
+// and any block size up to the device's limit.
+extern "C" cudaError_t cudaFuncGetAttributes(cudaFuncAttributes* attributes, const void* func) {
+  if (attributes == nullptr || func == nullptr) return cudaErrorInvalidValue;
+  *attributes = cudaFuncAttributes{};
+  attributes->maxThreadsPerBlock = static_cast<int>(emu::kMaxThreads);
+  const auto limit = emu::dynamic_shared_limits().find(func);
+  attributes->maxDynamicSharedSizeBytes =
+      static_cast<int>(limit != emu::dynamic_shared_limits().end() ? limit->second : emu::kDefaultDynamicShared);
+  return cudaSuccess;
+}
+
+// Blocks an SM by the limits the emulation knows of: threads (2,048 an SM), blocks (32) and shared
+// memory (228 KB an SM, 1 KB of it reserved per block; a request above the kernel's dynamic limit is
+// refused as cudaFuncSetAttribute left it). Registers are not modelled: a device may say fewer.
+extern "C" cudaError_t cudaOccupancyMaxActiveBlocksPerMultiprocessor(int* blocks, const void* func, int block_size,
+                                                                     size_t dynamic_shared_bytes) {
+  if (blocks == nullptr || block_size <= 0 || static_cast<unsigned>(block_size) > emu::kMaxThreads)
+    return cudaErrorInvalidValue;
+  const auto limit = emu::dynamic_shared_limits().find(func);
+  const size_t allowed = limit != emu::dynamic_shared_limits().end() ? limit->second : emu::kDefaultDynamicShared;
+  if (dynamic_shared_bytes > allowed) return cudaErrorInvalidValue;
+  constexpr size_t kSmShared = size_t{228} << 10, kReservedPerBlock = size_t{1} << 10;
+  const size_t by_threads = 2048 / static_cast<size_t>(block_size);
+  const size_t by_shared = kSmShared / (dynamic_shared_bytes + kReservedPerBlock);
+  *blocks = static_cast<int>(std::min<size_t>({by_threads, by_shared, 32}));
   return cudaSuccess;
 }
