@@ -776,7 +776,8 @@ __global__ void __launch_bounds__(kThreads)
 // each block's first step waits on its own Q/K/V loads and its last ends with the context stores,
 // the two steps between them too few to hide either.
 // Shared memory: Q, K and V double-buffered and two key-bias rows (items alternate): D = 32 / 64 /
-// 128: 34 / 58 / 106 KB, 3 / 3 / 2 blocks an SM as the one-item kernel. The bits are the one-item
+// 128: 34 / 58 / 106 KB; with 128 / 158 / 172 registers (ptxas sm_90a, no spills) 4 / 3 / 2 blocks an
+// SM, as the one-item kernel (bench_kernels prints what the device says). The bits are the one-item
 // kernel's: the same ForwardMmaWarp steps in the same order on the same tiles.
 constexpr int kMaskValuesPerThread = kMaxSeqLen / kThreads;
 
