@@ -45,15 +45,17 @@
 // (dK/dV) the steps' logsumexp/Delta: D = 64: 47.5 / 55.5 / 54.5 KB, D = 128: 87.5 / 103.5 / 102.5 KB
 // (forward / dK/dV / dQ); registers for D = 32 / 64 / 128: forward 126 / 167 / 173 (its persistent
 // form below 128 / 158 / 172), dK/dV 128 / 166 / 246, dQ 166 / 166 / 242, no spills (ptxas, sm_90a):
-// at D = 64, 3 blocks (12 warps) an SM, as before the double buffering. Their exponentials are exp2f of one FMA (scores
-// scaled by scale * log2(e), the logsumexp by log2(e)): FlashAttention-2's base-2 softmax, which took 6-11% of the
-// kernels' PTX instructions away. Neither change is measured on a device yet. Why: per warp and 64-key step at D = 64
-// the wmma forward moves ~28 KB through shared memory besides the 16 KB of K and V fragments both kernels read (scores
-// out and in, probabilities out and in, O loaded, rescaled and stored): ~44 KB at 128 B/clk/SM is ~340 clocks against
-// ~130 of mma.sync work (2 x 16 x 64 x 64 MACs at ~1k bf16 MACs/clk/SM), so it is bound by shared memory near 2.5x the
-// tensor time, the mma kernel near 1x; the wmma backward kernels round-trip two score tiles per step alike. Measured on
-// an H200 (bench/RESULTS.md, 2026-12-04): the mma kernels run at 1.9-2.4x the wmma ones (2.0-3.0x with dropout; forward
-// 58-79 TFLOP/s against 28-34 at D = 64), so kMma is the default.
+// at D = 64, 3 blocks (12 warps) an SM, as before the double buffering. Their exponentials are exp2f
+// of one FMA (scores scaled by scale * log2(e), the logsumexp by log2(e)): FlashAttention-2's base-2
+// softmax, which took 6-11% of the kernels' PTX instructions away. Neither change is measured on a
+// device yet.
+// Why: per warp and 64-key step at D = 64 the wmma forward moves ~28 KB through shared memory besides
+// the 16 KB of K and V fragments both kernels read (scores out and in, probabilities out and in, O
+// loaded, rescaled and stored): ~44 KB at 128 B/clk/SM is ~340 clocks against ~130 of mma.sync work
+// (2 x 16 x 64 x 64 MACs at ~1k bf16 MACs/clk/SM), so it is bound by shared memory near 2.5x the tensor
+// time, the mma kernel near 1x; the wmma backward kernels round-trip two score tiles per step alike.
+// Measured on an H200 (bench/RESULTS.md, 2026-12-04): the mma kernels run at 1.9-2.4x the wmma ones
+// (2.0-3.0x with dropout; forward 58-79 TFLOP/s against 28-34 at D = 64), so kMma is the default.
 //
 // kMma's backward up to 128 keys (BERT at seq 128) is one fused kernel a (b, h) instead of the pair:
 // its 4 or 8 warps own all the keys (K and V stay in shared memory), walk the query steps as the dK/dV
