@@ -804,9 +804,11 @@ void add_optimizer_cases(std::vector<Case>& cases, const Model& m, const Sizes& 
 // The ops whose specialised kernels replaced general ones (ops_cuda.h: KernelPaths) get a second
 // case right after their own, "<op>_baseline/...": the same shape and buffers, run with
 // KernelPaths::baseline(), so the replacement and what it replaced are timed in the same run on the
-// same device. (The attention backward's pair is attention*_bwd_mma_recompute_dq.)
+// same device. (The attention backward's pair is attention*_bwd_mma_recompute_dq. The dense MLM
+// decoder, itself the padded one's twin, gets none.)
 std::vector<Case> with_baseline_cases(const std::vector<Case>& cases) {
-  static const char* const kReplaced[] = {"layernorm_fwd/",
+  static const char* const kReplaced[] = {"linear_bwd/",
+                                          "layernorm_fwd/",
                                           "residual_layernorm_fwd/",
                                           "layernorm_bwd/",
                                           "residual_layernorm_bwd/",
@@ -822,6 +824,7 @@ std::vector<Case> with_baseline_cases(const std::vector<Case>& cases) {
   std::vector<Case> out;
   for (const Case& c : cases) {
     out.push_back(c);
+    if (c.name.ends_with("_dense")) continue;
     for (const char* prefix : kReplaced) {
       const std::string head(prefix);
       if (c.name.compare(0, head.size(), head) != 0) continue;
@@ -1080,6 +1083,7 @@ void write_json(const std::string& path, const bert::DeviceInfo& device, const s
     o << (i ? ",\n" : "\n") << "    {\"product\": \"" << json_escape(plan.product) << "\", \"m\": " << plan.m
       << ", \"n\": " << plan.n << ", \"k\": " << plan.k
       << ", \"bias_epilogue\": " << (plan.bias_epilogue ? "true" : "false")
+      << ", \"bias_gradient_epilogue\": " << (plan.bias_gradient_epilogue ? "true" : "false")
       << ", \"accumulate\": " << (plan.accumulate ? "true" : "false")
       << ", \"rank_reused\": " << (plan.rank_reused ? "true" : "false") << ", \"algorithm\": \""
       << json_escape(plan.algorithm) << "\", \"offered\": " << plan.offered << ", \"chosen\": " << plan.chosen

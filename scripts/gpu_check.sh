@@ -79,7 +79,7 @@ AUTOTUNE_TIMEOUT=${GPU_CHECK_AUTOTUNE_TIMEOUT:-90}
 PATHS_TIMEOUT=${GPU_CHECK_PATHS_TIMEOUT:-60}
 FIELDS_TIMEOUT=${GPU_CHECK_FIELDS_TIMEOUT:-240}
 # KernelPaths' fields (kernels/cuda/ops_cuda.h, KernelPaths::fields(); a suite test keeps the two equal).
-KERNEL_PATH_FIELDS="attention_fused_backward layernorm_resident_forward layernorm_fused_backward dropout_fused_layernorm dropout_fused_layernorm_backward cross_entropy_resident gelu_fast_math embeddings_direct_type_gradient attention_persistent_forward"
+KERNEL_PATH_FIELDS="attention_fused_backward layernorm_resident_forward layernorm_fused_backward dropout_fused_layernorm dropout_fused_layernorm_backward cross_entropy_resident gelu_fast_math embeddings_direct_type_gradient attention_persistent_forward gemm_bias_gradient_epilogue"
 STAGES=" ${GPU_CHECK_STAGES:-tests curve kernels attention profile paths autotune sanitize demo train} "
 stage() { [[ $STAGES == *" $1 "* ]]; }
 # Sets `budget`: the seconds a stage may take, its own limit $1 or what GPU_CHECK_TOTAL leaves (10 s

@@ -6,9 +6,16 @@
 //   forward 2*rows*in*out = 77 GFLOP; backward dx + dW = 155 GFLOP.
 //   bytes (each operand once): (rows*in + in*out + rows*out)*2 = 130 MB forward.
 //   intensity ~600 FLOP/byte, far above H200's ~200 FLOP/byte ridge: compute bound, so every product
-//   is one cuBLASLt GEMM on the tensor cores (~0.1 ms each at ~750 TFLOP/s). The bias gradient is
-//   memory bound: one read of dy (rows*out*2 = 100 MB, ~25 us at ~4 TB/s) in our own two-pass column
-//   sum; the bias add is fused into the forward GEMM's epilogue (CUBLASLT_EPILOGUE_BIAS).
+//   is one cuBLASLt GEMM on the tensor cores (~0.1 ms each at ~750 TFLOP/s). The bias add is fused
+//   into the forward GEMM's epilogue (CUBLASLT_EPILOGUE_BIAS). The bias gradient alone is memory
+//   bound: one read of dy (rows*out*2 = 100 MB, ~25 us at ~4 TB/s) in our own two-pass column sum. The
+//   weight gradient's GEMM reads dy anyway (as its B, reduced over k = rows), so where cuBLASLt offers
+//   CUBLASLT_EPILOGUE_BGRADB for it, that GEMM also writes the column sums (fp32, D's type) into
+//   scratch and one small kernel adds them to dbias (the epilogue overwrites; dbias accumulates):
+//   at BERT-base's 16k tokens ~125 MB of reads (~40 us) and three launches fewer a layer (qkv,
+//   attn_out, ffn_down: one add for two column-sum passes each; ffn_up's db is the GELU backward's).
+//   KernelPaths::gemm_bias_gradient_epilogue selects the column-sum kernels instead (bench_kernels' linear_bwd_baseline
+//   cases).
 //
 // Row-major to cuBLASLt's column-major: a row-major [r, c] matrix is a column-major [c, r] one with
 // leading dimension c, i.e. its transpose. So each product is computed transposed:
@@ -46,6 +53,7 @@
 #include <cstdint>
 #include <iterator>
 #include <map>
+#include <set>
 #include <span>
 #include <stdexcept>
 #include <string>
@@ -246,6 +254,10 @@ struct GemmCall {
   const void* b = nullptr;
   void* d = nullptr;
   const void* bias = nullptr;  // bf16 [m], forward only
+  // fp32 [n], weight gradient only: dbias += the column sums of op(B) over k (dy's over its rows),
+  // from the epilogue into `bias_grad_out` (scratch) where the library offers it, else our kernels.
+  float* dbias = nullptr;
+  float* bias_grad_out = nullptr;
   float beta = 0.0f;
 };
 
@@ -260,7 +272,9 @@ PlanKey plan_key(const GemmCall& call, int autotune) {
           call.ldb,
           call.ldd,
           call.beta != 0.0f ? 1 : 0,
-          call.bias != nullptr ? 1 : 0,
+          call.bias != nullptr    ? 1
+          : call.dbias != nullptr ? 2
+                                  : 0,
           static_cast<int64_t>(call.d_type),
           pointer_alignment(call.a),
           pointer_alignment(call.b),
@@ -286,6 +300,9 @@ struct GemmPlan {
   cublasLtMatmulAlgo_t algo{};
   bool has_bias = false;    // the bias epilogue adds it
   bool bias_after = false;  // no epilogue kernel at these alignments: add_bias_rows after the GEMM
+  bool has_bias_grad = false;       // the BGRADB epilogue writes the bias gradient into call.bias_grad_out
+  bool bias_grad_separate = false;  // no BGRADB kernel for this call: accumulate_bias_grad reads dy again
+  bool ran = false;                 // cublasLtMatmul accepted this plan once
   GemmPlanInfo info;        // what Context::gemm_plans reports
   int64_t sequence = 0;     // the order plans were made in
 };
@@ -370,6 +387,14 @@ void add_bias_rows(Context& ctx, int64_t rows, int64_t cols, int64_t ld, const b
   CUDA_CHECK_LAUNCH();
 }
 
+// dbias[n] += gradient[n]: the BGRADB epilogue's column sums (it overwrites its output; dbias accumulates).
+void add_bias_grad(Context& ctx, const float* gradient, int64_t n, float* dbias) {
+  constexpr int kThreads = 256;
+  bias_grad_finish_kernel<<<static_cast<unsigned>(ceil_div(n, kThreads)), kThreads, 0, ctx.stream()>>>(gradient, 1, n,
+                                                                                                       dbias);
+  CUDA_CHECK_LAUNCH();
+}
+
 }  // namespace
 
 // Defined here, declared (opaque) in ops_cuda.h: the cache lives in the Context that owns the handle.
@@ -377,24 +402,50 @@ struct Context::GemmPlans {
   std::map<PlanKey, GemmPlan> plans;
   int64_t made = 0;                    // plans made so far (GemmPlan::sequence)
   std::map<PlanKey, int> tuned_ranks;  // tuning_class -> the rank autotuning chose for it
+  // Keys whose BGRADB algorithm the library offered and then declined to run: planned without it.
+  std::set<PlanKey> bias_grad_refused;
 
-  // Enqueues D = op(A) op(B) (+ bias) + beta D on ctx.stream(), with the cached plan of its key.
+  // Enqueues D = op(A) op(B) (+ bias) + beta D (and dbias += column sums of op(B)) on ctx.stream(),
+  // with the cached plan of its key.
   void run(Context& ctx, const GemmCall& call) {
-    GemmPlan& plan = get(ctx, call);
-    if (plan.has_bias)
-      CUBLAS_CHECK(cublaslt_api().cublasLtMatmulDescSetAttribute(plan.desc.handle, CUBLASLT_MATMUL_DESC_BIAS_POINTER,
-                                                                 &call.bias, sizeof(call.bias)));
-    const float alpha = 1.0f, beta = call.beta;
-    CUBLAS_CHECK(cublaslt_api().cublasLtMatmul(ctx.cublaslt(), plan.desc.handle, &alpha, call.a, plan.a.handle, call.b,
-                                               plan.b.handle, &beta, call.d, plan.d.handle, call.d, plan.d.handle,
-                                               &plan.algo, ctx.gemm_workspace(), ctx.gemm_workspace_bytes(),
-                                               ctx.stream()));
+    GemmPlan* plan = &get(ctx, call);
+    cublasStatus_t status = enqueue(ctx, call, *plan);
+    if (plan->has_bias_grad && !plan->ran &&
+        (status == CUBLAS_STATUS_NOT_SUPPORTED || status == CUBLAS_STATUS_INVALID_VALUE)) {
+      // A bias-gradient epilogue the heuristic offered but cublasLtMatmul declined (an epilogue newer
+      // than this library's kernels, say): the same GEMM without it, the column sums by our kernels.
+      const PlanKey key = plan_key(call, ctx.gemm_autotune());
+      bias_grad_refused.insert(key);
+      plans.erase(key);
+      plan = &get(ctx, call);
+      status = enqueue(ctx, call, *plan);
+    }
+    CUBLAS_CHECK(status);
+    plan->ran = true;
     // D is column-major m x n (leading dimension ldd): row-major [n, m] with rows ldd apart, the bias along m.
-    if (plan.bias_after)
+    if (plan->bias_after)
       add_bias_rows(ctx, call.n, call.m, call.ldd, static_cast<const bf16*>(call.bias), static_cast<bf16*>(call.d));
+    if (plan->has_bias_grad) add_bias_grad(ctx, call.bias_grad_out, call.n, call.dbias);
   }
 
  private:
+  // The plan's GEMM on the call's operands (after the bias gradient's own kernels where the plan has
+  // no epilogue for it); cublasLtMatmul's status, unchecked.
+  static cublasStatus_t enqueue(Context& ctx, const GemmCall& call, GemmPlan& plan) {
+    if (plan.bias_grad_separate)
+      accumulate_bias_grad(ctx, static_cast<const bf16*>(call.b), call.k, call.n, call.ldb, call.dbias);
+    if (plan.has_bias)
+      CUBLAS_CHECK(cublaslt_api().cublasLtMatmulDescSetAttribute(plan.desc.handle, CUBLASLT_MATMUL_DESC_BIAS_POINTER,
+                                                                 &call.bias, sizeof(call.bias)));
+    if (plan.has_bias_grad)
+      CUBLAS_CHECK(cublaslt_api().cublasLtMatmulDescSetAttribute(plan.desc.handle, CUBLASLT_MATMUL_DESC_BIAS_POINTER,
+                                                                 &call.bias_grad_out, sizeof(call.bias_grad_out)));
+    const float alpha = 1.0f, beta = call.beta;
+    return cublaslt_api().cublasLtMatmul(ctx.cublaslt(), plan.desc.handle, &alpha, call.a, plan.a.handle, call.b,
+                                         plan.b.handle, &beta, call.d, plan.d.handle, call.d, plan.d.handle, &plan.algo,
+                                         ctx.gemm_workspace(), ctx.gemm_workspace_bytes(), ctx.stream());
+  }
+
   GemmPlan& get(Context& ctx, const GemmCall& call) {
     const PlanKey key = plan_key(call, ctx.gemm_autotune());
     auto found = plans.find(key);
@@ -474,6 +525,17 @@ struct Context::GemmPlans {
     CUBLAS_CHECK(cublaslt_api().cublasLtMatmulDescSetAttribute(plan.desc.handle, CUBLASLT_MATMUL_DESC_TRANSB, &trans_b,
                                                                sizeof(trans_b)));
     plan.has_bias = call.bias != nullptr;
+    plan.has_bias_grad = call.dbias != nullptr && !bias_grad_refused.contains(plan_key(call, ctx.gemm_autotune()));
+    plan.bias_grad_separate = call.dbias != nullptr && !plan.has_bias_grad;
+    if (plan.has_bias_grad) {
+      // The gradient's type is D's (fp32), the library's default for BGRAD epilogues; the pointer is
+      // set again at every call (scratch may move when it grows), its alignment (256 bytes) is fixed.
+      const uint32_t epilogue = CUBLASLT_EPILOGUE_BGRADB;
+      CUBLAS_CHECK(cublaslt_api().cublasLtMatmulDescSetAttribute(plan.desc.handle, CUBLASLT_MATMUL_DESC_EPILOGUE,
+                                                                 &epilogue, sizeof(epilogue)));
+      CUBLAS_CHECK(cublaslt_api().cublasLtMatmulDescSetAttribute(plan.desc.handle, CUBLASLT_MATMUL_DESC_BIAS_POINTER,
+                                                                 &call.bias_grad_out, sizeof(call.bias_grad_out)));
+    }
     if (plan.has_bias) {
       const uint32_t epilogue = CUBLASLT_EPILOGUE_BIAS;
       const int32_t bias_type = CUDA_R_16BF;
@@ -529,6 +591,15 @@ struct Context::GemmPlans {
       return status == CUBLAS_STATUS_NOT_SUPPORTED || (status == CUBLAS_STATUS_SUCCESS && found == 0);
     };
     cublasStatus_t status = heuristic();
+    if (plan.has_bias_grad && none_found(status)) {
+      // No BGRADB kernel for these operands: the plain GEMM, and accumulate_bias_grad before it.
+      const uint32_t no_epilogue = CUBLASLT_EPILOGUE_DEFAULT;
+      CUBLAS_CHECK(cublaslt_api().cublasLtMatmulDescSetAttribute(plan.desc.handle, CUBLASLT_MATMUL_DESC_EPILOGUE,
+                                                                 &no_epilogue, sizeof(no_epilogue)));
+      plan.has_bias_grad = false;
+      plan.bias_grad_separate = true;
+      status = heuristic();
+    }
     if (plan.has_bias && none_found(status)) {
       // No bias-epilogue kernel at these alignments: the plain GEMM, then add_bias_rows.
       const uint32_t no_epilogue = CUBLASLT_EPILOGUE_DEFAULT;
@@ -553,6 +624,7 @@ struct Context::GemmPlans {
     plan.info.n = call.n;
     plan.info.k = call.k;
     plan.info.bias_epilogue = plan.has_bias;
+    plan.info.bias_gradient_epilogue = plan.has_bias_grad;
     plan.info.accumulate = call.beta != 0.0f;
     plan.info.offered = found;
     const PlanKey tuning = tuning_class(plan_key(call, requested));
@@ -656,7 +728,11 @@ void linear_backward(Context& ctx, const LinearShape& shape, const bf16* dy, con
   if (shape.rows == 0) return;                                            // dx is empty; dW and db gain nothing
   if (!ctx.gemm_plans_) ctx.gemm_plans_.reset(new Context::GemmPlans());  // owned at once by the Context
 
-  if (dbias != nullptr) accumulate_bias_grad(ctx, dy, shape.rows, shape.out_features, shape.y_stride(), dbias);
+  // With dW, the bias gradient rides on its GEMM (BGRADB, where cuBLASLt has a kernel for it: run()).
+  const bool bias_grad_in_gemm =
+      dbias != nullptr && dweight != nullptr && ctx.kernel_paths().gemm_bias_gradient_epilogue;
+  if (dbias != nullptr && !bias_grad_in_gemm)
+    accumulate_bias_grad(ctx, dy, shape.rows, shape.out_features, shape.y_stride(), dbias);
 
   if (dweight != nullptr) {
     GemmCall call;
@@ -674,6 +750,10 @@ void linear_backward(Context& ctx, const LinearShape& shape, const bf16* dy, con
     call.b = dy;
     call.d = dweight;
     call.beta = 1.0f;
+    if (bias_grad_in_gemm) {
+      call.dbias = dbias;
+      call.bias_grad_out = static_cast<float*>(ctx.scratch(static_cast<size_t>(shape.out_features) * sizeof(float)));
+    }
     ctx.gemm_plans_->run(ctx, call);
   }
 

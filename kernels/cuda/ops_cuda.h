@@ -121,8 +121,9 @@ class DeviceBuffer {
 struct GemmPlanInfo {
   std::string product;          // "linear_forward (y = x W^T + b)", "linear_backward (dx = dy W)", ...
   int64_t m = 0, n = 0, k = 0;  // cuBLASLt's column-major sizes (gemm.cu's table)
-  bool bias_epilogue = false;
-  bool accumulate = false;  // beta = 1: D += the product
+  bool bias_epilogue = false;   // the forward's bias added by the GEMM (CUBLASLT_EPILOGUE_BIAS)
+  bool bias_gradient_epilogue = false;  // the weight gradient's dbias from the GEMM (CUBLASLT_EPILOGUE_BGRADB)
+  bool accumulate = false;              // beta = 1: D += the product
   // cublasLtMatmulAlgoConfigGetAttribute of the chosen algorithm, e.g. "algo 66, tile 128x256,
   // stages #19, split-k 1, reduction 0, swizzle 0, cluster #0".
   std::string algorithm;
@@ -143,9 +144,10 @@ inline std::string describe_gemm_plan(const GemmPlanInfo& plan) {
   char head[160];
   std::snprintf(head, sizeof(head), "%-32s %6lld x %6lld x %6lld%s: ", plan.product.c_str(),
                 static_cast<long long>(plan.m), static_cast<long long>(plan.n), static_cast<long long>(plan.k),
-                plan.bias_epilogue ? " +bias"
-                : plan.accumulate  ? " +="
-                                   : "");
+                plan.bias_epilogue            ? " +bias"
+                : plan.bias_gradient_epilogue ? " += +dbias"
+                : plan.accumulate             ? " +="
+                                              : "");
   std::string line = head + plan.algorithm;
   if (plan.rank_reused)
     return line + "; rank " + std::to_string(plan.chosen) + " of " + std::to_string(plan.offered) +
@@ -174,7 +176,8 @@ inline std::string describe_gemm_plan(const GemmPlanInfo& plan) {
 // baseline), so a device session can tell whether each replacement pays, on whichever card it gets.
 // The two agree within the tests' tolerances, not bitwise in general (the LayerNorm backward adds
 // dgamma/dbeta in another order, cross-entropy merges its row sums over another thread count, the
-// attention pair sums dQ in another order, GELU's Phi comes from another approximation).
+// attention pair sums dQ in another order, GELU's Phi comes from another approximation, cuBLASLt's
+// bias-gradient epilogue sums db in its own order).
 struct KernelPaths {
   // kMma's attention backward up to 128 keys: one fused kernel a (b, h), or the dK/dV + dQ pair.
   bool attention_fused_backward = true;
@@ -200,11 +203,15 @@ struct KernelPaths {
   // kMma's attention forward: a persistent grid (as many blocks as run at once, each walking its run
   // of 64-query items with the next item's loads in flight), or one block an item.
   bool attention_persistent_forward = true;
+  // linear_backward with dweight and dbias: the bias gradient from the weight-gradient GEMM's
+  // epilogue (cuBLASLt's BGRADB, reducing dy over the rows it already reads, into scratch, then one
+  // small kernel adding it to dbias), or the two-pass column-sum kernels reading dy once more.
+  bool gemm_bias_gradient_epilogue = true;
 
   // Every field with its name (baseline() and describe() go through it).
   using Field = bool KernelPaths::*;
-  static const std::array<std::pair<const char*, Field>, 9>& fields() {
-    static const std::array<std::pair<const char*, Field>, 9> table = {{
+  static const std::array<std::pair<const char*, Field>, 10>& fields() {
+    static const std::array<std::pair<const char*, Field>, 10> table = {{
         {"attention_fused_backward", &KernelPaths::attention_fused_backward},
         {"layernorm_resident_forward", &KernelPaths::layernorm_resident_forward},
         {"layernorm_fused_backward", &KernelPaths::layernorm_fused_backward},
@@ -214,6 +221,7 @@ struct KernelPaths {
         {"gelu_fast_math", &KernelPaths::gelu_fast_math},
         {"embeddings_direct_type_gradient", &KernelPaths::embeddings_direct_type_gradient},
         {"attention_persistent_forward", &KernelPaths::attention_persistent_forward},
+        {"gemm_bias_gradient_epilogue", &KernelPaths::gemm_bias_gradient_epilogue},
     }};
     return table;
   }
@@ -263,7 +271,7 @@ struct KernelPaths {
   }
 };
 // A field added without its entry in fields() would be missing from baseline() and describe().
-static_assert(sizeof(KernelPaths) == 9 * sizeof(bool), "every KernelPaths field is listed in fields()");
+static_assert(sizeof(KernelPaths) == 10 * sizeof(bool), "every KernelPaths field is listed in fields()");
 
 // Per-caller state for CUDA ops: the stream, the cuBLASLt handle and its workspace, and device
 // scratch reused across calls (grown on demand, never shrunk, so a warm training step allocates
@@ -357,7 +365,8 @@ class Context {
 void linear_forward(Context& ctx, const LinearShape& shape, const bf16* x, const bf16* weight, const bf16* bias,
                     bf16* y);
 // dx (bf16, mode as ops.h) = dy W; dweight (fp32) += dy^T x; dbias (fp32) += column sums of dy
-// (deterministic). Each of dx, dweight, dbias may be nullptr.
+// (deterministic). Each of dx, dweight, dbias may be nullptr. With dweight and dbias, the column sums
+// come from the dW GEMM's epilogue (KernelPaths::gemm_bias_gradient_epilogue) where cuBLASLt offers one.
 void linear_backward(Context& ctx, const LinearShape& shape, const bf16* dy, const bf16* x, const bf16* weight,
                      bf16* dx, float* dweight, float* dbias, InputGrad dx_mode = InputGrad::kOverwrite);
 

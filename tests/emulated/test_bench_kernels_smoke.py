@@ -9,7 +9,7 @@ throws, the JSON's fields, the lines gpu_check.sh greps, and the side-by-side's 
 
 Checked:
   - scripts/gpu_check.sh's KERNEL_PATH_FIELDS list KernelPaths::fields() (kernels/cuda/ops_cuda.h)
-  - --help, --list (152 cases, unique names, both models, every op family, every attention kernel; each
+  - --help, --list (162 cases, unique names, both models, every op family, every attention kernel; each
     "_baseline" case right after its twin, with the same bytes in the JSON)
   - bad arguments and no device: exit status 1 and one line naming the problem
   - --smoke --json: exit 0, every case "ok" with finite outputs, the JSON's fields and the table's
@@ -51,7 +51,7 @@ FAMILIES = ["linear_fwd", "linear_bwd", "linear_bwd_dx", "linear_bwd_dw", "linea
             "attention_train_bwd", "attention_train_bwd_mma", "attention_bwd_mma_recompute_dq",
             "attention_train_bwd_mma_recompute_dq", "cross_entropy", "adamw", "grad_norm"]
 # The cases with a KernelPaths::baseline() twin (bench_kernels.cu: with_baseline_cases).
-BASELINED = ["layernorm_fwd", "residual_layernorm_fwd", "layernorm_bwd", "residual_layernorm_bwd",
+BASELINED = ["linear_bwd", "layernorm_fwd", "residual_layernorm_fwd", "layernorm_bwd", "residual_layernorm_bwd",
              "dropout_residual_layernorm_fwd", "residual_layernorm_dropout_bwd", "bias_gelu_fwd", "bias_gelu_bwd",
              "cross_entropy", "embeddings_fwd", "embeddings_bwd", "attention_fwd_mma", "attention_train_fwd_mma"]
 FAMILIES += [family + "_baseline" for family in BASELINED]
@@ -108,12 +108,12 @@ def main():
           "--help: exit 0, names --smoke and --tokens")
     p = run([args.bench, "--list"])
     names = [line.split()[0] for line in p.stdout.splitlines() if line.strip()]
-    check(p.returncode == 0 and len(names) == 152, f"--list: exit 0, 152 cases (exit {p.returncode}, {len(names)})")
+    check(p.returncode == 0 and len(names) == 162, f"--list: exit 0, 162 cases (exit {p.returncode}, {len(names)})")
     check(len(set(names)) == len(names), "--list: names are unique")
     twins = [(names[i - 1], name) for i, name in enumerate(names) if "_baseline/" in name]
-    check(len(twins) == 34 and all(i > 0 and before == name.replace("_baseline/", "/", 1) for before, name in twins
+    check(len(twins) == 44 and all(i > 0 and before == name.replace("_baseline/", "/", 1) for before, name in twins
                                    for i in [names.index(name)]),
-          f"--list: 34 '_baseline' cases, each right after its twin ({[t for t in twins if t[0] != t[1].replace('_baseline/', '/', 1)]})")
+          f"--list: 44 '_baseline' cases, each right after its twin ({[t for t in twins if t[0] != t[1].replace('_baseline/', '/', 1)]})")
     for model in MODELS:
         families = {name.split("/")[0] for name in names if name.split("/")[1] == model}
         check(families == set(FAMILIES), f"--list: {model} has every op family ({sorted(set(FAMILIES) ^ families)})")
@@ -247,15 +247,20 @@ def main():
         tuned = {}
     tuned_plans = tuned.get("gemm_plans", [])
     products = {pl.get("product") for pl in tuned_plans}
-    check(p.returncode == 0 and tuned.get("gemm_autotune") == 4 and len(tuned_plans) == 3 and len(products) == 3,
-          f"--gemm-autotune 4: exit 0, one plan for each of attn_out's three GEMMs ({p.returncode}, {products})")
+    # attn_out's three products; dW twice: with the bias gradient in its epilogue (linear_bwd) and
+    # without (linear_bwd_dw, and linear_bwd_baseline's KernelPaths::baseline()).
+    epilogues = sorted(pl.get("bias_gradient_epilogue") for pl in tuned_plans if "(dW" in pl.get("product", ""))
+    check(p.returncode == 0 and tuned.get("gemm_autotune") == 4 and len(tuned_plans) == 4 and len(products) == 3 and
+          epilogues == [False, True],
+          f"--gemm-autotune 4: exit 0, one plan for each of attn_out's three GEMMs, dW with and without the "
+          f"bias-gradient epilogue ({p.returncode}, {products}, {epilogues})")
     for pl in tuned_plans:
         ms = pl.get("candidate_ms", [])
         chosen = pl.get("chosen", -1)
         check(pl.get("offered") == 3 and len(ms) == 3 and ms[2] is None and chosen in (0, 1) and
               None not in ms[:2] and ms[chosen] == min(ms[:2]) and pl.get("algorithm", "").startswith(f"algo {chosen},"),
               f"--gemm-autotune 4: {pl.get('product')} timed two algorithms, the third refused, the faster kept ({pl})")
-    check(len([line for line in p.stdout.splitlines() if "ms by rank:" in line and line.endswith("x)")]) == 3,
+    check(len([line for line in p.stdout.splitlines() if "ms by rank:" in line and line.endswith("x)")]) == 4,
           "--gemm-autotune 4: each plan's line gives the time of every rank and rank 0 against the chosen")
 
     # ---- bench_attention_torch.py's side-by-side on this JSON ----------------------------------------------

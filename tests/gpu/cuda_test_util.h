@@ -29,7 +29,8 @@
 
 #if defined(BERT_KERNEL_EMULATION)
 namespace emu {
-std::vector<std::string> take_launched_kernels();  // tests/kernel_emu/cuda_emu.h
+std::vector<std::string> take_launched_kernels();           // tests/kernel_emu/cuda_emu.h
+void refuse_bias_gradient_epilogue_at_matmul(bool refuse);  // tests/kernel_emu/cuda_emu.h
 }
 #endif
 

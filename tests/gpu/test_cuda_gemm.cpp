@@ -291,6 +291,58 @@ TEST_CASE("cuda linear_backward computes only the gradients asked for", "[cuda][
   }
 }
 
+// KernelPaths::gemm_bias_gradient_epilogue: with dW asked for, db comes from the dW GEMM's BGRADB
+// epilogue (into scratch, then added) or from the column-sum kernels; and where cublasLtMatmul declines
+// an epilogue its heuristic offered (forced under the kernel emulation), from the column sums after
+// all, that call and every later one. Each way db (and dW, dx) equal the CPU's, twice over on the same
+// plans, and under the kernel emulation the launched kernels and the plan report say which way ran.
+TEST_CASE("cuda linear_backward's db from the dW GEMM's epilogue or the column sums: both the CPU's",
+          "[cuda][linear]") {
+  struct Setting {
+    const char* name;
+    bool epilogue, refused;
+  };
+  bert::cpu::Context cpu;
+  const bool emulated = bert::cuda::cublaslt_api().path == "emulated";
+  uint64_t seed = 400;
+  for (const Setting setting : {Setting{"BGRADB epilogue", true, false}, Setting{"column-sum kernels", false, false},
+                                Setting{"BGRADB declined at cublasLtMatmul", true, true}}) {
+    if (setting.refused && !emulated) continue;  // only the emulated library can be told to decline
+    for (const LinearShape& shape : {LinearShape{1030, 64, 40}, LinearShape{129, 768, 3072}, LinearShape{3, 24, 13}}) {
+      INFO(setting.name << ", " << describe(shape));
+      const LinearData data(shape, seed++);
+      const Expected expected = cpu_reference(cpu, data, /*forward=*/false, /*backward=*/true);
+      Context ctx;
+      bert::cuda::KernelPaths paths;
+      paths.gemm_bias_gradient_epilogue = setting.epilogue;
+      ctx.set_kernel_paths(paths);
+#if defined(BERT_KERNEL_EMULATION)
+      struct Decline {
+        explicit Decline(bool refuse) { ::emu::refuse_bias_gradient_epilogue_at_matmul(refuse); }
+        ~Decline() { ::emu::refuse_bias_gradient_epilogue_at_matmul(false); }
+      } decline(setting.refused);
+#endif
+      (void)launched_kernels();
+      for (int call = 0; call < 2; ++call) check_backward(ctx, data, expected, InputGrad::kAccumulate);
+      const auto names = launched_kernels();
+      if (!emulated || !names) continue;
+      const bool from_epilogue = setting.epilogue && !setting.refused;
+      CHECK(launched(*names, "bias_grad_partial_kernel") != from_epilogue);
+      if (from_epilogue) CHECK(launched(*names, "bias_grad_finish_kernel"));  // adds the epilogue's sums to db
+      int weight_plans = 0;
+      for (const bert::cuda::GemmPlanInfo& plan : ctx.gemm_plans()) {
+        if (plan.product.find("linear_backward (dW") != 0) continue;
+        ++weight_plans;
+        CHECK(plan.bias_gradient_epilogue == from_epilogue);
+        CHECK(plan.accumulate);
+        CHECK_FALSE(plan.bias_epilogue);
+        CHECK((bert::cuda::describe_gemm_plan(plan).find("+dbias") != std::string::npos) == from_epilogue);
+      }
+      CHECK(weight_plans == 1);  // the declined plan was replaced, not kept beside its successor
+    }
+  }
+}
+
 TEST_CASE("cuda linear gradients are bitwise deterministic and accumulate over repeated calls", "[cuda][linear]") {
   Context ctx;
   const LinearShape shape{1030, 768, 3072};
@@ -388,7 +440,8 @@ TEST_CASE("cuda linear with autotuned algorithms equals the CPU reference and re
     CHECK(plan.candidate_ms.empty());
     // Its class's rank: the tuned plan of the same product and epilogue at rows 129, placement 0.
     const auto twin = std::find_if(plans.begin() + 1, plans.end(), [&](const bert::cuda::GemmPlanInfo& p) {
-      return p.product == plan.product && p.bias_epilogue == plan.bias_epilogue && p.accumulate == plan.accumulate &&
+      return p.product == plan.product && p.bias_epilogue == plan.bias_epilogue &&
+             p.bias_gradient_epilogue == plan.bias_gradient_epilogue && p.accumulate == plan.accumulate &&
              p.m == plan.m && (p.n == 129 || p.k == 129) && !p.candidate_ms.empty();
     });
     if (emulated) REQUIRE(twin != plans.end());  // every emulated plan was offered three algorithms

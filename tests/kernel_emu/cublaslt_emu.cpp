@@ -13,7 +13,11 @@
 //     a kernel that assumed it would fault. The bias epilogue is offered only when C/D's promised
 //     alignment and the bias pointer's are 16 bytes or more (NOT_SUPPORTED otherwise): a stricter
 //     library than the real one may be, so gemm.cu's fallback (plain GEMM, then add_bias_rows) runs
-//     in the misaligned test cases.
+//     in the misaligned test cases. Likewise the bias-gradient epilogue (CUBLASLT_EPILOGUE_BGRADB:
+//     the column sums of op(B) over k, in D's type, fp32 only, written to the bias pointer) only when
+//     B's promised alignment and the gradient pointer's are 16 bytes or more; and
+//     emu::refuse_bias_gradient_epilogue_at_matmul(true) makes cublasLtMatmul decline BGRADB
+//     algorithms the heuristic still offers (NOT_SUPPORTED), for gemm.cu's fallback on that path;
 //   - autotuning (Context::set_gemm_autotune): the heuristic offers up to three algorithms, the
 //     last of which refuses to run, and reports each one's id, tile and split-k count;
 // Not modelled: the library's own rounding (results are exact products summed in fp64, rounded once
@@ -111,9 +115,14 @@ bool supported(const Desc& d, const Layout& a, const Layout& b, const Layout& c,
          (dl.type == CUDA_R_16BF || dl.type == CUDA_R_32F) && c.type == dl.type &&
          (d.trans_a == CUBLAS_OP_N || d.trans_a == CUBLAS_OP_T) &&
          (d.trans_b == CUBLAS_OP_N || d.trans_b == CUBLAS_OP_T) &&
-         (d.epilogue == CUBLASLT_EPILOGUE_DEFAULT || d.epilogue == CUBLASLT_EPILOGUE_BIAS) &&
-         (d.epilogue != CUBLASLT_EPILOGUE_BIAS || d.bias_type == CUDA_R_16BF);
+         (d.epilogue == CUBLASLT_EPILOGUE_DEFAULT || d.epilogue == CUBLASLT_EPILOGUE_BIAS ||
+          d.epilogue == CUBLASLT_EPILOGUE_BGRADB) &&
+         (d.epilogue != CUBLASLT_EPILOGUE_BIAS || d.bias_type == CUDA_R_16BF) &&
+         (d.epilogue != CUBLASLT_EPILOGUE_BGRADB ||
+          (dl.type == CUDA_R_32F && (d.bias_type == -1 || d.bias_type == CUDA_R_32F)));
 }
+
+bool refuse_bgradb_at_matmul = false;  // emu::refuse_bias_gradient_epilogue_at_matmul
 
 // op(A) m x k, op(B) k x n, C/D m x n: the shapes must agree, and each ld cover its stored rows.
 bool consistent(const Desc& d, const Layout& a, const Layout& b, const Layout& c, const Layout& dl) {
@@ -244,6 +253,8 @@ cublasStatus_t cublasLtMatmulAlgoGetHeuristic(cublasLtHandle_t, cublasLtMatmulDe
   if (!supported(d, a, b, c, dl)) return CUBLAS_STATUS_NOT_SUPPORTED;
   if (d.epilogue == CUBLASLT_EPILOGUE_BIAS && (std::min(p.align_c, p.align_d) < 16 || alignment_of(d.bias) < 16))
     return CUBLAS_STATUS_NOT_SUPPORTED;
+  if (d.epilogue == CUBLASLT_EPILOGUE_BGRADB && (p.align_b < 16 || alignment_of(d.bias) < 16))
+    return CUBLAS_STATUS_NOT_SUPPORTED;
   const int offered = std::min(requested, kEmulatedAlgorithms);
   for (int variant = 0; variant < offered; ++variant) {
     cublasLtMatmulHeuristicResult_t result{};
@@ -298,6 +309,7 @@ cublasStatus_t cublasLtMatmul(cublasLtHandle_t, cublasLtMatmulDesc_t operation, 
   std::memcpy(&algo, algo_ptr, sizeof(algo));
   if (algo.magic != kAlgoMagic || algo.epilogue != d.epilogue) return CUBLAS_STATUS_INVALID_VALUE;
   if (algo.variant == kRefusingVariant) return CUBLAS_STATUS_NOT_SUPPORTED;
+  if (d.epilogue == CUBLASLT_EPILOGUE_BGRADB && refuse_bgradb_at_matmul) return CUBLAS_STATUS_NOT_SUPPORTED;
   if (!consistent(d, a, b, c, dl) || !supported(d, a, b, c, dl)) return CUBLAS_STATUS_INVALID_VALUE;
   if (alignment_of(a_ptr) < algo.align_a || alignment_of(b_ptr) < algo.align_b || alignment_of(c_ptr) < algo.align_c ||
       alignment_of(d_ptr) < algo.align_d)
@@ -314,6 +326,9 @@ cublasStatus_t cublasLtMatmul(cublasLtHandle_t, cublasLtMatmulDesc_t operation, 
                   extent(dl) * static_cast<int64_t>(element_bytes(dl.type)));
   if (d.epilogue == CUBLASLT_EPILOGUE_BIAS)
     emu::device_arg("cublasLtMatmul", "bias", static_cast<const __nv_bfloat16*>(d.bias), static_cast<int64_t>(dl.rows));
+  if (d.epilogue == CUBLASLT_EPILOGUE_BGRADB)
+    emu::device_arg("cublasLtMatmul", "bias gradient", static_cast<const float*>(d.bias),
+                    static_cast<int64_t>(dl.cols));
   emu::enqueue(stream, "cublasLtMatmul", [=] {
     const int64_t m = static_cast<int64_t>(dl.rows), n = static_cast<int64_t>(dl.cols);
     const int64_t k = static_cast<int64_t>(d.trans_a == CUBLAS_OP_N ? a.cols : a.rows);
@@ -347,8 +362,20 @@ cublasStatus_t cublasLtMatmul(cublasLtHandle_t, cublasLtMatmulDesc_t operation, 
           static_cast<float*>(d_ptr)[j * dl.ld + i] = out;
       }
     }
+    if (d.epilogue == CUBLASLT_EPILOGUE_BGRADB) {  // column j of op(B) summed over k, written (not added)
+      for (int64_t j = 0; j < n; ++j) {
+        const double* bj = b_cols.data() + j * k;
+        double sum = 0.0;
+        for (int64_t p = 0; p < k; ++p) sum += bj[p];
+        static_cast<float*>(const_cast<void*>(d.bias))[j] = static_cast<float>(sum);
+      }
+    }
   });
   return CUBLAS_STATUS_SUCCESS;
 }
 
 }  // extern "C"
+
+namespace emu {
+void refuse_bias_gradient_epilogue_at_matmul(bool refuse) { refuse_bgradb_at_matmul = refuse; }
+}  // namespace emu

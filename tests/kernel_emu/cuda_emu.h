@@ -124,6 +124,9 @@ bool accept_launch(const char* name, const void* kernel, dim3 grid, dim3 block, 
 // since the last call; the first call starts the record and returns nothing. For tests of which
 // kernel an op chose (tests/gpu/cuda_test_util.h: launched_kernels).
 std::vector<std::string> take_launched_kernels();
+// tests/kernel_emu/cublaslt_emu.cpp: true makes cublasLtMatmul decline the bias-gradient epilogue
+// (CUBLASLT_EPILOGUE_BGRADB) that its heuristic still offers, as a library may; for gemm.cu's fallback.
+void refuse_bias_gradient_epilogue_at_matmul(bool refuse);
 
 // Queues the grid on `stream`: body() runs once per CUDA thread.
 void queue_grid(const char* name, dim3 grid, dim3 block, size_t dynamic_shared_bytes, size_t shared_limit,
