@@ -334,6 +334,27 @@ struct LayerNormBuffers {
   }
 };
 
+// A LayerNorm backward's own buffers: dy and the accumulating dgamma/dbeta, filled from seeds seed ..
+// seed + 2; and the statistics it reads (f.mean, f.rstd) saved by a real forward of f's inputs.
+struct LayerNormGradBuffers {
+  bf16* dy;
+  float *dgamma, *dbeta;
+  static LayerNormGradBuffers make(Prepared& p, Context& ctx, const MatrixShape& shape, const LayerNormBuffers& f,
+                                   bool residual, uint64_t seed) {
+    const int64_t count = shape.rows * shape.cols;
+    LayerNormGradBuffers g{p.arena->make<bf16>(count), p.arena->make<float>(shape.cols),
+                           p.arena->make<float>(shape.cols)};
+    fill_uniform(ctx, g.dy, count, seed, -1e-2f, 1e-2f);
+    fill_uniform(ctx, g.dgamma, shape.cols, seed + 1, -1e-3f, 1e-3f);
+    fill_uniform(ctx, g.dbeta, shape.cols, seed + 2, -1e-3f, 1e-3f);
+    if (residual)
+      residual_layernorm_forward(ctx, shape, f.x, f.res, f.gamma, f.beta, kLayerNormEps, f.y, f.mean, f.rstd);
+    else
+      layernorm_forward(ctx, shape, f.x, f.gamma, f.beta, kLayerNormEps, f.y, f.mean, f.rstd);
+    return g;
+  }
+};
+
 void add_layernorm_cases(std::vector<Case>& cases, const Model& m, const Sizes& sizes) {
   const MatrixShape shape{sizes.tokens, m.hidden};
   const std::string shape_text = "rows " + str(sizes.tokens) + ", cols " + str(m.hidden);
@@ -359,19 +380,10 @@ void add_layernorm_cases(std::vector<Case>& cases, const Model& m, const Sizes& 
         {prefix + "_bwd/" + m.name, prefix + "_backward", shape_text, [shape, residual, n, h, rows](Context& ctx) {
            Prepared p;
            const int64_t count = shape.rows * shape.cols;
-           const auto [x, res, gamma, beta, y, mean, rstd] = LayerNormBuffers::make(p, ctx, shape, 15);
-           bf16* dy = p.arena->make<bf16>(count);
+           const LayerNormBuffers f = LayerNormBuffers::make(p, ctx, shape, 15);
+           const auto [dy, dgamma, dbeta] = LayerNormGradBuffers::make(p, ctx, shape, f, residual, 19);
+           const auto [x, res, gamma, beta, y, mean, rstd] = f;
            bf16* dx = p.arena->make<bf16>(count);
-           float* dgamma = p.arena->make<float>(shape.cols);
-           float* dbeta = p.arena->make<float>(shape.cols);
-           fill_uniform(ctx, dy, count, 19, -1e-2f, 1e-2f);
-           fill_uniform(ctx, dgamma, shape.cols, 20, -1e-3f, 1e-3f);
-           fill_uniform(ctx, dbeta, shape.cols, 21, -1e-3f, 1e-3f);
-           // The saved statistics come from a real forward.
-           if (residual)
-             residual_layernorm_forward(ctx, shape, x, res, gamma, beta, kLayerNormEps, y, mean, rstd);
-           else
-             layernorm_forward(ctx, shape, x, gamma, beta, kLayerNormEps, y, mean, rstd);
            p.run = [&ctx, shape, residual, x, res, gamma, mean, rstd, dy, dx, dgamma, dbeta] {
              if (residual)
                residual_layernorm_backward(ctx, shape, dy, x, res, gamma, mean, rstd, dx, dgamma, dbeta);
@@ -413,16 +425,11 @@ void add_layernorm_cases(std::vector<Case>& cases, const Model& m, const Sizes& 
        shape_text + ", p 0.1", [shape, n, h, rows](Context& ctx) {
          Prepared p;
          const int64_t count = shape.rows * shape.cols;
-         const auto [x, res, gamma, beta, y, mean, rstd] = LayerNormBuffers::make(p, ctx, shape, 23);
-         bf16* dy = p.arena->make<bf16>(count);
+         const LayerNormBuffers f = LayerNormBuffers::make(p, ctx, shape, 23);
+         const auto [dy, dgamma, dbeta] = LayerNormGradBuffers::make(p, ctx, shape, f, /*residual=*/true, 24);
+         const auto [x, res, gamma, beta, y, mean, rstd] = f;
          bf16* d_sum = p.arena->make<bf16>(count);
          bf16* d_x = p.arena->make<bf16>(count);
-         float* dgamma = p.arena->make<float>(shape.cols);
-         float* dbeta = p.arena->make<float>(shape.cols);
-         fill_uniform(ctx, dy, count, 24, -1e-2f, 1e-2f);
-         fill_uniform(ctx, dgamma, shape.cols, 25, -1e-3f, 1e-3f);
-         fill_uniform(ctx, dbeta, shape.cols, 26, -1e-3f, 1e-3f);
-         residual_layernorm_forward(ctx, shape, x, res, gamma, beta, kLayerNormEps, y, mean, rstd);
          const DropoutSpec spec{0.1f, 1234, 0};
          p.run = [&ctx, shape, spec, dy, x, res, gamma, mean, rstd, d_sum, d_x, dgamma, dbeta] {
            residual_layernorm_dropout_backward(ctx, shape, spec, dy, x, res, gamma, mean, rstd, d_sum, d_x, dgamma,
