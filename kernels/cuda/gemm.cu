@@ -524,23 +524,23 @@ struct Context::GemmPlans {
                                                                sizeof(trans_a)));
     CUBLAS_CHECK(cublaslt_api().cublasLtMatmulDescSetAttribute(plan.desc.handle, CUBLASLT_MATMUL_DESC_TRANSB, &trans_b,
                                                                sizeof(trans_b)));
+    auto set_epilogue = [&](uint32_t epilogue) {
+      CUBLAS_CHECK(cublaslt_api().cublasLtMatmulDescSetAttribute(plan.desc.handle, CUBLASLT_MATMUL_DESC_EPILOGUE,
+                                                                 &epilogue, sizeof(epilogue)));
+    };
     plan.has_bias = call.bias != nullptr;
     plan.has_bias_grad = call.dbias != nullptr && !bias_grad_refused.contains(plan_key(call, ctx.gemm_autotune()));
     plan.bias_grad_separate = call.dbias != nullptr && !plan.has_bias_grad;
     if (plan.has_bias_grad) {
       // The gradient's type is D's (fp32), the library's default for BGRAD epilogues; the pointer is
       // set again at every call (scratch may move when it grows), its alignment (256 bytes) is fixed.
-      const uint32_t epilogue = CUBLASLT_EPILOGUE_BGRADB;
-      CUBLAS_CHECK(cublaslt_api().cublasLtMatmulDescSetAttribute(plan.desc.handle, CUBLASLT_MATMUL_DESC_EPILOGUE,
-                                                                 &epilogue, sizeof(epilogue)));
+      set_epilogue(CUBLASLT_EPILOGUE_BGRADB);
       CUBLAS_CHECK(cublaslt_api().cublasLtMatmulDescSetAttribute(plan.desc.handle, CUBLASLT_MATMUL_DESC_BIAS_POINTER,
                                                                  &call.bias_grad_out, sizeof(call.bias_grad_out)));
     }
     if (plan.has_bias) {
-      const uint32_t epilogue = CUBLASLT_EPILOGUE_BIAS;
       const int32_t bias_type = CUDA_R_16BF;
-      CUBLAS_CHECK(cublaslt_api().cublasLtMatmulDescSetAttribute(plan.desc.handle, CUBLASLT_MATMUL_DESC_EPILOGUE,
-                                                                 &epilogue, sizeof(epilogue)));
+      set_epilogue(CUBLASLT_EPILOGUE_BIAS);
       CUBLAS_CHECK(cublaslt_api().cublasLtMatmulDescSetAttribute(plan.desc.handle, CUBLASLT_MATMUL_DESC_BIAS_DATA_TYPE,
                                                                  &bias_type, sizeof(bias_type)));
       // The real pointer is set again at every call; its alignment reaches the heuristic through C/D's.
@@ -593,18 +593,14 @@ struct Context::GemmPlans {
     cublasStatus_t status = heuristic();
     if (plan.has_bias_grad && none_found(status)) {
       // No BGRADB kernel for these operands: the plain GEMM, and accumulate_bias_grad before it.
-      const uint32_t no_epilogue = CUBLASLT_EPILOGUE_DEFAULT;
-      CUBLAS_CHECK(cublaslt_api().cublasLtMatmulDescSetAttribute(plan.desc.handle, CUBLASLT_MATMUL_DESC_EPILOGUE,
-                                                                 &no_epilogue, sizeof(no_epilogue)));
+      set_epilogue(CUBLASLT_EPILOGUE_DEFAULT);
       plan.has_bias_grad = false;
       plan.bias_grad_separate = true;
       status = heuristic();
     }
     if (plan.has_bias && none_found(status)) {
       // No bias-epilogue kernel at these alignments: the plain GEMM, then add_bias_rows.
-      const uint32_t no_epilogue = CUBLASLT_EPILOGUE_DEFAULT;
-      CUBLAS_CHECK(cublaslt_api().cublasLtMatmulDescSetAttribute(plan.desc.handle, CUBLASLT_MATMUL_DESC_EPILOGUE,
-                                                                 &no_epilogue, sizeof(no_epilogue)));
+      set_epilogue(CUBLASLT_EPILOGUE_DEFAULT);
       plan.has_bias = false;
       plan.bias_after = true;
       align_d = pointer_alignment(call.d);
