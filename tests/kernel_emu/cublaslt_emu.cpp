@@ -122,7 +122,7 @@ bool supported(const Desc& d, const Layout& a, const Layout& b, const Layout& c,
           (dl.type == CUDA_R_32F && (d.bias_type == -1 || d.bias_type == CUDA_R_32F)));
 }
 
-bool refuse_bgradb_at_matmul = false;
+bool refuse_bgradb_at_matmul = false;  // emu::refuse_bias_gradient_epilogue_at_matmul
 
 // sum a[p] b[p], p < k, over host copies of the operands. The O(m n k) part of a product, so left out
 // of the sanitizers' instrumentation (4-5x slower under them): the device operands were read into the
@@ -134,7 +134,7 @@ __attribute__((no_sanitize("address", "undefined"))) double dot(const double* a,
     for (int lane = 0; lane < 4; ++lane) sums[lane] += a[p + lane] * b[p + lane];
   for (; p < k; ++p) sums[0] += a[p] * b[p];
   return (sums[0] + sums[1]) + (sums[2] + sums[3]);
-}  // emu::refuse_bias_gradient_epilogue_at_matmul
+}
 
 // op(A) m x k, op(B) k x n, C/D m x n: the shapes must agree, and each ld cover its stored rows.
 bool consistent(const Desc& d, const Layout& a, const Layout& b, const Layout& c, const Layout& dl) {
