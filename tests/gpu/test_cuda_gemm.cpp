@@ -1,14 +1,14 @@
 // CUDA linear layer (kernels/cuda/gemm.cu, cuBLASLt) against kernels/cpu's fp32 linear on the same
 // bf16-rounded inputs: forward with and without bias, dx overwrite (into NaN-poisoned memory) and
-// accumulate, dW and db accumulated onto nonzero values, bitwise-deterministic gradients, shapes
-// that are odd on every axis (rows 1/3/129/1030, features 8..30522, some not multiples of 8), rows of
-// y and dy out_stride apart (the padding neither read nor written), and the one-line errors for bad
-// arguments. Every operand of the comparisons lives in a NaN-fenced allocation (a write past either
-// end of an output fails), at a 256-byte-aligned address and at
-// addresses aligned to the element only (offset 1: bf16 2-byte, fp32 4-byte; also offsets 2 and 4),
-// one operand at a time and all together, after the aligned plan of the same shape is cached in the
-// same Context (gemm.cu keys its cuBLASLt plans on the pointers' alignment); a pointer not aligned to
-// its element is a clean std::invalid_argument that writes nothing.
+// accumulate, dW and db accumulated onto nonzero values (db from the dW GEMM's BGRADB epilogue, from
+// the column-sum kernels, and from them after the library declines the epilogue), bitwise-deterministic gradients,
+// shapes that are odd on every axis (rows 1/3/129/1030, features 8..30522, some not multiples of 8), rows of y and dy
+// out_stride apart (the padding neither read nor written), and the one-line errors for bad arguments. Every operand of
+// the comparisons lives in a NaN-fenced allocation (a write past either end of an output fails), at a 256-byte-aligned
+// address and at addresses aligned to the element only (offset 1: bf16 2-byte, fp32 4-byte; also offsets 2 and 4), one
+// operand at a time and all together, after the aligned plan of the same shape is cached in the same Context (gemm.cu
+// keys its cuBLASLt plans on the pointers' alignment); a pointer not aligned to its element is a clean
+// std::invalid_argument that writes nothing.
 #include <algorithm>
 #include <cmath>
 #include <cstdint>
