@@ -244,9 +244,8 @@ void write_parameter_arena(const std::string& path, const std::vector<ParamInfo>
 
 template <class T>
 BertForPreTraining<T>::BertForPreTraining(const BertConfig& config, const ModelOptions& options)
-    : config_(config), options_(options), context_(options.num_threads) {
+    : config_(config), options_(resolve_model_options(options, kCpuDecoderChunkRows)), context_(options.num_threads) {
   ParameterTable table = make_parameter_table(config_);
-  if (options_.decoder_chunk_rows <= 0) throw Error("ModelOptions: decoder_chunk_rows must be > 0");
   params_ = std::move(table.params);
   param_init_ = std::move(table.init);
   param_offsets_ = std::move(table.offsets);
@@ -286,6 +285,14 @@ void BertForPreTraining<T>::zero_grads() {
 }
 
 // ---- shared with the CUDA model: planning, batch preparation, losses --------------------------------
+
+ModelOptions resolve_model_options(ModelOptions options, int64_t default_chunk_rows) {
+  if (options.decoder_chunk_rows < 0)
+    throw Error("ModelOptions: decoder_chunk_rows must be > 0 (or 0 for the model's default), not " +
+                std::to_string(options.decoder_chunk_rows));
+  if (options.decoder_chunk_rows == 0) options.decoder_chunk_rows = default_chunk_rows;
+  return options;
+}
 
 BatchArenaPlan plan_batch_arenas(const BertConfig& config, const ModelOptions& options, int64_t capacity_batch,
                                  int64_t capacity_tokens) {
@@ -359,6 +366,8 @@ void prepare_batch(const BatchView& batch, const BertConfig& config, const Model
   auto require = [&](bool ok, const std::string& message) {
     if (!ok) throw Error(std::string(who) + ": " + message);
   };
+  require(options.decoder_chunk_rows > 0,
+          "ModelOptions::decoder_chunk_rows must be resolved (> 0), not " + std::to_string(options.decoder_chunk_rows));
   require(batch.batch > 0 && batch.seq_len > 0, "batch and seq_len must be > 0");
   require(batch.input_ids != nullptr, "input_ids is missing");
   require(batch.seq_len <= config.max_position_embeddings, "seq_len " + std::to_string(batch.seq_len) +

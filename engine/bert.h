@@ -173,8 +173,8 @@ struct ModelOptions {
   // transform, gradient scattered back): the same loss and gradients as the dense head, ~7x less work.
   bool mlm_on_masked_positions_only = true;
   // MLM logits rows materialised at once ([rows, vocab] workspace); the loss and gradients do not
-  // depend on it beyond rounding.
-  int64_t decoder_chunk_rows = 1024;
+  // depend on it beyond rounding. 0: the model's default, kCpuDecoderChunkRows or kCudaDecoderChunkRows.
+  int64_t decoder_chunk_rows = 0;
   int num_threads = 0;      // CPU op threads; 0 = OpenMP's default
   uint64_t init_seed = 42;  // for the HF initialisation done by the constructor
   // Forward only (fill-mask, evaluation: mlm_logits_at, forward_backward without gradients): no
@@ -182,6 +182,17 @@ struct ModelOptions {
   // working copy is all it keeps: 2 instead of 18 bytes per parameter). Training calls throw.
   bool inference_only = false;
 };
+
+// The decoder's row chunk when ModelOptions::decoder_chunk_rows is 0. The CPU's fp32 logits of 1,024
+// rows are 125 MB at vocab 30,522. On the GPU each chunk is a decoder GEMM, a cross-entropy, a dx GEMM
+// and a dW GEMM that reads and writes the word embeddings' whole fp32 gradient (94 MB each way), and
+// a BERT-base batch of 16k tokens masks ~2,460 rows: 4,096 bf16 rows (250 MB) run it as one chunk,
+// saving two of each a step (~0.1-0.3 ms of ~37, napkin math; bench_train_step --decoder-chunk-rows).
+inline constexpr int64_t kCpuDecoderChunkRows = 1024;
+inline constexpr int64_t kCudaDecoderChunkRows = 4096;
+
+// `options` with decoder_chunk_rows 0 replaced by `default_chunk_rows`; bert::Error if it is negative.
+ModelOptions resolve_model_options(ModelOptions options, int64_t default_chunk_rows);
 
 // Forward + backward FLOPs of one batch (the napkin math above): the same count for the CPU and CUDA
 // models, for the run table and MFU.
@@ -286,6 +297,7 @@ class BertForPreTraining {
   BertForPreTraining& operator=(BertForPreTraining&&) = default;
 
   const BertConfig& config() const { return config_; }
+  const ModelOptions& options() const { return options_; }  // decoder_chunk_rows resolved (never 0)
   bool mlm_on_masked_positions_only() const { return options_.mlm_on_masked_positions_only; }
   void set_mlm_on_masked_positions_only(bool sparse) { options_.mlm_on_masked_positions_only = sparse; }
 

@@ -130,9 +130,9 @@ BertForPreTrainingCuda::ArenaPlan BertForPreTrainingCuda::plan_arenas(const Bert
 }
 
 CudaMemoryPlan BertForPreTrainingCuda::memory_plan(const BertConfig& config, int64_t max_batch, int64_t max_seq_len,
-                                                   const ModelOptions& options) {
+                                                   const ModelOptions& requested) {
   check_supported(config);
-  if (options.decoder_chunk_rows <= 0) throw Error("ModelOptions: decoder_chunk_rows must be > 0");
+  const ModelOptions options = resolve_model_options(requested, kCudaDecoderChunkRows);
   check_capacity(config, max_batch, max_seq_len);
   const ParameterTable table = make_parameter_table(config);
   const ArenaPlan plan = plan_arenas(config, options, max_batch, max_batch * max_seq_len);
@@ -172,8 +172,7 @@ void BertForPreTrainingCuda::StreamDeleter::operator()(cudaStream_t stream) cons
 }
 
 BertForPreTrainingCuda::BertForPreTrainingCuda(const BertConfig& config, const ModelOptions& options)
-    : config_(config), options_(options), table_(checked_table(config)) {
-  if (options_.decoder_chunk_rows <= 0) throw Error("ModelOptions: decoder_chunk_rows must be > 0");
+    : config_(config), options_(resolve_model_options(options, kCudaDecoderChunkRows)), table_(checked_table(config)) {
   context_ = std::make_unique<cuda::Context>();
   for (auto* event : {&staging_copied_, &stream_done_}) {
     cudaEvent_t created = nullptr;

@@ -22,6 +22,7 @@
 //                2*intermediate; + 4 x [tokens, hidden] for the MLM head rows (capacity: all tokens)
 //   workspace    bf16, backward's gradients: 7*hidden + intermediate per token + 3 x [tokens, hidden]
 //                for the MLM head + the decoder's logits chunk [min(tokens, decoder_chunk_rows), vocab]
+//                (ModelOptions' default on CUDA: kCudaDecoderChunkRows = 4,096 rows, engine/bert.h)
 //   statistics   fp32: LayerNorm mean/rstd (2 per LayerNorm per token), logsumexp (heads per token per layer)
 //   inputs       int32: input ids, token types, attention mask, MLM positions and labels [tokens], NSP labels
 //                [batch] (+ a pinned host mirror for the asynchronous upload)
@@ -30,15 +31,15 @@
 // Not in the arenas: the ops' Context scratch (grown on first use; largest user the embedding
 // backward, ~tokens * hidden * 4 B) and the 32 MiB cuBLASLt workspace: op_scratch_bytes estimates them.
 //
-// Napkin math (memory_plan's numbers, decoder_chunk_rows 1024; tests/test_cuda_plan.cpp checks them):
+// Napkin math (memory_plan's numbers, decoder_chunk_rows 4096; tests/test_cuda_plan.cpp checks them):
 //   BERT-base (110.1M params), batch 32 x 128 (4096 tokens):
 //     parameters 1.98 GB (master 0.44, working 0.22, grads 0.44, moments 0.88)
 //     activations 1.24 GB (12 layers x 4096 tokens x 24.6 KB, + 25 MB for the MLM rows)
-//     workspace 0.15 GB (the logits chunk 62.5 MB), statistics 3.1 MB, inputs 82 KB
-//     total 3.4 GB (3.2 GiB) + ~50 MB of op scratch; at 32 x 512 it is 7.4 GB.
+//     workspace 0.34 GB (the logits chunk 250 MB), statistics 3.1 MB, inputs 82 KB
+//     total 3.6 GB (3.4 GiB) + ~50 MB of op scratch; at 32 x 512 it is 7.6 GB.
 //   BERT-large (336.2M params), batch 32 x 512 (16384 tokens):
-//     parameters 6.05 GB, activations 13.1 GB (24 layers x 16384 x 32.8 KB), workspace 0.53 GB:
-//     19.8 GB (18.4 GiB); 64 x 512 needs 33 GB, 128 x 512 60 GB (fits an 80 GB H100 and the H200).
+//     parameters 6.05 GB, activations 13.1 GB (24 layers x 16384 x 32.8 KB), workspace 0.72 GB:
+//     20.0 GB (18.6 GiB); 64 x 512 needs 33 GB, 128 x 512 60 GB (fits an 80 GB H100 and the H200).
 // Time per step is the CPU model's FLOP count (BertForPreTraining::training_flops) at the GEMMs'
 // speed: BERT-base 32 x 128 = 2.24 TFLOP, at best ~4 ms (~550 bf16 TFLOP/s sustained).
 //
@@ -171,6 +172,7 @@ class BertForPreTrainingCuda {
   BertForPreTrainingCuda& operator=(const BertForPreTrainingCuda&) = delete;
 
   const BertConfig& config() const { return config_; }
+  const ModelOptions& options() const { return options_; }  // decoder_chunk_rows resolved (never 0)
   cuda::Context& context() { return *context_; }
   // Every op of later forward_backward calls is timed into `profiler` (nullptr: none, the default).
   // The caller keeps it alive while attached.

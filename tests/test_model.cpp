@@ -350,7 +350,11 @@ TEST_CASE("config validation names the field", "[model]") {
   config.hidden_act = "relu";
   CHECK_THROWS_WITH(Model<float>(config), Catch::Contains("hidden_act"));
   config = tiny_config();
-  Model<float> model(config);
+  ModelOptions negative;
+  negative.decoder_chunk_rows = -1;
+  CHECK_THROWS_WITH(Model<float>(config, negative), Catch::Contains("decoder_chunk_rows must be > 0"));
+  Model<float> model(config);  // decoder_chunk_rows 0: the CPU's default
+  CHECK(model.options().decoder_chunk_rows == bert::kCpuDecoderChunkRows);
   const TestBatch long_batch = make_batch({17}, {1}, 17, 1);
   LossStats stats;
   CHECK_THROWS_WITH(model.forward_backward(long_batch.view(), stats, false), Catch::Contains("max_position"));
@@ -404,6 +408,9 @@ TEST_CASE("prepare_batch lists the MLM rows and their per-chunk counts for both 
     CHECK(host.mlm_chunk_counted == std::vector<int64_t>{3, 1});
     CHECK(host.nsp_counted == 2);
   }
+  ModelOptions unresolved;  // decoder_chunk_rows 0: the models resolve it, prepare_batch refuses it
+  CHECK_THROWS_WITH(bert::prepare_batch(batch.view(), config, unresolved, "test", host),
+                    Catch::Contains("decoder_chunk_rows must be resolved"));
   options.mlm_on_masked_positions_only = false;  // dense: every token, -100 where unlabelled
   bert::prepare_batch(batch.view(), config, options, "test", host);
   REQUIRE(host.mlm_rows() == 14);

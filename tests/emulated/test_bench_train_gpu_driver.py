@@ -17,6 +17,8 @@ Checked:
     step to tune in, a one-line error
   - bench_train_step --kernel-paths: the setting in the JSON and the text; on the CPU, or an unknown value,
     a one-line error
+  - bench_train_step --decoder-chunk-rows: the model's default (4,096 on CUDA) or N in the JSON and the
+    text, the MLM cross-entropy called once per chunk, on both devices; a negative value, a one-line error
 The numbers themselves mean nothing here (an emulation, torch's CPU).
 
     test_bench_train_gpu_driver.py --bench build/tests/bench_train_step_emulated --work DIR
@@ -195,6 +197,27 @@ def main():
                            "'gelu_fast_math=no' is not <field>=true|false")):
         p = subprocess.run([args.bench] + extra, capture_output=True, text=True, timeout=60)
         check(p.returncode != 0 and needle in p.stderr, f"{' '.join(extra[-4:])}: a one-line error naming '{needle}'")
+
+    # --decoder-chunk-rows (bench_train_step's header): 0 is the model's default (4,096 on CUDA: one chunk
+    # here), N runs the MLM decoder and its cross-entropy once per N rows; reported in the JSON and the text.
+    rows = profiled.get("mlm_rows", 0)
+    check(profiled.get("decoder_chunk_rows") == 4096 and 2 < rows <= 4096,
+          f"JSON: decoder_chunk_rows 4096 by default ({profiled.get('decoder_chunk_rows')}), {rows} MLM rows")
+    p = subprocess.run(cmd + ["--decoder-chunk-rows", "2"], capture_output=True, text=True,
+                       env=dict(os.environ, OMP_NUM_THREADS="1"), timeout=300)
+    chunked = json.loads(p.stdout) if p.returncode == 0 else {}
+    chunk_calls = {entry["op"]: entry["calls"] for entry in chunked.get("profile", [])}
+    check(chunked.get("decoder_chunk_rows") == 2 and chunk_calls.get("softmax_cross_entropy 300") == (rows + 1) // 2,
+          f"--decoder-chunk-rows 2: the JSON says 2, the MLM cross-entropy ran once per 2 of {rows} rows "
+          f"({chunk_calls.get('softmax_cross_entropy 300')}; {p.stderr.strip()[-200:]})")
+    p = subprocess.run([args.bench, "--device", "cpu", "--steps", "1", "--warmup", "0", "--no-sgemm", "--layers",
+                        "1", "--batch", "2", "--seq", "16", "--decoder-chunk-rows", "3"],
+                       capture_output=True, text=True, env=dict(os.environ, OMP_NUM_THREADS="1"), timeout=300)
+    check(p.returncode == 0 and "masked tokens (" in p.stdout and "chunks of 3)" in p.stdout,
+          f"--decoder-chunk-rows 3 on the CPU: the text says so ({p.stderr.strip()[-200:]})")
+    p = subprocess.run([args.bench, "--device", "cuda", "--decoder-chunk-rows", "-1"], capture_output=True, text=True,
+                       timeout=60)
+    check(p.returncode != 0 and "--decoder-chunk-rows" in p.stderr, "--decoder-chunk-rows -1: a one-line error")
 
     if failures:
         sys.exit(f"{len(failures)} check(s) failed: " + "; ".join(failures))

@@ -202,6 +202,8 @@ TEST_CASE("cuda model: losses and gradients match the CPU model (dropout off)", 
   }
 
   SECTION("small decoder chunks give the same loss and gradients") {
+    CHECK(gpu.options().decoder_chunk_rows == bert::kCudaDecoderChunkRows);  // the default: one chunk here
+    CHECK(cpu.options().decoder_chunk_rows == bert::kCpuDecoderChunkRows);
     ModelOptions options;
     options.decoder_chunk_rows = 5;
     BertForPreTrainingCuda chunked(tiny_config(), options);
