@@ -404,18 +404,23 @@ struct Context::GemmPlans {
   std::map<PlanKey, int> tuned_ranks;  // tuning_class -> the rank autotuning chose for it
   // Keys whose BGRADB algorithm the library offered and then declined to run: planned without it.
   std::set<PlanKey> bias_grad_refused;
+  // Keys whose class's autotuned rank the library declined to run for them: planned with rank 0.
+  std::set<PlanKey> rank_reuse_refused;
 
   // Enqueues D = op(A) op(B) (+ bias) + beta D (and dbias += column sums of op(B)) on ctx.stream(),
   // with the cached plan of its key.
   void run(Context& ctx, const GemmCall& call) {
     GemmPlan* plan = &get(ctx, call);
     cublasStatus_t status = enqueue(ctx, call, *plan);
-    if (plan->has_bias_grad && !plan->ran &&
-        (status == CUBLAS_STATUS_NOT_SUPPORTED || status == CUBLAS_STATUS_INVALID_VALUE)) {
-      // A bias-gradient epilogue the heuristic offered but cublasLtMatmul declined (an epilogue newer
-      // than this library's kernels, say): the same GEMM without it, the column sums by our kernels.
+    // A plan's first call declined by cublasLtMatmul where the plan trusted something untimed: a
+    // bias-gradient epilogue the heuristic offered (one newer than this library's kernels, say), then
+    // a rank autotuned for another shape of the class. Plan the call again without it (the column
+    // sums by our kernels; the heuristic's rank 0), that call and every later one. Nothing has been
+    // enqueued for the declined attempt, so nothing is added twice.
+    while (!plan->ran && (status == CUBLAS_STATUS_NOT_SUPPORTED || status == CUBLAS_STATUS_INVALID_VALUE) &&
+           (plan->has_bias_grad || plan->info.rank_reused)) {
       const PlanKey key = plan_key(call, ctx.gemm_autotune());
-      bias_grad_refused.insert(key);
+      (plan->has_bias_grad ? bias_grad_refused : rank_reuse_refused).insert(key);
       plans.erase(key);
       plan = &get(ctx, call);
       status = enqueue(ctx, call, *plan);
@@ -426,14 +431,13 @@ struct Context::GemmPlans {
     if (plan->bias_after)
       add_bias_rows(ctx, call.n, call.m, call.ldd, static_cast<const bf16*>(call.bias), static_cast<bf16*>(call.d));
     if (plan->has_bias_grad) add_bias_grad(ctx, call.bias_grad_out, call.n, call.dbias);
+    if (plan->bias_grad_separate)
+      accumulate_bias_grad(ctx, static_cast<const bf16*>(call.b), call.k, call.n, call.ldb, call.dbias);
   }
 
  private:
-  // The plan's GEMM on the call's operands (after the bias gradient's own kernels where the plan has
-  // no epilogue for it); cublasLtMatmul's status, unchecked.
+  // The plan's GEMM on the call's operands; cublasLtMatmul's status, unchecked.
   static cublasStatus_t enqueue(Context& ctx, const GemmCall& call, GemmPlan& plan) {
-    if (plan.bias_grad_separate)
-      accumulate_bias_grad(ctx, static_cast<const bf16*>(call.b), call.k, call.n, call.ldb, call.dbias);
     if (plan.has_bias)
       CUBLAS_CHECK(cublaslt_api().cublasLtMatmulDescSetAttribute(plan.desc.handle, CUBLASLT_MATMUL_DESC_BIAS_POINTER,
                                                                  &call.bias, sizeof(call.bias)));
@@ -451,11 +455,17 @@ struct Context::GemmPlans {
     auto found = plans.find(key);
     if (found != plans.end()) return found->second;
     GemmPlan& plan = plans.try_emplace(key).first->second;
+    bool built = false;
     try {
-      build(ctx, call, plan);
+      built = build(ctx, call, plan);
     } catch (...) {
       plans.erase(key);
       throw;
+    }
+    if (!built) {  // autotuning found that no BGRADB candidate runs: plan the call without the epilogue
+      bias_grad_refused.insert(key);
+      plans.erase(key);
+      return get(ctx, call);
     }
     plan.sequence = made++;
     return plan;
@@ -490,8 +500,9 @@ struct Context::GemmPlans {
     return ms[kRuns / 2];
   }
 
-  // Times each of the heuristic's algorithms (Context::set_gemm_autotune) and keeps the fastest in plan.algo.
-  static void autotune(Context& ctx, const GemmCall& call, GemmPlan& plan,
+  // Times each of the heuristic's algorithms (Context::set_gemm_autotune) and keeps the fastest in
+  // plan.algo; false when none of them ran.
+  static bool autotune(Context& ctx, const GemmCall& call, GemmPlan& plan,
                        std::span<const cublasLtMatmulHeuristicResult_t> offered) {
     const size_t element_bytes = call.d_type == CUDA_R_32F ? sizeof(float) : sizeof(bf16);
     const size_t d_elements = static_cast<size_t>(call.ldd * (call.n - 1) + call.m);
@@ -507,17 +518,15 @@ struct Context::GemmPlans {
       if (ms >= 0 && (best < 0 || ms < plan.info.candidate_ms[static_cast<size_t>(best)])) best = static_cast<int>(i);
     }
     ctx.synchronize();
-    if (best < 0) {
-      throw std::runtime_error(std::string(product_name(call.product)) + ": none of the " +
-                               std::to_string(offered.size()) +
-                               " cuBLASLt algorithms offered for m=" + std::to_string(call.m) +
-                               " n=" + std::to_string(call.n) + " k=" + std::to_string(call.k) + " ran (autotuning)");
-    }
+    if (best < 0) return false;
     plan.info.chosen = best;
     plan.algo = offered[static_cast<size_t>(best)].algo;
+    return true;
   }
 
-  void build(Context& ctx, const GemmCall& call, GemmPlan& plan) {
+  // Makes `plan` for `call`; false (the plan unusable) only when autotuning found that none of the
+  // heuristic's BGRADB algorithms runs, for get() to plan the call without the epilogue.
+  bool build(Context& ctx, const GemmCall& call, GemmPlan& plan) {
     CUBLAS_CHECK(cublaslt_api().cublasLtMatmulDescCreate(&plan.desc.handle, CUBLAS_COMPUTE_32F, CUDA_R_32F));
     const int32_t trans_a = call.trans_a, trans_b = call.trans_b;
     CUBLAS_CHECK(cublaslt_api().cublasLtMatmulDescSetAttribute(plan.desc.handle, CUBLASLT_MATMUL_DESC_TRANSA, &trans_a,
@@ -529,7 +538,10 @@ struct Context::GemmPlans {
                                                                  &epilogue, sizeof(epilogue)));
     };
     plan.has_bias = call.bias != nullptr;
-    plan.has_bias_grad = call.dbias != nullptr && !bias_grad_refused.contains(plan_key(call, ctx.gemm_autotune()));
+    // Not at k = 1 (a one-row MLM decoder chunk, NSP on a batch of one): OneFlow's BGRADB GEMM takes
+    // the column sums itself there, having found "wrong bias grad in cublas_k == 1" (CUDA 11 era).
+    plan.has_bias_grad =
+        call.dbias != nullptr && call.k > 1 && !bias_grad_refused.contains(plan_key(call, ctx.gemm_autotune()));
     plan.bias_grad_separate = call.dbias != nullptr && !plan.has_bias_grad;
     if (plan.has_bias_grad) {
       // The gradient's type is D's (fp32), the library's default for BGRAD epilogues; the pointer is
@@ -592,7 +604,7 @@ struct Context::GemmPlans {
     };
     cublasStatus_t status = heuristic();
     if (plan.has_bias_grad && none_found(status)) {
-      // No BGRADB kernel for these operands: the plain GEMM, and accumulate_bias_grad before it.
+      // No BGRADB kernel for these operands: the plain GEMM, and accumulate_bias_grad after it.
       set_epilogue(CUBLASLT_EPILOGUE_DEFAULT);
       plan.has_bias_grad = false;
       plan.bias_grad_separate = true;
@@ -626,20 +638,27 @@ struct Context::GemmPlans {
     const PlanKey tuning = tuning_class(plan_key(call, requested));
     const auto tuned = tuned_ranks.find(tuning);
     if (requested > 1 && found > 1 && tuned != tuned_ranks.end() && tuned->second < found &&
-        results[static_cast<size_t>(tuned->second)].state == CUBLAS_STATUS_SUCCESS) {
+        results[static_cast<size_t>(tuned->second)].state == CUBLAS_STATUS_SUCCESS &&
+        !rank_reuse_refused.contains(plan_key(call, ctx.gemm_autotune()))) {
       // A shape of a class already timed (the MLM head's rows change with every batch): its rank.
       plan.info.chosen = tuned->second;
       plan.info.rank_reused = true;
       plan.algo = results[static_cast<size_t>(tuned->second)].algo;
     } else if (requested > 1 && found > 1 && tuned == tuned_ranks.end()) {
-      autotune(ctx, call, plan,
-               std::span<const cublasLtMatmulHeuristicResult_t>(results.data(), static_cast<size_t>(found)));
+      if (!autotune(ctx, call, plan,
+                    std::span<const cublasLtMatmulHeuristicResult_t>(results.data(), static_cast<size_t>(found)))) {
+        if (plan.has_bias_grad) return false;
+        throw std::runtime_error(std::string(product_name(call.product)) + ": none of the " + std::to_string(found) +
+                                 " cuBLASLt algorithms offered for m=" + std::to_string(call.m) +
+                                 " n=" + std::to_string(call.n) + " k=" + std::to_string(call.k) + " ran (autotuning)");
+      }
       tuned_ranks.emplace(tuning, plan.info.chosen);
     } else {
       CUBLAS_CHECK(results[0].state);
       plan.algo = results[0].algo;
     }
     plan.info.algorithm = describe_algorithm(plan.algo);
+    return true;
   }
 };
 

@@ -31,6 +31,7 @@
 namespace emu {
 std::vector<std::string> take_launched_kernels();           // tests/kernel_emu/cuda_emu.h
 void refuse_bias_gradient_epilogue_at_matmul(bool refuse);  // tests/kernel_emu/cuda_emu.h
+void refuse_algorithm_at_matmul(int id);                    // tests/kernel_emu/cuda_emu.h
 }
 #endif
 

@@ -301,14 +301,19 @@ TEST_CASE("cuda linear_backward's db from the dW GEMM's epilogue or the column s
   struct Setting {
     const char* name;
     bool epilogue, refused;
+    int autotune;
   };
   bert::cpu::Context cpu;
   const bool emulated = bert::cuda::cublaslt_api().path == "emulated";
   uint64_t seed = 400;
-  for (const Setting setting : {Setting{"BGRADB epilogue", true, false}, Setting{"column-sum kernels", false, false},
-                                Setting{"BGRADB declined at cublasLtMatmul", true, true}}) {
+  for (const Setting setting :
+       {Setting{"BGRADB epilogue", true, false, 0}, Setting{"column-sum kernels", false, false, 0},
+        Setting{"BGRADB declined at cublasLtMatmul", true, true, 0},
+        Setting{"BGRADB declined at cublasLtMatmul, autotuned", true, true, 4}}) {
     if (setting.refused && !emulated) continue;  // only the emulated library can be told to decline
-    for (const LinearShape& shape : {LinearShape{1030, 64, 40}, LinearShape{129, 768, 3072}, LinearShape{3, 24, 13}}) {
+    // k = rows: 1 never gets the epilogue (gemm.cu: OneFlow's "wrong bias grad in cublas_k == 1").
+    for (const LinearShape& shape :
+         {LinearShape{1030, 64, 40}, LinearShape{129, 768, 3072}, LinearShape{3, 24, 13}, LinearShape{1, 24, 16}}) {
       INFO(setting.name << ", " << describe(shape));
       const LinearData data(shape, seed++);
       const Expected expected = cpu_reference(cpu, data, /*forward=*/false, /*backward=*/true);
@@ -316,6 +321,7 @@ TEST_CASE("cuda linear_backward's db from the dW GEMM's epilogue or the column s
       bert::cuda::KernelPaths paths;
       paths.gemm_bias_gradient_epilogue = setting.epilogue;
       ctx.set_kernel_paths(paths);
+      ctx.set_gemm_autotune(setting.autotune);
 #if defined(BERT_KERNEL_EMULATION)
       struct Decline {
         explicit Decline(bool refuse) { ::emu::refuse_bias_gradient_epilogue_at_matmul(refuse); }
@@ -326,7 +332,7 @@ TEST_CASE("cuda linear_backward's db from the dW GEMM's epilogue or the column s
       for (int call = 0; call < 2; ++call) check_backward(ctx, data, expected, InputGrad::kAccumulate);
       const auto names = launched_kernels();
       if (!emulated || !names) continue;
-      const bool from_epilogue = setting.epilogue && !setting.refused;
+      const bool from_epilogue = setting.epilogue && !setting.refused && shape.rows > 1;
       CHECK(launched(*names, "bias_grad_partial_kernel") != from_epilogue);
       if (from_epilogue) CHECK(launched(*names, "bias_grad_finish_kernel"));  // adds the epilogue's sums to db
       int weight_plans = 0;
@@ -337,11 +343,48 @@ TEST_CASE("cuda linear_backward's db from the dW GEMM's epilogue or the column s
         CHECK(plan.accumulate);
         CHECK_FALSE(plan.bias_epilogue);
         CHECK((bert::cuda::describe_gemm_plan(plan).find("+dbias") != std::string::npos) == from_epilogue);
+        // Autotuned: the candidates timed are the plain GEMM's (every BGRADB one declined), rank 2 refusing.
+        if (setting.autotune > 0) {
+          REQUIRE(plan.candidate_ms.size() == 3);
+          CHECK(plan.candidate_ms[plan.chosen] >= 0);
+        }
       }
       CHECK(weight_plans == 1);  // the declined plan was replaced, not kept beside its successor
     }
   }
 }
+
+#if defined(BERT_KERNEL_EMULATION)
+// Only the emulated library can be told to decline an algorithm it offered, so this case exists only
+// in the emulated builds (tests/kernel_emu/cublaslt_emu.cpp: emu::refuse_algorithm_at_matmul).
+TEST_CASE("cuda linear: a rank autotuned for its class that cublasLtMatmul declines for a shape falls back to rank 0",
+          "[cuda][linear]") {
+  REQUIRE(bert::cuda::cublaslt_api().path == "emulated");
+  bert::cpu::Context cpu;
+  Context ctx;
+  ctx.set_gemm_autotune(4);
+  struct Restore {
+    ~Restore() { ::emu::refuse_algorithm_at_matmul(-1); }
+  } restore;
+  // Rows 129 timed with rank 0 declining (rank 2 always does): rank 1 wins for the class.
+  ::emu::refuse_algorithm_at_matmul(0);
+  const LinearData tuned(LinearShape{129, 64, 48}, 51);
+  check_forward(ctx, tuned, cpu_reference(cpu, tuned), true);
+  REQUIRE(ctx.gemm_plans().size() == 1);
+  CHECK(ctx.gemm_plans()[0].chosen == 1);
+  // Rows 200, the same class: rank 1 reused untimed, declined, so planned again with rank 0.
+  ::emu::refuse_algorithm_at_matmul(1);
+  const LinearData similar(LinearShape{200, 64, 48}, 52);
+  const Expected similar_expected = cpu_reference(cpu, similar);
+  for (int call = 0; call < 2; ++call) check_forward(ctx, similar, similar_expected, true);
+  const std::vector<bert::cuda::GemmPlanInfo> plans = ctx.gemm_plans();
+  REQUIRE(plans.size() == 2);  // the declined plan replaced, not kept beside its successor
+  CHECK(plans[1].n == 200);
+  CHECK(plans[1].chosen == 0);
+  CHECK_FALSE(plans[1].rank_reused);
+  CHECK(plans[1].candidate_ms.empty());
+}
+#endif
 
 TEST_CASE("cuda linear gradients are bitwise deterministic and accumulate over repeated calls", "[cuda][linear]") {
   Context ctx;

@@ -18,6 +18,8 @@
 //     B's promised alignment and the gradient pointer's are 16 bytes or more; and
 //     emu::refuse_bias_gradient_epilogue_at_matmul(true) makes cublasLtMatmul decline BGRADB
 //     algorithms the heuristic still offers (NOT_SUPPORTED), for gemm.cu's fallback on that path;
+//     emu::refuse_algorithm_at_matmul(id) likewise any algorithm of that id (rank), for the fallback
+//     from a rank autotuned for another shape of the class;
 //   - autotuning (Context::set_gemm_autotune): the heuristic offers up to three algorithms, the
 //     last of which refuses to run, and reports each one's id, tile and split-k count;
 // Not modelled: the library's own rounding (results are exact products summed in fp64, rounded once
@@ -123,6 +125,7 @@ bool supported(const Desc& d, const Layout& a, const Layout& b, const Layout& c,
 }
 
 bool refuse_bgradb_at_matmul = false;  // emu::refuse_bias_gradient_epilogue_at_matmul
+int refused_variant_at_matmul = -1;    // emu::refuse_algorithm_at_matmul
 
 // sum a[p] b[p], p < k, over host copies of the operands. The O(m n k) part of a product, so left out
 // of the sanitizers' instrumentation (4-5x slower under them): the device operands were read into the
@@ -322,6 +325,7 @@ cublasStatus_t cublasLtMatmul(cublasLtHandle_t, cublasLtMatmulDesc_t operation, 
   if (algo.magic != kAlgoMagic || algo.epilogue != d.epilogue) return CUBLAS_STATUS_INVALID_VALUE;
   if (algo.variant == kRefusingVariant) return CUBLAS_STATUS_NOT_SUPPORTED;
   if (d.epilogue == CUBLASLT_EPILOGUE_BGRADB && refuse_bgradb_at_matmul) return CUBLAS_STATUS_NOT_SUPPORTED;
+  if (algo.variant == refused_variant_at_matmul) return CUBLAS_STATUS_NOT_SUPPORTED;
   if (!consistent(d, a, b, c, dl) || !supported(d, a, b, c, dl)) return CUBLAS_STATUS_INVALID_VALUE;
   if (alignment_of(a_ptr) < algo.align_a || alignment_of(b_ptr) < algo.align_b || alignment_of(c_ptr) < algo.align_c ||
       alignment_of(d_ptr) < algo.align_d)
@@ -384,4 +388,5 @@ cublasStatus_t cublasLtMatmul(cublasLtHandle_t, cublasLtMatmulDesc_t operation, 
 
 namespace emu {
 void refuse_bias_gradient_epilogue_at_matmul(bool refuse) { refuse_bgradb_at_matmul = refuse; }
+void refuse_algorithm_at_matmul(int id) { refused_variant_at_matmul = id; }
 }  // namespace emu

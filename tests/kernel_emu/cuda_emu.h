@@ -127,6 +127,8 @@ std::vector<std::string> take_launched_kernels();
 // tests/kernel_emu/cublaslt_emu.cpp: true makes cublasLtMatmul decline the bias-gradient epilogue
 // (CUBLASLT_EPILOGUE_BGRADB) that its heuristic still offers, as a library may; for gemm.cu's fallback.
 void refuse_bias_gradient_epilogue_at_matmul(bool refuse);
+// The same for every algorithm of id `id` (the heuristic's rank; -1: none), whatever its epilogue.
+void refuse_algorithm_at_matmul(int id);
 
 // Queues the grid on `stream`: body() runs once per CUDA thread.
 void queue_grid(const char* name, dim3 grid, dim3 block, size_t dynamic_shared_bytes, size_t shared_limit,
