@@ -24,12 +24,17 @@ using cuda::bf16;
 // The fused attention kernel's sequence limit.
 constexpr int64_t kMaxSeqLen = cuda::kAttentionMaxSeqLen;
 
-// Estimated Context scratch + cuBLASLt workspace (not part of the arenas): the embedding backward's
-// fp32 [tokens, hidden] plus its sort buffers dominate; the column-sum partials are far smaller.
-size_t op_scratch_estimate(const BertConfig& config, int64_t tokens) {
-  const size_t gemm_workspace = size_t{32} << 20;
+// Estimated Context scratch (not part of the arenas; reserve allocates it with them): the embedding
+// backward's fp32 [tokens, hidden] plus its sort buffers dominate; the column-sum partials are far
+// smaller. Any op that needs more grows it (synchronising the stream once).
+size_t context_scratch_estimate(const BertConfig& config, int64_t tokens) {
   const size_t ld = (static_cast<size_t>(config.hidden_size) + 3) / 4 * 4;
-  return gemm_workspace + static_cast<size_t>(tokens) * (ld * sizeof(float) + 64) + (size_t{4} << 20);
+  return static_cast<size_t>(tokens) * (ld * sizeof(float) + 64) + (size_t{4} << 20);
+}
+
+// The same + the cuBLASLt workspace.
+size_t op_scratch_estimate(const BertConfig& config, int64_t tokens) {
+  return (size_t{32} << 20) + context_scratch_estimate(config, tokens);
 }
 
 [[noreturn]] void unsupported(const std::string& message) {
@@ -277,6 +282,9 @@ void BertForPreTrainingCuda::reserve(int64_t max_batch, int64_t max_seq_len) {
   CUDA_CHECK(cudaMemsetAsync(statistics_.data(), 0, statistics_.bytes(), stream));
   CUDA_CHECK(cudaMemsetAsync(inputs_.data(), 0, inputs_.bytes(), stream));
   CUDA_CHECK(cudaMemsetAsync(loss_stats_.data(), 0, loss_stats_.bytes(), stream));
+  // The ops' scratch too: an out-of-memory error here, before training, not in a step's first op;
+  // and no step synchronises to grow it (a cudaFree waits for the whole device, NCCL's stream too).
+  context_->scratch(context_scratch_estimate(config_, plan.graph.capacity_tokens));
   context_->synchronize();
   plan_ = std::move(plan);
 }
@@ -295,7 +303,7 @@ CudaMemoryPlan BertForPreTrainingCuda::allocated() const {
   memory.statistics_bytes = statistics_.bytes();
   memory.inputs_bytes = inputs_.bytes();
   memory.loss_stats_bytes = loss_stats_.bytes() + grad_norms_.bytes() + update_count_.bytes();
-  memory.op_scratch_bytes = context_->gemm_workspace_bytes();
+  memory.op_scratch_bytes = context_->gemm_workspace_bytes() + context_->scratch_bytes();
   return memory;
 }
 

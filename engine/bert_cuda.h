@@ -28,8 +28,9 @@
 //                [batch] (+ a pinned host mirror for the asynchronous upload)
 // reserve(max_batch, max_seq_len) plans and allocates the batch-sized arenas once; memory_plan()
 // returns the same numbers without a device (the trainer prints "needs X GiB, device has Y").
-// Not in the arenas: the ops' Context scratch (grown on first use; largest user the embedding
-// backward, ~tokens * hidden * 4 B) and the 32 MiB cuBLASLt workspace: op_scratch_bytes estimates them.
+// Not in the arenas: the ops' Context scratch (largest user the embedding backward, ~tokens * hidden
+// * 4 B; allocated by reserve at its estimate, grown by an op that needs more) and the 32 MiB cuBLASLt
+// workspace: op_scratch_bytes estimates them.
 //
 // Napkin math (memory_plan's numbers, decoder_chunk_rows 4096; tests/test_cuda_plan.cpp checks them):
 //   BERT-base (110.1M params), batch 32 x 128 (4096 tokens):
@@ -192,8 +193,8 @@ class BertForPreTrainingCuda {
   // batch * seq_len <= max_batch * max_seq_len with batch <= max_batch fits). A larger batch later
   // re-plans once (synchronising; grows, never shrinks): call it up front to allocate exactly once.
   void reserve(int64_t max_batch, int64_t max_seq_len);
-  // The bytes allocated now, in memory_plan's fields (op_scratch_bytes: the cuBLASLt workspace only;
-  // the Context's scratch is not counted).
+  // The bytes allocated now, in memory_plan's fields (op_scratch_bytes: the cuBLASLt workspace and
+  // the Context's scratch).
   CudaMemoryPlan allocated() const;
   // The uploaded batch as the host knows it: shapes, the MLM rows and their per-chunk counts.
   const HostBatch& uploaded_batch() const { return batch_; }

@@ -293,8 +293,10 @@ class Context {
   int sm_version() const { return sm_version_; }  // e.g. 90
 
   // `bytes` of device scratch, 256-byte aligned, valid until the next scratch() call. Growing
-  // synchronises the stream (cudaFree of the old region), so size it once in a warm-up step.
+  // synchronises the stream (cudaFree of the old region), so size it once up front (the CUDA model's
+  // reserve) or in a warm-up step.
   void* scratch(size_t bytes);
+  size_t scratch_bytes() const { return scratch_.bytes(); }
 
   void synchronize() const { CUDA_CHECK(cudaStreamSynchronize(stream_)); }
 

@@ -408,11 +408,17 @@ TEST_CASE("cuda model: reserve allocates what memory_plan says", "[cuda][model]"
   CHECK(allocated.loss_stats_bytes == plan.loss_stats_bytes);
   CHECK(allocated.parameter_arena_bytes() + allocated.batch_arena_bytes() ==
         plan.parameter_arena_bytes() + plan.batch_arena_bytes());
+  // The ops' scratch is allocated with the arenas, at the estimate (rounded up to its granularity).
+  CHECK(allocated.op_scratch_bytes >= plan.op_scratch_bytes);
+  CHECK(allocated.op_scratch_bytes < plan.op_scratch_bytes + (size_t{4} << 20));
 
-  // A batch that fits allocates nothing new; a bigger one grows to the larger plan.
+  // A batch that fits allocates nothing new, scratch included (the estimate covers a step's ops);
+  // a bigger one grows to the larger plan.
   const TestBatch batch(15);
   gpu.forward_backward(batch.view(), 1.0f);
+  gpu.optimizer_step(bert::ops::AdamWHyperparams{}, 1.0f);
   CHECK(gpu.allocated().activations_bytes == plan.activations_bytes);
+  CHECK(gpu.allocated().op_scratch_bytes == allocated.op_scratch_bytes);
   gpu.reserve(8, 32);
   CHECK(gpu.allocated().activations_bytes == gpu.memory_plan(8, 32).activations_bytes);
   CHECK_THROWS_AS(gpu.reserve(1, 128), bert::Error);  // beyond max_position_embeddings (64)
