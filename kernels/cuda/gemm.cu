@@ -73,8 +73,10 @@ using namespace detail;  // kernels/cuda/common.cuh
 // Pass 1: block (x: a strip of 32*kVec columns, y: a chunk of kRowsPerChunk rows); 8 row lanes of
 // 32 threads each sum their rows in order, the lanes are summed in lane order through shared memory,
 // and the chunk's sums go to partial[chunk, column] (or straight into dbias when there is one chunk).
-// Pass 2: one thread per column sums the chunks in order and adds to dbias. The chunking depends on
-// the shape alone, so the result is bitwise the same on every run (and every GPU).
+// Pass 2: accumulate_partials_kernel (common.cuh: 32 columns x 32 chunk groups a block, the groups
+// added in order) adds the chunks' sums to dbias; one thread per column walking all 128 chunks of a
+// 16k-row dy in turn was latency bound (3 blocks at 768 columns). The chunking depends on the shape
+// alone, so the result is bitwise the same on every run (and every GPU).
 
 constexpr int kBiasLanes = 8;           // row lanes per block (threadIdx.y)
 constexpr int kBiasThreadsX = 32;       // column threads per block (threadIdx.x)
@@ -142,13 +144,10 @@ __global__ void __launch_bounds__(kBiasThreadsX* kBiasLanes)
   }
 }
 
-__global__ void bias_grad_finish_kernel(const float* __restrict__ partial, int64_t num_chunks, int64_t cols,
-                                        float* __restrict__ dbias) {
+// dbias[col] += gradient[col] (add_bias_grad: the BGRADB epilogue's column sums).
+__global__ void bias_grad_add_kernel(const float* __restrict__ gradient, int64_t cols, float* __restrict__ dbias) {
   const int64_t col = static_cast<int64_t>(blockIdx.x) * blockDim.x + threadIdx.x;
-  if (col >= cols) return;
-  float sum = 0.0f;
-  for (int64_t chunk = 0; chunk < num_chunks; ++chunk) sum += partial[chunk * cols + col];
-  dbias[col] += sum;
+  if (col < cols) dbias[col] += gradient[col];
 }
 
 // ----------------------------------------------------------------------------------------------------
@@ -182,9 +181,7 @@ void accumulate_bias_grad(Context& ctx, const bf16* dy, int64_t rows, int64_t co
     launch_bias_grad_partial<1>(ctx, dy, rows, cols, ld, rows_per_chunk, num_chunks, out, accumulate);
 
   if (num_chunks > 1) {
-    constexpr int kThreads = 256;
-    bias_grad_finish_kernel<<<static_cast<unsigned>(ceil_div(cols, kThreads)), kThreads, 0, ctx.stream()>>>(
-        out, num_chunks, cols, dbias);
+    launch_accumulate_partials(ctx.stream(), num_chunks, cols, out, dbias);
     CUDA_CHECK_LAUNCH();
   }
 }
@@ -390,8 +387,7 @@ void add_bias_rows(Context& ctx, int64_t rows, int64_t cols, int64_t ld, const b
 // dbias[n] += gradient[n]: the BGRADB epilogue's column sums (it overwrites its output; dbias accumulates).
 void add_bias_grad(Context& ctx, const float* gradient, int64_t n, float* dbias) {
   constexpr int kThreads = 256;
-  bias_grad_finish_kernel<<<static_cast<unsigned>(ceil_div(n, kThreads)), kThreads, 0, ctx.stream()>>>(gradient, 1, n,
-                                                                                                       dbias);
+  bias_grad_add_kernel<<<static_cast<unsigned>(ceil_div(n, kThreads)), kThreads, 0, ctx.stream()>>>(gradient, n, dbias);
   CUDA_CHECK_LAUNCH();
 }
 
@@ -602,15 +598,18 @@ struct Context::GemmPlans {
     auto none_found = [&](cublasStatus_t status) {
       return status == CUBLAS_STATUS_NOT_SUPPORTED || (status == CUBLAS_STATUS_SUCCESS && found == 0);
     };
+    // For an epilogue, any failed answer means "not with it" (INVALID_VALUE for a combination the
+    // library does not take, say): the plain GEMM's heuristic then answers for itself, and throws.
+    auto no_epilogue_kernel = [&](cublasStatus_t status) { return status != CUBLAS_STATUS_SUCCESS || found == 0; };
     cublasStatus_t status = heuristic();
-    if (plan.has_bias_grad && none_found(status)) {
+    if (plan.has_bias_grad && no_epilogue_kernel(status)) {
       // No BGRADB kernel for these operands: the plain GEMM, and accumulate_bias_grad after it.
       set_epilogue(CUBLASLT_EPILOGUE_DEFAULT);
       plan.has_bias_grad = false;
       plan.bias_grad_separate = true;
       status = heuristic();
     }
-    if (plan.has_bias && none_found(status)) {
+    if (plan.has_bias && no_epilogue_kernel(status)) {
       // No bias-epilogue kernel at these alignments: the plain GEMM, then add_bias_rows.
       set_epilogue(CUBLASLT_EPILOGUE_DEFAULT);
       plan.has_bias = false;

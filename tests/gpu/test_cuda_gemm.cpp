@@ -334,7 +334,9 @@ TEST_CASE("cuda linear_backward's db from the dW GEMM's epilogue or the column s
       if (!emulated || !names) continue;
       const bool from_epilogue = setting.epilogue && !setting.refused && shape.rows > 1;
       CHECK(launched(*names, "bias_grad_partial_kernel") != from_epilogue);
-      if (from_epilogue) CHECK(launched(*names, "bias_grad_finish_kernel"));  // adds the epilogue's sums to db
+      if (from_epilogue) CHECK(launched(*names, "bias_grad_add_kernel"));  // adds the epilogue's sums to db
+      // More than 128 rows: the column sums' chunks are added by the finalize the column kernels share.
+      CHECK(launched(*names, "accumulate_partials_kernel") == (!from_epilogue && shape.rows > 128));
       int weight_plans = 0;
       for (const bert::cuda::GemmPlanInfo& plan : ctx.gemm_plans()) {
         if (plan.product.find("linear_backward (dW") != 0) continue;

@@ -15,7 +15,8 @@
 //     library than the real one may be, so gemm.cu's fallback (plain GEMM, then add_bias_rows) runs
 //     in the misaligned test cases. Likewise the bias-gradient epilogue (CUBLASLT_EPILOGUE_BGRADB:
 //     the column sums of op(B) over k, in D's type, fp32 only, written to the bias pointer) only when
-//     B's promised alignment and the gradient pointer's are 16 bytes or more; and
+//     B's promised alignment and the gradient pointer's are 16 bytes or more (INVALID_VALUE
+//     otherwise, so gemm.cu's fallback meets both answers); and
 //     emu::refuse_bias_gradient_epilogue_at_matmul(true) makes cublasLtMatmul decline BGRADB
 //     algorithms the heuristic still offers (NOT_SUPPORTED), for gemm.cu's fallback on that path;
 //     emu::refuse_algorithm_at_matmul(id) likewise any algorithm of that id (rank), for the fallback
@@ -268,8 +269,9 @@ cublasStatus_t cublasLtMatmulAlgoGetHeuristic(cublasLtHandle_t, cublasLtMatmulDe
   if (!supported(d, a, b, c, dl)) return CUBLAS_STATUS_NOT_SUPPORTED;
   if (d.epilogue == CUBLASLT_EPILOGUE_BIAS && (std::min(p.align_c, p.align_d) < 16 || alignment_of(d.bias) < 16))
     return CUBLAS_STATUS_NOT_SUPPORTED;
+  // (INVALID_VALUE here, NOT_SUPPORTED above: a library may answer either for what it does not take.)
   if (d.epilogue == CUBLASLT_EPILOGUE_BGRADB && (p.align_b < 16 || alignment_of(d.bias) < 16))
-    return CUBLAS_STATUS_NOT_SUPPORTED;
+    return CUBLAS_STATUS_INVALID_VALUE;
   const int offered = std::min(requested, kEmulatedAlgorithms);
   for (int variant = 0; variant < offered; ++variant) {
     cublasLtMatmulHeuristicResult_t result{};
