@@ -24,12 +24,18 @@ using cuda::bf16;
 // The fused attention kernel's sequence limit.
 constexpr int64_t kMaxSeqLen = cuda::kAttentionMaxSeqLen;
 
-// Estimated Context scratch (not part of the arenas; reserve allocates it with them): the embedding
-// backward's fp32 [tokens, hidden] plus its sort buffers dominate; the column-sum partials are far
-// smaller. Any op that needs more grows it (synchronising the stream once).
+// Context scratch (not part of the arenas; reserve allocates it with them), an upper bound of its
+// largest user, the embeddings backward (cuda::embeddings_layernorm_backward_scratch_bytes; a test holds
+// this to it at BERT's shapes): per token its fp32 dz row (ld = hidden rounded up to 4), the
+// dgamma/dbeta partials (<= 2 rows of hidden per 16 tokens), the scatter slots (2 rows of ld per 32
+// tokens), three index arrays and the radix sort's key/value copies (~8 B); per batch the token-type
+// partials (<= 4 types x positions x hidden); and 4 MiB for the small users (cross-entropy, the
+// column sums, the grad norm) and CUB's histograms. An op that needs more grows it (one stream sync).
 size_t context_scratch_estimate(const BertConfig& config, int64_t tokens) {
-  const size_t ld = (static_cast<size_t>(config.hidden_size) + 3) / 4 * 4;
-  return static_cast<size_t>(tokens) * (ld * sizeof(float) + 64) + (size_t{4} << 20);
+  const size_t hidden = static_cast<size_t>(config.hidden_size), ld = (hidden + 3) / 4 * 4;
+  const size_t per_token = ld * sizeof(float) + (hidden + ld) / 2 + 32;
+  const size_t type_partials = 4 * static_cast<size_t>(config.max_position_embeddings) * hidden * sizeof(float);
+  return static_cast<size_t>(tokens) * per_token + type_partials + (size_t{4} << 20);
 }
 
 // The same + the cuBLASLt workspace.

@@ -327,6 +327,41 @@ size_t radix_sort_bytes(Context& ctx, int num_items, int bits) {
   return bytes;
 }
 
+// embeddings_layernorm_backward's one ctx.scratch() region, carved into 256-byte aligned arrays: the
+// byte offsets and the total, for the op and for embeddings_layernorm_backward_scratch_bytes.
+struct BackwardScratch {
+  int64_t ld = 0;            // dz's row stride (float4 passes)
+  int64_t param_chunks = 0;  // dgamma/dbeta partial rows: the fused backward's blocks, or the column pass's chunks
+  size_t sort_bytes = 0;     // CUB's temporary storage for the larger of the sorts
+  size_t dz_at = 0, param_partials_at = 0, type_partial_at = 0, slot_first_at = 0, slot_last_at = 0, iota_at = 0,
+         sorted_keys_at = 0, sorted_tokens_at = 0, sort_temp_at = 0, total = 0;
+};
+
+BackwardScratch plan_backward_scratch(Context& ctx, const EmbeddingShape& shape, bool fused, bool direct_types,
+                                      bool sort_types) {
+  const int64_t tokens = shape.tokens(), hidden = shape.hidden;
+  BackwardScratch plan;
+  plan.ld = (hidden + 3) / 4 * 4;
+  plan.param_chunks = fused ? layernorm_backward_fused_blocks(tokens) : ceil_div(tokens, rows_per_chunk(tokens));
+  const int64_t scatter_chunks = ceil_div(tokens, kScatterChunk);
+  const int num_items = static_cast<int>(tokens);
+  plan.sort_bytes = std::max(radix_sort_bytes(ctx, num_items, key_bits(shape.vocab_size)),
+                             sort_types ? radix_sort_bytes(ctx, num_items, key_bits(shape.type_vocab_size)) : 0);
+  ScratchLayout layout;
+  plan.dz_at = layout.take(static_cast<size_t>(tokens * plan.ld) * sizeof(float));
+  plan.param_partials_at = layout.take(2 * static_cast<size_t>(plan.param_chunks * hidden) * sizeof(float));
+  plan.type_partial_at = layout.take(
+      direct_types ? static_cast<size_t>(shape.type_vocab_size * shape.seq_len * hidden) * sizeof(float) : 0);
+  plan.slot_first_at = layout.take(static_cast<size_t>(scatter_chunks * plan.ld) * sizeof(float));
+  plan.slot_last_at = layout.take(static_cast<size_t>(scatter_chunks * plan.ld) * sizeof(float));
+  plan.iota_at = layout.take(static_cast<size_t>(tokens) * sizeof(uint32_t));
+  plan.sorted_keys_at = layout.take(static_cast<size_t>(tokens) * sizeof(uint32_t));
+  plan.sorted_tokens_at = layout.take(static_cast<size_t>(tokens) * sizeof(uint32_t));
+  plan.sort_temp_at = layout.take(plan.sort_bytes);
+  plan.total = layout.total();
+  return plan;
+}
+
 // table[key] += sum of dz[token] over the (key, token) pairs, sorted by key and then token.
 void scatter_sorted(Context& ctx, int64_t tokens, int64_t hidden, int64_t ld, const uint32_t* sorted_keys,
                     const uint32_t* sorted_tokens, const float* dz, int64_t skip_key, float* table, float* slot_first,
@@ -364,6 +399,17 @@ void embeddings_layernorm_forward(Context& ctx, const EmbeddingShape& shape, con
   CUDA_CHECK_LAUNCH();
 }
 
+size_t embeddings_layernorm_backward_scratch_bytes(Context& ctx, const EmbeddingShape& shape, bool token_type_ids) {
+  check_shape(shape, "embeddings_layernorm_backward_scratch_bytes");
+  if (shape.tokens() == 0) return 0;
+  size_t most = 0;
+  for (const bool fused : {false, shape.hidden <= kFusedMaxCols})
+    for (const bool direct_types : {false, shape.type_vocab_size <= kDirectTypes})
+      most =
+          std::max(most, plan_backward_scratch(ctx, shape, fused, direct_types, token_type_ids && !direct_types).total);
+  return most;
+}
+
 void embeddings_layernorm_backward(Context& ctx, const EmbeddingShape& shape, const bf16* dout,
                                    const int32_t* input_ids, const int32_t* token_type_ids, const bf16* word_embeddings,
                                    const bf16* position_embeddings, const bf16* token_type_embeddings,
@@ -384,41 +430,27 @@ void embeddings_layernorm_backward(Context& ctx, const EmbeddingShape& shape, co
   const KernelPaths& paths = ctx.kernel_paths();
   const bool fused = vectorized && hidden <= kFusedMaxCols && paths.layernorm_fused_backward;
   const bool direct_types = shape.type_vocab_size <= kDirectTypes && paths.embeddings_direct_type_gradient;
-  const int64_t ld = (hidden + 3) / 4 * 4;  // dz row stride: float4 passes
+  const bool sort_types = token_type_ids != nullptr && !direct_types;
+  const BackwardScratch layout = plan_backward_scratch(ctx, shape, fused, direct_types, sort_types);
+  const int64_t ld = layout.ld;  // dz row stride: float4 passes
   const int num_items = static_cast<int>(tokens);
   const int word_bits = key_bits(shape.vocab_size), type_bits = key_bits(shape.type_vocab_size);
   const int64_t chunk_rows = rows_per_chunk(tokens);
-  // dgamma/dbeta partial rows: the fused backward's blocks, or the column pass's chunks.
-  const int64_t param_chunks = fused ? layernorm_backward_fused_blocks(tokens) : ceil_div(tokens, chunk_rows);
-  const int64_t scatter_chunks = ceil_div(tokens, kScatterChunk);
-  const bool sort_types = token_type_ids != nullptr && !direct_types;
-  const size_t sort_bytes = std::max(radix_sort_bytes(ctx, num_items, word_bits),
-                                     sort_types ? radix_sort_bytes(ctx, num_items, type_bits) : 0);
-
+  const int64_t param_chunks = layout.param_chunks;
+  const size_t sort_bytes = layout.sort_bytes;
   // One scratch region (valid until the next scratch() call), taken before any launch: growing it
   // synchronises the stream.
-  ScratchLayout layout;
-  const size_t dz_at = layout.take(static_cast<size_t>(tokens * ld) * sizeof(float));
-  const size_t param_partials_at = layout.take(2 * static_cast<size_t>(param_chunks * hidden) * sizeof(float));
-  const size_t type_partial_at = layout.take(
-      direct_types ? static_cast<size_t>(shape.type_vocab_size * shape.seq_len * hidden) * sizeof(float) : 0);
-  const size_t slot_first_at = layout.take(static_cast<size_t>(scatter_chunks * ld) * sizeof(float));
-  const size_t slot_last_at = layout.take(static_cast<size_t>(scatter_chunks * ld) * sizeof(float));
-  const size_t iota_at = layout.take(static_cast<size_t>(tokens) * sizeof(uint32_t));
-  const size_t sorted_keys_at = layout.take(static_cast<size_t>(tokens) * sizeof(uint32_t));
-  const size_t sorted_tokens_at = layout.take(static_cast<size_t>(tokens) * sizeof(uint32_t));
-  const size_t sort_temp_at = layout.take(sort_bytes);
-  unsigned char* base = static_cast<unsigned char*>(ctx.scratch(layout.total()));
-  float* dz = reinterpret_cast<float*>(base + dz_at);
-  float* dgamma_partial = reinterpret_cast<float*>(base + param_partials_at);
+  unsigned char* base = static_cast<unsigned char*>(ctx.scratch(layout.total));
+  float* dz = reinterpret_cast<float*>(base + layout.dz_at);
+  float* dgamma_partial = reinterpret_cast<float*>(base + layout.param_partials_at);
   float* dbeta_partial = dgamma_partial + param_chunks * hidden;  // contiguous, as the fused backward needs
-  float* type_partial = reinterpret_cast<float*>(base + type_partial_at);
-  float* slot_first = reinterpret_cast<float*>(base + slot_first_at);
-  float* slot_last = reinterpret_cast<float*>(base + slot_last_at);
-  uint32_t* iota = reinterpret_cast<uint32_t*>(base + iota_at);
-  uint32_t* sorted_keys = reinterpret_cast<uint32_t*>(base + sorted_keys_at);
-  uint32_t* sorted_tokens = reinterpret_cast<uint32_t*>(base + sorted_tokens_at);
-  void* sort_temp = base + sort_temp_at;
+  float* type_partial = reinterpret_cast<float*>(base + layout.type_partial_at);
+  float* slot_first = reinterpret_cast<float*>(base + layout.slot_first_at);
+  float* slot_last = reinterpret_cast<float*>(base + layout.slot_last_at);
+  uint32_t* iota = reinterpret_cast<uint32_t*>(base + layout.iota_at);
+  uint32_t* sorted_keys = reinterpret_cast<uint32_t*>(base + layout.sorted_keys_at);
+  uint32_t* sorted_tokens = reinterpret_cast<uint32_t*>(base + layout.sorted_tokens_at);
+  void* sort_temp = base + layout.sort_temp_at;
   const cudaStream_t stream = ctx.stream();
   const PaddedFloatRows dz_rows{dz, ld};
 

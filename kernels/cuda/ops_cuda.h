@@ -386,6 +386,10 @@ void embeddings_layernorm_backward(Context& ctx, const EmbeddingShape& shape, co
                                    const bf16* gamma, const float* mean, const float* rstd, float* d_word_embeddings,
                                    float* d_position_embeddings, float* d_token_type_embeddings, float* dgamma,
                                    float* dbeta);
+// The bytes of ctx.scratch() embeddings_layernorm_backward takes at `shape` with token_type_ids given
+// or not: the largest over its paths (any alignment, any KernelPaths). The ops' largest scratch user,
+// for checking BertForPreTrainingCuda's estimate (its memory plan has no device to ask CUB).
+size_t embeddings_layernorm_backward_scratch_bytes(Context& ctx, const EmbeddingShape& shape, bool token_type_ids);
 
 // ---- LayerNorm, residual + LayerNorm (layernorm.cu) -------------------------------------------------------
 void layernorm_forward(Context& ctx, const MatrixShape& shape, const bf16* x, const bf16* gamma, const bf16* beta,

@@ -21,6 +21,7 @@
 #include <span>
 #include <string>
 #include <string_view>
+#include <utility>
 #include <vector>
 
 #include "common/error.h"
@@ -390,6 +391,41 @@ TEST_CASE("cuda model: checkpoints are interchangeable with the CPU model's", "[
   CHECK_THROWS_AS(deeper_gpu.copy_parameters_from(other), bert::Error);
   std::filesystem::remove(cpu_file);
 }
+
+#if !defined(BERT_EMULATED_OPS)
+// reserve allocates the ops' scratch at memory_plan's estimate, so that no step grows it (a cudaFree
+// waits for the whole device, NCCL's stream too): the estimate must cover its largest user, the
+// embeddings backward, at the shapes the configs train (the case below checks a tiny model's step).
+TEST_CASE("cuda model: the ops' scratch estimate covers the embeddings backward at BERT's shapes", "[cuda][model]") {
+  bert::cuda::Context ctx;
+  struct Size {
+    int hidden, layers, heads;
+  };
+  for (const Size size : {Size{768, 12, 12}, Size{1024, 24, 16}}) {
+    bert::BertConfig config;
+    config.hidden_size = size.hidden;
+    config.num_hidden_layers = size.layers;
+    config.num_attention_heads = size.heads;
+    config.intermediate_size = 4 * size.hidden;
+    config.vocab_size = 30522;
+    config.max_position_embeddings = 512;
+    for (const auto& [batch, seq] :
+         {std::pair<int64_t, int64_t>{128, 128}, {32, 512}, {64, 128}, {16, 512}, {64, 512}, {1, 8}, {3, 100}}) {
+      INFO("hidden " << size.hidden << ", batch " << batch << " x " << seq);
+      const bert::CudaMemoryPlan plan = BertForPreTrainingCuda::memory_plan(config, batch, seq);
+      REQUIRE(plan.op_scratch_bytes > ctx.gemm_workspace_bytes());
+      const size_t estimate = plan.op_scratch_bytes - ctx.gemm_workspace_bytes();
+      const bert::ops::EmbeddingShape shape{batch, seq, size.hidden, config.vocab_size, 512, 2, 0};
+      for (const bool token_types : {true, false}) {
+        const size_t need = bert::cuda::embeddings_layernorm_backward_scratch_bytes(ctx, shape, token_types);
+        CHECK(need > static_cast<size_t>(batch * seq * size.hidden) * sizeof(float));  // dz at least
+        CHECK(estimate >= need);
+        CHECK(estimate < need + need / 2 + (size_t{16} << 20));  // an upper bound, not a waste
+      }
+    }
+  }
+}
+#endif
 
 TEST_CASE("cuda model: reserve allocates what memory_plan says", "[cuda][model]") {
   BertForPreTrainingCuda gpu(tiny_config());
