@@ -1,6 +1,8 @@
 // bert_device_info: prints the CUDA device this build would train on, or why there is none.
-// Exit code 0 with a device, 3 without (scripts use it to decide whether to run GPU steps).
+// Exit code 0 with a device this build's kernels run on, 3 without a device (scripts use it to decide
+// whether to run GPU steps), 5 with a device the build has no code for (the line says how to rebuild).
 #include <cstdio>
+#include <string>
 
 #include "kernels/device.h"
 
@@ -12,5 +14,9 @@ int main() {
   }
   std::printf("%s (sm_%d%d, %d SMs, %.1f GiB), %d device(s)\n", d.name.c_str(), d.sm_major, d.sm_minor,
               d.multiprocessors, static_cast<double>(d.memory_bytes) / (1 << 30), d.count);
+  if (const std::string why = bert::cuda_check_kernels(); !why.empty()) {
+    std::printf("%s\n", why.c_str());
+    return 5;
+  }
   return 0;
 }

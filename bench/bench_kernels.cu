@@ -1209,6 +1209,10 @@ int run(int argc, char** argv) {
     std::fprintf(stderr, "bench_kernels: %s\n", device.reason.c_str());
     return 1;
   }
+  if (const std::string why = bert::cuda_check_kernels(); !why.empty()) {
+    std::fprintf(stderr, "bench_kernels: %s\n", why.c_str());
+    return 1;
+  }
   int device_index = 0, l2_int = 0;
   CUDA_CHECK(cudaGetDevice(&device_index));
   CUDA_CHECK(cudaDeviceGetAttribute(&l2_int, cudaDevAttrL2CacheSize, device_index));

@@ -253,6 +253,8 @@ std::pair<double, const char*> bf16_dense_peak(const std::string& name) {
 int bench_cuda(const Shape& shape) {
   const bert::DeviceInfo device = bert::cuda_device_info();
   if (!device.available) throw bert::Error("bench_train_step: --device cuda: " + device.reason);
+  if (const std::string why = bert::cuda_check_kernels(); !why.empty())
+    throw bert::Error("bench_train_step: --device cuda: " + why);
   const bert::BertConfig& config = shape.config;
   const int64_t batch = shape.batch, seq_len = shape.seq_len;
   bert::BertForPreTrainingCuda::check_supported(config);

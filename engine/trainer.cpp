@@ -617,6 +617,9 @@ void Trainer::check_cuda_device() {
     device_ = cuda_device_info(ordinal);
     if (!device_.available) throw Error(where + device_.reason);
   }
+  // A GPU this build has no code for (an A100 under the default sm_90a build) fails here, not at the
+  // first kernel launch after the data and weights are loaded.
+  if (const std::string why = cuda_check_kernels(); !why.empty()) throw Error(where + why);
 #else
   throw Error(where + "this bert_train was built without CUDA (no nvcc at build time); set device = \"cpu\"");
 #endif

@@ -22,7 +22,37 @@ DeviceInfo cuda_device_info(int ordinal = 0);
 // Makes visible device `ordinal` the calling thread's current device (cudaSetDevice), where the CUDA
 // backend then allocates and runs. Returns the runtime's words on failure, "" on success.
 std::string cuda_select_device(int ordinal);
+// Whether this build's CUDA kernels run on the calling thread's current device: "" when they do, else
+// one line naming the device's sm_XY, the build's BERT_CUDA_GENCODE and how to rebuild for it. Asks the
+// runtime for a probe kernel's attributes, which loads (or JIT-compiles from PTX) the build's code for
+// that device: a GPU the build has neither SASS nor PTX for fails here instead of at the first launch.
+// Makes the device's primary context (select the device first). Never throws.
+std::string cuda_check_kernels();
 // True when the build includes the CUDA backend.
 bool built_with_cuda();
+
+// cuda_check_kernels()'s words (shared with the host emulation of the runtime, tests/emulated).
+enum class KernelLoadFailure {
+  kNoImage,  // neither SASS nor PTX for the device's architecture
+  kPtx,      // PTX the driver cannot compile (too old a driver, JIT unavailable)
+  kContext,  // anything else: the context itself failed (out of memory, a GPU held in exclusive mode)
+};
+inline std::string kernel_load_error(int device, int sm_major, int sm_minor, const std::string& runtime_error,
+                                     KernelLoadFailure failure, const std::string& build_gencode) {
+  const std::string sm = std::to_string(sm_major) + std::to_string(sm_minor);
+  const std::string head =
+      "CUDA device " + std::to_string(device) + " (sm_" + sm + ") cannot run this build's kernels: " + runtime_error;
+  const std::string rebuild = "rebuild for this GPU with cmake -DBERT_CUDA_GENCODE=\"-gencode=arch=compute_" + sm +
+                              ",code=sm_" + sm + "\" (this build has BERT_CUDA_GENCODE=\"" + build_gencode + "\")";
+  switch (failure) {
+    case KernelLoadFailure::kNoImage:
+      return head + "; " + rebuild;
+    case KernelLoadFailure::kPtx:
+      return head + " (the driver cannot compile the build's PTX for it); update the NVIDIA driver, or " + rebuild;
+    case KernelLoadFailure::kContext:
+      break;
+  }
+  return head;
+}
 
 }  // namespace bert

@@ -7,6 +7,11 @@ scripts/setup.sh
 scripts/build.sh
 scripts/build_demo_corpus.sh >/dev/null
 # Say up front whether the GPU tests will run or report "Skipped", and why.
-"${BUILD_DIR:-build}/bert_device_info" >/dev/null 2>&1 ||
-  echo "GPU tests: skipped: $("${BUILD_DIR:-build}/bert_device_info" 2>&1 | head -n 1)"
+device_rc=0
+device_info=$("${BUILD_DIR:-build}/bert_device_info" 2>&1) || device_rc=$?
+case $device_rc in
+  0) ;;
+  3) echo "GPU tests: skipped: $(head -n 1 <<<"$device_info")" ;;
+  *) echo "GPU tests: will FAIL: $(tail -n 1 <<<"$device_info")" ;;
+esac
 ctest --test-dir "${BUILD_DIR:-build}" --output-on-failure -j 2 "$@"

@@ -134,6 +134,8 @@ def main():
     check_rejected(args.bench, ["--json"], "--json needs a value")
     check_rejected(args.bench, ["--gemm-autotune", "33"], "--gemm-autotune needs an integer in 0..32")
     check_rejected(args.bench, ["--smoke"], "no CUDA device", env={"BERT_EMULATED_DEVICE_COUNT": "0"})
+    check_rejected(args.bench, ["--smoke"], "CUDA device 0 (sm_80) cannot run this build's kernels",
+                   env={"BERT_EMULATED_DEVICE_SM": "80"})
 
     # ---- every case, small -----------------------------------------------------------------------------
     ours_path = os.path.join(args.work, "bench_kernels.json")

@@ -2,6 +2,8 @@
 // the cases a real-device run rarely reaches or cannot show:
 //   - a model that does not fit the device's free memory, and a config the kernels do not support:
 //     one-line errors naming the cause (the bytes needed and free), before any output is written
+//   - a GPU the build has no kernels for (sm_80 under the sm_90a build): bert_train and bert_infer
+//     refuse it in one line that says how to rebuild, before anything is read or written
 //   - MFU in the log line and in metrics.jsonl, formed from the model's FLOPs and the device's peak
 //   - no host wait inside a step: the host waits for the device (stream or device synchronisation)
 //     only at steps that log, evaluate or save; between them only for the previous upload's copy
@@ -14,11 +16,13 @@
 #include <cstdint>
 #include <cstdlib>
 #include <functional>
+#include <sstream>
 #include <string>
 #include <vector>
 
 #include "common/file.h"
 #include "common/json.h"
+#include "engine/infer.h"
 #include "engine/trainer.h"
 #include "tests/emulated/emulated_cuda.h"
 #include "tests/test_dirs.h"
@@ -88,6 +92,47 @@ TEST_CASE("cuda trainer host: no room on the device, or a config the kernels lac
   // The same config trains on the CPU.
   const std::string cpu = write_config("heads_cpu", "heads_cpu", "device = \"cpu\"\nmax_steps = 2\n", model);
   CHECK(train({"--config", cpu}).code == 0);
+}
+
+TEST_CASE("cuda trainer host: a GPU the build has no kernels for: one line saying how to rebuild, nothing written",
+          "[emulated]") {
+  make_tiny_data();
+  const ScopedEnv a100("BERT_EMULATED_DEVICE_SM", "80");
+  const auto check_message = [](const std::string& message) {
+    CHECK_THAT(message, Catch::Contains("CUDA device 0 (sm_80) cannot run this build's kernels: no kernel image is "
+                                        "available for execution on the device") &&
+                            Catch::Contains("rebuild for this GPU with cmake "
+                                            "-DBERT_CUDA_GENCODE=\"-gencode=arch=compute_80,code=sm_80\"") &&
+                            Catch::Contains("(this build has BERT_CUDA_GENCODE=\"-gencode="));
+    CHECK(one_line(message));
+  };
+  const std::string config = write_config("sm80", "sm80", std::string(kSettings) + "max_steps = 2\n", kGpuModel);
+  const std::string message = error_of([&] { train({"--config", config}); });
+  CHECK_THAT(message, Catch::Matches(".*sm80\\.toml:[0-9]+: \\[training\\] device = \"cuda\": CUDA device 0 .*"));
+  check_message(message);
+  CHECK_FALSE(file_exists(test_dir() + "/sm80"));
+
+  // bert_infer: refused before the model directory is read (this one does not exist).
+  std::istringstream in;
+  std::ostringstream out, err;
+  const std::string infer_message = error_of([&] {
+    infer_main({"--model", test_dir() + "/no_such_model", "--mask", "[MASK] 대첩", "--device", "cuda"}, in, out, err);
+  });
+  CHECK_THAT(infer_message, Catch::StartsWith("bert_infer: --device cuda: CUDA device 0 (sm_80)") &&
+                                Catch::EndsWith("; or use --device cpu"));
+  check_message(infer_message);
+  CHECK(out.str().empty());
+
+  // sm_90 (the H100 / H200 the build is for) and newer (PTX): the same config trains.
+  for (const char* sm : {"90", "100"}) {
+    const ScopedEnv hopper("BERT_EMULATED_DEVICE_SM", sm);
+    const std::string ok = write_config(std::string("sm") + sm, std::string("sm") + sm,
+                                        std::string(kSettings) + "max_steps = 2\n", kGpuModel);
+    const RunResult run = train({"--config", ok});
+    INFO(run.out << run.err);
+    CHECK(run.code == 0);
+    CHECK_THAT(run.out, Catch::Contains(std::string("(sm_") + sm));
+  }
 }
 
 TEST_CASE("cuda trainer host: MFU in the log and in metrics.jsonl, from the model's FLOPs and the peak", "[emulated]") {
