@@ -1671,31 +1671,44 @@ int Trainer::train() {
   Progress progress(lead());
   loader_->start(state_.data_epoch, static_cast<size_t>(state_.data_index) / static_cast<size_t>(world()));
   bool stopped = false;
-  while (state_.global_step < state_.total_steps) {
-    train_step();
-    if (hooks_.after_step) hooks_.after_step(state_.global_step);
-    const int64_t step = state_.global_step;
-    const bool last = step == state_.total_steps;
-    // A stop at the last step is just the end. Any rank's signal stops every rank after this step.
-    stopped = comm_.any(training_stop_requested()) && !last;
-    const bool log_due = step % training().logging_steps == 0 || last;
-    const bool eval_due = eval_loader_ && (step % training().eval_steps == 0 || last);
-    const bool save_due = step % training().save_steps == 0 || last || stopped;
-    if (log_due || eval_due || save_due) settle_steps();  // CUDA: the one wait since the last log
-    if (log_due || eval_due) {
-      progress.finish();
-      std::optional<EvalResult> eval;
-      if (eval_due) eval = evaluate();
-      write_log_record(log_due, eval);
+  try {
+    while (state_.global_step < state_.total_steps) {
+      train_step();
+      if (hooks_.after_step) hooks_.after_step(state_.global_step);
+      const int64_t step = state_.global_step;
+      const bool last = step == state_.total_steps;
+      // A stop at the last step is just the end. Any rank's signal stops every rank after this step.
+      stopped = comm_.any(training_stop_requested()) && !last;
+      const bool log_due = step % training().logging_steps == 0 || last;
+      const bool eval_due = eval_loader_ && (step % training().eval_steps == 0 || last);
+      const bool save_due = step % training().save_steps == 0 || last || stopped;
+      if (log_due || eval_due || save_due) settle_steps();  // CUDA: the one wait since the last log
+      if (log_due || eval_due) {
+        progress.finish();
+        std::optional<EvalResult> eval;
+        if (eval_due) eval = evaluate();
+        write_log_record(log_due, eval);
+      }
+      if (save_due) {
+        progress.finish();
+        const std::string path = save_checkpoint();
+        out_ << "saved " << path << "\n";
+        out_.flush();
+      }
+      if (stopped) break;
+      update_progress(progress);
     }
-    if (save_due) {
-      progress.finish();
-      const std::string path = save_checkpoint();
-      out_ << "saved " << path << "\n";
-      out_.flush();
+  } catch (const std::exception& e) {
+    // A failure mid-run (a CUDA fault, a full disk, a lost rank): the checkpoints written so far are
+    // whole (each written atomically), so say how to go on from the latest.
+    std::optional<CheckpointInfo> latest;
+    try {
+      latest = latest_checkpoint(training().output_dir);
+    } catch (const std::exception&) {
     }
-    if (stopped) break;
-    update_progress(progress);
+    if (!latest) throw;
+    throw Error(std::string(e.what()) + "; the run goes on from its latest checkpoint (step " +
+                std::to_string(latest->step) + ") with: " + resume_command(config_.path, latest->path));
   }
   progress.finish();
   const double session_seconds = seconds_since(session_start_);

@@ -20,10 +20,34 @@ class CudaError : public std::runtime_error {
   throw CudaError(std::string(file) + ":" + std::to_string(line) + ": " + what + " failed: " + detail);
 }
 
+// The errors a faulting kernel leaves behind: the context is lost, and every later runtime call of the
+// process returns the same error, wherever it is, so the call that reports one is rarely the culprit.
+inline bool is_sticky_error(cudaError_t status) {
+  switch (status) {
+    case cudaErrorIllegalAddress:
+    case cudaErrorLaunchTimeout:
+    case cudaErrorAssert:
+    case cudaErrorHardwareStackError:
+    case cudaErrorIllegalInstruction:
+    case cudaErrorMisalignedAddress:
+    case cudaErrorInvalidAddressSpace:
+    case cudaErrorInvalidPc:
+    case cudaErrorLaunchFailure:
+    case cudaErrorECCUncorrectable:
+      return true;
+    default:
+      return false;
+  }
+}
+
 inline void check_cuda(cudaError_t status, const char* what, const char* file, int line) {
-  if (status != cudaSuccess)
-    throw_cuda_error(what, std::string(cudaGetErrorName(status)) + " (" + cudaGetErrorString(status) + ")", file,
-                     line);
+  if (status == cudaSuccess) return;
+  std::string detail = std::string(cudaGetErrorName(status)) + " (" + cudaGetErrorString(status) + ")";
+  if (is_sticky_error(status))
+    detail +=
+        "; the device faulted on work queued before this call, and the process's CUDA context is lost: rerun "
+        "with CUDA_LAUNCH_BLOCKING=1, or under compute-sanitizer, to name the kernel";
+  throw_cuda_error(what, detail, file, line);
 }
 
 // The enumerator's name (cublas_api.h), without a call into the library, which is loaded lazily and

@@ -669,3 +669,25 @@ TEST_CASE("cuda model host: with a wait watch the host polls, and the watch ends
   CHECK(waits.back() > 0.05);
   bert::emulated::detail::release_stalls();  // (destroying the model waits for its streams)
 }
+
+TEST_CASE("cuda model host: a sticky CUDA error says the context is lost and how to find the kernel", "[emulated]") {
+  const auto message = [](cudaError_t status) {
+    try {
+      CUDA_CHECK(status);
+    } catch (const bert::cuda::CudaError& e) {
+      return std::string(e.what());
+    }
+    return std::string("no error");
+  };
+  for (const cudaError_t sticky : {cudaErrorIllegalAddress, cudaErrorMisalignedAddress, cudaErrorLaunchFailure}) {
+    const std::string text = message(sticky);
+    CHECK_THAT(text, Catch::Contains("test_cuda_model_host.cpp:") && Catch::Contains(": status failed: "));
+    CHECK_THAT(text, Catch::Contains(cudaGetErrorName(sticky)) && Catch::Contains("context is lost") &&
+                         Catch::Contains("CUDA_LAUNCH_BLOCKING=1") && Catch::Contains("compute-sanitizer"));
+  }
+  // An error of the call itself: its words alone.
+  const std::string own = message(cudaErrorInvalidValue);
+  CHECK_THAT(own, Catch::Contains(cudaGetErrorName(cudaErrorInvalidValue)));
+  CHECK_THAT(own, !Catch::Contains("context is lost"));
+  CHECK(message(cudaSuccess) == "no error");
+}

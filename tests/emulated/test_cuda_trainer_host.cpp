@@ -135,6 +135,40 @@ TEST_CASE("cuda trainer host: a GPU the build has no kernels for: one line sayin
   }
 }
 
+TEST_CASE("cuda trainer host: a CUDA failure mid-run names the latest checkpoint and the command that goes on from it",
+          "[emulated]") {
+  make_tiny_data();
+  const std::string settings = std::string(kSettings) + "max_steps = 8\nsave_steps = 2\nlogging_steps = 2\n";
+  const std::string config = write_config("fault", "fault", settings, kGpuModel);
+  // After step 5 (checkpoint-4 is the latest), step 6's first gather fails as a faulting launch would.
+  TrainHooks hooks;
+  hooks.after_step = [](int64_t step) {
+    if (step == 5) bert::emulated::fail_launch("gather_rows");
+  };
+  const std::string message = error_of([&] { train({"--config", config}, hooks); });
+  bert::emulated::clear_injected_failure();
+  const std::string checkpoint = test_dir() + "/fault/checkpoint-4";
+  CHECK_THAT(message, Catch::Contains("gather_rows: injected launch failure") &&
+                          Catch::EndsWith("; the run goes on from its latest checkpoint (step 4) with: " +
+                                          resume_command(config, checkpoint)));
+  CHECK(one_line(message));
+  // The command does: the run ends as an uninterrupted one would.
+  const RunResult resumed = train({"--config", config, "--resume", checkpoint});
+  INFO(resumed.out << resumed.err);
+  REQUIRE(resumed.code == 0);
+  CHECK_THAT(resumed.out, Catch::Contains("done: 8 steps (4 this run)"));
+
+  // A failure before any checkpoint: the error alone.
+  const std::string early = write_config("early", "early", settings, kGpuModel);
+  hooks.after_step = [](int64_t step) {
+    if (step == 1) bert::emulated::fail_launch("gather_rows");
+  };
+  const std::string first = error_of([&] { train({"--config", early}, hooks); });
+  bert::emulated::clear_injected_failure();
+  CHECK_THAT(first, Catch::Contains("gather_rows: injected launch failure"));
+  CHECK_THAT(first, !Catch::Contains("--resume"));
+}
+
 TEST_CASE("cuda trainer host: MFU in the log and in metrics.jsonl, from the model's FLOPs and the peak", "[emulated]") {
   make_tiny_data();
   const std::string config =
