@@ -1,6 +1,7 @@
 // bert_device_info: prints the CUDA device this build would train on, or why there is none.
 // Exit code 0 with a device this build's kernels run on, 3 without a device (scripts use it to decide
-// whether to run GPU steps), 5 with a device the build has no code for (the line says how to rebuild).
+// whether to run GPU steps), 5 with a device the build's kernels cannot load on (no code for it, or no
+// context: the line says why and, where a rebuild helps, how).
 #include <cstdio>
 #include <string>
 

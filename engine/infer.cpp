@@ -636,7 +636,7 @@ void check_cuda_device() {
   const DeviceInfo info = cuda_device_info();
   if (!info.available) throw Error("bert_infer: --device cuda: " + info.reason + "; use --device cpu");
   if (const std::string why = cuda_check_kernels(); !why.empty())
-    throw Error("bert_infer: --device cuda: " + why + "; or use --device cpu");
+    throw Error("bert_infer: --device cuda: " + why + " (--device cpu runs without it)");
 #else
   throw Error(
       "bert_infer: --device cuda: this bert_infer was built without CUDA (no nvcc at build time); "

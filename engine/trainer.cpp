@@ -571,6 +571,10 @@ class Trainer {
   double elapsed_at_start_ = 0;
   double last_loss_ = 0, last_grad_norm_ = 0, last_lr_ = 0;
   int64_t last_saved_step_ = -1;
+  // The checkpoint this run would go on from after a failure (rank 0: the one resumed from, then each
+  // one it wrote); empty before there is one.
+  std::string latest_checkpoint_;
+  int64_t latest_checkpoint_step_ = -1;
   int64_t skipped_steps_ = 0;
   bool resumed_ = false;
   std::vector<int64_t> unsettled_steps_;  // CUDA: queued steps whose outcome the host has not read
@@ -1477,6 +1481,8 @@ std::string Trainer::save_checkpoint() {
         write_file_atomic(dir + "/trainer_state.json", state_.to_json().dump(2) + "\n");
         write_file_atomic(dir + "/run_config.toml", config_text_);
       });
+  latest_checkpoint_ = path;
+  latest_checkpoint_step_ = state_.global_step;
   return path;
 }
 
@@ -1596,6 +1602,10 @@ bool Trainer::setup() {
   print_run_table();
   if (checkpoint) out_ << "resuming from " << *checkpoint << "\n";
   resumed_ = checkpoint.has_value();
+  if (checkpoint && lead()) {
+    latest_checkpoint_ = *checkpoint;
+    latest_checkpoint_step_ = state_.global_step;
+  }
   if (state_.global_step >= state_.total_steps) {
     out_ << "nothing to do: " << (checkpoint ? *checkpoint : training().output_dir) << " is at step "
          << state_.global_step << " of " << state_.total_steps
@@ -1699,16 +1709,11 @@ int Trainer::train() {
       update_progress(progress);
     }
   } catch (const std::exception& e) {
-    // A failure mid-run (a CUDA fault, a full disk, a lost rank): the checkpoints written so far are
-    // whole (each written atomically), so say how to go on from the latest.
-    std::optional<CheckpointInfo> latest;
-    try {
-      latest = latest_checkpoint(training().output_dir);
-    } catch (const std::exception&) {
-    }
-    if (!latest) throw;
-    throw Error(std::string(e.what()) + "; the run goes on from its latest checkpoint (step " +
-                std::to_string(latest->step) + ") with: " + resume_command(config_.path, latest->path));
+    // A failure mid-run (a CUDA fault, a full disk, an NCCL error): the checkpoints written so far are
+    // whole (each written atomically); name the latest and the command that goes on from it.
+    if (latest_checkpoint_.empty()) throw;
+    throw Error(std::string(e.what()) + "; latest checkpoint: step " + std::to_string(latest_checkpoint_step_) + " (" +
+                resume_command(config_.path, latest_checkpoint_) + " goes on from it)");
   }
   progress.finish();
   const double session_seconds = seconds_since(session_start_);

@@ -34,25 +34,28 @@ bool built_with_cuda();
 // cuda_check_kernels()'s words (shared with the host emulation of the runtime, tests/emulated).
 enum class KernelLoadFailure {
   kNoImage,  // neither SASS nor PTX for the device's architecture
-  kPtx,      // PTX the driver cannot compile (too old a driver, JIT unavailable)
+  kPtx,      // PTX the driver cannot compile (too old a driver, JIT disabled)
   kContext,  // anything else: the context itself failed (out of memory, a GPU held in exclusive mode)
 };
+// The kernels need sm_80 or newer (cp.async, bf16 mma.sync): older GPUs get no rebuild line.
+inline constexpr int kMinKernelSm = 80;
 inline std::string kernel_load_error(int device, int sm_major, int sm_minor, const std::string& runtime_error,
                                      KernelLoadFailure failure, const std::string& build_gencode) {
   const std::string sm = std::to_string(sm_major) + std::to_string(sm_minor);
-  const std::string head =
-      "CUDA device " + std::to_string(device) + " (sm_" + sm + ") cannot run this build's kernels: " + runtime_error;
-  const std::string rebuild = "rebuild for this GPU with cmake -DBERT_CUDA_GENCODE=\"-gencode=arch=compute_" + sm +
-                              ",code=sm_" + sm + "\" (this build has BERT_CUDA_GENCODE=\"" + build_gencode + "\")";
-  switch (failure) {
-    case KernelLoadFailure::kNoImage:
-      return head + "; " + rebuild;
-    case KernelLoadFailure::kPtx:
-      return head + " (the driver cannot compile the build's PTX for it); update the NVIDIA driver, or " + rebuild;
-    case KernelLoadFailure::kContext:
-      break;
-  }
-  return head;
+  const std::string name = "CUDA device " + std::to_string(device) + " (sm_" + sm + ")";
+  if (failure == KernelLoadFailure::kContext) return name + ": no CUDA context: " + runtime_error;
+  const std::string head = name + " cannot run this build's kernels: " + runtime_error;
+  if (sm_major * 10 + sm_minor < kMinKernelSm)
+    return head + "; they need sm_" + std::to_string(kMinKernelSm) + " or newer (cp.async, bf16 tensor cores)";
+  const std::string rebuild = "rebuild for this GPU: cmake -B build -DBERT_CUDA_GENCODE=\"-gencode=arch=compute_" + sm +
+                              ",code=sm_" + sm + "\", then scripts/build.sh (this build has BERT_CUDA_GENCODE=\"" +
+                              build_gencode + "\")";
+  if (failure == KernelLoadFailure::kPtx)
+    return head +
+           " (the driver cannot compile the build's PTX for it); update the NVIDIA driver (and leave PTX JIT "
+           "enabled: CUDA_DISABLE_PTX_JIT unset), or " +
+           rebuild;
+  return head + "; " + rebuild;
 }
 
 }  // namespace bert

@@ -20,6 +20,11 @@ class CudaError : public std::runtime_error {
   throw CudaError(std::string(file) + ":" + std::to_string(line) + ": " + what + " failed: " + detail);
 }
 
+// What a sticky error's message adds: the call that reports it is rarely where the fault was.
+inline constexpr const char* kDeviceFaultHint =
+    "; the device faulted on work queued before this call, and the process's CUDA context is lost (the "
+    "process must start again): if a kernel faulted, CUDA_LAUNCH_BLOCKING=1 or compute-sanitizer names it";
+
 // The errors a faulting kernel leaves behind: the context is lost, and every later runtime call of the
 // process returns the same error, wherever it is, so the call that reports one is rarely the culprit.
 inline bool is_sticky_error(cudaError_t status) {
@@ -34,6 +39,9 @@ inline bool is_sticky_error(cudaError_t status) {
     case cudaErrorInvalidPc:
     case cudaErrorLaunchFailure:
     case cudaErrorECCUncorrectable:
+    case cudaErrorContained:
+    case cudaErrorTensorMemoryLeak:
+    case cudaErrorExternalDevice:
       return true;
     default:
       return false;
@@ -43,10 +51,7 @@ inline bool is_sticky_error(cudaError_t status) {
 inline void check_cuda(cudaError_t status, const char* what, const char* file, int line) {
   if (status == cudaSuccess) return;
   std::string detail = std::string(cudaGetErrorName(status)) + " (" + cudaGetErrorString(status) + ")";
-  if (is_sticky_error(status))
-    detail +=
-        "; the device faulted on work queued before this call, and the process's CUDA context is lost: rerun "
-        "with CUDA_LAUNCH_BLOCKING=1, or under compute-sanitizer, to name the kernel";
+  if (is_sticky_error(status)) detail += kDeviceFaultHint;
   throw_cuda_error(what, detail, file, line);
 }
 
@@ -69,10 +74,14 @@ inline const char* cublas_status_name(cublasStatus_t status) {
 }
 
 inline void check_cublas(cublasStatus_t status, const char* what, const char* file, int line) {
-  if (status != CUBLAS_STATUS_SUCCESS)
-    throw_cuda_error(what,
-                     std::string(cublas_status_name(status)) + " (" + std::to_string(static_cast<int>(status)) + ")",
-                     file, line);
+  if (status == CUBLAS_STATUS_SUCCESS) return;
+  std::string detail = std::string(cublas_status_name(status)) + " (" + std::to_string(static_cast<int>(status)) + ")";
+  // The library's kernel did not run, as every launch fails after a device fault.
+  if (status == CUBLAS_STATUS_EXECUTION_FAILED)
+    detail +=
+        "; its kernel did not run, as after a device fault: if an earlier kernel faulted, CUDA_LAUNCH_BLOCKING=1 or "
+        "compute-sanitizer names it";
+  throw_cuda_error(what, detail, file, line);
 }
 
 }  // namespace bert::cuda

@@ -78,6 +78,7 @@ std::string cuda_check_kernels_impl() {
   switch (err) {
     case cudaErrorNoKernelImageForDevice:
     case cudaErrorInvalidDeviceFunction:
+    case cudaErrorInvalidKernelImage:
       failure = KernelLoadFailure::kNoImage;
       break;
     case cudaErrorUnsupportedPtxVersion:

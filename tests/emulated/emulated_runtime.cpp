@@ -85,20 +85,24 @@ constexpr int kPoison = 0xFF;
 // Context report alike (its compute capability: emulated_sm()).
 constexpr int kMultiprocessors = 132, kL2Bytes = 50 << 20;
 
+// Environment variable `name` as an integer in [low, high]; `fallback` when unset or empty. Anything
+// else aborts, naming the variable and what it should hold.
+int env_int(const char* name, int fallback, long low, long high, const char* what) {
+  const char* text = std::getenv(name);
+  if (text == nullptr || *text == '\0') return fallback;
+  char* end = nullptr;
+  const long value = std::strtol(text, &end, 10);
+  if (end == text || *end != '\0' || value < low || value > high) {
+    std::fprintf(stderr, "%s=%s is not %s\n", name, text, what);
+    std::abort();
+  }
+  return static_cast<int>(value);
+}
+
 // The emulated device's compute capability, major * 10 + minor: BERT_EMULATED_DEVICE_SM (default 90,
 // an H200's). Below 90 the build's kernels "do not run" on it, as the default BERT_CUDA_GENCODE's
 // (sm_90a code and compute_90 PTX) do not on a real one: cuda_check_kernels says so.
-int emulated_sm() {
-  const char* text = std::getenv("BERT_EMULATED_DEVICE_SM");
-  if (text == nullptr || *text == '\0') return 90;
-  char* end = nullptr;
-  const long sm = std::strtol(text, &end, 10);
-  if (end == text || *end != '\0' || sm < 10 || sm > 199) {
-    std::fprintf(stderr, "BERT_EMULATED_DEVICE_SM=%s is not a compute capability such as 80 or 90\n", text);
-    std::abort();
-  }
-  return static_cast<int>(sm);
-}
+int emulated_sm() { return env_int("BERT_EMULATED_DEVICE_SM", 90, 10, 199, "a compute capability such as 80 or 90"); }
 
 // The guard bands around each cudaMalloc allocation (cudaMalloc's alignment, so one band before keeps
 // the allocation aligned) and what they hold.
@@ -402,17 +406,7 @@ cudaError_t cudaMemGetInfo(size_t* free_bytes, size_t* total_bytes) {
 // the same GPU would.
 namespace {
 
-int emulated_device_count() {
-  const char* text = std::getenv("BERT_EMULATED_DEVICE_COUNT");
-  if (text == nullptr || *text == '\0') return 1;
-  char* end = nullptr;
-  const long count = std::strtol(text, &end, 10);
-  if (end == text || *end != '\0' || count < 0 || count > 64) {
-    std::fprintf(stderr, "BERT_EMULATED_DEVICE_COUNT=%s is not a device count (0-64)\n", text);
-    std::abort();
-  }
-  return static_cast<int>(count);
-}
+int emulated_device_count() { return env_int("BERT_EMULATED_DEVICE_COUNT", 1, 0, 64, "a device count (0-64)"); }
 
 }  // namespace
 

@@ -39,6 +39,7 @@
 #include "engine/bert.h"
 #include "engine/bert_cuda.h"
 #include "kernels/cpu/ops_cpu.h"
+#include "kernels/device.h"
 #include "tests/emulated/emulated_cuda.h"
 #include "tests/emulated/emulated_runtime.h"  // run_queued, enqueue: DoublingSum plays NCCL
 #include "tests/gpu/cuda_model_fixture.h"
@@ -690,4 +691,41 @@ TEST_CASE("cuda model host: a sticky CUDA error says the context is lost and how
   CHECK_THAT(own, Catch::Contains(cudaGetErrorName(cudaErrorInvalidValue)));
   CHECK_THAT(own, !Catch::Contains("context is lost"));
   CHECK(message(cudaSuccess) == "no error");
+  // cuBLAS(Lt)'s "its kernel did not run", as after a fault, points the same way; its other failures do not.
+  const auto cublas_message = [](cublasStatus_t status) {
+    try {
+      CUBLAS_CHECK(status);
+    } catch (const bert::cuda::CudaError& e) {
+      return std::string(e.what());
+    }
+    return std::string("no error");
+  };
+  CHECK_THAT(cublas_message(CUBLAS_STATUS_EXECUTION_FAILED),
+             Catch::Contains("CUBLAS_STATUS_EXECUTION_FAILED") && Catch::Contains("compute-sanitizer"));
+  CHECK_THAT(cublas_message(CUBLAS_STATUS_NOT_SUPPORTED),
+             Catch::Contains("CUBLAS_STATUS_NOT_SUPPORTED") && !Catch::Contains("compute-sanitizer"));
+}
+
+TEST_CASE("cuda model host: the kernel-load error names the GPU, the cause and the remedy for each failure",
+          "[emulated]") {
+  using bert::KernelLoadFailure;
+  const std::string gencode = "-gencode=arch=compute_90a,code=sm_90a";
+  const std::string no_image =
+      bert::kernel_load_error(1, 8, 6, "no kernel image", KernelLoadFailure::kNoImage, gencode);
+  CHECK(no_image ==
+        "CUDA device 1 (sm_86) cannot run this build's kernels: no kernel image; rebuild for this GPU: cmake -B build "
+        "-DBERT_CUDA_GENCODE=\"-gencode=arch=compute_86,code=sm_86\", then scripts/build.sh (this build has "
+        "BERT_CUDA_GENCODE=\"-gencode=arch=compute_90a,code=sm_90a\")");
+  const std::string ptx = bert::kernel_load_error(0, 12, 0, "unsupported PTX", KernelLoadFailure::kPtx, gencode);
+  CHECK_THAT(ptx, Catch::StartsWith("CUDA device 0 (sm_120) cannot run this build's kernels: unsupported PTX (the "
+                                    "driver cannot compile the build's PTX for it); update the NVIDIA driver") &&
+                      Catch::Contains("CUDA_DISABLE_PTX_JIT") &&
+                      Catch::Contains("-DBERT_CUDA_GENCODE=\"-gencode=arch=compute_120,code=sm_120\""));
+  // Older than the kernels' instructions: no rebuild would help.
+  CHECK(bert::kernel_load_error(0, 7, 5, "no kernel image", KernelLoadFailure::kNoImage, gencode) ==
+        "CUDA device 0 (sm_75) cannot run this build's kernels: no kernel image; they need sm_80 or newer (cp.async, "
+        "bf16 tensor cores)");
+  // The context itself failed: no rebuild would help.
+  CHECK(bert::kernel_load_error(2, 9, 0, "busy or unavailable", KernelLoadFailure::kContext, gencode) ==
+        "CUDA device 2 (sm_90): no CUDA context: busy or unavailable");
 }

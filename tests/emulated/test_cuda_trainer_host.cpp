@@ -101,8 +101,9 @@ TEST_CASE("cuda trainer host: a GPU the build has no kernels for: one line sayin
   const auto check_message = [](const std::string& message) {
     CHECK_THAT(message, Catch::Contains("CUDA device 0 (sm_80) cannot run this build's kernels: no kernel image is "
                                         "available for execution on the device") &&
-                            Catch::Contains("rebuild for this GPU with cmake "
-                                            "-DBERT_CUDA_GENCODE=\"-gencode=arch=compute_80,code=sm_80\"") &&
+                            Catch::Contains("rebuild for this GPU: cmake -B build "
+                                            "-DBERT_CUDA_GENCODE=\"-gencode=arch=compute_80,code=sm_80\", then "
+                                            "scripts/build.sh") &&
                             Catch::Contains("(this build has BERT_CUDA_GENCODE=\"-gencode="));
     CHECK(one_line(message));
   };
@@ -119,7 +120,7 @@ TEST_CASE("cuda trainer host: a GPU the build has no kernels for: one line sayin
     infer_main({"--model", test_dir() + "/no_such_model", "--mask", "[MASK] 대첩", "--device", "cuda"}, in, out, err);
   });
   CHECK_THAT(infer_message, Catch::StartsWith("bert_infer: --device cuda: CUDA device 0 (sm_80)") &&
-                                Catch::EndsWith("; or use --device cpu"));
+                                Catch::EndsWith(" (--device cpu runs without it)"));
   check_message(infer_message);
   CHECK(out.str().empty());
 
@@ -135,8 +136,9 @@ TEST_CASE("cuda trainer host: a GPU the build has no kernels for: one line sayin
   }
 }
 
-TEST_CASE("cuda trainer host: a CUDA failure mid-run names the latest checkpoint and the command that goes on from it",
-          "[emulated]") {
+TEST_CASE(
+    "cuda trainer host: a CUDA failure mid-run names the run's latest checkpoint and the command that goes on from it",
+    "[emulated]") {
   make_tiny_data();
   const std::string settings = std::string(kSettings) + "max_steps = 8\nsave_steps = 2\nlogging_steps = 2\n";
   const std::string config = write_config("fault", "fault", settings, kGpuModel);
@@ -149,14 +151,24 @@ TEST_CASE("cuda trainer host: a CUDA failure mid-run names the latest checkpoint
   bert::emulated::clear_injected_failure();
   const std::string checkpoint = test_dir() + "/fault/checkpoint-4";
   CHECK_THAT(message, Catch::Contains("gather_rows: injected launch failure") &&
-                          Catch::EndsWith("; the run goes on from its latest checkpoint (step 4) with: " +
-                                          resume_command(config, checkpoint)));
+                          Catch::EndsWith("; latest checkpoint: step 4 (" + resume_command(config, checkpoint) +
+                                          " goes on from it)"));
   CHECK(one_line(message));
   // The command does: the run ends as an uninterrupted one would.
   const RunResult resumed = train({"--config", config, "--resume", checkpoint});
   INFO(resumed.out << resumed.err);
   REQUIRE(resumed.code == 0);
   CHECK_THAT(resumed.out, Catch::Contains("done: 8 steps (4 this run)"));
+
+  // Resumed from checkpoint-4 of a finished run (checkpoint-6 and -8 of that run stay in output_dir)
+  // and failing at step 5: checkpoint-4 is the one to go on from, not the other timeline's checkpoint-8.
+  hooks.after_step = [](int64_t step) {
+    if (step == 5) bert::emulated::fail_launch("gather_rows");
+  };
+  const std::string again = error_of([&] { train({"--config", config, "--resume", checkpoint}, hooks); });
+  bert::emulated::clear_injected_failure();
+  CHECK_THAT(again, Catch::EndsWith("; latest checkpoint: step 4 (" + resume_command(config, checkpoint) +
+                                    " goes on from it)"));
 
   // A failure before any checkpoint: the error alone.
   const std::string early = write_config("early", "early", settings, kGpuModel);
