@@ -33,6 +33,7 @@
 #include <stdexcept>
 #include <string>
 #include <string_view>
+#include <type_traits>
 #include <vector>
 
 #include "common/error.h"
@@ -672,9 +673,13 @@ TEST_CASE("cuda model host: with a wait watch the host polls, and the watch ends
 }
 
 TEST_CASE("cuda model host: a sticky CUDA error says the context is lost and how to find the kernel", "[emulated]") {
-  const auto message = [](cudaError_t status) {
+  // What the check of `status` throws: CUDA_CHECK for a cudaError_t, CUBLAS_CHECK for a cublasStatus_t.
+  const auto message = [](auto status) {
     try {
-      CUDA_CHECK(status);
+      if constexpr (std::is_same_v<decltype(status), cudaError_t>)
+        CUDA_CHECK(status);
+      else
+        CUBLAS_CHECK(status);
     } catch (const bert::cuda::CudaError& e) {
       return std::string(e.what());
     }
@@ -692,17 +697,9 @@ TEST_CASE("cuda model host: a sticky CUDA error says the context is lost and how
   CHECK_THAT(own, !Catch::Contains("context is lost"));
   CHECK(message(cudaSuccess) == "no error");
   // cuBLAS(Lt)'s "its kernel did not run", as after a fault, points the same way; its other failures do not.
-  const auto cublas_message = [](cublasStatus_t status) {
-    try {
-      CUBLAS_CHECK(status);
-    } catch (const bert::cuda::CudaError& e) {
-      return std::string(e.what());
-    }
-    return std::string("no error");
-  };
-  CHECK_THAT(cublas_message(CUBLAS_STATUS_EXECUTION_FAILED),
+  CHECK_THAT(message(CUBLAS_STATUS_EXECUTION_FAILED),
              Catch::Contains("CUBLAS_STATUS_EXECUTION_FAILED") && Catch::Contains("compute-sanitizer"));
-  CHECK_THAT(cublas_message(CUBLAS_STATUS_NOT_SUPPORTED),
+  CHECK_THAT(message(CUBLAS_STATUS_NOT_SUPPORTED),
              Catch::Contains("CUBLAS_STATUS_NOT_SUPPORTED") && !Catch::Contains("compute-sanitizer"));
 }
 
