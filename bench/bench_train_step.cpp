@@ -28,7 +28,12 @@
 // -- a host wait every step, as the HF loop beside it synchronises every step (bert_train itself
 // waits only when it logs, so it is at least this fast). Step time = host wall clock from zero_grads to
 // that wait's return (median of N after W warm-ups); CUDA events on the model's stream split it into
-// forward+backward and optimizer device time. The MLM head always runs on the masked rows
+// forward+backward and optimizer device time. Host issue time = wall clock from zero_grads to
+// optimizer_step returning, before the wait: how long the host takes to queue a step. Well under the
+// device time, the host runs ahead and the device waits for it only at the step's first ops, so
+// capturing the step in a CUDA graph could save no more than the device's own launch latency between
+// kernels (the profile's "between ops" bounds that); near or over it, the host is the bottleneck and
+// a graph would pay. The MLM head always runs on the masked rows
 // (--dense-mlm is refused). MFU = model FLOP/s over the dense bf16 tensor-core peak of the device
 // (H100 SXM / H200 989.4e12, H100 PCIe 756e12, A100 312e12; other devices: none). Memory: the
 // model's memory_plan and allocated() bytes, and cudaMemGetInfo before the model and after the run
@@ -37,7 +42,8 @@
 // --profile (cuda only): after the timed steps, one more forward+backward with an OpProfiler attached
 // (engine/bert_cuda.h: two CUDA events around every op of the graph), reported per op name and shape
 // (calls, device ms, share of that forward+backward), beside the time between ops (the launch gaps
-// and host work no op accounts for): where a step's time goes, without a profiler on the machine.
+// and host work no op accounts for) and the number of ops issued: where a step's time goes, without a
+// profiler on the machine.
 // --gemm-autotune N (cuda only): the model's Context times up to N cuBLASLt algorithms for each class
 // of GEMM shapes on its first call (in the warm-up steps, so give at least one) and keeps the fastest
 // (kernels/cuda/ops_cuda.h, Context::set_gemm_autotune); the run then lists every GEMM plan with its
@@ -287,7 +293,7 @@ int bench_cuda(const Shape& shape) {
   cudaEvent_t events[3];
   for (cudaEvent_t& event : events) cuda_check(cudaEventCreate(&event), "cudaEventCreate");
 
-  std::vector<double> step_s, device_step_s, fb_s, opt_s, losses;
+  std::vector<double> step_s, device_step_s, fb_s, opt_s, issue_s, losses;
   double last_norm = 0;
   int non_finite_norms = 0;
   for (int i = 0; i < shape.warmup + shape.steps; ++i) {
@@ -305,6 +311,7 @@ int bench_cuda(const Shape& shape) {
     hyper.step = i + 1;
     model.optimizer_step(hyper, 1.0f);
     cuda_check(cudaEventRecord(events[2], stream), "cudaEventRecord");
+    const double issued = seconds_since(t0);     // the host has queued the whole step
     const double norm = model.read_grad_norm();  // the per-step host wait (see the top)
     const double wall = seconds_since(t0);
     float fb_ms = 0, opt_ms = 0;
@@ -320,12 +327,14 @@ int bench_cuda(const Shape& shape) {
       device_step_s.push_back(1e-3 * (static_cast<double>(fb_ms) + static_cast<double>(opt_ms)));
       fb_s.push_back(1e-3 * static_cast<double>(fb_ms));
       opt_s.push_back(1e-3 * static_cast<double>(opt_ms));
+      issue_s.push_back(issued);
     }
   }
   // --profile: one more forward+backward, every op timed (not part of the numbers above).
   std::vector<bert::OpProfiler::Entry> profile;
   float profile_fb_ms = 0;
   double profile_ops_ms = 0;
+  int64_t profile_calls = 0;  // ops issued in that forward+backward
   if (shape.profile) {
     bert::OpProfiler profiler;
     model.zero_grads();
@@ -340,7 +349,10 @@ int bench_cuda(const Shape& shape) {
     cuda_check(cudaEventElapsedTime(&profile_fb_ms, events[0], events[1]), "cudaEventElapsedTime");
     profile = profiler.collect();
     std::stable_sort(profile.begin(), profile.end(), [](const auto& a, const auto& b) { return a.ms > b.ms; });
-    for (const auto& entry : profile) profile_ops_ms += entry.ms;
+    for (const auto& entry : profile) {
+      profile_ops_ms += entry.ms;
+      profile_calls += entry.calls;
+    }
     (void)model.take_loss_stats();
   }
   for (cudaEvent_t event : events) cudaEventDestroy(event);
@@ -373,9 +385,10 @@ int bench_cuda(const Shape& shape) {
     std::printf("\"parameters\": %lld, \"build_s\": %.4f, \"warmup\": %d, \"steps\": %d, \"step_ms\": [",
                 static_cast<long long>(model.num_parameters()), build_s, shape.warmup, shape.steps);
     for (size_t i = 0; i < step_s.size(); ++i) std::printf("%s%.3f", i ? ", " : "", 1e3 * step_s[i]);
-    std::printf("], \"median_step_ms\": %.3f, \"median_device_step_ms\": %.3f, "
-                "\"median_forward_backward_ms\": %.3f, \"median_optimizer_ms\": %.3f, ",
-                1e3 * step, 1e3 * median(device_step_s), 1e3 * median(fb_s), 1e3 * median(opt_s));
+    std::printf(
+        "], \"median_step_ms\": %.3f, \"median_device_step_ms\": %.3f, "
+        "\"median_forward_backward_ms\": %.3f, \"median_optimizer_ms\": %.3f, \"median_host_issue_ms\": %.3f, ",
+        1e3 * step, 1e3 * median(device_step_s), 1e3 * median(fb_s), 1e3 * median(opt_s), 1e3 * median(issue_s));
     std::printf("\"tokens_per_s\": %.2f, \"sequences_per_s\": %.3f, \"mlm_rows\": %lld, \"num_masked\": %lld, ",
                 tokens / step, static_cast<double>(batch) / step, static_cast<long long>(mlm_rows),
                 static_cast<long long>(data.num_masked));
@@ -392,8 +405,10 @@ int bench_cuda(const Shape& shape) {
     std::printf("\"first_loss\": %.6f, \"last_loss\": %.6f, \"last_grad_norm\": %.6g, \"non_finite_grad_norms\": %d",
                 losses.front(), losses.back(), last_norm, non_finite_norms);
     if (shape.profile) {
-      std::printf(", \"profile_forward_backward_ms\": %.4f, \"profile_ops_ms\": %.4f, \"profile\": [",
-                  static_cast<double>(profile_fb_ms), profile_ops_ms);
+      std::printf(
+          ", \"profile_forward_backward_ms\": %.4f, \"profile_ops_ms\": %.4f, \"profile_op_calls\": %lld, "
+          "\"profile\": [",
+          static_cast<double>(profile_fb_ms), profile_ops_ms, static_cast<long long>(profile_calls));
       for (size_t i = 0; i < profile.size(); ++i)
         std::printf("%s{\"op\": \"%s\", \"calls\": %lld, \"ms\": %.4f}", i ? ", " : "",
                     json_escape(profile[i].name).c_str(), static_cast<long long>(profile[i].calls), profile[i].ms);
@@ -432,6 +447,10 @@ int bench_cuda(const Shape& shape) {
                 shape.warmup + shape.steps, last_norm);
     std::printf("step       %.3f ms median of %d (device: forward+backward %.3f ms, grad norm + AdamW %.3f ms)\n",
                 1e3 * step, shape.steps, 1e3 * median(fb_s), 1e3 * median(opt_s));
+    std::printf(
+        "host       %.3f ms median to queue a step (zero_grads to optimizer_step returning), %.0f%% of the "
+        "device's %.3f ms\n",
+        1e3 * median(issue_s), 100 * median(issue_s) / median(device_step_s), 1e3 * median(device_step_s));
     std::printf("throughput %.0f tokens/s, %.1f sequences/s, %.1f TFLOP/s (%.3f TFLOP per step)", tokens / step,
                 static_cast<double>(batch) / step, flops_per_s / 1e12, flops / 1e12);
     if (peak > 0) std::printf(", MFU %.1f%% of %s", 100 * mfu, peak_name);
@@ -446,7 +465,8 @@ int bench_cuda(const Shape& shape) {
       for (const auto& entry : profile)
         std::printf("  %-44s %6lld %10.3f %6.1f%% %10.4f\n", entry.name.c_str(), static_cast<long long>(entry.calls),
                     entry.ms, share(entry.ms), entry.ms / static_cast<double>(entry.calls));
-      std::printf("  %-44s %6s %10.3f %6.1f%%\n", "sum of the ops", "", profile_ops_ms, share(profile_ops_ms));
+      std::printf("  %-44s %6lld %10.3f %6.1f%%\n", "sum of the ops", static_cast<long long>(profile_calls),
+                  profile_ops_ms, share(profile_ops_ms));
       std::printf("  %-44s %6s %10.3f %6.1f%%\n", "between ops (launch gaps, host work)", "", fb - profile_ops_ms,
                   share(fb - profile_ops_ms));
     }

@@ -352,7 +352,7 @@ if stage profile; then
     profile_rc=$?
     cat /tmp/bertforge-profile.log >>"$OUT/bench_kernels.log"
     note "profile (bench_train_step --profile, base-128): exit $profile_rc"
-    grep -E '^(step |profile )' /tmp/bertforge-profile.log | tee -a "$SUMMARY"
+    grep -E '^(step |host |profile )' /tmp/bertforge-profile.log | tee -a "$SUMMARY"
     awk '/^profile /{on=1; next} on && /between ops/ {print; next}
          on && /%/ { for (i = 1; i <= NF; ++i) if ($i ~ /%$/ && $i + 0 >= 1) { print; break } }' \
       /tmp/bertforge-profile.log | tee -a "$SUMMARY"
@@ -372,7 +372,7 @@ base128_step() {
   step_rc=$?
   cat /tmp/bertforge-step.log >>"$OUT/bench_kernels.log"
   note "$label: base-128 step, $*: exit $step_rc"
-  grep -E '^(step |throughput )' /tmp/bertforge-step.log | tee -a "$SUMMARY"
+  grep -E '^(step |host |throughput )' /tmp/bertforge-step.log | tee -a "$SUMMARY"
 }
 
 # ---- what the specialised kernels buy a whole step (KernelPaths, kernels/cuda/ops_cuda.h) -----------------

@@ -27,6 +27,7 @@ import argparse
 import json
 import math
 import os
+import re
 import shutil
 import subprocess
 import sys
@@ -152,10 +153,18 @@ def main():
     check(0 < ops_ms <= fb_ms * 1.001 + 1e-3 and
           math.isclose(ops_ms, sum(entry["ms"] for entry in profiled.get("profile", [])), rel_tol=1e-3, abs_tol=1e-3),
           f"--profile: the ops' {ops_ms} ms sum to their total, within the forward+backward's {fb_ms} ms")
+    check(profiled.get("profile_op_calls") == sum(calls.values()) and sum(calls.values()) > 0,
+          f"--profile: the ops issued, {profiled.get('profile_op_calls')}, are the calls summed")
+    issue_ms, step_ms = profiled.get("median_host_issue_ms", -1), profiled.get("median_step_ms", -1)
+    check(0 < issue_ms <= step_ms, f"the host's time to queue a step, {issue_ms} ms, within the step's {step_ms} ms")
     text = subprocess.run(cmd[:-1], capture_output=True, text=True, env=dict(os.environ, OMP_NUM_THREADS="1"),
                           timeout=300).stdout
     check("by op (CUDA events around each)" in text and "between ops (launch gaps, host work)" in text,
           "--profile: the text table")
+    check(re.search(r"^  sum of the ops +%d " % sum(calls.values()), text, re.M) is not None,
+          "--profile: the text table's op count")
+    check(re.search(r"^host +[0-9.]+ ms median to queue a step .*, [0-9]+% of the device's [0-9.]+ ms$", text, re.M)
+          is not None, "the text's host line")
     p = subprocess.run([args.bench, "--device", "cpu", "--profile"], capture_output=True, text=True, timeout=60)
     check(p.returncode != 0 and "--profile needs --device cuda" in p.stderr, "--profile on the CPU: a one-line error")
 
