@@ -638,16 +638,7 @@ void BertForPreTrainingCuda::forward_backward(float loss_scale, bool compute_gra
 void BertForPreTrainingCuda::forward_backward_summed(float loss_scale, const GradientSum& sum) {
   require_training("forward_backward_summed");
   if (!sum.sum) throw Error("BertForPreTrainingCuda::forward_backward_summed: no sum function");
-  if (!sum_stream_) {
-    cudaStream_t stream = nullptr;
-    CUDA_CHECK(cudaStreamCreateWithFlags(&stream, cudaStreamNonBlocking));
-    sum_stream_.reset(stream);
-    for (auto* event : {&grads_ready_, &grads_summed_}) {
-      cudaEvent_t created = nullptr;
-      CUDA_CHECK(cudaEventCreateWithFlags(&created, cudaEventDisableTiming));
-      event->reset(created);
-    }
-  }
+  make_sum_stream();
   const cudaStream_t stream = context_->stream();
   GradientBuckets buckets(sum, grads_.data(), grads_.size(), stream, sum_stream_.get(), grads_ready_.get());
   run_forward_backward("forward_backward_summed", loss_scale, true, &buckets);
@@ -655,6 +646,31 @@ void BertForPreTrainingCuda::forward_backward_summed(float loss_scale, const Gra
     throw Error("internal: the backward pass did not finish every gradient (no gradients_final(0))");
   CUDA_CHECK(cudaEventRecord(grads_summed_.get(), sum_stream_.get()));
   CUDA_CHECK(cudaStreamWaitEvent(stream, grads_summed_.get(), 0));
+}
+
+void BertForPreTrainingCuda::sum_gradients(const GradientSum& sum) {
+  require_training("sum_gradients");
+  if (!sum.sum) throw Error("BertForPreTrainingCuda::sum_gradients: no sum function");
+  make_sum_stream();
+  const cudaStream_t stream = context_->stream();
+  GradientBuckets buckets(sum, grads_.data(), grads_.size(), stream, sum_stream_.get(), grads_ready_.get());
+  for (const size_t offset : gradients_final_offsets(table_.offsets)) buckets.finished(offset);
+  if (!buckets.complete()) throw Error("internal: sum_gradients did not hand over every gradient");
+  CUDA_CHECK(cudaEventRecord(grads_summed_.get(), sum_stream_.get()));
+  CUDA_CHECK(cudaStreamWaitEvent(stream, grads_summed_.get(), 0));
+  wait_for_stream();
+}
+
+void BertForPreTrainingCuda::make_sum_stream() {
+  if (sum_stream_) return;
+  cudaStream_t stream = nullptr;
+  CUDA_CHECK(cudaStreamCreateWithFlags(&stream, cudaStreamNonBlocking));
+  sum_stream_.reset(stream);
+  for (auto* event : {&grads_ready_, &grads_summed_}) {
+    cudaEvent_t created = nullptr;
+    CUDA_CHECK(cudaEventCreateWithFlags(&created, cudaEventDisableTiming));
+    event->reset(created);
+  }
 }
 
 void BertForPreTrainingCuda::run_forward_backward(const char* caller, float loss_scale, bool compute_grads,

@@ -222,6 +222,12 @@ class BertForPreTrainingCuda {
   // down, and depend only on the config and sum.bucket_elements: every rank makes the same calls in
   // the same order, as NCCL requires. No host sync.
   void forward_backward_summed(float loss_scale, const GradientSum& sum);
+  // The gradient arena summed over the ranks as forward_backward_summed sums it (the same calls of
+  // sum.sum, same ranges, same order, on the same stream), without a forward or backward, then waits
+  // for the sums as set_wait_watch says. The trainer's warm-up before its first step: NCCL sets up its
+  // connections and buffers at a communicator's first collectives of each size, after the memory check
+  // of the model; run on zero gradients (zero_grads first), it leaves them zero.
+  void sum_gradients(const GradientSum& sum);
   // How the host waits for the device while training (an upload waiting for the previous upload's
   // copies; draining the loss and norm slots, which take_loss_stats and take_grad_norms do). Empty
   // (the default): blocking waits. Set: the waits poll the device, calling watch(seconds waited so
@@ -311,6 +317,8 @@ class BertForPreTrainingCuda {
   // `buckets` (nullptr: none) receives the graph's gradients_final calls.
   template <class Run>
   void run_graph(bool dropout_enabled, cuda::CrossEntropyDeviceStats* slot, GradientBuckets* buckets, Run&& run);
+  // The stream and events the gradient sums run on, made at the first call.
+  void make_sum_stream();
   // forward_backward's work into the next loss slot; `caller` names it in errors.
   void run_forward_backward(const char* caller, float loss_scale, bool compute_grads, GradientBuckets* buckets);
   void drain_loss_stats();

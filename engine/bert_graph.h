@@ -42,10 +42,32 @@
 #include <algorithm>
 #include <cstddef>
 #include <cstdint>
+#include <vector>
 
 #include "engine/bert.h"
 
 namespace bert {
+
+// The lowest arena offset of the heads' parameters, and of one layer's (see the layout above): where
+// the backward's gradients_final calls draw their lines.
+inline size_t heads_gradients_begin(const BertParamOffsets& p) {
+  return std::min({p.pooler_weight, p.pooler_bias, p.mlm_decoder_bias, p.mlm_transform_weight, p.mlm_transform_bias,
+                   p.mlm_layernorm_weight, p.mlm_layernorm_bias, p.nsp_weight, p.nsp_bias});
+}
+inline size_t layer_gradients_begin(const BertLayerParamOffsets& lp) {
+  return std::min({lp.qkv_weight, lp.qkv_bias, lp.attention_output_weight, lp.attention_output_bias,
+                   lp.attention_layernorm_weight, lp.attention_layernorm_bias, lp.intermediate_weight,
+                   lp.intermediate_bias, lp.output_weight, lp.output_bias, lp.output_layernorm_weight,
+                   lp.output_layernorm_bias});
+}
+// The offsets of a backward's gradients_final calls, in order: the heads', each layer's from the last,
+// then 0 (the embeddings'). BertForPreTrainingCuda::sum_gradients hands over the same ranges.
+inline std::vector<size_t> gradients_final_offsets(const BertParamOffsets& p) {
+  std::vector<size_t> offsets{heads_gradients_begin(p)};
+  for (size_t l = p.layers.size(); l-- > 0;) offsets.push_back(layer_gradients_begin(p.layers[l]));
+  offsets.push_back(0);
+  return offsets;
+}
 
 // Pointers into one model's memory (host or device, the backend's): the parameter-table layout for
 // params and grads, BatchArenaPlan's for the rest.
@@ -323,18 +345,8 @@ class BertGraph {
   }
 
  private:
-  // The lowest arena offset of the heads' parameters, and of one layer's (see the layout above).
-  size_t heads_begin() const {
-    return std::min({p_.pooler_weight, p_.pooler_bias, p_.mlm_decoder_bias, p_.mlm_transform_weight,
-                     p_.mlm_transform_bias, p_.mlm_layernorm_weight, p_.mlm_layernorm_bias, p_.nsp_weight,
-                     p_.nsp_bias});
-  }
-  static size_t layer_begin(const BertLayerParamOffsets& lp) {
-    return std::min({lp.qkv_weight, lp.qkv_bias, lp.attention_output_weight, lp.attention_output_bias,
-                     lp.attention_layernorm_weight, lp.attention_layernorm_bias, lp.intermediate_weight,
-                     lp.intermediate_bias, lp.output_weight, lp.output_bias, lp.output_layernorm_weight,
-                     lp.output_layernorm_bias});
-  }
+  size_t heads_begin() const { return heads_gradients_begin(p_); }
+  static size_t layer_begin(const BertLayerParamOffsets& lp) { return layer_gradients_begin(lp); }
 
   ops::DropoutSpec dropout_spec(DropoutSite site, int layer) const {
     if (!dropout_.enabled) return ops::DropoutSpec{};  // probability 0: identity

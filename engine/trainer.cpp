@@ -492,6 +492,7 @@ class Trainer {
   void setup_threads();
   void check_cuda_device();  // device = "cuda": before anything is loaded
   void check_cuda_model();   // device = "cuda": the kernels support the config, and it fits in memory
+  void warm_up_gradient_sums();   // several ranks on GPUs: NCCL's buffers set up before the first step
   void check_cpu_memory() const;  // device = "cpu": the model and its buffers fit in the memory available
   void train_step_cuda();
   // The CUDA steps queued since the last call: their losses and gradient norms (one wait), and with
@@ -1655,10 +1656,48 @@ void Trainer::connect_ranks() {
 #endif
 }
 
+// NCCL allocates its buffers at a communicator's first collectives of each size, after
+// check_cuda_model's memory check: one sum of the (zero) gradients in the buckets of a step, before
+// the first step, so that NCCL running out of device memory is an error before training that gives
+// the memory figures, not a failure inside the first backward pass; then the memory in use is said.
+// Runs inside train(): a failure here ends every rank at once (train_main aborts the job), where in
+// connect_ranks the other ranks would wait in their sums until ddp_timeout.
+void Trainer::warm_up_gradient_sums() {
+#if defined(BERT_TRAINER_NCCL)
+  if (world() == 1 || !cuda_model_) return;
+  const auto memory = [this]() -> std::string {
+    size_t free_bytes = 0, total_bytes = 0;
+    if (cudaMemGetInfo(&free_bytes, &total_bytes) != cudaSuccess) {
+      cudaGetLastError();
+      return "";
+    }
+    return human_bytes(static_cast<double>(total_bytes - free_bytes)) + " of " + device_.name + "'s " +
+           human_bytes(static_cast<double>(total_bytes)) + " in use, the model's arenas " +
+           human_bytes(static_cast<double>(cuda_model_->allocated().total_bytes()));
+  };
+  const auto start = Clock::now();
+  try {
+    cuda_model_->zero_grads();
+    cuda_model_->sum_gradients(gradient_sum_);
+  } catch (const std::exception& e) {
+    const std::string in_use = memory();
+    throw Error(std::string("the first sum of the gradients over the ranks (before training: NCCL sets up its "
+                            "buffers in it) failed: ") +
+                e.what() + (in_use.empty() ? std::string() : "; device memory: " + in_use) +
+                "; if NCCL ran out of device memory, lower per_device_train_batch_size or shrink NCCL's buffers "
+                "(NCCL_BUFFSIZE, NCCL_NVLS_ENABLE=0)");
+  }
+  const std::string in_use = memory();
+  out_ << "first gradient sum over the ranks: " << printf_string("%.2f", seconds_since(start)) << " s"
+       << (in_use.empty() ? std::string() : "; device memory after it: " + in_use) << "\n";
+#endif
+}
+
 int Trainer::train() {
   if (world() > 1) {
     std::vector<float> scratch;
     check_replicas("at the start", host_weights(scratch));
+    warm_up_gradient_sums();
   }
   if (lead()) {
     make_directories(training().output_dir);

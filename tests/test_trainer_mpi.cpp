@@ -402,6 +402,9 @@ TEST_CASE("2 ranks on 2 GPUs train the model 1 GPU trains with twice the accumul
   CHECK(two.out.find("), one on each of 2 ranks\n") != std::string::npos);
   CHECK(count(two.out, "gradients summed over 2 GPUs by NCCL ") == 1);
   CHECK(two.out.find(", in buckets of one layer during the backward pass\n") != std::string::npos);
+  // The warm-up sum before the first step (NCCL's buffers), and the memory in use after it.
+  CHECK(count(two.out, "first gradient sum over the ranks: ") == 1);
+  CHECK(two.out.find(" in use, the model's arenas ") != std::string::npos);
   CHECK(two.out.find("(emulated)") != std::string::npos);
   CHECK(one.out.find("NCCL") == std::string::npos);
 
@@ -426,15 +429,20 @@ TEST_CASE("2 ranks on 2 GPUs train the model 1 GPU trains with twice the accumul
 }
 
 // 2 ranks of bert_train_emulated on 2 GPUs (ddp_timeout 2 s) with the emulated NCCL failure
-// `variable` = `value` (tests/emulated/emulated_nccl.cpp), in test_dir()/name.
-RunResult run_with_nccl_failure(const std::string& name, const char* variable, const char* value) {
+// `variable` = `value` (tests/emulated/emulated_nccl.cpp) from all-reduce number `from` on, in
+// test_dir()/name. The tiny model's gradients are one bucket: all-reduce 0 is the warm-up before the
+// first step, 1 the first step's.
+RunResult run_with_nccl_failure(const std::string& name, const char* variable, const char* value,
+                                const char* from = "1") {
   make_tiny_data();
   ::setenv("BERT_EMULATED_DEVICE_COUNT", "2", 1);
   ::setenv(variable, value, 1);
+  ::setenv("BERT_EMULATED_NCCL_FAIL_FROM", from, 1);
   const std::string config =
       write_config(name, name, settings(4, 1) + "device = \"cuda\"\nddp_timeout = 2\n", kCudaTinyModel);
   RunResult run = mpirun(2, {"--config", config}, name, BERT_TRAIN_EMULATED);
   ::unsetenv(variable);
+  ::unsetenv("BERT_EMULATED_NCCL_FAIL_FROM");
   ::unsetenv("BERT_EMULATED_DEVICE_COUNT");
   return run;
 }
@@ -450,6 +458,23 @@ TEST_CASE("a rank whose NCCL communicator fails to start ends the job with its r
               "error") == 1);
   CHECK(count(run.err, "error: ") == 1);
   CHECK_FALSE(file_exists(test_dir() + "/nccl_init/metrics.jsonl"));
+}
+
+TEST_CASE("a rank whose NCCL cannot set up its buffers ends the job before training, with the memory in use",
+          "[mpi][emulated]") {
+  // Rank 1's first all-reduce fails as NCCL's does when a cudaMalloc for its buffers fails: in the
+  // warm-up sum before the first step; rank 0, inside its own sum, is ended with the job.
+  const RunResult run = run_with_nccl_failure("nccl_memory", "BERT_EMULATED_NCCL_ALLREDUCE_FAILS", "1", "0");
+  INFO(run.out << run.err);
+  CHECK(run.code != 0);
+  CHECK(count(run.err,
+              "error: rank 1 of 2: the first sum of the gradients over the ranks (before training: NCCL sets up "
+              "its buffers in it) failed: NCCL: ncclAllReduce: unhandled cuda error (emulated); device memory: ") == 1);
+  CHECK(run.err.find(" in use, the model's arenas ") != std::string::npos);
+  CHECK(run.err.find("; if NCCL ran out of device memory, lower per_device_train_batch_size or shrink NCCL's "
+                     "buffers (NCCL_BUFFSIZE, NCCL_NVLS_ENABLE=0)\n") != std::string::npos);
+  CHECK(count(run.err, "error: ") == 1);
+  CHECK_FALSE(file_exists(test_dir() + "/nccl_memory/metrics.jsonl"));
 }
 
 TEST_CASE("ranks whose GPUs wait past ddp_timeout, or whose NCCL reports an error, end the job with the reason",

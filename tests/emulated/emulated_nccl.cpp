@@ -11,15 +11,20 @@
 // order on different ranks. Only what the trainer uses is supported: fp32 sums.
 //
 // Failures, each on the rank an environment variable names:
-//   BERT_EMULATED_NCCL_INIT_FAILS=<rank>    its ncclCommInitRank fails (ncclRemoteError) before it joins
-//                                          the others, which wait inside theirs, as NCCL's ranks wait
-//                                          for one that never arrives
-//   BERT_EMULATED_NCCL_ASYNC_ERROR=<rank>  once it has issued an all-reduce, ncclCommGetAsyncError
-//                                          reports ncclRemoteError (its sums still complete)
+//   BERT_EMULATED_NCCL_INIT_FAILS=<rank>      its ncclCommInitRank fails (ncclRemoteError) before it
+//                                            joins the others, which wait inside theirs, as NCCL's ranks
+//                                            wait for one that never arrives
+//   BERT_EMULATED_NCCL_ASYNC_ERROR=<rank>    once it has issued an all-reduce, ncclCommGetAsyncError
+//                                            reports ncclRemoteError (its sums still complete)
+//   BERT_EMULATED_NCCL_ALLREDUCE_FAILS=<rank> its ncclAllReduce returns ncclUnhandledCudaError, as NCCL
+//                                            does when a cudaMalloc for its buffers fails
 // and on every rank:
-//   BERT_EMULATED_NCCL_STALLS=1            no all-reduce finishes (its stream work is a stall,
-//                                          emulated_runtime.h), as when the network between the GPUs
-//                                          fails while the hosts still reach each other
+//   BERT_EMULATED_NCCL_STALLS=1              no all-reduce finishes (its stream work is a stall,
+//                                            emulated_runtime.h), as when the network between the GPUs
+//                                            fails while the hosts still reach each other
+// The all-reduce failures (stall, async error, failed call) start at a communicator's all-reduce number
+// BERT_EMULATED_NCCL_FAIL_FROM (counted from 0 as issued; default 0): bert_train's warm-up sums before
+// the first step come first, so a failure in training proper needs a count past them.
 #include <mpi.h>
 #include <nccl.h>
 
@@ -45,6 +50,12 @@ constexpr char kMagic[] = "bertforge emulated NCCL id";
 bool fails_here(const char* variable, int rank) {
   const char* value = std::getenv(variable);
   return value != nullptr && *value != '\0' && std::atoi(value) == rank;
+}
+
+// Whether an all-reduce numbered `index` (from 0, as issued) is past BERT_EMULATED_NCCL_FAIL_FROM.
+bool failures_apply(int64_t index) {
+  const char* from = std::getenv("BERT_EMULATED_NCCL_FAIL_FROM");
+  return index >= (from != nullptr && *from != '\0' ? std::atoll(from) : 0);
 }
 
 bool mpi_running() {
@@ -130,8 +141,11 @@ ncclResult_t ncclAllReduce(const void* sendbuff, void* recvbuff, size_t count, n
   if (comm == nullptr || datatype != ncclFloat32 || op != ncclSum) return ncclInvalidArgument;
   device_arg("ncclAllReduce", "sendbuff", static_cast<const float*>(sendbuff), static_cast<int64_t>(count));
   device_arg("ncclAllReduce", "recvbuff", static_cast<const float*>(recvbuff), static_cast<int64_t>(count));
-  ++comm->allreduces;
-  if (const char* stalls = std::getenv("BERT_EMULATED_NCCL_STALLS"); stalls != nullptr && *stalls != '\0') {
+  const int64_t index = comm->allreduces++;
+  if (failures_apply(index) && fails_here("BERT_EMULATED_NCCL_ALLREDUCE_FAILS", comm->rank))
+    return ncclUnhandledCudaError;
+  if (const char* stalls = std::getenv("BERT_EMULATED_NCCL_STALLS");
+      stalls != nullptr && *stalls != '\0' && failures_apply(index)) {
     bert::emulated::detail::enqueue_stall(stream, "ncclAllReduce (BERT_EMULATED_NCCL_STALLS)");
     return ncclSuccess;
   }
@@ -150,8 +164,10 @@ ncclResult_t ncclAllReduce(const void* sendbuff, void* recvbuff, size_t count, n
 
 ncclResult_t ncclCommGetAsyncError(ncclComm_t comm, ncclResult_t* async_error) {
   if (comm == nullptr || async_error == nullptr) return ncclInvalidArgument;
-  *async_error =
-      comm->allreduces > 0 && fails_here("BERT_EMULATED_NCCL_ASYNC_ERROR", comm->rank) ? ncclRemoteError : ncclSuccess;
+  *async_error = comm->allreduces > 0 && failures_apply(comm->allreduces - 1) &&
+                         fails_here("BERT_EMULATED_NCCL_ASYNC_ERROR", comm->rank)
+                     ? ncclRemoteError
+                     : ncclSuccess;
   return ncclSuccess;
 }
 

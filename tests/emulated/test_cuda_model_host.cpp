@@ -16,7 +16,8 @@
 //   - an inference-only model: the bf16 weights alone on the device, the training model's answers
 //   - forward_backward_summed (a stand-in for NCCL that doubles): the buckets cover the gradient arena
 //     once, top down, cut as bucket_elements says; each range is handed over final (equal to an
-//     unsummed step's, bit for bit), with no host wait; the update's norm includes the last sum
+//     unsummed step's, bit for bit), with no host wait; the update's norm includes the last sum;
+//     sum_gradients hands over the same ranges in the same order and waits for them
 //   - set_wait_watch: the waits poll (no blocking wait), asking the watch each time; behind a sum that
 //     never finishes the watch is asked with growing times until it throws
 // Tolerances as test_cuda_model.cpp: losses rel 2e-2, logits and gradients rel 3e-2 of the tensor's
@@ -614,10 +615,30 @@ TEST_CASE("cuda model host: forward_backward_summed sums each range of gradients
     for (size_t i = 0; i < arena; ++i)
       if (summed[i] == 2.0f * plain[i]) ++doubled;
     CHECK(doubled == arena);
+
+    // sum_gradients (bert_train's warm-up before its first step): the same ranges in the same order,
+    // and the host waits for them.
+    DoublingSum warm;
+    warm.arena_elements = arena;
+    const bert::GradientSum warm_sum = warm.make(bucket);
+    const bert::emulated::Counters before_warm = bert::emulated::counters();
+    gpu.sum_gradients(warm_sum);
+    CHECK(bert::emulated::counters().stream_syncs > before_warm.stream_syncs);
+    REQUIRE(warm.ranges.size() == doubling.ranges.size());
+    for (size_t i = 0; i < warm.ranges.size(); ++i) {
+      CHECK(warm.ranges[i].begin == doubling.ranges[i].begin);
+      CHECK(warm.ranges[i].count == doubling.ranges[i].count);
+    }
+    const std::vector<float> twice = gpu.download_grads();
+    size_t quadrupled = 0;
+    for (size_t i = 0; i < arena; ++i)
+      if (twice[i] == 4.0f * plain[i]) ++quadrupled;
+    CHECK(quadrupled == arena);
   }
 }
 
-TEST_CASE("cuda model host: forward_backward_summed refuses an inference-only model and a missing sum", "[emulated]") {
+TEST_CASE("cuda model host: forward_backward_summed and sum_gradients refuse an inference-only model and a missing sum",
+          "[emulated]") {
   ModelOptions inference;
   inference.inference_only = true;
   BertForPreTrainingCuda serving(tiny_config(), inference);
@@ -626,9 +647,11 @@ TEST_CASE("cuda model host: forward_backward_summed refuses an inference-only mo
   bert::GradientSum sum;
   sum.sum = [](float*, size_t, cudaStream_t) {};
   CHECK_THROWS_WITH(serving.forward_backward_summed(1.0f, sum), Catch::Contains("inference-only"));
+  CHECK_THROWS_WITH(serving.sum_gradients(sum), Catch::Contains("inference-only"));
   BertForPreTrainingCuda gpu(tiny_config());
   gpu.upload_batch(batch.view());
   CHECK_THROWS_WITH(gpu.forward_backward_summed(1.0f, bert::GradientSum{}), Catch::Contains("no sum function"));
+  CHECK_THROWS_WITH(gpu.sum_gradients(bert::GradientSum{}), Catch::Contains("no sum function"));
 }
 
 TEST_CASE("cuda model host: with a wait watch the host polls, and the watch ends a wait for work that never finishes",
