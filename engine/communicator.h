@@ -60,6 +60,9 @@ class Communicator {
   // MPI_THREAD_MULTIPLE: this process exits, and mpirun ends the rest). The single process has
   // nobody to wait for.
   virtual void set_timeout([[maybe_unused]] int seconds, [[maybe_unused]] const std::string& setting) {}
+  // Appended to that line from now on (the trainer: its latest checkpoint and the command that resumes
+  // from it). May be called at any time from the thread that makes the collectives.
+  virtual void set_timeout_note([[maybe_unused]] const std::string& note) {}
 
   // Whether any rank passes true.
   bool any(bool flag);

@@ -12,6 +12,7 @@
 #include <climits>
 #include <cstdlib>
 #include <memory>
+#include <mutex>
 #include <string>
 
 #include "common/error.h"
@@ -89,16 +90,26 @@ class MpiCommunicator final : public Communicator {
     MPI_Abort(MPI_COMM_WORLD, exit_code);
     std::_Exit(exit_code);
   }
+  void set_timeout_note(const std::string& note) override {
+    const std::lock_guard<std::mutex> lock(note_->mutex);
+    note_->text = note;
+  }
   void set_timeout(int seconds, const std::string& setting) override {
     watchdog_.reset();
     if (seconds <= 0) return;
     const std::string prefix = "error: rank " + std::to_string(rank_) + " of " + std::to_string(size_) + ": ";
     const std::string reason = " has waited " + std::to_string(seconds) + " s (" + setting +
                                ") for the other ranks: one of them stopped, froze or cannot be reached; "
-                               "ending the job\n";
+                               "ending the job";
     const bool any_thread = any_thread_;
+    const std::shared_ptr<Note> note = note_;
     watchdog_ = std::make_unique<Watchdog>(std::chrono::seconds(seconds), [=](const char* operation) {
-      const std::string line = prefix + operation + reason;  // one write: ranks' lines do not interleave
+      std::string line = prefix + operation + reason;
+      // The training thread waits in a collective, not in set_timeout_note: the lock is free (try_lock
+      // all the same: the line goes out whatever happens).
+      if (std::unique_lock<std::mutex> lock(note->mutex, std::try_to_lock); lock.owns_lock()) line += note->text;
+      line += "\n";
+      // One write: ranks' lines do not interleave.
       [[maybe_unused]] const ssize_t written = ::write(STDERR_FILENO, line.data(), line.size());
       if (any_thread) {
         // The launcher ends every rank, the frozen one too (srun as well as mpirun: a plain exit
@@ -133,6 +144,12 @@ class MpiCommunicator final : public Communicator {
   bool any_thread_ = false;  // MPI_THREAD_MULTIPLE: any thread may call MPI
   std::string library_;
   std::unique_ptr<Watchdog> watchdog_;  // set_timeout's
+  // set_timeout_note's text, read by the watchdog's thread.
+  struct Note {
+    std::mutex mutex;
+    std::string text;
+  };
+  std::shared_ptr<Note> note_ = std::make_shared<Note>();
 };
 
 }  // namespace

@@ -273,8 +273,9 @@ int64_t total_train_steps(const TrainingConfig& training, size_t batches_per_epo
   return std::max<int64_t>(steps, 1);
 }
 
-std::string resume_command(const std::string& config_path, const std::string& checkpoint_dir) {
-  return "bert_train --config " + shell_quote(config_path) + " --resume " + shell_quote(checkpoint_dir);
+std::string resume_command(const std::string& config_path, const std::string& checkpoint_dir, int ranks) {
+  return (ranks > 1 ? "mpirun -np " + std::to_string(ranks) + " " : std::string()) + "bert_train --config " +
+         shell_quote(config_path) + " --resume " + shell_quote(checkpoint_dir);
 }
 
 Json TrainerState::to_json() const {
@@ -576,6 +577,10 @@ class Trainer {
   // one it wrote); empty before there is one.
   std::string latest_checkpoint_;
   int64_t latest_checkpoint_step_ = -1;
+  // Records `path` (at state_.global_step) as latest_checkpoint_, also for the ddp_timeout line.
+  void set_latest_checkpoint(const std::string& path);
+  // "; latest checkpoint: step N (<the command that resumes from it> goes on from it)"; "" before one.
+  std::string latest_checkpoint_note() const;
   int64_t skipped_steps_ = 0;
   bool resumed_ = false;
   std::vector<int64_t> unsettled_steps_;  // CUDA: queued steps whose outcome the host has not read
@@ -1482,9 +1487,20 @@ std::string Trainer::save_checkpoint() {
         write_file_atomic(dir + "/trainer_state.json", state_.to_json().dump(2) + "\n");
         write_file_atomic(dir + "/run_config.toml", config_text_);
       });
+  set_latest_checkpoint(path);
+  return path;
+}
+
+void Trainer::set_latest_checkpoint(const std::string& path) {
   latest_checkpoint_ = path;
   latest_checkpoint_step_ = state_.global_step;
-  return path;
+  comm_.set_timeout_note(latest_checkpoint_note());
+}
+
+std::string Trainer::latest_checkpoint_note() const {
+  if (latest_checkpoint_.empty()) return "";
+  return "; latest checkpoint: step " + std::to_string(latest_checkpoint_step_) + " (" +
+         resume_command(config_.path, latest_checkpoint_, world()) + " goes on from it)";
 }
 
 // Non-finite gradients skip their update, but a finite update can still overflow the weights (an
@@ -1603,10 +1619,7 @@ bool Trainer::setup() {
   print_run_table();
   if (checkpoint) out_ << "resuming from " << *checkpoint << "\n";
   resumed_ = checkpoint.has_value();
-  if (checkpoint && lead()) {
-    latest_checkpoint_ = *checkpoint;
-    latest_checkpoint_step_ = state_.global_step;
-  }
+  if (checkpoint && lead()) set_latest_checkpoint(*checkpoint);
   if (state_.global_step >= state_.total_steps) {
     out_ << "nothing to do: " << (checkpoint ? *checkpoint : training().output_dir) << " is at step "
          << state_.global_step << " of " << state_.total_steps
@@ -1751,15 +1764,15 @@ int Trainer::train() {
     // A failure mid-run (a CUDA fault, a full disk, an NCCL error): the checkpoints written so far are
     // whole (each written atomically); name the latest and the command that goes on from it.
     if (latest_checkpoint_.empty()) throw;
-    throw Error(std::string(e.what()) + "; latest checkpoint: step " + std::to_string(latest_checkpoint_step_) + " (" +
-                resume_command(config_.path, latest_checkpoint_) + " goes on from it)");
+    throw Error(e.what() + latest_checkpoint_note());
   }
   progress.finish();
   const double session_seconds = seconds_since(session_start_);
   const int64_t session_steps = state_.global_step - session_first_step_;
   if (stopped) {
     out_ << "stopped at step " << state_.global_step << " of " << state_.total_steps << "; resume with:\n  "
-         << resume_command(config_.path, training().output_dir + "/checkpoint-" + std::to_string(state_.global_step))
+         << resume_command(config_.path, training().output_dir + "/checkpoint-" + std::to_string(state_.global_step),
+                           world())
          << "\n";
     out_.flush();
     return stopped_run_exit_code();

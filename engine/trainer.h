@@ -86,8 +86,9 @@ struct TrainerState {
 // gradient_accumulation_steps) (at least 1).
 int64_t total_train_steps(const TrainingConfig& training, size_t batches_per_epoch);
 
-// "bert_train --config CONFIG --resume CHECKPOINT", shell-quoted where needed.
-std::string resume_command(const std::string& config_path, const std::string& checkpoint_dir);
+// "bert_train --config CONFIG --resume CHECKPOINT", shell-quoted where needed; for a run of several
+// ranks, under "mpirun -np RANKS" (another launcher, or another rank count, resumes it as well).
+std::string resume_command(const std::string& config_path, const std::string& checkpoint_dir, int ranks = 1);
 
 // What the SIGINT/SIGTERM/SIGUSR1 handler does on the first signal: the running loop finishes its
 // current optimizer step, saves a checkpoint, prints the resume command and returns

@@ -79,6 +79,8 @@ TEST_CASE("total steps and trainer state round trip") {
   CHECK(TrainerState::from_json(older, "state.json").world_size == 1);
   CHECK(resume_command("run.toml", "out dir/checkpoint-5") ==
         "bert_train --config run.toml --resume 'out dir/checkpoint-5'");
+  CHECK(resume_command("run.toml", "out/checkpoint-5", 4) ==
+        "mpirun -np 4 bert_train --config run.toml --resume out/checkpoint-5");
 }
 
 TEST_CASE("the MPI launcher's rank comes from its environment") {

@@ -249,7 +249,9 @@ TEST_CASE("SIGUSR1 to mpirun stops every rank after the same step and the checkp
   REQUIRE(checkpoints.size() == 1);
   const int64_t step = checkpoints[0].step;
   CHECK(step < 1000);
-  CHECK(first.out.find("stopped at step " + std::to_string(step) + " of 1000") != std::string::npos);
+  CHECK(first.out.find("stopped at step " + std::to_string(step) +
+                       " of 1000; resume with:\n  mpirun -np 2 bert_train "
+                       "--config ") != std::string::npos);
   CHECK(count(first.err, "stop requested") >= 1);  // each rank's handler says so; rank 0's is not discarded
 
   const RunResult second = mpirun(2, {"--config", stopped, "--resume"}, "resumed");
@@ -323,9 +325,10 @@ TEST_CASE("under mpirun a failure before training is one line from rank 0 and ev
 
 TEST_CASE("a rank that freezes mid-run ends the job after ddp_timeout instead of hanging it", "[mpi]") {
   make_tiny_data();
-  const std::string config = write_config("frozen", "frozen",
-                                          "max_steps = 1000000\nper_device_train_batch_size = 4\nlogging_steps = 1\n"
-                                          "save_steps = 2000000\neval_steps = 2000000\nddp_timeout = 2\n");
+  const std::string config =
+      write_config("frozen", "frozen",
+                   "max_steps = 1000000\nper_device_train_batch_size = 4\nlogging_steps = 1\n"
+                   "save_steps = 3\nsave_total_limit = 2\neval_steps = 2000000\nddp_timeout = 2\n");
   // Rank 1 writes its pid and becomes bert_train (exec keeps the pid), for the test to freeze it.
   const std::string pid_file = test_dir() + "/rank1.pid";
   const std::string script = "if [ \"$OMPI_COMM_WORLD_RANK\" = 1 ]; then echo $$ > " + pid_file + "; fi; exec " +
@@ -338,9 +341,10 @@ TEST_CASE("a rank that freezes mid-run ends the job after ddp_timeout instead of
     return static_cast<long>(std::count(text.begin(), text.end(), '\n'));
   };
   const auto deadline = std::chrono::steady_clock::now() + std::chrono::seconds(60);
-  while (std::chrono::steady_clock::now() < deadline && records() < 3)  // both ranks are training
+  // Both ranks are training, past the checkpoint of step 3 (saved before step 4 is logged).
+  while (std::chrono::steady_clock::now() < deadline && records() < 4)
     std::this_thread::sleep_for(std::chrono::milliseconds(2));
-  REQUIRE(records() >= 3);
+  REQUIRE(records() >= 4);
   const pid_t rank1 = static_cast<pid_t>(std::stol(read_file(pid_file)));
   REQUIRE(::kill(rank1, SIGSTOP) == 0);  // alive, but never at its next collective
   const auto frozen = std::chrono::steady_clock::now();
@@ -372,7 +376,11 @@ TEST_CASE("a rank that freezes mid-run ends the job after ddp_timeout instead of
   CHECK(run.code != 0);
   CHECK(count(run.err, "error: rank 0 of 2: MPI_") == 1);
   CHECK(run.err.find(" has waited 2 s (ddp_timeout) for the other ranks: one of them stopped, froze or cannot be "
-                     "reached; ending the job") != std::string::npos);
+                     "reached; ending the job; latest checkpoint: step ") != std::string::npos);
+  // Rank 0's line names its latest checkpoint and the command that goes on from it.
+  CHECK(run.err.find(" (mpirun -np 2 bert_train --config " + config + " --resume " + test_dir() +
+                     "/frozen/checkpoint-") != std::string::npos);
+  CHECK(run.err.find(" goes on from it)\n") != std::string::npos);
   CHECK(waited < 90);
 }
 
