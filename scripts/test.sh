@@ -7,11 +7,5 @@ scripts/setup.sh
 scripts/build.sh
 scripts/build_demo_corpus.sh >/dev/null
 # Say up front whether the GPU tests will run or report "Skipped", and why.
-device_rc=0
-device_info=$("${BUILD_DIR:-build}/bert_device_info" 2>&1) || device_rc=$?
-case $device_rc in
-  0) ;;
-  3) echo "GPU tests: skipped: $(head -n 1 <<<"$device_info")" ;;
-  *) echo "GPU tests: will FAIL: $(tail -n 1 <<<"$device_info")" ;;
-esac
+scripts/gpu_tests_notice.sh
 ctest --test-dir "${BUILD_DIR:-build}" --output-on-failure -j 2 "$@"
