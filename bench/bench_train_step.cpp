@@ -32,8 +32,8 @@
 // optimizer_step returning, before the wait: how long the host takes to queue a step. Well under the
 // device time, the host runs ahead and the device waits for it only at the step's first ops, so
 // capturing the step in a CUDA graph could save no more than the device's own launch latency between
-// kernels (the profile's "between ops" bounds that); near or over it, the host is the bottleneck and
-// a graph would pay. The MLM head always runs on the masked rows
+// kernels (~1-2 us each; the profile's "between ops" shows those at op boundaries, bench/RESULTS.md);
+// near or over it, the host is the bottleneck and a graph would pay. The MLM head always runs on the masked rows
 // (--dense-mlm is refused). MFU = model FLOP/s over the dense bf16 tensor-core peak of the device
 // (H100 SXM / H200 989.4e12, H100 PCIe 756e12, A100 312e12; other devices: none). Memory: the
 // model's memory_plan and allocated() bytes, and cudaMemGetInfo before the model and after the run

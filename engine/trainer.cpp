@@ -1669,8 +1669,10 @@ void Trainer::connect_ranks() {
 #endif
 }
 
-// NCCL allocates its buffers at a communicator's first collectives of each size, after
-// check_cuda_model's memory check: one sum of the (zero) gradients in the buckets of a step, before
+// NCCL 2.22 and later (NCCL_RUNTIME_CONNECT, on by default) connect the ranks and allocate their
+// buffers at a communicator's first collectives of each kind, after check_cuda_model's memory check
+// (older ones in ncclCommInitRank, in connect_ranks): one sum of the (zero) gradients in the buckets
+// of a step, before
 // the first step, so that NCCL running out of device memory is an error before training that gives
 // the memory figures, not a failure inside the first backward pass; then the memory in use is said.
 // Runs inside train(): a failure here ends every rank at once (train_main aborts the job), where in
@@ -1698,7 +1700,8 @@ void Trainer::warm_up_gradient_sums() {
                             "buffers in it) failed: ") +
                 e.what() + (in_use.empty() ? std::string() : "; device memory: " + in_use) +
                 "; if NCCL ran out of device memory, lower per_device_train_batch_size or shrink NCCL's buffers "
-                "(NCCL_BUFFSIZE, NCCL_NVLS_ENABLE=0)");
+                "(NCCL_BUFFSIZE, NCCL_NVLS_ENABLE=0)" +
+                latest_checkpoint_note());
   }
   const std::string in_use = memory();
   out_ << "first gradient sum over the ranks: " << printf_string("%.2f", seconds_since(start)) << " s"
@@ -1767,6 +1770,7 @@ int Trainer::train() {
     throw Error(e.what() + latest_checkpoint_note());
   }
   progress.finish();
+  comm_.set_timeout_note("");  // a wait from here on (MPI_Finalize's) has nothing to resume
   const double session_seconds = seconds_since(session_start_);
   const int64_t session_steps = state_.global_step - session_first_step_;
   if (stopped) {

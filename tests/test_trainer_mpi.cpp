@@ -325,14 +325,20 @@ TEST_CASE("under mpirun a failure before training is one line from rank 0 and ev
 
 TEST_CASE("a rank that freezes mid-run ends the job after ddp_timeout instead of hanging it", "[mpi]") {
   make_tiny_data();
-  const std::string config =
-      write_config("frozen", "frozen",
-                   "max_steps = 1000000\nper_device_train_batch_size = 4\nlogging_steps = 1\n"
-                   "save_steps = 3\nsave_total_limit = 2\neval_steps = 2000000\nddp_timeout = 2\n");
+  // A first run leaves checkpoint-3; the frozen run resumes from it and saves nothing (a checkpoint
+  // written while the other rank waits under a 2 s ddp_timeout could end the job first).
+  const std::string first = write_config("frozen_first", "frozen",
+                                         "max_steps = 3\nper_device_train_batch_size = 4\nlogging_steps = 1\n"
+                                         "save_steps = 3\neval_steps = 2000000\n");
+  REQUIRE(mpirun(2, {"--config", first}, "frozen_first").code == 0);
+  REQUIRE(file_exists(test_dir() + "/frozen/checkpoint-3/trainer_state.json"));
+  const std::string config = write_config("frozen", "frozen",
+                                          "max_steps = 1000000\nper_device_train_batch_size = 4\nlogging_steps = 1\n"
+                                          "save_steps = 2000000\neval_steps = 2000000\nddp_timeout = 2\n");
   // Rank 1 writes its pid and becomes bert_train (exec keeps the pid), for the test to freeze it.
   const std::string pid_file = test_dir() + "/rank1.pid";
   const std::string script = "if [ \"$OMPI_COMM_WORLD_RANK\" = 1 ]; then echo $$ > " + pid_file + "; fi; exec " +
-                             std::string(BERT_TRAIN) + " --config " + config;
+                             std::string(BERT_TRAIN) + " --config " + config + " --resume";
   const Process p = spawn(mpirun_args(2, {"-c", script}, "/bin/sh"), test_dir() + "/frozen");
   const std::string metrics = test_dir() + "/frozen/metrics.jsonl";
   const auto records = [&] {
@@ -341,10 +347,9 @@ TEST_CASE("a rank that freezes mid-run ends the job after ddp_timeout instead of
     return static_cast<long>(std::count(text.begin(), text.end(), '\n'));
   };
   const auto deadline = std::chrono::steady_clock::now() + std::chrono::seconds(60);
-  // Both ranks are training, past the checkpoint of step 3 (saved before step 4 is logged).
-  while (std::chrono::steady_clock::now() < deadline && records() < 4)
+  while (std::chrono::steady_clock::now() < deadline && records() < 6)  // both ranks are training again
     std::this_thread::sleep_for(std::chrono::milliseconds(2));
-  REQUIRE(records() >= 4);
+  REQUIRE(records() >= 6);
   const pid_t rank1 = static_cast<pid_t>(std::stol(read_file(pid_file)));
   REQUIRE(::kill(rank1, SIGSTOP) == 0);  // alive, but never at its next collective
   const auto frozen = std::chrono::steady_clock::now();
@@ -376,11 +381,9 @@ TEST_CASE("a rank that freezes mid-run ends the job after ddp_timeout instead of
   CHECK(run.code != 0);
   CHECK(count(run.err, "error: rank 0 of 2: MPI_") == 1);
   CHECK(run.err.find(" has waited 2 s (ddp_timeout) for the other ranks: one of them stopped, froze or cannot be "
-                     "reached; ending the job; latest checkpoint: step ") != std::string::npos);
-  // Rank 0's line names its latest checkpoint and the command that goes on from it.
-  CHECK(run.err.find(" (mpirun -np 2 bert_train --config " + config + " --resume " + test_dir() +
-                     "/frozen/checkpoint-") != std::string::npos);
-  CHECK(run.err.find(" goes on from it)\n") != std::string::npos);
+                     "reached; ending the job; latest checkpoint: step 3 (mpirun -np 2 bert_train --config " +
+                     config + " --resume " + test_dir() + "/frozen/checkpoint-3 goes on from it)\n") !=
+        std::string::npos);  // rank 0's line: the checkpoint it resumed from, and the command
   CHECK(waited < 90);
 }
 

@@ -153,10 +153,15 @@ def main():
     check(0 < ops_ms <= fb_ms * 1.001 + 1e-3 and
           math.isclose(ops_ms, sum(entry["ms"] for entry in profiled.get("profile", [])), rel_tol=1e-3, abs_tol=1e-3),
           f"--profile: the ops' {ops_ms} ms sum to their total, within the forward+backward's {fb_ms} ms")
-    check(profiled.get("profile_op_calls") == sum(calls.values()) and sum(calls.values()) > 0,
-          f"--profile: the ops issued, {profiled.get('profile_op_calls')}, are the calls summed")
+    # 16 ops a layer and 21 more (bench/RESULTS.md's count of a BERT-base step: 213).
+    check(profiled.get("profile_op_calls") == sum(calls.values()) == 16 * layers + 21,
+          f"--profile: the ops issued, {profiled.get('profile_op_calls')}, are the calls summed, "
+          f"{sum(calls.values())}, 16 a layer and 21 more")
     issue_ms, step_ms = profiled.get("median_host_issue_ms", -1), profiled.get("median_step_ms", -1)
-    check(0 < issue_ms <= step_ms, f"the host's time to queue a step, {issue_ms} ms, within the step's {step_ms} ms")
+    # The emulated ops run when the host waits, so queueing a step takes a small part of it; an issue
+    # time taken after the wait would not.
+    check(0 < issue_ms and issue_ms * 10 < step_ms,
+          f"the host's time to queue a step, {issue_ms} ms, a small part of the step's {step_ms} ms")
     text = subprocess.run(cmd[:-1], capture_output=True, text=True, env=dict(os.environ, OMP_NUM_THREADS="1"),
                           timeout=300).stdout
     check("by op (CUDA events around each)" in text and "between ops (launch gaps, host work)" in text,
