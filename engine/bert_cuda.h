@@ -224,9 +224,9 @@ class BertForPreTrainingCuda {
   void forward_backward_summed(float loss_scale, const GradientSum& sum);
   // The gradient arena summed over the ranks as forward_backward_summed sums it (the same calls of
   // sum.sum, same ranges, same order, on the same stream), without a forward or backward, then waits
-  // for the sums as set_wait_watch says. The trainer's warm-up before its first step: NCCL sets up its
-  // connections and buffers at a communicator's first collectives of each size, after the memory check
-  // of the model; run on zero gradients (zero_grads first), it leaves them zero.
+  // for the sums as set_wait_watch says. The trainer's warm-up before its first step: NCCL (2.22 and
+  // later) sets up its connections and buffers at a communicator's first collectives, after the memory
+  // check of the model; run on zero gradients (zero_grads first), it leaves them zero.
   void sum_gradients(const GradientSum& sum);
   // How the host waits for the device while training (an upload waiting for the previous upload's
   // copies; draining the loss and norm slots, which take_loss_stats and take_grad_norms do). Empty

@@ -1672,9 +1672,9 @@ void Trainer::connect_ranks() {
 // NCCL 2.22 and later (NCCL_RUNTIME_CONNECT, on by default) connect the ranks and allocate their
 // buffers at a communicator's first collectives of each kind, after check_cuda_model's memory check
 // (older ones in ncclCommInitRank, in connect_ranks): one sum of the (zero) gradients in the buckets
-// of a step, before
-// the first step, so that NCCL running out of device memory is an error before training that gives
-// the memory figures, not a failure inside the first backward pass; then the memory in use is said.
+// of a step, before the first step, so that NCCL running out of device memory is an error before
+// training that gives the memory figures, not a failure inside the first backward pass; then the
+// memory in use is said.
 // Runs inside train(): a failure here ends every rank at once (train_main aborts the job), where in
 // connect_ranks the other ranks would wait in their sums until ddp_timeout.
 void Trainer::warm_up_gradient_sums() {
