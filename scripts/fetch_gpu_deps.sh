@@ -17,8 +17,9 @@
 #
 # usage: scripts/fetch_gpu_deps.sh [--prebuilt BUILD_DIR]
 #   BUILD_DIR: a CUDA build of this tree, e.g. after
-#     cmake -S . -B build-gpu -G Ninja -DCMAKE_BUILD_TYPE=Release
-#     ninja -C build-gpu test_device bench_kernels bench_train_step bert_train bert_prepare bert_tokenizer bert_infer $(ninja -C build-gpu -t targets all | grep -oE '^test_cuda_[a-z_]+' | sort -u)
+#     cmake -S . -B build-gpu -G Ninja -DCMAKE_BUILD_TYPE=Release -DBERT_MPI=OFF
+#     ninja -C build-gpu test_device bench_kernels bench_train_step bert_train bert_prepare bert_tokenizer bert_infer $(ninja -C build-gpu -t targets all | grep -oE '^test_cuda_[a-z_]+' | grep -v _emulated | sort -u)
+#   The executables found there are brought up to date first (ninja), so none runs an older build's code.
 # Everything lands in .gpu-deps/ (about 10 MB of .debs, the 4 MB corpus and the packed binaries); the device call's
 # carry list names it: carry=[".gpu-deps"] (64 MiB limit for the whole tree that travels).
 set -euo pipefail
@@ -75,6 +76,15 @@ if [[ -n "$prebuilt" ]]; then
   staging=$(mktemp -d)
   trap 'rm -rf "$staging"' EXIT
   mkdir -p "$staging/bin"
+  # Executables older than the sources would run the last build's code on the device, silently: the
+  # ones there are rebuilt first where ninja says they are out of date (nothing to do when current).
+  targets=()
+  for exe in "$prebuilt"/tests/test_device "$prebuilt"/tests/test_cuda_* "$prebuilt"/bench/bench_kernels \
+             "$prebuilt"/bench/bench_train_step "$prebuilt"/bert_train "$prebuilt"/bert_prepare "$prebuilt"/bert_tokenizer "$prebuilt"/bert_infer; do
+    [[ -f "$exe" && -x "$exe" && $exe != *_emulated* ]] && targets+=("${exe#"$prebuilt"/}")
+  done
+  ((${#targets[@]} == 0)) || ninja -C "$prebuilt" "${targets[@]}" >/dev/null ||
+    { echo "fetch_gpu_deps: ninja -C $prebuilt failed to bring the executables up to date" >&2; exit 1; }
   found=0
   for exe in "$prebuilt"/tests/test_device "$prebuilt"/tests/test_cuda_* "$prebuilt"/bench/bench_kernels \
              "$prebuilt"/bench/bench_train_step "$prebuilt"/bert_train "$prebuilt"/bert_prepare "$prebuilt"/bert_tokenizer "$prebuilt"/bert_infer; do

@@ -22,7 +22,9 @@
 # (it saves) and its last checkpoint is used. Both log into tests.log.
 #
 # GPU_CHECK_SANITIZE_JOBS replaces the sanitizer's job list (see the stage); GPU_CHECK_TRAIN_VARIANTS
-# (e.g. "ours,hf_sdpa") limits the training bench's variants.
+# (e.g. "ours,hf_sdpa") limits the training bench's variants and GPU_CHECK_TRAIN_SHAPES (e.g.
+# "base-128,large-512") its shapes: by default base-128 alone (issue 6's target: ours against every HF
+# variant) when other stages share the call, all four when the training stage runs alone.
 #
 # Stages: GPU_CHECK_STAGES (default "tests curve kernels attention profile paths autotune sanitize demo train";
 # "fields", one base-128 step per KernelPaths field turned off, only when named) picks which run, e.g.
@@ -54,7 +56,10 @@
 # min(GPU_CHECK_TRAIN_TIMEOUT, GPU_CHECK_TOTAL - seconds used so far - 10) (default total 575 s, so the
 # script ends before timeout_s 590 whatever the earlier stages took); bench_train_gpu.py spends that
 # budget in priority order (ours on every shape, then HF sdpa, sdpa + torch.compile, eager) and records
-# what it had no time for as skipped. Fewer than 60 s left: the stage is skipped.
+# what it had no time for as skipped. Fewer than 60 s left: the stage is skipped. So that it is not
+# crowded out, the stages before it (curve and those after attention) leave it GPU_CHECK_TRAIN_RESERVE
+# seconds (default 150: ours, HF sdpa and sdpa + torch.compile at base-128). Its progress goes into
+# setup.log as it runs, so a call cut short at its limit still brings back what was measured.
 set -uo pipefail
 cd "$(dirname "$0")/.." || exit 1
 ROOT=$PWD
@@ -78,14 +83,20 @@ PROFILE_TIMEOUT=${GPU_CHECK_PROFILE_TIMEOUT:-60}
 AUTOTUNE_TIMEOUT=${GPU_CHECK_AUTOTUNE_TIMEOUT:-90}
 PATHS_TIMEOUT=${GPU_CHECK_PATHS_TIMEOUT:-75}
 FIELDS_TIMEOUT=${GPU_CHECK_FIELDS_TIMEOUT:-240}
+TRAIN_RESERVE=${GPU_CHECK_TRAIN_RESERVE:-150}
 # KernelPaths' fields (kernels/cuda/ops_cuda.h, KernelPaths::fields(); a suite test keeps the two equal).
 KERNEL_PATH_FIELDS="attention_fused_backward layernorm_resident_forward layernorm_fused_backward dropout_fused_layernorm dropout_fused_layernorm_backward cross_entropy_resident gelu_fast_math embeddings_direct_type_gradient attention_persistent_forward gemm_bias_gradient_epilogue"
 STAGES=" ${GPU_CHECK_STAGES:-tests curve kernels attention profile paths autotune sanitize demo train} "
 stage() { [[ $STAGES == *" $1 "* ]]; }
+TRAIN_SHAPES=${GPU_CHECK_TRAIN_SHAPES:-}
+[[ -z $TRAIN_SHAPES && $STAGES != " train " ]] && TRAIN_SHAPES=base-128
+# The seconds kept for the training stage by the stages before it (none when it does not run).
+reserve=0
+stage train && reserve=$TRAIN_RESERVE
 # Sets `budget`: the seconds a stage may take, its own limit $1 or what GPU_CHECK_TOTAL leaves (10 s
-# kept for the end), whichever is less.
+# kept for the end, and the training stage's reserve until it runs), whichever is less.
 stage_budget() {
-  budget=$((TOTAL_BUDGET - SECONDS - 10))
+  budget=$((TOTAL_BUDGET - SECONDS - 10 - reserve))
   ((budget > $1)) && budget=$1
   return 0
 }
@@ -149,6 +160,7 @@ echo "LD_LIBRARY_PATH=$LD_LIBRARY_PATH" >>"$SETUP_LOG"
 
 # ---- executables: prebuilt or built here -------------------------------------------------------------
 mode=build
+source_commit=""
 if [[ -f "$ROOT/.gpu-deps/prebuilt/bin.tar.xz" ]]; then
   rm -rf "$BIN_DIR" && mkdir -p "$BIN_DIR"
   tar -C "$BIN_DIR" -xJf "$ROOT/.gpu-deps/prebuilt/bin.tar.xz" --strip-components=1
@@ -161,6 +173,7 @@ if [[ -f "$ROOT/.gpu-deps/prebuilt/bin.tar.xz" ]]; then
     fi
   done
   [[ -f "$BIN_DIR/SOURCE_COMMIT" ]] && { echo "prebuilt from:"; cat "$BIN_DIR/SOURCE_COMMIT"; } >>"$SETUP_LOG"
+  source_commit=$(head -n 1 "$BIN_DIR/SOURCE_COMMIT" 2>/dev/null | cut -c1-12)
 fi
 # cuBLASLt is dlopened by the first CUDA context (kernels/cuda/cublaslt_library.h), so ldd does not
 # list it: say here whether the soname of the toolkit the executables were built with loads (same
@@ -203,7 +216,7 @@ if [[ $mode == build ]]; then
      "$BUILD_DIR"/bench/bench_train_step "$BUILD_DIR"/bert_train "$BUILD_DIR"/bert_prepare "$BUILD_DIR"/bert_tokenizer "$BUILD_DIR"/bert_infer \
      "$BIN_DIR"/ 2>/dev/null
 fi
-note "mode: $mode$([[ $build_ok == 1 ]] || echo ' (BUILD FAILED: see setup.log; running what was built)'); stages:$STAGES"
+note "mode: $mode${source_commit:+ (built from $source_commit)}$([[ $build_ok == 1 ]] || echo ' (BUILD FAILED: see setup.log; running what was built)'); stages:$STAGES"
 
 # ---- tests ------------------------------------------------------------------------------------------------
 passed=0 failed=0 skipped=0 failed_names=""
@@ -245,7 +258,7 @@ fi
 # Its budget leaves the kernel and attention stages theirs (a device build can leave it none).
 curve_rc=0
 if stage curve; then
-  curve_budget=$((TOTAL_BUDGET - SECONDS - 10))
+  curve_budget=$((TOTAL_BUDGET - SECONDS - 10 - reserve))
   stage kernels && curve_budget=$((curve_budget - BENCH_TIMEOUT))
   stage attention && curve_budget=$((curve_budget - TORCH_TIMEOUT))
   ((curve_budget > CURVE_TIMEOUT)) && curve_budget=$CURVE_TIMEOUT
@@ -261,7 +274,8 @@ if stage curve; then
       --bin-dir "$BIN_DIR" --work /tmp/bertforge-curve --device cuda >>"$OUT/tests.log" 2>&1
     curve_rc=$?
     note "loss curve vs HF: exit $curve_rc"
-    grep -E '^(FAIL|ok +(every step|final loss))' "$OUT/tests.log" | tail -n 4 | tee -a "$SUMMARY"
+    sed -n '/^== .* loss curve vs HF/,$p' "$OUT/tests.log" | grep -E '^(FAIL|ok +(every step|final loss))' |
+      tail -n 4 | tee -a "$SUMMARY"
   fi
 fi
 
@@ -276,7 +290,7 @@ if stage kernels; then
     bench_rc=$?
   fi
   bench_ok=$(grep -c ' finite$' "$OUT/bench_kernels.log" 2>/dev/null)
-  bench_bad=$(grep -cE 'ERROR|non-finite' "$OUT/bench_kernels.log" 2>/dev/null)
+  bench_bad=$(grep -c '  ERROR: ' "$OUT/bench_kernels.log" 2>/dev/null)  # one per failed case
   note "bench_kernels: exit $bench_rc (${bench_ok:-0} cases ok, ${bench_bad:-0} failed)"
   [[ $bench_rc == 0 ]] || grep -m 3 'bench_kernels:' "$OUT/bench_kernels.log" 2>/dev/null | tee -a "$SUMMARY"
   grep -E '^(device|ceilings):' "$OUT/bench_kernels.log" 2>/dev/null | tee -a "$SUMMARY"
@@ -330,8 +344,10 @@ if stage attention; then
   PYTHONUNBUFFERED=1 timeout "$TORCH_TIMEOUT" python3 bench/bench_attention_torch.py \
     --json "$OUT/bench_attention_torch.json" "${ours_arg[@]}" >"$OUT/bench_attention_torch.log" 2>&1
   torch_rc=$?
-  note "bench_attention_torch: exit $torch_rc"
+  note "bench_attention_torch: exit $torch_rc; ours / the fastest torch backend per case (above 1: ours is faster):"
   [[ $torch_rc == 0 ]] || tail -n 2 "$OUT/bench_attention_torch.log" 2>/dev/null | tee -a "$SUMMARY"
+  sed -n '/^side by side/,$p' "$OUT/bench_attention_torch.log" 2>/dev/null |
+    awk '$1 ~ /^attention/ { print "  " $1, $NF }' | tee -a "$SUMMARY"
 fi
 
 # ---- where a training step's time goes: every op of one BERT-base seq-128 forward+backward timed ---------
@@ -509,6 +525,11 @@ if stage sanitize; then
       # the sanitizer's own lines and the test's summary, not every Catch2 line
       grep -E '^========|test cases|assertions|FAILED|fatal error' /tmp/bertforge-sanitize.log | head -n 60 >>"$OUT/tests.log"
       echo "-- $tool $name: exit $rc" >>"$OUT/tests.log"
+      # gVisor machines (the device tool's KINDS.md): the sanitizer refuses the device for every job.
+      if grep -q 'Device not supported' /tmp/bertforge-sanitize.log; then
+        incomplete="$incomplete (the sanitizer does not support this machine's device: skipped)"
+        break
+      fi
       case $rc in
         0) clean="$clean $job" ;;
         124 | 137) incomplete="$incomplete $job(timeout)" ;;
@@ -600,6 +621,7 @@ fi
 # ---- training throughput: ours (bench_train_step --device cuda) vs HF BertForPreTraining -------------------
 train_rc=0
 if stage train; then
+  reserve=0  # kept for this stage until now
   stage_budget "$TRAIN_TIMEOUT"
   train_budget=$budget
   if [[ ! -x "$BIN_DIR/bench_train_step" ]]; then
@@ -609,16 +631,20 @@ if stage train; then
     train_rc=124
     note "bench_train_gpu: not run (${train_budget} s left of GPU_CHECK_TOTAL=$TOTAL_BUDGET)"
   else
-    echo "== $(stamp) bench_train_gpu (budget ${train_budget} s)" >>"$SETUP_LOG"
+    echo "== $(stamp) bench_train_gpu (budget ${train_budget} s${TRAIN_SHAPES:+, shapes $TRAIN_SHAPES}); its output:" >>"$SETUP_LOG"
     # The outer timeout is a backstop: the script keeps to --budget-s itself (each variant's timeout is
-    # what is left), and needs a few seconds after it for the table and the JSON.
+    # what is left), and needs a few seconds after it for the table and the JSON. Its output goes into
+    # setup.log as it comes, so a call cut short keeps each variant's result line.
     PYTHONUNBUFFERED=1 timeout $((train_budget + 8)) python3 bench/bench_train_gpu.py --bench "$BIN_DIR/bench_train_step" \
-      ${GPU_CHECK_TRAIN_VARIANTS:+--variants "$GPU_CHECK_TRAIN_VARIANTS"} --budget-s "$train_budget" --json "$OUT/bench_train_gpu.json" >/tmp/bertforge-bench-train-gpu.log 2>&1
-    train_rc=$?
-    { echo "== bench_train_gpu.py output"; cat /tmp/bertforge-bench-train-gpu.log; } >>"$SETUP_LOG"
-    note "bench_train_gpu: exit $train_rc (budget ${train_budget} s)"
-    # the projection and one line per failed or skipped variant ("[shape] variant: why")
-    grep -E '^(projection|\[[^]]*\] [a-z_]+: )' /tmp/bertforge-bench-train-gpu.log | head -n 20 | tee -a "$SUMMARY"
+      ${GPU_CHECK_TRAIN_VARIANTS:+--variants "$GPU_CHECK_TRAIN_VARIANTS"} ${TRAIN_SHAPES:+--shapes "$TRAIN_SHAPES"} \
+      --budget-s "$train_budget" --json "$OUT/bench_train_gpu.json" 2>&1 |
+      tee /tmp/bertforge-bench-train-gpu.log >>"$SETUP_LOG"
+    train_rc=${PIPESTATUS[0]}
+    note "bench_train_gpu: exit $train_rc (budget ${train_budget} s${TRAIN_SHAPES:+, shapes $TRAIN_SHAPES}):"
+    # each variant's result ("[shape] variant (timeout N s) ... X tokens/s, Y ms/step", or why it failed or
+    # was skipped), the table's rows and the projection
+    grep -E '^(projection|\| [a-z]|\[[^]]*\] [a-z_]+( \(timeout|: | skipped))' /tmp/bertforge-bench-train-gpu.log |
+      head -n 40 | tee -a "$SUMMARY"
   fi
 fi
 
