@@ -54,8 +54,8 @@ bool fails_here(const char* variable, int rank) {
 
 // Whether an all-reduce numbered `index` (from 0, as issued) is past BERT_EMULATED_NCCL_FAIL_FROM.
 bool failures_apply(int64_t index) {
-  const char* from = std::getenv("BERT_EMULATED_NCCL_FAIL_FROM");
-  return index >= (from != nullptr && *from != '\0' ? std::atoll(from) : 0);
+  return index >= bert::emulated::detail::env_int("BERT_EMULATED_NCCL_FAIL_FROM", 0, 0, 1 << 30,
+                                                  "an all-reduce count (0 or more)");
 }
 
 bool mpi_running() {

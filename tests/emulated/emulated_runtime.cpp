@@ -85,24 +85,13 @@ constexpr int kPoison = 0xFF;
 // Context report alike (its compute capability: emulated_sm()).
 constexpr int kMultiprocessors = 132, kL2Bytes = 50 << 20;
 
-// Environment variable `name` as an integer in [low, high]; `fallback` when unset or empty. Anything
-// else aborts, naming the variable and what it should hold.
-int env_int(const char* name, int fallback, long low, long high, const char* what) {
-  const char* text = std::getenv(name);
-  if (text == nullptr || *text == '\0') return fallback;
-  char* end = nullptr;
-  const long value = std::strtol(text, &end, 10);
-  if (end == text || *end != '\0' || value < low || value > high) {
-    std::fprintf(stderr, "%s=%s is not %s\n", name, text, what);
-    std::abort();
-  }
-  return static_cast<int>(value);
-}
-
 // The emulated device's compute capability, major * 10 + minor: BERT_EMULATED_DEVICE_SM (default 90,
 // an H200's). Below 90 the build's kernels "do not run" on it, as the default BERT_CUDA_GENCODE's
 // (sm_90a code and compute_90 PTX) do not on a real one: cuda_check_kernels says so.
-int emulated_sm() { return env_int("BERT_EMULATED_DEVICE_SM", 90, 10, 199, "a compute capability such as 80 or 90"); }
+int emulated_sm() {
+  return bert::emulated::detail::env_int("BERT_EMULATED_DEVICE_SM", 90, 10, 199,
+                                         "a compute capability such as 80 or 90");
+}
 
 // The guard bands around each cudaMalloc allocation (cudaMalloc's alignment, so one band before keeps
 // the allocation aligned) and what they hold.
@@ -267,6 +256,18 @@ void enqueue(Stream& stream, const char* name, std::function<void()> run) {
 
 namespace bert::emulated::detail {
 
+int env_int(const char* name, int fallback, long low, long high, const char* what) {
+  const char* text = std::getenv(name);
+  if (text == nullptr || *text == '\0') return fallback;
+  char* end = nullptr;
+  const long value = std::strtol(text, &end, 10);
+  if (end == text || *end != '\0' || value < low || value > high) {
+    std::fprintf(stderr, "%s=%s is not %s\n", name, text, what);
+    std::abort();
+  }
+  return static_cast<int>(value);
+}
+
 void device_fault(const std::string& what) {
   std::fprintf(stderr, "emulated CUDA device fault: %s\n", what.c_str());
   std::fflush(stderr);
@@ -406,7 +407,9 @@ cudaError_t cudaMemGetInfo(size_t* free_bytes, size_t* total_bytes) {
 // the same GPU would.
 namespace {
 
-int emulated_device_count() { return env_int("BERT_EMULATED_DEVICE_COUNT", 1, 0, 64, "a device count (0-64)"); }
+int emulated_device_count() {
+  return bert::emulated::detail::env_int("BERT_EMULATED_DEVICE_COUNT", 1, 0, 64, "a device count (0-64)");
+}
 
 }  // namespace
 

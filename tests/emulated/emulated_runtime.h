@@ -13,6 +13,10 @@
 
 namespace bert::emulated::detail {
 
+// Environment variable `name` as an integer in [low, high]; `fallback` when unset or empty. Anything
+// else aborts, naming the variable and what it should hold (`what`).
+int env_int(const char* name, int fallback, long low, long high, const char* what);
+
 // Prints "emulated CUDA device fault: <what>" and aborts, as a trap ends a CUDA context.
 [[noreturn]] void device_fault(const std::string& what);
 
