@@ -115,6 +115,14 @@ bool Communicator::all_equal(uint64_t value) {
   return !any(root != value);
 }
 
+std::string Communicator::broadcast_string(const std::string& text, int root) {
+  uint64_t length = text.size();
+  broadcast(std::as_writable_bytes(std::span<uint64_t>(&length, 1)), root);
+  std::string out = rank() == root ? text : std::string(length, '\0');
+  if (length > 0) broadcast(std::as_writable_bytes(std::span<char>(out.data(), out.size())), root);
+  return out;
+}
+
 std::optional<int> launcher_world_size(std::string* variable) {
   std::vector<const char*> names = {"OMPI_COMM_WORLD_SIZE", "PMI_SIZE"};
   if (std::getenv("PMIX_RANK") != nullptr) {  // srun --mpi=pmix: Slurm's own count of this step's tasks

@@ -68,6 +68,8 @@ class Communicator {
   bool any(bool flag);
   // Whether every rank passes the same 64-bit value (e.g. a hash of its weights).
   bool all_equal(uint64_t value);
+  // Rank `root`'s text to every rank (the others' `text` is ignored).
+  std::string broadcast_string(const std::string& text, int root);
 };
 
 // A thread that watches one operation at a time (a blocking collective) and calls `expired` with its

@@ -1466,27 +1466,31 @@ std::string Trainer::save_checkpoint() {
   }
   state_.elapsed_s = elapsed_at_start_ + seconds_since(session_start_);
   last_saved_step_ = state_.global_step;
-  if (!lead()) return {};  // rank 0 writes it (every rank holds the same state)
-  const std::string path = save_checkpoint_dir(
-      training().output_dir, state_.global_step, training().save_total_limit, [&](const std::string& dir) {
-        write_model_files(dir);
-        SafetensorsWriter optimizer;
-        optimizer.add_data_hash();
-        optimizer.set_metadata("global_step", std::to_string(state_.global_step));
-        optimizer.set_metadata("optimizer", "AdamW");
+  std::string path;
+  if (lead())  // rank 0 writes it (every rank holds the same state)
+    path = save_checkpoint_dir(
+        training().output_dir, state_.global_step, training().save_total_limit, [&](const std::string& dir) {
+          write_model_files(dir);
+          SafetensorsWriter optimizer;
+          optimizer.add_data_hash();
+          optimizer.set_metadata("global_step", std::to_string(state_.global_step));
+          optimizer.set_metadata("optimizer", "AdamW");
 #if defined(BERT_TRAINER_CUDA)
-        if (cuda_model_) cuda_model_->download_moments(exp_avg_, exp_avg_sq_);
+          if (cuda_model_) cuda_model_->download_moments(exp_avg_, exp_avg_sq_);
 #endif
-        for (const ParamInfo& info : params()) {
-          optimizer.add_f32("exp_avg." + info.name, info.shape,
-                            std::span<const float>(exp_avg_.data() + info.offset, info.numel));
-          optimizer.add_f32("exp_avg_sq." + info.name, info.shape,
-                            std::span<const float>(exp_avg_sq_.data() + info.offset, info.numel));
-        }
-        optimizer.write(dir + "/trainer_state.safetensors");
-        write_file_atomic(dir + "/trainer_state.json", state_.to_json().dump(2) + "\n");
-        write_file_atomic(dir + "/run_config.toml", config_text_);
-      });
+          for (const ParamInfo& info : params()) {
+            optimizer.add_f32("exp_avg." + info.name, info.shape,
+                              std::span<const float>(exp_avg_.data() + info.offset, info.numel));
+            optimizer.add_f32("exp_avg_sq." + info.name, info.shape,
+                              std::span<const float>(exp_avg_sq_.data() + info.offset, info.numel));
+          }
+          optimizer.write(dir + "/trainer_state.safetensors");
+          write_file_atomic(dir + "/trainer_state.json", state_.to_json().dump(2) + "\n");
+          write_file_atomic(dir + "/run_config.toml", config_text_);
+        });
+  // The other ranks learn that it is whole (rank 0 failing to write it ends the job instead), so that
+  // whichever rank later reports a failure names it.
+  if (world() > 1) path = comm_.broadcast_string(path, 0);
   set_latest_checkpoint(path);
   return path;
 }
@@ -1619,7 +1623,7 @@ bool Trainer::setup() {
   print_run_table();
   if (checkpoint) out_ << "resuming from " << *checkpoint << "\n";
   resumed_ = checkpoint.has_value();
-  if (checkpoint && lead()) set_latest_checkpoint(*checkpoint);
+  if (checkpoint) set_latest_checkpoint(*checkpoint);  // every rank: any of them may be the one to report
   if (state_.global_step >= state_.total_steps) {
     out_ << "nothing to do: " << (checkpoint ? *checkpoint : training().output_dir) << " is at step "
          << state_.global_step << " of " << state_.total_steps
@@ -1658,7 +1662,7 @@ void Trainer::connect_ranks() {
     if (const std::string error = summing->async_error(); !error.empty())
       throw Error("NCCL: " + error + " (reported while this rank waited for its GPU; NCCL_DEBUG=WARN says more)");
     if (waited > timeout)
-      throw Error("this rank's GPU has not finished its step after " + std::to_string(timeout) +
+      throw Error("this rank's GPU is still busy after " + std::to_string(timeout) +
                   " s (ddp_timeout): its gradient sums wait for a rank that stopped or cannot be reached "
                   "(NCCL_DEBUG=WARN says more)");
   });

@@ -501,7 +501,7 @@ TEST_CASE("ranks whose GPUs wait past ddp_timeout, or whose NCCL reports an erro
     const size_t errors = count(hung.err, "error: ");
     CHECK(errors >= 1);
     CHECK(count(hung.err,
-                " of 2: this rank's GPU has not finished its step after 2 s (ddp_timeout): its gradient "
+                " of 2: this rank's GPU is still busy after 2 s (ddp_timeout): its gradient "
                 "sums wait for a rank that stopped or cannot be reached") == errors);
     CHECK(seconds >= 2.0);
     CHECK_FALSE(file_exists(test_dir() + "/nccl_hang/checkpoint-5"));
@@ -515,6 +515,53 @@ TEST_CASE("ranks whose GPUs wait past ddp_timeout, or whose NCCL reports an erro
               "error: rank 0 of 2: NCCL: remote process exited or there was a network error (emulated) "
               "(reported while this rank waited for its GPU") == 1);
   CHECK(count(failed.err, "error: ") == 1);
+}
+
+TEST_CASE("GPUs whose first gradient sum (the warm-up before training) never finishes end the job with the reason",
+          "[mpi][emulated]") {
+  const RunResult hung = run_with_nccl_failure("nccl_warm_up_hang", "BERT_EMULATED_NCCL_STALLS", "1", "0");
+  INFO(hung.out << hung.err);
+  CHECK(hung.code != 0);
+  const size_t errors = count(hung.err, "error: ");
+  CHECK(errors >= 1);
+  CHECK(count(hung.err,
+              " of 2: the first sum of the gradients over the ranks (before training: NCCL sets up its buffers in "
+              "it) failed: this rank's GPU is still busy after 2 s (ddp_timeout): its gradient sums wait for a rank "
+              "that stopped or cannot be reached") == errors);
+  CHECK_FALSE(file_exists(test_dir() + "/nccl_warm_up_hang/metrics.jsonl"));
+}
+
+TEST_CASE("a rank other than rank 0 that fails mid-run names the latest checkpoint, saved or resumed from",
+          "[mpi][emulated]") {
+  // Rank 1's NCCL reports an error in step 6's sum (the warm-up is sum 0), after checkpoint-5, which
+  // rank 0 wrote: rank 1 names it, and the command that goes on from it.
+  const RunResult saved = run_with_nccl_failure("nccl_rank1", "BERT_EMULATED_NCCL_ASYNC_ERROR", "1", "6");
+  const std::string config = test_dir() + "/nccl_rank1.toml";
+  const std::string note = "; latest checkpoint: step 5 (mpirun -np 2 bert_train --config " + config + " --resume " +
+                           test_dir() + "/nccl_rank1/checkpoint-5 goes on from it)\n";
+  {
+    INFO(saved.out << saved.err);
+    CHECK(saved.code != 0);
+    CHECK(count(saved.err, "error: ") == 1);
+    CHECK(count(saved.err,
+                "error: rank 1 of 2: NCCL: remote process exited or there was a network error "
+                "(emulated) (reported while this rank waited for its GPU") == 1);
+    CHECK(count(saved.err, note) == 1);
+  }
+  // That command (the run's config, --resume checkpoint-5) with the error in its first step: rank 1
+  // names the checkpoint it resumed from.
+  ::setenv("BERT_EMULATED_DEVICE_COUNT", "2", 1);
+  ::setenv("BERT_EMULATED_NCCL_ASYNC_ERROR", "1", 1);
+  ::setenv("BERT_EMULATED_NCCL_FAIL_FROM", "1", 1);
+  const RunResult resumed = mpirun(2, {"--config", config, "--resume", test_dir() + "/nccl_rank1/checkpoint-5"},
+                                   "nccl_rank1_resumed", BERT_TRAIN_EMULATED);
+  ::unsetenv("BERT_EMULATED_NCCL_FAIL_FROM");
+  ::unsetenv("BERT_EMULATED_NCCL_ASYNC_ERROR");
+  ::unsetenv("BERT_EMULATED_DEVICE_COUNT");
+  INFO(resumed.out << resumed.err);
+  CHECK(resumed.code != 0);
+  CHECK(count(resumed.err, "error: rank 1 of 2: NCCL: ") == 1);
+  CHECK(count(resumed.err, note) == 1);
 }
 
 TEST_CASE("ranks that would share a GPU are refused before training, in one line", "[mpi][emulated]") {
