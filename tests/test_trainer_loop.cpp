@@ -130,6 +130,8 @@ TEST_CASE("the MPI launcher's world size comes from its environment") {
   CHECK(single->any(true));
   CHECK_FALSE(single->any(false));
   CHECK(single->all_equal(42));
+  CHECK(single->broadcast_string("out/checkpoint-5", 0) == "out/checkpoint-5");
+  CHECK(single->broadcast_string("", 0).empty());
   CHECK(single->allgather(7) == std::vector<uint64_t>{7});
   const RankPlacement placement = place_ranks(*single);
   CHECK(placement.cpu_sharers == 1);
