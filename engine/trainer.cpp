@@ -573,8 +573,8 @@ class Trainer {
   double elapsed_at_start_ = 0;
   double last_loss_ = 0, last_grad_norm_ = 0, last_lr_ = 0;
   int64_t last_saved_step_ = -1;
-  // The checkpoint this run would go on from after a failure (rank 0: the one resumed from, then each
-  // one it wrote); empty before there is one.
+  // The checkpoint this run would go on from after a failure (every rank: the one resumed from, then
+  // each one rank 0 wrote and broadcast); empty before there is one.
   std::string latest_checkpoint_;
   int64_t latest_checkpoint_step_ = -1;
   // Records `path` (at state_.global_step) as latest_checkpoint_, also for the ddp_timeout line.

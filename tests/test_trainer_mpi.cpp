@@ -14,7 +14,9 @@
 //     bert_train_emulated) train the model 1 GPU trains with twice the accumulation, and their
 //     checkpoint resumes on the CPU; ranks that would share a GPU, or outnumber a host's GPUs, are
 //     refused before training in one line; a rank whose NCCL communicator fails to start, whose sums
-//     never finish (ddp_timeout) or whose NCCL reports an error ends the job with its reason
+//     never finish (ddp_timeout, also the warm-up sum before training) or whose NCCL reports an error
+//     ends the job with its reason; rank 1 failing mid-run names the latest checkpoint (one rank 0
+//     saved, or the one resumed from) and the command that goes on from it
 // Needs a build with MPI and its launcher (CMake passes BERT_MPIEXEC); bert_train's path is BERT_TRAIN.
 #include <fcntl.h>
 #include <sched.h>
@@ -439,18 +441,19 @@ TEST_CASE("2 ranks on 2 GPUs train the model 1 GPU trains with twice the accumul
   ::unsetenv("BERT_EMULATED_DEVICE_COUNT");
 }
 
-// 2 ranks of bert_train_emulated on 2 GPUs (ddp_timeout 2 s) with the emulated NCCL failure
+// 2 ranks of bert_train_emulated on 2 GPUs (ddp_timeout `timeout` s) with the emulated NCCL failure
 // `variable` = `value` (tests/emulated/emulated_nccl.cpp) from all-reduce number `from` on, in
 // test_dir()/name. The tiny model's gradients are one bucket: all-reduce 0 is the warm-up before the
 // first step, 1 the first step's.
 RunResult run_with_nccl_failure(const std::string& name, const char* variable, const char* value,
-                                const char* from = "1") {
+                                const char* from = "1", int timeout = 2) {
   make_tiny_data();
   ::setenv("BERT_EMULATED_DEVICE_COUNT", "2", 1);
   ::setenv(variable, value, 1);
   ::setenv("BERT_EMULATED_NCCL_FAIL_FROM", from, 1);
   const std::string config =
-      write_config(name, name, settings(4, 1) + "device = \"cuda\"\nddp_timeout = 2\n", kCudaTinyModel);
+      write_config(name, name, settings(4, 1) + "device = \"cuda\"\nddp_timeout = " + std::to_string(timeout) + "\n",
+                   kCudaTinyModel);
   RunResult run = mpirun(2, {"--config", config}, name, BERT_TRAIN_EMULATED);
   ::unsetenv(variable);
   ::unsetenv("BERT_EMULATED_NCCL_FAIL_FROM");
@@ -534,8 +537,9 @@ TEST_CASE("GPUs whose first gradient sum (the warm-up before training) never fin
 TEST_CASE("a rank other than rank 0 that fails mid-run names the latest checkpoint, saved or resumed from",
           "[mpi][emulated]") {
   // Rank 1's NCCL reports an error in step 6's sum (the warm-up is sum 0), after checkpoint-5, which
-  // rank 0 wrote: rank 1 names it, and the command that goes on from it.
-  const RunResult saved = run_with_nccl_failure("nccl_rank1", "BERT_EMULATED_NCCL_ASYNC_ERROR", "1", "6");
+  // rank 0 wrote: rank 1 names it, and the command that goes on from it. A ddp_timeout of 60 s: rank 1
+  // waits for rank 0's write of the checkpoint, which a busy machine may make slow.
+  const RunResult saved = run_with_nccl_failure("nccl_rank1", "BERT_EMULATED_NCCL_ASYNC_ERROR", "1", "6", 60);
   const std::string config = test_dir() + "/nccl_rank1.toml";
   const std::string note = "; latest checkpoint: step 5 (mpirun -np 2 bert_train --config " + config + " --resume " +
                            test_dir() + "/nccl_rank1/checkpoint-5 goes on from it)\n";

@@ -146,7 +146,8 @@ bool consistent(const Desc& d, const Layout& a, const Layout& b, const Layout& c
                  b_cols = d.trans_b == CUBLAS_OP_N ? b.cols : b.rows;
   return a_rows == m && b_rows == k && b_cols == n && c.rows == m && c.cols == n && m > 0 && n > 0 && k > 0 &&
          a.ld >= static_cast<int64_t>(a.rows) && b.ld >= static_cast<int64_t>(b.rows) &&
-         c.ld >= static_cast<int64_t>(c.rows) && dl.ld >= static_cast<int64_t>(dl.rows);
+         c.ld >= static_cast<int64_t>(c.rows) && dl.ld >= static_cast<int64_t>(dl.rows) &&
+         std::max({m, n, k}) <= static_cast<uint64_t>(INT32_MAX);  // the BLAS below takes int extents
 }
 
 }  // namespace
@@ -359,7 +360,8 @@ cublasStatus_t cublasLtMatmul(cublasLtHandle_t, cublasLtMatmulDesc_t operation, 
         b_cols[static_cast<size_t>(j * k + p)] =
             load(b.type, b_ptr, d.trans_b == CUBLAS_OP_N ? j * b.ld + p : p * b.ld + j);
     // D[i][j] = alpha * sum_p op(A)[i][p] op(B)[p][j] in double, by BLAS (row-major m x n: products[i * n + j]).
-    // The O(m n k) part; the exactness of the emulation's sums does not depend on the order they take.
+    // The O(m n k) part (in double, the products of bf16 operands are exact, their sums rounded far
+    // below D's precision, whatever order the library takes).
     std::vector<double> products(static_cast<size_t>(m * n));
     blas_dgemm_nt(m, n, k, static_cast<double>(alpha), a_rows.data(), b_cols.data(), products.data());
     for (int64_t j = 0; j < n; ++j) {
