@@ -359,14 +359,15 @@ cublasStatus_t cublasLtMatmul(cublasLtHandle_t, cublasLtMatmulDesc_t operation, 
       for (int64_t p = 0; p < k; ++p)
         b_cols[static_cast<size_t>(j * k + p)] =
             load(b.type, b_ptr, d.trans_b == CUBLAS_OP_N ? j * b.ld + p : p * b.ld + j);
-    // D[i][j] = alpha * sum_p op(A)[i][p] op(B)[p][j] in double, by BLAS (row-major m x n: products[i * n + j]).
-    // The O(m n k) part (in double, the products of bf16 operands are exact, their sums rounded far
-    // below D's precision, whatever order the library takes).
+    // D[i][j] = alpha * sum_p op(A)[i][p] op(B)[p][j] in double, by BLAS, column-major as D is
+    // (products[j * m + i]: the n x m row-major product op(B)^T op(A)^T). The O(m n k) part (in
+    // double, the products of bf16 operands are exact, their sums rounded far below D's precision,
+    // whatever order the library takes).
     std::vector<double> products(static_cast<size_t>(m * n));
-    blas_dgemm_nt(m, n, k, static_cast<double>(alpha), a_rows.data(), b_cols.data(), products.data());
+    blas_dgemm_nt(n, m, k, static_cast<double>(alpha), b_cols.data(), a_rows.data(), products.data());
     for (int64_t j = 0; j < n; ++j) {
       for (int64_t i = 0; i < m; ++i) {
-        double value = products[static_cast<size_t>(i * n + j)];
+        double value = products[static_cast<size_t>(j * m + i)];
         if (beta != 0.0f) value += static_cast<double>(beta) * static_cast<double>(load(c.type, c_ptr, j * c.ld + i));
         if (d.epilogue == CUBLASLT_EPILOGUE_BIAS)
           value += static_cast<double>(__bfloat162float(static_cast<const __nv_bfloat16*>(d.bias)[i]));
