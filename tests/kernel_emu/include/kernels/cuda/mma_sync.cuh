@@ -22,14 +22,22 @@ namespace emulated_mma {
 
 constexpr unsigned kFullMask = 0xffffffffu;
 
-// Every lane's `value`, in lane order: one warp rendezvous.
+// Publishes this lane's `value` and meets the other lanes (one warp rendezvous); then lane_value
+// reads any lane's. Each lane reads only the lanes its results need.
 template <class T>
-void all_lanes(const T& value, T (&out)[32], const char* point) {
+const uint64_t* publish(const T& value, const char* point) {
   static_assert(sizeof(T) <= ::emu::kWarpExchangeWords * sizeof(uint64_t) && std::is_trivially_copyable_v<T>);
   uint64_t* slots = ::emu::warp_exchange(kFullMask);
   std::memcpy(slots + ::emu::lane() * ::emu::kWarpExchangeWords, &value, sizeof(T));
   ::emu::sync_warp(kFullMask, point);
-  for (int l = 0; l < 32; ++l) std::memcpy(&out[l], slots + l * ::emu::kWarpExchangeWords, sizeof(T));
+  return slots;
+}
+
+template <class T>
+T lane_value(const uint64_t* slots, int lane) {
+  T value;
+  std::memcpy(&value, slots + lane * ::emu::kWarpExchangeWords, sizeof(T));
+  return value;
 }
 
 inline float bf16_bits_to_float(uint32_t bits16) {
@@ -49,13 +57,12 @@ inline void ldmatrix(uint32_t (&r)[4], const void* row, bool transpose, const ch
   if (reinterpret_cast<uintptr_t>(row) % 16 != 0)
     bert::emulated::detail::device_fault(std::string(point) + ": row address " + bert::emulated::detail::hex(row) +
                                          " is not 16-byte aligned");
-  const void* rows[32];
-  all_lanes(row, rows, point);
+  const uint64_t* slots = publish(row, point);
   const int lane = static_cast<int>(::emu::lane()), g = lane / 4, q = lane % 4;
+  const auto row_of = [slots](int j, int i) { return lane_value<const void*>(slots, 8 * j + i); };
   for (int j = 0; j < 4; ++j) {
-    const void* const* matrix = rows + 8 * j;
-    const uint32_t low = transpose ? load_bits(matrix[2 * q], g) : load_bits(matrix[g], 2 * q);
-    const uint32_t high = transpose ? load_bits(matrix[2 * q + 1], g) : load_bits(matrix[g], 2 * q + 1);
+    const uint32_t low = transpose ? load_bits(row_of(j, 2 * q), g) : load_bits(row_of(j, g), 2 * q);
+    const uint32_t high = transpose ? load_bits(row_of(j, 2 * q + 1), g) : load_bits(row_of(j, g), 2 * q + 1);
     r[j] = low | (high << 16);
   }
 }
@@ -75,28 +82,30 @@ inline void ldmatrix_x4_trans(uint32_t (&r)[4], const void* row) {
 
 inline void mma_bf16_16816(float (&d)[4], const uint32_t (&a)[4], uint32_t b0, uint32_t b1) {
   using emulated_mma::bf16_bits_to_float;
-  const emulated_mma::MmaOperands mine{{a[0], a[1], a[2], a[3]}, {b0, b1}};
-  emulated_mma::MmaOperands all[32];
-  emulated_mma::all_lanes(mine, all, "mma.sync.m16n8k16");
-  // A[row][k]: lane (row % 8) * 4 + (k % 8) / 2, register (row >= 8) + 2 (k >= 8), half k % 2.
-  const auto a_at = [&all](int row, int k) {
-    const uint32_t reg = all[(row % 8) * 4 + (k % 8) / 2].a[(row >= 8 ? 1 : 0) + (k >= 8 ? 2 : 0)];
-    return bf16_bits_to_float((reg >> (16 * (k % 2))) & 0xFFFFu);
-  };
-  // B[k][n]: lane n * 4 + (k % 8) / 2, register (k >= 8), half k % 2.
-  const auto b_at = [&all](int k, int n) {
-    const uint32_t reg = all[n * 4 + (k % 8) / 2].b[k >= 8 ? 1 : 0];
-    return bf16_bits_to_float((reg >> (16 * (k % 2))) & 0xFFFFu);
-  };
+  using emulated_mma::MmaOperands;
+  const uint64_t* slots = emulated_mma::publish(MmaOperands{{a[0], a[1], a[2], a[3]}, {b0, b1}}, "mma.sync.m16n8k16");
   const int lane = static_cast<int>(::emu::lane()), g = lane / 4, q = lane % 4;
-  float out[4];
+  // This lane's rows of A, g and g + 8: A[row][k] is in lane (row % 8) * 4 + (k % 8) / 2, register
+  // (row >= 8) + 2 (k >= 8), half k % 2. Its columns of B, 2q and 2q + 1: B[k][n] is in lane
+  // n * 4 + (k % 8) / 2, register (k >= 8), half k % 2.
+  float a_rows[2][16], b_cols[2][16];
+  for (int half = 0; half < 2; ++half)
+    for (int k = 0; k < 16; k += 2) {
+      const uint32_t a_reg =
+          emulated_mma::lane_value<MmaOperands>(slots, g * 4 + (k % 8) / 2).a[half + (k >= 8 ? 2 : 0)];
+      a_rows[half][k] = bf16_bits_to_float(a_reg & 0xFFFFu);
+      a_rows[half][k + 1] = bf16_bits_to_float(a_reg >> 16);
+      const uint32_t b_reg =
+          emulated_mma::lane_value<MmaOperands>(slots, (2 * q + half) * 4 + (k % 8) / 2).b[k >= 8 ? 1 : 0];
+      b_cols[half][k] = bf16_bits_to_float(b_reg & 0xFFFFu);
+      b_cols[half][k + 1] = bf16_bits_to_float(b_reg >> 16);
+    }
+  // d[i] = D[g + 8 (i / 2)][2q + i % 2], a sum over k in order.
   for (int i = 0; i < 4; ++i) {
-    const int row = g + 8 * (i / 2), col = 2 * q + i % 2;
     float sum = d[i];
-    for (int k = 0; k < 16; ++k) sum += a_at(row, k) * b_at(k, col);
-    out[i] = sum;
+    for (int k = 0; k < 16; ++k) sum += a_rows[i / 2][k] * b_cols[i % 2][k];
+    d[i] = sum;
   }
-  for (int i = 0; i < 4; ++i) d[i] = out[i];
 }
 
 inline uint32_t pack_bf16x2(float low, float high) {
