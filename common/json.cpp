@@ -173,13 +173,17 @@ constexpr int kMaxJsonDepth = 128;
 struct Parser {
   std::string_view s;
   const std::string& source;
+  size_t first_line = 1;
   size_t i = 0;
   int depth = 0;
 
   [[noreturn]] void fail(const std::string& what) const {
-    size_t line = 1;
-    for (size_t k = 0; k < i && k < s.size(); ++k) line += s[k] == '\n';
-    throw Error(located(source, line, "invalid JSON: " + what));
+    size_t line = first_line, line_start = 0;
+    for (size_t k = 0; k < i && k < s.size(); ++k)
+      if (s[k] == '\n') ++line, line_start = k + 1;
+    throw Error(
+        located(source, line,
+                "invalid JSON at column " + std::to_string(std::min(i, s.size()) - line_start + 1) + ": " + what));
   }
   void ws() {
     while (i < s.size() && (s[i] == ' ' || s[i] == '\n' || s[i] == '\r' || s[i] == '\t')) ++i;
@@ -331,14 +335,21 @@ struct Parser {
       if (end != num.c_str() + num.size()) fail("bad number '" + num + "'");
       return Json(v);
     }
+    if (i == 0 && s.substr(0, 3) == "\xEF\xBB\xBF")
+      fail("starts with a UTF-8 byte-order mark (BOM), which JSON does not allow (Python's json refuses it too)");
+    if (static_cast<unsigned char>(c) < 0x20 || static_cast<unsigned char>(c) >= 0x7F) {
+      char code[8];
+      std::snprintf(code, sizeof code, "0x%02X", static_cast<unsigned>(static_cast<unsigned char>(c)));
+      fail(std::string("unexpected byte ") + code);
+    }
     fail(std::string("unexpected character '") + c + "'");
   }
 };
 
 }  // namespace
 
-Json Json::parse(std::string_view text, const std::string& source) {
-  Parser p{text, source};
+Json Json::parse(std::string_view text, const std::string& source, size_t first_line) {
+  Parser p{text, source, first_line};
   Json v = p.value();
   p.ws();
   if (p.i != text.size()) p.fail("trailing characters");

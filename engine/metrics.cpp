@@ -70,7 +70,7 @@ void plot_metrics_svg(const std::string& jsonl_path, const std::string& svg_path
   for_each_jsonl_line(text, [&](size_t line_no, std::string_view line, bool torn) {
     Json j;
     try {
-      j = Json::parse(line, jsonl_path + ":" + std::to_string(line_no));
+      j = Json::parse(line, jsonl_path, line_no);
     } catch (const Error&) {
       if (torn) return;  // plotted without it, as the trainer's resume drops it
       throw;

@@ -56,6 +56,15 @@ TEST_CASE("json errors name the source and line") {
     Json::parse("{\n\"a\": 1,\n\"b\" 2}", "cfg.json");
     FAIL("no error");
   } catch (const Error& e) {
-    CHECK(std::string(e.what()).find("cfg.json:3:") == 0);
+    CHECK(std::string(e.what()) == "cfg.json:3: invalid JSON at column 5: expected ':'");
   }
+  // A line of a larger file (metrics.jsonl) counts from its own number; the column is the byte's.
+  CHECK_THROWS_WITH(Json::parse(R"({"step": 1, "loss": NaN})", "m.jsonl", 7),
+                    "m.jsonl:7: invalid JSON at column 21: unexpected character 'N'");
+  // A byte-order mark (Python's json refuses it too, as HF's config loading does), and a byte that is
+  // not printable, shown as its value.
+  CHECK_THROWS_WITH(Json::parse("\xEF\xBB\xBF{}", "config.json"),
+                    "config.json:1: invalid JSON at column 1: starts with a UTF-8 byte-order mark (BOM), which JSON "
+                    "does not allow (Python's json refuses it too)");
+  CHECK_THROWS_WITH(Json::parse("[1, \x01]", "x.json"), "x.json:1: invalid JSON at column 5: unexpected byte 0x01");
 }
