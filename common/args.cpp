@@ -100,7 +100,9 @@ int64_t Args::integer(const std::string& name, int64_t min_value, int64_t max_va
   const long long x = std::strtoll(v.c_str(), &end, 10);
   if (v.empty() || *end != '\0' || errno == ERANGE) fail("option '" + name + "' expects an integer, got '" + v + "'");
   if (x < min_value || x > max_value)
-    fail("option '" + name + "' must be between " + std::to_string(min_value) + " and " + std::to_string(max_value) +
+    fail("option '" + name + "' must be " +
+         (max_value == INT64_MAX ? "at least " + std::to_string(min_value)
+                                 : "between " + std::to_string(min_value) + " and " + std::to_string(max_value)) +
          ", got " + v);
   return x;
 }

@@ -137,11 +137,15 @@ int prepare_build_command(const std::vector<std::string>& argv, std::ostream& ou
   for (const auto& [name, v] : {std::pair{"--short-seq-prob", nsp.short_seq_prob}, std::pair{"--nsp-prob", nsp.nsp_prob},
                                 std::pair{"--valid-fraction", valid_fraction}})
     if (!(v >= 0.0 && v <= 1.0)) throw Error(std::string("bert_prepare build: ") + name + " must be in [0, 1]");
+  if (valid_fraction == 1.0)
+    throw Error(
+        "bert_prepare build: --valid-fraction 1 sends every document to validation and leaves none to train "
+        "on; it must be below 1");
   const std::vector<std::string> files = expand_inputs(inputs);
 
   const Tokenizer tok = Tokenizer::from_dir(tok_dir);
-  if (tok.cls_id() < 0 || tok.sep_id() < 0 || tok.mask_id() < 0 || tok.pad_id() < 0)
-    throw Error(tok_dir + "/vocab.txt: BERT pretraining needs [PAD], [CLS], [SEP] and [MASK] in the vocabulary");
+  tok.require({SpecialToken::kCls, SpecialToken::kSep, SpecialToken::kPad, SpecialToken::kMask}, tok_dir,
+              "BERT pretraining");
   make_directories(out_dir);
   const auto t0 = std::chrono::steady_clock::now();
   Progress progress(!args.has("--quiet"));
@@ -257,6 +261,10 @@ int prepare_build_command(const std::vector<std::string>& argv, std::ostream& ou
   totals.documents = doc_counter;
   if (totals.examples[0] + totals.examples[1] == 0)
     throw Error("bert_prepare build: no examples produced (empty input, or every document too short to pair)");
+  if (totals.examples[0] == 0)
+    throw Error("bert_prepare build: no training examples: all " + std::to_string(totals.examples[1]) +
+                " went to validation (--valid-fraction " + args.str("--valid-fraction") + " of " +
+                std::to_string(totals.documents) + " document(s)); lower it or add input");
   if (const uint64_t single = totals.single_document_pools[0] + totals.single_document_pools[1]; single > 0)
     err << "warning: " << single << " pool(s) held a single document (train " << totals.single_document_pools[0]
         << ", valid " << totals.single_document_pools[1] << "): with no other document to draw a random next "

@@ -169,11 +169,7 @@ InferenceCheckpoint load_inference_checkpoint(const std::string& dir_arg, int nu
   const BertConfig config = BertConfig::load_hf_json(dir + "/config.json");
   Tokenizer tokenizer = Tokenizer::from_dir(dir);
   const std::string vocab_path = dir + "/vocab.txt";
-  const TokenizerConfig& tokens = tokenizer.config();
-  if (tokenizer.mask_id() < 0)
-    throw Error(vocab_path + ": has no mask token '" + tokens.mask_token + "' (fill-mask needs one)");
-  if (tokenizer.cls_id() < 0 || tokenizer.sep_id() < 0)
-    throw Error(vocab_path + ": has no '" + tokens.cls_token + "' or '" + tokens.sep_token + "' token");
+  tokenizer.require({SpecialToken::kMask, SpecialToken::kCls, SpecialToken::kSep}, dir, "bert_infer");
   if (tokenizer.vocab().size() > static_cast<size_t>(config.vocab_size))
     throw Error(vocab_path + ": " + std::to_string(tokenizer.vocab().size()) +
                 " tokens, more than config.json's vocab_size " + std::to_string(config.vocab_size) +

@@ -841,6 +841,8 @@ void Trainer::warn_if_normalizer_differs() {
 void Trainer::load_tokenizer_and_data() {
   try {
     tokenizer_ = std::make_unique<Tokenizer>(Tokenizer::from_dir(data().tokenizer));
+    tokenizer_->require({SpecialToken::kCls, SpecialToken::kSep, SpecialToken::kPad, SpecialToken::kMask},
+                        data().tokenizer, "BERT pretraining");
   } catch (const Error& e) {
     throw Error(config_.where("data", "tokenizer") + ": " + e.what());
   }
@@ -881,6 +883,14 @@ void Trainer::load_tokenizer_and_data() {
   if (valid_data_->size() == 0) {
     valid_data_.reset();
     valid_description_.clear();
+    if (config_.lines.count("training.eval_steps"))
+      err_ << "warning: " << config_.where("training", "eval_steps") << " = " << training().eval_steps
+           << ": nothing to evaluate, "
+           << (data().valid_data.empty() ? data().train_data +
+                                               " has no valid split (built with --valid-fraction 0) and [data] "
+                                               "valid_data is not set"
+                                         : data().valid_data + " ([data] valid_data) holds no examples")
+           << "\n";
   }
   train_data_->check_vocabulary(tokenizer_->vocab(), data().tokenizer);
   if (valid_data_) valid_data_->check_vocabulary(tokenizer_->vocab(), data().tokenizer);
@@ -1797,6 +1807,15 @@ int Trainer::train() {
        << human_bytes(static_cast<double>(peak_rss_bytes())) << "\n";
   out_ << "  plot: bert_train plot " << shell_quote(training().output_dir + "/metrics.jsonl") << " --out "
        << shell_quote(training().output_dir + "/loss.svg") << "\n";
+  // Saved as any run is, but a run whose every update was skipped changed nothing: a failure for
+  // whatever comes next in the user's pipeline.
+  if (session_steps > 0 && skipped_steps_ == session_steps) {
+    out_.flush();
+    err_ << "error: all " << session_steps << " update(s) of this run were skipped (non-finite gradients), "
+         << "so the weights did not change; check [model] initializer_range and [training] learning_rate in "
+         << config_.path << "\n";
+    return 1;
+  }
   return 0;
 }
 

@@ -593,5 +593,30 @@ TEST_CASE("bert_prepare build: bad input is a clear error") {
                                   "--out", test_dir() + "/x", "--nsp-prob", "1.5"},
                                  o, e),
                     Catch::Contains("--nsp-prob must be in [0, 1]"));
+  // Validation that leaves nothing to train on: refused, not shards bert_train then refuses.
+  CHECK_THROWS_WITH(prepare_main({"build", "--tokenizer", test_dir() + "/tok", "--input", test_dir() + "/clean.txt",
+                                  "--out", test_dir() + "/x", "--valid-fraction", "1"},
+                                 o, e),
+                    "bert_prepare build: --valid-fraction 1 sends every document to validation and leaves none to "
+                    "train on; it must be below 1");
+  CHECK_THROWS_WITH(prepare_main({"build", "--tokenizer", test_dir() + "/tok", "--input", test_dir() + "/clean.txt",
+                                  "--out", test_dir() + "/x", "--valid-fraction", "0.9999", "--quiet"},
+                                 o, e),
+                    Catch::Matches("bert_prepare build: no training examples: all [0-9]+ went to validation "
+                                   "\\(--valid-fraction 0\\.9999 of 30 document\\(s\\)\\); lower it or add input"));
+  CHECK_FALSE(file_exists(test_dir() + "/x/manifest.json"));
+  // A tokenizer whose tokenizer_config.json names special tokens its vocab.txt lacks: the fields.
+  const std::string odd_tok = test_dir() + "/tok_odd";
+  make_directories(odd_tok);
+  write_file_atomic(odd_tok + "/vocab.txt", read_file(test_dir() + "/tok/vocab.txt"));
+  TokenizerConfig odd = TokenizerConfig::load(test_dir() + "/tok");
+  odd.sep_token = "[NOPE]";
+  odd.mask_token = "[MASKX]";
+  odd.save(odd_tok);
+  CHECK_THROWS_WITH(
+      prepare_main({"build", "--tokenizer", odd_tok, "--input", test_dir() + "/clean.txt", "--out", test_dir() + "/x"},
+                   o, e),
+      odd_tok + "/vocab.txt: has no sep_token '[NOPE]', mask_token '[MASKX]' (named by " + odd_tok +
+          "/tokenizer_config.json); BERT pretraining needs them");
   CHECK_THROWS_WITH(prepare_main({"inspect", test_dir() + "/nowhere"}, o, e), Catch::Contains("no such shard"));
 }

@@ -7,6 +7,7 @@
 
 #include "common/error.h"
 #include "common/file.h"
+#include "common/json.h"
 #include "tests/test_dirs.h"
 #include "tokenizer/commands.h"
 #include "tokenizer/tokenizer.h"
@@ -128,6 +129,21 @@ TEST_CASE("bad input: one clear error each") {
                          "--vocab-size", "300", "--special-tokens", "[PAD]", "[UNK]", "[CLS]", "[SEP]"}),
                     Catch::Contains("--special-tokens lacks [MASK]"));
   CHECK_FALSE(file_exists(test_dir() + "/nomask/vocab.txt"));
+  // A special token vocab.txt cannot hold as a line; an alphabet of no characters (HF's 0 keeps none,
+  // leaving a vocabulary of special tokens only).
+  for (const std::string bad : {"a\nb", "[X] ", "[X]\r"})
+    CHECK_THROWS_WITH(
+        run({"train", "--input", test_dir() + "/corpus.txt", "--out", test_dir() + "/badspecial", "--vocab-size", "300",
+             "--special-tokens", "[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]", bad}),
+        "bert_tokenizer train: special token " + Json(bad).dump() +
+            " holds a line break or ends in whitespace, so it cannot be a line of vocab.txt");
+  CHECK_THROWS_WITH(run({"train", "--input", test_dir() + "/corpus.txt", "--out", test_dir() + "/badspecial",
+                         "--vocab-size", "300", "--limit-alphabet", "0"}),
+                    Catch::Contains("option '--limit-alphabet' must be at least 1, got 0"));
+  CHECK_FALSE(file_exists(test_dir() + "/badspecial"));
+  CHECK(run({"train", "--input", test_dir() + "/corpus.txt", "--out", test_dir() + "/alphabet1", "--vocab-size", "300",
+             "--limit-alphabet", "1", "--quiet"})
+            .code == 0);
   // A vocabulary without [CLS]: one error before encoding, on one thread or many (an exception in a
   // worker thread must not end in std::terminate).
   make_directories(test_dir() + "/nocls");

@@ -547,6 +547,63 @@ TEST_CASE("user mistakes are one-line errors") {
     CHECK(one_line(message));
   }
 
+  // A tokenizer whose tokenizer_config.json names special tokens its vocab.txt lacks: the fields, before
+  // anything is built (the masking of the first batch used to throw them as token id -1).
+  {
+    const std::string odd_tok = test_dir() + "/tok_odd";
+    std::filesystem::create_directories(odd_tok);
+    write_file_atomic(odd_tok + "/vocab.txt", read_file(test_dir() + "/tok/vocab.txt"));
+    TokenizerConfig odd = TokenizerConfig::load(test_dir() + "/tok");
+    odd.cls_token = "[NOPE]";
+    odd.save(odd_tok);
+    const std::string odd_config = write_config("odd", "odd", one_step);
+    std::string text = read_file(odd_config);
+    text.replace(text.find(test_dir() + "/tok\""), test_dir().size() + 4, odd_tok);
+    write_file_atomic(odd_config, text);
+    message = error_of([&] { train({"--config", odd_config}); });
+    CHECK_THAT(message, Catch::Contains("odd.toml:") &&
+                            Catch::EndsWith(": [data] tokenizer: " + odd_tok +
+                                            "/vocab.txt: has no cls_token '[NOPE]' (named by " + odd_tok +
+                                            "/tokenizer_config.json); BERT pretraining needs it"));
+    CHECK(one_line(message));
+    odd.cls_token = "[CLS]";
+    odd.pad_token = "[PADX]";
+    odd.mask_token = "[MASKX]";
+    odd.save(odd_tok);
+    message = error_of([&] { train({"--config", odd_config}); });
+    CHECK_THAT(message,
+               Catch::EndsWith(odd_tok + "/vocab.txt: has no pad_token '[PADX]', mask_token '[MASKX]' (named by " +
+                               odd_tok + "/tokenizer_config.json); BERT pretraining needs them"));
+    CHECK_FALSE(file_exists(test_dir() + "/odd"));
+  }
+
+  // eval_steps written in a config whose data has no validation split: said, as nothing is evaluated.
+  {
+    std::ostringstream prepare_out, prepare_err;
+    REQUIRE(prepare_main({"build", "--tokenizer", test_dir() + "/tok", "--input", test_dir() + "/clean.txt", "--out",
+                          test_dir() + "/shards_novalid", "--max-seq-len", "32", "--valid-fraction", "0", "--quiet"},
+                         prepare_out, prepare_err) == 0);
+    for (const bool written : {true, false}) {
+      const std::string name = written ? "noeval" : "noeval_default";
+      const std::string path = write_config(
+          name, name,
+          "max_steps = 1\nper_device_train_batch_size = 8\n" + std::string(written ? "eval_steps = 1\n" : ""));
+      std::string text = read_file(path);
+      text.replace(text.find("/shards\""), 8, "/shards_novalid\"");
+      write_file_atomic(path, text);
+      const RunResult run = train({"--config", path});
+      INFO(run.err);
+      CHECK(run.code == 0);
+      if (written)
+        CHECK_THAT(run.err, Catch::Contains("noeval.toml:") &&
+                                Catch::Contains(": [training] eval_steps = 1: nothing to evaluate, " + test_dir() +
+                                                "/shards_novalid has no valid split (built with --valid-fraction 0) "
+                                                "and [data] valid_data is not set\n"));
+      else
+        CHECK_THAT(run.err, !Catch::Contains("eval_steps"));
+    }
+  }
+
   // A model far beyond the machine's memory: the bytes it needs, not std::bad_alloc or the OOM killer.
   std::string giant_model = kTinyModel;
   giant_model.replace(giant_model.find("max_position_embeddings = 32"), 28, "max_position_embeddings = 2000000000");
@@ -599,6 +656,21 @@ TEST_CASE("a non-finite gradient skips the update with a warning, and the run go
   const TrainerState state = TrainerState::load(test_dir() + "/out/checkpoint-4/trainer_state.json");
   CHECK(state.global_step == 4);
   CHECK(state.optimizer_steps == 1);
+
+  // A run none of whose updates applied (weights that overflow from the first forward) changed
+  // nothing: it saves, as any run does, and then exits 1 saying so, so that a script stops there.
+  const RunResult dead = train({"--config", write_config("dead", "dead",
+                                                         "max_steps = 2\nper_device_train_batch_size = 8\n"
+                                                         "save_steps = 2\n",
+                                                         std::string(kTinyModel) + "initializer_range = 1e30\n")});
+  INFO(dead.out << dead.err);
+  CHECK(dead.code == 1);
+  CHECK_THAT(dead.err, Catch::EndsWith("error: all 2 update(s) of this run were skipped (non-finite gradients), so "
+                                       "the weights did not change; check [model] initializer_range and [training] "
+                                       "learning_rate in " +
+                                       test_dir() + "/dead.toml\n"));
+  CHECK_THAT(dead.out, Catch::Contains("2 update(s) skipped (non-finite gradients)"));
+  CHECK(file_exists(test_dir() + "/dead/checkpoint-2/model.safetensors"));
 }
 
 TEST_CASE("bert_train --dump-batches writes the starting weights and every micro-batch trained on") {

@@ -59,7 +59,8 @@ int tokenizer_train_command(const std::vector<std::string>& argv, std::ostream& 
   TrainerOptions topt;
   topt.vocab_size = static_cast<size_t>(args.integer("--vocab-size", 1, 1 << 30));
   topt.min_frequency = static_cast<uint64_t>(args.integer("--min-frequency", 0));
-  if (args.has("--limit-alphabet")) topt.limit_alphabet = static_cast<size_t>(args.integer("--limit-alphabet", 0));
+  // 1 at least: HF accepts 0, which keeps no character, so the vocabulary is the special tokens alone.
+  if (args.has("--limit-alphabet")) topt.limit_alphabet = static_cast<size_t>(args.integer("--limit-alphabet", 1));
   if (args.has("--special-tokens")) topt.special_tokens = args.values("--special-tokens");
 
   TokenizerConfig config;
@@ -73,6 +74,10 @@ int tokenizer_train_command(const std::vector<std::string>& argv, std::ostream& 
                                                config.mask_token};
     for (const auto& t : topt.special_tokens) {
       if (t.empty()) throw Error("bert_tokenizer train: empty special token");
+      // vocab.txt is one token a line, and its readers (ours, HF's) strip a line's trailing whitespace.
+      if (t.find_first_of("\r\n") != std::string::npos || t.back() == ' ' || t.back() == '\t')
+        throw Error("bert_tokenizer train: special token " + Json(t).dump() +
+                    " holds a line break or ends in whitespace, so it cannot be a line of vocab.txt");
       if (std::find(standard.begin(), standard.end(), t) == standard.end())
         config.additional_special_tokens.push_back(t);
     }

@@ -125,6 +125,35 @@ Tokenizer Tokenizer::from_dir(const std::string& dir_arg) {
   return Tokenizer(std::move(vocab), std::move(config));
 }
 
+void Tokenizer::require(std::initializer_list<SpecialToken> needed, const std::string& dir_arg,
+                        std::string_view purpose) const {
+  struct Field {
+    SpecialToken which;
+    const char* name;
+    const std::string& token;
+    int32_t id;
+  };
+  const Field fields[] = {{SpecialToken::kCls, "cls_token", config_.cls_token, cls_id_},
+                          {SpecialToken::kSep, "sep_token", config_.sep_token, sep_id_},
+                          {SpecialToken::kPad, "pad_token", config_.pad_token, pad_id_},
+                          {SpecialToken::kMask, "mask_token", config_.mask_token, mask_id_}};
+  std::string missing;
+  size_t count = 0;
+  for (const SpecialToken which : needed)
+    for (const Field& field : fields)
+      if (field.which == which && field.id < 0) {
+        missing += (missing.empty() ? "" : ", ") + std::string(field.name) + " '" + field.token + "'";
+        ++count;
+      }
+  if (count == 0) return;
+  const std::string dir = without_trailing_slashes(dir_arg);
+  const std::string config_path = dir + "/tokenizer_config.json";
+  throw Error(dir + "/vocab.txt: has no " + missing +
+              (file_exists(config_path) ? " (named by " + config_path + ")"
+                                        : " (the default: " + dir + " has no tokenizer_config.json)") +
+              "; " + std::string(purpose) + (count > 1 ? " needs them" : " needs it"));
+}
+
 void Tokenizer::encode_plain(std::u32string_view text, std::vector<int32_t>& out, EncodeScratch& scratch) const {
   normalizer_.normalize(text, scratch.normalized);
   const std::u32string_view norm = scratch.normalized;

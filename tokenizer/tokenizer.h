@@ -5,6 +5,7 @@
 #pragma once
 
 #include <cstdint>
+#include <initializer_list>
 #include <optional>
 #include <string>
 #include <string_view>
@@ -43,6 +44,9 @@ struct Encoding {
   std::vector<int32_t> type_ids;
 };
 
+// The special tokens of BERT's inputs, by their tokenizer_config.json field.
+enum class SpecialToken { kCls, kSep, kPad, kMask };
+
 class Tokenizer {
  public:
   Tokenizer(Vocab vocab, TokenizerConfig config);
@@ -70,6 +74,10 @@ class Tokenizer {
   int32_t mask_id() const { return mask_id_; }
   int32_t unk_id() const { return wordpiece_.unk_id(); }
   std::string decode(const std::vector<int32_t>& ids, bool skip_special = false) const;
+  // Throws unless vocab.txt holds each of `needed` (as tokenizer_config.json names it), one line
+  // naming every missing one and its field: "DIR/vocab.txt: has no cls_token '[X]' (named by
+  // DIR/tokenizer_config.json); PURPOSE needs it". `dir` is the directory this was loaded from.
+  void require(std::initializer_list<SpecialToken> needed, const std::string& dir, std::string_view purpose) const;
 
  private:
   Vocab vocab_;
