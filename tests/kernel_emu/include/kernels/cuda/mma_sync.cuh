@@ -1,9 +1,10 @@
 // kernels/cuda/mma_sync.cuh for the kernel emulation (tests/kernel_emu/cuda_emu.h), found before the real
 // one on the include path: the same functions, implemented from the register layouts that file's
-// purpose block quotes from the PTX ISA, as warp collectives. Each call gathers every lane's operands
+// purpose block quotes from the PTX ISA, as warp collectives. Each call publishes this lane's operands
 // (a warp rendezvous, so all 32 lanes must reach the same call, as .sync.aligned requires) and then
-// computes this lane's own results: ldmatrix reads the rows the lanes named, mma.sync forms this lane's
-// four outputs of D = A B + C as an fp32 sum over k in order (not the tensor cores' rounding).
+// computes this lane's own results from the lanes that hold what they need: ldmatrix reads the rows
+// the lanes named, mma.sync forms this lane's four outputs of D = A B + C as an fp32 sum over k in
+// order (not the tensor cores' rounding).
 // Device faults: an ldmatrix row address that is not 16-byte aligned.
 #pragma once
 
