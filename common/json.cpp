@@ -185,6 +185,11 @@ struct Parser {
         located(source, line,
                 "invalid JSON at column " + std::to_string(std::min(i, s.size()) - line_start + 1) + ": " + what));
   }
+  // The same, pointing at `at` (where the bad escape or number begins, as Python's json does).
+  [[noreturn]] void fail_at(size_t at, const std::string& what) {
+    i = at;
+    fail(what);
+  }
   void ws() {
     while (i < s.size() && (s[i] == ' ' || s[i] == '\n' || s[i] == '\r' || s[i] == '\t')) ++i;
   }
@@ -199,8 +204,8 @@ struct Parser {
   void expect(char c) {
     if (!eat(c)) fail(std::string("expected '") + c + "'");
   }
-  unsigned hex4() {
-    if (i + 4 > s.size()) fail("truncated \\u escape");
+  unsigned hex4(size_t escape_at) {
+    if (i + 4 > s.size()) fail_at(escape_at, "truncated \\u escape");
     unsigned v = 0;
     for (int k = 0; k < 4; ++k) {
       const char c = s[i++];
@@ -208,7 +213,8 @@ struct Parser {
       if (c >= '0' && c <= '9') v |= c - '0';
       else if (c >= 'a' && c <= 'f') v |= c - 'a' + 10;
       else if (c >= 'A' && c <= 'F') v |= c - 'A' + 10;
-      else fail("bad \\u escape");
+      else
+        fail_at(escape_at, "bad \\u escape");
     }
     return v;
   }
@@ -224,6 +230,7 @@ struct Parser {
         continue;
       }
       if (i >= s.size()) fail("unterminated escape");
+      const size_t escape_at = i - 1;
       const char e = s[i++];
       switch (e) {
         case '"': out.push_back('"'); break;
@@ -237,19 +244,21 @@ struct Parser {
         case 'u': {
           // A surrogate is valid only as a high-low pair; a lone one has no UTF-8 form (serde_json refuses
           // it too), and writing its 3-byte CESU-8 form would put invalid UTF-8 into our strings.
-          char32_t cp = hex4();
-          if (cp >= 0xDC00 && cp <= 0xDFFF) fail("unpaired low surrogate in a \\u escape");
+          char32_t cp = hex4(escape_at);
+          if (cp >= 0xDC00 && cp <= 0xDFFF) fail_at(escape_at, "unpaired low surrogate in a \\u escape");
           if (cp >= 0xD800 && cp <= 0xDBFF) {
-            if (!(i + 1 < s.size() && s[i] == '\\' && s[i + 1] == 'u')) fail("unpaired high surrogate in a \\u escape");
+            if (!(i + 1 < s.size() && s[i] == '\\' && s[i + 1] == 'u'))
+              fail_at(escape_at, "unpaired high surrogate in a \\u escape");
             i += 2;
-            const unsigned lo = hex4();
-            if (lo < 0xDC00 || lo > 0xDFFF) fail("unpaired high surrogate in a \\u escape");
+            const unsigned lo = hex4(escape_at);
+            if (lo < 0xDC00 || lo > 0xDFFF) fail_at(escape_at, "unpaired high surrogate in a \\u escape");
             cp = 0x10000 + ((cp - 0xD800) << 10) + (lo - 0xDC00);
           }
           utf8_append(out, cp);
           break;
         }
-        default: fail("bad escape");
+        default:
+          fail_at(escape_at, "bad escape");
       }
     }
     return out;
@@ -332,7 +341,7 @@ struct Parser {
       const std::string num(s.substr(start, i - start));
       char* end = nullptr;
       const double v = std::strtod(num.c_str(), &end);
-      if (end != num.c_str() + num.size()) fail("bad number '" + num + "'");
+      if (end != num.c_str() + num.size()) fail_at(start, "bad number '" + num + "'");
       return Json(v);
     }
     if (i == 0 && s.substr(0, 3) == "\xEF\xBB\xBF")

@@ -59,8 +59,8 @@ class Json {
   std::string dump(int indent = -1) const;
 
   // Throws bert::Error naming `source` and the line on malformed input.
-  // Errors read "source:line: invalid JSON at column C: ...", counting lines from first_line (a
-  // line of a larger file: its number there).
+  // Errors read "source:line: invalid JSON at column C: ..." (C in bytes, at the start of a bad escape
+  // or number), counting lines from first_line (a line of a larger file: its number there).
   static Json parse(std::string_view text, const std::string& source = "<json>", size_t first_line = 1);
 
  private:

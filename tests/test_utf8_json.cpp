@@ -67,4 +67,9 @@ TEST_CASE("json errors name the source and line") {
                     "config.json:1: invalid JSON at column 1: starts with a UTF-8 byte-order mark (BOM), which JSON "
                     "does not allow (Python's json refuses it too)");
   CHECK_THROWS_WITH(Json::parse("[1, \x01]", "x.json"), "x.json:1: invalid JSON at column 5: unexpected byte 0x01");
+  // A bad escape or number: its start.
+  CHECK_THROWS_WITH(Json::parse(R"(["ab\q"])", "x.json"), "x.json:1: invalid JSON at column 5: bad escape");
+  CHECK_THROWS_WITH(Json::parse(R"(["\ud800x"])", "x.json"),
+                    "x.json:1: invalid JSON at column 3: unpaired high surrogate in a \\u escape");
+  CHECK_THROWS_WITH(Json::parse("[1, 2.5.5]", "x.json"), "x.json:1: invalid JSON at column 5: bad number '2.5.5'");
 }
