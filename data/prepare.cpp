@@ -261,10 +261,14 @@ int prepare_build_command(const std::vector<std::string>& argv, std::ostream& ou
   totals.documents = doc_counter;
   if (totals.examples[0] + totals.examples[1] == 0)
     throw Error("bert_prepare build: no examples produced (empty input, or every document too short to pair)");
-  if (totals.examples[0] == 0)
-    throw Error("bert_prepare build: no training examples: all " + std::to_string(totals.examples[1]) +
-                " went to validation (--valid-fraction " + args.str("--valid-fraction") + " of " +
+  if (totals.examples[0] == 0) {
+    // Nothing bert_train could use: the validation shards just written go too.
+    for (const Json& entry : shards.as_array())
+      std::filesystem::remove(out_dir + "/" + entry.find("file")->as_string());
+    throw Error("bert_prepare build: no training examples: the validation split holds all " +
+                std::to_string(totals.examples[1]) + " (--valid-fraction " + args.str("--valid-fraction") + " of " +
                 std::to_string(totals.documents) + " document(s)); lower it or add input");
+  }
   if (const uint64_t single = totals.single_document_pools[0] + totals.single_document_pools[1]; single > 0)
     err << "warning: " << single << " pool(s) held a single document (train " << totals.single_document_pools[0]
         << ", valid " << totals.single_document_pools[1] << "): with no other document to draw a random next "

@@ -887,8 +887,8 @@ void Trainer::load_tokenizer_and_data() {
       err_ << "warning: " << config_.where("training", "eval_steps") << " = " << training().eval_steps
            << ": nothing to evaluate, "
            << (data().valid_data.empty() ? data().train_data +
-                                               " has no valid split (built with --valid-fraction 0) and [data] "
-                                               "valid_data is not set"
+                                               " has no valid split (its manifest.json lists no valid shards) "
+                                               "and [data] valid_data is not set"
                                          : data().valid_data + " ([data] valid_data) holds no examples")
            << "\n";
   }

@@ -561,10 +561,10 @@ TEST_CASE("user mistakes are one-line errors") {
     text.replace(text.find(test_dir() + "/tok\""), test_dir().size() + 4, odd_tok);
     write_file_atomic(odd_config, text);
     message = error_of([&] { train({"--config", odd_config}); });
-    CHECK_THAT(message, Catch::Contains("odd.toml:") &&
-                            Catch::EndsWith(": [data] tokenizer: " + odd_tok +
-                                            "/vocab.txt: has no cls_token '[NOPE]' (named by " + odd_tok +
-                                            "/tokenizer_config.json); BERT pretraining needs it"));
+    CHECK_THAT(message,
+               Catch::Contains("odd.toml:") &&
+                   Catch::EndsWith(": [data] tokenizer: " + odd_tok + "/vocab.txt: has no cls_token '[NOPE]' (set by " +
+                                   odd_tok + "/tokenizer_config.json, else HF's default); BERT pretraining needs it"));
     CHECK(one_line(message));
     odd.cls_token = "[CLS]";
     odd.pad_token = "[PADX]";
@@ -572,8 +572,8 @@ TEST_CASE("user mistakes are one-line errors") {
     odd.save(odd_tok);
     message = error_of([&] { train({"--config", odd_config}); });
     CHECK_THAT(message,
-               Catch::EndsWith(odd_tok + "/vocab.txt: has no pad_token '[PADX]', mask_token '[MASKX]' (named by " +
-                               odd_tok + "/tokenizer_config.json); BERT pretraining needs them"));
+               Catch::EndsWith(odd_tok + "/vocab.txt: has no pad_token '[PADX]', mask_token '[MASKX]' (set by " +
+                               odd_tok + "/tokenizer_config.json, else HF's default); BERT pretraining needs them"));
     CHECK_FALSE(file_exists(test_dir() + "/odd"));
   }
 
@@ -597,8 +597,8 @@ TEST_CASE("user mistakes are one-line errors") {
       if (written)
         CHECK_THAT(run.err, Catch::Contains("noeval.toml:") &&
                                 Catch::Contains(": [training] eval_steps = 1: nothing to evaluate, " + test_dir() +
-                                                "/shards_novalid has no valid split (built with --valid-fraction 0) "
-                                                "and [data] valid_data is not set\n"));
+                                                "/shards_novalid has no valid split (its manifest.json lists no valid "
+                                                "shards) and [data] valid_data is not set\n"));
       else
         CHECK_THAT(run.err, !Catch::Contains("eval_steps"));
     }

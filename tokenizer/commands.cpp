@@ -74,7 +74,8 @@ int tokenizer_train_command(const std::vector<std::string>& argv, std::ostream& 
                                                config.mask_token};
     for (const auto& t : topt.special_tokens) {
       if (t.empty()) throw Error("bert_tokenizer train: empty special token");
-      // vocab.txt is one token a line, and its readers (ours, HF's) strip a line's trailing whitespace.
+      // vocab.txt is one token a line (HF's reader splits lines at '\r' too), and ours strips a line's
+      // trailing whitespace.
       if (t.find_first_of("\r\n") != std::string::npos || t.back() == ' ' || t.back() == '\t')
         throw Error("bert_tokenizer train: special token " + Json(t).dump() +
                     " holds a line break or ends in whitespace, so it cannot be a line of vocab.txt");

@@ -149,8 +149,8 @@ void Tokenizer::require(std::initializer_list<SpecialToken> needed, const std::s
   const std::string dir = without_trailing_slashes(dir_arg);
   const std::string config_path = dir + "/tokenizer_config.json";
   throw Error(dir + "/vocab.txt: has no " + missing +
-              (file_exists(config_path) ? " (named by " + config_path + ")"
-                                        : " (the default: " + dir + " has no tokenizer_config.json)") +
+              (file_exists(config_path) ? " (set by " + config_path + ", else HF's default)"
+                                        : " (HF's default: " + dir + " has no tokenizer_config.json)") +
               "; " + std::string(purpose) + (count > 1 ? " needs them" : " needs it"));
 }
 

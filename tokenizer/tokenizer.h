@@ -75,8 +75,8 @@ class Tokenizer {
   int32_t unk_id() const { return wordpiece_.unk_id(); }
   std::string decode(const std::vector<int32_t>& ids, bool skip_special = false) const;
   // Throws unless vocab.txt holds each of `needed` (as tokenizer_config.json names it), one line
-  // naming every missing one and its field: "DIR/vocab.txt: has no cls_token '[X]' (named by
-  // DIR/tokenizer_config.json); PURPOSE needs it". `dir` is the directory this was loaded from.
+  // naming every missing one and its field: "DIR/vocab.txt: has no cls_token '[X]' (set by
+  // DIR/tokenizer_config.json, else HF's default); PURPOSE needs it". `dir`: where this was loaded from.
   void require(std::initializer_list<SpecialToken> needed, const std::string& dir, std::string_view purpose) const;
 
  private:
