@@ -65,15 +65,19 @@ bool is_fullwidth_digit(const unsigned char* c, size_t len) {
 // The ASCII character the multi-byte character c[0, len) is folded to, or 0. Fullwidth digits and
 // the fullwidth - + . @ ( ) that numbers and addresses are written with become ASCII (their NFKC
 // mapping; the tokenizer keeps them as they are, so ０１０－１２３４－５６７８ would otherwise reach the
-// model unscrubbed); a dash between two digits (U+2010-2013 hyphens, figure and en dash, U+2212
-// minus: 900101–1234567, 1990–2000) becomes '-'.
+// model unscrubbed); a dash between two digits (U+2010-2015 hyphens, figure, en and em dash,
+// horizontal bar, U+2212 minus, U+FE58 and U+FE63 small dash and hyphen-minus, U+3161 Hangul ㅡ, which
+// informal Korean writes numbers with: 900101–1234567, 010ㅡ1234ㅡ5678) becomes '-'.
 char ascii_fold(const unsigned char* c, size_t len, unsigned char before, std::string_view next) {
   if (len != 3) return 0;
   if (c[0] == 0xEF && c[1] == 0xBC && c[2] >= 0x80) {  // U+FF00-FF3F: fullwidth forms of U+0020-005F
     const char ascii = static_cast<char>(c[2] - 0x60);
     return std::string_view("0123456789-+.@()").find(ascii) != std::string_view::npos ? ascii : 0;
   }
-  const bool dash = c[0] == 0xE2 && ((c[1] == 0x80 && c[2] >= 0x90 && c[2] <= 0x93) || (c[1] == 0x88 && c[2] == 0x92));
+  const bool dash =
+      (c[0] == 0xE2 && ((c[1] == 0x80 && c[2] >= 0x90 && c[2] <= 0x95) || (c[1] == 0x88 && c[2] == 0x92))) ||
+      (c[0] == 0xEF && c[1] == 0xB9 && (c[2] == 0x98 || c[2] == 0xA3)) ||
+      (c[0] == 0xE3 && c[1] == 0x85 && c[2] == 0xA1);
   if (!dash || before < '0' || before > '9' || next.empty()) return 0;
   const auto* after = reinterpret_cast<const unsigned char*>(next.data());
   return (after[0] >= '0' && after[0] <= '9') || is_fullwidth_digit(after, next.size()) ? '-' : 0;

@@ -159,6 +159,7 @@ TEST_CASE("pii: positives in Korean formats are replaced by typed placeholders")
       {"주소 2001:db8::1 입니다", "주소 [IP] 입니다", PiiType::kIp},
       {"fe80::1ff:fe23:4567:890a", "[IP]", PiiType::kIp},
       {"::ffff:192.0.2.1", "[IP]", PiiType::kIp},
+      {"버전 확인: 10.20.30.40", "버전 확인: [IP]", PiiType::kIp},  // a version word not naming it
   };
   STATIC_REQUIRE(sizeof(cases) / sizeof(cases[0]) >= 40);
   for (const Case& c : cases) {
@@ -261,6 +262,11 @@ TEST_CASE("pii: dates, times, versions, prices and other numbers stay untouched"
       "그림 2.10.3.1",
       "Fig. 2.10.3.1",
       "Section 10.1.2.3",
+      // four-part versions named as such
+      "버전 2.10.3.1",
+      "버전: 1.10.0.0",
+      "version 2.10.3.1 release",
+      "Build 10.0.0.1",
       "1500-3000원",
       "분당 1800-2500회",
   };
@@ -579,6 +585,16 @@ TEST_CASE("clean: line normalisation collapses whitespace and drops controls and
   out.clear();
   CHECK(scrubber.clean("전화 ０１０－１２３４－５６７８, 주민 900101–1234567, ｈｏｎｇ＠example.com\n", out) == 1);
   CHECK(out == "전화 [PHONE], 주민 [RRN], ｈｏｎｇ@example.com");  // fullwidth letters stay
+  // The other dashes between digits: em dash, horizontal bar, small dash and hyphen-minus, Hangul ㅡ;
+  // not between a digit and a letter.
+  for (const char* dash : {"\xE2\x80\x94", "\xE2\x80\x95", "\xEF\xB9\x98", "\xEF\xB9\xA3", "ㅡ"}) {
+    INFO(dash);
+    out.clear();
+    CHECK(scrubber.clean(std::string("주민번호 900101") + dash + "1234567, 전화 010" + dash + "1234" + dash +
+                             "5678, 1" + dash + "a\n",
+                         out) == 1);
+    CHECK(out == std::string("주민번호 [RRN], 전화 [PHONE], 1") + dash + "a");
+  }
   out.clear();
   CHECK(cleaner.clean("첫 문장이다.  둘째 문장, 전화 010-1234-5678.\n\x01\n  셋째 줄\n", out) == 3);
   CHECK(out == "첫 문장이다.\n둘째 문장, 전화 [PHONE].\n셋째 줄");
