@@ -44,6 +44,9 @@ std::vector<CheckpointInfo> list_checkpoints(const std::string& output_dir) {
     const std::string digits = name.substr(11);
     if (digits.empty() || !std::all_of(digits.begin(), digits.end(), [](char c) { return c >= '0' && c <= '9'; }))
       continue;
+    // Every checkpoint bert_train writes holds trainer_state.json (renamed into place complete); a
+    // directory without it is not one of ours, and rotation or overwrite_output_dir must not delete it.
+    if (!fs::exists(e.path() / "trainer_state.json", ec)) continue;
     out.push_back({std::stoll(digits), e.path().string()});
   }
   std::sort(out.begin(), out.end(), [](const CheckpointInfo& a, const CheckpointInfo& b) { return a.step < b.step; });

@@ -21,7 +21,8 @@ struct CheckpointInfo {
   std::string path;
 };
 
-// Complete checkpoints in `output_dir`, oldest first.
+// Complete checkpoints in `output_dir` (checkpoint-N directories holding trainer_state.json), oldest
+// first.
 std::vector<CheckpointInfo> list_checkpoints(const std::string& output_dir);
 std::optional<CheckpointInfo> latest_checkpoint(const std::string& output_dir);
 

@@ -94,7 +94,10 @@ void plot_metrics_svg(const std::string& jsonl_path, const std::string& svg_path
   y0 = std::min(0.0, y0);
   const double W = 800, H = 480, L = 70, R = 170, T = 30, B = 50;
   auto px = [&](double x) { return L + (x - x0) / (x1 - x0) * (W - L - R); };
-  auto py = [&](double y) { return T + (1 - (y - y0) / (y1 - y0)) * (H - T - B); };
+  // Halves, so that a span of values near the largest double (a diverged loss of 1e308) does not
+  // overflow to inf; the grid's values likewise.
+  const double half_span = y1 * 0.5 - y0 * 0.5;
+  auto py = [&](double y) { return T + (1 - (y * 0.5 - y0 * 0.5) / half_span) * (H - T - B); };
   std::string svg;
   char buf[256];
   std::snprintf(buf, sizeof buf,
@@ -103,7 +106,7 @@ void plot_metrics_svg(const std::string& jsonl_path, const std::string& svg_path
                 W, H);
   svg += buf;
   for (int i = 0; i <= 5; ++i) {
-    const double y = y0 + (y1 - y0) * i / 5;
+    const double y = i == 5 ? y1 : y0 + half_span * (0.4 * i);
     std::snprintf(buf, sizeof buf,
                   "<line x1=\"%.1f\" y1=\"%.1f\" x2=\"%.1f\" y2=\"%.1f\" stroke=\"#ddd\"/><text x=\"%.1f\" y=\"%.1f\" "
                   "text-anchor=\"end\">%.3g</text>\n",
@@ -129,6 +132,11 @@ void plot_metrics_svg(const std::string& jsonl_path, const std::string& svg_path
       svg += buf;
     }
     svg += "\"/>\n";
+    if (it->second.size() == 1) {  // a one-point polyline draws nothing: a dot
+      std::snprintf(buf, sizeof buf, "<circle cx=\"%.1f\" cy=\"%.1f\" r=\"3\" fill=\"%s\"/>\n", px(it->second[0].first),
+                    py(it->second[0].second), colors[k]);
+      svg += buf;
+    }
     std::snprintf(buf, sizeof buf,
                   "<line x1=\"%.1f\" y1=\"%.1f\" x2=\"%.1f\" y2=\"%.1f\" stroke=\"%s\" stroke-width=\"3\"/><text x=\"%.1f\" "
                   "y=\"%.1f\">%s</text>\n",

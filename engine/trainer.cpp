@@ -804,6 +804,10 @@ void Trainer::check_output_dir() {
 std::string Trainer::resolve_resume_dir() const {
   if (!resume_->empty()) {
     if (!is_directory(*resume_)) throw Error("--resume " + *resume_ + ": no such checkpoint directory");
+    if (!file_exists(*resume_ + "/trainer_state.json"))
+      if (const auto inside = latest_checkpoint(*resume_))
+        throw Error("--resume " + *resume_ + ": is a run's output_dir, not a checkpoint; its latest is " +
+                    inside->path + " (pass that, or --resume alone to go on from the config's output_dir)");
     return *resume_;
   }
   const std::string& dir = training().output_dir;

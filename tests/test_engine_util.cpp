@@ -39,13 +39,21 @@ TEST_CASE("checkpoints: atomic, rotated, newest never deleted, failed writes lea
   const std::string out = "test_ckpt_tmp";
   fs::remove_all(out);
   auto writer = [](const std::string& content) {
-    return [content](const std::string& dir) { write_file_atomic(dir + "/model.bin", content); };
+    return [content](const std::string& dir) {
+      write_file_atomic(dir + "/model.bin", content);
+      write_file_atomic(dir + "/trainer_state.json", "{}");  // what makes a directory a checkpoint
+    };
   };
+  // A directory named like one without trainer_state.json (the user's): never listed, never rotated away.
+  make_directories(out + "/checkpoint-5");
+  write_file_atomic(out + "/checkpoint-5/model.bin", "mine");
   for (int step : {10, 20, 30}) save_checkpoint_dir(out, step, 2, writer("step" + std::to_string(step)));
   auto all = list_checkpoints(out);
   REQUIRE(all.size() == 2);
   CHECK(all[0].step == 20);
   CHECK(all[1].step == 30);
+  CHECK(read_file(out + "/checkpoint-5/model.bin") == "mine");
+  fs::remove_all(out + "/checkpoint-5");
   // A save that dies half-way (exception from the writer, as a kill would) leaves no checkpoint-40.
   CHECK_THROWS(save_checkpoint_dir(out, 40, 2, [](const std::string& dir) {
     write_file_atomic(dir + "/model.bin", "partial");
@@ -234,6 +242,23 @@ TEST_CASE("metrics log truncates to the resume step and plots an SVG") {
   plot_metrics_svg(dir + "/long.jsonl", dir + "/long.svg");
   CHECK(labels(read_file(dir + "/long.svg")) ==
         std::vector<std::string>{"10", "210", "410", "610", "810", "1010", "step"});
+  // A diverged loss near the largest double: finite coordinates and labels, not inf and nan.
+  write_file_atomic(dir + "/huge.jsonl",
+                    "{\"step\": 1, \"loss\": 1.0}\n{\"step\": 2, \"loss\": 1e308}\n"
+                    "{\"step\": 3, \"loss\": -1e308}\n");
+  plot_metrics_svg(dir + "/huge.jsonl", dir + "/huge.svg");
+  const std::string huge = read_file(dir + "/huge.svg");
+  CHECK(huge.find("inf") == std::string::npos);
+  CHECK(huge.find("nan") == std::string::npos);
+  CHECK(huge.find(">1e+308<") != std::string::npos);
+  // One record: a dot per series, as a one-point polyline draws nothing.
+  write_file_atomic(dir + "/one.jsonl", "{\"step\": 50, \"loss\": 2, \"mlm_loss\": 1.5}\n");
+  plot_metrics_svg(dir + "/one.jsonl", dir + "/one.svg");
+  const std::string one = read_file(dir + "/one.svg");
+  size_t dots = 0;
+  for (size_t at = one.find("<circle"); at != std::string::npos; at = one.find("<circle", at + 1)) ++dots;
+  CHECK(dots == 2);
+  CHECK(svg.find("<circle") == std::string::npos);  // several points: lines only
   // An error names the file asked for, not the temporary one written first.
   CHECK_THROWS_WITH(plot_metrics_svg(dir + "/long.jsonl", dir + "/no_such_dir/x.svg"),
                     Catch::StartsWith(dir + "/no_such_dir/x.svg: cannot write: ") && Catch::Contains("(via "));
