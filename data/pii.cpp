@@ -396,17 +396,17 @@ size_t match_ipv4(const Text& t, size_t p, bool outline_ok) {
 
 // A dotted quad named as a section, clause, table or figure number ("제3.2.10.1항", "5.2.11.1절",
 // "표 4.12.1.3", "Fig. 2.10.3.1") is an outline number, and one named as a version ("버전 2.10.3.1",
-// "version: 1.10.0.0") a version, not an address. The label may end in a colon.
+// "version: 1.10.0.0") a version, not an address. The label may end in a colon. (Not "build" or
+// "release": they name hosts too, "build: 10.0.0.12", "DHCP release 192.168.0.10".)
 bool outline_number(const Text& t, size_t p, size_t e) {
   if (p >= 3 && followed_by(t, p - 3, {"제"})) return true;  // glued: 제3.2.10.1
   if (followed_by(t, e, {"항", "절", "조", "장", "편", "관", "목", "호"})) return true;
   size_t label_end = p;
   if (label_end > 0 && t.s[label_end - 1] == ' ') --label_end;
   if (label_end > 0 && t.s[label_end - 1] == ':') --label_end;
-  for (const std::string_view label :
-       {"표",     "그림",    "도면",    "식",      "조항",    "항목", "단락",    "Table",   "table", "Figure",
-        "figure", "Fig.",    "fig.",    "Section", "section", "Sec.", "§",       "버전",    "버젼",  "빌드",
-        "릴리스", "version", "Version", "VERSION", "ver.",    "Ver.", "release", "Release", "build", "Build"})
+  for (const std::string_view label : {"표",    "그림",   "도면",   "식",      "조항",    "항목",    "단락",    "Table",
+                                       "table", "Figure", "figure", "Fig.",    "fig.",    "Section", "section", "Sec.",
+                                       "§",     "버전",   "버젼",   "version", "Version", "VERSION", "ver.",    "Ver."})
     if (preceded_by(t, label_end, label)) return true;
   return false;
 }

@@ -160,6 +160,8 @@ TEST_CASE("pii: positives in Korean formats are replaced by typed placeholders")
       {"fe80::1ff:fe23:4567:890a", "[IP]", PiiType::kIp},
       {"::ffff:192.0.2.1", "[IP]", PiiType::kIp},
       {"버전 확인: 10.20.30.40", "버전 확인: [IP]", PiiType::kIp},  // a version word not naming it
+      {"build: 10.0.0.12", "build: [IP]", PiiType::kIp},            // build and release name hosts too
+      {"DHCP release 192.168.0.10", "DHCP release [IP]", PiiType::kIp},
   };
   STATIC_REQUIRE(sizeof(cases) / sizeof(cases[0]) >= 40);
   for (const Case& c : cases) {
@@ -266,7 +268,7 @@ TEST_CASE("pii: dates, times, versions, prices and other numbers stay untouched"
       "버전 2.10.3.1",
       "버전: 1.10.0.0",
       "version 2.10.3.1 release",
-      "Build 10.0.0.1",
+      "ver. 5.15.0.91",
       "1500-3000원",
       "분당 1800-2500회",
   };
