@@ -11,6 +11,7 @@
 #include <filesystem>
 #include <optional>
 #include <string_view>
+#include <utility>
 
 #include "common/error.h"
 #include "common/file.h"
@@ -33,8 +34,12 @@ void fsync_directory_tree(const std::string& dir) {
   fsync_path(dir, true);
 }
 
-std::vector<CheckpointInfo> list_checkpoints(const std::string& output_dir) {
-  std::vector<CheckpointInfo> out;
+namespace {
+
+// The checkpoint-N directories of output_dir, each with whether it holds trainer_state.json. Every
+// checkpoint bert_train writes does (it is renamed into place complete); one without it is not ours.
+std::vector<std::pair<CheckpointInfo, bool>> checkpoint_named_dirs(const std::string& output_dir) {
+  std::vector<std::pair<CheckpointInfo, bool>> out;
   std::error_code ec;
   if (!fs::is_directory(output_dir, ec)) return out;
   for (const auto& e : fs::directory_iterator(output_dir, ec)) {
@@ -44,12 +49,25 @@ std::vector<CheckpointInfo> list_checkpoints(const std::string& output_dir) {
     const std::string digits = name.substr(11);
     if (digits.empty() || !std::all_of(digits.begin(), digits.end(), [](char c) { return c >= '0' && c <= '9'; }))
       continue;
-    // Every checkpoint bert_train writes holds trainer_state.json (renamed into place complete); a
-    // directory without it is not one of ours, and rotation or overwrite_output_dir must not delete it.
-    if (!fs::exists(e.path() / "trainer_state.json", ec)) continue;
-    out.push_back({std::stoll(digits), e.path().string()});
+    out.push_back({{std::stoll(digits), e.path().string()}, fs::exists(e.path() / "trainer_state.json", ec)});
   }
-  std::sort(out.begin(), out.end(), [](const CheckpointInfo& a, const CheckpointInfo& b) { return a.step < b.step; });
+  std::sort(out.begin(), out.end(), [](const auto& a, const auto& b) { return a.first.step < b.first.step; });
+  return out;
+}
+
+}  // namespace
+
+std::vector<CheckpointInfo> list_checkpoints(const std::string& output_dir) {
+  std::vector<CheckpointInfo> out;
+  for (const auto& [info, ours] : checkpoint_named_dirs(output_dir))
+    if (ours) out.push_back(info);
+  return out;
+}
+
+std::vector<std::string> foreign_checkpoint_dirs(const std::string& output_dir) {
+  std::vector<std::string> out;
+  for (const auto& [info, ours] : checkpoint_named_dirs(output_dir))
+    if (!ours) out.push_back(info.path);
   return out;
 }
 
@@ -183,6 +201,10 @@ std::string save_checkpoint_dir(const std::string& output_dir, int64_t step, int
   std::error_code ec;
   recover_interrupted_saves(output_dir);
   const std::string final_path = output_dir + "/checkpoint-" + std::to_string(step);
+  if (fs::exists(final_path, ec) && !fs::exists(fs::path(final_path) / "trainer_state.json", ec))
+    throw Error(final_path +
+                ": exists and is not a bert_train checkpoint (no trainer_state.json); not replaced: "
+                "move it out of the output_dir");
   const std::string tmp = output_dir + "/.checkpoint-" + std::to_string(step) + ".tmp-" + std::to_string(::getpid());
   fs::remove_all(tmp, ec);
   make_directories(tmp);

@@ -90,7 +90,7 @@ void plot_metrics_svg(const std::string& jsonl_path, const std::string& svg_path
       x0 = std::min(x0, x), x1 = std::max(x1, x), y0 = std::min(y0, y), y1 = std::max(y1, y);
     }
   if (x1 <= x0) x1 = x0 + 1;
-  if (y1 <= y0) y1 = y0 + 1;
+  if (y1 <= y0) y1 = y0 + std::max(1.0, std::abs(y0) * 1e-9);  // + 1 would vanish at -1e300
   y0 = std::min(0.0, y0);
   const double W = 800, H = 480, L = 70, R = 170, T = 30, B = 50;
   auto px = [&](double x) { return L + (x - x0) / (x1 - x0) * (W - L - R); };
@@ -106,7 +106,7 @@ void plot_metrics_svg(const std::string& jsonl_path, const std::string& svg_path
                 W, H);
   svg += buf;
   for (int i = 0; i <= 5; ++i) {
-    const double y = i == 5 ? y1 : y0 + half_span * (0.4 * i);
+    const double y = y0 * (1 - 0.2 * i) + y1 * (0.2 * i);
     std::snprintf(buf, sizeof buf,
                   "<line x1=\"%.1f\" y1=\"%.1f\" x2=\"%.1f\" y2=\"%.1f\" stroke=\"#ddd\"/><text x=\"%.1f\" y=\"%.1f\" "
                   "text-anchor=\"end\">%.3g</text>\n",

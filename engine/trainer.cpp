@@ -758,6 +758,11 @@ void Trainer::check_output_dir() {
   // Locked now when it exists (before anything in it is read or removed), else when training starts:
   // a config error leaves no directory behind.
   if (lead() && is_directory(dir)) lock_output_dir();
+  // A directory of the user's under a checkpoint's name: the run would fail when it saves that step.
+  if (const auto foreign = foreign_checkpoint_dirs(dir); !foreign.empty())
+    throw Error(where + " holds " + foreign.front() +
+                ", which is not a bert_train checkpoint (no trainer_state.json) but has a checkpoint's name; "
+                "move it out");
   if (resume_) {
     if (lead()) recover_interrupted_saves(dir);  // before the checkpoints are listed
     return;

@@ -53,6 +53,13 @@ TEST_CASE("checkpoints: atomic, rotated, newest never deleted, failed writes lea
   CHECK(all[0].step == 20);
   CHECK(all[1].step == 30);
   CHECK(read_file(out + "/checkpoint-5/model.bin") == "mine");
+  CHECK(foreign_checkpoint_dirs(out) == std::vector<std::string>{out + "/checkpoint-5"});
+  // A save of its step refuses to replace it.
+  CHECK_THROWS_WITH(save_checkpoint_dir(out, 5, 2, writer("step5")),
+                    out +
+                        "/checkpoint-5: exists and is not a bert_train checkpoint (no trainer_state.json); not "
+                        "replaced: move it out of the output_dir");
+  CHECK(read_file(out + "/checkpoint-5/model.bin") == "mine");
   fs::remove_all(out + "/checkpoint-5");
   // A save that dies half-way (exception from the writer, as a kill would) leaves no checkpoint-40.
   CHECK_THROWS(save_checkpoint_dir(out, 40, 2, [](const std::string& dir) {
@@ -245,12 +252,19 @@ TEST_CASE("metrics log truncates to the resume step and plots an SVG") {
   // A diverged loss near the largest double: finite coordinates and labels, not inf and nan.
   write_file_atomic(dir + "/huge.jsonl",
                     "{\"step\": 1, \"loss\": 1.0}\n{\"step\": 2, \"loss\": 1e308}\n"
-                    "{\"step\": 3, \"loss\": -1e308}\n");
+                    "{\"step\": 3, \"loss\": -1.5e308}\n");
   plot_metrics_svg(dir + "/huge.jsonl", dir + "/huge.svg");
   const std::string huge = read_file(dir + "/huge.svg");
   CHECK(huge.find("inf") == std::string::npos);
   CHECK(huge.find("nan") == std::string::npos);
   CHECK(huge.find(">1e+308<") != std::string::npos);
+  CHECK(huge.find(">-1.5e+308<") != std::string::npos);
+  // Equal values far below zero: a span that does not vanish.
+  write_file_atomic(dir + "/flat.jsonl", "{\"step\": 1, \"loss\": -1e300}\n{\"step\": 2, \"loss\": -1e300}\n");
+  plot_metrics_svg(dir + "/flat.jsonl", dir + "/flat.svg");
+  const std::string flat = read_file(dir + "/flat.svg");
+  CHECK(flat.find("nan") == std::string::npos);
+  CHECK(flat.find("inf") == std::string::npos);
   // One record: a dot per series, as a one-point polyline draws nothing.
   write_file_atomic(dir + "/one.jsonl", "{\"step\": 50, \"loss\": 2, \"mlm_loss\": 1.5}\n");
   plot_metrics_svg(dir + "/one.jsonl", dir + "/one.svg");

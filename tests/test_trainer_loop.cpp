@@ -241,19 +241,14 @@ TEST_CASE("a run stopped by SIGINT and resumed equals an uninterrupted run bit f
 
 TEST_CASE("save_total_limit keeps the newest checkpoints") {
   make_tiny_data();
-  // A directory of the user's named like a checkpoint, without trainer_state.json: not one of this
-  // run's, so neither overwrite_output_dir nor the rotation deletes it.
-  make_directories(test_dir() + "/out/checkpoint-1");
-  write_file_atomic(test_dir() + "/out/checkpoint-1/mine.txt", "mine");
   const std::string config = write_config("run", "out",
                                           "max_steps = 7\nper_device_train_batch_size = 8\nlogging_steps = 10\n"
-                                          "save_steps = 2\nsave_total_limit = 2\noverwrite_output_dir = true\n");
+                                          "save_steps = 2\nsave_total_limit = 2\n");
   REQUIRE(train({"--config", config}).code == 0);
   const auto checkpoints = list_checkpoints(test_dir() + "/out");
   REQUIRE(checkpoints.size() == 2);
   CHECK(checkpoints[0].step == 6);
   CHECK(checkpoints[1].step == 7);
-  CHECK(read_file(test_dir() + "/out/checkpoint-1/mine.txt") == "mine");
   CHECK(read_metrics(test_dir() + "/out/metrics.jsonl").size() == 1);  // the last step is always logged
 }
 
@@ -276,6 +271,22 @@ TEST_CASE("user mistakes are one-line errors") {
 
   // A non-empty output_dir without --resume or overwrite_output_dir (HF's rule).
   REQUIRE(train({"--config", config}).code == 0);
+  // A directory of the user's under a checkpoint's name (no trainer_state.json): refused before
+  // training, whether starting over or resuming, and left as it is (a save of its step would replace it).
+  make_directories(test_dir() + "/foreign/checkpoint-2");
+  write_file_atomic(test_dir() + "/foreign/checkpoint-2/mine.txt", "mine");
+  const std::string foreign = write_config(
+      "foreign", "foreign", "max_steps = 2\nper_device_train_batch_size = 8\noverwrite_output_dir = true\n");
+  for (const bool resume : {false, true}) {
+    message = error_of([&] {
+      train(resume ? std::vector<std::string>{"--config", foreign, "--resume"}
+                   : std::vector<std::string>{"--config", foreign});
+    });
+    CHECK_THAT(message, Catch::EndsWith("[training] output_dir '" + test_dir() + "/foreign' holds " + test_dir() +
+                                        "/foreign/checkpoint-2, which is not a bert_train checkpoint (no "
+                                        "trainer_state.json) but has a checkpoint's name; move it out"));
+  }
+  CHECK(read_file(test_dir() + "/foreign/checkpoint-2/mine.txt") == "mine");
   // --resume given the output_dir rather than one of its checkpoints: the checkpoint to pass.
   message = error_of([&] { train({"--config", config, "--resume", test_dir() + "/out"}); });
   CHECK(message == "--resume " + test_dir() + "/out: is a run's output_dir, not a checkpoint; its latest is " +
