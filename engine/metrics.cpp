@@ -95,7 +95,7 @@ void plot_metrics_svg(const std::string& jsonl_path, const std::string& svg_path
   const double W = 800, H = 480, L = 70, R = 170, T = 30, B = 50;
   auto px = [&](double x) { return L + (x - x0) / (x1 - x0) * (W - L - R); };
   // Halves, so that a span of values near the largest double (a diverged loss of 1e308) does not
-  // overflow to inf; the grid's values likewise.
+  // overflow to inf; the grid's values interpolate between the ends for the same reason.
   const double half_span = y1 * 0.5 - y0 * 0.5;
   auto py = [&](double y) { return T + (1 - (y * 0.5 - y0 * 0.5) / half_span) * (H - T - B); };
   std::string svg;
