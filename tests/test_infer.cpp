@@ -232,6 +232,16 @@ TEST_CASE("errors are one line and name the prompt, the file or the option", "[i
   CHECK_THROWS_WITH(run({"--model", dir, "--mask", "ok [MASK]", "--mask", "\xff[MASK]"}, "", out),
                     Catch::Contains("--mask 2: invalid UTF-8 at byte 1"));
 
+  // A tokenizer_config.json naming special tokens vocab.txt lacks: the fields, when the model loads.
+  const std::string renamed = make_checkpoint("ckpt_renamed");
+  bert::TokenizerConfig tokens = bert::TokenizerConfig::load(renamed);
+  tokens.mask_token = "[MASKX]";
+  tokens.sep_token = "[SEPX]";
+  tokens.save(renamed);
+  CHECK_THROWS_WITH(bert::load_inference_checkpoint(renamed),
+                    renamed + "/vocab.txt: has no mask_token '[MASKX]', sep_token '[SEPX]' (set by " + renamed +
+                        "/tokenizer_config.json, else HF's default); bert_infer needs them");
+
   std::filesystem::remove(dir + "/vocab.txt");
   std::filesystem::remove(dir + "/config.json");
   CHECK_THROWS_WITH(bert::load_inference_checkpoint(dir),
