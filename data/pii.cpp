@@ -232,19 +232,43 @@ size_t mask_run_end(const Text& t, size_t i, int count) {
   return i;
 }
 
+// The mod-11 check digit of numbers issued before Oct 2020: digits d[0..6) and e[0..7).
+bool rrn_checksum_ok(const unsigned char* d, const unsigned char* e) {
+  static constexpr unsigned kWeights[12] = {2, 3, 4, 5, 6, 7, 8, 9, 2, 3, 4, 5};
+  unsigned sum = 0;
+  for (int k = 0; k < 12; ++k) sum += kWeights[k] * static_cast<unsigned>((k < 6 ? d[k] : e[k - 6]) - '0');
+  return (11 - sum % 11) % 10 == static_cast<unsigned>(e[6] - '0');
+}
+
+// A label naming the number within the 32 bytes before p: 주민 (주민번호, 주민등록번호), 등록번호,
+// RRN.
+bool rrn_label_before(const Text& t, size_t p) {
+  const size_t b = p > 32 ? p - 32 : 0;
+  const std::string_view window(reinterpret_cast<const char*>(t.s) + b, p - b);
+  for (const std::string_view label : {"주민", "등록번호", "RRN", "rrn"})
+    if (window.find(label) != std::string_view::npos) return true;
+  return false;
+}
+
 size_t match_rrn(const Text& t, size_t p) {
   const size_t r = t.digits_end(p);
   if (r - p == 13) return valid_rrn_birth(t.s + p, t.s[p + 6]) ? r : npos;
-  if (r - p != 6 || t.at(r) != '-') return npos;
+  if (r - p != 6) return npos;
+  // 900101-1234567; spaced, 900101 1234567, as forms and scanned pages write it, only with a valid
+  // check digit or a label before it: a date and an amount ("240115 3000000") read the same.
+  const bool spaced = t.at(r) == ' ';
+  if (t.at(r) != '-' && !spaced) return npos;
+  const bool labelled = spaced && rrn_label_before(t, p);
   const size_t q = r + 1;
   if (!t.digit(q)) {  // 900101-*******: the birth date is still there (either century's calendar)
     if (!valid_rrn_birth(t.s + p, '1') && !valid_rrn_birth(t.s + p, '3')) return npos;
+    if (spaced && !labelled) return npos;
     return mask_run_end(t, q, 7);
   }
   const size_t r2 = t.digits_end(q);
   if (!valid_rrn_birth(t.s + p, t.s[q])) return npos;
-  if (r2 - q == 7) return r2;
-  if (r2 - q != 1) return npos;
+  if (r2 - q == 7) return !spaced || labelled || rrn_checksum_ok(t.s + p, t.s + q) ? r2 : npos;
+  if (r2 - q != 1 || (spaced && !labelled)) return npos;
   return mask_run_end(t, r2, 6);
 }
 

@@ -92,6 +92,12 @@ TEST_CASE("pii: positives in Korean formats are replaced by typed placeholders")
       {"주민번호: 900101-*******", "주민번호: [RRN]", PiiType::kRrn},
       {"000229-xxxxxxx", "[RRN]", PiiType::kRrn},  // a leap day in 2000 (a 3/4 century digit)
       {"211231-4123456.", "[RRN].", PiiType::kRrn},
+      // spaced: labelled, or with the mod-11 check digit of numbers issued before Oct 2020
+      {"주민번호 900101 1234567 입니다", "주민번호 [RRN] 입니다", PiiType::kRrn},
+      {"주민등록번호(외국인등록번호): 850315 5123456", "주민등록번호(외국인등록번호): [RRN]", PiiType::kRrn},
+      {"RRN 900101 1******", "RRN [RRN]", PiiType::kRrn},
+      {"주민번호 900101 *******", "주민번호 [RRN]", PiiType::kRrn},
+      {"홍길동 900101 1234568", "홍길동 [RRN]", PiiType::kRrn},
       // phones
       {"연락처 010-1234-5678 로", "연락처 [PHONE] 로", PiiType::kPhone},
       {"01012345678", "[PHONE]", PiiType::kPhone},
@@ -240,6 +246,12 @@ TEST_CASE("pii: dates, times, versions, prices and other numbers stay untouched"
       "010229-3123456",
       "901301-*******",
       "900101-******",
+      // spaced without a label or a valid check digit: a date and an amount read the same
+      "240115 3000000",
+      "900101 1234567",
+      "900101 1******",
+      "900101 *******",
+      "주민번호 901301 1234567",
       // inside words, other countries, not e-mails
       "A1234-5678-9012",
       "abc010-1234-5678",
