@@ -31,6 +31,18 @@ std::string read_file(const std::string& path) {
   return std::move(ss).str();
 }
 
+std::string read_file_head(const std::string& path, size_t max_bytes) {
+  std::error_code ec;
+  if (std::filesystem::is_directory(path, ec)) throw Error(path + ": is a directory, expected a file");
+  std::ifstream in(path, std::ios::binary);
+  if (!in) throw Error(path + ": cannot open: " + os_error());
+  std::string head(max_bytes, '\0');
+  in.read(head.data(), static_cast<std::streamsize>(max_bytes));
+  if (in.bad()) throw Error(path + ": read error: " + os_error());
+  head.resize(static_cast<size_t>(in.gcount()));
+  return head;
+}
+
 namespace {
 
 // Writes all of `content` to fd; false (errno set) on failure.

@@ -10,6 +10,8 @@
 namespace bert {
 
 std::string read_file(const std::string& path);
+// The first `max_bytes` of the file (all of it when shorter).
+std::string read_file_head(const std::string& path, size_t max_bytes);
 // Writes to "<path>.tmp.<pid>", fsyncs, renames over `path`, fsyncs the directory. A symlink's target is
 // replaced (not the link; a dangling link is replaced by the file); a device, FIFO or socket is written
 // in place, /dev/stdout and the like through the descriptor they name (AtomicOutputFile); a directory

@@ -155,6 +155,12 @@ bool LineReader::fill() {
     return false;
   }
   end_ += static_cast<size_t>(got);
+  if (!sniffed_) {
+    sniffed_ = true;
+    const std::string problem =
+        utf8_text_problem(std::string_view(buf_.data(), end_), static_cast<unsigned>(got) < want);
+    if (!problem.empty()) throw Error(path_ + ": " + problem);
+  }
   return true;
 }
 

@@ -31,7 +31,9 @@ class LineReader {
  public:
   // Opens `path`. Gzip is recognised by its magic bytes, so a compressed file is decompressed
   // whatever its name; a file named *.gz that is not gzip is an error (it is almost always a broken
-  // download, and reading it as text would feed binary garbage to the corpus).
+  // download, and reading it as text would feed binary garbage to the corpus). So is a file whose
+  // first bytes (decompressed) are not text: a shard, another compressor, UTF-16, EUC-KR (see
+  // utf8_text_problem), reported by the first next().
   explicit LineReader(const std::string& path);
   ~LineReader();
   LineReader(const LineReader&) = delete;
@@ -59,6 +61,7 @@ class LineReader {
   std::vector<char> buf_;
   size_t begin_ = 0, end_ = 0;  // unread bytes are buf_[begin_, end_)
   bool eof_ = false;
+  bool sniffed_ = false;  // the first bytes were checked for being text (utf8_text_problem)
   std::string fixed_;  // a line after U+FFFD replacement
   size_t line_number_ = 0;
   size_t invalid_in_line_ = 0;

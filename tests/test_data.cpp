@@ -620,4 +620,10 @@ TEST_CASE("bert_prepare build: bad input is a clear error") {
       odd_tok + "/vocab.txt: has no sep_token '[NOPE]', mask_token '[MASKX]' (set by " + odd_tok +
           "/tokenizer_config.json, else HF's default); BERT pretraining needs them");
   CHECK_THROWS_WITH(prepare_main({"inspect", test_dir() + "/nowhere"}, o, e), Catch::Contains("no such shard"));
+  // A shard given as the text input (it ran on with a warning a line before).
+  write_file_atomic(test_dir() + "/train-00000.bin", std::string("BERTSHRD\x01\0\0\0\x10\0\0\0", 16));
+  CHECK_THROWS_WITH(prepare_main({"build", "--tokenizer", test_dir() + "/tok", "--input",
+                                  test_dir() + "/train-00000.bin", "--out", test_dir() + "/y"},
+                                 o, e),
+                    test_dir() + "/train-00000.bin: a bert_prepare shard (binary), not text");
 }

@@ -503,6 +503,29 @@ TEST_CASE("reader: corrupt, truncated and fake .gz files are errors naming the f
   REQUIRE_THROWS_WITH(LineReader(dir), Catch::Contains("is a directory"));
 }
 
+TEST_CASE("reader: a file that is not UTF-8 text is an error naming it and the fix, compressed or not") {
+  const std::string dir = temp_dir("reader_not_text");
+  std::string cp949;  // "대한민국 헌법 제1조 대한민국은 민주공화국이다." in code page 949
+  for (int i = 0; i < 100; ++i)
+    cp949 +=
+        "\xb4\xeb\xc7\xd1\xb9\xce\xb1\xb9 \xc7\xe5\xb9\xfd \xc1\xa6"
+        "1\xc1\xb6 \xb4\xeb\xc7\xd1\xb9\xce\xb1\xb9\xc0\xba "
+        "\xb9\xce\xc1\xd6\xb0\xf8\xc8\xad\xb1\xb9\xc0\xcc\xb4\xd9.\n";
+  write_text(dir + "/korean.txt", cp949);
+  write_gz(dir + "/korean.txt.gz", cp949);
+  write_text(dir + "/utf16.txt", std::string("\xff\xfe\x00\xb3", 4));
+  write_text(dir + "/shard.bin", std::string("BERTSHRD\x01\0\0\0", 12));
+  for (const char* name : {"korean.txt", "korean.txt.gz"}) {
+    INFO(name);
+    LineReader reader(dir + "/" + name);
+    std::string_view line;
+    REQUIRE_THROWS_WITH(reader.next(line), Catch::StartsWith(dir + "/" + name + ": not UTF-8 text (") &&
+                                               Catch::EndsWith("iconv -f CP949 -t UTF-8"));
+  }
+  REQUIRE_THROWS_WITH(read_lines(dir + "/utf16.txt"), Catch::StartsWith(dir + "/utf16.txt: UTF-16 text"));
+  REQUIRE_THROWS_WITH(read_lines(dir + "/shard.bin"), dir + "/shard.bin: a bert_prepare shard (binary), not text");
+}
+
 TEST_CASE("reader: directories expand recursively to sorted *.txt and *.gz, hidden entries skipped") {
   const std::string dir = temp_dir("reader_dir");
   make_directories(dir + "/corpus/sub");

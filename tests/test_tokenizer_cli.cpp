@@ -203,3 +203,28 @@ TEST_CASE("invalid UTF-8 is replaced, reported with its line, and does not stop 
   CHECK(r.err.find("<stdin>:2: warning: invalid UTF-8") != std::string::npos);
   CHECK(std::count(r.out.begin(), r.out.end(), '\n') == 2);
 }
+
+TEST_CASE("a file that is not UTF-8 text is one error naming it and the fix (HF's trainer refuses it too)") {
+  corpus();
+  REQUIRE(
+      run({"train", "--input", test_dir() + "/corpus.txt", "--out", test_dir() + "/tok", "--vocab-size", "300"}).code ==
+      0);
+  std::string cp949;  // "대한민국 헌법 제1조 대한민국은 민주공화국이다." in code page 949
+  for (int i = 0; i < 100; ++i)
+    cp949 +=
+        "\xb4\xeb\xc7\xd1\xb9\xce\xb1\xb9 \xc7\xe5\xb9\xfd \xc1\xa6"
+        "1\xc1\xb6 \xb4\xeb\xc7\xd1\xb9\xce\xb1\xb9\xc0\xba "
+        "\xb9\xce\xc1\xd6\xb0\xf8\xc8\xad\xb1\xb9\xc0\xcc\xb4\xd9.\n";
+  const std::string korean = test_dir() + "/cp949.txt", zipped = test_dir() + "/corpus.txt.gz";
+  write_file_atomic(korean, cp949);
+  write_file_atomic(zipped, std::string("\x1f\x8b\x08\x00\x00\x00\x00\x00", 8));
+  CHECK_THROWS_WITH(run({"train", "--input", test_dir() + "/corpus.txt", korean, "--out", test_dir() + "/cp"}),
+                    Catch::StartsWith(korean + ": not UTF-8 text (") && Catch::EndsWith("iconv -f CP949 -t UTF-8"));
+  CHECK_FALSE(file_exists(test_dir() + "/cp"));
+  CHECK_THROWS_WITH(run({"train", "--input", zipped, "--out", test_dir() + "/cp"}),
+                    zipped + ": gzip-compressed, and this command reads plain text: decompress it (gunzip)");
+  CHECK_THROWS_WITH(run({"encode", "--tokenizer", test_dir() + "/tok", "--input", korean}),
+                    Catch::StartsWith(korean + ": not UTF-8 text ("));
+  CHECK_THROWS_WITH(run({"encode", "--tokenizer", test_dir() + "/tok"}, std::string("\xff\xfe\x74\x00", 4)),
+                    Catch::StartsWith("<stdin>: UTF-16 text"));
+}

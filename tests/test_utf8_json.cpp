@@ -32,6 +32,56 @@ TEST_CASE("invalid utf8 becomes U+FFFD per maximal subsequence") {
   CHECK_FALSE(utf8_first_invalid("이순신은 조선 중기의 무신이다.").has_value());
 }
 
+TEST_CASE(
+    "utf8_text_problem: binary formats, UTF-16 and legacy encodings are named; text with a few bad bytes is not") {
+  // Text: Korean, an empty file, a UTF-8 BOM, and real text with a few bad bytes (the readers warn).
+  std::string korean;
+  for (int i = 0; i < 2000; ++i) korean += "대한민국 헌법 제1조 대한민국은 민주공화국이다.\n";
+  CHECK(utf8_text_problem(korean, true).empty());
+  CHECK(utf8_text_problem("", true).empty());
+  CHECK(utf8_text_problem("\xEF\xBB\xBFtext\n", true).empty());
+  std::string few_bad = korean;
+  for (size_t i = 0; i < 31; ++i) few_bad[i * 1000] = '\xFF';
+  CHECK(utf8_text_problem(few_bad, true).empty());
+  // A window cut inside a character judges only whole lines.
+  CHECK(utf8_text_problem(korean.substr(0, 1001), false).empty());
+
+  // EUC-KR/CP949: "대한민국 헌법 제1조 대한민국은 민주공화국이다." in code page 949.
+  const std::string cp949_line =
+      "\xb4\xeb\xc7\xd1\xb9\xce\xb1\xb9 \xc7\xe5\xb9\xfd \xc1\xa6"
+      "1\xc1\xb6 \xb4\xeb\xc7\xd1\xb9\xce\xb1\xb9\xc0\xba \xb9\xce\xc1\xd6\xb0\xf8\xc8\xad\xb1\xb9\xc0\xcc\xb4\xd9.\n";
+  std::string cp949;
+  for (int i = 0; i < 3; ++i) cp949 += cp949_line;
+  const std::string legacy = utf8_text_problem(cp949, true);
+  CHECK_THAT(legacy, Catch::StartsWith("not UTF-8 text (") && Catch::EndsWith("iconv -f CP949 -t UTF-8"));
+  CHECK(utf8_text_problem(cp949_line, true).empty());  // under 32 bad sequences: warnings, not an error
+  // Korean text over 64 KiB of CP949 is judged on its first 64 KiB.
+  std::string big;
+  while (big.size() < (kTextSniffBytes << 1)) big += cp949_line;
+  CHECK_THAT(utf8_text_problem(big, false), Catch::StartsWith("not UTF-8 text ("));
+
+  CHECK_THAT(utf8_text_problem(std::string("BERTSHRD\x01\0\0\0", 12), true), Catch::StartsWith("a bert_prepare shard"));
+  CHECK_THAT(utf8_text_problem("\x1f\x8b\x08\x00", true), Catch::StartsWith("gzip-compressed"));
+  CHECK_THAT(utf8_text_problem("BZh91AY&SY", true), Catch::StartsWith("bzip2-compressed"));
+  CHECK_THAT(utf8_text_problem(std::string("\xfd"
+                                           "7zXZ\0\0",
+                                           7),
+                               true),
+             Catch::StartsWith("xz-compressed"));
+  CHECK_THAT(utf8_text_problem("\x28\xb5\x2f\xfd\x04", true), Catch::StartsWith("zstd-compressed"));
+  CHECK_THAT(utf8_text_problem("PK\x03\x04", true), Catch::StartsWith("a zip archive"));
+  CHECK_THAT(utf8_text_problem("%PDF-1.7\n", true), Catch::StartsWith("a PDF"));
+  CHECK_THAT(utf8_text_problem(std::string("\xff\xfe\x00\xb3", 4), true), Catch::StartsWith("UTF-16 text"));
+  CHECK_THAT(utf8_text_problem(std::string("\xfe\xff\xb3\x00", 4), true), Catch::StartsWith("UTF-16 text"));
+  // UTF-16 without a byte-order mark: NULs in every other byte.
+  const std::string utf16le("t\0e\0x\0t\0\n\0", 10);
+  CHECK(utf8_text_problem(utf16le, true) ==
+        "binary data (a NUL byte at offset 1), not text; if it is UTF-16 text, convert it: iconv -f UTF-16 -t UTF-8");
+  const std::string head = korean.substr(0, 1000);
+  CHECK(utf8_text_problem(head + std::string(1, '\0'), true) == "binary data (a NUL byte at offset 1000), not text");
+  CHECK(utf8_text_problem(korean + std::string(1, '\0'), true).empty());  // past the first 64 KiB
+}
+
 TEST_CASE("json parse and dump") {
   const Json j = Json::parse(R"({"a": [1, 2.5, "x\n\u00e9\ud83d\ude00"], "b": {"c": null, "d": true}})");
   REQUIRE(j.find("a"));

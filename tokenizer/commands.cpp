@@ -14,6 +14,7 @@
 #include "common/json.h"
 #include "common/parallel.h"
 #include "common/progress.h"
+#include "common/utf8.h"
 #include "tokenizer/tokenizer.h"
 #include "tokenizer/trainer.h"
 
@@ -54,6 +55,9 @@ int tokenizer_train_command(const std::vector<std::string>& argv, std::ostream& 
   for (const auto& f : inputs) {
     if (!file_exists(f)) throw Error(f + ": input file not found");
     if (is_directory(f)) throw Error(f + ": is a directory, expected a text file");
+    const std::string head = read_file_head(f, kTextSniffBytes);
+    const std::string problem = utf8_text_problem(head, head.size() == file_size(f));
+    if (!problem.empty()) throw Error(f + ": " + problem);
   }
 
   TrainerOptions topt;
@@ -323,12 +327,17 @@ int tokenizer_encode_command(const std::vector<std::string>& argv, std::istream&
   std::vector<size_t> bad_per_line;
   size_t line_base = 0, bad_lines = 0;
   std::vector<char> buf(kBlockBytes);
-  bool eof = false;
+  bool eof = false, sniffed = false;
   while (!eof) {
     src->read(buf.data(), static_cast<std::streamsize>(buf.size()));
     const size_t got = static_cast<size_t>(src->gcount());
     if (got < buf.size()) eof = true;
     if (src->bad()) throw Error(input_name + ": read error");
+    if (!sniffed) {
+      sniffed = true;
+      const std::string problem = utf8_text_problem(std::string_view(buf.data(), got), eof);
+      if (!problem.empty()) throw Error(input_name + ": " + problem);
+    }
     block.swap(carry);
     carry.clear();
     block.append(buf.data(), got);
