@@ -1854,8 +1854,12 @@ int train_main(const std::vector<std::string>& args, std::ostream& out, std::ost
 int train_main(const std::vector<std::string>& args, std::ostream& out, std::ostream& err, const TrainHooks& hooks) {
   if (!args.empty() && args[0] == "plot") return plot_main(std::vector<std::string>(args.begin() + 1, args.end()), out);
   // "--resume" takes an optional value: a bare one means "the latest checkpoint".
+  // An empty value ("--resume \"$CKPT\"" with CKPT unset) is an error, not a bare --resume.
   std::vector<std::string> normalized;
+  bool empty_resume = false;
   for (size_t i = 0; i < args.size(); ++i) {
+    empty_resume =
+        empty_resume || args[i] == "--resume=" || (args[i] == "--resume" && i + 1 < args.size() && args[i + 1].empty());
     if (args[i] == "--resume" && (i + 1 == args.size() || args[i + 1].rfind("--", 0) == 0))
       normalized.push_back("--resume=");
     else
@@ -1877,6 +1881,10 @@ int train_main(const std::vector<std::string>& args, std::ostream& out, std::ost
   bool help = false;
   try {
     help = !parser.parse(normalized);
+    if (!help && empty_resume)
+      throw Error(
+          "bert_train: --resume was given an empty value; pass a checkpoint directory, or --resume alone "
+          "for the latest checkpoint in output_dir");
     if (!help && !parser.positional().empty())
       throw Error("bert_train: unexpected argument '" + parser.positional()[0] + "' (see --help)");
     if (!help && !parser.has("--config")) throw Error("bert_train: --config run.toml is required (see --help)");

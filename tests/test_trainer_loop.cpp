@@ -293,6 +293,12 @@ TEST_CASE("user mistakes are one-line errors") {
                        test_dir() +
                        "/out/checkpoint-2 (pass that, or --resume alone to go on from the config's "
                        "output_dir)");
+  // An empty value (a script's unset variable) is not taken for a bare --resume.
+  for (const std::vector<std::string>& empty : {std::vector<std::string>{"--config", config, "--resume", ""},
+                                                std::vector<std::string>{"--resume=", "--config", config}})
+    CHECK(error_of([&] { train(empty); }) ==
+          "bert_train: --resume was given an empty value; pass a checkpoint directory, or --resume alone for the "
+          "latest checkpoint in output_dir");
   message = error_of([&] { train({"--config", config}); });
   CHECK_THAT(message, Catch::Contains("output_dir") && Catch::Contains("not empty") && Catch::Contains("--resume") &&
                           Catch::Contains("overwrite_output_dir"));

@@ -270,10 +270,7 @@ int tokenizer_encode_command(const std::vector<std::string>& argv, std::istream&
                 "' (the input file goes after --input)");
   const Tokenizer tokenizer = Tokenizer::from_dir(args.str("--tokenizer"));
   if (args.has("--add-special-tokens"))
-    for (const std::string& token : {tokenizer.config().cls_token, tokenizer.config().sep_token})
-      if (tokenizer.vocab().id(token) < 0)
-        throw Error(without_trailing_slashes(args.str("--tokenizer")) + "/vocab.txt: has no " + token +
-                    ", which --add-special-tokens adds");
+    tokenizer.require({SpecialToken::kCls, SpecialToken::kSep}, args.str("--tokenizer"), "--add-special-tokens");
   EncodeJob job{&tokenizer, args.has("--add-special-tokens"), args.has("--pair"), std::nullopt, Format::kIds};
   if (args.has("--max-length")) job.max_length = static_cast<size_t>(args.integer("--max-length", 1));
   // HF's tokenizers subtracts the specials from max_length in an unsigned integer: below their count
