@@ -16,10 +16,11 @@
 // (ops_cuda.h): the general kernels that the specialised ones replaced, timed beside them in the
 // same run, so whether each replacement pays is read off one table on whatever card ran it.
 //
-// --smoke checks the program rather than the device: 512 tokens per batch, one repeat and one warm-up,
-// small ceilings, one encoder layer in the optimizer cases. tests/kernel_emu runs it on the host
-// emulation of the kernels in every suite (kernel_emu/bench_kernels_smoke), with
-// bench_attention_torch.py's side-by-side reading its JSON, so the one device run is not the first.
+// --smoke checks the program rather than the device: 512 tokens per batch, one run per case (no
+// warm-up: half the time on the emulation, where the runs are the whole cost), small ceilings, one
+// encoder layer in the optimizer cases. tests/kernel_emu runs it on the host emulation of the
+// kernels in every suite (kernel_emu/bench_kernels_smoke), with bench_attention_torch.py's
+// side-by-side reading its JSON, so the one device run is not the first.
 //
 // Ceilings (measured first, same process): a 1 GiB device-to-device copy (bytes read + written per
 // second) and an 8192^3 bf16 GEMM through our own linear_forward (cuBLASLt), on random data.
@@ -1123,7 +1124,7 @@ void print_usage(std::FILE* out) {
                "  --json FILE    also write every number, the device and the command line as JSON\n"
                "  --repeats N    timed runs per case (median reported; default 50)\n"
                "  --tokens N     tokens per batch, a multiple of 512 (default %lld)\n"
-               "  --smoke        check that every case runs, not a measurement: 512 tokens, 1 repeat, 1 warm-up,\n"
+               "  --smoke        check that every case runs, not a measurement: 512 tokens, 1 repeat, no warm-up,\n"
                "                 16 MiB copy and 512^3 GEMM ceilings, one encoder layer in the optimizer cases\n"
                "  --gemm-autotune N  time up to N cuBLASLt algorithms per GEMM shape and keep the fastest\n"
                "                 (default 0: the heuristic's first); the GEMM plans are printed at the end\n",
@@ -1186,7 +1187,7 @@ int run(int argc, char** argv) {
     if (!tokens_given) settings.sizes.tokens = 512;
     if (!repeats_given) settings.repeats = 1;
     settings.sizes.optimizer_layers = 1;
-    settings.warmup = 1;
+    settings.warmup = 0;
     settings.ceiling_repeats = settings.repeats;
     settings.copy_bytes = size_t{16} << 20;
     settings.gemm_n = 512;
