@@ -432,6 +432,11 @@ bool outline_number(const Text& t, size_t p, size_t e) {
                                        "table", "Figure", "figure", "Fig.",    "fig.",    "Section", "section", "Sec.",
                                        "§",     "버전",   "버젼",   "version", "Version", "VERSION", "ver.",    "Ver."})
     if (preceded_by(t, label_end, label)) return true;
+  // A Korean compound ending in 버전: 최신버전, 한글버전, 업데이트버전.
+  for (const std::string_view label : {"버전", "버젼"})
+    if (label_end >= label.size() + 3 && t.s[label_end - label.size() - 1] >= 0x80 &&
+        std::memcmp(t.s + label_end - label.size(), label.data(), label.size()) == 0)
+      return true;
   return false;
 }
 

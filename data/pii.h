@@ -26,9 +26,9 @@
 //   [IP]       IPv4 (octets <= 255; not four single digits, which reads as an outline number 1.2.3.4
 //              and otherwise only hits public resolvers like 8.8.8.8; not when named as a section,
 //              clause, table or figure: 제3.2.10.1항, 5.2.11.1절, 표 4.12.1.3, Fig. 2.10.3.1, or
-//              as a version: 버전 2.10.3.1, version: 1.10.0.0, ver. 5.15.0.91; a four-part version
-//              not so named, "Python 3.11.4.1", reads as an address, and so does a real address
-//              after such a label, "Version: 10.20.30.40") and
+//              as a version: 버전 2.10.3.1, 최신버전 2.10.3.1, version: 1.10.0.0, ver. 5.15.0.91; a
+//              four-part version not so named, "Python 3.11.4.1", reads as an address, and so does
+//              a real address after such a label, "Version: 10.20.30.40") and
 //              IPv6 (8 groups, or '::' compressed with 2+ groups, an IPv4 tail allowed:
 //              ::ffff:192.0.2.1; a group of 3+ hex
 //              digits and at least one decimal digit, so "dead::beef", "std::map", MAC addresses

@@ -281,6 +281,8 @@ TEST_CASE("pii: dates, times, versions, prices and other numbers stay untouched"
       "버전: 1.10.0.0",
       "version 2.10.3.1 release",
       "ver. 5.15.0.91",
+      "최신버전 2.10.3.1",
+      "한글버젼: 1.10.0.0",
       "1500-3000원",
       "분당 1800-2500회",
   };
