@@ -31,18 +31,6 @@ std::string read_file(const std::string& path) {
   return std::move(ss).str();
 }
 
-std::string read_file_head(const std::string& path, size_t max_bytes) {
-  std::error_code ec;
-  if (std::filesystem::is_directory(path, ec)) throw Error(path + ": is a directory, expected a file");
-  std::ifstream in(path, std::ios::binary);
-  if (!in) throw Error(path + ": cannot open: " + os_error());
-  std::string head(max_bytes, '\0');
-  in.read(head.data(), static_cast<std::streamsize>(max_bytes));
-  if (in.bad()) throw Error(path + ": read error: " + os_error());
-  head.resize(static_cast<size_t>(in.gcount()));
-  return head;
-}
-
 namespace {
 
 // Writes all of `content` to fd; false (errno set) on failure.
@@ -207,6 +195,16 @@ MappedFile::MappedFile(const std::string& path) : path_(path) {
     ::close(fd);
     throw Error(path + ": cannot stat: " + reason);
   }
+  if (!S_ISREG(st.st_mode)) {  // a pipe ("--input <(zcat corpus.gz)"), a device: read whole
+    try {
+      read_stream(fd);
+    } catch (...) {
+      ::close(fd);
+      throw;
+    }
+    ::close(fd);
+    return;
+  }
   size_ = static_cast<size_t>(st.st_size);
   if (size_ > 0) {
     data_ = ::mmap(nullptr, size_, PROT_READ, MAP_PRIVATE, fd, 0);
@@ -221,8 +219,36 @@ MappedFile::MappedFile(const std::string& path) : path_(path) {
   ::close(fd);
 }
 
+void MappedFile::read_stream(int fd) {
+  anonymous_ = true;
+  size_t capacity = 0;
+  while (true) {
+    if (size_ == capacity) {
+      const size_t grown = std::max<size_t>(capacity * 2, size_t{1} << 20);
+      void* p = capacity == 0 ? ::mmap(nullptr, grown, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS, -1, 0)
+                              : ::mremap(data_, capacity, grown, MREMAP_MAYMOVE);
+      if (p == MAP_FAILED) throw Error(path_ + ": cannot hold its " + std::to_string(size_) + " bytes: " + os_error());
+      data_ = p;
+      capacity = grown;
+    }
+    const ssize_t got = ::read(fd, static_cast<char*>(data_) + size_, capacity - size_);
+    if (got < 0 && errno == EINTR) continue;
+    if (got < 0) throw Error(path_ + ": read error: " + os_error());
+    if (got == 0) break;
+    size_ += static_cast<size_t>(got);
+  }
+  // The view is size_ bytes; the mapping keeps its capacity until the destructor (munmap of size_
+  // would leave the tail mapped).
+  mapped_bytes_ = capacity;
+  if (size_ == 0) {
+    ::munmap(data_, capacity);
+    data_ = nullptr;
+    mapped_bytes_ = 0;
+  }
+}
+
 void MappedFile::release(size_t begin, size_t end) const {
-  if (!data_ || end <= begin) return;
+  if (!data_ || end <= begin || anonymous_) return;  // anonymous memory would come back as zeros
   const size_t page = static_cast<size_t>(::sysconf(_SC_PAGESIZE));
   const size_t first = (begin + page - 1) / page * page;  // only whole pages inside the range
   const size_t last = std::min(end, size_) / page * page;
@@ -230,17 +256,23 @@ void MappedFile::release(size_t begin, size_t end) const {
 }
 
 MappedFile::~MappedFile() {
-  if (data_) ::munmap(data_, size_);
+  if (data_) ::munmap(data_, anonymous_ ? mapped_bytes_ : size_);
 }
 
 MappedFile::MappedFile(MappedFile&& other) noexcept
-    : data_(std::exchange(other.data_, nullptr)), size_(std::exchange(other.size_, 0)), path_(std::move(other.path_)) {}
+    : data_(std::exchange(other.data_, nullptr)),
+      size_(std::exchange(other.size_, 0)),
+      mapped_bytes_(std::exchange(other.mapped_bytes_, 0)),
+      anonymous_(std::exchange(other.anonymous_, false)),
+      path_(std::move(other.path_)) {}
 
 MappedFile& MappedFile::operator=(MappedFile&& other) noexcept {
   if (this != &other) {
-    if (data_) ::munmap(data_, size_);
+    if (data_) ::munmap(data_, anonymous_ ? mapped_bytes_ : size_);
     data_ = std::exchange(other.data_, nullptr);
     size_ = std::exchange(other.size_, 0);
+    mapped_bytes_ = std::exchange(other.mapped_bytes_, 0);
+    anonymous_ = std::exchange(other.anonymous_, false);
     path_ = std::move(other.path_);
   }
   return *this;

@@ -10,8 +10,6 @@
 namespace bert {
 
 std::string read_file(const std::string& path);
-// The first `max_bytes` of the file (all of it when shorter).
-std::string read_file_head(const std::string& path, size_t max_bytes);
 // Writes to "<path>.tmp.<pid>", fsyncs, renames over `path`, fsyncs the directory. A symlink's target is
 // replaced (not the link; a dangling link is replaced by the file); a device, FIFO or socket is written
 // in place, /dev/stdout and the like through the descriptor they name (AtomicOutputFile); a directory
@@ -51,7 +49,9 @@ void make_directories(const std::string& path);
 // print ("runs/demo/checkpoint-5") carry no "//".
 std::string without_trailing_slashes(std::string path);
 
-// A read-only memory mapping of a whole file (empty files map to an empty view).
+// A read-only memory mapping of a whole file (empty files map to an empty view). A file that is not
+// a regular file (a pipe, "<(zcat corpus.gz)"; a device) cannot be mapped: it is read whole into
+// memory instead, and release() keeps it.
 class MappedFile {
  public:
   MappedFile() = default;
@@ -73,7 +73,11 @@ class MappedFile {
  private:
   void* data_ = nullptr;
   size_t size_ = 0;
+  size_t mapped_bytes_ = 0;  // an anonymous mapping's capacity (>= size_)
+  bool anonymous_ = false;   // read from a stream, not mapped from the file
   std::string path_;
+
+  void read_stream(int fd);
 };
 
 }  // namespace bert

@@ -1,8 +1,12 @@
 // bert_tokenizer train/encode driven through tokenizer_main(), as the binary runs them.
+#include <sys/stat.h>
+
 #include <catch2/catch.hpp>
 #include <filesystem>
+#include <fstream>
 #include <sstream>
 #include <string>
+#include <thread>
 #include <vector>
 
 #include "common/error.h"
@@ -203,6 +207,26 @@ TEST_CASE("invalid UTF-8 is replaced, reported with its line, and does not stop 
   CHECK(r.code == 0);
   CHECK(r.err.find("<stdin>:2: warning: invalid UTF-8") != std::string::npos);
   CHECK(std::count(r.out.begin(), r.out.end(), '\n') == 2);
+}
+
+TEST_CASE("train reads a pipe (--input <(zcat corpus.gz)) as it reads the file, bad lines located in it") {
+  const std::string text = read_file(corpus()) + "조선\xff중기\n";
+  write_file_atomic(test_dir() + "/corpus_bad.txt", text);
+  const std::string fifo = test_dir() + "/corpus.fifo";
+  std::filesystem::remove(fifo);
+  REQUIRE(::mkfifo(fifo.c_str(), 0600) == 0);
+  std::thread writer([&] {
+    std::ofstream pipe(fifo, std::ios::binary);  // blocks until train opens the other end
+    pipe << text;
+  });
+  const Run piped = run({"train", "--input", fifo, "--out", test_dir() + "/tok_fifo", "--vocab-size", "300"});
+  writer.join();
+  const Run file = run(
+      {"train", "--input", test_dir() + "/corpus_bad.txt", "--out", test_dir() + "/tok_file", "--vocab-size", "300"});
+  REQUIRE(piped.code == 0);
+  CHECK(read_file(test_dir() + "/tok_fifo/vocab.txt") == read_file(test_dir() + "/tok_file/vocab.txt"));
+  CHECK(piped.err.find(fifo + ":401: warning: invalid UTF-8 at byte 6") != std::string::npos);
+  CHECK(file.err.find("corpus_bad.txt:401: warning: invalid UTF-8 at byte 6") != std::string::npos);
 }
 
 TEST_CASE("a file that is not UTF-8 text is one error naming it and the fix (HF's trainer refuses it too)") {

@@ -3,6 +3,7 @@
 #include <algorithm>
 #include <charconv>
 #include <chrono>
+#include <filesystem>
 #include <fstream>
 #include <iostream>
 #include <optional>
@@ -55,9 +56,6 @@ int tokenizer_train_command(const std::vector<std::string>& argv, std::ostream& 
   for (const auto& f : inputs) {
     if (!file_exists(f)) throw Error(f + ": input file not found");
     if (is_directory(f)) throw Error(f + ": is a directory, expected a text file");
-    const std::string head = read_file_head(f, kTextSniffBytes);
-    const std::string problem = utf8_text_problem(head, head.size() == file_size(f));
-    if (!problem.empty()) throw Error(f + ": " + problem);
   }
 
   TrainerOptions topt;
@@ -110,11 +108,16 @@ int tokenizer_train_command(const std::vector<std::string>& argv, std::ostream& 
   copt.normalizer = config.normalizer;
   copt.threads = resolve_threads(args.integer("--threads", 0, 1024));
   uint64_t total_bytes = 0;
-  for (const auto& f : inputs) total_bytes += file_size(f);
+  bool sizes_known = true;  // not for a pipe
+  for (const auto& f : inputs) {
+    std::error_code ec;
+    sizes_known = sizes_known && std::filesystem::is_regular_file(f, ec);
+    total_bytes += file_size(f);
+  }
   copt.progress = [&](uint64_t bytes, uint64_t words) {
-    progress.update("counting words: " + human_bytes(static_cast<double>(bytes)) + " / " +
-                    human_bytes(static_cast<double>(total_bytes)) + " read, " + human_count(static_cast<double>(words)) +
-                    " words");
+    progress.update("counting words: " + human_bytes(static_cast<double>(bytes)) +
+                    (sizes_known ? " / " + human_bytes(static_cast<double>(total_bytes)) : std::string()) + " read, " +
+                    human_count(static_cast<double>(words)) + " words");
   };
   size_t invalid_reported = 0;
   copt.on_invalid_utf8 = [&](const std::string& file, size_t line, size_t byte) {

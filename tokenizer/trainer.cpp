@@ -79,7 +79,12 @@ struct Chunk {
 WordCounts count_words(const std::vector<std::string>& files, const CountOptions& options, CountStats* stats) {
   std::vector<MappedFile> maps;
   maps.reserve(files.size());
-  for (const auto& f : files) maps.emplace_back(f);
+  for (const auto& f : files) {
+    maps.emplace_back(f);
+    const std::string_view v = maps.back().view();
+    const std::string problem = utf8_text_problem(v.substr(0, kTextSniffBytes), v.size() <= kTextSniffBytes);
+    if (!problem.empty()) throw Error(f + ": " + problem);
+  }
 
   constexpr size_t kChunkBytes = 4 << 20;
   std::vector<Chunk> chunks;

@@ -73,7 +73,8 @@ struct CountStats {
   uint64_t bytes = 0, lines = 0, invalid_utf8_lines = 0;
 };
 
-// Counts the words of every line of `files` (memory-mapped; chunks of lines spread over threads).
+// Counts the words of every line of `files` (memory-mapped, a pipe read whole; chunks of lines spread
+// over threads). A file that is not UTF-8 text (utf8_text_problem) is a bert::Error naming it.
 WordCounts count_words(const std::vector<std::string>& files, const CountOptions& options, CountStats* stats = nullptr);
 
 struct TrainerOptions {
