@@ -1,5 +1,6 @@
 #include "common/utf8.h"
 
+#include <algorithm>
 #include <cstring>
 
 namespace bert {
@@ -81,6 +82,32 @@ std::optional<size_t> utf8_first_invalid(std::string_view in) {
   return first;
 }
 
+namespace {
+
+// "UTF-16LE" or "UTF-16BE" when `head` (NUL bytes in it) reads as text in that byte order: 90% of its
+// code units text-like (ASCII, Latin, Greek, Cyrillic, general punctuation, CJK and Hangul syllables,
+// fullwidth forms), else nullptr. NULs alone do not tell: ASCII puts them on one side of each unit,
+// and common syllables such as 가 (U+AC00) and 대 (U+B300) on the other.
+const char* utf16_order(std::string_view head) {
+  const size_t units = head.size() / 2;
+  if (units < 2) return nullptr;
+  for (const bool little : {true, false}) {
+    size_t textlike = 0;
+    for (size_t k = 0; k < units; ++k) {
+      const auto lo = static_cast<unsigned char>(head[2 * k + (little ? 0 : 1)]);
+      const auto hi = static_cast<unsigned char>(head[2 * k + (little ? 1 : 0)]);
+      const unsigned u = hi << 8 | lo;
+      textlike += u == 0x09 || u == 0x0A || u == 0x0D || (u >= 0x20 && u < 0x7F) || (u >= 0xA0 && u < 0x530) ||
+                  (u >= 0x2000 && u < 0x2070) || (u >= 0x3000 && u < 0xA000) || (u >= 0xAC00 && u <= 0xD7A3) ||
+                  (u >= 0xFF00 && u < 0xFFF0);
+    }
+    if (textlike * 10 >= units * 9) return little ? "UTF-16LE" : "UTF-16BE";
+  }
+  return nullptr;
+}
+
+}  // namespace
+
 std::string utf8_text_problem(std::string_view head, bool whole) {
   if (head.size() > kTextSniffBytes) {
     head = head.substr(0, kTextSniffBytes);
@@ -88,25 +115,24 @@ std::string utf8_text_problem(std::string_view head, bool whole) {
   }
   const auto starts = [&](std::string_view magic) { return head.substr(0, magic.size()) == magic; };
   if (starts("BERTSHRD")) return "a bert_prepare shard (binary), not text";
-  if (starts("\x1f\x8b")) return "gzip-compressed, and this command reads plain text: decompress it (gunzip)";
+  if (starts("\x1f\x8b")) return "gzip-compressed; decompress it (gunzip)";
   if (starts("BZh") && head.size() > 3 && head[3] >= '1' && head[3] <= '9')
-    return "bzip2-compressed; only gzip is read: decompress it (bunzip2)";
+    return "bzip2-compressed; decompress it (bunzip2)";
   if (starts(std::string_view("\xfd"
                               "7zXZ\0",
                               6)))
-    return "xz-compressed; only gzip is read: decompress it (unxz)";
-  if (starts("\x28\xb5\x2f\xfd")) return "zstd-compressed; only gzip is read: decompress it (unzstd)";
+    return "xz-compressed; decompress it (unxz)";
+  if (starts("\x28\xb5\x2f\xfd")) return "zstd-compressed; decompress it (unzstd)";
   if (starts("PK\x03\x04")) return "a zip archive; extract its text files (unzip)";
   if (starts("%PDF-")) return "a PDF; extract its text first (pdftotext)";
   if (starts("\xff\xfe") || starts("\xfe\xff"))
     return "UTF-16 text (it starts with a UTF-16 byte-order mark); convert it: iconv -f UTF-16 -t UTF-8";
   if (const void* nul = std::memchr(head.data(), 0, head.size())) {
     const size_t at = static_cast<size_t>(static_cast<const char*>(nul) - head.data());
-    size_t nuls = 0;
-    for (const char c : head) nuls += c == 0;
-    std::string why = "binary data (a NUL byte at offset " + std::to_string(at) + "), not text";
-    if (nuls * 4 >= head.size()) why += "; if it is UTF-16 text, convert it: iconv -f UTF-16 -t UTF-8";
-    return why;
+    if (const char* order = utf16_order(head))
+      return std::string("UTF-16 text without a byte-order mark, it seems; convert it: iconv -f ") + order +
+             " -t UTF-8";
+    return "binary data (a NUL byte at offset " + std::to_string(at) + "), not text";
   }
   if (!whole) {  // the window may end inside a character
     const size_t nl = head.rfind('\n');

@@ -247,7 +247,7 @@ TEST_CASE("a file that is not UTF-8 text is one error naming it and the fix (HF'
                     Catch::StartsWith(korean + ": not UTF-8 text (") && Catch::EndsWith("iconv -f CP949 -t UTF-8"));
   CHECK_FALSE(file_exists(test_dir() + "/cp"));
   CHECK_THROWS_WITH(run({"train", "--input", zipped, "--out", test_dir() + "/cp"}),
-                    zipped + ": gzip-compressed, and this command reads plain text: decompress it (gunzip)");
+                    zipped + ": gzip-compressed; decompress it (gunzip)");
   CHECK_THROWS_WITH(run({"encode", "--tokenizer", test_dir() + "/tok", "--input", korean}),
                     Catch::StartsWith(korean + ": not UTF-8 text ("));
   CHECK_THROWS_WITH(run({"encode", "--tokenizer", test_dir() + "/tok"}, std::string("\xff\xfe\x74\x00", 4)),

@@ -61,7 +61,7 @@ TEST_CASE(
   CHECK_THAT(utf8_text_problem(big, false), Catch::StartsWith("not UTF-8 text ("));
 
   CHECK_THAT(utf8_text_problem(std::string("BERTSHRD\x01\0\0\0", 12), true), Catch::StartsWith("a bert_prepare shard"));
-  CHECK_THAT(utf8_text_problem("\x1f\x8b\x08\x00", true), Catch::StartsWith("gzip-compressed"));
+  CHECK(utf8_text_problem("\x1f\x8b\x08\x00", true) == "gzip-compressed; decompress it (gunzip)");
   CHECK_THAT(utf8_text_problem("BZh91AY&SY", true), Catch::StartsWith("bzip2-compressed"));
   CHECK_THAT(utf8_text_problem(std::string("\xfd"
                                            "7zXZ\0\0",
@@ -73,10 +73,21 @@ TEST_CASE(
   CHECK_THAT(utf8_text_problem("%PDF-1.7\n", true), Catch::StartsWith("a PDF"));
   CHECK_THAT(utf8_text_problem(std::string("\xff\xfe\x00\xb3", 4), true), Catch::StartsWith("UTF-16 text"));
   CHECK_THAT(utf8_text_problem(std::string("\xfe\xff\xb3\x00", 4), true), Catch::StartsWith("UTF-16 text"));
-  // UTF-16 without a byte-order mark: NULs in every other byte.
+  // UTF-16 without a byte-order mark: NULs on both sides of the units in Korean (the ASCII characters'
+  // high bytes, and U+B300's low one: "대" is 00 B3 in UTF-16LE), text-like units in one byte order.
   const std::string utf16le("t\0e\0x\0t\0\n\0", 10);
   CHECK(utf8_text_problem(utf16le, true) ==
-        "binary data (a NUL byte at offset 1), not text; if it is UTF-16 text, convert it: iconv -f UTF-16 -t UTF-8");
+        "UTF-16 text without a byte-order mark, it seems; convert it: iconv -f UTF-16LE -t UTF-8");
+  std::string korean16le, korean16be;
+  for (int i = 0; i < 200; ++i)
+    for (const char16_t unit : std::u16string(u"대한민국 헌법 제1조\n")) {
+      korean16le += {static_cast<char>(unit & 0xFF), static_cast<char>(unit >> 8)};
+      korean16be += {static_cast<char>(unit >> 8), static_cast<char>(unit & 0xFF)};
+    }
+  CHECK_THAT(utf8_text_problem(korean16le, true), Catch::EndsWith("iconv -f UTF-16LE -t UTF-8"));
+  CHECK_THAT(utf8_text_problem(korean16be, true), Catch::EndsWith("iconv -f UTF-16BE -t UTF-8"));
+  // NULs on both sides: binary.
+  CHECK(utf8_text_problem(std::string("ab\0\0cd\0\0", 8), true) == "binary data (a NUL byte at offset 2), not text");
   const std::string head = korean.substr(0, 1000);
   CHECK(utf8_text_problem(head + std::string(1, '\0'), true) == "binary data (a NUL byte at offset 1000), not text");
   CHECK(utf8_text_problem(korean + std::string(1, '\0'), true).empty());  // past the first 64 KiB
