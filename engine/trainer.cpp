@@ -1825,6 +1825,15 @@ int Trainer::train() {
          << config_.path << "\n";
     return 1;
   }
+  // Updates were skipped and the loss ends non-finite: the weights diverged (finite but so large
+  // that the forward pass overflows), and the model saved is of no use.
+  if (!std::isfinite(last_loss_)) {
+    out_.flush();
+    err_ << "error: the last step's loss is " << last_loss_ << " (" << skipped_steps_ << " of " << session_steps
+         << " update(s) of this run skipped): the weights diverged; lower [training] learning_rate in " << config_.path
+         << " (the checkpoint is saved for inspection)\n";
+    return 1;
+  }
   return 0;
 }
 

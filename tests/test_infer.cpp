@@ -10,6 +10,7 @@
 #include <cmath>
 #include <filesystem>
 #include <fstream>
+#include <limits>
 #include <numeric>
 #include <sstream>
 #include <string>
@@ -383,6 +384,21 @@ TEST_CASE("probe: P@1, P@10, MRR per relation with ranks forced by the decoder b
   } catch (const bert::Error& e) {
     CHECK(std::string(e.what()) ==
           "bert_infer: --top-k is for fill-mask; --probe ranks the gold answer over the whole vocabulary");
+  }
+}
+
+TEST_CASE("softmax_max_and_sum refuses logits a diverged model overflowed, rather than scoring nan", "[infer]") {
+  const std::vector<float> fine = {1.0f, 2.0f, 3.0f};
+  const auto [max_logit, sum] = bert::softmax_max_and_sum(fine);
+  CHECK(max_logit == 3.0);
+  CHECK(sum == Approx(std::exp(-2.0) + std::exp(-1.0) + 1.0).epsilon(1e-12));
+  const std::string why = "the model's masked-LM logits are not finite (";
+  for (const float bad :
+       {std::nanf(""), std::numeric_limits<float>::infinity(), -std::numeric_limits<float>::infinity()}) {
+    const std::vector<float> logits = {1.0f, bad, 3.0f};
+    CHECK_THROWS_WITH(bert::softmax_max_and_sum(logits),
+                      why + (std::isnan(bad) ? "nan" : "inf") +
+                          "): its weights overflow them, as a diverged training run leaves them");
   }
 }
 

@@ -664,15 +664,20 @@ TEST_CASE("a non-finite gradient skips the update with a warning, and the run go
   make_tiny_data();
   // A learning rate of 1e30 sends AdamW's first update (~lr * sign(g)) to weights of ~1e30, still
   // finite: the second forward's products (~1e60) overflow, its gradient norm is not finite, and every
-  // update from then on is skipped. The run must neither crash nor apply them; the log says so, and
-  // the (finite) weights are saved. (At 1e38 the update itself overflows: "user mistakes" above.)
+  // update from then on is skipped. The run must neither crash nor apply them; the log says so, the
+  // (finite) weights are saved, and the run exits 1: its loss ends non-finite, the model is of no use.
+  // (At 1e38 the update itself overflows: "user mistakes" above.)
   const std::string config =
       write_config("blowup", "out",
                    "max_steps = 4\nper_device_train_batch_size = 8\nlearning_rate = 1e30\nwarmup_steps = 0\n"
                    "lr_scheduler_type = \"constant\"\nlogging_steps = 1\nsave_steps = 4\n");
   const RunResult run = train({"--config", config});
   INFO(run.out << run.err);
-  REQUIRE(run.code == 0);
+  REQUIRE(run.code == 1);
+  CHECK_THAT(run.err,
+             Catch::Matches("(.|\n)*\nerror: the last step's loss is (-?nan|inf) \\(3 of 4 update\\(s\\) of this "
+                            "run skipped\\): the weights diverged; lower \\[training\\] learning_rate in " +
+                            test_dir() + "/blowup.toml \\(the checkpoint is saved for inspection\\)\n"));
   CHECK(run.err.find("step 2: gradient norm is") != std::string::npos);
   CHECK(run.err.find("skipping this update") != std::string::npos);
   CHECK(run.out.find("3 update(s) skipped (non-finite gradients)") != std::string::npos);
