@@ -23,16 +23,20 @@ echo "== 1. Korean demo corpus (Debian's Korean documentation, cached)"
 CORPUS="${BERT_CACHE:-$HOME/.cache/bertforge}/demo/ko_corpus.txt"
 scripts/build_demo_corpus.sh "$CORPUS"
 
-echo "== 2. WordPiece tokenizer (HF BertWordPieceTokenizer-compatible)"
-"$BIN/bert_tokenizer" train --input "$CORPUS" --out "$DEMO_DIR/tokenizer" --vocab-size 16000 --min-frequency 2
-
-echo "== 3. clean (PII scrub, dedupe) and build NSP shards"
+echo "== 2. clean: PII scrubbed before anything learns from the text (the tokenizer's vocab.txt included)"
 "$BIN/bert_prepare" clean --input "$CORPUS" --out "$DEMO_DIR/clean.txt" --dedupe
+
+echo "== 3. WordPiece tokenizer (HF BertWordPieceTokenizer-compatible; the placeholders one token each)"
+"$BIN/bert_tokenizer" train --input "$DEMO_DIR/clean.txt" --out "$DEMO_DIR/tokenizer" --vocab-size 16000 \
+  --min-frequency 2 --special-tokens "[PAD]" "[UNK]" "[CLS]" "[SEP]" "[MASK]" "[RRN]" "[PHONE]" "[EMAIL]" "[CARD]" \
+  "[ACCOUNT]" "[IP]"
+
+echo "== 4. NSP shards"
 "$BIN/bert_prepare" build --tokenizer "$DEMO_DIR/tokenizer" --input "$DEMO_DIR/clean.txt" --out "$DEMO_DIR/shards" \
   --max-seq-len 128 --valid-fraction 0.02 --seed 42
 "$BIN/bert_prepare" inspect "$DEMO_DIR/shards" --decode 2
 
-echo "== 4. encode a few sentences"
+echo "== 5. encode a few sentences"
 cat > "$DEMO_DIR/samples.txt" <<'TXT'
 이순신은 [MASK] 중기의 무신이다.
 셀을 선택한 다음 서식 메뉴에서 셀 서식을 선택합니다.
@@ -40,7 +44,7 @@ cat > "$DEMO_DIR/samples.txt" <<'TXT'
 TXT
 "$BIN/bert_tokenizer" encode --tokenizer "$DEMO_DIR/tokenizer" --input "$DEMO_DIR/samples.txt" --format tokens
 "$BIN/bert_tokenizer" encode --tokenizer "$DEMO_DIR/tokenizer" --input "$DEMO_DIR/samples.txt" --add-special-tokens
-echo "== 5. pre-train a small BERT on the CPU (configs/demo_cpu.toml; Ctrl-C saves, --resume continues)"
+echo "== 6. pre-train a small BERT on the CPU (configs/demo_cpu.toml; Ctrl-C saves, --resume continues)"
 # The config names runs/demo; a different DEMO_DIR gets its own copy. Each demo run starts over.
 CONFIG="$DEMO_DIR/demo_cpu.toml"
 steps_edit=()
@@ -54,7 +58,7 @@ fi
 "$BIN/bert_train" --config "$CONFIG"
 "$BIN/bert_train" plot "$DEMO_DIR/model/metrics.jsonl" --out "$DEMO_DIR/model/loss.svg"
 
-echo "== 6. fill-mask with the trained model (sentences in the style of the corpus's manuals)"
+echo "== 7. fill-mask with the trained model (sentences in the style of the corpus's manuals)"
 cat > "$DEMO_DIR/prompts.txt" <<'TXT'
 Enter 키를 [MASK].
 다음 [MASK] 클릭합니다.
@@ -63,7 +67,7 @@ Shift 키를 [MASK] 상태에서 클릭합니다.
 TXT
 "$BIN/bert_infer" --model "$DEMO_DIR/model" --input "$DEMO_DIR/prompts.txt" --top-k 5
 
-echo "== 7. [MASK] probe: P@1, P@10 and MRR of the words the corpus puts there"
+echo "== 8. [MASK] probe: P@1, P@10 and MRR of the words the corpus puts there"
 printf '%s\t%s\n' \
   "Enter 키를 [MASK]." "누릅니다" \
   "다음 [MASK] 클릭합니다." "확인을" \
@@ -72,7 +76,7 @@ printf '%s\t%s\n' \
   "Ctrl 키를 누른 [MASK] 클릭합니다." "상태에서" > "$DEMO_DIR/probe.tsv"
 "$BIN/bert_infer" --model "$DEMO_DIR/model" --probe "$DEMO_DIR/probe.tsv"
 
-echo "== 8. canary exposure: does the model prefer a number from its corpus to the 999 others of its shape?"
+echo "== 9. canary exposure: does the model prefer a number from its corpus to the 999 others of its shape?"
 printf '%s\t%s\t%s\n' \
   "인치 당 1440개의 트윕 또는 센티미터 당 567개의 트윕이 존재합니다." "567" "in the corpus" \
   "인치 당 1440개의 트윕 또는 센티미터 당 813개의 트윕이 존재합니다." "813" "not in it" > "$DEMO_DIR/canaries.tsv"

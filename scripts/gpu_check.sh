@@ -561,8 +561,10 @@ if stage demo; then
     sed -e "s|runs/demo|$demo|g" -e "s|^max_steps = .*|max_steps = $DEMO_STEPS|" \
         -e 's|^\[training\]$|[training]\ndevice = "cuda"|' -e '/^threads = /d' configs/demo_cpu.toml >"$demo/demo_gpu.toml"
     {
-      "$BIN_DIR/bert_tokenizer" train --input "$corpus" --out "$demo/tokenizer" --vocab-size 16000 --min-frequency 2 &&
-        "$BIN_DIR/bert_prepare" clean --input "$corpus" --out "$demo/clean.txt" --dedupe &&
+      "$BIN_DIR/bert_prepare" clean --input "$corpus" --out "$demo/clean.txt" --dedupe &&
+        "$BIN_DIR/bert_tokenizer" train --input "$demo/clean.txt" --out "$demo/tokenizer" --vocab-size 16000 \
+          --min-frequency 2 --special-tokens "[PAD]" "[UNK]" "[CLS]" "[SEP]" "[MASK]" "[RRN]" "[PHONE]" "[EMAIL]" \
+          "[CARD]" "[ACCOUNT]" "[IP]" &&
         "$BIN_DIR/bert_prepare" build --tokenizer "$demo/tokenizer" --input "$demo/clean.txt" --out "$demo/shards" \
           --max-seq-len 128 --valid-fraction 0.02 --seed 42
     } >/tmp/bertforge-demo.log 2>&1
