@@ -146,6 +146,22 @@ int prepare_build_command(const std::vector<std::string>& argv, std::ostream& ou
   const Tokenizer tok = Tokenizer::from_dir(tok_dir);
   tok.require({SpecialToken::kCls, SpecialToken::kSep, SpecialToken::kPad, SpecialToken::kMask}, tok_dir,
               "BERT pretraining");
+  Json shards = Json::array();
+  // A failed build leaves nothing of its own behind: the shards it wrote go, and so does the output
+  // directory when it made it (and it is empty then).
+  struct Cleanup {
+    const std::string& dir;
+    const Json& shards;
+    bool created;
+    bool done = false;
+    ~Cleanup() {
+      if (done) return;
+      std::error_code ec;
+      for (const Json& entry : shards.as_array())
+        std::filesystem::remove(dir + "/" + entry.find("file")->as_string(), ec);
+      if (created) std::filesystem::remove(dir, ec);  // fails, as it should, when anything else is there
+    }
+  } cleanup{out_dir, shards, !file_exists(out_dir)};
   make_directories(out_dir);
   const auto t0 = std::chrono::steady_clock::now();
   Progress progress(!args.has("--quiet"));
@@ -153,7 +169,6 @@ int prepare_build_command(const std::vector<std::string>& argv, std::ostream& ou
   BuildTotals totals;
   RawPool raw;
   TokenizedPool ids;
-  Json shards = Json::array();
   size_t pool_index = 0;
   uint64_t doc_counter = 0;
   bool in_document = false;
@@ -262,13 +277,15 @@ int prepare_build_command(const std::vector<std::string>& argv, std::ostream& ou
   if (totals.examples[0] + totals.examples[1] == 0)
     throw Error("bert_prepare build: no examples produced (empty input, or every document too short to pair)");
   if (totals.examples[0] == 0) {
-    // Nothing bert_train could use: the validation shards just written go too.
-    for (const Json& entry : shards.as_array())
-      std::filesystem::remove(out_dir + "/" + entry.find("file")->as_string());
+    // Nothing bert_train could use: the validation shards just written go too (cleanup).
     throw Error("bert_prepare build: no training examples: the validation split holds all " +
                 std::to_string(totals.examples[1]) + " (--valid-fraction " + args.str("--valid-fraction") + " of " +
                 std::to_string(totals.documents) + " document(s)); lower it or add input");
   }
+  if (valid_fraction > 0 && totals.examples[1] == 0)
+    err << "warning: --valid-fraction " << args.str("--valid-fraction") << " sent none of the " << totals.documents
+        << " document(s) to validation (each goes with that probability): there is no valid split, and bert_train "
+           "evaluates nothing unless [data] valid_data names other shards (raise it, or add input)\n";
   if (const uint64_t single = totals.single_document_pools[0] + totals.single_document_pools[1]; single > 0)
     err << "warning: " << single << " pool(s) held a single document (train " << totals.single_document_pools[0]
         << ", valid " << totals.single_document_pools[1] << "): with no other document to draw a random next "
@@ -296,6 +313,7 @@ int prepare_build_command(const std::vector<std::string>& argv, std::ostream& ou
   manifest.set("sentences", totals.sentences);
   manifest.set("shards", shards);
   write_file_atomic(out_dir + "/manifest.json", manifest.dump(2) + "\n");
+  cleanup.done = true;
 
   if (!args.has("--quiet")) {
     const double secs = std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();

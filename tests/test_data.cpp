@@ -605,7 +605,14 @@ TEST_CASE("bert_prepare build: bad input is a clear error") {
                                  o, e),
                     Catch::Matches("bert_prepare build: no training examples: the validation split holds all [0-9]+ "
                                    "\\(--valid-fraction 0\\.99999999 of 30 document\\(s\\)\\); lower it or add input"));
-  CHECK(std::filesystem::is_empty(test_dir() + "/x"));  // the validation shards it wrote are gone
+  CHECK_FALSE(file_exists(test_dir() + "/x"));  // the validation shards it wrote are gone, and the directory
+  // A fraction too small for the input: no valid split, said at build time rather than by bert_train.
+  std::ostringstream tiny_out, tiny_err;
+  REQUIRE(prepare_main({"build", "--tokenizer", test_dir() + "/tok", "--input", test_dir() + "/clean.txt", "--out",
+                        test_dir() + "/tiny_valid", "--valid-fraction", "0.000001", "--quiet"},
+                       tiny_out, tiny_err) == 0);
+  CHECK_THAT(tiny_err.str(), Catch::Contains("warning: --valid-fraction 0.000001 sent none of the 30 document(s) to "
+                                             "validation (each goes with that probability): there is no valid split"));
   // A tokenizer whose tokenizer_config.json names special tokens its vocab.txt lacks: the fields.
   const std::string odd_tok = test_dir() + "/tok_odd";
   make_directories(odd_tok);
@@ -626,4 +633,20 @@ TEST_CASE("bert_prepare build: bad input is a clear error") {
                                   test_dir() + "/train-00000.bin", "--out", test_dir() + "/y"},
                                  o, e),
                     test_dir() + "/train-00000.bin: a bert_prepare shard (binary), not text");
+  CHECK_FALSE(file_exists(test_dir() + "/y"));  // a failed build leaves no directory it made
+  // A directory of the user's stays, with what was in it; the shards a failed build wrote go.
+  make_directories(test_dir() + "/mine");
+  write_file_atomic(test_dir() + "/mine/notes.txt", "mine");
+  std::string big;  // over one 1 MB pool: a shard is written before the second input fails
+  while (big.size() < (size_t{3} << 19)) big += text;
+  write_file_atomic(test_dir() + "/big.txt", big);
+  CHECK_THROWS_WITH(prepare_main({"build", "--tokenizer", test_dir() + "/tok", "--input", test_dir() + "/big.txt",
+                                  test_dir() + "/train-00000.bin", "--out", test_dir() + "/mine", "--pool-mb", "1",
+                                  "--dupe-factor", "1", "--quiet"},
+                                 o, e),
+                    Catch::EndsWith("a bert_prepare shard (binary), not text"));
+  CHECK(read_file(test_dir() + "/mine/notes.txt") == "mine");
+  size_t entries = 0;
+  for ([[maybe_unused]] const auto& entry : std::filesystem::directory_iterator(test_dir() + "/mine")) ++entries;
+  CHECK(entries == 1);
 }
