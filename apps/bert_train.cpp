@@ -8,6 +8,7 @@
 
 int main(int argc, char** argv) {
   bert::reexec_with_thread_settings(argv);
+  bert::set_program_path(argv[0]);
   std::ios::sync_with_stdio(false);
   try {
     return bert::train_main(std::vector<std::string>(argv + 1, argv + argc), std::cout, std::cerr);

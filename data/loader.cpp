@@ -76,6 +76,13 @@ Dataset::Dataset(const std::string& dir_arg, Split split, uint32_t expected_voca
     : manifest_path_(without_trailing_slashes(dir_arg) + "/manifest.json") {
   const std::string dir = without_trailing_slashes(dir_arg);
   const std::string& manifest_path = manifest_path_;
+  if (file_exists(dir) && !is_directory(dir)) {
+    const std::string parent = std::filesystem::path(dir).parent_path().string();
+    throw Error(dir +
+                ": a file; shards are read by directory, the bert_prepare build output that holds "
+                "manifest.json" +
+                (parent.empty() ? std::string() : " ('" + parent + "'?)"));
+  }
   if (!file_exists(manifest_path))
     throw Error(manifest_path + ": not found (is '" + dir + "' a bert_prepare build output?)");
   const Json manifest = Json::parse(read_file(manifest_path), manifest_path);

@@ -807,7 +807,9 @@ int infer_main(const std::vector<std::string>& argv, std::istream& in, std::ostr
       .option("--exposure", "canary TSV: 'text as in the corpus<TAB>secret in it[<TAB>label]' a line")
       .option("--candidates", "--exposure: secrets of the same shape each canary is ranked among", "1000")
       .option("--seed", "--exposure: seed of the candidate draw", "1")
-      .option("--scores", "--exposure: write every scored secret to this TSV (line, secret, score)")
+      .option("--scores",
+              "--exposure: write every scored secret to this TSV (line, secret, score, canary: 1 for the canary, 0 "
+              "for a candidate)")
       .option("--top-k", "candidates per [MASK]", "5")
       .flag("--json", "print HF pipeline-shaped JSON (--probe: one metrics object; --exposure: one object)")
       .option("--device", "cpu | cuda", "cpu")

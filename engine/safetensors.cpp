@@ -358,7 +358,7 @@ bool SafetensorsFile::verify_data_hash() const {
   }
   const uint64_t actual = hash64(static_cast<const std::byte*>(file_.data()) + data_start_, file_.size() - data_start_);
   if (actual != *expected)
-    throw Error(path() + ": the tensor data hash to " + hex64(actual) + ", the header records " + *recorded + " (" +
+    throw Error(path() + ": the tensor data hashes to " + hex64(actual) + ", the header records " + *recorded + " (" +
                 std::string(kDataHashKey) + "): the file was damaged after it was written; restore a copy, or " +
                 "delete that __metadata__ entry if the tensors were edited on purpose");
   return true;

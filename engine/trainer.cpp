@@ -273,9 +273,19 @@ int64_t total_train_steps(const TrainingConfig& training, size_t batches_per_epo
   return std::max<int64_t>(steps, 1);
 }
 
+namespace {
+std::string g_program = "bert_train";  // as the user ran it: the commands we print are runnable as they are
+}  // namespace
+
+void set_program_path(const std::string& argv0) {
+  if (!argv0.empty()) g_program = argv0;
+}
+
+const std::string& program_path() { return g_program; }
+
 std::string resume_command(const std::string& config_path, const std::string& checkpoint_dir, int ranks) {
-  return (ranks > 1 ? "mpirun -np " + std::to_string(ranks) + " " : std::string()) + "bert_train --config " +
-         shell_quote(config_path) + " --resume " + shell_quote(checkpoint_dir);
+  return (ranks > 1 ? "mpirun -np " + std::to_string(ranks) + " " : std::string()) + shell_quote(g_program) +
+         " --config " + shell_quote(config_path) + " --resume " + shell_quote(checkpoint_dir);
 }
 
 Json TrainerState::to_json() const {
@@ -786,10 +796,11 @@ void Trainer::check_output_dir() {
   const auto old = list_checkpoints(dir);
   const bool trained_here = !old.empty() || file_exists(dir + "/metrics.jsonl");
   for (const CheckpointInfo& checkpoint : old) fs::remove_all(checkpoint.path, ec);
-  for (const auto& entry : fs::directory_iterator(dir, ec)) {  // set aside by a resume: start over means them too
-    const std::string name = entry.path().filename().string();
-    if (entry.is_directory() && is_superseded_checkpoint_name(name)) fs::remove_all(entry.path(), ec);
-  }
+  std::vector<fs::path> superseded;  // set aside by a resume: start over means them too
+  for (const auto& entry : fs::directory_iterator(dir, ec))
+    if (entry.is_directory() && is_superseded_checkpoint_name(entry.path().filename().string()))
+      superseded.push_back(entry.path());
+  for (const fs::path& path : superseded) fs::remove_all(path, ec);
   std::vector<std::string> removed;
   if (fs::remove(dir + "/metrics.jsonl", ec)) removed.emplace_back("metrics.jsonl");
   std::vector<const char*> model_files;
@@ -800,8 +811,9 @@ void Trainer::check_output_dir() {
   if (trained_here) model_files.push_back("loss.svg");
   for (const char* name : model_files)
     if (fs::remove(dir + "/" + name, ec)) removed.emplace_back(name);
-  if (old.empty() && removed.empty()) return;
+  if (old.empty() && superseded.empty() && removed.empty()) return;
   out_ << "overwrite_output_dir: removed from " << dir << ": " << old.size() << " old checkpoint(s)";
+  if (!superseded.empty()) out_ << ", " << superseded.size() << " set aside by a resume (checkpoint-N.superseded)";
   for (const std::string& name : removed) out_ << ", " << name;
   out_ << "\n";
 }
@@ -882,6 +894,11 @@ void Trainer::load_tokenizer_and_data() {
     valid_data_ = std::make_unique<Dataset>(data().valid_data, Split::kValid, static_cast<uint32_t>(vocab));
     valid_description_ = data().valid_data + " (valid split)";
     if (valid_data_->size() == 0) {  // a shard dir made only for evaluation keeps it in "train"
+      std::error_code ec;
+      if (fs::equivalent(data().valid_data, data().train_data, ec))
+        throw Error(config_.where("data", "valid_data") + " = '" + data().valid_data +
+                    "' is train_data, which has no valid split: evaluating on its train split would score the "
+                    "examples trained on; rebuild it with bert_prepare build --valid-fraction, or name other shards");
       valid_data_ = std::make_unique<Dataset>(data().valid_data, Split::kTrain, static_cast<uint32_t>(vocab));
       valid_description_ = data().valid_data + " (train split)";
     }
@@ -1142,7 +1159,8 @@ void Trainer::print_run_table() const {
        << with_commas(bpe) << " batches/epoch" << (world() > 1 ? " per rank" : "") << "), valid "
        << (valid_data_ ? with_commas(static_cast<int64_t>(valid_data_->size())) + " examples, at most " +
                              std::to_string(std::min(kMaxEvalBatches, eval_loader_->batches_per_epoch())) +
-                             " batches per evaluation"
+                             " batches per evaluation" +
+                             (data().valid_data.empty() ? std::string() : ", from " + valid_description_)
                        : std::string("none"))
        << "\n";
   out_ << "  steps        " << with_commas(state_.total_steps) << " total (" << printf_string("%.2f", epochs)
@@ -1814,8 +1832,8 @@ int Trainer::train() {
   out_ << "\n  model: " << training().output_dir << " (and checkpoint-" << state_.global_step
        << "), metrics: " << training().output_dir << "/metrics.jsonl, peak RSS "
        << human_bytes(static_cast<double>(peak_rss_bytes())) << "\n";
-  out_ << "  plot: bert_train plot " << shell_quote(training().output_dir + "/metrics.jsonl") << " --out "
-       << shell_quote(training().output_dir + "/loss.svg") << "\n";
+  out_ << "  plot: " << shell_quote(g_program) << " plot " << shell_quote(training().output_dir + "/metrics.jsonl")
+       << " --out " << shell_quote(training().output_dir + "/loss.svg") << "\n";
   // Saved as any run is, but a run whose every update was skipped changed nothing: a failure for
   // whatever comes next in the user's pipeline.
   if (session_steps > 0 && skipped_steps_ == session_steps) {

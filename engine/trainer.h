@@ -86,6 +86,11 @@ struct TrainerState {
 // gradient_accumulation_steps) (at least 1).
 int64_t total_train_steps(const TrainingConfig& training, size_t batches_per_epoch);
 
+// The program as the user ran it (main's argv[0]: "build/bert_train"), so that the commands printed
+// (resume, plot) run as they are; "bert_train" until set.
+void set_program_path(const std::string& argv0);
+const std::string& program_path();
+
 // "bert_train --config CONFIG --resume CHECKPOINT", shell-quoted where needed; for a run of several
 // ranks, under "mpirun -np RANKS" (another launcher, or another rank count, resumes it as well).
 std::string resume_command(const std::string& config_path, const std::string& checkpoint_dir, int ranks = 1);

@@ -208,7 +208,7 @@ TEST_CASE("safetensors: the data hash catches any changed byte of the buffer and
     damaged[at] = static_cast<char>(damaged[at] ^ (1 << (at % 8)));
     write_bytes(path, damaged);
     const SafetensorsFile f(path);
-    CHECK_THAT(error_of([&] { (void)f.verify_data_hash(); }), Contains(path + ": the tensor data hash to ") &&
+    CHECK_THAT(error_of([&] { (void)f.verify_data_hash(); }), Contains(path + ": the tensor data hashes to ") &&
                                                                   Contains("damaged after it was written") &&
                                                                   Contains(std::string(kDataHashKey)));
   }

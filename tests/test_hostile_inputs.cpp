@@ -333,7 +333,7 @@ TEST_CASE("mutated safetensors checkpoints load or fail with one line naming the
     m[at] = static_cast<char>(m[at] ^ static_cast<char>(1 + rng.below(255)));
     put(path, m);
     CHECK_THROWS_WITH(read_parameter_arena(path, config, table),
-                      Catch::StartsWith(path + ": the tensor data hash to ") &&
+                      Catch::StartsWith(path + ": the tensor data hashes to ") &&
                           Catch::Contains("the file was damaged after it was written"));
   }
   Tally tally;

@@ -81,6 +81,11 @@ TEST_CASE("total steps and trainer state round trip") {
         "bert_train --config run.toml --resume 'out dir/checkpoint-5'");
   CHECK(resume_command("run.toml", "out/checkpoint-5", 4) ==
         "mpirun -np 4 bert_train --config run.toml --resume out/checkpoint-5");
+  // As the user ran it (main sets it from argv[0]), so that the printed command runs from where they are.
+  set_program_path("build dir/bert_train");
+  CHECK(resume_command("run.toml", "out/checkpoint-5") ==
+        "'build dir/bert_train' --config run.toml --resume out/checkpoint-5");
+  set_program_path("bert_train");
 }
 
 TEST_CASE("the MPI launcher's rank comes from its environment") {
@@ -307,14 +312,18 @@ TEST_CASE("user mistakes are one-line errors") {
       write_config("overwrite", "out", "max_steps = 2\nper_device_train_batch_size = 8\noverwrite_output_dir = true\n");
   REQUIRE(file_exists(test_dir() + "/out/model.safetensors"));
   write_file_atomic(test_dir() + "/out/loss.svg", "<svg/>");  // as `bert_train plot` leaves it
+  make_directories(test_dir() + "/out/checkpoint-9.superseded");  // as a resume from an earlier step leaves it
+  write_file_atomic(test_dir() + "/out/checkpoint-9.superseded/trainer_state.json", "{}");
   const RunResult overwritten = train({"--config", overwrite});
   CHECK(overwritten.code == 0);
   // The last run's final model and loss plot go with its checkpoints: nothing of it answers for this run's.
   CHECK_THAT(overwritten.out, Catch::Contains("overwrite_output_dir: removed from " + test_dir() +
-                                              "/out: 1 old checkpoint(s), metrics.jsonl, model.safetensors, "
+                                              "/out: 1 old checkpoint(s), 1 set aside by a resume "
+                                              "(checkpoint-N.superseded), metrics.jsonl, model.safetensors, "
                                               "config.json, vocab.txt, tokenizer_config.json"));
   CHECK_THAT(overwritten.out, Catch::Contains(", loss.svg\n"));
   CHECK(!file_exists(test_dir() + "/out/loss.svg"));
+  CHECK(!file_exists(test_dir() + "/out/checkpoint-9.superseded"));
   // An output_dir that holds the run's own tokenizer: overwriting never removes it. (And a directory
   // without checkpoints or metrics shows no bert_train run: its files stay.)
   {
@@ -437,7 +446,7 @@ TEST_CASE("user mistakes are one-line errors") {
   write_file_atomic(moments, flipped);
   message = error_of([&] { train({"--config", config, "--resume"}); });
   CHECK_THAT(message, Catch::Contains("cannot resume from") &&
-                          Catch::Contains(moments + ": the tensor data hash to ") && Catch::Contains("damaged"));
+                          Catch::Contains(moments + ": the tensor data hashes to ") && Catch::Contains("damaged"));
   CHECK(one_line(message));
   write_file_atomic(moments, moment_bytes);
 
@@ -630,6 +639,37 @@ TEST_CASE("user mistakes are one-line errors") {
       else
         CHECK_THAT(run.err, !Catch::Contains("eval_steps"));
     }
+    // valid_data naming train_data, which has no valid split: its train split would be scored, the
+    // examples trained on. Another directory of shards without a valid split is taken whole (eval-only
+    // shards); a shard file names the directory to give.
+    const auto with_valid = [&](const std::string& name, const std::string& train_dir, const std::string& valid) {
+      std::string text = read_file(write_config(name, name, "max_steps = 1\nper_device_train_batch_size = 8\n"));
+      text.replace(text.find("/shards\""), 8, train_dir + "\"\nvalid_data = \"" + valid + "\"");
+      write_file_atomic(test_dir() + "/" + name + ".toml", text);
+      return test_dir() + "/" + name + ".toml";
+    };
+    message = error_of([&] {
+      train({"--config", with_valid("selfeval", "/shards_novalid", test_dir() + "/shards_novalid/")});
+    });
+    CHECK_THAT(
+        message,
+        Catch::Contains("selfeval.toml:") &&
+            Catch::EndsWith(": [data] valid_data = '" + test_dir() +
+                            "/shards_novalid' is train_data, which has no valid split: evaluating on its train split "
+                            "would score the examples trained on; rebuild it with bert_prepare build "
+                            "--valid-fraction, or name other shards"));
+    const RunResult other = train({"--config", with_valid("othereval", "/shards", test_dir() + "/shards_novalid")});
+    INFO(other.err);
+    CHECK(other.code == 0);
+    CHECK_THAT(other.out,
+               Catch::Contains(" batches per evaluation, from " + test_dir() + "/shards_novalid (train split)\n"));
+    message = error_of([&] {
+      train({"--config", with_valid("fileeval", "/shards", test_dir() + "/shards/valid-00000.bin")});
+    });
+    CHECK(message == test_dir() +
+                         "/shards/valid-00000.bin: a file; shards are read by directory, the bert_prepare "
+                         "build output that holds manifest.json ('" +
+                         test_dir() + "/shards'?)");
   }
 
   // A model far beyond the machine's memory: the bytes it needs, not std::bad_alloc or the OOM killer.

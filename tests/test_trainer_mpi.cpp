@@ -251,9 +251,8 @@ TEST_CASE("SIGUSR1 to mpirun stops every rank after the same step and the checkp
   REQUIRE(checkpoints.size() == 1);
   const int64_t step = checkpoints[0].step;
   CHECK(step < 1000);
-  CHECK(first.out.find("stopped at step " + std::to_string(step) +
-                       " of 1000; resume with:\n  mpirun -np 2 bert_train "
-                       "--config ") != std::string::npos);
+  CHECK(first.out.find("stopped at step " + std::to_string(step) + " of 1000; resume with:\n  mpirun -np 2 " +
+                       std::string(BERT_TRAIN) + " --config ") != std::string::npos);
   CHECK(count(first.err, "stop requested") >= 1);  // each rank's handler says so; rank 0's is not discarded
 
   const RunResult second = mpirun(2, {"--config", stopped, "--resume"}, "resumed");
@@ -383,8 +382,9 @@ TEST_CASE("a rank that freezes mid-run ends the job after ddp_timeout instead of
   CHECK(run.code != 0);
   CHECK(count(run.err, "error: rank 0 of 2: MPI_") == 1);
   CHECK(run.err.find(" has waited 2 s (ddp_timeout) for the other ranks: one of them stopped, froze or cannot be "
-                     "reached; ending the job; latest checkpoint: step 3 (mpirun -np 2 bert_train --config " +
-                     config + " --resume " + test_dir() + "/frozen/checkpoint-3 goes on from it)\n") !=
+                     "reached; ending the job; latest checkpoint: step 3 (mpirun -np 2 " +
+                     std::string(BERT_TRAIN) + " --config " + config + " --resume " + test_dir() +
+                     "/frozen/checkpoint-3 goes on from it)\n") !=
         std::string::npos);  // rank 0's line: the checkpoint it resumed from, and the command
   CHECK(waited < 90);
 }
@@ -541,8 +541,9 @@ TEST_CASE("a rank other than rank 0 that fails mid-run names the latest checkpoi
   // waits for rank 0's write of the checkpoint, which a busy machine may make slow.
   const RunResult saved = run_with_nccl_failure("nccl_rank1", "BERT_EMULATED_NCCL_ASYNC_ERROR", "1", "6", 60);
   const std::string config = test_dir() + "/nccl_rank1.toml";
-  const std::string note = "; latest checkpoint: step 5 (mpirun -np 2 bert_train --config " + config + " --resume " +
-                           test_dir() + "/nccl_rank1/checkpoint-5 goes on from it)\n";
+  const std::string note = "; latest checkpoint: step 5 (mpirun -np 2 " + std::string(BERT_TRAIN_EMULATED) +
+                           " --config " + config + " --resume " + test_dir() +
+                           "/nccl_rank1/checkpoint-5 goes on from it)\n";
   {
     INFO(saved.out << saved.err);
     CHECK(saved.code != 0);

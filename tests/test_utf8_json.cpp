@@ -33,7 +33,7 @@ TEST_CASE("invalid utf8 becomes U+FFFD per maximal subsequence") {
 }
 
 TEST_CASE(
-    "utf8_text_problem: binary formats, UTF-16 and legacy encodings are named; text with a few bad bytes is not") {
+    "utf8_text_problem: binary formats, UTF-16 and legacy encodings are named, but not text with a few bad bytes") {
   // Text: Korean, an empty file, a UTF-8 BOM, and real text with a few bad bytes (the readers warn).
   std::string korean;
   for (int i = 0; i < 2000; ++i) korean += "대한민국 헌법 제1조 대한민국은 민주공화국이다.\n";
