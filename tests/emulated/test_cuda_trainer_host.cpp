@@ -260,7 +260,8 @@ TEST_CASE("cuda trainer host: non-finite gradients skip updates on the device, t
   make_tiny_data();
   // As the CPU trainer's test (tests/test_trainer_loop.cpp): a learning rate of 1e30 sends the
   // first update's weights to ~1e30, so every later gradient norm is non-finite. Here
-  // the device decides each skip; the host learns of them when it logs, every 4 steps.
+  // the device decides each skip; the host learns of them when it logs, every 4 steps. The run saves,
+  // and exits 1: its loss ends non-finite.
   const std::string config = write_config(
       "blowup", "blowup",
       "device = \"cuda\"\nmax_steps = 8\nper_device_train_batch_size = 8\nlearning_rate = 1e30\nwarmup_steps = 0\n"
@@ -268,7 +269,11 @@ TEST_CASE("cuda trainer host: non-finite gradients skip updates on the device, t
       kGpuModel);
   const RunResult run = train({"--config", config});
   INFO(run.out << run.err);
-  REQUIRE(run.code == 0);
+  REQUIRE(run.code == 1);
+  CHECK_THAT(run.err, Catch::Contains("\nerror: the last step's loss is ") &&
+                          Catch::EndsWith(" (7 of 8 update(s) of this run skipped): the weights diverged; lower "
+                                          "[training] learning_rate in " +
+                                          config + " (the checkpoint is saved for inspection)\n"));
   for (int step = 2; step <= 8; ++step)
     CHECK_THAT(run.err, Catch::Contains("warning: step " + std::to_string(step) + ": gradient norm is"));
   CHECK_THAT(run.err, !Catch::Contains("warning: step 1:"));
