@@ -222,18 +222,25 @@ MappedFile::MappedFile(const std::string& path) : path_(path) {
 void MappedFile::read_stream(int fd) {
   anonymous_ = true;
   size_t capacity = 0;
+  const auto fail = [&](const std::string& what) {
+    const std::string reason = os_error();
+    if (data_) ::munmap(data_, capacity);  // no destructor runs for a constructor that throws
+    data_ = nullptr;
+    size_ = 0;
+    throw Error(path_ + ": " + what + ": " + reason);
+  };
   while (true) {
     if (size_ == capacity) {
       const size_t grown = std::max<size_t>(capacity * 2, size_t{1} << 20);
       void* p = capacity == 0 ? ::mmap(nullptr, grown, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS, -1, 0)
                               : ::mremap(data_, capacity, grown, MREMAP_MAYMOVE);
-      if (p == MAP_FAILED) throw Error(path_ + ": cannot hold its " + std::to_string(size_) + " bytes: " + os_error());
+      if (p == MAP_FAILED) fail("cannot hold more than its first " + std::to_string(size_) + " bytes in memory");
       data_ = p;
       capacity = grown;
     }
     const ssize_t got = ::read(fd, static_cast<char*>(data_) + size_, capacity - size_);
     if (got < 0 && errno == EINTR) continue;
-    if (got < 0) throw Error(path_ + ": read error: " + os_error());
+    if (got < 0) fail("read error");
     if (got == 0) break;
     size_ += static_cast<size_t>(got);
   }

@@ -129,10 +129,16 @@ std::string utf8_text_problem(std::string_view head, bool whole) {
     return "UTF-16 text (it starts with a UTF-16 byte-order mark); convert it: iconv -f UTF-16 -t UTF-8";
   if (const void* nul = std::memchr(head.data(), 0, head.size())) {
     const size_t at = static_cast<size_t>(static_cast<const char*>(nul) - head.data());
-    if (const char* order = utf16_order(head))
-      return std::string("UTF-16 text without a byte-order mark, it seems; convert it: iconv -f ") + order +
-             " -t UTF-8";
-    return "binary data (a NUL byte at offset " + std::to_string(at) + "), not text";
+    const auto nuls = static_cast<size_t>(std::count(head.begin(), head.end(), '\0'));
+    // UTF-16 has many: its spaces, digits and punctuation give one in every few code units. (A stray
+    // NUL in ASCII text must not pass: pairs of ASCII bytes read as UTF-16 are CJK, "text-like".)
+    if (nuls * 16 >= head.size())
+      if (const char* order = utf16_order(head))
+        return std::string("UTF-16 text without a byte-order mark, it seems; convert it: iconv -f ") + order +
+               " -t UTF-8";
+    std::string why = "binary data (a NUL byte at offset " + std::to_string(at) + "), not text";
+    if (nuls * 100 < head.size()) why += "; if it is text with stray NUL bytes, remove them: tr -d '\\000'";
+    return why;
   }
   if (!whole) {  // the window may end inside a character
     const size_t nl = head.rfind('\n');

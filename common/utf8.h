@@ -43,12 +43,13 @@ bool utf8_valid(std::string_view in);
 // The byte offset of the first invalid sequence in `in`, or nullopt when it is all valid UTF-8.
 std::optional<size_t> utf8_first_invalid(std::string_view in);
 
-// Why a file whose first bytes are `head` is not UTF-8 text, or "" when it may be. `whole`: head
-// is the entire file (else its last, possibly cut, line is not judged). Reasons: a binary format's
-// magic number (a bert_prepare shard, gzip where the reader does not decompress, bzip2, xz, zstd,
-// zip, PDF), a UTF-16 byte-order mark, a NUL byte, or more invalid than valid non-ASCII sequences
-// (32 at least: EUC-KR/CP949 or Latin-1 text). A few bad bytes in real text are no reason: readers
-// replace those and warn. The reason names the fix ("convert it: iconv -f CP949 -t UTF-8").
+// Why a file whose first bytes are `head` (the first 64 KiB are judged, as git and grep judge a
+// binary file) is not UTF-8 text, or "" when it may be. `whole`: head is the entire file (else its
+// last, possibly cut, line is not judged). Reasons: a binary format's magic number (a bert_prepare
+// shard, gzip where the reader does not decompress, bzip2, xz, zstd, zip, PDF), UTF-16 (a byte-order
+// mark, or NULs in one code unit of 8 and text-like units), a NUL byte, or more invalid than valid
+// non-ASCII sequences (32 at least: EUC-KR/CP949 or Latin-1 text). A few bad bytes in real text are
+// no reason: readers replace those and warn. The reason names the fix ("iconv -f CP949 -t UTF-8").
 inline constexpr size_t kTextSniffBytes = size_t{64} << 10;
 std::string utf8_text_problem(std::string_view head, bool whole);
 

@@ -240,13 +240,15 @@ bool rrn_checksum_ok(const unsigned char* d, const unsigned char* e) {
   return (11 - sum % 11) % 10 == static_cast<unsigned>(e[6] - '0');
 }
 
-// A label naming the number within the 32 bytes before p: 주민 (주민번호, 주민등록번호), 등록번호,
-// RRN.
+// A label naming the number within the 32 bytes before p: 주민번호, 주민 번호, 주민등록(번호),
+// (외국인)등록번호, RRN. Not 주민 alone (주민센터, 주민세), nor our own placeholder "[RRN]", so that
+// scrubbing scrubbed text changes nothing.
 bool rrn_label_before(const Text& t, size_t p) {
   const size_t b = p > 32 ? p - 32 : 0;
   const std::string_view window(reinterpret_cast<const char*>(t.s) + b, p - b);
-  for (const std::string_view label : {"주민", "등록번호", "RRN", "rrn"})
-    if (window.find(label) != std::string_view::npos) return true;
+  for (const std::string_view label : {"주민번호", "주민 번호", "주민등록", "등록번호", "RRN"})
+    for (size_t at = window.find(label); at != std::string_view::npos; at = window.find(label, at + 1))
+      if (label != "RRN" || b + at == 0 || t.s[b + at - 1] != '[') return true;
   return false;
 }
 
@@ -432,11 +434,18 @@ bool outline_number(const Text& t, size_t p, size_t e) {
                                        "table", "Figure", "figure", "Fig.",    "fig.",    "Section", "section", "Sec.",
                                        "§",     "버전",   "버젼",   "version", "Version", "VERSION", "ver.",    "Ver."})
     if (preceded_by(t, label_end, label)) return true;
-  // A Korean compound ending in 버전: 최신버전, 한글버전, 업데이트버전.
-  for (const std::string_view label : {"버전", "버젼"})
-    if (label_end >= label.size() + 3 && t.s[label_end - label.size() - 1] >= 0x80 &&
-        std::memcmp(t.s + label_end - label.size(), label.data(), label.size()) == 0)
-      return true;
+  // A Korean compound naming a version: 최신버전, 한글버전, 업데이트버전. Known first halves only: any
+  // word ending in the syllables would keep an address ("서버전 192.168.0.1", server-side).
+  for (const std::string_view version : {"버전", "버젼"})
+    for (const std::string_view first : {"최신", "현재", "이전", "구", "신", "정식", "베타", "한글", "한국어", "영문",
+                                         "영어", "업데이트", "설치", "모바일", "안정", "배포", "개발"}) {
+      const size_t n = first.size() + version.size();
+      if (label_end < n || std::memcmp(t.s + label_end - version.size(), version.data(), version.size()) != 0 ||
+          std::memcmp(t.s + label_end - n, first.data(), first.size()) != 0)
+        continue;
+      const size_t b = label_end - n;  // the compound is a whole word
+      if (b == 0 || !(is_alnum(t.s[b - 1]) || t.s[b - 1] >= 0x80)) return true;
+    }
   return false;
 }
 

@@ -6,7 +6,8 @@
 //              checksum is not required (numbers issued since Oct 2020 do not satisfy it). Masked
 //              forms that still show birth date and sex (900101-1******) or the birth date alone
 //              (900101-*******) count too. Spaced, 900101 1234567, with a valid check digit or a
-//              label within 32 bytes before it (주민, 등록번호, RRN); masked and spaced, with the label.
+//              label within 32 bytes before it (주민번호, 주민 번호, 주민등록, 등록번호, RRN, not our [RRN]);
+//              masked and spaced, with the label.
 //   [PHONE]    mobile 010/011/016-019, area codes 02/031-064, 070/080/060/050x, with '-', '.', ' '
 //              or "(02) " / "02)" separators; mobile and 070 also without separators; +82 forms
 //              (+82-10-..., +82 (0)10 ..., +821012345678), also behind a glued label (TEL02-...,

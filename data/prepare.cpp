@@ -63,7 +63,7 @@ struct RawPool {
 struct BuildTotals {
   uint64_t documents = 0, sentences = 0, bytes = 0, examples[2] = {0, 0}, tokens[2] = {0, 0}, random_next[2] = {0, 0},
            truncated = 0, skipped = 0, kept_next = 0, empty_sentences = 0, max_length[2] = {0, 0},
-           single_document_pools[2] = {0, 0};
+           single_document_pools[2] = {0, 0}, split_documents[2] = {0, 0};
 };
 
 // Token ids of a pool's sentences, packed per thread: sentence i's ids are
@@ -181,6 +181,7 @@ int prepare_build_command(const std::vector<std::string>& argv, std::ostream& ou
     for (size_t d = 0; d + 1 < raw.doc_begin.size(); ++d) {
       const double u = static_cast<double>(mix_seed(seed, raw.doc_number[d]) >> 11) * 0x1.0p-53;
       DocumentPool& p = pools[u < valid_fraction ? 1 : 0];
+      ++totals.split_documents[u < valid_fraction ? 1 : 0];
       for (uint32_t s = raw.doc_begin[d]; s < raw.doc_begin[d + 1]; ++s) {
         if (ids.length[s] == 0) {
           ++totals.empty_sentences;
@@ -223,6 +224,9 @@ int prepare_build_command(const std::vector<std::string>& argv, std::ostream& ou
       if (writer.examples() == 0) continue;
       char name[64];
       std::snprintf(name, sizeof name, "%s-%05zu.bin", split_name(static_cast<Split>(split)), pool_index);
+      // An earlier build's manifest would list shards this one replaces (and, should it fail, removes):
+      // it goes before the first of them is written, so a failed rebuild leaves no manifest.
+      if (shards.as_array().empty()) std::filesystem::remove(out_dir + "/manifest.json");
       const ShardHeader h = writer.write(out_dir + "/" + name);
       Json entry = Json::object();
       entry.set("file", name);
@@ -282,10 +286,16 @@ int prepare_build_command(const std::vector<std::string>& argv, std::ostream& ou
                 std::to_string(totals.examples[1]) + " (--valid-fraction " + args.str("--valid-fraction") + " of " +
                 std::to_string(totals.documents) + " document(s)); lower it or add input");
   }
-  if (valid_fraction > 0 && totals.examples[1] == 0)
-    err << "warning: --valid-fraction " << args.str("--valid-fraction") << " sent none of the " << totals.documents
-        << " document(s) to validation (each goes with that probability): there is no valid split, and bert_train "
-           "evaluates nothing unless [data] valid_data names other shards (raise it, or add input)\n";
+  if (valid_fraction > 0 && totals.examples[1] == 0) {
+    err << "warning: --valid-fraction " << args.str("--valid-fraction") << " sent ";
+    if (totals.split_documents[1] == 0)
+      err << "none of the " << totals.documents << " document(s) to validation (each goes with that probability)";
+    else
+      err << totals.split_documents[1] << " of the " << totals.documents
+          << " document(s) to validation, and they gave no examples (too short to pair)";
+    err << ": there is no valid split, and bert_train evaluates nothing unless [data] valid_data names other "
+           "shards (raise it, or add input)\n";
+  }
   if (const uint64_t single = totals.single_document_pools[0] + totals.single_document_pools[1]; single > 0)
     err << "warning: " << single << " pool(s) held a single document (train " << totals.single_document_pools[0]
         << ", valid " << totals.single_document_pools[1] << "): with no other document to draw a random next "

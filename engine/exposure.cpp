@@ -112,6 +112,7 @@ std::vector<double> pseudo_log_likelihoods(MlmLogitsSource& model, const Tokeniz
   auto flush = [&] {
     if (rows.empty()) return;
     const std::vector<float> logits = model.batch_logits_at(ids, static_cast<int64_t>(rows.size()), positions);
+    require_finite_logits(logits);  // here: an exception inside the parallel loop would end the process
     // The log-softmax rows in parallel (vocab exps each: as much work as the small models' forward),
     // then summed in row order, so the totals do not depend on the thread count.
     log_p.resize(rows.size());

@@ -135,11 +135,15 @@ class ModelLogits final : public MlmLogitsSource {
 
 }  // namespace
 
-std::pair<double, double> softmax_max_and_sum(std::span<const float> logits) {
+void require_finite_logits(std::span<const float> logits) {
   for (const float logit : logits)
     if (!std::isfinite(logit))
       throw Error("the model's masked-LM logits are not finite (" + std::string(std::isnan(logit) ? "nan" : "inf") +
                   "): its weights overflow them, as a diverged training run leaves them");
+}
+
+std::pair<double, double> softmax_max_and_sum(std::span<const float> logits) {
+  require_finite_logits(logits);
   const double max_logit = *std::max_element(logits.begin(), logits.end());
   double sum = 0;
   for (float logit : logits) sum += std::exp(static_cast<double>(logit) - max_logit);

@@ -98,8 +98,10 @@ inline size_t batch_seq_len(const std::vector<int32_t>& ids, int64_t batch) {
 
 // Softmax of one row of logits in double: probability(j) = exp(logit_j - max) / sum; returns {max, sum}.
 // A NaN or infinite logit is a bert::Error (the model's weights overflow it: a diverged run), not a
-// table of nan scores.
+// table of nan scores; require_finite_logits is that check alone, for a caller that must not throw
+// where it calls this (inside an OpenMP loop, where an exception ends the process).
 std::pair<double, double> softmax_max_and_sum(std::span<const float> logits);
+void require_finite_logits(std::span<const float> logits);
 
 // What fill-mask and the probe need from a model, whichever device it runs on: its config and the
 // MLM logits at positions of one sequence ([positions, vocab_size], row-major).

@@ -613,6 +613,17 @@ TEST_CASE("bert_prepare build: bad input is a clear error") {
                        tiny_out, tiny_err) == 0);
   CHECK_THAT(tiny_err.str(), Catch::Contains("warning: --valid-fraction 0.000001 sent none of the 30 document(s) to "
                                              "validation (each goes with that probability): there is no valid split"));
+  // Validation got a document, one sentence long: no example (seed 5 sends the second of two there).
+  write_file_atomic(test_dir() + "/two_docs.txt",
+                    "이순신은 조선 중기의 무신이다.\n한산도 대첩에서 일본 수군을 크게 물리쳤다.\n그는 전라좌도 "
+                    "수군절도사로 임명되었다.\n\n세종은 훈민정음을 창제하였다.\n");
+  std::ostringstream short_out, short_err;
+  REQUIRE(prepare_main({"build", "--tokenizer", test_dir() + "/tok", "--input", test_dir() + "/two_docs.txt", "--out",
+                        test_dir() + "/short_valid", "--valid-fraction", "0.5", "--seed", "5", "--quiet"},
+                       short_out, short_err) == 0);
+  CHECK_THAT(short_err.str(),
+             Catch::Contains("warning: --valid-fraction 0.5 sent 1 of the 2 document(s) to validation, "
+                             "and they gave no examples (too short to pair): there is no valid split"));
   // A tokenizer whose tokenizer_config.json names special tokens its vocab.txt lacks: the fields.
   const std::string odd_tok = test_dir() + "/tok_odd";
   make_directories(odd_tok);
@@ -649,4 +660,23 @@ TEST_CASE("bert_prepare build: bad input is a clear error") {
   size_t entries = 0;
   for ([[maybe_unused]] const auto& entry : std::filesystem::directory_iterator(test_dir() + "/mine")) ++entries;
   CHECK(entries == 1);
+  // A failed rebuild over an earlier build leaves no manifest listing shards it replaced or removed.
+  const std::vector<std::string> rebuild = {"build",
+                                            "--tokenizer",
+                                            test_dir() + "/tok",
+                                            "--input",
+                                            test_dir() + "/big.txt",
+                                            "--out",
+                                            test_dir() + "/rebuilt",
+                                            "--pool-mb",
+                                            "1",
+                                            "--dupe-factor",
+                                            "1",
+                                            "--quiet"};
+  REQUIRE(prepare_main(rebuild, o, e) == 0);
+  REQUIRE(file_exists(test_dir() + "/rebuilt/manifest.json"));
+  std::vector<std::string> failing = rebuild;
+  failing.insert(failing.begin() + 5, test_dir() + "/train-00000.bin");
+  CHECK_THROWS_WITH(prepare_main(failing, o, e), Catch::EndsWith("a bert_prepare shard (binary), not text"));
+  CHECK_FALSE(file_exists(test_dir() + "/rebuilt/manifest.json"));
 }

@@ -16,6 +16,7 @@
 #include "data/pii.h"
 #include "data/sentence_splitter.h"
 #include "data/text_reader.h"
+#include "tests/legacy_text.h"
 #include "tokenizer/unicode.h"
 
 using namespace bert;
@@ -97,6 +98,7 @@ TEST_CASE("pii: positives in Korean formats are replaced by typed placeholders")
       {"주민등록번호(외국인등록번호): 850315 5123456", "주민등록번호(외국인등록번호): [RRN]", PiiType::kRrn},
       {"RRN 900101 1******", "RRN [RRN]", PiiType::kRrn},
       {"주민번호 900101 *******", "주민번호 [RRN]", PiiType::kRrn},
+      {"주민 번호: 900101 1234567", "주민 번호: [RRN]", PiiType::kRrn},
       {"홍길동 900101 1234568", "홍길동 [RRN]", PiiType::kRrn},
       // phones
       {"연락처 010-1234-5678 로", "연락처 [PHONE] 로", PiiType::kPhone},
@@ -168,6 +170,7 @@ TEST_CASE("pii: positives in Korean formats are replaced by typed placeholders")
       {"버전 확인: 10.20.30.40", "버전 확인: [IP]", PiiType::kIp},  // a version word not naming it
       {"build: 10.0.0.12", "build: [IP]", PiiType::kIp},            // build and release name hosts too
       {"DHCP release 192.168.0.10", "DHCP release [IP]", PiiType::kIp},
+      {"서버전 192.168.0.1 접속", "서버전 [IP] 접속", PiiType::kIp},  // a word ending in 버전 names no version
   };
   STATIC_REQUIRE(sizeof(cases) / sizeof(cases[0]) >= 40);
   for (const Case& c : cases) {
@@ -252,6 +255,8 @@ TEST_CASE("pii: dates, times, versions, prices and other numbers stay untouched"
       "900101 1******",
       "900101 *******",
       "주민번호 901301 1234567",
+      "주민센터 방문일 240115 3000000원",  // 주민 alone is no label
+      "[RRN] 240115 3000000원",            // nor our placeholder: scrubbing scrubbed text changes nothing
       // inside words, other countries, not e-mails
       "A1234-5678-9012",
       "abc010-1234-5678",
@@ -507,12 +512,7 @@ TEST_CASE("reader: corrupt, truncated and fake .gz files are errors naming the f
 
 TEST_CASE("reader: a file that is not UTF-8 text is an error naming it and the fix, compressed or not") {
   const std::string dir = temp_dir("reader_not_text");
-  std::string cp949;  // "대한민국 헌법 제1조 대한민국은 민주공화국이다." in code page 949
-  for (int i = 0; i < 100; ++i)
-    cp949 +=
-        "\xb4\xeb\xc7\xd1\xb9\xce\xb1\xb9 \xc7\xe5\xb9\xfd \xc1\xa6"
-        "1\xc1\xb6 \xb4\xeb\xc7\xd1\xb9\xce\xb1\xb9\xc0\xba "
-        "\xb9\xce\xc1\xd6\xb0\xf8\xc8\xad\xb1\xb9\xc0\xcc\xb4\xd9.\n";
+  const std::string cp949 = cp949_korean(100);
   write_text(dir + "/korean.txt", cp949);
   write_gz(dir + "/korean.txt.gz", cp949);
   write_text(dir + "/utf16.txt", std::string("\xff\xfe\x00\xb3", 4));

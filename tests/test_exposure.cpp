@@ -13,6 +13,7 @@
 #include <cmath>
 #include <filesystem>
 #include <functional>
+#include <limits>
 #include <map>
 #include <numeric>
 #include <set>
@@ -345,6 +346,17 @@ TEST_CASE("pseudo_log_likelihoods equal masking each token in turn through mlm_l
   CHECK(error_of([&] { (void)bert::encode_scored_text(tok, "1 2 3 4 5 6 7 8 9 0 1 2 3", 14); }) ==
         "the text is 15 tokens with [CLS] and [SEP], more than the model's max_position_embeddings 14");
   CHECK(bert::encode_scored_text(tok, "번호 ☃ 7", 24) == std::vector<int32_t>{2, 9, 1, 24, 3});  // [UNK] is scored
+}
+
+TEST_CASE("pseudo_log_likelihoods: a model whose logits are not finite is one error, not an abort", "[exposure]") {
+  // A diverged model's logits: the check comes before the parallel loop (an exception inside it
+  // would end the process).
+  const bert::Tokenizer tok = tokenizer();
+  const std::vector<std::vector<int32_t>> sequences = {bert::encode_scored_text(tok, "번호 7", 24)};
+  Memorised broken(sequences[0], std::numeric_limits<float>::quiet_NaN());
+  CHECK_THROWS_WITH(bert::pseudo_log_likelihoods(broken, tok, sequences),
+                    "the model's masked-LM logits are not finite (nan): its weights overflow them, as a diverged "
+                    "training run leaves them");
 }
 
 TEST_CASE("measure_exposure: a model that memorised the canary ranks it first, one that knows nothing last",

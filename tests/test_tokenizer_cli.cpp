@@ -1,5 +1,7 @@
 // bert_tokenizer train/encode driven through tokenizer_main(), as the binary runs them.
+#include <fcntl.h>
 #include <sys/stat.h>
+#include <unistd.h>
 
 #include <catch2/catch.hpp>
 #include <filesystem>
@@ -12,6 +14,7 @@
 #include "common/error.h"
 #include "common/file.h"
 #include "common/json.h"
+#include "tests/legacy_text.h"
 #include "tests/test_dirs.h"
 #include "tokenizer/commands.h"
 #include "tokenizer/tokenizer.h"
@@ -219,7 +222,17 @@ TEST_CASE("train reads a pipe (--input <(zcat corpus.gz)) as it reads the file, 
     std::ofstream pipe(fifo, std::ios::binary);  // blocks until train opens the other end
     pipe << text;
   });
-  const Run piped = run({"train", "--input", fifo, "--out", test_dir() + "/tok_fifo", "--vocab-size", "300"});
+  Run piped;
+  try {
+    piped = run({"train", "--input", fifo, "--out", test_dir() + "/tok_fifo", "--vocab-size", "300"});
+  } catch (...) {
+    // Train failed, perhaps before it opened the pipe: a reader of our own lets the writer's open and
+    // write finish (kept open until it has: a write with no reader would be a SIGPIPE).
+    const int unblock = ::open(fifo.c_str(), O_RDONLY | O_NONBLOCK);
+    writer.join();
+    if (unblock >= 0) ::close(unblock);
+    throw;
+  }
   writer.join();
   const Run file = run(
       {"train", "--input", test_dir() + "/corpus_bad.txt", "--out", test_dir() + "/tok_file", "--vocab-size", "300"});
@@ -234,12 +247,7 @@ TEST_CASE("a file that is not UTF-8 text is one error naming it and the fix (HF'
   REQUIRE(
       run({"train", "--input", test_dir() + "/corpus.txt", "--out", test_dir() + "/tok", "--vocab-size", "300"}).code ==
       0);
-  std::string cp949;  // "대한민국 헌법 제1조 대한민국은 민주공화국이다." in code page 949
-  for (int i = 0; i < 100; ++i)
-    cp949 +=
-        "\xb4\xeb\xc7\xd1\xb9\xce\xb1\xb9 \xc7\xe5\xb9\xfd \xc1\xa6"
-        "1\xc1\xb6 \xb4\xeb\xc7\xd1\xb9\xce\xb1\xb9\xc0\xba "
-        "\xb9\xce\xc1\xd6\xb0\xf8\xc8\xad\xb1\xb9\xc0\xcc\xb4\xd9.\n";
+  const std::string cp949 = cp949_korean(100);
   const std::string korean = test_dir() + "/cp949.txt", zipped = test_dir() + "/corpus.txt.gz";
   write_file_atomic(korean, cp949);
   write_file_atomic(zipped, std::string("\x1f\x8b\x08\x00\x00\x00\x00\x00", 8));

@@ -3,6 +3,7 @@
 #include "common/error.h"
 #include "common/json.h"
 #include "common/utf8.h"
+#include "tests/legacy_text.h"
 
 using namespace bert;
 
@@ -46,12 +47,8 @@ TEST_CASE(
   // A window cut inside a character judges only whole lines.
   CHECK(utf8_text_problem(korean.substr(0, 1001), false).empty());
 
-  // EUC-KR/CP949: "대한민국 헌법 제1조 대한민국은 민주공화국이다." in code page 949.
-  const std::string cp949_line =
-      "\xb4\xeb\xc7\xd1\xb9\xce\xb1\xb9 \xc7\xe5\xb9\xfd \xc1\xa6"
-      "1\xc1\xb6 \xb4\xeb\xc7\xd1\xb9\xce\xb1\xb9\xc0\xba \xb9\xce\xc1\xd6\xb0\xf8\xc8\xad\xb1\xb9\xc0\xcc\xb4\xd9.\n";
-  std::string cp949;
-  for (int i = 0; i < 3; ++i) cp949 += cp949_line;
+  // EUC-KR/CP949.
+  const std::string cp949_line = cp949_korean(1), cp949 = cp949_korean(3);
   const std::string legacy = utf8_text_problem(cp949, true);
   CHECK_THAT(legacy, Catch::StartsWith("not UTF-8 text (") && Catch::EndsWith("iconv -f CP949 -t UTF-8"));
   CHECK(utf8_text_problem(cp949_line, true).empty());  // under 32 bad sequences: warnings, not an error
@@ -89,7 +86,15 @@ TEST_CASE(
   // NULs on both sides: binary.
   CHECK(utf8_text_problem(std::string("ab\0\0cd\0\0", 8), true) == "binary data (a NUL byte at offset 2), not text");
   const std::string head = korean.substr(0, 1000);
-  CHECK(utf8_text_problem(head + std::string(1, '\0'), true) == "binary data (a NUL byte at offset 1000), not text");
+  CHECK(utf8_text_problem(head + std::string(1, '\0'), true) ==
+        "binary data (a NUL byte at offset 1000), not text; if it is text with stray NUL bytes, remove them: tr -d "
+        "'\\000'");
+  // ASCII with a stray NUL: not UTF-16 (its byte pairs read as UTF-16 are CJK code units).
+  std::string english;
+  for (int i = 0; i < 40; ++i) english += "The quick brown fox jumps over the lazy dog.\n";
+  CHECK(utf8_text_problem(english.substr(0, 500) + std::string(1, '\0') + english, true) ==
+        "binary data (a NUL byte at offset 500), not text; if it is text with stray NUL bytes, remove them: tr -d "
+        "'\\000'");
   CHECK(utf8_text_problem(korean + std::string(1, '\0'), true).empty());  // past the first 64 KiB
 }
 
