@@ -436,16 +436,10 @@ bool outline_number(const Text& t, size_t p, size_t e) {
     if (preceded_by(t, label_end, label)) return true;
   // A Korean compound naming a version: 최신버전, 한글버전, 업데이트버전. Known first halves only: any
   // word ending in the syllables would keep an address ("서버전 192.168.0.1", server-side).
-  for (const std::string_view version : {"버전", "버젼"})
-    for (const std::string_view first : {"최신", "현재", "이전", "구", "신", "정식", "베타", "한글", "한국어", "영문",
-                                         "영어", "업데이트", "설치", "모바일", "안정", "배포", "개발"}) {
-      const size_t n = first.size() + version.size();
-      if (label_end < n || std::memcmp(t.s + label_end - version.size(), version.data(), version.size()) != 0 ||
-          std::memcmp(t.s + label_end - n, first.data(), first.size()) != 0)
-        continue;
-      const size_t b = label_end - n;  // the compound is a whole word
-      if (b == 0 || !(is_alnum(t.s[b - 1]) || t.s[b - 1] >= 0x80)) return true;
-    }
+  for (const std::string_view first : {"최신", "현재", "이전", "구", "신", "정식", "베타", "한글", "한국어", "영문",
+                                       "영어", "업데이트", "설치", "모바일", "안정", "배포", "개발"})
+    for (const std::string_view version : {"버전", "버젼"})
+      if (preceded_by(t, label_end, std::string(first) + std::string(version))) return true;
   return false;
 }
 
