@@ -39,7 +39,14 @@ bool Args::parse(const std::vector<std::string>& argv) {
       a = a.substr(0, eq);
     }
     auto it = specs_.find(a);
-    if (it == specs_.end()) fail("unknown option '" + a + "'");
+    if (it == specs_.end()) {
+      // "--> [MASK]" meant as a value: option names are letters, digits and dashes.
+      if (a.find_first_not_of("abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789-", 2) !=
+          std::string::npos)
+        fail("'" + argv[i] + "' starts with '--' and is read as an option; give a value that does as " + "--option='" +
+             argv[i] + "'");
+      fail("unknown option '" + a + "'");
+    }
     auto& dst = given_[a];
     switch (it->second.kind) {
       case Kind::kFlag:
@@ -57,6 +64,10 @@ bool Args::parse(const std::vector<std::string>& argv) {
       case Kind::kList:
         if (inline_value) dst.push_back(*inline_value);
         while (i + 1 < argv.size() && argv[i + 1].compare(0, 2, "--") != 0) dst.push_back(argv[++i]);
+        if (dst.empty() && i + 1 < argv.size() && !specs_.contains(argv[i + 1].substr(0, argv[i + 1].find('='))))
+          fail("option '" + a + "' needs at least one value; '" + argv[i + 1] +
+               "' starts with '--' and is read as an option (a value that does is given as " + a + "='" + argv[i + 1] +
+               "')");
         if (dst.empty()) fail("option '" + a + "' needs at least one value");
         break;
     }

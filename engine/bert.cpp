@@ -219,6 +219,18 @@ std::vector<float> read_parameter_arena(const std::string& path, const BertConfi
                   std::to_string(bad - values.begin()) + "; the file is damaged");
     used.insert(found);
   }
+  // The tied alias: HF leaves it out of safetensors, but a file may hold it. Another matrix there is
+  // an untied model's output layer, which this model would silently replace by the word embeddings.
+  if (const std::string decoder = "cls.predictions.decoder.weight"; file.contains(decoder)) {
+    const std::vector<int64_t> shape = {config.vocab_size, config.hidden_size};
+    std::vector<float> values(shape_numel(shape));
+    file.read_f32(decoder, shape, values);
+    if (!std::equal(values.begin(), values.end(),
+                    loaded.begin() + static_cast<std::ptrdiff_t>(table.offsets.word_embeddings)))
+      throw Error(path + ": tensor '" + decoder +
+                  "' differs from 'bert.embeddings.word_embeddings.weight': an untied output layer; only tied "
+                  "output embeddings are supported");
+  }
   std::vector<std::string> unexpected;
   for (const TensorInfo& tensor : file.tensors())
     if (!used.contains(tensor.name) && !is_ignorable_tensor(tensor.name)) unexpected.push_back(tensor.name);

@@ -340,6 +340,12 @@ BertConfig BertConfig::from_hf_json(const Json& json, const std::string& path) {
   if (const Json* pos = json.find("position_embedding_type");
       pos && !(pos->is_string() && pos->as_string() == "absolute"))
     throw Error(where("position_embedding_type") + " = " + pos->dump() + ": only \"absolute\" is supported");
+  // HF's default is true (BertForMaskedLM ties cls.predictions.decoder.weight to the word embeddings);
+  // a model saved untied has its own output matrix, which this model has no place for.
+  if (const Json* tie = json.find("tie_word_embeddings"); tie && !(tie->is_bool() && tie->as_bool()))
+    throw Error(where("tie_word_embeddings") + " = " + tie->dump() +
+                ": only tied output embeddings are supported (cls.predictions.decoder.weight = the word "
+                "embeddings, as in BERT); this model has its own output layer");
 
   static const std::vector<std::string> required = {"vocab_size",        "hidden_size",
                                                     "num_hidden_layers", "num_attention_heads",

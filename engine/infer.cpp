@@ -162,7 +162,11 @@ std::unique_ptr<MlmLogitsSource> logits_source(BertForPreTraining<float>& model)
 
 // ---- checkpoint and decoding -----------------------------------------------------------------------
 
-InferenceCheckpoint load_inference_checkpoint(const std::string& dir_arg, int num_threads) {
+namespace {
+
+// The directory and its files exist (before anything is read: bert_infer checks it before it waits
+// for prompts on stdin). Returns the directory without trailing slashes.
+std::string check_checkpoint_files(const std::string& dir_arg) {
   const std::string dir = without_trailing_slashes(dir_arg);
   const std::string expected =
       "a checkpoint dir holds model.safetensors, config.json, vocab.txt, tokenizer_config.json";
@@ -173,7 +177,13 @@ InferenceCheckpoint load_inference_checkpoint(const std::string& dir_arg, int nu
     if (!file_exists(dir + "/" + name)) missing.emplace_back(name);
   if (!missing.empty())
     throw Error("model dir '" + dir + "' is incomplete: missing " + join(missing, ", ") + " (" + expected + ")");
+  return dir;
+}
 
+}  // namespace
+
+InferenceCheckpoint load_inference_checkpoint(const std::string& dir_arg, int num_threads) {
+  const std::string dir = check_checkpoint_files(dir_arg);
   const BertConfig config = BertConfig::load_hf_json(dir + "/config.json");
   Tokenizer tokenizer = Tokenizer::from_dir(dir);
   const std::string vocab_path = dir + "/vocab.txt";
@@ -389,8 +399,12 @@ std::vector<ProbeQuery> parse_probe_tsv(std::string_view text, const std::string
 int32_t single_token_id(const Tokenizer& tokenizer, std::string_view gold, std::string& why) {
   // "##에서": the continuation piece itself, for a [MASK] glued to the word before it ("상자[MASK]").
   const std::string& prefix = tokenizer.config().continuing_subword_prefix;
-  if (!prefix.empty() && gold.size() > prefix.size() && gold.starts_with(prefix))
+  if (!prefix.empty() && gold.size() > prefix.size() && gold.starts_with(prefix)) {
     if (const int32_t id = tokenizer.vocab().id(gold); id >= 0) return id;
+    why = "gold answer " + quoted(gold) + " is not a vocabulary entry (a piece starting with " +
+          quoted(std::string_view(prefix)) + " is looked up whole)";
+    return -1;
+  }
   std::vector<int32_t> ids;
   EncodeScratch scratch;
   tokenizer.encode(gold, ids, scratch);
@@ -409,6 +423,13 @@ int32_t single_token_id(const Tokenizer& tokenizer, std::string_view gold, std::
     why = "gold answer " + quoted(gold) + " is not in the vocabulary (" + tokenizer.config().unk_token + ")";
     return -1;
   }
+  // The model's own markers are never an answer in text (the PII placeholders, additional special
+  // tokens, can be: a probe may ask whether the model fills in [EMAIL]).
+  for (const int32_t special : {tokenizer.cls_id(), tokenizer.sep_id(), tokenizer.pad_id(), tokenizer.mask_id()})
+    if (ids[0] == special) {
+      why = "gold answer " + quoted(gold) + " is a special token of the model, never an answer";
+      return -1;
+    }
   return ids[0];
 }
 
@@ -568,15 +589,19 @@ void print_fill_mask_table(const Prompt& prompt, const FillMaskResult& result, c
   for (size_t m = 0; m < result.per_mask.size(); ++m) {
     if (result.per_mask.size() > 1)
       out << "  " << tokenizer.config().mask_token << " " << (m + 1) << " of " << result.per_mask.size() << "\n";
+    // An id past vocab.txt's end (a model whose vocab_size leaves room for tokens appended later):
+    // HF's token_str is "" (so is the JSON's); the table says why.
+    const auto shown = [&](const FillMaskCandidate& c) {
+      return static_cast<size_t>(c.token) < tokenizer.vocab().size() ? c.token_str : std::string("(not in vocab.txt)");
+    };
     size_t token_width = 5;
-    for (const FillMaskCandidate& c : result.per_mask[m])
-      token_width = std::max(token_width, display_width(c.token_str));
+    for (const FillMaskCandidate& c : result.per_mask[m]) token_width = std::max(token_width, display_width(shown(c)));
     out << "     #     score       id  " << pad_right("token", token_width) << "  sequence\n";
     for (size_t i = 0; i < result.per_mask[m].size(); ++i) {
       const FillMaskCandidate& c = result.per_mask[m][i];
       char head[64];
       std::snprintf(head, sizeof head, "  %4zu  %8.4f  %7d  ", i + 1, c.score, c.token);
-      out << head << pad_right(c.token_str, token_width) << "  " << c.sequence << "\n";
+      out << head << pad_right(shown(c), token_width) << "  " << c.sequence << "\n";
     }
   }
 }
@@ -870,6 +895,7 @@ int infer_main(const std::vector<std::string>& argv, std::istream& in, std::ostr
     return 0;
   }
 
+  check_checkpoint_files(model_dir);  // not only after stdin has ended
   std::vector<Prompt> prompts;
   const std::vector<std::string>& masks = args.values("--mask");
   for (size_t i = 0; i < masks.size(); ++i) {

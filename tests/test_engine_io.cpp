@@ -1089,6 +1089,9 @@ TEST_CASE("config.json: tolerant of HF's extra keys, strict about what we need")
              Contains("ckpt/config.json: model_type = \"roberta\": expected \"bert\""));
   CHECK_THAT(err("position_embedding_type", "\"relative_key\""), Contains("only \"absolute\" is supported"));
   CHECK_THAT(err("layer_norm_eps", "null"), Contains("layer_norm_eps = null: expected a number, got null"));
+  CHECK(err("tie_word_embeddings", "true").empty());
+  CHECK_THAT(err("tie_word_embeddings", "false"),
+             Contains("ckpt/config.json: tie_word_embeddings = false: only tied output embeddings are supported"));
   CHECK_THAT(error_of([] { BertConfig::from_hf_json(Json::parse("[1]"), "x.json"); }),
              Contains("x.json: expected a JSON object"));
   CHECK_THAT(error_of([] { BertConfig::load_hf_json("test_engine_io_tmp/absent.json"); }), Contains("absent.json"));

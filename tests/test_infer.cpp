@@ -55,13 +55,16 @@ bert::BertConfig tiny_config() {
 
 // A checkpoint dir (model.safetensors, config.json, vocab.txt, tokenizer_config.json). The decoder bias
 // entries in `bias` are set before saving.
-std::string make_checkpoint(const std::string& name, const std::vector<std::pair<int32_t, float>>& bias = {}) {
+// `extra_ids`: model ids past vocab.txt's end (room for tokens appended later).
+std::string make_checkpoint(const std::string& name, const std::vector<std::pair<int32_t, float>>& bias = {},
+                            int extra_ids = 0) {
   const std::string dir = test_dir() + "/" + name;
   std::filesystem::create_directories(dir);
   bert::Vocab(kTokens).save(dir + "/vocab.txt");
   bert::TokenizerConfig tokenizer_config;  // cased, accents kept: Hangul stays composed
   tokenizer_config.save(dir);
-  const bert::BertConfig config = tiny_config();
+  bert::BertConfig config = tiny_config();
+  config.vocab_size += extra_ids;
   bert::ModelOptions options;
   options.init_seed = 11;
   bert::BertForPreTraining<float> model(config, options);
@@ -232,6 +235,20 @@ TEST_CASE("errors are one line and name the prompt, the file or the option", "[i
                     Catch::Contains("<stdin>:2: invalid UTF-8 at byte 3"));
   CHECK_THROWS_WITH(run({"--model", dir, "--mask", "ok [MASK]", "--mask", "\xff[MASK]"}, "", out),
                     Catch::Contains("--mask 2: invalid UTF-8 at byte 1"));
+  // A prompt that starts with "--" is read as an option: the message says how to give it.
+  CHECK_THROWS_WITH(run({"--model", dir, "--mask", "--> [MASK]"}, "", out),
+                    Catch::Contains("bert_infer: option '--mask' needs at least one value; '--> [MASK]' starts with "
+                                    "'--' and is read as an option (a value that does is given as --mask='--> "
+                                    "[MASK]')"));
+  CHECK_THROWS_WITH(run({"--model", dir, "--mask", "a [MASK]", "--> [MASK]"}, "", out),
+                    Catch::Contains("'--> [MASK]' starts with '--' and is read as an option; give a value that does "
+                                    "as --option='--> [MASK]'"));
+  CHECK_THROWS_WITH(run({"--model", dir, "--mask", "--top-k", "3"}, "", out),
+                    Catch::Equals("bert_infer: option '--mask' needs at least one value (see --help)"));
+  CHECK(run({"--model", dir, "--mask=--> [MASK]"}, "", out) == 0);
+  // The model dir is checked before the prompts are read (stdin may be a terminal waiting for them).
+  CHECK_THROWS_WITH(run({"--model", test_dir() + "/nowhere"}, "b \xC3\x28 [MASK]\n", out),
+                    Catch::Contains("does not exist"));
 
   // A tokenizer_config.json naming special tokens vocab.txt lacks: the fields, when the model loads.
   const std::string renamed = make_checkpoint("ckpt_renamed");
@@ -349,6 +366,16 @@ TEST_CASE("probe: P@1, P@10, MRR per relation with ranks forced by the decoder b
   REQUIRE(pieces.outcomes.size() == 1);
   CHECK(pieces.outcomes[0].gold_id == id_of("##s"));
   CHECK(pieces.outcomes[0].rank > 0);
+  // Skipped: a piece the vocabulary lacks (not taken for the text "##zz"), and the model's own markers.
+  const bert::ProbeMetrics odd = bert::probe(
+      checkpoint.model, checkpoint.tokenizer,
+      bert::parse_probe_tsv("the dog[MASK] sat.\t##zz\nthe [MASK] sat.\t[MASK]\nthe [MASK] sat.\t[CLS]\n", "p.tsv"));
+  REQUIRE(odd.outcomes.size() == 3);
+  CHECK(odd.overall.count == 0);
+  CHECK(odd.outcomes[0].skip_reason ==
+        "gold answer \"##zz\" is not a vocabulary entry (a piece starting with \"##\" is looked up whole)");
+  CHECK(odd.outcomes[1].skip_reason == "gold answer \"[MASK]\" is a special token of the model, never an answer");
+  CHECK_THAT(odd.outcomes[2].skip_reason, Catch::Contains("\"[CLS]\" is a special token"));
 
   // The command: table and JSON.
   std::string out;
@@ -454,4 +481,17 @@ TEST_CASE("bert_infer: prompts from --mask, --input and stdin as a table or JSON
 
   REQUIRE(run({"--help"}, "", out) == 0);
   CHECK_THAT(out, Catch::Contains("memorised"));
+
+  // A model with ids past vocab.txt's end: HF's token_str for one is "" (the JSON's too); the table
+  // says it is not in vocab.txt.
+  const auto unnamed = static_cast<int32_t>(kTokens.size()) + 1;
+  const std::string roomy = make_checkpoint("roomy", {{unnamed, 50.0f}}, 2);
+  REQUIRE(run({"--model", roomy, "--mask", "the [MASK]", "--top-k", "2", "--json"}, "", out) == 0);
+  const Json first = Json::parse(lines_of(out)[0]).as_array()[0];
+  CHECK(first.find("token")->as_int() == unnamed);
+  CHECK(first.find("token_str")->as_string().empty());
+  REQUIRE(run({"--model", roomy, "--mask", "the [MASK]", "--top-k", "2"}, "", out) == 0);
+  INFO(out);
+  REQUIRE(lines_of(out).size() == 4);
+  CHECK_THAT(lines_of(out)[2], Catch::Contains("  " + std::to_string(unnamed) + "  (not in vocab.txt)  "));
 }

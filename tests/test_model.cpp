@@ -696,6 +696,21 @@ TEST_CASE("(f) loading a wrong checkpoint is a clear error and HF aliases load",
                {"cls.predictions.decoder.weight", "cls.predictions.decoder.bias", "bert.embeddings.position_ids"});
   target.load_safetensors(path);
   CHECK(std::equal(source.parameters().begin(), source.parameters().end(), target.parameters().begin()));
+
+  // A decoder matrix other than the word embeddings (an untied output layer) is refused, not replaced
+  // by the word embeddings.
+  {
+    bert::SafetensorsWriter writer;
+    for (const ParamInfo& info : source.params()) writer.add_f32(info.name, info.shape, source.parameter(info));
+    const ParamInfo& word = source.param_info("bert.embeddings.word_embeddings.weight");
+    std::vector<float> decoder(source.parameter(word).begin(), source.parameter(word).end());
+    decoder[decoder.size() - 3] += 0.25f;
+    writer.add_f32("cls.predictions.decoder.weight", word.shape, decoder);
+    writer.write(path);
+  }
+  CHECK_THROWS_WITH(target.load_safetensors(path),
+                    Catch::Contains("'cls.predictions.decoder.weight' differs from "
+                                    "'bert.embeddings.word_embeddings.weight': an untied output layer"));
 }
 
 TEST_CASE("(g) dropout is a function of seed and step and eval mode has none", "[model]") {

@@ -23,6 +23,20 @@ DeviceInfo cuda_device_info_impl(int ordinal) {
   info.ordinal = ordinal;
   int count = 0;
   const cudaError_t err = cudaGetDeviceCount(&count);
+  if (err == cudaErrorInsufficientDriver) {
+    // The runtime's words ("CUDA driver version is insufficient for CUDA runtime version") are the
+    // same when there is no driver at all, which is the common case (a build machine, a container
+    // started without the GPU): the versions tell them apart.
+    int driver = 0, runtime = 0;
+    cudaDriverGetVersion(&driver);  // 0 when no driver is installed
+    cudaRuntimeGetVersion(&runtime);
+    const auto version = [](int v) { return std::to_string(v / 1000) + "." + std::to_string(v % 1000 / 10); };
+    info.reason = driver == 0 ? std::string("no CUDA device: no NVIDIA driver found (libcuda.so.1 cannot be loaded)")
+                              : "no CUDA device: the NVIDIA driver supports CUDA up to " + version(driver) +
+                                    ", this build's runtime is CUDA " + version(runtime) + "; update the driver";
+    cudaGetLastError();
+    return info;
+  }
   if (err != cudaSuccess) {
     info.reason = std::string("no CUDA device: ") + cudaGetErrorString(err);
     cudaGetLastError();  // clear the sticky error
