@@ -95,13 +95,22 @@ std::optional<std::string_view> after_step(std::string_view name, std::string_vi
 // "<prefix><digits><middle><digits>" (e.g. "checkpoint-40.old-1234"): the second number, the pid of
 // the process that wrote it, when that process is gone (another live one may still be saving) or is
 // this one (whose saves run one after another: none is under way now).
-std::optional<long> dead_writer(std::string_view name, std::string_view prefix, std::string_view middle) {
-  const std::optional<std::string_view> pid_text = after_step(name, prefix, middle);
+std::optional<long> ended_or_own(std::optional<std::string_view> pid_text) {
   if (!pid_text || !all_digits(*pid_text) || pid_text->size() > 9) return std::nullopt;
   const long pid = std::stol(std::string(*pid_text));
   if (pid == ::getpid()) return pid;
   if (::kill(static_cast<pid_t>(pid), 0) == 0 || errno != ESRCH) return std::nullopt;
   return pid;
+}
+
+std::optional<long> dead_writer(std::string_view name, std::string_view prefix, std::string_view middle) {
+  return ended_or_own(after_step(name, prefix, middle));
+}
+
+// "<file>.tmp.<pid>" (AtomicOutputFile's temporary name for `file`): as dead_writer.
+std::optional<long> dead_file_writer(std::string_view name, std::string_view file) {
+  if (!name.starts_with(file) || !name.substr(file.size()).starts_with(".tmp.")) return std::nullopt;
+  return ended_or_own(name.substr(file.size() + 5));
 }
 
 }  // namespace
@@ -110,9 +119,20 @@ void recover_interrupted_saves(const std::string& output_dir) {
   std::error_code ec;
   if (!fs::is_directory(output_dir, ec)) return;
   std::vector<fs::path> entries;
-  for (const auto& e : fs::directory_iterator(output_dir, ec))
-    if (e.is_directory()) entries.push_back(e.path());
   bool changed = false;
+  for (const auto& e : fs::directory_iterator(output_dir, ec)) {
+    if (e.is_directory()) {
+      entries.push_back(e.path());
+      continue;
+    }
+    // The final model's files, written as "<name>.tmp.<pid>" and renamed (AtomicOutputFile).
+    const std::string name = e.path().filename().string();
+    for (const char* file : kFinalModelFiles)
+      if (e.is_regular_file() && dead_file_writer(name, file)) {
+        fs::remove(e.path(), ec);
+        changed = true;
+      }
+  }
   for (const fs::path& path : entries) {
     // Only names this code writes, "checkpoint-<step>.old-<pid>" and ".checkpoint-<step>.tmp-<pid>", of a
     // process that has ended: a user's "checkpoint-4.old-backup" is left alone.
@@ -224,14 +244,18 @@ std::string save_checkpoint_dir(const std::string& output_dir, int64_t step, int
     if (ec) throw Error(final_path + ": cannot rename checkpoint into place: " + ec.message());
   }
   fsync_path(output_dir, true);
-  if (save_total_limit > 0) {
-    auto all = list_checkpoints(output_dir);
-    while (static_cast<int>(all.size()) > save_total_limit && all.front().path != final_path) {
-      fs::remove_all(all.front().path, ec);
-      all.erase(all.begin());
-    }
-  }
+  rotate_checkpoints(output_dir, save_total_limit, final_path);
   return final_path;
+}
+
+void rotate_checkpoints(const std::string& output_dir, int save_total_limit, const std::string& keep) {
+  if (save_total_limit <= 0) return;
+  std::error_code ec;
+  auto all = list_checkpoints(output_dir);
+  while (static_cast<int>(all.size()) > save_total_limit && all.front().path != keep) {
+    fs::remove_all(all.front().path, ec);
+    all.erase(all.begin());
+  }
 }
 
 }  // namespace bert

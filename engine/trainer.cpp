@@ -456,8 +456,13 @@ class Trainer {
         comm_(comm),
         placement_(placement) {}
 
-  // Everything before the first step: checks, data, model, resume. Returns false when there is
-  // nothing to train (already said why).
+  // Everything before the first step, in two phases that train_main runs one after the other on
+  // every rank (a failure on any rank ends both before the next): prepare() checks the device and the
+  // output_dir, where rank 0 finishes interrupted saves and, without --resume, clears what
+  // overwrite_output_dir removes; setup() then lists the checkpoints (the same ones on every rank, since
+  // rank 0 is done with them), reads the data, builds the model and resumes. setup() returns false when
+  // there is nothing to train (already said why).
+  void prepare();
   bool setup();
   // With several ranks on GPUs, once every rank's setup succeeded: checks that no two ranks share a GPU
   // and starts NCCL (engine/communicator_nccl.h). A collective; a no-op otherwise.
@@ -532,6 +537,7 @@ class Trainer {
   EvalResult evaluate();
   void write_log_record(bool log_train, const std::optional<EvalResult>& eval);
   void write_model_files(const std::string& dir) const;
+  void finish_ended_run(const std::string& checkpoint);
   std::string save_checkpoint();
   void update_progress(Progress& progress) const;
   // --dump-batches DIR: the weights before the first step of this session (DIR/init, an HF model
@@ -773,11 +779,21 @@ void Trainer::check_output_dir() {
     throw Error(where + " holds " + foreign.front() +
                 ", which is not a bert_train checkpoint (no trainer_state.json) but has a checkpoint's name; "
                 "move it out");
+  std::error_code ec;
   if (resume_) {
     if (lead()) recover_interrupted_saves(dir);  // before the checkpoints are listed
-    return;
+    // A checkpoint from elsewhere into an output_dir holding a run: its metrics and checkpoints would
+    // be taken for this run's (metrics.jsonl continued, the rotation, a bare --resume).
+    const bool elsewhere = !resume_->empty() && file_exists(*resume_ + "/trainer_state.json") &&
+                           !fs::equivalent(fs::path(*resume_).parent_path(), dir, ec);
+    if (!elsewhere || (list_checkpoints(dir).empty() && !file_exists(dir + "/metrics.jsonl"))) return;
+    if (!training().overwrite_output_dir)
+      throw Error(where + " holds a run (checkpoints, metrics.jsonl) that --resume " + *resume_ +
+                  " is not from; its metrics and checkpoints would mix with this run's: set [training] " +
+                  "overwrite_output_dir = true to replace them, choose another output_dir, or (a checkpoint of " +
+                  "that run, copied away) put it back in " + dir);
+    // overwrite_output_dir: the run in output_dir goes, as below; the checkpoint is not in it.
   }
-  std::error_code ec;
   bool non_empty = false;
   if (is_directory(dir))
     for (const auto& entry : fs::directory_iterator(dir, ec))
@@ -887,11 +903,19 @@ void Trainer::load_tokenizer_and_data() {
     err_ << "warning: [model] pad_token_id = " << model.pad_token_id << " but the tokenizer's [PAD] is id "
          << tokenizer_->pad_id() << "\n";
 
-  train_data_ = std::make_unique<Dataset>(data().train_data, Split::kTrain, static_cast<uint32_t>(vocab));
+  // The shards' errors (no manifest.json, a damaged shard) name the config's key too.
+  const auto open_data = [&](const char* key, const std::string& dir, Split split) {
+    try {
+      return std::make_unique<Dataset>(dir, split, static_cast<uint32_t>(vocab));
+    } catch (const Error& e) {
+      throw Error(config_.where("data", key) + ": " + e.what());
+    }
+  };
+  train_data_ = open_data("train_data", data().train_data, Split::kTrain);
   if (train_data_->size() == 0)
     throw Error(data().train_data + ": no training examples (manifest.json lists no train shards)");
   if (!data().valid_data.empty()) {
-    valid_data_ = std::make_unique<Dataset>(data().valid_data, Split::kValid, static_cast<uint32_t>(vocab));
+    valid_data_ = open_data("valid_data", data().valid_data, Split::kValid);
     valid_description_ = data().valid_data + " (valid split)";
     if (valid_data_->size() == 0) {  // a shard dir made only for evaluation keeps it in "train"
       std::error_code ec;
@@ -899,11 +923,11 @@ void Trainer::load_tokenizer_and_data() {
         throw Error(config_.where("data", "valid_data") + " = '" + data().valid_data +
                     "' is train_data, which has no valid split: evaluating on its train split would score the "
                     "examples trained on; rebuild it with bert_prepare build --valid-fraction, or name other shards");
-      valid_data_ = std::make_unique<Dataset>(data().valid_data, Split::kTrain, static_cast<uint32_t>(vocab));
+      valid_data_ = open_data("valid_data", data().valid_data, Split::kTrain);
       valid_description_ = data().valid_data + " (train split)";
     }
   } else {
-    valid_data_ = std::make_unique<Dataset>(data().train_data, Split::kValid, static_cast<uint32_t>(vocab));
+    valid_data_ = open_data("train_data", data().train_data, Split::kValid);
     valid_description_ = data().train_data + " (valid split)";
   }
   if (valid_data_->size() == 0) {
@@ -1472,6 +1496,34 @@ void Trainer::dump_batch(const Batch& batch) {
   if (!dump_) throw Error("bert_train: --dump-batches: writing " + *dump_dir_ + "/batches.bin failed (disk full?)");
 }
 
+// The run's last checkpoint is saved before the final model goes to output_dir (and the rotation
+// runs after its rename): a run killed in between left output_dir without its final model, or with
+// an older run's, and more checkpoints than save_total_limit. A resume with nothing left to train
+// finishes that, when the checkpoint is output_dir's own (another run's output_dir is not touched).
+void Trainer::finish_ended_run(const std::string& checkpoint) {
+  const std::string& dir = training().output_dir;
+  std::error_code ec;
+  if (!fs::equivalent(fs::path(checkpoint).parent_path(), dir, ec)) return;
+  rotate_checkpoints(dir, training().save_total_limit, checkpoint);
+  const auto same_model = [&] {
+    for (const char* name : {"model.safetensors", "config.json", "vocab.txt", "tokenizer_config.json"})
+      if (!file_exists(dir + "/" + name)) return false;
+    try {
+      const SafetensorsFile final_model(dir + "/model.safetensors"), saved_model(checkpoint + "/model.safetensors");
+      const std::string* ours = final_model.metadata_value(kDataHashKey);
+      const std::string* saved = saved_model.metadata_value(kDataHashKey);
+      return ours && saved && *ours == *saved &&
+             read_file(dir + "/config.json") == read_file(checkpoint + "/config.json");
+    } catch (const Error&) {
+      return false;
+    }
+  };
+  if (same_model()) return;
+  write_model_files(dir);
+  out_ << "wrote the final model to " << dir << " from " << checkpoint
+       << ": the run that saved it ended before it wrote its final model\n";
+}
+
 void Trainer::write_model_files(const std::string& dir) const {
 #if defined(BERT_TRAINER_CUDA)
   if (cuda_model_)
@@ -1600,7 +1652,7 @@ void Trainer::update_progress(Progress& progress) const {
       state_.window.tokens > 0 ? human_count(tokens_per_s).c_str() : "-", human_duration(eta).c_str()));
 }
 
-bool Trainer::setup() {
+void Trainer::prepare() {
   for (const std::string& warning : config_.warnings) err_ << "warning: " << warning << "\n";
   comm_.set_timeout(training().ddp_timeout, "ddp_timeout");  // a frozen rank ends the job, not hangs it
   if (world() > 1 && dump_dir_)
@@ -1610,6 +1662,9 @@ bool Trainer::setup() {
   config_text_ = read_file(config_.path);
   setup_threads();
   check_output_dir();
+}
+
+bool Trainer::setup() {
   const std::optional<std::string> checkpoint = resume_ ? std::optional(resolve_resume_dir()) : std::nullopt;
   load_tokenizer_and_data();
   if (on_cuda()) check_cuda_model();
@@ -1665,6 +1720,7 @@ bool Trainer::setup() {
     out_ << "nothing to do: " << (checkpoint ? *checkpoint : training().output_dir) << " is at step "
          << state_.global_step << " of " << state_.total_steps
          << "; raise max_steps or num_train_epochs in the config to train further\n";
+    if (checkpoint && lead()) finish_ended_run(*checkpoint);
     return false;
   }
   if (checkpoint && lead())
@@ -1757,7 +1813,11 @@ int Trainer::train() {
     warm_up_gradient_sums();
   }
   if (lead()) {
-    make_directories(training().output_dir);
+    try {
+      make_directories(training().output_dir);
+    } catch (const Error& e) {
+      throw Error(config_.where("training", "output_dir") + ": " + e.what());
+    }
     if (!output_lock_) lock_output_dir();
     if (dump_dir_) start_dump();
     metrics_ =
@@ -1964,9 +2024,11 @@ int train_main(const std::vector<std::string>& args, std::ostream& out, std::ost
   if (!all_succeed([&] {
         trainer.emplace(load_run_config(parser.str("--config")), parser.maybe("--resume"),
                         parser.maybe("--dump-batches"), rank_out, rank_err, hooks, *comm, placement);
-        ready = trainer->setup();
+        trainer->prepare();
       }))
     return 1;
+  // (all_succeed is a collective: every rank lists the checkpoints after rank 0 has recovered them)
+  if (!all_succeed([&] { ready = trainer->setup(); })) return 1;
   if (comm->size() > 1 && !comm->all_equal(ready ? 1 : 0))
     throw Error("internal: the ranks disagree on whether there is anything to train");
   if (!ready) return 0;

@@ -255,6 +255,96 @@ TEST_CASE("save_total_limit keeps the newest checkpoints") {
   CHECK(checkpoints[0].step == 6);
   CHECK(checkpoints[1].step == 7);
   CHECK(read_metrics(test_dir() + "/out/metrics.jsonl").size() == 1);  // the last step is always logged
+
+  // Killed after its last checkpoint's rename, before the rotation and the final model (here: one
+  // of its files written, one half-written): the resume with nothing to train finishes both.
+  const std::string out = test_dir() + "/out";
+  std::filesystem::copy(out + "/checkpoint-6", out + "/checkpoint-4", std::filesystem::copy_options::recursive);
+  std::filesystem::remove(out + "/model.safetensors");
+  std::filesystem::remove(out + "/tokenizer_config.json");
+  write_file_atomic(out + "/model.safetensors.tmp.999999999", "half");
+  write_file_atomic(out + "/vocab.txt.tmp.1", "a live process's");  // pid 1: not ours, left alone
+  const RunResult resumed = train({"--config", config, "--resume"});
+  INFO(resumed.out << resumed.err);
+  REQUIRE(resumed.code == 0);
+  CHECK(resumed.out.find("nothing to do") != std::string::npos);
+  CHECK(resumed.out.find("wrote the final model to " + out + " from " + out +
+                         "/checkpoint-7: the run that saved it "
+                         "ended before it wrote its final model\n") != std::string::npos);
+  CHECK(read_file(out + "/model.safetensors") == read_file(out + "/checkpoint-7/model.safetensors"));
+  CHECK(read_file(out + "/tokenizer_config.json") == read_file(out + "/checkpoint-7/tokenizer_config.json"));
+  CHECK_FALSE(file_exists(out + "/model.safetensors.tmp.999999999"));
+  CHECK(file_exists(out + "/vocab.txt.tmp.1"));
+  std::filesystem::remove(out + "/vocab.txt.tmp.1");
+  const auto rotated = list_checkpoints(out);
+  REQUIRE(rotated.size() == 2);
+  CHECK(rotated[0].step == 6);
+  // An older run's final model (the run was resumed with a larger max_steps): replaced too. A final
+  // model that is the checkpoint's is left as it is.
+  std::filesystem::copy_file(out + "/checkpoint-6/model.safetensors", out + "/model.safetensors",
+                             std::filesystem::copy_options::overwrite_existing);
+  const RunResult stale = train({"--config", config, "--resume"});
+  CHECK(stale.out.find("wrote the final model") != std::string::npos);
+  CHECK(read_file(out + "/model.safetensors") == read_file(out + "/checkpoint-7/model.safetensors"));
+  const RunResult finished = train({"--config", config, "--resume"});
+  CHECK(finished.out.find("nothing to do") != std::string::npos);
+  CHECK(finished.out.find("wrote the final model") == std::string::npos);
+}
+
+TEST_CASE("a checkpoint of another run resumes into an empty output_dir, or one that overwrite_output_dir clears") {
+  make_tiny_data();
+  const std::string settings = "max_steps = 4\nper_device_train_batch_size = 8\nsave_steps = 2\nlogging_steps = 1\n";
+  REQUIRE(train({"--config", write_config("a", "a", settings)}).code == 0);
+  REQUIRE(train({"--config", write_config("b", "b", settings)}).code == 0);
+  const std::string a = test_dir() + "/a", b = test_dir() + "/b";
+  const std::string b_metrics = read_file(b + "/metrics.jsonl");
+  // Into b, which holds a run: its metrics would go on from a's step 2, its checkpoints pass for this run's.
+  const std::string message = error_of([&] {
+    train({"--config", test_dir() + "/b.toml", "--resume", a + "/checkpoint-2"});
+  });
+  CHECK(message == test_dir() + "/b.toml:13: [training] output_dir '" + b + "' holds a run (checkpoints, " +
+                       "metrics.jsonl) that --resume " + a +
+                       "/checkpoint-2 is not from; its metrics and checkpoints would mix with this run's: set "
+                       "[training] overwrite_output_dir = true to replace them, choose another output_dir, or (a "
+                       "checkpoint of that run, copied away) put it back in " +
+                       b);
+  CHECK(read_file(b + "/metrics.jsonl") == b_metrics);
+  CHECK(list_checkpoints(b).size() == 2);
+  // Into an empty output_dir, and into b with overwrite_output_dir: a's run, from its step 2 on.
+  const RunResult fresh = train({"--config", write_config("c", "c", settings), "--resume", a + "/checkpoint-2"});
+  REQUIRE(fresh.code == 0);
+  const RunResult cleared = train({"--config", write_config("b2", "b", settings + "overwrite_output_dir = true\n"),
+                                   "--resume", a + "/checkpoint-2"});
+  INFO(cleared.out << cleared.err);
+  REQUIRE(cleared.code == 0);
+  CHECK_THAT(cleared.out, Catch::Contains("overwrite_output_dir: removed from " + b + ": 2 old checkpoint(s)"));
+  for (const std::string& dir : {test_dir() + "/c", b}) {
+    CHECK(read_file(dir + "/model.safetensors") == read_file(a + "/model.safetensors"));
+    const auto records = read_metrics(dir + "/metrics.jsonl");
+    REQUIRE(records.size() == 2);
+    CHECK(records[0].find("step")->as_int() == 3);
+    const auto checkpoints = list_checkpoints(dir);
+    REQUIRE(checkpoints.size() == 1);
+    CHECK(checkpoints[0].step == 4);
+  }
+}
+
+TEST_CASE("paths of the config that cannot be read or created name their key") {
+  make_tiny_data();
+  std::string text = read_file(write_config("nodata", "out", "max_steps = 2\nper_device_train_batch_size = 8\n"));
+  text.replace(text.find("/shards\""), 8, "/absent\"");
+  write_file_atomic(test_dir() + "/nodata.toml", text);
+  CHECK_THAT(error_of([&] {
+               train({"--config", test_dir() + "/nodata.toml"});
+             }),
+             Catch::StartsWith(test_dir() + "/nodata.toml:10: [data] train_data: " + test_dir() + "/absent"));
+  write_file_atomic(test_dir() + "/a_file", "");
+  const std::string blocked = write_config("blocked", "a_file/out", "max_steps = 2\nper_device_train_batch_size = 8\n");
+  CHECK_THAT(error_of([&] {
+               train({"--config", blocked});
+             }),
+             Catch::StartsWith(test_dir() + "/blocked.toml:13: [training] output_dir: " + test_dir() + "/a_file/out") &&
+                 Catch::Contains("cannot create directory"));
 }
 
 TEST_CASE("user mistakes are one-line errors") {
@@ -666,7 +756,7 @@ TEST_CASE("user mistakes are one-line errors") {
     message = error_of([&] {
       train({"--config", with_valid("fileeval", "/shards", test_dir() + "/shards/valid-00000.bin")});
     });
-    CHECK(message == test_dir() +
+    CHECK(message == test_dir() + "/fileeval.toml:11: [data] valid_data: " + test_dir() +
                          "/shards/valid-00000.bin: a file; shards are read by directory, the bert_prepare "
                          "build output that holds manifest.json ('" +
                          test_dir() + "/shards'?)");

@@ -6,6 +6,8 @@
 //   - a 2-rank checkpoint resumes on 1 rank (accumulation 2) and ends where the 1-rank run ends
 //   - SIGUSR1 to mpirun (forwarded to every rank) stops both ranks after the same step with one
 //     checkpoint, and resuming it on 2 ranks ends bit for bit where an uninterrupted 2-rank run ends
+//   - a re-save cut short (checkpoint-N.old-PID) is put back by rank 0 before any rank lists the
+//     checkpoints: both ranks resume from it
 //   - unbound ranks on one host divide its cores (threads = 0) instead of each taking all of them
 //   - a rank's error before training is one line, once, and every rank exits 1; so is an error in the
 //     arguments, and --help prints once
@@ -29,6 +31,7 @@
 #include <chrono>
 #include <cmath>
 #include <cstdlib>
+#include <filesystem>
 #include <fstream>
 #include <sstream>
 #include <string>
@@ -41,6 +44,8 @@
 #include "tests/trainer_fixture.h"
 
 extern char** environ;
+
+namespace fs = std::filesystem;
 
 namespace bert::test {
 namespace {
@@ -267,6 +272,36 @@ TEST_CASE("SIGUSR1 to mpirun stops every rank after the same step and the checkp
       INFO("record " << i << " " << key);
       CHECK(a[i].find(key)->dump() == b[i].find(key)->dump());
     }
+}
+
+TEST_CASE("a re-save cut short under mpirun is recovered by rank 0 before any rank picks the checkpoint", "[mpi]") {
+  make_tiny_data();
+  const std::string first =
+      write_config("recovered", "recovered", "max_steps = 8\nper_device_train_batch_size = 4\nsave_steps = 4\n");
+  REQUIRE(mpirun(2, {"--config", first}, "recovered_first").code == 0);
+  const std::string out = test_dir() + "/recovered";
+  REQUIRE(latest_checkpoint(out)->step == 8);
+  // A crash between a re-save's two renames left only checkpoint-8.old-PID (999999999: a process that
+  // is gone), beside many dead saves' temp dirs, whose removal makes rank 0's recovery take a while: a
+  // rank that listed the checkpoints without waiting for it would take checkpoint-4 and disagree with
+  // rank 0 on the weights.
+  fs::rename(out + "/checkpoint-8", out + "/checkpoint-8.old-999999999");
+  for (int k = 0; k < 400; ++k) {
+    const std::string tmp = out + "/.checkpoint-" + std::to_string(100 + k) + ".tmp-999999999";
+    make_directories(tmp);
+    for (int f = 0; f < 20; ++f) std::ofstream(tmp + "/part" + std::to_string(f)) << "x";
+  }
+  const std::string second =
+      write_config("recovered_more", "recovered", "max_steps = 12\nper_device_train_batch_size = 4\nsave_steps = 4\n");
+  const RunResult resumed = mpirun(2, {"--config", second, "--resume"}, "recovered_second");
+  INFO(resumed.out << resumed.err);
+  REQUIRE(resumed.code == 0);
+  CHECK(count(resumed.out, "resuming from " + out + "/checkpoint-8\n") == 1);
+  CHECK(latest_checkpoint(out)->step == 12);
+  for (const auto& entry : fs::directory_iterator(out)) {
+    INFO(entry.path());
+    CHECK(entry.path().filename().string().find(".tmp-") == std::string::npos);
+  }
 }
 
 TEST_CASE("ranks left unbound on one host split its cores between them (threads = 0)", "[mpi]") {
