@@ -7,6 +7,7 @@
   (2) pipeline("fill-mask", model=dir, top_k=5) gives the same tokens, strings and sequences as
       `bert_infer --json`, scores within rel 1e-4 (fp32 on both sides), for prompts with one and two
       [MASK]s;
+      a model saved by transformers with untied output embeddings is refused, not served tied;
   (3) a checkpoint resumed for 10 more steps is still loadable and its weights differ from the first;
   (4) `bert_infer --exposure` scores texts by the pseudo-log-likelihood transformers computes (abs 2e-4
       nats), and its rank, exposure and gaussian exposure follow from those scores.
@@ -18,6 +19,7 @@ import json
 import math
 import os
 import shutil
+import subprocess
 import sys
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
@@ -115,6 +117,19 @@ seed = 11
               .splitlines() if line.strip()]
     check(theirs == ours, "(2b) bert_infer on transformers' BertForMaskedLM.save_pretrained dir: the same answers "
           "as on our checkpoint")
+
+    # (2c) A model saved with its own output layer (tie_word_embeddings=False, the decoder changed):
+    # refused by name, not served with the word embeddings in the decoder's place.
+    untied = BertForMaskedLM.from_pretrained(checkpoint, tie_word_embeddings=False)
+    with torch.no_grad():
+        untied.cls.predictions.decoder.weight.mul_(1.5)
+    untied_dir = w("hf_untied")
+    untied.save_pretrained(untied_dir, safe_serialization=True)
+    tokenizer.save_pretrained(untied_dir)
+    refused = subprocess.run([b("bert_infer"), "--model", untied_dir, "--mask", prompts[0]],
+                             capture_output=True, text=True)
+    check(refused.returncode != 0 and "tie_word_embeddings = false: only tied output embeddings" in refused.stderr,
+          f"(2c) bert_infer on an untied BertForMaskedLM: refused ({refused.returncode}: {refused.stderr.strip()})")
 
     # (3) resume for 10 more steps (a new max_steps): still an HF model, and it moved.
     run([b("bert_train"), "--config", config("longer", 40), "--resume", checkpoint])
