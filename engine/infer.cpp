@@ -687,6 +687,12 @@ class CudaLogits final : public MlmLogitsSource {
   std::vector<float> logits_at(const std::vector<int32_t>& ids, const std::vector<int32_t>& positions) override {
     return logits_.logits_at(ids, positions);
   }
+  // The whole batch in one forward (--exposure's masked copies): the model's buffers grow to the
+  // largest batch once (PllOptions bounds it: 8192 tokens, 256 copies).
+  std::vector<float> batch_logits_at(const std::vector<int32_t>& ids, int64_t batch,
+                                     const std::vector<int32_t>& positions) override {
+    return logits_.batch_logits_at(ids, batch, positions);
+  }
 
  private:
   std::unique_ptr<BertForPreTrainingCuda> model_;
@@ -694,6 +700,8 @@ class CudaLogits final : public MlmLogitsSource {
   BertConfig config_;
 };
 #endif
+
+}  // namespace
 
 std::unique_ptr<MlmLogitsSource> logits_source(InferenceCheckpoint& checkpoint, const std::string& device) {
   if (device != "cuda") return bert::logits_source(checkpoint.model);
@@ -714,6 +722,8 @@ std::unique_ptr<MlmLogitsSource> logits_source(InferenceCheckpoint& checkpoint, 
   return nullptr;
 #endif
 }
+
+namespace {
 
 void print_exposure_table(const std::string& path, const std::vector<ExposureResult>& results,
                           const ExposureOptions& options, std::ostream& out) {
@@ -919,7 +929,8 @@ int infer_main(const std::vector<std::string>& argv, std::istream& in, std::ostr
   // Every prompt is checked before any output, so a bad line 7 does not leave 6 answers behind.
   for (const Prompt& prompt : prompts) {
     try {
-      (void)encode_prompt(checkpoint.tokenizer, prompt.text, checkpoint.config.max_position_embeddings);
+      (void)encode_prompt(checkpoint.tokenizer, prompt.text,
+                          model->config().max_position_embeddings);  // (CUDA: <= 512)
     } catch (const Error& e) {
       throw Error(prompt.source + ": " + e.what());
     }

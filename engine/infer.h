@@ -139,6 +139,9 @@ class MlmLogitsSource {
 
 // The CPU model as a logits source (batch_logits_at runs the whole batch in one forward).
 std::unique_ptr<MlmLogitsSource> logits_source(BertForPreTraining<float>& model);
+// The checkpoint's model on `device` ("cpu", or "cuda": its weights copied to the GPU in bf16; both
+// run batch_logits_at in one forward). A bert::Error for a CUDA device this process cannot use.
+std::unique_ptr<MlmLogitsSource> logits_source(InferenceCheckpoint& checkpoint, const std::string& device);
 
 // top_k is capped at the vocabulary size (HF raises instead).
 FillMaskResult fill_mask(MlmLogitsSource& model, const Tokenizer& tokenizer, std::string_view prompt, int top_k,

@@ -15,6 +15,7 @@
 #include "common/json.h"
 #include "engine/bert.h"
 #include "engine/config.h"
+#include "engine/exposure.h"
 #include "engine/infer.h"
 #include "tests/test_dirs.h"
 #include "tests/trainer_fixture.h"
@@ -27,7 +28,7 @@ namespace {
 constexpr const char* kGpuModel = kCudaTinyModel;
 constexpr const char* kSettings =
     "per_device_train_batch_size = 16\ngradient_accumulation_steps = 2\nlearning_rate = 2e-3\n"
-    "warmup_steps = 10\nlogging_steps = 10\neval_steps = 100\nsave_steps = 100\n";
+    "warmup_steps = 10\nlogging_steps = 10\neval_steps = 100\nsave_steps = 90\n";
 
 std::vector<double> values(const std::vector<Json>& records, const char* key) {
   std::vector<double> out;
@@ -81,14 +82,15 @@ TEST_CASE("bert_train on the GPU follows the CPU run, checkpoints resume across 
   BertForPreTraining<float> loaded(BertConfig::load_hf_json(test_dir() + "/gpu/checkpoint-200/config.json"));
   loaded.load_safetensors(test_dir() + "/gpu/checkpoint-200/model.safetensors");
 
-  // Resume across devices at step 100; both land near the uninterrupted runs' final loss.
+  // Resume across devices at step 180 (two logged windows before the end: the emulations run every
+  // GPU step on the host); both land near the uninterrupted runs' final loss.
   const std::string cpu_from_gpu =
       write_config("cpu_from_gpu", "cpu_from_gpu", settings + "device = \"cpu\"\n", kGpuModel);
   // (This one also autotunes the GEMMs: other algorithms, the same losses within the tolerances.)
   const std::string gpu_from_cpu =
       write_config("gpu_from_cpu", "gpu_from_cpu", settings + "device = \"cuda\"\ngemm_autotune = 4\n", kGpuModel);
-  REQUIRE(train({"--config", cpu_from_gpu, "--resume", test_dir() + "/gpu/checkpoint-100"}).code == 0);
-  const RunResult tuned_run = train({"--config", gpu_from_cpu, "--resume", test_dir() + "/cpu/checkpoint-100"});
+  REQUIRE(train({"--config", cpu_from_gpu, "--resume", test_dir() + "/gpu/checkpoint-180"}).code == 0);
+  const RunResult tuned_run = train({"--config", gpu_from_cpu, "--resume", test_dir() + "/cpu/checkpoint-180"});
   INFO(tuned_run.out << tuned_run.err);
   REQUIRE(tuned_run.code == 0);
   CHECK(tuned_run.out.find("GEMMs        cuBLASLt, up to 4 algorithms timed per GEMM shape class") !=
@@ -96,22 +98,22 @@ TEST_CASE("bert_train on the GPU follows the CPU run, checkpoints resume across 
   CHECK(gpu_run.out.find("GEMMs        ") == std::string::npos);  // not without gemm_autotune
   const auto cpu_from_gpu_loss = values(read_metrics(test_dir() + "/cpu_from_gpu/metrics.jsonl"), "loss");
   const auto gpu_from_cpu_loss = values(read_metrics(test_dir() + "/gpu_from_cpu/metrics.jsonl"), "loss");
-  REQUIRE(cpu_from_gpu_loss.size() == 10);
-  REQUIRE(gpu_from_cpu_loss.size() == 10);
+  REQUIRE(cpu_from_gpu_loss.size() == 2);
+  REQUIRE(gpu_from_cpu_loss.size() == 2);
   CHECK(relative(mean_of_last_two(cpu_from_gpu_loss), mean_of_last_two(cpu_loss)) < 0.03);
   CHECK(relative(mean_of_last_two(gpu_from_cpu_loss), mean_of_last_two(gpu_loss)) < 0.03);
   // The first window after a cross-device resume continues the other device's run (moments and step
   // count carried over), within the per-window tolerance.
-  CHECK(relative(cpu_from_gpu_loss.front(), gpu_loss[10]) < 0.05);
-  CHECK(relative(gpu_from_cpu_loss.front(), cpu_loss[10]) < 0.05);
+  CHECK(relative(cpu_from_gpu_loss.front(), gpu_loss[18]) < 0.05);
+  CHECK(relative(gpu_from_cpu_loss.front(), cpu_loss[18]) < 0.05);
 
   // GPU -> GPU resume repeats the uninterrupted GPU run exactly: the kernels are deterministic and
   // the checkpoint holds everything a step depends on.
   const std::string gpu_again = write_config("gpu_again", "gpu_again", settings + "device = \"cuda\"\n", kGpuModel);
-  REQUIRE(train({"--config", gpu_again, "--resume", test_dir() + "/gpu/checkpoint-100"}).code == 0);
+  REQUIRE(train({"--config", gpu_again, "--resume", test_dir() + "/gpu/checkpoint-180"}).code == 0);
   const auto gpu_again_loss = values(read_metrics(test_dir() + "/gpu_again/metrics.jsonl"), "loss");
-  REQUIRE(gpu_again_loss.size() == 10);
-  for (size_t i = 0; i < gpu_again_loss.size(); ++i) CHECK(gpu_again_loss[i] == gpu_loss[10 + i]);
+  REQUIRE(gpu_again_loss.size() == 2);
+  for (size_t i = 0; i < gpu_again_loss.size(); ++i) CHECK(gpu_again_loss[i] == gpu_loss[18 + i]);
 }
 
 TEST_CASE("bert_infer --device cuda answers fill-mask as the CPU does, within bf16", "[cuda][trainer]") {
@@ -150,4 +152,28 @@ TEST_CASE("bert_infer --device cuda answers fill-mask as the CPU does, within bf
   };
   check_candidates(cpu[0], gpu[0]);
   for (size_t m = 0; m < 2; ++m) check_candidates(cpu[1].as_array()[m], gpu[1].as_array()[m]);
+
+  // --exposure's scoring: every token of a text masked in a copy of its own, the copies of equal-length
+  // texts in shared forwards (batch_logits_at, one batch on the GPU): each token's log-probability
+  // follows the CPU's within the bound above.
+  InferenceCheckpoint checkpoint = load_inference_checkpoint(model);
+  const std::unique_ptr<MlmLogitsSource> gpu_source = logits_source(checkpoint, "cuda");
+  const std::unique_ptr<MlmLogitsSource> cpu_source = logits_source(checkpoint.model);
+  std::vector<std::vector<int32_t>> texts;
+  for (const char* text :
+       {"이순신은 조선 중기의 무신이다.", "세종은 한글을 창제하였다.", "한산도 대첩에서 일본 수군을 크게 물리쳤다."})
+    texts.push_back(encode_scored_text(checkpoint.tokenizer, text, checkpoint.config.max_position_embeddings));
+  texts.push_back(texts[0]);  // a repeat: equal lengths share the model calls
+  std::vector<std::vector<double>> cpu_terms, gpu_terms;
+  (void)pseudo_log_likelihoods(*cpu_source, checkpoint.tokenizer, texts, &cpu_terms);
+  (void)pseudo_log_likelihoods(*gpu_source, checkpoint.tokenizer, texts, &gpu_terms);
+  REQUIRE(gpu_terms.size() == cpu_terms.size());
+  for (size_t i = 0; i < texts.size(); ++i) {
+    REQUIRE(gpu_terms[i].size() == cpu_terms[i].size());
+    for (size_t t = 0; t < cpu_terms[i].size(); ++t) {
+      INFO("text " << i << " token " << t);
+      CHECK(std::fabs(gpu_terms[i][t] - cpu_terms[i][t]) < 0.1);
+    }
+  }
+  CHECK(gpu_terms[3] == gpu_terms[0]);
 }
