@@ -133,6 +133,20 @@ struct Text {
   }
 };
 
+// A dash with a space on either side or both, between two groups of a number at i ("010 - 1234 -
+// 5678", "900101 - 1234567", "900101- 1234567", as typed and OCR'd forms write them): its end, or npos.
+size_t spaced_dash_end(const Text& t, size_t i) {
+  if (t.at(i) == ' ' && t.at(i + 1) == '-') return t.at(i + 2) == ' ' ? i + 3 : i + 2;
+  if (t.at(i) == '-' && t.at(i + 1) == ' ') return i + 2;
+  return npos;
+}
+
+// A phone number's group separator at i (- . space, or a spaced dash): its end, or npos.
+size_t phone_sep_end(const Text& t, size_t i) {
+  if (const size_t e = spaced_dash_end(t, i); e != npos) return e;
+  return is_phone_sep(t.at(i)) ? i + 1 : npos;
+}
+
 // A numeric match may not start inside a word ("v1.2.3", "abc123"), a signed number or country
 // code ("+82" handled by its own matcher), or a numeric token ("2024-01-15" tails, "12:30:45").
 // A comma is a list separator here ("010-1234-5678,010-2345-6789"): no matcher takes a comma, and a
@@ -214,11 +228,13 @@ bool valid_rrn_birth(const unsigned char* d, unsigned char g) {
   return dd <= kDays[mm - 1] + (mm == 2 && leap ? 1u : 0u);
 }
 
-// Masking characters people use to hide the last six digits: * x X ● ○.
+// Masking characters people use to hide the last digits: * x X # ● ○ and the full-width ＊ that a
+// Korean IME types.
 size_t mask_char_len(const Text& t, size_t i) {
   const unsigned char c = t.at(i);
-  if (c == '*' || c == 'x' || c == 'X') return 1;
+  if (c == '*' || c == 'x' || c == 'X' || c == '#') return 1;
   if (c == 0xE2 && t.at(i + 1) == 0x97 && (t.at(i + 2) == 0x8F || t.at(i + 2) == 0x8B)) return 3;
+  if (c == 0xEF && t.at(i + 1) == 0xBC && t.at(i + 2) == 0x8A) return 3;
   return 0;
 }
 
@@ -256,12 +272,14 @@ size_t match_rrn(const Text& t, size_t p) {
   const size_t r = t.digits_end(p);
   if (r - p == 13) return valid_rrn_birth(t.s + p, t.s[p + 6]) ? r : npos;
   if (r - p != 6) return npos;
-  // 900101-1234567; spaced, 900101 1234567, as forms and scanned pages write it, only with a valid
-  // check digit or a label before it: a date and an amount ("240115 3000000") read the same.
-  const bool spaced = t.at(r) == ' ';
-  if (t.at(r) != '-' && !spaced) return npos;
+  // 900101-1234567 (or 900101 - 1234567); spaced, 900101 1234567, as forms and scanned pages write it,
+  // only with a valid check digit or a label before it: a date and an amount ("240115 3000000") read
+  // the same.
+  size_t q = spaced_dash_end(t, r);
+  const bool spaced = q == npos && t.at(r) == ' ';
+  if (q == npos && t.at(r) != '-' && !spaced) return npos;
+  if (q == npos) q = r + 1;
   const bool labelled = spaced && rrn_label_before(t, p);
-  const size_t q = r + 1;
   if (!t.digit(q)) {  // 900101-*******: the birth date is still there (either century's calendar)
     if (!valid_rrn_birth(t.s + p, '1') && !valid_rrn_birth(t.s + p, '3')) return npos;
     if (spaced && !labelled) return npos;
@@ -270,8 +288,9 @@ size_t match_rrn(const Text& t, size_t p) {
   const size_t r2 = t.digits_end(q);
   if (!valid_rrn_birth(t.s + p, t.s[q])) return npos;
   if (r2 - q == 7) return !spaced || labelled || rrn_checksum_ok(t.s + p, t.s + q) ? r2 : npos;
-  if (r2 - q != 1 || (spaced && !labelled)) return npos;
-  return mask_run_end(t, r2, 6);
+  // Partly masked: 900101-1******, 900101-1234***.
+  if (r2 - q > 6 || (spaced && !labelled)) return npos;
+  return mask_run_end(t, r2, 7 - static_cast<int>(r2 - q));
 }
 
 // ---- [CARD] -------------------------------------------------------------------------------
@@ -356,8 +375,8 @@ size_t match_national(const Text& t, size_t p, bool trunk, bool paren) {
   } else if (t.at(q) == ')' && (t.digit(q + 1) || (t.at(q + 1) == ' ' && t.digit(q + 2)))) {
     q += t.at(q + 1) == ' ' ? 2 : 1;  // "02)123-4567", common in Korean listings
     sep1 = true;
-  } else if (is_phone_sep(t.at(q)) && t.digit(q + 1)) {
-    ++q;
+  } else if (const size_t sep = phone_sep_end(t, q); sep != npos && t.digit(sep)) {
+    q = sep;
     sep1 = true;
   }
   if (!t.digit(q)) return npos;
@@ -368,9 +387,10 @@ size_t match_national(const Text& t, size_t p, bool trunk, bool paren) {
   const bool one_piece_ok = mobile || voip || !trunk;
   if (mid_len == 7 || mid_len == 8) return one_piece_ok ? mid_end : npos;
   if (!sep1 || (mid_len != 3 && mid_len != 4)) return npos;
-  if (!is_phone_sep(t.at(mid_end)) || !t.digit(mid_end + 1)) return npos;
-  const size_t last_end = t.digits_end(mid_end + 1);
-  return last_end - (mid_end + 1) == 4 ? last_end : npos;
+  const size_t last = phone_sep_end(t, mid_end);
+  if (last == npos || !t.digit(last)) return npos;
+  const size_t last_end = t.digits_end(last);
+  return last_end - last == 4 ? last_end : npos;
 }
 
 // 1588-1234 style representative numbers (15xx, 16xx, 18xx), unless the pair reads as a range of
@@ -542,6 +562,45 @@ size_t match_account(const Text& t, size_t p) {
   return e;
 }
 
+// A bank or account word within the 32 bytes before p (계좌, 은행, 예금주, 입금, 송금, 이체, the banks
+// named without 은행: 뱅크, 농협, 신한, 새마을(금고), 우체국, 수협, 신협, KB, IBK, NH). Not 국민 or 우리 alone
+// (the people, we), nor our own placeholder "[ACCOUNT]".
+bool account_label_before(const Text& t, size_t p) {
+  const size_t b = p > 32 ? p - 32 : 0;
+  const std::string_view window(reinterpret_cast<const char*>(t.s) + b, p - b);
+  for (const std::string_view label : {"계좌", "은행", "예금주", "입금", "송금", "이체", "뱅크", "농협", "신한",
+                                       "새마을", "우체국", "수협", "신협", "KB", "IBK", "NH"})
+    for (size_t at = window.find(label); at != std::string_view::npos; at = window.find(label, at + 1)) {
+      const size_t end = b + at + label.size();  // ASCII labels: whole words (not ANH, KBS, IBKR)
+      if (is_alpha(static_cast<unsigned char>(label[0])) &&
+          ((b + at > 0 && is_alpha(t.s[b + at - 1])) || (end < t.n && is_alpha(t.s[end]))))
+        continue;
+      return true;
+    }
+  return false;
+}
+
+// An account number the dashed layouts above do not take, after a bank or account word: in one piece
+// (110123456789), in groups separated by spaces (110 123 456789) or with a 1-digit group (9002-1234-
+// 5678-9, 508-10-123456-7, 1000-1234-5678). 10-14 digits in all, the whole run of groups (one
+// separator throughout); not an amount (a unit after it).
+size_t match_labelled_account(const Text& t, size_t p) {
+  if (!account_label_before(t, p)) return npos;
+  const unsigned char sep = t.at(t.digits_end(p));
+  size_t q = p, e, total = 0;
+  int groups = 0;
+  while (true) {
+    e = t.digits_end(q);
+    total += e - q;
+    ++groups;
+    if ((sep != '-' && sep != ' ') || t.at(e) != sep || !t.digit(e + 1) || groups == 6) break;
+    q = e + 1;
+  }
+  if (total < 10 || total > 14 || t.digits_end(p) - p < 2) return npos;
+  if (followed_by(t, e, {"원", "달러", "명", "개", "건", "주", "회", "%", " 원", " 달러"})) return npos;
+  return e;
+}
+
 // ---- [EMAIL] ------------------------------------------------------------------------------
 
 inline bool is_local_char(unsigned char c) {
@@ -639,7 +698,8 @@ void scan_segment(const Text& t, size_t from, Sink& sink) {
         accept(match_rrn(t, i), PiiType::kRrn) || accept(match_card(t, i), PiiType::kCard) ||
             (c == '0' && accept(match_national(t, i, true, false), PiiType::kPhone)) ||
             (c == '1' && accept(match_representative(t, i), PiiType::kPhone)) ||
-            accept(outline_ipv4(t, i), PiiType::kIp) || accept(match_account(t, i), PiiType::kAccount);
+            accept(outline_ipv4(t, i), PiiType::kIp) || accept(match_account(t, i), PiiType::kAccount) ||
+            accept(match_labelled_account(t, i), PiiType::kAccount);
       }
       if (end == npos) {
         i = t.digits_end(i);

@@ -7,9 +7,12 @@
 //              forms that still show birth date and sex (900101-1******) or the birth date alone
 //              (900101-*******) count too. Spaced, 900101 1234567, with a valid check digit or a
 //              label within 32 bytes before it (주민번호, 주민 번호, 주민등록, 등록번호, RRN, not our [RRN]);
-//              masked and spaced, with the label.
-//   [PHONE]    mobile 010/011/016-019, area codes 02/031-064, 070/080/060/050x, with '-', '.', ' '
-//              or "(02) " / "02)" separators; mobile and 070 also without separators; +82 forms
+//              masked and spaced, with the label. A dash with spaces on either side is a dash
+//              (900101 - 1234567); masks are * x X # ● ○ ＊, for the last 6 or 7 digits or fewer
+//              (900101-1234***).
+//   [PHONE]    mobile 010/011/016-019, area codes 02/031-064, 070/080/060/050x, with '-', '.', ' ',
+//              a spaced dash (010 - 1234 - 5678) or "(02) " / "02)" separators; mobile and 070 also without separators;
+//              +82 forms
 //              (+82-10-..., +82 (0)10 ..., +821012345678), also behind a glued label (TEL02-...,
 //              HP010-..., Fax031-...); representative numbers 15xx/16xx/18xx-xxxx
 //              (not when the pair reads as a year range, 1592-1598, or a quantity, 1500-3000원).
@@ -23,7 +26,11 @@
 //              (2024-01-15-...), not 3-2-5 (a business registration number, which is public), not a
 //              KIPO application number (10-2020-0123456: 2-4-7 with a year in the middle), and
 //              not led by a mobile prefix (010-1234-56789 is a mistyped phone), and only when
-//              nothing above matched.
+//              nothing above matched. After a bank or account word within 32 bytes (계좌, 은행, 예금주,
+//              입금, 송금, 이체, 뱅크, 농협, 신한, 새마을, 우체국, 수협, 신협, KB, IBK, NH; not 국민 or
+//              우리 alone) also 10-14 digits in one piece (110123456789), in space-separated groups
+//              (110 123 456789) or in dashed layouts the rule above refuses (1000-1234-5678,
+//              9002-1234-5678-9, 508-10-123456-7); not an amount (1234567890원).
 //   [IP]       IPv4 (octets <= 255; not four single digits, which reads as an outline number 1.2.3.4
 //              and otherwise only hits public resolvers like 8.8.8.8; not when named as a section,
 //              clause, table or figure: 제3.2.10.1항, 5.2.11.1절, 표 4.12.1.3, Fig. 2.10.3.1, or
@@ -39,8 +46,8 @@
 // of digits or ASCII letters ("v1.2.3", a 20-digit number), and never continues a numeric token
 // ("1.2.3.4.5", "2024-01-15" tails); a comma separates ("010-1234-5678,010-2345-6789" is two
 // matches; no matcher takes a comma, so "1,234,000" stays). So dates, times, versions, prices,
-// percentages, ISBNs (their 1-digit group fails the account rule), article numbers and short numbers
-// stay.
+// percentages, ISBNs (their 1-digit group fails the account rule, unless a bank word precedes them),
+// article numbers and short numbers stay.
 // scrub_pii reads ASCII digits only: `bert_prepare clean` folds full-width digits (０１０) and dashes
 // between digits to ASCII first (data/clean.h).
 //

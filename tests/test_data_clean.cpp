@@ -100,6 +100,13 @@ TEST_CASE("pii: positives in Korean formats are replaced by typed placeholders")
       {"주민번호 900101 *******", "주민번호 [RRN]", PiiType::kRrn},
       {"주민 번호: 900101 1234567", "주민 번호: [RRN]", PiiType::kRrn},
       {"홍길동 900101 1234568", "홍길동 [RRN]", PiiType::kRrn},
+      // a dash with spaces around it, as typed and OCR'd filings write it; masked in part
+      {"신청인 주민등록번호 900101 - 1234567", "신청인 주민등록번호 [RRN]", PiiType::kRrn},
+      {"주민번호는 900101- 1234567 이에요", "주민번호는 [RRN] 이에요", PiiType::kRrn},
+      {"900101 -1234567", "[RRN]", PiiType::kRrn},
+      {"주민등록번호 900101-1＊＊＊＊＊＊", "주민등록번호 [RRN]", PiiType::kRrn},
+      {"900101-1######", "[RRN]", PiiType::kRrn},
+      {"등록번호:900101-1234***", "등록번호:[RRN]", PiiType::kRrn},
       // phones
       {"연락처 010-1234-5678 로", "연락처 [PHONE] 로", PiiType::kPhone},
       {"01012345678", "[PHONE]", PiiType::kPhone},
@@ -128,6 +135,8 @@ TEST_CASE("pii: positives in Korean formats are replaced by typed placeholders")
       {"011-123-4567", "[PHONE]", PiiType::kPhone},
       {"016-1234-5678", "[PHONE]", PiiType::kPhone},
       {"tel:010-1234-5678", "tel:[PHONE]", PiiType::kPhone},
+      {"전화번호 010 - 1234 - 5678", "전화번호 [PHONE]", PiiType::kPhone},
+      {"02 - 123 - 4567", "[PHONE]", PiiType::kPhone},
       // e-mail
       {"hong.gildong@gmail.com", "[EMAIL]", PiiType::kEmail},
       {"kim_01+tag@naver.com 으로", "[EMAIL] 으로", PiiType::kEmail},
@@ -157,6 +166,13 @@ TEST_CASE("pii: positives in Korean formats are replaced by typed placeholders")
       {"123-456789-01-001", "[ACCOUNT]", PiiType::kAccount},
       {"카카오뱅크 3333-01-1234567", "카카오뱅크 [ACCOUNT]", PiiType::kAccount},
       {"농협 301-0123-4567-11", "농협 [ACCOUNT]", PiiType::kAccount},
+      // after a bank or account word: in one piece, in spaced groups, with a 1-digit group
+      {"계좌번호 110123456789 (신한)", "계좌번호 [ACCOUNT] (신한)", PiiType::kAccount},
+      {"가상계좌 56212345678901 (기업은행)", "가상계좌 [ACCOUNT] (기업은행)", PiiType::kAccount},
+      {"신한 110 123 456789", "신한 [ACCOUNT]", PiiType::kAccount},
+      {"토스뱅크 1000-1234-5678", "토스뱅크 [ACCOUNT]", PiiType::kAccount},
+      {"새마을금고 9002-1234-5678-9", "새마을금고 [ACCOUNT]", PiiType::kAccount},
+      {"대구은행 508-10-123456-7로 송금", "대구은행 [ACCOUNT]로 송금", PiiType::kAccount},
       // IP addresses
       {"접속 IP 192.168.0.1 에서", "접속 IP [IP] 에서", PiiType::kIp},
       {"10.0.0.255 서버", "[IP] 서버", PiiType::kIp},
@@ -290,6 +306,14 @@ TEST_CASE("pii: dates, times, versions, prices and other numbers stay untouched"
       "한글버젼: 1.10.0.0",
       "1500-3000원",
       "분당 1800-2500회",
+      // after a bank word, but an amount, a date, too few digits, or no bank word (국민 and 우리 alone)
+      "은행 대출 1234567890원",
+      "은행 영업일 2024-01-15",
+      "계좌 1234 5678",
+      "우리 회사 1234567890",
+      "국민 1234567890",
+      "[ACCOUNT] 1234567890",
+      "KBS 1234567890",
   };
   STATIC_REQUIRE(sizeof(negatives) / sizeof(negatives[0]) >= 40);
   for (const char* n : negatives) {
