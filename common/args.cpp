@@ -25,6 +25,19 @@ Args& Args::list(const std::string& name, const std::string& help) {
 
 void Args::fail(const std::string& msg) const { throw Error(program_ + ": " + msg + " (see --help)"); }
 
+namespace {
+
+// "--name" or "--name=value" with a name of letters, digits and dashes: an option (known or mistyped),
+// not a value that happens to start with "--".
+bool looks_like_option(const std::string& arg) {
+  const std::string name = arg.substr(0, arg.find('='));
+  return name.size() > 2 && name.compare(0, 2, "--") == 0 &&
+         name.find_first_not_of("abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789-", 2) ==
+             std::string::npos;
+}
+
+}  // namespace
+
 bool Args::parse(const std::vector<std::string>& argv) {
   for (size_t i = 0; i < argv.size(); ++i) {
     std::string a = argv[i];
@@ -41,8 +54,7 @@ bool Args::parse(const std::vector<std::string>& argv) {
     auto it = specs_.find(a);
     if (it == specs_.end()) {
       // "--> [MASK]" meant as a value: option names are letters, digits and dashes.
-      if (a.find_first_not_of("abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789-", 2) !=
-          std::string::npos)
+      if (!looks_like_option(argv[i]))
         fail("'" + argv[i] + "' starts with '--' and is read as an option; give a value that does as " + "--option='" +
              argv[i] + "'");
       fail("unknown option '" + a + "'");
@@ -64,7 +76,8 @@ bool Args::parse(const std::vector<std::string>& argv) {
       case Kind::kList:
         if (inline_value) dst.push_back(*inline_value);
         while (i + 1 < argv.size() && argv[i + 1].compare(0, 2, "--") != 0) dst.push_back(argv[++i]);
-        if (dst.empty() && i + 1 < argv.size() && !specs_.contains(argv[i + 1].substr(0, argv[i + 1].find('='))))
+        // (A value that cannot be an option's name, "--> [MASK]", rather than a mistyped option.)
+        if (dst.empty() && i + 1 < argv.size() && !looks_like_option(argv[i + 1]))
           fail("option '" + a + "' needs at least one value; '" + argv[i + 1] +
                "' starts with '--' and is read as an option (a value that does is given as " + a + "='" + argv[i + 1] +
                "')");

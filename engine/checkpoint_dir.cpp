@@ -248,14 +248,18 @@ std::string save_checkpoint_dir(const std::string& output_dir, int64_t step, int
   return final_path;
 }
 
-void rotate_checkpoints(const std::string& output_dir, int save_total_limit, const std::string& keep) {
-  if (save_total_limit <= 0) return;
+std::vector<std::string> rotate_checkpoints(const std::string& output_dir, int save_total_limit,
+                                            const std::string& keep) {
+  std::vector<std::string> removed;
+  if (save_total_limit <= 0) return removed;
   std::error_code ec;
   auto all = list_checkpoints(output_dir);
   while (static_cast<int>(all.size()) > save_total_limit && all.front().path != keep) {
     fs::remove_all(all.front().path, ec);
+    removed.push_back(all.front().path);
     all.erase(all.begin());
   }
+  return removed;
 }
 
 }  // namespace bert

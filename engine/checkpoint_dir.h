@@ -34,22 +34,24 @@ std::vector<std::string> foreign_checkpoint_dirs(const std::string& output_dir);
 std::string save_checkpoint_dir(const std::string& output_dir, int64_t step, int save_total_limit,
                                 const std::function<void(const std::string& tmp_dir)>& write_files);
 
-// What a finished run leaves in output_dir beside its checkpoints (HF's trainer.save_model(), and
-// bert_train plot's default output).
-inline constexpr const char* kFinalModelFiles[] = {
-    "model.safetensors", "config.json", "vocab.txt", "tokenizer_config.json", "special_tokens_map.json", "loss.svg"};
+// The final model bert_train leaves in output_dir beside its checkpoints (HF's trainer.save_model()).
+inline constexpr const char* kFinalModelFiles[] = {"model.safetensors", "config.json", "vocab.txt",
+                                                   "tokenizer_config.json", "special_tokens_map.json"};
 
 // Finishes what a crash interrupted: a re-save of checkpoint-N moves the old copy aside as
 // "checkpoint-N.old-<pid>" first, so when checkpoint-N is missing that copy is put back; when both are
 // there the old one is removed. Also removes temporary ".checkpoint-*.tmp-*" directories, and the
 // temporary files of the final model's atomic writes ("model.safetensors.tmp.<pid>", the tokenizer
-// files', loss.svg's), all of a process that has ended. Called before listing checkpoints to resume and
+// files'; not loss.svg's: `bert_train plot` may be writing it from another host), all of a process
+// that has ended. Called before listing checkpoints to resume and
 // before each save (save_checkpoint_dir does).
 void recover_interrupted_saves(const std::string& output_dir);
 
 // save_total_limit's rotation (0: none): removes the oldest checkpoints of output_dir until at most
-// `limit` are left, never `keep` nor one after it. save_checkpoint_dir does it after each save.
-void rotate_checkpoints(const std::string& output_dir, int save_total_limit, const std::string& keep);
+// `limit` are left, never `keep` nor one after it; returns the paths removed. save_checkpoint_dir does
+// it after each save.
+std::vector<std::string> rotate_checkpoints(const std::string& output_dir, int save_total_limit,
+                                            const std::string& keep);
 
 // Holds an exclusive lock on "<output_dir>/.bert_train.lock" (the directory is created if need be)
 // for its lifetime: a second run into the same output_dir (its checkpoint saves would remove this

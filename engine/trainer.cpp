@@ -538,6 +538,8 @@ class Trainer {
   void write_log_record(bool log_train, const std::optional<EvalResult>& eval);
   void write_model_files(const std::string& dir) const;
   void finish_ended_run(const std::string& checkpoint);
+  // Whether `path` (relative, through symlinks) is a directory right inside output_dir.
+  bool in_output_dir(const std::string& path) const;
   std::string save_checkpoint();
   void update_progress(Progress& progress) const;
   // --dump-batches DIR: the weights before the first step of this session (DIR/init, an HF model
@@ -779,21 +781,22 @@ void Trainer::check_output_dir() {
     throw Error(where + " holds " + foreign.front() +
                 ", which is not a bert_train checkpoint (no trainer_state.json) but has a checkpoint's name; "
                 "move it out");
-  std::error_code ec;
   if (resume_) {
     if (lead()) recover_interrupted_saves(dir);  // before the checkpoints are listed
-    // A checkpoint from elsewhere into an output_dir holding a run: its metrics and checkpoints would
-    // be taken for this run's (metrics.jsonl continued, the rotation, a bare --resume).
-    const bool elsewhere = !resume_->empty() && file_exists(*resume_ + "/trainer_state.json") &&
-                           !fs::equivalent(fs::path(*resume_).parent_path(), dir, ec);
-    if (!elsewhere || (list_checkpoints(dir).empty() && !file_exists(dir + "/metrics.jsonl"))) return;
-    if (!training().overwrite_output_dir)
-      throw Error(where + " holds a run (checkpoints, metrics.jsonl) that --resume " + *resume_ +
-                  " is not from; its metrics and checkpoints would mix with this run's: set [training] " +
-                  "overwrite_output_dir = true to replace them, choose another output_dir, or (a checkpoint of " +
-                  "that run, copied away) put it back in " + dir);
-    // overwrite_output_dir: the run in output_dir goes, as below; the checkpoint is not in it.
+    // A checkpoint from elsewhere into an output_dir holding another run's checkpoints: they would be
+    // taken for this run's (the rotation, a bare --resume), and its metrics.jsonl continued. Refused,
+    // with overwrite_output_dir too (clearing here would come before setup() knows whether anything
+    // is left to train). Metrics without a checkpoint are let be: a run resumed from elsewhere and
+    // stopped before its first save leaves them, and the command it prints goes on from there.
+    if (!resume_->empty() && file_exists(*resume_ + "/trainer_state.json") && !in_output_dir(*resume_) &&
+        !list_checkpoints(dir).empty())
+      throw Error(where + " holds another run's checkpoints, and --resume " + *resume_ +
+                  " is not one of them: they would be taken for this run's; choose another output_dir, or remove "
+                  "them from it (a checkpoint of that run, copied away: put it back in " +
+                  dir + ")");
+    return;
   }
+  std::error_code ec;
   bool non_empty = false;
   if (is_directory(dir))
     for (const auto& entry : fs::directory_iterator(dir, ec))
@@ -1500,11 +1503,22 @@ void Trainer::dump_batch(const Batch& batch) {
 // runs after its rename): a run killed in between left output_dir without its final model, or with
 // an older run's, and more checkpoints than save_total_limit. A resume with nothing left to train
 // finishes that, when the checkpoint is output_dir's own (another run's output_dir is not touched).
+bool Trainer::in_output_dir(const std::string& path) const {
+  std::error_code ec;
+  const fs::path resolved = fs::weakly_canonical(fs::absolute(path, ec), ec);
+  return !ec && fs::equivalent(resolved.parent_path(), training().output_dir, ec);
+}
+
 void Trainer::finish_ended_run(const std::string& checkpoint) {
   const std::string& dir = training().output_dir;
   std::error_code ec;
-  if (!fs::equivalent(fs::path(checkpoint).parent_path(), dir, ec)) return;
-  rotate_checkpoints(dir, training().save_total_limit, checkpoint);
+  // Only output_dir's latest: an earlier one resumed with nothing to train (a smaller max_steps) is
+  // not where the run ended.
+  const std::optional<CheckpointInfo> latest = latest_checkpoint(dir);
+  if (!in_output_dir(checkpoint) || !latest || !fs::equivalent(latest->path, checkpoint, ec)) return;
+  for (const std::string& removed : rotate_checkpoints(dir, training().save_total_limit, latest->path))
+    out_ << "removed " << removed << " (save_total_limit = " << training().save_total_limit
+         << "; the run ended before its rotation)\n";
   const auto same_model = [&] {
     for (const char* name : {"model.safetensors", "config.json", "vocab.txt", "tokenizer_config.json"})
       if (!file_exists(dir + "/" + name)) return false;

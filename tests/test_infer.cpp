@@ -245,6 +245,8 @@ TEST_CASE("errors are one line and name the prompt, the file or the option", "[i
                                     "as --option='--> [MASK]'"));
   CHECK_THROWS_WITH(run({"--model", dir, "--mask", "--top-k", "3"}, "", out),
                     Catch::Equals("bert_infer: option '--mask' needs at least one value (see --help)"));
+  CHECK_THROWS_WITH(run({"--model", dir, "--mask", "--jsonn"}, "", out),  // a mistyped option, not a value
+                    Catch::Equals("bert_infer: option '--mask' needs at least one value (see --help)"));
   CHECK(run({"--model", dir, "--mask=--> [MASK]"}, "", out) == 0);
   // The model dir is checked before the prompts are read (stdin may be a terminal waiting for them).
   CHECK_THROWS_WITH(run({"--model", test_dir() + "/nowhere"}, "b \xC3\x28 [MASK]\n", out),

@@ -268,6 +268,9 @@ TEST_CASE("save_total_limit keeps the newest checkpoints") {
   INFO(resumed.out << resumed.err);
   REQUIRE(resumed.code == 0);
   CHECK(resumed.out.find("nothing to do") != std::string::npos);
+  CHECK(resumed.out.find("removed " + out +
+                         "/checkpoint-4 (save_total_limit = 2; the run ended before its "
+                         "rotation)\n") != std::string::npos);
   CHECK(resumed.out.find("wrote the final model to " + out + " from " + out +
                          "/checkpoint-7: the run that saved it "
                          "ended before it wrote its final model\n") != std::string::npos);
@@ -289,36 +292,62 @@ TEST_CASE("save_total_limit keeps the newest checkpoints") {
   const RunResult finished = train({"--config", config, "--resume"});
   CHECK(finished.out.find("nothing to do") != std::string::npos);
   CHECK(finished.out.find("wrote the final model") == std::string::npos);
+  // An earlier checkpoint with nothing to train (a smaller max_steps) is not where the run ended: the
+  // final model stays checkpoint-7's.
+  std::string text = read_file(config);
+  text.replace(text.find("max_steps = 7"), 13, "max_steps = 6");
+  write_file_atomic(test_dir() + "/six.toml", text);
+  const RunResult earlier = train({"--config", test_dir() + "/six.toml", "--resume", out + "/checkpoint-6"});
+  CHECK(earlier.out.find("nothing to do") != std::string::npos);
+  CHECK(earlier.out.find("wrote the final model") == std::string::npos);
+  CHECK(read_file(out + "/model.safetensors") == read_file(out + "/checkpoint-7/model.safetensors"));
 }
 
-TEST_CASE("a checkpoint of another run resumes into an empty output_dir, or one that overwrite_output_dir clears") {
+TEST_CASE("a checkpoint of another run resumes into an output_dir without checkpoints, not into another run's") {
   make_tiny_data();
   const std::string settings = "max_steps = 4\nper_device_train_batch_size = 8\nsave_steps = 2\nlogging_steps = 1\n";
   REQUIRE(train({"--config", write_config("a", "a", settings)}).code == 0);
   REQUIRE(train({"--config", write_config("b", "b", settings)}).code == 0);
   const std::string a = test_dir() + "/a", b = test_dir() + "/b";
-  const std::string b_metrics = read_file(b + "/metrics.jsonl");
-  // Into b, which holds a run: its metrics would go on from a's step 2, its checkpoints pass for this run's.
-  const std::string message = error_of([&] {
-    train({"--config", test_dir() + "/b.toml", "--resume", a + "/checkpoint-2"});
-  });
-  CHECK(message == test_dir() + "/b.toml:13: [training] output_dir '" + b + "' holds a run (checkpoints, " +
-                       "metrics.jsonl) that --resume " + a +
-                       "/checkpoint-2 is not from; its metrics and checkpoints would mix with this run's: set "
-                       "[training] overwrite_output_dir = true to replace them, choose another output_dir, or (a "
-                       "checkpoint of that run, copied away) put it back in " +
-                       b);
+  const std::string b_metrics = read_file(b + "/metrics.jsonl"), b_model = read_file(b + "/model.safetensors");
+  // Into b, which holds a run: its checkpoints would pass for this run's. With overwrite_output_dir too
+  // (it would clear b before knowing whether anything is left to train).
+  const std::string expected = "[training] output_dir '" + b + "' holds another run's checkpoints, and --resume " + a +
+                               "/checkpoint-2 is not one of them: they would be taken for this run's; choose another "
+                               "output_dir, or remove them from it (a checkpoint of that run, copied away: put it "
+                               "back in " +
+                               b + ")";
+  CHECK(error_of([&] {
+          train({"--config", test_dir() + "/b.toml", "--resume", a + "/checkpoint-2"});
+        }) == test_dir() + "/b.toml:13: " + expected);
+  const std::string overwrite = write_config("b2", "b", settings + "overwrite_output_dir = true\n");
+  CHECK_THAT(error_of([&] {
+               train({"--config", overwrite, "--resume", a + "/checkpoint-4"});
+             }),
+             Catch::EndsWith("holds another run's checkpoints, and --resume " + a +
+                             "/checkpoint-4 is not one of them: they would be taken for this run's; choose another "
+                             "output_dir, or remove them from it (a checkpoint of that run, copied away: put it back "
+                             "in " +
+                             b + ")"));
   CHECK(read_file(b + "/metrics.jsonl") == b_metrics);
+  CHECK(read_file(b + "/model.safetensors") == b_model);
   CHECK(list_checkpoints(b).size() == 2);
-  // Into an empty output_dir, and into b with overwrite_output_dir: a's run, from its step 2 on.
+  // b's own checkpoint through a symlink is b's.
+  std::filesystem::create_directory_symlink("b/checkpoint-2", test_dir() + "/b_latest");
+  const RunResult own = train({"--config", test_dir() + "/b.toml", "--resume", test_dir() + "/b_latest"});
+  INFO(own.out << own.err);
+  CHECK(own.code == 0);
+  // Into an empty output_dir, and into one holding only metrics (a run resumed from a's checkpoint and
+  // stopped before its first save: the command it printed goes on): a's run, from its step 2 on.
   const RunResult fresh = train({"--config", write_config("c", "c", settings), "--resume", a + "/checkpoint-2"});
   REQUIRE(fresh.code == 0);
-  const RunResult cleared = train({"--config", write_config("b2", "b", settings + "overwrite_output_dir = true\n"),
-                                   "--resume", a + "/checkpoint-2"});
-  INFO(cleared.out << cleared.err);
-  REQUIRE(cleared.code == 0);
-  CHECK_THAT(cleared.out, Catch::Contains("overwrite_output_dir: removed from " + b + ": 2 old checkpoint(s)"));
-  for (const std::string& dir : {test_dir() + "/c", b}) {
+  const std::string d = test_dir() + "/d";
+  make_directories(d);
+  write_file_atomic(d + "/metrics.jsonl", read_file(test_dir() + "/c/metrics.jsonl").substr(0, 20));
+  const RunResult metrics_only = train({"--config", write_config("d", "d", settings), "--resume", a + "/checkpoint-2"});
+  INFO(metrics_only.out << metrics_only.err);
+  REQUIRE(metrics_only.code == 0);
+  for (const std::string& dir : {test_dir() + "/c", d}) {
     CHECK(read_file(dir + "/model.safetensors") == read_file(a + "/model.safetensors"));
     const auto records = read_metrics(dir + "/metrics.jsonl");
     REQUIRE(records.size() == 2);
