@@ -309,6 +309,9 @@ size_t match_card(const Text& t, size_t p) {
     // Contiguous: only network prefixes (2-6 Visa/MC/Amex/JCB/UnionPay, 9 Korean domestic) so that
     // random long ids, which pass Luhn one time in ten, mostly stay.
     const unsigned char c = t.s[p];
+    // An ISBN-13 or a book's EAN-13 (978/979) passes Luhn about one time in ten: not a card (the
+    // 13-digit cards are Visa's, which start with 4).
+    if (len == 13 && c == '9' && t.s[p + 1] == '7' && (t.s[p + 2] == '8' || t.s[p + 2] == '9')) return npos;
     if ((c >= '2' && c <= '6') || c == '9') return luhn_ok(t, p, r) ? r : npos;
     return npos;
   }

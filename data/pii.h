@@ -19,7 +19,8 @@
 //   [EMAIL]    local@domain.tld (ASCII; the TLD is 2+ letters) or local@192.0.2.1; a URL's
 //              user:password@host whole ("https://[EMAIL]").
 //   [CARD]     13-19 digits passing Luhn: 4-4-4-4(-3), 4-6-5 or 4-6-4 groups ('-' or ' '), or
-//              contiguous with a card-network first digit (2-6, 9).
+//              contiguous with a card-network first digit (2-6, 9; not 13 digits led by 978/979,
+//              an ISBN-13).
 //   [ACCOUNT]  bank-account-like: 3+ dash-separated groups of 2-7 digits, 10-14 digits in all, with
 //              a group of 5+ digits or 4+ groups (real layouts: 110-123-456789, 1002-345-678901,
 //              3333-01-1234567, 123-456789-01-001, 301-0123-4567-11). Not a date-led chain

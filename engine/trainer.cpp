@@ -1499,16 +1499,16 @@ void Trainer::dump_batch(const Batch& batch) {
   if (!dump_) throw Error("bert_train: --dump-batches: writing " + *dump_dir_ + "/batches.bin failed (disk full?)");
 }
 
-// The run's last checkpoint is saved before the final model goes to output_dir (and the rotation
-// runs after its rename): a run killed in between left output_dir without its final model, or with
-// an older run's, and more checkpoints than save_total_limit. A resume with nothing left to train
-// finishes that, when the checkpoint is output_dir's own (another run's output_dir is not touched).
 bool Trainer::in_output_dir(const std::string& path) const {
   std::error_code ec;
   const fs::path resolved = fs::weakly_canonical(fs::absolute(path, ec), ec);
   return !ec && fs::equivalent(resolved.parent_path(), training().output_dir, ec);
 }
 
+// The run's last checkpoint is saved before the final model goes to output_dir (and the rotation
+// runs after its rename): a run killed in between left output_dir without its final model, or with
+// an older run's, and more checkpoints than save_total_limit. A resume with nothing left to train
+// finishes that, when the checkpoint is output_dir's own (another run's output_dir is not touched).
 void Trainer::finish_ended_run(const std::string& checkpoint) {
   const std::string& dir = training().output_dir;
   std::error_code ec;

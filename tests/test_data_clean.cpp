@@ -256,6 +256,7 @@ TEST_CASE("pii: dates, times, versions, prices and other numbers stay untouched"
       // ISBNs, business registration numbers, year lists
       "978-89-12345-67-8",
       "ISBN 978-89-6626-123-4",
+      "ISBN 9788936434175",  // an ISBN-13 that passes Luhn, unhyphenated
       "사업자등록번호 123-45-67890",
       "2019-2020-2021",
       "1000-2000-3000",
