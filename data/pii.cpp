@@ -256,16 +256,28 @@ bool rrn_checksum_ok(const unsigned char* d, const unsigned char* e) {
   return (11 - sum % 11) % 10 == static_cast<unsigned>(e[6] - '0');
 }
 
-// A label naming the number within the 32 bytes before p: 주민번호, 주민 번호, 주민등록(번호),
-// (외국인)등록번호, RRN. Not 주민 alone (주민센터, 주민세), nor our own placeholder "[RRN]", so that
-// scrubbing scrubbed text changes nothing.
-bool rrn_label_before(const Text& t, size_t p) {
+// Whether one of `labels` stands within the 32 bytes before p: a Korean label anywhere in that window,
+// an ASCII one (RRN, KB) as a word of its own: not after a letter or '[' (our placeholders: "[RRN]",
+// so that scrubbing scrubbed text changes nothing), nor followed by a capital (KBS, IBKR).
+bool label_before(const Text& t, size_t p, std::initializer_list<std::string_view> labels) {
   const size_t b = p > 32 ? p - 32 : 0;
   const std::string_view window(reinterpret_cast<const char*>(t.s) + b, p - b);
-  for (const std::string_view label : {"주민번호", "주민 번호", "주민등록", "등록번호", "RRN"})
-    for (size_t at = window.find(label); at != std::string_view::npos; at = window.find(label, at + 1))
-      if (label != "RRN" || b + at == 0 || t.s[b + at - 1] != '[') return true;
+  for (const std::string_view label : labels)
+    for (size_t at = window.find(label); at != std::string_view::npos; at = window.find(label, at + 1)) {
+      const size_t begin = b + at, end = begin + label.size();
+      if (is_alpha(static_cast<unsigned char>(label[0])) &&
+          ((begin > 0 && (is_alpha(t.s[begin - 1]) || t.s[begin - 1] == '[')) ||
+           (end < t.n && t.s[end] >= 'A' && t.s[end] <= 'Z')))
+        continue;
+      return true;
+    }
   return false;
+}
+
+// A label naming the number: 주민번호, 주민 번호, 주민등록(번호), (외국인)등록번호, RRN. Not 주민 alone
+// (주민센터, 주민세).
+bool rrn_label_before(const Text& t, size_t p) {
+  return label_before(t, p, {"주민번호", "주민 번호", "주민등록", "등록번호", "RRN"});
 }
 
 size_t match_rrn(const Text& t, size_t p) {
@@ -565,22 +577,12 @@ size_t match_account(const Text& t, size_t p) {
   return e;
 }
 
-// A bank or account word within the 32 bytes before p (계좌, 은행, 예금주, 입금, 송금, 이체, the banks
-// named without 은행: 뱅크, 농협, 신한, 새마을(금고), 우체국, 수협, 신협, KB, IBK, NH). Not 국민 or 우리 alone
-// (the people, we), nor our own placeholder "[ACCOUNT]".
+// A bank or account word: 계좌, 은행, 예금주, 입금, 송금, 이체, the banks named without 은행 (뱅크, 농협,
+// 신한, 새마을(금고), 우체국, 수협, 신협, KB, IBK, NH). Not 국민 or 우리 alone (the people, we).
 bool account_label_before(const Text& t, size_t p) {
-  const size_t b = p > 32 ? p - 32 : 0;
-  const std::string_view window(reinterpret_cast<const char*>(t.s) + b, p - b);
-  for (const std::string_view label : {"계좌", "은행", "예금주", "입금", "송금", "이체", "뱅크", "농협", "신한",
-                                       "새마을", "우체국", "수협", "신협", "KB", "IBK", "NH"})
-    for (size_t at = window.find(label); at != std::string_view::npos; at = window.find(label, at + 1)) {
-      const size_t end = b + at + label.size();  // ASCII labels: whole words (not ANH, KBS, IBKR)
-      if (is_alpha(static_cast<unsigned char>(label[0])) &&
-          ((b + at > 0 && is_alpha(t.s[b + at - 1])) || (end < t.n && is_alpha(t.s[end]))))
-        continue;
-      return true;
-    }
-  return false;
+  return label_before(t, p,
+                      {"계좌", "은행", "예금주", "입금", "송금", "이체", "뱅크", "농협", "신한", "새마을", "우체국",
+                       "수협", "신협", "KB", "IBK", "NH"});
 }
 
 // An account number the dashed layouts above do not take, after a bank or account word: in one piece
