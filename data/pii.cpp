@@ -3,7 +3,9 @@
 #include <algorithm>
 #include <array>
 #include <cstring>
+#include <ctime>
 #include <initializer_list>
+#include <span>
 #include <string_view>
 
 namespace bert {
@@ -213,6 +215,23 @@ bool phone_label_before(const Text& t, size_t p) {
 
 // ---- [RRN] --------------------------------------------------------------------------------
 
+// "RRN" (any case) glued to the number at p, itself a word of its own: "RRN900101-1234567".
+bool rrn_glued_label(const Text& t, size_t p) {
+  if (p < 3 || (t.s[p - 3] | 0x20) != 'r' || (t.s[p - 2] | 0x20) != 'r' || (t.s[p - 1] | 0x20) != 'n') return false;
+  return p == 3 || !(is_alnum(t.s[p - 4]) || t.s[p - 4] == '_' || t.s[p - 4] == '[');
+}
+
+// The current year (UTC), read once: no one is born in the future.
+unsigned this_year() {
+  static const unsigned year = [] {
+    const std::time_t now = std::time(nullptr);
+    std::tm tm{};
+    gmtime_r(&now, &tm);
+    return static_cast<unsigned>(tm.tm_year + 1900);
+  }();
+  return year;
+}
+
 // YYMMDD at d[0..6) with the sex/century digit `g` (1,2,5,6: 1900s; 3,4,7,8: 2000s; 5-8 are
 // registered foreigners).
 bool valid_rrn_birth(const unsigned char* d, unsigned char g) {
@@ -222,6 +241,7 @@ bool valid_rrn_birth(const unsigned char* d, unsigned char g) {
   const unsigned dd = (d[4] - '0') * 10u + (d[5] - '0');
   const bool c1900 = g == '1' || g == '2' || g == '5' || g == '6';
   const unsigned year = (c1900 ? 1900 : 2000) + yy;
+  if (year > this_year()) return false;  // 880123-4...: 2088, a barcode's digits, not a birth
   const bool leap = (year % 4 == 0 && year % 100 != 0) || year % 400 == 0;
   static constexpr unsigned kDays[12] = {31, 28, 31, 30, 31, 30, 31, 31, 30, 31, 30, 31};
   if (mm < 1 || mm > 12 || dd < 1) return false;
@@ -256,12 +276,15 @@ bool rrn_checksum_ok(const unsigned char* d, const unsigned char* e) {
   return (11 - sum % 11) % 10 == static_cast<unsigned>(e[6] - '0');
 }
 
-// Whether one of `labels` stands within the 32 bytes before p: a Korean label anywhere in that window,
-// an ASCII one (RRN, KB) as a word of its own: not after a letter or '[' (our placeholders: "[RRN]",
-// so that scrubbing scrubbed text changes nothing), nor followed by a capital (KBS, IBKR).
-bool label_before(const Text& t, size_t p, std::initializer_list<std::string_view> labels) {
+// Where the last of `labels` standing within the 32 bytes before p ends, or npos: a Korean label
+// anywhere in that window, an ASCII one (RRN, KB) as a word of its own: not after a letter or '['
+// (our placeholders: "[RRN]", so that scrubbing scrubbed text changes nothing), nor followed by a
+// capital (KBS, IBKR).
+using Labels = std::span<const std::string_view>;
+size_t last_label_end(const Text& t, size_t p, Labels labels) {
   const size_t b = p > 32 ? p - 32 : 0;
   const std::string_view window(reinterpret_cast<const char*>(t.s) + b, p - b);
+  size_t last = npos;
   for (const std::string_view label : labels)
     for (size_t at = window.find(label); at != std::string_view::npos; at = window.find(label, at + 1)) {
       const size_t begin = b + at, end = begin + label.size();
@@ -269,40 +292,85 @@ bool label_before(const Text& t, size_t p, std::initializer_list<std::string_vie
           ((begin > 0 && (is_alpha(t.s[begin - 1]) || t.s[begin - 1] == '[')) ||
            (end < t.n && t.s[end] >= 'A' && t.s[end] <= 'Z')))
         continue;
-      return true;
+      if (last == npos || end > last) last = end;
     }
-  return false;
+  return last;
 }
 
-// A label naming the number: 주민번호, 주민 번호, 주민등록(번호), (외국인)등록번호, RRN. Not 주민 alone
-// (주민센터, 주민세).
-bool rrn_label_before(const Text& t, size_t p) {
-  return label_before(t, p, {"주민번호", "주민 번호", "주민등록", "등록번호", "RRN"});
+// Whether the nearest label before p is one of `labels` rather than one of `others` (a label naming
+// another kind of number: 법인등록번호 ends in 등록번호, so a tie goes to `others`).
+bool named_by(const Text& t, size_t p, Labels labels, Labels others) {
+  const size_t mine = last_label_end(t, p, labels);
+  if (mine == npos) return false;
+  const size_t other = last_label_end(t, p, others);
+  return other == npos || mine > other;
 }
 
-size_t match_rrn(const Text& t, size_t p) {
+// Whether the nearest label before p names another kind of number than `labels` do.
+bool named_other(const Text& t, size_t p, Labels labels, Labels others) {
+  const size_t other = last_label_end(t, p, others);
+  if (other == npos) return false;
+  const size_t mine = last_label_end(t, p, labels);
+  return mine == npos || other >= mine;
+}
+
+// Labels naming a resident registration number: 주민번호, 주민 번호, 주민등록(번호), (외국인)등록번호, RRN.
+// Not 주민 alone (주민센터, 주민세).
+constexpr std::string_view kRrnLabels[] = {"주민번호", "주민 번호", "주민등록", "등록번호", "RRN"};
+// ... and the public numbers of the same layouts: a company's 법인등록번호 (110111-1234567) and
+// 사업자등록번호.
+constexpr std::string_view kCorporateLabels[] = {"법인등록번호",   "법인 등록번호",   "법인등록 번호", "법인번호",
+                                                 "사업자등록번호", "사업자 등록번호", "사업자번호"};
+
+bool rrn_labelled(const Text& t, size_t p) { return named_by(t, p, kRrnLabels, kCorporateLabels); }
+
+// EAN-13's check digit (weights 1,3,1,3,...): every product barcode passes it.
+bool ean13_ok(const Text& t, size_t p) {
+  unsigned sum = 0;
+  for (int k = 0; k < 12; ++k) sum += (k % 2 ? 3u : 1u) * static_cast<unsigned>(t.s[p + k] - '0');
+  return (10 - sum % 10) % 10 == static_cast<unsigned>(t.s[p + 12] - '0');
+}
+
+size_t match_rrn_layout(const Text& t, size_t p) {
   const size_t r = t.digits_end(p);
-  if (r - p == 13) return valid_rrn_birth(t.s + p, t.s[p + 6]) ? r : npos;
+  if (r - p == 13) {
+    if (!valid_rrn_birth(t.s + p, t.s[p + 6])) return npos;
+    // A product barcode (EAN-13: 8801062123459) passes its own check digit and, one time in ten, the
+    // birth-date rule; an RRN issued before Oct 2020 passes the mod-11 one. Passing EAN's alone,
+    // unlabelled, it is a barcode.
+    if (!rrn_checksum_ok(t.s + p, t.s + p + 6) && ean13_ok(t, p) && !rrn_labelled(t, p)) return npos;
+    return r;
+  }
+  if (r - p > 6 && r - p < 13) {  // 9001011******: the first digits of the 13, the rest masked
+    if (!valid_rrn_birth(t.s + p, t.s[p + 6])) return npos;
+    return mask_run_end(t, r, 13 - static_cast<int>(r - p));
+  }
   if (r - p != 6) return npos;
-  // 900101-1234567 (or 900101 - 1234567); spaced, 900101 1234567, as forms and scanned pages write it,
-  // only with a valid check digit or a label before it: a date and an amount ("240115 3000000") read
-  // the same.
+  // 900101-1234567 (or 900101 - 1234567). Loose, with a space (900101 1234567, as forms and scanned
+  // pages write it) or a dot (900101.1234567), only with a valid check digit or a label before it: a
+  // date and an amount ("240115 3000000") read the same.
   size_t q = spaced_dash_end(t, r);
-  const bool spaced = q == npos && t.at(r) == ' ';
-  if (q == npos && t.at(r) != '-' && !spaced) return npos;
+  const bool loose = q == npos && (t.at(r) == ' ' || t.at(r) == '.');
+  if (q == npos && t.at(r) != '-' && !loose) return npos;
   if (q == npos) q = r + 1;
-  const bool labelled = spaced && rrn_label_before(t, p);
+  const bool labelled = loose && rrn_labelled(t, p);
   if (!t.digit(q)) {  // 900101-*******: the birth date is still there (either century's calendar)
     if (!valid_rrn_birth(t.s + p, '1') && !valid_rrn_birth(t.s + p, '3')) return npos;
-    if (spaced && !labelled) return npos;
+    if (loose && !labelled) return npos;
     return mask_run_end(t, q, 7);
   }
   const size_t r2 = t.digits_end(q);
   if (!valid_rrn_birth(t.s + p, t.s[q])) return npos;
-  if (r2 - q == 7) return !spaced || labelled || rrn_checksum_ok(t.s + p, t.s + q) ? r2 : npos;
+  if (r2 - q == 7) return !loose || labelled || rrn_checksum_ok(t.s + p, t.s + q) ? r2 : npos;
   // Partly masked: 900101-1******, 900101-1234***.
-  if (r2 - q > 6 || (spaced && !labelled)) return npos;
+  if (r2 - q > 6 || (loose && !labelled)) return npos;
   return mask_run_end(t, r2, 7 - static_cast<int>(r2 - q));
+}
+
+size_t match_rrn(const Text& t, size_t p) {
+  const size_t e = match_rrn_layout(t, p);
+  // 법인등록번호 110111-1234567: a company's, public.
+  return e != npos && named_other(t, p, kRrnLabels, kCorporateLabels) ? npos : e;
 }
 
 // ---- [CARD] -------------------------------------------------------------------------------
@@ -314,6 +382,10 @@ bool card_layout(const size_t* lens, int groups) {
   return false;
 }
 
+// A card word: 카드(번호), 신용카드, 체크카드, card. After one, a 16-digit number (4-4-4-4 or in one
+// piece) is a card whether or not it passes Luhn: mistyped and made-up numbers leak as much.
+constexpr std::string_view kCardLabels[] = {"카드", "card", "Card", "CARD"};
+
 size_t match_card(const Text& t, size_t p) {
   const size_t r = t.digits_end(p);
   const size_t len = r - p;
@@ -324,8 +396,8 @@ size_t match_card(const Text& t, size_t p) {
     // An ISBN-13 or a book's EAN-13 (978/979) passes Luhn about one time in ten: not a card (the
     // 13-digit cards are Visa's, which start with 4).
     if (len == 13 && c == '9' && t.s[p + 1] == '7' && (t.s[p + 2] == '8' || t.s[p + 2] == '9')) return npos;
-    if ((c >= '2' && c <= '6') || c == '9') return luhn_ok(t, p, r) ? r : npos;
-    return npos;
+    if (!((c >= '2' && c <= '6') || c == '9')) return npos;
+    return luhn_ok(t, p, r) || (len == 16 && last_label_end(t, p, kCardLabels) != npos) ? r : npos;
   }
   if (len != 4) return npos;
   const unsigned char sep = t.at(r);
@@ -343,6 +415,7 @@ size_t match_card(const Text& t, size_t p) {
   // Longest layout first; with ' ' a shorter prefix may be the card and the rest other text.
   for (int k = groups; k >= 3; --k)
     if (card_layout(lens, k) && luhn_ok(t, p, ends[k - 1])) return ends[k - 1];
+  if (groups >= 4 && card_layout(lens, 4) && last_label_end(t, p, kCardLabels) != npos) return ends[3];
   return npos;
 }
 
@@ -461,6 +534,7 @@ size_t match_ipv4(const Text& t, size_t p, bool outline_ok) {
 // "release": they name hosts too, "build: 10.0.0.12", "DHCP release 192.168.0.10".)
 bool outline_number(const Text& t, size_t p, size_t e) {
   if (p >= 3 && followed_by(t, p - 3, {"제"})) return true;  // glued: 제3.2.10.1
+  if (t.at(e) == ' ') ++e;                                   // "5.2.11.1 절"
   if (followed_by(t, e, {"항", "절", "조", "장", "편", "관", "목", "호"})) return true;
   size_t label_end = p;
   if (label_end > 0 && t.s[label_end - 1] == ' ') --label_end;
@@ -536,12 +610,25 @@ bool ipv6_start_ok(const Text& t, size_t p) {
   return !(is_alnum(c) || c == '_' || c == ':' || c == '.');
 }
 
+// A dotted quad followed by an hour, minute or second counter is a date and time: "23.01.15.10시".
 size_t outline_ipv4(const Text& t, size_t p) {
   const size_t e = match_ipv4(t, p, false);
-  return e != npos && outline_number(t, p, e) ? npos : e;
+  if (e == npos || outline_number(t, p, e) || followed_by(t, e, {"시", "분", "초"})) return npos;
+  return e;
 }
 
 // ---- [ACCOUNT] ----------------------------------------------------------------------------
+
+// A bank or account word: 계좌, 은행, 예금주, 입금, 송금, 이체, the banks named without 은행 (뱅크, 농협,
+// 신한, 새마을(금고), 우체국, 수협, 신협, KB, IBK, NH). Not 국민 or 우리 alone (the people, we).
+constexpr std::string_view kAccountLabels[] = {"계좌", "은행",   "예금주", "입금", "송금", "이체", "뱅크", "농협",
+                                               "신한", "새마을", "우체국", "수협", "신협", "KB",   "IBK",  "NH"};
+// Words naming another number of the same layouts: a contract, order, case, registry, shipment,
+// application, policy or serial number (계약번호 2023-0456-789012) is a document's, not an account.
+constexpr std::string_view kOtherNumberLabels[] = {"계약번호", "주문번호", "사건번호", "접수번호", "등기번호",
+                                                   "등록번호", "송장번호", "운송장",   "관리번호", "문서번호",
+                                                   "고유번호", "출원번호", "증권번호", "허가번호", "인증번호",
+                                                   "승인번호", "일련번호", "제품번호", "모델번호", "거래번호"};
 
 size_t match_account(const Text& t, size_t p) {
   constexpr int kMaxGroups = 8;
@@ -574,15 +661,8 @@ size_t match_account(const Text& t, size_t p) {
     const unsigned y = t.value(p, p + 4), m = t.value(p + 5, p + 7), d = t.value(p + 8, p + 10);
     if (y >= 1900 && y <= 2099 && m >= 1 && m <= 12 && d >= 1 && d <= 31) return npos;
   }
+  if (named_other(t, p, kAccountLabels, kOtherNumberLabels)) return npos;
   return e;
-}
-
-// A bank or account word: 계좌, 은행, 예금주, 입금, 송금, 이체, the banks named without 은행 (뱅크, 농협,
-// 신한, 새마을(금고), 우체국, 수협, 신협, KB, IBK, NH). Not 국민 or 우리 alone (the people, we).
-bool account_label_before(const Text& t, size_t p) {
-  return label_before(t, p,
-                      {"계좌", "은행", "예금주", "입금", "송금", "이체", "뱅크", "농협", "신한", "새마을", "우체국",
-                       "수협", "신협", "KB", "IBK", "NH"});
 }
 
 // An account number the dashed layouts above do not take, after a bank or account word: in one piece
@@ -590,7 +670,7 @@ bool account_label_before(const Text& t, size_t p) {
 // 5678-9, 508-10-123456-7, 1000-1234-5678). 10-14 digits in all, the whole run of groups (one
 // separator throughout); not an amount (a unit after it).
 size_t match_labelled_account(const Text& t, size_t p) {
-  if (!account_label_before(t, p)) return npos;
+  if (!named_by(t, p, kAccountLabels, kOtherNumberLabels)) return npos;
   const unsigned char sep = t.at(t.digits_end(p));
   size_t q = p, e, total = 0;
   int groups = 0;
@@ -616,52 +696,187 @@ struct Span {
   size_t begin = npos, end = npos;
 };
 
-// The next e-mail address whose '@' is at or after `from` and whose local part starts at or
+bool bytes_at(const unsigned char* s, size_t n, size_t i, std::string_view w) {
+  return i + w.size() <= n && std::memcmp(s + i, w.data(), w.size()) == 0;
+}
+
+// An at-sign at i, as written or as people hide it from address harvesters: '@', the full-width '＠',
+// (at) [at] in any case, 골뱅이 (the Korean name of '@') bare or in brackets. Its end, or npos.
+size_t at_sign_end(const unsigned char* s, size_t n, size_t i) {
+  switch (s[i]) {
+    case '@':
+      return i + 1;
+    case 0xEF:
+      return bytes_at(s, n, i, "＠") ? i + 3 : npos;
+    case 0xEA:
+      return bytes_at(s, n, i, "골뱅이") ? i + 9 : npos;
+    case '(':
+    case '[': {
+      const unsigned char close = s[i] == '(' ? ')' : ']';
+      if (i + 3 < n && (s[i + 1] | 0x20) == 'a' && (s[i + 2] | 0x20) == 't' && s[i + 3] == close) return i + 4;
+      if (bytes_at(s, n, i + 1, "골뱅이") && i + 10 < n && s[i + 10] == close) return i + 11;
+      return npos;
+    }
+    default:
+      return npos;
+  }
+}
+
+// A dot between domain labels at i: '.', or, in a hidden address, (dot) [dot] with a space on
+// either side or none. Its end, or npos.
+size_t domain_dot_end(const unsigned char* s, size_t n, size_t i, bool hidden) {
+  if (i < n && s[i] == '.') return i + 1;
+  if (!hidden) return npos;
+  size_t k = i < n && s[i] == ' ' ? i + 1 : i;
+  if (k + 4 >= n || (s[k] != '(' && s[k] != '[')) return npos;
+  const unsigned char close = s[k] == '(' ? ')' : ']';
+  if ((s[k + 1] | 0x20) != 'd' || (s[k + 2] | 0x20) != 'o' || (s[k + 3] | 0x20) != 't' || s[k + 4] != close)
+    return npos;
+  k += 5;
+  return k < n && s[k] == ' ' ? k + 1 : k;
+}
+
+// The Hangul syllable (U+AC00-U+D7A3, three bytes) at i, or before i.
+bool hangul_at(const unsigned char* s, size_t n, size_t i) {
+  if (i + 3 > n || s[i] < 0xEA || s[i] > 0xED) return false;
+  const unsigned cp = ((s[i] & 0x0Fu) << 12) | ((s[i + 1] & 0x3Fu) << 6) | (s[i + 2] & 0x3Fu);
+  return (s[i + 1] & 0xC0) == 0x80 && (s[i + 2] & 0xC0) == 0x80 && cp >= 0xAC00 && cp <= 0xD7A3;
+}
+bool hangul_before(const unsigned char* s, size_t n, size_t i) { return i >= 3 && hangul_at(s, n, i - 3); }
+
+// Where the at-signs may be, each found with memchr on a rare byte and its search resumed where it
+// stopped: '@', '＠' (by its EF), the ')' or ']' closing "(at)", 골뱅이 (by its B1). A byte-by-byte
+// scan for all of them, or memmem, would halve the scrubber's speed on Hangul text. One finder serves
+// a whole line, so the cost stays linear however many addresses it holds.
+class AtSignFinder {
+ public:
+  explicit AtSignFinder(std::string_view text)
+      : s_(reinterpret_cast<const unsigned char*>(text.data())), n_(text.size()) {}
+
+  // The first possible at-sign starting at or after `from` (n when none).
+  size_t next(size_t from) {
+    size_t best = n_;
+    best = std::min(best, resume(plain_, from, [&](size_t i) { return find_byte(i, '@'); }));
+    best = std::min(best, resume(wide_, from, [&](size_t i) { return find_wide(i); }));
+    best = std::min(best, resume(korean_, from, [&](size_t i) { return find_korean(i); }));
+    // "(골뱅이)" starts at its bracket; "(at)" three bytes before its ')'.
+    if (korean_ < n_ && korean_ > from && (s_[korean_ - 1] == '(' || s_[korean_ - 1] == '['))
+      best = std::min(best, korean_ - 1);
+    if (const size_t close = resume(paren_, from + 3, [&](size_t i) { return find_byte(i, ')'); }); close < n_)
+      best = std::min(best, close - 3);
+    if (const size_t close = resume(bracket_, from + 3, [&](size_t i) { return find_byte(i, ']'); }); close < n_)
+      best = std::min(best, close - 3);
+    return best;
+  }
+
+ private:
+  // The cached position of one search if it is still at or after `from`, else a fresh search.
+  template <class Search>
+  size_t resume(size_t& cached, size_t from, Search search) {
+    if (cached == kUnset || cached < from) cached = from < n_ ? search(from) : n_;
+    return cached;
+  }
+  size_t find_byte(size_t i, unsigned char c) const {
+    if (i >= n_) return n_;
+    const void* hit = std::memchr(s_ + i, c, n_ - i);
+    return hit ? static_cast<size_t>(static_cast<const unsigned char*>(hit) - s_) : n_;
+  }
+  size_t find_wide(size_t i) const {  // '＠': EF BC A0, and EF is rare in Korean text
+    for (; (i = find_byte(i, 0xEF)) < n_; ++i)
+      if (bytes_at(s_, n_, i, "＠")) return i;
+    return n_;
+  }
+  // 골뱅이 (EA B3 A8 EB B1 85 EC 9D B4) by its fifth byte, the rarest of its first six.
+  size_t find_korean(size_t i) const {
+    for (i += 4; (i = find_byte(i, 0xB1)) < n_; ++i)
+      if (bytes_at(s_, n_, i - 4, "골뱅이")) return i - 4;
+    return n_;
+  }
+
+  static constexpr size_t kUnset = npos;
+  const unsigned char* s_;
+  size_t n_;
+  size_t plain_ = kUnset, wide_ = kUnset, korean_ = kUnset, paren_ = kUnset, bracket_ = kUnset;
+};
+
+// The next e-mail address whose at-sign is at or after `from` and whose local part starts at or
 // after `floor` (the end of the previous match).
-Span next_email(std::string_view text, size_t from, size_t floor) {
+Span next_email(std::string_view text, size_t from, size_t floor, AtSignFinder& finder) {
   const auto* s = reinterpret_cast<const unsigned char*>(text.data());
   const size_t n = text.size();
-  while (from < n) {
-    const void* hit = std::memchr(s + from, '@', n - from);
-    if (!hit) break;
-    const size_t at = static_cast<size_t>(static_cast<const unsigned char*>(hit) - s);
-    from = at + 1;
-    size_t b = at;
-    while (b > floor && is_local_char(s[b - 1])) --b;
-    while (b < at && s[b] == '.') ++b;
-    if (b == at || at - b > 64 || s[at - 1] == '.') continue;
+  for (; (from = finder.next(from)) < n; ++from) {
+    const size_t at = from, at_end = at_sign_end(s, n, at);
+    if (at_end == npos) continue;
+    const bool hidden = s[at] != '@';
+    // "hong @ example.com": a space on both sides of a plain '@'; either or both of a hidden one.
+    size_t local_end = at, q = at_end;
+    if (local_end > floor && s[local_end - 1] == ' ' && (hidden || (q < n && s[q] == ' '))) --local_end;
+    if (q < n && s[q] == ' ' && (hidden || local_end < at)) ++q;
+    // The domain: labels of ASCII letters, digits and '-', or of Hangul syllables (회사.한국).
+    constexpr int kMaxLabels = 16;
+    size_t starts[kMaxLabels], ends[kMaxLabels];
+    bool hangul[kMaxLabels];
+    int labels = 0;
+    while (labels < kMaxLabels) {
+      size_t e = q;
+      const bool h = hangul_at(s, n, q);
+      if (h) {
+        while (hangul_at(s, n, e)) e += 3;
+      } else {
+        while (e < n && (is_alnum(s[e]) || s[e] == '-')) ++e;
+        if (e == q || s[q] == '-' || s[e - 1] == '-') break;
+      }
+      starts[labels] = q;
+      ends[labels] = e;
+      hangul[labels++] = h;
+      const size_t d = domain_dot_end(s, n, e, hidden);
+      if (d == npos || d >= n || !(is_alnum(s[d]) || hangul_at(s, n, d))) break;
+      q = d;
+    }
+    if (labels < 2) continue;
+    // user@192.0.2.1: an address literal (octets <= 255) instead of a domain, the user's part kept.
+    const bool literal = labels == 4 && !hidden &&
+                         std::all_of(s + at_end, s + ends[3], [](unsigned char c) { return is_digit(c) || c == '.'; });
+    size_t end = npos;
+    int last = labels - 1;
+    if (literal) {
+      const Text t{s, ends[3]};
+      if (match_ipv4(t, at_end, true) != ends[3]) continue;
+      end = ends[3];
+    } else {
+      // The address ends at its last label that can be a top-level domain: 2+ ASCII letters, or 한국
+      // (the particle after it is text: "회사.한국으로"). "a@b.com.123" is a@b.com and ".123", which
+      // is also what the address scrubbed leaves ("[EMAIL].123"), so scrubbing twice changes nothing.
+      for (; last >= 1; --last) {
+        if (hangul[last]) {
+          if (bytes_at(s, n, starts[last], "한국")) end = starts[last] + 6;
+        } else if (ends[last] - starts[last] >= 2 &&
+                   std::all_of(s + starts[last], s + ends[last], [](unsigned char c) { return is_alpha(c); })) {
+          end = ends[last];
+        }
+        if (end != npos) break;
+      }
+      if (end == npos) continue;
+    }
+    const bool korean_domain = std::any_of(hangul, hangul + last + 1, [](bool h) { return h; });
+    // The local part: ASCII, or, before a Korean domain, Hangul too (사람@회사.한국).
+    size_t b = local_end;
+    while (b > floor) {
+      if (is_local_char(s[b - 1]))
+        --b;
+      else if (korean_domain && b >= floor + 3 && hangul_before(s, n, b))
+        b -= 3;
+      else
+        break;
+    }
+    while (b < local_end && s[b] == '.') ++b;
+    if (b == local_end || local_end - b > 64 || s[local_end - 1] == '.') continue;
     // A URL's user:password@ is one secret: "https://user:pw@host" -> "https://[EMAIL]".
     if (b > floor + 1 && s[b - 1] == ':') {
       size_t u = b - 1;
       while (u > floor && is_local_char(s[u - 1])) --u;
       if (u < b - 1 && u >= 3 && text.compare(u - 3, 3, "://") == 0) b = u;
     }
-    size_t q = at + 1, end = npos, last_label = npos;
-    int labels = 0;
-    while (true) {
-      size_t e = q;
-      while (e < n && (is_alnum(s[e]) || s[e] == '-')) ++e;
-      if (e == q || s[q] == '-' || s[e - 1] == '-') break;
-      ++labels;
-      last_label = q;
-      end = e;
-      if (e + 1 < n && s[e] == '.' && is_alnum(s[e + 1])) {
-        q = e + 1;
-        continue;
-      }
-      break;
-    }
-    if (labels < 2) continue;
-    // user@192.0.2.1: an address literal (octets <= 255) instead of a domain, the user's part kept.
-    if (labels == 4 && std::all_of(s + at + 1, s + end, [](unsigned char c) { return is_digit(c) || c == '.'; })) {
-      const Text t{s, end};
-      if (match_ipv4(t, at + 1, true) == end) return {b, end};
-      continue;
-    }
-    if (end - last_label < 2) continue;
-    bool tld_alpha = true;
-    for (size_t i = last_label; i < end; ++i) tld_alpha &= is_alpha(s[i]);
-    if (!tld_alpha) continue;
     return {b, end};
   }
   return {};
@@ -688,8 +903,10 @@ void scan_segment(const Text& t, size_t from, Sink& sink) {
     };
     if (is_digit(c)) {
       if (!numeric_start_ok(t, i)) {
-        // "TEL02-123-4567", "HP010-1234-5678": a phone label glued to the number, as listings write it.
-        if (c == '0' && phone_label_before(t, i) && accept(match_national(t, i, true, false), PiiType::kPhone)) {
+        // "TEL02-123-4567", "HP010-1234-5678", "RRN900101-1234567": a label glued to the number, as
+        // listings write it.
+        if ((c == '0' && phone_label_before(t, i) && accept(match_national(t, i, true, false), PiiType::kPhone)) ||
+            (rrn_glued_label(t, i) && accept(match_rrn(t, i), PiiType::kRrn))) {
           sink(i, end, type);
           i = end;
           continue;
@@ -746,8 +963,9 @@ template <class Sink>
 void for_each_pii(std::string_view text, Sink&& sink) {
   const auto* s = reinterpret_cast<const unsigned char*>(text.data());
   size_t cursor = 0, search = 0;
+  AtSignFinder finder(text);
   while (true) {
-    const Span email = next_email(text, search, cursor);
+    const Span email = next_email(text, search, cursor, finder);
     const size_t segment_end = email.begin == npos ? text.size() : email.begin;
     const Text t{s, segment_end};
     scan_segment(t, cursor, sink);

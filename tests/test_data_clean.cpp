@@ -107,6 +107,15 @@ TEST_CASE("pii: positives in Korean formats are replaced by typed placeholders")
       {"주민등록번호 900101-1＊＊＊＊＊＊", "주민등록번호 [RRN]", PiiType::kRrn},
       {"900101-1######", "[RRN]", PiiType::kRrn},
       {"등록번호:900101-1234***", "등록번호:[RRN]", PiiType::kRrn},
+      // a glued ASCII label, a dot, the 13 digits partly masked, a barcode-looking one labelled
+      {"RRN900101-1234567", "RRN[RRN]", PiiType::kRrn},
+      {"주민번호 900101.1234567", "주민번호 [RRN]", PiiType::kRrn},
+      {"900101.1234568", "[RRN]", PiiType::kRrn},  // the mod-11 check digit
+      {"9001011******", "[RRN]", PiiType::kRrn},
+      {"주민등록번호 9001011234560", "주민등록번호 [RRN]", PiiType::kRrn},  // passes EAN-13's check only
+      {"대표자 주민번호 900101-1234567", "대표자 주민번호 [RRN]", PiiType::kRrn},
+      {"법인등록번호 110111-1234567, 대표 주민번호 900101-1234567", "법인등록번호 110111-1234567, 대표 주민번호 [RRN]",
+       PiiType::kRrn},  // the nearest label names the number
       // phones
       {"연락처 010-1234-5678 로", "연락처 [PHONE] 로", PiiType::kPhone},
       {"01012345678", "[PHONE]", PiiType::kPhone},
@@ -146,6 +155,17 @@ TEST_CASE("pii: positives in Korean formats are replaced by typed placeholders")
       {"메일 hong@123.45.67.89 로", "메일 [EMAIL] 로", PiiType::kEmail},
       {"https://hong:pa55@example.com/x", "https://[EMAIL]/x", PiiType::kEmail},
       {"mailto:hong@example.com", "mailto:[EMAIL]", PiiType::kEmail},
+      // hidden from address harvesters, spaced, full-width, Korean domains
+      {"hong (at) example.com", "[EMAIL]", PiiType::kEmail},
+      {"메일 hong[at]example.co.kr로", "메일 [EMAIL]로", PiiType::kEmail},
+      {"hong(AT)example(dot)co(dot)kr", "[EMAIL]", PiiType::kEmail},
+      {"hong [at] example [dot] com", "[EMAIL]", PiiType::kEmail},
+      {"hong 골뱅이 naver.com", "[EMAIL]", PiiType::kEmail},
+      {"hong(골뱅이)naver.com", "[EMAIL]", PiiType::kEmail},
+      {"hong @ naver.com 으로", "[EMAIL] 으로", PiiType::kEmail},
+      {"hong＠naver.com", "[EMAIL]", PiiType::kEmail},
+      {"사람@회사.한국", "[EMAIL]", PiiType::kEmail},
+      {"메일 kim@회사.한국으로", "메일 [EMAIL]으로", PiiType::kEmail},
       // cards (all Luhn-valid)
       // a phone label glued to the number, as listings write it
       {"HP010-1234-5678", "HP[PHONE]", PiiType::kPhone},
@@ -160,6 +180,10 @@ TEST_CASE("pii: positives in Korean formats are replaced by typed placeholders")
       {"6011111111111117", "[CARD]", PiiType::kCard},
       {"4222222222222", "[CARD]", PiiType::kCard},
       {"3056-930902-5904", "[CARD]", PiiType::kCard},
+      // after a card word, 16 digits whether or not they pass Luhn
+      {"카드번호 1234-5678-9012-3456", "카드번호 [CARD]", PiiType::kCard},
+      {"신용카드: 4111111111111112", "신용카드: [CARD]", PiiType::kCard},
+      {"card no. 5412 3456 7890 1234", "card no. [CARD]", PiiType::kCard},
       // accounts
       {"계좌 110-123-456789 (신한)", "계좌 [ACCOUNT] (신한)", PiiType::kAccount},
       {"1002-345-678901", "[ACCOUNT]", PiiType::kAccount},
@@ -271,6 +295,17 @@ TEST_CASE("pii: dates, times, versions, prices and other numbers stay untouched"
       "900101 1234567",
       "900101 1******",
       "900101 *******",
+      "900101.1234567",
+      "900101.1******",
+      // a product barcode (EAN-13: passes its own check digit, not RRN's), a birth in the future
+      // (2088), and companies' registration numbers, which are public
+      "8801062123452",
+      "바코드 9001011234560",
+      "880123-4567890",
+      "법인등록번호 110111-1234567",
+      "법인등록번호: 1101111234567",
+      "법인번호 110111 1234567",
+      "사업자등록번호 900101-1234567",
       "주민번호 901301 1234567",
       "주민센터 방문일 240115 3000000원",  // 주민 alone is no label
       "[RRN] 240115 3000000원",            // nor our placeholder: scrubbing scrubbed text changes nothing
@@ -280,11 +315,14 @@ TEST_CASE("pii: dates, times, versions, prices and other numbers stay untouched"
       "XTEL010-1234-5678",
       "model HP010-1234-5678-9",
       "+1 415 555 0100",
-      "사람@회사.한국",
       "a@b",
       "user@localhost",
       "user@1.2.3",
       "user@300.1.2.3",
+      "골뱅이 무침 2인분",
+      "look (at) this",
+      "hong@ naver.com",
+      "[EMAIL] (at) [EMAIL]",
       "[PHONE] [EMAIL] [RRN]",
       // public patent, trademark and design application numbers (KIPO: type-year-serial)
       "특허출원 제10-2020-0123456호",
@@ -294,6 +332,9 @@ TEST_CASE("pii: dates, times, versions, prices and other numbers stay untouched"
       // outline numbers named as such, quantities written as ranges
       "제3.2.10.1항",
       "5.2.11.1절",
+      "5.2.11.1 절",
+      "23.01.15.10시",
+      "23.01.15.10시 30분",
       "표 4.12.1.3 참조",
       "그림 2.10.3.1",
       "Fig. 2.10.3.1",
@@ -315,6 +356,15 @@ TEST_CASE("pii: dates, times, versions, prices and other numbers stay untouched"
       "국민 1234567890",
       "[ACCOUNT] 1234567890",
       "KBS 1234567890",
+      // account layouts named as another document's number
+      "계약번호 2023-0456-789012",
+      "주문번호: 2023-1234-567890",
+      "등기번호 1101-2023-012345",
+      "입금 확인 후 주문번호 110-123-456789",
+      // a card word, but not 16 digits, or Luhn-failing outside the 4-4-4-4 layout
+      "카드 1234-5678-9012",
+      "카드 승인번호 12345678",
+      "카드번호 1234-567890-12345",
   };
   STATIC_REQUIRE(sizeof(negatives) / sizeof(negatives[0]) >= 40);
   for (const char* n : negatives) {
@@ -352,6 +402,10 @@ TEST_CASE("pii: several matches in one line, offsets, counts, idempotence") {
   CHECK(listed.total() == 10);
   // Labelled as an address, a dotted quad is one, and a range that is not a quantity stays a number.
   CHECK(scrub_pii("IP 10.1.2.3, 대표번호 1588-1234로", listed) == "IP [IP], 대표번호 [PHONE]로");
+  // An address ends at its last label that can be a top-level domain; what follows is text, scrubbed
+  // on its own, and the result scrubs to itself.
+  CHECK(scrub_pii("hong@naver.com.010-1234-5678 / kim@회사.한국.900101-1234567", listed) ==
+        "[EMAIL].[PHONE] / [EMAIL].[RRN]");
 
   PiiCounts again;
   CHECK(scrub_pii(once, again) == once);
@@ -372,6 +426,82 @@ TEST_CASE("pii: several matches in one line, offsets, counts, idempotence") {
   CHECK(pii_placeholder(PiiType::kAccount) == "[ACCOUNT]");
   CHECK(pii_name(PiiType::kIp) == "ip");
   CHECK(scrub("", &counts).empty());
+}
+
+// Random strings built from the pieces the matchers look for (at-signs hidden or not, dots, labels,
+// digits, Hangul, brackets, stray UTF-8 bytes): matches come in order, never overlap, stay inside the
+// text, and scrubbing the scrubbed text changes nothing.
+TEST_CASE("pii: random fragments: ordered spans, and scrubbing twice changes nothing") {
+  const std::string_view pieces[] = {"@",
+                                     "＠",
+                                     "골뱅이",
+                                     "(at)",
+                                     "[AT]",
+                                     "(dot)",
+                                     "[dot]",
+                                     ".",
+                                     " ",
+                                     "-",
+                                     "hong",
+                                     "naver",
+                                     "com",
+                                     "kr",
+                                     "한국",
+                                     "회사",
+                                     "(",
+                                     ")",
+                                     "[",
+                                     "]",
+                                     "1",
+                                     "0",
+                                     "12",
+                                     "가",
+                                     "a",
+                                     "::",
+                                     "8",
+                                     "골",
+                                     "뱅",
+                                     "\xB1",
+                                     "\xEF",
+                                     "010",
+                                     "-",
+                                     "1234",
+                                     "5678",
+                                     "900101",
+                                     "4111",
+                                     "1111",
+                                     "+82",
+                                     "계좌",
+                                     "주민번호",
+                                     "카드",
+                                     "법인등록번호",
+                                     "RRN",
+                                     "fe80",
+                                     "192.168",
+                                     ".0.1"};
+  uint64_t state = 12345;
+  auto next = [&] {
+    state = state * 6364136223846793005ull + 1442695040888963407ull;
+    return static_cast<uint32_t>(state >> 33);
+  };
+  uint64_t found = 0;
+  for (int it = 0; it < 300000; ++it) {
+    std::string text;
+    for (int k = static_cast<int>(next() % 12); k > 0; --k) text += pieces[next() % std::size(pieces)];
+    INFO(text);
+    const auto matches = find_pii(text);
+    for (size_t k = 0; k < matches.size(); ++k) {
+      REQUIRE(matches[k].begin < matches[k].end);
+      REQUIRE(matches[k].end <= text.size());
+      if (k > 0) REQUIRE(matches[k - 1].end <= matches[k].begin);
+    }
+    PiiCounts once, twice;
+    const std::string scrubbed = scrub_pii(text, once);
+    REQUIRE(once.total() == matches.size());
+    REQUIRE(scrub_pii(scrubbed, twice) == scrubbed);
+    found += matches.size();
+  }
+  CHECK(found > 1000);  // the pieces do make matches
 }
 
 // ---- sentence splitter -------------------------------------------------------------------
