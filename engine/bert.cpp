@@ -4,6 +4,7 @@
 
 #include <algorithm>
 #include <cmath>
+#include <cstdlib>
 #include <numbers>
 #include <set>
 #include <type_traits>
@@ -65,16 +66,17 @@ std::vector<std::string> legacy_names(const std::string& name) {
   return {};
 }
 
-// Present in HF checkpoints, not parameters of ours: the tied decoder aliases and an old buffer.
+// Present in HF checkpoints, not parameters of ours: the tied decoder aliases (checked equal to what
+// they alias below) and the embeddings' buffers (position_ids 0..n-1, token_type_ids zeros).
 bool is_ignorable_tensor(const std::string& name) {
   return name == "cls.predictions.decoder.weight" || name == "cls.predictions.decoder.bias" ||
-         name == "bert.embeddings.position_ids";
+         name == "bert.embeddings.position_ids" || name == "bert.embeddings.token_type_ids";
 }
 
 }  // namespace
 
 ops::GeluKind gelu_kind_of(const std::string& hidden_act) {
-  if (hidden_act == "gelu") return ops::GeluKind::kErf;
+  if (hidden_act == "gelu" || hidden_act == "gelu_python") return ops::GeluKind::kErf;
   if (hidden_act == "gelu_new" || hidden_act == "gelu_pytorch_tanh") return ops::GeluKind::kTanh;
   throw Error("BertConfig: hidden_act \"" + hidden_act +
               "\" is not supported: use \"gelu\" (exact erf) or \"gelu_new\" (tanh approximation)");
@@ -219,17 +221,36 @@ std::vector<float> read_parameter_arena(const std::string& path, const BertConfi
                   std::to_string(bad - values.begin()) + "; the file is damaged");
     used.insert(found);
   }
+  // Where a parameter is in the arena, by name (the caller's table may carry names and offsets only).
+  const auto offset_of = [&](std::string_view name) {
+    const auto info =
+        std::find_if(table.params.begin(), table.params.end(), [&](const ParamInfo& p) { return p.name == name; });
+    if (info == table.params.end()) throw Error("read_parameter_arena: no parameter '" + std::string(name) + "'");
+    return static_cast<std::ptrdiff_t>(info->offset);
+  };
   // The tied alias: HF leaves it out of safetensors, but a file may hold it. Another matrix there is
   // an untied model's output layer, which this model would silently replace by the word embeddings.
   if (const std::string decoder = "cls.predictions.decoder.weight"; file.contains(decoder)) {
     const std::vector<int64_t> shape = {config.vocab_size, config.hidden_size};
     std::vector<float> values(shape_numel(shape));
     file.read_f32(decoder, shape, values);
-    if (!std::equal(values.begin(), values.end(),
-                    loaded.begin() + static_cast<std::ptrdiff_t>(table.offsets.word_embeddings)))
+    if (!std::equal(values.begin(), values.end(), loaded.begin() + offset_of("bert.embeddings.word_embeddings.weight")))
       throw Error(path + ": tensor '" + decoder +
                   "' differs from 'bert.embeddings.word_embeddings.weight': an untied output layer; only tied "
                   "output embeddings are supported");
+  }
+  // Likewise the decoder's bias, an alias of cls.predictions.bias: HF serves the file's
+  // decoder.bias when the two differ, this model cls.predictions.bias. Such a file comes from a
+  // converter or an edit, never from save_pretrained; refuse it rather than pick one.
+  if (const std::string bias = "cls.predictions.decoder.bias";
+      file.contains(bias) && used.contains("cls.predictions.bias")) {
+    const std::vector<int64_t> shape = {config.vocab_size};
+    std::vector<float> values(shape_numel(shape));
+    file.read_f32(bias, shape, values);
+    if (!std::equal(values.begin(), values.end(), loaded.begin() + offset_of("cls.predictions.bias")))
+      throw Error(path + ": tensor '" + bias +
+                  "' differs from 'cls.predictions.bias' (they are one parameter in BertForMaskedLM); the file is "
+                  "inconsistent: keep one of them");
   }
   std::vector<std::string> unexpected;
   for (const TensorInfo& tensor : file.tensors())
@@ -238,8 +259,16 @@ std::vector<float> read_parameter_arena(const std::string& path, const BertConfi
     std::string list;
     for (size_t i = 0; i < unexpected.size() && i < 5; ++i) list += (i > 0 ? ", '" : "'") + unexpected[i] + "'";
     if (unexpected.size() > 5) list += ", ... (" + std::to_string(unexpected.size()) + " in all)";
+    // A layer past the config's count points at num_hidden_layers; anything else is another model's.
+    const bool extra_layer = std::any_of(unexpected.begin(), unexpected.end(), [&](const std::string& name) {
+      constexpr std::string_view prefix = "bert.encoder.layer.";
+      if (!name.starts_with(prefix)) return false;
+      const int index = std::atoi(name.c_str() + prefix.size());
+      return index >= config.num_hidden_layers;
+    });
     throw Error(path + ": unexpected tensor(s) " + list + ": the checkpoint is not a BertForPreTraining of this " +
-                "config (check num_hidden_layers in config.json)");
+                (extra_layer ? "config (check num_hidden_layers in config.json)"
+                             : "config (a tensor BertForPreTraining and BertForMaskedLM do not have)"));
   }
   return loaded;
 }

@@ -218,7 +218,7 @@ const std::vector<Field<BertConfig>>& model_fields() {
       {"num_hidden_layers", &C::num_hidden_layers, kAtLeast1},
       {"num_attention_heads", &C::num_attention_heads, kAtLeast1},
       {"intermediate_size", &C::intermediate_size, kAtLeast1},
-      {"hidden_act", &C::hidden_act, Range(), {"gelu", "gelu_new"}},
+      {"hidden_act", &C::hidden_act, Range(), {"gelu", "gelu_new", "gelu_pytorch_tanh", "gelu_python"}},
       {"hidden_dropout_prob", &C::hidden_dropout_prob, kDropout},
       {"attention_probs_dropout_prob", &C::attention_probs_dropout_prob, kDropout},
       {"max_position_embeddings", &C::max_position_embeddings, kAtLeast1},
@@ -322,7 +322,10 @@ Json BertConfig::to_hf_json() const {
   j.set("model_type", "bert");
   j.set("num_attention_heads", num_attention_heads);
   j.set("num_hidden_layers", num_hidden_layers);
-  j.set("pad_token_id", pad_token_id);
+  if (pad_token_id >= 0)
+    j.set("pad_token_id", pad_token_id);
+  else
+    j.set("pad_token_id", nullptr);
   j.set("position_embedding_type", "absolute");
   j.set("torch_dtype", "float32");
   j.set("transformers_version", "4.46.3");
@@ -340,6 +343,18 @@ BertConfig BertConfig::from_hf_json(const Json& json, const std::string& path) {
   if (const Json* pos = json.find("position_embedding_type");
       pos && !(pos->is_string() && pos->as_string() == "absolute"))
     throw Error(where("position_embedding_type") + " = " + pos->dump() + ": only \"absolute\" is supported");
+  // Fields that change the model's maths in ways this engine does not implement. HF's BertForMaskedLM
+  // with is_decoder = true attends causally (it only logs a warning); served bidirectionally it would
+  // give other numbers.
+  if (const Json* decoder = json.find("is_decoder"); decoder && !(decoder->is_bool() && !decoder->as_bool()))
+    throw Error(where("is_decoder") + " = " + decoder->dump() +
+                ": only encoder models are supported (a decoder attends causally; BERT is bidirectional)");
+  if (const Json* cross = json.find("add_cross_attention"); cross && !(cross->is_bool() && !cross->as_bool()))
+    throw Error(where("add_cross_attention") + " = " + cross->dump() + ": cross-attention layers are not supported");
+  if (const Json* pruned = json.find("pruned_heads");
+      pruned && !pruned->is_null() && !(pruned->is_object() && pruned->as_object().empty()))
+    throw Error(where("pruned_heads") + " = " + pruned->dump() +
+                ": models with pruned attention heads are not supported (every layer needs all its heads)");
   // HF's default is true (BertForMaskedLM ties cls.predictions.decoder.weight to the word embeddings);
   // a model saved untied has its own output matrix, which this model has no place for.
   if (const Json* tie = json.find("tie_word_embeddings"); tie && !(tie->is_bool() && tie->as_bool()))
@@ -347,16 +362,16 @@ BertConfig BertConfig::from_hf_json(const Json& json, const std::string& path) {
                 ": only tied output embeddings are supported (cls.predictions.decoder.weight = the word "
                 "embeddings, as in BERT); this model has its own output layer");
 
-  static const std::vector<std::string> required = {"vocab_size",        "hidden_size",
-                                                    "num_hidden_layers", "num_attention_heads",
-                                                    "intermediate_size", "max_position_embeddings",
-                                                    "type_vocab_size"};
+  // A key left out takes HF BertConfig's default, as from_pretrained does (vocab_size 30522; the
+  // rest are BertConfig's own defaults); the tensors' shapes then say whether that was right.
   BertConfig config;
+  config.vocab_size = 30522;
   for (const auto& field : model_fields()) {
     const Json* value = json.find(field.name);
-    if (!value) {
-      if (std::find(required.begin(), required.end(), field.name) != required.end())
-        throw Error(path + ": missing required key '" + field.name + "'");
+    if (!value) continue;
+    // pad_token_id: null is HF's "no padding row" (nn.Embedding without padding_idx).
+    if (std::string_view(field.name) == "pad_token_id" && value->is_null()) {
+      config.pad_token_id = -1;
       continue;
     }
     assign(field, config, from_json(*value), where(field.name));

@@ -30,24 +30,27 @@ struct BertConfig {
   int num_hidden_layers = 12;
   int num_attention_heads = 12;
   int intermediate_size = 3072;
-  std::string hidden_act = "gelu";  // "gelu" (exact erf) or "gelu_new" (tanh approximation)
+  // "gelu" / "gelu_python" (exact erf) or "gelu_new" / "gelu_pytorch_tanh" (tanh approximation)
+  std::string hidden_act = "gelu";
   double hidden_dropout_prob = 0.1;
   double attention_probs_dropout_prob = 0.1;
   int max_position_embeddings = 512;
   int type_vocab_size = 2;
   double initializer_range = 0.02;
   double layer_norm_eps = 1e-12;
-  int pad_token_id = 0;
+  int pad_token_id = 0;  // -1: none (config.json's null)
 
   int head_dim() const { return hidden_size / num_attention_heads; }
 
   // HF's config.json for BertForPreTraining (keys sorted as HF writes them). Throws when vocab_size
   // is still 0 (resolve it from the tokenizer first).
   Json to_hf_json() const;
-  // Reads a config.json written by us or by transformers. Extra HF keys are ignored; the size fields
-  // (vocab_size, hidden_size, num_hidden_layers, num_attention_heads, intermediate_size,
-  // max_position_embeddings, type_vocab_size) are required, the rest default to HF's defaults.
-  // Validates like the run config; errors name `path` and the key.
+  // Reads a config.json written by us or by transformers. A key left out takes HF's default (vocab_size
+  // 30522, the rest as above), as from_pretrained does. Keys that change the maths in ways this
+  // engine does not implement are refused by name (model_type other than "bert",
+  // position_embedding_type other than "absolute", is_decoder, add_cross_attention, pruned_heads,
+  // tie_word_embeddings = false); other extra HF keys are ignored. Validates like the run config;
+  // errors name `path` and the key.
   static BertConfig from_hf_json(const Json& json, const std::string& path);
   static BertConfig load_hf_json(const std::string& path);
 };

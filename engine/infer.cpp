@@ -169,7 +169,7 @@ namespace {
 std::string check_checkpoint_files(const std::string& dir_arg) {
   const std::string dir = without_trailing_slashes(dir_arg);
   const std::string expected =
-      "a checkpoint dir holds model.safetensors, config.json, vocab.txt, tokenizer_config.json";
+      "a checkpoint dir holds model.safetensors, config.json, vocab.txt and usually tokenizer_config.json";
   if (!is_directory(dir))
     throw Error("model dir '" + dir + "' does not exist or is not a directory (" + expected + ")");
   std::vector<std::string> missing;
@@ -194,8 +194,15 @@ InferenceCheckpoint load_inference_checkpoint(const std::string& dir_arg, int nu
                 " (the tokenizer does not belong to this model)");
 
   bool clean_up = true;
+  std::vector<std::string> notes;
   const std::string tokenizer_config_path = dir + "/tokenizer_config.json";
-  const Json tokenizer_json = Json::parse(read_file(tokenizer_config_path), tokenizer_config_path);
+  Json tokenizer_json = Json::object();
+  if (file_exists(tokenizer_config_path))
+    tokenizer_json = Json::parse(read_file(tokenizer_config_path), tokenizer_config_path);
+  else
+    notes.push_back(dir +
+                    " has no tokenizer_config.json: BertTokenizer's defaults apply, as in transformers (lowercase, "
+                    "accents stripped: Hangul is split into jamo); a model trained on cased text needs the file");
   if (const Json* flag = tokenizer_json.is_object() ? tokenizer_json.find("clean_up_tokenization_spaces") : nullptr;
       flag && !flag->is_null()) {
     if (!flag->is_bool()) throw Error(tokenizer_config_path + ": clean_up_tokenization_spaces must be true or false");
@@ -211,7 +218,7 @@ InferenceCheckpoint load_inference_checkpoint(const std::string& dir_arg, int nu
   std::vector<std::string> absent_heads;
   model.load_safetensors(dir + "/model.safetensors", &absent_heads);
   model.set_dropout(0, 0, /*training=*/false);
-  return InferenceCheckpoint{dir, config, std::move(tokenizer), clean_up, std::move(model)};
+  return InferenceCheckpoint{dir, config, std::move(tokenizer), clean_up, std::move(model), std::move(notes)};
 }
 
 std::string clean_up_tokenization(std::string_view text) {
@@ -787,6 +794,7 @@ int run_exposure(const Args& args, const std::string& model_dir, const std::stri
   const std::vector<ExposureCanary> canaries = parse_exposure_tsv(read_file(path), path);
   if (canaries.empty()) throw Error(path + ": no canary lines");
   InferenceCheckpoint checkpoint = load_inference_checkpoint(model_dir, threads);
+  for (const std::string& note : checkpoint.notes) err << "note: " << note << "\n";
   const std::unique_ptr<MlmLogitsSource> model = logits_source(checkpoint, device);
   // Every text, the candidates' too, is checked before any scoring, so a bad line 7 fails in seconds,
   // not after 6 canaries (encoding is cheap next to scoring; the texts are encoded again below rather
@@ -888,6 +896,7 @@ int infer_main(const std::vector<std::string>& argv, std::istream& in, std::ostr
     const std::vector<ProbeQuery> queries = parse_probe_tsv(read_file(path), path);
     if (queries.empty()) throw Error(path + ": no probe lines");
     InferenceCheckpoint checkpoint = load_inference_checkpoint(model_dir, threads);
+    for (const std::string& note : checkpoint.notes) err << "note: " << note << "\n";
     const std::unique_ptr<MlmLogitsSource> model = logits_source(checkpoint, device);
     const ProbeMetrics metrics = probe(*model, checkpoint.tokenizer, queries);
     if (json) {
@@ -925,6 +934,7 @@ int infer_main(const std::vector<std::string>& argv, std::istream& in, std::ostr
     throw Error("bert_infer: no prompts (give --mask \"text with [MASK]\", --input FILE or stdin lines)");
 
   InferenceCheckpoint checkpoint = load_inference_checkpoint(model_dir, threads);
+  for (const std::string& note : checkpoint.notes) err << "note: " << note << "\n";
   const std::unique_ptr<MlmLogitsSource> model = logits_source(checkpoint, device);
   // Every prompt is checked before any output, so a bad line 7 does not leave 6 answers behind.
   for (const Prompt& prompt : prompts) {

@@ -49,15 +49,16 @@ struct InferenceCheckpoint {
   Tokenizer tokenizer;
   bool clean_up_tokenization_spaces = true;  // tokenizer_config.json; BertTokenizer's default is true
   BertForPreTraining<float> model;
+  std::vector<std::string> notes;  // for stderr: defaults taken where a file was missing
 };
 
-// The files a checkpoint dir must hold for bert_infer.
-inline constexpr const char* kCheckpointFiles[] = {"model.safetensors", "config.json", "vocab.txt",
-                                                   "tokenizer_config.json"};
+// The files a checkpoint dir must hold for bert_infer. tokenizer_config.json may be missing, as for
+// transformers: BertTokenizer's defaults then apply (lowercase, accents stripped), with a note.
+inline constexpr const char* kCheckpointFiles[] = {"model.safetensors", "config.json", "vocab.txt"};
 
-// Loads DIR (model.safetensors, config.json, vocab.txt, tokenizer_config.json). One-line bert::Errors:
-// a missing dir, the missing files by name, a tokenizer without [CLS]/[SEP]/[MASK], a vocabulary larger
-// than the model's vocab_size.
+// Loads DIR (model.safetensors, config.json, vocab.txt; tokenizer_config.json and
+// special_tokens_map.json when present). One-line bert::Errors: a missing dir, the missing files by
+// name, a tokenizer without [CLS]/[SEP]/[MASK], a vocabulary larger than the model's vocab_size.
 InferenceCheckpoint load_inference_checkpoint(const std::string& dir, int num_threads = 0);
 
 // HF's PreTrainedTokenizerBase.clean_up_tokenization: " ." -> ".", " ?", " !", " ,", " ' " -> "'",

@@ -403,9 +403,16 @@ void SafetensorsFile::convert(const TensorInfo& tensor, std::span<float> out) co
       }
       return;
     }
+    case Dtype::kF64:  // rounded to nearest, as torch's .float() and from_pretrained into fp32 do
+      for (size_t i = 0; i < n; ++i) {
+        double v;
+        std::memcpy(&v, bytes.data() + 8 * i, 8);
+        out[i] = static_cast<float>(v);
+      }
+      return;
     default:
       throw Error(path() + ": tensor '" + tensor.name + "': dtype " + std::string(dtype_name(tensor.dtype)) +
-                  " cannot be read as fp32 (only F32, BF16 and F16 can)");
+                  " cannot be read as fp32 (only F32, F64, BF16 and F16 can)");
   }
 }
 

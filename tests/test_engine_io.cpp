@@ -1076,8 +1076,34 @@ TEST_CASE("config.json: tolerant of HF's extra keys, strict about what we need")
     return error_of([&] { BertConfig::from_hf_json(j, "ckpt/config.json"); });
   };
   CHECK(err("use_cache", "false").empty());
-  CHECK_THAT(err("hidden_size", ""), Contains("ckpt/config.json: missing required key 'hidden_size'"));
-  CHECK_THAT(err("vocab_size", ""), Contains("ckpt/config.json: missing required key 'vocab_size'"));
+  // A key left out takes HF's default, as from_pretrained does.
+  CHECK(err("hidden_size", "").empty());
+  CHECK(err("vocab_size", "").empty());
+  const BertConfig bare = BertConfig::from_hf_json(Json::parse("{}"), "bare.json");
+  CHECK(bare.vocab_size == 30522);
+  CHECK(bare.hidden_size == 768);
+  CHECK(bare.num_hidden_layers == 12);
+  CHECK(bare.max_position_embeddings == 512);
+  CHECK(bare.type_vocab_size == 2);
+  CHECK(bare.pad_token_id == 0);
+  // pad_token_id null: no padding row (written back as null).
+  const BertConfig no_pad = BertConfig::from_hf_json(Json::parse(R"({"pad_token_id": null})"), "p.json");
+  CHECK(no_pad.pad_token_id == -1);
+  CHECK(no_pad.to_hf_json().find("pad_token_id")->is_null());
+  CHECK(BertConfig::from_hf_json(no_pad.to_hf_json(), "p.json").pad_token_id == -1);
+  // The other names transformers gives the two GELUs.
+  CHECK(err("hidden_act", "\"gelu_pytorch_tanh\"").empty());
+  CHECK(err("hidden_act", "\"gelu_python\"").empty());
+  // Fields that change the maths in ways the engine does not implement are refused by name.
+  CHECK(err("is_decoder", "false").empty());
+  CHECK_THAT(err("is_decoder", "true"),
+             Contains("ckpt/config.json: is_decoder = true: only encoder models are supported"));
+  CHECK(err("add_cross_attention", "false").empty());
+  CHECK_THAT(err("add_cross_attention", "true"),
+             Contains("ckpt/config.json: add_cross_attention = true: cross-attention layers are not supported"));
+  CHECK(err("pruned_heads", "{}").empty());
+  CHECK_THAT(err("pruned_heads", R"({"0": [1]})"),
+             Contains("ckpt/config.json: pruned_heads = {\"0\": [1]}: models with pruned attention heads"));
   CHECK_THAT(err("hidden_size", "\"768\""), Contains("ckpt/config.json: hidden_size = \"768\": expected an integer"));
   CHECK_THAT(err("hidden_size", "768.5"), Contains("hidden_size = 768.5: expected an integer, got a float"));
   CHECK_THAT(err("num_attention_heads", "5"),

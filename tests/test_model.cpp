@@ -268,6 +268,9 @@ void write_params(const Model<float>& model, const std::string& path,
     if (name == "cls.predictions.decoder.weight") {
       const ParamInfo& word = model.param_info("bert.embeddings.word_embeddings.weight");
       writer.add_f32(name, word.shape, model.parameter(word));
+    } else if (name == "cls.predictions.decoder.bias") {
+      const ParamInfo& bias = model.param_info("cls.predictions.bias");
+      writer.add_f32(name, bias.shape, model.parameter(bias));
     } else {
       writer.add_f32(name, {4}, std::span<const float>(spare).first(4));
     }
@@ -693,7 +696,32 @@ TEST_CASE("(f) loading a wrong checkpoint is a clear error and HF aliases load",
     if (ends_with(info.name, "LayerNorm.bias")) renamed[info.name] = info.name.substr(0, info.name.size() - 4) + "beta";
   }
   write_params(source, path, renamed, "", "",
-               {"cls.predictions.decoder.weight", "cls.predictions.decoder.bias", "bert.embeddings.position_ids"});
+               {"cls.predictions.decoder.weight", "cls.predictions.decoder.bias", "bert.embeddings.position_ids",
+                "bert.embeddings.token_type_ids"});
+  target.load_safetensors(path);
+  CHECK(std::equal(source.parameters().begin(), source.parameters().end(), target.parameters().begin()));
+
+  // A tensor no BERT has is not blamed on num_hidden_layers; a layer past the config's count is.
+  write_params(source, path, {}, "", "", {"foo.bar"});
+  CHECK_THROWS_WITH(target.load_safetensors(path),
+                    Catch::Contains("'foo.bar'") &&
+                        Catch::Contains("a tensor BertForPreTraining and BertForMaskedLM "
+                                        "do not have") &&
+                        !Catch::Contains("num_hidden_layers"));
+  write_params(source, path, {}, "", "", {"bert.encoder.layer.7.output.dense.bias"});
+  CHECK_THROWS_WITH(target.load_safetensors(path), Catch::Contains("check num_hidden_layers in config.json"));
+
+  // Float64 tensors (a converter's, or torch's .double()) load rounded to fp32, as from_pretrained does.
+  {
+    bert::SafetensorsWriter writer;
+    std::vector<std::vector<double>> wide;  // the writer holds spans until write()
+    for (const ParamInfo& info : source.params()) {
+      std::vector<double>& values = wide.emplace_back();
+      for (const float v : source.parameter(info)) values.push_back(static_cast<double>(v) + 1e-12);
+      writer.add_raw(info.name, bert::Dtype::kF64, info.shape, std::as_bytes(std::span<const double>(values)));
+    }
+    writer.write(path);
+  }
   target.load_safetensors(path);
   CHECK(std::equal(source.parameters().begin(), source.parameters().end(), target.parameters().begin()));
 
@@ -711,6 +739,19 @@ TEST_CASE("(f) loading a wrong checkpoint is a clear error and HF aliases load",
   CHECK_THROWS_WITH(target.load_safetensors(path),
                     Catch::Contains("'cls.predictions.decoder.weight' differs from "
                                     "'bert.embeddings.word_embeddings.weight': an untied output layer"));
+
+  // Likewise a decoder bias other than cls.predictions.bias (transformers would serve the decoder's).
+  {
+    bert::SafetensorsWriter writer;
+    for (const ParamInfo& info : source.params()) writer.add_f32(info.name, info.shape, source.parameter(info));
+    const ParamInfo& bias = source.param_info("cls.predictions.bias");
+    std::vector<float> other(source.parameter(bias).begin(), source.parameter(bias).end());
+    other[5] += 1.0f;
+    writer.add_f32("cls.predictions.decoder.bias", bias.shape, other);
+    writer.write(path);
+  }
+  CHECK_THROWS_WITH(target.load_safetensors(path),
+                    Catch::Contains("'cls.predictions.decoder.bias' differs from 'cls.predictions.bias'"));
 }
 
 TEST_CASE("(g) dropout is a function of seed and step and eval mode has none", "[model]") {

@@ -261,3 +261,39 @@ TEST_CASE("a file that is not UTF-8 text is one error naming it and the fix (HF'
   CHECK_THROWS_WITH(run({"encode", "--tokenizer", test_dir() + "/tok"}, std::string("\xff\xfe\x74\x00", 4)),
                     Catch::StartsWith("<stdin>: UTF-16 text"));
 }
+
+// transformers' legacy loading: without added_tokens_decoder in tokenizer_config.json (or without the
+// file), special_tokens_map.json's tokens override the config's and add its additional ones; with
+// added_tokens_decoder the map is not read. Without tokenizer_config.json, BertTokenizer's defaults.
+TEST_CASE("tokenizer config: special_tokens_map.json as transformers reads it") {
+  const std::string dir = test_dir() + "/special_map";
+  std::filesystem::remove_all(dir);
+  make_directories(dir);
+  const auto write = [&](const std::string& name, const std::string& text) { write_file_atomic(dir + "/" + name, text); };
+
+  TokenizerConfig bare = TokenizerConfig::load(dir);
+  CHECK(bare.normalizer.lowercase);
+  CHECK(bare.normalizer.strip_accents);
+  CHECK(bare.mask_token == "[MASK]");
+
+  write("special_tokens_map.json",
+        R"({"mask_token": {"content": "<mask>", "lstrip": true}, "additional_special_tokens": ["<a>", "<b>"]})");
+  TokenizerConfig from_map = TokenizerConfig::load(dir);
+  CHECK(from_map.mask_token == "<mask>");
+  CHECK(from_map.additional_special_tokens == std::vector<std::string>{"<a>", "<b>"});
+
+  write("tokenizer_config.json",
+        R"({"do_lower_case": false, "mask_token": "[M]", "cls_token": "[C]", "additional_special_tokens": ["<b>", "<c>"]})");
+  TokenizerConfig legacy = TokenizerConfig::load(dir);
+  CHECK_FALSE(legacy.normalizer.lowercase);
+  CHECK(legacy.mask_token == "<mask>");  // the map wins
+  CHECK(legacy.cls_token == "[C]");      // the map does not name it
+  CHECK(legacy.additional_special_tokens == std::vector<std::string>{"<b>", "<c>", "<a>"});
+
+  write("tokenizer_config.json", R"({"mask_token": "[M]", "added_tokens_decoder": {}})");
+  CHECK(TokenizerConfig::load(dir).mask_token == "[M]");
+
+  write("special_tokens_map.json", R"({"mask_token": 7})");
+  write("tokenizer_config.json", "{}");
+  CHECK_THROWS_WITH(TokenizerConfig::load(dir), dir + "/special_tokens_map.json: field 'mask_token' must be a string");
+}

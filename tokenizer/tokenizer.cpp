@@ -16,33 +16,36 @@ std::vector<std::string> TokenizerConfig::special_tokens() const {
   return out;
 }
 
+namespace {
+
+// A special token's value: a string, or an AddedToken's serialisation {"content": ...}.
+std::string token_text(const Json& v, const std::string& path, const std::string& key) {
+  if (v.is_string()) return v.as_string();
+  if (v.is_object() && v.find("content") && v.find("content")->is_string()) return v.find("content")->as_string();
+  throw Error(path + ": field '" + key + "' must be a string");
+}
+
+}  // namespace
+
 TokenizerConfig TokenizerConfig::load(const std::string& dir) {
   TokenizerConfig c;
   const std::string path = dir + "/tokenizer_config.json";
-  if (!file_exists(path)) {
-    c.normalizer.lowercase = true;  // HF BertTokenizer default
-    c.normalizer.strip_accents = true;
-    return c;
+  Json j = Json::object();
+  if (file_exists(path)) {
+    j = Json::parse(read_file(path), path);
+    if (!j.is_object()) throw Error(path + ": expected a JSON object");
   }
-  const Json j = Json::parse(read_file(path), path);
-  if (!j.is_object()) throw Error(path + ": expected a JSON object");
   auto get_bool = [&](const char* key, bool fallback) {
     const Json* v = j.find(key);
     if (!v || v->is_null()) return fallback;
     if (!v->is_bool()) throw Error(path + ": field '" + key + "' must be true, false or null");
     return v->as_bool();
   };
-  auto get_token = [&](const char* key, std::string& dst) {
-    const Json* v = j.find(key);
-    if (!v || v->is_null()) return;
-    if (v->is_string()) {
-      dst = v->as_string();
-    } else if (v->is_object() && v->find("content") && v->find("content")->is_string()) {
-      dst = v->find("content")->as_string();  // AddedToken serialisation
-    } else {
-      throw Error(path + ": field '" + key + "' must be a string");
-    }
+  auto get_token = [&](const Json& from, const std::string& from_path, const char* key, std::string& dst) {
+    const Json* v = from.find(key);
+    if (v && !v->is_null()) dst = token_text(*v, from_path, key);
   };
+  // Without the file, BertTokenizer's defaults: lowercase, accents stripped, Chinese characters split.
   c.normalizer.lowercase = get_bool("do_lower_case", true);
   c.normalizer.strip_accents = get_bool("strip_accents", c.normalizer.lowercase);
   c.normalizer.handle_chinese_chars = get_bool("tokenize_chinese_chars", true);
@@ -52,11 +55,9 @@ TokenizerConfig TokenizerConfig::load(const std::string& dir) {
     if (!(m >= 1)) throw Error(path + ": field 'model_max_length' must be a positive number");
     c.model_max_length = m > 1e15 ? static_cast<size_t>(1) << 50 : static_cast<size_t>(m);
   }
-  get_token("unk_token", c.unk_token);
-  get_token("sep_token", c.sep_token);
-  get_token("pad_token", c.pad_token);
-  get_token("cls_token", c.cls_token);
-  get_token("mask_token", c.mask_token);
+  const char* const kTokenKeys[] = {"unk_token", "sep_token", "pad_token", "cls_token", "mask_token"};
+  std::string* const token_fields[] = {&c.unk_token, &c.sep_token, &c.pad_token, &c.cls_token, &c.mask_token};
+  for (size_t k = 0; k < std::size(kTokenKeys); ++k) get_token(j, path, kTokenKeys[k], *token_fields[k]);
   if (const Json* v = j.find("additional_special_tokens"); v && v->is_array()) {
     for (const Json& t : v->as_array()) {
       if (!t.is_string()) throw Error(path + ": additional_special_tokens must hold strings");
@@ -64,6 +65,22 @@ TokenizerConfig TokenizerConfig::load(const std::string& dir) {
     }
   }
   if (const Json* v = j.find("wordpieces_prefix"); v && v->is_string()) c.continuing_subword_prefix = v->as_string();
+  // transformers' legacy path (a tokenizer_config.json without added_tokens_decoder, or none):
+  // special_tokens_map.json's tokens override the config's, and its additional_special_tokens are
+  // added to the config's.
+  const std::string map_path = dir + "/special_tokens_map.json";
+  if (!j.find("added_tokens_decoder") && file_exists(map_path)) {
+    const Json map = Json::parse(read_file(map_path), map_path);
+    if (!map.is_object()) throw Error(map_path + ": expected a JSON object");
+    for (size_t k = 0; k < std::size(kTokenKeys); ++k) get_token(map, map_path, kTokenKeys[k], *token_fields[k]);
+    if (const Json* v = map.find("additional_special_tokens"); v && v->is_array())
+      for (const Json& t : v->as_array()) {
+        const std::string token = token_text(t, map_path, "additional_special_tokens");
+        if (std::find(c.additional_special_tokens.begin(), c.additional_special_tokens.end(), token) ==
+            c.additional_special_tokens.end())
+          c.additional_special_tokens.push_back(token);
+      }
+  }
   return c;
 }
 
@@ -147,10 +164,13 @@ void Tokenizer::require(std::initializer_list<SpecialToken> needed, const std::s
       }
   if (count == 0) return;
   const std::string dir = without_trailing_slashes(dir_arg);
-  const std::string config_path = dir + "/tokenizer_config.json";
+  const std::string config_path = dir + "/tokenizer_config.json", map_path = dir + "/special_tokens_map.json";
+  std::string source;
+  if (file_exists(config_path)) source = config_path;
+  if (file_exists(map_path)) source += source.empty() ? map_path : " or special_tokens_map.json";
   throw Error(dir + "/vocab.txt: has no " + missing +
-              (file_exists(config_path) ? " (set by " + config_path + ", else HF's default)"
-                                        : " (HF's default: " + dir + " has no tokenizer_config.json)") +
+              (source.empty() ? " (HF's default: " + dir + " has no tokenizer_config.json)"
+                              : " (set by " + source + ", else HF's default)") +
               "; " + std::string(purpose) + (count > 1 ? " needs them" : " needs it"));
 }
 

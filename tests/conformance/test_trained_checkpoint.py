@@ -8,6 +8,10 @@
       `bert_infer --json`, scores within rel 1e-4 (fp32 on both sides), for prompts with one and two
       [MASK]s;
       a model saved by transformers with untied output embeddings is refused, not served tied;
+      (2d) what transformers loads its own way, bert_infer serves the same: no tokenizer_config.json
+      (BertTokenizer's defaults), the mask token named in special_tokens_map.json only, config.json
+      keys left out (HF's defaults), pad_token_id null, hidden_act "gelu_pytorch_tanh"; and
+      is_decoder = true (causal attention) is refused;
   (3) a checkpoint resumed for 10 more steps is still loadable and its weights differ from the first;
   (4) `bert_infer --exposure` scores texts by the pseudo-log-likelihood transformers computes (abs 2e-4
       nats), and its rank, exposure and gaussian exposure follow from those scores.
@@ -130,6 +134,77 @@ seed = 11
                              capture_output=True, text=True)
     check(refused.returncode != 0 and "tie_word_embeddings = false: only tied output embeddings" in refused.stderr,
           f"(2c) bert_infer on an untied BertForMaskedLM: refused ({refused.returncode}: {refused.stderr.strip()})")
+
+    # (2d) Directories transformers loads its own way. Each is hf_mlm changed in one respect; bert_infer's
+    # answers must be the pipeline's on the same directory. tokenizer.json (which bert_infer does not
+    # read, and transformers prefers to vocab.txt) is left out.
+    def variant(name, edit):
+        d = w(name)
+        shutil.copytree(hf_dir, d)
+        if os.path.exists(os.path.join(d, "tokenizer.json")):
+            os.remove(os.path.join(d, "tokenizer.json"))
+        edit(d)
+        return d
+
+    def edit_json(path, change):
+        with open(path, encoding="utf-8") as f:
+            j = json.load(f)
+        change(j)
+        with open(path, "w", encoding="utf-8") as f:
+            json.dump(j, f)
+
+    def same_as_pipeline(d, texts, label):
+        model_d = BertForMaskedLM.from_pretrained(d).eval()
+        tok_d = BertTokenizerFast.from_pretrained(d)
+        fill_d = pipeline("fill-mask", model=model_d, tokenizer=tok_d, top_k=5, device="cpu")
+        with open(w(label + ".txt"), "w", encoding="utf-8") as f:
+            f.write("\n".join(texts) + "\n")
+        result = subprocess.run([b("bert_infer"), "--model", d, "--input", w(label + ".txt"), "--json", "--top-k", "5"],
+                                capture_output=True, text=True)
+        if result.returncode != 0:
+            check(False, f"(2d) {label}: bert_infer failed: {result.stderr.strip()}")
+            return result
+        got_all = [json.loads(line) for line in result.stdout.splitlines() if line.strip()]
+        same, worst = len(got_all) == len(texts), 0.0
+        for text, got in zip(texts, got_all):
+            want = fill_d(text)
+            for g, h in zip(got, want):
+                same &= g["token"] == h["token"] and g["token_str"] == h["token_str"] and g["sequence"] == h["sequence"]
+                worst = max(worst, abs(g["score"] - h["score"]) / max(abs(h["score"]), 1e-12))
+        check(same and worst < 1e-4, f"(2d) {label}: bert_infer equals the pipeline (worst score rel diff {worst:.1e})")
+        return result
+
+    # No tokenizer_config.json: BertTokenizer's defaults (lowercase, accents stripped), with a note.
+    bare = variant("hf_no_tokenizer_config", lambda d: os.remove(os.path.join(d, "tokenizer_config.json")))
+    result = same_as_pipeline(bare, prompts[:2] + ["Seoul [MASK] 2024."], "no_tokenizer_config")
+    check("has no tokenizer_config.json: BertTokenizer's defaults apply" in result.stderr,
+          f"(2d) no tokenizer_config.json: a note says which defaults apply ({result.stderr.strip()!r})")
+
+    # The mask token renamed in vocab.txt and named by special_tokens_map.json alone.
+    def renamed_mask(d):
+        vocab_path = os.path.join(d, "vocab.txt")
+        with open(vocab_path, encoding="utf-8") as f:
+            text = f.read()
+        with open(vocab_path, "w", encoding="utf-8") as f:
+            f.write(text.replace("[MASK]\n", "<mask>\n"))
+        edit_json(os.path.join(d, "tokenizer_config.json"), lambda j: [j.pop(k, None) for k in
+                                                                        ("mask_token", "added_tokens_decoder")])
+        edit_json(os.path.join(d, "special_tokens_map.json"), lambda j: j.__setitem__("mask_token", "<mask>"))
+    same_as_pipeline(variant("hf_mask_in_map", renamed_mask), [p.replace("[MASK]", "<mask>") for p in prompts[:2]],
+                     "mask_in_special_tokens_map")
+
+    # config.json: size keys left out (HF's defaults), pad_token_id null, gelu_pytorch_tanh (the tanh GELU:
+    # a different model, so only the two implementations agreeing counts).
+    def config_edits(d):
+        edit_json(os.path.join(d, "config.json"), lambda j: (j.pop("type_vocab_size"), j.pop("layer_norm_eps"),
+                                                            j.update(pad_token_id=None, hidden_act="gelu_pytorch_tanh")))
+    same_as_pipeline(variant("hf_config_defaults", config_edits), prompts[:2], "config_defaults")
+
+    decoder = variant("hf_decoder", lambda d: edit_json(os.path.join(d, "config.json"),
+                                                       lambda j: j.update(is_decoder=True)))
+    refused = subprocess.run([b("bert_infer"), "--model", decoder, "--mask", prompts[0]], capture_output=True, text=True)
+    check(refused.returncode != 0 and "is_decoder = true: only encoder models are supported" in refused.stderr,
+          f"(2d) is_decoder = true: refused ({refused.returncode}: {refused.stderr.strip()})")
 
     # (3) resume for 10 more steps (a new max_steps): still an HF model, and it moved.
     run([b("bert_train"), "--config", config("longer", 40), "--resume", checkpoint])
