@@ -189,8 +189,12 @@ InferenceCheckpoint load_inference_checkpoint(const std::string& dir_arg, int nu
   const std::string vocab_path = dir + "/vocab.txt";
   tokenizer.require({SpecialToken::kMask, SpecialToken::kCls, SpecialToken::kSep}, dir, "bert_infer");
   if (tokenizer.vocab().size() > static_cast<size_t>(config.vocab_size))
-    throw Error(vocab_path + ": " + std::to_string(tokenizer.vocab().size()) +
-                " tokens, more than config.json's vocab_size " + std::to_string(config.vocab_size) +
+    throw Error(vocab_path + ": " + std::to_string(tokenizer.file_vocab_size()) + " tokens" +
+                (tokenizer.vocab().size() > tokenizer.file_vocab_size()
+                     ? " and " + std::to_string(tokenizer.vocab().size() - tokenizer.file_vocab_size()) +
+                           " special tokens the tokenizer config names after them"
+                     : std::string()) +
+                ", more than config.json's vocab_size " + std::to_string(config.vocab_size) +
                 " (the tokenizer does not belong to this model)");
 
   bool clean_up = true;

@@ -296,4 +296,46 @@ TEST_CASE("tokenizer config: special_tokens_map.json as transformers reads it") 
   write("special_tokens_map.json", R"({"mask_token": 7})");
   write("tokenizer_config.json", "{}");
   CHECK_THROWS_WITH(TokenizerConfig::load(dir), dir + "/special_tokens_map.json: field 'mask_token' must be a string");
+  std::filesystem::remove(dir + "/special_tokens_map.json");
+
+  // BertTokenizerFast ignores wordpieces_prefix and always uses "##": another one is refused.
+  write("tokenizer_config.json", R"({"wordpieces_prefix": "@@"})");
+  CHECK_THROWS_WITH(TokenizerConfig::load(dir),
+                    Catch::Contains("wordpieces_prefix = \"@@\": only \"##\" is supported"));
+
+  // Special tokens vocab.txt lacks are appended after it, in transformers' order; require() still wants
+  // the needed ones in vocab.txt itself.
+  write("vocab.txt", "[UNK]\n[CLS]\n[SEP]\na\n");
+  write("tokenizer_config.json", R"({"additional_special_tokens": ["<e>"]})");
+  const Tokenizer appended = Tokenizer::from_dir(dir);
+  CHECK(appended.file_vocab_size() == 4);
+  REQUIRE(appended.vocab().size() == 7);
+  CHECK(appended.vocab().token(4) == "[PAD]");
+  CHECK(appended.vocab().token(5) == "[MASK]");
+  CHECK(appended.vocab().token(6) == "<e>");
+  CHECK(appended.mask_id() == 5);
+  CHECK_THROWS_WITH(appended.require({SpecialToken::kMask}, dir, "fill-mask"),
+                    Catch::Contains("vocab.txt: has no mask_token '[MASK]'"));
+
+  // added_tokens_decoder: special, non-normalised tokens at vocab.txt's ids (or the next one).
+  const auto decoder = [&](const std::string& entries) {
+    write("tokenizer_config.json", R"({"added_tokens_decoder": {)" + entries + "}}");
+    try {
+      (void)Tokenizer::from_dir(dir);
+    } catch (const Error& e) {
+      return std::string(e.what());
+    }
+    return std::string();
+  };
+  CHECK(decoder(R"("3": {"content": "a", "special": true})").empty());
+  CHECK(decoder(R"("4": {"content": "<x>", "special": true})").empty());
+  CHECK_THAT(decoder(R"("2": {"content": "a", "special": true})"),
+             Catch::Contains("added_tokens_decoder[\"2\"] 'a': vocab.txt has it as id 3"));
+  CHECK_THAT(decoder(R"("9": {"content": "<x>", "special": true})"),
+             Catch::Contains("'<x>': not in vocab.txt, nor the next id after it (4)"));
+  CHECK_THAT(decoder(R"("3": {"content": "a", "special": false})"),
+             Catch::Contains("only special, non-normalised added tokens are supported"));
+  CHECK_THAT(decoder(R"("3": {"content": "a", "special": true, "lstrip": true})"),
+             Catch::Contains("only special, non-normalised added tokens are supported"));
+  CHECK_THAT(decoder(R"("x": {"content": "a"})"), Catch::Contains("the key must be a token id"));
 }

@@ -1,6 +1,7 @@
 #include "tokenizer/tokenizer.h"
 
 #include <algorithm>
+#include <cstdlib>
 
 #include "common/error.h"
 #include "common/file.h"
@@ -64,7 +65,38 @@ TokenizerConfig TokenizerConfig::load(const std::string& dir) {
       c.additional_special_tokens.push_back(t.as_string());
     }
   }
-  if (const Json* v = j.find("wordpieces_prefix"); v && v->is_string()) c.continuing_subword_prefix = v->as_string();
+  // BertTokenizerFast ignores this field and always continues words with "##": another prefix would
+  // give other ids than transformers'.
+  if (const Json* v = j.find("wordpieces_prefix"); v && !v->is_null()) {
+    if (!v->is_string() || v->as_string() != "##")
+      throw Error(path + ": wordpieces_prefix = " + v->dump() +
+                  ": only \"##\" is supported (transformers' BertTokenizerFast ignores this field and uses \"##\")");
+  }
+  if (const Json* v = j.find("added_tokens_decoder"); v && !v->is_null()) {
+    if (!v->is_object()) throw Error(path + ": added_tokens_decoder must be an object {\"id\": {\"content\": ...}}");
+    for (const auto& [key, entry] : v->as_object()) {
+      const std::string where = path + ": added_tokens_decoder[\"" + key + "\"]";
+      AddedToken added;
+      char* end = nullptr;
+      added.id = std::strtoll(key.c_str(), &end, 10);
+      if (key.empty() || *end != '\0' || added.id < 0) throw Error(where + ": the key must be a token id");
+      if (!entry.is_object() || !entry.find("content") || !entry.find("content")->is_string())
+        throw Error(where + ": expected {\"content\": \"...\", ...}");
+      added.content = entry.find("content")->as_string();
+      const auto flag = [&](const char* name, bool fallback) {
+        const Json* f = entry.find(name);
+        if (!f || f->is_null()) return fallback;
+        if (!f->is_bool()) throw Error(where + ": " + name + " must be true or false");
+        return f->as_bool();
+      };
+      added.special = flag("special", false);
+      added.normalized = flag("normalized", !added.special);
+      added.lstrip = flag("lstrip", false);
+      added.rstrip = flag("rstrip", false);
+      added.single_word = flag("single_word", false);
+      c.added_tokens.push_back(std::move(added));
+    }
+  }
   // transformers' legacy path (a tokenizer_config.json without added_tokens_decoder, or none):
   // special_tokens_map.json's tokens override the config's, and its additional_special_tokens are
   // added to the config's.
@@ -127,6 +159,7 @@ Tokenizer::Tokenizer(Vocab vocab, TokenizerConfig config)
   sep_id_ = vocab_.id(config_.sep_token);
   pad_id_ = vocab_.id(config_.pad_token);
   mask_id_ = vocab_.id(config_.mask_token);
+  file_vocab_size_ = vocab_.size();
 }
 
 Tokenizer Tokenizer::from_dir(const std::string& dir_arg) {
@@ -139,7 +172,48 @@ Tokenizer Tokenizer::from_dir(const std::string& dir_arg) {
   if (vocab.id(config.unk_token) < 0)
     throw Error(vocab_path + ": has no unknown token '" + config.unk_token + "' (unk_token, set by " + dir +
                 "/tokenizer_config.json or [UNK] when that file is absent)");
-  return Tokenizer(std::move(vocab), std::move(config));
+  // What BertTokenizerFast.from_pretrained adds to vocab.txt's tokens: added_tokens_decoder's (by id),
+  // then every special token it still lacks, each at the next id.
+  const size_t file_size = vocab.size();
+  std::vector<std::string> appended;
+  const auto id_of = [&](const std::string& token) -> int64_t {
+    if (const int32_t id = vocab.id(token); id >= 0) return id;
+    const auto at = std::find(appended.begin(), appended.end(), token);
+    return at == appended.end() ? -1 : static_cast<int64_t>(file_size + (at - appended.begin()));
+  };
+  std::sort(config.added_tokens.begin(), config.added_tokens.end(),
+            [](const TokenizerConfig::AddedToken& a, const TokenizerConfig::AddedToken& b) { return a.id < b.id; });
+  for (const TokenizerConfig::AddedToken& added : config.added_tokens) {
+    const std::string where = dir + "/tokenizer_config.json: added_tokens_decoder[\"" + std::to_string(added.id) +
+                              "\"] '" + added.content + "'";
+    if (!added.special || added.normalized || added.lstrip || added.rstrip || added.single_word)
+      throw Error(where + ": only special, non-normalised added tokens are supported (special: true; normalized, " +
+                  "lstrip, rstrip, single_word: false); put a plain word into vocab.txt instead");
+    if (const int64_t id = id_of(added.content); id >= 0) {
+      if (id != added.id) throw Error(where + ": vocab.txt has it as id " + std::to_string(id));
+    } else if (added.id != static_cast<int64_t>(file_size + appended.size())) {
+      throw Error(where + ": not in vocab.txt, nor the next id after it (" +
+                  std::to_string(file_size + appended.size()) + ")");
+    } else {
+      appended.push_back(added.content);
+    }
+    const std::vector<std::string> named = config.special_tokens();
+    if (std::find(named.begin(), named.end(), added.content) == named.end())
+      config.additional_special_tokens.push_back(added.content);
+  }
+  std::vector<std::string> specials = {config.unk_token, config.sep_token, config.pad_token, config.cls_token,
+                                       config.mask_token};
+  specials.insert(specials.end(), config.additional_special_tokens.begin(), config.additional_special_tokens.end());
+  for (const std::string& token : specials)
+    if (!token.empty() && id_of(token) < 0) appended.push_back(token);
+  if (!appended.empty()) {
+    std::vector<std::string> tokens = vocab.tokens();
+    tokens.insert(tokens.end(), appended.begin(), appended.end());
+    vocab = Vocab(std::move(tokens));
+  }
+  Tokenizer tokenizer(std::move(vocab), std::move(config));
+  tokenizer.file_vocab_size_ = file_size;
+  return tokenizer;
 }
 
 void Tokenizer::require(std::initializer_list<SpecialToken> needed, const std::string& dir_arg,
@@ -158,7 +232,7 @@ void Tokenizer::require(std::initializer_list<SpecialToken> needed, const std::s
   size_t count = 0;
   for (const SpecialToken which : needed)
     for (const Field& field : fields)
-      if (field.which == which && field.id < 0) {
+      if (field.which == which && (field.id < 0 || static_cast<size_t>(field.id) >= file_vocab_size_)) {
         missing += (missing.empty() ? "" : ", ") + std::string(field.name) + " '" + field.token + "'";
         ++count;
       }

@@ -25,6 +25,14 @@ struct TokenizerConfig {
               mask_token = "[MASK]";
   std::vector<std::string> additional_special_tokens;
   std::string continuing_subword_prefix = "##";
+  // tokenizer_config.json's added_tokens_decoder (transformers >= 4.34), as read: checked against
+  // vocab.txt by Tokenizer::from_dir, which registers its tokens as special tokens.
+  struct AddedToken {
+    int64_t id = 0;
+    std::string content;
+    bool special = false, normalized = false, lstrip = false, rstrip = false, single_word = false;
+  };
+  std::vector<AddedToken> added_tokens;
 
   std::vector<std::string> special_tokens() const;
   // Reads DIR/tokenizer_config.json; when it is absent, HF BertTokenizer's defaults apply
@@ -50,8 +58,15 @@ enum class SpecialToken { kCls, kSep, kPad, kMask };
 class Tokenizer {
  public:
   Tokenizer(Vocab vocab, TokenizerConfig config);
-  // Loads vocab.txt + tokenizer_config.json from DIR (errors name the file and line).
+  // Loads vocab.txt + tokenizer_config.json (+ special_tokens_map.json) from DIR (errors name the file
+  // and line). As BertTokenizerFast.from_pretrained does, a special token vocab.txt lacks is appended
+  // after vocab.txt's last id (in transformers' order: unk, sep, pad, cls, mask, then the additional
+  // ones), so ids match transformers'; require() still asks for the ones a purpose needs in vocab.txt
+  // itself. added_tokens_decoder's tokens must be vocab.txt's at their ids (or its appended
+  // specials'), special and not normalised.
   static Tokenizer from_dir(const std::string& dir);
+  // vocab.txt's own size: vocab().size() less the appended special tokens.
+  size_t file_vocab_size() const { return file_vocab_size_; }
 
   const Vocab& vocab() const { return vocab_; }
   const TokenizerConfig& config() const { return config_; }
@@ -90,6 +105,7 @@ class Tokenizer {
   };
   std::vector<Special> specials_;  // longest first, for leftmost-longest matching
   int32_t cls_id_ = -1, sep_id_ = -1, pad_id_ = -1, mask_id_ = -1;
+  size_t file_vocab_size_ = 0;
 
   void encode_plain(std::u32string_view text, std::vector<int32_t>& out, EncodeScratch& scratch) const;
 };

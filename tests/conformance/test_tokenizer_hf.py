@@ -197,6 +197,30 @@ def main():
         check(len(rows) == len(pairs_a) and mismatch == 0,
               f"pairs + specials + longest_first max_length={max_len}: ids and type ids equal ({mismatch} differ)")
 
+    # ---- hand-made directories: what BertTokenizerFast adds to vocab.txt ---------------------------
+    # Special tokens vocab.txt lacks are appended after its last id (unk, sep, pad, cls, mask, then the
+    # additional ones); added_tokens_decoder's tokens are split out as special tokens.
+    small = ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "a", "b", "##a", "##b", "ab", "[", "]", "M", "##A", "##S", "##K",
+             "<", ">", "x", "##x", "e", "##t", "##r", "<x>"]
+    hand_lines = ["a <extra> b [MASK] ab", "[MASK]<extra>ab", "a<x>b <x> [ MASK ]", "ab abb [MASK][MASK]", ""]
+    hand_path = os.path.join(args.work, "hand.txt")
+    write_lines(hand_path, hand_lines)
+    cases = {
+        "appended specials": {"do_lower_case": False, "additional_special_tokens": ["<extra>"]},
+        "added_tokens_decoder": {"do_lower_case": False, "added_tokens_decoder": {
+            "22": {"content": "<x>", "special": True, "normalized": False, "lstrip": False, "rstrip": False,
+                   "single_word": False}}},
+    }
+    for label, cfg in cases.items():
+        d = os.path.join(args.work, "hand_" + label.replace(" ", "_"))
+        os.makedirs(d, exist_ok=True)
+        write_lines(os.path.join(d, "vocab.txt"), small)
+        with open(os.path.join(d, "tokenizer_config.json"), "w") as f:
+            json.dump(cfg, f)
+        hand_fast = BertTokenizerFast.from_pretrained(d)
+        compare_ids(f"hand-made dir, {label}", our_encode(args.bin, d, hand_path, ["--add-special-tokens"]),
+                    hand_fast(hand_lines, add_special_tokens=True)["input_ids"], hand_lines)
+
     print(f"\n{'FAILED' if FAILURES else 'OK'}: {len(FAILURES)} failure(s)")
     sys.exit(1 if FAILURES else 0)
 
