@@ -1,6 +1,7 @@
 #include "common/utf8.h"
 
 #include <algorithm>
+#include <cctype>
 #include <cstring>
 
 namespace bert {
@@ -116,7 +117,10 @@ std::string utf8_text_problem(std::string_view head, bool whole) {
   const auto starts = [&](std::string_view magic) { return head.substr(0, magic.size()) == magic; };
   if (starts("BERTSHRD")) return "a bert_prepare shard (binary), not text";
   if (starts("\x1f\x8b")) return "gzip-compressed; decompress it (gunzip)";
-  if (starts("BZh") && head.size() > 3 && head[3] >= '1' && head[3] <= '9')
+  // bzip2: "BZh" and a block size digit, then a block's magic (pi) or, for an empty stream, the end's
+  // (sqrt pi); text such as "BZh9 is the block size" is text.
+  if (starts("BZh") && head.size() >= 10 && head[3] >= '1' && head[3] <= '9' &&
+      (head.substr(4, 6) == "1AY&SY" || head.substr(4, 6) == "\x17\x72\x45\x38\x50\x90"))
     return "bzip2-compressed; decompress it (bunzip2)";
   if (starts(std::string_view("\xfd"
                               "7zXZ\0",
@@ -124,7 +128,21 @@ std::string utf8_text_problem(std::string_view head, bool whole) {
     return "xz-compressed; decompress it (unxz)";
   if (starts("\x28\xb5\x2f\xfd")) return "zstd-compressed; decompress it (unzstd)";
   if (starts("PK\x03\x04")) return "a zip archive; extract its text files (unzip)";
-  if (starts("%PDF-")) return "a PDF; extract its text first (pdftotext)";
+  // A PDF: "%PDF-1.7" alone on the first line, or "%PDF-" and, within the first bytes, binary data
+  // (the marker comment writers put on the second line, streams) or an object; "%PDF-1.7 is a file
+  // format version" is text.
+  if (starts("%PDF-")) {
+    std::string_view lines = head.substr(0, 1024);
+    if (const size_t nl = lines.rfind('\n'); nl != std::string_view::npos && lines.size() == 1024)
+      lines = lines.substr(0, nl + 1);  // not a character cut at the window's end
+    std::u32string cps;
+    const std::string_view first = head.substr(0, head.find_first_of("\r\n"));
+    const bool header_alone = first.size() == 8 && std::isdigit(static_cast<unsigned char>(first[5])) &&
+                              first[6] == '.' && std::isdigit(static_cast<unsigned char>(first[7]));
+    if (header_alone || head.find(" obj") != std::string_view::npos || head.find('\0') != std::string_view::npos ||
+        utf8_decode(lines, cps) > 0)
+      return "a PDF; extract its text first (pdftotext)";
+  }
   if (starts("\xff\xfe") || starts("\xfe\xff"))
     return "UTF-16 text (it starts with a UTF-16 byte-order mark); convert it: iconv -f UTF-16 -t UTF-8";
   if (const void* nul = std::memchr(head.data(), 0, head.size())) {
@@ -132,7 +150,7 @@ std::string utf8_text_problem(std::string_view head, bool whole) {
     const auto nuls = static_cast<size_t>(std::count(head.begin(), head.end(), '\0'));
     // UTF-16 has many: its spaces, digits and punctuation give one in every few code units. (A stray
     // NUL in ASCII text must not pass: pairs of ASCII bytes read as UTF-16 are CJK, "text-like".)
-    if (nuls * 16 >= head.size())
+    if (nuls >= 4 && nuls * 16 >= head.size())
       if (const char* order = utf16_order(head))
         return std::string("UTF-16 text without a byte-order mark, it seems; convert it: iconv -f ") + order +
                " -t UTF-8";

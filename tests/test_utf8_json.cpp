@@ -60,6 +60,14 @@ TEST_CASE(
   CHECK_THAT(utf8_text_problem(std::string("BERTSHRD\x01\0\0\0", 12), true), Catch::StartsWith("a bert_prepare shard"));
   CHECK(utf8_text_problem("\x1f\x8b\x08\x00", true) == "gzip-compressed; decompress it (gunzip)");
   CHECK_THAT(utf8_text_problem("BZh91AY&SY", true), Catch::StartsWith("bzip2-compressed"));
+  // Text that merely starts like a signature is text.
+  CHECK(utf8_text_problem("BZh9 is bzip2's largest block size\n", true).empty());
+  CHECK(utf8_text_problem("%PDF-1.7 is a file format version\n", true).empty());
+  CHECK_THAT(utf8_text_problem("%PDF-1.7\n%\xe2\xe3\xcf\xd3\n1 0 obj\n", true), Catch::StartsWith("a PDF"));
+  CHECK_THAT(utf8_text_problem("%PDF-1.4\n1 0 obj << /Type /Catalog >>\n", true), Catch::StartsWith("a PDF"));
+  // One stray NUL in a short ASCII file is a NUL, not UTF-16.
+  CHECK_THAT(utf8_text_problem(std::string("a\0b\nab\n", 7), true),
+             Catch::StartsWith("binary data (a NUL byte at offset 1)"));
   CHECK_THAT(utf8_text_problem(std::string("\xfd"
                                            "7zXZ\0\0",
                                            7),
