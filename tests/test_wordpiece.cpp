@@ -54,14 +54,21 @@ TEST_CASE("missing unknown token is an error") {
   CHECK_THROWS_AS(WordPiece(Vocab({"a", "b"})), Error);
 }
 
-TEST_CASE("vocab.txt: trailing whitespace trimmed, malformed files rejected with the line") {
+TEST_CASE("vocab.txt: CRLF taken, malformed or ambiguous files rejected with the line") {
   const std::string dir = "test_vocab_tmp";
   make_directories(dir);
-  write_file_atomic(dir + "/ok.txt", "[UNK]\r\nab \n##c\t\n");
+  write_file_atomic(dir + "/ok.txt", "[UNK]\r\nab\r\n##c\n");
   const Vocab v = Vocab::load(dir + "/ok.txt");
   CHECK(v.size() == 3);
   CHECK(v.id("ab") == 1);
   CHECK(v.id("##c") == 2);
+  // transformers and tokenizers read these two differently: refused rather than matching one of them.
+  write_file_atomic(dir + "/blank.txt", "[UNK]\nab \n");
+  CHECK_THROWS_WITH(Vocab::load(dir + "/blank.txt"),
+                    Catch::Contains("blank.txt:2:") && Catch::Contains("'ab ' ends in a space or tab"));
+  write_file_atomic(dir + "/cr.txt", "[UNK]\na\rb\n");
+  CHECK_THROWS_WITH(Vocab::load(dir + "/cr.txt"),
+                    Catch::Contains("cr.txt:2:") && Catch::Contains("carriage return inside a line"));
   write_file_atomic(dir + "/dup.txt", "[UNK]\nab\nab\n");
   CHECK_THROWS_WITH(Vocab::load(dir + "/dup.txt"), Catch::Contains("dup.txt:3:") && Catch::Contains("duplicate"));
   write_file_atomic(dir + "/empty_line.txt", "[UNK]\n\nab\n");

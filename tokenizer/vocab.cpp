@@ -25,8 +25,18 @@ Vocab Vocab::load(const std::string& path) {
     std::string_view line(text.data() + pos, end - pos);
     pos = end + 1;
     ++line_no;
-    while (!line.empty() && (line.back() == '\r' || line.back() == ' ' || line.back() == '\t')) line.remove_suffix(1);
+    if (!line.empty() && line.back() == '\r') line.remove_suffix(1);  // CRLF, as both HF readers take it
     if (line.empty()) throw Error(located(path, line_no, "malformed vocab.txt: empty token line"));
+    // The two HF readers disagree on these, so no id could match both: transformers' load_vocab keeps
+    // trailing blanks and splits at a lone CR; tokenizers' WordPiece strips the blanks and keeps the CR.
+    if (line.back() == ' ' || line.back() == '\t')
+      throw Error(located(path, line_no,
+                          "malformed vocab.txt: token '" + std::string(line) +
+                              "' ends in a space or tab (transformers keeps it, tokenizers strips it); remove it"));
+    if (line.find('\r') != std::string_view::npos)
+      throw Error(located(path, line_no,
+                          "malformed vocab.txt: a carriage return inside a line (transformers splits the line "
+                          "there, tokenizers does not); one token per line"));
     if (!utf8_valid(line)) throw Error(located(path, line_no, "malformed vocab.txt: invalid UTF-8"));
     auto [it, inserted] = seen.emplace(std::string(line), static_cast<int32_t>(tokens.size()));
     if (!inserted)
