@@ -133,8 +133,15 @@ std::string utf8_text_problem(std::string_view head, bool whole) {
   // format version" is text.
   if (starts("%PDF-")) {
     std::string_view lines = head.substr(0, 1024);
-    if (const size_t nl = lines.rfind('\n'); nl != std::string_view::npos && lines.size() == 1024)
-      lines = lines.substr(0, nl + 1);  // not a character cut at the window's end
+    if (lines.size() == 1024) {  // not a character cut at the window's end
+      if (const size_t nl = lines.rfind('\n'); nl != std::string_view::npos) {
+        lines = lines.substr(0, nl + 1);
+      } else {
+        size_t cut = lines.size();
+        while (cut > 0 && cut > lines.size() - 4 && (static_cast<unsigned char>(lines[cut - 1]) & 0xC0) == 0x80) --cut;
+        if (cut > 0 && static_cast<unsigned char>(lines[cut - 1]) >= 0xC0) lines = lines.substr(0, cut - 1);
+      }
+    }
     std::u32string cps;
     const std::string_view first = head.substr(0, head.find_first_of("\r\n"));
     const bool header_alone = first.size() == 8 && std::isdigit(static_cast<unsigned char>(first[5])) &&

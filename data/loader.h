@@ -31,7 +31,8 @@ class Tokenizer;
 class Json;
 class Vocab;
 
-// What bert_prepare records in manifest.json as "vocab_hash": hash64 of the vocabulary's vocab.txt bytes.
+// What bert_prepare records in manifest.json as "vocab_hash": hash64 of the vocabulary as loaded
+// (vocab.txt's tokens, one per line, and the special tokens a tokenizer config names beyond them).
 uint64_t vocabulary_hash(const Vocab& vocab);
 
 // The "vocab_hash" of a manifest.json read from manifest_path: none when absent (older manifests),

@@ -3,7 +3,6 @@
 #include <algorithm>
 #include <array>
 #include <cstring>
-#include <ctime>
 #include <initializer_list>
 #include <span>
 #include <string_view>
@@ -121,6 +120,8 @@ constexpr std::array<bool, 256> kTrigger = make_trigger_table();
 struct Text {
   const unsigned char* s;
   size_t n;
+  // The end of the previous match (or where the scan began): labels are looked for after it only.
+  size_t floor = 0;
 
   unsigned char at(size_t i) const { return i < n ? s[i] : 0; }
   bool digit(size_t i) const { return i < n && is_digit(s[i]); }
@@ -221,17 +222,6 @@ bool rrn_glued_label(const Text& t, size_t p) {
   return p == 3 || !(is_alnum(t.s[p - 4]) || t.s[p - 4] == '_' || t.s[p - 4] == '[');
 }
 
-// The current year (UTC), read once: no one is born in the future.
-unsigned this_year() {
-  static const unsigned year = [] {
-    const std::time_t now = std::time(nullptr);
-    std::tm tm{};
-    gmtime_r(&now, &tm);
-    return static_cast<unsigned>(tm.tm_year + 1900);
-  }();
-  return year;
-}
-
 // YYMMDD at d[0..6) with the sex/century digit `g` (1,2,5,6: 1900s; 3,4,7,8: 2000s; 5-8 are
 // registered foreigners).
 bool valid_rrn_birth(const unsigned char* d, unsigned char g) {
@@ -241,7 +231,6 @@ bool valid_rrn_birth(const unsigned char* d, unsigned char g) {
   const unsigned dd = (d[4] - '0') * 10u + (d[5] - '0');
   const bool c1900 = g == '1' || g == '2' || g == '5' || g == '6';
   const unsigned year = (c1900 ? 1900 : 2000) + yy;
-  if (year > this_year()) return false;  // 880123-4...: 2088, a barcode's digits, not a birth
   const bool leap = (year % 4 == 0 && year % 100 != 0) || year % 400 == 0;
   static constexpr unsigned kDays[12] = {31, 28, 31, 30, 31, 30, 31, 31, 30, 31, 30, 31};
   if (mm < 1 || mm > 12 || dd < 1) return false;
@@ -258,13 +247,15 @@ size_t mask_char_len(const Text& t, size_t i) {
   return 0;
 }
 
-// The end of exactly `count` mask characters from i, or npos.
+// The end of at least `count` mask characters from i (a mask too many is still the mask:
+// 9001011*******), or npos.
 size_t mask_run_end(const Text& t, size_t i, int count) {
   for (int k = 0; k < count; ++k) {
     const size_t m = mask_char_len(t, i);
     if (m == 0) return npos;
     i += m;
   }
+  while (const size_t m = mask_char_len(t, i)) i += m;
   return i;
 }
 
@@ -276,42 +267,70 @@ bool rrn_checksum_ok(const unsigned char* d, const unsigned char* e) {
   return (11 - sum % 11) % 10 == static_cast<unsigned>(e[6] - '0');
 }
 
+// An ASCII label (RRN, KB, card) at [begin, end) as a word of its own: not after a letter, '[' (our
+// placeholders: "[RRN]", so that scrubbing scrubbed text changes nothing) or '(' ("(KB)"), nor after a
+// number ("4096 KB": a unit), nor followed by a letter (KBS, Cardinality).
+bool ascii_label_ok(const Text& t, size_t begin, size_t end) {
+  if (begin > 0) {
+    const unsigned char c = t.s[begin - 1];
+    if (is_alnum(c) || c == '[' || c == '(') return false;
+    if (c == ' ' && begin > 1 && is_digit(t.s[begin - 2])) return false;
+  }
+  return !(end < t.n && is_alpha(t.s[end]));
+}
+
+// Whether one of our placeholders ends at k ("[PHONE]" just before k).
+bool placeholder_ending_at(const Text& t, size_t k) {
+  for (int type = 0; type < kPiiTypeCount; ++type) {
+    const std::string_view ph = pii_placeholder(static_cast<PiiType>(type));
+    if (k >= ph.size() && std::memcmp(t.s + k - ph.size(), ph.data(), ph.size()) == 0) return true;
+  }
+  return false;
+}
+
 // Where the last of `labels` standing within the 32 bytes before p ends, or npos: a Korean label
 // anywhere in that window, an ASCII one (RRN, KB) as a word of its own: not after a letter or '['
 // (our placeholders: "[RRN]", so that scrubbing scrubbed text changes nothing), nor followed by a
 // capital (KBS, IBKR).
 using Labels = std::span<const std::string_view>;
 size_t last_label_end(const Text& t, size_t p, Labels labels) {
-  const size_t b = p > 32 ? p - 32 : 0;
+  // The window never reaches back past the previous match or a placeholder ("[PHONE]"), so that the
+  // scrubbed text, whose placeholders have other lengths than what they replaced, sees the same labels:
+  // scrubbing twice changes nothing.
+  size_t b = std::max(p > 32 ? p - 32 : size_t{0}, t.floor);
+  for (size_t k = p; k > b; --k)
+    if (t.s[k - 1] == ']' && placeholder_ending_at(t, k)) {
+      b = k;
+      break;
+    }
   const std::string_view window(reinterpret_cast<const char*>(t.s) + b, p - b);
   size_t last = npos;
   for (const std::string_view label : labels)
     for (size_t at = window.find(label); at != std::string_view::npos; at = window.find(label, at + 1)) {
       const size_t begin = b + at, end = begin + label.size();
-      if (is_alpha(static_cast<unsigned char>(label[0])) &&
-          ((begin > 0 && (is_alpha(t.s[begin - 1]) || t.s[begin - 1] == '[')) ||
-           (end < t.n && t.s[end] >= 'A' && t.s[end] <= 'Z')))
-        continue;
+      if (is_alpha(static_cast<unsigned char>(label[0])) && !ascii_label_ok(t, begin, end)) continue;
       if (last == npos || end > last) last = end;
     }
   return last;
 }
 
-// Whether the nearest label before p is one of `labels` rather than one of `others` (a label naming
-// another kind of number: 법인등록번호 ends in 등록번호, so a tie goes to `others`).
-bool named_by(const Text& t, size_t p, Labels labels, Labels others) {
-  const size_t mine = last_label_end(t, p, labels);
-  if (mine == npos) return false;
-  const size_t other = last_label_end(t, p, others);
-  return other == npos || mine > other;
+// Whether one of `others` (labels naming another kind of number: 법인등록번호, 계약번호) names the
+// number at p: it ends right before it, with at most a colon, '#', '(' or spaces between
+// ("계약번호: 2023-...", "법인등록번호 110111-..."). A label further back names something else
+// ("법인번호 없음 / 대표자 800101-...", "주문번호 확인 후 110-123-456789").
+bool named_other(const Text& t, size_t p, Labels others) {
+  size_t q = p;
+  while (q > t.floor && p - q < 4 && (t.s[q - 1] == ' ' || t.s[q - 1] == ':' || t.s[q - 1] == '#' || t.s[q - 1] == '('))
+    --q;
+  for (const std::string_view label : others)
+    if (q >= t.floor + label.size() && std::memcmp(t.s + q - label.size(), label.data(), label.size()) == 0)
+      return true;
+  return false;
 }
 
-// Whether the nearest label before p names another kind of number than `labels` do.
-bool named_other(const Text& t, size_t p, Labels labels, Labels others) {
-  const size_t other = last_label_end(t, p, others);
-  if (other == npos) return false;
-  const size_t mine = last_label_end(t, p, labels);
-  return mine == npos || other >= mine;
+// Whether one of `labels` stands within the 32 bytes before p and `others` do not name the number.
+bool named_by(const Text& t, size_t p, Labels labels, Labels others) {
+  return last_label_end(t, p, labels) != npos && !named_other(t, p, others);
 }
 
 // Labels naming a resident registration number: 주민번호, 주민 번호, 주민등록(번호), (외국인)등록번호, RRN.
@@ -335,7 +354,7 @@ size_t match_rrn_layout(const Text& t, size_t p) {
   const size_t r = t.digits_end(p);
   if (r - p == 13) {
     if (!valid_rrn_birth(t.s + p, t.s[p + 6])) return npos;
-    // A product barcode (EAN-13: 8801062123459) passes its own check digit and, one time in ten, the
+    // A product barcode (EAN-13: 8801062123452) passes its own check digit and, one time in ten, the
     // birth-date rule; an RRN issued before Oct 2020 passes the mod-11 one. Passing EAN's alone,
     // unlabelled, it is a barcode.
     if (!rrn_checksum_ok(t.s + p, t.s + p + 6) && ean13_ok(t, p) && !rrn_labelled(t, p)) return npos;
@@ -370,7 +389,33 @@ size_t match_rrn_layout(const Text& t, size_t p) {
 size_t match_rrn(const Text& t, size_t p) {
   const size_t e = match_rrn_layout(t, p);
   // 법인등록번호 110111-1234567: a company's, public.
-  return e != npos && named_other(t, p, kRrnLabels, kCorporateLabels) ? npos : e;
+  return e != npos && named_other(t, p, kCorporateLabels) ? npos : e;
+}
+
+// Words naming another number of the same layouts: a contract, order, case, registry, shipment,
+// application, policy, serial or company number (계약번호 2023-0456-789012) is a document's, not an
+// account or a card.
+constexpr std::string_view kOtherNumberLabels[] = {
+    "계약번호", "주문번호", "사건번호",   "접수번호", "등기번호", "등록번호", "송장번호", "운송장",   "관리번호",
+    "문서번호", "고유번호", "출원번호",   "증권번호", "허가번호", "인증번호", "승인번호", "일련번호", "제품번호",
+    "모델번호", "거래번호", "사업자번호", "법인번호", "택배",     "시리얼",   "ISBN",     "공시번호"};
+
+// The 8 digits at p read as a date YYYYMMDD (1900-2099).
+bool date_led(const Text& t, size_t p) {
+  const unsigned y = t.value(p, p + 4), m = t.value(p + 4, p + 6), d = t.value(p + 6, p + 8);
+  return y >= 1900 && y <= 2099 && m >= 1 && m <= 12 && d >= 1 && d <= 31;
+}
+
+// Groups that read as a row of a table, not one number: all years (2020 2021 2022 2023) or all
+// round (1000 2000 3000 4000).
+bool table_row(const Text& t, const size_t* begins, const size_t* ends, int groups) {
+  bool years = true, round = true;
+  for (int g = 0; g < groups; ++g) {
+    const unsigned v = t.value(begins[g], ends[g]);
+    years &= ends[g] - begins[g] == 4 && v >= 1900 && v <= 2099;
+    round &= v % 100 == 0;
+  }
+  return years || round;
 }
 
 // ---- [CARD] -------------------------------------------------------------------------------
@@ -382,9 +427,14 @@ bool card_layout(const size_t* lens, int groups) {
   return false;
 }
 
-// A card word: 카드(번호), 신용카드, 체크카드, card. After one, a 16-digit number (4-4-4-4 or in one
-// piece) is a card whether or not it passes Luhn: mistyped and made-up numbers leak as much.
+// A card word: 카드(번호), 신용카드, 체크카드, card. After one, 16 digits (4-4-4-4 or in one piece) are
+// a card whether or not they pass Luhn: mistyped and made-up numbers leak as much. Not when another
+// label names the number (주문번호, 시리얼), and in groups only as exactly four groups with a network
+// first digit (not a row of a table: "카드 승인건수 2019 2020 2021 2022 2023"); in one piece not
+// starting with a date (an order or transaction id: 2024011512345678).
 constexpr std::string_view kCardLabels[] = {"카드", "card", "Card", "CARD"};
+
+bool card_network(unsigned char c) { return (c >= '2' && c <= '6') || c == '9'; }
 
 size_t match_card(const Text& t, size_t p) {
   const size_t r = t.digits_end(p);
@@ -396,16 +446,18 @@ size_t match_card(const Text& t, size_t p) {
     // An ISBN-13 or a book's EAN-13 (978/979) passes Luhn about one time in ten: not a card (the
     // 13-digit cards are Visa's, which start with 4).
     if (len == 13 && c == '9' && t.s[p + 1] == '7' && (t.s[p + 2] == '8' || t.s[p + 2] == '9')) return npos;
-    if (!((c >= '2' && c <= '6') || c == '9')) return npos;
-    return luhn_ok(t, p, r) || (len == 16 && last_label_end(t, p, kCardLabels) != npos) ? r : npos;
+    if (card_network(c) && luhn_ok(t, p, r)) return r;
+    if (len == 16 && !date_led(t, p) && named_by(t, p, kCardLabels, kOtherNumberLabels)) return r;
+    return npos;
   }
   if (len != 4) return npos;
   const unsigned char sep = t.at(r);
   if (sep != '-' && sep != ' ') return npos;
-  size_t lens[5], ends[5];
+  size_t lens[5], begins[5], ends[5];
   int groups = 0;
   for (size_t q = p; groups < 5;) {
     const size_t e = t.digits_end(q);
+    begins[groups] = q;
     lens[groups] = e - q;
     ends[groups] = e;
     ++groups;
@@ -414,8 +466,11 @@ size_t match_card(const Text& t, size_t p) {
   }
   // Longest layout first; with ' ' a shorter prefix may be the card and the rest other text.
   for (int k = groups; k >= 3; --k)
-    if (card_layout(lens, k) && luhn_ok(t, p, ends[k - 1])) return ends[k - 1];
-  if (groups >= 4 && card_layout(lens, 4) && last_label_end(t, p, kCardLabels) != npos) return ends[3];
+    if (card_layout(lens, k) && !table_row(t, begins, ends, k) && luhn_ok(t, p, ends[k - 1])) return ends[k - 1];
+  const bool continues_row = p >= 2 && t.s[p - 1] == sep && is_digit(t.s[p - 2]);
+  if (groups == 4 && card_layout(lens, 4) && card_network(t.s[p]) && !continues_row && !table_row(t, begins, ends, 4) &&
+      named_by(t, p, kCardLabels, kOtherNumberLabels))
+    return ends[3];
   return npos;
 }
 
@@ -534,8 +589,15 @@ size_t match_ipv4(const Text& t, size_t p, bool outline_ok) {
 // "release": they name hosts too, "build: 10.0.0.12", "DHCP release 192.168.0.10".)
 bool outline_number(const Text& t, size_t p, size_t e) {
   if (p >= 3 && followed_by(t, p - 3, {"제"})) return true;  // glued: 제3.2.10.1
-  if (t.at(e) == ' ') ++e;                                   // "5.2.11.1 절"
   if (followed_by(t, e, {"항", "절", "조", "장", "편", "관", "목", "호"})) return true;
+  // Spaced, "5.2.11.1 절": the counter as a word of its own, or with a particle (절에서, 항의), not the
+  // first syllable of another word ("192.168.10.25 호스트", "10.0.0.5 관리자").
+  if (t.at(e) == ' ' && followed_by(t, e + 1, {"항", "절", "조", "장", "편", "관", "목", "호"})) {
+    const size_t after = e + 4;  // each counter is one 3-byte syllable
+    if (after >= t.n || t.s[after] < 0x80 ||
+        followed_by(t, after, {"의", "에", "을", "를", "은", "는", "과", "와", "로", "으로", "까지", "부터"}))
+      return true;
+  }
   size_t label_end = p;
   if (label_end > 0 && t.s[label_end - 1] == ' ') --label_end;
   if (label_end > 0 && t.s[label_end - 1] == ':') --label_end;
@@ -611,9 +673,20 @@ bool ipv6_start_ok(const Text& t, size_t p) {
 }
 
 // A dotted quad followed by an hour, minute or second counter is a date and time: "23.01.15.10시".
+// So is YY.MM.DD.hh (two digits each, hh <= 24) followed by ":mm", a range '~' or a spaced counter:
+// "23.01.15.10:30 회의", "24.03.12.14~16시", "23.01.15.10 시".
+bool date_and_hour(const Text& t, size_t p, size_t e) {
+  if (followed_by(t, e, {"시", "분", "초"})) return true;
+  if (e - p != 11 || t.s[p + 2] != '.' || t.s[p + 5] != '.' || t.s[p + 8] != '.') return false;
+  const unsigned mm = t.value(p + 3, p + 5), dd = t.value(p + 6, p + 8), hh = t.value(p + 9, p + 11);
+  if (mm < 1 || mm > 12 || dd < 1 || dd > 31 || hh > 24) return false;
+  return (t.at(e) == ':' && t.digit(e + 1)) || t.at(e) == '~' ||
+         (t.at(e) == ' ' && followed_by(t, e + 1, {"시", "분", "초"}));
+}
+
 size_t outline_ipv4(const Text& t, size_t p) {
   const size_t e = match_ipv4(t, p, false);
-  if (e == npos || outline_number(t, p, e) || followed_by(t, e, {"시", "분", "초"})) return npos;
+  if (e == npos || outline_number(t, p, e) || date_and_hour(t, p, e)) return npos;
   return e;
 }
 
@@ -623,12 +696,22 @@ size_t outline_ipv4(const Text& t, size_t p) {
 // 신한, 새마을(금고), 우체국, 수협, 신협, KB, IBK, NH). Not 국민 or 우리 alone (the people, we).
 constexpr std::string_view kAccountLabels[] = {"계좌", "은행",   "예금주", "입금", "송금", "이체", "뱅크", "농협",
                                                "신한", "새마을", "우체국", "수협", "신협", "KB",   "IBK",  "NH"};
-// Words naming another number of the same layouts: a contract, order, case, registry, shipment,
-// application, policy or serial number (계약번호 2023-0456-789012) is a document's, not an account.
-constexpr std::string_view kOtherNumberLabels[] = {"계약번호", "주문번호", "사건번호", "접수번호", "등기번호",
-                                                   "등록번호", "송장번호", "운송장",   "관리번호", "문서번호",
-                                                   "고유번호", "출원번호", "증권번호", "허가번호", "인증번호",
-                                                   "승인번호", "일련번호", "제품번호", "모델번호", "거래번호"};
+
+// Dashed numbers of account-like layouts that are public or not a number at all: a business
+// registration number (3-2-5), a KIPO application number (10-2020-0123456: 2-4-7 with a year in the
+// middle), a date and then something (2024-01-15-...).
+bool public_dashed_layout(const Text& t, size_t p, const size_t* lens, int groups) {
+  if (groups == 3 && lens[0] == 3 && lens[1] == 2 && lens[2] == 5) return true;
+  if (groups == 3 && lens[0] == 2 && lens[1] == 4 && lens[2] == 7) {
+    const unsigned year = t.value(p + 3, p + 7);
+    if (year >= 1940 && year <= 2099) return true;
+  }
+  if (groups >= 3 && lens[0] == 4 && lens[1] == 2 && lens[2] == 2) {
+    const unsigned y = t.value(p, p + 4), m = t.value(p + 5, p + 7), d = t.value(p + 8, p + 10);
+    if (y >= 1900 && y <= 2099 && m >= 1 && m <= 12 && d >= 1 && d <= 31) return true;
+  }
+  return false;
+}
 
 size_t match_account(const Text& t, size_t p) {
   constexpr int kMaxGroups = 8;
@@ -650,39 +733,47 @@ size_t match_account(const Text& t, size_t p) {
     longest = std::max(longest, lens[g]);
   }
   if (total < 10 || total > 14) return npos;
-  if (longest < 5 && groups < 4) return npos;                                    // 010-1234-567, 1000-2000-3000
-  if (groups == 3 && lens[0] == 3 && lens[1] == 2 && lens[2] == 5) return npos;  // business reg. no.
-  if (groups == 3 && lens[0] == 2 && lens[1] == 4 && lens[2] == 7) {             // KIPO 10-2020-0123456: public
-    const unsigned year = t.value(p + 3, p + 7);
-    if (year >= 1940 && year <= 2099) return npos;
-  }
+  if (longest < 5 && groups < 4) return npos;                           // 010-1234-567, 1000-2000-3000
   if (lens[0] == 3 && t.s[p] == '0' && t.s[p + 1] == '1') return npos;  // 010-1234-56789: a mistyped phone
-  if (lens[0] == 4 && lens[1] == 2 && lens[2] == 2) {                   // 2024-01-15-...: a date, then something
-    const unsigned y = t.value(p, p + 4), m = t.value(p + 5, p + 7), d = t.value(p + 8, p + 10);
-    if (y >= 1900 && y <= 2099 && m >= 1 && m <= 12 && d >= 1 && d <= 31) return npos;
-  }
-  if (named_other(t, p, kAccountLabels, kOtherNumberLabels)) return npos;
+  if (public_dashed_layout(t, p, lens, groups) || named_other(t, p, kOtherNumberLabels)) return npos;
   return e;
 }
 
 // An account number the dashed layouts above do not take, after a bank or account word: in one piece
 // (110123456789), in groups separated by spaces (110 123 456789) or with a 1-digit group (9002-1234-
 // 5678-9, 508-10-123456-7, 1000-1234-5678). 10-14 digits in all, the whole run of groups (one
-// separator throughout); not an amount (a unit after it).
+// separator throughout). Not an amount (a unit after it), not a row of a table (spaced groups need
+// one of 5+ digits and not all years or round numbers, and the run may not continue one: "은행 수:
+// 1000 1500 2000 2500"), not a public dashed layout (above), not a timestamp (20240115103045).
 size_t match_labelled_account(const Text& t, size_t p) {
+  if (p >= 2 && t.s[p - 1] == ' ' && is_digit(t.s[p - 2])) return npos;
   if (!named_by(t, p, kAccountLabels, kOtherNumberLabels)) return npos;
   const unsigned char sep = t.at(t.digits_end(p));
-  size_t q = p, e, total = 0;
+  constexpr int kMaxGroups = 6;
+  size_t begins[kMaxGroups], ends[kMaxGroups], lens[kMaxGroups];
+  size_t q = p, e, total = 0, longest = 0;
   int groups = 0;
   while (true) {
     e = t.digits_end(q);
+    begins[groups] = q;
+    ends[groups] = e;
+    lens[groups] = e - q;
     total += e - q;
+    longest = std::max(longest, e - q);
     ++groups;
-    if ((sep != '-' && sep != ' ') || t.at(e) != sep || !t.digit(e + 1) || groups == 6) break;
+    if ((sep != '-' && sep != ' ') || t.at(e) != sep || !t.digit(e + 1) || groups == kMaxGroups) break;
     q = e + 1;
   }
-  if (total < 10 || total > 14 || t.digits_end(p) - p < 2) return npos;
-  if (followed_by(t, e, {"원", "달러", "명", "개", "건", "주", "회", "%", " 원", " 달러"})) return npos;
+  if (total < 10 || total > 14 || lens[0] < 2) return npos;
+  if (groups > 1 && sep == ' ' && (longest < 5 || table_row(t, begins, ends, groups))) return npos;
+  if (groups > 1 && sep == '-' && public_dashed_layout(t, p, lens, groups)) return npos;
+  if (groups == 1 && total == 14 && date_led(t, p) && t.value(p + 8, p + 10) < 24 && t.value(p + 10, p + 12) < 60 &&
+      t.value(p + 12, p + 14) < 60)
+    return npos;
+  if (followed_by(t, e,
+                  {"원", "달러", "명", "개", "건", "주", "회", "%", " 원", " 달러", "바이트", " 바이트", "byte",
+                   " byte", "(천원)", " (천원)", "(백만원)", " (백만원)"}))
+    return npos;
   return e;
 }
 
@@ -743,6 +834,30 @@ bool hangul_at(const unsigned char* s, size_t n, size_t i) {
   return (s[i + 1] & 0xC0) == 0x80 && (s[i + 2] & 0xC0) == 0x80 && cp >= 0xAC00 && cp <= 0xD7A3;
 }
 bool hangul_before(const unsigned char* s, size_t n, size_t i) { return i >= 3 && hangul_at(s, n, i - 3); }
+
+// 한국 (.한국, Korea's own top-level domain) at i as a whole label: followed by no Hangul, or by a
+// particle ("회사.한국으로"), not by another syllable of a word (한국인, 한국식당). Its end, or npos.
+size_t korean_tld_end(const unsigned char* s, size_t n, size_t i) {
+  if (!bytes_at(s, n, i, "한국")) return npos;
+  const size_t e = i + 6;
+  if (!hangul_at(s, n, e)) return e;
+  for (const std::string_view particle : {"으로", "로", "에", "의", "이", "은", "는", "을", "를", "과", "와", "까지",
+                                          "입니다", "이다", "이고", "이며", "만", "도"})
+    if (bytes_at(s, n, e, particle)) return e;
+  return npos;
+}
+
+// The common top-level domains a spaced or hidden address must end in ("hong (at) example.com"), so
+// that prose and code with an '@' or "(at)" (".docs", ".weight", ".jpg") stay.
+bool common_tld(const unsigned char* s, size_t len) {
+  static constexpr std::string_view kTlds[] = {
+      "com", "net", "org", "edu", "gov", "mil", "int", "info", "biz", "io", "co", "me", "ai", "app", "dev", "kr", "jp",
+      "cn",  "tw",  "hk",  "sg",  "us",  "uk",  "de",  "fr",   "ca",  "au", "ru", "in", "vn", "th",  "id",  "ph", "my",
+      "nz",  "br",  "es",  "it",  "nl",  "se",  "ch",  "at",   "be",  "dk", "no", "fi", "pl", "eu",  "xyz"};
+  std::string lower(reinterpret_cast<const char*>(s), len);
+  for (char& c : lower) c = static_cast<char>(c | 0x20);
+  return std::find(std::begin(kTlds), std::end(kTlds), lower) != std::end(kTlds);
+}
 
 // Where the at-signs may be, each found with memchr on a rare byte and its search resumed where it
 // stopped: '@', '＠' (by its EF), the ')' or ']' closing "(at)", 골뱅이 (by its B1). A byte-by-byte
@@ -805,13 +920,25 @@ Span next_email(std::string_view text, size_t from, size_t floor, AtSignFinder& 
   const auto* s = reinterpret_cast<const unsigned char*>(text.data());
   const size_t n = text.size();
   for (; (from = finder.next(from)) < n; ++from) {
-    const size_t at = from, at_end = at_sign_end(s, n, at);
+    size_t at = from, at_end = at_sign_end(s, n, at);
     if (at_end == npos) continue;
-    const bool hidden = s[at] != '@';
+    bool hidden = s[at] != '@';
+    // "(@)", "[@]": a plain '@' hidden the same way as "(at)".
+    if (!hidden && at > floor && (s[at - 1] == '(' || s[at - 1] == '[') && at + 1 < n &&
+        s[at + 1] == (s[at - 1] == '(' ? ')' : ']')) {
+      at -= 1;
+      at_end = at + 3;
+      hidden = true;
+    }
+    // 골뱅이 bare is a word of its own, not part of one (매운골뱅이무침.jpg: a dish).
+    if (s[at] == 0xEA && (hangul_before(s, n, at) || hangul_at(s, n, at_end))) continue;
     // "hong @ example.com": a space on both sides of a plain '@'; either or both of a hidden one.
     size_t local_end = at, q = at_end;
     if (local_end > floor && s[local_end - 1] == ' ' && (hidden || (q < n && s[q] == ' '))) --local_end;
     if (q < n && s[q] == ' ' && (hidden || local_end < at)) ++q;
+    // Spaced or hidden, the address must end in a common top-level domain and not be followed by a
+    // call or an index: "q @ k.transpose(-2, -1)", "x @ self.weight" are matrix products.
+    const bool strict = hidden || local_end < at;
     // The domain: labels of ASCII letters, digits and '-', or of Hangul syllables (회사.한국).
     constexpr int kMaxLabels = 16;
     size_t starts[kMaxLabels], ends[kMaxLabels];
@@ -820,12 +947,14 @@ Span next_email(std::string_view text, size_t from, size_t floor, AtSignFinder& 
     while (labels < kMaxLabels) {
       size_t e = q;
       const bool h = hangul_at(s, n, q);
+      // A label has at most 63 bytes (DNS), which also keeps the scan linear.
       if (h) {
-        while (hangul_at(s, n, e)) e += 3;
+        while (hangul_at(s, n, e) && e - q <= 63) e += 3;
       } else {
-        while (e < n && (is_alnum(s[e]) || s[e] == '-')) ++e;
+        while (e < n && (is_alnum(s[e]) || s[e] == '-') && e - q <= 63) ++e;
         if (e == q || s[q] == '-' || s[e - 1] == '-') break;
       }
+      if (e - q > 63) break;
       starts[labels] = q;
       ends[labels] = e;
       hangul[labels++] = h;
@@ -849,19 +978,21 @@ Span next_email(std::string_view text, size_t from, size_t floor, AtSignFinder& 
       // is also what the address scrubbed leaves ("[EMAIL].123"), so scrubbing twice changes nothing.
       for (; last >= 1; --last) {
         if (hangul[last]) {
-          if (bytes_at(s, n, starts[last], "한국")) end = starts[last] + 6;
+          if (korean_tld_end(s, n, starts[last]) != npos) end = starts[last] + 6;
         } else if (ends[last] - starts[last] >= 2 &&
-                   std::all_of(s + starts[last], s + ends[last], [](unsigned char c) { return is_alpha(c); })) {
+                   std::all_of(s + starts[last], s + ends[last], [](unsigned char c) { return is_alpha(c); }) &&
+                   (!strict || common_tld(s + starts[last], ends[last] - starts[last]))) {
           end = ends[last];
         }
         if (end != npos) break;
       }
       if (end == npos) continue;
+      if (strict && end < n && (s[end] == '(' || s[end] == '[')) continue;
     }
     const bool korean_domain = std::any_of(hangul, hangul + last + 1, [](bool h) { return h; });
     // The local part: ASCII, or, before a Korean domain, Hangul too (사람@회사.한국).
     size_t b = local_end;
-    while (b > floor) {
+    while (b > floor && local_end - b <= 64) {
       if (is_local_char(s[b - 1]))
         --b;
       else if (korean_domain && b >= floor + 3 && hangul_before(s, n, b))
@@ -874,7 +1005,7 @@ Span next_email(std::string_view text, size_t from, size_t floor, AtSignFinder& 
     // A URL's user:password@ is one secret: "https://user:pw@host" -> "https://[EMAIL]".
     if (b > floor + 1 && s[b - 1] == ':') {
       size_t u = b - 1;
-      while (u > floor && is_local_char(s[u - 1])) --u;
+      while (u > floor && b - u <= 64 && is_local_char(s[u - 1])) --u;
       if (u < b - 1 && u >= 3 && text.compare(u - 3, 3, "://") == 0) b = u;
     }
     return {b, end};
@@ -886,8 +1017,9 @@ Span next_email(std::string_view text, size_t from, size_t floor, AtSignFinder& 
 
 // Numeric and IPv6 matches in t.s[from, t.n), reported in order through `sink`.
 template <class Sink>
-void scan_segment(const Text& t, size_t from, Sink& sink) {
+void scan_segment(Text t, size_t from, Sink& sink) {
   size_t i = from;
+  t.floor = from;
   const size_t n = t.n;
   while (i < n) {
     while (i < n && !kTrigger[t.s[i]]) ++i;
@@ -908,7 +1040,7 @@ void scan_segment(const Text& t, size_t from, Sink& sink) {
         if ((c == '0' && phone_label_before(t, i) && accept(match_national(t, i, true, false), PiiType::kPhone)) ||
             (rrn_glued_label(t, i) && accept(match_rrn(t, i), PiiType::kRrn))) {
           sink(i, end, type);
-          i = end;
+          i = t.floor = end;
           continue;
         }
         i = t.digits_end(i);
@@ -955,7 +1087,7 @@ void scan_segment(const Text& t, size_t from, Sink& sink) {
       type = PiiType::kIp;
     }
     sink(i, end, type);
-    i = end;
+    i = t.floor = end;
   }
 }
 

@@ -79,7 +79,8 @@ ops::GeluKind gelu_kind_of(const std::string& hidden_act) {
   if (hidden_act == "gelu" || hidden_act == "gelu_python") return ops::GeluKind::kErf;
   if (hidden_act == "gelu_new" || hidden_act == "gelu_pytorch_tanh") return ops::GeluKind::kTanh;
   throw Error("BertConfig: hidden_act \"" + hidden_act +
-              "\" is not supported: use \"gelu\" (exact erf) or \"gelu_new\" (tanh approximation)");
+              "\" is not supported: use \"gelu\" / \"gelu_python\" (exact erf) or \"gelu_new\" / "
+              "\"gelu_pytorch_tanh\" (tanh approximation)");
 }
 
 // ---- the parameter table (shared with the CUDA model) -----------------------------------------------

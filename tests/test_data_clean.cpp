@@ -114,6 +114,8 @@ TEST_CASE("pii: positives in Korean formats are replaced by typed placeholders")
       {"9001011******", "[RRN]", PiiType::kRrn},
       {"주민등록번호 9001011234560", "주민등록번호 [RRN]", PiiType::kRrn},  // passes EAN-13's check only
       {"대표자 주민번호 900101-1234567", "대표자 주민번호 [RRN]", PiiType::kRrn},
+      {"법인번호 없음 / 대표자 800101-2234567", "법인번호 없음 / 대표자 [RRN]", PiiType::kRrn},
+      {"9001011*******", "[RRN]", PiiType::kRrn},  // a mask too many is still the mask
       {"법인등록번호 110111-1234567, 대표 주민번호 900101-1234567", "법인등록번호 110111-1234567, 대표 주민번호 [RRN]",
        PiiType::kRrn},  // the nearest label names the number
       // phones
@@ -165,6 +167,8 @@ TEST_CASE("pii: positives in Korean formats are replaced by typed placeholders")
       {"hong @ naver.com 으로", "[EMAIL] 으로", PiiType::kEmail},
       {"hong＠naver.com", "[EMAIL]", PiiType::kEmail},
       {"사람@회사.한국", "[EMAIL]", PiiType::kEmail},
+      {"hong(@)naver.com", "[EMAIL]", PiiType::kEmail},
+      {"문의 hong[@]naver.com 으로", "문의 [EMAIL] 으로", PiiType::kEmail},
       {"메일 kim@회사.한국으로", "메일 [EMAIL]으로", PiiType::kEmail},
       // cards (all Luhn-valid)
       // a phone label glued to the number, as listings write it
@@ -181,9 +185,10 @@ TEST_CASE("pii: positives in Korean formats are replaced by typed placeholders")
       {"4222222222222", "[CARD]", PiiType::kCard},
       {"3056-930902-5904", "[CARD]", PiiType::kCard},
       // after a card word, 16 digits whether or not they pass Luhn
-      {"카드번호 1234-5678-9012-3456", "카드번호 [CARD]", PiiType::kCard},
+      {"카드번호 5412-3456-7890-1234", "카드번호 [CARD]", PiiType::kCard},
       {"신용카드: 4111111111111112", "신용카드: [CARD]", PiiType::kCard},
       {"card no. 5412 3456 7890 1234", "card no. [CARD]", PiiType::kCard},
+      {"카드번호: 1234567890123456", "카드번호: [CARD]", PiiType::kCard},
       // accounts
       {"계좌 110-123-456789 (신한)", "계좌 [ACCOUNT] (신한)", PiiType::kAccount},
       {"1002-345-678901", "[ACCOUNT]", PiiType::kAccount},
@@ -197,6 +202,7 @@ TEST_CASE("pii: positives in Korean formats are replaced by typed placeholders")
       {"토스뱅크 1000-1234-5678", "토스뱅크 [ACCOUNT]", PiiType::kAccount},
       {"새마을금고 9002-1234-5678-9", "새마을금고 [ACCOUNT]", PiiType::kAccount},
       {"대구은행 508-10-123456-7로 송금", "대구은행 [ACCOUNT]로 송금", PiiType::kAccount},
+      {"주문번호 확인 후 110-123-456789", "주문번호 확인 후 [ACCOUNT]", PiiType::kAccount},  // another thing's label
       // IP addresses
       {"접속 IP 192.168.0.1 에서", "접속 IP [IP] 에서", PiiType::kIp},
       {"10.0.0.255 서버", "[IP] 서버", PiiType::kIp},
@@ -297,11 +303,10 @@ TEST_CASE("pii: dates, times, versions, prices and other numbers stay untouched"
       "900101 *******",
       "900101.1234567",
       "900101.1******",
-      // a product barcode (EAN-13: passes its own check digit, not RRN's), a birth in the future
-      // (2088), and companies' registration numbers, which are public
+      // a product barcode (EAN-13: passes its own check digit, not RRN's), and companies'
+      // registration numbers, which are public
       "8801062123452",
       "바코드 9001011234560",
-      "880123-4567890",
       "법인등록번호 110111-1234567",
       "법인등록번호: 1101111234567",
       "법인번호 110111 1234567",
@@ -323,6 +328,17 @@ TEST_CASE("pii: dates, times, versions, prices and other numbers stay untouched"
       "look (at) this",
       "hong@ naver.com",
       "[EMAIL] (at) [EMAIL]",
+      // matrix products and other '@' in code and prose; hidden forms without a common domain
+      "attn = (q @ k.transpose(-2, -1)) * self.scale",
+      "y = x @ self.weight + self.bias",
+      "out = A @ np.linalg.inv(B)",
+      "job finished @ node1.cluster",
+      "cc @ john.doe",
+      "Look (at) the.docs",
+      "매운골뱅이무침.jpg",
+      "통골뱅이소면.png",
+      "오늘의 안주는 골뱅이 소면.한국인의 소울푸드",
+      "모임장소@강남역.한국식당",
       "[PHONE] [EMAIL] [RRN]",
       // public patent, trademark and design application numbers (KIPO: type-year-serial)
       "특허출원 제10-2020-0123456호",
@@ -335,6 +351,10 @@ TEST_CASE("pii: dates, times, versions, prices and other numbers stay untouched"
       "5.2.11.1 절",
       "23.01.15.10시",
       "23.01.15.10시 30분",
+      "23.01.15.10:30 회의",
+      "24.03.12.14:00~16:00 교육",
+      "23.01.15.10 시 회의",
+      "회의 23.01.15.10~12시",
       "표 4.12.1.3 참조",
       "그림 2.10.3.1",
       "Fig. 2.10.3.1",
@@ -365,6 +385,27 @@ TEST_CASE("pii: dates, times, versions, prices and other numbers stay untouched"
       "카드 1234-5678-9012",
       "카드 승인번호 12345678",
       "카드번호 1234-567890-12345",
+      // rows of a table after a card or bank word; other labels naming the number; units
+      "신용카드 이용실적 2020 2021 2022 2023",
+      "카드 승인건수 2019 2020 2021 2022 2023",
+      "카드 결제 금액 1000 2000 3000 4000원",
+      "결제수단: 신용카드 / 주문번호: 2024011512345678",
+      "SD카드 시리얼 2023011512345678",
+      "Cardinality 2345678901234567",
+      "은행 대출 증가율 2021 2022 2023",
+      "이체 한도 1000 5000 10000",
+      "송금 수수료 500 1000 1500 2000",
+      "은행 수: 1000 1500 2000 2500",
+      "버퍼 크기(KB): 256 512 1024 2048",
+      "최대 4194304 KB (4294967296 바이트)",
+      "이체 시각 20240115103045",
+      "우체국택배 6012345678901 조회",
+      "신한은행(사업자번호 202-81-12345)",
+      "신한은행 특허 출원 10-2020-0123456",
+      "은행 공시번호 2024-0012-345678",
+      // an address followed by a word starting like a counter is still an address: these are numbers
+      // named as clauses
+      "5.2.11.1 절에서",
   };
   STATIC_REQUIRE(sizeof(negatives) / sizeof(negatives[0]) >= 40);
   for (const char* n : negatives) {
@@ -406,6 +447,20 @@ TEST_CASE("pii: several matches in one line, offsets, counts, idempotence") {
   // on its own, and the result scrubs to itself.
   CHECK(scrub_pii("hong@naver.com.010-1234-5678 / kim@회사.한국.900101-1234567", listed) ==
         "[EMAIL].[PHONE] / [EMAIL].[RRN]");
+  // A dotted quad before a word that merely starts with a counter syllable is an address.
+  CHECK(scrub_pii("서버 192.168.10.25 호스트로, 10.0.0.5 관리자 페이지, 203.0.113.7 조회", listed) ==
+        "서버 [IP] 호스트로, [IP] 관리자 페이지, [IP] 조회");
+  // Labels are looked for after the previous match only, so the shorter or longer placeholders of the
+  // scrubbed text bring no label into reach or out of it: these scrub to themselves.
+  for (const char* line :
+       {"카드 결제 010-1234-5678 문의, 1234 5678 1234 5678", "주민번호 010-1234-5678 문의 900101.1234567",
+        "계약번호 (확인용) a@b.co 110-123-456789", "계좌 문의 010-1234-5678 또는 1234567890"}) {
+    INFO(line);
+    PiiCounts first, second;
+    const std::string once_more = scrub_pii(line, first);
+    CHECK(scrub_pii(once_more, second) == once_more);
+    CHECK(second.total() == 0);
+  }
 
   PiiCounts again;
   CHECK(scrub_pii(once, again) == once);

@@ -63,6 +63,11 @@ TEST_CASE(
   // Text that merely starts like a signature is text.
   CHECK(utf8_text_problem("BZh9 is bzip2's largest block size\n", true).empty());
   CHECK(utf8_text_problem("%PDF-1.7 is a file format version\n", true).empty());
+  for (const size_t shift : {0, 1, 2}) {  // a long first line, the sniffing window inside a character
+    std::string line = "%PDF-1.7 " + std::string(shift, 'a');
+    for (int k = 0; k < 400; ++k) line += "\xea\xb0\x80";
+    CHECK(utf8_text_problem(line + "\n", true).empty());
+  }
   CHECK_THAT(utf8_text_problem("%PDF-1.7\n%\xe2\xe3\xcf\xd3\n1 0 obj\n", true), Catch::StartsWith("a PDF"));
   CHECK_THAT(utf8_text_problem("%PDF-1.4\n1 0 obj << /Type /Catalog >>\n", true), Catch::StartsWith("a PDF"));
   // One stray NUL in a short ASCII file is a NUL, not UTF-16.

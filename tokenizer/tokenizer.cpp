@@ -13,6 +13,8 @@ namespace bert {
 
 std::vector<std::string> TokenizerConfig::special_tokens() const {
   std::vector<std::string> out = {pad_token, unk_token, cls_token, sep_token, mask_token};
+  for (const std::string* t : {&bos_token, &eos_token})
+    if (!t->empty()) out.push_back(*t);
   out.insert(out.end(), additional_special_tokens.begin(), additional_special_tokens.end());
   return out;
 }
@@ -56,8 +58,10 @@ TokenizerConfig TokenizerConfig::load(const std::string& dir) {
     if (!(m >= 1)) throw Error(path + ": field 'model_max_length' must be a positive number");
     c.model_max_length = m > 1e15 ? static_cast<size_t>(1) << 50 : static_cast<size_t>(m);
   }
-  const char* const kTokenKeys[] = {"unk_token", "sep_token", "pad_token", "cls_token", "mask_token"};
-  std::string* const token_fields[] = {&c.unk_token, &c.sep_token, &c.pad_token, &c.cls_token, &c.mask_token};
+  const char* const kTokenKeys[] = {"unk_token",  "sep_token", "pad_token", "cls_token",
+                                    "mask_token", "bos_token", "eos_token"};
+  std::string* const token_fields[] = {&c.unk_token,  &c.sep_token, &c.pad_token, &c.cls_token,
+                                       &c.mask_token, &c.bos_token, &c.eos_token};
   for (size_t k = 0; k < std::size(kTokenKeys); ++k) get_token(j, path, kTokenKeys[k], *token_fields[k]);
   if (const Json* v = j.find("additional_special_tokens"); v && v->is_array()) {
     for (const Json& t : v->as_array()) {
@@ -123,6 +127,8 @@ void TokenizerConfig::save(const std::string& dir) const {
   specials.set("pad_token", pad_token);
   specials.set("cls_token", cls_token);
   specials.set("mask_token", mask_token);
+  if (!bos_token.empty()) specials.set("bos_token", bos_token);
+  if (!eos_token.empty()) specials.set("eos_token", eos_token);
   if (!additional_special_tokens.empty()) {
     Json extra = Json::array();
     for (const auto& t : additional_special_tokens) extra.push(t);
@@ -201,8 +207,8 @@ Tokenizer Tokenizer::from_dir(const std::string& dir_arg) {
     if (std::find(named.begin(), named.end(), added.content) == named.end())
       config.additional_special_tokens.push_back(added.content);
   }
-  std::vector<std::string> specials = {config.unk_token, config.sep_token, config.pad_token, config.cls_token,
-                                       config.mask_token};
+  std::vector<std::string> specials = {config.bos_token, config.eos_token, config.unk_token, config.sep_token,
+                                       config.pad_token, config.cls_token, config.mask_token};
   specials.insert(specials.end(), config.additional_special_tokens.begin(), config.additional_special_tokens.end());
   for (const std::string& token : specials)
     if (!token.empty() && id_of(token) < 0) appended.push_back(token);

@@ -23,6 +23,7 @@ struct TokenizerConfig {
   size_t model_max_length = 512;
   std::string unk_token = "[UNK]", sep_token = "[SEP]", pad_token = "[PAD]", cls_token = "[CLS]",
               mask_token = "[MASK]";
+  std::string bos_token, eos_token;  // BERT has none; a hand-made config may name them
   std::vector<std::string> additional_special_tokens;
   std::string continuing_subword_prefix = "##";
   // tokenizer_config.json's added_tokens_decoder (transformers >= 4.34), as read: checked against
@@ -60,8 +61,8 @@ class Tokenizer {
   Tokenizer(Vocab vocab, TokenizerConfig config);
   // Loads vocab.txt + tokenizer_config.json (+ special_tokens_map.json) from DIR (errors name the file
   // and line). As BertTokenizerFast.from_pretrained does, a special token vocab.txt lacks is appended
-  // after vocab.txt's last id (in transformers' order: unk, sep, pad, cls, mask, then the additional
-  // ones), so ids match transformers'; require() still asks for the ones a purpose needs in vocab.txt
+  // after vocab.txt's last id (in transformers' order: bos, eos, unk, sep, pad, cls, mask, then the
+  // additional ones), so ids match transformers'; require() still asks for the ones a purpose needs in vocab.txt
   // itself. added_tokens_decoder's tokens must be vocab.txt's at their ids (or its appended
   // specials'), special and not normalised.
   static Tokenizer from_dir(const std::string& dir);

@@ -202,11 +202,13 @@ def main():
     # additional ones); added_tokens_decoder's tokens are split out as special tokens.
     small = ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "a", "b", "##a", "##b", "ab", "[", "]", "M", "##A", "##S", "##K",
              "<", ">", "x", "##x", "e", "##t", "##r", "<x>"]
-    hand_lines = ["a <extra> b [MASK] ab", "[MASK]<extra>ab", "a<x>b <x> [ MASK ]", "ab abb [MASK][MASK]", ""]
+    hand_lines = ["a <extra> b [MASK] ab", "[MASK]<extra>ab", "a<x>b <x> [ MASK ]", "ab abb [MASK][MASK]", "",
+                  "a [MASK] <s> b</s>"]
     hand_path = os.path.join(args.work, "hand.txt")
     write_lines(hand_path, hand_lines)
     cases = {
         "appended specials": {"do_lower_case": False, "additional_special_tokens": ["<extra>"]},
+        "bos and eos": {"do_lower_case": False, "bos_token": "<s>", "eos_token": "</s>"},
         "added_tokens_decoder": {"do_lower_case": False, "added_tokens_decoder": {
             "22": {"content": "<x>", "special": True, "normalized": False, "lstrip": False, "rstrip": False,
                    "single_word": False}}},
