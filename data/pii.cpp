@@ -380,7 +380,11 @@ size_t match_rrn_layout(const Text& t, size_t p) {
   }
   const size_t r2 = t.digits_end(q);
   if (!valid_rrn_birth(t.s + p, t.s[q])) return npos;
-  if (r2 - q == 7) return !loose || labelled || rrn_checksum_ok(t.s + p, t.s + q) ? r2 : npos;
+  if (r2 - q == 7) {
+    // Loose, a unit after the second part makes it an amount: "등록번호 200115 3000000 원", "230115 1234567명".
+    if (loose && followed_by(t, r2, {"원", " 원", "명", " 명", "개", "건", "달러"})) return npos;
+    return !loose || labelled || rrn_checksum_ok(t.s + p, t.s + q) ? r2 : npos;
+  }
   // Partly masked: 900101-1******, 900101-1234***.
   if (r2 - q > 6 || (loose && !labelled)) return npos;
   return mask_run_end(t, r2, 7 - static_cast<int>(r2 - q));

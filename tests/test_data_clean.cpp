@@ -303,6 +303,8 @@ TEST_CASE("pii: dates, times, versions, prices and other numbers stay untouched"
       "900101 *******",
       "900101.1234567",
       "900101.1******",
+      "등록번호 200115 3000000 원",  // a date and an amount, labelled or not
+      "주민등록 인구 230115 1234567명",
       // a product barcode (EAN-13: passes its own check digit, not RRN's), and companies'
       // registration numbers, which are public
       "8801062123452",
