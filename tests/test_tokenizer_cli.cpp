@@ -293,6 +293,12 @@ TEST_CASE("tokenizer config: special_tokens_map.json as transformers reads it") 
   write("tokenizer_config.json", R"({"mask_token": "[M]", "added_tokens_decoder": {}})");
   CHECK(TokenizerConfig::load(dir).mask_token == "[M]");
 
+  write("tokenizer_config.json", "{}");
+  write("special_tokens_map.json", R"({"mask_token": {"content": "<mask>", "single_word": true}})");
+  CHECK_THROWS_WITH(TokenizerConfig::load(dir), dir +
+                                                    "/special_tokens_map.json: field 'mask_token' has single_word "
+                                                    "= true: only tokens matched as written are supported (set it "
+                                                    "to false)");
   write("special_tokens_map.json", R"({"mask_token": 7})");
   write("tokenizer_config.json", "{}");
   CHECK_THROWS_WITH(TokenizerConfig::load(dir), dir + "/special_tokens_map.json: field 'mask_token' must be a string");

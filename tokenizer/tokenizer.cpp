@@ -21,10 +21,18 @@ std::vector<std::string> TokenizerConfig::special_tokens() const {
 
 namespace {
 
-// A special token's value: a string, or an AddedToken's serialisation {"content": ...}.
+// A special token's value: a string, or an AddedToken's serialisation {"content": ...}. Of its flags,
+// lstrip and rstrip change no BERT id (the pre-tokenizer drops the blanks anyway); normalized and
+// single_word change where the token matches, which this tokenizer does not do: refused by name.
 std::string token_text(const Json& v, const std::string& path, const std::string& key) {
   if (v.is_string()) return v.as_string();
-  if (v.is_object() && v.find("content") && v.find("content")->is_string()) return v.find("content")->as_string();
+  if (v.is_object() && v.find("content") && v.find("content")->is_string()) {
+    for (const char* flag : {"normalized", "single_word"})
+      if (const Json* f = v.find(flag); f && f->is_bool() && f->as_bool())
+        throw Error(path + ": field '" + key + "' has " + flag +
+                    " = true: only tokens matched as written are supported (set it to false)");
+    return v.find("content")->as_string();
+  }
   throw Error(path + ": field '" + key + "' must be a string");
 }
 
@@ -247,7 +255,9 @@ void Tokenizer::require(std::initializer_list<SpecialToken> needed, const std::s
   const std::string config_path = dir + "/tokenizer_config.json", map_path = dir + "/special_tokens_map.json";
   std::string source;
   if (file_exists(config_path)) source = config_path;
-  if (file_exists(map_path)) source += source.empty() ? map_path : " or special_tokens_map.json";
+  // special_tokens_map.json is read only without added_tokens_decoder (transformers' legacy path).
+  if (file_exists(map_path) && config_.added_tokens.empty())
+    source += source.empty() ? map_path : " or special_tokens_map.json";
   throw Error(dir + "/vocab.txt: has no " + missing +
               (source.empty() ? " (HF's default: " + dir + " has no tokenizer_config.json)"
                               : " (set by " + source + ", else HF's default)") +
