@@ -222,37 +222,31 @@ std::vector<float> read_parameter_arena(const std::string& path, const BertConfi
                   std::to_string(bad - values.begin()) + "; the file is damaged");
     used.insert(found);
   }
-  // Where a parameter is in the arena, by name (the caller's table may carry names and offsets only).
-  const auto offset_of = [&](std::string_view name) {
+  // A tied alias in the file (HF leaves them out of safetensors, but a file may hold them) must equal
+  // the parameter it aliases, found by name (the caller's table may carry names and offsets only).
+  const auto alias_differs = [&](const std::string& alias, std::string_view target) {
     const auto info =
-        std::find_if(table.params.begin(), table.params.end(), [&](const ParamInfo& p) { return p.name == name; });
-    if (info == table.params.end()) throw Error("read_parameter_arena: no parameter '" + std::string(name) + "'");
-    return static_cast<std::ptrdiff_t>(info->offset);
+        std::find_if(table.params.begin(), table.params.end(), [&](const ParamInfo& p) { return p.name == target; });
+    if (info == table.params.end()) throw Error("read_parameter_arena: no parameter '" + std::string(target) + "'");
+    std::vector<float> values(info->numel);
+    file.read_f32(alias, info->shape, values);
+    return !std::equal(values.begin(), values.end(), loaded.begin() + static_cast<std::ptrdiff_t>(info->offset));
   };
-  // The tied alias: HF leaves it out of safetensors, but a file may hold it. Another matrix there is
-  // an untied model's output layer, which this model would silently replace by the word embeddings.
-  if (const std::string decoder = "cls.predictions.decoder.weight"; file.contains(decoder)) {
-    const std::vector<int64_t> shape = {config.vocab_size, config.hidden_size};
-    std::vector<float> values(shape_numel(shape));
-    file.read_f32(decoder, shape, values);
-    if (!std::equal(values.begin(), values.end(), loaded.begin() + offset_of("bert.embeddings.word_embeddings.weight")))
-      throw Error(path + ": tensor '" + decoder +
-                  "' differs from 'bert.embeddings.word_embeddings.weight': an untied output layer; only tied "
-                  "output embeddings are supported");
-  }
-  // Likewise the decoder's bias, an alias of cls.predictions.bias: HF serves the file's
-  // decoder.bias when the two differ, this model cls.predictions.bias. Such a file comes from a
-  // converter or an edit, never from save_pretrained; refuse it rather than pick one.
+  // Another matrix as the decoder's weight is an untied model's output layer, which this model would
+  // silently replace by the word embeddings.
+  if (const std::string decoder = "cls.predictions.decoder.weight";
+      file.contains(decoder) && alias_differs(decoder, "bert.embeddings.word_embeddings.weight"))
+    throw Error(path + ": tensor '" + decoder +
+                "' differs from 'bert.embeddings.word_embeddings.weight': an untied output layer; only tied "
+                "output embeddings are supported");
+  // Another decoder bias: HF serves the file's decoder.bias when the two differ, this model
+  // cls.predictions.bias. Such a file comes from a converter or an edit, never from save_pretrained;
+  // refuse it rather than pick one.
   if (const std::string bias = "cls.predictions.decoder.bias";
-      file.contains(bias) && used.contains("cls.predictions.bias")) {
-    const std::vector<int64_t> shape = {config.vocab_size};
-    std::vector<float> values(shape_numel(shape));
-    file.read_f32(bias, shape, values);
-    if (!std::equal(values.begin(), values.end(), loaded.begin() + offset_of("cls.predictions.bias")))
-      throw Error(path + ": tensor '" + bias +
-                  "' differs from 'cls.predictions.bias' (they are one parameter in BertForMaskedLM); the file is "
-                  "inconsistent: keep one of them");
-  }
+      file.contains(bias) && used.contains("cls.predictions.bias") && alias_differs(bias, "cls.predictions.bias"))
+    throw Error(path + ": tensor '" + bias +
+                "' differs from 'cls.predictions.bias' (they are one parameter in BertForMaskedLM); the file is "
+                "inconsistent: keep one of them");
   std::vector<std::string> unexpected;
   for (const TensorInfo& tensor : file.tensors())
     if (!used.contains(tensor.name) && !is_ignorable_tensor(tensor.name)) unexpected.push_back(tensor.name);
