@@ -195,10 +195,15 @@ bool preceded_by(const Text& t, size_t p, std::string_view word) {
   return b == 0 || !(is_alnum(t.s[b - 1]) || t.s[b - 1] >= 0x80);
 }
 
+// Does s[i, n) start with w?
+bool bytes_at(const unsigned char* s, size_t n, size_t i, std::string_view w) {
+  return i + w.size() <= n && std::memcmp(s + i, w.data(), w.size()) == 0;
+}
+
 // Does the text at e start with one of `words`?
 bool followed_by(const Text& t, size_t e, std::initializer_list<std::string_view> words) {
   for (const std::string_view w : words)
-    if (e + w.size() <= t.n && std::memcmp(t.s + e, w.data(), w.size()) == 0) return true;
+    if (bytes_at(t.s, t.n, e, w)) return true;
   return false;
 }
 
@@ -404,10 +409,14 @@ constexpr std::string_view kOtherNumberLabels[] = {
     "문서번호", "고유번호", "출원번호",   "증권번호", "허가번호", "인증번호", "승인번호", "일련번호", "제품번호",
     "모델번호", "거래번호", "사업자번호", "법인번호", "택배",     "시리얼",   "ISBN",     "공시번호"};
 
-// The 8 digits at p read as a date YYYYMMDD (1900-2099).
-bool date_led(const Text& t, size_t p) {
-  const unsigned y = t.value(p, p + 4), m = t.value(p + 4, p + 6), d = t.value(p + 6, p + 8);
+// A year 1900-2099, a month and a day that could be a date.
+bool plausible_date(unsigned y, unsigned m, unsigned d) {
   return y >= 1900 && y <= 2099 && m >= 1 && m <= 12 && d >= 1 && d <= 31;
+}
+
+// The 8 digits at p read as a date YYYYMMDD.
+bool date_led(const Text& t, size_t p) {
+  return plausible_date(t.value(p, p + 4), t.value(p + 4, p + 6), t.value(p + 6, p + 8));
 }
 
 // Groups that read as a row of a table, not one number: all years (2020 2021 2022 2023) or all
@@ -710,11 +719,8 @@ bool public_dashed_layout(const Text& t, size_t p, const size_t* lens, int group
     const unsigned year = t.value(p + 3, p + 7);
     if (year >= 1940 && year <= 2099) return true;
   }
-  if (groups >= 3 && lens[0] == 4 && lens[1] == 2 && lens[2] == 2) {
-    const unsigned y = t.value(p, p + 4), m = t.value(p + 5, p + 7), d = t.value(p + 8, p + 10);
-    if (y >= 1900 && y <= 2099 && m >= 1 && m <= 12 && d >= 1 && d <= 31) return true;
-  }
-  return false;
+  return groups >= 3 && lens[0] == 4 && lens[1] == 2 && lens[2] == 2 &&
+         plausible_date(t.value(p, p + 4), t.value(p + 5, p + 7), t.value(p + 8, p + 10));
 }
 
 size_t match_account(const Text& t, size_t p) {
@@ -790,10 +796,6 @@ inline bool is_local_char(unsigned char c) {
 struct Span {
   size_t begin = npos, end = npos;
 };
-
-bool bytes_at(const unsigned char* s, size_t n, size_t i, std::string_view w) {
-  return i + w.size() <= n && std::memcmp(s + i, w.data(), w.size()) == 0;
-}
 
 // An at-sign at i, as written or as people hide it from address harvesters: '@', the full-width '＠',
 // (at) [at] in any case, 골뱅이 (the Korean name of '@') bare or in brackets. Its end, or npos.

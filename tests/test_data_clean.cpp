@@ -405,8 +405,7 @@ TEST_CASE("pii: dates, times, versions, prices and other numbers stay untouched"
       "신한은행(사업자번호 202-81-12345)",
       "신한은행 특허 출원 10-2020-0123456",
       "은행 공시번호 2024-0012-345678",
-      // an address followed by a word starting like a counter is still an address: these are numbers
-      // named as clauses
+      // a section number with a spaced counter and a particle
       "5.2.11.1 절에서",
   };
   STATIC_REQUIRE(sizeof(negatives) / sizeof(negatives[0]) >= 40);
