@@ -122,6 +122,8 @@ struct Text {
   size_t n;
   // The end of the previous match (or where the scan began): labels are looked for after it only.
   size_t floor = 0;
+  // The type of the match ending at floor, or -1 (the scan began there).
+  int floor_type = -1;
 
   unsigned char at(size_t i) const { return i < n ? s[i] : 0; }
   bool digit(size_t i) const { return i < n && is_digit(s[i]); }
@@ -284,39 +286,74 @@ bool ascii_label_ok(const Text& t, size_t begin, size_t end) {
   return !(end < t.n && is_alpha(t.s[end]));
 }
 
-// Whether one of our placeholders ends at k ("[PHONE]" just before k).
-bool placeholder_ending_at(const Text& t, size_t k) {
+// The type of our placeholder ending at k ("[PHONE]" just before k), or -1.
+int placeholder_ending_at(const Text& t, size_t k) {
   for (int type = 0; type < kPiiTypeCount; ++type) {
     const std::string_view ph = pii_placeholder(static_cast<PiiType>(type));
-    if (k >= ph.size() && std::memcmp(t.s + k - ph.size(), ph.data(), ph.size()) == 0) return true;
+    if (k >= ph.size() && std::memcmp(t.s + k - ph.size(), ph.data(), ph.size()) == 0) return type;
   }
-  return false;
+  return -1;
 }
 
-// Where the last of `labels` standing within the 32 bytes before p ends, or npos: a Korean label
-// anywhere in that window, an ASCII one (RRN, KB) as a word of its own: not after a letter or '['
-// (our placeholders: "[RRN]", so that scrubbing scrubbed text changes nothing), nor followed by a
-// capital (KBS, IBKR).
+// Whether t.s[k, p) only separates two items of a list: spaces with a comma, slash, semicolon, 、 or ·,
+// or a conjunction (및, 또는, or, and, &), at most 16 bytes ("A, B", "A / B", "A 및 B").
+bool list_separator(const Text& t, size_t k, size_t p) {
+  if (p < k || p - k > 16) return false;
+  bool joined = false;
+  for (size_t i = k; i < p;) {
+    const unsigned char c = t.s[i];
+    if (c == ' ') {
+      ++i;
+      continue;
+    }
+    if (c == ',' || c == '/' || c == ';' || c == '&') {
+      joined = true;
+      ++i;
+      continue;
+    }
+    bool word = false;
+    for (const std::string_view w : {std::string_view("및"), std::string_view("또는"), std::string_view("、"),
+                                     std::string_view("·"), std::string_view("or"), std::string_view("and")})
+      if (p - i >= w.size() && std::memcmp(t.s + i, w.data(), w.size()) == 0 &&
+          (is_alpha(static_cast<unsigned char>(w[0])) ? (i == k || t.s[i - 1] == ' ') && t.at(i + w.size()) == ' '
+                                                      : true)) {
+        i += w.size();
+        word = joined = true;
+        break;
+      }
+    if (!word) return false;
+  }
+  return joined;
+}
+
+// Whether one of `labels` stands within the 32 bytes before p, naming a number of `type`: a Korean
+// label anywhere in that window, an ASCII one (RRN, KB) as a word of its own: not after a letter or
+// '[' (our placeholders: "[RRN]", so that scrubbing scrubbed text changes nothing), nor followed by a
+// capital (KBS, IBKR). Or the number continues a list whose previous item was a `type` match: the
+// label before the first item names them all ("계좌번호: 110-123-456789, 220-345-678901").
 using Labels = std::span<const std::string_view>;
-size_t last_label_end(const Text& t, size_t p, Labels labels) {
+bool labelled(const Text& t, size_t p, Labels labels, PiiType type) {
   // The window never reaches back past the previous match or a placeholder ("[PHONE]"), so that the
   // scrubbed text, whose placeholders have other lengths than what they replaced, sees the same labels:
-  // scrubbing twice changes nothing.
+  // scrubbing twice changes nothing. A list continues across either alike: "A, B" and "[ACCOUNT], B".
   size_t b = std::max(p > 32 ? p - 32 : size_t{0}, t.floor);
+  int before = b == t.floor ? t.floor_type : -1;
   for (size_t k = p; k > b; --k)
-    if (t.s[k - 1] == ']' && placeholder_ending_at(t, k)) {
+    if (t.s[k - 1] == ']') {
+      const int ph = placeholder_ending_at(t, k);
+      if (ph < 0) continue;
       b = k;
+      before = ph;
       break;
     }
+  if (before == static_cast<int>(type) && list_separator(t, b, p)) return true;
   const std::string_view window(reinterpret_cast<const char*>(t.s) + b, p - b);
-  size_t last = npos;
   for (const std::string_view label : labels)
     for (size_t at = window.find(label); at != std::string_view::npos; at = window.find(label, at + 1)) {
       const size_t begin = b + at, end = begin + label.size();
-      if (is_alpha(static_cast<unsigned char>(label[0])) && !ascii_label_ok(t, begin, end)) continue;
-      if (last == npos || end > last) last = end;
+      if (!is_alpha(static_cast<unsigned char>(label[0])) || ascii_label_ok(t, begin, end)) return true;
     }
-  return last;
+  return false;
 }
 
 // Whether one of `others` (labels naming another kind of number: 법인등록번호, 계약번호) names the
@@ -333,9 +370,9 @@ bool named_other(const Text& t, size_t p, Labels others) {
   return false;
 }
 
-// Whether one of `labels` stands within the 32 bytes before p and `others` do not name the number.
-bool named_by(const Text& t, size_t p, Labels labels, Labels others) {
-  return last_label_end(t, p, labels) != npos && !named_other(t, p, others);
+// Whether `labels` name the number at p, a `type` (labelled, above), and `others` do not.
+bool named_by(const Text& t, size_t p, Labels labels, Labels others, PiiType type) {
+  return labelled(t, p, labels, type) && !named_other(t, p, others);
 }
 
 // Labels naming a resident registration number: 주민번호, 주민 번호, 주민등록(번호), (외국인)등록번호, RRN.
@@ -346,7 +383,7 @@ constexpr std::string_view kRrnLabels[] = {"주민번호", "주민 번호", "주
 constexpr std::string_view kCorporateLabels[] = {"법인등록번호",   "법인 등록번호",   "법인등록 번호", "법인번호",
                                                  "사업자등록번호", "사업자 등록번호", "사업자번호"};
 
-bool rrn_labelled(const Text& t, size_t p) { return named_by(t, p, kRrnLabels, kCorporateLabels); }
+bool rrn_labelled(const Text& t, size_t p) { return named_by(t, p, kRrnLabels, kCorporateLabels, PiiType::kRrn); }
 
 // EAN-13's check digit (weights 1,3,1,3,...): every product barcode passes it.
 bool ean13_ok(const Text& t, size_t p) {
@@ -460,7 +497,7 @@ size_t match_card(const Text& t, size_t p) {
     // 13-digit cards are Visa's, which start with 4).
     if (len == 13 && c == '9' && t.s[p + 1] == '7' && (t.s[p + 2] == '8' || t.s[p + 2] == '9')) return npos;
     if (card_network(c) && luhn_ok(t, p, r)) return r;
-    if (len == 16 && !date_led(t, p) && named_by(t, p, kCardLabels, kOtherNumberLabels)) return r;
+    if (len == 16 && !date_led(t, p) && named_by(t, p, kCardLabels, kOtherNumberLabels, PiiType::kCard)) return r;
     return npos;
   }
   if (len != 4) return npos;
@@ -482,7 +519,7 @@ size_t match_card(const Text& t, size_t p) {
     if (card_layout(lens, k) && !table_row(t, begins, ends, k) && luhn_ok(t, p, ends[k - 1])) return ends[k - 1];
   const bool continues_row = p >= 2 && t.s[p - 1] == sep && is_digit(t.s[p - 2]);
   if (groups == 4 && card_layout(lens, 4) && card_network(t.s[p]) && !continues_row && !table_row(t, begins, ends, 4) &&
-      named_by(t, p, kCardLabels, kOtherNumberLabels))
+      named_by(t, p, kCardLabels, kOtherNumberLabels, PiiType::kCard))
     return ends[3];
   return npos;
 }
@@ -757,7 +794,7 @@ size_t match_account(const Text& t, size_t p) {
 // 1000 1500 2000 2500"), not a public dashed layout (above), not a timestamp (20240115103045).
 size_t match_labelled_account(const Text& t, size_t p) {
   if (p >= 2 && t.s[p - 1] == ' ' && is_digit(t.s[p - 2])) return npos;
-  if (!named_by(t, p, kAccountLabels, kOtherNumberLabels)) return npos;
+  if (!named_by(t, p, kAccountLabels, kOtherNumberLabels, PiiType::kAccount)) return npos;
   const unsigned char sep = t.at(t.digits_end(p));
   constexpr int kMaxGroups = 6;
   size_t begins[kMaxGroups], ends[kMaxGroups], lens[kMaxGroups];
@@ -1047,6 +1084,7 @@ void scan_segment(Text t, size_t from, Sink& sink) {
             (rrn_glued_label(t, i) && accept(match_rrn(t, i), PiiType::kRrn))) {
           sink(i, end, type);
           i = t.floor = end;
+          t.floor_type = static_cast<int>(type);
           continue;
         }
         i = t.digits_end(i);
@@ -1094,6 +1132,7 @@ void scan_segment(Text t, size_t from, Sink& sink) {
     }
     sink(i, end, type);
     i = t.floor = end;
+    t.floor_type = static_cast<int>(type);
   }
 }
 

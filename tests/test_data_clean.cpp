@@ -442,6 +442,21 @@ TEST_CASE("pii: several matches in one line, offsets, counts, idempotence") {
                   listed) ==
         "[PHONE],[PHONE] / [PHONE],4568 / [IP],[IP] / [RRN],[RRN] / [CARD],[CARD] / [ACCOUNT],12,000원");
   CHECK(listed.total() == 10);
+  // The label before a list's first item names the others: numbers that need one (an unchecked card,
+  // an account in one piece, a loose RRN) are matched after ", ", " / ", " 및 ", " or " as the first
+  // was, and so are they after its placeholder (the scrubbed text is its own scrub). Not after an item
+  // of another type, nor after words that are no separator.
+  CHECK(scrub_pii("계좌번호: 110123456789, 220345678901 및 3020123456789", listed) ==
+        "계좌번호: [ACCOUNT], [ACCOUNT] 및 [ACCOUNT]");
+  CHECK(scrub_pii("계좌번호: [ACCOUNT], 220345678901", listed) == "계좌번호: [ACCOUNT], [ACCOUNT]");
+  CHECK(scrub_pii("카드번호 5412-3456-7890-1234 / 5412-3456-7890-1235 or 9410 1234 5678 9012", listed) ==
+        "카드번호 [CARD] / [CARD] or [CARD]");
+  CHECK(scrub_pii("주민번호 900101 1234560, 850505 2345671", listed) == "주민번호 [RRN], [RRN]");
+  CHECK(scrub_pii("계좌번호 110123456789 확인 후 220345678901", listed) == "계좌번호 [ACCOUNT] 확인 후 220345678901");
+  CHECK(scrub_pii("계좌 문의 010-1234-5678, 1234567890 / 5412345678901234", listed) ==
+        "계좌 문의 [PHONE], 1234567890 / 5412345678901234");
+  CHECK(scrub_pii("[PHONE], 1234567890", listed) == "[PHONE], 1234567890");
+  CHECK(scrub_pii("계좌 110-123-456789, 2023, 2024년", listed) == "계좌 [ACCOUNT], 2023, 2024년");
   // Labelled as an address, a dotted quad is one, and a range that is not a quantity stays a number.
   CHECK(scrub_pii("IP 10.1.2.3, 대표번호 1588-1234로", listed) == "IP [IP], 대표번호 [PHONE]로");
   // An address ends at its last label that can be a top-level domain; what follows is text, scrubbed
@@ -455,7 +470,8 @@ TEST_CASE("pii: several matches in one line, offsets, counts, idempotence") {
   // scrubbed text bring no label into reach or out of it: these scrub to themselves.
   for (const char* line :
        {"카드 결제 010-1234-5678 문의, 1234 5678 1234 5678", "주민번호 010-1234-5678 문의 900101.1234567",
-        "계약번호 (확인용) a@b.co 110-123-456789", "계좌 문의 010-1234-5678 또는 1234567890"}) {
+        "계약번호 (확인용) a@b.co 110-123-456789", "계좌 문의 010-1234-5678 또는 1234567890",
+        "계좌 110-123-456789, 12345 67890 12, 1234567890123", "카드 4111-1111-1111-1111, 5412 3456 7890 1234 및 1"}) {
     INFO(line);
     PiiCounts first, second;
     const std::string once_more = scrub_pii(line, first);
@@ -534,7 +550,11 @@ TEST_CASE("pii: random fragments: ordered spans, and scrubbing twice changes not
                                      "RRN",
                                      "fe80",
                                      "192.168",
-                                     ".0.1"};
+                                     ".0.1",
+                                     ", ",
+                                     " 및 ",
+                                     "110123456789",
+                                     "5412345678901234"};
   uint64_t state = 12345;
   auto next = [&] {
     state = state * 6364136223846793005ull + 1442695040888963407ull;
