@@ -834,8 +834,25 @@ struct Span {
   size_t begin = npos, end = npos;
 };
 
+// The bracket closing an opening one that hides an at-sign or a dot ("(at)", "[dot]", "{at}", "<at>"),
+// or 0.
+unsigned char closing_bracket(unsigned char open) {
+  switch (open) {
+    case '(':
+      return ')';
+    case '[':
+      return ']';
+    case '{':
+      return '}';
+    case '<':
+      return '>';
+    default:
+      return 0;
+  }
+}
+
 // An at-sign at i, as written or as people hide it from address harvesters: '@', the full-width '＠',
-// (at) [at] in any case, 골뱅이 (the Korean name of '@') bare or in brackets. Its end, or npos.
+// (at) [at] {at} <at> in any case, 골뱅이 (the Korean name of '@') bare or in brackets. Its end, or npos.
 size_t at_sign_end(const unsigned char* s, size_t n, size_t i) {
   switch (s[i]) {
     case '@':
@@ -845,8 +862,10 @@ size_t at_sign_end(const unsigned char* s, size_t n, size_t i) {
     case 0xEA:
       return bytes_at(s, n, i, "골뱅이") ? i + 9 : npos;
     case '(':
-    case '[': {
-      const unsigned char close = s[i] == '(' ? ')' : ']';
+    case '[':
+    case '{':
+    case '<': {
+      const unsigned char close = closing_bracket(s[i]);
       if (i + 3 < n && (s[i + 1] | 0x20) == 'a' && (s[i + 2] | 0x20) == 't' && s[i + 3] == close) return i + 4;
       if (bytes_at(s, n, i + 1, "골뱅이") && i + 10 < n && s[i + 10] == close) return i + 11;
       return npos;
@@ -856,14 +875,14 @@ size_t at_sign_end(const unsigned char* s, size_t n, size_t i) {
   }
 }
 
-// A dot between domain labels at i: '.', or, in a hidden address, (dot) [dot] with a space on
-// either side or none. Its end, or npos.
+// A dot between domain labels at i: '.', or, in a hidden address, (dot) [dot] {dot} <dot> with a
+// space on either side or none. Its end, or npos.
 size_t domain_dot_end(const unsigned char* s, size_t n, size_t i, bool hidden) {
   if (i < n && s[i] == '.') return i + 1;
   if (!hidden) return npos;
   size_t k = i < n && s[i] == ' ' ? i + 1 : i;
-  if (k + 4 >= n || (s[k] != '(' && s[k] != '[')) return npos;
-  const unsigned char close = s[k] == '(' ? ')' : ']';
+  const unsigned char close = k < n ? closing_bracket(s[k]) : 0;
+  if (k + 4 >= n || close == 0) return npos;
   if ((s[k + 1] | 0x20) != 'd' || (s[k + 2] | 0x20) != 'o' || (s[k + 3] | 0x20) != 't' || s[k + 4] != close)
     return npos;
   k += 5;
@@ -903,9 +922,9 @@ bool common_tld(const unsigned char* s, size_t len) {
 }
 
 // Where the at-signs may be, each found with memchr on a rare byte and its search resumed where it
-// stopped: '@', '＠' (by its EF), the ')' or ']' closing "(at)", 골뱅이 (by its B1). A byte-by-byte
-// scan for all of them, or memmem, would halve the scrubber's speed on Hangul text. One finder serves
-// a whole line, so the cost stays linear however many addresses it holds.
+// stopped: '@', '＠' (by its EF), the bracket closing "(at)" ("[at]", "{at}", "<at>"), 골뱅이 (by its B1). A
+// byte-by-byte scan for all of them, or memmem, would halve the scrubber's speed on Hangul text. One finder serves a
+// whole line, so the cost stays linear however many addresses it holds.
 class AtSignFinder {
  public:
   explicit AtSignFinder(std::string_view text)
@@ -918,12 +937,12 @@ class AtSignFinder {
     best = std::min(best, resume(wide_, from, [&](size_t i) { return find_wide(i); }));
     best = std::min(best, resume(korean_, from, [&](size_t i) { return find_korean(i); }));
     // "(골뱅이)" starts at its bracket; "(at)" three bytes before its ')'.
-    if (korean_ < n_ && korean_ > from && (s_[korean_ - 1] == '(' || s_[korean_ - 1] == '['))
-      best = std::min(best, korean_ - 1);
-    if (const size_t close = resume(paren_, from + 3, [&](size_t i) { return find_byte(i, ')'); }); close < n_)
-      best = std::min(best, close - 3);
-    if (const size_t close = resume(bracket_, from + 3, [&](size_t i) { return find_byte(i, ']'); }); close < n_)
-      best = std::min(best, close - 3);
+    if (korean_ < n_ && korean_ > from && closing_bracket(s_[korean_ - 1]) != 0) best = std::min(best, korean_ - 1);
+    constexpr unsigned char kClose[] = {')', ']', '}', '>'};
+    for (int k = 0; k < 4; ++k)
+      if (const size_t close = resume(close_[k], from + 3, [&](size_t i) { return find_byte(i, kClose[k]); });
+          close < n_)
+        best = std::min(best, close - 3);
     return best;
   }
 
@@ -954,7 +973,7 @@ class AtSignFinder {
   static constexpr size_t kUnset = npos;
   const unsigned char* s_;
   size_t n_;
-  size_t plain_ = kUnset, wide_ = kUnset, korean_ = kUnset, paren_ = kUnset, bracket_ = kUnset;
+  size_t plain_ = kUnset, wide_ = kUnset, korean_ = kUnset, close_[4] = {kUnset, kUnset, kUnset, kUnset};
 };
 
 // The next e-mail address whose at-sign is at or after `from` and whose local part starts at or
@@ -966,9 +985,9 @@ Span next_email(std::string_view text, size_t from, size_t floor, AtSignFinder& 
     size_t at = from, at_end = at_sign_end(s, n, at);
     if (at_end == npos) continue;
     bool hidden = s[at] != '@';
-    // "(@)", "[@]": a plain '@' hidden the same way as "(at)".
-    if (!hidden && at > floor && (s[at - 1] == '(' || s[at - 1] == '[') && at + 1 < n &&
-        s[at + 1] == (s[at - 1] == '(' ? ')' : ']')) {
+    // "(@)", "[@]", "{@}", "<@>": a plain '@' hidden the same way as "(at)".
+    if (!hidden && at > floor && closing_bracket(s[at - 1]) != 0 && at + 1 < n &&
+        s[at + 1] == closing_bracket(s[at - 1])) {
       at -= 1;
       at_end = at + 3;
       hidden = true;
