@@ -169,12 +169,14 @@ namespace {
 std::string check_checkpoint_files(const std::string& dir_arg) {
   const std::string dir = without_trailing_slashes(dir_arg);
   const std::string expected =
-      "a checkpoint dir holds model.safetensors, config.json, vocab.txt and usually tokenizer_config.json";
+      "a checkpoint dir holds model.safetensors, config.json, vocab.txt (or tokenizer.json) and usually "
+      "tokenizer_config.json";
   if (!is_directory(dir))
     throw Error("model dir '" + dir + "' does not exist or is not a directory (" + expected + ")");
   std::vector<std::string> missing;
   for (const char* name : kCheckpointFiles)
     if (!file_exists(dir + "/" + name)) missing.emplace_back(name);
+  if (!file_exists(dir + "/vocab.txt") && !file_exists(dir + "/tokenizer.json")) missing.emplace_back("vocab.txt");
   if (!missing.empty())
     throw Error("model dir '" + dir + "' is incomplete: missing " + join(missing, ", ") + " (" + expected + ")");
   return dir;
@@ -186,7 +188,7 @@ InferenceCheckpoint load_inference_checkpoint(const std::string& dir_arg, int nu
   const std::string dir = check_checkpoint_files(dir_arg);
   const BertConfig config = BertConfig::load_hf_json(dir + "/config.json");
   Tokenizer tokenizer = Tokenizer::from_dir(dir);
-  const std::string vocab_path = dir + "/vocab.txt";
+  const std::string vocab_path = dir + "/" + tokenizer.vocab_file();
   tokenizer.require({SpecialToken::kMask, SpecialToken::kCls, SpecialToken::kSep}, dir, "bert_infer");
   if (tokenizer.vocab().size() > static_cast<size_t>(config.vocab_size))
     throw Error(vocab_path + ": " + std::to_string(tokenizer.file_vocab_size()) + " tokens" +
@@ -851,7 +853,8 @@ int infer_main(const std::vector<std::string>& argv, std::istream& in, std::ostr
   Args args("bert_infer",
             "bert_infer --model DIR [--mask PROMPT...] [--input FILE] [--probe FILE.tsv] [--exposure FILE.tsv] "
             "[--top-k K] [--json] [--device cpu|cuda] [--threads N]");
-  args.option("--model", "checkpoint dir: model.safetensors, config.json, vocab.txt, tokenizer_config.json")
+  args.option("--model",
+              "checkpoint dir: model.safetensors, config.json, vocab.txt (or tokenizer.json), tokenizer_config.json")
       .list("--mask", "prompt(s) with one or more [MASK] tokens (repeatable)")
       .option("--input", "prompts, one a line (default: stdin when no --mask is given)")
       .option("--probe", "LAMA probe TSV: 'prompt with one [MASK]<TAB>gold[<TAB>relation]' a line")

@@ -54,9 +54,10 @@ struct InferenceCheckpoint {
 
 // The files a checkpoint dir must hold for bert_infer. tokenizer_config.json may be missing, as for
 // transformers: BertTokenizer's defaults then apply (lowercase, accents stripped), with a note.
-inline constexpr const char* kCheckpointFiles[] = {"model.safetensors", "config.json", "vocab.txt"};
+// ... and vocab.txt, or tokenizer.json instead (Tokenizer::from_dir).
+inline constexpr const char* kCheckpointFiles[] = {"model.safetensors", "config.json"};
 
-// Loads DIR (model.safetensors, config.json, vocab.txt; tokenizer_config.json and
+// Loads DIR (model.safetensors, config.json, vocab.txt or tokenizer.json; tokenizer_config.json and
 // special_tokens_map.json when present). One-line bert::Errors: a missing dir, the missing files by
 // name, a tokenizer without [CLS]/[SEP]/[MASK], a vocabulary larger than the model's vocab_size.
 InferenceCheckpoint load_inference_checkpoint(const std::string& dir, int num_threads = 0);

@@ -345,3 +345,105 @@ TEST_CASE("tokenizer config: special_tokens_map.json as transformers reads it") 
              Catch::Contains("only special, non-normalised added tokens are supported"));
   CHECK_THAT(decoder(R"("x": {"content": "a"})"), Catch::Contains("the key must be a token id"));
 }
+
+// tokenizer.json as BertWordPieceTokenizer.save writes it (the conformance test compares the ids with
+// BertTokenizerFast's on such directories); here, what is refused and how.
+TEST_CASE("tokenizer.json: read instead of vocab.txt, checked against it, BERT's pipeline or a clear refusal") {
+  const std::string dir = test_dir() + "/tokenizer_json";
+  std::filesystem::remove_all(dir);
+  make_directories(dir);
+  const auto write = [&](const std::string& name, const std::string& text) {
+    write_file_atomic(dir + "/" + name, text);
+  };
+  const auto spec = [](const std::string& model_extra, const std::string& rest) {
+    return R"({"version": "1.0", "truncation": null, "padding": null,
+      "added_tokens": [{"id": 0, "content": "[PAD]", "special": true, "normalized": false},
+                       {"id": 1, "content": "[UNK]", "special": true, "normalized": false},
+                       {"id": 7, "content": "<x>", "special": true, "normalized": false}],
+      "normalizer": {"type": "BertNormalizer", "clean_text": false, "handle_chinese_chars": true,
+                     "strip_accents": null, "lowercase": true},
+      "pre_tokenizer": {"type": "BertPreTokenizer"},
+      "decoder": {"type": "WordPiece", "prefix": "##", "cleanup": true},)" +
+           rest + R"(
+      "model": {"type": "WordPiece", "unk_token": "[UNK]", "continuing_subword_prefix": "##",
+                "max_input_chars_per_word": 100,
+                "vocab": {"[PAD]": 0, "[UNK]": 1, "[CLS]": 2, "[SEP]": 3, "[MASK]": 4, "a": 6, "##b": 5})" +
+           model_extra + "}}";
+  };
+  const std::string bert_processing = R"("post_processor": {"type": "BertProcessing", "sep": ["[SEP]", 3],
+      "cls": ["[CLS]", 2]},)";
+  write("tokenizer.json", spec("", bert_processing));
+  write("tokenizer_config.json", R"({"do_lower_case": false})");
+  const Tokenizer t = Tokenizer::from_dir(dir);
+  CHECK(t.vocab_file() == "tokenizer.json");
+  REQUIRE(t.vocab().size() == 8);  // the model's 7 and the added "<x>" at 7
+  CHECK(t.file_vocab_size() == 8);
+  CHECK(t.vocab().token(5) == "##b");
+  CHECK(t.vocab().token(7) == "<x>");
+  CHECK_FALSE(t.config().normalizer.lowercase);   // tokenizer_config.json's, as BertTokenizerFast sets it
+  CHECK_FALSE(t.config().normalizer.clean_text);  // tokenizer.json's
+  std::vector<int32_t> ids;
+  EncodeScratch scratch;
+  t.encode("ab<x>A", ids, scratch);
+  CHECK(ids == std::vector<int32_t>{6, 5, 7, 1});
+  // A vocab.txt beside it must be the model's vocabulary, with or without the added tokens.
+  write("vocab.txt", "[PAD]\n[UNK]\n[CLS]\n[SEP]\n[MASK]\n##b\na\n");
+  CHECK(Tokenizer::from_dir(dir).vocab().size() == 8);
+  write("vocab.txt", "[PAD]\n[UNK]\n[CLS]\n[SEP]\n[MASK]\na\n##b\n");
+  CHECK_THROWS_WITH(Tokenizer::from_dir(dir),
+                    dir +
+                        "/vocab.txt: differs from tokenizer.json at id 5 ('a' against '##b'); transformers reads "
+                        "tokenizer.json: remove the stale one");
+  std::filesystem::remove(dir + "/vocab.txt");
+
+  const auto error = [&](const std::string& text) {
+    write("tokenizer.json", text);
+    try {
+      (void)Tokenizer::from_dir(dir);
+    } catch (const Error& e) {
+      return std::string(e.what());
+    }
+    return std::string();
+  };
+  // The spec with one piece of it replaced.
+  const auto with = [&](std::string text, const std::string& from, const std::string& to) {
+    const size_t at = text.find(from);
+    REQUIRE(at != std::string::npos);
+    return text.replace(at, from.size(), to);
+  };
+  const std::string template_processing = R"("post_processor": {"type": "TemplateProcessing",
+      "single": [{"SpecialToken": {"id": "[CLS]", "type_id": 0}}, {"Sequence": {"id": "A", "type_id": 0}},
+                 {"SpecialToken": {"id": "[SEP]", "type_id": 0}}],
+      "pair": [{"SpecialToken": {"id": "[CLS]", "type_id": 0}}, {"Sequence": {"id": "A", "type_id": 0}},
+               {"SpecialToken": {"id": "[SEP]", "type_id": 0}}, {"Sequence": {"id": "B", "type_id": 1}},
+               {"SpecialToken": {"id": "[SEP]", "type_id": 1}}], "special_tokens": {}},)";
+  CHECK(error(spec("", template_processing)).empty());
+  const std::string swapped =
+      with(template_processing, R"({"id": "[SEP]", "type_id": 1})", R"({"id": "[SEP]", "type_id": 0})");
+  CHECK_THAT(error(spec("", swapped)),
+             Catch::Contains("tokenizer.json: post_processor: the template '[CLS]:0! A:0 "
+                             "[SEP]:0!' / '[CLS]:0! A:0 [SEP]:0! B:1 [SEP]:0!' is not BERT's"));
+  CHECK_THAT(error(spec("", R"("post_processor": null,)")),
+             Catch::Contains("tokenizer.json: post_processor: 'null': only BERT's [CLS] A [SEP] B [SEP]"));
+  CHECK_THAT(error(spec(R"(, "unk_token": "<unk>")", bert_processing)),
+             Catch::Contains("tokenizer.json: model.unk_token: '<unk>' is not the tokenizer's unk_token '[UNK]'"));
+  CHECK_THAT(error(spec(R"(, "max_input_chars_per_word": 200)", bert_processing)),
+             Catch::Contains("model.max_input_chars_per_word: 200: only 100 is supported"));
+  CHECK_THAT(error(with(spec("", bert_processing), R"("a": 6)", R"("a": 9)")),
+             Catch::Contains("tokenizer.json: model.vocab[\"a\"]: 9: ids must be 0..6, one a token"));
+  CHECK_THAT(error(with(spec("", bert_processing), R"("type": "WordPiece", "unk)", R"("type": "BPE", "unk)")),
+             Catch::Contains("tokenizer.json: model.type: 'BPE': only a WordPiece model is a BERT tokenizer"));
+  CHECK_THAT(error(with(spec("", bert_processing), R"("<x>", "special": true, "normalized": false)",
+                        R"("<x>", "special": true, "normalized": true)")),
+             Catch::Contains("tokenizer.json: added_tokens '<x>': only special, non-normalised"));
+  CHECK_THAT(error(with(spec("", bert_processing), R"("id": 7)", R"("id": 9)")),
+             Catch::Contains("added_tokens '<x>': id 9 leaves a gap after id 6"));
+  CHECK_THAT(error(with(spec("", bert_processing), "BertPreTokenizer", "Metaspace")),
+             Catch::Contains("tokenizer.json: pre_tokenizer: 'Metaspace': only BertPreTokenizer"));
+  CHECK_THAT(error("[1, 2]"), Catch::Contains("tokenizer.json: expected a JSON object"));
+  CHECK_THAT(error("{\"model\": "), Catch::Contains("tokenizer.json:1: invalid JSON"));
+  std::filesystem::remove(dir + "/tokenizer.json");
+  CHECK_THROWS_WITH(Tokenizer::from_dir(dir), dir +
+                                                  "/vocab.txt: missing, and so is tokenizer.json (is this a "
+                                                  "tokenizer directory?)");
+}

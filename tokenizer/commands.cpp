@@ -254,7 +254,7 @@ int tokenizer_encode_command(const std::vector<std::string>& argv, std::istream&
   Args args("bert_tokenizer encode",
             "bert_tokenizer encode --tokenizer DIR [--input FILE|-] [--output FILE] [--threads N] "
             "[--add-special-tokens] [--pair] [--max-length N] [--format ids|tokens|jsonl]");
-  args.option("--tokenizer", "tokenizer directory (vocab.txt + tokenizer_config.json)")
+  args.option("--tokenizer", "tokenizer directory (vocab.txt or tokenizer.json, + tokenizer_config.json)")
       .option("--input", "input text, one sequence a line (default or '-': stdin)")
       .option("--output", "output file (default or '-': stdout)")
       .option("--threads", "encoding threads (0 = all cores)", "0")

@@ -36,6 +36,173 @@ std::string token_text(const Json& v, const std::string& path, const std::string
   throw Error(path + ": field '" + key + "' must be a string");
 }
 
+// tokenizer.json: the `tokenizers` serialisation that BertTokenizerFast.save_pretrained writes beside
+// vocab.txt (or alone, with legacy_format=False) and BertWordPieceTokenizer.save writes, and that
+// transformers reads instead of vocab.txt when both are there. What it holds for BERT's ids: the
+// WordPiece vocabulary and the added tokens past it, and the normaliser's clean_text (BertTokenizerFast
+// replaces lowercase, strip_accents and handle_chinese_chars by tokenizer_config.json's values, or
+// their defaults: TokenizerConfig::load's). Everything else must be BERT's pipeline; anything other is
+// refused by name, as are added tokens we do not match as transformers does.
+struct FastTokenizerFile {
+  std::vector<std::string> tokens;  // model.vocab by id, then the added tokens past it
+  size_t model_size = 0;            // model.vocab's size
+};
+
+[[noreturn]] void fail_field(const std::string& path, const std::string& field, const std::string& what) {
+  throw Error(path + ": " + field + ": " + what);
+}
+
+FastTokenizerFile read_tokenizer_json(const std::string& path, TokenizerConfig& config) {
+  const Json root = Json::parse(read_file(path), path);
+  if (!root.is_object()) throw Error(path + ": expected a JSON object");
+  const auto fail = [&](const std::string& field, const std::string& what) { fail_field(path, field, what); };
+  const auto type_of = [&](const char* field) -> std::string {
+    const Json* v = root.find(field);
+    if (!v || v->is_null()) return "null";
+    const Json* t = v->is_object() ? v->find("type") : nullptr;
+    if (!t || !t->is_string()) fail(field, "expected an object with a \"type\"");
+    return t->as_string();
+  };
+  const auto string_field = [&](const Json& obj, const std::string& where, const char* key) -> std::string {
+    const Json* v = obj.find(key);
+    if (!v || !v->is_string()) fail(where + "." + key, "expected a string");
+    return v->as_string();
+  };
+
+  // The model: WordPiece with BertTokenizerFast's settings.
+  if (const std::string type = type_of("model"); type != "WordPiece")
+    fail("model.type", "'" + type + "': only a WordPiece model is a BERT tokenizer");
+  const Json& model = *root.find("model");
+  if (const std::string unk = string_field(model, "model", "unk_token"); unk != config.unk_token)
+    fail("model.unk_token", "'" + unk + "' is not the tokenizer's unk_token '" + config.unk_token +
+                                "' (tokenizer_config.json, or [UNK] without it)");
+  if (const Json* v = model.find("continuing_subword_prefix"); v && !(v->is_string() && v->as_string() == "##"))
+    fail("model.continuing_subword_prefix", v->dump() + ": only \"##\" is supported");
+  if (const Json* v = model.find("max_input_chars_per_word"); v && !(v->is_number() && v->as_number() == 100))
+    fail("model.max_input_chars_per_word",
+         v->dump() + ": only 100 is supported (what transformers uses for a vocab.txt, which our checkpoints carry)");
+  const Json* vocab = model.find("vocab");
+  if (!vocab || !vocab->is_object()) fail("model.vocab", "expected an object {\"token\": id, ...}");
+  FastTokenizerFile out;
+  out.model_size = vocab->as_object().size();
+  if (out.model_size == 0) fail("model.vocab", "no tokens");
+  out.tokens.resize(out.model_size);
+  std::vector<bool> seen(out.model_size, false);
+  for (const auto& [token, id] : vocab->as_object()) {
+    const double v = id.is_number() ? id.as_number() : -1;
+    if (!(v >= 0 && v < static_cast<double>(out.model_size) && v == static_cast<double>(static_cast<size_t>(v))))
+      fail("model.vocab[\"" + token + "\"]",
+           id.dump() + ": ids must be 0.." + std::to_string(out.model_size - 1) + ", one a token");
+    const size_t i = static_cast<size_t>(v);
+    if (seen[i])
+      fail("model.vocab[\"" + token + "\"]", "id " + std::to_string(i) + " is taken by '" + out.tokens[i] + "'");
+    if (token.empty()) fail("model.vocab", "an empty token (id " + std::to_string(i) + ")");
+    seen[i] = true;
+    out.tokens[i] = token;
+  }
+
+  // BERT's pipeline around it.
+  if (const std::string type = type_of("normalizer"); type != "BertNormalizer")
+    fail("normalizer", "'" + type + "': transformers' BertTokenizerFast needs a BertNormalizer");
+  if (const Json* v = root.find("normalizer")->find("clean_text"); v && !v->is_null()) {
+    if (!v->is_bool()) fail("normalizer.clean_text", "must be true or false");
+    config.normalizer.clean_text = v->as_bool();
+  }
+  if (const std::string type = type_of("pre_tokenizer"); type != "BertPreTokenizer")
+    fail("pre_tokenizer", "'" + type + "': only BertPreTokenizer is supported");
+  if (const std::string type = type_of("decoder"); type != "WordPiece" && type != "null")
+    fail("decoder", "'" + type + "': only the WordPiece decoder is supported");
+  if (const Json* d = root.find("decoder"); d && d->is_object())
+    if (const Json* v = d->find("prefix"); v && !(v->is_string() && v->as_string() == "##"))
+      fail("decoder.prefix", v->dump() + ": only \"##\" is supported");
+  // [CLS] A [SEP] (B [SEP]) with type ids 0 (1), as BertProcessing or the TemplateProcessing that
+  // transformers' converter writes, with the tokenizer's cls_token and sep_token.
+  const std::string post = type_of("post_processor");
+  const Json& processor = post == "null" ? root : *root.find("post_processor");
+  std::string cls, sep;
+  if (post == "BertProcessing") {
+    for (auto [key, dst] : {std::pair{"cls", &cls}, std::pair{"sep", &sep}}) {
+      const Json* v = processor.find(key);
+      if (!v || !v->is_array() || v->as_array().empty() || !v->as_array()[0].is_string())
+        fail(std::string("post_processor.") + key, "expected [\"token\", id]");
+      *dst = v->as_array()[0].as_string();
+    }
+  } else if (post == "TemplateProcessing") {
+    // Each piece: {"SpecialToken": {"id": "[CLS]", "type_id": 0}} or {"Sequence": {"id": "A", "type_id": 0}}.
+    const auto pieces = [&](const char* key) {
+      std::string shape;
+      const Json* v = processor.find(key);
+      if (!v || !v->is_array()) fail(std::string("post_processor.") + key, "expected an array");
+      for (const Json& piece : v->as_array()) {
+        const Json* special = piece.is_object() ? piece.find("SpecialToken") : nullptr;
+        const Json* sequence = piece.is_object() ? piece.find("Sequence") : nullptr;
+        const Json* body = special ? special : sequence;
+        if (!body || !body->is_object() || !body->find("id") || !body->find("id")->is_string() ||
+            !body->find("type_id") || !body->find("type_id")->is_number())
+          fail(std::string("post_processor.") + key, "expected SpecialToken or Sequence pieces");
+        shape += (shape.empty() ? "" : " ") + body->find("id")->as_string() + ":" +
+                 std::to_string(body->find("type_id")->as_int()) + (special ? "!" : "");
+      }
+      return shape;
+    };
+    const std::string single = pieces("single"), pair = pieces("pair");
+    const std::string want_single = config.cls_token + ":0! A:0 " + config.sep_token + ":0!";
+    const std::string want_pair = want_single + " B:1 " + config.sep_token + ":1!";
+    if (single != want_single || pair != want_pair)
+      fail("post_processor", "the template '" + single + "' / '" + pair + "' is not BERT's '" + want_single + "' / '" +
+                                 want_pair + "' (with the tokenizer's cls_token and sep_token)");
+    cls = config.cls_token;
+    sep = config.sep_token;
+  } else {
+    fail("post_processor",
+         "'" + post + "': only BERT's [CLS] A [SEP] B [SEP] (BertProcessing or " + "TemplateProcessing) is supported");
+  }
+  if (cls != config.cls_token || sep != config.sep_token)
+    fail("post_processor", "adds '" + cls + "' and '" + sep + "', not the tokenizer's cls_token '" + config.cls_token +
+                               "' and sep_token '" + config.sep_token + "'");
+
+  // Added tokens: those in model.vocab at their ids, the others past it in id order; all special and
+  // matched as written (as tokenizer_config.json's added_tokens_decoder, TokenizerConfig::load).
+  if (const Json* added = root.find("added_tokens"); added && !added->is_null()) {
+    if (!added->is_array()) fail("added_tokens", "expected an array");
+    std::vector<std::pair<int64_t, std::string>> past;
+    for (const Json& entry : added->as_array()) {
+      if (!entry.is_object() || !entry.find("content") || !entry.find("content")->is_string() || !entry.find("id") ||
+          !entry.find("id")->is_number())
+        fail("added_tokens", "expected {\"id\": N, \"content\": \"...\", ...} entries");
+      const std::string& content = entry.find("content")->as_string();
+      const int64_t id = entry.find("id")->as_int();
+      const std::string where = "added_tokens '" + content + "'";
+      const auto flag = [&](const char* name) {
+        const Json* f = entry.find(name);
+        return f && f->is_bool() && f->as_bool();
+      };
+      if (!flag("special") || flag("normalized") || flag("lstrip") || flag("rstrip") || flag("single_word"))
+        fail(where,
+             "only special, non-normalised added tokens are supported (special: true; normalized, lstrip, "
+             "rstrip, single_word: false)");
+      if (id < 0) fail(where, "a negative id");
+      if (static_cast<size_t>(id) < out.model_size) {
+        if (out.tokens[static_cast<size_t>(id)] != content)
+          fail(where, "id " + std::to_string(id) + " is '" + out.tokens[static_cast<size_t>(id)] + "' in model.vocab");
+      } else {
+        past.emplace_back(id, content);
+      }
+      const std::vector<std::string> named = config.special_tokens();
+      if (std::find(named.begin(), named.end(), content) == named.end())
+        config.additional_special_tokens.push_back(content);
+    }
+    std::sort(past.begin(), past.end());
+    for (const auto& [id, content] : past) {
+      if (static_cast<size_t>(id) != out.tokens.size())
+        fail("added_tokens '" + content + "'",
+             "id " + std::to_string(id) + " leaves a gap after id " + std::to_string(out.tokens.size() - 1));
+      out.tokens.push_back(content);
+    }
+  }
+  return out;
+}
+
 }  // namespace
 
 TokenizerConfig TokenizerConfig::load(const std::string& dir) {
@@ -178,11 +345,37 @@ Tokenizer::Tokenizer(Vocab vocab, TokenizerConfig config)
 
 Tokenizer Tokenizer::from_dir(const std::string& dir_arg) {
   const std::string dir = without_trailing_slashes(dir_arg);
-  if (!is_directory(dir)) throw Error(dir + ": tokenizer directory not found (expected vocab.txt inside)");
-  const std::string vocab_path = dir + "/vocab.txt";
-  if (!file_exists(vocab_path)) throw Error(vocab_path + ": missing (is this a tokenizer directory?)");
+  if (!is_directory(dir))
+    throw Error(dir + ": tokenizer directory not found (expected vocab.txt or tokenizer.json inside)");
+  const std::string txt_path = dir + "/vocab.txt", json_path = dir + "/tokenizer.json";
+  const bool has_json = file_exists(json_path);
+  if (!has_json && !file_exists(txt_path))
+    throw Error(txt_path + ": missing, and so is tokenizer.json (is this a tokenizer directory?)");
   TokenizerConfig config = TokenizerConfig::load(dir);
-  Vocab vocab = Vocab::load(vocab_path);
+  // transformers reads tokenizer.json when there is one; a vocab.txt beside it must agree.
+  const std::string vocab_path = has_json ? json_path : txt_path;
+  const std::string vocab_name = has_json ? "tokenizer.json" : "vocab.txt";
+  Vocab vocab;
+  if (has_json) {
+    FastTokenizerFile fast = read_tokenizer_json(json_path, config);
+    if (file_exists(txt_path)) {
+      const std::vector<std::string> txt = Vocab::load(txt_path).tokens();
+      const bool agree = (txt.size() == fast.model_size || txt.size() == fast.tokens.size()) &&
+                         std::equal(txt.begin(), txt.end(), fast.tokens.begin());
+      if (!agree) {
+        size_t i = 0;
+        while (i < txt.size() && i < fast.tokens.size() && txt[i] == fast.tokens[i]) ++i;
+        const auto at = [](const std::vector<std::string>& v, size_t k) {
+          return k < v.size() ? "'" + v[k] + "'" : std::string("nothing");
+        };
+        throw Error(txt_path + ": differs from tokenizer.json at id " + std::to_string(i) + " (" + at(txt, i) +
+                    " against " + at(fast.tokens, i) + "); transformers reads tokenizer.json: remove the stale one");
+      }
+    }
+    vocab = Vocab(std::move(fast.tokens));
+  } else {
+    vocab = Vocab::load(txt_path);
+  }
   if (vocab.id(config.unk_token) < 0)
     throw Error(vocab_path + ": has no unknown token '" + config.unk_token + "' (unk_token, set by " + dir +
                 "/tokenizer_config.json or [UNK] when that file is absent)");
@@ -204,9 +397,9 @@ Tokenizer Tokenizer::from_dir(const std::string& dir_arg) {
       throw Error(where + ": only special, non-normalised added tokens are supported (special: true; normalized, " +
                   "lstrip, rstrip, single_word: false); put a plain word into vocab.txt instead");
     if (const int64_t id = id_of(added.content); id >= 0) {
-      if (id != added.id) throw Error(where + ": vocab.txt has it as id " + std::to_string(id));
+      if (id != added.id) throw Error(where + ": " + vocab_name + " has it as id " + std::to_string(id));
     } else if (added.id != static_cast<int64_t>(file_size + appended.size())) {
-      throw Error(where + ": not in vocab.txt, nor the next id after it (" +
+      throw Error(where + ": not in " + vocab_name + ", nor the next id after it (" +
                   std::to_string(file_size + appended.size()) + ")");
     } else {
       appended.push_back(added.content);
@@ -227,6 +420,7 @@ Tokenizer Tokenizer::from_dir(const std::string& dir_arg) {
   }
   Tokenizer tokenizer(std::move(vocab), std::move(config));
   tokenizer.file_vocab_size_ = file_size;
+  tokenizer.vocab_file_ = vocab_name;
   return tokenizer;
 }
 
@@ -258,7 +452,7 @@ void Tokenizer::require(std::initializer_list<SpecialToken> needed, const std::s
   // special_tokens_map.json is read only without added_tokens_decoder (transformers' legacy path).
   if (file_exists(map_path) && config_.added_tokens.empty())
     source += source.empty() ? map_path : " or special_tokens_map.json";
-  throw Error(dir + "/vocab.txt: has no " + missing +
+  throw Error(dir + "/" + vocab_file_ + ": has no " + missing +
               (source.empty() ? " (HF's default: " + dir + " has no tokenizer_config.json)"
                               : " (set by " + source + ", else HF's default)") +
               "; " + std::string(purpose) + (count > 1 ? " needs them" : " needs it"));

@@ -60,14 +60,19 @@ class Tokenizer {
  public:
   Tokenizer(Vocab vocab, TokenizerConfig config);
   // Loads vocab.txt + tokenizer_config.json (+ special_tokens_map.json) from DIR (errors name the file
-  // and line). As BertTokenizerFast.from_pretrained does, a special token vocab.txt lacks is appended
-  // after vocab.txt's last id (in transformers' order: bos, eos, unk, sep, pad, cls, mask, then the
-  // additional ones), so ids match transformers'; require() still asks for the ones a purpose needs in vocab.txt
-  // itself. added_tokens_decoder's tokens must be vocab.txt's at their ids (or its appended
+  // and line), or tokenizer.json instead of vocab.txt when there is one, as transformers does (a
+  // vocab.txt beside it must agree; its pipeline must be BERT's, read_tokenizer_json). As
+  // BertTokenizerFast.from_pretrained does, a special token the vocabulary lacks is appended after
+  // its last id (in transformers' order: bos, eos, unk, sep, pad, cls, mask, then the additional
+  // ones), so ids match transformers'; require() still asks for the ones a purpose needs in the file
+  // itself. added_tokens_decoder's tokens must be the file's at their ids (or its appended
   // specials'), special and not normalised.
   static Tokenizer from_dir(const std::string& dir);
-  // vocab.txt's own size: vocab().size() less the appended special tokens.
+  // vocab.txt's own size (tokenizer.json's: its model's vocabulary and added tokens): vocab().size()
+  // less the appended special tokens.
   size_t file_vocab_size() const { return file_vocab_size_; }
+  // Where the vocabulary came from: "vocab.txt", or "tokenizer.json" (which transformers prefers).
+  const std::string& vocab_file() const { return vocab_file_; }
 
   const Vocab& vocab() const { return vocab_; }
   const TokenizerConfig& config() const { return config_; }
@@ -107,6 +112,7 @@ class Tokenizer {
   std::vector<Special> specials_;  // longest first, for leftmost-longest matching
   int32_t cls_id_ = -1, sep_id_ = -1, pad_id_ = -1, mask_id_ = -1;
   size_t file_vocab_size_ = 0;
+  std::string vocab_file_ = "vocab.txt";
 
   void encode_plain(std::u32string_view text, std::vector<int32_t>& out, EncodeScratch& scratch) const;
 };

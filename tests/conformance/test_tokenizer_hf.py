@@ -9,6 +9,9 @@
 (b) train: same corpus and settings -> the same token set as HF up to HF's own tie-order
     nondeterminism (which we measure here by training HF twice); the deterministic part of the
     vocabulary (specials, alphabet, ##-forms) must be identical; < 0.5% difference overall.
+(c) directories: hand-made ones (specials vocab.txt lacks, added_tokens_decoder, bos/eos) and
+    tokenizer.json ones (alone, with added tokens, its normaliser overridden by the config) give
+    BertTokenizerFast.from_pretrained's ids.
 """
 import argparse
 import json
@@ -222,6 +225,52 @@ def main():
         hand_fast = BertTokenizerFast.from_pretrained(d)
         compare_ids(f"hand-made dir, {label}", our_encode(args.bin, d, hand_path, ["--add-special-tokens"]),
                     hand_fast(hand_lines, add_special_tokens=True)["input_ids"], hand_lines)
+
+    # ---- tokenizer.json directories: transformers reads it instead of vocab.txt -------------------
+    # Written by save_pretrained(legacy_format=False) (tokenizer.json alone) and by tokenizers'
+    # BertWordPieceTokenizer.save; BertTokenizerFast takes do_lower_case, strip_accents and
+    # tokenize_chinese_chars from tokenizer_config.json (or its defaults: lowercase), clean_text from
+    # tokenizer.json. Added tokens past the vocabulary keep their ids.
+    json_cases = []
+    d = os.path.join(args.work, "json_legacy_false")
+    fast.save_pretrained(d, legacy_format=False)
+    json_cases.append(("save_pretrained(legacy_format=False)", d))
+    for label, lower, clean, config in (("json cased, no config (do_lower_case default)", False, True, None),
+                                        ("json lowercase, config cased", True, True, {"do_lower_case": False}),
+                                        ("json clean_text false", False, False, {"do_lower_case": False})):
+        d = os.path.join(args.work, "json_" + str(len(json_cases)))
+        os.makedirs(d, exist_ok=True)
+        wp = BertWordPieceTokenizer(ours_vocab, clean_text=clean, lowercase=lower, strip_accents=False)
+        wp.add_special_tokens(["[RRN]", "[PHONE]"])
+        wp.save(os.path.join(d, "tokenizer.json"))
+        if config is not None:
+            with open(os.path.join(d, "tokenizer_config.json"), "w") as f:
+                json.dump(config, f)
+        json_cases.append((label, d))
+    json_sample = sample[:1500] + ["연락처 [PHONE] 와 [RRN]", "A[RRN]b [MASK] Ärger"]
+    json_path = os.path.join(args.work, "json_lines.txt")
+    write_lines(json_path, json_sample)
+    for label, d in json_cases:
+        check(not os.path.exists(os.path.join(d, "vocab.txt")), f"{label}: the directory has no vocab.txt")
+        hf_json = BertTokenizerFast.from_pretrained(d)
+        compare_ids(f"tokenizer.json dir, {label}", our_encode(args.bin, d, json_path, ["--add-special-tokens"]),
+                    hf_json(json_sample, add_special_tokens=True)["input_ids"], json_sample)
+    # A vocab.txt that disagrees with tokenizer.json, and a pipeline that is not BERT's: refused by name.
+    d = json_cases[1][1]
+    write_lines(os.path.join(d, "vocab.txt"), read_lines(ours_vocab)[:-1][::-1])
+    r = subprocess.run([args.bin, "encode", "--tokenizer", d, "--input", json_path], capture_output=True, text=True)
+    check(r.returncode != 0 and "vocab.txt: differs from tokenizer.json at id 0" in r.stderr,
+          f"a vocab.txt that disagrees with tokenizer.json is refused: {r.stderr.strip()[:200]}")
+    os.remove(os.path.join(d, "vocab.txt"))
+    with open(os.path.join(d, "tokenizer.json")) as f:
+        spec = json.load(f)
+    spec["post_processor"] = {"type": "RobertaProcessing", "sep": ["[SEP]", 3], "cls": ["[CLS]", 2],
+                              "trim_offsets": True, "add_prefix_space": False}
+    with open(os.path.join(d, "tokenizer.json"), "w") as f:
+        json.dump(spec, f)
+    r = subprocess.run([args.bin, "encode", "--tokenizer", d, "--input", json_path], capture_output=True, text=True)
+    check(r.returncode != 0 and "tokenizer.json: post_processor: 'RobertaProcessing'" in r.stderr,
+          f"a post_processor other than BERT's is refused: {r.stderr.strip()[:200]}")
 
     print(f"\n{'FAILED' if FAILURES else 'OK'}: {len(FAILURES)} failure(s)")
     sys.exit(1 if FAILURES else 0)

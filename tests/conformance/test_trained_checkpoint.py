@@ -136,8 +136,8 @@ seed = 11
           f"(2c) bert_infer on an untied BertForMaskedLM: refused ({refused.returncode}: {refused.stderr.strip()})")
 
     # (2d) Directories transformers loads its own way. Each is hf_mlm changed in one respect; bert_infer's
-    # answers must be the pipeline's on the same directory. tokenizer.json (which bert_infer does not
-    # read, and transformers prefers to vocab.txt) is left out.
+    # answers must be the pipeline's on the same directory. tokenizer.json (which transformers prefers
+    # to vocab.txt) is left out, but for the case that keeps it alone.
     def variant(name, edit):
         d = w(name)
         shutil.copytree(hf_dir, d)
@@ -179,6 +179,13 @@ seed = 11
     result = same_as_pipeline(bare, prompts[:2] + ["Seoul [MASK] 2024."], "no_tokenizer_config")
     check("has no tokenizer_config.json: BertTokenizer's defaults apply" in result.stderr,
           f"(2d) no tokenizer_config.json: a note says which defaults apply ({result.stderr.strip()!r})")
+
+    # tokenizer.json without vocab.txt (save_pretrained(legacy_format=False) writes no vocab.txt).
+    def json_only(d):
+        shutil.copy(os.path.join(hf_dir, "tokenizer.json"), d)
+        os.remove(os.path.join(d, "vocab.txt"))
+    check(os.path.exists(os.path.join(hf_dir, "tokenizer.json")), "(2d) save_pretrained wrote a tokenizer.json")
+    same_as_pipeline(variant("hf_tokenizer_json", json_only), prompts[:2], "tokenizer_json_only")
 
     # The mask token renamed in vocab.txt and named by special_tokens_map.json alone.
     def renamed_mask(d):
