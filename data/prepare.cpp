@@ -10,6 +10,9 @@
 // input + seed gives the same shards whatever the thread count.
 #include "data/prepare.h"
 
+#include <signal.h>
+#include <unistd.h>
+
 #include <algorithm>
 #include <chrono>
 #include <cmath>
@@ -19,6 +22,7 @@
 #include <map>
 #include <memory>
 #include <optional>
+#include <regex>
 #include <thread>
 
 #include "common/args.h"
@@ -98,6 +102,40 @@ void tokenize_pool(const Tokenizer& tok, const RawPool& raw, int threads, Tokeni
   run_parallel(static_cast<size_t>(threads), work);
 }
 
+// A shard file name this command writes: train-00000.bin, valid-00012.bin.
+bool is_shard_file_name(const std::string& name) {
+  static const std::regex kName("(train|valid)-[0-9]{5,}\\.bin");
+  return std::regex_match(name, kName);
+}
+
+// The staging directory of a build (inside --out, hidden from input directories and from inspect).
+constexpr const char* kStagingPrefix = ".building-";
+
+// Removes the staging directories that builds killed before they could clean up left in `out_dir`
+// (their process is gone); a running build's is left alone.
+void remove_stale_staging(const std::string& out_dir) {
+  std::error_code ec;
+  for (const auto& entry : std::filesystem::directory_iterator(out_dir, ec)) {
+    const std::string name = entry.path().filename().string();
+    if (name.rfind(kStagingPrefix, 0) != 0) continue;
+    const std::string pid = name.substr(std::strlen(kStagingPrefix));
+    if (pid.empty() || pid.find_first_not_of("0123456789") != std::string::npos || pid.size() > 9) continue;
+    if (::kill(static_cast<pid_t>(std::stol(pid)), 0) != 0 && errno == ESRCH)
+      std::filesystem::remove_all(entry.path(), ec);
+  }
+}
+
+// Whether `file` lies inside directory `dir` (both as they resolve on disk).
+bool inside_directory(const std::string& file, const std::string& dir) {
+  std::error_code ec;
+  const std::string f = std::filesystem::weakly_canonical(file, ec).string();
+  if (ec) return false;
+  std::string d = std::filesystem::weakly_canonical(dir, ec).string();
+  if (ec) return false;
+  if (d.empty() || d.back() != '/') d += '/';
+  return f.size() > d.size() && f.compare(0, d.size(), d) == 0;
+}
+
 }  // namespace
 
 int prepare_build_command(const std::vector<std::string>& argv, std::ostream& out, std::ostream& err) {
@@ -109,12 +147,18 @@ int prepare_build_command(const std::vector<std::string>& argv, std::ostream& ou
       .option("--out", "output directory for the shards and manifest.json")
       .option("--max-seq-len", "maximum sequence length, [CLS] and two [SEP] included", "128")
       .option("--short-seq-prob", "probability of a shorter random target length", "0.1")
-      .option("--nsp-prob", "probability that B is a random next sentence", "0.5")
+      .option("--nsp-prob",
+              "probability that B is a random next sentence (a chunk of one sentence always takes a random B, as in "
+              "Google's create_pretraining_data)",
+              "0.5")
       .option("--dupe-factor", "how many times each document is turned into instances", "1")
       .option("--valid-fraction", "fraction of documents held out for validation", "0.01")
       .option("--seed", "random seed", "12345")
       .option("--threads", "tokenisation threads (0 = all cores)", "0")
-      .option("--pool-mb", "documents per NSP pool, in MB of text (peak memory is ~7x this)", "64")
+      .option(
+          "--pool-mb",
+          "documents per NSP pool, in MB of text (peak memory ~7x this at --dupe-factor 1, more with each duplicate)",
+          "64")
       .flag("--quiet", "no report");
   if (!args.parse(argv)) {
     out << args.help();
@@ -141,28 +185,41 @@ int prepare_build_command(const std::vector<std::string>& argv, std::ostream& ou
     throw Error(
         "bert_prepare build: --valid-fraction 1 sends every document to validation and leaves none to train "
         "on; it must be below 1");
-  const std::vector<std::string> files = expand_inputs(inputs);
+  // What this build writes must not be read back as input: a rebuild into a directory inside an input
+  // directory would find the last build's tokenizer/vocab.txt there.
+  std::vector<std::string> files;
+  for (std::string& f : expand_inputs(inputs)) {
+    if (inside_directory(f, out_dir)) {
+      err << f << ": warning: skipping a file inside the --out directory\n";
+      continue;
+    }
+    files.push_back(std::move(f));
+  }
+  if (files.empty()) throw Error("bert_prepare build: every input file is inside the --out directory " + out_dir);
 
   const Tokenizer tok = Tokenizer::from_dir(tok_dir);
   tok.require({SpecialToken::kCls, SpecialToken::kSep, SpecialToken::kPad, SpecialToken::kMask}, tok_dir,
               "BERT pretraining");
   Json shards = Json::array();
-  // A failed build leaves nothing of its own behind: the shards it wrote go, and so does the output
-  // directory when it made it (and it is empty then).
+  // Shards are written into a staging directory inside --out and moved into place once the build has
+  // succeeded, so that a failed or interrupted rebuild leaves the previous build whole. A failed build
+  // leaves nothing of its own behind: the staging directory goes, and so does the output directory
+  // when it made it (and it is empty then). A killed build's staging directory goes at the next build.
+  const std::string staging = out_dir + "/" + kStagingPrefix + std::to_string(::getpid());
   struct Cleanup {
     const std::string& dir;
-    const Json& shards;
+    const std::string& staging;
     bool created;
     bool done = false;
     ~Cleanup() {
-      if (done) return;
       std::error_code ec;
-      for (const Json& entry : shards.as_array())
-        std::filesystem::remove(dir + "/" + entry.find("file")->as_string(), ec);
-      if (created) std::filesystem::remove(dir, ec);  // fails, as it should, when anything else is there
+      std::filesystem::remove_all(staging, ec);
+      if (!done && created) std::filesystem::remove(dir, ec);  // fails, as it should, when anything else is there
     }
-  } cleanup{out_dir, shards, !file_exists(out_dir)};
+  } cleanup{out_dir, staging, !file_exists(out_dir)};
   make_directories(out_dir);
+  remove_stale_staging(out_dir);
+  make_directories(staging);
   const auto t0 = std::chrono::steady_clock::now();
   Progress progress(!args.has("--quiet"));
 
@@ -224,10 +281,7 @@ int prepare_build_command(const std::vector<std::string>& argv, std::ostream& ou
       if (writer.examples() == 0) continue;
       char name[64];
       std::snprintf(name, sizeof name, "%s-%05zu.bin", split_name(static_cast<Split>(split)), pool_index);
-      // An earlier build's manifest would list shards this one replaces (and, should it fail, removes):
-      // it goes before the first of them is written, so a failed rebuild leaves no manifest.
-      if (shards.as_array().empty()) std::filesystem::remove(out_dir + "/manifest.json");
-      const ShardHeader h = writer.write(out_dir + "/" + name);
+      const ShardHeader h = writer.write(staging + "/" + name);
       Json entry = Json::object();
       entry.set("file", name);
       entry.set("split", split_name(static_cast<Split>(split)));
@@ -251,7 +305,9 @@ int prepare_build_command(const std::vector<std::string>& argv, std::ostream& ou
       while (b < e && (line[b] == ' ' || line[b] == '\t' || line[b] == '\r')) ++b;
       while (e > b && (line[e - 1] == ' ' || line[e - 1] == '\t' || line[e - 1] == '\r')) --e;
       totals.bytes += line.size() + 1;
-      if (b == e) {
+      // Blank as clean (and Python's str.strip(), Google's and HF's test) sees it: a line of U+3000, NBSP
+      // or form feeds separates documents too.
+      if (b == e || is_blank_line(line.substr(b, e - b))) {
         if (in_document) {
           raw.doc_begin.push_back(static_cast<uint32_t>(raw.sentences()));
           in_document = false;
@@ -269,10 +325,12 @@ int prepare_build_command(const std::vector<std::string>& argv, std::ostream& ou
         progress.update("reading: " + human_bytes(static_cast<double>(totals.bytes)) + ", " +
                       std::to_string(doc_counter) + " documents, " + std::to_string(totals.examples[0]) + " examples");
     }
-    // A file's end closes its last document.
+    // A file's end closes its last document (and a pool, when it is full: a corpus of one document a
+    // file has no blank lines).
     if (in_document) {
       raw.doc_begin.push_back(static_cast<uint32_t>(raw.sentences()));
       in_document = false;
+      if (raw.text.size() >= pool_bytes) flush_pool();
     }
   }
   flush_pool();
@@ -303,7 +361,35 @@ int prepare_build_command(const std::vector<std::string>& argv, std::ostream& ou
         << " single-sentence chunk(s) were skipped, so every NSP label there is 0 (more documents per pool: "
         << (totals.single_document_pools[1] ? "a larger --valid-fraction, " : "") << "a larger --pool-mb or input)\n";
 
-  // Tokenizer files travel with the shards so inspect and the trainer can check and decode them.
+  // Google's recipe makes every chunk of one sentence a random-next pair, whatever --nsp-prob says:
+  // a corpus of one-sentence documents (a line each, not split) teaches NSP nothing.
+  for (int split = 0; split < 2; ++split) {
+    const uint64_t n = totals.examples[split], r = totals.random_next[split];
+    if (n >= 20 && static_cast<double>(r) > static_cast<double>(n) * std::max(0.9, nsp.nsp_prob + 0.3))
+      err << "warning: " << std::lround(100.0 * static_cast<double>(r) / static_cast<double>(n)) << "% of the "
+          << split_name(static_cast<Split>(split)) << " pairs are random-next (--nsp-prob " << args.str("--nsp-prob")
+          << "): most documents hold a single sentence, and a chunk of one sentence always takes a random B; "
+             "split documents into sentences (bert_prepare clean --split-sentences) or join them\n";
+  }
+
+  // Into place: the old manifest goes first (a build cut short from here on leaves none, never one
+  // listing shards of two builds), then an earlier build's shards, then this one's move in. Tokenizer
+  // files travel with the shards so inspect and the trainer can check and decode them.
+  std::filesystem::remove(out_dir + "/manifest.json");
+  {
+    std::error_code ec;
+    std::vector<std::filesystem::path> old;
+    for (const auto& entry : std::filesystem::directory_iterator(out_dir, ec))
+      if (entry.is_regular_file(ec) && is_shard_file_name(entry.path().filename().string()))
+        old.push_back(entry.path());
+    for (const auto& path : old) std::filesystem::remove(path, ec);
+  }
+  for (const Json& entry : shards.as_array()) {
+    const std::string& name = entry.find("file")->as_string();
+    std::error_code ec;
+    std::filesystem::rename(staging + "/" + name, out_dir + "/" + name, ec);
+    if (ec) throw Error(out_dir + "/" + name + ": cannot move the new shard into place: " + ec.message());
+  }
   make_directories(out_dir + "/tokenizer");
   tok.vocab().save(out_dir + "/tokenizer/vocab.txt");
   tok.config().save(out_dir + "/tokenizer");

@@ -3,6 +3,7 @@
 #include <cmath>
 #include <cstring>
 #include <filesystem>
+#include <map>
 #include <set>
 #include <sstream>
 #include <string>
@@ -571,6 +572,66 @@ TEST_CASE("bert_prepare build warns when a pool holds a single document, all its
   CHECK_THAT(out2.str(), !Catch::Contains("random-next 0%"));
 }
 
+TEST_CASE("bert_prepare build: document boundaries as clean sees them, pools per file, its own output never read") {
+  const std::string dir = test_dir() + "/boundaries";
+  std::filesystem::remove_all(dir);
+  make_directories(dir + "/corpus");
+  std::string text;
+  // Documents separated by lines that are blank to str.strip() and to clean: U+3000, NBSP, a form feed.
+  const char* separators[] = {"\xE3\x80\x80\n", "\xC2\xA0 \n", "\f\n", "\n"};
+  for (int d = 0; d < 40; ++d)
+    text += "이순신은 조선 중기의 무신이다 " + std::to_string(d) + ".\n한산도 대첩 " + std::to_string(d) + ".\n" +
+            separators[d % 4];
+  write_file_atomic(dir + "/corpus/spaced.txt", text);
+  std::ostringstream o, e;
+  std::istringstream in;
+  REQUIRE(tokenizer_main(
+              {"train", "--input", dir + "/corpus/spaced.txt", "--out", dir + "/tok", "--vocab-size", "300", "--quiet"},
+              in, o, e) == 0);
+  const auto build = [&](const std::vector<std::string>& extra, std::string* err_text = nullptr) {
+    std::vector<std::string> argv = {"build", "--tokenizer",      dir + "/tok", "--max-seq-len",
+                                     "32",    "--valid-fraction", "0"};
+    argv.insert(argv.end(), extra.begin(), extra.end());
+    std::ostringstream out, err;
+    const int code = prepare_main(argv, out, err);
+    if (err_text) *err_text = err.str();
+    REQUIRE(code == 0);
+    return Json::parse(
+        read_file(argv[std::find(argv.begin(), argv.end(), "--out") - argv.begin() + 1] + "/manifest.json"));
+  };
+  CHECK(build({"--input", dir + "/corpus/spaced.txt", "--out", dir + "/spaced"}).find("documents")->as_int() == 40);
+
+  // A rebuild into a directory inside the input directory skips what the last build wrote there
+  // (its tokenizer/vocab.txt would be read as a document).
+  std::string warned;
+  for (int run = 0; run < 2; ++run)
+    CHECK(build({"--input", dir + "/corpus", "--out", dir + "/corpus/shards"}, &warned).find("documents")->as_int() ==
+          40);
+  CHECK_THAT(warned, Catch::Contains("corpus/shards/tokenizer/vocab.txt: warning: skipping a file inside the --out "
+                                     "directory"));
+
+  // One document a file, no blank lines: --pool-mb still bounds the pools (a shard per pool).
+  std::string big;
+  for (int s = 0; s < 6000; ++s) big += "한산도 대첩에서 일본 수군을 크게 물리쳤다 " + std::to_string(s) + ".\n";
+  make_directories(dir + "/files");
+  for (int f = 0; f < 4; ++f) write_file_atomic(dir + "/files/doc" + std::to_string(f) + ".txt", big);
+  const Json pooled = build({"--input", dir + "/files", "--out", dir + "/pooled", "--pool-mb", "1"});
+  CHECK(pooled.find("documents")->as_int() == 4);
+  CHECK(pooled.find("shards")->as_array().size() >= 2);
+
+  // One-sentence documents: every pair is random-next whatever --nsp-prob says, and the build says so.
+  std::string lines;
+  for (int d = 0; d < 200; ++d) lines += "이순신은 조선 중기의 무신이다 " + std::to_string(d) + ".\n\n";
+  write_file_atomic(dir + "/lines.txt", lines);
+  std::string nsp_warning;
+  build({"--input", dir + "/lines.txt", "--out", dir + "/lines"}, &nsp_warning);
+  CHECK_THAT(nsp_warning, Catch::Contains("warning: 100% of the train pairs are random-next (--nsp-prob 0.5): most "
+                                          "documents hold a single sentence"));
+  std::string quiet;
+  build({"--input", dir + "/corpus/spaced.txt", "--out", dir + "/spaced"}, &quiet);
+  CHECK_THAT(quiet, !Catch::Contains("random-next"));
+}
+
 TEST_CASE("bert_prepare build: bad input is a clear error") {
   make_directories(test_dir());
   std::ostringstream o, e;
@@ -660,7 +721,8 @@ TEST_CASE("bert_prepare build: bad input is a clear error") {
   size_t entries = 0;
   for ([[maybe_unused]] const auto& entry : std::filesystem::directory_iterator(test_dir() + "/mine")) ++entries;
   CHECK(entries == 1);
-  // A failed rebuild over an earlier build leaves no manifest listing shards it replaced or removed.
+  // A failed rebuild over an earlier build leaves that build whole: it fails on its last input, after
+  // its first pools' shards were written (into a staging directory, which goes too).
   const std::vector<std::string> rebuild = {"build",
                                             "--tokenizer",
                                             test_dir() + "/tok",
@@ -674,9 +736,27 @@ TEST_CASE("bert_prepare build: bad input is a clear error") {
                                             "1",
                                             "--quiet"};
   REQUIRE(prepare_main(rebuild, o, e) == 0);
-  REQUIRE(file_exists(test_dir() + "/rebuilt/manifest.json"));
+  const auto snapshot = [&] {
+    std::map<std::string, std::string> files;
+    for (const auto& entry : std::filesystem::recursive_directory_iterator(test_dir() + "/rebuilt"))
+      files[entry.path().string()] = entry.is_regular_file() ? read_file(entry.path().string()) : "(dir)";
+    return files;
+  };
+  const auto before = snapshot();
+  REQUIRE(before.count(test_dir() + "/rebuilt/manifest.json") == 1);
+  REQUIRE(before.count(test_dir() + "/rebuilt/train-00001.bin") == 1);  // several pools
   std::vector<std::string> failing = rebuild;
   failing.insert(failing.begin() + 5, test_dir() + "/train-00000.bin");
   CHECK_THROWS_WITH(prepare_main(failing, o, e), Catch::EndsWith("a bert_prepare shard (binary), not text"));
-  CHECK_FALSE(file_exists(test_dir() + "/rebuilt/manifest.json"));
+  CHECK(snapshot() == before);
+  // A build killed before it could clean up leaves its staging directory: the next build removes it
+  // (its process is gone), and a rebuild with fewer shards leaves none of the earlier ones.
+  make_directories(test_dir() + "/rebuilt/.building-999999999");
+  write_file_atomic(test_dir() + "/rebuilt/.building-999999999/train-00000.bin", "partial");
+  std::vector<std::string> smaller = rebuild;
+  smaller[smaller.size() - 4] = "64";  // --pool-mb: one pool
+  REQUIRE(prepare_main(smaller, o, e) == 0);
+  CHECK_FALSE(file_exists(test_dir() + "/rebuilt/.building-999999999"));
+  CHECK_FALSE(file_exists(test_dir() + "/rebuilt/train-00001.bin"));
+  CHECK(file_exists(test_dir() + "/rebuilt/train-00000.bin"));
 }
