@@ -855,18 +855,47 @@ std::string Trainer::resolve_resume_dir() const {
 }
 
 // The shards were encoded by the tokenizer copy bert_prepare stored beside them. With the same
-// vocabulary but another normaliser, training is unaffected, but the checkpoints would carry a
-// tokenizer that reads text otherwise than the model learnt it.
+// vocabulary but another normaliser or other special tokens, training is unaffected, but the
+// checkpoints would carry a tokenizer that reads text otherwise than the model learnt it (a special
+// token such as [PHONE] that the shards hold as the pieces [, P, ##H, ... is one id the model never saw).
 void Trainer::warn_if_normalizer_differs() {
   const std::string copy = data().train_data + "/tokenizer";
   if (!file_exists(copy + "/tokenizer_config.json")) return;
-  NormalizerOptions encoded;
+  TokenizerConfig encoded_config;
   try {
-    encoded = TokenizerConfig::load(copy).normalizer;
+    encoded_config = TokenizerConfig::load(copy);
   } catch (const Error& e) {
     err_ << "warning: cannot compare the tokenizers: " << e.what() << "\n";
     return;
   }
+  const auto sorted_specials = [](const TokenizerConfig& c) {
+    std::vector<std::string> v = c.special_tokens();
+    std::sort(v.begin(), v.end());
+    v.erase(std::unique(v.begin(), v.end()), v.end());
+    return v;
+  };
+  const std::vector<std::string> encoded_specials = sorted_specials(encoded_config),
+                                 used_specials = sorted_specials(tokenizer_->config());
+  if (encoded_specials != used_specials) {
+    std::vector<std::string> only_used, only_encoded;
+    std::set_difference(used_specials.begin(), used_specials.end(), encoded_specials.begin(), encoded_specials.end(),
+                        std::back_inserter(only_used));
+    std::set_difference(encoded_specials.begin(), encoded_specials.end(), used_specials.begin(), used_specials.end(),
+                        std::back_inserter(only_encoded));
+    err_ << "warning: " << data().tokenizer << " has other special tokens than " << copy
+         << ", which encoded the shards (";
+    const auto list = [&](const std::string& whose, const std::vector<std::string>& tokens, bool first) {
+      if (tokens.empty()) return;
+      err_ << (first ? "" : "; ") << "only " << whose << ":";
+      for (const std::string& t : tokens) err_ << " " << t;
+    };
+    list(data().tokenizer, only_used, true);
+    list("the shards'", only_encoded, only_used.empty());
+    err_ << "): text holding them was encoded otherwise than the checkpoints' tokenizer will encode it; rebuild "
+            "the shards with "
+         << data().tokenizer << "\n";
+  }
+  const NormalizerOptions& encoded = encoded_config.normalizer;
   const NormalizerOptions& used = tokenizer_->config().normalizer;
   std::string diff;
   note_difference(diff, "do_lower_case", encoded.lowercase, used.lowercase);

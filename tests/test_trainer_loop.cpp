@@ -651,12 +651,15 @@ TEST_CASE("user mistakes are one-line errors") {
              Catch::Contains("cannot resume from " + grown_checkpoint + ": " + grown_checkpoint + "/vocab.txt:2"));
   CHECK(one_line(message));
 
-  // The same vocabulary with another normaliser than the one that encoded the shards: a warning.
+  // The same vocabulary with another normaliser and another special token than the tokenizer that
+  // encoded the shards: a warning each.
   const std::string recased_tok = test_dir() + "/tok_recased";
   std::filesystem::create_directories(recased_tok);
   std::filesystem::copy_file(test_dir() + "/tok/vocab.txt", recased_tok + "/vocab.txt");
   TokenizerConfig recased = TokenizerConfig::load(test_dir() + "/tok");
   recased.normalizer.lowercase = !recased.normalizer.lowercase;
+  const std::string promoted = Vocab::load(test_dir() + "/tok/vocab.txt").token(10);
+  recased.additional_special_tokens.push_back(promoted);
   recased.save(recased_tok);
   const std::string recased_config =
       write_config("recased", "recased", "max_steps = 1\nper_device_train_batch_size = 8\n");
@@ -668,8 +671,12 @@ TEST_CASE("user mistakes are one-line errors") {
   CHECK_THAT(recased_run.err,
              Catch::Contains("warning: " + recased_tok + " normalises text otherwise than " + test_dir() +
                              "/shards/tokenizer, which encoded the shards (do_lower_case false -> true)"));
-  CHECK(train({"--config", write_config("plain", "plain", "max_steps = 1\nper_device_train_batch_size = 8\n")})
-            .err.find("normalises text otherwise") == std::string::npos);
+  CHECK_THAT(recased_run.err, Catch::Contains("warning: " + recased_tok + " has other special tokens than " +
+                                              test_dir() + "/shards/tokenizer, which encoded the shards (only " +
+                                              recased_tok + ": " + promoted + "): text holding them was encoded"));
+  const RunResult plain_run =
+      train({"--config", write_config("plain", "plain", "max_steps = 1\nper_device_train_batch_size = 8\n")});
+  CHECK_THAT(plain_run.err, !Catch::Contains("normalises text otherwise") && !Catch::Contains("other special tokens"));
 
   // A checkpoint without vocab.txt: nothing shows which vocabulary it was trained with.
   std::filesystem::remove(grown_checkpoint + "/vocab.txt");
