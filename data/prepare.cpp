@@ -335,6 +335,7 @@ int prepare_build_command(const std::vector<std::string>& argv, std::ostream& ou
   }
   flush_pool();
   progress.finish();
+  if (invalid_utf8_lines > 10) err << "warning: " << invalid_utf8_lines << " line(s) with invalid UTF-8 in total\n";
   totals.documents = doc_counter;
   if (totals.examples[0] + totals.examples[1] == 0)
     throw Error("bert_prepare build: no examples produced (empty input, or every document too short to pair)");

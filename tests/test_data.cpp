@@ -630,6 +630,16 @@ TEST_CASE("bert_prepare build: document boundaries as clean sees them, pools per
   std::string quiet;
   build({"--input", dir + "/corpus/spaced.txt", "--out", dir + "/spaced"}, &quiet);
   CHECK_THAT(quiet, !Catch::Contains("random-next"));
+
+  // Invalid UTF-8: the first ten lines located, then the total.
+  std::string invalid;
+  for (int d = 0; d < 12; ++d) invalid += "이순신은 \xFF 무신이다.\n한산도 대첩.\n\n";
+  write_file_atomic(dir + "/invalid.txt", invalid);
+  std::string utf8_warnings;
+  build({"--input", dir + "/invalid.txt", "--out", dir + "/invalid"}, &utf8_warnings);
+  CHECK_THAT(utf8_warnings, Catch::Contains("invalid.txt:28: warning: invalid UTF-8 replaced by U+FFFD\n") &&
+                                !Catch::Contains("invalid.txt:31:") &&
+                                Catch::Contains("warning: 12 line(s) with invalid UTF-8 in total\n"));
 }
 
 TEST_CASE("bert_prepare build: bad input is a clear error") {
