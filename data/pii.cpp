@@ -276,14 +276,17 @@ bool rrn_checksum_ok(const unsigned char* d, const unsigned char* e) {
 
 // An ASCII label (RRN, KB, card) at [begin, end) as a word of its own: not after a letter, '[' (our
 // placeholders: "[RRN]", so that scrubbing scrubbed text changes nothing) or '(' ("(KB)"), nor after a
-// number ("4096 KB": a unit), nor followed by a letter (KBS, Cardinality).
+// number ("4096 KB": a unit), nor followed by a letter (KBS, Cardinality). A camelCase word boundary
+// counts as a word's edge: "cardNumber", "creditCard", "bankAccount" (the label's own case tells).
 bool ascii_label_ok(const Text& t, size_t begin, size_t end) {
+  const auto upper = [](unsigned char c) { return c >= 'A' && c <= 'Z'; };
+  const auto lower = [](unsigned char c) { return c >= 'a' && c <= 'z'; };
   if (begin > 0) {
     const unsigned char c = t.s[begin - 1];
-    if (is_alnum(c) || c == '[' || c == '(') return false;
+    if ((is_alnum(c) && !(lower(c) && upper(t.s[begin]))) || c == '[' || c == '(') return false;
     if (c == ' ' && begin > 1 && is_digit(t.s[begin - 2])) return false;
   }
-  return !(end < t.n && is_alpha(t.s[end]));
+  return !(end < t.n && is_alpha(t.s[end]) && !(upper(t.s[end]) && lower(t.s[end - 1])));
 }
 
 // The type of our placeholder ending at k ("[PHONE]" just before k), or -1.
@@ -743,9 +746,10 @@ size_t outline_ipv4(const Text& t, size_t p) {
 // ---- [ACCOUNT] ----------------------------------------------------------------------------
 
 // A bank or account word: 계좌, 은행, 예금주, 입금, 송금, 이체, the banks named without 은행 (뱅크, 농협,
-// 신한, 새마을(금고), 우체국, 수협, 신협, KB, IBK, NH). Not 국민 or 우리 alone (the people, we).
-constexpr std::string_view kAccountLabels[] = {"계좌", "은행",   "예금주", "입금", "송금", "이체", "뱅크", "농협",
-                                               "신한", "새마을", "우체국", "수협", "신협", "KB",   "IBK",  "NH"};
+// 신한, 새마을(금고), 우체국, 수협, 신협, KB, IBK, NH), account. Not 국민 or 우리 alone (the people, we).
+constexpr std::string_view kAccountLabels[] = {"계좌", "은행", "예금주",  "입금",    "송금",   "이체", "뱅크",
+                                               "농협", "신한", "새마을",  "우체국",  "수협",   "신협", "KB",
+                                               "IBK",  "NH",   "account", "Account", "ACCOUNT"};
 
 // Dashed numbers of account-like layouts that are public or not a number at all: a business
 // registration number (3-2-5), a KIPO application number (10-2020-0123456: 2-4-7 with a year in the

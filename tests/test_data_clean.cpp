@@ -193,6 +193,8 @@ TEST_CASE("pii: positives in Korean formats are replaced by typed placeholders")
       {"신용카드: 4111111111111112", "신용카드: [CARD]", PiiType::kCard},
       {"card no. 5412 3456 7890 1234", "card no. [CARD]", PiiType::kCard},
       {"카드번호: 1234567890123456", "카드번호: [CARD]", PiiType::kCard},
+      {"cardNumber: \"5412345678901234\"", "cardNumber: \"[CARD]\"", PiiType::kCard},  // camelCase
+      {"creditCard=5412-3456-7890-1234", "creditCard=[CARD]", PiiType::kCard},
       // accounts
       {"계좌 110-123-456789 (신한)", "계좌 [ACCOUNT] (신한)", PiiType::kAccount},
       {"1002-345-678901", "[ACCOUNT]", PiiType::kAccount},
@@ -207,6 +209,8 @@ TEST_CASE("pii: positives in Korean formats are replaced by typed placeholders")
       {"새마을금고 9002-1234-5678-9", "새마을금고 [ACCOUNT]", PiiType::kAccount},
       {"대구은행 508-10-123456-7로 송금", "대구은행 [ACCOUNT]로 송금", PiiType::kAccount},
       {"주문번호 확인 후 110-123-456789", "주문번호 확인 후 [ACCOUNT]", PiiType::kAccount},  // another thing's label
+      {"bank account 110123456789", "bank account [ACCOUNT]", PiiType::kAccount},
+      {"bankAccount: 110 123 456789", "bankAccount: [ACCOUNT]", PiiType::kAccount},
       // IP addresses
       {"접속 IP 192.168.0.1 에서", "접속 IP [IP] 에서", PiiType::kIp},
       {"10.0.0.255 서버", "[IP] 서버", PiiType::kIp},
@@ -400,6 +404,9 @@ TEST_CASE("pii: dates, times, versions, prices and other numbers stay untouched"
       "결제수단: 신용카드 / 주문번호: 2024011512345678",
       "SD카드 시리얼 2023011512345678",
       "Cardinality 2345678901234567",
+      "accountant 110123456789",
+      "accountId: 5412345678901234",
+      "discardNumbers 1234567890123456",
       "은행 대출 증가율 2021 2022 2023",
       "이체 한도 1000 5000 10000",
       "송금 수수료 500 1000 1500 2000",
