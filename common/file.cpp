@@ -173,6 +173,17 @@ std::string without_trailing_slashes(std::string path) {
   return path;
 }
 
+bool path_within(const std::string& path, const std::string& dir) {
+  std::error_code ec;
+  const std::string p = std::filesystem::weakly_canonical(path, ec).string();
+  if (ec) return false;
+  std::string d = std::filesystem::weakly_canonical(dir, ec).string();
+  if (ec || d.empty()) return false;
+  if (p == d) return true;
+  if (d.back() != '/') d += '/';
+  return p.size() > d.size() && p.compare(0, d.size(), d) == 0;
+}
+
 size_t file_size(const std::string& path) {
   struct stat st {};
   if (::stat(path.c_str(), &st) != 0) throw Error(path + ": cannot stat: " + os_error());

@@ -48,6 +48,9 @@ void make_directories(const std::string& path);
 // "runs/demo/" -> "runs/demo" ("/" stays "/"), so that the paths we build from a user's directory and
 // print ("runs/demo/checkpoint-5") carry no "//".
 std::string without_trailing_slashes(std::string path);
+// Whether `path` is `dir` or lies inside it, as both resolve on disk (symlinks, "..", a path that
+// does not exist yet); false when either cannot be resolved.
+bool path_within(const std::string& path, const std::string& dir);
 
 // A read-only memory mapping of a whole file (empty files map to an empty view). A file that is not
 // a regular file (a pipe, "<(zcat corpus.gz)"; a device) cannot be mapped: it is read whole into

@@ -125,17 +125,6 @@ void remove_stale_staging(const std::string& out_dir) {
   }
 }
 
-// Whether `file` lies inside directory `dir` (both as they resolve on disk).
-bool inside_directory(const std::string& file, const std::string& dir) {
-  std::error_code ec;
-  const std::string f = std::filesystem::weakly_canonical(file, ec).string();
-  if (ec) return false;
-  std::string d = std::filesystem::weakly_canonical(dir, ec).string();
-  if (ec) return false;
-  if (d.empty() || d.back() != '/') d += '/';
-  return f.size() > d.size() && f.compare(0, d.size(), d) == 0;
-}
-
 }  // namespace
 
 int prepare_build_command(const std::vector<std::string>& argv, std::ostream& out, std::ostream& err) {
@@ -189,7 +178,7 @@ int prepare_build_command(const std::vector<std::string>& argv, std::ostream& ou
   // directory would find the last build's tokenizer/vocab.txt there.
   std::vector<std::string> files;
   for (std::string& f : expand_inputs(inputs)) {
-    if (inside_directory(f, out_dir)) {
+    if (path_within(f, out_dir)) {
       err << f << ": warning: skipping a file inside the --out directory\n";
       continue;
     }

@@ -36,20 +36,21 @@ void fsync_directory_tree(const std::string& dir) {
 
 namespace {
 
-// The checkpoint-N directories of output_dir, each with whether it holds trainer_state.json. Every
-// checkpoint bert_train writes does (it is renamed into place complete); one without it is not ours.
+// The checkpoint-N entries of output_dir, each with whether it is a directory holding trainer_state.json.
+// Every checkpoint bert_train writes does (it is renamed into place complete); one without it is not ours.
 std::vector<std::pair<CheckpointInfo, bool>> checkpoint_named_dirs(const std::string& output_dir) {
   std::vector<std::pair<CheckpointInfo, bool>> out;
   std::error_code ec;
   if (!fs::is_directory(output_dir, ec)) return out;
   for (const auto& e : fs::directory_iterator(output_dir, ec)) {
-    if (!e.is_directory()) continue;
     const std::string name = e.path().filename().string();
     if (name.rfind("checkpoint-", 0) != 0) continue;
     const std::string digits = name.substr(11);
     if (digits.empty() || !std::all_of(digits.begin(), digits.end(), [](char c) { return c >= '0' && c <= '9'; }))
       continue;
-    out.push_back({{std::stoll(digits), e.path().string()}, fs::exists(e.path() / "trainer_state.json", ec)});
+    // A file of that name is nobody's checkpoint either: saving that step would fail on it.
+    out.push_back({{std::stoll(digits), e.path().string()},
+                   e.is_directory(ec) && fs::exists(e.path() / "trainer_state.json", ec)});
   }
   std::sort(out.begin(), out.end(), [](const auto& a, const auto& b) { return a.first.step < b.first.step; });
   return out;

@@ -25,8 +25,8 @@ struct CheckpointInfo {
 // first.
 std::vector<CheckpointInfo> list_checkpoints(const std::string& output_dir);
 std::optional<CheckpointInfo> latest_checkpoint(const std::string& output_dir);
-// checkpoint-N directories without trainer_state.json: not bert_train's, never listed, rotated or
-// removed; a save of step N refuses to replace one.
+// checkpoint-N directories without trainer_state.json, and files of such a name: not bert_train's,
+// never listed, rotated or removed; a save of step N refuses to replace one.
 std::vector<std::string> foreign_checkpoint_dirs(const std::string& output_dir);
 
 // Writes a checkpoint: `write_files(tmp_dir)` fills the temporary directory (files written there

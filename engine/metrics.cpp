@@ -1,7 +1,9 @@
 #include "engine/metrics.h"
 
 #include <algorithm>
+#include <cerrno>
 #include <cmath>
+#include <cstring>
 #include <map>
 #include <vector>
 
@@ -49,7 +51,7 @@ MetricsLog::MetricsLog(const std::string& path, int64_t resume_step) : path_(pat
     write_file_atomic(path, kept);
   }
   file_ = std::fopen(path.c_str(), "a");
-  if (!file_) throw Error(path + ": cannot open metrics log for appending");
+  if (!file_) throw Error(path + ": cannot open metrics log for appending: " + std::strerror(errno));
 }
 
 MetricsLog::~MetricsLog() {

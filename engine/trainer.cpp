@@ -4,6 +4,7 @@
 //   -> grad norm -> clip coefficient -> AdamW at lr(step) -> step += 1 -> log / eval / save.
 #include "engine/trainer.h"
 
+#include <fcntl.h>
 #include <omp.h>
 #include <signal.h>
 #include <unistd.h>
@@ -268,9 +269,12 @@ int stopped_run_exit_code() { return 128 + (g_stop_signal_number > 0 ? g_stop_si
 int64_t total_train_steps(const TrainingConfig& training, size_t batches_per_epoch) {
   if (training.max_steps > 0) return training.max_steps;
   const double micro_batches = training.num_train_epochs * static_cast<double>(batches_per_epoch);
-  const auto steps =
-      static_cast<int64_t>(std::ceil(micro_batches / static_cast<double>(training.gradient_accumulation_steps)));
-  return std::max<int64_t>(steps, 1);
+  const double steps = std::ceil(micro_batches / static_cast<double>(training.gradient_accumulation_steps));
+  // Beyond 2^53 the count is not even exact; the int64 conversion of more would be undefined.
+  if (!(steps <= 0x1p53))
+    throw Error("[training] num_train_epochs = " + printf_string("%g", training.num_train_epochs) + " makes " +
+                printf_string("%g", steps) + " steps, more than can be counted; set fewer epochs or max_steps");
+  return std::max<int64_t>(static_cast<int64_t>(steps), 1);
 }
 
 namespace {
@@ -525,6 +529,9 @@ class Trainer {
   // Means over every labelled token / sequence of the batches every rank evaluated.
   EvalResult summarize_eval(const std::vector<LossStats>& batches);
   void check_output_dir();
+  // overwrite_output_dir without --resume: what check_output_dir found to remove goes, once setup()
+  // has read the data and built the model (rank 0).
+  void clear_output_dir();
   std::string resolve_resume_dir() const;
   void load_tokenizer_and_data();
   void warn_if_normalizer_differs();
@@ -601,6 +608,7 @@ class Trainer {
   std::string latest_checkpoint_note() const;
   int64_t skipped_steps_ = 0;
   bool resumed_ = false;
+  bool clear_pending_ = false;            // clear_output_dir() is due at the end of setup()
   std::vector<int64_t> unsettled_steps_;  // CUDA: queued steps whose outcome the host has not read
   int64_t unsettled_tokens_ = 0;          // CUDA: this rank's real tokens in those steps
 };
@@ -773,6 +781,14 @@ void Trainer::check_output_dir() {
   const std::string& dir = training().output_dir;
   const std::string where = config_.where("training", "output_dir") + " '" + dir + "'";
   if (file_exists(dir) && !is_directory(dir)) throw Error(where + " exists and is not a directory");
+  // One that cannot be written in (read-only, another user's) fails now, not after the model is built.
+  if (lead() && is_directory(dir)) {
+    const std::string probe = dir + "/.bert_train.probe." + std::to_string(::getpid());
+    const int fd = ::open(probe.c_str(), O_WRONLY | O_CREAT | O_EXCL | O_CLOEXEC, 0644);
+    if (fd < 0) throw Error(where + ": cannot write in it: " + std::strerror(errno));
+    ::close(fd);
+    ::unlink(probe.c_str());
+  }
   // Locked now when it exists (before anything in it is read or removed), else when training starts:
   // a config error leaves no directory behind.
   if (lead() && is_directory(dir)) lock_output_dir();
@@ -805,13 +821,34 @@ void Trainer::check_output_dir() {
   if (!training().overwrite_output_dir)
     throw Error(where + " already exists and is not empty; continue it with --resume, set [training] " +
                 "overwrite_output_dir = true to start over, or choose another output_dir");
-  // overwrite_output_dir: start over. Old checkpoints would otherwise be taken for this run's
-  // (rotation, --resume), and old metrics lines would mix with the new ones. (Rank 0's job.)
-  // The last run's final model goes too (bert_infer --model output_dir would answer with it, all
-  // through this run and after it if it stops early), when the directory shows a bert_train run
-  // (checkpoints or metrics), and never the tokenizer this run reads from it.
+  // overwrite_output_dir: start over, but only once setup() has read the tokenizer and the data and
+  // built the model, so that a mistake in the config does not cost the last run (clear_output_dir).
+  // Nothing [data] reads may be in a checkpoint that goes. (Rank 0's job.)
   if (!lead()) return;
-  recover_interrupted_saves(dir);  // an old run's half-done re-save is one of its checkpoints, removed below
+  recover_interrupted_saves(dir);  // an old run's half-done re-save is one of its checkpoints, removed later
+  std::vector<std::string> going;
+  for (const CheckpointInfo& checkpoint : list_checkpoints(dir)) going.push_back(checkpoint.path);
+  for (const auto& entry : fs::directory_iterator(dir, ec))
+    if (entry.is_directory() && is_superseded_checkpoint_name(entry.path().filename().string()))
+      going.push_back(entry.path().string());
+  for (const auto& [key, path] : {std::pair<const char*, const std::string&>{"tokenizer", data().tokenizer},
+                                  {"train_data", data().train_data},
+                                  {"valid_data", data().valid_data}})
+    for (const std::string& doomed : going)
+      if (!path.empty() && path_within(path, doomed))
+        throw Error(config_.where("data", key) + " '" + path + "' is inside " + doomed +
+                    ", which overwrite_output_dir = true would remove; copy it out of " + dir + " first");
+  clear_pending_ = true;
+}
+
+void Trainer::clear_output_dir() {
+  // Old checkpoints would otherwise be taken for this run's (rotation, --resume), and old metrics
+  // lines would mix with the new ones. The last run's final model goes too (bert_infer --model
+  // output_dir would answer with it, all through this run and after it if it stops early), when the
+  // directory shows a bert_train run (checkpoints or metrics), and never the tokenizer this run reads
+  // from it.
+  const std::string& dir = training().output_dir;
+  std::error_code ec;
   const auto old = list_checkpoints(dir);
   const bool trained_here = !old.empty() || file_exists(dir + "/metrics.jsonl");
   for (const CheckpointInfo& checkpoint : old) fs::remove_all(checkpoint.path, ec);
@@ -978,11 +1015,16 @@ void Trainer::load_tokenizer_and_data() {
   if (valid_data_) valid_data_->check_vocabulary(tokenizer_->vocab(), data().tokenizer);
   warn_if_normalizer_differs();
 
+  // A fixed length pads every batch, the evaluation's too: both sets of shards must fit in it.
   const auto shard_len = static_cast<int64_t>(train_data_->max_seq_len());
-  if (data().max_seq_length > 0 && data().max_seq_length < shard_len)
-    throw Error(config_.where("data", "max_seq_length") + " = " + std::to_string(data().max_seq_length) +
-                " is shorter than the shards' max length " + std::to_string(shard_len) +
-                "; set it to 0 (pad each batch to its longest example) or >= " + std::to_string(shard_len));
+  for (const auto& [dataset, name] : {std::pair<const Dataset*, std::string>{train_data_.get(), data().train_data},
+                                      {valid_data_.get(), valid_description_}}) {
+    const auto len = dataset ? static_cast<int64_t>(dataset->max_seq_len()) : 0;
+    if (data().max_seq_length > 0 && data().max_seq_length < len)
+      throw Error(config_.where("data", "max_seq_length") + " = " + std::to_string(data().max_seq_length) +
+                  " is shorter than the shards' max length " + std::to_string(len) + " (" + name +
+                  "); set it to 0 (pad each batch to its longest example) or >= " + std::to_string(len));
+  }
   seq_len_ = data().max_seq_length > 0 ? data().max_seq_length : shard_len;
   if (valid_data_) seq_len_ = std::max<int64_t>(seq_len_, valid_data_->max_seq_len());
   if (seq_len_ > model.max_position_embeddings)
@@ -1220,9 +1262,9 @@ void Trainer::print_run_table() const {
                        : std::string("none"))
        << "\n";
   out_ << "  steps        " << with_commas(state_.total_steps) << " total (" << printf_string("%.2f", epochs)
-       << " epochs), warmup " << state_.warmup_steps << ", lr " << printf_string("%g", t.learning_rate) << " "
-       << lr_schedule_name(schedule_) << ", weight decay " << printf_string("%g", t.weight_decay) << ", max grad norm "
-       << printf_string("%g", t.max_grad_norm) << "\n";
+       << " epochs), warmup " << (schedule_ == LrSchedule::kConstant ? 0 : state_.warmup_steps) << ", lr "
+       << printf_string("%g", t.learning_rate) << " " << lr_schedule_name(schedule_) << ", weight decay "
+       << printf_string("%g", t.weight_decay) << ", max grad norm " << printf_string("%g", t.max_grad_norm) << "\n";
   out_ << "  every        log " << t.logging_steps << ", eval " << (valid_data_ ? std::to_string(t.eval_steps) : "-")
        << ", save " << t.save_steps << " steps (keep "
        << (t.save_total_limit > 0 ? std::to_string(t.save_total_limit) : "all") << "), seed " << t.seed << "\n";
@@ -1725,9 +1767,16 @@ bool Trainer::setup() {
   schedule_ = parse_lr_schedule(training().lr_scheduler_type);
 
   state_.batches_per_epoch = static_cast<int64_t>(loader_->batches_per_epoch()) * world();
-  state_.total_steps = total_train_steps(training(), loader_->batches_per_epoch());
+  try {
+    state_.total_steps = total_train_steps(training(), loader_->batches_per_epoch());
+  } catch (const Error& e) {
+    throw Error(config_.path + ": " + e.what());
+  }
   state_.warmup_steps = training().warmup_steps_for(state_.total_steps);
-  if (state_.warmup_steps > state_.total_steps && lead())
+  if (schedule_ == LrSchedule::kConstant && state_.warmup_steps > 0 && lead())
+    err_ << "warning: " << config_.where("training", "warmup_steps") << " = " << state_.warmup_steps
+         << " is ignored by lr_scheduler_type = \"constant\" (as in HF); \"constant_with_warmup\" warms up\n";
+  else if (state_.warmup_steps > state_.total_steps && lead())
     err_ << "warning: " << config_.where("training", "warmup_steps") << " = " << state_.warmup_steps
          << " is more than the " << state_.total_steps
          << " steps of the run: the learning rate never reaches learning_rate (HF accepts "
@@ -1771,6 +1820,7 @@ bool Trainer::setup() {
       out_ << "set aside " << name << ": a later checkpoint than step " << state_.global_step
            << ", of the run this one branches off (kept, but no longer taken for this run's by the rotation or a "
               "bare --resume)\n";
+  if (clear_pending_) clear_output_dir();
   return true;
 }
 

@@ -411,6 +411,14 @@ TEST_CASE("user mistakes are one-line errors") {
                                         "trainer_state.json) but has a checkpoint's name; move it out"));
   }
   CHECK(read_file(test_dir() + "/foreign/checkpoint-2/mine.txt") == "mine");
+  // A file of that name too (the run would fail when it saves that step).
+  std::filesystem::remove_all(test_dir() + "/foreign/checkpoint-2");
+  write_file_atomic(test_dir() + "/foreign/checkpoint-2", "mine");
+  CHECK_THAT(error_of([&] {
+               train({"--config", foreign});
+             }),
+             Catch::EndsWith("/foreign/checkpoint-2, which is not a bert_train checkpoint (no trainer_state.json) but "
+                             "has a checkpoint's name; move it out"));
   // --resume given the output_dir rather than one of its checkpoints: the checkpoint to pass.
   message = error_of([&] { train({"--config", config, "--resume", test_dir() + "/out"}); });
   CHECK(message == "--resume " + test_dir() + "/out: is a run's output_dir, not a checkpoint; its latest is " +
@@ -433,6 +441,32 @@ TEST_CASE("user mistakes are one-line errors") {
   write_file_atomic(test_dir() + "/out/loss.svg", "<svg/>");  // as `bert_train plot` leaves it
   make_directories(test_dir() + "/out/checkpoint-9.superseded");  // as a resume from an earlier step leaves it
   write_file_atomic(test_dir() + "/out/checkpoint-9.superseded/trainer_state.json", "{}");
+  // A mistake in the config costs nothing: overwrite_output_dir clears only once the data and the
+  // model are known good, and never a checkpoint that [data] reads from.
+  const auto listing = [&](const std::string& dir) {
+    std::vector<std::string> names;
+    for (const auto& entry : std::filesystem::recursive_directory_iterator(dir)) names.push_back(entry.path().string());
+    std::sort(names.begin(), names.end());
+    return names;
+  };
+  const std::vector<std::string> before_mistakes = listing(test_dir() + "/out");
+  std::string data_typo = read_file(overwrite);
+  data_typo.replace(data_typo.find("/shards\""), 8, "/shardz\"");
+  write_file_atomic(test_dir() + "/data_typo.toml", data_typo);
+  CHECK_THAT(error_of([&] {
+               train({"--config", test_dir() + "/data_typo.toml"});
+             }),
+             Catch::Contains("[data] train_data") && Catch::Contains("shardz"));
+  std::string from_checkpoint = read_file(overwrite);
+  from_checkpoint.replace(from_checkpoint.find("/tok\""), 5, "/out/checkpoint-2\"");
+  write_file_atomic(test_dir() + "/from_checkpoint.toml", from_checkpoint);
+  CHECK_THAT(error_of([&] {
+               train({"--config", test_dir() + "/from_checkpoint.toml"});
+             }),
+             Catch::EndsWith("[data] tokenizer '" + test_dir() + "/out/checkpoint-2' is inside " + test_dir() +
+                             "/out/checkpoint-2, which overwrite_output_dir = true would remove; copy it out of " +
+                             test_dir() + "/out first"));
+  CHECK(listing(test_dir() + "/out") == before_mistakes);
   const RunResult overwritten = train({"--config", overwrite});
   CHECK(overwritten.code == 0);
   // The last run's final model and loss plot go with its checkpoints: nothing of it answers for this run's.
@@ -490,6 +524,24 @@ TEST_CASE("user mistakes are one-line errors") {
   CHECK(crowded.code == 0);
   CHECK_THAT(crowded.err, Catch::Contains("core(s): more threads than cores slows every step down") &&
                               Catch::Contains("[training] warmup_steps = 5 is more than the 1 steps of the run"));
+  // The constant schedule ignores a warm-up (as HF's): said, and the run table shows none.
+  const RunResult constant = train({"--config", write_config("constant", "constant",
+                                                             "max_steps = 1\nper_device_train_batch_size = 8\n"
+                                                             "warmup_steps = 5\nlr_scheduler_type = \"constant\"\n")});
+  CHECK(constant.code == 0);
+  CHECK_THAT(constant.err, Catch::Contains("[training] warmup_steps = 5 is ignored by lr_scheduler_type = \"constant\" "
+                                           "(as in HF); \"constant_with_warmup\" warms up\n") &&
+                               !Catch::Contains("is more than the 1 steps"));
+  CHECK_THAT(constant.out, Catch::Contains(" epochs), warmup 0, lr "));
+  // An output_dir nothing can be written in: said before anything else is done.
+  std::string unwritable = read_file(write_config("unwritable", "x", "max_steps = 1\n"));
+  unwritable.replace(unwritable.find("output_dir = \""), 14 + test_dir().size() + 3,
+                     "output_dir = \"/proc/self/fdinfo\"");
+  write_file_atomic(test_dir() + "/unwritable.toml", unwritable);
+  CHECK_THAT(error_of([&] {
+               train({"--config", test_dir() + "/unwritable.toml"});
+             }),
+             Catch::Contains("[training] output_dir '/proc/self/fdinfo': cannot write in it: "));
 
   // An update that overflows the weights (non-finite gradients skip theirs; finite ones can still
   // overflow): nothing is saved over the last good checkpoint.
@@ -821,6 +873,32 @@ TEST_CASE("user mistakes are one-line errors") {
   INFO(eval_run.err);
   CHECK(eval_run.code == 0);
   CHECK_THAT(eval_run.out, Catch::Contains("| eval loss "));
+
+  // A fixed max_seq_length shorter than the evaluation's shards (the training's fit): named with them.
+  {
+    std::ostringstream o, e;
+    REQUIRE(prepare_main({"build", "--tokenizer", test_dir() + "/tok", "--input", test_dir() + "/clean.txt", "--out",
+                          test_dir() + "/long_shards", "--max-seq-len", "48", "--valid-fraction", "0.5", "--quiet"},
+                         o, e) == 0);
+    std::string model(kTinyModel);
+    model.replace(model.find("max_position_embeddings = 32"), 28, "max_position_embeddings = 64");
+    std::string text = read_file(write_config("long_valid", "long_valid", one_step, model));
+    text.replace(text.find("[training]"), 10,
+                 "valid_data = \"" + test_dir() + "/long_shards\"\nmax_seq_length = 40\n[training]");
+    write_file_atomic(test_dir() + "/long_valid.toml", text);
+    message = error_of([&] { train({"--config", test_dir() + "/long_valid.toml"}); });
+    CHECK_THAT(message,
+               Catch::EndsWith("[data] max_seq_length = 40 is shorter than the shards' max length 48 (" + test_dir() +
+                               "/long_shards (valid split)); set it to 0 (pad each batch to its longest "
+                               "example) or >= 48"));
+  }
+
+  // num_train_epochs that makes more steps than can be counted: an error, not a 1-step run.
+  message = error_of([&] {
+    train({"--config", write_config("epochs", "epochs", "max_steps = -1\nnum_train_epochs = 1e16\n")});
+  });
+  CHECK_THAT(message, Catch::Contains("epochs.toml: [training] num_train_epochs = 1e+16 makes ") &&
+                          Catch::EndsWith(" steps, more than can be counted; set fewer epochs or max_steps"));
 
   // Batch larger than the data; unknown command-line option.
   const std::string huge = write_config("huge", "huge", "max_steps = 2\nper_device_train_batch_size = 100000\n");
