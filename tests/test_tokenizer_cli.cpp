@@ -341,8 +341,7 @@ TEST_CASE("tokenizer config: special_tokens_map.json as transformers reads it") 
              Catch::Contains("'<x>': not in vocab.txt, nor the next id after it (4)"));
   CHECK_THAT(decoder(R"("3": {"content": "a", "special": false})"),
              Catch::Contains("only special, non-normalised added tokens are supported"));
-  CHECK_THAT(decoder(R"("3": {"content": "a", "special": true, "lstrip": true})"),
-             Catch::Contains("only special, non-normalised added tokens are supported"));
+  CHECK(decoder(R"("3": {"content": "a", "special": true, "lstrip": true})").empty());  // no BERT id changes
   CHECK_THAT(decoder(R"("x": {"content": "a"})"), Catch::Contains("the key must be a token id"));
 }
 
@@ -416,7 +415,9 @@ TEST_CASE("tokenizer.json: read instead of vocab.txt, checked against it, BERT's
                  {"SpecialToken": {"id": "[SEP]", "type_id": 0}}],
       "pair": [{"SpecialToken": {"id": "[CLS]", "type_id": 0}}, {"Sequence": {"id": "A", "type_id": 0}},
                {"SpecialToken": {"id": "[SEP]", "type_id": 0}}, {"Sequence": {"id": "B", "type_id": 1}},
-               {"SpecialToken": {"id": "[SEP]", "type_id": 1}}], "special_tokens": {}},)";
+               {"SpecialToken": {"id": "[SEP]", "type_id": 1}}],
+      "special_tokens": {"[CLS]": {"id": "[CLS]", "ids": [2], "tokens": ["[CLS]"]},
+                         "[SEP]": {"id": "[SEP]", "ids": [3], "tokens": ["[SEP]"]}}},)";
   CHECK(error(spec("", template_processing)).empty());
   const std::string swapped =
       with(template_processing, R"({"id": "[SEP]", "type_id": 1})", R"({"id": "[SEP]", "type_id": 0})");
@@ -437,9 +438,40 @@ TEST_CASE("tokenizer.json: read instead of vocab.txt, checked against it, BERT's
                         R"("<x>", "special": true, "normalized": true)")),
              Catch::Contains("tokenizer.json: added_tokens '<x>': only special, non-normalised"));
   CHECK_THAT(error(with(spec("", bert_processing), R"("id": 7)", R"("id": 9)")),
-             Catch::Contains("added_tokens '<x>': id 9 leaves a gap after id 6"));
+             Catch::Contains("added_tokens '<x>': id 9 where tokenizers gives it 7 (the ids past model.vocab "
+                             "follow the array's order, without gaps)"));
+  CHECK_THAT(error(with(spec("", bert_processing), R"("content": "<x>")", R"("content": "")")),
+             Catch::Contains("tokenizer.json: added_tokens: an empty token (id 7)"));
+  // The ids the post-processor adds are used as written: they must be the vocabulary's.
+  CHECK_THAT(error(with(spec("", bert_processing), R"(["[CLS]", 2])", R"(["[CLS]", 4])")),
+             Catch::Contains("tokenizer.json: post_processor: adds '[CLS]' as id 4, which is '[MASK]' in the "
+                             "vocabulary (a post-processor left from another vocabulary)"));
+  CHECK_THAT(error(with(spec("", template_processing), R"("ids": [3])", R"("ids": [30])")),
+             Catch::Contains("post_processor: adds '[SEP]' as id 30, which is no token in the vocabulary"));
   CHECK_THAT(error(with(spec("", bert_processing), "BertPreTokenizer", "Metaspace")),
              Catch::Contains("tokenizer.json: pre_tokenizer: 'Metaspace': only BertPreTokenizer"));
+  // Tokens after the model's vocabulary (added in tokenizer.json, or specials it lacks) match the raw
+  // text only, never as a piece of a word: "AB", lowercased, is a ##b, not the special "ab".
+  write("tokenizer.json", spec("", bert_processing));
+  write("tokenizer_config.json", R"({"do_lower_case": true, "additional_special_tokens": ["ab"]})");
+  const Tokenizer added = Tokenizer::from_dir(dir);
+  REQUIRE(added.vocab().id("ab") == 8);
+  ids.clear();
+  added.encode("AB ab", ids, scratch);
+  CHECK(ids == std::vector<int32_t>{6, 5, 8});
+  // "tokenizer_file": null or "from_slow": true: transformers builds from vocab.txt, tokenizer.json unread.
+  write("tokenizer_config.json", R"({"do_lower_case": false, "tokenizer_file": null})");
+  CHECK_THROWS_WITH(Tokenizer::from_dir(dir), Catch::Contains("vocab.txt: missing; ") &&
+                                                  Catch::Contains("tokenizer_config.json sets \"tokenizer_file\": null "
+                                                                  "or \"from_slow\": true"));
+  write("vocab.txt", "[PAD]\n[UNK]\n[CLS]\n[SEP]\n[MASK]\n##b\na\n");
+  const Tokenizer slow = Tokenizer::from_dir(dir);
+  CHECK(slow.vocab_file() == "vocab.txt");
+  CHECK(slow.config().normalizer.clean_text);  // tokenizer.json's false is not read
+  write("tokenizer_config.json", R"({"do_lower_case": false, "from_slow": true})");
+  CHECK(Tokenizer::from_dir(dir).vocab_file() == "vocab.txt");
+  std::filesystem::remove(dir + "/vocab.txt");
+  write("tokenizer_config.json", R"({"do_lower_case": false})");
   CHECK_THAT(error("[1, 2]"), Catch::Contains("tokenizer.json: expected a JSON object"));
   CHECK_THAT(error("{\"model\": "), Catch::Contains("tokenizer.json:1: invalid JSON"));
   std::filesystem::remove(dir + "/tokenizer.json");

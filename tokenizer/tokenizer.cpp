@@ -120,12 +120,17 @@ FastTokenizerFile read_tokenizer_json(const std::string& path, TokenizerConfig& 
   const std::string post = type_of("post_processor");
   const Json& processor = post == "null" ? root : *root.find("post_processor");
   std::string cls, sep;
+  // The ids it adds, as written in it (tokenizers uses them verbatim): checked against the vocabulary
+  // once it is complete, below.
+  std::vector<std::pair<std::string, int64_t>> post_ids;
   if (post == "BertProcessing") {
     for (auto [key, dst] : {std::pair{"cls", &cls}, std::pair{"sep", &sep}}) {
       const Json* v = processor.find(key);
-      if (!v || !v->is_array() || v->as_array().empty() || !v->as_array()[0].is_string())
+      if (!v || !v->is_array() || v->as_array().size() != 2 || !v->as_array()[0].is_string() ||
+          !v->as_array()[1].is_number())
         fail(std::string("post_processor.") + key, "expected [\"token\", id]");
       *dst = v->as_array()[0].as_string();
+      post_ids.emplace_back(*dst, v->as_array()[1].as_int());
     }
   } else if (post == "TemplateProcessing") {
     // Each piece: {"SpecialToken": {"id": "[CLS]", "type_id": 0}} or {"Sequence": {"id": "A", "type_id": 0}}.
@@ -153,6 +158,14 @@ FastTokenizerFile read_tokenizer_json(const std::string& path, TokenizerConfig& 
                                  want_pair + "' (with the tokenizer's cls_token and sep_token)");
     cls = config.cls_token;
     sep = config.sep_token;
+    const Json* table = processor.find("special_tokens");
+    for (const std::string& token : {cls, sep}) {
+      const Json* entry = table && table->is_object() ? table->find(token) : nullptr;
+      const Json* ids = entry && entry->is_object() ? entry->find("ids") : nullptr;
+      if (!ids || !ids->is_array() || ids->as_array().size() != 1 || !ids->as_array()[0].is_number())
+        fail("post_processor.special_tokens", "expected {\"" + token + "\": {\"ids\": [id], ...}}");
+      post_ids.emplace_back(token, ids->as_array()[0].as_int());
+    }
   } else {
     fail("post_processor",
          "'" + post + "': only BERT's [CLS] A [SEP] B [SEP] (BertProcessing or " + "TemplateProcessing) is supported");
@@ -177,29 +190,37 @@ FastTokenizerFile read_tokenizer_json(const std::string& path, TokenizerConfig& 
         const Json* f = entry.find(name);
         return f && f->is_bool() && f->as_bool();
       };
-      if (!flag("special") || flag("normalized") || flag("lstrip") || flag("rstrip") || flag("single_word"))
+      if (!flag("special") || flag("normalized") || flag("single_word"))
         fail(where,
-             "only special, non-normalised added tokens are supported (special: true; normalized, lstrip, "
-             "rstrip, single_word: false)");
+             "only special, non-normalised added tokens are supported (special: true; normalized, "
+             "single_word: false)");
+      if (content.empty()) fail("added_tokens", "an empty token (id " + std::to_string(id) + ")");
       if (id < 0) fail(where, "a negative id");
       if (static_cast<size_t>(id) < out.model_size) {
         if (out.tokens[static_cast<size_t>(id)] != content)
           fail(where, "id " + std::to_string(id) + " is '" + out.tokens[static_cast<size_t>(id)] + "' in model.vocab");
       } else {
+        // tokenizers numbers the tokens past its model in the order of this array, whatever their
+        // "id" fields say: a file whose ids disagree is not one it wrote.
+        if (static_cast<size_t>(id) != out.model_size + past.size())
+          fail(where, "id " + std::to_string(id) + " where tokenizers gives it " +
+                          std::to_string(out.model_size + past.size()) +
+                          " (the ids past model.vocab follow the array's order, without gaps)");
         past.emplace_back(id, content);
       }
       const std::vector<std::string> named = config.special_tokens();
       if (std::find(named.begin(), named.end(), content) == named.end())
         config.additional_special_tokens.push_back(content);
     }
-    std::sort(past.begin(), past.end());
-    for (const auto& [id, content] : past) {
-      if (static_cast<size_t>(id) != out.tokens.size())
-        fail("added_tokens '" + content + "'",
-             "id " + std::to_string(id) + " leaves a gap after id " + std::to_string(out.tokens.size() - 1));
-      out.tokens.push_back(content);
-    }
+    for (const auto& entry : past) out.tokens.push_back(entry.second);
   }
+  for (const auto& [token, id] : post_ids)
+    if (id < 0 || static_cast<size_t>(id) >= out.tokens.size() || out.tokens[static_cast<size_t>(id)] != token)
+      fail("post_processor",
+           "adds '" + token + "' as id " + std::to_string(id) + ", which is " +
+               (id >= 0 && static_cast<size_t>(id) < out.tokens.size() ? "'" + out.tokens[static_cast<size_t>(id)] + "'"
+                                                                       : std::string("no token")) +
+               " in the vocabulary (a post-processor left from another vocabulary)");
   return out;
 }
 
@@ -251,6 +272,8 @@ TokenizerConfig TokenizerConfig::load(const std::string& dir) {
       throw Error(path + ": wordpieces_prefix = " + v->dump() +
                   ": only \"##\" is supported (transformers' BertTokenizerFast ignores this field and uses \"##\")");
   }
+  if (const Json* v = j.find("tokenizer_file"); v && v->is_null()) c.ignores_tokenizer_json = true;
+  if (const Json* v = j.find("from_slow"); v && v->is_bool() && v->as_bool()) c.ignores_tokenizer_json = true;
   if (const Json* v = j.find("added_tokens_decoder"); v && !v->is_null()) {
     if (!v->is_object()) throw Error(path + ": added_tokens_decoder must be an object {\"id\": {\"content\": ...}}");
     for (const auto& [key, entry] : v->as_object()) {
@@ -322,11 +345,13 @@ void TokenizerConfig::save(const std::string& dir) const {
   write_file_atomic(dir + "/special_tokens_map.json", specials.dump(2) + "\n");
 }
 
-Tokenizer::Tokenizer(Vocab vocab, TokenizerConfig config)
+Tokenizer::Tokenizer(Vocab vocab, TokenizerConfig config) : Tokenizer(std::move(vocab), std::move(config), SIZE_MAX) {}
+
+Tokenizer::Tokenizer(Vocab vocab, TokenizerConfig config, size_t pieces)
     : vocab_(std::move(vocab)),
       config_(std::move(config)),
       normalizer_(config_.normalizer),
-      wordpiece_(vocab_, config_.unk_token, config_.continuing_subword_prefix) {
+      wordpiece_(vocab_, config_.unk_token, config_.continuing_subword_prefix, 100, pieces) {
   for (const auto& t : config_.special_tokens()) {
     const int32_t id = vocab_.id(t);
     if (id < 0) continue;  // HF only registers special tokens the vocabulary has
@@ -352,11 +377,18 @@ Tokenizer Tokenizer::from_dir(const std::string& dir_arg) {
   if (!has_json && !file_exists(txt_path))
     throw Error(txt_path + ": missing, and so is tokenizer.json (is this a tokenizer directory?)");
   TokenizerConfig config = TokenizerConfig::load(dir);
-  // transformers reads tokenizer.json when there is one; a vocab.txt beside it must agree.
-  const std::string vocab_path = has_json ? json_path : txt_path;
-  const std::string vocab_name = has_json ? "tokenizer.json" : "vocab.txt";
+  // transformers reads tokenizer.json when there is one (a vocab.txt beside it must agree), unless
+  // tokenizer_config.json says "tokenizer_file": null or "from_slow": true: then it builds the
+  // tokenizer from vocab.txt, as if tokenizer.json were not there.
+  const bool use_json = has_json && !config.ignores_tokenizer_json;
+  if (!use_json && !file_exists(txt_path))
+    throw Error(txt_path + ": missing; " + dir + "/tokenizer_config.json sets " +
+                "\"tokenizer_file\": null or \"from_slow\": true, so transformers builds the tokenizer from it");
+  const std::string vocab_path = use_json ? json_path : txt_path;
+  const std::string vocab_name = use_json ? "tokenizer.json" : "vocab.txt";
   Vocab vocab;
-  if (has_json) {
+  size_t pieces = 0;  // the ids WordPiece may use: vocab.txt's, or tokenizer.json's model's
+  if (use_json) {
     FastTokenizerFile fast = read_tokenizer_json(json_path, config);
     if (file_exists(txt_path)) {
       const std::vector<std::string> txt = Vocab::load(txt_path).tokens();
@@ -372,11 +404,13 @@ Tokenizer Tokenizer::from_dir(const std::string& dir_arg) {
                     " against " + at(fast.tokens, i) + "); transformers reads tokenizer.json: remove the stale one");
       }
     }
+    pieces = fast.model_size;
     vocab = Vocab(std::move(fast.tokens));
   } else {
     vocab = Vocab::load(txt_path);
+    pieces = vocab.size();
   }
-  if (vocab.id(config.unk_token) < 0)
+  if (vocab.id(config.unk_token) < 0 || static_cast<size_t>(vocab.id(config.unk_token)) >= pieces)
     throw Error(vocab_path + ": has no unknown token '" + config.unk_token + "' (unk_token, set by " + dir +
                 "/tokenizer_config.json or [UNK] when that file is absent)");
   // What BertTokenizerFast.from_pretrained adds to vocab.txt's tokens: added_tokens_decoder's (by id),
@@ -393,9 +427,10 @@ Tokenizer Tokenizer::from_dir(const std::string& dir_arg) {
   for (const TokenizerConfig::AddedToken& added : config.added_tokens) {
     const std::string where = dir + "/tokenizer_config.json: added_tokens_decoder[\"" + std::to_string(added.id) +
                               "\"] '" + added.content + "'";
-    if (!added.special || added.normalized || added.lstrip || added.rstrip || added.single_word)
+    // lstrip and rstrip change no BERT id (the pre-tokenizer drops the blanks anyway).
+    if (!added.special || added.normalized || added.single_word)
       throw Error(where + ": only special, non-normalised added tokens are supported (special: true; normalized, " +
-                  "lstrip, rstrip, single_word: false); put a plain word into vocab.txt instead");
+                  "single_word: false); put a plain word into vocab.txt instead");
     if (const int64_t id = id_of(added.content); id >= 0) {
       if (id != added.id) throw Error(where + ": " + vocab_name + " has it as id " + std::to_string(id));
     } else if (added.id != static_cast<int64_t>(file_size + appended.size())) {
@@ -418,7 +453,7 @@ Tokenizer Tokenizer::from_dir(const std::string& dir_arg) {
     tokens.insert(tokens.end(), appended.begin(), appended.end());
     vocab = Vocab(std::move(tokens));
   }
-  Tokenizer tokenizer(std::move(vocab), std::move(config));
+  Tokenizer tokenizer(std::move(vocab), std::move(config), pieces);
   tokenizer.file_vocab_size_ = file_size;
   tokenizer.vocab_file_ = vocab_name;
   return tokenizer;

@@ -34,6 +34,9 @@ struct TokenizerConfig {
     bool special = false, normalized = false, lstrip = false, rstrip = false, single_word = false;
   };
   std::vector<AddedToken> added_tokens;
+  // "tokenizer_file": null or "from_slow": true: transformers builds the tokenizer from vocab.txt and
+  // ignores a tokenizer.json beside it.
+  bool ignores_tokenizer_json = false;
 
   std::vector<std::string> special_tokens() const;
   // Reads DIR/tokenizer_config.json; when it is absent, HF BertTokenizer's defaults apply
@@ -114,6 +117,9 @@ class Tokenizer {
   size_t file_vocab_size_ = 0;
   std::string vocab_file_ = "vocab.txt";
 
+  // `pieces`: how many of the vocabulary's first ids WordPiece may use (from_dir: the file's or
+  // tokenizer.json model's own; the tokens after them are added tokens).
+  Tokenizer(Vocab vocab, TokenizerConfig config, size_t pieces);
   void encode_plain(std::u32string_view text, std::vector<int32_t>& out, EncodeScratch& scratch) const;
 };
 

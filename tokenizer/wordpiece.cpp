@@ -7,12 +7,15 @@
 
 namespace bert {
 
-WordPiece::WordPiece(const Vocab& vocab, std::string unk_token, std::string prefix, size_t max_input_chars_per_word)
+WordPiece::WordPiece(const Vocab& vocab, std::string unk_token, std::string prefix, size_t max_input_chars_per_word,
+                     size_t model_size)
     : max_chars_(max_input_chars_per_word) {
+  const size_t pieces = std::min(model_size, vocab.size());
   unk_id_ = vocab.id(unk_token);
-  if (unk_id_ < 0) throw Error("vocabulary has no unknown token '" + unk_token + "'");
+  if (unk_id_ < 0 || static_cast<size_t>(unk_id_) >= pieces)
+    throw Error("vocabulary has no unknown token '" + unk_token + "'");
   size_t total_chars = 0;
-  for (const auto& t : vocab.tokens()) total_chars += t.size();
+  for (size_t id = 0; id < pieces; ++id) total_chars += vocab.tokens()[id].size();
   size_t cap = 1024;
   while (cap < 2 * (total_chars + 16)) cap <<= 1;
   edges_.assign(cap, Edge{0, 0});
@@ -21,7 +24,7 @@ WordPiece::WordPiece(const Vocab& vocab, std::string unk_token, std::string pref
   // With no prefix a continuation is looked up as a token of its own, as HF's WordPiece does.
   if (prefix.empty()) continuation_root_ = root_;
   std::u32string cps;
-  for (size_t id = 0; id < vocab.size(); ++id) {
+  for (size_t id = 0; id < pieces; ++id) {
     const std::string& t = vocab.tokens()[id];
     utf8_decode(t, cps);
     // Later duplicates cannot exist (Vocab rejects them); HF's map keeps the last id anyway.

@@ -19,9 +19,11 @@ namespace bert {
 class WordPiece {
  public:
   WordPiece() = default;
-  // `unk_token` must be in the vocabulary.
+  // `unk_token` must be in the vocabulary. Only its first `model_size` ids are pieces: the tokens
+  // after them are added tokens (appended specials, tokenizer.json's added tokens past its model),
+  // which transformers matches in the raw text only, never as a piece of a word.
   WordPiece(const Vocab& vocab, std::string unk_token = "[UNK]", std::string prefix = "##",
-            size_t max_input_chars_per_word = 100);
+            size_t max_input_chars_per_word = 100, size_t model_size = SIZE_MAX);
 
   // Appends the ids of one pre-tokenised word to `out`. A word longer than
   // max_input_chars_per_word, or with any position no piece matches, is one [UNK].
