@@ -206,12 +206,14 @@ def main():
     small = ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "a", "b", "##a", "##b", "ab", "[", "]", "M", "##A", "##S", "##K",
              "<", ">", "x", "##x", "e", "##t", "##r", "<x>"]
     hand_lines = ["a <extra> b [MASK] ab", "[MASK]<extra>ab", "a<x>b <x> [ MASK ]", "ab abb [MASK][MASK]", "",
-                  "a [MASK] <s> b</s>"]
+                  "a [MASK] <s> b</s>", "XR xr Xr"]
     hand_path = os.path.join(args.work, "hand.txt")
     write_lines(hand_path, hand_lines)
     cases = {
         "appended specials": {"do_lower_case": False, "additional_special_tokens": ["<extra>"]},
         "bos and eos": {"do_lower_case": False, "bos_token": "<s>", "eos_token": "</s>"},
+        # An appended special matches the raw text only: "XR", lowercased, is x ##r, not the token.
+        "appended special as a word": {"do_lower_case": True, "additional_special_tokens": ["xr"]},
         "added_tokens_decoder": {"do_lower_case": False, "added_tokens_decoder": {
             "22": {"content": "<x>", "special": True, "normalized": False, "lstrip": False, "rstrip": False,
                    "single_word": False}}},
