@@ -88,9 +88,10 @@ void handle_stop_signal(int signal_number) {
   request_training_stop();
 }
 
-// Installs the SIGINT/SIGTERM/SIGUSR1 handler for the duration of a run, restoring the previous ones
-// after. SIGUSR1 is how a run under mpirun is stopped cleanly: mpirun forwards it to every rank, while
-// its own Ctrl-C (SIGINT) handling kills the ranks a second after sending them SIGTERM.
+// Installs the SIGINT/SIGTERM/SIGUSR1/SIGHUP handler for the duration of a run, restoring the previous
+// ones after. SIGUSR1 is how a run under mpirun is stopped cleanly: mpirun forwards it to every rank,
+// while its own Ctrl-C (SIGINT) handling kills the ranks a second after sending them SIGTERM. SIGHUP
+// (the terminal or ssh session went away) saves too, unless it was ignored (nohup): then it stays so.
 class StopSignalGuard {
  public:
   StopSignalGuard() {
@@ -103,11 +104,14 @@ class StopSignalGuard {
     ::sigaction(SIGINT, &action, &previous_int_);
     ::sigaction(SIGTERM, &action, &previous_term_);
     ::sigaction(SIGUSR1, &action, &previous_usr1_);
+    ::sigaction(SIGHUP, nullptr, &previous_hup_);
+    if (previous_hup_.sa_handler != SIG_IGN) ::sigaction(SIGHUP, &action, nullptr);
   }
   ~StopSignalGuard() {
     ::sigaction(SIGINT, &previous_int_, nullptr);
     ::sigaction(SIGTERM, &previous_term_, nullptr);
     ::sigaction(SIGUSR1, &previous_usr1_, nullptr);
+    ::sigaction(SIGHUP, &previous_hup_, nullptr);
     g_stop_signals = 0;
     g_stop_signal_number = 0;
   }
@@ -118,6 +122,7 @@ class StopSignalGuard {
   struct sigaction previous_int_ {};
   struct sigaction previous_term_ {};
   struct sigaction previous_usr1_ {};
+  struct sigaction previous_hup_ {};
 };
 
 // ---- small formatting helpers -------------------------------------------------------------------
@@ -1618,7 +1623,13 @@ void Trainer::write_model_files(const std::string& dir) const {
     model_->save_safetensors(dir + "/model.safetensors");
   write_file_atomic(dir + "/config.json", config_.model.to_hf_json().dump(2) + "\n");
   tokenizer_->vocab().save(dir + "/vocab.txt");
-  tokenizer_->config().save(dir);
+  // The model reads at most max_position_embeddings tokens: a tokenizer that truncates to more (the
+  // default 512 beside a 128-position model) makes transformers' pipeline(..., truncation=True) fail
+  // on a long text instead of cutting it.
+  TokenizerConfig tokenizer_config = tokenizer_->config();
+  tokenizer_config.model_max_length =
+      std::min(tokenizer_config.model_max_length, static_cast<size_t>(config_.model.max_position_embeddings));
+  tokenizer_config.save(dir);
 }
 
 std::string Trainer::save_checkpoint() {
@@ -2048,8 +2059,8 @@ int train_main(const std::vector<std::string>& args, std::ostream& out, std::ost
   Args parser("bert_train",
               "bert_train --config run.toml [--resume [CHECKPOINT_DIR]] [--dump-batches DIR]\n"
               "       bert_train plot OUTPUT_DIR/metrics.jsonl [--out loss.svg]\n"
-              "Ctrl-C, SIGTERM or SIGUSR1: finish the step, save a checkpoint, print the resume command and exit\n"
-              "with 128 + the signal's number (130, 143, 138); a second one exits at once without saving.");
+              "Ctrl-C, SIGTERM, SIGUSR1 or SIGHUP: finish the step, save a checkpoint, print the resume command and\n"
+              "exit with 128 + the signal's number (130, 143, 138, 129); a second one exits at once without saving.");
   parser.option("--config", "the run config (TOML: [model], [data], [training])")
       .option("--resume", "continue from CHECKPOINT_DIR (bare --resume: the latest checkpoint in output_dir)")
       .option("--dump-batches",

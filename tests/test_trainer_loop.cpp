@@ -223,6 +223,9 @@ TEST_CASE("the loss falls, checkpoints hold an HF model, tokenizer and trainer s
   const Tokenizer tokenizer = Tokenizer::from_dir(checkpoint);
   CHECK(saved.vocab_size == static_cast<int>(tokenizer.vocab().size()));
   CHECK(saved.hidden_size == 16);
+  // Its tokenizer truncates to what the model reads (the tokenizer trained with the default 512).
+  CHECK(tokenizer.config().model_max_length == 32);
+  CHECK(TokenizerConfig::load(test_dir() + "/tok").model_max_length == 512);
   BertForPreTraining<float> model(saved);
   model.load_safetensors(checkpoint + "/model.safetensors");
   CHECK(read_file(test_dir() + "/out/model.safetensors") == read_file(checkpoint + "/model.safetensors"));
@@ -906,6 +909,32 @@ TEST_CASE("user mistakes are one-line errors") {
   CHECK_THAT(message, Catch::Contains("per_device_train_batch_size"));
   message = error_of([&] { train({"--config", config, "--resum"}); });
   CHECK_THAT(message, Catch::Contains("unknown option '--resum'"));
+}
+
+TEST_CASE("SIGHUP (a closed terminal) stops and saves as Ctrl-C does, unless nohup ignores it") {
+  make_tiny_data();
+  const std::string run = "max_steps = 4\nper_device_train_batch_size = 8\nsave_steps = 10\n";
+  TrainHooks hooks;
+  hooks.after_step = [](int64_t step) {
+    if (step == 2) std::raise(SIGHUP);
+  };
+  const RunResult hung_up = train({"--config", write_config("hup", "hup", run)}, hooks);
+  INFO(hung_up.out << hung_up.err);
+  CHECK(hung_up.code == 128 + SIGHUP);
+  CHECK_THAT(hung_up.out, Catch::Contains("stopped at step 2 of 4"));
+  CHECK(file_exists(test_dir() + "/hup/checkpoint-2/trainer_state.json"));
+  // Started under nohup (SIGHUP ignored): the run goes on, and the disposition is left as it was.
+  struct sigaction ignore {
+  }, before{};
+  ignore.sa_handler = SIG_IGN;
+  sigemptyset(&ignore.sa_mask);
+  REQUIRE(::sigaction(SIGHUP, &ignore, &before) == 0);
+  const RunResult nohup = train({"--config", write_config("nohup", "nohup", run)}, hooks);
+  struct sigaction after {};
+  ::sigaction(SIGHUP, &before, &after);
+  CHECK(nohup.code == 0);
+  CHECK(after.sa_handler == SIG_IGN);
+  CHECK_THAT(nohup.out, Catch::Contains("done: 4 steps"));
 }
 
 TEST_CASE("a non-finite gradient skips the update with a warning, and the run goes on") {
