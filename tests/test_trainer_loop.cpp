@@ -527,24 +527,6 @@ TEST_CASE("user mistakes are one-line errors") {
   CHECK(crowded.code == 0);
   CHECK_THAT(crowded.err, Catch::Contains("core(s): more threads than cores slows every step down") &&
                               Catch::Contains("[training] warmup_steps = 5 is more than the 1 steps of the run"));
-  // The constant schedule ignores a warm-up (as HF's): said, and the run table shows none.
-  const RunResult constant = train({"--config", write_config("constant", "constant",
-                                                             "max_steps = 1\nper_device_train_batch_size = 8\n"
-                                                             "warmup_steps = 5\nlr_scheduler_type = \"constant\"\n")});
-  CHECK(constant.code == 0);
-  CHECK_THAT(constant.err, Catch::Contains("[training] warmup_steps = 5 is ignored by lr_scheduler_type = \"constant\" "
-                                           "(as in HF); \"constant_with_warmup\" warms up\n") &&
-                               !Catch::Contains("is more than the 1 steps"));
-  CHECK_THAT(constant.out, Catch::Contains(" epochs), warmup 0, lr "));
-  // An output_dir nothing can be written in: said before anything else is done.
-  std::string unwritable = read_file(write_config("unwritable", "x", "max_steps = 1\n"));
-  unwritable.replace(unwritable.find("output_dir = \""), 14 + test_dir().size() + 3,
-                     "output_dir = \"/proc/self/fdinfo\"");
-  write_file_atomic(test_dir() + "/unwritable.toml", unwritable);
-  CHECK_THAT(error_of([&] {
-               train({"--config", test_dir() + "/unwritable.toml"});
-             }),
-             Catch::Contains("[training] output_dir '/proc/self/fdinfo': cannot write in it: "));
 
   // An update that overflows the weights (non-finite gradients skip theirs; finite ones can still
   // overflow): nothing is saved over the last good checkpoint.
@@ -877,6 +859,37 @@ TEST_CASE("user mistakes are one-line errors") {
   CHECK(eval_run.code == 0);
   CHECK_THAT(eval_run.out, Catch::Contains("| eval loss "));
 
+  // Batch larger than the data; unknown command-line option.
+  const std::string huge = write_config("huge", "huge", "max_steps = 2\nper_device_train_batch_size = 100000\n");
+  message = error_of([&] { train({"--config", huge}); });
+  CHECK_THAT(message, Catch::Contains("per_device_train_batch_size"));
+  message = error_of([&] { train({"--config", config, "--resum"}); });
+  CHECK_THAT(message, Catch::Contains("unknown option '--resum'"));
+}
+
+TEST_CASE("user mistakes found before training: eval shards, epochs, an unwritable output_dir, a warmup ignored") {
+  make_tiny_data();
+  std::string message;
+  const std::string one_step = "max_steps = 1\n";
+  // The constant schedule ignores a warm-up (as HF's): said, and the run table shows none.
+  const RunResult constant = train({"--config", write_config("constant", "constant",
+                                                             "max_steps = 1\nper_device_train_batch_size = 8\n"
+                                                             "warmup_steps = 5\nlr_scheduler_type = \"constant\"\n")});
+  CHECK(constant.code == 0);
+  CHECK_THAT(constant.err, Catch::Contains("[training] warmup_steps = 5 is ignored by lr_scheduler_type = \"constant\" "
+                                           "(as in HF); \"constant_with_warmup\" warms up\n") &&
+                               !Catch::Contains("is more than the 1 steps"));
+  CHECK_THAT(constant.out, Catch::Contains(" epochs), warmup 0, lr "));
+  // An output_dir nothing can be written in: said before anything else is done.
+  std::string unwritable = read_file(write_config("unwritable", "x", "max_steps = 1\n"));
+  unwritable.replace(unwritable.find("output_dir = \""), 14 + test_dir().size() + 3,
+                     "output_dir = \"/proc/self/fdinfo\"");
+  write_file_atomic(test_dir() + "/unwritable.toml", unwritable);
+  CHECK_THAT(error_of([&] {
+               train({"--config", test_dir() + "/unwritable.toml"});
+             }),
+             Catch::Contains("[training] output_dir '/proc/self/fdinfo': cannot write in it: "));
+
   // A fixed max_seq_length shorter than the evaluation's shards (the training's fit): named with them.
   {
     std::ostringstream o, e;
@@ -902,15 +915,7 @@ TEST_CASE("user mistakes are one-line errors") {
   });
   CHECK_THAT(message, Catch::Contains("epochs.toml: [training] num_train_epochs = 1e+16 makes ") &&
                           Catch::EndsWith(" steps, more than can be counted; set fewer epochs or max_steps"));
-
-  // Batch larger than the data; unknown command-line option.
-  const std::string huge = write_config("huge", "huge", "max_steps = 2\nper_device_train_batch_size = 100000\n");
-  message = error_of([&] { train({"--config", huge}); });
-  CHECK_THAT(message, Catch::Contains("per_device_train_batch_size"));
-  message = error_of([&] { train({"--config", config, "--resum"}); });
-  CHECK_THAT(message, Catch::Contains("unknown option '--resum'"));
 }
-
 TEST_CASE("SIGHUP (a closed terminal) stops and saves as Ctrl-C does, unless nohup ignores it") {
   make_tiny_data();
   const std::string run = "max_steps = 4\nper_device_train_batch_size = 8\nsave_steps = 10\n";
