@@ -381,8 +381,7 @@ int prepare_build_command(const std::vector<std::string>& argv, std::ostream& ou
     if (ec) throw Error(out_dir + "/" + name + ": cannot move the new shard into place: " + ec.message());
   }
   make_directories(out_dir + "/tokenizer");
-  tok.vocab().save(out_dir + "/tokenizer/vocab.txt");
-  tok.config().save(out_dir + "/tokenizer");
+  tok.save(out_dir + "/tokenizer");
 
   Json manifest = Json::object();
   manifest.set("format", "bertforge-shards");

@@ -469,7 +469,33 @@ TEST_CASE("tokenizer.json: read instead of vocab.txt, checked against it, BERT's
   CHECK(slow.vocab_file() == "vocab.txt");
   CHECK(slow.config().normalizer.clean_text);  // tokenizer.json's false is not read
   write("tokenizer_config.json", R"({"do_lower_case": false, "from_slow": true})");
-  CHECK(Tokenizer::from_dir(dir).vocab_file() == "vocab.txt");
+  const Tokenizer from_slow = Tokenizer::from_dir(dir);
+  CHECK(from_slow.vocab_file() == "vocab.txt");
+  // ... and, without added_tokens_decoder in the config, tokenizer.json's added tokens count as that.
+  REQUIRE(from_slow.vocab().size() == 8);
+  CHECK(from_slow.vocab().token(7) == "<x>");
+  ids.clear();
+  from_slow.encode("a<x>", ids, scratch);
+  CHECK(ids == std::vector<int32_t>{6, 7});
+
+  // What save() writes tokenizes as the tokenizer it came from: the word pieces in vocab.txt, the
+  // tokens after them ("<x>" from tokenizer.json, the appended special "ab") as added_tokens_decoder.
+  write("tokenizer_config.json", R"({"do_lower_case": true, "additional_special_tokens": ["ab"]})");
+  std::filesystem::remove(dir + "/vocab.txt");
+  const Tokenizer source = Tokenizer::from_dir(dir);
+  REQUIRE(source.vocab().size() == 9);
+  const std::string saved_dir = dir + "/saved";
+  make_directories(saved_dir);
+  source.save(saved_dir, 64);
+  CHECK(read_file(saved_dir + "/vocab.txt") == "[PAD]\n[UNK]\n[CLS]\n[SEP]\n[MASK]\n##b\na\n");
+  const Tokenizer reloaded = Tokenizer::from_dir(saved_dir);
+  CHECK(reloaded.vocab().tokens() == source.vocab().tokens());
+  CHECK(reloaded.config().model_max_length == 64);
+  std::vector<int32_t> source_ids, reloaded_ids;
+  source.encode("AB ab <x>Ab", source_ids, scratch);
+  reloaded.encode("AB ab <x>Ab", reloaded_ids, scratch);
+  CHECK(source_ids == std::vector<int32_t>{6, 5, 8, 7, 6, 5});
+  CHECK(reloaded_ids == source_ids);
   std::filesystem::remove(dir + "/vocab.txt");
   write("tokenizer_config.json", R"({"do_lower_case": false})");
   CHECK_THAT(error("[1, 2]"), Catch::Contains("tokenizer.json: expected a JSON object"));

@@ -52,6 +52,33 @@ struct FastTokenizerFile {
   throw Error(path + ": " + field + ": " + what);
 }
 
+// tokenizer.json's "added_tokens", as written: {"id": N, "content": "...", flags...} entries, in order.
+std::vector<TokenizerConfig::AddedToken> json_added_tokens(const Json& root, const std::string& path) {
+  std::vector<TokenizerConfig::AddedToken> out;
+  const Json* added = root.find("added_tokens");
+  if (!added || added->is_null()) return out;
+  if (!added->is_array()) fail_field(path, "added_tokens", "expected an array");
+  for (const Json& entry : added->as_array()) {
+    if (!entry.is_object() || !entry.find("content") || !entry.find("content")->is_string() || !entry.find("id") ||
+        !entry.find("id")->is_number())
+      fail_field(path, "added_tokens", "expected {\"id\": N, \"content\": \"...\", ...} entries");
+    TokenizerConfig::AddedToken token;
+    token.content = entry.find("content")->as_string();
+    token.id = entry.find("id")->as_int();
+    const auto flag = [&](const char* name) {
+      const Json* f = entry.find(name);
+      return f && f->is_bool() && f->as_bool();
+    };
+    token.special = flag("special");
+    token.normalized = flag("normalized");
+    token.lstrip = flag("lstrip");
+    token.rstrip = flag("rstrip");
+    token.single_word = flag("single_word");
+    out.push_back(std::move(token));
+  }
+  return out;
+}
+
 FastTokenizerFile read_tokenizer_json(const std::string& path, TokenizerConfig& config) {
   const Json root = Json::parse(read_file(path), path);
   if (!root.is_object()) throw Error(path + ": expected a JSON object");
@@ -176,21 +203,13 @@ FastTokenizerFile read_tokenizer_json(const std::string& path, TokenizerConfig& 
 
   // Added tokens: those in model.vocab at their ids, the others past it in id order; all special and
   // matched as written (as tokenizer_config.json's added_tokens_decoder, TokenizerConfig::load).
-  if (const Json* added = root.find("added_tokens"); added && !added->is_null()) {
-    if (!added->is_array()) fail("added_tokens", "expected an array");
+  {
     std::vector<std::pair<int64_t, std::string>> past;
-    for (const Json& entry : added->as_array()) {
-      if (!entry.is_object() || !entry.find("content") || !entry.find("content")->is_string() || !entry.find("id") ||
-          !entry.find("id")->is_number())
-        fail("added_tokens", "expected {\"id\": N, \"content\": \"...\", ...} entries");
-      const std::string& content = entry.find("content")->as_string();
-      const int64_t id = entry.find("id")->as_int();
+    for (const TokenizerConfig::AddedToken& added : json_added_tokens(root, path)) {
+      const std::string& content = added.content;
+      const int64_t id = added.id;
       const std::string where = "added_tokens '" + content + "'";
-      const auto flag = [&](const char* name) {
-        const Json* f = entry.find(name);
-        return f && f->is_bool() && f->as_bool();
-      };
-      if (!flag("special") || flag("normalized") || flag("single_word"))
+      if (!added.special || added.normalized || added.single_word)
         fail(where,
              "only special, non-normalised added tokens are supported (special: true; normalized, "
              "single_word: false)");
@@ -275,6 +294,7 @@ TokenizerConfig TokenizerConfig::load(const std::string& dir) {
   if (const Json* v = j.find("tokenizer_file"); v && v->is_null()) c.ignores_tokenizer_json = true;
   if (const Json* v = j.find("from_slow"); v && v->is_bool() && v->as_bool()) c.ignores_tokenizer_json = true;
   if (const Json* v = j.find("added_tokens_decoder"); v && !v->is_null()) {
+    c.has_added_tokens_decoder = true;
     if (!v->is_object()) throw Error(path + ": added_tokens_decoder must be an object {\"id\": {\"content\": ...}}");
     for (const auto& [key, entry] : v->as_object()) {
       const std::string where = path + ": added_tokens_decoder[\"" + key + "\"]";
@@ -341,6 +361,20 @@ void TokenizerConfig::save(const std::string& dir) const {
   cfg.set("model_max_length", static_cast<uint64_t>(model_max_length));
   cfg.set("wordpieces_prefix", continuing_subword_prefix);
   for (const auto& [k, v] : specials.as_object()) cfg.set(k, v);
+  if (!added_tokens.empty()) {
+    Json decoder = Json::object();
+    for (const AddedToken& t : added_tokens) {
+      Json entry = Json::object();
+      entry.set("content", t.content);
+      entry.set("lstrip", t.lstrip);
+      entry.set("normalized", t.normalized);
+      entry.set("rstrip", t.rstrip);
+      entry.set("single_word", t.single_word);
+      entry.set("special", t.special);
+      decoder.set(std::to_string(t.id), entry);
+    }
+    cfg.set("added_tokens_decoder", decoder);
+  }
   write_file_atomic(dir + "/tokenizer_config.json", cfg.dump(2) + "\n");
   write_file_atomic(dir + "/special_tokens_map.json", specials.dump(2) + "\n");
 }
@@ -351,7 +385,8 @@ Tokenizer::Tokenizer(Vocab vocab, TokenizerConfig config, size_t pieces)
     : vocab_(std::move(vocab)),
       config_(std::move(config)),
       normalizer_(config_.normalizer),
-      wordpiece_(vocab_, config_.unk_token, config_.continuing_subword_prefix, 100, pieces) {
+      wordpiece_(vocab_, config_.unk_token, config_.continuing_subword_prefix, 100, pieces),
+      pieces_(std::min(pieces, vocab_.size())) {
   for (const auto& t : config_.special_tokens()) {
     const int32_t id = vocab_.id(t);
     if (id < 0) continue;  // HF only registers special tokens the vocabulary has
@@ -388,6 +423,7 @@ Tokenizer Tokenizer::from_dir(const std::string& dir_arg) {
   const std::string vocab_name = use_json ? "tokenizer.json" : "vocab.txt";
   Vocab vocab;
   size_t pieces = 0;  // the ids WordPiece may use: vocab.txt's, or tokenizer.json's model's
+  std::string added_source = "/tokenizer_config.json: added_tokens_decoder";
   if (use_json) {
     FastTokenizerFile fast = read_tokenizer_json(json_path, config);
     if (file_exists(txt_path)) {
@@ -409,6 +445,13 @@ Tokenizer Tokenizer::from_dir(const std::string& dir_arg) {
   } else {
     vocab = Vocab::load(txt_path);
     pieces = vocab.size();
+    // Built from vocab.txt beside a tokenizer.json: transformers' legacy path (no added_tokens_decoder
+    // in the config) still takes tokenizer.json's added tokens as if they were that field.
+    if (has_json && !config.has_added_tokens_decoder) {
+      config.added_tokens = json_added_tokens(Json::parse(read_file(json_path), json_path), json_path);
+      config.has_added_tokens_decoder = true;
+      added_source = "/tokenizer.json: added_tokens";
+    }
   }
   if (vocab.id(config.unk_token) < 0 || static_cast<size_t>(vocab.id(config.unk_token)) >= pieces)
     throw Error(vocab_path + ": has no unknown token '" + config.unk_token + "' (unk_token, set by " + dir +
@@ -425,8 +468,7 @@ Tokenizer Tokenizer::from_dir(const std::string& dir_arg) {
   std::sort(config.added_tokens.begin(), config.added_tokens.end(),
             [](const TokenizerConfig::AddedToken& a, const TokenizerConfig::AddedToken& b) { return a.id < b.id; });
   for (const TokenizerConfig::AddedToken& added : config.added_tokens) {
-    const std::string where = dir + "/tokenizer_config.json: added_tokens_decoder[\"" + std::to_string(added.id) +
-                              "\"] '" + added.content + "'";
+    const std::string where = dir + added_source + "[\"" + std::to_string(added.id) + "\"] '" + added.content + "'";
     // lstrip and rstrip change no BERT id (the pre-tokenizer drops the blanks anyway).
     if (!added.special || added.normalized || added.single_word)
       throw Error(where + ": only special, non-normalised added tokens are supported (special: true; normalized, " +
@@ -457,6 +499,23 @@ Tokenizer Tokenizer::from_dir(const std::string& dir_arg) {
   tokenizer.file_vocab_size_ = file_size;
   tokenizer.vocab_file_ = vocab_name;
   return tokenizer;
+}
+
+void Tokenizer::save(const std::string& dir, size_t max_length) const {
+  const std::vector<std::string>& tokens = vocab_.tokens();
+  Vocab(std::vector<std::string>(tokens.begin(), tokens.begin() + static_cast<std::ptrdiff_t>(pieces_)))
+      .save(dir + "/vocab.txt");
+  TokenizerConfig config = config_;
+  config.model_max_length = std::min(config.model_max_length, max_length);
+  config.added_tokens.clear();
+  for (size_t id = pieces_; id < tokens.size(); ++id) {
+    TokenizerConfig::AddedToken token;
+    token.id = static_cast<int64_t>(id);
+    token.content = tokens[id];
+    token.special = true;
+    config.added_tokens.push_back(std::move(token));
+  }
+  config.save(dir);
 }
 
 void Tokenizer::require(std::initializer_list<SpecialToken> needed, const std::string& dir_arg,

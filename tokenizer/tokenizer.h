@@ -34,6 +34,7 @@ struct TokenizerConfig {
     bool special = false, normalized = false, lstrip = false, rstrip = false, single_word = false;
   };
   std::vector<AddedToken> added_tokens;
+  bool has_added_tokens_decoder = false;  // the field is there (even empty: transformers' non-legacy path)
   // "tokenizer_file": null or "from_slow": true: transformers builds the tokenizer from vocab.txt and
   // ignores a tokenizer.json beside it.
   bool ignores_tokenizer_json = false;
@@ -76,6 +77,11 @@ class Tokenizer {
   size_t file_vocab_size() const { return file_vocab_size_; }
   // Where the vocabulary came from: "vocab.txt", or "tokenizer.json" (which transformers prefers).
   const std::string& vocab_file() const { return vocab_file_; }
+  // Writes DIR/vocab.txt (the word pieces only) and tokenizer_config.json + special_tokens_map.json,
+  // the tokens after the pieces (appended specials, tokenizer.json's added tokens) as the config's
+  // added_tokens_decoder, so that the directory tokenizes as this tokenizer does, here and in
+  // transformers (in vocab.txt they would become word pieces). model_max_length at most `max_length`.
+  void save(const std::string& dir, size_t max_length = SIZE_MAX) const;
 
   const Vocab& vocab() const { return vocab_; }
   const TokenizerConfig& config() const { return config_; }
@@ -115,6 +121,7 @@ class Tokenizer {
   std::vector<Special> specials_;  // longest first, for leftmost-longest matching
   int32_t cls_id_ = -1, sep_id_ = -1, pad_id_ = -1, mask_id_ = -1;
   size_t file_vocab_size_ = 0;
+  size_t pieces_ = 0;  // the first ids, WordPiece's; the rest are added tokens
   std::string vocab_file_ = "vocab.txt";
 
   // `pieces`: how many of the vocabulary's first ids WordPiece may use (from_dir: the file's or
