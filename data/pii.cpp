@@ -276,17 +276,20 @@ bool rrn_checksum_ok(const unsigned char* d, const unsigned char* e) {
 
 // An ASCII label (RRN, KB, card) at [begin, end) as a word of its own: not after a letter, '[' (our
 // placeholders: "[RRN]", so that scrubbing scrubbed text changes nothing) or '(' ("(KB)"), nor after a
-// number ("4096 KB": a unit), nor followed by a letter (KBS, Cardinality). A camelCase word boundary
-// counts as a word's edge: "cardNumber", "creditCard", "bankAccount" (the label's own case tells).
+// number ("4096 KB": a unit; not the end of the previous match, which the scrubbed text shows as a
+// placeholder's ']'), nor followed by a letter (KBS, Cardinality). For the word labels (card, account)
+// a camelCase word boundary counts as a word's edge: "cardNumber", "creditCard", "bankAccount" (the
+// label's own case tells); not for the abbreviations (maxSizeKB).
 bool ascii_label_ok(const Text& t, size_t begin, size_t end) {
   const auto upper = [](unsigned char c) { return c >= 'A' && c <= 'Z'; };
   const auto lower = [](unsigned char c) { return c >= 'a' && c <= 'z'; };
+  const bool word = end - begin >= 4;
   if (begin > 0) {
     const unsigned char c = t.s[begin - 1];
-    if ((is_alnum(c) && !(lower(c) && upper(t.s[begin]))) || c == '[' || c == '(') return false;
-    if (c == ' ' && begin > 1 && is_digit(t.s[begin - 2])) return false;
+    if ((is_alnum(c) && !(word && lower(c) && upper(t.s[begin]))) || c == '[' || c == '(') return false;
+    if (c == ' ' && begin >= t.floor + 2 && is_digit(t.s[begin - 2])) return false;
   }
-  return !(end < t.n && is_alpha(t.s[end]) && !(upper(t.s[end]) && lower(t.s[end - 1])));
+  return !(end < t.n && is_alpha(t.s[end]) && !(word && upper(t.s[end]) && lower(t.s[end - 1])));
 }
 
 // The type of our placeholder ending at k ("[PHONE]" just before k), or -1.

@@ -24,8 +24,8 @@
 //              label that can be one: "a@b.com.123" is a@b.com) or local@192.0.2.1; a URL's
 //              user:password@host whole ("https://[EMAIL]"); Korean domains (회사.한국, 한국 as a
 //              word of its own or before a particle, not 한국인; the local part then Hangul too);
-//              hidden from harvesters: '＠', (at) [at] (@) [@], 골뱅이 as a word of its own (not
-//              매운골뱅이무침) or in brackets, (dot) [dot] between labels, and a plain '@' with a
+//              hidden from harvesters: '＠', (at) [at] {at} <at> (@) [@] {@} <@>, 골뱅이 as a word of its
+//              own (not 매운골뱅이무침) or in brackets, (dot) [dot] {dot} <dot> between labels, and a plain '@' with a
 //              space on both sides ("hong @ naver.com"). Hidden or spaced, the TLD must be a common
 //              one (com, net, org, kr, io, ...) and no '(' or '[' may follow, so that code and prose
 //              stay ("q @ k.transpose(-2, -1)", "x @ self.weight", "Look (at) the.docs"). Labels
@@ -44,7 +44,7 @@
 //              KIPO application number (10-2020-0123456: 2-4-7 with a year in the middle), and
 //              not led by a mobile prefix (010-1234-56789 is a mistyped phone), and only when
 //              nothing above matched. After a bank or account word within 32 bytes (계좌, 은행, 예금주,
-//              입금, 송금, 이체, 뱅크, 농협, 신한, 새마을, 우체국, 수협, 신협, KB, IBK, NH; not 국민 or
+//              입금, 송금, 이체, 뱅크, 농협, 신한, 새마을, 우체국, 수협, 신협, KB, IBK, NH, account; not 국민 or
 //              우리 alone) also 10-14 digits in one piece (110123456789), in space-separated groups
 //              (110 123 456789) or in dashed layouts the rule above refuses (1000-1234-5678,
 //              9002-1234-5678-9, 508-10-123456-7); not an amount (1234567890원, 4294967296 바이트,
@@ -53,11 +53,14 @@
 //              numbers, and may not continue a row: "은행 수: 1000 1500 2000 2500"). Neither form
 //              when another document's label stands right before the number (계약번호, 주문번호,
 //              사건번호, 등기번호, 송장번호, 택배, 사업자번호, ISBN, ...: 계약번호: 2023-0456-789012).
-//              ASCII labels (KB, IBK, NH, card, RRN) count as words of their own only: not after a
-//              letter, a number ("4096 KB") or '(' or '[', not before a letter.
+//              ASCII labels (KB, IBK, NH, card, account, RRN) count as words of their own only: not
+//              after a letter, a number ("4096 KB") or '(' or '[', not before a letter; the word
+//              labels (card, account) also at a camelCase edge (cardNumber, bankAccount).
 //              Label windows start after the previous match and after any placeholder, so that
 //              scrubbed text, whose placeholders are longer or shorter than what they replaced,
-//              sees the same labels: scrubbing twice changes nothing.
+//              sees the same labels: scrubbing twice changes nothing. A label before a list's first
+//              item names the items after it: a number joined to a match (or placeholder) of its
+//              type by a list separator (, / ; & 、 · 및 또는 or and) counts as labelled.
 //   [IP]       IPv4 (octets <= 255; not four single digits, which reads as an outline number 1.2.3.4
 //              and otherwise only hits public resolvers like 8.8.8.8; not when named as a section,
 //              clause, table or figure: 제3.2.10.1항, 5.2.11.1 절 (a word of its own or with a

@@ -85,6 +85,12 @@ void handle_stop_signal(int signal_number) {
     ::_exit(128 + signal_number);
   }
   g_stop_signal_number = signal_number;
+  // A hangup usually takes the reader of our output with it (`bert_train ... | tee log` over ssh): a
+  // write to that pipe must not kill the run before it has saved. (sigaction is async-signal-safe.)
+  struct sigaction ignore {};
+  ignore.sa_handler = SIG_IGN;
+  sigemptyset(&ignore.sa_mask);
+  ::sigaction(SIGPIPE, &ignore, nullptr);
   request_training_stop();
 }
 
@@ -106,12 +112,14 @@ class StopSignalGuard {
     ::sigaction(SIGUSR1, &action, &previous_usr1_);
     ::sigaction(SIGHUP, nullptr, &previous_hup_);
     if (previous_hup_.sa_handler != SIG_IGN) ::sigaction(SIGHUP, &action, nullptr);
+    ::sigaction(SIGPIPE, nullptr, &previous_pipe_);  // the handler ignores SIGPIPE once a stop is asked
   }
   ~StopSignalGuard() {
     ::sigaction(SIGINT, &previous_int_, nullptr);
     ::sigaction(SIGTERM, &previous_term_, nullptr);
     ::sigaction(SIGUSR1, &previous_usr1_, nullptr);
     ::sigaction(SIGHUP, &previous_hup_, nullptr);
+    ::sigaction(SIGPIPE, &previous_pipe_, nullptr);
     g_stop_signals = 0;
     g_stop_signal_number = 0;
   }
@@ -123,6 +131,7 @@ class StopSignalGuard {
   struct sigaction previous_term_ {};
   struct sigaction previous_usr1_ {};
   struct sigaction previous_hup_ {};
+  struct sigaction previous_pipe_ {};
 };
 
 // ---- small formatting helpers -------------------------------------------------------------------
@@ -467,12 +476,15 @@ class Trainer {
 
   // Everything before the first step, in two phases that train_main runs one after the other on
   // every rank (a failure on any rank ends both before the next): prepare() checks the device and the
-  // output_dir, where rank 0 finishes interrupted saves and, without --resume, clears what
+  // output_dir, where rank 0 finishes interrupted saves and, without --resume, finds what
   // overwrite_output_dir removes; setup() then lists the checkpoints (the same ones on every rank, since
   // rank 0 is done with them), reads the data, builds the model and resumes. setup() returns false when
   // there is nothing to train (already said why).
   void prepare();
   bool setup();
+  // overwrite_output_dir without --resume: what check_output_dir found to remove goes, once every
+  // rank's setup() has read the data and built the model (train_main runs it after them; rank 0's job).
+  void clear_output_dir();
   // With several ranks on GPUs, once every rank's setup succeeded: checks that no two ranks share a GPU
   // and starts NCCL (engine/communicator_nccl.h). A collective; a no-op otherwise.
   void connect_ranks();
@@ -534,9 +546,6 @@ class Trainer {
   // Means over every labelled token / sequence of the batches every rank evaluated.
   EvalResult summarize_eval(const std::vector<LossStats>& batches);
   void check_output_dir();
-  // overwrite_output_dir without --resume: what check_output_dir found to remove goes, once setup()
-  // has read the data and built the model (rank 0).
-  void clear_output_dir();
   std::string resolve_resume_dir() const;
   void load_tokenizer_and_data();
   void warn_if_normalizer_differs();
@@ -799,9 +808,9 @@ void Trainer::check_output_dir() {
   if (lead() && is_directory(dir)) lock_output_dir();
   // A directory of the user's under a checkpoint's name: the run would fail when it saves that step.
   if (const auto foreign = foreign_checkpoint_dirs(dir); !foreign.empty())
-    throw Error(where + " holds " + foreign.front() +
-                ", which is not a bert_train checkpoint (no trainer_state.json) but has a checkpoint's name; "
-                "move it out");
+    throw Error(where + " holds " + foreign.front() + ", which is not a bert_train checkpoint (" +
+                (is_directory(foreign.front()) ? "no trainer_state.json" : "not a directory") +
+                ") but has a checkpoint's name; move it out");
   if (resume_) {
     if (lead()) recover_interrupted_saves(dir);  // before the checkpoints are listed
     // A checkpoint from elsewhere into an output_dir holding another run's checkpoints: they would be
@@ -847,6 +856,8 @@ void Trainer::check_output_dir() {
 }
 
 void Trainer::clear_output_dir() {
+  if (!clear_pending_) return;
+  clear_pending_ = false;
   // Old checkpoints would otherwise be taken for this run's (rotation, --resume), and old metrics
   // lines would mix with the new ones. The last run's final model goes too (bert_infer --model
   // output_dir would answer with it, all through this run and after it if it stops early), when the
@@ -1622,14 +1633,10 @@ void Trainer::write_model_files(const std::string& dir) const {
 #endif
     model_->save_safetensors(dir + "/model.safetensors");
   write_file_atomic(dir + "/config.json", config_.model.to_hf_json().dump(2) + "\n");
-  tokenizer_->vocab().save(dir + "/vocab.txt");
   // The model reads at most max_position_embeddings tokens: a tokenizer that truncates to more (the
   // default 512 beside a 128-position model) makes transformers' pipeline(..., truncation=True) fail
   // on a long text instead of cutting it.
-  TokenizerConfig tokenizer_config = tokenizer_->config();
-  tokenizer_config.model_max_length =
-      std::min(tokenizer_config.model_max_length, static_cast<size_t>(config_.model.max_position_embeddings));
-  tokenizer_config.save(dir);
+  tokenizer_->save(dir, static_cast<size_t>(config_.model.max_position_embeddings));
 }
 
 std::string Trainer::save_checkpoint() {
@@ -1784,10 +1791,11 @@ bool Trainer::setup() {
     throw Error(config_.path + ": " + e.what());
   }
   state_.warmup_steps = training().warmup_steps_for(state_.total_steps);
-  if (schedule_ == LrSchedule::kConstant && state_.warmup_steps > 0 && lead())
-    err_ << "warning: " << config_.where("training", "warmup_steps") << " = " << state_.warmup_steps
-         << " is ignored by lr_scheduler_type = \"constant\" (as in HF); \"constant_with_warmup\" warms up\n";
-  else if (state_.warmup_steps > state_.total_steps && lead())
+  if (schedule_ == LrSchedule::kConstant && state_.warmup_steps > 0 && lead()) {
+    const char* key = config_.lines.count("training.warmup_steps") ? "warmup_steps" : "warmup_ratio";
+    err_ << "warning: " << config_.where("training", key) << " (a warm-up of " << state_.warmup_steps
+         << " steps) is ignored by lr_scheduler_type = \"constant\" (as in HF); \"constant_with_warmup\" warms up\n";
+  } else if (state_.warmup_steps > state_.total_steps && lead())
     err_ << "warning: " << config_.where("training", "warmup_steps") << " = " << state_.warmup_steps
          << " is more than the " << state_.total_steps
          << " steps of the run: the learning rate never reaches learning_rate (HF accepts "
@@ -1831,7 +1839,6 @@ bool Trainer::setup() {
       out_ << "set aside " << name << ": a later checkpoint than step " << state_.global_step
            << ", of the run this one branches off (kept, but no longer taken for this run's by the rotation or a "
               "bare --resume)\n";
-  if (clear_pending_) clear_output_dir();
   return true;
 }
 
@@ -2136,6 +2143,7 @@ int train_main(const std::vector<std::string>& args, std::ostream& out, std::ost
   if (comm->size() > 1 && !comm->all_equal(ready ? 1 : 0))
     throw Error("internal: the ranks disagree on whether there is anything to train");
   if (!ready) return 0;
+  if (!all_succeed([&] { trainer->clear_output_dir(); })) return 1;
   if (!all_succeed([&] { trainer->connect_ranks(); })) return 1;
   try {
     return trainer->train();

@@ -405,6 +405,8 @@ TEST_CASE("pii: dates, times, versions, prices and other numbers stay untouched"
       "SD카드 시리얼 2023011512345678",
       "Cardinality 2345678901234567",
       "accountant 110123456789",
+      "maxSizeKB = 1048576000",
+      "diskSizeKB: 1953514584",
       "accountId: 5412345678901234",
       "discardNumbers 1234567890123456",
       "은행 대출 증가율 2021 2022 2023",
@@ -483,6 +485,7 @@ TEST_CASE("pii: several matches in one line, offsets, counts, idempotence") {
   // scrubbed text bring no label into reach or out of it: these scrub to themselves.
   for (const char* line :
        {"카드 결제 010-1234-5678 문의, 1234 5678 1234 5678", "주민번호 010-1234-5678 문의 900101.1234567",
+        "Tel 010-1234-5678 account 110123456789", "card 4111-1111-1111-1111 account 110123456789",
         "계약번호 (확인용) a@b.co 110-123-456789", "계좌 문의 010-1234-5678 또는 1234567890",
         "계좌 110-123-456789, 12345 67890 12, 1234567890123", "카드 4111-1111-1111-1111, 5412 3456 7890 1234 및 1"}) {
     INFO(line);
@@ -570,7 +573,11 @@ TEST_CASE("pii: random fragments: ordered spans, and scrubbing twice changes not
                                      ", ",
                                      " 및 ",
                                      "110123456789",
-                                     "5412345678901234"};
+                                     "5412345678901234",
+                                     " account ",
+                                     "KB",
+                                     "size",
+                                     "Tel 010-1234-5678"};
   uint64_t state = 12345;
   auto next = [&] {
     state = state * 6364136223846793005ull + 1442695040888963407ull;

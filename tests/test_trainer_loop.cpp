@@ -420,7 +420,7 @@ TEST_CASE("user mistakes are one-line errors") {
   CHECK_THAT(error_of([&] {
                train({"--config", foreign});
              }),
-             Catch::EndsWith("/foreign/checkpoint-2, which is not a bert_train checkpoint (no trainer_state.json) but "
+             Catch::EndsWith("/foreign/checkpoint-2, which is not a bert_train checkpoint (not a directory) but "
                              "has a checkpoint's name; move it out"));
   // --resume given the output_dir rather than one of its checkpoints: the checkpoint to pass.
   message = error_of([&] { train({"--config", config, "--resume", test_dir() + "/out"}); });
@@ -876,9 +876,11 @@ TEST_CASE("user mistakes found before training: eval shards, epochs, an unwritab
                                                              "max_steps = 1\nper_device_train_batch_size = 8\n"
                                                              "warmup_steps = 5\nlr_scheduler_type = \"constant\"\n")});
   CHECK(constant.code == 0);
-  CHECK_THAT(constant.err, Catch::Contains("[training] warmup_steps = 5 is ignored by lr_scheduler_type = \"constant\" "
-                                           "(as in HF); \"constant_with_warmup\" warms up\n") &&
-                               !Catch::Contains("is more than the 1 steps"));
+  CHECK_THAT(
+      constant.err,
+      Catch::Contains("[training] warmup_steps (a warm-up of 5 steps) is ignored by lr_scheduler_type = \"constant\" "
+                      "(as in HF); \"constant_with_warmup\" warms up\n") &&
+          !Catch::Contains("is more than the 1 steps"));
   CHECK_THAT(constant.out, Catch::Contains(" epochs), warmup 0, lr "));
   // An output_dir nothing can be written in: said before anything else is done.
   std::string unwritable = read_file(write_config("unwritable", "x", "max_steps = 1\n"));
@@ -928,6 +930,9 @@ TEST_CASE("SIGHUP (a closed terminal) stops and saves as Ctrl-C does, unless noh
   CHECK(hung_up.code == 128 + SIGHUP);
   CHECK_THAT(hung_up.out, Catch::Contains("stopped at step 2 of 4"));
   CHECK(file_exists(test_dir() + "/hup/checkpoint-2/trainer_state.json"));
+  struct sigaction pipe_after {};
+  ::sigaction(SIGPIPE, nullptr, &pipe_after);
+  CHECK(pipe_after.sa_handler != SIG_IGN);  // ignored during the stop only (a dead `| tee`), then restored
   // Started under nohup (SIGHUP ignored): the run goes on, and the disposition is left as it was.
   struct sigaction ignore {
   }, before{};
