@@ -925,6 +925,12 @@ TEST_CASE("SIGHUP (a closed terminal) stops and saves as Ctrl-C does, unless noh
   hooks.after_step = [](int64_t step) {
     if (step == 2) std::raise(SIGHUP);
   };
+  // The suite itself may run under nohup (SIGHUP ignored, inherited): the default disposition first.
+  struct sigaction default_action {
+  }, inherited{};
+  default_action.sa_handler = SIG_DFL;
+  sigemptyset(&default_action.sa_mask);
+  REQUIRE(::sigaction(SIGHUP, &default_action, &inherited) == 0);
   const RunResult hung_up = train({"--config", write_config("hup", "hup", run)}, hooks);
   INFO(hung_up.out << hung_up.err);
   CHECK(hung_up.code == 128 + SIGHUP);
@@ -945,6 +951,7 @@ TEST_CASE("SIGHUP (a closed terminal) stops and saves as Ctrl-C does, unless noh
   CHECK(nohup.code == 0);
   CHECK(after.sa_handler == SIG_IGN);
   CHECK_THAT(nohup.out, Catch::Contains("done: 4 steps"));
+  ::sigaction(SIGHUP, &inherited, nullptr);
 }
 
 TEST_CASE("a non-finite gradient skips the update with a warning, and the run goes on") {

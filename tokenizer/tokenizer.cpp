@@ -201,8 +201,8 @@ FastTokenizerFile read_tokenizer_json(const std::string& path, TokenizerConfig& 
     fail("post_processor", "adds '" + cls + "' and '" + sep + "', not the tokenizer's cls_token '" + config.cls_token +
                                "' and sep_token '" + config.sep_token + "'");
 
-  // Added tokens: those in model.vocab at their ids, the others past it in id order; all special and
-  // matched as written (as tokenizer_config.json's added_tokens_decoder, TokenizerConfig::load).
+  // Added tokens: those in model.vocab at their ids, the others past it in the array's order; all
+  // special and matched as written (as tokenizer_config.json's added_tokens_decoder, TokenizerConfig::load).
   {
     std::vector<std::pair<int64_t, std::string>> past;
     for (const TokenizerConfig::AddedToken& added : json_added_tokens(root, path)) {
@@ -449,7 +449,6 @@ Tokenizer Tokenizer::from_dir(const std::string& dir_arg) {
     // in the config) still takes tokenizer.json's added tokens as if they were that field.
     if (has_json && !config.has_added_tokens_decoder) {
       config.added_tokens = json_added_tokens(Json::parse(read_file(json_path), json_path), json_path);
-      config.has_added_tokens_decoder = true;
       added_source = "/tokenizer.json: added_tokens";
     }
   }
@@ -544,7 +543,7 @@ void Tokenizer::require(std::initializer_list<SpecialToken> needed, const std::s
   std::string source;
   if (file_exists(config_path)) source = config_path;
   // special_tokens_map.json is read only without added_tokens_decoder (transformers' legacy path).
-  if (file_exists(map_path) && config_.added_tokens.empty())
+  if (file_exists(map_path) && !config_.has_added_tokens_decoder)
     source += source.empty() ? map_path : " or special_tokens_map.json";
   throw Error(dir + "/" + vocab_file_ + ": has no " + missing +
               (source.empty() ? " (HF's default: " + dir + " has no tokenizer_config.json)"
