@@ -333,10 +333,9 @@ bool list_separator(const Text& t, size_t k, size_t p) {
 }
 
 // Whether one of `labels` stands within the 32 bytes before p, naming a number of `type`: a Korean
-// label anywhere in that window, an ASCII one (RRN, KB) as a word of its own: not after a letter or
-// '[' (our placeholders: "[RRN]", so that scrubbing scrubbed text changes nothing), nor followed by a
-// capital (KBS, IBKR). Or the number continues a list whose previous item was a `type` match: the
-// label before the first item names them all ("계좌번호: 110-123-456789, 220-345-678901").
+// label anywhere in that window, an ASCII one (RRN, KB, card) as a word of its own (ascii_label_ok).
+// Or the number continues a list whose previous item was a `type` match: the label before the first
+// item names them all ("계좌번호: 110-123-456789, 220-345-678901").
 using Labels = std::span<const std::string_view>;
 bool labelled(const Text& t, size_t p, Labels labels, PiiType type) {
   // The window never reaches back past the previous match or a placeholder ("[PHONE]"), so that the
