@@ -280,6 +280,18 @@ bool training_stop_requested() { return g_stop_signals > 0; }
 
 int stopped_run_exit_code() { return 128 + (g_stop_signal_number > 0 ? g_stop_signal_number : SIGINT); }
 
+namespace {
+// The checkpoint-N.superseded directories a resume set aside in output_dir: starting over removes them too.
+std::vector<fs::path> superseded_checkpoint_dirs(const std::string& dir) {
+  std::vector<fs::path> out;
+  std::error_code ec;
+  for (const auto& entry : fs::directory_iterator(dir, ec))
+    if (entry.is_directory() && is_superseded_checkpoint_name(entry.path().filename().string()))
+      out.push_back(entry.path());
+  return out;
+}
+}  // namespace
+
 int64_t total_train_steps(const TrainingConfig& training, size_t batches_per_epoch) {
   if (training.max_steps > 0) return training.max_steps;
   const double micro_batches = training.num_train_epochs * static_cast<double>(batches_per_epoch);
@@ -622,7 +634,7 @@ class Trainer {
   std::string latest_checkpoint_note() const;
   int64_t skipped_steps_ = 0;
   bool resumed_ = false;
-  bool clear_pending_ = false;            // clear_output_dir() is due at the end of setup()
+  bool clear_pending_ = false;            // clear_output_dir() is due once every rank's setup() succeeded
   std::vector<int64_t> unsettled_steps_;  // CUDA: queued steps whose outcome the host has not read
   int64_t unsettled_tokens_ = 0;          // CUDA: this rank's real tokens in those steps
 };
@@ -842,9 +854,7 @@ void Trainer::check_output_dir() {
   recover_interrupted_saves(dir);  // an old run's half-done re-save is one of its checkpoints, removed later
   std::vector<std::string> going;
   for (const CheckpointInfo& checkpoint : list_checkpoints(dir)) going.push_back(checkpoint.path);
-  for (const auto& entry : fs::directory_iterator(dir, ec))
-    if (entry.is_directory() && is_superseded_checkpoint_name(entry.path().filename().string()))
-      going.push_back(entry.path().string());
+  for (const fs::path& path : superseded_checkpoint_dirs(dir)) going.push_back(path.string());
   for (const auto& [key, path] : {std::pair<const char*, const std::string&>{"tokenizer", data().tokenizer},
                                   {"train_data", data().train_data},
                                   {"valid_data", data().valid_data}})
@@ -868,10 +878,7 @@ void Trainer::clear_output_dir() {
   const auto old = list_checkpoints(dir);
   const bool trained_here = !old.empty() || file_exists(dir + "/metrics.jsonl");
   for (const CheckpointInfo& checkpoint : old) fs::remove_all(checkpoint.path, ec);
-  std::vector<fs::path> superseded;  // set aside by a resume: start over means them too
-  for (const auto& entry : fs::directory_iterator(dir, ec))
-    if (entry.is_directory() && is_superseded_checkpoint_name(entry.path().filename().string()))
-      superseded.push_back(entry.path());
+  const std::vector<fs::path> superseded = superseded_checkpoint_dirs(dir);
   for (const fs::path& path : superseded) fs::remove_all(path, ec);
   std::vector<std::string> removed;
   if (fs::remove(dir + "/metrics.jsonl", ec)) removed.emplace_back("metrics.jsonl");

@@ -918,6 +918,7 @@ TEST_CASE("user mistakes found before training: eval shards, epochs, an unwritab
   CHECK_THAT(message, Catch::Contains("epochs.toml: [training] num_train_epochs = 1e+16 makes ") &&
                           Catch::EndsWith(" steps, more than can be counted; set fewer epochs or max_steps"));
 }
+
 TEST_CASE("SIGHUP (a closed terminal) stops and saves as Ctrl-C does, unless nohup ignores it") {
   make_tiny_data();
   const std::string run = "max_steps = 4\nper_device_train_batch_size = 8\nsave_steps = 10\n";
@@ -925,12 +926,19 @@ TEST_CASE("SIGHUP (a closed terminal) stops and saves as Ctrl-C does, unless noh
   hooks.after_step = [](int64_t step) {
     if (step == 2) std::raise(SIGHUP);
   };
+  // Sets SIGHUP's disposition, returning the one before.
+  const auto set_hup = [](void (*handler)(int)) {
+    struct sigaction action {
+    }, previous{};
+    action.sa_handler = handler;
+    sigemptyset(&action.sa_mask);
+    REQUIRE(::sigaction(SIGHUP, &action, &previous) == 0);
+    return previous;
+  };
   // The suite itself may run under nohup (SIGHUP ignored, inherited): the default disposition first.
-  struct sigaction default_action {
-  }, inherited{};
-  default_action.sa_handler = SIG_DFL;
-  sigemptyset(&default_action.sa_mask);
-  REQUIRE(::sigaction(SIGHUP, &default_action, &inherited) == 0);
+  const struct sigaction inherited = set_hup(SIG_DFL);
+  struct sigaction pipe_before {};
+  ::sigaction(SIGPIPE, nullptr, &pipe_before);
   const RunResult hung_up = train({"--config", write_config("hup", "hup", run)}, hooks);
   INFO(hung_up.out << hung_up.err);
   CHECK(hung_up.code == 128 + SIGHUP);
@@ -938,20 +946,16 @@ TEST_CASE("SIGHUP (a closed terminal) stops and saves as Ctrl-C does, unless noh
   CHECK(file_exists(test_dir() + "/hup/checkpoint-2/trainer_state.json"));
   struct sigaction pipe_after {};
   ::sigaction(SIGPIPE, nullptr, &pipe_after);
-  CHECK(pipe_after.sa_handler != SIG_IGN);  // ignored during the stop only (a dead `| tee`), then restored
+  // Ignored during the stop only (a dead `| tee`), then as it was.
+  CHECK(pipe_after.sa_handler == pipe_before.sa_handler);
   // Started under nohup (SIGHUP ignored): the run goes on, and the disposition is left as it was.
-  struct sigaction ignore {
-  }, before{};
-  ignore.sa_handler = SIG_IGN;
-  sigemptyset(&ignore.sa_mask);
-  REQUIRE(::sigaction(SIGHUP, &ignore, &before) == 0);
+  set_hup(SIG_IGN);
   const RunResult nohup = train({"--config", write_config("nohup", "nohup", run)}, hooks);
   struct sigaction after {};
-  ::sigaction(SIGHUP, &before, &after);
+  ::sigaction(SIGHUP, &inherited, &after);
   CHECK(nohup.code == 0);
   CHECK(after.sa_handler == SIG_IGN);
   CHECK_THAT(nohup.out, Catch::Contains("done: 4 steps"));
-  ::sigaction(SIGHUP, &inherited, nullptr);
 }
 
 TEST_CASE("a non-finite gradient skips the update with a warning, and the run goes on") {
