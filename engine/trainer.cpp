@@ -344,6 +344,7 @@ Json TrainerState::to_json() const {
   j.set("model_config", model.to_hf_json());
   Json w = Json::object();
   w.set("micro_batches", window.micro_batches);
+  w.set("mlm_batches", window.mlm_batches);
   w.set("loss_sum", exact_double(window.loss_sum));
   w.set("mlm_loss_sum", exact_double(window.mlm_loss_sum));
   w.set("nsp_loss_sum", exact_double(window.nsp_loss_sum));
@@ -388,6 +389,11 @@ TrainerState TrainerState::from_json(const Json& json, const std::string& path) 
   s.model = BertConfig::from_hf_json(r.at(json, "model_config"), path + ": model_config");
   const Json& w = r.at(json, "log_window");
   s.window.micro_batches = r.integer(w, "micro_batches");
+  // Absent in states written before it was kept: every micro-batch then counted.
+  s.window.mlm_batches = w.find("mlm_batches") ? r.integer(w, "mlm_batches") : s.window.micro_batches;
+  if (s.window.mlm_batches < 0 || s.window.mlm_batches > s.window.micro_batches)
+    throw Error(path + ": log_window.mlm_batches " + std::to_string(s.window.mlm_batches) +
+                " is not between 0 and micro_batches (" + std::to_string(s.window.micro_batches) + ")");
   s.window.loss_sum = r.exact(w, "loss_sum");
   s.window.mlm_loss_sum = r.exact(w, "mlm_loss_sum");
   s.window.nsp_loss_sum = r.exact(w, "nsp_loss_sum");
@@ -420,29 +426,32 @@ double seconds_since(Clock::time_point start) { return std::chrono::duration<dou
 // The window's sums and counts (not its time) added up over the ranks; counts travel as doubles, exact
 // up to 2^53.
 void sum_over_ranks(LogWindow& w, Communicator& comm) {
-  std::array<double, 9> sums = {static_cast<double>(w.micro_batches),
-                                w.loss_sum,
-                                w.mlm_loss_sum,
-                                w.nsp_loss_sum,
-                                static_cast<double>(w.mlm_correct),
-                                static_cast<double>(w.mlm_count),
-                                static_cast<double>(w.nsp_correct),
-                                static_cast<double>(w.nsp_count),
-                                static_cast<double>(w.tokens)};
+  std::array<double, 10> sums = {static_cast<double>(w.micro_batches),
+                                 static_cast<double>(w.mlm_batches),
+                                 w.loss_sum,
+                                 w.mlm_loss_sum,
+                                 w.nsp_loss_sum,
+                                 static_cast<double>(w.mlm_correct),
+                                 static_cast<double>(w.mlm_count),
+                                 static_cast<double>(w.nsp_correct),
+                                 static_cast<double>(w.nsp_count),
+                                 static_cast<double>(w.tokens)};
   comm.allreduce_sum(sums);
   w.micro_batches = std::llround(sums[0]);
-  w.loss_sum = sums[1];
-  w.mlm_loss_sum = sums[2];
-  w.nsp_loss_sum = sums[3];
-  w.mlm_correct = std::llround(sums[4]);
-  w.mlm_count = std::llround(sums[5]);
-  w.nsp_correct = std::llround(sums[6]);
-  w.nsp_count = std::llround(sums[7]);
-  w.tokens = std::llround(sums[8]);
+  w.mlm_batches = std::llround(sums[1]);
+  w.loss_sum = sums[2];
+  w.mlm_loss_sum = sums[3];
+  w.nsp_loss_sum = sums[4];
+  w.mlm_correct = std::llround(sums[5]);
+  w.mlm_count = std::llround(sums[6]);
+  w.nsp_correct = std::llround(sums[7]);
+  w.nsp_count = std::llround(sums[8]);
+  w.tokens = std::llround(sums[9]);
 }
 
 void merge_window(LogWindow& into, const LogWindow& w) {
   into.micro_batches += w.micro_batches;
+  into.mlm_batches += w.mlm_batches;
   into.loss_sum += w.loss_sum;
   into.mlm_loss_sum += w.mlm_loss_sum;
   into.nsp_loss_sum += w.nsp_loss_sum;
@@ -457,6 +466,7 @@ void merge_window(LogWindow& into, const LogWindow& w) {
 void add_micro_batch(LogWindow& window, const LossStats& stats) {
   LogWindow one;
   one.micro_batches = 1;
+  one.mlm_batches = stats.mlm_count > 0 ? 1 : 0;
   one.loss_sum = stats.loss;
   one.mlm_loss_sum = stats.mlm_loss;
   one.nsp_loss_sum = stats.nsp_loss;
@@ -1525,9 +1535,14 @@ void Trainer::write_log_record(bool log_train, const std::optional<EvalResult>& 
       return b > 0 ? static_cast<double>(a) / static_cast<double>(b) : 0.0;
     };
     const double tokens_per_s = w.train_seconds > 0 ? static_cast<double>(w.tokens) / w.train_seconds : 0.0;
-    record.set("loss", w.loss_sum / n);
-    record.set("mlm_loss", w.mlm_loss_sum / n);
-    record.set("nsp_loss", w.nsp_loss_sum / n);
+    // mlm_loss over the micro-batches that had a masked token (none: null, and loss is the NSP loss).
+    const bool has_mlm = w.mlm_batches > 0;
+    const double mlm_loss = has_mlm ? w.mlm_loss_sum / static_cast<double>(w.mlm_batches) : 0.0;
+    const double nsp_loss = w.nsp_loss_sum / n;
+    const double loss = w.mlm_batches == w.micro_batches ? w.loss_sum / n : mlm_loss + nsp_loss;
+    record.set("loss", loss);
+    record.set("mlm_loss", has_mlm ? Json(mlm_loss) : Json());
+    record.set("nsp_loss", nsp_loss);
     record.set("mlm_acc", ratio(w.mlm_correct, w.mlm_count));
     record.set("nsp_acc", ratio(w.nsp_correct, w.nsp_count));
     record.set("lr", last_lr_);
@@ -1535,10 +1550,10 @@ void Trainer::write_log_record(bool log_train, const std::optional<EvalResult>& 
     record.set("tokens_per_s", std::round(tokens_per_s * 10) / 10);
     const double mfu = tokens_per_s * mfu_per_token_per_s();
     if (mfu > 0) record.set("mfu", std::round(mfu * 1e4) / 1e4);
-    line +=
-        printf_string(" | loss %.4f (mlm %.4f, nsp %.4f) | acc mlm %.3f nsp %.3f | lr %.3e | grad_norm %.3f | %s tok/s",
-                      w.loss_sum / n, w.mlm_loss_sum / n, w.nsp_loss_sum / n, ratio(w.mlm_correct, w.mlm_count),
-                      ratio(w.nsp_correct, w.nsp_count), last_lr_, last_grad_norm_, human_count(tokens_per_s).c_str());
+    line += printf_string(
+        " | loss %.4f (mlm %s, nsp %.4f) | acc mlm %.3f nsp %.3f | lr %.3e | grad_norm %.3f | %s tok/s", loss,
+        has_mlm ? printf_string("%.4f", mlm_loss).c_str() : "-", nsp_loss, ratio(w.mlm_correct, w.mlm_count),
+        ratio(w.nsp_correct, w.nsp_count), last_lr_, last_grad_norm_, human_count(tokens_per_s).c_str());
     if (mfu > 0) line += printf_string(" | MFU %.1f%%", 100 * mfu);
     state_.window = LogWindow{};
   }

@@ -45,6 +45,9 @@ namespace bert {
 // equals the uninterrupted run's).
 struct LogWindow {
   int64_t micro_batches = 0;
+  // Micro-batches with at least one masked token: mlm_loss_sum's divisor. One without has no MLM loss (HF's
+  // would be NaN and its Trainer would log around it); counting it as 0 would pull the logged loss down.
+  int64_t mlm_batches = 0;
   double loss_sum = 0, mlm_loss_sum = 0, nsp_loss_sum = 0;  // of per-micro-batch means
   int64_t mlm_correct = 0, mlm_count = 0, nsp_correct = 0, nsp_count = 0;
   int64_t tokens = 0;  // real (unpadded) tokens

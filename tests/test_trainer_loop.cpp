@@ -1004,6 +1004,88 @@ TEST_CASE("a non-finite gradient skips the update with a warning, and the run go
   CHECK(file_exists(test_dir() + "/dead/checkpoint-2/model.safetensors"));
 }
 
+TEST_CASE("a micro-batch without a masked token has no MLM loss: the logged mlm_loss averages the others") {
+  make_tiny_data();
+  // One sequence per micro-batch and mlm_probability 0.02: most micro-batches mask nothing. The same run
+  // logged every step and every 4 steps: each 4-step record's mlm_loss is the mean of the per-step
+  // values that exist (null where none does), not a mean that counts the maskless steps as 0. (A step's
+  // loss is summed in float, so it equals mlm + nsp to ~1e-7.)
+  const auto config = [](const std::string& name, int logging_steps) {
+    const std::string path = write_config(name, name,
+                                          "max_steps = 16\nper_device_train_batch_size = 1\nlogging_steps = " +
+                                              std::to_string(logging_steps) + "\nsave_steps = 100\n");
+    std::string text = read_file(path);
+    const size_t at = text.find("[data]\n");
+    REQUIRE(at != std::string::npos);
+    text.insert(at + 7, "mlm_probability = 0.02\n");
+    write_file_atomic(path, text);
+    return path;
+  };
+  const RunResult every = train({"--config", config("every", 1)});
+  INFO(every.out << every.err);
+  REQUIRE(every.code == 0);
+  const RunResult fourth = train({"--config", config("fourth", 4)});
+  INFO(fourth.out << fourth.err);
+  REQUIRE(fourth.code == 0);
+  const std::vector<Json> steps = read_metrics(test_dir() + "/every/metrics.jsonl");
+  const std::vector<Json> windows = read_metrics(test_dir() + "/fourth/metrics.jsonl");
+  REQUIRE(steps.size() == 16);
+  REQUIRE(windows.size() == 4);
+  int without = 0, with = 0;
+  for (const Json& r : steps) {
+    const Json* mlm = r.find("mlm_loss");
+    REQUIRE(mlm != nullptr);
+    if (mlm->is_null()) {
+      ++without;
+      CHECK(r.find("mlm_acc")->as_number() == 0);
+      CHECK(r.find("loss")->as_number() == r.find("nsp_loss")->as_number());
+    } else {
+      ++with;
+      CHECK(std::abs(r.find("loss")->as_number() - mlm->as_number() - r.find("nsp_loss")->as_number()) < 1e-6);
+    }
+  }
+  REQUIRE(without > 0);  // the case under test happened
+  REQUIRE(with > 0);
+  CHECK(every.out.find("(mlm -, nsp ") != std::string::npos);
+  for (size_t w = 0; w < 4; ++w) {
+    double mlm_sum = 0, nsp_sum = 0;
+    int mlm_n = 0;
+    for (size_t i = 4 * w; i < 4 * w + 4; ++i) {
+      nsp_sum += steps[i].find("nsp_loss")->as_number();
+      if (!steps[i].find("mlm_loss")->is_null()) mlm_sum += steps[i].find("mlm_loss")->as_number(), ++mlm_n;
+    }
+    const Json& r = windows[w];
+    INFO("window " << w);
+    CHECK(std::abs(r.find("nsp_loss")->as_number() - nsp_sum / 4) < 1e-6);
+    if (mlm_n == 0) {
+      CHECK(r.find("mlm_loss")->is_null());
+      CHECK(std::abs(r.find("loss")->as_number() - nsp_sum / 4) < 1e-6);
+    } else {
+      REQUIRE(r.find("mlm_loss")->is_number());
+      CHECK(std::abs(r.find("mlm_loss")->as_number() - mlm_sum / mlm_n) < 1e-6);
+      CHECK(std::abs(r.find("loss")->as_number() - (mlm_sum / mlm_n + nsp_sum / 4)) < 1e-6);
+    }
+  }
+  // The count travels in the trainer state, so a resumed window divides as the uninterrupted one does;
+  // a state without it (older runs) counted every micro-batch.
+  TrainerState state;
+  state.model.vocab_size = 100;
+  state.window.micro_batches = 4;
+  state.window.mlm_batches = 1;
+  Json json = state.to_json();
+  CHECK(TrainerState::from_json(json, "s.json").window.mlm_batches == 1);
+  Json window = *json.find("log_window");
+  window.set("mlm_batches", 5);
+  json.set("log_window", window);
+  CHECK_THROWS_WITH(TrainerState::from_json(json, "s.json"),
+                    Catch::Contains("s.json: log_window.mlm_batches 5 is not between 0 and micro_batches (4)"));
+  Json older = Json::object();
+  for (const auto& [key, value] : window.as_object())
+    if (key != "mlm_batches") older.set(key, value);
+  json.set("log_window", older);
+  CHECK(TrainerState::from_json(json, "s.json").window.mlm_batches == 4);
+}
+
 TEST_CASE("bert_train --dump-batches writes the starting weights and every micro-batch trained on") {
   make_tiny_data();
   const std::string config =
