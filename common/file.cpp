@@ -1,6 +1,7 @@
 #include "common/file.h"
 
 #include <fcntl.h>
+#include <sys/file.h>
 #include <sys/mman.h>
 #include <sys/stat.h>
 #include <unistd.h>
@@ -294,6 +295,63 @@ MappedFile& MappedFile::operator=(MappedFile&& other) noexcept {
     path_ = std::move(other.path_);
   }
   return *this;
+}
+
+DirectoryLock::DirectoryLock(const std::string& dir, const std::string& file_name, const std::string& tool,
+                             const std::string& role) {
+  make_directories(dir);
+  const std::string path = dir + "/" + file_name;
+  for (int attempt = 0;; ++attempt) {
+    fd_ = ::open(path.c_str(), O_RDWR | O_CREAT | O_CLOEXEC, 0644);
+    if (fd_ < 0) {
+      if (errno != EROFS && errno != EACCES && errno != EPERM)
+        throw Error(path + ": cannot open the " + role + "'s lock file: " + std::strerror(errno));
+      unsupported_ = path + ": " + std::strerror(errno);
+      return;
+    }
+    if (::flock(fd_, LOCK_EX | LOCK_NB) != 0) {
+      const int error = errno;
+      if (error == ENOLCK || error == ENOSYS || error == EOPNOTSUPP || error == EINVAL) {
+        unsupported_ = path + ": flock: " + std::strerror(error);
+        ::close(fd_);
+        fd_ = -1;
+        return;
+      }
+      char holder[32] = {};
+      const ssize_t got = ::pread(fd_, holder, sizeof holder - 1, 0);
+      ::close(fd_);
+      fd_ = -1;
+      if (error != EWOULDBLOCK)
+        throw Error(path + ": cannot lock the " + role + "'s lock file: " + std::strerror(error));
+      std::string pid = got > 0 ? std::string(holder, static_cast<size_t>(got)) : std::string();
+      while (!pid.empty() && (pid.back() == '\n' || pid.back() == ' ')) pid.pop_back();
+      throw Error(dir + ": another " + tool + " is writing to this " + role + " (" +
+                  (pid.empty() ? std::string("pid unknown") : "pid " + pid) + ", holding " + path +
+                  "); wait for it to end, or choose another " + role);
+    }
+    // Locked; but the holder before may have removed the file between our open and our lock, and a
+    // third process may hold a new one at the path: ours counts only if it is still the file there.
+    struct stat held {
+    }, named{};
+    if (::fstat(fd_, &held) == 0 && ::stat(path.c_str(), &named) == 0 && held.st_dev == named.st_dev &&
+        held.st_ino == named.st_ino)
+      break;
+    ::close(fd_);
+    fd_ = -1;
+    if (attempt == 100) throw Error(path + ": the " + role + "'s lock file keeps being replaced; cannot lock it");
+  }
+  path_ = path;
+  const std::string pid = std::to_string(::getpid()) + "\n";
+  if (::ftruncate(fd_, 0) == 0) {
+    const ssize_t written = ::pwrite(fd_, pid.data(), pid.size(), 0);
+    (void)written;  // the pid is a courtesy for the message above
+  }
+}
+
+DirectoryLock::~DirectoryLock() {
+  if (fd_ < 0) return;
+  ::unlink(path_.c_str());  // while still held: whoever locks the path next locks a new file
+  ::close(fd_);             // releases the lock
 }
 
 }  // namespace bert

@@ -52,6 +52,28 @@ std::string without_trailing_slashes(std::string path);
 // does not exist yet); false when either cannot be resolved.
 bool path_within(const std::string& path, const std::string& dir);
 
+// Holds an exclusive flock on "<dir>/<file_name>" (the directory is created if need be) for its
+// lifetime, so that two processes do not write into one directory at once: a second is refused with a
+// one-line error, "<dir>: another <tool> is writing to this <role> (pid N, holding <lock file>); wait
+// for it to end, or choose another <role>". The holder removes the lock file when it lets go; a lock
+// taken on a file that was removed meanwhile is taken again on the new one, so two never hold it at once.
+// A killed holder leaves its file, which the next one locks.
+class DirectoryLock {
+ public:
+  DirectoryLock(const std::string& dir, const std::string& file_name, const std::string& tool, const std::string& role);
+  ~DirectoryLock();
+  DirectoryLock(const DirectoryLock&) = delete;
+  DirectoryLock& operator=(const DirectoryLock&) = delete;
+  // Why there is no lock, where the file system cannot hold one (Lustre without flock, some NFS
+  // mounts, a read-only directory): the caller goes on unlocked, and says so. Empty when locked.
+  const std::string& unsupported() const { return unsupported_; }
+
+ private:
+  int fd_ = -1;
+  std::string path_;
+  std::string unsupported_;
+};
+
 // A read-only memory mapping of a whole file (empty files map to an empty view). A file that is not
 // a regular file (a pipe, "<(zcat corpus.gz)"; a device) cannot be mapped: it is read whole into
 // memory instead, and release() keeps it.

@@ -111,16 +111,20 @@ bool is_shard_file_name(const std::string& name) {
 // The staging directory of a build (inside --out, hidden from input directories and from inspect).
 constexpr const char* kStagingPrefix = ".building-";
 
-// Removes the staging directories that builds killed before they could clean up left in `out_dir`
-// (their process is gone); a running build's is left alone.
-void remove_stale_staging(const std::string& out_dir) {
+// The lock a build holds on its --out directory (hidden, as staging is; removed when the build ends).
+constexpr const char* kLockFileName = ".bert_prepare.lock";
+
+// Removes the staging directories that builds killed before they could clean up left in `out_dir`.
+// Holding the directory's lock, every one is stale (a running build would hold the lock, on whichever
+// host); without a lock (a file system that cannot hold one) only those whose process is gone here.
+void remove_stale_staging(const std::string& out_dir, bool locked) {
   std::error_code ec;
   for (const auto& entry : std::filesystem::directory_iterator(out_dir, ec)) {
     const std::string name = entry.path().filename().string();
     if (name.rfind(kStagingPrefix, 0) != 0) continue;
     const std::string pid = name.substr(std::strlen(kStagingPrefix));
     if (pid.empty() || pid.find_first_not_of("0123456789") != std::string::npos || pid.size() > 9) continue;
-    if (::kill(static_cast<pid_t>(std::stol(pid)), 0) != 0 && errno == ESRCH)
+    if (locked || (::kill(static_cast<pid_t>(std::stol(pid)), 0) != 0 && errno == ESRCH))
       std::filesystem::remove_all(entry.path(), ec);
   }
 }
@@ -194,20 +198,24 @@ int prepare_build_command(const std::vector<std::string>& argv, std::ostream& ou
   // succeeded, so that a failed or interrupted rebuild leaves the previous build whole. A failed build
   // leaves nothing of its own behind: the staging directory goes, and so does the output directory
   // when it made it (and it is empty then). A killed build's staging directory goes at the next build.
+  // Two builds into one --out at once would interleave their shards: the second is refused.
   const std::string staging = out_dir + "/" + kStagingPrefix + std::to_string(::getpid());
   struct Cleanup {
     const std::string& dir;
     const std::string& staging;
     bool created;
     bool done = false;
-    ~Cleanup() {
+    ~Cleanup() {  // after the lock's, which removes its file
       std::error_code ec;
       std::filesystem::remove_all(staging, ec);
       if (!done && created) std::filesystem::remove(dir, ec);  // fails, as it should, when anything else is there
     }
   } cleanup{out_dir, staging, !file_exists(out_dir)};
-  make_directories(out_dir);
-  remove_stale_staging(out_dir);
+  const DirectoryLock lock(out_dir, kLockFileName, "bert_prepare build", "--out directory");
+  if (!lock.unsupported().empty())
+    err << "warning: " << out_dir << ": not locked (" << lock.unsupported()
+        << "): nothing stops a second bert_prepare build from writing to it at the same time\n";
+  remove_stale_staging(out_dir, lock.unsupported().empty());
   make_directories(staging);
   const auto t0 = std::chrono::steady_clock::now();
   Progress progress(!args.has("--quiet"));

@@ -156,46 +156,6 @@ void recover_interrupted_saves(const std::string& output_dir) {
   if (changed) fsync_path(output_dir, true);
 }
 
-OutputDirLock::OutputDirLock(const std::string& output_dir) {
-  make_directories(output_dir);
-  const std::string path = output_dir + "/" + kFileName;
-  fd_ = ::open(path.c_str(), O_RDWR | O_CREAT | O_CLOEXEC, 0644);
-  if (fd_ < 0) {
-    if (errno != EROFS && errno != EACCES && errno != EPERM)
-      throw Error(path + ": cannot open the output_dir's lock file: " + std::strerror(errno));
-    unsupported_ = path + ": " + std::strerror(errno);
-    return;
-  }
-  if (::flock(fd_, LOCK_EX | LOCK_NB) != 0) {
-    const int error = errno;
-    if (error == ENOLCK || error == ENOSYS || error == EOPNOTSUPP || error == EINVAL) {
-      unsupported_ = path + ": flock: " + std::strerror(error);
-      ::close(fd_);
-      fd_ = -1;
-      return;
-    }
-    char holder[32] = {};
-    const ssize_t got = ::pread(fd_, holder, sizeof holder - 1, 0);
-    ::close(fd_);
-    fd_ = -1;
-    if (error != EWOULDBLOCK) throw Error(path + ": cannot lock the output_dir's lock file: " + std::strerror(error));
-    std::string pid = got > 0 ? std::string(holder, static_cast<size_t>(got)) : std::string();
-    while (!pid.empty() && (pid.back() == '\n' || pid.back() == ' ')) pid.pop_back();
-    throw Error(output_dir + ": another bert_train is writing to this output_dir (" +
-                (pid.empty() ? std::string("pid unknown") : "pid " + pid) + ", holding " + path +
-                "); wait for it to end, or choose another output_dir");
-  }
-  const std::string pid = std::to_string(::getpid()) + "\n";
-  if (::ftruncate(fd_, 0) == 0) {
-    const ssize_t written = ::pwrite(fd_, pid.data(), pid.size(), 0);
-    (void)written;  // the pid is a courtesy for the message above
-  }
-}
-
-OutputDirLock::~OutputDirLock() {
-  if (fd_ >= 0) ::close(fd_);  // releases the lock
-}
-
 bool is_superseded_checkpoint_name(std::string_view name) {
   const std::optional<std::string_view> rest = after_step(name, "checkpoint-", ".superseded");
   return rest && (rest->empty() || ((*rest)[0] == '-' && all_digits(rest->substr(1))));

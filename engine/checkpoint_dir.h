@@ -14,6 +14,8 @@
 #include <string_view>
 #include <vector>
 
+#include "common/file.h"
+
 namespace bert {
 
 struct CheckpointInfo {
@@ -56,21 +58,12 @@ std::vector<std::string> rotate_checkpoints(const std::string& output_dir, int s
 // Holds an exclusive lock on "<output_dir>/.bert_train.lock" (the directory is created if need be)
 // for its lifetime: a second run into the same output_dir (its checkpoint saves would remove this
 // run's temporary directories, its rotation this run's checkpoints) is refused with a one-line error
-// naming the holder's pid.
-class OutputDirLock {
+// naming the holder's pid. unsupported(): DirectoryLock's.
+class OutputDirLock : public DirectoryLock {
  public:
   static constexpr const char* kFileName = ".bert_train.lock";
-  explicit OutputDirLock(const std::string& output_dir);
-  ~OutputDirLock();
-  OutputDirLock(const OutputDirLock&) = delete;
-  OutputDirLock& operator=(const OutputDirLock&) = delete;
-  // Why there is no lock, where the file system cannot hold one (Lustre without flock, some NFS
-  // mounts, a read-only directory): the run goes on unlocked, and says so. Empty when locked.
-  const std::string& unsupported() const { return unsupported_; }
-
- private:
-  int fd_ = -1;
-  std::string unsupported_;
+  explicit OutputDirLock(const std::string& output_dir)
+      : DirectoryLock(output_dir, kFileName, "bert_train", "output_dir") {}
 };
 
 // A run resumed from step K that goes on into `output_dir` branches off the run that wrote its

@@ -1,4 +1,6 @@
 // Shards, NSP instance creation, MLM masking, the loader and bert_prepare build/inspect.
+#include <unistd.h>
+
 #include <catch2/catch.hpp>
 #include <cmath>
 #include <cstring>
@@ -759,14 +761,37 @@ TEST_CASE("bert_prepare build: bad input is a clear error") {
   failing.insert(failing.begin() + 5, test_dir() + "/train-00000.bin");
   CHECK_THROWS_WITH(prepare_main(failing, o, e), Catch::EndsWith("a bert_prepare shard (binary), not text"));
   CHECK(snapshot() == before);
-  // A build killed before it could clean up leaves its staging directory: the next build removes it
-  // (its process is gone), and a rebuild with fewer shards leaves none of the earlier ones.
-  make_directories(test_dir() + "/rebuilt/.building-999999999");
-  write_file_atomic(test_dir() + "/rebuilt/.building-999999999/train-00000.bin", "partial");
+  // A second build into a --out that a build is writing to is refused (their shards would interleave),
+  // and touches nothing.
   std::vector<std::string> smaller = rebuild;
   smaller[smaller.size() - 4] = "64";  // --pool-mb: one pool
+  {
+    const DirectoryLock held(test_dir() + "/rebuilt", ".bert_prepare.lock", "bert_prepare build", "--out directory");
+    std::string message;
+    try {
+      prepare_main(smaller, o, e);
+    } catch (const Error& error) {
+      message = error.what();
+    }
+    CHECK(message == test_dir() + "/rebuilt: another bert_prepare build is writing to this --out directory (pid " +
+                         std::to_string(::getpid()) + ", holding " + test_dir() +
+                         "/rebuilt/.bert_prepare.lock); wait for it to end, or choose another --out directory");
+    const auto now = snapshot();
+    CHECK(now.size() == before.size() + 1);  // the holder's lock file
+    for (const auto& [path, content] : before) CHECK(now.count(path) == 1);
+  }
+  CHECK(snapshot() == before);
+  // A build killed before it could clean up leaves its staging directory: the next build, holding the
+  // lock, removes it (whatever its process number names now, here or on another host sharing the
+  // directory), and a rebuild with fewer shards leaves none of the earlier ones, nor its lock file.
+  for (const char* pid : {"999999999", "1"}) {
+    make_directories(test_dir() + "/rebuilt/.building-" + pid);
+    write_file_atomic(test_dir() + "/rebuilt/.building-" + pid + "/train-00000.bin", "partial");
+  }
   REQUIRE(prepare_main(smaller, o, e) == 0);
   CHECK_FALSE(file_exists(test_dir() + "/rebuilt/.building-999999999"));
+  CHECK_FALSE(file_exists(test_dir() + "/rebuilt/.building-1"));
   CHECK_FALSE(file_exists(test_dir() + "/rebuilt/train-00001.bin"));
+  CHECK_FALSE(file_exists(test_dir() + "/rebuilt/.bert_prepare.lock"));
   CHECK(file_exists(test_dir() + "/rebuilt/train-00000.bin"));
 }

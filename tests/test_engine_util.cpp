@@ -124,6 +124,34 @@ TEST_CASE("directories lose their trailing slashes, the root keeps its own") {
   CHECK(without_trailing_slashes("") == "");
 }
 
+TEST_CASE("a directory lock admits one holder, names it to the next, and removes its file when let go") {
+  const std::string dir = test_dir() + "/locked";
+  const std::string file = dir + "/.tool.lock";
+  {
+    const DirectoryLock first(dir, ".tool.lock", "tool", "place");  // makes the directory
+    CHECK(first.unsupported().empty());
+    CHECK(read_file(file) == std::to_string(::getpid()) + "\n");
+    // flock locks are per open file: a second open in this process is a second holder, refused.
+    std::string message;
+    try {
+      const DirectoryLock second(dir, ".tool.lock", "tool", "place");
+    } catch (const Error& e) {
+      message = e.what();
+    }
+    CHECK(message == dir + ": another tool is writing to this place (pid " + std::to_string(::getpid()) + ", holding " +
+                         file + "); wait for it to end, or choose another place");
+    CHECK(file_exists(file));  // the refused one leaves the holder's file alone
+  }
+  CHECK_FALSE(file_exists(file));
+  // A holder that was killed leaves its file, unlocked: the next takes it.
+  write_file_atomic(file, "999999999\n");
+  {
+    const DirectoryLock next(dir, ".tool.lock", "tool", "place");
+    CHECK(read_file(file) == std::to_string(::getpid()) + "\n");
+  }
+  CHECK_FALSE(file_exists(file));
+}
+
 TEST_CASE("write_file_atomic follows a symlink, writes a FIFO in place and refuses a directory") {
   const std::string dir = test_dir();
   write_file_atomic(dir + "/target.txt", "old");
