@@ -96,11 +96,13 @@ AtomicOutputFile::AtomicOutputFile(const std::string& path) : requested_(path), 
   tmp_ = target_ + ".tmp." + std::to_string(::getpid());
   fd_ = ::open(tmp_.c_str(), O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC, 0644);
   if (fd_ < 0) throw Error(requested_ + ": cannot write: " + os_error() + via());
+  tmp_cleanup_ = SignalCleanup(tmp_);
 }
 
 AtomicOutputFile::~AtomicOutputFile() {
   if (fd_ >= 0) ::close(fd_);
   if (!committed_ && !tmp_.empty()) ::unlink(tmp_.c_str());
+  tmp_cleanup_.release();  // after: a signal in between removes what is gone already
 }
 
 std::string AtomicOutputFile::via() const { return tmp_.empty() ? std::string() : " (via " + tmp_ + ")"; }
@@ -144,6 +146,7 @@ void AtomicOutputFile::commit() {
   if (::close(closing) != 0) fail("close failed");
   if (::rename(tmp_.c_str(), target_.c_str()) != 0) fail("rename failed");
   committed_ = true;
+  tmp_cleanup_.release();
   std::string dir = std::filesystem::path(target_).parent_path().string();
   if (dir.empty()) dir = ".";
   const int dfd = ::open(dir.c_str(), O_RDONLY | O_DIRECTORY | O_CLOEXEC);
@@ -341,6 +344,7 @@ DirectoryLock::DirectoryLock(const std::string& dir, const std::string& file_nam
     if (attempt == 100) throw Error(path + ": the " + role + "'s lock file keeps being replaced; cannot lock it");
   }
   path_ = path;
+  on_signal_ = SignalCleanup(path_);
   const std::string pid = std::to_string(::getpid()) + "\n";
   if (::ftruncate(fd_, 0) == 0) {
     const ssize_t written = ::pwrite(fd_, pid.data(), pid.size(), 0);
@@ -352,6 +356,7 @@ DirectoryLock::~DirectoryLock() {
   if (fd_ < 0) return;
   ::unlink(path_.c_str());  // while still held: whoever locks the path next locks a new file
   ::close(fd_);             // releases the lock
+  on_signal_.release();
 }
 
 }  // namespace bert

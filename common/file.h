@@ -7,6 +7,8 @@
 #include <string>
 #include <string_view>
 
+#include "common/signal_cleanup.h"
+
 namespace bert {
 
 std::string read_file(const std::string& path);
@@ -17,7 +19,8 @@ std::string read_file(const std::string& path);
 void write_file_atomic(const std::string& path, std::string_view content);
 
 // write_file_atomic for output written piece by piece: commit() makes it the file at `path`; without
-// a commit (an error on the way) the temporary file is removed and `path` is untouched. Errors name
+// a commit (an error on the way; a signal, where install_signal_cleanup is) the temporary file is
+// removed and `path` is untouched. Errors name
 // `path` (the temporary file in parentheses). /dev/stdout, /dev/stderr, /dev/fd/N and
 // /proc/self/fd/N write to a copy of that descriptor (whatever the shell opened there, at its offset).
 class AtomicOutputFile {
@@ -36,6 +39,7 @@ class AtomicOutputFile {
   void flush();
   [[noreturn]] void fail(const char* what);
   std::string requested_, target_, tmp_;  // tmp_ empty: a special file, written in place
+  SignalCleanup tmp_cleanup_;             // tmp_, until committed or removed
   int fd_ = -1;
   bool committed_ = false;
   std::string buffer_;
@@ -71,6 +75,7 @@ class DirectoryLock {
  private:
   int fd_ = -1;
   std::string path_;
+  SignalCleanup on_signal_;  // path_, where install_signal_cleanup is
   std::string unsupported_;
 };
 

@@ -31,6 +31,7 @@
 #include "common/json.h"
 #include "common/parallel.h"
 #include "common/progress.h"
+#include "common/signal_cleanup.h"
 #include "data/clean.h"
 #include "data/loader.h"
 #include "data/nsp.h"
@@ -197,7 +198,8 @@ int prepare_build_command(const std::vector<std::string>& argv, std::ostream& ou
   // Shards are written into a staging directory inside --out and moved into place once the build has
   // succeeded, so that a failed or interrupted rebuild leaves the previous build whole. A failed build
   // leaves nothing of its own behind: the staging directory goes, and so does the output directory
-  // when it made it (and it is empty then). A killed build's staging directory goes at the next build.
+  // when it made it (and it is empty then); so does Ctrl-C or SIGTERM (install_signal_cleanup). A killed
+  // build's staging directory goes at the next build.
   // Two builds into one --out at once would interleave their shards: the second is refused.
   const std::string staging = out_dir + "/" + kStagingPrefix + std::to_string(::getpid());
   struct Cleanup {
@@ -205,18 +207,23 @@ int prepare_build_command(const std::vector<std::string>& argv, std::ostream& ou
     const std::string& staging;
     bool created;
     bool done = false;
+    SignalCleanup staging_on_signal{}, created_on_signal{};  // Ctrl-C's share of the same
     ~Cleanup() {  // after the lock's, which removes its file
       std::error_code ec;
       std::filesystem::remove_all(staging, ec);
+      staging_on_signal.release();
+      created_on_signal.release();
       if (!done && created) std::filesystem::remove(dir, ec);  // fails, as it should, when anything else is there
     }
   } cleanup{out_dir, staging, !file_exists(out_dir)};
+  if (cleanup.created) cleanup.created_on_signal = SignalCleanup(out_dir, SignalCleanup::kEmptyDirectory);
   const DirectoryLock lock(out_dir, kLockFileName, "bert_prepare build", "--out directory");
   if (!lock.unsupported().empty())
     err << "warning: " << out_dir << ": not locked (" << lock.unsupported()
         << "): nothing stops a second bert_prepare build from writing to it at the same time\n";
   remove_stale_staging(out_dir, lock.unsupported().empty());
   make_directories(staging);
+  cleanup.staging_on_signal = SignalCleanup(staging);
   const auto t0 = std::chrono::steady_clock::now();
   Progress progress(!args.has("--quiet"));
 

@@ -1,16 +1,20 @@
 #include <fcntl.h>
 #include <sys/stat.h>
+#include <sys/wait.h>
 #include <unistd.h>
 
 #include <algorithm>
 #include <catch2/catch.hpp>
 #include <cmath>
+#include <csignal>
 #include <filesystem>
+#include <functional>
 #include <stdexcept>
 
 #include "common/error.h"
 #include "common/file.h"
 #include "common/json.h"
+#include "common/signal_cleanup.h"
 #include "engine/checkpoint_dir.h"
 #include "engine/metrics.h"
 #include "engine/schedule.h"
@@ -150,6 +154,57 @@ TEST_CASE("a directory lock admits one holder, names it to the next, and removes
     CHECK(read_file(file) == std::to_string(::getpid()) + "\n");
   }
   CHECK_FALSE(file_exists(file));
+}
+
+TEST_CASE("with the signal cleanup installed, Ctrl-C removes temporary files and staging, then ends the process") {
+  const std::string dir = test_dir() + "/interrupted";
+  make_directories(dir);
+  // In a child, which the signal ends: the suite may run with SIGINT ignored (a background job of a
+  // script), so it restores the default first, as an interactive shell would have left it.
+  const auto run_child = [&](const std::function<void()>& body) {
+    const pid_t child = ::fork();
+    REQUIRE(child >= 0);
+    if (child == 0) {
+      for (const int s : {SIGINT, SIGTERM, SIGHUP}) std::signal(s, SIG_DFL);
+      body();
+      ::_exit(7);  // the signal did not end it
+    }
+    int status = 0;
+    REQUIRE(::waitpid(child, &status, 0) == child);
+    return std::pair{status, child};
+  };
+  const auto [status, child] = run_child([&] {
+    install_signal_cleanup();
+    write_file_atomic(dir + "/kept.txt", "committed");  // released when committed: stays
+    AtomicOutputFile open(dir + "/out.txt");
+    open.write("half of it");
+    // A build's: the directory it made (removed only when empty), its lock and its staging.
+    const SignalCleanup made(dir + "/made", SignalCleanup::kEmptyDirectory);
+    const DirectoryLock lock(dir + "/made", ".lock", "tool", "place");
+    make_directories(dir + "/made/.building");
+    for (const char* name : {"a.bin", "b.bin", "c.bin"}) write_file_atomic(dir + "/made/.building/" + name, name);
+    const SignalCleanup staging(dir + "/made/.building");
+    const SignalCleanup not_empty(dir, SignalCleanup::kEmptyDirectory);
+    ::raise(SIGINT);
+  });
+  CHECK(WIFSIGNALED(status));
+  CHECK(WTERMSIG(status) == SIGINT);
+  CHECK(read_file(dir + "/kept.txt") == "committed");
+  CHECK_FALSE(file_exists(dir + "/out.txt"));
+  CHECK_FALSE(file_exists(dir + "/out.txt.tmp." + std::to_string(child)));
+  CHECK_FALSE(file_exists(dir + "/made"));
+  // A signal ignored when the command starts (nohup's SIGHUP) stays ignored.
+  const auto [ignored, ignored_child] = run_child([&] {
+    std::signal(SIGHUP, SIG_IGN);
+    install_signal_cleanup();
+    AtomicOutputFile open(dir + "/nohup.txt");
+    ::raise(SIGHUP);
+    open.commit();
+  });
+  CHECK(WIFEXITED(ignored));
+  CHECK(WEXITSTATUS(ignored) == 7);
+  CHECK(file_exists(dir + "/nohup.txt"));
+  CHECK_FALSE(file_exists(dir + "/nohup.txt.tmp." + std::to_string(ignored_child)));
 }
 
 TEST_CASE("write_file_atomic follows a symlink, writes a FIFO in place and refuses a directory") {
