@@ -165,28 +165,49 @@ bool LineReader::fill() {
 }
 
 bool LineReader::next(std::string_view& line) {
-  size_t scanned = 0;  // bytes of the pending line already searched for '\n'
-  const char* nl = nullptr;
+  // The line ends at the first '\n' or '\r'. A '\r' ends it alone (a classic Mac file, as Python's
+  // universal newlines read it) unless CRs up to a '\n' follow: "\r\n", and "\r\r\n" from a CRLF file
+  // converted twice, end a line once.
+  size_t scanned = 0;  // bytes of the pending line already searched
+  size_t len = 0, ending = 0;
+  bool found = false;
   while (true) {
     const size_t avail = end_ - begin_;
-    nl = avail > scanned ? static_cast<const char*>(std::memchr(buf_.data() + begin_ + scanned, '\n', avail - scanned))
-                         : nullptr;
-    if (nl) break;
+    if (avail > scanned) {
+      const char* base = buf_.data() + begin_;
+      const auto* nl = static_cast<const char*>(std::memchr(base + scanned, '\n', avail - scanned));
+      const size_t stop = nl ? static_cast<size_t>(nl - base) : avail;
+      const auto* cr = static_cast<const char*>(std::memchr(base + scanned, '\r', stop - scanned));
+      if (!cr && nl) {
+        len = stop, ending = 1, found = true;
+        break;
+      }
+      if (cr) {
+        const size_t at = static_cast<size_t>(cr - base);
+        size_t run = at;
+        while (run < avail && base[run] == '\r') ++run;
+        if (run < avail) {  // what follows the CRs is here
+          len = at, ending = base[run] == '\n' ? run + 1 - at : 1, found = true;
+          break;
+        }
+        scanned = at;  // the CRs reach the end of what was read: read on, and look again from the first
+        if (!fill()) {
+          len = at, ending = 1, found = true;  // CRs at the end of the file: the last ends this line
+          break;
+        }
+        continue;
+      }
+    }
     scanned = avail;
     if (!fill()) break;
   }
-  size_t len;
-  if (nl) {
-    len = static_cast<size_t>(nl - (buf_.data() + begin_));
-    bytes_read_ += len + 1;
-  } else {
+  if (!found) {
     if (begin_ == end_) return false;  // end of file
     len = end_ - begin_;
-    bytes_read_ += len;
   }
+  bytes_read_ += len + ending;
   std::string_view raw(buf_.data() + begin_, len);
-  begin_ += len + (nl ? 1 : 0);
-  if (!raw.empty() && raw.back() == '\r') raw.remove_suffix(1);
+  begin_ += len + ending;
   ++line_number_;
   invalid_in_line_ = 0;
   if (utf8_valid_prefix(raw) != raw.size()) {
