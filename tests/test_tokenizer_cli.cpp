@@ -323,7 +323,8 @@ TEST_CASE("tokenizer config: special_tokens_map.json as transformers reads it") 
   CHECK_THROWS_WITH(appended.require({SpecialToken::kMask}, dir, "fill-mask"),
                     Catch::Contains("vocab.txt: has no mask_token '[MASK]'"));
 
-  // added_tokens_decoder: special, non-normalised tokens at vocab.txt's ids (or the next one).
+  // added_tokens_decoder: tokens at vocab.txt's ids (or the next one); not single_word, and special
+  // ones not normalised.
   const auto decoder = [&](const std::string& entries) {
     write("tokenizer_config.json", R"({"added_tokens_decoder": {)" + entries + "}}");
     try {
@@ -339,10 +340,87 @@ TEST_CASE("tokenizer config: special_tokens_map.json as transformers reads it") 
              Catch::Contains("added_tokens_decoder[\"2\"] 'a': vocab.txt has it as id 3"));
   CHECK_THAT(decoder(R"("9": {"content": "<x>", "special": true})"),
              Catch::Contains("'<x>': not in vocab.txt, nor the next id after it (4)"));
-  CHECK_THAT(decoder(R"("3": {"content": "a", "special": false})"),
-             Catch::Contains("only special, non-normalised added tokens are supported"));
+  CHECK(decoder(R"("3": {"content": "a", "special": false})").empty());
+  CHECK(decoder(R"("4": {"content": "<x>", "special": false, "normalized": false})").empty());
+  CHECK_THAT(decoder(R"("3": {"content": "a", "special": true, "normalized": true})"),
+             Catch::Contains("'a': a special token with normalized = true (matched in the normalised text) is not "
+                             "supported"));
+  CHECK_THAT(decoder(R"("3": {"content": "a", "single_word": true})"),
+             Catch::Contains("added_tokens_decoder[\"3\"] 'a': single_word = true (a match only as a whole word) is "
+                             "not supported"));
+  CHECK_THAT(decoder(R"("4": {"content": "", "special": false})"), Catch::Contains("\"4\"] '': an empty token"));
   CHECK(decoder(R"("3": {"content": "a", "special": true, "lstrip": true})").empty());  // no BERT id changes
   CHECK_THAT(decoder(R"("x": {"content": "a"})"), Catch::Contains("the key must be a token id"));
+}
+
+TEST_CASE("added tokens that are not special: matched as their flags say, not special, saved with their flags") {
+  const std::string dir = test_dir() + "/added_plain";
+  std::filesystem::remove_all(dir);
+  make_directories(dir);
+  write_file_atomic(dir + "/vocab.txt", "[PAD]\n[UNK]\n[CLS]\n[SEP]\n[MASK]\na\nb\n##a\n##b\nab\nx\n##x\n");
+  // "ab" (in the vocabulary) and "Xa" (appended) normalised, so lowercased and found inside words;
+  // "XB" (appended) as written. The ids are BertTokenizerFast's on this directory.
+  write_file_atomic(dir + "/tokenizer_config.json", R"({"do_lower_case": true, "added_tokens_decoder": {
+      "9": {"content": "ab", "special": false, "normalized": true},
+      "12": {"content": "Xa", "special": false},
+      "13": {"content": "XB", "special": false, "normalized": false}}})");
+  const Tokenizer tokenizer = Tokenizer::from_dir(dir);
+  REQUIRE(tokenizer.vocab().size() == 14);
+  CHECK(tokenizer.vocab().token(12) == "Xa");
+  const auto ids = [](const Tokenizer& t, const std::string& text) {
+    std::vector<int32_t> out;
+    EncodeScratch scratch;
+    t.encode(text, out, scratch);
+    return out;
+  };
+  CHECK(ids(tokenizer, "bbab") == std::vector<int32_t>{6, 8, 9});      // b ##b, then "ab" split out of the word
+  CHECK(ids(tokenizer, "xxab") == std::vector<int32_t>{10, 12, 6});    // the leftmost match wins: "xa" before "ab"
+  CHECK(ids(tokenizer, "XAb xa") == std::vector<int32_t>{12, 6, 12});  // "xa" normalised, then b as a word
+  CHECK(ids(tokenizer, "XB xb aXBa") == std::vector<int32_t>{13, 10, 8, 5, 13, 5});  // as written only
+  CHECK(ids(tokenizer, "[MASK]ab") == std::vector<int32_t>{4, 9});
+  const std::vector<std::string> specials = tokenizer.config().special_tokens();
+  for (const char* token : {"ab", "Xa", "XB"})
+    CHECK(std::find(specials.begin(), specials.end(), token) == specials.end());  // masked as any word
+
+  const std::string copy = test_dir() + "/added_plain_copy";
+  std::filesystem::remove_all(copy);
+  make_directories(copy);
+  tokenizer.save(copy);
+  CHECK(read_file(copy + "/vocab.txt") == read_file(dir + "/vocab.txt"));
+  const Json config = Json::parse(read_file(copy + "/tokenizer_config.json"));
+  const Json& decoder = *config.find("added_tokens_decoder");
+  CHECK(decoder.find("9")->find("normalized")->as_bool());
+  CHECK_FALSE(decoder.find("9")->find("special")->as_bool());
+  CHECK(decoder.find("12")->find("normalized")->as_bool());
+  CHECK_FALSE(decoder.find("13")->find("normalized")->as_bool());
+  CHECK(decoder.find("4") == nullptr);  // in-vocabulary specials stay special_tokens' business
+  const Tokenizer again = Tokenizer::from_dir(copy);
+  for (const char* text : {"bbab", "xxab", "XAb xa", "XB xb aXBa", "[MASK]ab"})
+    CHECK(ids(again, text) == ids(tokenizer, text));
+
+  // tokenizer.json's added tokens and added_tokens_decoder must agree on how a token is matched.
+  const std::string both = test_dir() + "/added_both";
+  std::filesystem::remove_all(both);
+  make_directories(both);
+  write_file_atomic(both + "/tokenizer.json", R"({"version": "1.0",
+      "added_tokens": [{"id": 0, "content": "[PAD]", "special": true}, {"id": 1, "content": "[UNK]", "special": true},
+                       {"id": 2, "content": "[CLS]", "special": true}, {"id": 3, "content": "[SEP]", "special": true},
+                       {"id": 4, "content": "[MASK]", "special": true},
+                       {"id": 6, "content": "ab", "special": false, "normalized": true}],
+      "normalizer": {"type": "BertNormalizer"}, "pre_tokenizer": {"type": "BertPreTokenizer"},
+      "post_processor": {"type": "BertProcessing", "sep": ["[SEP]", 3], "cls": ["[CLS]", 2]},
+      "decoder": {"type": "WordPiece", "prefix": "##"},
+      "model": {"type": "WordPiece", "unk_token": "[UNK]", "continuing_subword_prefix": "##",
+                "max_input_chars_per_word": 100,
+                "vocab": {"[PAD]": 0, "[UNK]": 1, "[CLS]": 2, "[SEP]": 3, "[MASK]": 4, "a": 5}}})");
+  CHECK(ids(Tokenizer::from_dir(both), "aab") == std::vector<int32_t>{5, 6});
+  write_file_atomic(both + "/tokenizer_config.json",
+                    R"({"added_tokens_decoder": {"6": {"content": "ab", "special": false, "normalized": false}}})");
+  CHECK_THROWS_WITH(Tokenizer::from_dir(both),
+                    both +
+                        "/tokenizer_config.json: added_tokens_decoder[\"6\"] is 'ab' (special false, normalized "
+                        "false) where tokenizer.json's added_tokens has 'ab' (special false, normalized true); make "
+                        "them agree");
 }
 
 // tokenizer.json as BertWordPieceTokenizer.save writes it (the conformance test compares the ids with
@@ -436,7 +514,7 @@ TEST_CASE("tokenizer.json: read instead of vocab.txt, checked against it, BERT's
              Catch::Contains("tokenizer.json: model.type: 'BPE': only a WordPiece model is a BERT tokenizer"));
   CHECK_THAT(error(with(spec("", bert_processing), R"("<x>", "special": true, "normalized": false)",
                         R"("<x>", "special": true, "normalized": true)")),
-             Catch::Contains("tokenizer.json: added_tokens '<x>': only special, non-normalised"));
+             Catch::Contains("tokenizer.json: added_tokens '<x>': a special token with normalized = true"));
   CHECK_THAT(error(with(spec("", bert_processing), R"("id": 7)", R"("id": 9)")),
              Catch::Contains("added_tokens '<x>': id 9 where tokenizers gives it 7 (the ids past model.vocab "
                              "follow the array's order, without gaps)"));

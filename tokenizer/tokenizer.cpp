@@ -2,6 +2,7 @@
 
 #include <algorithm>
 #include <cstdlib>
+#include <unordered_map>
 
 #include "common/error.h"
 #include "common/file.h"
@@ -46,7 +47,18 @@ std::string token_text(const Json& v, const std::string& path, const std::string
 struct FastTokenizerFile {
   std::vector<std::string> tokens;  // model.vocab by id, then the added tokens past it
   size_t model_size = 0;            // model.vocab's size
+  std::vector<TokenizerConfig::AddedToken> added;  // "added_tokens", with their flags
 };
+
+// Why transformers would match an added token where this tokenizer does not; empty when it is one we
+// match as it does.
+std::string unsupported_added_token(const TokenizerConfig::AddedToken& added) {
+  if (added.single_word) return "single_word = true (a match only as a whole word) is not supported";
+  if (added.special && added.normalized)
+    return "a special token with normalized = true (matched in the normalised text) is not supported; special "
+           "tokens are matched as written";
+  return {};
+}
 
 [[noreturn]] void fail_field(const std::string& path, const std::string& field, const std::string& what) {
   throw Error(path + ": " + field + ": " + what);
@@ -201,18 +213,16 @@ FastTokenizerFile read_tokenizer_json(const std::string& path, TokenizerConfig& 
     fail("post_processor", "adds '" + cls + "' and '" + sep + "', not the tokenizer's cls_token '" + config.cls_token +
                                "' and sep_token '" + config.sep_token + "'");
 
-  // Added tokens: those in model.vocab at their ids, the others past it in the array's order; all
-  // special and matched as written (as tokenizer_config.json's added_tokens_decoder, TokenizerConfig::load).
+  // Added tokens: those in model.vocab at their ids, the others past it in the array's order; the
+  // special ones become additional special tokens (as tokenizer_config.json's added_tokens_decoder,
+  // Tokenizer::from_dir).
   {
     std::vector<std::pair<int64_t, std::string>> past;
     for (const TokenizerConfig::AddedToken& added : json_added_tokens(root, path)) {
       const std::string& content = added.content;
       const int64_t id = added.id;
       const std::string where = "added_tokens '" + content + "'";
-      if (!added.special || added.normalized || added.single_word)
-        fail(where,
-             "only special, non-normalised added tokens are supported (special: true; normalized, "
-             "single_word: false)");
+      if (const std::string why = unsupported_added_token(added); !why.empty()) fail(where, why);
       if (content.empty()) fail("added_tokens", "an empty token (id " + std::to_string(id) + ")");
       if (id < 0) fail(where, "a negative id");
       if (static_cast<size_t>(id) < out.model_size) {
@@ -228,8 +238,9 @@ FastTokenizerFile read_tokenizer_json(const std::string& path, TokenizerConfig& 
         past.emplace_back(id, content);
       }
       const std::vector<std::string> named = config.special_tokens();
-      if (std::find(named.begin(), named.end(), content) == named.end())
+      if (added.special && std::find(named.begin(), named.end(), content) == named.end())
         config.additional_special_tokens.push_back(content);
+      out.added.push_back(added);
     }
     for (const auto& entry : past) out.tokens.push_back(entry.second);
   }
@@ -392,10 +403,22 @@ Tokenizer::Tokenizer(Vocab vocab, TokenizerConfig config, size_t pieces)
     if (id < 0) continue;  // HF only registers special tokens the vocabulary has
     std::u32string cps;
     utf8_decode(t, cps);
-    if (!cps.empty()) specials_.push_back({cps, id});
+    raw_added_.add(std::move(cps), id);
   }
-  std::stable_sort(specials_.begin(), specials_.end(),
-                   [](const Special& x, const Special& y) { return x.text.size() > y.text.size(); });
+  for (const TokenizerConfig::AddedToken& added : config_.added_tokens) {
+    const int32_t id = vocab_.id(added.content);
+    if (id < 0) continue;  // from_dir has appended every one; a config made by hand may name others
+    std::u32string cps;
+    utf8_decode(added.content, cps);
+    if (added.normalized) {
+      // Matched as its own normalised form (tokenizers' AddedVocabulary::refresh_added_tokens).
+      std::u32string normalized;
+      normalizer_.normalize(cps, normalized);
+      normalized_added_.add(std::move(normalized), id);
+    } else {
+      raw_added_.add(std::move(cps), id);
+    }
+  }
   cls_id_ = vocab_.id(config_.cls_token);
   sep_id_ = vocab_.id(config_.sep_token);
   pad_id_ = vocab_.id(config_.pad_token);
@@ -442,6 +465,24 @@ Tokenizer Tokenizer::from_dir(const std::string& dir_arg) {
     }
     pieces = fast.model_size;
     vocab = Vocab(std::move(fast.tokens));
+    // Its added tokens, with their flags, beside added_tokens_decoder's: one token's two entries must
+    // agree on how it is matched.
+    for (TokenizerConfig::AddedToken& added : fast.added) {
+      const auto same = std::find_if(config.added_tokens.begin(), config.added_tokens.end(),
+                                     [&](const TokenizerConfig::AddedToken& t) { return t.id == added.id; });
+      if (same == config.added_tokens.end()) {
+        config.added_tokens.push_back(std::move(added));
+      } else if (same->content != added.content || same->special != added.special ||
+                 same->normalized != added.normalized) {
+        const auto describe = [](const TokenizerConfig::AddedToken& t) {
+          return "'" + t.content + "' (special " + (t.special ? "true" : "false") + ", normalized " +
+                 (t.normalized ? "true" : "false") + ")";
+        };
+        throw Error(dir + "/tokenizer_config.json: added_tokens_decoder[\"" + std::to_string(added.id) + "\"] is " +
+                    describe(*same) + " where tokenizer.json's added_tokens has " + describe(added) +
+                    "; make them agree");
+      }
+    }
   } else {
     vocab = Vocab::load(txt_path);
     pieces = vocab.size();
@@ -469,9 +510,8 @@ Tokenizer Tokenizer::from_dir(const std::string& dir_arg) {
   for (const TokenizerConfig::AddedToken& added : config.added_tokens) {
     const std::string where = dir + added_source + "[\"" + std::to_string(added.id) + "\"] '" + added.content + "'";
     // lstrip and rstrip change no BERT id (the pre-tokenizer drops the blanks anyway).
-    if (!added.special || added.normalized || added.single_word)
-      throw Error(where + ": only special, non-normalised added tokens are supported (special: true; normalized, " +
-                  "single_word: false); put a plain word into vocab.txt instead");
+    if (const std::string why = unsupported_added_token(added); !why.empty()) throw Error(where + ": " + why);
+    if (added.content.empty()) throw Error(where + ": an empty token");
     if (const int64_t id = id_of(added.content); id >= 0) {
       if (id != added.id) throw Error(where + ": " + vocab_name + " has it as id " + std::to_string(id));
     } else if (added.id != static_cast<int64_t>(file_size + appended.size())) {
@@ -481,7 +521,7 @@ Tokenizer Tokenizer::from_dir(const std::string& dir_arg) {
       appended.push_back(added.content);
     }
     const std::vector<std::string> named = config.special_tokens();
-    if (std::find(named.begin(), named.end(), added.content) == named.end())
+    if (added.special && std::find(named.begin(), named.end(), added.content) == named.end())
       config.additional_special_tokens.push_back(added.content);
   }
   std::vector<std::string> specials = {config.bos_token, config.eos_token, config.unk_token, config.sep_token,
@@ -506,12 +546,20 @@ void Tokenizer::save(const std::string& dir, size_t max_length) const {
       .save(dir + "/vocab.txt");
   TokenizerConfig config = config_;
   config.model_max_length = std::min(config.model_max_length, max_length);
+  // The tokens past the pieces (as read, or special: the appended ones), and the non-special added
+  // tokens among the pieces, which nothing else would make added tokens again.
   config.added_tokens.clear();
-  for (size_t id = pieces_; id < tokens.size(); ++id) {
+  std::unordered_map<std::string_view, const TokenizerConfig::AddedToken*> as_read;
+  for (const TokenizerConfig::AddedToken& t : config_.added_tokens) as_read.emplace(t.content, &t);
+  for (size_t id = 0; id < tokens.size(); ++id) {
+    const auto found = as_read.find(tokens[id]);
+    const TokenizerConfig::AddedToken* read = found == as_read.end() ? nullptr : found->second;
+    if (id < pieces_ && (!read || read->special)) continue;
     TokenizerConfig::AddedToken token;
+    if (read) token = *read;
     token.id = static_cast<int64_t>(id);
     token.content = tokens[id];
-    token.special = true;
+    if (!read) token.special = true, token.normalized = false;
     config.added_tokens.push_back(std::move(token));
   }
   config.save(dir);
@@ -551,39 +599,77 @@ void Tokenizer::require(std::initializer_list<SpecialToken> needed, const std::s
               "; " + std::string(purpose) + (count > 1 ? " needs them" : " needs it"));
 }
 
-void Tokenizer::encode_plain(std::u32string_view text, std::vector<int32_t>& out, EncodeScratch& scratch) const {
-  normalizer_.normalize(text, scratch.normalized);
-  const std::u32string_view norm = scratch.normalized;
-  bert_pre_tokenize(norm, [&](WordSpan w) { wordpiece_.encode_word(norm.substr(w.begin, w.end - w.begin), out); });
+void Tokenizer::AddedMatcher::add(std::u32string text, int32_t id) {
+  if (text.empty()) return;
+  for (const auto& entry : entries_)
+    if (entry.first == text) return;
+  const char32_t first = text[0];
+  entries_.emplace_back(std::move(text), id);
+  std::vector<size_t>& list = by_first_[first];
+  list.push_back(entries_.size() - 1);
+  std::stable_sort(list.begin(), list.end(),
+                   [&](size_t a, size_t b) { return entries_[a].first.size() > entries_[b].first.size(); });
+  if (first < 0x10000) {
+    if (bmp_first_.empty()) bmp_first_.assign(0x10000 / 64, 0);
+    bmp_first_[first / 64] |= uint64_t{1} << (first % 64);
+  }
 }
 
-void Tokenizer::encode(std::u32string_view text, std::vector<int32_t>& out, EncodeScratch& scratch) const {
-  if (specials_.empty()) {
-    encode_plain(text, out, scratch);
-    return;
+const std::pair<std::u32string, int32_t>* Tokenizer::AddedMatcher::match(std::u32string_view text, size_t i) const {
+  const char32_t c = text[i];
+  if (c < 0x10000 && (bmp_first_.empty() || !(bmp_first_[c / 64] >> (c % 64) & 1))) return nullptr;
+  const auto found = by_first_.find(c);
+  if (found == by_first_.end()) return nullptr;
+  for (const size_t k : found->second) {
+    const auto& entry = entries_[k];
+    if (text.compare(i, entry.first.size(), entry.first) == 0) return &entry;
   }
-  // Leftmost-longest match of the special tokens on the raw text; the pieces between them go
-  // through the normal pipeline separately (HF's AddedVocabulary split).
+  return nullptr;
+}
+
+namespace {
+// Splits `text` at the leftmost-longest matches of `matcher` (HF's AddedVocabulary split): each match
+// becomes its id, each piece between them goes to `piece`.
+template <typename Matcher, typename Piece>
+void split_added(std::u32string_view text, const Matcher& matcher, std::vector<int32_t>& out, Piece&& piece) {
   size_t start = 0, i = 0;
   const size_t n = text.size();
   while (i < n) {
-    const Special* hit = nullptr;
-    for (const Special& s : specials_) {
-      if (s.text[0] == text[i] && text.compare(i, s.text.size(), s.text) == 0) {
-        hit = &s;
-        break;
-      }
-    }
+    const auto* hit = matcher.match(text, i);
     if (!hit) {
       ++i;
       continue;
     }
-    if (i > start) encode_plain(text.substr(start, i - start), out, scratch);
-    out.push_back(hit->id);
-    i += hit->text.size();
+    if (i > start) piece(text.substr(start, i - start));
+    out.push_back(hit->second);
+    i += hit->first.size();
     start = i;
   }
-  if (n > start) encode_plain(text.substr(start), out, scratch);
+  if (n > start) piece(text.substr(start));
+}
+}  // namespace
+
+void Tokenizer::encode_words(std::u32string_view norm, std::vector<int32_t>& out) const {
+  bert_pre_tokenize(norm, [&](WordSpan w) { wordpiece_.encode_word(norm.substr(w.begin, w.end - w.begin), out); });
+}
+
+void Tokenizer::encode_plain(std::u32string_view text, std::vector<int32_t>& out, EncodeScratch& scratch) const {
+  normalizer_.normalize(text, scratch.normalized);
+  const std::u32string_view norm = scratch.normalized;
+  if (normalized_added_.empty()) {
+    encode_words(norm, out);
+    return;
+  }
+  split_added(norm, normalized_added_, out, [&](std::u32string_view piece) { encode_words(piece, out); });
+}
+
+void Tokenizer::encode(std::u32string_view text, std::vector<int32_t>& out, EncodeScratch& scratch) const {
+  if (raw_added_.empty()) {
+    encode_plain(text, out, scratch);
+    return;
+  }
+  // The pieces between raw matches go through the normal pipeline separately.
+  split_added(text, raw_added_, out, [&](std::u32string_view piece) { encode_plain(piece, out, scratch); });
 }
 
 size_t Tokenizer::encode(std::string_view text, std::vector<int32_t>& out, EncodeScratch& scratch) const {

@@ -1,7 +1,12 @@
 // The tokenizer pipeline, explicit as in HF tokenizers:
-//   special-token split -> BertNormalizer -> BertPreTokenizer -> WordPiece -> post-processor.
-// Special tokens are matched in the raw text before normalisation (HF adds them as non-normalised
-// added tokens), so "이순신은 [MASK] 중기의" keeps its [MASK].
+//   added-token split -> BertNormalizer -> normalised added-token split -> BertPreTokenizer -> WordPiece
+//   -> post-processor.
+// Special tokens (and added tokens written "normalized": false) are matched in the raw text before
+// normalisation (HF adds them as non-normalised added tokens), so "이순신은 [MASK] 중기의" keeps its
+// [MASK]; added tokens written "normalized": true (what tokenizer.add_tokens(["법률가"]) makes) in each
+// piece's normalised text, as their own normalised form, also inside words ("hello법률가" -> hello,
+// 법률가), as tokenizers' AddedVocabulary does. Only special tokens are special: never masked, skipped
+// by a decode that skips specials.
 #pragma once
 
 #include <cstdint>
@@ -9,6 +14,8 @@
 #include <optional>
 #include <string>
 #include <string_view>
+#include <unordered_map>
+#include <utility>
 #include <vector>
 
 #include "tokenizer/normalizer.h"
@@ -27,7 +34,8 @@ struct TokenizerConfig {
   std::vector<std::string> additional_special_tokens;
   std::string continuing_subword_prefix = "##";
   // tokenizer_config.json's added_tokens_decoder (transformers >= 4.34), as read: checked against
-  // vocab.txt by Tokenizer::from_dir, which registers its tokens as special tokens.
+  // vocab.txt by Tokenizer::from_dir, which registers its special ones as special tokens; after
+  // from_dir, also tokenizer.json's added tokens. The tokenizer matches each as its flags say.
   struct AddedToken {
     int64_t id = 0;
     std::string content;
@@ -69,8 +77,8 @@ class Tokenizer {
   // BertTokenizerFast.from_pretrained does, a special token the vocabulary lacks is appended after
   // its last id (in transformers' order: bos, eos, unk, sep, pad, cls, mask, then the additional
   // ones), so ids match transformers'; require() still asks for the ones a purpose needs in the file
-  // itself. added_tokens_decoder's tokens must be the file's at their ids (or its appended
-  // specials'), special and not normalised.
+  // itself. added_tokens_decoder's tokens must be the file's at their ids (or the next ids after it),
+  // not single_word, and special ones not normalised.
   static Tokenizer from_dir(const std::string& dir);
   // vocab.txt's own size (tokenizer.json's: its model's vocabulary and added tokens): vocab().size()
   // less the appended special tokens.
@@ -78,9 +86,10 @@ class Tokenizer {
   // Where the vocabulary came from: "vocab.txt", or "tokenizer.json" (which transformers prefers).
   const std::string& vocab_file() const { return vocab_file_; }
   // Writes DIR/vocab.txt (the word pieces only) and tokenizer_config.json + special_tokens_map.json,
-  // the tokens after the pieces (appended specials, tokenizer.json's added tokens) as the config's
-  // added_tokens_decoder, so that the directory tokenizes as this tokenizer does, here and in
-  // transformers (in vocab.txt they would become word pieces). model_max_length at most `max_length`.
+  // the tokens after the pieces (appended specials, added tokens) and the non-special added tokens
+  // among the pieces as the config's added_tokens_decoder with their flags, so that the directory
+  // tokenizes as this tokenizer does, here and in transformers (in vocab.txt they would become word
+  // pieces). model_max_length at most `max_length`.
   void save(const std::string& dir, size_t max_length = SIZE_MAX) const;
 
   const Vocab& vocab() const { return vocab_; }
@@ -114,11 +123,21 @@ class Tokenizer {
   TokenizerConfig config_;
   BertNormalizer normalizer_;
   WordPiece wordpiece_;
-  struct Special {
-    std::u32string text;
-    int32_t id;
+  // Leftmost-longest matching of added tokens (the longest of those that start at a position).
+  class AddedMatcher {
+   public:
+    void add(std::u32string text, int32_t id);  // the first text added wins over a later same one
+    bool empty() const { return entries_.empty(); }
+    // The token starting at text[i], longest first; nullptr when none does.
+    const std::pair<std::u32string, int32_t>* match(std::u32string_view text, size_t i) const;
+
+   private:
+    std::vector<std::pair<std::u32string, int32_t>> entries_;
+    std::unordered_map<char32_t, std::vector<size_t>> by_first_;  // entries_ indexes, longest first
+    std::vector<uint64_t> bmp_first_;  // a bit per BMP code point that starts a token: most miss on it
   };
-  std::vector<Special> specials_;  // longest first, for leftmost-longest matching
+  AddedMatcher raw_added_;         // special tokens and normalized: false added tokens, on the raw text
+  AddedMatcher normalized_added_;  // normalized: true added tokens, by their normalised text
   int32_t cls_id_ = -1, sep_id_ = -1, pad_id_ = -1, mask_id_ = -1;
   size_t file_vocab_size_ = 0;
   size_t pieces_ = 0;  // the first ids, WordPiece's; the rest are added tokens
@@ -128,6 +147,7 @@ class Tokenizer {
   // tokenizer.json model's own; the tokens after them are added tokens).
   Tokenizer(Vocab vocab, TokenizerConfig config, size_t pieces);
   void encode_plain(std::u32string_view text, std::vector<int32_t>& out, EncodeScratch& scratch) const;
+  void encode_words(std::u32string_view normalized, std::vector<int32_t>& out) const;
 };
 
 // LongestFirst truncation of a pair to `budget` tokens (HF tokenizers' rule).

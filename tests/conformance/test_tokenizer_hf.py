@@ -274,6 +274,35 @@ def main():
     check(r.returncode != 0 and "tokenizer.json: post_processor: 'RobertaProcessing'" in r.stderr,
           f"a post_processor other than BERT's is refused: {r.stderr.strip()[:200]}")
 
+    # ---- added tokens as tokenizer.add_tokens makes them ------------------------------------------
+    # Not special: normalized (matched in the normalised text as their normalised form, inside words
+    # too) or not (matched in the raw text); a special one; some already in the vocabulary. Read from
+    # save_pretrained's directory (tokenizer.json) and from the same without tokenizer.json (vocab.txt
+    # + added_tokens_decoder, what our checkpoints carry).
+    from collections import Counter
+    from tokenizers import AddedToken
+    words = Counter(w for line in sample for w in line.split())
+    common = [w for w, _ in words.most_common(300) if len(w) >= 3][:6]
+    added_lines = sample[:1500] + ["Hello HELLO hello법률가HELLO", "Ärger ärger ÄRGER arger", "RAW토큰 raw토큰 [법] [법]x",
+                                   "법률가는 이순신장군 " + " ".join(common), " ".join(w.upper() for w in common)]
+    added_path = os.path.join(args.work, "added_lines.txt")
+    write_lines(added_path, added_lines)
+    for label, lower in (("cased", False), ("lowercase", True)):
+        t = BertTokenizerFast.from_pretrained(ours_dir, do_lower_case=lower)
+        t.add_tokens(["법률가", "Hello", "Ärger", AddedToken("RAW토큰", normalized=False), "이순신"] +
+                     [w[:2] for w in common[:3]] + [AddedToken(common[3], normalized=False), common[4]])
+        t.add_tokens([AddedToken("[법]", special=True, normalized=False)], special_tokens=True)
+        d = os.path.join(args.work, f"added_{label}")
+        t.save_pretrained(d)
+        expect = t(added_lines, add_special_tokens=True)["input_ids"]
+        compare_ids(f"added tokens ({label}), save_pretrained's dir",
+                    our_encode(args.bin, d, added_path, ["--add-special-tokens"]), expect, added_lines)
+        os.remove(os.path.join(d, "tokenizer.json"))
+        check(BertTokenizerFast.from_pretrained(d)(added_lines, add_special_tokens=True)["input_ids"] == expect,
+              f"added tokens ({label}): transformers reads the directory without tokenizer.json alike")
+        compare_ids(f"added tokens ({label}), vocab.txt + added_tokens_decoder",
+                    our_encode(args.bin, d, added_path, ["--add-special-tokens"]), expect, added_lines)
+
     print(f"\n{'FAILED' if FAILURES else 'OK'}: {len(FAILURES)} failure(s)")
     sys.exit(1 if FAILURES else 0)
 
