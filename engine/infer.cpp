@@ -199,7 +199,9 @@ InferenceCheckpoint load_inference_checkpoint(const std::string& dir_arg, int nu
                 ", more than config.json's vocab_size " + std::to_string(config.vocab_size) +
                 " (the tokenizer does not belong to this model)");
 
-  bool clean_up = true;
+  // transformers' default: BertTokenizer's true when the tokenizer is built from vocab.txt, the base
+  // class's false when it is read from tokenizer.json.
+  bool clean_up = tokenizer.vocab_file() == "vocab.txt";
   std::vector<std::string> notes;
   const std::string tokenizer_config_path = dir + "/tokenizer_config.json";
   Json tokenizer_json = Json::object();
@@ -245,11 +247,18 @@ std::string hf_decode(const Tokenizer& tokenizer, std::span<const int32_t> ids, 
       if (const int32_t id = vocab.id(token); id >= 0) special_ids.insert(id);
   const std::string& prefix = tokenizer.config().continuing_subword_prefix;
 
+  const TokenizerConfig::Decoder& decoder = tokenizer.config().decoder;
   std::string out, piece;
   size_t index = 0;  // among the tokens kept
   for (int32_t id : ids) {
     if (id < 0 || static_cast<size_t>(id) >= vocab.size() || special_ids.count(id)) continue;
     piece = vocab.token(id);
+    if (!decoder.wordpiece) {  // no decoder in tokenizer.json: the tokens as they are, between spaces
+      if (index != 0) out.push_back(' ');
+      out += piece;
+      ++index;
+      continue;
+    }
     if (index != 0) {
       if (!prefix.empty() && piece.compare(0, prefix.size(), prefix) == 0) {
         piece.erase(0, prefix.size());
@@ -257,7 +266,7 @@ std::string hf_decode(const Tokenizer& tokenizer, std::span<const int32_t> ids, 
         piece.insert(piece.begin(), ' ');
       }
     }
-    decoder_cleanup(piece);
+    if (decoder.cleanup) decoder_cleanup(piece);
     out += piece;
     ++index;
   }

@@ -47,7 +47,8 @@ struct InferenceCheckpoint {
   std::string dir;
   BertConfig config;
   Tokenizer tokenizer;
-  bool clean_up_tokenization_spaces = true;  // tokenizer_config.json; BertTokenizer's default is true
+  // tokenizer_config.json; else transformers' default: true for a vocab.txt tokenizer, false for tokenizer.json
+  bool clean_up_tokenization_spaces = true;
   BertForPreTraining<float> model;
   std::vector<std::string> notes;  // for stderr: defaults taken where a file was missing
 };

@@ -202,6 +202,17 @@ TEST_CASE("hf_decode and clean_up_tokenization follow BertTokenizerFast", "[infe
   CHECK(bert::hf_decode(tokenizer, ids({"dog", "'", "s"}), false, /*clean_up_tokenization_spaces=*/false) == "dog ' s");
   CHECK(bert::hf_decode(tokenizer, ids({"do", "n't"}), false) == "don't");
   CHECK(bert::hf_decode(tokenizer, ids({"hello", "?", "!", ",", "world"}), false, false) == "hello?!, world");
+  // tokenizer.json's decoder: "cleanup": false keeps each token as it is; none joins the tokens by spaces.
+  bert::TokenizerConfig no_cleanup;
+  no_cleanup.decoder.cleanup = false;
+  const bert::Tokenizer kept(bert::Vocab(kTokens), no_cleanup);
+  CHECK(bert::hf_decode(kept, ids({"hello", "?", "!", ",", "world"}), false, false) == "hello ? ! , world");
+  CHECK(bert::hf_decode(kept, ids({"cat", "##s", "."}), false, false) == "cats .");
+  bert::TokenizerConfig no_decoder;
+  no_decoder.decoder.wordpiece = false;
+  const bert::Tokenizer joined(bert::Vocab(kTokens), no_decoder);
+  CHECK(bert::hf_decode(joined, ids({"[CLS]", "cat", "##s", ".", "[SEP]"}), true, false) == "cat ##s .");
+  CHECK(bert::hf_decode(joined, ids({"cat", "##s", "."}), false) == "cat ##s.");  // then the spaces' clean-up
 
   CHECK(bert::clean_up_tokenization("a . b ? c ! d , e") == "a. b? c! d, e");
   CHECK(bert::clean_up_tokenization("it ' s") == "it's");

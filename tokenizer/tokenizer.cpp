@@ -151,9 +151,16 @@ FastTokenizerFile read_tokenizer_json(const std::string& path, TokenizerConfig& 
     fail("pre_tokenizer", "'" + type + "': only BertPreTokenizer is supported");
   if (const std::string type = type_of("decoder"); type != "WordPiece" && type != "null")
     fail("decoder", "'" + type + "': only the WordPiece decoder is supported");
-  if (const Json* d = root.find("decoder"); d && d->is_object())
+  if (const Json* d = root.find("decoder"); d && d->is_object()) {
     if (const Json* v = d->find("prefix"); v && !(v->is_string() && v->as_string() == "##"))
       fail("decoder.prefix", v->dump() + ": only \"##\" is supported");
+    if (const Json* v = d->find("cleanup"); v && !v->is_null()) {
+      if (!v->is_bool()) fail("decoder.cleanup", "must be true or false");
+      config.decoder.cleanup = v->as_bool();
+    }
+  } else {
+    config.decoder.wordpiece = false;  // tokenizers joins the tokens with spaces
+  }
   // [CLS] A [SEP] (B [SEP]) with type ids 0 (1), as BertProcessing or the TemplateProcessing that
   // transformers' converter writes, with the tokenizer's cls_token and sep_token.
   const std::string post = type_of("post_processor");

@@ -43,6 +43,13 @@ struct TokenizerConfig {
   };
   std::vector<AddedToken> added_tokens;
   bool has_added_tokens_decoder = false;  // the field is there (even empty: transformers' non-legacy path)
+  // How transformers turns ids back into text: tokenizer.json's "decoder" (a vocab.txt tokenizer has
+  // the WordPiece one, which glues "##" pieces and cleans up " ." and the like in each token; with none,
+  // the tokens are joined by spaces as they are).
+  struct Decoder {
+    bool wordpiece = true;
+    bool cleanup = true;
+  } decoder;
   // "tokenizer_file": null or "from_slow": true: transformers builds the tokenizer from vocab.txt and
   // ignores a tokenizer.json beside it.
   bool ignores_tokenizer_json = false;

@@ -186,6 +186,24 @@ seed = 11
         os.remove(os.path.join(d, "vocab.txt"))
     check(os.path.exists(os.path.join(hf_dir, "tokenizer.json")), "(2d) save_pretrained wrote a tokenizer.json")
     same_as_pipeline(variant("hf_tokenizer_json", json_only), prompts[:2], "tokenizer_json_only")
+    # Read from tokenizer.json, transformers' clean_up_tokenization_spaces defaults to false (true from
+    # vocab.txt); the decoder decides the rest: none joins the tokens by spaces ("##" kept), and
+    # "cleanup": false keeps " ." in each token (the only clean-up this vocabulary can show: "." is its
+    # one punctuation token), which clean_up_tokenization_spaces then may or may not remove.
+    punctuated = ["이순신은 [MASK] 중기의 무신이었다 .", "세종은 훈민정음을 [MASK] .", "[MASK] . 한산도 대첩에서"]
+    def json_decoder_keeps(clean_up):
+        def edit(d):
+            json_only(d)
+            edit_json(os.path.join(d, "tokenizer.json"), lambda j: j["decoder"].__setitem__("cleanup", False))
+            edit_json(os.path.join(d, "tokenizer_config.json"), lambda j: j.pop("clean_up_tokenization_spaces", None)
+                      if clean_up is None else j.__setitem__("clean_up_tokenization_spaces", clean_up))
+        return edit
+    same_as_pipeline(variant("hf_json_default_cleanup", json_decoder_keeps(None)), punctuated, "json_default_cleanup")
+    same_as_pipeline(variant("hf_json_cleanup_true", json_decoder_keeps(True)), punctuated, "json_cleanup_true")
+    def json_no_decoder(d):
+        json_only(d)
+        edit_json(os.path.join(d, "tokenizer.json"), lambda j: j.__setitem__("decoder", None))
+    same_as_pipeline(variant("hf_json_no_decoder", json_no_decoder), punctuated, "json_no_decoder")
 
     # The mask token renamed in vocab.txt and named by special_tokens_map.json alone.
     def renamed_mask(d):
