@@ -598,6 +598,7 @@ void read_prompt_lines(std::istream& in, const std::string& name, std::vector<Pr
   size_t line_number = 0;
   while (std::getline(in, line)) {
     ++line_number;
+    if (line_number == 1 && line.starts_with("\xEF\xBB\xBF")) line.erase(0, 3);  // a UTF-8 byte order mark
     if (!line.empty() && line.back() == '\r') line.pop_back();
     check_utf8(line, name + ":" + std::to_string(line_number));
     if (line.find_first_not_of(" \t") == std::string::npos) continue;
@@ -794,8 +795,17 @@ void check_scores_path(const std::string& scores, const std::string& exposure) {
     throw Error("bert_infer: --scores " + scores + " is the --exposure file; write the scores elsewhere");
 }
 
+// A file named on the command line, "-" for stdin (read whole).
+std::string read_input(const std::string& path, std::istream& in) {
+  if (path != "-") return read_file(path);
+  std::string text((std::istreambuf_iterator<char>(in)), std::istreambuf_iterator<char>());
+  if (in.bad()) throw Error("<stdin>: read error");
+  return text;
+}
+std::string input_name(const std::string& path) { return path == "-" ? "<stdin>" : path; }
+
 int run_exposure(const Args& args, const std::string& model_dir, const std::string& device, int threads, bool json,
-                 std::ostream& out, std::ostream& err) {
+                 std::istream& in, std::ostream& out, std::ostream& err) {
   const std::string path = args.str("--exposure");
   if (path.empty()) throw Error("bert_infer: --exposure: empty path");
   if (is_directory(path)) throw Error(path + ": is a directory, expected the --exposure TSV file");
@@ -806,7 +816,7 @@ int run_exposure(const Args& args, const std::string& model_dir, const std::stri
   // JSON writes integers exactly below 2^53.
   options.seed = static_cast<uint64_t>(args.integer("--seed", 0, (int64_t{1} << 53) - 1));
   if (args.has("--scores")) check_scores_path(args.str("--scores"), path);
-  const std::vector<ExposureCanary> canaries = parse_exposure_tsv(read_file(path), path);
+  const std::vector<ExposureCanary> canaries = parse_exposure_tsv(read_input(path, in), input_name(path));
   if (canaries.empty()) throw Error(path + ": no canary lines");
   InferenceCheckpoint checkpoint = load_inference_checkpoint(model_dir, threads);
   for (const std::string& note : checkpoint.notes) err << "note: " << note << "\n";
@@ -858,16 +868,17 @@ int run_exposure(const Args& args, const std::string& model_dir, const std::stri
 
 }  // namespace
 
-int infer_main(const std::vector<std::string>& argv, std::istream& in, std::ostream& out, std::ostream& err) {
+namespace {
+int run_infer(const std::vector<std::string>& argv, std::istream& in, std::ostream& out, std::ostream& err) {
   Args args("bert_infer",
             "bert_infer --model DIR [--mask PROMPT...] [--input FILE] [--probe FILE.tsv] [--exposure FILE.tsv] "
             "[--top-k K] [--json] [--device cpu|cuda] [--threads N]");
   args.option("--model",
               "checkpoint dir: model.safetensors, config.json, vocab.txt (or tokenizer.json), tokenizer_config.json")
       .list("--mask", "prompt(s) with one or more [MASK] tokens (repeatable)")
-      .option("--input", "prompts, one a line (default: stdin when no --mask is given)")
-      .option("--probe", "LAMA probe TSV: 'prompt with one [MASK]<TAB>gold[<TAB>relation]' a line")
-      .option("--exposure", "canary TSV: 'text as in the corpus<TAB>secret in it[<TAB>label]' a line")
+      .option("--input", "prompts, one a line; - for stdin (the default when no --mask is given)")
+      .option("--probe", "LAMA probe TSV: 'prompt with one [MASK]<TAB>gold[<TAB>relation]' a line (- for stdin)")
+      .option("--exposure", "canary TSV: 'text as in the corpus<TAB>secret in it[<TAB>label]' a line (- for stdin)")
       .option("--candidates", "--exposure: secrets of the same shape each canary is ranked among", "1000")
       .option("--seed", "--exposure: seed of the candidate draw", "1")
       .option("--scores",
@@ -900,7 +911,7 @@ int infer_main(const std::vector<std::string>& argv, std::istream& in, std::ostr
   if (args.has("--exposure")) {
     if (args.has("--probe") || args.has("--mask") || args.has("--input"))
       throw Error("bert_infer: --exposure takes its texts from the TSV file; drop --probe/--mask/--input");
-    return run_exposure(args, model_dir, device, threads, json, out, err);
+    return run_exposure(args, model_dir, device, threads, json, in, out, err);
   }
 
   if (args.has("--probe")) {
@@ -909,8 +920,8 @@ int infer_main(const std::vector<std::string>& argv, std::istream& in, std::ostr
     if (args.has("--top-k"))
       throw Error("bert_infer: --top-k is for fill-mask; --probe ranks the gold answer over the whole vocabulary");
     const std::string path = args.str("--probe");
-    const std::vector<ProbeQuery> queries = parse_probe_tsv(read_file(path), path);
-    if (queries.empty()) throw Error(path + ": no probe lines");
+    const std::vector<ProbeQuery> queries = parse_probe_tsv(read_input(path, in), input_name(path));
+    if (queries.empty()) throw Error(input_name(path) + ": no probe lines");
     InferenceCheckpoint checkpoint = load_inference_checkpoint(model_dir, threads);
     for (const std::string& note : checkpoint.notes) err << "note: " << note << "\n";
     const std::unique_ptr<MlmLogitsSource> model = logits_source(checkpoint, device);
@@ -918,12 +929,13 @@ int infer_main(const std::vector<std::string>& argv, std::istream& in, std::ostr
     if (json) {
       out << probe_json(metrics).dump() << "\n";
     } else {
-      print_probe_table(path, metrics, out);
+      print_probe_table(input_name(path), metrics, out);
     }
     for (const ProbeOutcome& outcome : metrics.outcomes)
       if (outcome.rank <= 0 && json) err << "skipped " << outcome.query.source << ": " << outcome.skip_reason << "\n";
     if (metrics.overall.count == 0) {
-      err << "error: " << path << ": no line could be scored (each gold answer must be one vocabulary token; "
+      err << "error: " << input_name(path)
+          << ": no line could be scored (each gold answer must be one vocabulary token; "
           << "the skipped lines say why), so this measured nothing\n";
       return 1;
     }
@@ -937,13 +949,13 @@ int infer_main(const std::vector<std::string>& argv, std::istream& in, std::ostr
     prompts.push_back({"--mask " + std::to_string(i + 1), masks[i]});
     check_utf8(masks[i], prompts.back().source);
   }
-  if (args.has("--input")) {
+  if (args.has("--input") && args.str("--input") != "-") {
     const std::string path = args.str("--input");
     if (is_directory(path)) throw Error(path + ": is a directory, expected the --input file");
     std::ifstream file(path);
     if (!file) throw Error(path + ": cannot open the --input file");
     read_prompt_lines(file, path, prompts);
-  } else if (masks.empty()) {
+  } else if (args.has("--input") || masks.empty()) {
     read_prompt_lines(in, "<stdin>", prompts);
   }
   if (prompts.empty())
@@ -972,6 +984,14 @@ int infer_main(const std::vector<std::string>& argv, std::istream& in, std::ostr
     }
   }
   return 0;
+}
+}  // namespace
+
+int infer_main(const std::vector<std::string>& argv, std::istream& in, std::ostream& out, std::ostream& err) {
+  const int code = run_infer(argv, in, out, err);
+  // A full disk or a closed pipe must not pass for a complete answer.
+  if (!out.flush()) throw Error("bert_infer: write error on the standard output");
+  return code;
 }
 
 }  // namespace bert

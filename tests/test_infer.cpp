@@ -396,6 +396,9 @@ TEST_CASE("probe: P@1, P@10, MRR per relation with ranks forced by the decoder b
   CHECK_THAT(out, Catch::Contains("5 queries, 3 scored, 2 skipped"));
   CHECK_THAT(out, Catch::Contains("mean P@1 over relations (LAMA): 0.7500"));
   CHECK_THAT(out, Catch::Contains("probe.tsv:4: gold answer \"sat on\""));
+  REQUIRE(run({"--model", dir, "--probe", "-"}, bert::read_file(tsv), out) == 0);  // "-": stdin
+  CHECK_THAT(out, Catch::Contains("5 queries, 3 scored, 2 skipped"));
+  CHECK_THAT(out, Catch::Contains("<stdin>:4: gold answer \"sat on\""));
   REQUIRE(run({"--model", dir, "--probe", tsv, "--json"}, "", out) == 0);
   const Json json = Json::parse(out);
   CHECK(json.find("overall")->find("p_at_1")->as_number() == Approx(2.0 / 3));
@@ -491,6 +494,25 @@ TEST_CASE("bert_infer: prompts from --mask, --input and stdin as a table or JSON
   CHECK_THAT(out, Catch::Contains("> the cat [MASK] on the mat."));
   CHECK_THAT(out, Catch::Contains("sequence"));
   CHECK(lines_of(out).size() == 4);  // prompt, header, 2 candidates
+  // A byte order mark (Windows editors) before the first prompt is not part of it; "-" is stdin.
+  const std::string table = out;
+  bert::write_file_atomic(input, "\xEF\xBB\xBFthe cat [MASK] on the mat.\r\n");
+  REQUIRE(run({"--model", dir, "--top-k", "2", "--input", input}, "", out) == 0);
+  CHECK(out == table);
+  REQUIRE(run({"--model", dir, "--top-k", "2", "--input", "-"}, "\xEF\xBB\xBFthe cat [MASK] on the mat.\n", out) == 0);
+  CHECK(out == table);
+
+  // Output that cannot be written (a full disk, a closed pipe) is an error, not a success.
+  {
+    struct Refusing : std::streambuf {
+      int overflow(int) override { return traits_type::eof(); }
+    } refusing;
+    std::ostream full(&refusing);
+    std::istringstream none;
+    std::ostringstream err_stream;
+    CHECK_THROWS_WITH(bert::infer_main({"--model", dir, "--mask", "the [MASK]", "--json"}, none, full, err_stream),
+                      "bert_infer: write error on the standard output");
+  }
 
   REQUIRE(run({"--help"}, "", out) == 0);
   CHECK_THAT(out, Catch::Contains("memorised"));
