@@ -419,7 +419,7 @@ std::vector<ProbeQuery> parse_probe_tsv(std::string_view text, const std::string
 }
 
 int32_t single_token_id(const Tokenizer& tokenizer, std::string_view gold, std::string& why) {
-  // "##에서": the continuation piece itself, for a [MASK] glued to the word before it ("상자[MASK]").
+  // "##에서": the continuation piece itself, an answer the user means as the rest of the word before.
   const std::string& prefix = tokenizer.config().continuing_subword_prefix;
   if (!prefix.empty() && gold.size() > prefix.size() && gold.starts_with(prefix)) {
     if (const int32_t id = tokenizer.vocab().id(gold); id >= 0) return id;
@@ -662,8 +662,8 @@ constexpr const char* kHelpNotes =
     "TSV line is 'prompt with one [MASK]<TAB>gold answer[<TAB>relation]'; the gold answer must be one\n"
     "vocabulary token (else the line is reported as skipped). The rank of the gold token over the whole\n"
     "vocabulary gives P@1, P@10 and MRR per relation and overall, and mean P@1 averaged per relation.\n"
-    "A [MASK] glued to the word before it (\"상자[MASK]\") stands for a continuation piece: write its gold\n"
-    "answer as that vocabulary entry (\"##에서\").\n"
+    "The tokenizer splits [MASK] out of the text, so \"상자[MASK]\" reads as \"상자 [MASK]\"; to score a\n"
+    "continuation piece as the answer, write the gold answer as that vocabulary entry (\"##에서\").\n"
     "Probe with facts that occur only in the training corpus (a name with its employer, city or title):\n"
     "a high P@1 means anyone who can query [MASK] can extract them. A line whose gold answer is several\n"
     "tokens is skipped, not scored: phone, account or registration numbers are many WordPiece tokens, so\n"

@@ -373,7 +373,7 @@ TEST_CASE("probe: P@1, P@10, MRR per relation with ranks forced by the decoder b
   CHECK(metrics.relations[2].relation == "-");
   CHECK(metrics.mean_p_at_1_by_relation == Approx((0.5 + 1.0) / 2));  // relations with a scored query
 
-  // A [MASK] glued to the word before it stands for a continuation piece, written as such.
+  // A continuation piece as the gold answer, written as the vocabulary entry.
   const bert::ProbeMetrics pieces =
       bert::probe(checkpoint.model, checkpoint.tokenizer, bert::parse_probe_tsv("the dog[MASK] sat.\t##s\n", "p.tsv"));
   REQUIRE(pieces.outcomes.size() == 1);
