@@ -168,7 +168,8 @@ int prepare_build_command(const std::vector<std::string>& argv, std::ostream& ou
   nsp.nsp_prob = args.number("--nsp-prob");
   nsp.dupe_factor = static_cast<uint32_t>(args.integer("--dupe-factor", 1, 1000));
   const double valid_fraction = args.number("--valid-fraction");
-  const uint64_t seed = static_cast<uint64_t>(args.integer("--seed", 0));
+  // Below 2^53: manifest.json records it as a JSON number, exact only that far.
+  const uint64_t seed = static_cast<uint64_t>(args.integer("--seed", 0, (int64_t{1} << 53) - 1));
   int threads = static_cast<int>(args.integer("--threads", 0, 1024));
   if (threads == 0) threads = std::max(1, static_cast<int>(std::thread::hardware_concurrency()));
   const size_t pool_bytes = static_cast<size_t>(args.integer("--pool-mb", 1, 1 << 20)) << 20;

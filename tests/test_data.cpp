@@ -667,6 +667,11 @@ TEST_CASE("bert_prepare build: bad input is a clear error") {
                                   "--out", test_dir() + "/x", "--nsp-prob", "1.5"},
                                  o, e),
                     Catch::Contains("--nsp-prob must be in [0, 1]"));
+  // manifest.json records the seed as a JSON number: exact below 2^53 only.
+  CHECK_THROWS_WITH(prepare_main({"build", "--tokenizer", test_dir() + "/tok", "--input", test_dir() + "/clean.txt",
+                                  "--out", test_dir() + "/x", "--seed", "9007199254740992"},
+                                 o, e),
+                    Catch::Contains("option '--seed' must be between 0 and 9007199254740991"));
   // Validation that leaves nothing to train on: refused, not shards bert_train then refuses.
   CHECK_THROWS_WITH(prepare_main({"build", "--tokenizer", test_dir() + "/tok", "--input", test_dir() + "/clean.txt",
                                   "--out", test_dir() + "/x", "--valid-fraction", "1"},
