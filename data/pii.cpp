@@ -138,6 +138,20 @@ struct Text {
   }
 };
 
+// Whether a match ends at k: this scan's previous one, or our placeholder, which an earlier scrub put
+// where a match was ("[PHONE]"). What follows either is judged alike (a number may start right after
+// it, as after a word boundary), so that scrubbed text scans as the original did: scrubbing twice
+// changes nothing.
+bool match_ends_at(const Text& t, size_t k) {
+  if (k == t.floor && t.floor_type >= 0) return true;
+  if (k == 0 || t.s[k - 1] != ']') return false;
+  for (int type = 0; type < kPiiTypeCount; ++type) {
+    const std::string_view ph = pii_placeholder(static_cast<PiiType>(type));
+    if (k >= ph.size() && std::memcmp(t.s + k - ph.size(), ph.data(), ph.size()) == 0) return true;
+  }
+  return false;
+}
+
 // A dash with a space on either side or both, between two groups of a number at i ("010 - 1234 -
 // 5678", "900101 - 1234567", "900101- 1234567", as typed and OCR'd forms write them): its end, or npos.
 size_t spaced_dash_end(const Text& t, size_t i) {
@@ -160,7 +174,7 @@ bool numeric_start_ok(const Text& t, size_t p) {
   if (p == 0) return true;
   const unsigned char c = t.s[p - 1];
   if (is_alnum(c) || c == '_' || c == '+') return false;
-  if ((c == '.' || c == '-' || c == ':') && p >= 2 && is_digit(t.s[p - 2])) return false;
+  if ((c == '.' || c == '-' || c == ':') && p >= 2 && is_digit(t.s[p - 2]) && !match_ends_at(t, p - 1)) return false;
   return true;
 }
 
@@ -299,6 +313,17 @@ int placeholder_ending_at(const Text& t, size_t k) {
     if (k >= ph.size() && std::memcmp(t.s + k - ph.size(), ph.data(), ph.size()) == 0) return type;
   }
   return -1;
+}
+
+// Whether one of our placeholders of a number (all but [EMAIL]) starts at k.
+bool number_placeholder_at(const Text& t, size_t k) {
+  if (t.at(k) != '[') return false;
+  for (int type = 0; type < kPiiTypeCount; ++type) {
+    if (static_cast<PiiType>(type) == PiiType::kEmail) continue;
+    const std::string_view ph = pii_placeholder(static_cast<PiiType>(type));
+    if (k + ph.size() <= t.n && std::memcmp(t.s + k, ph.data(), ph.size()) == 0) return true;
+  }
+  return false;
 }
 
 // Whether t.s[k, p) only separates two items of a list: spaces with a comma, slash, semicolon, 、 or ·,
@@ -722,7 +747,7 @@ size_t match_ipv6(const Text& t, size_t p) {
 }
 
 bool ipv6_start_ok(const Text& t, size_t p) {
-  if (p == 0) return true;
+  if (p == 0 || match_ends_at(t, p)) return true;
   const unsigned char c = t.s[p - 1];
   return !(is_alnum(c) || c == '_' || c == ':' || c == '.');
 }
@@ -817,7 +842,18 @@ size_t match_labelled_account(const Text& t, size_t p) {
     if ((sep != '-' && sep != ' ') || t.at(e) != sep || !t.digit(e + 1) || groups == kMaxGroups) break;
     q = e + 1;
   }
+  // A spaced group that goes on with a dash or a dot starts the next number ("110 123 456789
+  // 010-1234-5678": an account, then a phone), not a group of this one.
+  if (groups > 1 && sep == ' ' && (t.at(e) == '-' || t.at(e) == '.') && t.digit(e + 1)) {
+    --groups;
+    total -= lens[groups];
+    e = ends[groups - 1];
+    longest = *std::max_element(lens, lens + groups);
+  }
   if (total < 10 || total > 14 || lens[0] < 2) return npos;
+  // A number an earlier scrub replaced may have been the run's next group ("110123456789 [CARD]" was
+  // "110123456789 5412345678901234", a run too long for an account): no account, as then.
+  if (sep == ' ' && t.at(e) == ' ' && number_placeholder_at(t, e + 1)) return npos;
   if (groups > 1 && sep == ' ' && (longest < 5 || table_row(t, begins, ends, groups))) return npos;
   if (groups > 1 && sep == '-' && public_dashed_layout(t, p, lens, groups)) return npos;
   if (groups == 1 && total == 14 && date_led(t, p) && t.value(p + 8, p + 10) < 24 && t.value(p + 10, p + 12) < 60 &&
@@ -1085,9 +1121,10 @@ Span next_email(std::string_view text, size_t from, size_t floor, AtSignFinder& 
 
 // Numeric and IPv6 matches in t.s[from, t.n), reported in order through `sink`.
 template <class Sink>
-void scan_segment(Text t, size_t from, Sink& sink) {
+void scan_segment(Text t, size_t from, int from_type, Sink& sink) {
   size_t i = from;
   t.floor = from;
+  t.floor_type = from_type;  // an e-mail's, when one ends at `from`
   const size_t n = t.n;
   while (i < n) {
     while (i < n && !kTrigger[t.s[i]]) ++i;
@@ -1129,7 +1166,7 @@ void scan_segment(Text t, size_t from, Sink& sink) {
         continue;
       }
     } else if (c == '+') {
-      const bool word_start = i == 0 || !is_alnum(t.s[i - 1]);
+      const bool word_start = i == 0 || !is_alnum(t.s[i - 1]) || match_ends_at(t, i);
       if (!(word_start && accept(match_plus82(t, i), PiiType::kPhone))) {
         ++i;
         continue;
@@ -1165,15 +1202,17 @@ template <class Sink>
 void for_each_pii(std::string_view text, Sink&& sink) {
   const auto* s = reinterpret_cast<const unsigned char*>(text.data());
   size_t cursor = 0, search = 0;
+  int cursor_type = -1;
   AtSignFinder finder(text);
   while (true) {
     const Span email = next_email(text, search, cursor, finder);
     const size_t segment_end = email.begin == npos ? text.size() : email.begin;
     const Text t{s, segment_end};
-    scan_segment(t, cursor, sink);
+    scan_segment(t, cursor, cursor_type, sink);
     if (email.begin == npos) break;
     sink(email.begin, email.end, PiiType::kEmail);
     cursor = search = email.end;
+    cursor_type = static_cast<int>(PiiType::kEmail);
   }
 }
 

@@ -458,6 +458,18 @@ TEST_CASE("pii: several matches in one line, offsets, counts, idempotence") {
                   listed) ==
         "[PHONE],[PHONE] / [PHONE],4568 / [IP],[IP] / [RRN],[RRN] / [CARD],[CARD] / [ACCOUNT],12,000원");
   CHECK(listed.total() == 10);
+  // A spaced account run stops before a group that goes on with a dash or a dot: the next number's
+  // (the phone here would otherwise make the run too long for an account, and only a second scrub,
+  // after [PHONE], would find it).
+  CHECK(scrub_pii("계좌번호 110 123 456789 010-1234-5678 로", listed) == "계좌번호 [ACCOUNT] [PHONE] 로");
+  CHECK(scrub_pii("계좌 3333 01 2345678 192.168.0.1", listed) == "계좌 [ACCOUNT] [IP]");
+  // What follows a match is judged as what follows its placeholder, so that scrubbing twice changes
+  // nothing: a "+82" number glued to the previous one, a run of spaced groups that went on with a
+  // number the scrub replaced.
+  CHECK(scrub_pii("Tel 010-1234-5678+821012345678", listed) == "Tel [PHONE][PHONE]");
+  CHECK(scrub_pii("Tel [PHONE]+821012345678", listed) == "Tel [PHONE][PHONE]");
+  CHECK(scrub_pii("카드 KB 110123456789 5412345678901234", listed) == "카드 KB 110123456789 [CARD]");
+  CHECK(scrub_pii("카드 KB 110123456789 [CARD]", listed) == "카드 KB 110123456789 [CARD]");
   // The label before a list's first item names the others: numbers that need one (an unchecked card,
   // an account in one piece, a loose RRN) are matched after ", ", " / ", " 및 ", " or " as the first
   // was, and so are they after its placeholder (the scrubbed text is its own scrub). Not after an item
@@ -578,7 +590,13 @@ TEST_CASE("pii: random fragments: ordered spans, and scrubbing twice changes not
                                      " account ",
                                      "KB",
                                      "size",
-                                     "Tel 010-1234-5678"};
+                                     "Tel 010-1234-5678",
+                                     "110 123 456789",
+                                     " 456789",
+                                     "계좌번호 ",
+                                     ":",
+                                     "hong@naver.com",
+                                     "10.0.0.1"};
   uint64_t state = 12345;
   auto next = [&] {
     state = state * 6364136223846793005ull + 1442695040888963407ull;
