@@ -107,6 +107,26 @@ const char* utf16_order(std::string_view head) {
   return nullptr;
 }
 
+// The byte order in which at least 90% of head's code units are Hangul syllables, else nullptr: Korean
+// text without spaces or digits has few NULs (only syllables such as 가, U+AC00, give one), too few for
+// utf16_order's test. Neither ASCII (units below U+7F00) nor UTF-8 Korean (its 3-byte characters fall
+// across the units) comes near 90%.
+const char* utf16_hangul_order(std::string_view head) {
+  const size_t units = head.size() / 2;
+  if (units < 8) return nullptr;
+  for (const bool little : {true, false}) {
+    size_t hangul = 0;
+    for (size_t k = 0; k < units; ++k) {
+      const auto lo = static_cast<unsigned char>(head[2 * k + (little ? 0 : 1)]);
+      const auto hi = static_cast<unsigned char>(head[2 * k + (little ? 1 : 0)]);
+      const unsigned u = hi << 8 | lo;
+      hangul += u >= 0xAC00 && u <= 0xD7A3;
+    }
+    if (hangul * 10 >= units * 9) return little ? "UTF-16LE" : "UTF-16BE";
+  }
+  return nullptr;
+}
+
 }  // namespace
 
 std::string utf8_text_problem(std::string_view head, bool whole) {
@@ -157,10 +177,11 @@ std::string utf8_text_problem(std::string_view head, bool whole) {
     const auto nuls = static_cast<size_t>(std::count(head.begin(), head.end(), '\0'));
     // UTF-16 has many: its spaces, digits and punctuation give one in every few code units. (A stray
     // NUL in ASCII text must not pass: pairs of ASCII bytes read as UTF-16 are CJK, "text-like".)
-    if (nuls >= 4 && nuls * 16 >= head.size())
-      if (const char* order = utf16_order(head))
-        return std::string("UTF-16 text without a byte-order mark, it seems; convert it: iconv -f ") + order +
-               " -t UTF-8";
+    const char* order = nuls >= 4 && nuls * 16 >= head.size() ? utf16_order(head) : nullptr;
+    if (!order) order = utf16_hangul_order(head);
+    if (order)
+      return std::string("UTF-16 text without a byte-order mark, it seems; convert it: iconv -f ") + order +
+             " -t UTF-8";
     std::string why = "binary data (a NUL byte at offset " + std::to_string(at) + "), not text";
     if (nuls * 100 < head.size()) why += "; if it is text with stray NUL bytes, remove them: tr -d '\\000'";
     return why;

@@ -1,3 +1,4 @@
+#include <algorithm>
 #include <catch2/catch.hpp>
 
 #include "common/error.h"
@@ -96,6 +97,15 @@ TEST_CASE(
     }
   CHECK_THAT(utf8_text_problem(korean16le, true), Catch::EndsWith("iconv -f UTF-16LE -t UTF-8"));
   CHECK_THAT(utf8_text_problem(korean16be, true), Catch::EndsWith("iconv -f UTF-16BE -t UTF-8"));
+  // Hangul without spaces or digits: a NUL only where a syllable has one (가, U+AC00), yet UTF-16.
+  std::string hangul16le;
+  for (int i = 0; i < 50; ++i)
+    for (const char16_t unit : std::u16string(u"이순신은조선중기의무신이다한산도대첩에서일본수군을크게물리쳤다"))
+      hangul16le += {static_cast<char>(unit & 0xFF), static_cast<char>(unit >> 8)};
+  const auto nuls = static_cast<size_t>(std::count(hangul16le.begin(), hangul16le.end(), '\0'));
+  REQUIRE(nuls > 0);
+  REQUIRE(nuls * 16 < hangul16le.size());  // too few for the NUL count to tell
+  CHECK_THAT(utf8_text_problem(hangul16le, true), Catch::EndsWith("iconv -f UTF-16LE -t UTF-8"));
   // NULs on both sides: binary.
   CHECK(utf8_text_problem(std::string("ab\0\0cd\0\0", 8), true) == "binary data (a NUL byte at offset 2), not text");
   const std::string head = korean.substr(0, 1000);
