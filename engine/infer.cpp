@@ -190,19 +190,28 @@ InferenceCheckpoint load_inference_checkpoint(const std::string& dir_arg, int nu
   Tokenizer tokenizer = Tokenizer::from_dir(dir);
   const std::string vocab_path = dir + "/" + tokenizer.vocab_file();
   tokenizer.require({SpecialToken::kMask, SpecialToken::kCls, SpecialToken::kSep}, dir, "bert_infer");
-  if (tokenizer.vocab().size() > static_cast<size_t>(config.vocab_size))
-    throw Error(vocab_path + ": " + std::to_string(tokenizer.file_vocab_size()) + " tokens" +
-                (tokenizer.vocab().size() > tokenizer.file_vocab_size()
-                     ? " and " + std::to_string(tokenizer.vocab().size() - tokenizer.file_vocab_size()) +
-                           " special tokens the tokenizer config names after them"
-                     : std::string()) +
-                ", more than config.json's vocab_size " + std::to_string(config.vocab_size) +
+  if (tokenizer.file_vocab_size() > static_cast<size_t>(config.vocab_size))
+    throw Error(vocab_path + ": " + std::to_string(tokenizer.file_vocab_size()) +
+                " tokens, more than config.json's vocab_size " + std::to_string(config.vocab_size) +
                 " (the tokenizer does not belong to this model)");
+  std::vector<std::string> notes;
+  // Tokens the tokenizer config adds after the file's (special or added tokens) that the model was not
+  // resized for: transformers loads such a directory too, and fails on a prompt that holds one; so
+  // does encode_prompt, by name.
+  if (tokenizer.vocab().size() > static_cast<size_t>(config.vocab_size)) {
+    std::string names;
+    for (size_t id = static_cast<size_t>(config.vocab_size);
+         id < tokenizer.vocab().size() && id < 3 + static_cast<size_t>(config.vocab_size); ++id)
+      names += (names.empty() ? "'" : ", '") + tokenizer.vocab().token(static_cast<int32_t>(id)) + "'";
+    if (tokenizer.vocab().size() > 3 + static_cast<size_t>(config.vocab_size)) names += ", ...";
+    notes.push_back(dir + ": " + std::to_string(tokenizer.vocab().size() - static_cast<size_t>(config.vocab_size)) +
+                    " token(s) the tokenizer config adds (" + names + ") have ids past config.json's vocab_size " +
+                    std::to_string(config.vocab_size) + "; a prompt that holds one is an error, as in transformers");
+  }
 
   // transformers' default: BertTokenizer's true when the tokenizer is built from vocab.txt, the base
   // class's false when it is read from tokenizer.json.
   bool clean_up = tokenizer.vocab_file() == "vocab.txt";
-  std::vector<std::string> notes;
   const std::string tokenizer_config_path = dir + "/tokenizer_config.json";
   Json tokenizer_json = Json::object();
   if (file_exists(tokenizer_config_path))
@@ -273,10 +282,16 @@ std::string hf_decode(const Tokenizer& tokenizer, std::span<const int32_t> ids, 
   return clean_up_tokenization_spaces ? clean_up_tokenization(out) : out;
 }
 
-std::vector<int32_t> encode_prompt(const Tokenizer& tokenizer, std::string_view prompt, int max_positions) {
+std::vector<int32_t> encode_prompt(const Tokenizer& tokenizer, std::string_view prompt, int max_positions,
+                                   int vocab_size) {
   std::vector<int32_t> ids;
   EncodeScratch scratch;
   tokenizer.encode(prompt, ids, scratch);
+  for (const int32_t id : ids)
+    if (id >= vocab_size)
+      throw Error("the prompt holds '" + tokenizer.vocab().token(id) + "' (id " + std::to_string(id) +
+                  "), past the model's vocab_size " + std::to_string(vocab_size) +
+                  " (a token added to the tokenizer after the model was made)");
   Encoding encoding = tokenizer.post_process(std::move(ids), nullptr, std::nullopt);
   const std::string& mask = tokenizer.config().mask_token;
   if (std::count(encoding.ids.begin(), encoding.ids.end(), tokenizer.mask_id()) == 0)
@@ -301,7 +316,8 @@ FillMaskResult fill_mask(MlmLogitsSource& model, const Tokenizer& tokenizer, std
                          bool clean_up_tokenization_spaces) {
   if (top_k < 1) throw Error("fill_mask: top_k must be >= 1, got " + std::to_string(top_k));
   FillMaskResult result;
-  result.input_ids = encode_prompt(tokenizer, prompt, model.config().max_position_embeddings);
+  result.input_ids =
+      encode_prompt(tokenizer, prompt, model.config().max_position_embeddings, model.config().vocab_size);
   const std::vector<int32_t> positions = mask_positions_of(tokenizer, result.input_ids);
   result.mask_positions.assign(positions.begin(), positions.end());
   const std::vector<float> logits = model.logits_at(result.input_ids, positions);
@@ -520,7 +536,7 @@ ProbeMetrics probe(MlmLogitsSource& model, const Tokenizer& tokenizer, const std
     outcome.query = query;
     std::vector<int32_t> ids;
     try {
-      ids = encode_prompt(tokenizer, query.prompt, model.config().max_position_embeddings);
+      ids = encode_prompt(tokenizer, query.prompt, model.config().max_position_embeddings, model.config().vocab_size);
     } catch (const Error& e) {
       throw Error(query.source + ": " + e.what());
     }
@@ -529,6 +545,12 @@ ProbeMetrics probe(MlmLogitsSource& model, const Tokenizer& tokenizer, const std
       throw Error(query.source + ": the prompt has " + std::to_string(positions.size()) + " " +
                   tokenizer.config().mask_token + " tokens; a probe needs exactly one");
     outcome.gold_id = single_token_id(tokenizer, query.gold, outcome.skip_reason);
+    if (outcome.gold_id >= model.config().vocab_size) {
+      outcome.skip_reason = "gold answer " + quoted(std::string_view(query.gold)) + " is id " +
+                            std::to_string(outcome.gold_id) + ", past the model's vocab_size " +
+                            std::to_string(model.config().vocab_size) + ": never an answer";
+      outcome.gold_id = -1;
+    }
     if (outcome.gold_id >= 0) {
       const std::vector<float> logits = model.logits_at(ids, positions);
       outcome.rank = rank_of(logits, outcome.gold_id);
@@ -967,8 +989,8 @@ int run_infer(const std::vector<std::string>& argv, std::istream& in, std::ostre
   // Every prompt is checked before any output, so a bad line 7 does not leave 6 answers behind.
   for (const Prompt& prompt : prompts) {
     try {
-      (void)encode_prompt(checkpoint.tokenizer, prompt.text,
-                          model->config().max_position_embeddings);  // (CUDA: <= 512)
+      (void)encode_prompt(checkpoint.tokenizer, prompt.text, model->config().max_position_embeddings,
+                          model->config().vocab_size);  // (CUDA: max_position_embeddings <= 512)
     } catch (const Error& e) {
       throw Error(prompt.source + ": " + e.what());
     }

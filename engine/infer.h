@@ -75,8 +75,10 @@ std::string hf_decode(const Tokenizer& tokenizer, std::span<const int32_t> ids, 
                       bool clean_up_tokenization_spaces = true);
 
 // [CLS] prompt [SEP] as the pipeline tokenizes it. bert::Error (no location; callers prefix one) when the
-// prompt has no mask token or when it is longer than max_positions tokens.
-std::vector<int32_t> encode_prompt(const Tokenizer& tokenizer, std::string_view prompt, int max_positions);
+// prompt has no mask token, when it is longer than max_positions tokens, or when it holds a token whose
+// id is past the model's vocab_size.
+std::vector<int32_t> encode_prompt(const Tokenizer& tokenizer, std::string_view prompt, int max_positions,
+                                   int vocab_size);
 
 struct FillMaskCandidate {
   double score = 0;  // softmax probability over the vocabulary

@@ -221,6 +221,40 @@ TEST_CASE("hf_decode and clean_up_tokenization follow BertTokenizerFast", "[infe
   CHECK(bert::clean_up_tokenization("") == "");
 }
 
+TEST_CASE("tokens the tokenizer config adds past the model's vocab_size: loaded with a note, an error in a prompt",
+          "[infer]") {
+  // As transformers: the directory loads (the model was not resized for the added tokens), a prompt
+  // that holds one fails, by name; a gold answer that is one is skipped; vocab.txt itself larger than
+  // the model is still another model's tokenizer.
+  const std::string dir = make_checkpoint("added_past");
+  bert::write_file_atomic(dir + "/tokenizer_config.json",
+                          R"({"do_lower_case": false, "strip_accents": false, "additional_special_tokens": ["<x>"],
+                              "added_tokens_decoder": {")" +
+                              std::to_string(kTokens.size()) + R"(": {"content": "법률가", "special": false}}})");
+  std::string out, err;
+  REQUIRE(run({"--model", dir, "--mask", "the [MASK]", "--json"}, "", out, &err) == 0);
+  CHECK_THAT(err, Catch::Contains("2 token(s) the tokenizer config adds ('법률가', '<x>') have ids past config.json's "
+                                  "vocab_size " +
+                                  std::to_string(kTokens.size())));
+  CHECK_THROWS_WITH(run({"--model", dir, "--mask", "the 법률가 [MASK]"}, "", out),
+                    "--mask 1: the prompt holds '법률가' (id " + std::to_string(kTokens.size()) +
+                        "), past the model's vocab_size " + std::to_string(kTokens.size()) +
+                        " (a token added to the tokenizer after the model was made)");
+  bert::InferenceCheckpoint loaded = bert::load_inference_checkpoint(dir);
+  const bert::ProbeMetrics metrics =
+      bert::probe(loaded.model, loaded.tokenizer, bert::parse_probe_tsv("the [MASK] sat.\t법률가\n", "p.tsv"));
+  REQUIRE(metrics.outcomes.size() == 1);
+  CHECK(metrics.outcomes[0].rank <= 0);
+  CHECK_THAT(metrics.outcomes[0].skip_reason, Catch::Contains("past the model's vocab_size"));
+  // vocab.txt with more tokens than the model: not this model's tokenizer.
+  std::vector<std::string> more = kTokens;
+  more.push_back("extra");
+  bert::Vocab(more).save(dir + "/vocab.txt");
+  bert::write_file_atomic(dir + "/tokenizer_config.json", R"({"do_lower_case": false})");
+  CHECK_THROWS_WITH(bert::load_inference_checkpoint(dir),
+                    Catch::Contains("(the tokenizer does not belong to this model)"));
+}
+
 TEST_CASE("errors are one line and name the prompt, the file or the option", "[infer]") {
   const std::string dir = make_checkpoint("ckpt");
   bert::InferenceCheckpoint checkpoint = bert::load_inference_checkpoint(dir);
