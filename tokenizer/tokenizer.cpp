@@ -608,14 +608,15 @@ void Tokenizer::require(std::initializer_list<SpecialToken> needed, const std::s
 
 void Tokenizer::AddedMatcher::add(std::u32string text, int32_t id) {
   if (text.empty()) return;
-  for (const auto& entry : entries_)
-    if (entry.first == text) return;
   const char32_t first = text[0];
-  entries_.emplace_back(std::move(text), id);
   std::vector<size_t>& list = by_first_[first];
-  list.push_back(entries_.size() - 1);
-  std::stable_sort(list.begin(), list.end(),
-                   [&](size_t a, size_t b) { return entries_[a].first.size() > entries_[b].first.size(); });
+  for (const size_t k : list)
+    if (entries_[k].first == text) return;
+  const size_t length = text.size();
+  entries_.emplace_back(std::move(text), id);
+  // Longest first; after the ones of its length already there.
+  const auto at = std::find_if(list.begin(), list.end(), [&](size_t k) { return entries_[k].first.size() < length; });
+  list.insert(at, entries_.size() - 1);
   if (first < 0x10000) {
     if (bmp_first_.empty()) bmp_first_.assign(0x10000 / 64, 0);
     bmp_first_[first / 64] |= uint64_t{1} << (first % 64);
