@@ -354,9 +354,9 @@ DirectoryLock::DirectoryLock(const std::string& dir, const std::string& file_nam
 
 DirectoryLock::~DirectoryLock() {
   if (fd_ < 0) return;
+  on_signal_.release();     // first: a signal after the close would remove the next holder's file
   ::unlink(path_.c_str());  // while still held: whoever locks the path next locks a new file
   ::close(fd_);             // releases the lock
-  on_signal_.release();
 }
 
 }  // namespace bert

@@ -86,7 +86,9 @@ void install_signal_cleanup() {
     struct sigaction action {};
     action.sa_handler = on_signal;
     sigemptyset(&action.sa_mask);
-    for (const int other : {SIGINT, SIGTERM, SIGHUP}) sigaddset(&action.sa_mask, other);  // one cleanup at a time
+    // Blocked in the thread that runs the cleanup (another thread may start one too: the removals of
+    // two cleanups do not conflict).
+    for (const int other : {SIGINT, SIGTERM, SIGHUP}) sigaddset(&action.sa_mask, other);
     ::sigaction(signal_number, &action, nullptr);
   }
 }

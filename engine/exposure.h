@@ -23,6 +23,7 @@
 
 #include <cstdint>
 #include <functional>
+#include <limits>
 #include <span>
 #include <string>
 #include <string_view>
@@ -107,9 +108,10 @@ struct ExposureJob {
 // bert::Error "path:line: ..." when the canary's text or a candidate's cannot be scored (see
 // encode_scored_text; a candidate's digits can split into more WordPieces than the secret's), and when
 // every candidate encodes to the canary's own tokens: the tokenizer never sees the digits (the secret
-// sits in a word that becomes [UNK]), so there is nothing to rank.
+// sits in a word that becomes [UNK]), so there is nothing to rank. Also when a text holds a token whose
+// id is past the model's vocab_size (one added to the tokenizer after the model was made).
 ExposureJob prepare_exposure(const Tokenizer& tokenizer, const ExposureCanary& canary, const ExposureOptions& options,
-                             int max_positions);
+                             int max_positions, int vocab_size = std::numeric_limits<int>::max());
 
 struct ExposureResult {
   ExposureCanary canary;

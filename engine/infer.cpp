@@ -190,9 +190,9 @@ InferenceCheckpoint load_inference_checkpoint(const std::string& dir_arg, int nu
   Tokenizer tokenizer = Tokenizer::from_dir(dir);
   const std::string vocab_path = dir + "/" + tokenizer.vocab_file();
   tokenizer.require({SpecialToken::kMask, SpecialToken::kCls, SpecialToken::kSep}, dir, "bert_infer");
-  if (tokenizer.file_vocab_size() > static_cast<size_t>(config.vocab_size))
-    throw Error(vocab_path + ": " + std::to_string(tokenizer.file_vocab_size()) +
-                " tokens, more than config.json's vocab_size " + std::to_string(config.vocab_size) +
+  if (tokenizer.piece_count() > static_cast<size_t>(config.vocab_size))
+    throw Error(vocab_path + ": " + std::to_string(tokenizer.piece_count()) +
+                " word pieces, more than config.json's vocab_size " + std::to_string(config.vocab_size) +
                 " (the tokenizer does not belong to this model)");
   std::vector<std::string> notes;
   // Tokens the tokenizer config adds after the file's (special or added tokens) that the model was not
@@ -839,7 +839,7 @@ int run_exposure(const Args& args, const std::string& model_dir, const std::stri
   options.seed = static_cast<uint64_t>(args.integer("--seed", 0, (int64_t{1} << 53) - 1));
   if (args.has("--scores")) check_scores_path(args.str("--scores"), path);
   const std::vector<ExposureCanary> canaries = parse_exposure_tsv(read_input(path, in), input_name(path));
-  if (canaries.empty()) throw Error(path + ": no canary lines");
+  if (canaries.empty()) throw Error(input_name(path) + ": no canary lines");
   InferenceCheckpoint checkpoint = load_inference_checkpoint(model_dir, threads);
   for (const std::string& note : checkpoint.notes) err << "note: " << note << "\n";
   const std::unique_ptr<MlmLogitsSource> model = logits_source(checkpoint, device);
@@ -847,7 +847,8 @@ int run_exposure(const Args& args, const std::string& model_dir, const std::stri
   // not after 6 canaries (encoding is cheap next to scoring; the texts are encoded again below rather
   // than held for every canary at once).
   for (const ExposureCanary& canary : canaries)
-    (void)prepare_exposure(checkpoint.tokenizer, canary, options, model->config().max_position_embeddings);
+    (void)prepare_exposure(checkpoint.tokenizer, canary, options, model->config().max_position_embeddings,
+                           model->config().vocab_size);
   std::vector<ExposureResult> results;
   Progress progress(stderr_is_tty());
   for (const ExposureCanary& canary : canaries) {
@@ -858,8 +859,8 @@ int run_exposure(const Args& args, const std::string& model_dir, const std::stri
       progress.update(what + human_count(static_cast<double>(done)) + " of " + human_count(static_cast<double>(total)) +
                       " masked copies scored");
     };
-    const ExposureJob job =
-        prepare_exposure(checkpoint.tokenizer, canary, options, model->config().max_position_embeddings);
+    const ExposureJob job = prepare_exposure(checkpoint.tokenizer, canary, options,
+                                             model->config().max_position_embeddings, model->config().vocab_size);
     results.push_back(score_exposure(*model, checkpoint.tokenizer, job, options.scoring));
   }
   progress.finish();
@@ -884,7 +885,7 @@ int run_exposure(const Args& args, const std::string& model_dir, const std::stri
   if (json)
     out << exposure_json(results, options).dump() << "\n";
   else
-    print_exposure_table(path, results, options, out);
+    print_exposure_table(input_name(path), results, options, out);
   return 0;
 }
 

@@ -246,6 +246,11 @@ TEST_CASE("tokens the tokenizer config adds past the model's vocab_size: loaded 
   REQUIRE(metrics.outcomes.size() == 1);
   CHECK(metrics.outcomes[0].rank <= 0);
   CHECK_THAT(metrics.outcomes[0].skip_reason, Catch::Contains("past the model's vocab_size"));
+  // --exposure names the line.
+  bert::write_file_atomic(test_dir() + "/canaries.tsv", "the 법률가 34\t34\n");
+  CHECK_THROWS_WITH(run({"--model", dir, "--exposure", test_dir() + "/canaries.tsv"}, "", out),
+                    Catch::Contains("canaries.tsv:1: the text holds '법률가' (id " + std::to_string(kTokens.size()) +
+                                    "), past the model's vocab_size"));
   // vocab.txt with more tokens than the model: not this model's tokenizer.
   std::vector<std::string> more = kTokens;
   more.push_back("extra");

@@ -90,6 +90,9 @@ class Tokenizer {
   // vocab.txt's own size (tokenizer.json's: its model's vocabulary and added tokens): vocab().size()
   // less the appended special tokens.
   size_t file_vocab_size() const { return file_vocab_size_; }
+  // The word pieces: the first ids, WordPiece's (vocab.txt's, or tokenizer.json's model's); the ids
+  // after them are added or appended special tokens.
+  size_t piece_count() const { return pieces_; }
   // Where the vocabulary came from: "vocab.txt", or "tokenizer.json" (which transformers prefers).
   const std::string& vocab_file() const { return vocab_file_; }
   // Writes DIR/vocab.txt (the word pieces only) and tokenizer_config.json + special_tokens_map.json,

@@ -204,6 +204,18 @@ seed = 11
         json_only(d)
         edit_json(os.path.join(d, "tokenizer.json"), lambda j: j.__setitem__("decoder", None))
     same_as_pipeline(variant("hf_json_no_decoder", json_no_decoder), punctuated, "json_no_decoder")
+    # A token added to the tokenizer after the model was made (the embeddings not resized): transformers
+    # loads the directory and answers prompts without it, read from tokenizer.json or from vocab.txt.
+    def added_not_resized(keep_json):
+        def edit(d):
+            t = BertTokenizerFast.from_pretrained(hf_dir)
+            t.add_tokens(["법률가"])
+            t.save_pretrained(d)
+            if not keep_json:
+                os.remove(os.path.join(d, "tokenizer.json"))
+        return edit
+    same_as_pipeline(variant("hf_added_json", added_not_resized(True)), prompts[:2], "added_json")
+    same_as_pipeline(variant("hf_added_txt", added_not_resized(False)), prompts[:2], "added_txt")
 
     # The mask token renamed in vocab.txt and named by special_tokens_map.json alone.
     def renamed_mask(d):
