@@ -138,6 +138,10 @@ struct Text {
   }
 };
 
+constexpr std::array<PiiType, 6> kPlaceholderTypes = {PiiType::kRrn,  PiiType::kPhone,   PiiType::kEmail,
+                                                      PiiType::kCard, PiiType::kAccount, PiiType::kIp};
+static_assert(kPlaceholderTypes.size() == kPiiTypeCount);
+
 // Whether a match ends at k: this scan's previous one, or our placeholder, which an earlier scrub put
 // where a match was ("[PHONE]"). What follows either is judged alike (a number may start right after
 // it, as after a word boundary), so that scrubbed text scans as the original did: scrubbing twice
@@ -151,6 +155,18 @@ bool match_ends_at(const Text& t, size_t k) {
   }
   return false;
 }
+
+// Whether one of our placeholders starts at k: a number's (all but [EMAIL]), or with `email` any.
+bool placeholder_at(const Text& t, size_t k, bool email = false) {
+  if (t.at(k) != '[') return false;
+  for (int type = 0; type < kPiiTypeCount; ++type) {
+    if (!email && static_cast<PiiType>(type) == PiiType::kEmail) continue;
+    const std::string_view ph = pii_placeholder(static_cast<PiiType>(type));
+    if (k + ph.size() <= t.n && std::memcmp(t.s + k, ph.data(), ph.size()) == 0) return true;
+  }
+  return false;
+}
+bool number_placeholder_at(const Text& t, size_t k) { return placeholder_at(t, k); }
 
 // A dash with a space on either side or both, between two groups of a number at i ("010 - 1234 -
 // 5678", "900101 - 1234567", "900101- 1234567", as typed and OCR'd forms write them): its end, or npos.
@@ -183,7 +199,10 @@ bool numeric_end_ok(const Text& t, size_t e) {
   if (e >= t.n) return true;
   const unsigned char c = t.s[e];
   if (is_alnum(c) || c == '_') return false;
-  if ((c == '.' || c == '-') && t.digit(e + 1)) return false;
+  // A placeholder glued on stands for what was glued on before ("1234:4567::[ACCOUNT]" was
+  // "1234:4567::1256785678"; "[PHONE]" a number's digits after a '-'): still no end here.
+  if (c == '[' && placeholder_at(t, e, /*email=*/true)) return false;
+  if ((c == '.' || c == '-') && (t.digit(e + 1) || placeholder_at(t, e + 1))) return false;
   return true;
 }
 
@@ -313,17 +332,6 @@ int placeholder_ending_at(const Text& t, size_t k) {
     if (k >= ph.size() && std::memcmp(t.s + k - ph.size(), ph.data(), ph.size()) == 0) return type;
   }
   return -1;
-}
-
-// Whether one of our placeholders of a number (all but [EMAIL]) starts at k.
-bool number_placeholder_at(const Text& t, size_t k) {
-  if (t.at(k) != '[') return false;
-  for (int type = 0; type < kPiiTypeCount; ++type) {
-    if (static_cast<PiiType>(type) == PiiType::kEmail) continue;
-    const std::string_view ph = pii_placeholder(static_cast<PiiType>(type));
-    if (k + ph.size() <= t.n && std::memcmp(t.s + k, ph.data(), ph.size()) == 0) return true;
-  }
-  return false;
 }
 
 // Whether t.s[k, p) only separates two items of a list: spaces with a comma, slash, semicolon, 、 or ·,
@@ -544,12 +552,20 @@ size_t match_card(const Text& t, size_t p) {
     if (t.at(e) != sep || !t.digit(e + 1)) break;
     q = e + 1;
   }
+  // As for accounts: a spaced group that goes on with a dash or a dot starts the next number ("5412
+  // 3456 7890 1234 010-1234-5678").
+  if (sep == ' ' && groups > 1 && (t.at(ends[groups - 1]) == '-' || t.at(ends[groups - 1]) == '.') &&
+      t.digit(ends[groups - 1] + 1))
+    --groups;
   // Longest layout first; with ' ' a shorter prefix may be the card and the rest other text.
   for (int k = groups; k >= 3; --k)
     if (card_layout(lens, k) && !table_row(t, begins, ends, k) && luhn_ok(t, p, ends[k - 1])) return ends[k - 1];
   const bool continues_row = p >= 2 && t.s[p - 1] == sep && is_digit(t.s[p - 2]);
-  if (groups == 4 && card_layout(lens, 4) && card_network(t.s[p]) && !continues_row && !table_row(t, begins, ends, 4) &&
-      named_by(t, p, kCardLabels, kOtherNumberLabels, PiiType::kCard))
+  // A fifth group an earlier scrub replaced ("... 1234 [PHONE]" was "... 1234 010 1234 5678") made the
+  // run no card then: nor now.
+  const bool went_on = sep == ' ' && t.at(ends[3]) == ' ' && number_placeholder_at(t, ends[3] + 1);
+  if (groups == 4 && card_layout(lens, 4) && card_network(t.s[p]) && !continues_row && !went_on &&
+      !table_row(t, begins, ends, 4) && named_by(t, p, kCardLabels, kOtherNumberLabels, PiiType::kCard))
     return ends[3];
   return npos;
 }
@@ -743,6 +759,7 @@ size_t match_ipv6(const Text& t, size_t p) {
   if (!has_digit || !has_long_group) return npos;
   const unsigned char next = t.at(end);
   if (end < t.n && (is_alnum(next) || next == '_' || next == ':' || (next == '.' && t.digit(end + 1)))) return npos;
+  if (next == '[' && placeholder_at(t, end, /*email=*/true)) return npos;  // as numeric_end_ok
   return end;
 }
 
@@ -1106,6 +1123,15 @@ Span next_email(std::string_view text, size_t from, size_t floor, AtSignFinder& 
     }
     while (b < local_end && s[b] == '.') ++b;
     if (b == local_end || local_end - b > 64 || s[local_end - 1] == '.') continue;
+    // A local part glued to our placeholder: the scrub before found no address here (it would have
+    // taken the number's characters into its local part), only the number, which left the rest
+    // shorter; scrubbing twice must not find one either.
+    if (b > floor && s[b - 1] == ']' &&
+        std::any_of(kPlaceholderTypes.begin(), kPlaceholderTypes.end(), [&](PiiType type) {
+          const std::string_view ph = pii_placeholder(type);
+          return b >= ph.size() && std::memcmp(s + b - ph.size(), ph.data(), ph.size()) == 0;
+        }))
+      continue;
     // A URL's user:password@ is one secret: "https://user:pw@host" -> "https://[EMAIL]".
     if (b > floor + 1 && s[b - 1] == ':') {
       size_t u = b - 1;

@@ -470,6 +470,13 @@ TEST_CASE("pii: several matches in one line, offsets, counts, idempotence") {
   CHECK(scrub_pii("Tel [PHONE]+821012345678", listed) == "Tel [PHONE][PHONE]");
   CHECK(scrub_pii("카드 KB 110123456789 5412345678901234", listed) == "카드 KB 110123456789 [CARD]");
   CHECK(scrub_pii("카드 KB 110123456789 [CARD]", listed) == "카드 KB 110123456789 [CARD]");
+  CHECK(scrub_pii("카드 5412 3456 7890 1234 010-1234-5678", listed) == "카드 [CARD] [PHONE]");
+  CHECK(scrub_pii("카드 5412 3456 7890 1234 010 1234 5678", listed) == "카드 5412 3456 7890 1234 [PHONE]");
+  CHECK(scrub_pii("카드 5412 3456 7890 1234 [PHONE]", listed) == "카드 5412 3456 7890 1234 [PHONE]");
+  CHECK(scrub_pii("계좌-1234:4567::1256785678", listed) == "계좌-1234:4567::[ACCOUNT]");
+  CHECK(scrub_pii("계좌-1234:4567::[ACCOUNT]", listed) == "계좌-1234:4567::[ACCOUNT]");  // no address ends at "::"
+  CHECK(scrub_pii("[ACCOUNT]+821012345678010-1234-5678-02-123-4567192.168RRNhong@naver.com", listed) ==
+        "[ACCOUNT]+821012345678010-1234-5678-02-123-4567192.168RRNhong@naver.com");  // its local part was longer
   // The label before a list's first item names the others: numbers that need one (an unchecked card,
   // an account in one piece, a loose RRN) are matched after ", ", " / ", " 및 ", " or " as the first
   // was, and so are they after its placeholder (the scrubbed text is its own scrub). Not after an item
@@ -596,7 +603,18 @@ TEST_CASE("pii: random fragments: ordered spans, and scrubbing twice changes not
                                      "계좌번호 ",
                                      ":",
                                      "hong@naver.com",
-                                     "10.0.0.1"};
+                                     "10.0.0.1",
+                                     "5412 3456 7890 1234",
+                                     " 010 1234 5678",
+                                     "카드 ",
+                                     " 010",
+                                     "-1234",
+                                     "3333 01 2345678",
+                                     "+821012345678",
+                                     "a@b.com",
+                                     "123",
+                                     "4567",
+                                     "02-123-4567"};
   uint64_t state = 12345;
   auto next = [&] {
     state = state * 6364136223846793005ull + 1442695040888963407ull;
