@@ -166,8 +166,8 @@ bool LineReader::fill() {
 
 bool LineReader::next(std::string_view& line) {
   // The line ends at the first '\n' or '\r'. A '\r' ends it alone (a classic Mac file, as Python's
-  // universal newlines read it) unless CRs up to a '\n' follow: "\r\n", and "\r\r\n" from a CRLF file
-  // converted twice, end a line once.
+  // universal newlines read it), but "\r\n", and "\r\r\n" from a CRLF file converted twice, end a line
+  // once. (At most two bytes are looked at past a CR, so a long run of CRs reads in linear time.)
   size_t scanned = 0;  // bytes of the pending line already searched
   size_t len = 0, ending = 0;
   bool found = false;
@@ -184,15 +184,16 @@ bool LineReader::next(std::string_view& line) {
       }
       if (cr) {
         const size_t at = static_cast<size_t>(cr - base);
-        size_t run = at;
-        while (run < avail && base[run] == '\r') ++run;
-        if (run < avail) {  // what follows the CRs is here
-          len = at, ending = base[run] == '\n' ? run + 1 - at : 1, found = true;
+        const bool lf1 = at + 1 < avail && base[at + 1] == '\n';
+        const bool crlf2 = at + 2 < avail && base[at + 1] == '\r' && base[at + 2] == '\n';
+        // Decided once the two bytes after the CR are here, or a byte that is neither CR nor LF.
+        if (lf1 || crlf2 || at + 2 < avail || (at + 1 < avail && base[at + 1] != '\r')) {
+          len = at, ending = lf1 ? 2 : crlf2 ? 3 : 1, found = true;
           break;
         }
-        scanned = at;  // the CRs reach the end of what was read: read on, and look again from the first
-        if (!fill()) {
-          len = at, ending = 1, found = true;  // CRs at the end of the file: the last ends this line
+        scanned = at;   // the bytes after the CR are still to be read: read on, and look again from it
+        if (!fill()) {  // the end of the file: "\r" or "\r\r" ends the last line(s)
+          len = at, ending = 1, found = true;
           break;
         }
         continue;

@@ -1,6 +1,6 @@
 // Streaming line reader for corpus files: plain text or gzip (multi-member too), and directories
 // expanded into their text files. Lines end at "\n", "\r\n" or a lone "\r" (a classic Mac file; Python's
-// universal newlines), "\r\r\n" (CRLF converted twice) being one ending; they come back without it and
+// universal newlines), "\r\r\n" (CRLF converted twice) being one ending too; they come back without it and
 // always as valid UTF-8:
 // each maximal invalid byte sequence is replaced by U+FFFD (as Python's and Rust's lossy decoders
 // do) and counted, so the caller can warn with file:line and keep going. A corrupt or truncated
