@@ -175,11 +175,17 @@ bool LineReader::next(std::string_view& line) {
     const size_t avail = end_ - begin_;
     if (avail > scanned) {
       const char* base = buf_.data() + begin_;
-      const auto* nl = static_cast<const char*>(std::memchr(base + scanned, '\n', avail - scanned));
-      const size_t stop = nl ? static_cast<size_t>(nl - base) : avail;
-      const auto* cr = static_cast<const char*>(std::memchr(base + scanned, '\r', stop - scanned));
+      // The first '\n' or '\r': searched in windows that double from 256 bytes, so that a line costs
+      // about its own length even when the other kind of ending is far off (a CR-only file has no LF).
+      const char *nl = nullptr, *cr = nullptr;
+      for (size_t from = scanned, window = 256; from < avail && !nl && !cr; from += window, window *= 2) {
+        const size_t to = std::min(avail, from + window);
+        nl = static_cast<const char*>(std::memchr(base + from, '\n', to - from));
+        const size_t stop = nl ? static_cast<size_t>(nl - base) : to;
+        cr = static_cast<const char*>(std::memchr(base + from, '\r', stop - from));
+      }
       if (!cr && nl) {
-        len = stop, ending = 1, found = true;
+        len = static_cast<size_t>(nl - base), ending = 1, found = true;
         break;
       }
       if (cr) {
