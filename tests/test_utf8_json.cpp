@@ -106,6 +106,18 @@ TEST_CASE(
   REQUIRE(nuls > 0);
   REQUIRE(nuls * 16 < hangul16le.size());  // too few for the NUL count to tell
   CHECK_THAT(utf8_text_problem(hangul16le, true), Catch::EndsWith("iconv -f UTF-16LE -t UTF-8"));
+  // ... or none (no syllable with a zero byte); EUC-KR's Hangul is still named CP949.
+  std::string no_nul16le;
+  for (int i = 0; i < 50; ++i)
+    for (const char16_t unit : std::u16string(u"이순신은조선중기의무신이다"))
+      no_nul16le += {static_cast<char>(unit & 0xFF), static_cast<char>(unit >> 8)};
+  REQUIRE(no_nul16le.find('\0') == std::string::npos);
+  CHECK_THAT(utf8_text_problem(no_nul16le, true), Catch::EndsWith("iconv -f UTF-16LE -t UTF-8"));
+  std::string cp949_unspaced;  // "이순신은조선중기의무신이다" in CP949
+  for (int i = 0; i < 50; ++i)
+    cp949_unspaced +=
+        "\xc0\xcc\xbc\xf8\xbd\xc5\xc0\xba\xc1\xb6\xbc\xb1\xc1\xdf\xb1\xe2\xc0\xc7\xb9\xab\xbd\xc5\xc0\xcc\xb4\xd9";
+  CHECK_THAT(utf8_text_problem(cp949_unspaced, true), Catch::EndsWith("iconv -f CP949 -t UTF-8"));
   // NULs on both sides: binary.
   CHECK(utf8_text_problem(std::string("ab\0\0cd\0\0", 8), true) == "binary data (a NUL byte at offset 2), not text");
   const std::string head = korean.substr(0, 1000);
