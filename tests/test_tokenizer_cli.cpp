@@ -398,6 +398,51 @@ TEST_CASE("added tokens that are not special: matched as their flags say, not sp
   for (const char* text : {"bbab", "xxab", "XAb xa", "XB xb aXBa", "[MASK]ab"})
     CHECK(ids(again, text) == ids(tokenizer, text));
 
+  // What BertTokenizerFast reads otherwise than we could follow is refused by name: a normalised
+  // token that normalises to nothing (tokenizers then splits every character apart), and lstrip or
+  // rstrip where another token holds whitespace (it extends matches over it). A named special token
+  // whose entry says normalized = true (tokenizer.add_tokens(["[MASK]"]) writes one) is matched in the
+  // normalised text, as it says. The ids are BertTokenizerFast's on these directories.
+  const auto refusal = [&](const std::string& decoder) {
+    write_file_atomic(dir + "/tokenizer_config.json",
+                      R"({"do_lower_case": true, "added_tokens_decoder": {)" + decoder + "}}");
+    try {
+      (void)Tokenizer::from_dir(dir);
+    } catch (const Error& e) {
+      return std::string(e.what());
+    }
+    return std::string("(loaded)");
+  };
+  CHECK_THAT(refusal(R"("12": {"content": "\u200b", "special": false})"),
+             Catch::EndsWith("normalized = true, and it normalises to nothing (transformers would then split the "
+                             "text into single characters); remove it or set normalized to false"));
+  CHECK_THAT(refusal(R"("12": {"content": "x y", "special": false}, "13": {"content": "Q", "special": false,
+                        "normalized": false, "lstrip": true})"),
+             Catch::EndsWith("added_tokens_decoder: 'Q' has lstrip = true and 'x y' holds whitespace as matched: how "
+                             "the two meet is not supported (set lstrip and rstrip to false; they change no id "
+                             "otherwise)"));
+  CHECK(refusal(R"("12": {"content": "Q", "special": false, "normalized": false, "lstrip": true})") == "(loaded)");
+  write_file_atomic(dir + "/tokenizer_config.json", R"({"do_lower_case": true, "added_tokens_decoder": {
+      "4": {"content": "[MASK]", "special": false, "normalized": true},
+      "12": {"content": "a[", "special": false, "normalized": true}}})");
+  CHECK(ids(Tokenizer::from_dir(dir), "a[MASK]") == std::vector<int32_t>{12, 1, 1});  // a[ MASK ]
+  CHECK(ids(Tokenizer::from_dir(dir), "b[mask]") == std::vector<int32_t>{6, 4});      // lowercased, it matches
+
+  // A special token that vocab.txt lacks but added_tokens_decoder lists is in the files: what
+  // Tokenizer::save writes for tokenizer.json's added specials reads back as usable.
+  const std::string no_sep = test_dir() + "/added_no_sep";
+  std::filesystem::remove_all(no_sep);
+  make_directories(no_sep);
+  write_file_atomic(no_sep + "/vocab.txt", "[PAD]\n[UNK]\n[CLS]\n[MASK]\na\n");
+  write_file_atomic(no_sep + "/tokenizer_config.json",
+                    R"({"added_tokens_decoder": {"5": {"content": "[SEP]", "special": true, "normalized": false}}})");
+  const Tokenizer listed = Tokenizer::from_dir(no_sep);
+  CHECK(listed.sep_id() == 5);
+  CHECK_NOTHROW(listed.require({SpecialToken::kSep, SpecialToken::kCls}, no_sep, "pairs"));
+  write_file_atomic(no_sep + "/tokenizer_config.json", "{}");  // appended, not in the files
+  CHECK_THROWS_WITH(Tokenizer::from_dir(no_sep).require({SpecialToken::kSep}, no_sep, "pairs"),
+                    Catch::Contains("has no sep_token '[SEP]'"));
+
   // tokenizer.json's added tokens and added_tokens_decoder must agree on how a token is matched.
   const std::string both = test_dir() + "/added_both";
   std::filesystem::remove_all(both);

@@ -9,6 +9,7 @@
 #include "common/json.h"
 #include "common/utf8.h"
 #include "tokenizer/pretokenizer.h"
+#include "tokenizer/unicode.h"
 
 namespace bert {
 
@@ -405,9 +406,15 @@ Tokenizer::Tokenizer(Vocab vocab, TokenizerConfig config, size_t pieces)
       normalizer_(config_.normalizer),
       wordpiece_(vocab_, config_.unk_token, config_.continuing_subword_prefix, 100, pieces),
       pieces_(std::min(pieces, vocab_.size())) {
+  // A named special token whose added-token entry says normalized = true (tokenizer.add_tokens(["[MASK]"])
+  // writes one) is matched as that entry says, in the normalised text.
+  const auto normalized_entry = [&](const std::string& token) {
+    return std::any_of(config_.added_tokens.begin(), config_.added_tokens.end(),
+                       [&](const TokenizerConfig::AddedToken& a) { return a.content == token && a.normalized; });
+  };
   for (const auto& t : config_.special_tokens()) {
     const int32_t id = vocab_.id(t);
-    if (id < 0) continue;  // HF only registers special tokens the vocabulary has
+    if (id < 0 || normalized_entry(t)) continue;  // HF only registers special tokens the vocabulary has
     std::u32string cps;
     utf8_decode(t, cps);
     raw_added_.add(std::move(cps), id);
@@ -514,11 +521,42 @@ Tokenizer Tokenizer::from_dir(const std::string& dir_arg) {
   };
   std::sort(config.added_tokens.begin(), config.added_tokens.end(),
             [](const TokenizerConfig::AddedToken& a, const TokenizerConfig::AddedToken& b) { return a.id < b.id; });
+  // lstrip and rstrip extend a match over the whitespace beside it, which changes ids only where
+  // another added token holds whitespace (as matched: normalised ones in their normalised form); that
+  // meeting transformers handles in ways we do not follow (tokenizers even fails on some), so it is
+  // refused by name.
+  const BertNormalizer normalizer(config.normalizer);
+  const TokenizerConfig::AddedToken* stripping = nullptr;
+  const TokenizerConfig::AddedToken* spaced = nullptr;
+  for (const TokenizerConfig::AddedToken& added : config.added_tokens) {
+    if (added.content.empty())
+      throw Error(dir + added_source + "[\"" + std::to_string(added.id) + "\"] '': an empty token");
+    if (added.lstrip || added.rstrip) stripping = stripping ? stripping : &added;
+    std::u32string form;
+    utf8_decode(added.content, form);
+    if (added.normalized) {
+      std::u32string normalized;
+      normalizer.normalize(form, normalized);
+      // tokenizers keeps a pattern that normalises to nothing, and it matches everywhere: every
+      // character outside a real match becomes a word of its own.
+      if (normalized.empty())
+        throw Error(dir + added_source + "[\"" + std::to_string(added.id) + "\"] '" + added.content +
+                    "': normalized = true, and it normalises to nothing (transformers would then split the text "
+                    "into single characters); remove it or set normalized to false");
+      form = std::move(normalized);
+    }
+    if (std::any_of(form.begin(), form.end(), [](char32_t c) { return unicode::is_whitespace(c); }))
+      spaced = spaced ? spaced : &added;
+  }
+  if (stripping && spaced)
+    throw Error(dir + added_source + ": '" + stripping->content + "' has " + (stripping->lstrip ? "lstrip" : "rstrip") +
+                " = true and '" + spaced->content +
+                "' holds whitespace as matched: how the two meet is not supported (set lstrip and rstrip to false; "
+                "they change no id otherwise)");
   for (const TokenizerConfig::AddedToken& added : config.added_tokens) {
     const std::string where = dir + added_source + "[\"" + std::to_string(added.id) + "\"] '" + added.content + "'";
     // lstrip and rstrip change no BERT id (the pre-tokenizer drops the blanks anyway).
     if (const std::string why = unsupported_added_token(added); !why.empty()) throw Error(where + ": " + why);
-    if (added.content.empty()) throw Error(where + ": an empty token");
     if (const int64_t id = id_of(added.content); id >= 0) {
       if (id != added.id) throw Error(where + ": " + vocab_name + " has it as id " + std::to_string(id));
     } else if (added.id != static_cast<int64_t>(file_size + appended.size())) {
@@ -586,9 +624,15 @@ void Tokenizer::require(std::initializer_list<SpecialToken> needed, const std::s
                           {SpecialToken::kMask, "mask_token", config_.mask_token, mask_id_}};
   std::string missing;
   size_t count = 0;
+  // In the files: vocab.txt's (tokenizer.json's) tokens, and added_tokens_decoder's after them.
+  const auto listed = [&](const std::string& token) {
+    return std::any_of(config_.added_tokens.begin(), config_.added_tokens.end(),
+                       [&](const TokenizerConfig::AddedToken& a) { return a.content == token; });
+  };
   for (const SpecialToken which : needed)
     for (const Field& field : fields)
-      if (field.which == which && (field.id < 0 || static_cast<size_t>(field.id) >= file_vocab_size_)) {
+      if (field.which == which &&
+          (field.id < 0 || (static_cast<size_t>(field.id) >= file_vocab_size_ && !listed(field.token)))) {
         missing += (missing.empty() ? "" : ", ") + std::string(field.name) + " '" + field.token + "'";
         ++count;
       }
