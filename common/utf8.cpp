@@ -85,46 +85,42 @@ std::optional<size_t> utf8_first_invalid(std::string_view in) {
 
 namespace {
 
-// "UTF-16LE" or "UTF-16BE" when `head` (NUL bytes in it) reads as text in that byte order: 90% of its
-// code units text-like (ASCII, Latin, Greek, Cyrillic, general punctuation, CJK and Hangul syllables,
-// fullwidth forms), else nullptr. NULs alone do not tell: ASCII puts them on one side of each unit,
-// and common syllables such as 가 (U+AC00) and 대 (U+B300) on the other.
-const char* utf16_order(std::string_view head) {
+// "UTF-16LE" or "UTF-16BE": the byte order in which at least 90% of head's code units (at least
+// `min_units` of them) pass `accept`, else nullptr.
+template <typename Accept>
+const char* utf16_order_where(std::string_view head, size_t min_units, Accept accept) {
   const size_t units = head.size() / 2;
-  if (units < 2) return nullptr;
+  if (units < min_units) return nullptr;
   for (const bool little : {true, false}) {
-    size_t textlike = 0;
+    size_t accepted = 0;
     for (size_t k = 0; k < units; ++k) {
       const auto lo = static_cast<unsigned char>(head[2 * k + (little ? 0 : 1)]);
       const auto hi = static_cast<unsigned char>(head[2 * k + (little ? 1 : 0)]);
-      const unsigned u = hi << 8 | lo;
-      textlike += u == 0x09 || u == 0x0A || u == 0x0D || (u >= 0x20 && u < 0x7F) || (u >= 0xA0 && u < 0x530) ||
-                  (u >= 0x2000 && u < 0x2070) || (u >= 0x3000 && u < 0xA000) || (u >= 0xAC00 && u <= 0xD7A3) ||
-                  (u >= 0xFF00 && u < 0xFFF0);
+      accepted += accept(static_cast<unsigned>(hi << 8 | lo));
     }
-    if (textlike * 10 >= units * 9) return little ? "UTF-16LE" : "UTF-16BE";
+    if (accepted * 10 >= units * 9) return little ? "UTF-16LE" : "UTF-16BE";
   }
   return nullptr;
 }
 
-// The byte order in which at least 90% of head's code units are Hangul syllables, else nullptr: Korean
-// text without spaces or digits has few NULs (only syllables such as 가, U+AC00, give one), too few for
-// utf16_order's test. Neither ASCII (units below U+7F00) nor UTF-8 Korean (its 3-byte characters fall
-// across the units) comes near 90%.
+// The byte order in which `head` (NUL bytes in it) reads as text: its code units text-like (ASCII,
+// Latin, Greek, Cyrillic, general punctuation, CJK and Hangul syllables, fullwidth forms). NULs alone do
+// not tell: ASCII puts them on one side of each unit, and common syllables such as 가 (U+AC00) and 대
+// (U+B300) on the other.
+const char* utf16_order(std::string_view head) {
+  return utf16_order_where(head, 2, [](unsigned u) {
+    return u == 0x09 || u == 0x0A || u == 0x0D || (u >= 0x20 && u < 0x7F) || (u >= 0xA0 && u < 0x530) ||
+           (u >= 0x2000 && u < 0x2070) || (u >= 0x3000 && u < 0xA000) || (u >= 0xAC00 && u <= 0xD7A3) ||
+           (u >= 0xFF00 && u < 0xFFF0);
+  });
+}
+
+// The byte order in which head's code units are Hangul syllables: Korean text without spaces or digits
+// has few NULs (only syllables such as 가, U+AC00, give one) or none, too few for utf16_order's test.
+// Neither ASCII (units below U+7F00) nor UTF-8 Korean (its 3-byte characters fall across the units)
+// comes near 90%.
 const char* utf16_hangul_order(std::string_view head) {
-  const size_t units = head.size() / 2;
-  if (units < 8) return nullptr;
-  for (const bool little : {true, false}) {
-    size_t hangul = 0;
-    for (size_t k = 0; k < units; ++k) {
-      const auto lo = static_cast<unsigned char>(head[2 * k + (little ? 0 : 1)]);
-      const auto hi = static_cast<unsigned char>(head[2 * k + (little ? 1 : 0)]);
-      const unsigned u = hi << 8 | lo;
-      hangul += u >= 0xAC00 && u <= 0xD7A3;
-    }
-    if (hangul * 10 >= units * 9) return little ? "UTF-16LE" : "UTF-16BE";
-  }
-  return nullptr;
+  return utf16_order_where(head, 8, [](unsigned u) { return u >= 0xAC00 && u <= 0xD7A3; });
 }
 
 }  // namespace
