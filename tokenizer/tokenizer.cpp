@@ -24,8 +24,9 @@ std::vector<std::string> TokenizerConfig::special_tokens() const {
 namespace {
 
 // A special token's value: a string, or an AddedToken's serialisation {"content": ...}. Of its flags,
-// lstrip and rstrip change no BERT id (the pre-tokenizer drops the blanks anyway); normalized and
-// single_word change where the token matches, which this tokenizer does not do: refused by name.
+// lstrip and rstrip change no BERT id here (the pre-tokenizer drops the blanks anyway, and they are not
+// kept to meet an added token that holds whitespace); normalized and single_word change where the token
+// matches, which this tokenizer does not follow for a special token named here: refused by name.
 std::string token_text(const Json& v, const std::string& path, const std::string& key) {
   if (v.is_string()) return v.as_string();
   if (v.is_object() && v.find("content") && v.find("content")->is_string()) {
@@ -555,7 +556,7 @@ Tokenizer Tokenizer::from_dir(const std::string& dir_arg) {
                 "they change no id otherwise)");
   for (const TokenizerConfig::AddedToken& added : config.added_tokens) {
     const std::string where = dir + added_source + "[\"" + std::to_string(added.id) + "\"] '" + added.content + "'";
-    // lstrip and rstrip change no BERT id (the pre-tokenizer drops the blanks anyway).
+    // lstrip and rstrip change no BERT id otherwise (the pre-tokenizer drops the blanks anyway).
     if (const std::string why = unsupported_added_token(added); !why.empty()) throw Error(where + ": " + why);
     if (const int64_t id = id_of(added.content); id >= 0) {
       if (id != added.id) throw Error(where + ": " + vocab_name + " has it as id " + std::to_string(id));
