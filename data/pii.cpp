@@ -138,9 +138,14 @@ struct Text {
   }
 };
 
-constexpr std::array<PiiType, 6> kPlaceholderTypes = {PiiType::kRrn,  PiiType::kPhone,   PiiType::kEmail,
-                                                      PiiType::kCard, PiiType::kAccount, PiiType::kIp};
-static_assert(kPlaceholderTypes.size() == kPiiTypeCount);
+// The type of our placeholder ending at k ("[PHONE]" just before k), or -1.
+int placeholder_ending_at(const Text& t, size_t k) {
+  for (int type = 0; type < kPiiTypeCount; ++type) {
+    const std::string_view ph = pii_placeholder(static_cast<PiiType>(type));
+    if (k >= ph.size() && std::memcmp(t.s + k - ph.size(), ph.data(), ph.size()) == 0) return type;
+  }
+  return -1;
+}
 
 // Whether a match ends at k: this scan's previous one, or our placeholder, which an earlier scrub put
 // where a match was ("[PHONE]"). What follows either is judged alike (a number may start right after
@@ -148,12 +153,7 @@ static_assert(kPlaceholderTypes.size() == kPiiTypeCount);
 // changes nothing.
 bool match_ends_at(const Text& t, size_t k) {
   if (k == t.floor && t.floor_type >= 0) return true;
-  if (k == 0 || t.s[k - 1] != ']') return false;
-  for (int type = 0; type < kPiiTypeCount; ++type) {
-    const std::string_view ph = pii_placeholder(static_cast<PiiType>(type));
-    if (k >= ph.size() && std::memcmp(t.s + k - ph.size(), ph.data(), ph.size()) == 0) return true;
-  }
-  return false;
+  return k > 0 && t.s[k - 1] == ']' && placeholder_ending_at(t, k) >= 0;
 }
 
 // Whether one of our placeholders starts at k: a number's (all but [EMAIL]), or with `email` any.
@@ -166,7 +166,6 @@ bool placeholder_at(const Text& t, size_t k, bool email = false) {
   }
   return false;
 }
-bool number_placeholder_at(const Text& t, size_t k) { return placeholder_at(t, k); }
 
 // A dash with a space on either side or both, between two groups of a number at i ("010 - 1234 -
 // 5678", "900101 - 1234567", "900101- 1234567", as typed and OCR'd forms write them): its end, or npos.
@@ -323,15 +322,6 @@ bool ascii_label_ok(const Text& t, size_t begin, size_t end) {
     if (c == ' ' && begin >= t.floor + 2 && is_digit(t.s[begin - 2])) return false;
   }
   return !(end < t.n && is_alpha(t.s[end]) && !(word && upper(t.s[end]) && lower(t.s[end - 1])));
-}
-
-// The type of our placeholder ending at k ("[PHONE]" just before k), or -1.
-int placeholder_ending_at(const Text& t, size_t k) {
-  for (int type = 0; type < kPiiTypeCount; ++type) {
-    const std::string_view ph = pii_placeholder(static_cast<PiiType>(type));
-    if (k >= ph.size() && std::memcmp(t.s + k - ph.size(), ph.data(), ph.size()) == 0) return type;
-  }
-  return -1;
 }
 
 // Whether t.s[k, p) only separates two items of a list: spaces with a comma, slash, semicolon, 、 or ·,
@@ -563,7 +553,7 @@ size_t match_card(const Text& t, size_t p) {
   const bool continues_row = p >= 2 && t.s[p - 1] == sep && is_digit(t.s[p - 2]);
   // A fifth group an earlier scrub replaced ("... 1234 [PHONE]" was "... 1234 010 1234 5678") made the
   // run no card then: nor now.
-  const bool went_on = sep == ' ' && t.at(ends[3]) == ' ' && number_placeholder_at(t, ends[3] + 1);
+  const bool went_on = sep == ' ' && t.at(ends[3]) == ' ' && placeholder_at(t, ends[3] + 1);
   if (groups == 4 && card_layout(lens, 4) && card_network(t.s[p]) && !continues_row && !went_on &&
       !table_row(t, begins, ends, 4) && named_by(t, p, kCardLabels, kOtherNumberLabels, PiiType::kCard))
     return ends[3];
@@ -870,7 +860,7 @@ size_t match_labelled_account(const Text& t, size_t p) {
   if (total < 10 || total > 14 || lens[0] < 2) return npos;
   // A number an earlier scrub replaced may have been the run's next group ("110123456789 [CARD]" was
   // "110123456789 5412345678901234", a run too long for an account): no account, as then.
-  if (sep == ' ' && t.at(e) == ' ' && number_placeholder_at(t, e + 1)) return npos;
+  if (sep == ' ' && t.at(e) == ' ' && placeholder_at(t, e + 1)) return npos;
   if (groups > 1 && sep == ' ' && (longest < 5 || table_row(t, begins, ends, groups))) return npos;
   if (groups > 1 && sep == '-' && public_dashed_layout(t, p, lens, groups)) return npos;
   if (groups == 1 && total == 14 && date_led(t, p) && t.value(p + 8, p + 10) < 24 && t.value(p + 10, p + 12) < 60 &&
@@ -1126,12 +1116,7 @@ Span next_email(std::string_view text, size_t from, size_t floor, AtSignFinder& 
     // A local part glued to our placeholder: the scrub before found no address here (it would have
     // taken the number's characters into its local part), only the number, which left the rest
     // shorter; scrubbing twice must not find one either.
-    if (b > floor && s[b - 1] == ']' &&
-        std::any_of(kPlaceholderTypes.begin(), kPlaceholderTypes.end(), [&](PiiType type) {
-          const std::string_view ph = pii_placeholder(type);
-          return b >= ph.size() && std::memcmp(s + b - ph.size(), ph.data(), ph.size()) == 0;
-        }))
-      continue;
+    if (b > floor && s[b - 1] == ']' && placeholder_ending_at(Text{s, n}, b) >= 0) continue;
     // A URL's user:password@ is one secret: "https://user:pw@host" -> "https://[EMAIL]".
     if (b > floor + 1 && s[b - 1] == ':') {
       size_t u = b - 1;

@@ -236,11 +236,7 @@ ExposureJob prepare_exposure(const Tokenizer& tokenizer, const ExposureCanary& c
   if (at == std::string::npos) throw Error(canary.source + ": the secret is not in the text");
   // The length is checked here, with advice that depends on whose text it is.
   auto too_long = [&](const std::vector<int32_t>& ids) {
-    for (const int32_t id : ids)
-      if (id >= vocab_size)
-        return "the text holds '" + tokenizer.vocab().token(id) + "' (id " + std::to_string(id) +
-               "), past the model's vocab_size " + std::to_string(vocab_size) +
-               " (a token added to the tokenizer after the model was made)";
+    if (const std::string past = token_past_vocab(tokenizer, ids, vocab_size); !past.empty()) return "the text " + past;
     return ids.size() > static_cast<size_t>(max_positions)
                ? "the text is " + std::to_string(ids.size()) +
                      " tokens with [CLS] and [SEP], more than the model's max_position_embeddings " +

@@ -282,16 +282,22 @@ std::string hf_decode(const Tokenizer& tokenizer, std::span<const int32_t> ids, 
   return clean_up_tokenization_spaces ? clean_up_tokenization(out) : out;
 }
 
+std::string token_past_vocab(const Tokenizer& tokenizer, std::span<const int32_t> ids, int vocab_size) {
+  for (const int32_t id : ids)
+    if (id >= vocab_size)
+      return "holds '" + tokenizer.vocab().token(id) + "' (id " + std::to_string(id) +
+             "), past the model's vocab_size " + std::to_string(vocab_size) +
+             " (a token added to the tokenizer after the model was made)";
+  return {};
+}
+
 std::vector<int32_t> encode_prompt(const Tokenizer& tokenizer, std::string_view prompt, int max_positions,
                                    int vocab_size) {
   std::vector<int32_t> ids;
   EncodeScratch scratch;
   tokenizer.encode(prompt, ids, scratch);
-  for (const int32_t id : ids)
-    if (id >= vocab_size)
-      throw Error("the prompt holds '" + tokenizer.vocab().token(id) + "' (id " + std::to_string(id) +
-                  "), past the model's vocab_size " + std::to_string(vocab_size) +
-                  " (a token added to the tokenizer after the model was made)");
+  if (const std::string past = token_past_vocab(tokenizer, ids, vocab_size); !past.empty())
+    throw Error("the prompt " + past);
   Encoding encoding = tokenizer.post_process(std::move(ids), nullptr, std::nullopt);
   const std::string& mask = tokenizer.config().mask_token;
   if (std::count(encoding.ids.begin(), encoding.ids.end(), tokenizer.mask_id()) == 0)

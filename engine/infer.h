@@ -74,6 +74,10 @@ std::string clean_up_tokenization(std::string_view text);
 std::string hf_decode(const Tokenizer& tokenizer, std::span<const int32_t> ids, bool skip_special_tokens,
                       bool clean_up_tokenization_spaces = true);
 
+// "holds 'TOKEN' (id N), past the model's vocab_size V (...)" for the first of `ids` past `vocab_size`
+// (a token added to the tokenizer after the model was made), else empty.
+std::string token_past_vocab(const Tokenizer& tokenizer, std::span<const int32_t> ids, int vocab_size);
+
 // [CLS] prompt [SEP] as the pipeline tokenizes it. bert::Error (no location; callers prefix one) when the
 // prompt has no mask token, when it is longer than max_positions tokens, or when it holds a token whose
 // id is past the model's vocab_size.
