@@ -58,6 +58,13 @@ std::string quoted(std::string_view text) {
   return "\"" + utf8_encode(std::u32string_view(cps).substr(0, 57)) + "...\"";
 }
 
+// Prompts, targets and gold answers go into the tokenizer and back out in JSON: invalid UTF-8 is
+// refused rather than silently dropped by the normaliser (and copied raw into the JSON).
+void check_utf8(std::string_view text, const std::string& where) {
+  if (const auto bad = utf8_first_invalid(text))
+    throw Error(where + ": invalid UTF-8 at byte " + std::to_string(*bad + 1));
+}
+
 std::string join(const std::vector<std::string>& parts, std::string_view separator) {
   std::string out;
   for (size_t i = 0; i < parts.size(); ++i) {
@@ -312,15 +319,60 @@ std::vector<int32_t> encode_prompt(const Tokenizer& tokenizer, std::string_view 
 
 // ---- fill-mask -------------------------------------------------------------------------------------
 
+std::vector<int32_t> fill_mask_target_ids(const Tokenizer& tokenizer, const std::vector<std::string>& targets,
+                                          int vocab_size, std::vector<std::string>& notes) {
+  std::vector<int32_t> ids;
+  std::vector<int32_t> encoded;
+  EncodeScratch scratch;
+  for (size_t i = 0; i < targets.size(); ++i) {
+    const std::string& target = targets[i];
+    check_utf8(target, "target " + std::to_string(i + 1));
+    int32_t id = tokenizer.vocab().id(target);
+    if (id < 0) {  // HF: tokenizer(target, add_special_tokens=False, max_length=1, truncation=True)
+      encoded.clear();
+      tokenizer.encode(target, encoded, scratch);
+      if (encoded.empty()) {
+        notes.push_back("target " + bert::quoted(target) +
+                        " is no token (the tokenizer leaves nothing of it); ignored");
+        continue;
+      }
+      id = encoded.front();
+      notes.push_back("target " + bert::quoted(target) + " is not a vocabulary entry; scoring its first token '" +
+                      tokenizer.vocab().token(id) + "' (id " + std::to_string(id) + ")");
+    }
+    const int32_t one[] = {id};
+    if (const std::string past = token_past_vocab(tokenizer, one, vocab_size); !past.empty())
+      throw Error("target " + bert::quoted(target) + " " + past);
+    ids.push_back(id);
+  }
+  std::sort(ids.begin(), ids.end());
+  ids.erase(std::unique(ids.begin(), ids.end()), ids.end());
+  if (ids.empty())
+    throw Error(targets.size() == 1 ? std::string("the target is no token (the tokenizer leaves nothing of it)")
+                                    : "none of the " + std::to_string(targets.size()) +
+                                          " targets is a token (the tokenizer leaves nothing of them)");
+  return ids;
+}
+
 FillMaskResult fill_mask(BertForPreTraining<float>& model, const Tokenizer& tokenizer, std::string_view prompt,
-                         int top_k, bool clean_up_tokenization_spaces) {
+                         int top_k, bool clean_up_tokenization_spaces, std::span<const int32_t> targets) {
   ModelLogits<BertForPreTraining<float>> source(model);
-  return fill_mask(source, tokenizer, prompt, top_k, clean_up_tokenization_spaces);
+  return fill_mask(source, tokenizer, prompt, top_k, clean_up_tokenization_spaces, targets);
 }
 
 FillMaskResult fill_mask(MlmLogitsSource& model, const Tokenizer& tokenizer, std::string_view prompt, int top_k,
-                         bool clean_up_tokenization_spaces) {
+                         bool clean_up_tokenization_spaces, std::span<const int32_t> targets) {
   if (top_k < 1) throw Error("fill_mask: top_k must be >= 1, got " + std::to_string(top_k));
+  const size_t vocab = static_cast<size_t>(model.config().vocab_size);
+  std::vector<int32_t> pool(targets.begin(), targets.end());  // the ids a candidate may be
+  for (const int32_t id : pool)
+    if (id < 0 || static_cast<size_t>(id) >= vocab)
+      throw Error("fill_mask: target id " + std::to_string(id) + " is outside the model's vocabulary of " +
+                  std::to_string(vocab));
+  if (pool.empty()) {
+    pool.resize(vocab);
+    std::iota(pool.begin(), pool.end(), 0);
+  }
   FillMaskResult result;
   result.input_ids =
       encode_prompt(tokenizer, prompt, model.config().max_position_embeddings, model.config().vocab_size);
@@ -328,15 +380,14 @@ FillMaskResult fill_mask(MlmLogitsSource& model, const Tokenizer& tokenizer, std
   result.mask_positions.assign(positions.begin(), positions.end());
   const std::vector<float> logits = model.logits_at(result.input_ids, positions);
 
-  const size_t vocab = static_cast<size_t>(model.config().vocab_size);
-  const size_t k = std::min(static_cast<size_t>(top_k), vocab);
+  const size_t k = std::min(static_cast<size_t>(top_k), pool.size());
   const bool single_mask = positions.size() == 1;
-  std::vector<int32_t> order(vocab);
+  std::vector<int32_t> order;
   std::vector<int32_t> sequence_ids;
   for (size_t m = 0; m < positions.size(); ++m) {
     const std::span<const float> row(logits.data() + m * vocab, vocab);
     const auto [max_logit, sum] = softmax_max_and_sum(row);
-    std::iota(order.begin(), order.end(), 0);
+    order = pool;
     std::partial_sort(order.begin(), order.begin() + static_cast<std::ptrdiff_t>(k), order.end(),
                       [&](int32_t a, int32_t b) { return row[a] > row[b] || (row[a] == row[b] && a < b); });
     std::vector<FillMaskCandidate>& candidates = result.per_mask.emplace_back();
@@ -379,17 +430,6 @@ Json fill_mask_json(const FillMaskResult& result) {
 }
 
 // ---- probing ---------------------------------------------------------------------------------------
-
-namespace {
-
-// Prompts and gold answers go into the tokenizer and back out in JSON: invalid UTF-8 is refused
-// rather than silently dropped by the normaliser (and copied raw into the JSON).
-void check_utf8(std::string_view text, const std::string& where) {
-  if (const auto bad = utf8_first_invalid(text))
-    throw Error(where + ": invalid UTF-8 at byte " + std::to_string(*bad + 1));
-}
-
-}  // namespace
 
 void for_each_tsv_line(std::string_view text, const std::string& path,
                        const std::function<void(size_t, const std::vector<std::string>&)>& fn) {
@@ -686,6 +726,12 @@ constexpr const char* kHelpNotes =
     "value per prompt line). Prompts come from --mask and --input (both may be given; --mask first),\n"
     "else from stdin (one a line). Prompts must be valid UTF-8.\n"
     "\n"
+    "--targets T... (the pipeline's targets=) ranks only those tokens: each T is a vocabulary entry as\n"
+    "written (\"##에서\" included), else the first token the tokenizer makes of it (with a note: \"Seoul\"\n"
+    "becomes \"seoul\" in a lowercasing vocabulary, a word with no entry its first piece); duplicates count\n"
+    "once, --top-k is capped at their number, and each score stays the token's probability over the whole\n"
+    "vocabulary. \"Which of 조선, 고려, 신라 fits?\" is --targets 조선 고려 신라.\n"
+    "\n"
     "--probe measures what the model memorised (the \"[MASK] attack\", LAMA: Petroni et al. 2019). Each\n"
     "TSV line is 'prompt with one [MASK]<TAB>gold answer[<TAB>relation]'; the gold answer must be one\n"
     "vocabulary token (else the line is reported as skipped). The rank of the gold token over the whole\n"
@@ -901,7 +947,7 @@ namespace {
 int run_infer(const std::vector<std::string>& argv, std::istream& in, std::ostream& out, std::ostream& err) {
   Args args("bert_infer",
             "bert_infer --model DIR [--mask PROMPT...] [--input FILE] [--probe FILE.tsv] [--exposure FILE.tsv] "
-            "[--top-k K] [--json] [--device cpu|cuda] [--threads N]");
+            "[--top-k K] [--targets T...] [--json] [--device cpu|cuda] [--threads N]");
   args.option("--model",
               "checkpoint dir: model.safetensors, config.json, vocab.txt (or tokenizer.json), tokenizer_config.json")
       .list("--mask", "prompt(s) with one or more [MASK] tokens (repeatable)")
@@ -914,6 +960,7 @@ int run_infer(const std::vector<std::string>& argv, std::istream& in, std::ostre
               "--exposure: write every scored secret to this TSV (line, secret, score, canary: 1 for the canary, 0 "
               "for a candidate)")
       .option("--top-k", "candidates per [MASK]", "5")
+      .list("--targets", "answer only with these tokens (the pipeline's targets=; see below)")
       .flag("--json", "print HF pipeline-shaped JSON (--probe: one metrics object; --exposure: one object)")
       .option("--device", "cpu | cuda", "cpu")
       .option("--threads", "CPU threads (0 = all cores)", "0");
@@ -934,6 +981,8 @@ int run_infer(const std::vector<std::string>& argv, std::istream& in, std::ostre
   const bool json = args.has("--json");
   const std::string model_dir = args.str("--model");
 
+  if (args.has("--targets") && (args.has("--probe") || args.has("--exposure")))
+    throw Error("bert_infer: --targets is for fill-mask; --probe and --exposure score their own answers");
   for (const char* option : {"--candidates", "--seed", "--scores"})
     if (args.has(option) && !args.has("--exposure"))
       throw Error(std::string("bert_infer: ") + option + " goes with --exposure");
@@ -992,6 +1041,17 @@ int run_infer(const std::vector<std::string>& argv, std::istream& in, std::ostre
 
   InferenceCheckpoint checkpoint = load_inference_checkpoint(model_dir, threads);
   for (const std::string& note : checkpoint.notes) err << "note: " << note << "\n";
+  std::vector<int32_t> targets;
+  if (args.has("--targets")) {
+    std::vector<std::string> notes;
+    try {
+      targets =
+          fill_mask_target_ids(checkpoint.tokenizer, args.values("--targets"), checkpoint.config.vocab_size, notes);
+    } catch (const Error& e) {
+      throw Error(std::string("bert_infer: --targets: ") + e.what());
+    }
+    for (const std::string& note : notes) err << "note: --targets: " << note << "\n";
+  }
   const std::unique_ptr<MlmLogitsSource> model = logits_source(checkpoint, device);
   // Every prompt is checked before any output, so a bad line 7 does not leave 6 answers behind.
   for (const Prompt& prompt : prompts) {
@@ -1003,8 +1063,8 @@ int run_infer(const std::vector<std::string>& argv, std::istream& in, std::ostre
     }
   }
   for (size_t i = 0; i < prompts.size(); ++i) {
-    const FillMaskResult result =
-        fill_mask(*model, checkpoint.tokenizer, prompts[i].text, top_k, checkpoint.clean_up_tokenization_spaces);
+    const FillMaskResult result = fill_mask(*model, checkpoint.tokenizer, prompts[i].text, top_k,
+                                            checkpoint.clean_up_tokenization_spaces, targets);
     if (json) {
       out << fill_mask_json(result).dump() << "\n";
     } else {

@@ -184,6 +184,76 @@ TEST_CASE("fill_mask: several masks give a list per [MASK] with HF's sequences",
   REQUIRE(single.as_array()[0].is_object());  // one mask: a flat list, as HF returns
 }
 
+TEST_CASE("fill_mask with targets: the pipeline's targets=, scores over the whole vocabulary", "[infer]") {
+  const std::string dir = make_checkpoint("ckpt");
+  bert::InferenceCheckpoint checkpoint = bert::load_inference_checkpoint(dir);
+  const bert::Tokenizer& tokenizer = checkpoint.tokenizer;
+  const int vocab = static_cast<int>(kTokens.size());
+
+  // A vocabulary entry as written ("##s" too), else the first token of it with a note; blank is ignored
+  // with a note; duplicates count once; ascending ids.
+  std::vector<std::string> notes;
+  const std::vector<int32_t> ids =
+      bert::fill_mask_target_ids(tokenizer, {"dog", "##s", "dog", "cats", " ", "hello world", "Seoul"}, vocab, notes);
+  CHECK(ids == std::vector<int32_t>{id_of("[UNK]"), id_of("cat"), id_of("dog"), id_of("##s"), id_of("hello")});
+  REQUIRE(notes.size() == 4);
+  CHECK(notes[0] == "target \"cats\" is not a vocabulary entry; scoring its first token 'cat' (id 6)");
+  CHECK(notes[1] == "target \" \" is no token (the tokenizer leaves nothing of it); ignored");
+  CHECK(notes[2] == "target \"hello world\" is not a vocabulary entry; scoring its first token 'hello' (id 29)");
+  CHECK(notes[3] == "target \"Seoul\" is not a vocabulary entry; scoring its first token '[UNK]' (id 1)");
+  CHECK_THROWS_WITH(bert::fill_mask_target_ids(tokenizer, {" ", ""}, vocab, notes),
+                    "none of the 2 targets is a token (the tokenizer leaves nothing of them)");
+  CHECK_THROWS_WITH(bert::fill_mask_target_ids(tokenizer, {"dog", "\xff"}, vocab, notes),
+                    "target 2: invalid UTF-8 at byte 1");
+  CHECK_THROWS_WITH(bert::fill_mask_target_ids(tokenizer, {"do"}, vocab - 1, notes),
+                    "target \"do\" holds 'do' (id 32), past the model's vocab_size 32 (a token added to the "
+                    "tokenizer after the model was made)");
+
+  // The candidates are the targets, best first, each scored as in the whole-vocabulary answer.
+  const std::string prompt = "the [MASK] sat on the [MASK].";
+  const bert::FillMaskResult all = bert::fill_mask(checkpoint.model, tokenizer, prompt, 1000);
+  const bert::FillMaskResult some = bert::fill_mask(checkpoint.model, tokenizer, prompt, 3, true, ids);
+  const bert::FillMaskResult capped = bert::fill_mask(checkpoint.model, tokenizer, prompt, 1000, true, ids);
+  REQUIRE(some.per_mask.size() == 2);
+  REQUIRE(capped.per_mask.size() == 2);
+  for (size_t m = 0; m < 2; ++m) {
+    std::vector<bert::FillMaskCandidate> expected;  // all's order restricted to the targets
+    for (const bert::FillMaskCandidate& c : all.per_mask[m])
+      if (std::find(ids.begin(), ids.end(), c.token) != ids.end()) expected.push_back(c);
+    REQUIRE(expected.size() == ids.size());
+    REQUIRE(some.per_mask[m].size() == 3);
+    REQUIRE(capped.per_mask[m].size() == ids.size());
+    for (size_t i = 0; i < ids.size(); ++i) {
+      INFO("mask " << m << " rank " << i);
+      CHECK(capped.per_mask[m][i].token == expected[i].token);
+      CHECK(capped.per_mask[m][i].score == expected[i].score);
+      CHECK(capped.per_mask[m][i].token_str == expected[i].token_str);
+      CHECK(capped.per_mask[m][i].sequence == expected[i].sequence);
+      if (i < 3) CHECK(some.per_mask[m][i].token == expected[i].token);
+    }
+  }
+  const int32_t outside[] = {vocab};
+  CHECK_THROWS_WITH(bert::fill_mask(checkpoint.model, tokenizer, prompt, 3, true, outside),
+                    "fill_mask: target id 33 is outside the model's vocabulary of 33");
+
+  // The command: notes on stderr, --top-k capped, refused beside --probe and --exposure.
+  std::string out, err;
+  REQUIRE(run({"--model", dir, "--mask", "the cat [MASK] on the mat.", "--targets", "dog", "cats", "--json"}, "", out,
+              &err) == 0);
+  CHECK(err == "note: --targets: target \"cats\" is not a vocabulary entry; scoring its first token 'cat' (id 6)\n");
+  const Json answer = Json::parse(lines_of(out).at(0));
+  REQUIRE(answer.as_array().size() == 2);
+  std::vector<int64_t> answered;
+  for (const Json& c : answer.as_array()) answered.push_back(c.find("token")->as_int());
+  std::sort(answered.begin(), answered.end());
+  CHECK(answered == std::vector<int64_t>{id_of("cat"), id_of("dog")});
+  CHECK_THROWS_WITH(run({"--model", dir, "--mask", "the [MASK]", "--targets", " "}, "", out),
+                    "bert_infer: --targets: the target is no token (the tokenizer leaves nothing of it)");
+  bert::write_file_atomic(test_dir() + "/targets_probe.tsv", "the [MASK] sat.\tcat\n");
+  CHECK_THROWS_WITH(run({"--model", dir, "--probe", test_dir() + "/targets_probe.tsv", "--targets", "cat"}, "", out),
+                    "bert_infer: --targets is for fill-mask; --probe and --exposure score their own answers");
+}
+
 TEST_CASE("hf_decode and clean_up_tokenization follow BertTokenizerFast", "[infer]") {
   const bert::Tokenizer tokenizer(bert::Vocab(kTokens), bert::TokenizerConfig{});
   auto ids = [](std::initializer_list<const char*> tokens) {

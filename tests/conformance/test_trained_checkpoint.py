@@ -6,7 +6,7 @@
       unexpected weights, and BertTokenizerFast.from_pretrained(dir) its tokenizer;
   (2) pipeline("fill-mask", model=dir, top_k=5) gives the same tokens, strings and sequences as
       `bert_infer --json`, scores within rel 1e-4 (fp32 on both sides), for prompts with one and two
-      [MASK]s;
+      [MASK]s; and with targets= (--targets);
       a model saved by transformers with untied output embeddings is refused, not served tied;
       (2d) what transformers loads its own way, bert_infer serves the same: no tokenizer_config.json
       (BertTokenizer's defaults), the mask token named in special_tokens_map.json only, config.json
@@ -110,6 +110,39 @@ seed = 11
                 worst = max(worst, abs(g["score"] - h["score"]) / max(abs(h["score"]), 1e-12))
         check(same and worst < 1e-4, f"(2) fill-mask {prompt!r}: tokens/strings/sequences equal HF pipeline, "
               f"worst score rel diff {worst:.1e}")
+
+    # (2e) targets=: candidates restricted to the given tokens, scores still over the whole vocabulary.
+    # Vocabulary entries (a "##" piece and [MASK] among them), a word with no entry (its first piece),
+    # a cased spelling of an entry, a duplicate and a blank target (ignored), at a top_k below and above
+    # their number, for one and two [MASK]s.
+    vocab_of = tokenizer.get_vocab()
+    ranked = [tokenizer.convert_ids_to_tokens(c["token"]) for c in fill(prompts[0], top_k=12)]
+    piece = next(t for t in sorted(vocab_of) if t.startswith("##"))
+    word = next(t for t in sorted(vocab_of, key=len, reverse=True) if not t.startswith("[") and not t.startswith("##"))
+    targets = [ranked[7], ranked[2], piece, "[MASK]", word + piece[2:], word.upper() if word.upper() != word else "Seoul",
+               ranked[7], " ", ranked[11]]
+    missing = sum(1 for t in targets if t not in vocab_of)
+    for prompt in (prompts[0], prompts[2]):
+        for k in (3, 20):
+            result = subprocess.run([b("bert_infer"), "--model", checkpoint, "--mask", prompt, "--json", "--top-k",
+                                     str(k), "--targets", *targets], capture_output=True, text=True)
+            if result.returncode != 0:
+                check(False, f"(2e) targets: bert_infer failed: {result.stderr.strip()}")
+                continue
+            got, want = json.loads(result.stdout), fill(prompt, top_k=k, targets=targets)
+            if prompt.count("[MASK]") == 1:
+                got, want = [got], [want]
+            same, worst = len(got) == len(want), 0.0
+            for g_list, w_list in zip(got, want):
+                same &= len(g_list) == len(w_list)
+                for g, h in zip(g_list, w_list):
+                    same &= (g["token"] == h["token"] and g["token_str"] == h["token_str"]
+                             and g["sequence"] == h["sequence"])
+                    worst = max(worst, abs(g["score"] - h["score"]) / max(abs(h["score"]), 1e-12))
+            notes = result.stderr.count("note: --targets: ")
+            check(same and worst < 1e-4 and notes == missing,
+                  f"(2e) fill-mask {prompt!r} top_k={k} targets={targets!r}: equals the pipeline's (worst score rel "
+                  f"diff {worst:.1e}; {notes} notes for {missing} targets not in the vocabulary)")
 
     # (2b) The other way: transformers' own BertForMaskedLM.save_pretrained (no pooler, no NSP head, the
     # tied decoder dropped) with the tokenizer's save_pretrained; bert_infer serves the pipeline's answers.
