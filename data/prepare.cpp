@@ -448,29 +448,53 @@ struct ShardList {
   std::vector<std::string> paths;
   std::string manifest_path;
   std::vector<Json> entries;  // the manifest's entry for each path, when there is a manifest
+  std::vector<size_t> entry_indices;  // ... and its index there
+  std::string dataset_dir;            // the manifest's directory
   std::optional<uint64_t> vocab_hash;
 };
+
+// DIR/manifest.json's shards (only the one named `only`, when given) and vocabulary hash into `list`.
+void read_manifest(const std::string& dir, ShardList& list, const std::string* only = nullptr) {
+  const std::string manifest = dir + "/manifest.json";
+  const Json m = Json::parse(read_file(manifest), manifest);
+  const Json* shards = m.find("shards");
+  if (!shards || !shards->is_array()) throw Error(manifest + ": missing 'shards' list");
+  for (size_t i = 0; i < shards->as_array().size(); ++i) {
+    const Json& s = shards->as_array()[i];
+    const Json* f = s.find("file");
+    if (!f || !f->is_string()) throw Error(manifest + ": shard entry without 'file'");
+    if (only && f->as_string() != *only) continue;
+    list.paths.push_back(dir + "/" + f->as_string());
+    list.entries.push_back(s);
+    list.entry_indices.push_back(i);
+  }
+  list.manifest_path = manifest;
+  list.dataset_dir = dir;
+  list.vocab_hash = manifest_vocab_hash(m, manifest);
+}
 
 ShardList shard_paths(const std::string& target) {
   ShardList list;
   if (!is_directory(target)) {
     if (!file_exists(target)) throw Error(target + ": no such shard file or directory");
+    // A shard its directory's manifest lists is checked against that entry, and decoded only with the
+    // vocabulary the manifest records (one of the same size is not enough).
+    const std::filesystem::path path(target);
+    const std::string dir = path.has_parent_path() ? path.parent_path().string() : std::string(".");
+    const std::string name = path.filename().string();
+    if (file_exists(dir + "/manifest.json")) {
+      read_manifest(dir, list, &name);
+      if (!list.paths.empty()) {
+        list.paths = {target};
+        return list;
+      }
+      list = ShardList{};  // not one of the manifest's shards
+    }
     list.paths.push_back(target);
     return list;
   }
-  const std::string manifest = target + "/manifest.json";
-  if (file_exists(manifest)) {
-    const Json m = Json::parse(read_file(manifest), manifest);
-    const Json* shards = m.find("shards");
-    if (!shards || !shards->is_array()) throw Error(manifest + ": missing 'shards' list");
-    for (const Json& s : shards->as_array()) {
-      const Json* f = s.find("file");
-      if (!f || !f->is_string()) throw Error(manifest + ": shard entry without 'file'");
-      list.paths.push_back(target + "/" + f->as_string());
-      list.entries.push_back(s);
-    }
-    list.manifest_path = manifest;
-    list.vocab_hash = manifest_vocab_hash(m, manifest);
+  if (file_exists(target + "/manifest.json")) {
+    read_manifest(target, list);
     return list;
   }
   for (const auto& e : std::filesystem::directory_iterator(target))
@@ -511,7 +535,7 @@ int prepare_inspect_command(const std::vector<std::string>& argv, std::ostream& 
     // is the tool for looking into a half-rebuilt directory. The exit status says so.
     if (!listed.entries.empty()) {
       try {
-        check_manifest_entry(listed.entries[k], k, *shard, listed.manifest_path);
+        check_manifest_entry(listed.entries[k], listed.entry_indices[k], *shard, listed.manifest_path);
       } catch (const Error& e) {
         err << "error: " << e.what() << "\n";
         ++stale;
@@ -561,8 +585,13 @@ int prepare_inspect_command(const std::vector<std::string>& argv, std::ostream& 
   if (args.has("--decode")) {
     const std::string how = args.str("--decode");
     const size_t limit = how == "all" ? SIZE_MAX : static_cast<size_t>(args.integer("--decode", 0));
-    const std::string tok_dir = args.maybe("--tokenizer").value_or(is_directory(target) ? target + "/tokenizer" : "");
-    if (tok_dir.empty()) throw Error("bert_prepare inspect: --decode on a single shard needs --tokenizer DIR");
+    // (The dataset's copy of its tokenizer, also for a shard its manifest lists.)
+    const std::string tok_dir = args.maybe("--tokenizer")
+                                    .value_or(is_directory(target)          ? target + "/tokenizer"
+                                              : !listed.dataset_dir.empty() ? listed.dataset_dir + "/tokenizer"
+                                                                            : "");
+    if (tok_dir.empty())
+      throw Error("bert_prepare inspect: --decode on a shard no manifest.json beside it lists needs --tokenizer DIR");
     const Tokenizer tok = Tokenizer::from_dir(tok_dir);
     if (tok.vocab().size() != vocab_size)
       throw Error(tok_dir + ": tokenizer has " + std::to_string(tok.vocab().size()) + " tokens, shards were built with " +

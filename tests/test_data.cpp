@@ -381,6 +381,24 @@ TEST_CASE("bert_prepare build + loader: determinism, rank slices, resume, paddin
       prepare_main({"inspect", test_dir() + "/s1", "--decode", "2", "--tokenizer", test_dir() + "/tok_swapped"},
                    swapped_out, swapped_err),
       Catch::Contains("another vocabulary"));
+  // So does one shard of the directory given alone (its manifest entry found beside it), which also
+  // decodes with the directory's copy of the tokenizer by default; a shard no manifest lists needs
+  // --tokenizer and is decoded with whichever is given.
+  std::ostringstream one_out, one_err;
+  CHECK_THROWS_WITH(prepare_main({"inspect", test_dir() + "/s1/valid-00000.bin", "--decode", "2", "--tokenizer",
+                                  test_dir() + "/tok_swapped"},
+                                 one_out, one_err),
+                    Catch::Contains("s1/manifest.json: the shards were built with another vocabulary"));
+  REQUIRE(prepare_main({"inspect", test_dir() + "/s1/valid-00000.bin", "--decode", "1", "--json"}, one_out, one_err) ==
+          0);
+  CHECK(Json::parse(one_out.str()).find("decoded")->as_array().size() == 1);
+  make_directories(test_dir() + "/loose");
+  write_file_atomic(test_dir() + "/loose/valid-00000.bin", read_file(test_dir() + "/s1/valid-00000.bin"));
+  CHECK_THROWS_WITH(prepare_main({"inspect", test_dir() + "/loose/valid-00000.bin", "--decode", "1"}, one_out, one_err),
+                    "bert_prepare inspect: --decode on a shard no manifest.json beside it lists needs --tokenizer DIR");
+  CHECK(prepare_main({"inspect", test_dir() + "/loose/valid-00000.bin", "--decode", "1", "--tokenizer",
+                      test_dir() + "/tok_swapped"},
+                     one_out, one_err) == 0);
   // A manifest without vocab_hash (older builds) is not checked; a malformed one is an error.
   const std::string manifest_text = read_file(test_dir() + "/s1/manifest.json");
   for (const char* value : {"12", "\"\"", "\"12x\"", "\"-1\"", "\"99999999999999999999\""}) {
@@ -423,6 +441,19 @@ TEST_CASE("bert_prepare build + loader: determinism, rank slices, resume, paddin
   CHECK_THAT(stale_err.str(), Catch::StartsWith("error: ") && Catch::Contains("s1/train-00000.bin: checksum differs"));
   CHECK_THAT(stale_out.str(), Catch::Contains("train: ") && Catch::Contains("valid: "));
   write_file_atomic(test_dir() + "/s1/train-00000.bin", own_shard);
+  // One shard given alone is checked against its own entry, named by its index in the manifest.
+  size_t valid_index = 0;
+  while (Json::parse(manifest_text).find("shards")->as_array().at(valid_index).find("file")->as_string() !=
+         "valid-00000.bin")
+    ++valid_index;
+  REQUIRE(valid_index > 0);
+  const std::string own_valid = read_file(test_dir() + "/s1/valid-00000.bin");
+  write_file_atomic(test_dir() + "/s1/valid-00000.bin", read_file(test_dir() + "/s3/valid-00000.bin"));
+  std::ostringstream lone_out, lone_err;
+  CHECK(prepare_main({"inspect", test_dir() + "/s1/valid-00000.bin"}, lone_out, lone_err) == 1);
+  CHECK_THAT(lone_err.str(), Catch::Contains("s1/valid-00000.bin: checksum differs from ") &&
+                                 Catch::Contains("manifest.json shard entry " + std::to_string(valid_index) + "'s"));
+  write_file_atomic(test_dir() + "/s1/valid-00000.bin", own_valid);
   const auto with_entry_field = [&](const char* key, const Json& value) {
     Json edited = Json::parse(manifest_text);
     Json::Array list = edited.find("shards")->as_array();
