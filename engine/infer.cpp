@@ -340,13 +340,15 @@ std::vector<int32_t> fill_mask_target_ids(const Tokenizer& tokenizer, const std:
       notes.push_back("target " + bert::quoted(target) + " is not a vocabulary entry; scoring its first token '" +
                       tokenizer.vocab().token(id) + "' (id " + std::to_string(id) + ")");
     }
-    const int32_t one[] = {id};
-    if (const std::string past = token_past_vocab(tokenizer, one, vocab_size); !past.empty())
-      throw Error("target " + bert::quoted(target) + " " + past);
+    if (id >= vocab_size)
+      throw Error("target " + bert::quoted(target) + " is '" + tokenizer.vocab().token(id) + "' (id " +
+                  std::to_string(id) + "), past the model's vocab_size " + std::to_string(vocab_size) +
+                  " (a token added to the tokenizer after the model was made)");
     ids.push_back(id);
   }
   std::sort(ids.begin(), ids.end());
   ids.erase(std::unique(ids.begin(), ids.end()), ids.end());
+  if (targets.empty()) throw Error("no targets");
   if (ids.empty())
     throw Error(targets.size() == 1 ? std::string("the target is no token (the tokenizer leaves nothing of it)")
                                     : "none of the " + std::to_string(targets.size()) +
@@ -364,7 +366,9 @@ FillMaskResult fill_mask(MlmLogitsSource& model, const Tokenizer& tokenizer, std
                          bool clean_up_tokenization_spaces, std::span<const int32_t> targets) {
   if (top_k < 1) throw Error("fill_mask: top_k must be >= 1, got " + std::to_string(top_k));
   const size_t vocab = static_cast<size_t>(model.config().vocab_size);
-  std::vector<int32_t> pool(targets.begin(), targets.end());  // the ids a candidate may be
+  std::vector<int32_t> pool(targets.begin(), targets.end());  // the ids a candidate may be, each once
+  std::sort(pool.begin(), pool.end());
+  pool.erase(std::unique(pool.begin(), pool.end()), pool.end());
   for (const int32_t id : pool)
     if (id < 0 || static_cast<size_t>(id) >= vocab)
       throw Error("fill_mask: target id " + std::to_string(id) + " is outside the model's vocabulary of " +
@@ -960,7 +964,9 @@ int run_infer(const std::vector<std::string>& argv, std::istream& in, std::ostre
               "--exposure: write every scored secret to this TSV (line, secret, score, canary: 1 for the canary, 0 "
               "for a candidate)")
       .option("--top-k", "candidates per [MASK]", "5")
-      .list("--targets", "answer only with these tokens (the pipeline's targets=; see below)")
+      .list("--targets",
+            "answer only with these tokens: every argument up to the next --option (the pipeline's "
+            "targets=; see below)")
       .flag("--json", "print HF pipeline-shaped JSON (--probe: one metrics object; --exposure: one object)")
       .option("--device", "cpu | cuda", "cpu")
       .option("--threads", "CPU threads (0 = all cores)", "0");
@@ -1027,6 +1033,9 @@ int run_infer(const std::vector<std::string>& argv, std::istream& in, std::ostre
     prompts.push_back({"--mask " + std::to_string(i + 1), masks[i]});
     check_utf8(masks[i], prompts.back().source);
   }
+  if (args.has("--targets"))  // (before stdin is read; what each target is needs the tokenizer)
+    for (size_t i = 0; i < args.values("--targets").size(); ++i)
+      check_utf8(args.values("--targets")[i], "bert_infer: --targets: target " + std::to_string(i + 1));
   if (args.has("--input") && args.str("--input") != "-") {
     const std::string path = args.str("--input");
     if (is_directory(path)) throw Error(path + ": is a directory, expected the --input file");

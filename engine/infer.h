@@ -154,16 +154,16 @@ std::unique_ptr<MlmLogitsSource> logits_source(InferenceCheckpoint& checkpoint, 
 
 // The pipeline's `targets=`: the ids fill-mask may answer with, ascending, each once. A target that is a
 // vocabulary entry as written (added tokens included; "##에서" too) is that entry; else the first token
-// the tokenizer makes of it, with a note in `notes` ("target 'Seoul' is not a vocabulary entry; scoring
+// the tokenizer makes of it, with a note in `notes` ("target \"Seoul\" is not a vocabulary entry; scoring
 // its first token 'seoul' (id 812)"), and a target the tokenizer leaves nothing of (blank) is ignored
 // with a note. A target that is invalid UTF-8, or whose id is past the model's vocab_size, or a list left
-// with none, is a bert::Error naming it.
+// with none (or an empty list), is a bert::Error naming it.
 std::vector<int32_t> fill_mask_target_ids(const Tokenizer& tokenizer, const std::vector<std::string>& targets,
                                           int vocab_size, std::vector<std::string>& notes);
 
 // top_k is capped at the vocabulary size (HF raises instead), or at the number of `targets` when given
-// (fill_mask_target_ids; empty = the whole vocabulary). With targets, the candidates are those ids
-// only, best first, and each score stays its probability over the whole vocabulary, as HF's.
+// (fill_mask_target_ids; empty = the whole vocabulary; an id given twice counts once). With targets, the candidates are
+// those ids only, best first, and each score stays its probability over the whole vocabulary, as HF's.
 FillMaskResult fill_mask(MlmLogitsSource& model, const Tokenizer& tokenizer, std::string_view prompt, int top_k,
                          bool clean_up_tokenization_spaces = true, std::span<const int32_t> targets = {});
 FillMaskResult fill_mask(BertForPreTraining<float>& model, const Tokenizer& tokenizer, std::string_view prompt,

@@ -205,8 +205,9 @@ TEST_CASE("fill_mask with targets: the pipeline's targets=, scores over the whol
                     "none of the 2 targets is a token (the tokenizer leaves nothing of them)");
   CHECK_THROWS_WITH(bert::fill_mask_target_ids(tokenizer, {"dog", "\xff"}, vocab, notes),
                     "target 2: invalid UTF-8 at byte 1");
+  CHECK_THROWS_WITH(bert::fill_mask_target_ids(tokenizer, {}, vocab, notes), "no targets");
   CHECK_THROWS_WITH(bert::fill_mask_target_ids(tokenizer, {"do"}, vocab - 1, notes),
-                    "target \"do\" holds 'do' (id 32), past the model's vocab_size 32 (a token added to the "
+                    "target \"do\" is 'do' (id 32), past the model's vocab_size 32 (a token added to the "
                     "tokenizer after the model was made)");
 
   // The candidates are the targets, best first, each scored as in the whole-vocabulary answer.
@@ -232,6 +233,10 @@ TEST_CASE("fill_mask with targets: the pipeline's targets=, scores over the whol
       if (i < 3) CHECK(some.per_mask[m][i].token == expected[i].token);
     }
   }
+  const std::vector<int32_t> twice = {id_of("dog"), id_of("cat"), id_of("dog")};  // counted once, as HF's set()
+  const bert::FillMaskResult deduplicated = bert::fill_mask(checkpoint.model, tokenizer, prompt, 5, true, twice);
+  CHECK(deduplicated.per_mask[0].size() == 2);
+  CHECK(deduplicated.per_mask[0][0].token != deduplicated.per_mask[0][1].token);
   const int32_t outside[] = {vocab};
   CHECK_THROWS_WITH(bert::fill_mask(checkpoint.model, tokenizer, prompt, 3, true, outside),
                     "fill_mask: target id 33 is outside the model's vocabulary of 33");
@@ -252,6 +257,11 @@ TEST_CASE("fill_mask with targets: the pipeline's targets=, scores over the whol
   bert::write_file_atomic(test_dir() + "/targets_probe.tsv", "the [MASK] sat.\tcat\n");
   CHECK_THROWS_WITH(run({"--model", dir, "--probe", test_dir() + "/targets_probe.tsv", "--targets", "cat"}, "", out),
                     "bert_infer: --targets is for fill-mask; --probe and --exposure score their own answers");
+  CHECK_THROWS_WITH(run({"--model", dir, "--exposure", test_dir() + "/targets_probe.tsv", "--targets", "cat"}, "", out),
+                    "bert_infer: --targets is for fill-mask; --probe and --exposure score their own answers");
+  // A target of invalid UTF-8 is named before stdin is read (whose bad line would be named otherwise).
+  CHECK_THROWS_WITH(run({"--model", dir, "--targets", "cat", "\xC3\x28"}, "never read [MASK]\xff\n", out),
+                    "bert_infer: --targets: target 2: invalid UTF-8 at byte 1");
 }
 
 TEST_CASE("hf_decode and clean_up_tokenization follow BertTokenizerFast", "[infer]") {

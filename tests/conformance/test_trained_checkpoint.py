@@ -119,8 +119,10 @@ seed = 11
     ranked = [tokenizer.convert_ids_to_tokens(c["token"]) for c in fill(prompts[0], top_k=12)]
     piece = next(t for t in sorted(vocab_of) if t.startswith("##"))
     word = next(t for t in sorted(vocab_of, key=len, reverse=True) if not t.startswith("[") and not t.startswith("##"))
-    targets = [ranked[7], ranked[2], piece, "[MASK]", word + piece[2:], word.upper() if word.upper() != word else "Seoul",
-               ranked[7], " ", ranked[11]]
+    # (An entry with letters that have case, written in upper case: the lowercasing tokenizer's first
+    # token is the entry itself.)
+    cased = next((t.upper() for t in sorted(vocab_of) if t.upper() != t and not t.startswith(("[", "##"))), "Seoul")
+    targets = [ranked[7], ranked[2], piece, "[MASK]", word + piece[2:], cased, ranked[7], " ", ranked[11]]
     missing = sum(1 for t in targets if t not in vocab_of)
     for prompt in (prompts[0], prompts[2]):
         for k in (3, 20):
