@@ -467,13 +467,16 @@ void read_manifest(const std::string& dir, ShardList& list, const std::string* o
     list.paths.push_back(dir + "/" + f->as_string());
     list.entries.push_back(s);
     list.entry_indices.push_back(i);
+    if (only) break;  // (its first entry, as the loader's lookup by name would find)
   }
   list.manifest_path = manifest;
   list.dataset_dir = dir;
   list.vocab_hash = manifest_vocab_hash(m, manifest);
 }
 
-ShardList shard_paths(const std::string& target) {
+// `problems` counts what inspect reports on `err` and exits 1 for: here, a manifest beside a lone shard
+// that cannot be read (the shard is inspected all the same: this is the tool for a half-built dir).
+ShardList shard_paths(const std::string& target, std::ostream& err, size_t& problems) {
   ShardList list;
   if (!is_directory(target)) {
     if (!file_exists(target)) throw Error(target + ": no such shard file or directory");
@@ -483,12 +486,21 @@ ShardList shard_paths(const std::string& target) {
     const std::string dir = path.has_parent_path() ? path.parent_path().string() : std::string(".");
     const std::string name = path.filename().string();
     if (file_exists(dir + "/manifest.json")) {
-      read_manifest(dir, list, &name);
+      try {
+        read_manifest(dir, list, &name);
+      } catch (const Error& e) {
+        err << "error: " << e.what() << " (inspecting " << target << " without it)\n";
+        ++problems;
+        list = ShardList{};
+      }
       if (!list.paths.empty()) {
         list.paths = {target};
         return list;
       }
-      list = ShardList{};  // not one of the manifest's shards
+      if (!list.manifest_path.empty())
+        err << "note: " << list.manifest_path << " does not list " << name
+            << ": the shard is not checked against it, nor its vocabulary\n";
+      list = ShardList{};
     }
     list.paths.push_back(target);
     return list;
@@ -510,14 +522,15 @@ int prepare_inspect_command(const std::vector<std::string>& argv, std::ostream& 
   Args args("bert_prepare inspect", "bert_prepare inspect DIR|SHARD [--json] [--decode N|all] [--tokenizer DIR]");
   args.flag("--json", "print the statistics as JSON")
       .option("--decode", "decode the first N examples (or all) back to text")
-      .option("--tokenizer", "tokenizer for --decode (default: DIR/tokenizer)");
+      .option("--tokenizer", "tokenizer for --decode (default: DIR/tokenizer, or for one shard its manifest's DIR's)");
   if (!args.parse(argv)) {
     out << args.help();
     return 0;
   }
   if (args.positional().size() != 1) throw Error("bert_prepare inspect: expected one shard directory or file (see --help)");
   const std::string target = without_trailing_slashes(args.positional()[0]);
-  const ShardList listed = shard_paths(target);
+  size_t stale = 0;  // shards that disagree with their manifest entry, or a manifest that cannot be read
+  const ShardList listed = shard_paths(target, err, stale);
   const std::vector<std::string>& paths = listed.paths;
 
   struct SplitStats {
@@ -527,7 +540,6 @@ int prepare_inspect_command(const std::vector<std::string>& argv, std::ostream& 
   std::map<std::string, SplitStats> splits;
   uint32_t vocab_size = 0, max_seq_len = 0;
   std::vector<std::unique_ptr<Shard>> shards;
-  size_t stale = 0;  // shards that disagree with their manifest entry
   for (size_t k = 0; k < paths.size(); ++k) {
     const std::string& p = paths[k];
     auto shard = std::make_unique<Shard>(p);
@@ -591,7 +603,8 @@ int prepare_inspect_command(const std::vector<std::string>& argv, std::ostream& 
                                               : !listed.dataset_dir.empty() ? listed.dataset_dir + "/tokenizer"
                                                                             : "");
     if (tok_dir.empty())
-      throw Error("bert_prepare inspect: --decode on a shard no manifest.json beside it lists needs --tokenizer DIR");
+      throw Error(
+          "bert_prepare inspect: --decode on a shard not listed in a manifest.json beside it needs --tokenizer DIR");
     const Tokenizer tok = Tokenizer::from_dir(tok_dir);
     if (tok.vocab().size() != vocab_size)
       throw Error(tok_dir + ": tokenizer has " + std::to_string(tok.vocab().size()) + " tokens, shards were built with " +

@@ -395,10 +395,27 @@ TEST_CASE("bert_prepare build + loader: determinism, rank slices, resume, paddin
   make_directories(test_dir() + "/loose");
   write_file_atomic(test_dir() + "/loose/valid-00000.bin", read_file(test_dir() + "/s1/valid-00000.bin"));
   CHECK_THROWS_WITH(prepare_main({"inspect", test_dir() + "/loose/valid-00000.bin", "--decode", "1"}, one_out, one_err),
-                    "bert_prepare inspect: --decode on a shard no manifest.json beside it lists needs --tokenizer DIR");
+                    "bert_prepare inspect: --decode on a shard not listed in a manifest.json beside it needs "
+                    "--tokenizer DIR");
   CHECK(prepare_main({"inspect", test_dir() + "/loose/valid-00000.bin", "--decode", "1", "--tokenizer",
                       test_dir() + "/tok_swapped"},
                      one_out, one_err) == 0);
+  // A manifest beside it that does not list it is named in a note; one that cannot be read is an
+  // error (exit 1), and the shard is inspected all the same.
+  write_file_atomic(test_dir() + "/loose/manifest.json", read_file(test_dir() + "/s1/manifest.json"));
+  write_file_atomic(test_dir() + "/loose/other.bin", read_file(test_dir() + "/s1/valid-00000.bin"));
+  std::ostringstream note_out, note_err;
+  CHECK(prepare_main({"inspect", test_dir() + "/loose/other.bin"}, note_out, note_err) == 0);
+  CHECK(note_err.str() == "note: " + test_dir() +
+                              "/loose/manifest.json does not list other.bin: the shard is not "
+                              "checked against it, nor its vocabulary\n");
+  write_file_atomic(test_dir() + "/loose/manifest.json", "{\"shards\": [");
+  std::ostringstream broken_out, broken_err;
+  CHECK(prepare_main({"inspect", test_dir() + "/loose/valid-00000.bin"}, broken_out, broken_err) == 1);
+  CHECK_THAT(broken_err.str(),
+             Catch::StartsWith("error: " + test_dir() + "/loose/manifest.json") &&
+                 Catch::EndsWith(" (inspecting " + test_dir() + "/loose/valid-00000.bin without it)\n"));
+  CHECK_THAT(broken_out.str(), Catch::Contains("valid: "));
   // A manifest without vocab_hash (older builds) is not checked; a malformed one is an error.
   const std::string manifest_text = read_file(test_dir() + "/s1/manifest.json");
   for (const char* value : {"12", "\"\"", "\"12x\"", "\"-1\"", "\"99999999999999999999\""}) {
