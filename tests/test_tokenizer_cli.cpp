@@ -466,6 +466,49 @@ TEST_CASE("added tokens that are not special: matched as their flags say, not sp
                         "/tokenizer_config.json: added_tokens_decoder[\"6\"] is 'ab' (special false, normalized "
                         "false) where tokenizer.json's added_tokens has 'ab' (special false, normalized true); make "
                         "them agree");
+
+  // A normalised added token is matched as tokenizer.json's normalizer makes it, in text normalised as
+  // tokenizer_config.json says: where the two make it differently, refused by name.
+  const auto mixed = [&](const std::string& content, const std::string& strip_accents) {
+    std::string json = read_file(both + "/tokenizer.json");
+    const std::string named = "\"content\": \"ab\"";
+    json.replace(json.find(named), named.size(), "\"content\": \"" + content + "\"");
+    json.replace(json.find(R"("type": "BertNormalizer")"), 24,
+                 R"("type": "BertNormalizer", "lowercase": true, "strip_accents": )" + strip_accents);
+    write_file_atomic(both + "/tokenizer.json", json);
+    write_file_atomic(both + "/tokenizer_config.json", R"({"do_lower_case": false})");
+  };
+  const std::string original = read_file(both + "/tokenizer.json");
+  mixed("ab", "null");
+  CHECK(ids(Tokenizer::from_dir(both), "aab") == std::vector<int32_t>{5, 6});  // the same form either way
+  write_file_atomic(both + "/tokenizer.json", original);
+  mixed("Ab", "null");
+  CHECK_THROWS_WITH(Tokenizer::from_dir(both),
+                    Catch::StartsWith(both + "/tokenizer_config.json: added_tokens_decoder[\"6\"] 'Ab': normalized = "
+                                             "true, and tokenizer.json's normalizer makes it 'ab' (lowercase true, "
+                                             "strip_accents true, handle_chinese_chars true) where "
+                                             "tokenizer_config.json's settings make it 'Ab' (lowercase false, "
+                                             "strip_accents false, handle_chinese_chars true); transformers then "
+                                             "matches neither as written"));
+  write_file_atomic(both + "/tokenizer.json", original);
+  mixed(
+      "\xC3\xA1"
+      "b",
+      "false");  // "áb": lowercase without stripping accents keeps it
+  CHECK_NOTHROW(Tokenizer::from_dir(both));
+  write_file_atomic(both + "/tokenizer.json", original);
+  mixed(
+      "\xC3\xA1"
+      "b",
+      "null");  // null follows lowercase: stripped to "ab"
+  CHECK_THROWS_WITH(Tokenizer::from_dir(both), Catch::Contains("tokenizer.json's normalizer makes it 'ab'"));
+  write_file_atomic(both + "/tokenizer.json", original);
+  mixed("\xEB\xB2\x95", "null");  // 법: its jamo print as the syllable, and the message says so
+  CHECK_THROWS_WITH(Tokenizer::from_dir(both), Catch::Contains("(Hangul decomposed into jamo) (lowercase true"));
+  write_file_atomic(both + "/tokenizer.json", original);
+  mixed("ab", "\"no\"");
+  CHECK_THROWS_WITH(Tokenizer::from_dir(both),
+                    Catch::Contains("normalizer.strip_accents") && Catch::Contains("must be true, false or null"));
 }
 
 // tokenizer.json as BertWordPieceTokenizer.save writes it (the conformance test compares the ids with

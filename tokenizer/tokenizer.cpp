@@ -44,12 +44,16 @@ std::string token_text(const Json& v, const std::string& path, const std::string
 // transformers reads instead of vocab.txt when both are there. What it holds for BERT's ids: the
 // WordPiece vocabulary and the added tokens past it, and the normaliser's clean_text (BertTokenizerFast
 // replaces lowercase, strip_accents and handle_chinese_chars by tokenizer_config.json's values, or
-// their defaults: TokenizerConfig::load's). Everything else must be BERT's pipeline; anything other is
-// refused by name, as are added tokens we do not match as transformers does.
+// their defaults: TokenizerConfig::load's, but only after it has made the normalised added tokens'
+// patterns with tokenizer.json's own: from_dir refuses a token the two would make differently). Everything else must be
+// BERT's pipeline; anything other is refused by name, as are added tokens we do not match as transformers does.
 struct FastTokenizerFile {
   std::vector<std::string> tokens;  // model.vocab by id, then the added tokens past it
   size_t model_size = 0;            // model.vocab's size
   std::vector<TokenizerConfig::AddedToken> added;  // "added_tokens", with their flags
+  // Its own normaliser (a flag it leaves out: the config's), which BertTokenizerFast replaces by the
+  // config's only after its added tokens' normalised forms are made with this one.
+  NormalizerOptions normalizer;
 };
 
 // Why transformers would match an added token where this tokenizer does not; empty when it is one we
@@ -149,6 +153,25 @@ FastTokenizerFile read_tokenizer_json(const std::string& path, TokenizerConfig& 
     if (!v->is_bool()) fail("normalizer.clean_text", "must be true or false");
     config.normalizer.clean_text = v->as_bool();
   }
+  out.normalizer = config.normalizer;
+  const auto normalizer_flag = [&](const char* key, bool& dst, bool null_means_lowercase) {
+    const Json* v = root.find("normalizer")->find(key);
+    if (!v) return;
+    if (v->is_null() && null_means_lowercase) {
+      dst = out.normalizer.lowercase;
+    } else {
+      if (!v->is_bool())
+        fail(std::string("normalizer.") + key,
+             null_means_lowercase ? "must be true, false or null" : "must be true or false");
+      dst = v->as_bool();
+    }
+  };
+  normalizer_flag("lowercase", out.normalizer.lowercase, false);
+  normalizer_flag("handle_chinese_chars", out.normalizer.handle_chinese_chars, false);
+  if (root.find("normalizer")->find("strip_accents"))
+    normalizer_flag("strip_accents", out.normalizer.strip_accents, true);
+  else if (root.find("normalizer")->find("lowercase"))
+    out.normalizer.strip_accents = out.normalizer.lowercase;  // tokenizers' default: None, following lowercase
   if (const std::string type = type_of("pre_tokenizer"); type != "BertPreTokenizer")
     fail("pre_tokenizer", "'" + type + "': only BertPreTokenizer is supported");
   if (const std::string type = type_of("decoder"); type != "WordPiece" && type != "null")
@@ -461,6 +484,7 @@ Tokenizer Tokenizer::from_dir(const std::string& dir_arg) {
   const std::string vocab_name = use_json ? "tokenizer.json" : "vocab.txt";
   Vocab vocab;
   size_t pieces = 0;  // the ids WordPiece may use: vocab.txt's, or tokenizer.json's model's
+  std::optional<NormalizerOptions> json_normalizer;  // tokenizer.json's own, when it is read
   std::string added_source = "/tokenizer_config.json: added_tokens_decoder";
   if (use_json) {
     FastTokenizerFile fast = read_tokenizer_json(json_path, config);
@@ -479,6 +503,7 @@ Tokenizer Tokenizer::from_dir(const std::string& dir_arg) {
       }
     }
     pieces = fast.model_size;
+    json_normalizer = fast.normalizer;
     vocab = Vocab(std::move(fast.tokens));
     // Its added tokens, with their flags, beside added_tokens_decoder's: one token's two entries must
     // agree on how it is matched.
@@ -544,6 +569,30 @@ Tokenizer Tokenizer::from_dir(const std::string& dir_arg) {
         throw Error(dir + added_source + "[\"" + std::to_string(added.id) + "\"] '" + added.content +
                     "': normalized = true, and it normalises to nothing (transformers would then split the text "
                     "into single characters); remove it or set normalized to false");
+      // BertTokenizerFast makes the pattern with tokenizer.json's normaliser and then replaces that by
+      // tokenizer_config.json's (do_lower_case, strip_accents, tokenize_chinese_chars) without remaking
+      // it: where the two disagree on this token, transformers looks for a form its text never has
+      // (a lowercased or jamo-decomposed one in cased text) or misses the token as written.
+      if (json_normalizer) {
+        std::u32string json_form;
+        BertNormalizer(*json_normalizer).normalize(form, json_form);
+        // (Jamo print as the syllables they spell: say so, or the two forms read the same.)
+        const auto shown = [](const std::u32string& text, const NormalizerOptions& o) {
+          const bool jamo =
+              std::any_of(text.begin(), text.end(), [](char32_t c) { return c >= 0x1100 && c <= 0x11FF; });
+          return "'" + utf8_encode(text) + "'" + (jamo ? " (Hangul decomposed into jamo)" : "") + " (lowercase " +
+                 (o.lowercase ? "true" : "false") + ", strip_accents " + (o.strip_accents ? "true" : "false") +
+                 ", handle_chinese_chars " + (o.handle_chinese_chars ? "true" : "false") + ")";
+        };
+        if (json_form != normalized)
+          throw Error(dir + added_source + "[\"" + std::to_string(added.id) + "\"] '" + added.content +
+                      "': normalized = true, and tokenizer.json's normalizer makes it " +
+                      shown(json_form, *json_normalizer) + " where tokenizer_config.json's settings make it " +
+                      shown(normalized, config.normalizer) +
+                      "; transformers then matches neither as written (it looks for the first in text normalised "
+                      "the second way): make do_lower_case, strip_accents and tokenize_chinese_chars agree with "
+                      "tokenizer.json's normalizer");
+      }
       form = std::move(normalized);
     }
     if (std::any_of(form.begin(), form.end(), [](char32_t c) { return unicode::is_whitespace(c); }))

@@ -85,7 +85,8 @@ class Tokenizer {
   // its last id (in transformers' order: bos, eos, unk, sep, pad, cls, mask, then the additional
   // ones), so ids match transformers'; require() still asks for the ones a purpose needs in the file
   // itself. added_tokens_decoder's tokens must be the file's at their ids (or the next ids after it),
-  // not single_word, and special ones not normalised.
+  // not single_word, and special ones not normalised; a normalised one must normalise alike under
+  // tokenizer.json's normalizer and tokenizer_config.json's settings.
   static Tokenizer from_dir(const std::string& dir);
   // vocab.txt's own size (tokenizer.json's: its model's vocabulary and added tokens): vocab().size()
   // less the appended special tokens.

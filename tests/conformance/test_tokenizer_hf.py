@@ -303,6 +303,43 @@ def main():
         compare_ids(f"added tokens ({label}), vocab.txt + added_tokens_decoder",
                     our_encode(args.bin, d, added_path, ["--add-special-tokens"]), expect, added_lines)
 
+    # tokenizer.json's normalizer lowercasing and stripping accents (Hangul to jamo) where
+    # tokenizer_config.json says do_lower_case and strip_accents false: BertTokenizerFast made the added tokens' patterns
+    # with the first and normalises text with the second. Tokens whose form both give are matched alike;
+    # one they disagree on ("법률가": jamo against syllables) transformers never matches, and we refuse.
+    mixed_lines = sample[:500] + ["abc ABC Abc xabcx", "xyz12 XYZ12", "법률가 법률가는"]
+    mixed_path = os.path.join(args.work, "mixed_lines.txt")
+    write_lines(mixed_path, mixed_lines)
+    for label, tokens in (("agreeing", ["abc", "xyz12"]), ("disagreeing", ["abc", "법률가"])):
+        t = BertTokenizerFast.from_pretrained(ours_dir, do_lower_case=True, strip_accents=True)
+        t.add_tokens(tokens)
+        d = os.path.join(args.work, f"mixed_{label}")
+        t.save_pretrained(d)
+        with open(os.path.join(d, "tokenizer_config.json"), encoding="utf-8") as f:
+            cfg = json.load(f)
+        cfg["do_lower_case"] = False
+        cfg["strip_accents"] = False
+        with open(os.path.join(d, "tokenizer_config.json"), "w", encoding="utf-8") as f:
+            json.dump(cfg, f, ensure_ascii=False)
+        with open(os.path.join(d, "tokenizer.json"), encoding="utf-8") as f:
+            normalizer = json.load(f)["normalizer"]
+        check(normalizer["lowercase"] is True and normalizer["strip_accents"] is True,
+              f"mixed normalizers ({label}): tokenizer.json lowercases and strips accents ({normalizer})")
+        hf = BertTokenizerFast.from_pretrained(d)
+        expect = hf(mixed_lines, add_special_tokens=False)["input_ids"]
+        if label == "agreeing":
+            compare_ids("mixed normalizers, added tokens both normalise alike",
+                        our_encode(args.bin, d, mixed_path), expect, mixed_lines)
+        else:
+            added_id = hf.convert_tokens_to_ids("법률가")
+            check(all(added_id not in ids for ids in expect),
+                  "mixed normalizers: transformers never matches '법률가' (its pattern is in jamo)")
+            r = subprocess.run([args.bin, "encode", "--tokenizer", d, "--input", mixed_path],
+                               capture_output=True, text=True)
+            check(r.returncode != 0 and "tokenizer.json's normalizer makes it" in r.stderr
+                  and "'법률가'" in r.stderr, f"mixed normalizers: a token they disagree on is refused: "
+                  f"{r.stderr.strip()[:300]}")
+
     print(f"\n{'FAILED' if FAILURES else 'OK'}: {len(FAILURES)} failure(s)")
     sys.exit(1 if FAILURES else 0)
 
