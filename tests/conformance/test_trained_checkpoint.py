@@ -31,6 +31,20 @@ import tiny_corpus  # noqa: E402
 from tiny_corpus import FAILURES, check, run  # noqa: E402
 
 
+def same_answers(prompt, got, want):
+    """bert_infer's JSON for one prompt against the pipeline's: (same tokens, strings and sequences in the
+    same order, worst relative score difference)."""
+    if prompt.count("[MASK]") == 1:
+        got, want = [got], [want]
+    same, worst = len(got) == len(want), 0.0
+    for g_list, w_list in zip(got, want):
+        same &= len(g_list) == len(w_list)
+        for g, h in zip(g_list, w_list):
+            same &= g["token"] == h["token"] and g["token_str"] == h["token_str"] and g["sequence"] == h["sequence"]
+            worst = max(worst, abs(g["score"] - h["score"]) / max(abs(h["score"]), 1e-12))
+    return same, worst
+
+
 def main():
     ap = argparse.ArgumentParser()
     ap.add_argument("--bin-dir", required=True)
@@ -99,15 +113,7 @@ seed = 11
             .splitlines() if line.strip()]
     check(len(ours) == len(prompts), f"(2) bert_infer --json: one value per prompt ({len(ours)})")
     for prompt, got in zip(prompts, ours):
-        want = fill(prompt)
-        if prompt.count("[MASK]") == 1:
-            got, want = [got], [want]
-        same, worst = len(got) == len(want), 0.0
-        for g_list, w_list in zip(got, want):
-            same &= len(g_list) == len(w_list)
-            for g, h in zip(g_list, w_list):
-                same &= g["token"] == h["token"] and g["token_str"] == h["token_str"] and g["sequence"] == h["sequence"]
-                worst = max(worst, abs(g["score"] - h["score"]) / max(abs(h["score"]), 1e-12))
+        same, worst = same_answers(prompt, got, fill(prompt))
         check(same and worst < 1e-4, f"(2) fill-mask {prompt!r}: tokens/strings/sequences equal HF pipeline, "
               f"worst score rel diff {worst:.1e}")
 
@@ -131,16 +137,7 @@ seed = 11
             if result.returncode != 0:
                 check(False, f"(2e) targets: bert_infer failed: {result.stderr.strip()}")
                 continue
-            got, want = json.loads(result.stdout), fill(prompt, top_k=k, targets=targets)
-            if prompt.count("[MASK]") == 1:
-                got, want = [got], [want]
-            same, worst = len(got) == len(want), 0.0
-            for g_list, w_list in zip(got, want):
-                same &= len(g_list) == len(w_list)
-                for g, h in zip(g_list, w_list):
-                    same &= (g["token"] == h["token"] and g["token_str"] == h["token_str"]
-                             and g["sequence"] == h["sequence"])
-                    worst = max(worst, abs(g["score"] - h["score"]) / max(abs(h["score"]), 1e-12))
+            same, worst = same_answers(prompt, json.loads(result.stdout), fill(prompt, top_k=k, targets=targets))
             notes = result.stderr.count("note: --targets: ")
             check(same and worst < 1e-4 and notes == missing,
                   f"(2e) fill-mask {prompt!r} top_k={k} targets={targets!r}: equals the pipeline's (worst score rel "
