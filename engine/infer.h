@@ -162,8 +162,9 @@ std::vector<int32_t> fill_mask_target_ids(const Tokenizer& tokenizer, const std:
                                           int vocab_size, std::vector<std::string>& notes);
 
 // top_k is capped at the vocabulary size (HF raises instead), or at the number of `targets` when given
-// (fill_mask_target_ids; empty = the whole vocabulary; an id given twice counts once). With targets, the candidates are
-// those ids only, best first, and each score stays its probability over the whole vocabulary, as HF's.
+// (fill_mask_target_ids; empty = the whole vocabulary; an id given twice counts once). With targets,
+// the candidates are those ids only, best first, and each score stays its probability over the whole
+// vocabulary, as HF's.
 FillMaskResult fill_mask(MlmLogitsSource& model, const Tokenizer& tokenizer, std::string_view prompt, int top_k,
                          bool clean_up_tokenization_spaces = true, std::span<const int32_t> targets = {});
 FillMaskResult fill_mask(BertForPreTraining<float>& model, const Tokenizer& tokenizer, std::string_view prompt,

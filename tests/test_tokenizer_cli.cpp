@@ -488,8 +488,9 @@ TEST_CASE("added tokens that are not special: matched as their flags say, not sp
                                              "true, and tokenizer.json's normalizer makes it 'ab' (lowercase true, "
                                              "strip_accents true, handle_chinese_chars true) where "
                                              "tokenizer_config.json's settings make it 'Ab' (lowercase false, "
-                                             "strip_accents false, handle_chinese_chars true); transformers then "
-                                             "matches neither as written"));
+                                             "strip_accents false, handle_chinese_chars true); transformers looks "
+                                             "for the first in text normalised the second way, so it does not "
+                                             "match the token as written"));
   write_file_atomic(both + "/tokenizer.json", original);
   mixed(
       "\xC3\xA1"

@@ -45,8 +45,9 @@ std::string token_text(const Json& v, const std::string& path, const std::string
 // WordPiece vocabulary and the added tokens past it, and the normaliser's clean_text (BertTokenizerFast
 // replaces lowercase, strip_accents and handle_chinese_chars by tokenizer_config.json's values, or
 // their defaults: TokenizerConfig::load's, but only after it has made the normalised added tokens'
-// patterns with tokenizer.json's own: from_dir refuses a token the two would make differently). Everything else must be
-// BERT's pipeline; anything other is refused by name, as are added tokens we do not match as transformers does.
+// patterns with tokenizer.json's own: from_dir refuses a token the two would make differently).
+// Everything else must be BERT's pipeline; anything other is refused by name, as are added tokens we
+// do not match as transformers does.
 struct FastTokenizerFile {
   std::vector<std::string> tokens;  // model.vocab by id, then the added tokens past it
   size_t model_size = 0;            // model.vocab's size
@@ -589,9 +590,9 @@ Tokenizer Tokenizer::from_dir(const std::string& dir_arg) {
                       "': normalized = true, and tokenizer.json's normalizer makes it " +
                       shown(json_form, *json_normalizer) + " where tokenizer_config.json's settings make it " +
                       shown(normalized, config.normalizer) +
-                      "; transformers then matches neither as written (it looks for the first in text normalised "
-                      "the second way): make do_lower_case, strip_accents and tokenize_chinese_chars agree with "
-                      "tokenizer.json's normalizer");
+                      "; transformers looks for the first in text normalised the second way, so it does not match "
+                      "the token as written: make do_lower_case, strip_accents and tokenize_chinese_chars agree "
+                      "with tokenizer.json's normalizer");
       }
       form = std::move(normalized);
     }
