@@ -524,7 +524,8 @@ class Trainer {
   // `scratch` (a synchronous copy: at the start and at checkpoints).
   std::span<const float> host_weights(std::vector<float>& scratch) const;
   void check_replicas(const char* when, std::span<const float> weights);
-  void check_finite_weights(std::span<const float> weights) const;
+  // At a checkpoint (`skipped_step` 0), or after step `skipped_step` was skipped for non-finite gradients.
+  void check_finite_weights(std::span<const float> weights, int64_t skipped_step = 0) const;
   // config_key_changes from the run_config.toml a checkpoint holds to this run's config ("" if absent).
   std::string config_changes(const std::string& saved_config_path) const {
     return file_exists(saved_config_path) ? config_key_changes(read_file(saved_config_path), config_text_)
@@ -1344,6 +1345,10 @@ void Trainer::count_update(int64_t step, double norm, double step_loss) {
     ++skipped_steps_;
     err_ << "warning: step " << step << ": gradient norm is " << norm << "; skipping this update (loss " << step_loss
          << ")\n";
+    // Weights an earlier update overflowed give non-finite gradients at every step from now on: stop
+    // here, not at the next save (which could be hours away). (Only on a skip: a copy from the GPU.)
+    std::vector<float> scratch;
+    check_finite_weights(host_weights(scratch), step);
   }
   last_loss_ = step_loss;
   last_grad_norm_ = norm;
@@ -1724,7 +1729,7 @@ std::string Trainer::latest_checkpoint_note() const {
 // Non-finite gradients skip their update, but a finite update can still overflow the weights (an
 // absurd learning rate): such weights are not saved over the last good checkpoint. Every rank checks
 // (they hold the same weights), so all stop alike.
-void Trainer::check_finite_weights(std::span<const float> weights) const {
+void Trainer::check_finite_weights(std::span<const float> weights, int64_t skipped_step) const {
   const auto bad = std::find_if(weights.begin(), weights.end(), [](float v) { return !std::isfinite(v); });
   if (bad == weights.end()) return;
   const auto offset = static_cast<size_t>(bad - weights.begin());
@@ -1732,12 +1737,19 @@ void Trainer::check_finite_weights(std::span<const float> weights) const {
   for (const ParamInfo& info : params())
     if (offset >= info.offset && offset < info.offset + info.numel) name = info.name;
   const int64_t count = std::count_if(bad, weights.end(), [](float v) { return !std::isfinite(v); });
-  throw Error("step " + std::to_string(state_.global_step) + " left " + std::to_string(count) +
-              " non-finite weight(s) (the first in " + name + ": " + printf_string("%g", static_cast<double>(*bad)) +
-              "): an update overflowed (" + config_.path + " [training] learning_rate = " +
-              printf_string("%g", training().learning_rate) + " too large?); not saved, " +
-              (last_saved_step_ > 0 ? "checkpoint-" + std::to_string(last_saved_step_) + " is the last good one"
-                                    : std::string("no checkpoint was written")));
+  const std::string weights_text = std::to_string(count) + " non-finite weight(s) (the first in " + name + ": " +
+                                   printf_string("%g", static_cast<double>(*bad)) + ")";
+  const std::string cause =
+      config_.path + " [training] learning_rate = " + printf_string("%g", training().learning_rate) + " too large?";
+  const std::string last_good = last_saved_step_ > 0
+                                    ? "checkpoint-" + std::to_string(last_saved_step_) + " is the last good one"
+                                    : std::string("no checkpoint was written");
+  if (skipped_step > 0)
+    throw Error("step " + std::to_string(skipped_step) + ": its gradients are not finite because the model holds " +
+                weights_text + ": an earlier update overflowed (" + cause +
+                "), and no later update can be applied; stopped, " + last_good);
+  throw Error("step " + std::to_string(state_.global_step) + " left " + weights_text + ": an update overflowed (" +
+              cause + "); not saved, " + last_good);
 }
 
 std::span<const float> Trainer::host_weights(std::vector<float>& scratch) const {

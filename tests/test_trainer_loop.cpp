@@ -541,6 +541,17 @@ TEST_CASE("user mistakes are one-line errors") {
   const std::optional<CheckpointInfo> last_good = latest_checkpoint(test_dir() + "/absurd");
   REQUIRE(last_good.has_value());
   CHECK(last_good->step == 1);
+  // Found at the next step, whose gradients those weights make non-finite, not at the next save:
+  // the run stops instead of skipping every update until then.
+  const std::string absurd_unsaved = write_config("absurd_unsaved", "absurd_unsaved",
+                                                  "max_steps = 40\nper_device_train_batch_size = 8\n"
+                                                  "learning_rate = 1e38\nwarmup_steps = 1\nsave_steps = 1000\n");
+  message = error_of([&] { train({"--config", absurd_unsaved}); });
+  CHECK_THAT(message, Catch::StartsWith("step 3: its gradients are not finite because the model holds ") &&
+                          Catch::Contains(" non-finite weight(s) (the first in ") &&
+                          Catch::Contains("absurd_unsaved.toml [training] learning_rate = 1e+38 too large?), and no "
+                                          "later update can be applied; stopped, no checkpoint was written"));
+  CHECK(one_line(message));
 
   // Resuming with a different model shape.
   const std::string wider = test_dir() + "/wider.toml";
