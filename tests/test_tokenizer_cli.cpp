@@ -484,13 +484,14 @@ TEST_CASE("added tokens that are not special: matched as their flags say, not sp
   write_file_atomic(both + "/tokenizer.json", original);
   mixed("Ab", "null");
   CHECK_THROWS_WITH(Tokenizer::from_dir(both),
-                    Catch::StartsWith(both + "/tokenizer_config.json: added_tokens_decoder[\"6\"] 'Ab': normalized = "
+                    Catch::StartsWith(both + "/tokenizer.json: added_tokens[\"6\"] 'Ab': normalized = "
                                              "true, and tokenizer.json's normalizer makes it 'ab' (lowercase true, "
                                              "strip_accents true, handle_chinese_chars true) where "
                                              "tokenizer_config.json's settings make it 'Ab' (lowercase false, "
                                              "strip_accents false, handle_chinese_chars true); transformers looks "
                                              "for the first in text normalised the second way, so it does not "
-                                             "match the token as written"));
+                                             "match the token as written: set tokenizer.json's normalizer to "
+                                             "tokenizer_config.json's settings"));
   write_file_atomic(both + "/tokenizer.json", original);
   mixed(
       "\xC3\xA1"

@@ -487,6 +487,7 @@ Tokenizer Tokenizer::from_dir(const std::string& dir_arg) {
   size_t pieces = 0;  // the ids WordPiece may use: vocab.txt's, or tokenizer.json's model's
   std::optional<NormalizerOptions> json_normalizer;  // tokenizer.json's own, when it is read
   std::string added_source = "/tokenizer_config.json: added_tokens_decoder";
+  std::vector<int64_t> json_only_ids;  // added tokens tokenizer.json lists and added_tokens_decoder does not
   if (use_json) {
     FastTokenizerFile fast = read_tokenizer_json(json_path, config);
     if (file_exists(txt_path)) {
@@ -512,6 +513,7 @@ Tokenizer Tokenizer::from_dir(const std::string& dir_arg) {
       const auto same = std::find_if(config.added_tokens.begin(), config.added_tokens.end(),
                                      [&](const TokenizerConfig::AddedToken& t) { return t.id == added.id; });
       if (same == config.added_tokens.end()) {
+        json_only_ids.push_back(added.id);
         config.added_tokens.push_back(std::move(added));
       } else if (same->content != added.content || same->special != added.special ||
                  same->normalized != added.normalized) {
@@ -553,11 +555,16 @@ Tokenizer Tokenizer::from_dir(const std::string& dir_arg) {
   // meeting transformers handles in ways we do not follow (tokenizers even fails on some), so it is
   // refused by name.
   const BertNormalizer normalizer(config.normalizer);
+  // DIR/FILE: FIELD["id"], in the file that lists the token.
+  const auto entry_of = [&](const TokenizerConfig::AddedToken& added) {
+    const bool json_only = std::find(json_only_ids.begin(), json_only_ids.end(), added.id) != json_only_ids.end();
+    return dir + (json_only ? std::string("/tokenizer.json: added_tokens") : added_source) + "[\"" +
+           std::to_string(added.id) + "\"]";
+  };
   const TokenizerConfig::AddedToken* stripping = nullptr;
   const TokenizerConfig::AddedToken* spaced = nullptr;
   for (const TokenizerConfig::AddedToken& added : config.added_tokens) {
-    if (added.content.empty())
-      throw Error(dir + added_source + "[\"" + std::to_string(added.id) + "\"] '': an empty token");
+    if (added.content.empty()) throw Error(entry_of(added) + " '': an empty token");
     if (added.lstrip || added.rstrip) stripping = stripping ? stripping : &added;
     std::u32string form;
     utf8_decode(added.content, form);
@@ -567,7 +574,7 @@ Tokenizer Tokenizer::from_dir(const std::string& dir_arg) {
       // tokenizers keeps a pattern that normalises to nothing, and it matches everywhere: every
       // character outside a real match becomes a word of its own.
       if (normalized.empty())
-        throw Error(dir + added_source + "[\"" + std::to_string(added.id) + "\"] '" + added.content +
+        throw Error(entry_of(added) + " '" + added.content +
                     "': normalized = true, and it normalises to nothing (transformers would then split the text "
                     "into single characters); remove it or set normalized to false");
       // BertTokenizerFast makes the pattern with tokenizer.json's normaliser and then replaces that by
@@ -586,13 +593,14 @@ Tokenizer Tokenizer::from_dir(const std::string& dir_arg) {
                  ", handle_chinese_chars " + (o.handle_chinese_chars ? "true" : "false") + ")";
         };
         if (json_form != normalized)
-          throw Error(dir + added_source + "[\"" + std::to_string(added.id) + "\"] '" + added.content +
+          throw Error(entry_of(added) + " '" + added.content +
                       "': normalized = true, and tokenizer.json's normalizer makes it " +
                       shown(json_form, *json_normalizer) + " where tokenizer_config.json's settings make it " +
                       shown(normalized, config.normalizer) +
                       "; transformers looks for the first in text normalised the second way, so it does not match "
-                      "the token as written: make do_lower_case, strip_accents and tokenize_chinese_chars agree "
-                      "with tokenizer.json's normalizer");
+                      "the token as written: set tokenizer.json's normalizer to tokenizer_config.json's settings "
+                      "(which transformers normalises text with; save_pretrained writes them so), or set the "
+                      "token's normalized to false");
       }
       form = std::move(normalized);
     }
@@ -605,7 +613,7 @@ Tokenizer Tokenizer::from_dir(const std::string& dir_arg) {
                 "' holds whitespace as matched: how the two meet is not supported (set lstrip and rstrip to false; "
                 "they change no id otherwise)");
   for (const TokenizerConfig::AddedToken& added : config.added_tokens) {
-    const std::string where = dir + added_source + "[\"" + std::to_string(added.id) + "\"] '" + added.content + "'";
+    const std::string where = entry_of(added) + " '" + added.content + "'";
     // lstrip and rstrip change no BERT id otherwise (the pre-tokenizer drops the blanks anyway).
     if (const std::string why = unsupported_added_token(added); !why.empty()) throw Error(where + ": " + why);
     if (const int64_t id = id_of(added.content); id >= 0) {
