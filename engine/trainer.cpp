@@ -1345,10 +1345,6 @@ void Trainer::count_update(int64_t step, double norm, double step_loss) {
     ++skipped_steps_;
     err_ << "warning: step " << step << ": gradient norm is " << norm << "; skipping this update (loss " << step_loss
          << ")\n";
-    // Weights an earlier update overflowed give non-finite gradients at every step from now on: stop
-    // here, not at the next save (which could be hours away). (Only on a skip: a copy from the GPU.)
-    std::vector<float> scratch;
-    check_finite_weights(host_weights(scratch), step);
   }
   last_loss_ = step_loss;
   last_grad_norm_ = norm;
@@ -1421,6 +1417,9 @@ void Trainer::train_step() {
     cpu::adamw_step<float>(*context_, hyper, adam_tensors_);
   }
   count_update(state_.global_step + 1, norm, step_loss);
+  // Weights an earlier update overflowed give non-finite gradients at every step from now on: stop
+  // here, not at the next save (which could be hours away).
+  if (!std::isfinite(norm)) check_finite_weights(model_->parameters(), state_.global_step + 1);
   advance_step(lr, start);
 }
 
@@ -1500,8 +1499,20 @@ void Trainer::settle_steps() {
   settled.tokens -= unsettled_tokens_;  // this rank's were counted as its steps were queued
   merge_window(state_.window, settled);
   const double micro_batches_per_step = static_cast<double>(accumulation) * world();
-  for (size_t i = 0; i < unsettled_steps_.size(); ++i)
+  int64_t skipped_since_applied = 0;  // the first step skipped after the last applied one
+  for (size_t i = 0; i < unsettled_steps_.size(); ++i) {
     count_update(unsettled_steps_[i], norms[i], step_loss_sums[i] / micro_batches_per_step);
+    if (std::isfinite(norms[i]))
+      skipped_since_applied = 0;
+    else if (skipped_since_applied == 0)
+      skipped_since_applied = unsettled_steps_[i];
+  }
+  // As train_step's check, once for the settled steps (the weights are those after all of them, copied
+  // from the device): where the last ones were skipped, an overflow of the weights ends the run here.
+  if (skipped_since_applied > 0) {
+    std::vector<float> scratch;
+    check_finite_weights(host_weights(scratch), skipped_since_applied);
+  }
   unsettled_steps_.clear();
   unsettled_tokens_ = 0;
   state_.window.train_seconds += seconds_since(start);  // the queued steps' device time, as seen by the host

@@ -287,6 +287,22 @@ TEST_CASE("cuda trainer host: non-finite gradients skip updates on the device, t
   CHECK(state.optimizer_steps == 1);
 }
 
+TEST_CASE("cuda trainer host: weights an update overflowed stop the run when the skipped steps are settled",
+          "[emulated]") {
+  make_tiny_data();
+  // As the CPU trainer's test: step 2's update overflows the weights, step 3's gradients are then
+  // non-finite; the host learns of both at the log of step 4 and stops there, naming step 3, long
+  // before the save.
+  const std::string config = write_config(
+      "overflow", "overflow",
+      "device = \"cuda\"\nmax_steps = 40\nper_device_train_batch_size = 8\nlearning_rate = 1e38\nwarmup_steps = 1\n"
+      "logging_steps = 4\nsave_steps = 1000\n",
+      kGpuModel);
+  const std::string message = error_of([&] { train({"--config", config}); });
+  CHECK_THAT(message, Catch::StartsWith("step 3: its gradients are not finite because the model holds ") &&
+                          Catch::Contains("no later update can be applied; stopped, no checkpoint was written"));
+}
+
 TEST_CASE("cuda trainer host: a run stopped by SIGINT and resumed equals an uninterrupted run bit for bit",
           "[emulated]") {
   // The queued steps' losses and norms are read before the stop's checkpoint, so the logging window
