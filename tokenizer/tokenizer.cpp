@@ -579,8 +579,9 @@ Tokenizer Tokenizer::from_dir(const std::string& dir_arg) {
                     "into single characters); remove it or set normalized to false");
       // BertTokenizerFast makes the pattern with tokenizer.json's normaliser and then replaces that by
       // tokenizer_config.json's (do_lower_case, strip_accents, tokenize_chinese_chars) without remaking
-      // it: where the two disagree on this token, transformers looks for a form its text never has
-      // (a lowercased or jamo-decomposed one in cased text) or misses the token as written.
+      // it: where the two disagree on this token, transformers looks for the first form in text
+      // normalised the second way (a jamo form it never finds there; a lowercased one only where the
+      // text was written in lower case), and so misses the token as written.
       if (json_normalizer) {
         std::u32string json_form;
         BertNormalizer(*json_normalizer).normalize(form, json_form);
