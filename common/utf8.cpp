@@ -194,13 +194,13 @@ std::string utf8_text_problem(std::string_view head, bool whole) {
   // Hangul in UTF-16LE with no syllable that has a zero byte: no NUL at all. (Not UTF-16BE: EUC-KR's
   // Hangul, read as big-endian units, falls in the Hangul syllables too; read as little-endian, half of
   // it does not.)
-  if (invalid >= 32 && invalid > valid)
+  if (invalid >= 32 && invalid > valid) {
     if (const char* order = utf16_hangul_order(head); order && std::string_view(order) == "UTF-16LE")
       return "UTF-16 text without a byte-order mark, it seems; convert it: iconv -f UTF-16LE -t UTF-8";
-  if (invalid >= 32 && invalid > valid)
     return "not UTF-8 text (" + std::to_string(invalid) + " of the first " + std::to_string(non_ascii) +
            " non-ASCII characters are invalid UTF-8); convert it, e.g. Korean in EUC-KR/CP949: iconv -f CP949 -t "
            "UTF-8";
+  }
   return "";
 }
 

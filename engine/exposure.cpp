@@ -236,7 +236,8 @@ ExposureJob prepare_exposure(const Tokenizer& tokenizer, const ExposureCanary& c
   if (at == std::string::npos) throw Error(canary.source + ": the secret is not in the text");
   // The length is checked here, with advice that depends on whose text it is.
   auto too_long = [&](const std::vector<int32_t>& ids) {
-    if (const std::string past = token_past_vocab(tokenizer, ids, vocab_size); !past.empty()) return "the text " + past;
+    if (const std::string past = token_past_vocab(tokenizer, ids, vocab_size); !past.empty())
+      return "the text holds " + past;
     return ids.size() > static_cast<size_t>(max_positions)
                ? "the text is " + std::to_string(ids.size()) +
                      " tokens with [CLS] and [SEP], more than the model's max_position_embeddings " +

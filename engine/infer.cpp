@@ -292,9 +292,8 @@ std::string hf_decode(const Tokenizer& tokenizer, std::span<const int32_t> ids, 
 std::string token_past_vocab(const Tokenizer& tokenizer, std::span<const int32_t> ids, int vocab_size) {
   for (const int32_t id : ids)
     if (id >= vocab_size)
-      return "holds '" + tokenizer.vocab().token(id) + "' (id " + std::to_string(id) +
-             "), past the model's vocab_size " + std::to_string(vocab_size) +
-             " (a token added to the tokenizer after the model was made)";
+      return "'" + tokenizer.vocab().token(id) + "' (id " + std::to_string(id) + "), past the model's vocab_size " +
+             std::to_string(vocab_size) + " (a token added to the tokenizer after the model was made)";
   return {};
 }
 
@@ -304,7 +303,7 @@ std::vector<int32_t> encode_prompt(const Tokenizer& tokenizer, std::string_view 
   EncodeScratch scratch;
   tokenizer.encode(prompt, ids, scratch);
   if (const std::string past = token_past_vocab(tokenizer, ids, vocab_size); !past.empty())
-    throw Error("the prompt " + past);
+    throw Error("the prompt holds " + past);
   Encoding encoding = tokenizer.post_process(std::move(ids), nullptr, std::nullopt);
   const std::string& mask = tokenizer.config().mask_token;
   if (std::count(encoding.ids.begin(), encoding.ids.end(), tokenizer.mask_id()) == 0)
@@ -340,10 +339,9 @@ std::vector<int32_t> fill_mask_target_ids(const Tokenizer& tokenizer, const std:
       notes.push_back("target " + bert::quoted(target) + " is not a vocabulary entry; scoring its first token '" +
                       tokenizer.vocab().token(id) + "' (id " + std::to_string(id) + ")");
     }
-    if (id >= vocab_size)
-      throw Error("target " + bert::quoted(target) + " is '" + tokenizer.vocab().token(id) + "' (id " +
-                  std::to_string(id) + "), past the model's vocab_size " + std::to_string(vocab_size) +
-                  " (a token added to the tokenizer after the model was made)");
+    const int32_t one[] = {id};
+    if (const std::string past = token_past_vocab(tokenizer, one, vocab_size); !past.empty())
+      throw Error("target " + bert::quoted(target) + " is " + past);
     ids.push_back(id);
   }
   std::sort(ids.begin(), ids.end());

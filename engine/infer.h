@@ -74,7 +74,7 @@ std::string clean_up_tokenization(std::string_view text);
 std::string hf_decode(const Tokenizer& tokenizer, std::span<const int32_t> ids, bool skip_special_tokens,
                       bool clean_up_tokenization_spaces = true);
 
-// "holds 'TOKEN' (id N), past the model's vocab_size V (...)" for the first of `ids` past `vocab_size`
+// "'TOKEN' (id N), past the model's vocab_size V (...)" for the first of `ids` past `vocab_size`
 // (a token added to the tokenizer after the model was made), else empty.
 std::string token_past_vocab(const Tokenizer& tokenizer, std::span<const int32_t> ids, int vocab_size);
 
