@@ -101,10 +101,13 @@ inline bool is_alnum(unsigned char c) { return is_digit(c) || is_alpha(c); }
 inline bool is_hex(unsigned char c) { return is_digit(c) || static_cast<unsigned>((c | 0x20) - 'a') < 6u; }
 inline bool is_phone_sep(unsigned char c) { return c == '-' || c == '.' || c == ' '; }
 
-// Bytes that can start a numeric or IP match. Everything else (all of Hangul) is skipped by a
-// single table lookup.
+// Bytes that can start a numeric or IP match, or end 공 (EA B3 B5) or 영 (EC 98 81), the zeros that
+// start a number in Hangul digit words ("공일공-일이삼사-오육칠팔"). Everything else (nearly all of
+// Hangul) is skipped by a single table lookup.
 constexpr std::array<bool, 256> make_trigger_table() {
   std::array<bool, 256> t{};
+  t[0xB5] = true;
+  t[0x81] = true;
   for (int c = '0'; c <= '9'; ++c) t[c] = true;
   for (int c = 'a'; c <= 'f'; ++c) t[c] = true;
   for (int c = 'A'; c <= 'F'; ++c) t[c] = true;
@@ -651,6 +654,106 @@ size_t match_plus82(const Text& t, size_t p) {
   return match_national(t, q, false, false);
 }
 
+// The digit a Sino-Korean digit word at i reads as (공 영 0, 일 1, 이 2, 삼 3, 사 4, 오 5, 육 륙 6,
+// 칠 7, 팔 8, 구 9), or -1.
+int hangul_digit(const Text& t, size_t i) {
+  if (i + 3 > t.n || t.s[i] < 0xEA || t.s[i] > 0xED || (t.s[i + 1] & 0xC0) != 0x80 || (t.s[i + 2] & 0xC0) != 0x80)
+    return -1;
+  switch (((t.s[i] & 0x0Fu) << 12) | ((t.s[i + 1] & 0x3Fu) << 6) | (t.s[i + 2] & 0x3Fu)) {
+    case 0xACF5:  // 공
+    case 0xC601:  // 영
+      return 0;
+    case 0xC77C:  // 일
+      return 1;
+    case 0xC774:  // 이
+      return 2;
+    case 0xC0BC:  // 삼
+      return 3;
+    case 0xC0AC:  // 사
+      return 4;
+    case 0xC624:  // 오
+      return 5;
+    case 0xC721:  // 육
+    case 0xB959:  // 륙
+      return 6;
+    case 0xCE60:  // 칠
+      return 7;
+    case 0xD314:  // 팔
+      return 8;
+    case 0xAD6C:  // 구
+      return 9;
+    default:
+      return -1;
+  }
+}
+
+// A digit at i, ASCII or a Hangul digit word: its value and its end in `end`, or -1.
+int spoken_digit(const Text& t, size_t i, size_t& end) {
+  if (t.digit(i)) {
+    end = i + 1;
+    return t.s[i] - '0';
+  }
+  const int d = hangul_digit(t, i);
+  if (d >= 0) end = i + 3;
+  return d;
+}
+
+// Whether a number written with Hangul digit words may start at p: right after a match (the scrubbed
+// text has a placeholder there), or as numeric_start_ok and not right after another digit word
+// ("일공일공...": a longer run).
+bool spoken_start_ok(const Text& t, size_t p) {
+  if (match_ends_at(t, p)) return true;
+  return numeric_start_ok(t, p) && (p < 3 || hangul_digit(t, p - 3) < 0);
+}
+
+// Whether a number written with Hangul digit words may end at e: as numeric_end_ok, and followed by no
+// digit, nor a separator and a digit. 이 may follow ("오육칠팔이에요": a particle).
+bool spoken_end_ok(const Text& t, size_t e) {
+  if (!numeric_end_ok(t, e)) return false;
+  const int next = hangul_digit(t, e);
+  if (next >= 0 && next != 2) return false;
+  return !((t.at(e) == '-' || t.at(e) == '.') && hangul_digit(t, e + 1) >= 0);
+}
+
+// A mobile (010, 011, 016-019) or 070 number at p with some of its digits written as Hangul digit
+// words, as people write a number to slip it past a board's filter: "공일공-일이삼사-오육칠팔",
+// "010 일이삼사 5678", "영일영일이삼사오육칠팔". The layouts are match_national's for these codes (the
+// subscriber number in one piece of 7 or 8 digits, or 3-4 and 4 digits after separators). Its end,
+// or npos; npos too when every digit is ASCII (match_national's case).
+size_t match_spoken_mobile(const Text& t, size_t p) {
+  size_t q = p, e = p;
+  int code[3];
+  for (int& d : code) {
+    if ((d = spoken_digit(t, q, e)) < 0) return npos;
+    q = e;
+  }
+  const bool mobile = code[1] == 1 && (code[2] <= 1 || code[2] >= 6);
+  const bool voip = code[1] == 7 && code[2] == 0;
+  if (code[0] != 0 || !(mobile || voip)) return npos;
+  bool sep1 = false;
+  if (const size_t sep = phone_sep_end(t, q); sep != npos && spoken_digit(t, sep, e) >= 0) {
+    q = sep;
+    sep1 = true;
+  }
+  // ends[k]: the end of the run's first k + 1 digits (a run may go on into a particle: 이).
+  auto run = [&](size_t i, int max, size_t* ends) {
+    int count = 0;
+    while (count < max && spoken_digit(t, i, e) >= 0) ends[count++] = i = e;
+    return count;
+  };
+  auto spoken = [&](size_t end) {  // the span holds a Hangul digit (every separator is ASCII)
+    return std::any_of(t.s + p, t.s + end, [](unsigned char c) { return c >= 0x80; }) ? end : npos;
+  };
+  size_t ends[9];
+  const int mid = run(q, 9, ends);
+  for (const int len : {8, 7})
+    if (mid >= len && spoken_end_ok(t, ends[len - 1])) return spoken(ends[len - 1]);
+  if (!sep1 || (mid != 3 && mid != 4)) return npos;
+  const size_t last = phone_sep_end(t, ends[mid - 1]);
+  if (last == npos || run(last, 4, ends) != 4 || !spoken_end_ok(t, ends[3])) return npos;
+  return spoken(ends[3]);
+}
+
 // ---- [IP] ---------------------------------------------------------------------------------
 
 // Dotted quad at p; `outline_ok` accepts four single digits (inside IPv6 only).
@@ -1140,6 +1243,19 @@ void scan_segment(Text t, size_t from, int from_type, Sink& sink) {
   while (i < n) {
     while (i < n && !kTrigger[t.s[i]]) ++i;
     if (i >= n) break;
+    if (t.s[i] >= 0x80) {  // the last byte of 공 or 영: a number in Hangul digit words?
+      const size_t p = i - 2;
+      const bool zero = i >= t.floor + 2 && (bytes_at(t.s, n, p, "공") || bytes_at(t.s, n, p, "영"));
+      const size_t end = zero && spoken_start_ok(t, p) ? match_spoken_mobile(t, p) : npos;
+      if (end == npos) {
+        ++i;
+        continue;
+      }
+      sink(p, end, PiiType::kPhone);
+      i = t.floor = end;
+      t.floor_type = static_cast<int>(PiiType::kPhone);
+      continue;
+    }
     const unsigned char c = t.s[i];
     size_t end = npos;
     PiiType type = PiiType::kPhone;
@@ -1167,7 +1283,8 @@ void scan_segment(Text t, size_t from, int from_type, Sink& sink) {
         if (ipv6_start_ok(t, i) && (end = match_ipv6(t, i)) != npos) type = PiiType::kIp;
       } else {
         accept(match_rrn(t, i), PiiType::kRrn) || accept(match_card(t, i), PiiType::kCard) ||
-            (c == '0' && accept(match_national(t, i, true, false), PiiType::kPhone)) ||
+            (c == '0' && (accept(match_national(t, i, true, false), PiiType::kPhone) ||
+                          (spoken_start_ok(t, i) && accept(match_spoken_mobile(t, i), PiiType::kPhone)))) ||
             (c == '1' && accept(match_representative(t, i), PiiType::kPhone)) ||
             accept(outline_ipv4(t, i), PiiType::kIp) || accept(match_account(t, i), PiiType::kAccount) ||
             accept(match_labelled_account(t, i), PiiType::kAccount);

@@ -150,6 +150,17 @@ TEST_CASE("pii: positives in Korean formats are replaced by typed placeholders")
       {"tel:010-1234-5678", "tel:[PHONE]", PiiType::kPhone},
       {"전화번호 010 - 1234 - 5678", "전화번호 [PHONE]", PiiType::kPhone},
       {"02 - 123 - 4567", "[PHONE]", PiiType::kPhone},
+      // digits written as Hangul digit words, wholly or in part, to get past a board's filter
+      {"연락처 공일공-일이삼사-오육칠팔 로", "연락처 [PHONE] 로", PiiType::kPhone},
+      {"공일공일이삼사오육칠팔", "[PHONE]", PiiType::kPhone},
+      {"번호는 010 일이삼사 오육칠팔이에요", "번호는 [PHONE]이에요", PiiType::kPhone},  // 이: a particle
+      {"영일영.일이삼사.5678", "[PHONE]", PiiType::kPhone},
+      {"폰공1공-1234-오육칠팔", "폰[PHONE]", PiiType::kPhone},
+      {"010-일이삼사-5678로 문자", "[PHONE]로 문자", PiiType::kPhone},
+      {"공일일-일이삼-사오육칠", "[PHONE]", PiiType::kPhone},
+      {"공일칠 일이삼사오육칠", "[PHONE]", PiiType::kPhone},
+      {"공칠공 - 일이삼사 - 오륙칠팔", "[PHONE]", PiiType::kPhone},
+      {"카톡 말고 공일공 12345678", "카톡 말고 [PHONE]", PiiType::kPhone},
       // e-mail
       {"hong.gildong@gmail.com", "[EMAIL]", PiiType::kEmail},
       {"kim_01+tag@naver.com 으로", "[EMAIL] 으로", PiiType::kEmail},
@@ -424,6 +435,16 @@ TEST_CASE("pii: dates, times, versions, prices and other numbers stay untouched"
       "은행 공시번호 2024-0012-345678",
       // a section number with a spaced counter and a particle
       "5.2.11.1 절에서",
+      // Hangul digit words that are no mobile number: a code other than 010, 011, 016-019 and 070, a
+      // longer run, a group too long, counting, words
+      "공이 일이삼사 오육칠팔",
+      "공일공일이삼사오육칠팔구",
+      "일공일공일이삼사오육칠팔",
+      "공일공-일이삼사-오육칠팔구",
+      "공일공-일이삼사-오육칠팔-구",
+      "공일이삼사오육칠팔구",
+      "공일 공사 일이삼사 오육칠팔",
+      "영일영",
   };
   STATIC_REQUIRE(sizeof(negatives) / sizeof(negatives[0]) >= 40);
   for (const char* n : negatives) {
@@ -615,7 +636,14 @@ TEST_CASE("pii: random fragments: ordered spans, and scrubbing twice changes not
                                      "a@b.com",
                                      "123",
                                      "4567",
-                                     "02-123-4567"};
+                                     "02-123-4567",
+                                     "공일공",
+                                     "영",
+                                     "공",
+                                     "일이삼사",
+                                     "오육칠팔",
+                                     "이",
+                                     "구"};
   uint64_t state = 12345;
   auto next = [&] {
     state = state * 6364136223846793005ull + 1442695040888963407ull;
