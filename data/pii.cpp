@@ -1027,11 +1027,52 @@ size_t at_sign_end(const unsigned char* s, size_t n, size_t i) {
   }
 }
 
+// The Hangul syllable (U+AC00-U+D7A3, three bytes) at i, or before i.
+bool hangul_at(const unsigned char* s, size_t n, size_t i) {
+  if (i + 3 > n || s[i] < 0xEA || s[i] > 0xED) return false;
+  const unsigned cp = ((s[i] & 0x0Fu) << 12) | ((s[i + 1] & 0x3Fu) << 6) | (s[i + 2] & 0x3Fu);
+  return (s[i + 1] & 0xC0) == 0x80 && (s[i + 2] & 0xC0) == 0x80 && cp >= 0xAC00 && cp <= 0xD7A3;
+}
+bool hangul_before(const unsigned char* s, size_t n, size_t i) { return i >= 3 && hangul_at(s, n, i - 3); }
+
+// Hangul after a word ending at e is a particle ("회사.한국으로", "abc@네이버로") or nothing: the word
+// ends there, and is not the start of a longer one (한국인, 다음날).
+bool word_ends_at(const unsigned char* s, size_t n, size_t e) {
+  if (!hangul_at(s, n, e)) return true;
+  for (const std::string_view particle : {"으로", "로", "에", "의", "이", "은", "는", "을", "를", "과", "와", "까지",
+                                          "입니다", "이다", "이고", "이며", "만", "도"})
+    if (bytes_at(s, n, e, particle)) return true;
+  return false;
+}
+
+// A top-level domain spelled in Hangul after a label ending at i, in a hidden address ("naver 닷컴",
+// "네이버닷컴"): 닷컴 (.com) or 닷넷 (.net), a space before it or none, as a word. [begin, end) of the
+// spelling, or npos in begin.
+struct Spelled {
+  size_t begin = npos, end = npos;
+};
+Spelled spelled_tld(const unsigned char* s, size_t n, size_t i) {
+  const size_t k = i < n && s[i] == ' ' ? i + 1 : i;
+  if (!(bytes_at(s, n, k, "닷컴") || bytes_at(s, n, k, "닷넷")) || !word_ends_at(s, n, k + 6)) return {};
+  return {k, k + 6};
+}
+
+// A dot spelled in Hangul between labels of a hidden address: 닷 or 점, spaced or not, before an
+// ASCII label ("naver 닷 com", "naver점com"). Its end, or npos.
+size_t spelled_dot_end(const unsigned char* s, size_t n, size_t i) {
+  size_t k = i < n && s[i] == ' ' ? i + 1 : i;
+  if (!(bytes_at(s, n, k, "닷") || bytes_at(s, n, k, "점"))) return npos;
+  k += 3;
+  if (k < n && s[k] == ' ') ++k;
+  return k < n && is_alpha(s[k]) ? k : npos;
+}
+
 // A dot between domain labels at i: '.', or, in a hidden address, (dot) [dot] {dot} <dot> with a
-// space on either side or none. Its end, or npos.
+// space on either side or none, or a dot spelled in Hangul (spelled_dot_end). Its end, or npos.
 size_t domain_dot_end(const unsigned char* s, size_t n, size_t i, bool hidden) {
   if (i < n && s[i] == '.') return i + 1;
   if (!hidden) return npos;
+  if (const size_t e = spelled_dot_end(s, n, i); e != npos) return e;
   size_t k = i < n && s[i] == ' ' ? i + 1 : i;
   const unsigned char close = k < n ? closing_bracket(s[k]) : 0;
   if (k + 4 >= n || close == 0) return npos;
@@ -1041,23 +1082,25 @@ size_t domain_dot_end(const unsigned char* s, size_t n, size_t i, bool hidden) {
   return k < n && s[k] == ' ' ? k + 1 : k;
 }
 
-// The Hangul syllable (U+AC00-U+D7A3, three bytes) at i, or before i.
-bool hangul_at(const unsigned char* s, size_t n, size_t i) {
-  if (i + 3 > n || s[i] < 0xEA || s[i] > 0xED) return false;
-  const unsigned cp = ((s[i] & 0x0Fu) << 12) | ((s[i + 1] & 0x3Fu) << 6) | (s[i + 2] & 0x3Fu);
-  return (s[i + 1] & 0xC0) == 0x80 && (s[i + 2] & 0xC0) == 0x80 && cp >= 0xAC00 && cp <= 0xD7A3;
-}
-bool hangul_before(const unsigned char* s, size_t n, size_t i) { return i >= 3 && hangul_at(s, n, i - 3); }
-
 // 한국 (.한국, Korea's own top-level domain) at i as a whole label: followed by no Hangul, or by a
 // particle ("회사.한국으로"), not by another syllable of a word (한국인, 한국식당). Its end, or npos.
 size_t korean_tld_end(const unsigned char* s, size_t n, size_t i) {
-  if (!bytes_at(s, n, i, "한국")) return npos;
-  const size_t e = i + 6;
-  if (!hangul_at(s, n, e)) return e;
-  for (const std::string_view particle : {"으로", "로", "에", "의", "이", "은", "는", "을", "를", "과", "와", "까지",
-                                          "입니다", "이다", "이고", "이며", "만", "도"})
-    if (bytes_at(s, n, e, particle)) return e;
+  return bytes_at(s, n, i, "한국") && word_ends_at(s, n, i + 6) ? i + 6 : npos;
+}
+
+// A mail provider's name as the whole domain of an address in [b, e) (one label), as people write an
+// address in chat without its top-level domain ("abc123@naver로", "hong@네이버"). Its end (a Hangul name
+// ends at a particle or 메일: "abc@네이버메일"), or npos.
+size_t provider_end(const unsigned char* s, size_t n, size_t b, size_t e) {
+  static constexpr std::string_view kNames[] = {"naver", "gmail",   "daum",   "hanmail", "nate",  "kakao",   "hotmail",
+                                                "yahoo", "outlook", "icloud", "empas",   "paran", "dreamwiz"};
+  std::string lower(reinterpret_cast<const char*>(s + b), e - b);
+  for (char& c : lower) c = static_cast<char>(c | 0x20);
+  if (std::find(std::begin(kNames), std::end(kNames), lower) != std::end(kNames)) return e;
+  for (const std::string_view name : {"네이버", "지메일", "한메일", "다음", "네이트", "카카오", "핫메일", "야후"}) {
+    const size_t end = b + name.size();
+    if (end <= e && bytes_at(s, n, b, name) && (word_ends_at(s, n, end) || bytes_at(s, n, end, "메일"))) return end;
+  }
   return npos;
 }
 
@@ -1153,17 +1196,24 @@ Span next_email(std::string_view text, size_t from, size_t floor, AtSignFinder& 
     // Spaced or hidden, the address must end in a common top-level domain and not be followed by a
     // call or an index: "q @ k.transpose(-2, -1)", "x @ self.weight" are matrix products.
     const bool strict = hidden || local_end < at;
+    // "abc123@naver": a provider's name alone may be the domain when the at-sign is written ('@', '＠')
+    // and glued on both sides.
+    const bool glued = local_end == at && q == at_end && (s[at] == '@' || s[at] == 0xEF);
     // The domain: labels of ASCII letters, digits and '-', or of Hangul syllables (회사.한국).
     constexpr int kMaxLabels = 16;
     size_t starts[kMaxLabels], ends[kMaxLabels];
     bool hangul[kMaxLabels];
     int labels = 0;
+    bool spelled = false;  // the last label is a top-level domain spelled in Hangul (닷컴)
     while (labels < kMaxLabels) {
       size_t e = q;
       const bool h = hangul_at(s, n, q);
       // A label has at most 63 bytes (DNS), which also keeps the scan linear.
       if (h) {
-        while (hangul_at(s, n, e) && e - q <= 63) e += 3;
+        // Hidden, a Hangul label ends where a spelled dot or domain starts ("네이버닷컴", "회사점com").
+        while (hangul_at(s, n, e) && e - q <= 63 &&
+               !(hidden && e > q && (spelled_tld(s, n, e).begin != npos || spelled_dot_end(s, n, e) != npos)))
+          e += 3;
       } else {
         while (e < n && (is_alnum(s[e]) || s[e] == '-') && e - q <= 63) ++e;
         if (e == q || s[q] == '-' || s[e - 1] == '-') break;
@@ -1172,16 +1222,24 @@ Span next_email(std::string_view text, size_t from, size_t floor, AtSignFinder& 
       starts[labels] = q;
       ends[labels] = e;
       hangul[labels++] = h;
+      if (const Spelled tld = hidden ? spelled_tld(s, n, e) : Spelled{}; tld.begin != npos && labels < kMaxLabels) {
+        starts[labels] = tld.begin;
+        ends[labels] = tld.end;
+        hangul[labels++] = false;  // a top-level domain, not a Korean one: the local part stays ASCII
+        spelled = true;
+        break;
+      }
       const size_t d = domain_dot_end(s, n, e, hidden);
       if (d == npos || d >= n || !(is_alnum(s[d]) || hangul_at(s, n, d))) break;
       q = d;
     }
-    if (labels < 2) continue;
+    if (labels == 0 || (labels < 2 && !glued)) continue;
     // user@192.0.2.1: an address literal (octets <= 255) instead of a domain, the user's part kept.
     const bool literal = labels == 4 && !hidden &&
                          std::all_of(s + at_end, s + ends[3], [](unsigned char c) { return is_digit(c) || c == '.'; });
     size_t end = npos;
     int last = labels - 1;
+    bool provider = false;
     if (literal) {
       const Text t{s, ends[3]};
       if (match_ipv4(t, at_end, true) != ends[3]) continue;
@@ -1191,7 +1249,9 @@ Span next_email(std::string_view text, size_t from, size_t floor, AtSignFinder& 
       // (the particle after it is text: "회사.한국으로"). "a@b.com.123" is a@b.com and ".123", which
       // is also what the address scrubbed leaves ("[EMAIL].123"), so scrubbing twice changes nothing.
       for (; last >= 1; --last) {
-        if (hangul[last]) {
+        if (spelled && last == labels - 1) {
+          end = ends[last];
+        } else if (hangul[last]) {
           if (korean_tld_end(s, n, starts[last]) != npos) end = starts[last] + 6;
         } else if (ends[last] - starts[last] >= 2 &&
                    std::all_of(s + starts[last], s + ends[last], [](unsigned char c) { return is_alpha(c); }) &&
@@ -1200,10 +1260,18 @@ Span next_email(std::string_view text, size_t from, size_t floor, AtSignFinder& 
         }
         if (end != npos) break;
       }
+      if (end == npos && glued) {
+        last = 0;
+        end = provider_end(s, n, starts[0], ends[0]);
+        // Not glued to our placeholder: "abc@다음[PHONE]" was "abc@다음공일칠...", no address then.
+        if (end != npos && placeholder_at(Text{s, n}, end, /*email=*/true)) end = npos;
+        provider = end != npos;
+      }
       if (end == npos) continue;
       if (strict && end < n && (s[end] == '(' || s[end] == '[')) continue;
     }
-    const bool korean_domain = std::any_of(hangul, hangul + last + 1, [](bool h) { return h; });
+    const bool korean_domain =
+        !provider && !spelled && std::any_of(hangul, hangul + last + 1, [](bool h) { return h; });
     // The local part: ASCII, or, before a Korean domain, Hangul too (사람@회사.한국).
     size_t b = local_end;
     while (b > floor && local_end - b <= 64) {

@@ -33,8 +33,13 @@
 //              own (not 매운골뱅이무침) or in brackets, (dot) [dot] {dot} <dot> between labels, and a plain '@' with a
 //              space on both sides ("hong @ naver.com"). Hidden or spaced, the TLD must be a common
 //              one (com, net, org, kr, io, ...) and no '(' or '[' may follow, so that code and prose
-//              stay ("q @ k.transpose(-2, -1)", "x @ self.weight", "Look (at) the.docs"). Labels
-//              have at most 63 bytes and local parts 64.
+//              stay ("q @ k.transpose(-2, -1)", "x @ self.weight", "Look (at) the.docs"). Hidden, the
+//              domain may be spelled in Hangul: 닷컴 / 닷넷 for .com / .net ("hong 골뱅이 네이버 닷컴"), 닷
+//              or 점 for a dot before an ASCII label ("naver 점 com"); the local part stays ASCII. A
+//              mail provider's name may be the whole domain, as chat writes an address, when the
+//              at-sign is '@' or '＠' glued on both sides: abc123@naver, hong@네이버로 (naver, gmail,
+//              daum, hanmail, nate, kakao, ...; 네이버, 지메일, 한메일, 다음, ... before a particle or
+//              메일, not 다음날), the local part ASCII. Labels have at most 63 bytes and local parts 64.
 //   [CARD]     13-19 digits passing Luhn: 4-4-4-4(-3), 4-6-5 or 4-6-4 groups ('-' or ' '; not a
 //              row of years or round numbers, 1000 2000 3000 4000), or contiguous with a
 //              card-network first digit (2-6, 9; not 13 digits led by 978/979, an ISBN-13). After a

@@ -187,6 +187,17 @@ TEST_CASE("pii: positives in Korean formats are replaced by typed placeholders")
       {"hong {골뱅이} naver.com", "[EMAIL]", PiiType::kEmail},
       {"문의 hong[@]naver.com 으로", "문의 [EMAIL] 으로", PiiType::kEmail},
       {"메일 kim@회사.한국으로", "메일 [EMAIL]으로", PiiType::kEmail},
+      // a provider's name without its top-level domain, the at-sign glued; a domain spelled in Hangul
+      {"메일은 abc123@naver로 주세요", "메일은 [EMAIL]로 주세요", PiiType::kEmail},
+      {"abc123@네이버로 보내", "[EMAIL]로 보내", PiiType::kEmail},
+      {"hong＠gmail 이에요", "[EMAIL] 이에요", PiiType::kEmail},
+      {"hong@네이버메일", "[EMAIL]메일", PiiType::kEmail},
+      {"hong@naver.", "[EMAIL].", PiiType::kEmail},
+      {"hong 골뱅이 naver 닷컴", "[EMAIL]", PiiType::kEmail},
+      {"hong 골뱅이 네이버 닷컴으로", "[EMAIL]으로", PiiType::kEmail},
+      {"hong 골뱅이 네이버닷컴", "[EMAIL]", PiiType::kEmail},
+      {"hong (at) naver 닷 com", "[EMAIL]", PiiType::kEmail},
+      {"hong 골뱅이 daum점net", "[EMAIL]", PiiType::kEmail},
       // cards (all Luhn-valid)
       // a phone label glued to the number, as listings write it
       {"HP010-1234-5678", "HP[PHONE]", PiiType::kPhone},
@@ -364,6 +375,16 @@ TEST_CASE("pii: dates, times, versions, prices and other numbers stay untouched"
       "통골뱅이소면.png",
       "오늘의 안주는 골뱅이 소면.한국인의 소울푸드",
       "모임장소@강남역.한국식당",
+      // a provider's name alone: only glued to a written at-sign, and not inside a longer word
+      "meeting @ 다음 주",
+      "회의@다음날",
+      "hong@naverland",
+      "hong @naver",
+      "x@y",
+      "TOP10 골뱅이 네이버 블로그",
+      "매운 골뱅이 네이버 닷컴",
+      "hong 골뱅이 닷컴",
+      "닷컴 버블",
       "[PHONE] [EMAIL] [RRN]",
       // public patent, trademark and design application numbers (KIPO: type-year-serial)
       "특허출원 제10-2020-0123456호",
@@ -643,7 +664,14 @@ TEST_CASE("pii: random fragments: ordered spans, and scrubbing twice changes not
                                      "일이삼사",
                                      "오육칠팔",
                                      "이",
-                                     "구"};
+                                     "구",
+                                     "닷컴",
+                                     " 닷 ",
+                                     "점",
+                                     "네이버",
+                                     "다음",
+                                     "로",
+                                     "kakao"};
   uint64_t state = 12345;
   auto next = [&] {
     state = state * 6364136223846793005ull + 1442695040888963407ull;
