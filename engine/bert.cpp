@@ -268,6 +268,22 @@ std::vector<float> read_parameter_arena(const std::string& path, const BertConfi
   return loaded;
 }
 
+std::vector<float> read_pretrained_arena(const std::string& path, const BertConfig& config, const ParameterTable& table,
+                                         std::span<const float> initial, std::vector<std::string>& kept) {
+  if (initial.size() != table.arena_elements)
+    throw Error("read_pretrained_arena: the initial arena holds " + std::to_string(initial.size()) +
+                " values, the table needs " + std::to_string(table.arena_elements));
+  const size_t first = kept.size();
+  std::vector<float> loaded = read_parameter_arena(path, config, table, &kept);
+  for (size_t k = first; k < kept.size(); ++k) {
+    const auto info =
+        std::find_if(table.params.begin(), table.params.end(), [&](const ParamInfo& p) { return p.name == kept[k]; });
+    std::copy_n(initial.begin() + static_cast<std::ptrdiff_t>(info->offset), info->numel,
+                loaded.begin() + static_cast<std::ptrdiff_t>(info->offset));
+  }
+  return loaded;
+}
+
 void write_parameter_arena(const std::string& path, const std::vector<ParamInfo>& params,
                            std::span<const float> arena) {
   SafetensorsWriter writer;
@@ -772,6 +788,20 @@ void BertForPreTraining<T>::save_safetensors(const std::string& path) const {
   } else {
     const std::vector<float> staging(parameters_.begin(), parameters_.end());  // fp32 copy of the arena
     write_parameter_arena(path, params_, staging);
+  }
+}
+
+template <class T>
+void BertForPreTraining<T>::load_pretrained(const std::string& path, std::vector<std::string>& kept) {
+  ParameterTable table;
+  table.params = params_;
+  table.arena_elements = parameters_.size();
+  if constexpr (std::is_same_v<T, float>) {
+    parameters_ = read_pretrained_arena(path, config_, table, parameters_, kept);
+  } else {
+    const std::vector<float> initial(parameters_.begin(), parameters_.end());
+    const std::vector<float> loaded = read_pretrained_arena(path, config_, table, initial, kept);
+    parameters_.assign(loaded.begin(), loaded.end());
   }
 }
 

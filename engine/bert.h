@@ -150,6 +150,12 @@ void init_parameters(const BertConfig& config, const ParameterTable& table, uint
 // neither; fill-mask uses neither): they are left zero and their names appended there.
 std::vector<float> read_parameter_arena(const std::string& path, const BertConfig& config, const ParameterTable& table,
                                         std::vector<std::string>* zero_filled = nullptr);
+// A pretrained model's parameters to train on from (bert_train's [model] model_name_or_path): those of
+// a BertForPreTraining safetensors file, or of a BertForMaskedLM one, which has no pooler and no NSP
+// head: those keep their values in `initial` (a freshly initialised arena, arena_elements long) and
+// their names are appended to `kept`. Errors as read_parameter_arena's.
+std::vector<float> read_pretrained_arena(const std::string& path, const BertConfig& config, const ParameterTable& table,
+                                         std::span<const float> initial, std::vector<std::string>& kept);
 // The parameters of `arena` under HF names, fp32, untied tensors only: BertForPreTraining::save_safetensors.
 void write_parameter_arena(const std::string& path, const std::vector<ParamInfo>& params, std::span<const float> arena);
 
@@ -359,6 +365,9 @@ class BertForPreTraining {
   // (gamma/beta) are accepted. Any other tensor is an error (a checkpoint of a different model).
   // `zero_filled`: as read_parameter_arena's (for inference from a BertForMaskedLM checkpoint).
   void load_safetensors(const std::string& path, std::vector<std::string>* zero_filled = nullptr);
+  // The weights of a pretrained model to train on from: read_pretrained_arena over this model's
+  // (initialised) parameters; the model changes only on success.
+  void load_pretrained(const std::string& path, std::vector<std::string>& kept);
 
  private:
   // The batch-sized arenas for up to capacity_batch sequences and capacity_tokens tokens.

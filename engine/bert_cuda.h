@@ -281,6 +281,7 @@ class BertForPreTrainingCuda {
   // ---- checkpoints: the CPU model's format (HF names, fp32, untied tensors), interchangeable ----
   void save_safetensors(const std::string& path) const;
   void load_safetensors(const std::string& path);  // errors as BertForPreTraining::load_safetensors
+  void load_pretrained(const std::string& path, std::vector<std::string>& kept);  // as BertForPreTraining's
 
  private:
   // The batch-sized arenas: BatchArenaPlan's (activations, workspace, statistics) plus the batch's

@@ -400,30 +400,87 @@ const std::vector<std::string>& section_names() {
   return names;
 }
 
+// [model]'s key outside BertConfig: the model directory a run starts from (RunConfig::model_name_or_path).
+constexpr std::string_view kPretrainedKey = "model_name_or_path";
+
 // The section whose schema has `key`, or "".
 std::string section_of(std::string_view key) {
-  if (find_field(model_fields(), key)) return "model";
+  if (find_field(model_fields(), key) || key == kPretrainedKey) return "model";
   if (find_field(data_fields(), key)) return "data";
   if (find_field(training_fields(), key)) return "training";
   return "";
 }
 
+// `extra`: the section's keys read elsewhere (skipped here, offered as spelling suggestions).
 template <class S>
-void read_section(const TomlTable& table, const std::vector<Field<S>>& fields, S& target, const std::string& path) {
+void read_section(const TomlTable& table, const std::vector<Field<S>>& fields, S& target, const std::string& path,
+                  const std::vector<std::string>& extra = {}) {
   for (const auto& entry : table.entries) {
+    if (std::find(extra.begin(), extra.end(), entry.key) != extra.end()) continue;
     const Field<S>* field = find_field(fields, entry.key);
     if (!field) {
       const std::string home = section_of(entry.key);
-      if (!home.empty())
+      if (!home.empty() && home != table.name)
         throw Error(
             located(path, entry.line, "key '" + entry.key + "' belongs in [" + home + "], not [" + table.name + "]"));
-      const std::string guess = closest_match(entry.key, field_names(fields));
+      std::vector<std::string> names = field_names(fields);
+      names.insert(names.end(), extra.begin(), extra.end());
+      const std::string guess = closest_match(entry.key, names);
       throw Error(located(path, entry.line,
                           "unknown key '" + entry.key + "' in [" + table.name + "]" +
                               (guess.empty() ? std::string() : "; did you mean '" + guess + "'?")));
     }
     assign(*field, target, from_toml(entry.value), located(path, entry.line, "[" + table.name + "] " + entry.key));
   }
+}
+
+// [model] model_name_or_path: DIR/config.json becomes config.model. [model] keys written beside it
+// must agree with it (a pretrained model has its shape), except those that only change training or the
+// tensors DIR lacks: the dropout probabilities and initializer_range, which override it (as
+// from_pretrained(DIR, hidden_dropout_prob=...) does).
+void apply_pretrained_config(RunConfig& config, const Locate& where, const IsSet& is_set) {
+  const std::string& dir = config.model_name_or_path;
+  const std::string key = where(kPretrainedKey) + " = \"" + dir + "\"";
+  if (!is_directory(dir))
+    throw Error(key +
+                ": not a directory; name a local model directory (config.json, model.safetensors and its "
+                "tokenizer files, as save_pretrained writes them): bert_train downloads nothing");
+  const std::string json_path = dir + "/config.json";
+  if (!file_exists(json_path)) throw Error(key + ": " + json_path + " not found (a model directory has one)");
+  BertConfig pretrained = BertConfig::load_hf_json(json_path);
+  const BertConfig& written = config.model;
+  for (const auto& field : model_fields()) {
+    const std::string_view name = field.name;
+    if (!is_set(name) || (name == "vocab_size" && written.vocab_size == 0)) continue;
+    const bool overrides =
+        name == "hidden_dropout_prob" || name == "attention_probs_dropout_prob" || name == "initializer_range";
+    std::visit(
+        [&](auto member) {
+          if (overrides) {
+            pretrained.*member = written.*member;
+            return;
+          }
+          if (written.*member == pretrained.*member) return;
+          const auto text = [](const auto& v) {
+            using T = std::decay_t<decltype(v)>;
+            if constexpr (std::is_same_v<T, std::string>)
+              return "\"" + v + "\"";
+            else if constexpr (std::is_same_v<T, double>)
+              return number_text(v);
+            else if constexpr (std::is_same_v<T, bool>)
+              return std::string(v ? "true" : "false");
+            else
+              return std::to_string(v);
+          };
+          const bool null_pad = name == "pad_token_id" && pretrained.pad_token_id < 0;
+          throw Error(where(name) + " = " + text(written.*member) + " differs from " + json_path + "'s " +
+                      (null_pad ? std::string("null") : text(pretrained.*member)) +
+                      ": a model started from its weights has its shape; leave " + std::string(name) +
+                      " out of [model]");
+        },
+        field.member);
+  }
+  config.model = pretrained;
 }
 
 }  // namespace
@@ -450,7 +507,14 @@ RunConfig parse_run_config(std::string_view text, const std::string& path) {
                                               : "; put it under [" + home + "]")));
       }
     } else if (table.name == "model") {
-      read_section(table, model_fields(), config.model, path);
+      read_section(table, model_fields(), config.model, path, {std::string(kPretrainedKey)});
+      if (const TomlEntry* entry = table.find(kPretrainedKey)) {
+        const Field<RunConfig> field(kPretrainedKey.data(), &RunConfig::model_name_or_path, Range(), {}, true);
+        const std::string where = located(path, entry->line, "[model] " + entry->key);
+        assign(field, config, from_toml(entry->value), where);
+        if (config.model_name_or_path.empty())
+          throw Error(where + " = \"\": name the model directory to start from, or leave the key out");
+      }
     } else if (table.name == "data") {
       read_section(table, data_fields(), config.data, path);
     } else if (table.name == "training") {
@@ -489,6 +553,7 @@ RunConfig parse_run_config(std::string_view text, const std::string& path) {
   const Locate model_at = locator("model"), data_at = locator("data"), training_at = locator("training");
   const IsSet data_set = is_set_in("data"), training_set = is_set_in("training");
 
+  if (!config.model_name_or_path.empty()) apply_pretrained_config(config, model_at, is_set_in("model"));
   check_model(config.model, model_at, is_set_in("model"));
 
   DataConfig& data = config.data;

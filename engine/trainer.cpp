@@ -573,6 +573,8 @@ class Trainer {
   void load_tokenizer_and_data();
   void warn_if_normalizer_differs();
   void build_model();
+  // [model] model_name_or_path: its vocabulary checked against [data] tokenizer's, its weights loaded.
+  void load_pretrained();
   void restore(const std::string& checkpoint);
   void print_run_table() const;
 
@@ -594,6 +596,7 @@ class Trainer {
 
   RunConfig config_;
   std::optional<std::string> resume_;
+  std::string weights_source_;  // the run table's "weights" row: where a new run's weights came from, if not its seed
   std::optional<std::string> dump_dir_;
   std::ofstream dump_;
   std::ostream& out_;
@@ -873,6 +876,20 @@ void Trainer::check_output_dir() {
       if (!path.empty() && path_within(path, doomed))
         throw Error(config_.where("data", key) + " '" + path + "' is inside " + doomed +
                     ", which overwrite_output_dir = true would remove; copy it out of " + dir + " first");
+  // Nor the model a new run starts from: a checkpoint that goes, or output_dir's final model, which
+  // goes too and which this run's would replace.
+  if (const std::string& pretrained = config_.model_name_or_path; !pretrained.empty()) {
+    const std::string key = config_.where("model", "model_name_or_path") + " '" + pretrained + "'";
+    for (const std::string& doomed : going)
+      if (path_within(pretrained, doomed))
+        throw Error(key + " is inside " + doomed + ", which overwrite_output_dir = true would remove; copy it out of " +
+                    dir + " first");
+    if (fs::equivalent(pretrained, dir, ec))
+      throw Error(key +
+                  " is output_dir, whose model overwrite_output_dir = true would remove and this run's would "
+                  "replace; copy it out of " +
+                  dir + " first, or choose another output_dir");
+  }
   clear_pending_ = true;
 }
 
@@ -990,6 +1007,11 @@ void Trainer::load_tokenizer_and_data() {
   BertConfig& model = config_.model;
   if (model.vocab_size == 0) {
     model.vocab_size = vocab;
+  } else if (model.vocab_size < vocab && !config_.model_name_or_path.empty()) {
+    throw Error(config_.where("model", "model_name_or_path") + ": " + config_.model_name_or_path +
+                "/config.json's vocab_size " + std::to_string(model.vocab_size) + " is smaller than the " +
+                std::to_string(vocab) + " tokens of " + data().tokenizer + " ([data] tokenizer); train with the " +
+                "tokenizer the model was trained with");
   } else if (model.vocab_size < vocab) {
     throw Error(config_.where("model", "vocab_size") + " = " + std::to_string(model.vocab_size) +
                 " is smaller than the " + std::to_string(vocab) + " tokens of " + data().tokenizer +
@@ -1122,6 +1144,57 @@ void Trainer::build_model() {
   exp_avg_sq_.assign(model_->parameters().size(), 0.0f);
 }
 
+void Trainer::load_pretrained() {
+  const std::string& dir = config_.model_name_or_path;
+  const std::string key = config_.where("model", "model_name_or_path") + " = \"" + dir + "\"";
+  // Its embeddings are rows for its own tokens: the shards' ids must mean the same pieces. Tokens the
+  // training tokenizer appends after them take rows of vocab_size's padding.
+  if (!file_exists(dir + "/vocab.txt") && !file_exists(dir + "/tokenizer.json"))
+    throw Error(key + ": it has no vocab.txt or tokenizer.json, so nothing shows which tokens its embeddings are " +
+                "for; copy the tokenizer files it was trained with into it");
+  std::vector<std::string> pieces;
+  try {
+    const Tokenizer pretrained = Tokenizer::from_dir(dir);
+    pieces.assign(pretrained.vocab().tokens().begin(),
+                  pretrained.vocab().tokens().begin() + static_cast<std::ptrdiff_t>(pretrained.piece_count()));
+  } catch (const Error& e) {
+    throw Error(key + ": " + e.what());
+  }
+  const std::vector<std::string>& now = tokenizer_->vocab().tokens();
+  const auto [theirs, ours] = std::mismatch(pieces.begin(), pieces.end(), now.begin(), now.end());
+  if (theirs != pieces.end()) {
+    const auto id = theirs - pieces.begin();
+    throw Error(key + ": its vocabulary differs from " + data().tokenizer + "'s ([data] tokenizer): id " +
+                std::to_string(id) + " is '" + *theirs + "' there" +
+                (ours != now.end() ? ", '" + *ours + "' here"
+                                   : ", past the end here (" + std::to_string(now.size()) + " tokens)") +
+                "; its embeddings are for its own tokens: set [data] tokenizer = \"" + dir +
+                "\" and build the shards with it (bert_prepare build --tokenizer " + dir + ")");
+  }
+  const std::string weights = dir + "/model.safetensors";
+  if (!file_exists(weights))
+    throw Error(key + ": " + weights + " not found" +
+                (file_exists(dir + "/pytorch_model.bin")
+                     ? "; there is a pytorch_model.bin, which bertforge does not read (a pickle can run code): "
+                       "convert it with transformers, BertForPreTraining.from_pretrained(DIR).save_pretrained(DIR) "
+                       "writes model.safetensors"
+                     : std::string()));
+  std::vector<std::string> kept;
+  try {
+#if defined(BERT_TRAINER_CUDA)
+    if (cuda_model_)
+      cuda_model_->load_pretrained(weights, kept);
+    else
+#endif
+      model_->load_pretrained(weights, kept);
+  } catch (const Error& e) {
+    throw Error(key + ": " + e.what());
+  }
+  weights_source_ = "from " + weights + " (model_name_or_path)";
+  for (size_t k = 0; k < kept.size(); ++k)
+    weights_source_ += (k == 0 ? "; newly initialised, as it has none: " : ", ") + kept[k];
+}
+
 void Trainer::restore(const std::string& checkpoint) {
   const TrainerState saved = TrainerState::load(checkpoint + "/trainer_state.json");
   // A different model shape cannot continue; other changes can, but the run then differs from an
@@ -1251,6 +1324,7 @@ void Trainer::print_run_table() const {
        << printf_string("%g/%g", m.hidden_dropout_prob, m.attention_probs_dropout_prob) << "\n";
   out_ << "  parameters   " << human_count(static_cast<double>(num_parameters())) << " ("
        << with_commas(num_parameters()) << ")\n";
+  if (!weights_source_.empty()) out_ << "  weights      " << weights_source_ << "\n";
   out_ << "  batch        " << batch << " sequences x " << accumulation << " accumulation"
        << (world() > 1 ? " x " + std::to_string(world()) + " ranks" : std::string()) << " = " << sequences * world()
        << " sequences/step, " << seq_len_ << " tokens each (" << padding << ")\n";
@@ -1827,6 +1901,8 @@ bool Trainer::setup() {
                 std::to_string(max_batch_size()) + " x " + std::to_string(seq_len_) +
                 " tokens are too large to allocate");
   }
+  // A resumed run's weights are its checkpoint's.
+  if (!checkpoint && !config_.model_name_or_path.empty()) load_pretrained();
   schedule_ = parse_lr_schedule(training().lr_scheduler_type);
 
   state_.batches_per_epoch = static_cast<int64_t>(loader_->batches_per_epoch()) * world();

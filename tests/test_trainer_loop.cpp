@@ -1142,3 +1142,152 @@ TEST_CASE("bert_train --dump-batches writes the starting weights and every micro
   CHECK(message.find('\n') == std::string::npos);
   CHECK(!file_exists(test_dir() + "/out2/metrics.jsonl"));
 }
+
+TEST_CASE("[model] model_name_or_path starts a run from a pretrained model's weights, a BertForMaskedLM's too") {
+  make_tiny_data();
+  const std::string dir = test_dir();
+  const std::string first = write_config("first", "first", "max_steps = 4\nper_device_train_batch_size = 4\n");
+  REQUIRE(train({"--config", first}).code == 0);
+  const std::string pretrained = dir + "/first";  // its final model
+  BertForPreTraining<float> trained(BertConfig::load_hf_json(pretrained + "/config.json"));
+  trained.load_safetensors(pretrained + "/model.safetensors");
+
+  // Its weights start the next run; a dropout probability may change, a shape key may be repeated.
+  const std::string second =
+      write_config("second", "second", "max_steps = 2\nper_device_train_batch_size = 4\n",
+                   "model_name_or_path = \"" + pretrained + "\"\nhidden_dropout_prob = 0.0\nhidden_size = 16\n");
+  const RunResult run = train({"--config", second, "--dump-batches", dir + "/dump"});
+  INFO(run.out << run.err);
+  REQUIRE(run.code == 0);
+  CHECK_THAT(run.out,
+             Catch::Contains("  weights      from " + pretrained + "/model.safetensors (model_name_or_path)\n"));
+  BertForPreTraining<float> start(BertConfig::load_hf_json(dir + "/dump/init/config.json"));
+  start.load_safetensors(dir + "/dump/init/model.safetensors");
+  CHECK(std::ranges::equal(start.parameters(), trained.parameters()));
+  const BertConfig second_model = BertConfig::load_hf_json(dir + "/second/config.json");
+  CHECK(second_model.hidden_dropout_prob == 0.0);
+  CHECK(second_model.attention_probs_dropout_prob == 0.1);
+  CHECK(second_model.num_hidden_layers == 2);
+
+  // A BertForMaskedLM save has no pooler and no NSP head: those start as a fresh run's would.
+  const std::string mlm = dir + "/mlm";
+  std::filesystem::create_directories(mlm);
+  for (const char* name : {"config.json", "vocab.txt", "tokenizer_config.json"})
+    std::filesystem::copy_file(pretrained + "/" + name, mlm + "/" + name);
+  std::vector<ParamInfo> masked_lm;
+  for (const ParamInfo& info : trained.params())
+    if (!info.name.starts_with("bert.pooler.") && !info.name.starts_with("cls.seq_relationship."))
+      masked_lm.push_back(info);
+  write_parameter_arena(mlm + "/model.safetensors", masked_lm, trained.parameters());
+  const std::string third =
+      write_config("third", "third", "max_steps = 2\nsave_steps = 1\nper_device_train_batch_size = 4\n",
+                   "model_name_or_path = \"" + mlm + "\"\n");
+  const RunResult heads = train({"--config", third, "--dump-batches", dir + "/dump3"});
+  INFO(heads.out << heads.err);
+  REQUIRE(heads.code == 0);
+  CHECK_THAT(heads.out, Catch::Contains("  weights      from " + mlm +
+                                        "/model.safetensors (model_name_or_path); newly initialised, as it has none: "
+                                        "bert.pooler.dense.weight, bert.pooler.dense.bias, "
+                                        "cls.seq_relationship.weight, cls.seq_relationship.bias\n"));
+  BertForPreTraining<float> start3(BertConfig::load_hf_json(dir + "/dump3/init/config.json"));
+  start3.load_safetensors(dir + "/dump3/init/model.safetensors");
+  ModelOptions options;
+  options.init_seed = 7;  // the fixture config's seed
+  const BertForPreTraining<float> fresh(start3.config(), options);
+  size_t from_file = 0, from_init = 0;
+  for (const ParamInfo& info : start3.params()) {
+    INFO(info.name);
+    const bool head = info.name.starts_with("bert.pooler.") || info.name.starts_with("cls.seq_relationship.");
+    const auto* source = head ? &fresh : &trained;
+    CHECK(std::equal(start3.parameters().begin() + info.offset, start3.parameters().begin() + info.offset + info.numel,
+                     source->parameters().begin() + info.offset));
+    ++(head ? from_init : from_file);
+  }
+  CHECK(from_init == 4);
+  CHECK(from_file > 4);
+
+  // A resumed run's weights are its checkpoint's: the pretrained file is no longer read.
+  std::filesystem::remove(mlm + "/model.safetensors");
+  const RunResult resumed = train({"--config", third, "--resume", dir + "/third/checkpoint-1"});
+  INFO(resumed.out << resumed.err);
+  CHECK(resumed.code == 0);
+  CHECK_THAT(resumed.out, !Catch::Contains("(model_name_or_path)"));
+}
+
+TEST_CASE("[model] model_name_or_path mistakes are one-line errors naming the key") {
+  make_tiny_data();
+  const std::string dir = test_dir();
+  const std::string first = write_config("first", "first", "max_steps = 1\nper_device_train_batch_size = 4\n");
+  REQUIRE(train({"--config", first}).code == 0);
+  const std::string pretrained = dir + "/first";
+  // The error of a run of config `name` into output_dir `name`, or into `output`, which it must leave as it was.
+  const auto error_for = [&](const std::string& name, const std::string& model, const std::string& training = "",
+                             const std::string& output = "") {
+    const std::string config = write_config(name, output.empty() ? name : output,
+                                            "max_steps = 1\nper_device_train_batch_size = 4\n" + training, model);
+    const std::string before = output.empty() ? "" : read_file(dir + "/" + output + "/metrics.jsonl");
+    const std::string message = error_of([&] { train({"--config", config}); });
+    CHECK(message.find('\n') == std::string::npos);
+    if (output.empty())
+      CHECK_FALSE(file_exists(dir + "/" + name + "/metrics.jsonl"));
+    else
+      CHECK(read_file(dir + "/" + output + "/metrics.jsonl") == before);
+    return message;
+  };
+  const std::string key = "model_name_or_path = \"" + pretrained + "\"\n";
+
+  CHECK_THAT(error_for("shape", key + "hidden_size = 32\n"),
+             Catch::Contains("shape.toml:3: [model] hidden_size = 32 differs from " + pretrained +
+                             "/config.json's 16: a model started from its weights has its shape; leave hidden_size "
+                             "out of [model]"));
+  CHECK_THAT(
+      error_for("act", key + "hidden_act = \"gelu_new\"\n"),
+      Catch::Contains("[model] hidden_act = \"gelu_new\" differs from " + pretrained + "/config.json's \"gelu\""));
+  CHECK_THAT(error_for("nodir", "model_name_or_path = \"" + dir + "/nope\"\n"),
+             Catch::Contains("nodir.toml:2: [model] model_name_or_path = \"" + dir +
+                             "/nope\": not a directory; name a local model directory"));
+  CHECK_THAT(error_for("empty", "model_name_or_path = \"\"\n"),
+             Catch::Contains("[model] model_name_or_path = \"\": name the model directory to start from"));
+  CHECK_THAT(error_for("typo", "model_name_or_pth = \"" + pretrained + "\"\n"),
+             Catch::Contains("did you mean 'model_name_or_path'?"));
+  CHECK_THAT(error_for("section", std::string(kTinyModel), key),
+             Catch::Contains("key 'model_name_or_path' belongs in [model], not [training]"));
+  CHECK_THAT(error_for("number", "model_name_or_path = 3\n"), Catch::Contains("expected a string, got"));
+  // overwrite_output_dir would remove the model the run starts from.
+  CHECK_THAT(error_for("into_first", key, "overwrite_output_dir = true\n", "first"),
+             Catch::Contains("[model] model_name_or_path '" + pretrained +
+                             "' is output_dir, whose model "
+                             "overwrite_output_dir = true would remove"));
+  CHECK(file_exists(pretrained + "/model.safetensors"));
+  CHECK_THAT(error_for("into_first2", "model_name_or_path = \"" + pretrained + "/checkpoint-1\"\n",
+                       "overwrite_output_dir = true\n", "first"),
+             Catch::Contains("[model] model_name_or_path '" + pretrained + "/checkpoint-1' is inside " + pretrained +
+                             "/checkpoint-1, which overwrite_output_dir = true would remove"));
+
+  // A directory without safetensors weights, without a vocabulary, or with another vocabulary.
+  const auto copy_of = [&](const std::string& name, const std::vector<std::string>& files) {
+    const std::string copy = dir + "/" + name + "_model";
+    std::filesystem::create_directories(copy);
+    for (const std::string& file : files) std::filesystem::copy_file(pretrained + "/" + file, copy + "/" + file);
+    return copy;
+  };
+  const std::string pickled = copy_of("pickled", {"config.json", "vocab.txt", "tokenizer_config.json"});
+  write_file_atomic(pickled + "/pytorch_model.bin", "not read");
+  CHECK_THAT(error_for("pickled", "model_name_or_path = \"" + pickled + "\"\n"),
+             Catch::Contains(pickled + "/model.safetensors not found; there is a pytorch_model.bin, which bertforge "
+                                       "does not read"));
+  const std::string novocab = copy_of("novocab", {"config.json", "model.safetensors"});
+  CHECK_THAT(error_for("novocab", "model_name_or_path = \"" + novocab + "\"\n"),
+             Catch::Contains("it has no vocab.txt or tokenizer.json, so nothing shows which tokens its embeddings are "
+                             "for"));
+  const std::string other = copy_of("other", {"config.json", "model.safetensors", "tokenizer_config.json"});
+  std::string vocab = read_file(pretrained + "/vocab.txt");
+  const size_t line = vocab.find("\n", vocab.find("[MASK]"));
+  vocab.insert(line + 1, "다른\n");
+  vocab.erase(vocab.rfind('\n', vocab.size() - 2) + 1);  // the same size
+  write_file_atomic(other + "/vocab.txt", vocab);
+  const std::string message = error_for("other", "model_name_or_path = \"" + other + "\"\n");
+  CHECK_THAT(message,
+             Catch::Contains("its vocabulary differs from " + dir + "/tok's ([data] tokenizer): id 5 is '다른' there"));
+  CHECK_THAT(message, Catch::Contains("build the shards with it (bert_prepare build --tokenizer " + other + ")"));
+}

@@ -15,6 +15,8 @@
   (3) a checkpoint resumed for 10 more steps is still loadable and its weights differ from the first;
   (4) `bert_infer --exposure` scores texts by the pseudo-log-likelihood transformers computes (abs 2e-4
       nats), and its rank, exposure and gaussian exposure follow from those scores.
+  (5) `[model] model_name_or_path` starts a run from the weights of a BertForMaskedLM transformers saved
+      (the pooler and NSP head fresh).
 
     python test_trained_checkpoint.py --bin-dir build --work /tmp/x
 """
@@ -345,6 +347,43 @@ seed = 11
               and abs(item["gaussian_exposure"] - gaussian) < 1e-6 * max(1.0, gaussian),
               f"(4) exposure {label}: rank {item['rank']} of 41 (transformers: {lo}..{hi}), exposure "
               f"{item['exposure']:.3f} bits, gaussian {item['gaussian_exposure']:.3f} bits (python: {gaussian:.3f})")
+
+    # (5) [model] model_name_or_path: a run starts from the weights of a model transformers saved, a
+    # BertForMaskedLM (no pooler, no NSP head), under transformers' own tensor names.
+    pretrained_dir = w("hf_pretrained")
+    os.makedirs(pretrained_dir)
+    for name in ("vocab.txt", "tokenizer_config.json", "special_tokens_map.json"):
+        if os.path.exists(os.path.join(checkpoint, name)):
+            shutil.copy(os.path.join(checkpoint, name), pretrained_dir)
+    torch.manual_seed(6)
+    hf_pretrained = BertForMaskedLM(BertConfig(vocab_size=model.config.vocab_size, hidden_size=32, num_hidden_layers=2,
+                                        num_attention_heads=2, intermediate_size=64, max_position_embeddings=32))
+    hf_pretrained.save_pretrained(pretrained_dir, safe_serialization=True)
+    with open(w("from_hf.toml"), "w") as f:
+        f.write(f"""[model]
+model_name_or_path = "{pretrained_dir}"
+attention_probs_dropout_prob = 0.0
+
+[data]
+tokenizer = "{w('tok')}"
+train_data = "{w('shards')}"
+
+[training]
+output_dir = "{w('from_hf')}"
+max_steps = 1
+per_device_train_batch_size = 4
+threads = 2
+""")
+    started = run([b("bert_train"), "--config", w("from_hf.toml"), "--dump-batches", w("from_hf_dump")])
+    init = BertForPreTraining.from_pretrained(w("from_hf_dump/init"))
+    theirs, ours = hf_pretrained.state_dict(), init.state_dict()
+    differ = [k for k, v in theirs.items() if k not in ours or not torch.equal(v, ours[k])]
+    heads = [k for k in ours if k.startswith(("bert.pooler.", "cls.seq_relationship.")) and k.endswith("weight")]
+    check(not differ and len(heads) == 2 and all(float(ours[k].abs().max()) > 0 for k in heads)
+          and "newly initialised, as it has none: bert.pooler.dense.weight" in started
+          and init.config.attention_probs_dropout_prob == 0.0 and init.config.hidden_size == 32,
+          f"(5) model_name_or_path = a BertForMaskedLM transformers saved: its {len(theirs)} tensors are the "
+          f"starting weights (differing: {differ}), the pooler and NSP head start fresh, the config is its own")
 
     if FAILURES:
         print(f"\n{len(FAILURES)} check(s) failed")

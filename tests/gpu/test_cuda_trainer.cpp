@@ -177,3 +177,47 @@ TEST_CASE("bert_infer --device cuda answers fill-mask as the CPU does, within bf
   }
   CHECK(gpu_terms[3] == gpu_terms[0]);
 }
+
+TEST_CASE("bert_train on the GPU starts from a pretrained BertForMaskedLM's weights ([model] model_name_or_path)",
+          "[cuda][trainer]") {
+  make_tiny_data();
+  const std::string dir = test_dir();
+  const std::string cpu = write_config("cpu", "cpu", std::string(kSettings) + "max_steps = 3\n", kGpuModel);
+  REQUIRE(train({"--config", cpu}).code == 0);
+  const std::string pretrained = dir + "/cpu";
+  BertForPreTraining<float> trained(BertConfig::load_hf_json(pretrained + "/config.json"));
+  trained.load_safetensors(pretrained + "/model.safetensors");
+  // As transformers' BertForMaskedLM.save_pretrained leaves it: no pooler, no NSP head.
+  const std::string mlm = dir + "/mlm";
+  make_directories(mlm);
+  for (const char* name : {"config.json", "vocab.txt", "tokenizer_config.json"})
+    write_file_atomic(mlm + "/" + name, read_file(pretrained + "/" + name));
+  std::vector<ParamInfo> masked_lm;
+  for (const ParamInfo& info : trained.params())
+    if (!info.name.starts_with("bert.pooler.") && !info.name.starts_with("cls.seq_relationship."))
+      masked_lm.push_back(info);
+  write_parameter_arena(mlm + "/model.safetensors", masked_lm, trained.parameters());
+
+  const std::string gpu = write_config("gpu", "gpu", std::string(kSettings) + "max_steps = 1\ndevice = \"cuda\"\n",
+                                       "model_name_or_path = \"" + mlm + "\"\n");
+  const RunResult run = train({"--config", gpu, "--dump-batches", dir + "/dump"});
+  INFO(run.out << run.err);
+  REQUIRE(run.code == 0);
+  CHECK(run.out.find("newly initialised, as it has none: bert.pooler.dense.weight") != std::string::npos);
+  // The starting weights (the fp32 master copy): the file's, and the fresh heads of the run's seed.
+  BertForPreTraining<float> start(BertConfig::load_hf_json(dir + "/dump/init/config.json"));
+  start.load_safetensors(dir + "/dump/init/model.safetensors");
+  ModelOptions options;
+  options.init_seed = 7;  // the fixture config's seed
+  const BertForPreTraining<float> fresh(start.config(), options);
+  int heads = 0;
+  for (const ParamInfo& info : start.params()) {
+    INFO(info.name);
+    const bool head = info.name.starts_with("bert.pooler.") || info.name.starts_with("cls.seq_relationship.");
+    heads += head;
+    const auto* source = head ? &fresh : &trained;
+    CHECK(std::equal(start.parameters().begin() + info.offset, start.parameters().begin() + info.offset + info.numel,
+                     source->parameters().begin() + info.offset));
+  }
+  CHECK(heads == 4);
+}
