@@ -191,27 +191,40 @@ void init_parameters(const BertConfig& config, const ParameterTable& table, uint
 template void init_parameters<float>(const BertConfig&, const ParameterTable&, uint64_t, std::span<float>);
 template void init_parameters<double>(const BertConfig&, const ParameterTable&, uint64_t, std::span<double>);
 
-std::vector<float> read_parameter_arena(const std::string& path, const BertConfig& config, const ParameterTable& table,
-                                        std::vector<std::string>* zero_filled) {
+namespace {
+
+// What read_arena accepts a file to lack (left zero, names appended to `absent_names`): nothing, the
+// pooler and the NSP head (a BertForMaskedLM), or every head (a BertModel too, whose tensors have no
+// "bert." prefix: transformers' base model, which BertForPreTraining.from_pretrained loads the same way).
+enum class Absent { kNothing, kPretrainingHeads, kAnyHead };
+
+std::vector<float> read_arena(const std::string& path, const BertConfig& config, const ParameterTable& table,
+                              std::vector<std::string>* absent_names, Absent absent) {
   const SafetensorsFile file(path);
   file.verify_data_hash();
   std::vector<float> loaded(table.arena_elements, 0.0f);
   std::set<std::string, std::less<>> used;
+  const bool base_model = absent == Absent::kAnyHead && file.contains("embeddings.word_embeddings.weight") &&
+                          !file.contains("bert.embeddings.word_embeddings.weight");
   for (const ParamInfo& info : table.params) {
-    std::string found = file.contains(info.name) ? info.name : std::string();
+    const std::string stored = base_model && info.name.starts_with("bert.") ? info.name.substr(5) : info.name;
+    std::string found = file.contains(stored) ? stored : std::string();
     if (found.empty())
-      for (const std::string& legacy : legacy_names(info.name))
+      for (const std::string& legacy : legacy_names(stored))
         if (file.contains(legacy)) found = legacy;
-    if (found.empty() && zero_filled &&
-        (info.name.starts_with("bert.pooler.") || info.name.starts_with("cls.seq_relationship."))) {
-      zero_filled->push_back(info.name);  // the arena is zero already
+    const bool pretraining_head =
+        info.name.starts_with("bert.pooler.") || info.name.starts_with("cls.seq_relationship.");
+    if (found.empty() && ((absent != Absent::kNothing && pretraining_head) ||
+                          (absent == Absent::kAnyHead && info.name.starts_with("cls.predictions.")))) {
+      absent_names->push_back(info.name);  // the arena is zero already
       continue;
     }
     if (found.empty())
-      throw Error(path + ": tensor '" + info.name + "' " + shape_string(info.shape) +
-                  " is missing; is this a BertForPreTraining checkpoint of this config (" +
-                  std::to_string(config.num_hidden_layers) + " layers, hidden " + std::to_string(config.hidden_size) +
-                  ", vocab " + std::to_string(config.vocab_size) + ")?");
+      throw Error(
+          path + ": tensor '" + stored + "' " + shape_string(info.shape) + " is missing; is this a " +
+          (absent == Absent::kAnyHead ? "BertForPreTraining, BertForMaskedLM or BertModel" : "BertForPreTraining") +
+          " checkpoint of this config (" + std::to_string(config.num_hidden_layers) + " layers, hidden " +
+          std::to_string(config.hidden_size) + ", vocab " + std::to_string(config.vocab_size) + ")?");
     const std::span<float> values = std::span<float>(loaded).subspan(info.offset, info.numel);
     file.read_f32(found, info.shape, values);
     // Training never writes one (a non-finite step is skipped), so it is damage: refuse it by name
@@ -249,14 +262,16 @@ std::vector<float> read_parameter_arena(const std::string& path, const BertConfi
                 "inconsistent: keep one of them");
   std::vector<std::string> unexpected;
   for (const TensorInfo& tensor : file.tensors())
-    if (!used.contains(tensor.name) && !is_ignorable_tensor(tensor.name)) unexpected.push_back(tensor.name);
+    if (!used.contains(tensor.name) && !is_ignorable_tensor(tensor.name) &&
+        !(base_model && is_ignorable_tensor("bert." + tensor.name)))
+      unexpected.push_back(tensor.name);
   if (!unexpected.empty()) {
     std::string list;
     for (size_t i = 0; i < unexpected.size() && i < 5; ++i) list += (i > 0 ? ", '" : "'") + unexpected[i] + "'";
     if (unexpected.size() > 5) list += ", ... (" + std::to_string(unexpected.size()) + " in all)";
     // A layer past the config's count points at num_hidden_layers; anything else is another model's.
     const bool extra_layer = std::any_of(unexpected.begin(), unexpected.end(), [&](const std::string& name) {
-      constexpr std::string_view prefix = "bert.encoder.layer.";
+      const std::string_view prefix = base_model ? "encoder.layer." : "bert.encoder.layer.";
       if (!name.starts_with(prefix)) return false;
       const int index = std::atoi(name.c_str() + prefix.size());
       return index >= config.num_hidden_layers;
@@ -268,13 +283,20 @@ std::vector<float> read_parameter_arena(const std::string& path, const BertConfi
   return loaded;
 }
 
+}  // namespace
+
+std::vector<float> read_parameter_arena(const std::string& path, const BertConfig& config, const ParameterTable& table,
+                                        std::vector<std::string>* zero_filled) {
+  return read_arena(path, config, table, zero_filled, zero_filled ? Absent::kPretrainingHeads : Absent::kNothing);
+}
+
 std::vector<float> read_pretrained_arena(const std::string& path, const BertConfig& config, const ParameterTable& table,
                                          std::span<const float> initial, std::vector<std::string>& kept) {
   if (initial.size() != table.arena_elements)
     throw Error("read_pretrained_arena: the initial arena holds " + std::to_string(initial.size()) +
                 " values, the table needs " + std::to_string(table.arena_elements));
   const size_t first = kept.size();
-  std::vector<float> loaded = read_parameter_arena(path, config, table, &kept);
+  std::vector<float> loaded = read_arena(path, config, table, &kept, Absent::kAnyHead);
   for (size_t k = first; k < kept.size(); ++k) {
     const auto info =
         std::find_if(table.params.begin(), table.params.end(), [&](const ParamInfo& p) { return p.name == kept[k]; });

@@ -151,9 +151,10 @@ void init_parameters(const BertConfig& config, const ParameterTable& table, uint
 std::vector<float> read_parameter_arena(const std::string& path, const BertConfig& config, const ParameterTable& table,
                                         std::vector<std::string>* zero_filled = nullptr);
 // A pretrained model's parameters to train on from (bert_train's [model] model_name_or_path): those of
-// a BertForPreTraining safetensors file, or of a BertForMaskedLM one, which has no pooler and no NSP
-// head: those keep their values in `initial` (a freshly initialised arena, arena_elements long) and
-// their names are appended to `kept`. Errors as read_parameter_arena's.
+// a BertForPreTraining safetensors file, of a BertForMaskedLM one, which has no pooler and no NSP head,
+// or of a BertModel one (transformers' base model: no "bert." prefix, no head but the pooler). What
+// the file lacks keeps its values in `initial` (a freshly initialised arena, arena_elements long), the
+// names appended to `kept`. Errors as read_parameter_arena's.
 std::vector<float> read_pretrained_arena(const std::string& path, const BertConfig& config, const ParameterTable& table,
                                          std::span<const float> initial, std::vector<std::string>& kept);
 // The parameters of `arena` under HF names, fp32, untied tensors only: BertForPreTraining::save_safetensors.

@@ -116,8 +116,8 @@ struct RunConfig {
   std::string path;  // the TOML file it came from
   BertConfig model;
   // [model] model_name_or_path (HF run_mlm.py's --model_name_or_path; a local directory only): train
-  // on from that model's weights (model.safetensors of a BertForPreTraining or a BertForMaskedLM, whose
-  // missing pooler and NSP head start fresh) instead of random ones, with a new optimizer and schedule.
+  // on from that model's weights (model.safetensors of a BertForPreTraining, a BertForMaskedLM or a
+  // BertModel, whose missing heads start fresh) instead of random ones, with a new optimizer and schedule.
   // Its config.json gives `model`; [model] keys written beside it must agree with it, except the
   // dropout probabilities and initializer_range (used for the fresh tensors), which override it.
   std::string model_name_or_path;

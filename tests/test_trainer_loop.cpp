@@ -1143,7 +1143,9 @@ TEST_CASE("bert_train --dump-batches writes the starting weights and every micro
   CHECK(!file_exists(test_dir() + "/out2/metrics.jsonl"));
 }
 
-TEST_CASE("[model] model_name_or_path starts a run from a pretrained model's weights, a BertForMaskedLM's too") {
+TEST_CASE(
+    "[model] model_name_or_path starts a run from a pretrained model's weights, a BertForMaskedLM's or BertModel's "
+    "too") {
   make_tiny_data();
   const std::string dir = test_dir();
   const std::string first = write_config("first", "first", "max_steps = 4\nper_device_train_batch_size = 4\n");
@@ -1212,6 +1214,39 @@ TEST_CASE("[model] model_name_or_path starts a run from a pretrained model's wei
   INFO(resumed.out << resumed.err);
   CHECK(resumed.code == 0);
   CHECK_THAT(resumed.out, !Catch::Contains("(model_name_or_path)"));
+
+  // A BertModel save (transformers' base model): its tensors without the "bert." prefix, no heads but
+  // the pooler. The MLM head and the NSP head start fresh.
+  const std::string base = dir + "/base";
+  std::filesystem::create_directories(base);
+  for (const char* name : {"config.json", "vocab.txt", "tokenizer_config.json"})
+    std::filesystem::copy_file(pretrained + "/" + name, base + "/" + name);
+  std::vector<ParamInfo> base_model;
+  for (ParamInfo info : trained.params())
+    if (info.name.starts_with("bert.")) {
+      info.name = info.name.substr(5);
+      base_model.push_back(info);
+    }
+  write_parameter_arena(base + "/model.safetensors", base_model, trained.parameters());
+  const std::string fourth = write_config("fourth", "fourth", "max_steps = 1\nper_device_train_batch_size = 4\n",
+                                          "model_name_or_path = \"" + base + "\"\n");
+  const RunResult from_base = train({"--config", fourth, "--dump-batches", dir + "/dump4"});
+  INFO(from_base.out << from_base.err);
+  REQUIRE(from_base.code == 0);
+  CHECK_THAT(from_base.out, Catch::Contains("(model_name_or_path); newly initialised, as it has none: "
+                                            "cls.predictions.bias, cls.predictions.transform.dense.weight, "
+                                            "cls.predictions.transform.dense.bias, "
+                                            "cls.predictions.transform.LayerNorm.weight, "
+                                            "cls.predictions.transform.LayerNorm.bias, cls.seq_relationship.weight, "
+                                            "cls.seq_relationship.bias\n"));
+  BertForPreTraining<float> start4(BertConfig::load_hf_json(dir + "/dump4/init/config.json"));
+  start4.load_safetensors(dir + "/dump4/init/model.safetensors");
+  for (const ParamInfo& info : start4.params()) {
+    INFO(info.name);
+    const auto* source = info.name.starts_with("cls.") ? &fresh : &trained;
+    CHECK(std::equal(start4.parameters().begin() + info.offset, start4.parameters().begin() + info.offset + info.numel,
+                     source->parameters().begin() + info.offset));
+  }
 }
 
 TEST_CASE("[model] model_name_or_path mistakes are one-line errors naming the key") {

@@ -16,7 +16,7 @@
   (4) `bert_infer --exposure` scores texts by the pseudo-log-likelihood transformers computes (abs 2e-4
       nats), and its rank, exposure and gaussian exposure follow from those scores.
   (5) `[model] model_name_or_path` starts a run from the weights of a BertForMaskedLM transformers saved
-      (the pooler and NSP head fresh).
+      (the pooler and NSP head fresh), or of a BertModel (the heads fresh).
 
     python test_trained_checkpoint.py --bin-dir build --work /tmp/x
 """
@@ -384,6 +384,25 @@ threads = 2
           and init.config.attention_probs_dropout_prob == 0.0 and init.config.hidden_size == 32,
           f"(5) model_name_or_path = a BertForMaskedLM transformers saved: its {len(theirs)} tensors are the "
           f"starting weights (differing: {differ}), the pooler and NSP head start fresh, the config is its own")
+
+    # ... and from a BertModel (no "bert." prefix, no heads but the pooler), as from_pretrained loads one.
+    from transformers import BertModel
+    base_dir = w("hf_base")
+    shutil.copytree(pretrained_dir, base_dir, ignore=shutil.ignore_patterns("model.safetensors", "config.json"))
+    torch.manual_seed(7)
+    hf_base = BertModel(hf_pretrained.config)
+    hf_base.save_pretrained(base_dir, safe_serialization=True)
+    with open(w("from_hf.toml")) as f:
+        text = f.read().replace(pretrained_dir, base_dir).replace(w("from_hf"), w("from_base"))
+    with open(w("from_base.toml"), "w") as f:
+        f.write(text)
+    started = run([b("bert_train"), "--config", w("from_base.toml"), "--dump-batches", w("from_base_dump")])
+    ours = BertForPreTraining.from_pretrained(w("from_base_dump/init")).state_dict()
+    theirs = hf_base.state_dict()
+    differ = [k for k, v in theirs.items() if "bert." + k not in ours or not torch.equal(v, ours["bert." + k])]
+    check(not differ and len(theirs) > 20 and "newly initialised, as it has none: cls.predictions.bias" in started,
+          f"(5) model_name_or_path = a BertModel transformers saved: its {len(theirs)} tensors are the starting "
+          f"weights under bert. (differing: {differ}), the MLM and NSP heads start fresh")
 
     if FAILURES:
         print(f"\n{len(FAILURES)} check(s) failed")
