@@ -204,8 +204,12 @@ std::vector<float> read_arena(const std::string& path, const BertConfig& config,
   file.verify_data_hash();
   std::vector<float> loaded(table.arena_elements, 0.0f);
   std::set<std::string, std::less<>> used;
-  const bool base_model = absent == Absent::kAnyHead && file.contains("embeddings.word_embeddings.weight") &&
-                          !file.contains("bert.embeddings.word_embeddings.weight");
+  const bool base_model =
+      file.contains("embeddings.word_embeddings.weight") && !file.contains("bert.embeddings.word_embeddings.weight");
+  if (base_model && absent != Absent::kAnyHead)
+    throw Error(path + ": a BertModel checkpoint (transformers' base model: no \"bert.\" prefix, no MLM head), " +
+                "which has no fill-mask predictions to load; bert_train's [model] model_name_or_path can pretrain one "
+                "from it");
   for (const ParamInfo& info : table.params) {
     const std::string stored = base_model && info.name.starts_with("bert.") ? info.name.substr(5) : info.name;
     std::string found = file.contains(stored) ? stored : std::string();

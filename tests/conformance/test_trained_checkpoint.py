@@ -403,6 +403,10 @@ threads = 2
     check(not differ and len(theirs) > 20 and "newly initialised, as it has none: cls.predictions.bias" in started,
           f"(5) model_name_or_path = a BertModel transformers saved: its {len(theirs)} tensors are the starting "
           f"weights under bert. (differing: {differ}), the MLM and NSP heads start fresh")
+    # bert_infer refuses it: transformers would fill masks with a random MLM head (and a warning).
+    refused = subprocess.run([b("bert_infer"), "--model", base_dir, "--mask", prompts[0]], capture_output=True, text=True)
+    check(refused.returncode != 0 and "a BertModel checkpoint (transformers' base model" in refused.stderr,
+          f"(5) bert_infer --model <a BertModel>: refused ({refused.returncode}: {refused.stderr.strip()})")
 
     if FAILURES:
         print(f"\n{len(FAILURES)} check(s) failed")
