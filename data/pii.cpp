@@ -687,13 +687,15 @@ int hangul_digit(const Text& t, size_t i) {
   }
 }
 
-// A digit at i, ASCII or a Hangul digit word: its value and its end in `end`, or -1.
+// A digit at i, ASCII or a Hangul digit word: its value and its end in `end`, or -1. Not 일 or 이 right
+// after an ASCII digit: there they are a day counter and a particle ("01일 12345678원", "1234567이다").
 int spoken_digit(const Text& t, size_t i, size_t& end) {
   if (t.digit(i)) {
     end = i + 1;
     return t.s[i] - '0';
   }
   const int d = hangul_digit(t, i);
+  if ((d == 1 || d == 2) && i > 0 && is_digit(t.s[i - 1])) return -1;
   if (d >= 0) end = i + 3;
   return d;
 }
@@ -703,7 +705,11 @@ int spoken_digit(const Text& t, size_t i, size_t& end) {
 // ("일공일공...": a longer run).
 bool spoken_start_ok(const Text& t, size_t p) {
   if (match_ends_at(t, p)) return true;
-  return numeric_start_ok(t, p) && (p < 3 || hangul_digit(t, p - 3) < 0);
+  if (!numeric_start_ok(t, p) || (p >= 3 && hangul_digit(t, p - 3) >= 0)) return false;
+  // ... nor after a digit word and a separator ("...오육칠팔-공일공": the number goes on), as numeric_start_ok
+  // refuses after an ASCII digit and one.
+  const bool separated = p >= 4 && (t.s[p - 1] == '-' || t.s[p - 1] == '.');
+  return !(separated && hangul_digit(t, p - 4) >= 0 && !match_ends_at(t, p - 1));
 }
 
 // Whether a number written with Hangul digit words may end at e: as numeric_end_ok, and followed by no
@@ -1038,6 +1044,9 @@ bool hangul_before(const unsigned char* s, size_t n, size_t i) { return i >= 3 &
 // Hangul after a word ending at e is a particle ("회사.한국으로", "abc@네이버로") or nothing: the word
 // ends there, and is not the start of a longer one (한국인, 다음날).
 bool word_ends_at(const unsigned char* s, size_t n, size_t e) {
+  // Our placeholder glued on stands for what was there before ("회사.한국[PHONE]" was "회사.한국공일공..."),
+  // which ended no word then: nor now, so that scrubbing twice changes nothing.
+  if (e < n && s[e] == '[' && placeholder_at(Text{s, n}, e, /*email=*/true)) return false;
   if (!hangul_at(s, n, e)) return true;
   for (const std::string_view particle : {"으로", "로", "에", "의", "이", "은", "는", "을", "를", "과", "와", "까지",
                                           "입니다", "이다", "이고", "이며", "만", "도"})
@@ -1088,6 +1097,9 @@ size_t korean_tld_end(const unsigned char* s, size_t n, size_t i) {
   return bytes_at(s, n, i, "한국") && word_ends_at(s, n, i + 6) ? i + 6 : npos;
 }
 
+// Mail providers' Korean names. Not 다음, Daum's: it is the word "next" ("TODO@다음 단계").
+constexpr std::string_view kKoreanProviders[] = {"네이버", "지메일", "한메일", "네이트", "카카오", "핫메일", "야후"};
+
 // A mail provider's name as the whole domain of an address in [b, e) (one label), as people write an
 // address in chat without its top-level domain ("abc123@naver로", "hong@네이버"). Its end (a Hangul name
 // ends at a particle or 메일: "abc@네이버메일"), or npos.
@@ -1096,8 +1108,11 @@ size_t provider_end(const unsigned char* s, size_t n, size_t b, size_t e) {
                                                 "yahoo", "outlook", "icloud", "empas",   "paran", "dreamwiz"};
   std::string lower(reinterpret_cast<const char*>(s + b), e - b);
   for (char& c : lower) c = static_cast<char>(c | 0x20);
-  if (std::find(std::begin(kNames), std::end(kNames), lower) != std::end(kNames)) return e;
-  for (const std::string_view name : {"네이버", "지메일", "한메일", "다음", "네이트", "카카오", "핫메일", "야후"}) {
+  // Not a host in a shell prompt or an scp path ("ubuntu@kakao:~$", "user@kakao:repo.git"), nor the
+  // start of an identifier ("hong@naver_blog").
+  if (std::find(std::begin(kNames), std::end(kNames), lower) != std::end(kNames))
+    return e < n && (s[e] == ':' || s[e] == '_' || s[e] == '/' || s[e] == '@') ? npos : e;
+  for (const std::string_view name : kKoreanProviders) {
     const size_t end = b + name.size();
     if (end <= e && bytes_at(s, n, b, name) && (word_ends_at(s, n, end) || bytes_at(s, n, end, "메일"))) return end;
   }
@@ -1234,6 +1249,16 @@ Span next_email(std::string_view text, size_t from, size_t floor, AtSignFinder& 
       q = d;
     }
     if (labels == 0 || (labels < 2 && !glued)) continue;
+    // Spelled in Hangul, a domain is a provider's ("네이버 닷컴"), not any Hangul word: "TOP5 골뱅이 맛집 닷컴"
+    // (골뱅이 is also a dish).
+    bool word_domain = false;
+    for (int k = 0; spelled && k < labels - 1; ++k)
+      word_domain = word_domain ||
+                    (hangul[k] &&
+                     std::none_of(std::begin(kKoreanProviders), std::end(kKoreanProviders), [&](std::string_view name) {
+                       return ends[k] - starts[k] == name.size() && bytes_at(s, n, starts[k], name);
+                     }));
+    if (word_domain) continue;
     // user@192.0.2.1: an address literal (octets <= 255) instead of a domain, the user's part kept.
     const bool literal = labels == 4 && !hidden &&
                          std::all_of(s + at_end, s + ends[3], [](unsigned char c) { return is_digit(c) || c == '.'; });

@@ -24,7 +24,8 @@
 //              이 2, 삼 3, 사 4, 오 5, 육 or 륙 6, 칠 7, 팔 8, 구 9), as people write them to get past a
 //              board's filter: 공일공-일이삼사-오육칠팔, 010 일이삼사 5678, 영일영12345678, in the same
 //              layouts; not inside a longer run of digit words (공일공일이삼사오육칠팔구 is twelve
-//              digits); 이 may follow (오육칠팔이에요: a particle).
+//              digits); 이 may follow (오육칠팔이에요: a particle), and 일 or 이 right after an ASCII digit
+//              is a day counter or a particle, not a digit (01일 12345678원, 1234567이다).
 //   [EMAIL]    local@domain.tld (ASCII; the TLD is 2+ letters, and the address ends at the last
 //              label that can be one: "a@b.com.123" is a@b.com) or local@192.0.2.1; a URL's
 //              user:password@host whole ("https://[EMAIL]"); Korean domains (회사.한국, 한국 as a
@@ -38,8 +39,10 @@
 //              or 점 for a dot before an ASCII label ("naver 점 com"); the local part stays ASCII. A
 //              mail provider's name may be the whole domain, as chat writes an address, when the
 //              at-sign is '@' or '＠' glued on both sides: abc123@naver, hong@네이버로 (naver, gmail,
-//              daum, hanmail, nate, kakao, ...; 네이버, 지메일, 한메일, 다음, ... before a particle or
-//              메일, not 다음날), the local part ASCII. Labels have at most 63 bytes and local parts 64.
+//              daum, hanmail, nate, kakao, ..., not before ':', '_' or '/': "ubuntu@kakao:~$"; 네이버,
+//              지메일, 한메일, ... before a particle or 메일; not 다음, the word "next"), the local part
+//              ASCII; spelled in Hangul, the domain is such a name (네이버 닷컴, not 골뱅이 맛집 닷컴).
+//              Labels have at most 63 bytes and local parts 64.
 //   [CARD]     13-19 digits passing Luhn: 4-4-4-4(-3), 4-6-5 or 4-6-4 groups ('-' or ' '; not a
 //              row of years or round numbers, 1000 2000 3000 4000), or contiguous with a
 //              card-network first digit (2-6, 9; not 13 digits led by 978/979, an ISBN-13). After a

@@ -566,8 +566,10 @@ RunConfig parse_run_config(std::string_view text, const std::string& path) {
                 number_text(data.mask_replace_prob + data.random_replace_prob) + " must be <= 1");
   }
   if (data.max_seq_length > config.model.max_position_embeddings)
-    throw Error(data_at("max_seq_length") + " = " + std::to_string(data.max_seq_length) +
-                ": must be <= [model] max_position_embeddings " + std::to_string(config.model.max_position_embeddings));
+    throw Error(
+        data_at("max_seq_length") + " = " + std::to_string(data.max_seq_length) +
+        ": must be <= [model] max_position_embeddings " + std::to_string(config.model.max_position_embeddings) +
+        (config.model_name_or_path.empty() ? std::string() : " (" + config.model_name_or_path + "/config.json's)"));
 
   TrainingConfig& training = config.training;
   if (training.output_dir.empty())

@@ -1083,6 +1083,12 @@ void Trainer::load_tokenizer_and_data() {
   }
   seq_len_ = data().max_seq_length > 0 ? data().max_seq_length : shard_len;
   if (valid_data_) seq_len_ = std::max<int64_t>(seq_len_, valid_data_->max_seq_len());
+  if (seq_len_ > model.max_position_embeddings && !config_.model_name_or_path.empty())
+    throw Error(config_.where("model", "model_name_or_path") + ": " + config_.model_name_or_path +
+                "/config.json's max_position_embeddings " + std::to_string(model.max_position_embeddings) +
+                " is shorter than the " + std::to_string(seq_len_) + "-token sequences of the shards (the model has " +
+                "no positions past it); rebuild the shards with --max-seq-len " +
+                std::to_string(model.max_position_embeddings) + " or less");
   if (seq_len_ > model.max_position_embeddings)
     throw Error(config_.where("model", "max_position_embeddings") + " = " +
                 std::to_string(model.max_position_embeddings) + " is shorter than the " + std::to_string(seq_len_) +
@@ -1174,7 +1180,10 @@ void Trainer::load_pretrained() {
   const std::string weights = dir + "/model.safetensors";
   if (!file_exists(weights))
     throw Error(key + ": " + weights + " not found" +
-                (file_exists(dir + "/pytorch_model.bin")
+                (file_exists(dir + "/model.safetensors.index.json")
+                     ? "; there is a model.safetensors.index.json: a save in shards, which bertforge does not read; "
+                       "save it in one file, save_pretrained(DIR, max_shard_size=\"100GB\")"
+                 : file_exists(dir + "/pytorch_model.bin")
                      ? "; there is a pytorch_model.bin, which bertforge does not read (a pickle can run code): "
                        "convert it with transformers, BertForPreTraining.from_pretrained(DIR).save_pretrained(DIR) "
                        "writes model.safetensors"

@@ -160,6 +160,7 @@ TEST_CASE("pii: positives in Korean formats are replaced by typed placeholders")
       {"공일일-일이삼-사오육칠", "[PHONE]", PiiType::kPhone},
       {"공일칠 일이삼사오육칠", "[PHONE]", PiiType::kPhone},
       {"공칠공 - 일이삼사 - 오륙칠팔", "[PHONE]", PiiType::kPhone},
+      {"공일공 1234567이다", "[PHONE]이다", PiiType::kPhone},
       {"카톡 말고 공일공 12345678", "카톡 말고 [PHONE]", PiiType::kPhone},
       // e-mail
       {"hong.gildong@gmail.com", "[EMAIL]", PiiType::kEmail},
@@ -383,6 +384,11 @@ TEST_CASE("pii: dates, times, versions, prices and other numbers stay untouched"
       "x@y",
       "TOP10 골뱅이 네이버 블로그",
       "매운 골뱅이 네이버 닷컴",
+      "TODO@다음 단계로",
+      "ubuntu@kakao:~$ ls",
+      "git clone user@kakao:repo.git",
+      "hong@naver_blog",
+      "TOP5 골뱅이 맛집 닷컴",
       "hong 골뱅이 닷컴",
       "닷컴 버블",
       "[PHONE] [EMAIL] [RRN]",
@@ -465,6 +471,13 @@ TEST_CASE("pii: dates, times, versions, prices and other numbers stay untouched"
       "공일공-일이삼사-오육칠팔-구",
       "공일이삼사오육칠팔구",
       "공일 공사 일이삼사 오육칠팔",
+      // 일 and 이 right after an ASCII digit: a day counter and a particle, not digits
+      "매월 01일 12345678원씩 납부",
+      "01일 1234567번 주문",
+      "010-1234-567이 맞나요",
+      "010-123-456이",
+      // a separator after a digit word goes on with the number, as after an ASCII digit
+      "공일공-일이삼사-오육칠팔-공일공-일이삼사-오육칠팔",
       "영일영",
   };
   STATIC_REQUIRE(sizeof(negatives) / sizeof(negatives[0]) >= 40);
@@ -671,7 +684,10 @@ TEST_CASE("pii: random fragments: ordered spans, and scrubbing twice changes not
                                      "네이버",
                                      "다음",
                                      "로",
-                                     "kakao"};
+                                     "kakao",
+                                     "@회사.한국",
+                                     "01일",
+                                     "567이"};
   uint64_t state = 12345;
   auto next = [&] {
     state = state * 6364136223846793005ull + 1442695040888963407ull;

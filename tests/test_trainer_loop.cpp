@@ -1311,6 +1311,34 @@ TEST_CASE("[model] model_name_or_path mistakes are one-line errors naming the ke
   CHECK_THAT(error_for("pickled", "model_name_or_path = \"" + pickled + "\"\n"),
              Catch::Contains(pickled + "/model.safetensors not found; there is a pytorch_model.bin, which bertforge "
                                        "does not read"));
+  const std::string sharded = copy_of("sharded", {"config.json", "vocab.txt", "tokenizer_config.json"});
+  write_file_atomic(sharded + "/model.safetensors.index.json", "{}");
+  CHECK_THAT(error_for("sharded", "model_name_or_path = \"" + sharded + "\"\n"),
+             Catch::Contains(sharded + "/model.safetensors not found; there is a model.safetensors.index.json: a save "
+                                       "in shards"));
+  // Its positions cannot grow: a config.json shorter than the shards is named, with the fix.
+  const std::string short_positions =
+      copy_of("short", {"model.safetensors", "vocab.txt", "tokenizer_config.json", "config.json"});
+  std::string json = read_file(short_positions + "/config.json");
+  const size_t at = json.find("\"max_position_embeddings\": 32");
+  REQUIRE(at != std::string::npos);
+  json.replace(at, std::strlen("\"max_position_embeddings\": 32"), "\"max_position_embeddings\": 16");
+  write_file_atomic(short_positions + "/config.json", json);
+  CHECK_THAT(error_for("short", "model_name_or_path = \"" + short_positions + "\"\n"),
+             Catch::Contains("[model] model_name_or_path: " + short_positions +
+                             "/config.json's max_position_embeddings 16 is shorter than the 32-token sequences of the "
+                             "shards (the model has no positions past it); rebuild the shards with --max-seq-len 16 or "
+                             "less"));
+  const std::string data_config =
+      write_config("short_data", "short_data", "max_steps = 1\n", "model_name_or_path = \"" + short_positions + "\"\n");
+  std::string text = read_file(data_config);
+  text.replace(text.find("[data]\n"), 7, "[data]\nmax_seq_length = 24\n");
+  write_file_atomic(data_config, text);
+  CHECK_THAT(error_of([&] {
+               train({"--config", data_config});
+             }),
+             Catch::Contains("[data] max_seq_length = 24: must be <= [model] max_position_embeddings 16 (" +
+                             short_positions + "/config.json's)"));
   const std::string novocab = copy_of("novocab", {"config.json", "model.safetensors"});
   CHECK_THAT(error_for("novocab", "model_name_or_path = \"" + novocab + "\"\n"),
              Catch::Contains("it has no vocab.txt or tokenizer.json, so nothing shows which tokens its embeddings are "
