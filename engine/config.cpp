@@ -492,7 +492,7 @@ std::string RunConfig::where(std::string_view section, std::string_view key) con
   return located(path, it == lines.end() ? 0 : it->second, "[" + name + "] " + std::string(key));
 }
 
-RunConfig parse_run_config(std::string_view text, const std::string& path) {
+RunConfig parse_run_config(std::string_view text, const std::string& path, bool resuming) {
   const TomlDocument doc = parse_toml(text, path);
   RunConfig config;
   config.path = path;
@@ -553,7 +553,12 @@ RunConfig parse_run_config(std::string_view text, const std::string& path) {
   const Locate model_at = locator("model"), data_at = locator("data"), training_at = locator("training");
   const IsSet data_set = is_set_in("data"), training_set = is_set_in("training");
 
-  if (!config.model_name_or_path.empty()) apply_pretrained_config(config, model_at, is_set_in("model"));
+  if (!config.model_name_or_path.empty()) {
+    if (resuming && !file_exists(config.model_name_or_path + "/config.json"))
+      config.pretrained_config_missing = true;
+    else
+      apply_pretrained_config(config, model_at, is_set_in("model"));
+  }
   check_model(config.model, model_at, is_set_in("model"));
 
   DataConfig& data = config.data;
@@ -587,6 +592,8 @@ RunConfig parse_run_config(std::string_view text, const std::string& path) {
   return config;
 }
 
-RunConfig load_run_config(const std::string& path) { return parse_run_config(read_file(path), path); }
+RunConfig load_run_config(const std::string& path, bool resuming) {
+  return parse_run_config(read_file(path), path, resuming);
+}
 
 }  // namespace bert

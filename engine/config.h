@@ -121,6 +121,9 @@ struct RunConfig {
   // Its config.json gives `model`; [model] keys written beside it must agree with it, except the
   // dropout probabilities and initializer_range (used for the fresh tensors), which override it.
   std::string model_name_or_path;
+  // Parsed for a resume (load_run_config's `resuming`) while model_name_or_path's directory (or its
+  // config.json) is gone: `model` is not merged with it; the trainer takes the checkpoint's shape.
+  bool pretrained_config_missing = false;
   DataConfig data;
   TrainingConfig training;
   std::vector<std::string> warnings;  // valid but suspicious settings, "path:line: ..." each
@@ -132,8 +135,10 @@ struct RunConfig {
   std::string where(std::string_view section, std::string_view key) const;
 };
 
-RunConfig load_run_config(const std::string& path);
+// `resuming`: a run that continues a checkpoint, whose weights and shape do not need
+// [model] model_name_or_path's directory any more (RunConfig::pretrained_config_missing).
+RunConfig load_run_config(const std::string& path, bool resuming = false);
 // The same from text (`path` names it in messages).
-RunConfig parse_run_config(std::string_view text, const std::string& path);
+RunConfig parse_run_config(std::string_view text, const std::string& path, bool resuming = false);
 
 }  // namespace bert

@@ -1897,6 +1897,18 @@ void Trainer::prepare() {
 
 bool Trainer::setup() {
   const std::optional<std::string> checkpoint = resume_ ? std::optional(resolve_resume_dir()) : std::nullopt;
+  // model_name_or_path's directory is gone: the checkpoint has the weights, and its shape.
+  if (checkpoint && config_.pretrained_config_missing) {
+    const BertConfig written = config_.model;  // the keys that override model_name_or_path's still do
+    config_.model = TrainerState::load(*checkpoint + "/trainer_state.json").model;
+    for (const auto& [key, value] : {std::pair{"hidden_dropout_prob", &BertConfig::hidden_dropout_prob},
+                                     {"attention_probs_dropout_prob", &BertConfig::attention_probs_dropout_prob},
+                                     {"initializer_range", &BertConfig::initializer_range}})
+      if (config_.lines.count(std::string("model.") + key)) config_.model.*value = written.*value;
+    if (lead())
+      err_ << "note: " << config_.where("model", "model_name_or_path") << " '" << config_.model_name_or_path
+           << "' has no config.json any more; resuming with the model " << *checkpoint << " was trained with\n";
+  }
   load_tokenizer_and_data();
   if (on_cuda()) check_cuda_model();
   else check_cpu_memory();
@@ -2263,8 +2275,9 @@ int train_main(const std::vector<std::string>& args, std::ostream& out, std::ost
   std::optional<Trainer> trainer;
   bool ready = false;
   if (!all_succeed([&] {
-        trainer.emplace(load_run_config(parser.str("--config")), parser.maybe("--resume"),
-                        parser.maybe("--dump-batches"), rank_out, rank_err, hooks, *comm, placement);
+        trainer.emplace(load_run_config(parser.str("--config"), parser.maybe("--resume").has_value()),
+                        parser.maybe("--resume"), parser.maybe("--dump-batches"), rank_out, rank_err, hooks, *comm,
+                        placement);
         trainer->prepare();
       }))
     return 1;

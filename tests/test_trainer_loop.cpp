@@ -1208,12 +1208,23 @@ TEST_CASE(
   CHECK(from_init == 4);
   CHECK(from_file > 4);
 
-  // A resumed run's weights are its checkpoint's: the pretrained file is no longer read.
+  // A resumed run's weights are its checkpoint's: the pretrained file is no longer read, nor, once the
+  // directory is gone, its config.json.
   std::filesystem::remove(mlm + "/model.safetensors");
   const RunResult resumed = train({"--config", third, "--resume", dir + "/third/checkpoint-1"});
   INFO(resumed.out << resumed.err);
   CHECK(resumed.code == 0);
   CHECK_THAT(resumed.out, !Catch::Contains("(model_name_or_path)"));
+  std::filesystem::remove_all(mlm);
+  const RunResult gone = train({"--config", third, "--resume", dir + "/third/checkpoint-1"});
+  INFO(gone.out << gone.err);
+  CHECK(gone.code == 0);
+  CHECK_THAT(gone.err, Catch::Contains("note: " + third + ":2: [model] model_name_or_path '" + mlm +
+                                       "' has no config.json any more; resuming with the model " + dir +
+                                       "/third/checkpoint-1 was trained with"));
+  CHECK(read_file(dir + "/third/checkpoint-2/model.safetensors") ==
+        read_file(dir + "/third/model.safetensors"));  // the final model is the last checkpoint's
+  CHECK_THAT(error_of([&] { train({"--config", third}); }), Catch::Contains("not a directory"));
 
   // A BertModel save (transformers' base model): its tensors without the "bert." prefix, no heads but
   // the pooler. The MLM head and the NSP head start fresh.
