@@ -1288,7 +1288,8 @@ Span next_email(std::string_view text, size_t from, size_t floor, AtSignFinder& 
       if (end == npos && glued) {
         last = 0;
         end = provider_end(s, n, starts[0], ends[0]);
-        // Not glued to our placeholder: "abc@다음[PHONE]" was "abc@다음공일칠...", no address then.
+        // Not glued to our placeholder, which stands for what was there before: no address then either
+        // (word_ends_at says the same of the Korean names: "abc@네이버[PHONE]" was "abc@네이버공일칠...").
         if (end != npos && placeholder_at(Text{s, n}, end, /*email=*/true)) end = npos;
         provider = end != npos;
       }

@@ -92,6 +92,20 @@ std::vector<std::string> mpirun_args(int ranks, const std::vector<std::string>& 
   // Containers often forbid the cross-memory attach of Open MPI's shared-memory transport ("Read -1,
   // errno = 1"); plain copies through the shared segment work everywhere.
   ::setenv("OMPI_MCA_btl_vader_single_copy_mechanism", "none", 1);
+  // A session directory base of this test process's own: under the shared /tmp/ompi.<host>.<uid>, an
+  // mpirun of a test running beside this one removes that directory as it ends, and an mpirun starting
+  // then fails ("A call to mkdir was unable to create the desired directory ... orte_init failed").
+  static char session_base[] = "/tmp/bf-ompi-XXXXXX";  // no destructor: the atexit handler outlives nothing
+  static const bool made = [] {
+    REQUIRE(::mkdtemp(session_base) != nullptr);
+    std::atexit([] {
+      std::error_code ec;
+      std::filesystem::remove_all(session_base, ec);
+    });
+    return true;
+  }();
+  (void)made;
+  ::setenv("OMPI_MCA_orte_tmpdir_base", session_base, 1);
   std::vector<std::string> all = {BERT_MPIEXEC, "-np", std::to_string(ranks), program};
   all.insert(all.end(), args.begin(), args.end());
   return all;
