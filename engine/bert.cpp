@@ -329,7 +329,7 @@ BertForPreTraining<T>::BertForPreTraining(const BertConfig& config, const ModelO
   param_offsets_ = std::move(table.offsets);
   parameters_.assign(table.arena_elements, T(0));
   if (!options_.inference_only) grads_.assign(table.arena_elements, T(0));
-  init_weights(options_.init_seed);
+  if (options_.initialize_parameters) init_weights(options_.init_seed);
 }
 
 template <class T>

@@ -195,7 +195,7 @@ BertForPreTrainingCuda::BertForPreTrainingCuda(const BertConfig& config, const M
   working_.resize(n);
   if (options_.inference_only) {  // the bf16 working copy only
     std::vector<float> host(n);
-    init_parameters<float>(config_, table_, options_.init_seed, host);
+    if (options_.initialize_parameters) init_parameters<float>(config_, table_, options_.init_seed, host);
     upload_parameters(host);
     return;
   }
@@ -211,7 +211,7 @@ BertForPreTrainingCuda::BertForPreTrainingCuda(const BertConfig& config, const M
   CUDA_CHECK(cudaMemsetAsync(update_count_.data(), 0, update_count_.bytes(), stream));
 
   std::vector<float> host(n);
-  init_parameters<float>(config_, table_, options_.init_seed, host);
+  if (options_.initialize_parameters) init_parameters<float>(config_, table_, options_.init_seed, host);
   upload_parameters(host);
 
   std::vector<cuda::AdamWTensor> tensors;

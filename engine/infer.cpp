@@ -235,7 +235,8 @@ InferenceCheckpoint load_inference_checkpoint(const std::string& dir_arg, int nu
 
   ModelOptions options;
   options.num_threads = num_threads;
-  options.inference_only = true;  // no gradient arena
+  options.inference_only = true;          // no gradient arena
+  options.initialize_parameters = false;  // the file's weights replace every one
   BertForPreTraining<float> model(config, options);
   // A BertForMaskedLM checkpoint (transformers' save_pretrained) has no pooler and no NSP head; fill-mask
   // and the probes use neither, so those are zero here instead of an error.
@@ -808,6 +809,7 @@ std::unique_ptr<MlmLogitsSource> logits_source(InferenceCheckpoint& checkpoint, 
   try {
     ModelOptions options;
     options.inference_only = true;  // the bf16 weights only: 2 bytes per parameter on the device
+    options.initialize_parameters = false;  // copy_parameters_from replaces every one
     auto model = std::make_unique<BertForPreTrainingCuda>(checkpoint.config, options);
     model->copy_parameters_from(checkpoint.model);
     // The fused attention kernel's token limit; longer prompts are refused up front (CudaLogits).

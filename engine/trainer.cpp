@@ -572,7 +572,7 @@ class Trainer {
   std::string resolve_resume_dir() const;
   void load_tokenizer_and_data();
   void warn_if_normalizer_differs();
-  void build_model();
+  void build_model(bool resuming);
   // [model] model_name_or_path: its vocabulary checked against [data] tokenizer's, its weights loaded.
   void load_pretrained();
   void restore(const std::string& checkpoint);
@@ -1130,11 +1130,12 @@ void Trainer::load_tokenizer_and_data() {
   }
 }
 
-void Trainer::build_model() {
+void Trainer::build_model(bool resuming) {
   ModelOptions options;
   options.mlm_on_masked_positions_only = data().mlm_masked_positions_only;
   options.num_threads = threads_;
   options.init_seed = training().seed;
+  options.initialize_parameters = !resuming;  // the checkpoint's weights replace every one
   const int64_t max_batch = max_batch_size();
 #if defined(BERT_TRAINER_CUDA)
   if (on_cuda()) {  // AdamW moments live on the device; exp_avg_/exp_avg_sq_ are checkpoint staging
@@ -1913,7 +1914,7 @@ bool Trainer::setup() {
   if (on_cuda()) check_cuda_model();
   else check_cpu_memory();
   try {
-    build_model();
+    build_model(checkpoint.has_value());
   } catch (const std::bad_alloc&) {  // the estimate above is a lower bound
     throw Error(config_.path + ": [model] out of memory allocating the model and its buffers for a batch of " +
                 std::to_string(max_batch_size()) + " x " + std::to_string(seq_len_) + " tokens");

@@ -653,6 +653,15 @@ TEST_CASE("(e) save -> load round trip is bit exact", "[model]") {
   loaded.load_safetensors(path);
   for (size_t k = 0; k < wide.parameters().size(); ++k)
     REQUIRE(loaded.parameters()[k] == static_cast<float>(wide.parameters()[k]));
+
+  // initialize_parameters = false (bert_infer, a resume): zeros until the load, then the file's values.
+  options.initialize_parameters = false;
+  Model<float> blank(tiny_config(), options);
+  CHECK(std::all_of(blank.parameters().begin(), blank.parameters().end(), [](float v) { return v == 0.0f; }));
+  CHECK(std::any_of(loaded.parameters().begin(), loaded.parameters().end(), [](float v) { return v != 0.0f; }));
+  saved.save_safetensors(path);
+  blank.load_safetensors(path);
+  CHECK(std::equal(saved.parameters().begin(), saved.parameters().end(), blank.parameters().begin()));
 }
 
 TEST_CASE("(f) loading a wrong checkpoint is a clear error and HF aliases load", "[model]") {
