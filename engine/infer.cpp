@@ -125,12 +125,27 @@ class ModelLogits final : public MlmLogitsSource {
     model_.mlm_logits_at(view, positions, logits);
     return logits;
   }
-  std::vector<float> batch_logits_at(const std::vector<int32_t>& ids, int64_t batch,
-                                     const std::vector<int32_t>& positions) override {
+  std::vector<float> padded_logits_at(const std::vector<int32_t>& ids, int64_t batch,
+                                      const std::vector<int32_t>& positions,
+                                      std::span<const int32_t> lengths) override {
     BatchView view;
     view.batch = batch;
     view.seq_len = static_cast<int64_t>(batch_seq_len(ids, batch));
     view.input_ids = ids.data();
+    if (!lengths.empty()) {
+      if (lengths.size() != static_cast<size_t>(batch))
+        throw Error("padded_logits_at: " + std::to_string(lengths.size()) + " lengths for " + std::to_string(batch) +
+                    " sequences");
+      attention_mask_.assign(ids.size(), 0);
+      for (int64_t b = 0; b < batch; ++b) {
+        if (lengths[static_cast<size_t>(b)] < 1 || lengths[static_cast<size_t>(b)] > view.seq_len)
+          throw Error("padded_logits_at: sequence " + std::to_string(b) + " has length " +
+                      std::to_string(lengths[static_cast<size_t>(b)]) + ", outside [1, " +
+                      std::to_string(view.seq_len) + "]");
+        std::fill_n(attention_mask_.begin() + b * view.seq_len, lengths[static_cast<size_t>(b)], 1);
+      }
+      view.attention_mask = attention_mask_.data();
+    }
     std::vector<float> logits(positions.size() * static_cast<size_t>(model_.config().vocab_size));
     model_.mlm_logits_at(view, positions, logits);
     return logits;
@@ -138,6 +153,7 @@ class ModelLogits final : public MlmLogitsSource {
 
  private:
   Model& model_;
+  std::vector<int32_t> attention_mask_;
 };
 
 }  // namespace
@@ -361,34 +377,88 @@ FillMaskResult fill_mask(BertForPreTraining<float>& model, const Tokenizer& toke
   return fill_mask(source, tokenizer, prompt, top_k, clean_up_tokenization_spaces, targets);
 }
 
-FillMaskResult fill_mask(MlmLogitsSource& model, const Tokenizer& tokenizer, std::string_view prompt, int top_k,
-                         bool clean_up_tokenization_spaces, std::span<const int32_t> targets) {
-  if (top_k < 1) throw Error("fill_mask: top_k must be >= 1, got " + std::to_string(top_k));
-  const size_t vocab = static_cast<size_t>(model.config().vocab_size);
-  std::vector<int32_t> pool(targets.begin(), targets.end());  // the ids a candidate may be, each once
-  std::sort(pool.begin(), pool.end());
-  pool.erase(std::unique(pool.begin(), pool.end()), pool.end());
-  for (const int32_t id : pool)
-    if (id < 0 || static_cast<size_t>(id) >= vocab)
-      throw Error("fill_mask: target id " + std::to_string(id) + " is outside the model's vocabulary of " +
-                  std::to_string(vocab));
-  if (pool.empty()) {
-    pool.resize(vocab);
-    std::iota(pool.begin(), pool.end(), 0);
+void for_each_mlm_logits(MlmLogitsSource& model, const std::vector<std::vector<int32_t>>& sequences,
+                         const std::vector<std::vector<int32_t>>& positions, const PromptBatching& batching,
+                         const std::function<void(size_t, std::span<const float>)>& fn) {
+  if (positions.size() != sequences.size())
+    throw Error("for_each_mlm_logits: " + std::to_string(sequences.size()) + " sequences but " +
+                std::to_string(positions.size()) + " position lists");
+  if (batching.max_tokens < 1 || batching.max_sequences < 1 || !(batching.max_padding >= 0))
+    throw Error("for_each_mlm_logits: max_tokens and max_sequences must be >= 1, max_padding >= 0");
+  std::vector<size_t> order;
+  for (size_t i = 0; i < sequences.size(); ++i) {
+    if (positions[i].empty()) continue;
+    for (const int32_t position : positions[i])
+      if (position < 0 || static_cast<size_t>(position) >= sequences[i].size())
+        throw Error("for_each_mlm_logits: position " + std::to_string(position) + " is outside sequence " +
+                    std::to_string(i) + " of " + std::to_string(sequences[i].size()) + " tokens");
+    order.push_back(i);
   }
-  FillMaskResult result;
-  result.input_ids =
-      encode_prompt(tokenizer, prompt, model.config().max_position_embeddings, model.config().vocab_size);
-  const std::vector<int32_t> positions = mask_positions_of(tokenizer, result.input_ids);
-  result.mask_positions.assign(positions.begin(), positions.end());
-  const std::vector<float> logits = model.logits_at(result.input_ids, positions);
+  std::stable_sort(order.begin(), order.end(),
+                   [&](size_t a, size_t b) { return sequences[a].size() < sequences[b].size(); });
+  const size_t vocab = static_cast<size_t>(model.config().vocab_size);
+  const int32_t pad = std::max(model.config().pad_token_id, 0);  // (masked out: any id would do)
+  std::vector<int32_t> ids, flat, lengths;
+  std::vector<size_t> members;
+  size_t done = 0;
+  auto flush = [&] {
+    if (members.empty()) return;
+    // Sorted: the last member is the longest; the others are padded to it.
+    const size_t seq_len = sequences[members.back()].size();
+    ids.assign(members.size() * seq_len, pad);
+    flat.clear();
+    lengths.clear();
+    for (size_t m = 0; m < members.size(); ++m) {
+      const std::vector<int32_t>& sequence = sequences[members[m]];
+      std::copy(sequence.begin(), sequence.end(), ids.begin() + static_cast<std::ptrdiff_t>(m * seq_len));
+      for (const int32_t position : positions[members[m]]) flat.push_back(static_cast<int32_t>(m * seq_len) + position);
+      lengths.push_back(static_cast<int32_t>(sequence.size()));
+    }
+    const bool padded = sequences[members.front()].size() != seq_len;
+    const std::vector<float> logits =
+        padded ? model.padded_logits_at(ids, static_cast<int64_t>(members.size()), flat, lengths)
+               : model.batch_logits_at(ids, static_cast<int64_t>(members.size()), flat);
+    size_t row = 0;
+    for (const size_t i : members) {
+      const size_t rows = positions[i].size();
+      fn(i, std::span<const float>(logits.data() + row * vocab, rows * vocab));
+      row += rows;
+    }
+    done += members.size();
+    members.clear();
+    if (batching.progress) batching.progress(done, order.size());
+  };
+  size_t real_tokens = 0;  // of the members
+  for (const size_t i : order) {
+    const size_t length = sequences[i].size(), call_tokens = (members.size() + 1) * length;
+    if (!members.empty() &&
+        (static_cast<int64_t>(call_tokens) > batching.max_tokens ||
+         static_cast<int64_t>(members.size()) >= batching.max_sequences ||
+         static_cast<double>(call_tokens) > (1 + batching.max_padding) * static_cast<double>(real_tokens + length))) {
+      flush();
+      real_tokens = 0;
+    }
+    members.push_back(i);
+    real_tokens += length;
+  }
+  flush();
+}
 
+namespace {
+
+// fill_mask's candidates for one encoded prompt from its mask rows' logits.
+FillMaskResult fill_mask_candidates(const Tokenizer& tokenizer, const std::vector<int32_t>& input_ids,
+                                    const std::vector<int32_t>& positions, std::span<const float> logits, size_t vocab,
+                                    const std::vector<int32_t>& pool, int top_k, bool clean_up_tokenization_spaces) {
+  FillMaskResult result;
+  result.input_ids = input_ids;
+  result.mask_positions.assign(positions.begin(), positions.end());
   const size_t k = std::min(static_cast<size_t>(top_k), pool.size());
   const bool single_mask = positions.size() == 1;
   std::vector<int32_t> order;
   std::vector<int32_t> sequence_ids;
   for (size_t m = 0; m < positions.size(); ++m) {
-    const std::span<const float> row(logits.data() + m * vocab, vocab);
+    const std::span<const float> row = logits.subspan(m * vocab, vocab);
     const auto [max_logit, sum] = softmax_max_and_sum(row);
     order = pool;
     std::partial_sort(order.begin(), order.begin() + static_cast<std::ptrdiff_t>(k), order.end(),
@@ -412,6 +482,73 @@ FillMaskResult fill_mask(MlmLogitsSource& model, const Tokenizer& tokenizer, std
     }
   }
   return result;
+}
+
+// The ids a candidate may be, each once: `targets`, else the whole vocabulary.
+std::vector<int32_t> candidate_pool(std::span<const int32_t> targets, size_t vocab) {
+  std::vector<int32_t> pool(targets.begin(), targets.end());
+  std::sort(pool.begin(), pool.end());
+  pool.erase(std::unique(pool.begin(), pool.end()), pool.end());
+  for (const int32_t id : pool)
+    if (id < 0 || static_cast<size_t>(id) >= vocab)
+      throw Error("fill_mask: target id " + std::to_string(id) + " is outside the model's vocabulary of " +
+                  std::to_string(vocab));
+  if (pool.empty()) {
+    pool.resize(vocab);
+    std::iota(pool.begin(), pool.end(), 0);
+  }
+  return pool;
+}
+
+// fill_mask over prompts already encoded ([CLS] ... [SEP], each with a mask token).
+std::vector<FillMaskResult> fill_mask_encoded(MlmLogitsSource& model, const Tokenizer& tokenizer,
+                                              const std::vector<std::vector<int32_t>>& inputs, int top_k,
+                                              bool clean_up_tokenization_spaces, std::span<const int32_t> targets,
+                                              const PromptBatching& batching) {
+  const size_t vocab = static_cast<size_t>(model.config().vocab_size);
+  const std::vector<int32_t> pool = candidate_pool(targets, vocab);
+  std::vector<std::vector<int32_t>> positions;
+  for (const std::vector<int32_t>& ids : inputs) positions.push_back(mask_positions_of(tokenizer, ids));
+  std::vector<FillMaskResult> results(inputs.size());
+  for_each_mlm_logits(model, inputs, positions, batching, [&](size_t i, std::span<const float> logits) {
+    results[i] = fill_mask_candidates(tokenizer, inputs[i], positions[i], logits, vocab, pool, top_k,
+                                      clean_up_tokenization_spaces);
+  });
+  return results;
+}
+
+void check_top_k(int top_k) {
+  if (top_k < 1) throw Error("fill_mask: top_k must be >= 1, got " + std::to_string(top_k));
+}
+
+}  // namespace
+
+FillMaskResult fill_mask(MlmLogitsSource& model, const Tokenizer& tokenizer, std::string_view prompt, int top_k,
+                         bool clean_up_tokenization_spaces, std::span<const int32_t> targets) {
+  check_top_k(top_k);
+  (void)candidate_pool(targets, static_cast<size_t>(model.config().vocab_size));  // its errors first, as before
+  std::vector<std::vector<int32_t>> inputs;
+  inputs.push_back(encode_prompt(tokenizer, prompt, model.config().max_position_embeddings, model.config().vocab_size));
+  return std::move(
+      fill_mask_encoded(model, tokenizer, inputs, top_k, clean_up_tokenization_spaces, targets, {}).front());
+}
+
+std::vector<FillMaskResult> fill_mask_batch(MlmLogitsSource& model, const Tokenizer& tokenizer,
+                                            const std::vector<std::string>& prompts, int top_k,
+                                            bool clean_up_tokenization_spaces, std::span<const int32_t> targets,
+                                            const PromptBatching& batching) {
+  check_top_k(top_k);
+  (void)candidate_pool(targets, static_cast<size_t>(model.config().vocab_size));
+  std::vector<std::vector<int32_t>> inputs;
+  for (size_t i = 0; i < prompts.size(); ++i) {
+    try {
+      inputs.push_back(
+          encode_prompt(tokenizer, prompts[i], model.config().max_position_embeddings, model.config().vocab_size));
+    } catch (const Error& e) {
+      throw Error("prompt " + std::to_string(i + 1) + ": " + e.what());
+    }
+  }
+  return fill_mask_encoded(model, tokenizer, inputs, top_k, clean_up_tokenization_spaces, targets, batching);
 }
 
 Json fill_mask_json(const FillMaskResult& result) {
@@ -578,9 +715,12 @@ ProbeMetrics probe(BertForPreTraining<float>& model, const Tokenizer& tokenizer,
   return probe(source, tokenizer, queries);
 }
 
-ProbeMetrics probe(MlmLogitsSource& model, const Tokenizer& tokenizer, const std::vector<ProbeQuery>& queries) {
+ProbeMetrics probe(MlmLogitsSource& model, const Tokenizer& tokenizer, const std::vector<ProbeQuery>& queries,
+                   const PromptBatching& batching) {
   std::vector<ProbeOutcome> outcomes;
-  for (const ProbeQuery& query : queries) {
+  std::vector<std::vector<int32_t>> inputs(queries.size()), positions(queries.size());  // empty: not run
+  for (size_t q = 0; q < queries.size(); ++q) {
+    const ProbeQuery& query = queries[q];
     ProbeOutcome outcome;
     outcome.query = query;
     std::vector<int32_t> ids;
@@ -589,10 +729,10 @@ ProbeMetrics probe(MlmLogitsSource& model, const Tokenizer& tokenizer, const std
     } catch (const Error& e) {
       throw Error(query.source + ": " + e.what());
     }
-    const std::vector<int32_t> positions = mask_positions_of(tokenizer, ids);
-    if (positions.size() != 1)
-      throw Error(query.source + ": the prompt has " + std::to_string(positions.size()) + " " +
-                  tokenizer.config().mask_token + " tokens; a probe needs exactly one");
+    std::vector<int32_t> at = mask_positions_of(tokenizer, ids);
+    if (at.size() != 1)
+      throw Error(query.source + ": the prompt has " + std::to_string(at.size()) + " " + tokenizer.config().mask_token +
+                  " tokens; a probe needs exactly one");
     outcome.gold_id = single_token_id(tokenizer, query.gold, outcome.skip_reason);
     if (outcome.gold_id >= model.config().vocab_size) {
       outcome.skip_reason = "gold answer " + quoted(std::string_view(query.gold)) + " is id " +
@@ -601,16 +741,19 @@ ProbeMetrics probe(MlmLogitsSource& model, const Tokenizer& tokenizer, const std
       outcome.gold_id = -1;
     }
     if (outcome.gold_id >= 0) {
-      const std::vector<float> logits = model.logits_at(ids, positions);
-      outcome.rank = rank_of(logits, outcome.gold_id);
-      const auto [max_logit, sum] = softmax_max_and_sum(logits);
-      outcome.gold_score =
-          std::exp(static_cast<double>(logits[static_cast<size_t>(outcome.gold_id)]) - max_logit) / sum;
-      const int32_t top[] = {static_cast<int32_t>(std::max_element(logits.begin(), logits.end()) - logits.begin())};
-      outcome.top_token = hf_decode(tokenizer, top, /*skip_special_tokens=*/false);
+      inputs[q] = std::move(ids);
+      positions[q] = std::move(at);
     }
     outcomes.push_back(std::move(outcome));
   }
+  for_each_mlm_logits(model, inputs, positions, batching, [&](size_t q, std::span<const float> logits) {
+    ProbeOutcome& outcome = outcomes[q];
+    outcome.rank = rank_of(logits, outcome.gold_id);
+    const auto [max_logit, sum] = softmax_max_and_sum(logits);
+    outcome.gold_score = std::exp(static_cast<double>(logits[static_cast<size_t>(outcome.gold_id)]) - max_logit) / sum;
+    const int32_t top[] = {static_cast<int32_t>(std::max_element(logits.begin(), logits.end()) - logits.begin())};
+    outcome.top_token = hf_decode(tokenizer, top, /*skip_special_tokens=*/false);
+  });
   return summarize_probe(std::move(outcomes));
 }
 
@@ -787,11 +930,13 @@ class CudaLogits final : public MlmLogitsSource {
   std::vector<float> logits_at(const std::vector<int32_t>& ids, const std::vector<int32_t>& positions) override {
     return logits_.logits_at(ids, positions);
   }
-  // The whole batch in one forward (--exposure's masked copies): the model's buffers grow to the
-  // largest batch once (PllOptions bounds it: 8192 tokens, 256 copies).
-  std::vector<float> batch_logits_at(const std::vector<int32_t>& ids, int64_t batch,
-                                     const std::vector<int32_t>& positions) override {
-    return logits_.batch_logits_at(ids, batch, positions);
+  // The whole batch in one forward (--exposure's masked copies, batched prompts): the model's buffers
+  // grow to the largest batch once (PllOptions bounds it: 8192 tokens, 256 copies; PromptBatching
+  // 4096 tokens).
+  std::vector<float> padded_logits_at(const std::vector<int32_t>& ids, int64_t batch,
+                                      const std::vector<int32_t>& positions,
+                                      std::span<const int32_t> lengths) override {
+    return logits_.padded_logits_at(ids, batch, positions, lengths);
   }
 
  private:
@@ -871,6 +1016,17 @@ void check_scores_path(const std::string& scores, const std::string& exposure) {
   std::error_code ec;
   if (std::filesystem::equivalent(scores, exposure, ec))
     throw Error("bert_infer: --scores " + scores + " is the --exposure file; write the scores elsewhere");
+}
+
+// Batching with a progress line "WHAT: 1.2k of 3.4k UNIT run" (drawn when `progress` is enabled).
+PromptBatching prompt_batching(Progress& progress, const std::string& what, const std::string& unit) {
+  PromptBatching batching;
+  if (progress.enabled())
+    batching.progress = [&progress, what, unit](size_t done, size_t total) {
+      progress.update(what + ": " + human_count(static_cast<double>(done)) + " of " +
+                      human_count(static_cast<double>(total)) + " " + unit + " run");
+    };
+  return batching;
 }
 
 // A file named on the command line, "-" for stdin (read whole).
@@ -1009,7 +1165,10 @@ int run_infer(const std::vector<std::string>& argv, std::istream& in, std::ostre
     InferenceCheckpoint checkpoint = load_inference_checkpoint(model_dir, threads);
     for (const std::string& note : checkpoint.notes) err << "note: " << note << "\n";
     const std::unique_ptr<MlmLogitsSource> model = logits_source(checkpoint, device);
-    const ProbeMetrics metrics = probe(*model, checkpoint.tokenizer, queries);
+    Progress progress(stderr_is_tty() && queries.size() > 1);
+    const ProbeMetrics metrics =
+        probe(*model, checkpoint.tokenizer, queries, prompt_batching(progress, "probe", "scorable lines"));
+    progress.finish();
     if (json) {
       out << probe_json(metrics).dump() << "\n";
     } else {
@@ -1071,14 +1230,19 @@ int run_infer(const std::vector<std::string>& argv, std::istream& in, std::ostre
       throw Error(prompt.source + ": " + e.what());
     }
   }
+  std::vector<std::string> texts;
+  for (const Prompt& prompt : prompts) texts.push_back(prompt.text);
+  Progress progress(stderr_is_tty() && prompts.size() > 1);
+  const std::vector<FillMaskResult> results =
+      fill_mask_batch(*model, checkpoint.tokenizer, texts, top_k, checkpoint.clean_up_tokenization_spaces, targets,
+                      prompt_batching(progress, "fill-mask", "prompts"));
+  progress.finish();
   for (size_t i = 0; i < prompts.size(); ++i) {
-    const FillMaskResult result = fill_mask(*model, checkpoint.tokenizer, prompts[i].text, top_k,
-                                            checkpoint.clean_up_tokenization_spaces, targets);
     if (json) {
-      out << fill_mask_json(result).dump() << "\n";
+      out << fill_mask_json(results[i]).dump() << "\n";
     } else {
       if (i) out << "\n";
-      print_fill_mask_table(prompts[i], result, checkpoint.tokenizer, out);
+      print_fill_mask_table(prompts[i], results[i], checkpoint.tokenizer, out);
     }
   }
   return 0;

@@ -649,3 +649,220 @@ TEST_CASE("bert_infer: prompts from --mask, --input and stdin as a table or JSON
   REQUIRE(lines_of(out).size() == 4);
   CHECK_THAT(lines_of(out)[2], Catch::Contains("  " + std::to_string(unnamed) + "  (not in vocab.txt)  "));
 }
+
+namespace {
+
+// Forwards to a model's logits source, recording each call: [batch, seq_len] and the lengths it got.
+class CallLog final : public bert::MlmLogitsSource {
+ public:
+  struct Call {
+    int64_t batch = 0, seq_len = 0;
+    std::vector<int32_t> lengths;
+  };
+  explicit CallLog(bert::MlmLogitsSource& inner) : inner_(inner) {}
+  const bert::BertConfig& config() const override { return inner_.config(); }
+  std::vector<float> logits_at(const std::vector<int32_t>& ids, const std::vector<int32_t>& positions) override {
+    calls.push_back({1, static_cast<int64_t>(ids.size()), {}});
+    return inner_.logits_at(ids, positions);
+  }
+  std::vector<float> padded_logits_at(const std::vector<int32_t>& ids, int64_t batch,
+                                      const std::vector<int32_t>& positions,
+                                      std::span<const int32_t> lengths) override {
+    calls.push_back({batch, static_cast<int64_t>(ids.size()) / batch, {lengths.begin(), lengths.end()}});
+    return inner_.padded_logits_at(ids, batch, positions, lengths);
+  }
+  std::vector<Call> calls;
+
+ private:
+  bert::MlmLogitsSource& inner_;
+};
+
+// The model one sequence at a time through MlmLogitsSource's own padded_logits_at (the unpadded prefixes).
+class OneAtATime final : public bert::MlmLogitsSource {
+ public:
+  explicit OneAtATime(bert::MlmLogitsSource& inner) : inner_(inner) {}
+  const bert::BertConfig& config() const override { return inner_.config(); }
+  std::vector<float> logits_at(const std::vector<int32_t>& ids, const std::vector<int32_t>& positions) override {
+    lengths_seen.push_back(static_cast<int64_t>(ids.size()));
+    return inner_.logits_at(ids, positions);
+  }
+  std::vector<int64_t> lengths_seen;
+
+ private:
+  bert::MlmLogitsSource& inner_;
+};
+
+// Each candidate of `batched` has the score, token_str and sequence `alone` gives that token (near ties
+// may order two tokens otherwise, so the candidates are matched by token, over the whole vocabulary).
+void check_same_answers(const bert::FillMaskResult& batched, const bert::FillMaskResult& alone) {
+  REQUIRE(batched.input_ids == alone.input_ids);
+  REQUIRE(batched.mask_positions == alone.mask_positions);
+  REQUIRE(batched.per_mask.size() == alone.per_mask.size());
+  for (size_t m = 0; m < alone.per_mask.size(); ++m) {
+    REQUIRE(batched.per_mask[m].size() == alone.per_mask[m].size());
+    for (const bert::FillMaskCandidate& expected : alone.per_mask[m]) {
+      const auto found = std::find_if(batched.per_mask[m].begin(), batched.per_mask[m].end(),
+                                      [&](const bert::FillMaskCandidate& c) { return c.token == expected.token; });
+      REQUIRE(found != batched.per_mask[m].end());
+      INFO("mask " << m << " token " << expected.token);
+      CHECK(found->score == Approx(expected.score).epsilon(1e-5));
+      CHECK(found->token_str == expected.token_str);
+      CHECK(found->sequence == expected.sequence);
+    }
+  }
+}
+
+}  // namespace
+
+TEST_CASE("fill_mask_batch and probe: prompts share padded forwards, each answer as its prompt alone", "[infer]") {
+  const std::string dir = make_checkpoint("batched");
+  bert::InferenceCheckpoint checkpoint = bert::load_inference_checkpoint(dir);
+  const std::unique_ptr<bert::MlmLogitsSource> model = bert::logits_source(checkpoint.model);
+  const bert::Tokenizer& tokenizer = checkpoint.tokenizer;
+  // Lengths 9, 6, 9, 3, 9 (two masks), 12, 7: equal lengths, a lone mask, one long prompt.
+  const std::vector<std::string> prompts = {
+      "the cat [MASK] on the mat.",      "the [MASK] sat.",
+      "the dog [MASK] on the mat.",      "[MASK]",
+      "the [MASK] sat on the [MASK].",   "hello world, seoul is the capital of [MASK] !",
+      "이순신은 [MASK] 중기의 무신이다."};
+  const int all = static_cast<int>(kTokens.size());
+  std::vector<bert::FillMaskResult> alone;
+  for (const std::string& prompt : prompts) alone.push_back(bert::fill_mask(*model, tokenizer, prompt, all));
+
+  SECTION("one padded call for all, the longest prompt setting its length") {
+    CallLog log(*model);
+    bert::PromptBatching batching;
+    batching.max_padding = 100;
+    const std::vector<bert::FillMaskResult> batched =
+        bert::fill_mask_batch(log, tokenizer, prompts, all, true, {}, batching);
+    REQUIRE(batched.size() == prompts.size());
+    for (size_t i = 0; i < prompts.size(); ++i) {
+      INFO("prompt " << i + 1);
+      check_same_answers(batched[i], alone[i]);
+    }
+    REQUIRE(log.calls.size() == 1);
+    CHECK(log.calls[0].batch == 7);
+    CHECK(log.calls[0].seq_len == 12);
+    CHECK(log.calls[0].lengths == std::vector<int32_t>{3, 6, 7, 9, 9, 9, 12});  // ascending, ties in input order
+  }
+  SECTION("bounded calls: sequences, tokens and padding, with progress") {
+    CallLog log(*model);
+    bert::PromptBatching batching;
+    batching.max_sequences = 2;
+    batching.max_tokens = 18;
+    batching.max_padding = 0.125;
+    std::vector<std::pair<size_t, size_t>> progress;
+    batching.progress = [&](size_t done, size_t total) { progress.emplace_back(done, total); };
+    const std::vector<bert::FillMaskResult> batched =
+        bert::fill_mask_batch(log, tokenizer, prompts, all, true, {}, batching);
+    for (size_t i = 0; i < prompts.size(); ++i) {
+      INFO("prompt " << i + 1);
+      check_same_answers(batched[i], alone[i]);
+    }
+    // 3 | 6 7 | 9 9 | 9 | 12: 3 + 6 would pad 3 of 9 tokens, 6 + 7 pads 1 of 13; 9 9 + 9 would be 3
+    // sequences, 9 + 12 24 tokens.
+    std::vector<int64_t> sizes;
+    for (const CallLog::Call& call : log.calls) {
+      sizes.push_back(call.batch);
+      CHECK(call.batch <= 2);
+      CHECK(call.batch * call.seq_len <= 18);
+    }
+    CHECK(sizes == std::vector<int64_t>{1, 2, 2, 1, 1});
+    REQUIRE(log.calls.size() == 5);
+    CHECK(log.calls[1].lengths == std::vector<int32_t>{6, 7});
+    for (const size_t equal : {0, 2, 3, 4}) CHECK(log.calls[equal].lengths.empty());  // one length: no padding
+    REQUIRE(progress.size() == log.calls.size());
+    CHECK(progress.back() == std::pair<size_t, size_t>{7, 7});
+    CHECK(std::is_sorted(progress.begin(), progress.end()));
+  }
+  SECTION("through the base class's one-sequence-at-a-time default, padding stripped") {
+    OneAtATime single(*model);
+    bert::PromptBatching batching;
+    batching.max_padding = 100;
+    const std::vector<bert::FillMaskResult> batched =
+        bert::fill_mask_batch(single, tokenizer, prompts, all, true, {}, batching);
+    for (size_t i = 0; i < prompts.size(); ++i) {
+      INFO("prompt " << i + 1);
+      check_same_answers(batched[i], alone[i]);
+    }
+    CHECK(single.lengths_seen == std::vector<int64_t>{3, 6, 7, 9, 9, 9, 12});
+  }
+  SECTION("targets and top_k as fill_mask's") {
+    const std::vector<int32_t> targets = {id_of("sat"), id_of("dog"), id_of("paris")};
+    const std::vector<bert::FillMaskResult> batched =
+        bert::fill_mask_batch(*model, tokenizer, prompts, 2, true, targets);
+    for (size_t i = 0; i < prompts.size(); ++i) {
+      const bert::FillMaskResult expected = bert::fill_mask(*model, tokenizer, prompts[i], 2, true, targets);
+      for (size_t m = 0; m < expected.per_mask.size(); ++m) {
+        REQUIRE(batched[i].per_mask[m].size() == 2);
+        for (size_t k = 0; k < 2; ++k) CHECK(batched[i].per_mask[m][k].token == expected.per_mask[m][k].token);
+      }
+    }
+  }
+  SECTION("a bad prompt is named before any forward") {
+    CallLog log(*model);
+    std::vector<std::string> bad = prompts;
+    bad.insert(bad.begin() + 2, "no mask here");
+    CHECK_THROWS_WITH(bert::fill_mask_batch(log, tokenizer, bad, 3),
+                      Catch::StartsWith("prompt 3: ") && Catch::Contains("[MASK]"));
+    CHECK_THROWS_WITH(bert::fill_mask_batch(log, tokenizer, prompts, 0), Catch::Contains("top_k must be >= 1"));
+    CHECK(log.calls.empty());
+    CHECK(bert::fill_mask_batch(log, tokenizer, {}, 3).empty());
+    CHECK(log.calls.empty());
+  }
+  SECTION("probe: the ranks of each prompt alone, errors before any forward") {
+    std::string tsv;
+    for (const std::string& prompt : {prompts[0], prompts[1], prompts[2], prompts[5], prompts[6]})
+      tsv += prompt + "\tsat\tr\n";
+    tsv += "the [MASK] sat.\tsat on\tr\n";  // skipped: not run
+    const std::vector<bert::ProbeQuery> queries = bert::parse_probe_tsv(tsv, "p.tsv");
+    CallLog log(*model);
+    bert::PromptBatching batching;
+    batching.max_padding = 100;
+    const bert::ProbeMetrics batched = bert::probe(log, tokenizer, queries, batching);
+    REQUIRE(log.calls.size() == 1);
+    CHECK(log.calls[0].batch == 5);
+    bert::PromptBatching one;
+    one.max_sequences = 1;
+    const bert::ProbeMetrics single = bert::probe(*model, tokenizer, queries, one);
+    REQUIRE(batched.outcomes.size() == 6);
+    for (size_t q = 0; q < 6; ++q) {
+      INFO("query " << q + 1);
+      CHECK(batched.outcomes[q].rank == single.outcomes[q].rank);
+      CHECK(batched.outcomes[q].gold_score == Approx(single.outcomes[q].gold_score).epsilon(1e-5));
+      CHECK(batched.outcomes[q].top_token == single.outcomes[q].top_token);
+    }
+    CHECK(batched.outcomes[5].rank == 0);
+    CHECK(batched.overall.count == 5);
+
+    log.calls.clear();
+    const std::vector<bert::ProbeQuery> two_masks =
+        bert::parse_probe_tsv(tsv + "the [MASK] sat on the [MASK].\tsat\n", "p.tsv");
+    CHECK_THROWS_WITH(bert::probe(log, tokenizer, two_masks), Catch::StartsWith("p.tsv:7: the prompt has 2"));
+    CHECK(log.calls.empty());
+  }
+  SECTION("for_each_mlm_logits and padded_logits_at refuse what does not fit") {
+    const std::vector<std::vector<int32_t>> sequences = {{kCls, kMask, kSep}, {kCls, id_of("the"), kMask, kSep}};
+    const auto ignore = [](size_t, std::span<const float>) {};
+    CHECK_THROWS_WITH(bert::for_each_mlm_logits(*model, sequences, {{1}}, {}, ignore),
+                      Catch::Contains("2 sequences but 1 position lists"));
+    CHECK_THROWS_WITH(bert::for_each_mlm_logits(*model, sequences, {{1}, {4}}, {}, ignore),
+                      Catch::Contains("position 4 is outside sequence 1 of 4 tokens"));
+    bert::PromptBatching zero;
+    zero.max_sequences = 0;
+    CHECK_THROWS_WITH(bert::for_each_mlm_logits(*model, sequences, {{1}, {2}}, zero, ignore),
+                      Catch::Contains("must be >= 1"));
+    std::vector<size_t> seen;
+    bert::for_each_mlm_logits(*model, sequences, {{}, {2, 2}}, {}, [&](size_t i, std::span<const float> logits) {
+      seen.push_back(i);
+      CHECK(logits.size() == 2 * kTokens.size());
+    });
+    CHECK(seen == std::vector<size_t>{1});  // no positions: not run
+    const std::vector<int32_t> ids = {kCls, kMask, kSep, 0, kCls, id_of("the"), kMask, kSep};
+    const std::vector<int32_t> lengths_bad = {5, 4};
+    CHECK_THROWS_WITH(model->padded_logits_at(ids, 2, {1}, lengths_bad),
+                      Catch::Contains("sequence 0 has length 5, outside [1, 4]"));
+    const std::vector<int32_t> one_length = {3};
+    CHECK_THROWS_WITH(model->padded_logits_at(ids, 2, {1}, one_length), Catch::Contains("1 lengths for 2 sequences"));
+  }
+}

@@ -5,6 +5,7 @@
 // uninterrupted runs land). Tolerances: each logged window (10 steps) within 5%, the last two
 // windows' mean within 3% (bf16 rounding compounds over steps; 2% is the issue's final-loss bound
 // against HF, checked on the device image by the end-to-end benchmark).
+#include <algorithm>
 #include <catch2/catch.hpp>
 #include <cmath>
 #include <sstream>
@@ -176,6 +177,29 @@ TEST_CASE("bert_infer --device cuda answers fill-mask as the CPU does, within bf
     }
   }
   CHECK(gpu_terms[3] == gpu_terms[0]);
+
+  // Prompts of different lengths padded into one forward on the GPU (the key-padding mask): each
+  // answer follows the CPU's for its prompt alone, within the bound above.
+  PromptBatching padded;
+  padded.max_padding = 100;
+  const std::vector<std::string> prompts = {"이순신은 [MASK] 중기의 무신이다.",
+                                            "[MASK] 대첩에서 일본 [MASK]을 크게 물리쳤다.",
+                                            "세종은 [MASK]을 창제하였다."};
+  const std::vector<FillMaskResult> batched =
+      fill_mask_batch(*gpu_source, checkpoint.tokenizer, prompts, 3, true, {}, padded);
+  REQUIRE(batched.size() == prompts.size());
+  for (size_t i = 0; i < prompts.size(); ++i) {
+    const FillMaskResult alone = fill_mask(*cpu_source, checkpoint.tokenizer, prompts[i], 3);
+    REQUIRE(batched[i].per_mask.size() == alone.per_mask.size());
+    for (size_t m = 0; m < alone.per_mask.size(); ++m) {
+      const FillMaskCandidate& best = alone.per_mask[m][0];
+      const auto match = std::find_if(batched[i].per_mask[m].begin(), batched[i].per_mask[m].end(),
+                                      [&](const FillMaskCandidate& c) { return c.token == best.token; });
+      INFO("prompt " << i + 1 << " mask " << m << " cpu top token " << best.token);
+      REQUIRE(match != batched[i].per_mask[m].end());
+      CHECK(std::fabs(std::log(match->score) - std::log(best.score)) < 0.1);
+    }
+  }
 }
 
 TEST_CASE("bert_train on the GPU starts from a pretrained BertForMaskedLM's weights ([model] model_name_or_path)",
