@@ -1019,8 +1019,10 @@ void check_scores_path(const std::string& scores, const std::string& exposure) {
 }
 
 // Batching with a progress line "WHAT: 1.2k of 3.4k UNIT run" (drawn when `progress` is enabled).
-PromptBatching prompt_batching(Progress& progress, const std::string& what, const std::string& unit) {
+PromptBatching prompt_batching(int64_t batch_size, Progress& progress, const std::string& what,
+                               const std::string& unit) {
   PromptBatching batching;
+  batching.max_sequences = batch_size;
   if (progress.enabled())
     batching.progress = [&progress, what, unit](size_t done, size_t total) {
       progress.update(what + ": " + human_count(static_cast<double>(done)) + " of " +
@@ -1047,6 +1049,7 @@ int run_exposure(const Args& args, const std::string& model_dir, const std::stri
     throw Error("bert_infer: --top-k is for fill-mask; --exposure ranks whole secrets (see --candidates)");
   ExposureOptions options;
   options.candidates = static_cast<size_t>(args.integer("--candidates", 1, 1'000'000));
+  if (args.has("--batch-size")) options.scoring.max_batch_rows = args.integer("--batch-size", 1, 4096);
   // JSON writes integers exactly below 2^53.
   options.seed = static_cast<uint64_t>(args.integer("--seed", 0, (int64_t{1} << 53) - 1));
   if (args.has("--scores")) check_scores_path(args.str("--scores"), path);
@@ -1125,7 +1128,10 @@ int run_infer(const std::vector<std::string>& argv, std::istream& in, std::ostre
             "targets=; see below)")
       .flag("--json", "print HF pipeline-shaped JSON (--probe: one metrics object; --exposure: one object)")
       .option("--device", "cpu | cuda", "cpu")
-      .option("--threads", "CPU threads (0 = all cores)", "0");
+      .option("--threads", "CPU threads (0 = all cores)", "0")
+      .option("--batch-size",
+              "sequences a forward runs at once, 1 = one at a time (fill-mask prompts and probe lines, sorted by "
+              "length, at most 1,024 tokens: 64; --exposure's masked copies, at most 8,192 tokens: 256)");
   if (!args.parse(argv)) {
     out << args.help() << kHelpNotes;
     return 0;
@@ -1139,6 +1145,8 @@ int run_infer(const std::vector<std::string>& argv, std::istream& in, std::ostre
   if (device == "cuda") check_cuda_device();  // before any file is read
   const int top_k = static_cast<int>(args.integer("--top-k", 1, 1 << 20));
   const int threads = static_cast<int>(args.integer("--threads", 0, 4096));
+  const int64_t batch_size =
+      args.has("--batch-size") ? args.integer("--batch-size", 1, 4096) : PromptBatching{}.max_sequences;
   if (threads > 0) omp_set_num_threads(threads);  // the GEMMs' pool too (OpenBLAS's OpenMP build)
   const bool json = args.has("--json");
   const std::string model_dir = args.str("--model");
@@ -1167,7 +1175,7 @@ int run_infer(const std::vector<std::string>& argv, std::istream& in, std::ostre
     const std::unique_ptr<MlmLogitsSource> model = logits_source(checkpoint, device);
     Progress progress(stderr_is_tty() && queries.size() > 1);
     const ProbeMetrics metrics =
-        probe(*model, checkpoint.tokenizer, queries, prompt_batching(progress, "probe", "scorable lines"));
+        probe(*model, checkpoint.tokenizer, queries, prompt_batching(batch_size, progress, "probe", "scorable lines"));
     progress.finish();
     if (json) {
       out << probe_json(metrics).dump() << "\n";
@@ -1235,7 +1243,7 @@ int run_infer(const std::vector<std::string>& argv, std::istream& in, std::ostre
   Progress progress(stderr_is_tty() && prompts.size() > 1);
   const std::vector<FillMaskResult> results =
       fill_mask_batch(*model, checkpoint.tokenizer, texts, top_k, checkpoint.clean_up_tokenization_spaces, targets,
-                      prompt_batching(progress, "fill-mask", "prompts"));
+                      prompt_batching(batch_size, progress, "fill-mask", "prompts"));
   progress.finish();
   for (size_t i = 0; i < prompts.size(); ++i) {
     if (json) {

@@ -534,6 +534,17 @@ TEST_CASE("bert_infer --exposure: the table, JSON and --scores agree, and misuse
   CHECK(out.find("exposure " + tsv + ": 2 canaries") == 0);
   CHECK(out.find(rank0) != std::string::npos);
   CHECK(out.find("[all 99 others scored: exact]") != std::string::npos);
+  // --batch-size: fewer masked copies a forward, the same ranks (scores within rounding).
+  std::string small;
+  REQUIRE(run({"--model", dir, "--exposure", tsv, "--candidates", "120", "--seed", "7", "--json", "--batch-size", "3"},
+              small) == 0);
+  const Json reparsed = Json::parse(small);
+  const auto& again = reparsed.find("canaries")->as_array();
+  REQUIRE(again.size() == 2);
+  for (size_t c = 0; c < 2; ++c) {
+    CHECK(again[c].find("rank")->as_int() == canaries[c].find("rank")->as_int());
+    CHECK(again[c].find("score")->as_number() == Approx(canaries[c].find("score")->as_number()).epsilon(1e-5));
+  }
 
   auto error = [&](const std::vector<std::string>& args) { return error_of([&] { (void)run(args, out); }); };
   CHECK(error({"--model", dir, "--candidates", "5", "--mask", "[MASK]"}) ==

@@ -866,3 +866,32 @@ TEST_CASE("fill_mask_batch and probe: prompts share padded forwards, each answer
     CHECK_THROWS_WITH(model->padded_logits_at(ids, 2, {1}, one_length), Catch::Contains("1 lengths for 2 sequences"));
   }
 }
+
+TEST_CASE("bert_infer --batch-size: 1 answers each prompt exactly as fill_mask alone", "[infer]") {
+  const std::string dir = make_checkpoint("batch_size");
+  bert::InferenceCheckpoint checkpoint = bert::load_inference_checkpoint(dir);
+  const std::vector<std::string> prompts = {"the cat [MASK] on the mat.", "the [MASK] sat.",
+                                            "the dog [MASK] on the mat."};
+  std::string expected;
+  for (const std::string& prompt : prompts)
+    expected += bert::fill_mask_json(bert::fill_mask(checkpoint.model, checkpoint.tokenizer, prompt, 3)).dump() + "\n";
+  std::string out;
+  REQUIRE(run({"--model", dir, "--input", "-", "--json", "--top-k", "3", "--batch-size", "1"},
+              prompts[0] + "\n" + prompts[1] + "\n" + prompts[2] + "\n", out) == 0);
+  CHECK(out == expected);
+  // The default shares forwards: the same tokens, scores within rounding.
+  REQUIRE(run({"--model", dir, "--input", "-", "--json", "--top-k", "3"},
+              prompts[0] + "\n" + prompts[1] + "\n" + prompts[2] + "\n", out) == 0);
+  const std::vector<std::string> got = lines_of(out), want = lines_of(expected);
+  REQUIRE(got.size() == 3);
+  for (size_t i = 0; i < 3; ++i) {
+    const Json a = Json::parse(got[i], "out"), b = Json::parse(want[i], "expected");
+    for (size_t k = 0; k < 3; ++k) {
+      CHECK(a.as_array()[k].find("token")->as_int() == b.as_array()[k].find("token")->as_int());
+      CHECK(a.as_array()[k].find("score")->as_number() ==
+            Approx(b.as_array()[k].find("score")->as_number()).epsilon(1e-5));
+    }
+  }
+  CHECK_THROWS_WITH(run({"--model", dir, "--mask", prompts[0], "--batch-size", "0"}, "", out),
+                    Catch::Contains("'--batch-size' must be between 1 and 4096, got 0"));
+}
