@@ -198,8 +198,16 @@ namespace {
 // "bert." prefix: transformers' base model, which BertForPreTraining.from_pretrained loads the same way).
 enum class Absent { kNothing, kPretrainingHeads, kAnyHead };
 
+// The parameters with a row per token: the word embeddings and the MLM decoder's bias.
+bool has_vocab_rows(std::string_view name) {
+  return name == "bert.embeddings.word_embeddings.weight" || name == "cls.predictions.bias";
+}
+
+// grow_from > 0: the file's vocab-row parameters (has_vocab_rows) have that many rows, fewer than the
+// table's; the rows past them are new tokens': the word embeddings' start at the mean of the file's
+// rows, the decoder bias at 0.
 std::vector<float> read_arena(const std::string& path, const BertConfig& config, const ParameterTable& table,
-                              std::vector<std::string>* absent_names, Absent absent) {
+                              std::vector<std::string>* absent_names, Absent absent, int64_t grow_from = 0) {
   const SafetensorsFile file(path);
   file.verify_data_hash();
   std::vector<float> loaded(table.arena_elements, 0.0f);
@@ -230,7 +238,21 @@ std::vector<float> read_arena(const std::string& path, const BertConfig& config,
           " checkpoint of this config (" + std::to_string(config.num_hidden_layers) + " layers, hidden " +
           std::to_string(config.hidden_size) + ", vocab " + std::to_string(config.vocab_size) + ")?");
     const std::span<float> values = std::span<float>(loaded).subspan(info.offset, info.numel);
-    file.read_f32(found, info.shape, values);
+    if (grow_from > 0 && has_vocab_rows(info.name)) {
+      std::vector<int64_t> shape = info.shape;
+      shape[0] = grow_from;
+      const size_t width = info.numel / static_cast<size_t>(info.shape[0]);
+      const size_t old_values = static_cast<size_t>(grow_from) * width;
+      file.read_f32(found, shape, values.first(old_values));
+      if (info.shape.size() == 2) {  // transformers' resize_token_embeddings(mean_resizing=True), less its noise
+        std::vector<double> mean(width, 0.0);
+        for (size_t i = 0; i < old_values; ++i) mean[i % width] += values[i];
+        for (size_t i = old_values; i < values.size(); ++i)
+          values[i] = static_cast<float>(mean[i % width] / static_cast<double>(grow_from));
+      }
+    } else {
+      file.read_f32(found, info.shape, values);
+    }
     // Training never writes one (a non-finite step is skipped), so it is damage: refuse it by name
     // rather than resume into NaN losses or serve NaN scores.
     const auto bad = std::find_if(values.begin(), values.end(), [](float v) { return !std::isfinite(v); });
@@ -245,8 +267,10 @@ std::vector<float> read_arena(const std::string& path, const BertConfig& config,
     const auto info =
         std::find_if(table.params.begin(), table.params.end(), [&](const ParamInfo& p) { return p.name == target; });
     if (info == table.params.end()) throw Error("read_parameter_arena: no parameter '" + std::string(target) + "'");
-    std::vector<float> values(info->numel);
-    file.read_f32(alias, info->shape, values);
+    std::vector<int64_t> shape = info->shape;
+    if (grow_from > 0 && has_vocab_rows(target)) shape[0] = grow_from;  // the file's rows: the first ones
+    std::vector<float> values(shape_numel(shape));
+    file.read_f32(alias, shape, values);
     return !std::equal(values.begin(), values.end(), loaded.begin() + static_cast<std::ptrdiff_t>(info->offset));
   };
   // Another matrix as the decoder's weight is an untied model's output layer, which this model would
@@ -295,12 +319,17 @@ std::vector<float> read_parameter_arena(const std::string& path, const BertConfi
 }
 
 std::vector<float> read_pretrained_arena(const std::string& path, const BertConfig& config, const ParameterTable& table,
-                                         std::span<const float> initial, std::vector<std::string>& kept) {
+                                         std::span<const float> initial, std::vector<std::string>& kept,
+                                         int64_t grow_vocab_from) {
   if (initial.size() != table.arena_elements)
     throw Error("read_pretrained_arena: the initial arena holds " + std::to_string(initial.size()) +
                 " values, the table needs " + std::to_string(table.arena_elements));
   const size_t first = kept.size();
-  std::vector<float> loaded = read_arena(path, config, table, &kept, Absent::kAnyHead);
+  if (grow_vocab_from < 0 || grow_vocab_from > config.vocab_size)
+    throw Error("read_pretrained_arena: the file's " + std::to_string(grow_vocab_from) +
+                " vocabulary rows cannot grow to vocab_size " + std::to_string(config.vocab_size));
+  std::vector<float> loaded = read_arena(path, config, table, &kept, Absent::kAnyHead,
+                                         grow_vocab_from == config.vocab_size ? 0 : grow_vocab_from);
   for (size_t k = first; k < kept.size(); ++k) {
     const auto info =
         std::find_if(table.params.begin(), table.params.end(), [&](const ParamInfo& p) { return p.name == kept[k]; });
@@ -818,15 +847,16 @@ void BertForPreTraining<T>::save_safetensors(const std::string& path) const {
 }
 
 template <class T>
-void BertForPreTraining<T>::load_pretrained(const std::string& path, std::vector<std::string>& kept) {
+void BertForPreTraining<T>::load_pretrained(const std::string& path, std::vector<std::string>& kept,
+                                            int64_t grow_vocab_from) {
   ParameterTable table;
   table.params = params_;
   table.arena_elements = parameters_.size();
   if constexpr (std::is_same_v<T, float>) {
-    parameters_ = read_pretrained_arena(path, config_, table, parameters_, kept);
+    parameters_ = read_pretrained_arena(path, config_, table, parameters_, kept, grow_vocab_from);
   } else {
     const std::vector<float> initial(parameters_.begin(), parameters_.end());
-    const std::vector<float> loaded = read_pretrained_arena(path, config_, table, initial, kept);
+    const std::vector<float> loaded = read_pretrained_arena(path, config_, table, initial, kept, grow_vocab_from);
     parameters_.assign(loaded.begin(), loaded.end());
   }
 }

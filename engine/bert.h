@@ -154,9 +154,14 @@ std::vector<float> read_parameter_arena(const std::string& path, const BertConfi
 // a BertForPreTraining safetensors file, of a BertForMaskedLM one, which has no pooler and no NSP head,
 // or of a BertModel one (transformers' base model: no "bert." prefix, no head but the pooler). What
 // the file lacks keeps its values in `initial` (a freshly initialised arena, arena_elements long), the
-// names appended to `kept`. Errors as read_parameter_arena's.
+// names appended to `kept`. grow_vocab_from (0: no growth): the file's embeddings have that many rows,
+// fewer than config.vocab_size (a tokenizer that appends tokens to the model's): the new tokens' word
+// embeddings start at the mean of the file's rows (transformers' resize_token_embeddings with
+// mean_resizing, without its 1e-9-covariance noise), their decoder bias at 0. Errors as
+// read_parameter_arena's.
 std::vector<float> read_pretrained_arena(const std::string& path, const BertConfig& config, const ParameterTable& table,
-                                         std::span<const float> initial, std::vector<std::string>& kept);
+                                         std::span<const float> initial, std::vector<std::string>& kept,
+                                         int64_t grow_vocab_from = 0);
 // The parameters of `arena` under HF names, fp32, untied tensors only: BertForPreTraining::save_safetensors.
 void write_parameter_arena(const std::string& path, const std::vector<ParamInfo>& params, std::span<const float> arena);
 
@@ -371,8 +376,9 @@ class BertForPreTraining {
   // `zero_filled`: as read_parameter_arena's (for inference from a BertForMaskedLM checkpoint).
   void load_safetensors(const std::string& path, std::vector<std::string>* zero_filled = nullptr);
   // The weights of a pretrained model to train on from: read_pretrained_arena over this model's
-  // (initialised) parameters; the model changes only on success.
-  void load_pretrained(const std::string& path, std::vector<std::string>& kept);
+  // (initialised) parameters, growing the vocabulary from grow_vocab_from rows when nonzero; the model
+  // changes only on success.
+  void load_pretrained(const std::string& path, std::vector<std::string>& kept, int64_t grow_vocab_from = 0);
 
  private:
   // The batch-sized arenas for up to capacity_batch sequences and capacity_tokens tokens.

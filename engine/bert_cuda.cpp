@@ -956,8 +956,9 @@ void BertForPreTrainingCuda::load_safetensors(const std::string& path) {
   upload_parameters(read_parameter_arena(path, config_, table_));
 }
 
-void BertForPreTrainingCuda::load_pretrained(const std::string& path, std::vector<std::string>& kept) {
-  upload_parameters(read_pretrained_arena(path, config_, table_, download_parameters(), kept));
+void BertForPreTrainingCuda::load_pretrained(const std::string& path, std::vector<std::string>& kept,
+                                             int64_t grow_vocab_from) {
+  upload_parameters(read_pretrained_arena(path, config_, table_, download_parameters(), kept, grow_vocab_from));
 }
 
 }  // namespace bert

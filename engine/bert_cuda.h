@@ -281,7 +281,8 @@ class BertForPreTrainingCuda {
   // ---- checkpoints: the CPU model's format (HF names, fp32, untied tensors), interchangeable ----
   void save_safetensors(const std::string& path) const;
   void load_safetensors(const std::string& path);  // errors as BertForPreTraining::load_safetensors
-  void load_pretrained(const std::string& path, std::vector<std::string>& kept);  // as BertForPreTraining's
+  // As BertForPreTraining's.
+  void load_pretrained(const std::string& path, std::vector<std::string>& kept, int64_t grow_vocab_from = 0);
 
  private:
   // The batch-sized arenas: BatchArenaPlan's (activations, workspace, statistics) plus the batch's

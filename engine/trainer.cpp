@@ -597,6 +597,7 @@ class Trainer {
   RunConfig config_;
   std::optional<std::string> resume_;
   std::string weights_source_;  // the run table's "weights" row: where a new run's weights came from, if not its seed
+  int pretrained_vocab_size_ = 0;  // model_name_or_path's vocab_size when [data] tokenizer has more tokens
   std::optional<std::string> dump_dir_;
   std::ofstream dump_;
   std::ostream& out_;
@@ -1008,10 +1009,10 @@ void Trainer::load_tokenizer_and_data() {
   if (model.vocab_size == 0) {
     model.vocab_size = vocab;
   } else if (model.vocab_size < vocab && !config_.model_name_or_path.empty()) {
-    throw Error(config_.where("model", "model_name_or_path") + ": " + config_.model_name_or_path +
-                "/config.json's vocab_size " + std::to_string(model.vocab_size) + " is smaller than the " +
-                std::to_string(vocab) + " tokens of " + data().tokenizer + " ([data] tokenizer); train with the " +
-                "tokenizer the model was trained with");
+    // Tokens appended to the pretrained model's (load_pretrained checks that they are): its embeddings
+    // grow, as transformers' resize_token_embeddings does.
+    pretrained_vocab_size_ = model.vocab_size;
+    model.vocab_size = vocab;
   } else if (model.vocab_size < vocab) {
     throw Error(config_.where("model", "vocab_size") + " = " + std::to_string(model.vocab_size) +
                 " is smaller than the " + std::to_string(vocab) + " tokens of " + data().tokenizer +
@@ -1155,7 +1156,7 @@ void Trainer::load_pretrained() {
   const std::string& dir = config_.model_name_or_path;
   const std::string key = config_.where("model", "model_name_or_path") + " = \"" + dir + "\"";
   // Its embeddings are rows for its own tokens: the shards' ids must mean the same pieces. Tokens the
-  // training tokenizer appends after them take rows of vocab_size's padding.
+  // training tokenizer appends after them take rows of vocab_size's padding, then new rows.
   if (!file_exists(dir + "/vocab.txt") && !file_exists(dir + "/tokenizer.json"))
     throw Error(key + ": it has no vocab.txt or tokenizer.json, so nothing shows which tokens its embeddings are " +
                 "for; copy the tokenizer files it was trained with into it");
@@ -1193,16 +1194,26 @@ void Trainer::load_pretrained() {
   try {
 #if defined(BERT_TRAINER_CUDA)
     if (cuda_model_)
-      cuda_model_->load_pretrained(weights, kept);
+      cuda_model_->load_pretrained(weights, kept, pretrained_vocab_size_);
     else
 #endif
-      model_->load_pretrained(weights, kept);
+      model_->load_pretrained(weights, kept, pretrained_vocab_size_);
   } catch (const Error& e) {
     throw Error(key + ": " + e.what());
   }
   weights_source_ = "from " + weights + " (model_name_or_path)";
   for (size_t k = 0; k < kept.size(); ++k)
     weights_source_ += (k == 0 ? "; newly initialised, as it has none: " : ", ") + kept[k];
+  if (pretrained_vocab_size_ > 0) {
+    const std::string grown = std::to_string(config_.model.vocab_size - pretrained_vocab_size_);
+    weights_source_ += "; vocabulary grown by " + grown + " tokens to " + std::to_string(config_.model.vocab_size) +
+                       " (new embedding rows at the mean of its " + std::to_string(pretrained_vocab_size_) +
+                       ", decoder bias 0)";
+    if (lead())
+      err_ << "note: " << data().tokenizer << " ([data] tokenizer) has " << grown << " tokens past " << dir
+           << "'s vocab_size " << pretrained_vocab_size_ << ": their embeddings start at the mean of its rows, as "
+           << "transformers' resize_token_embeddings does\n";
+  }
 }
 
 void Trainer::restore(const std::string& checkpoint) {

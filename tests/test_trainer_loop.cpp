@@ -1260,6 +1260,90 @@ TEST_CASE(
   }
 }
 
+TEST_CASE("[model] model_name_or_path grows the vocabulary for tokens [data] tokenizer appends to the model's") {
+  make_tiny_data();
+  const std::string dir = test_dir();
+  const std::string first = write_config("first", "first", "max_steps = 2\nper_device_train_batch_size = 4\n");
+  REQUIRE(train({"--config", first}).code == 0);
+  BertForPreTraining<float> trained(BertConfig::load_hf_json(dir + "/first/config.json"));
+  trained.load_safetensors(dir + "/first/model.safetensors");
+  const auto vocab = static_cast<int64_t>(trained.config().vocab_size);
+  const int64_t hidden = trained.config().hidden_size, added = 3, rows = vocab - added;
+
+  // A model of the tokenizer's tokens but the last three: its vocab.txt, config.json and two tensors
+  // shorter by three rows (a published model, [data] tokenizer its vocabulary with domain tokens appended).
+  const std::string small = dir + "/small";
+  std::filesystem::create_directories(small);
+  std::filesystem::copy_file(dir + "/first/tokenizer_config.json", small + "/tokenizer_config.json");
+  std::string tokens = read_file(dir + "/first/vocab.txt");
+  for (int64_t i = 0; i < added; ++i) tokens.erase(tokens.rfind('\n', tokens.size() - 2) + 1);
+  write_file_atomic(small + "/vocab.txt", tokens);
+  BertConfig small_config = trained.config();
+  small_config.vocab_size = static_cast<int>(rows);
+  write_file_atomic(small + "/config.json", small_config.to_hf_json().dump(2) + "\n");
+  std::vector<ParamInfo> shorter = trained.params();
+  for (ParamInfo& info : shorter)
+    if (info.name == "bert.embeddings.word_embeddings.weight" || info.name == "cls.predictions.bias") {
+      info.shape[0] = rows;
+      info.numel = static_cast<size_t>(rows * (info.shape.size() == 2 ? hidden : 1));
+    }
+  write_parameter_arena(small + "/model.safetensors", shorter, trained.parameters());
+
+  const std::string grow =
+      write_config("grow", "grow", "max_steps = 2\nsave_steps = 1\nper_device_train_batch_size = 4\n",
+                   "model_name_or_path = \"" + small + "\"\n");
+  const RunResult run = train({"--config", grow, "--dump-batches", dir + "/dump"});
+  INFO(run.out << run.err);
+  REQUIRE(run.code == 0);
+  CHECK_THAT(run.out, Catch::Contains("(model_name_or_path); vocabulary grown by 3 tokens to " + std::to_string(vocab) +
+                                      " (new embedding rows at the mean of its " + std::to_string(rows) +
+                                      ", decoder bias 0)\n"));
+  CHECK_THAT(run.err, Catch::Contains("has 3 tokens past " + small + "'s vocab_size " + std::to_string(rows) +
+                                      ": their embeddings start at the mean of its rows"));
+  CHECK(BertConfig::load_hf_json(dir + "/grow/config.json").vocab_size == vocab);
+
+  BertForPreTraining<float> start(BertConfig::load_hf_json(dir + "/dump/init/config.json"));
+  start.load_safetensors(dir + "/dump/init/model.safetensors");
+  REQUIRE(start.config().vocab_size == vocab);
+  for (const ParamInfo& info : start.params()) {
+    INFO(info.name);
+    const auto at = [&](const auto& model, size_t i) { return model.parameters()[info.offset + i]; };
+    if (info.name == "bert.embeddings.word_embeddings.weight") {
+      for (size_t i = 0; i < static_cast<size_t>(rows * hidden); ++i) REQUIRE(at(start, i) == at(trained, i));
+      for (int64_t c = 0; c < hidden; ++c) {
+        double mean = 0;
+        for (int64_t r = 0; r < rows; ++r) mean += at(trained, static_cast<size_t>(r * hidden + c));
+        mean /= static_cast<double>(rows);
+        for (int64_t r = rows; r < vocab; ++r)
+          CHECK(at(start, static_cast<size_t>(r * hidden + c)) == Approx(mean).margin(1e-7));
+      }
+    } else if (info.name == "cls.predictions.bias") {
+      for (size_t i = 0; i < static_cast<size_t>(rows); ++i) REQUIRE(at(start, i) == at(trained, i));
+      for (size_t i = static_cast<size_t>(rows); i < static_cast<size_t>(vocab); ++i) CHECK(at(start, i) == 0.0f);
+    } else {
+      CHECK(std::equal(start.parameters().begin() + info.offset, start.parameters().begin() + info.offset + info.numel,
+                       trained.parameters().begin() + info.offset));
+    }
+  }
+  // The resumed run has the grown shape too.
+  const RunResult resumed = train({"--config", grow, "--resume", dir + "/grow/checkpoint-1"});
+  INFO(resumed.out << resumed.err);
+  CHECK(resumed.code == 0);
+  CHECK(read_file(dir + "/grow/checkpoint-2/model.safetensors") == read_file(dir + "/grow/model.safetensors"));
+
+  // A tokenizer that is not the model's with tokens appended is still refused.
+  std::string other = tokens;
+  other.replace(other.find("[MASK]\n") + 7, 0, "다른\n");
+  other.erase(other.rfind('\n', other.size() - 2) + 1);
+  write_file_atomic(small + "/vocab.txt", other);
+  const std::string refused =
+      write_config("refused", "refused", "max_steps = 1\n", "model_name_or_path = \"" + small + "\"\n");
+  CHECK_THAT(error_of([&] {
+               train({"--config", refused});
+             }),
+             Catch::Contains("its vocabulary differs from " + dir + "/tok's ([data] tokenizer): id 5 is '다른' there"));
+}
+
 TEST_CASE("[model] model_name_or_path mistakes are one-line errors naming the key") {
   make_tiny_data();
   const std::string dir = test_dir();

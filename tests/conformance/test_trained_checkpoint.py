@@ -16,7 +16,10 @@
   (4) `bert_infer --exposure` scores texts by the pseudo-log-likelihood transformers computes (abs 2e-4
       nats), and its rank, exposure and gaussian exposure follow from those scores.
   (5) `[model] model_name_or_path` starts a run from the weights of a BertForMaskedLM transformers saved
-      (the pooler and NSP head fresh), or of a BertModel (the heads fresh).
+      (the pooler and NSP head fresh), or of a BertModel (the heads fresh);
+  (6) ... and with a [data] tokenizer that appends tokens to that model's vocabulary, the embeddings
+      grow as transformers' resize_token_embeddings grows them (mean_resizing: new rows at the mean,
+      within its 1e-9-covariance noise; decoder bias 0).
 
     python test_trained_checkpoint.py --bin-dir build --work /tmp/x
 """
@@ -407,6 +410,41 @@ threads = 2
     refused = subprocess.run([b("bert_infer"), "--model", base_dir, "--mask", prompts[0]], capture_output=True, text=True)
     check(refused.returncode != 0 and "a BertModel checkpoint (transformers' base model" in refused.stderr,
           f"(5) bert_infer --model <a BertModel>: refused ({refused.returncode}: {refused.stderr.strip()})")
+
+    # (6) [data] tokenizer = that model's vocabulary with tokens appended: a model 3 tokens short.
+    import inspect
+    small_dir = w("hf_small")
+    shutil.copytree(pretrained_dir, small_dir, ignore=shutil.ignore_patterns("model.safetensors", "config.json"))
+    with open(os.path.join(pretrained_dir, "vocab.txt"), encoding="utf-8") as f:
+        tokens = f.read().splitlines()
+    grown = len(tokens)
+    with open(os.path.join(small_dir, "vocab.txt"), "w", encoding="utf-8") as f:
+        f.write("\n".join(tokens[:-3]) + "\n")
+    torch.manual_seed(8)
+    small_config = BertConfig(**{**hf_pretrained.config.to_dict(), "vocab_size": grown - 3})
+    hf_small = BertForMaskedLM(small_config)
+    hf_small.save_pretrained(small_dir, safe_serialization=True)
+    with open(w("from_hf.toml")) as f:
+        text = f.read().replace(pretrained_dir, small_dir).replace(w("from_hf"), w("from_small"))
+    with open(w("from_small.toml"), "w") as f:
+        f.write(text)
+    started = run([b("bert_train"), "--config", w("from_small.toml"), "--dump-batches", w("from_small_dump")])
+    ours = BertForPreTraining.from_pretrained(w("from_small_dump/init")).state_dict()
+    if "mean_resizing" in inspect.signature(hf_small.resize_token_embeddings).parameters:
+        hf_small.resize_token_embeddings(grown)  # mean_resizing=True: transformers >= 4.46's default
+        theirs = hf_small.state_dict()
+        embeddings = "bert.embeddings.word_embeddings.weight"
+        new_rows = (ours[embeddings][-3:] - theirs[embeddings][-3:]).abs().max().item()
+        tied = (embeddings, "cls.predictions.decoder.weight")  # one tensor
+        differ = [k for k, v in theirs.items() if k in ours and k not in tied and not torch.equal(v, ours[k])]
+        check(not differ and torch.equal(ours[embeddings][:-3], theirs[embeddings][:-3]) and new_rows < 1e-5
+              and float(ours["cls.predictions.bias"][-3:].abs().max()) == 0.0
+              and ours[embeddings].shape[0] == grown and "vocabulary grown by 3 tokens" in started,
+              f"(6) model_name_or_path with 3 tokens appended by [data] tokenizer: the embeddings grow as "
+              f"resize_token_embeddings({grown}) grows them (new rows within {new_rows:.1e} of its, differing "
+              f"otherwise: {differ})")
+    else:
+        print("skipped: (6) this transformers' resize_token_embeddings has no mean_resizing (< 4.46)")
 
     if FAILURES:
         print(f"\n{len(FAILURES)} check(s) failed")

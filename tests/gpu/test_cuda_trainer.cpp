@@ -15,6 +15,7 @@
 #include "common/file.h"
 #include "common/json.h"
 #include "engine/bert.h"
+#include "engine/bert_cuda.h"
 #include "engine/config.h"
 #include "engine/exposure.h"
 #include "engine/infer.h"
@@ -244,4 +245,24 @@ TEST_CASE("bert_train on the GPU starts from a pretrained BertForMaskedLM's weig
                      source->parameters().begin() + info.offset));
   }
   CHECK(heads == 4);
+
+  // A model three tokens short of the tokenizer: the GPU model grows its vocabulary as the CPU's does.
+  std::vector<ParamInfo> shorter = trained.params();
+  const int64_t rows = trained.config().vocab_size - 3;
+  for (ParamInfo& info : shorter)
+    if (info.name == "bert.embeddings.word_embeddings.weight" || info.name == "cls.predictions.bias") {
+      info.shape[0] = rows;
+      info.numel = static_cast<size_t>(rows) * (info.shape.size() == 2 ? static_cast<size_t>(info.shape[1]) : 1);
+    }
+  const std::string small = dir + "/small.safetensors";
+  write_parameter_arena(small, shorter, trained.parameters());
+  BertForPreTraining<float> cpu_grown(trained.config(), options);
+  BertForPreTrainingCuda gpu_grown(trained.config(), options);
+  std::vector<std::string> cpu_kept, gpu_kept;
+  cpu_grown.load_pretrained(small, cpu_kept, rows);
+  gpu_grown.load_pretrained(small, gpu_kept, rows);
+  CHECK(gpu_grown.download_parameters() ==
+        std::vector<float>(cpu_grown.parameters().begin(), cpu_grown.parameters().end()));
+  CHECK(cpu_kept.empty());
+  CHECK(gpu_kept.empty());
 }
