@@ -3,6 +3,7 @@
 #include <sys/stat.h>
 #include <unistd.h>
 
+#include <algorithm>
 #include <catch2/catch.hpp>
 #include <filesystem>
 #include <fstream>
@@ -672,4 +673,92 @@ TEST_CASE("tokenizer.json: read instead of vocab.txt, checked against it, BERT's
   CHECK_THROWS_WITH(Tokenizer::from_dir(dir), dir +
                                                   "/vocab.txt: missing, and so is tokenizer.json (is this a "
                                                   "tokenizer directory?)");
+}
+
+TEST_CASE("train --extend: a pretrained vocabulary with the pieces a domain corpus uses most appended") {
+  const std::string general = corpus();
+  const std::string dir = test_dir();
+  REQUIRE(run({"train", "--input", general, "--out", dir + "/base", "--vocab-size", "150", "--lowercase"}).code == 0);
+  std::string domain_text;
+  const char* sentences[] = {"민법 제750조의 불법행위 책임은 고의 또는 과실을 요건으로 한다.",
+                             "Tort Liability under the Civil Act requires intent or negligence.",
+                             "불법행위로 인한 손해배상 청구권은 3년간 행사하지 않으면 소멸한다."};
+  for (int i = 0; i < 300; ++i) domain_text += std::string(sentences[i % 3]) + "\n";
+  write_file_atomic(dir + "/domain.txt", domain_text);
+
+  const Run r = run({"train", "--input", dir + "/domain.txt", "--out", dir + "/ext", "--extend", dir + "/base", "--add",
+                     "6", "--vocab-size", "400"});
+  INFO(r.out << r.err);
+  REQUIRE(r.code == 0);
+  CHECK(r.out.find("by 6 pieces learned from the corpus -> " + dir + "/ext/vocab.txt (156 tokens)") !=
+        std::string::npos);
+  const Tokenizer base = Tokenizer::from_dir(dir + "/base"), ext = Tokenizer::from_dir(dir + "/ext");
+  REQUIRE(ext.vocab().size() == 156);
+  CHECK(std::equal(base.vocab().tokens().begin(), base.vocab().tokens().end(), ext.vocab().tokens().begin()));
+  CHECK(ext.config().normalizer.lowercase);  // the base's settings, for the training too
+  CHECK(ext.config().model_max_length == base.config().model_max_length);
+
+  // Independently: the same corpus trained alone with the base's settings; its new tokens ranked by how
+  // often its tokenizer uses them on the corpus (ties: lower id).
+  REQUIRE(run({"train", "--input", dir + "/domain.txt", "--out", dir + "/alone", "--vocab-size", "400", "--lowercase"})
+              .code == 0);
+  const Tokenizer alone = Tokenizer::from_dir(dir + "/alone");
+  std::vector<uint64_t> usage(alone.vocab().size(), 0);
+  EncodeScratch scratch;
+  std::vector<int32_t> ids;
+  for (int i = 0; i < 300; ++i) {
+    ids.clear();
+    alone.encode(sentences[i % 3], ids, scratch);
+    for (const int32_t id : ids) ++usage[static_cast<size_t>(id)];
+  }
+  std::vector<int32_t> fresh;
+  for (int32_t id = 5; id < static_cast<int32_t>(alone.vocab().size()); ++id)
+    if (usage[static_cast<size_t>(id)] > 0 && base.vocab().id(alone.vocab().token(id)) < 0) fresh.push_back(id);
+  std::stable_sort(fresh.begin(), fresh.end(),
+                   [&](int32_t a, int32_t b) { return usage[static_cast<size_t>(a)] > usage[static_cast<size_t>(b)]; });
+  REQUIRE(fresh.size() > 6);
+  for (size_t k = 0; k < 6; ++k) {
+    INFO("added " << k);
+    CHECK(ext.vocab().token(static_cast<int32_t>(150 + k)) == alone.vocab().token(fresh[k]));
+  }
+  for (size_t k = 150; k < 156; ++k) {
+    const std::string& token = ext.vocab().token(static_cast<int32_t>(k));
+    CHECK(std::none_of(token.begin(), token.end(), [](char c) { return c >= 'A' && c <= 'Z'; }));
+  }
+
+  // Fewer new pieces than asked: all of them, with a warning.
+  const Run most = run({"train", "--input", dir + "/domain.txt", "--out", dir + "/ext2", "--extend", dir + "/base",
+                        "--add", "100000", "--vocab-size", "400", "--quiet"});
+  REQUIRE(most.code == 0);
+  CHECK(most.err.find("warning: --add 100000: only " + std::to_string(fresh.size()) + " of the " +
+                      std::to_string(alone.vocab().size()) + " tokens learned") != std::string::npos);
+  CHECK(Tokenizer::from_dir(dir + "/ext2").vocab().size() == 150 + fresh.size());
+
+  const auto error = [&](std::vector<std::string> args) {
+    args.insert(args.begin(), {"train", "--input", dir + "/domain.txt"});
+    try {
+      (void)run(args);
+    } catch (const Error& e) {
+      return std::string(e.what());
+    }
+    return std::string("(no error)");
+  };
+  CHECK(error({"--out", dir + "/e", "--add", "3"}) == "bert_tokenizer train: --add goes with --extend DIR");
+  CHECK(error({"--out", dir + "/e", "--extend", dir + "/base"}) ==
+        "bert_tokenizer train --extend " + dir + "/base: give --add N, the number of pieces to append");
+  CHECK(error({"--out", dir + "/e", "--extend", dir + "/base", "--add", "3", "--lowercase"}) ==
+        "bert_tokenizer train --extend " + dir + "/base: --lowercase comes from that tokenizer's config; drop it");
+  CHECK(error({"--out", dir + "/base/", "--extend", dir + "/base", "--add", "3"})
+            .find("--out is that directory; write the extended tokenizer elsewhere") != std::string::npos);
+  CHECK(error({"--out", dir + "/e", "--extend", dir + "/nope", "--add", "3"}) ==
+        "bert_tokenizer train --extend " + dir + "/nope: not a directory");
+  // A vocabulary whose [MASK] the tokenizer appends after the pieces: new pieces would take its id.
+  make_directories(dir + "/nomask");
+  std::string text = read_file(dir + "/base/vocab.txt");
+  text.erase(text.find("[MASK]\n"), 7);
+  write_file_atomic(dir + "/nomask/vocab.txt", text);
+  write_file_atomic(dir + "/nomask/tokenizer_config.json", read_file(dir + "/base/tokenizer_config.json"));
+  CHECK(error({"--out", dir + "/e", "--extend", dir + "/nomask", "--add", "3"})
+            .find("its tokenizer has 1 added or appended token(s) after its 149 word pieces (ids from 149)") !=
+        std::string::npos);
 }

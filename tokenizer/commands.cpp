@@ -31,8 +31,10 @@ static int resolve_threads(int64_t requested) {
 }
 
 int tokenizer_train_command(const std::vector<std::string>& argv, std::ostream& out, std::ostream& err) {
-  Args args("bert_tokenizer train",
-            "bert_tokenizer train --input FILE... --out DIR [--vocab-size N] [--min-frequency N] [options]");
+  Args args(
+      "bert_tokenizer train",
+      "bert_tokenizer train --input FILE... --out DIR [--vocab-size N] [--min-frequency N] [--extend DIR --add N] "
+      "[options]");
   args.list("--input", "training text files (one or more; one line = one sequence)")
       .option("--out", "output directory for vocab.txt, tokenizer_config.json, special_tokens_map.json")
       .option("--vocab-size", "target vocabulary size, special tokens included", "30000")
@@ -45,6 +47,12 @@ int tokenizer_train_command(const std::vector<std::string>& argv, std::ostream& 
       .list("--special-tokens", "special tokens, in id order [default: [PAD] [UNK] [CLS] [SEP] [MASK]]")
       .option("--model-max-length", "model_max_length written to tokenizer_config.json", "512")
       .option("--threads", "counting threads (0 = all cores)", "0")
+      .option("--extend",
+              "a pretrained model's tokenizer directory: write its vocabulary with --add pieces learned from --input "
+              "appended (its normalisation and special tokens are used), for bert_train's model_name_or_path")
+      .option("--add",
+              "--extend: the number of new pieces to append: those a vocabulary of --vocab-size trained on --input "
+              "uses most to tokenize it")
       .flag("--quiet", "no summary");
   if (!args.parse(argv)) {
     out << args.help();
@@ -71,7 +79,38 @@ int tokenizer_train_command(const std::vector<std::string>& argv, std::ostream& 
   config.normalizer.clean_text = !args.has("--no-clean-text");
   config.normalizer.handle_chinese_chars = !args.has("--no-chinese-chars");
   config.model_max_length = static_cast<size_t>(args.integer("--model-max-length", 1));
-  {
+  // --extend: the pretrained tokenizer whose vocabulary the new pieces follow, its settings the training's.
+  std::optional<Tokenizer> base;
+  size_t add = 0;
+  if (args.has("--add") && !args.has("--extend")) throw Error("bert_tokenizer train: --add goes with --extend DIR");
+  if (args.has("--extend")) {
+    const std::string dir = without_trailing_slashes(args.str("--extend"));
+    const std::string what = "bert_tokenizer train --extend " + dir;
+    if (!args.has("--add")) throw Error(what + ": give --add N, the number of pieces to append");
+    add = static_cast<size_t>(args.integer("--add", 1, 1 << 24));
+    for (const char* option : {"--lowercase", "--strip-accents", "--no-clean-text", "--no-chinese-chars",
+                               "--special-tokens", "--model-max-length"})
+      if (args.has(option)) throw Error(what + ": " + option + " comes from that tokenizer's config; drop it");
+    if (!is_directory(dir)) throw Error(what + ": not a directory");
+    std::error_code ec;
+    if (std::filesystem::equivalent(dir, out_dir, ec))
+      throw Error(what +
+                  ": --out is that directory; write the extended tokenizer elsewhere (the model there "
+                  "keeps its own vocabulary)");
+    try {
+      base.emplace(Tokenizer::from_dir(dir));
+    } catch (const Error& e) {
+      throw Error(what + ": " + e.what());
+    }
+    if (base->vocab().size() != base->piece_count())
+      throw Error(what + ": its tokenizer has " + std::to_string(base->vocab().size() - base->piece_count()) +
+                  " added or appended token(s) after its " + std::to_string(base->piece_count()) +
+                  " word pieces (ids from " + std::to_string(base->piece_count()) +
+                  "); new pieces would take their ids, which the model's embeddings hold");
+    config = base->config();
+    topt.special_tokens = config.special_tokens();
+  }
+  if (!base) {
     const std::vector<std::string> standard = {config.pad_token, config.unk_token, config.cls_token, config.sep_token,
                                                config.mask_token};
     for (const auto& t : topt.special_tokens) {
@@ -96,7 +135,7 @@ int tokenizer_train_command(const std::vector<std::string>& argv, std::ostream& 
                     "missing one as a new id past vocab.txt, so its ids would differ from bert_tokenizer's)");
     }
   }
-  if (!config.normalizer.clean_text)
+  if (!config.normalizer.clean_text && !base)
     err << "warning: --no-clean-text: transformers' BertTokenizerFast.from_pretrained ignores clean_text and "
            "always cleans; only bert_tokenizer and tokenizers' BertWordPieceTokenizer(clean_text=False) keep "
            "control characters\n";
@@ -146,6 +185,54 @@ int tokenizer_train_command(const std::vector<std::string>& argv, std::ostream& 
   progress.finish();
 
   make_directories(out_dir);
+  if (base) {
+    // The new pieces the corpus's own vocabulary uses most when it tokenizes the corpus (ties: the
+    // order training learned them), so a rare character of the alphabet does not take a frequent
+    // domain word's place.
+    const Tokenizer domain(vocab, config);
+    std::vector<uint64_t> usage(vocab.size(), 0);
+    EncodeScratch scratch;
+    std::vector<int32_t> ids;
+    counts.for_each([&](std::string_view word, uint64_t count) {
+      ids.clear();
+      domain.encode(word, ids, scratch);
+      for (const int32_t id : ids) usage[static_cast<size_t>(id)] += count;
+    });
+    const std::vector<std::string> specials = config.special_tokens();
+    std::vector<int32_t> candidates;
+    for (int32_t id = 0; id < static_cast<int32_t>(vocab.size()); ++id) {
+      const std::string& token = vocab.token(id);
+      if (usage[static_cast<size_t>(id)] > 0 && base->vocab().id(token) < 0 &&
+          std::find(specials.begin(), specials.end(), token) == specials.end())
+        candidates.push_back(id);
+    }
+    std::stable_sort(candidates.begin(), candidates.end(), [&](int32_t a, int32_t b) {
+      return usage[static_cast<size_t>(a)] > usage[static_cast<size_t>(b)];
+    });
+    if (candidates.size() > add) candidates.resize(add);
+    std::vector<std::string> tokens = base->vocab().tokens(), added;
+    for (const int32_t id : candidates) {
+      added.push_back(vocab.token(id));
+      tokens.push_back(vocab.token(id));
+    }
+    Tokenizer(Vocab(std::move(tokens)), config).save(out_dir);
+    if (added.size() < add)
+      err << "warning: --add " << add << ": only " << added.size() << " of the " << vocab.size()
+          << " tokens learned from the corpus are new to " << args.str("--extend") << " and used by it"
+          << "; a larger --vocab-size learns more\n";
+    if (!quiet) {
+      std::string shown;
+      for (size_t i = 0; i < added.size() && i < 12; ++i) shown += (i ? " " : "") + added[i];
+      out << "extended " << args.str("--extend") << "'s vocabulary of " << base->vocab().size() << " tokens by "
+          << added.size() << " pieces learned from the corpus -> " << out_dir << "/vocab.txt ("
+          << base->vocab().size() + added.size() << " tokens)\n"
+          << "  added       " << shown << (added.size() > 12 ? " ..." : "") << "\n"
+          << "  next        bert_prepare build --tokenizer " << out_dir
+          << ", then bert_train with [data] tokenizer = \"" << out_dir << "\" and [model] model_name_or_path = \""
+          << args.str("--extend") << "\" (the model's embeddings grow by " << added.size() << " rows)\n";
+    }
+    return 0;
+  }
   vocab.save(out_dir + "/vocab.txt");
   config.save(out_dir);
   if (!quiet) {
