@@ -236,7 +236,8 @@ std::vector<float> read_arena(const std::string& path, const BertConfig& config,
           path + ": tensor '" + stored + "' " + shape_string(info.shape) + " is missing; is this a " +
           (absent == Absent::kAnyHead ? "BertForPreTraining, BertForMaskedLM or BertModel" : "BertForPreTraining") +
           " checkpoint of this config (" + std::to_string(config.num_hidden_layers) + " layers, hidden " +
-          std::to_string(config.hidden_size) + ", vocab " + std::to_string(config.vocab_size) + ")?");
+          std::to_string(config.hidden_size) + ", vocab " +
+          std::to_string(grow_from > 0 ? grow_from : int64_t{config.vocab_size}) + ")?");
     const std::span<float> values = std::span<float>(loaded).subspan(info.offset, info.numel);
     if (grow_from > 0 && has_vocab_rows(info.name)) {
       std::vector<int64_t> shape = info.shape;
@@ -849,6 +850,11 @@ void BertForPreTraining<T>::save_safetensors(const std::string& path) const {
 template <class T>
 void BertForPreTraining<T>::load_pretrained(const std::string& path, std::vector<std::string>& kept,
                                             int64_t grow_vocab_from) {
+  if (!options_.initialize_parameters)
+    throw Error(
+        "BertForPreTraining::load_pretrained: the model was built with initialize_parameters = false, so "
+        "the tensors " +
+        path + " lacks would start at zero");
   ParameterTable table;
   table.params = params_;
   table.arena_elements = parameters_.size();

@@ -195,7 +195,8 @@ struct ModelOptions {
   bool inference_only = false;
   // false: the constructor leaves every parameter zero instead of drawing HF's initialisation, for a
   // model whose weights are loaded next (load_safetensors overwrites every parameter; copying
-  // another model's weights in does too). Drawing 110M normals is ~2.5 s of a BERT-base load.
+  // another model's weights in does too; load_pretrained, which keeps the initial values of what its
+  // file lacks, refuses such a model). Drawing 110M normals is ~2.5 s of a BERT-base load.
   bool initialize_parameters = true;
 };
 

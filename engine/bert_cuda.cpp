@@ -958,6 +958,11 @@ void BertForPreTrainingCuda::load_safetensors(const std::string& path) {
 
 void BertForPreTrainingCuda::load_pretrained(const std::string& path, std::vector<std::string>& kept,
                                              int64_t grow_vocab_from) {
+  if (!options_.initialize_parameters)
+    throw Error(
+        "BertForPreTrainingCuda::load_pretrained: the model was built with initialize_parameters = false, "
+        "so the tensors " +
+        path + " lacks would start at zero");
   upload_parameters(read_pretrained_arena(path, config_, table_, download_parameters(), kept, grow_vocab_from));
 }
 

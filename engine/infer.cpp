@@ -932,7 +932,7 @@ class CudaLogits final : public MlmLogitsSource {
   }
   // The whole batch in one forward (--exposure's masked copies, batched prompts): the model's buffers
   // grow to the largest batch once (PllOptions bounds it: 8192 tokens, 256 copies; PromptBatching
-  // 4096 tokens).
+  // 1024 tokens).
   std::vector<float> padded_logits_at(const std::vector<int32_t>& ids, int64_t batch,
                                       const std::vector<int32_t>& positions,
                                       std::span<const int32_t> lengths) override {
@@ -1238,21 +1238,32 @@ int run_infer(const std::vector<std::string>& argv, std::istream& in, std::ostre
       throw Error(prompt.source + ": " + e.what());
     }
   }
-  std::vector<std::string> texts;
-  for (const Prompt& prompt : prompts) texts.push_back(prompt.text);
+  // In chunks, each printed when it is done: the candidates of every prompt at once (top_k of them a
+  // [MASK], each with its own sequence) would not fit in memory for thousands of prompts at a large
+  // --top-k. About a million candidates a chunk.
+  const size_t per_prompt = std::min(static_cast<size_t>(top_k), static_cast<size_t>(model->config().vocab_size));
+  const size_t chunk = std::clamp<size_t>(1'000'000 / per_prompt, 1, 4096);
   Progress progress(stderr_is_tty() && prompts.size() > 1);
-  const std::vector<FillMaskResult> results =
-      fill_mask_batch(*model, checkpoint.tokenizer, texts, top_k, checkpoint.clean_up_tokenization_spaces, targets,
-                      prompt_batching(batch_size, progress, "fill-mask", "prompts"));
-  progress.finish();
-  for (size_t i = 0; i < prompts.size(); ++i) {
-    if (json) {
-      out << fill_mask_json(results[i]).dump() << "\n";
-    } else {
-      if (i) out << "\n";
-      print_fill_mask_table(prompts[i], results[i], checkpoint.tokenizer, out);
+  const PromptBatching batching = prompt_batching(batch_size, progress, "fill-mask", "prompts");
+  for (size_t first = 0; first < prompts.size(); first += chunk) {
+    const size_t end = std::min(prompts.size(), first + chunk);
+    std::vector<std::string> texts;
+    for (size_t i = first; i < end; ++i) texts.push_back(prompts[i].text);
+    PromptBatching part = batching;
+    if (batching.progress)
+      part.progress = [&, first](size_t done, size_t) { batching.progress(first + done, prompts.size()); };
+    const std::vector<FillMaskResult> results = fill_mask_batch(*model, checkpoint.tokenizer, texts, top_k,
+                                                                checkpoint.clean_up_tokenization_spaces, targets, part);
+    for (size_t i = first; i < end; ++i) {
+      if (json) {
+        out << fill_mask_json(results[i - first]).dump() << "\n";
+      } else {
+        if (i) out << "\n";
+        print_fill_mask_table(prompts[i], results[i - first], checkpoint.tokenizer, out);
+      }
     }
   }
+  progress.finish();
   return 0;
 }
 }  // namespace

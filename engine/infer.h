@@ -132,6 +132,13 @@ class MlmLogitsSource {
                                               const std::vector<int32_t>& positions, std::span<const int32_t> lengths) {
     const size_t seq_len = batch_seq_len(ids, batch);
     const size_t vocab = static_cast<size_t>(config().vocab_size);
+    if (!lengths.empty() && lengths.size() != static_cast<size_t>(batch))
+      throw Error("padded_logits_at: " + std::to_string(lengths.size()) + " lengths for " + std::to_string(batch) +
+                  " sequences");
+    for (const int32_t length : lengths)
+      if (length < 1 || static_cast<size_t>(length) > seq_len)
+        throw Error("padded_logits_at: a sequence length of " + std::to_string(length) + ", outside [1, " +
+                    std::to_string(seq_len) + "]");
     std::vector<float> logits(positions.size() * vocab);
     for (size_t b = 0; b < static_cast<size_t>(batch); ++b) {
       std::vector<int32_t> local;

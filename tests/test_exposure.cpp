@@ -67,7 +67,7 @@ bert::BertForPreTraining<float> tiny_model() {
   return bert::BertForPreTraining<float>(tiny_config(), options);
 }
 
-// The model's logits through the base class's one-sequence-at-a-time batch_logits_at (the CUDA path).
+// The model's logits through the base class's one-sequence-at-a-time padded_logits_at.
 class Unbatched final : public bert::MlmLogitsSource {
  public:
   explicit Unbatched(bert::MlmLogitsSource& inner) : inner_(inner) {}

@@ -864,6 +864,11 @@ TEST_CASE("fill_mask_batch and probe: prompts share padded forwards, each answer
                       Catch::Contains("sequence 0 has length 5, outside [1, 4]"));
     const std::vector<int32_t> one_length = {3};
     CHECK_THROWS_WITH(model->padded_logits_at(ids, 2, {1}, one_length), Catch::Contains("1 lengths for 2 sequences"));
+    OneAtATime single(*model);  // the base class's checks
+    CHECK_THROWS_WITH(single.padded_logits_at(ids, 2, {1}, one_length), Catch::Contains("1 lengths for 2 sequences"));
+    CHECK_THROWS_WITH(single.padded_logits_at(ids, 2, {1}, lengths_bad),
+                      Catch::Contains("a sequence length of 5, outside [1, 4]"));
+    CHECK(single.lengths_seen.empty());
   }
 }
 

@@ -658,7 +658,10 @@ TEST_CASE("(e) save -> load round trip is bit exact", "[model]") {
   options.initialize_parameters = false;
   Model<float> blank(tiny_config(), options);
   CHECK(std::all_of(blank.parameters().begin(), blank.parameters().end(), [](float v) { return v == 0.0f; }));
-  CHECK(std::any_of(loaded.parameters().begin(), loaded.parameters().end(), [](float v) { return v != 0.0f; }));
+  const Model<float> drawn(tiny_config());  // (the default draws them)
+  CHECK(std::any_of(drawn.parameters().begin(), drawn.parameters().end(), [](float v) { return v != 0.0f; }));
+  std::vector<std::string> kept;
+  CHECK_THROWS_WITH(blank.load_pretrained(path, kept), Catch::Contains("initialize_parameters = false"));
   saved.save_safetensors(path);
   blank.load_safetensors(path);
   CHECK(std::equal(saved.parameters().begin(), saved.parameters().end(), blank.parameters().begin()));

@@ -1325,11 +1325,23 @@ TEST_CASE("[model] model_name_or_path grows the vocabulary for tokens [data] tok
                        trained.parameters().begin() + info.offset));
     }
   }
-  // The resumed run has the grown shape too.
+  // The resumed run has the grown shape too, and lands where the uninterrupted one did.
+  const std::string uninterrupted = read_file(dir + "/grow/model.safetensors");
   const RunResult resumed = train({"--config", grow, "--resume", dir + "/grow/checkpoint-1"});
   INFO(resumed.out << resumed.err);
   CHECK(resumed.code == 0);
-  CHECK(read_file(dir + "/grow/checkpoint-2/model.safetensors") == read_file(dir + "/grow/model.safetensors"));
+  CHECK(read_file(dir + "/grow/model.safetensors") == uninterrupted);
+
+  // [model] vocab_size written beside it (its config.json's) would be silently overridden: refused.
+  const std::string written =
+      write_config("written", "written", "max_steps = 1\n",
+                   "model_name_or_path = \"" + small + "\"\nvocab_size = " + std::to_string(rows) + "\n");
+  CHECK_THAT(error_of([&] {
+               train({"--config", written});
+             }),
+             Catch::Contains("written.toml:3: [model] vocab_size = " + std::to_string(rows) + " (" + small +
+                             "/config.json's) is smaller than the " + std::to_string(vocab) + " tokens of " + dir +
+                             "/tok ([data] tokenizer); leave it out and the model's vocabulary grows to them"));
 
   // A tokenizer that is not the model's with tokens appended is still refused.
   std::string other = tokens;

@@ -181,14 +181,33 @@ TEST_CASE("bert_infer --device cuda answers fill-mask as the CPU does, within bf
 
   // Prompts of different lengths padded into one forward on the GPU (the key-padding mask): each
   // answer follows the CPU's for its prompt alone, within the bound above.
+  // (Records that the GPU's call was a padded one.)
+  struct Recorder final : MlmLogitsSource {
+    explicit Recorder(MlmLogitsSource& inner) : inner(inner) {}
+    const BertConfig& config() const override { return inner.config(); }
+    std::vector<float> logits_at(const std::vector<int32_t>& ids, const std::vector<int32_t>& positions) override {
+      return inner.logits_at(ids, positions);
+    }
+    std::vector<float> padded_logits_at(const std::vector<int32_t>& ids, int64_t batch,
+                                        const std::vector<int32_t>& positions,
+                                        std::span<const int32_t> lengths) override {
+      calls.emplace_back(lengths.begin(), lengths.end());
+      return inner.padded_logits_at(ids, batch, positions, lengths);
+    }
+    MlmLogitsSource& inner;
+    std::vector<std::vector<int32_t>> calls;
+  } recorder(*gpu_source);
   PromptBatching padded;
   padded.max_padding = 100;
   const std::vector<std::string> prompts = {"이순신은 [MASK] 중기의 무신이다.",
                                             "[MASK] 대첩에서 일본 [MASK]을 크게 물리쳤다.",
                                             "세종은 [MASK]을 창제하였다."};
   const std::vector<FillMaskResult> batched =
-      fill_mask_batch(*gpu_source, checkpoint.tokenizer, prompts, 3, true, {}, padded);
+      fill_mask_batch(recorder, checkpoint.tokenizer, prompts, 3, true, {}, padded);
   REQUIRE(batched.size() == prompts.size());
+  REQUIRE(recorder.calls.size() == 1);
+  REQUIRE(recorder.calls[0].size() == 3);
+  CHECK(recorder.calls[0].front() < recorder.calls[0].back());  // lengths differ: padded
   for (size_t i = 0; i < prompts.size(); ++i) {
     const FillMaskResult alone = fill_mask(*cpu_source, checkpoint.tokenizer, prompts[i], 3);
     REQUIRE(batched[i].per_mask.size() == alone.per_mask.size());
