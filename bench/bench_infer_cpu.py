@@ -24,7 +24,6 @@ largest difference of their scores (both fp32: rounding only).
 import argparse
 import json
 import os
-import platform
 import random
 import shlex
 import statistics
@@ -33,7 +32,7 @@ import sys
 import time
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-from hf_bench_common import write_json  # noqa: E402
+from hf_bench_common import cpu_model, write_json  # noqa: E402
 
 SHAPES = {
     "bert-base": dict(hidden=768, layers=12, heads=12, intermediate=3072),
@@ -105,16 +104,6 @@ def make_prompts(corpus, count, path):
     return prompts
 
 
-def cpu_model():
-    try:
-        for line in open("/proc/cpuinfo"):
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor()
-
-
 def run(cmd, env, timeout, stdout=subprocess.PIPE):
     t0 = time.perf_counter()
     p = subprocess.run(cmd, env=env, stdout=stdout, stderr=subprocess.PIPE, text=True, timeout=timeout)
@@ -145,6 +134,9 @@ def main():
     ap.add_argument("--work", default="/tmp/bench_infer_cpu", help="scratch directory (model, prompts)")
     ap.add_argument("--json", default="bench/results/infer_cpu.json", help="output JSON ('' = none)")
     ap.add_argument("--timeout", type=int, default=1800, help="per subprocess, seconds")
+    ap.add_argument("--synthetic-corpus", type=int, default=0, metavar="LINES",
+                    help="write a corpus of LINES random Hangul lines under --work and use it (the suite's run)")
+    ap.add_argument("--check", action="store_true", help="exit 1 unless every top-1 token agrees with HF's")
     args = ap.parse_args()
     if args.repeats < 1:
         ap.error("--repeats must be >= 1")
@@ -157,6 +149,13 @@ def main():
                OMP_WAIT_POLICY="passive", USE_TF="0", TOKENIZERS_PARALLELISM="false")
     model_dir = os.path.join(args.work, "model")
     os.makedirs(model_dir, exist_ok=True)
+    if args.synthetic_corpus:
+        args.corpus = os.path.join(args.work, "corpus.txt")
+        rng = random.Random(2)
+        words = ["".join(chr(rng.randint(0xAC00, 0xD7A3)) for _ in range(rng.randint(1, 3))) for _ in range(300)]
+        with open(args.corpus, "w", encoding="utf-8") as f:
+            for _ in range(args.synthetic_corpus):
+                f.write(" ".join(rng.choice(words) for _ in range(rng.randint(6, 14))) + ".\n")
     run([args.tokenizer, "train", "--input", args.corpus, "--out", model_dir, "--vocab-size", str(args.vocab_size),
          "--quiet"], env, args.timeout)
     made = worker_json("model", {"shape": args.shape, "dir": model_dir, "max_positions": args.max_positions}, env,
@@ -238,6 +237,8 @@ def main():
     }
     if args.json:
         write_json(record, args.json)
+    if args.check and same_top1 != len(masks):
+        raise SystemExit(f"--check: {len(masks) - same_top1} of {len(masks)} top-1 tokens differ from HF's")
 
 
 if __name__ == "__main__":

@@ -41,7 +41,8 @@ SHAPES = {
     "bert-base": dict(hidden=768, layers=12, heads=12, intermediate=3072, vocab=30522, seq=128, batch=8),
 }
 
-from hf_bench_common import hf_decay_groups, make_batch, masked_per_sequence, training_flops, write_json  # noqa: E402
+from hf_bench_common import (cpu_model, hf_decay_groups, make_batch, masked_per_sequence, training_flops,  # noqa: E402
+                             write_json)
 
 
 # ---- the HF side (runs in its own process: `bench_train_cpu.py --hf-worker JSON`) -----------------------
@@ -101,16 +102,6 @@ def hf_worker(spec):
 
 
 # ---- the driver -------------------------------------------------------------------------------------------
-
-def cpu_model():
-    try:
-        for line in open("/proc/cpuinfo"):
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor()
-
 
 def cpu_flags():
     try:

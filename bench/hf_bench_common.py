@@ -1,5 +1,6 @@
-"""What the training benchmarks (bench_train_cpu.py, bench_train_gpu.py) share: the synthetic batch both
-sides train on, the FLOP formula every side is measured with, and HF Trainer's weight-decay groups."""
+"""What the benchmarks share (bench_train_cpu.py, bench_train_gpu.py, bench_infer_cpu.py): the synthetic
+batch both sides train on, the FLOP formula every side is measured with, HF Trainer's weight-decay
+groups, the CPU's name and the JSON writer."""
 
 CLS, SEP, MASK, FIRST_ORDINARY = 2, 3, 4, 5
 
@@ -73,3 +74,15 @@ def write_json(record, path):
         json.dump(record, f, indent=1)
         f.write("\n")
     print(f"wrote {path}")
+
+
+def cpu_model():
+    """The CPU's model name from /proc/cpuinfo (platform.processor() elsewhere)."""
+    import platform
+    try:
+        for line in open("/proc/cpuinfo"):
+            if line.startswith("model name"):
+                return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor()
