@@ -17,7 +17,7 @@ Each side in its own subprocess, one after the other, --repeats times (the media
                torch.set_num_threads(T); "load" is the pipeline's construction, "fill-mask" the
                call pipe(prompts, batch_size=B) for B = 1 (the pipeline's default) and 64
 Agreement: the top-1 token of every [MASK] of our batched run against HF's batch-1 run, and the
-largest difference of their scores (both fp32: rounding only).
+largest relative difference of their top-1 scores (both fp32: rounding only).
 
     USE_TF=0 ~/.cache/bertforge/venv/bin/python bench/bench_infer_cpu.py --json bench/results/infer_cpu.json
 """

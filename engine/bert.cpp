@@ -231,20 +231,20 @@ std::vector<float> read_arena(const std::string& path, const BertConfig& config,
       absent_names->push_back(info.name);  // the arena is zero already
       continue;
     }
+    std::vector<int64_t> file_shape = info.shape;  // what the file should hold
+    if (grow_from > 0 && has_vocab_rows(info.name)) file_shape[0] = grow_from;
     if (found.empty())
       throw Error(
-          path + ": tensor '" + stored + "' " + shape_string(info.shape) + " is missing; is this a " +
+          path + ": tensor '" + stored + "' " + shape_string(file_shape) + " is missing; is this a " +
           (absent == Absent::kAnyHead ? "BertForPreTraining, BertForMaskedLM or BertModel" : "BertForPreTraining") +
           " checkpoint of this config (" + std::to_string(config.num_hidden_layers) + " layers, hidden " +
           std::to_string(config.hidden_size) + ", vocab " +
           std::to_string(grow_from > 0 ? grow_from : int64_t{config.vocab_size}) + ")?");
     const std::span<float> values = std::span<float>(loaded).subspan(info.offset, info.numel);
     if (grow_from > 0 && has_vocab_rows(info.name)) {
-      std::vector<int64_t> shape = info.shape;
-      shape[0] = grow_from;
       const size_t width = info.numel / static_cast<size_t>(info.shape[0]);
       const size_t old_values = static_cast<size_t>(grow_from) * width;
-      file.read_f32(found, shape, values.first(old_values));
+      file.read_f32(found, file_shape, values.first(old_values));
       if (info.shape.size() == 2) {  // transformers' resize_token_embeddings(mean_resizing=True), less its noise
         std::vector<double> mean(width, 0.0);
         for (size_t i = 0; i < old_values; ++i) mean[i % width] += values[i];

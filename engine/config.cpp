@@ -449,6 +449,7 @@ void apply_pretrained_config(RunConfig& config, const Locate& where, const IsSet
   if (!file_exists(json_path)) throw Error(key + ": " + json_path + " not found (a model directory has one)");
   BertConfig pretrained = BertConfig::load_hf_json(json_path);
   const BertConfig& written = config.model;
+  config.pretrained_vocab_size_written = is_set("vocab_size") && written.vocab_size != 0;
   for (const auto& field : model_fields()) {
     const std::string_view name = field.name;
     if (!is_set(name) || (name == "vocab_size" && written.vocab_size == 0)) continue;

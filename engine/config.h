@@ -124,6 +124,8 @@ struct RunConfig {
   // Parsed for a resume (load_run_config's `resuming`) while model_name_or_path's directory (or its
   // config.json) is gone: `model` is not merged with it; the trainer takes the checkpoint's shape.
   bool pretrained_config_missing = false;
+  // [model] vocab_size written, and not 0 (0: the tokenizer's), beside model_name_or_path.
+  bool pretrained_vocab_size_written = false;
   DataConfig data;
   TrainingConfig training;
   std::vector<std::string> warnings;  // valid but suspicious settings, "path:line: ..." each

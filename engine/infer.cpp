@@ -1254,6 +1254,7 @@ int run_infer(const std::vector<std::string>& argv, std::istream& in, std::ostre
       part.progress = [&, first](size_t done, size_t) { batching.progress(first + done, prompts.size()); };
     const std::vector<FillMaskResult> results = fill_mask_batch(*model, checkpoint.tokenizer, texts, top_k,
                                                                 checkpoint.clean_up_tokenization_spaces, targets, part);
+    progress.finish();  // (cleared for the output; the next chunk's update draws it again)
     for (size_t i = first; i < end; ++i) {
       if (json) {
         out << fill_mask_json(results[i - first]).dump() << "\n";
@@ -1263,7 +1264,6 @@ int run_infer(const std::vector<std::string>& argv, std::istream& in, std::ostre
       }
     }
   }
-  progress.finish();
   return 0;
 }
 }  // namespace

@@ -1011,7 +1011,7 @@ void Trainer::load_tokenizer_and_data() {
   } else if (model.vocab_size < vocab && !config_.model_name_or_path.empty()) {
     // Tokens appended to the pretrained model's (load_pretrained checks that they are): its embeddings
     // grow, as transformers' resize_token_embeddings does.
-    if (config_.lines.count("model.vocab_size"))
+    if (config_.pretrained_vocab_size_written)
       throw Error(config_.where("model", "vocab_size") + " = " + std::to_string(model.vocab_size) + " (" +
                   config_.model_name_or_path + "/config.json's) is smaller than the " + std::to_string(vocab) +
                   " tokens of " + data().tokenizer +

@@ -752,6 +752,13 @@ TEST_CASE("train --extend: a pretrained vocabulary with the pieces a domain corp
             .find("--out is that directory; write the extended tokenizer elsewhere") != std::string::npos);
   CHECK(error({"--out", dir + "/e", "--extend", dir + "/nope", "--add", "3"}) ==
         "bert_tokenizer train --extend " + dir + "/nope: not a directory");
+  make_directories(dir + "/stale");
+  write_file_atomic(dir + "/stale/tokenizer.json", "{}");
+  CHECK(error({"--out", dir + "/stale", "--extend", dir + "/base", "--add", "3"}) ==
+        "bert_tokenizer train: " + dir +
+            "/stale/tokenizer.json exists, and transformers would read it instead of the vocab.txt written here; "
+            "remove it or choose another --out");
+  CHECK(error({"--out", dir + "/stale"}).find("/stale/tokenizer.json exists") != std::string::npos);  // plain too
   // A vocabulary whose [MASK] the tokenizer appends after the pieces: new pieces would take its id.
   make_directories(dir + "/nomask");
   std::string text = read_file(dir + "/base/vocab.txt");

@@ -1327,11 +1327,19 @@ TEST_CASE("[model] model_name_or_path grows the vocabulary for tokens [data] tok
   }
   // The resumed run has the grown shape too, and lands where the uninterrupted one did.
   const std::string uninterrupted = read_file(dir + "/grow/model.safetensors");
+  std::filesystem::remove(dir + "/grow/model.safetensors");
   const RunResult resumed = train({"--config", grow, "--resume", dir + "/grow/checkpoint-1"});
   INFO(resumed.out << resumed.err);
   CHECK(resumed.code == 0);
   CHECK(read_file(dir + "/grow/model.safetensors") == uninterrupted);
 
+  // vocab_size = 0 (the tokenizer's, as every config in configs/ writes it) grows the vocabulary too.
+  const std::string zero = write_config("zero", "zero", "max_steps = 1\nper_device_train_batch_size = 4\n",
+                                        "model_name_or_path = \"" + small + "\"\nvocab_size = 0\n");
+  const RunResult from_zero = train({"--config", zero});
+  INFO(from_zero.out << from_zero.err);
+  CHECK(from_zero.code == 0);
+  CHECK_THAT(from_zero.out, Catch::Contains("vocabulary grown by 3 tokens"));
   // [model] vocab_size written beside it (its config.json's) would be silently overridden: refused.
   const std::string written =
       write_config("written", "written", "max_steps = 1\n",

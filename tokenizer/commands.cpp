@@ -135,10 +135,18 @@ int tokenizer_train_command(const std::vector<std::string>& argv, std::ostream& 
                     "missing one as a new id past vocab.txt, so its ids would differ from bert_tokenizer's)");
     }
   }
-  if (!config.normalizer.clean_text && !base)
-    err << "warning: --no-clean-text: transformers' BertTokenizerFast.from_pretrained ignores clean_text and "
+  if (!config.normalizer.clean_text)
+    err << "warning: "
+        << (base ? args.str("--extend") + "'s tokenizer does not clean text (clean_text false)"
+                 : std::string("--no-clean-text"))
+        << ": transformers' BertTokenizerFast.from_pretrained ignores clean_text and "
            "always cleans; only bert_tokenizer and tokenizers' BertWordPieceTokenizer(clean_text=False) keep "
            "control characters\n";
+  // transformers reads a tokenizer.json before vocab.txt: one left in --out would replace what is written.
+  if (file_exists(out_dir + "/tokenizer.json"))
+    throw Error("bert_tokenizer train: " + out_dir +
+                "/tokenizer.json exists, and transformers would read it instead "
+                "of the vocab.txt written here; remove it or choose another --out");
   const bool quiet = args.has("--quiet");
   const auto t0 = std::chrono::steady_clock::now();
 
@@ -229,7 +237,7 @@ int tokenizer_train_command(const std::vector<std::string>& argv, std::ostream& 
           << "  added       " << shown << (added.size() > 12 ? " ..." : "") << "\n"
           << "  next        bert_prepare build --tokenizer " << out_dir
           << ", then bert_train with [data] tokenizer = \"" << out_dir << "\" and [model] model_name_or_path = \""
-          << args.str("--extend") << "\" (the model's embeddings grow by " << added.size() << " rows)\n";
+          << args.str("--extend") << "\" (past its config.json's vocab_size, the model's embeddings grow)\n";
     }
     return 0;
   }
