@@ -388,6 +388,15 @@ threads = 2
           f"(5) model_name_or_path = a BertForMaskedLM transformers saved: its {len(theirs)} tensors are the "
           f"starting weights (differing: {differ}), the pooler and NSP head start fresh, the config is its own")
 
+    def start_from(model_dir, name):
+        """bert_train from_hf.toml's run with model_name_or_path = model_dir: its output and starting weights."""
+        with open(w("from_hf.toml")) as f:
+            text = f.read().replace(pretrained_dir, model_dir).replace(w("from_hf"), w(name))
+        with open(w(name + ".toml"), "w") as f:
+            f.write(text)
+        out = run([b("bert_train"), "--config", w(name + ".toml"), "--dump-batches", w(name + "_dump")])
+        return out, BertForPreTraining.from_pretrained(w(name + "_dump/init")).state_dict()
+
     # ... and from a BertModel (no "bert." prefix, no heads but the pooler), as from_pretrained loads one.
     from transformers import BertModel
     base_dir = w("hf_base")
@@ -395,12 +404,7 @@ threads = 2
     torch.manual_seed(7)
     hf_base = BertModel(hf_pretrained.config)
     hf_base.save_pretrained(base_dir, safe_serialization=True)
-    with open(w("from_hf.toml")) as f:
-        text = f.read().replace(pretrained_dir, base_dir).replace(w("from_hf"), w("from_base"))
-    with open(w("from_base.toml"), "w") as f:
-        f.write(text)
-    started = run([b("bert_train"), "--config", w("from_base.toml"), "--dump-batches", w("from_base_dump")])
-    ours = BertForPreTraining.from_pretrained(w("from_base_dump/init")).state_dict()
+    started, ours = start_from(base_dir, "from_base")
     theirs = hf_base.state_dict()
     differ = [k for k, v in theirs.items() if "bert." + k not in ours or not torch.equal(v, ours["bert." + k])]
     check(not differ and len(theirs) > 20 and "newly initialised, as it has none: cls.predictions.bias" in started,
@@ -424,12 +428,7 @@ threads = 2
     small_config = BertConfig(**{**hf_pretrained.config.to_dict(), "vocab_size": grown - 3})
     hf_small = BertForMaskedLM(small_config)
     hf_small.save_pretrained(small_dir, safe_serialization=True)
-    with open(w("from_hf.toml")) as f:
-        text = f.read().replace(pretrained_dir, small_dir).replace(w("from_hf"), w("from_small"))
-    with open(w("from_small.toml"), "w") as f:
-        f.write(text)
-    started = run([b("bert_train"), "--config", w("from_small.toml"), "--dump-batches", w("from_small_dump")])
-    ours = BertForPreTraining.from_pretrained(w("from_small_dump/init")).state_dict()
+    started, ours = start_from(small_dir, "from_small")
     if "mean_resizing" in inspect.signature(hf_small.resize_token_embeddings).parameters:
         hf_small.resize_token_embeddings(grown)  # mean_resizing=True: transformers >= 4.46's default
         theirs = hf_small.state_dict()
