@@ -150,6 +150,11 @@ void init_parameters(const BertConfig& config, const ParameterTable& table, uint
 // neither; fill-mask uses neither): they are left zero and their names appended there.
 std::vector<float> read_parameter_arena(const std::string& path, const BertConfig& config, const ParameterTable& table,
                                         std::vector<std::string>* zero_filled = nullptr);
+// The same into `arena` (arena_elements long), which needs no second arena: every parameter is
+// overwritten (the zero-filled ones with zeros), the gaps are left as they are; on an error the
+// arena may be partly written.
+void read_parameter_arena_into(const std::string& path, const BertConfig& config, const ParameterTable& table,
+                               std::span<float> arena, std::vector<std::string>* zero_filled = nullptr);
 // A pretrained model's parameters to train on from (bert_train's [model] model_name_or_path): those of
 // a BertForPreTraining safetensors file, of a BertForMaskedLM one, which has no pooler and no NSP head,
 // or of a BertModel one (transformers' base model: no "bert." prefix, no head but the pooler). What
@@ -191,7 +196,8 @@ struct ModelOptions {
   uint64_t init_seed = 42;  // for the HF initialisation done by the constructor
   // Forward only (fill-mask, evaluation: mlm_logits_at, forward_backward without gradients): no
   // gradient arena, and on the GPU no fp32 master weights or optimizer state either (the bf16
-  // working copy is all it keeps: 2 instead of 18 bytes per parameter). Training calls throw.
+  // working copy is all it keeps: 2 instead of 18 bytes per parameter), and activation buffers for
+  // two layers instead of every layer's (plan_batch_arenas). Training calls throw.
   bool inference_only = false;
   // false: the constructor leaves every parameter zero instead of drawing HF's initialisation, for a
   // model whose weights are loaded next (load_safetensors overwrites every parameter; copying
@@ -247,6 +253,8 @@ void prepare_batch(const BatchView& batch, const BertConfig& config, const Model
 // backward workspace (the activation type: fp32/fp64 on the CPU, bf16 on the GPU), and the
 // statistics (LayerNorm mean/rstd, attention logsumexp: the activation type on the CPU, fp32 on the
 // GPU). A pure function of (config, options, capacity): the CUDA memory plan uses it without a device.
+// With options.inference_only (forward only) there is no backward workspace (its offsets are 0) and
+// layer l's activations and statistics share layer l - 2's offsets.
 struct BertLayerActivationOffsets {  // [tokens, *] unless noted
   size_t qkv = 0;                    // [tokens, 3*hidden] fused projection output (with biases)
   size_t context = 0;                // attention output before the output dense
@@ -374,7 +382,9 @@ class BertForPreTraining {
   // the tensor, and the model is left unchanged. Accepted and ignored: the tied aliases
   // cls.predictions.decoder.weight/.bias and bert.embeddings.position_ids. Old LayerNorm names
   // (gamma/beta) are accepted. Any other tensor is an error (a checkpoint of a different model).
-  // `zero_filled`: as read_parameter_arena's (for inference from a BertForMaskedLM checkpoint).
+  // `zero_filled`: as read_parameter_arena's (for inference from a BertForMaskedLM checkpoint). A
+  // float model built with ModelOptions::initialize_parameters = false reads the file in place (no
+  // second arena: half the peak memory of a load) and is left all zero on an error instead.
   void load_safetensors(const std::string& path, std::vector<std::string>* zero_filled = nullptr);
   // The weights of a pretrained model to train on from: read_pretrained_arena over this model's
   // (initialised) parameters, growing the vocabulary from grow_vocab_from rows when nonzero; the model

@@ -193,10 +193,16 @@ BertForPreTrainingCuda::BertForPreTrainingCuda(const BertConfig& config, const M
 
   const size_t n = table_.arena_elements;
   working_.resize(n);
+  const cudaStream_t stream = context_->stream();
   if (options_.inference_only) {  // the bf16 working copy only
-    std::vector<float> host(n);
-    if (options_.initialize_parameters) init_parameters<float>(config_, table_, options_.init_seed, host);
-    upload_parameters(host);
+    if (options_.initialize_parameters) {
+      std::vector<float> host(n);
+      init_parameters<float>(config_, table_, options_.init_seed, host);
+      upload_parameters(host);
+    } else {  // zero (bf16 0 is all zero bits) without a host arena to upload
+      CUDA_CHECK(cudaMemsetAsync(working_.data(), 0, working_.bytes(), stream));
+      context_->synchronize();
+    }
     return;
   }
   master_.resize(n);
@@ -204,15 +210,20 @@ BertForPreTrainingCuda::BertForPreTrainingCuda(const BertConfig& config, const M
   moments_.resize(2 * n);
   grad_norms_.resize(kNormSlots);
   update_count_.resize(1);
-  const cudaStream_t stream = context_->stream();
   CUDA_CHECK(cudaMemsetAsync(grads_.data(), 0, grads_.bytes(), stream));
   CUDA_CHECK(cudaMemsetAsync(moments_.data(), 0, moments_.bytes(), stream));
   CUDA_CHECK(cudaMemsetAsync(grad_norms_.data(), 0, grad_norms_.bytes(), stream));
   CUDA_CHECK(cudaMemsetAsync(update_count_.data(), 0, update_count_.bytes(), stream));
 
-  std::vector<float> host(n);
-  if (options_.initialize_parameters) init_parameters<float>(config_, table_, options_.init_seed, host);
-  upload_parameters(host);
+  if (options_.initialize_parameters) {
+    std::vector<float> host(n);
+    init_parameters<float>(config_, table_, options_.init_seed, host);
+    upload_parameters(host);
+  } else {
+    CUDA_CHECK(cudaMemsetAsync(master_.data(), 0, master_.bytes(), stream));
+    CUDA_CHECK(cudaMemsetAsync(working_.data(), 0, working_.bytes(), stream));
+    context_->synchronize();
+  }
 
   std::vector<cuda::AdamWTensor> tensors;
   tensors.reserve(table_.params.size());

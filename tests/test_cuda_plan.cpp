@@ -90,6 +90,22 @@ TEST_CASE("memory_plan of BERT-base at 32 x 128 matches the arena formulas", "[c
   CHECK(plan.activations_bytes / 10'000'000 == 123);
   CHECK(plan.total_bytes() > 3'500'000'000);
   CHECK(plan.total_bytes() < 3'700'000'000);
+
+  // Forward only (bert_infer --device cuda): the bf16 weights, two layers' activations (layer l's
+  // buffers are layer l - 2's), the decoder's logits as the only workspace.
+  bert::ModelOptions inference;
+  inference.inference_only = true;
+  const bert::CudaMemoryPlan served = bert::BertForPreTrainingCuda::memory_plan(config, 32, 128, inference);
+  INFO(served.table());
+  CHECK(served.master_params_bytes == 0);
+  CHECK(served.grads_bytes == 0);
+  CHECK(served.optimizer_bytes == 0);
+  CHECK(served.working_params_bytes == plan.working_params_bytes);
+  CHECK(served.activations_bytes ==
+        (tokens * h + 2 * tokens * (8 * h + 2 * i) + batch * h + batch * 2 + 4 * tokens * h) * 2);
+  CHECK(served.workspace_bytes == 4096 * logits_stride * 2);
+  CHECK(served.statistics_bytes == tokens * (2 + 2 * (heads + 4) + 2) * 4);
+  CHECK(served.total_bytes() < plan.total_bytes() / 3);
 }
 
 TEST_CASE("memory_plan grows with the batch and the decoder chunk", "[cuda_plan]") {

@@ -578,6 +578,37 @@ TEST_CASE("an inference-only model has no gradient arena and answers as the trai
   LossStats stats;
   CHECK_THROWS_WITH(inference.forward_backward(batch.view(), stats, true),
                     Catch::Contains("gradients of an inference-only model"));
+
+  // Forward only, layer l's buffers are layer l - 2's and there is no backward workspace: a deeper
+  // model answers as its training twin, bit for bit, in a fraction of the activation memory.
+  BertConfig deep = tiny_config();
+  deep.num_hidden_layers = 5;
+  Model<float> deep_trained(deep);
+  randomize(deep_trained, 9);
+  Model<float> deep_inference(deep, options);
+  copy_parameters(deep_trained, deep_inference);
+  const LossStats c = run(deep_trained, batch.view(), false), d = run(deep_inference, batch.view(), false);
+  CHECK(c.loss == d.loss);
+  CHECK(c.mlm_correct == d.mlm_correct);
+  deep_trained.mlm_logits_at(batch.view(), batch.masked_positions, logits_a);
+  deep_inference.mlm_logits_at(batch.view(), batch.masked_positions, logits_b);
+  CHECK(logits_a == logits_b);
+  CHECK(logits_a != std::vector<float>(logits_a.size(), 0.0f));
+  const bert::BatchArenaPlan full = bert::plan_batch_arenas(deep, deep_trained.options(), 4, 64);
+  const bert::BatchArenaPlan forward = bert::plan_batch_arenas(deep, deep_inference.options(), 4, 64);
+  const size_t layer_elements = full.layers[1].qkv - full.layers[0].qkv;
+  CHECK(layer_elements == 64 * size_t{8 * 8 + 2 * 12});  // [tokens, 8 hidden + 2 intermediate] a layer
+  CHECK(full.activation_elements - forward.activation_elements == 3 * layer_elements);
+  for (size_t l = 0; l < 5; ++l) {
+    INFO("layer " << l);
+    CHECK(forward.layers[l].qkv == forward.layers[l % 2].qkv);
+    CHECK(forward.layers[l].layer_output == forward.layers[l % 2].layer_output);
+    CHECK(forward.layer_statistics[l].logsumexp == forward.layer_statistics[l % 2].logsumexp);
+  }
+  CHECK(forward.layers[1].qkv != forward.layers[0].qkv);
+  CHECK(forward.statistics_elements < full.statistics_elements);
+  CHECK(forward.workspace_elements == static_cast<size_t>(forward.mlm_chunk_rows * forward.mlm_logits_stride));
+  CHECK(forward.workspace_elements < full.workspace_elements);
 }
 
 TEST_CASE("(d) gradient accumulation: two half batches == one full batch", "[model]") {
@@ -665,6 +696,29 @@ TEST_CASE("(e) save -> load round trip is bit exact", "[model]") {
   saved.save_safetensors(path);
   blank.load_safetensors(path);
   CHECK(std::equal(saved.parameters().begin(), saved.parameters().end(), blank.parameters().begin()));
+
+  // Such a model reads the file in place (no second arena): a tensor the file lacks (zero_filled) is
+  // zeroed even where an earlier load wrote it, and a failed load leaves every parameter zero, not
+  // part of a checkpoint.
+  write_params(saved, path, {}, "bert.pooler.dense.weight");
+  std::vector<std::string> zero_filled;
+  blank.load_safetensors(path, &zero_filled);
+  CHECK(zero_filled == std::vector<std::string>{"bert.pooler.dense.weight"});
+  const auto all_zero = [](std::span<const float> values) {
+    return std::all_of(values.begin(), values.end(), [](float v) { return v == 0.0f; });
+  };
+  for (const ParamInfo& info : blank.params()) {
+    INFO(info.name);
+    if (info.name == "bert.pooler.dense.weight") {
+      CHECK(all_zero(blank.parameter(info)));
+      CHECK_FALSE(all_zero(saved.parameter(info)));
+    } else {
+      CHECK(std::ranges::equal(blank.parameter(info), saved.parameter(info)));
+    }
+  }
+  write_params(saved, path, {}, "", "cls.predictions.transform.dense.weight");  // read after most others
+  CHECK_THROWS_WITH(blank.load_safetensors(path), Catch::Contains("expected shape [8, 8], got [63]"));
+  CHECK(all_zero(blank.parameters()));
 }
 
 TEST_CASE("(f) loading a wrong checkpoint is a clear error and HF aliases load", "[model]") {

@@ -13,7 +13,8 @@
 //     upload leave no batch to train on, and the model keeps working
 //   - the dense MLM head: mlm_logits_at still runs on the requested rows; a positions-only batch
 //   - a batch without labels: zero losses and exactly zero gradients
-//   - an inference-only model: the bf16 weights alone on the device, the training model's answers
+//   - an inference-only model: the bf16 weights alone on the device, two layers' activation buffers,
+//     the training model's answers
 //   - forward_backward_summed (a stand-in for NCCL that doubles): the buckets cover the gradient arena
 //     once, top down, cut as bucket_elements says; each range is handed over final (equal to an
 //     unsummed step's, bit for bit), with no host wait; the update's norm includes the last sum;
@@ -349,12 +350,17 @@ TEST_CASE("cuda model host: mlm_logits_at gives repeated positions in the caller
 
 TEST_CASE("cuda model host: an inference-only model keeps the bf16 weights only and answers as the training one",
           "[emulated]") {
-  BertForPreTraining<float> cpu(tiny_config());
-  BertForPreTrainingCuda trained(tiny_config());
+  BertConfig config = tiny_config();
+  config.num_hidden_layers = 4;  // forward only, layer l's activation buffers are layer l - 2's
+  BertForPreTraining<float> cpu(config);
+  BertForPreTrainingCuda trained(config);
   share_bf16_weights(cpu, trained);
   ModelOptions options;
   options.inference_only = true;
-  BertForPreTrainingCuda inference(tiny_config(), options);
+  options.initialize_parameters = false;  // zero until the upload: no host arena to upload
+  BertForPreTrainingCuda inference(config, options);
+  const std::vector<float> blank = inference.download_parameters();
+  CHECK(std::all_of(blank.begin(), blank.end(), [](float v) { return v == 0.0f; }));
   inference.upload_parameters(trained.download_parameters());  // bf16 values: the same working copy
   inference.reserve(4, 32);
   trained.reserve(4, 32);
@@ -367,6 +373,8 @@ TEST_CASE("cuda model host: an inference-only model keeps the bf16 weights only 
   CHECK(got.working_params_bytes == inference.arena_elements() * sizeof(bert::cuda::bf16));
   CHECK(got.parameter_arena_bytes() == plan.parameter_arena_bytes());
   CHECK(got.batch_arena_bytes() == plan.batch_arena_bytes());
+  CHECK(got.activations_bytes * 3 < trained.allocated().activations_bytes * 2);  // 2 of 4 layers, + the heads'
+  CHECK(got.workspace_bytes < trained.allocated().workspace_bytes);
   CHECK(trained.allocated().parameter_arena_bytes() == 9 * got.parameter_arena_bytes());
   CHECK(bert::cuda::test::same_bits(inference.download_parameters(), trained.download_working_parameters()));
 
