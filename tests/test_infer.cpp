@@ -899,4 +899,29 @@ TEST_CASE("bert_infer --batch-size: 1 answers each prompt exactly as fill_mask a
   }
   CHECK_THROWS_WITH(run({"--model", dir, "--mask", prompts[0], "--batch-size", "0"}, "", out),
                     Catch::Contains("'--batch-size' must be between 1 and 4096, got 0"));
+
+  // More prompts than one printed chunk holds (4,096 at --top-k 1): the answers in the input's order
+  // across the chunks, the table's blocks one blank line apart.
+  std::string many, expected_many;
+  for (size_t i = 0; i < 4100; ++i) many += prompts[i % 3] + "\n";
+  for (const std::string& prompt : prompts)
+    expected_many += bert::fill_mask_json(bert::fill_mask(checkpoint.model, checkpoint.tokenizer, prompt, 1)).dump() + "\n";
+  const std::vector<std::string> single = lines_of(expected_many);
+  REQUIRE(run({"--model", dir, "--input", "-", "--json", "--top-k", "1", "--batch-size", "1"}, many, out) == 0);
+  const std::vector<std::string> answers = lines_of(out);
+  REQUIRE(answers.size() == 4100);
+  for (size_t i = 0; i < answers.size(); ++i) {
+    INFO("prompt " << i + 1);
+    REQUIRE(answers[i] == single[i % 3]);
+  }
+  REQUIRE(run({"--model", dir, "--input", "-", "--top-k", "1"}, many, out) == 0);
+  size_t blocks = 0, blank_lines = 0;
+  std::istringstream table(out);
+  for (std::string line; std::getline(table, line);) {
+    if (line.starts_with("> ")) ++blocks;
+    if (line.empty()) ++blank_lines;
+  }
+  CHECK(blocks == 4100);
+  CHECK(blank_lines == 4099);
+  CHECK_THAT(out, Catch::EndsWith("\n") && !Catch::EndsWith("\n\n"));
 }
