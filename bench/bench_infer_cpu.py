@@ -16,6 +16,9 @@ Each side in its own subprocess, one after the other, --repeats times (the media
   HF           pipeline("fill-mask", model=DIR, top_k=K, device=-1) on Debian's CPU torch,
                torch.set_num_threads(T); "load" is the pipeline's construction, "fill-mask" the
                call pipe(prompts, batch_size=B) for B = 1 (the pipeline's default) and 64
+Memory: each subprocess's peak resident set (getrusage's ru_maxrss of that child): ours per run (the
+load column's run holds one prompt), HF's once for its process (the pipeline's load and both batch
+sizes; the interpreter and torch included, as a user runs it), with the peak right after the load.
 Agreement: the top-1 token of every [MASK] of our batched run against HF's batch-1 run, and the
 largest relative difference of their top-1 scores (both fp32: rounding only).
 
@@ -29,6 +32,8 @@ import shlex
 import statistics
 import subprocess
 import sys
+import tempfile
+import threading
 import time
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
@@ -58,6 +63,8 @@ def make_model_worker(spec):
 
 def hf_worker(spec):
     """Runs in the venv's python: pipeline load, then fill-mask over the prompts per batch size."""
+    import resource
+
     import torch
     import transformers
     from transformers import pipeline
@@ -67,7 +74,8 @@ def hf_worker(spec):
     t0 = time.perf_counter()
     pipe = pipeline("fill-mask", model=spec["dir"], top_k=spec["top_k"], device=-1)
     result = {"torch": torch.__version__, "transformers": transformers.__version__,
-              "torch_threads": torch.get_num_threads(), "load_s": time.perf_counter() - t0, "runs": {}}
+              "torch_threads": torch.get_num_threads(), "load_s": time.perf_counter() - t0, "runs": {},
+              "load_peak_rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024}
     for batch_size in spec["batch_sizes"]:
         t0 = time.perf_counter()
         with torch.inference_mode():
@@ -104,18 +112,32 @@ def make_prompts(corpus, count, path):
     return prompts
 
 
-def run(cmd, env, timeout, stdout=subprocess.PIPE):
-    t0 = time.perf_counter()
-    p = subprocess.run(cmd, env=env, stdout=stdout, stderr=subprocess.PIPE, text=True, timeout=timeout)
-    wall = time.perf_counter() - t0
+def run(cmd, env, timeout):
+    """(wall seconds, stdout, peak RSS in MB) of cmd; raises unless it exits 0 within timeout."""
+    with tempfile.TemporaryFile() as out, tempfile.TemporaryFile() as err:
+        t0 = time.perf_counter()
+        p = subprocess.Popen(cmd, env=env, stdout=out, stderr=err)
+        killer = threading.Timer(timeout, p.kill)
+        killer.start()
+        try:
+            _, status, usage = os.wait4(p.pid, 0)  # the child's own rusage: its peak RSS
+        finally:
+            killer.cancel()
+        wall = time.perf_counter() - t0
+        p.returncode = os.waitstatus_to_exitcode(status)
+        out.seek(0)
+        err.seek(0)
+        stdout, stderr = out.read().decode(), err.read().decode(errors="replace")
     if p.returncode != 0:
-        raise RuntimeError(f"{shlex.join(cmd)} failed ({p.returncode}):\n{p.stderr}")
-    return wall, p.stdout
+        raise RuntimeError(f"{shlex.join(cmd)} failed ({p.returncode}):\n{stderr}")
+    return wall, stdout, usage.ru_maxrss / 1024
 
 
 def worker_json(kind, spec, env, timeout):
-    _, out = run([sys.executable, os.path.abspath(__file__), "--worker", kind, json.dumps(spec)], env, timeout)
-    return json.loads(out.strip().splitlines()[-1])
+    _, out, peak_mb = run([sys.executable, os.path.abspath(__file__), "--worker", kind, json.dumps(spec)], env, timeout)
+    result = json.loads(out.strip().splitlines()[-1])
+    result["peak_rss_mb"] = peak_mb
+    return result
 
 
 def main():
@@ -168,19 +190,26 @@ def main():
     base = [args.infer, "--model", model_dir, "--json", "--top-k", str(args.top_k), "--threads", str(args.threads)]
     ours = {"load": [], "1": [], "64": []}
     hf = {"load": [], "1": [], "64": []}
+    ours_rss = {"load": [], "1": [], "64": []}
+    hf_rss = {"load": [], "all": []}
     ours_top1 = None
     hf_top1 = None
     versions = {}
     for repeat in range(args.repeats):
-        ours["load"].append(run(base + ["--mask", prompts[0]], env, args.timeout)[0])
+        wall, _, peak = run(base + ["--mask", prompts[0]], env, args.timeout)
+        ours["load"].append(wall)
+        ours_rss["load"].append(peak)
         for batch in ("1", "64"):
-            wall, out = run(base + ["--input", prompts_path, "--batch-size", batch], env, args.timeout)
+            wall, out, peak = run(base + ["--input", prompts_path, "--batch-size", batch], env, args.timeout)
             ours[batch].append(wall)
+            ours_rss[batch].append(peak)
             if batch == "64":
                 ours_top1 = [top1(json.loads(line)) for line in out.splitlines() if line.strip()]
         result = worker_json("hf", {"dir": model_dir, "prompts": prompts_path, "top_k": args.top_k,
                                     "threads": args.threads, "batch_sizes": [1, 64]}, env, args.timeout)
         hf["load"].append(result["load_s"])
+        hf_rss["load"].append(result["load_peak_rss_mb"])
+        hf_rss["all"].append(result["peak_rss_mb"])
         for batch in ("1", "64"):
             hf[batch].append(result["runs"][batch])
         hf_top1 = result["top1"]
@@ -192,12 +221,14 @@ def main():
     med = lambda xs: statistics.median(xs)  # noqa: E731
     load_ours, load_hf = med(ours["load"]), med(hf["load"])
     rows = []
-    for side, batch, load, total in (("ours", 1, load_ours, med(ours["1"])), ("ours", 64, load_ours, med(ours["64"])),
-                                     ("HF pipeline", 1, load_hf, load_hf + med(hf["1"])),
-                                     ("HF pipeline", 64, load_hf, load_hf + med(hf["64"]))):
+    for side, batch, load, total, load_rss, rss in (
+            ("ours", 1, load_ours, med(ours["1"]), med(ours_rss["load"]), med(ours_rss["1"])),
+            ("ours", 64, load_ours, med(ours["64"]), med(ours_rss["load"]), med(ours_rss["64"])),
+            ("HF pipeline", 1, load_hf, load_hf + med(hf["1"]), med(hf_rss["load"]), med(hf_rss["all"])),
+            ("HF pipeline", 64, load_hf, load_hf + med(hf["64"]), med(hf_rss["load"]), med(hf_rss["all"]))):
         fill = max(total - load, 1e-9)
         rows.append({"side": side, "batch_size": batch, "load_s": load, "fill_mask_s": fill, "total_s": total,
-                     "prompts_per_s": len(prompts) / fill})
+                     "prompts_per_s": len(prompts) / fill, "load_peak_rss_mb": load_rss, "peak_rss_mb": rss})
     best_hf = min(r["fill_mask_s"] for r in rows if r["side"] != "ours")
     best_hf_total = min(r["total_s"] for r in rows if r["side"] != "ours")
     for r in rows:
@@ -210,11 +241,13 @@ def main():
     same_top1 = sum(o[0] == h[0] for o, h in masks)
     max_score_diff = max(abs(o[1] - h[1]) / h[1] for o, h in masks)
 
-    print("\n| side | batch | load s | fill-mask s | prompts/s | fill-mask vs best HF | total vs best HF |")
-    print("|---|---:|---:|---:|---:|---:|---:|")
+    print("\n| side | batch | load s | fill-mask s | prompts/s | fill-mask vs best HF | total vs best HF "
+          "| peak RSS MB (after load) |")
+    print("|---|---:|---:|---:|---:|---:|---:|---:|")
     for r in rows:
         print(f"| {r['side']} | {r['batch_size']} | {r['load_s']:.2f} | {r['fill_mask_s']:.2f} | "
-              f"{r['prompts_per_s']:.1f} | {r['fill_mask_vs_best_hf']:.2f}x | {r['total_vs_best_hf']:.2f}x |")
+              f"{r['prompts_per_s']:.1f} | {r['fill_mask_vs_best_hf']:.2f}x | {r['total_vs_best_hf']:.2f}x | "
+              f"{r['peak_rss_mb']:.0f} ({r['load_peak_rss_mb']:.0f}) |")
     print(f"\ntop-1 agreement (ours batched vs HF batch 1): {same_top1}/{len(masks)} masks; "
           f"largest relative difference of their top-1 scores {max_score_diff:.2e}")
 
@@ -232,6 +265,7 @@ def main():
         "repeats": args.repeats,
         "peer": versions,
         "raw_s": {"ours": ours, "hf": hf},
+        "raw_peak_rss_mb": {"ours": ours_rss, "hf": hf_rss},
         "rows": rows,
         "top1_agreement": {"masks": len(masks), "same_token": same_top1, "max_relative_score_diff": max_score_diff},
     }
