@@ -8,6 +8,7 @@
 namespace bert {
 
 bool stderr_is_tty() { return ::isatty(2) == 1; }
+bool stdin_is_tty() { return ::isatty(0) == 1; }
 
 Progress::Progress(bool enabled) : enabled_(enabled && stderr_is_tty()) {}
 

@@ -24,6 +24,7 @@ class Progress {
 };
 
 bool stderr_is_tty();
+bool stdin_is_tty();
 // "12.3 MB", "1.2 GB".
 std::string human_bytes(double bytes);
 // "12.3k", "4.5M".

@@ -9,6 +9,7 @@
 #include <cstdio>
 #include <filesystem>
 #include <fstream>
+#include <iostream>
 #include <istream>
 #include <memory>
 #include <numeric>
@@ -807,17 +808,30 @@ struct Prompt {
   std::string text;
 };
 
+// A prompt line as read (1-based line_number): a UTF-8 byte order mark before line 1 and a trailing
+// '\r' removed. false for a blank line, which holds no prompt.
+bool trim_prompt_line(std::string& line, size_t line_number) {
+  if (line_number == 1 && line.starts_with("\xEF\xBB\xBF")) line.erase(0, 3);  // Windows editors write one
+  if (!line.empty() && line.back() == '\r') line.pop_back();
+  return line.find_first_not_of(" \t") != std::string::npos;
+}
+
 void read_prompt_lines(std::istream& in, const std::string& name, std::vector<Prompt>& prompts) {
   std::string line;
   size_t line_number = 0;
   while (std::getline(in, line)) {
     ++line_number;
-    if (line_number == 1 && line.starts_with("\xEF\xBB\xBF")) line.erase(0, 3);  // a UTF-8 byte order mark
-    if (!line.empty() && line.back() == '\r') line.pop_back();
+    const bool has_prompt = trim_prompt_line(line, line_number);
     check_utf8(line, name + ":" + std::to_string(line_number));
-    if (line.find_first_not_of(" \t") == std::string::npos) continue;
-    prompts.push_back({name + ":" + std::to_string(line_number), line});
+    if (has_prompt) prompts.push_back({name + ":" + std::to_string(line_number), line});
   }
+}
+
+// --targets must be UTF-8: checked before stdin is read (what each target is needs the tokenizer).
+void check_targets_utf8(const Args& args) {
+  if (!args.has("--targets")) return;
+  for (size_t i = 0; i < args.values("--targets").size(); ++i)
+    check_utf8(args.values("--targets")[i], "bert_infer: --targets: target " + std::to_string(i + 1));
 }
 
 void print_fill_mask_table(const Prompt& prompt, const FillMaskResult& result, const Tokenizer& tokenizer,
@@ -870,7 +884,10 @@ constexpr const char* kHelpNotes =
     "\nFill-mask prints, for each [MASK] of each prompt, the top-k tokens by softmax probability: exactly\n"
     "what transformers' pipeline(\"fill-mask\", model=DIR, top_k=K) returns (--json: the same JSON, one\n"
     "value per prompt line). Prompts come from --mask and --input (both may be given; --mask first),\n"
-    "else from stdin (one a line). Prompts must be valid UTF-8.\n"
+    "else from stdin (one a line). Prompts must be valid UTF-8. From a terminal, or with --interactive,\n"
+    "each stdin line is answered when it ends (Enter) and the output flushed, so a script can write a\n"
+    "prompt and read its answer; a bad line is reported (--json: an {\"error\": ...} line in its place)\n"
+    "and the next one read, and the exit status is 1 if any line failed.\n"
     "\n"
     "--targets T... (the pipeline's targets=) ranks only those tokens: each T is a vocabulary entry as\n"
     "written (\"##에서\" included), else the first token the tokenizer makes of it (with a note: \"Seoul\"\n"
@@ -1107,6 +1124,72 @@ int run_exposure(const Args& args, const std::string& model_dir, const std::stri
 }  // namespace
 
 namespace {
+
+// --targets as token ids (none without the option), its notes on `err`.
+std::vector<int32_t> target_ids(const Args& args, const InferenceCheckpoint& checkpoint, std::ostream& err) {
+  if (!args.has("--targets")) return {};
+  std::vector<std::string> notes;
+  std::vector<int32_t> targets;
+  try {
+    targets = fill_mask_target_ids(checkpoint.tokenizer, args.values("--targets"), checkpoint.config.vocab_size, notes);
+  } catch (const Error& e) {
+    throw Error(std::string("bert_infer: --targets: ") + e.what());
+  }
+  for (const std::string& note : notes) err << "note: --targets: " << note << "\n";
+  return targets;
+}
+
+// Fill-mask on each stdin line as it is read: the answer printed and flushed before the next line
+// is read; a bad line is reported and skipped (JSON: {"error": ...} in its place, so a reader that
+// pairs lines stays in step). 1 if any line failed.
+int run_interactive(const Args& args, const std::string& model_dir, const std::string& device, int threads, int top_k,
+                    bool json, std::istream& in, std::ostream& out, std::ostream& err) {
+  check_targets_utf8(args);
+  InferenceCheckpoint checkpoint = load_inference_checkpoint(model_dir, threads);
+  for (const std::string& note : checkpoint.notes) err << "note: " << note << "\n";
+  const std::vector<int32_t> targets = target_ids(args, checkpoint, err);
+  const std::unique_ptr<MlmLogitsSource> model = logits_source(checkpoint, device);
+  if (&in == &std::cin && stdin_is_tty())
+    err << "bert_infer: type a prompt with " << checkpoint.tokenizer.config().mask_token
+        << " and press Enter; Ctrl-D ends" << std::endl;
+  size_t line_number = 0, answered = 0, failed = 0;
+  for (std::string line; std::getline(in, line);) {
+    if (!trim_prompt_line(line, ++line_number)) continue;
+    const Prompt prompt{"<stdin>:" + std::to_string(line_number), line};
+    try {
+      check_utf8(prompt.text, prompt.source);
+      (void)encode_prompt(checkpoint.tokenizer, prompt.text, model->config().max_position_embeddings,
+                          model->config().vocab_size);  // its errors without fill_mask_batch's "prompt 1: "
+      const std::vector<FillMaskResult> results =
+          fill_mask_batch(*model, checkpoint.tokenizer, {prompt.text}, top_k, checkpoint.clean_up_tokenization_spaces,
+                          targets, PromptBatching{});
+      if (json) {
+        out << fill_mask_json(results.front()).dump() << "\n";
+      } else {
+        if (answered > 0) out << "\n";
+        print_fill_mask_table(prompt, results.front(), checkpoint.tokenizer, out);
+      }
+      ++answered;
+    } catch (const Error& e) {
+      const std::string message = prompt.source + ": " + e.what();
+      err << "error: " << message << std::endl;
+      if (json) {
+        Json error = Json::object();
+        error.set("error", message);
+        out << error.dump() << "\n";
+      }
+      ++failed;
+    }
+    if (!out.flush()) throw Error("bert_infer: write error on the standard output");
+  }
+  if (in.bad()) throw Error("<stdin>: read error");
+  if (failed > 0) {
+    err << "bert_infer: " << failed << " of " << answered + failed << " prompts failed\n";
+    return 1;
+  }
+  return 0;
+}
+
 int run_infer(const std::vector<std::string>& argv, std::istream& in, std::ostream& out, std::ostream& err) {
   Args args("bert_infer",
             "bert_infer --model DIR [--mask PROMPT...] [--input FILE] [--probe FILE.tsv] [--exposure FILE.tsv] "
@@ -1115,6 +1198,8 @@ int run_infer(const std::vector<std::string>& argv, std::istream& in, std::ostre
               "checkpoint dir: model.safetensors, config.json, vocab.txt (or tokenizer.json), tokenizer_config.json")
       .list("--mask", "prompt(s) with one or more [MASK] tokens (repeatable)")
       .option("--input", "prompts, one a line; - for stdin (the default when no --mask is given)")
+      .flag("--interactive",
+            "answer each stdin line as it is read, flushing the output (the default when stdin is a terminal)")
       .option("--probe", "LAMA probe TSV: 'prompt with one [MASK]<TAB>gold[<TAB>relation]' a line (- for stdin)")
       .option("--exposure", "canary TSV: 'text as in the corpus<TAB>secret in it[<TAB>label]' a line (- for stdin)")
       .option("--candidates", "--exposure: secrets of the same shape each canary is ranked among", "1000")
@@ -1151,6 +1236,8 @@ int run_infer(const std::vector<std::string>& argv, std::istream& in, std::ostre
   const bool json = args.has("--json");
   const std::string model_dir = args.str("--model");
 
+  if (args.has("--interactive") && (args.has("--probe") || args.has("--exposure")))
+    throw Error("bert_infer: --interactive is for fill-mask prompts; --probe and --exposure read their files whole");
   if (args.has("--targets") && (args.has("--probe") || args.has("--exposure")))
     throw Error("bert_infer: --targets is for fill-mask; --probe and --exposure score their own answers");
   for (const char* option : {"--candidates", "--seed", "--scores"})
@@ -1196,13 +1283,17 @@ int run_infer(const std::vector<std::string>& argv, std::istream& in, std::ostre
   check_checkpoint_files(model_dir);  // not only after stdin has ended
   std::vector<Prompt> prompts;
   const std::vector<std::string>& masks = args.values("--mask");
+  const bool from_stdin = args.has("--input") ? args.str("--input") == "-" : masks.empty();
+  if (args.has("--interactive") && (!from_stdin || !masks.empty()))
+    throw Error("bert_infer: --interactive answers stdin's lines; drop --mask and --input FILE");
+  // (A terminal only when `in` is the process's stdin: the tests pass their own streams.)
+  if (args.has("--interactive") || (from_stdin && masks.empty() && &in == &std::cin && stdin_is_tty()))
+    return run_interactive(args, model_dir, device, threads, top_k, json, in, out, err);
   for (size_t i = 0; i < masks.size(); ++i) {
     prompts.push_back({"--mask " + std::to_string(i + 1), masks[i]});
     check_utf8(masks[i], prompts.back().source);
   }
-  if (args.has("--targets"))  // (before stdin is read; what each target is needs the tokenizer)
-    for (size_t i = 0; i < args.values("--targets").size(); ++i)
-      check_utf8(args.values("--targets")[i], "bert_infer: --targets: target " + std::to_string(i + 1));
+  check_targets_utf8(args);
   if (args.has("--input") && args.str("--input") != "-") {
     const std::string path = args.str("--input");
     if (is_directory(path)) throw Error(path + ": is a directory, expected the --input file");
@@ -1217,17 +1308,7 @@ int run_infer(const std::vector<std::string>& argv, std::istream& in, std::ostre
 
   InferenceCheckpoint checkpoint = load_inference_checkpoint(model_dir, threads);
   for (const std::string& note : checkpoint.notes) err << "note: " << note << "\n";
-  std::vector<int32_t> targets;
-  if (args.has("--targets")) {
-    std::vector<std::string> notes;
-    try {
-      targets =
-          fill_mask_target_ids(checkpoint.tokenizer, args.values("--targets"), checkpoint.config.vocab_size, notes);
-    } catch (const Error& e) {
-      throw Error(std::string("bert_infer: --targets: ") + e.what());
-    }
-    for (const std::string& note : notes) err << "note: --targets: " << note << "\n";
-  }
+  const std::vector<int32_t> targets = target_ids(args, checkpoint, err);
   const std::unique_ptr<MlmLogitsSource> model = logits_source(checkpoint, device);
   // Every prompt is checked before any output, so a bad line 7 does not leave 6 answers behind.
   for (const Prompt& prompt : prompts) {

@@ -714,6 +714,48 @@ void check_same_answers(const bert::FillMaskResult& batched, const bert::FillMas
 
 }  // namespace
 
+TEST_CASE("bert_infer --interactive: each stdin line answered in turn, a bad line reported in its place", "[infer]") {
+  const std::string dir = make_checkpoint("interactive");
+  const std::string good = "the cat [MASK] on the mat.", two = "the [MASK] sat on the [MASK].";
+  std::string want, out, err;
+  REQUIRE(run({"--model", dir, "--json", "--top-k", "2", "--batch-size", "1"}, good + "\n" + two + "\n", want) == 0);
+  const std::vector<std::string> answers = lines_of(want);
+  REQUIRE(answers.size() == 2);
+
+  // JSON: a line per prompt line, the bad one an {"error": ...} object naming it; blank lines skipped.
+  CHECK(run({"--model", dir, "--json", "--top-k", "2", "--interactive"},
+            "\xEF\xBB\xBF" + good + "\r\n\n  \nthe cat sat.\n" + two + "\n", out, &err) == 1);
+  const std::vector<std::string> got = lines_of(out);
+  REQUIRE(got.size() == 3);
+  CHECK(got[0] == answers[0]);
+  CHECK(got[2] == answers[1]);
+  const Json error = Json::parse(got[1], "out");
+  REQUIRE(error.is_object());
+  CHECK(error.find("error")->as_string().starts_with("<stdin>:4: no [MASK] in the prompt"));
+  CHECK_THAT(err, Catch::Contains("error: <stdin>:4: no [MASK]") && Catch::Contains("1 of 3 prompts failed"));
+
+  // The table: the answers' blocks one blank line apart; every line good: exit 0; --targets applies.
+  REQUIRE(run({"--model", dir, "--top-k", "1", "--interactive"}, good + "\n" + two + "\n", out, &err) == 0);
+  CHECK(err.empty());
+  std::string batch_table;
+  REQUIRE(run({"--model", dir, "--top-k", "1"}, good + "\n" + two + "\n", batch_table) == 0);
+  CHECK(out == batch_table);
+  REQUIRE(run({"--model", dir, "--json", "--interactive", "--targets", "sat", "mat"}, good + "\n", out) == 0);
+  REQUIRE(lines_of(out).size() == 1);
+  CHECK(Json::parse(out, "out").as_array().size() == 2);
+  // Invalid UTF-8 is that line's error too.
+  CHECK(run({"--model", dir, "--json", "--interactive"}, "the \xFF [MASK].\n" + good + "\n", out, &err) == 1);
+  CHECK(lines_of(out).size() == 2);
+  CHECK_THAT(err, Catch::Contains("<stdin>:1"));
+
+  CHECK_THROWS_WITH(run({"--model", dir, "--interactive", "--mask", good}, "", out),
+                    Catch::Contains("--interactive answers stdin's lines"));
+  CHECK_THROWS_WITH(run({"--model", dir, "--interactive", "--input", dir + "/vocab.txt"}, "", out),
+                    Catch::Contains("--interactive answers stdin's lines"));
+  CHECK_THROWS_WITH(run({"--model", dir, "--interactive", "--probe", "-"}, "", out),
+                    Catch::Contains("--interactive is for fill-mask prompts"));
+}
+
 TEST_CASE("fill_mask_batch and probe: prompts share padded forwards, each answer as its prompt alone", "[infer]") {
   const std::string dir = make_checkpoint("batched");
   bert::InferenceCheckpoint checkpoint = bert::load_inference_checkpoint(dir);
