@@ -19,6 +19,8 @@ Each side in its own subprocess, one after the other, --repeats times (the media
 Memory: each subprocess's peak resident set (getrusage's ru_maxrss of that child): ours per run (the
 load column's run holds one prompt), HF's once for its process (the pipeline's load and both batch
 sizes; the interpreter and torch included, as a user runs it), with the peak right after the load.
+Linux starts a child's ru_maxrss at its parent's resident set when it forks, so each is at least this
+script's own (recorded as bench_parent_rss_mb; ~20 MB).
 Agreement: the top-1 token of every [MASK] of our batched run against HF's batch-1 run, and the
 largest relative difference of their top-1 scores (both fp32: rounding only).
 
@@ -28,6 +30,7 @@ import argparse
 import json
 import os
 import random
+import resource
 import shlex
 import statistics
 import subprocess
@@ -63,8 +66,6 @@ def make_model_worker(spec):
 
 def hf_worker(spec):
     """Runs in the venv's python: pipeline load, then fill-mask over the prompts per batch size."""
-    import resource
-
     import torch
     import transformers
     from transformers import pipeline
@@ -266,6 +267,7 @@ def main():
         "peer": versions,
         "raw_s": {"ours": ours, "hf": hf},
         "raw_peak_rss_mb": {"ours": ours_rss, "hf": hf_rss},
+        "bench_parent_rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
         "rows": rows,
         "top1_agreement": {"masks": len(masks), "same_token": same_top1, "max_relative_score_diff": max_score_diff},
     }

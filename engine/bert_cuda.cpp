@@ -78,7 +78,7 @@ std::string CudaMemoryPlan::table() const {
       {"gradients (fp32)", grads_bytes},
       {"AdamW moments (fp32)", optimizer_bytes},
       {"activations (bf16)", activations_bytes},
-      {"backward workspace (bf16)", workspace_bytes},
+      {"workspace (bf16)", workspace_bytes},  // the backward's buffers and the decoder's logits
       {"statistics (fp32)", statistics_bytes},
       {"batch inputs (int32)", inputs_bytes},
       {"loss stats", loss_stats_bytes},

@@ -886,8 +886,8 @@ constexpr const char* kHelpNotes =
     "value per prompt line). Prompts come from --mask and --input (both may be given; --mask first),\n"
     "else from stdin (one a line). Prompts must be valid UTF-8. From a terminal, or with --interactive,\n"
     "each stdin line is answered when it ends (Enter) and the output flushed, so a script can write a\n"
-    "prompt and read its answer; a bad line is reported (--json: an {\"error\": ...} line in its place)\n"
-    "and the next one read, and the exit status is 1 if any line failed.\n"
+    "prompt and read its answer; a bad line is reported on stderr (--json: also an {\"error\": ...} line\n"
+    "in its place on stdout) and the next one read, and the exit status is 1 if any line failed.\n"
     "\n"
     "--targets T... (the pipeline's targets=) ranks only those tokens: each T is a vocabulary entry as\n"
     "written (\"##에서\" included), else the first token the tokenizer makes of it (with a note: \"Seoul\"\n"
@@ -1192,7 +1192,8 @@ int run_interactive(const Args& args, const std::string& model_dir, const std::s
 
 int run_infer(const std::vector<std::string>& argv, std::istream& in, std::ostream& out, std::ostream& err) {
   Args args("bert_infer",
-            "bert_infer --model DIR [--mask PROMPT...] [--input FILE] [--probe FILE.tsv] [--exposure FILE.tsv] "
+            "bert_infer --model DIR [--mask PROMPT...] [--input FILE] [--interactive] [--probe FILE.tsv] [--exposure "
+            "FILE.tsv] "
             "[--top-k K] [--targets T...] [--json] [--device cpu|cuda] [--threads N]");
   args.option("--model",
               "checkpoint dir: model.safetensors, config.json, vocab.txt (or tokenizer.json), tokenizer_config.json")
@@ -1286,6 +1287,8 @@ int run_infer(const std::vector<std::string>& argv, std::istream& in, std::ostre
   const bool from_stdin = args.has("--input") ? args.str("--input") == "-" : masks.empty();
   if (args.has("--interactive") && (!from_stdin || !masks.empty()))
     throw Error("bert_infer: --interactive answers stdin's lines; drop --mask and --input FILE");
+  if (args.has("--interactive") && args.has("--batch-size"))
+    throw Error("bert_infer: --batch-size has nothing to batch with --interactive (one line a forward)");
   // (A terminal only when `in` is the process's stdin: the tests pass their own streams.)
   if (args.has("--interactive") || (from_stdin && masks.empty() && &in == &std::cin && stdin_is_tty()))
     return run_interactive(args, model_dir, device, threads, top_k, json, in, out, err);

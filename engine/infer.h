@@ -167,7 +167,7 @@ class MlmLogitsSource {
 // GEMMs sum in another order). At BERT-base a lone 20-token prompt reads all 440 MB of weights for
 // 2 * 110M * 20 FLOPs; 64 of them in one call read them once.
 struct PromptBatching {
-  int64_t max_tokens = 1024;  // BERT-base on the CPU: ~0.45 MB of activations a token
+  int64_t max_tokens = 1024;  // BERT-base on the CPU, forward only: ~0.1 MB of activations a token
   int64_t max_sequences = 64;
   double max_padding = 0.125;  // padding tokens a call may add, as a fraction of its real tokens
   std::function<void(size_t done, size_t total)> progress;  // sequences run so far, after each call

@@ -752,6 +752,8 @@ TEST_CASE("bert_infer --interactive: each stdin line answered in turn, a bad lin
                     Catch::Contains("--interactive answers stdin's lines"));
   CHECK_THROWS_WITH(run({"--model", dir, "--interactive", "--input", dir + "/vocab.txt"}, "", out),
                     Catch::Contains("--interactive answers stdin's lines"));
+  CHECK_THROWS_WITH(run({"--model", dir, "--interactive", "--batch-size", "4"}, "", out),
+                    Catch::Contains("--batch-size has nothing to batch with --interactive"));
   CHECK_THROWS_WITH(run({"--model", dir, "--interactive", "--probe", "-"}, "", out),
                     Catch::Contains("--interactive is for fill-mask prompts"));
 }

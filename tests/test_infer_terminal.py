@@ -1,40 +1,95 @@
 #!/usr/bin/env python3
-"""bert_infer on a terminal: with stdin a terminal and no --mask/--input it answers each line as it is
-typed, not at end of input (tests/test_infer.cpp runs --interactive on streams, which cannot show that).
+"""bert_infer reading prompts as they come: from a terminal (no --mask/--input), or with --interactive
+from a pipe, each line is answered before the next is read, not at end of input (tests/test_infer.cpp
+runs --interactive on string streams, which cannot show that).
 
-On a pseudo-terminal (pty.fork): the hint naming [MASK] and Ctrl-D; a prompt line's answer table
-arrives while stdin is still open; a line without [MASK] is reported by line number and the session
-goes on; Ctrl-D ends it with exit status 1 (one line failed) and the count of failed lines. With stdin
-a pipe, nothing is printed before the end of input and there is no hint. The checkpoint: a tiny
-BertForMaskedLM with random weights that transformers saves, a vocab.txt of 11 tokens.
+- On a pseudo-terminal (pty.fork): the hint naming [MASK] and Ctrl-D; a prompt line's answer table
+  arrives while stdin is still open; a line without [MASK] is reported by line number and the session
+  goes on; Ctrl-D ends it with exit status 1 (one line failed) and the count of failed lines.
+- On a pipe with --interactive --json: each answer line, then the {"error": ...} line of a bad
+  prompt, is read while stdin is still open (the output is flushed per line, not at exit).
+- On a pipe without it: the prompts are read to the end first and checked before any answer, so a
+  good line then a bad one print nothing and exit 1; no hint.
+The checkpoint: a tiny random BertForPreTraining (hidden 16, 1 layer, vocabulary of 11 tokens) written
+here as safetensors by hand (standard library only).
 
-    ~/.cache/bertforge/venv/bin/python tests/test_infer_terminal.py --infer build/bert_infer --work /tmp/x
+    python3 tests/test_infer_terminal.py --infer build/bert_infer --work /tmp/x
 """
 import argparse
+import json
 import os
 import pty
+import random
 import select
 import shutil
+import struct
 import subprocess
 import sys
 import time
 
 TOKENS = ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]", "the", "cat", "sat", "on", "mat", "."]
+HIDDEN, INTERMEDIATE, POSITIONS = 16, 32, 32
 
 
 def make_model(directory):
-    import torch
-    from transformers import BertConfig, BertForMaskedLM, BertTokenizer
-
-    torch.manual_seed(0)
+    """config.json, vocab.txt, tokenizer_config.json and a model.safetensors of BertForPreTraining's
+    tensors (HF names; LayerNorm weights 1, biases 0, the rest normal(0, 0.5))."""
     os.makedirs(directory, exist_ok=True)
-    vocab = os.path.join(directory, "vocab.txt")
-    with open(vocab, "w", encoding="utf-8") as f:
+    with open(os.path.join(directory, "vocab.txt"), "w", encoding="utf-8") as f:
         f.write("\n".join(TOKENS) + "\n")
-    BertTokenizer(vocab).save_pretrained(directory)
-    config = BertConfig(vocab_size=len(TOKENS), hidden_size=16, num_hidden_layers=1, num_attention_heads=2,
-                        intermediate_size=32, max_position_embeddings=32)
-    BertForMaskedLM(config).save_pretrained(directory, safe_serialization=True)
+    with open(os.path.join(directory, "tokenizer_config.json"), "w") as f:
+        json.dump({"do_lower_case": True, "tokenizer_class": "BertTokenizer"}, f)
+    config = {"architectures": ["BertForPreTraining"], "model_type": "bert", "vocab_size": len(TOKENS),
+              "hidden_size": HIDDEN, "num_hidden_layers": 1, "num_attention_heads": 2,
+              "intermediate_size": INTERMEDIATE, "max_position_embeddings": POSITIONS, "type_vocab_size": 2,
+              "hidden_act": "gelu", "layer_norm_eps": 1e-12, "pad_token_id": 0}
+    with open(os.path.join(directory, "config.json"), "w") as f:
+        json.dump(config, f)
+    h, i, v = HIDDEN, INTERMEDIATE, len(TOKENS)
+    shapes = {"bert.embeddings.word_embeddings.weight": [v, h],
+              "bert.embeddings.position_embeddings.weight": [POSITIONS, h],
+              "bert.embeddings.token_type_embeddings.weight": [2, h],
+              "bert.embeddings.LayerNorm.weight": [h], "bert.embeddings.LayerNorm.bias": [h]}
+    layer = "bert.encoder.layer.0."
+    for name in ("query", "key", "value"):
+        shapes[f"{layer}attention.self.{name}.weight"] = [h, h]
+        shapes[f"{layer}attention.self.{name}.bias"] = [h]
+    shapes.update({f"{layer}attention.output.dense.weight": [h, h], f"{layer}attention.output.dense.bias": [h],
+                   f"{layer}attention.output.LayerNorm.weight": [h], f"{layer}attention.output.LayerNorm.bias": [h],
+                   f"{layer}intermediate.dense.weight": [i, h], f"{layer}intermediate.dense.bias": [i],
+                   f"{layer}output.dense.weight": [h, i], f"{layer}output.dense.bias": [h],
+                   f"{layer}output.LayerNorm.weight": [h], f"{layer}output.LayerNorm.bias": [h],
+                   "bert.pooler.dense.weight": [h, h], "bert.pooler.dense.bias": [h],
+                   "cls.predictions.bias": [v],
+                   "cls.predictions.transform.dense.weight": [h, h], "cls.predictions.transform.dense.bias": [h],
+                   "cls.predictions.transform.LayerNorm.weight": [h], "cls.predictions.transform.LayerNorm.bias": [h],
+                   "cls.seq_relationship.weight": [2, h], "cls.seq_relationship.bias": [2]})
+    rng = random.Random(0)
+    header, data = {"__metadata__": {"format": "pt"}}, b""
+    for name, shape in shapes.items():
+        count = 1
+        for d in shape:
+            count *= d
+        if "LayerNorm.weight" in name:
+            values = [1.0] * count
+        elif name.endswith("bias"):
+            values = [0.0] * count
+        else:
+            values = [rng.gauss(0, 0.5) for _ in range(count)]
+        header[name] = {"dtype": "F32", "shape": shape, "data_offsets": [len(data), len(data) + 4 * count]}
+        data += struct.pack(f"<{count}f", *values)
+    header_bytes = json.dumps(header).encode()
+    header_bytes += b" " * (-len(header_bytes) % 8)
+    with open(os.path.join(directory, "model.safetensors"), "wb") as f:
+        f.write(struct.pack("<Q", len(header_bytes)) + header_bytes + data)
+
+
+def read_line(pipe, timeout=60):
+    """One line from a child's stdout pipe within `timeout` seconds (while its stdin stays open)."""
+    ready, _, _ = select.select([pipe], [], [], timeout)
+    if not ready:
+        raise SystemExit(f"FAIL: no output line within {timeout} s while stdin is open")
+    return pipe.readline()
 
 
 class Terminal:
@@ -112,12 +167,34 @@ def main():
         raise SystemExit(f"FAIL: exit {code} (want 1, one line failed); the terminal shows:\n{shown}")
     print("terminal session: answers as lines are typed, the bad line reported, exit 1")
 
-    # A pipe is not a terminal: the prompts are read to the end first (answered in batches), no hint.
+    # --interactive on a pipe: each line's answer (or error object) flushed before the next is read.
+    child = subprocess.Popen([infer, "--model", model, "--top-k", "1", "--threads", "1", "--interactive", "--json"],
+                             stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                             bufsize=1)
+    child.stdin.write("the cat [MASK] on the mat.\n")
+    child.stdin.flush()
+    answer = json.loads(read_line(child.stdout))
+    if not (isinstance(answer, list) and answer[0]["sequence"].startswith("the cat ")):
+        raise SystemExit(f"FAIL: --interactive on a pipe answered {answer!r}")
+    child.stdin.write("the cat sat.\n")
+    child.stdin.flush()
+    error = json.loads(read_line(child.stdout))
+    if not (isinstance(error, dict) and error["error"].startswith("<stdin>:2: no [MASK]")):
+        raise SystemExit(f"FAIL: --interactive on a pipe, a bad line gave {error!r}")
+    child.stdin.close()
+    rest, stderr = child.stdout.read(), child.stderr.read()
+    if child.wait(timeout=60) != 1 or rest or "1 of 2 prompts failed" not in stderr or "Ctrl-D" in stderr:
+        raise SystemExit(f"FAIL: --interactive on a pipe: exit {child.returncode}, then {rest!r}; stderr {stderr!r}")
+    print("--interactive on a pipe: each line answered while stdin is open")
+
+    # A plain pipe is not a terminal: the prompts are read to the end and checked before any answer, so
+    # a bad second line leaves no answer to the first; no hint.
     piped = subprocess.run([infer, "--model", model, "--top-k", "1", "--threads", "1"],
-                           input="the cat [MASK] on the mat.\n", capture_output=True, text=True, timeout=120)
-    if piped.returncode != 0 or "Ctrl-D" in piped.stderr or "> the cat [MASK] on the mat." not in piped.stdout:
+                           input="the cat [MASK] on the mat.\nthe cat sat.\n", capture_output=True, text=True,
+                           timeout=120)
+    if piped.returncode != 1 or piped.stdout or "Ctrl-D" in piped.stderr or "<stdin>:2" not in piped.stderr:
         raise SystemExit(f"FAIL: piped stdin: exit {piped.returncode}\n{piped.stdout}\n{piped.stderr}")
-    print("piped stdin: no hint, answered at end of input")
+    print("piped stdin: read whole, no hint")
     print("PASS")
 
 
