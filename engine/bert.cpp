@@ -265,6 +265,7 @@ void read_arena(const std::string& path, const BertConfig& config, const Paramet
     if (bad != values.end())
       throw Error(path + ": tensor '" + found + "' holds " + std::to_string(*bad) + " at element " +
                   std::to_string(bad - values.begin()) + "; the file is damaged");
+    file.release(file.info(found));  // read: the arena's copy is all the process keeps resident
     used.insert(found);
   }
   // A tied alias in the file (HF leaves them out of safetensors, but a file may hold them) must equal

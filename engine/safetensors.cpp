@@ -356,7 +356,16 @@ bool SafetensorsFile::verify_data_hash() const {
     throw Error(path() + ": __metadata__ value of '" + std::string(kDataHashKey) + "' must be 16 hex digits, got " +
                 shown + "; the header is damaged");
   }
-  const uint64_t actual = hash64(static_cast<const std::byte*>(file_.data()) + data_start_, file_.size() - data_start_);
+  const auto* data = static_cast<const std::byte*>(file_.data()) + data_start_;
+  const size_t bytes = file_.size() - data_start_;
+  Hash64 hash(bytes);
+  constexpr size_t kWindow = size_t{64} << 20;  // a multiple of 8
+  for (size_t done = 0; done < bytes; done += kWindow) {
+    const size_t piece = std::min(kWindow, bytes - done);
+    hash.update(data + done, piece);
+    file_.release(data_start_ + done, data_start_ + done + piece);
+  }
+  const uint64_t actual = hash.value();
   if (actual != *expected)
     throw Error(path() + ": the tensor data hashes to " + hex64(actual) + ", the header records " + *recorded + " (" +
                 std::string(kDataHashKey) + "): the file was damaged after it was written; restore a copy, or " +
@@ -374,6 +383,10 @@ const TensorInfo& SafetensorsFile::info(std::string_view name) const {
   if (const TensorInfo* t = find(name)) return *t;
   throw Error(path() + ": tensor '" + std::string(name) + "' not found (the file has " +
               std::to_string(tensors_.size()) + " tensors)");
+}
+
+void SafetensorsFile::release(const TensorInfo& tensor) const {
+  file_.release(data_start_ + tensor.begin, data_start_ + tensor.end);
 }
 
 std::span<const std::byte> SafetensorsFile::raw(const TensorInfo& tensor) const {

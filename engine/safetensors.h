@@ -113,7 +113,11 @@ class SafetensorsFile {
   const TensorInfo* find(std::string_view name) const;
   // When the metadata holds kDataHashKey: hashes the data buffer (one pass, ~0.2 s for BERT-base) and
   // throws a one-line error if it differs or the entry is malformed. Returns whether there was one.
+  // The pages it has hashed leave the process's resident set as it goes (release()).
   bool verify_data_hash() const;
+  // The tensor's pages leave the resident set (a later read brings them back from the file): a
+  // reader done with a tensor calls it, so a load's peak is its arena, not the arena and the file.
+  void release(const TensorInfo& tensor) const;
   // Throws "tensor 'name' not found".
   const TensorInfo& info(std::string_view name) const;
   std::span<const std::byte> raw(const TensorInfo& tensor) const;

@@ -3,6 +3,7 @@
 // config.json. The [.python-roundtrip] case is driven by tests/conformance/test_safetensors_python.py.
 #include <unistd.h>
 
+#include <algorithm>
 #include <bit>
 #include <catch2/catch.hpp>
 #include <cmath>
@@ -13,6 +14,7 @@
 #include <fstream>
 #include <functional>
 #include <set>
+#include <stdexcept>
 #include <string>
 #include <vector>
 
@@ -237,6 +239,47 @@ TEST_CASE("safetensors: the data hash catches any changed byte of the buffer and
   CHECK(parse_hex64("0123456789ABCDEF") == 0x0123456789abcdefull);
   CHECK_FALSE(parse_hex64("0123456789abcde").has_value());
   CHECK_FALSE(parse_hex64("0123456789abcdeg").has_value());
+}
+
+TEST_CASE("hash64 in pieces (Hash64) equals the one-shot hash, and a file past one hashing window verifies") {
+  std::vector<unsigned char> bytes(1000);
+  uint64_t x = 88172645463325252ull;
+  for (unsigned char& b : bytes) {
+    x ^= x << 13;
+    x ^= x >> 7;
+    x ^= x << 17;
+    b = static_cast<unsigned char>(x);
+  }
+  for (const size_t total : {size_t{0}, size_t{5}, size_t{8}, size_t{13}, size_t{999}, size_t{1000}})
+    for (const size_t piece : {size_t{8}, size_t{16}, size_t{200}, size_t{1000}}) {
+      INFO("total " << total << ", pieces of " << piece);
+      Hash64 hash(total);
+      for (size_t done = 0; done < total; done += piece)
+        hash.update(bytes.data() + done, std::min(piece, total - done));
+      CHECK(hash.value() == hash64(bytes.data(), total));
+    }
+  Hash64 misuse(20);
+  misuse.update(bytes.data(), 5);
+  CHECK_THROWS_AS(misuse.update(bytes.data() + 5, 15), std::logic_error);  // after a piece of 5 bytes
+  CHECK_THROWS_AS(Hash64(8).value(), std::logic_error);                    // nothing hashed yet
+  Hash64 past(8);
+  CHECK_THROWS_AS(past.update(bytes.data(), 16), std::logic_error);
+
+  // verify_data_hash reads the buffer 64 MiB at a time: a damaged byte in the second window is found.
+  const std::string dir = temp_dir("data_hash_windows");
+  const std::vector<float> big((size_t{64} << 20) / 4 + 1000, 0.5f);
+  SafetensorsWriter w;
+  w.add_f32("big", {static_cast<int64_t>(big.size())}, big);
+  w.add_data_hash();
+  const std::string path = dir + "/big.safetensors";
+  w.write(path);
+  CHECK(SafetensorsFile(path).verify_data_hash());
+  std::string damaged = read_file(path);
+  damaged[damaged.size() - 100] ^= 1;
+  write_bytes(path, damaged);
+  const SafetensorsFile file(path);
+  CHECK_THAT(error_of([&] { (void)file.verify_data_hash(); }), Contains("damaged after it was written"));
+  std::filesystem::remove(path);
 }
 
 TEST_CASE("safetensors: bf16 and f16 conversions") {
