@@ -623,7 +623,9 @@ class Trainer {
   GradientSum gradient_sum_;                         // device_comm_'s all-reduce, in ddp_bucket_cap_mb buckets
 #endif
   std::unique_ptr<cpu::Context> context_;
-  std::vector<float> exp_avg_, exp_avg_sq_;  // laid out like the parameter arena
+  // Laid out like the parameter arena. On a GPU the moments live on the device and these are the
+  // checkpoints' staging, freed once written or uploaded (8 bytes a parameter of host memory a rank).
+  std::vector<float> exp_avg_, exp_avg_sq_;
   std::vector<cpu::AdamWTensor<float>> adam_tensors_;
   std::vector<cpu::GradView<float>> grad_views_;
   LrSchedule schedule_ = LrSchedule::kLinear;
@@ -1298,16 +1300,18 @@ void Trainer::restore(const std::string& checkpoint) {
     if (!step || *step != std::to_string(saved.global_step))
       throw Error(optimizer_path + ": global_step metadata " + (step ? *step : std::string("(missing)")) +
                   " does not match trainer_state.json's " + std::to_string(saved.global_step));
-    for (const ParamInfo& info : params()) {
-      optimizer.read_f32("exp_avg." + info.name, info.shape,
-                         std::span<float>(exp_avg_.data() + info.offset, info.numel));
-      optimizer.read_f32("exp_avg_sq." + info.name, info.shape,
-                         std::span<float>(exp_avg_sq_.data() + info.offset, info.numel));
-    }
+    for (const ParamInfo& info : params())
+      for (const auto& [prefix, arena] : {std::pair{"exp_avg.", &exp_avg_}, std::pair{"exp_avg_sq.", &exp_avg_sq_}}) {
+        const std::string name = prefix + info.name;
+        optimizer.read_f32(name, info.shape, std::span<float>(arena->data() + info.offset, info.numel));
+        optimizer.release(optimizer.info(name));  // read: the arena's copy is all that stays resident
+      }
 #if defined(BERT_TRAINER_CUDA)
     if (cuda_model_) {
       cuda_model_->upload_moments(exp_avg_, exp_avg_sq_);
       cuda_model_->set_optimizer_steps(saved.optimizer_steps);  // AdamW's bias-correction count
+      std::vector<float>().swap(exp_avg_);  // staging: on the device now
+      std::vector<float>().swap(exp_avg_sq_);
     }
 #endif
   } catch (const Error& e) {
@@ -1816,6 +1820,12 @@ std::string Trainer::save_checkpoint() {
                               std::span<const float>(exp_avg_sq_.data() + info.offset, info.numel));
           }
           optimizer.write(dir + "/trainer_state.safetensors");
+#if defined(BERT_TRAINER_CUDA)
+          if (cuda_model_) {  // staging, written: free it until the next checkpoint
+            std::vector<float>().swap(exp_avg_);
+            std::vector<float>().swap(exp_avg_sq_);
+          }
+#endif
           write_file_atomic(dir + "/trainer_state.json", state_.to_json().dump(2) + "\n");
           write_file_atomic(dir + "/run_config.toml", config_text_);
         });
