@@ -1310,7 +1310,8 @@ void Trainer::restore(const std::string& checkpoint) {
     if (cuda_model_) {
       cuda_model_->upload_moments(exp_avg_, exp_avg_sq_);
       cuda_model_->set_optimizer_steps(saved.optimizer_steps);  // AdamW's bias-correction count
-      std::vector<float>().swap(exp_avg_);  // staging: on the device now
+      // Staging: on the device now.
+      std::vector<float>().swap(exp_avg_);
       std::vector<float>().swap(exp_avg_sq_);
     }
 #endif
