@@ -1139,6 +1139,28 @@ std::vector<int32_t> target_ids(const Args& args, const InferenceCheckpoint& che
   return targets;
 }
 
+// A prompt fill-mask can answer: valid UTF-8 that encodes for `model` (its [MASK]s, its length; on
+// CUDA max_position_embeddings <= 512); else a one-line bert::Error that begins with its source.
+void check_prompt(const Prompt& prompt, const Tokenizer& tokenizer, const MlmLogitsSource& model) {
+  check_utf8(prompt.text, prompt.source);
+  try {
+    (void)encode_prompt(tokenizer, prompt.text, model.config().max_position_embeddings, model.config().vocab_size);
+  } catch (const Error& e) {
+    throw Error(prompt.source + ": " + e.what());
+  }
+}
+
+// One prompt's answer: a JSON line, or its table (after a blank line unless it is the first).
+void print_answer(const Prompt& prompt, const FillMaskResult& result, bool first, bool json, const Tokenizer& tokenizer,
+                  std::ostream& out) {
+  if (json) {
+    out << fill_mask_json(result).dump() << "\n";
+  } else {
+    if (!first) out << "\n";
+    print_fill_mask_table(prompt, result, tokenizer, out);
+  }
+}
+
 // Fill-mask on each stdin line as it is read: the answer printed and flushed before the next line
 // is read; a bad line is reported and skipped (JSON: {"error": ...} in its place, so a reader that
 // pairs lines stays in step). 1 if any line failed.
@@ -1157,21 +1179,18 @@ int run_interactive(const Args& args, const std::string& model_dir, const std::s
     if (!trim_prompt_line(line, ++line_number)) continue;
     const Prompt prompt{"<stdin>:" + std::to_string(line_number), line};
     try {
-      check_utf8(prompt.text, prompt.source);
-      (void)encode_prompt(checkpoint.tokenizer, prompt.text, model->config().max_position_embeddings,
-                          model->config().vocab_size);  // its errors without fill_mask_batch's "prompt 1: "
-      const std::vector<FillMaskResult> results =
-          fill_mask_batch(*model, checkpoint.tokenizer, {prompt.text}, top_k, checkpoint.clean_up_tokenization_spaces,
-                          targets, PromptBatching{});
-      if (json) {
-        out << fill_mask_json(results.front()).dump() << "\n";
-      } else {
-        if (answered > 0) out << "\n";
-        print_fill_mask_table(prompt, results.front(), checkpoint.tokenizer, out);
+      check_prompt(prompt, checkpoint.tokenizer, *model);  // (its errors without fill_mask_batch's "prompt 1: ")
+      std::vector<FillMaskResult> results;
+      try {
+        results = fill_mask_batch(*model, checkpoint.tokenizer, {prompt.text}, top_k,
+                                  checkpoint.clean_up_tokenization_spaces, targets, PromptBatching{});
+      } catch (const Error& e) {
+        throw Error(prompt.source + ": " + e.what());
       }
+      print_answer(prompt, results.front(), answered == 0, json, checkpoint.tokenizer, out);
       ++answered;
     } catch (const Error& e) {
-      const std::string message = prompt.source + ": " + e.what();
+      const std::string message = e.what();  // (naming the line)
       err << "error: " << message << std::endl;
       if (json) {
         Json error = Json::object();
@@ -1314,14 +1333,7 @@ int run_infer(const std::vector<std::string>& argv, std::istream& in, std::ostre
   const std::vector<int32_t> targets = target_ids(args, checkpoint, err);
   const std::unique_ptr<MlmLogitsSource> model = logits_source(checkpoint, device);
   // Every prompt is checked before any output, so a bad line 7 does not leave 6 answers behind.
-  for (const Prompt& prompt : prompts) {
-    try {
-      (void)encode_prompt(checkpoint.tokenizer, prompt.text, model->config().max_position_embeddings,
-                          model->config().vocab_size);  // (CUDA: max_position_embeddings <= 512)
-    } catch (const Error& e) {
-      throw Error(prompt.source + ": " + e.what());
-    }
-  }
+  for (const Prompt& prompt : prompts) check_prompt(prompt, checkpoint.tokenizer, *model);
   // In chunks, each printed when it is done: the candidates of every prompt at once (top_k of them a
   // [MASK], each with its own sequence) would not fit in memory for thousands of prompts at a large
   // --top-k. About a million candidates a chunk.
@@ -1339,14 +1351,8 @@ int run_infer(const std::vector<std::string>& argv, std::istream& in, std::ostre
     const std::vector<FillMaskResult> results = fill_mask_batch(*model, checkpoint.tokenizer, texts, top_k,
                                                                 checkpoint.clean_up_tokenization_spaces, targets, part);
     progress.finish();  // (cleared for the output; the next chunk's update draws it again)
-    for (size_t i = first; i < end; ++i) {
-      if (json) {
-        out << fill_mask_json(results[i - first]).dump() << "\n";
-      } else {
-        if (i) out << "\n";
-        print_fill_mask_table(prompts[i], results[i - first], checkpoint.tokenizer, out);
-      }
-    }
+    for (size_t i = first; i < end; ++i)
+      print_answer(prompts[i], results[i - first], i == 0, json, checkpoint.tokenizer, out);
   }
   return 0;
 }

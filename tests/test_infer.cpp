@@ -747,6 +747,7 @@ TEST_CASE("bert_infer --interactive: each stdin line answered in turn, a bad lin
   CHECK(run({"--model", dir, "--json", "--interactive"}, "the \xFF [MASK].\n" + good + "\n", out, &err) == 1);
   CHECK(lines_of(out).size() == 2);
   CHECK_THAT(err, Catch::Contains("<stdin>:1"));
+  CHECK_THAT(err, Catch::Contains("error: <stdin>:1: invalid UTF-8") && !Catch::Contains("<stdin>:1: <stdin>:1"));
 
   CHECK_THROWS_WITH(run({"--model", dir, "--interactive", "--mask", good}, "", out),
                     Catch::Contains("--interactive answers stdin's lines"));
