@@ -189,7 +189,9 @@ int tokenizer_train_command(const std::vector<std::string>& argv, std::ostream& 
                     std::to_string(topt.vocab_size));
   };
   TrainStats tstats;
-  const Vocab vocab = train_wordpiece(counts, topt, &tstats);
+  // --extend reads the counts again; a plain train lets them go before the merges.
+  const uint64_t total_words = counts.total(), distinct_words = counts.distinct();
+  const Vocab vocab = base ? train_wordpiece(counts, topt, &tstats) : train_wordpiece(std::move(counts), topt, &tstats);
   progress.finish();
 
   make_directories(out_dir);
@@ -246,10 +248,11 @@ int tokenizer_train_command(const std::vector<std::string>& argv, std::ostream& 
   if (!quiet) {
     out << "trained WordPiece vocabulary: " << vocab.size() << " tokens -> " << out_dir << "/vocab.txt\n"
         << "  corpus      " << human_bytes(static_cast<double>(cstats.bytes)) << ", " << cstats.lines << " lines, "
-        << counts.total() << " words, " << counts.distinct() << " distinct\n"
+        << total_words << " words, " << distinct_words << " distinct\n"
         << "  alphabet    " << tstats.alphabet << " characters"
-        << (tstats.dropped_characters ? " (" + std::to_string(tstats.dropped_characters) + " dropped by --limit-alphabet)"
-                                      : std::string())
+        << (tstats.dropped_characters
+                ? " (" + std::to_string(tstats.dropped_characters) + " dropped by --limit-alphabet)"
+                : std::string())
         << ", " << tstats.continuation_forms << " ##-continuations\n"
         << "  merges      " << tstats.merges << " (stopped: " << tstats.stop_reason << ")\n"
         << "  time        " << count_s << " s counting, " << seconds_since(t0) - count_s << " s merging; peak RSS "

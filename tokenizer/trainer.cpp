@@ -29,17 +29,45 @@ static uint64_t hash_bytes(std::string_view s) {
   return h;
 }
 
-WordCounts::WordCounts() { slots_.assign(1 << 12, Slot{0, 0, 0, 0}); }
+WordCounts::WordCounts() : shards_(size_t{1} << kShardBits) {
+  for (Shard& shard : shards_) shard.slots.assign(64, Slot{0, 0, 0, 0});
+}
 
-void WordCounts::grow() {
-  std::vector<Slot> old = std::move(slots_);
-  slots_.assign(old.size() * 2, Slot{0, 0, 0, 0});
-  const uint64_t mask = slots_.size() - 1;
+size_t WordCounts::memory_bytes() const {
+  size_t bytes = 0;
+  for (const Shard& shard : shards_) bytes += shard.arena.capacity() + shard.slots.capacity() * sizeof(Slot);
+  return bytes;
+}
+
+void WordCounts::Shard::grow() {
+  std::vector<Slot> old = std::move(slots);
+  slots.assign(old.size() * 2, Slot{0, 0, 0, 0});
+  const uint64_t mask = slots.size() - 1;
   for (const Slot& s : old) {
     if (!s.count) continue;
     uint64_t i = s.hash & mask;
-    while (slots_[i].count) i = (i + 1) & mask;
-    slots_[i] = s;
+    while (slots[i].count) i = (i + 1) & mask;
+    slots[i] = s;
+  }
+}
+
+void WordCounts::Shard::add(uint32_t hash, std::string_view word, uint64_t count) {
+  const uint64_t mask = slots.size() - 1;
+  for (uint64_t i = hash & mask;; i = (i + 1) & mask) {
+    Slot& s = slots[i];
+    if (!s.count) {
+      if (word.size() > UINT32_MAX)
+        throw Error("a word of " + std::to_string(word.size()) + " bytes: words are at most 4 GB");
+      s = Slot{count, arena.size(), hash, static_cast<uint32_t>(word.size())};
+      arena.append(word);
+      if (++used * 2 > slots.size()) grow();
+      return;
+    }
+    if (s.hash == hash && s.length == word.size() &&
+        std::memcmp(arena.data() + s.offset, word.data(), word.size()) == 0) {
+      s.count += count;
+      return;
+    }
   }
 }
 
@@ -47,24 +75,33 @@ void WordCounts::add(std::string_view word, uint64_t count) {
   if (count == 0) return;
   total_ += count;
   const uint64_t h = hash_bytes(word);
-  const uint64_t mask = slots_.size() - 1;
-  for (uint64_t i = h & mask;; i = (i + 1) & mask) {
-    Slot& s = slots_[i];
-    if (!s.count) {
-      s = Slot{h, count, arena_.size(), static_cast<uint32_t>(word.size())};
-      arena_.append(word);
-      if (++used_ * 2 > slots_.size()) grow();
-      return;
-    }
-    if (s.hash == h && s.length == word.size() && std::memcmp(arena_.data() + s.offset, word.data(), word.size()) == 0) {
-      s.count += count;
-      return;
-    }
-  }
+  Shard& shard = shards_[h >> (64 - kShardBits)];
+  const size_t before = shard.used;
+  shard.add(static_cast<uint32_t>(h), word, count);
+  used_ += shard.used - before;
 }
 
-void WordCounts::merge_from(const WordCounts& other) {
-  other.for_each([&](std::string_view w, uint64_t c) { add(w, c); });
+void WordCounts::merge_from(std::vector<WordCounts>& others, size_t threads) {
+  std::atomic<size_t> next{0};
+  run_parallel(std::max<size_t>(1, std::min(threads, shards_.size())), [&](size_t) {
+    for (size_t k = next++; k < shards_.size(); k = next++) {
+      Shard& into = shards_[k];
+      for (WordCounts& other : others) {
+        Shard& from = other.shards_[k];
+        for (const Slot& s : from.slots)
+          if (s.count) into.add(s.hash, std::string_view(from.arena.data() + s.offset, s.length), s.count);
+        from = Shard{};
+        from.slots.assign(64, Slot{0, 0, 0, 0});
+      }
+    }
+  });
+  used_ = 0;
+  for (const Shard& shard : shards_) used_ += shard.used;
+  for (WordCounts& other : others) {
+    total_ += other.total_;
+    other.total_ = 0;
+    other.used_ = 0;
+  }
 }
 
 namespace {
@@ -178,10 +215,10 @@ WordCounts count_words(const std::vector<std::string>& files, const CountOptions
 
   // Merge the smaller tables into the largest.
   std::sort(local.begin(), local.end(), [](const WordCounts& a, const WordCounts& b) { return a.distinct() > b.distinct(); });
-  for (size_t t = 1; t < local.size(); ++t) {
-    local[0].merge_from(local[t]);
-    local[t] = WordCounts();
-  }
+  WordCounts merged = std::move(local[0]);
+  local.erase(local.begin());
+  merged.merge_from(local, static_cast<size_t>(threads));
+  local.clear();
 
   if (options.on_invalid_utf8) {
     std::sort(bad_samples.begin(), bad_samples.end(), [](const BadLine& a, const BadLine& b) {
@@ -198,7 +235,7 @@ WordCounts count_words(const std::vector<std::string>& files, const CountOptions
     stats->lines = lines_done;
     stats->invalid_utf8_lines = bad_lines;
   }
-  return std::move(local[0]);
+  return merged;
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -211,10 +248,14 @@ inline PairKey pair_key(uint32_t a, uint32_t b) { return (static_cast<uint64_t>(
 inline uint32_t pair_first(PairKey p) { return static_cast<uint32_t>(p >> 32); }
 inline uint32_t pair_second(PairKey p) { return static_cast<uint32_t>(p); }
 
+// A heap entry. The words it was created from (HF's `pos`) are pool[begin, begin + length) of one
+// flat pool shared by all entries: no allocation per pair (a vector each cost ~70 bytes a pair
+// beside its contents, with millions of pairs).
 struct Merge {
-  PairKey pair;
   uint64_t count;
-  std::vector<uint32_t> pos;  // words this entry was created from
+  PairKey pair;
+  uint64_t begin;
+  uint64_t length;
 };
 
 // Max-heap order: larger count first; on ties the smaller pair (HF: other.pair.cmp(&self.pair)).
@@ -252,17 +293,10 @@ class PairCounts {
     return keys_[i] == kEmpty ? 0 : values_[i];
   }
   size_t size() const { return used_; }
-  std::vector<PairKey> keys() const {
-    std::vector<PairKey> out;
-    out.reserve(used_);
-    for (PairKey k : keys_)
-      if (k != kEmpty) out.push_back(k);
-    return out;
-  }
-  void reserve(size_t n) {
-    size_t cap = keys_.size();
-    while (n * 4 > cap * 3) cap *= 2;
-    if (cap != keys_.size()) resize(cap);
+  template <typename F>
+  void for_each(F&& f) const {
+    for (size_t i = 0; i < keys_.size(); ++i)
+      if (keys_[i] != kEmpty) f(keys_[i], values_[i]);
   }
 
  private:
@@ -290,25 +324,84 @@ class PairCounts {
   }
 };
 
-// (pair, word) occurrences -> heap entries: sorted by pair then word, one entry per pair with its
-// distinct words. Deterministic whatever order the occurrences were found in.
-template <typename Push>
-void group_occurrences(std::vector<std::pair<PairKey, uint32_t>>& occ, Push&& push) {
-  std::sort(occ.begin(), occ.end());
-  size_t i = 0;
-  while (i < occ.size()) {
-    const PairKey p = occ[i].first;
-    std::vector<uint32_t> pos;
-    size_t j = i;
-    while (j < occ.size() && occ[j].first == p) {
-      if (pos.empty() || pos.back() != occ[j].second) pos.push_back(occ[j].second);
-      ++j;
-    }
-    push(p, std::move(pos));
-    i = j;
+// The max-heap of merges (std::priority_queue's operations, so ties pop in the same order) and the
+// pool their word lists live in. A popped entry's list becomes garbage; the pool is compacted in
+// place before it would grow where a quarter of it is garbage, so it stays near the live lists'
+// size.
+class MergeQueue {
+ public:
+  // `entries` with their lists in `pool` (disjoint ranges); `garbage` = pool elements no entry owns.
+  MergeQueue(std::vector<Merge> entries, std::vector<uint32_t> pool, size_t garbage)
+      : heap_(std::move(entries)), pool_(std::move(pool)), garbage_(garbage) {
+    std::make_heap(heap_.begin(), heap_.end(), MergeLess{});
   }
-  occ.clear();
-}
+  bool empty() const { return heap_.empty(); }
+  Merge pop() {
+    std::pop_heap(heap_.begin(), heap_.end(), MergeLess{});
+    const Merge top = heap_.back();
+    heap_.pop_back();
+    return top;
+  }
+  // Pushes an entry popped before, its list still its own.
+  void push_again(const Merge& m) {
+    heap_.push_back(m);
+    std::push_heap(heap_.begin(), heap_.end(), MergeLess{});
+  }
+  uint32_t* words(const Merge& m) { return pool_.data() + m.begin; }
+  // The list of a popped entry that is not pushed again.
+  void discard(const Merge& m) { garbage_ += m.length; }
+  // (pair, word) occurrences -> one entry per pair with its distinct words, in pair order (so
+  // deterministic whatever order the occurrences were found in); `count(pair)` 0 drops the pair.
+  template <typename Count>
+  void push_grouped(std::vector<std::pair<PairKey, uint32_t>>& occ, Count&& count) {
+    std::sort(occ.begin(), occ.end());
+    const size_t need = pool_.size() + occ.size();
+    if (need > pool_.capacity()) {
+      // Compact where a quarter is garbage (so compactions stay rare), else grow by half.
+      if (garbage_ * 4 >= pool_.size()) compact();
+      if (need > pool_.capacity()) pool_.reserve(std::max(need, pool_.capacity() + pool_.capacity() / 2));
+    }
+    size_t i = 0;
+    while (i < occ.size()) {
+      const PairKey p = occ[i].first;
+      const uint64_t begin = pool_.size();
+      for (; i < occ.size() && occ[i].first == p; ++i)
+        if (pool_.size() == begin || pool_.back() != occ[i].second) pool_.push_back(occ[i].second);
+      const int64_t c = count(p);
+      if (c > 0) {
+        heap_.push_back(Merge{static_cast<uint64_t>(c), p, begin, pool_.size() - begin});
+        std::push_heap(heap_.begin(), heap_.end(), MergeLess{});
+      } else {
+        pool_.resize(begin);
+      }
+    }
+    occ.clear();
+  }
+  size_t compactions() const { return compactions_; }
+
+ private:
+  // Moves every entry's list down over the garbage, in pool order (ranges are disjoint).
+  void compact() {
+    std::vector<uint32_t> order(heap_.size());
+    for (uint32_t i = 0; i < order.size(); ++i) order[i] = i;
+    std::sort(order.begin(), order.end(), [&](uint32_t a, uint32_t b) { return heap_[a].begin < heap_[b].begin; });
+    uint64_t to = 0;
+    for (const uint32_t i : order) {
+      Merge& m = heap_[i];
+      if (m.begin != to) std::memmove(pool_.data() + to, pool_.data() + m.begin, m.length * sizeof(uint32_t));
+      m.begin = to;
+      to += m.length;
+    }
+    pool_.resize(to);
+    garbage_ = 0;
+    ++compactions_;
+  }
+
+  std::vector<Merge> heap_;
+  std::vector<uint32_t> pool_;
+  size_t garbage_;
+  size_t compactions_ = 0;
+};
 
 // HF's Word::merge on one word's symbols, in place; records the pair changes in `changes`.
 // (The merged pair itself is not decremented: BpeTrainer does the same.)
@@ -339,23 +432,15 @@ void merge_word(std::vector<uint32_t>& symbols, uint32_t begin, uint32_t& length
 
 }  // namespace
 
-Vocab train_wordpiece(const WordCounts& counts, const TrainerOptions& options, TrainStats* stats) {
+// `release`: the caller's counts (== &counts), emptied once the words are symbols.
+static Vocab train(const WordCounts& counts, WordCounts* release, const TrainerOptions& options, TrainStats* stats) {
   if (counts.distinct() == 0) throw Error("empty corpus: no words to train on (are the input files empty?)");
   TrainStats local_stats;
   TrainStats& st = stats ? *stats : local_stats;
 
-  // Words in an order that does not depend on how the counting threads interleaved: by hash, then
-  // bytes. (The vocabulary does not depend on word order; determinism of ties must not either.)
-  struct WordRef {
-    std::string_view text;
-    uint64_t count, hash;
-  };
-  std::vector<WordRef> words;
-  words.reserve(counts.distinct());
-  counts.for_each_hashed([&](std::string_view w, uint64_t c, uint64_t h) { words.push_back({w, c, h}); });
-  std::sort(words.begin(), words.end(), [](const WordRef& a, const WordRef& b) {
-    return a.hash != b.hash ? a.hash < b.hash : a.text < b.text;
-  });
+  // Words are numbered in the table's order, which depends on how the counting threads interleaved;
+  // the vocabulary does not: a merge's word lists are sets, sorted by number before use, and the
+  // count changes it makes add up in any order (test_trainer trains a std::map's order against it).
 
   std::vector<std::string> id_to_word;
   std::unordered_map<std::string, uint32_t> word_to_id;
@@ -369,10 +454,10 @@ Vocab train_wordpiece(const WordCounts& counts, const TrainerOptions& options, T
   // Alphabet with 64-bit frequencies.
   std::unordered_map<char32_t, uint64_t> char_counts;
   std::u32string cps;
-  for (const WordRef& w : words) {
-    utf8_decode(w.text, cps);
-    for (char32_t c : cps) char_counts[c] += w.count;
-  }
+  counts.for_each([&](std::string_view word, uint64_t count) {
+    utf8_decode(word, cps);
+    for (char32_t c : cps) char_counts[c] += count;
+  });
   std::vector<std::pair<char32_t, uint64_t>> alphabet(char_counts.begin(), char_counts.end());
   if (options.limit_alphabet && alphabet.size() > *options.limit_alphabet) {
     // Keep the most frequent; on equal counts keep the smaller code point (HF: unstable sort).
@@ -397,11 +482,11 @@ Vocab train_wordpiece(const WordCounts& counts, const TrainerOptions& options, T
 
   // "##c" for every alphabet character seen after a word's first position, by code point.
   std::vector<bool> continues(0x110000, false);
-  for (const WordRef& w : words) {
-    utf8_decode(w.text, cps);
+  counts.for_each([&](std::string_view word, uint64_t) {
+    utf8_decode(word, cps);
     for (size_t i = 1; i < cps.size(); ++i)
       if (in_alphabet_small[cps[i]]) continues[cps[i]] = true;
-  }
+  });
   const std::string& prefix = options.continuing_subword_prefix;
   const size_t before_continuations = id_to_word.size();
   for (char32_t c = 0; c < 0x110000; ++c)
@@ -416,14 +501,22 @@ Vocab train_wordpiece(const WordCounts& counts, const TrainerOptions& options, T
                 " ##-continuations); raise --vocab-size or set --limit-alphabet");
   }
 
-  // Symbols of every word, packed.
+  // Symbols of every word, packed, reserved at the words' characters (never copied to grow).
+  const size_t num_words = counts.distinct();
+  if (num_words >= UINT32_MAX) throw Error("corpus too large: more than 4G distinct words");
   std::vector<uint32_t> symbols;
-  std::vector<uint32_t> word_begin(words.size()), word_len(words.size());
-  std::vector<uint64_t> word_count(words.size());
+  size_t characters = 0;
+  counts.for_each([&](std::string_view word, uint64_t) {
+    for (const char c : word) characters += (static_cast<unsigned char>(c) & 0xC0) != 0x80;
+  });
+  symbols.reserve(characters);
+  std::vector<uint32_t> word_begin(num_words), word_len(num_words);
+  std::vector<uint64_t> word_count(num_words);
   std::string piece;
-  for (size_t w = 0; w < words.size(); ++w) {
-    utf8_decode(words[w].text, cps);
-    word_begin[w] = static_cast<uint32_t>(symbols.size());
+  size_t n = 0;
+  counts.for_each([&](std::string_view word, uint64_t count) {
+    utf8_decode(word, cps);
+    word_begin[n] = static_cast<uint32_t>(symbols.size());
     for (size_t i = 0; i < cps.size(); ++i) {
       if (!in_alphabet_small[cps[i]]) continue;  // HF skips characters outside the alphabet
       piece.clear();
@@ -431,51 +524,65 @@ Vocab train_wordpiece(const WordCounts& counts, const TrainerOptions& options, T
       utf8_append(piece, cps[i]);
       symbols.push_back(word_to_id.at(piece));
     }
-    word_len[w] = static_cast<uint32_t>(symbols.size() - word_begin[w]);
-    word_count[w] = words[w].count;
-  }
+    word_len[n] = static_cast<uint32_t>(symbols.size() - word_begin[n]);
+    word_count[n] = count;
+    ++n;
+  });
   if (symbols.size() >= UINT32_MAX) throw Error("corpus too large: more than 4G symbols in distinct words");
+  // The words' text is not read again.
+  if (release) *release = WordCounts();
 
-  // Initial pair counts and where each pair occurs, in two passes so the word lists are built at
-  // their exact size (4 bytes per occurrence; no (pair, word) list of the whole corpus).
+  // Initial pair counts, then one heap entry per pair with the words it occurs in, built in two
+  // passes at their exact size in one pool (4 bytes per (pair, word), no list of the whole corpus's
+  // occurrences). While the lists are built, pair_counts holds each pair's entry index instead of
+  // its count.
   PairCounts pair_counts;
-  for (uint32_t w = 0; w < words.size(); ++w) {
+  for (uint32_t w = 0; w < num_words; ++w) {
     const uint32_t* s = symbols.data() + word_begin[w];
     for (uint32_t i = 0; i + 1 < word_len[w]; ++i) pair_counts[pair_key(s[i], s[i + 1])] += static_cast<int64_t>(word_count[w]);
   }
-  std::vector<PairKey> keys = pair_counts.keys();
-  std::sort(keys.begin(), keys.end());
-  PairCounts pair_index;  // pair -> its rank in `keys`
-  pair_index.reserve(keys.size());
-  for (size_t k = 0; k < keys.size(); ++k) pair_index[keys[k]] = static_cast<int64_t>(k);
-  std::vector<Merge> heap_storage(keys.size());
+  // Room for the merges' new entries, so the heap is not copied to grow (untouched pages cost no
+  // memory): at 10M words it holds ~0.6 GB.
+  std::vector<Merge> entries;
+  entries.reserve(2 * pair_counts.size());
+  pair_counts.for_each([&](PairKey key, int64_t count) {
+    entries.push_back(Merge{static_cast<uint64_t>(count), key, 0, 0});
+  });
+  std::sort(entries.begin(), entries.end(), [](const Merge& x, const Merge& y) { return x.pair < y.pair; });
+  for (size_t k = 0; k < entries.size(); ++k) pair_counts[entries[k].pair] = static_cast<int64_t>(k);
+  std::vector<uint32_t> pool;
   {
-    std::vector<uint32_t> sizes(keys.size(), 0), last(keys.size(), UINT32_MAX);
+    std::vector<uint32_t> last(entries.size(), UINT32_MAX);
     for (int pass = 0; pass < 2; ++pass) {
-      for (uint32_t w = 0; w < words.size(); ++w) {
+      for (uint32_t w = 0; w < num_words; ++w) {
         const uint32_t* s = symbols.data() + word_begin[w];
         for (uint32_t i = 0; i + 1 < word_len[w]; ++i) {
-          const size_t k = static_cast<size_t>(pair_index.get(pair_key(s[i], s[i + 1])));
+          const size_t k = static_cast<size_t>(pair_counts.get(pair_key(s[i], s[i + 1])));
           if (last[k] == w) continue;
           last[k] = w;
-          if (pass == 0) ++sizes[k];
-          else heap_storage[k].pos.push_back(w);
+          if (pass == 0)
+            ++entries[k].length;
+          else
+            pool[entries[k].begin + entries[k].length++] = w;
         }
       }
       if (pass == 0) {
-        for (size_t k = 0; k < keys.size(); ++k) heap_storage[k].pos.reserve(sizes[k]);
+        uint64_t total = 0;
+        for (Merge& m : entries) {
+          m.begin = total;
+          total += m.length;
+          m.length = 0;
+        }
+        pool.reserve(total + total / 2);  // room for the merges' new lists; untouched pages cost nothing
+        pool.resize(total);
         std::fill(last.begin(), last.end(), UINT32_MAX);
       }
     }
   }
-  for (size_t k = 0; k < keys.size(); ++k) {
-    heap_storage[k].pair = keys[k];
-    heap_storage[k].count = static_cast<uint64_t>(pair_counts.get(keys[k]));
-  }
-  std::erase_if(heap_storage, [](const Merge& m) { return m.count == 0; });
-  keys = {};
-  pair_index = PairCounts();
-  std::priority_queue<Merge, std::vector<Merge>, MergeLess> queue(MergeLess{}, std::move(heap_storage));
+  for (const Merge& m : entries) pair_counts[m.pair] = static_cast<int64_t>(m.count);
+  size_t garbage = 0;
+  std::erase_if(entries, [&](const Merge& m) { return m.count == 0 ? (garbage += m.length, true) : false; });
+  MergeQueue queue(std::move(entries), std::move(pool), garbage);
   std::vector<std::pair<PairKey, uint32_t>> occurrences;  // new pairs of one merge step
 
   std::vector<Change> changes;
@@ -486,12 +593,11 @@ Vocab train_wordpiece(const WordCounts& counts, const TrainerOptions& options, T
       break;
     }
     if (queue.empty()) break;
-    Merge top = std::move(const_cast<Merge&>(queue.top()));
-    queue.pop();
+    Merge top = queue.pop();
     const int64_t current = pair_counts.get(top.pair);
     if (static_cast<int64_t>(top.count) != current) {
       top.count = static_cast<uint64_t>(current < 0 ? 0 : current);
-      queue.push(std::move(top));
+      queue.push_again(top);
       continue;
     }
     if (top.count < 1 || options.min_frequency > top.count) {
@@ -504,8 +610,10 @@ Vocab train_wordpiece(const WordCounts& counts, const TrainerOptions& options, T
     const uint32_t new_id = add_token(id_to_word[a] + part_b);
     ++st.merges;
 
-    std::sort(top.pos.begin(), top.pos.end());
-    for (uint32_t w : top.pos) {
+    uint32_t* pos = queue.words(top);
+    std::sort(pos, pos + top.length);
+    for (uint64_t j = 0; j < top.length; ++j) {
+      const uint32_t w = pos[j];
       changes.clear();
       merge_word(symbols, word_begin[w], word_len[w], a, b, new_id, changes);
       for (const Change& ch : changes) {
@@ -513,14 +621,21 @@ Vocab train_wordpiece(const WordCounts& counts, const TrainerOptions& options, T
         if (ch.delta > 0) occurrences.emplace_back(ch.pair, w);
       }
     }
-    group_occurrences(occurrences, [&](PairKey p, std::vector<uint32_t> pos) {
-      const int64_t c = pair_counts.get(p);
-      if (c > 0) queue.push(Merge{p, static_cast<uint64_t>(c), std::move(pos)});
-    });
+    queue.discard(top);
+    queue.push_grouped(occurrences, [&](PairKey p) { return pair_counts.get(p); });
     if (options.progress && (st.merges & 255) == 0) options.progress(st.merges, id_to_word.size());
   }
+  st.pool_compactions = queue.compactions();
   if (options.progress) options.progress(st.merges, id_to_word.size());
   return Vocab(std::move(id_to_word));
+}
+
+Vocab train_wordpiece(const WordCounts& counts, const TrainerOptions& options, TrainStats* stats) {
+  return train(counts, nullptr, options, stats);
+}
+
+Vocab train_wordpiece(WordCounts&& counts, const TrainerOptions& options, TrainStats* stats) {
+  return train(counts, &counts, options, stats);
 }
 
 }  // namespace bert

@@ -1,14 +1,16 @@
 // WordPiece trainer = HF's WordPieceTrainer (a BpeTrainer with the "##" prefix) made deterministic
 // and scalable. Semantics: ../shared/REFERENCES.md ("Trainer").
 //
-// 1. count words (normalised + pre-tokenised) on all threads into a flat hash table: memory is
-//    O(distinct words), counts are 64-bit (HF's pair counts are i32 and overflow past 2^31);
+// 1. count words (normalised + pre-tokenised) on all threads into hash tables sharded by hash: memory
+//    is O(distinct words), counts are 64-bit (HF's pair counts are i32 and overflow past 2^31);
 // 2. vocabulary = special tokens, alphabet sorted by code point (optionally the limit_alphabet most
 //    frequent), then the "##c" forms sorted by code point (HF adds them in hash-map order: the
 //    nondeterminism REFERENCES.md mentions);
 // 3. merges exactly as BpeTrainer: a max-heap of (count, pair) with smaller pair ids first on ties,
 //    lazy count refresh, "a" + "##b" -> "ab", stop at vocab_size, an empty queue or count <
-//    min_frequency. The heap entries carry the words they came from, as HF's do.
+//    min_frequency. The heap entries carry the words they came from, as HF's do (in one pool).
+// Memory (bench/RESULTS.md): the word table is let go before the merges' tables are built, which
+// hold ~50-75 bytes per distinct pair and 4 per (pair, word).
 #pragma once
 
 #include <cstdint>
@@ -23,40 +25,45 @@
 
 namespace bert {
 
-// Distinct words with 64-bit counts, keys packed in one arena.
+// Distinct words with 64-bit counts: 64 open-addressing tables by the words' hashes, each with its
+// keys packed in an arena of its own. Shards keep growth (a table and its double, briefly) and the
+// merge of the counting threads' tables to one shard's worth of memory at a time.
 class WordCounts {
  public:
+  static constexpr int kShardBits = 6;
   WordCounts();
   void add(std::string_view word, uint64_t count = 1);
-  void merge_from(const WordCounts& other);
+  // Moves the words of `others` into this table, shard by shard on up to `threads` threads, freeing
+  // each of their shards once merged (`others` end empty, as if just constructed).
+  void merge_from(std::vector<WordCounts>& others, size_t threads = 1);
   size_t distinct() const { return used_; }
   uint64_t total() const { return total_; }
-  size_t memory_bytes() const { return arena_.capacity() + slots_.capacity() * sizeof(Slot); }
-  // Calls f(word, count) for every word, in no particular order.
+  size_t memory_bytes() const;
+  // Calls f(word, count) for every word, in no particular order (it depends on the order of adds).
   template <typename F>
   void for_each(F&& f) const {
-    for (const Slot& s : slots_)
-      if (s.count) f(std::string_view(arena_.data() + s.offset, s.length), s.count);
-  }
-  // Same, with the word's 64-bit hash (a cheap deterministic sort key).
-  template <typename F>
-  void for_each_hashed(F&& f) const {
-    for (const Slot& s : slots_)
-      if (s.count) f(std::string_view(arena_.data() + s.offset, s.length), s.count, s.hash);
+    for (const Shard& shard : shards_)
+      for (const Slot& s : shard.slots)
+        if (s.count) f(std::string_view(shard.arena.data() + s.offset, s.length), s.count);
   }
 
  private:
   struct Slot {
-    uint64_t hash;
     uint64_t count;  // 0 = empty
     uint64_t offset;
+    uint32_t hash;  // the low half of the word's hash; its top bits chose the shard
     uint32_t length;
   };
-  std::vector<Slot> slots_;
-  std::string arena_;
+  struct Shard {
+    std::vector<Slot> slots;
+    std::string arena;
+    size_t used = 0;
+    void add(uint32_t hash, std::string_view word, uint64_t count);
+    void grow();
+  };
+  std::vector<Shard> shards_;
   size_t used_ = 0;
   uint64_t total_ = 0;
-  void grow();
 };
 
 struct CountOptions {
@@ -88,10 +95,14 @@ struct TrainerOptions {
 
 struct TrainStats {
   size_t alphabet = 0, continuation_forms = 0, merges = 0, dropped_characters = 0;
+  size_t pool_compactions = 0;  // times the merges' word lists were compacted (memory, not results)
   std::string stop_reason;
 };
 
 // Throws bert::Error when there is nothing to learn from or vocab_size cannot hold the alphabet.
 Vocab train_wordpiece(const WordCounts& counts, const TrainerOptions& options, TrainStats* stats = nullptr);
+// The same, emptying `counts` as soon as the words are decoded, before the merges' tables are built
+// (the word table is the largest thing alive until then: ~0.9 GB for 10M distinct words).
+Vocab train_wordpiece(WordCounts&& counts, const TrainerOptions& options, TrainStats* stats = nullptr);
 
 }  // namespace bert
