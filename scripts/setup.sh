@@ -6,7 +6,7 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 
 APT_PACKAGES=(build-essential cmake ninja-build git pkg-config ca-certificates catch2 libopenblas-dev libopenblas0-openmp zlib1g-dev
-              libopenmpi-dev openmpi-bin python3 python3-venv python3-pip python3-torch)
+              libopenmpi-dev openmpi-bin python3 python3-venv python3-pip python3-torch time)
 
 missing=()
 for p in "${APT_PACKAGES[@]}"; do
