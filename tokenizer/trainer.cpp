@@ -4,7 +4,6 @@
 #include <atomic>
 #include <cstring>
 #include <mutex>
-#include <queue>
 #include <thread>
 #include <unordered_map>
 #include <utility>
@@ -71,8 +70,22 @@ void WordCounts::Shard::add(uint32_t hash, std::string_view word, uint64_t count
   }
 }
 
+WordCounts::WordCounts(WordCounts&& other) noexcept
+    : shards_(std::move(other.shards_)), used_(std::exchange(other.used_, 0)), total_(std::exchange(other.total_, 0)) {
+  other.shards_.clear();
+}
+
+WordCounts& WordCounts::operator=(WordCounts&& other) noexcept {
+  shards_ = std::move(other.shards_);
+  other.shards_.clear();
+  used_ = std::exchange(other.used_, 0);
+  total_ = std::exchange(other.total_, 0);
+  return *this;
+}
+
 void WordCounts::add(std::string_view word, uint64_t count) {
   if (count == 0) return;
+  if (shards_.empty()) *this = WordCounts();  // moved from
   total_ += count;
   const uint64_t h = hash_bytes(word);
   Shard& shard = shards_[h >> (64 - kShardBits)];
@@ -82,11 +95,13 @@ void WordCounts::add(std::string_view word, uint64_t count) {
 }
 
 void WordCounts::merge_from(std::vector<WordCounts>& others, size_t threads) {
+  if (shards_.empty()) *this = WordCounts();  // moved from
   std::atomic<size_t> next{0};
   run_parallel(std::max<size_t>(1, std::min(threads, shards_.size())), [&](size_t) {
     for (size_t k = next++; k < shards_.size(); k = next++) {
       Shard& into = shards_[k];
       for (WordCounts& other : others) {
+        if (other.shards_.empty()) continue;  // moved from: nothing in it
         Shard& from = other.shards_[k];
         for (const Slot& s : from.slots)
           if (s.count) into.add(s.hash, std::string_view(from.arena.data() + s.offset, s.length), s.count);
@@ -355,11 +370,15 @@ class MergeQueue {
   template <typename Count>
   void push_grouped(std::vector<std::pair<PairKey, uint32_t>>& occ, Count&& count) {
     std::sort(occ.begin(), occ.end());
-    const size_t need = pool_.size() + occ.size();
-    if (need > pool_.capacity()) {
-      // Compact where a quarter is garbage (so compactions stay rare), else grow by half.
+    if (pool_.size() + occ.size() > pool_.capacity()) {
+      // Compact where a quarter is garbage (so compactions stay rare); grow by half only if the
+      // live lists still do not leave the room.
       if (garbage_ * 4 >= pool_.size()) compact();
-      if (need > pool_.capacity()) pool_.reserve(std::max(need, pool_.capacity() + pool_.capacity() / 2));
+      const size_t need = pool_.size() + occ.size();
+      if (need > pool_.capacity()) {
+        pool_.reserve(std::max(need, pool_.capacity() + pool_.capacity() / 2));
+        ++growths_;
+      }
     }
     size_t i = 0;
     while (i < occ.size()) {
@@ -378,10 +397,12 @@ class MergeQueue {
     occ.clear();
   }
   size_t compactions() const { return compactions_; }
+  size_t growths() const { return growths_; }
 
  private:
   // Moves every entry's list down over the garbage, in pool order (ranges are disjoint).
   void compact() {
+    if (heap_.size() >= UINT32_MAX) throw Error("more than 4G merge candidates");
     std::vector<uint32_t> order(heap_.size());
     for (uint32_t i = 0; i < order.size(); ++i) order[i] = i;
     std::sort(order.begin(), order.end(), [&](uint32_t a, uint32_t b) { return heap_[a].begin < heap_[b].begin; });
@@ -400,7 +421,7 @@ class MergeQueue {
   std::vector<Merge> heap_;
   std::vector<uint32_t> pool_;
   size_t garbage_;
-  size_t compactions_ = 0;
+  size_t compactions_ = 0, growths_ = 0;
 };
 
 // HF's Word::merge on one word's symbols, in place; records the pair changes in `changes`.
@@ -509,6 +530,7 @@ static Vocab train(const WordCounts& counts, WordCounts* release, const TrainerO
   counts.for_each([&](std::string_view word, uint64_t) {
     for (const char c : word) characters += (static_cast<unsigned char>(c) & 0xC0) != 0x80;
   });
+  if (characters >= UINT32_MAX) throw Error("corpus too large: more than 4G characters in distinct words");
   symbols.reserve(characters);
   std::vector<uint32_t> word_begin(num_words), word_len(num_words);
   std::vector<uint64_t> word_count(num_words);
@@ -529,6 +551,9 @@ static Vocab train(const WordCounts& counts, WordCounts* release, const TrainerO
     ++n;
   });
   if (symbols.size() >= UINT32_MAX) throw Error("corpus too large: more than 4G symbols in distinct words");
+  if (n != num_words)
+    throw Error("internal error: the word table holds " + std::to_string(n) + " words, not " +
+                std::to_string(num_words));
   // The words' text is not read again.
   if (release) *release = WordCounts();
 
@@ -626,6 +651,7 @@ static Vocab train(const WordCounts& counts, WordCounts* release, const TrainerO
     if (options.progress && (st.merges & 255) == 0) options.progress(st.merges, id_to_word.size());
   }
   st.pool_compactions = queue.compactions();
+  st.pool_growths = queue.growths();
   if (options.progress) options.progress(st.merges, id_to_word.size());
   return Vocab(std::move(id_to_word));
 }

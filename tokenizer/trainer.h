@@ -32,6 +32,9 @@ class WordCounts {
  public:
   static constexpr int kShardBits = 6;
   WordCounts();
+  // A moved-from table is empty and usable.
+  WordCounts(WordCounts&& other) noexcept;
+  WordCounts& operator=(WordCounts&& other) noexcept;
   void add(std::string_view word, uint64_t count = 1);
   // Moves the words of `others` into this table, shard by shard on up to `threads` threads, freeing
   // each of their shards once merged (`others` end empty, as if just constructed).
@@ -96,6 +99,7 @@ struct TrainerOptions {
 struct TrainStats {
   size_t alphabet = 0, continuation_forms = 0, merges = 0, dropped_characters = 0;
   size_t pool_compactions = 0;  // times the merges' word lists were compacted (memory, not results)
+  size_t pool_growths = 0;      // times their pool outgrew its first reservation
   std::string stop_reason;
 };
 
