@@ -884,8 +884,9 @@ constexpr const char* kHelpNotes =
     "\nFill-mask prints, for each [MASK] of each prompt, the top-k tokens by softmax probability: exactly\n"
     "what transformers' pipeline(\"fill-mask\", model=DIR, top_k=K) returns (--json: the same JSON, one\n"
     "value per prompt line). Prompts come from --mask and --input (both may be given; --mask first),\n"
-    "else from stdin (one a line). Prompts must be valid UTF-8. From a terminal, or with --interactive,\n"
-    "each stdin line is answered when it ends (Enter) and the output flushed, so a script can write a\n"
+    "else from stdin (one a line). Prompts must be valid UTF-8. From a terminal (unless --batch-size asks\n"
+    "for batches: then stdin is read to its end first, as from a pipe), or with --interactive, each\n"
+    "stdin line is answered when it ends (Enter) and the output flushed, so a script can write a\n"
     "prompt and read its answer; a bad line is reported on stderr (--json: also an {\"error\": ...} line\n"
     "in its place on stdout) and the next one read, and the exit status is 1 if any line failed.\n"
     "\n"
@@ -1308,8 +1309,10 @@ int run_infer(const std::vector<std::string>& argv, std::istream& in, std::ostre
     throw Error("bert_infer: --interactive answers stdin's lines; drop --mask and --input FILE");
   if (args.has("--interactive") && args.has("--batch-size"))
     throw Error("bert_infer: --batch-size has nothing to batch with --interactive (one line a forward)");
-  // (A terminal only when `in` is the process's stdin: the tests pass their own streams.)
-  if (args.has("--interactive") || (from_stdin && masks.empty() && &in == &std::cin && stdin_is_tty()))
+  // (A terminal only when `in` is the process's stdin: the tests pass their own streams.) An explicit
+  // --batch-size asks for batches: the lines are then read to the end, as from a pipe.
+  if (args.has("--interactive") ||
+      (from_stdin && masks.empty() && !args.has("--batch-size") && &in == &std::cin && stdin_is_tty()))
     return run_interactive(args, model_dir, device, threads, top_k, json, in, out, err);
   for (size_t i = 0; i < masks.size(); ++i) {
     prompts.push_back({"--mask " + std::to_string(i + 1), masks[i]});

@@ -167,6 +167,17 @@ def main():
         raise SystemExit(f"FAIL: exit {code} (want 1, one line failed); the terminal shows:\n{shown}")
     print("terminal session: answers as lines are typed, the bad line reported, exit 1")
 
+    # --batch-size on a terminal asks for batches: no interactive hint, the lines read to Ctrl-D and
+    # then answered together.
+    session = Terminal([infer, "--model", model, "--top-k", "1", "--threads", "1", "--batch-size", "2"])
+    session.type("the cat [MASK] on the mat.\n[MASK] cat sat.\n")
+    session.type("\x04")
+    code = session.exit_status()
+    shown = session.seen.decode(errors="replace")
+    if code != 0 or "Ctrl-D ends" in shown or shown.count("     1  ") != 2:
+        raise SystemExit(f"FAIL: --batch-size on a terminal: exit {code}; the terminal shows:\n{shown}")
+    print("--batch-size on a terminal: read to the end, then answered")
+
     # --interactive on a pipe: each line's answer (or error object) flushed before the next is read.
     child = subprocess.Popen([infer, "--model", model, "--top-k", "1", "--threads", "1", "--interactive", "--json"],
                              stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
