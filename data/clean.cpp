@@ -231,18 +231,7 @@ size_t DocumentCleaner::clean(std::string_view lines, std::string& out) {
     out.append(sentence);
     ++sentences;
   };
-  while (!lines.empty()) {
-    const size_t nl = lines.find('\n');
-    const std::string_view line = lines.substr(0, nl);
-    lines.remove_prefix(nl == std::string_view::npos ? lines.size() : nl + 1);
-    normalized_.clear();
-    normalize_line(line, normalized_);
-    if (normalized_.empty()) continue;
-    std::string_view text = normalized_;
-    if (options_.scrub_pii) {
-      scrubbed_.clear();
-      if (scrub_pii(text, scrubbed_, pii_) > 0) text = scrubbed_;
-    }
+  auto emit_line = [&](std::string_view text) {
     if (options_.split_sentences) {
       sentences_.clear();
       split_sentences(text, sentences_);
@@ -250,7 +239,28 @@ size_t DocumentCleaner::clean(std::string_view lines, std::string& out) {
     } else {
       emit(text);
     }
+  };
+  // Each line is held until the next is scrubbed: a number the text's wrapping broke between them is
+  // scrubbed across the break (scrub_pii_across), which may change both.
+  previous_.clear();
+  while (!lines.empty()) {
+    const size_t nl = lines.find('\n');
+    const std::string_view line = lines.substr(0, nl);
+    lines.remove_prefix(nl == std::string_view::npos ? lines.size() : nl + 1);
+    normalized_.clear();
+    normalize_line(line, normalized_);
+    if (normalized_.empty()) continue;
+    if (!options_.scrub_pii) {
+      emit_line(normalized_);
+      continue;
+    }
+    scrubbed_.clear();
+    scrub_pii(normalized_, scrubbed_, pii_);
+    scrub_pii_across(previous_, scrubbed_, pii_);
+    if (!previous_.empty()) emit_line(previous_);
+    previous_.swap(scrubbed_);  // an empty rest of a line is dropped
   }
+  if (!previous_.empty()) emit_line(previous_);
   return sentences;
 }
 

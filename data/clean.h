@@ -11,7 +11,8 @@
 //            fullwidth digits and － ＋ ． ＠ （ ） become ASCII (NFKC's mapping) and a dash between
 //            two digits (‐ ‑ ‒ – −) '-', so ０１０－１２３４－５６７８ and 900101–1234567 are scrubbed;
 //            tabs and Unicode spaces become ' '; collapse runs; trim)
-//            -> scrub PII (data/pii.h; on by default) -> split
+//            -> scrub PII (data/pii.h; on by default; a number that wrapping broke between two lines
+//            of a document, 010-1234-|5678, is scrubbed across the break: scrub_pii_across) -> split
 //            into sentences (data/sentence_splitter.h) with --split-sentences, else keep the line
 //   per doc  --dedupe drops a document whose cleaned text equals an earlier one (128-bit hash of
 //            the text; the first copy stays)
@@ -70,7 +71,7 @@ class DocumentCleaner {
  private:
   CleanOptions options_;
   PiiCounts pii_;
-  std::string normalized_, scrubbed_;
+  std::string normalized_, scrubbed_, previous_;
   std::vector<std::string_view> sentences_;
 };
 

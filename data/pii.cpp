@@ -1468,4 +1468,46 @@ std::string scrub_pii(std::string_view text, PiiCounts& counts) {
   return out;
 }
 
+static bool ascii_alnum(char c) { return (c >= '0' && c <= '9') || (c >= 'a' && c <= 'z') || (c >= 'A' && c <= 'Z'); }
+
+bool scrub_pii_across(std::string& first, std::string& second, PiiCounts& counts) {
+  if (first.empty() || second.empty()) return false;
+  const char last = first.back(), next = second.front();
+  if (!((last >= '0' && last <= '9') || last == '-' || last == '.' || last == '*') ||
+      !((next >= '0' && next <= '9') || next == '*'))
+    return false;
+  // Windows of up to kWindow bytes on each side, cut between characters and outside runs of ASCII
+  // letters and digits (a match never starts or ends inside one, so a cut run would invent an edge).
+  constexpr size_t kWindow = 64;
+  size_t tail = first.size() > kWindow ? first.size() - kWindow : 0;
+  while (tail < first.size() && (static_cast<unsigned char>(first[tail]) & 0xC0) == 0x80) ++tail;
+  if (tail > 0)
+    while (tail < first.size() && ascii_alnum(first[tail - 1]) && ascii_alnum(first[tail])) ++tail;
+  size_t head = std::min(second.size(), kWindow);
+  while (head > 0 && head < second.size() && (static_cast<unsigned char>(second[head]) & 0xC0) == 0x80) --head;
+  if (head < second.size())
+    while (head > 0 && ascii_alnum(second[head - 1]) && ascii_alnum(second[head])) --head;
+  if (tail >= first.size() || head == 0) return false;  // one unbroken run: nothing a matcher takes
+  const std::string_view a = std::string_view(first).substr(tail), b = std::string_view(second).substr(0, head);
+  // The break stood for nothing (010-1234-|5678, a wrap inside a token) or for a space (010 1234|5678).
+  for (const std::string_view separator : {std::string_view(), std::string_view(" ")}) {
+    std::string joined;
+    joined.reserve(a.size() + separator.size() + b.size());
+    joined.append(a).append(separator).append(b);
+    for (const PiiMatch& m : find_pii(joined)) {
+      if (m.begin >= a.size() || m.end <= a.size() + separator.size()) continue;  // not across the break
+      const size_t from_second = m.end - a.size() - separator.size();
+      first.replace(tail + m.begin, std::string::npos, pii_placeholder(m.type));
+      second.erase(0, from_second);
+      second.erase(0, std::min(second.find_first_not_of(' '), second.size()));
+      ++counts[m.type];
+      // What followed the number's tail may now stand alone ("456789+8210..." was no phone).
+      std::string rest;
+      if (scrub_pii(second, rest, counts) > 0) second.swap(rest);
+      return true;  // matches do not overlap: only one can cross
+    }
+  }
+  return false;
+}
+
 }  // namespace bert

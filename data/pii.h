@@ -148,4 +148,15 @@ size_t scrub_pii(std::string_view text, std::string& out, PiiCounts& counts);
 // Convenience form for tests and small inputs.
 std::string scrub_pii(std::string_view text, PiiCounts& counts);
 
+// A number broken across two lines, as hard-wrapped text breaks it (PDF extractions, fixed-width
+// mail): `first` and `second` are consecutive lines, each already scrubbed. Where `first` ends with
+// a digit, '-', '.' or '*' and `second` starts with a digit or '*', the last 64 bytes of one and the first 64 of
+// the other are scanned joined, directly (010-1234-|5678) or else by a space (010 1234|5678), and a
+// match across the break becomes its placeholder at the end of `first` (its label, if any, in the
+// window: "계좌 110-123-|456789"); its part in `second` is removed with the spaces after it (the
+// line may end empty) and the rest scrubbed again, as what followed the number's tail may now
+// stand alone. Returns whether it replaced one (all counted in `counts`). Idempotent on its
+// result: `first` then ends with a placeholder.
+bool scrub_pii_across(std::string& first, std::string& second, PiiCounts& counts);
+
 }  // namespace bert

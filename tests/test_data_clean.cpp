@@ -595,99 +595,102 @@ TEST_CASE("pii: several matches in one line, offsets, counts, idempotence") {
 // Random strings built from the pieces the matchers look for (at-signs hidden or not, dots, labels,
 // digits, Hangul, brackets, stray UTF-8 bytes): matches come in order, never overlap, stay inside the
 // text, and scrubbing the scrubbed text changes nothing.
+// Pieces that make PII, near misses, labels and separators, joined at random by the property tests.
+static const std::string_view kPiiPieces[] = {"@",
+                                              "＠",
+                                              "골뱅이",
+                                              "(at)",
+                                              "[AT]",
+                                              "(dot)",
+                                              "{at}",
+                                              "<dot>",
+                                              ">",
+                                              "[dot]",
+                                              ".",
+                                              " ",
+                                              "-",
+                                              "hong",
+                                              "naver",
+                                              "com",
+                                              "kr",
+                                              "한국",
+                                              "회사",
+                                              "(",
+                                              ")",
+                                              "[",
+                                              "]",
+                                              "1",
+                                              "0",
+                                              "12",
+                                              "가",
+                                              "a",
+                                              "::",
+                                              "8",
+                                              "골",
+                                              "뱅",
+                                              "\xB1",
+                                              "\xEF",
+                                              "010",
+                                              "-",
+                                              "1234",
+                                              "5678",
+                                              "900101",
+                                              "4111",
+                                              "1111",
+                                              "+82",
+                                              "계좌",
+                                              "주민번호",
+                                              "카드",
+                                              "법인등록번호",
+                                              "RRN",
+                                              "fe80",
+                                              "192.168",
+                                              ".0.1",
+                                              ", ",
+                                              " 및 ",
+                                              "110123456789",
+                                              "5412345678901234",
+                                              " account ",
+                                              "KB",
+                                              "size",
+                                              "Tel 010-1234-5678",
+                                              "110 123 456789",
+                                              " 456789",
+                                              "계좌번호 ",
+                                              ":",
+                                              "hong@naver.com",
+                                              "10.0.0.1",
+                                              "5412 3456 7890 1234",
+                                              " 010 1234 5678",
+                                              "카드 ",
+                                              " 010",
+                                              "-1234",
+                                              "3333 01 2345678",
+                                              "+821012345678",
+                                              "a@b.com",
+                                              "123",
+                                              "4567",
+                                              "02-123-4567",
+                                              "공일공",
+                                              "영",
+                                              "공",
+                                              "일이삼사",
+                                              "오육칠팔",
+                                              "이",
+                                              "구",
+                                              "닷컴",
+                                              " 닷 ",
+                                              "점",
+                                              "네이버",
+                                              "다음",
+                                              "로",
+                                              "kakao",
+                                              "@회사.한국",
+                                              "01일",
+                                              "567이"};
+
 TEST_CASE("pii: random fragments: ordered spans, and scrubbing twice changes nothing") {
-  const std::string_view pieces[] = {"@",
-                                     "＠",
-                                     "골뱅이",
-                                     "(at)",
-                                     "[AT]",
-                                     "(dot)",
-                                     "{at}",
-                                     "<dot>",
-                                     ">",
-                                     "[dot]",
-                                     ".",
-                                     " ",
-                                     "-",
-                                     "hong",
-                                     "naver",
-                                     "com",
-                                     "kr",
-                                     "한국",
-                                     "회사",
-                                     "(",
-                                     ")",
-                                     "[",
-                                     "]",
-                                     "1",
-                                     "0",
-                                     "12",
-                                     "가",
-                                     "a",
-                                     "::",
-                                     "8",
-                                     "골",
-                                     "뱅",
-                                     "\xB1",
-                                     "\xEF",
-                                     "010",
-                                     "-",
-                                     "1234",
-                                     "5678",
-                                     "900101",
-                                     "4111",
-                                     "1111",
-                                     "+82",
-                                     "계좌",
-                                     "주민번호",
-                                     "카드",
-                                     "법인등록번호",
-                                     "RRN",
-                                     "fe80",
-                                     "192.168",
-                                     ".0.1",
-                                     ", ",
-                                     " 및 ",
-                                     "110123456789",
-                                     "5412345678901234",
-                                     " account ",
-                                     "KB",
-                                     "size",
-                                     "Tel 010-1234-5678",
-                                     "110 123 456789",
-                                     " 456789",
-                                     "계좌번호 ",
-                                     ":",
-                                     "hong@naver.com",
-                                     "10.0.0.1",
-                                     "5412 3456 7890 1234",
-                                     " 010 1234 5678",
-                                     "카드 ",
-                                     " 010",
-                                     "-1234",
-                                     "3333 01 2345678",
-                                     "+821012345678",
-                                     "a@b.com",
-                                     "123",
-                                     "4567",
-                                     "02-123-4567",
-                                     "공일공",
-                                     "영",
-                                     "공",
-                                     "일이삼사",
-                                     "오육칠팔",
-                                     "이",
-                                     "구",
-                                     "닷컴",
-                                     " 닷 ",
-                                     "점",
-                                     "네이버",
-                                     "다음",
-                                     "로",
-                                     "kakao",
-                                     "@회사.한국",
-                                     "01일",
-                                     "567이"};
+  const auto& pieces = kPiiPieces;
   uint64_t state = 12345;
   auto next = [&] {
     state = state * 6364136223846793005ull + 1442695040888963407ull;
@@ -711,6 +714,135 @@ TEST_CASE("pii: random fragments: ordered spans, and scrubbing twice changes not
     found += matches.size();
   }
   CHECK(found > 1000);  // the pieces do make matches
+}
+
+TEST_CASE("pii: a number broken across two lines is scrubbed across the break") {
+  struct Case {
+    std::string first, second, first_after, second_after;
+    PiiType type;
+  };
+  const Case cases[] = {
+      {"연락처 010-1234-", "5678입니다.", "연락처 [PHONE]", "입니다.", PiiType::kPhone},    // a wrap after a dash
+      {"연락처 010-12", "34-5678 로 연락", "연락처 [PHONE]", "로 연락", PiiType::kPhone},   // inside a group
+      {"연락처는 010 1234", "5678 입니다", "연락처는 [PHONE]", "입니다", PiiType::kPhone},  // at a space
+      {"주민번호 900101-", "1234567", "주민번호 [RRN]", "", PiiType::kRrn},                 // nothing left
+      {"주민번호 900101", "1234567 (본인)", "주민번호 [RRN]", "(본인)", PiiType::kRrn},     // labelled, spaced
+      {"입금 계좌 110-123-", "456789 (신한)", "입금 계좌 [ACCOUNT]", "(신한)", PiiType::kAccount},
+      {"카드 4111 1111", "1111 1111 로 결제", "카드 [CARD]", "로 결제", PiiType::kCard},
+      {"서버 10.0.", "0.1 에 접속", "서버 [IP]", "에 접속", PiiType::kIp},
+      {"마스킹 900101-1", "****** 입니다", "마스킹 [RRN]", "입니다", PiiType::kRrn},
+  };
+  for (const Case& c : cases) {
+    INFO(c.first << " | " << c.second);
+    std::string first = c.first, second = c.second;
+    PiiCounts counts;
+    CHECK(scrub_pii_across(first, second, counts));
+    CHECK(first == c.first_after);
+    CHECK(second == c.second_after);
+    CHECK(counts.total() == 1);
+    CHECK(counts[c.type] == 1);
+    CHECK_FALSE(scrub_pii_across(first, second, counts));  // idempotent: `first` ends with a placeholder
+  }
+  {
+    // The rest of the second line is scrubbed again: "+8210..." stood behind the account's tail.
+    std::string first = "계좌번호 5678010", second = "456789+821012345678, 끝";
+    PiiCounts counts;
+    CHECK(scrub_pii_across(first, second, counts));
+    CHECK(first == "계좌번호 [ACCOUNT]");
+    CHECK(second == "[PHONE], 끝");
+    CHECK(counts.account == 1);
+    CHECK(counts.phone == 1);
+  }
+  // Left alone: numbers that only read as PII joined, nothing across the break, and edges that
+  // cut no number.
+  const std::pair<std::string, std::string> stays[] = {
+      {"설립 2023", "0115 계약"},        // 20230115: a date
+      {"수량 1000 2000", "3000 4000"},   // a row of round numbers
+      {"1,234", "5678원"},               // a comma separates
+      {"전화 [PHONE]", "1234"},          // a placeholder already ends the line
+      {"연락처 010-1234-5678", "5678"},  // the first line's number is whole: it would continue it
+      {"버전 1.2", "3.4 출시"},          // a version label
+      {"페이지 12", "34쪽"},
+      {"abc", "010-1234-5678"},   // no digit, dash or mask at the end of the first
+      {"010-1234-", "오육칠팔"},  // the second does not start with a digit
+      {"", "010"},
+      {"010", ""},
+  };
+  for (const auto& [a, b] : stays) {
+    INFO(a << " | " << b);
+    std::string first = a, second = b;
+    PiiCounts counts;
+    CHECK_FALSE(scrub_pii_across(first, second, counts));
+    CHECK(first == a);
+    CHECK(second == b);
+    CHECK(counts.total() == 0);
+  }
+  // A run of digits longer than the window on either side is not cut into an invented number.
+  {
+    std::string first = "번호 " + std::string(70, '1'), second = "2345678";
+    PiiCounts counts;
+    CHECK_FALSE(scrub_pii_across(first, second, counts));
+    first = "연락처 010-1234-";
+    second = std::string(70, '5');
+    CHECK_FALSE(scrub_pii_across(first, second, counts));
+  }
+}
+
+TEST_CASE("clean: a number wrapped across a document's lines is scrubbed, and cleaning twice changes nothing") {
+  CleanOptions options;
+  DocumentCleaner cleaner(options);
+  std::string out;
+  CHECK(cleaner.clean("문의는 연락처 010-1234-\n5678로 주세요.\n주민번호 900101-\n1234567\n다음 줄\n", out) == 4);
+  CHECK(out == "문의는 연락처 [PHONE]\n로 주세요.\n주민번호 [RRN]\n다음 줄");  // the empty rest is dropped
+  CHECK(cleaner.pii().phone == 1);
+  CHECK(cleaner.pii().rrn == 1);
+  std::string again;
+  DocumentCleaner second(options);
+  second.clean(out + "\n", again);
+  CHECK(again == out);
+  CHECK(second.pii().total() == 0);
+  // --no-scrub-pii keeps the lines as they were.
+  CleanOptions keep = options;
+  keep.scrub_pii = false;
+  DocumentCleaner keeper(keep);
+  out.clear();
+  keeper.clean("연락처 010-1234-\n5678\n", out);
+  CHECK(out == "연락처 010-1234-\n5678");
+
+  // Random documents of 1-5 lines of random pieces: cleaning the output again changes nothing, every
+  // line out is non-empty, and nothing is scrubbed the second time.
+  uint64_t state = 99;
+  auto next = [&] {
+    state = state * 6364136223846793005ull + 1442695040888963407ull;
+    return static_cast<uint32_t>(state >> 33);
+  };
+  uint64_t across = 0;
+  for (int it = 0; it < 100000; ++it) {
+    std::string document;
+    for (int line = static_cast<int>(next() % 5); line >= 0; --line) {
+      for (int k = static_cast<int>(next() % 6); k > 0; --k) document += kPiiPieces[next() % std::size(kPiiPieces)];
+      document += '\n';
+    }
+    INFO(document);
+    DocumentCleaner once(options), twice(options);
+    std::string cleaned, recleaned;
+    once.clean(document, cleaned);
+    // Lines scrubbed on their own, to count what only the breaks made.
+    PiiCounts alone;
+    for (size_t b = 0, e; b < document.size(); b = e + 1) {
+      e = document.find('\n', b);
+      std::string line;
+      normalize_line(std::string_view(document).substr(b, e - b), line);
+      scrub_pii(line, alone);
+    }
+    across += once.pii().total() - alone.total();
+    REQUIRE(cleaned.find("\n\n") == std::string::npos);
+    REQUIRE((cleaned.empty() || (cleaned.front() != '\n' && cleaned.back() != '\n')));
+    twice.clean(cleaned + "\n", recleaned);
+    REQUIRE(recleaned == cleaned);
+    REQUIRE(twice.pii().total() == 0);
+  }
+  CHECK(across > 100);  // the pieces do break numbers across lines
 }
 
 // ---- sentence splitter -------------------------------------------------------------------
