@@ -598,6 +598,7 @@ class Trainer {
   std::optional<std::string> resume_;
   std::string weights_source_;  // the run table's "weights" row: where a new run's weights came from, if not its seed
   int pretrained_vocab_size_ = 0;  // model_name_or_path's vocab_size when [data] tokenizer has more tokens
+  bool vocab_size_from_tokenizer_ = false;  // [model] vocab_size is [data] tokenizer's size (unset, or grown)
   std::optional<std::string> dump_dir_;
   std::ofstream dump_;
   std::ostream& out_;
@@ -1010,6 +1011,7 @@ void Trainer::load_tokenizer_and_data() {
   BertConfig& model = config_.model;
   if (model.vocab_size == 0) {
     model.vocab_size = vocab;
+    vocab_size_from_tokenizer_ = true;
   } else if (model.vocab_size < vocab && !config_.model_name_or_path.empty()) {
     // Tokens appended to the pretrained model's (load_pretrained checks that they are): its embeddings
     // grow, as transformers' resize_token_embeddings does.
@@ -1021,6 +1023,7 @@ void Trainer::load_tokenizer_and_data() {
                   "grows to them");
     pretrained_vocab_size_ = model.vocab_size;
     model.vocab_size = vocab;
+    vocab_size_from_tokenizer_ = true;
   } else if (model.vocab_size < vocab) {
     throw Error(config_.where("model", "vocab_size") + " = " + std::to_string(model.vocab_size) +
                 " is smaller than the " + std::to_string(vocab) + " tokens of " + data().tokenizer +
@@ -1232,7 +1235,6 @@ void Trainer::restore(const std::string& checkpoint) {
   const BertConfig& b = config_.model;
   std::string shape_diff;
   const auto compare = [&](const char* key, auto was, auto now) { note_difference(shape_diff, key, was, now); };
-  compare("vocab_size", a.vocab_size, b.vocab_size);
   compare("hidden_size", a.hidden_size, b.hidden_size);
   compare("num_hidden_layers", a.num_hidden_layers, b.num_hidden_layers);
   compare("num_attention_heads", a.num_attention_heads, b.num_attention_heads);
@@ -1240,6 +1242,15 @@ void Trainer::restore(const std::string& checkpoint) {
   compare("max_position_embeddings", a.max_position_embeddings, b.max_position_embeddings);
   compare("type_vocab_size", a.type_vocab_size, b.type_vocab_size);
   if (a.hidden_act != b.hidden_act) shape_diff += std::string(shape_diff.empty() ? "" : ", ") + "hidden_act";
+  if (vocab_size_from_tokenizer_ && a.vocab_size != b.vocab_size && shape_diff.empty())  // the tokenizer changed
+    throw Error("cannot resume from " + checkpoint + ": it was trained with vocab_size " +
+                std::to_string(a.vocab_size) + " and " + data().tokenizer + " ([data] tokenizer of " + config_.path +
+                ", which sets the model's vocab_size) now has " + std::to_string(b.vocab_size) +
+                " tokens; resume with the tokenizer it was trained with, or start a new output_dir (to append tokens "
+                "during a run, give [model] vocab_size room for them from its start)");
+  std::string vocab_diff;
+  note_difference(vocab_diff, "vocab_size", a.vocab_size, b.vocab_size);
+  if (!vocab_diff.empty()) shape_diff = vocab_diff + (shape_diff.empty() ? "" : ", ") + shape_diff;
   if (!shape_diff.empty())
     throw Error("cannot resume from " + checkpoint + ": its model differs from " + config_.path + " [model] (" +
                 shape_diff + "); resume with the config it was trained with, or start a new output_dir");

@@ -692,6 +692,21 @@ TEST_CASE("user mistakes are one-line errors") {
   const RunResult grown_run = train({"--config", grown, "--resume"});
   INFO(grown_run.err);
   CHECK(grown_run.code == 0);
+  // Without a written vocab_size the tokenizer sets it: tokens appended after the run started change
+  // the model's shape, and the message names the tokenizer (not [model], which did not change).
+  std::string appended = read_file(config);
+  appended.replace(appended.find(test_dir() + "/tok\""), test_dir().size() + 4, grown_tok);
+  appended.replace(appended.find("/shards\""), 8, "/shards_grown\"");
+  const std::string appended_config = test_dir() + "/appended.toml";
+  write_file_atomic(appended_config, appended);
+  message = error_of([&] { train({"--config", appended_config, "--resume"}); });
+  CHECK_THAT(message, Catch::Contains("cannot resume from " + test_dir() + "/out/checkpoint-") &&
+                          Catch::Contains(": it was trained with vocab_size " + std::to_string(trained_tokens.size()) +
+                                          " and " + grown_tok + " ([data] tokenizer of " + appended_config +
+                                          ", which sets the model's vocab_size) now has " +
+                                          std::to_string(grown_tokens.size()) + " tokens") &&
+                          Catch::Contains("give [model] vocab_size room for them"));
+  CHECK(one_line(message));
   const std::string grown_checkpoint = latest_checkpoint(test_dir() + "/grown")->path;
   write_file_atomic(grown_checkpoint + "/vocab.txt", "[PAD]\n\n[UNK]\n");
   message = error_of([&] { train({"--config", grown, "--resume"}); });
