@@ -1472,12 +1472,15 @@ static bool ascii_alnum(char c) { return (c >= '0' && c <= '9') || (c >= 'a' && 
 
 bool scrub_pii_across(std::string& first, std::string& second, PiiCounts& counts) {
   if (first.empty() || second.empty()) return false;
+  const auto digit = [](char c) { return c >= '0' && c <= '9'; };
   const char last = first.back(), next = second.front();
-  if (!((last >= '0' && last <= '9') || last == '-' || last == '.' || last == '*') ||
-      !((next >= '0' && next <= '9') || next == '*'))
-    return false;
-  // Windows of up to kWindow bytes on each side, cut between characters and outside runs of ASCII
-  // letters and digits (a match never starts or ends inside one, so a cut run would invent an edge).
+  // A number broken by the wrap: the first line ends inside it, the second goes on with it.
+  const bool broken = (digit(last) || last == '-' || last == '*') && (digit(next) || next == '*' || next == '-') &&
+                      !(last == '-' && next == '-');
+  // A number at the start of the second line with its label at the end of the first.
+  if (!broken && !digit(next)) return false;
+  // Windows of up to kWindow bytes on each side (a match and its label are shorter), cut between
+  // characters and outside runs of ASCII letters and digits, where no match may start or end.
   constexpr size_t kWindow = 64;
   size_t tail = first.size() > kWindow ? first.size() - kWindow : 0;
   while (tail < first.size() && (static_cast<unsigned char>(first[tail]) & 0xC0) == 0x80) ++tail;
@@ -1487,24 +1490,45 @@ bool scrub_pii_across(std::string& first, std::string& second, PiiCounts& counts
   while (head > 0 && head < second.size() && (static_cast<unsigned char>(second[head]) & 0xC0) == 0x80) --head;
   if (head < second.size())
     while (head > 0 && ascii_alnum(second[head - 1]) && ascii_alnum(second[head])) --head;
-  if (tail >= first.size() || head == 0) return false;  // one unbroken run: nothing a matcher takes
+  if (head == 0) return false;  // one unbroken run: nothing a matcher takes
   const std::string_view a = std::string_view(first).substr(tail), b = std::string_view(second).substr(0, head);
+  // What followed may now stand alone ("456789+8210..." was no phone), so the rest is scrubbed again.
+  const auto rescrub_second = [&] {
+    std::string rest;
+    if (scrub_pii(second, rest, counts) > 0) second.swap(rest);
+  };
   // The break stood for nothing (010-1234-|5678, a wrap inside a token) or for a space (010 1234|5678).
+  // Between two digits only a match with a separator on both sides of the break is taken as one
+  // number glued back: "201231|1500000" is a date and an amount, not 13 digits of an RRN.
   for (const std::string_view separator : {std::string_view(), std::string_view(" ")}) {
+    if (separator.empty() && !broken) continue;
     std::string joined;
     joined.reserve(a.size() + separator.size() + b.size());
     joined.append(a).append(separator).append(b);
+    const size_t second_at = a.size() + separator.size();
     for (const PiiMatch& m : find_pii(joined)) {
-      if (m.begin >= a.size() || m.end <= a.size() + separator.size()) continue;  // not across the break
-      const size_t from_second = m.end - a.size() - separator.size();
+      if (m.end <= second_at) continue;
+      if (m.begin >= second_at) {
+        // Wholly in the second line, which alone did not match: labelled by the first's end.
+        if (separator.empty() || m.begin != second_at) break;
+        second.replace(0, m.end - second_at, pii_placeholder(m.type));
+        ++counts[m.type];
+        rescrub_second();
+        return true;
+      }
+      if (!broken) break;
+      const std::string_view before(joined.data() + m.begin, a.size() - m.begin),
+          after(joined.data() + second_at, m.end - second_at);
+      const auto has_separator = [&](std::string_view part) {
+        return std::any_of(part.begin(), part.end(), [&](char c) { return !digit(c); });
+      };
+      if (separator.empty() && digit(last) && digit(next) && !(has_separator(before) && has_separator(after))) break;
       first.replace(tail + m.begin, std::string::npos, pii_placeholder(m.type));
-      second.erase(0, from_second);
+      second.erase(0, m.end - second_at);
       second.erase(0, std::min(second.find_first_not_of(' '), second.size()));
       ++counts[m.type];
-      // What followed the number's tail may now stand alone ("456789+8210..." was no phone).
-      std::string rest;
-      if (scrub_pii(second, rest, counts) > 0) second.swap(rest);
-      return true;  // matches do not overlap: only one can cross
+      rescrub_second();
+      return true;  // matches do not overlap: only one can reach the break
     }
   }
   return false;

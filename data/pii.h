@@ -149,14 +149,20 @@ size_t scrub_pii(std::string_view text, std::string& out, PiiCounts& counts);
 std::string scrub_pii(std::string_view text, PiiCounts& counts);
 
 // A number broken across two lines, as hard-wrapped text breaks it (PDF extractions, fixed-width
-// mail): `first` and `second` are consecutive lines, each already scrubbed. Where `first` ends with
-// a digit, '-', '.' or '*' and `second` starts with a digit or '*', the last 64 bytes of one and the first 64 of
-// the other are scanned joined, directly (010-1234-|5678) or else by a space (010 1234|5678), and a
-// match across the break becomes its placeholder at the end of `first` (its label, if any, in the
-// window: "계좌 110-123-|456789"); its part in `second` is removed with the spaces after it (the
-// line may end empty) and the rest scrubbed again, as what followed the number's tail may now
-// stand alone. Returns whether it replaced one (all counted in `counts`). Idempotent on its
-// result: `first` then ends with a placeholder.
+// mail): `first` and `second` are consecutive lines, each already scrubbed. The last 64 bytes of one
+// and the first 64 of the other are scanned joined:
+//   - where `first` ends with a digit, '-' or '*' and `second` starts with one (not '-' on both
+//     sides), directly (010-1234-|5678, 010-12|34-5678, 010-1234|-5678; between two digits only a
+//     match with a separator on both sides of the break: "201231|1500000" stays a date and an
+//     amount) or else by a space (010 1234|5678): a match across the break becomes its placeholder
+//     at the end of `first`, and its part of `second` is removed with the spaces after it (the
+//     line may end empty);
+//   - where `second` starts with a digit, by a space: a match at its very start, labelled by the end
+//     of `first` (주민등록번호:|900101 1234567, 계좌번호|110 123 456789), becomes its placeholder there.
+// The rest of `second` is then scrubbed again, as what followed may now stand alone. Returns whether
+// it replaced one (all counted in `counts`). Idempotent on its result. Not handled: a break after
+// '.' (12.5.|2.1 reads as an address), inside "(02)", a Hangul digit word or an e-mail address, and
+// numbers over three lines.
 bool scrub_pii_across(std::string& first, std::string& second, PiiCounts& counts);
 
 }  // namespace bert
