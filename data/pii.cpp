@@ -1477,8 +1477,13 @@ bool scrub_pii_across(std::string& first, std::string& second, PiiCounts& counts
   // A number broken by the wrap: the first line ends inside it, the second goes on with it.
   const bool broken = (digit(last) || last == '-' || last == '*') && (digit(next) || next == '*' || next == '-') &&
                       !(last == '-' && next == '-');
-  // A number at the start of the second line with its label at the end of the first.
-  if (!broken && !digit(next)) return false;
+  // A number at the start of the second line named by a label that ends the first line: it ends
+  // with ':' or a label noun (주민등록번호:, 계좌번호, 입금 계좌). Lines that merely contain a label
+  // word (송금액, 이체 한도, created account, 단위: KB) are table cells and headings far more often.
+  const std::string_view trimmed = std::string_view(first).substr(0, first.find_last_not_of(' ') + 1);
+  const bool labelled = digit(next) && (trimmed.ends_with(':') || trimmed.ends_with("：") ||
+                                        trimmed.ends_with("번호") || trimmed.ends_with("계좌"));
+  if (!broken && !labelled) return false;
   // Windows of up to kWindow bytes on each side (a match and its label are shorter), cut between
   // characters and outside runs of ASCII letters and digits, where no match may start or end.
   constexpr size_t kWindow = 64;
@@ -1510,7 +1515,7 @@ bool scrub_pii_across(std::string& first, std::string& second, PiiCounts& counts
       if (m.end <= second_at) continue;
       if (m.begin >= second_at) {
         // Wholly in the second line, which alone did not match: labelled by the first's end.
-        if (separator.empty() || m.begin != second_at) break;
+        if (separator.empty() || m.begin != second_at || !labelled) break;
         second.replace(0, m.end - second_at, pii_placeholder(m.type));
         ++counts[m.type];
         rescrub_second();
@@ -1522,7 +1527,11 @@ bool scrub_pii_across(std::string& first, std::string& second, PiiCounts& counts
       const auto has_separator = [&](std::string_view part) {
         return std::any_of(part.begin(), part.end(), [&](char c) { return !digit(c); });
       };
-      if (separator.empty() && digit(last) && digit(next) && !(has_separator(before) && has_separator(after))) break;
+      // Glued between a digit and a digit or dash: a separator on both sides of the break, and not an
+      // address ("3.2.1|4.5" are section numbers, "1644|-1320" two amounts).
+      if (separator.empty() && digit(last) && (digit(next) || next == '-') &&
+          (m.type == PiiType::kIp || !has_separator(before) || !has_separator(after)))
+        break;
       first.replace(tail + m.begin, std::string::npos, pii_placeholder(m.type));
       second.erase(0, m.end - second_at);
       second.erase(0, std::min(second.find_first_not_of(' '), second.size()));

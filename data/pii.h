@@ -152,13 +152,15 @@ std::string scrub_pii(std::string_view text, PiiCounts& counts);
 // mail): `first` and `second` are consecutive lines, each already scrubbed. The last 64 bytes of one
 // and the first 64 of the other are scanned joined:
 //   - where `first` ends with a digit, '-' or '*' and `second` starts with one (not '-' on both
-//     sides), directly (010-1234-|5678, 010-12|34-5678, 010-1234|-5678; between two digits only a
-//     match with a separator on both sides of the break: "201231|1500000" stays a date and an
-//     amount) or else by a space (010 1234|5678): a match across the break becomes its placeholder
-//     at the end of `first`, and its part of `second` is removed with the spaces after it (the
-//     line may end empty);
-//   - where `second` starts with a digit, by a space: a match at its very start, labelled by the end
-//     of `first` (주민등록번호:|900101 1234567, 계좌번호|110 123 456789), becomes its placeholder there.
+//     sides), directly (010-1234-|5678, 010-12|34-5678, 010-1234|-5678; after a digit only a match
+//     with a separator on both sides of the break, and no address: "201231|1500000" stays a date
+//     and an amount, "1644|-1320" two amounts, "3.2.1|4.5" section numbers) or else by a space
+//     (010 1234|5678): a match across the break becomes its placeholder at the end of `first`, and
+//     its part of `second` is removed with the spaces after it (the line may end empty);
+//   - where `second` starts with a digit and `first` ends with ':' or a label noun (번호, 계좌), by a
+//     space: a match at the very start of `second` that its label names (주민등록번호:|900101
+//     1234567, 계좌번호|110 123 456789) becomes its placeholder there. A line that merely contains a
+//     label word (송금액, 이체 한도, 단위: KB) is a table cell or heading too often to name the next.
 // The rest of `second` is then scrubbed again, as what followed may now stand alone. Returns whether
 // it replaced one (all counted in `counts`). Idempotent on its result. Not handled: a break after
 // '.' (12.5.|2.1 reads as an address), inside "(02)", a Hangul digit word or an e-mail address, and
