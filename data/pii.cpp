@@ -1468,11 +1468,9 @@ std::string scrub_pii(std::string_view text, PiiCounts& counts) {
   return out;
 }
 
-static bool ascii_alnum(char c) { return (c >= '0' && c <= '9') || (c >= 'a' && c <= 'z') || (c >= 'A' && c <= 'Z'); }
-
 bool scrub_pii_across(std::string& first, std::string& second, PiiCounts& counts) {
   if (first.empty() || second.empty()) return false;
-  const auto digit = [](char c) { return c >= '0' && c <= '9'; };
+  const auto digit = [](char c) { return is_digit(static_cast<unsigned char>(c)); };
   const char last = first.back(), next = second.front();
   // A number broken by the wrap: the first line ends inside it, the second goes on with it.
   const bool broken = (digit(last) || last == '-' || last == '*') && (digit(next) || next == '*' || next == '-') &&
@@ -1490,11 +1488,15 @@ bool scrub_pii_across(std::string& first, std::string& second, PiiCounts& counts
   size_t tail = first.size() > kWindow ? first.size() - kWindow : 0;
   while (tail < first.size() && (static_cast<unsigned char>(first[tail]) & 0xC0) == 0x80) ++tail;
   if (tail > 0)
-    while (tail < first.size() && ascii_alnum(first[tail - 1]) && ascii_alnum(first[tail])) ++tail;
+    while (tail < first.size() && is_alnum(static_cast<unsigned char>(first[tail - 1])) &&
+           is_alnum(static_cast<unsigned char>(first[tail])))
+      ++tail;
   size_t head = std::min(second.size(), kWindow);
   while (head > 0 && head < second.size() && (static_cast<unsigned char>(second[head]) & 0xC0) == 0x80) --head;
   if (head < second.size())
-    while (head > 0 && ascii_alnum(second[head - 1]) && ascii_alnum(second[head])) --head;
+    while (head > 0 && is_alnum(static_cast<unsigned char>(second[head - 1])) &&
+           is_alnum(static_cast<unsigned char>(second[head])))
+      --head;
   if (head == 0) return false;  // one unbroken run: nothing a matcher takes
   const std::string_view a = std::string_view(first).substr(tail), b = std::string_view(second).substr(0, head);
   // What followed may now stand alone ("456789+8210..." was no phone), so the rest is scrubbed again.

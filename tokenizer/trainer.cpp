@@ -32,12 +32,6 @@ WordCounts::WordCounts() : shards_(size_t{1} << kShardBits) {
   for (Shard& shard : shards_) shard.slots.assign(64, Slot{0, 0, 0, 0});
 }
 
-size_t WordCounts::memory_bytes() const {
-  size_t bytes = 0;
-  for (const Shard& shard : shards_) bytes += shard.arena.capacity() + shard.slots.capacity() * sizeof(Slot);
-  return bytes;
-}
-
 void WordCounts::Shard::grow() {
   std::vector<Slot> old = std::move(slots);
   slots.assign(old.size() * 2, Slot{0, 0, 0, 0});

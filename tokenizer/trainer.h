@@ -41,7 +41,6 @@ class WordCounts {
   void merge_from(std::vector<WordCounts>& others, size_t threads = 1);
   size_t distinct() const { return used_; }
   uint64_t total() const { return total_; }
-  size_t memory_bytes() const;
   // Calls f(word, count) for every word, in no particular order (it depends on the order of adds).
   template <typename F>
   void for_each(F&& f) const {
