@@ -453,9 +453,10 @@ TEST_CASE("added tokens that are not special: matched as their flags say, not sp
                        {"id": 2, "content": "[CLS]", "special": true}, {"id": 3, "content": "[SEP]", "special": true},
                        {"id": 4, "content": "[MASK]", "special": true},
                        {"id": 6, "content": "ab", "special": false, "normalized": true}],
-      "normalizer": {"type": "BertNormalizer"}, "pre_tokenizer": {"type": "BertPreTokenizer"},
+      "normalizer": {"type": "BertNormalizer", "clean_text": true, "handle_chinese_chars": true, "lowercase": false},
+      "pre_tokenizer": {"type": "BertPreTokenizer"},
       "post_processor": {"type": "BertProcessing", "sep": ["[SEP]", 3], "cls": ["[CLS]", 2]},
-      "decoder": {"type": "WordPiece", "prefix": "##"},
+      "decoder": {"type": "WordPiece", "prefix": "##", "cleanup": true},
       "model": {"type": "WordPiece", "unk_token": "[UNK]", "continuing_subword_prefix": "##",
                 "max_input_chars_per_word": 100,
                 "vocab": {"[PAD]": 0, "[UNK]": 1, "[CLS]": 2, "[SEP]": 3, "[MASK]": 4, "a": 5}}})");
@@ -474,8 +475,8 @@ TEST_CASE("added tokens that are not special: matched as their flags say, not sp
     std::string json = read_file(both + "/tokenizer.json");
     const std::string named = "\"content\": \"ab\"";
     json.replace(json.find(named), named.size(), "\"content\": \"" + content + "\"");
-    json.replace(json.find(R"("type": "BertNormalizer")"), 24,
-                 R"("type": "BertNormalizer", "lowercase": true, "strip_accents": )" + strip_accents);
+    const std::string cased = R"("lowercase": false})";
+    json.replace(json.find(cased), cased.size(), R"("lowercase": true, "strip_accents": )" + strip_accents + "}");
     write_file_atomic(both + "/tokenizer.json", json);
     write_file_atomic(both + "/tokenizer_config.json", R"({"do_lower_case": false})");
   };
@@ -619,6 +620,28 @@ TEST_CASE("tokenizer.json: read instead of vocab.txt, checked against it, BERT's
              Catch::Contains("post_processor: adds '[SEP]' as id 30, which is no token in the vocabulary"));
   CHECK_THAT(error(with(spec("", bert_processing), "BertPreTokenizer", "Metaspace")),
              Catch::Contains("tokenizer.json: pre_tokenizer: 'Metaspace': only BertPreTokenizer"));
+  // Keys tokenizers requires (it refuses the file without them, so transformers cannot load it) are
+  // required here too, with what tokenizers accepts for them; strip_accents alone may be left out.
+  const std::string missing = ": missing (tokenizers requires it: transformers cannot load this file)";
+  CHECK(error(with(spec("", bert_processing), R"("strip_accents": null, )", "")).empty());
+  CHECK_THAT(error(with(spec("", bert_processing), R"("clean_text": false, )", "")),
+             Catch::Contains("tokenizer.json: normalizer.clean_text" + missing));
+  CHECK_THAT(error(with(spec("", bert_processing), R"("clean_text": false)", R"("clean_text": null)")),
+             Catch::Contains("tokenizer.json: normalizer.clean_text: null: must be true or false"));
+  CHECK_THAT(error(with(spec("", bert_processing), R"("handle_chinese_chars": true,)", "")),
+             Catch::Contains("tokenizer.json: normalizer.handle_chinese_chars" + missing));
+  CHECK_THAT(error(with(spec("", bert_processing), R"(, "lowercase": true})", "}")),
+             Catch::Contains("tokenizer.json: normalizer.lowercase" + missing));
+  CHECK_THAT(error(with(spec("", bert_processing), R"("strip_accents": null)", R"("strip_accents": 1)")),
+             Catch::Contains("tokenizer.json: normalizer.strip_accents: 1: must be true, false or null"));
+  CHECK_THAT(error(with(spec("", bert_processing), R"(, "cleanup": true)", "")),
+             Catch::Contains("tokenizer.json: decoder.cleanup" + missing));
+  CHECK_THAT(error(with(spec("", bert_processing), R"("prefix": "##", )", "")),
+             Catch::Contains("tokenizer.json: decoder.prefix" + missing));
+  CHECK_THAT(error(with(spec("", bert_processing), R"("continuing_subword_prefix": "##",)", "")),
+             Catch::Contains("tokenizer.json: model.continuing_subword_prefix" + missing));
+  CHECK_THAT(error(with(spec("", bert_processing), R"("max_input_chars_per_word": 100,)", "")),
+             Catch::Contains("tokenizer.json: model.max_input_chars_per_word" + missing));
   // Tokens after the model's vocabulary (added in tokenizer.json, or specials it lacks) match the raw
   // text only, never as a piece of a word: "AB", lowercased, is a ##b, not the special "ab".
   write("tokenizer.json", spec("", bert_processing));

@@ -1,6 +1,7 @@
 #include "tokenizer/tokenizer.h"
 
 #include <algorithm>
+#include <cmath>
 #include <cstdlib>
 #include <unordered_map>
 
@@ -52,8 +53,8 @@ struct FastTokenizerFile {
   std::vector<std::string> tokens;  // model.vocab by id, then the added tokens past it
   size_t model_size = 0;            // model.vocab's size
   std::vector<TokenizerConfig::AddedToken> added;  // "added_tokens", with their flags
-  // Its own normaliser (a flag it leaves out: the config's), which BertTokenizerFast replaces by the
-  // config's only after its added tokens' normalised forms are made with this one.
+  // Its own normaliser, which BertTokenizerFast replaces by the config's only after its added tokens'
+  // normalised forms are made with this one.
   NormalizerOptions normalizer;
 };
 
@@ -75,8 +76,8 @@ std::string unsupported_added_token(const TokenizerConfig::AddedToken& added) {
 std::vector<TokenizerConfig::AddedToken> json_added_tokens(const Json& root, const std::string& path) {
   std::vector<TokenizerConfig::AddedToken> out;
   const Json* added = root.find("added_tokens");
-  if (!added || added->is_null()) return out;
-  if (!added->is_array()) fail_field(path, "added_tokens", "expected an array");
+  if (!added) return out;
+  if (!added->is_array()) fail_field(path, "added_tokens", added->dump().substr(0, 40) + ": expected an array");
   for (const Json& entry : added->as_array()) {
     if (!entry.is_object() || !entry.find("content") || !entry.find("content")->is_string() || !entry.find("id") ||
         !entry.find("id")->is_number())
@@ -105,8 +106,12 @@ FastTokenizerFile read_tokenizer_json(const std::string& path, TokenizerConfig& 
   const auto type_of = [&](const char* field) -> std::string {
     const Json* v = root.find(field);
     if (!v || v->is_null()) return "null";
-    const Json* t = v->is_object() ? v->find("type") : nullptr;
-    if (!t || !t->is_string()) fail(field, "expected an object with a \"type\"");
+    if (!v->is_object()) fail(field, v->dump().substr(0, 40) + ": expected an object with a \"type\"");
+    const Json* t = v->find("type");
+    if (!t || t->is_null())
+      fail(std::string(field) + ".type",
+           "missing: name it (tokenizers would guess it from the other keys; we read only a named BERT pipeline)");
+    if (!t->is_string()) fail(std::string(field) + ".type", t->dump() + ": expected a string");
     return t->as_string();
   };
   const auto string_field = [&](const Json& obj, const std::string& where, const char* key) -> std::string {
@@ -114,7 +119,56 @@ FastTokenizerFile read_tokenizer_json(const std::string& path, TokenizerConfig& 
     if (!v || !v->is_string()) fail(where + "." + key, "expected a string");
     return v->as_string();
   };
+  // A key that tokenizers requires (it refuses the file without it, and so transformers cannot load it).
+  const auto required = [&](const Json& obj, const std::string& where, const char* key) -> const Json& {
+    const Json* v = obj.find(key);
+    if (!v) fail(where + "." + key, "missing (tokenizers requires it: transformers cannot load this file)");
+    return *v;
+  };
+  const auto required_bool = [&](const Json& obj, const std::string& where, const char* key) {
+    const Json& v = required(obj, where, key);
+    if (!v.is_bool()) fail(where + "." + key, v.dump() + ": must be true or false");
+    return v.as_bool();
+  };
 
+  if (const Json* v = root.find("version"); v && !(v->is_string() && v->as_string() == "1.0"))
+    fail("version", v->dump() + ": tokenizers reads version \"1.0\" only");
+  // truncation and padding change no id (transformers sets both per call), but tokenizers refuses the
+  // file where they are malformed, and so transformers cannot load it.
+  const auto one_of = [&](const Json& obj, const std::string& where, const char* key,
+                          std::initializer_list<const char*> names) {
+    const Json& v = required(obj, where, key);
+    for (const char* name : names)
+      if (v.is_string() && v.as_string() == name) return;
+    std::string list;
+    for (const char* name : names) list += (list.empty() ? "" : ", ") + std::string(name);
+    fail(where + "." + key, v.dump().substr(0, 40) + ": expected one of " + list);
+  };
+  const auto count = [&](const Json& v, const std::string& field, double max) {
+    if (!(v.is_number() && v.as_number() >= 0 && v.as_number() <= max && v.as_number() == std::floor(v.as_number())))
+      fail(field, v.dump().substr(0, 40) + ": expected an integer from 0");
+  };
+  if (const Json* t = root.find("truncation"); t && !t->is_null()) {
+    if (!t->is_object()) fail("truncation", t->dump().substr(0, 40) + ": expected an object or null");
+    if (t->find("direction")) one_of(*t, "truncation", "direction", {"Left", "Right"});
+    one_of(*t, "truncation", "strategy", {"LongestFirst", "OnlyFirst", "OnlySecond"});
+    for (const char* key : {"max_length", "stride"})
+      count(required(*t, "truncation", key), "truncation." + std::string(key), 1e18);
+  }
+  if (const Json* p = root.find("padding"); p && !p->is_null()) {
+    if (!p->is_object()) fail("padding", p->dump().substr(0, 40) + ": expected an object or null");
+    const Json& strategy = required(*p, "padding", "strategy");
+    if (strategy.is_object() && strategy.as_object().size() == 1 && strategy.find("Fixed"))
+      count(*strategy.find("Fixed"), "padding.strategy.Fixed", 1e18);
+    else if (!(strategy.is_string() && strategy.as_string() == "BatchLongest"))
+      fail("padding.strategy", strategy.dump().substr(0, 40) + ": expected \"BatchLongest\" or {\"Fixed\": N}");
+    one_of(*p, "padding", "direction", {"Left", "Right"});
+    if (const Json* v = p->find("pad_to_multiple_of"); v && !v->is_null())
+      count(*v, "padding.pad_to_multiple_of", 1e18);
+    for (const char* key : {"pad_id", "pad_type_id"})
+      count(required(*p, "padding", key), "padding." + std::string(key), 4294967295.0);
+    if (!required(*p, "padding", "pad_token").is_string()) fail("padding.pad_token", "expected a string");
+  }
   // The model: WordPiece with BertTokenizerFast's settings.
   if (const std::string type = type_of("model"); type != "WordPiece")
     fail("model.type", "'" + type + "': only a WordPiece model is a BERT tokenizer");
@@ -122,11 +176,11 @@ FastTokenizerFile read_tokenizer_json(const std::string& path, TokenizerConfig& 
   if (const std::string unk = string_field(model, "model", "unk_token"); unk != config.unk_token)
     fail("model.unk_token", "'" + unk + "' is not the tokenizer's unk_token '" + config.unk_token +
                                 "' (tokenizer_config.json, or [UNK] without it)");
-  if (const Json* v = model.find("continuing_subword_prefix"); v && !(v->is_string() && v->as_string() == "##"))
-    fail("model.continuing_subword_prefix", v->dump() + ": only \"##\" is supported");
-  if (const Json* v = model.find("max_input_chars_per_word"); v && !(v->is_number() && v->as_number() == 100))
+  if (const Json& v = required(model, "model", "continuing_subword_prefix"); !(v.is_string() && v.as_string() == "##"))
+    fail("model.continuing_subword_prefix", v.dump() + ": only \"##\" is supported");
+  if (const Json& v = required(model, "model", "max_input_chars_per_word"); !(v.is_number() && v.as_number() == 100))
     fail("model.max_input_chars_per_word",
-         v->dump() + ": only 100 is supported (what transformers uses for a vocab.txt, which our checkpoints carry)");
+         v.dump() + ": only 100 is supported (what transformers uses for a vocab.txt, which our checkpoints carry)");
   const Json* vocab = model.find("vocab");
   if (!vocab || !vocab->is_object()) fail("model.vocab", "expected an object {\"token\": id, ...}");
   FastTokenizerFile out;
@@ -150,40 +204,26 @@ FastTokenizerFile read_tokenizer_json(const std::string& path, TokenizerConfig& 
   // BERT's pipeline around it.
   if (const std::string type = type_of("normalizer"); type != "BertNormalizer")
     fail("normalizer", "'" + type + "': transformers' BertTokenizerFast needs a BertNormalizer");
-  if (const Json* v = root.find("normalizer")->find("clean_text"); v && !v->is_null()) {
-    if (!v->is_bool()) fail("normalizer.clean_text", "must be true or false");
-    config.normalizer.clean_text = v->as_bool();
-  }
+  // clean_text, handle_chinese_chars and lowercase are required; strip_accents may be left out or
+  // null (None: it follows lowercase), as tokenizers reads them.
+  const Json& normalizer = *root.find("normalizer");
+  config.normalizer.clean_text = required_bool(normalizer, "normalizer", "clean_text");
   out.normalizer = config.normalizer;
-  const auto normalizer_flag = [&](const char* key, bool& dst, bool null_means_lowercase) {
-    const Json* v = root.find("normalizer")->find(key);
-    if (!v) return;
-    if (v->is_null() && null_means_lowercase) {
-      dst = out.normalizer.lowercase;
-    } else {
-      if (!v->is_bool())
-        fail(std::string("normalizer.") + key,
-             null_means_lowercase ? "must be true, false or null" : "must be true or false");
-      dst = v->as_bool();
-    }
-  };
-  normalizer_flag("lowercase", out.normalizer.lowercase, false);
-  normalizer_flag("handle_chinese_chars", out.normalizer.handle_chinese_chars, false);
-  if (root.find("normalizer")->find("strip_accents"))
-    normalizer_flag("strip_accents", out.normalizer.strip_accents, true);
-  else if (root.find("normalizer")->find("lowercase"))
-    out.normalizer.strip_accents = out.normalizer.lowercase;  // tokenizers' default: None, following lowercase
+  out.normalizer.lowercase = required_bool(normalizer, "normalizer", "lowercase");
+  out.normalizer.handle_chinese_chars = required_bool(normalizer, "normalizer", "handle_chinese_chars");
+  out.normalizer.strip_accents = out.normalizer.lowercase;
+  if (const Json* v = normalizer.find("strip_accents"); v && !v->is_null()) {
+    if (!v->is_bool()) fail("normalizer.strip_accents", v->dump() + ": must be true, false or null");
+    out.normalizer.strip_accents = v->as_bool();
+  }
   if (const std::string type = type_of("pre_tokenizer"); type != "BertPreTokenizer")
     fail("pre_tokenizer", "'" + type + "': only BertPreTokenizer is supported");
   if (const std::string type = type_of("decoder"); type != "WordPiece" && type != "null")
     fail("decoder", "'" + type + "': only the WordPiece decoder is supported");
   if (const Json* d = root.find("decoder"); d && d->is_object()) {
-    if (const Json* v = d->find("prefix"); v && !(v->is_string() && v->as_string() == "##"))
-      fail("decoder.prefix", v->dump() + ": only \"##\" is supported");
-    if (const Json* v = d->find("cleanup"); v && !v->is_null()) {
-      if (!v->is_bool()) fail("decoder.cleanup", "must be true or false");
-      config.decoder.cleanup = v->as_bool();
-    }
+    if (const Json& v = required(*d, "decoder", "prefix"); !(v.is_string() && v.as_string() == "##"))
+      fail("decoder.prefix", v.dump() + ": only \"##\" is supported");
+    config.decoder.cleanup = required_bool(*d, "decoder", "cleanup");
   } else {
     config.decoder.wordpiece = false;  // tokenizers joins the tokens with spaces
   }

@@ -11,7 +11,8 @@
     vocabulary (specials, alphabet, ##-forms) must be identical; < 0.5% difference overall.
 (c) directories: hand-made ones (specials vocab.txt lacks, added_tokens_decoder, bos/eos) and
     tokenizer.json ones (alone, with added tokens, its normaliser overridden by the config) give
-    BertTokenizerFast.from_pretrained's ids.
+    BertTokenizerFast.from_pretrained's ids; a tokenizer.json with any key left out or null is
+    refused wherever `tokenizers` (which transformers reads it with) refuses it.
 """
 import argparse
 import json
@@ -273,6 +274,68 @@ def main():
     r = subprocess.run([args.bin, "encode", "--tokenizer", d, "--input", json_path], capture_output=True, text=True)
     check(r.returncode != 0 and "tokenizer.json: post_processor: 'RobertaProcessing'" in r.stderr,
           f"a post_processor other than BERT's is refused: {r.stderr.strip()[:200]}")
+
+    # Every key of save_pretrained's tokenizer.json (and each section's keys) left out, or null:
+    # tokenizers.Tokenizer.from_str is the oracle (transformers cannot load what it refuses). What it
+    # refuses we refuse, naming the key; what it accepts we read, except where it would give another
+    # pipeline than BERT's (no normalizer, pre_tokenizer or post_processor) or guess a section's
+    # missing "type" from its other keys: those we refuse by name, and exactly those.
+    with open(os.path.join(json_cases[0][1], "tokenizer.json"), encoding="utf-8") as f:
+        padded = tokenizers.Tokenizer.from_str(f.read())
+    padded.enable_padding(pad_id=0, pad_token="[PAD]")  # so that padding's keys are tried too
+    full = json.loads(padded.to_str())
+    check(full["truncation"] is not None and full["padding"] is not None,
+          "tokenizer.json keys: the file has truncation and padding to try")
+    d = os.path.join(args.work, "json_keys")
+    os.makedirs(d, exist_ok=True)
+    ours_only = {f"{section} {op}" for section in ("normalizer", "pre_tokenizer", "post_processor")
+                 for op in ("left out", "null")}
+    ours_only |= {f"{section}.type {op}" for section in ("normalizer", "post_processor", "decoder", "model")
+                  for op in ("left out", "null")}
+    mutations = []
+    for key, value in full.items():
+        mutations += [((key,), "left out"), ((key,), "null")]
+        if isinstance(value, dict):
+            mutations += [((key, inner), op) for inner in value for op in ("left out", "null")]
+    # And values of the right JSON type that tokenizers may or may not take.
+    mutations += [(("version",), "2.0"), (("truncation",), 5), (("truncation", "strategy"), "OnlyFirst"),
+                  (("truncation", "strategy"), "Longest"), (("truncation", "direction"), "Up"),
+                  (("truncation", "max_length"), -1), (("truncation", "stride"), "0"),
+                  (("padding", "strategy"), {"Fixed": 8}), (("padding", "strategy"), "Fixed"),
+                  (("padding", "direction"), "Left"), (("padding", "pad_to_multiple_of"), 8),
+                  (("padding", "pad_id"), -1), (("padding", "pad_token"), 0), (("added_tokens",), {}),
+                  (("normalizer", "strip_accents"), "yes"), (("decoder", "cleanup"), 1)]
+    refusals = 0
+    for path, op in mutations:
+        spec = json.loads(json.dumps(full))
+        parent = spec
+        for key in path[:-1]:
+            parent = parent[key]
+        if op == "left out":
+            del parent[path[-1]]
+        else:
+            parent[path[-1]] = None if op == "null" else op
+        text = json.dumps(spec, ensure_ascii=False)
+        try:
+            tokenizers.Tokenizer.from_str(text)
+            theirs = True
+        except Exception:  # tokenizers raises a plain Exception for a file it cannot read
+            theirs = False
+        with open(os.path.join(d, "tokenizer.json"), "w", encoding="utf-8") as f:
+            f.write(text)
+        r = subprocess.run([args.bin, "encode", "--tokenizer", d, "--input", json_path], capture_output=True,
+                           text=True)
+        label = f"{'.'.join(path)} {op if op in ('left out', 'null') else '= ' + json.dumps(op)}"
+        named = f"tokenizer.json: {'.'.join(path)}" in r.stderr or f"tokenizer.json: {path[0]}" in r.stderr
+        if theirs and label not in ours_only:
+            check(r.returncode == 0, f"tokenizer.json with {label}: tokenizers reads it, and so do we "
+                                     f"({r.stderr.strip()[:200]})")
+        else:
+            refusals += 1
+            check(r.returncode != 0 and named and len(r.stderr.strip().split("\n")) == 1,
+                  f"tokenizer.json with {label}: refused in one line naming it "
+                  f"({'tokenizers refuses it too' if not theirs else 'tokenizers reads it'}): {r.stderr.strip()[:200]}")
+    check(len(mutations) > 70 and refusals >= 40, f"tokenizer.json keys: {len(mutations)} files, {refusals} refused")
 
     # ---- added tokens as tokenizer.add_tokens makes them ------------------------------------------
     # Not special: normalized (matched in the normalised text as their normalised form, inside words
