@@ -100,6 +100,9 @@ class Parser {
     // Hash lookups for the duplicate checks, so a file of 100,000 keys parses in linear time.
     std::unordered_map<std::string, size_t> table_index = {{"", 0}};
     std::vector<std::unordered_map<std::string, size_t>> key_lines(1);  // per table: key -> line
+    // The tables a header makes without naming them: [a.b.c] makes a and a.b (each may be named by a
+    // header of its own later, but is no longer free to be a key's name).
+    std::unordered_map<std::string, size_t> implied;  // name -> line of the header that made it
     if (s_.substr(0, 3) == "\xEF\xBB\xBF") pos_ = 3;  // UTF-8 byte order mark
     while (true) {
       skip_blank();
@@ -118,14 +121,20 @@ class Parser {
         if (const auto it = table_index.find(name); it != table_index.end())
           fail(line, "table [" + name + "] defined twice (first at line " +
                          std::to_string(doc.tables[it->second].line) + ")");
-        // [a.b] after a key b in [a] (or [a] after a key a at the top): one name, two meanings.
-        const size_t dot = name.rfind('.');
-        const std::string parent = dot == std::string::npos ? std::string() : name.substr(0, dot);
-        const std::string leaf = dot == std::string::npos ? name : name.substr(dot + 1);
-        if (const auto p = table_index.find(parent); p != table_index.end())
-          if (const auto k = key_lines[p->second].find(leaf); k != key_lines[p->second].end())
-            fail(line, "table [" + name + "] redefines the key '" + leaf + "'" + in_table(doc.tables[p->second]) +
-                           " (line " + std::to_string(k->second) + ")");
+        // [a.b] after a key b in [a], or a key a at the top (or [a] after a key a at the top): one
+        // name, two meanings. Every prefix of the name is a table, so none may be a key of its parent.
+        for (size_t end = name.find('.');; end = name.find('.', end + 1)) {
+          const std::string prefix = name.substr(0, end);
+          const size_t dot = prefix.rfind('.');
+          const std::string parent = dot == std::string::npos ? std::string() : prefix.substr(0, dot);
+          const std::string leaf = dot == std::string::npos ? prefix : prefix.substr(dot + 1);
+          if (const auto p = table_index.find(parent); p != table_index.end())
+            if (const auto k = key_lines[p->second].find(leaf); k != key_lines[p->second].end())
+              fail(line, "table [" + name + "] redefines the key '" + leaf + "'" + in_table(doc.tables[p->second]) +
+                             " (line " + std::to_string(k->second) + ")");
+          if (end == std::string::npos) break;
+          implied.emplace(prefix, line);
+        }
         table_index.emplace(name, doc.tables.size());
         doc.tables.push_back(TomlTable{name, line, {}});
         key_lines.emplace_back();
@@ -146,10 +155,16 @@ class Parser {
         if (const auto first = keys.find(entry.key); first != keys.end())
           fail(entry.line, "duplicate key '" + entry.key + "'" + in_table(*table) + " (first at line " +
                                std::to_string(first->second) + ")");
+        // (A quoted key that is empty or holds a '.' is never a table's name: those are refused.)
         const std::string as_table = table->name.empty() ? entry.key : table->name + "." + entry.key;
-        if (const auto t = table_index.find(as_table); t != table_index.end())
-          fail(entry.line, "key '" + entry.key + "'" + in_table(*table) + " has the name of the table [" + as_table +
-                               "] (line " + std::to_string(doc.tables[t->second].line) + ")");
+        if (!entry.key.empty() && entry.key.find('.') == std::string::npos) {
+          if (const auto t = table_index.find(as_table); t != table_index.end())
+            fail(entry.line, "key '" + entry.key + "'" + in_table(*table) + " has the name of the table [" + as_table +
+                                 "] (line " + std::to_string(doc.tables[t->second].line) + ")");
+          if (const auto t = implied.find(as_table); t != implied.end())
+            fail(entry.line, "key '" + entry.key + "'" + in_table(*table) + " has the name of the table [" + as_table +
+                                 "] that the header at line " + std::to_string(t->second) + " makes");
+        }
         keys.emplace(entry.key, entry.line);
         table->entries.push_back(std::move(entry));
       }
@@ -323,7 +338,15 @@ class Parser {
         }
         default:
           if (e == '\n' || e == '\r' || e == '\0') fail("unterminated string (a \" is missing on this line)");
-          fail(std::string("unknown escape \\") + e + " in a string (use \\\\ for a backslash, or a 'literal string')");
+          // (the whole character: the file is valid UTF-8; a control character by its code)
+          std::string shown = "\\" + std::string(1, e);
+          while (!eof() && (static_cast<unsigned char>(peek()) & 0xC0) == 0x80) shown.push_back(s_[pos_++]);
+          if (static_cast<unsigned char>(e) < 0x20 || e == 0x7f) {
+            char code[32];
+            std::snprintf(code, sizeof(code), "\\ before U+%04X", static_cast<unsigned>(e));
+            shown = code;
+          }
+          fail("unknown escape " + shown + " in a string (use \\\\ for a backslash, or a 'literal string')");
       }
     }
   }

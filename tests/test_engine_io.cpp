@@ -676,6 +676,19 @@ TEST_CASE("toml: errors are path:line: message") {
   CHECK_THAT(err("[a]\nb = 1\n[a.b]\n"), Contains("run.toml:3: table [a.b] redefines the key 'b' in [a] (line 2)"));
   CHECK_THAT(err("[a.b]\nc = 1\n[a]\nb = 2\n"),
              Contains("run.toml:4: key 'b' in [a] has the name of the table [a.b] (line 1)"));
+  // Every prefix of a header's name is a table: [a.b] after a key a at the top, [a.b.c] after a key b
+  // in [a]; and a key may not take the name of a table a header made without naming it.
+  CHECK_THAT(err("a = 1\n[a.b]\n"), Contains("run.toml:2: table [a.b] redefines the key 'a' (line 1)"));
+  CHECK_THAT(err("[a]\nb = 1\n[a.b.c]\n"), Contains("run.toml:3: table [a.b.c] redefines the key 'b' in [a] (line 2)"));
+  CHECK_THAT(err("[a.b.c]\n[a]\nb = 1\n"),
+             Contains("run.toml:3: key 'b' in [a] has the name of the table [a.b] that the header at line 1 makes"));
+  CHECK_NOTHROW(parse_toml("[a.b]\nx = 1\n[a]\ny = 2\n", "run.toml"));  // [a] named after [a.b] made it
+  // A quoted key that is empty or holds a '.' names no table (tomllib reads these too).
+  CHECK_NOTHROW(parse_toml("\"\" = 1\n[a.b.c]\n[a]\n\"b.c\" = 2\n'' = 3\n", "run.toml"));
+  CHECK_THAT(err("\"\" = 1\n'' = 2\n"), Contains("run.toml:2: duplicate key ''"));
+  // An unknown escape is shown whole: a multi-byte character, or a control character by its code.
+  CHECK_THAT(err("k = \"\\\xea\xb0\x80\"\n"), Contains("unknown escape \\\xea\xb0\x80 in a string"));
+  CHECK_THAT(err("k = \"\\\x01\"\n"), Contains("unknown escape \\ before U+0001 in a string"));
   CHECK_THAT(err("[\"\"]\n"), Contains("empty table name"));
   CHECK_THAT(err("[\"a.b\"]\nx = 1\n"), Contains("run.toml:1: a quoted table name with a '.' inside"));
   CHECK_THAT(err("café = 1\n"), Contains("run.toml:1: bare keys are ASCII") && Contains("quote this one: \"café\""));
@@ -1335,4 +1348,85 @@ TEST_CASE("safetensors: files written by Python read back, ours for Python", "[.
     if (!config_in.empty()) m = BertConfig::load_hf_json(config_in);
     write_file_atomic(config_out, m.to_hf_json().dump(2) + "\n");
   }
+}
+
+// ---- TOML against Python's tomllib ------------------------------------------------------------------
+// tests/conformance/test_toml_tomllib.py writes random documents to BERT_TOML_CASES (each as its byte
+// count on a line, then its bytes) and compares tomllib's reading of each with this one's, one line a
+// document in BERT_TOML_OUT: "ok <JSON>" ({"table": {"key": value}}, the root table as "", each value
+// tagged: ["s", text], ["i", "digits"], ["f", "%.17g" or inf/-inf/nan], ["b", bool], ["a", [...]]),
+// or "error <message>".
+
+namespace {
+
+Json tagged(const TomlValue& v) {
+  Json out = Json::array();
+  switch (v.kind) {
+    case TomlValue::Kind::kString:
+      out.push(Json("s"));
+      out.push(Json(v.string));
+      break;
+    case TomlValue::Kind::kInteger:
+      out.push(Json("i"));
+      out.push(Json(std::to_string(v.integer)));
+      break;
+    case TomlValue::Kind::kFloat: {
+      char text[64];
+      if (std::isnan(v.floating))
+        std::snprintf(text, sizeof(text), "nan");
+      else
+        std::snprintf(text, sizeof(text), "%.17g", v.floating);  // inf / -inf as such
+      out.push(Json("f"));
+      out.push(Json(std::string(text)));
+      break;
+    }
+    case TomlValue::Kind::kBool:
+      out.push(Json("b"));
+      out.push(Json(v.boolean));
+      break;
+    case TomlValue::Kind::kArray: {
+      Json items = Json::array();
+      for (const TomlValue& item : v.array) items.push(tagged(item));
+      out.push(Json("a"));
+      out.push(std::move(items));
+      break;
+    }
+  }
+  return out;
+}
+
+}  // namespace
+
+TEST_CASE("toml: documents read as Python's tomllib reads them", "[.toml-oracle]") {
+  const std::string in = env("BERT_TOML_CASES"), out_path = env("BERT_TOML_OUT");
+  REQUIRE(!in.empty());
+  REQUIRE(!out_path.empty());
+  const std::string cases = read_file(in);
+  std::string out;
+  size_t pos = 0, count = 0;
+  while (pos < cases.size()) {
+    const size_t eol = cases.find('\n', pos);
+    REQUIRE(eol != std::string::npos);
+    const size_t length = std::stoul(cases.substr(pos, eol - pos));
+    REQUIRE(eol + 1 + length <= cases.size());
+    const std::string_view text(cases.data() + eol + 1, length);
+    pos = eol + 1 + length;
+    ++count;
+    try {
+      const TomlDocument doc = parse_toml(text, "run.toml");
+      Json tables = Json::object();
+      for (const TomlTable& table : doc.tables) {
+        Json entries = Json::object();
+        for (const TomlEntry& entry : table.entries) entries.set(entry.key, tagged(entry.value));
+        tables.set(table.name, std::move(entries));
+      }
+      out += "ok " + tables.dump() + "\n";
+    } catch (const Error& e) {
+      std::string message = e.what();
+      std::replace(message.begin(), message.end(), '\n', ' ');
+      out += "error " + message + "\n";
+    }
+  }
+  write_file_atomic(out_path, out);
+  CHECK(count > 0);
 }
