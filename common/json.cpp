@@ -222,13 +222,23 @@ struct Parser {
     expect('"');
     std::string out;
     while (true) {
+      // A run of plain characters: no control character (Python's json and serde_json refuse them
+      // raw), valid UTF-8 (Python decodes the file first; our strings must stay UTF-8).
+      const size_t run = i;
+      while (i < s.size() && s[i] != '"' && s[i] != '\\') {
+        if (static_cast<unsigned char>(s[i]) < 0x20) {
+          char code[8];
+          std::snprintf(code, sizeof code, "0x%02X", static_cast<unsigned>(s[i]));
+          fail(std::string("control character ") + code + " in a string (JSON writes it as an escape)");
+        }
+        ++i;
+      }
+      const std::string_view plain = s.substr(run, i - run);
+      if (const auto bad = utf8_first_invalid(plain)) fail_at(run + *bad, "invalid UTF-8 in a string");
+      out.append(plain);
       if (i >= s.size()) fail("unterminated string");
       const char c = s[i++];
       if (c == '"') break;
-      if (c != '\\') {
-        out.push_back(c);
-        continue;
-      }
       if (i >= s.size()) fail("unterminated escape");
       const size_t escape_at = i - 1;
       const char e = s[i++];
@@ -339,10 +349,24 @@ struct Parser {
                               s[i] == 'E' || s[i] == '+' || s[i] == '-'))
         ++i;
       const std::string num(s.substr(start, i - start));
-      char* end = nullptr;
-      const double v = std::strtod(num.c_str(), &end);
-      if (end != num.c_str() + num.size()) fail_at(start, "bad number '" + num + "'");
-      return Json(v);
+      // JSON's grammar, -?(0|[1-9][0-9]*)(\.[0-9]+)?([eE][+-]?[0-9]+)?, which strtod alone would widen
+      // (01, 1., .5e3, 1.e5: Python's json refuses them all).
+      size_t k = num[0] == '-' ? 1 : 0;
+      const auto digits = [&] {
+        const size_t from = k;
+        while (k < num.size() && std::isdigit(static_cast<unsigned char>(num[k]))) ++k;
+        return k - from;
+      };
+      const size_t int_start = k;
+      bool ok = digits() > 0 && !(num[int_start] == '0' && k - int_start > 1);
+      if (ok && k < num.size() && num[k] == '.') ++k, ok = digits() > 0;
+      if (ok && k < num.size() && (num[k] == 'e' || num[k] == 'E')) {
+        ++k;
+        if (k < num.size() && (num[k] == '+' || num[k] == '-')) ++k;
+        ok = digits() > 0;
+      }
+      if (!ok || k != num.size()) fail_at(start, "bad number '" + num + "'");
+      return Json(std::strtod(num.c_str(), nullptr));
     }
     if (i == 0 && s.substr(0, 3) == "\xEF\xBB\xBF")
       fail("starts with a UTF-8 byte-order mark (BOM), which JSON does not allow (Python's json refuses it too)");

@@ -1,7 +1,11 @@
 #include <algorithm>
 #include <catch2/catch.hpp>
+#include <cmath>
+#include <cstdio>
+#include <cstdlib>
 
 #include "common/error.h"
+#include "common/file.h"
 #include "common/json.h"
 #include "common/utf8.h"
 #include "tests/legacy_text.h"
@@ -173,4 +177,95 @@ TEST_CASE("json errors name the source and line") {
   CHECK_THROWS_WITH(Json::parse(R"(["\ud800x"])", "x.json"),
                     "x.json:1: invalid JSON at column 3: unpaired high surrogate in a \\u escape");
   CHECK_THROWS_WITH(Json::parse("[1, 2.5.5]", "x.json"), "x.json:1: invalid JSON at column 5: bad number '2.5.5'");
+  // JSON's number grammar, which strtod alone widens: Python's json refuses each of these.
+  for (const char* bad : {"01", "-01", "1.", "1.e5", "-", "1e", "1e+", "00", "1E+-2", "-.5"})
+    CHECK_THROWS_WITH(Json::parse(std::string("[") + bad + "]", "x.json"),
+                      "x.json:1: invalid JSON at column 2: bad number '" + std::string(bad) + "'");
+  for (const char* good : {"0", "-0", "0.5", "-0.0e-0", "10E+2", "1e400"}) CHECK_NOTHROW(Json::parse(good));
+  CHECK(Json::parse("-0").as_number() == 0.0);
+  CHECK(std::signbit(Json::parse("-0").as_number()));
+  // A raw control character or invalid UTF-8 in a string (the text a file of ours would carry on).
+  CHECK_THROWS_WITH(Json::parse("[\"a\tb\"]", "x.json"),
+                    "x.json:1: invalid JSON at column 4: control character 0x09 in a string (JSON writes it as an "
+                    "escape)");
+  CHECK_THROWS_WITH(Json::parse("{\n\"k\": \"\xea\xb0\"}", "x.json"),
+                    "x.json:2: invalid JSON at column 7: invalid UTF-8 in a string");
+  CHECK(Json::parse("\"\x7f\xea\xb0\x80\"").as_string() == "\x7f\xea\xb0\x80");  // DEL is not a control here
+}
+
+// ---- JSON against Python's json -------------------------------------------------------------------
+// tests/conformance/test_json_python.py writes random documents to BERT_JSON_CASES (each as its byte
+// count on a line, then its bytes) and compares Python's json.loads of each with Json::parse, one line
+// a document in BERT_JSON_OUT: "ok <tagged JSON>" (each value tagged: ["s", text], ["n", "%.17g" or
+// inf/-inf], ["b", bool], ["z"] for null, ["a", [...]], ["o", [[key, value], ...]] in order), or
+// "error <message>".
+
+namespace {
+
+Json tagged(const Json& v) {
+  Json out = Json::array();
+  if (v.is_null()) {
+    out.push(Json("z"));
+  } else if (v.is_bool()) {
+    out.push(Json("b"));
+    out.push(Json(v.as_bool()));
+  } else if (v.is_number()) {
+    char text[64];
+    std::snprintf(text, sizeof(text), "%.17g", v.as_number());
+    out.push(Json("n"));
+    out.push(Json(std::string(text)));
+  } else if (v.is_string()) {
+    out.push(Json("s"));
+    out.push(Json(v.as_string()));
+  } else if (v.is_array()) {
+    Json items = Json::array();
+    for (const Json& item : v.as_array()) items.push(tagged(item));
+    out.push(Json("a"));
+    out.push(std::move(items));
+  } else {
+    Json members = Json::array();
+    for (const auto& [key, value] : v.as_object()) {
+      Json pair = Json::array();
+      pair.push(Json(key));
+      pair.push(tagged(value));
+      members.push(std::move(pair));
+    }
+    out.push(Json("o"));
+    out.push(std::move(members));
+  }
+  return out;
+}
+
+std::string env_or_empty(const char* name) {
+  const char* v = std::getenv(name);
+  return v ? v : "";
+}
+
+}  // namespace
+
+TEST_CASE("json: documents read as Python's json reads them", "[.json-oracle]") {
+  const std::string in = env_or_empty("BERT_JSON_CASES"), out_path = env_or_empty("BERT_JSON_OUT");
+  REQUIRE(!in.empty());
+  REQUIRE(!out_path.empty());
+  const std::string cases = read_file(in);
+  std::string out;
+  size_t pos = 0, count = 0;
+  while (pos < cases.size()) {
+    const size_t eol = cases.find('\n', pos);
+    REQUIRE(eol != std::string::npos);
+    const size_t length = std::stoul(cases.substr(pos, eol - pos));
+    REQUIRE(eol + 1 + length <= cases.size());
+    const std::string_view text(cases.data() + eol + 1, length);
+    pos = eol + 1 + length;
+    ++count;
+    try {
+      out += "ok " + tagged(Json::parse(text, "doc.json")).dump() + "\n";
+    } catch (const Error& e) {
+      std::string message = e.what();
+      std::replace(message.begin(), message.end(), '\n', ' ');
+      out += "error " + message + "\n";
+    }
+  }
+  write_file_atomic(out_path, out);
+  CHECK(count > 0);
 }
