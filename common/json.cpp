@@ -71,6 +71,15 @@ Json& Json::push(Json value) {
 }
 
 void json_escape(std::string& out, std::string_view s) {
+  // JSON text is UTF-8, and readers refuse anything else (ours and Python's): a string that is not
+  // (a path in bytes another locale wrote) is written with each invalid sequence as U+FFFD.
+  std::string repaired;
+  if (!utf8_valid(s)) {
+    std::u32string cps;
+    utf8_decode(s, cps);
+    repaired = utf8_encode(cps);
+    s = repaired;
+  }
   out.push_back('"');
   for (unsigned char c : s) {
     switch (c) {

@@ -55,7 +55,8 @@ class Json {
   // Array append.
   Json& push(Json value);
 
-  // Compact when indent < 0, else pretty with `indent` spaces. Non-ASCII is written as UTF-8.
+  // Compact when indent < 0, else pretty with `indent` spaces. Non-ASCII is written as UTF-8, and a
+  // string that is not valid UTF-8 with each invalid sequence as U+FFFD (no JSON reader takes it raw).
   std::string dump(int indent = -1) const;
 
   // Throws bert::Error naming `source` and the line on malformed input.

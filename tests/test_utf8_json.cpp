@@ -191,6 +191,14 @@ TEST_CASE("json errors name the source and line") {
   CHECK_THROWS_WITH(Json::parse("{\n\"k\": \"\xea\xb0\"}", "x.json"),
                     "x.json:2: invalid JSON at column 7: invalid UTF-8 in a string");
   CHECK(Json::parse("\"\x7f\xea\xb0\x80\"").as_string() == "\x7f\xea\xb0\x80");  // DEL is not a control here
+  // What we write always reads back: a string that is not UTF-8 (a path from another locale) is written
+  // with U+FFFD for each invalid sequence, in keys too.
+  Json bytes = Json::object();
+  bytes.set("config_path\xff", "/data/\xc7\xd1\xb1\xdb/run.toml");  // EUC-KR bytes of 한글
+  const Json back = Json::parse(bytes.dump());
+  REQUIRE(back.find("config_path\xef\xbf\xbd"));
+  CHECK(back.find("config_path\xef\xbf\xbd")->as_string() ==
+        "/data/\xef\xbf\xbd\xd1\xb1\xef\xbf\xbd/run.toml");  // (D1 B1 happens to be UTF-8: U+0471)
 }
 
 // ---- JSON against Python's json -------------------------------------------------------------------
