@@ -256,7 +256,9 @@ SafetensorsFile::SafetensorsFile(const std::string& path) : file_(path) {
   data_start_ = 8 + static_cast<size_t>(header_len);
   const size_t buffer_bytes = size - data_start_;
   const std::string_view text = file_.view().substr(8, static_cast<size_t>(header_len));
-  if (text.empty() || text[0] != '{') throw fail("invalid JSON header: it must start with '{'");
+  // (JSON whitespace may come first: the reference's serde_json skips it.)
+  const size_t first = text.find_first_not_of(" \t\n\r");
+  if (first == std::string_view::npos || text[first] != '{') throw fail("invalid JSON header: it must start with '{'");
 
   const std::string source = path + " (JSON header)";
   const Json header = Json::parse(text, source);
@@ -273,6 +275,7 @@ SafetensorsFile::SafetensorsFile(const std::string& path) : file_(path) {
 
   for (const auto& [name, entry] : header.as_object()) {
     if (name == kMetadataKey) {
+      if (entry.is_null()) continue;  // none, as the reference reads it
       if (!entry.is_object()) throw fail("__metadata__ must be an object of strings, got " + entry.dump());
       for (const auto& [key, value] : entry.as_object()) {
         if (!value.is_string()) throw fail("__metadata__ value of '" + key + "' must be a string, got " + value.dump());

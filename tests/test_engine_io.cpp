@@ -15,6 +15,7 @@
 #include <fstream>
 #include <functional>
 #include <set>
+#include <sstream>
 #include <stdexcept>
 #include <string>
 #include <thread>
@@ -392,6 +393,13 @@ TEST_CASE("safetensors: every corruption is rejected with a one-line message nam
   SECTION("invalid JSON") {
     CHECK_THAT(with_header(R"({"a":{"dtype":"F32",)", 0), Contains(path) && Contains("invalid JSON"));
     CHECK_THAT(with_header(R"(["a"])", 0), Contains(path) && Contains("invalid JSON header"));
+    CHECK_THAT(with_header(R"(x{})", 0), Contains(path) && Contains("invalid JSON header: it must start with '{'"));
+    // As the safetensors package reads them: JSON whitespace before the header's '{', and a null
+    // __metadata__ (none).
+    CHECK(with_header(" \n\t{\"a\":{\"dtype\":\"F32\",\"shape\":[1],\"data_offsets\":[0,4]}}", 4).empty());
+    CHECK(with_header(R"({"__metadata__": null, "a":{"dtype":"F32","shape":[1],"data_offsets":[0,4]}})", 4).empty());
+    CHECK_THAT(with_header(R"({"__metadata__": [], "a":{"dtype":"F32","shape":[1],"data_offsets":[0,4]}})", 4),
+               Contains("__metadata__ must be an object of strings, got []"));
     CHECK_THAT(with_header(R"({"a": 5})", 0), Contains("tensor 'a': entry must be an object"));
     CHECK_THAT(with_header(R"({"a": {"dtype": "F32", "shape": [1]}})", 4),
                Contains("tensor 'a': entry needs dtype, shape and data_offsets"));
@@ -1421,6 +1429,36 @@ TEST_CASE("toml: documents read as Python's tomllib reads them", "[.toml-oracle]
         tables.set(table.name, std::move(entries));
       }
       out += "ok " + tables.dump() + "\n";
+    } catch (const Error& e) {
+      std::string message = e.what();
+      std::replace(message.begin(), message.end(), '\n', ' ');
+      out += "error " + message + "\n";
+    }
+  }
+  write_file_atomic(out_path, out);
+  CHECK(count > 0);
+}
+
+// ---- safetensors against the `safetensors` package --------------------------------------------------
+// tests/conformance/test_safetensors_oracle.py writes files and lists them in BERT_SAFETENSORS_LIST (one
+// path a line); each is opened here (header, offsets, metadata; the data hash when recorded) and every
+// tensor read as raw bytes, one line a file in BERT_SAFETENSORS_RESULTS: "ok <tensor count>" or
+// "error <message>".
+TEST_CASE("safetensors: files opened as the safetensors package opens them", "[.safetensors-oracle]") {
+  const std::string list = env("BERT_SAFETENSORS_LIST"), out_path = env("BERT_SAFETENSORS_RESULTS");
+  REQUIRE(!list.empty());
+  REQUIRE(!out_path.empty());
+  std::string out;
+  size_t count = 0;
+  std::istringstream paths(read_file(list));
+  for (std::string path; std::getline(paths, path);) {
+    if (path.empty()) continue;
+    ++count;
+    try {
+      const SafetensorsFile file(path);
+      (void)file.verify_data_hash();
+      for (const TensorInfo& t : file.tensors()) (void)file.raw(t);
+      out += "ok " + std::to_string(file.tensors().size()) + "\n";
     } catch (const Error& e) {
       std::string message = e.what();
       std::replace(message.begin(), message.end(), '\n', ' ');
