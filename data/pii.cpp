@@ -1481,7 +1481,19 @@ bool scrub_pii_across(std::string& first, std::string& second, PiiCounts& counts
   const std::string_view trimmed = std::string_view(first).substr(0, first.find_last_not_of(' ') + 1);
   const bool labelled = digit(next) && (trimmed.ends_with(':') || trimmed.ends_with("：") ||
                                         trimmed.ends_with("번호") || trimmed.ends_with("계좌"));
-  if (!broken && !labelled) return false;
+  // An e-mail address broken by the wrap: the first line's last word holds its '@' (hong.gildong@ |
+  // naver.com, hong@naver. | com, hong@na | ver.com), or the second line starts with it (hong.gildong |
+  // @naver.com). A break before the '@' without it (hong.gil | dong@naver.com) reads like a word and
+  // an address the second line scrubbed alone, and is left so.
+  const auto email_char = [](char c) {
+    return is_alnum(static_cast<unsigned char>(c)) || c == '.' || c == '_' || c == '%' || c == '+' || c == '-';
+  };
+  size_t word = first.size();
+  while (word > 0 && (email_char(first[word - 1]) || first[word - 1] == '@')) --word;
+  const bool email_broken = (first.find('@', word) != std::string::npos &&
+                             (is_alnum(static_cast<unsigned char>(next)) || next == '.' || next == '-')) ||
+                            (next == '@' && email_char(last) && last != '.');
+  if (!broken && !labelled && !email_broken) return false;
   // Windows of up to kWindow bytes on each side (a match and its label are shorter), cut between
   // characters and outside runs of ASCII letters and digits, where no match may start or end.
   constexpr size_t kWindow = 64;
@@ -1508,7 +1520,7 @@ bool scrub_pii_across(std::string& first, std::string& second, PiiCounts& counts
   // Between two digits only a match with a separator on both sides of the break is taken as one
   // number glued back: "201231|1500000" is a date and an amount, not 13 digits of an RRN.
   for (const std::string_view separator : {std::string_view(), std::string_view(" ")}) {
-    if (separator.empty() && !broken) continue;
+    if (separator.empty() && !broken && !email_broken) continue;
     std::string joined;
     joined.reserve(a.size() + separator.size() + b.size());
     joined.append(a).append(separator).append(b);
@@ -1523,7 +1535,7 @@ bool scrub_pii_across(std::string& first, std::string& second, PiiCounts& counts
         rescrub_second();
         return true;
       }
-      if (!broken) break;
+      if (!broken && !(email_broken && separator.empty() && m.type == PiiType::kEmail)) break;
       const std::string_view before(joined.data() + m.begin, a.size() - m.begin),
           after(joined.data() + second_at, m.end - second_at);
       const auto has_separator = [&](std::string_view part) {
@@ -1535,6 +1547,9 @@ bool scrub_pii_across(std::string& first, std::string& second, PiiCounts& counts
           (m.type == PiiType::kIp || !has_separator(before) || !has_separator(after)))
         break;
       first.replace(tail + m.begin, std::string::npos, pii_placeholder(m.type));
+      // What led up to the match may now stand alone too ("계좌번호 41113333 01 2345678|@회사.한국": the
+      // digits before the address, their tail gone into it, read as the account they are labelled).
+      if (std::string rest; scrub_pii(first, rest, counts) > 0) first.swap(rest);
       second.erase(0, m.end - second_at);
       second.erase(0, std::min(second.find_first_not_of(' '), second.size()));
       ++counts[m.type];

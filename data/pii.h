@@ -161,10 +161,14 @@ std::string scrub_pii(std::string_view text, PiiCounts& counts);
 //     space: a match at the very start of `second` that its label names (주민등록번호:|900101
 //     1234567, 계좌번호|110 123 456789) becomes its placeholder there. A line that merely contains a
 //     label word (송금액, 이체 한도, 단위: KB) is a table cell or heading too often to name the next.
-// The rest of `second` is then scrubbed again, as what followed may now stand alone. Returns whether
+//   - an e-mail address broken directly: `first`'s last word holds its '@' (hong.gildong@|naver.com,
+//     hong@naver.|com) or `second` starts with it (hong.gildong|@naver.com); as a number is.
+// The rest of `second` (and `first`, after a match across) is then scrubbed again, as what followed
+// (or led up to it) may now stand alone. Returns whether
 // it replaced one (all counted in `counts`). Idempotent on its result. Not handled: a break after
-// '.' (12.5.|2.1 reads as an address), inside "(02)", a Hangul digit word or an e-mail address, and
-// numbers over three lines.
+// '.' (12.5.|2.1 reads as an address), inside "(02)", a Hangul digit word, an e-mail address broken
+// before its '@' (hong.gil|dong@naver.com reads as a word and an address, which `second` scrubbed
+// alone), and numbers over three lines.
 bool scrub_pii_across(std::string& first, std::string& second, PiiCounts& counts);
 
 }  // namespace bert

@@ -737,6 +737,12 @@ TEST_CASE("pii: a number broken across two lines is scrubbed across the break") 
       {"주민등록번호:", "900101 1234567", "주민등록번호:", "[RRN]", PiiType::kRrn},
       {"입금 계좌:", "110123456789 (신한)", "입금 계좌:", "[ACCOUNT] (신한)", PiiType::kAccount},
       {"계좌번호", "110 123 456789 로", "계좌번호", "[ACCOUNT] 로", PiiType::kAccount},
+      // An e-mail address broken at, after or before its '@'.
+      {"문의: hong.gildong@", "naver.com 으로 보내주세요", "문의: [EMAIL]", "으로 보내주세요", PiiType::kEmail},
+      {"담당 hong.gildong@naver.", "com", "담당 [EMAIL]", "", PiiType::kEmail},
+      {"메일 kim_01@korea.ac.", "kr 로", "메일 [EMAIL]", "로", PiiType::kEmail},
+      {"메일 hong@na", "ver.com 입니다", "메일 [EMAIL]", "입니다", PiiType::kEmail},
+      {"담당자 hong.gildong", "@naver.com 입니다", "담당자 [EMAIL]", "입니다", PiiType::kEmail},
   };
   for (const Case& c : cases) {
     INFO(c.first << " | " << c.second);
@@ -768,6 +774,17 @@ TEST_CASE("pii: a number broken across two lines is scrubbed across the break") 
     CHECK(counts.account == 1);
     CHECK(counts.phone == 1);
   }
+  {
+    // The first line is scrubbed again as well: its digits before the address (their tail gone into
+    // it) are the account their label names. (Found by the cleaner's idempotence property below.)
+    std::string first = "점계좌번호 41113333 01 2345678", second = "@회사.한국, ";
+    PiiCounts counts;
+    CHECK(scrub_pii_across(first, second, counts));
+    CHECK(first == "점계좌번호 [ACCOUNT] [EMAIL]");
+    CHECK(second == ", ");
+    CHECK(counts.email == 1);
+    CHECK(counts.account == 1);
+  }
   // Left alone: numbers that only read as PII joined, nothing across the break, and edges that
   // cut no number.
   const std::pair<std::string, std::string> stays[] = {
@@ -798,6 +815,13 @@ TEST_CASE("pii: a number broken across two lines is scrubbed across the break") 
       {"페이지 12", "34쪽"},
       {"abc", "1234 입니다"},     // no label at the end of the first, nothing broken
       {"010-1234-", "오육칠팔"},  // the second does not start with a digit
+      // E-mail-like words that join into no address, or an address whole on one line.
+      {"follow @bertforge", "team.com"},  // no local part before the '@'
+      {"me@home", "tonight"},
+      {"연락처 [EMAIL]", "com"},
+      {"hong.gil", "dong 입니다"},
+      {"이메일.", "@ 기호"},
+      {"문의 hong", "@ 로"},
       {"", "010"},
       {"010", ""},
   };
