@@ -2,6 +2,7 @@
 
 #include <algorithm>
 #include <cctype>
+#include <cstdint>
 #include <cstring>
 
 namespace bert {
@@ -71,16 +72,51 @@ std::string utf8_encode(std::u32string_view cps) {
   return out;
 }
 
-bool utf8_valid(std::string_view in) {
-  std::u32string tmp;
-  return utf8_decode(in, tmp) == 0;
-}
+bool utf8_valid(std::string_view in) { return !utf8_first_invalid(in).has_value(); }
 
+// utf8_decode's rules without decoding: no allocation (the JSON reader checks every string it reads,
+// a safetensors header may be 100 MB), ASCII eight bytes at a time.
 std::optional<size_t> utf8_first_invalid(std::string_view in) {
-  std::u32string tmp;
-  size_t first = 0;
-  if (utf8_decode(in, tmp, &first) == 0) return std::nullopt;
-  return first;
+  const auto* s = reinterpret_cast<const unsigned char*>(in.data());
+  const size_t n = in.size();
+  size_t i = 0;
+  while (i < n) {
+    if (i + 8 <= n) {
+      uint64_t word;
+      std::memcpy(&word, s + i, 8);
+      if ((word & 0x8080808080808080ull) == 0) {
+        i += 8;
+        continue;
+      }
+    }
+    const unsigned char c = s[i];
+    if (c < 0x80) {
+      ++i;
+      continue;
+    }
+    size_t need;
+    unsigned char lo = 0x80, hi = 0xBF;
+    if (c >= 0xC2 && c <= 0xDF) {
+      need = 1;
+    } else if (c >= 0xE0 && c <= 0xEF) {
+      need = 2;
+      if (c == 0xE0) lo = 0xA0;
+      if (c == 0xED) hi = 0x9F;
+    } else if (c >= 0xF0 && c <= 0xF4) {
+      need = 3;
+      if (c == 0xF0) lo = 0x90;
+      if (c == 0xF4) hi = 0x8F;
+    } else {
+      return i;
+    }
+    if (i + need >= n) return i;
+    for (size_t j = 1; j <= need; ++j) {
+      const unsigned char cc = s[i + j];
+      if (j == 1 ? (cc < lo || cc > hi) : (cc < 0x80 || cc > 0xBF)) return i;
+    }
+    i += need + 1;
+  }
+  return std::nullopt;
 }
 
 namespace {

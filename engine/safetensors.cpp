@@ -211,31 +211,56 @@ void SafetensorsWriter::write(const std::string& path) const { write_file_atomic
 
 namespace {
 
-// The Json parser keeps the last of duplicated keys; find the duplicates among the header's top-level
-// keys by scanning the (already validated) text.
-std::optional<std::string> duplicate_top_level_key(std::string_view text, const std::string& source) {
-  std::vector<std::string> keys;
+// The Json parser keeps the last of duplicated keys; the reference (serde) does so for tensor names
+// and inside __metadata__, but refuses a repeated __metadata__ or one of a tensor entry's fields
+// (dtype, shape, data_offsets) repeated in it. Found by scanning the (already validated) text: a message, or nullopt.
+// (A repeated tensor name we refuse too, rather than take its last entry.)
+std::optional<std::string> duplicate_in_header(std::string_view text, const std::string& source) {
+  std::vector<std::string> names;   // top-level keys
+  std::vector<std::string> fields;  // keys of the entry being read (depth 2), when it is a tensor's
+  std::string entry;                // its name
+  bool tensor = false;              // whether the last top-level key is a tensor's
   int depth = 0;
+  const auto repeated = [](std::vector<std::string>& keys) -> std::optional<std::string> {
+    std::sort(keys.begin(), keys.end());
+    const auto dup = std::adjacent_find(keys.begin(), keys.end());
+    if (dup == keys.end()) return std::nullopt;
+    return *dup;
+  };
   for (size_t i = 0; i < text.size(); ++i) {
     const char c = text[i];
     if (c == '{' || c == '[') {
       ++depth;
     } else if (c == '}' || c == ']') {
+      if (depth == 2 && c == '}' && tensor) {
+        if (const auto field = repeated(fields))
+          return "tensor '" + entry + "': field '" + *field + "' given twice in its entry";
+        fields.clear();
+        tensor = false;
+      }
       --depth;
     } else if (c == '"') {
       const size_t start = i++;
       while (i < text.size() && text[i] != '"') i += text[i] == '\\' ? 2 : 1;
-      if (depth != 1) continue;
+      if (depth != 1 && depth != 2) continue;
       size_t j = i + 1;
       while (j < text.size() && (text[j] == ' ' || text[j] == '\n' || text[j] == '\r' || text[j] == '\t')) ++j;
-      if (j < text.size() && text[j] == ':')  // a key, not a value
-        keys.push_back(Json::parse(text.substr(start, i + 1 - start), source).as_string());
+      if (j >= text.size() || text[j] != ':') continue;  // a value, not a key
+      std::string key = Json::parse(text.substr(start, i + 1 - start), source).as_string();
+      if (depth == 1) {
+        names.push_back(key);
+        tensor = key != kMetadataKey;  // the next object, if any, is its entry
+        entry = key;
+        fields.clear();
+      } else if (tensor && (key == "dtype" || key == "shape" || key == "data_offsets")) {
+        fields.push_back(std::move(key));  // (other keys the reference ignores, repeated or not)
+      }
     }
   }
-  std::sort(keys.begin(), keys.end());
-  const auto dup = std::adjacent_find(keys.begin(), keys.end());
-  if (dup == keys.end()) return std::nullopt;
-  return *dup;
+  if (const auto name = repeated(names))
+    return *name == kMetadataKey ? std::string("__metadata__ given twice in the header")
+                                 : "duplicate tensor name '" + *name + "' in the header";
+  return std::nullopt;
 }
 
 }  // namespace
@@ -263,8 +288,7 @@ SafetensorsFile::SafetensorsFile(const std::string& path) : file_(path) {
   const std::string source = path + " (JSON header)";
   const Json header = Json::parse(text, source);
   if (!header.is_object()) throw fail("invalid JSON header: not an object");
-  if (const auto dup = duplicate_top_level_key(text, source))
-    throw fail("duplicate tensor name '" + *dup + "' in the header");
+  if (const auto dup = duplicate_in_header(text, source)) throw fail(*dup);
 
   const auto exact_size = [&](const Json& v, const std::string& where) -> size_t {
     if (!v.is_number() || v.as_number() < 0 || v.as_number() > kMaxExactInteger ||

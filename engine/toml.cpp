@@ -117,7 +117,6 @@ class Parser {
         if (peek(1) == '[') fail("arrays of tables ([[...]]) are not supported");
         ++pos_;
         std::string name = table_name();
-        if (name.empty()) fail(line, "table [\"\"]: an empty table name is not supported");
         if (const auto it = table_index.find(name); it != table_index.end())
           fail(line, "table [" + name + "] defined twice (first at line " +
                          std::to_string(doc.tables[it->second].line) + ")");
@@ -260,6 +259,8 @@ class Parser {
       const std::string part = key();
       if (quoted && part.find('.') != std::string::npos)
         fail("a quoted table name with a '.' inside (\"" + part + "\") is not supported");
+      // (So no table's name has an empty part: a key that is empty never names a table.)
+      if (part.empty()) fail("an empty quoted table name or part of one (\"\") is not supported");
       name += part;
       skip_blank();
       if (peek() == '.') {
@@ -337,7 +338,7 @@ class Parser {
           break;
         }
         default:
-          if (e == '\n' || e == '\r' || e == '\0') fail("unterminated string (a \" is missing on this line)");
+          if (e == '\n' || e == '\r' || pos_ > s_.size()) fail("unterminated string (a \" is missing on this line)");
           // (the whole character: the file is valid UTF-8; a control character by its code)
           std::string shown = "\\" + std::string(1, e);
           while (!eof() && (static_cast<unsigned char>(peek()) & 0xC0) == 0x80) shown.push_back(s_[pos_++]);

@@ -35,6 +35,7 @@
 #include "common/file.h"
 #include "common/hash.h"
 #include "common/progress.h"
+#include "common/utf8.h"
 #include "data/loader.h"
 #include "data/shard.h"
 #include "engine/bert.h"
@@ -412,7 +413,15 @@ TrainerState TrainerState::from_json(const Json& json, const std::string& path) 
 
 TrainerState TrainerState::load(const std::string& path) {
   if (!file_exists(path)) throw Error(path + ": not found (is this a bert_train checkpoint directory?)");
-  return from_json(Json::parse(read_file(path), path), path);
+  std::string text = read_file(path);
+  // Written before JSON strings were kept UTF-8, a --config path in another locale's bytes sits in
+  // config_path raw (used in messages only): read such a file with U+FFFD for those bytes.
+  if (!utf8_valid(text)) {
+    std::u32string cps;
+    utf8_decode(text, cps);
+    text = utf8_encode(cps);
+  }
+  return from_json(Json::parse(text, path), path);
 }
 
 // ---- the trainer ------------------------------------------------------------------------------------

@@ -459,6 +459,13 @@ TEST_CASE("safetensors: every corruption is rejected with a one-line message nam
                            R"( "a" : {"dtype":"F32","shape":[1],"data_offsets":[4,8]}})",
                            8),
                Contains(path) && Contains("duplicate tensor name 'a'"));
+    // A field repeated inside an entry, or a repeated __metadata__, the reference refuses too; a key
+    // repeated inside __metadata__ it reads (the last value), as we do.
+    CHECK_THAT(with_header(R"({"a":{"dtype":"F32","shape":[1],"data_offsets":[0,4],"shape":[1]}})", 4),
+               Contains(path) && Contains("tensor 'a': field 'shape' given twice in its entry"));
+    CHECK_THAT(with_header(R"({"__metadata__":{"k":"1"},"__metadata__":{"k":"2"}})", 0),
+               Contains("__metadata__ given twice in the header"));
+    CHECK(with_header(R"({"__metadata__":{"k":"1","k":"2"}})", 0).empty());
     // Keys inside entries ("dtype" twice over all entries) are not tensor names.
     CHECK(with_header(R"({"a":{"dtype":"F32","shape":[1],"data_offsets":[0,4]},)"
                       R"("b\"x":{"dtype":"F32","shape":[1],"data_offsets":[4,8]}})",
@@ -697,7 +704,12 @@ TEST_CASE("toml: errors are path:line: message") {
   // An unknown escape is shown whole: a multi-byte character, or a control character by its code.
   CHECK_THAT(err("k = \"\\\xea\xb0\x80\"\n"), Contains("unknown escape \\\xea\xb0\x80 in a string"));
   CHECK_THAT(err("k = \"\\\x01\"\n"), Contains("unknown escape \\ before U+0001 in a string"));
-  CHECK_THAT(err("[\"\"]\n"), Contains("empty table name"));
+  CHECK_THAT(err(std::string("k = \"\\\0\"\n", 9)), Contains("unknown escape \\ before U+0000 in a string"));
+  CHECK_THAT(err("k = \"ab\\"), Contains("run.toml:1: unterminated string"));  // a backslash ends the file
+  CHECK_THAT(err("[\"\"]\n"),
+             Contains("run.toml:1: an empty quoted table name or part of one (\"\") is not supported"));
+  CHECK_THAT(err("[a.\"\"]\n[a]\n\"\" = 1\n"), Contains("run.toml:1: an empty quoted table name or part of one"));
+  CHECK_THAT(err("[a.''.b]\n"), Contains("run.toml:1: an empty quoted table name or part of one"));
   CHECK_THAT(err("[\"a.b\"]\nx = 1\n"), Contains("run.toml:1: a quoted table name with a '.' inside"));
   CHECK_THAT(err("café = 1\n"), Contains("run.toml:1: bare keys are ASCII") && Contains("quote this one: \"café\""));
   CHECK_NOTHROW(parse_toml("# tab\tand CRLF\r\nk = 'tab\there' # ok\r\n", "run.toml"));

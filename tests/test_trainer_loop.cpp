@@ -77,6 +77,26 @@ TEST_CASE("total steps and trainer state round trip") {
   for (const auto& [key, value] : current.as_object())
     if (key != "world_size") older.set(key, value);
   CHECK(TrainerState::from_json(older, "state.json").world_size == 1);
+  {
+    // A --config path in another locale's bytes: written with U+FFFD now; a file written raw before
+    // that still loads (the path is for messages only).
+    TrainerState path_state = state;
+    path_state.config_path = "/data/\xc7\xd1\xb1\xdb/run.toml";  // EUC-KR bytes of 한글
+    const std::string dir = "test_trainer_loop_state";
+    std::filesystem::create_directories(dir);
+    write_file_atomic(dir + "/trainer_state.json", path_state.to_json().dump(2));
+    CHECK(TrainerState::load(dir + "/trainer_state.json").config_path ==
+          "/data/\xef\xbf\xbd\xd1\xb1\xef\xbf\xbd/run.toml");
+    std::string raw = path_state.to_json().dump(2);
+    const std::string written = "/data/\xef\xbf\xbd\xd1\xb1\xef\xbf\xbd/run.toml";
+    REQUIRE(raw.find(written) != std::string::npos);
+    raw.replace(raw.find(written), written.size(), path_state.config_path);  // as the old writer left it
+    write_file_atomic(dir + "/trainer_state.json", raw);
+    const TrainerState old = TrainerState::load(dir + "/trainer_state.json");
+    CHECK(old.config_path == written);
+    CHECK(old.global_step == 5);
+    std::filesystem::remove_all(dir);
+  }
   CHECK(resume_command("run.toml", "out dir/checkpoint-5") ==
         "bert_train --config run.toml --resume 'out dir/checkpoint-5'");
   CHECK(resume_command("run.toml", "out/checkpoint-5", 4) ==

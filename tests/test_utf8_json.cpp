@@ -36,6 +36,29 @@ TEST_CASE("invalid utf8 becomes U+FFFD per maximal subsequence") {
   CHECK(utf8_first_invalid(bad) == size_t{1});
   CHECK(utf8_first_invalid("조선\xff") == size_t{6});
   CHECK_FALSE(utf8_first_invalid("이순신은 조선 중기의 무신이다.").has_value());
+  // The validator (no decoding, ASCII by words) finds what the decoder finds, on random bytes biased to
+  // UTF-8's lead and continuation bytes, at every alignment.
+  uint64_t state = 7;
+  const auto next = [&] {
+    state = state * 6364136223846793005ull + 1442695040888963407ull;
+    return static_cast<uint32_t>(state >> 33);
+  };
+  const unsigned char bytes[] = {'a',  ' ',  0x80, 0xBF, 0x9F, 0xA0, 0x8F, 0x90, 0xC2, 0xDF,
+                                 0xC0, 0xE0, 0xED, 0xEF, 0xF0, 0xF4, 0xF5, 0xFF, 0xEA, 0xB0};
+  size_t invalid = 0;
+  for (int it = 0; it < 200000; ++it) {
+    std::string text(next() % 24, 'x');
+    for (char& c : text)
+      if (next() % 3 == 0) c = static_cast<char>(bytes[next() % std::size(bytes)]);
+    size_t decoder_first = 0;
+    const bool valid = utf8_decode(text, cps, &decoder_first) == 0;
+    const auto found = utf8_first_invalid(text);
+    REQUIRE(found.has_value() == !valid);
+    if (found) REQUIRE(*found == decoder_first);
+    invalid += !valid;
+  }
+  CHECK(invalid > 50000);
+  CHECK(invalid < 190000);
 }
 
 TEST_CASE(

@@ -153,18 +153,18 @@ FastTokenizerFile read_tokenizer_json(const std::string& path, TokenizerConfig& 
     if (t->find("direction")) one_of(*t, "truncation", "direction", {"Left", "Right"});
     one_of(*t, "truncation", "strategy", {"LongestFirst", "OnlyFirst", "OnlySecond"});
     for (const char* key : {"max_length", "stride"})
-      count(required(*t, "truncation", key), "truncation." + std::string(key), 1e18);
+      count(required(*t, "truncation", key), "truncation." + std::string(key), 18446744073709551615.0);
   }
   if (const Json* p = root.find("padding"); p && !p->is_null()) {
     if (!p->is_object()) fail("padding", p->dump().substr(0, 40) + ": expected an object or null");
     const Json& strategy = required(*p, "padding", "strategy");
     if (strategy.is_object() && strategy.as_object().size() == 1 && strategy.find("Fixed"))
-      count(*strategy.find("Fixed"), "padding.strategy.Fixed", 1e18);
+      count(*strategy.find("Fixed"), "padding.strategy.Fixed", 18446744073709551615.0);
     else if (!(strategy.is_string() && strategy.as_string() == "BatchLongest"))
       fail("padding.strategy", strategy.dump().substr(0, 40) + ": expected \"BatchLongest\" or {\"Fixed\": N}");
     one_of(*p, "padding", "direction", {"Left", "Right"});
     if (const Json* v = p->find("pad_to_multiple_of"); v && !v->is_null())
-      count(*v, "padding.pad_to_multiple_of", 1e18);
+      count(*v, "padding.pad_to_multiple_of", 18446744073709551615.0);
     for (const char* key : {"pad_id", "pad_type_id"})
       count(required(*p, "padding", key), "padding." + std::string(key), 4294967295.0);
     if (!required(*p, "padding", "pad_token").is_string()) fail("padding.pad_token", "expected a string");

@@ -3,7 +3,8 @@
 
 Each file is a valid one (0-4 tensors of any dtype and shape, scalars and empty dims included, the
 header in any order, metadata or none, the header padded or not), then, for most, one or two
-mutations: offsets shifted, swapped, overlapping, leaving a gap or running past the end; dtypes
+mutations: offsets shifted, swapped, overlapping, leaving a gap or running past the end; fields or
+__metadata__ repeated; dtypes
 unknown or misspelled; shapes negative, fractional, nested or too large; metadata values that are not
 strings; entries with missing or extra keys; a tensor named __metadata__; repeated names; a header
 that is not an object, is cut, has leading or trailing bytes, invalid UTF-8, or a header length past
@@ -14,6 +15,8 @@ reader, no framework) is the oracle:
   - it reads the file and we refuse it: only a dtype our reader does not know, which it names (newer
     ones such as F8_E8M0, F4 and C64 appear in no BERT checkpoint), or a tensor name the header repeats
     (the package takes the last entry; we refuse the ambiguity);
+  - (a field repeated inside an entry, or __metadata__ repeated, both refuse; a key repeated inside
+    __metadata__ both read, the last value);
   - we read what it refuses: only an integer written as a float (0.0, 1e0) in data_offsets or a shape:
     our JSON numbers are doubles, read by value.
 Prints PASS/FAIL lines; exits non-zero on any failure.
@@ -77,7 +80,7 @@ def mutate(r, header, data):
     """Structural mutations of the header dict; returns (header, data, raw header text or None)."""
     tensors = [k for k in header if k != "__metadata__"]
     op = r.choice(["offset", "swap", "dtype", "shape", "meta", "missing", "extra", "meta_tensor", "duplicate",
-                   "data", "number"])
+                   "data", "number", "repeated_field", "repeated_meta"])
     raw = None
     if op == "offset" and tensors:
         t = header[r.choice(tensors)]
@@ -105,6 +108,17 @@ def mutate(r, header, data):
         text = json.dumps(header)
         entry = json.dumps({name: header[name]})[1:-1]
         raw = text[:-1] + ", " + entry + "}"
+    elif op == "repeated_field" and tensors and isinstance(header[tensors[0]], dict) and header[tensors[0]]:
+        entry = header[tensors[0]]
+        field = r.choice(list(entry))
+        text = json.dumps(header)
+        inner = json.dumps(entry)
+        raw = text.replace(inner, inner[:-1] + ", " + json.dumps({field: entry[field]})[1:-1] + "}", 1)
+    elif op == "repeated_meta":
+        text = json.dumps(header)
+        raw = text[:-1] + (", " if len(header) else "") + '"__metadata__": {"k": "v"}}'
+        if "__metadata__" not in header and r.random() < 0.5:
+            raw = '{"__metadata__": {"a": "b", "a": "c"}' + (", " + text[1:] if len(header) else "}")
     elif op == "data":
         data = data + r.choice([b"\0", b"\0" * 8]) if r.random() < 0.5 else data[:-1]
     elif op == "number" and tensors and isinstance(header[tensors[0]].get("data_offsets"), list):

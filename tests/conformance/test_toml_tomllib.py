@@ -198,7 +198,7 @@ class Gen:
         if k < 0.75:
             return r.choice([".", " . ", "."]).join(r.choice(NAMES) for _ in range(r.randint(1, 3)))
         if k < 0.85:
-            return r.choice(['"q"', "'lit'", '"a"', "'b'", '"é"', '""', '"a.b"', "b.'c'"])
+            return r.choice(['"q"', "'lit'", '"a"', "'b'", '"é"', '""', '"a.b"', "b.'c'", 'a.""', "a.''.b", '"".a'])
         if self.clean:
             return r.choice(NAMES)
         return r.choice(["a.", ".a", "a..b", "a b", "", "é"] + [self.key()])
