@@ -4,12 +4,14 @@
 #include <unistd.h>
 
 #include <algorithm>
+#include <cctype>
 #include <cerrno>
 #include <chrono>
 #include <cstdio>
 #include <cstring>
 #include <filesystem>
 #include <functional>
+#include <iterator>
 #include <ostream>
 #include <thread>
 #include <unordered_set>
@@ -223,6 +225,31 @@ bool is_blank_line(std::string_view line) {
   return true;
 }
 
+bool ends_sentence(std::string_view line) {
+  // Closing quotes and brackets after the sentence's end: ." .” .) .」
+  static constexpr std::string_view kClosers[] = {"\"",     "'",      ")",      "]",      "\u201D", "\u2019",
+                                                  "\u300D", "\u300F", "\u300B", "\u3009", "\uFF09"};
+  static constexpr std::string_view kEnds[] = {".", "!", "?", "\u2026", "\u3002", "\uFF01", "\uFF1F", "\u203C"};
+  for (bool stripped = true; stripped && !line.empty();) {
+    stripped = false;
+    for (const std::string_view closer : kClosers)
+      if (line.ends_with(closer)) {
+        line.remove_suffix(closer.size());
+        stripped = true;
+        break;
+      }
+  }
+  return std::any_of(std::begin(kEnds), std::end(kEnds), [&](std::string_view end) { return line.ends_with(end); });
+}
+
+void join_wrapped_line(std::string& paragraph, std::string_view line) {
+  const size_t n = paragraph.size();
+  const bool hyphenated =
+      n >= 2 && paragraph[n - 1] == '-' && std::isalnum(static_cast<unsigned char>(paragraph[n - 2])) != 0;
+  if (!paragraph.empty() && !hyphenated) paragraph.push_back(' ');
+  paragraph.append(line);
+}
+
 size_t DocumentCleaner::clean(std::string_view lines, std::string& out) {
   size_t sentences = 0;
   const size_t doc_begin = out.size();
@@ -243,6 +270,19 @@ size_t DocumentCleaner::clean(std::string_view lines, std::string& out) {
   // Each line is held until the next is scrubbed: a number the text's wrapping broke between them is
   // scrubbed across the break (scrub_pii_across), which may change both.
   previous_.clear();
+  // One line (or, with --join-wrapped-lines, a joined paragraph), normalised.
+  auto take = [&](const std::string& text) {
+    if (!options_.scrub_pii) {
+      emit_line(text);
+      return;
+    }
+    scrubbed_.clear();
+    scrub_pii(text, scrubbed_, pii_);
+    scrub_pii_across(previous_, scrubbed_, pii_);
+    if (!previous_.empty()) emit_line(previous_);
+    previous_.swap(scrubbed_);  // an empty rest of a line is dropped
+  };
+  joined_.clear();
   while (!lines.empty()) {
     const size_t nl = lines.find('\n');
     const std::string_view line = lines.substr(0, nl);
@@ -250,16 +290,17 @@ size_t DocumentCleaner::clean(std::string_view lines, std::string& out) {
     normalized_.clear();
     normalize_line(line, normalized_);
     if (normalized_.empty()) continue;
-    if (!options_.scrub_pii) {
-      emit_line(normalized_);
+    if (!options_.join_wrapped_lines) {
+      take(normalized_);
       continue;
     }
-    scrubbed_.clear();
-    scrub_pii(normalized_, scrubbed_, pii_);
-    scrub_pii_across(previous_, scrubbed_, pii_);
-    if (!previous_.empty()) emit_line(previous_);
-    previous_.swap(scrubbed_);  // an empty rest of a line is dropped
+    join_wrapped_line(joined_, normalized_);
+    if (ends_sentence(joined_) || joined_.size() >= kMaxJoinedBytes) {
+      take(joined_);
+      joined_.clear();
+    }
   }
+  if (!joined_.empty()) take(joined_);
   if (!previous_.empty()) emit_line(previous_);
   return sentences;
 }
@@ -377,11 +418,15 @@ CleanStats clean_corpus(const std::vector<std::string>& files, const std::string
 
 int prepare_clean_command(const std::vector<std::string>& argv, std::ostream& out, std::ostream& err) {
   Args args("bert_prepare clean",
-            "bert_prepare clean --input FILE|DIR... --out FILE [--split-sentences] [--scrub-pii | --no-scrub-pii] "
-            "[--dedupe] [--threads N]");
+            "bert_prepare clean --input FILE|DIR... --out FILE [--split-sentences] [--join-wrapped-lines] "
+            "[--scrub-pii | --no-scrub-pii] [--dedupe] [--threads N]");
   args.list("--input", "text files (.txt, .gz) or directories (searched recursively for *.txt, *.gz)")
       .option("--out", "output file: one sentence a line, a blank line between documents")
       .flag("--split-sentences", "split each input line (a paragraph) into sentences")
+      .flag("--join-wrapped-lines",
+            "join a line that ends no sentence (. ! ? …) to the next of its document, for text hard-wrapped "
+            "at a fixed width (PDF extractions); a hyphen ending a line after a letter or digit joins without "
+            "a space")
       .flag("--scrub-pii", "replace personal data with [RRN] [PHONE] [EMAIL] [CARD] [ACCOUNT] [IP] (default)")
       .flag("--no-scrub-pii", "keep personal data as is")
       .flag("--dedupe", "drop documents identical to an earlier one (after cleaning)")
@@ -397,6 +442,7 @@ int prepare_clean_command(const std::vector<std::string>& argv, std::ostream& ou
     throw Error("bert_prepare clean: --scrub-pii and --no-scrub-pii contradict each other; give one");
   CleanOptions options;
   options.split_sentences = args.has("--split-sentences");
+  options.join_wrapped_lines = args.has("--join-wrapped-lines");
   options.scrub_pii = !args.has("--no-scrub-pii");
   options.dedupe = args.has("--dedupe");
   const int64_t threads = args.integer("--threads", 0, 1024);
@@ -435,7 +481,10 @@ int prepare_clean_command(const std::vector<std::string>& argv, std::ostream& ou
       << "  documents   " << s.documents_in << " in, " << s.documents_out << " out";
   if (options.dedupe) out << " (" << s.duplicates << " duplicates dropped)";
   out << "\n  sentences   " << s.sentences
-      << (options.split_sentences ? " (split by the sentence splitter)" : " (one per input line)") << "\n"
+      << (options.split_sentences      ? " (split by the sentence splitter)"
+          : options.join_wrapped_lines ? " (one per line, wrapped lines joined)"
+                                       : " (one per input line)")
+      << "\n"
       << "  bytes       " << s.bytes_in << " in, " << s.bytes_out << " out ("
       << human_bytes(static_cast<double>(s.bytes_in)) << " -> " << human_bytes(static_cast<double>(s.bytes_out))
       << ")\n";

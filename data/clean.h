@@ -11,6 +11,8 @@
 //            fullwidth digits and － ＋ ． ＠ （ ） become ASCII (NFKC's mapping) and a dash between
 //            two digits (‐ ‑ ‒ – −) '-', so ０１０－１２３４－５６７８ and 900101–1234567 are scrubbed;
 //            tabs and Unicode spaces become ' '; collapse runs; trim)
+//            -> with --join-wrapped-lines, a line that ends no sentence is joined to the next of its
+//            document (join_wrapped_line), and the joined paragraph is cleaned as one line
 //            -> scrub PII (data/pii.h; on by default; a number that wrapping broke between two lines
 //            of a document, 010-1234-|5678, is scrubbed across the break: scrub_pii_across) -> split
 //            into sentences (data/sentence_splitter.h) with --split-sentences, else keep the line
@@ -39,6 +41,9 @@ namespace bert {
 
 struct CleanOptions {
   bool split_sentences = false;
+  // Join a line that ends no sentence to the next one of its document (text hard-wrapped at a fixed
+  // width, as PDF extraction leaves it): see join_wrapped_line.
+  bool join_wrapped_lines = false;
   bool scrub_pii = true;
   bool dedupe = false;
   int threads = 1;
@@ -59,6 +64,17 @@ void normalize_line(std::string_view line, std::string& out);
 // True if nothing of `line` survives normalize_line: it separates documents.
 bool is_blank_line(std::string_view line);
 
+// Whether a normalised line ends a sentence: its last character (before closing quotes and
+// brackets) is . ! ? … or a fullwidth/CJK sentence end (。！？).
+bool ends_sentence(std::string_view line);
+// --join-wrapped-lines: appends the normalised `line` to `paragraph`, the line before it of the same
+// document, which did not end a sentence: with a space, or directly where `paragraph` ends with a
+// '-' after a letter or digit (a word or number the wrap hyphenated: 010-1234-|5678, pre-|training).
+void join_wrapped_line(std::string& paragraph, std::string_view line);
+// A joined paragraph is let go (cleaned as one line) once it ends a sentence, at the document's end,
+// or at this size: text without sentence ends (tables, lists, code) is not run into one line.
+inline constexpr size_t kMaxJoinedBytes = 4096;
+
 // Cleans documents one at a time, reusing its scratch buffers. One per thread.
 class DocumentCleaner {
  public:
@@ -71,7 +87,7 @@ class DocumentCleaner {
  private:
   CleanOptions options_;
   PiiCounts pii_;
-  std::string normalized_, scrubbed_, previous_;
+  std::string normalized_, scrubbed_, previous_, joined_;
   std::vector<std::string_view> sentences_;
 };
 

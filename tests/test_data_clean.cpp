@@ -907,6 +907,110 @@ TEST_CASE("clean: a number wrapped across a document's lines is scrubbed, and cl
   CHECK(across > 100);  // the pieces do break numbers across lines
 }
 
+TEST_CASE("clean --join-wrapped-lines: a paragraph hard-wrapped at a fixed width is one line again") {
+  CHECK(ends_sentence("목적으로 한다."));
+  CHECK(ends_sentence("끝났다!"));
+  CHECK(ends_sentence("그럴까?"));
+  CHECK(ends_sentence("그는 \"간다.\""));
+  CHECK(ends_sentence("(참조.)"));
+  CHECK(ends_sentence("「끝。」"));
+  CHECK(ends_sentence("그리고…"));
+  CHECK_FALSE(ends_sentence("이 법은 국민의"));
+  CHECK_FALSE(ends_sentence("제1조(목적)"));
+  CHECK_FALSE(ends_sentence("연락처 010-1234-"));
+  CHECK_FALSE(ends_sentence(""));
+  CHECK_FALSE(ends_sentence("\""));
+  std::string paragraph;
+  join_wrapped_line(paragraph, "이 법은");
+  CHECK(paragraph == "이 법은");
+  join_wrapped_line(paragraph, "국민의");
+  CHECK(paragraph == "이 법은 국민의");
+  paragraph = "pre-";
+  join_wrapped_line(paragraph, "training");
+  CHECK(paragraph == "pre-training");  // a hyphen after a letter: the word goes on
+  paragraph = "A -";
+  join_wrapped_line(paragraph, "B");
+  CHECK(paragraph == "A - B");  // a dash after a space is punctuation
+
+  CleanOptions options;
+  options.join_wrapped_lines = true;
+  DocumentCleaner cleaner(options);
+  std::string out;
+  CHECK(cleaner.clean("제1조(목적) 이 법은 국민의\n권리와 의무를 정함을\n목적으로 한다.\n연락처 010-1234-\n5678로 "
+                      "문의하십시오.\n끝맺지 않은 마지막 줄\n",
+                      out) == 3);
+  CHECK(out ==
+        "제1조(목적) 이 법은 국민의 권리와 의무를 정함을 목적으로 한다.\n연락처 [PHONE]로 문의하십시오.\n끝맺지 않은 "
+        "마지막 줄");
+  CHECK(cleaner.pii().phone == 1);
+  // With --split-sentences the joined paragraph is split.
+  CleanOptions split = options;
+  split.split_sentences = true;
+  DocumentCleaner splitter(split);
+  out.clear();
+  CHECK(splitter.clean("첫 문장은 여기서 끝난다. 둘째 문장은\n다음 줄에서 끝난다.\n", out) == 2);
+  CHECK(out == "첫 문장은 여기서 끝난다.\n둘째 문장은 다음 줄에서 끝난다.");
+  // Without sentence ends (a table, a list) a paragraph is let go at kMaxJoinedBytes.
+  std::string rows;
+  for (int i = 0; i < 1000; ++i) rows += "항목 " + std::to_string(i) + "\n";
+  out.clear();
+  DocumentCleaner table(options);
+  const size_t lines_out = table.clean(rows, out);
+  CHECK(lines_out > 1);
+  size_t longest = 0;
+  for (size_t b = 0, e; b <= out.size(); b = e + 1) {
+    e = std::min(out.find('\n', b), out.size());
+    longest = std::max(longest, e - b);
+  }
+  CHECK(longest < kMaxJoinedBytes + 16);
+  CHECK(longest >= kMaxJoinedBytes);
+  // Off (the default), each line stays a line.
+  DocumentCleaner plain{CleanOptions{}};
+  out.clear();
+  CHECK(plain.clean("이 법은 국민의\n권리를 정한다.\n", out) == 2);
+
+  // Random documents: every line out but a document's last ends a sentence (or a placeholder: a scrub
+  // across the break may take a line's end), and cleaning the output again with the option changes
+  // nothing where nothing was scrubbed (a scrub may change the end that decided a join).
+  std::vector<std::string_view> valid_pieces;
+  for (const std::string_view piece : kPiiPieces)
+    if (utf8_valid(piece)) valid_pieces.push_back(piece);
+  const std::string_view ends[] = {".", "!", "?", "다.", "\"", "", "", "", "-", " "};
+  uint64_t state = 5;
+  auto next = [&] {
+    state = state * 6364136223846793005ull + 1442695040888963407ull;
+    return static_cast<uint32_t>(state >> 33);
+  };
+  size_t joined = 0, checked = 0;
+  for (int it = 0; it < 50000; ++it) {
+    std::string document;
+    for (int line = static_cast<int>(next() % 6); line >= 0; --line) {
+      for (int k = static_cast<int>(next() % 4); k > 0; --k) document += valid_pieces[next() % valid_pieces.size()];
+      document += ends[next() % std::size(ends)];
+      document += '\n';
+    }
+    INFO(document);
+    DocumentCleaner once(options), twice(options), alone(CleanOptions{});
+    std::string cleaned, recleaned, unjoined;
+    const size_t out_lines = once.clean(document, cleaned);
+    const size_t plain_lines = alone.clean(document, unjoined);
+    REQUIRE(out_lines <= plain_lines);
+    joined += plain_lines - out_lines;
+    REQUIRE(cleaned.find("\n\n") == std::string::npos);
+    for (size_t b = 0, e; (e = cleaned.find('\n', b)) != std::string::npos; b = e + 1) {
+      const std::string_view line(cleaned.data() + b, e - b);
+      // (A scrub across the break may have replaced the line's end by a placeholder.)
+      REQUIRE((ends_sentence(line) || line.ends_with("]")));
+    }
+    if (once.pii().total() != 0) continue;  // a scrub may have moved a line's end
+    twice.clean(cleaned + "\n", recleaned);
+    REQUIRE(recleaned == cleaned);
+    ++checked;
+  }
+  CHECK(joined > 10000);
+  CHECK(checked > 10000);
+}
+
 // ---- sentence splitter -------------------------------------------------------------------
 
 TEST_CASE("sentence splitter: Korean endings, quotes, numbers, abbreviations, URLs, ellipsis") {
