@@ -61,47 +61,7 @@ std::vector<std::string> expand_inputs(const std::vector<std::string>& inputs) {
   return files;
 }
 
-size_t utf8_valid_prefix(std::string_view str) {
-  const auto* s = reinterpret_cast<const unsigned char*>(str.data());
-  const size_t n = str.size();
-  size_t i = 0;
-  while (i < n) {
-    // ASCII runs 8 bytes at a time.
-    while (i + 8 <= n) {
-      uint64_t w;
-      std::memcpy(&w, s + i, 8);
-      if (w & 0x8080808080808080ull) break;
-      i += 8;
-    }
-    if (i >= n) break;
-    const unsigned char c = s[i];
-    if (c < 0x80) {
-      ++i;
-      continue;
-    }
-    size_t need;
-    unsigned char lo = 0x80, hi = 0xBF;  // allowed range of the second byte, as in common/utf8.cpp
-    if (c >= 0xC2 && c <= 0xDF) {
-      need = 1;
-    } else if (c >= 0xE0 && c <= 0xEF) {
-      need = 2;
-      if (c == 0xE0) lo = 0xA0;
-      if (c == 0xED) hi = 0x9F;
-    } else if (c >= 0xF0 && c <= 0xF4) {
-      need = 3;
-      if (c == 0xF0) lo = 0x90;
-      if (c == 0xF4) hi = 0x8F;
-    } else {
-      return i;
-    }
-    if (i + need >= n) return i;  // truncated at the end
-    if (s[i + 1] < lo || s[i + 1] > hi) return i;
-    for (size_t j = 2; j <= need; ++j)
-      if ((s[i + j] & 0xC0) != 0x80) return i;
-    i += need + 1;
-  }
-  return n;
-}
+size_t utf8_valid_prefix(std::string_view str) { return utf8_first_invalid(str).value_or(str.size()); }
 
 LineReader::LineReader(const std::string& path) : path_(path) {
   if (is_directory(path)) throw Error(path + ": is a directory, expected a text file");

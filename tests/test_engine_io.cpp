@@ -28,6 +28,7 @@
 #include "engine/config.h"
 #include "engine/safetensors.h"
 #include "engine/toml.h"
+#include "tests/oracle_cases.h"
 
 using namespace bert;
 using Catch::Matchers::Contains;
@@ -1371,11 +1372,10 @@ TEST_CASE("safetensors: files written by Python read back, ours for Python", "[.
 }
 
 // ---- TOML against Python's tomllib ------------------------------------------------------------------
-// tests/conformance/test_toml_tomllib.py writes random documents to BERT_TOML_CASES (each as its byte
-// count on a line, then its bytes) and compares tomllib's reading of each with this one's, one line a
-// document in BERT_TOML_OUT: "ok <JSON>" ({"table": {"key": value}}, the root table as "", each value
-// tagged: ["s", text], ["i", "digits"], ["f", "%.17g" or inf/-inf/nan], ["b", bool], ["a", [...]]),
-// or "error <message>".
+// tests/conformance/test_toml_tomllib.py writes random documents as cases (tests/oracle_cases.h) and
+// compares tomllib's reading of each with this one's, one line a document: "ok <JSON>" ({"table": {"key": value}}, the
+// root table as "", each value tagged: ["s", text], ["i", "digits"], ["f", "%.17g" or inf/-inf/nan], ["b", bool], ["a",
+// [...]]), or "error <message>".
 
 namespace {
 
@@ -1418,65 +1418,27 @@ Json tagged(const TomlValue& v) {
 }  // namespace
 
 TEST_CASE("toml: documents read as Python's tomllib reads them", "[.toml-oracle]") {
-  const std::string in = env("BERT_TOML_CASES"), out_path = env("BERT_TOML_OUT");
-  REQUIRE(!in.empty());
-  REQUIRE(!out_path.empty());
-  const std::string cases = read_file(in);
-  std::string out;
-  size_t pos = 0, count = 0;
-  while (pos < cases.size()) {
-    const size_t eol = cases.find('\n', pos);
-    REQUIRE(eol != std::string::npos);
-    const size_t length = std::stoul(cases.substr(pos, eol - pos));
-    REQUIRE(eol + 1 + length <= cases.size());
-    const std::string_view text(cases.data() + eol + 1, length);
-    pos = eol + 1 + length;
-    ++count;
-    try {
-      const TomlDocument doc = parse_toml(text, "run.toml");
-      Json tables = Json::object();
-      for (const TomlTable& table : doc.tables) {
-        Json entries = Json::object();
-        for (const TomlEntry& entry : table.entries) entries.set(entry.key, tagged(entry.value));
-        tables.set(table.name, std::move(entries));
-      }
-      out += "ok " + tables.dump() + "\n";
-    } catch (const Error& e) {
-      std::string message = e.what();
-      std::replace(message.begin(), message.end(), '\n', ' ');
-      out += "error " + message + "\n";
-    }
-  }
-  write_file_atomic(out_path, out);
-  CHECK(count > 0);
+  CHECK(testing::answer_oracle_cases("BERT_TOML_CASES", "BERT_TOML_OUT", [](std::string_view text) {
+          const TomlDocument doc = parse_toml(text, "run.toml");
+          Json tables = Json::object();
+          for (const TomlTable& table : doc.tables) {
+            Json entries = Json::object();
+            for (const TomlEntry& entry : table.entries) entries.set(entry.key, tagged(entry.value));
+            tables.set(table.name, std::move(entries));
+          }
+          return "ok " + tables.dump();
+        }) > 0);
 }
 
 // ---- safetensors against the `safetensors` package --------------------------------------------------
-// tests/conformance/test_safetensors_oracle.py writes files and lists them in BERT_SAFETENSORS_LIST (one
-// path a line); each is opened here (header, offsets, metadata; the data hash when recorded) and every
-// tensor read as raw bytes, one line a file in BERT_SAFETENSORS_RESULTS: "ok <tensor count>" or
-// "error <message>".
+// tests/conformance/test_safetensors_oracle.py writes files; each case (tests/oracle_cases.h) is a path,
+// opened here (header, offsets, metadata; the data hash when recorded) and every tensor read as raw
+// bytes: "ok <tensor count>" or "error <message>".
 TEST_CASE("safetensors: files opened as the safetensors package opens them", "[.safetensors-oracle]") {
-  const std::string list = env("BERT_SAFETENSORS_LIST"), out_path = env("BERT_SAFETENSORS_RESULTS");
-  REQUIRE(!list.empty());
-  REQUIRE(!out_path.empty());
-  std::string out;
-  size_t count = 0;
-  std::istringstream paths(read_file(list));
-  for (std::string path; std::getline(paths, path);) {
-    if (path.empty()) continue;
-    ++count;
-    try {
-      const SafetensorsFile file(path);
-      (void)file.verify_data_hash();
-      for (const TensorInfo& t : file.tensors()) (void)file.raw(t);
-      out += "ok " + std::to_string(file.tensors().size()) + "\n";
-    } catch (const Error& e) {
-      std::string message = e.what();
-      std::replace(message.begin(), message.end(), '\n', ' ');
-      out += "error " + message + "\n";
-    }
-  }
-  write_file_atomic(out_path, out);
-  CHECK(count > 0);
+  CHECK(testing::answer_oracle_cases("BERT_SAFETENSORS_CASES", "BERT_SAFETENSORS_RESULTS", [](std::string_view path) {
+          const SafetensorsFile file{std::string(path)};
+          (void)file.verify_data_hash();
+          for (const TensorInfo& t : file.tensors()) (void)file.raw(t);
+          return "ok " + std::to_string(file.tensors().size());
+        }) > 0);
 }

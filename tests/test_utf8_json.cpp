@@ -9,6 +9,7 @@
 #include "common/json.h"
 #include "common/utf8.h"
 #include "tests/legacy_text.h"
+#include "tests/oracle_cases.h"
 
 using namespace bert;
 
@@ -225,11 +226,10 @@ TEST_CASE("json errors name the source and line") {
 }
 
 // ---- JSON against Python's json -------------------------------------------------------------------
-// tests/conformance/test_json_python.py writes random documents to BERT_JSON_CASES (each as its byte
-// count on a line, then its bytes) and compares Python's json.loads of each with Json::parse, one line
-// a document in BERT_JSON_OUT: "ok <tagged JSON>" (each value tagged: ["s", text], ["n", "%.17g" or
-// inf/-inf], ["b", bool], ["z"] for null, ["a", [...]], ["o", [[key, value], ...]] in order), or
-// "error <message>".
+// tests/conformance/test_json_python.py writes random documents as cases (tests/oracle_cases.h) and
+// compares Python's json.loads of each with Json::parse, one line a document: "ok <tagged JSON>" (each value tagged:
+// ["s", text], ["n", "%.17g" or inf/-inf], ["b", bool], ["z"] for null, ["a", [...]], ["o", [[key, value], ...]] in
+// order), or "error <message>".
 
 namespace {
 
@@ -267,36 +267,10 @@ Json tagged(const Json& v) {
   return out;
 }
 
-std::string env_or_empty(const char* name) {
-  const char* v = std::getenv(name);
-  return v ? v : "";
-}
-
 }  // namespace
 
 TEST_CASE("json: documents read as Python's json reads them", "[.json-oracle]") {
-  const std::string in = env_or_empty("BERT_JSON_CASES"), out_path = env_or_empty("BERT_JSON_OUT");
-  REQUIRE(!in.empty());
-  REQUIRE(!out_path.empty());
-  const std::string cases = read_file(in);
-  std::string out;
-  size_t pos = 0, count = 0;
-  while (pos < cases.size()) {
-    const size_t eol = cases.find('\n', pos);
-    REQUIRE(eol != std::string::npos);
-    const size_t length = std::stoul(cases.substr(pos, eol - pos));
-    REQUIRE(eol + 1 + length <= cases.size());
-    const std::string_view text(cases.data() + eol + 1, length);
-    pos = eol + 1 + length;
-    ++count;
-    try {
-      out += "ok " + tagged(Json::parse(text, "doc.json")).dump() + "\n";
-    } catch (const Error& e) {
-      std::string message = e.what();
-      std::replace(message.begin(), message.end(), '\n', ' ');
-      out += "error " + message + "\n";
-    }
-  }
-  write_file_atomic(out_path, out);
-  CHECK(count > 0);
+  CHECK(testing::answer_oracle_cases("BERT_JSON_CASES", "BERT_JSON_OUT", [](std::string_view text) {
+          return "ok " + tagged(Json::parse(text, "doc.json")).dump();
+        }) > 0);
 }

@@ -23,8 +23,10 @@ import json
 import math
 import os
 import random
-import subprocess
 import sys
+
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+from oracle_cases import answer_cases  # noqa: E402
 
 FAILURES = []
 
@@ -224,22 +226,10 @@ def main():
     docs = [document(r) for _ in range(args.count)]
     docs += [b'{"a": 1, "b": 2, "a": 3}', b"[01]", b"[1.]", b"[-0]", b"[-0.0]", b"1e400", b'"\\ud800"',
              b'"a\x01"', b'"\xff"', b"\xef\xbb\xbf{}", b"[" * 128 + b"]" * 128, b"[" * 129 + b"]" * 129, b"NaN", b"[1,]", b" \x0c1"]
-    cases = os.path.join(args.work, "cases.bin")
-    with open(cases, "wb") as f:
-        for d in docs:
-            f.write(str(len(d)).encode() + b"\n" + d)
-    out_path = os.path.join(args.work, "ours.txt")
-    env = dict(os.environ, BERT_JSON_CASES=cases, BERT_JSON_OUT=out_path)
-    run = subprocess.run([args.bin, "[.json-oracle]"], env=env, capture_output=True, text=True)
-    check(run.returncode == 0, f"{os.path.basename(args.bin)} [.json-oracle] ran ({run.stdout[-300:]} {run.stderr[-300:]})")
-    if run.returncode != 0:
+    problems, ours = answer_cases(args.bin, "[.json-oracle]", "BERT_JSON_CASES", "BERT_JSON_OUT", args.work, docs)
+    check(not problems, f"{os.path.basename(args.bin)} [.json-oracle] answered every document: {problems}")
+    if len(ours) != len(docs):
         sys.exit(1)
-    with open(out_path, "rb") as f:
-        raw = f.read().split(b"\n")[:-1]
-    ours = [line.decode("utf-8", "replace") for line in raw]
-    broken = [line for line in raw if line.decode("utf-8", "replace").encode() != line]
-    check(not broken, f"every error message is valid UTF-8 (not: {broken[:3]})")
-    check(len(ours) == len(docs), f"{len(ours)} results for {len(docs)} documents")
 
     counts = {"both read": 0, "both refuse": 0, "deeper than 128": 0, "lone surrogate": 0}
     shown = 0

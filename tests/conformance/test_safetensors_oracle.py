@@ -26,8 +26,10 @@ import json
 import os
 import random
 import struct
-import subprocess
 import sys
+
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+from oracle_cases import answer_cases  # noqa: E402
 
 from safetensors import deserialize
 
@@ -182,18 +184,11 @@ def main():
             f.write(blob)
         paths.append(path)
         blobs.append(blob)
-    listing = os.path.join(args.work, "files.txt")
-    with open(listing, "w") as f:
-        f.write("\n".join(paths) + "\n")
-    results = os.path.join(args.work, "ours.txt")
-    env = dict(os.environ, BERT_SAFETENSORS_LIST=listing, BERT_SAFETENSORS_RESULTS=results)
-    run = subprocess.run([args.bin, "[.safetensors-oracle]"], env=env, capture_output=True, text=True)
-    check(run.returncode == 0, f"test_engine_io [.safetensors-oracle] ran ({run.stdout[-300:]} {run.stderr[-300:]})")
-    if run.returncode != 0:
+    problems, ours = answer_cases(args.bin, "[.safetensors-oracle]", "BERT_SAFETENSORS_CASES",
+                                  "BERT_SAFETENSORS_RESULTS", args.work, [p.encode() for p in paths])
+    check(not problems, f"test_engine_io [.safetensors-oracle] answered every file: {problems}")
+    if len(ours) != len(paths):
         sys.exit(1)
-    with open(results, encoding="utf-8", errors="replace") as f:
-        ours = f.read().split("\n")[:-1]
-    check(len(ours) == len(paths), f"{len(ours)} results for {len(paths)} files")
 
     counts = {"both read": 0, "both refuse": 0, "newer dtype": 0, "repeated name": 0, "float integer": 0}
     shown = 0
