@@ -27,3 +27,18 @@ def answer_cases(binary, tag, cases_env, out_env, work, cases):
     if len(answers) != len(cases):
         problems.append(f"{len(answers)} answers for {len(cases)} cases")
     return problems, answers
+
+
+def mutate_chars(r, text, alphabet):
+    """`text` with 1-3 random characters inserted from `alphabet`, deleted or replaced by one of it."""
+    chars = list(text)
+    for _ in range(r.randint(1, 3)):
+        op = r.random()
+        at = r.randint(0, len(chars))
+        if op < 0.4:
+            chars.insert(at, r.choice(alphabet))
+        elif chars and op < 0.7:
+            del chars[min(at, len(chars) - 1)]
+        elif chars:
+            chars[min(at, len(chars) - 1)] = r.choice(alphabet)
+    return "".join(chars)

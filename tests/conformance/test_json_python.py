@@ -26,7 +26,7 @@ import random
 import sys
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-from oracle_cases import answer_cases  # noqa: E402
+from oracle_cases import answer_cases, mutate_chars  # noqa: E402
 
 FAILURES = []
 
@@ -140,17 +140,7 @@ def document(r):
     g = Gen(r, clean=r.random() < 0.45)
     text = g.ws() + g.value() + g.ws()
     if not g.clean and r.random() < 0.5:
-        chars = list(text)
-        for _ in range(r.randint(1, 3)):
-            op = r.random()
-            at = r.randint(0, len(chars))
-            if op < 0.4:
-                chars.insert(at, r.choice(MUTATION_BYTES))
-            elif chars and op < 0.7:
-                del chars[min(at, len(chars) - 1)]
-            elif chars:
-                chars[min(at, len(chars) - 1)] = r.choice(MUTATION_BYTES)
-        text = "".join(chars)
+        text = mutate_chars(r, text, MUTATION_BYTES)
     data = text.encode("utf-8", "surrogatepass")
     if not g.clean and r.random() < 0.05:
         at = r.randint(0, len(data))

@@ -25,7 +25,7 @@ import sys
 import tomllib
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-from oracle_cases import answer_cases  # noqa: E402
+from oracle_cases import answer_cases, mutate_chars  # noqa: E402
 
 FAILURES = []
 
@@ -238,17 +238,7 @@ def document(r):
     if r.random() < 0.1:
         text = text.rstrip("\n")  # no final newline
     if not g.clean and r.random() < 0.4:
-        chars = list(text)
-        for _ in range(r.randint(1, 3)):
-            op = r.random()
-            at = r.randint(0, len(chars))
-            if op < 0.4:
-                chars.insert(at, r.choice(MUTATION_BYTES))
-            elif chars and op < 0.7:
-                del chars[min(at, len(chars) - 1)]
-            elif chars:
-                chars[min(at, len(chars) - 1)] = r.choice(MUTATION_BYTES)
-        text = "".join(chars)
+        text = mutate_chars(r, text, MUTATION_BYTES)
     data = text.encode("utf-8", "surrogatepass")
     if not g.clean and r.random() < 0.03:
         data += r.choice([b"\xff", b"\xc3", b"\xed\xa0\x80", b"\xf4\x90\x80\x80"])
