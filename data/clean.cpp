@@ -225,27 +225,31 @@ bool is_blank_line(std::string_view line) {
   return true;
 }
 
-bool ends_sentence(std::string_view line) {
-  // Closing quotes and brackets after the sentence's end: ." .” .) .」
-  static constexpr std::string_view kClosers[] = {"\"",     "'",      ")",      "]",      "\u201D", "\u2019",
-                                                  "\u300D", "\u300F", "\u300B", "\u3009", "\uFF09"};
-  static constexpr std::string_view kEnds[] = {".", "!", "?", "\u2026", "\u3002", "\uFF01", "\uFF1F", "\u203C"};
-  for (bool stripped = true; stripped && !line.empty();) {
-    stripped = false;
-    for (const std::string_view closer : kClosers)
-      if (line.ends_with(closer)) {
-        line.remove_suffix(closer.size());
-        stripped = true;
-        break;
-      }
+bool sentence_ends_between(std::string_view before, std::string_view after) {
+  constexpr size_t kContext = 256;
+  const auto continuation = [](char c) { return (static_cast<unsigned char>(c) & 0xC0) == 0x80; };
+  size_t from = before.size() > kContext ? before.size() - kContext : 0;
+  while (from < before.size() && continuation(before[from])) ++from;
+  size_t to = std::min(after.size(), kContext);
+  while (to > 0 && to < after.size() && continuation(after[to])) --to;
+  std::string window(before.substr(from));
+  const size_t junction = window.size();
+  window.push_back(' ');
+  window.append(after.substr(0, to));
+  std::vector<std::string_view> sentences;
+  split_sentences(window, sentences);
+  for (const std::string_view sentence : sentences) {
+    const auto end = static_cast<size_t>(sentence.data() + sentence.size() - window.data());
+    if (end >= junction) return end == junction;
   }
-  return std::any_of(std::begin(kEnds), std::end(kEnds), [&](std::string_view end) { return line.ends_with(end); });
+  return false;
 }
 
 void join_wrapped_line(std::string& paragraph, std::string_view line) {
   const size_t n = paragraph.size();
-  const bool hyphenated =
-      n >= 2 && paragraph[n - 1] == '-' && std::isalnum(static_cast<unsigned char>(paragraph[n - 2])) != 0;
+  // (A byte >= 0x80 ends a non-ASCII character: a Hangul syllable, a letter.)
+  const auto before = n >= 2 ? static_cast<unsigned char>(paragraph[n - 2]) : 0;
+  const bool hyphenated = n >= 2 && paragraph[n - 1] == '-' && (std::isalnum(before) != 0 || before >= 0x80);
   if (!paragraph.empty() && !hyphenated) paragraph.push_back(' ');
   paragraph.append(line);
 }
@@ -267,22 +271,41 @@ size_t DocumentCleaner::clean(std::string_view lines, std::string& out) {
       emit(text);
     }
   };
+  // With --join-wrapped-lines, lines (scrubbed) are joined into a paragraph until a sentence ends
+  // between it and the next line (sentence_ends_between).
+  // At kMaxJoinedBytes the paragraph is let go up to its last sentence end, the rest carried on (all
+  // of it when it has none: a table, a list). A paragraph is scrubbed again as a whole: what only the
+  // joins bring together may match.
+  joined_.clear();
+  auto let_go = [&](size_t length) {
+    paragraph_.assign(joined_, 0, length);
+    const size_t next = joined_.find_first_not_of(' ', length);
+    joined_.erase(0, next == std::string::npos ? joined_.size() : next);
+    if (options_.scrub_pii) {
+      rescrubbed_.clear();  // (scrubbed_ holds the line being read)
+      if (scrub_pii(paragraph_, rescrubbed_, pii_) > 0) paragraph_.swap(rescrubbed_);
+    }
+    emit_line(paragraph_);
+  };
+  auto deliver = [&](std::string_view line) {
+    if (!options_.join_wrapped_lines) {
+      emit_line(line);
+      return;
+    }
+    if (!joined_.empty() && sentence_ends_between(joined_, line)) let_go(joined_.size());
+    join_wrapped_line(joined_, line);
+    if (joined_.size() >= kMaxJoinedBytes) {  // up to its last sentence end (the last sentence's start)
+      sentences_.clear();
+      split_sentences(joined_, sentences_);
+      const size_t last = sentences_.size() < 2 ? 0 : static_cast<size_t>(sentences_.back().data() - joined_.data());
+      size_t end = last;
+      while (end > 0 && joined_[end - 1] == ' ') --end;
+      let_go(end > 0 ? end : joined_.size());
+    }
+  };
   // Each line is held until the next is scrubbed: a number the text's wrapping broke between them is
   // scrubbed across the break (scrub_pii_across), which may change both.
   previous_.clear();
-  // One line (or, with --join-wrapped-lines, a joined paragraph), normalised.
-  auto take = [&](const std::string& text) {
-    if (!options_.scrub_pii) {
-      emit_line(text);
-      return;
-    }
-    scrubbed_.clear();
-    scrub_pii(text, scrubbed_, pii_);
-    scrub_pii_across(previous_, scrubbed_, pii_);
-    if (!previous_.empty()) emit_line(previous_);
-    previous_.swap(scrubbed_);  // an empty rest of a line is dropped
-  };
-  joined_.clear();
   while (!lines.empty()) {
     const size_t nl = lines.find('\n');
     const std::string_view line = lines.substr(0, nl);
@@ -290,18 +313,18 @@ size_t DocumentCleaner::clean(std::string_view lines, std::string& out) {
     normalized_.clear();
     normalize_line(line, normalized_);
     if (normalized_.empty()) continue;
-    if (!options_.join_wrapped_lines) {
-      take(normalized_);
+    if (!options_.scrub_pii) {
+      deliver(normalized_);
       continue;
     }
-    join_wrapped_line(joined_, normalized_);
-    if (ends_sentence(joined_) || joined_.size() >= kMaxJoinedBytes) {
-      take(joined_);
-      joined_.clear();
-    }
+    scrubbed_.clear();
+    scrub_pii(normalized_, scrubbed_, pii_);
+    scrub_pii_across(previous_, scrubbed_, pii_);
+    if (!previous_.empty()) deliver(previous_);
+    previous_.swap(scrubbed_);  // an empty rest of a line is dropped
   }
-  if (!joined_.empty()) take(joined_);
-  if (!previous_.empty()) emit_line(previous_);
+  if (!previous_.empty()) deliver(previous_);
+  if (!joined_.empty()) let_go(joined_.size());
   return sentences;
 }
 
@@ -424,9 +447,9 @@ int prepare_clean_command(const std::vector<std::string>& argv, std::ostream& ou
       .option("--out", "output file: one sentence a line, a blank line between documents")
       .flag("--split-sentences", "split each input line (a paragraph) into sentences")
       .flag("--join-wrapped-lines",
-            "join a line that ends no sentence (. ! ? …) to the next of its document, for text hard-wrapped "
-            "at a fixed width (PDF extractions); a hyphen ending a line after a letter or digit joins without "
-            "a space")
+            "join a line to the next of its document unless a sentence ends between them, for text "
+            "hard-wrapped at a fixed width (PDF extractions); a hyphen ending a line after a letter or digit "
+            "joins without a space")
       .flag("--scrub-pii", "replace personal data with [RRN] [PHONE] [EMAIL] [CARD] [ACCOUNT] [IP] (default)")
       .flag("--no-scrub-pii", "keep personal data as is")
       .flag("--dedupe", "drop documents identical to an earlier one (after cleaning)")

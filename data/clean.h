@@ -11,10 +11,10 @@
 //            fullwidth digits and － ＋ ． ＠ （ ） become ASCII (NFKC's mapping) and a dash between
 //            two digits (‐ ‑ ‒ – −) '-', so ０１０－１２３４－５６７８ and 900101–1234567 are scrubbed;
 //            tabs and Unicode spaces become ' '; collapse runs; trim)
-//            -> with --join-wrapped-lines, a line that ends no sentence is joined to the next of its
-//            document (join_wrapped_line), and the joined paragraph is cleaned as one line
 //            -> scrub PII (data/pii.h; on by default; a number that wrapping broke between two lines
-//            of a document, 010-1234-|5678, is scrubbed across the break: scrub_pii_across) -> split
+//            of a document, 010-1234-|5678, is scrubbed across the break: scrub_pii_across)
+//            -> with --join-wrapped-lines, a line that ends no sentence is joined to the next of its
+//            document (join_wrapped_line), and the joined paragraph scrubbed once more -> split
 //            into sentences (data/sentence_splitter.h) with --split-sentences, else keep the line
 //   per doc  --dedupe drops a document whose cleaned text equals an earlier one (128-bit hash of
 //            the text; the first copy stays)
@@ -64,15 +64,17 @@ void normalize_line(std::string_view line, std::string& out);
 // True if nothing of `line` survives normalize_line: it separates documents.
 bool is_blank_line(std::string_view line);
 
-// Whether a normalised line ends a sentence: its last character (before closing quotes and
-// brackets) is . ! ? … or a fullwidth/CJK sentence end (。！？).
-bool ends_sentence(std::string_view line);
+// Whether the sentence splitter (data/sentence_splitter.h) ends a sentence between `before`, a
+// paragraph's end, and `after`, the next line (each normalised; up to 256 bytes of each are looked at):
+// "한다." | "다음" does, "Karsten M." | "Self" (an initial), "왜?" | "라고 물었다" and "이 법은" | "국민의" do not.
+bool sentence_ends_between(std::string_view before, std::string_view after);
 // --join-wrapped-lines: appends the normalised `line` to `paragraph`, the line before it of the same
-// document, which did not end a sentence: with a space, or directly where `paragraph` ends with a
+// document, where no sentence ends between them: with a space, or directly where `paragraph` ends with a
 // '-' after a letter or digit (a word or number the wrap hyphenated: 010-1234-|5678, pre-|training).
 void join_wrapped_line(std::string& paragraph, std::string_view line);
-// A joined paragraph is let go (cleaned as one line) once it ends a sentence, at the document's end,
-// or at this size: text without sentence ends (tables, lists, code) is not run into one line.
+// A joined paragraph is let go where a sentence ends before the next line, at the document's end, or
+// past this size, up to its last sentence end (whole when it has none: tables, lists, code), so that
+// text without sentence ends is not run into one line.
 inline constexpr size_t kMaxJoinedBytes = 4096;
 
 // Cleans documents one at a time, reusing its scratch buffers. One per thread.
@@ -87,7 +89,7 @@ class DocumentCleaner {
  private:
   CleanOptions options_;
   PiiCounts pii_;
-  std::string normalized_, scrubbed_, previous_, joined_;
+  std::string normalized_, scrubbed_, previous_, joined_, paragraph_, rescrubbed_;
   std::vector<std::string_view> sentences_;
 };
 

@@ -2,6 +2,7 @@
 
 #include <algorithm>
 #include <array>
+#include <cctype>
 #include <cstring>
 #include <initializer_list>
 #include <span>
@@ -1468,6 +1469,27 @@ std::string scrub_pii(std::string_view text, PiiCounts& counts) {
   return out;
 }
 
+namespace {
+
+// An address glued across a break must end in a common top-level domain or be a mail provider's name
+// alone (hong.gildong@|naver.com, kim@korea.ac.|kr, hong@|naver로), so that prose and code glued to the
+// next line's first word stay: "postgres@localhost.|Then", "react@18.2.|Then", "@property|@abc.abstractmethod",
+// and a break before a capitalised word ends no address.
+bool glued_address_ends_well(std::string_view joined, const PiiMatch& m, size_t second_at) {
+  const auto* s = reinterpret_cast<const unsigned char*>(joined.data());
+  // A capitalised word goes on the sentence, not the domain: "admin@localhost.|It will ask" (.it).
+  if (m.end >= second_at + 2 && std::isupper(s[second_at]) && std::islower(s[second_at + 1])) return false;
+  const std::string_view address = joined.substr(m.begin, m.end - m.begin);
+  const size_t at = address.rfind('@');
+  const size_t domain = at == std::string_view::npos ? 0 : at + 1;
+  const size_t dot = address.rfind('.');
+  if (dot != std::string_view::npos && dot >= domain)
+    return common_tld(s + m.begin + dot + 1, address.size() - dot - 1);
+  return at != std::string_view::npos && provider_end(s, joined.size(), m.begin + domain, m.end) == m.end;
+}
+
+}  // namespace
+
 bool scrub_pii_across(std::string& first, std::string& second, PiiCounts& counts) {
   if (first.empty() || second.empty()) return false;
   const auto digit = [](char c) { return is_digit(static_cast<unsigned char>(c)); };
@@ -1482,17 +1504,31 @@ bool scrub_pii_across(std::string& first, std::string& second, PiiCounts& counts
   const bool labelled = digit(next) && (trimmed.ends_with(':') || trimmed.ends_with("：") ||
                                         trimmed.ends_with("번호") || trimmed.ends_with("계좌"));
   // An e-mail address broken by the wrap: the first line's last word holds its '@' (hong.gildong@ |
-  // naver.com, hong@naver. | com, hong@na | ver.com), or the second line starts with it (hong.gildong |
-  // @naver.com). A break before the '@' without it (hong.gil | dong@naver.com) reads like a word and
-  // an address the second line scrubbed alone, and is left so.
+  // naver.com, hong@na | ver.com), or the second line starts with it after a name that is no plain
+  // word (hong.gildong | @naver.com, not "Sign up with your | @gmail.com address", "import pytest |
+  // @pytest.mark"). A break before the '@' without it (hong.gil | dong@naver.com) reads like a word
+  // and an address the second line scrubbed alone, and is left so.
   const auto email_char = [](char c) {
     return is_alnum(static_cast<unsigned char>(c)) || c == '.' || c == '_' || c == '%' || c == '+' || c == '-';
   };
   size_t word = first.size();
   while (word > 0 && (email_char(first[word - 1]) || first[word - 1] == '@')) --word;
-  const bool email_broken = (first.find('@', word) != std::string::npos &&
-                             (is_alnum(static_cast<unsigned char>(next)) || next == '.' || next == '-')) ||
-                            (next == '@' && email_char(last) && last != '.');
+  const std::string_view last_word = std::string_view(first).substr(word);
+  const bool email_broken =
+      (last_word.find('@') != std::string_view::npos &&
+       (is_alnum(static_cast<unsigned char>(next)) || next == '.' || next == '-')) ||
+      (next == '@' && email_char(last) && last != '.' && std::any_of(last_word.begin(), last_word.end(), [](char c) {
+         return !std::isalpha(static_cast<unsigned char>(c));
+       }));
+  // A name broken after a '-' or '_' whose address the second line scrubbed alone (debian-|
+  // boot@lists.debian.org: wrappers break after hyphens): the first part goes into the placeholder.
+  if ((last == '-' || last == '_') && second.starts_with(pii_placeholder(PiiType::kEmail)) &&
+      std::any_of(last_word.begin(), last_word.end(), [](char c) { return is_alnum(static_cast<unsigned char>(c)); }) &&
+      last_word.find('@') == std::string_view::npos) {
+    first.erase(word);
+    first.erase(first.find_last_not_of(' ') + 1);
+    return true;
+  }
   if (!broken && !labelled && !email_broken) return false;
   // Windows of up to kWindow bytes on each side (a match and its label are shorter), cut between
   // characters and outside runs of ASCII letters and digits, where no match may start or end.
@@ -1536,6 +1572,7 @@ bool scrub_pii_across(std::string& first, std::string& second, PiiCounts& counts
         return true;
       }
       if (!broken && !(email_broken && separator.empty() && m.type == PiiType::kEmail)) break;
+      if (!broken && !glued_address_ends_well(joined, m, second_at)) break;
       const std::string_view before(joined.data() + m.begin, a.size() - m.begin),
           after(joined.data() + second_at, m.end - second_at);
       const auto has_separator = [&](std::string_view part) {

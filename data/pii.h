@@ -162,7 +162,11 @@ std::string scrub_pii(std::string_view text, PiiCounts& counts);
 //     1234567, 계좌번호|110 123 456789) becomes its placeholder there. A line that merely contains a
 //     label word (송금액, 이체 한도, 단위: KB) is a table cell or heading too often to name the next.
 //   - an e-mail address broken directly: `first`'s last word holds its '@' (hong.gildong@|naver.com,
-//     hong@naver.|com) or `second` starts with it (hong.gildong|@naver.com); as a number is.
+//     kim@korea.ac.|kr) or `second` starts with it after a name that is no plain word
+//     (hong.gildong|@naver.com); the address must end in a common top-level domain or be a
+//     provider's name, and not before a capitalised word (admin@localhost.|It stays); as a number is;
+//   - a name broken after '-' or '_' whose address `second` scrubbed alone (debian-|[EMAIL]): the
+//     name's first part is removed.
 // The rest of `second` (and `first`, after a match across) is then scrubbed again, as what followed
 // (or led up to it) may now stand alone. Returns whether
 // it replaced one (all counted in `counts`). Idempotent on its result. Not handled: a break after

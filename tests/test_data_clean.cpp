@@ -776,14 +776,29 @@ TEST_CASE("pii: a number broken across two lines is scrubbed across the break") 
   }
   {
     // The first line is scrubbed again as well: its digits before the address (their tail gone into
-    // it) are the account their label names. (Found by the cleaner's idempotence property below.)
-    std::string first = "점계좌번호 41113333 01 2345678", second = "@회사.한국, ";
+    // it) are the account their label names. (Found by the cleaner's idempotence property below, with
+    // "@회사.한국": a Korean domain glued across a break is now left alone.)
+    std::string first = "점계좌번호 41113333 01 2345678", second = "@naver.com, ";
     PiiCounts counts;
     CHECK(scrub_pii_across(first, second, counts));
     CHECK(first == "점계좌번호 [ACCOUNT] [EMAIL]");
     CHECK(second == ", ");
     CHECK(counts.email == 1);
     CHECK(counts.account == 1);
+  }
+  {
+    // A name broken after a '-' whose address the second line scrubbed alone ("debian-" |
+    // "boot@lists.debian.org", as wrappers break after hyphens): its first part goes too.
+    std::string first = "메일링 리스트(debian-", second = "[EMAIL]) 로 알리십시오";
+    PiiCounts counts;
+    CHECK(scrub_pii_across(first, second, counts));
+    CHECK(first == "메일링 리스트(");
+    CHECK(second == "[EMAIL]) 로 알리십시오");
+    CHECK(counts.total() == 0);  // (counted when the second line was scrubbed)
+    CHECK_FALSE(scrub_pii_across(first, second, counts));
+    std::string word = "pre-", rest = "training 은";  // no address: a hyphenated word stays
+    CHECK_FALSE(scrub_pii_across(word, rest, counts));
+    CHECK(word == "pre-");
   }
   // Left alone: numbers that only read as PII joined, nothing across the break, and edges that
   // cut no number.
@@ -822,6 +837,14 @@ TEST_CASE("pii: a number broken across two lines is scrubbed across the break") 
       {"hong.gil", "dong 입니다"},
       {"이메일.", "@ 기호"},
       {"문의 hong", "@ 로"},
+      // Prose and code glued across a break into no address a wrap would break: a capitalised word,
+      // no common top-level domain, a plain word before a line starting with '@'.
+      {"Log in as admin@localhost.", "It will ask for a password."},
+      {"Connect as postgres@localhost.", "Then create the database."},
+      {"    @property", "@abc.abstractmethod"},
+      {"import pytest", "@pytest.mark.parametrize(\"x\", [1])"},
+      {"Sign up with your", "@gmail.com address."},
+      {"npm install react@18.2.", "Then restart."},
       {"", "010"},
       {"010", ""},
   };
@@ -908,18 +931,21 @@ TEST_CASE("clean: a number wrapped across a document's lines is scrubbed, and cl
 }
 
 TEST_CASE("clean --join-wrapped-lines: a paragraph hard-wrapped at a fixed width is one line again") {
-  CHECK(ends_sentence("목적으로 한다."));
-  CHECK(ends_sentence("끝났다!"));
-  CHECK(ends_sentence("그럴까?"));
-  CHECK(ends_sentence("그는 \"간다.\""));
-  CHECK(ends_sentence("(참조.)"));
-  CHECK(ends_sentence("「끝。」"));
-  CHECK(ends_sentence("그리고…"));
-  CHECK_FALSE(ends_sentence("이 법은 국민의"));
-  CHECK_FALSE(ends_sentence("제1조(목적)"));
-  CHECK_FALSE(ends_sentence("연락처 010-1234-"));
-  CHECK_FALSE(ends_sentence(""));
-  CHECK_FALSE(ends_sentence("\""));
+  CHECK(sentence_ends_between("목적으로 한다.", "다음 조항"));
+  CHECK(sentence_ends_between("끝났다!", "그리고"));
+  CHECK(sentence_ends_between("그는 \"간다.\"", "그리고 떠났다."));
+  CHECK(sentence_ends_between("「끝。」", "다음"));
+  CHECK(sentence_ends_between("Really?", "Yes."));
+  CHECK_FALSE(sentence_ends_between("이 법은 국민의", "권리를"));
+  CHECK_FALSE(sentence_ends_between("제1조(목적)", "이 법은"));
+  CHECK_FALSE(sentence_ends_between("연락처 010-1234-", "5678로"));
+  CHECK_FALSE(sentence_ends_between("셀프(Karsten M.", "Self)에 저작권이"));  // an initial
+  CHECK_FALSE(sentence_ends_between("그는 \"왜?\"", "라고 물었다."));         // a quotative particle
+  CHECK_FALSE(sentence_ends_between("그런데...", "왜 그랬을까"));             // an ellipsis goes on
+  CHECK_FALSE(sentence_ends_between("시행일은 2024.", "1. 15.이다."));        // a dotted date
+  CHECK_FALSE(sentence_ends_between("", "다음"));
+  // Only 256 bytes of each side are looked at, cut between characters.
+  CHECK(sentence_ends_between(std::string(300, 'a') + " 한국어 문장이 끝났다.", "다음 " + std::string(300, 'b')));
   std::string paragraph;
   join_wrapped_line(paragraph, "이 법은");
   CHECK(paragraph == "이 법은");
@@ -928,6 +954,9 @@ TEST_CASE("clean --join-wrapped-lines: a paragraph hard-wrapped at a fixed width
   paragraph = "pre-";
   join_wrapped_line(paragraph, "training");
   CHECK(paragraph == "pre-training");  // a hyphen after a letter: the word goes on
+  paragraph = "정보-";
+  join_wrapped_line(paragraph, "통신");
+  CHECK(paragraph == "정보-통신");
   paragraph = "A -";
   join_wrapped_line(paragraph, "B");
   CHECK(paragraph == "A - B");  // a dash after a space is punctuation
@@ -940,8 +969,8 @@ TEST_CASE("clean --join-wrapped-lines: a paragraph hard-wrapped at a fixed width
                       "문의하십시오.\n끝맺지 않은 마지막 줄\n",
                       out) == 3);
   CHECK(out ==
-        "제1조(목적) 이 법은 국민의 권리와 의무를 정함을 목적으로 한다.\n연락처 [PHONE]로 문의하십시오.\n끝맺지 않은 "
-        "마지막 줄");
+        "제1조(목적) 이 법은 국민의 권리와 의무를 정함을 목적으로 한다.\n연락처 [PHONE] 로 문의하십시오.\n끝맺지 않은 "
+        "마지막 줄");  // (scrubbed across the break first, as without the option, then joined)
   CHECK(cleaner.pii().phone == 1);
   // With --split-sentences the joined paragraph is split.
   CleanOptions split = options;
@@ -975,7 +1004,7 @@ TEST_CASE("clean --join-wrapped-lines: a paragraph hard-wrapped at a fixed width
   std::vector<std::string_view> valid_pieces;
   for (const std::string_view piece : kPiiPieces)
     if (utf8_valid(piece)) valid_pieces.push_back(piece);
-  const std::string_view ends[] = {".", "!", "?", "다.", "\"", "", "", "", "-", " "};
+  const std::string_view ends[] = {".", "!", "?", "다.", "\"", "", "", "", "-", " ", " M.", "?\" 라고"};
   uint64_t state = 5;
   auto next = [&] {
     state = state * 6364136223846793005ull + 1442695040888963407ull;
@@ -997,10 +1026,14 @@ TEST_CASE("clean --join-wrapped-lines: a paragraph hard-wrapped at a fixed width
     REQUIRE(out_lines <= plain_lines);
     joined += plain_lines - out_lines;
     REQUIRE(cleaned.find("\n\n") == std::string::npos);
+    // Each line ends a sentence before the next, as the splitter sees them (unless the paragraph's
+    // second scrub changed them: then a placeholder is in one).
     for (size_t b = 0, e; (e = cleaned.find('\n', b)) != std::string::npos; b = e + 1) {
-      const std::string_view line(cleaned.data() + b, e - b);
-      // (A scrub across the break may have replaced the line's end by a placeholder.)
-      REQUIRE((ends_sentence(line) || line.ends_with("]")));
+      const size_t after = cleaned.find('\n', e + 1);
+      const std::string_view line(cleaned.data() + b, e - b),
+          next_line(cleaned.data() + e + 1, (after == std::string::npos ? cleaned.size() : after) - e - 1);
+      REQUIRE((sentence_ends_between(line, next_line) || line.find('[') != std::string_view::npos ||
+               next_line.find('[') != std::string_view::npos));
     }
     if (once.pii().total() != 0) continue;  // a scrub may have moved a line's end
     twice.clean(cleaned + "\n", recleaned);
