@@ -226,7 +226,7 @@ bool is_blank_line(std::string_view line) {
 }
 
 bool sentence_ends_between(std::string_view before, std::string_view after) {
-  constexpr size_t kContext = 256;
+  constexpr size_t kContext = 64;  // the splitter decides from the words around the junction
   const auto continuation = [](char c) { return (static_cast<unsigned char>(c) & 0xC0) == 0x80; };
   size_t from = before.size() > kContext ? before.size() - kContext : 0;
   while (from < before.size() && continuation(before[from])) ++from;

@@ -65,7 +65,7 @@ void normalize_line(std::string_view line, std::string& out);
 bool is_blank_line(std::string_view line);
 
 // Whether the sentence splitter (data/sentence_splitter.h) ends a sentence between `before`, a
-// paragraph's end, and `after`, the next line (each normalised; up to 256 bytes of each are looked at):
+// paragraph's end, and `after`, the next line (each normalised; up to 64 bytes of each are looked at):
 // "한다." | "다음" does, "Karsten M." | "Self" (an initial), "왜?" | "라고 물었다" and "이 법은" | "국민의" do not.
 bool sentence_ends_between(std::string_view before, std::string_view after);
 // --join-wrapped-lines: appends the normalised `line` to `paragraph`, the line before it of the same

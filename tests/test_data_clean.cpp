@@ -944,8 +944,10 @@ TEST_CASE("clean --join-wrapped-lines: a paragraph hard-wrapped at a fixed width
   CHECK_FALSE(sentence_ends_between("그런데...", "왜 그랬을까"));             // an ellipsis goes on
   CHECK_FALSE(sentence_ends_between("시행일은 2024.", "1. 15.이다."));        // a dotted date
   CHECK_FALSE(sentence_ends_between("", "다음"));
-  // Only 256 bytes of each side are looked at, cut between characters.
+  // Only 64 bytes of each side are looked at, cut between characters.
   CHECK(sentence_ends_between(std::string(300, 'a') + " 한국어 문장이 끝났다.", "다음 " + std::string(300, 'b')));
+  CHECK(sentence_ends_between("가" + std::string(100, 'a') + "나다라마바사아자차카타파하 끝났다.",
+                              "다음"));  // a cut inside a character is moved
   std::string paragraph;
   join_wrapped_line(paragraph, "이 법은");
   CHECK(paragraph == "이 법은");
