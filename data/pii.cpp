@@ -1584,7 +1584,7 @@ bool scrub_pii_across(std::string& first, std::string& second, PiiCounts& counts
           (m.type == PiiType::kIp || !has_separator(before) || !has_separator(after)))
         break;
       first.replace(tail + m.begin, std::string::npos, pii_placeholder(m.type));
-      // What led up to the match may now stand alone too ("계좌번호 41113333 01 2345678|@회사.한국": the
+      // What led up to the match may now stand alone too ("계좌번호 41113333 01 2345678|@naver.com": the
       // digits before the address, their tail gone into it, read as the account they are labelled).
       if (std::string rest; scrub_pii(first, rest, counts) > 0) first.swap(rest);
       second.erase(0, m.end - second_at);
