@@ -72,12 +72,21 @@ std::string unsupported_added_token(const TokenizerConfig::AddedToken& added) {
   throw Error(path + ": " + field + ": " + what);
 }
 
+// A JSON value for a message: its first 40 bytes or so, cut between characters, "..." when cut.
+std::string excerpt(const Json& v) {
+  std::string text = v.dump();
+  if (text.size() <= 40) return text;
+  size_t cut = 40;
+  while (cut > 0 && (static_cast<unsigned char>(text[cut]) & 0xC0) == 0x80) --cut;
+  return text.substr(0, cut) + "...";
+}
+
 // tokenizer.json's "added_tokens", as written: {"id": N, "content": "...", flags...} entries, in order.
 std::vector<TokenizerConfig::AddedToken> json_added_tokens(const Json& root, const std::string& path) {
   std::vector<TokenizerConfig::AddedToken> out;
   const Json* added = root.find("added_tokens");
   if (!added) return out;
-  if (!added->is_array()) fail_field(path, "added_tokens", added->dump().substr(0, 40) + ": expected an array");
+  if (!added->is_array()) fail_field(path, "added_tokens", excerpt(*added) + ": expected an array");
   for (const Json& entry : added->as_array()) {
     if (!entry.is_object() || !entry.find("content") || !entry.find("content")->is_string() || !entry.find("id") ||
         !entry.find("id")->is_number())
@@ -106,7 +115,7 @@ FastTokenizerFile read_tokenizer_json(const std::string& path, TokenizerConfig& 
   const auto type_of = [&](const char* field) -> std::string {
     const Json* v = root.find(field);
     if (!v || v->is_null()) return "null";
-    if (!v->is_object()) fail(field, v->dump().substr(0, 40) + ": expected an object with a \"type\"");
+    if (!v->is_object()) fail(field, excerpt(*v) + ": expected an object with a \"type\"");
     const Json* t = v->find("type");
     if (!t || t->is_null())
       fail(std::string(field) + ".type",
@@ -142,26 +151,26 @@ FastTokenizerFile read_tokenizer_json(const std::string& path, TokenizerConfig& 
       if (v.is_string() && v.as_string() == name) return;
     std::string list;
     for (const char* name : names) list += (list.empty() ? "" : ", ") + std::string(name);
-    fail(where + "." + key, v.dump().substr(0, 40) + ": expected one of " + list);
+    fail(where + "." + key, excerpt(v) + ": expected one of " + list);
   };
   const auto count = [&](const Json& v, const std::string& field, double max) {
     if (!(v.is_number() && v.as_number() >= 0 && v.as_number() <= max && v.as_number() == std::floor(v.as_number())))
-      fail(field, v.dump().substr(0, 40) + ": expected an integer from 0");
+      fail(field, excerpt(v) + ": expected an integer from 0");
   };
   if (const Json* t = root.find("truncation"); t && !t->is_null()) {
-    if (!t->is_object()) fail("truncation", t->dump().substr(0, 40) + ": expected an object or null");
+    if (!t->is_object()) fail("truncation", excerpt(*t) + ": expected an object or null");
     if (t->find("direction")) one_of(*t, "truncation", "direction", {"Left", "Right"});
     one_of(*t, "truncation", "strategy", {"LongestFirst", "OnlyFirst", "OnlySecond"});
     for (const char* key : {"max_length", "stride"})
       count(required(*t, "truncation", key), "truncation." + std::string(key), 18446744073709551615.0);
   }
   if (const Json* p = root.find("padding"); p && !p->is_null()) {
-    if (!p->is_object()) fail("padding", p->dump().substr(0, 40) + ": expected an object or null");
+    if (!p->is_object()) fail("padding", excerpt(*p) + ": expected an object or null");
     const Json& strategy = required(*p, "padding", "strategy");
     if (strategy.is_object() && strategy.as_object().size() == 1 && strategy.find("Fixed"))
       count(*strategy.find("Fixed"), "padding.strategy.Fixed", 18446744073709551615.0);
     else if (!(strategy.is_string() && strategy.as_string() == "BatchLongest"))
-      fail("padding.strategy", strategy.dump().substr(0, 40) + ": expected \"BatchLongest\" or {\"Fixed\": N}");
+      fail("padding.strategy", excerpt(strategy) + ": expected \"BatchLongest\" or {\"Fixed\": N}");
     one_of(*p, "padding", "direction", {"Left", "Right"});
     if (const Json* v = p->find("pad_to_multiple_of"); v && !v->is_null())
       count(*v, "padding.pad_to_multiple_of", 18446744073709551615.0);
