@@ -75,9 +75,7 @@ void json_escape(std::string& out, std::string_view s) {
   // (a path in bytes another locale wrote) is written with each invalid sequence as U+FFFD.
   std::string repaired;
   if (!utf8_valid(s)) {
-    std::u32string cps;
-    utf8_decode(s, cps);
-    repaired = utf8_encode(cps);
+    utf8_repair(s, repaired);
     s = repaired;
   }
   out.push_back('"');

@@ -72,6 +72,13 @@ std::string utf8_encode(std::u32string_view cps) {
   return out;
 }
 
+size_t utf8_repair(std::string_view in, std::string& out) {
+  std::u32string cps;
+  const size_t invalid = utf8_decode(in, cps);
+  out = utf8_encode(cps);
+  return invalid;
+}
+
 bool utf8_valid(std::string_view in) { return !utf8_first_invalid(in).has_value(); }
 
 // utf8_decode's rules without decoding: no allocation (the JSON reader checks every string it reads,

@@ -38,6 +38,10 @@ inline void utf8_append(std::string& out, char32_t cp) {
 
 std::string utf8_encode(std::u32string_view cps);
 
+// `in` with each maximal invalid subsequence replaced by U+FFFD (utf8_decode's rule), into `out`;
+// returns the number replaced.
+size_t utf8_repair(std::string_view in, std::string& out);
+
 // True if `in` is entirely valid UTF-8.
 bool utf8_valid(std::string_view in);
 // The byte offset of the first invalid sequence in `in`, or nullopt when it is all valid UTF-8.

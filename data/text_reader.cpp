@@ -178,9 +178,7 @@ bool LineReader::next(std::string_view& line) {
   ++line_number_;
   invalid_in_line_ = 0;
   if (utf8_valid_prefix(raw) != raw.size()) {
-    std::u32string cps;
-    invalid_in_line_ = utf8_decode(raw, cps);
-    fixed_ = utf8_encode(cps);
+    invalid_in_line_ = utf8_repair(raw, fixed_);
     ++invalid_lines_;
     raw = fixed_;
   }

@@ -416,11 +416,7 @@ TrainerState TrainerState::load(const std::string& path) {
   std::string text = read_file(path);
   // Written before JSON strings were kept UTF-8, a --config path in another locale's bytes sits in
   // config_path raw (used in messages only): read such a file with U+FFFD for those bytes.
-  if (!utf8_valid(text)) {
-    std::u32string cps;
-    utf8_decode(text, cps);
-    text = utf8_encode(cps);
-  }
+  if (std::string repaired; !utf8_valid(text) && utf8_repair(text, repaired) > 0) text.swap(repaired);
   return from_json(Json::parse(text, path), path);
 }
 
