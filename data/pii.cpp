@@ -1495,8 +1495,16 @@ bool scrub_pii_across(std::string& first, std::string& second, PiiCounts& counts
   const auto digit = [](char c) { return is_digit(static_cast<unsigned char>(c)); };
   const char last = first.back(), next = second.front();
   // A number broken by the wrap: the first line ends inside it, the second goes on with it.
-  const bool broken = (digit(last) || last == '-' || last == '*') && (digit(next) || next == '*' || next == '-') &&
-                      !(last == '-' && next == '-');
+  // Or the first line ends with a parenthesised area code, "(02)" | "123-4567" (a wrap at its space).
+  const auto area_code_ends = [&] {
+    const size_t open = first.rfind('(');
+    if (open == std::string::npos || first.size() - open < 4 || first.size() - open > 6 || first[open + 1] != '0')
+      return false;
+    return std::all_of(first.begin() + static_cast<std::ptrdiff_t>(open) + 1, first.end() - 1, digit);
+  };
+  const bool broken = ((digit(last) || last == '-' || last == '*') && (digit(next) || next == '*' || next == '-') &&
+                       !(last == '-' && next == '-')) ||
+                      (last == ')' && digit(next) && area_code_ends());
   // A number at the start of the second line named by a label that ends the first line: it ends
   // with ':' or a label noun (주민등록번호:, 계좌번호, 입금 계좌). Lines that merely contain a label
   // word (송금액, 이체 한도, created account, 단위: KB) are table cells and headings far more often.
@@ -1553,8 +1561,9 @@ bool scrub_pii_across(std::string& first, std::string& second, PiiCounts& counts
     if (scrub_pii(second, rest, counts) > 0) second.swap(rest);
   };
   // The break stood for nothing (010-1234-|5678, a wrap inside a token) or for a space (010 1234|5678).
-  // Between two digits only a match with a separator on both sides of the break is taken as one
-  // number glued back: "201231|1500000" is a date and an amount, not 13 digits of an RRN.
+  // Between two digits only a match with a separator before the break is taken as one number glued
+  // back (and both sides, but for a few kinds): "201231|1500000" is a date and an amount, not 13
+  // digits of an RRN.
   for (const std::string_view separator : {std::string_view(), std::string_view(" ")}) {
     if (separator.empty() && !broken && !email_broken) continue;
     std::string joined;
@@ -1579,9 +1588,14 @@ bool scrub_pii_across(std::string& first, std::string& second, PiiCounts& counts
         return std::any_of(part.begin(), part.end(), [&](char c) { return !digit(c); });
       };
       // Glued between a digit and a digit or dash: a separator on both sides of the break, and not an
-      // address ("3.2.1|4.5" are section numbers, "1644|-1320" two amounts).
+      // address ("3.2.1|4.5" are section numbers, "1644|-1320" two amounts, "201231|1500000" a date and
+      // an amount). A wrap at a space glues two numbers ("2003-02-27 | 212원"), so only the numbers of
+      // a fixed layout, whose check digits or prefixes a glued pair rarely passes, may be broken inside
+      // their last group with a separator before the break alone ("010-1234-56|78", "900101-12|34567",
+      // a wrap at a fixed width as `fold` makes); an account's free digit groups may not.
+      const bool fixed_layout = m.type == PiiType::kRrn || m.type == PiiType::kPhone || m.type == PiiType::kCard;
       if (separator.empty() && digit(last) && (digit(next) || next == '-') &&
-          (m.type == PiiType::kIp || !has_separator(before) || !has_separator(after)))
+          (m.type == PiiType::kIp || !has_separator(before) || (!fixed_layout && !has_separator(after))))
         break;
       first.replace(tail + m.begin, std::string::npos, pii_placeholder(m.type));
       // What led up to the match may now stand alone too ("계좌번호 41113333 01 2345678|@naver.com": the

@@ -152,9 +152,12 @@ std::string scrub_pii(std::string_view text, PiiCounts& counts);
 // mail): `first` and `second` are consecutive lines, each already scrubbed. The last 64 bytes of one
 // and the first 64 of the other are scanned joined:
 //   - where `first` ends with a digit, '-' or '*' and `second` starts with one (not '-' on both
-//     sides), directly (010-1234-|5678, 010-12|34-5678, 010-1234|-5678; after a digit only a match
-//     with a separator on both sides of the break, and no address: "201231|1500000" stays a date
-//     and an amount, "1644|-1320" two amounts, "3.2.1|4.5" section numbers) or else by a space
+//     sides), or `first` ends with an area code "(0N)"/"(0NN)" and `second` starts with a digit,
+//     directly (010-1234-|5678, 010-12|34-5678, 010-1234|-5678, (02)|123-4567; after a digit only a
+//     match with a separator on both sides of the break, or before it for an RRN, phone or card
+//     (010-1234-56|78, 900101-12|34567), and no address: "201231|1500000" stays a date and an
+//     amount, "2003-02-27|212" a date and an amount, "1644|-1320" two amounts, "3.2.1|4.5" section
+//     numbers) or else by a space
 //     (010 1234|5678): a match across the break becomes its placeholder at the end of `first`, and
 //     its part of `second` is removed with the spaces after it (the line may end empty);
 //   - where `second` starts with a digit and `first` ends with ':' or a label noun (번호, 계좌), by a
@@ -170,8 +173,9 @@ std::string scrub_pii(std::string_view text, PiiCounts& counts);
 // The rest of `second` (and `first`, after a match across) is then scrubbed again, as what followed
 // (or led up to it) may now stand alone. Returns whether
 // it replaced one (all counted in `counts`). Idempotent on its result. Not handled: a break after
-// '.' (12.5.|2.1 reads as an address), inside "(02)", a Hangul digit word, an e-mail address broken
-// before its '@' (hong.gil|dong@naver.com reads as a word and an address, which `second` scrubbed
+// '.' (12.5.|2.1 reads as an address), an account broken inside its last group (110-123-45|6789:
+// a wrap at a space glues numbers into accounts), inside an area code ("(0" | "2)"), a Hangul digit word, an e-mail
+// address broken before its '@' (hong.gil|dong@naver.com reads as a word and an address, which `second` scrubbed
 // alone), and numbers over three lines.
 bool scrub_pii_across(std::string& first, std::string& second, PiiCounts& counts);
 

@@ -731,6 +731,13 @@ TEST_CASE("pii: a number broken across two lines is scrubbed across the break") 
       {"카드 4111 1111", "1111 1111 로 결제", "카드 [CARD]", "로 결제", PiiType::kCard},
       {"마스킹 900101-1", "****** 입니다", "마스킹 [RRN]", "입니다", PiiType::kRrn},
       {"연락처 010-1234", "-5678", "연락처 [PHONE]", "", PiiType::kPhone},  // the dash on the second line
+      // Inside the last group (a wrap at a fixed width, as `fold` makes): the groups before are whole.
+      {"연락처 010-1234-56", "78 입니다", "연락처 [PHONE]", "입니다", PiiType::kPhone},
+      {"주민번호 900101-12", "34567 입니다", "주민번호 [RRN]", "입니다", PiiType::kRrn},
+      {"카드 4111-1111-1111-11", "11 결제", "카드 [CARD]", "결제", PiiType::kCard},
+      // A parenthesised area code ends the first line.
+      {"전화 (02)", "123-4567 입니다", "전화 [PHONE]", "입니다", PiiType::kPhone},
+      {"대표 (031)", "1234-5678", "대표 [PHONE]", "", PiiType::kPhone},
       // Not glued (no separator before the break) but read with a space, as on one line.
       {"주민번호 900101", "-1234567 입니다", "주민번호 [RRN]", "입니다", PiiType::kRrn},
       // The label ends the first line, the number starts the second.
@@ -829,7 +836,12 @@ TEST_CASE("pii: a number broken across two lines is scrubbed across the break") 
       {"버전 1.2", "3.4 출시"},          // a version label
       {"페이지 12", "34쪽"},
       {"abc", "1234 입니다"},     // no label at the end of the first, nothing broken
-      {"010-1234-", "오육칠팔"},  // the second does not start with a digit
+      {"(02)", "2023년"},         // an area code alone, then a year
+      {"그림 (12)", "123-4567"},  // not an area code
+      {"(2020)", "123-4567"},
+      {"그림 비율 2003-02-27", "212원"},  // a wrap at a space glues a date and an amount into no account
+      {"계좌 110-123-45", "6789 입금"},   // (so an account broken inside its last group is missed)
+      {"010-1234-", "오육칠팔"},          // the second does not start with a digit
       // E-mail-like words that join into no address, or an address whole on one line.
       {"follow @bertforge", "team.com"},  // no local part before the '@'
       {"me@home", "tonight"},
