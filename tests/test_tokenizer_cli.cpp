@@ -517,6 +517,63 @@ TEST_CASE("added tokens that are not special: matched as their flags say, not sp
 
 // tokenizer.json as BertWordPieceTokenizer.save writes it (the conformance test compares the ids with
 // BertTokenizerFast's on such directories); here, what is refused and how.
+TEST_CASE("added_tokens.json: transformers' legacy added tokens, read without added_tokens_decoder") {
+  const std::string dir = test_dir() + "/added_legacy";
+  std::filesystem::remove_all(dir);
+  make_directories(dir);
+  write_file_atomic(dir + "/vocab.txt", "[PAD]\n[UNK]\n[CLS]\n[SEP]\n[MASK]\na\nb\n##a\n##b\nab\nx\n##x\n");
+  // As the added_tokens_decoder entries of the test above: a token no special token field names is
+  // normalised and not special; one they name (as a string) is special. BertTokenizerFast's ids.
+  write_file_atomic(dir + "/tokenizer_config.json", R"({"do_lower_case": true, "mask_token": "[MASK]"})");
+  write_file_atomic(dir + "/added_tokens.json", R"({"Xa": 12, "ab": 9, "[MASK]": 4})");
+  const auto ids = [](const Tokenizer& t, const std::string& text) {
+    std::vector<int32_t> out;
+    EncodeScratch scratch;
+    t.encode(text, out, scratch);
+    return out;
+  };
+  {
+    const Tokenizer tokenizer = Tokenizer::from_dir(dir);
+    REQUIRE(tokenizer.vocab().size() == 13);
+    CHECK(tokenizer.vocab().token(12) == "Xa");
+    CHECK(ids(tokenizer, "bbab") == std::vector<int32_t>{6, 8, 9});
+    CHECK(ids(tokenizer, "XAb xa") == std::vector<int32_t>{12, 6, 12});
+    CHECK(ids(tokenizer, "[MASK]ab [mask]") == std::vector<int32_t>{4, 9, 1, 1, 1});
+    const std::vector<std::string> specials = tokenizer.config().special_tokens();
+    CHECK(std::find(specials.begin(), specials.end(), "Xa") == specials.end());
+  }
+  // With added_tokens_decoder (even empty) transformers does not read the file.
+  write_file_atomic(dir + "/tokenizer_config.json", R"({"do_lower_case": true, "added_tokens_decoder": {}})");
+  CHECK(Tokenizer::from_dir(dir).vocab().size() == 12);
+  write_file_atomic(dir + "/tokenizer_config.json", R"({"do_lower_case": true, "mask_token": "[MASK]"})");
+  const auto refusal = [&](const std::string& legacy) {
+    write_file_atomic(dir + "/added_tokens.json", legacy);
+    try {
+      (void)Tokenizer::from_dir(dir);
+    } catch (const Error& e) {
+      return std::string(e.what());
+    }
+    return std::string("(loaded)");
+  };
+  CHECK(refusal("[]") == dir + "/added_tokens.json: expected a JSON object {\"token\": id, ...}");
+  CHECK(refusal(R"({"Xa": "12"})") == dir + "/added_tokens.json: \"Xa\": \"12\": expected a token id");
+  CHECK(refusal(R"({"Xa": -1})") == dir + "/added_tokens.json: \"Xa\": -1: expected a token id");
+  CHECK(refusal(R"({"Xa": 13})") ==
+        dir + "/added_tokens.json: id 13 'Xa': not in vocab.txt, nor the next id after it (12)");
+  CHECK(refusal(R"({"ab": 4})") == dir + "/added_tokens.json: id 4 'ab': vocab.txt has it as id 9");
+  // [PAD] is a special token by default only: transformers' legacy path adds it as a normalised one
+  // too, which matches "[pad]" in lowercased text.
+  CHECK_THAT(refusal(R"({"[PAD]": 0})"),
+             Catch::StartsWith(dir + "/added_tokens.json: '[PAD]' is a special token that transformers' legacy "
+                                     "path reads as a normalised added token here"));
+  // So is one tokenizer_config.json names as an AddedToken object; special_tokens_map.json names it.
+  write_file_atomic(dir + "/tokenizer_config.json",
+                    R"({"mask_token": {"__type": "AddedToken", "content": "[MASK]", "special": true}})");
+  CHECK_THAT(refusal(R"({"[MASK]": 4})"), Catch::Contains("'[MASK]' is a special token"));
+  write_file_atomic(dir + "/special_tokens_map.json", R"({"mask_token": {"content": "[MASK]"}})");
+  CHECK(refusal(R"({"[MASK]": 4})") == "(loaded)");
+}
+
 TEST_CASE("tokenizer.json: read instead of vocab.txt, checked against it, BERT's pipeline or a clear refusal") {
   const std::string dir = test_dir() + "/tokenizer_json";
   std::filesystem::remove_all(dir);
@@ -782,6 +839,12 @@ TEST_CASE("train --extend: a pretrained vocabulary with the pieces a domain corp
             "/stale/tokenizer.json exists, and transformers would read it instead of the vocab.txt written here; "
             "remove it or choose another --out");
   CHECK(error({"--out", dir + "/stale"}).find("/stale/tokenizer.json exists") != std::string::npos);  // plain too
+  std::filesystem::remove(dir + "/stale/tokenizer.json");
+  write_file_atomic(dir + "/stale/added_tokens.json", "{}");
+  CHECK(error({"--out", dir + "/stale"}) ==
+        "bert_tokenizer train: " + dir +
+            "/stale/added_tokens.json exists, and transformers would add its tokens to the vocabulary written here; "
+            "remove it or choose another --out");
   // A vocabulary whose [MASK] the tokenizer appends after the pieces: new pieces would take its id.
   make_directories(dir + "/nomask");
   std::string text = read_file(dir + "/base/vocab.txt");

@@ -147,6 +147,11 @@ int tokenizer_train_command(const std::vector<std::string>& argv, std::ostream& 
     throw Error("bert_tokenizer train: " + out_dir +
                 "/tokenizer.json exists, and transformers would read it instead "
                 "of the vocab.txt written here; remove it or choose another --out");
+  // So would an added_tokens.json (transformers' legacy added tokens) be read beside it.
+  if (file_exists(out_dir + "/added_tokens.json"))
+    throw Error("bert_tokenizer train: " + out_dir +
+                "/added_tokens.json exists, and transformers would add its tokens to the vocabulary written "
+                "here; remove it or choose another --out");
   const bool quiet = args.has("--quiet");
   const auto t0 = std::chrono::steady_clock::now();
 

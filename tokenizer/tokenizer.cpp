@@ -92,6 +92,7 @@ std::vector<TokenizerConfig::AddedToken> json_added_tokens(const Json& root, con
         !entry.find("id")->is_number())
       fail_field(path, "added_tokens", "expected {\"id\": N, \"content\": \"...\", ...} entries");
     TokenizerConfig::AddedToken token;
+    token.source = TokenizerConfig::kJsonSource;
     token.content = entry.find("content")->as_string();
     token.id = entry.find("id")->as_int();
     const auto flag = [&](const char* name) {
@@ -352,9 +353,17 @@ TokenizerConfig TokenizerConfig::load(const std::string& dir) {
     if (!v->is_bool()) throw Error(path + ": field '" + key + "' must be true, false or null");
     return v->as_bool();
   };
+  // The special token fields transformers' legacy path sees when it reads added_tokens.json (below):
+  // set in special_tokens_map.json, or in tokenizer_config.json as a string (its AddedToken objects
+  // are still dicts then, whose str() names no token), not left to a default.
+  std::vector<const std::string*> named;
   auto get_token = [&](const Json& from, const std::string& from_path, const char* key, std::string& dst) {
     const Json* v = from.find(key);
-    if (v && !v->is_null()) dst = token_text(*v, from_path, key);
+    if (v && !v->is_null()) {
+      dst = token_text(*v, from_path, key);
+      std::erase(named, &dst);
+      if (&from != &j || v->is_string()) named.push_back(&dst);
+    }
   };
   // Without the file, BertTokenizer's defaults: lowercase, accents stripped, Chinese characters split.
   c.normalizer.lowercase = get_bool("do_lower_case", true);
@@ -427,6 +436,36 @@ TokenizerConfig TokenizerConfig::load(const std::string& dir) {
             c.additional_special_tokens.end())
           c.additional_special_tokens.push_back(token);
       }
+  }
+  // The same legacy path reads added_tokens.json ({"token": id}) as added_tokens_decoder: a token a
+  // special token field names (as above) is special (not normalised), any other is normalised. A
+  // special token it then misses becomes a normalised added token besides (tokenizers keeps both
+  // patterns: "[mask]" in lowercased text matches [MASK]): refused by name.
+  const std::string legacy_path = dir + "/added_tokens.json";
+  if (!j.find("added_tokens_decoder") && file_exists(legacy_path)) {
+    const Json legacy = Json::parse(read_file(legacy_path), legacy_path);
+    if (!legacy.is_object()) throw Error(legacy_path + ": expected a JSON object {\"token\": id, ...}");
+    for (const auto& [content, id] : legacy.as_object()) {
+      if (!id.is_number() || id.as_number() < 0 || id.as_number() != std::floor(id.as_number()) ||
+          id.as_number() > 2147483647.0)
+        throw Error(legacy_path + ": \"" + content + "\": " + id.dump() + ": expected a token id");
+      AddedToken added;
+      added.source = kLegacySource;
+      added.id = id.as_int();
+      added.content = content;
+      added.special = std::find(c.additional_special_tokens.begin(), c.additional_special_tokens.end(), content) !=
+                          c.additional_special_tokens.end() ||
+                      std::any_of(named.begin(), named.end(), [&](const std::string* t) { return *t == content; });
+      added.normalized = !added.special;
+      const std::vector<std::string> specials = c.special_tokens();
+      if (!added.special && std::find(specials.begin(), specials.end(), content) != specials.end())
+        throw Error(legacy_path + ": '" + content +
+                    "' is a special token that transformers' legacy path reads as a normalised added token "
+                    "here (it names special tokens by tokenizer_config.json's strings and special_tokens_map.json, "
+                    "not by defaults or AddedToken objects), and tokenizers then matches it in normalised text too; "
+                    "name it as a string in tokenizer_config.json or special_tokens_map.json, or remove it here");
+      c.added_tokens.push_back(std::move(added));
+    }
   }
   return c;
 }
@@ -535,8 +574,6 @@ Tokenizer Tokenizer::from_dir(const std::string& dir_arg) {
   Vocab vocab;
   size_t pieces = 0;  // the ids WordPiece may use: vocab.txt's, or tokenizer.json's model's
   std::optional<NormalizerOptions> json_normalizer;  // tokenizer.json's own, when it is read
-  std::string added_source = "/tokenizer_config.json: added_tokens_decoder";
-  std::vector<int64_t> json_only_ids;  // added tokens tokenizer.json lists and added_tokens_decoder does not
   if (use_json) {
     FastTokenizerFile fast = read_tokenizer_json(json_path, config);
     if (file_exists(txt_path)) {
@@ -557,13 +594,15 @@ Tokenizer Tokenizer::from_dir(const std::string& dir_arg) {
     json_normalizer = fast.normalizer;
     vocab = Vocab(std::move(fast.tokens));
     // Its added tokens, with their flags, beside added_tokens_decoder's: one token's two entries must
-    // agree on how it is matched.
+    // agree on how it is matched. (transformers' legacy path lets tokenizer.json's replace
+    // added_tokens.json's at the same id.)
     for (TokenizerConfig::AddedToken& added : fast.added) {
       const auto same = std::find_if(config.added_tokens.begin(), config.added_tokens.end(),
                                      [&](const TokenizerConfig::AddedToken& t) { return t.id == added.id; });
       if (same == config.added_tokens.end()) {
-        json_only_ids.push_back(added.id);
         config.added_tokens.push_back(std::move(added));
+      } else if (same->source == TokenizerConfig::kLegacySource) {
+        *same = std::move(added);
       } else if (same->content != added.content || same->special != added.special ||
                  same->normalized != added.normalized) {
         const auto describe = [](const TokenizerConfig::AddedToken& t) {
@@ -579,10 +618,18 @@ Tokenizer Tokenizer::from_dir(const std::string& dir_arg) {
     vocab = Vocab::load(txt_path);
     pieces = vocab.size();
     // Built from vocab.txt beside a tokenizer.json: transformers' legacy path (no added_tokens_decoder
-    // in the config) still takes tokenizer.json's added tokens as if they were that field.
+    // in the config) still takes tokenizer.json's added tokens as if they were that field (replacing
+    // added_tokens.json's at the same id).
     if (has_json && !config.has_added_tokens_decoder) {
-      config.added_tokens = json_added_tokens(Json::parse(read_file(json_path), json_path), json_path);
-      added_source = "/tokenizer.json: added_tokens";
+      for (TokenizerConfig::AddedToken& added :
+           json_added_tokens(Json::parse(read_file(json_path), json_path), json_path)) {
+        const auto same = std::find_if(config.added_tokens.begin(), config.added_tokens.end(),
+                                       [&](const TokenizerConfig::AddedToken& t) { return t.id == added.id; });
+        if (same == config.added_tokens.end())
+          config.added_tokens.push_back(std::move(added));
+        else
+          *same = std::move(added);
+      }
     }
   }
   if (vocab.id(config.unk_token) < 0 || static_cast<size_t>(vocab.id(config.unk_token)) >= pieces)
@@ -606,9 +653,9 @@ Tokenizer Tokenizer::from_dir(const std::string& dir_arg) {
   const BertNormalizer normalizer(config.normalizer);
   // DIR/FILE: FIELD["id"], in the file that lists the token.
   const auto entry_of = [&](const TokenizerConfig::AddedToken& added) {
-    const bool json_only = std::find(json_only_ids.begin(), json_only_ids.end(), added.id) != json_only_ids.end();
-    return dir + (json_only ? std::string("/tokenizer.json: added_tokens") : added_source) + "[\"" +
-           std::to_string(added.id) + "\"]";
+    if (added.source == TokenizerConfig::kLegacySource)
+      return dir + "/" + added.source + ": id " + std::to_string(added.id);
+    return dir + "/" + added.source + "[\"" + std::to_string(added.id) + "\"]";
   };
   const TokenizerConfig::AddedToken* stripping = nullptr;
   const TokenizerConfig::AddedToken* spaced = nullptr;
@@ -658,8 +705,8 @@ Tokenizer Tokenizer::from_dir(const std::string& dir_arg) {
       spaced = spaced ? spaced : &added;
   }
   if (stripping && spaced)
-    throw Error(dir + added_source + ": '" + stripping->content + "' has " + (stripping->lstrip ? "lstrip" : "rstrip") +
-                " = true and '" + spaced->content +
+    throw Error(dir + "/" + stripping->source + ": '" + stripping->content + "' has " +
+                (stripping->lstrip ? "lstrip" : "rstrip") + " = true and '" + spaced->content +
                 "' holds whitespace as matched: how the two meet is not supported (set lstrip and rstrip to false; "
                 "they change no id otherwise)");
   for (const TokenizerConfig::AddedToken& added : config.added_tokens) {

@@ -33,14 +33,22 @@ struct TokenizerConfig {
   std::string bos_token, eos_token;  // BERT has none; a hand-made config may name them
   std::vector<std::string> additional_special_tokens;
   std::string continuing_subword_prefix = "##";
-  // tokenizer_config.json's added_tokens_decoder (transformers >= 4.34), as read: checked against
-  // vocab.txt by Tokenizer::from_dir, which registers its special ones as special tokens; after
-  // from_dir, also tokenizer.json's added tokens. The tokenizer matches each as its flags say.
+  // tokenizer_config.json's added_tokens_decoder (transformers >= 4.34), as read, or without that
+  // field added_tokens.json's tokens as transformers' legacy path makes them (special if a special
+  // token field names them, normalized otherwise): checked against vocab.txt by Tokenizer::from_dir,
+  // which registers the special ones as special tokens; after from_dir, also tokenizer.json's added
+  // tokens. The tokenizer matches each as its flags say.
   struct AddedToken {
     int64_t id = 0;
     std::string content;
     bool special = false, normalized = false, lstrip = false, rstrip = false, single_word = false;
+    // Where it was read (for messages): kDecoderSource, kJsonSource or kLegacySource.
+    const char* source = kDecoderSource;
   };
+  static constexpr const char* kDecoderSource = "tokenizer_config.json: added_tokens_decoder";
+  static constexpr const char* kJsonSource = "tokenizer.json: added_tokens";
+  // added_tokens.json {"token": id}: transformers' legacy file, read without added_tokens_decoder.
+  static constexpr const char* kLegacySource = "added_tokens.json";
   std::vector<AddedToken> added_tokens;
   bool has_added_tokens_decoder = false;  // the field is there (even empty: transformers' non-legacy path)
   // How transformers turns ids back into text: tokenizer.json's "decoder" (a vocab.txt tokenizer has

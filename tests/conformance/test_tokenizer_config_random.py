@@ -5,14 +5,16 @@ read by bert_tokenizer and by transformers' BertTokenizerFast.from_pretrained, i
 Each config draws do_lower_case, strip_accents and tokenize_chinese_chars (or leaves them to the
 defaults), special tokens as strings or AddedToken dicts (other contents, flags), bos_token,
 additional_special_tokens, added_tokens_decoder entries (ids inside and past vocab.txt, consistent or
-not) and model_max_length. Lines with case, accents, CJK, zero-width characters and special tokens
+not), sometimes an added_tokens.json ({"token": id}: transformers' legacy file, which it reads without
+added_tokens_decoder) and model_max_length. Lines with case, accents, CJK, zero-width characters and special tokens
 inside words are encoded with the specials added:
   - both read the directory: the same ids on every line;
   - transformers refuses it: so do we;
   - we refuse what transformers reads only for the reasons the README gives, by name: special tokens
     matched in normalised text (normalized = true) or as whole words (single_word), an
-    added_tokens_decoder that disagrees with vocab.txt (a token at another id, or an id leaving a
-    gap), and a [CLS] or [SEP] that vocab.txt lacks when the specials are added (a model could not
+    added_tokens_decoder or added_tokens.json that disagrees with vocab.txt (a token at another id,
+    or an id leaving a gap), a special token in added_tokens.json that transformers' legacy path does
+    not see as one (it then matches it in normalised text too), and a [CLS] or [SEP] that vocab.txt lacks when the specials are added (a model could not
     embed it).
 (tokenizer_config.json's clean_text, which BertTokenizerFast ignores and bert_tokenizer honours for
 its own tokenizers, is not drawn.) Prints PASS/FAIL lines; exits non-zero on any failure.
@@ -38,7 +40,8 @@ DOCUMENTED = ("has normalized = true: only tokens matched as written are support
               "a special token with normalized = true (matched in the normalised text) is not supported",
               "single_word = true (a match only as a whole word) is not supported",
               "vocab.txt has it as id", "not in vocab.txt, nor the next id after it",
-              "--add-special-tokens needs it", "--add-special-tokens needs them")
+              "--add-special-tokens needs it", "--add-special-tokens needs them",
+              "is a special token that transformers' legacy path reads as a normalised added token")
 
 
 def check(cond, msg):
@@ -103,7 +106,7 @@ def main():
     lines_path = os.path.join(args.work, "lines.txt")
     with open(lines_path, "w", encoding="utf-8") as f:
         f.write("\n".join(LINES) + "\n")
-    counts = {"same ids": 0, "both refuse": 0, "we refuse, documented": 0}
+    counts = {"same ids": 0, "both refuse": 0, "we refuse, documented": 0, "added_tokens.json read": 0}
     shown = 0
     for i in range(args.count):
         d = os.path.join(args.work, f"dir{i}")
@@ -117,6 +120,16 @@ def main():
         if r.random() < 0.2:
             with open(os.path.join(d, "special_tokens_map.json"), "w", encoding="utf-8") as f:
                 json.dump({"mask_token": r.choice(["[MASK]", "<x>", "mask"])}, f)
+        if r.random() < 0.3:  # read only without added_tokens_decoder (transformers' legacy path)
+            legacy = {}  # mostly consistent ids: vocab.txt's, or the next ones after it
+            for content in r.sample(["<x>", "[NEW]", "ab", "[PAD]", "[MASK]", "AB", "<s>", "zz", "mask"],
+                                    r.randint(1, 3)):
+                fresh = len(BASE_VOCAB) + sum(t not in BASE_VOCAB for t in legacy)
+                legacy[content] = (BASE_VOCAB.index(content) if content in BASE_VOCAB else fresh) \
+                    if r.random() < 0.8 else r.choice([0, 4, 9, len(BASE_VOCAB) + 2])
+            with open(os.path.join(d, "added_tokens.json"), "w", encoding="utf-8") as f:
+                json.dump(legacy, f)
+            cfg["(added_tokens.json)"] = legacy  # (shown with a failure; not in the file)
         try:
             theirs = BertTokenizerFast.from_pretrained(d)(LINES, add_special_tokens=True)["input_ids"]
         except Exception as e:  # whatever transformers raises for a directory it cannot read
@@ -124,6 +137,8 @@ def main():
         run = subprocess.run([args.bin, "encode", "--tokenizer", d, "--input", lines_path, "--add-special-tokens"],
                              capture_output=True, text=True)
         problem = None
+        legacy_file = os.path.exists(os.path.join(d, "added_tokens.json"))
+        counts["added_tokens.json read"] += legacy_file and "added_tokens_decoder" not in cfg and run.returncode == 0
         if run.returncode != 0:
             message = run.stderr.strip()
             if len(message.split("\n")) != 1 or not message.startswith("error: " + d):
@@ -152,7 +167,8 @@ def main():
                 print(f"FAIL dir{i} {json.dumps(cfg, ensure_ascii=False)[:400]}: {problem}", flush=True)
     check(not FAILURES, f"{args.count} random tokenizer directories: ours and BertTokenizerFast agree")
     print(f"  {counts}")
-    check(counts["same ids"] > args.count // 4 and counts["both refuse"] > 0, f"both read most: {counts}")
+    check(counts["same ids"] > args.count // 4 and counts["both refuse"] > 0 and
+          counts["added_tokens.json read"] > args.count // 20, f"both read most: {counts}")
     print(f"\n{'FAILED' if FAILURES else 'OK'}: {len(FAILURES)} failure(s)")
     sys.exit(1 if FAILURES else 0)
 
