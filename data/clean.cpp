@@ -305,6 +305,7 @@ size_t DocumentCleaner::clean(std::string_view lines, std::string& out) {
   // Each line is held until the next is scrubbed: a number the text's wrapping broke between them is
   // scrubbed across the break (scrub_pii_across), which may change both.
   previous_.clear();
+  tail_.clear();
   while (!lines.empty()) {
     const size_t nl = lines.find('\n');
     const std::string_view line = lines.substr(0, nl);
@@ -317,10 +318,33 @@ size_t DocumentCleaner::clean(std::string_view lines, std::string& out) {
       continue;
     }
     scrubbed_.clear();
-    scrub_pii(normalized_, scrubbed_, pii_);
-    scrub_pii_across(previous_, scrubbed_, pii_);
+    PiiMatch last{0, 0, PiiType::kRrn};
+    next_tail_.clear();
+    if (scrub_pii(normalized_, scrubbed_, pii_, &last) > 0 &&
+        (last.end == normalized_.size() ||
+         (last.end + 1 == normalized_.size() && (normalized_.back() == '.' || normalized_.back() == '-')))) {
+      next_tail_.raw.assign(normalized_, last.begin);
+      next_tail_.scrubbed.assign(pii_placeholder(last.type)).append(normalized_, last.end);
+      next_tail_.type = last.type;
+    }
+    if (!scrub_pii_across(previous_, scrubbed_, pii_) && !tail_.raw.empty() && previous_.ends_with(tail_.scrubbed)) {
+      // The held line's last match may be the first part of one across the break ("kim@korea.ac." alone
+      // is an address of .ac, "4111-1111-1111-11" an account): tried again with its raw text, it gives
+      // way to a match across, which takes its place and its count.
+      retry_first_.assign(previous_, 0, previous_.size() - tail_.scrubbed.size()).append(tail_.raw);
+      retry_second_ = scrubbed_;
+      PiiCounts across;
+      if (scrub_pii_across(retry_first_, retry_second_, across) && across.total() > 0 &&
+          !retry_first_.ends_with(tail_.raw)) {
+        previous_.swap(retry_first_);
+        scrubbed_.swap(retry_second_);
+        --pii_[tail_.type];
+        pii_ += across;
+      }
+    }
     if (!previous_.empty()) deliver(previous_);
     previous_.swap(scrubbed_);  // an empty rest of a line is dropped
+    std::swap(tail_, next_tail_);
   }
   if (!previous_.empty()) deliver(previous_);
   if (!joined_.empty()) let_go(joined_.size());

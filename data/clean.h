@@ -91,6 +91,14 @@ class DocumentCleaner {
   PiiCounts pii_;
   std::string normalized_, scrubbed_, previous_, joined_, paragraph_, rescrubbed_;
   std::vector<std::string_view> sentences_;
+  // A held line's last match when it ends the line (but for a '.' or '-'), which the next line may
+  // continue (kim@korea.ac.|kr, 4111-1111-1111-11|11): its raw text and what the scrub made of it.
+  struct Tail {
+    std::string raw, scrubbed;
+    PiiType type = PiiType::kRrn;
+    void clear() { raw.clear(), scrubbed.clear(); }
+  } tail_, next_tail_;
+  std::string retry_first_, retry_second_;
 };
 
 // Cleans `files` (already expanded; see expand_inputs) into `out_path`. Warnings (invalid UTF-8

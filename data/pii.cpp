@@ -502,6 +502,12 @@ bool table_row(const Text& t, const size_t* begins, const size_t* ends, int grou
 
 // ---- [CARD] -------------------------------------------------------------------------------
 
+size_t card_digits(const size_t* lens, int groups) {
+  size_t n = 0;
+  for (int k = 0; k < groups; ++k) n += lens[k];
+  return n;
+}
+
 bool card_layout(const size_t* lens, int groups) {
   if (groups == 4) return lens[0] == 4 && lens[1] == 4 && lens[2] == 4 && lens[3] == 4;
   if (groups == 5) return lens[0] == 4 && lens[1] == 4 && lens[2] == 4 && lens[3] == 4 && lens[4] == 3;
@@ -511,12 +517,41 @@ bool card_layout(const size_t* lens, int groups) {
 
 // A card word: 카드(번호), 신용카드, 체크카드, card. After one, 16 digits (4-4-4-4 or in one piece) are
 // a card whether or not they pass Luhn: mistyped and made-up numbers leak as much. Not when another
-// label names the number (주문번호, 시리얼), and in groups only as exactly four groups with a network
-// first digit (not a row of a table: "카드 승인건수 2019 2020 2021 2022 2023"); in one piece not
+// label names the number (주문번호, 시리얼), and in groups only as exactly four groups, spaced ones with
+// a network first digit (not a row of a table: "카드 승인건수 2019 2020 2021 2022 2023"); in one piece not
 // starting with a date (an order or transaction id: 2024011512345678).
 constexpr std::string_view kCardLabels[] = {"카드", "card", "Card", "CARD"};
 
 bool card_network(unsigned char c) { return (c >= '2' && c <= '6') || c == '9'; }
+
+// The issuer prefixes and lengths of the networks cards in Korea carry (`d`: the first 4 digits,
+// `len` digits in all): Visa 4 (13, 16, 19), Mastercard 51-55 and 2221-2720 (16), Maestro 50, 56-58
+// (16-19), Amex 34/37 (15), Diners 36 (14-19), 300-305/38/39 (14-19), JCB 3528-3589 (16-19),
+// Discover/UnionPay 6 (16-19), Mir 2200-2204 (16-19), domestic cards 9 (16). Random digits that pass
+// Luhn (one in ten) mostly fail these: "20240115123455" (an order), "2000040000000" (an amount).
+bool card_iin_ok(const unsigned char* d, size_t len) {
+  const int p2 = (d[0] - '0') * 10 + (d[1] - '0');
+  const int p4 = p2 * 100 + (d[2] - '0') * 10 + (d[3] - '0');
+  switch (d[0]) {
+    case '2':
+      return (p4 >= 2221 && p4 <= 2720 && len == 16) || (p4 >= 2200 && p4 <= 2204 && len >= 16 && len <= 19);
+    case '3':
+      if (p2 == 34 || p2 == 37) return len == 15;
+      if (p2 == 35) return p4 >= 3528 && p4 <= 3589 && len >= 16 && len <= 19;
+      if (p2 == 36 || p2 == 38 || p2 == 39 || (p2 == 30 && d[2] <= '5')) return len >= 14 && len <= 19;
+      return false;
+    case '4':
+      return len == 13 || len == 16 || len == 19;
+    case '5':
+      return p2 >= 51 && p2 <= 55 ? len == 16 : (p2 == 50 || p2 >= 56) && len >= 16 && len <= 19;
+    case '6':
+      return len >= 16 && len <= 19;
+    case '9':
+      return len == 16;
+    default:
+      return false;
+  }
+}
 
 size_t match_card(const Text& t, size_t p) {
   const size_t r = t.digits_end(p);
@@ -528,7 +563,10 @@ size_t match_card(const Text& t, size_t p) {
     // An ISBN-13 or a book's EAN-13 (978/979) passes Luhn about one time in ten: not a card (the
     // 13-digit cards are Visa's, which start with 4).
     if (len == 13 && c == '9' && t.s[p + 1] == '7' && (t.s[p + 2] == '8' || t.s[p + 2] == '9')) return npos;
-    if (card_network(c) && luhn_ok(t, p, r)) return r;
+    // Not an amount ("9500000000000원") nor a number another label names ("주문번호 4111...").
+    if (card_iin_ok(t.s + p, len) && luhn_ok(t, p, r) && !followed_by(t, r, {"원", " 원", "달러", " 달러"}) &&
+        !named_other(t, p, kOtherNumberLabels))
+      return r;
     if (len == 16 && !date_led(t, p) && named_by(t, p, kCardLabels, kOtherNumberLabels, PiiType::kCard)) return r;
     return npos;
   }
@@ -553,12 +591,14 @@ size_t match_card(const Text& t, size_t p) {
     --groups;
   // Longest layout first; with ' ' a shorter prefix may be the card and the rest other text.
   for (int k = groups; k >= 3; --k)
-    if (card_layout(lens, k) && !table_row(t, begins, ends, k) && luhn_ok(t, p, ends[k - 1])) return ends[k - 1];
+    if (card_layout(lens, k) && card_iin_ok(t.s + p, card_digits(lens, k)) && !table_row(t, begins, ends, k) &&
+        luhn_ok(t, p, ends[k - 1]))
+      return ends[k - 1];
   const bool continues_row = p >= 2 && t.s[p - 1] == sep && is_digit(t.s[p - 2]);
   // A fifth group an earlier scrub replaced ("... 1234 [PHONE]" was "... 1234 010 1234 5678") made the
   // run no card then: nor now.
   const bool went_on = sep == ' ' && t.at(ends[3]) == ' ' && placeholder_at(t, ends[3] + 1);
-  if (groups == 4 && card_layout(lens, 4) && card_network(t.s[p]) && !continues_row && !went_on &&
+  if (groups == 4 && card_layout(lens, 4) && (sep == '-' || card_network(t.s[p])) && !continues_row && !went_on &&
       !table_row(t, begins, ends, 4) && named_by(t, p, kCardLabels, kOtherNumberLabels, PiiType::kCard))
     return ends[3];
   return npos;
@@ -895,6 +935,12 @@ constexpr std::string_view kAccountLabels[] = {"계좌", "은행", "예금주", 
                                                "농협", "신한", "새마을",  "우체국",  "수협",   "신협", "KB",
                                                "IBK",  "NH",   "account", "Account", "ACCOUNT"};
 
+// Words naming an amount, which a bank word before them does not make an account: any word ending in
+// 액 (송금액, 잔액, 총액), balances, limits, and a bank's or company's figures.
+constexpr std::string_view kAmountWords[] = {"액",     "잔고",   "한도",   "이익",   "수익", "매출", "자산",
+                                             "부채",   "자본",   "비용",   "예산",   "가격", "원금", "잔금",
+                                             "대출금", "보증금", "배당금", "수수료", "금리"};
+
 // Dashed numbers of account-like layouts that are public or not a number at all: a business
 // registration number (3-2-5), a KIPO application number (10-2020-0123456: 2-4-7 with a year in the
 // middle), a date and then something (2024-01-15-...).
@@ -943,6 +989,8 @@ size_t match_account(const Text& t, size_t p) {
 size_t match_labelled_account(const Text& t, size_t p) {
   if (p >= 2 && t.s[p - 1] == ' ' && is_digit(t.s[p - 2])) return npos;
   if (!named_by(t, p, kAccountLabels, kOtherNumberLabels, PiiType::kAccount)) return npos;
+  // An amount the word right before names: "송금액 1500000000", "이체 한도 1000000000", "은행 총자산 ...".
+  if (named_other(t, p, kAmountWords)) return npos;
   const unsigned char sep = t.at(t.digits_end(p));
   constexpr int kMaxGroups = 6;
   size_t begins[kMaxGroups], ends[kMaxGroups], lens[kMaxGroups];
@@ -976,6 +1024,8 @@ size_t match_labelled_account(const Text& t, size_t p) {
   if (groups == 1 && total == 14 && date_led(t, p) && t.value(p + 8, p + 10) < 24 && t.value(p + 10, p + 12) < 60 &&
       t.value(p + 12, p + 14) < 60)
     return npos;
+  // A round figure in one piece is an amount (one account number in a million ends in six zeros).
+  if (groups == 1 && std::all_of(t.s + e - 6, t.s + e, [](unsigned char c) { return c == '0'; })) return npos;
   if (followed_by(t, e,
                   {"원", "달러", "명", "개", "건", "주", "회", "%", " 원", " 달러", "바이트", " 바이트", "byte",
                    " byte", "(천원)", " (천원)", "(백만원)", " (백만원)"}))
@@ -1448,7 +1498,7 @@ std::vector<PiiMatch> find_pii(std::string_view text) {
   return out;
 }
 
-size_t scrub_pii(std::string_view text, std::string& out, PiiCounts& counts) {
+size_t scrub_pii(std::string_view text, std::string& out, PiiCounts& counts, PiiMatch* last) {
   size_t copied = 0, replaced = 0;
   auto sink = [&](size_t b, size_t e, PiiType type) {
     out.append(text.data() + copied, b - copied);
@@ -1456,6 +1506,7 @@ size_t scrub_pii(std::string_view text, std::string& out, PiiCounts& counts) {
     copied = e;
     ++counts[type];
     ++replaced;
+    if (last) *last = {b, e, type};
   };
   for_each_pii(text, sink);
   out.append(text.data() + copied, text.size() - copied);

@@ -142,8 +142,9 @@ struct PiiMatch {
 std::vector<PiiMatch> find_pii(std::string_view text);
 
 // Appends `text` with every match replaced by its placeholder to `out`; adds to `counts`.
-// Returns the number of replacements. Idempotent: placeholders contain nothing that matches.
-size_t scrub_pii(std::string_view text, std::string& out, PiiCounts& counts);
+// Returns the number of replacements (and the last match in `last`, when given and there is one).
+// Idempotent: placeholders contain nothing that matches.
+size_t scrub_pii(std::string_view text, std::string& out, PiiCounts& counts, PiiMatch* last = nullptr);
 
 // Convenience form for tests and small inputs.
 std::string scrub_pii(std::string_view text, PiiCounts& counts);

@@ -213,12 +213,16 @@ TEST_CASE("pii: positives in Korean formats are replaced by typed placeholders")
       {"6011111111111117", "[CARD]", PiiType::kCard},
       {"4222222222222", "[CARD]", PiiType::kCard},
       {"3056-930902-5904", "[CARD]", PiiType::kCard},
+      {"2223000048400011", "[CARD]", PiiType::kCard},  // Mastercard's 2-series
+      {"3530111333300000", "[CARD]", PiiType::kCard},  // JCB
+      {"6250941006528599", "[CARD]", PiiType::kCard},  // UnionPay
       // after a card word, 16 digits whether or not they pass Luhn
       {"카드번호 5412-3456-7890-1234", "카드번호 [CARD]", PiiType::kCard},
       {"신용카드: 4111111111111112", "신용카드: [CARD]", PiiType::kCard},
       {"card no. 5412 3456 7890 1234", "card no. [CARD]", PiiType::kCard},
       {"카드번호: 1234567890123456", "카드번호: [CARD]", PiiType::kCard},
-      {"cardNumber: \"5412345678901234\"", "cardNumber: \"[CARD]\"", PiiType::kCard},  // camelCase
+      {"카드번호: 1234-5678-9012-3456 입력", "카드번호: [CARD] 입력", PiiType::kCard},  // dashed: any first digit
+      {"cardNumber: \"5412345678901234\"", "cardNumber: \"[CARD]\"", PiiType::kCard},   // camelCase
       {"creditCard=5412-3456-7890-1234", "creditCard=[CARD]", PiiType::kCard},
       // accounts
       {"계좌 110-123-456789 (신한)", "계좌 [ACCOUNT] (신한)", PiiType::kAccount},
@@ -437,10 +441,27 @@ TEST_CASE("pii: dates, times, versions, prices and other numbers stay untouched"
       "카드 1234-5678-9012",
       "카드 승인번호 12345678",
       "카드번호 1234-567890-12345",
+      // long numbers that pass Luhn but no network's prefix and length, or an amount, or named otherwise
+      "주문번호 20240115123455 확인",  // 14 digits from 2: no network's
+      "국가 부채는 2000040000000원이다.",
+      "총 자산 9500000000000원 규모",  // a domestic 9 card has 16 digits
+      "2619-892719-25701",             // Amex's layout, not its prefix
+      "잔액 4111111111111111원",
+      "거래번호: 4111111111111111",
+      "카드 1234 5678 9012 3456",  // spaced: a row of numbers unless a network's first digit
       // rows of a table after a card or bank word; other labels naming the number; units
       "신용카드 이용실적 2020 2021 2022 2023",
       "카드 승인건수 2019 2020 2021 2022 2023",
       "카드 결제 금액 1000 2000 3000 4000원",
+      // an amount named right before the number, or a round figure, after a bank word
+      "송금액 1500000000 입니다.",
+      "은행 총자산 450000000000",
+      "이체 한도 1000000000",
+      "신한은행 당기순이익 3450000000000 기록.",
+      "농협 매출 1234567890 달성.",
+      "은행 대출금 3000000000 상환.",
+      "계좌 잔액: 1234567890",
+      "은행 수신 2000000000000",
       "결제수단: 신용카드 / 주문번호: 2024011512345678",
       "SD카드 시리얼 2023011512345678",
       "Cardinality 2345678901234567",
@@ -891,6 +912,19 @@ TEST_CASE("clean: a number wrapped across a document's lines is scrubbed, and cl
   out.clear();
   keeper.clean("연락처 010-1234-\n5678\n", out);
   CHECK(out == "연락처 010-1234-\n5678");
+
+  // A line whose end is a match alone ("kim_01@korea.ac." an address of .ac, "4111-1111-1111-11" an
+  // account) that the next line continues: the match across takes its place and its count.
+  DocumentCleaner tails(options);
+  out.clear();
+  CHECK(tails.clean("메일 kim_01@korea.ac.\nkr 로\n카드 4111-1111-1111-11\n11 결제\n담당 hong.gildong@naver.\ncom\n"
+                    "연락처 010-1234-5678\n5678 입니다\n",
+                    out) == 7);
+  CHECK(out == "메일 [EMAIL]\n로\n카드 [CARD]\n결제\n담당 [EMAIL]\n연락처 [PHONE]\n5678 입니다");
+  CHECK(tails.pii().email == 2);
+  CHECK(tails.pii().card == 1);
+  CHECK(tails.pii().phone == 1);  // (a whole number then digits: no match across, the line's own stays)
+  CHECK(tails.pii().account == 0);
 
   // Random documents of 1-6 lines of random pieces: cleaning the output again changes nothing, every
   // line out is non-empty, and nothing is scrubbed the second time. Valid UTF-8 only: the reader
