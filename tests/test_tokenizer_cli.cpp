@@ -92,6 +92,16 @@ TEST_CASE("encode keeps line order on many threads and handles blank lines") {
   const Run four = run({"encode", "--tokenizer", test_dir() + "/tok", "--threads", "4"}, input);
   CHECK(one.out == four.out);
   CHECK(std::count(one.out.begin(), one.out.end(), '\n') == 5000);
+
+  // A line ends at "\n", "\r\n" or a lone "\r", also where a "\r\n" straddles the 8 MiB blocks the
+  // input is read in ("x" then 4-byte lines put a "\r" last in the first block).
+  CHECK(run({"encode", "--tokenizer", test_dir() + "/tok"}, "문장\r문장 1\r\n\r\n1\r").out ==
+        run({"encode", "--tokenizer", test_dir() + "/tok"}, "문장\n문장 1\n\n1\n").out);
+  std::string crlf = "x";
+  for (size_t i = 0; i < (8u << 20) / 4 + 10; ++i) crlf += "ab\r\n";
+  const Run split = run({"encode", "--tokenizer", test_dir() + "/tok", "--threads", "2"}, crlf);
+  CHECK(static_cast<size_t>(std::count(split.out.begin(), split.out.end(), '\n')) == (8u << 20) / 4 + 10);
+  CHECK(split.out.find("\n\n") == std::string::npos);  // no empty line from a split "\r\n"
 }
 
 TEST_CASE("bad input: one clear error each") {
@@ -132,6 +142,18 @@ TEST_CASE("bad input: one clear error each") {
         run({"encode", "--tokenizer", test_dir() + "/tok"}, "조선\n").out);
   CHECK_THROWS_WITH(run({"encode", "--tokenizer", test_dir() + "/tok", "--threads", "100000"}),
                     Catch::Contains("--threads") && Catch::Contains("1024"));
+  // An output that would replace its input (the ids written over the text), or a file train writes.
+  write_file_atomic(test_dir() + "/lines.txt", "조선\n");
+  CHECK_THROWS_WITH(run({"encode", "--tokenizer", test_dir() + "/tok", "--input", test_dir() + "/lines.txt", "--output",
+                         test_dir() + "/./lines.txt"}),
+                    test_dir() + "/./lines.txt: is also the --input file; write the output elsewhere");
+  CHECK(read_file(test_dir() + "/lines.txt") == "조선\n");
+  const std::string vocab_before = read_file(test_dir() + "/tok/vocab.txt");
+  CHECK_THROWS_WITH(run({"train", "--input", test_dir() + "/corpus.txt", test_dir() + "/tok/vocab.txt", "--out",
+                         test_dir() + "/tok/", "--vocab-size", "300"}),
+                    test_dir() + "/tok/vocab.txt: is the vocab.txt that --out " + test_dir() +
+                        "/tok would replace; write to another --out");
+  CHECK(read_file(test_dir() + "/tok/vocab.txt") == vocab_before);
   // BertTokenizerFast would add a missing [MASK] as a new id past vocab.txt: refused, not warned about.
   CHECK_THROWS_WITH(run({"train", "--input", test_dir() + "/corpus.txt", "--out", test_dir() + "/nomask",
                          "--vocab-size", "300", "--special-tokens", "[PAD]", "[UNK]", "[CLS]", "[SEP]"}),

@@ -64,6 +64,12 @@ int tokenizer_train_command(const std::vector<std::string>& argv, std::ostream& 
   for (const auto& f : inputs) {
     if (!file_exists(f)) throw Error(f + ": input file not found");
     if (is_directory(f)) throw Error(f + ": is a directory, expected a text file");
+    // What train writes replaces its file: an input among them would be gone.
+    for (const char* written : {"vocab.txt", "tokenizer_config.json", "special_tokens_map.json"}) {
+      std::error_code ec;
+      if (std::filesystem::equivalent(f, out_dir + "/" + written, ec))
+        throw Error(f + ": is the " + written + " that --out " + out_dir + " would replace; write to another --out");
+    }
   }
 
   TrainerOptions topt;
@@ -358,7 +364,7 @@ int tokenizer_encode_command(const std::vector<std::string>& argv, std::istream&
             "bert_tokenizer encode --tokenizer DIR [--input FILE|-] [--output FILE] [--threads N] "
             "[--add-special-tokens] [--pair] [--max-length N] [--format ids|tokens|jsonl]");
   args.option("--tokenizer", "tokenizer directory (vocab.txt or tokenizer.json, + tokenizer_config.json)")
-      .option("--input", "input text, one sequence a line (default or '-': stdin)")
+      .option("--input", "input text, one sequence a line, ending at \\n, \\r\\n or \\r (default or '-': stdin)")
       .option("--output", "output file (default or '-': stdout)")
       .option("--threads", "encoding threads (0 = all cores)", "0")
       .flag("--add-special-tokens", "add [CLS] ... [SEP] (and B [SEP] with --pair)")
@@ -408,7 +414,13 @@ int tokenizer_encode_command(const std::vector<std::string>& argv, std::istream&
   // A regular file appears whole or not at all (an error leaves none); /dev/stdout or a FIFO is written
   // in place.
   std::optional<AtomicOutputFile> file_out;
-  if (args.has("--output") && args.str("--output") != "-") file_out.emplace(args.str("--output"));
+  if (args.has("--output") && args.str("--output") != "-") {
+    // The output replaces its file when done: the input would be gone.
+    std::error_code ec;
+    if (!from_stdin && std::filesystem::equivalent(args.str("--input"), args.str("--output"), ec))
+      throw Error(args.str("--output") + ": is also the --input file; write the output elsewhere");
+    file_out.emplace(args.str("--output"));
+  }
   const auto emit = [&](std::string_view text) {
     if (file_out)
       file_out->write(text);
@@ -444,22 +456,26 @@ int tokenizer_encode_command(const std::vector<std::string>& argv, std::istream&
     block.swap(carry);
     carry.clear();
     block.append(buf.data(), got);
+    // A line ends at "\n", "\r\n" or a lone "\r" (as Python's universal newlines and `bert_prepare`
+    // read text): a "\r" that ends the block may be half of a "\r\n", so the block is not cut there.
     if (!eof) {
-      const size_t last_nl = block.rfind('\n');
-      if (last_nl == std::string::npos) {  // a line longer than the block: keep accumulating
+      size_t cut = block.find_last_of("\r\n");
+      if (cut != std::string::npos && block[cut] == '\r' && cut + 1 == block.size())
+        cut = cut == 0 ? std::string::npos : block.find_last_of("\r\n", cut - 1);
+      if (cut == std::string::npos) {  // a line longer than the block: keep accumulating
         carry.swap(block);
         continue;
       }
-      carry.assign(block, last_nl + 1, std::string::npos);
-      block.resize(last_nl + 1);
+      carry.assign(block, cut + 1, std::string::npos);
+      block.resize(cut + 1);
     }
     lines.clear();
     size_t pos = 0;
     while (pos < block.size()) {
-      size_t nl = block.find('\n', pos);
+      size_t nl = block.find_first_of("\r\n", pos);
       if (nl == std::string::npos) nl = block.size();
       lines.emplace_back(block.data() + pos, nl - pos);
-      pos = nl + 1;
+      pos = nl + (nl + 1 < block.size() && block[nl] == '\r' && block[nl + 1] == '\n' ? 2 : 1);
     }
     bad_per_line.assign(lines.size(), 0);
     auto work = [&](size_t t) {
