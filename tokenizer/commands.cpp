@@ -364,7 +364,7 @@ int tokenizer_encode_command(const std::vector<std::string>& argv, std::istream&
             "bert_tokenizer encode --tokenizer DIR [--input FILE|-] [--output FILE] [--threads N] "
             "[--add-special-tokens] [--pair] [--max-length N] [--format ids|tokens|jsonl]");
   args.option("--tokenizer", "tokenizer directory (vocab.txt or tokenizer.json, + tokenizer_config.json)")
-      .option("--input", "input text, one sequence a line, ending at \\n, \\r\\n or \\r (default or '-': stdin)")
+      .option("--input", "input text, one sequence a line (default or '-': stdin)")
       .option("--output", "output file (default or '-': stdout)")
       .option("--threads", "encoding threads (0 = all cores)", "0")
       .flag("--add-special-tokens", "add [CLS] ... [SEP] (and B [SEP] with --pair)")
@@ -456,26 +456,22 @@ int tokenizer_encode_command(const std::vector<std::string>& argv, std::istream&
     block.swap(carry);
     carry.clear();
     block.append(buf.data(), got);
-    // A line ends at "\n", "\r\n" or a lone "\r" (as Python's universal newlines and `bert_prepare`
-    // read text): a "\r" that ends the block may be half of a "\r\n", so the block is not cut there.
     if (!eof) {
-      size_t cut = block.find_last_of("\r\n");
-      if (cut != std::string::npos && block[cut] == '\r' && cut + 1 == block.size())
-        cut = cut == 0 ? std::string::npos : block.find_last_of("\r\n", cut - 1);
-      if (cut == std::string::npos) {  // a line longer than the block: keep accumulating
+      const size_t last_nl = block.rfind('\n');
+      if (last_nl == std::string::npos) {  // a line longer than the block: keep accumulating
         carry.swap(block);
         continue;
       }
-      carry.assign(block, cut + 1, std::string::npos);
-      block.resize(cut + 1);
+      carry.assign(block, last_nl + 1, std::string::npos);
+      block.resize(last_nl + 1);
     }
     lines.clear();
     size_t pos = 0;
     while (pos < block.size()) {
-      size_t nl = block.find_first_of("\r\n", pos);
+      size_t nl = block.find('\n', pos);
       if (nl == std::string::npos) nl = block.size();
       lines.emplace_back(block.data() + pos, nl - pos);
-      pos = nl + (nl + 1 < block.size() && block[nl] == '\r' && block[nl + 1] == '\n' ? 2 : 1);
+      pos = nl + 1;
     }
     bad_per_line.assign(lines.size(), 0);
     auto work = [&](size_t t) {
