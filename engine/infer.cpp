@@ -888,7 +888,8 @@ constexpr const char* kHelpNotes =
     "for batches: then stdin is read to its end first, as from a pipe), or with --interactive, each\n"
     "stdin line is answered when it ends (Enter) and the output flushed, so a script can write a\n"
     "prompt and read its answer; a bad line is reported on stderr (--json: also an {\"error\": ...} line\n"
-    "in its place on stdout) and the next one read, and the exit status is 1 if any line failed.\n"
+    "in its place on stdout, a blank line included) and the next one read, and the exit status is 1 if\n"
+    "any line failed.\n"
     "\n"
     "--targets T... (the pipeline's targets=) ranks only those tokens: each T is a vocabulary entry as\n"
     "written (\"##에서\" included), else the first token the tokenizer makes of it (with a note: \"Seoul\"\n"
@@ -1177,9 +1178,13 @@ int run_interactive(const Args& args, const std::string& model_dir, const std::s
         << " and press Enter; Ctrl-D ends" << std::endl;
   size_t line_number = 0, answered = 0, failed = 0;
   for (std::string line; std::getline(in, line);) {
-    if (!trim_prompt_line(line, ++line_number)) continue;
+    const bool blank = !trim_prompt_line(line, ++line_number);
+    // A blank line holds no prompt: skipped, but with --json answered by an error line too, or a reader
+    // that pairs its lines with ours would wait for an answer.
+    if (blank && !json) continue;
     const Prompt prompt{"<stdin>:" + std::to_string(line_number), line};
     try {
+      if (blank) throw Error(prompt.source + ": a blank line, no prompt");
       check_prompt(prompt, checkpoint.tokenizer, *model);  // (its errors without fill_mask_batch's "prompt 1: ")
       std::vector<FillMaskResult> results;
       try {

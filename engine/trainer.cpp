@@ -243,6 +243,14 @@ struct StateReader {
       throw Error(path + ": '" + std::string(key) + "' must be a 64-bit integer, got " + value.dump());
     return value.as_int();
   }
+  // An integer in [lo, hi]; `name` as the message shows it ("data_cursor.epoch").
+  int64_t bounded(const Json& object, std::string_view key, int64_t lo, int64_t hi, std::string_view name) const {
+    const int64_t v = integer(object, key);
+    if (v < lo || v > hi)
+      throw Error(path + ": '" + std::string(name) + "' is " + std::to_string(v) + ", not between " +
+                  std::to_string(lo) + " and " + std::to_string(hi));
+    return v;
+  }
   double number(const Json& object, std::string_view key) const {
     const Json& value = at(object, key);
     if (!value.is_number()) throw Error(path + ": '" + std::string(key) + "' must be a number, got " + value.dump());
@@ -290,6 +298,17 @@ std::vector<fs::path> superseded_checkpoint_dirs(const std::string& dir) {
     if (entry.is_directory() && is_superseded_checkpoint_name(entry.path().filename().string()))
       out.push_back(entry.path());
   return out;
+}
+}  // namespace
+
+namespace {
+// Whether output_dir holds anything but a run's lock file.
+bool holds_files(const std::string& dir) {
+  std::error_code ec;
+  if (is_directory(dir))
+    for (const auto& entry : fs::directory_iterator(dir, ec))
+      if (entry.path().filename() != OutputDirLock::kFileName) return true;
+  return false;
 }
 }  // namespace
 
@@ -372,20 +391,27 @@ TrainerState TrainerState::from_json(const Json& json, const std::string& path) 
   s.optimizer_steps = r.integer(json, "optimizer_steps");
   s.micro_step = r.integer(json, "micro_step");
   s.epoch = r.number(json, "epoch");
+  // Ranges (a hand-edited or damaged file is refused here, naming it, not in the middle of a step).
+  constexpr int64_t kMax = int64_t{1} << 53, kMaxInt = 2147483647;
+  s.batches_per_epoch = r.bounded(json, "batches_per_epoch", 1, kMax, "batches_per_epoch");
   const Json& cursor = r.at(json, "data_cursor");
-  s.data_epoch = static_cast<uint64_t>(r.integer(cursor, "epoch"));
-  s.data_index = static_cast<uint64_t>(r.integer(cursor, "batch_index"));
-  s.total_steps = r.integer(json, "total_steps");
-  s.warmup_steps = r.integer(json, "warmup_steps");
+  s.data_epoch = static_cast<uint64_t>(r.bounded(cursor, "epoch", 0, kMax, "data_cursor.epoch"));
+  s.data_index =
+      static_cast<uint64_t>(r.bounded(cursor, "batch_index", 0, s.batches_per_epoch - 1, "data_cursor.batch_index"));
+  s.total_steps = r.bounded(json, "total_steps", 1, kMax, "total_steps");
+  s.warmup_steps = r.bounded(json, "warmup_steps", 0, kMax, "warmup_steps");
   s.seed = r.unsigned_text(json, "seed");
   s.elapsed_s = r.number(json, "elapsed_s");
+  if (!(s.epoch >= 0) || !(s.elapsed_s >= 0) || !std::isfinite(s.epoch) || !std::isfinite(s.elapsed_s))
+    throw Error(path + ": 'epoch' and 'elapsed_s' must be finite and not negative");
   s.config_path = r.string(json, "config_path");
   s.config_hash = r.string(json, "config_hash");
-  s.batches_per_epoch = r.integer(json, "batches_per_epoch");
-  s.per_device_train_batch_size = static_cast<int>(r.integer(json, "per_device_train_batch_size"));
-  s.gradient_accumulation_steps = static_cast<int>(r.integer(json, "gradient_accumulation_steps"));
-  s.world_size = json.find("world_size") ? static_cast<int>(r.integer(json, "world_size")) : 1;
-  if (s.world_size < 1) throw Error(path + ": 'world_size' must be at least 1");
+  s.per_device_train_batch_size =
+      static_cast<int>(r.bounded(json, "per_device_train_batch_size", 1, kMaxInt, "per_device_train_batch_size"));
+  s.gradient_accumulation_steps =
+      static_cast<int>(r.bounded(json, "gradient_accumulation_steps", 1, kMaxInt, "gradient_accumulation_steps"));
+  s.world_size =
+      json.find("world_size") ? static_cast<int>(r.bounded(json, "world_size", 1, kMaxInt, "world_size")) : 1;
   if (json.find("train_data_fingerprint")) s.train_data_fingerprint = r.string(json, "train_data_fingerprint");
   s.model = BertConfig::from_hf_json(r.at(json, "model_config"), path + ": model_config");
   const Json& w = r.at(json, "log_window");
@@ -404,7 +430,8 @@ TrainerState TrainerState::from_json(const Json& json, const std::string& path) 
   s.window.nsp_count = r.integer(w, "nsp_count");
   s.window.tokens = r.integer(w, "tokens");
   s.window.train_seconds = r.number(w, "train_seconds");
-  if (s.global_step < 0 || s.optimizer_steps < 0 || s.optimizer_steps > s.global_step || s.micro_step < 0)
+  // Every step took a micro-batch at least (micro_step counts them over the ranks; dropout is drawn by it).
+  if (s.global_step < 0 || s.optimizer_steps < 0 || s.optimizer_steps > s.global_step || s.micro_step < s.global_step)
     throw Error(path + ": inconsistent step counters (global_step " + std::to_string(s.global_step) +
                 ", optimizer_steps " + std::to_string(s.optimizer_steps) + ", micro_step " +
                 std::to_string(s.micro_step) + ")");
@@ -861,15 +888,17 @@ void Trainer::check_output_dir() {
                   dir + ")");
     return;
   }
-  std::error_code ec;
-  bool non_empty = false;
-  if (is_directory(dir))
-    for (const auto& entry : fs::directory_iterator(dir, ec))
-      non_empty = non_empty || entry.path().filename() != OutputDirLock::kFileName;
-  if (!non_empty) return;
-  if (!training().overwrite_output_dir)
+  if (!holds_files(dir)) return;
+  if (!training().overwrite_output_dir) {
+    // Without a checkpoint (a run stopped before its first save) there is nothing to resume.
+    if (list_checkpoints(dir).empty())
+      throw Error(where +
+                  " already exists and is not empty, with no checkpoint-N in it to resume (a run stopped "
+                  "before its first save?); set [training] overwrite_output_dir = true to start over, or "
+                  "choose another output_dir");
     throw Error(where + " already exists and is not empty; continue it with --resume, set [training] " +
                 "overwrite_output_dir = true to start over, or choose another output_dir");
+  }
   // overwrite_output_dir: start over, but only once setup() has read the tokenizer and the data and
   // built the model, so that a mistake in the config does not cost the last run (clear_output_dir).
   // Nothing [data] reads may be in a checkpoint that goes. (Rank 0's job.)
@@ -893,6 +922,7 @@ void Trainer::check_output_dir() {
       if (path_within(pretrained, doomed))
         throw Error(key + " is inside " + doomed + ", which overwrite_output_dir = true would remove; copy it out of " +
                     dir + " first");
+    std::error_code ec;
     if (fs::equivalent(pretrained, dir, ec))
       throw Error(key +
                   " is output_dir, whose model overwrite_output_dir = true would remove and this run's would "
@@ -947,7 +977,10 @@ std::string Trainer::resolve_resume_dir() const {
   const auto latest = latest_checkpoint(dir);
   if (!latest)
     throw Error("--resume: no checkpoint-N directory in '" + dir + "' (" + config_.path +
-                " [training] output_dir); start without --resume, or pass --resume CHECKPOINT_DIR");
+                " [training] output_dir); start without --resume" +
+                (holds_files(dir) ? std::string(" (with [training] overwrite_output_dir = true: it is not empty)")
+                                  : std::string()) +
+                ", or pass --resume CHECKPOINT_DIR");
   return latest->path;
 }
 
@@ -1411,11 +1444,12 @@ void Trainer::print_run_table() const {
   }
   out_ << "  data         train " << with_commas(static_cast<int64_t>(train_data_->size())) << " examples ("
        << with_commas(bpe) << " batches/epoch" << (world() > 1 ? " per rank" : "") << "), valid "
-       << (valid_data_ ? with_commas(static_cast<int64_t>(valid_data_->size())) + " examples, at most " +
-                             std::to_string(std::min(kMaxEvalBatches, eval_loader_->batches_per_epoch())) +
-                             " batches per evaluation" +
-                             (data().valid_data.empty() ? std::string() : ", from " + valid_description_)
-                       : std::string("none"))
+       << (valid_data_
+               ? with_commas(static_cast<int64_t>(valid_data_->size())) + " examples, at most " +
+                     std::to_string(std::min(kMaxEvalBatches, eval_loader_->batches_per_epoch())) +
+                     (std::min(kMaxEvalBatches, eval_loader_->batches_per_epoch()) == 1 ? " batch" : " batches") +
+                     " per evaluation" + (data().valid_data.empty() ? std::string() : ", from " + valid_description_)
+               : std::string("none"))
        << "\n";
   out_ << "  steps        " << with_commas(state_.total_steps) << " total (" << printf_string("%.2f", epochs)
        << " epochs), warmup " << (schedule_ == LrSchedule::kConstant ? 0 : state_.warmup_steps) << ", lr "
@@ -1681,17 +1715,19 @@ void Trainer::write_log_record(bool log_train, const std::optional<EvalResult>& 
     record.set("loss", loss);
     record.set("mlm_loss", has_mlm ? Json(mlm_loss) : Json());
     record.set("nsp_loss", nsp_loss);
-    record.set("mlm_acc", ratio(w.mlm_correct, w.mlm_count));
+    // (no masked token in the window: null, as its mlm_loss, not an accuracy of 0)
+    record.set("mlm_acc", w.mlm_count > 0 ? Json(ratio(w.mlm_correct, w.mlm_count)) : Json());
     record.set("nsp_acc", ratio(w.nsp_correct, w.nsp_count));
     record.set("lr", last_lr_);
     record.set("grad_norm", std::isfinite(last_grad_norm_) ? Json(last_grad_norm_) : Json());
     record.set("tokens_per_s", std::round(tokens_per_s * 10) / 10);
     const double mfu = tokens_per_s * mfu_per_token_per_s();
     if (mfu > 0) record.set("mfu", std::round(mfu * 1e4) / 1e4);
-    line += printf_string(
-        " | loss %.4f (mlm %s, nsp %.4f) | acc mlm %.3f nsp %.3f | lr %.3e | grad_norm %.3f | %s tok/s", loss,
-        has_mlm ? printf_string("%.4f", mlm_loss).c_str() : "-", nsp_loss, ratio(w.mlm_correct, w.mlm_count),
-        ratio(w.nsp_correct, w.nsp_count), last_lr_, last_grad_norm_, human_count(tokens_per_s).c_str());
+    line +=
+        printf_string(" | loss %.4f (mlm %s, nsp %.4f) | acc mlm %s nsp %.3f | lr %.3e | grad_norm %.3f | %s tok/s",
+                      loss, has_mlm ? printf_string("%.4f", mlm_loss).c_str() : "-", nsp_loss,
+                      w.mlm_count > 0 ? printf_string("%.3f", ratio(w.mlm_correct, w.mlm_count)).c_str() : "-",
+                      ratio(w.nsp_correct, w.nsp_count), last_lr_, last_grad_norm_, human_count(tokens_per_s).c_str());
     if (mfu > 0) line += printf_string(" | MFU %.1f%%", 100 * mfu);
     state_.window = LogWindow{};
   }

@@ -722,17 +722,23 @@ TEST_CASE("bert_infer --interactive: each stdin line answered in turn, a bad lin
   const std::vector<std::string> answers = lines_of(want);
   REQUIRE(answers.size() == 2);
 
-  // JSON: a line per prompt line, the bad one an {"error": ...} object naming it; blank lines skipped.
+  // JSON: a line per stdin line, a bad one an {"error": ...} object naming it, a blank one too (a
+  // script that writes a line and waits for its answer gets one).
   CHECK(run({"--model", dir, "--json", "--top-k", "2", "--interactive"},
             "\xEF\xBB\xBF" + good + "\r\n\n  \nthe cat sat.\n" + two + "\n", out, &err) == 1);
   const std::vector<std::string> got = lines_of(out);
-  REQUIRE(got.size() == 3);
+  REQUIRE(got.size() == 5);
   CHECK(got[0] == answers[0]);
-  CHECK(got[2] == answers[1]);
-  const Json error = Json::parse(got[1], "out");
+  CHECK(got[4] == answers[1]);
+  CHECK(Json::parse(got[1], "out").find("error")->as_string() == "<stdin>:2: a blank line, no prompt");
+  CHECK(Json::parse(got[2], "out").find("error")->as_string() == "<stdin>:3: a blank line, no prompt");
+  const Json error = Json::parse(got[3], "out");
   REQUIRE(error.is_object());
   CHECK(error.find("error")->as_string().starts_with("<stdin>:4: no [MASK] in the prompt"));
-  CHECK_THAT(err, Catch::Contains("error: <stdin>:4: no [MASK]") && Catch::Contains("1 of 3 prompts failed"));
+  CHECK_THAT(err, Catch::Contains("error: <stdin>:4: no [MASK]") && Catch::Contains("3 of 5 prompts failed"));
+  // The table skips blank lines.
+  REQUIRE(run({"--model", dir, "--top-k", "1", "--interactive"}, "\n" + good + "\n \n", out, &err) == 0);
+  CHECK(err.empty());
 
   // The table: the answers' blocks one blank line apart; every line good: exit 0; --targets applies.
   REQUIRE(run({"--model", dir, "--top-k", "1", "--interactive"}, good + "\n" + two + "\n", out, &err) == 0);
