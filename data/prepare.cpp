@@ -162,6 +162,10 @@ int prepare_build_command(const std::vector<std::string>& argv, std::ostream& ou
   if (inputs.empty()) throw Error("bert_prepare build: missing required option '--input' (see --help)");
   const std::string out_dir = without_trailing_slashes(args.str("--out"));
   const std::string tok_dir = without_trailing_slashes(args.str("--tokenizer"));
+  // --out is made, not its parents (a mistyped path would make a tree), as clean's --out.
+  if (const std::filesystem::path parent = std::filesystem::path(out_dir).parent_path();
+      !parent.empty() && !is_directory(parent.string()))
+    throw Error(out_dir + ": directory '" + parent.string() + "' does not exist (create it first)");
   NspOptions nsp;
   nsp.max_seq_len = static_cast<uint32_t>(args.integer("--max-seq-len", 5, 65535));
   nsp.short_seq_prob = args.number("--short-seq-prob");
@@ -190,7 +194,12 @@ int prepare_build_command(const std::vector<std::string>& argv, std::ostream& ou
     }
     files.push_back(std::move(f));
   }
-  if (files.empty()) throw Error("bert_prepare build: every input file is inside the --out directory " + out_dir);
+  if (files.empty()) {
+    for (const std::string& input : inputs)
+      if (path_within(out_dir, input) && !is_directory(input))
+        throw Error(input + ": is also the --out path; --out names the directory the shards go to");
+    throw Error("bert_prepare build: every input file is inside the --out directory " + out_dir);
+  }
 
   const Tokenizer tok = Tokenizer::from_dir(tok_dir);
   tok.require({SpecialToken::kCls, SpecialToken::kSep, SpecialToken::kPad, SpecialToken::kMask}, tok_dir,
@@ -371,11 +380,19 @@ int prepare_build_command(const std::vector<std::string>& argv, std::ostream& ou
   // a corpus of one-sentence documents (a line each, not split) teaches NSP nothing.
   for (int split = 0; split < 2; ++split) {
     const uint64_t n = totals.examples[split], r = totals.random_next[split];
-    if (n >= 20 && static_cast<double>(r) > static_cast<double>(n) * std::max(0.9, nsp.nsp_prob + 0.3))
+    if (n >= 20 && static_cast<double>(r) > static_cast<double>(n) * std::max(0.9, nsp.nsp_prob + 0.3)) {
       err << "warning: " << std::lround(100.0 * static_cast<double>(r) / static_cast<double>(n)) << "% of the "
           << split_name(static_cast<Split>(split)) << " pairs are random-next (--nsp-prob " << args.str("--nsp-prob")
-          << "): most documents hold a single sentence, and a chunk of one sentence always takes a random B; "
-             "split documents into sentences (bert_prepare clean --split-sentences) or join them\n";
+          << "): ";
+      // Documents of several sentences (2 on average at least): then the chunks hold one because
+      // --max-seq-len leaves room for no more.
+      if (totals.sentences >= 2 * totals.documents)
+        err << "a chunk of one sentence always takes a random B, and --max-seq-len " << args.str("--max-seq-len")
+            << " leaves room for one sentence a chunk; give it more room\n";
+      else
+        err << "most documents hold a single sentence, and a chunk of one sentence always takes a random B; "
+               "split documents into sentences (bert_prepare clean --split-sentences) or join them\n";
+    }
   }
 
   // Into place: the old manifest goes first (a build cut short from here on leaves none, never one
@@ -485,6 +502,8 @@ ShardList shard_paths(const std::string& target, std::ostream& err, size_t& prob
     const std::filesystem::path path(target);
     const std::string dir = path.has_parent_path() ? path.parent_path().string() : std::string(".");
     const std::string name = path.filename().string();
+    // The manifest itself: what a user means is the directory it describes.
+    if (name == "manifest.json") return shard_paths(dir, err, problems);
     if (file_exists(dir + "/manifest.json")) {
       try {
         read_manifest(dir, list, &name);

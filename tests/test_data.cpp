@@ -409,6 +409,13 @@ TEST_CASE("bert_prepare build + loader: determinism, rank slices, resume, paddin
   CHECK(note_err.str() == "note: " + test_dir() +
                               "/loose/manifest.json does not list other.bin: the shard is not "
                               "checked against it, nor its vocabulary\n");
+  // The manifest named instead of its directory: the directory is what is inspected.
+  std::ostringstream dir_out, manifest_out, manifest_err;
+  REQUIRE(prepare_main({"inspect", test_dir() + "/s1"}, dir_out, one_err) == 0);
+  CHECK(prepare_main({"inspect", test_dir() + "/s1/manifest.json"}, manifest_out, manifest_err) == 0);
+  CHECK(manifest_err.str().empty());
+  const auto after_label = [](const std::string& text) { return text.substr(text.find(": ")); };
+  CHECK(after_label(manifest_out.str()) == after_label(dir_out.str()));
   write_file_atomic(test_dir() + "/loose/manifest.json", "{\"shards\": [");
   std::ostringstream broken_out, broken_err;
   CHECK(prepare_main({"inspect", test_dir() + "/loose/valid-00000.bin"}, broken_out, broken_err) == 1);
@@ -680,6 +687,15 @@ TEST_CASE("bert_prepare build: document boundaries as clean sees them, pools per
   std::string quiet;
   build({"--input", dir + "/corpus/spaced.txt", "--out", dir + "/spaced"}, &quiet);
   CHECK_THAT(quiet, !Catch::Contains("random-next"));
+  // Documents of several sentences, chunks of one: --max-seq-len is what leaves no room.
+  std::ostringstream short_out, short_err;
+  REQUIRE(prepare_main({"build", "--tokenizer", dir + "/tok", "--input", dir + "/corpus/spaced.txt", "--out",
+                        dir + "/short", "--max-seq-len", "5", "--valid-fraction", "0"},
+                       short_out, short_err) == 0);
+  const std::string short_warning = short_err.str();
+  CHECK_THAT(short_warning, Catch::Contains("pairs are random-next (--nsp-prob 0.5): a chunk of one sentence always "
+                                            "takes a random B, and --max-seq-len 5 leaves room for one sentence a "
+                                            "chunk; give it more room"));
 
   // Invalid UTF-8: the first ten lines located, then the total.
   std::string invalid;
@@ -715,6 +731,17 @@ TEST_CASE("bert_prepare build: bad input is a clear error") {
                                   "--out", test_dir() + "/x", "--nsp-prob", "1.5"},
                                  o, e),
                     Catch::Contains("--nsp-prob must be in [0, 1]"));
+  // --out is made, not its missing parents; an input file given as --out is named as such.
+  CHECK_THROWS_WITH(
+      prepare_main({"build", "--tokenizer", test_dir() + "/tok", "--input", test_dir() + "/clean.txt", "--out",
+                    test_dir() + "/no/such/out"},
+                   o, e),
+      test_dir() + "/no/such/out: directory '" + test_dir() + "/no/such' does not exist (create it first)");
+  CHECK_FALSE(file_exists(test_dir() + "/no"));
+  CHECK_THROWS_WITH(prepare_main({"build", "--tokenizer", test_dir() + "/tok", "--input", test_dir() + "/clean.txt",
+                                  "--out", test_dir() + "/clean.txt"},
+                                 o, e),
+                    test_dir() + "/clean.txt: is also the --out path; --out names the directory the shards go to");
   // manifest.json records the seed as a JSON number: exact below 2^53 only.
   CHECK_THROWS_WITH(prepare_main({"build", "--tokenizer", test_dir() + "/tok", "--input", test_dir() + "/clean.txt",
                                   "--out", test_dir() + "/x", "--seed", "9007199254740992"},
