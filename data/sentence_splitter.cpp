@@ -136,6 +136,24 @@ bool starts_with_quotative(std::string_view s, size_t i) {
   return false;
 }
 
+// A Korean particle (or 및) as a whole word at s[i]: it follows a word written apart from it, an
+// abbreviation or a name in Latin letters.
+bool starts_with_particle_word(std::string_view s, size_t i) {
+  // Only those no sentence starts with: not 이 (this), 가, 도, 만 (만 19세), 와, 등, 또는, ...
+  static constexpr std::string_view kParticles[] = {"은",     "는",   "을",   "를",   "의",   "에",
+                                                    "에서",   "에게", "께서", "으로", "에는", "에서는",
+                                                    "으로는", "까지", "부터", "처럼", "및"};
+  for (std::string_view p : kParticles) {
+    if (!starts_with(s, i, p)) continue;
+    const size_t e = i + p.size();
+    if (e >= s.size()) return true;
+    size_t len;
+    const char32_t c = decode_at(s, e, len);
+    if (is_space(c) || c == ',' || c == '.' || is_closer(c) || is_terminator(c)) return true;
+  }
+  return false;
+}
+
 bool in_list(std::string_view word, std::initializer_list<std::string_view> list) {
   return std::find(list.begin(), list.end(), word) != list.end();
 }
@@ -264,14 +282,25 @@ bool ends_sentence(std::string_view s, size_t start, const TerminatorRun& run, s
   size_t len;
   if (!is_space(decode_at(s, after, len))) {
     // No space: only a plain terminator glued between Hangul syllables, and for '.' only after a
-    // sentence-final ending ("했다.그리고", not "주.부.세부").
-    if (closed || run.ellipsis() || !is_hangul_syllable(prev) || !is_hangul_syllable(decode_at(s, after))) return false;
-    return run.question_or_exclaim || is_korean_final(prev);
+    // sentence-final ending ("했다.그리고", not "주.부.세부"); after one, also before a digit ("한다.1. 첫째
+    // 호": a list pasted without spaces). Not before a Latin letter ("바다.com") nor a bracket, which
+    // glued opens a note on the sentence ("반환됩니다.(선택 사항)", "아니하다.<개정 2015. 7. 24.>").
+    if (closed || run.ellipsis() || !is_hangul_syllable(prev)) return false;
+    const char32_t glued = decode_at(s, after);
+    if (is_hangul_syllable(glued)) return run.question_or_exclaim || is_korean_final(prev);
+    return is_korean_final(prev) && is_ascii_digit(glued);
   }
   const size_t next = skip_spaces(s, after);
   if (next >= s.size()) return true;
   const char32_t first = decode_at(s, next);
   if (closed && starts_with_quotative(s, next)) return false;
+  // A particle standing alone goes with what the terminator closes when that is a Latin word or the
+  // quoted mark itself ("Samsung Co., Ltd. 는", "마침표 '.' 를", "마침표(.) 를"): no sentence starts with
+  // one. (After a Korean sentence end or a closing bracket it does: text whose markup was stripped
+  // loses the code a sentence began with, "…합니다. 는 …", "…(확장자 제외). 는 …".)
+  if ((is_ascii_alpha(prev) || is_ascii_digit(prev) || (closed && is_opener(prev))) &&
+      starts_with_particle_word(s, next))
+    return false;
   if (run.question_or_exclaim) return !(closed && is_ascii_lower(first));
   if (run.ellipsis()) return closed || is_ascii_upper(first) || is_korean_final(prev);
   if (closed) return true;

@@ -1101,6 +1101,21 @@ TEST_CASE("sentence splitter: Korean endings, quotes, numbers, abbreviations, UR
   };
   const Case cases[] = {
       {"오늘은 날씨가 좋다. 내일은 비가 온다고 한다.", {"오늘은 날씨가 좋다.", "내일은 비가 온다고 한다."}},
+      // After a sentence-final ending, a '.' glued to a list number (law text pasted without spaces)
+      // ends the sentence; glued to a Latin letter (바다.com) or a bracket (a note on the sentence) not.
+      {"준수하여야 한다.1. 첫째 호 2. 둘째 호", {"준수하여야 한다.", "1. 첫째 호", "2. 둘째 호"}},
+      {"그러하지 아니하다.<개정 2015. 7. 24.> 제2항에 따른다.",
+       {"그러하지 아니하다.<개정 2015. 7. 24.> 제2항에 따른다."}},
+      {"모든 행이 반환됩니다.(선택 사항) 다음.", {"모든 행이 반환됩니다.(선택 사항) 다음."}},
+      {"바다.com 에 가입했다.", {"바다.com 에 가입했다."}},
+      {"제1조.2항", {"제1조.2항"}},  // not after a sentence-final ending
+      // A particle standing alone goes with the word before it.
+      {"Samsung Co., Ltd. 는 한국 기업이다. 다음 문장.", {"Samsung Co., Ltd. 는 한국 기업이다.", "다음 문장."}},
+      {"Apple Inc. 의 제품 및 Google Inc. 및 여러 회사. Inc. 이순신.",
+       {"Apple Inc. 의 제품 및 Google Inc. 및 여러 회사.", "Inc.", "이순신."}},
+      {"예를 들었습니다. 이 예에서 만 19세. 만 원이다.", {"예를 들었습니다.", "이 예에서 만 19세.", "만 원이다."}},
+      {"마침표 '.' 를 씁니다. 를 참고합니다.", {"마침표 '.' 를 씁니다.", "를 참고합니다."}},  // (markup stripped)
+      {"마침표(.) 를 누릅니다(확장자 제외). 는 설명입니다.", {"마침표(.) 를 누릅니다(확장자 제외).", "는 설명입니다."}},
       {"정말 그렇습니까? 네, 그렇습니다! 알겠어요. 그렇죠. 감사합니다.",
        {"정말 그렇습니까?", "네, 그렇습니다!", "알겠어요.", "그렇죠.", "감사합니다."}},
       {"정말?! 믿을 수 없어!! 진짜야.", {"정말?!", "믿을 수 없어!!", "진짜야."}},
