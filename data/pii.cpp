@@ -639,6 +639,7 @@ size_t match_national(const Text& t, size_t p, bool trunk, bool paren) {
     if (!t.digit(i)) return npos;
 
   bool sep1 = false;
+  unsigned char odd_sep = 0;
   q = code_end;
   if (paren) {
     if (t.at(q) != ')') return npos;
@@ -647,6 +648,10 @@ size_t match_national(const Text& t, size_t p, bool trunk, bool paren) {
     sep1 = true;
   } else if (t.at(q) == ')' && (t.digit(q + 1) || (t.at(q + 1) == ' ' && t.digit(q + 2)))) {
     q += t.at(q + 1) == ' ' ? 2 : 1;  // "02)123-4567", common in Korean listings
+    sep1 = true;
+  } else if (mobile && trunk && (t.at(q) == '~' || t.at(q) == '/' || t.at(q) == '_') && t.digit(q + 1)) {
+    odd_sep = t.at(q);  // "010~1234~5678", "010/1234/5678", "010_1234_5678": a mobile number's groups only
+    ++q;
     sep1 = true;
   } else if (const size_t sep = phone_sep_end(t, q); sep != npos && t.digit(sep)) {
     q = sep;
@@ -658,9 +663,9 @@ size_t match_national(const Text& t, size_t p, bool trunk, bool paren) {
   // Subscriber number in one piece: "01012345678", "010-12345678", "+821012345678". Landlines
   // need separators: a bare 10-digit number starting 02/031 is more often some other id.
   const bool one_piece_ok = mobile || voip || !trunk;
-  if (mid_len == 7 || mid_len == 8) return one_piece_ok ? mid_end : npos;
+  if (mid_len == 7 || mid_len == 8) return one_piece_ok && odd_sep == 0 ? mid_end : npos;
   if (!sep1 || (mid_len != 3 && mid_len != 4)) return npos;
-  const size_t last = phone_sep_end(t, mid_end);
+  const size_t last = odd_sep != 0 ? (t.at(mid_end) == odd_sep ? mid_end + 1 : npos) : phone_sep_end(t, mid_end);
   if (last == npos || !t.digit(last)) return npos;
   const size_t last_end = t.digits_end(last);
   return last_end - last == 4 ? last_end : npos;
@@ -1349,7 +1354,8 @@ Span next_email(std::string_view text, size_t from, size_t floor, AtSignFinder& 
     }
     const bool korean_domain =
         !provider && !spelled && std::any_of(hangul, hangul + last + 1, [](bool h) { return h; });
-    // The local part: ASCII, or, before a Korean domain, Hangul too (사람@회사.한국).
+    // The local part: ASCII, or, before a Korean domain, Hangul too (사람@회사.한국). A Hangul word
+    // alone before an ASCII address's '@' is a name written as one (홍길동@naver.com): taken too.
     size_t b = local_end;
     while (b > floor && local_end - b <= 64) {
       if (is_local_char(s[b - 1]))
@@ -1359,6 +1365,8 @@ Span next_email(std::string_view text, size_t from, size_t floor, AtSignFinder& 
       else
         break;
     }
+    if (b == local_end && !hidden && !spelled)
+      while (b >= floor + 3 && local_end - b < 30 && hangul_before(s, n, b)) b -= 3;
     while (b < local_end && s[b] == '.') ++b;
     if (b == local_end || local_end - b > 64 || s[local_end - 1] == '.') continue;
     // A local part glued to our placeholder: the scrub before found no address here (it would have

@@ -181,6 +181,8 @@ TEST_CASE("pii: positives in Korean formats are replaced by typed placeholders")
       {"hong @ naver.com 으로", "[EMAIL] 으로", PiiType::kEmail},
       {"hong＠naver.com", "[EMAIL]", PiiType::kEmail},
       {"사람@회사.한국", "[EMAIL]", PiiType::kEmail},
+      {"홍길동@naver.com 으로 보내세요", "[EMAIL] 으로 보내세요", PiiType::kEmail},  // a name written as the address
+      {"이메일:김철수@daum.net.", "이메일:[EMAIL].", PiiType::kEmail},
       {"hong(@)naver.com", "[EMAIL]", PiiType::kEmail},
       {"hong{at}example{dot}com", "[EMAIL]", PiiType::kEmail},
       {"메일: hong <at> example <dot> co <dot> kr 로", "메일: [EMAIL] 로", PiiType::kEmail},
@@ -203,6 +205,10 @@ TEST_CASE("pii: positives in Korean formats are replaced by typed placeholders")
       // a phone label glued to the number, as listings write it
       {"HP010-1234-5678", "HP[PHONE]", PiiType::kPhone},
       {"문의 TEL02-123-4567", "문의 TEL[PHONE]", PiiType::kPhone},
+      // a mobile number's groups apart by '~', '/' or '_' (the same both times)
+      {"연락처 010~1234~5678 입니다", "연락처 [PHONE] 입니다", PiiType::kPhone},
+      {"010/1234/5678", "[PHONE]", PiiType::kPhone},
+      {"010_1234_5678", "[PHONE]", PiiType::kPhone},
       {"H.P01012345678", "H.P[PHONE]", PiiType::kPhone},
       {"Fax031-123-4567", "Fax[PHONE]", PiiType::kPhone},
       {"카드 4111-1111-1111-1111", "카드 [CARD]", PiiType::kCard},
@@ -441,6 +447,11 @@ TEST_CASE("pii: dates, times, versions, prices and other numbers stay untouched"
       "카드 1234-5678-9012",
       "카드 승인번호 12345678",
       "카드번호 1234-567890-12345",
+      // odd separators only in a mobile number's layout, the same both times
+      "2010/12/31",
+      "02/123/4567",
+      "010~1234-5678",
+      "골뱅이@ 표시",
       // long numbers that pass Luhn but no network's prefix and length, or an amount, or named otherwise
       "주문번호 20240115123455 확인",  // 14 digits from 2: no network's
       "국가 부채는 2000040000000원이다.",
