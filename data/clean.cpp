@@ -322,7 +322,8 @@ size_t DocumentCleaner::clean(std::string_view lines, std::string& out) {
     next_tail_.clear();
     if (scrub_pii(normalized_, scrubbed_, pii_, &last) > 0 &&
         (last.end == normalized_.size() ||
-         (last.end + 1 == normalized_.size() && (normalized_.back() == '.' || normalized_.back() == '-')))) {
+         (last.end + 1 == normalized_.size() && (normalized_.back() == '.' || normalized_.back() == '-'))) &&
+        pii_may_continue(std::string_view(normalized_).substr(last.begin), last.type)) {
       next_tail_.raw.assign(normalized_, last.begin);
       next_tail_.scrubbed.assign(pii_placeholder(last.type)).append(normalized_, last.end);
       next_tail_.type = last.type;
@@ -333,9 +334,13 @@ size_t DocumentCleaner::clean(std::string_view lines, std::string& out) {
       // way to a match across, which takes its place and its count.
       retry_first_.assign(previous_, 0, previous_.size() - tail_.scrubbed.size()).append(tail_.raw);
       retry_second_ = scrubbed_;
+      // Taken only if the match across covers the whole of the old one: the line is what came before it,
+      // as it was, and one placeholder ("[CARD]", "[ACCOUNT]" at most 9 bytes).
+      const size_t kept = previous_.size() - tail_.scrubbed.size();
       PiiCounts across;
-      if (scrub_pii_across(retry_first_, retry_second_, across) && across.total() > 0 &&
-          !retry_first_.ends_with(tail_.raw)) {
+      if (scrub_pii_across(retry_first_, retry_second_, across) && across.total() > 0 && retry_first_.size() > kept &&
+          retry_first_.size() <= kept + 9 && retry_first_[kept] == '[' && retry_first_.back() == ']' &&
+          retry_first_.compare(0, kept, previous_, 0, kept) == 0) {
         previous_.swap(retry_first_);
         scrubbed_.swap(retry_second_);
         --pii_[tail_.type];

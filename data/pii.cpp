@@ -563,9 +563,10 @@ size_t match_card(const Text& t, size_t p) {
     // An ISBN-13 or a book's EAN-13 (978/979) passes Luhn about one time in ten: not a card (the
     // 13-digit cards are Visa's, which start with 4).
     if (len == 13 && c == '9' && t.s[p + 1] == '7' && (t.s[p + 2] == '8' || t.s[p + 2] == '9')) return npos;
-    // Not an amount ("9500000000000원") nor a number another label names ("주문번호 4111...").
-    if (card_iin_ok(t.s + p, len) && luhn_ok(t, p, r) && !followed_by(t, r, {"원", " 원", "달러", " 달러"}) &&
-        !named_other(t, p, kOtherNumberLabels))
+    // Not an amount ("9500000000000원": up to 15 digits; 16 would be 1경 원, and "원" may begin a word
+    // after a card: "4111111111111111 원본") nor a number another label names ("주문번호 4111...").
+    if (card_iin_ok(t.s + p, len) && luhn_ok(t, p, r) &&
+        !(len < 16 && followed_by(t, r, {"원", " 원", "달러", " 달러"})) && !named_other(t, p, kOtherNumberLabels))
       return r;
     if (len == 16 && !date_led(t, p) && named_by(t, p, kCardLabels, kOtherNumberLabels, PiiType::kCard)) return r;
     return npos;
@@ -649,8 +650,8 @@ size_t match_national(const Text& t, size_t p, bool trunk, bool paren) {
   } else if (t.at(q) == ')' && (t.digit(q + 1) || (t.at(q + 1) == ' ' && t.digit(q + 2)))) {
     q += t.at(q + 1) == ' ' ? 2 : 1;  // "02)123-4567", common in Korean listings
     sep1 = true;
-  } else if (mobile && trunk && (t.at(q) == '~' || t.at(q) == '/' || t.at(q) == '_') && t.digit(q + 1)) {
-    odd_sep = t.at(q);  // "010~1234~5678", "010/1234/5678", "010_1234_5678": a mobile number's groups only
+  } else if (mobile && trunk && (t.at(q) == '~' || t.at(q) == '/') && t.digit(q + 1)) {
+    odd_sep = t.at(q);  // "010~1234~5678", "010/1234/5678": a mobile number's groups only (not '_': ids)
     ++q;
     sep1 = true;
   } else if (const size_t sep = phone_sep_end(t, q); sep != npos && t.digit(sep)) {
@@ -668,6 +669,7 @@ size_t match_national(const Text& t, size_t p, bool trunk, bool paren) {
   const size_t last = odd_sep != 0 ? (t.at(mid_end) == odd_sep ? mid_end + 1 : npos) : phone_sep_end(t, mid_end);
   if (last == npos || !t.digit(last)) return npos;
   const size_t last_end = t.digits_end(last);
+  if (odd_sep != 0 && t.at(last_end) == odd_sep && t.digit(last_end + 1)) return npos;  // 010~1234~5678~9012
   return last_end - last == 4 ? last_end : npos;
 }
 
@@ -1548,6 +1550,27 @@ bool glued_address_ends_well(std::string_view joined, const PiiMatch& m, size_t 
 }
 
 }  // namespace
+
+bool pii_may_continue(std::string_view text, PiiType type) {
+  if (text.empty()) return false;
+  if (type == PiiType::kEmail) {
+    if (text.back() != '.') return false;
+    const std::string_view address = text.substr(0, text.size() - 1);
+    const size_t dot = address.rfind('.'), at = address.rfind('@');
+    const size_t label = dot == std::string_view::npos || (at != std::string_view::npos && dot < at) ? at + 1 : dot + 1;
+    if (label == 0 || label > address.size()) return true;  // (no '@' or '.': a provider's name alone)
+    return !common_tld(reinterpret_cast<const unsigned char*>(address.data()) + label, address.size() - label);
+  }
+  if (text.back() == '-') return true;
+  // Dashed digit groups: the last shorter than the one before it.
+  const size_t last_dash = text.rfind('-');
+  if (last_dash == std::string_view::npos || last_dash == 0) return false;
+  const size_t before_dash = text.rfind('-', last_dash - 1);
+  const size_t previous = last_dash - (before_dash == std::string_view::npos ? 0 : before_dash + 1);
+  const std::string_view last = text.substr(last_dash + 1);
+  return !last.empty() && std::all_of(last.begin(), last.end(), [](char c) { return is_digit(c); }) &&
+         last.size() < previous;
+}
 
 bool scrub_pii_across(std::string& first, std::string& second, PiiCounts& counts) {
   if (first.empty() || second.empty()) return false;

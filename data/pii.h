@@ -180,4 +180,12 @@ std::string scrub_pii(std::string_view text, PiiCounts& counts);
 // alone), and numbers over three lines.
 bool scrub_pii_across(std::string& first, std::string& second, PiiCounts& counts);
 
+// Whether a match that ends a line may be the first part of a longer one that the next line
+// completes, so that scrub_pii_across should see its raw text (the cleaner's retry): `text` is the
+// match and what follows it on the line (at most one '.' or '-'). An address before a '.' whose last
+// label is no common top-level domain (kim@korea.ac.|kr, hong@naver.|com; not help@site.com.|app), a
+// number before a '-' (4111-1111-1111-|1111), or one in dashed groups whose last is shorter than the
+// one before it (4111-1111-1111-11|11; not 110-123-456789|3월, 02-123-4567|12).
+bool pii_may_continue(std::string_view text, PiiType type);
+
 }  // namespace bert

@@ -288,7 +288,10 @@ bool ends_sentence(std::string_view s, size_t start, const TerminatorRun& run, s
     if (closed || run.ellipsis() || !is_hangul_syllable(prev)) return false;
     const char32_t glued = decode_at(s, after);
     if (is_hangul_syllable(glued)) return run.question_or_exclaim || is_korean_final(prev);
-    return is_korean_final(prev) && is_ascii_digit(glued);
+    // (Not the list marker 다. standing alone: "나. 둘째 다.1 셋째".)
+    const size_t prev_begin = run.begin - 3;  // (a Hangul syllable: 3 bytes)
+    return is_korean_final(prev) && is_ascii_digit(glued) && prev_begin > start &&
+           !is_space(decode_before(s, prev_begin));
   }
   const size_t next = skip_spaces(s, after);
   if (next >= s.size()) return true;

@@ -208,7 +208,6 @@ TEST_CASE("pii: positives in Korean formats are replaced by typed placeholders")
       // a mobile number's groups apart by '~', '/' or '_' (the same both times)
       {"연락처 010~1234~5678 입니다", "연락처 [PHONE] 입니다", PiiType::kPhone},
       {"010/1234/5678", "[PHONE]", PiiType::kPhone},
-      {"010_1234_5678", "[PHONE]", PiiType::kPhone},
       {"H.P01012345678", "H.P[PHONE]", PiiType::kPhone},
       {"Fax031-123-4567", "Fax[PHONE]", PiiType::kPhone},
       {"카드 4111-1111-1111-1111", "카드 [CARD]", PiiType::kCard},
@@ -220,8 +219,9 @@ TEST_CASE("pii: positives in Korean formats are replaced by typed placeholders")
       {"4222222222222", "[CARD]", PiiType::kCard},
       {"3056-930902-5904", "[CARD]", PiiType::kCard},
       {"2223000048400011", "[CARD]", PiiType::kCard},  // Mastercard's 2-series
-      {"3530111333300000", "[CARD]", PiiType::kCard},  // JCB
-      {"6250941006528599", "[CARD]", PiiType::kCard},  // UnionPay
+      {"결제 정보 4111111111111111 원본 영수증", "결제 정보 [CARD] 원본 영수증", PiiType::kCard},  // not 원 (won)
+      {"3530111333300000", "[CARD]", PiiType::kCard},                                              // JCB
+      {"6250941006528599", "[CARD]", PiiType::kCard},                                              // UnionPay
       // after a card word, 16 digits whether or not they pass Luhn
       {"카드번호 5412-3456-7890-1234", "카드번호 [CARD]", PiiType::kCard},
       {"신용카드: 4111111111111112", "신용카드: [CARD]", PiiType::kCard},
@@ -451,13 +451,15 @@ TEST_CASE("pii: dates, times, versions, prices and other numbers stay untouched"
       "2010/12/31",
       "02/123/4567",
       "010~1234-5678",
+      "010_1234_5678",  // (an id's underscores)
+      "010~1234~5678~9012",
       "골뱅이@ 표시",
       // long numbers that pass Luhn but no network's prefix and length, or an amount, or named otherwise
       "주문번호 20240115123455 확인",  // 14 digits from 2: no network's
       "국가 부채는 2000040000000원이다.",
       "총 자산 9500000000000원 규모",  // a domestic 9 card has 16 digits
       "2619-892719-25701",             // Amex's layout, not its prefix
-      "잔액 4111111111111111원",
+      "잔액 378282246310005원",        // 15 digits (Amex's layout): 378조 원; 16 would be a card ("원본")
       "거래번호: 4111111111111111",
       "카드 1234 5678 9012 3456",  // spaced: a row of numbers unless a network's first digit
       // rows of a table after a card or bank word; other labels naming the number; units
@@ -936,6 +938,21 @@ TEST_CASE("clean: a number wrapped across a document's lines is scrubbed, and cl
   CHECK(tails.pii().card == 1);
   CHECK(tails.pii().phone == 1);  // (a whole number then digits: no match across, the line's own stays)
   CHECK(tails.pii().account == 0);
+  // Not retried: a whole number or an address with its top-level domain ends the line, and the next
+  // line's first word stays its own ("3월", "2.", "12-34 번지", "app"); nor a number in spaced groups,
+  // which a match across could only cut ("4111 1111 1111 [EMAIL]").
+  DocumentCleaner whole(options);
+  out.clear();
+  whole.clean(
+      "입금 계좌: 신한 110123456789\n3월 15일까지 입금 바랍니다.\n계좌번호 110123456789\n2. 주소: 서울시\n"
+      "대표전화 02-123-4567\n12-34 번지\n문의는 help@site.com.\napp 설치 후\n카드 4111 1111 1111 1111\n"
+      "@gmail.com 로\n",
+      out);
+  CHECK(
+      out ==
+      "입금 계좌: 신한 [ACCOUNT]\n3월 15일까지 입금 바랍니다.\n계좌번호 [ACCOUNT]\n2. 주소: 서울시\n대표전화 [PHONE]\n"
+      "12-34 번지\n문의는 [EMAIL].\napp 설치 후\n카드 [CARD]\n@gmail.com 로");
+  CHECK(whole.pii().total() == 5);
 
   // Random documents of 1-6 lines of random pieces: cleaning the output again changes nothing, every
   // line out is non-empty, and nothing is scrubbed the second time. Valid UTF-8 only: the reader
@@ -1122,6 +1139,7 @@ TEST_CASE("sentence splitter: Korean endings, quotes, numbers, abbreviations, UR
       {"제1조.2항", {"제1조.2항"}},  // not after a sentence-final ending
       // A particle standing alone goes with the word before it.
       {"Samsung Co., Ltd. 는 한국 기업이다. 다음 문장.", {"Samsung Co., Ltd. 는 한국 기업이다.", "다음 문장."}},
+      {"가. 첫째 나. 둘째 다.1 셋째", {"가. 첫째", "나. 둘째 다.1 셋째"}},  // the marker 다., not an ending
       {"Apple Inc. 의 제품 및 Google Inc. 및 여러 회사. Inc. 이순신.",
        {"Apple Inc. 의 제품 및 Google Inc. 및 여러 회사.", "Inc.", "이순신."}},
       {"예를 들었습니다. 이 예에서 만 19세. 만 원이다.", {"예를 들었습니다.", "이 예에서 만 19세.", "만 원이다."}},
