@@ -186,6 +186,9 @@ int prepare_build_command(const std::vector<std::string>& argv, std::ostream& ou
         "on; it must be below 1");
   // What this build writes must not be read back as input: a rebuild into a directory inside an input
   // directory would find the last build's tokenizer/vocab.txt there.
+  for (const std::string& input : inputs)
+    if (path_within(out_dir, input) && file_exists(input) && !is_directory(input))
+      throw Error(input + ": is also the --out path; --out names the directory the shards go to");
   std::vector<std::string> files;
   for (std::string& f : expand_inputs(inputs)) {
     if (path_within(f, out_dir)) {
@@ -194,12 +197,7 @@ int prepare_build_command(const std::vector<std::string>& argv, std::ostream& ou
     }
     files.push_back(std::move(f));
   }
-  if (files.empty()) {
-    for (const std::string& input : inputs)
-      if (path_within(out_dir, input) && !is_directory(input))
-        throw Error(input + ": is also the --out path; --out names the directory the shards go to");
-    throw Error("bert_prepare build: every input file is inside the --out directory " + out_dir);
-  }
+  if (files.empty()) throw Error("bert_prepare build: every input file is inside the --out directory " + out_dir);
 
   const Tokenizer tok = Tokenizer::from_dir(tok_dir);
   tok.require({SpecialToken::kCls, SpecialToken::kSep, SpecialToken::kPad, SpecialToken::kMask}, tok_dir,

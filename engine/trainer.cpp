@@ -890,8 +890,13 @@ void Trainer::check_output_dir() {
   }
   if (!holds_files(dir)) return;
   if (!training().overwrite_output_dir) {
-    // Without a checkpoint (a run stopped before its first save) there is nothing to resume.
-    if (list_checkpoints(dir).empty())
+    // Without a checkpoint (a run stopped before its first save) there is nothing to resume; a re-save
+    // cut short (checkpoint-N.old-PID) is one, which --resume recovers.
+    bool any_checkpoint = !list_checkpoints(dir).empty();
+    std::error_code ec;
+    for (const auto& entry : fs::directory_iterator(dir, ec))
+      any_checkpoint = any_checkpoint || entry.path().filename().string().starts_with("checkpoint-");
+    if (!any_checkpoint)
       throw Error(where +
                   " already exists and is not empty, with no checkpoint-N in it to resume (a run stopped "
                   "before its first save?); set [training] overwrite_output_dir = true to start over, or "

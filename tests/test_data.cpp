@@ -789,7 +789,7 @@ TEST_CASE("bert_prepare build: bad input is a clear error") {
       prepare_main({"build", "--tokenizer", odd_tok, "--input", test_dir() + "/clean.txt", "--out", test_dir() + "/x"},
                    o, e),
       odd_tok + "/vocab.txt: has no sep_token '[NOPE]', mask_token '[MASKX]' (set by " + odd_tok +
-          "/tokenizer_config.json or special_tokens_map.json, else HF's default); BERT pretraining needs them");
+          "/tokenizer_config.json, else HF's default); BERT pretraining needs them");
   CHECK_THROWS_WITH(prepare_main({"inspect", test_dir() + "/nowhere"}, o, e), Catch::Contains("no such shard"));
   // A shard given as the text input (it ran on with a warning a line before).
   write_file_atomic(test_dir() + "/train-00000.bin", std::string("BERTSHRD\x01\0\0\0\x10\0\0\0", 16));

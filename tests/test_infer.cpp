@@ -390,7 +390,7 @@ TEST_CASE("errors are one line and name the prompt, the file or the option", "[i
   tokens.save(renamed);
   CHECK_THROWS_WITH(bert::load_inference_checkpoint(renamed),
                     renamed + "/vocab.txt: has no mask_token '[MASKX]', sep_token '[SEPX]' (set by " + renamed +
-                        "/tokenizer_config.json or special_tokens_map.json, else HF's default); bert_infer needs them");
+                        "/tokenizer_config.json, else HF's default); bert_infer needs them");
 
   std::filesystem::remove(dir + "/vocab.txt");
   std::filesystem::remove(dir + "/config.json");

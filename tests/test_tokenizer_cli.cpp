@@ -589,6 +589,41 @@ TEST_CASE("added_tokens.json: transformers' legacy added tokens, read without ad
   CHECK_THAT(refusal(R"({"[MASK]": 4})"), Catch::Contains("'[MASK]' is a special token"));
   write_file_atomic(dir + "/special_tokens_map.json", R"({"mask_token": {"content": "[MASK]"}})");
   CHECK(refusal(R"({"[MASK]": 4})") == "(loaded)");
+  std::filesystem::remove(dir + "/special_tokens_map.json");
+
+  // One id twice (transformers keeps the last); an empty token (tokenizers adds none) is skipped.
+  write_file_atomic(dir + "/tokenizer_config.json", R"({"do_lower_case": true})");
+  CHECK(refusal(R"({"Xa": 12, "Xb": 12})") ==
+        dir + "/added_tokens.json: id 12 is given twice ('Xa' and 'Xb'; transformers keeps the last): remove one");
+  CHECK(refusal(R"({"": 13, "Xa": 12})") == "(loaded)");
+  // A slip of transformers' legacy path: a field equal to special_tokens_map.json's last additional
+  // special token becomes added_tokens.json's last token ('<x>' pad_token -> 'Xa'): refused.
+  write_file_atomic(dir + "/tokenizer_config.json", R"({"pad_token": "<x>"})");
+  write_file_atomic(dir + "/special_tokens_map.json", R"({"additional_special_tokens": ["<y>", "<x>"]})");
+  CHECK_THAT(refusal(R"({"Xa": 12})"),
+             Catch::StartsWith(dir + "/added_tokens.json: with it, transformers' legacy path makes pad_token 'Xa' "
+                                     "instead of '<x>'"));
+  std::filesystem::remove(dir + "/special_tokens_map.json");
+  // null where BERT needs a token: transformers then has none.
+  write_file_atomic(dir + "/tokenizer_config.json", R"({"mask_token": null})");
+  CHECK(refusal("{}") == dir +
+                             "/tokenizer_config.json: field 'mask_token' is null: transformers then has no mask_token, "
+                             "which BERT needs; name the token or remove the field");
+  write_file_atomic(dir + "/tokenizer_config.json", R"({"added_tokens_decoder": null})");
+  CHECK_THAT(refusal("{}"), Catch::EndsWith("added_tokens_decoder is null, which transformers fails to read; remove "
+                                            "the field or make it an object {\"id\": {\"content\": ...}}"));
+
+  // What we write always has added_tokens_decoder, so an added_tokens.json left beside it is not read
+  // (transformers' non-legacy path), neither by transformers nor by us.
+  write_file_atomic(dir + "/tokenizer_config.json", R"({"do_lower_case": true})");
+  std::filesystem::remove(dir + "/added_tokens.json");
+  const std::string saved = test_dir() + "/added_legacy_saved";
+  std::filesystem::remove_all(saved);
+  make_directories(saved);
+  Tokenizer::from_dir(dir).save(saved);
+  CHECK(Json::parse(read_file(saved + "/tokenizer_config.json")).find("added_tokens_decoder")->as_object().empty());
+  write_file_atomic(saved + "/added_tokens.json", R"({"Xa": 12})");
+  CHECK(Tokenizer::from_dir(saved).vocab().size() == 12);
 }
 
 TEST_CASE("tokenizer.json: read instead of vocab.txt, checked against it, BERT's pipeline or a clear refusal") {

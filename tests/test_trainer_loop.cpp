@@ -851,23 +851,19 @@ TEST_CASE("user mistakes are one-line errors") {
     text.replace(text.find(test_dir() + "/tok\""), test_dir().size() + 4, odd_tok);
     write_file_atomic(odd_config, text);
     message = error_of([&] { train({"--config", odd_config}); });
-    CHECK_THAT(
-        message,
-        Catch::Contains("odd.toml:") &&
-            Catch::EndsWith(
-                ": [data] tokenizer: " + odd_tok + "/vocab.txt: has no cls_token '[NOPE]' (set by " + odd_tok +
-                "/tokenizer_config.json or special_tokens_map.json, else HF's default); BERT pretraining needs it"));
+    CHECK_THAT(message,
+               Catch::Contains("odd.toml:") &&
+                   Catch::EndsWith(": [data] tokenizer: " + odd_tok + "/vocab.txt: has no cls_token '[NOPE]' (set by " +
+                                   odd_tok + "/tokenizer_config.json, else HF's default); BERT pretraining needs it"));
     CHECK(one_line(message));
     odd.cls_token = "[CLS]";
     odd.pad_token = "[PADX]";
     odd.mask_token = "[MASKX]";
     odd.save(odd_tok);
     message = error_of([&] { train({"--config", odd_config}); });
-    CHECK_THAT(
-        message,
-        Catch::EndsWith(
-            odd_tok + "/vocab.txt: has no pad_token '[PADX]', mask_token '[MASKX]' (set by " + odd_tok +
-            "/tokenizer_config.json or special_tokens_map.json, else HF's default); BERT pretraining needs them"));
+    CHECK_THAT(message,
+               Catch::EndsWith(odd_tok + "/vocab.txt: has no pad_token '[PADX]', mask_token '[MASKX]' (set by " +
+                               odd_tok + "/tokenizer_config.json, else HF's default); BERT pretraining needs them"));
     CHECK_FALSE(file_exists(test_dir() + "/odd"));
   }
 

@@ -3,6 +3,7 @@
 #include <algorithm>
 #include <cmath>
 #include <cstdlib>
+#include <map>
 #include <unordered_map>
 
 #include "common/error.h"
@@ -356,13 +357,18 @@ TokenizerConfig TokenizerConfig::load(const std::string& dir) {
   // The special token fields transformers' legacy path sees when it reads added_tokens.json (below):
   // set in special_tokens_map.json, or in tokenizer_config.json as a string (its AddedToken objects
   // are still dicts then, whose str() names no token), not left to a default.
-  std::vector<const std::string*> named;
+  std::vector<const std::string*> named, present;  // (present: set by either file, in any form)
   auto get_token = [&](const Json& from, const std::string& from_path, const char* key, std::string& dst) {
     const Json* v = from.find(key);
+    // null: transformers then has no such token at all, which BERT's five cannot do without.
+    if (v && v->is_null() && !(std::string_view(key) == "bos_token" || std::string_view(key) == "eos_token"))
+      throw Error(from_path + ": field '" + key + "' is null: transformers then has no " + key +
+                  ", which BERT needs; name the token or remove the field");
     if (v && !v->is_null()) {
       dst = token_text(*v, from_path, key);
       std::erase(named, &dst);
       if (&from != &j || v->is_string()) named.push_back(&dst);
+      if (std::find(present.begin(), present.end(), &dst) == present.end()) present.push_back(&dst);
     }
   };
   // Without the file, BertTokenizer's defaults: lowercase, accents stripped, Chinese characters split.
@@ -395,6 +401,10 @@ TokenizerConfig TokenizerConfig::load(const std::string& dir) {
   }
   if (const Json* v = j.find("tokenizer_file"); v && v->is_null()) c.ignores_tokenizer_json = true;
   if (const Json* v = j.find("from_slow"); v && v->is_bool() && v->as_bool()) c.ignores_tokenizer_json = true;
+  if (const Json* v = j.find("added_tokens_decoder"); v && v->is_null())
+    throw Error(path +
+                ": added_tokens_decoder is null, which transformers fails to read; remove the field or "
+                "make it an object {\"id\": {\"content\": ...}}");
   if (const Json* v = j.find("added_tokens_decoder"); v && !v->is_null()) {
     c.has_added_tokens_decoder = true;
     if (!v->is_object()) throw Error(path + ": added_tokens_decoder must be an object {\"id\": {\"content\": ...}}");
@@ -425,6 +435,7 @@ TokenizerConfig TokenizerConfig::load(const std::string& dir) {
   // special_tokens_map.json's tokens override the config's, and its additional_special_tokens are
   // added to the config's.
   const std::string map_path = dir + "/special_tokens_map.json";
+  std::string last_map_additional;
   if (!j.find("added_tokens_decoder") && file_exists(map_path)) {
     const Json map = Json::parse(read_file(map_path), map_path);
     if (!map.is_object()) throw Error(map_path + ": expected a JSON object");
@@ -432,6 +443,7 @@ TokenizerConfig TokenizerConfig::load(const std::string& dir) {
     if (const Json* v = map.find("additional_special_tokens"); v && v->is_array())
       for (const Json& t : v->as_array()) {
         const std::string token = token_text(t, map_path, "additional_special_tokens");
+        last_map_additional = token;
         if (std::find(c.additional_special_tokens.begin(), c.additional_special_tokens.end(), token) ==
             c.additional_special_tokens.end())
           c.additional_special_tokens.push_back(token);
@@ -445,10 +457,20 @@ TokenizerConfig TokenizerConfig::load(const std::string& dir) {
   if (!j.find("added_tokens_decoder") && file_exists(legacy_path)) {
     const Json legacy = Json::parse(read_file(legacy_path), legacy_path);
     if (!legacy.is_object()) throw Error(legacy_path + ": expected a JSON object {\"token\": id, ...}");
+    const std::vector<std::string> specials = c.special_tokens();
+    std::string last_content;
+    std::map<int64_t, std::string> ids;
     for (const auto& [content, id] : legacy.as_object()) {
       if (!id.is_number() || id.as_number() < 0 || id.as_number() != std::floor(id.as_number()) ||
           id.as_number() > 2147483647.0)
         throw Error(legacy_path + ": \"" + content + "\": " + id.dump() + ": expected a token id");
+      last_content = content;
+      // One id twice: transformers keeps the last token.
+      if (const auto same = ids.find(id.as_int()); same != ids.end())
+        throw Error(legacy_path + ": id " + std::to_string(id.as_int()) + " is given twice ('" + same->second +
+                    "' and '" + content + "'; transformers keeps the last): remove one");
+      ids.emplace(id.as_int(), content);
+      if (content.empty()) continue;  // (tokenizers adds no empty token)
       AddedToken added;
       added.source = kLegacySource;
       added.id = id.as_int();
@@ -457,15 +479,19 @@ TokenizerConfig TokenizerConfig::load(const std::string& dir) {
                           c.additional_special_tokens.end() ||
                       std::any_of(named.begin(), named.end(), [&](const std::string* t) { return *t == content; });
       added.normalized = !added.special;
-      const std::vector<std::string> specials = c.special_tokens();
-      if (!added.special && std::find(specials.begin(), specials.end(), content) != specials.end())
-        throw Error(legacy_path + ": '" + content +
-                    "' is a special token that transformers' legacy path reads as a normalised added token "
-                    "here (it names special tokens by tokenizer_config.json's strings and special_tokens_map.json, "
-                    "not by defaults or AddedToken objects), and tokenizers then matches it in normalised text too; "
-                    "name it as a string in tokenizer_config.json or special_tokens_map.json, or remove it here");
+      added.unseen_special = !added.special && std::find(specials.begin(), specials.end(), content) != specials.end();
       c.added_tokens.push_back(std::move(added));
     }
+    // The slip (TokenizerConfig::legacy_renamed_field): noted here, refused by from_dir.
+    if (!last_map_additional.empty() && !last_content.empty())
+      for (size_t k = 0; k < std::size(kTokenKeys); ++k)
+        if (std::find(present.begin(), present.end(), token_fields[k]) != present.end() &&
+            *token_fields[k] == last_map_additional && last_content != last_map_additional) {
+          c.legacy_renamed_field = kTokenKeys[k];
+          c.legacy_renamed_from = last_map_additional;
+          c.legacy_renamed_to = last_content;
+          break;
+        }
   }
   return c;
 }
@@ -493,7 +519,9 @@ void TokenizerConfig::save(const std::string& dir) const {
   cfg.set("model_max_length", static_cast<uint64_t>(model_max_length));
   cfg.set("wordpieces_prefix", continuing_subword_prefix);
   for (const auto& [k, v] : specials.as_object()) cfg.set(k, v);
-  if (!added_tokens.empty()) {
+  // Always (an empty object too): transformers' legacy path would otherwise read an added_tokens.json
+  // left beside what we write, and let special_tokens_map.json override this file.
+  {
     Json decoder = Json::object();
     for (const AddedToken& t : added_tokens) {
       Json entry = Json::object();
@@ -632,6 +660,22 @@ Tokenizer Tokenizer::from_dir(const std::string& dir_arg) {
       }
     }
   }
+  // added_tokens.json's entries that tokenizer.json did not replace (TokenizerConfig::AddedToken).
+  for (const TokenizerConfig::AddedToken& added : config.added_tokens)
+    if (added.source == TokenizerConfig::kLegacySource && added.unseen_special)
+      throw Error(dir + "/added_tokens.json: '" + added.content +
+                  "' is a special token that transformers' legacy path reads as a normalised added token "
+                  "here (it names special tokens by tokenizer_config.json's strings and special_tokens_map.json, "
+                  "not by defaults or AddedToken objects), and tokenizers then matches it in normalised text too; "
+                  "name it as a string in tokenizer_config.json or special_tokens_map.json, or remove it here");
+  if (!config.legacy_renamed_field.empty() &&
+      std::none_of(config.added_tokens.begin(), config.added_tokens.end(), [&](const TokenizerConfig::AddedToken& t) {
+        return t.source == TokenizerConfig::kJsonSource && t.content == config.legacy_renamed_from;
+      }))
+    throw Error(dir + "/added_tokens.json: with it, transformers' legacy path makes " + config.legacy_renamed_field +
+                " '" + config.legacy_renamed_to + "' instead of '" + config.legacy_renamed_from +
+                "' (a slip of transformers: that is also special_tokens_map.json's last additional special token); "
+                "move the added tokens into tokenizer_config.json's added_tokens_decoder, or reorder the lists");
   if (vocab.id(config.unk_token) < 0 || static_cast<size_t>(vocab.id(config.unk_token)) >= pieces)
     throw Error(vocab_path + ": has no unknown token '" + config.unk_token + "' (unk_token, set by " + dir +
                 "/tokenizer_config.json or [UNK] when that file is absent)");

@@ -44,6 +44,9 @@ struct TokenizerConfig {
     bool special = false, normalized = false, lstrip = false, rstrip = false, single_word = false;
     // Where it was read (for messages): kDecoderSource, kJsonSource or kLegacySource.
     const char* source = kDecoderSource;
+    // added_tokens.json's: a special token that transformers' legacy path reads as a normalised
+    // non-special one (refused by from_dir unless tokenizer.json's entry at its id replaces it).
+    bool unseen_special = false;
   };
   static constexpr const char* kDecoderSource = "tokenizer_config.json: added_tokens_decoder";
   static constexpr const char* kJsonSource = "tokenizer.json: added_tokens";
@@ -51,6 +54,11 @@ struct TokenizerConfig {
   static constexpr const char* kLegacySource = "added_tokens.json";
   std::vector<AddedToken> added_tokens;
   bool has_added_tokens_decoder = false;  // the field is there (even empty: transformers' non-legacy path)
+  // A slip of transformers' legacy path (a stale loop variable): a special token field equal to the last
+  // of special_tokens_map.json's additional_special_tokens becomes added_tokens.json's last token,
+  // unless tokenizer.json lists that token. load() notes it (the field, the token it would become);
+  // from_dir refuses it.
+  std::string legacy_renamed_field, legacy_renamed_from, legacy_renamed_to;
   // How transformers turns ids back into text: tokenizer.json's "decoder" (a vocab.txt tokenizer has
   // the WordPiece one, which glues "##" pieces and cleans up " ." and the like in each token; with none,
   // the tokens are joined by spaces as they are).

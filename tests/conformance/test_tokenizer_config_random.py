@@ -13,8 +13,11 @@ inside words are encoded with the specials added:
   - we refuse what transformers reads only for the reasons the README gives, by name: special tokens
     matched in normalised text (normalized = true) or as whole words (single_word), an
     added_tokens_decoder or added_tokens.json that disagrees with vocab.txt (a token at another id,
-    or an id leaving a gap), a special token in added_tokens.json that transformers' legacy path does
-    not see as one (it then matches it in normalised text too), and a [CLS] or [SEP] that vocab.txt lacks when the specials are added (a model could not
+    or an id leaving a gap, in vocab.txt's or tokenizer.json's ids), a special token in added_tokens.json
+    that transformers' legacy path does not see as one (it then matches it in normalised text too), an
+    id added_tokens.json gives twice, the legacy path's slip (a special token field renamed to
+    added_tokens.json's last token), a tokenizer.json post-processor adding other tokens than the
+    config's [CLS] and [SEP], and a [CLS] or [SEP] that vocab.txt lacks when the specials are added (a model could not
     embed it).
 (tokenizer_config.json's clean_text, which BertTokenizerFast ignores and bert_tokenizer honours for
 its own tokenizers, is not drawn.) Prints PASS/FAIL lines; exits non-zero on any failure.
@@ -30,6 +33,7 @@ import warnings
 
 warnings.filterwarnings("ignore")
 os.environ.setdefault("TRANSFORMERS_VERBOSITY", "error")
+from tokenizers import BertWordPieceTokenizer  # noqa: E402
 from transformers import BertTokenizerFast  # noqa: E402
 
 FAILURES = []
@@ -39,9 +43,10 @@ DOCUMENTED = ("has normalized = true: only tokens matched as written are support
               "has single_word = true: only tokens matched as written are supported",
               "a special token with normalized = true (matched in the normalised text) is not supported",
               "single_word = true (a match only as a whole word) is not supported",
-              "vocab.txt has it as id", "not in vocab.txt, nor the next id after it",
+              "has it as id", "nor the next id after it",
               "--add-special-tokens needs it", "--add-special-tokens needs them",
-              "is a special token that transformers' legacy path reads as a normalised added token")
+              "is a special token that transformers' legacy path reads as a normalised added token",
+              "is given twice", "a slip of transformers", "post_processor: adds")
 
 
 def check(cond, msg):
@@ -106,7 +111,8 @@ def main():
     lines_path = os.path.join(args.work, "lines.txt")
     with open(lines_path, "w", encoding="utf-8") as f:
         f.write("\n".join(LINES) + "\n")
-    counts = {"same ids": 0, "both refuse": 0, "we refuse, documented": 0, "added_tokens.json read": 0}
+    counts = {"same ids": 0, "both refuse": 0, "we refuse, documented": 0, "added_tokens.json read": 0,
+              "with tokenizer.json": 0}
     shown = 0
     for i in range(args.count):
         d = os.path.join(args.work, f"dir{i}")
@@ -117,9 +123,14 @@ def main():
         cfg = config(r)
         with open(os.path.join(d, "tokenizer_config.json"), "w", encoding="utf-8") as f:
             json.dump(cfg, f, ensure_ascii=False)
-        if r.random() < 0.2:
+        if r.random() < 0.3:
+            special_map = {}
+            if r.random() < 0.7:
+                special_map["mask_token"] = r.choice(["[MASK]", "<x>", "mask"])
+            if r.random() < 0.5:
+                special_map["additional_special_tokens"] = r.sample(["<x>", "[NEW]", "<y>", "zz"], r.randint(1, 2))
             with open(os.path.join(d, "special_tokens_map.json"), "w", encoding="utf-8") as f:
-                json.dump({"mask_token": r.choice(["[MASK]", "<x>", "mask"])}, f)
+                json.dump(special_map, f)
         if r.random() < 0.3:  # read only without added_tokens_decoder (transformers' legacy path)
             legacy = {}  # mostly consistent ids: vocab.txt's, or the next ones after it
             for content in r.sample(["<x>", "[NEW]", "ab", "[PAD]", "[MASK]", "AB", "<s>", "zz", "mask"],
@@ -130,6 +141,14 @@ def main():
             with open(os.path.join(d, "added_tokens.json"), "w", encoding="utf-8") as f:
                 json.dump(legacy, f)
             cfg["(added_tokens.json)"] = legacy  # (shown with a failure; not in the file)
+            # and a tokenizer.json (for the legacy path, with the default [UNK]), whose added tokens replace
+            # added_tokens.json's at their ids
+            if "added_tokens_decoder" not in cfg and "unk_token" not in cfg and r.random() < 0.4:
+                fast = BertWordPieceTokenizer(os.path.join(d, "vocab.txt"),
+                                              lowercase=cfg.get("do_lower_case", True) is not False)
+                fast.add_special_tokens(r.sample(["[MASK]", "<x>", "[NEW]"], r.randint(0, 2)))
+                fast.save(os.path.join(d, "tokenizer.json"))
+                cfg["(tokenizer.json)"] = True
         try:
             theirs = BertTokenizerFast.from_pretrained(d)(LINES, add_special_tokens=True)["input_ids"]
         except Exception as e:  # whatever transformers raises for a directory it cannot read
@@ -139,6 +158,7 @@ def main():
         problem = None
         legacy_file = os.path.exists(os.path.join(d, "added_tokens.json"))
         counts["added_tokens.json read"] += legacy_file and "added_tokens_decoder" not in cfg and run.returncode == 0
+        counts["with tokenizer.json"] += "(tokenizer.json)" in cfg and run.returncode == 0
         if run.returncode != 0:
             message = run.stderr.strip()
             if len(message.split("\n")) != 1 or not message.startswith("error: " + d):
@@ -168,7 +188,8 @@ def main():
     check(not FAILURES, f"{args.count} random tokenizer directories: ours and BertTokenizerFast agree")
     print(f"  {counts}")
     check(counts["same ids"] > args.count // 4 and counts["both refuse"] > 0 and
-          counts["added_tokens.json read"] > args.count // 40, f"both read most: {counts}")
+          counts["added_tokens.json read"] > args.count // 40 and counts["with tokenizer.json"] > 0,
+          f"both read most: {counts}")
     print(f"\n{'FAILED' if FAILURES else 'OK'}: {len(FAILURES)} failure(s)")
     sys.exit(1 if FAILURES else 0)
 
