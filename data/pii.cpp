@@ -563,8 +563,9 @@ size_t match_card(const Text& t, size_t p) {
     // An ISBN-13 or a book's EAN-13 (978/979) passes Luhn about one time in ten: not a card (the
     // 13-digit cards are Visa's, which start with 4).
     if (len == 13 && c == '9' && t.s[p + 1] == '7' && (t.s[p + 2] == '8' || t.s[p + 2] == '9')) return npos;
-    // Not an amount ("9500000000000원": up to 15 digits; 16 would be 1경 원, and "원" may begin a word
-    // after a card: "4111111111111111 원본") nor a number another label names ("주문번호 4111...").
+    // Not an amount ("9500000000000원", up to 999조 원: 15 digits) nor a number another label names
+    // ("주문번호 4111..."). At 16 digits (1,000조-9,999조 원: a country's figures) "원" after one with a
+    // network's prefix that passes Luhn is taken for the next word ("4111111111111111 원본"): a card.
     if (card_iin_ok(t.s + p, len) && luhn_ok(t, p, r) &&
         !(len < 16 && followed_by(t, r, {"원", " 원", "달러", " 달러"})) && !named_other(t, p, kOtherNumberLabels))
       return r;
@@ -1559,6 +1560,10 @@ bool pii_may_continue(std::string_view text, PiiType type) {
     const size_t dot = address.rfind('.'), at = address.rfind('@');
     const size_t label = dot == std::string_view::npos || (at != std::string_view::npos && dot < at) ? at + 1 : dot + 1;
     if (label == 0 || label > address.size()) return true;  // (no '@' or '.': a provider's name alone)
+    // Korea's second-level labels end no address (hong@samsung.co.|kr).
+    const std::string_view last = address.substr(label);
+    for (const std::string_view second_level : {"co", "ac", "go", "or", "ne", "re", "pe", "mil"})
+      if (last == second_level) return true;
     return !common_tld(reinterpret_cast<const unsigned char*>(address.data()) + label, address.size() - label);
   }
   if (text.back() == '-') return true;

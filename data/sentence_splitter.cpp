@@ -286,12 +286,12 @@ bool ends_sentence(std::string_view s, size_t start, const TerminatorRun& run, s
     // 호": a list pasted without spaces). Not before a Latin letter ("바다.com") nor a bracket, which
     // glued opens a note on the sentence ("반환됩니다.(선택 사항)", "아니하다.<개정 2015. 7. 24.>").
     if (closed || run.ellipsis() || !is_hangul_syllable(prev)) return false;
+    // Not after 다 standing alone: the list marker ("나. 둘째 다.셋째", "다.1 셋째"; "네.알겠습니다" splits).
+    const size_t prev_begin = run.begin - 3;  // (a Hangul syllable: 3 bytes)
+    if (prev == U'다' && (prev_begin <= start || is_space(decode_before(s, prev_begin)))) return false;
     const char32_t glued = decode_at(s, after);
     if (is_hangul_syllable(glued)) return run.question_or_exclaim || is_korean_final(prev);
-    // (Not the list marker 다. standing alone: "나. 둘째 다.1 셋째".)
-    const size_t prev_begin = run.begin - 3;  // (a Hangul syllable: 3 bytes)
-    return is_korean_final(prev) && is_ascii_digit(glued) && prev_begin > start &&
-           !is_space(decode_before(s, prev_begin));
+    return is_korean_final(prev) && is_ascii_digit(glued);
   }
   const size_t next = skip_spaces(s, after);
   if (next >= s.size()) return true;

@@ -895,7 +895,8 @@ void Trainer::check_output_dir() {
     bool any_checkpoint = !list_checkpoints(dir).empty();
     std::error_code ec;
     for (const auto& entry : fs::directory_iterator(dir, ec))
-      any_checkpoint = any_checkpoint || entry.path().filename().string().starts_with("checkpoint-");
+      any_checkpoint = any_checkpoint || (entry.path().filename().string().starts_with("checkpoint-") &&
+                                          !is_superseded_checkpoint_name(entry.path().filename().string()));
     if (!any_checkpoint)
       throw Error(where +
                   " already exists and is not empty, with no checkpoint-N in it to resume (a run stopped "

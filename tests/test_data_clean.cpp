@@ -930,7 +930,7 @@ TEST_CASE("clean: a number wrapped across a document's lines is scrubbed, and cl
   // account) that the next line continues: the match across takes its place and its count.
   DocumentCleaner tails(options);
   out.clear();
-  CHECK(tails.clean("메일 kim_01@korea.ac.\nkr 로\n카드 4111-1111-1111-11\n11 결제\n담당 hong.gildong@naver.\ncom\n"
+  CHECK(tails.clean("메일 kim_01@samsung.co.\nkr 로\n카드 4111-1111-1111-11\n11 결제\n담당 hong.gildong@naver.\ncom\n"
                     "연락처 010-1234-5678\n5678 입니다\n",
                     out) == 7);
   CHECK(out == "메일 [EMAIL]\n로\n카드 [CARD]\n결제\n담당 [EMAIL]\n연락처 [PHONE]\n5678 입니다");
@@ -1140,6 +1140,8 @@ TEST_CASE("sentence splitter: Korean endings, quotes, numbers, abbreviations, UR
       // A particle standing alone goes with the word before it.
       {"Samsung Co., Ltd. 는 한국 기업이다. 다음 문장.", {"Samsung Co., Ltd. 는 한국 기업이다.", "다음 문장."}},
       {"가. 첫째 나. 둘째 다.1 셋째", {"가. 첫째", "나. 둘째 다.1 셋째"}},  // the marker 다., not an ending
+      {"가. 첫째 나. 둘째 다.셋째", {"가. 첫째", "나. 둘째 다.셋째"}},
+      {"네.알겠습니다.", {"네.", "알겠습니다."}},
       {"Apple Inc. 의 제품 및 Google Inc. 및 여러 회사. Inc. 이순신.",
        {"Apple Inc. 의 제품 및 Google Inc. 및 여러 회사.", "Inc.", "이순신."}},
       {"예를 들었습니다. 이 예에서 만 19세. 만 원이다.", {"예를 들었습니다.", "이 예에서 만 19세.", "만 원이다."}},

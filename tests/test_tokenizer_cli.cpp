@@ -603,12 +603,21 @@ TEST_CASE("added_tokens.json: transformers' legacy added tokens, read without ad
   CHECK_THAT(refusal(R"({"Xa": 12})"),
              Catch::StartsWith(dir + "/added_tokens.json: with it, transformers' legacy path makes pad_token 'Xa' "
                                      "instead of '<x>'"));
+  write_file_atomic(dir + "/special_tokens_map.json", R"({"additional_special_tokens": ["<x>"]})");
+  CHECK_THAT(refusal(R"({"Xa": 12, "": 13})"), Catch::Contains("makes pad_token '' instead of '<x>'"));
   std::filesystem::remove(dir + "/special_tokens_map.json");
-  // null where BERT needs a token: transformers then has none.
+  // null where BERT needs a token: transformers then has none, unless special_tokens_map.json (read
+  // after it on the legacy path) names one.
   write_file_atomic(dir + "/tokenizer_config.json", R"({"mask_token": null})");
   CHECK(refusal("{}") == dir +
                              "/tokenizer_config.json: field 'mask_token' is null: transformers then has no mask_token, "
                              "which BERT needs; name the token or remove the field");
+  write_file_atomic(dir + "/special_tokens_map.json", R"({"mask_token": "[MASK]"})");
+  CHECK(refusal("{}") == "(loaded)");
+  write_file_atomic(dir + "/special_tokens_map.json", R"({"mask_token": null})");
+  write_file_atomic(dir + "/tokenizer_config.json", R"({"mask_token": "[MASK]"})");
+  CHECK_THAT(refusal("{}"), Catch::StartsWith(dir + "/special_tokens_map.json: field 'mask_token' is null"));
+  std::filesystem::remove(dir + "/special_tokens_map.json");
   write_file_atomic(dir + "/tokenizer_config.json", R"({"added_tokens_decoder": null})");
   CHECK_THAT(refusal("{}"), Catch::EndsWith("added_tokens_decoder is null, which transformers fails to read; remove "
                                             "the field or make it an object {\"id\": {\"content\": ...}}"));

@@ -358,15 +358,21 @@ TokenizerConfig TokenizerConfig::load(const std::string& dir) {
   // set in special_tokens_map.json, or in tokenizer_config.json as a string (its AddedToken objects
   // are still dicts then, whose str() names no token), not left to a default.
   std::vector<const std::string*> named, present;  // (present: set by either file, in any form)
+  // null: transformers then has no such token at all, which BERT's five cannot do without (refused
+  // below unless special_tokens_map.json, read after, names the token after all).
+  std::vector<std::string> null_fields;
   auto get_token = [&](const Json& from, const std::string& from_path, const char* key, std::string& dst) {
     const Json* v = from.find(key);
-    // null: transformers then has no such token at all, which BERT's five cannot do without.
-    if (v && v->is_null() && !(std::string_view(key) == "bos_token" || std::string_view(key) == "eos_token"))
-      throw Error(from_path + ": field '" + key + "' is null: transformers then has no " + key +
-                  ", which BERT needs; name the token or remove the field");
+    if (v && v->is_null() && !(std::string_view(key) == "bos_token" || std::string_view(key) == "eos_token")) {
+      if (&from != &j)
+        throw Error(from_path + ": field '" + key + "' is null: transformers then has no " + key +
+                    ", which BERT needs; name the token or remove the field");
+      null_fields.emplace_back(key);
+    }
     if (v && !v->is_null()) {
       dst = token_text(*v, from_path, key);
       std::erase(named, &dst);
+      std::erase(null_fields, std::string(key));
       if (&from != &j || v->is_string()) named.push_back(&dst);
       if (std::find(present.begin(), present.end(), &dst) == present.end()) present.push_back(&dst);
     }
@@ -449,6 +455,9 @@ TokenizerConfig TokenizerConfig::load(const std::string& dir) {
           c.additional_special_tokens.push_back(token);
       }
   }
+  if (!null_fields.empty())
+    throw Error(path + ": field '" + null_fields.front() + "' is null: transformers then has no " +
+                null_fields.front() + ", which BERT needs; name the token or remove the field");
   // The same legacy path reads added_tokens.json ({"token": id}) as added_tokens_decoder: a token a
   // special token field names (as above) is special (not normalised), any other is normalised. A
   // special token it then misses becomes a normalised added token besides (tokenizers keeps both
@@ -483,7 +492,7 @@ TokenizerConfig TokenizerConfig::load(const std::string& dir) {
       c.added_tokens.push_back(std::move(added));
     }
     // The slip (TokenizerConfig::legacy_renamed_field): noted here, refused by from_dir.
-    if (!last_map_additional.empty() && !last_content.empty())
+    if (!last_map_additional.empty() && !legacy.as_object().empty())
       for (size_t k = 0; k < std::size(kTokenKeys); ++k)
         if (std::find(present.begin(), present.end(), token_fields[k]) != present.end() &&
             *token_fields[k] == last_map_additional && last_content != last_map_additional) {
