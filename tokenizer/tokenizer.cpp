@@ -361,12 +361,14 @@ TokenizerConfig TokenizerConfig::load(const std::string& dir) {
   // null: transformers then has no such token at all, which BERT's five cannot do without (refused
   // below unless special_tokens_map.json, read after, names the token after all).
   std::vector<std::string> null_fields;
+  const auto null_token = [](const std::string& file, const std::string& key) {
+    return Error(file + ": field '" + key + "' is null: transformers then has no " + key +
+                 ", which BERT needs; name the token or remove the field");
+  };
   auto get_token = [&](const Json& from, const std::string& from_path, const char* key, std::string& dst) {
     const Json* v = from.find(key);
     if (v && v->is_null() && !(std::string_view(key) == "bos_token" || std::string_view(key) == "eos_token")) {
-      if (&from != &j)
-        throw Error(from_path + ": field '" + key + "' is null: transformers then has no " + key +
-                    ", which BERT needs; name the token or remove the field");
+      if (&from != &j) throw null_token(from_path, key);
       null_fields.emplace_back(key);
     }
     if (v && !v->is_null()) {
@@ -455,9 +457,7 @@ TokenizerConfig TokenizerConfig::load(const std::string& dir) {
           c.additional_special_tokens.push_back(token);
       }
   }
-  if (!null_fields.empty())
-    throw Error(path + ": field '" + null_fields.front() + "' is null: transformers then has no " +
-                null_fields.front() + ", which BERT needs; name the token or remove the field");
+  if (!null_fields.empty()) throw null_token(path, null_fields.front());
   // The same legacy path reads added_tokens.json ({"token": id}) as added_tokens_decoder: a token a
   // special token field names (as above) is special (not normalised), any other is normalised. A
   // special token it then misses becomes a normalised added token besides (tokenizers keeps both
@@ -611,6 +611,29 @@ Tokenizer Tokenizer::from_dir(const std::string& dir_arg) {
   Vocab vocab;
   size_t pieces = 0;  // the ids WordPiece may use: vocab.txt's, or tokenizer.json's model's
   std::optional<NormalizerOptions> json_normalizer;  // tokenizer.json's own, when it is read
+  // tokenizer.json's added tokens, with their flags, beside added_tokens_decoder's: one token's two
+  // entries must agree on how it is matched. (transformers' legacy path lets tokenizer.json's replace
+  // added_tokens.json's at the same id.)
+  const auto take_json_added = [&](std::vector<TokenizerConfig::AddedToken>&& json_added) {
+    for (TokenizerConfig::AddedToken& added : json_added) {
+      const auto same = std::find_if(config.added_tokens.begin(), config.added_tokens.end(),
+                                     [&](const TokenizerConfig::AddedToken& t) { return t.id == added.id; });
+      if (same == config.added_tokens.end()) {
+        config.added_tokens.push_back(std::move(added));
+      } else if (same->source == TokenizerConfig::kLegacySource) {
+        *same = std::move(added);
+      } else if (same->content != added.content || same->special != added.special ||
+                 same->normalized != added.normalized) {
+        const auto describe = [](const TokenizerConfig::AddedToken& t) {
+          return "'" + t.content + "' (special " + (t.special ? "true" : "false") + ", normalized " +
+                 (t.normalized ? "true" : "false") + ")";
+        };
+        throw Error(dir + "/tokenizer_config.json: added_tokens_decoder[\"" + std::to_string(added.id) + "\"] is " +
+                    describe(*same) + " where tokenizer.json's added_tokens has " + describe(added) +
+                    "; make them agree");
+      }
+    }
+  };
   if (use_json) {
     FastTokenizerFile fast = read_tokenizer_json(json_path, config);
     if (file_exists(txt_path)) {
@@ -630,44 +653,15 @@ Tokenizer Tokenizer::from_dir(const std::string& dir_arg) {
     pieces = fast.model_size;
     json_normalizer = fast.normalizer;
     vocab = Vocab(std::move(fast.tokens));
-    // Its added tokens, with their flags, beside added_tokens_decoder's: one token's two entries must
-    // agree on how it is matched. (transformers' legacy path lets tokenizer.json's replace
-    // added_tokens.json's at the same id.)
-    for (TokenizerConfig::AddedToken& added : fast.added) {
-      const auto same = std::find_if(config.added_tokens.begin(), config.added_tokens.end(),
-                                     [&](const TokenizerConfig::AddedToken& t) { return t.id == added.id; });
-      if (same == config.added_tokens.end()) {
-        config.added_tokens.push_back(std::move(added));
-      } else if (same->source == TokenizerConfig::kLegacySource) {
-        *same = std::move(added);
-      } else if (same->content != added.content || same->special != added.special ||
-                 same->normalized != added.normalized) {
-        const auto describe = [](const TokenizerConfig::AddedToken& t) {
-          return "'" + t.content + "' (special " + (t.special ? "true" : "false") + ", normalized " +
-                 (t.normalized ? "true" : "false") + ")";
-        };
-        throw Error(dir + "/tokenizer_config.json: added_tokens_decoder[\"" + std::to_string(added.id) + "\"] is " +
-                    describe(*same) + " where tokenizer.json's added_tokens has " + describe(added) +
-                    "; make them agree");
-      }
-    }
+    take_json_added(std::move(fast.added));
   } else {
     vocab = Vocab::load(txt_path);
     pieces = vocab.size();
     // Built from vocab.txt beside a tokenizer.json: transformers' legacy path (no added_tokens_decoder
     // in the config) still takes tokenizer.json's added tokens as if they were that field (replacing
     // added_tokens.json's at the same id).
-    if (has_json && !config.has_added_tokens_decoder) {
-      for (TokenizerConfig::AddedToken& added :
-           json_added_tokens(Json::parse(read_file(json_path), json_path), json_path)) {
-        const auto same = std::find_if(config.added_tokens.begin(), config.added_tokens.end(),
-                                       [&](const TokenizerConfig::AddedToken& t) { return t.id == added.id; });
-        if (same == config.added_tokens.end())
-          config.added_tokens.push_back(std::move(added));
-        else
-          *same = std::move(added);
-      }
-    }
+    if (has_json && !config.has_added_tokens_decoder)
+      take_json_added(json_added_tokens(Json::parse(read_file(json_path), json_path), json_path));
   }
   // added_tokens.json's entries that tokenizer.json did not replace (TokenizerConfig::AddedToken).
   for (const TokenizerConfig::AddedToken& added : config.added_tokens)
